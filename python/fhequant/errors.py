@@ -1,0 +1,117 @@
+"""The exception hierarchy of fhequant.
+
+Every error fhequant raises on purpose is a ``FhequantError``. Where a built-in type fits,
+the class also derives from it (``ValueError``, ``TypeError``, ``RuntimeError``,
+``ImportError``), so code written against the reference's built-in exceptions keeps working:
+``except ValueError`` still catches a ``QuantizationError``.
+
+Errors raised by the native core (``fhequant._core``) are mapped onto these classes; a
+message always names the tensor, op or option at fault and says what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BitWidthError",
+    "DTypeError",
+    "EmptyTensorError",
+    "FhequantError",
+    "GraphInputError",
+    "MissingDependencyError",
+    "NonFiniteError",
+    "NotCalibratedError",
+    "NotCompiledError",
+    "OnnxImportError",
+    "OpsetError",
+    "OverflowRiskError",
+    "QuantizationError",
+    "QuantizedOpError",
+    "SerializationError",
+    "ShapeError",
+    "UnquantizedTensorError",
+    "UnsupportedOpError",
+]
+
+
+class FhequantError(Exception):
+    """Base class of every error fhequant raises on purpose."""
+
+
+# --- quantization -------------------------------------------------------------------------
+
+
+class QuantizationError(FhequantError, ValueError):
+    """Invalid quantization options, statistics or parameters."""
+
+
+class NonFiniteError(QuantizationError):
+    """NaN or infinite values in calibration data or in an intermediate tensor."""
+
+
+class EmptyTensorError(QuantizationError):
+    """Statistics requested for a tensor with no elements."""
+
+
+class DTypeError(FhequantError, TypeError):
+    """An array of a dtype the operation does not accept."""
+
+
+class ShapeError(FhequantError, ValueError):
+    """Operand shapes that do not fit together."""
+
+
+# --- graphs and ops -----------------------------------------------------------------------
+
+
+class OnnxImportError(FhequantError, ValueError):
+    """An ONNX model that cannot be read or checked."""
+
+
+class OpsetError(OnnxImportError):
+    """An ONNX opset outside the supported range."""
+
+
+class UnsupportedOpError(OnnxImportError):
+    """ONNX op types fhequant cannot run or quantize."""
+
+
+class GraphInputError(FhequantError, ValueError):
+    """Missing, extra or mis-shaped inputs given to a module."""
+
+
+class QuantizedOpError(FhequantError, ValueError):
+    """A quantized op built with attributes, constants or inputs it cannot handle."""
+
+
+class UnquantizedTensorError(FhequantError, ValueError):
+    """QAT import found tensors that should have been quantized in the model but were not."""
+
+
+# --- FHE ----------------------------------------------------------------------------------
+
+
+class BitWidthError(FhequantError, ValueError):
+    """An integer value that does not fit the FHE bit-width limit."""
+
+
+class OverflowRiskError(BitWidthError):
+    """An integer computation whose worst case does not fit its int64 accumulator."""
+
+
+class NotCalibratedError(FhequantError, RuntimeError):
+    """An op or module used before calibration."""
+
+
+class NotCompiledError(FhequantError, RuntimeError):
+    """FHE simulation or execution requested before ``compile``."""
+
+
+# --- misc ---------------------------------------------------------------------------------
+
+
+class SerializationError(FhequantError, ValueError):
+    """JSON that fhequant cannot load (wrong format version, unknown type)."""
+
+
+class MissingDependencyError(FhequantError, ImportError):
+    """An optional dependency that the requested feature needs is not installed."""

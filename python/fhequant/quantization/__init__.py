@@ -1,0 +1,1 @@
+"""Quantizers: options, statistics, parameters, the uniform quantizer and QuantizedArray."""

@@ -1,0 +1,1 @@
+//! Quantization kernels: quant/dequant rounding and clipping, calibration reductions.

@@ -1,0 +1,14 @@
+//! Python bindings: thin wrappers only.
+
+pub mod errors;
+mod integer;
+mod quant;
+
+use pyo3::prelude::*;
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(errors::_raise_kernel_error, m)?)?;
+    quant::register(m)?;
+    integer::register(m)?;
+    Ok(())
+}
