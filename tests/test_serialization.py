@@ -147,6 +147,21 @@ def test_register_plain_class_and_conflicts() -> None:
         serialization.register_class(_Point, name="numpy_array")
 
 
+def test_class_keyword_sets_the_type_name() -> None:
+    class Renamed(Serializable, type_name="test_serialization.Renamed"):
+        def dump_dict(self) -> dict[str, Any]:
+            return {"v": (1, 2)}
+
+        @classmethod
+        def load_dict(cls, metadata: dict[str, Any]) -> Renamed:
+            assert metadata == {"v": (1, 2)}
+            return cls()
+
+    text = Renamed().dumps()
+    assert text.startswith('{"type_name": "test_serialization.Renamed", ')
+    assert isinstance(Renamed.loads(text), Renamed)
+
+
 def test_unknown_type_name() -> None:
     with pytest.raises(errors.SerializationError, match="unknown type_name 'Nope'"):
         serialization.loads('{"type_name": "Nope", "serialized_value": {}}')

@@ -59,6 +59,7 @@ T = TypeVar("T")
 S = TypeVar("S", bound="Serializable")
 
 _CLASSES: dict[str, type[Any]] = {}
+_NAMES: dict[type[Any], str] = {}
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,19 @@ def register_class(cls: type[T], name: str | None = None) -> type[T]:
             "built-in value encoding; pick another name"
         )
     previous = _CLASSES.get(type_name)
-    if previous is not None and previous.__qualname__ != cls.__qualname__:
+    # The same class defined again (module reload) replaces itself; another class may not.
+    if previous is not None and (previous.__module__, previous.__qualname__) != (
+        cls.__module__,
+        cls.__qualname__,
+    ):
         raise SerializationError(
             f"type_name {type_name!r} is already registered for {previous.__module__}."
             f"{previous.__qualname__}; register {cls.__qualname__} under another name"
         )
+    if previous is not None:
+        _NAMES.pop(previous, None)
     _CLASSES[type_name] = cls
+    _NAMES[cls] = type_name
     return cls
 
 
@@ -271,9 +279,9 @@ def encode(value: Any) -> Any:
 
 
 def _type_name_of(cls: type[Any]) -> str:
-    for name, registered in _CLASSES.items():
-        if registered is cls:
-            return name
+    name = _NAMES.get(cls)
+    if name is not None:
+        return name
     raise SerializationError(
         f"class {cls.__module__}.{cls.__qualname__} has dump_dict() but is not registered; "
         "decorate it with fhequant.serialization.register_class"
@@ -415,12 +423,13 @@ def _expect(cls: type[T], value: Any) -> T:
 class Serializable:
     """Base for classes written to JSON: subclasses define ``dump_dict`` and ``load_dict``.
 
-    Subclasses are registered automatically under their class name.
+    Subclasses are registered automatically under their class name, or under
+    ``type_name`` given as a class keyword (``class Foo(Serializable, type_name="Bar")``).
     """
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, type_name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        register_class(cls)
+        register_class(cls, type_name)
 
     def dump_dict(self) -> dict[str, Any]:
         """The fields to write, in order (values are encoded by the serializer)."""
