@@ -162,6 +162,18 @@ def test_class_keyword_sets_the_type_name() -> None:
     assert isinstance(Renamed.loads(text), Renamed)
 
 
+def test_incomplete_document() -> None:
+    text = '{"type_name": "UniformQuantizationParameters", "serialized_value": {"scale": 1.0}}'
+    with pytest.raises(errors.SerializationError, match="UniformQuantizationParameters"):
+        serialization.loads(text)
+
+
+def test_unsigned_64_bit_scalar_round_trip() -> None:
+    value = np.uint64(2**64 - 1)
+    back = serialization.loads(serialization.dumps(value))
+    assert type(back) is np.uint64 and back == value
+
+
 def test_unknown_type_name() -> None:
     with pytest.raises(errors.SerializationError, match="unknown type_name 'Nope'"):
         serialization.loads('{"type_name": "Nope", "serialized_value": {}}')

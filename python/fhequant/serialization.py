@@ -186,7 +186,7 @@ register_codec(
     "numpy_integer",
     lambda v: isinstance(v, np.integer),
     int,
-    lambda v, dtype: np.int64(v).astype(dtype),
+    lambda v, dtype: np.int64(v) if dtype is None else np.dtype(dtype).type(v),
     lambda v: v.dtype.name,
     native=True,
 )
@@ -314,7 +314,13 @@ def decode(data: Any) -> Any:
             f"unknown type_name {type_name!r} in JSON; known classes: {sorted(_CLASSES)}. "
             "Import the module that defines it before loading"
         )
-    return cls.load_dict(decoded[_VALUE])
+    try:
+        return cls.load_dict(decoded[_VALUE])
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise SerializationError(
+            f"cannot rebuild a {type_name} from JSON ({type(exc).__name__}: {exc}); the "
+            "document is incomplete or was written by an incompatible version"
+        ) from exc
 
 
 # --- text and files ------------------------------------------------------------------------
