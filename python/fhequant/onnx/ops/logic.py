@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from fhequant.onnx.ops._util import quiet
 from fhequant.onnx.registry import as_float64_01, register
 
 
@@ -49,6 +50,7 @@ def not_(x: np.ndarray) -> np.ndarray:
     return np.logical_not(x)
 
 
+@quiet
 def where_quant(c: np.ndarray, t: np.ndarray, f: np.ndarray) -> np.ndarray:
     """SPEC §5.3 Where: c * t + (1 - c) * f (c is 0/1, bool or float)."""
     return c * t + (1 - c) * f
