@@ -375,3 +375,18 @@ def test_constant_and_constant_of_shape_chain() -> None:
     module = NumpyModule(typed(model, ref))
     assert [n.op_type for n in module.nodes] == ["Shape", "ConstantOfShape", "Add", "Add", "Mul"]
     check("Mul", module(x), ref)
+
+
+@pytest.mark.parametrize(
+    ("opset", "inits", "attrs", "n_out"),
+    [
+        (13, {"s": i64(1, 4, 2)}, {"axis": 1}, 3),
+        (13, {}, {"axis": -1}, 2),
+        (18, {}, {"axis": 1, "num_outputs": 3}, 3),
+        (18, {}, {"axis": 1, "num_outputs": 2}, 2),
+    ],
+)
+def test_split(opset: int, inits: dict[str, np.ndarray], attrs: dict[str, Any], n_out: int) -> None:
+    x = f32(2, 7, 4)
+    model, ref = single_node("Split", {"x": x}, inits, attrs, opset, n_outputs=n_out)
+    check("Split", NumpyModule(model).forward(x), ref)

@@ -335,3 +335,22 @@ def test_brevitas_quant_in_a_graph_is_not_folded() -> None:
     wq = np.clip(w / np.float32(0.1), -8, 7)
     expected = x @ ((np.rint(wq) - 0) * np.float32(0.1))
     np.testing.assert_allclose(module(x), expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(("rows", "chunk"), [(97, 1), (300, 7), (1000, 64), (257, 256)])
+def test_batch_invariant_matmul_does_not_depend_on_the_split(rows: int, chunk: int) -> None:
+    from fhequant.onnx.ops.linear import batch_invariant_matmul
+
+    x = RNG.normal(size=(rows, 48)).astype(np.float32)
+    w = RNG.normal(size=(48, 10)).astype(np.float32)
+    full = batch_invariant_matmul(x, w)
+    parts = np.concatenate(
+        [batch_invariant_matmul(x[i : i + chunk], w) for i in range(0, rows, chunk)]
+    )
+    assert full.dtype == np.float32
+    np.testing.assert_array_equal(parts, full)
+    np.testing.assert_allclose(full, x @ w, rtol=1e-5, atol=1e-5)
+    x3 = x[: rows - rows % 2].reshape(-1, 2, 48)
+    np.testing.assert_array_equal(
+        batch_invariant_matmul(x3, w).reshape(-1, 10), full[: len(x3) * 2]
+    )

@@ -203,7 +203,7 @@ class _Runner:
         key = op_key(node)
         spec = ONNX_OPS[key]
         label = node_label(node, index)
-        attrs = spec.resolve_attrs(node_attrs(node), label)
+        attrs = spec.resolve_attrs(node_attrs(node), label, len(node.output))
         n_in = len(node.input)
         if n_in < spec.n_required or (n_in > len(spec.inputs) and not spec.is_variadic):
             raise OnnxImportError(

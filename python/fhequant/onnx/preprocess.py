@@ -192,7 +192,7 @@ class _Graph:
             spec = ONNX_OPS[key]
             label = node_label(node, i)
             try:
-                attrs = spec.resolve_attrs(node_attrs(node), label)
+                attrs = spec.resolve_attrs(node_attrs(node), label, len(node.output))
                 args = [self.inits[x] if x else None for x in node.input]
                 res = spec.fn(*args, **attrs)
             except FhequantError:

@@ -111,12 +111,15 @@ class OpSpec:
         names = self.input_names
         return tuple(i for i in range(min(n_given, len(names))) if names[i] in self.raw_inputs)
 
-    def resolve_attrs(self, given: Mapping[str, Any], node: str = "?") -> dict[str, Any]:
+    def resolve_attrs(
+        self, given: Mapping[str, Any], node: str = "?", n_outputs: int | None = None
+    ) -> dict[str, Any]:
         """Fill in attribute defaults.
 
         Args:
             given: the attributes set on the node.
             node: the node name, for error messages.
+            n_outputs: the node's output count (fills num_outputs of variable-output ops).
 
         Returns:
             A dict with one entry per attribute of the op.
@@ -132,6 +135,8 @@ class OpSpec:
             )
         out = dict(self.attrs)
         out.update(given)
+        if self.n_outputs == -1 and "num_outputs" in out and out["num_outputs"] is None:
+            out["num_outputs"] = n_outputs
         missing = sorted(k for k, v in out.items() if v is REQUIRED)
         if missing:
             raise OnnxImportError(

@@ -13,6 +13,22 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.matmul(a, b)
 
 
+def batch_invariant_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b (b 2-D) with every row computed by the same (1, k) @ (k, m) BLAS call.
+
+    Plain float32 ``np.matmul`` can change by an ulp with the number of rows (BLAS picks its
+    kernel and summation order from the shapes), so a streamed computation would differ from a
+    whole-batch one (SPEC decision 4). Here a row's result never depends on the other rows,
+    at about 1.6x the cost. Not used by the registry's Gemm/MatMul, which keep np.matmul (what
+    the reference runs on the whole calibration set).
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    if a.ndim < 2 or b.ndim != 2:
+        return np.matmul(a, b)
+    rows = np.matmul(a.reshape(-1, 1, a.shape[-1]), b)
+    return rows.reshape(*a.shape[:-1], b.shape[-1])
+
+
 def _int_if_integral(v: float) -> float | int:
     """SPEC §5.3: integer-valued alpha/beta become int, so they keep float32 float32."""
     f = float(v)

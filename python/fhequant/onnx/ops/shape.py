@@ -149,6 +149,34 @@ def pad(
     return y[crop]
 
 
+@register(
+    "Split",
+    "input, split?",
+    {"axis": 0, "num_outputs": None},
+    raw=("split",),
+    n_outputs=-1,
+)
+def split(
+    x: np.ndarray,
+    sizes: np.ndarray | None = None,
+    *,
+    axis: int = 0,
+    num_outputs: int | None = None,
+) -> tuple[np.ndarray, ...]:
+    """Split along ``axis`` by the given sizes, or into ``num_outputs`` parts (the last one
+    smaller when the axis does not divide evenly; the module sets num_outputs to the node's
+    output count when neither is given)."""
+    dim = np.shape(x)[int(axis)]
+    if sizes is not None and np.size(sizes):
+        bounds = np.cumsum(int_list(sizes))[:-1]
+    else:
+        if not num_outputs:
+            raise OnnxImportError("Split needs a split input or num_outputs")
+        step = -(-dim // int(num_outputs))
+        bounds = np.arange(step, dim, step)
+    return tuple(np.split(x, bounds, axis=int(axis)))
+
+
 @register("Tile", "input, repeats", raw=("repeats",))
 def tile(x: np.ndarray, repeats: np.ndarray) -> np.ndarray:
     """np.tile with one repeat per axis."""
