@@ -73,9 +73,9 @@ def _slice_bounds(start: int, end: int, step: int, dim: int) -> slice:
     end = end + dim if end < 0 else end
     if step > 0:
         return slice(min(max(start, 0), dim), min(max(end, 0), dim), step)
-    start = min(max(start, -1), dim - 1)
+    start = min(max(start, 0), dim - 1)
     end = min(max(end, -1), dim - 1)
-    return slice(start, None if end < 0 else end, step) if start >= 0 else slice(0, 0)
+    return slice(start, None if end < 0 else end, step) if dim > 0 else slice(0, 0)
 
 
 @register(
