@@ -130,18 +130,23 @@ def preprocess(model: onnx.ModelProto) -> Preprocessed:
     Raises:
         OpsetError, UnsupportedOpError, OnnxImportError: see the individual steps.
     """
-    check_opset(model)
-    check_model(model, "as given")
-    check_supported(model)
-    g = _Graph(model)
-    g.fold_constants()
-    g.remove_nop_pads()
-    g.fuse_pads_into_conv()
-    g.fuse_matmul_add()
-    g.remove_unused_initializers()
-    pre = g.onehot_gathers(model)
-    out = g.to_model(model)
-    check_model(out, "after pre-processing")
+    try:
+        check_opset(model)
+        check_model(model, "as given")
+        check_supported(model)
+        g = _Graph(model)
+        g.fold_constants()
+        g.remove_nop_pads()
+        g.fuse_pads_into_conv()
+        g.fuse_matmul_add()
+        g.remove_unused_initializers()
+        pre = g.onehot_gathers(model)
+        out = g.to_model(model)
+        check_model(out, "after pre-processing")
+    except FhequantError:
+        raise
+    except Exception as exc:  # corrupt protobufs fail in many ways (e.g. non-UTF-8 names)
+        raise OnnxImportError(f"the ONNX model cannot be pre-processed: {exc!r}") from exc
     return Preprocessed(out, g.inits, pre)
 
 
