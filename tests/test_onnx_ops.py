@@ -390,3 +390,14 @@ def test_split(opset: int, inits: dict[str, np.ndarray], attrs: dict[str, Any], 
     x = f32(2, 7, 4)
     model, ref = single_node("Split", {"x": x}, inits, attrs, opset, n_outputs=n_out)
     check("Split", NumpyModule(model).forward(x), ref)
+
+
+@pytest.mark.parametrize(("axis", "bias"), [(-1, True), (1, False), (-2, True)])
+def test_layer_normalization(axis: int, bias: bool) -> None:
+    x = f32(2, 3, 4)
+    shape = x.shape[axis:]
+    inits = {"s": f32(*shape)}
+    if bias:
+        inits["b"] = f32(*shape)
+    model, ref = single_node("LayerNormalization", {"x": x}, inits, {"axis": axis}, 17, n_outputs=3)
+    check("LayerNormalization", NumpyModule(model).forward(x), ref)

@@ -1,4 +1,4 @@
-"""Linear algebra: MatMul, Gemm (float32, SPEC §0) and BatchNormalization."""
+"""Linear algebra: MatMul, Gemm (float32, SPEC §0), BatchNormalization, LayerNormalization."""
 
 from __future__ import annotations
 
@@ -90,3 +90,38 @@ def batch_normalization(
     m, v = np.reshape(mean, shape), np.reshape(var, shape)
     s, b = np.reshape(scale, shape), np.reshape(bias, shape)
     return (x - m) / np.sqrt(v + epsilon) * s + b
+
+
+@register(
+    "LayerNormalization",
+    "X, Scale, B?",
+    {"axis": -1, "epsilon": 1e-5, "stash_type": 1},
+    n_outputs=3,
+)
+def layer_normalization(
+    x: np.ndarray,
+    scale: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    axis: int = -1,
+    epsilon: float = 1e-5,
+    stash_type: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Opset-17 LayerNormalization over the axes from ``axis`` to the last.
+
+    Returns:
+        (Y, Mean, InvStdDev); the statistics are computed in float32 (stash_type 1) and Y
+        keeps the dtype of x.
+    """
+    del stash_type
+    rank = np.ndim(x)
+    first = int(axis) + rank if int(axis) < 0 else int(axis)
+    axes = tuple(range(first, rank))
+    xs = np.asarray(x, dtype=np.float32) if np.asarray(x).dtype == np.float16 else np.asarray(x)
+    mean = np.mean(xs, axis=axes, keepdims=True)
+    centered = xs - mean
+    inv_std = 1 / np.sqrt(np.mean(centered * centered, axis=axes, keepdims=True) + epsilon)
+    y = centered * inv_std * scale
+    if bias is not None:
+        y = y + bias
+    return y.astype(np.asarray(x).dtype, copy=False), mean, inv_std
