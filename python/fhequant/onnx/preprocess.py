@@ -256,8 +256,14 @@ class _Graph:
                 if value is None or np.any(np.asarray(value) != 0):
                     continue
             conv_attrs = node_attrs(conv)
-            rank = len(pads) // 2
             if conv_attrs.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
+                continue
+            weight = self.inits.get(conv.input[1])
+            kernel = conv_attrs.get("kernel_shape") or (
+                weight.shape[2:] if weight is not None else None
+            )
+            rank = len(pads) // 2
+            if kernel is None or rank != len(kernel) + 2:
                 continue
             if any(p < 0 for p in pads) or any(pads[a] or pads[a + rank] for a in (0, 1)):
                 continue
