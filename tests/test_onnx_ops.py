@@ -401,3 +401,15 @@ def test_layer_normalization(axis: int, bias: bool) -> None:
         inits["b"] = f32(*shape)
     model, ref = single_node("LayerNormalization", {"x": x}, inits, {"axis": axis}, 17, n_outputs=3)
     check("LayerNormalization", NumpyModule(model).forward(x), ref)
+
+
+@pytest.mark.parametrize(
+    ("start", "limit", "delta"),
+    [(2, 11, 3), (5, 1, 2), (np.float32(1.5), np.float32(-1), np.float32(-0.75))],
+)
+def test_range(start: Any, limit: Any, delta: Any) -> None:
+    dtype = np.float32 if isinstance(start, np.floating) else np.int64
+    s = np.array(start, dtype)
+    inits = {"l": np.array(limit, dtype), "d": np.array(delta, dtype)}
+    model, ref = single_node("Range", {"s": s}, inits)
+    check("Range", NumpyModule(model).forward(s), ref)

@@ -208,3 +208,11 @@ def test_embedding_becomes_onehot_matmul() -> None:
     assert module.nodes[0].op_type == "MatMul"
     onehot = module.preprocess_inputs(idx)[0]
     assert onehot.shape == (10, 3, 7) and onehot.dtype == np.float32
+
+
+def test_unfold_decomposition() -> None:
+    """torch exports nn.Unfold at opset 14 as Shape/Range/Gather/Pad/Transpose/Reshape."""
+    model = nn.Sequential(nn.Unfold(2, padding=1, stride=2), nn.Flatten(), nn.Linear(8 * 9, 2))
+    x = RNG.normal(size=(5, 2, 5, 5)).astype(np.float32)
+    module = compare(model, x)
+    assert "Range" in [n.op_type for n in module.nodes]

@@ -1,5 +1,5 @@
 """Shape and data movement: Reshape, Flatten, Transpose, (Un)Squeeze, Concat, Expand, Slice,
-Gather, Pad, Tile, Shape, Constant, ConstantOfShape, OneHot."""
+Gather, Pad, Split, Tile, Range, Shape, Constant, ConstantOfShape, OneHot."""
 
 from __future__ import annotations
 
@@ -181,6 +181,17 @@ def split(
 def tile(x: np.ndarray, repeats: np.ndarray) -> np.ndarray:
     """np.tile with one repeat per axis."""
     return np.tile(x, int_list(repeats))
+
+
+@register("Range", "start, limit, delta", raw=("start", "limit", "delta"))
+def range_(start: np.ndarray, limit: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """start, start + delta, ... up to (excluding) limit, in the dtype of start."""
+    dtype = np.asarray(start).dtype
+    s0, s1, d = (np.asarray(v).reshape(-1)[0] for v in (start, limit, delta))
+    if d == 0:
+        raise OnnxImportError("Range delta must not be 0")
+    n = max(int(np.ceil((s1 - s0) / d)), 0)
+    return (s0 + np.arange(n, dtype=dtype) * d).astype(dtype)
 
 
 @register("Shape", "data", {"start": 0, "end": None}, raw_output=True)
