@@ -354,3 +354,18 @@ def test_batch_invariant_matmul_does_not_depend_on_the_split(rows: int, chunk: i
     np.testing.assert_array_equal(
         batch_invariant_matmul(x3, w).reshape(-1, 10), full[: len(x3) * 2]
     )
+
+
+def test_specs_and_nodes_are_hashable() -> None:
+    x = RNG.normal(size=(2, 3)).astype(np.float32)
+    model = make_model(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        {"x": x},
+        ["y"],
+        out_types={"y": (TensorProto.FLOAT, [2, 3])},
+    )
+    node = NumpyModule(model).nodes[0]
+    assert {node: 1}[node] == 1
+    assert {ONNX_OPS["Relu"]: 1}[node.spec] == 1
+    with pytest.raises(AttributeError):
+        node.name = "other"  # type: ignore[misc]

@@ -18,7 +18,7 @@ from fhequant.onnx.registry import ONNX_OPS, OpSpec
 __all__ = ["GraphNode", "NumpyModule"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class GraphNode:
     """One node of a pre-processed graph, ready to run.
 

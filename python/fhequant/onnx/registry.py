@@ -71,7 +71,7 @@ class InputSpec:
     kind: InputKind = "required"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class OpSpec:
     """An ONNX op type, its float implementations and the metadata a quantized layer needs.
 
