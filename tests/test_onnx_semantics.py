@@ -369,3 +369,24 @@ def test_specs_and_nodes_are_hashable() -> None:
     assert {ONNX_OPS["Relu"]: 1}[node.spec] == 1
     with pytest.raises(AttributeError):
         node.name = "other"  # type: ignore[misc]
+
+
+def test_average_pool_sums_windows_row_major() -> None:
+    """((a + b) + c) + d, as torch's float64 avg_pool2d that the reference calibrates with."""
+    pool = ONNX_OPS["AveragePool"].fn
+    x = np.tile(np.array([[1e16, 1.0], [-1e16, 1.0]]), (2, 3, 2, 2))
+    np.testing.assert_array_equal(pool(x, kernel_shape=(2, 2), strides=(2, 2)), 0.25)
+    y = RNG.normal(size=(2, 2, 7, 6)) * 10.0 ** RNG.integers(-8, 8, size=(2, 2, 7, 6))
+    out = pool(y, kernel_shape=(3, 2), strides=(2, 1), pads=(1, 0, 1, 1))
+    yp = np.pad(y.astype(np.float32).astype(np.float64), ((0, 0), (0, 0), (1, 1), (0, 1)))
+    expected = np.zeros(out.shape)
+    for i in range(out.shape[2]):
+        for j in range(out.shape[3]):
+            acc = yp[:, :, 2 * i, j].copy()
+            for ki, kj in [(0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]:
+                acc = acc + yp[:, :, 2 * i + ki, j + kj]
+            cells = sum(
+                1 for ki in range(3) for kj in range(2) if 1 <= 2 * i + ki <= 7 and j + kj < 6
+            )
+            expected[:, :, i, j] = acc / cells
+    np.testing.assert_array_equal(out, expected)
