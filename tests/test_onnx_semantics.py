@@ -390,3 +390,14 @@ def test_average_pool_sums_windows_row_major() -> None:
             )
             expected[:, :, i, j] = acc / cells
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("domain", ["onnx.brevitas", "qonnx.custom_op.general"])
+def test_quant_domain_without_opset_import(domain: str) -> None:
+    x = RNG.normal(size=(3, 4)).astype(np.float32)
+    inits = {"s": np.float32(0.5), "z": np.float32(0), "b": np.float32(3)}
+    node = helper.make_node("Quant", ["x", "s", "z", "b"], ["y"], domain=domain, narrow=1)
+    model = make_model([node], {"x": x}, ["y"], inits, out_types={"y": (TensorProto.FLOAT, [3, 4])})
+    module = NumpyModule(model)
+    assert module.nodes[0].op_type == f"{domain}.Quant"
+    np.testing.assert_array_equal(module(x), np.rint(np.clip(x / np.float32(0.5), -3, 3)) * 0.5)

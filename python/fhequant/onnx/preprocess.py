@@ -19,6 +19,7 @@ from onnx import helper
 import fhequant.onnx.ops  # noqa: F401  (importing the families fills the registry)
 from fhequant.errors import FhequantError, OnnxImportError, OpsetError, UnsupportedOpError
 from fhequant.onnx._proto import (
+    DEFAULT_DOMAINS,
     default_opset,
     from_array,
     node_attrs,
@@ -109,6 +110,19 @@ def check_supported(model: onnx.ModelProto) -> None:
         )
 
 
+def _import_custom_domains(model: onnx.ModelProto) -> None:
+    """Add a version-1 opset import for node domains the model uses but does not import.
+
+    Brevitas/QONNX exports sometimes omit the import of their Quant domain; onnx.checker
+    would reject the model for that alone.
+    """
+    imported = {op.domain for op in model.opset_import}
+    for node in model.graph.node:
+        if node.domain not in imported and node.domain not in DEFAULT_DOMAINS:
+            model.opset_import.append(helper.make_opsetid(node.domain, 1))
+            imported.add(node.domain)
+
+
 @dataclass
 class Preprocessed:
     """The result of ``preprocess``.
@@ -132,6 +146,7 @@ def preprocess(model: onnx.ModelProto) -> Preprocessed:
     """
     try:
         check_opset(model)
+        _import_custom_domains(model)
         check_model(model, "as given")
         check_supported(model)
         g = _Graph(model)
