@@ -159,7 +159,7 @@ pub fn conv2d(
         i128::from(whi) - i128::from(z_w),
     );
     let ckk = cg * kh * kw;
-    let bound = check_bound(
+    check_bound(
         ckk,
         max_abs(xlo.into(), xhi.into()),
         max_abs(clo, chi),
@@ -171,7 +171,18 @@ pub fn conv2d(
             )
         },
     )?;
+    // Centre the padded input on the middle of its range: conv(x_pad, c) =
+    // conv(x_pad − s, c) + s·Σ_taps c. The centred product has the smaller bound (faster
+    // exact strategy); the per-channel term is exact in wrapping i64 since the result fits.
+    let s = xlo + ((i128::from(xhi) - i128::from(xlo)) / 2) as i64;
+    let bound = (ckk as u128)
+        .saturating_mul(max_abs(
+            i128::from(xlo) - i128::from(s),
+            i128::from(xhi) - i128::from(s),
+        ))
+        .saturating_mul(max_abs(clo, chi));
     let job = Job {
+        shift: s,
         x: x.as_standard_layout().into_owned(),
         w: w.as_standard_layout()
             .iter()
@@ -232,34 +243,44 @@ impl Taps {
         plane: &[i64],
         wd: usize,
         (i, j, y): (usize, usize, usize),
-        pad: T,
+        fill: &Fill<T>,
         dst: &mut [T],
     ) {
         let [oh, ow] = self.out;
         let cols = &self.cols[j * ow..(j + 1) * ow];
         let r = self.rows[i * oh + y];
         if r == ZERO {
-            dst.fill(T::default());
+            dst.fill(fill.zero);
         } else if r == PAD {
             for (d, &c) in dst.iter_mut().zip(cols) {
-                *d = if c == ZERO { T::default() } else { pad };
+                *d = if c == ZERO { fill.zero } else { fill.pad };
             }
         } else {
             let row = &plane[r as usize * wd..(r as usize + 1) * wd];
             for (d, &c) in dst.iter_mut().zip(cols) {
                 *d = if c >= 0 {
-                    T::from_i64(row[c as usize])
+                    T::from_i64(row[c as usize].wrapping_sub(fill.shift))
                 } else if c == PAD {
-                    pad
+                    fill.pad
                 } else {
-                    T::default()
+                    fill.zero
                 };
             }
         }
     }
 }
 
+/// The values written for pad and ceil-extension cells, and the shift subtracted from
+/// every input element (pad and zero already include it).
+struct Fill<T> {
+    pad: T,
+    zero: T,
+    shift: i64,
+}
+
 struct Job<'g> {
+    /// Subtracted from every cell of the padded input (see `conv2d`).
+    shift: i64,
     x: Array4<i64>,
     /// (O, C/g·kh·kw) row-major weights minus z_w (exact: the bound check passed).
     w: Vec<i64>,
@@ -285,7 +306,20 @@ impl Job<'_> {
         let xs = self.x.as_slice().unwrap_or(&[]);
         let plane = h * wd;
         let taps = Taps::new(self.geom, [h, wd], [oh, ow]);
-        let pad = T::from_i64(self.geom.pad_value);
+        let fill = Fill {
+            pad: T::from_i64(self.geom.pad_value.wrapping_sub(self.shift)),
+            zero: T::from_i64(self.shift.wrapping_neg()),
+            shift: self.shift,
+        };
+        // s·Σ_taps c per output channel.
+        let corr: Vec<i64> = self
+            .w
+            .chunks_exact(ckk.max(1))
+            .map(|row| {
+                let sum = row.iter().fold(0i64, |a, &v| a.wrapping_add(v));
+                self.shift.wrapping_mul(sum)
+            })
+            .collect();
         out.par_chunks_mut(imgs * o * l)
             .enumerate()
             .for_each(|(chunk, dst)| {
@@ -302,7 +336,7 @@ impl Job<'_> {
                             let base = ((first + img) * c + ch) * plane;
                             let src = &xs[base..base + plane];
                             for (y, d) in seg.chunks_exact_mut(ow).enumerate() {
-                                taps.fill_row(src, wd, (i, j, y), pad, d);
+                                taps.fill_row(src, wd, (i, j, y), &fill, d);
                             }
                         }
                     }
@@ -311,8 +345,9 @@ impl Job<'_> {
                         for oo in 0..og {
                             let d = (img * o + g * og + oo) * l;
                             let s = oo * cols_n + img * l;
+                            let ct = corr.get(g * og + oo).copied().unwrap_or(0);
                             for (dv, &sv) in dst[d..d + l].iter_mut().zip(&tmp[s..s + l]) {
-                                *dv = sv.to_i64();
+                                *dv = sv.to_i64().wrapping_add(ct);
                             }
                         }
                     }
@@ -335,6 +370,11 @@ fn window_reduce(
     let xs = x.as_slice().unwrap_or(&[]);
     let (kh, kw) = (geom.kernel[0], geom.kernel[1]);
     let taps = Taps::new(geom, [h, wd], [oh, ow]);
+    let fill = Fill {
+        pad: geom.pad_value,
+        zero: 0,
+        shift: 0,
+    };
     let mut out = vec![init; n * c * oh * ow];
     if !out.is_empty() {
         let plane = h * wd;
@@ -346,7 +386,7 @@ fn window_reduce(
                 for (y, acc) in dst.chunks_exact_mut(ow).enumerate() {
                     for i in 0..kh {
                         for j in 0..kw {
-                            taps.fill_row(src, wd, (i, j, y), geom.pad_value, &mut vals);
+                            taps.fill_row(src, wd, (i, j, y), &fill, &mut vals);
                             for (a, &v) in acc.iter_mut().zip(&vals) {
                                 *a = combine(*a, v);
                             }
