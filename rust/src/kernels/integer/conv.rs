@@ -2,7 +2,7 @@
 //! zero-point correction of SPEC §3.2: conv(x_pad, w) − z_w·conv(x_pad, 1) = conv(x_pad,
 //! w − z_w). Evaluated as im2col + an exact product (see `exact`).
 
-use ndarray::{Array2, Array4, ArrayView4};
+use ndarray::{Array2, Array4, ArrayView4, CowArray, Ix4};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -183,7 +183,7 @@ pub fn conv2d(
         .saturating_mul(max_abs(clo, chi));
     let job = Job {
         shift: s,
-        x: x.as_standard_layout().into_owned(),
+        x: x.as_standard_layout(),
         w: w.as_standard_layout()
             .iter()
             .map(|&v| v.wrapping_sub(z_w))
@@ -281,7 +281,8 @@ struct Fill<T> {
 struct Job<'g> {
     /// Subtracted from every cell of the padded input (see `conv2d`).
     shift: i64,
-    x: Array4<i64>,
+    /// The input in C order (borrowed when it already is).
+    x: CowArray<'g, i64, Ix4>,
     /// (O, C/g·kh·kw) row-major weights minus z_w (exact: the bound check passed).
     w: Vec<i64>,
     /// n, c, h, w, o, cg, oh, ow

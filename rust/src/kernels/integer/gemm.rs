@@ -123,16 +123,18 @@ impl Job<'_> {
         let ba = self.a.dim().0;
         let wt: Vec<T> = self.wc.iter().map(|&v| T::from_i64(v)).collect();
         // s·colsum(W') + s·t·K per weight batch and column (wrapping: exact modulo 2^64).
-        let col_terms: Vec<i64> = (0..bw * n)
-            .map(|bj| {
-                let (b, j) = (bj / n, bj % n);
-                let sum = (0..k).fold(0i64, |acc, p| {
-                    acc.wrapping_add(self.wc[(b * k + p) * n + j])
-                });
-                s.wrapping_mul(sum)
-                    .wrapping_add(s.wrapping_mul(t).wrapping_mul(k as i64))
-            })
-            .collect();
+        let mut col_terms = vec![0i64; bw * n];
+        for (b, sums) in col_terms.chunks_exact_mut(n).enumerate() {
+            for row in self.wc[b * k * n..(b + 1) * k * n].chunks_exact(n) {
+                for (acc, &v) in sums.iter_mut().zip(row) {
+                    *acc = acc.wrapping_add(v);
+                }
+            }
+            let st = s.wrapping_mul(t).wrapping_mul(k as i64);
+            for acc in sums.iter_mut() {
+                *acc = s.wrapping_mul(*acc).wrapping_add(st);
+            }
+        }
         let mut out = vec![0i64; batch * m * n];
         out.par_chunks_mut(m * n).enumerate().for_each(|(bi, dst)| {
             let ab: ArrayView2<'_, i64> = self
