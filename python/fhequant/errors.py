@@ -12,6 +12,7 @@ message always names the tensor, op or option at fault and says what to do about
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentError",
     "BitWidthError",
     "DTypeError",
     "EmptyTensorError",
@@ -54,6 +55,10 @@ class EmptyTensorError(QuantizationError):
 
 class DTypeError(FhequantError, TypeError):
     """An array of a dtype the operation does not accept."""
+
+
+class ArgumentError(FhequantError, TypeError):
+    """Missing, partial or unexpected arguments (e.g. only some quantization parameters)."""
 
 
 class ShapeError(FhequantError, ValueError):
