@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -290,18 +289,11 @@ def test_round_bit_pattern_ties_go_up() -> None:
         ik.round_bit_pattern(np.array([2**63 - 2]), 3)
 
 
-def _concrete_integer() -> Any:
-    """concrete-python's Integer type (its import warns about pkg_resources namespaces)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from concrete.fhe.dtypes import Integer
-    return Integer
-
-
 @settings(max_examples=200, deadline=None)
 @given(st.integers(-(2**62), 2**62 - 1), st.integers(0, 2**62 - 1))
 def test_bit_width_matches_concrete(a: int, span: int) -> None:
-    Integer = _concrete_integer()
+    from concrete.fhe.dtypes import Integer
+
     lo, hi = a, a + span
     want = Integer.that_can_represent(np.array([lo, hi], dtype=np.int64))
     assert ik.bit_width(lo, hi) == ik.bit_width_reference(lo, hi) == want.bit_width
@@ -310,7 +302,8 @@ def test_bit_width_matches_concrete(a: int, span: int) -> None:
 
 @pytest.mark.parametrize("v", [0, 1, 2, 127, 128, 255, 256, 2**31, 2**47, 2**53, 2**62])
 def test_bit_width_edges_match_concrete(v: int) -> None:
-    Integer = _concrete_integer()
+    from concrete.fhe.dtypes import Integer
+
     for lo, hi in [(0, v), (-v, 0), (-v, v), (-v - 1, v - 1)]:
         want = Integer.that_can_represent(np.array([lo, hi], dtype=np.int64)).bit_width
         assert ik.bit_width(lo, hi) == want, (lo, hi)
@@ -447,3 +440,31 @@ def test_window_sum_bounds_hold_and_are_attained(
     rnd = np.random.default_rng(3).integers(x_lo, x_hi, (4, 1, *spatial), endpoint=True)
     got = ik.window_sum(rnd, z_x=case["z_x"], ceil_mode=ceil_mode, **geo)
     assert raw[0] <= got.min() and got.max() <= raw[1]
+
+
+def test_ceil_mode_window_sums_match_torch_avg_pool() -> None:
+    """sum / norm equals torch's avg_pool2d(ceil_mode=True, count_include_pad=True)."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    for h, w, k, s, p in [(5, 5, 2, 2, 0), (6, 7, 3, 2, 1), (4, 4, 2, 2, 1), (7, 3, 3, 3, 1)]:
+        x = rng.integers(0, 20, (2, 3, h, w))
+        want = torch.nn.functional.avg_pool2d(
+            torch.tensor(x, dtype=torch.float64), k, s, p, ceil_mode=True, count_include_pad=True
+        ).numpy()
+        pads = (p, p, p, p)
+        sums = ik.window_sum(x, (k, k), (s, s), pads, 0, ceil_mode=1)
+        norm = ik.window_sum(np.ones_like(x), (k, k), (s, s), pads, 1, ceil_mode=1)
+        assert sums.shape == want.shape
+        np.testing.assert_allclose(sums / norm, want, rtol=1e-12)
+
+
+def test_window_sum_overflow_and_max_never_overflows() -> None:
+    x = np.full((1, 1, 3, 3), 2**62 - 1, dtype=np.int64)
+    for fn in (ik.window_sum, ik.window_sum_reference):
+        with pytest.raises(OverflowRiskError, match=r"pool1.*uint62"):
+            fn(x, (2, 2), None, None, 0, name="pool1")
+    for fn in (ik.window_max, ik.window_max_reference):
+        np.testing.assert_array_equal(
+            fn(x, (2, 2), None, None, 0), np.full((1, 1, 2, 2), 2**62 - 1)
+        )
