@@ -424,10 +424,37 @@ class QuantizedOp:
             *q_inputs, calibrate=False, quantize_actual_values=False
         )
         self._track("prepared_inputs", prepared)
-        f = self.call_impl(*prepared, **self._merged_attrs(attrs))
+        merged = self._merged_attrs(attrs)
         if self._is_raw_output() or not any(isinstance(q, QuantizedArray) for q in q_inputs):
-            return f
-        return self.make_output_quant_array(f)
+            return self.call_impl(*prepared, **merged)
+        return self.make_output_quant_array(self._float_tlu(prepared, q_inputs, merged))
+
+    def _float_tlu(self, prepared: list[Any], q_inputs: tuple[Any, ...], attrs: Any) -> Any:
+        """The float implementation of one encrypted tensor, as a table lookup when traced.
+
+        The float implementations are written for numpy arrays; under the tracing executor
+        the op's single encrypted operand goes through ``fhe.univariate`` (which concrete
+        fuses with the surrounding float ops), so any numpy code is traceable.
+        """
+        variable = [i for i in range(len(prepared)) if i not in self.constant_inputs]
+        encrypted = [
+            i for i, q in zip(variable, q_inputs, strict=True) if isinstance(q, QuantizedArray)
+        ]
+        ex = self.executor(*(prepared[i] for i in encrypted))
+        if ex.name != "tracing" or len(encrypted) != 1:
+            return self.call_impl(*prepared, **attrs)
+        idx = encrypted[0]
+        x = prepared[idx]
+        args = list(prepared)
+        probe = [np.zeros(x.shape) if i == idx else a for i, a in enumerate(args)]
+        if np.shape(self.call_impl(*probe, **attrs)) != tuple(x.shape):
+            return self.call_impl(*prepared, **attrs)
+
+        def fn(v: Any) -> Any:
+            args[idx] = v
+            return self.call_impl(*args, **attrs)
+
+        return ex.tlu(x, fn)
 
     # --- misc -----------------------------------------------------------------------------
 
