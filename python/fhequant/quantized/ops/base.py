@@ -70,6 +70,7 @@ from fhequant.errors import (
     InvalidOptionKeyError,
     NotCalibratedError,
     QuantizedOpError,
+    SerializationError,
     UnsupportedOptionError,
 )
 from fhequant.quantization import (
@@ -79,6 +80,7 @@ from fhequant.quantization import (
 )
 from fhequant.quantized.ops.executors import Executor, executor_for, fhe_module, is_tracer
 from fhequant.quantized.ops.float_specs import FloatOpSpec, float_spec
+from fhequant.serialization import Serializable
 
 __all__ = [
     "DEFAULT_MODEL_BITS",
@@ -118,8 +120,10 @@ def quantized_values_copy(qa: QuantizedArray, qvalues: Any = None) -> QuantizedA
     )
 
 
-class QuantizedOp:
+class QuantizedOp(Serializable):
     """A quantized ONNX op: float calibration plus integer inference (SPEC §2).
+
+    Every subclass is registered for JSON under its class name (``dumps``/``loads``).
 
     Args:
         n_bits_output: bits of the output quantizer (PTQ passes model_outputs).
@@ -455,6 +459,50 @@ class QuantizedOp:
             return self.call_impl(*args, **attrs)
 
         return ex.tlu(x, fn)
+
+    # --- JSON -----------------------------------------------------------------------------
+
+    def dump_dict(self) -> dict[str, Any]:
+        """Every field of the op, keys sorted (SPEC §6.3); constant input keys as strings.
+
+        Returns:
+            The fields to write (the serializer encodes the values).
+        """
+        fields: dict[str, Any] = dict(vars(self))
+        fields["_impl_for_op_named"] = self._impl_for_op_named
+        fields["constant_inputs"] = {str(k): v for k, v in self.constant_inputs.items()}
+        fields["debug_value_tracker"] = None  # transient (debug forward only)
+        return dict(sorted(fields.items()))
+
+    @classmethod
+    def load_dict(cls, metadata: dict[str, Any]) -> QuantizedOp:
+        """Rebuild an op from the fields written by ``dump_dict``.
+
+        Args:
+            metadata: the decoded fields.
+
+        Returns:
+            The op (of this class, which must implement ``_impl_for_op_named``).
+
+        Raises:
+            SerializationError: the op type does not match the class.
+        """
+        impl = metadata.get("_impl_for_op_named")
+        if impl != cls._impl_for_op_named:
+            raise SerializationError(
+                f"{cls.__name__}: the JSON describes op type {impl!r}, but this class "
+                f"implements {cls._impl_for_op_named!r}"
+            )
+        op = cls.__new__(cls)
+        for key, value in metadata.items():
+            if key == "_impl_for_op_named":
+                continue
+            if key == "constant_inputs":
+                value = {int(k): v for k, v in value.items()}
+            elif key == "_int_input_names":
+                value = set(value)
+            setattr(op, key, value)
+        return op
 
     # --- misc -----------------------------------------------------------------------------
 
