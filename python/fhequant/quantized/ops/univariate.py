@@ -207,9 +207,7 @@ class QuantizedIdentity(QuantizedOp):
         Returns:
             A QuantizedArray copy, or the raw input.
         """
-        (x,) = self._prepare_inputs_with_constants(
-            *q_inputs, calibrate=False, quantize_actual_values=True
-        )
+        (x,) = self._slot_inputs(q_inputs)
         if isinstance(x, QuantizedArray):
             return quantized_values_copy(x)
         return x
