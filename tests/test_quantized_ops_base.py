@@ -83,6 +83,9 @@ def test_rounding_errors_are_fhequant_subclasses_and_stored_on_the_op() -> None:
     assert "rounding_threshold_bits" not in op.attrs
     with pytest.raises(ValueError, match="'g'"):
         QuantizedGemm(5, "g", constant_inputs={1: w}, rounding_threshold_bits=10)
+    op.rounding_threshold_bits = 4  # e.g. the power-of-two pass: normalised on assignment
+    assert op.rounding_threshold_bits == {"n_bits": 4, "method": Exactness.EXACT}
+    assert "rounding_threshold_bits" in op.dump_dict()
 
 
 # --- bit widths and cnp_round --------------------------------------------------------------
@@ -265,4 +268,4 @@ def test_qat_requantization_is_recorded_in_the_error_tracker() -> None:
     op.error_tracker = []
     x = qa_float(np.linspace(-1, 1, 6, dtype=np.float32), 6, signed=False)
     op.q_impl(x)
-    assert op.error_tracker == ["0"]
+    assert op.error_tracker == [0]

@@ -29,8 +29,9 @@ Instance state
     graph-output Gemm's (m, out_zp)), ``produces_graph_output`` (bool, set by the walk before
     the q_impl calibration pass), ``lsbs_to_remove`` (dict[str, int]) and
     ``rounding_threshold_bits`` (None or {"n_bits": k, "method": Exactness}) on mixing ops,
-    ``error_tracker`` (None or a list: QAT import sets a list and the op appends the names of
-    inputs it had to re-quantize with QAT options, §4.5), ``debug_value_tracker`` (None or a
+    ``error_tracker`` (None or a list: QAT import sets a list and the op appends the input
+    slot index (int, constants included) of each input it had to re-quantize with QAT
+    options, §4.5), ``debug_value_tracker`` (None or a
     dict: when set, q_impl stores its prepared inputs and, for mixing ops, the integer
     accumulator under ``debug_value_tracker[op_instance_name]``).
 
@@ -169,7 +170,7 @@ class QuantizedOp(Serializable):
         self.output_quant_params: UniformQuantizationParameters | None = None
         self.output_quant_stats: Any = None
         self.produces_graph_output = False
-        self.error_tracker: list[str] | None = None
+        self.error_tracker: list[int] | None = None
         self.debug_value_tracker: dict[str, dict[str, Any]] | None = None
         if self.can_fuse():
             self.input_quant_opts.is_qat = False
@@ -331,7 +332,7 @@ class QuantizedOp(Serializable):
         ):
             return quantized_values_copy(inp)
         if opts.is_qat and self.error_tracker is not None and not qz.is_precomputed_qat:
-            self.error_tracker.append(str(index))
+            self.error_tracker.append(index)
         return QuantizedArray(
             opts.n_bits,
             inp.values,
@@ -472,6 +473,8 @@ class QuantizedOp(Serializable):
         fields["_impl_for_op_named"] = self._impl_for_op_named
         fields["constant_inputs"] = {str(k): v for k, v in self.constant_inputs.items()}
         fields["debug_value_tracker"] = None  # transient (debug forward only)
+        if "_rounding_threshold_bits" in fields:
+            fields["rounding_threshold_bits"] = fields.pop("_rounding_threshold_bits")
         return dict(sorted(fields.items()))
 
     @classmethod
@@ -617,10 +620,17 @@ class QuantizedMixingOp(QuantizedOp):
 
     def __init__(self, *args: Any, rounding_threshold_bits: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.rounding_threshold_bits = normalize_rounding_threshold_bits(
-            rounding_threshold_bits, self._label()
-        )
+        self.rounding_threshold_bits = rounding_threshold_bits
         self.lsbs_to_remove: dict[str, int] = {}
+
+    @property
+    def rounding_threshold_bits(self) -> Any:
+        """None or {"n_bits": k, "method": Exactness}; assigning normalises (§2.4)."""
+        return self._rounding_threshold_bits
+
+    @rounding_threshold_bits.setter
+    def rounding_threshold_bits(self, value: Any) -> None:
+        self._rounding_threshold_bits = normalize_rounding_threshold_bits(value, self._label())
 
     def can_fuse(self) -> bool:
         """Mixing ops never fuse."""
