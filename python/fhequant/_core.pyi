@@ -1,7 +1,10 @@
 """Type stubs of the compiled module ``fhequant._core`` (checked by mypy.stubtest)."""
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
+from numpy.typing import NDArray
 
 __all__ = [
     "__version__",
@@ -18,6 +21,12 @@ __all__ = [
     "int_window_max",
     "int_window_sum",
     # --- end integer kernels ---
+    # --- quantization kernels (kernels::quant) ---
+    "dequantize",
+    "min_max",
+    "quantize",
+    "rounded_unique",
+    # --- end quantization kernels ---
 ]
 __version__: str
 
@@ -77,3 +86,20 @@ def int_conv_bounds(
 ) -> tuple[_I64, _I64]: ...
 
 # --- end integer kernels -------------------------------------------------------------------
+# --- quantization kernels (kernels::quant); called by fhequant.quantization._kernels ---
+def quantize(
+    values: NDArray[Any],
+    scale: float,
+    zero_point: float,
+    lo: float | None,
+    hi: float | None,
+    div_f64: bool,
+    add_f64: bool,
+    clip_f64: bool,
+    out_dtype: str,
+) -> NDArray[Any]: ...
+def dequantize(q: NDArray[Any], scale: float, zero_point: float) -> NDArray[np.float64]: ...
+def min_max(values: NDArray[Any], name: str = "values") -> tuple[float, float, bool, bool]: ...
+def rounded_unique(values: NDArray[Any]) -> NDArray[Any] | None: ...
+
+# --- end quantization kernels ---
