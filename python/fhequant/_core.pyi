@@ -9,7 +9,7 @@ from numpy.typing import NDArray
 __all__ = [
     "__version__",
     "_raise_kernel_error",
-    # --- integer kernels (rust-integer) ---
+    "dequantize",
     "int_bit_width",
     "int_conv2d",
     "int_conv_bounds",
@@ -20,18 +20,31 @@ __all__ = [
     "int_round_bit_pattern",
     "int_window_max",
     "int_window_sum",
-    # --- end integer kernels ---
-    # --- quantization kernels (kernels::quant) ---
-    "dequantize",
     "min_max",
     "quantize",
     "rounded_unique",
-    # --- end quantization kernels ---
 ]
 __version__: str
 
 def _raise_kernel_error(variant: str, context: str | None = None) -> None: ...
 
+# --- quantization kernels (kernels::quant); called by fhequant.quantization._kernels ---
+def quantize(
+    values: NDArray[Any],
+    scale: float,
+    zero_point: float,
+    lo: float | None,
+    hi: float | None,
+    div_f64: bool,
+    add_f64: bool,
+    clip_f64: bool,
+    out_dtype: str,
+) -> NDArray[Any]: ...
+def dequantize(q: NDArray[Any], scale: float, zero_point: float) -> NDArray[np.float64]: ...
+def min_max(values: NDArray[Any], name: str = "values") -> tuple[float, float, bool, bool]: ...
+def rounded_unique(values: NDArray[Any]) -> NDArray[Any] | None: ...
+
+# --- end quantization kernels ---
 # --- integer kernels (rust-integer): see fhequant.integer_kernels -------------------------
 
 _I64 = npt.NDArray[np.int64]
@@ -86,20 +99,3 @@ def int_conv_bounds(
 ) -> tuple[_I64, _I64]: ...
 
 # --- end integer kernels -------------------------------------------------------------------
-# --- quantization kernels (kernels::quant); called by fhequant.quantization._kernels ---
-def quantize(
-    values: NDArray[Any],
-    scale: float,
-    zero_point: float,
-    lo: float | None,
-    hi: float | None,
-    div_f64: bool,
-    add_f64: bool,
-    clip_f64: bool,
-    out_dtype: str,
-) -> NDArray[Any]: ...
-def dequantize(q: NDArray[Any], scale: float, zero_point: float) -> NDArray[np.float64]: ...
-def min_max(values: NDArray[Any], name: str = "values") -> tuple[float, float, bool, bool]: ...
-def rounded_unique(values: NDArray[Any]) -> NDArray[Any] | None: ...
-
-# --- end quantization kernels ---
