@@ -24,6 +24,10 @@ pub trait Real:
     /// `np.rint`: round half to even, keeping the sign of zero.
     fn rint(self) -> Self;
     fn is_nan(self) -> bool;
+    fn copysign(self, sign: Self) -> Self;
+    /// IEEE minNum / maxNum (NaN-ignoring; either zero on ±0 ties): vectorizes well.
+    fn min_num(self, o: Self) -> Self;
+    fn max_num(self, o: Self) -> Self;
     fn is_finite(self) -> bool;
     fn is_pos_zero(self) -> bool;
     fn is_neg_zero(self) -> bool;
@@ -62,6 +66,18 @@ macro_rules! impl_real {
             #[inline(always)]
             fn is_nan(self) -> bool {
                 <$t>::is_nan(self)
+            }
+            #[inline(always)]
+            fn min_num(self, o: Self) -> Self {
+                <$t>::min(self, o)
+            }
+            #[inline(always)]
+            fn max_num(self, o: Self) -> Self {
+                <$t>::max(self, o)
+            }
+            #[inline(always)]
+            fn copysign(self, sign: Self) -> Self {
+                <$t>::copysign(self, sign)
             }
             #[inline(always)]
             fn is_finite(self) -> bool {
