@@ -285,3 +285,16 @@ def test_rounded_unique_wide_range_and_big_arrays() -> None:
         wide[wide == 0] = 1
         for x in (narrow, wide, narrow.reshape(400, 500).T):
             assert_same(kern.rounded_unique(x), kern.rounded_unique_reference(x))
+
+
+def test_unaligned_and_byte_swapped_arrays_use_numpy() -> None:
+    buf = np.zeros(8 * 6 + 1, dtype=np.uint8)
+    unaligned = buf[1:].view(np.float64)
+    unaligned[:] = np.arange(6) / 7
+    assert not unaligned.flags.aligned
+    swapped = np.arange(6, dtype=">f8") / 3
+    for x in (unaligned, swapped):
+        args = (x, np.float64(0.25), 1, 0, 15)
+        assert_same(kern.quantize(*args), kern.quantize_reference(*args))
+        assert_same(kern.min_max(x)[1], kern.min_max_reference(x)[1])
+        assert_same(kern.rounded_unique(x), kern.rounded_unique_reference(x))
