@@ -324,6 +324,13 @@ def test_values_none_only_builds_the_quantizer() -> None:
     assert q.quantizer.quant(np.array([0.25])).tolist() == [2]
 
 
+def test_quantizer_only_array_round_trips() -> None:
+    q = QuantizedArray(6, None, is_signed=True, scale=0.1, zero_point=0, offset=32)
+    assert '"values": null, "qvalues": null' in q.dumps()
+    loaded = QuantizedArray.loads(q.dumps())
+    assert loaded == q and loaded.values is None and loaded.quantizer.offset == 32
+
+
 def test_explicit_stats_keep_python_floats() -> None:
     q = QuantizedArray(2, np.array([-5.0, 0.0, 5.0]), rmin=-1.0, rmax=1.0)
     assert type(q.quantizer.rmin) is float and type(q.quantizer.scale) is np.float64

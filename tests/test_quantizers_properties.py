@@ -151,6 +151,26 @@ def test_float32_large_zero_point_adds_in_float64() -> None:
     np.testing.assert_array_equal(q.qvalues, expected)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    data=float_data(np.float32),
+    cuts=st.lists(st.integers(1, 39), max_size=4),
+)
+def test_streamed_stats_equal_whole_set_stats(data: np.ndarray, cuts: list[int]) -> None:
+    whole = MinMaxQuantizationStats()
+    whole.compute_quantization_stats(data)
+    streamed = MinMaxQuantizationStats()
+    bounds = sorted({c for c in cuts if c < data.size})
+    for batch in np.split(data, bounds):
+        streamed.update_quantization_stats(batch)
+    assert type(streamed.rmin) is type(whole.rmin) is np.float32
+    assert streamed.rmin.tobytes() == whole.rmin.tobytes()
+    assert streamed.rmax.tobytes() == whole.rmax.tobytes()
+    assert whole.uvalues is not None and streamed.uvalues is not None
+    assert streamed.uvalues.dtype == whole.uvalues.dtype
+    np.testing.assert_array_equal(streamed.uvalues, whole.uvalues)
+
+
 # --- JSON round trips -----------------------------------------------------------------------
 
 SCALARS = st.one_of(

@@ -147,6 +147,33 @@ def test_register_plain_class_and_conflicts() -> None:
         serialization.register_class(_Point, name="numpy_array")
 
 
+def test_class_keyword_sets_the_type_name() -> None:
+    class Renamed(Serializable, type_name="test_serialization.Renamed"):
+        def dump_dict(self) -> dict[str, Any]:
+            return {"v": (1, 2)}
+
+        @classmethod
+        def load_dict(cls, metadata: dict[str, Any]) -> Renamed:
+            assert metadata == {"v": (1, 2)}
+            return cls()
+
+    text = Renamed().dumps()
+    assert text.startswith('{"type_name": "test_serialization.Renamed", ')
+    assert isinstance(Renamed.loads(text), Renamed)
+
+
+def test_incomplete_document() -> None:
+    text = '{"type_name": "UniformQuantizationParameters", "serialized_value": {"scale": 1.0}}'
+    with pytest.raises(errors.SerializationError, match="UniformQuantizationParameters"):
+        serialization.loads(text)
+
+
+def test_unsigned_64_bit_scalar_round_trip() -> None:
+    value = np.uint64(2**64 - 1)
+    back = serialization.loads(serialization.dumps(value))
+    assert type(back) is np.uint64 and back == value
+
+
 def test_unknown_type_name() -> None:
     with pytest.raises(errors.SerializationError, match="unknown type_name 'Nope'"):
         serialization.loads('{"type_name": "Nope", "serialized_value": {}}')
