@@ -1,0 +1,117 @@
+//! float32 matmul with a fixed summation order (SPEC decision 4).
+//!
+//! Each output is `((0 + a[i,0]·b[0,j]) + a[i,1]·b[1,j]) + …` in k order, every product and
+//! every sum rounded to float32 (Rust never contracts `a * b + c` into an FMA). A row's
+//! result depends only on that row, so it is the same whatever the batch it is computed in
+//! and whatever the number of threads (rows are split among threads, never k).
+
+use ndarray::{Array2, ArrayView2, Axis};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// Rows handed to one rayon task.
+const ROWS_PER_TASK: usize = 64;
+
+/// `a (n, k) @ b (k, m)` in float32 with the sequential k-order sum of every dot product.
+pub fn matmul_f32_sequential(
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+) -> Result<Array2<f32>> {
+    let (n, k) = a.dim();
+    let (kb, m) = b.dim();
+    if k != kb {
+        return Err(Error::Shape(format!(
+            "matmul: a has {k} columns but b has {kb} rows; the inner dimensions must match"
+        )));
+    }
+    let b = b.as_standard_layout();
+    let b = b
+        .as_slice()
+        .ok_or_else(|| Error::Shape("matmul: b is not contiguous".into()))?;
+    let a = a.as_standard_layout();
+    let mut out = Array2::<f32>::zeros((n, m));
+    if m == 0 || n == 0 {
+        return Ok(out);
+    }
+    out.axis_chunks_iter_mut(Axis(0), ROWS_PER_TASK)
+        .into_par_iter()
+        .zip(a.axis_chunks_iter(Axis(0), ROWS_PER_TASK).into_par_iter())
+        .for_each(|(mut out_rows, a_rows)| {
+            for (mut acc, row) in out_rows.outer_iter_mut().zip(a_rows.outer_iter()) {
+                let acc = acc
+                    .as_slice_mut()
+                    .expect("rows of a new array are contiguous");
+                for (kk, &aik) in row.iter().enumerate() {
+                    let b_row = &b[kk * m..(kk + 1) * m];
+                    for (o, &bkj) in acc.iter_mut().zip(b_row) {
+                        let p = aik * bkj;
+                        *o += p;
+                    }
+                }
+            }
+        });
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    fn reference(a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
+        let (n, k) = a.dim();
+        let m = b.dim().1;
+        let mut out = Array2::<f32>::zeros((n, m));
+        for i in 0..n {
+            for j in 0..m {
+                let mut s = 0.0f32;
+                for kk in 0..k {
+                    s += a[[i, kk]] * b[[kk, j]];
+                }
+                out[[i, j]] = s;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn small_product() {
+        let a = array![[1.0f32, 2.0], [3.0, 4.0], [0.5, -1.0]];
+        let b = array![[1.0f32, 0.0, 2.0], [0.0, 1.0, -1.0]];
+        let out = matmul_f32_sequential(a.view(), b.view()).unwrap();
+        assert_eq!(
+            out,
+            array![[1.0f32, 2.0, 0.0], [3.0, 4.0, 2.0], [0.5, -1.0, 2.0]]
+        );
+    }
+
+    #[test]
+    fn rows_do_not_depend_on_the_batch() {
+        let (n, k, m) = (200usize, 37usize, 13usize);
+        let a = Array2::from_shape_fn((n, k), |(i, j)| ((i * 31 + j * 17) % 97) as f32 / 7.3 - 6.0);
+        let b = Array2::from_shape_fn((k, m), |(i, j)| ((i * 13 + j * 7) % 53) as f32 / 3.1 - 8.0);
+        let whole = matmul_f32_sequential(a.view(), b.view()).unwrap();
+        assert_eq!(whole, reference(&a, &b));
+        for rows in [1usize, 7, 64, 65] {
+            let mut start = 0;
+            while start < n {
+                let end = (start + rows).min(n);
+                let part =
+                    matmul_f32_sequential(a.slice(ndarray::s![start..end, ..]), b.view()).unwrap();
+                assert_eq!(part, whole.slice(ndarray::s![start..end, ..]));
+                start = end;
+            }
+        }
+    }
+
+    #[test]
+    fn mismatched_inner_dimension_is_an_error() {
+        let a = Array2::<f32>::zeros((2, 3));
+        let b = Array2::<f32>::zeros((4, 1));
+        assert!(matches!(
+            matmul_f32_sequential(a.view(), b.view()),
+            Err(Error::Shape(_))
+        ));
+    }
+}
