@@ -715,8 +715,7 @@ class ModuleCalibrator:
         """The reference walk on the whole set (one block)."""
         floats = [self._float_block(n, 0) for n in variable]
         self._check_inputs_finite(op, variable, floats)
-        raw = op.calibrate(*floats)
-        self._check_output_finite(op, out, raw)
+        raw = self._op_calibrate(op, out, floats)
         qas = [self._calibration_qa(n, 0, op) for n in variable]
         quant = op.q_impl(*qas, calibrate_rounding=bool(getattr(op, "is_mixing", False)))
         self._finish(op, out, quant, raw_blocks=[raw] if self.strategy.flows_raw else None)
@@ -766,8 +765,7 @@ class ModuleCalibrator:
                 parts[i].append(self._float_block(name, b))
         floats = [np.concatenate(p, axis=0) for p in parts]
         self._check_inputs_finite(op, variable, floats)
-        raw = op.calibrate(*floats)
-        self._check_output_finite(op, out, raw)
+        raw = self._op_calibrate(op, out, floats)
         if not self.strategy.flows_raw:
             return None
         starts = np.cumsum([0, *self.block_sizes])
@@ -848,6 +846,19 @@ class ModuleCalibrator:
         if op.produces_graph_output and isinstance(quant, QuantizedArray):
             op.output_quant_stats = quant.quantizer.quant_stats
             op.output_quant_params = quant.quantizer.quant_params
+
+    def _op_calibrate(self, op: Any, out: str, floats: list[Any]) -> Any:
+        """op.calibrate on whole tensors, with non-finite outputs reported by tensor and op."""
+        try:
+            raw = op.calibrate(*floats)
+        except NonFiniteError as exc:
+            raise NonFiniteError(
+                f"op {op.op_instance_name!r} ({type(op).__name__}): tensor {out!r} contains NaN "
+                "or infinite values; clean the calibration data or fix the model so every "
+                f"value stays finite ({exc})"
+            ) from exc
+        self._check_output_finite(op, out, raw)
+        return raw
 
     def _check_inputs_finite(self, op: Any, names: list[str], floats: list[Any]) -> None:
         for name, values in zip(names, floats, strict=True):
