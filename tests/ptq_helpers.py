@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,7 +45,7 @@ def mlp(
     inits: dict[str, np.ndarray] = {}
     prev = "x"
     n_layers = len(sizes) - 1
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         inits[f"w{i}"] = (scale * rng.normal(size=(b, a)) / np.sqrt(a)).astype(np.float32)
         inits[f"b{i}"] = (0.1 * rng.normal(size=b)).astype(np.float32)
         out = "y" if i == n_layers - 1 else f"g{i}"
