@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.ptq_helpers import assert_same_module, cnn, mlp
 
 from fhequant import build_quantized_module
 from fhequant.errors import GraphInputError, NonFiniteError
@@ -18,6 +17,7 @@ from fhequant.quantized.float_matmul import (
     matmul_f32_sequential_reference,
 )
 from fhequant.quantized.streaming import TensorStore, iter_row_blocks, normalize_calibration_data
+from ptq_helpers import assert_same_module, cnn, mlp
 
 RNG = np.random.default_rng(1234)
 X_MLP = RNG.normal(size=(1100, 12)).astype(np.float32)
