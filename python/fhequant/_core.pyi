@@ -6,9 +6,6 @@ import numpy.typing as npt
 __all__ = [
     "__version__",
     "_raise_kernel_error",
-    # --- float kernels (ptq-module) ---
-    "matmul_f32_sequential",
-    # --- end float kernels ---
     # --- integer kernels (rust-integer) ---
     "int_bit_width",
     "int_conv2d",
@@ -21,6 +18,9 @@ __all__ = [
     "int_window_max",
     "int_window_sum",
     # --- end integer kernels ---
+    # --- float kernels (ptq-module) ---
+    "matmul_f32_sequential",
+    # --- end float kernels ---
 ]
 __version__: str
 
