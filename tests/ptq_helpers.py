@@ -16,15 +16,15 @@ from fhequant import QuantizedModule
 def make_model(
     nodes: list[onnx.NodeProto],
     inputs: Sequence[tuple[str, Sequence[Any]]],
-    outputs: Sequence[str],
+    outputs: Sequence[tuple[str, Sequence[Any]]],
     initializers: dict[str, np.ndarray],
 ) -> onnx.ModelProto:
-    """An opset-14 model from nodes, (name, shape) inputs, output names and initializers."""
+    """An opset-14 model from nodes, (name, shape) inputs and outputs, and initializers."""
     graph = helper.make_graph(
         nodes,
         "g",
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s)) for n, s in inputs],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s)) for n, s in outputs],
         [numpy_helper.from_array(v, k) for k, v in initializers.items()],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
@@ -53,7 +53,7 @@ def mlp(
         if i < n_layers - 1:
             nodes.append(helper.make_node(act, [out], [f"a{i}"], name=f"act{i}"))
             prev = f"a{i}"
-    return make_model(nodes, [("x", [None, sizes[0]])], ["y"], inits)
+    return make_model(nodes, [("x", [None, sizes[0]])], [("y", [None, sizes[-1]])], inits)
 
 
 def cnn(seed: int = 0, batchnorm: bool = False) -> onnx.ModelProto:
@@ -98,7 +98,7 @@ def cnn(seed: int = 0, batchnorm: bool = False) -> onnx.ModelProto:
             strides=[2, 2],
         ),
     ]
-    return make_model(nodes, [("x", [None, 1, 8, 8])], ["y"], inits)
+    return make_model(nodes, [("x", [None, 1, 8, 8])], [("y", [None, 6, 4, 4])], inits)
 
 
 def module_state(module: QuantizedModule) -> list[Any]:
