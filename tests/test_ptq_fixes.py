@@ -21,7 +21,7 @@ RNG = np.random.default_rng(77)
 
 
 def _deq(q: Any, quantizer: UniformQuantizer) -> np.ndarray:
-    """scale·(q − zp) in float64, written out here (not the quantizer's own dequant)."""
+    """scale·(q - zp) in float64, written out here (not the quantizer's own dequant)."""
     zp = np.asarray(quantizer.zero_point, dtype=np.float64)
     return float(quantizer.scale) * (np.asarray(q, dtype=np.float64) - zp)
 
