@@ -5,13 +5,16 @@
 //! result depends only on that row, so it is the same whatever the batch it is computed in
 //! and whatever the number of threads (rows are split among threads, never k).
 
-use ndarray::{Array2, ArrayView2, Axis};
+use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
 /// Rows handed to one rayon task.
 const ROWS_PER_TASK: usize = 64;
+/// Rows and columns held in registers by the inner kernel.
+const TILE_ROWS: usize = 4;
+const TILE_COLS: usize = 16;
 
 /// `a (n, k) @ b (k, m)` in float32 with the sequential k-order sum of every dot product.
 pub fn matmul_f32_sequential(
@@ -30,28 +33,62 @@ pub fn matmul_f32_sequential(
         .as_slice()
         .ok_or_else(|| Error::Shape("matmul: b is not contiguous".into()))?;
     let a = a.as_standard_layout();
-    let mut out = Array2::<f32>::zeros((n, m));
+    let a = a
+        .as_slice()
+        .ok_or_else(|| Error::Shape("matmul: a is not contiguous".into()))?;
+    let mut out = vec![0.0f32; n * m];
     if m == 0 || n == 0 {
-        return Ok(out);
+        return Array2::from_shape_vec((n, m), out).map_err(|e| Error::Shape(e.to_string()));
     }
-    out.axis_chunks_iter_mut(Axis(0), ROWS_PER_TASK)
-        .into_par_iter()
-        .zip(a.axis_chunks_iter(Axis(0), ROWS_PER_TASK).into_par_iter())
-        .for_each(|(mut out_rows, a_rows)| {
-            for (mut acc, row) in out_rows.outer_iter_mut().zip(a_rows.outer_iter()) {
-                let acc = acc
-                    .as_slice_mut()
-                    .expect("rows of a new array are contiguous");
-                for (kk, &aik) in row.iter().enumerate() {
-                    let b_row = &b[kk * m..(kk + 1) * m];
-                    for (o, &bkj) in acc.iter_mut().zip(b_row) {
-                        let p = aik * bkj;
-                        *o += p;
+    out.par_chunks_mut(ROWS_PER_TASK * m)
+        .zip(a.par_chunks(ROWS_PER_TASK * k))
+        .for_each(|(out_rows, a_rows)| rows_kernel(a_rows, b, out_rows, k, m));
+    Array2::from_shape_vec((n, m), out).map_err(|e| Error::Shape(e.to_string()))
+}
+
+/// Rows of `out` (each m wide) from rows of `a` (each k wide); tiles of 4 rows × 16 columns
+/// stay in registers, and every output is still summed in k order.
+fn rows_kernel(a: &[f32], b: &[f32], out: &mut [f32], k: usize, m: usize) {
+    let rows = out.len() / m;
+    let mut r0 = 0;
+    while r0 < rows {
+        let tr = TILE_ROWS.min(rows - r0);
+        let mut c0 = 0;
+        while c0 < m {
+            let tc = TILE_COLS.min(m - c0);
+            if tr == TILE_ROWS && tc == TILE_COLS {
+                let mut acc = [[0.0f32; TILE_COLS]; TILE_ROWS];
+                for kk in 0..k {
+                    let bk = &b[kk * m + c0..kk * m + c0 + TILE_COLS];
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        let x = a[(r0 + r) * k + kk];
+                        for (o, &bv) in acc_r.iter_mut().zip(bk) {
+                            let p = x * bv;
+                            *o += p;
+                        }
+                    }
+                }
+                for (r, acc_r) in acc.iter().enumerate() {
+                    let start = (r0 + r) * m + c0;
+                    out[start..start + TILE_COLS].copy_from_slice(acc_r);
+                }
+            } else {
+                for r in 0..tr {
+                    let row = &a[(r0 + r) * k..(r0 + r + 1) * k];
+                    let dst = &mut out[(r0 + r) * m + c0..(r0 + r) * m + c0 + tc];
+                    for (kk, &x) in row.iter().enumerate() {
+                        let bk = &b[kk * m + c0..kk * m + c0 + tc];
+                        for (o, &bv) in dst.iter_mut().zip(bk) {
+                            let p = x * bv;
+                            *o += p;
+                        }
                     }
                 }
             }
-        });
-    Ok(out)
+            c0 += tc;
+        }
+        r0 += tr;
+    }
 }
 
 #[cfg(test)]
