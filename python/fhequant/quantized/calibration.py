@@ -677,8 +677,6 @@ class ModuleCalibrator:
                 params=q.quant_params,
             )
         opts = op.input_quant_opts
-        if self.n_blocks == 1:
-            return QuantizedArray(opts.n_bits, data, options=opts)
         ref = self._input_reference(name, opts, data.dtype)
         return QuantizedArray(
             opts.n_bits,
@@ -712,14 +710,23 @@ class ModuleCalibrator:
             _restore_impl(op)
 
     def _calibrate_whole(self, op: Any, variable: list[str], out: str) -> None:
-        """The reference walk on the whole set (one block)."""
-        floats = [self._float_block(n, 0) for n in variable]
-        self._check_inputs_finite(op, variable, floats)
-        raw = self._op_calibrate(op, out, floats)
+        """The reference walk on the whole set (one block).
+
+        Ops with the default calibration get their output quantizer from the min/max of the
+        float result (the numbers of QA(n_bits, raw), without its unused uvalues sort).
+        """
+        raw_blocks: list[Any] | None
+        if _has_default_calibration(op):
+            raw_blocks = self._statistics_pass(op, variable, out)
+        else:
+            floats = [self._float_block(n, 0) for n in variable]
+            self._check_inputs_finite(op, variable, floats)
+            raw = self._op_calibrate(op, out, floats)
+            raw_blocks = [raw] if self.strategy.flows_raw else None
         qas = [self._calibration_qa(n, 0, op) for n in variable]
         quant = op.q_impl(*qas, calibrate_rounding=bool(getattr(op, "is_mixing", False)))
-        self._finish(op, out, quant, raw_blocks=[raw] if self.strategy.flows_raw else None)
-        self._store_output(out, 0, quant, raw if self.strategy.flows_raw else None)
+        self._store_output(out, 0, quant, raw_blocks[0] if raw_blocks is not None else None)
+        self._finish(op, out, quant, raw_blocks)
 
     def _calibrate_streamed(self, op: Any, variable: list[str], out: str) -> None:
         raw_blocks: list[Any] | None = None
