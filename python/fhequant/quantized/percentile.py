@@ -11,11 +11,14 @@ own index, weight and interpolation helpers, so the result is bit-identical to
 
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Any
 
 import numpy as np
-from numpy.lib import function_base as _fb
+
+# numpy's own quantile helpers (numpy 1.22-1.26), so the interpolation is bit-identical.
+_fb: Any = importlib.import_module("numpy.lib.function_base")
 
 __all__ = ["TailSelector", "percentile_from_tails"]
 
