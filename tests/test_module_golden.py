@@ -86,3 +86,10 @@ def test_streamed_small_batches_match_reference(case: dict[str, Any]) -> None:
 def test_golden_file_semantics_are_the_ones_tested() -> None:
     assert "quantized_forward(fhe='disable') == quantized_outputs" in DATA["semantics"]
     assert len(CASES) == 8
+
+
+@pytest.mark.parametrize("case", _params())
+def test_json_round_trip_keeps_the_reference_outputs(case: dict[str, Any]) -> None:
+    calib = _inputs(case, "calib")
+    module = _build(case, calib[0] if len(calib) == 1 else calib)
+    _check(QuantizedModule.loads(module.dumps()), case)
