@@ -225,3 +225,27 @@ def test_module_json_keys_follow_the_spec_order(module: QuantizedModule) -> None
         "onnx_preprocessing",
     ]
     assert "QuantizedModule" in serialization.registered_classes()
+
+
+def test_gather_on_an_input_runs_the_one_hot_pre_processing_also_after_loading() -> None:
+    from onnx import TensorProto, numpy_helper
+
+    table = RNG.normal(size=(10, 4)).astype(np.float32)
+    w = RNG.normal(size=(3, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "idx"], ["e"], name="gather"),
+            gemm_node("e", "w", None, "y", "fc"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    idx = RNG.integers(0, 10, size=300)
+    module = build_quantized_module(model, idx, n_bits=7, batch_size=64)
+    assert module.onnx_preprocessing is not None
+    y = module.forward(idx[:20])
+    np.testing.assert_allclose(y, table[idx[:20]] @ w.T, atol=0.25)
+    np.testing.assert_array_equal(QuantizedModule.loads(module.dumps()).forward(idx[:20]), y)
