@@ -299,7 +299,7 @@ _SPLIT_INDEPENDENT_IMPLS: dict[str, Callable[..., Any]] = {
 
 
 def _use_split_independent_impl(op: Any) -> bool:
-    """Route a Gemm/MatMul op's float evaluation through the sequential float32 matmul.
+    """Route a Gemm/MatMul op's float evaluation through the sequential (split-free) matmul.
 
     The override is an instance attribute, removed by :func:`_restore_impl` after calibration.
     """
@@ -309,7 +309,7 @@ def _use_split_independent_impl(op: Any) -> bool:
     original = op.call_impl
 
     def call_impl(*inputs: Any, **attrs: Any) -> Any:
-        if any(isinstance(x, np.ndarray) and x.dtype == np.float32 for x in inputs[:1]):
+        if all(isinstance(x, np.ndarray) and x.dtype.kind == "f" for x in inputs[:2]):
             return impl(*inputs, **attrs)
         return original(*inputs, **attrs)
 
