@@ -462,6 +462,7 @@ class ModuleCalibrator:
         }
         self.tensors: dict[str, _Tensor] = {}
         self.quant_layers: dict[str, tuple[tuple[str, ...], Any]] = {}
+        self.node_inputs: dict[str, tuple[str, ...]] = {}
         self.block_sizes: list[int] = []
         self.input_stats: dict[str, tuple[Any, Any]] = {}
         self._input_quant_cache: dict[tuple[str, Any], UniformQuantizer] = {}
@@ -496,6 +497,7 @@ class ModuleCalibrator:
             "output_names": tuple(self.output_names),
             "quant_layers_dict": self.quant_layers,
             "input_quantizers": input_quantizers,
+            "node_inputs": self.node_inputs,
             "n_rows": sum(self.block_sizes),
             "spilled": self.store.spilled,
         }
@@ -654,6 +656,9 @@ class ModuleCalibrator:
             **node.attrs,
         )
         op.produces_graph_output = node.outputs[0] in self.output_names
+        if self.strategy.flows_raw:
+            op.error_tracker = []  # QAT: inputs re-quantized with QAT options (SPEC §4.5)
+        self.node_inputs[node.outputs[0]] = tuple(node.inputs)
         return op
 
     # --- per-block data ------------------------------------------------------------------
