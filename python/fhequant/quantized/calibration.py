@@ -128,6 +128,19 @@ class _RoundingRecorder:
         return x
 
 
+def _requantizes_to_itself(quantizer: UniformQuantizer, q: np.ndarray) -> bool:
+    """Whether quant(dequant(q)) == q for this quantizer: a finite non-zero scalar scale, a
+    scalar zp and q inside the clip range (graph-output accumulators are not)."""
+    scale, zp = quantizer.scale, quantizer.zero_point
+    if np.ndim(scale) or np.ndim(zp) or not np.isfinite(scale) or scale == 0 or q.size == 0:
+        return False
+    if quantizer.no_clipping:
+        return False
+    offset = quantizer.offset or 0
+    lo, hi = -offset + (1 if quantizer.is_narrow else 0), 2**quantizer.n_bits - 1 - offset
+    return bool(q.dtype.kind in "iu" and lo <= q.min() and q.max() <= hi)
+
+
 def _check_finite(lo: Any, hi: Any, tensor: str, where: str) -> None:
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise NonFiniteError(
@@ -436,6 +449,21 @@ class ModuleCalibrator:
     def _calibration_qa(self, name: str, b: int, op: Any) -> Any:
         """The calibration QuantizedArray of a variable input (SPEC §4.2 step 1)."""
         tensor = self.tensors[name]
+        if tensor.kind == "quant" and not tensor.stored_floats:
+            q = tensor.quantizer
+            assert q is not None
+            ints = self.store.get(name, b)
+            if _requantizes_to_itself(q, ints):
+                # QA(n, dequant(q), q's params) would quantize back to exactly q: build it
+                # from the integers (values = the same float64 dequant) and skip that pass.
+                return QuantizedArray(
+                    q.n_bits,
+                    np.asarray(ints, dtype=np.int64),
+                    value_is_float=False,
+                    options=q.quant_options,
+                    stats=q.quant_stats,
+                    params=q.quant_params,
+                )
         data = self._float_block(name, b)
         if tensor.kind == "raw":
             return data
