@@ -20,6 +20,8 @@ __all__ = [
     "int_round_bit_pattern",
     "int_window_max",
     "int_window_sum",
+    "matmul_f32_sequential",
+    "matmul_f64_sequential",
     "min_max",
     "quantize",
     "rounded_unique",
@@ -45,6 +47,19 @@ def min_max(values: NDArray[Any], name: str = "values") -> tuple[float, float, b
 def rounded_unique(values: NDArray[Any]) -> NDArray[Any] | None: ...
 
 # --- end quantization kernels ---
+# --- float kernels (ptq-module) ---
+def matmul_f32_sequential(
+    a: npt.NDArray[np.float32],
+    b: npt.NDArray[np.float32],
+    context: str | None = None,
+) -> npt.NDArray[np.float32]: ...
+def matmul_f64_sequential(
+    a: npt.NDArray[np.float64],
+    b: npt.NDArray[np.float64],
+    context: str | None = None,
+) -> npt.NDArray[np.float64]: ...
+
+# --- end float kernels ---
 # --- integer kernels (rust-integer): see fhequant.integer_kernels -------------------------
 
 _I64 = npt.NDArray[np.int64]

@@ -1,0 +1,787 @@
+"""The calibration walk: from an ONNX graph and calibration data to a QuantizedModule (SPEC §4).
+
+:func:`quantize_module` walks the graph in ONNX order. Constants and initializers go through
+the strategy's ``process_initializer`` (§4.3), constant-only nodes are folded, and every other
+node becomes a quantized op that is calibrated on the *fake-quantized* outputs of its
+producers (§4.2): ``op.calibrate`` on the float data sets the output quantizer, then
+``op.q_impl`` (rounding calibration for mixing ops) gives the values that flow downstream.
+
+Two strategies share the walk (composition, not mixins): :class:`PostTrainingAffineQuantization`
+(PTQ: signed-from-data asymmetric input options, dequantized values flow downstream) and
+:class:`PostTrainingQATImporter` (QAT: QAT input options, the raw float output flows).
+
+Streaming (SPEC decision 4). The data is cut into blocks of ``block_rows`` rows anchored at row
+0 (:mod:`fhequant.quantized.streaming`), whatever the batch sizes of the source, and each op is
+calibrated block by block with its producers' final parameters:
+
+* statistics pass: the float op on every block; global min/max merged exactly, then the output
+  quantizer is set from them (the same numbers as QA(n_bits, whole tensor));
+* rounding passes (mixing ops with rounding_threshold_bits): each rounding point (``cnp_round``
+  id) is calibrated on the global [min, max] of its accumulator, one id per pass in call order,
+  earlier ids already rounding with their final ``lsbs_to_remove``;
+* output pass: ``q_impl`` on every block; the quantized output is kept (compactly, spilled to
+  disk beyond a memory budget) for the consumers, then freed.
+
+With a single block this is exactly the whole-set walk of the reference: ``op.calibrate`` and
+``op.q_impl(..., calibrate_rounding=True)`` on all rows at once. Ops whose calibration is not a
+min/max reduction (Div's divider, Brevitas Quant, ...) are calibrated on the concatenation of
+their inputs over all blocks, which is exact but holds that op's inputs in memory. BatchNorm's
+percentile clip is streamed exactly from bounded tails (:mod:`fhequant.quantized.percentile`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from fhequant.errors import (
+    GraphInputError,
+    NonFiniteError,
+    UnsupportedOpError,
+)
+from fhequant.quantization import QuantizationOptions, QuantizedArray, UniformQuantizer
+from fhequant.quantized.graph import (
+    GraphNode,
+    fold_constant,
+    graph_input_names,
+    graph_nodes,
+    quantized_registry,
+    restore_impl,
+    use_split_independent_impl,
+)
+from fhequant.quantized.n_bits import resolve_n_bits
+from fhequant.quantized.percentile import TailSelector, percentile_from_tails
+from fhequant.quantized.strategies import (
+    PostTrainingAffineQuantization,
+    PostTrainingQATImporter,
+    QuantizationStrategy,
+    process_initializer_ptq,
+    process_initializer_qat,
+)
+from fhequant.quantized.streaming import (
+    DEFAULT_BLOCK_ROWS,
+    DEFAULT_MEMORY_BUDGET,
+    CalibrationData,
+    TensorStore,
+    iter_row_blocks,
+    normalize_calibration_data,
+)
+
+__all__ = [
+    "PostTrainingAffineQuantization",
+    "PostTrainingQATImporter",
+    "QuantizationStrategy",
+    "process_initializer_ptq",
+    "process_initializer_qat",
+    "quantize_module",
+]
+
+
+# --- the walk --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Tensor:
+    """A variable tensor of the walk: a graph input or an op output."""
+
+    kind: str  # "input", "quant" or "raw"
+    quantizer: UniformQuantizer | None = None
+    vmin: Any = None
+    vmax: Any = None
+    producers: set[str] = field(default_factory=set)
+    consumers_left: int = 0
+    stored_floats: bool = False
+
+
+class _RoundingRecorder:
+    """Stands in for ``op.cnp_round`` during a streamed rounding-calibration pass."""
+
+    def __init__(self, op: Any, original: Callable[..., Any]) -> None:
+        self.op = op
+        self.original = original
+        self.pending: str | None = None
+        self.lo: int | None = None
+        self.hi: int | None = None
+
+    def __call__(
+        self,
+        x: Any,
+        calibrate_rounding: bool = False,
+        rounding_operation_id: str = "single_rounding_op",
+    ) -> Any:
+        rid = rounding_operation_id
+        if rid in self.op.lsbs_to_remove:
+            return self.original(x, False, rid)
+        if self.pending is None:
+            self.pending = rid
+        if self.pending == rid:
+            arr = np.asarray(x)
+            lo, hi = int(arr.min()), int(arr.max())
+            self.lo = lo if self.lo is None else min(self.lo, lo)
+            self.hi = hi if self.hi is None else max(self.hi, hi)
+        return x
+
+
+def _requantizes_to_itself(quantizer: UniformQuantizer, q: np.ndarray) -> bool:
+    """Whether quant(dequant(q)) == q for this quantizer: a finite non-zero scalar scale, a
+    scalar zp and q inside the clip range (graph-output accumulators are not)."""
+    scale, zp = quantizer.scale, quantizer.zero_point
+    if np.ndim(scale) or np.ndim(zp) or not np.isfinite(scale) or scale == 0 or q.size == 0:
+        return False
+    if quantizer.no_clipping:
+        return False
+    offset = quantizer.offset or 0
+    lo, hi = -offset + (1 if quantizer.is_narrow else 0), 2**quantizer.n_bits - 1 - offset
+    return bool(q.dtype.kind in "iu" and lo <= q.min() and q.max() <= hi)
+
+
+def _check_finite(lo: Any, hi: Any, tensor: str, where: str) -> None:
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise NonFiniteError(
+            f"{where}: tensor {tensor!r} contains NaN or infinite values (min {lo}, max {hi}); "
+            "clean the calibration data or fix the model so every value stays finite"
+        )
+
+
+def _bits_precision(lo: int, hi: int) -> int:
+    from fhequant.quantized.ops.base import compute_bits_precision
+
+    return int(compute_bits_precision(lo, hi))
+
+
+def _has_default_calibration(op: Any) -> bool:
+    """Calibration is a min/max of the float result (possibly BatchNorm's percentile clip)."""
+    from fhequant.quantized.ops.base import QuantizedOp
+
+    cls = type(op)
+    if cls.calibrate is not QuantizedOp.calibrate:
+        return False
+    return cls._calibration_values is QuantizedOp._calibration_values or _clips_percentiles(op)
+
+
+def _clips_percentiles(op: Any) -> bool:
+    """BatchNormalization: stats on the raw output clipped to its 0.1/99.9 percentiles."""
+    return type(op).__name__ == "QuantizedBatchNormalization"
+
+
+class _Progress:
+    """A tqdm bar over rows, one pass at a time (only when asked or on a terminal)."""
+
+    def __init__(self, total_rows: int, verbose: bool) -> None:
+        self.bar: Any = None
+        if verbose or sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_rows, unit="row", leave=False, file=sys.stderr)
+        self.passes = 0
+
+    def start(self, what: str, total_rows: int) -> None:
+        self.passes += 1
+        if self.bar is not None:
+            self.bar.reset(total=total_rows)
+            self.bar.set_description(f"calibration pass {self.passes}: {what}")
+
+    def advance(self, rows: int) -> None:
+        if self.bar is not None:
+            self.bar.update(rows)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class ModuleCalibrator:
+    """Runs the calibration walk of one ONNX model with one strategy.
+
+    Args:
+        model: the (pre-processed) ONNX model.
+        strategy: PTQ or QAT import.
+        rounding_threshold_bits: passed to every mixing op.
+        block_rows: rows per evaluation block.
+        memory_budget: bytes of intermediate blocks kept in memory before spilling to disk.
+        verbose: show a progress bar even when stderr is not a terminal.
+        preprocess: optional function applied to each block of inputs (ONNX pre-processing).
+    """
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        strategy: QuantizationStrategy,
+        rounding_threshold_bits: Any = None,
+        block_rows: int = DEFAULT_BLOCK_ROWS,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        verbose: bool = False,
+        preprocess: Callable[..., tuple[np.ndarray, ...]] | None = None,
+    ) -> None:
+        if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:
+            raise GraphInputError(f"batch_size must be a positive int, got {block_rows!r}")
+        self.model = model
+        self.strategy = strategy
+        self.bits = strategy.bits
+        self.rounding_threshold_bits = rounding_threshold_bits
+        self.block_rows = block_rows
+        self.memory_budget = memory_budget
+        self.verbose = verbose
+        self.preprocess = preprocess
+        self.input_names = graph_input_names(model)
+        self.output_names = [o.name for o in model.graph.output]
+        self.nodes = graph_nodes(model)
+        self.constants: dict[str, Any] = {
+            init.name: numpy_helper.to_array(init) for init in model.graph.initializer
+        }
+        self.tensors: dict[str, _Tensor] = {}
+        self.quant_layers: dict[str, tuple[tuple[str, ...], Any]] = {}
+        self.node_inputs: dict[str, tuple[str, ...]] = {}
+        self.block_sizes: list[int] = []
+        self.input_stats: dict[str, tuple[Any, Any]] = {}
+        self._input_quant_cache: dict[tuple[str, Any], UniformQuantizer] = {}
+        self.store = TensorStore(memory_budget)
+        self.progress: _Progress | None = None
+
+    # --- entry ---------------------------------------------------------------------------
+
+    def run(self, data: Any) -> dict[str, Any]:
+        """Calibrate every op.
+
+        Args:
+            data: calibration data (see :func:`normalize_calibration_data`).
+
+        Returns:
+            A dict with the ordered input and output names, quant_layers_dict, the per-input
+            quantizers (SPEC §4.6) and the number of calibration rows.
+        """
+        calib = normalize_calibration_data(data)
+        try:
+            self._load_inputs(calib)
+            self._count_consumers()
+            for node in self.nodes:
+                self._visit(node)
+            input_quantizers = self._input_quantizers()
+        finally:
+            if self.progress is not None:
+                self.progress.close()
+            self.store.close()
+        return {
+            "input_names": tuple(self.input_names),
+            "output_names": tuple(self.output_names),
+            "quant_layers_dict": self.quant_layers,
+            "input_quantizers": input_quantizers,
+            "node_inputs": self.node_inputs,
+            "n_rows": sum(self.block_sizes),
+            "spilled": self.store.spilled,
+        }
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.block_sizes)
+
+    def _blocks(self, what: str) -> Iterator[int]:
+        assert self.progress is not None
+        self.progress.start(what, sum(self.block_sizes))
+        for b, rows in enumerate(self.block_sizes):
+            yield b
+            self.progress.advance(rows)
+
+    # --- graph inputs --------------------------------------------------------------------
+
+    def _load_inputs(self, calib: CalibrationData) -> None:
+        n_inputs = len(self.input_names)
+        in_memory = calib.arrays is not None
+        if in_memory:
+            assert calib.arrays is not None
+            if len(calib.arrays) != n_inputs:
+                raise GraphInputError(
+                    f"the model takes {n_inputs} input(s) {self.input_names} but the "
+                    f"calibration data holds {len(calib.arrays)}; give a tuple with one array "
+                    "per input"
+                )
+            total = calib.arrays[0].shape[0] if calib.arrays[0].ndim else 0
+        else:
+            total = 0
+        self.progress = _Progress(total, self.verbose)
+        self.progress.start("inputs", total)
+        lows: list[Any] = [None] * n_inputs
+        highs: list[Any] = [None] * n_inputs
+        for block in iter_row_blocks(calib, n_inputs, self.block_rows):
+            if self.preprocess is not None:
+                block = self.preprocess(*block)
+                owned = True
+            else:
+                owned = not in_memory
+            rows = block[0].shape[0]
+            self.block_sizes.append(rows)
+            for i, (name, arr) in enumerate(zip(self.input_names, block, strict=True)):
+                if arr.size:
+                    lo, hi = arr.min(), arr.max()
+                    _check_finite(lo, hi, name, "calibration data")
+                    lows[i] = lo if lows[i] is None else np.minimum(lows[i], lo)
+                    highs[i] = hi if highs[i] is None else np.maximum(highs[i], hi)
+                self.store.put(name, arr, owned=owned)
+            self.progress.advance(rows)
+        if not self.block_sizes:
+            raise GraphInputError("the calibration data is empty; give at least one row per input")
+        for i, name in enumerate(self.input_names):
+            self.input_stats[name] = (lows[i], highs[i])
+            self.tensors[name] = _Tensor("input", vmin=lows[i], vmax=highs[i], producers={name})
+
+    def _count_consumers(self) -> None:
+        for node in self.nodes:
+            for name in node.inputs:
+                if name in self.tensors:
+                    self.tensors[name].consumers_left += 1
+
+    # --- nodes ---------------------------------------------------------------------------
+
+    def _visit(self, node: GraphNode) -> None:
+        if node.op_type == "Constant":
+            self.constants[node.outputs[0]] = self._constant_node_value(node)
+            return
+        variable = [n for n in node.inputs if n in self.tensors]
+        if not variable:
+            values = [self.constants.get(n) if n else None for n in node.inputs]
+            values = [v.values if isinstance(v, QuantizedArray) else v for v in values]
+            self.constants[node.outputs[0]] = fold_constant(node, values)
+            return
+        if len(node.outputs) != 1:
+            raise UnsupportedOpError(
+                f"node {node.name!r} ({node.op_type}) has {len(node.outputs)} outputs; "
+                "quantized ops must have exactly one"
+            )
+        op = self._build_op(node, variable)
+        out = node.outputs[0]
+        producers: set[str] = set()
+        for name in variable:
+            producers |= self.tensors[name].producers
+        self.tensors[out] = _Tensor("raw", producers=producers if op.can_fuse() else {out})
+        for n in self.nodes[node.index + 1 :]:
+            self.tensors[out].consumers_left += sum(1 for i in n.inputs if i == out)
+        self._calibrate_op(op, variable, out)
+        self.quant_layers[out] = (tuple(variable), op)
+        for name in variable:
+            self._release(name)
+        if self.tensors[out].consumers_left == 0:
+            self.store.drop(out)
+
+    def _release(self, name: str) -> None:
+        tensor = self.tensors[name]
+        tensor.consumers_left -= 1
+        if tensor.consumers_left <= 0:
+            self.store.drop(name)
+
+    def _constant_node_value(self, node: GraphNode) -> Any:
+        for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+            if key in node.attrs:
+                value = node.attrs[key]
+                if key == "value_float":
+                    return np.array(value, dtype=np.float32)
+                if key == "value_floats":
+                    return np.array(value, dtype=np.float32)
+                if key in ("value_int", "value_ints"):
+                    return np.array(value, dtype=np.int64)
+                return value
+        raise UnsupportedOpError(
+            f"Constant node {node.name!r} has none of the supported value attributes"
+        )
+
+    def _build_op(self, node: GraphNode, variable: list[str]) -> Any:
+        registry = quantized_registry()
+        cls = registry.get(node.op_type)
+        if cls is None:
+            raise UnsupportedOpError(
+                f"node {node.name!r}: op {node.op_type!r} has no quantized implementation; "
+                f"quantizable ops are {sorted(registry)}"
+            )
+        constants: dict[int, Any] = {}
+        for idx, name in enumerate(node.inputs):
+            if not name or name in self.tensors or name not in self.constants:
+                continue
+            value = self.constants[name]
+            if cls.must_quantize_input(idx):
+                constants[idx] = self.strategy.process_initializer(value, name)
+            else:
+                constants[idx] = value.values if isinstance(value, QuantizedArray) else value
+        int_input_names: set[str] = set()
+        signed = False
+        for name in variable:
+            tensor = self.tensors[name]
+            int_input_names |= tensor.producers
+            if tensor.vmin is not None and tensor.vmin < 0:
+                signed = True
+        n_in = (
+            self.bits.model_outputs
+            if cls.quantize_inputs_with_model_outputs_precision
+            else self.bits.op_inputs
+        )
+        kwargs: dict[str, Any] = {}
+        if cls.is_mixing:
+            kwargs["rounding_threshold_bits"] = self.rounding_threshold_bits
+        op = cls(
+            self.bits.model_outputs,
+            node.name,
+            int_input_names=int_input_names,
+            constant_inputs=constants,
+            input_quant_opts=self.strategy.input_quant_opts(n_in, signed),
+            **kwargs,
+            **node.attrs,
+        )
+        op.produces_graph_output = node.outputs[0] in self.output_names
+        if self.strategy.flows_raw:
+            op.error_tracker = []  # QAT: inputs re-quantized with QAT options (SPEC §4.5)
+        self.node_inputs[node.outputs[0]] = tuple(node.inputs)
+        return op
+
+    # --- per-block data ------------------------------------------------------------------
+
+    def _float_block(self, name: str, b: int) -> Any:
+        """The float values of tensor ``name`` in block ``b`` (what flows downstream)."""
+        tensor = self.tensors[name]
+        block = self.store.get(name, b)
+        if tensor.kind == "quant" and not tensor.stored_floats and tensor.quantizer is not None:
+            return tensor.quantizer.dequant(block)
+        return block
+
+    def _calibration_qa(self, name: str, b: int, op: Any) -> Any:
+        """The calibration QuantizedArray of a variable input (SPEC §4.2 step 1)."""
+        tensor = self.tensors[name]
+        if tensor.kind == "quant" and not tensor.stored_floats:
+            q = tensor.quantizer
+            assert q is not None
+            ints = self.store.get(name, b)
+            if _requantizes_to_itself(q, ints):
+                # QA(n, dequant(q), q's params) would quantize back to exactly q: build it
+                # from the integers (values = the same float64 dequant) and skip that pass.
+                return QuantizedArray(
+                    q.n_bits,
+                    np.asarray(ints, dtype=np.int64),
+                    value_is_float=False,
+                    options=q.quant_options,
+                    stats=q.quant_stats,
+                    params=q.quant_params,
+                )
+        data = self._float_block(name, b)
+        if tensor.kind == "raw":
+            return data
+        if tensor.kind == "quant":
+            q = tensor.quantizer
+            assert q is not None
+            return QuantizedArray(
+                q.n_bits,
+                data,
+                options=q.quant_options,
+                stats=q.quant_stats,
+                params=q.quant_params,
+            )
+        opts = op.input_quant_opts
+        ref = self._input_reference(name, opts, data.dtype)
+        return QuantizedArray(
+            opts.n_bits,
+            data,
+            options=opts,
+            stats=ref.quant_stats,
+            params=ref.quant_params,
+        )
+
+    def _input_reference(self, name: str, opts: QuantizationOptions, dtype: Any) -> Any:
+        """A quantizer with the whole-set statistics of a graph input under ``opts``."""
+        key = (name, repr(opts.dump_dict()))
+        cached = self._input_quant_cache.get(key)
+        if cached is None:
+            lo, hi = self.input_stats[name]
+            ends = np.array([lo, hi], dtype=dtype)
+            cached = QuantizedArray(opts.n_bits, ends, options=opts).quantizer
+            self._input_quant_cache[key] = cached
+        return cached
+
+    # --- calibration of one op -----------------------------------------------------------
+
+    def _calibrate_op(self, op: Any, variable: list[str], out: str) -> None:
+        use_split_independent_impl(op)
+        try:
+            if self.n_blocks == 1:
+                self._calibrate_whole(op, variable, out)
+            else:
+                self._calibrate_streamed(op, variable, out)
+        finally:
+            restore_impl(op)
+
+    def _calibrate_whole(self, op: Any, variable: list[str], out: str) -> None:
+        """The reference walk on the whole set (one block).
+
+        Ops with the default calibration get their output quantizer from the min/max of the
+        float result (the numbers of QA(n_bits, raw), without its unused uvalues sort).
+        """
+        raw_blocks: list[Any] | None
+        if _has_default_calibration(op):
+            raw_blocks = self._statistics_pass(op, variable, out)
+        else:
+            floats = [self._float_block(n, 0) for n in variable]
+            self._check_inputs_finite(op, variable, floats)
+            raw = self._op_calibrate(op, out, floats)
+            raw_blocks = [raw] if self.strategy.flows_raw else None
+        qas = [self._calibration_qa(n, 0, op) for n in variable]
+        quant = op.q_impl(*qas, calibrate_rounding=bool(getattr(op, "is_mixing", False)))
+        self._store_output(out, 0, quant, raw_blocks[0] if raw_blocks is not None else None)
+        self._finish(op, out, quant, raw_blocks)
+
+    def _calibrate_streamed(self, op: Any, variable: list[str], out: str) -> None:
+        raw_blocks: list[Any] | None = None
+        if not _has_default_calibration(op):
+            raw_blocks = self._calibrate_concatenated(op, variable, out)
+        else:
+            raw_blocks = self._statistics_pass(op, variable, out)
+        rounding = getattr(op, "is_mixing", False) and op.rounding_threshold_bits is not None
+        original = op.cnp_round if rounding else None
+        try:
+            while True:
+                recorder = _RoundingRecorder(op, original) if original is not None else None
+                if recorder is not None:
+                    op.cnp_round = recorder
+                self._reset_output(out)
+                last: Any = None
+                for b in self._blocks(f"{op.op_instance_name} outputs"):
+                    qas = [self._calibration_qa(n, b, op) for n in variable]
+                    last = op.q_impl(*qas)
+                    raw = raw_blocks[b] if raw_blocks is not None else None
+                    self._store_output(out, b, last, raw)
+                if recorder is None or recorder.pending is None:
+                    break
+                # One more rounding point calibrated: its accumulator range is global now.
+                assert recorder.lo is not None and recorder.hi is not None
+                target = int(op.rounding_threshold_bits["n_bits"])
+                width = _bits_precision(recorder.lo, recorder.hi)
+                op.lsbs_to_remove[recorder.pending] = max(0, width - target)
+        finally:
+            op.__dict__.pop("cnp_round", None)
+        self._finish(op, out, last, raw_blocks)
+
+    def _reset_output(self, out: str) -> None:
+        tensor = self.tensors[out]
+        self.store.drop(out)
+        tensor.vmin = tensor.vmax = None
+
+    def _calibrate_concatenated(self, op: Any, variable: list[str], out: str) -> list[Any] | None:
+        """Exact fallback for ops whose calibration is not a min/max reduction."""
+        parts: list[list[Any]] = [[] for _ in variable]
+        for b in self._blocks(f"{op.op_instance_name} (gathering inputs)"):
+            for i, name in enumerate(variable):
+                parts[i].append(self._float_block(name, b))
+        floats = [np.concatenate(p, axis=0) for p in parts]
+        self._check_inputs_finite(op, variable, floats)
+        raw = self._op_calibrate(op, out, floats)
+        if not self.strategy.flows_raw:
+            return None
+        starts = np.cumsum([0, *self.block_sizes])
+        return [raw[starts[i] : starts[i + 1]] for i in range(self.n_blocks)]
+
+    def _statistics_pass(self, op: Any, variable: list[str], out: str) -> list[Any] | None:
+        """Global min/max of the float op over all blocks; sets the output quantizer.
+
+        BatchNorm with per-channel parameters first clips its output to the 0.1 and 99.9
+        percentiles of the whole tensor (SPEC §3.7); they are computed exactly from the
+        smallest and largest 0.1 % of the values (:mod:`fhequant.quantized.percentile`).
+        """
+        lo: Any = None
+        hi: Any = None
+        dtype: Any = None
+        keep: list[Any] | None = [] if self.strategy.flows_raw else None
+        raw_output = bool(op.spec().raw_output)
+        selector: TailSelector | None = None
+        for b in self._blocks(f"{op.op_instance_name} statistics"):
+            floats = [self._float_block(n, b) for n in variable]
+            prepared = op._prepare_inputs_with_constants(
+                *floats, calibrate=True, quantize_actual_values=False
+            )
+            raw = op.call_impl(*prepared, **op.attrs)
+            if keep is not None:
+                keep.append(raw)
+            if raw_output:
+                continue
+            arr = np.asarray(raw)
+            if (
+                b == 0
+                and _clips_percentiles(op)
+                and (np.size(prepared[1]) > 1 or np.size(prepared[2]) > 1)
+            ):
+                per_row = arr.size // max(arr.shape[0], 1) if arr.ndim else 1
+                selector = TailSelector(per_row * sum(self.block_sizes))
+            if arr.size == 0:
+                continue
+            blo, bhi = arr.min(), arr.max()
+            _check_finite(blo, bhi, out, f"op {op.op_instance_name!r} ({type(op).__name__})")
+            lo = blo if lo is None else np.minimum(lo, blo)
+            hi = bhi if hi is None else np.maximum(hi, bhi)
+            dtype = arr.dtype
+            if selector is not None:
+                selector.update(arr)
+        if not raw_output:
+            ends = np.array([lo, hi], dtype=dtype)
+            if selector is not None:
+                ends = np.clip(
+                    ends,
+                    percentile_from_tails(selector, 0.1),
+                    percentile_from_tails(selector, 99.9),
+                )
+            op._set_output_quantizer(ends)
+        return keep
+
+    def _store_output(self, out: str, b: int, quant: Any, raw: Any) -> None:
+        """Keep block ``b`` of an op's output for its consumers.
+
+        PTQ keeps the integers (dequantized on read); QAT import keeps the raw floats.
+        """
+        tensor = self.tensors[out]
+        if isinstance(quant, QuantizedArray):
+            tensor.kind = "quant"
+            tensor.quantizer = quant.quantizer
+            if self.strategy.flows_raw:
+                tensor.stored_floats = True
+                values = np.asarray(raw)
+                lo, hi = (values.min(), values.max()) if values.size else (None, None)
+            else:
+                values = np.asarray(quant.qvalues)
+                lo, hi = self._value_range(quant.quantizer, values)
+            if lo is not None:
+                tensor.vmin = lo if tensor.vmin is None else min(tensor.vmin, lo)
+                tensor.vmax = hi if tensor.vmax is None else max(tensor.vmax, hi)
+            if tensor.consumers_left > 0:
+                self.store.put(out, values)
+        else:
+            tensor.kind = "raw"
+            if tensor.consumers_left > 0:
+                self.store.put(out, np.asarray(quant))
+
+    @staticmethod
+    def _value_range(quantizer: UniformQuantizer, q: np.ndarray) -> tuple[Any, Any]:
+        """min/max of quantizer.dequant(q), without dequantizing everything when monotone."""
+        if q.size == 0:
+            return (None, None)
+        scale = quantizer.scale
+        zp = quantizer.zero_point
+        if np.ndim(zp) == 0 and np.ndim(scale) == 0 and scale > 0:
+            ends = quantizer.dequant(np.array([q.min(), q.max()], dtype=q.dtype))
+            return ends[0], ends[1]
+        values = quantizer.dequant(q)
+        return values.min(), values.max()
+
+    def _finish(self, op: Any, out: str, quant: Any, raw_blocks: Any) -> None:
+        """A graph-output op takes the params of its q_impl result (SPEC §4.2 step 4)."""
+        if op.produces_graph_output and isinstance(quant, QuantizedArray):
+            op.output_quant_stats = quant.quantizer.quant_stats
+            op.output_quant_params = quant.quantizer.quant_params
+
+    def _op_calibrate(self, op: Any, out: str, floats: list[Any]) -> Any:
+        """op.calibrate on whole tensors, with non-finite outputs reported by tensor and op."""
+        try:
+            raw = op.calibrate(*floats)
+        except NonFiniteError as exc:
+            raise NonFiniteError(
+                f"op {op.op_instance_name!r} ({type(op).__name__}): tensor {out!r} contains NaN "
+                "or infinite values; clean the calibration data or fix the model so every "
+                f"value stays finite ({exc})"
+            ) from exc
+        self._check_output_finite(op, out, raw)
+        return raw
+
+    def _check_inputs_finite(self, op: Any, names: list[str], floats: list[Any]) -> None:
+        for name, values in zip(names, floats, strict=True):
+            arr = np.asarray(values)
+            if arr.size and np.issubdtype(arr.dtype, np.floating):
+                _check_finite(arr.min(), arr.max(), name, f"input of op {op.op_instance_name!r}")
+
+    def _check_output_finite(self, op: Any, out: str, raw: Any) -> None:
+        arr = np.asarray(raw)
+        if arr.size and np.issubdtype(arr.dtype, np.floating):
+            _check_finite(
+                arr.min(), arr.max(), out, f"op {op.op_instance_name!r} ({type(op).__name__})"
+            )
+
+    # --- module input quantizers (SPEC §4.6) ---------------------------------------------
+
+    def _consumers(self, name: str) -> list[Any]:
+        return [op for _, (inputs, op) in self.quant_layers.items() if name in inputs]
+
+    def _input_quantizers(self) -> list[UniformQuantizer | None]:
+        quantizers: list[UniformQuantizer | None] = []
+        for name in self.input_names:
+            lo, hi = self.input_stats[name]
+            direct = self._consumers(name)
+            if not direct:
+                quantizers.append(None)
+                continue
+            brevitas = [op for op in direct if type(op).__name__ == "QuantizedBrevitasQuant"]
+            fusable = [op for op in direct if op.can_fuse() and op not in brevitas]
+            dtype = np.asarray(lo).dtype
+            ends = np.array([lo, hi], dtype=dtype)
+            if fusable or len(brevitas) > 1:
+                qa = QuantizedArray(self.bits.model_inputs, ends, is_signed=True)
+                quantizers.append(qa.quantizer)
+            elif len(brevitas) == 1:
+                op = brevitas[0]
+                qa = QuantizedArray(
+                    op.n_bits,
+                    None,
+                    value_is_float=False,
+                    options=op.output_quant_opts,
+                    stats=op.output_quant_stats,
+                    params=op.output_quant_params,
+                )
+                quantizers.append(qa.quantizer)
+            else:
+                opts = direct[0].input_quant_opts
+                qa = QuantizedArray(opts.n_bits, ends, options=opts)
+                quantizers.append(qa.quantizer)
+        return quantizers
+
+
+def apply_power_of_two_scaling(module: Any) -> None:
+    """The QAT power-of-two pass of SPEC §4.7 (hook; not implemented for PTQ yet)."""
+    return None
+
+
+def quantize_module(
+    model: onnx.ModelProto,
+    data: Any,
+    n_bits: Any = 8,
+    rounding_threshold_bits: Any = None,
+    import_qat: bool = False,
+    block_rows: int = DEFAULT_BLOCK_ROWS,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    verbose: bool = False,
+    preprocess: Callable[..., tuple[np.ndarray, ...]] | None = None,
+) -> dict[str, Any]:
+    """Run the calibration walk (SPEC §4.2) and return what QuantizedModule needs.
+
+    Args:
+        model: the ONNX model (pre-processed).
+        data: calibration data: an array, a tuple of arrays, or an iterable of batches.
+        n_bits: int or dict (SPEC §4.1).
+        rounding_threshold_bits: for every mixing op (SPEC §2.4).
+        import_qat: use the QAT importer instead of PTQ.
+        block_rows: rows per evaluation block.
+        memory_budget: bytes of intermediates kept in memory before spilling to disk.
+        verbose: show a progress bar.
+        preprocess: a function applied to each input block (ONNX pre-processing).
+
+    Returns:
+        input_names, output_names, quant_layers_dict, input_quantizers, n_rows, spilled.
+    """
+    bits = resolve_n_bits(n_bits)
+    strategy: QuantizationStrategy = (
+        PostTrainingQATImporter(bits) if import_qat else PostTrainingAffineQuantization(bits)
+    )
+    calibrator = ModuleCalibrator(
+        model,
+        strategy,
+        rounding_threshold_bits=rounding_threshold_bits,
+        block_rows=block_rows,
+        memory_budget=memory_budget,
+        verbose=verbose,
+        preprocess=preprocess,
+    )
+    return calibrator.run(data)
