@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
-from fhequant import errors
+from fhequant import errors, serialization
 from fhequant._core import __version__
+from fhequant.quantization import (
+    STABILITY_CONST,
+    MinMaxQuantizationStats,
+    QuantizationOptions,
+    QuantizedArray,
+    TorchUniformQuantizer,
+    UniformQuantizationParameters,
+    UniformQuantizer,
+    fill_from_kwargs,
+)
 
-__all__ = ["__version__", "errors"]
+__all__ = [
+    "STABILITY_CONST",
+    "MinMaxQuantizationStats",
+    "QuantizationOptions",
+    "QuantizedArray",
+    "TorchUniformQuantizer",
+    "UniformQuantizationParameters",
+    "UniformQuantizer",
+    "__version__",
+    "errors",
+    "fill_from_kwargs",
+    "serialization",
+]

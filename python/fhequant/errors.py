@@ -12,11 +12,13 @@ message always names the tensor, op or option at fault and says what to do about
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentError",
     "BitWidthError",
     "DTypeError",
     "EmptyTensorError",
     "FhequantError",
     "GraphInputError",
+    "InvalidOptionKeyError",
     "MissingDependencyError",
     "NonFiniteError",
     "NotCalibratedError",
@@ -30,6 +32,7 @@ __all__ = [
     "ShapeError",
     "UnquantizedTensorError",
     "UnsupportedOpError",
+    "UnsupportedOptionError",
 ]
 
 
@@ -54,6 +57,10 @@ class EmptyTensorError(QuantizationError):
 
 class DTypeError(FhequantError, TypeError):
     """An array of a dtype the operation does not accept."""
+
+
+class ArgumentError(FhequantError, TypeError):
+    """Missing, partial or unexpected arguments (e.g. only some quantization parameters)."""
 
 
 class ShapeError(FhequantError, ValueError):
@@ -104,6 +111,18 @@ class NotCalibratedError(FhequantError, RuntimeError):
 
 class NotCompiledError(FhequantError, RuntimeError):
     """FHE simulation or execution requested before ``compile``."""
+
+
+class InvalidOptionKeyError(FhequantError, KeyError):
+    """An option dict with keys the option does not define (e.g. rounding_threshold_bits)."""
+
+    def __str__(self) -> str:
+        # KeyError.__str__ would quote the whole message.
+        return str(self.args[0]) if self.args else ""
+
+
+class UnsupportedOptionError(FhequantError, NotImplementedError):
+    """An option value the reference defines but does not implement (e.g. n_bits="auto")."""
 
 
 # --- misc ---------------------------------------------------------------------------------

@@ -1,0 +1,142 @@
+"""UniformQuantizationParameters: scale, zero point and offset (SPEC.md §1.3)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fhequant.errors import QuantizationError
+from fhequant.quantization.options import STABILITY_CONST, check_option_conflicts
+from fhequant.serialization import Serializable
+
+__all__ = ["UniformQuantizationParameters", "values_equal"]
+
+
+def values_equal(mine: Any, other: Any) -> bool:
+    """``array_equal`` if either side is an ndarray, else ``==`` (as a Python bool)."""
+    if isinstance(mine, np.ndarray) or isinstance(other, np.ndarray):
+        return bool(np.array_equal(mine, other))
+    return bool(mine == other)
+
+
+class UniformQuantizationParameters(Serializable):
+    """The affine map between floats and integers: r = scale · (q - zero_point).
+
+    ``offset`` is 2^(n-1) for signed integers (0 otherwise) and sets the clip range
+    [-offset, 2^n - 1 - offset]. ``zero_point`` is a Python int, an ``np.int64`` or, for
+    graph outputs, a float array.
+    """
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("scale", "zero_point", "offset")
+
+    def __init__(self, scale: Any = None, zero_point: Any = None, offset: Any = None) -> None:
+        """Create parameters, empty by default.
+
+        Args:
+            scale: the quantization step.
+            zero_point: the integer that represents the float 0.
+            offset: 2^(n-1) for signed integers, else 0.
+        """
+        self.scale = scale
+        self.zero_point = zero_point
+        self.offset = offset
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, UniformQuantizationParameters):
+            return NotImplemented
+        return all(values_equal(getattr(self, name), getattr(other, name)) for name in self.FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"UniformQuantizationParameters(scale={self.scale!r}, "
+            f"zero_point={self.zero_point!r}, offset={self.offset!r})"
+        )
+
+    def copy_params(self, params: UniformQuantizationParameters) -> None:
+        """Copy scale, zero_point and offset from ``params``.
+
+        Args:
+            params: the source parameters.
+        """
+        self.scale = params.scale
+        self.zero_point = params.zero_point
+        self.offset = params.offset
+
+    @property
+    def quant_params(self) -> UniformQuantizationParameters:
+        """A copy of these parameters."""
+        return UniformQuantizationParameters(self.scale, self.zero_point, self.offset)
+
+    def compute_quantization_parameters(self, options: Any, stats: Any) -> None:
+        """Set scale, zero_point and offset from the options and the min/max statistics.
+
+        The first matching case wins (numpy 1.26 scalar dtypes throughout):
+
+        * Δ = rmax - rmin < 1e-6 and |rmax| < 1e-6: offset 0, scale 1.0, zp rint(-rmin);
+        * Δ < 1e-6 otherwise: offset 0, scale float64(rmax) (maybe negative), zp 0;
+        * symmetric: offset 2^(n-1), scale max(|rmax|, |rmin|)/(2^n - 1 - offset), zp 0;
+        * asymmetric: scale Δ/(2^n - 1) unless already set; zp 0 for QAT, else
+          rint((-rmax·offset - rmin·(2^n - 1 - offset))/Δ) as np.int64. 0 is not forced into
+          [rmin, rmax], so zp may lie outside the integer range.
+
+        Args:
+            options: QuantizationOptions (or anything with the same fields).
+            stats: MinMaxQuantizationStats with rmax and rmin set.
+
+        Raises:
+            QuantizationError: conflicting options, or statistics without rmax/rmin.
+        """
+        check_option_conflicts(options, "compute_quantization_parameters")
+        rmax, rmin = stats.rmax, stats.rmin
+        if rmax is None or rmin is None:
+            raise QuantizationError(
+                "compute_quantization_parameters: the statistics have no "
+                f"{'rmax' if rmax is None else 'rmin'}; call compute_quantization_stats(values) "
+                "or give both rmin and rmax"
+            )
+        n_bits = options.n_bits
+        self.offset = 2 ** (n_bits - 1) if options.is_signed else 0
+        delta = rmax - rmin
+        # Division by zero is legal here: symmetric n_bits = 1 gives scale +inf (SPEC §1.3).
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            if delta < STABILITY_CONST:
+                self.offset = 0
+                if np.abs(rmax) < STABILITY_CONST:
+                    self.scale = np.float64(1.0)
+                    self.zero_point = np.rint(-rmin).astype(np.int64)
+                else:
+                    self.scale = np.float64(rmax)
+                    self.zero_point = 0
+            elif options.is_symmetric:
+                self.zero_point = 0
+                largest = np.maximum(np.abs(rmax), np.abs(rmin))
+                self.scale = np.float64(np.float64(largest) / (2**n_bits - 1 - self.offset))
+            else:
+                if self.scale is None:
+                    self.scale = np.float64(np.float64(delta) / (2**n_bits - 1))
+                if options.is_qat:
+                    self.zero_point = 0
+                else:
+                    numerator = -rmax * self.offset - rmin * (2**n_bits - 1 - self.offset)
+                    self.zero_point = np.rint(numerator / delta).astype(np.int64)
+
+    def dump_dict(self) -> dict[str, Any]:
+        """scale, zero_point and offset, in order."""
+        return {"scale": self.scale, "zero_point": self.zero_point, "offset": self.offset}
+
+    @classmethod
+    def load_dict(cls, metadata: dict[str, Any]) -> UniformQuantizationParameters:
+        """Rebuild parameters from ``dump_dict`` output.
+
+        Args:
+            metadata: the decoded fields.
+
+        Returns:
+            The parameters.
+        """
+        return cls(
+            scale=metadata["scale"], zero_point=metadata["zero_point"], offset=metadata["offset"]
+        )

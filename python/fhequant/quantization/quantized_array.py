@@ -1,0 +1,194 @@
+"""QuantizedArray: float values, their quantized integers and the quantizer (SPEC.md §1.5)."""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from typing import Any, cast
+
+import numpy as np
+
+from fhequant.errors import ArgumentError, DTypeError
+from fhequant.quantization.kwargs import fill_from_kwargs
+from fhequant.quantization.options import QuantizationOptions, check_option_conflicts
+from fhequant.quantization.params import UniformQuantizationParameters
+from fhequant.quantization.quantizer import UniformQuantizer, is_tracer
+from fhequant.quantization.stats import MinMaxQuantizationStats
+from fhequant.serialization import Serializable
+
+__all__ = ["QuantizedArray"]
+
+
+def _copy_input(values: Any) -> Any:
+    """Deep copy of an ndarray, tracers as they are, anything else as an ndarray."""
+    if isinstance(values, np.ndarray):
+        return deepcopy(values)
+    if is_tracer(values):
+        return values
+    return np.array(values)
+
+
+class QuantizedArray(Serializable):
+    """An array with its quantized integers: ``qvalues = quantizer.quant(values)``.
+
+    Attributes:
+        n_bits: the bit width (always overrides ``options.n_bits``).
+        quantizer: the UniformQuantizer (options, statistics and parameters).
+        values: the float values (None for an output quantizer built without values).
+        qvalues: the quantized integers (None likewise).
+    """
+
+    def __init__(
+        self,
+        n_bits: int,
+        values: Any,
+        value_is_float: bool = True,
+        options: QuantizationOptions | None = None,
+        stats: MinMaxQuantizationStats | None = None,
+        params: UniformQuantizationParameters | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Quantize float ``values`` (or dequantize integer ones).
+
+        Args:
+            n_bits: the bit width; it replaces ``options.n_bits``.
+            values: float data to quantize (value_is_float=True), integer data to dequantize
+                (value_is_float=False), or None to only build the quantizer.
+            value_is_float: whether ``values`` are floats.
+            options: quantization options (deep-copied).
+            stats: statistics; computed from ``values`` when None (and values are floats).
+            params: parameters; computed from the statistics when None (floats only).
+            **kwargs: fields of the options, statistics or parameters (n_bits, is_signed,
+                is_symmetric, is_qat, is_narrow, is_precomputed_qat, rmax, rmin, scale,
+                zero_point, offset). A stats/params object given above is filled in place.
+
+        Raises:
+            ArgumentError: partial statistics/parameters, unexpected kwargs, or integer values
+                without parameters (a TypeError).
+            DTypeError: values of the wrong dtype for ``value_is_float`` (a TypeError).
+            QuantizationError: conflicting options, empty or non-finite float values.
+        """
+        self.n_bits = n_bits
+        options = QuantizationOptions(n_bits) if options is None else deepcopy(options)
+        options.n_bits = n_bits
+        filled, kwargs = fill_from_kwargs(options, QuantizationOptions, False, **kwargs)
+        options = cast(QuantizationOptions, filled)  # not None: options was not None
+        stats, kwargs = fill_from_kwargs(stats, MinMaxQuantizationStats, True, **kwargs)
+        params, kwargs = fill_from_kwargs(params, UniformQuantizationParameters, False, **kwargs)
+        if kwargs:
+            raise ArgumentError(
+                f"QuantizedArray got unexpected keyword arguments: {', '.join(kwargs)}; valid "
+                "ones are the fields of QuantizationOptions, MinMaxQuantizationStats and "
+                "UniformQuantizationParameters"
+            )
+        check_option_conflicts(options, "QuantizedArray")
+        self.quantizer = UniformQuantizer(options, stats, params)
+        self.values: Any = None
+        self.qvalues: Any = None
+        if values is None:
+            return
+        if value_is_float:
+            values = _copy_input(values)
+            if isinstance(values, np.ndarray) and not np.issubdtype(values.dtype, np.floating):
+                raise DTypeError(
+                    f"QuantizedArray: values of dtype {values.dtype} given with "
+                    "value_is_float=True; pass float data, or integers with value_is_float=False "
+                    "and scale/zero_point/offset"
+                )
+            self.values = values
+            if stats is None:
+                self.quantizer.compute_quantization_stats(values, "QuantizedArray values")
+            if params is None:
+                self.quantizer.compute_quantization_parameters(options, self.quantizer.quant_stats)
+            self.quant()
+        else:
+            if params is None:
+                raise ArgumentError(
+                    "QuantizedArray: value_is_float=False needs the quantization parameters; "
+                    "give scale, zero_point and offset (or params=)"
+                )
+            qvalues = _copy_input(values)
+            if isinstance(qvalues, np.ndarray) and not np.issubdtype(qvalues.dtype, np.integer):
+                raise DTypeError(
+                    f"QuantizedArray: values of dtype {qvalues.dtype} given with "
+                    "value_is_float=False; pass integer data, or floats with value_is_float=True"
+                )
+            self.qvalues = qvalues
+            self.dequant()
+
+    def __call__(self) -> Any:
+        """The quantized values."""
+        return self.qvalues
+
+    def quant(self) -> Any:
+        """Re-quantize ``values`` into ``qvalues`` and return them."""
+        self.qvalues = self.quantizer.quant(self.values)
+        return self.qvalues
+
+    def dequant(self) -> Any:
+        """Dequantize ``qvalues`` into ``values`` (overwriting them) and return them."""
+        self.values = self.quantizer.dequant(self.qvalues)
+        return self.values
+
+    def update_values(self, values: Any) -> Any:
+        """Replace the float values (copied) and re-quantize.
+
+        Args:
+            values: the new float values.
+
+        Returns:
+            The new qvalues.
+        """
+        self.values = deepcopy(values) if isinstance(values, np.ndarray) else values
+        return self.quant()
+
+    def update_quantized_values(self, qvalues: Any) -> Any:
+        """Replace the quantized values (copied) and dequantize.
+
+        Args:
+            qvalues: the new integer values.
+
+        Returns:
+            The new float values.
+        """
+        self.qvalues = deepcopy(qvalues) if isinstance(qvalues, np.ndarray) else qvalues
+        return self.dequant()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, QuantizedArray):
+            return NotImplemented
+        return bool(
+            self.n_bits == other.n_bits
+            and self.quantizer == other.quantizer
+            and np.array_equal(self.values, other.values)
+            and np.array_equal(self.qvalues, other.qvalues)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"QuantizedArray(n_bits={self.n_bits!r}, qvalues={self.qvalues!r})"
+
+    def dump_dict(self) -> dict[str, Any]:
+        """quantizer, n_bits, values and qvalues, in order."""
+        return {
+            "quantizer": self.quantizer,
+            "n_bits": self.n_bits,
+            "values": self.values,
+            "qvalues": self.qvalues,
+        }
+
+    @classmethod
+    def load_dict(cls, metadata: dict[str, Any]) -> QuantizedArray:
+        """Rebuild a QuantizedArray from ``dump_dict`` output.
+
+        Args:
+            metadata: the decoded fields.
+
+        Returns:
+            The array, with the loaded quantizer, values and qvalues.
+        """
+        array = cls(metadata["n_bits"], None)
+        array.quantizer = metadata["quantizer"]
+        array.values = metadata["values"]
+        array.qvalues = metadata["qvalues"]
+        return array

@@ -1,0 +1,125 @@
+"""MinMaxQuantizationStats: rmax, rmin and the rounded unique values (SPEC.md §1.2)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fhequant.errors import QuantizationError
+from fhequant.quantization import _kernels
+from fhequant.serialization import Serializable
+
+__all__ = ["MinMaxQuantizationStats"]
+
+# Tolerances of the uniform-grid test of check_is_uniform_quantized.
+_UNIFORM_ATOL = 0.02
+_UNIFORM_RTOL = 1e-5
+
+
+class MinMaxQuantizationStats(Serializable):
+    """Calibration statistics of a tensor: global min/max and the 2-decimal unique values.
+
+    ``uvalues`` is inert (it never changes parameters), is not serialized and is ignored by
+    ``==``; :meth:`check_is_uniform_quantized` needs it.
+    """
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("rmax", "rmin")
+
+    def __init__(
+        self, rmax: Any = None, rmin: Any = None, uvalues: np.ndarray | None = None
+    ) -> None:
+        """Create statistics, empty by default.
+
+        Args:
+            rmax: maximum of the values.
+            rmin: minimum of the values.
+            uvalues: sorted unique values rounded to 2 decimals.
+        """
+        self.rmax = rmax
+        self.rmin = rmin
+        self.uvalues = uvalues
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MinMaxQuantizationStats):
+            return NotImplemented
+        return bool(self.rmax == other.rmax and self.rmin == other.rmin)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"MinMaxQuantizationStats(rmax={self.rmax!r}, rmin={self.rmin!r})"
+
+    def compute_quantization_stats(self, values: np.ndarray, name: str = "values") -> None:
+        """Set rmin/rmax (numpy scalars of the data dtype) and uvalues from ``values``.
+
+        Args:
+            values: the calibration data (any shape, at least one element).
+            name: the tensor named in error messages.
+
+        Raises:
+            EmptyTensorError: ``values`` has no element (a ValueError).
+            NonFiniteError: ``values`` holds NaN or Inf (a ValueError).
+        """
+        values = np.asarray(values)
+        self.rmin, self.rmax = _kernels.min_max(values, name)
+        self.uvalues = _kernels.rounded_unique(values)
+
+    def copy_stats(self, stats: MinMaxQuantizationStats) -> None:
+        """Copy rmax, rmin and uvalues from ``stats``.
+
+        Args:
+            stats: the source statistics.
+        """
+        self.rmax = stats.rmax
+        self.rmin = stats.rmin
+        self.uvalues = stats.uvalues
+
+    @property
+    def quant_stats(self) -> MinMaxQuantizationStats:
+        """A copy of these statistics."""
+        return MinMaxQuantizationStats(self.rmax, self.rmin, self.uvalues)
+
+    def check_is_uniform_quantized(self, options: Any) -> bool:
+        """Whether the calibration values already sit on a uniform grid of ``options.n_bits``.
+
+        Args:
+            options: quantization options (only ``n_bits`` is used).
+
+        Returns:
+            True if there are 2..2^n_bits unique values whose gaps are integer multiples of
+            the smallest gap (within 0.02 + 1e-5·|gap|).
+
+        Raises:
+            QuantizationError: no uvalues (explicit or loaded statistics).
+        """
+        if self.uvalues is None:
+            raise QuantizationError(
+                "check_is_uniform_quantized: these statistics have no uvalues (they were given "
+                "explicitly or loaded from JSON); call compute_quantization_stats(values) first"
+            )
+        uvalues = np.asarray(self.uvalues)
+        if uvalues.size > 2**options.n_bits or uvalues.size <= 1:
+            return False
+        gaps = np.unique(np.diff(uvalues))
+        smallest = gaps[0]
+        rounded = np.rint(gaps / smallest) * smallest
+        return bool(
+            np.all(np.abs(gaps - rounded) <= _UNIFORM_ATOL + _UNIFORM_RTOL * np.abs(rounded))
+        )
+
+    def dump_dict(self) -> dict[str, Any]:
+        """rmax and rmin (uvalues is not written)."""
+        return {"rmax": self.rmax, "rmin": self.rmin}
+
+    @classmethod
+    def load_dict(cls, metadata: dict[str, Any]) -> MinMaxQuantizationStats:
+        """Rebuild statistics (without uvalues) from ``dump_dict`` output.
+
+        Args:
+            metadata: the decoded fields.
+
+        Returns:
+            The statistics.
+        """
+        return cls(rmax=metadata["rmax"], rmin=metadata["rmin"])

@@ -1,0 +1,44 @@
+"""Quantized ONNX ops (SPEC §2, §3), grouped by family; see ``base`` for the op contract."""
+
+from __future__ import annotations
+
+from fhequant.quantized.ops.base import (
+    DEFAULT_MODEL_BITS,
+    QuantizedMixingOp,
+    QuantizedOp,
+    compute_bits_precision,
+    normalize_rounding_threshold_bits,
+)
+from fhequant.quantized.ops.executors import (
+    CLEAR,
+    TRACING,
+    ClearExecutor,
+    Executor,
+    TracingExecutor,
+    executor_for,
+    use_executor,
+)
+from fhequant.quantized.ops.linear import *  # noqa: F403
+from fhequant.quantized.ops.linear import __all__ as _linear_all
+from fhequant.quantized.ops.registry import ONNX_OPS_TO_QUANTIZED_IMPL, quantized_op_class
+from fhequant.quantized.ops.univariate import *  # noqa: F403
+from fhequant.quantized.ops.univariate import __all__ as _univariate_all
+
+__all__ = [
+    "CLEAR",
+    "DEFAULT_MODEL_BITS",
+    "ONNX_OPS_TO_QUANTIZED_IMPL",
+    "TRACING",
+    "ClearExecutor",
+    "Executor",
+    "QuantizedMixingOp",
+    "QuantizedOp",
+    "TracingExecutor",
+    "compute_bits_precision",
+    "executor_for",
+    "normalize_rounding_threshold_bits",
+    "quantized_op_class",
+    "use_executor",
+    *_linear_all,
+    *_univariate_all,
+]
