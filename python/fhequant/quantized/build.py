@@ -65,7 +65,7 @@ def _to_onnx(model: Any, data: Any) -> tuple[onnx.ModelProto, Callable[..., Any]
                 "model to ONNX yourself and pass the onnx.ModelProto instead"
             ) from exc
         exported = export_to_onnx(model, *_first_sample(data))
-        inner = getattr(exported, "onnx_model", exported)
+        inner: Any = getattr(exported, "onnx_model", exported)
         return inner, _preprocessing_of(exported)
     raise GraphInputError(
         f"build_quantized_module: cannot build from a {type(model).__name__}; give a torch "
