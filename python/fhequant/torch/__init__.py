@@ -1,7 +1,8 @@
-"""torch front end: ONNX export (compile_torch_model and friends come later)."""
+"""torch front end: ONNX export, compile_torch_model and compile_onnx_model."""
 
 from __future__ import annotations
 
+from fhequant.torch.compile import compile_onnx_model, compile_torch_model
 from fhequant.torch.export import export_to_onnx, input_names_of
 
-__all__ = ["export_to_onnx", "input_names_of"]
+__all__ = ["compile_onnx_model", "compile_torch_model", "export_to_onnx", "input_names_of"]
