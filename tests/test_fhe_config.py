@@ -9,6 +9,7 @@ from concrete import fhe
 
 from fhequant import build_quantized_module
 from fhequant.errors import BitWidthError, NotCompiledError
+from fhequant.fhe import execute, simulate
 from fhequant.fhe.compile import (
     DEFAULT_P_ERROR,
     argument_names,
@@ -161,3 +162,54 @@ def test_rounding_brings_the_table_lookup_under_the_limit() -> None:
     assert row.bits > 16  # the accumulator itself stays wide
     assert row.tlu_input_bits == 8  # rounded to the threshold before the lookup
     assert "/0/Gemm_output_0" in str(report)
+
+
+class _FakeCircuit:
+    """The circuit surface run.py uses; doubles its input."""
+
+    class configuration:  # noqa: N801 - mirrors concrete's attribute name
+        p_error = 0.25
+
+    def __init__(self, pks: int) -> None:
+        self.packing_key_switch_count = pks
+        self.log: list[str] = []
+
+    def graph(self, x: np.ndarray, p_error: float | None = None) -> np.ndarray:
+        self.log.append(f"graph p_error={p_error}")
+        return x * 2
+
+    def simulate(self, x: np.ndarray) -> np.ndarray:
+        self.log.append("simulate")
+        return x * 2
+
+    def keygen(self, force: bool = False, seed: int | None = None) -> None:
+        self.log.append(f"keygen force={force}")
+
+    def encrypt(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        self.log.append("encrypt")
+        return {"enc": x}
+
+    def run(self, value: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"enc": value["enc"] * 2}
+
+    def decrypt(self, value: dict[str, np.ndarray]) -> np.ndarray:
+        return value["enc"]
+
+
+@pytest.mark.parametrize(("pks", "call"), [(0, "simulate"), (3, "graph p_error=0.25")])
+def test_simulate_runs_per_sample_and_falls_back_on_crt(pks: int, call: str) -> None:
+    circuit = _FakeCircuit(pks)
+    q = np.arange(12).reshape(4, 3)
+    (out,) = simulate(circuit, q, progress=False)
+    np.testing.assert_array_equal(out, q * 2)
+    assert circuit.log == [call] * 4
+
+
+def test_execute_generates_keys_once_per_call_and_runs_per_sample() -> None:
+    circuit = _FakeCircuit(0)
+    q = np.arange(6).reshape(3, 2)
+    (out,) = execute(circuit, q, progress=False)
+    np.testing.assert_array_equal(out, q * 2)
+    assert circuit.log == ["keygen force=False", "encrypt", "encrypt", "encrypt"]
+    with pytest.raises(ValueError, match="batch sizes"):
+        execute(circuit, q, q[:2], progress=False)
