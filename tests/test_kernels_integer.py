@@ -211,6 +211,29 @@ def test_window_max_matches_reference(case: dict[str, Any]) -> None:
     _equal((ik.window_max(**case),), (ik.window_max_reference(**case),))
 
 
+@SETTINGS
+@given(pool_case())
+def test_unfold_matches_reference(case: dict[str, Any]) -> None:
+    if case["q_x"].ndim == 3:  # Unfold is 2-D: run the 1-D case with H = 1
+        (k,), (s,), (pb, pe) = case["kernel_shape"], case["strides"], case["pads"]
+        case = {
+            "q_x": case["q_x"][:, :, None, :],
+            "kernel_shape": [1, k],
+            "strides": [1, s],
+            "pads": [0, pb, 0, pe],
+            "z_x": case["z_x"],
+        }
+    _equal((ik.unfold(**case),), (ik.unfold_reference(**case),))
+
+
+def test_unfold_uses_torch_order() -> None:
+    x = np.arange(2 * 3 * 4, dtype=np.int64).reshape(1, 2, 3, 4)
+    out = ik.unfold(x, (2, 2), (1, 2), (0, 0, 0, 0), 0)
+    assert out.shape == (1, 2 * 4, 2 * 2)
+    # column 1 = window at (row 0, col 2); rows = (channel, i, j)
+    np.testing.assert_array_equal(out[0, :, 1], [2, 3, 6, 7, 14, 15, 18, 19])
+
+
 def test_ceil_mode_pads_with_zero_and_counts_windows() -> None:
     x = np.arange(25, dtype=np.int64).reshape(1, 1, 5, 5)
     floor = ik.window_sum(x, (2, 2), (2, 2), (0, 0, 0, 0), 7)

@@ -18,11 +18,22 @@ __all__ = [
     "int_window_max",
     "int_window_sum",
     # --- end integer kernels ---
+    # --- float kernels (ptq-module) ---
+    "matmul_f32_sequential",
+    # --- end float kernels ---
 ]
 __version__: str
 
 def _raise_kernel_error(variant: str, context: str | None = None) -> None: ...
 
+# --- float kernels (ptq-module) ---
+def matmul_f32_sequential(
+    a: npt.NDArray[np.float32],
+    b: npt.NDArray[np.float32],
+    context: str | None = None,
+) -> npt.NDArray[np.float32]: ...
+
+# --- end float kernels ---
 # --- integer kernels (rust-integer): see fhequant.integer_kernels -------------------------
 
 _I64 = npt.NDArray[np.int64]

@@ -17,6 +17,7 @@ Stable API (used by the PTQ ops):
   ``sum_w = z_x·Σ_{c,kh,kw} q_w`` as (1, O, 1, 1) ((1, O, 1) in 1-D).
 * ``window_sum(q_x, kernel_shape, strides, pads, z_x, ceil_mode=0)`` (AveragePool) and
   ``window_max(q_x, kernel_shape, strides, pads, z_x)`` (MaxPool).
+* ``unfold(q_x, kernel_shape, strides, pads, z_x)`` (Unfold, torch column order).
 * ``round_bit_pattern(x, lsbs)``; ``bit_width(lo, hi)``.
 * ``gemm_bounds``, ``conv_bounds``, ``window_sum_bounds``: the exact worst-case
   accumulator range over the input quantizer's integer range (after rounding).
@@ -60,6 +61,8 @@ __all__ = [
     "integer_gemm_reference",
     "round_bit_pattern",
     "round_bit_pattern_reference",
+    "unfold",
+    "unfold_reference",
     "window_max",
     "window_max_reference",
     "window_sum",
@@ -499,6 +502,69 @@ def _window_max_native(
     return out[:, :, 0, :] if one_d else out
 
 
+def _unfold_operands(
+    q_x: Any,
+    kernel_shape: Sequence[int],
+    strides: Sequence[int] | None,
+    pads: Sequence[int] | None,
+    z_x: Any,
+    name: str,
+) -> tuple[I64, tuple[int, int], Any, Any, int]:
+    x = _int64(q_x, "the input q_x", name)
+    zx = _integer(z_x, "the input zero point z_x", name)
+    if x.ndim != 4:
+        raise ShapeError(f"{name}: need an (N, C, H, W) input, got {x.shape}")
+    k, s, p = _geometry_2d(2, kernel_shape, strides, pads, name)
+    for axis in (0, 1):
+        if x.shape[2 + axis] + p[axis] + p[axis + 2] < k[axis]:
+            raise ShapeError(f"{name}: the padded input {x.shape} is smaller than the kernel {k}")
+    return x, k, s, p, zx
+
+
+def unfold_reference(
+    q_x: Any,
+    kernel_shape: Sequence[int],
+    strides: Sequence[int] | None,
+    pads: Sequence[int] | None,
+    z_x: Any,
+    name: str = "Unfold",
+) -> I64:
+    """Integer Unfold (SPEC §3.6): the windows of q_x padded with z_x, as columns.
+
+    Args:
+        q_x: integer input (N, C, H, W).
+        kernel_shape: window size (kh, kw).
+        strides: (sh, sw) (default 1).
+        pads: ONNX order (default 0), filled with z_x.
+        z_x: input zero point.
+        name: op name used in error messages.
+
+    Returns:
+        int64 (N, C·kh·kw, L), row c·kh·kw + i·kw + j, column oh·OW + ow (torch order).
+    """
+    x, k, s, p, zx = _unfold_operands(q_x, kernel_shape, strides, pads, z_x, name)
+    win = _windows(_pad_reference(x, p, zx), k, s)
+    n, c, oh, ow = win.shape[:4]
+    return win.transpose(0, 1, 4, 5, 2, 3).reshape(n, c * k[0] * k[1], oh * ow)
+
+
+def _unfold_native(
+    q_x: Any,
+    kernel_shape: Sequence[int],
+    strides: Sequence[int] | None,
+    pads: Sequence[int] | None,
+    z_x: Any,
+    name: str = "Unfold",
+) -> I64:
+    x, k, s, p, zx = _unfold_operands(q_x, kernel_shape, strides, pads, z_x, name)
+    c, kk = x.shape[1], k[0] * k[1]
+    # A grouped conv with one identity kernel per (channel, tap).
+    eye = np.eye(kk, dtype=np.int64).reshape(kk, 1, k[0], k[1])
+    ident = np.tile(eye, (c, 1, 1, 1))
+    out = _core.int_conv2d(x, ident, 0, c, s, p, zx, name)
+    return out.reshape(x.shape[0], c * kk, -1)
+
+
 # --- round_bit_pattern (SPEC §2.4) -----------------------------------------------------------
 
 
@@ -799,6 +865,7 @@ integer_gemm = _integer_gemm_native
 integer_conv = _integer_conv_native
 window_sum = _window_sum_native
 window_max = _window_max_native
+unfold = _unfold_native
 round_bit_pattern = _round_bit_pattern_native
 bit_width = _bit_width_native
 gemm_bounds = _gemm_bounds_native

@@ -8,13 +8,12 @@ batches; it is streamed in blocks of ``batch_size`` rows (SPEC decision 4).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import onnx
 
-from fhequant.errors import GraphInputError, MissingDependencyError
+from fhequant.errors import GraphInputError
+from fhequant.onnx import NumpyModule
 from fhequant.quantized.calibration import apply_power_of_two_scaling, quantize_module
 from fhequant.quantized.module import QuantizedModule
 from fhequant.quantized.streaming import (
@@ -27,8 +26,8 @@ from fhequant.quantized.streaming import (
 __all__ = ["build_quantized_module"]
 
 
-def _first_sample(data: Any) -> tuple[np.ndarray, ...]:
-    """The first row of each input (batch 1, float32) for the torch export dummy."""
+def _first_sample(data: Any) -> Any:
+    """The calibration data in a form the torch exporter takes (it uses the first sample)."""
     calib = normalize_calibration_data(data)
     if calib.arrays is not None:
         first = calib.arrays
@@ -46,39 +45,21 @@ def _first_sample(data: Any) -> tuple[np.ndarray, ...]:
             if isinstance(batch, (tuple, list))
             else (as_numpy(batch),)
         )
-    return tuple(np.asarray(a[[0], ...], dtype=np.float32) for a in first)
+    return first[0] if len(first) == 1 else tuple(first)
 
 
-def _to_onnx(model: Any, data: Any) -> tuple[onnx.ModelProto, Callable[..., Any] | None]:
-    """The ONNX model and its input pre-processing function (if any)."""
+def _numpy_module(model: Any, data: Any) -> NumpyModule:
+    """The NumpyModule (pre-processed ONNX graph) of a torch, ONNX or NumpyModule model."""
+    if isinstance(model, NumpyModule):
+        return model
     if isinstance(model, onnx.ModelProto):
-        return model, None
-    onnx_model = getattr(model, "onnx_model", None)
-    if isinstance(onnx_model, onnx.ModelProto):  # a NumpyModule
-        return onnx_model, _preprocessing_of(model)
+        return NumpyModule(model)
     if type(model).__module__.startswith("torch") or hasattr(model, "state_dict"):
-        try:
-            from fhequant.torch import export_to_onnx
-        except ImportError as exc:
-            raise MissingDependencyError(
-                "building from a torch module needs fhequant.torch (and torch); export the "
-                "model to ONNX yourself and pass the onnx.ModelProto instead"
-            ) from exc
-        exported = export_to_onnx(model, *_first_sample(data))
-        inner: Any = getattr(exported, "onnx_model", exported)
-        return inner, _preprocessing_of(exported)
+        return NumpyModule.from_torch(model, _first_sample(data))
     raise GraphInputError(
         f"build_quantized_module: cannot build from a {type(model).__name__}; give a torch "
         "module, an onnx.ModelProto or a fhequant.onnx.NumpyModule"
     )
-
-
-def _preprocessing_of(numpy_module: Any) -> Callable[..., Any] | None:
-    """The NumpyModule's input pre-processing (one-hot of Gather indices), if it has one."""
-    fn = getattr(numpy_module, "pre_processing", None)
-    if fn is None or getattr(numpy_module, "onnx_preprocessing", None) is None:
-        return None
-    return fn
 
 
 def build_quantized_module(
@@ -115,7 +96,11 @@ def build_quantized_module(
     Returns:
         The calibrated QuantizedModule (fhe="disable" ready).
     """
-    onnx_model, preprocess = _to_onnx(model, calibration_data)
+    numpy_module = _numpy_module(model, calibration_data)
+    onnx_model = numpy_module.onnx_model
+    preprocess = (
+        numpy_module.preprocess_inputs if numpy_module.onnx_preprocessing is not None else None
+    )
     result = quantize_module(
         onnx_model,
         calibration_data,
@@ -132,7 +117,7 @@ def build_quantized_module(
         result["output_names"],
         result["quant_layers_dict"],
         onnx_model if keep_onnx else None,
-        getattr(model, "onnx_preprocessing", None),
+        numpy_module.onnx_preprocessing,
     )
     module._preprocess_fn = preprocess
     if import_qat:

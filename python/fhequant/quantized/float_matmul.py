@@ -18,14 +18,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["matmul_f32_sequential", "sequential_matmul"]
+from fhequant import _core
+
+__all__ = ["matmul_f32_sequential", "matmul_f32_sequential_reference", "sequential_matmul"]
 
 #: Rows processed together; small enough for the accumulator to stay in cache.
 _ROW_BLOCK = 512
 
 
-def matmul_f32_sequential(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """float32 ``a @ b`` with each dot product summed sequentially in k order, without FMA.
+def matmul_f32_sequential_reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """numpy twin of :func:`matmul_f32_sequential` (the specification of its numbers).
 
     Args:
         a: float32 array (..., n, k).
@@ -52,6 +54,27 @@ def matmul_f32_sequential(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             np.multiply(block[:, j : j + 1], bt[j], out=t)
             np.add(acc, t, out=acc)
     return out.reshape(*lead, m)
+
+
+def matmul_f32_sequential(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """float32 ``a @ b`` with each dot product summed sequentially in k order, without FMA.
+
+    Runs the native kernel (rows in parallel; bit-identical to the numpy twin).
+
+    Args:
+        a: float32 array (..., n, k).
+        b: float32 array (k, m) (2-D).
+
+    Returns:
+        float32 array (..., n, m).
+    """
+    k = b.shape[0]
+    lead = a.shape[:-1]
+    out = _core.matmul_f32_sequential(
+        np.ascontiguousarray(a.reshape(-1, k), dtype=np.float32),
+        np.ascontiguousarray(b, dtype=np.float32),
+    )
+    return out.reshape(*lead, b.shape[1])
 
 
 def sequential_matmul(a: Any, b: Any) -> Any:

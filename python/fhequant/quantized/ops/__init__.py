@@ -9,6 +9,8 @@ from fhequant.quantized.ops.base import (
     compute_bits_precision,
     normalize_rounding_threshold_bits,
 )
+from fhequant.quantized.ops.elementwise import *  # noqa: F403
+from fhequant.quantized.ops.elementwise import __all__ as _elementwise_all
 from fhequant.quantized.ops.executors import (
     CLEAR,
     TRACING,
@@ -20,7 +22,13 @@ from fhequant.quantized.ops.executors import (
 )
 from fhequant.quantized.ops.linear import *  # noqa: F403
 from fhequant.quantized.ops.linear import __all__ as _linear_all
+from fhequant.quantized.ops.pooling import *  # noqa: F403
+from fhequant.quantized.ops.pooling import __all__ as _pooling_all
+from fhequant.quantized.ops.qat import *  # noqa: F403
+from fhequant.quantized.ops.qat import __all__ as _qat_all
 from fhequant.quantized.ops.registry import ONNX_OPS_TO_QUANTIZED_IMPL, quantized_op_class
+from fhequant.quantized.ops.shape import *  # noqa: F403
+from fhequant.quantized.ops.shape import __all__ as _shape_all
 from fhequant.quantized.ops.univariate import *  # noqa: F403
 from fhequant.quantized.ops.univariate import __all__ as _univariate_all
 
@@ -40,5 +48,9 @@ __all__ = [
     "quantized_op_class",
     "use_executor",
     *_linear_all,
+    *_shape_all,
+    *_qat_all,
+    *_pooling_all,
+    *_elementwise_all,
     *_univariate_all,
 ]

@@ -77,7 +77,7 @@ from fhequant.quantization import (
     QuantizedArray,
     UniformQuantizationParameters,
 )
-from fhequant.quantized.ops.executors import Executor, executor_for, is_tracer
+from fhequant.quantized.ops.executors import Executor, executor_for, fhe_module, is_tracer
 from fhequant.quantized.ops.float_specs import FloatOpSpec, float_spec
 
 __all__ = [
@@ -105,12 +105,12 @@ def _zp_is_scalar(zero_point: Any) -> bool:
     return np.ndim(zero_point) == 0
 
 
-def quantized_values_copy(qa: QuantizedArray) -> QuantizedArray:
-    """A new QuantizedArray holding qa's integers with qa's options, stats and params."""
+def quantized_values_copy(qa: QuantizedArray, qvalues: Any = None) -> QuantizedArray:
+    """A new QuantizedArray holding qvalues (default: qa's) with qa's options, stats, params."""
     q = qa.quantizer
     return QuantizedArray(
         q.n_bits,
-        qa.qvalues,
+        qa.qvalues if qvalues is None else qvalues,
         value_is_float=False,
         options=q.quant_options,
         stats=q.quant_stats,
@@ -379,6 +379,11 @@ class QuantizedOp:
                 "module) before running it"
             )
 
+    def _calibrated_params(self) -> UniformQuantizationParameters:
+        self._check_calibrated()
+        assert self.output_quant_params is not None  # for mypy: _check_calibrated raised
+        return self.output_quant_params
+
     def make_output_quant_array(self, values: Any) -> QuantizedArray:
         """Quantize float results with the calibrated output quantizer."""
         self._check_calibrated()
@@ -460,7 +465,7 @@ def compute_bits_precision(lo: int, hi: int) -> int:
 
 
 def _exactness(name: Any, op_label: str) -> Any:
-    from concrete.fhe import Exactness
+    Exactness = fhe_module().Exactness
 
     if isinstance(name, Exactness):
         return name

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ __all__ = [
     "Executor",
     "TracingExecutor",
     "executor_for",
+    "fhe_module",
     "is_tracer",
     "use_executor",
 ]
@@ -41,6 +43,15 @@ __all__ = [
 def sliding_window_view(x: Any, shape: tuple[int, int], axis: tuple[int, int]) -> Any:
     """numpy's sliding_window_view (typed loosely)."""
     return _sliding_window_view(x, shape, axis=axis)  # type: ignore[call-overload]
+
+
+def fhe_module() -> Any:
+    """``concrete.fhe``, imported with its pkg_resources deprecation warnings silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+        from concrete import fhe
+    return fhe
 
 
 def is_tracer(x: Any) -> bool:
@@ -188,7 +199,7 @@ class TracingExecutor(Executor):
     name = "tracing"
 
     def pad(self, x: Any, pads: Sequence[int], value: int) -> Any:
-        from concrete import fhe
+        fhe = fhe_module()
 
         hb, wb, he, we = _pads4(pads)
         if hb == wb == he == we == 0:
@@ -198,7 +209,8 @@ class TracingExecutor(Executor):
         out = fhe.zeros((*shape[:-2], h + hb + he, w + wb + we))
         if value != 0:
             out = out + int(value)
-        out[..., hb : hb + h, wb : wb + w] = x
+        index = (slice(None),) * (len(shape) - 2) + (slice(hb, hb + h), slice(wb, wb + w))
+        out[index] = x
         return out
 
     def conv(
@@ -212,7 +224,7 @@ class TracingExecutor(Executor):
         group: int,
         z_w: Any = 0,
     ) -> Any:
-        from concrete import fhe
+        fhe = fhe_module()
 
         x_pad = self.pad(x, pads, pad_value)
         strides = tuple(int(s) for s in strides)
@@ -224,7 +236,7 @@ class TracingExecutor(Executor):
         return acc
 
     def window_sum(self, x: Any, kernel_shape: Sequence[int], strides: Sequence[int]) -> Any:
-        from concrete import fhe
+        fhe = fhe_module()
 
         n_channels = int(x.shape[1])
         kh, kw = (int(k) for k in kernel_shape)
@@ -234,7 +246,7 @@ class TracingExecutor(Executor):
         return fhe.conv(x, kernel, strides=tuple(int(s) for s in strides))
 
     def maxpool(self, x: Any, kernel_shape: Sequence[int], strides: Sequence[int]) -> Any:
-        from concrete import fhe
+        fhe = fhe_module()
 
         return fhe.maxpool(
             x,
@@ -243,7 +255,7 @@ class TracingExecutor(Executor):
         )
 
     def round_bit_pattern(self, x: Any, lsbs_to_remove: int, exactness: Any = None) -> Any:
-        from concrete import fhe
+        fhe = fhe_module()
 
         if int(lsbs_to_remove) <= 0:
             return x
@@ -252,7 +264,7 @@ class TracingExecutor(Executor):
         )
 
     def tlu(self, x: Any, fn: Callable[[Any], Any]) -> Any:
-        from concrete import fhe
+        fhe = fhe_module()
 
         return fhe.univariate(fn)(x)
 

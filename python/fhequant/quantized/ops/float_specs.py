@@ -134,11 +134,16 @@ def _clip(x: Any, min: Any, max: Any) -> Any:
     return np.clip(x, min, max)
 
 
+def _as_f64(v: Any) -> Any:
+    """v as float64, keeping tracers (np.asarray would break them)."""
+    return v.astype(np.float64) if hasattr(v, "astype") else np.float64(v)
+
+
 def _cast(x: Any, to: int) -> Any:
     if to == 9:  # BOOL
-        return (np.asarray(x) != 0).astype(np.float64)
+        return _as_f64(x != 0)
     if to in (1, 11):  # FLOAT, DOUBLE
-        return np.asarray(x).astype(np.float64)
+        return _as_f64(x)
     from onnx.helper import tensor_dtype_to_np_dtype
 
     return np.asarray(x).astype(tensor_dtype_to_np_dtype(to))
@@ -158,7 +163,7 @@ def _batchnorm(
     momentum: float,
     training_mode: int,
 ) -> Any:
-    ones = (1,) * (np.ndim(x) - 2)
+    ones = (1,) * (len(x.shape) - 2)
 
     def r(v: Any) -> Any:
         return np.asarray(v).reshape(-1, *ones)
@@ -189,7 +194,7 @@ def _brevitas_quant(
 
 def _f64(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     def wrapped(a: Any, b: Any) -> Any:
-        return np.asarray(fn(a, b)).astype(np.float64)
+        return _as_f64(fn(a, b))
 
     return wrapped
 
@@ -208,7 +213,7 @@ _reg("Identity", lambda x: x)
 _reg("LeakyRelu", _leaky_relu, alpha=0.01)
 _reg("Log", lambda x: np.log(np.maximum(x, 1e-8)))
 _reg("Neg", np.negative)
-_reg("Not", lambda x: np.logical_not(x).astype(np.float64))
+_reg("Not", lambda x: _as_f64(np.logical_not(x)))
 _reg("PRelu", _prelu, ("x", "slope"))
 _reg("Relu", _relu)
 _reg("Round", np.rint)
@@ -360,7 +365,7 @@ def _conv(
     return y[:, :, 0, :] if is_1d else y
 
 
-def _pool_geometry(
+def pool_geometry(
     h: int, w: int, k: tuple[int, int], s: tuple[int, int], p: tuple[int, int, int, int], ceil: int
 ) -> tuple[int, int, int, int]:
     """Output size and the extra end padding of ceil mode (0 in floor mode)."""
@@ -384,7 +389,7 @@ def avgpool_norm(
     h: int, w: int, k: tuple[int, int], s: tuple[int, int], p: tuple[int, int, int, int], ceil: int
 ) -> Any:
     """Cells of each window inside the (floor-)padded input: kh·kw, or an array in ceil mode."""
-    oh, ow, eh, ew = _pool_geometry(h, w, k, s, p, ceil)
+    oh, ow, eh, ew = pool_geometry(h, w, k, s, p, ceil)
     if eh == 0 and ew == 0:
         return k[0] * k[1]
     ph, pw = h + p[0] + p[2], w + p[1] + p[3]
@@ -405,7 +410,7 @@ def _avgpool(
 ) -> Any:
     x2, k, s, p4, is_1d = _as_2d(x, kernel_shape, strides, pads)
     h, w = x2.shape[-2:]
-    _, _, eh, ew = _pool_geometry(h, w, k, s, p4, ceil_mode)
+    _, _, eh, ew = pool_geometry(h, w, k, s, p4, ceil_mode)
     xp = _pad_float32(x2, p4).astype(np.float64)
     xp = np.pad(xp, ((0, 0), (0, 0), (0, eh), (0, ew)))
     win = _swv(xp, k, axis=(2, 3))[:, :, :: s[0], :: s[1]]
@@ -495,13 +500,22 @@ def _reshape(data: Any, shape: Any, *, allowzero: int) -> Any:
     shape = [int(d) for d in np.ravel(shape)]
     if not allowzero:
         shape = [data.shape[i] if d == 0 else d for i, d in enumerate(shape)]
-    return np.reshape(data, shape)
+    return np.reshape(data, _resolve_minus_one(data, shape))
+
+
+def _resolve_minus_one(data: Any, shape: list[int]) -> tuple[int, ...]:
+    """Replace a -1 in a target shape by its value (tracers want explicit shapes)."""
+    if -1 in shape:
+        known = int(np.prod([d for d in shape if d != -1]))
+        size = int(np.prod(data.shape))
+        shape = [size // known if d == -1 else d for d in shape]
+    return tuple(shape)
 
 
 def _flatten(data: Any, *, axis: int) -> Any:
     axis = axis % data.ndim if data.ndim else 0
     lead = int(np.prod(data.shape[:axis])) if axis else 1
-    return np.reshape(data, (lead, -1))
+    return np.reshape(data, (lead, int(np.prod(data.shape)) // max(lead, 1)))
 
 
 def _transpose(data: Any, *, perm: Any) -> Any:

@@ -138,8 +138,8 @@ class QuantizedGemm(QuantizedMixingOp):
         m = q_x.quantizer.scale * q_w.quantizer.scale
         p = b.shape[-2]
         ex = self.executor(a, b)
-        x = a[..., :, :, np.newaxis]
-        y = b[..., np.newaxis, :, :]
+        x = a.reshape((*a.shape, 1))
+        y = b.reshape((*b.shape[:-2], 1, *b.shape[-2:]))
         add = self.cnp_round(x + y, calibrate_rounding, "add")
         sub = self.cnp_round(x - y, calibrate_rounding, "sub")
         prod = ex.tlu(add, _quarter_square) - ex.tlu(sub, _quarter_square)
@@ -237,8 +237,8 @@ class QuantizedConv(QuantizedMixingOp):
         is_1d = w.ndim == 3
         strides, pads = self._geometry(w.ndim - 2)
         if is_1d:
-            w = w[:, :, np.newaxis, :]
-            x = x[:, :, np.newaxis, :]
+            w = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
+            x = x.reshape(x.shape[0], x.shape[1], 1, x.shape[2])
         n_out = w.shape[0]
         ex = self.executor(x)
         acc = ex.conv(
@@ -251,29 +251,30 @@ class QuantizedConv(QuantizedMixingOp):
             z_w=int(z_w),
         )
         n_w = int(np.prod(w.shape[1:]))
-        sum_w = z_x * np.sum(w, axis=(1, 2, 3)).reshape(1, n_out, 1, 1)
+        # per-channel constants in the accumulator's layout ((1, O, 1) for 1-D convs)
+        layout = (1, n_out, 1) if is_1d else (1, n_out, 1, 1)
+        if is_1d:
+            acc = acc.reshape(acc.shape[0], acc.shape[1], acc.shape[3])
+        sum_w = z_x * np.sum(w, axis=(1, 2, 3)).reshape(layout)
         final = n_w * z_x * z_w
         m = q_x.quantizer.scale * q_w.quantizer.scale
-        bias = None if q_bias is None else np.asarray(_values(q_bias)).reshape(1, n_out, 1, 1)
-
-        def out(v: Any) -> Any:
-            return v[:, :, 0, :] if is_1d else v
+        bias = None if q_bias is None else np.asarray(_values(q_bias)).reshape(layout)
 
         if self.produces_graph_output:
-            self._track("accumulator", out(acc))
+            self._track("accumulator", acc)
             zp = sum_w - final
             if bias is not None:
                 zp = zp - bias / m
-            return self.make_raw_accumulator_array(out(acc), m, out(zp))
+            return self.make_raw_accumulator_array(acc, m, zp)
 
         qat_bias = _is_qat_bias(q_bias)
         if _is_qat_bias(q_bias):
             _check_bias_scale(self, q_bias, m)
-            acc = acc + np.asarray(q_bias.qvalues).reshape(1, n_out, 1, 1)
+            acc = acc + np.asarray(q_bias.qvalues).reshape(layout)
         acc = self.cnp_round(acc, calibrate_rounding, "matmul")
-        self._track("accumulator", out(acc))
+        self._track("accumulator", acc)
         v = acc.astype(np.float64) + final - sum_w
         v = m * v
         if bias is not None and not qat_bias:
             v = v + bias
-        return self.make_output_quant_array(out(v))
+        return self.make_output_quant_array(v)

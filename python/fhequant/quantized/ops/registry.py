@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fhequant.quantized.ops import linear, univariate
+from fhequant.quantized.ops import elementwise, linear, pooling, qat, shape, univariate
 from fhequant.quantized.ops.base import QuantizedOp
 
 __all__ = ["ONNX_OPS_TO_QUANTIZED_IMPL", "quantized_op_class"]
 
-_MODULES = (univariate, linear)
+_MODULES = (univariate, linear, elementwise, pooling, shape, qat)
 
 
 def _collect() -> dict[str, type[QuantizedOp]]:
