@@ -134,14 +134,11 @@ def _run(case: dict[str, Any]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         exec("result = " + case["call"], names)
         array = names["result"]
         assert isinstance(array, fhequant.QuantizedArray)
-        return array.quantizer, array.qvalues, deepcopy_values(array.values), array.dumps(), names
+        values = np.array(array.values, copy=True)  # before dequant() overwrites them
+        return array.quantizer, array.qvalues, values, array.dumps(), names
     exec(case["call"], names)
     quantizer = names["uq"]
     return quantizer, names["qv"], None, quantizer.dumps(), names
-
-
-def deepcopy_values(values: Any) -> Any:
-    return np.array(values, copy=True)
 
 
 OK_IDS = [cid for cid, case in CASES.items() if "error" not in case["expected"]]

@@ -1,12 +1,15 @@
 """Type stubs of the compiled module ``fhequant._core`` (checked by mypy.stubtest)."""
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
+from numpy.typing import NDArray
 
 __all__ = [
     "__version__",
     "_raise_kernel_error",
-    # --- integer kernels (rust-integer) ---
+    "dequantize",
     "int_bit_width",
     "int_conv2d",
     "int_conv_bounds",
@@ -21,6 +24,9 @@ __all__ = [
     # --- float kernels (ptq-module) ---
     "matmul_f32_sequential",
     # --- end float kernels ---
+    "min_max",
+    "quantize",
+    "rounded_unique",
 ]
 __version__: str
 
@@ -34,6 +40,23 @@ def matmul_f32_sequential(
 ) -> npt.NDArray[np.float32]: ...
 
 # --- end float kernels ---
+# --- quantization kernels (kernels::quant); called by fhequant.quantization._kernels ---
+def quantize(
+    values: NDArray[Any],
+    scale: float,
+    zero_point: float,
+    lo: float | None,
+    hi: float | None,
+    div_f64: bool,
+    add_f64: bool,
+    clip_f64: bool,
+    out_dtype: str,
+) -> NDArray[Any]: ...
+def dequantize(q: NDArray[Any], scale: float, zero_point: float) -> NDArray[np.float64]: ...
+def min_max(values: NDArray[Any], name: str = "values") -> tuple[float, float, bool, bool]: ...
+def rounded_unique(values: NDArray[Any]) -> NDArray[Any] | None: ...
+
+# --- end quantization kernels ---
 # --- integer kernels (rust-integer): see fhequant.integer_kernels -------------------------
 
 _I64 = npt.NDArray[np.int64]

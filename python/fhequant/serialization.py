@@ -59,6 +59,7 @@ T = TypeVar("T")
 S = TypeVar("S", bound="Serializable")
 
 _CLASSES: dict[str, type[Any]] = {}
+_NAMES: dict[type[Any], str] = {}
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,19 @@ def register_class(cls: type[T], name: str | None = None) -> type[T]:
             "built-in value encoding; pick another name"
         )
     previous = _CLASSES.get(type_name)
-    if previous is not None and previous.__qualname__ != cls.__qualname__:
+    # The same class defined again (module reload) replaces itself; another class may not.
+    if previous is not None and (previous.__module__, previous.__qualname__) != (
+        cls.__module__,
+        cls.__qualname__,
+    ):
         raise SerializationError(
             f"type_name {type_name!r} is already registered for {previous.__module__}."
             f"{previous.__qualname__}; register {cls.__qualname__} under another name"
         )
+    if previous is not None:
+        _NAMES.pop(previous, None)
     _CLASSES[type_name] = cls
+    _NAMES[cls] = type_name
     return cls
 
 
@@ -178,7 +186,7 @@ register_codec(
     "numpy_integer",
     lambda v: isinstance(v, np.integer),
     int,
-    lambda v, dtype: np.int64(v).astype(dtype),
+    lambda v, dtype: np.int64(v) if dtype is None else np.dtype(dtype).type(v),
     lambda v: v.dtype.name,
     native=True,
 )
@@ -271,9 +279,9 @@ def encode(value: Any) -> Any:
 
 
 def _type_name_of(cls: type[Any]) -> str:
-    for name, registered in _CLASSES.items():
-        if registered is cls:
-            return name
+    name = _NAMES.get(cls)
+    if name is not None:
+        return name
     raise SerializationError(
         f"class {cls.__module__}.{cls.__qualname__} has dump_dict() but is not registered; "
         "decorate it with fhequant.serialization.register_class"
@@ -306,7 +314,13 @@ def decode(data: Any) -> Any:
             f"unknown type_name {type_name!r} in JSON; known classes: {sorted(_CLASSES)}. "
             "Import the module that defines it before loading"
         )
-    return cls.load_dict(decoded[_VALUE])
+    try:
+        return cls.load_dict(decoded[_VALUE])
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise SerializationError(
+            f"cannot rebuild a {type_name} from JSON ({type(exc).__name__}: {exc}); the "
+            "document is incomplete or was written by an incompatible version"
+        ) from exc
 
 
 # --- text and files ------------------------------------------------------------------------
@@ -415,12 +429,13 @@ def _expect(cls: type[T], value: Any) -> T:
 class Serializable:
     """Base for classes written to JSON: subclasses define ``dump_dict`` and ``load_dict``.
 
-    Subclasses are registered automatically under their class name.
+    Subclasses are registered automatically under their class name, or under
+    ``type_name`` given as a class keyword (``class Foo(Serializable, type_name="Bar")``).
     """
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, type_name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        register_class(cls)
+        register_class(cls, type_name)
 
     def dump_dict(self) -> dict[str, Any]:
         """The fields to write, in order (values are encoded by the serializer)."""

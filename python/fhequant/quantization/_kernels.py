@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fhequant import _core
 from fhequant.errors import EmptyTensorError, NonFiniteError
 
 __all__ = [
@@ -76,8 +77,132 @@ def rounded_unique_reference(values: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return np.unique(np.round(values, 2))
 
 
-# Dispatch: replaced by the native kernels where they apply.
-quantize = quantize_reference
-dequantize = dequantize_reference
-min_max = min_max_reference
-rounded_unique = rounded_unique_reference
+# --- dispatch to the native kernels ------------------------------------------------------
+
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+_FLOATS = (_F32, _F64)
+_QUANT_OUT = {np.dtype(t): np.dtype(t).name for t in (np.int64, np.int32, np.float32, np.float64)}
+_DEQUANT_IN = tuple(np.dtype(t) for t in (np.int64, np.int32, np.int16, np.int8))
+
+
+def _is_real_scalar(value: Any) -> bool:
+    """A bool/int/float scalar (Python, numpy or 0-d array) numpy treats by value."""
+    if isinstance(value, (bool, int, float, np.bool_, np.integer)):
+        return True
+    if isinstance(value, np.floating):
+        return value.dtype.itemsize <= 8
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return value.dtype.kind in "biu" or (value.dtype.kind == "f" and value.dtype.itemsize <= 8)
+    return False
+
+
+def _as_float(value: Any, dtype: np.dtype[Any]) -> float:
+    """numpy's conversion of a scalar operand to the loop dtype, as a Python float."""
+    return float(np.asarray(value).astype(dtype))
+
+
+def _quant_plan(
+    values: Any, scale: Any, zero_point: Any, lo: Any, hi: Any, dtype: Any
+) -> tuple[Any, ...] | None:
+    """Arguments of ``_core.quantize`` reproducing numpy's dtypes, or None to use numpy."""
+    if type(values) is not np.ndarray or values.ndim == 0 or values.dtype not in _FLOATS:
+        return None
+    try:
+        out = np.dtype(dtype)
+    except TypeError:
+        return None
+    if out not in _QUANT_OUT or not (_is_real_scalar(scale) and _is_real_scalar(zero_point)):
+        return None
+    clipping = lo is not None
+    if clipping and not (_is_real_scalar(lo) and _is_real_scalar(hi)):
+        return None
+    try:
+        # Value-based promotion (numpy 1.26) of each step: values / scale, + zp, clip.
+        div = np.result_type(values, scale)
+        add = np.result_type(div, zero_point)
+        clip = np.result_type(add, lo, hi) if clipping else add
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if div not in _FLOATS or add not in _FLOATS or clip not in _FLOATS:
+        return None
+    lo_f = _as_float(lo, clip) if clipping else None
+    hi_f = _as_float(hi, clip) if clipping else None
+    return (
+        _as_float(scale, div),
+        _as_float(zero_point, add),
+        lo_f,
+        hi_f,
+        div == _F64,
+        add == _F64,
+        clip == _F64,
+        _QUANT_OUT[out],
+    )
+
+
+def quantize(
+    values: npt.NDArray[np.floating[Any]],
+    scale: np.float64,
+    zero_point: Any,
+    lo: int | None,
+    hi: int | None,
+    dtype: npt.DTypeLike = np.int64,
+) -> Any:
+    """Native ``quantize_reference``: same values, dtype and memory order for float arrays.
+
+    0-d arrays, array zero points and other dtypes go to the numpy reference.
+    """
+    plan = _quant_plan(values, scale, zero_point, lo, hi, dtype)
+    if plan is None:
+        return quantize_reference(values, scale, zero_point, lo, hi, dtype)
+    if values.flags.f_contiguous and not values.flags.c_contiguous:
+        return _core.quantize(values.T, *plan).T
+    return _core.quantize(values, *plan)
+
+
+def dequantize(q: Any, scale: Any, zero_point: Any) -> Any:
+    """Native ``dequantize_reference`` for int8/16/32/64 arrays and scalar zero points."""
+    if (
+        type(q) is np.ndarray
+        and q.ndim > 0
+        and q.dtype in _DEQUANT_IN
+        and _is_real_scalar(scale)
+        and _is_real_scalar(zero_point)
+    ):
+        try:
+            wide = np.result_type(_F64, scale) == _F64
+        except (TypeError, ValueError, OverflowError):
+            wide = False
+        if wide:
+            zp = _as_float(zero_point, _F64)
+            s = _as_float(scale, _F64)
+            if q.flags.f_contiguous and not q.flags.c_contiguous:
+                return _core.dequantize(q.T, s, zp).T
+            return _core.dequantize(q, s, zp)
+    return dequantize_reference(q, scale, zero_point)
+
+
+def min_max(values: npt.NDArray[Any], name: str = "values") -> tuple[Any, Any]:
+    """Native ``min_max_reference`` (one pass) for float32/float64 arrays."""
+    if type(values) is not np.ndarray or values.dtype not in _FLOATS:
+        return min_max_reference(values, name)
+    lo, hi, lo_tie, hi_tie = _core.min_max(values, name)
+    # With both signs of zero present numpy's pick depends on positions: ask numpy.
+    kind = values.dtype.type
+    return (
+        values.min() if lo_tie else kind(lo),
+        values.max() if hi_tie else kind(hi),
+    )
+
+
+def rounded_unique(values: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Native ``rounded_unique_reference`` for float32/float64 arrays without NaN.
+
+    When the rounded values hold both -0.0 and +0.0, np.unique keeps whichever its SIMD sort
+    puts first (position dependent); the kernel keeps -0.0. Values are otherwise identical.
+    """
+    if type(values) is np.ndarray and values.ndim > 0 and values.dtype in _FLOATS:
+        out = _core.rounded_unique(values)
+        if out is not None:
+            return out
+    return rounded_unique_reference(values)

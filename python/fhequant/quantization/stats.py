@@ -65,6 +65,29 @@ class MinMaxQuantizationStats(Serializable):
         self.rmin, self.rmax = _kernels.min_max(values, name)
         self.uvalues = _kernels.rounded_unique(values)
 
+    def update_quantization_stats(self, values: np.ndarray, name: str = "values") -> None:
+        """Fold one more batch into the statistics (streamed calibration, SPEC decision 4).
+
+        After the batches b_1..b_k, rmin/rmax/uvalues equal those of
+        ``compute_quantization_stats(concatenate(b_1..b_k))`` for batches of one dtype:
+        min/max of numpy scalars keep their dtype, and uvalues is the sorted union.
+
+        Args:
+            values: the next calibration batch.
+            name: the tensor named in error messages.
+        """
+        values = np.asarray(values)
+        if self.rmin is None or self.rmax is None:
+            self.compute_quantization_stats(values, name)
+            return
+        batch_min, batch_max = _kernels.min_max(values, name)
+        self.rmin = np.minimum(self.rmin, batch_min)
+        self.rmax = np.maximum(self.rmax, batch_max)
+        batch_unique = _kernels.rounded_unique(values)
+        self.uvalues = (
+            batch_unique if self.uvalues is None else np.union1d(self.uvalues, batch_unique)
+        )
+
     def copy_stats(self, stats: MinMaxQuantizationStats) -> None:
         """Copy rmax, rmin and uvalues from ``stats``.
 

@@ -1,7 +1,253 @@
-//! Bindings of `kernels::quant`.
+//! Bindings of `kernels::quant`: extract arrays, release the GIL, map errors.
+//!
+//! The Python dispatch in `fhequant.quantization._kernels` decides the numpy dtypes of every
+//! step (value-based promotion) and calls these with scalars already converted to them.
 
+use std::mem::MaybeUninit;
+
+use ndarray::ArrayViewMutD;
+use numpy::{Element, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use crate::error::Error;
+use crate::kernels::quant::dequantize::{dequantize_into, QInt};
+use crate::kernels::quant::float::{Cast, Real};
+use crate::kernels::quant::quantize::{quantize_into, Prec, QuantSpec};
+use crate::kernels::quant::reduce::min_max as min_max_kernel;
+use crate::kernels::quant::unique::rounded_unique as unique_kernel;
+use crate::py::errors::to_pyerr;
+
+fn dtype_name(a: &Bound<'_, PyAny>) -> String {
+    a.getattr("dtype")
+        .and_then(|d| d.str().map(|s| s.to_string()))
+        .unwrap_or_else(|_| a.get_type().to_string())
+}
+
+fn wrong_dtype(py: Python<'_>, op: &str, want: &str, a: &Bound<'_, PyAny>) -> PyErr {
+    let msg = format!(
+        "{op}: expected a numpy array of {want}, got {}; convert it first",
+        dtype_name(a)
+    );
+    to_pyerr(py, Error::DType(msg), None)
+}
+
+/// Borrow an array for reading; fails (instead of panicking) if Rust holds it mutably.
+fn borrow<'py, T: Element>(a: &Bound<'py, PyArrayDyn<T>>) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
+    a.try_readonly().map_err(borrow_err)
+}
+
+fn borrow_err(e: numpy::BorrowError) -> PyErr {
+    pyo3::exceptions::PyRuntimeError::new_err(format!("array borrow: {e}"))
+}
+
+/// A new, uninitialized C-order numpy array for a kernel to fill. numpy allocates it (with
+/// transparent huge pages for big arrays), which costs far fewer page faults than a Rust
+/// allocation or a calloc of the same size.
+fn output<'py, O: Element>(py: Python<'py>, shape: &[usize]) -> Bound<'py, PyArrayDyn<O>> {
+    // SAFETY: the array is only reached through `uninit_view` until a kernel has written
+    // every element; on a kernel error the caller drops it without reading it.
+    unsafe { PyArrayDyn::<O>::new(py, shape, false) }
+}
+
+/// The elements of a fresh array from [`output`] as `MaybeUninit`, so writing them never
+/// forms a reference to uninitialized data.
+fn uninit_view<'a, O: Element>(
+    a: &'a Bound<'_, PyArrayDyn<O>>,
+) -> ArrayViewMutD<'a, MaybeUninit<O>> {
+    // SAFETY: `a` is a fresh C-contiguous array that no one else references yet, so a unique
+    // mutable view of its data is sound for the lifetime of the borrow of `a`.
+    unsafe {
+        a.as_raw_array_mut()
+            .cast::<MaybeUninit<O>>()
+            .deref_into_view_mut()
+    }
+}
+
+fn quantize_typed<'py, T: Real + Element, O: Cast + Element>(
+    py: Python<'py>,
+    values: &Bound<'py, PyArrayDyn<T>>,
+    spec: &QuantSpec,
+) -> PyResult<Bound<'py, PyAny>> {
+    let guard = borrow(values)?;
+    let view = guard.as_array();
+    let out = output::<O>(py, view.shape());
+    let dst = uninit_view(&out);
+    py.detach(|| quantize_into::<T, O>(view, dst, spec))
+        .map_err(|e| to_pyerr(py, e, None))?;
+    Ok(out.into_any())
+}
+
+fn quantize_out<'py, T: Real + Element>(
+    py: Python<'py>,
+    values: &Bound<'py, PyArrayDyn<T>>,
+    spec: &QuantSpec,
+    out_dtype: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    match out_dtype {
+        "int64" => quantize_typed::<T, i64>(py, values, spec),
+        "int32" => quantize_typed::<T, i32>(py, values, spec),
+        "float32" => quantize_typed::<T, f32>(py, values, spec),
+        "float64" => quantize_typed::<T, f64>(py, values, spec),
+        other => Err(to_pyerr(
+            py,
+            Error::DType(format!(
+                "quantize: output dtype must be int64, int32, float32 or float64, got {other}"
+            )),
+            None,
+        )),
+    }
+}
+
+/// rint(values / scale + zero_point), clipped to [lo, hi] when both are given, cast to
+/// `out_dtype`; the division, add and clip run in float64 when the matching flag is set.
+#[pyfunction]
+#[pyo3(signature = (values, scale, zero_point, lo, hi, div_f64, add_f64, clip_f64, out_dtype))]
+#[allow(clippy::too_many_arguments)]
+fn quantize<'py>(
+    py: Python<'py>,
+    values: &Bound<'py, PyAny>,
+    scale: f64,
+    zero_point: f64,
+    lo: Option<f64>,
+    hi: Option<f64>,
+    div_f64: bool,
+    add_f64: bool,
+    clip_f64: bool,
+    out_dtype: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    let prec = |wide: bool| if wide { Prec::F64 } else { Prec::F32 };
+    let spec = QuantSpec {
+        scale,
+        zero_point,
+        clip: lo.zip(hi),
+        div: prec(div_f64),
+        add: prec(add_f64),
+        clip_prec: prec(clip_f64),
+    };
+    if let Ok(a) = values.cast::<PyArrayDyn<f32>>() {
+        quantize_out(py, a, &spec, out_dtype)
+    } else if let Ok(a) = values.cast::<PyArrayDyn<f64>>() {
+        quantize_out(py, a, &spec, out_dtype)
+    } else {
+        Err(wrong_dtype(py, "quantize", "float32 or float64", values))
+    }
+}
+
+fn dequantize_typed<'py, I: QInt + Element>(
+    py: Python<'py>,
+    q: &Bound<'py, PyArrayDyn<I>>,
+    scale: f64,
+    zero_point: f64,
+) -> PyResult<Bound<'py, PyAny>> {
+    let guard = borrow(q)?;
+    let view = guard.as_array();
+    let out = output::<f64>(py, view.shape());
+    let dst = uninit_view(&out);
+    py.detach(|| dequantize_into(view, dst, scale, zero_point))
+        .map_err(|e| to_pyerr(py, e, None))?;
+    Ok(out.into_any())
+}
+
+/// scale * (float64(q) - zero_point) in float64 for an int8/16/32/64 array.
+#[pyfunction]
+fn dequantize<'py>(
+    py: Python<'py>,
+    q: &Bound<'py, PyAny>,
+    scale: f64,
+    zero_point: f64,
+) -> PyResult<Bound<'py, PyAny>> {
+    if let Ok(a) = q.cast::<PyArrayDyn<i64>>() {
+        dequantize_typed(py, a, scale, zero_point)
+    } else if let Ok(a) = q.cast::<PyArrayDyn<i32>>() {
+        dequantize_typed(py, a, scale, zero_point)
+    } else if let Ok(a) = q.cast::<PyArrayDyn<i16>>() {
+        dequantize_typed(py, a, scale, zero_point)
+    } else if let Ok(a) = q.cast::<PyArrayDyn<i8>>() {
+        dequantize_typed(py, a, scale, zero_point)
+    } else {
+        Err(wrong_dtype(
+            py,
+            "dequantize",
+            "int8, int16, int32 or int64",
+            q,
+        ))
+    }
+}
+
+fn min_max_typed<T: Real + Element>(
+    py: Python<'_>,
+    values: &Bound<'_, PyArrayDyn<T>>,
+    name: &str,
+) -> PyResult<(f64, f64, bool, bool)> {
+    let guard = borrow(values)?;
+    let view = guard.as_array();
+    let mm = py
+        .detach(|| min_max_kernel(view))
+        .map_err(|e| to_pyerr(py, e, Some(name)))?;
+    Ok((
+        mm.min.to_f64(),
+        mm.max.to_f64(),
+        mm.min_zero_tie,
+        mm.max_zero_tie,
+    ))
+}
+
+/// (min, max, min_zero_tie, max_zero_tie) of a float32/float64 array, as Python floats.
+///
+/// A `*_zero_tie` flag means the extremum is zero and both signs of zero occur: the caller
+/// must take that extremum from numpy. Raises NonFiniteError / EmptyTensorError, prefixed
+/// with `name`.
+#[pyfunction]
+#[pyo3(signature = (values, name="values"))]
+fn min_max(
+    py: Python<'_>,
+    values: &Bound<'_, PyAny>,
+    name: &str,
+) -> PyResult<(f64, f64, bool, bool)> {
+    if let Ok(a) = values.cast::<PyArrayDyn<f32>>() {
+        min_max_typed(py, a, name)
+    } else if let Ok(a) = values.cast::<PyArrayDyn<f64>>() {
+        min_max_typed(py, a, name)
+    } else {
+        Err(wrong_dtype(py, "min_max", "float32 or float64", values))
+    }
+}
+
+fn unique_typed<'py, T: Real + Element>(
+    py: Python<'py>,
+    values: &Bound<'py, PyArrayDyn<T>>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let guard = borrow(values)?;
+    let view = guard.as_array();
+    let out = py.detach(|| unique_kernel(view));
+    Ok(out.map(|v| numpy::PyArray1::from_vec(py, v).into_any()))
+}
+
+/// Sorted unique values of rint(values * 100) / 100 in the data dtype, or None when the
+/// data holds a NaN (numpy's own NaN handling then applies).
+#[pyfunction]
+fn rounded_unique<'py>(
+    py: Python<'py>,
+    values: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    if let Ok(a) = values.cast::<PyArrayDyn<f32>>() {
+        unique_typed(py, a)
+    } else if let Ok(a) = values.cast::<PyArrayDyn<f64>>() {
+        unique_typed(py, a)
+    } else {
+        Err(wrong_dtype(
+            py,
+            "rounded_unique",
+            "float32 or float64",
+            values,
+        ))
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(quantize, m)?)?;
+    m.add_function(wrap_pyfunction!(dequantize, m)?)?;
+    m.add_function(wrap_pyfunction!(min_max, m)?)?;
+    m.add_function(wrap_pyfunction!(rounded_unique, m)?)?;
     Ok(())
 }

@@ -1,0 +1,132 @@
+"""QuantizedArray construction and dequant: native kernels vs plain numpy vs a memory copy.
+
+Prints ONE JSON object. For 10M float64 and 10M float32 values it times, in the same run:
+* ``copy``: ``x.copy()``, the memory-bandwidth floor;
+* ``numpy_construction``: what construction costs with plain numpy (min, max, params, the
+  quant formula with clip, the deep copy of values, np.unique(np.round(x, 2)));
+* ``kernels_construction``: the same work through ``_kernels`` (min_max, rounded_unique,
+  quantize) plus the deep copy;
+* ``qa_construction`` / ``qa_dequant``: ``QuantizedArray(8, x)`` and ``.dequant()`` when the
+  quantizer classes are present;
+* ``numpy_dequant`` / ``kernels_dequant``: the dequant formula alone.
+Times are the best of ``--repeat`` runs, in seconds. Run after ``maturin develop -r``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from fhequant.quantization import _kernels as kern
+
+N_BITS = 8
+
+
+def best(fn: Callable[[], Any], repeat: int) -> float:
+    """Best wall time of ``repeat`` calls."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def params(rmin: Any, rmax: Any) -> tuple[np.float64, np.int64]:
+    """Unsigned asymmetric scale and zero point (SPEC §1.3)."""
+    delta = rmax - rmin
+    scale = np.float64(delta) / (2**N_BITS - 1)
+    zp = np.int64(np.rint(-np.float64(rmin) * (2**N_BITS - 1) / np.float64(delta)))
+    return scale, zp
+
+
+def numpy_construction(x: np.ndarray) -> Any:
+    rmin, rmax = x.min(), x.max()
+    np.unique(np.round(x, 2))
+    values = x.copy()
+    scale, zp = params(rmin, rmax)
+    return kern.quantize_reference(values, scale, zp, 0, 2**N_BITS - 1)
+
+
+def kernels_construction(x: np.ndarray) -> Any:
+    rmin, rmax = kern.min_max(x, "x")
+    kern.rounded_unique(x)
+    values = x.copy()
+    scale, zp = params(rmin, rmax)
+    return kern.quantize(values, scale, zp, 0, 2**N_BITS - 1)
+
+
+def quantized_array_class() -> Any:
+    try:
+        from fhequant.quantization import QuantizedArray  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return QuantizedArray
+
+
+def bench(x: np.ndarray, repeat: int) -> dict[str, Any]:
+    q_np = numpy_construction(x)
+    q_k = kernels_construction(x)
+    assert np.array_equal(q_np, q_k), "kernels and numpy disagree"
+    scale, zp = params(*kern.min_max(x))
+    out: dict[str, Any] = {
+        "copy": best(x.copy, repeat),
+        "numpy_construction": best(lambda: numpy_construction(x), max(2, repeat // 2)),
+        "kernels_construction": best(lambda: kernels_construction(x), repeat),
+        "kernels_min_max": best(lambda: kern.min_max(x), repeat),
+        "kernels_rounded_unique": best(lambda: kern.rounded_unique(x), repeat),
+        "kernels_quantize": best(lambda: kern.quantize(x, scale, zp, 0, 255), repeat),
+        "numpy_dequant": best(lambda: kern.dequantize_reference(q_k, scale, zp), repeat),
+        "kernels_dequant": best(lambda: kern.dequantize(q_k, scale, zp), repeat),
+    }
+    qa_cls = quantized_array_class()
+    if qa_cls is not None:
+        qa = qa_cls(N_BITS, x)
+        out["qa_construction"] = best(lambda: qa_cls(N_BITS, x), repeat)
+        out["qa_dequant"] = best(qa.dequant, repeat)
+    copy = out["copy"]
+    ratios = {
+        "numpy_over_kernels_construction": out["numpy_construction"] / out["kernels_construction"],
+        "kernels_construction_over_copy": out["kernels_construction"] / copy,
+        "kernels_dequant_over_copy": out["kernels_dequant"] / copy,
+        "numpy_dequant_over_kernels_dequant": out["numpy_dequant"] / out["kernels_dequant"],
+    }
+    if qa_cls is not None:
+        ratios["numpy_over_qa_construction"] = out["numpy_construction"] / out["qa_construction"]
+        ratios["qa_construction_over_copy"] = out["qa_construction"] / copy
+        ratios["qa_dequant_over_copy"] = out["qa_dequant"] / copy
+    out["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=10_000_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    x64 = rng.normal(size=args.size)
+    x32 = x64.astype(np.float32)
+    report: dict[str, Any] = {
+        "bench": "quantizers",
+        "size": args.size,
+        "n_bits": N_BITS,
+        "quantized_array": quantized_array_class() is not None,
+        "targets": {
+            "numpy_over_construction": ">= 3",
+            "construction_over_copy": "<= 2",
+            "dequant_over_copy": "<= 1.5",
+        },
+        "float64": bench(x64, args.repeat),
+        "float32": bench(x32, args.repeat),
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

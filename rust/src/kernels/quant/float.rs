@@ -1,0 +1,255 @@
+//! Scalar helpers with numpy semantics: round half to even, clip, float -> int casts.
+
+/// The two IEEE float types the kernels compute in.
+pub trait Real:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + std::fmt::Debug
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + 'static
+{
+    const INFINITY: Self;
+    const NEG_INFINITY: Self;
+    const ZERO: Self;
+    const NEG_ZERO: Self;
+    /// Widen exactly (f32 -> f64) or keep.
+    fn to_f64(self) -> f64;
+    /// Round to nearest even (f64 -> f32) or keep.
+    fn from_f64(v: f64) -> Self;
+    /// `np.rint`: round half to even, keeping the sign of zero.
+    fn rint(self) -> Self;
+    fn is_nan(self) -> bool;
+    fn is_finite(self) -> bool;
+    fn is_pos_zero(self) -> bool;
+    fn is_neg_zero(self) -> bool;
+    /// An integer whose order is the IEEE total order, with -0.0 merged into +0.0.
+    fn order_key(self) -> i64;
+}
+
+macro_rules! impl_real {
+    ($t:ty, $bits:ty, $sbits:ty, $magic:expr) => {
+        impl Real for $t {
+            const INFINITY: Self = <$t>::INFINITY;
+            const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
+            const ZERO: Self = 0.0;
+            const NEG_ZERO: Self = -0.0;
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn rint(self) -> Self {
+                // Adding and removing 2^(mantissa bits) rounds to an integer with the current
+                // (nearest-even) rounding mode; it vectorizes on plain SSE2, unlike a libm call.
+                // Magnitudes at or above the magic number are already integers (or inf/NaN).
+                let magic: $t = $magic;
+                let a = self.abs();
+                if a < magic {
+                    ((a + magic) - magic).copysign(self)
+                } else {
+                    self
+                }
+            }
+            #[inline(always)]
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
+            }
+            #[inline(always)]
+            fn is_finite(self) -> bool {
+                <$t>::is_finite(self)
+            }
+            #[inline(always)]
+            fn is_pos_zero(self) -> bool {
+                self.to_bits() == 0
+            }
+            #[inline(always)]
+            fn is_neg_zero(self) -> bool {
+                self.to_bits() == (-0.0 as $t).to_bits()
+            }
+            #[inline(always)]
+            fn order_key(self) -> i64 {
+                let v = if self == 0.0 { 0.0 } else { self };
+                let b = v.to_bits() as $sbits;
+                let mask = ((b >> (<$bits>::BITS - 1)) as $bits >> 1) as $sbits;
+                (b ^ mask) as i64
+            }
+        }
+    };
+}
+
+impl_real!(f32, u32, i32, 8_388_608.0);
+impl_real!(f64, u64, i64, 4_503_599_627_370_496.0);
+
+/// `np.clip(x, lo, hi)` for one float: `min(max(x, lo), hi)` where max/min keep `x` when it
+/// is NaN and otherwise pick the bound on ties (so clip(-0.0, 0, hi) is +0.0, as in numpy).
+#[inline(always)]
+pub fn clip<T: Real>(x: T, lo: T, hi: T) -> T {
+    let y = if x.is_nan() || x > lo { x } else { lo };
+    if y.is_nan() || y < hi {
+        y
+    } else {
+        hi
+    }
+}
+
+/// Output element types of `quantize`, with numpy's `astype` semantics on x86-64.
+pub trait Cast: Copy + Send + Sync + 'static {
+    fn cast<R: Real>(v: R) -> Self;
+}
+
+impl Cast for f64 {
+    #[inline(always)]
+    fn cast<R: Real>(v: R) -> Self {
+        v.to_f64()
+    }
+}
+
+impl Cast for f32 {
+    #[inline(always)]
+    fn cast<R: Real>(v: R) -> Self {
+        v.to_f64() as f32
+    }
+}
+
+impl Cast for i64 {
+    /// Truncation; NaN, ±inf and out-of-range values give i64::MIN (cvttsd2si's
+    /// "integer indefinite"), where Rust's `as` would saturate.
+    #[inline(always)]
+    fn cast<R: Real>(v: R) -> Self {
+        let x = v.to_f64();
+        if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&x) {
+            x as i64
+        } else {
+            i64::MIN
+        }
+    }
+}
+
+impl Cast for i32 {
+    /// Truncation; NaN, ±inf and values whose truncation leaves i32 give i32::MIN.
+    #[inline(always)]
+    fn cast<R: Real>(v: R) -> Self {
+        let x = v.to_f64();
+        if x > -2_147_483_649.0 && x < 2_147_483_648.0 {
+            x as i32
+        } else {
+            i32::MIN
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rint_ties_to_even_and_keeps_sign() {
+        let cases = [
+            (0.5f64, 0.0f64),
+            (1.5, 2.0),
+            (2.5, 2.0),
+            (-0.5, -0.0),
+            (-1.5, -2.0),
+            (-2.5, -2.0),
+            (0.49999999999999994, 0.0),
+            (4_503_599_627_370_495.5, 4_503_599_627_370_496.0),
+            (1e300, 1e300),
+            (-0.3, -0.0),
+        ];
+        for (x, want) in cases {
+            let x: f64 = x;
+            let got: f64 = Real::rint(x);
+            assert_eq!(got.to_bits(), f64::round_ties_even(x).to_bits(), "{x}");
+            assert_eq!(got.to_bits(), want.to_bits(), "{x}");
+        }
+        assert!(Real::rint(f64::NAN).is_nan());
+        assert_eq!(Real::rint(f64::INFINITY), f64::INFINITY);
+        for x in [0.5f32, 1.5, 2.5, -2.5, 8_388_607.5, -0.2, 3e38] {
+            assert_eq!(
+                Real::rint(x).to_bits(),
+                x.round_ties_even().to_bits(),
+                "{x}"
+            );
+        }
+    }
+
+    #[test]
+    fn rint_matches_std_on_a_sweep() {
+        let mut x = -1000.0f64;
+        while x < 1000.0 {
+            assert_eq!(Real::rint(x).to_bits(), x.round_ties_even().to_bits());
+            let y = x as f32;
+            assert_eq!(Real::rint(y).to_bits(), y.round_ties_even().to_bits());
+            x += 0.125;
+        }
+    }
+
+    #[test]
+    fn int_casts_follow_x86() {
+        assert_eq!(<i64 as Cast>::cast(f64::NAN), i64::MIN);
+        assert_eq!(<i64 as Cast>::cast(f64::INFINITY), i64::MIN);
+        assert_eq!(<i64 as Cast>::cast(f64::NEG_INFINITY), i64::MIN);
+        assert_eq!(<i64 as Cast>::cast(1e20f64), i64::MIN);
+        assert_eq!(
+            <i64 as Cast>::cast(9_223_372_036_854_775_808.0f64),
+            i64::MIN
+        );
+        assert_eq!(
+            <i64 as Cast>::cast(9_223_372_036_854_774_784.0f64),
+            9_223_372_036_854_774_784
+        );
+        assert_eq!(
+            <i64 as Cast>::cast(-9_223_372_036_854_775_808.0f64),
+            i64::MIN
+        );
+        assert_eq!(<i64 as Cast>::cast(3e9f32), 3_000_000_000);
+        assert_eq!(<i64 as Cast>::cast(-7.0f64), -7);
+        assert_eq!(<i32 as Cast>::cast(3e9f64), i32::MIN);
+        assert_eq!(<i32 as Cast>::cast(2_147_483_647.0f64), i32::MAX);
+        assert_eq!(<i32 as Cast>::cast(-2_147_483_648.0f64), i32::MIN);
+        assert_eq!(<i32 as Cast>::cast(f32::NAN), i32::MIN);
+        assert_eq!(<f32 as Cast>::cast(1e300f64), f32::INFINITY);
+        assert_eq!(<f32 as Cast>::cast(16_777_217.0f64), 16_777_216.0);
+    }
+
+    #[test]
+    fn clip_picks_bound_on_ties_and_keeps_nan() {
+        assert!(clip(-0.0f64, 0.0, 5.0).is_pos_zero());
+        assert!(clip(0.0f64, -5.0, -0.0).is_neg_zero());
+        assert!(clip(f64::NAN, 0.0, 1.0).is_nan());
+        assert_eq!(clip(7.0f64, 0.0, 5.0), 5.0);
+        assert_eq!(clip(-7.0f64, 0.0, 5.0), 0.0);
+        assert_eq!(clip(f64::INFINITY, 0.0, 5.0), 5.0);
+        // lo > hi: hi wins, as in numpy.
+        assert_eq!(clip(3.0f64, 4.0, 2.0), 2.0);
+    }
+
+    #[test]
+    fn order_key_is_total_order_with_merged_zero() {
+        let xs = [
+            f64::NEG_INFINITY,
+            -1e300,
+            -1.0,
+            -1e-300,
+            0.0,
+            1e-300,
+            1.0,
+            f64::INFINITY,
+        ];
+        for w in xs.windows(2) {
+            assert!(w[0].order_key() < w[1].order_key());
+        }
+        assert_eq!((-0.0f64).order_key(), 0.0f64.order_key());
+        assert_eq!((-0.0f32).order_key(), 0.0f32.order_key());
+        assert!((-1.0f32).order_key() < 0.5f32.order_key());
+    }
+}
