@@ -20,10 +20,8 @@ __all__ = [
     "int_round_bit_pattern",
     "int_window_max",
     "int_window_sum",
-    # --- end integer kernels ---
-    # --- float kernels (ptq-module) ---
     "matmul_f32_sequential",
-    # --- end float kernels ---
+    "matmul_f64_sequential",
     "min_max",
     "quantize",
     "rounded_unique",
@@ -32,14 +30,6 @@ __version__: str
 
 def _raise_kernel_error(variant: str, context: str | None = None) -> None: ...
 
-# --- float kernels (ptq-module) ---
-def matmul_f32_sequential(
-    a: npt.NDArray[np.float32],
-    b: npt.NDArray[np.float32],
-    context: str | None = None,
-) -> npt.NDArray[np.float32]: ...
-
-# --- end float kernels ---
 # --- quantization kernels (kernels::quant); called by fhequant.quantization._kernels ---
 def quantize(
     values: NDArray[Any],
@@ -57,6 +47,19 @@ def min_max(values: NDArray[Any], name: str = "values") -> tuple[float, float, b
 def rounded_unique(values: NDArray[Any]) -> NDArray[Any] | None: ...
 
 # --- end quantization kernels ---
+# --- float kernels (ptq-module) ---
+def matmul_f32_sequential(
+    a: npt.NDArray[np.float32],
+    b: npt.NDArray[np.float32],
+    context: str | None = None,
+) -> npt.NDArray[np.float32]: ...
+def matmul_f64_sequential(
+    a: npt.NDArray[np.float64],
+    b: npt.NDArray[np.float64],
+    context: str | None = None,
+) -> npt.NDArray[np.float64]: ...
+
+# --- end float kernels ---
 # --- integer kernels (rust-integer): see fhequant.integer_kernels -------------------------
 
 _I64 = npt.NDArray[np.int64]

@@ -120,6 +120,7 @@ def build_quantized_module(
         numpy_module.onnx_preprocessing,
     )
     module._preprocess_fn = preprocess
+    module._node_inputs = dict(result["node_inputs"])
     if import_qat:
         apply_power_of_two_scaling(module)
     module.set_inputs_quantization_parameters(*result["input_quantizers"])

@@ -25,6 +25,7 @@ from fhequant.errors import (
     GraphInputError,
     NotCompiledError,
     QuantizationError,
+    UnquantizedTensorError,
 )
 from fhequant.quantization import QuantizedArray, UniformQuantizer
 from fhequant.quantization.quantizer import is_tracer
@@ -98,6 +99,7 @@ class QuantizedModule(serialization.Serializable):
         self._is_compiled = False
         self._post_processing_params: dict[str, Any] = {}
         self._preprocess_fn: Any = None
+        self._node_inputs: dict[str, tuple[str, ...]] = {}
 
     # --- properties ----------------------------------------------------------------------
 
@@ -161,6 +163,16 @@ class QuantizedModule(serialization.Serializable):
         from fhequant.quantized.streaming import as_numpy
 
         arrays = tuple(as_numpy(v, "module input") for v in x)
+        if self._preprocess_fn is None and self.onnx_preprocessing is not None:
+            from fhequant.onnx import NumpyModule
+
+            runner = NumpyModule(self.onnx_preprocessing)
+
+            def run(*inputs: Any) -> tuple[Any, ...]:
+                out = runner.forward(*inputs, quant_semantics=False)
+                return out if isinstance(out, tuple) else (out,)
+
+            self._preprocess_fn = run
         if self._preprocess_fn is not None:
             arrays = tuple(self._preprocess_fn(*arrays))
         return arrays
@@ -264,7 +276,28 @@ class QuantizedModule(serialization.Serializable):
             return run_module(self, q_x, mode.value)
         return self._clear_forward(q_x, tracker)
 
+    def check_quantized_tensors(self) -> None:
+        """QAT import: refuse tensors that the model left unquantized (SPEC §4.5).
+
+        Raises:
+            UnquantizedTensorError: (a ValueError) listing each tensor with the op consuming
+                it.
+        """
+        found = []
+        for out, (_, op) in self.quant_layers_dict.items():
+            names = self._node_inputs.get(out, ())
+            for index in dict.fromkeys(getattr(op, "error_tracker", None) or []):
+                name = names[index] if isinstance(index, int) and index < len(names) else index
+                found.append(f"{name!r} (input of {type(op).__name__} {op.op_instance_name!r})")
+        if found:
+            raise UnquantizedTensorError(
+                "QAT import: these tensors are not quantized by the model: "
+                + ", ".join(found)
+                + "; add a quantization layer (e.g. brevitas QuantIdentity) before each"
+            )
+
     def _clear_forward(self, q_x: tuple[Any, ...], tracker: dict[str, Any] | None) -> Any:
+        self.check_quantized_tensors()
         values: dict[str, Any] = {}
         for name, q, quantizer in zip(
             self.ordered_module_input_names, q_x, self.input_quantizers, strict=True
