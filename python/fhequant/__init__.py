@@ -14,16 +14,19 @@ from fhequant.quantization import (
     UniformQuantizer,
     fill_from_kwargs,
 )
+from fhequant.quantized import QuantizedModule, build_quantized_module
 
 __all__ = [
     "STABILITY_CONST",
     "MinMaxQuantizationStats",
     "QuantizationOptions",
     "QuantizedArray",
+    "QuantizedModule",
     "TorchUniformQuantizer",
     "UniformQuantizationParameters",
     "UniformQuantizer",
     "__version__",
+    "build_quantized_module",
     "errors",
     "fill_from_kwargs",
     "serialization",

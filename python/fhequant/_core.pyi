@@ -3,6 +3,7 @@
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from numpy.typing import NDArray
 
 __all__ = [
@@ -14,11 +15,27 @@ __all__ = [
     "quantize",
     "rounded_unique",
     # --- end quantization kernels ---
+    # --- integer kernels (rust-integer) ---
+    "int_bit_width",
+    "int_conv2d",
+    "int_conv_bounds",
+    "int_conv_weight_sums",
+    "int_gemm_bounds",
+    "int_matmul",
+    "int_matmul_weight_sums",
+    "int_round_bit_pattern",
+    "int_window_max",
+    "int_window_sum",
+    # --- end integer kernels ---
+    # --- float kernels (ptq-module) ---
+    "matmul_f32_sequential",
+    # --- end float kernels ---
 ]
 __version__: str
 
 def _raise_kernel_error(variant: str, context: str | None = None) -> None: ...
 
+<<<<<<< HEAD
 # --- quantization kernels (kernels::quant); called by fhequant.quantization._kernels ---
 def quantize(
     values: NDArray[Any],
@@ -36,3 +53,65 @@ def min_max(values: NDArray[Any], name: str = "values") -> tuple[float, float, b
 def rounded_unique(values: NDArray[Any]) -> NDArray[Any] | None: ...
 
 # --- end quantization kernels ---
+# --- float kernels (ptq-module) ---
+def matmul_f32_sequential(
+    a: npt.NDArray[np.float32],
+    b: npt.NDArray[np.float32],
+    context: str | None = None,
+) -> npt.NDArray[np.float32]: ...
+
+# --- end float kernels ---
+# --- integer kernels (rust-integer): see fhequant.integer_kernels -------------------------
+
+_I64 = npt.NDArray[np.int64]
+
+def int_matmul(a: _I64, w: _I64, z_w: int, context: str | None = None) -> _I64: ...
+def int_matmul_weight_sums(w: _I64, z_x: int, context: str | None = None) -> _I64: ...
+def int_conv2d(
+    x: _I64,
+    w: _I64,
+    z_w: int,
+    group: int,
+    strides: tuple[int, int],
+    pads: tuple[int, int, int, int],
+    pad_value: int,
+    context: str | None = None,
+) -> _I64: ...
+def int_conv_weight_sums(w: _I64, z_x: int, context: str | None = None) -> _I64: ...
+def int_window_sum(
+    x: _I64,
+    kernel: tuple[int, int],
+    strides: tuple[int, int],
+    pads: tuple[int, int, int, int],
+    extra: tuple[int, int],
+    pad_value: int,
+    context: str | None = None,
+) -> _I64: ...
+def int_window_max(
+    x: _I64,
+    kernel: tuple[int, int],
+    strides: tuple[int, int],
+    pads: tuple[int, int, int, int],
+    pad_value: int,
+    context: str | None = None,
+) -> _I64: ...
+def int_round_bit_pattern(x: _I64, lsbs: int, context: str | None = None) -> _I64: ...
+def int_bit_width(lo: int, hi: int) -> tuple[int, bool]: ...
+def int_gemm_bounds(
+    w: _I64, z_w: int, x_lo: int, x_hi: int, lsbs: int, context: str | None = None
+) -> tuple[_I64, _I64]: ...
+def int_conv_bounds(
+    w: _I64,
+    z_w: int,
+    x_lo: int,
+    x_hi: int,
+    in_hw: tuple[int, int],
+    strides: tuple[int, int],
+    pads: tuple[int, int, int, int],
+    extra: tuple[int, int],
+    pad_value: int,
+    lsbs: int,
+    context: str | None = None,
+) -> tuple[_I64, _I64]: ...
+
+# --- end integer kernels -------------------------------------------------------------------

@@ -18,6 +18,7 @@ __all__ = [
     "EmptyTensorError",
     "FhequantError",
     "GraphInputError",
+    "InvalidOptionKeyError",
     "MissingDependencyError",
     "NonFiniteError",
     "NotCalibratedError",
@@ -31,6 +32,7 @@ __all__ = [
     "ShapeError",
     "UnquantizedTensorError",
     "UnsupportedOpError",
+    "UnsupportedOptionError",
 ]
 
 
@@ -109,6 +111,18 @@ class NotCalibratedError(FhequantError, RuntimeError):
 
 class NotCompiledError(FhequantError, RuntimeError):
     """FHE simulation or execution requested before ``compile``."""
+
+
+class InvalidOptionKeyError(FhequantError, KeyError):
+    """An option dict with keys the option does not define (e.g. rounding_threshold_bits)."""
+
+    def __str__(self) -> str:
+        # KeyError.__str__ would quote the whole message.
+        return str(self.args[0]) if self.args else ""
+
+
+class UnsupportedOptionError(FhequantError, NotImplementedError):
+    """An option value the reference defines but does not implement (e.g. n_bits="auto")."""
 
 
 # --- misc ---------------------------------------------------------------------------------

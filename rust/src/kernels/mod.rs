@@ -1,4 +1,5 @@
 //! Pure numeric kernels: no Python types, no GIL, deterministic for any thread count.
 
+pub mod float;
 pub mod integer;
 pub mod quant;

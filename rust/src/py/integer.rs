@@ -1,7 +1,196 @@
-//! Bindings of `kernels::integer`.
+//! Bindings of `kernels::integer`: extract int64 arrays, release the GIL, map errors.
+//!
+//! The Python-facing API (argument checks, dtype casts, shape normalisation) lives in
+//! `fhequant.integer_kernels`; these functions expect exactly the shapes documented there.
 
+use numpy::{
+    IntoPyArray, PyArray1, PyArray2, PyArray3, PyArray4, PyArrayDyn, PyReadonlyArray3,
+    PyReadonlyArray4, PyReadonlyArrayDyn,
+};
 use pyo3::prelude::*;
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use crate::kernels::integer::{bits, conv, gemm, rounding};
+use crate::py::errors::to_pyerr;
+
+type Pair<'py, A> = (Bound<'py, A>, Bound<'py, A>);
+
+/// acc = a @ (w − z_w) for a (Ba, M, K), w (Bw, K, N) (a batch of 1 broadcasts).
+#[pyfunction]
+#[pyo3(signature = (a, w, z_w, context=None))]
+fn int_matmul<'py>(
+    py: Python<'py>,
+    a: PyReadonlyArray3<'py, i64>,
+    w: PyReadonlyArray3<'py, i64>,
+    z_w: i64,
+    context: Option<&str>,
+) -> PyResult<Bound<'py, PyArray3<i64>>> {
+    let (a, w) = (a.as_array(), w.as_array());
+    let out = py.detach(|| gemm::matmul(a, w, z_w));
+    Ok(out.map_err(|e| to_pyerr(py, e, context))?.into_pyarray(py))
+}
+
+/// z_x·Σ_k w[b, k, :] for w (B, K, N), as (B, N).
+#[pyfunction]
+#[pyo3(signature = (w, z_x, context=None))]
+fn int_matmul_weight_sums<'py>(
+    py: Python<'py>,
+    w: PyReadonlyArray3<'py, i64>,
+    z_x: i64,
+    context: Option<&str>,
+) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    let w = w.as_array();
+    let out = py.detach(|| gemm::weight_sums(w, z_x));
+    Ok(out.map_err(|e| to_pyerr(py, e, context))?.into_pyarray(py))
+}
+
+/// conv(x_pad, w − z_w) for x (N, C, H, W), w (O, C/group, kh, kw).
+#[pyfunction]
+#[pyo3(signature = (x, w, z_w, group, strides, pads, pad_value, context=None))]
+#[allow(clippy::too_many_arguments)]
+fn int_conv2d<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray4<'py, i64>,
+    w: PyReadonlyArray4<'py, i64>,
+    z_w: i64,
+    group: usize,
+    strides: [usize; 2],
+    pads: [usize; 4],
+    pad_value: i64,
+    context: Option<&str>,
+) -> PyResult<Bound<'py, PyArray4<i64>>> {
+    let (x, w) = (x.as_array(), w.as_array());
+    let (_, _, kh, kw) = w.dim();
+    let geom = conv::Geometry::new([kh, kw], strides, pads, [0, 0], pad_value);
+    let out = py.detach(|| conv::conv2d(x, w, z_w, group, &geom));
+    Ok(out.map_err(|e| to_pyerr(py, e, context))?.into_pyarray(py))
+}
+
+/// z_x·Σ_{c,kh,kw} w per output channel, as (O, 1).
+#[pyfunction]
+#[pyo3(signature = (w, z_x, context=None))]
+fn int_conv_weight_sums<'py>(
+    py: Python<'py>,
+    w: PyReadonlyArray4<'py, i64>,
+    z_x: i64,
+    context: Option<&str>,
+) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    let w = w.as_array();
+    let out = py.detach(|| conv::weight_sums(w, z_x));
+    Ok(out.map_err(|e| to_pyerr(py, e, context))?.into_pyarray(py))
+}
+
+/// Per-channel window sums of x (N, C, H, W) padded with pad_value, then 0 by `extra`.
+#[pyfunction]
+#[pyo3(signature = (x, kernel, strides, pads, extra, pad_value, context=None))]
+#[allow(clippy::too_many_arguments)]
+fn int_window_sum<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray4<'py, i64>,
+    kernel: [usize; 2],
+    strides: [usize; 2],
+    pads: [usize; 4],
+    extra: [usize; 2],
+    pad_value: i64,
+    context: Option<&str>,
+) -> PyResult<Bound<'py, PyArray4<i64>>> {
+    let x = x.as_array();
+    let geom = conv::Geometry::new(kernel, strides, pads, extra, pad_value);
+    let out = py.detach(|| conv::window_sum(x, &geom));
+    Ok(out.map_err(|e| to_pyerr(py, e, context))?.into_pyarray(py))
+}
+
+/// Per-channel window maxima of x (N, C, H, W) padded with pad_value.
+#[pyfunction]
+#[pyo3(signature = (x, kernel, strides, pads, pad_value, context=None))]
+fn int_window_max<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray4<'py, i64>,
+    kernel: [usize; 2],
+    strides: [usize; 2],
+    pads: [usize; 4],
+    pad_value: i64,
+    context: Option<&str>,
+) -> PyResult<Bound<'py, PyArray4<i64>>> {
+    let x = x.as_array();
+    let geom = conv::Geometry::new(kernel, strides, pads, [0, 0], pad_value);
+    let out = py.detach(|| conv::window_max(x, &geom));
+    Ok(out.map_err(|e| to_pyerr(py, e, context))?.into_pyarray(py))
+}
+
+/// floor((x + 2^(k−1)) / 2^k)·2^k elementwise for k > 0; a copy for k <= 0.
+#[pyfunction]
+#[pyo3(signature = (x, lsbs, context=None))]
+fn int_round_bit_pattern<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, i64>,
+    lsbs: i64,
+    context: Option<&str>,
+) -> PyResult<Bound<'py, PyArrayDyn<i64>>> {
+    let x = x.as_array();
+    let out = py.detach(|| rounding::round_bit_pattern(x, lsbs));
+    Ok(out.map_err(|e| to_pyerr(py, e, context))?.into_pyarray(py))
+}
+
+/// (bit width, is_signed) of the smallest concrete-python integer type holding [lo, hi].
+#[pyfunction]
+fn int_bit_width(lo: i128, hi: i128) -> (u32, bool) {
+    bits::bit_width(lo, hi)
+}
+
+/// Exact per-column [min, max] of the corrected Gemm accumulator over the input box.
+#[pyfunction]
+#[pyo3(signature = (w, z_w, x_lo, x_hi, lsbs, context=None))]
+fn int_gemm_bounds<'py>(
+    py: Python<'py>,
+    w: PyReadonlyArray3<'py, i64>,
+    z_w: i64,
+    x_lo: i64,
+    x_hi: i64,
+    lsbs: i64,
+    context: Option<&str>,
+) -> PyResult<Pair<'py, PyArray2<i64>>> {
+    let w = w.as_array();
+    let out = py.detach(|| bits::gemm_bounds(w, z_w, x_lo, x_hi, lsbs));
+    let (lo, hi) = out.map_err(|e| to_pyerr(py, e, context))?;
+    Ok((lo.into_pyarray(py), hi.into_pyarray(py)))
+}
+
+/// Exact per-channel [min, max] of the corrected Conv accumulator over the input box.
+#[pyfunction]
+#[pyo3(signature = (w, z_w, x_lo, x_hi, in_hw, strides, pads, extra, pad_value, lsbs, context=None))]
+#[allow(clippy::too_many_arguments)]
+fn int_conv_bounds<'py>(
+    py: Python<'py>,
+    w: PyReadonlyArray4<'py, i64>,
+    z_w: i64,
+    x_lo: i64,
+    x_hi: i64,
+    in_hw: [usize; 2],
+    strides: [usize; 2],
+    pads: [usize; 4],
+    extra: [usize; 2],
+    pad_value: i64,
+    lsbs: i64,
+    context: Option<&str>,
+) -> PyResult<Pair<'py, PyArray1<i64>>> {
+    let w = w.as_array();
+    let (_, _, kh, kw) = w.dim();
+    let geom = conv::Geometry::new([kh, kw], strides, pads, extra, pad_value);
+    let out = py.detach(|| bits::conv_bounds(w, z_w, x_lo, x_hi, in_hw, &geom, lsbs));
+    let (lo, hi) = out.map_err(|e| to_pyerr(py, e, context))?;
+    Ok((lo.into_pyarray(py), hi.into_pyarray(py)))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(int_matmul, m)?)?;
+    m.add_function(wrap_pyfunction!(int_matmul_weight_sums, m)?)?;
+    m.add_function(wrap_pyfunction!(int_conv2d, m)?)?;
+    m.add_function(wrap_pyfunction!(int_conv_weight_sums, m)?)?;
+    m.add_function(wrap_pyfunction!(int_window_sum, m)?)?;
+    m.add_function(wrap_pyfunction!(int_window_max, m)?)?;
+    m.add_function(wrap_pyfunction!(int_round_bit_pattern, m)?)?;
+    m.add_function(wrap_pyfunction!(int_bit_width, m)?)?;
+    m.add_function(wrap_pyfunction!(int_gemm_bounds, m)?)?;
+    m.add_function(wrap_pyfunction!(int_conv_bounds, m)?)?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Python bindings: thin wrappers only.
 
 pub mod errors;
+mod float;
 mod integer;
 mod quant;
 
@@ -10,5 +11,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(errors::_raise_kernel_error, m)?)?;
     quant::register(m)?;
     integer::register(m)?;
+    float::register(m)?;
     Ok(())
 }

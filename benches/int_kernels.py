@@ -1,0 +1,120 @@
+"""Benchmark of the integer kernels against numpy baselines measured in the same run.
+
+Prints ONE JSON object. Build the extension in release mode first: ``maturin develop -r``.
+
+* Gemm 512x512x512, inputs in the uint8 range, weights in the int8 range, with symmetric
+  (z_w = 0) and asymmetric (z_w = 5) weights: fhequant ``integer_gemm`` vs numpy int64
+  matmul (+ the z_w correction) and vs float64 BLAS (numpy float matmul of pre-converted
+  arrays, i.e. BLAS alone).
+* The CNN convs: 10k x 1x8x8 through Conv(1->8, 3, p1) and Conv(8->16, 3, s2, p1), vs a numpy
+  im2col (int64 matmul) and a float64 im2col (BLAS).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from fhequant import integer_kernels as ik
+
+# Zero points of the conv benchmark.
+Z_X, Z_W = 17, 3
+
+
+def best_of(fn: Callable[[], Any], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def im2col_conv(x: np.ndarray, w: np.ndarray, stride: int, pad: int, z_x: int) -> np.ndarray:
+    """Baseline conv: pad, gather windows, one matmul in the dtype of x and w."""
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=z_x)
+    o, c, kh, kw = w.shape
+    win = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
+    n, _, oh, ow = win.shape[:4]
+    cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
+    out = cols @ w.reshape(o, -1).T
+    return out.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
+
+
+def gemm_case(z_w: int, repeats: int) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (512, 512), endpoint=True)
+    w = rng.integers(-128, 127, (512, 512), endpoint=True)
+    xf, wf = x.astype(np.float64), w.astype(np.float64)
+
+    def numpy_int() -> np.ndarray:
+        acc = x @ w
+        return acc - z_w * x.sum(axis=-1, keepdims=True) if z_w else acc
+
+    assert np.array_equal(ik.integer_gemm(x, w, 0, z_w)[0], numpy_int())
+    t_rust = best_of(lambda: ik.integer_gemm(x, w, 0, z_w), repeats)
+    t_int = best_of(numpy_int, max(1, repeats // 5))
+    t_blas = best_of(lambda: xf @ wf, repeats)
+    return {
+        "z_w": z_w,
+        "fhequant_s": t_rust,
+        "numpy_int64_s": t_int,
+        "float64_blas_s": t_blas,
+        "speedup_vs_numpy_int64": t_int / t_rust,
+        "ratio_to_float64_blas": t_rust / t_blas,
+    }
+
+
+def conv_case(repeats: int) -> dict[str, Any]:
+    rng = np.random.default_rng(1)
+    out: dict[str, Any] = {}
+    layers = [
+        ("conv1", (10_000, 1, 8, 8), (8, 1, 3, 3), 1),
+        ("conv2", (10_000, 8, 8, 8), (16, 8, 3, 3), 2),
+    ]
+    for name, xs, ws, stride in layers:
+        x = rng.integers(0, 255, xs, endpoint=True)
+        w = rng.integers(-128, 127, ws, endpoint=True)
+        wc = w - Z_W
+
+        def fhe(x: np.ndarray = x, w: np.ndarray = w, stride: int = stride) -> np.ndarray:
+            return ik.integer_conv(x, w, Z_X, Z_W, strides=(stride, stride), pads=(1, 1, 1, 1))[0]
+
+        want = im2col_conv(x, wc, stride, 1, Z_X)
+        assert np.array_equal(fhe(), want)
+        xf, wf = x.astype(np.float64), wc.astype(np.float64)
+        t_rust = best_of(fhe, repeats)
+        t_int = best_of(lambda x=x, wc=wc, s=stride: im2col_conv(x, wc, s, 1, Z_X), 3)
+        t_f64 = best_of(lambda xf=xf, wf=wf, s=stride: im2col_conv(xf, wf, s, 1, Z_X), 3)
+        out[name] = {
+            "input": list(xs),
+            "weights": list(ws),
+            "fhequant_s": t_rust,
+            "numpy_im2col_int64_s": t_int,
+            "numpy_im2col_float64_s": t_f64,
+            "speedup_vs_im2col_int64": t_int / t_rust,
+            "speedup_vs_im2col_float64": t_f64 / t_rust,
+        }
+    return out
+
+
+def main() -> None:
+    repeats = int(os.environ.get("FHEQUANT_BENCH_REPEATS", "10"))
+    result = {
+        "benchmark": "integer kernels",
+        "threads": os.cpu_count(),
+        "gemm_512": [gemm_case(0, repeats), gemm_case(5, repeats)],
+        "conv_cnn": conv_case(max(1, repeats // 2)),
+    }
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Element-wise arithmetic and math: Add, Sub, Mul, Div, Pow, Exp, Log, trig, Max/Min/Sum, Cast."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import scipy.special
+
+from fhequant.onnx.ops._util import onnx_dtype, quiet
+from fhequant.onnx.registry import REQUIRED, register
+
+
+@register("Add", "A, B")
+def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a + b with numpy broadcasting."""
+    return a + b
+
+
+@register("Sub", "A, B")
+def sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a - b."""
+    return a - b
+
+
+@register("Mul", "A, B")
+def mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a * b."""
+    return a * b
+
+
+def _is_int(x: Any) -> bool:
+    return np.asarray(x).dtype.kind in "iub"
+
+
+@quiet
+def div_quant(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """SPEC §5.3 Div: a / where(b != 0, b, 1); integer operands floor-divide."""
+    if _is_int(a) and _is_int(b):
+        return np.floor_divide(a, np.where(b != 0, b, 1))
+    return a / np.where(b != 0, b, 1)
+
+
+@register("Div", "A, B", quant_fn=div_quant)
+@quiet
+def div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """ONNX Div: IEEE division; integers truncate toward zero (as onnxruntime)."""
+    if _is_int(a) and _is_int(b):
+        q = np.abs(a) // np.where(b != 0, np.abs(b), 1)
+        return np.where((a < 0) ^ (b < 0), -q, q).astype(np.result_type(a, b))
+    return a / b
+
+
+@register("Pow", "X, Y")
+@quiet
+def power(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """x ** y."""
+    return np.power(x, y)
+
+
+def _unary(name: str, fn: Any, doc: str) -> None:
+    @quiet
+    def impl(x: np.ndarray) -> np.ndarray:
+        return fn(x)
+
+    impl.__name__ = name.lower()
+    impl.__doc__ = doc
+    register(name, "X")(impl)
+
+
+_unary("Neg", np.negative, "-x.")
+_unary("Abs", np.abs, "|x|.")
+_unary("Sign", np.sign, "sign(x).")
+_unary("Floor", np.floor, "floor(x).")
+_unary("Ceil", np.ceil, "ceil(x).")
+_unary("Round", np.rint, "rint(x): round half to even.")
+_unary("Exp", np.exp, "exp(x).")
+_unary("Sqrt", np.sqrt, "sqrt(x).")
+_unary("Erf", scipy.special.erf, "scipy.special.erf(x).")
+_unary("Sin", np.sin, "sin(x).")
+_unary("Cos", np.cos, "cos(x).")
+_unary("Tan", np.tan, "tan(x).")
+_unary("Asin", np.arcsin, "arcsin(x).")
+_unary("Acos", np.arccos, "arccos(x).")
+_unary("Atan", np.arctan, "arctan(x).")
+_unary("Sinh", np.sinh, "sinh(x).")
+_unary("Cosh", np.cosh, "cosh(x).")
+_unary("Asinh", np.arcsinh, "arcsinh(x).")
+_unary("Acosh", np.arccosh, "arccosh(x).")
+_unary("Atanh", np.arctanh, "arctanh(x).")
+
+
+@quiet
+def log_quant(x: np.ndarray) -> np.ndarray:
+    """SPEC §5.3 Log: log(max(x, 1e-8))."""
+    return np.log(np.maximum(x, 1e-8))
+
+
+@register("Log", "X", quant_fn=log_quant)
+@quiet
+def log(x: np.ndarray) -> np.ndarray:
+    """ONNX Log: log(x) (-inf at 0, nan below)."""
+    return np.log(x)
+
+
+@register("Reciprocal", "X")
+@quiet
+def reciprocal(x: np.ndarray) -> np.ndarray:
+    """1 / x."""
+    return np.reciprocal(x)
+
+
+@register("Identity", "X")
+def identity(x: np.ndarray) -> np.ndarray:
+    """x unchanged."""
+    return x
+
+
+@register(
+    "Dropout",
+    "data, ratio?, training_mode?",
+    {"seed": None},
+    raw=("ratio", "training_mode"),
+    n_outputs=2,
+)
+def dropout(
+    data: np.ndarray,
+    ratio: np.ndarray | None = None,
+    training_mode: np.ndarray | None = None,
+    *,
+    seed: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inference Dropout: (data, all-True mask). training_mode is ignored (no randomness)."""
+    del ratio, training_mode, seed
+    return data, np.ones(np.shape(data), dtype=bool)
+
+
+def _fold(fn: Any, xs: tuple[np.ndarray, ...]) -> np.ndarray:
+    return functools.reduce(fn, xs)
+
+
+@register("Max", "data_0*")
+def maximum(*xs: np.ndarray) -> np.ndarray:
+    """Element-wise max of all inputs."""
+    return _fold(np.maximum, xs)
+
+
+@register("Min", "data_0*")
+def minimum(*xs: np.ndarray) -> np.ndarray:
+    """Element-wise min of all inputs."""
+    return _fold(np.minimum, xs)
+
+
+@register("Sum", "data_0*")
+def sum_(*xs: np.ndarray) -> np.ndarray:
+    """Element-wise sum of all inputs, left to right."""
+    return _fold(np.add, xs)
+
+
+@register("Mean", "data_0*")
+def mean(*xs: np.ndarray) -> np.ndarray:
+    """Element-wise mean of all inputs."""
+    return _fold(np.add, xs) / len(xs)
+
+
+_TO_FLOAT64 = {1, 9, 11}  # FLOAT, BOOL, DOUBLE
+
+
+def cast_quant(x: np.ndarray, *, to: int, saturate: int = 1) -> np.ndarray:
+    """SPEC §5.3 Cast: BOOL/FLOAT/DOUBLE give float64 (BOOL as 0/1); other types cast exactly."""
+    del saturate
+    x = np.asarray(x)
+    if int(to) == 9:
+        return (x != 0).astype(np.float64)
+    if int(to) in _TO_FLOAT64:
+        return x.astype(np.float64)
+    return x.astype(onnx_dtype(to))
+
+
+@register("Cast", "input", {"to": REQUIRED, "saturate": 1}, quant_fn=cast_quant)
+def cast(x: np.ndarray, *, to: int, saturate: int = 1) -> np.ndarray:
+    """ONNX Cast to the numpy dtype of ``to``."""
+    del saturate
+    return np.asarray(x).astype(onnx_dtype(to))

@@ -1,0 +1,76 @@
+"""Linear algebra: MatMul, Gemm (float32, SPEC §0) and BatchNormalization."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fhequant.onnx.registry import register
+
+
+@register("MatMul", "A, B")
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """numpy matmul (stays float32 for float32 operands)."""
+    return np.matmul(a, b)
+
+
+def _int_if_integral(v: float) -> float | int:
+    """SPEC §5.3: integer-valued alpha/beta become int, so they keep float32 float32."""
+    f = float(v)
+    return int(f) if f.is_integer() else f
+
+
+def _swap_last(x: np.ndarray) -> np.ndarray:
+    return np.swapaxes(x, -1, -2) if np.ndim(x) >= 2 else x
+
+
+@register("Gemm", "A, B, C?", {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0})
+def gemm(
+    a: np.ndarray,
+    b: np.ndarray,
+    c: np.ndarray | None = None,
+    *,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    transA: int = 0,
+    transB: int = 0,
+) -> np.ndarray:
+    """alpha · A' @ B' + beta · C, with numpy broadcasting of C.
+
+    A and B may have more than two axes (the MatMul + Add fusion keeps matmul semantics);
+    transA/transB swap the last two axes.
+    """
+    alpha_, beta_ = _int_if_integral(alpha), _int_if_integral(beta)
+    y = np.matmul(_swap_last(a) if transA else a, _swap_last(b) if transB else b)
+    if alpha_ != 1:
+        y = alpha_ * y
+    if c is not None and beta_ != 0:
+        y = y + (c if beta_ == 1 else beta_ * c)
+    return y
+
+
+@register(
+    "BatchNormalization",
+    "X, scale, B, input_mean, input_var",
+    {"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0},
+)
+def batch_normalization(
+    x: np.ndarray,
+    scale: np.ndarray,
+    bias: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    *,
+    epsilon: float = 1e-5,
+    momentum: float = 0.9,
+    training_mode: int = 0,
+) -> np.ndarray:
+    """Inference BatchNorm on axis 1: (x - mean)/sqrt(var + eps)·scale + bias.
+
+    training_mode is ignored here (the running statistics are used); the quantized layer
+    rejects training_mode = 1.
+    """
+    del momentum, training_mode
+    shape = (1, -1) + (1,) * (np.ndim(x) - 2)
+    m, v = np.reshape(mean, shape), np.reshape(var, shape)
+    s, b = np.reshape(scale, shape), np.reshape(bias, shape)
+    return (x - m) / np.sqrt(v + epsilon) * s + b

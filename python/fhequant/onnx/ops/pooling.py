@@ -1,0 +1,114 @@
+"""Pools: AveragePool (float64, SPEC §0), MaxPool, GlobalAveragePool, GlobalMaxPool."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fhequant.onnx.ops._spatial import pad_spatial, per_axis, pool_output, resolve_pads, windows
+from fhequant.onnx.registry import REQUIRED, register
+
+_POOL_ATTRS = {
+    "auto_pad": "NOTSET",
+    "ceil_mode": 0,
+    "dilations": None,
+    "kernel_shape": REQUIRED,
+    "pads": None,
+    "strides": None,
+}
+
+
+def _geometry(
+    x: np.ndarray,
+    auto_pad: str,
+    ceil_mode: int,
+    dilations: Sequence[int] | None,
+    kernel_shape: Sequence[int],
+    pads: Sequence[int] | None,
+    strides: Sequence[int] | None,
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], list[int], list[int]]:
+    """(kernel, strides, dilations, begins, ends incl. the ceil_mode extension)."""
+    nsp = np.ndim(x) - 2
+    k = per_axis(kernel_shape, nsp, 1, "kernel_shape")
+    s = per_axis(strides, nsp, 1, "strides")
+    d = per_axis(dilations, nsp, 1, "dilations")
+    begins, ends = resolve_pads(auto_pad, pads, x.shape[2:], k, s, d)
+    ext = [
+        pool_output(size, kk, st, dd, b, e, ceil_mode)[1]
+        for size, kk, st, dd, b, e in zip(x.shape[2:], k, s, d, begins, ends, strict=False)
+    ]
+    return k, s, d, list(begins), [e + x_ for e, x_ in zip(ends, ext, strict=False)]
+
+
+@register("AveragePool", "X", {**_POOL_ATTRS, "count_include_pad": 0})
+def average_pool(
+    x: np.ndarray,
+    *,
+    auto_pad: str = "NOTSET",
+    ceil_mode: int = 0,
+    count_include_pad: int = 0,
+    dilations: Sequence[int] | None = None,
+    kernel_shape: Sequence[int],
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Average pool in float64: window sums divided by the number of counted cells.
+
+    Counted cells: the input cells, plus the explicit pads when count_include_pad = 1; the
+    ceil_mode extension is never counted. Padding uses a float32 buffer (SPEC §0).
+    """
+    k, s, d, begins, ends = _geometry(
+        x, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides
+    )
+    nsp = len(k)
+    xp = pad_spatial(x, begins, ends, 0, np.float32).astype(np.float64, copy=False)
+    red = tuple(range(-nsp, 0))
+    total = windows(xp, k, s, d).sum(axis=red)
+    mask = np.zeros((1, 1, *xp.shape[2:]), dtype=np.float64)
+    _, e_pads = resolve_pads(auto_pad, pads, x.shape[2:], k, s, d)
+    if count_include_pad:
+        region = tuple(
+            slice(0, b + n + e) for b, n, e in zip(begins, x.shape[2:], e_pads, strict=False)
+        )
+    else:
+        region = tuple(slice(b, b + n) for b, n in zip(begins, x.shape[2:], strict=False))
+    mask_index = (slice(None), slice(None), *region)
+    mask[mask_index] = 1.0
+    counts = windows(mask, k, s, d).sum(axis=red)
+    return total / counts
+
+
+@register("MaxPool", "X", {**_POOL_ATTRS, "storage_order": 0})
+def max_pool(
+    x: np.ndarray,
+    *,
+    auto_pad: str = "NOTSET",
+    ceil_mode: int = 0,
+    dilations: Sequence[int] | None = None,
+    kernel_shape: Sequence[int],
+    pads: Sequence[int] | None = None,
+    storage_order: int = 0,
+    strides: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Max pool (dtype kept); pads and the ceil_mode extension never win."""
+    del storage_order
+    k, s, d, begins, ends = _geometry(
+        x, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides
+    )
+    x = np.asarray(x)
+    low = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    xp = pad_spatial(x, begins, ends, low)
+    return windows(xp, k, s, d).max(axis=tuple(range(-len(k), 0)))
+
+
+@register("GlobalAveragePool", "X")
+def global_average_pool(x: np.ndarray) -> np.ndarray:
+    """Mean over the spatial axes, kept as size-1 axes."""
+    return np.mean(x, axis=tuple(range(2, np.ndim(x))), keepdims=True)
+
+
+@register("GlobalMaxPool", "X")
+def global_max_pool(x: np.ndarray) -> np.ndarray:
+    """Max over the spatial axes, kept as size-1 axes."""
+    return np.max(x, axis=tuple(range(2, np.ndim(x))), keepdims=True)

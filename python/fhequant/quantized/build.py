@@ -1,0 +1,130 @@
+"""``build_quantized_module``: the post-training quantization entry point (SPEC §6.1).
+
+The model may be a torch module (exported to ONNX with the first calibration sample as the
+dummy input), an ``onnx.ModelProto`` or a ``fhequant.onnx.NumpyModule``. Calibration data is
+an array or torch tensor (one input), a tuple of them (several inputs) or any iterable of such
+batches; it is streamed in blocks of ``batch_size`` rows (SPEC decision 4).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import onnx
+
+from fhequant.errors import GraphInputError
+from fhequant.onnx import NumpyModule
+from fhequant.quantized.calibration import apply_power_of_two_scaling, quantize_module
+from fhequant.quantized.module import QuantizedModule
+from fhequant.quantized.streaming import (
+    DEFAULT_BLOCK_ROWS,
+    DEFAULT_MEMORY_BUDGET,
+    as_numpy,
+    normalize_calibration_data,
+)
+
+__all__ = ["build_quantized_module"]
+
+
+def _first_sample(data: Any) -> Any:
+    """The calibration data in a form the torch exporter takes (it uses the first sample)."""
+    calib = normalize_calibration_data(data)
+    if calib.arrays is not None:
+        first = calib.arrays
+    else:
+        assert calib.batches is not None
+        if iter(calib.batches) is calib.batches:
+            raise GraphInputError(
+                "a torch model needs its calibration data twice (ONNX export, then "
+                "calibration); give a re-iterable (list, array, DataLoader), not a one-shot "
+                "iterator"
+            )
+        batch = next(iter(calib.batches))
+        first = (
+            tuple(as_numpy(b) for b in batch)
+            if isinstance(batch, (tuple, list))
+            else (as_numpy(batch),)
+        )
+    return first[0] if len(first) == 1 else tuple(first)
+
+
+def _numpy_module(model: Any, data: Any) -> NumpyModule:
+    """The NumpyModule (pre-processed ONNX graph) of a torch, ONNX or NumpyModule model."""
+    if isinstance(model, NumpyModule):
+        return model
+    if isinstance(model, onnx.ModelProto):
+        return NumpyModule(model)
+    if type(model).__module__.startswith("torch") or hasattr(model, "state_dict"):
+        return NumpyModule.from_torch(model, _first_sample(data))
+    raise GraphInputError(
+        f"build_quantized_module: cannot build from a {type(model).__name__}; give a torch "
+        "module, an onnx.ModelProto or a fhequant.onnx.NumpyModule"
+    )
+
+
+def build_quantized_module(
+    model: Any,
+    calibration_data: Any,
+    import_qat: bool = False,
+    n_bits: int | dict[str, int] = 8,
+    rounding_threshold_bits: Any = None,
+    reduce_sum_copy: bool = False,
+    keep_onnx: bool = True,
+    batch_size: int = DEFAULT_BLOCK_ROWS,
+    verbose: bool = False,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> QuantizedModule:
+    """Calibrate a float model and return its QuantizedModule.
+
+    Args:
+        model: a torch module, an onnx.ModelProto or a fhequant.onnx.NumpyModule.
+        calibration_data: an array/tensor, a tuple of them (one per input) or an iterable of
+            such batches.
+        import_qat: import a QAT (Brevitas) model instead of post-training quantization.
+        n_bits: an int or a dict with model_inputs / op_weights / op_inputs / model_outputs.
+        rounding_threshold_bits: None, an int, or {"n_bits": k, "method": ...} for every
+            mixing op.
+        reduce_sum_copy: make ReduceSum copy its input first (FHE bit-width helper).
+        keep_onnx: keep the ONNX model on the module.
+        batch_size: rows per calibration block; the data is re-chunked to blocks of exactly
+            this size (anchored at row 0), so the results do not depend on how an iterable
+            splits the data.
+        verbose: show a tqdm progress bar of the calibration passes (also shown when stderr is
+            a terminal).
+        memory_budget: bytes of intermediate blocks kept in memory before spilling to disk.
+
+    Returns:
+        The calibrated QuantizedModule (fhe="disable" ready).
+    """
+    numpy_module = _numpy_module(model, calibration_data)
+    onnx_model = numpy_module.onnx_model
+    preprocess = (
+        numpy_module.preprocess_inputs if numpy_module.onnx_preprocessing is not None else None
+    )
+    result = quantize_module(
+        onnx_model,
+        calibration_data,
+        n_bits=n_bits,
+        rounding_threshold_bits=rounding_threshold_bits,
+        import_qat=import_qat,
+        block_rows=batch_size,
+        memory_budget=memory_budget,
+        verbose=verbose,
+        preprocess=preprocess,
+    )
+    module = QuantizedModule(
+        result["input_names"],
+        result["output_names"],
+        result["quant_layers_dict"],
+        onnx_model if keep_onnx else None,
+        numpy_module.onnx_preprocessing,
+    )
+    module._preprocess_fn = preprocess
+    if import_qat:
+        apply_power_of_two_scaling(module)
+    module.set_inputs_quantization_parameters(*result["input_quantizers"])
+    if reduce_sum_copy:
+        for _, op in module.quant_layers_dict.values():
+            if hasattr(op, "copy_inputs"):
+                op.copy_inputs = True
+    return module

@@ -1,0 +1,959 @@
+"""The calibration walk: from an ONNX graph and calibration data to a QuantizedModule (SPEC §4).
+
+:func:`quantize_module` walks the graph in ONNX order. Constants and initializers go through
+the strategy's ``process_initializer`` (§4.3), constant-only nodes are folded, and every other
+node becomes a quantized op that is calibrated on the *fake-quantized* outputs of its
+producers (§4.2): ``op.calibrate`` on the float data sets the output quantizer, then
+``op.q_impl`` (rounding calibration for mixing ops) gives the values that flow downstream.
+
+Two strategies share the walk (composition, not mixins): :class:`PostTrainingAffineQuantization`
+(PTQ: signed-from-data asymmetric input options, dequantized values flow downstream) and
+:class:`PostTrainingQATImporter` (QAT: QAT input options, the raw float output flows).
+
+Streaming (SPEC decision 4). The data is cut into blocks of ``block_rows`` rows anchored at row
+0 (:mod:`fhequant.quantized.streaming`), whatever the batch sizes of the source, and each op is
+calibrated block by block with its producers' final parameters:
+
+* statistics pass: the float op on every block; global min/max merged exactly, then the output
+  quantizer is set from them (the same numbers as QA(n_bits, whole tensor));
+* rounding passes (mixing ops with rounding_threshold_bits): each rounding point (``cnp_round``
+  id) is calibrated on the global [min, max] of its accumulator, one id per pass in call order,
+  earlier ids already rounding with their final ``lsbs_to_remove``;
+* output pass: ``q_impl`` on every block; the quantized output is kept (compactly, spilled to
+  disk beyond a memory budget) for the consumers, then freed.
+
+With a single block this is exactly the whole-set walk of the reference: ``op.calibrate`` and
+``op.q_impl(..., calibrate_rounding=True)`` on all rows at once. Ops whose calibration is not a
+min/max reduction (BatchNorm's percentile clip, Div's divider, Brevitas Quant, ...) are
+calibrated on the concatenation of their inputs over all blocks, which is exact but holds that
+op's inputs in memory.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from fhequant.errors import (
+    DTypeError,
+    GraphInputError,
+    NonFiniteError,
+    UnsupportedOpError,
+)
+from fhequant.quantization import QuantizationOptions, QuantizedArray, UniformQuantizer
+from fhequant.quantized.float_matmul import sequential_matmul
+from fhequant.quantized.n_bits import BitWidths, resolve_n_bits
+from fhequant.quantized.streaming import (
+    DEFAULT_BLOCK_ROWS,
+    DEFAULT_MEMORY_BUDGET,
+    CalibrationData,
+    TensorStore,
+    iter_row_blocks,
+    normalize_calibration_data,
+)
+
+__all__ = [
+    "PostTrainingAffineQuantization",
+    "PostTrainingQATImporter",
+    "QuantizationStrategy",
+    "process_initializer_ptq",
+    "process_initializer_qat",
+    "quantize_module",
+]
+
+
+# --- initializers (SPEC §4.3) ----------------------------------------------------------------
+
+
+def process_initializer_ptq(n_bits: int, values: Any) -> Any:
+    """Quantize a PTQ constant: ints stay raw, bools at 1 bit, floats per tensor.
+
+    A float tensor is symmetric (and signed) iff its 3rd and 97th percentiles straddle 0 with
+    a ratio |v3/v97| in [1/3, 3] (0 when |v97| < 0.001).
+
+    Args:
+        n_bits: op_weights.
+        values: the constant.
+
+    Returns:
+        The raw integer array, or a QuantizedArray.
+    """
+    values = np.asarray(values)
+    if values.dtype == np.bool_:
+        return QuantizedArray(1, values.astype(np.float64))
+    if not np.issubdtype(values.dtype, np.floating):
+        return values
+    v3 = np.percentile(values, 3)
+    v97 = np.percentile(values, 97)
+    ratio = 0 if np.abs(v97) < 0.001 else np.abs(v3 / v97)
+    same_sign = (v3 > 0 and v97 > 0) or (v3 < 0 and v97 < 0)
+    symmetric = not (same_sign or ratio < 1 / 3 or ratio > 3)
+    return QuantizedArray(n_bits, values, is_signed=symmetric, is_symmetric=symmetric)
+
+
+def process_initializer_qat(n_bits: int, values: Any, name: str = "initializer") -> Any:
+    """Quantize a QAT constant: ints stay raw, floats as signed QAT (zp 0).
+
+    Args:
+        n_bits: op_weights.
+        values: the constant.
+        name: the initializer name, for errors.
+
+    Returns:
+        The raw integer array, or a QuantizedArray.
+    """
+    if isinstance(values, QuantizedArray):
+        return values
+    values = np.asarray(values)
+    if np.issubdtype(values.dtype, np.integer):
+        return values
+    if not np.issubdtype(values.dtype, np.floating):
+        raise DTypeError(
+            f"QAT import: initializer {name!r} has dtype {values.dtype}; QAT constants must be "
+            "floats (or integers, which stay raw)"
+        )
+    return QuantizedArray(n_bits, values, is_signed=True, is_qat=True)
+
+
+# --- strategies ------------------------------------------------------------------------------
+
+
+class QuantizationStrategy:
+    """What differs between PTQ and QAT import; the walk itself is shared."""
+
+    #: True when the raw float output of each op flows downstream (QAT import).
+    flows_raw: bool = False
+    name = "strategy"
+
+    def __init__(self, bits: BitWidths) -> None:
+        self.bits = bits
+
+    def input_quant_opts(self, n_bits: int, signed: bool) -> QuantizationOptions:
+        """Options an op quantizes its variable inputs with."""
+        raise NotImplementedError
+
+    def process_initializer(self, values: Any, name: str) -> Any:
+        """Quantize (or keep raw) a constant input that the op quantizes."""
+        raise NotImplementedError
+
+
+class PostTrainingAffineQuantization(QuantizationStrategy):
+    """PTQ: per-tensor min/max, asymmetric inputs signed from the data (SPEC §4.2)."""
+
+    name = "PTQ"
+
+    def input_quant_opts(self, n_bits: int, signed: bool) -> QuantizationOptions:
+        """QuantizationOptions(n_bits, is_signed=signed): asymmetric, not QAT."""
+        return QuantizationOptions(n_bits, is_signed=signed)
+
+    def process_initializer(self, values: Any, name: str) -> Any:
+        """SPEC §4.3, PTQ."""
+        if isinstance(values, QuantizedArray):
+            return values
+        return process_initializer_ptq(self.bits.op_weights, values)
+
+
+class PostTrainingQATImporter(QuantizationStrategy):
+    """QAT import: QAT input options; the raw float outputs flow downstream (SPEC §4.2 step 6)."""
+
+    flows_raw = True
+    name = "QAT"
+
+    def input_quant_opts(self, n_bits: int, signed: bool) -> QuantizationOptions:
+        """QuantizationOptions(n_bits, is_signed=True, is_qat=True)."""
+        return QuantizationOptions(n_bits, is_signed=True, is_qat=True)
+
+    def process_initializer(self, values: Any, name: str) -> Any:
+        """SPEC §4.3, QAT."""
+        return process_initializer_qat(self.bits.op_weights, values, name)
+
+
+# --- graph access ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Node:
+    index: int
+    op_type: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any]
+
+
+def _attr_value(attr: onnx.AttributeProto) -> Any:
+    value = onnx.helper.get_attribute_value(attr)
+    if attr.type == onnx.AttributeProto.TENSOR:
+        return numpy_helper.to_array(value)
+    if attr.type == onnx.AttributeProto.STRING:
+        return value.decode("utf-8") if isinstance(value, bytes) else value
+    if attr.type == onnx.AttributeProto.STRINGS:
+        return tuple(v.decode("utf-8") if isinstance(v, bytes) else v for v in value)
+    if attr.type in (onnx.AttributeProto.INTS, onnx.AttributeProto.FLOATS):
+        return tuple(value)
+    return value
+
+
+def _op_key(node: onnx.NodeProto) -> str:
+    if node.domain in ("", "ai.onnx"):
+        return node.op_type
+    return f"{node.domain}.{node.op_type}"
+
+
+def graph_nodes(model: onnx.ModelProto) -> list[_Node]:
+    """The nodes of a model in ONNX order, with Python attribute values."""
+    return [
+        _Node(
+            i,
+            _op_key(n),
+            n.name or f"{n.op_type}_{i}",
+            list(n.input),
+            list(n.output),
+            {a.name: _attr_value(a) for a in n.attribute},
+        )
+        for i, n in enumerate(model.graph.node)
+    ]
+
+
+def graph_input_names(model: onnx.ModelProto) -> list[str]:
+    """Graph inputs that are not initializers, in order."""
+    inits = {i.name for i in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits]
+
+
+def _quantized_registry() -> dict[str, Any]:
+    from fhequant.quantized.ops import ONNX_OPS_TO_QUANTIZED_IMPL
+
+    return dict(ONNX_OPS_TO_QUANTIZED_IMPL)
+
+
+def _fold_constant(node: _Node, values: list[Any]) -> Any:
+    """Evaluate a node whose inputs are all constants, in float (SPEC §4.2)."""
+    registry = _quantized_registry()
+    cls = registry.get(node.op_type)
+    if cls is not None:
+        spec = cls.spec()
+        attrs = {**dict(spec.attr_defaults), **node.attrs}
+        out = spec.impl(*values, **attrs)
+    else:
+        try:
+            from fhequant.onnx import ONNX_OPS
+        except ImportError as exc:  # pragma: no cover - depends on the onnx package
+            raise UnsupportedOpError(
+                f"node {node.name!r}: op {node.op_type!r} has no implementation to fold it"
+            ) from exc
+        spec = ONNX_OPS.get(node.op_type)
+        if spec is None:
+            raise UnsupportedOpError(
+                f"node {node.name!r}: op {node.op_type!r} is not supported; it cannot be "
+                "folded nor quantized"
+            )
+        out = spec.quant_fn(*values, **spec.resolve_attrs(node.attrs, node.name))
+    if isinstance(out, tuple):
+        out = out[0]
+    return out
+
+
+# --- split-independent float evaluation -----------------------------------------------------
+
+
+def _gemm_float(
+    a: Any,
+    b: Any,
+    c: Any = None,
+    *,
+    alpha: Any = 1,
+    beta: Any = 1,
+    transA: Any = 0,
+    transB: Any = 0,
+    **_: Any,
+) -> Any:
+    """ONNX Gemm (SPEC §5.3) with the split-independent float32 matmul."""
+    if transA:
+        a = np.swapaxes(a, -1, -2)
+    if transB:
+        b = np.swapaxes(b, -1, -2)
+    y = sequential_matmul(a, b)
+    if alpha != 1:
+        y = alpha * y
+    if c is not None and beta != 0:
+        y = y + (c if beta == 1 else beta * c)
+    return y
+
+
+def _matmul_float(a: Any, b: Any, **_: Any) -> Any:
+    return sequential_matmul(a, b)
+
+
+_SPLIT_INDEPENDENT_IMPLS: dict[str, Callable[..., Any]] = {
+    "Gemm": _gemm_float,
+    "MatMul": _matmul_float,
+}
+
+
+def _use_split_independent_impl(op: Any) -> bool:
+    """Route a Gemm/MatMul op's float evaluation through the sequential float32 matmul.
+
+    The override is an instance attribute, removed by :func:`_restore_impl` after calibration.
+    """
+    impl = _SPLIT_INDEPENDENT_IMPLS.get(getattr(op, "_impl_for_op_named", ""))
+    if impl is None:
+        return False
+    original = op.call_impl
+
+    def call_impl(*inputs: Any, **attrs: Any) -> Any:
+        if any(isinstance(x, np.ndarray) and x.dtype == np.float32 for x in inputs[:1]):
+            return impl(*inputs, **attrs)
+        return original(*inputs, **attrs)
+
+    op.call_impl = call_impl
+    return True
+
+
+def _restore_impl(op: Any) -> None:
+    op.__dict__.pop("call_impl", None)
+
+
+# --- the walk --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Tensor:
+    """A variable tensor of the walk: a graph input or an op output."""
+
+    kind: str  # "input", "quant" or "raw"
+    quantizer: UniformQuantizer | None = None
+    vmin: Any = None
+    vmax: Any = None
+    producers: set[str] = field(default_factory=set)
+    consumers_left: int = 0
+    stored_floats: bool = False
+
+
+class _RoundingRecorder:
+    """Stands in for ``op.cnp_round`` during a streamed rounding-calibration pass."""
+
+    def __init__(self, op: Any, original: Callable[..., Any]) -> None:
+        self.op = op
+        self.original = original
+        self.pending: str | None = None
+        self.lo: int | None = None
+        self.hi: int | None = None
+
+    def __call__(
+        self,
+        x: Any,
+        calibrate_rounding: bool = False,
+        rounding_operation_id: str = "single_rounding_op",
+    ) -> Any:
+        rid = rounding_operation_id
+        if rid in self.op.lsbs_to_remove:
+            return self.original(x, False, rid)
+        if self.pending is None:
+            self.pending = rid
+        if self.pending == rid:
+            arr = np.asarray(x)
+            lo, hi = int(arr.min()), int(arr.max())
+            self.lo = lo if self.lo is None else min(self.lo, lo)
+            self.hi = hi if self.hi is None else max(self.hi, hi)
+        return x
+
+
+def _check_finite(lo: Any, hi: Any, tensor: str, where: str) -> None:
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise NonFiniteError(
+            f"{where}: tensor {tensor!r} contains NaN or infinite values (min {lo}, max {hi}); "
+            "clean the calibration data or fix the model so every value stays finite"
+        )
+
+
+def _bits_precision(lo: int, hi: int) -> int:
+    from fhequant.quantized.ops.base import compute_bits_precision
+
+    return int(compute_bits_precision(lo, hi))
+
+
+def _has_default_calibration(op: Any) -> bool:
+    from fhequant.quantized.ops.base import QuantizedOp
+
+    cls = type(op)
+    return (
+        cls.calibrate is QuantizedOp.calibrate
+        and cls._calibration_values is QuantizedOp._calibration_values
+    )
+
+
+class _Progress:
+    """A tqdm bar over rows, one pass at a time (only when asked or on a terminal)."""
+
+    def __init__(self, total_rows: int, verbose: bool) -> None:
+        self.bar: Any = None
+        if verbose or sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_rows, unit="row", leave=False, file=sys.stderr)
+        self.passes = 0
+
+    def start(self, what: str, total_rows: int) -> None:
+        self.passes += 1
+        if self.bar is not None:
+            self.bar.reset(total=total_rows)
+            self.bar.set_description(f"calibration pass {self.passes}: {what}")
+
+    def advance(self, rows: int) -> None:
+        if self.bar is not None:
+            self.bar.update(rows)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class ModuleCalibrator:
+    """Runs the calibration walk of one ONNX model with one strategy.
+
+    Args:
+        model: the (pre-processed) ONNX model.
+        strategy: PTQ or QAT import.
+        rounding_threshold_bits: passed to every mixing op.
+        block_rows: rows per evaluation block.
+        memory_budget: bytes of intermediate blocks kept in memory before spilling to disk.
+        verbose: show a progress bar even when stderr is not a terminal.
+        preprocess: optional function applied to each block of inputs (ONNX pre-processing).
+    """
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        strategy: QuantizationStrategy,
+        rounding_threshold_bits: Any = None,
+        block_rows: int = DEFAULT_BLOCK_ROWS,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        verbose: bool = False,
+        preprocess: Callable[..., tuple[np.ndarray, ...]] | None = None,
+    ) -> None:
+        if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:
+            raise GraphInputError(f"batch_size must be a positive int, got {block_rows!r}")
+        self.model = model
+        self.strategy = strategy
+        self.bits = strategy.bits
+        self.rounding_threshold_bits = rounding_threshold_bits
+        self.block_rows = block_rows
+        self.memory_budget = memory_budget
+        self.verbose = verbose
+        self.preprocess = preprocess
+        self.input_names = graph_input_names(model)
+        self.output_names = [o.name for o in model.graph.output]
+        self.nodes = graph_nodes(model)
+        self.constants: dict[str, Any] = {
+            init.name: numpy_helper.to_array(init) for init in model.graph.initializer
+        }
+        self.tensors: dict[str, _Tensor] = {}
+        self.quant_layers: dict[str, tuple[tuple[str, ...], Any]] = {}
+        self.block_sizes: list[int] = []
+        self.input_stats: dict[str, tuple[Any, Any]] = {}
+        self._input_quant_cache: dict[tuple[str, Any], UniformQuantizer] = {}
+        self.store = TensorStore(memory_budget)
+        self.progress: _Progress | None = None
+
+    # --- entry ---------------------------------------------------------------------------
+
+    def run(self, data: Any) -> dict[str, Any]:
+        """Calibrate every op.
+
+        Args:
+            data: calibration data (see :func:`normalize_calibration_data`).
+
+        Returns:
+            A dict with the ordered input and output names, quant_layers_dict, the per-input
+            quantizers (SPEC §4.6) and the number of calibration rows.
+        """
+        calib = normalize_calibration_data(data)
+        try:
+            self._load_inputs(calib)
+            self._count_consumers()
+            for node in self.nodes:
+                self._visit(node)
+            input_quantizers = self._input_quantizers()
+        finally:
+            if self.progress is not None:
+                self.progress.close()
+            self.store.close()
+        return {
+            "input_names": tuple(self.input_names),
+            "output_names": tuple(self.output_names),
+            "quant_layers_dict": self.quant_layers,
+            "input_quantizers": input_quantizers,
+            "n_rows": sum(self.block_sizes),
+            "spilled": self.store.spilled,
+        }
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.block_sizes)
+
+    def _blocks(self, what: str) -> Iterator[int]:
+        assert self.progress is not None
+        self.progress.start(what, sum(self.block_sizes))
+        for b, rows in enumerate(self.block_sizes):
+            yield b
+            self.progress.advance(rows)
+
+    # --- graph inputs --------------------------------------------------------------------
+
+    def _load_inputs(self, calib: CalibrationData) -> None:
+        n_inputs = len(self.input_names)
+        in_memory = calib.arrays is not None
+        if in_memory:
+            assert calib.arrays is not None
+            if len(calib.arrays) != n_inputs:
+                raise GraphInputError(
+                    f"the model takes {n_inputs} input(s) {self.input_names} but the "
+                    f"calibration data holds {len(calib.arrays)}; give a tuple with one array "
+                    "per input"
+                )
+            total = calib.arrays[0].shape[0] if calib.arrays[0].ndim else 0
+        else:
+            total = 0
+        self.progress = _Progress(total, self.verbose)
+        self.progress.start("inputs", total)
+        lows: list[Any] = [None] * n_inputs
+        highs: list[Any] = [None] * n_inputs
+        for block in iter_row_blocks(calib, n_inputs, self.block_rows):
+            if self.preprocess is not None:
+                block = self.preprocess(*block)
+                owned = True
+            else:
+                owned = not in_memory
+            rows = block[0].shape[0]
+            self.block_sizes.append(rows)
+            for i, (name, arr) in enumerate(zip(self.input_names, block, strict=True)):
+                if arr.size:
+                    lo, hi = arr.min(), arr.max()
+                    _check_finite(lo, hi, name, "calibration data")
+                    lows[i] = lo if lows[i] is None else np.minimum(lows[i], lo)
+                    highs[i] = hi if highs[i] is None else np.maximum(highs[i], hi)
+                self.store.put(name, arr, owned=owned)
+            self.progress.advance(rows)
+        if not self.block_sizes:
+            raise GraphInputError("the calibration data is empty; give at least one row per input")
+        for i, name in enumerate(self.input_names):
+            self.input_stats[name] = (lows[i], highs[i])
+            self.tensors[name] = _Tensor("input", vmin=lows[i], vmax=highs[i], producers={name})
+
+    def _count_consumers(self) -> None:
+        for node in self.nodes:
+            for name in node.inputs:
+                if name in self.tensors:
+                    self.tensors[name].consumers_left += 1
+
+    # --- nodes ---------------------------------------------------------------------------
+
+    def _visit(self, node: _Node) -> None:
+        if node.op_type == "Constant":
+            self.constants[node.outputs[0]] = self._constant_node_value(node)
+            return
+        variable = [n for n in node.inputs if n in self.tensors]
+        if not variable:
+            values = [self.constants.get(n) if n else None for n in node.inputs]
+            values = [v.values if isinstance(v, QuantizedArray) else v for v in values]
+            self.constants[node.outputs[0]] = _fold_constant(node, values)
+            return
+        if len(node.outputs) != 1:
+            raise UnsupportedOpError(
+                f"node {node.name!r} ({node.op_type}) has {len(node.outputs)} outputs; "
+                "quantized ops must have exactly one"
+            )
+        op = self._build_op(node, variable)
+        out = node.outputs[0]
+        producers: set[str] = set()
+        for name in variable:
+            producers |= self.tensors[name].producers
+        self.tensors[out] = _Tensor("raw", producers=producers if op.can_fuse() else {out})
+        for n in self.nodes[node.index + 1 :]:
+            self.tensors[out].consumers_left += sum(1 for i in n.inputs if i == out)
+        self._calibrate_op(op, variable, out)
+        self.quant_layers[out] = (tuple(variable), op)
+        for name in variable:
+            self._release(name)
+        if self.tensors[out].consumers_left == 0:
+            self.store.drop(out)
+
+    def _release(self, name: str) -> None:
+        tensor = self.tensors[name]
+        tensor.consumers_left -= 1
+        if tensor.consumers_left <= 0:
+            self.store.drop(name)
+
+    def _constant_node_value(self, node: _Node) -> Any:
+        for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+            if key in node.attrs:
+                value = node.attrs[key]
+                if key == "value_float":
+                    return np.array(value, dtype=np.float32)
+                if key == "value_floats":
+                    return np.array(value, dtype=np.float32)
+                if key in ("value_int", "value_ints"):
+                    return np.array(value, dtype=np.int64)
+                return value
+        raise UnsupportedOpError(
+            f"Constant node {node.name!r} has none of the supported value attributes"
+        )
+
+    def _build_op(self, node: _Node, variable: list[str]) -> Any:
+        registry = _quantized_registry()
+        cls = registry.get(node.op_type)
+        if cls is None:
+            raise UnsupportedOpError(
+                f"node {node.name!r}: op {node.op_type!r} has no quantized implementation; "
+                f"quantizable ops are {sorted(registry)}"
+            )
+        constants: dict[int, Any] = {}
+        for idx, name in enumerate(node.inputs):
+            if not name or name in self.tensors or name not in self.constants:
+                continue
+            value = self.constants[name]
+            if cls.must_quantize_input(idx):
+                constants[idx] = self.strategy.process_initializer(value, name)
+            else:
+                constants[idx] = value.values if isinstance(value, QuantizedArray) else value
+        int_input_names: set[str] = set()
+        signed = False
+        for name in variable:
+            tensor = self.tensors[name]
+            int_input_names |= tensor.producers
+            if tensor.vmin is not None and tensor.vmin < 0:
+                signed = True
+        n_in = (
+            self.bits.model_outputs
+            if cls.quantize_inputs_with_model_outputs_precision
+            else self.bits.op_inputs
+        )
+        kwargs: dict[str, Any] = {}
+        if cls.is_mixing:
+            kwargs["rounding_threshold_bits"] = self.rounding_threshold_bits
+        op = cls(
+            self.bits.model_outputs,
+            node.name,
+            int_input_names=int_input_names,
+            constant_inputs=constants,
+            input_quant_opts=self.strategy.input_quant_opts(n_in, signed),
+            **kwargs,
+            **node.attrs,
+        )
+        op.produces_graph_output = node.outputs[0] in self.output_names
+        return op
+
+    # --- per-block data ------------------------------------------------------------------
+
+    def _float_block(self, name: str, b: int) -> Any:
+        """The float values of tensor ``name`` in block ``b`` (what flows downstream)."""
+        tensor = self.tensors[name]
+        block = self.store.get(name, b)
+        if tensor.kind == "quant" and not tensor.stored_floats and tensor.quantizer is not None:
+            return tensor.quantizer.dequant(block)
+        return block
+
+    def _calibration_qa(self, name: str, b: int, op: Any) -> Any:
+        """The calibration QuantizedArray of a variable input (SPEC §4.2 step 1)."""
+        tensor = self.tensors[name]
+        data = self._float_block(name, b)
+        if tensor.kind == "raw":
+            return data
+        if tensor.kind == "quant":
+            q = tensor.quantizer
+            assert q is not None
+            return QuantizedArray(
+                q.n_bits,
+                data,
+                options=q.quant_options,
+                stats=q.quant_stats,
+                params=q.quant_params,
+            )
+        opts = op.input_quant_opts
+        if self.n_blocks == 1:
+            return QuantizedArray(opts.n_bits, data, options=opts)
+        ref = self._input_reference(name, opts, data.dtype)
+        return QuantizedArray(
+            opts.n_bits,
+            data,
+            options=opts,
+            stats=ref.quant_stats,
+            params=ref.quant_params,
+        )
+
+    def _input_reference(self, name: str, opts: QuantizationOptions, dtype: Any) -> Any:
+        """A quantizer with the whole-set statistics of a graph input under ``opts``."""
+        key = (name, repr(opts.dump_dict()))
+        cached = self._input_quant_cache.get(key)
+        if cached is None:
+            lo, hi = self.input_stats[name]
+            ends = np.array([lo, hi], dtype=dtype)
+            cached = QuantizedArray(opts.n_bits, ends, options=opts).quantizer
+            self._input_quant_cache[key] = cached
+        return cached
+
+    # --- calibration of one op -----------------------------------------------------------
+
+    def _calibrate_op(self, op: Any, variable: list[str], out: str) -> None:
+        _use_split_independent_impl(op)
+        try:
+            if self.n_blocks == 1:
+                self._calibrate_whole(op, variable, out)
+            else:
+                self._calibrate_streamed(op, variable, out)
+        finally:
+            _restore_impl(op)
+
+    def _calibrate_whole(self, op: Any, variable: list[str], out: str) -> None:
+        """The reference walk on the whole set (one block)."""
+        floats = [self._float_block(n, 0) for n in variable]
+        self._check_inputs_finite(op, variable, floats)
+        raw = self._op_calibrate(op, out, floats)
+        qas = [self._calibration_qa(n, 0, op) for n in variable]
+        quant = op.q_impl(*qas, calibrate_rounding=bool(getattr(op, "is_mixing", False)))
+        self._finish(op, out, quant, raw_blocks=[raw] if self.strategy.flows_raw else None)
+        self._store_output(out, 0, quant, raw if self.strategy.flows_raw else None)
+
+    def _calibrate_streamed(self, op: Any, variable: list[str], out: str) -> None:
+        raw_blocks: list[Any] | None = None
+        if not _has_default_calibration(op):
+            raw_blocks = self._calibrate_concatenated(op, variable, out)
+        else:
+            raw_blocks = self._statistics_pass(op, variable, out)
+        rounding = getattr(op, "is_mixing", False) and op.rounding_threshold_bits is not None
+        original = op.cnp_round if rounding else None
+        try:
+            while True:
+                recorder = _RoundingRecorder(op, original) if original is not None else None
+                if recorder is not None:
+                    op.cnp_round = recorder
+                self._reset_output(out)
+                last: Any = None
+                for b in self._blocks(f"{op.op_instance_name} outputs"):
+                    qas = [self._calibration_qa(n, b, op) for n in variable]
+                    last = op.q_impl(*qas)
+                    raw = raw_blocks[b] if raw_blocks is not None else None
+                    self._store_output(out, b, last, raw)
+                if recorder is None or recorder.pending is None:
+                    break
+                # One more rounding point calibrated: its accumulator range is global now.
+                assert recorder.lo is not None and recorder.hi is not None
+                target = int(op.rounding_threshold_bits["n_bits"])
+                width = _bits_precision(recorder.lo, recorder.hi)
+                op.lsbs_to_remove[recorder.pending] = max(0, width - target)
+        finally:
+            op.__dict__.pop("cnp_round", None)
+        self._finish(op, out, last, raw_blocks)
+
+    def _reset_output(self, out: str) -> None:
+        tensor = self.tensors[out]
+        self.store.drop(out)
+        tensor.vmin = tensor.vmax = None
+
+    def _calibrate_concatenated(self, op: Any, variable: list[str], out: str) -> list[Any] | None:
+        """Exact fallback for ops whose calibration is not a min/max reduction."""
+        parts: list[list[Any]] = [[] for _ in variable]
+        for b in self._blocks(f"{op.op_instance_name} (gathering inputs)"):
+            for i, name in enumerate(variable):
+                parts[i].append(self._float_block(name, b))
+        floats = [np.concatenate(p, axis=0) for p in parts]
+        self._check_inputs_finite(op, variable, floats)
+        raw = self._op_calibrate(op, out, floats)
+        if not self.strategy.flows_raw:
+            return None
+        starts = np.cumsum([0, *self.block_sizes])
+        return [raw[starts[i] : starts[i + 1]] for i in range(self.n_blocks)]
+
+    def _statistics_pass(self, op: Any, variable: list[str], out: str) -> list[Any] | None:
+        """Global min/max of the float op over all blocks; sets the output quantizer."""
+        lo: Any = None
+        hi: Any = None
+        dtype: Any = None
+        keep: list[Any] | None = [] if self.strategy.flows_raw else None
+        raw_output = bool(op.spec().raw_output)
+        for b in self._blocks(f"{op.op_instance_name} statistics"):
+            floats = [self._float_block(n, b) for n in variable]
+            prepared = op._prepare_inputs_with_constants(
+                *floats, calibrate=True, quantize_actual_values=False
+            )
+            raw = op.call_impl(*prepared, **op.attrs)
+            if keep is not None:
+                keep.append(raw)
+            if raw_output:
+                continue
+            arr = np.asarray(raw)
+            if arr.size == 0:
+                continue
+            blo, bhi = arr.min(), arr.max()
+            _check_finite(blo, bhi, out, f"op {op.op_instance_name!r} ({type(op).__name__})")
+            lo = blo if lo is None else np.minimum(lo, blo)
+            hi = bhi if hi is None else np.maximum(hi, bhi)
+            dtype = arr.dtype
+        if not raw_output:
+            op._set_output_quantizer(np.array([lo, hi], dtype=dtype))
+        return keep
+
+    # --- outputs -------------------------------------------------------------------------
+
+    def _store_output(self, out: str, b: int, quant: Any, raw: Any) -> None:
+        """Keep block ``b`` of an op's output for its consumers.
+
+        PTQ keeps the integers (dequantized on read); QAT import keeps the raw floats.
+        """
+        tensor = self.tensors[out]
+        if isinstance(quant, QuantizedArray):
+            tensor.kind = "quant"
+            tensor.quantizer = quant.quantizer
+            if self.strategy.flows_raw:
+                tensor.stored_floats = True
+                values = np.asarray(raw)
+                lo, hi = (values.min(), values.max()) if values.size else (None, None)
+            else:
+                values = np.asarray(quant.qvalues)
+                lo, hi = self._value_range(quant.quantizer, values)
+            if lo is not None:
+                tensor.vmin = lo if tensor.vmin is None else min(tensor.vmin, lo)
+                tensor.vmax = hi if tensor.vmax is None else max(tensor.vmax, hi)
+            if tensor.consumers_left > 0:
+                self.store.put(out, values)
+        else:
+            tensor.kind = "raw"
+            if tensor.consumers_left > 0:
+                self.store.put(out, np.asarray(quant))
+
+    @staticmethod
+    def _value_range(quantizer: UniformQuantizer, q: np.ndarray) -> tuple[Any, Any]:
+        """min/max of quantizer.dequant(q), without dequantizing everything when monotone."""
+        if q.size == 0:
+            return (None, None)
+        scale = quantizer.scale
+        zp = quantizer.zero_point
+        if np.ndim(zp) == 0 and np.ndim(scale) == 0 and scale > 0:
+            ends = quantizer.dequant(np.array([q.min(), q.max()], dtype=q.dtype))
+            return ends[0], ends[1]
+        values = quantizer.dequant(q)
+        return values.min(), values.max()
+
+    def _finish(self, op: Any, out: str, quant: Any, raw_blocks: Any) -> None:
+        """A graph-output op takes the params of its q_impl result (SPEC §4.2 step 4)."""
+        if op.produces_graph_output and isinstance(quant, QuantizedArray):
+            op.output_quant_stats = quant.quantizer.quant_stats
+            op.output_quant_params = quant.quantizer.quant_params
+
+    def _op_calibrate(self, op: Any, out: str, floats: list[Any]) -> Any:
+        """op.calibrate on whole tensors, with non-finite outputs reported by tensor and op."""
+        try:
+            raw = op.calibrate(*floats)
+        except NonFiniteError as exc:
+            raise NonFiniteError(
+                f"op {op.op_instance_name!r} ({type(op).__name__}): tensor {out!r} contains NaN "
+                "or infinite values; clean the calibration data or fix the model so every "
+                f"value stays finite ({exc})"
+            ) from exc
+        self._check_output_finite(op, out, raw)
+        return raw
+
+    def _check_inputs_finite(self, op: Any, names: list[str], floats: list[Any]) -> None:
+        for name, values in zip(names, floats, strict=True):
+            arr = np.asarray(values)
+            if arr.size and np.issubdtype(arr.dtype, np.floating):
+                _check_finite(arr.min(), arr.max(), name, f"input of op {op.op_instance_name!r}")
+
+    def _check_output_finite(self, op: Any, out: str, raw: Any) -> None:
+        arr = np.asarray(raw)
+        if arr.size and np.issubdtype(arr.dtype, np.floating):
+            _check_finite(
+                arr.min(), arr.max(), out, f"op {op.op_instance_name!r} ({type(op).__name__})"
+            )
+
+    # --- module input quantizers (SPEC §4.6) ---------------------------------------------
+
+    def _consumers(self, name: str) -> list[Any]:
+        return [op for _, (inputs, op) in self.quant_layers.items() if name in inputs]
+
+    def _input_quantizers(self) -> list[UniformQuantizer | None]:
+        quantizers: list[UniformQuantizer | None] = []
+        for name in self.input_names:
+            lo, hi = self.input_stats[name]
+            direct = self._consumers(name)
+            if not direct:
+                quantizers.append(None)
+                continue
+            brevitas = [op for op in direct if type(op).__name__ == "QuantizedBrevitasQuant"]
+            fusable = [op for op in direct if op.can_fuse() and op not in brevitas]
+            dtype = np.asarray(lo).dtype
+            ends = np.array([lo, hi], dtype=dtype)
+            if fusable or len(brevitas) > 1:
+                qa = QuantizedArray(self.bits.model_inputs, ends, is_signed=True)
+                quantizers.append(qa.quantizer)
+            elif len(brevitas) == 1:
+                op = brevitas[0]
+                qa = QuantizedArray(
+                    op.n_bits,
+                    None,
+                    value_is_float=False,
+                    options=op.output_quant_opts,
+                    stats=op.output_quant_stats,
+                    params=op.output_quant_params,
+                )
+                quantizers.append(qa.quantizer)
+            else:
+                opts = direct[0].input_quant_opts
+                qa = QuantizedArray(opts.n_bits, ends, options=opts)
+                quantizers.append(qa.quantizer)
+        return quantizers
+
+
+def apply_power_of_two_scaling(module: Any) -> None:
+    """The QAT power-of-two pass of SPEC §4.7 (hook; not implemented for PTQ yet)."""
+    return None
+
+
+def quantize_module(
+    model: onnx.ModelProto,
+    data: Any,
+    n_bits: Any = 8,
+    rounding_threshold_bits: Any = None,
+    import_qat: bool = False,
+    block_rows: int = DEFAULT_BLOCK_ROWS,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    verbose: bool = False,
+    preprocess: Callable[..., tuple[np.ndarray, ...]] | None = None,
+) -> dict[str, Any]:
+    """Run the calibration walk (SPEC §4.2) and return what QuantizedModule needs.
+
+    Args:
+        model: the ONNX model (pre-processed).
+        data: calibration data: an array, a tuple of arrays, or an iterable of batches.
+        n_bits: int or dict (SPEC §4.1).
+        rounding_threshold_bits: for every mixing op (SPEC §2.4).
+        import_qat: use the QAT importer instead of PTQ.
+        block_rows: rows per evaluation block.
+        memory_budget: bytes of intermediates kept in memory before spilling to disk.
+        verbose: show a progress bar.
+        preprocess: a function applied to each input block (ONNX pre-processing).
+
+    Returns:
+        input_names, output_names, quant_layers_dict, input_quantizers, n_rows, spilled.
+    """
+    bits = resolve_n_bits(n_bits)
+    strategy: QuantizationStrategy = (
+        PostTrainingQATImporter(bits) if import_qat else PostTrainingAffineQuantization(bits)
+    )
+    calibrator = ModuleCalibrator(
+        model,
+        strategy,
+        rounding_threshold_bits=rounding_threshold_bits,
+        block_rows=block_rows,
+        memory_budget=memory_budget,
+        verbose=verbose,
+        preprocess=preprocess,
+    )
+    return calibrator.run(data)

@@ -1,0 +1,370 @@
+"""QuantizedModule: a calibrated integer model and its clear forward (SPEC §6.2, §6.3).
+
+``forward`` = pre-processing → :meth:`QuantizedModule.quantize_input` →
+:meth:`QuantizedModule.quantized_forward` → :meth:`QuantizedModule.dequantize_output` →
+post-processing (the identity). ``fhe="disable"`` runs the ops' integer math in the clear on
+the whole batch; ``"simulate"`` and ``"execute"`` need a compiled circuit, which this module
+does not build yet (they raise NotCompiledError).
+
+A module is written to JSON with ``dump``/``dumps`` (versioned envelope, never pickle) and read
+back with ``QuantizedModule.load``/``loads``; circuits are not serialized.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from enum import Enum
+from typing import IO, Any
+
+import numpy as np
+
+from fhequant import serialization
+from fhequant.errors import (
+    DTypeError,
+    GraphInputError,
+    NotCompiledError,
+    QuantizationError,
+)
+from fhequant.quantization import QuantizedArray, UniformQuantizer
+
+__all__ = ["FheMode", "QuantizedModule"]
+
+_INT_DTYPES = (np.int64, np.int32, np.int16, np.int8)
+
+
+class FheMode(str, Enum):
+    """How the integer forward runs."""
+
+    DISABLE = "disable"
+    SIMULATE = "simulate"
+    EXECUTE = "execute"
+
+
+def _fhe_mode(fhe: Any) -> FheMode:
+    if isinstance(fhe, FheMode):
+        return fhe
+    if isinstance(fhe, Enum):
+        fhe = fhe.value
+    try:
+        return FheMode(fhe)
+    except ValueError:
+        raise GraphInputError(
+            f"fhe={fhe!r} is not a valid mode; use one of {[m.value for m in FheMode]}"
+        ) from None
+
+
+def _output_quantizer(op: Any) -> UniformQuantizer:
+    """QA(op.n_bits, None, value_is_float=False, stats, params).quantizer (SPEC §6.2)."""
+    return QuantizedArray(
+        op.n_bits,
+        None,
+        value_is_float=False,
+        stats=op.output_quant_stats,
+        params=op.output_quant_params,
+    ).quantizer
+
+
+class QuantizedModule(serialization.Serializable):
+    """An integer model built by the calibration walk.
+
+    Args:
+        ordered_module_input_names: the graph input names, in order.
+        ordered_module_output_names: the graph output names, in order.
+        quant_layers_dict: output name → (variable input names, quantized op), in ONNX order.
+        onnx_model: the ONNX model the module was built from (or None).
+        onnx_preprocessing: the ONNX pre-processing model (e.g. one-hot), or None.
+    """
+
+    def __init__(
+        self,
+        ordered_module_input_names: Sequence[str] | None = None,
+        ordered_module_output_names: Sequence[str] | None = None,
+        quant_layers_dict: dict[str, tuple[tuple[str, ...], Any]] | None = None,
+        onnx_model: Any = None,
+        onnx_preprocessing: Any = None,
+    ) -> None:
+        self.ordered_module_input_names = tuple(ordered_module_input_names or ())
+        self.ordered_module_output_names = tuple(ordered_module_output_names or ())
+        self.quant_layers_dict: dict[str, tuple[tuple[str, ...], Any]] = dict(
+            quant_layers_dict or {}
+        )
+        self._onnx_model = onnx_model
+        self.onnx_preprocessing = onnx_preprocessing
+        self.input_quantizers: list[UniformQuantizer | None] = []
+        self.output_quantizers: list[UniformQuantizer] = self._build_output_quantizers()
+        self.fhe_circuit: Any = None
+        self._is_compiled = False
+        self._post_processing_params: dict[str, Any] = {}
+        self._preprocess_fn: Any = None
+
+    # --- properties ----------------------------------------------------------------------
+
+    @property
+    def onnx_model(self) -> Any:
+        """The ONNX model the module was built from (None if not kept)."""
+        return self._onnx_model
+
+    @property
+    def is_compiled(self) -> bool:
+        """True once an FHE circuit was compiled."""
+        return self._is_compiled
+
+    def _build_output_quantizers(self) -> list[UniformQuantizer]:
+        quantizers = []
+        for name in self.ordered_module_output_names:
+            layer = self.quant_layers_dict.get(name)
+            if layer is None:
+                raise GraphInputError(
+                    f"graph output {name!r} is not produced by a quantized op; a module "
+                    "output must come from an op (not a constant or an input)"
+                )
+            quantizers.append(_output_quantizer(layer[1]))
+        return quantizers
+
+    def set_inputs_quantization_parameters(
+        self, *input_quantizers: UniformQuantizer | None
+    ) -> None:
+        """Set one quantizer per module input (None lets the input through unquantized).
+
+        Args:
+            *input_quantizers: the quantizers, in input order.
+        """
+        if len(input_quantizers) != len(self.ordered_module_input_names):
+            raise GraphInputError(
+                f"got {len(input_quantizers)} input quantizer(s) for "
+                f"{len(self.ordered_module_input_names)} module input(s) "
+                f"{list(self.ordered_module_input_names)}"
+            )
+        self.input_quantizers = list(input_quantizers)
+
+    # --- forward -------------------------------------------------------------------------
+
+    def _check_count(self, given: int, what: str) -> None:
+        expected = len(self.ordered_module_input_names)
+        if given != expected:
+            raise GraphInputError(
+                f"{what}: got {given} input(s) but the module takes {expected} "
+                f"({list(self.ordered_module_input_names)}); pass one array per input"
+            )
+
+    def pre_processing(self, *x: Any) -> tuple[Any, ...]:
+        """Apply the ONNX pre-processing (if any) and convert inputs to numpy.
+
+        Args:
+            *x: the float inputs.
+
+        Returns:
+            The pre-processed inputs.
+        """
+        from fhequant.quantized.streaming import as_numpy
+
+        arrays = tuple(as_numpy(v, "module input") for v in x)
+        if self._preprocess_fn is not None:
+            arrays = tuple(self._preprocess_fn(*arrays))
+        return arrays
+
+    def post_processing(self, values: Any) -> Any:
+        """The identity (post-processing hook of the sklearn-style wrappers).
+
+        Args:
+            values: the dequantized outputs.
+
+        Returns:
+            ``values`` unchanged.
+        """
+        return values
+
+    def forward(self, *x: Any, fhe: Any = "disable", debug: bool = False) -> Any:
+        """Quantize, run the integer model, dequantize.
+
+        Args:
+            *x: one float32/float64 array per input.
+            fhe: "disable" (clear integers), "simulate" or "execute" (need ``compile``).
+            debug: with fhe="disable", also return each op's prepared inputs and the mixing
+                ops' accumulators (op name → dict).
+
+        Returns:
+            The float64 output (a tuple if several), plus the debug dict when debug=True.
+        """
+        mode = _fhe_mode(fhe)
+        if debug and mode is not FheMode.DISABLE:
+            raise GraphInputError("debug=True works only with fhe='disable'")
+        arrays = self.pre_processing(*x)
+        self._check_count(len(arrays), "forward")
+        for name, arr in zip(self.ordered_module_input_names, arrays, strict=True):
+            if arr.dtype not in (np.float32, np.float64):
+                raise DTypeError(
+                    f"forward: input {name!r} has dtype {arr.dtype}; give float32 or float64 "
+                    "values (they are quantized by the module)"
+                )
+        q_x = self.quantize_input(*arrays)
+        q_x = q_x if isinstance(q_x, tuple) else (q_x,)
+        tracker: dict[str, dict[str, Any]] | None = {} if debug else None
+        q_y = self._quantized_forward(q_x, mode, tracker)
+        q_y = q_y if isinstance(q_y, tuple) else (q_y,)
+        y = self.dequantize_output(*q_y)
+        y = self.post_processing(y)
+        if debug:
+            return y, tracker
+        return y
+
+    __call__ = forward
+
+    def quantize_input(self, *x: Any, dtype: Any = np.int64) -> Any:
+        """Quantize each input with its module input quantizer (None passes it through).
+
+        Args:
+            *x: one float array per input.
+            dtype: the integer dtype of the result.
+
+        Returns:
+            The integers (a tuple if several inputs).
+        """
+        self._check_count(len(x), "quantize_input")
+        if len(self.input_quantizers) != len(x):
+            raise QuantizationError(
+                "quantize_input: the module has no input quantizers yet; build it with "
+                "build_quantized_module (or set_inputs_quantization_parameters)"
+            )
+        out = tuple(
+            v if q is None else q.quant(v, dtype=dtype)
+            for q, v in zip(self.input_quantizers, x, strict=True)
+        )
+        return out[0] if len(out) == 1 else out
+
+    def quantized_forward(self, *q_x: Any, fhe: Any = "disable") -> Any:
+        """Run the integer model.
+
+        Args:
+            *q_x: one int64/32/16/8 array per input.
+            fhe: "disable" runs the ops in the clear on the whole batch.
+
+        Returns:
+            The output integers (the raw accumulator for graph-output mixing ops), a tuple
+            if several outputs.
+        """
+        return self._quantized_forward(q_x, _fhe_mode(fhe), None)
+
+    def _quantized_forward(
+        self, q_x: tuple[Any, ...], mode: FheMode, tracker: dict[str, Any] | None
+    ) -> Any:
+        self._check_count(len(q_x), "quantized_forward")
+        for name, q in zip(self.ordered_module_input_names, q_x, strict=True):
+            dtype = np.asarray(q).dtype
+            if dtype.type not in _INT_DTYPES:
+                raise DTypeError(
+                    f"quantized_forward: input {name!r} has dtype {dtype}; give int64, int32, "
+                    "int16 or int8 values (from quantize_input)"
+                )
+        if mode is not FheMode.DISABLE:
+            if self.fhe_circuit is None:
+                raise NotCompiledError(
+                    f"quantized_forward(fhe={mode.value!r}) needs a compiled FHE circuit; "
+                    "call compile() first or use fhe='disable'"
+                )
+            raise NotCompiledError(  # pragma: no cover - compilation is not implemented
+                f"fhe={mode.value!r} is not available in this version"
+            )
+        return self._clear_forward(q_x, tracker)
+
+    def _clear_forward(self, q_x: tuple[Any, ...], tracker: dict[str, Any] | None) -> Any:
+        values: dict[str, Any] = {}
+        for name, q, quantizer in zip(
+            self.ordered_module_input_names, q_x, self.input_quantizers, strict=True
+        ):
+            if quantizer is None:
+                values[name] = q
+                continue
+            values[name] = QuantizedArray(
+                quantizer.n_bits,
+                np.asarray(q),
+                value_is_float=False,
+                options=quantizer.quant_options,
+                stats=quantizer.quant_stats,
+                params=quantizer.quant_params,
+            )
+        for out, (inputs, op) in self.quant_layers_dict.items():
+            if tracker is not None:
+                op.debug_value_tracker = tracker
+            try:
+                values[out] = op.q_impl(*(values[i] for i in inputs))
+            finally:
+                op.debug_value_tracker = None
+        outputs = tuple(
+            v.qvalues if isinstance(v, QuantizedArray) else v
+            for v in (values[n] for n in self.ordered_module_output_names)
+        )
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def dequantize_output(self, *q_y: Any) -> Any:
+        """scale·(q - zp) with each output quantizer (zp may be an array).
+
+        Args:
+            *q_y: one integer array per output.
+
+        Returns:
+            float64 values (a tuple if several outputs).
+        """
+        if len(q_y) != len(self.output_quantizers):
+            raise GraphInputError(
+                f"dequantize_output: got {len(q_y)} array(s) for "
+                f"{len(self.output_quantizers)} module output(s)"
+            )
+        out = tuple(q.dequant(v) for q, v in zip(self.output_quantizers, q_y, strict=True))
+        return out[0] if len(out) == 1 else out
+
+    # --- serialization (SPEC §6.3) -------------------------------------------------------
+
+    def dump_dict(self) -> dict[str, Any]:
+        """The module's fields in the order of SPEC §6.3."""
+        return {
+            "_is_compiled": self._is_compiled,
+            "input_quantizers": self.input_quantizers,
+            "output_quantizers": self.output_quantizers,
+            "_onnx_model": self._onnx_model,
+            "_post_processing_params": self._post_processing_params,
+            "ordered_module_input_names": tuple(self.ordered_module_input_names),
+            "ordered_module_output_names": tuple(self.ordered_module_output_names),
+            "quant_layers_dict": {
+                name: (tuple(inputs), op) for name, (inputs, op) in self.quant_layers_dict.items()
+            },
+            "onnx_preprocessing": self.onnx_preprocessing,
+        }
+
+    @classmethod
+    def load_dict(cls, metadata: dict[str, Any]) -> QuantizedModule:
+        """Rebuild a module from decoded ``dump_dict`` fields (circuits are not restored).
+
+        Args:
+            metadata: the decoded fields.
+
+        Returns:
+            The module, ready for fhe="disable".
+        """
+        layers = {
+            name: (tuple(entry[0]), entry[1])
+            for name, entry in metadata["quant_layers_dict"].items()
+        }
+        module = cls(
+            metadata["ordered_module_input_names"],
+            metadata["ordered_module_output_names"],
+            layers,
+            metadata["_onnx_model"],
+            metadata["onnx_preprocessing"],
+        )
+        module.input_quantizers = list(metadata["input_quantizers"])
+        module.output_quantizers = list(metadata["output_quantizers"])
+        return module
+
+    def dump(self, file: IO[str]) -> None:
+        """Write the module to a text file (versioned JSON envelope).
+
+        Args:
+            file: an open text file.
+        """
+        serialization.dump(self, file)
+
+    def dumps(self) -> str:
+        """The module as versioned JSON text."""
+        return json.dumps(serialization.wrap_versioned(self), ensure_ascii=True, allow_nan=True)

@@ -1,0 +1,594 @@
+"""Base classes of the quantized ops (SPEC §2) and the contract the PTQ walk relies on.
+
+An op wraps the float implementation of one ONNX op type (``_impl_for_op_named``; its
+metadata, a :class:`~fhequant.quantized.ops.float_specs.FloatOpSpec`, says which inputs exist,
+which are raw and which attributes it takes). The PTQ walk (``fhequant.quantized.module``,
+SPEC §4) uses exactly this API:
+
+Construction
+    ``QuantizedX(n_bits_output, op_instance_name, int_input_names=None, constant_inputs=None,
+    input_quant_opts=None, **attrs)``; mixing ops (``QuantizedMixingOp``) also take
+    ``rounding_threshold_bits=None`` (normalised, §2.4). ``n_bits_output`` is model_outputs.
+    ``constant_inputs`` maps an input index or name (digit strings accepted) to a
+    QuantizedArray (a processed initializer) or a raw numpy value. Errors: QuantizedOpError
+    (a ValueError) for unknown attributes/constants and for invalid attribute values.
+
+Class-level queries (no instance needed)
+    ``must_quantize_input(index) -> bool``: False for raw inputs (shapes, axes, indices...),
+        which the walk must leave as plain arrays instead of calling _process_initializer.
+    ``quantize_inputs_with_model_outputs_precision: bool``: the op's input_quant_opts use
+        model_outputs bits instead of op_inputs (§3.0).
+    ``is_mixing``: True for ops that accept rounding_threshold_bits.
+
+Instance state
+    ``n_bits`` (int), ``op_instance_name`` (str), ``int_input_names`` (set[str], the encrypted
+    producers), ``constant_inputs`` (dict[int, Any]), ``input_quant_opts``
+    (QuantizationOptions), ``attrs`` (dict), ``output_quant_opts`` (QuantizationOptions, the
+    options of every QuantizedArray the op returns), ``output_quant_params`` /
+    ``output_quant_stats`` (None until ``calibrate``; the walk may overwrite them, e.g. with a
+    graph-output Gemm's (m, out_zp)), ``produces_graph_output`` (bool, set by the walk before
+    the q_impl calibration pass), ``lsbs_to_remove`` (dict[str, int]) and
+    ``rounding_threshold_bits`` (None or {"n_bits": k, "method": Exactness}) on mixing ops,
+    ``error_tracker`` (None or a list: QAT import sets a list and the op appends the names of
+    inputs it had to re-quantize with QAT options, §4.5), ``debug_value_tracker`` (None or a
+    dict: when set, q_impl stores its prepared inputs and, for mixing ops, the integer
+    accumulator under ``debug_value_tracker[op_instance_name]``).
+
+``can_fuse() -> bool``
+    True when the op is a float TLU of a single encrypted tensor; such an op takes
+    ``.values`` (unquantized floats) of its inputs.
+
+``calibrate(*inputs) -> np.ndarray``
+    ``inputs`` are the variable inputs in order: float arrays, QuantizedArrays (their
+    ``.values`` are used) or raw arrays. Runs the float implementation, sets
+    ``output_quant_stats`` and ``output_quant_params`` from QA(n_bits, raw) (unsigned,
+    asymmetric; raw outputs skip this) and returns the raw float result.
+
+``q_impl(*q_inputs, calibrate_rounding=False, **attrs) -> QuantizedArray | np.ndarray``
+    ``q_inputs`` are the variable inputs: QuantizedArrays for tensors, raw arrays for raw
+    inputs. Returns a QuantizedArray (for graph-output Gemm/Conv/Add/Mul/Div/ReduceSum one
+    whose qvalues are the raw accumulator and whose params carry the rescale), or a raw array
+    when every input is raw or the op has a raw output. ``calibrate_rounding=True`` (mixing
+    ops, PTQ pass only) updates ``lsbs_to_remove``. Raises NotCalibratedError when a
+    quantized output is needed before ``calibrate``. ``attrs`` override ``self.attrs`` for
+    this call only.
+
+Integer math goes through an executor (``fhequant.quantized.ops.executors``): the clear one
+outside tracing, the tracing one (concrete.fhe calls) when an input is a concrete Tracer or
+when selected with ``use_executor``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fhequant.errors import (
+    InvalidOptionKeyError,
+    NotCalibratedError,
+    QuantizedOpError,
+    UnsupportedOptionError,
+)
+from fhequant.quantization import (
+    QuantizationOptions,
+    QuantizedArray,
+    UniformQuantizationParameters,
+)
+from fhequant.quantized.ops.executors import Executor, executor_for, fhe_module, is_tracer
+from fhequant.quantized.ops.float_specs import FloatOpSpec, float_spec
+
+__all__ = [
+    "DEFAULT_MODEL_BITS",
+    "QuantizedMixingOp",
+    "QuantizedOp",
+    "compute_bits_precision",
+    "normalize_rounding_threshold_bits",
+]
+
+DEFAULT_MODEL_BITS = 5
+
+ROUNDING_IDS = (
+    "matmul",
+    "add",
+    "sub",
+    "input0_q_values_copy",
+    "input1_q_values_copy",
+    "product_q_values",
+    "single_rounding_op",
+)
+
+
+def _zp_is_scalar(zero_point: Any) -> bool:
+    return np.ndim(zero_point) == 0
+
+
+def quantized_values_copy(qa: QuantizedArray, qvalues: Any = None) -> QuantizedArray:
+    """A new QuantizedArray holding qvalues (default: qa's) with qa's options, stats, params."""
+    q = qa.quantizer
+    return QuantizedArray(
+        q.n_bits,
+        qa.qvalues if qvalues is None else qvalues,
+        value_is_float=False,
+        options=q.quant_options,
+        stats=q.quant_stats,
+        params=q.quant_params,
+    )
+
+
+class QuantizedOp:
+    """A quantized ONNX op: float calibration plus integer inference (SPEC §2).
+
+    Args:
+        n_bits_output: bits of the output quantizer (PTQ passes model_outputs).
+        op_instance_name: the ONNX node name (used in error messages and circuit tags).
+        int_input_names: names of the encrypted tensors the op depends on through fusable
+            ops; default {"0"}.
+        constant_inputs: constant inputs keyed by index or input name.
+        input_quant_opts: options used to (re-)quantize the inputs; default
+            QuantizationOptions(n_bits_output, is_signed=True).
+        **attrs: ONNX attributes; missing ones take the float implementation's defaults.
+    """
+
+    _impl_for_op_named: ClassVar[str] = ""
+    quantize_inputs_with_model_outputs_precision: ClassVar[bool] = False
+    is_mixing: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        n_bits_output: int,
+        op_instance_name: str,
+        int_input_names: set[str] | None = None,
+        constant_inputs: dict[str, Any] | dict[int, Any] | None = None,
+        input_quant_opts: QuantizationOptions | None = None,
+        **attrs: Any,
+    ) -> None:
+        spec = self.spec()
+        self.n_bits = n_bits_output
+        self.op_instance_name = op_instance_name
+        self._int_input_names: set[str] = {"0"} if int_input_names is None else set(int_input_names)
+        self.constant_inputs: dict[int, Any] = self._index_constants(constant_inputs, spec)
+        self.input_quant_opts: QuantizationOptions = (
+            copy.deepcopy(input_quant_opts)
+            if input_quant_opts is not None
+            else QuantizationOptions(n_bits_output, is_signed=True)
+        )
+        unknown = sorted(set(attrs) - set(spec.attr_defaults))
+        if unknown:
+            raise QuantizedOpError(
+                f"{self._label()}: unknown attribute(s) {unknown}; valid attributes are "
+                f"{sorted(spec.attr_defaults)}"
+            )
+        self.attrs: dict[str, Any] = {**copy.deepcopy(dict(spec.attr_defaults)), **attrs}
+        self.output_quant_params: UniformQuantizationParameters | None = None
+        self.output_quant_stats: Any = None
+        self.produces_graph_output = False
+        self.error_tracker: list[str] | None = None
+        self.debug_value_tracker: dict[str, dict[str, Any]] | None = None
+        if self.can_fuse():
+            self.input_quant_opts.is_qat = False
+        self.output_quant_opts = self._make_output_quant_opts()
+
+    # --- metadata -------------------------------------------------------------------------
+
+    @classmethod
+    def spec(cls) -> FloatOpSpec:
+        """The float implementation's metadata (inputs, attribute defaults, raw inputs)."""
+        return float_spec(cls._impl_for_op_named)
+
+    @classmethod
+    def must_quantize_input(cls, input_index: int) -> bool:
+        """Whether the input at this index is a tensor to quantize (False for raw inputs)."""
+        return input_index not in cls.spec().raw_inputs
+
+    @property
+    def int_input_names(self) -> set[str]:
+        """The encrypted tensors this op depends on through fusable ops."""
+        return self._int_input_names
+
+    @int_input_names.setter
+    def int_input_names(self, names: set[str]) -> None:
+        self._int_input_names = set(names)
+
+    def _label(self) -> str:
+        return f"{type(self).__name__} '{self.op_instance_name}'"
+
+    def _index_constants(
+        self, constant_inputs: dict[str, Any] | dict[int, Any] | None, spec: FloatOpSpec
+    ) -> dict[int, Any]:
+        if not constant_inputs:
+            return {}
+        names = spec.input_names
+        out: dict[int, Any] = {}
+        for key, value in constant_inputs.items():
+            is_index = isinstance(key, (int, np.integer)) and not isinstance(key, bool)
+            if is_index or (isinstance(key, str) and key.isdigit()):
+                idx = int(key)
+            elif isinstance(key, str) and key in names:
+                idx = names.index(key)
+            else:
+                raise QuantizedOpError(
+                    f"{self._label()}: unknown constant input {key!r}; valid inputs are "
+                    f"{list(names)} or their indices"
+                )
+            if not spec.variadic and idx >= len(names):
+                raise QuantizedOpError(
+                    f"{self._label()}: constant input index {idx} is out of range; the op "
+                    f"takes the inputs {list(names)}"
+                )
+            out[idx] = value
+        return out
+
+    def can_fuse(self) -> bool:
+        """True if the op is a float TLU of one encrypted tensor (fusable)."""
+        return True
+
+    def _make_output_quant_opts(self) -> QuantizationOptions:
+        opts = copy.deepcopy(self.input_quant_opts)
+        if self.can_fuse():
+            opts.is_qat = False
+        return opts
+
+    def _get_output_quant_opts(self) -> QuantizationOptions:
+        return self.output_quant_opts
+
+    # --- the float implementation ---------------------------------------------------------
+
+    def call_impl(self, *inputs: Any, **attrs: Any) -> Any:
+        """Run the float implementation; it must give exactly one output."""
+        out = self.spec().impl(*inputs, **attrs)
+        if isinstance(out, tuple):
+            if len(out) != 1:
+                raise QuantizedOpError(
+                    f"{self._label()}: the op has {len(out)} outputs; quantized ops must have "
+                    "exactly one"
+                )
+            out = out[0]
+        return out
+
+    def _merged_attrs(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        return {**self.attrs, **attrs} if attrs else self.attrs
+
+    # --- inputs ---------------------------------------------------------------------------
+
+    def _slot_inputs(self, inputs: tuple[Any, ...]) -> list[Any]:
+        """Constants fill their slots first; variable inputs fill the rest, in order."""
+        spec = self.spec()
+        total = len(inputs) + len(self.constant_inputs)
+        if total < spec.n_required or (not spec.variadic and total > len(spec.input_names)):
+            expected = (
+                f"at least {spec.n_required}"
+                if spec.variadic
+                else (
+                    f"{spec.n_required}"
+                    if spec.n_required == len(spec.input_names)
+                    else f"{spec.n_required} to {len(spec.input_names)}"
+                )
+            )
+            raise QuantizedOpError(
+                f"{self._label()}: got {len(inputs)} variable input(s) and "
+                f"{len(self.constant_inputs)} constant(s), {total} in all; the op expects "
+                f"{expected} inputs ({list(spec.input_names)})"
+            )
+        slots: list[Any] = [None] * total
+        filled = [False] * total
+        for idx, value in self.constant_inputs.items():
+            if idx >= total:
+                raise QuantizedOpError(
+                    f"{self._label()}: constant input {idx} is past the {total} inputs given"
+                )
+            slots[idx] = value
+            filled[idx] = True
+        it = iter(inputs)
+        for i in range(total):
+            if not filled[i]:
+                slots[i] = next(it)
+        return slots
+
+    def _prepare_inputs_with_constants(
+        self,
+        *inputs: Any,
+        calibrate: bool,
+        quantize_actual_values: bool,
+    ) -> list[Any]:
+        """Build the full input list (SPEC §2.2).
+
+        Args:
+            inputs: the variable inputs.
+            calibrate: float path: QuantizedArrays give their ``.values``.
+            quantize_actual_values: integer path of mixing and shape ops: constants stay
+                QuantizedArrays and variable QuantizedArrays follow the re-quantization rule.
+
+        Returns:
+            One entry per input slot.
+        """
+        slots = self._slot_inputs(inputs)
+        out: list[Any] = []
+        for i, value in enumerate(slots):
+            if not isinstance(value, QuantizedArray):
+                out.append(value)
+            elif calibrate or not quantize_actual_values:
+                out.append(value.values)
+            elif i in self.constant_inputs:
+                out.append(value)
+            else:
+                out.append(self._requantize(value, i))
+        return out
+
+    def _requantize(self, inp: QuantizedArray, index: int) -> QuantizedArray:
+        """The re-quantization rule at a non-fusable input (SPEC §2.2)."""
+        opts = self.input_quant_opts
+        qz = inp.quantizer
+        scalar_zp = _zp_is_scalar(qz.zero_point)
+        if scalar_zp and (
+            opts.is_equal(qz.quant_options, ignore_sign_qat=True) or qz.is_precomputed_qat
+        ):
+            return quantized_values_copy(inp)
+        if opts.is_qat and self.error_tracker is not None and not qz.is_precomputed_qat:
+            self.error_tracker.append(str(index))
+        return QuantizedArray(
+            opts.n_bits,
+            inp.values,
+            options=opts,
+            stats=qz.quant_stats,
+            params=qz.quant_params if qz.is_qat and scalar_zp else None,
+        )
+
+    def _track(self, key: str, value: Any) -> None:
+        if self.debug_value_tracker is not None:
+            self.debug_value_tracker.setdefault(self.op_instance_name, {})[key] = value
+
+    # --- calibration and inference --------------------------------------------------------
+
+    def _is_raw_output(self) -> bool:
+        return self.spec().raw_output
+
+    def calibrate(self, *inputs: Any) -> Any:
+        """Run the float op on calibration data and set the output quantizer (SPEC §2.3).
+
+        Args:
+            *inputs: the variable inputs (floats, QuantizedArrays or raw arrays).
+
+        Returns:
+            The float result of the op.
+        """
+        prepared = self._prepare_inputs_with_constants(
+            *inputs, calibrate=True, quantize_actual_values=False
+        )
+        raw = self.call_impl(*prepared, **self.attrs)
+        if self._is_raw_output():
+            return raw
+        self._set_output_quantizer(self._calibration_values(raw, prepared))
+        return raw
+
+    def _calibration_values(self, raw: Any, prepared: list[Any]) -> Any:
+        """The values the output statistics are computed on (BatchNorm clips them)."""
+        return raw
+
+    def _set_output_quantizer(self, raw: Any) -> None:
+        samples = QuantizedArray(self.n_bits, np.asarray(raw))
+        self.output_quant_params = samples.quantizer.quant_params
+        self.output_quant_stats = samples.quantizer.quant_stats
+
+    def _check_calibrated(self) -> None:
+        if self.output_quant_params is None:
+            raise NotCalibratedError(
+                f"{self._label()} has no output quantizer: call calibrate() (or quantize the "
+                "module) before running it"
+            )
+
+    def _calibrated_params(self) -> UniformQuantizationParameters:
+        self._check_calibrated()
+        assert self.output_quant_params is not None  # for mypy: _check_calibrated raised
+        return self.output_quant_params
+
+    def make_output_quant_array(self, values: Any) -> QuantizedArray:
+        """Quantize float results with the calibrated output quantizer."""
+        self._check_calibrated()
+        return QuantizedArray(
+            self.n_bits,
+            values,
+            value_is_float=True,
+            options=self._get_output_quant_opts(),
+            stats=self.output_quant_stats,
+            params=self.output_quant_params,
+        )
+
+    def make_raw_accumulator_array(self, acc: Any, scale: Any, zero_point: Any) -> QuantizedArray:
+        """A graph-output QuantizedArray holding the raw accumulator with its rescale."""
+        self._check_calibrated()
+        params = UniformQuantizationParameters(scale=scale, zero_point=zero_point, offset=0)
+        return QuantizedArray(
+            self.n_bits,
+            acc,
+            value_is_float=False,
+            options=self._get_output_quant_opts(),
+            stats=self.output_quant_stats,
+            params=params,
+        )
+
+    def q_impl(self, *q_inputs: Any, calibrate_rounding: bool = False, **attrs: Any) -> Any:
+        """Run the op on quantized inputs: by default a float TLU of ``.values`` (SPEC §2.3).
+
+        Args:
+            *q_inputs: the variable inputs (QuantizedArrays, or raw arrays).
+            calibrate_rounding: unused by univariate ops.
+            **attrs: attribute overrides for this call.
+
+        Returns:
+            A QuantizedArray at n_bits, or the raw result if every input is raw.
+        """
+        prepared = self._prepare_inputs_with_constants(
+            *q_inputs, calibrate=False, quantize_actual_values=False
+        )
+        self._track("prepared_inputs", prepared)
+        f = self.call_impl(*prepared, **self._merged_attrs(attrs))
+        if self._is_raw_output() or not any(isinstance(q, QuantizedArray) for q in q_inputs):
+            return f
+        return self.make_output_quant_array(f)
+
+    # --- misc -----------------------------------------------------------------------------
+
+    def executor(self, *arrays: Any) -> Executor:
+        """The executor for these operands (tracing if any is a concrete Tracer)."""
+        return executor_for(*arrays)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n_bits={self.n_bits}, name={self.op_instance_name!r})"
+
+
+# --- rounding ---------------------------------------------------------------------------------
+
+
+def compute_bits_precision(lo: int, hi: int) -> int:
+    """Bits needed to hold every integer in [lo, hi] (SPEC §2.4).
+
+    Args:
+        lo: the minimum.
+        hi: the maximum.
+
+    Returns:
+        The larger of the widths of the two ends; a positive end gets one more bit when
+        lo < 0 (the sign bit).
+    """
+
+    def width(v: int) -> int:
+        if v == 0:
+            return 1
+        if v < 0:
+            return (-v - 1).bit_length() + 1
+        return v.bit_length() + (1 if lo < 0 else 0)
+
+    return max(width(int(lo)), width(int(hi)))
+
+
+def _exactness(name: Any, op_label: str) -> Any:
+    Exactness = fhe_module().Exactness
+
+    if isinstance(name, Exactness):
+        return name
+    if isinstance(name, str) and name.upper() in ("EXACT", "APPROXIMATE"):
+        return Exactness[name.upper()]
+    raise QuantizedOpError(
+        f"{op_label}: rounding method {name!r} is not valid; use 'EXACT' or 'APPROXIMATE' "
+        "(or a concrete.fhe.Exactness)"
+    )
+
+
+def normalize_rounding_threshold_bits(value: Any, op_label: str = "rounding_threshold_bits") -> Any:
+    """Normalise rounding_threshold_bits to None or {"n_bits": k, "method": Exactness}.
+
+    Args:
+        value: None, an int, or a dict with keys among "n_bits" and "method".
+        op_label: what to name in error messages.
+
+    Returns:
+        None or the normalised dict.
+
+    Raises:
+        InvalidOptionKeyError: (a KeyError) unknown dict keys.
+        UnsupportedOptionError: (a NotImplementedError) n_bits == "auto".
+        QuantizedOpError: (a ValueError) any other invalid value.
+    """
+    if value is None:
+        return None
+    method: Any = "EXACT"
+    if isinstance(value, dict):
+        allowed = {"n_bits", "method"}
+        invalid = sorted(set(value) - allowed)
+        if invalid:
+            raise InvalidOptionKeyError(
+                f"{op_label}: invalid rounding_threshold_bits key(s) {invalid}; allowed keys "
+                f"are {sorted(allowed)}"
+            )
+        n_bits = value.get("n_bits")
+        method = value.get("method", "EXACT")
+    elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        n_bits = value
+    else:
+        raise QuantizedOpError(
+            f"{op_label}: rounding_threshold_bits must be None, an int or a dict with "
+            f"'n_bits' and 'method', got {type(value).__name__} {value!r}"
+        )
+    if isinstance(n_bits, str) and n_bits == "auto":
+        raise UnsupportedOptionError(
+            f"{op_label}: rounding_threshold_bits n_bits='auto' is not implemented; give an "
+            "int in [2, 8]"
+        )
+    if not isinstance(n_bits, (int, np.integer)) or isinstance(n_bits, bool):
+        raise QuantizedOpError(
+            f"{op_label}: rounding_threshold_bits n_bits must be an int in [2, 8], got {n_bits!r}"
+        )
+    exactness = _exactness(method, op_label)
+    if not 2 <= int(n_bits) <= 8:
+        raise QuantizedOpError(
+            f"{op_label}: rounding_threshold_bits n_bits must be in [2, 8], got {int(n_bits)}"
+        )
+    return {"n_bits": int(n_bits), "method": exactness}
+
+
+class QuantizedMixingOp(QuantizedOp):
+    """A non-fusable op mixing encrypted values; it can round its accumulators (SPEC §2.4).
+
+    Args:
+        *args: as for QuantizedOp.
+        rounding_threshold_bits: None, an int or {"n_bits": k, "method": ...}.
+        **kwargs: as for QuantizedOp.
+    """
+
+    is_mixing: ClassVar[bool] = True
+
+    def __init__(self, *args: Any, rounding_threshold_bits: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rounding_threshold_bits = normalize_rounding_threshold_bits(
+            rounding_threshold_bits, self._label()
+        )
+        self.lsbs_to_remove: dict[str, int] = {}
+
+    def can_fuse(self) -> bool:
+        """Mixing ops never fuse."""
+        return False
+
+    def cnp_round(
+        self,
+        x: Any,
+        calibrate_rounding: bool,
+        rounding_operation_id: str = "single_rounding_op",
+    ) -> Any:
+        """Round an integer accumulator to the rounding threshold (SPEC §2.4).
+
+        Args:
+            x: the int64 accumulator (array or tracer).
+            calibrate_rounding: update lsbs_to_remove from the range of x first.
+            rounding_operation_id: which accumulator of the op this is.
+
+        Returns:
+            x with its lsbs_to_remove low bits rounded (ties up), or x unchanged.
+        """
+        if calibrate_rounding and self.rounding_threshold_bits is not None:
+            if is_tracer(x):
+                raise QuantizedOpError(
+                    f"{self._label()}: rounding cannot be calibrated while tracing; calibrate "
+                    "on clear data first"
+                )
+            arr = np.asarray(x)
+            width = compute_bits_precision(int(arr.min()), int(arr.max()))
+            target = int(self.rounding_threshold_bits["n_bits"])
+            prev = self.lsbs_to_remove.get(rounding_operation_id, 0)
+            self.lsbs_to_remove[rounding_operation_id] = max(prev, width - target)
+        lsbs = self.lsbs_to_remove.get(rounding_operation_id, 0)
+        if lsbs > 0:
+            method = (
+                self.rounding_threshold_bits["method"]
+                if self.rounding_threshold_bits is not None
+                else None
+            )
+            x = self.executor(x).round_bit_pattern(x, lsbs, method)
+        return x
+
+
+def tlu_apply(ex: Executor, x: Any, fn: Callable[[Any], Any]) -> Any:
+    """Apply a float function of one integer tensor as a table lookup."""
+    return ex.tlu(x, fn)

@@ -1,0 +1,280 @@
+"""Gemm, MatMul and Conv with zero-point correction (SPEC §3.1, §3.2).
+
+With x = s_x(q_x - z_x) and w = s_w(q_w - z_w), Jacob et al. 2018 (Eq. 7):
+
+    Σ_k x_k w_k = s_x s_w [Σ q_x q_w - z_w Σ q_x - z_x Σ q_w + p z_x z_w]
+
+The integer part Σ q_x q_w - z_w Σ q_x is the accumulator (it depends on encrypted data);
+z_x Σ q_w ("sum_w") and p z_x z_w ("final") are constants, applied in float64 after the
+optional rounding. p is the true inner dimension (after transB) [FIX a].
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeGuard
+
+import numpy as np
+
+from fhequant.errors import QuantizedOpError
+from fhequant.quantization import QuantizedArray
+from fhequant.quantized.ops.base import QuantizedMixingOp
+
+__all__ = ["QuantizedConv", "QuantizedGemm", "QuantizedMatMul"]
+
+
+def _values(v: Any) -> Any:
+    return v.values if isinstance(v, QuantizedArray) else v
+
+
+def _qvalues(v: Any) -> Any:
+    return v.qvalues if isinstance(v, QuantizedArray) else v
+
+
+def _check_bias_scale(op: QuantizedMixingOp, q_bias: QuantizedArray, m: Any) -> None:
+    s_b = q_bias.quantizer.scale
+    if not np.all(np.isclose(s_b, m)):
+        raise QuantizedOpError(
+            f"{op._label()}: the QAT bias scale {s_b!r} differs from input scale x weight "
+            f"scale {m!r}; quantize the bias with scale s_x·s_w"
+        )
+
+
+def _is_qat_bias(q_bias: Any) -> TypeGuard[QuantizedArray]:
+    return isinstance(q_bias, QuantizedArray) and bool(q_bias.quantizer.is_precomputed_qat)
+
+
+class QuantizedGemm(QuantizedMixingOp):
+    """Y = op(A) @ op(B) + C with alpha == 1 and beta ∈ {0, 1} (SPEC §3.1)."""
+
+    _impl_for_op_named = "Gemm"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        alpha = self.attrs.get("alpha", 1.0)
+        beta = self.attrs.get("beta", 1.0)
+        if alpha != 1:
+            raise QuantizedOpError(
+                f"{self._label()}: alpha={alpha} is not supported; only alpha == 1 is"
+            )
+        if beta not in (0, 1):
+            raise QuantizedOpError(
+                f"{self._label()}: beta={beta} is not supported; only beta 0 or 1 is"
+            )
+        weights = self.constant_inputs.get(1)
+        if weights is not None:
+            rank = np.ndim(_values(weights))
+            if rank not in (2, 3):
+                raise QuantizedOpError(
+                    f"{self._label()}: weights of rank {rank} are not supported; use rank 2 or 3"
+                )
+
+    def q_impl(self, *q_inputs: Any, calibrate_rounding: bool = False, **attrs: Any) -> Any:
+        """Integer matmul with zero-point correction, then rescale (SPEC §3.1).
+
+        Args:
+            *q_inputs: the encrypted input (and the weights when they are encrypted).
+            calibrate_rounding: update lsbs_to_remove from this batch.
+            **attrs: attribute overrides.
+
+        Returns:
+            A QuantizedArray: at a graph output the raw accumulator with params
+            (s_x s_w, out_zp, 0), else the calibrated output quantization of the floats.
+        """
+        attrs = self._merged_attrs(attrs)
+        prepared = self._prepare_inputs_with_constants(
+            *q_inputs, calibrate=False, quantize_actual_values=True
+        )
+        self._track("prepared_inputs", prepared)
+        q_x, q_w = prepared[0], prepared[1]
+        q_bias = prepared[2] if len(prepared) > 2 and attrs.get("beta", 1) != 0 else None
+        a = q_x.qvalues
+        b = q_w.qvalues
+        if attrs.get("transA", 0):
+            a = np.swapaxes(a, -1, -2)
+        if attrs.get("transB", 0):
+            b = np.swapaxes(b, -1, -2)
+        if 1 not in self.constant_inputs:
+            return self._encrypted_gemm(a, b, q_x, q_w, q_bias, calibrate_rounding)
+
+        z_x = q_x.quantizer.zero_point
+        z_w = q_w.quantizer.zero_point
+        m = q_x.quantizer.scale * q_w.quantizer.scale
+        p = b.shape[-2]
+        ex = self.executor(a)
+        acc = ex.matmul(a, b, z_w)
+        sum_w = z_x * np.sum(b, axis=-2, keepdims=True)
+        final = p * z_x * z_w
+        if self.produces_graph_output:
+            self._track("accumulator", acc)
+            out_zp = sum_w - final
+            if q_bias is not None:
+                out_zp = out_zp + _values(q_bias) / (-m)
+            return self.make_raw_accumulator_array(acc, m, out_zp)
+
+        qat_bias = _is_qat_bias(q_bias)
+        if _is_qat_bias(q_bias):
+            _check_bias_scale(self, q_bias, m)
+            acc = acc + q_bias.qvalues
+        acc = self.cnp_round(acc, calibrate_rounding, "matmul")
+        self._track("accumulator", acc)
+        v = acc.astype(np.float64) + final - sum_w
+        v = m * v
+        if q_bias is not None and not qat_bias:
+            v = v + _values(q_bias)
+        return self.make_output_quant_array(v)
+
+    def _encrypted_gemm(
+        self,
+        a: Any,
+        b: Any,
+        q_x: QuantizedArray,
+        q_w: QuantizedArray,
+        q_bias: Any,
+        calibrate_rounding: bool,
+    ) -> QuantizedArray:
+        """Encrypted x encrypted: products as ⌊(x+y)²/4⌋ - ⌊(x-y)²/4⌋ (SPEC §3.1)."""
+        z_x = q_x.quantizer.zero_point
+        z_w = q_w.quantizer.zero_point
+        m = q_x.quantizer.scale * q_w.quantizer.scale
+        p = b.shape[-2]
+        ex = self.executor(a, b)
+        x = a.reshape((*a.shape, 1))
+        y = b.reshape((*b.shape[:-2], 1, *b.shape[-2:]))
+        add = self.cnp_round(x + y, calibrate_rounding, "add")
+        sub = self.cnp_round(x - y, calibrate_rounding, "sub")
+        prod = ex.tlu(add, _quarter_square) - ex.tlu(sub, _quarter_square)
+        acc = np.sum(ex.copy(prod), axis=-2)
+        if z_w != 0:
+            acc = acc - z_w * np.sum(a, axis=-1, keepdims=True)
+        sum_w = z_x * np.sum(b, axis=-2, keepdims=True)
+        final = p * z_x * z_w
+        acc = acc + final - sum_w
+        acc = self.cnp_round(acc, calibrate_rounding, "matmul")
+        self._track("accumulator", acc)
+        v = m * acc.astype(np.float64)
+        if q_bias is not None:
+            v = v + _values(q_bias)
+        return self.make_output_quant_array(v)
+
+
+def _quarter_square(v: Any) -> Any:
+    return (v.astype(np.float64) ** 2 / 4.0).astype(np.int64)
+
+
+class QuantizedMatMul(QuantizedGemm):
+    """A @ B: a Gemm without transposes or bias."""
+
+    _impl_for_op_named = "MatMul"
+
+
+class QuantizedConv(QuantizedMixingOp):
+    """1-D or 2-D convolution, dilation 1, padded with the input zero point (SPEC §3.2)."""
+
+    _impl_for_op_named = "Conv"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        dil = self.attrs.get("dilations")
+        if dil is not None and any(int(d) != 1 for d in dil):
+            raise QuantizedOpError(
+                f"{self._label()}: dilations={list(dil)} are not supported; use dilation 1"
+            )
+        if self.attrs.get("auto_pad", "NOTSET") != "NOTSET":
+            raise QuantizedOpError(
+                f"{self._label()}: auto_pad={self.attrs['auto_pad']!r} is not supported; "
+                "give explicit pads (auto_pad NOTSET)"
+            )
+        weights = self.constant_inputs.get(1)
+        if weights is not None and np.ndim(_values(weights)) not in (3, 4):
+            raise QuantizedOpError(
+                f"{self._label()}: weights of rank {np.ndim(_values(weights))} are not "
+                "supported; only 1-D and 2-D convolutions are"
+            )
+        if weights is None:
+            raise QuantizedOpError(
+                f"{self._label()}: the weights must be a constant input; encrypted weights are "
+                "not supported"
+            )
+
+    def _geometry(self, ndim_kernel: int) -> tuple[list[int], list[int]]:
+        strides = self.attrs.get("strides") or [1] * ndim_kernel
+        pads = self.attrs.get("pads") or [0] * (2 * ndim_kernel)
+        if ndim_kernel == 1:
+            return [1, int(strides[0])], [0, int(pads[0]), 0, int(pads[1])]
+        return [int(s) for s in strides], [int(v) for v in pads]
+
+    def q_impl(self, *q_inputs: Any, calibrate_rounding: bool = False, **attrs: Any) -> Any:
+        """Integer conv with zero-point correction, then rescale (SPEC §3.2).
+
+        Args:
+            *q_inputs: the encrypted input.
+            calibrate_rounding: update lsbs_to_remove from this batch.
+            **attrs: attribute overrides.
+
+        Returns:
+            A QuantizedArray: at a graph output the raw accumulator with params
+            (s_x s_w, zp array, 0), else the calibrated output quantization of the floats.
+        """
+        prepared = self._prepare_inputs_with_constants(
+            *q_inputs, calibrate=False, quantize_actual_values=True
+        )
+        self._track("prepared_inputs", prepared)
+        q_x, q_w = prepared[0], prepared[1]
+        q_bias = prepared[2] if len(prepared) > 2 else None
+        z_x = q_x.quantizer.zero_point
+        z_w = q_w.quantizer.zero_point
+        if np.ndim(z_x) != 0:
+            raise QuantizedOpError(
+                f"{self._label()}: the input zero point must be a scalar, got an array of "
+                f"shape {np.shape(z_x)}; re-quantize the input"
+            )
+        if np.ndim(z_w) != 0 or float(z_w) != int(z_w):
+            raise QuantizedOpError(
+                f"{self._label()}: the weight zero point must be an integer, got {z_w!r}"
+            )
+        w = np.asarray(q_w.qvalues)
+        x = q_x.qvalues
+        is_1d = w.ndim == 3
+        strides, pads = self._geometry(w.ndim - 2)
+        if is_1d:
+            w = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
+            x = x.reshape(x.shape[0], x.shape[1], 1, x.shape[2])
+        n_out = w.shape[0]
+        ex = self.executor(x)
+        acc = ex.conv(
+            x,
+            w,
+            strides=strides,
+            pads=pads,
+            pad_value=int(z_x),
+            group=int(self.attrs.get("group", 1)),
+            z_w=int(z_w),
+        )
+        n_w = int(np.prod(w.shape[1:]))
+        # per-channel constants in the accumulator's layout ((1, O, 1) for 1-D convs)
+        layout = (1, n_out, 1) if is_1d else (1, n_out, 1, 1)
+        if is_1d:
+            acc = acc.reshape(acc.shape[0], acc.shape[1], acc.shape[3])
+        sum_w = z_x * np.sum(w, axis=(1, 2, 3)).reshape(layout)
+        final = n_w * z_x * z_w
+        m = q_x.quantizer.scale * q_w.quantizer.scale
+        bias = None if q_bias is None else np.asarray(_values(q_bias)).reshape(layout)
+
+        if self.produces_graph_output:
+            self._track("accumulator", acc)
+            zp = sum_w - final
+            if bias is not None:
+                zp = zp - bias / m
+            return self.make_raw_accumulator_array(acc, m, zp)
+
+        qat_bias = _is_qat_bias(q_bias)
+        if _is_qat_bias(q_bias):
+            _check_bias_scale(self, q_bias, m)
+            acc = acc + np.asarray(q_bias.qvalues).reshape(layout)
+        acc = self.cnp_round(acc, calibrate_rounding, "matmul")
+        self._track("accumulator", acc)
+        v = acc.astype(np.float64) + final - sum_w
+        v = m * v
+        if bias is not None and not qat_bias:
+            v = v + bias
+        return self.make_output_quant_array(v)

@@ -1,0 +1,326 @@
+"""Univariate ops: float table lookups of one encrypted tensor (SPEC §2.3, §3.0, §3.7).
+
+They take the ``.values`` (unquantized floats) of their inputs, run the float implementation
+and quantize the result with the calibrated output quantizer; in a traced circuit each chain
+of them fuses into one table lookup.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fhequant.errors import QuantizedOpError
+from fhequant.quantization import QuantizedArray
+from fhequant.quantized.ops.base import QuantizedOp, quantized_values_copy
+
+__all__ = [
+    "QuantizedAbs",
+    "QuantizedBatchNormalization",
+    "QuantizedCast",
+    "QuantizedCelu",
+    "QuantizedClip",
+    "QuantizedElu",
+    "QuantizedEqual",
+    "QuantizedErf",
+    "QuantizedExp",
+    "QuantizedFloor",
+    "QuantizedGreater",
+    "QuantizedGreaterOrEqual",
+    "QuantizedHardSigmoid",
+    "QuantizedHardSwish",
+    "QuantizedIdentity",
+    "QuantizedLeakyRelu",
+    "QuantizedLess",
+    "QuantizedLessOrEqual",
+    "QuantizedLog",
+    "QuantizedMax",
+    "QuantizedMin",
+    "QuantizedNeg",
+    "QuantizedNot",
+    "QuantizedOr",
+    "QuantizedPRelu",
+    "QuantizedPow",
+    "QuantizedRelu",
+    "QuantizedRound",
+    "QuantizedSelu",
+    "QuantizedSigmoid",
+    "QuantizedSign",
+    "QuantizedSoftplus",
+    "QuantizedTanh",
+    "QuantizedWhere",
+]
+
+
+class QuantizedAbs(QuantizedOp):
+    """|x|."""
+
+    _impl_for_op_named = "Abs"
+
+
+class QuantizedCast(QuantizedOp):
+    """Cast of encrypted values to BOOL/FLOAT/DOUBLE (as float64)."""
+
+    _impl_for_op_named = "Cast"
+
+
+class QuantizedCelu(QuantizedOp):
+    """max(0, x) + min(0, alpha(e^{x/alpha} - 1))."""
+
+    _impl_for_op_named = "Celu"
+
+
+class QuantizedClip(QuantizedOp):
+    """clip(x, min, max); min and max are inputs."""
+
+    _impl_for_op_named = "Clip"
+
+
+class QuantizedElu(QuantizedOp):
+    """x if x > 0 else alpha(eˣ - 1)."""
+
+    _impl_for_op_named = "Elu"
+
+
+class QuantizedErf(QuantizedOp):
+    """erf(x); scipy's erf is not traceable, so it runs as an explicit table lookup."""
+
+    _impl_for_op_named = "Erf"
+
+    def call_impl(self, *inputs: Any, **attrs: Any) -> Any:
+        """erf through the executor's table lookup (plain call outside tracing)."""
+        x = inputs[0]
+        impl = self.spec().impl
+        return self.executor(x).tlu(x, impl)
+
+
+class QuantizedExp(QuantizedOp):
+    """eˣ."""
+
+    _impl_for_op_named = "Exp"
+
+
+class QuantizedFloor(QuantizedOp):
+    """floor(x)."""
+
+    _impl_for_op_named = "Floor"
+
+
+class QuantizedHardSigmoid(QuantizedOp):
+    """max(0, min(1, alphax + β))."""
+
+    _impl_for_op_named = "HardSigmoid"
+
+
+class QuantizedHardSwish(QuantizedOp):
+    """x·max(0, min(1, x/6 + 0.5))."""
+
+    _impl_for_op_named = "HardSwish"
+
+
+class QuantizedLeakyRelu(QuantizedOp):
+    """x if x > 0 else alphax."""
+
+    _impl_for_op_named = "LeakyRelu"
+
+
+class QuantizedLog(QuantizedOp):
+    """log(max(x, 1e-8))."""
+
+    _impl_for_op_named = "Log"
+
+
+class QuantizedNeg(QuantizedOp):
+    """-x."""
+
+    _impl_for_op_named = "Neg"
+
+
+class QuantizedNot(QuantizedOp):
+    """logical not, as float64 0/1."""
+
+    _impl_for_op_named = "Not"
+
+
+class QuantizedPRelu(QuantizedOp):
+    """min(0, slope·x) + max(0, x)."""
+
+    _impl_for_op_named = "PRelu"
+
+
+class QuantizedRelu(QuantizedOp):
+    """max(x, 0)."""
+
+    _impl_for_op_named = "Relu"
+
+
+class QuantizedRound(QuantizedOp):
+    """rint(x) (half to even)."""
+
+    _impl_for_op_named = "Round"
+
+
+class QuantizedSelu(QuantizedOp):
+    """gamma·x if x > 0 else gamma·alpha(eˣ - 1)."""
+
+    _impl_for_op_named = "Selu"
+
+
+class QuantizedSigmoid(QuantizedOp):
+    """exp(-logaddexp(0, -x))."""
+
+    _impl_for_op_named = "Sigmoid"
+
+
+class QuantizedSign(QuantizedOp):
+    """sign(x)."""
+
+    _impl_for_op_named = "Sign"
+
+
+class QuantizedSoftplus(QuantizedOp):
+    """log(eˣ + 1)."""
+
+    _impl_for_op_named = "Softplus"
+
+
+class QuantizedTanh(QuantizedOp):
+    """tanh(x)."""
+
+    _impl_for_op_named = "Tanh"
+
+
+class QuantizedWhere(QuantizedOp):
+    """c·t + (1 - c)·f."""
+
+    _impl_for_op_named = "Where"
+
+
+class QuantizedIdentity(QuantizedOp):
+    """Identity: the output keeps the input's integers and quantizer."""
+
+    _impl_for_op_named = "Identity"
+
+    def q_impl(self, *q_inputs: Any, calibrate_rounding: bool = False, **attrs: Any) -> Any:
+        """Return a copy of the input (its qvalues, options, stats and params).
+
+        Args:
+            *q_inputs: the single input.
+            calibrate_rounding: unused.
+            **attrs: unused.
+
+        Returns:
+            A QuantizedArray copy, or the raw input.
+        """
+        (x,) = self._prepare_inputs_with_constants(
+            *q_inputs, calibrate=False, quantize_actual_values=True
+        )
+        if isinstance(x, QuantizedArray):
+            return quantized_values_copy(x)
+        return x
+
+
+class QuantizedBatchNormalization(QuantizedOp):
+    """(x - mean)/sqrt(var + eps)·scale + bias on axis 1, as a float TLU (SPEC §3.7)."""
+
+    _impl_for_op_named = "BatchNormalization"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if int(self.attrs.get("training_mode", 0)) != 0:
+            raise QuantizedOpError(
+                f"{self._label()}: training_mode={self.attrs['training_mode']} is not "
+                "supported; export the model in eval mode (training_mode=0)"
+            )
+
+    def _calibration_values(self, raw: Any, prepared: list[Any]) -> Any:
+        scale, bias = prepared[1], prepared[2]
+        if np.size(scale) > 1 or np.size(bias) > 1:
+            lo = np.percentile(raw, 0.1)
+            hi = np.percentile(raw, 99.9)
+            return np.clip(raw, lo, hi)
+        return raw
+
+
+class _NeedsConstant(QuantizedOp):
+    """A comparison: at least one input must be a constant."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if len(self.constant_inputs) < 1:
+            raise QuantizedOpError(
+                f"{self._label()}: comparing two encrypted tensors is not supported; one "
+                "input must be a constant"
+            )
+
+
+class QuantizedEqual(_NeedsConstant):
+    """x == y as float64 0/1."""
+
+    _impl_for_op_named = "Equal"
+
+
+class QuantizedGreater(_NeedsConstant):
+    """x > y as float64 0/1."""
+
+    _impl_for_op_named = "Greater"
+
+
+class QuantizedGreaterOrEqual(_NeedsConstant):
+    """x >= y as float64 0/1."""
+
+    _impl_for_op_named = "GreaterOrEqual"
+
+
+class QuantizedLess(_NeedsConstant):
+    """x < y as float64 0/1."""
+
+    _impl_for_op_named = "Less"
+
+
+class QuantizedLessOrEqual(_NeedsConstant):
+    """x <= y as float64 0/1."""
+
+    _impl_for_op_named = "LessOrEqual"
+
+
+class _UnivariateOfEncrypted(QuantizedOp):
+    """Fusable iff one encrypted dependency; otherwise exactly one constant input (§2.3)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.can_fuse() and len(self.constant_inputs) != 1:
+            raise QuantizedOpError(
+                f"{self._label()}: depends on {len(self._int_input_names)} encrypted tensors "
+                f"({sorted(self._int_input_names)}) with {len(self.constant_inputs)} constant "
+                "input(s); the op only supports one encrypted operand and one constant"
+            )
+
+    def can_fuse(self) -> bool:
+        """Fusable iff the op depends on exactly one encrypted tensor."""
+        return len(self._int_input_names) == 1
+
+
+class QuantizedMax(_UnivariateOfEncrypted):
+    """Element-wise max."""
+
+    _impl_for_op_named = "Max"
+
+
+class QuantizedMin(_UnivariateOfEncrypted):
+    """Element-wise min."""
+
+    _impl_for_op_named = "Min"
+
+
+class QuantizedOr(_UnivariateOfEncrypted):
+    """Logical or, as float64 0/1."""
+
+    _impl_for_op_named = "Or"
+
+
+class QuantizedPow(_UnivariateOfEncrypted):
+    """x ** y."""
+
+    _impl_for_op_named = "Pow"

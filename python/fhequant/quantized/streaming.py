@@ -1,0 +1,298 @@
+"""Streaming building blocks of the calibration walk: row blocks and a bounded tensor store.
+
+Calibration data comes as one array per input, a tuple of them, or any iterable of such
+batches. :func:`iter_row_blocks` re-chunks whatever arrives into blocks of exactly
+``block_rows`` rows anchored at row 0 (the last block may be shorter), so every op is always
+evaluated on the same row blocks whatever the batch sizes of the source: float32 BLAS results,
+which can depend on the shape of a matmul, are therefore independent of how the data is split.
+
+:class:`TensorStore` keeps the per-block values of the tensors the walk still needs (graph
+inputs and the quantized outputs of calibrated ops). It holds them in memory up to a byte
+budget and spills further blocks to ``.npy`` files in a private temporary directory, so the
+peak memory of a calibration does not grow with the number of rows.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fhequant.errors import GraphInputError, ShapeError
+
+__all__ = [
+    "DEFAULT_BLOCK_ROWS",
+    "DEFAULT_MEMORY_BUDGET",
+    "TensorStore",
+    "as_numpy",
+    "iter_row_blocks",
+    "normalize_calibration_data",
+]
+
+#: Rows per evaluation block when the caller does not choose.
+DEFAULT_BLOCK_ROWS = 4096
+#: Bytes of block data the store keeps in memory before spilling to disk.
+DEFAULT_MEMORY_BUDGET = 96 * 1024 * 1024
+
+
+def as_numpy(value: Any, what: str = "calibration data") -> np.ndarray:
+    """A numpy view of an array, a torch tensor or nested lists.
+
+    Args:
+        value: the data.
+        what: what to name in error messages.
+
+    Returns:
+        The data as an ndarray (a view when possible; dtype kept).
+    """
+    if isinstance(value, np.ndarray):
+        return value
+    if type(value).__module__.startswith("torch"):
+        detach = getattr(value, "detach", None)
+        if detach is not None:
+            return np.asarray(detach().cpu().numpy())
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise GraphInputError(
+            f"{what}: cannot convert a {type(value).__name__} to a numpy array; give numpy "
+            "arrays or torch tensors"
+        ) from exc
+
+
+def _is_array_like(value: Any) -> bool:
+    return isinstance(value, np.ndarray) or type(value).__module__.startswith("torch")
+
+
+@dataclass
+class CalibrationData:
+    """Normalised calibration data.
+
+    Attributes:
+        arrays: the whole set, one array per input, when the data is in memory; else None.
+        batches: an iterable of batches (each a tuple of arrays) when it is streamed.
+    """
+
+    arrays: tuple[np.ndarray, ...] | None = None
+    batches: Iterable[Any] | None = None
+
+
+def _batch_as_tuple(batch: Any) -> tuple[np.ndarray, ...]:
+    if isinstance(batch, (tuple, list)):
+        return tuple(as_numpy(b) for b in batch)
+    return (as_numpy(batch),)
+
+
+def normalize_calibration_data(data: Any) -> CalibrationData:
+    """Classify calibration data: an in-memory whole set or an iterable of batches.
+
+    * an ndarray or torch tensor: one input, the whole set;
+    * a tuple of arrays/tensors: several inputs, the whole set;
+    * any other iterable (list, generator, DataLoader-like): batches, each an array (one input)
+      or a tuple/list of arrays (several inputs).
+
+    Args:
+        data: the calibration data.
+
+    Returns:
+        The classified data.
+    """
+    if _is_array_like(data):
+        return CalibrationData(arrays=(as_numpy(data),))
+    if isinstance(data, tuple) and data and all(_is_array_like(d) for d in data):
+        return CalibrationData(arrays=tuple(as_numpy(d) for d in data))
+    if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
+        raise GraphInputError(
+            f"calibration data must be an array, a torch tensor, a tuple of them (one per "
+            f"input) or an iterable of such batches, got {type(data).__name__}"
+        )
+    return CalibrationData(batches=data)
+
+
+def _check_batch(batch: tuple[np.ndarray, ...], n_inputs: int, index: int) -> int:
+    if len(batch) != n_inputs:
+        raise GraphInputError(
+            f"calibration batch {index} has {len(batch)} input(s) but the model takes "
+            f"{n_inputs}; give one array per model input"
+        )
+    rows = {a.shape[0] if a.ndim else -1 for a in batch}
+    if len(rows) != 1 or -1 in rows:
+        raise ShapeError(
+            f"calibration batch {index}: the inputs must all have the same number of rows on "
+            f"axis 0, got shapes {[a.shape for a in batch]}"
+        )
+    return rows.pop()
+
+
+def iter_row_blocks(
+    data: CalibrationData, n_inputs: int, block_rows: int
+) -> Iterator[tuple[np.ndarray, ...]]:
+    """Yield the data as blocks of exactly ``block_rows`` rows (the last may be shorter).
+
+    Args:
+        data: normalised calibration data.
+        n_inputs: the number of model inputs.
+        block_rows: rows per block.
+
+    Yields:
+        One tuple of arrays (one per input) per block; in-memory data gives views.
+    """
+    if data.arrays is not None:
+        total = _check_batch(data.arrays, n_inputs, 0)
+        for start in range(0, total, block_rows):
+            yield tuple(a[start : start + block_rows] for a in data.arrays)
+        return
+    assert data.batches is not None
+    pending: list[tuple[np.ndarray, ...]] = []
+    pending_rows = 0
+    for index, raw_batch in enumerate(data.batches):
+        batch = _batch_as_tuple(raw_batch)
+        rows = _check_batch(batch, n_inputs, index)
+        if rows == 0:
+            continue
+        pending.append(batch)
+        pending_rows += rows
+        while pending_rows >= block_rows:
+            block, pending, pending_rows = _take_rows(pending, block_rows)
+            yield block
+    if pending_rows:
+        block, _, _ = _take_rows(pending, pending_rows)
+        yield block
+
+
+def _take_rows(
+    pending: list[tuple[np.ndarray, ...]], rows: int
+) -> tuple[tuple[np.ndarray, ...], list[tuple[np.ndarray, ...]], int]:
+    """Split ``rows`` rows off the front of the pending batches."""
+    taken: list[tuple[np.ndarray, ...]] = []
+    need = rows
+    rest = list(pending)
+    while need:
+        head = rest[0]
+        n = head[0].shape[0]
+        if n <= need:
+            taken.append(head)
+            rest.pop(0)
+            need -= n
+        else:
+            taken.append(tuple(a[:need] for a in head))
+            rest[0] = tuple(a[need:] for a in head)
+            need = 0
+    if len(taken) == 1:
+        block = taken[0]
+    else:
+        block = tuple(np.concatenate([t[i] for t in taken], axis=0) for i in range(len(taken[0])))
+    left = sum(t[0].shape[0] for t in rest)
+    return block, rest, left
+
+
+@dataclass
+class _Entry:
+    blocks: list[Any] = field(default_factory=list)
+    dtypes: list[np.dtype[Any]] = field(default_factory=list)
+
+
+class TensorStore:
+    """Per-block values of tensors, in memory up to a budget, on disk beyond it.
+
+    Integer blocks are narrowed to the smallest integer dtype that holds them and widened
+    back on read, so stored quantized tensors take 1 or 2 bytes per value.
+
+    Args:
+        memory_budget: bytes of (owned) block data kept in memory; more goes to disk.
+    """
+
+    def __init__(self, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
+        self.memory_budget = memory_budget
+        self._in_memory = 0
+        self._entries: dict[str, _Entry] = {}
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._files = 0
+
+    def __enter__(self) -> TensorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Forget every tensor and delete the spill directory."""
+        self._entries.clear()
+        self._in_memory = 0
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    @property
+    def spilled(self) -> bool:
+        """True once some block went to disk."""
+        return self._files > 0
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def n_blocks(self, name: str) -> int:
+        """How many blocks tensor ``name`` has."""
+        return len(self._entries[name].blocks)
+
+    def put(self, name: str, block: np.ndarray, owned: bool = True) -> None:
+        """Append the next block of tensor ``name``.
+
+        Args:
+            name: the tensor name.
+            block: the block's values.
+            owned: False for a view of caller-held data (kept as is, never charged).
+        """
+        entry = self._entries.setdefault(name, _Entry())
+        entry.dtypes.append(block.dtype)
+        if not owned:
+            entry.blocks.append(block)
+            return
+        stored = _narrow(block)
+        if self._in_memory + stored.nbytes <= self.memory_budget:
+            self._in_memory += stored.nbytes
+            entry.blocks.append(stored)
+            return
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="fhequant-calib-")
+        path = os.path.join(self._tmp.name, f"{self._files}.npy")
+        self._files += 1
+        np.save(path, stored, allow_pickle=False)
+        entry.blocks.append(path)
+
+    def get(self, name: str, index: int) -> np.ndarray:
+        """Block ``index`` of tensor ``name``, with its original dtype."""
+        entry = self._entries[name]
+        block = entry.blocks[index]
+        if isinstance(block, str):
+            block = np.load(block, allow_pickle=False)
+        dtype = entry.dtypes[index]
+        return block if block.dtype == dtype else block.astype(dtype)
+
+    def drop(self, name: str) -> None:
+        """Forget tensor ``name`` and free its blocks."""
+        entry = self._entries.pop(name, None)
+        if entry is None:
+            return
+        for block in entry.blocks:
+            if isinstance(block, str):
+                os.remove(block)
+            elif isinstance(block, np.ndarray) and block.base is None:
+                self._in_memory -= block.nbytes
+        self._in_memory = max(self._in_memory, 0)
+
+
+def _narrow(block: np.ndarray) -> np.ndarray:
+    """The block in the smallest integer dtype holding it (a copy for non-int data)."""
+    if block.dtype.kind not in "iu" or block.size == 0:
+        return np.array(block, copy=True)
+    lo, hi = int(block.min()), int(block.max())
+    for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return block.astype(dtype)
+    return np.array(block, copy=True)

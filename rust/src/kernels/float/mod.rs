@@ -1,0 +1,3 @@
+//! Float kernels whose results do not depend on how the rows are batched.
+
+pub mod matmul;

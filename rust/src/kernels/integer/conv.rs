@@ -1,0 +1,417 @@
+//! Integer 2-D convolution (NCHW × O·C/g·kH·kW, groups, strides, integer padding) with the
+//! zero-point correction of SPEC §3.2: conv(x_pad, w) − z_w·conv(x_pad, 1) = conv(x_pad,
+//! w − z_w). Evaluated as im2col + an exact product (see `exact`).
+
+use ndarray::{Array2, Array4, ArrayView4};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::kernels::integer::exact::{check_bound, describe, max_abs, range, Exact, Strategy};
+
+/// Columns of one im2col block; a fixed number, so chunking never depends on threads.
+const BLOCK_COLS: usize = 4096;
+
+/// Window geometry of a conv or pool over a padded input.
+///
+/// The input is first padded with `pad_value` by `pads` = [h_begin, w_begin, h_end, w_end]
+/// (ONNX order), then with 0 by `extra` = [h_end, w_end] (the ceil_mode extension of
+/// AveragePool). Dilation is 1.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Geometry {
+    pub kernel: [usize; 2],
+    pub strides: [usize; 2],
+    pub pads: [usize; 4],
+    pub extra: [usize; 2],
+    pub pad_value: i64,
+}
+
+/// What a cell of the padded input holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cell {
+    /// An input element (row, column).
+    Input(usize, usize),
+    /// The pad value.
+    Pad,
+    /// A 0 of the ceil extension.
+    Zero,
+}
+
+impl Geometry {
+    pub fn new(
+        kernel: [usize; 2],
+        strides: [usize; 2],
+        pads: [usize; 4],
+        extra: [usize; 2],
+        pad_value: i64,
+    ) -> Geometry {
+        Geometry {
+            kernel,
+            strides,
+            pads,
+            extra,
+            pad_value,
+        }
+    }
+
+    /// Check that the weights' kernel matches the geometry's.
+    pub fn check_kernel(&self, kernel: [usize; 2]) -> Result<()> {
+        if kernel != self.kernel {
+            return Err(Error::Shape(format!(
+                "the weights have a {}x{} kernel but kernel_shape is {:?}",
+                kernel[0], kernel[1], self.kernel
+            )));
+        }
+        Ok(())
+    }
+
+    /// Output (H, W) for an input of (H, W) = `in_hw`.
+    pub fn output_hw(&self, in_hw: [usize; 2]) -> Result<[usize; 2]> {
+        let mut out = [0; 2];
+        for axis in 0..2 {
+            let (k, s) = (self.kernel[axis], self.strides[axis]);
+            if k == 0 || s == 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "kernel_shape {:?} and strides {:?} must be positive",
+                    self.kernel, self.strides
+                )));
+            }
+            let padded = in_hw[axis] + self.pads[axis] + self.pads[axis + 2] + self.extra[axis];
+            if padded < k {
+                return Err(Error::Shape(format!(
+                    "the padded input ({padded} along axis {}) is smaller than the kernel ({k})",
+                    axis + 2
+                )));
+            }
+            out[axis] = (padded - k) / s + 1;
+        }
+        Ok(out)
+    }
+
+    /// Classify one padded coordinate along `axis` of an input of size `size`.
+    fn axis_cell(&self, axis: usize, idx: usize, size: usize) -> Option<Option<usize>> {
+        let begin = self.pads[axis];
+        if idx < begin {
+            return Some(None);
+        }
+        let i = idx - begin;
+        if i < size {
+            Some(Some(i))
+        } else if i < size + self.pads[axis + 2] {
+            Some(None)
+        } else {
+            None
+        }
+    }
+
+    /// The cell read by kernel tap (i, j) of output position (y, x).
+    pub fn cell(&self, in_hw: [usize; 2], y: usize, x: usize, i: usize, j: usize) -> Cell {
+        let row = self.axis_cell(0, y * self.strides[0] + i, in_hw[0]);
+        let col = self.axis_cell(1, x * self.strides[1] + j, in_hw[1]);
+        match (row, col) {
+            (None, _) | (_, None) => Cell::Zero,
+            (Some(Some(r)), Some(Some(c))) => Cell::Input(r, c),
+            _ => Cell::Pad,
+        }
+    }
+
+    /// Whether any cell can be padding (pad value) or extension (0).
+    fn pads_with(&self) -> (bool, bool) {
+        (
+            self.pads.iter().any(|&p| p > 0),
+            self.extra.iter().any(|&p| p > 0),
+        )
+    }
+}
+
+/// acc = conv(x_pad, w − z_w) for x (N, C, H, W) and w (O, C/group, kh, kw); (N, O, OH, OW).
+///
+/// Returns `Error::Overflow` if C/group·kh·kw · max|x_pad| · max|w − z_w| exceeds int64.
+pub fn conv2d(
+    x: ArrayView4<'_, i64>,
+    w: ArrayView4<'_, i64>,
+    z_w: i64,
+    group: usize,
+    geom: &Geometry,
+) -> Result<Array4<i64>> {
+    let (n, c, h, wd) = x.dim();
+    let (o, cg, kh, kw) = w.dim();
+    geom.check_kernel([kh, kw])?;
+    if group == 0 || c != cg * group || o % group != 0 {
+        return Err(Error::Shape(format!(
+            "conv with group={group}: the input has {c} channels and the weights {o}x{cg}; \
+             need channels = group x weight dim 1 and output channels divisible by group"
+        )));
+    }
+    let [oh, ow] = geom.output_hw([h, wd])?;
+    let (mut xlo, mut xhi) = range(x.iter());
+    let (padded, extended) = geom.pads_with();
+    if padded {
+        xlo = xlo.min(geom.pad_value);
+        xhi = xhi.max(geom.pad_value);
+    }
+    if extended {
+        xlo = xlo.min(0);
+        xhi = xhi.max(0);
+    }
+    let (wlo, whi) = range(w.iter());
+    let (clo, chi) = (
+        i128::from(wlo) - i128::from(z_w),
+        i128::from(whi) - i128::from(z_w),
+    );
+    let ckk = cg * kh * kw;
+    let bound = check_bound(
+        ckk,
+        max_abs(xlo.into(), xhi.into()),
+        max_abs(clo, chi),
+        || {
+            format!(
+                "conv of the padded input {} with the weights minus z_w={z_w} {} over {ckk} terms",
+                describe(xlo.into(), xhi.into()),
+                describe(clo, chi)
+            )
+        },
+    )?;
+    let job = Job {
+        x: x.as_standard_layout().into_owned(),
+        w: w.as_standard_layout()
+            .iter()
+            .map(|&v| v.wrapping_sub(z_w))
+            .collect(),
+        dims: [n, c, h, wd, o, cg, oh, ow],
+        group,
+        geom,
+    };
+    let out = match Strategy::for_bound(bound) {
+        Strategy::F32 => job.run::<f32>(),
+        Strategy::F64 => job.run::<f64>(),
+        Strategy::I64 => job.run::<i64>(),
+    };
+    Array4::from_shape_vec((n, o, oh, ow), out).map_err(|e| Error::Shape(e.to_string()))
+}
+
+/// Window sums Σ x_pad over each kh×kw window, per channel: a depthwise conv with ones.
+pub fn window_sum(x: ArrayView4<'_, i64>, geom: &Geometry) -> Result<Array4<i64>> {
+    let c = x.dim().1;
+    let ones = Array4::<i64>::ones((c, 1, geom.kernel[0], geom.kernel[1]));
+    conv2d(x, ones.view(), 0, c.max(1), geom)
+}
+
+struct Job<'g> {
+    x: Array4<i64>,
+    /// (O, C/g·kh·kw) row-major weights minus z_w (exact: the bound check passed).
+    w: Vec<i64>,
+    /// n, c, h, w, o, cg, oh, ow
+    dims: [usize; 8],
+    group: usize,
+    geom: &'g Geometry,
+}
+
+impl Job<'_> {
+    fn run<T: Exact>(&self) -> Vec<i64> {
+        let [n, _, h, wd, o, cg, oh, ow] = self.dims;
+        let (kh, kw) = (self.geom.kernel[0], self.geom.kernel[1]);
+        let l = oh * ow;
+        let ckk = cg * kh * kw;
+        let og = o / self.group;
+        let mut out = vec![0i64; n * o * l];
+        if out.is_empty() {
+            return out;
+        }
+        let wt: Vec<T> = self.w.iter().map(|&v| T::from_i64(v)).collect();
+        let imgs = (BLOCK_COLS / l).max(1);
+        let xs = self.x.as_slice().unwrap_or(&[]);
+        let plane = h * wd;
+        let cells: Vec<Cell> = (0..l * kh * kw)
+            .map(|t| {
+                let (pos, tap) = (t / (kh * kw), t % (kh * kw));
+                self.geom
+                    .cell([h, wd], pos / ow, pos % ow, tap / kw, tap % kw)
+            })
+            .collect();
+        let pad = T::from_i64(self.geom.pad_value);
+        out.par_chunks_mut(imgs * o * l)
+            .enumerate()
+            .for_each(|(chunk, dst)| {
+                let first = chunk * imgs;
+                let count = dst.len() / (o * l);
+                let cols_n = count * l;
+                let mut cols = vec![T::default(); ckk * cols_n];
+                let mut tmp = vec![T::default(); og * cols_n];
+                for g in 0..self.group {
+                    for (r, row) in cols.chunks_exact_mut(cols_n).enumerate() {
+                        let (ch, tap) = (g * cg + r / (kh * kw), r % (kh * kw));
+                        for img in 0..count {
+                            let base = ((first + img) * self.dims[1] + ch) * plane;
+                            let seg = &mut row[img * l..(img + 1) * l];
+                            for (pos, v) in seg.iter_mut().enumerate() {
+                                *v = match cells[pos * kh * kw + tap] {
+                                    Cell::Input(y, x) => T::from_i64(xs[base + y * wd + x]),
+                                    Cell::Pad => pad,
+                                    Cell::Zero => T::default(),
+                                };
+                            }
+                        }
+                    }
+                    T::gemm(og, ckk, cols_n, &wt[g * og * ckk..], &cols, &mut tmp);
+                    for img in 0..count {
+                        for oo in 0..og {
+                            let d = (img * o + g * og + oo) * l;
+                            let s = oo * cols_n + img * l;
+                            for (dv, &sv) in dst[d..d + l].iter_mut().zip(&tmp[s..s + l]) {
+                                *dv = sv.to_i64();
+                            }
+                        }
+                    }
+                }
+            });
+        out
+    }
+}
+
+/// Integer max over each kh×kw window of x_pad, per channel (MaxPool, SPEC §3.6).
+pub fn window_max(x: ArrayView4<'_, i64>, geom: &Geometry) -> Result<Array4<i64>> {
+    let (n, c, h, wd) = x.dim();
+    let [oh, ow] = geom.output_hw([h, wd])?;
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().unwrap_or(&[]);
+    let (kh, kw) = (geom.kernel[0], geom.kernel[1]);
+    let l = oh * ow;
+    let mut out = vec![0i64; n * c * l];
+    if !out.is_empty() {
+        out.par_chunks_mut(l).enumerate().for_each(|(p, dst)| {
+            let base = p * h * wd;
+            for (pos, d) in dst.iter_mut().enumerate() {
+                let mut m = i64::MIN;
+                for i in 0..kh {
+                    for j in 0..kw {
+                        let v = match geom.cell([h, wd], pos / ow, pos % ow, i, j) {
+                            Cell::Input(y, x) => xs[base + y * wd + x],
+                            Cell::Pad => geom.pad_value,
+                            Cell::Zero => 0,
+                        };
+                        m = m.max(v);
+                    }
+                }
+                *d = m;
+            }
+        });
+    }
+    Array4::from_shape_vec((n, c, oh, ow), out).map_err(|e| Error::Shape(e.to_string()))
+}
+
+/// sum_w = z_x · Σ_{c,kh,kw} w per output channel, shape (O, 1); overflow-checked.
+pub fn weight_sums(w: ArrayView4<'_, i64>, z_x: i64) -> Result<Array2<i64>> {
+    let (o, cg, kh, kw) = w.dim();
+    let (lo, hi) = range(w.iter());
+    check_bound(
+        cg * kh * kw,
+        max_abs(lo.into(), hi.into()),
+        z_x.unsigned_abs().into(),
+        || {
+            format!(
+                "z_x={z_x} times the weight sums of {}",
+                describe(lo.into(), hi.into())
+            )
+        },
+    )?;
+    Ok(Array2::from_shape_fn((o, 1), |(oc, _)| {
+        z_x * w.slice(ndarray::s![oc, .., .., ..]).sum()
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array;
+
+    /// Direct definition: pad, then slide.
+    fn naive(
+        x: &Array4<i64>,
+        w: &Array4<i64>,
+        z_w: i64,
+        group: usize,
+        g: &Geometry,
+    ) -> Array4<i64> {
+        let (n, c, h, wd) = x.dim();
+        let (o, cg, kh, kw) = w.dim();
+        let [oh, ow] = g.output_hw([h, wd]).unwrap();
+        let og = o / group;
+        Array4::from_shape_fn((n, o, oh, ow), |(b, oc, y, xx)| {
+            let grp = oc / og;
+            let mut acc = 0;
+            for ci in 0..cg {
+                for i in 0..kh {
+                    for j in 0..kw {
+                        let v = match g.cell([h, wd], y, xx, i, j) {
+                            Cell::Input(r, s) => x[[b, grp * cg + ci, r, s]],
+                            Cell::Pad => g.pad_value,
+                            Cell::Zero => 0,
+                        };
+                        acc += v * (w[[oc, ci, i, j]] - z_w);
+                    }
+                }
+            }
+            let _ = c;
+            acc
+        })
+    }
+
+    fn data(shape: (usize, usize, usize, usize), seed: i64, lo: i64, span: i64) -> Array4<i64> {
+        let len = shape.0 * shape.1 * shape.2 * shape.3;
+        let v: Vec<i64> = (0..len as i64)
+            .map(|i| lo + (i * 7919 + seed * 104729).rem_euclid(span))
+            .collect();
+        Array::from_shape_vec(shape, v).unwrap()
+    }
+
+    #[test]
+    fn conv_matches_the_definition() {
+        let x = data((3, 4, 7, 6), 1, -3, 17);
+        let w = data((6, 2, 3, 2), 2, -8, 15);
+        let g = Geometry::new([3, 2], [2, 1], [1, 0, 2, 1], [0, 1], 4);
+        let got = conv2d(x.view(), w.view(), 3, 2, &g).unwrap();
+        assert_eq!(got, naive(&x, &w, 3, 2, &g));
+        // Large values take the i64 path.
+        let xb = x.mapv(|v| v << 30);
+        let got = conv2d(xb.view(), w.view(), 0, 2, &g).unwrap();
+        assert_eq!(got, naive(&xb, &w, 0, 2, &g));
+        // Non-contiguous input.
+        let xt = data((3, 4, 6, 7), 3, 0, 9);
+        let xv = xt.view().permuted_axes([0, 1, 3, 2]);
+        let got = conv2d(xv, w.view(), 0, 2, &g).unwrap();
+        assert_eq!(got, naive(&xv.to_owned(), &w, 0, 2, &g));
+    }
+
+    #[test]
+    fn pools_match_the_definition() {
+        let x = data((2, 3, 5, 5), 4, 0, 30);
+        let g = Geometry::new([2, 3], [2, 2], [1, 1, 0, 1], [1, 0], 7);
+        let ones = Array4::<i64>::ones((3, 1, 2, 3));
+        assert_eq!(
+            window_sum(x.view(), &g).unwrap(),
+            naive(&x, &ones, 0, 3, &g)
+        );
+        let m = window_max(x.view(), &g).unwrap();
+        assert_eq!(m.dim(), (2, 3, 3, 3));
+        assert_eq!(m[[0, 0, 0, 0]], 7.max(x[[0, 0, 0, 0]]).max(x[[0, 0, 0, 1]]));
+    }
+
+    #[test]
+    fn overflow_and_shape_errors() {
+        let x = Array4::<i64>::from_elem((1, 1, 2, 2), 1 << 40);
+        let w = Array4::<i64>::from_elem((1, 1, 2, 2), 1 << 30);
+        let g = Geometry::new([2, 2], [1, 1], [0; 4], [0; 2], 0);
+        assert!(matches!(
+            conv2d(x.view(), w.view(), 0, 1, &g),
+            Err(Error::Overflow(_))
+        ));
+        assert!(matches!(
+            conv2d(x.view(), w.view(), 0, 2, &g),
+            Err(Error::Shape(_))
+        ));
+        let g3 = Geometry::new([3, 3], [1, 1], [0; 4], [0; 2], 0);
+        assert!(matches!(window_max(x.view(), &g3), Err(Error::Shape(_))));
+        let sums = weight_sums(w.view(), 2).unwrap();
+        assert_eq!(sums[[0, 0]], 2 * 4 * (1 << 30));
+    }
+}

@@ -1,0 +1,250 @@
+//! Exact small matrix products in f32, f64 or i64, chosen from a proven accumulator bound.
+//!
+//! If every |partial sum| of a dot product is at most 2^24 (2^53), all products and partial
+//! sums are integers that f32 (f64) represents exactly, in any summation order, so the fast
+//! blocked float kernels of `matrixmultiply` give the exact integer result. Otherwise plain
+//! i64 arithmetic is used (the caller has proven that it cannot overflow).
+
+use crate::error::{Error, Result};
+use crate::kernels::integer::bits::bit_width;
+
+/// How an exact integer product is evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Every partial sum fits 2^24: f32 `sgemm`.
+    F32,
+    /// Every partial sum fits 2^53: f64 `dgemm`.
+    F64,
+    /// Plain i64 multiply-accumulate.
+    I64,
+}
+
+impl Strategy {
+    /// The fastest exact strategy for a worst-case |partial sum| of `bound`.
+    pub fn for_bound(bound: u128) -> Strategy {
+        if bound <= 1 << 24 {
+            Strategy::F32
+        } else if bound <= 1 << 53 {
+            Strategy::F64
+        } else {
+            Strategy::I64
+        }
+    }
+}
+
+/// (min, max) of the values, (0, 0) when there are none.
+pub fn range<'a>(values: impl IntoIterator<Item = &'a i64>) -> (i64, i64) {
+    let mut it = values.into_iter();
+    let Some(&first) = it.next() else {
+        return (0, 0);
+    };
+    it.fold((first, first), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
+
+/// Largest |v| over a range, as u128.
+pub fn max_abs(lo: i128, hi: i128) -> u128 {
+    lo.unsigned_abs().max(hi.unsigned_abs())
+}
+
+/// Describe a range with its concrete-python integer type, e.g. "[-128, 127] (int8)".
+pub fn describe(lo: i128, hi: i128) -> String {
+    let (bits, signed) = bit_width(lo, hi);
+    let kind = if signed { "int" } else { "uint" };
+    format!("[{lo}, {hi}] ({kind}{bits})")
+}
+
+/// The worst-case |accumulator| of `terms` products of |x| <= `max_x` and |w| <= `max_w`,
+/// or `Error::Overflow` (with `what` describing the operands) if it does not fit int64.
+pub fn check_bound(
+    terms: usize,
+    max_x: u128,
+    max_w: u128,
+    what: impl Fn() -> String,
+) -> Result<u128> {
+    let bound = (terms as u128)
+        .checked_mul(max_x)
+        .and_then(|v| v.checked_mul(max_w));
+    match bound {
+        Some(b) if b <= i64::MAX as u128 => Ok(b),
+        _ => {
+            let log2 = ((terms as f64) * (max_x as f64) * (max_w as f64)).log2();
+            Err(Error::Overflow(format!(
+                "the int64 accumulator could overflow: {} gives a worst case of about 2^{:.1}, \
+                 more than int64 holds; use fewer bits for the inputs or the weights",
+                what(),
+                log2
+            )))
+        }
+    }
+}
+
+/// An element type in which integer products can be evaluated exactly under a bound.
+pub trait Exact: Copy + Send + Sync + Default + 'static {
+    /// Convert an integer (exact under the strategy's bound).
+    fn from_i64(v: i64) -> Self;
+    /// Convert an integer-valued result back.
+    fn to_i64(self) -> i64;
+    /// c (m×n) = a (m×k) · b (k×n), all row-major and contiguous; c need not be initialised.
+    fn gemm(m: usize, k: usize, n: usize, a: &[Self], b: &[Self], c: &mut [Self]);
+}
+
+/// Row-major checks shared by the float kernels; they never fail for the callers' sizes.
+fn sizes_ok(m: usize, k: usize, n: usize, a: usize, b: usize, c: usize) -> bool {
+    a >= m * k && b >= k * n && c >= m * n
+}
+
+impl Exact for f32 {
+    fn from_i64(v: i64) -> Self {
+        v as f32
+    }
+    fn to_i64(self) -> i64 {
+        self as i64
+    }
+    fn gemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+        if m == 0 || n == 0 || !sizes_ok(m, k, n, a.len(), b.len(), c.len()) {
+            return;
+        }
+        if k == 0 {
+            c[..m * n].fill(0.0);
+            return;
+        }
+        // SAFETY: the slices hold at least m×k, k×n and m×n row-major elements (checked
+        // above) and `c` is borrowed mutably, so it aliases neither input.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                k as isize,
+                1,
+                b.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+    }
+}
+
+impl Exact for f64 {
+    fn from_i64(v: i64) -> Self {
+        v as f64
+    }
+    fn to_i64(self) -> i64 {
+        self as i64
+    }
+    fn gemm(m: usize, k: usize, n: usize, a: &[f64], b: &[f64], c: &mut [f64]) {
+        if m == 0 || n == 0 || !sizes_ok(m, k, n, a.len(), b.len(), c.len()) {
+            return;
+        }
+        if k == 0 {
+            c[..m * n].fill(0.0);
+            return;
+        }
+        // SAFETY: as for f32.
+        unsafe {
+            matrixmultiply::dgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                k as isize,
+                1,
+                b.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+    }
+}
+
+impl Exact for i64 {
+    fn from_i64(v: i64) -> Self {
+        v
+    }
+    fn to_i64(self) -> i64 {
+        self
+    }
+    fn gemm(m: usize, k: usize, n: usize, a: &[i64], b: &[i64], c: &mut [i64]) {
+        if !sizes_ok(m, k, n, a.len(), b.len(), c.len()) {
+            return;
+        }
+        // Wrapping ops: the caller's bound guarantees they never wrap; they only keep a
+        // debug build from panicking.
+        for (i, crow) in c.chunks_exact_mut(n.max(1)).take(m).enumerate() {
+            crow.fill(0);
+            for (p, &av) in a[i * k..(i + 1) * k].iter().enumerate() {
+                if av == 0 {
+                    continue;
+                }
+                for (cv, &bv) in crow.iter_mut().zip(&b[p * n..(p + 1) * n]) {
+                    *cv = cv.wrapping_add(av.wrapping_mul(bv));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(m: usize, k: usize, n: usize, a: &[i64], b: &[i64]) -> Vec<i64> {
+        let mut c = vec![0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        c
+    }
+
+    fn via<T: Exact>(m: usize, k: usize, n: usize, a: &[i64], b: &[i64]) -> Vec<i64> {
+        let a: Vec<T> = a.iter().map(|&v| T::from_i64(v)).collect();
+        let b: Vec<T> = b.iter().map(|&v| T::from_i64(v)).collect();
+        let mut c = vec![T::default(); m * n];
+        T::gemm(m, k, n, &a, &b, &mut c);
+        c.into_iter().map(T::to_i64).collect()
+    }
+
+    #[test]
+    fn strategies_are_exact_at_their_limits() {
+        let (m, k, n) = (7, 33, 5);
+        let a: Vec<i64> = (0..m * k).map(|i| ((i * 37) % 255) as i64 - 127).collect();
+        let b: Vec<i64> = (0..k * n).map(|i| ((i * 11) % 255) as i64 - 128).collect();
+        let want = naive(m, k, n, &a, &b);
+        assert_eq!(via::<f32>(m, k, n, &a, &b), want);
+        assert_eq!(via::<f64>(m, k, n, &a, &b), want);
+        assert_eq!(via::<i64>(m, k, n, &a, &b), want);
+        // Large operands: only f64 / i64 are exact.
+        let big: Vec<i64> = a.iter().map(|v| v * 1_000_003).collect();
+        let want = naive(m, k, n, &big, &b);
+        assert_eq!(via::<f64>(m, k, n, &big, &b), want);
+        assert_eq!(via::<i64>(m, k, n, &big, &b), want);
+    }
+
+    #[test]
+    fn strategy_thresholds() {
+        assert_eq!(Strategy::for_bound(1 << 24), Strategy::F32);
+        assert_eq!(Strategy::for_bound((1 << 24) + 1), Strategy::F64);
+        assert_eq!(Strategy::for_bound(1 << 53), Strategy::F64);
+        assert_eq!(Strategy::for_bound((1 << 53) + 1), Strategy::I64);
+    }
+
+    #[test]
+    fn bound_check_reports_overflow() {
+        assert_eq!(check_bound(4, 10, 3, String::new), Ok(120));
+        let err = check_bound(1 << 20, 1 << 30, 1 << 30, || "x".into());
+        assert!(matches!(err, Err(Error::Overflow(msg)) if msg.contains("2^80")));
+    }
+}

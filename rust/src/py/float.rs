@@ -1,0 +1,26 @@
+//! Bindings of `kernels::float`.
+
+use numpy::{IntoPyArray, PyArray2, PyReadonlyArray2};
+use pyo3::prelude::*;
+
+use crate::kernels::float::matmul;
+use crate::py::errors::to_pyerr;
+
+/// float32 a (n, k) @ b (k, m), each dot product summed sequentially in k order (no FMA).
+#[pyfunction]
+#[pyo3(signature = (a, b, context=None))]
+fn matmul_f32_sequential<'py>(
+    py: Python<'py>,
+    a: PyReadonlyArray2<'py, f32>,
+    b: PyReadonlyArray2<'py, f32>,
+    context: Option<&str>,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let (a, b) = (a.as_array(), b.as_array());
+    let out = py.detach(|| matmul::matmul_f32_sequential(a, b));
+    Ok(out.map_err(|e| to_pyerr(py, e, context))?.into_pyarray(py))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(matmul_f32_sequential, m)?)?;
+    Ok(())
+}

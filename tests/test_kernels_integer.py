@@ -1,0 +1,449 @@
+"""Integer kernels: the native versions equal their numpy references exactly."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fhequant import integer_kernels as ik
+from fhequant.errors import DTypeError, OverflowRiskError, QuantizedOpError, ShapeError
+
+SETTINGS = settings(max_examples=60, deadline=None)
+
+
+def _ints(draw: Any, shape: tuple[int, ...], bits: int, signed: bool) -> np.ndarray:
+    seed = draw(st.integers(0, 2**32 - 1))
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    return np.random.default_rng(seed).integers(lo, hi, size=shape, endpoint=True)
+
+
+def _layout(draw: Any, arr: np.ndarray) -> np.ndarray:
+    """The same values in C order, Fortran order, or as a transposed/strided view."""
+    kind = draw(st.sampled_from(["c", "f", "view"]))
+    if kind == "f":
+        return np.asfortranarray(arr)
+    if kind == "view" and arr.ndim >= 2:
+        big = np.zeros((*arr.shape[:-2], arr.shape[-1], 2 * arr.shape[-2]), dtype=arr.dtype)
+        big[..., ::2] = np.swapaxes(arr, -1, -2)
+        return np.swapaxes(big[..., ::2], -1, -2)
+    return arr
+
+
+def _equal(got: tuple[np.ndarray, ...], want: tuple[np.ndarray, ...]) -> None:
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == np.int64
+        assert g.shape == w.shape
+        np.testing.assert_array_equal(g, w)
+
+
+# --- Gemm ----------------------------------------------------------------------------------
+
+
+@st.composite
+def gemm_case(draw: Any) -> tuple[np.ndarray, np.ndarray, int, int]:
+    batch = draw(st.sampled_from([(), (2,), (1, 3), (2, 1)]))
+    w_batch = draw(st.sampled_from([(), batch, batch[-1:]])) if batch else ()
+    m, k, n = (draw(st.integers(1, 9)) for _ in range(3))
+    bits = draw(st.sampled_from([2, 8, 16, 28]))
+    x = _ints(draw, (*batch, m, k), bits, draw(st.booleans()))
+    w = _ints(draw, (*w_batch, k, n), draw(st.sampled_from([2, 8])), True)
+    z_x = draw(st.integers(-(2**7), 2**8))
+    z_w = draw(st.sampled_from([0, draw(st.integers(-100, 100))]))
+    return _layout(draw, x), _layout(draw, w), z_x, z_w
+
+
+@SETTINGS
+@given(gemm_case())
+def test_gemm_matches_reference(case: tuple[np.ndarray, np.ndarray, int, int]) -> None:
+    x, w, z_x, z_w = case
+    _equal(ik.integer_gemm(x, w, z_x, z_w), ik.integer_gemm_reference(x, w, z_x, z_w))
+
+
+def test_gemm_vector_input_and_dtypes() -> None:
+    x = np.arange(5, dtype=np.uint8)
+    w = np.arange(15, dtype=np.int16).reshape(5, 3) - 7
+    got, want = ik.integer_gemm(x, w, 2, 3), ik.integer_gemm_reference(x, w, 2, 3)
+    _equal(got, want)
+    assert got[0].shape == (3,) and got[1].shape == (1, 3)
+    with pytest.raises(DTypeError, match="Gemm"):
+        ik.integer_gemm(x.astype(np.float32), w)
+    with pytest.raises(QuantizedOpError, match="z_w"):
+        ik.integer_gemm(x, w, 0, 0.5)
+    with pytest.raises(ShapeError, match="inner axis"):
+        ik.integer_gemm(x, w.T)
+
+
+@SETTINGS
+@given(gemm_case())
+def test_gemm_equals_the_float_formula(case: tuple[np.ndarray, np.ndarray, int, int]) -> None:
+    """m·(acc + p·z_x·z_w - sum_w) = s_x·s_w·Σ(q_x - z_x)(q_w - z_w) (SPEC §3.1)."""
+    x, w, z_x, z_w = case
+    acc, sum_w = ik.integer_gemm(x, w, z_x, z_w)
+    p = w.shape[-2]
+    exact = (x.astype(object) - z_x) @ (w.astype(object) - z_w)
+    np.testing.assert_array_equal(acc.astype(object) + p * z_x * z_w - sum_w, exact)
+    s_x, s_w = 0.0173, 0.00291
+    want = s_x * s_w * ((x.astype(np.float64) - z_x) @ (w.astype(np.float64) - z_w))
+    got = (s_x * s_w) * (acc.astype(np.float64) + p * z_x * z_w - sum_w)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * max(1.0, np.abs(want).max()))
+
+
+def test_gemm_overflow_names_operands_and_bits() -> None:
+    x = np.full((2, 64), 2**40, dtype=np.int64)
+    w = np.full((64, 3), -(2**20), dtype=np.int64)
+    for fn in (ik.integer_gemm, ik.integer_gemm_reference):
+        with pytest.raises(OverflowRiskError, match=r"fc1.*uint41.*int21"):
+            fn(x, w, 0, 0, name="fc1")
+    # The largest accumulator that fits is computed exactly (i64 strategy).
+    x = np.full((1, 4), 2**30, dtype=np.int64)
+    w = np.full((4, 1), 2**30 - 1, dtype=np.int64)
+    assert ik.integer_gemm(x, w)[0][0, 0] == 4 * 2**30 * (2**30 - 1)
+
+
+# --- Conv and pools ------------------------------------------------------------------------
+
+
+@st.composite
+def conv_case(draw: Any) -> dict[str, Any]:
+    one_d = draw(st.booleans())
+    group = draw(st.sampled_from([1, 2, 3]))
+    cg, og = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    n = draw(st.integers(1, 3))
+    ks = [draw(st.integers(1, 3)) for _ in range(1 if one_d else 2)]
+    sizes = [draw(st.integers(k, k + 5)) for k in ks]
+    strides = [draw(st.integers(1, 3)) for _ in ks]
+    pads = [draw(st.integers(0, 2)) for _ in range(2 * len(ks))]
+    bits = draw(st.sampled_from([2, 8, 20]))
+    x = _ints(draw, (n, cg * group, *sizes), bits, draw(st.booleans()))
+    w = _ints(draw, (og * group, cg, *ks), draw(st.sampled_from([2, 8])), True)
+    z_x = draw(st.integers(-(2**7), 2**8))
+    z_w = draw(st.sampled_from([0, draw(st.integers(-100, 100))]))
+    return {
+        "q_x": _layout(draw, x),
+        "q_w": _layout(draw, w),
+        "z_x": z_x,
+        "z_w": z_w,
+        "strides": strides,
+        "pads": pads,
+        "group": group,
+    }
+
+
+@SETTINGS
+@given(conv_case())
+def test_conv_matches_reference(case: dict[str, Any]) -> None:
+    _equal(ik.integer_conv(**case), ik.integer_conv_reference(**case))
+
+
+def _float_conv(x: np.ndarray, w: np.ndarray, strides: list[int], pads: list[int], group: int):
+    """A direct float64 conv by explicit loops, independent of the reference's einsum."""
+    x4 = x[:, :, None, :] if x.ndim == 3 else x
+    w4 = w[:, :, None, :] if w.ndim == 3 else w
+    s = (1, strides[0]) if x.ndim == 3 else tuple(strides)
+    p = (0, pads[0], 0, pads[1]) if x.ndim == 3 else tuple(pads)
+    xp = np.pad(x4, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])))
+    o, cg, kh, kw = w4.shape
+    oh = (xp.shape[2] - kh) // s[0] + 1
+    ow = (xp.shape[3] - kw) // s[1] + 1
+    out = np.zeros((x4.shape[0], o, oh, ow))
+    for oc in range(o):
+        g = oc // (o // group)
+        for i in range(oh):
+            for j in range(ow):
+                win = xp[
+                    :, g * cg : (g + 1) * cg, i * s[0] : i * s[0] + kh, j * s[1] : j * s[1] + kw
+                ]
+                out[:, oc, i, j] = (win * w4[oc]).sum(axis=(1, 2, 3))
+    return out[:, :, 0, :] if x.ndim == 3 else out
+
+
+@SETTINGS
+@given(conv_case())
+def test_conv_equals_the_float_formula(case: dict[str, Any]) -> None:
+    """acc + n_w·z_x·z_w - sum_w = conv(x_pad - z_x, w - z_w) with 0-padding (SPEC §3.2)."""
+    acc, sum_w = ik.integer_conv(**case)
+    x, w, z_x, z_w = case["q_x"], case["q_w"], case["z_x"], case["z_w"]
+    n_w = int(np.prod(w.shape[1:]))
+    want = _float_conv(
+        x.astype(np.float64) - z_x,
+        w.astype(np.float64) - z_w,
+        case["strides"],
+        case["pads"],
+        case["group"],
+    )
+    np.testing.assert_array_equal(acc + n_w * z_x * z_w - sum_w, want)
+
+
+@st.composite
+def pool_case(draw: Any) -> dict[str, Any]:
+    one_d = draw(st.booleans())
+    ks = [draw(st.integers(1, 3)) for _ in range(1 if one_d else 2)]
+    sizes = [draw(st.integers(k, k + 6)) for k in ks]
+    strides = [draw(st.integers(1, 3)) for _ in ks]
+    pads = [draw(st.integers(0, k - 1)) for k in ks + ks]
+    x = _ints(draw, (draw(st.integers(1, 3)), draw(st.integers(1, 4)), *sizes), 8, False)
+    return {
+        "q_x": _layout(draw, x),
+        "kernel_shape": ks,
+        "strides": strides,
+        "pads": pads,
+        "z_x": draw(st.integers(-10, 300)),
+    }
+
+
+@SETTINGS
+@given(pool_case(), st.sampled_from([0, 1]))
+def test_window_sum_matches_reference(case: dict[str, Any], ceil_mode: int) -> None:
+    _equal(
+        (ik.window_sum(**case, ceil_mode=ceil_mode),),
+        (ik.window_sum_reference(**case, ceil_mode=ceil_mode),),
+    )
+
+
+@SETTINGS
+@given(pool_case())
+def test_window_max_matches_reference(case: dict[str, Any]) -> None:
+    _equal((ik.window_max(**case),), (ik.window_max_reference(**case),))
+
+
+@SETTINGS
+@given(pool_case())
+def test_unfold_matches_reference(case: dict[str, Any]) -> None:
+    if case["q_x"].ndim == 3:  # Unfold is 2-D: run the 1-D case with H = 1
+        (k,), (s,), (pb, pe) = case["kernel_shape"], case["strides"], case["pads"]
+        case = {
+            "q_x": case["q_x"][:, :, None, :],
+            "kernel_shape": [1, k],
+            "strides": [1, s],
+            "pads": [0, pb, 0, pe],
+            "z_x": case["z_x"],
+        }
+    _equal((ik.unfold(**case),), (ik.unfold_reference(**case),))
+
+
+def test_unfold_uses_torch_order() -> None:
+    x = np.arange(2 * 3 * 4, dtype=np.int64).reshape(1, 2, 3, 4)
+    out = ik.unfold(x, (2, 2), (1, 2), (0, 0, 0, 0), 0)
+    assert out.shape == (1, 2 * 4, 2 * 2)
+    # column 1 = window at (row 0, col 2); rows = (channel, i, j)
+    np.testing.assert_array_equal(out[0, :, 1], [2, 3, 6, 7, 14, 15, 18, 19])
+
+
+def test_ceil_mode_pads_with_zero_and_counts_windows() -> None:
+    x = np.arange(25, dtype=np.int64).reshape(1, 1, 5, 5)
+    floor = ik.window_sum(x, (2, 2), (2, 2), (0, 0, 0, 0), 7)
+    ceil = ik.window_sum(x, (2, 2), (2, 2), (0, 0, 0, 0), 7, ceil_mode=1)
+    assert floor.shape == (1, 1, 2, 2) and ceil.shape == (1, 1, 3, 3)
+    np.testing.assert_array_equal(ceil[..., :2, :2], floor)
+    assert ceil[0, 0, 2, 2] == 24  # the corner window: one input cell, three 0 cells
+    norm = ik.window_sum(np.ones_like(x), (2, 2), (2, 2), (0, 0, 0, 0), 1, ceil_mode=1)
+    np.testing.assert_array_equal(norm[0, 0], [[4, 4, 2], [4, 4, 2], [2, 2, 1]])
+    # A window that would start in the end padding is dropped.
+    assert ik.ceil_mode_extension((4, 4), (2, 2), (2, 2), (0, 0, 1, 1)) == (0, 0)
+
+
+def test_conv_errors() -> None:
+    x = np.zeros((1, 4, 5, 5), dtype=np.int64)
+    w = np.zeros((2, 3, 3, 3), dtype=np.int64)
+    with pytest.raises(ShapeError, match=r"conv1.*group"):
+        ik.integer_conv(x, w, group=1, name="conv1")
+    with pytest.raises(QuantizedOpError, match="strides"):
+        ik.integer_conv(x, w[:, :2], group=2, strides=(0, 1))
+    with pytest.raises(QuantizedOpError, match="z_x"):
+        ik.integer_conv(x, w[:, :2], np.array([1, 2]), group=2)
+    big = np.full((1, 1, 3, 3), 2**40, dtype=np.int64)
+    for fn in (ik.integer_conv, ik.integer_conv_reference):
+        with pytest.raises(OverflowRiskError, match=r"conv2.*uint41.*int26"):
+            fn(big, np.full((1, 1, 3, 3), -(2**25), dtype=np.int64), name="conv2")
+
+
+# --- round_bit_pattern and bit widths ---------------------------------------------------------
+
+
+@SETTINGS
+@given(
+    st.lists(st.integers(-(2**40), 2**40), min_size=0, max_size=30),
+    st.integers(-2, 20),
+)
+def test_round_bit_pattern_matches_reference(values: list[int], lsbs: int) -> None:
+    x = np.array(values, dtype=np.int64).reshape(-1, 1)[::-1]
+    got = ik.round_bit_pattern(x, lsbs)
+    _equal((got,), (ik.round_bit_pattern_reference(x, lsbs),))
+    if lsbs > 0:
+        step = 2**lsbs
+        for v, r in zip(x.ravel().tolist(), got.ravel().tolist(), strict=True):
+            # a multiple of 2^k, less than half a step below v or half a step above (ties up)
+            assert r % step == 0 and -step // 2 <= v - r < step // 2
+            assert r == (v + step // 2) // step * step
+
+
+def test_round_bit_pattern_ties_go_up() -> None:
+    x = np.array([-6, -2, 2, 6, -5, 5, 7, -7])
+    np.testing.assert_array_equal(ik.round_bit_pattern(x, 2), [-4, 0, 4, 8, -4, 4, 8, -8])
+    np.testing.assert_array_equal(ik.round_bit_pattern(x, 0), x)
+    with pytest.raises(OverflowRiskError):
+        ik.round_bit_pattern(np.array([2**63 - 2]), 3)
+
+
+def _concrete_integer() -> Any:
+    """concrete-python's Integer type (its import warns about pkg_resources namespaces)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from concrete.fhe.dtypes import Integer
+    return Integer
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(-(2**62), 2**62 - 1), st.integers(0, 2**62 - 1))
+def test_bit_width_matches_concrete(a: int, span: int) -> None:
+    Integer = _concrete_integer()
+    lo, hi = a, a + span
+    want = Integer.that_can_represent(np.array([lo, hi], dtype=np.int64))
+    assert ik.bit_width(lo, hi) == ik.bit_width_reference(lo, hi) == want.bit_width
+    assert (lo < 0) == want.is_signed
+
+
+@pytest.mark.parametrize("v", [0, 1, 2, 127, 128, 255, 256, 2**31, 2**47, 2**53, 2**62])
+def test_bit_width_edges_match_concrete(v: int) -> None:
+    Integer = _concrete_integer()
+    for lo, hi in [(0, v), (-v, 0), (-v, v), (-v - 1, v - 1)]:
+        want = Integer.that_can_represent(np.array([lo, hi], dtype=np.int64)).bit_width
+        assert ik.bit_width(lo, hi) == want, (lo, hi)
+
+
+# --- worst-case accumulator ranges --------------------------------------------------------------
+
+
+@st.composite
+def box(draw: Any) -> tuple[int, int]:
+    lo = draw(st.integers(-300, 300))
+    return lo, lo + draw(st.integers(0, 300))
+
+
+@SETTINGS
+@given(gemm_case(), box(), st.integers(-1, 6))
+def test_gemm_bounds_hold_and_are_attained(
+    case: tuple[np.ndarray, np.ndarray, int, int], rng_box: tuple[int, int], lsbs: int
+) -> None:
+    _, w, _, z_w = case
+    x_lo, x_hi = rng_box
+    lo, hi = ik.gemm_bounds(w, z_w, x_lo, x_hi, lsbs)
+    _equal((lo, hi), ik.gemm_bounds_reference(w, z_w, x_lo, x_hi, lsbs))
+    raw_lo, raw_hi = ik.gemm_bounds(w, z_w, x_lo, x_hi)
+    k, n = w.shape[-2:]
+    # Random inputs in the box never leave the bounds, before or after rounding.
+    x = np.random.default_rng(k * n).integers(x_lo, x_hi, (*w.shape[:-2], 16, k), endpoint=True)
+    acc, _ = ik.integer_gemm(x, w, 0, z_w)
+    assert (acc >= raw_lo[..., None, :]).all() and (acc <= raw_hi[..., None, :]).all()
+    rounded = ik.round_bit_pattern(acc, lsbs)
+    assert (rounded >= lo[..., None, :]).all() and (rounded <= hi[..., None, :]).all()
+    # The predicted extreme inputs (row j for column j) reach the bounds exactly.
+    coef = np.swapaxes(w - z_w, -1, -2)  # (..., N, K)
+    x_min = np.where(coef >= 0, x_lo, x_hi)
+    x_max = np.where(coef >= 0, x_hi, x_lo)
+    acc_min = np.diagonal(ik.integer_gemm(x_min, w, 0, z_w)[0], axis1=-2, axis2=-1)
+    acc_max = np.diagonal(ik.integer_gemm(x_max, w, 0, z_w)[0], axis1=-2, axis2=-1)
+    np.testing.assert_array_equal(acc_min, raw_lo)
+    np.testing.assert_array_equal(acc_max, raw_hi)
+    np.testing.assert_array_equal(ik.round_bit_pattern(acc_min, lsbs), lo)
+    np.testing.assert_array_equal(ik.round_bit_pattern(acc_max, lsbs), hi)
+
+
+def _as_2d(case: dict[str, Any]) -> dict[str, Any]:
+    """The 2-D form of a conv case (1-D runs as 2-D with H = 1)."""
+    if case["q_x"].ndim == 4:
+        return case
+    s, p = case["strides"], case["pads"]
+    return {
+        **case,
+        "q_x": case["q_x"][:, :, None, :],
+        "q_w": case["q_w"][:, :, None, :],
+        "strides": [1, s[0]],
+        "pads": [0, p[0], 0, p[1]],
+    }
+
+
+@settings(max_examples=25, deadline=None)
+@given(conv_case(), box(), st.integers(-1, 4))
+def test_conv_bounds_hold_and_are_attained(
+    case: dict[str, Any], rng_box: tuple[int, int], lsbs: int
+) -> None:
+    x_lo, x_hi = rng_box
+    spatial = case["q_x"].shape[2:]
+    geo = {"strides": case["strides"], "pads": case["pads"]}
+    w, z_w, z_x = case["q_w"], case["z_w"], case["z_x"]
+    lo, hi = ik.conv_bounds(w, z_w, x_lo, x_hi, spatial, z_x, lsbs=lsbs, **geo)
+    ref = ik.conv_bounds_reference(w, z_w, x_lo, x_hi, spatial, z_x, lsbs=lsbs, **geo)
+    _equal((lo, hi), ref)
+    raw_lo, raw_hi = ik.conv_bounds(w, z_w, x_lo, x_hi, spatial, z_x, **geo)
+
+    c2 = _as_2d(case)
+    w4, (sh, sw), (ph, pw) = c2["q_w"], c2["strides"], c2["pads"][:2]
+    o, cg, kh, kw = w4.shape
+    shape = (1, c2["q_x"].shape[1], *c2["q_x"].shape[2:])
+
+    def conv(x: np.ndarray) -> np.ndarray:
+        return ik.integer_conv(
+            x, w4, z_x, z_w, strides=c2["strides"], pads=c2["pads"], group=c2["group"]
+        )[0][0]
+
+    # Random inputs in the box never leave the bounds.
+    rnd = np.random.default_rng(7).integers(x_lo, x_hi, (8, *shape[1:]), endpoint=True)
+    acc = ik.integer_conv(
+        rnd, w4, z_x, z_w, strides=c2["strides"], pads=c2["pads"], group=c2["group"]
+    )[0]
+    assert (acc.min(axis=(0, 2, 3)) >= raw_lo).all()
+    assert (acc.max(axis=(0, 2, 3)) <= raw_hi).all()
+    # Tightness: per channel and output position, set each window cell to the end its
+    # coefficient asks for; the best position reaches the bound exactly.
+    oh, ow = conv(np.zeros(shape, dtype=np.int64)).shape[1:]
+    best_lo, best_hi = [], []
+    for oc in range(o):
+        g = oc // (o // c2["group"])
+        lows, highs = [], []
+        for y in range(oh):
+            for xx in range(ow):
+                x_min = np.full(shape, x_lo, dtype=np.int64)
+                x_max = np.full(shape, x_hi, dtype=np.int64)
+                for ci in range(cg):
+                    for i in range(kh):
+                        for j in range(kw):
+                            r, s = y * sh + i - ph, xx * sw + j - pw
+                            if 0 <= r < shape[2] and 0 <= s < shape[3]:
+                                up = w4[oc, ci, i, j] - z_w >= 0
+                                x_min[0, g * cg + ci, r, s] = x_lo if up else x_hi
+                                x_max[0, g * cg + ci, r, s] = x_hi if up else x_lo
+                lows.append(conv(x_min)[oc, y, xx])
+                highs.append(conv(x_max)[oc, y, xx])
+        best_lo.append(min(lows))
+        best_hi.append(max(highs))
+    np.testing.assert_array_equal(best_lo, raw_lo)
+    np.testing.assert_array_equal(best_hi, raw_hi)
+
+
+@SETTINGS
+@given(pool_case(), st.sampled_from([0, 1]), box(), st.integers(-1, 3))
+def test_window_sum_bounds_hold_and_are_attained(
+    case: dict[str, Any], ceil_mode: int, rng_box: tuple[int, int], lsbs: int
+) -> None:
+    x_lo, x_hi = rng_box
+    geo = {k: case[k] for k in ("kernel_shape", "strides", "pads")}
+    spatial = case["q_x"].shape[2:]
+    args = (geo["kernel_shape"], spatial, case["z_x"], x_lo, x_hi, geo["strides"], geo["pads"])
+    lo, hi = ik.window_sum_bounds(*args, ceil_mode=ceil_mode, lsbs=lsbs)
+    assert (lo, hi) == ik.window_sum_bounds_reference(*args, ceil_mode=ceil_mode, lsbs=lsbs)
+    raw = ik.window_sum_bounds(*args, ceil_mode=ceil_mode)
+    shape = (1, 1, *spatial)
+    sums = [
+        ik.window_sum(np.full(shape, v), z_x=case["z_x"], ceil_mode=ceil_mode, **geo)
+        for v in (x_lo, x_hi)
+    ]
+    assert (int(sums[0].min()), int(sums[1].max())) == raw
+    rnd = np.random.default_rng(3).integers(x_lo, x_hi, (4, 1, *spatial), endpoint=True)
+    got = ik.window_sum(rnd, z_x=case["z_x"], ceil_mode=ceil_mode, **geo)
+    assert raw[0] <= got.min() and got.max() <= raw[1]

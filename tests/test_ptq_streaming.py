@@ -1,0 +1,162 @@
+"""Streamed calibration equals whole-set calibration exactly (SPEC decision 4)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fhequant import build_quantized_module
+from fhequant.errors import GraphInputError, NonFiniteError
+from fhequant.quantized.float_matmul import (
+    matmul_f32_sequential,
+    matmul_f32_sequential_reference,
+)
+from fhequant.quantized.streaming import TensorStore, iter_row_blocks, normalize_calibration_data
+from ptq_helpers import assert_same_module, cnn, mlp
+
+RNG = np.random.default_rng(1234)
+X_MLP = RNG.normal(size=(1100, 12)).astype(np.float32)
+X_CNN = RNG.normal(size=(300, 1, 8, 8)).astype(np.float32)
+
+
+def _irregular(x: np.ndarray, sizes: tuple[int, ...] = (1, 30, 7, 64, 200, 3)) -> Iterator[Any]:
+    start, i = 0, 0
+    while start < len(x):
+        end = min(len(x), start + sizes[i % len(sizes)])
+        yield x[start:end]
+        start, i = end, i + 1
+
+
+class _Reiterable:
+    def __init__(self, x: np.ndarray) -> None:
+        self.x = x
+
+    def __iter__(self) -> Iterator[Any]:
+        return _irregular(self.x)
+
+
+@pytest.mark.parametrize("rounding", [None, 4, {"n_bits": 5, "method": "APPROXIMATE"}])
+def test_mlp_streamed_equals_whole(rounding: Any) -> None:
+    model = mlp([12, 24, 16, 5], act="Relu", seed=3)
+    kwargs = {"n_bits": 4, "rounding_threshold_bits": rounding}
+    whole = build_quantized_module(model, X_MLP, batch_size=10_000, **kwargs)
+    assert whole.quant_layers_dict["g0"][1].lsbs_to_remove.get("matmul", 0) == (
+        0 if rounding is None else whole.quant_layers_dict["g0"][1].lsbs_to_remove["matmul"]
+    )
+    test = X_MLP[:50] * 1.5
+    for data in (_irregular(X_MLP), _Reiterable(X_MLP), X_MLP):
+        streamed = build_quantized_module(model, data, batch_size=64, **kwargs)
+        assert_same_module(whole, streamed, test)
+    if rounding is not None:
+        assert whole.quant_layers_dict["g0"][1].lsbs_to_remove["matmul"] > 0
+
+
+def test_mlp_sigmoid_spilled_to_disk_equals_whole() -> None:
+    model = mlp([12, 20, 3], act="Sigmoid", seed=5)
+    whole = build_quantized_module(model, X_MLP, n_bits=6, batch_size=4096)
+    spilled = build_quantized_module(
+        model, _irregular(X_MLP), n_bits=6, batch_size=100, memory_budget=0
+    )
+    assert_same_module(whole, spilled, X_MLP[:40])
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_cnn_streamed_equals_whole(batchnorm: bool) -> None:
+    model = cnn(seed=2, batchnorm=batchnorm)
+    whole = build_quantized_module(
+        model, X_CNN, n_bits=5, rounding_threshold_bits=5, batch_size=4096
+    )
+    streamed = build_quantized_module(
+        model, _irregular(X_CNN), n_bits=5, rounding_threshold_bits=5, batch_size=32
+    )
+    assert_same_module(whole, streamed, X_CNN[:10])
+    assert whole.quant_layers_dict["c1"][1].lsbs_to_remove["matmul"] > 0
+
+
+def test_rounding_range_is_global_not_a_max_over_blocks() -> None:
+    # One block holds the largest accumulator, another the only negative one: the width of
+    # the global range (sign bit on the large end) exceeds every per-block width.
+    w = np.array([[1.0]], dtype=np.float32)
+    model = mlp([1, 1, 1], seed=0)
+    model.graph.initializer[0].CopyFrom(__import__("onnx").numpy_helper.from_array(w, "w0"))
+    x = np.concatenate([np.linspace(0, 1, 64), np.linspace(-0.05, 0.01, 64)])
+    x = x.astype(np.float32)[:, None]
+    whole = build_quantized_module(model, x, n_bits=6, rounding_threshold_bits=3)
+    streamed = build_quantized_module(model, x, n_bits=6, rounding_threshold_bits=3, batch_size=64)
+    assert_same_module(whole, streamed, x)
+
+
+def test_nan_in_calibration_data_names_the_input() -> None:
+    x = X_MLP.copy()
+    x[700, 3] = np.nan
+    with pytest.raises(NonFiniteError, match="'x'"):
+        build_quantized_module(mlp([12, 4]), _irregular(x), n_bits=4, batch_size=64)
+
+
+def test_overflow_in_an_intermediate_names_tensor_and_op() -> None:
+    model = mlp([12, 6, 2], seed=1, scale=1e30)
+    x = (X_MLP * 1e20).astype(np.float32)
+    for batch_size in (64, 4096):
+        with pytest.raises(NonFiniteError, match=r"'g0'.*gemm0|gemm0.*'g0'"):
+            build_quantized_module(model, x, n_bits=4, batch_size=batch_size)
+
+
+def test_progress_bar_when_verbose(capsys: pytest.CaptureFixture[str]) -> None:
+    build_quantized_module(mlp([12, 3]), X_MLP, n_bits=4, batch_size=256, verbose=True)
+    err = capsys.readouterr().err
+    assert "calibration pass" in err
+    assert "row" in err
+
+
+def test_bad_calibration_data_is_rejected() -> None:
+    with pytest.raises(GraphInputError, match="empty"):
+        build_quantized_module(mlp([12, 3]), iter([]), n_bits=4)
+    with pytest.raises(GraphInputError, match="batch_size"):
+        build_quantized_module(mlp([12, 3]), X_MLP, n_bits=4, batch_size=0)
+    with pytest.raises(GraphInputError, match="holds 2"):
+        build_quantized_module(mlp([12, 3]), (X_MLP, X_MLP), n_bits=4)
+
+
+def test_row_blocks_are_anchored_at_row_zero() -> None:
+    x = np.arange(23, dtype=np.float32)[:, None]
+    blocks = list(iter_row_blocks(normalize_calibration_data(_irregular(x)), 1, 5))
+    assert [b[0].shape[0] for b in blocks] == [5, 5, 5, 5, 3]
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in blocks]), x)
+
+
+def test_store_spills_and_restores_dtypes() -> None:
+    with TensorStore(memory_budget=8) as store:
+        store.put("q", np.array([1, 2, 300], dtype=np.int64))
+        store.put("q", np.array([-1, 2], dtype=np.int64))
+        store.put("f", np.ones(4, dtype=np.float32))
+        assert store.spilled
+        assert store.get("q", 0).dtype == np.int64
+        np.testing.assert_array_equal(store.get("q", 1), [-1, 2])
+        np.testing.assert_array_equal(store.get("f", 0), np.ones(4, dtype=np.float32))
+        store.drop("q")
+        assert "q" not in store
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 70),
+    k=st.integers(1, 40),
+    m=st.integers(1, 9),
+    seed=st.integers(0, 2**31),
+    split=st.integers(1, 70),
+)
+def test_sequential_matmul_kernel_matches_numpy_twin(
+    n: int, k: int, m: int, seed: int, split: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    a = (rng.normal(size=(n, k)) * rng.choice([1e-3, 1.0, 1e3])).astype(np.float32)
+    b = rng.normal(size=(k, m)).astype(np.float32)
+    whole = matmul_f32_sequential(a, b)
+    np.testing.assert_array_equal(whole, matmul_f32_sequential_reference(a, b))
+    parts = [matmul_f32_sequential(a[i : i + split], b) for i in range(0, n, split)]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)

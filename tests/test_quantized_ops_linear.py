@@ -1,0 +1,121 @@
+"""Gemm / MatMul / Conv: the integer formula against float and exact integer references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fhequant.errors import NotCalibratedError, QuantizedOpError
+from fhequant.quantization import QuantizationOptions
+from fhequant.quantized import QuantizedGemm, QuantizedMatMul
+from quantized_ops_helpers import qa_float, qa_int
+
+RNG = np.random.default_rng(1234)
+
+
+def _gemm(trans_b: int, bias: bool, n_bits: int = 4) -> tuple[QuantizedGemm, np.ndarray]:
+    x = RNG.normal(size=(7, 5)).astype(np.float32)
+    w = RNG.normal(0.3, 1.0, size=(3, 5) if trans_b else (5, 3)).astype(np.float32)
+    consts = {1: qa_float(w, n_bits, signed=True)}
+    if bias:
+        consts[2] = qa_float(RNG.normal(size=3).astype(np.float32), n_bits, signed=True)
+    op = QuantizedGemm(
+        5,
+        "gemm",
+        constant_inputs=consts,
+        input_quant_opts=QuantizationOptions(n_bits, is_signed=True),
+        transB=trans_b,
+    )
+    op.calibrate(x)
+    return op, x
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_graph_output_gemm_accumulator_is_exact_zp_corrected_product(trans_b: int) -> None:
+    op, _ = _gemm(trans_b, bias=False)
+    q_w = op.constant_inputs[1]
+    q_x = qa_int(RNG.integers(0, 16, size=(7, 5)), 0.1, 3, n_bits=4, signed=True)
+    assert q_w.quantizer.zero_point != 0 and q_x.quantizer.zero_point != 0
+    op.produces_graph_output = True
+    out = op.q_impl(q_x)
+    w_int = q_w.qvalues.T if trans_b else q_w.qvalues
+    expected = (q_x.qvalues - 3) @ (w_int - q_w.quantizer.zero_point)
+    # acc - out_zp is the exact integer product of the centred operands [FIX a: p = 5].
+    np.testing.assert_array_equal(out.qvalues - out.quantizer.zero_point, expected)
+    assert out.quantizer.scale == 0.1 * q_w.quantizer.scale
+    assert np.asarray(out.quantizer.zero_point).shape == (1, 3)
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_graph_output_gemm_dequantizes_to_float_gemm_of_dequantized_inputs(trans_b: int) -> None:
+    op, x = _gemm(trans_b, bias=True)
+    q_w, q_b = op.constant_inputs[1], op.constant_inputs[2]
+    q_x = qa_float(x, 4, signed=True)
+    op.produces_graph_output = True
+    out = op.q_impl(q_x)
+    w = q_w.dequant().T if trans_b else q_w.dequant()
+    expected = q_x.dequant() @ w + q_b.values
+    np.testing.assert_allclose(out.dequant(), expected, rtol=1e-6, atol=1e-5)
+    assert out.quantizer.zero_point.dtype == np.float64
+
+
+def test_hidden_gemm_rescales_then_adds_float_bias_and_requantizes() -> None:
+    op, x = _gemm(1, bias=True)
+    q_w, q_b = op.constant_inputs[1], op.constant_inputs[2]
+    q_x = qa_float(x, 4, signed=True)
+    out = op.q_impl(q_x)
+    m = q_x.quantizer.scale * q_w.quantizer.scale
+    centred = (q_x.qvalues - q_x.quantizer.zero_point) @ (q_w.qvalues - q_w.quantizer.zero_point).T
+    v = m * centred.astype(np.float64) + q_b.values
+    s, z = op.output_quant_params.scale, op.output_quant_params.zero_point
+    np.testing.assert_array_equal(out.qvalues, np.clip(np.rint(v / s + z), 0, 31))
+    np.testing.assert_allclose(out.values, v, rtol=1e-12)
+    # dequantized output is within half a step (plus clipping at the range) of the floats
+    inside = (v >= op.output_quant_stats.rmin) & (v <= op.output_quant_stats.rmax)
+    assert np.all(np.abs(out.dequant() - v)[inside] <= s / 2 + 1e-9)
+
+
+def test_matmul_uses_rank3_weights() -> None:
+    w = RNG.normal(size=(2, 4, 3)).astype(np.float32)
+    op = QuantizedMatMul(5, "mm", constant_inputs={"1": qa_float(w, 5, signed=True)})
+    x = RNG.normal(size=(2, 6, 4)).astype(np.float32)
+    raw = op.calibrate(x)
+    assert raw.shape == (2, 6, 3) and raw.dtype == np.float32
+    op.produces_graph_output = True
+    q_x = qa_float(x, 5, signed=True)
+    out = op.q_impl(q_x)
+    np.testing.assert_allclose(out.dequant(), q_x.dequant() @ op.constant_inputs[1].dequant())
+
+
+def test_encrypted_gemm_matches_exact_product() -> None:
+    op = QuantizedMatMul(6, "mm", int_input_names={"a", "b"})
+    a = RNG.normal(size=(3, 4)).astype(np.float32)
+    b = RNG.normal(size=(4, 2)).astype(np.float32)
+    op.calibrate(a, b)
+    q_a, q_b = (
+        qa_int(RNG.integers(0, 32, (3, 4)), 0.05, 7),
+        qa_int(RNG.integers(0, 32, (4, 2)), 0.1, 11),
+    )
+    op.input_quant_opts = q_a.quantizer.quant_options
+    out = op.q_impl(q_a, q_b)
+    v = 0.05 * 0.1 * ((q_a.qvalues - 7) @ (q_b.qvalues - 11)).astype(np.float64)
+    np.testing.assert_allclose(out.values, v)
+
+
+def test_gemm_constructor_errors() -> None:
+    w = qa_float(np.ones((2, 2), np.float32), 4)
+    with pytest.raises(QuantizedOpError, match="alpha"):
+        QuantizedGemm(5, "g", constant_inputs={1: w}, alpha=2.0)
+    with pytest.raises(QuantizedOpError, match="beta"):
+        QuantizedGemm(5, "g", constant_inputs={1: w}, beta=0.5)
+    with pytest.raises(QuantizedOpError, match="rank 4"):
+        QuantizedGemm(5, "g", constant_inputs={1: qa_float(np.ones((1, 1, 2, 2)), 4)})
+    with pytest.raises(QuantizedOpError, match="unknown attribute"):
+        QuantizedGemm(5, "g", constant_inputs={1: w}, foo=1)
+    with pytest.raises(QuantizedOpError, match="unknown constant input"):
+        QuantizedGemm(5, "g", constant_inputs={"weights": w})
+    op = QuantizedGemm(5, "g", constant_inputs={1: w})
+    with pytest.raises(QuantizedOpError, match="expects"):
+        op.calibrate(np.ones((2, 2)), np.ones(2), np.ones(2))
+    with pytest.raises(NotCalibratedError, match="'g'"):
+        op.q_impl(qa_float(np.ones((2, 2)), 4))
