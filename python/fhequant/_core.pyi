@@ -35,7 +35,6 @@ __version__: str
 
 def _raise_kernel_error(variant: str, context: str | None = None) -> None: ...
 
-<<<<<<< HEAD
 # --- quantization kernels (kernels::quant); called by fhequant.quantization._kernels ---
 def quantize(
     values: NDArray[Any],
