@@ -147,3 +147,36 @@ def test_bad_attribute_is_named() -> None:
     )
     with pytest.raises(FhequantError, match=r"'fc'|transC"):
         NumpyModule(model)
+
+
+def test_mutated_models_fail_with_typed_errors_only() -> None:
+    """Byte flips in a small CNN model: each load/forward succeeds or raises FhequantError."""
+    import torch
+    from torch import nn
+
+    from fhequant.torch import export_to_onnx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1),
+        nn.BatchNorm2d(2),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+        nn.Sigmoid(),
+    ).eval()
+    x = RNG.normal(size=(3, 1, 4, 4)).astype(np.float32)
+    data = export_to_onnx(model, x).SerializeToString()
+    rng = np.random.default_rng(11)
+    outcomes = {"ok": 0, "typed": 0}
+    for _ in range(300):
+        mutated = bytearray(data)
+        for i in rng.integers(len(mutated), size=rng.integers(1, 4)):
+            mutated[i] = rng.integers(256)
+        try:
+            NumpyModule(bytes(mutated))(x)
+            outcomes["ok"] += 1
+        except FhequantError:
+            outcomes["typed"] += 1
+    assert outcomes["typed"] > 0 and outcomes["ok"] > 0

@@ -375,3 +375,41 @@ def test_constant_and_constant_of_shape_chain() -> None:
     module = NumpyModule(typed(model, ref))
     assert [n.op_type for n in module.nodes] == ["Shape", "ConstantOfShape", "Add", "Add", "Mul"]
     check("Mul", module(x), ref)
+
+
+@pytest.mark.parametrize(
+    ("opset", "inits", "attrs", "n_out"),
+    [
+        (13, {"s": i64(1, 4, 2)}, {"axis": 1}, 3),
+        (13, {}, {"axis": -1}, 2),
+        (18, {}, {"axis": 1, "num_outputs": 3}, 3),
+        (18, {}, {"axis": 1, "num_outputs": 2}, 2),
+    ],
+)
+def test_split(opset: int, inits: dict[str, np.ndarray], attrs: dict[str, Any], n_out: int) -> None:
+    x = f32(2, 7, 4)
+    model, ref = single_node("Split", {"x": x}, inits, attrs, opset, n_outputs=n_out)
+    check("Split", NumpyModule(model).forward(x), ref)
+
+
+@pytest.mark.parametrize(("axis", "bias"), [(-1, True), (1, False), (-2, True)])
+def test_layer_normalization(axis: int, bias: bool) -> None:
+    x = f32(2, 3, 4)
+    shape = x.shape[axis:]
+    inits = {"s": f32(*shape)}
+    if bias:
+        inits["b"] = f32(*shape)
+    model, ref = single_node("LayerNormalization", {"x": x}, inits, {"axis": axis}, 17, n_outputs=3)
+    check("LayerNormalization", NumpyModule(model).forward(x), ref)
+
+
+@pytest.mark.parametrize(
+    ("start", "limit", "delta"),
+    [(2, 11, 3), (5, 1, 2), (np.float32(1.5), np.float32(-1), np.float32(-0.75))],
+)
+def test_range(start: Any, limit: Any, delta: Any) -> None:
+    dtype = np.float32 if isinstance(start, np.floating) else np.int64
+    s = np.array(start, dtype)
+    inits = {"l": np.array(limit, dtype), "d": np.array(delta, dtype)}
+    model, ref = single_node("Range", {"s": s}, inits)
+    check("Range", NumpyModule(model).forward(s), ref)

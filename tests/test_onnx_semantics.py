@@ -335,3 +335,69 @@ def test_brevitas_quant_in_a_graph_is_not_folded() -> None:
     wq = np.clip(w / np.float32(0.1), -8, 7)
     expected = x @ ((np.rint(wq) - 0) * np.float32(0.1))
     np.testing.assert_allclose(module(x), expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(("rows", "chunk"), [(97, 1), (300, 7), (1000, 64), (257, 256)])
+def test_batch_invariant_matmul_does_not_depend_on_the_split(rows: int, chunk: int) -> None:
+    from fhequant.onnx.ops.linear import batch_invariant_matmul
+
+    x = RNG.normal(size=(rows, 48)).astype(np.float32)
+    w = RNG.normal(size=(48, 10)).astype(np.float32)
+    full = batch_invariant_matmul(x, w)
+    parts = np.concatenate(
+        [batch_invariant_matmul(x[i : i + chunk], w) for i in range(0, rows, chunk)]
+    )
+    assert full.dtype == np.float32
+    np.testing.assert_array_equal(parts, full)
+    np.testing.assert_allclose(full, x @ w, rtol=1e-5, atol=1e-5)
+    x3 = x[: rows - rows % 2].reshape(-1, 2, 48)
+    np.testing.assert_array_equal(
+        batch_invariant_matmul(x3, w).reshape(-1, 10), full[: len(x3) * 2]
+    )
+
+
+def test_specs_and_nodes_are_hashable() -> None:
+    x = RNG.normal(size=(2, 3)).astype(np.float32)
+    model = make_model(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        {"x": x},
+        ["y"],
+        out_types={"y": (TensorProto.FLOAT, [2, 3])},
+    )
+    node = NumpyModule(model).nodes[0]
+    assert {node: 1}[node] == 1
+    assert {ONNX_OPS["Relu"]: 1}[node.spec] == 1
+    with pytest.raises(AttributeError):
+        node.name = "other"  # type: ignore[misc]
+
+
+def test_average_pool_sums_windows_row_major() -> None:
+    """((a + b) + c) + d, as torch's float64 avg_pool2d that the reference calibrates with."""
+    pool = ONNX_OPS["AveragePool"].fn
+    x = np.tile(np.array([[1e16, 1.0], [-1e16, 1.0]]), (2, 3, 2, 2))
+    np.testing.assert_array_equal(pool(x, kernel_shape=(2, 2), strides=(2, 2)), 0.25)
+    y = RNG.normal(size=(2, 2, 7, 6)) * 10.0 ** RNG.integers(-8, 8, size=(2, 2, 7, 6))
+    out = pool(y, kernel_shape=(3, 2), strides=(2, 1), pads=(1, 0, 1, 1))
+    yp = np.pad(y.astype(np.float32).astype(np.float64), ((0, 0), (0, 0), (1, 1), (0, 1)))
+    expected = np.zeros(out.shape)
+    for i in range(out.shape[2]):
+        for j in range(out.shape[3]):
+            acc = yp[:, :, 2 * i, j].copy()
+            for ki, kj in [(0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]:
+                acc = acc + yp[:, :, 2 * i + ki, j + kj]
+            cells = sum(
+                1 for ki in range(3) for kj in range(2) if 1 <= 2 * i + ki <= 7 and j + kj < 6
+            )
+            expected[:, :, i, j] = acc / cells
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("domain", ["onnx.brevitas", "qonnx.custom_op.general"])
+def test_quant_domain_without_opset_import(domain: str) -> None:
+    x = RNG.normal(size=(3, 4)).astype(np.float32)
+    inits = {"s": np.float32(0.5), "z": np.float32(0), "b": np.float32(3)}
+    node = helper.make_node("Quant", ["x", "s", "z", "b"], ["y"], domain=domain, narrow=1)
+    model = make_model([node], {"x": x}, ["y"], inits, out_types={"y": (TensorProto.FLOAT, [3, 4])})
+    module = NumpyModule(model)
+    assert module.nodes[0].op_type == f"{domain}.Quant"
+    np.testing.assert_array_equal(module(x), np.rint(np.clip(x / np.float32(0.5), -3, 3)) * 0.5)

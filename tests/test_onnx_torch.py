@@ -21,9 +21,7 @@ def ort_per_sample(module: NumpyModule, original: bytes, *inputs: np.ndarray) ->
     sess = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
     rows = [
-        sess.run(None, {n: x[[i]].astype(np.float32) for n, x in zip(names, inputs, strict=True)})[
-            0
-        ]
+        sess.run(None, {n: x[[i]] for n, x in zip(names, inputs, strict=True)})[0]
         for i in range(inputs[0].shape[0])
     ]
     return np.concatenate(rows, axis=0)
@@ -185,3 +183,36 @@ def test_export_rejects_unused_inputs() -> None:
         export_to_onnx(Unused(), (x, x))
     with pytest.raises(GraphInputError, match="3 inputs given"):
         export_to_onnx(nn.Linear(3, 2), (x, x, x))
+
+
+def test_layer_norm_mlp() -> None:
+    model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 2))
+    x = RNG.normal(size=(11, 6)).astype(np.float32)
+    compare(model, x)
+
+
+class Embed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(7, 4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.emb(idx).sum(dim=1))
+
+
+def test_embedding_becomes_onehot_matmul() -> None:
+    idx = RNG.integers(0, 7, size=(10, 3)).astype(np.int64)
+    module = compare(Embed(), idx)
+    assert module.onnx_preprocessing is not None
+    assert module.nodes[0].op_type == "MatMul"
+    onehot = module.preprocess_inputs(idx)[0]
+    assert onehot.shape == (10, 3, 7) and onehot.dtype == np.float32
+
+
+def test_unfold_decomposition() -> None:
+    """torch exports nn.Unfold at opset 14 as Shape/Range/Gather/Pad/Transpose/Reshape."""
+    model = nn.Sequential(nn.Unfold(2, padding=1, stride=2), nn.Flatten(), nn.Linear(8 * 9, 2))
+    x = RNG.normal(size=(5, 2, 5, 5)).astype(np.float32)
+    module = compare(model, x)
+    assert "Range" in [n.op_type for n in module.nodes]

@@ -7,7 +7,7 @@ import pytest
 
 from fhequant.errors import NotCalibratedError, QuantizedOpError
 from fhequant.quantization import QuantizationOptions
-from fhequant.quantized import QuantizedGemm, QuantizedMatMul
+from fhequant.quantized import QuantizedConv, QuantizedGemm, QuantizedMatMul
 from quantized_ops_helpers import qa_float, qa_int
 
 RNG = np.random.default_rng(1234)
@@ -119,3 +119,91 @@ def test_gemm_constructor_errors() -> None:
         op.calibrate(np.ones((2, 2)), np.ones(2), np.ones(2))
     with pytest.raises(NotCalibratedError, match="'g'"):
         op.q_impl(qa_float(np.ones((2, 2)), 4))
+
+
+def _float_conv(x: np.ndarray, w: np.ndarray, pads: list[int], strides: list[int]) -> np.ndarray:
+    """Plain float64 2-D conv (group 1) by explicit loops: the test's own reference."""
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    n, _, h, wd = xp.shape
+    o, _, kh, kw = w.shape
+    oh, ow = (h - kh) // strides[0] + 1, (wd - kw) // strides[1] + 1
+    out = np.zeros((n, o, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            patch = xp[
+                :, :, i * strides[0] : i * strides[0] + kh, j * strides[1] : j * strides[1] + kw
+            ]
+            out[:, :, i, j] = np.einsum("nckl,ockl->no", patch, w)
+    return out
+
+
+@pytest.mark.parametrize("graph_output", [True, False])
+def test_conv_matches_float_conv_of_dequantized_inputs(graph_output: bool) -> None:
+    x = RNG.normal(0.5, 1.0, size=(2, 3, 5, 6)).astype(np.float32)
+    w = RNG.normal(0.2, 1.0, size=(4, 3, 3, 3)).astype(np.float32)
+    b = RNG.normal(size=4).astype(np.float32)
+    q_w, q_b = qa_float(w, 4, signed=True), qa_float(b, 4, signed=True)
+    assert q_w.quantizer.zero_point != 0
+    attrs = {"kernel_shape": [3, 3], "pads": [1, 0, 2, 1], "strides": [2, 1]}
+    op = QuantizedConv(
+        6,
+        "conv",
+        constant_inputs={1: q_w, 2: q_b},
+        input_quant_opts=QuantizationOptions(4),
+        **attrs,
+    )
+    op.calibrate(x)
+    op.produces_graph_output = graph_output
+    q_x = qa_float(x, 4)
+    assert q_x.quantizer.zero_point != 0  # padding must use z_x, so pads dequantize to 0
+    out = op.q_impl(q_x)
+    expected = _float_conv(q_x.dequant(), q_w.dequant(), attrs["pads"], attrs["strides"])
+    expected = expected + b.reshape(1, -1, 1, 1)
+    if graph_output:
+        np.testing.assert_allclose(out.dequant(), expected, rtol=1e-9, atol=1e-6)
+        assert out.quantizer.zero_point.shape == (1, 4, 1, 1)
+        centred = _float_conv(
+            (q_x.qvalues - q_x.quantizer.zero_point).astype(np.float64),
+            (q_w.qvalues - q_w.quantizer.zero_point).astype(np.float64),
+            attrs["pads"],
+            attrs["strides"],
+        )
+        no_bias = out.qvalues - (
+            out.quantizer.zero_point + b.reshape(1, -1, 1, 1) / out.quantizer.scale
+        )
+        np.testing.assert_allclose(no_bias, centred, atol=1e-6)
+    else:
+        np.testing.assert_allclose(out.values, expected, rtol=1e-9, atol=1e-6)
+
+
+def test_conv1d_runs_as_2d() -> None:
+    x = RNG.normal(size=(2, 2, 9)).astype(np.float32)
+    w = qa_float(RNG.normal(size=(3, 2, 3)).astype(np.float32), 4, signed=True)
+    opts = QuantizationOptions(4, is_signed=True)
+    op = QuantizedConv(
+        5, "c1", constant_inputs={1: w}, input_quant_opts=opts, kernel_shape=[3], pads=[1, 1]
+    )
+    raw = op.calibrate(x)
+    op.produces_graph_output = True
+    q_x = qa_float(x, 4, signed=True)
+    out = op.q_impl(q_x)
+    assert out.qvalues.shape == raw.shape == (2, 3, 9)
+    expected = _float_conv(
+        q_x.dequant()[:, :, None, :], w.dequant()[:, :, None, :], [0, 1, 0, 1], [1, 1]
+    )
+    np.testing.assert_allclose(out.dequant(), expected[:, :, 0, :], atol=1e-9)
+
+
+def test_conv_constructor_and_input_errors() -> None:
+    w = qa_float(np.ones((1, 1, 2, 2), np.float32), 4)
+    with pytest.raises(QuantizedOpError, match="dilations"):
+        QuantizedConv(5, "c", constant_inputs={1: w}, kernel_shape=[2, 2], dilations=[2, 2])
+    with pytest.raises(QuantizedOpError, match="constant"):
+        QuantizedConv(5, "c", kernel_shape=[2, 2])
+    op = QuantizedConv(5, "c", constant_inputs={1: w}, kernel_shape=[2, 2])
+    op.calibrate(np.ones((1, 1, 3, 3), np.float32))
+    bad_w = qa_int(np.ones((1, 1, 2, 2)), 0.1, 0)
+    bad_w.quantizer.zero_point = 0.5
+    op.constant_inputs[1] = bad_w
+    with pytest.raises(QuantizedOpError, match=r"'c'.*weight zero point"):
+        op.q_impl(qa_float(np.ones((1, 1, 3, 3), np.float32), 5, signed=True))

@@ -25,17 +25,29 @@ def node_label(node: onnx.NodeProto, index: int) -> str:
     return node.name or f"{node.op_type}#{index}"
 
 
+def _text(value: Any, name: str) -> Any:
+    if not isinstance(value, bytes):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise OnnxImportError(f"attribute {name!r} is not valid UTF-8 text") from exc
+
+
 def attr_value(attr: onnx.AttributeProto) -> Any:
     """An attribute as a Python value: str, int, float, tuple, or numpy array for tensors."""
-    value = helper.get_attribute_value(attr)
-    if attr.type == onnx.AttributeProto.TENSOR:
-        return numpy_helper.to_array(value)
+    try:
+        value = helper.get_attribute_value(attr)
+        if attr.type == onnx.AttributeProto.TENSOR:
+            return numpy_helper.to_array(value)
+        if attr.type == onnx.AttributeProto.TENSORS:
+            return tuple(numpy_helper.to_array(v) for v in value)
+    except Exception as exc:
+        raise OnnxImportError(f"attribute {attr.name!r} cannot be read: {exc}") from exc
     if attr.type == onnx.AttributeProto.STRING:
-        return value.decode("utf-8") if isinstance(value, bytes) else value
+        return _text(value, attr.name)
     if attr.type == onnx.AttributeProto.STRINGS:
-        return tuple(v.decode("utf-8") if isinstance(v, bytes) else v for v in value)
-    if attr.type == onnx.AttributeProto.TENSORS:
-        return tuple(numpy_helper.to_array(v) for v in value)
+        return tuple(_text(v, attr.name) for v in value)
     if attr.type in (onnx.AttributeProto.INTS, onnx.AttributeProto.FLOATS):
         return tuple(value)
     if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):

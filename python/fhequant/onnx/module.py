@@ -18,7 +18,7 @@ from fhequant.onnx.registry import ONNX_OPS, OpSpec
 __all__ = ["GraphNode", "NumpyModule"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class GraphNode:
     """One node of a pre-processed graph, ready to run.
 
@@ -60,7 +60,7 @@ class GraphNode:
             res = fn(*inputs, **self.attrs)
         except FhequantError as exc:
             raise type(exc)(f"node {self.name!r} ({self.op_type}): {exc}") from exc
-        except (ValueError, TypeError, IndexError) as exc:
+        except (ValueError, TypeError, IndexError, ArithmeticError) as exc:
             shapes = [None if x is None else np.shape(x) for x in inputs]
             raise ShapeError(
                 f"node {self.name!r} ({self.op_type}) failed on inputs of shapes {shapes}: {exc}"
@@ -94,8 +94,13 @@ class NumpyModule:
         self.onnx_model: onnx.ModelProto = result.model
         self.onnx_preprocessing: onnx.ModelProto | None = result.preprocessing
         self.initializers: dict[str, np.ndarray] = result.initializers
-        self._pre = _Runner(result.preprocessing, None) if result.preprocessing else None
-        self._main = _Runner(result.model, result.initializers)
+        try:
+            self._pre = _Runner(result.preprocessing, None) if result.preprocessing else None
+            self._main = _Runner(result.model, result.initializers)
+        except FhequantError:
+            raise
+        except Exception as exc:
+            raise OnnxImportError(f"the ONNX graph cannot be prepared: {exc!r}") from exc
         self.nodes: tuple[GraphNode, ...] = self._main.nodes
         self.output_names: tuple[str, ...] = self._main.output_names
         self.input_names: tuple[str, ...] = (
@@ -203,7 +208,7 @@ class _Runner:
         key = op_key(node)
         spec = ONNX_OPS[key]
         label = node_label(node, index)
-        attrs = spec.resolve_attrs(node_attrs(node), label)
+        attrs = spec.resolve_attrs(node_attrs(node), label, len(node.output))
         n_in = len(node.input)
         if n_in < spec.n_required or (n_in > len(spec.inputs) and not spec.is_variadic):
             raise OnnxImportError(

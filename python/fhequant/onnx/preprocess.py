@@ -19,6 +19,7 @@ from onnx import helper
 import fhequant.onnx.ops  # noqa: F401  (importing the families fills the registry)
 from fhequant.errors import FhequantError, OnnxImportError, OpsetError, UnsupportedOpError
 from fhequant.onnx._proto import (
+    DEFAULT_DOMAINS,
     default_opset,
     from_array,
     node_attrs,
@@ -109,6 +110,19 @@ def check_supported(model: onnx.ModelProto) -> None:
         )
 
 
+def _import_custom_domains(model: onnx.ModelProto) -> None:
+    """Add a version-1 opset import for node domains the model uses but does not import.
+
+    Brevitas/QONNX exports sometimes omit the import of their Quant domain; onnx.checker
+    would reject the model for that alone.
+    """
+    imported = {op.domain for op in model.opset_import}
+    for node in model.graph.node:
+        if node.domain not in imported and node.domain not in DEFAULT_DOMAINS:
+            model.opset_import.append(helper.make_opsetid(node.domain, 1))
+            imported.add(node.domain)
+
+
 @dataclass
 class Preprocessed:
     """The result of ``preprocess``.
@@ -130,18 +144,24 @@ def preprocess(model: onnx.ModelProto) -> Preprocessed:
     Raises:
         OpsetError, UnsupportedOpError, OnnxImportError: see the individual steps.
     """
-    check_opset(model)
-    check_model(model, "as given")
-    check_supported(model)
-    g = _Graph(model)
-    g.fold_constants()
-    g.remove_nop_pads()
-    g.fuse_pads_into_conv()
-    g.fuse_matmul_add()
-    g.remove_unused_initializers()
-    pre = g.onehot_gathers(model)
-    out = g.to_model(model)
-    check_model(out, "after pre-processing")
+    try:
+        check_opset(model)
+        _import_custom_domains(model)
+        check_model(model, "as given")
+        check_supported(model)
+        g = _Graph(model)
+        g.fold_constants()
+        g.remove_nop_pads()
+        g.fuse_pads_into_conv()
+        g.fuse_matmul_add()
+        g.remove_unused_initializers()
+        pre = g.onehot_gathers(model)
+        out = g.to_model(model)
+        check_model(out, "after pre-processing")
+    except FhequantError:
+        raise
+    except Exception as exc:  # corrupt protobufs fail in many ways (e.g. non-UTF-8 names)
+        raise OnnxImportError(f"the ONNX model cannot be pre-processed: {exc!r}") from exc
     return Preprocessed(out, g.inits, pre)
 
 
@@ -192,7 +212,7 @@ class _Graph:
             spec = ONNX_OPS[key]
             label = node_label(node, i)
             try:
-                attrs = spec.resolve_attrs(node_attrs(node), label)
+                attrs = spec.resolve_attrs(node_attrs(node), label, len(node.output))
                 args = [self.inits[x] if x else None for x in node.input]
                 res = spec.fn(*args, **attrs)
             except FhequantError:
@@ -251,8 +271,14 @@ class _Graph:
                 if value is None or np.any(np.asarray(value) != 0):
                     continue
             conv_attrs = node_attrs(conv)
-            rank = len(pads) // 2
             if conv_attrs.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
+                continue
+            weight = self.inits.get(conv.input[1])
+            kernel = conv_attrs.get("kernel_shape") or (
+                weight.shape[2:] if weight is not None else None
+            )
+            rank = len(pads) // 2
+            if kernel is None or rank != len(kernel) + 2:
                 continue
             if any(p < 0 for p in pads) or any(pads[a] or pads[a + rank] for a in (0, 1)):
                 continue

@@ -16,10 +16,14 @@ arguments. Every implementation returns one numpy array, except the few multi-ou
 inputs that are shapes, indices or axes (never quantized) and ``spec.raw_output`` is True when
 the output is such a value (Shape).
 
-``fn`` and ``quant_fn`` differ only where SPEC §5.3 deliberately differs from ONNX semantics:
-comparisons (bool vs float64 0/1), Not/And/Or/Xor (float64 0/1), Where (c·t + (1 - c)·f) and
-Cast to BOOL/FLOAT/DOUBLE (float64). Everything else (Sigmoid, Log, Div, Conv in float64, ...)
-uses the §5.3 form in both, which matches onnxruntime within float tolerance on valid inputs.
+``fn`` and ``quant_fn`` differ only where SPEC §5.3 deliberately departs from ONNX semantics:
+comparisons and Not/And/Or/Xor (bool vs float64 0/1), Where (selection vs c·t + (1 - c)·f),
+Cast to BOOL/FLOAT/DOUBLE (exact dtype vs float64), Div (IEEE and truncating integer division
+vs a / where(b != 0, b, 1) and floor division), Log (log x vs log max(x, 1e-8)) and PRelu
+(ONNX vs min(0, slope·x) + max(0, x), which differ for negative slopes). Everything else
+(Sigmoid = exp(-logaddexp(0, -x)), Softplus = log(exp(x) + 1), Conv/AveragePool in float64
+with a float32 padding buffer, Gemm in float32, ...) uses the §5.3 form in both, which matches
+onnxruntime within float tolerance on valid inputs.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ class InputSpec:
     kind: InputKind = "required"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class OpSpec:
     """An ONNX op type, its float implementations and the metadata a quantized layer needs.
 
@@ -111,12 +115,15 @@ class OpSpec:
         names = self.input_names
         return tuple(i for i in range(min(n_given, len(names))) if names[i] in self.raw_inputs)
 
-    def resolve_attrs(self, given: Mapping[str, Any], node: str = "?") -> dict[str, Any]:
+    def resolve_attrs(
+        self, given: Mapping[str, Any], node: str = "?", n_outputs: int | None = None
+    ) -> dict[str, Any]:
         """Fill in attribute defaults.
 
         Args:
             given: the attributes set on the node.
             node: the node name, for error messages.
+            n_outputs: the node's output count (fills num_outputs of variable-output ops).
 
         Returns:
             A dict with one entry per attribute of the op.
@@ -132,6 +139,8 @@ class OpSpec:
             )
         out = dict(self.attrs)
         out.update(given)
+        if self.n_outputs == -1 and "num_outputs" in out and out["num_outputs"] is None:
+            out["num_outputs"] = n_outputs
         missing = sorted(k for k, v in out.items() if v is REQUIRED)
         if missing:
             raise OnnxImportError(

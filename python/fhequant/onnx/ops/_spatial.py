@@ -12,12 +12,19 @@ from fhequant.errors import OnnxImportError
 
 
 def per_axis(values: Sequence[int] | None, n: int, default: int, what: str) -> tuple[int, ...]:
-    """An attribute with one value per spatial axis (``default`` when absent)."""
+    """An attribute with one value per spatial axis (``default`` when absent).
+
+    Pads must be >= 0, every other geometry attribute >= 1.
+    """
     if values is None or len(values) == 0:
         return (default,) * n
     if len(values) != n:
         raise OnnxImportError(f"{what} has {len(values)} values for {n} spatial axes")
-    return tuple(int(v) for v in values)
+    out = tuple(int(v) for v in values)
+    low = 0 if default == 0 else 1
+    if any(v < low for v in out):
+        raise OnnxImportError(f"{what} {list(out)} must be >= {low}")
+    return out
 
 
 def resolve_pads(

@@ -1,4 +1,4 @@
-"""Linear algebra: MatMul, Gemm (float32, SPEC §0) and BatchNormalization."""
+"""Linear algebra: MatMul, Gemm (float32, SPEC §0), BatchNormalization, LayerNormalization."""
 
 from __future__ import annotations
 
@@ -11,6 +11,22 @@ from fhequant.onnx.registry import register
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """numpy matmul (stays float32 for float32 operands)."""
     return np.matmul(a, b)
+
+
+def batch_invariant_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b (b 2-D) with every row computed by the same (1, k) @ (k, m) BLAS call.
+
+    Plain float32 ``np.matmul`` can change by an ulp with the number of rows (BLAS picks its
+    kernel and summation order from the shapes), so a streamed computation would differ from a
+    whole-batch one (SPEC decision 4). Here a row's result never depends on the other rows,
+    at about 1.6x the cost. Not used by the registry's Gemm/MatMul, which keep np.matmul (what
+    the reference runs on the whole calibration set).
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    if a.ndim < 2 or b.ndim != 2:
+        return np.matmul(a, b)
+    rows = np.matmul(a.reshape(-1, 1, a.shape[-1]), b)
+    return rows.reshape(*a.shape[:-1], b.shape[-1])
 
 
 def _int_if_integral(v: float) -> float | int:
@@ -74,3 +90,38 @@ def batch_normalization(
     m, v = np.reshape(mean, shape), np.reshape(var, shape)
     s, b = np.reshape(scale, shape), np.reshape(bias, shape)
     return (x - m) / np.sqrt(v + epsilon) * s + b
+
+
+@register(
+    "LayerNormalization",
+    "X, Scale, B?",
+    {"axis": -1, "epsilon": 1e-5, "stash_type": 1},
+    n_outputs=3,
+)
+def layer_normalization(
+    x: np.ndarray,
+    scale: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    axis: int = -1,
+    epsilon: float = 1e-5,
+    stash_type: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Opset-17 LayerNormalization over the axes from ``axis`` to the last.
+
+    Returns:
+        (Y, Mean, InvStdDev); the statistics are computed in float32 (stash_type 1) and Y
+        keeps the dtype of x.
+    """
+    del stash_type
+    rank = np.ndim(x)
+    first = int(axis) + rank if int(axis) < 0 else int(axis)
+    axes = tuple(range(first, rank))
+    xs = np.asarray(x, dtype=np.float32) if np.asarray(x).dtype == np.float16 else np.asarray(x)
+    mean = np.mean(xs, axis=axes, keepdims=True)
+    centered = xs - mean
+    inv_std = 1 / np.sqrt(np.mean(centered * centered, axis=axes, keepdims=True) + epsilon)
+    y = centered * inv_std * scale
+    if bias is not None:
+        y = y + bias
+    return y.astype(np.asarray(x).dtype, copy=False), mean, inv_std

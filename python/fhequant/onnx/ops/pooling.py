@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fhequant.errors import OnnxImportError
 from fhequant.onnx.ops._spatial import pad_spatial, per_axis, pool_output, resolve_pads, windows
 from fhequant.onnx.registry import REQUIRED, register
 
@@ -41,6 +42,32 @@ def _geometry(
     return k, s, d, list(begins), [e + x_ for e, x_ in zip(ends, ext, strict=False)]
 
 
+def _row_major_window_sum(
+    xp: np.ndarray, k: Sequence[int], s: Sequence[int], d: Sequence[int]
+) -> np.ndarray:
+    """Window sums accumulated tap by tap in row-major order: ((a + b) + c) + d for 2x2.
+
+    This is the order of torch's float64 avg_pool2d, which the reference calibrates with; a
+    different order changes the float64 sums by an ulp (and the calibrated scale with them).
+    """
+    sizes = zip(xp.shape[2:], k, d, s, strict=True)
+    out = [(n - ((kk - 1) * dd + 1)) // st + 1 for n, kk, dd, st in sizes]
+    total: np.ndarray | None = None
+    for tap in np.ndindex(*k):
+        spatial = [
+            slice(t * dd, t * dd + (o - 1) * st + 1, st)
+            for t, dd, o, st in zip(tap, d, out, s, strict=True)
+        ]
+        index = (slice(None), slice(None), *spatial)
+        if total is None:
+            total = np.array(xp[index], dtype=np.float64)
+        else:
+            total += xp[index]
+    if total is None:  # unreachable: per_axis gives kernel sizes >= 1
+        raise OnnxImportError("AveragePool kernel_shape is empty")
+    return total
+
+
 @register("AveragePool", "X", {**_POOL_ATTRS, "count_include_pad": 0})
 def average_pool(
     x: np.ndarray,
@@ -64,7 +91,7 @@ def average_pool(
     nsp = len(k)
     xp = pad_spatial(x, begins, ends, 0, np.float32).astype(np.float64, copy=False)
     red = tuple(range(-nsp, 0))
-    total = windows(xp, k, s, d).sum(axis=red)
+    total = _row_major_window_sum(xp, k, s, d)
     mask = np.zeros((1, 1, *xp.shape[2:]), dtype=np.float64)
     _, e_pads = resolve_pads(auto_pad, pads, x.shape[2:], k, s, d)
     if count_include_pad:

@@ -1,5 +1,5 @@
 """Shape and data movement: Reshape, Flatten, Transpose, (Un)Squeeze, Concat, Expand, Slice,
-Gather, Pad, Tile, Shape, Constant, ConstantOfShape, OneHot."""
+Gather, Pad, Split, Tile, Range, Shape, Constant, ConstantOfShape, OneHot."""
 
 from __future__ import annotations
 
@@ -73,9 +73,9 @@ def _slice_bounds(start: int, end: int, step: int, dim: int) -> slice:
     end = end + dim if end < 0 else end
     if step > 0:
         return slice(min(max(start, 0), dim), min(max(end, 0), dim), step)
-    start = min(max(start, -1), dim - 1)
+    start = min(max(start, 0), dim - 1)
     end = min(max(end, -1), dim - 1)
-    return slice(start, None if end < 0 else end, step) if start >= 0 else slice(0, 0)
+    return slice(start, None if end < 0 else end, step) if dim > 0 else slice(0, 0)
 
 
 @register(
@@ -149,10 +149,49 @@ def pad(
     return y[crop]
 
 
+@register(
+    "Split",
+    "input, split?",
+    {"axis": 0, "num_outputs": None},
+    raw=("split",),
+    n_outputs=-1,
+)
+def split(
+    x: np.ndarray,
+    sizes: np.ndarray | None = None,
+    *,
+    axis: int = 0,
+    num_outputs: int | None = None,
+) -> tuple[np.ndarray, ...]:
+    """Split along ``axis`` by the given sizes, or into ``num_outputs`` parts (the last one
+    smaller when the axis does not divide evenly; the module sets num_outputs to the node's
+    output count when neither is given)."""
+    dim = np.shape(x)[int(axis)]
+    if sizes is not None and np.size(sizes):
+        bounds = np.cumsum(int_list(sizes))[:-1]
+    else:
+        if not num_outputs:
+            raise OnnxImportError("Split needs a split input or num_outputs")
+        step = -(-dim // int(num_outputs))
+        bounds = np.arange(step, dim, step)
+    return tuple(np.split(x, bounds, axis=int(axis)))
+
+
 @register("Tile", "input, repeats", raw=("repeats",))
 def tile(x: np.ndarray, repeats: np.ndarray) -> np.ndarray:
     """np.tile with one repeat per axis."""
     return np.tile(x, int_list(repeats))
+
+
+@register("Range", "start, limit, delta", raw=("start", "limit", "delta"))
+def range_(start: np.ndarray, limit: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """start, start + delta, ... up to (excluding) limit, in the dtype of start."""
+    dtype = np.asarray(start).dtype
+    s0, s1, d = (np.asarray(v).reshape(-1)[0] for v in (start, limit, delta))
+    if d == 0:
+        raise OnnxImportError("Range delta must not be 0")
+    n = max(int(np.ceil((s1 - s0) / d)), 0)
+    return (s0 + np.arange(n, dtype=dtype) * d).astype(dtype)
 
 
 @register("Shape", "data", {"start": 0, "end": None}, raw_output=True)

@@ -29,8 +29,9 @@ Instance state
     graph-output Gemm's (m, out_zp)), ``produces_graph_output`` (bool, set by the walk before
     the q_impl calibration pass), ``lsbs_to_remove`` (dict[str, int]) and
     ``rounding_threshold_bits`` (None or {"n_bits": k, "method": Exactness}) on mixing ops,
-    ``error_tracker`` (None or a list: QAT import sets a list and the op appends the names of
-    inputs it had to re-quantize with QAT options, §4.5), ``debug_value_tracker`` (None or a
+    ``error_tracker`` (None or a list: QAT import sets a list and the op appends the input
+    slot index (int, constants included) of each input it had to re-quantize with QAT
+    options, §4.5), ``debug_value_tracker`` (None or a
     dict: when set, q_impl stores its prepared inputs and, for mixing ops, the integer
     accumulator under ``debug_value_tracker[op_instance_name]``).
 
@@ -70,6 +71,7 @@ from fhequant.errors import (
     InvalidOptionKeyError,
     NotCalibratedError,
     QuantizedOpError,
+    SerializationError,
     UnsupportedOptionError,
 )
 from fhequant.quantization import (
@@ -79,6 +81,7 @@ from fhequant.quantization import (
 )
 from fhequant.quantized.ops.executors import Executor, executor_for, fhe_module, is_tracer
 from fhequant.quantized.ops.float_specs import FloatOpSpec, float_spec
+from fhequant.serialization import Serializable
 
 __all__ = [
     "DEFAULT_MODEL_BITS",
@@ -118,8 +121,10 @@ def quantized_values_copy(qa: QuantizedArray, qvalues: Any = None) -> QuantizedA
     )
 
 
-class QuantizedOp:
+class QuantizedOp(Serializable):
     """A quantized ONNX op: float calibration plus integer inference (SPEC §2).
+
+    Every subclass is registered for JSON under its class name (``dumps``/``loads``).
 
     Args:
         n_bits_output: bits of the output quantizer (PTQ passes model_outputs).
@@ -165,7 +170,7 @@ class QuantizedOp:
         self.output_quant_params: UniformQuantizationParameters | None = None
         self.output_quant_stats: Any = None
         self.produces_graph_output = False
-        self.error_tracker: list[str] | None = None
+        self.error_tracker: list[int] | None = None
         self.debug_value_tracker: dict[str, dict[str, Any]] | None = None
         if self.can_fuse():
             self.input_quant_opts.is_qat = False
@@ -327,7 +332,7 @@ class QuantizedOp:
         ):
             return quantized_values_copy(inp)
         if opts.is_qat and self.error_tracker is not None and not qz.is_precomputed_qat:
-            self.error_tracker.append(str(index))
+            self.error_tracker.append(index)
         return QuantizedArray(
             opts.n_bits,
             inp.values,
@@ -424,10 +429,83 @@ class QuantizedOp:
             *q_inputs, calibrate=False, quantize_actual_values=False
         )
         self._track("prepared_inputs", prepared)
-        f = self.call_impl(*prepared, **self._merged_attrs(attrs))
+        merged = self._merged_attrs(attrs)
         if self._is_raw_output() or not any(isinstance(q, QuantizedArray) for q in q_inputs):
-            return f
-        return self.make_output_quant_array(f)
+            return self.call_impl(*prepared, **merged)
+        return self.make_output_quant_array(self._float_tlu(prepared, q_inputs, merged))
+
+    def _float_tlu(self, prepared: list[Any], q_inputs: tuple[Any, ...], attrs: Any) -> Any:
+        """The float implementation of one encrypted tensor, as a table lookup when traced.
+
+        The float implementations are written for numpy arrays; under the tracing executor
+        the op's single encrypted operand goes through ``fhe.univariate`` (which concrete
+        fuses with the surrounding float ops), so any numpy code is traceable.
+        """
+        variable = [i for i in range(len(prepared)) if i not in self.constant_inputs]
+        encrypted = [
+            i for i, q in zip(variable, q_inputs, strict=True) if isinstance(q, QuantizedArray)
+        ]
+        ex = self.executor(*(prepared[i] for i in encrypted))
+        if ex.name != "tracing" or len(encrypted) != 1:
+            return self.call_impl(*prepared, **attrs)
+        idx = encrypted[0]
+        x = prepared[idx]
+        args = list(prepared)
+        probe = [np.zeros(x.shape) if i == idx else a for i, a in enumerate(args)]
+        if np.shape(self.call_impl(*probe, **attrs)) != tuple(x.shape):
+            return self.call_impl(*prepared, **attrs)
+
+        def fn(v: Any) -> Any:
+            args[idx] = v
+            return self.call_impl(*args, **attrs)
+
+        return ex.tlu(x, fn)
+
+    # --- JSON -----------------------------------------------------------------------------
+
+    def dump_dict(self) -> dict[str, Any]:
+        """Every field of the op, keys sorted (SPEC §6.3); constant input keys as strings.
+
+        Returns:
+            The fields to write (the serializer encodes the values).
+        """
+        fields: dict[str, Any] = dict(vars(self))
+        fields["_impl_for_op_named"] = self._impl_for_op_named
+        fields["constant_inputs"] = {str(k): v for k, v in self.constant_inputs.items()}
+        fields["debug_value_tracker"] = None  # transient (debug forward only)
+        if "_rounding_threshold_bits" in fields:
+            fields["rounding_threshold_bits"] = fields.pop("_rounding_threshold_bits")
+        return dict(sorted(fields.items()))
+
+    @classmethod
+    def load_dict(cls, metadata: dict[str, Any]) -> QuantizedOp:
+        """Rebuild an op from the fields written by ``dump_dict``.
+
+        Args:
+            metadata: the decoded fields.
+
+        Returns:
+            The op (of this class, which must implement ``_impl_for_op_named``).
+
+        Raises:
+            SerializationError: the op type does not match the class.
+        """
+        impl = metadata.get("_impl_for_op_named")
+        if impl != cls._impl_for_op_named:
+            raise SerializationError(
+                f"{cls.__name__}: the JSON describes op type {impl!r}, but this class "
+                f"implements {cls._impl_for_op_named!r}"
+            )
+        op = cls.__new__(cls)
+        for key, value in metadata.items():
+            if key == "_impl_for_op_named":
+                continue
+            if key == "constant_inputs":
+                value = {int(k): v for k, v in value.items()}
+            elif key == "_int_input_names":
+                value = set(value)
+            setattr(op, key, value)
+        return op
 
     # --- misc -----------------------------------------------------------------------------
 
@@ -542,10 +620,17 @@ class QuantizedMixingOp(QuantizedOp):
 
     def __init__(self, *args: Any, rounding_threshold_bits: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.rounding_threshold_bits = normalize_rounding_threshold_bits(
-            rounding_threshold_bits, self._label()
-        )
+        self.rounding_threshold_bits = rounding_threshold_bits
         self.lsbs_to_remove: dict[str, int] = {}
+
+    @property
+    def rounding_threshold_bits(self) -> Any:
+        """None or {"n_bits": k, "method": Exactness}; assigning normalises (§2.4)."""
+        return self._rounding_threshold_bits
+
+    @rounding_threshold_bits.setter
+    def rounding_threshold_bits(self, value: Any) -> None:
+        self._rounding_threshold_bits = normalize_rounding_threshold_bits(value, self._label())
 
     def can_fuse(self) -> bool:
         """Mixing ops never fuse."""

@@ -6,7 +6,8 @@ into table lookups by itself. Only the primitives that concrete-python cannot tr
 numpy (convolution, max pooling, padding, bit-pattern rounding, explicit table lookups) differ
 between the executors:
 
-* :class:`ClearExecutor`: numpy int64 arithmetic, used for calibration and ``fhe="disable"``;
+* :class:`ClearExecutor`: the native integer kernels (``fhequant.integer_kernels``), used for
+  calibration and ``fhe="disable"``;
 * :class:`TracingExecutor`: ``concrete.fhe.conv``, ``fhe.maxpool``, ``fhe.round_bit_pattern``,
   ``fhe.univariate`` and ``fhe.zeros``, so that ``concrete.fhe.Compiler`` can trace a forward.
   Outside tracing these functions evaluate on plain numpy arrays, which is how the tests
@@ -25,7 +26,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view as _sliding_window_view
+
+from fhequant import integer_kernels as ik
 
 __all__ = [
     "CLEAR",
@@ -38,11 +40,6 @@ __all__ = [
     "is_tracer",
     "use_executor",
 ]
-
-
-def sliding_window_view(x: Any, shape: tuple[int, int], axis: tuple[int, int]) -> Any:
-    """numpy's sliding_window_view (typed loosely)."""
-    return _sliding_window_view(x, shape, axis=axis)  # type: ignore[call-overload]
 
 
 def fhe_module() -> Any:
@@ -66,23 +63,16 @@ def _pads4(pads: Sequence[int]) -> tuple[int, int, int, int]:
 
 
 class Executor:
-    """Integer primitives the quantized ops are written against (all int64)."""
+    """Integer primitives the quantized ops are written against (int64 in, int64 out).
+
+    Spatial primitives take NCHW tensors and ONNX pads [h_begin, w_begin, h_end, w_end],
+    filled with ``pad_value`` (the input zero point).
+    """
 
     name = "abstract"
 
     def matmul(self, a: Any, b: Any, z_w: Any = 0) -> Any:
         """a @ b - z_w·Σ_k a[..., k] (keepdims): the zp-corrected integer matmul."""
-        acc = a @ b
-        if z_w != 0:
-            acc = acc - z_w * np.sum(a, axis=-1, keepdims=True)
-        return acc
-
-    def sum(self, x: Any, axis: Any, keepdims: bool) -> Any:
-        """Integer sum over axes."""
-        return np.sum(x, axis=axis, keepdims=keepdims)
-
-    def pad(self, x: Any, pads: Sequence[int], value: int) -> Any:
-        """Pad the last two axes of a 4-D tensor; pads = [h_begin, w_begin, h_end, w_end]."""
         raise NotImplementedError
 
     def conv(
@@ -99,12 +89,42 @@ class Executor:
         """2-D integer conv of x padded with pad_value, minus z_w·conv(x_pad, ones)."""
         raise NotImplementedError
 
-    def window_sum(self, x: Any, kernel_shape: Sequence[int], strides: Sequence[int]) -> Any:
-        """Per-channel sum over each khxkw window of a 4-D tensor (no padding)."""
+    def window_sum(
+        self,
+        x: Any,
+        kernel_shape: Sequence[int],
+        strides: Sequence[int],
+        pads: Sequence[int],
+        pad_value: int,
+        ceil_mode: int = 0,
+    ) -> Any:
+        """Per-channel window sums; ceil_mode 1 adds 0-padding up to the ceil output size."""
         raise NotImplementedError
 
-    def maxpool(self, x: Any, kernel_shape: Sequence[int], strides: Sequence[int]) -> Any:
-        """Per-channel max over each khxkw window of a 4-D tensor (no padding)."""
+    def maxpool(
+        self,
+        x: Any,
+        kernel_shape: Sequence[int],
+        strides: Sequence[int],
+        pads: Sequence[int],
+        pad_value: int,
+    ) -> Any:
+        """Per-channel window maxima."""
+        raise NotImplementedError
+
+    def unfold(
+        self,
+        x: Any,
+        kernel_shape: Sequence[int],
+        strides: Sequence[int],
+        pads: Sequence[int],
+        pad_value: int,
+    ) -> Any:
+        """Sliding blocks (N, C·kh·kw, L) in torch column order."""
+        raise NotImplementedError
+
+    def pad(self, x: Any, pads: Sequence[int], value: int) -> Any:
+        """Pad the last two axes; pads = [h_begin, w_begin, h_end, w_end]."""
         raise NotImplementedError
 
     def round_bit_pattern(self, x: Any, lsbs_to_remove: int, exactness: Any = None) -> Any:
@@ -125,9 +145,58 @@ def _identity(x: Any) -> Any:
 
 
 class ClearExecutor(Executor):
-    """numpy int64 kernels; used for calibration and clear inference."""
+    """The native integer kernels of ``fhequant.integer_kernels`` (exact int64)."""
 
     name = "clear"
+
+    def matmul(self, a: Any, b: Any, z_w: Any = 0) -> Any:
+        return ik.integer_gemm(a, b, 0, z_w, name="matmul")[0]
+
+    def conv(
+        self,
+        x: Any,
+        w: Any,
+        *,
+        strides: Sequence[int],
+        pads: Sequence[int],
+        pad_value: int,
+        group: int,
+        z_w: Any = 0,
+    ) -> Any:
+        return ik.integer_conv(
+            x, w, pad_value, z_w, strides=strides, pads=pads, group=group, name="conv"
+        )[0]
+
+    def window_sum(
+        self,
+        x: Any,
+        kernel_shape: Sequence[int],
+        strides: Sequence[int],
+        pads: Sequence[int],
+        pad_value: int,
+        ceil_mode: int = 0,
+    ) -> Any:
+        return ik.window_sum(x, kernel_shape, strides, pads, pad_value, ceil_mode)
+
+    def maxpool(
+        self,
+        x: Any,
+        kernel_shape: Sequence[int],
+        strides: Sequence[int],
+        pads: Sequence[int],
+        pad_value: int,
+    ) -> Any:
+        return ik.window_max(x, kernel_shape, strides, pads, pad_value)
+
+    def unfold(
+        self,
+        x: Any,
+        kernel_shape: Sequence[int],
+        strides: Sequence[int],
+        pads: Sequence[int],
+        pad_value: int,
+    ) -> Any:
+        return ik.unfold(x, kernel_shape, strides, pads, pad_value)
 
     def pad(self, x: Any, pads: Sequence[int], value: int) -> Any:
         hb, wb, he, we = _pads4(pads)
@@ -141,50 +210,10 @@ class ClearExecutor(Executor):
             constant_values=value,
         )
 
-    def conv(
-        self,
-        x: Any,
-        w: Any,
-        *,
-        strides: Sequence[int],
-        pads: Sequence[int],
-        pad_value: int,
-        group: int,
-        z_w: Any = 0,
-    ) -> Any:
-        x_pad = np.asarray(self.pad(x, pads, pad_value), dtype=np.int64)
-        w = np.asarray(w, dtype=np.int64)
-        if z_w != 0:
-            w = w - np.int64(z_w)
-        n_out, c_per_group, kh, kw = w.shape
-        o_per_group = n_out // group
-        sh, sw = (int(s) for s in strides)
-        outs = []
-        for g in range(group):
-            xg = x_pad[:, g * c_per_group : (g + 1) * c_per_group]
-            win = sliding_window_view(xg, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
-            wg = w[g * o_per_group : (g + 1) * o_per_group]
-            outs.append(np.einsum("ncijkl,ockl->noij", win, wg))
-        return np.concatenate(outs, axis=1)
-
-    def window_sum(self, x: Any, kernel_shape: Sequence[int], strides: Sequence[int]) -> Any:
-        kh, kw = (int(k) for k in kernel_shape)
-        sh, sw = (int(s) for s in strides)
-        win = sliding_window_view(np.asarray(x, dtype=np.int64), (kh, kw), axis=(2, 3))
-        return win[:, :, ::sh, ::sw].sum(axis=(-2, -1))
-
-    def maxpool(self, x: Any, kernel_shape: Sequence[int], strides: Sequence[int]) -> Any:
-        kh, kw = (int(k) for k in kernel_shape)
-        sh, sw = (int(s) for s in strides)
-        win = sliding_window_view(np.asarray(x, dtype=np.int64), (kh, kw), axis=(2, 3))
-        return win[:, :, ::sh, ::sw].max(axis=(-2, -1))
-
     def round_bit_pattern(self, x: Any, lsbs_to_remove: int, exactness: Any = None) -> Any:
-        k = int(lsbs_to_remove)
-        if k <= 0:
+        if int(lsbs_to_remove) <= 0:
             return x
-        x = np.asarray(x, dtype=np.int64)
-        return ((x + (np.int64(1) << (k - 1))) >> k) << k
+        return ik.round_bit_pattern(x, int(lsbs_to_remove))
 
     def tlu(self, x: Any, fn: Callable[[Any], Any]) -> Any:
         return fn(x)
@@ -193,14 +222,39 @@ class ClearExecutor(Executor):
         return x
 
 
+def _identity_kernel(n_channels: int, kernel_shape: Sequence[int]) -> Any:
+    """(C, C, kh, kw) with K[c, c] = 1: a per-channel window sum as a conv."""
+    kh, kw = (int(k) for k in kernel_shape)
+    kernel = np.zeros((n_channels, n_channels, kh, kw), dtype=np.int64)
+    for c in range(n_channels):
+        kernel[c, c] = 1
+    return kernel
+
+
+def _unfold_kernel(n_channels: int, kernel_shape: Sequence[int]) -> Any:
+    """(C·kh·kw, 1, kh, kw): output channel c·kh·kw + i·kw + j picks cell (i, j) of channel c."""
+    kh, kw = (int(k) for k in kernel_shape)
+    kernel = np.zeros((n_channels * kh * kw, 1, kh, kw), dtype=np.int64)
+    for c in range(n_channels):
+        for i in range(kh):
+            for j in range(kw):
+                kernel[c * kh * kw + i * kw + j, 0, i, j] = 1
+    return kernel
+
+
 class TracingExecutor(Executor):
     """numpy operators and concrete.fhe extensions that concrete-python can trace."""
 
     name = "tracing"
 
+    def matmul(self, a: Any, b: Any, z_w: Any = 0) -> Any:
+        acc = a @ b
+        if z_w != 0:
+            acc = acc - int(z_w) * np.sum(a, axis=-1, keepdims=True)
+        return acc
+
     def pad(self, x: Any, pads: Sequence[int], value: int) -> Any:
         fhe = fhe_module()
-
         hb, wb, he, we = _pads4(pads)
         if hb == wb == he == we == 0:
             return x
@@ -225,7 +279,6 @@ class TracingExecutor(Executor):
         z_w: Any = 0,
     ) -> Any:
         fhe = fhe_module()
-
         x_pad = self.pad(x, pads, pad_value)
         strides = tuple(int(s) for s in strides)
         w = np.asarray(w, dtype=np.int64)
@@ -235,28 +288,61 @@ class TracingExecutor(Executor):
             acc = acc - int(z_w) * fhe.conv(x_pad, ones, strides=strides, group=int(group))
         return acc
 
-    def window_sum(self, x: Any, kernel_shape: Sequence[int], strides: Sequence[int]) -> Any:
+    def window_sum(
+        self,
+        x: Any,
+        kernel_shape: Sequence[int],
+        strides: Sequence[int],
+        pads: Sequence[int],
+        pad_value: int,
+        ceil_mode: int = 0,
+    ) -> Any:
         fhe = fhe_module()
-
-        n_channels = int(x.shape[1])
-        kh, kw = (int(k) for k in kernel_shape)
-        kernel = np.zeros((n_channels, n_channels, kh, kw), dtype=np.int64)
-        for c in range(n_channels):
-            kernel[c, c] = 1
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        x = self.pad(x, pads, pad_value)
+        if ceil_mode:
+            extra_h, extra_w = ik.ceil_mode_extension((h, w), kernel_shape, strides, pads)
+            x = self.pad(x, (0, 0, extra_h, extra_w), 0)
+        kernel = _identity_kernel(int(x.shape[1]), kernel_shape)
         return fhe.conv(x, kernel, strides=tuple(int(s) for s in strides))
 
-    def maxpool(self, x: Any, kernel_shape: Sequence[int], strides: Sequence[int]) -> Any:
+    def maxpool(
+        self,
+        x: Any,
+        kernel_shape: Sequence[int],
+        strides: Sequence[int],
+        pads: Sequence[int],
+        pad_value: int,
+    ) -> Any:
         fhe = fhe_module()
-
         return fhe.maxpool(
-            x,
+            self.pad(x, pads, pad_value),
             kernel_shape=tuple(int(k) for k in kernel_shape),
             strides=tuple(int(s) for s in strides),
         )
 
+    def unfold(
+        self,
+        x: Any,
+        kernel_shape: Sequence[int],
+        strides: Sequence[int],
+        pads: Sequence[int],
+        pad_value: int,
+    ) -> Any:
+        n_channels = int(x.shape[1])
+        blocks = self.conv(
+            x,
+            _unfold_kernel(n_channels, kernel_shape),
+            strides=strides,
+            pads=pads,
+            pad_value=pad_value,
+            group=n_channels,
+        )
+        n, cols, oh, ow = (int(d) for d in blocks.shape)
+        return blocks.reshape(n, cols, oh * ow)
+
     def round_bit_pattern(self, x: Any, lsbs_to_remove: int, exactness: Any = None) -> Any:
         fhe = fhe_module()
-
         if int(lsbs_to_remove) <= 0:
             return x
         return fhe.round_bit_pattern(
@@ -265,7 +351,6 @@ class TracingExecutor(Executor):
 
     def tlu(self, x: Any, fn: Callable[[Any], Any]) -> Any:
         fhe = fhe_module()
-
         return fhe.univariate(fn)(x)
 
 

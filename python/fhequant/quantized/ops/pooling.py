@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from fhequant import integer_kernels as ik
 from fhequant.errors import QuantizedOpError
 from fhequant.quantization import QuantizedArray
 from fhequant.quantized.ops.base import QuantizedMixingOp, QuantizedOp, quantized_values_copy
-from fhequant.quantized.ops.float_specs import avgpool_norm, pool_geometry
 
 __all__ = [
     "QuantizedAvgPool",
@@ -48,6 +48,20 @@ def _window_attrs(
         (int(st[0]), int(st[1])),
         (int(pd[0]), int(pd[1]), int(pd[2]), int(pd[3])),
     )
+
+
+def _avgpool_norm(
+    hw: tuple[int, ...],
+    k: tuple[int, int],
+    s: tuple[int, int],
+    p: tuple[int, int, int, int],
+    ceil: int,
+) -> Any:
+    """kh·kw, or in ceil mode the cells of each window that are not ceil extension."""
+    if not ceil or ik.ceil_mode_extension(hw, k, s, p) == (0, 0):
+        return k[0] * k[1]
+    ones = np.ones((1, 1, *hw), dtype=np.int64)
+    return ik.window_sum_reference(ones, k, s, p, 1, ceil_mode=1)
 
 
 def _check_attr(op: QuantizedOp, name: str, allowed: tuple[Any, ...]) -> None:
@@ -97,17 +111,12 @@ class QuantizedAvgPool(QuantizedMixingOp):
         k, s, p = _window_attrs(self)
         z_x = _scalar_zp(self, q_x)
         x = q_x.qvalues
-        h, w = int(x.shape[-2]), int(x.shape[-1])
         ceil = int(self.attrs["ceil_mode"])
-        _, _, extra_h, extra_w = pool_geometry(h, w, k, s, p, ceil)
         ex = self.executor(x)
-        x = ex.pad(x, p, z_x)
-        if extra_h or extra_w:
-            x = ex.pad(x, (0, 0, extra_h, extra_w), 0)
-        total = ex.window_sum(x, k, s)
+        total = ex.window_sum(x, k, s, p, z_x, ceil)
         total = self.cnp_round(total, calibrate_rounding, "single_rounding_op")
         self._track("accumulator", total)
-        norm = avgpool_norm(h, w, k, s, p, ceil)
+        norm = _avgpool_norm(tuple(int(d) for d in x.shape[-2:]), k, s, p, ceil)
         v = (total.astype(np.float64) * (1.0 / norm) - z_x) * q_x.quantizer.scale
         return self.make_output_quant_array(v)
 
@@ -150,8 +159,7 @@ class QuantizedMaxPool(QuantizedOp):
         self._track("prepared_inputs", [q_x])
         k, s, p = _window_attrs(self)
         z_x = _scalar_zp(self, q_x)
-        ex = self.executor(q_x.qvalues)
-        pooled = ex.maxpool(ex.pad(q_x.qvalues, p, z_x), k, s)
+        pooled = self.executor(q_x.qvalues).maxpool(q_x.qvalues, k, s, p, z_x)
         v = (pooled.astype(np.float64) - z_x) * q_x.quantizer.scale
         return self.make_output_quant_array(v)
 
@@ -236,17 +244,7 @@ class QuantizedUnfold(QuantizedMixingOp):
         )
         k, s, p = _window_attrs(self)
         z_x = _scalar_zp(self, q_x)
-        n_channels = int(q_x.qvalues.shape[1])
-        per = k[0] * k[1]
-        kernel = np.zeros((n_channels * per, 1, k[0], k[1]), dtype=np.int64)
-        for c in range(n_channels):
-            for i in range(k[0]):
-                for j in range(k[1]):
-                    kernel[c * per + i * k[1] + j, 0, i, j] = 1
-        ex = self.executor(q_x.qvalues)
-        blocks = ex.conv(q_x.qvalues, kernel, strides=s, pads=p, pad_value=z_x, group=n_channels)
-        n, cols, oh, ow = (int(d) for d in blocks.shape)
-        blocks = blocks.reshape(n, cols, oh * ow)
+        blocks = self.executor(q_x.qvalues).unfold(q_x.qvalues, k, s, p, z_x)
         v = (blocks.astype(np.float64) - z_x) * q_x.quantizer.scale
         return self.make_output_quant_array(v)
 

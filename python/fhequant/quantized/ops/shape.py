@@ -31,6 +31,19 @@ __all__ = [
 ]
 
 
+def _ints(v: Any) -> list[int]:
+    return [int(d) for d in np.ravel(v)]
+
+
+def _reshape(data: Any, shape: list[int]) -> Any:
+    """Reshape with an explicit target (a -1 resolved): tracers want explicit shapes."""
+    if -1 in shape:
+        known = int(np.prod([d for d in shape if d != -1]))
+        size = int(np.prod(data.shape))
+        shape = [size // known if d == -1 else d for d in shape]
+    return data.reshape(tuple(shape))
+
+
 class _ShapeOp(QuantizedOp):
     """Moves integers: never fusable; its tensor inputs are re-quantized first."""
 
@@ -60,7 +73,7 @@ class _ShapeOp(QuantizedOp):
         if not tensors:
             return self.call_impl(*prepared, **self._merged_attrs(attrs))
         self._check_same_quantizer(tensors)
-        moved = self.call_impl(
+        moved = self.move(
             *(p.qvalues if isinstance(p, QuantizedArray) else p for p in prepared),
             **self._merged_attrs(attrs),
         )
@@ -75,6 +88,10 @@ class _ShapeOp(QuantizedOp):
             params=q.quant_params,
         )
 
+    def move(self, *inputs: Any, **attrs: Any) -> Any:
+        """Move the integers (arrays or tracers); by default the float implementation."""
+        return self.call_impl(*inputs, **attrs)
+
     def _check_same_quantizer(self, tensors: list[QuantizedArray]) -> None:
         if len(tensors) > 1:
             raise QuantizedOpError(
@@ -88,12 +105,27 @@ class QuantizedReshape(_ShapeOp):
     _impl_for_op_named = "Reshape"
     quantize_inputs_with_model_outputs_precision = True
 
+    def move(self, data: Any, shape: Any, **attrs: Any) -> Any:
+        """Reshape the integers (a 0 copies the input dim unless allowzero)."""
+        target = _ints(shape)
+        if not attrs.get("allowzero", 0):
+            target = [data.shape[i] if d == 0 else d for i, d in enumerate(target)]
+        return _reshape(data, target)
+
 
 class QuantizedFlatten(_ShapeOp):
     """Flatten to 2-D at ``axis``."""
 
     _impl_for_op_named = "Flatten"
     quantize_inputs_with_model_outputs_precision = True
+
+    def move(self, data: Any, **attrs: Any) -> Any:
+        """Flatten the integers to 2-D at ``axis``."""
+        ndim = len(data.shape)
+        axis = int(attrs.get("axis", 1))
+        axis = axis + ndim if axis < 0 else axis
+        lead = int(np.prod(data.shape[:axis])) if axis else 1
+        return data.reshape((lead, int(np.prod(data.shape)) // max(lead, 1)))
 
 
 class QuantizedTranspose(_ShapeOp):
@@ -129,11 +161,34 @@ class ONNXSlice(_ShapeOp):
 
     _impl_for_op_named = "Slice"
 
+    def move(
+        self, data: Any, starts: Any, ends: Any, axes: Any = None, steps: Any = None, **_: Any
+    ) -> Any:
+        """Slice the integers (bounds clamped to the shape, as ONNX does)."""
+        ndim = len(data.shape)
+        st, en = _ints(starts), _ints(ends)
+        ax = list(range(len(st))) if axes is None else [a % ndim for a in _ints(axes)]
+        sp = [1] * len(st) if steps is None else _ints(steps)
+        index: list[Any] = [slice(None)] * ndim
+        for start, end, axis, step in zip(st, en, ax, sp, strict=True):
+            index[axis] = slice(*slice(start, end, step).indices(int(data.shape[axis])))
+        return data[tuple(index)]
+
 
 class ONNXGather(_ShapeOp):
     """Gather with constant indices."""
 
     _impl_for_op_named = "Gather"
+
+    def move(self, data: Any, indices: Any, **attrs: Any) -> Any:
+        """Gather integers along ``axis`` with constant indices."""
+        ndim = len(data.shape)
+        axis = int(attrs.get("axis", 0)) % ndim
+        idx = np.asarray(indices, dtype=np.int64)
+        idx = np.where(idx < 0, idx + int(data.shape[axis]), idx)
+        index: list[Any] = [slice(None)] * ndim
+        index[axis] = int(idx) if idx.ndim == 0 else idx
+        return data[tuple(index)]
 
 
 class QuantizedSqueeze(_ShapeOp):
@@ -143,6 +198,16 @@ class QuantizedSqueeze(_ShapeOp):
     quantize_inputs_with_model_outputs_precision = True
     keep_input_options = False
 
+    def move(self, data: Any, axes: Any = None, **_: Any) -> Any:
+        """Drop size-1 axes (all of them when axes is None)."""
+        ndim = len(data.shape)
+        drop = (
+            {i for i, d in enumerate(data.shape) if d == 1}
+            if axes is None
+            else {a % ndim for a in _ints(axes)}
+        )
+        return data.reshape(tuple(d for i, d in enumerate(data.shape) if i not in drop))
+
 
 class QuantizedUnsqueeze(_ShapeOp):
     """Unsqueeze axes."""
@@ -151,6 +216,15 @@ class QuantizedUnsqueeze(_ShapeOp):
     quantize_inputs_with_model_outputs_precision = True
     keep_input_options = False
 
+    def move(self, data: Any, axes: Any, **_: Any) -> Any:
+        """Insert size-1 axes."""
+        new_axes = _ints(axes)
+        ndim = len(data.shape) + len(new_axes)
+        shape = [int(d) for d in data.shape]
+        for a in sorted(a % ndim for a in new_axes):
+            shape.insert(a, 1)
+        return data.reshape(tuple(shape))
+
 
 class QuantizedExpand(_ShapeOp):
     """Broadcast to a shape."""
@@ -158,6 +232,11 @@ class QuantizedExpand(_ShapeOp):
     _impl_for_op_named = "Expand"
     quantize_inputs_with_model_outputs_precision = True
     keep_input_options = False
+
+    def move(self, data: Any, shape: Any, **_: Any) -> Any:
+        """Broadcast the integers to a shape (numpy broadcasting rules, as ONNX)."""
+        out = np.broadcast_shapes(tuple(int(d) for d in data.shape), tuple(_ints(shape)))
+        return np.broadcast_to(data, out)
 
 
 class ONNXShape(QuantizedOp):

@@ -84,15 +84,9 @@ class QuantizedElu(QuantizedOp):
 
 
 class QuantizedErf(QuantizedOp):
-    """erf(x); scipy's erf is not traceable, so it runs as an explicit table lookup."""
+    """erf(x)."""
 
     _impl_for_op_named = "Erf"
-
-    def call_impl(self, *inputs: Any, **attrs: Any) -> Any:
-        """erf through the executor's table lookup (plain call outside tracing)."""
-        x = inputs[0]
-        impl = self.spec().impl
-        return self.executor(x).tlu(x, impl)
 
 
 class QuantizedExp(QuantizedOp):
@@ -213,9 +207,7 @@ class QuantizedIdentity(QuantizedOp):
         Returns:
             A QuantizedArray copy, or the raw input.
         """
-        (x,) = self._prepare_inputs_with_constants(
-            *q_inputs, calibrate=False, quantize_actual_values=True
-        )
+        (x,) = self._slot_inputs(q_inputs)
         if isinstance(x, QuantizedArray):
             return quantized_values_copy(x)
         return x
