@@ -15,6 +15,7 @@ from fhequant.quantization import (
     fill_from_kwargs,
 )
 from fhequant.quantized import QuantizedModule, build_quantized_module
+from fhequant.torch.compile import compile_onnx_model, compile_torch_model
 
 __all__ = [
     "STABILITY_CONST",
@@ -27,6 +28,8 @@ __all__ = [
     "UniformQuantizer",
     "__version__",
     "build_quantized_module",
+    "compile_onnx_model",
+    "compile_torch_model",
     "errors",
     "fill_from_kwargs",
     "serialization",

@@ -1,8 +1,16 @@
-"""torch front end: ONNX export (compile_torch_model and friends come later)."""
+"""Torch front end of fhequant: ONNX export, post-training quantization and FHE compilation."""
 
 from __future__ import annotations
 
 from fhequant.quantized import QuantizedModule, build_quantized_module
+from fhequant.torch.compile import compile_onnx_model, compile_torch_model
 from fhequant.torch.export import export_to_onnx, input_names_of
 
-__all__ = ["QuantizedModule", "build_quantized_module", "export_to_onnx", "input_names_of"]
+__all__ = [
+    "QuantizedModule",
+    "build_quantized_module",
+    "compile_onnx_model",
+    "compile_torch_model",
+    "export_to_onnx",
+    "input_names_of",
+]

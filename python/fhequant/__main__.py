@@ -1,0 +1,47 @@
+"""Command line: ``fhequant demo [--samples N]`` (also ``python -m fhequant demo``)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fhequant`` console script.
+
+    Args:
+        argv: the arguments (default: sys.argv[1:]).
+
+    Returns:
+        The exit status.
+    """
+    parser = argparse.ArgumentParser(prog="fhequant", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser(
+        "demo",
+        help="train an MLP on scikit-learn's digits, quantize it, compile it and run it under FHE",
+    )
+    demo.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        help="test rows to run under real encryption (default 1; about a second or more each)",
+    )
+    demo.add_argument(
+        "--hidden",
+        type=int,
+        nargs="+",
+        default=[32],
+        help="hidden layer sizes of the MLP (default 32)",
+    )
+    args = parser.parse_args(argv)
+    if args.samples < 0:
+        parser.error("--samples must be >= 0")
+    from fhequant.fhe.demo import run_demo
+
+    run_demo(samples=args.samples, hidden=args.hidden)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,668 @@
+"""Bit widths of a quantized module before compiling it (SPEC §7).
+
+concrete-python gives every integer node of the traced graph the width of the smallest
+``Integer`` holding the node's range over the inputset (``Integer.that_can_represent``: the
+counting rule of ``fhequant.integer_kernels.bit_width``), or a larger ``fhe.hint`` width;
+``graph.maximum_integer_bit_width()`` is the maximum over all nodes, constants included.
+Table lookups accept at most 16-bit inputs.
+
+:class:`RecordingExecutor` runs the ops' integer math like the clear executor and records,
+for every integer value the tracing executor turns into a graph node, its observed range and
+a worst-case range from interval arithmetic (an op input ranges over its whole integer type,
+or over the module input quantizer's clip range). :func:`analyse` drives it over a module's
+compile inputset and returns a :class:`BitWidthReport`; :func:`check_tlu_bit_widths` raises
+BitWidthError before compiling. :class:`HintingExecutor` is the tracing executor of
+``accumulator_bounds="worst_case"``: it hints each recorded node with its worst-case range,
+so the circuit is exact for every in-range input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fhequant import integer_kernels as ik
+from fhequant.errors import BitWidthError
+from fhequant.quantized.ops.executors import ClearExecutor, TracingExecutor, use_executor
+
+__all__ = [
+    "MAX_TLU_BIT_WIDTH",
+    "BitWidthReport",
+    "HintingExecutor",
+    "OpBitWidth",
+    "RecordingExecutor",
+    "ValueRecord",
+    "analyse",
+    "check_tlu_bit_widths",
+    "type_range",
+]
+
+#: Largest table-lookup input concrete-python accepts (``fhe.MAXIMUM_TLU_BIT_WIDTH``).
+MAX_TLU_BIT_WIDTH = 16
+
+_MODULE = "<module>"
+
+
+def type_range(lo: int, hi: int) -> tuple[int, int]:
+    """The range of the smallest concrete Integer type holding [lo, hi]."""
+    bits = ik.bit_width(int(lo), int(hi))
+    if lo < 0:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+@dataclass
+class ValueRecord:
+    """One integer node of the traced graph.
+
+    Attributes:
+        op: name of the op that produced it ("<module>" for module inputs).
+        label: what it is (input, constant, matmul, sum, zw_sum, accumulator, rounded, ...).
+        lo: observed minimum over the inputset.
+        hi: observed maximum over the inputset.
+        wc_lo: worst-case minimum (interval arithmetic), None for constants.
+        wc_hi: worst-case maximum, None for constants.
+        feeds_tlu: whether the value is the input of a table lookup.
+        lsbs_removed: for a rounded value, the low bits the rounding removes.
+        pre_round_bits: for a rounded value, the observed width of the value before rounding.
+        pre_round_wc_bits: the same with the worst-case range.
+    """
+
+    op: str
+    label: str
+    lo: int
+    hi: int
+    wc_lo: int | None = None
+    wc_hi: int | None = None
+    feeds_tlu: bool = False
+    lsbs_removed: int = 0
+    pre_round_bits: int = 0
+    pre_round_wc_bits: int = 0
+
+    @property
+    def bits(self) -> int:
+        """Observed width (concrete's rule)."""
+        return ik.bit_width(self.lo, self.hi)
+
+    @property
+    def wc_bits(self) -> int:
+        """Worst-case width (the observed one for constants)."""
+        if self.wc_lo is None or self.wc_hi is None:
+            return self.bits
+        return ik.bit_width(min(self.wc_lo, self.lo), max(self.wc_hi, self.hi))
+
+    def width(self, worst_case: bool) -> int:
+        """The width concrete will see: observed, or the hinted worst case."""
+        return max(self.bits, self.wc_bits) if worst_case else self.bits
+
+
+def _range(x: Any) -> tuple[int, int]:
+    arr = np.asarray(x)
+    return int(arr.min()), int(arr.max())
+
+
+def _round_int(v: int, k: int) -> int:
+    return v if k <= 0 else ((v + (1 << (k - 1))) >> k) << k
+
+
+class RecordingExecutor(ClearExecutor):
+    """The clear executor, recording every integer node the tracing executor creates."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.records: list[ValueRecord] = []
+        self.op = _MODULE
+        self._worst: dict[int, tuple[Any, int, int]] = {}
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def set_worst(self, x: Any, lo: int, hi: int) -> None:
+        """Declare the worst-case range of an array (module inputs)."""
+        self._worst[id(x)] = (x, int(lo), int(hi))
+
+    def worst(self, x: Any) -> tuple[int, int]:
+        """Worst-case range of an operand: recorded, else its whole integer type."""
+        hit = self._worst.get(id(x))
+        if hit is not None and hit[0] is x:
+            return hit[1], hit[2]
+        return type_range(*_range(x))
+
+    def value(self, label: str, x: Any, wc: tuple[int, int], **extra: Any) -> Any:
+        """Record a computed value with its worst-case range and return it."""
+        lo, hi = _range(x)
+        self.records.append(ValueRecord(self.op, label, lo, hi, int(wc[0]), int(wc[1]), **extra))
+        self.set_worst(x, min(lo, int(wc[0])), max(hi, int(wc[1])))
+        return x
+
+    def constant(self, c: Any) -> None:
+        """Record a clear constant node."""
+        lo, hi = _range(c)
+        self.records.append(ValueRecord(self.op, "constant", lo, hi))
+
+    # -- primitives -------------------------------------------------------------------------
+
+    def matmul(self, a: Any, b: Any, z_w: Any = 0) -> Any:
+        a = np.asarray(a, dtype=np.int64)
+        b = np.asarray(b, dtype=np.int64)
+        alo, ahi = self.worst(a)
+        self.constant(b)
+        prod = a @ b
+        plo, phi = ik.gemm_bounds(b, 0, alo, ahi, name=self.op)
+        if z_w == 0:
+            return self.value("accumulator", prod, (plo.min(), phi.max()))
+        self.value("matmul", prod, (plo.min(), phi.max()))
+        k = int(a.shape[-1])
+        s = self.value("sum", np.sum(a, axis=-1, keepdims=True), (k * alo, k * ahi))
+        self.constant(z_w)
+        zs_ends = (int(z_w) * k * alo, int(z_w) * k * ahi)
+        zs = self.value("zw_sum", int(z_w) * s, (min(zs_ends), max(zs_ends)))
+        lo, hi = ik.gemm_bounds(b, z_w, alo, ahi, name=self.op)
+        return self.value("accumulator", prod - zs, (lo.min(), hi.max()))
+
+    def pad(self, x: Any, pads: Sequence[int], value: int) -> Any:
+        if not any(int(p) for p in pads):
+            return x
+        xlo, xhi = self.worst(x)
+        self.constant(0)  # fhe.zeros
+        if value != 0:
+            self.constant(value)
+            self.value("pad_fill", np.array([value]), (value, value))
+        out = super().pad(x, pads, value)
+        return self.value("padded", out, (min(xlo, value), max(xhi, value)))
+
+    def conv(
+        self,
+        x: Any,
+        w: Any,
+        *,
+        strides: Sequence[int],
+        pads: Sequence[int],
+        pad_value: int,
+        group: int,
+        z_w: Any = 0,
+    ) -> Any:
+        x = np.asarray(x, dtype=np.int64)
+        w = np.asarray(w, dtype=np.int64)
+        xlo, xhi = self.worst(x)
+        x_pad = self.pad(x, pads, pad_value)
+        hw = tuple(int(d) for d in x.shape[2:])
+        st = [int(s) for s in strides]
+        pd = [int(p) for p in pads]
+
+        def bounds(kernel: Any, zw: int) -> tuple[int, int]:
+            lo, hi = ik.conv_bounds(
+                kernel, zw, xlo, xhi, hw, int(pad_value), strides=st, pads=pd, name=self.op
+            )
+            return int(np.min(lo)), int(np.max(hi))
+
+        self.constant(w)
+        plain = super().conv(x_pad, w, strides=strides, pads=[0, 0, 0, 0], pad_value=0, group=group)
+        if z_w == 0:
+            return self.value("accumulator", plain, bounds(w, 0))
+        self.value("conv", plain, bounds(w, 0))
+        ones = np.ones_like(w)
+        self.constant(ones)
+        sums = super().conv(
+            x_pad, ones, strides=strides, pads=[0, 0, 0, 0], pad_value=0, group=group
+        )
+        self.value("window_sums", sums, bounds(ones, 0))
+        self.constant(z_w)
+        slo, shi = bounds(ones, 0)
+        ends = (int(z_w) * slo, int(z_w) * shi)
+        zs = self.value("zw_sum", int(z_w) * sums, (min(ends), max(ends)))
+        return self.value("accumulator", plain - zs, bounds(w, int(z_w)))
+
+    def window_sum(self, x: Any, kernel_shape: Sequence[int], strides: Sequence[int]) -> Any:
+        xlo, xhi = self.worst(x)
+        n = int(np.prod([int(k) for k in kernel_shape]))
+        self.constant(np.array([0, 1]))
+        out = super().window_sum(x, kernel_shape, strides)
+        return self.value("window_sum", out, (n * xlo, n * xhi))
+
+    def maxpool(self, x: Any, kernel_shape: Sequence[int], strides: Sequence[int]) -> Any:
+        wc = self.worst(x)
+        return self.value("maxpool", super().maxpool(x, kernel_shape, strides), wc)
+
+    def round_bit_pattern(self, x: Any, lsbs_to_remove: int, exactness: Any = None) -> Any:
+        k = int(lsbs_to_remove)
+        if k <= 0:
+            return x
+        lo, hi = self.worst(x)
+        xlo, xhi = _range(x)
+        out = super().round_bit_pattern(x, k, exactness)
+        return self.value(
+            "rounded",
+            out,
+            (_round_int(lo, k), _round_int(hi, k)),
+            lsbs_removed=k,
+            pre_round_bits=ik.bit_width(xlo, xhi),
+            pre_round_wc_bits=ik.bit_width(min(lo, xlo), max(hi, xhi)),
+        )
+
+    def tlu(self, x: Any, fn: Callable[[Any], Any]) -> Any:
+        self._mark_tlu_input(x)
+        out = fn(x)
+        # A table's worst case is its output type: tables may differ per element.
+        return self.value("tlu", out, type_range(*_range(out)))
+
+    def copy(self, x: Any) -> Any:
+        return self.tlu(np.asarray(x), _identity)
+
+    def _mark_tlu_input(self, x: Any) -> None:
+        hit = self._worst.get(id(x))
+        if hit is None or hit[0] is not x:
+            return
+        for rec in reversed(self.records):
+            if rec.op == self.op and rec.label != "constant":
+                rec.feeds_tlu = True
+                return
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+class HintingExecutor(TracingExecutor):
+    """The tracing executor, hinting each node with the recorded worst-case range.
+
+    With no records it traces exactly like the tracing executor (plus a padding that
+    concrete accepts: explicit slices, no Ellipsis in the assignment).
+    """
+
+    name = "hinting"
+
+    def __init__(self, records: Sequence[ValueRecord] = ()) -> None:
+        self._hints: dict[tuple[str, str, int], tuple[int, int]] = {}
+        seen: dict[tuple[str, str], int] = {}
+        for rec in records:
+            if rec.wc_lo is None or rec.wc_hi is None:
+                continue
+            k = seen.get((rec.op, rec.label), 0)
+            seen[(rec.op, rec.label)] = k + 1
+            self._hints[(rec.op, rec.label, k)] = (
+                min(rec.wc_lo, rec.lo),
+                max(rec.wc_hi, rec.hi),
+            )
+        self._count: dict[tuple[str, str], int] = {}
+        self.op = _MODULE
+
+    def hint(self, label: str, x: Any) -> Any:
+        """Hint the node x with the worst-case range recorded for it."""
+        from concrete import fhe
+
+        k = self._count.get((self.op, label), 0)
+        self._count[(self.op, label)] = k + 1
+        wc = self._hints.get((self.op, label, k))
+        if wc is None:
+            return x
+        return fhe.hint(x, can_store=np.array(wc, dtype=np.int64))
+
+    def pad(self, x: Any, pads: Sequence[int], value: int) -> Any:
+        from concrete import fhe
+
+        hb, wb, he, we = (int(p) for p in pads)
+        if hb == wb == he == we == 0:
+            return x
+        shape = tuple(x.shape)
+        h, w = shape[-2], shape[-1]
+        out = fhe.zeros((*shape[:-2], h + hb + he, w + wb + we))
+        if value != 0:
+            out = out + int(value)
+        lead = (slice(None),) * (len(shape) - 2)
+        index = (*lead, slice(hb, hb + h), slice(wb, wb + w))
+        out[index] = x
+        return out
+
+    def matmul(self, a: Any, b: Any, z_w: Any = 0) -> Any:
+        prod = a @ b
+        if z_w == 0:
+            return self.hint("accumulator", prod)
+        prod = self.hint("matmul", prod)
+        s = self.hint("sum", np.sum(a, axis=-1, keepdims=True))
+        zs = self.hint("zw_sum", int(z_w) * s)
+        return self.hint("accumulator", prod - zs)
+
+    def conv(
+        self,
+        x: Any,
+        w: Any,
+        *,
+        strides: Sequence[int],
+        pads: Sequence[int],
+        pad_value: int,
+        group: int,
+        z_w: Any = 0,
+    ) -> Any:
+        from concrete import fhe
+
+        x_pad = self.pad(x, pads, pad_value)
+        if x_pad is not x:
+            x_pad = self.hint("padded", x_pad)
+        st = tuple(int(s) for s in strides)
+        w = np.asarray(w, dtype=np.int64)
+        plain = fhe.conv(x_pad, w, strides=st, group=int(group))
+        if z_w == 0:
+            return self.hint("accumulator", plain)
+        plain = self.hint("conv", plain)
+        sums = self.hint(
+            "window_sums", fhe.conv(x_pad, np.ones_like(w), strides=st, group=int(group))
+        )
+        zs = self.hint("zw_sum", int(z_w) * sums)
+        return self.hint("accumulator", plain - zs)
+
+    def window_sum(self, x: Any, kernel_shape: Sequence[int], strides: Sequence[int]) -> Any:
+        return self.hint("window_sum", super().window_sum(x, kernel_shape, strides))
+
+    def maxpool(self, x: Any, kernel_shape: Sequence[int], strides: Sequence[int]) -> Any:
+        return self.hint("maxpool", super().maxpool(x, kernel_shape, strides))
+
+    def round_bit_pattern(self, x: Any, lsbs_to_remove: int, exactness: Any = None) -> Any:
+        if int(lsbs_to_remove) <= 0:
+            return x
+        return self.hint("rounded", super().round_bit_pattern(x, lsbs_to_remove, exactness))
+
+    def tlu(self, x: Any, fn: Callable[[Any], Any]) -> Any:
+        return self.hint("tlu", super().tlu(x, fn))
+
+
+@dataclass
+class OpBitWidth:
+    """One row of the report: the integer values of one op.
+
+    Attributes:
+        name: op instance name.
+        op_type: op class name.
+        lo: observed minimum over the op's integer nodes.
+        hi: observed maximum.
+        bits: observed max width over the op's nodes (constants included).
+        wc_lo: worst-case minimum.
+        wc_hi: worst-case maximum.
+        wc_bits: worst-case max width.
+        feeds_tlu: whether the op's result goes through a table lookup.
+        tlu_input_bits: width of that table-lookup input (after rounding), 0 if none.
+        wc_tlu_input_bits: the same in the worst case.
+    """
+
+    name: str
+    op_type: str
+    lo: int
+    hi: int
+    bits: int
+    wc_lo: int
+    wc_hi: int
+    wc_bits: int
+    feeds_tlu: bool
+    tlu_input_bits: int
+    wc_tlu_input_bits: int
+
+
+def _tlu_bits(recs: Sequence[ValueRecord], worst_case: bool) -> int:
+    """Width of the op's table-lookup input as concrete assigns it."""
+    last = [r for r in recs if r.feeds_tlu]
+    if not last:
+        return 0
+    tail = last[-1]
+    if tail.label == "rounded":
+        pre = tail.pre_round_wc_bits if worst_case else tail.pre_round_bits
+        return pre - tail.lsbs_removed
+    return max(r.width(worst_case) for r in recs)
+
+
+def _op_row(name: str, op_type: str, recs: Sequence[ValueRecord]) -> OpBitWidth:
+    computed = [r for r in recs if r.label != "constant"] or list(recs)
+    lo = min(r.lo for r in computed)
+    hi = max(r.hi for r in computed)
+    wlo = min(min(r.wc_lo, r.lo) if r.wc_lo is not None else r.lo for r in computed)
+    whi = max(max(r.wc_hi, r.hi) if r.wc_hi is not None else r.hi for r in computed)
+    return OpBitWidth(
+        name=name,
+        op_type=op_type,
+        lo=lo,
+        hi=hi,
+        bits=max(r.width(False) for r in recs),
+        wc_lo=wlo,
+        wc_hi=whi,
+        wc_bits=max(r.width(True) for r in recs),
+        feeds_tlu=any(r.feeds_tlu for r in recs),
+        tlu_input_bits=_tlu_bits(recs, False),
+        wc_tlu_input_bits=_tlu_bits(recs, True),
+    )
+
+
+@dataclass
+class BitWidthReport:
+    """Per-op integer ranges and widths over a compile inputset (SPEC §7).
+
+    Attributes:
+        rows: one OpBitWidth per op that computes integers, in execution order.
+        records: every recorded node.
+        accumulator_bounds: "observed" or "worst_case": which widths the circuit gets.
+        op_settings: op name -> (n_bits of the op inputs, rounding threshold) when known.
+    """
+
+    rows: list[OpBitWidth]
+    records: list[ValueRecord]
+    accumulator_bounds: str = "observed"
+    op_settings: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
+
+    @property
+    def worst_case(self) -> bool:
+        """Whether the circuit is hinted with the worst-case ranges."""
+        return self.accumulator_bounds == "worst_case"
+
+    @property
+    def predicted_max_bit_width(self) -> int:
+        """``circuit.graph.maximum_integer_bit_width()`` of the compiled module."""
+        return max((r.width(self.worst_case) for r in self.records), default=-1)
+
+    @property
+    def observed_max_bit_width(self) -> int:
+        """Max width with inputset bounds only."""
+        return max((r.bits for r in self.records), default=-1)
+
+    @property
+    def worst_case_max_bit_width(self) -> int:
+        """Max width with worst-case bounds (the bit cost of accumulator_bounds="worst_case")."""
+        return max((r.width(True) for r in self.records), default=-1)
+
+    def row(self, name: str) -> OpBitWidth:
+        """The row of one op.
+
+        Args:
+            name: op instance name.
+
+        Returns:
+            Its OpBitWidth.
+        """
+        for r in self.rows:
+            if r.name == name:
+                return r
+        raise KeyError(f"no op named {name!r} in the report; ops: {[r.name for r in self.rows]}")
+
+    def __str__(self) -> str:
+        head = (
+            "op",
+            "type",
+            "observed range",
+            "bits",
+            "worst-case range",
+            "bits",
+            "TLU in",
+        )
+        lines = [head]
+        for r in self.rows:
+            tlu = "-"
+            if r.feeds_tlu:
+                tlu = str(r.wc_tlu_input_bits if self.worst_case else r.tlu_input_bits)
+            lines.append(
+                (
+                    r.name,
+                    r.op_type,
+                    f"[{r.lo}, {r.hi}]",
+                    str(r.bits),
+                    f"[{r.wc_lo}, {r.wc_hi}]",
+                    str(r.wc_bits),
+                    tlu,
+                )
+            )
+        widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+        out = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+        out.insert(1, "  ".join("-" * w for w in widths))
+        out.append(
+            f"predicted max bit width: {self.predicted_max_bit_width} "
+            f"(observed {self.observed_max_bit_width}, worst case "
+            f"{self.worst_case_max_bit_width}; accumulator_bounds={self.accumulator_bounds!r})"
+        )
+        return "\n".join(out)
+
+
+@contextlib.contextmanager
+def op_scope(
+    ops: Sequence[tuple[str, Any]], executor: Any, outputs: dict[str, Any] | None = None
+) -> Iterator[None]:
+    """Force ``executor`` and wrap each op's q_impl so that ``executor.op`` names it.
+
+    Args:
+        ops: (name, op) pairs.
+        executor: the executor to force; its ``op`` attribute is set around each q_impl.
+        outputs: if given, filled with op name -> the op's last result.
+
+    Yields:
+        None.
+    """
+    patched = []
+    for name, op in ops:
+        original = op.q_impl
+
+        def wrapped(*args: Any, _orig: Any = original, _name: str = name, **kwargs: Any) -> Any:
+            previous = executor.op
+            executor.op = _name
+            try:
+                result = _orig(*args, **kwargs)
+            finally:
+                executor.op = previous
+            if outputs is not None:
+                outputs[_name] = result
+            return result
+
+        op.q_impl = wrapped
+        patched.append(op)
+    try:
+        with use_executor(executor):
+            yield
+    finally:
+        for op in patched:
+            del op.q_impl
+
+
+def _qvalues_of(result: Any) -> Any:
+    q = getattr(result, "qvalues", result)
+    arr = np.asarray(q) if q is not None else None
+    if arr is None or arr.dtype.kind not in "iu":
+        return None
+    return arr
+
+
+def analyse(
+    forward: Callable[..., Any],
+    ops: Sequence[tuple[str, Any]],
+    q_inputs: Sequence[np.ndarray],
+    input_ranges: Sequence[tuple[int, int]] | None = None,
+    accumulator_bounds: str = "observed",
+) -> BitWidthReport:
+    """Run the clear forward over the whole inputset and record every integer node.
+
+    Args:
+        forward: the integer forward (quantized inputs -> outputs), run on numpy arrays.
+        ops: (name, op) pairs in execution order; each op has a ``q_impl`` method.
+        q_inputs: the compile inputset, one int64 array per input (all rows).
+        input_ranges: the integer range of each input (its quantizer's clip bounds), or None
+            for the whole integer type of the observed values.
+        accumulator_bounds: "observed" or "worst_case".
+
+    Returns:
+        The BitWidthReport.
+    """
+    if accumulator_bounds not in ("observed", "worst_case"):
+        raise ValueError(
+            f"accumulator_bounds={accumulator_bounds!r} is not supported; use 'observed' or "
+            "'worst_case'"
+        )
+    rec = RecordingExecutor()
+    arrays = [np.asarray(q, dtype=np.int64) for q in q_inputs]
+    for i, q in enumerate(arrays):
+        lo, hi = _range(q)
+        rec.records.append(ValueRecord(_MODULE, f"input {i}", lo, hi))
+        if input_ranges is not None:
+            rec.set_worst(q, *input_ranges[i])
+    op_types = {name: type(op).__name__ for name, op in ops}
+    outputs: dict[str, Any] = {}
+    with op_scope(ops, rec, outputs):
+        forward(*arrays)
+    by_op: dict[str, list[ValueRecord]] = {}
+    for r in rec.records:
+        by_op.setdefault(r.op, []).append(r)
+    for name, op in ops:
+        recs = by_op.get(name, [])
+        is_mixing = bool(getattr(op, "is_mixing", False))
+        feeds = is_mixing and not bool(getattr(op, "produces_graph_output", False))
+        if feeds:
+            computed = [r for r in recs if r.label != "constant"]
+            if computed:
+                computed[-1].feeds_tlu = True
+        q = _qvalues_of(outputs.get(name))
+        if q is not None and feeds:
+            lo, hi = _range(q)
+            rec.records.append(ValueRecord(name, "output", lo, hi, *type_range(lo, hi)))
+            by_op.setdefault(name, []).append(rec.records[-1])
+    rows = [_op_row(name, op_types[name], by_op[name]) for name, _ in ops if by_op.get(name)]
+    settings: dict[str, tuple[int | None, int | None]] = {}
+    for name, op in ops:
+        opts = getattr(op, "input_quant_opts", None)
+        rtb = getattr(op, "rounding_threshold_bits", None)
+        settings[name] = (
+            getattr(opts, "n_bits", None),
+            int(rtb["n_bits"]) if isinstance(rtb, dict) else None,
+        )
+    return BitWidthReport(rows, rec.records, accumulator_bounds, settings)
+
+
+def check_tlu_bit_widths(report: BitWidthReport) -> None:
+    """Raise BitWidthError if a table-lookup input is wider than 16 bits (SPEC §7).
+
+    Args:
+        report: the module's BitWidthReport.
+
+    Raises:
+        BitWidthError: naming each op at fault, its width and the smallest fix.
+    """
+    problems = []
+    for row in report.rows:
+        bits = row.wc_tlu_input_bits if report.worst_case else row.tlu_input_bits
+        if not row.feeds_tlu or bits <= MAX_TLU_BIT_WIDTH:
+            continue
+        n_bits, threshold = report.op_settings.get(row.name, (None, None))
+        excess = bits - MAX_TLU_BIT_WIDTH
+        fix = "set rounding_threshold_bits (2..8, e.g. 8) to round the accumulator"
+        if threshold is not None:
+            fix = f"lower rounding_threshold_bits below {threshold}"
+        step = math.ceil(excess / 2)
+        if n_bits is not None:
+            fix += (
+                f", or lower n_bits by {step} (op inputs and weights {n_bits} -> "
+                f"{max(n_bits - step, 2)} bits)"
+            )
+        else:
+            fix += f", or lower the op input and weight n_bits by {step}"
+        problems.append(
+            f"op {row.name!r} ({row.op_type}): its table-lookup input needs {bits} bits "
+            f"(range [{row.lo}, {row.hi}]), over the {MAX_TLU_BIT_WIDTH}-bit limit; {fix}"
+        )
+    if problems:
+        raise BitWidthError("the module cannot be compiled to FHE:\n  " + "\n  ".join(problems))

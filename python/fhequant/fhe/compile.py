@@ -1,0 +1,227 @@
+"""The hand-off to concrete-python: configuration, argument names, statuses, tracing (SPEC §6).
+
+``compile_forward`` traces an integer forward (the ops' tracing executor) with
+``concrete.fhe.Compiler`` over a batch-1 inputset and returns the compiled circuit. The
+helpers around it turn the user-facing options (p_error, global_p_error, a Configuration,
+inputs_encryption_status) into what concrete expects, with fhequant's errors.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_P_ERROR",
+    "argument_names",
+    "build_configuration",
+    "compile_forward",
+    "encryption_statuses",
+]
+
+#: p_error used when neither p_error nor global_p_error is given (SPEC §6.1).
+DEFAULT_P_ERROR = 2.0**-40
+
+_STATUSES = ("encrypted", "clear")
+
+
+def _supports(configuration: Any, attribute: str) -> bool:
+    return hasattr(configuration, attribute)
+
+
+def build_configuration(
+    configuration: Any = None,
+    *,
+    p_error: float | None = None,
+    global_p_error: float | None = None,
+    has_rounding: bool = False,
+    show_mlir: bool = False,
+    verbose: bool = False,
+) -> Any:
+    """The concrete Configuration for a module (SPEC §6.1, §6.2 step 5).
+
+    Args:
+        configuration: a ``concrete.fhe.Configuration`` or None (defaults). It must not set
+            p_error or global_p_error itself: pass them as arguments.
+        p_error: error probability of each table lookup.
+        global_p_error: error probability of the whole circuit.
+        has_rounding: whether the module rounds accumulators (warns when the parameter
+            strategy is not MULTI).
+        show_mlir: print the MLIR during compilation.
+        verbose: print concrete's compilation details.
+
+    Returns:
+        A new Configuration with single_precision=False, compressed keys and input
+        ciphertexts where supported, and the error probabilities set.
+
+    Raises:
+        ValueError: both p_error and global_p_error are given, or the configuration sets one.
+    """
+    from concrete import fhe
+
+    if p_error is not None and global_p_error is not None:
+        raise ValueError(
+            "p_error and global_p_error were both given; set only one of them (or neither, "
+            "for p_error = 2**-40)"
+        )
+    base = fhe.Configuration() if configuration is None else configuration
+    for name in ("p_error", "global_p_error"):
+        if getattr(base, name, None) is not None:
+            raise ValueError(
+                f"the configuration sets {name}={getattr(base, name)!r}; pass {name} to "
+                "compile instead and leave it unset in the configuration"
+            )
+    if p_error is None and global_p_error is None:
+        p_error = DEFAULT_P_ERROR
+    changes: dict[str, Any] = {
+        "p_error": p_error,
+        "global_p_error": global_p_error,
+        "single_precision": False,
+        "show_mlir": show_mlir,
+        "verbose": verbose,
+    }
+    for flag in ("compress_evaluation_keys", "compress_input_ciphertexts"):
+        if _supports(base, flag):
+            changes[flag] = True
+    config = base.fork(**changes)
+    strategy = getattr(config, "parameter_selection_strategy", None)
+    if has_rounding and strategy is not None and strategy != fhe.ParameterSelectionStrategy.MULTI:
+        warnings.warn(
+            "the module rounds accumulators (rounding_threshold_bits) but the configuration "
+            f"uses the {strategy} parameter selection strategy; use "
+            "ParameterSelectionStrategy.MULTI to get the speed-up of rounding",
+            UserWarning,
+            stacklevel=3,
+        )
+    return config
+
+
+def argument_names(input_names: Sequence[str]) -> list[str]:
+    """Circuit argument names: "_" + the input name, non-alphanumerics replaced by "_".
+
+    Args:
+        input_names: the module's ordered input names.
+
+    Returns:
+        The argument names, in order.
+
+    Raises:
+        ValueError: two inputs map to the same argument name.
+    """
+    names = ["_" + re.sub(r"[^0-9a-zA-Z]", "_", str(n)) for n in input_names]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"the inputs {list(input_names)} give duplicate circuit argument names {names}; "
+            "rename the model inputs"
+        )
+    return names
+
+
+def encryption_statuses(
+    arg_names: Sequence[str], inputs_encryption_status: Sequence[str] | None
+) -> dict[str, str]:
+    """Map each circuit argument to "encrypted" or "clear" (SPEC §6.2 step 3).
+
+    Args:
+        arg_names: the circuit argument names.
+        inputs_encryption_status: one status per input, or None (all encrypted).
+
+    Returns:
+        argument name -> status.
+
+    Raises:
+        ValueError: missing, extra or unknown statuses, or no encrypted input.
+    """
+    if inputs_encryption_status is None:
+        return dict.fromkeys(arg_names, "encrypted")
+    if isinstance(inputs_encryption_status, str):
+        raise ValueError(
+            "inputs_encryption_status must be a sequence with one status per input, got the "
+            f"string {inputs_encryption_status!r}"
+        )
+    statuses = [str(s).lower() for s in inputs_encryption_status]
+    if len(statuses) != len(arg_names):
+        what = "missing" if len(statuses) < len(arg_names) else "extra"
+        raise ValueError(
+            f"inputs_encryption_status has {len(statuses)} entries for {len(arg_names)} inputs "
+            f"({what} statuses); give one of {_STATUSES} per input"
+        )
+    unknown = [s for s in statuses if s not in _STATUSES]
+    if unknown:
+        raise ValueError(
+            f"unknown encryption statuses {unknown} in inputs_encryption_status; use "
+            f"{' or '.join(repr(s) for s in _STATUSES)}"
+        )
+    if "encrypted" not in statuses:
+        raise ValueError(
+            "inputs_encryption_status has no 'encrypted' input; at least one input must be "
+            "encrypted"
+        )
+    return dict(zip(arg_names, statuses, strict=True))
+
+
+def _proxy(forward: Callable[..., Any], names: Sequence[str]) -> Callable[..., Any]:
+    """A function with the given parameter names that calls forward positionally."""
+
+    def proxy(*args: Any, **kwargs: Any) -> Any:
+        values = list(args) + [kwargs[n] for n in names[len(args) :]]
+        return forward(*values)
+
+    proxy.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+    )
+    return proxy
+
+
+def split_samples(q_inputs: Sequence[np.ndarray]) -> list[Any]:
+    """Cut quantized inputs into batch-1 samples: one tuple (or array) per row.
+
+    Args:
+        q_inputs: one integer array per input, all with the same first dimension.
+
+    Returns:
+        A list of samples, each an array of shape (1, ...) (one input) or a tuple of them.
+    """
+    n = int(q_inputs[0].shape[0])
+    if len(q_inputs) == 1:
+        return [q_inputs[0][i : i + 1] for i in range(n)]
+    return [tuple(q[i : i + 1] for q in q_inputs) for i in range(n)]
+
+
+def compile_forward(
+    forward: Callable[..., Any],
+    input_names: Sequence[str],
+    q_inputs: Sequence[np.ndarray],
+    configuration: Any,
+    *,
+    inputs_encryption_status: Sequence[str] | None = None,
+    artifacts: Any = None,
+) -> Any:
+    """Trace ``forward`` with concrete and compile it over the batch-1 inputset.
+
+    Args:
+        forward: integer forward (quantized inputs -> quantized outputs); runs on Tracers.
+        input_names: the module's ordered input names.
+        q_inputs: the quantized inputset, one int64 array per input (all rows).
+        configuration: the Configuration from :func:`build_configuration`.
+        inputs_encryption_status: one "encrypted"/"clear" per input, or None.
+        artifacts: optional ``concrete.fhe.DebugArtifacts``.
+
+    Returns:
+        The compiled ``concrete.fhe.Circuit``.
+    """
+    from concrete import fhe
+
+    names = argument_names(input_names)
+    statuses = encryption_statuses(names, inputs_encryption_status)
+    if len(q_inputs) != len(names):
+        raise ValueError(f"got {len(q_inputs)} quantized inputs for the {len(names)} inputs")
+    compiler = fhe.Compiler(_proxy(forward, names), statuses)
+    return compiler.compile(
+        split_samples(q_inputs), configuration=configuration, artifacts=artifacts
+    )

@@ -1,0 +1,209 @@
+"""compile_torch_model and compile_onnx_model: quantize, then compile to FHE (SPEC §6.1).
+
+Both build the QuantizedModule with ``build_quantized_module`` and compile it with
+``QuantizedModule.compile`` over the same inputset (the calibration data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from fhequant.errors import OpsetError
+from fhequant.quantized.build import build_quantized_module
+from fhequant.quantized.module import QuantizedModule
+from fhequant.quantized.streaming import as_numpy
+
+__all__ = ["compile_onnx_model", "compile_torch_model"]
+
+_OPSET = 14
+
+
+def _float_inputs(inputset: Any) -> tuple[np.ndarray, ...]:
+    items = tuple(inputset) if isinstance(inputset, tuple | list) else (inputset,)
+    return tuple(as_numpy(v, "torch_inputset") for v in items)
+
+
+def _check_device(device: str) -> None:
+    if device != "cpu":
+        raise ValueError(f"device={device!r} is not supported; fhequant compiles for 'cpu'")
+
+
+def _compile(
+    model: Any,
+    torch_inputset: Any,
+    import_qat: bool,
+    configuration: Any,
+    artifacts: Any,
+    show_mlir: bool,
+    n_bits: Any,
+    rounding_threshold_bits: Any,
+    p_error: float | None,
+    global_p_error: float | None,
+    verbose: bool,
+    inputs_encryption_status: Sequence[str] | None,
+    reduce_sum_copy: bool,
+    accumulator_bounds: str,
+) -> QuantizedModule:
+    module = build_quantized_module(
+        model,
+        torch_inputset,
+        import_qat=import_qat,
+        n_bits=n_bits,
+        rounding_threshold_bits=rounding_threshold_bits,
+        reduce_sum_copy=reduce_sum_copy,
+    )
+    module.compile(
+        _float_inputs(torch_inputset),
+        configuration=configuration,
+        artifacts=artifacts,
+        show_mlir=show_mlir,
+        p_error=p_error,
+        global_p_error=global_p_error,
+        verbose=verbose,
+        inputs_encryption_status=inputs_encryption_status,
+        accumulator_bounds=accumulator_bounds,
+    )
+    return module
+
+
+def compile_torch_model(
+    torch_model: Any,
+    torch_inputset: Any,
+    import_qat: bool = False,
+    configuration: Any = None,
+    artifacts: Any = None,
+    show_mlir: bool = False,
+    n_bits: Any = 8,
+    rounding_threshold_bits: Any = None,
+    p_error: float | None = None,
+    global_p_error: float | None = None,
+    verbose: bool = False,
+    inputs_encryption_status: Sequence[str] | None = None,
+    reduce_sum_copy: bool = False,
+    device: str = "cpu",
+    accumulator_bounds: str = "observed",
+) -> QuantizedModule:
+    """Quantize a torch model and compile it to an FHE circuit.
+
+    Args:
+        torch_model: the float torch.nn.Module (no Brevitas layers).
+        torch_inputset: calibration data: a tensor/array or a tuple of them (one per input).
+        import_qat: import a QAT model instead of post-training quantization.
+        configuration: a concrete.fhe.Configuration (without p_error/global_p_error).
+        artifacts: a concrete.fhe.DebugArtifacts.
+        show_mlir: print the MLIR.
+        n_bits: an int or a dict of model_inputs / op_weights / op_inputs / model_outputs.
+        rounding_threshold_bits: None, an int or {"n_bits": k, "method": ...}.
+        p_error: per-TLU error probability (neither given: 2**-40).
+        global_p_error: circuit error probability.
+        verbose: print concrete's compilation steps.
+        inputs_encryption_status: "encrypted"/"clear" per input (None: all encrypted).
+        reduce_sum_copy: make ReduceSum copy its input first.
+        device: "cpu".
+        accumulator_bounds: "observed" or "worst_case".
+
+    Returns:
+        The compiled QuantizedModule.
+
+    Raises:
+        ValueError: a Brevitas model (use compile_brevitas_qat_model), an unknown device.
+    """
+    _check_device(device)
+    brevitas = sorted(
+        {
+            type(m).__name__
+            for m in torch_model.modules()
+            if type(m).__module__.split(".")[0] == "brevitas"
+        }
+    )
+    if brevitas:
+        raise ValueError(
+            f"the model has Brevitas layers ({', '.join(brevitas)}); compile it with "
+            "compile_brevitas_qat_model instead of compile_torch_model"
+        )
+    return _compile(
+        torch_model,
+        torch_inputset,
+        import_qat,
+        configuration,
+        artifacts,
+        show_mlir,
+        n_bits,
+        rounding_threshold_bits,
+        p_error,
+        global_p_error,
+        verbose,
+        inputs_encryption_status,
+        reduce_sum_copy,
+        accumulator_bounds,
+    )
+
+
+def compile_onnx_model(
+    onnx_model: Any,
+    torch_inputset: Any,
+    import_qat: bool = False,
+    configuration: Any = None,
+    artifacts: Any = None,
+    show_mlir: bool = False,
+    n_bits: Any = 8,
+    rounding_threshold_bits: Any = None,
+    p_error: float | None = None,
+    global_p_error: float | None = None,
+    verbose: bool = False,
+    inputs_encryption_status: Sequence[str] | None = None,
+    reduce_sum_copy: bool = False,
+    device: str = "cpu",
+    accumulator_bounds: str = "observed",
+) -> QuantizedModule:
+    """Quantize an ONNX model (opset 14) and compile it to an FHE circuit.
+
+    Args:
+        onnx_model: the onnx.ModelProto.
+        torch_inputset: calibration data: an array/tensor or a tuple of them.
+        import_qat: import a QAT model instead of post-training quantization.
+        configuration: a concrete.fhe.Configuration (without p_error/global_p_error).
+        artifacts: a concrete.fhe.DebugArtifacts.
+        show_mlir: print the MLIR.
+        n_bits: an int or a dict of model_inputs / op_weights / op_inputs / model_outputs.
+        rounding_threshold_bits: None, an int or {"n_bits": k, "method": ...}.
+        p_error: per-TLU error probability (neither given: 2**-40).
+        global_p_error: circuit error probability.
+        verbose: print concrete's compilation steps.
+        inputs_encryption_status: "encrypted"/"clear" per input (None: all encrypted).
+        reduce_sum_copy: make ReduceSum copy its input first.
+        device: "cpu".
+        accumulator_bounds: "observed" or "worst_case".
+
+    Returns:
+        The compiled QuantizedModule.
+
+    Raises:
+        OpsetError: the model's default-domain opset is not 14 (a ValueError).
+    """
+    _check_device(device)
+    opsets = [o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx")]
+    if opsets != [_OPSET]:
+        raise OpsetError(
+            f"the ONNX model uses opset {opsets[0] if opsets else 'none'}; fhequant needs "
+            f"opset {_OPSET}: convert it with onnx.version_converter.convert_version(model, 14)"
+        )
+    return _compile(
+        onnx_model,
+        torch_inputset,
+        import_qat,
+        configuration,
+        artifacts,
+        show_mlir,
+        n_bits,
+        rounding_threshold_bits,
+        p_error,
+        global_p_error,
+        verbose,
+        inputs_encryption_status,
+        reduce_sum_copy,
+        accumulator_bounds,
+    )
