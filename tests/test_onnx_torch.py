@@ -33,7 +33,7 @@ def compare(model: nn.Module, *inputs: np.ndarray) -> NumpyModule:
     module = NumpyModule(proto)
     ours = module(*inputs)
     ref = ort_per_sample(module, proto.SerializeToString(), *inputs)
-    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         expected = model(*(torch.from_numpy(x) for x in inputs)).numpy()
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5)
