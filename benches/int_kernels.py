@@ -28,13 +28,20 @@ Z_X, Z_W = 17, 3
 
 
 def best_of(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    return race({"f": fn}, repeats)["f"]
+
+
+def race(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Best time of each function, run in turns so that machine load hits all alike."""
+    best = dict.fromkeys(fns, float("inf"))
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def im2col_conv(x: np.ndarray, w: np.ndarray, stride: int, pad: int, z_x: int) -> np.ndarray:
@@ -59,9 +66,9 @@ def gemm_case(z_w: int, repeats: int) -> dict[str, Any]:
         return acc - z_w * x.sum(axis=-1, keepdims=True) if z_w else acc
 
     assert np.array_equal(ik.integer_gemm(x, w, 0, z_w)[0], numpy_int())
-    t_rust = best_of(lambda: ik.integer_gemm(x, w, 0, z_w), repeats)
+    t = race({"rust": lambda: ik.integer_gemm(x, w, 0, z_w), "blas": lambda: xf @ wf}, repeats)
+    t_rust, t_blas = t["rust"], t["blas"]
     t_int = best_of(numpy_int, max(1, repeats // 5))
-    t_blas = best_of(lambda: xf @ wf, repeats)
     return {
         "z_w": z_w,
         "fhequant_s": t_rust,
@@ -90,9 +97,15 @@ def conv_case(repeats: int) -> dict[str, Any]:
         want = im2col_conv(x, wc, stride, 1, Z_X)
         assert np.array_equal(fhe(), want)
         xf, wf = x.astype(np.float64), wc.astype(np.float64)
-        t_rust = best_of(fhe, repeats)
-        t_int = best_of(lambda x=x, wc=wc, s=stride: im2col_conv(x, wc, s, 1, Z_X), 3)
-        t_f64 = best_of(lambda xf=xf, wf=wf, s=stride: im2col_conv(xf, wf, s, 1, Z_X), 3)
+        t = race(
+            {
+                "rust": fhe,
+                "int": lambda x=x, wc=wc, s=stride: im2col_conv(x, wc, s, 1, Z_X),
+                "f64": lambda xf=xf, wf=wf, s=stride: im2col_conv(xf, wf, s, 1, Z_X),
+            },
+            repeats,
+        )
+        t_rust, t_int, t_f64 = t["rust"], t["int"], t["f64"]
         out[name] = {
             "input": list(xs),
             "weights": list(ws),

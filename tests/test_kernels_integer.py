@@ -447,3 +447,31 @@ def test_window_sum_bounds_hold_and_are_attained(
     rnd = np.random.default_rng(3).integers(x_lo, x_hi, (4, 1, *spatial), endpoint=True)
     got = ik.window_sum(rnd, z_x=case["z_x"], ceil_mode=ceil_mode, **geo)
     assert raw[0] <= got.min() and got.max() <= raw[1]
+
+
+def test_ceil_mode_window_sums_match_torch_avg_pool() -> None:
+    """sum / norm equals torch's avg_pool2d(ceil_mode=True, count_include_pad=True)."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    for h, w, k, s, p in [(5, 5, 2, 2, 0), (6, 7, 3, 2, 1), (4, 4, 2, 2, 1), (7, 3, 3, 3, 1)]:
+        x = rng.integers(0, 20, (2, 3, h, w))
+        want = torch.nn.functional.avg_pool2d(
+            torch.tensor(x, dtype=torch.float64), k, s, p, ceil_mode=True, count_include_pad=True
+        ).numpy()
+        pads = (p, p, p, p)
+        sums = ik.window_sum(x, (k, k), (s, s), pads, 0, ceil_mode=1)
+        norm = ik.window_sum(np.ones_like(x), (k, k), (s, s), pads, 1, ceil_mode=1)
+        assert sums.shape == want.shape
+        np.testing.assert_allclose(sums / norm, want, rtol=1e-12)
+
+
+def test_window_sum_overflow_and_max_never_overflows() -> None:
+    x = np.full((1, 1, 3, 3), 2**62 - 1, dtype=np.int64)
+    for fn in (ik.window_sum, ik.window_sum_reference):
+        with pytest.raises(OverflowRiskError, match=r"pool1.*uint62"):
+            fn(x, (2, 2), None, None, 0, name="pool1")
+    for fn in (ik.window_max, ik.window_max_reference):
+        np.testing.assert_array_equal(
+            fn(x, (2, 2), None, None, 0), np.full((1, 1, 2, 2), 2**62 - 1)
+        )

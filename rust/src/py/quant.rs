@@ -3,14 +3,16 @@
 //! The Python dispatch in `fhequant.quantization._kernels` decides the numpy dtypes of every
 //! step (value-based promotion) and calls these with scalars already converted to them.
 
-use ndarray::ArrayD;
+use std::mem::MaybeUninit;
+
+use ndarray::ArrayViewMutD;
 use numpy::{Element, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
 
 use crate::error::Error;
-use crate::kernels::quant::dequantize::{dequantize as dequantize_kernel, QInt};
+use crate::kernels::quant::dequantize::{dequantize_into, QInt};
 use crate::kernels::quant::float::{Cast, Real};
-use crate::kernels::quant::quantize::{quantize as quantize_kernel, Prec, QuantSpec};
+use crate::kernels::quant::quantize::{quantize_into, Prec, QuantSpec};
 use crate::kernels::quant::reduce::min_max as min_max_kernel;
 use crate::kernels::quant::unique::rounded_unique as unique_kernel;
 use crate::py::errors::to_pyerr;
@@ -31,12 +33,34 @@ fn wrong_dtype(py: Python<'_>, op: &str, want: &str, a: &Bound<'_, PyAny>) -> Py
 
 /// Borrow an array for reading; fails (instead of panicking) if Rust holds it mutably.
 fn borrow<'py, T: Element>(a: &Bound<'py, PyArrayDyn<T>>) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
-    a.try_readonly()
-        .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(format!("array borrow: {e}")))
+    a.try_readonly().map_err(borrow_err)
 }
 
-fn to_py<'py, O: Element>(py: Python<'py>, a: ArrayD<O>) -> Bound<'py, PyAny> {
-    PyArrayDyn::from_owned_array(py, a).into_any()
+fn borrow_err(e: numpy::BorrowError) -> PyErr {
+    pyo3::exceptions::PyRuntimeError::new_err(format!("array borrow: {e}"))
+}
+
+/// A new, uninitialized C-order numpy array for a kernel to fill. numpy allocates it (with
+/// transparent huge pages for big arrays), which costs far fewer page faults than a Rust
+/// allocation or a calloc of the same size.
+fn output<'py, O: Element>(py: Python<'py>, shape: &[usize]) -> Bound<'py, PyArrayDyn<O>> {
+    // SAFETY: the array is only reached through `uninit_view` until a kernel has written
+    // every element; on a kernel error the caller drops it without reading it.
+    unsafe { PyArrayDyn::<O>::new(py, shape, false) }
+}
+
+/// The elements of a fresh array from [`output`] as `MaybeUninit`, so writing them never
+/// forms a reference to uninitialized data.
+fn uninit_view<'a, O: Element>(
+    a: &'a Bound<'_, PyArrayDyn<O>>,
+) -> ArrayViewMutD<'a, MaybeUninit<O>> {
+    // SAFETY: `a` is a fresh C-contiguous array that no one else references yet, so a unique
+    // mutable view of its data is sound for the lifetime of the borrow of `a`.
+    unsafe {
+        a.as_raw_array_mut()
+            .cast::<MaybeUninit<O>>()
+            .deref_into_view_mut()
+    }
 }
 
 fn quantize_typed<'py, T: Real + Element, O: Cast + Element>(
@@ -46,10 +70,11 @@ fn quantize_typed<'py, T: Real + Element, O: Cast + Element>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let guard = borrow(values)?;
     let view = guard.as_array();
-    let out = py
-        .detach(|| quantize_kernel::<T, O>(view, spec))
+    let out = output::<O>(py, view.shape());
+    let dst = uninit_view(&out);
+    py.detach(|| quantize_into::<T, O>(view, dst, spec))
         .map_err(|e| to_pyerr(py, e, None))?;
-    Ok(to_py(py, out))
+    Ok(out.into_any())
 }
 
 fn quantize_out<'py, T: Real + Element>(
@@ -116,8 +141,11 @@ fn dequantize_typed<'py, I: QInt + Element>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let guard = borrow(q)?;
     let view = guard.as_array();
-    let out = py.detach(|| dequantize_kernel(view, scale, zero_point));
-    Ok(to_py(py, out))
+    let out = output::<f64>(py, view.shape());
+    let dst = uninit_view(&out);
+    py.detach(|| dequantize_into(view, dst, scale, zero_point))
+        .map_err(|e| to_pyerr(py, e, None))?;
+    Ok(out.into_any())
 }
 
 /// scale * (float64(q) - zero_point) in float64 for an int8/16/32/64 array.

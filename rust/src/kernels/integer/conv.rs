@@ -2,7 +2,7 @@
 //! zero-point correction of SPEC §3.2: conv(x_pad, w) − z_w·conv(x_pad, 1) = conv(x_pad,
 //! w − z_w). Evaluated as im2col + an exact product (see `exact`).
 
-use ndarray::{Array2, Array4, ArrayView4};
+use ndarray::{Array2, Array4, ArrayView4, CowArray, Ix4};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -159,7 +159,7 @@ pub fn conv2d(
         i128::from(whi) - i128::from(z_w),
     );
     let ckk = cg * kh * kw;
-    let bound = check_bound(
+    check_bound(
         ckk,
         max_abs(xlo.into(), xhi.into()),
         max_abs(clo, chi),
@@ -171,8 +171,19 @@ pub fn conv2d(
             )
         },
     )?;
+    // Centre the padded input on the middle of its range: conv(x_pad, c) =
+    // conv(x_pad − s, c) + s·Σ_taps c. The centred product has the smaller bound (faster
+    // exact strategy); the per-channel term is exact in wrapping i64 since the result fits.
+    let s = xlo + ((i128::from(xhi) - i128::from(xlo)) / 2) as i64;
+    let bound = (ckk as u128)
+        .saturating_mul(max_abs(
+            i128::from(xlo) - i128::from(s),
+            i128::from(xhi) - i128::from(s),
+        ))
+        .saturating_mul(max_abs(clo, chi));
     let job = Job {
-        x: x.as_standard_layout().into_owned(),
+        shift: s,
+        x: x.as_standard_layout(),
         w: w.as_standard_layout()
             .iter()
             .map(|&v| v.wrapping_sub(z_w))
@@ -189,15 +200,89 @@ pub fn conv2d(
     Array4::from_shape_vec((n, o, oh, ow), out).map_err(|e| Error::Shape(e.to_string()))
 }
 
-/// Window sums Σ x_pad over each kh×kw window, per channel: a depthwise conv with ones.
-pub fn window_sum(x: ArrayView4<'_, i64>, geom: &Geometry) -> Result<Array4<i64>> {
-    let c = x.dim().1;
-    let ones = Array4::<i64>::ones((c, 1, geom.kernel[0], geom.kernel[1]));
-    conv2d(x, ones.view(), 0, c.max(1), geom)
+/// Per-axis lookup of the input index each (tap, output index) reads.
+///
+/// `rows[i·OH + y]` is the input row read by kernel row i at output row y, or `PAD` / `ZERO`;
+/// `cols` likewise for columns. A cell is 0 if either axis says `ZERO`, else the pad value if
+/// either says `PAD`, else the input element.
+struct Taps {
+    rows: Vec<isize>,
+    cols: Vec<isize>,
+    out: [usize; 2],
+}
+
+const PAD: isize = -1;
+const ZERO: isize = -2;
+
+impl Taps {
+    fn new(geom: &Geometry, in_hw: [usize; 2], out: [usize; 2]) -> Taps {
+        let table = |axis: usize| -> Vec<isize> {
+            let (k, n) = (geom.kernel[axis], out[axis]);
+            (0..k * n)
+                .map(|t| {
+                    let idx = (t % n) * geom.strides[axis] + t / n;
+                    match geom.axis_cell(axis, idx, in_hw[axis]) {
+                        Some(Some(i)) => i as isize,
+                        Some(None) => PAD,
+                        None => ZERO,
+                    }
+                })
+                .collect()
+        };
+        Taps {
+            rows: table(0),
+            cols: table(1),
+            out,
+        }
+    }
+
+    /// Write the OW values that tap (i, j) reads for output row y of one input plane.
+    #[inline]
+    fn fill_row<T: Exact>(
+        &self,
+        plane: &[i64],
+        wd: usize,
+        (i, j, y): (usize, usize, usize),
+        fill: &Fill<T>,
+        dst: &mut [T],
+    ) {
+        let [oh, ow] = self.out;
+        let cols = &self.cols[j * ow..(j + 1) * ow];
+        let r = self.rows[i * oh + y];
+        if r == ZERO {
+            dst.fill(fill.zero);
+        } else if r == PAD {
+            for (d, &c) in dst.iter_mut().zip(cols) {
+                *d = if c == ZERO { fill.zero } else { fill.pad };
+            }
+        } else {
+            let row = &plane[r as usize * wd..(r as usize + 1) * wd];
+            for (d, &c) in dst.iter_mut().zip(cols) {
+                *d = if c >= 0 {
+                    T::from_i64(row[c as usize].wrapping_sub(fill.shift))
+                } else if c == PAD {
+                    fill.pad
+                } else {
+                    fill.zero
+                };
+            }
+        }
+    }
+}
+
+/// The values written for pad and ceil-extension cells, and the shift subtracted from
+/// every input element (pad and zero already include it).
+struct Fill<T> {
+    pad: T,
+    zero: T,
+    shift: i64,
 }
 
 struct Job<'g> {
-    x: Array4<i64>,
+    /// Subtracted from every cell of the padded input (see `conv2d`).
+    shift: i64,
+    /// The input in C order (borrowed when it already is).
+    x: CowArray<'g, i64, Ix4>,
     /// (O, C/g·kh·kw) row-major weights minus z_w (exact: the bound check passed).
     w: Vec<i64>,
     /// n, c, h, w, o, cg, oh, ow
@@ -208,7 +293,7 @@ struct Job<'g> {
 
 impl Job<'_> {
     fn run<T: Exact>(&self) -> Vec<i64> {
-        let [n, _, h, wd, o, cg, oh, ow] = self.dims;
+        let [n, c, h, wd, o, cg, oh, ow] = self.dims;
         let (kh, kw) = (self.geom.kernel[0], self.geom.kernel[1]);
         let l = oh * ow;
         let ckk = cg * kh * kw;
@@ -221,14 +306,21 @@ impl Job<'_> {
         let imgs = (BLOCK_COLS / l).max(1);
         let xs = self.x.as_slice().unwrap_or(&[]);
         let plane = h * wd;
-        let cells: Vec<Cell> = (0..l * kh * kw)
-            .map(|t| {
-                let (pos, tap) = (t / (kh * kw), t % (kh * kw));
-                self.geom
-                    .cell([h, wd], pos / ow, pos % ow, tap / kw, tap % kw)
+        let taps = Taps::new(self.geom, [h, wd], [oh, ow]);
+        let fill = Fill {
+            pad: T::from_i64(self.geom.pad_value.wrapping_sub(self.shift)),
+            zero: T::from_i64(self.shift.wrapping_neg()),
+            shift: self.shift,
+        };
+        // s·Σ_taps c per output channel.
+        let corr: Vec<i64> = self
+            .w
+            .chunks_exact(ckk.max(1))
+            .map(|row| {
+                let sum = row.iter().fold(0i64, |a, &v| a.wrapping_add(v));
+                self.shift.wrapping_mul(sum)
             })
             .collect();
-        let pad = T::from_i64(self.geom.pad_value);
         out.par_chunks_mut(imgs * o * l)
             .enumerate()
             .for_each(|(chunk, dst)| {
@@ -240,15 +332,12 @@ impl Job<'_> {
                 for g in 0..self.group {
                     for (r, row) in cols.chunks_exact_mut(cols_n).enumerate() {
                         let (ch, tap) = (g * cg + r / (kh * kw), r % (kh * kw));
-                        for img in 0..count {
-                            let base = ((first + img) * self.dims[1] + ch) * plane;
-                            let seg = &mut row[img * l..(img + 1) * l];
-                            for (pos, v) in seg.iter_mut().enumerate() {
-                                *v = match cells[pos * kh * kw + tap] {
-                                    Cell::Input(y, x) => T::from_i64(xs[base + y * wd + x]),
-                                    Cell::Pad => pad,
-                                    Cell::Zero => T::default(),
-                                };
+                        let (i, j) = (tap / kw, tap % kw);
+                        for (img, seg) in row.chunks_exact_mut(l).enumerate() {
+                            let base = ((first + img) * c + ch) * plane;
+                            let src = &xs[base..base + plane];
+                            for (y, d) in seg.chunks_exact_mut(ow).enumerate() {
+                                taps.fill_row(src, wd, (i, j, y), &fill, d);
                             }
                         }
                     }
@@ -257,8 +346,9 @@ impl Job<'_> {
                         for oo in 0..og {
                             let d = (img * o + g * og + oo) * l;
                             let s = oo * cols_n + img * l;
+                            let ct = corr.get(g * og + oo).copied().unwrap_or(0);
                             for (dv, &sv) in dst[d..d + l].iter_mut().zip(&tmp[s..s + l]) {
-                                *dv = sv.to_i64();
+                                *dv = sv.to_i64().wrapping_add(ct);
                             }
                         }
                     }
@@ -268,35 +358,74 @@ impl Job<'_> {
     }
 }
 
-/// Integer max over each kh×kw window of x_pad, per channel (MaxPool, SPEC §3.6).
-pub fn window_max(x: ArrayView4<'_, i64>, geom: &Geometry) -> Result<Array4<i64>> {
+/// Reduce every kh×kw window of x_pad per channel with `combine`, starting from `init`.
+fn window_reduce(
+    x: ArrayView4<'_, i64>,
+    geom: &Geometry,
+    init: i64,
+    combine: impl Fn(i64, i64) -> i64 + Sync,
+) -> Result<Array4<i64>> {
     let (n, c, h, wd) = x.dim();
     let [oh, ow] = geom.output_hw([h, wd])?;
     let x = x.as_standard_layout();
     let xs = x.as_slice().unwrap_or(&[]);
     let (kh, kw) = (geom.kernel[0], geom.kernel[1]);
-    let l = oh * ow;
-    let mut out = vec![0i64; n * c * l];
+    let taps = Taps::new(geom, [h, wd], [oh, ow]);
+    let fill = Fill {
+        pad: geom.pad_value,
+        zero: 0,
+        shift: 0,
+    };
+    let mut out = vec![init; n * c * oh * ow];
     if !out.is_empty() {
-        out.par_chunks_mut(l).enumerate().for_each(|(p, dst)| {
-            let base = p * h * wd;
-            for (pos, d) in dst.iter_mut().enumerate() {
-                let mut m = i64::MIN;
-                for i in 0..kh {
-                    for j in 0..kw {
-                        let v = match geom.cell([h, wd], pos / ow, pos % ow, i, j) {
-                            Cell::Input(y, x) => xs[base + y * wd + x],
-                            Cell::Pad => geom.pad_value,
-                            Cell::Zero => 0,
-                        };
-                        m = m.max(v);
+        let plane = h * wd;
+        out.par_chunks_mut(oh * ow)
+            .enumerate()
+            .for_each(|(p, dst)| {
+                let src = &xs[p * plane..(p + 1) * plane];
+                let mut vals = vec![0i64; ow];
+                for (y, acc) in dst.chunks_exact_mut(ow).enumerate() {
+                    for i in 0..kh {
+                        for j in 0..kw {
+                            taps.fill_row(src, wd, (i, j, y), &fill, &mut vals);
+                            for (a, &v) in acc.iter_mut().zip(&vals) {
+                                *a = combine(*a, v);
+                            }
+                        }
                     }
                 }
-                *d = m;
-            }
-        });
+            });
     }
     Array4::from_shape_vec((n, c, oh, ow), out).map_err(|e| Error::Shape(e.to_string()))
+}
+
+/// Window sums Σ x_pad over each kh×kw window, per channel (AveragePool, SPEC §3.6).
+///
+/// Returns `Error::Overflow` if kh·kw·max|x_pad| exceeds int64.
+pub fn window_sum(x: ArrayView4<'_, i64>, geom: &Geometry) -> Result<Array4<i64>> {
+    let (mut lo, mut hi) = range(x.iter());
+    let (padded, extended) = geom.pads_with();
+    if padded {
+        lo = lo.min(geom.pad_value);
+        hi = hi.max(geom.pad_value);
+    }
+    if extended {
+        lo = lo.min(0);
+        hi = hi.max(0);
+    }
+    let taps = geom.kernel[0] * geom.kernel[1];
+    check_bound(taps, max_abs(lo.into(), hi.into()), 1, || {
+        format!(
+            "a window sum of the padded input {}",
+            describe(lo.into(), hi.into())
+        )
+    })?;
+    window_reduce(x, geom, 0, |a, v| a.wrapping_add(v))
+}
+
+/// Integer max over each kh×kw window of x_pad, per channel (MaxPool, SPEC §3.6).
+pub fn window_max(x: ArrayView4<'_, i64>, geom: &Geometry) -> Result<Array4<i64>> {
+    window_reduce(x, geom, i64::MIN, i64::max)
 }
 
 /// sum_w = z_x · Σ_{c,kh,kw} w per output channel, shape (O, 1); overflow-checked.

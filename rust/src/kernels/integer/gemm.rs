@@ -10,10 +10,18 @@ use crate::kernels::integer::exact::{check_bound, describe, max_abs, range, Exac
 /// Rows of A per task: fixed, so the split never depends on the number of threads.
 const BLOCK_ROWS: usize = 64;
 
-/// The worst-case |accumulator| of `matmul` and the strategy it selects, or the overflow
-/// error. `a` holds values in [a_lo, a_hi], `b − z_w` in [c_lo, c_hi], `k` terms per sum.
-pub fn plan(k: usize, a: (i64, i64), c: (i128, i128)) -> Result<(u128, Strategy)> {
-    let bound = check_bound(
+/// How `matmul` evaluates a product: the strategy and the shifts s (of A) and t (of
+/// W − z_w) that centre the operands (see `matmul`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub strategy: Strategy,
+    pub shift: [i64; 2],
+}
+
+/// Check that K·max|a|·max|c| fits int64 (else `Error::Overflow`) and choose the plan, for
+/// `a` in [a.0, a.1], `c = w − z_w` in [c.0, c.1] and `k` terms per sum.
+pub fn plan(k: usize, a: (i64, i64), c: (i128, i128)) -> Result<Plan> {
+    check_bound(
         k,
         max_abs(a.0.into(), a.1.into()),
         max_abs(c.0, c.1),
@@ -25,7 +33,17 @@ pub fn plan(k: usize, a: (i64, i64), c: (i128, i128)) -> Result<(u128, Strategy)
             )
         },
     )?;
-    Ok((bound, Strategy::for_bound(bound)))
+    let s = midpoint(a.0.into(), a.1.into());
+    let t = midpoint(c.0, c.1);
+    let bound = (k as u128)
+        .saturating_mul(max_abs(i128::from(a.0) - s, i128::from(a.1) - s))
+        .saturating_mul(max_abs(c.0 - t, c.1 - t));
+    Ok(Plan {
+        strategy: Strategy::for_bound(bound),
+        // Both fit: s lies in [a.0, a.1]; t in [c.0, c.1] fits whenever it matters (a wrap
+        // is harmless: all corrections are exact modulo 2^64).
+        shift: [s as i64, t as i64],
+    })
 }
 
 /// acc[b] = a[b] @ (w[b] − z_w) for a (Ba, M, K) and w (Bw, K, N), where a batch of 1
@@ -55,48 +73,107 @@ pub fn matmul(a: ArrayView3<'_, i64>, w: ArrayView3<'_, i64>, z_w: i64) -> Resul
         i128::from(wlo) - i128::from(z_w),
         i128::from(whi) - i128::from(z_w),
     );
-    let (_, strategy) = plan(k, range(a.iter()), c)?;
+    let plan = plan(k, range(a.iter()), c)?;
     if batch * m * n == 0 {
         return Ok(Array3::zeros((batch, m, n)));
     }
+    // Centre both operands on the middle of their ranges: A = A' + s, W − z_w = W' + t, so
+    // A(W − z_w) = A'W' + t·rowsum(A') + s·colsum(W') + s·t·K. A'W' has the smallest
+    // bound, hence the fastest exact strategy; the rank-1 terms are exact in wrapping i64
+    // because the final result fits int64 (checked by `plan`).
+    let t = plan.shift[1];
     let wc: Vec<i64> = w
         .as_standard_layout()
         .iter()
-        .map(|&v| v.wrapping_sub(z_w))
+        .map(|&v| v.wrapping_sub(z_w).wrapping_sub(t))
         .collect();
-    let out = match strategy {
-        Strategy::F32 => run::<f32>(a, &wc, [batch, bw, m, k, n]),
-        Strategy::F64 => run::<f64>(a, &wc, [batch, bw, m, k, n]),
-        Strategy::I64 => run::<i64>(a, &wc, [batch, bw, m, k, n]),
+    let job = Job {
+        a,
+        wc: &wc,
+        dims: [batch, bw, m, k, n],
+        shift: plan.shift,
+    };
+    let out = match plan.strategy {
+        Strategy::F32 => job.run::<f32>(),
+        Strategy::F64 => job.run::<f64>(),
+        Strategy::I64 => job.run::<i64>(),
     };
     Array3::from_shape_vec((batch, m, n), out).map_err(|e| Error::Shape(e.to_string()))
 }
 
-fn run<T: Exact>(a: ArrayView3<'_, i64>, wc: &[i64], dims: [usize; 5]) -> Vec<i64> {
-    let [batch, bw, m, k, n] = dims;
-    let ba = a.dim().0;
-    let wt: Vec<T> = wc.iter().map(|&v| T::from_i64(v)).collect();
-    let mut out = vec![0i64; batch * m * n];
-    out.par_chunks_mut(m * n).enumerate().for_each(|(bi, dst)| {
-        let ab: ArrayView2<'_, i64> = a.index_axis(ndarray::Axis(0), if ba == 1 { 0 } else { bi });
-        let wb = &wt[if bw == 1 { 0 } else { bi * k * n }..];
-        dst.par_chunks_mut(BLOCK_ROWS * n)
-            .enumerate()
-            .for_each(|(ci, rows_out)| {
-                let r0 = ci * BLOCK_ROWS;
-                let rows = rows_out.len() / n;
-                let mut lhs = Vec::with_capacity(rows * k);
-                for r in r0..r0 + rows {
-                    lhs.extend(ab.row(r).iter().map(|&v| T::from_i64(v)));
+/// floor((lo + hi) / 2), which lies in [lo, hi].
+fn midpoint(lo: i128, hi: i128) -> i128 {
+    lo + (hi - lo) / 2
+}
+
+struct Job<'a> {
+    a: ArrayView3<'a, i64>,
+    /// (Bw, K, N) row-major weights minus z_w minus t.
+    wc: &'a [i64],
+    /// batch, Bw, M, K, N
+    dims: [usize; 5],
+    /// s (subtracted from A) and t (subtracted from W − z_w)
+    shift: [i64; 2],
+}
+
+impl Job<'_> {
+    fn run<T: Exact>(&self) -> Vec<i64> {
+        let [batch, bw, m, k, n] = self.dims;
+        let [s, t] = self.shift;
+        let ba = self.a.dim().0;
+        let wt: Vec<T> = self.wc.iter().map(|&v| T::from_i64(v)).collect();
+        // s·colsum(W') + s·t·K per weight batch and column (wrapping: exact modulo 2^64).
+        let mut col_terms = vec![0i64; bw * n];
+        for (b, sums) in col_terms.chunks_exact_mut(n).enumerate() {
+            for row in self.wc[b * k * n..(b + 1) * k * n].chunks_exact(n) {
+                for (acc, &v) in sums.iter_mut().zip(row) {
+                    *acc = acc.wrapping_add(v);
                 }
-                let mut tmp = vec![T::default(); rows * n];
-                T::gemm(rows, k, n, &lhs, wb, &mut tmp);
-                for (d, s) in rows_out.iter_mut().zip(tmp) {
-                    *d = s.to_i64();
-                }
-            });
-    });
-    out
+            }
+            let st = s.wrapping_mul(t).wrapping_mul(k as i64);
+            for acc in sums.iter_mut() {
+                *acc = s.wrapping_mul(*acc).wrapping_add(st);
+            }
+        }
+        let mut out = vec![0i64; batch * m * n];
+        out.par_chunks_mut(m * n).enumerate().for_each(|(bi, dst)| {
+            let ab: ArrayView2<'_, i64> = self
+                .a
+                .index_axis(ndarray::Axis(0), if ba == 1 { 0 } else { bi });
+            let wsel = if bw == 1 { 0 } else { bi };
+            let wb = &wt[wsel * k * n..];
+            let cols = &col_terms[wsel * n..(wsel + 1) * n];
+            dst.par_chunks_mut(BLOCK_ROWS * n)
+                .enumerate()
+                .for_each(|(ci, rows_out)| {
+                    let r0 = ci * BLOCK_ROWS;
+                    let rows = rows_out.len() / n;
+                    let mut lhs = Vec::with_capacity(rows * k);
+                    let mut row_terms = Vec::with_capacity(rows);
+                    for r in r0..r0 + rows {
+                        let mut sum = 0i64;
+                        lhs.extend(ab.row(r).iter().map(|&v| {
+                            let centred = v.wrapping_sub(s);
+                            sum = sum.wrapping_add(centred);
+                            T::from_i64(centred)
+                        }));
+                        row_terms.push(t.wrapping_mul(sum));
+                    }
+                    let mut tmp = vec![T::default(); rows * n];
+                    T::gemm(rows, k, n, &lhs, wb, &mut tmp);
+                    for ((d_row, t_row), rt) in rows_out
+                        .chunks_exact_mut(n)
+                        .zip(tmp.chunks_exact(n))
+                        .zip(&row_terms)
+                    {
+                        for ((d, &v), &ct) in d_row.iter_mut().zip(t_row).zip(cols) {
+                            *d = v.to_i64().wrapping_add(*rt).wrapping_add(ct);
+                        }
+                    }
+                });
+        });
+        out
+    }
 }
 
 /// sum_w[b, :] = z_x·Σ_k w[b, k, :] for w (B, K, N); returns (B, N), overflow-checked.
@@ -153,10 +230,21 @@ mod tests {
             (1 << 35, Strategy::I64),
         ] {
             let a = data((2, 130, 70), 1, 0, 256).mapv(|v| v * scale);
-            let (_, s) = plan(70, range(a.iter()), (-128 - 5, 127 - 5)).unwrap();
-            assert_eq!(s, want);
+            let p = plan(70, range(a.iter()), (-128 - 5, 127 - 5)).unwrap();
+            assert_eq!(p.strategy, want);
             assert_eq!(matmul(a.view(), w.view(), 5).unwrap(), naive(&a, &w, 5));
         }
+    }
+
+    #[test]
+    fn centring_picks_f32_for_8_bit_operands() {
+        // Uncentred, 512·255·133 > 2^24; centred, 512·128·128 <= 2^24.
+        let p = plan(512, (0, 255), (-133, 122)).unwrap();
+        assert_eq!(p.strategy, Strategy::F32);
+        assert_eq!(p.shift, [127, -6]);
+        let a = data((1, 3, 512), 6, 0, 256);
+        let w = data((1, 512, 4), 7, -128, 256);
+        assert_eq!(matmul(a.view(), w.view(), 5).unwrap(), naive(&a, &w, 5));
     }
 
     #[test]

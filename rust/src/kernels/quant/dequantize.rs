@@ -1,8 +1,11 @@
 //! `scale * (q - float64(zero_point))` in float64, for integer `q`.
 
-use ndarray::{ArrayD, ArrayViewD};
+use std::mem::MaybeUninit;
 
-use super::quantize::map;
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD};
+
+use super::quantize::map_into;
+use crate::error::Result;
 
 /// Integer element types accepted by [`dequantize`].
 pub trait QInt: Copy + Send + Sync + 'static {
@@ -24,7 +27,23 @@ impl_qint!(i8, i16, i32, i64);
 
 /// Dequantize into a new C-order float64 array: `scale * (f64(q) - zero_point)`.
 pub fn dequantize<I: QInt>(q: ArrayViewD<'_, I>, scale: f64, zero_point: f64) -> ArrayD<f64> {
-    map(q, move |v| scale * (v.to_f64() - zero_point))
+    let mut out = ArrayD::<f64>::uninit(q.raw_dim());
+    match dequantize_into(q, out.view_mut(), scale, zero_point) {
+        // SAFETY: dequantize_into succeeded, so it wrote every element of `out`.
+        Ok(()) => unsafe { out.assume_init() },
+        // Unreachable (same shape by construction); never expose uninitialized memory.
+        Err(_) => ArrayD::zeros(out.raw_dim()),
+    }
+}
+
+/// Dequantize into `out` (the shape of `q`); `Shape` error otherwise.
+pub fn dequantize_into<I: QInt>(
+    q: ArrayViewD<'_, I>,
+    out: ArrayViewMutD<'_, MaybeUninit<f64>>,
+    scale: f64,
+    zero_point: f64,
+) -> Result<()> {
+    map_into(q, out, move |v| scale * (v.to_f64() - zero_point))
 }
 
 #[cfg(test)]

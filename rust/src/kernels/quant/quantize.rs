@@ -8,7 +8,7 @@
 
 use std::mem::MaybeUninit;
 
-use ndarray::{ArrayD, ArrayViewD, Zip};
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Zip};
 use rayon::prelude::*;
 
 use super::float::{clip, Cast, Real};
@@ -37,11 +37,24 @@ pub struct QuantSpec {
     pub clip_prec: Prec,
 }
 
-/// Quantize `x` into a new C-order array of `O`.
+/// Quantize `x` into a new C-order array of `O` (see [`quantize_into`]).
+pub fn quantize<T: Real, O: Cast>(x: ArrayViewD<'_, T>, spec: &QuantSpec) -> Result<ArrayD<O>> {
+    let mut out = ArrayD::<O>::uninit(x.raw_dim());
+    quantize_into(x, out.view_mut(), spec)?;
+    // SAFETY: quantize_into succeeded, so it wrote every element of `out`.
+    Ok(unsafe { out.assume_init() })
+}
+
+/// Quantize `x` into `out`, which has the shape of `x`.
 ///
 /// Fails with `InvalidArgument` if a step is asked to run in a lower precision than the one
-/// before it (numpy never narrows), including any float32 step for float64 data.
-pub fn quantize<T: Real, O: Cast>(x: ArrayViewD<'_, T>, spec: &QuantSpec) -> Result<ArrayD<O>> {
+/// before it (numpy never narrows), including any float32 step for float64 data, and with
+/// `Shape` if `out` does not have the shape of `x`.
+pub fn quantize_into<T: Real, O: Cast>(
+    x: ArrayViewD<'_, T>,
+    out: ArrayViewMutD<'_, MaybeUninit<O>>,
+    spec: &QuantSpec,
+) -> Result<()> {
     use Prec::{F32, F64};
     let input = if std::mem::size_of::<T>() == 4 {
         F32
@@ -64,30 +77,31 @@ pub fn quantize<T: Real, O: Cast>(x: ArrayViewD<'_, T>, spec: &QuantSpec) -> Res
             spec.div, spec.add
         )));
     }
-    Ok(match (spec.div, spec.add, clip_prec) {
-        (F32, F32, F32) => run::<T, f32, f32, f32, O>(x, spec),
-        (F32, F32, F64) => run::<T, f32, f32, f64, O>(x, spec),
-        (F32, F64, _) => run::<T, f32, f64, f64, O>(x, spec),
-        _ => run::<T, f64, f64, f64, O>(x, spec),
-    })
+    match (spec.div, spec.add, clip_prec) {
+        (F32, F32, F32) => run::<T, f32, f32, f32, O>(x, out, spec),
+        (F32, F32, F64) => run::<T, f32, f32, f64, O>(x, out, spec),
+        (F32, F64, _) => run::<T, f32, f64, f64, O>(x, out, spec),
+        _ => run::<T, f64, f64, f64, O>(x, out, spec),
+    }
 }
 
 /// Monomorphized driver: `A` division, `B` add/rint, `C` clip precision.
 fn run<T: Real, A: Real, B: Real, C: Real, O: Cast>(
     x: ArrayViewD<'_, T>,
+    out: ArrayViewMutD<'_, MaybeUninit<O>>,
     spec: &QuantSpec,
-) -> ArrayD<O> {
+) -> Result<()> {
     let s = A::from_f64(spec.scale);
     let z = B::from_f64(spec.zero_point);
     match spec.clip {
         Some((lo, hi)) => {
             let (lo, hi) = (C::from_f64(lo), C::from_f64(hi));
-            map(x, move |v| {
+            map_into(x, out, move |v| {
                 let r = step::<T, A, B>(v, s, z);
                 O::cast(clip(C::from_f64(r.to_f64()), lo, hi))
             })
         }
-        None => map(x, move |v| O::cast(step::<T, A, B>(v, s, z))),
+        None => map_into(x, out, move |v| O::cast(step::<T, A, B>(v, s, z))),
     }
 }
 
@@ -98,14 +112,26 @@ fn step<T: Real, A: Real, B: Real>(v: T, s: A, z: B) -> B {
     (B::from_f64(t.to_f64()) + z).rint()
 }
 
-/// Apply `f` element-wise into a new C-order array, in parallel over fixed chunks.
-pub(crate) fn map<T, O, F>(x: ArrayViewD<'_, T>, f: F) -> ArrayD<O>
+/// Apply `f` element-wise from `x` into `out` (same shape), in parallel over fixed chunks.
+///
+/// `out` may be uninitialized memory (a fresh numpy array): every element is written once.
+pub(crate) fn map_into<T, O, F>(
+    x: ArrayViewD<'_, T>,
+    mut out: ArrayViewMutD<'_, MaybeUninit<O>>,
+    f: F,
+) -> Result<()>
 where
     T: Copy + Send + Sync,
     O: Copy + Send + Sync,
     F: Fn(T) -> O + Send + Sync,
 {
-    let mut out = ArrayD::<O>::uninit(x.raw_dim());
+    if x.shape() != out.shape() {
+        return Err(Error::Shape(format!(
+            "output shape {:?} differs from input shape {:?}",
+            out.shape(),
+            x.shape()
+        )));
+    }
     let fill = |dst: &mut [MaybeUninit<O>], src: &[T]| {
         for (d, &v) in dst.iter_mut().zip(src) {
             d.write(f(v));
@@ -121,9 +147,7 @@ where
             d.write(f(v));
         }),
     }
-    // SAFETY: every branch above writes each element of `out` exactly once (the slices and
-    // the Zip cover the whole array, which has the shape of `x`).
-    unsafe { out.assume_init() }
+    Ok(())
 }
 
 #[cfg(test)]
