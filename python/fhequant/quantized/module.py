@@ -25,6 +25,7 @@ from fhequant.errors import (
     GraphInputError,
     NotCompiledError,
     QuantizationError,
+    UnquantizedTensorError,
 )
 from fhequant.quantization import QuantizedArray, UniformQuantizer
 from fhequant.quantization.quantizer import is_tracer
@@ -53,6 +54,18 @@ def _fhe_mode(fhe: Any) -> FheMode:
         raise GraphInputError(
             f"fhe={fhe!r} is not a valid mode; use one of {[m.value for m in FheMode]}"
         ) from None
+
+
+def _raise_unquantized(found: list[tuple[str, str]]) -> None:
+    """SPEC §4.5: list every QAT tensor that had to be quantized by the import."""
+    if not found:
+        return
+    listing = ", ".join(f"{tensor!r} (consumed by {op_type})" for tensor, op_type in found)
+    raise UnquantizedTensorError(
+        "QAT import: these tensors are not quantized in the model although the op that "
+        f"consumes them needs integer inputs: {listing}. Quantize them in the model, e.g. "
+        "with a QuantIdentity (Brevitas) layer or a fake quantization before that op"
+    )
 
 
 def _output_quantizer(op: Any) -> UniformQuantizer:
@@ -98,6 +111,8 @@ class QuantizedModule(serialization.Serializable):
         self._is_compiled = False
         self._post_processing_params: dict[str, Any] = {}
         self._preprocess_fn: Any = None
+        #: QAT import: check the next clear forward for unquantized tensors (SPEC §4.5).
+        self._check_qat_pending = False
 
     # --- properties ----------------------------------------------------------------------
 
@@ -280,13 +295,26 @@ class QuantizedModule(serialization.Serializable):
                 stats=quantizer.quant_stats,
                 params=quantizer.quant_params,
             )
+        check_qat = self._check_qat_pending
+        unquantized: list[tuple[str, str]] = []
         for out, (inputs, op) in self.quant_layers_dict.items():
             if tracker is not None:
                 op.debug_value_tracker = tracker
+            if check_qat:
+                op.error_tracker = []
             try:
                 values[out] = op.q_impl(*(values[i] for i in inputs))
+                if check_qat:
+                    slots = op._slot_inputs(tuple(inputs))
+                    unquantized.extend(
+                        (str(slots[idx]), op._impl_for_op_named) for idx in op.error_tracker
+                    )
             finally:
                 op.debug_value_tracker = None
+                op.error_tracker = None
+        if check_qat:
+            _raise_unquantized(unquantized)
+            self._check_qat_pending = False
         outputs = tuple(
             v.qvalues if isinstance(v, QuantizedArray) else v
             for v in (values[n] for n in self.ordered_module_output_names)
