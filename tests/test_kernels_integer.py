@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -290,18 +289,11 @@ def test_round_bit_pattern_ties_go_up() -> None:
         ik.round_bit_pattern(np.array([2**63 - 2]), 3)
 
 
-def _concrete_integer() -> Any:
-    """concrete-python's Integer type (its import warns about pkg_resources namespaces)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from concrete.fhe.dtypes import Integer
-    return Integer
-
-
 @settings(max_examples=200, deadline=None)
 @given(st.integers(-(2**62), 2**62 - 1), st.integers(0, 2**62 - 1))
 def test_bit_width_matches_concrete(a: int, span: int) -> None:
-    Integer = _concrete_integer()
+    from concrete.fhe.dtypes import Integer
+
     lo, hi = a, a + span
     want = Integer.that_can_represent(np.array([lo, hi], dtype=np.int64))
     assert ik.bit_width(lo, hi) == ik.bit_width_reference(lo, hi) == want.bit_width
@@ -310,7 +302,8 @@ def test_bit_width_matches_concrete(a: int, span: int) -> None:
 
 @pytest.mark.parametrize("v", [0, 1, 2, 127, 128, 255, 256, 2**31, 2**47, 2**53, 2**62])
 def test_bit_width_edges_match_concrete(v: int) -> None:
-    Integer = _concrete_integer()
+    from concrete.fhe.dtypes import Integer
+
     for lo, hi in [(0, v), (-v, 0), (-v, v), (-v - 1, v - 1)]:
         want = Integer.that_can_represent(np.array([lo, hi], dtype=np.int64)).bit_width
         assert ik.bit_width(lo, hi) == want, (lo, hi)

@@ -3,9 +3,10 @@
 //! The Python-facing API (argument checks, dtype casts, shape normalisation) lives in
 //! `fhequant.integer_kernels`; these functions expect exactly the shapes documented there.
 
+use numpy::ndarray::Dimension;
 use numpy::{
-    IntoPyArray, PyArray1, PyArray2, PyArray3, PyArray4, PyArrayDyn, PyReadonlyArray3,
-    PyReadonlyArray4, PyReadonlyArrayDyn,
+    IntoPyArray, PyArray, PyArray1, PyArray2, PyArray3, PyArray4, PyArrayDyn, PyArrayMethods,
+    PyReadonlyArray3, PyReadonlyArray4, PyReadonlyArrayDyn, PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
 
@@ -13,6 +14,23 @@ use crate::kernels::integer::{bits, conv, gemm, rounding};
 use crate::py::errors::to_pyerr;
 
 type Pair<'py, A> = (Bound<'py, A>, Bound<'py, A>);
+
+/// A zeroed C-order int64 numpy array. numpy's allocator gives big arrays transparent huge
+/// pages, so a kernel filling it takes far fewer page faults than a fresh Rust `Vec`.
+fn zeros_out<'py, D: Dimension>(
+    py: Python<'py>,
+    dims: D,
+) -> (Bound<'py, PyArray<i64, D>>, &'py mut [i64]) {
+    // SAFETY: `new` allocates len() int64 values in C order, not yet visible to Python;
+    // they are zeroed before any reference to them is formed.
+    let array = unsafe { PyArray::<i64, D>::new(py, dims, false) };
+    let len = array.len();
+    unsafe { std::ptr::write_bytes(array.data(), 0, len) };
+    // SAFETY: a fresh contiguous array that only this function's caller uses until it is
+    // returned to Python (after the kernel has finished with the slice).
+    let slice = unsafe { std::slice::from_raw_parts_mut(array.data(), len) };
+    (array, slice)
+}
 
 /// acc = a @ (w − z_w) for a (Ba, M, K), w (Bw, K, N) (a batch of 1 broadcasts).
 #[pyfunction]
@@ -25,8 +43,11 @@ fn int_matmul<'py>(
     context: Option<&str>,
 ) -> PyResult<Bound<'py, PyArray3<i64>>> {
     let (a, w) = (a.as_array(), w.as_array());
-    let out = py.detach(|| gemm::matmul(a, w, z_w));
-    Ok(out.map_err(|e| to_pyerr(py, e, context))?.into_pyarray(py))
+    let dims = gemm::matmul_shape(a.dim(), w.dim()).map_err(|e| to_pyerr(py, e, context))?;
+    let (array, out) = zeros_out(py, numpy::ndarray::Dim(dims));
+    py.detach(|| gemm::matmul_into(a, w, z_w, out))
+        .map_err(|e| to_pyerr(py, e, context))?;
+    Ok(array)
 }
 
 /// z_x·Σ_k w[b, k, :] for w (B, K, N), as (B, N).
@@ -61,8 +82,12 @@ fn int_conv2d<'py>(
     let (x, w) = (x.as_array(), w.as_array());
     let (_, _, kh, kw) = w.dim();
     let geom = conv::Geometry::new([kh, kw], strides, pads, [0, 0], pad_value);
-    let out = py.detach(|| conv::conv2d(x, w, z_w, group, &geom));
-    Ok(out.map_err(|e| to_pyerr(py, e, context))?.into_pyarray(py))
+    let dims =
+        conv::conv2d_shape(x.dim(), w.dim(), group, &geom).map_err(|e| to_pyerr(py, e, context))?;
+    let (array, out) = zeros_out(py, numpy::ndarray::Dim(dims));
+    py.detach(|| conv::conv2d_into(x, w, z_w, group, &geom, out))
+        .map_err(|e| to_pyerr(py, e, context))?;
+    Ok(array)
 }
 
 /// z_x·Σ_{c,kh,kw} w per output channel, as (O, 1).
@@ -95,8 +120,11 @@ fn int_window_sum<'py>(
 ) -> PyResult<Bound<'py, PyArray4<i64>>> {
     let x = x.as_array();
     let geom = conv::Geometry::new(kernel, strides, pads, extra, pad_value);
-    let out = py.detach(|| conv::window_sum(x, &geom));
-    Ok(out.map_err(|e| to_pyerr(py, e, context))?.into_pyarray(py))
+    let dims = conv::window_shape(x.dim(), &geom).map_err(|e| to_pyerr(py, e, context))?;
+    let (array, out) = zeros_out(py, numpy::ndarray::Dim(dims));
+    py.detach(|| conv::window_sum_into(x, &geom, out))
+        .map_err(|e| to_pyerr(py, e, context))?;
+    Ok(array)
 }
 
 /// Per-channel window maxima of x (N, C, H, W) padded with pad_value.
@@ -113,8 +141,11 @@ fn int_window_max<'py>(
 ) -> PyResult<Bound<'py, PyArray4<i64>>> {
     let x = x.as_array();
     let geom = conv::Geometry::new(kernel, strides, pads, [0, 0], pad_value);
-    let out = py.detach(|| conv::window_max(x, &geom));
-    Ok(out.map_err(|e| to_pyerr(py, e, context))?.into_pyarray(py))
+    let dims = conv::window_shape(x.dim(), &geom).map_err(|e| to_pyerr(py, e, context))?;
+    let (array, out) = zeros_out(py, numpy::ndarray::Dim(dims));
+    py.detach(|| conv::window_max_into(x, &geom, out))
+        .map_err(|e| to_pyerr(py, e, context))?;
+    Ok(array)
 }
 
 /// floor((x + 2^(k−1)) / 2^k)·2^k elementwise for k > 0; a copy for k <= 0.

@@ -123,6 +123,38 @@ impl Geometry {
     }
 }
 
+/// The output shape (N, O, OH, OW) of `conv2d`, or the shape error.
+pub fn conv2d_shape(
+    x: (usize, usize, usize, usize),
+    w: (usize, usize, usize, usize),
+    group: usize,
+    geom: &Geometry,
+) -> Result<[usize; 4]> {
+    let (n, c, h, wd) = x;
+    let (o, cg, kh, kw) = w;
+    geom.check_kernel([kh, kw])?;
+    if group == 0 || c != cg * group || o % group != 0 {
+        return Err(Error::Shape(format!(
+            "conv with group={group}: the input has {c} channels and the weights {o}x{cg}; \
+             need channels = group x weight dim 1 and output channels divisible by group"
+        )));
+    }
+    let [oh, ow] = geom.output_hw([h, wd])?;
+    Ok([n, o, oh, ow])
+}
+
+/// Check that a caller's output buffer has the size of `dims`.
+fn check_out(out: &[i64], dims: &[usize]) -> Result<()> {
+    let len: usize = dims.iter().product();
+    if out.len() != len {
+        return Err(Error::Shape(format!(
+            "the output buffer holds {} values, the result {dims:?} needs {len}",
+            out.len()
+        )));
+    }
+    Ok(())
+}
+
 /// acc = conv(x_pad, w − z_w) for x (N, C, H, W) and w (O, C/group, kh, kw); (N, O, OH, OW).
 ///
 /// Returns `Error::Overflow` if C/group·kh·kw · max|x_pad| · max|w − z_w| exceeds int64.
@@ -133,16 +165,32 @@ pub fn conv2d(
     group: usize,
     geom: &Geometry,
 ) -> Result<Array4<i64>> {
-    let (n, c, h, wd) = x.dim();
-    let (o, cg, kh, kw) = w.dim();
-    geom.check_kernel([kh, kw])?;
-    if group == 0 || c != cg * group || o % group != 0 {
-        return Err(Error::Shape(format!(
-            "conv with group={group}: the input has {c} channels and the weights {o}x{cg}; \
-             need channels = group x weight dim 1 and output channels divisible by group"
-        )));
-    }
-    let [oh, ow] = geom.output_hw([h, wd])?;
+    let dims = conv2d_shape(x.dim(), w.dim(), group, geom)?;
+    let mut out = Array4::<i64>::zeros(dims);
+    conv2d_into(
+        x,
+        w,
+        z_w,
+        group,
+        geom,
+        out.as_slice_mut().unwrap_or_default(),
+    )?;
+    Ok(out)
+}
+
+/// `conv2d` writing into `out`, a C-order buffer of the size `conv2d_shape` gives.
+pub fn conv2d_into(
+    x: ArrayView4<'_, i64>,
+    w: ArrayView4<'_, i64>,
+    z_w: i64,
+    group: usize,
+    geom: &Geometry,
+    out: &mut [i64],
+) -> Result<()> {
+    let [n, o, oh, ow] = conv2d_shape(x.dim(), w.dim(), group, geom)?;
+    check_out(out, &[n, o, oh, ow])?;
+    let (_, c, h, wd) = x.dim();
+    let (_, cg, kh, kw) = w.dim();
     let (mut xlo, mut xhi) = range(x.iter());
     let (padded, extended) = geom.pads_with();
     if padded {
@@ -192,12 +240,12 @@ pub fn conv2d(
         group,
         geom,
     };
-    let out = match Strategy::for_bound(bound) {
-        Strategy::F32 => job.run::<f32>(),
-        Strategy::F64 => job.run::<f64>(),
-        Strategy::I64 => job.run::<i64>(),
-    };
-    Array4::from_shape_vec((n, o, oh, ow), out).map_err(|e| Error::Shape(e.to_string()))
+    match Strategy::for_bound(bound) {
+        Strategy::F32 => job.run::<f32>(out),
+        Strategy::F64 => job.run::<f64>(out),
+        Strategy::I64 => job.run::<i64>(out),
+    }
+    Ok(())
 }
 
 /// Per-axis lookup of the input index each (tap, output index) reads.
@@ -292,15 +340,15 @@ struct Job<'g> {
 }
 
 impl Job<'_> {
-    fn run<T: Exact>(&self) -> Vec<i64> {
-        let [n, c, h, wd, o, cg, oh, ow] = self.dims;
+    /// Write every element of `out` (N, O, OH, OW).
+    fn run<T: Exact>(&self, out: &mut [i64]) {
+        let [_, c, h, wd, o, cg, oh, ow] = self.dims;
         let (kh, kw) = (self.geom.kernel[0], self.geom.kernel[1]);
         let l = oh * ow;
         let ckk = cg * kh * kw;
         let og = o / self.group;
-        let mut out = vec![0i64; n * o * l];
         if out.is_empty() {
-            return out;
+            return;
         }
         let wt: Vec<T> = self.w.iter().map(|&v| T::from_i64(v)).collect();
         let imgs = (BLOCK_COLS / l).max(1);
@@ -354,19 +402,29 @@ impl Job<'_> {
                     }
                 }
             });
-        out
     }
 }
 
-/// Reduce every kh×kw window of x_pad per channel with `combine`, starting from `init`.
+/// The output shape (N, C, OH, OW) of the window kernels.
+pub fn window_shape(x: (usize, usize, usize, usize), geom: &Geometry) -> Result<[usize; 4]> {
+    let (n, c, h, wd) = x;
+    let [oh, ow] = geom.output_hw([h, wd])?;
+    Ok([n, c, oh, ow])
+}
+
+/// Reduce every kh×kw window of x_pad per channel with `combine`, starting from `init`,
+/// into `out` (C order, the size `window_shape` gives).
 fn window_reduce(
     x: ArrayView4<'_, i64>,
     geom: &Geometry,
     init: i64,
     combine: impl Fn(i64, i64) -> i64 + Sync,
-) -> Result<Array4<i64>> {
-    let (n, c, h, wd) = x.dim();
-    let [oh, ow] = geom.output_hw([h, wd])?;
+    out: &mut [i64],
+) -> Result<()> {
+    let dims = window_shape(x.dim(), geom)?;
+    check_out(out, &dims)?;
+    let [_, _, oh, ow] = dims;
+    let (_, _, h, wd) = x.dim();
     let x = x.as_standard_layout();
     let xs = x.as_slice().unwrap_or(&[]);
     let (kh, kw) = (geom.kernel[0], geom.kernel[1]);
@@ -376,12 +434,12 @@ fn window_reduce(
         zero: 0,
         shift: 0,
     };
-    let mut out = vec![init; n * c * oh * ow];
     if !out.is_empty() {
         let plane = h * wd;
         out.par_chunks_mut(oh * ow)
             .enumerate()
             .for_each(|(p, dst)| {
+                dst.fill(init);
                 let src = &xs[p * plane..(p + 1) * plane];
                 let mut vals = vec![0i64; ow];
                 for (y, acc) in dst.chunks_exact_mut(ow).enumerate() {
@@ -396,13 +454,20 @@ fn window_reduce(
                 }
             });
     }
-    Array4::from_shape_vec((n, c, oh, ow), out).map_err(|e| Error::Shape(e.to_string()))
+    Ok(())
 }
 
 /// Window sums Σ x_pad over each kh×kw window, per channel (AveragePool, SPEC §3.6).
 ///
 /// Returns `Error::Overflow` if kh·kw·max|x_pad| exceeds int64.
 pub fn window_sum(x: ArrayView4<'_, i64>, geom: &Geometry) -> Result<Array4<i64>> {
+    let mut out = Array4::<i64>::zeros(window_shape(x.dim(), geom)?);
+    window_sum_into(x, geom, out.as_slice_mut().unwrap_or_default())?;
+    Ok(out)
+}
+
+/// `window_sum` writing into `out` (C order, the size `window_shape` gives).
+pub fn window_sum_into(x: ArrayView4<'_, i64>, geom: &Geometry, out: &mut [i64]) -> Result<()> {
     let (mut lo, mut hi) = range(x.iter());
     let (padded, extended) = geom.pads_with();
     if padded {
@@ -420,12 +485,19 @@ pub fn window_sum(x: ArrayView4<'_, i64>, geom: &Geometry) -> Result<Array4<i64>
             describe(lo.into(), hi.into())
         )
     })?;
-    window_reduce(x, geom, 0, |a, v| a.wrapping_add(v))
+    window_reduce(x, geom, 0, |a, v| a.wrapping_add(v), out)
 }
 
 /// Integer max over each kh×kw window of x_pad, per channel (MaxPool, SPEC §3.6).
 pub fn window_max(x: ArrayView4<'_, i64>, geom: &Geometry) -> Result<Array4<i64>> {
-    window_reduce(x, geom, i64::MIN, i64::max)
+    let mut out = Array4::<i64>::zeros(window_shape(x.dim(), geom)?);
+    window_max_into(x, geom, out.as_slice_mut().unwrap_or_default())?;
+    Ok(out)
+}
+
+/// `window_max` writing into `out` (C order, the size `window_shape` gives).
+pub fn window_max_into(x: ArrayView4<'_, i64>, geom: &Geometry, out: &mut [i64]) -> Result<()> {
+    window_reduce(x, geom, i64::MIN, i64::max, out)
 }
 
 /// sum_w = z_x · Σ_{c,kh,kw} w per output channel, shape (O, 1); overflow-checked.

@@ -52,8 +52,15 @@ pub fn plan(k: usize, a: (i64, i64), c: (i128, i128)) -> Result<Plan> {
 /// Returns `Error::Overflow` if K·max|a|·max|w − z_w| exceeds int64 (every partial sum is
 /// then bounded too, so the result is always exact).
 pub fn matmul(a: ArrayView3<'_, i64>, w: ArrayView3<'_, i64>, z_w: i64) -> Result<Array3<i64>> {
-    let (ba, m, k) = a.dim();
-    let (bw, k2, n) = w.dim();
+    let mut out = Array3::<i64>::zeros(matmul_shape(a.dim(), w.dim())?);
+    matmul_into(a, w, z_w, out.as_slice_mut().unwrap_or_default())?;
+    Ok(out)
+}
+
+/// The output shape (batch, M, N) of `matmul`, or the shape error.
+pub fn matmul_shape(a: (usize, usize, usize), w: (usize, usize, usize)) -> Result<[usize; 3]> {
+    let (ba, m, k) = a;
+    let (bw, k2, n) = w;
     if k != k2 {
         return Err(Error::Shape(format!(
             "matmul: the input's last axis ({k}) differs from the weights' inner axis ({k2})"
@@ -68,14 +75,33 @@ pub fn matmul(a: ArrayView3<'_, i64>, w: ArrayView3<'_, i64>, z_w: i64) -> Resul
             )))
         }
     };
+    Ok([batch, m, n])
+}
+
+/// `matmul` writing into `out`, a C-order buffer of the size `matmul_shape` gives.
+pub fn matmul_into(
+    a: ArrayView3<'_, i64>,
+    w: ArrayView3<'_, i64>,
+    z_w: i64,
+    out: &mut [i64],
+) -> Result<()> {
+    let [batch, m, n] = matmul_shape(a.dim(), w.dim())?;
+    if out.len() != batch * m * n {
+        return Err(Error::Shape(format!(
+            "matmul: the output buffer holds {} values, the result needs {}",
+            out.len(),
+            batch * m * n
+        )));
+    }
+    let (bw, k, _) = w.dim();
     let (wlo, whi) = range(w.iter());
     let c = (
         i128::from(wlo) - i128::from(z_w),
         i128::from(whi) - i128::from(z_w),
     );
     let plan = plan(k, range(a.iter()), c)?;
-    if batch * m * n == 0 {
-        return Ok(Array3::zeros((batch, m, n)));
+    if out.is_empty() {
+        return Ok(());
     }
     // Centre both operands on the middle of their ranges: A = A' + s, W − z_w = W' + t, so
     // A(W − z_w) = A'W' + t·rowsum(A') + s·colsum(W') + s·t·K. A'W' has the smallest
@@ -93,12 +119,12 @@ pub fn matmul(a: ArrayView3<'_, i64>, w: ArrayView3<'_, i64>, z_w: i64) -> Resul
         dims: [batch, bw, m, k, n],
         shift: plan.shift,
     };
-    let out = match plan.strategy {
-        Strategy::F32 => job.run::<f32>(),
-        Strategy::F64 => job.run::<f64>(),
-        Strategy::I64 => job.run::<i64>(),
-    };
-    Array3::from_shape_vec((batch, m, n), out).map_err(|e| Error::Shape(e.to_string()))
+    match plan.strategy {
+        Strategy::F32 => job.run::<f32>(out),
+        Strategy::F64 => job.run::<f64>(out),
+        Strategy::I64 => job.run::<i64>(out),
+    }
+    Ok(())
 }
 
 /// floor((lo + hi) / 2), which lies in [lo, hi].
@@ -117,8 +143,9 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    fn run<T: Exact>(&self) -> Vec<i64> {
-        let [batch, bw, m, k, n] = self.dims;
+    /// Write every element of `out` (batch, M, N).
+    fn run<T: Exact>(&self, out: &mut [i64]) {
+        let [_, bw, m, k, n] = self.dims;
         let [s, t] = self.shift;
         let ba = self.a.dim().0;
         let wt: Vec<T> = self.wc.iter().map(|&v| T::from_i64(v)).collect();
@@ -135,7 +162,6 @@ impl Job<'_> {
                 *acc = s.wrapping_mul(*acc).wrapping_add(st);
             }
         }
-        let mut out = vec![0i64; batch * m * n];
         out.par_chunks_mut(m * n).enumerate().for_each(|(bi, dst)| {
             let ab: ArrayView2<'_, i64> = self
                 .a
@@ -172,7 +198,6 @@ impl Job<'_> {
                     }
                 });
         });
-        out
     }
 }
 
