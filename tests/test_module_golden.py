@@ -18,7 +18,6 @@ import onnx
 import pytest
 
 from fhequant import QuantizedModule, build_quantized_module
-from fhequant.quantized import ONNX_OPS_TO_QUANTIZED_IMPL
 
 DATA = json.loads((Path(__file__).parent / "data" / "modules_public.json").read_text())
 CASES = DATA["cases"]
@@ -32,49 +31,8 @@ def _inputs(case: dict[str, Any], key: str) -> tuple[np.ndarray, ...]:
     return tuple(np.asarray(a, dtype=np.float32) for a in case[key])
 
 
-def _missing_ops(case: dict[str, Any]) -> list[str]:
-    types = {n.op_type for n in _model(case).graph.node}
-    return sorted(t for t in types if t not in ONNX_OPS_TO_QUANTIZED_IMPL)
-
-
-def _avgpool_sums_row_major() -> bool:
-    """Whether the AveragePool float implementation sums each window in row-major order.
-
-    The reference (torch avg_pool2d in float64) adds ((a + b) + c) + d; on these values any
-    other order gives 0 or 2 instead of 1 (so 0.5 or 0 instead of 0.25 after the division).
-    """
-    cls = ONNX_OPS_TO_QUANTIZED_IMPL.get("AveragePool")
-    if cls is None:
-        return False
-    spec = cls.spec()
-    attrs = {**dict(spec.attr_defaults), "kernel_shape": (2, 2), "strides": (2, 2)}
-    attrs["pads"] = (0, 0, 0, 0)
-    x = np.tile(np.array([[1e16, 1.0], [-1e16, 1.0]]), (2, 3, 2, 2))
-    return bool(np.all(np.asarray(spec.impl(x, **attrs)) == 0.25))
-
-
 def _params() -> list[Any]:
-    params = []
-    for case in CASES:
-        missing = _missing_ops(case)
-        marks = []
-        if missing:
-            marks.append(
-                pytest.mark.xfail(reason=f"quantized ops not merged yet: {missing}", strict=True)
-            )
-        elif "AveragePool" in {n.op_type for n in _model(case).graph.node} and not (
-            _avgpool_sums_row_major()
-        ):
-            marks.append(
-                pytest.mark.xfail(
-                    reason="the AveragePool float implementation (quantized/ops/float_specs.py) "
-                    "sums windows in numpy's reduction order, the reference row-major; the "
-                    "integers match but the calibrated scale is off by an ulp",
-                    strict=True,
-                )
-            )
-        params.append(pytest.param(case, id=case["id"], marks=marks))
-    return params
+    return [pytest.param(case, id=case["id"]) for case in CASES]
 
 
 def _check(module: QuantizedModule, case: dict[str, Any]) -> None:
@@ -130,30 +88,8 @@ def test_golden_file_semantics_are_the_ones_tested() -> None:
     assert len(CASES) == 8
 
 
-def _avgpool_2x2_row_major(x: Any, **_: Any) -> Any:
-    """2x2 / stride 2 average pool summing each window row-major, as the reference does."""
-    x = np.asarray(x, dtype=np.float64)
-    a, b = x[:, :, 0::2, 0::2], x[:, :, 0::2, 1::2]
-    c, d = x[:, :, 1::2, 0::2], x[:, :, 1::2, 1::2]
-    return (((a + b) + c) + d) / 4
-
-
-def test_avgpool_case_matches_with_a_row_major_window_sum(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The walk itself is exact on public-cnn-0 once the float AveragePool sums like the
-    # reference: this pins the xfail above on the float implementation, not on the walk.
-    import dataclasses
-
-    from fhequant.quantized.ops import float_specs
-
-    case = next(c for c in CASES if c["id"] == "public-cnn-0")
-    spec = float_specs.FLOAT_SPECS["AveragePool"]
-    monkeypatch.setitem(
-        float_specs.FLOAT_SPECS,
-        "AveragePool",
-        dataclasses.replace(spec, impl=_avgpool_2x2_row_major),
-    )
+@pytest.mark.parametrize("case", _params())
+def test_json_round_trip_keeps_the_reference_outputs(case: dict[str, Any]) -> None:
     calib = _inputs(case, "calib")
-    _check(_build(case, calib[0]), case)
-    _check(_build(case, iter(np.array_split(calib[0], 9)), batch_size=16), case)
+    module = _build(case, calib[0] if len(calib) == 1 else calib)
+    _check(QuantizedModule.loads(module.dumps()), case)

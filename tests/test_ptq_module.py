@@ -18,7 +18,7 @@ from fhequant.errors import (
     NotCompiledError,
     QuantizationError,
 )
-from fhequant.quantized import ONNX_OPS_TO_QUANTIZED_IMPL, BitWidths, resolve_n_bits
+from fhequant.quantized import BitWidths, resolve_n_bits
 from ptq_helpers import gemm_node, make_model, mlp
 
 RNG = np.random.default_rng(5)
@@ -199,14 +199,7 @@ def test_torch_module_and_its_onnx_export_give_the_same_module() -> None:
 
 # --- serialization (SPEC §6.3) -------------------------------------------------------------
 
-_OPS_SERIALIZABLE = hasattr(ONNX_OPS_TO_QUANTIZED_IMPL["Gemm"], "dump_dict")
 
-
-@pytest.mark.xfail(
-    not _OPS_SERIALIZABLE,
-    reason="the quantized ops have no dump_dict/load_dict yet (helper ptq-ops)",
-    strict=True,
-)
 def test_module_json_round_trip(module: QuantizedModule) -> None:
     buffer = io.StringIO()
     module.dump(buffer)
@@ -215,6 +208,7 @@ def test_module_json_round_trip(module: QuantizedModule) -> None:
     loaded = QuantizedModule.load(io.StringIO(text))
     np.testing.assert_array_equal(loaded.forward(X[:10]), module.forward(X[:10]))
     assert QuantizedModule.loads(module.dumps()).ordered_module_input_names == ("x",)
+    assert "pickle" not in text
 
 
 def test_module_json_keys_follow_the_spec_order(module: QuantizedModule) -> None:
@@ -231,3 +225,27 @@ def test_module_json_keys_follow_the_spec_order(module: QuantizedModule) -> None
         "onnx_preprocessing",
     ]
     assert "QuantizedModule" in serialization.registered_classes()
+
+
+def test_gather_on_an_input_runs_the_one_hot_pre_processing_also_after_loading() -> None:
+    from onnx import TensorProto, numpy_helper
+
+    table = RNG.normal(size=(10, 4)).astype(np.float32)
+    w = RNG.normal(size=(3, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "idx"], ["e"], name="gather"),
+            gemm_node("e", "w", None, "y", "fc"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    idx = RNG.integers(0, 10, size=300)
+    module = build_quantized_module(model, idx, n_bits=7, batch_size=64)
+    assert module.onnx_preprocessing is not None
+    y = module.forward(idx[:20])
+    np.testing.assert_allclose(y, table[idx[:20]] @ w.T, atol=0.25)
+    np.testing.assert_array_equal(QuantizedModule.loads(module.dumps()).forward(idx[:20]), y)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,10 +13,12 @@ from hypothesis import strategies as st
 
 from fhequant import build_quantized_module
 from fhequant.errors import GraphInputError, NonFiniteError
+from fhequant.quantized import calibration
 from fhequant.quantized.float_matmul import (
     matmul_f32_sequential,
     matmul_f32_sequential_reference,
 )
+from fhequant.quantized.percentile import TailSelector, percentile_from_tails
 from fhequant.quantized.streaming import TensorStore, iter_row_blocks, normalize_calibration_data
 from ptq_helpers import assert_same_module, cnn, mlp
 
@@ -160,3 +163,45 @@ def test_sequential_matmul_kernel_matches_numpy_twin(
     np.testing.assert_array_equal(whole, matmul_f32_sequential_reference(a, b))
     parts = [matmul_f32_sequential(a[i : i + split], b) for i in range(0, n, split)]
     np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+def test_batchnorm_streamed_clip_equals_the_ops_own_whole_tensor_calibration(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = cnn(seed=4, batchnorm=True)
+    streamed = build_quantized_module(model, _irregular(X_CNN), n_bits=5, batch_size=32)
+    # Without the bounded-tail selection, BatchNorm is calibrated by its own calibrate() on
+    # the concatenated inputs (np.percentile over the whole tensor).
+    monkeypatch.setattr(calibration, "_clips_percentiles", lambda op: False)
+    reference = build_quantized_module(model, X_CNN, n_bits=5, batch_size=32)
+    bn = reference.quant_layers_dict["bn"][1]
+    assert bn.output_quant_stats.rmax < np.float64(1e30)
+    assert_same_module(reference, streamed, X_CNN[:10])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 4000),
+    seed=st.integers(0, 2**31),
+    double=st.booleans(),
+    coarse=st.booleans(),
+    cuts=st.lists(st.integers(0, 4000), max_size=6),
+)
+def test_percentile_from_tails_is_numpys_percentile(
+    n: int, seed: int, double: bool, coarse: bool, cuts: list[int]
+) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n) * 10.0 ** rng.integers(-3, 6)
+    if coarse:
+        x = np.round(x, 1)
+    x = x.astype(np.float64 if double else np.float32)
+    selector = TailSelector(n)
+    bounds = sorted({0, n, *(c % (n + 1) for c in cuts)})
+    for lo, hi in itertools.pairwise(bounds):
+        selector.update(x[lo:hi])
+    for percent in (0.1, 99.9):
+        want = np.percentile(x, percent)
+        got = percentile_from_tails(selector, percent)
+        assert got == want
+        assert np.asarray(got).dtype == np.asarray(want).dtype
+        assert type(got) is type(want)

@@ -9,13 +9,7 @@ from numpy.typing import NDArray
 __all__ = [
     "__version__",
     "_raise_kernel_error",
-    # --- quantization kernels (kernels::quant) ---
     "dequantize",
-    "min_max",
-    "quantize",
-    "rounded_unique",
-    # --- end quantization kernels ---
-    # --- integer kernels (rust-integer) ---
     "int_bit_width",
     "int_conv2d",
     "int_conv_bounds",
@@ -26,10 +20,10 @@ __all__ = [
     "int_round_bit_pattern",
     "int_window_max",
     "int_window_sum",
-    # --- end integer kernels ---
-    # --- float kernels (ptq-module) ---
     "matmul_f32_sequential",
-    # --- end float kernels ---
+    "min_max",
+    "quantize",
+    "rounded_unique",
 ]
 __version__: str
 

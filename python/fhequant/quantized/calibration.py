@@ -24,9 +24,9 @@ calibrated block by block with its producers' final parameters:
 
 With a single block this is exactly the whole-set walk of the reference: ``op.calibrate`` and
 ``op.q_impl(..., calibrate_rounding=True)`` on all rows at once. Ops whose calibration is not a
-min/max reduction (BatchNorm's percentile clip, Div's divider, Brevitas Quant, ...) are
-calibrated on the concatenation of their inputs over all blocks, which is exact but holds that
-op's inputs in memory.
+min/max reduction (Div's divider, Brevitas Quant, ...) are calibrated on the concatenation of
+their inputs over all blocks, which is exact but holds that op's inputs in memory. BatchNorm's
+percentile clip is streamed exactly from bounded tails (:mod:`fhequant.quantized.percentile`).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from fhequant.errors import (
 from fhequant.quantization import QuantizationOptions, QuantizedArray, UniformQuantizer
 from fhequant.quantized.float_matmul import sequential_matmul
 from fhequant.quantized.n_bits import BitWidths, resolve_n_bits
+from fhequant.quantized.percentile import TailSelector, percentile_from_tails
 from fhequant.quantized.streaming import (
     DEFAULT_BLOCK_ROWS,
     DEFAULT_MEMORY_BUDGET,
@@ -388,13 +389,18 @@ def _bits_precision(lo: int, hi: int) -> int:
 
 
 def _has_default_calibration(op: Any) -> bool:
+    """Calibration is a min/max of the float result (possibly BatchNorm's percentile clip)."""
     from fhequant.quantized.ops.base import QuantizedOp
 
     cls = type(op)
-    return (
-        cls.calibrate is QuantizedOp.calibrate
-        and cls._calibration_values is QuantizedOp._calibration_values
-    )
+    if cls.calibrate is not QuantizedOp.calibrate:
+        return False
+    return cls._calibration_values is QuantizedOp._calibration_values or _clips_percentiles(op)
+
+
+def _clips_percentiles(op: Any) -> bool:
+    """BatchNormalization: stats on the raw output clipped to its 0.1/99.9 percentiles."""
+    return type(op).__name__ == "QuantizedBatchNormalization"
 
 
 class _Progress:
@@ -710,8 +716,6 @@ class ModuleCalibrator:
                 params=q.quant_params,
             )
         opts = op.input_quant_opts
-        if self.n_blocks == 1:
-            return QuantizedArray(opts.n_bits, data, options=opts)
         ref = self._input_reference(name, opts, data.dtype)
         return QuantizedArray(
             opts.n_bits,
@@ -745,14 +749,23 @@ class ModuleCalibrator:
             _restore_impl(op)
 
     def _calibrate_whole(self, op: Any, variable: list[str], out: str) -> None:
-        """The reference walk on the whole set (one block)."""
-        floats = [self._float_block(n, 0) for n in variable]
-        self._check_inputs_finite(op, variable, floats)
-        raw = self._op_calibrate(op, out, floats)
+        """The reference walk on the whole set (one block).
+
+        Ops with the default calibration get their output quantizer from the min/max of the
+        float result (the numbers of QA(n_bits, raw), without its unused uvalues sort).
+        """
+        raw_blocks: list[Any] | None
+        if _has_default_calibration(op):
+            raw_blocks = self._statistics_pass(op, variable, out)
+        else:
+            floats = [self._float_block(n, 0) for n in variable]
+            self._check_inputs_finite(op, variable, floats)
+            raw = self._op_calibrate(op, out, floats)
+            raw_blocks = [raw] if self.strategy.flows_raw else None
         qas = [self._calibration_qa(n, 0, op) for n in variable]
         quant = op.q_impl(*qas, calibrate_rounding=bool(getattr(op, "is_mixing", False)))
-        self._finish(op, out, quant, raw_blocks=[raw] if self.strategy.flows_raw else None)
-        self._store_output(out, 0, quant, raw if self.strategy.flows_raw else None)
+        self._store_output(out, 0, quant, raw_blocks[0] if raw_blocks is not None else None)
+        self._finish(op, out, quant, raw_blocks)
 
     def _calibrate_streamed(self, op: Any, variable: list[str], out: str) -> None:
         raw_blocks: list[Any] | None = None
@@ -805,12 +818,18 @@ class ModuleCalibrator:
         return [raw[starts[i] : starts[i + 1]] for i in range(self.n_blocks)]
 
     def _statistics_pass(self, op: Any, variable: list[str], out: str) -> list[Any] | None:
-        """Global min/max of the float op over all blocks; sets the output quantizer."""
+        """Global min/max of the float op over all blocks; sets the output quantizer.
+
+        BatchNorm with per-channel parameters first clips its output to the 0.1 and 99.9
+        percentiles of the whole tensor (SPEC §3.7); they are computed exactly from the
+        smallest and largest 0.1 % of the values (:mod:`fhequant.quantized.percentile`).
+        """
         lo: Any = None
         hi: Any = None
         dtype: Any = None
         keep: list[Any] | None = [] if self.strategy.flows_raw else None
         raw_output = bool(op.spec().raw_output)
+        selector: TailSelector | None = None
         for b in self._blocks(f"{op.op_instance_name} statistics"):
             floats = [self._float_block(n, b) for n in variable]
             prepared = op._prepare_inputs_with_constants(
@@ -822,6 +841,13 @@ class ModuleCalibrator:
             if raw_output:
                 continue
             arr = np.asarray(raw)
+            if (
+                b == 0
+                and _clips_percentiles(op)
+                and (np.size(prepared[1]) > 1 or np.size(prepared[2]) > 1)
+            ):
+                per_row = arr.size // max(arr.shape[0], 1) if arr.ndim else 1
+                selector = TailSelector(per_row * sum(self.block_sizes))
             if arr.size == 0:
                 continue
             blo, bhi = arr.min(), arr.max()
@@ -829,11 +855,18 @@ class ModuleCalibrator:
             lo = blo if lo is None else np.minimum(lo, blo)
             hi = bhi if hi is None else np.maximum(hi, bhi)
             dtype = arr.dtype
+            if selector is not None:
+                selector.update(arr)
         if not raw_output:
-            op._set_output_quantizer(np.array([lo, hi], dtype=dtype))
+            ends = np.array([lo, hi], dtype=dtype)
+            if selector is not None:
+                ends = np.clip(
+                    ends,
+                    percentile_from_tails(selector, 0.1),
+                    percentile_from_tails(selector, 99.9),
+                )
+            op._set_output_quantizer(ends)
         return keep
-
-    # --- outputs -------------------------------------------------------------------------
 
     def _store_output(self, out: str, b: int, quant: Any, raw: Any) -> None:
         """Keep block ``b`` of an op's output for its consumers.

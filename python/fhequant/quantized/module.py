@@ -176,6 +176,16 @@ class QuantizedModule(serialization.Serializable):
         from fhequant.quantized.streaming import as_numpy
 
         arrays = tuple(as_numpy(v, "module input") for v in x)
+        if self._preprocess_fn is None and self.onnx_preprocessing is not None:
+            from fhequant.onnx import NumpyModule
+
+            runner = NumpyModule(self.onnx_preprocessing)
+
+            def run(*inputs: Any) -> tuple[Any, ...]:
+                out = runner.forward(*inputs, quant_semantics=False)
+                return out if isinstance(out, tuple) else (out,)
+
+            self._preprocess_fn = run
         if self._preprocess_fn is not None:
             arrays = tuple(self._preprocess_fn(*arrays))
         return arrays

@@ -1,0 +1,110 @@
+"""Exact streamed ``np.percentile`` near the ends of a tensor (BatchNorm's clip, SPEC §3.7).
+
+BatchNorm calibration clips its float output to [percentile 0.1, percentile 99.9] of the
+*whole* tensor (numpy's linear method) before taking min/max. Streamed, no block holds the
+whole tensor, but these two percentiles only read order statistics within 0.1 % of each end:
+:class:`TailSelector` keeps the smallest and largest values seen so far (a bounded buffer,
+``ceil(0.001·n) + 2`` values per end), and :func:`percentile_from_tails` finishes with numpy's
+own index, weight and interpolation helpers, so the result is bit-identical to
+``np.percentile(whole_tensor, q)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Any
+
+import numpy as np
+
+# numpy's own quantile helpers (numpy 1.22-1.26), so the interpolation is bit-identical.
+_fb: Any = importlib.import_module("numpy.lib.function_base")
+
+__all__ = ["TailSelector", "percentile_from_tails"]
+
+_LINEAR = _fb._QuantileMethods["linear"]
+
+
+def _ranks(n: int, percent: float) -> tuple[Any, Any, Any]:
+    """numpy's (virtual index, previous index, next index) for ``percent`` of n values."""
+    q = np.asanyarray(np.true_divide(np.asanyarray(percent), 100))
+    virtual = np.asanyarray(_LINEAR["get_virtual_index"](n, q))
+    previous, following = _fb._get_indexes(np.empty(0, dtype=np.float64), virtual, n)
+    return virtual, previous, following
+
+
+class TailSelector:
+    """The ``keep`` smallest and largest values of a stream of arrays.
+
+    Args:
+        n_total: the number of values the stream will hold in all.
+        percents: the percentiles that will be asked (each within the kept tails).
+    """
+
+    def __init__(self, n_total: int, percents: tuple[float, ...] = (0.1, 99.9)) -> None:
+        self.n_total = n_total
+        self.keep = min(n_total, max(2, math.ceil(0.001 * n_total) + 2))
+        self._check_percents(percents)
+        self.low: np.ndarray | None = None
+        self.high: np.ndarray | None = None
+        self.seen = 0
+
+    def _check_percents(self, percents: tuple[float, ...]) -> None:
+        for p in percents:
+            _, previous, following = _ranks(self.n_total, p)
+            for idx in (int(previous), int(following)):
+                rank = idx if idx >= 0 else self.n_total + idx
+                if not (rank < self.keep or rank >= self.n_total - self.keep):
+                    raise ValueError(
+                        f"percentile {p} of {self.n_total} values is not within the "
+                        f"{self.keep} values kept at each end"
+                    )
+
+    def update(self, values: np.ndarray) -> None:
+        """Merge one block of values."""
+        flat = np.asarray(values).ravel()
+        self.seen += flat.size
+        low = flat if self.low is None else np.concatenate([self.low, flat])
+        high = flat if self.high is None else np.concatenate([self.high, flat])
+        k = self.keep
+        self.low = low if low.size <= k else np.partition(low, k - 1)[:k]
+        self.high = high if high.size <= k else np.partition(high, high.size - k)[-k:]
+
+    def value_at_rank(self, rank: int) -> Any:
+        """The value of the given rank (0-based) in the sorted whole stream."""
+        if self.low is None or self.high is None:
+            raise ValueError("no values were given")
+        if self.seen != self.n_total:
+            raise ValueError(f"expected {self.n_total} values, got {self.seen}")
+        if rank < 0:
+            rank += self.n_total
+        if rank < self.low.size:
+            return np.sort(self.low)[rank]
+        start = self.n_total - self.high.size
+        if rank >= start:
+            return np.sort(self.high)[rank - start]
+        raise ValueError(f"rank {rank} is not within the kept tails")
+
+
+def percentile_from_tails(selector: TailSelector, percent: float) -> Any:
+    """``np.percentile(whole_stream, percent)`` (linear method) from the kept tails.
+
+    Args:
+        selector: a TailSelector fed with the whole stream.
+        percent: the percentile, in [0, 100].
+
+    Returns:
+        The same value and type as numpy's percentile of the whole (flattened) stream.
+    """
+    virtual, previous, following = _ranks(selector.n_total, percent)
+    if selector.low is None:
+        raise ValueError("no values were given")
+    dtype = selector.low.dtype
+    ends = np.array(
+        [selector.value_at_rank(int(previous)), selector.value_at_rank(int(following))],
+        dtype=dtype,
+    )
+    gamma = _fb._get_gamma(virtual, previous, _LINEAR)
+    prev_value = ends[np.asarray(0, dtype=np.intp)]
+    next_value = ends[np.asarray(1, dtype=np.intp)]
+    return _fb._lerp(prev_value, next_value, gamma)
