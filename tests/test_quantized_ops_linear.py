@@ -207,3 +207,30 @@ def test_conv_constructor_and_input_errors() -> None:
     op.constant_inputs[1] = bad_w
     with pytest.raises(QuantizedOpError, match=r"'c'.*weight zero point"):
         op.q_impl(qa_float(np.ones((1, 1, 3, 3), np.float32), 5, signed=True))
+
+
+def test_array_zero_point_input_is_requantized_before_conv_and_gemm() -> None:
+    # A graph-output Gemm's QuantizedArray carries a (1, N) float zp; a consumer needing a
+    # scalar zp re-quantizes it from its float values (fhequant rule, SPEC §2.2).
+    x = RNG.normal(size=(1, 1, 3, 3)).astype(np.float32)
+    w = qa_float(np.ones((1, 1, 2, 2), np.float32), 4)
+    opts = QuantizationOptions(4, is_signed=True)
+    op = QuantizedConv(5, "c", constant_inputs={1: w}, input_quant_opts=opts, kernel_shape=[2, 2])
+    op.calibrate(x)
+    q_x = qa_float(x, 4, signed=True)
+    q_x.quantizer.zero_point = np.full((1, 1, 1, 1), float(q_x.quantizer.zero_point))
+    out = op.q_impl(q_x)
+    prepared = op._prepare_inputs_with_constants(q_x, calibrate=False, quantize_actual_values=True)
+    assert np.ndim(prepared[0].quantizer.zero_point) == 0
+    assert out.qvalues.shape == (1, 1, 2, 2)
+
+
+def test_raw_inputs_are_not_quantized() -> None:
+    assert QuantizedGemm.must_quantize_input(1) and QuantizedGemm.must_quantize_input(2)
+    from fhequant.quantized import QuantizedBrevitasQuant, QuantizedReshape
+
+    assert not QuantizedReshape.must_quantize_input(1)
+    assert not QuantizedBrevitasQuant.must_quantize_input(3)
+    assert QuantizedReshape.quantize_inputs_with_model_outputs_precision
+    assert not QuantizedGemm.quantize_inputs_with_model_outputs_precision
+    assert QuantizedGemm.is_mixing and not QuantizedReshape.is_mixing

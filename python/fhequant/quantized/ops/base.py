@@ -465,8 +465,11 @@ class QuantizedOp(Serializable):
         idx = encrypted[0]
         x = prepared[idx]
         args = list(prepared)
-        probe = [np.zeros(x.shape) if i == idx else a for i, a in enumerate(args)]
-        if np.shape(self.call_impl(*probe, **attrs)) != tuple(x.shape):
+        # fhe.univariate keeps the input shape: check the op does too (no broadcast growth)
+        probe = [np.ones(x.shape) if i == idx else a for i, a in enumerate(args)]
+        with np.errstate(all="ignore"):
+            probe_shape = np.shape(self.call_impl(*probe, **attrs))
+        if probe_shape != tuple(x.shape):
             return self.call_impl(*prepared, **attrs)
 
         def fn(v: Any) -> Any:
