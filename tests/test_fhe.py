@@ -101,6 +101,7 @@ CNN_X = np.random.default_rng(0).normal(size=(25, 1, 6, 6)).astype(np.float32)
         pytest.param(_mlp(True), MLP_X, 4, 5, id="mlp-asymmetric-rounding"),
         pytest.param(_cnn(), CNN_X, 4, None, id="cnn-padded"),
         pytest.param(_cnn(), CNN_X, 4, 5, id="cnn-rounding"),
+        pytest.param(torch.nn.Sequential(torch.nn.Sigmoid()), MLP_X, 6, None, id="lone-tlu"),
     ],
 )
 def test_module_compile_simulate_equals_disable(

@@ -604,7 +604,11 @@ def analyse(
     op_types = {name: type(op).__name__ for name, op in ops}
     outputs: dict[str, Any] = {}
     with op_scope(ops, rec, outputs):
-        forward(*arrays)
+        results = forward(*arrays)
+    for k, out in enumerate(results if isinstance(results, tuple) else (results,)):
+        q_out = _qvalues_of(out)
+        if q_out is not None:  # the circuit outputs are nodes too (e.g. a lone TLU)
+            rec.records.append(ValueRecord(_MODULE, f"output {k}", *_range(q_out)))
     by_op: dict[str, list[ValueRecord]] = {}
     for r in rec.records:
         by_op.setdefault(r.op, []).append(r)

@@ -1,4 +1,5 @@
-"""Torch front end of fhequant: ONNX export, post-training quantization and FHE compilation."""
+"""torch front end: ONNX export, build_quantized_module, compile_torch_model/compile_onnx_model
+and compile_brevitas_qat_model."""
 
 from __future__ import annotations
 
