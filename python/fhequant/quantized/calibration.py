@@ -374,6 +374,16 @@ class _RoundingRecorder:
         return x
 
 
+def _union_uvalues(uniques: Any, values: Any) -> Any:
+    """Sorted union of the 2-decimal unique values (MinMaxQuantizationStats.uvalues)."""
+    from fhequant.quantization import _kernels
+
+    batch = _kernels.rounded_unique(np.asarray(values))
+    if batch is None or uniques is None:
+        return batch if uniques is None else uniques
+    return np.union1d(uniques, batch)
+
+
 def _check_finite(lo: Any, hi: Any, tensor: str, where: str) -> None:
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise NonFiniteError(
@@ -830,6 +840,7 @@ class ModuleCalibrator:
         keep: list[Any] | None = [] if self.strategy.flows_raw else None
         raw_output = bool(op.spec().raw_output)
         selector: TailSelector | None = None
+        uniques: Any = None
         for b in self._blocks(f"{op.op_instance_name} statistics"):
             floats = [self._float_block(n, b) for n in variable]
             prepared = op._prepare_inputs_with_constants(
@@ -857,6 +868,8 @@ class ModuleCalibrator:
             dtype = arr.dtype
             if selector is not None:
                 selector.update(arr)
+            if keep is not None:
+                uniques = _union_uvalues(uniques, arr)
         if not raw_output:
             ends = np.array([lo, hi], dtype=dtype)
             if selector is not None:
@@ -866,6 +879,9 @@ class ModuleCalibrator:
                     percentile_from_tails(selector, 99.9),
                 )
             op._set_output_quantizer(ends)
+            if keep is not None and op.output_quant_stats is not None:
+                # QAT import: check_is_uniform_quantized needs the real uvalues (SPEC §1.2).
+                op.output_quant_stats.uvalues = uniques
         return keep
 
     def _store_output(self, out: str, b: int, quant: Any, raw: Any) -> None:
