@@ -17,6 +17,7 @@ from fhequant.errors import (
     GraphInputError,
     NotCompiledError,
     QuantizationError,
+    UnquantizedTensorError,
 )
 from fhequant.quantized import BitWidths, resolve_n_bits
 from ptq_helpers import gemm_node, make_model, mlp
@@ -249,3 +250,21 @@ def test_gather_on_an_input_runs_the_one_hot_pre_processing_also_after_loading()
     y = module.forward(idx[:20])
     np.testing.assert_allclose(y, table[idx[:20]] @ w.T, atol=0.25)
     np.testing.assert_array_equal(QuantizedModule.loads(module.dumps()).forward(idx[:20]), y)
+
+
+def test_qat_import_of_an_unquantized_model_names_the_tensors() -> None:
+    from ptq_helpers import module_state
+
+    model = mlp([6, 5, 3])
+    module = build_quantized_module(model, X, n_bits=4, import_qat=True)
+    with pytest.raises(UnquantizedTensorError, match=r"'a0'.*gemm1.*QuantIdentity"):
+        module.forward(X[:3])
+    with pytest.raises(ValueError):
+        module.quantized_forward(module.quantize_input(X[:3]))
+    # the QAT walk (raw floats flow downstream) streams exactly too
+    streamed = build_quantized_module(
+        model, iter(np.array_split(X, 7)), n_bits=4, import_qat=True, batch_size=16
+    )
+    assert module_state(streamed) == module_state(module)
+    gemm = module.quant_layers_dict["g0"][1]
+    assert gemm.input_quant_opts.is_qat

@@ -14,10 +14,7 @@ from hypothesis import strategies as st
 from fhequant import build_quantized_module
 from fhequant.errors import GraphInputError, NonFiniteError
 from fhequant.quantized import calibration
-from fhequant.quantized.float_matmul import (
-    matmul_f32_sequential,
-    matmul_f32_sequential_reference,
-)
+from fhequant.quantized.float_matmul import matmul_sequential_reference, sequential_matmul
 from fhequant.quantized.percentile import TailSelector, percentile_from_tails
 from fhequant.quantized.streaming import TensorStore, iter_row_blocks, normalize_calibration_data
 from ptq_helpers import assert_same_module, cnn, mlp
@@ -145,24 +142,29 @@ def test_store_spills_and_restores_dtypes() -> None:
         assert "q" not in store
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     n=st.integers(1, 70),
     k=st.integers(1, 40),
     m=st.integers(1, 9),
     seed=st.integers(0, 2**31),
     split=st.integers(1, 70),
+    dtypes=st.sampled_from(
+        [(np.float32, np.float32), (np.float64, np.float32), (np.float64, np.float64)]
+    ),
 )
 def test_sequential_matmul_kernel_matches_numpy_twin(
-    n: int, k: int, m: int, seed: int, split: int
+    n: int, k: int, m: int, seed: int, split: int, dtypes: tuple[Any, Any]
 ) -> None:
     rng = np.random.default_rng(seed)
-    a = (rng.normal(size=(n, k)) * rng.choice([1e-3, 1.0, 1e3])).astype(np.float32)
-    b = rng.normal(size=(k, m)).astype(np.float32)
-    whole = matmul_f32_sequential(a, b)
-    np.testing.assert_array_equal(whole, matmul_f32_sequential_reference(a, b))
-    parts = [matmul_f32_sequential(a[i : i + split], b) for i in range(0, n, split)]
+    a = (rng.normal(size=(n, k)) * rng.choice([1e-3, 1.0, 1e3])).astype(dtypes[0])
+    b = rng.normal(size=(k, m)).astype(dtypes[1])
+    whole = sequential_matmul(a, b)
+    assert whole.dtype == (a @ b).dtype
+    np.testing.assert_array_equal(whole, matmul_sequential_reference(a, b))
+    parts = [sequential_matmul(a[i : i + split], b) for i in range(0, n, split)]
     np.testing.assert_array_equal(np.concatenate(parts), whole)
+    np.testing.assert_array_equal(sequential_matmul(a[0], b), whole[0])
 
 
 def test_batchnorm_streamed_clip_equals_the_ops_own_whole_tensor_calibration(
@@ -205,3 +207,30 @@ def test_percentile_from_tails_is_numpys_percentile(
         assert got == want
         assert np.asarray(got).dtype == np.asarray(want).dtype
         assert type(got) is type(want)
+
+
+@pytest.mark.parametrize(
+    ("shape", "w_shape", "attrs"),
+    [
+        ((300, 8, 8, 8), (16, 8, 3, 3), {"pads": (1, 1, 1, 1), "strides": (2, 2)}),
+        ((300, 4, 7, 6), (6, 2, 2, 3), {"group": 2, "pads": (0, 1, 1, 0)}),
+        ((300, 3, 9), (5, 3, 3), {"pads": (1, 1), "strides": (2,)}),
+    ],
+)
+def test_float_conv_of_the_walk_is_split_independent(
+    shape: tuple[int, ...], w_shape: tuple[int, ...], attrs: dict[str, Any]
+) -> None:
+    from fhequant.onnx import ONNX_OPS
+    from fhequant.quantized.graph import _conv_float
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=shape)
+    w = rng.normal(size=w_shape).astype(np.float32)
+    b = rng.normal(size=w_shape[0]).astype(np.float32)
+    whole = _conv_float(x, w, b, **attrs)
+    for rows in (1, 7, 64, 299):
+        parts = [_conv_float(x[i : i + rows], w, b, **attrs) for i in range(0, len(x), rows)]
+        np.testing.assert_array_equal(np.concatenate(parts), whole)
+    # same numbers as the registry's (BLAS) Conv up to summation order
+    spec = ONNX_OPS["Conv"]
+    np.testing.assert_allclose(whole, spec.fn(x, w, b, **attrs), rtol=1e-12, atol=1e-12)

@@ -21,6 +21,7 @@ __all__ = [
     "int_window_max",
     "int_window_sum",
     "matmul_f32_sequential",
+    "matmul_f64_sequential",
     "min_max",
     "quantize",
     "rounded_unique",
@@ -52,6 +53,11 @@ def matmul_f32_sequential(
     b: npt.NDArray[np.float32],
     context: str | None = None,
 ) -> npt.NDArray[np.float32]: ...
+def matmul_f64_sequential(
+    a: npt.NDArray[np.float64],
+    b: npt.NDArray[np.float64],
+    context: str | None = None,
+) -> npt.NDArray[np.float64]: ...
 
 # --- end float kernels ---
 # --- integer kernels (rust-integer): see fhequant.integer_kernels -------------------------

@@ -41,15 +41,32 @@ import onnx
 from onnx import numpy_helper
 
 from fhequant.errors import (
-    DTypeError,
     GraphInputError,
     NonFiniteError,
     UnsupportedOpError,
 )
 from fhequant.quantization import QuantizationOptions, QuantizedArray, UniformQuantizer
-from fhequant.quantized.float_matmul import sequential_matmul
-from fhequant.quantized.n_bits import BitWidths, resolve_n_bits
+from fhequant.quantized.graph import (
+    BREVITAS_QUANT as _BREVITAS_QUANT,
+)
+from fhequant.quantized.graph import (
+    GraphNode,
+    fold_constant,
+    graph_input_names,
+    graph_nodes,
+    quantized_registry,
+    restore_impl,
+    use_split_independent_impl,
+)
+from fhequant.quantized.n_bits import resolve_n_bits
 from fhequant.quantized.percentile import TailSelector, percentile_from_tails
+from fhequant.quantized.strategies import (
+    PostTrainingAffineQuantization,
+    PostTrainingQATImporter,
+    QuantizationStrategy,
+    process_initializer_ptq,
+    process_initializer_qat,
+)
 from fhequant.quantized.streaming import (
     DEFAULT_BLOCK_ROWS,
     DEFAULT_MEMORY_BUDGET,
@@ -67,266 +84,6 @@ __all__ = [
     "process_initializer_qat",
     "quantize_module",
 ]
-
-
-# --- initializers (SPEC §4.3) ----------------------------------------------------------------
-
-
-def process_initializer_ptq(n_bits: int, values: Any) -> Any:
-    """Quantize a PTQ constant: ints stay raw, bools at 1 bit, floats per tensor.
-
-    A float tensor is symmetric (and signed) iff its 3rd and 97th percentiles straddle 0 with
-    a ratio |v3/v97| in [1/3, 3] (0 when |v97| < 0.001).
-
-    Args:
-        n_bits: op_weights.
-        values: the constant.
-
-    Returns:
-        The raw integer array, or a QuantizedArray.
-    """
-    values = np.asarray(values)
-    if values.dtype == np.bool_:
-        return QuantizedArray(1, values.astype(np.float64))
-    if not np.issubdtype(values.dtype, np.floating):
-        return values
-    v3 = np.percentile(values, 3)
-    v97 = np.percentile(values, 97)
-    ratio = 0 if np.abs(v97) < 0.001 else np.abs(v3 / v97)
-    same_sign = (v3 > 0 and v97 > 0) or (v3 < 0 and v97 < 0)
-    symmetric = not (same_sign or ratio < 1 / 3 or ratio > 3)
-    return QuantizedArray(n_bits, values, is_signed=symmetric, is_symmetric=symmetric)
-
-
-def process_initializer_qat(n_bits: int, values: Any, name: str = "initializer") -> Any:
-    """Quantize a QAT constant: ints stay raw, floats as signed QAT (zp 0).
-
-    Args:
-        n_bits: op_weights.
-        values: the constant.
-        name: the initializer name, for errors.
-
-    Returns:
-        The raw integer array, or a QuantizedArray.
-    """
-    if isinstance(values, QuantizedArray):
-        return values
-    values = np.asarray(values)
-    if np.issubdtype(values.dtype, np.integer):
-        return values
-    if not np.issubdtype(values.dtype, np.floating):
-        raise DTypeError(
-            f"QAT import: initializer {name!r} has dtype {values.dtype}; QAT constants must be "
-            "floats (or integers, which stay raw)"
-        )
-    return QuantizedArray(n_bits, values, is_signed=True, is_qat=True)
-
-
-# --- strategies ------------------------------------------------------------------------------
-
-
-class QuantizationStrategy:
-    """What differs between PTQ and QAT import; the walk itself is shared."""
-
-    #: True when the raw float output of each op flows downstream (QAT import).
-    flows_raw: bool = False
-    name = "strategy"
-
-    def __init__(self, bits: BitWidths) -> None:
-        self.bits = bits
-
-    def input_quant_opts(self, n_bits: int, signed: bool) -> QuantizationOptions:
-        """Options an op quantizes its variable inputs with."""
-        raise NotImplementedError
-
-    def process_initializer(self, values: Any, name: str) -> Any:
-        """Quantize (or keep raw) a constant input that the op quantizes."""
-        raise NotImplementedError
-
-
-class PostTrainingAffineQuantization(QuantizationStrategy):
-    """PTQ: per-tensor min/max, asymmetric inputs signed from the data (SPEC §4.2)."""
-
-    name = "PTQ"
-
-    def input_quant_opts(self, n_bits: int, signed: bool) -> QuantizationOptions:
-        """QuantizationOptions(n_bits, is_signed=signed): asymmetric, not QAT."""
-        return QuantizationOptions(n_bits, is_signed=signed)
-
-    def process_initializer(self, values: Any, name: str) -> Any:
-        """SPEC §4.3, PTQ."""
-        if isinstance(values, QuantizedArray):
-            return values
-        return process_initializer_ptq(self.bits.op_weights, values)
-
-
-class PostTrainingQATImporter(QuantizationStrategy):
-    """QAT import: QAT input options; the raw float outputs flow downstream (SPEC §4.2 step 6)."""
-
-    flows_raw = True
-    name = "QAT"
-
-    def input_quant_opts(self, n_bits: int, signed: bool) -> QuantizationOptions:
-        """QuantizationOptions(n_bits, is_signed=True, is_qat=True)."""
-        return QuantizationOptions(n_bits, is_signed=True, is_qat=True)
-
-    def process_initializer(self, values: Any, name: str) -> Any:
-        """SPEC §4.3, QAT."""
-        return process_initializer_qat(self.bits.op_weights, values, name)
-
-
-# --- graph access ----------------------------------------------------------------------------
-
-
-@dataclass
-class _Node:
-    index: int
-    op_type: str
-    name: str
-    inputs: list[str]
-    outputs: list[str]
-    attrs: dict[str, Any]
-
-
-def _attr_value(attr: onnx.AttributeProto) -> Any:
-    value = onnx.helper.get_attribute_value(attr)
-    if attr.type == onnx.AttributeProto.TENSOR:
-        return numpy_helper.to_array(value)
-    if attr.type == onnx.AttributeProto.STRING:
-        return value.decode("utf-8") if isinstance(value, bytes) else value
-    if attr.type == onnx.AttributeProto.STRINGS:
-        return tuple(v.decode("utf-8") if isinstance(v, bytes) else v for v in value)
-    if attr.type in (onnx.AttributeProto.INTS, onnx.AttributeProto.FLOATS):
-        return tuple(value)
-    return value
-
-
-#: Domains whose ``Quant`` node is the Brevitas / QONNX fake quantization (SPEC §3.8): the
-#: reference's ``onnx.brevitas`` and the ``qonnx.custom_op.general`` of brevitas >= 0.11.
-_BREVITAS_QUANT = "onnx.brevitas.Quant"
-_QUANT_DOMAINS = ("onnx.brevitas", "qonnx.custom_op.general")
-
-
-def _op_key(node: onnx.NodeProto) -> str:
-    if node.domain in ("", "ai.onnx"):
-        return node.op_type
-    if node.domain in _QUANT_DOMAINS and node.op_type == "Quant":
-        return _BREVITAS_QUANT
-    return f"{node.domain}.{node.op_type}"
-
-
-def graph_nodes(model: onnx.ModelProto) -> list[_Node]:
-    """The nodes of a model in ONNX order, with Python attribute values."""
-    return [
-        _Node(
-            i,
-            _op_key(n),
-            n.name or f"{n.op_type}_{i}",
-            list(n.input),
-            list(n.output),
-            {a.name: _attr_value(a) for a in n.attribute},
-        )
-        for i, n in enumerate(model.graph.node)
-    ]
-
-
-def graph_input_names(model: onnx.ModelProto) -> list[str]:
-    """Graph inputs that are not initializers, in order."""
-    inits = {i.name for i in model.graph.initializer}
-    return [i.name for i in model.graph.input if i.name not in inits]
-
-
-def _quantized_registry() -> dict[str, Any]:
-    from fhequant.quantized.ops import ONNX_OPS_TO_QUANTIZED_IMPL
-
-    return dict(ONNX_OPS_TO_QUANTIZED_IMPL)
-
-
-def _fold_constant(node: _Node, values: list[Any]) -> Any:
-    """Evaluate a node whose inputs are all constants, in float (SPEC §4.2)."""
-    registry = _quantized_registry()
-    cls = registry.get(node.op_type)
-    if cls is not None:
-        spec = cls.spec()
-        attrs = {**dict(spec.attr_defaults), **node.attrs}
-        out = spec.impl(*values, **attrs)
-    else:
-        try:
-            from fhequant.onnx import ONNX_OPS
-        except ImportError as exc:  # pragma: no cover - depends on the onnx package
-            raise UnsupportedOpError(
-                f"node {node.name!r}: op {node.op_type!r} has no implementation to fold it"
-            ) from exc
-        spec = ONNX_OPS.get(node.op_type)
-        if spec is None:
-            raise UnsupportedOpError(
-                f"node {node.name!r}: op {node.op_type!r} is not supported; it cannot be "
-                "folded nor quantized"
-            )
-        out = spec.quant_fn(*values, **spec.resolve_attrs(node.attrs, node.name))
-    if isinstance(out, tuple):
-        out = out[0]
-    return out
-
-
-# --- split-independent float evaluation -----------------------------------------------------
-
-
-def _gemm_float(
-    a: Any,
-    b: Any,
-    c: Any = None,
-    *,
-    alpha: Any = 1,
-    beta: Any = 1,
-    transA: Any = 0,
-    transB: Any = 0,
-    **_: Any,
-) -> Any:
-    """ONNX Gemm (SPEC §5.3) with the split-independent float32 matmul."""
-    if transA:
-        a = np.swapaxes(a, -1, -2)
-    if transB:
-        b = np.swapaxes(b, -1, -2)
-    y = sequential_matmul(a, b)
-    if alpha != 1:
-        y = alpha * y
-    if c is not None and beta != 0:
-        y = y + (c if beta == 1 else beta * c)
-    return y
-
-
-def _matmul_float(a: Any, b: Any, **_: Any) -> Any:
-    return sequential_matmul(a, b)
-
-
-_SPLIT_INDEPENDENT_IMPLS: dict[str, Callable[..., Any]] = {
-    "Gemm": _gemm_float,
-    "MatMul": _matmul_float,
-}
-
-
-def _use_split_independent_impl(op: Any) -> bool:
-    """Route a Gemm/MatMul op's float evaluation through the sequential float32 matmul.
-
-    The override is an instance attribute, removed by :func:`_restore_impl` after calibration.
-    """
-    impl = _SPLIT_INDEPENDENT_IMPLS.get(getattr(op, "_impl_for_op_named", ""))
-    if impl is None:
-        return False
-    original = op.call_impl
-
-    def call_impl(*inputs: Any, **attrs: Any) -> Any:
-        if any(isinstance(x, np.ndarray) and x.dtype == np.float32 for x in inputs[:1]):
-            return impl(*inputs, **attrs)
-        return original(*inputs, **attrs)
-
-    op.call_impl = call_impl
-    return True
-
-
-def _restore_impl(op: Any) -> None:
-    op.__dict__.pop("call_impl", None)
 
 
 # --- the walk --------------------------------------------------------------------------------
@@ -372,6 +129,19 @@ class _RoundingRecorder:
             self.lo = lo if self.lo is None else min(self.lo, lo)
             self.hi = hi if self.hi is None else max(self.hi, hi)
         return x
+
+
+def _requantizes_to_itself(quantizer: UniformQuantizer, q: np.ndarray) -> bool:
+    """Whether quant(dequant(q)) == q for this quantizer: a finite non-zero scalar scale, a
+    scalar zp and q inside the clip range (graph-output accumulators are not)."""
+    scale, zp = quantizer.scale, quantizer.zero_point
+    if np.ndim(scale) or np.ndim(zp) or not np.isfinite(scale) or scale == 0 or q.size == 0:
+        return False
+    if quantizer.no_clipping:
+        return False
+    offset = quantizer.offset or 0
+    lo, hi = -offset + (1 if quantizer.is_narrow else 0), 2**quantizer.n_bits - 1 - offset
+    return bool(q.dtype.kind in "iu" and lo <= q.min() and q.max() <= hi)
 
 
 def _union_uvalues(uniques: Any, values: Any) -> Any:
@@ -480,6 +250,7 @@ class ModuleCalibrator:
         }
         self.tensors: dict[str, _Tensor] = {}
         self.quant_layers: dict[str, tuple[tuple[str, ...], Any]] = {}
+        self.node_inputs: dict[str, tuple[str, ...]] = {}
         self.block_sizes: list[int] = []
         self.input_stats: dict[str, tuple[Any, Any]] = {}
         self._input_quant_cache: dict[tuple[str, Any], UniformQuantizer] = {}
@@ -514,6 +285,7 @@ class ModuleCalibrator:
             "output_names": tuple(self.output_names),
             "quant_layers_dict": self.quant_layers,
             "input_quantizers": input_quantizers,
+            "node_inputs": self.node_inputs,
             "n_rows": sum(self.block_sizes),
             "spilled": self.store.spilled,
         }
@@ -579,7 +351,7 @@ class ModuleCalibrator:
 
     # --- nodes ---------------------------------------------------------------------------
 
-    def _visit(self, node: _Node) -> None:
+    def _visit(self, node: GraphNode) -> None:
         if node.op_type == "Constant":
             self.constants[node.outputs[0]] = self._constant_node_value(node)
             return
@@ -590,7 +362,7 @@ class ModuleCalibrator:
         if not variable:
             values = [self.constants.get(n) if n else None for n in node.inputs]
             values = [v.values if isinstance(v, QuantizedArray) else v for v in values]
-            self.constants[node.outputs[0]] = _fold_constant(node, values)
+            self.constants[node.outputs[0]] = fold_constant(node, values)
             return
         if len(node.outputs) != 1:
             raise UnsupportedOpError(
@@ -612,10 +384,9 @@ class ModuleCalibrator:
         if self.tensors[out].consumers_left == 0:
             self.store.drop(out)
 
-    def _fold_brevitas_quant(self, node: _Node) -> QuantizedArray:
+    def _fold_brevitas_quant(self, node: GraphNode) -> QuantizedArray:
         """A Quant on a constant (weights, bias): a precomputed-QAT QA (SPEC §3.8, §4.2)."""
-        registry = _quantized_registry()
-        cls = registry[_BREVITAS_QUANT]
+        cls = quantized_registry()[_BREVITAS_QUANT]
         values = [self.constants.get(n) if n else None for n in node.inputs]
         values = [v.values if isinstance(v, QuantizedArray) else v for v in values]
         if values[0] is None:
@@ -640,7 +411,7 @@ class ModuleCalibrator:
         if tensor.consumers_left <= 0:
             self.store.drop(name)
 
-    def _constant_node_value(self, node: _Node) -> Any:
+    def _constant_node_value(self, node: GraphNode) -> Any:
         for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
             if key in node.attrs:
                 value = node.attrs[key]
@@ -655,8 +426,8 @@ class ModuleCalibrator:
             f"Constant node {node.name!r} has none of the supported value attributes"
         )
 
-    def _build_op(self, node: _Node, variable: list[str]) -> Any:
-        registry = _quantized_registry()
+    def _build_op(self, node: GraphNode, variable: list[str]) -> Any:
+        registry = quantized_registry()
         cls = registry.get(node.op_type)
         if cls is None:
             raise UnsupportedOpError(
@@ -697,6 +468,9 @@ class ModuleCalibrator:
             **node.attrs,
         )
         op.produces_graph_output = node.outputs[0] in self.output_names
+        if self.strategy.flows_raw:
+            op.error_tracker = []  # QAT: inputs re-quantized with QAT options (SPEC §4.5)
+        self.node_inputs[node.outputs[0]] = tuple(node.inputs)
         return op
 
     # --- per-block data ------------------------------------------------------------------
@@ -712,6 +486,21 @@ class ModuleCalibrator:
     def _calibration_qa(self, name: str, b: int, op: Any) -> Any:
         """The calibration QuantizedArray of a variable input (SPEC §4.2 step 1)."""
         tensor = self.tensors[name]
+        if tensor.kind == "quant" and not tensor.stored_floats:
+            q = tensor.quantizer
+            assert q is not None
+            ints = self.store.get(name, b)
+            if _requantizes_to_itself(q, ints):
+                # QA(n, dequant(q), q's params) would quantize back to exactly q: build it
+                # from the integers (values = the same float64 dequant) and skip that pass.
+                return QuantizedArray(
+                    q.n_bits,
+                    np.asarray(ints, dtype=np.int64),
+                    value_is_float=False,
+                    options=q.quant_options,
+                    stats=q.quant_stats,
+                    params=q.quant_params,
+                )
         data = self._float_block(name, b)
         if tensor.kind == "raw":
             return data
@@ -749,14 +538,14 @@ class ModuleCalibrator:
     # --- calibration of one op -----------------------------------------------------------
 
     def _calibrate_op(self, op: Any, variable: list[str], out: str) -> None:
-        _use_split_independent_impl(op)
+        use_split_independent_impl(op)
         try:
             if self.n_blocks == 1:
                 self._calibrate_whole(op, variable, out)
             else:
                 self._calibrate_streamed(op, variable, out)
         finally:
-            _restore_impl(op)
+            restore_impl(op)
 
     def _calibrate_whole(self, op: Any, variable: list[str], out: str) -> None:
         """The reference walk on the whole set (one block).

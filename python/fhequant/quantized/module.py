@@ -28,7 +28,6 @@ from fhequant.errors import (
     UnquantizedTensorError,
 )
 from fhequant.quantization import QuantizedArray, UniformQuantizer
-from fhequant.quantization.quantizer import is_tracer
 
 __all__ = ["FheMode", "QuantizedModule"]
 
@@ -54,18 +53,6 @@ def _fhe_mode(fhe: Any) -> FheMode:
         raise GraphInputError(
             f"fhe={fhe!r} is not a valid mode; use one of {[m.value for m in FheMode]}"
         ) from None
-
-
-def _raise_unquantized(found: list[tuple[str, str]]) -> None:
-    """SPEC §4.5: list every QAT tensor that had to be quantized by the import."""
-    if not found:
-        return
-    listing = ", ".join(f"{tensor!r} (consumed by {op_type})" for tensor, op_type in found)
-    raise UnquantizedTensorError(
-        "QAT import: these tensors are not quantized in the model although the op that "
-        f"consumes them needs integer inputs: {listing}. Quantize them in the model, e.g. "
-        "with a QuantIdentity (Brevitas) layer or a fake quantization before that op"
-    )
 
 
 def _output_quantizer(op: Any) -> UniformQuantizer:
@@ -111,8 +98,7 @@ class QuantizedModule(serialization.Serializable):
         self._is_compiled = False
         self._post_processing_params: dict[str, Any] = {}
         self._preprocess_fn: Any = None
-        #: QAT import: check the next clear forward for unquantized tensors (SPEC §4.5).
-        self._check_qat_pending = False
+        self._node_inputs: dict[str, tuple[str, ...]] = {}
 
     # --- properties ----------------------------------------------------------------------
 
@@ -284,12 +270,38 @@ class QuantizedModule(serialization.Serializable):
                     "int16 or int8 values (from quantize_input)"
                 )
         if mode is not FheMode.DISABLE:
-            from fhequant.fhe.module import run_module
-
-            return run_module(self, q_x, mode.value)
+            if self.fhe_circuit is None:
+                raise NotCompiledError(
+                    f"quantized_forward(fhe={mode.value!r}) needs a compiled FHE circuit; "
+                    "call compile() first or use fhe='disable'"
+                )
+            raise NotCompiledError(  # pragma: no cover - compilation is not implemented
+                f"fhe={mode.value!r} is not available in this version"
+            )
         return self._clear_forward(q_x, tracker)
 
+    def check_quantized_tensors(self) -> None:
+        """QAT import: refuse tensors that the model left unquantized (SPEC §4.5).
+
+        Raises:
+            UnquantizedTensorError: (a ValueError) listing each tensor with the op consuming
+                it.
+        """
+        found = []
+        for out, (_, op) in self.quant_layers_dict.items():
+            names = self._node_inputs.get(out, ())
+            for index in dict.fromkeys(getattr(op, "error_tracker", None) or []):
+                name = names[index] if isinstance(index, int) and index < len(names) else index
+                found.append(f"{name!r} (input of {type(op).__name__} {op.op_instance_name!r})")
+        if found:
+            raise UnquantizedTensorError(
+                "QAT import: these tensors are not quantized by the model: "
+                + ", ".join(found)
+                + "; add a quantization layer (e.g. brevitas QuantIdentity) before each"
+            )
+
     def _clear_forward(self, q_x: tuple[Any, ...], tracker: dict[str, Any] | None) -> Any:
+        self.check_quantized_tensors()
         values: dict[str, Any] = {}
         for name, q, quantizer in zip(
             self.ordered_module_input_names, q_x, self.input_quantizers, strict=True
@@ -299,104 +311,24 @@ class QuantizedModule(serialization.Serializable):
                 continue
             values[name] = QuantizedArray(
                 quantizer.n_bits,
-                q if is_tracer(q) else np.asarray(q),
+                np.asarray(q),
                 value_is_float=False,
                 options=quantizer.quant_options,
                 stats=quantizer.quant_stats,
                 params=quantizer.quant_params,
             )
-        check_qat = self._check_qat_pending
-        unquantized: list[tuple[str, str]] = []
         for out, (inputs, op) in self.quant_layers_dict.items():
             if tracker is not None:
                 op.debug_value_tracker = tracker
-            if check_qat:
-                op.error_tracker = []
             try:
                 values[out] = op.q_impl(*(values[i] for i in inputs))
-                if check_qat:
-                    slots = op._slot_inputs(tuple(inputs))
-                    unquantized.extend(
-                        (str(slots[idx]), op._impl_for_op_named) for idx in op.error_tracker
-                    )
             finally:
                 op.debug_value_tracker = None
-                op.error_tracker = None
-        if check_qat:
-            _raise_unquantized(unquantized)
-            self._check_qat_pending = False
         outputs = tuple(
             v.qvalues if isinstance(v, QuantizedArray) else v
             for v in (values[n] for n in self.ordered_module_output_names)
         )
         return outputs[0] if len(outputs) == 1 else outputs
-
-    # --- FHE (fhequant.fhe) ------------------------------------------------------------------
-
-    def compile(
-        self,
-        inputs: Any,
-        configuration: Any = None,
-        artifacts: Any = None,
-        show_mlir: bool = False,
-        p_error: float | None = None,
-        global_p_error: float | None = None,
-        verbose: bool = False,
-        inputs_encryption_status: Sequence[str] | None = None,
-        accumulator_bounds: str = "observed",
-    ) -> Any:
-        """Compile the module to an FHE circuit (``fhequant.fhe.module.compile_module``).
-
-        Args:
-            inputs: the float calibration data (one array per input), quantized into the
-                batch-1 inputset.
-            configuration: a concrete.fhe.Configuration (without p_error/global_p_error).
-            artifacts: a concrete.fhe.DebugArtifacts.
-            show_mlir: print the MLIR.
-            p_error: per-TLU error probability (neither given: 2**-40).
-            global_p_error: circuit error probability.
-            verbose: print concrete's compilation steps.
-            inputs_encryption_status: "encrypted"/"clear" per input (None: all encrypted).
-            accumulator_bounds: "observed" or "worst_case" (exact for every in-range input).
-
-        Returns:
-            The concrete Circuit, also set as ``fhe_circuit``.
-        """
-        from fhequant.fhe.module import compile_module
-
-        return compile_module(
-            self,
-            inputs,
-            configuration=configuration,
-            artifacts=artifacts,
-            show_mlir=show_mlir,
-            p_error=p_error,
-            global_p_error=global_p_error,
-            verbose=verbose,
-            inputs_encryption_status=inputs_encryption_status,
-            accumulator_bounds=accumulator_bounds,
-        )
-
-    @property
-    def forward_fhe(self) -> Any:
-        """The compiled circuit (alias of ``fhe_circuit``), e.g. ``.encrypt_run_decrypt(q)``."""
-        if self.fhe_circuit is None:
-            raise NotCompiledError("forward_fhe: the module has no FHE circuit; call compile()")
-        return self.fhe_circuit
-
-    def bitwidth_report(self, inputs: Any = None, accumulator_bounds: str | None = None) -> Any:
-        """Per-op integer ranges and bit widths (``fhequant.fhe.bitwidth.BitWidthReport``).
-
-        Args:
-            inputs: float data, or None for the last compile's inputset.
-            accumulator_bounds: "observed" or "worst_case" (None: the compile's).
-
-        Returns:
-            The BitWidthReport.
-        """
-        from fhequant.fhe.module import module_bitwidth_report
-
-        return module_bitwidth_report(self, inputs, accumulator_bounds)
 
     def dequantize_output(self, *q_y: Any) -> Any:
         """scale·(q - zp) with each output quantizer (zp may be an array).

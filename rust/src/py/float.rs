@@ -20,7 +20,22 @@ fn matmul_f32_sequential<'py>(
     Ok(out.map_err(|e| to_pyerr(py, e, context))?.into_pyarray(py))
 }
 
+/// float64 a (n, k) @ b (k, m), each dot product summed sequentially in k order (no FMA).
+#[pyfunction]
+#[pyo3(signature = (a, b, context=None))]
+fn matmul_f64_sequential<'py>(
+    py: Python<'py>,
+    a: PyReadonlyArray2<'py, f64>,
+    b: PyReadonlyArray2<'py, f64>,
+    context: Option<&str>,
+) -> PyResult<Bound<'py, PyArray2<f64>>> {
+    let (a, b) = (a.as_array(), b.as_array());
+    let out = py.detach(|| matmul::matmul_f64_sequential(a, b));
+    Ok(out.map_err(|e| to_pyerr(py, e, context))?.into_pyarray(py))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(matmul_f32_sequential, m)?)?;
+    m.add_function(wrap_pyfunction!(matmul_f64_sequential, m)?)?;
     Ok(())
 }

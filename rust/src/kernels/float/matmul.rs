@@ -1,9 +1,11 @@
-//! float32 matmul with a fixed summation order (SPEC decision 4).
+//! float32 / float64 matmul with a fixed summation order (SPEC decision 4).
 //!
 //! Each output is `((0 + a[i,0]·b[0,j]) + a[i,1]·b[1,j]) + …` in k order, every product and
-//! every sum rounded to float32 (Rust never contracts `a * b + c` into an FMA). A row's
+//! every sum rounded to the element type (Rust never contracts `a * b + c` into an FMA). A row's
 //! result depends only on that row, so it is the same whatever the batch it is computed in
 //! and whatever the number of threads (rows are split among threads, never k).
+
+use std::ops::{AddAssign, Mul};
 
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
@@ -16,11 +18,32 @@ const ROWS_PER_TASK: usize = 64;
 const TILE_ROWS: usize = 4;
 const TILE_COLS: usize = 16;
 
+/// The element types the kernel runs on.
+pub trait Element: Copy + Default + Send + Sync + Mul<Output = Self> + AddAssign {}
+impl Element for f32 {}
+impl Element for f64 {}
+
 /// `a (n, k) @ b (k, m)` in float32 with the sequential k-order sum of every dot product.
 pub fn matmul_f32_sequential(
     a: ArrayView2<'_, f32>,
     b: ArrayView2<'_, f32>,
 ) -> Result<Array2<f32>> {
+    matmul_sequential(a, b)
+}
+
+/// `a (n, k) @ b (k, m)` in float64 with the sequential k-order sum of every dot product.
+pub fn matmul_f64_sequential(
+    a: ArrayView2<'_, f64>,
+    b: ArrayView2<'_, f64>,
+) -> Result<Array2<f64>> {
+    matmul_sequential(a, b)
+}
+
+/// The generic kernel behind the float32 and float64 entry points.
+pub fn matmul_sequential<T: Element>(
+    a: ArrayView2<'_, T>,
+    b: ArrayView2<'_, T>,
+) -> Result<Array2<T>> {
     let (n, k) = a.dim();
     let (kb, m) = b.dim();
     if k != kb {
@@ -36,7 +59,7 @@ pub fn matmul_f32_sequential(
     let a = a
         .as_slice()
         .ok_or_else(|| Error::Shape("matmul: a is not contiguous".into()))?;
-    let mut out = vec![0.0f32; n * m];
+    let mut out = vec![T::default(); n * m];
     if m == 0 || n == 0 {
         return Array2::from_shape_vec((n, m), out).map_err(|e| Error::Shape(e.to_string()));
     }
@@ -48,7 +71,7 @@ pub fn matmul_f32_sequential(
 
 /// Rows of `out` (each m wide) from rows of `a` (each k wide); tiles of 4 rows × 16 columns
 /// stay in registers, and every output is still summed in k order.
-fn rows_kernel(a: &[f32], b: &[f32], out: &mut [f32], k: usize, m: usize) {
+fn rows_kernel<T: Element>(a: &[T], b: &[T], out: &mut [T], k: usize, m: usize) {
     let rows = out.len() / m;
     let mut r0 = 0;
     while r0 < rows {
@@ -57,7 +80,7 @@ fn rows_kernel(a: &[f32], b: &[f32], out: &mut [f32], k: usize, m: usize) {
         while c0 < m {
             let tc = TILE_COLS.min(m - c0);
             if tr == TILE_ROWS && tc == TILE_COLS {
-                let mut acc = [[0.0f32; TILE_COLS]; TILE_ROWS];
+                let mut acc = [[T::default(); TILE_COLS]; TILE_ROWS];
                 for kk in 0..k {
                     let bk = &b[kk * m + c0..kk * m + c0 + TILE_COLS];
                     for (r, acc_r) in acc.iter_mut().enumerate() {
@@ -140,6 +163,15 @@ mod tests {
                 start = end;
             }
         }
+    }
+
+    #[test]
+    fn float64_sums_in_k_order() {
+        // 1e16 + 1 + 1 - 1e16 in k order is 0 in float64 (each +1 is lost), not 2.
+        let a = ndarray::array![[1e16f64, 1.0, 1.0, -1e16]];
+        let b = ndarray::array![[1.0f64], [1.0], [1.0], [1.0]];
+        let out = matmul_f64_sequential(a.view(), b.view()).unwrap();
+        assert_eq!(out[[0, 0]], 0.0);
     }
 
     #[test]

@@ -1,0 +1,235 @@
+"""Graph access for the calibration walk: nodes, constant folding, split-free float matmuls.
+
+``graph_nodes`` lists an ONNX model's nodes with Python attribute values; ``fold_constant``
+evaluates a node whose inputs are all constants (SPEC §4.2); ``use_split_independent_impl``
+routes a Gemm/MatMul op's float evaluation through the sequential matmul of
+:mod:`fhequant.quantized.float_matmul`, so calibration does not depend on the batch split
+(SPEC decision 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from fhequant.errors import UnsupportedOpError
+from fhequant.quantized.float_matmul import sequential_matmul
+
+__all__ = [
+    "GraphNode",
+    "fold_constant",
+    "graph_input_names",
+    "graph_nodes",
+    "quantized_registry",
+    "restore_impl",
+    "use_split_independent_impl",
+]
+
+
+# --- graph access ----------------------------------------------------------------------------
+
+
+@dataclass
+class GraphNode:
+    index: int
+    op_type: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any]
+
+
+def _attr_value(attr: onnx.AttributeProto) -> Any:
+    value = onnx.helper.get_attribute_value(attr)
+    if attr.type == onnx.AttributeProto.TENSOR:
+        return numpy_helper.to_array(value)
+    if attr.type == onnx.AttributeProto.STRING:
+        return value.decode("utf-8") if isinstance(value, bytes) else value
+    if attr.type == onnx.AttributeProto.STRINGS:
+        return tuple(v.decode("utf-8") if isinstance(v, bytes) else v for v in value)
+    if attr.type in (onnx.AttributeProto.INTS, onnx.AttributeProto.FLOATS):
+        return tuple(value)
+    return value
+
+
+#: Domains whose ``Quant`` node is the Brevitas / QONNX fake quantization (SPEC §3.8): the
+#: reference's ``onnx.brevitas`` and the ``qonnx.custom_op.general`` of brevitas >= 0.11.
+BREVITAS_QUANT = "onnx.brevitas.Quant"
+_QUANT_DOMAINS = ("onnx.brevitas", "qonnx.custom_op.general")
+
+
+def _op_key(node: onnx.NodeProto) -> str:
+    if node.domain in ("", "ai.onnx"):
+        return node.op_type
+    if node.domain in _QUANT_DOMAINS and node.op_type == "Quant":
+        return BREVITAS_QUANT
+    return f"{node.domain}.{node.op_type}"
+
+
+def graph_nodes(model: onnx.ModelProto) -> list[GraphNode]:
+    """The nodes of a model in ONNX order, with Python attribute values."""
+    return [
+        GraphNode(
+            i,
+            _op_key(n),
+            n.name or f"{n.op_type}_{i}",
+            list(n.input),
+            list(n.output),
+            {a.name: _attr_value(a) for a in n.attribute},
+        )
+        for i, n in enumerate(model.graph.node)
+    ]
+
+
+def graph_input_names(model: onnx.ModelProto) -> list[str]:
+    """Graph inputs that are not initializers, in order."""
+    inits = {i.name for i in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits]
+
+
+def quantized_registry() -> dict[str, Any]:
+    from fhequant.quantized.ops import ONNX_OPS_TO_QUANTIZED_IMPL
+
+    return dict(ONNX_OPS_TO_QUANTIZED_IMPL)
+
+
+def fold_constant(node: GraphNode, values: list[Any]) -> Any:
+    """Evaluate a node whose inputs are all constants, in float (SPEC §4.2)."""
+    registry = quantized_registry()
+    cls = registry.get(node.op_type)
+    if cls is not None:
+        spec = cls.spec()
+        attrs = {**dict(spec.attr_defaults), **node.attrs}
+        out = spec.impl(*values, **attrs)
+    else:
+        try:
+            from fhequant.onnx import ONNX_OPS
+        except ImportError as exc:  # pragma: no cover - depends on the onnx package
+            raise UnsupportedOpError(
+                f"node {node.name!r}: op {node.op_type!r} has no implementation to fold it"
+            ) from exc
+        spec = ONNX_OPS.get(node.op_type)
+        if spec is None:
+            raise UnsupportedOpError(
+                f"node {node.name!r}: op {node.op_type!r} is not supported; it cannot be "
+                "folded nor quantized"
+            )
+        out = spec.quant_fn(*values, **spec.resolve_attrs(node.attrs, node.name))
+    if isinstance(out, tuple):
+        out = out[0]
+    return out
+
+
+# --- split-independent float evaluation -----------------------------------------------------
+
+
+def _gemm_float(
+    a: Any,
+    b: Any,
+    c: Any = None,
+    *,
+    alpha: Any = 1,
+    beta: Any = 1,
+    transA: Any = 0,
+    transB: Any = 0,
+    **_: Any,
+) -> Any:
+    """ONNX Gemm (SPEC §5.3) with the split-independent float32 matmul."""
+    if transA:
+        a = np.swapaxes(a, -1, -2)
+    if transB:
+        b = np.swapaxes(b, -1, -2)
+    y = sequential_matmul(a, b)
+    if alpha != 1:
+        y = alpha * y
+    if c is not None and beta != 0:
+        y = y + (c if beta == 1 else beta * c)
+    return y
+
+
+def _matmul_float(a: Any, b: Any, **_: Any) -> Any:
+    return sequential_matmul(a, b)
+
+
+def _conv_float(
+    x: Any,
+    w: Any,
+    b: Any = None,
+    *,
+    auto_pad: str = "NOTSET",
+    dilations: Any = None,
+    group: Any = 1,
+    kernel_shape: Any = None,
+    pads: Any = None,
+    strides: Any = None,
+    **_: Any,
+) -> Any:
+    """ONNX Conv in float64 (SPEC §5.3), each output a sequential sum over (c, k...) order.
+
+    The windows are padded exactly as the registry's Conv does (float32 padding buffer, then
+    float64); the products are summed by the split-independent matmul instead of BLAS.
+    """
+    from fhequant.onnx.ops._spatial import per_axis, resolve_pads, windows
+    from fhequant.onnx.ops.conv import _padded_float64
+
+    del kernel_shape
+    x = np.asarray(x)
+    w = np.asarray(w)
+    nsp = x.ndim - 2
+    k = w.shape[2:]
+    s = per_axis(strides, nsp, 1, "strides")
+    d = per_axis(dilations, nsp, 1, "dilations")
+    begins, ends = resolve_pads(auto_pad, pads, x.shape[2:], k, s, d)
+    win = windows(_padded_float64(x, begins, ends), k, s, d)  # (N, C, *out, *k)
+    n, out_sp = win.shape[0], win.shape[2 : 2 + nsp]
+    group = int(group)
+    cg, og = x.shape[1] // group, w.shape[0] // group
+    w64 = np.asarray(w, dtype=np.float64)
+    order = (0, *range(2, 2 + nsp), 1, *range(2 + nsp, 2 + 2 * nsp))
+    parts = []
+    for g in range(group):
+        cols = np.transpose(win[:, g * cg : (g + 1) * cg], order).reshape(
+            n * int(np.prod(out_sp)), -1
+        )
+        kernel = w64[g * og : (g + 1) * og].reshape(og, -1).T
+        parts.append(sequential_matmul(cols, kernel).reshape(n, *out_sp, og))
+    y = parts[0] if group == 1 else np.concatenate(parts, axis=-1)
+    y = np.moveaxis(y, -1, 1)
+    if b is not None:
+        y = y + np.asarray(b, dtype=np.float64).reshape((1, -1) + (1,) * nsp)
+    return np.ascontiguousarray(y)
+
+
+_SPLIT_INDEPENDENT_IMPLS: dict[str, Callable[..., Any]] = {
+    "Gemm": _gemm_float,
+    "MatMul": _matmul_float,
+    "Conv": _conv_float,
+}
+
+
+def use_split_independent_impl(op: Any) -> bool:
+    """Route a Gemm/MatMul op's float evaluation through the sequential (split-free) matmul.
+
+    The override is an instance attribute, removed by :func:`restore_impl` after calibration.
+    """
+    impl = _SPLIT_INDEPENDENT_IMPLS.get(getattr(op, "_impl_for_op_named", ""))
+    if impl is None:
+        return False
+    original = op.call_impl
+
+    def call_impl(*inputs: Any, **attrs: Any) -> Any:
+        if all(isinstance(x, np.ndarray) and x.dtype.kind == "f" for x in inputs[:2]):
+            return impl(*inputs, **attrs)
+        return original(*inputs, **attrs)
+
+    op.call_impl = call_impl
+    return True
+
+
+def restore_impl(op: Any) -> None:
+    op.__dict__.pop("call_impl", None)

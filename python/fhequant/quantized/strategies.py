@@ -1,0 +1,130 @@
+"""PTQ and QAT-import strategies: what differs between the two walks (SPEC §4.2, §4.3).
+
+The calibration walk (:mod:`fhequant.quantized.calibration`) is shared; a strategy object
+decides the input options of each op, how constants are quantized, and whether the raw float
+output (QAT import) or the dequantized output (PTQ) flows downstream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fhequant.errors import DTypeError
+from fhequant.quantization import QuantizationOptions, QuantizedArray
+from fhequant.quantized.n_bits import BitWidths
+
+__all__ = [
+    "PostTrainingAffineQuantization",
+    "PostTrainingQATImporter",
+    "QuantizationStrategy",
+    "process_initializer_ptq",
+    "process_initializer_qat",
+]
+
+
+# --- initializers (SPEC §4.3) ----------------------------------------------------------------
+
+
+def process_initializer_ptq(n_bits: int, values: Any) -> Any:
+    """Quantize a PTQ constant: ints stay raw, bools at 1 bit, floats per tensor.
+
+    A float tensor is symmetric (and signed) iff its 3rd and 97th percentiles straddle 0 with
+    a ratio |v3/v97| in [1/3, 3] (0 when |v97| < 0.001).
+
+    Args:
+        n_bits: op_weights.
+        values: the constant.
+
+    Returns:
+        The raw integer array, or a QuantizedArray.
+    """
+    values = np.asarray(values)
+    if values.dtype == np.bool_:
+        return QuantizedArray(1, values.astype(np.float64))
+    if not np.issubdtype(values.dtype, np.floating):
+        return values
+    v3 = np.percentile(values, 3)
+    v97 = np.percentile(values, 97)
+    ratio = 0 if np.abs(v97) < 0.001 else np.abs(v3 / v97)
+    same_sign = (v3 > 0 and v97 > 0) or (v3 < 0 and v97 < 0)
+    symmetric = not (same_sign or ratio < 1 / 3 or ratio > 3)
+    return QuantizedArray(n_bits, values, is_signed=symmetric, is_symmetric=symmetric)
+
+
+def process_initializer_qat(n_bits: int, values: Any, name: str = "initializer") -> Any:
+    """Quantize a QAT constant: ints stay raw, floats as signed QAT (zp 0).
+
+    Args:
+        n_bits: op_weights.
+        values: the constant.
+        name: the initializer name, for errors.
+
+    Returns:
+        The raw integer array, or a QuantizedArray.
+    """
+    if isinstance(values, QuantizedArray):
+        return values
+    values = np.asarray(values)
+    if np.issubdtype(values.dtype, np.integer):
+        return values
+    if not np.issubdtype(values.dtype, np.floating):
+        raise DTypeError(
+            f"QAT import: initializer {name!r} has dtype {values.dtype}; QAT constants must be "
+            "floats (or integers, which stay raw)"
+        )
+    return QuantizedArray(n_bits, values, is_signed=True, is_qat=True)
+
+
+# --- strategies ------------------------------------------------------------------------------
+
+
+class QuantizationStrategy:
+    """What differs between PTQ and QAT import; the walk itself is shared."""
+
+    #: True when the raw float output of each op flows downstream (QAT import).
+    flows_raw: bool = False
+    name = "strategy"
+
+    def __init__(self, bits: BitWidths) -> None:
+        self.bits = bits
+
+    def input_quant_opts(self, n_bits: int, signed: bool) -> QuantizationOptions:
+        """Options an op quantizes its variable inputs with."""
+        raise NotImplementedError
+
+    def process_initializer(self, values: Any, name: str) -> Any:
+        """Quantize (or keep raw) a constant input that the op quantizes."""
+        raise NotImplementedError
+
+
+class PostTrainingAffineQuantization(QuantizationStrategy):
+    """PTQ: per-tensor min/max, asymmetric inputs signed from the data (SPEC §4.2)."""
+
+    name = "PTQ"
+
+    def input_quant_opts(self, n_bits: int, signed: bool) -> QuantizationOptions:
+        """QuantizationOptions(n_bits, is_signed=signed): asymmetric, not QAT."""
+        return QuantizationOptions(n_bits, is_signed=signed)
+
+    def process_initializer(self, values: Any, name: str) -> Any:
+        """SPEC §4.3, PTQ."""
+        if isinstance(values, QuantizedArray):
+            return values
+        return process_initializer_ptq(self.bits.op_weights, values)
+
+
+class PostTrainingQATImporter(QuantizationStrategy):
+    """QAT import: QAT input options; the raw float outputs flow downstream (SPEC §4.2 step 6)."""
+
+    flows_raw = True
+    name = "QAT"
+
+    def input_quant_opts(self, n_bits: int, signed: bool) -> QuantizationOptions:
+        """QuantizationOptions(n_bits, is_signed=True, is_qat=True)."""
+        return QuantizationOptions(n_bits, is_signed=True, is_qat=True)
+
+    def process_initializer(self, values: Any, name: str) -> Any:
+        """SPEC §4.3, QAT."""
+        return process_initializer_qat(self.bits.op_weights, values, name)
