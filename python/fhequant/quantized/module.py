@@ -28,6 +28,7 @@ from fhequant.errors import (
     UnquantizedTensorError,
 )
 from fhequant.quantization import QuantizedArray, UniformQuantizer
+from fhequant.quantization.quantizer import is_tracer
 
 __all__ = ["FheMode", "QuantizedModule"]
 
@@ -270,14 +271,9 @@ class QuantizedModule(serialization.Serializable):
                     "int16 or int8 values (from quantize_input)"
                 )
         if mode is not FheMode.DISABLE:
-            if self.fhe_circuit is None:
-                raise NotCompiledError(
-                    f"quantized_forward(fhe={mode.value!r}) needs a compiled FHE circuit; "
-                    "call compile() first or use fhe='disable'"
-                )
-            raise NotCompiledError(  # pragma: no cover - compilation is not implemented
-                f"fhe={mode.value!r} is not available in this version"
-            )
+            from fhequant.fhe.module import run_module
+
+            return run_module(self, q_x, mode.value)
         return self._clear_forward(q_x, tracker)
 
     def check_quantized_tensors(self) -> None:
@@ -311,7 +307,7 @@ class QuantizedModule(serialization.Serializable):
                 continue
             values[name] = QuantizedArray(
                 quantizer.n_bits,
-                np.asarray(q),
+                q if is_tracer(q) else np.asarray(q),
                 value_is_float=False,
                 options=quantizer.quant_options,
                 stats=quantizer.quant_stats,
@@ -329,6 +325,73 @@ class QuantizedModule(serialization.Serializable):
             for v in (values[n] for n in self.ordered_module_output_names)
         )
         return outputs[0] if len(outputs) == 1 else outputs
+
+    # --- FHE (fhequant.fhe) ------------------------------------------------------------------
+
+    def compile(
+        self,
+        inputs: Any,
+        configuration: Any = None,
+        artifacts: Any = None,
+        show_mlir: bool = False,
+        p_error: float | None = None,
+        global_p_error: float | None = None,
+        verbose: bool = False,
+        inputs_encryption_status: Sequence[str] | None = None,
+        accumulator_bounds: str = "observed",
+    ) -> Any:
+        """Compile the module to an FHE circuit (``fhequant.fhe.module.compile_module``).
+
+        Args:
+            inputs: the float calibration data (one array per input), quantized into the
+                batch-1 inputset.
+            configuration: a concrete.fhe.Configuration (without p_error/global_p_error).
+            artifacts: a concrete.fhe.DebugArtifacts.
+            show_mlir: print the MLIR.
+            p_error: per-TLU error probability (neither given: 2**-40).
+            global_p_error: circuit error probability.
+            verbose: print concrete's compilation steps.
+            inputs_encryption_status: "encrypted"/"clear" per input (None: all encrypted).
+            accumulator_bounds: "observed" or "worst_case" (exact for every in-range input).
+
+        Returns:
+            The concrete Circuit, also set as ``fhe_circuit``.
+        """
+        from fhequant.fhe.module import compile_module
+
+        return compile_module(
+            self,
+            inputs,
+            configuration=configuration,
+            artifacts=artifacts,
+            show_mlir=show_mlir,
+            p_error=p_error,
+            global_p_error=global_p_error,
+            verbose=verbose,
+            inputs_encryption_status=inputs_encryption_status,
+            accumulator_bounds=accumulator_bounds,
+        )
+
+    @property
+    def forward_fhe(self) -> Any:
+        """The compiled circuit (alias of ``fhe_circuit``), e.g. ``.encrypt_run_decrypt(q)``."""
+        if self.fhe_circuit is None:
+            raise NotCompiledError("forward_fhe: the module has no FHE circuit; call compile()")
+        return self.fhe_circuit
+
+    def bitwidth_report(self, inputs: Any = None, accumulator_bounds: str | None = None) -> Any:
+        """Per-op integer ranges and bit widths (``fhequant.fhe.bitwidth.BitWidthReport``).
+
+        Args:
+            inputs: float data, or None for the last compile's inputset.
+            accumulator_bounds: "observed" or "worst_case" (None: the compile's).
+
+        Returns:
+            The BitWidthReport.
+        """
+        from fhequant.fhe.module import module_bitwidth_report
+
+        return module_bitwidth_report(self, inputs, accumulator_bounds)
 
     def dequantize_output(self, *q_y: Any) -> Any:
         """scale·(q - zp) with each output quantizer (zp may be an array).
