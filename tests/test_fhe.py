@@ -90,8 +90,44 @@ def _cnn() -> torch.nn.Module:
     return net
 
 
+def _cnn_maxpool() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(27, 3),
+    )
+
+
+def _cnn_avgpool() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3),
+        torch.nn.AvgPool2d(2, ceil_mode=True),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(12, 3),
+    )
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Linear(6, 6)
+        self.b = torch.nn.Linear(6, 6)
+        self.c = torch.nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x))
+        return self.c(h + torch.relu(self.b(h)))
+
+
 MLP_X = np.random.default_rng(0).normal(size=(40, 12)).astype(np.float32)
 CNN_X = np.random.default_rng(0).normal(size=(25, 1, 6, 6)).astype(np.float32)
+RES_X = np.random.default_rng(0).normal(size=(25, 6)).astype(np.float32)
 
 
 @pytest.mark.parametrize(
@@ -102,6 +138,9 @@ CNN_X = np.random.default_rng(0).normal(size=(25, 1, 6, 6)).astype(np.float32)
         pytest.param(_cnn(), CNN_X, 4, None, id="cnn-padded"),
         pytest.param(_cnn(), CNN_X, 4, 5, id="cnn-rounding"),
         pytest.param(torch.nn.Sequential(torch.nn.Sigmoid()), MLP_X, 6, None, id="lone-tlu"),
+        pytest.param(_cnn_maxpool(), CNN_X, 4, 4, id="cnn-maxpool-flatten"),
+        pytest.param(_cnn_avgpool(), CNN_X, 4, None, id="cnn-avgpool-ceil"),
+        pytest.param(_Residual(), RES_X, 4, None, id="residual-add"),
     ],
 )
 def test_module_compile_simulate_equals_disable(
@@ -127,6 +166,17 @@ def test_module_worst_case_bounds_never_overflow() -> None:
     assert bits == observed.worst_case_max_bit_width >= observed.observed_max_bit_width
     lo, hi = module.input_quantizers[0].clip_bounds()
     rand = np.random.default_rng(2).integers(lo, hi + 1, size=(30, 12))
+    np.testing.assert_array_equal(
+        module.quantized_forward(rand, fhe="simulate"), module.quantized_forward(rand)
+    )
+
+
+def test_cnn_worst_case_bounds_never_overflow() -> None:
+    module = build_quantized_module(_cnn_avgpool(), CNN_X, n_bits=4, rounding_threshold_bits=4)
+    module.compile(CNN_X, accumulator_bounds="worst_case")
+    _predicted_equals_circuit(module)
+    lo, hi = module.input_quantizers[0].clip_bounds()
+    rand = np.random.default_rng(3).integers(lo, hi + 1, size=(20, 1, 6, 6))
     np.testing.assert_array_equal(
         module.quantized_forward(rand, fhe="simulate"), module.quantized_forward(rand)
     )

@@ -218,16 +218,69 @@ class RecordingExecutor(ClearExecutor):
         zs = self.value("zw_sum", int(z_w) * sums, (min(ends), max(ends)))
         return self.value("accumulator", plain - zs, bounds(w, int(z_w)))
 
-    def window_sum(self, x: Any, kernel_shape: Sequence[int], strides: Sequence[int]) -> Any:
-        xlo, xhi = self.worst(x)
-        n = int(np.prod([int(k) for k in kernel_shape]))
-        self.constant(np.array([0, 1]))
-        out = super().window_sum(x, kernel_shape, strides)
-        return self.value("window_sum", out, (n * xlo, n * xhi))
+    def _padded_range(
+        self, x: Any, pads: Sequence[int], pad_value: int, ceil_extra: tuple[int, int] = (0, 0)
+    ) -> tuple[int, int]:
+        """Record the pads the tracing executor makes; return the padded worst-case range."""
+        lo, hi = self.worst(x)
+        x_pad = self.pad(x, pads, pad_value)
+        if any(int(p) for p in pads):
+            lo, hi = min(lo, int(pad_value)), max(hi, int(pad_value))
+        if any(ceil_extra):
+            self.pad(x_pad, (0, 0, *ceil_extra), 0)
+            lo, hi = min(lo, 0), max(hi, 0)
+        return lo, hi
 
-    def maxpool(self, x: Any, kernel_shape: Sequence[int], strides: Sequence[int]) -> Any:
-        wc = self.worst(x)
-        return self.value("maxpool", super().maxpool(x, kernel_shape, strides), wc)
+    def window_sum(
+        self,
+        x: Any,
+        kernel_shape: Sequence[int],
+        strides: Sequence[int],
+        pads: Sequence[int],
+        pad_value: int,
+        ceil_mode: int = 0,
+    ) -> Any:
+        extra = (0, 0)
+        if ceil_mode:
+            hw = (int(x.shape[-2]), int(x.shape[-1]))
+            eh, ew = ik.ceil_mode_extension(hw, kernel_shape, strides, pads)
+            extra = (int(eh), int(ew))
+        lo, hi = self._padded_range(x, pads, pad_value, extra)
+        n = int(np.prod([int(k) for k in kernel_shape]))
+        self.constant(np.array([0, 1]))  # the identity kernel
+        out = super().window_sum(x, kernel_shape, strides, pads, pad_value, ceil_mode)
+        return self.value("window_sum", out, (n * lo, n * hi))
+
+    def maxpool(
+        self,
+        x: Any,
+        kernel_shape: Sequence[int],
+        strides: Sequence[int],
+        pads: Sequence[int],
+        pad_value: int,
+    ) -> Any:
+        wc = self._padded_range(x, pads, pad_value)
+        out = super().maxpool(x, kernel_shape, strides, pads, pad_value)
+        return self.value("maxpool", out, wc)
+
+    def unfold(
+        self,
+        x: Any,
+        kernel_shape: Sequence[int],
+        strides: Sequence[int],
+        pads: Sequence[int],
+        pad_value: int,
+    ) -> Any:
+        # Traced as a grouped conv with a one-hot kernel: record that conv's nodes.
+        n_channels = int(np.shape(x)[1])
+        kh, kw = (int(k) for k in kernel_shape)
+        kernel = np.zeros((n_channels * kh * kw, 1, kh, kw), dtype=np.int64)
+        for c in range(n_channels):
+            for i in range(kh):
+                for j in range(kw):
+                    kernel[c * kh * kw + i * kw + j, 0, i, j] = 1
+        self.conv(x, kernel, strides=strides, pads=pads, pad_value=pad_value, group=n_channels)
+        return super().unfold(x, kernel_shape, strides, pads, pad_value)
 
     def round_bit_pattern(self, x: Any, lsbs_to_remove: int, exactness: Any = None) -> Any:
         k = int(lsbs_to_remove)
@@ -271,8 +324,7 @@ def _identity(x: Any) -> Any:
 class HintingExecutor(TracingExecutor):
     """The tracing executor, hinting each node with the recorded worst-case range.
 
-    With no records it traces exactly like the tracing executor (plus a padding that
-    concrete accepts: explicit slices, no Ellipsis in the assignment).
+    With no records it traces exactly like the tracing executor.
     """
 
     name = "hinting"
@@ -304,20 +356,9 @@ class HintingExecutor(TracingExecutor):
         return fhe.hint(x, can_store=np.array(wc, dtype=np.int64))
 
     def pad(self, x: Any, pads: Sequence[int], value: int) -> Any:
-        from concrete import fhe
-
-        hb, wb, he, we = (int(p) for p in pads)
-        if hb == wb == he == we == 0:
+        if not any(int(p) for p in pads):
             return x
-        shape = tuple(x.shape)
-        h, w = shape[-2], shape[-1]
-        out = fhe.zeros((*shape[:-2], h + hb + he, w + wb + we))
-        if value != 0:
-            out = out + int(value)
-        lead = (slice(None),) * (len(shape) - 2)
-        index = (*lead, slice(hb, hb + h), slice(wb, wb + w))
-        out[index] = x
-        return out
+        return self.hint("padded", super().pad(x, pads, value))
 
     def matmul(self, a: Any, b: Any, z_w: Any = 0) -> Any:
         prod = a @ b
@@ -342,8 +383,6 @@ class HintingExecutor(TracingExecutor):
         from concrete import fhe
 
         x_pad = self.pad(x, pads, pad_value)
-        if x_pad is not x:
-            x_pad = self.hint("padded", x_pad)
         st = tuple(int(s) for s in strides)
         w = np.asarray(w, dtype=np.int64)
         plain = fhe.conv(x_pad, w, strides=st, group=int(group))
@@ -356,11 +395,27 @@ class HintingExecutor(TracingExecutor):
         zs = self.hint("zw_sum", int(z_w) * sums)
         return self.hint("accumulator", plain - zs)
 
-    def window_sum(self, x: Any, kernel_shape: Sequence[int], strides: Sequence[int]) -> Any:
-        return self.hint("window_sum", super().window_sum(x, kernel_shape, strides))
+    def window_sum(
+        self,
+        x: Any,
+        kernel_shape: Sequence[int],
+        strides: Sequence[int],
+        pads: Sequence[int],
+        pad_value: int,
+        ceil_mode: int = 0,
+    ) -> Any:
+        out = super().window_sum(x, kernel_shape, strides, pads, pad_value, ceil_mode)
+        return self.hint("window_sum", out)
 
-    def maxpool(self, x: Any, kernel_shape: Sequence[int], strides: Sequence[int]) -> Any:
-        return self.hint("maxpool", super().maxpool(x, kernel_shape, strides))
+    def maxpool(
+        self,
+        x: Any,
+        kernel_shape: Sequence[int],
+        strides: Sequence[int],
+        pads: Sequence[int],
+        pad_value: int,
+    ) -> Any:
+        return self.hint("maxpool", super().maxpool(x, kernel_shape, strides, pads, pad_value))
 
     def round_bit_pattern(self, x: Any, lsbs_to_remove: int, exactness: Any = None) -> Any:
         if int(lsbs_to_remove) <= 0:

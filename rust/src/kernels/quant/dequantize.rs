@@ -43,7 +43,8 @@ pub fn dequantize_into<I: QInt>(
     scale: f64,
     zero_point: f64,
 ) -> Result<()> {
-    map_into(q, out, move |v| scale * (v.to_f64() - zero_point))
+    let f = move |v: I| scale * (v.to_f64() - zero_point);
+    map_into(q, out, move |v| (f(v), true), f)
 }
 
 #[cfg(test)]

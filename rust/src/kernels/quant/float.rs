@@ -24,6 +24,10 @@ pub trait Real:
     /// `np.rint`: round half to even, keeping the sign of zero.
     fn rint(self) -> Self;
     fn is_nan(self) -> bool;
+    fn copysign(self, sign: Self) -> Self;
+    /// IEEE minNum / maxNum (NaN-ignoring; either zero on ±0 ties): vectorizes well.
+    fn min_num(self, o: Self) -> Self;
+    fn max_num(self, o: Self) -> Self;
     fn is_finite(self) -> bool;
     fn is_pos_zero(self) -> bool;
     fn is_neg_zero(self) -> bool;
@@ -64,6 +68,18 @@ macro_rules! impl_real {
                 <$t>::is_nan(self)
             }
             #[inline(always)]
+            fn min_num(self, o: Self) -> Self {
+                <$t>::min(self, o)
+            }
+            #[inline(always)]
+            fn max_num(self, o: Self) -> Self {
+                <$t>::max(self, o)
+            }
+            #[inline(always)]
+            fn copysign(self, sign: Self) -> Self {
+                <$t>::copysign(self, sign)
+            }
+            #[inline(always)]
             fn is_finite(self) -> bool {
                 <$t>::is_finite(self)
             }
@@ -92,9 +108,11 @@ impl_real!(f64, u64, i64, 4_503_599_627_370_496.0);
 /// `np.clip(x, lo, hi)` for one float: `min(max(x, lo), hi)` where max/min keep `x` when it
 /// is NaN and otherwise pick the bound on ties (so clip(-0.0, 0, hi) is +0.0, as in numpy).
 #[inline(always)]
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // deliberate: NaN must take the `x` branch
 pub fn clip<T: Real>(x: T, lo: T, hi: T) -> T {
-    let y = if x.is_nan() || x > lo { x } else { lo };
-    if y.is_nan() || y < hi {
+    // `!(x <= lo)` is `x > lo || x is NaN`, written so that it compiles to compare + blend.
+    let y = if !(x <= lo) { x } else { lo };
+    if !(y >= hi) {
         y
     } else {
         hi
@@ -103,7 +121,25 @@ pub fn clip<T: Real>(x: T, lo: T, hi: T) -> T {
 
 /// Output element types of `quantize`, with numpy's `astype` semantics on x86-64.
 pub trait Cast: Copy + Send + Sync + 'static {
+    /// The exact conversion.
     fn cast<R: Real>(v: R) -> Self;
+    /// A conversion that vectorizes, valid for *integer-valued* `v` when the flag is true;
+    /// when it is false the caller must use [`Cast::cast`] instead.
+    #[inline(always)]
+    fn cast_fast<R: Real>(v: R) -> (Self, bool) {
+        (Self::cast(v), true)
+    }
+}
+
+/// 1.5 * 2^52: adding it to an integer of magnitude < 2^51 puts the integer in the low
+/// mantissa bits, so the int conversion is a subtraction of bit patterns (SSE2-friendly).
+const INT_MAGIC: f64 = 6_755_399_441_055_744.0;
+const INT_MAGIC_LIMIT: f64 = 2_251_799_813_685_248.0; // 2^51
+
+#[inline(always)]
+fn magic_i64(x: f64) -> (i64, bool) {
+    let q = ((x + INT_MAGIC).to_bits() as i64).wrapping_sub(INT_MAGIC.to_bits() as i64);
+    (q, x.abs() < INT_MAGIC_LIMIT)
 }
 
 impl Cast for f64 {
@@ -132,6 +168,10 @@ impl Cast for i64 {
             i64::MIN
         }
     }
+    #[inline(always)]
+    fn cast_fast<R: Real>(v: R) -> (Self, bool) {
+        magic_i64(v.to_f64())
+    }
 }
 
 impl Cast for i32 {
@@ -144,6 +184,12 @@ impl Cast for i32 {
         } else {
             i32::MIN
         }
+    }
+    #[inline(always)]
+    fn cast_fast<R: Real>(v: R) -> (Self, bool) {
+        let (q, ok) = magic_i64(v.to_f64());
+        let fits = q >= i32::MIN as i64 && q <= i32::MAX as i64;
+        (if fits { q as i32 } else { i32::MIN }, ok)
     }
 }
 
@@ -219,6 +265,32 @@ mod tests {
         assert_eq!(<i32 as Cast>::cast(f32::NAN), i32::MIN);
         assert_eq!(<f32 as Cast>::cast(1e300f64), f32::INFINITY);
         assert_eq!(<f32 as Cast>::cast(16_777_217.0f64), 16_777_216.0);
+    }
+
+    #[test]
+    fn fast_casts_agree_with_exact_casts_where_valid() {
+        let mut xs: Vec<f64> = (-3000..3000).map(|i| i as f64).collect();
+        xs.extend([
+            -0.0,
+            2_147_483_647.0,
+            2_147_483_648.0,
+            -2_147_483_648.0,
+            -2_147_483_649.0,
+            2_251_799_813_685_247.0,
+            -2_251_799_813_685_247.0,
+        ]);
+        for x in xs {
+            let (q, ok) = <i64 as Cast>::cast_fast(x);
+            assert!(ok);
+            assert_eq!(q, <i64 as Cast>::cast(x), "{x}");
+            let (q, ok) = <i32 as Cast>::cast_fast(x);
+            assert!(ok);
+            assert_eq!(q, <i32 as Cast>::cast(x), "{x}");
+        }
+        for x in [f64::NAN, f64::INFINITY, -1e300, 2_251_799_813_685_248.0] {
+            assert!(!<i64 as Cast>::cast_fast(x).1);
+            assert!(!<i32 as Cast>::cast_fast(x).1);
+        }
     }
 
     #[test]

@@ -96,12 +96,23 @@ fn run<T: Real, A: Real, B: Real, C: Real, O: Cast>(
     match spec.clip {
         Some((lo, hi)) => {
             let (lo, hi) = (C::from_f64(lo), C::from_f64(hi));
-            map_into(x, out, move |v| {
-                let r = step::<T, A, B>(v, s, z);
-                O::cast(clip(C::from_f64(r.to_f64()), lo, hi))
-            })
+            let value = move |v: T| clip(C::from_f64(step::<T, A, B>(v, s, z).to_f64()), lo, hi);
+            map_into(
+                x,
+                out,
+                move |v| O::cast_fast(value(v)),
+                move |v| O::cast(value(v)),
+            )
         }
-        None => map_into(x, out, move |v| O::cast(step::<T, A, B>(v, s, z))),
+        None => {
+            let value = move |v: T| step::<T, A, B>(v, s, z);
+            map_into(
+                x,
+                out,
+                move |v| O::cast_fast(value(v)),
+                move |v| O::cast(value(v)),
+            )
+        }
     }
 }
 
@@ -112,18 +123,22 @@ fn step<T: Real, A: Real, B: Real>(v: T, s: A, z: B) -> B {
     (B::from_f64(t.to_f64()) + z).rint()
 }
 
-/// Apply `f` element-wise from `x` into `out` (same shape), in parallel over fixed chunks.
+/// Apply `exact` element-wise from `x` into `out` (same shape), in parallel over fixed
+/// chunks. `fast` is tried first on each contiguous run; if it reports any element it cannot
+/// handle, the run is redone with `exact`.
 ///
-/// `out` may be uninitialized memory (a fresh numpy array): every element is written once.
-pub(crate) fn map_into<T, O, F>(
+/// `out` may be uninitialized memory (a fresh numpy array): every element is written.
+pub(crate) fn map_into<T, O, F, G>(
     x: ArrayViewD<'_, T>,
     mut out: ArrayViewMutD<'_, MaybeUninit<O>>,
-    f: F,
+    fast: F,
+    exact: G,
 ) -> Result<()>
 where
     T: Copy + Send + Sync,
     O: Copy + Send + Sync,
-    F: Fn(T) -> O + Send + Sync,
+    F: Fn(T) -> (O, bool) + Send + Sync,
+    G: Fn(T) -> O + Send + Sync,
 {
     if x.shape() != out.shape() {
         return Err(Error::Shape(format!(
@@ -132,22 +147,66 @@ where
             x.shape()
         )));
     }
-    let fill = |dst: &mut [MaybeUninit<O>], src: &[T]| {
-        for (d, &v) in dst.iter_mut().zip(src) {
-            d.write(f(v));
-        }
-    };
+    let run = |dst: &mut [MaybeUninit<O>], src: &[T]| fill_best(dst, src, &fast, &exact);
     match (x.as_slice(), out.as_slice_mut()) {
-        (Some(src), Some(dst)) if src.len() <= CHUNK => fill(dst, src),
+        (Some(src), Some(dst)) if src.len() <= CHUNK => run(dst, src),
         (Some(src), Some(dst)) => dst
             .par_chunks_mut(CHUNK)
             .zip(src.par_chunks(CHUNK))
-            .for_each(|(d, s)| fill(d, s)),
+            .for_each(|(d, s)| run(d, s)),
         _ => Zip::from(&mut out).and(&x).par_for_each(|d, &v| {
-            d.write(f(v));
+            d.write(exact(v));
         }),
     }
     Ok(())
+}
+
+#[inline(always)]
+fn fill<T: Copy, O, F: Fn(T) -> (O, bool), G: Fn(T) -> O>(
+    dst: &mut [MaybeUninit<O>],
+    src: &[T],
+    fast: &F,
+    exact: &G,
+) {
+    let mut ok = true;
+    for (d, &v) in dst.iter_mut().zip(src) {
+        let (o, good) = fast(v);
+        d.write(o);
+        ok &= good;
+    }
+    if !ok {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            d.write(exact(v));
+        }
+    }
+}
+
+/// [`fill`] compiled for AVX2 (4 doubles per instruction instead of SSE2's 2).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn fill_avx2<T: Copy, O, F: Fn(T) -> (O, bool), G: Fn(T) -> O>(
+    dst: &mut [MaybeUninit<O>],
+    src: &[T],
+    fast: &F,
+    exact: &G,
+) {
+    fill(dst, src, fast, exact)
+}
+
+/// [`fill`] with the widest instruction set the CPU has (same results either way: no FMA,
+/// IEEE operations only).
+fn fill_best<T: Copy, O, F: Fn(T) -> (O, bool), G: Fn(T) -> O>(
+    dst: &mut [MaybeUninit<O>],
+    src: &[T],
+    fast: &F,
+    exact: &G,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { fill_avx2(dst, src, fast, exact) };
+    }
+    fill(dst, src, fast, exact)
 }
 
 #[cfg(test)]

@@ -61,21 +61,66 @@ impl<T: Real> Acc<T> {
         }
     }
 
-    /// Scan a slice with 8 independent accumulators so the loop vectorizes.
+    /// [`Acc::scan_generic`] with the widest instruction set the CPU has (exact either way).
     fn scan(xs: &[T]) -> Self {
-        let mut lanes = [Acc::new(); 8];
-        let mut it = xs.chunks_exact(8);
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { scan_avx2(xs) };
+        }
+        Acc::scan_generic(xs)
+    }
+
+    /// Scan a slice with 8 independent lanes of plain float accumulators so the loop
+    /// vectorizes: min, max, a sum of `v - v` (0 for finite v, NaN otherwise) and, for
+    /// zeros, the min/max of copysign(1, v) (-1 means a -0.0 was seen, +1 a +0.0).
+    #[inline(always)]
+    fn scan_generic(xs: &[T]) -> Self {
+        const L: usize = 8;
+        let mut mn = [T::INFINITY; L];
+        let mut mx = [T::NEG_INFINITY; L];
+        let mut nf = [T::ZERO; L];
+        let mut zlo = [T::ZERO; L];
+        let mut zhi = [T::ZERO; L];
+        let one = T::from_f64(1.0);
+        let mut it = xs.chunks_exact(L);
         for c in &mut it {
-            for (lane, &v) in lanes.iter_mut().zip(c) {
-                *lane = lane.push(v);
+            for i in 0..L {
+                let v = c[i];
+                // NaN-ignoring min/max: NaN is caught by `nf`, ±0 ties by the zero lanes.
+                mn[i] = mn[i].min_num(v);
+                mx[i] = mx[i].max_num(v);
+                #[allow(clippy::eq_op)] // v - v is 0 for finite v, NaN for NaN and ±inf
+                let d = v - v;
+                nf[i] = nf[i] + d;
+                let z = if v == T::ZERO {
+                    one.copysign(v)
+                } else {
+                    T::ZERO
+                };
+                zlo[i] = zlo[i].min_num(z);
+                zhi[i] = zhi[i].max_num(z);
             }
         }
         let mut acc = it.remainder().iter().fold(Acc::new(), |a, &v| a.push(v));
-        for lane in lanes {
-            acc = acc.merge(lane);
+        for i in 0..L {
+            acc = acc.merge(Acc {
+                min: mn[i],
+                max: mx[i],
+                bad: nf[i] != T::ZERO,
+                pos_zero: zhi[i] > T::ZERO,
+                neg_zero: zlo[i] < T::ZERO,
+            });
         }
         acc
     }
+}
+
+/// [`Acc::scan_generic`] compiled for AVX2 (same results: IEEE operations only).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scan_avx2<T: Real>(xs: &[T]) -> Acc<T> {
+    Acc::scan_generic(xs)
 }
 
 /// (min, max) over all elements of a float tensor.

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use super::float::Real;
 use super::CHUNK;
 
-/// Largest k range served by the bitmap path (bits).
+/// Largest k range served by the flag-map path (bytes).
 const BITMAP_LIMIT: f64 = (1u64 << 22) as f64;
 
 #[derive(Clone, Copy)]
@@ -50,6 +50,16 @@ impl<T: Real> Range<T> {
         }
     }
     fn scan(xs: &[T]) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { range_avx2(xs) };
+        }
+        Range::scan_generic(xs)
+    }
+
+    #[inline(always)]
+    fn scan_generic(xs: &[T]) -> Self {
         let mut lanes = [Range::new(); 8];
         let mut it = xs.chunks_exact(8);
         for c in &mut it {
@@ -62,27 +72,54 @@ impl<T: Real> Range<T> {
     }
 }
 
-/// Bitmap of seen k offsets plus the signs of zero seen.
+/// [`Range::scan_generic`] compiled for AVX2 (same results).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn range_avx2<T: Real>(xs: &[T]) -> Range<T> {
+    Range::scan_generic(xs)
+}
+
+/// One flag byte per k offset (a plain store per element, unlike a bitmap's
+/// read-modify-write), plus the signs of zero seen.
 struct Seen {
-    words: Vec<u64>,
+    flags: Vec<u8>,
     pos_zero: bool,
     neg_zero: bool,
 }
 
 impl Seen {
-    fn new(bits: usize) -> Self {
+    fn new(len: usize) -> Self {
         Seen {
-            words: vec![0; bits.div_ceil(64)],
+            flags: vec![0; len],
             pos_zero: false,
             neg_zero: false,
         }
     }
+
     fn merge(mut self, o: Seen) -> Seen {
-        for (a, b) in self.words.iter_mut().zip(o.words) {
+        for (a, b) in self.flags.iter_mut().zip(o.flags) {
             *a |= b;
         }
         self.pos_zero |= o.pos_zero;
         self.neg_zero |= o.neg_zero;
+        self
+    }
+
+    /// Mark the k of every value of `xs`; all k lie in [kmin, kmin + flags.len()).
+    fn mark<'a, T: Real>(mut self, xs: impl IntoIterator<Item = &'a T>, kmin: f64) -> Seen {
+        let (mut pos, mut neg) = (false, false);
+        for &v in xs {
+            let k = round_k(v);
+            // k is an integer in range; the difference is exact.
+            let i = (k.to_f64() - kmin) as usize;
+            if let Some(f) = self.flags.get_mut(i) {
+                *f = 1;
+            }
+            pos |= k.is_pos_zero();
+            neg |= k.is_neg_zero();
+        }
+        self.pos_zero |= pos;
+        self.neg_zero |= neg;
         self
     }
 }
@@ -126,43 +163,27 @@ pub fn rounded_unique<T: Real>(x: ArrayViewD<'_, T>) -> Option<Vec<T>> {
     Some(keys)
 }
 
-/// Unique k (ascending, zero signed as documented) through a bitmap over [kmin, kmin+bits).
+/// Unique k (ascending, zero signed as documented) through a flag map over
+/// [kmin, kmin + bits).
 fn from_bitmap<T: Real>(
     x: &ArrayViewD<'_, T>,
     slice: Option<&[T]>,
     kmin: f64,
     bits: usize,
 ) -> Vec<T> {
-    let mark = |mut seen: Seen, v: T| {
-        let k = round_k(v);
-        // k is an integer in [kmin, kmin + bits); the difference is exact.
-        let i = (k.to_f64() - kmin) as usize;
-        seen.words[i >> 6] |= 1u64 << (i & 63);
-        seen.pos_zero |= k.is_pos_zero();
-        seen.neg_zero |= k.is_neg_zero();
-        seen
-    };
     let seen = match slice {
-        Some(xs) if xs.len() <= CHUNK => xs.iter().fold(Seen::new(bits), |s, &v| mark(s, v)),
+        Some(xs) if xs.len() <= CHUNK => Seen::new(bits).mark(xs, kmin),
         Some(xs) => xs
             .par_chunks(CHUNK)
-            .fold(
-                || Seen::new(bits),
-                |s, c| c.iter().fold(s, |s, &v| mark(s, v)),
-            )
+            .fold(|| Seen::new(bits), |s, c| s.mark(c, kmin))
             .reduce(|| Seen::new(bits), Seen::merge),
-        None => Zip::from(x).par_fold(|| Seen::new(bits), |s, &v| mark(s, v), Seen::merge),
+        None => Seen::new(bits).mark(x.iter(), kmin),
     };
     let zero = if seen.neg_zero { T::NEG_ZERO } else { T::ZERO };
     let mut out = Vec::new();
-    for (w, &word) in seen.words.iter().enumerate() {
-        let mut word = word;
-        while word != 0 {
-            let i = (w << 6) + word.trailing_zeros() as usize;
-            word &= word - 1;
-            let k = T::from_f64(kmin + i as f64);
-            out.push(if k == T::ZERO { zero } else { k });
-        }
+    for (i, _) in seen.flags.iter().enumerate().filter(|(_, &f)| f != 0) {
+        let k = T::from_f64(kmin + i as f64);
+        out.push(if k == T::ZERO { zero } else { k });
     }
     out
 }
