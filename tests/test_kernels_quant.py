@@ -298,3 +298,27 @@ def test_unaligned_and_byte_swapped_arrays_use_numpy() -> None:
         assert_same(kern.quantize(*args), kern.quantize_reference(*args))
         assert_same(kern.min_max(x)[1], kern.min_max_reference(x)[1])
         assert_same(kern.rounded_unique(x), kern.rounded_unique_reference(x))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.broadcast_to(np.float32(0.3), (4, 5)),
+        np.broadcast_to(np.linspace(-1, 1, 5), (3, 5)),
+        np.zeros((6, 3, 0)),
+        np.zeros((0,), dtype=np.float32),
+    ],
+    ids=["broadcast-scalar", "broadcast-row", "empty-3d", "empty-1d"],
+)
+def test_aliasing_and_empty_layouts_match_reference(values: np.ndarray) -> None:
+    # ndarray views refuse strides that alias elements (broadcasts, the zero strides of
+    # empty arrays): these layouts must still give numpy's answer, never a Rust panic.
+    got = kern.quantize(values, np.float64(0.05), 3, -8, 7)
+    want = kern.quantize_reference(values, np.float64(0.05), 3, -8, 7)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+    q = want.astype(np.int64)
+    np.testing.assert_array_equal(
+        kern.dequantize(q, np.float64(0.05), 3),
+        kern.dequantize_reference(q, np.float64(0.05), 3),
+    )

@@ -103,8 +103,16 @@ def _as_float(value: Any, dtype: np.dtype[Any]) -> float:
 
 
 def _native(values: Any, dtypes: tuple[np.dtype[Any], ...]) -> bool:
-    """An exact ndarray of one of ``dtypes`` (native byte order), aligned for Rust slices."""
-    return type(values) is np.ndarray and values.dtype in dtypes and values.flags.aligned
+    """An exact, non-empty ndarray of one of ``dtypes`` (native byte order), aligned, whose
+    strides never alias two elements (ndarray views refuse aliasing layouts such as
+    ``np.broadcast_to`` results and the zero strides numpy gives empty arrays)."""
+    return (
+        type(values) is np.ndarray
+        and values.dtype in dtypes
+        and values.flags.aligned
+        and values.size > 0
+        and all(st != 0 or n == 1 for st, n in zip(values.strides, values.shape, strict=True))
+    )
 
 
 def _quant_plan(
