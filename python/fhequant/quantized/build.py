@@ -123,7 +123,7 @@ def build_quantized_module(
     module._preprocess_fn = preprocess
     module._node_inputs = dict(result["node_inputs"])
     if import_qat:
-        apply_power_of_two_scaling(module)
+        apply_power_of_two_scaling(module, rounding_threshold_bits)
     module.set_inputs_quantization_parameters(*result["input_quantizers"])
     if reduce_sum_copy:
         for _, op in module.quant_layers_dict.values():

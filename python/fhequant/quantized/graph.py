@@ -57,9 +57,17 @@ def _attr_value(attr: onnx.AttributeProto) -> Any:
     return value
 
 
+#: Domains whose ``Quant`` node is the Brevitas / QONNX fake quantization (SPEC §3.8): the
+#: reference's ``onnx.brevitas`` and the ``qonnx.custom_op.general`` of brevitas >= 0.11.
+BREVITAS_QUANT = "onnx.brevitas.Quant"
+_QUANT_DOMAINS = ("onnx.brevitas", "qonnx.custom_op.general")
+
+
 def _op_key(node: onnx.NodeProto) -> str:
     if node.domain in ("", "ai.onnx"):
         return node.op_type
+    if node.domain in _QUANT_DOMAINS and node.op_type == "Quant":
+        return BREVITAS_QUANT
     return f"{node.domain}.{node.op_type}"
 
 
