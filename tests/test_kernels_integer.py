@@ -468,3 +468,27 @@ def test_window_sum_overflow_and_max_never_overflows() -> None:
         np.testing.assert_array_equal(
             fn(x, (2, 2), None, None, 0), np.full((1, 1, 2, 2), 2**62 - 1)
         )
+
+
+@pytest.mark.parametrize(
+    ("a_shape", "w_shape"), [((0, 4), (4, 3)), ((2, 0, 4), (4, 3)), ((5, 0), (0, 3))]
+)
+def test_gemm_of_empty_operands_matches_reference(
+    a_shape: tuple[int, ...], w_shape: tuple[int, ...]
+) -> None:
+    a = np.zeros(a_shape, dtype=np.int64)
+    w = np.arange(int(np.prod(w_shape)), dtype=np.int64).reshape(w_shape)
+    acc, sums = ik.integer_gemm(a, w, 2, 1)
+    want_acc, want_sums = ik.integer_gemm_reference(a, w, 2, 1)
+    assert acc.shape == want_acc.shape and sums.shape == want_sums.shape
+    np.testing.assert_array_equal(acc, want_acc)
+    np.testing.assert_array_equal(sums, want_sums)
+
+
+def test_gemm_of_a_broadcast_input_matches_reference() -> None:
+    # A broadcast view aliases elements; the native path must still give numpy's answer.
+    a = np.broadcast_to(np.arange(4, dtype=np.int64), (3, 4))
+    w = np.arange(8, dtype=np.int64).reshape(4, 2) - 3
+    np.testing.assert_array_equal(
+        ik.integer_gemm(a, w, 1, 2)[0], ik.integer_gemm_reference(a, w, 1, 2)[0]
+    )

@@ -196,6 +196,9 @@ def _integer_gemm_native(
     q_x: Any, q_w: Any, z_x: Any = 0, z_w: Any = 0, name: str = "Gemm"
 ) -> tuple[I64, I64]:
     a, b, zx, zw = _gemm_operands(q_x, q_w, z_x, z_w, name, check=False)
+    if a.size == 0 or b.size == 0:
+        # Nothing to accumulate (an empty batch): numpy gives the right empty shapes.
+        return integer_gemm_reference(a, b, zx, zw, name)
     vector = a.ndim == 1
     if vector:
         a = a[None, :]
