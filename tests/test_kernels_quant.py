@@ -43,6 +43,7 @@ def float_arrays(draw: Any, min_dims: int = 0, nan: bool = True) -> np.ndarray:
     elements = st.one_of(
         st.floats(width=width, allow_nan=nan, allow_infinity=nan),
         st.floats(-300, 300, width=width),
+        st.floats(-1e9, 1e9, width=width),
         st.sampled_from([dtype(v) for v in interesting]),
         st.integers(-200, 200).map(lambda i: dtype(i / 4)),
     )
@@ -132,7 +133,8 @@ def test_quantize_ties_at_half(
 
 
 def test_quantize_dtype_rules_of_numpy_126() -> None:
-    x = np.array([0.3, 1e6 + 0.5, -2.5], dtype=np.float32)
+    # 5e6 / 0.1 exceeds 2**25 - 1, a bound float32 cannot hold: the clip must run in float64.
+    x = np.array([0.3, 1e6 + 0.5, -2.5, 5e6, -5e6], dtype=np.float32)
     for zp in (65535, 65536, -32768, -32769, np.int64(70_000), 0.5, 1e39):
         for bounds in ((None, None), (-128, 127), (0, 2**31 - 1), (0, 2**25 - 1)):
             for dtype in OUT_DTYPES:
@@ -283,3 +285,40 @@ def test_rounded_unique_wide_range_and_big_arrays() -> None:
         wide[wide == 0] = 1
         for x in (narrow, wide, narrow.reshape(400, 500).T):
             assert_same(kern.rounded_unique(x), kern.rounded_unique_reference(x))
+
+
+def test_unaligned_and_byte_swapped_arrays_use_numpy() -> None:
+    buf = np.zeros(8 * 6 + 1, dtype=np.uint8)
+    unaligned = buf[1:].view(np.float64)
+    unaligned[:] = np.arange(6) / 7
+    assert not unaligned.flags.aligned
+    swapped = np.arange(6, dtype=">f8") / 3
+    for x in (unaligned, swapped):
+        args = (x, np.float64(0.25), 1, 0, 15)
+        assert_same(kern.quantize(*args), kern.quantize_reference(*args))
+        assert_same(kern.min_max(x)[1], kern.min_max_reference(x)[1])
+        assert_same(kern.rounded_unique(x), kern.rounded_unique_reference(x))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.broadcast_to(np.float32(0.3), (4, 5)),
+        np.broadcast_to(np.linspace(-1, 1, 5), (3, 5)),
+        np.zeros((6, 3, 0)),
+        np.zeros((0,), dtype=np.float32),
+    ],
+    ids=["broadcast-scalar", "broadcast-row", "empty-3d", "empty-1d"],
+)
+def test_aliasing_and_empty_layouts_match_reference(values: np.ndarray) -> None:
+    # ndarray views refuse strides that alias elements (broadcasts, the zero strides of
+    # empty arrays): these layouts must still give numpy's answer, never a Rust panic.
+    got = kern.quantize(values, np.float64(0.05), 3, -8, 7)
+    want = kern.quantize_reference(values, np.float64(0.05), 3, -8, 7)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+    q = want.astype(np.int64)
+    np.testing.assert_array_equal(
+        kern.dequantize(q, np.float64(0.05), 3),
+        kern.dequantize_reference(q, np.float64(0.05), 3),
+    )

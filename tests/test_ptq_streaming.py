@@ -207,3 +207,30 @@ def test_percentile_from_tails_is_numpys_percentile(
         assert got == want
         assert np.asarray(got).dtype == np.asarray(want).dtype
         assert type(got) is type(want)
+
+
+@pytest.mark.parametrize(
+    ("shape", "w_shape", "attrs"),
+    [
+        ((300, 8, 8, 8), (16, 8, 3, 3), {"pads": (1, 1, 1, 1), "strides": (2, 2)}),
+        ((300, 4, 7, 6), (6, 2, 2, 3), {"group": 2, "pads": (0, 1, 1, 0)}),
+        ((300, 3, 9), (5, 3, 3), {"pads": (1, 1), "strides": (2,)}),
+    ],
+)
+def test_float_conv_of_the_walk_is_split_independent(
+    shape: tuple[int, ...], w_shape: tuple[int, ...], attrs: dict[str, Any]
+) -> None:
+    from fhequant.onnx import ONNX_OPS
+    from fhequant.quantized.graph import _conv_float
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=shape)
+    w = rng.normal(size=w_shape).astype(np.float32)
+    b = rng.normal(size=w_shape[0]).astype(np.float32)
+    whole = _conv_float(x, w, b, **attrs)
+    for rows in (1, 7, 64, 299):
+        parts = [_conv_float(x[i : i + rows], w, b, **attrs) for i in range(0, len(x), rows)]
+        np.testing.assert_array_equal(np.concatenate(parts), whole)
+    # same numbers as the registry's (BLAS) Conv up to summation order
+    spec = ONNX_OPS["Conv"]
+    np.testing.assert_allclose(whole, spec.fn(x, w, b, **attrs), rtol=1e-12, atol=1e-12)

@@ -266,6 +266,11 @@ def test_qat_requantization_is_recorded_in_the_error_tracker() -> None:
     opts = QuantizationOptions(4, is_signed=True, is_qat=True)
     op = _reshape(opts)
     op.error_tracker = []
-    x = qa_float(np.linspace(-1, 1, 6, dtype=np.float32), 6, signed=False)
+    # Values off any uniform 4-bit grid: not quantized by the model, so recorded.
+    x = qa_float(np.array([-1, -0.3, 0.05, 0.4, 0.77, 1], dtype=np.float32), 6, signed=False)
     op.q_impl(x)
     assert op.error_tracker == [0]
+    # Values already on a uniform grid (check_is_uniform_quantized) are not recorded.
+    op.error_tracker = []
+    op.q_impl(qa_float(np.linspace(-1, 1, 6, dtype=np.float32), 6, signed=False))
+    assert op.error_tracker == []

@@ -182,17 +182,19 @@ def test_unknown_type_name() -> None:
 # --- versioned envelope ---------------------------------------------------------------------
 
 
-def test_dump_writes_a_versioned_envelope_and_load_reads_it() -> None:
+def test_dump_writes_the_dumps_text_and_load_reads_both_forms() -> None:
+    # SPEC §1.6: dump writes the same text as dumps (byte-identical to the reference);
+    # the versioned envelope (module-level documents) loads as well.
     q = QuantizedArray(4, np.array([0.25, -1.0, 3.0]), is_signed=True)
     buffer = io.StringIO()
     q.dump(buffer)
-    data = json.loads(buffer.getvalue())
-    assert data[VERSION_KEY] == FORMAT_VERSION == 1
-    assert json.dumps(data["content"]) == q.dumps()
+    assert buffer.getvalue() == q.dumps()
     buffer.seek(0)
     assert QuantizedArray.load(buffer) == q
-    assert QuantizedArray.load(io.StringIO(q.dumps())) == q  # plain documents load too
-    assert serialization.wrap_versioned(q) == data
+    envelope = serialization.wrap_versioned(q)
+    assert envelope[VERSION_KEY] == FORMAT_VERSION == 1
+    assert json.dumps(envelope["content"]) == q.dumps()
+    assert QuantizedArray.loads(json.dumps(envelope)) == q
 
 
 @pytest.mark.parametrize("version", [0, 2, "1", None, True])

@@ -15,6 +15,7 @@ from fhequant.quantization import (
     fill_from_kwargs,
 )
 from fhequant.quantized import QuantizedModule, build_quantized_module
+from fhequant.torch.brevitas import compile_brevitas_qat_model
 from fhequant.torch.compile import compile_onnx_model, compile_torch_model
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "UniformQuantizer",
     "__version__",
     "build_quantized_module",
+    "compile_brevitas_qat_model",
     "compile_onnx_model",
     "compile_torch_model",
     "errors",

@@ -11,9 +11,11 @@ Classes register with :func:`register_class` (every :class:`Serializable` subcla
 definition); other value types register a codec with :func:`register_codec`. Decoding works
 bottom-up, so a class's ``load_dict`` receives already decoded field values.
 
-Files written by ``dump()`` are wrapped in a versioned envelope
-(``{"fhequant_format_version": FORMAT_VERSION, "content": ...}``); ``load``/``loads`` accept
-both that envelope and a plain document, and refuse an envelope of an unknown version.
+``dump()`` writes the same text as ``dumps()``, so quantizer files are byte-identical to the
+reference's. Module-level documents (the QuantizedModule) carry the format version in an
+envelope (``{"fhequant_format_version": FORMAT_VERSION, "content": ...}``, see
+:func:`wrap_versioned`); ``load``/``loads`` accept both that envelope and a plain document,
+and refuse an envelope of an unknown version.
 """
 
 from __future__ import annotations
@@ -380,13 +382,17 @@ def unwrap_versioned(data: Any) -> Any:
 
 
 def dump(value: Any, file: IO[str]) -> None:
-    """Write ``value`` to a text file, wrapped in the versioned envelope.
+    """Write the same text as ``value.dumps()`` (or :func:`dumps`) to a text file.
+
+    Quantizer objects write their plain, reference-identical text (SPEC §1.6: ``dump`` and
+    ``dumps`` agree); classes whose ``dumps`` is versioned (the QuantizedModule) write the
+    versioned envelope.
 
     Args:
         value: anything :func:`encode` accepts.
         file: an open text file.
     """
-    json.dump(wrap_versioned(value), file, ensure_ascii=True, allow_nan=True)
+    file.write(value.dumps() if isinstance(value, Serializable) else dumps(value))
 
 
 def loads(text: str | bytes) -> Any:
@@ -451,7 +457,7 @@ class Serializable:
         return dumps(self)
 
     def dump(self, file: IO[str]) -> None:
-        """Write this object to a text file, in the versioned envelope."""
+        """Write ``self.dumps()`` to a text file."""
         dump(self, file)
 
     @classmethod

@@ -102,11 +102,24 @@ def _as_float(value: Any, dtype: np.dtype[Any]) -> float:
     return float(np.asarray(value).astype(dtype))
 
 
+def _native(values: Any, dtypes: tuple[np.dtype[Any], ...]) -> bool:
+    """An exact, non-empty ndarray of one of ``dtypes`` (native byte order), aligned, whose
+    strides never alias two elements (ndarray views refuse aliasing layouts such as
+    ``np.broadcast_to`` results and the zero strides numpy gives empty arrays)."""
+    return (
+        type(values) is np.ndarray
+        and values.dtype in dtypes
+        and values.flags.aligned
+        and values.size > 0
+        and all(st != 0 or n == 1 for st, n in zip(values.strides, values.shape, strict=True))
+    )
+
+
 def _quant_plan(
     values: Any, scale: Any, zero_point: Any, lo: Any, hi: Any, dtype: Any
 ) -> tuple[Any, ...] | None:
     """Arguments of ``_core.quantize`` reproducing numpy's dtypes, or None to use numpy."""
-    if type(values) is not np.ndarray or values.ndim == 0 or values.dtype not in _FLOATS:
+    if not _native(values, _FLOATS) or values.ndim == 0:
         return None
     try:
         out = np.dtype(dtype)
@@ -163,9 +176,8 @@ def quantize(
 def dequantize(q: Any, scale: Any, zero_point: Any) -> Any:
     """Native ``dequantize_reference`` for int8/16/32/64 arrays and scalar zero points."""
     if (
-        type(q) is np.ndarray
+        _native(q, _DEQUANT_IN)
         and q.ndim > 0
-        and q.dtype in _DEQUANT_IN
         and _is_real_scalar(scale)
         and _is_real_scalar(zero_point)
     ):
@@ -184,7 +196,7 @@ def dequantize(q: Any, scale: Any, zero_point: Any) -> Any:
 
 def min_max(values: npt.NDArray[Any], name: str = "values") -> tuple[Any, Any]:
     """Native ``min_max_reference`` (one pass) for float32/float64 arrays."""
-    if type(values) is not np.ndarray or values.dtype not in _FLOATS:
+    if not _native(values, _FLOATS):
         return min_max_reference(values, name)
     lo, hi, lo_tie, hi_tie = _core.min_max(values, name)
     # With both signs of zero present numpy's pick depends on positions: ask numpy.
@@ -201,7 +213,7 @@ def rounded_unique(values: npt.NDArray[Any]) -> npt.NDArray[Any]:
     When the rounded values hold both -0.0 and +0.0, np.unique keeps whichever its SIMD sort
     puts first (position dependent); the kernel keeps -0.0. Values are otherwise identical.
     """
-    if type(values) is np.ndarray and values.ndim > 0 and values.dtype in _FLOATS:
+    if _native(values, _FLOATS) and values.ndim > 0:
         out = _core.rounded_unique(values)
         if out is not None:
             return out

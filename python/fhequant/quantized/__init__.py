@@ -1,4 +1,9 @@
-"""Post-training quantization: the quantized ops (``fhequant.quantized.ops``) and their registry."""
+"""Post-training quantization.
+
+* ``fhequant.quantized.ops``: the quantized ops and ``ONNX_OPS_TO_QUANTIZED_IMPL``;
+* ``build_quantized_module`` / ``quantize_module``: the (streamed) calibration walk;
+* ``QuantizedModule``: the calibrated integer model, its clear forward and JSON form.
+"""
 
 from __future__ import annotations
 

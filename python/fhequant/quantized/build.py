@@ -86,9 +86,10 @@ def build_quantized_module(
             mixing op.
         reduce_sum_copy: make ReduceSum copy its input first (FHE bit-width helper).
         keep_onnx: keep the ONNX model on the module.
-        batch_size: rows per calibration block; the data is re-chunked to blocks of exactly
-            this size (anchored at row 0), so the results do not depend on how an iterable
-            splits the data.
+        batch_size: rows per calibration block (the data is re-chunked to blocks of exactly
+            this size, anchored at row 0). It bounds memory, not the results: Gemm, MatMul and
+            Conv are evaluated with split-independent float kernels, so every batch_size and
+            every split of an iterable give the same module.
         verbose: show a tqdm progress bar of the calibration passes (also shown when stderr is
             a terminal).
         memory_budget: bytes of intermediate blocks kept in memory before spilling to disk.
@@ -122,7 +123,7 @@ def build_quantized_module(
     module._preprocess_fn = preprocess
     module._node_inputs = dict(result["node_inputs"])
     if import_qat:
-        apply_power_of_two_scaling(module)
+        apply_power_of_two_scaling(module, rounding_threshold_bits)
     module.set_inputs_quantization_parameters(*result["input_quantizers"])
     if reduce_sum_copy:
         for _, op in module.quant_layers_dict.values():

@@ -47,6 +47,9 @@ from fhequant.errors import (
 )
 from fhequant.quantization import QuantizationOptions, QuantizedArray, UniformQuantizer
 from fhequant.quantized.graph import (
+    BREVITAS_QUANT as _BREVITAS_QUANT,
+)
+from fhequant.quantized.graph import (
     GraphNode,
     fold_constant,
     graph_input_names,
@@ -126,6 +129,29 @@ class _RoundingRecorder:
             self.lo = lo if self.lo is None else min(self.lo, lo)
             self.hi = hi if self.hi is None else max(self.hi, hi)
         return x
+
+
+def _requantizes_to_itself(quantizer: UniformQuantizer, q: np.ndarray) -> bool:
+    """Whether quant(dequant(q)) == q for this quantizer: a finite non-zero scalar scale, a
+    scalar zp and q inside the clip range (graph-output accumulators are not)."""
+    scale, zp = quantizer.scale, quantizer.zero_point
+    if np.ndim(scale) or np.ndim(zp) or not np.isfinite(scale) or scale == 0 or q.size == 0:
+        return False
+    if quantizer.no_clipping:
+        return False
+    offset = quantizer.offset or 0
+    lo, hi = -offset + (1 if quantizer.is_narrow else 0), 2**quantizer.n_bits - 1 - offset
+    return bool(q.dtype.kind in "iu" and lo <= q.min() and q.max() <= hi)
+
+
+def _union_uvalues(uniques: Any, values: Any) -> Any:
+    """Sorted union of the 2-decimal unique values (MinMaxQuantizationStats.uvalues)."""
+    from fhequant.quantization import _kernels
+
+    batch = _kernels.rounded_unique(np.asarray(values))
+    if batch is None or uniques is None:
+        return batch if uniques is None else uniques
+    return np.union1d(uniques, batch)
 
 
 def _check_finite(lo: Any, hi: Any, tensor: str, where: str) -> None:
@@ -330,6 +356,9 @@ class ModuleCalibrator:
             self.constants[node.outputs[0]] = self._constant_node_value(node)
             return
         variable = [n for n in node.inputs if n in self.tensors]
+        if not variable and node.op_type == _BREVITAS_QUANT:
+            self.constants[node.outputs[0]] = self._fold_brevitas_quant(node)
+            return
         if not variable:
             values = [self.constants.get(n) if n else None for n in node.inputs]
             values = [v.values if isinstance(v, QuantizedArray) else v for v in values]
@@ -354,6 +383,27 @@ class ModuleCalibrator:
             self._release(name)
         if self.tensors[out].consumers_left == 0:
             self.store.drop(out)
+
+    def _fold_brevitas_quant(self, node: GraphNode) -> QuantizedArray:
+        """A Quant on a constant (weights, bias): a precomputed-QAT QA (SPEC §3.8, §4.2)."""
+        cls = quantized_registry()[_BREVITAS_QUANT]
+        values = [self.constants.get(n) if n else None for n in node.inputs]
+        values = [v.values if isinstance(v, QuantizedArray) else v for v in values]
+        if values[0] is None:
+            raise GraphInputError(
+                f"Quant node {node.name!r}: its input {node.inputs[0]!r} is empty"
+            )
+        op = cls(
+            self.bits.model_outputs,
+            node.name,
+            constant_inputs={i: v for i, v in enumerate(values) if i > 0 and v is not None},
+            input_quant_opts=self.strategy.input_quant_opts(self.bits.op_weights, True),
+            **node.attrs,
+        )
+        op.calibrate(values[0])
+        folded = op.q_impl(values[0])
+        assert isinstance(folded, QuantizedArray)
+        return folded
 
     def _release(self, name: str) -> None:
         tensor = self.tensors[name]
@@ -436,6 +486,21 @@ class ModuleCalibrator:
     def _calibration_qa(self, name: str, b: int, op: Any) -> Any:
         """The calibration QuantizedArray of a variable input (SPEC §4.2 step 1)."""
         tensor = self.tensors[name]
+        if tensor.kind == "quant" and not tensor.stored_floats:
+            q = tensor.quantizer
+            assert q is not None
+            ints = self.store.get(name, b)
+            if _requantizes_to_itself(q, ints):
+                # QA(n, dequant(q), q's params) would quantize back to exactly q: build it
+                # from the integers (values = the same float64 dequant) and skip that pass.
+                return QuantizedArray(
+                    q.n_bits,
+                    np.asarray(ints, dtype=np.int64),
+                    value_is_float=False,
+                    options=q.quant_options,
+                    stats=q.quant_stats,
+                    params=q.quant_params,
+                )
         data = self._float_block(name, b)
         if tensor.kind == "raw":
             return data
@@ -564,6 +629,7 @@ class ModuleCalibrator:
         keep: list[Any] | None = [] if self.strategy.flows_raw else None
         raw_output = bool(op.spec().raw_output)
         selector: TailSelector | None = None
+        uniques: Any = None
         for b in self._blocks(f"{op.op_instance_name} statistics"):
             floats = [self._float_block(n, b) for n in variable]
             prepared = op._prepare_inputs_with_constants(
@@ -591,6 +657,8 @@ class ModuleCalibrator:
             dtype = arr.dtype
             if selector is not None:
                 selector.update(arr)
+            if keep is not None:
+                uniques = _union_uvalues(uniques, arr)
         if not raw_output:
             ends = np.array([lo, hi], dtype=dtype)
             if selector is not None:
@@ -600,6 +668,9 @@ class ModuleCalibrator:
                     percentile_from_tails(selector, 99.9),
                 )
             op._set_output_quantizer(ends)
+            if keep is not None and op.output_quant_stats is not None:
+                # QAT import: check_is_uniform_quantized needs the real uvalues (SPEC §1.2).
+                op.output_quant_stats.uvalues = uniques
         return keep
 
     def _store_output(self, out: str, b: int, quant: Any, raw: Any) -> None:
@@ -696,7 +767,7 @@ class ModuleCalibrator:
             elif len(brevitas) == 1:
                 op = brevitas[0]
                 qa = QuantizedArray(
-                    op.n_bits,
+                    op.output_quant_opts.n_bits,  # the Brevitas bit width, not model_outputs
                     None,
                     value_is_float=False,
                     options=op.output_quant_opts,
@@ -711,9 +782,90 @@ class ModuleCalibrator:
         return quantizers
 
 
-def apply_power_of_two_scaling(module: Any) -> None:
-    """The QAT power-of-two pass of SPEC §4.7 (hook; not implemented for PTQ yet)."""
-    return None
+_POW2_LINEAR = ("Gemm", "MatMul", "Conv")
+_POW2_RTOL = 0.01
+
+
+def _pow2_exponent(scale: Any) -> int | None:
+    """round(log2 s) when the (scalar, positive) scale is within 1% of that power of two."""
+    arr = np.asarray(scale, dtype=np.float64)
+    if arr.size != 1:
+        return None
+    value = float(arr.reshape(-1)[0])
+    if not np.isfinite(value) or value <= 0:
+        return None
+    e = int(np.round(np.log2(value)))
+    return e if np.isclose(value, 2.0**e, rtol=_POW2_RTOL, atol=0.0) else None
+
+
+def _op_scale(op: Any) -> Any:
+    params = getattr(op, "output_quant_params", None)
+    return None if params is None else params.scale
+
+
+def apply_power_of_two_scaling(module: Any, rounding_threshold_bits: Any = None) -> list[str]:
+    """The QAT power-of-two pass (SPEC §4.7).
+
+    For each chain BrevitasQuant → Gemm/MatMul/Conv (one encrypted input) → Relu →
+    BrevitasQuant → Gemm/Conv whose input, weight and output scales are powers of two
+    (rtol 1%), the accumulator of the first linear op drops k = -(log2 s_in + log2 s_w -
+    log2 s_out) low bits, a shift-like requantization (only when k > 0 and the user set no
+    rounding_threshold_bits).
+
+    Args:
+        module: the QuantizedModule (QAT import).
+        rounding_threshold_bits: the user's setting; anything but None disables the pass.
+
+    Returns:
+        The names of the ops that were rewritten.
+    """
+    if rounding_threshold_bits is not None:
+        return []
+    layers: dict[str, tuple[tuple[str, ...], Any]] = module.quant_layers_dict
+    consumers: dict[str, list[tuple[str, Any]]] = {}
+    for out, (inputs, op) in layers.items():
+        for name in inputs:
+            consumers.setdefault(name, []).append((out, op))
+
+    def only_consumer(name: str) -> tuple[str, Any] | None:
+        found = consumers.get(name, [])
+        return found[0] if len(found) == 1 else None
+
+    rewritten: list[str] = []
+    for out, (inputs, op) in layers.items():
+        if op._impl_for_op_named not in _POW2_LINEAR or len(inputs) != 1:
+            continue
+        producer = layers.get(inputs[0])
+        if producer is None or producer[1]._impl_for_op_named != _BREVITAS_QUANT:
+            continue
+        relu = only_consumer(out)
+        if relu is None or relu[1]._impl_for_op_named != "Relu":
+            continue
+        quant = only_consumer(relu[0])
+        if quant is None or quant[1]._impl_for_op_named != _BREVITAS_QUANT:
+            continue
+        nxt = only_consumer(quant[0])
+        if nxt is None or nxt[1]._impl_for_op_named not in ("Gemm", "Conv"):
+            continue
+        weight = op.constant_inputs.get(1)
+        if not isinstance(weight, QuantizedArray):
+            continue
+        exps = [
+            _pow2_exponent(_op_scale(producer[1])),
+            _pow2_exponent(weight.quantizer.scale),
+            _pow2_exponent(_op_scale(quant[1])),
+        ]
+        if any(e is None for e in exps):
+            continue
+        e_in, e_w, e_out = (int(e) for e in exps if e is not None)
+        k = -(e_in + e_w - e_out)
+        if k <= 0:
+            continue
+        if 2 <= k <= 8:
+            op.rounding_threshold_bits = k
+        op.lsbs_to_remove["matmul"] = k
+        rewritten.append(op.op_instance_name)
+    return rewritten
 
 
 def quantize_module(

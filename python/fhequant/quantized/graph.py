@@ -57,9 +57,17 @@ def _attr_value(attr: onnx.AttributeProto) -> Any:
     return value
 
 
+#: Domains whose ``Quant`` node is the Brevitas / QONNX fake quantization (SPEC §3.8): the
+#: reference's ``onnx.brevitas`` and the ``qonnx.custom_op.general`` of brevitas >= 0.11.
+BREVITAS_QUANT = "onnx.brevitas.Quant"
+_QUANT_DOMAINS = ("onnx.brevitas", "qonnx.custom_op.general")
+
+
 def _op_key(node: onnx.NodeProto) -> str:
     if node.domain in ("", "ai.onnx"):
         return node.op_type
+    if node.domain in _QUANT_DOMAINS and node.op_type == "Quant":
+        return BREVITAS_QUANT
     return f"{node.domain}.{node.op_type}"
 
 
@@ -148,9 +156,59 @@ def _matmul_float(a: Any, b: Any, **_: Any) -> Any:
     return sequential_matmul(a, b)
 
 
+def _conv_float(
+    x: Any,
+    w: Any,
+    b: Any = None,
+    *,
+    auto_pad: str = "NOTSET",
+    dilations: Any = None,
+    group: Any = 1,
+    kernel_shape: Any = None,
+    pads: Any = None,
+    strides: Any = None,
+    **_: Any,
+) -> Any:
+    """ONNX Conv in float64 (SPEC §5.3), each output a sequential sum over (c, k...) order.
+
+    The windows are padded exactly as the registry's Conv does (float32 padding buffer, then
+    float64); the products are summed by the split-independent matmul instead of BLAS.
+    """
+    from fhequant.onnx.ops._spatial import per_axis, resolve_pads, windows
+    from fhequant.onnx.ops.conv import _padded_float64
+
+    del kernel_shape
+    x = np.asarray(x)
+    w = np.asarray(w)
+    nsp = x.ndim - 2
+    k = w.shape[2:]
+    s = per_axis(strides, nsp, 1, "strides")
+    d = per_axis(dilations, nsp, 1, "dilations")
+    begins, ends = resolve_pads(auto_pad, pads, x.shape[2:], k, s, d)
+    win = windows(_padded_float64(x, begins, ends), k, s, d)  # (N, C, *out, *k)
+    n, out_sp = win.shape[0], win.shape[2 : 2 + nsp]
+    group = int(group)
+    cg, og = x.shape[1] // group, w.shape[0] // group
+    w64 = np.asarray(w, dtype=np.float64)
+    order = (0, *range(2, 2 + nsp), 1, *range(2 + nsp, 2 + 2 * nsp))
+    parts = []
+    for g in range(group):
+        cols = np.transpose(win[:, g * cg : (g + 1) * cg], order).reshape(
+            n * int(np.prod(out_sp)), -1
+        )
+        kernel = w64[g * og : (g + 1) * og].reshape(og, -1).T
+        parts.append(sequential_matmul(cols, kernel).reshape(n, *out_sp, og))
+    y = parts[0] if group == 1 else np.concatenate(parts, axis=-1)
+    y = np.moveaxis(y, -1, 1)
+    if b is not None:
+        y = y + np.asarray(b, dtype=np.float64).reshape((1, -1) + (1,) * nsp)
+    return np.ascontiguousarray(y)
+
+
 _SPLIT_INDEPENDENT_IMPLS: dict[str, Callable[..., Any]] = {
     "Gemm": _gemm_float,
     "MatMul": _matmul_float,
+    "Conv": _conv_float,
 }
 
 

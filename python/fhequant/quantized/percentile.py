@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from fhequant.errors import QuantizationError
+
 # numpy's own quantile helpers (numpy 1.22-1.26), so the interpolation is bit-identical.
 _fb: Any = importlib.import_module("numpy.lib.function_base")
 
@@ -55,7 +57,7 @@ class TailSelector:
             for idx in (int(previous), int(following)):
                 rank = idx if idx >= 0 else self.n_total + idx
                 if not (rank < self.keep or rank >= self.n_total - self.keep):
-                    raise ValueError(
+                    raise QuantizationError(
                         f"percentile {p} of {self.n_total} values is not within the "
                         f"{self.keep} values kept at each end"
                     )
@@ -73,9 +75,9 @@ class TailSelector:
     def value_at_rank(self, rank: int) -> Any:
         """The value of the given rank (0-based) in the sorted whole stream."""
         if self.low is None or self.high is None:
-            raise ValueError("no values were given")
+            raise QuantizationError("no values were given")
         if self.seen != self.n_total:
-            raise ValueError(f"expected {self.n_total} values, got {self.seen}")
+            raise QuantizationError(f"expected {self.n_total} values, got {self.seen}")
         if rank < 0:
             rank += self.n_total
         if rank < self.low.size:
@@ -83,7 +85,7 @@ class TailSelector:
         start = self.n_total - self.high.size
         if rank >= start:
             return np.sort(self.high)[rank - start]
-        raise ValueError(f"rank {rank} is not within the kept tails")
+        raise QuantizationError(f"rank {rank} is not within the kept tails")
 
 
 def percentile_from_tails(selector: TailSelector, percent: float) -> Any:
@@ -98,7 +100,7 @@ def percentile_from_tails(selector: TailSelector, percent: float) -> Any:
     """
     virtual, previous, following = _ranks(selector.n_total, percent)
     if selector.low is None:
-        raise ValueError("no values were given")
+        raise QuantizationError("no values were given")
     dtype = selector.low.dtype
     ends = np.array(
         [selector.value_at_rank(int(previous)), selector.value_at_rank(int(following))],

@@ -36,7 +36,7 @@ __all__ = [
 #: Rows per evaluation block when the caller does not choose.
 DEFAULT_BLOCK_ROWS = 4096
 #: Bytes of block data the store keeps in memory before spilling to disk.
-DEFAULT_MEMORY_BUDGET = 96 * 1024 * 1024
+DEFAULT_MEMORY_BUDGET = 32 * 1024 * 1024
 
 
 def as_numpy(value: Any, what: str = "calibration data") -> np.ndarray:

@@ -68,6 +68,7 @@ import numpy as np
 
 from fhequant.errors import (
     NotCalibratedError,
+    QuantizationError,
     QuantizedOpError,
     SerializationError,
 )
@@ -112,6 +113,14 @@ def quantized_values_copy(qa: QuantizedArray, qvalues: Any = None) -> QuantizedA
         stats=q.quant_stats,
         params=q.quant_params,
     )
+
+
+def _on_uniform_grid(quantizer: Any, opts: Any) -> bool:
+    """QAT import: whether a producer's calibration values already sit on an n-bit grid."""
+    try:
+        return bool(quantizer.check_is_uniform_quantized(opts))
+    except QuantizationError:  # no uvalues (loaded or explicit statistics): not provable
+        return False
 
 
 class QuantizedOp(Serializable):
@@ -324,7 +333,12 @@ class QuantizedOp(Serializable):
             opts.is_equal(qz.quant_options, ignore_sign_qat=True) or qz.is_precomputed_qat
         ):
             return quantized_values_copy(inp)
-        if opts.is_qat and self.error_tracker is not None and not qz.is_precomputed_qat:
+        if (
+            opts.is_qat
+            and self.error_tracker is not None
+            and not qz.is_precomputed_qat
+            and not _on_uniform_grid(qz, opts)
+        ):
             self.error_tracker.append(index)
         return QuantizedArray(
             opts.n_bits,

@@ -65,12 +65,37 @@ pub fn matmul_sequential<T: Element>(
     }
     out.par_chunks_mut(ROWS_PER_TASK * m)
         .zip(a.par_chunks(ROWS_PER_TASK * k))
-        .for_each(|(out_rows, a_rows)| rows_kernel(a_rows, b, out_rows, k, m));
+        .for_each(|(out_rows, a_rows)| rows_dispatch(a_rows, b, out_rows, k, m));
     Array2::from_shape_vec((n, m), out).map_err(|e| Error::Shape(e.to_string()))
+}
+
+/// Run the row kernel with AVX2 when the CPU has it. Only the vector width changes: the
+/// operations (separate multiply and add, k order) and so the results are the same.
+fn rows_dispatch<T: Element>(a: &[T], b: &[T], out: &mut [T], k: usize, m: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            unsafe { rows_kernel_avx2(a, b, out, k, m) };
+            return;
+        }
+    }
+    rows_kernel(a, b, out, k, m);
+}
+
+/// `rows_kernel` compiled with AVX2 enabled.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn rows_kernel_avx2<T: Element>(a: &[T], b: &[T], out: &mut [T], k: usize, m: usize) {
+    rows_kernel(a, b, out, k, m);
 }
 
 /// Rows of `out` (each m wide) from rows of `a` (each k wide); tiles of 4 rows × 16 columns
 /// stay in registers, and every output is still summed in k order.
+#[inline(always)]
 fn rows_kernel<T: Element>(a: &[T], b: &[T], out: &mut [T], k: usize, m: usize) {
     let rows = out.len() / m;
     let mut r0 = 0;
