@@ -8,7 +8,7 @@ import torch
 from concrete import fhe
 
 from fhequant import build_quantized_module
-from fhequant.errors import BitWidthError, NotCompiledError
+from fhequant.errors import BitWidthError, ConfigurationError, GraphInputError, NotCompiledError
 from fhequant.fhe import execute, simulate
 from fhequant.fhe.compile import (
     DEFAULT_P_ERROR,
@@ -42,16 +42,16 @@ def test_user_configuration_is_not_modified() -> None:
 
 
 def test_both_p_errors_rejected() -> None:
-    with pytest.raises(ValueError, match="p_error and global_p_error"):
+    with pytest.raises(ConfigurationError, match="p_error and global_p_error"):
         build_configuration(p_error=1e-3, global_p_error=1e-3)
 
 
 @pytest.mark.parametrize("name", ["p_error", "global_p_error"])
 def test_p_error_inside_configuration_rejected(name: str) -> None:
     cfg = fhe.Configuration(**{name: 1e-3})
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ConfigurationError, match=name):
         build_configuration(cfg)
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ConfigurationError, match=name):
         build_configuration(cfg, p_error=1e-4)
 
 
@@ -65,7 +65,7 @@ def test_rounding_without_multi_parameters_warns() -> None:
 
 def test_argument_names() -> None:
     assert argument_names(["x", "input.1", "a-b c"]) == ["_x", "_input_1", "_a_b_c"]
-    with pytest.raises(ValueError, match="duplicate"):
+    with pytest.raises(ConfigurationError, match="duplicate"):
         argument_names(["a.b", "a_b"])
 
 
@@ -86,7 +86,7 @@ def test_encryption_statuses() -> None:
     ],
 )
 def test_encryption_status_errors(statuses: object, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigurationError, match=match):
         encryption_statuses(["_a", "_b"], statuses)  # type: ignore[arg-type]
 
 
@@ -118,15 +118,15 @@ def test_compile_argument_errors_before_compiling(monkeypatch: pytest.MonkeyPatc
         raise AssertionError("concrete must not be called")
 
     monkeypatch.setattr("fhequant.fhe.module.compile_forward", no_compile)
-    with pytest.raises(ValueError, match="p_error and global_p_error"):
+    with pytest.raises(ConfigurationError, match="p_error and global_p_error"):
         module.compile(x, p_error=1e-3, global_p_error=1e-3)
-    with pytest.raises(ValueError, match="p_error"):
+    with pytest.raises(ConfigurationError, match="p_error"):
         module.compile(x, configuration=fhe.Configuration(p_error=1e-3))
-    with pytest.raises(ValueError, match="no 'encrypted'"):
+    with pytest.raises(ConfigurationError, match="no 'encrypted'"):
         module.compile(x, inputs_encryption_status=["clear"])
-    with pytest.raises(ValueError, match="extra"):
+    with pytest.raises(ConfigurationError, match="extra"):
         module.compile(x, inputs_encryption_status=["encrypted", "clear"])
-    with pytest.raises(ValueError, match="accumulator_bounds"):
+    with pytest.raises(ConfigurationError, match="accumulator_bounds"):
         module.compile(x, accumulator_bounds="typical")
     with pytest.raises(TypeError, match="float"):
         module.compile(x.astype(np.int64))
@@ -211,5 +211,5 @@ def test_execute_generates_keys_once_per_call_and_runs_per_sample() -> None:
     (out,) = execute(circuit, q, progress=False)
     np.testing.assert_array_equal(out, q * 2)
     assert circuit.log == ["keygen force=False", "encrypt", "encrypt", "encrypt"]
-    with pytest.raises(ValueError, match="batch sizes"):
+    with pytest.raises(GraphInputError, match="batch sizes"):
         execute(circuit, q, q[:2], progress=False)

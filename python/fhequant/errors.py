@@ -14,6 +14,7 @@ from __future__ import annotations
 __all__ = [
     "ArgumentError",
     "BitWidthError",
+    "ConfigurationError",
     "DTypeError",
     "EmptyTensorError",
     "FhequantError",
@@ -95,6 +96,12 @@ class UnquantizedTensorError(FhequantError, ValueError):
 
 
 # --- FHE ----------------------------------------------------------------------------------
+
+
+class ConfigurationError(FhequantError, ValueError):
+    """Conflicting or unsupported options of a compile / run call (p_error and
+    global_p_error together, bad encryption statuses, an unknown device or bound mode, a
+    model given to the wrong entry point)."""
 
 
 class BitWidthError(FhequantError, ValueError):

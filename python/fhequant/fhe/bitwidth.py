@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fhequant.errors import BitWidthError
+from fhequant.errors import BitWidthError, ConfigurationError
 from fhequant.fhe.recording import (
     _MODULE,
     MAX_TLU_BIT_WIDTH,
@@ -223,7 +223,7 @@ def analyse(
         The BitWidthReport.
     """
     if accumulator_bounds not in ("observed", "worst_case"):
-        raise ValueError(
+        raise ConfigurationError(
             f"accumulator_bounds={accumulator_bounds!r} is not supported; use 'observed' or "
             "'worst_case'"
         )

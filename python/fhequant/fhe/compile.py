@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from fhequant.errors import ConfigurationError, GraphInputError
+
 __all__ = [
     "DEFAULT_P_ERROR",
     "argument_names",
@@ -65,14 +67,14 @@ def build_configuration(
     from concrete import fhe
 
     if p_error is not None and global_p_error is not None:
-        raise ValueError(
+        raise ConfigurationError(
             "p_error and global_p_error were both given; set only one of them (or neither, "
             "for p_error = 2**-40)"
         )
     base = fhe.Configuration() if configuration is None else configuration
     for name in ("p_error", "global_p_error"):
         if getattr(base, name, None) is not None:
-            raise ValueError(
+            raise ConfigurationError(
                 f"the configuration sets {name}={getattr(base, name)!r}; pass {name} to "
                 "compile instead and leave it unset in the configuration"
             )
@@ -115,7 +117,7 @@ def argument_names(input_names: Sequence[str]) -> list[str]:
     """
     names = ["_" + re.sub(r"[^0-9a-zA-Z]", "_", str(n)) for n in input_names]
     if len(set(names)) != len(names):
-        raise ValueError(
+        raise ConfigurationError(
             f"the inputs {list(input_names)} give duplicate circuit argument names {names}; "
             "rename the model inputs"
         )
@@ -140,25 +142,25 @@ def encryption_statuses(
     if inputs_encryption_status is None:
         return dict.fromkeys(arg_names, "encrypted")
     if isinstance(inputs_encryption_status, str):
-        raise ValueError(
+        raise ConfigurationError(
             "inputs_encryption_status must be a sequence with one status per input, got the "
             f"string {inputs_encryption_status!r}"
         )
     statuses = [str(s).lower() for s in inputs_encryption_status]
     if len(statuses) != len(arg_names):
         what = "missing" if len(statuses) < len(arg_names) else "extra"
-        raise ValueError(
+        raise ConfigurationError(
             f"inputs_encryption_status has {len(statuses)} entries for {len(arg_names)} inputs "
             f"({what} statuses); give one of {_STATUSES} per input"
         )
     unknown = [s for s in statuses if s not in _STATUSES]
     if unknown:
-        raise ValueError(
+        raise ConfigurationError(
             f"unknown encryption statuses {unknown} in inputs_encryption_status; use "
             f"{' or '.join(repr(s) for s in _STATUSES)}"
         )
     if "encrypted" not in statuses:
-        raise ValueError(
+        raise ConfigurationError(
             "inputs_encryption_status has no 'encrypted' input; at least one input must be "
             "encrypted"
         )
@@ -220,7 +222,10 @@ def compile_forward(
     names = argument_names(input_names)
     statuses = encryption_statuses(names, inputs_encryption_status)
     if len(q_inputs) != len(names):
-        raise ValueError(f"got {len(q_inputs)} quantized inputs for the {len(names)} inputs")
+        raise GraphInputError(
+            f"got {len(q_inputs)} quantized inputs for the {len(names)} module inputs "
+            f"{names}; pass one int array per input"
+        )
     compiler = fhe.Compiler(_proxy(forward, names), statuses)
     return compiler.compile(
         split_samples(q_inputs), configuration=configuration, artifacts=artifacts

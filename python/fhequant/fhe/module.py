@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from fhequant.errors import DTypeError, GraphInputError, NotCompiledError
+from fhequant.errors import ConfigurationError, DTypeError, GraphInputError, NotCompiledError
 from fhequant.fhe.bitwidth import (
     BitWidthReport,
     HintingExecutor,
@@ -178,7 +178,7 @@ def compile_module(
         ValueError: p_error conflicts, bad encryption statuses or accumulator_bounds.
     """
     if accumulator_bounds not in _BOUNDS:
-        raise ValueError(
+        raise ConfigurationError(
             f"accumulator_bounds={accumulator_bounds!r} is not supported; use 'observed' or "
             "'worst_case'"
         )

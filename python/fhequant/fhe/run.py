@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from fhequant.errors import GraphInputError
 from fhequant.fhe.compile import split_samples
 
 __all__ = ["ensure_keys", "execute", "simulate"]
@@ -41,10 +42,10 @@ def _progress(items: list[Any], enabled: bool, desc: str) -> Any:
 
 def _check_batch(q_inputs: Sequence[np.ndarray]) -> None:
     if not q_inputs:
-        raise ValueError("no quantized input given; pass one int array per module input")
+        raise GraphInputError("no quantized input given; pass one int array per module input")
     sizes = {int(np.shape(q)[0]) for q in q_inputs}
     if len(sizes) != 1:
-        raise ValueError(f"the quantized inputs have different batch sizes {sorted(sizes)}")
+        raise GraphInputError(f"the quantized inputs have different batch sizes {sorted(sizes)}")
 
 
 def simulate(circuit: Any, *q_inputs: np.ndarray, progress: bool = True) -> tuple[np.ndarray, ...]:

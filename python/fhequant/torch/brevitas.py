@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from fhequant.errors import MissingDependencyError
+from fhequant.errors import ConfigurationError, MissingDependencyError
 from fhequant.quantized.module import QuantizedModule
 from fhequant.torch.compile import _float_inputs, compile_onnx_model
 
@@ -62,7 +62,7 @@ def _resolve_qat_n_bits(n_bits: Any) -> Any:
     if isinstance(n_bits, dict):
         keys = set(n_bits)
         if keys != {"model_inputs", "model_outputs"}:
-            raise ValueError(
+            raise ConfigurationError(
                 "compile_brevitas_qat_model: an n_bits dict must have exactly the keys "
                 f"'model_inputs' and 'model_outputs' (the other bit widths come from the "
                 f"Brevitas layers), got {sorted(keys)}"
@@ -171,7 +171,7 @@ def compile_brevitas_qat_model(
         MissingDependencyError: brevitas is not installed (an ImportError).
     """
     if not brevitas_layer_names(torch_model):
-        raise ValueError(
+        raise ConfigurationError(
             f"compile_brevitas_qat_model: {type(torch_model).__name__} has no Brevitas layer; "
             "use compile_torch_model for float models (or import_qat=True for a model that "
             "fake-quantizes itself)"

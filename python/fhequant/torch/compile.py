@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from fhequant.errors import OpsetError
+from fhequant.errors import ConfigurationError, OpsetError
 from fhequant.quantized.build import build_quantized_module
 from fhequant.quantized.module import QuantizedModule
 from fhequant.quantized.streaming import as_numpy
@@ -28,7 +28,7 @@ def _float_inputs(inputset: Any) -> tuple[np.ndarray, ...]:
 
 def _check_device(device: str) -> None:
     if device != "cpu":
-        raise ValueError(f"device={device!r} is not supported; fhequant compiles for 'cpu'")
+        raise ConfigurationError(f"device={device!r} is not supported; fhequant compiles for 'cpu'")
 
 
 def _compile(
@@ -120,7 +120,7 @@ def compile_torch_model(
         }
     )
     if brevitas:
-        raise ValueError(
+        raise ConfigurationError(
             f"the model has Brevitas layers ({', '.join(brevitas)}); compile it with "
             "compile_brevitas_qat_model instead of compile_torch_model"
         )
