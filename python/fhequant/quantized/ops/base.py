@@ -396,8 +396,16 @@ class QuantizedOp(Serializable):
         assert self.output_quant_params is not None  # for mypy: _check_calibrated raised
         return self.output_quant_params
 
-    def make_output_quant_array(self, values: Any) -> QuantizedArray:
-        """Quantize float results with the calibrated output quantizer."""
+    def make_output_quant_array(self, values: Any, *, owned: bool = False) -> QuantizedArray:
+        """Quantize float results with the calibrated output quantizer.
+
+        Args:
+            values: the float results.
+            owned: ``values`` is a fresh array nothing else references (it is not copied).
+
+        Returns:
+            The QuantizedArray of ``values``.
+        """
         self._check_calibrated()
         return QuantizedArray(
             self.n_bits,
@@ -406,10 +414,23 @@ class QuantizedOp(Serializable):
             options=self._get_output_quant_opts(),
             stats=self.output_quant_stats,
             params=self.output_quant_params,
+            copy_values=not owned,
         )
 
-    def make_raw_accumulator_array(self, acc: Any, scale: Any, zero_point: Any) -> QuantizedArray:
-        """A graph-output QuantizedArray holding the raw accumulator with its rescale."""
+    def make_raw_accumulator_array(
+        self, acc: Any, scale: Any, zero_point: Any, *, owned: bool = False
+    ) -> QuantizedArray:
+        """A graph-output QuantizedArray holding the raw accumulator with its rescale.
+
+        Args:
+            acc: the integer accumulator.
+            scale: the rescale factor.
+            zero_point: the zero point of the accumulator.
+            owned: ``acc`` is a fresh array nothing else references (it is not copied).
+
+        Returns:
+            The QuantizedArray of ``acc``.
+        """
         self._check_calibrated()
         params = UniformQuantizationParameters(scale=scale, zero_point=zero_point, offset=0)
         return QuantizedArray(
@@ -419,6 +440,7 @@ class QuantizedOp(Serializable):
             options=self._get_output_quant_opts(),
             stats=self.output_quant_stats,
             params=params,
+            copy_values=not owned,
         )
 
     def q_impl(self, *q_inputs: Any, calibrate_rounding: bool = False, **attrs: Any) -> Any:
