@@ -115,6 +115,16 @@ def quantized_values_copy(qa: QuantizedArray, qvalues: Any = None) -> QuantizedA
     )
 
 
+def _is_fresh(out: Any, inputs: list[Any]) -> bool:
+    """Whether ``out`` is an ndarray owning its memory and sharing none with ``inputs`` (so a
+    QuantizedArray may keep it without a copy)."""
+    return (
+        type(out) is np.ndarray
+        and out.flags.owndata
+        and not any(isinstance(i, np.ndarray) and np.may_share_memory(out, i) for i in inputs)
+    )
+
+
 def _on_uniform_grid(quantizer: Any, opts: Any) -> bool:
     """QAT import: whether a producer's calibration values already sit on an n-bit grid."""
     try:
@@ -461,7 +471,8 @@ class QuantizedOp(Serializable):
         merged = self._merged_attrs(attrs)
         if self._is_raw_output() or not any(isinstance(q, QuantizedArray) for q in q_inputs):
             return self.call_impl(*prepared, **merged)
-        return self.make_output_quant_array(self._float_tlu(prepared, q_inputs, merged))
+        out = self._float_tlu(prepared, q_inputs, merged)
+        return self.make_output_quant_array(out, owned=_is_fresh(out, prepared))
 
     def _float_tlu(self, prepared: list[Any], q_inputs: tuple[Any, ...], attrs: Any) -> Any:
         """The float implementation of one encrypted tensor, as a table lookup when traced.
