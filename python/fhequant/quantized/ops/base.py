@@ -356,6 +356,8 @@ class QuantizedOp(Serializable):
             options=opts,
             stats=qz.quant_stats,
             params=qz.quant_params if qz.is_qat and scalar_zp else None,
+            # only read here: the re-quantized array may share the input's float values
+            copy_values=False,
         )
 
     def _track(self, key: str, value: Any) -> None:
