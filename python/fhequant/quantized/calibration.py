@@ -516,13 +516,16 @@ class ModuleCalibrator:
             if _requantizes_to_itself(q, ints):
                 # QA(n, dequant(q), q's params) would quantize back to exactly q: build it
                 # from the integers (values = the same float64 dequant) and skip that pass.
+                wide = np.asarray(ints, dtype=np.int64)
                 return QuantizedArray(
                     q.n_bits,
-                    np.asarray(ints, dtype=np.int64),
+                    wide,
                     value_is_float=False,
                     options=q.quant_options,
                     stats=q.quant_stats,
                     params=q.quant_params,
+                    # a widened copy is ours already; a block kept as stored is copied
+                    copy_values=self.store.holds(name, b, wide),
                 )
         data = self._float_block(name, b)
         if tensor.kind == "raw":

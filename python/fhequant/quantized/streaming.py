@@ -270,6 +270,19 @@ class TensorStore:
         dtype = self._entries[name].dtypes[index]
         return block if block.dtype == dtype else block.astype(dtype)
 
+    def holds(self, name: str, index: int, array: Any) -> bool:
+        """Whether ``array`` is the in-memory block ``index`` of tensor ``name`` itself.
+
+        Args:
+            name: the tensor name.
+            index: the block index.
+            array: an array returned by :meth:`get` (or anything).
+
+        Returns:
+            True when ``array`` is the store's own block (callers must not keep it mutable).
+        """
+        return self._entries[name].blocks[index] is array
+
     def get_stored(self, name: str, index: int) -> np.ndarray:
         """Block ``index`` of tensor ``name`` as stored (integers possibly narrowed).
 
