@@ -18,10 +18,11 @@ from fhequant.serialization import Serializable
 __all__ = ["QuantizedArray"]
 
 
-def _copy_input(values: Any) -> Any:
-    """Deep copy of an ndarray, tracers as they are, anything else as an ndarray."""
+def _copy_input(values: Any, copy: bool = True) -> Any:
+    """Deep copy of an ndarray (unless ``copy`` is False), tracers as they are, anything else
+    as an ndarray."""
     if isinstance(values, np.ndarray):
-        return deepcopy(values)
+        return deepcopy(values) if copy else values
     if is_tracer(values):
         return values
     return np.array(values)
@@ -45,6 +46,8 @@ class QuantizedArray(Serializable):
         options: QuantizationOptions | None = None,
         stats: MinMaxQuantizationStats | None = None,
         params: UniformQuantizationParameters | None = None,
+        *,
+        copy_values: bool = True,
         **kwargs: Any,
     ) -> None:
         """Quantize float ``values`` (or dequantize integer ones).
@@ -57,6 +60,8 @@ class QuantizedArray(Serializable):
             options: quantization options (deep-copied).
             stats: statistics; computed from ``values`` when None (and values are floats).
             params: parameters; computed from the statistics when None (floats only).
+            copy_values: copy ndarray ``values`` (the default); False keeps the caller's
+                array, for freshly computed results that nothing else references.
             **kwargs: fields of the options, statistics or parameters (n_bits, is_signed,
                 is_symmetric, is_qat, is_narrow, is_precomputed_qat, rmax, rmin, scale,
                 zero_point, offset). A stats/params object given above is filled in place.
@@ -87,7 +92,7 @@ class QuantizedArray(Serializable):
         if values is None:
             return
         if value_is_float:
-            values = _copy_input(values)
+            values = _copy_input(values, copy_values)
             if isinstance(values, np.ndarray) and not np.issubdtype(values.dtype, np.floating):
                 raise DTypeError(
                     f"QuantizedArray: values of dtype {values.dtype} given with "
@@ -106,7 +111,7 @@ class QuantizedArray(Serializable):
                     "QuantizedArray: value_is_float=False needs the quantization parameters; "
                     "give scale, zero_point and offset (or params=)"
                 )
-            qvalues = _copy_input(values)
+            qvalues = _copy_input(values, copy_values)
             if isinstance(qvalues, np.ndarray) and not np.issubdtype(qvalues.dtype, np.integer):
                 raise DTypeError(
                     f"QuantizedArray: values of dtype {qvalues.dtype} given with "

@@ -89,6 +89,19 @@ __all__ = [
 # --- the walk --------------------------------------------------------------------------------
 
 
+_NARROW_DEQUANT = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32))
+
+
+def _native_dequant_params(q: UniformQuantizer) -> bool:
+    """Scalar real zero point and float64 scale: the native dequantize kernel applies."""
+    scale, zp = q.scale, q.zero_point
+    return (
+        isinstance(scale, (float, np.float64))
+        and isinstance(zp, (int, float, np.integer, np.floating))
+        and not isinstance(zp, (bool, np.float16, np.longdouble))
+    )
+
+
 @dataclass
 class _Tensor:
     """A variable tensor of the walk: a graph input or an op output."""
@@ -478,10 +491,20 @@ class ModuleCalibrator:
     def _float_block(self, name: str, b: int) -> Any:
         """The float values of tensor ``name`` in block ``b`` (what flows downstream)."""
         tensor = self.tensors[name]
-        block = self.store.get(name, b)
         if tensor.kind == "quant" and not tensor.stored_floats and tensor.quantizer is not None:
-            return tensor.quantizer.dequant(block)
-        return block
+            q = tensor.quantizer
+            stored = self.store.get_stored(name, b)
+            if (
+                stored.ndim
+                and stored.size
+                and stored.dtype in _NARROW_DEQUANT
+                and _native_dequant_params(q)
+            ):
+                # the native dequantize gives the same float64 bits for int8/16/32 as for
+                # the widened int64 block: skip the widening copy
+                return q.dequant(stored)
+            return q.dequant(self.store.get(name, b))
+        return self.store.get(name, b)
 
     def _calibration_qa(self, name: str, b: int, op: Any) -> Any:
         """The calibration QuantizedArray of a variable input (SPEC §4.2 step 1)."""
@@ -493,13 +516,16 @@ class ModuleCalibrator:
             if _requantizes_to_itself(q, ints):
                 # QA(n, dequant(q), q's params) would quantize back to exactly q: build it
                 # from the integers (values = the same float64 dequant) and skip that pass.
+                wide = np.asarray(ints, dtype=np.int64)
                 return QuantizedArray(
                     q.n_bits,
-                    np.asarray(ints, dtype=np.int64),
+                    wide,
                     value_is_float=False,
                     options=q.quant_options,
                     stats=q.quant_stats,
                     params=q.quant_params,
+                    # a widened copy is ours already; a block kept as stored is copied
+                    copy_values=self.store.holds(name, b, wide),
                 )
         data = self._float_block(name, b)
         if tensor.kind == "raw":

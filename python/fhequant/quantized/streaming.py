@@ -266,12 +266,37 @@ class TensorStore:
 
     def get(self, name: str, index: int) -> np.ndarray:
         """Block ``index`` of tensor ``name``, with its original dtype."""
-        entry = self._entries[name]
-        block = entry.blocks[index]
+        block = self.get_stored(name, index)
+        dtype = self._entries[name].dtypes[index]
+        return block if block.dtype == dtype else block.astype(dtype)
+
+    def holds(self, name: str, index: int, array: Any) -> bool:
+        """Whether ``array`` is the in-memory block ``index`` of tensor ``name`` itself.
+
+        Args:
+            name: the tensor name.
+            index: the block index.
+            array: an array returned by :meth:`get` (or anything).
+
+        Returns:
+            True when ``array`` is the store's own block (callers must not keep it mutable).
+        """
+        return self._entries[name].blocks[index] is array
+
+    def get_stored(self, name: str, index: int) -> np.ndarray:
+        """Block ``index`` of tensor ``name`` as stored (integers possibly narrowed).
+
+        Args:
+            name: the tensor name.
+            index: the block index.
+
+        Returns:
+            The stored values: the same numbers as :meth:`get`, maybe in a smaller dtype.
+        """
+        block = self._entries[name].blocks[index]
         if isinstance(block, str):
             block = np.load(block, allow_pickle=False)
-        dtype = entry.dtypes[index]
-        return block if block.dtype == dtype else block.astype(dtype)
+        return block
 
     def drop(self, name: str) -> None:
         """Forget tensor ``name`` and free its blocks."""

@@ -115,6 +115,16 @@ def quantized_values_copy(qa: QuantizedArray, qvalues: Any = None) -> QuantizedA
     )
 
 
+def _is_fresh(out: Any, inputs: list[Any]) -> bool:
+    """Whether ``out`` is an ndarray owning its memory and sharing none with ``inputs`` (so a
+    QuantizedArray may keep it without a copy)."""
+    return (
+        type(out) is np.ndarray
+        and out.flags.owndata
+        and not any(isinstance(i, np.ndarray) and np.may_share_memory(out, i) for i in inputs)
+    )
+
+
 def _on_uniform_grid(quantizer: Any, opts: Any) -> bool:
     """QAT import: whether a producer's calibration values already sit on an n-bit grid."""
     try:
@@ -346,6 +356,8 @@ class QuantizedOp(Serializable):
             options=opts,
             stats=qz.quant_stats,
             params=qz.quant_params if qz.is_qat and scalar_zp else None,
+            # only read here: the re-quantized array may share the input's float values
+            copy_values=False,
         )
 
     def _track(self, key: str, value: Any) -> None:
@@ -396,8 +408,16 @@ class QuantizedOp(Serializable):
         assert self.output_quant_params is not None  # for mypy: _check_calibrated raised
         return self.output_quant_params
 
-    def make_output_quant_array(self, values: Any) -> QuantizedArray:
-        """Quantize float results with the calibrated output quantizer."""
+    def make_output_quant_array(self, values: Any, *, owned: bool = False) -> QuantizedArray:
+        """Quantize float results with the calibrated output quantizer.
+
+        Args:
+            values: the float results.
+            owned: ``values`` is a fresh array nothing else references (it is not copied).
+
+        Returns:
+            The QuantizedArray of ``values``.
+        """
         self._check_calibrated()
         return QuantizedArray(
             self.n_bits,
@@ -406,10 +426,23 @@ class QuantizedOp(Serializable):
             options=self._get_output_quant_opts(),
             stats=self.output_quant_stats,
             params=self.output_quant_params,
+            copy_values=not owned,
         )
 
-    def make_raw_accumulator_array(self, acc: Any, scale: Any, zero_point: Any) -> QuantizedArray:
-        """A graph-output QuantizedArray holding the raw accumulator with its rescale."""
+    def make_raw_accumulator_array(
+        self, acc: Any, scale: Any, zero_point: Any, *, owned: bool = False
+    ) -> QuantizedArray:
+        """A graph-output QuantizedArray holding the raw accumulator with its rescale.
+
+        Args:
+            acc: the integer accumulator.
+            scale: the rescale factor.
+            zero_point: the zero point of the accumulator.
+            owned: ``acc`` is a fresh array nothing else references (it is not copied).
+
+        Returns:
+            The QuantizedArray of ``acc``.
+        """
         self._check_calibrated()
         params = UniformQuantizationParameters(scale=scale, zero_point=zero_point, offset=0)
         return QuantizedArray(
@@ -419,6 +452,7 @@ class QuantizedOp(Serializable):
             options=self._get_output_quant_opts(),
             stats=self.output_quant_stats,
             params=params,
+            copy_values=not owned,
         )
 
     def q_impl(self, *q_inputs: Any, calibrate_rounding: bool = False, **attrs: Any) -> Any:
@@ -439,7 +473,8 @@ class QuantizedOp(Serializable):
         merged = self._merged_attrs(attrs)
         if self._is_raw_output() or not any(isinstance(q, QuantizedArray) for q in q_inputs):
             return self.call_impl(*prepared, **merged)
-        return self.make_output_quant_array(self._float_tlu(prepared, q_inputs, merged))
+        out = self._float_tlu(prepared, q_inputs, merged)
+        return self.make_output_quant_array(out, owned=_is_fresh(out, prepared))
 
     def _float_tlu(self, prepared: list[Any], q_inputs: tuple[Any, ...], attrs: Any) -> Any:
         """The float implementation of one encrypted tensor, as a table lookup when traced.

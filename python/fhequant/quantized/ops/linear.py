@@ -117,11 +117,14 @@ class QuantizedGemm(QuantizedMixingOp):
             acc = acc + q_bias.qvalues
         acc = self.cnp_round(acc, calibrate_rounding, "matmul")
         self._track("accumulator", acc)
-        v = acc.astype(np.float64) + final - sum_w
-        v = m * v
+        v = acc.astype(np.float64)
+        owned = type(v) is np.ndarray
+        v = _apply(np.add, v, final, v, owned)
+        v = _apply(np.subtract, v, sum_w, v, owned)
+        v = _apply(np.multiply, m, v, v, owned)
         if q_bias is not None and not qat_bias:
-            v = v + _values(q_bias)
-        return self.make_output_quant_array(v)
+            v = _apply(np.add, v, _values(q_bias), v, owned)
+        return self.make_output_quant_array(v, owned=owned)
 
     def _encrypted_gemm(
         self,
@@ -155,6 +158,22 @@ class QuantizedGemm(QuantizedMixingOp):
         if q_bias is not None:
             v = v + _values(q_bias)
         return self.make_output_quant_array(v)
+
+
+def _apply(ufunc: Any, first: Any, second: Any, v: Any, owned: bool) -> Any:
+    """``ufunc(first, second)`` where one operand is ``v``: in place in ``v`` when it is a
+    fresh ndarray and the result keeps its dtype and shape (the same loop, the same bits)."""
+    if owned:
+        other = second if first is v else first
+        try:
+            fits = np.result_type(first, second) == v.dtype and (
+                np.broadcast_shapes(v.shape, np.shape(other)) == v.shape
+            )
+        except (TypeError, ValueError):
+            fits = False
+        if fits:
+            return ufunc(first, second, out=v)
+    return ufunc(first, second)
 
 
 def _quarter_square(v: Any) -> Any:
