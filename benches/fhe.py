@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +33,32 @@ REFERENCE = {
 }
 
 
+def _fhe_figures(module: Any, x_test: np.ndarray, y_test: np.ndarray, samples: int) -> dict:
+    """Figures shared by both models: circuit size, keygen, simulate and execute timings
+    against the clear quantized forward per sample (the same-run baseline), accuracies."""
+    circuit = module.fhe_circuit
+    clear_acc = accuracy(module.forward(x_test), y_test)
+    sim_logits, simulate_s = measure(lambda: module.forward(x_test, fhe="simulate"))
+    _, keygen_s = measure(circuit.keygen)
+    q = module.quantize_input(x_test[:samples])
+    clear_q, clear_s = measure(lambda: [module.quantized_forward(q[[i]]) for i in range(samples)])
+    enc_q, execute_s = measure(lambda: module.quantized_forward(q, fhe="execute"))
+    return {
+        "pbs_count": int(circuit.programmable_bootstrap_count),
+        "max_bit_width": int(circuit.graph.maximum_integer_bit_width()),
+        "predicted_max_bit_width": module.bitwidth_report().predicted_max_bit_width,
+        "keygen_s": keygen_s,
+        "execute_samples": samples,
+        "execute_s_per_sample": execute_s / samples,
+        "execute_matches_clear": bool(np.array_equal(enc_q, np.concatenate(clear_q))),
+        "baseline_clear_s_per_sample": clear_s / samples,
+        "fhe_over_clear": (execute_s / samples) / max(clear_s / samples, 1e-12),
+        "simulate_s_per_sample": simulate_s / len(x_test),
+        "clear_accuracy": clear_acc,
+        "simulate_accuracy": accuracy(sim_logits, y_test),
+    }
+
+
 def brevitas_qat_mlp(samples: int) -> dict[str, object]:
     """A 3-bit Brevitas MLP 64-64-10 trained on digits, through compile_brevitas_qat_model."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
@@ -43,29 +70,11 @@ def brevitas_qat_mlp(samples: int) -> dict[str, object]:
     net = train(brevitas_mlp(bits=3, hidden=64), x_train, y_train, epochs=6)
     brevitas_acc = accuracy(torch_predict(net, x_test), y_test)
     module, compile_s = measure(lambda: compile_brevitas_qat_model(net, x_train))
-    circuit = module.fhe_circuit
-    clear_acc = accuracy(module.forward(x_test), y_test)
-    sim_logits, simulate_s = measure(lambda: module.forward(x_test, fhe="simulate"))
-    _, keygen_s = measure(circuit.keygen)
-    q = module.quantize_input(x_test[:samples])
-    clear_q, clear_s = measure(lambda: [module.quantized_forward(q[[i]]) for i in range(samples)])
-    enc_q, execute_s = measure(lambda: module.quantized_forward(q, fhe="execute"))
     return {
         "model": "Brevitas MLP 64-64-10, 3-bit weights/activations, 6 epochs, digits",
         "compile_s": compile_s,
-        "pbs_count": int(circuit.programmable_bootstrap_count),
-        "max_bit_width": int(circuit.graph.maximum_integer_bit_width()),
-        "predicted_max_bit_width": module.bitwidth_report().predicted_max_bit_width,
-        "keygen_s": keygen_s,
-        "execute_samples": samples,
-        "execute_s_per_sample": execute_s / samples,
-        "execute_matches_clear": bool(np.array_equal(enc_q, np.concatenate(clear_q))),
-        "baseline_clear_s_per_sample": clear_s / samples,
-        "fhe_over_clear": (execute_s / samples) / max(clear_s / samples, 1e-12),
-        "simulate_s_per_sample": simulate_s / len(x_test),
         "brevitas_accuracy": brevitas_acc,
-        "clear_accuracy": clear_acc,
-        "simulate_accuracy": accuracy(sim_logits, y_test),
+        **_fhe_figures(module, x_test, y_test, samples),
     }
 
 
@@ -83,7 +92,6 @@ def main() -> None:
         json.dump({"brevitas_qat_mlp": brevitas_qat_mlp(samples)}, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return
-    samples = int(os.environ.get("FHEQUANT_BENCH_SAMPLES", "1"))
     x_train, x_test, y_train, y_test = load_digits_split()
     net = train_mlp(x_train, y_train, hidden=(128, 128))
     with torch.no_grad():
@@ -91,31 +99,14 @@ def main() -> None:
     module, quant_s = measure(
         lambda: build_quantized_module(net, x_train, n_bits=6, rounding_threshold_bits=6)
     )
-    circuit, compile_s = measure(lambda: module.compile(x_train))
-    clear_acc = accuracy(module.forward(x_test), y_test)
-    sim_logits, simulate_s = measure(lambda: module.forward(x_test, fhe="simulate"))
-    _, keygen_s = measure(circuit.keygen)
-    q = module.quantize_input(x_test[:samples])
-    clear_q, clear_s = measure(lambda: [module.quantized_forward(q[[i]]) for i in range(samples)])
-    enc_q, execute_s = measure(lambda: module.quantized_forward(q, fhe="execute"))
+    _, compile_s = measure(lambda: module.compile(x_train))
     result = {
         "model": "MLP 64-128-128-10, n_bits=6, rounding_threshold_bits=6, digits 75/25",
         "machine": f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
         "quantize_s": quant_s,
         "compile_s": compile_s,
-        "pbs_count": int(circuit.programmable_bootstrap_count),
-        "max_bit_width": int(circuit.graph.maximum_integer_bit_width()),
-        "predicted_max_bit_width": module.bitwidth_report().predicted_max_bit_width,
-        "keygen_s": keygen_s,
-        "execute_samples": samples,
-        "execute_s_per_sample": execute_s / samples,
-        "execute_matches_clear": bool(np.array_equal(enc_q, np.concatenate(clear_q))),
-        "baseline_clear_s_per_sample": clear_s / samples,
-        "fhe_over_clear": (execute_s / samples) / max(clear_s / samples, 1e-12),
-        "simulate_s_per_sample": simulate_s / len(x_test),
         "float_accuracy": float_acc,
-        "clear_accuracy": clear_acc,
-        "simulate_accuracy": accuracy(sim_logits, y_test),
+        **_fhe_figures(module, x_test, y_test, samples),
     }
     result["reference"] = REFERENCE
     result["ratio_to_reference"] = {k: (result[k] / v if v else None) for k, v in REFERENCE.items()}
