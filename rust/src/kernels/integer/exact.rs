@@ -93,80 +93,51 @@ fn sizes_ok(m: usize, k: usize, n: usize, a: usize, b: usize, c: usize) -> bool 
     a >= m * k && b >= k * n && c >= m * n
 }
 
-impl Exact for f32 {
-    fn from_i64(v: i64) -> Self {
-        v as f32
-    }
-    fn to_i64(self) -> i64 {
-        self as i64
-    }
-    fn gemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-        if m == 0 || n == 0 || !sizes_ok(m, k, n, a.len(), b.len(), c.len()) {
-            return;
+/// `Exact` for a float type whose `matrixmultiply` routine is `$gemm` (sgemm / dgemm).
+macro_rules! impl_exact_float {
+    ($t:ty, $gemm:path) => {
+        impl Exact for $t {
+            fn from_i64(v: i64) -> Self {
+                v as $t
+            }
+            fn to_i64(self) -> i64 {
+                self as i64
+            }
+            fn gemm(m: usize, k: usize, n: usize, a: &[$t], b: &[$t], c: &mut [$t]) {
+                if m == 0 || n == 0 || !sizes_ok(m, k, n, a.len(), b.len(), c.len()) {
+                    return;
+                }
+                if k == 0 {
+                    c[..m * n].fill(0.0);
+                    return;
+                }
+                // SAFETY: the slices hold at least m×k, k×n and m×n row-major elements
+                // (checked above) and `c` is borrowed mutably, so it aliases neither input.
+                unsafe {
+                    $gemm(
+                        m,
+                        k,
+                        n,
+                        1.0,
+                        a.as_ptr(),
+                        k as isize,
+                        1,
+                        b.as_ptr(),
+                        n as isize,
+                        1,
+                        0.0,
+                        c.as_mut_ptr(),
+                        n as isize,
+                        1,
+                    );
+                }
+            }
         }
-        if k == 0 {
-            c[..m * n].fill(0.0);
-            return;
-        }
-        // SAFETY: the slices hold at least m×k, k×n and m×n row-major elements (checked
-        // above) and `c` is borrowed mutably, so it aliases neither input.
-        unsafe {
-            matrixmultiply::sgemm(
-                m,
-                k,
-                n,
-                1.0,
-                a.as_ptr(),
-                k as isize,
-                1,
-                b.as_ptr(),
-                n as isize,
-                1,
-                0.0,
-                c.as_mut_ptr(),
-                n as isize,
-                1,
-            );
-        }
-    }
+    };
 }
 
-impl Exact for f64 {
-    fn from_i64(v: i64) -> Self {
-        v as f64
-    }
-    fn to_i64(self) -> i64 {
-        self as i64
-    }
-    fn gemm(m: usize, k: usize, n: usize, a: &[f64], b: &[f64], c: &mut [f64]) {
-        if m == 0 || n == 0 || !sizes_ok(m, k, n, a.len(), b.len(), c.len()) {
-            return;
-        }
-        if k == 0 {
-            c[..m * n].fill(0.0);
-            return;
-        }
-        // SAFETY: as for f32.
-        unsafe {
-            matrixmultiply::dgemm(
-                m,
-                k,
-                n,
-                1.0,
-                a.as_ptr(),
-                k as isize,
-                1,
-                b.as_ptr(),
-                n as isize,
-                1,
-                0.0,
-                c.as_mut_ptr(),
-                n as isize,
-                1,
-            );
-        }
-    }
-}
+impl_exact_float!(f32, matrixmultiply::sgemm);
+impl_exact_float!(f64, matrixmultiply::dgemm);
 
 impl Exact for i64 {
     fn from_i64(v: i64) -> Self {
