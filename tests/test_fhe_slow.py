@@ -14,7 +14,7 @@ from fhequant.fhe.demo import load_digits_split, train_mlp
 @pytest.mark.slow
 def test_execute_digits_mlp_matches_clear() -> None:
     x_train, x_test, y_train, _ = load_digits_split()
-    net = train_mlp(x_train, y_train, hidden=(16,), epochs=60)
+    net = train_mlp(x_train, y_train, hidden=(16,), epochs=20)
     module = build_quantized_module(net, x_train, n_bits=6, rounding_threshold_bits=6)
     module.compile(x_train)
     assert module.bitwidth_report().predicted_max_bit_width == (
