@@ -125,6 +125,20 @@ class _Residual(torch.nn.Module):
         return self.c(h + torch.relu(self.b(h)))
 
 
+class _ViewCNN(torch.nn.Module):
+    """Flattens with x.view(x.size(0), -1): exported with a dynamic batch axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 2, 3, stride=2)
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.size(0), -1))
+
+
 MLP_X = np.random.default_rng(0).normal(size=(40, 12)).astype(np.float32)
 CNN_X = np.random.default_rng(0).normal(size=(25, 1, 6, 6)).astype(np.float32)
 RES_X = np.random.default_rng(0).normal(size=(25, 6)).astype(np.float32)
@@ -141,6 +155,7 @@ RES_X = np.random.default_rng(0).normal(size=(25, 6)).astype(np.float32)
         pytest.param(_cnn_maxpool(), CNN_X, 4, 4, id="cnn-maxpool-flatten"),
         pytest.param(_cnn_avgpool(), CNN_X, 4, None, id="cnn-avgpool-ceil"),
         pytest.param(_Residual(), RES_X, 4, None, id="residual-add"),
+        pytest.param(_ViewCNN(), CNN_X, 4, None, id="cnn-view-batch"),
     ],
 )
 def test_module_compile_simulate_equals_disable(

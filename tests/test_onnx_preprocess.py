@@ -250,3 +250,53 @@ def test_node_walk_reproduces_forward() -> None:
             values.update(zip(node.outputs, outs, strict=True))
         np.testing.assert_array_equal(values["y"], module(x, quant_semantics=quant))
     assert_close(module(x), ref)
+
+
+def _batch_reshape_graph(source: str) -> list[onnx.NodeProto]:
+    """Reshape(x, Concat(Unsqueeze(Gather(Shape(source), 0)), [-1])) then Gather(Shape(x), 1)."""
+    return [
+        helper.make_node("Shape", [source], ["shp"]),
+        helper.make_node("Gather", ["shp", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+        helper.make_node("Concat", ["n1", "rest"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["y"]),
+        helper.make_node("Shape", ["x"], ["xs"]),
+        helper.make_node("Gather", ["xs", "one"], ["width"], axis=0),
+        helper.make_node("Cast", ["width"], ["wf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["y", "wf"], ["z"]),
+    ]
+
+
+BATCH_INITS = {
+    "zero": np.array(0, dtype=np.int64),
+    "one": np.array(1, dtype=np.int64),
+    "axes": np.array([0], dtype=np.int64),
+    "rest": np.array([-1], dtype=np.int64),
+}
+
+
+def _dynamic_model(source: str, inputs: dict[str, np.ndarray]) -> tuple[NumpyModule, Any]:
+    model = make_model(_batch_reshape_graph(source), inputs, ["z"], BATCH_INITS, dynamic_batch=True)
+    ref = run_ort(model, inputs)
+    return NumpyModule(typed(model, ref)), ref
+
+
+def test_shape_arithmetic_on_the_batch_axis_is_folded() -> None:
+    x = f32(5, 2, 3)
+    module, ref = _dynamic_model("x", {"x": x})
+    assert ops(module) == ["Reshape", "Mul"]
+    assert module.initializers[module.nodes[0].inputs[1]].tolist() == [0, -1]
+    assert_close(module(x), ref)
+    assert module(x[:2]).shape == (2, 6)
+
+
+def test_batch_of_another_input_is_not_folded() -> None:
+    # "N" is shared by every graph input of make_model: give `other` a static batch instead.
+    x, other = f32(5, 2, 3), f32(5, 4)
+    model = make_model(_batch_reshape_graph("other"), {"x": x, "other": other}, ["z"], BATCH_INITS)
+    model.graph.input[1].type.tensor_type.shape.dim[0].dim_param = "M"
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    ref = run_ort(model, {"x": x, "other": other})
+    module = NumpyModule(typed(model, ref))
+    assert ops(module) == ["Shape", "Gather", "Unsqueeze", "Concat", "Reshape", "Mul"]
+    assert_close(module(x, other), ref)

@@ -160,12 +160,37 @@ def test_export_conventions() -> None:
     proto = export_to_onnx(model, (a, b))
     assert proto.opset_import[0].domain == "" and proto.opset_import[0].version == 14
     assert [i.name for i in proto.graph.input] == ["left", "right"]
-    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    assert dims == [1, 4]
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 4]
     assert proto.graph.input[0].type.tensor_type.elem_type == 1
     module = NumpyModule.from_torch(model, (torch.from_numpy(a), b))
     out = module(a.astype(np.float32), b.astype(np.float32))
     assert out.shape == (9, 5)
+
+
+class ViewFlatten(nn.Module):
+    """The common ``x.view(x.size(0), -1)`` idiom, and a reshape keyed on another tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.fc = nn.Linear(2 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv(x))
+        z = self.fc(y.view(y.size(0), -1))
+        return z.reshape(x.shape[0], 3, 1).flatten(1) * y.size(1)
+
+
+def test_view_on_the_batch_size_works_at_any_batch() -> None:
+    model = ViewFlatten().eval()
+    x = RNG.normal(size=(7, 1, 6, 6)).astype(np.float32)
+    module = compare(model, x)
+    kinds = [n.op_type for n in module.nodes]
+    assert kinds == ["Conv", "Relu", "Reshape", "Gemm", "Reshape", "Flatten", "Mul"]
+    shapes = [module.initializers[n.inputs[1]] for n in module.nodes if n.op_type == "Reshape"]
+    assert [s.tolist() for s in shapes] == [[0, -1], [0, 3, 1]]
+    assert module(x[:1]).shape == (1, 3)
 
 
 class Unused(nn.Module):
@@ -211,8 +236,11 @@ def test_embedding_becomes_onehot_matmul() -> None:
 
 
 def test_unfold_decomposition() -> None:
-    """torch exports nn.Unfold at opset 14 as Shape/Range/Gather/Pad/Transpose/Reshape."""
+    """torch exports nn.Unfold at opset 14 as Shape/Range/Gather/Pad/Transpose/Reshape; the
+    shape arithmetic on static dims folds away, the batch dim becomes a Reshape 0."""
     model = nn.Sequential(nn.Unfold(2, padding=1, stride=2), nn.Flatten(), nn.Linear(8 * 9, 2))
     x = RNG.normal(size=(5, 2, 5, 5)).astype(np.float32)
     module = compare(model, x)
-    assert "Range" in [n.op_type for n in module.nodes]
+    kinds = [n.op_type for n in module.nodes]
+    assert "Gather" in kinds and "Reshape" in kinds
+    assert "Shape" not in kinds and "Range" not in kinds

@@ -2,8 +2,10 @@
 
 Steps, in order: parse, opset check (13-21), onnx.checker, unsupported-op check, Constant nodes
 → initializers, folding of constant-only subgraphs (Brevitas Quant excluded: the QAT importer
-needs those nodes), no-op Pad removal, Pad fused into Conv, MatMul + Add(initializer) → Gemm,
-unused initializer removal, Gather on a graph input → one-hot MatMul, and a final check.
+needs those nodes), folding of shape arithmetic on a dynamic batch axis (``x.view(x.size(0),
+-1)`` → Reshape to ``[0, -1]``), no-op Pad removal, Pad fused into Conv, MatMul +
+Add(initializer) → Gemm, unused initializer removal, Gather on a graph input → one-hot MatMul,
+and a final check.
 """
 
 from __future__ import annotations
@@ -151,6 +153,7 @@ def preprocess(model: onnx.ModelProto) -> Preprocessed:
         check_supported(model)
         g = _Graph(model)
         g.fold_constants()
+        g.fold_batch_shapes(model)
         g.remove_nop_pads()
         g.fuse_pads_into_conv()
         g.fuse_matmul_add()
@@ -226,6 +229,112 @@ class _Graph:
                 if out_name:
                     self.inits[out_name] = np.asarray(value)
         self.nodes = kept
+
+    def fold_batch_shapes(self, model: onnx.ModelProto) -> None:
+        """Fold the shape arithmetic a dynamic batch axis leaves behind.
+
+        With shapes inferred by onnx, ``Gather(Shape(t), i)`` of a static dim becomes a
+        constant, and ``Reshape(d, Concat(Unsqueeze(Gather(Shape(t), 0)), c...))`` where
+        ``t`` and ``d`` share their symbolic batch dim becomes ``Reshape(d, [0, c...])`` (ONNX:
+        0 copies the input's dim). Nodes left unused are dropped; anything else is kept.
+        """
+        # A folded Reshape lets onnx infer the batch dim of what follows: repeat until stable.
+        for _ in range(len(self.nodes)):
+            if not self._fold_batch_shapes_once(model):
+                return
+
+    def _fold_batch_shapes_once(self, model: onnx.ModelProto) -> bool:
+        """One round of ``fold_batch_shapes``; True when something was folded."""
+        if not any(op_key(n) == "Shape" for n in self.nodes):
+            return False
+        try:
+            inferred = onnx.shape_inference.infer_shapes(self.to_model(model))
+        except Exception:  # shapes are only a hint here: without them, fold nothing
+            return False
+        dims: dict[str, list[Any]] = {}
+        for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+            if _has_shape(v):
+                dims[v.name] = [
+                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                    for d in _dims(v)
+                ]
+        shapes: dict[str, tuple[str, list[Any]]] = {}  # Shape output -> (tensor, dims)
+        batch_of: dict[str, tuple[str, int]] = {}  # Gather/Unsqueeze output -> (tensor, rank)
+        constant: set[int] = set()  # Gather nodes now given by an initializer
+        folded = False
+        for node in self.nodes:
+            key, ins = op_key(node), list(node.input)
+            attrs = node_attrs(node)
+            if key == "Shape" and ins[0] in dims and "start" not in attrs and "end" not in attrs:
+                shapes[node.output[0]] = (ins[0], dims[ins[0]])
+            elif key == "Gather" and ins[0] in shapes and attrs.get("axis", 0) == 0:
+                tensor, tdims = shapes[ins[0]]
+                index = self.inits.get(ins[1])
+                if index is None or np.ndim(index) != 0:
+                    continue
+                i = int(index) + len(tdims) if int(index) < 0 else int(index)
+                if not 0 <= i < len(tdims):
+                    continue
+                if isinstance(tdims[i], int) and tdims[i] > 0:
+                    self.inits[node.output[0]] = np.array(tdims[i], dtype=np.int64)
+                    constant.add(id(node))
+                elif i == 0:
+                    batch_of[node.output[0]] = (tensor, 0)
+            elif key == "Unsqueeze" and ins[0] in batch_of and len(ins) > 1:
+                axes = _int_init(self, ins[1])
+                if axes == [0]:
+                    batch_of[node.output[0]] = (batch_of[ins[0]][0], 1)
+            elif key == "Reshape" and len(ins) > 1 and not attrs.get("allowzero", 0):
+                target = self._batch_copying_shape(ins[1], ins[0], dims, batch_of)
+                if target is not None:
+                    name = f"{node.output[0]}__batch_shape"
+                    self.inits[name] = np.array(target, dtype=np.int64)
+                    node.input[1] = name
+                    folded = True
+        if folded or constant:
+            self.nodes = [n for n in self.nodes if id(n) not in constant]
+            self._drop_dead_nodes()
+            self.fold_constants()
+        return folded or bool(constant)
+
+    def _batch_copying_shape(
+        self,
+        shape: str,
+        data: str,
+        dims: dict[str, list[Any]],
+        batch_of: dict[str, tuple[str, int]],
+    ) -> list[int] | None:
+        """[0, c...] when ``shape`` is Concat(batch of a tensor sharing ``data``'s batch dim,
+        constants...) along axis 0, else None."""
+        producer = next((n for n in self.nodes if shape in n.output), None)
+        if producer is None or op_key(producer) != "Concat":
+            return None
+        if node_attrs(producer).get("axis") != 0 or not producer.input:
+            return None
+        first, *rest = producer.input
+        source = batch_of.get(first)
+        if source is None or source[1] != 1:
+            return None
+        batch = (dims.get(source[0]) or [None])[0]
+        if not isinstance(batch, str) or batch != (dims.get(data) or [None])[0]:
+            return None
+        tail: list[int] = []
+        for part in rest:
+            values = _int_init(self, part)
+            if values is None or np.ndim(self.inits[part]) != 1:
+                return None
+            tail.extend(values)
+        return [0, *tail]
+
+    def _drop_dead_nodes(self) -> None:
+        """Remove nodes (last to first) none of whose outputs is used or a graph output."""
+        kept: list[onnx.NodeProto] = []
+        used = set(self.output_names)
+        for node in reversed(self.nodes):
+            if any(o in used for o in node.output if o):
+                kept.append(node)
+                used.update(x for x in node.input if x)
+        self.nodes = kept[::-1]
 
     def _pads_of(self, node: onnx.NodeProto) -> list[int] | None:
         """Pad node pads (full rank, ONNX order) when given by initializers, else None."""

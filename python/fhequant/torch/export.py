@@ -2,7 +2,10 @@
 
 Opset 14, the legacy TorchScript exporter (``dynamo=False``), input names taken from the
 ``forward`` signature, and a dummy input made of the first sample of each input with batch 1
-(``x[[0], ...]``), floating-point data as float32.
+(``x[[0], ...]``), floating-point data as float32. Unlike the reference, axis 0 of every input
+is exported as a dynamic ``batch`` axis, so ``x.view(x.size(0), -1)`` keeps working for
+batches of any size (the pre-processing folds that shape arithmetic into ``Reshape(x, [0,
+-1])``).
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ def export_to_onnx(model: Any, inputset: Any) -> onnx.ModelProto:
                 opset_version=EXPORT_OPSET,
                 dynamo=False,
                 input_names=names,
+                dynamic_axes={name: {0: "batch"} for name in names},
             )
     except Exception as exc:
         raise OnnxImportError(f"torch.onnx.export failed on {type(model).__name__}: {exc}") from exc
