@@ -18,8 +18,9 @@ def digits_split(n_train: int = 1200) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
 
 
-def brevitas_mlp(bits: int = 3, hidden: int = 32) -> Any:
-    """QuantIdentity → QuantLinear → QuantReLU → QuantLinear, all at ``bits``."""
+def brevitas_mlp(bits: int = 3, hidden: int = 32, per_channel: bool = False) -> Any:
+    """QuantIdentity → QuantLinear → QuantReLU → QuantLinear, all at ``bits`` (weight scales
+    per output channel when ``per_channel``)."""
     import brevitas.nn as qnn
     import torch
 
@@ -27,9 +28,10 @@ def brevitas_mlp(bits: int = 3, hidden: int = 32) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.q_in = qnn.QuantIdentity(bit_width=bits, return_quant_tensor=True)
-            self.fc1 = qnn.QuantLinear(64, hidden, bias=True, weight_bit_width=bits)
+            weights = {"weight_bit_width": bits, "weight_scaling_per_output_channel": per_channel}
+            self.fc1 = qnn.QuantLinear(64, hidden, bias=True, **weights)
             self.relu = qnn.QuantReLU(bit_width=bits, return_quant_tensor=True)
-            self.fc2 = qnn.QuantLinear(hidden, 10, bias=True, weight_bit_width=bits)
+            self.fc2 = qnn.QuantLinear(hidden, 10, bias=True, **weights)
 
         def forward(self, x: Any) -> Any:
             return self.fc2(self.relu(self.fc1(self.q_in(x))))
@@ -37,8 +39,9 @@ def brevitas_mlp(bits: int = 3, hidden: int = 32) -> Any:
     return QatMlp()
 
 
-def brevitas_cnn(bits: int = 3) -> Any:
-    """QuantIdentity → QuantConv2d → QuantReLU → flatten → QuantLinear on 8x8 digits."""
+def brevitas_cnn(bits: int = 3, per_channel: bool = False) -> Any:
+    """QuantIdentity → QuantConv2d → QuantReLU → flatten → QuantLinear on 8x8 digits (weight
+    scales per output channel when ``per_channel``)."""
     import brevitas.nn as qnn
     import torch
 
@@ -46,9 +49,10 @@ def brevitas_cnn(bits: int = 3) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.q_in = qnn.QuantIdentity(bit_width=bits, return_quant_tensor=True)
-            self.conv = qnn.QuantConv2d(1, 4, 3, stride=2, bias=True, weight_bit_width=bits)
+            weights = {"weight_bit_width": bits, "weight_scaling_per_output_channel": per_channel}
+            self.conv = qnn.QuantConv2d(1, 4, 3, stride=2, bias=True, **weights)
             self.relu = qnn.QuantReLU(bit_width=bits, return_quant_tensor=True)
-            self.fc = qnn.QuantLinear(36, 10, bias=True, weight_bit_width=bits)
+            self.fc = qnn.QuantLinear(36, 10, bias=True, **weights)
 
         def forward(self, x: Any) -> Any:
             h = self.relu(self.conv(self.q_in(x)))

@@ -96,6 +96,31 @@ def test_cnn_compiles_and_simulates(digits: Any) -> None:
     np.testing.assert_array_equal(module.forward(x, fhe="simulate"), module.forward(x))
 
 
+def test_per_channel_weight_scales(digits: Any) -> None:
+    """Per-output-channel weight scales: (O, 1) under transB for Linear, (O, 1, 1, 1) for
+    Conv, applied per output column / channel."""
+    x_train, y_train, x_test, _ = digits
+    torch.manual_seed(2)
+    mlp = train(brevitas_mlp(bits=3, per_channel=True), x_train, y_train, epochs=1, seed=2)
+    module = compile_brevitas_qat_model(mlp, x_train)
+    gemm_scales = [
+        np.shape(op.constant_inputs[1].quantizer.scale)
+        for _, op in module.quant_layers_dict.values()
+        if type(op).__name__ == "QuantizedGemm"
+    ]
+    assert gemm_scales == [(32, 1), (10, 1)]
+    np.testing.assert_allclose(module.forward(x_test), torch_predict(mlp, x_test), atol=1e-4)
+    x = x_test[:20]
+    np.testing.assert_array_equal(module.forward(x, fhe="simulate"), module.forward(x))
+
+    images = x_train[:300].reshape(-1, 1, 8, 8)
+    cnn = train(brevitas_cnn(bits=3, per_channel=True), images, y_train[:300], epochs=1, seed=2)
+    module = compile_brevitas_qat_model(cnn, images, n_bits={"model_inputs": 8, "model_outputs": 8})
+    x = x_test[:10].reshape(-1, 1, 8, 8)
+    np.testing.assert_allclose(module.forward(x), torch_predict(cnn, x), atol=1e-4)
+    np.testing.assert_array_equal(module.forward(x, fhe="simulate"), module.forward(x))
+
+
 def test_output_onnx_file_is_written(trained_mlp: Any, digits: Any, tmp_path: Any) -> None:
     import onnx
 

@@ -39,6 +39,25 @@ def _check_bias_scale(op: QuantizedMixingOp, q_bias: QuantizedArray, m: Any) -> 
         )
 
 
+def _gemm_weight_scale(q_w: QuantizedArray, rank: int, trans_b: Any) -> Any:
+    """The weight scale laid out like the (transposed) weights: a per-output-channel scale
+    of torch's (O, 1) Linear layout becomes (1, O) under transB (a scalar stays a scalar)."""
+    s_w = q_w.quantizer.scale
+    if np.ndim(s_w) == 0:
+        return s_w
+    s_w = np.asarray(s_w).reshape((1,) * (rank - np.ndim(s_w)) + np.shape(s_w))
+    return np.swapaxes(s_w, -1, -2) if trans_b else s_w
+
+
+def _conv_weight_scale(q_w: QuantizedArray, layout: tuple[int, ...]) -> Any:
+    """The weight scale in the accumulator's layout: a per-output-channel (O, 1, 1, 1) scale
+    becomes (1, O, 1, 1) (a scalar stays a scalar)."""
+    s_w = q_w.quantizer.scale
+    if np.size(s_w) <= 1:
+        return s_w
+    return np.asarray(s_w).reshape(layout)
+
+
 def _is_qat_bias(q_bias: Any) -> TypeGuard[QuantizedArray]:
     return isinstance(q_bias, QuantizedArray) and bool(q_bias.quantizer.is_precomputed_qat)
 
@@ -98,7 +117,7 @@ class QuantizedGemm(QuantizedMixingOp):
 
         z_x = q_x.quantizer.zero_point
         z_w = q_w.quantizer.zero_point
-        m = q_x.quantizer.scale * q_w.quantizer.scale
+        m = q_x.quantizer.scale * _gemm_weight_scale(q_w, b.ndim, attrs.get("transB", 0))
         p = b.shape[-2]
         ex = self.executor(a)
         acc = ex.matmul(a, b, z_w)
@@ -276,7 +295,7 @@ class QuantizedConv(QuantizedMixingOp):
             acc = acc.reshape(acc.shape[0], acc.shape[1], acc.shape[3])
         sum_w = z_x * np.sum(w, axis=(1, 2, 3)).reshape(layout)
         final = n_w * z_x * z_w
-        m = q_x.quantizer.scale * q_w.quantizer.scale
+        m = q_x.quantizer.scale * _conv_weight_scale(q_w, layout)
         bias = None if q_bias is None else np.asarray(_values(q_bias)).reshape(layout)
 
         if self.produces_graph_output:
