@@ -1,17 +1,21 @@
 """The hand-off to concrete-python: configuration, argument names, statuses, tracing (SPEC §6).
 
 ``compile_forward`` traces an integer forward (the ops' tracing executor) with
-``concrete.fhe.Compiler`` over a batch-1 inputset and returns the compiled circuit. The
+``concrete.fhe.Compiler`` over a batch-1 inputset and returns the compiled circuit; concrete
+measures bounds only on the rows realising each node's extremes (found by one batch trace),
+which gives the circuit of the full inputset in a fraction of the time. The
 helpers around it turn the user-facing options (p_error, global_p_error, a Configuration,
 inputs_encryption_status) into what concrete expects, with fhequant's errors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -24,6 +28,8 @@ __all__ = [
     "build_configuration",
     "compile_forward",
     "encryption_statuses",
+    "extreme_rows",
+    "split_samples",
 ]
 
 #: p_error used when neither p_error nor global_p_error is given (SPEC §6.1).
@@ -167,12 +173,20 @@ def encryption_statuses(
     return dict(zip(arg_names, statuses, strict=True))
 
 
-def _proxy(forward: Callable[..., Any], names: Sequence[str]) -> Callable[..., Any]:
-    """A function with the given parameter names that calls forward positionally."""
+def _proxy(
+    forward: Callable[..., Any],
+    names: Sequence[str],
+    scope: Callable[[], AbstractContextManager[Any]] | None = None,
+) -> Callable[..., Any]:
+    """A function with the given parameter names that calls forward positionally.
+
+    With ``scope``, every call runs inside a fresh ``scope()`` (one per trace).
+    """
 
     def proxy(*args: Any, **kwargs: Any) -> Any:
         values = list(args) + [kwargs[n] for n in names[len(args) :]]
-        return forward(*values)
+        with scope() if scope is not None else contextlib.nullcontext():
+            return forward(*values)
 
     proxy.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
@@ -180,19 +194,88 @@ def _proxy(forward: Callable[..., Any], names: Sequence[str]) -> Callable[..., A
     return proxy
 
 
-def split_samples(q_inputs: Sequence[np.ndarray]) -> list[Any]:
+def split_samples(q_inputs: Sequence[np.ndarray], rows: Sequence[int] | None = None) -> list[Any]:
     """Cut quantized inputs into batch-1 samples: one tuple (or array) per row.
 
     Args:
         q_inputs: one integer array per input, all with the same first dimension.
+        rows: the rows to take, in order (None: all).
 
     Returns:
         A list of samples, each an array of shape (1, ...) (one input) or a tuple of them.
     """
-    n = int(q_inputs[0].shape[0])
+    index = range(int(q_inputs[0].shape[0])) if rows is None else [int(i) for i in rows]
     if len(q_inputs) == 1:
-        return [q_inputs[0][i : i + 1] for i in range(n)]
-    return [tuple(q[i : i + 1] for q in q_inputs) for i in range(n)]
+        return [q_inputs[0][i : i + 1] for i in index]
+    return [tuple(q[i : i + 1] for q in q_inputs) for i in index]
+
+
+#: Below this many rows the whole inputset is measured (the batch trace would not pay off).
+MIN_ROWS_TO_REDUCE = 64
+
+
+def _batch_graph(proxy: Callable[..., Any], statuses: dict[str, str], q_inputs: Any) -> Any:
+    """The fused graph traced on the whole inputset as ONE batch, its bounds measured
+    (None if the forward cannot be traced that way)."""
+    from concrete import fhe
+
+    sample = q_inputs[0] if len(q_inputs) == 1 else tuple(q_inputs)
+    try:
+        return fhe.Compiler(proxy, statuses).trace([sample])
+    except Exception:  # only a shortcut: the batch-1 compile below reports real errors
+        return None
+
+
+def extreme_rows(graph: Any, q_inputs: Sequence[np.ndarray]) -> list[int] | None:
+    """Rows realising the minimum and the maximum of every computed node of a batch graph.
+
+    Args:
+        graph: a concrete Graph traced with the whole inputset as one batch (first axis =
+            rows), e.g. from ``Compiler.trace([inputs])``.
+        q_inputs: that inputset, one array per input.
+
+    Returns:
+        The sorted row indices (row 0 always first, so that the batch-1 trace is the same),
+        or None when a computed node has no leading row axis (rows cannot be attributed).
+    """
+    from concrete.fhe.representation.operation import Operation
+
+    n = int(q_inputs[0].shape[0])
+    sample = q_inputs if len(q_inputs) > 1 else q_inputs[:1]
+    values = graph.evaluate(*sample)
+    rows = {0}
+    for node in graph.query_nodes(ordered=True):
+        if node.operation == Operation.Constant:
+            continue
+        value = np.asarray(values[node])
+        if value.ndim == 0 or value.shape[0] != n:
+            return None
+        flat = value.reshape(n, -1)
+        rows.add(int(np.argmin(flat.min(axis=1))))
+        rows.add(int(np.argmax(flat.max(axis=1))))
+    return sorted(rows)
+
+
+def _same_bounds(circuit_graph: Any, batch_graph: Any) -> bool:
+    """Whether two graphs have the same nodes (operation, per-row shape) and node bounds."""
+    from concrete.fhe.representation.operation import Operation
+
+    mine = circuit_graph.query_nodes(ordered=True)
+    theirs = batch_graph.query_nodes(ordered=True)
+    if len(mine) != len(theirs):
+        return False
+    for a, b in zip(mine, theirs, strict=True):
+        if a.operation != b.operation or a.properties.get("name") != b.properties.get("name"):
+            return False
+        if a.operation == Operation.Constant:
+            continue
+        if tuple(a.output.shape[1:]) != tuple(b.output.shape[1:]):
+            return False
+        if a.bounds is None or b.bounds is None:
+            return False
+        if [int(v) for v in a.bounds] != [int(v) for v in b.bounds]:
+            return False
+    return True
 
 
 def compile_forward(
@@ -203,8 +286,20 @@ def compile_forward(
     *,
     inputs_encryption_status: Sequence[str] | None = None,
     artifacts: Any = None,
+    scope: Callable[[], AbstractContextManager[Any]] | None = None,
+    reduce_inputset: bool = True,
 ) -> Any:
     """Trace ``forward`` with concrete and compile it over the batch-1 inputset.
+
+    concrete measures each node's bounds by evaluating its graph once per sample, which is
+    most of the compile time. With ``reduce_inputset`` (and at least
+    :data:`MIN_ROWS_TO_REDUCE` rows), the forward is first traced on the whole inputset as
+    one batch; its graph gives, for every computed node, the rows realising the node's
+    minimum and maximum (:func:`extreme_rows`), and only those rows (row 0 first) are given
+    to concrete. Every node then gets the bounds of the full inputset, so the circuit (bit
+    widths, table contents, PBS count) is the one the full inputset gives: the node bounds
+    are checked against the batch graph's, and the full inputset is compiled if any differ
+    (tests/test_fhe_inputset.py compares both circuits' MLIR).
 
     Args:
         forward: integer forward (quantized inputs -> quantized outputs); runs on Tracers.
@@ -213,6 +308,9 @@ def compile_forward(
         configuration: the Configuration from :func:`build_configuration`.
         inputs_encryption_status: one "encrypted"/"clear" per input, or None.
         artifacts: optional ``concrete.fhe.DebugArtifacts``.
+        scope: a context-manager factory entered around every trace of ``forward`` (e.g. a
+            fresh hinting executor per trace).
+        reduce_inputset: measure bounds on the extreme rows only (same circuit, faster).
 
     Returns:
         The compiled ``concrete.fhe.Circuit``.
@@ -226,7 +324,19 @@ def compile_forward(
             f"got {len(q_inputs)} quantized inputs for the {len(names)} module inputs "
             f"{names}; pass one int array per input"
         )
-    compiler = fhe.Compiler(_proxy(forward, names), statuses)
+    proxy = _proxy(forward, names, scope)
+    rows = None
+    batch = None
+    if reduce_inputset and int(q_inputs[0].shape[0]) >= MIN_ROWS_TO_REDUCE:
+        batch = _batch_graph(proxy, statuses, q_inputs)
+        rows = None if batch is None else extreme_rows(batch, q_inputs)
+    if rows is not None and batch is not None:
+        circuit = fhe.Compiler(proxy, statuses).compile(
+            split_samples(q_inputs, rows), configuration=configuration, artifacts=artifacts
+        )
+        if _same_bounds(circuit.graph, batch):
+            return circuit
+    compiler = fhe.Compiler(proxy, statuses)
     return compiler.compile(
         split_samples(q_inputs), configuration=configuration, artifacts=artifacts
     )

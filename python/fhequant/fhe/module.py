@@ -154,6 +154,7 @@ def compile_module(
     verbose: bool = False,
     inputs_encryption_status: Sequence[str] | None = None,
     accumulator_bounds: str = "observed",
+    reduce_inputset: bool = True,
 ) -> Any:
     """Compile a QuantizedModule to an FHE circuit (SPEC §6.2 compile, §7).
 
@@ -169,6 +170,8 @@ def compile_module(
         inputs_encryption_status: "encrypted"/"clear" per input, or None (all encrypted).
         accumulator_bounds: "observed" (widths from the inputset) or "worst_case" (widths
             that hold for every input in the input quantizers' range).
+        reduce_inputset: let concrete measure bounds on the rows realising each node's
+            extremes only (the same circuit, see ``compile_forward``).
 
     Returns:
         The compiled circuit (also stored as ``module.fhe_circuit``).
@@ -198,15 +201,16 @@ def compile_module(
     report = analyse(_forward(module), _ops(module), q, ranges, accumulator_bounds)
     check_tlu_bit_widths(report)
     hints = report.records if accumulator_bounds == "worst_case" else ()
-    with op_scope(_ops(module), HintingExecutor(hints)):
-        circuit = compile_forward(
-            _forward(module),
-            module.ordered_module_input_names,
-            q,
-            config,
-            inputs_encryption_status=inputs_encryption_status,
-            artifacts=artifacts,
-        )
+    circuit = compile_forward(
+        _forward(module),
+        module.ordered_module_input_names,
+        q,
+        config,
+        inputs_encryption_status=inputs_encryption_status,
+        artifacts=artifacts,
+        scope=lambda: op_scope(_ops(module), HintingExecutor(hints)),
+        reduce_inputset=reduce_inputset,
+    )
     module.fhe_circuit = circuit
     module._is_compiled = True
     module._fhe_inputset = q

@@ -98,6 +98,10 @@ def _range(x: Any) -> tuple[int, int]:
     return int(arr.min()), int(arr.max())
 
 
+def _ends(values: Sequence[int]) -> tuple[int, int]:
+    return min(values), max(values)
+
+
 def _round_int(v: int, k: int) -> int:
     return v if k <= 0 else ((v + (1 << (k - 1))) >> k) << k
 
@@ -111,6 +115,7 @@ class RecordingExecutor(ClearExecutor):
         self.records: list[ValueRecord] = []
         self.op = _MODULE
         self._worst: dict[int, tuple[Any, int, int]] = {}
+        self._record_of: dict[int, tuple[Any, ValueRecord]] = {}
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -129,6 +134,7 @@ class RecordingExecutor(ClearExecutor):
         """Record a computed value with its worst-case range and return it."""
         lo, hi = _range(x)
         self.records.append(ValueRecord(self.op, label, lo, hi, int(wc[0]), int(wc[1]), **extra))
+        self._record_of[id(x)] = (x, self.records[-1])
         self.set_worst(x, min(lo, int(wc[0])), max(hi, int(wc[1])))
         return x
 
@@ -299,14 +305,36 @@ class RecordingExecutor(ClearExecutor):
     def copy(self, x: Any) -> Any:
         return self.tlu(np.asarray(x), _identity)
 
+    def add(self, x: Any, y: Any) -> Any:
+        (xlo, xhi), (ylo, yhi) = self.worst(x), self.worst(y)
+        return self.value("add", super().add(x, y), (xlo + ylo, xhi + yhi))
+
+    def subtract(self, x: Any, y: Any) -> Any:
+        (xlo, xhi), (ylo, yhi) = self.worst(x), self.worst(y)
+        return self.value("subtract", super().subtract(x, y), (xlo - yhi, xhi - ylo))
+
+    def add_constant(self, x: Any, c: Any) -> Any:
+        lo, hi = self.worst(x)
+        self.constant(c)
+        clo, chi = _range(c)
+        return self.value("add_constant", super().add_constant(x, c), (lo + clo, hi + chi))
+
+    def multiply_constant(self, c: Any, x: Any) -> Any:
+        lo, hi = self.worst(x)
+        self.constant(c)
+        clo, chi = _range(c)
+        ends = (clo * lo, clo * hi, chi * lo, chi * hi)
+        return self.value("multiply_constant", super().multiply_constant(c, x), _ends(ends))
+
+    def sum(self, x: Any, axis: int, keepdims: bool = False) -> Any:
+        lo, hi = self.worst(x)
+        n = int(np.shape(x)[axis])
+        return self.value("sum", super().sum(x, axis, keepdims), (n * lo, n * hi))
+
     def _mark_tlu_input(self, x: Any) -> None:
-        hit = self._worst.get(id(x))
-        if hit is None or hit[0] is not x:
-            return
-        for rec in reversed(self.records):
-            if rec.op == self.op and rec.label != "constant":
-                rec.feeds_tlu = True
-                return
+        hit = self._record_of.get(id(x))
+        if hit is not None and hit[0] is x:
+            hit[1].feeds_tlu = True
 
 
 def _identity(x: Any) -> Any:
@@ -416,6 +444,21 @@ class HintingExecutor(TracingExecutor):
 
     def tlu(self, x: Any, fn: Callable[[Any], Any]) -> Any:
         return self.hint("tlu", super().tlu(x, fn))
+
+    def add(self, x: Any, y: Any) -> Any:
+        return self.hint("add", super().add(x, y))
+
+    def subtract(self, x: Any, y: Any) -> Any:
+        return self.hint("subtract", super().subtract(x, y))
+
+    def add_constant(self, x: Any, c: Any) -> Any:
+        return self.hint("add_constant", super().add_constant(x, c))
+
+    def multiply_constant(self, c: Any, x: Any) -> Any:
+        return self.hint("multiply_constant", super().multiply_constant(c, x))
+
+    def sum(self, x: Any, axis: int, keepdims: bool = False) -> Any:
+        return self.hint("sum", super().sum(x, axis, keepdims))
 
 
 @contextlib.contextmanager

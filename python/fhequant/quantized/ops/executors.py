@@ -139,6 +139,29 @@ class Executor:
         """An identity table lookup (resets the bit width of a value in the circuit)."""
         return self.tlu(x, _identity)
 
+    # Plain integer arithmetic: numpy operators on arrays and Tracers alike. The ops call
+    # these (instead of the operators) where the bit-width report must see the node.
+
+    def add(self, x: Any, y: Any) -> Any:
+        """x + y, both encrypted."""
+        return x + y
+
+    def subtract(self, x: Any, y: Any) -> Any:
+        """x - y, both encrypted."""
+        return x - y
+
+    def add_constant(self, x: Any, c: Any) -> Any:
+        """x + c with a clear integer constant c."""
+        return x + c
+
+    def multiply_constant(self, c: Any, x: Any) -> Any:
+        """c · x with a clear integer constant c."""
+        return c * x
+
+    def sum(self, x: Any, axis: int, keepdims: bool = False) -> Any:
+        """Σ over one axis."""
+        return np.sum(x, axis=axis, keepdims=keepdims)
+
 
 def _identity(x: Any) -> Any:
     return x

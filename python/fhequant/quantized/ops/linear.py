@@ -133,7 +133,7 @@ class QuantizedGemm(QuantizedMixingOp):
         qat_bias = _is_qat_bias(q_bias)
         if _is_qat_bias(q_bias):
             _check_bias_scale(self, q_bias, m)
-            acc = acc + q_bias.qvalues
+            acc = ex.add_constant(acc, q_bias.qvalues)
         acc = self.cnp_round(acc, calibrate_rounding, "matmul")
         self._track("accumulator", acc)
         v = acc.astype(np.float64)
@@ -162,15 +162,15 @@ class QuantizedGemm(QuantizedMixingOp):
         ex = self.executor(a, b)
         x = a.reshape((*a.shape, 1))
         y = b.reshape((*b.shape[:-2], 1, *b.shape[-2:]))
-        add = self.cnp_round(x + y, calibrate_rounding, "add")
-        sub = self.cnp_round(x - y, calibrate_rounding, "sub")
-        prod = ex.tlu(add, _quarter_square) - ex.tlu(sub, _quarter_square)
-        acc = np.sum(ex.copy(prod), axis=-2)
+        add = self.cnp_round(ex.add(x, y), calibrate_rounding, "add")
+        sub = self.cnp_round(ex.subtract(x, y), calibrate_rounding, "sub")
+        prod = ex.subtract(ex.tlu(add, _quarter_square), ex.tlu(sub, _quarter_square))
+        acc = ex.sum(ex.copy(prod), axis=-2)
         if z_w != 0:
-            acc = acc - z_w * np.sum(a, axis=-1, keepdims=True)
-        sum_w = z_x * np.sum(b, axis=-2, keepdims=True)
+            acc = ex.subtract(acc, ex.multiply_constant(z_w, ex.sum(a, -1, keepdims=True)))
+        sum_w = ex.multiply_constant(z_x, ex.sum(b, -2, keepdims=True))
         final = p * z_x * z_w
-        acc = acc + final - sum_w
+        acc = ex.subtract(ex.add_constant(acc, final), sum_w)
         acc = self.cnp_round(acc, calibrate_rounding, "matmul")
         self._track("accumulator", acc)
         v = m * acc.astype(np.float64)
@@ -308,7 +308,7 @@ class QuantizedConv(QuantizedMixingOp):
         qat_bias = _is_qat_bias(q_bias)
         if _is_qat_bias(q_bias):
             _check_bias_scale(self, q_bias, m)
-            acc = acc + np.asarray(q_bias.qvalues).reshape(layout)
+            acc = ex.add_constant(acc, np.asarray(q_bias.qvalues).reshape(layout))
         acc = self.cnp_round(acc, calibrate_rounding, "matmul")
         self._track("accumulator", acc)
         v = acc.astype(np.float64) + final - sum_w
