@@ -1,9 +1,10 @@
 """The bit-width report sees the integer arithmetic outside the matmul/conv primitives.
 
-A QAT integer bias (added to the accumulator as an integer, SPEC §3.8) and the
-encrypted x encrypted MatMul (quarter-square products, SPEC §3.1) create integer nodes of
-their own; ``predicted_max_bit_width`` must equal ``maximum_integer_bit_width()`` of the
-compiled circuit for both accumulator bounds, and simulate must equal the clear forward.
+A QAT integer bias (added to the accumulator as an integer, SPEC §3.8), the encrypted x
+encrypted MatMul (quarter-square products, SPEC §3.1) and the encrypted x encrypted Mul and
+Div (SPEC §3.4, §3.5) create integer nodes of their own; ``predicted_max_bit_width`` must
+equal ``maximum_integer_bit_width()`` of the compiled circuit for both accumulator bounds,
+and simulate must equal the clear forward.
 """
 
 from __future__ import annotations
@@ -41,6 +42,22 @@ class _EncMatMul(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = torch.relu(self.a(x)).reshape(-1, 2, 3)
         return torch.relu(a @ self.b(x).reshape(-1, 3, 2))
+
+
+class _EncMul(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Linear(6, 4)
+        self.b = torch.nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.a(x)) * torch.sigmoid(self.b(x))
+
+
+class _EncDiv(_EncMul):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.a(x)) / (torch.sigmoid(self.b(x)) + 0.5)
 
 
 def _compile_and_check(module: Any, x: np.ndarray, bounds: str) -> Any:
@@ -82,3 +99,16 @@ def test_encrypted_matmul_is_in_the_prediction(bounds: str, n_bits: int) -> None
     assert {"add", "subtract", "tlu", "sum", "multiply_constant", "add_constant"} <= set(labels)
     # the MatMul's own nodes are the widest: the prediction would be short without them
     assert (row.wc_bits if report.worst_case else row.bits) == report.predicted_max_bit_width
+
+
+@pytest.mark.parametrize("bounds", ["observed", "worst_case"])
+@pytest.mark.parametrize(("net", "op_type"), [(_EncMul, "QuantizedMul"), (_EncDiv, "QuantizedDiv")])
+def test_encrypted_mul_and_div_are_in_the_prediction(net: Any, op_type: str, bounds: str) -> None:
+    x = RNG.normal(size=(40, 6)).astype(np.float32)
+    module = build_quantized_module(net(), x, n_bits=3)
+    report = _compile_and_check(module, x, bounds)
+    row = next(r for r in report.rows if r.op_type == op_type)
+    labels = [r.label for r in report.records if r.op == row.name]
+    assert "multiply" in labels
+    if not report.worst_case:  # observed: the product is the widest node
+        assert row.bits == report.predicted_max_bit_width

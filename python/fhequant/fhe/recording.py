@@ -313,6 +313,11 @@ class RecordingExecutor(ClearExecutor):
         (xlo, xhi), (ylo, yhi) = self.worst(x), self.worst(y)
         return self.value("subtract", super().subtract(x, y), (xlo - yhi, xhi - ylo))
 
+    def multiply(self, x: Any, y: Any) -> Any:
+        (xlo, xhi), (ylo, yhi) = self.worst(x), self.worst(y)
+        ends = (xlo * ylo, xlo * yhi, xhi * ylo, xhi * yhi)
+        return self.value("multiply", super().multiply(x, y), _ends(ends))
+
     def add_constant(self, x: Any, c: Any) -> Any:
         lo, hi = self.worst(x)
         self.constant(c)
@@ -450,6 +455,9 @@ class HintingExecutor(TracingExecutor):
 
     def subtract(self, x: Any, y: Any) -> Any:
         return self.hint("subtract", super().subtract(x, y))
+
+    def multiply(self, x: Any, y: Any) -> Any:
+        return self.hint("multiply", super().multiply(x, y))
 
     def add_constant(self, x: Any, c: Any) -> Any:
         return self.hint("add_constant", super().add_constant(x, c))

@@ -117,11 +117,11 @@ class QuantizedMul(_BinaryMixing):
         x1 = self.cnp_round(q1.qvalues, calibrate_rounding, "input1_q_values_copy")
         ex = self.executor(x0, x1)
         x0, x1 = ex.copy(x0), ex.copy(x1)
-        product = x0 * x1
+        product = ex.multiply(x0, x1)
         if z0 != 0:
-            product = product - z0 * x1
+            product = ex.subtract(product, ex.multiply_constant(z0, x1))
         if z1 != 0:
-            product = product - z1 * x0
+            product = ex.subtract(product, ex.multiply_constant(z1, x0))
         scale = q0.quantizer.scale * q1.quantizer.scale
         if self.produces_graph_output:
             self._track("accumulator", product)
@@ -196,11 +196,12 @@ class QuantizedDiv(_BinaryMixing):
         r1 = np.where(r1 == 0, self.min_non_zero_value, r1)
         q_inv = dq.quant(1 / r1)
         x0 = q0.qvalues
-        product = x0 * q_inv
+        ex = self.executor(x0, q_inv)
+        product = ex.multiply(x0, q_inv)
         if z0 != 0:
-            product = product - z0 * (q_inv - z_d)
+            product = ex.subtract(product, ex.multiply_constant(z0, ex.add_constant(q_inv, -z_d)))
         if z_d != 0:
-            product = product - z_d * (x0 - z0)
+            product = ex.subtract(product, ex.multiply_constant(z_d, ex.add_constant(x0, -z0)))
         scale = q0.quantizer.scale * dq.scale
         if self.produces_graph_output:
             self._track("accumulator", product)
