@@ -6,24 +6,26 @@
 use numpy::ndarray::Dimension;
 use numpy::{
     IntoPyArray, PyArray, PyArray1, PyArray2, PyArray3, PyArray4, PyArrayDyn, PyArrayMethods,
-    PyReadonlyArray3, PyReadonlyArray4, PyReadonlyArrayDyn, PyUntypedArrayMethods,
+    PyReadonlyArray1, PyReadonlyArray3, PyReadonlyArray4, PyReadonlyArrayDyn,
+    PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
 
-use crate::kernels::integer::{bits, conv, gemm, rounding};
+use crate::kernels::integer::{bits, conv, gemm, rescale, rounding};
 use crate::py::errors::to_pyerr;
 
 type Pair<'py, A> = (Bound<'py, A>, Bound<'py, A>);
 
-/// A zeroed C-order int64 numpy array. numpy's allocator gives big arrays transparent huge
-/// pages, so a kernel filling it takes far fewer page faults than a fresh Rust `Vec`.
-fn zeros_out<'py, D: Dimension>(
+/// A zeroed C-order int64 (or float64) numpy array. numpy's allocator gives big arrays
+/// transparent huge pages, so a kernel filling it takes far fewer page faults than a fresh
+/// Rust `Vec`.
+fn zeros_out<'py, T: Zeroable, D: Dimension>(
     py: Python<'py>,
     dims: D,
-) -> (Bound<'py, PyArray<i64, D>>, &'py mut [i64]) {
-    // SAFETY: `new` allocates len() int64 values in C order, not yet visible to Python;
-    // they are zeroed before any reference to them is formed.
-    let array = unsafe { PyArray::<i64, D>::new(py, dims, false) };
+) -> (Bound<'py, PyArray<T, D>>, &'py mut [T]) {
+    // SAFETY: `new` allocates len() values in C order, not yet visible to Python; they are
+    // zeroed (a valid value of T, see `Zeroable`) before any reference to them is formed.
+    let array = unsafe { PyArray::<T, D>::new(py, dims, false) };
     let len = array.len();
     unsafe { std::ptr::write_bytes(array.data(), 0, len) };
     // SAFETY: a fresh contiguous array that only this function's caller uses until it is
@@ -31,6 +33,11 @@ fn zeros_out<'py, D: Dimension>(
     let slice = unsafe { std::slice::from_raw_parts_mut(array.data(), len) };
     (array, slice)
 }
+
+/// Element types whose all-zero bit pattern is a valid value (0 and 0.0).
+trait Zeroable: numpy::Element {}
+impl Zeroable for i64 {}
+impl Zeroable for f64 {}
 
 /// acc = a @ (w − z_w) for a (Ba, M, K), w (Bw, K, N) (a batch of 1 broadcasts).
 #[pyfunction]
@@ -46,6 +53,43 @@ fn int_matmul<'py>(
     let dims = gemm::matmul_shape(a.dim(), w.dim()).map_err(|e| to_pyerr(py, e, context))?;
     let (array, out) = zeros_out(py, numpy::ndarray::Dim(dims));
     py.detach(|| gemm::matmul_into(a, w, z_w, out))
+        .map_err(|e| to_pyerr(py, e, context))?;
+    Ok(array)
+}
+
+/// ((f64(round(a @ (w − z_w))) + offset) − sub) · mul (+ add), per output column, as
+/// (batch, M, N) float64 (SPEC §3.1; `kernels::integer::rescale`).
+#[pyfunction]
+#[pyo3(signature = (a, w, z_w, lsbs, offset, sub, mul, add=None, context=None))]
+#[allow(clippy::too_many_arguments)]
+fn int_matmul_rescale<'py>(
+    py: Python<'py>,
+    a: PyReadonlyArray3<'py, i64>,
+    w: PyReadonlyArray3<'py, i64>,
+    z_w: i64,
+    lsbs: i64,
+    offset: f64,
+    sub: PyReadonlyArray1<'py, f64>,
+    mul: PyReadonlyArray1<'py, f64>,
+    add: Option<PyReadonlyArray1<'py, f64>>,
+    context: Option<&str>,
+) -> PyResult<Bound<'py, PyArray3<f64>>> {
+    let (a, w) = (a.as_array(), w.as_array());
+    let dims = gemm::matmul_shape(a.dim(), w.dim()).map_err(|e| to_pyerr(py, e, context))?;
+    let (sub, mul) = (sub.as_slice()?, mul.as_slice()?);
+    let add = match &add {
+        Some(v) => Some(v.as_slice()?),
+        None => None,
+    };
+    let rescale = rescale::Rescale {
+        lsbs,
+        offset,
+        sub,
+        mul,
+        add,
+    };
+    let (array, out) = zeros_out(py, numpy::ndarray::Dim(dims));
+    py.detach(|| rescale::matmul_rescale_into(a, w, z_w, &rescale, out))
         .map_err(|e| to_pyerr(py, e, context))?;
     Ok(array)
 }
@@ -214,6 +258,7 @@ fn int_conv_bounds<'py>(
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(int_matmul, m)?)?;
+    m.add_function(wrap_pyfunction!(int_matmul_rescale, m)?)?;
     m.add_function(wrap_pyfunction!(int_matmul_weight_sums, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv_weight_sums, m)?)?;

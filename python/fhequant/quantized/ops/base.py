@@ -591,6 +591,26 @@ class QuantizedMixingOp(QuantizedOp):
         """Mixing ops never fuse."""
         return False
 
+    def _fusable(self, calibrate_rounding: bool) -> bool:
+        """Whether the accumulator may stay inside a fused executor call: no debug tracking,
+        no rounding to calibrate and ``cnp_round`` not overridden (streamed calibration
+        records the accumulator ranges through it)."""
+        return (
+            self.debug_value_tracker is None
+            and not (calibrate_rounding and self.rounding_threshold_bits is not None)
+            and "cnp_round" not in self.__dict__
+        )
+
+    def _rounding(self, rounding_operation_id: str) -> tuple[int, Any]:
+        """(lsbs_to_remove, exactness) that ``cnp_round`` applies to this accumulator."""
+        lsbs = self.lsbs_to_remove.get(rounding_operation_id, 0)
+        method = (
+            self.rounding_threshold_bits["method"]
+            if self.rounding_threshold_bits is not None
+            else None
+        )
+        return lsbs, method
+
     def cnp_round(
         self,
         x: Any,
@@ -618,12 +638,7 @@ class QuantizedMixingOp(QuantizedOp):
             target = int(self.rounding_threshold_bits["n_bits"])
             prev = self.lsbs_to_remove.get(rounding_operation_id, 0)
             self.lsbs_to_remove[rounding_operation_id] = max(prev, width - target)
-        lsbs = self.lsbs_to_remove.get(rounding_operation_id, 0)
+        lsbs, method = self._rounding(rounding_operation_id)
         if lsbs > 0:
-            method = (
-                self.rounding_threshold_bits["method"]
-                if self.rounding_threshold_bits is not None
-                else None
-            )
             x = self.executor(x).round_bit_pattern(x, lsbs, method)
         return x
