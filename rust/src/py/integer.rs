@@ -3,6 +3,8 @@
 //! The Python-facing API (argument checks, dtype casts, shape normalisation) lives in
 //! `fhequant.integer_kernels`; these functions expect exactly the shapes documented there.
 
+use std::mem::MaybeUninit;
+
 use numpy::ndarray::Dimension;
 use numpy::{
     IntoPyArray, PyArray, PyArray1, PyArray2, PyArray3, PyArray4, PyArrayDyn, PyArrayMethods,
@@ -16,16 +18,15 @@ use crate::py::errors::to_pyerr;
 
 type Pair<'py, A> = (Bound<'py, A>, Bound<'py, A>);
 
-/// A zeroed C-order int64 (or float64) numpy array. numpy's allocator gives big arrays
-/// transparent huge pages, so a kernel filling it takes far fewer page faults than a fresh
-/// Rust `Vec`.
-fn zeros_out<'py, T: Zeroable, D: Dimension>(
+/// A zeroed C-order int64 numpy array. numpy's allocator gives big arrays transparent huge
+/// pages, so a kernel filling it takes far fewer page faults than a fresh Rust `Vec`.
+fn zeros_out<'py, D: Dimension>(
     py: Python<'py>,
     dims: D,
-) -> (Bound<'py, PyArray<T, D>>, &'py mut [T]) {
-    // SAFETY: `new` allocates len() values in C order, not yet visible to Python; they are
-    // zeroed (a valid value of T, see `Zeroable`) before any reference to them is formed.
-    let array = unsafe { PyArray::<T, D>::new(py, dims, false) };
+) -> (Bound<'py, PyArray<i64, D>>, &'py mut [i64]) {
+    // SAFETY: `new` allocates len() int64 values in C order, not yet visible to Python;
+    // they are zeroed before any reference to them is formed.
+    let array = unsafe { PyArray::<i64, D>::new(py, dims, false) };
     let len = array.len();
     unsafe { std::ptr::write_bytes(array.data(), 0, len) };
     // SAFETY: a fresh contiguous array that only this function's caller uses until it is
@@ -34,10 +35,22 @@ fn zeros_out<'py, T: Zeroable, D: Dimension>(
     (array, slice)
 }
 
-/// Element types whose all-zero bit pattern is a valid value (0 and 0.0).
-trait Zeroable: numpy::Element {}
-impl Zeroable for i64 {}
-impl Zeroable for f64 {}
+/// A C-order numpy array left uninitialised, for a kernel that writes every element (before
+/// the array reaches Python; on a kernel error it is dropped unread). Without a zeroing pass
+/// the kernel's parallel writes take the page faults.
+fn uninit_out<'py, T: numpy::Element, D: Dimension>(
+    py: Python<'py>,
+    dims: D,
+) -> (Bound<'py, PyArray<T, D>>, &'py mut [MaybeUninit<T>]) {
+    // SAFETY: `new` allocates len() values in C order, not yet visible to Python; they are
+    // only reached as `MaybeUninit` until written.
+    let array = unsafe { PyArray::<T, D>::new(py, dims, false) };
+    let len = array.len();
+    // SAFETY: a fresh contiguous array that only this function's caller uses until it is
+    // returned to Python (after the kernel has written all of it).
+    let slice = unsafe { std::slice::from_raw_parts_mut(array.data().cast(), len) };
+    (array, slice)
+}
 
 /// acc = a @ (w − z_w) for a (Ba, M, K), w (Bw, K, N) (a batch of 1 broadcasts).
 #[pyfunction]
@@ -51,7 +64,7 @@ fn int_matmul<'py>(
 ) -> PyResult<Bound<'py, PyArray3<i64>>> {
     let (a, w) = (a.as_array(), w.as_array());
     let dims = gemm::matmul_shape(a.dim(), w.dim()).map_err(|e| to_pyerr(py, e, context))?;
-    let (array, out) = zeros_out(py, numpy::ndarray::Dim(dims));
+    let (array, out) = uninit_out(py, numpy::ndarray::Dim(dims));
     py.detach(|| gemm::matmul_into(a, w, z_w, out))
         .map_err(|e| to_pyerr(py, e, context))?;
     Ok(array)
@@ -88,7 +101,7 @@ fn int_matmul_rescale<'py>(
         mul,
         add,
     };
-    let (array, out) = zeros_out(py, numpy::ndarray::Dim(dims));
+    let (array, out) = uninit_out(py, numpy::ndarray::Dim(dims));
     py.detach(|| rescale::matmul_rescale_into(a, w, z_w, &rescale, out))
         .map_err(|e| to_pyerr(py, e, context))?;
     Ok(array)

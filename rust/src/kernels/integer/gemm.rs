@@ -1,6 +1,8 @@
 //! Integer matmul with the zero-point correction of SPEC §3.1 (Jacob et al. 2018, Eq. 7):
 //! acc = A @ B − z_w·Σ_k A[…, k] = A @ (B − z_w), and sum_w = z_x·Σ_k B[k, :].
 
+use std::mem::MaybeUninit;
+
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
 use rayon::prelude::*;
 
@@ -55,9 +57,13 @@ pub fn plan(k: usize, a: (i64, i64), c: (i128, i128)) -> Result<Plan> {
 /// Returns `Error::Overflow` if K·max|a|·max|w − z_w| exceeds int64 (every partial sum is
 /// then bounded too, so the result is always exact).
 pub fn matmul(a: ArrayView3<'_, i64>, w: ArrayView3<'_, i64>, z_w: i64) -> Result<Array3<i64>> {
-    let mut out = Array3::<i64>::zeros(matmul_shape(a.dim(), w.dim())?);
-    matmul_into(a, w, z_w, out.as_slice_mut().unwrap_or_default())?;
-    Ok(out)
+    let mut out = Array3::<i64>::uninit(matmul_shape(a.dim(), w.dim())?);
+    let Some(slice) = out.as_slice_mut() else {
+        return Err(Error::Shape("matmul: the output is not contiguous".into()));
+    };
+    matmul_into(a, w, z_w, slice)?;
+    // SAFETY: matmul_into succeeded, so it wrote every element of `out`.
+    Ok(unsafe { out.assume_init() })
 }
 
 /// The output shape (batch, M, N) of `matmul`, or the shape error.
@@ -81,29 +87,35 @@ pub fn matmul_shape(a: (usize, usize, usize), w: (usize, usize, usize)) -> Resul
     Ok([batch, m, n])
 }
 
-/// `matmul` writing into `out`, a C-order buffer of the size `matmul_shape` gives.
+/// `matmul` writing into `out`, a C-order buffer of the size `matmul_shape` gives; on
+/// success every element is written.
 pub fn matmul_into(
     a: ArrayView3<'_, i64>,
     w: ArrayView3<'_, i64>,
     z_w: i64,
-    out: &mut [i64],
+    out: &mut [MaybeUninit<i64>],
 ) -> Result<()> {
-    matmul_map_into(a, w, z_w, out, |acc, dst| dst.copy_from_slice(acc))
+    matmul_map_into(a, w, z_w, out, |acc, dst| {
+        for (d, &v) in dst.iter_mut().zip(acc) {
+            d.write(v);
+        }
+    })
 }
 
 /// `matmul` passing each row of exact accumulators through `epilogue(acc_row, out_row)`,
-/// which must fill `out_row` (N values of `out`, C order, the size `matmul_shape` gives).
+/// which must write all of `out_row` (N values of `out`, C order, the size `matmul_shape`
+/// gives; on success every element of `out` has been through `epilogue`).
 /// Rows run in parallel blocks, so `epilogue` must not depend on the order of calls.
 pub fn matmul_map_into<O, F>(
     a: ArrayView3<'_, i64>,
     w: ArrayView3<'_, i64>,
     z_w: i64,
-    out: &mut [O],
+    out: &mut [MaybeUninit<O>],
     epilogue: F,
 ) -> Result<()>
 where
     O: Copy + Send,
-    F: Fn(&[i64], &mut [O]) + Sync,
+    F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
 {
     let [batch, m, n] = matmul_shape(a.dim(), w.dim())?;
     if out.len() != batch * m * n {
@@ -164,11 +176,11 @@ struct Job<'a> {
 
 impl Job<'_> {
     /// Write `epilogue(acc_row, out_row)` for every output row of `out` (batch, M, N).
-    fn run<T, O, F>(&self, out: &mut [O], epilogue: &F)
+    fn run<T, O, F>(&self, out: &mut [MaybeUninit<O>], epilogue: &F)
     where
         T: Exact,
         O: Copy + Send,
-        F: Fn(&[i64], &mut [O]) + Sync,
+        F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
     {
         let [_, bw, m, k, n] = self.dims;
         let [s, t] = self.shift;
@@ -231,9 +243,9 @@ struct Block<'a, T> {
 impl<T: Exact> Block<'_, T> {
     /// Rows r0.. of the output into `rows_out` (a whole number of rows of N values).
     #[inline(always)]
-    fn run<O, F>(&self, r0: usize, rows_out: &mut [O], epilogue: &F)
+    fn run<O, F>(&self, r0: usize, rows_out: &mut [MaybeUninit<O>], epilogue: &F)
     where
-        F: Fn(&[i64], &mut [O]),
+        F: Fn(&[i64], &mut [MaybeUninit<O>]),
     {
         let (k, n) = (self.k, self.cols.len());
         let [s, t] = self.shift;
@@ -272,9 +284,9 @@ impl<T: Exact> Block<'_, T> {
     /// `run` compiled for AVX-512 (the same operations, so the same results).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,avx512f,avx512dq,avx512vl,avx512bw")]
-    unsafe fn run_avx512<O, F>(&self, r0: usize, rows_out: &mut [O], epilogue: &F)
+    unsafe fn run_avx512<O, F>(&self, r0: usize, rows_out: &mut [MaybeUninit<O>], epilogue: &F)
     where
-        F: Fn(&[i64], &mut [O]),
+        F: Fn(&[i64], &mut [MaybeUninit<O>]),
     {
         self.run(r0, rows_out, epilogue)
     }

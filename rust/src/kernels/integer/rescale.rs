@@ -9,6 +9,7 @@
 //! `fhequant.quantized.ops.linear` (each a single IEEE operation, so every bit matches).
 //! No int64 accumulator or float64 temporary is materialised.
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ndarray::ArrayView3;
@@ -33,7 +34,7 @@ pub struct Rescale<'a> {
 }
 
 /// `v[b, i, j]` of the module docs for a (Ba, M, K) and w (Bw, K, N), into `out` (C order,
-/// (batch, M, N) as `matmul_shape` gives).
+/// (batch, M, N) as `matmul_shape` gives; on success every element is written).
 ///
 /// Errors: `Error::Shape` for mismatched operands or operand lengths, `Error::Overflow` if
 /// the accumulator could overflow int64 (as `matmul`) or if rounding leaves int64 (as
@@ -43,7 +44,7 @@ pub fn matmul_rescale_into(
     w: ArrayView3<'_, i64>,
     z_w: i64,
     rescale: &Rescale<'_>,
-    out: &mut [f64],
+    out: &mut [MaybeUninit<f64>],
 ) -> Result<()> {
     let [_, _, n] = matmul_shape(a.dim(), w.dim())?;
     let lengths = [
@@ -72,12 +73,12 @@ pub fn matmul_rescale_into(
     match (lsbs > 0, rescale.add) {
         (false, None) => matmul_map_into(a, w, z_w, out, |acc, dst| {
             for ((d, &v), sm) in dst.iter_mut().zip(acc).zip(sub.iter().zip(mul)) {
-                *d = scale(v as f64, sm);
+                d.write(scale(v as f64, sm));
             }
         })?,
         (false, Some(add)) => matmul_map_into(a, w, z_w, out, |acc, dst| {
             for (((d, &v), sm), &b) in dst.iter_mut().zip(acc).zip(sub.iter().zip(mul)).zip(add) {
-                *d = scale(v as f64, sm) + b;
+                d.write(scale(v as f64, sm) + b);
             }
         })?,
         (true, add) => {
@@ -90,10 +91,10 @@ pub fn matmul_rescale_into(
                     over |= v > limit;
                     let rounded = v.wrapping_add(half) & mask;
                     let x = scale(rounded as f64, (&sub[j], &mul[j]));
-                    *d = match add {
+                    d.write(match add {
                         Some(add) => x + add[j],
                         None => x,
-                    };
+                    });
                 }
                 if over {
                     overflow.store(true, Ordering::Relaxed);
@@ -148,9 +149,13 @@ mod tests {
 
     fn run(a: &Array3<i64>, w: &Array3<i64>, z_w: i64, r: &Rescale<'_>) -> Result<Vec<f64>> {
         let [b, m, n] = matmul_shape(a.dim(), w.dim())?;
-        let mut out = vec![0.0; b * m * n];
+        let mut out = vec![MaybeUninit::uninit(); b * m * n];
         matmul_rescale_into(a.view(), w.view(), z_w, r, &mut out)?;
-        Ok(out)
+        // SAFETY: matmul_rescale_into succeeded, so it wrote every element.
+        Ok(out
+            .into_iter()
+            .map(|v| unsafe { v.assume_init() })
+            .collect())
     }
 
     fn bits(v: &[f64]) -> Vec<u64> {
