@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fhequant import integer_kernels as ik
-from fhequant.errors import DTypeError, OverflowRiskError, QuantizedOpError, ShapeError
+from fhequant.errors import (
+    DTypeError,
+    OverflowRiskError,
+    QuantizationError,
+    QuantizedOpError,
+    ShapeError,
+)
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -492,3 +498,127 @@ def test_gemm_of_a_broadcast_input_matches_reference() -> None:
     np.testing.assert_array_equal(
         ik.integer_gemm(a, w, 1, 2)[0], ik.integer_gemm_reference(a, w, 1, 2)[0]
     )
+
+
+# --- the fused Gemm rescale (SPEC §3.1, §2.4) ----------------------------------------------
+
+
+def _bits_equal(got: Any, want: Any) -> None:
+    """Same dtype, shape and float64 bit patterns."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.dtype == want.dtype == np.float64
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))
+
+
+def _column_operand(draw: Any, values: np.ndarray) -> Any:
+    """A per-column operand in one of the forms the op passes (or a form to fall back on)."""
+    n = values.shape[-1]
+    form = draw(st.sampled_from(["row", "vector", "scalar", "f32", "int", "py", "column"]))
+    if form == "row":
+        return values.reshape(1, n)
+    if form == "vector":
+        return values
+    if form == "scalar":
+        return np.float64(values[0])
+    if form == "f32":
+        return values.astype(np.float32)
+    if form == "int":
+        return np.rint(values * 100).astype(np.int64)
+    if form == "py":
+        return float(values[0])
+    return values[:1].reshape(1, 1)  # broadcasts from one element
+
+
+@st.composite
+def rescale_case(draw: Any) -> dict[str, Any]:
+    batch = draw(st.sampled_from([(), (), (2,), (1, 3)]))
+    m, k, n = draw(st.integers(1, 70)), draw(st.integers(1, 12)), draw(st.integers(1, 9))
+    bits = draw(st.sampled_from([2, 6, 8, 16, 30]))
+    x = _ints(draw, (*batch, m, k), bits, draw(st.booleans()))
+    w = _ints(draw, (k, n), draw(st.sampled_from([2, 6, 8])), True)
+    z_x = draw(st.integers(-(2**7), 2**8))
+    z_w = draw(st.sampled_from([0, draw(st.integers(-100, 100))]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    scale = 10.0 ** rng.uniform(-6, 1, size=n)
+    bias = rng.normal(size=n)
+    return {
+        "q_x": _layout(draw, x),
+        "q_w": _layout(draw, w),
+        "z_w": z_w,
+        "lsbs": draw(st.sampled_from([0, 0, 1, 3, 7])),
+        "offset": draw(st.sampled_from([k * z_x * z_w, np.int64(k * z_x * z_w), 0.5 * z_x])),
+        "sub": z_x * np.sum(w, axis=-2, keepdims=True),
+        "mul": _column_operand(draw, scale),
+        "add": draw(st.sampled_from([None, "bias"])) and _column_operand(draw, bias),
+    }
+
+
+@SETTINGS
+@given(rescale_case())
+def test_gemm_rescale_matches_reference_bit_for_bit(case: dict[str, Any]) -> None:
+    _bits_equal(ik.integer_gemm_rescale(**case), ik.integer_gemm_rescale_reference(**case))
+
+
+@SETTINGS
+@given(rescale_case())
+def test_gemm_rescale_reference_is_the_unfused_op_steps(case: dict[str, Any]) -> None:
+    """The reference is integer_gemm, round_bit_pattern, then four float64 ufuncs."""
+    acc = ik.integer_gemm_reference(case["q_x"], case["q_w"], 0, case["z_w"])[0]
+    acc = ik.round_bit_pattern(acc, case["lsbs"])
+    v = acc.astype(np.float64)
+    v = np.add(v, case["offset"])
+    v = np.subtract(v, case["sub"])
+    v = np.multiply(case["mul"], v)
+    if case["add"] is not None:
+        v = np.add(v, case["add"])
+    _bits_equal(ik.integer_gemm_rescale(**case), v)
+
+
+def test_gemm_rescale_runs_natively_for_the_op_operands(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_fallback(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the numpy reference ran")
+
+    x = np.arange(60, dtype=np.int64).reshape(2, 10, 3) % 7
+    w = np.arange(12, dtype=np.int64).reshape(3, 4) - 6
+    want = ik.integer_gemm_rescale_reference(x, w, 2, 1, 6, w.sum(0, keepdims=True), 0.1, None)
+    monkeypatch.setattr(ik, "integer_gemm_rescale_reference", no_fallback)
+    got = ik.integer_gemm_rescale(x, w, 2, 1, 6, w.sum(0, keepdims=True), 0.1, None)
+    _bits_equal(got, want)
+
+
+def test_gemm_rescale_falls_back_for_other_operands() -> None:
+    x = np.arange(12, dtype=np.int64).reshape(3, 4) - 5
+    w = np.arange(8, dtype=np.int64).reshape(4, 2) - 3
+    args = {"q_x": x, "q_w": w, "z_w": 1, "lsbs": 0, "sub": np.zeros((1, 2)), "mul": 0.5}
+    cases = [
+        {"offset": np.array([1.0, 2.0]), "add": None},  # a per-column offset
+        {"offset": 0, "add": np.ones((3, 1))},  # a per-row bias
+        {"offset": 0, "add": np.longdouble(1.0)},  # a wider float
+        {"offset": 0, "add": None, "q_x": x[0]},  # a vector input (shape (1, 2) by numpy)
+        {"offset": 0, "add": None, "q_w": np.stack([w, w])},  # batched weights
+        {"offset": 0, "add": None, "q_x": x[:0]},  # an empty batch
+    ]
+    for extra in cases:
+        case = {**args, **extra}
+        got, want = ik.integer_gemm_rescale(**case), ik.integer_gemm_rescale_reference(**case)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
+def test_gemm_rescale_errors_are_typed() -> None:
+    x = np.full((2, 64), 2**40, dtype=np.int64)
+    w = np.full((64, 3), -(2**20), dtype=np.int64)
+    ones = np.ones(3)
+    for fn in (ik.integer_gemm_rescale, ik.integer_gemm_rescale_reference):
+        with pytest.raises(OverflowRiskError, match=r"fc1.*uint41.*int21"):
+            fn(x, w, 0, 0, 0, ones, ones, None, name="fc1")
+        # rounding an accumulator next to the int64 maximum up leaves int64
+        big = np.array([[2**63 - 4]], dtype=np.int64)
+        with pytest.raises(OverflowRiskError, match=r"fc2.*leaves int64"):
+            fn(big, np.ones((1, 3), dtype=np.int64), 0, 4, 0, ones, ones, None, name="fc2")
+        with pytest.raises(QuantizationError, match="63 bits"):
+            fn(x[:, :2], w[:2], 0, 63, 0, ones, ones, None, name="fc3")
+        with pytest.raises(DTypeError, match="fc4"):
+            fn(x.astype(np.float64), w, 0, 0, 0, ones, ones, None, name="fc4")

@@ -268,3 +268,17 @@ def test_qat_import_of_an_unquantized_model_names_the_tensors() -> None:
     assert module_state(streamed) == module_state(module)
     gemm = module.quant_layers_dict["g0"][1]
     assert gemm.input_quant_opts.is_qat
+
+
+def test_clear_forward_neither_mutates_nor_returns_its_input(module: QuantizedModule) -> None:
+    """The forward shares the caller's integers with its ops (no copy): they only read them."""
+    q = module.quantize_input(X[:20])
+    kept = q.copy()
+    y = module.quantized_forward(q)
+    np.testing.assert_array_equal(q, kept)
+    assert not np.shares_memory(y, q)
+    _, tracker = module.forward(X[:20], debug=True)
+    for entry in tracker.values():
+        for prepared in entry["prepared_inputs"]:
+            if hasattr(prepared, "qvalues"):
+                assert not np.shares_memory(prepared.qvalues, q)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fhequant.errors import NotCalibratedError, QuantizedOpError
 from fhequant.quantization import QuantizationOptions
 from fhequant.quantized import QuantizedConv, QuantizedGemm, QuantizedMatMul
+from fhequant.quantized.ops.executors import TRACING, use_executor
 from quantized_ops_helpers import qa_float, qa_int
 
 RNG = np.random.default_rng(1234)
@@ -234,3 +239,49 @@ def test_raw_inputs_are_not_quantized() -> None:
     assert QuantizedReshape.quantize_inputs_with_model_outputs_precision
     assert not QuantizedGemm.quantize_inputs_with_model_outputs_precision
     assert QuantizedGemm.is_mixing and not QuantizedReshape.is_mixing
+
+
+@st.composite
+def _hidden_gemm_case(draw: Any) -> dict[str, Any]:
+    rows, k, n = draw(st.integers(1, 90)), draw(st.integers(1, 9)), draw(st.integers(1, 6))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    return {
+        "x": rng.normal(size=(rows, k)).astype(draw(st.sampled_from([np.float32, np.float64]))),
+        "w": rng.normal(draw(st.floats(-1, 1)), 1.0, size=(k, n)).astype(np.float32),
+        "b": rng.normal(size=n).astype(np.float32) if draw(st.booleans()) else None,
+        "n_bits": draw(st.integers(2, 8)),
+        "signed": draw(st.booleans()),
+        "rounding": draw(st.sampled_from([None, 2, 4])),
+        "trans_b": draw(st.sampled_from([0, 1])),
+    }
+
+
+@settings(max_examples=40, deadline=None)
+@given(_hidden_gemm_case())
+def test_fused_hidden_gemm_equals_the_step_by_step_path(case: dict[str, Any]) -> None:
+    """The fused clear evaluation gives the bits of the unfused steps and of the tracing
+    executor's steps, with and without rounding."""
+    n_bits, w = case["n_bits"], case["w"]
+    consts = {1: qa_float(w.T if case["trans_b"] else w, n_bits, signed=True)}
+    if case["b"] is not None:
+        consts[2] = qa_float(case["b"], n_bits, signed=True)
+    op = QuantizedGemm(
+        n_bits,
+        "gemm",
+        constant_inputs=consts,
+        input_quant_opts=QuantizationOptions(n_bits, is_signed=case["signed"]),
+        rounding_threshold_bits=case["rounding"],
+        transB=case["trans_b"],
+    )
+    op.calibrate(case["x"])
+    q_x = qa_float(case["x"], n_bits, signed=case["signed"])
+    op.q_impl(q_x, calibrate_rounding=True)  # sets lsbs_to_remove (unfused: it needs acc)
+    fused = op.q_impl(q_x)
+    op.debug_value_tracker = {}  # tracking the accumulator runs the steps one by one
+    steps = op.q_impl(q_x)
+    op.debug_value_tracker = None
+    with use_executor(TRACING):
+        traced = op.q_impl(q_x)
+    for other in (steps, traced):
+        np.testing.assert_array_equal(fused.qvalues, other.qvalues)
+        np.testing.assert_array_equal(fused.values.view(np.uint64), other.values.view(np.uint64))

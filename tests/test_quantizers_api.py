@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -15,7 +17,7 @@ from fhequant import (
     errors,
     fill_from_kwargs,
 )
-from fhequant.quantization import _kernels
+from fhequant.quantization import _kernels, quantized_array
 
 
 def _doc_values() -> np.ndarray:
@@ -467,3 +469,80 @@ def test_partial_stats_and_params_name_missing_and_given() -> None:
 def test_unexpected_kwargs_are_named() -> None:
     with pytest.raises(errors.ArgumentError, match="no_clipping, foo"):
         QuantizedArray(4, np.array([0.0, 1.0]), no_clipping=True, foo=1)
+
+
+# --- deferred quantization (defer=True) -----------------------------------------------------
+
+
+def _qa_pair(values: np.ndarray, float_side: bool) -> tuple[QuantizedArray, QuantizedArray]:
+    """The same QuantizedArray built eagerly and with defer=True."""
+    opts = QuantizationOptions(5, is_signed=True)
+    ref = QuantizedArray(5, values, options=opts)
+    stats, params = ref.quantizer.quant_stats, ref.quantizer.quant_params
+    data = values if float_side else ref.qvalues
+    return tuple(  # type: ignore[return-value]
+        QuantizedArray(
+            5,
+            data,
+            value_is_float=float_side,
+            options=opts,
+            stats=stats,
+            params=params,
+            defer=defer,
+        )
+        for defer in (False, True)
+    )
+
+
+@pytest.mark.parametrize("float_side", [True, False])
+def test_deferred_side_equals_the_eager_one(float_side: bool) -> None:
+    values = np.random.default_rng(3).normal(size=(40, 3)).astype(np.float32)
+    eager, lazy = _qa_pair(values, float_side)
+    pending = "_qvalues" if float_side else "_values"
+    assert getattr(lazy, pending) is None  # nothing computed yet
+    assert lazy == eager  # reads (computes) both sides
+    np.testing.assert_array_equal(lazy.qvalues, eager.qvalues)
+    np.testing.assert_array_equal(lazy.values, eager.values)
+    assert lazy.values.dtype == eager.values.dtype and lazy.qvalues.dtype == eager.qvalues.dtype
+    assert lazy.dumps() == eager.dumps()
+
+
+@pytest.mark.parametrize("float_side", [True, False])
+def test_replacing_the_given_side_keeps_the_deferred_one_of_the_old_data(float_side: bool) -> None:
+    values = np.linspace(-1.0, 2.0, 12)
+    eager, lazy = _qa_pair(values, float_side)
+    if float_side:  # qvalues were those of the old values, as when computed eagerly
+        lazy.values = eager.values = values * 0
+        np.testing.assert_array_equal(lazy.qvalues, eager.qvalues)
+        assert lazy.qvalues.any()
+    else:
+        lazy.qvalues = eager.qvalues = eager.qvalues * 0
+        np.testing.assert_array_equal(lazy.values, eager.values)
+        assert lazy.values.any()
+    # the other setter drops the pending side; quant/dequant recompute as before
+    _, lazy = _qa_pair(values, float_side)
+    if float_side:
+        lazy.qvalues = np.zeros(12, dtype=np.int64)
+        np.testing.assert_array_equal(lazy.values, values)
+    else:
+        lazy.values = values * 3
+        np.testing.assert_array_equal(lazy.qvalues, eager.quantizer.quant(eager.values))
+    np.testing.assert_array_equal(lazy.quant(), lazy.quantizer.quant(lazy.values))
+
+
+def test_defer_needs_parameters_and_keeps_construction_errors() -> None:
+    for defer in (False, True):
+        with pytest.raises(errors.ArgumentError, match="missing scale"):
+            QuantizedArray(
+                4, np.arange(3), value_is_float=False, zero_point=0, offset=0, defer=defer
+            )
+    # without parameters (or with an integer scale) nothing is deferred: the call raises now
+    empty = UniformQuantizer(QuantizationOptions(4))
+    assert not quantized_array._ready(empty, dequant=False)
+    empty.scale, empty.zero_point = 1, 0
+    assert quantized_array._ready(empty, dequant=False)
+    assert not quantized_array._ready(empty, dequant=True)
+    # a deepcopy keeps the pending side
+    _, lazy = _qa_pair(np.linspace(0.0, 1.0, 5), True)
+    copied = copy.deepcopy(lazy)
+    np.testing.assert_array_equal(copied.qvalues, lazy.qvalues)

@@ -16,6 +16,7 @@ __all__ = [
     "int_conv_weight_sums",
     "int_gemm_bounds",
     "int_matmul",
+    "int_matmul_rescale",
     "int_matmul_weight_sums",
     "int_round_bit_pattern",
     "int_window_max",
@@ -65,6 +66,17 @@ def matmul_f64_sequential(
 _I64 = npt.NDArray[np.int64]
 
 def int_matmul(a: _I64, w: _I64, z_w: int, context: str | None = None) -> _I64: ...
+def int_matmul_rescale(
+    a: _I64,
+    w: _I64,
+    z_w: int,
+    lsbs: int,
+    offset: float,
+    sub: npt.NDArray[np.float64],
+    mul: npt.NDArray[np.float64],
+    add: npt.NDArray[np.float64] | None = None,
+    context: str | None = None,
+) -> npt.NDArray[np.float64]: ...
 def int_matmul_weight_sums(w: _I64, z_x: int, context: str | None = None) -> _I64: ...
 def int_conv2d(
     x: _I64,

@@ -12,6 +12,8 @@ Stable API (used by the PTQ ops):
   (SPEC §3.1: B after transB). ``acc = q_x @ q_w - z_w·Σ_k q_x[..., k]`` (int64, shape of
   ``q_x @ q_w``); ``sum_w = z_x·Σ_k q_w[..., k, :]`` with keepdims ((1, N) for 2-D weights).
   The caller adds ``p·z_x·z_w - sum_w`` (p = K) after rounding.
+* ``integer_gemm_rescale(q_x, q_w, z_w, lsbs, offset, sub, mul, add=None, name)``: the
+  rounding and float64 rescale of a hidden Gemm fused with its matmul (one native pass).
 * ``integer_conv(q_x, q_w, z_x=0, z_w=0, *, strides, pads, group, name) -> (acc, sum_w)``:
   NCHW (or NCL) input padded with z_x, ``acc = conv(x_pad, w) - z_w·conv(x_pad, 1)``,
   ``sum_w = z_x·Σ_{c,kh,kw} q_w`` as (1, O, 1, 1) ((1, O, 1) in 1-D).
@@ -59,6 +61,8 @@ __all__ = [
     "integer_conv_reference",
     "integer_gemm",
     "integer_gemm_reference",
+    "integer_gemm_rescale",
+    "integer_gemm_rescale_reference",
     "round_bit_pattern",
     "round_bit_pattern_reference",
     "unfold",
@@ -211,6 +215,102 @@ def _integer_gemm_native(
         acc = acc[..., 0, :]
     sums = _core.int_matmul_weight_sums(b.reshape(-1, k, n), zx, name)
     return acc, sums.reshape(*b.shape[:-2], 1, n)
+
+
+def integer_gemm_rescale_reference(
+    q_x: Any,
+    q_w: Any,
+    z_w: Any,
+    lsbs: int,
+    offset: Any,
+    sub: Any,
+    mul: Any,
+    add: Any = None,
+    name: str = "Gemm",
+) -> Any:
+    """The clear Gemm up to its output quantization (SPEC §3.1, §2.4).
+
+    ``v = ((float64(round(acc)) + offset) - sub)·mul (+ add)`` with ``acc`` the corrected
+    matmul of :func:`integer_gemm_reference` and ``round`` the round_bit_pattern of
+    ``lsbs`` bits (none for lsbs <= 0): the numpy steps of ``QuantizedGemm.q_impl``.
+
+    Args:
+        q_x: integer input, (..., M, K) or (K,).
+        q_w: integer weights after transB, (K, N) or (..., K, N).
+        z_w: weight zero point (integer scalar).
+        lsbs: bits removed by the rounding of the accumulator.
+        offset: added first (p·z_x·z_w).
+        sub: subtracted next (z_x·Σ_k q_w).
+        mul: multiplied next (s_x·s_w).
+        add: added last (the float bias), or None.
+        name: op name used in error messages.
+
+    Returns:
+        The float values (numpy's dtype and shape for these operands).
+    """
+    acc, _ = integer_gemm_reference(q_x, q_w, 0, z_w, name)
+    if _check_lsbs(lsbs, name) > 0:
+        acc = round_bit_pattern_reference(acc, lsbs, name)
+    v = acc.astype(np.float64) + offset
+    v = v - sub
+    v = mul * v
+    return v if add is None else v + add
+
+
+def _per_column(operand: Any, n: int, ndim: int) -> npt.NDArray[np.float64] | None:
+    """``operand`` as the float64 vector (n,) a float64 (..., n) array meets in a ufunc, or
+    None unless the result stays float64 with that shape and the operand varies along the
+    last axis only."""
+    arr = np.asarray(operand)
+    if arr.dtype.kind not in "biuf" or arr.ndim > ndim:
+        return None
+    if np.result_type(np.float64, arr) != np.float64:
+        return None
+    if arr.ndim and (arr.shape[-1] not in (1, n) or any(d != 1 for d in arr.shape[:-1])):
+        return None
+    wide = arr.astype(np.float64).reshape(-1)
+    return np.ascontiguousarray(np.broadcast_to(wide, (n,)))
+
+
+def _integer_gemm_rescale_native(
+    q_x: Any,
+    q_w: Any,
+    z_w: Any,
+    lsbs: int,
+    offset: Any,
+    sub: Any,
+    mul: Any,
+    add: Any = None,
+    name: str = "Gemm",
+) -> Any:
+    a, b, _, zw = _gemm_operands(q_x, q_w, 0, z_w, name, check=False)
+    k_lsbs = _check_lsbs(lsbs, name)
+    if a.size == 0 or b.size == 0 or b.ndim != 2 or a.ndim < 2:
+        return integer_gemm_rescale_reference(a, b, zw, k_lsbs, offset, sub, mul, add, name)
+    n, ndim = b.shape[-1], a.ndim
+    first = _per_column(offset, 1, ndim)
+    columns = [_per_column(v, n, ndim) for v in (sub, mul)]
+    bias = None if add is None else _per_column(add, n, ndim)
+    if (
+        first is None
+        or columns[0] is None
+        or columns[1] is None
+        or (add is not None and bias is None)
+    ):
+        return integer_gemm_rescale_reference(a, b, zw, k_lsbs, offset, sub, mul, add, name)
+    m, k = a.shape[-2:]
+    v = _core.int_matmul_rescale(
+        a.reshape(-1, m, k),
+        b[None],
+        zw,
+        k_lsbs,
+        float(first[0]),
+        columns[0],
+        columns[1],
+        bias,
+        name,
+    )
+    return v.reshape(*a.shape[:-1], n)
 
 
 # --- Conv (SPEC §3.2) and window geometry ----------------------------------------------------
@@ -876,6 +976,7 @@ def _window_sum_bounds_native(
 
 # Dispatch: the native kernels.
 integer_gemm = _integer_gemm_native
+integer_gemm_rescale = _integer_gemm_rescale_native
 integer_conv = _integer_conv_native
 window_sum = _window_sum_native
 window_max = _window_max_native

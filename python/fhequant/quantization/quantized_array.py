@@ -11,7 +11,7 @@ from fhequant.errors import ArgumentError, DTypeError
 from fhequant.quantization.kwargs import fill_from_kwargs
 from fhequant.quantization.options import QuantizationOptions, check_option_conflicts
 from fhequant.quantization.params import UniformQuantizationParameters
-from fhequant.quantization.quantizer import UniformQuantizer, is_tracer
+from fhequant.quantization.quantizer import UniformQuantizer, _is_float_scale, is_tracer
 from fhequant.quantization.stats import MinMaxQuantizationStats
 from fhequant.serialization import Serializable
 
@@ -26,6 +26,14 @@ def _copy_input(values: Any, copy: bool = True) -> Any:
     if is_tracer(values):
         return values
     return np.array(values)
+
+
+def _ready(quantizer: UniformQuantizer, dequant: bool) -> bool:
+    """Whether quant (dequant) has the parameters it needs, so deferring it raises nothing
+    now that the eager call would have raised."""
+    if quantizer.scale is None or quantizer.zero_point is None:
+        return False
+    return not dequant or _is_float_scale(quantizer.scale)
 
 
 class QuantizedArray(Serializable):
@@ -48,6 +56,7 @@ class QuantizedArray(Serializable):
         params: UniformQuantizationParameters | None = None,
         *,
         copy_values: bool = True,
+        defer: bool = False,
         **kwargs: Any,
     ) -> None:
         """Quantize float ``values`` (or dequantize integer ones).
@@ -62,6 +71,10 @@ class QuantizedArray(Serializable):
             params: parameters; computed from the statistics when None (floats only).
             copy_values: copy ndarray ``values`` (the default); False keeps the caller's
                 array, for freshly computed results that nothing else references.
+            defer: compute the other side (``qvalues`` of float values, ``values`` of
+                integers) on its first read instead of now, for ndarray data that is not
+                modified in place before that read (the result is the same; an op output
+                nobody reads is then never computed). Ignored for concrete tracers.
             **kwargs: fields of the options, statistics or parameters (n_bits, is_signed,
                 is_symmetric, is_qat, is_narrow, is_precomputed_qat, rmax, rmin, scale,
                 zero_point, offset). A stats/params object given above is filled in place.
@@ -87,8 +100,9 @@ class QuantizedArray(Serializable):
             )
         check_option_conflicts(options, "QuantizedArray")
         self.quantizer = UniformQuantizer(options, stats, params)
-        self.values: Any = None
-        self.qvalues: Any = None
+        self._values: Any = None
+        self._qvalues: Any = None
+        self._pending: str | None = None  # "values" or "qvalues": computed on first read
         if values is None:
             return
         if value_is_float:
@@ -104,7 +118,10 @@ class QuantizedArray(Serializable):
                 self.quantizer.compute_quantization_stats(values, "QuantizedArray values")
             if params is None:
                 self.quantizer.compute_quantization_parameters(options, self.quantizer.quant_stats)
-            self.quant()
+            if defer and isinstance(values, np.ndarray) and _ready(self.quantizer, False):
+                self._pending = "qvalues"
+            else:
+                self.quant()
         else:
             if params is None:
                 raise ArgumentError(
@@ -118,7 +135,40 @@ class QuantizedArray(Serializable):
                     "value_is_float=False; pass integer data, or floats with value_is_float=True"
                 )
             self.qvalues = qvalues
-            self.dequant()
+            if defer and isinstance(qvalues, np.ndarray) and _ready(self.quantizer, True):
+                self._pending = "values"
+            else:
+                self.dequant()
+
+    @property
+    def values(self) -> Any:
+        """The float values (None for an output quantizer built without values)."""
+        if self._pending == "values":
+            self._pending = None
+            self._values = self.quantizer.dequant(self._qvalues)
+        return self._values
+
+    @values.setter
+    def values(self, values: Any) -> None:
+        if self._pending == "qvalues":  # the integers of the values being replaced
+            self.qvalues = self.quantizer.quant(self._values)
+        self._pending = None if self._pending == "values" else self._pending
+        self._values = values
+
+    @property
+    def qvalues(self) -> Any:
+        """The quantized integers (None for an output quantizer built without values)."""
+        if self._pending == "qvalues":
+            self._pending = None
+            self._qvalues = self.quantizer.quant(self._values)
+        return self._qvalues
+
+    @qvalues.setter
+    def qvalues(self, qvalues: Any) -> None:
+        if self._pending == "values":  # the floats of the integers being replaced
+            self.values = self.quantizer.dequant(self._qvalues)
+        self._pending = None if self._pending == "qvalues" else self._pending
+        self._qvalues = qvalues
 
     def __call__(self) -> Any:
         """The quantized values."""
@@ -194,6 +244,6 @@ class QuantizedArray(Serializable):
         """
         array = cls(metadata["n_bits"], None)
         array.quantizer = metadata["quantizer"]
-        array.values = metadata["values"]
-        array.qvalues = metadata["qvalues"]
+        array._values = metadata["values"]
+        array._qvalues = metadata["qvalues"]
         return array

@@ -67,6 +67,17 @@ def _output_quantizer(op: Any) -> UniformQuantizer:
     ).quantizer
 
 
+def _last_uses(layers: dict[str, Any], keep: Any) -> dict[str, int]:
+    """The index of the last op reading each tensor (tensors in ``keep`` are never dropped)."""
+    last: dict[str, int] = {}
+    for step, (inputs, _) in enumerate(layers.values()):
+        for name in inputs:
+            last[name] = step
+    for name in keep:
+        last.pop(name, None)
+    return last
+
+
 class QuantizedModule(serialization.Serializable):
     """An integer model built by the calibration walk.
 
@@ -312,14 +323,22 @@ class QuantizedModule(serialization.Serializable):
                 options=quantizer.quant_options,
                 stats=quantizer.quant_stats,
                 params=quantizer.quant_params,
+                # the ops only read the integers: no copy unless they can leave the forward
+                copy_values=tracker is not None or name in self.ordered_module_output_names,
+                defer=True,
             )
-        for out, (inputs, op) in self.quant_layers_dict.items():
+        last_use = _last_uses(self.quant_layers_dict, self.ordered_module_output_names)
+        for step, (out, (inputs, op)) in enumerate(self.quant_layers_dict.items()):
             if tracker is not None:
                 op.debug_value_tracker = tracker
             try:
                 values[out] = op.q_impl(*(values[i] for i in inputs))
             finally:
                 op.debug_value_tracker = None
+            # drop what no later op reads: the memory is reused by the next ops' results
+            for name in inputs:
+                if last_use.get(name) == step:
+                    values.pop(name, None)
         outputs = tuple(
             v.qvalues if isinstance(v, QuantizedArray) else v
             for v in (values[n] for n in self.ordered_module_output_names)

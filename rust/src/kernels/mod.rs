@@ -3,3 +3,4 @@
 pub mod float;
 pub mod integer;
 pub mod quant;
+pub mod simd;

@@ -3,14 +3,17 @@
 //! The Python-facing API (argument checks, dtype casts, shape normalisation) lives in
 //! `fhequant.integer_kernels`; these functions expect exactly the shapes documented there.
 
+use std::mem::MaybeUninit;
+
 use numpy::ndarray::Dimension;
 use numpy::{
     IntoPyArray, PyArray, PyArray1, PyArray2, PyArray3, PyArray4, PyArrayDyn, PyArrayMethods,
-    PyReadonlyArray3, PyReadonlyArray4, PyReadonlyArrayDyn, PyUntypedArrayMethods,
+    PyReadonlyArray1, PyReadonlyArray3, PyReadonlyArray4, PyReadonlyArrayDyn,
+    PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
 
-use crate::kernels::integer::{bits, conv, gemm, rounding};
+use crate::kernels::integer::{bits, conv, gemm, rescale, rounding};
 use crate::py::errors::to_pyerr;
 
 type Pair<'py, A> = (Bound<'py, A>, Bound<'py, A>);
@@ -32,6 +35,23 @@ fn zeros_out<'py, D: Dimension>(
     (array, slice)
 }
 
+/// A C-order numpy array left uninitialised, for a kernel that writes every element (before
+/// the array reaches Python; on a kernel error it is dropped unread). Without a zeroing pass
+/// the kernel's parallel writes take the page faults.
+fn uninit_out<'py, T: numpy::Element, D: Dimension>(
+    py: Python<'py>,
+    dims: D,
+) -> (Bound<'py, PyArray<T, D>>, &'py mut [MaybeUninit<T>]) {
+    // SAFETY: `new` allocates len() values in C order, not yet visible to Python; they are
+    // only reached as `MaybeUninit` until written.
+    let array = unsafe { PyArray::<T, D>::new(py, dims, false) };
+    let len = array.len();
+    // SAFETY: a fresh contiguous array that only this function's caller uses until it is
+    // returned to Python (after the kernel has written all of it).
+    let slice = unsafe { std::slice::from_raw_parts_mut(array.data().cast(), len) };
+    (array, slice)
+}
+
 /// acc = a @ (w − z_w) for a (Ba, M, K), w (Bw, K, N) (a batch of 1 broadcasts).
 #[pyfunction]
 #[pyo3(signature = (a, w, z_w, context=None))]
@@ -44,8 +64,45 @@ fn int_matmul<'py>(
 ) -> PyResult<Bound<'py, PyArray3<i64>>> {
     let (a, w) = (a.as_array(), w.as_array());
     let dims = gemm::matmul_shape(a.dim(), w.dim()).map_err(|e| to_pyerr(py, e, context))?;
-    let (array, out) = zeros_out(py, numpy::ndarray::Dim(dims));
+    let (array, out) = uninit_out(py, numpy::ndarray::Dim(dims));
     py.detach(|| gemm::matmul_into(a, w, z_w, out))
+        .map_err(|e| to_pyerr(py, e, context))?;
+    Ok(array)
+}
+
+/// ((f64(round(a @ (w − z_w))) + offset) − sub) · mul (+ add), per output column, as
+/// (batch, M, N) float64 (SPEC §3.1; `kernels::integer::rescale`).
+#[pyfunction]
+#[pyo3(signature = (a, w, z_w, lsbs, offset, sub, mul, add=None, context=None))]
+#[allow(clippy::too_many_arguments)]
+fn int_matmul_rescale<'py>(
+    py: Python<'py>,
+    a: PyReadonlyArray3<'py, i64>,
+    w: PyReadonlyArray3<'py, i64>,
+    z_w: i64,
+    lsbs: i64,
+    offset: f64,
+    sub: PyReadonlyArray1<'py, f64>,
+    mul: PyReadonlyArray1<'py, f64>,
+    add: Option<PyReadonlyArray1<'py, f64>>,
+    context: Option<&str>,
+) -> PyResult<Bound<'py, PyArray3<f64>>> {
+    let (a, w) = (a.as_array(), w.as_array());
+    let dims = gemm::matmul_shape(a.dim(), w.dim()).map_err(|e| to_pyerr(py, e, context))?;
+    let (sub, mul) = (sub.as_slice()?, mul.as_slice()?);
+    let add = match &add {
+        Some(v) => Some(v.as_slice()?),
+        None => None,
+    };
+    let rescale = rescale::Rescale {
+        lsbs,
+        offset,
+        sub,
+        mul,
+        add,
+    };
+    let (array, out) = uninit_out(py, numpy::ndarray::Dim(dims));
+    py.detach(|| rescale::matmul_rescale_into(a, w, z_w, &rescale, out))
         .map_err(|e| to_pyerr(py, e, context))?;
     Ok(array)
 }
@@ -214,6 +271,7 @@ fn int_conv_bounds<'py>(
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(int_matmul, m)?)?;
+    m.add_function(wrap_pyfunction!(int_matmul_rescale, m)?)?;
     m.add_function(wrap_pyfunction!(int_matmul_weight_sums, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv_weight_sums, m)?)?;

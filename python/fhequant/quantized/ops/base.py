@@ -102,8 +102,11 @@ def _zp_is_scalar(zero_point: Any) -> bool:
     return np.ndim(zero_point) == 0
 
 
-def quantized_values_copy(qa: QuantizedArray, qvalues: Any = None) -> QuantizedArray:
-    """A new QuantizedArray holding qvalues (default: qa's) with qa's options, stats, params."""
+def quantized_values_copy(
+    qa: QuantizedArray, qvalues: Any = None, *, copy_values: bool = True
+) -> QuantizedArray:
+    """A new QuantizedArray holding qvalues (default: qa's) with qa's options, stats, params
+    (``copy_values=False`` shares the integers instead of copying them)."""
     q = qa.quantizer
     return QuantizedArray(
         q.n_bits,
@@ -112,6 +115,8 @@ def quantized_values_copy(qa: QuantizedArray, qvalues: Any = None) -> QuantizedA
         options=q.quant_options,
         stats=q.quant_stats,
         params=q.quant_params,
+        copy_values=copy_values,
+        defer=True,
     )
 
 
@@ -342,7 +347,8 @@ class QuantizedOp(Serializable):
         if scalar_zp and (
             opts.is_equal(qz.quant_options, ignore_sign_qat=True) or qz.is_precomputed_qat
         ):
-            return quantized_values_copy(inp)
+            # the op only reads the integers: share them unless the debug tracker keeps them
+            return quantized_values_copy(inp, copy_values=self.debug_value_tracker is not None)
         if (
             opts.is_qat
             and self.error_tracker is not None
@@ -416,7 +422,7 @@ class QuantizedOp(Serializable):
             owned: ``values`` is a fresh array nothing else references (it is not copied).
 
         Returns:
-            The QuantizedArray of ``values``.
+            The QuantizedArray of ``values`` (its qvalues computed on first read).
         """
         self._check_calibrated()
         return QuantizedArray(
@@ -427,6 +433,7 @@ class QuantizedOp(Serializable):
             stats=self.output_quant_stats,
             params=self.output_quant_params,
             copy_values=not owned,
+            defer=True,
         )
 
     def make_raw_accumulator_array(
@@ -453,6 +460,7 @@ class QuantizedOp(Serializable):
             stats=self.output_quant_stats,
             params=params,
             copy_values=not owned,
+            defer=True,
         )
 
     def q_impl(self, *q_inputs: Any, calibrate_rounding: bool = False, **attrs: Any) -> Any:
@@ -591,6 +599,26 @@ class QuantizedMixingOp(QuantizedOp):
         """Mixing ops never fuse."""
         return False
 
+    def _fusable(self, calibrate_rounding: bool) -> bool:
+        """Whether the accumulator may stay inside a fused executor call: no debug tracking,
+        no rounding to calibrate and ``cnp_round`` not overridden (streamed calibration
+        records the accumulator ranges through it)."""
+        return (
+            self.debug_value_tracker is None
+            and not (calibrate_rounding and self.rounding_threshold_bits is not None)
+            and "cnp_round" not in self.__dict__
+        )
+
+    def _rounding(self, rounding_operation_id: str) -> tuple[int, Any]:
+        """(lsbs_to_remove, exactness) that ``cnp_round`` applies to this accumulator."""
+        lsbs = self.lsbs_to_remove.get(rounding_operation_id, 0)
+        method = (
+            self.rounding_threshold_bits["method"]
+            if self.rounding_threshold_bits is not None
+            else None
+        )
+        return lsbs, method
+
     def cnp_round(
         self,
         x: Any,
@@ -618,12 +646,7 @@ class QuantizedMixingOp(QuantizedOp):
             target = int(self.rounding_threshold_bits["n_bits"])
             prev = self.lsbs_to_remove.get(rounding_operation_id, 0)
             self.lsbs_to_remove[rounding_operation_id] = max(prev, width - target)
-        lsbs = self.lsbs_to_remove.get(rounding_operation_id, 0)
+        lsbs, method = self._rounding(rounding_operation_id)
         if lsbs > 0:
-            method = (
-                self.rounding_threshold_bits["method"]
-                if self.rounding_threshold_bits is not None
-                else None
-            )
             x = self.executor(x).round_bit_pattern(x, lsbs, method)
         return x

@@ -75,6 +75,26 @@ class Executor:
         """a @ b - z_w·Σ_k a[..., k] (keepdims): the zp-corrected integer matmul."""
         raise NotImplementedError
 
+    def matmul_rescale(
+        self,
+        a: Any,
+        b: Any,
+        z_w: Any,
+        lsbs: int,
+        exactness: Any,
+        offset: Any,
+        sub: Any,
+        mul: Any,
+        add: Any = None,
+    ) -> Any:
+        """((float64(round(matmul(a, b, z_w))) + offset) - sub)·mul (+ add), where round
+        removes ``lsbs`` bits: a hidden Gemm up to its output quantization (SPEC §3.1)."""
+        acc = self.round_bit_pattern(self.matmul(a, b, z_w), lsbs, exactness)
+        v = acc.astype(np.float64) + offset
+        v = v - sub
+        v = mul * v
+        return v if add is None else v + add
+
     def conv(
         self,
         x: Any,
@@ -178,6 +198,26 @@ class ClearExecutor(Executor):
 
     def matmul(self, a: Any, b: Any, z_w: Any = 0) -> Any:
         return ik.integer_gemm(a, b, 0, z_w, name="matmul")[0]
+
+    def matmul_rescale(
+        self,
+        a: Any,
+        b: Any,
+        z_w: Any,
+        lsbs: int,
+        exactness: Any,
+        offset: Any,
+        sub: Any,
+        mul: Any,
+        add: Any = None,
+    ) -> Any:
+        cls = type(self)
+        if cls.matmul is not ClearExecutor.matmul or (
+            cls.round_bit_pattern is not ClearExecutor.round_bit_pattern
+        ):
+            # a subclass observing the primitives (fhe.recording) sees them one by one
+            return super().matmul_rescale(a, b, z_w, lsbs, exactness, offset, sub, mul, add)
+        return ik.integer_gemm_rescale(a, b, z_w, lsbs, offset, sub, mul, add, name="matmul")
 
     def conv(
         self,

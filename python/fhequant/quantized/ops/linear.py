@@ -120,17 +120,23 @@ class QuantizedGemm(QuantizedMixingOp):
         m = q_x.quantizer.scale * _gemm_weight_scale(q_w, b.ndim, attrs.get("transB", 0))
         p = b.shape[-2]
         ex = self.executor(a)
-        acc = ex.matmul(a, b, z_w)
         sum_w = z_x * np.sum(b, axis=-2, keepdims=True)
         final = p * z_x * z_w
+        qat_bias = _is_qat_bias(q_bias)
+        if not self.produces_graph_output and not qat_bias and self._fusable(calibrate_rounding):
+            # the steps below in one executor call (no accumulator to track or calibrate)
+            bias = None if q_bias is None else _values(q_bias)
+            v = ex.matmul_rescale(a, b, z_w, *self._rounding("matmul"), final, sum_w, m, bias)
+            return self.make_output_quant_array(v, owned=type(v) is np.ndarray)
+        acc = ex.matmul(a, b, z_w)
         if self.produces_graph_output:
             self._track("accumulator", acc)
             out_zp = sum_w - final
             if q_bias is not None:
                 out_zp = out_zp + _values(q_bias) / (-m)
-            return self.make_raw_accumulator_array(acc, m, out_zp)
+            owned = type(acc) is np.ndarray and self.debug_value_tracker is None
+            return self.make_raw_accumulator_array(acc, m, out_zp, owned=owned)
 
-        qat_bias = _is_qat_bias(q_bias)
         if _is_qat_bias(q_bias):
             _check_bias_scale(self, q_bias, m)
             acc = ex.add_constant(acc, q_bias.qvalues)

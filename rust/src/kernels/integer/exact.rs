@@ -41,6 +41,52 @@ pub fn range<'a>(values: impl IntoIterator<Item = &'a i64>) -> (i64, i64) {
     it.fold((first, first), |(lo, hi), &v| (lo.min(v), hi.max(v)))
 }
 
+/// Values per task of `range_slice`: fixed, so the split never depends on the thread count.
+const RANGE_CHUNK: usize = 1 << 15;
+
+/// `range` of a slice, in parallel chunks (min and max do not depend on the split).
+pub fn range_slice(values: &[i64]) -> (i64, i64) {
+    use rayon::prelude::*;
+    let wide = crate::kernels::simd::wide_vectors();
+    values
+        .par_chunks(RANGE_CHUNK)
+        .map(|chunk| {
+            #[cfg(target_arch = "x86_64")]
+            if wide {
+                // SAFETY: `wide_vectors` checked that the CPU has these features.
+                return unsafe { chunk_range_avx512(chunk) };
+            }
+            chunk_range(chunk)
+        })
+        .reduce_with(|(a, b), (c, d)| (a.min(c), b.max(d)))
+        .unwrap_or((0, 0))
+}
+
+/// `range` of a contiguous view, else of its elements in order.
+pub fn range_of<'a, D: ndarray::Dimension>(values: ndarray::ArrayView<'a, i64, D>) -> (i64, i64) {
+    match values.as_slice() {
+        Some(slice) => range_slice(slice),
+        None => range(values.iter()),
+    }
+}
+
+#[inline(always)]
+fn chunk_range(chunk: &[i64]) -> (i64, i64) {
+    let first = chunk.first().copied().unwrap_or(0);
+    let (mut lo, mut hi) = (first, first);
+    for &v in chunk {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    (lo, hi)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512dq,avx512vl,avx512bw")]
+unsafe fn chunk_range_avx512(chunk: &[i64]) -> (i64, i64) {
+    chunk_range(chunk)
+}
+
 /// Largest |v| over a range, as u128.
 pub fn max_abs(lo: i128, hi: i128) -> u128 {
     lo.unsigned_abs().max(hi.unsigned_abs())
@@ -95,13 +141,13 @@ fn sizes_ok(m: usize, k: usize, n: usize, a: usize, b: usize, c: usize) -> bool 
 
 /// `Exact` for a float type whose `matrixmultiply` routine is `$gemm` (sgemm / dgemm).
 macro_rules! impl_exact_float {
-    ($t:ty, $gemm:path) => {
+    ($t:ty, $gemm:path, $to_i64:path) => {
         impl Exact for $t {
             fn from_i64(v: i64) -> Self {
                 v as $t
             }
             fn to_i64(self) -> i64 {
-                self as i64
+                $to_i64(self)
             }
             fn gemm(m: usize, k: usize, n: usize, a: &[$t], b: &[$t], c: &mut [$t]) {
                 if m == 0 || n == 0 || !sizes_ok(m, k, n, a.len(), b.len(), c.len()) {
@@ -136,8 +182,23 @@ macro_rules! impl_exact_float {
     };
 }
 
-impl_exact_float!(f32, matrixmultiply::sgemm);
-impl_exact_float!(f64, matrixmultiply::dgemm);
+/// 1.5·2^52: adding it to an integer-valued f64 of magnitude below 2^51 leaves the integer
+/// in the low mantissa bits.
+const MAGIC: f64 = 6_755_399_441_055_744.0;
+
+/// An integer-valued f32 (|v| <= 2^24 under the f32 strategy, always below 2^51) as i64,
+/// with two float64 operations and an integer subtraction (which vectorise, unlike the
+/// saturating `as i64`).
+fn f32_to_i64(v: f32) -> i64 {
+    ((f64::from(v) + MAGIC).to_bits() as i64).wrapping_sub(MAGIC.to_bits() as i64)
+}
+
+fn f64_to_i64(v: f64) -> i64 {
+    v as i64
+}
+
+impl_exact_float!(f32, matrixmultiply::sgemm, f32_to_i64);
+impl_exact_float!(f64, matrixmultiply::dgemm, f64_to_i64);
 
 impl Exact for i64 {
     fn from_i64(v: i64) -> Self {
@@ -202,6 +263,27 @@ mod tests {
         let want = naive(m, k, n, &big, &b);
         assert_eq!(via::<f64>(m, k, n, &big, &b), want);
         assert_eq!(via::<i64>(m, k, n, &big, &b), want);
+    }
+
+    #[test]
+    fn f32_results_convert_exactly() {
+        for v in [0i64, 1, -1, 7, -(1 << 24), 1 << 24, 123_456, -9_999_999] {
+            assert_eq!(f32_to_i64(v as f32), v);
+        }
+        assert_eq!(f32_to_i64(-0.0), 0);
+    }
+
+    #[test]
+    fn slice_ranges_match_the_sequential_fold() {
+        let v: Vec<i64> = (0..100_003i64)
+            .map(|i| (i * 7919) % 10_007 - 5_000)
+            .collect();
+        assert_eq!(range_slice(&v), range(v.iter()));
+        assert_eq!(range_slice(&v[5..6]), (v[5], v[5]));
+        assert_eq!(range_slice(&[]), (0, 0));
+        let a = ndarray::Array2::from_shape_vec((3, 4), v[..12].to_vec()).unwrap();
+        assert_eq!(range_of(a.t()), range(a.iter()));
+        assert_eq!(range_of(a.view()), range(a.iter()));
     }
 
     #[test]

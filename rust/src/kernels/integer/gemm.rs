@@ -1,11 +1,16 @@
 //! Integer matmul with the zero-point correction of SPEC §3.1 (Jacob et al. 2018, Eq. 7):
 //! acc = A @ B − z_w·Σ_k A[…, k] = A @ (B − z_w), and sum_w = z_x·Σ_k B[k, :].
 
+use std::mem::MaybeUninit;
+
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::kernels::integer::exact::{check_bound, describe, max_abs, range, Exact, Strategy};
+use crate::kernels::integer::exact::{
+    check_bound, describe, max_abs, range, range_of, Exact, Strategy,
+};
+use crate::kernels::simd;
 
 /// Rows of A per task: fixed, so the split never depends on the number of threads.
 const BLOCK_ROWS: usize = 64;
@@ -52,9 +57,13 @@ pub fn plan(k: usize, a: (i64, i64), c: (i128, i128)) -> Result<Plan> {
 /// Returns `Error::Overflow` if K·max|a|·max|w − z_w| exceeds int64 (every partial sum is
 /// then bounded too, so the result is always exact).
 pub fn matmul(a: ArrayView3<'_, i64>, w: ArrayView3<'_, i64>, z_w: i64) -> Result<Array3<i64>> {
-    let mut out = Array3::<i64>::zeros(matmul_shape(a.dim(), w.dim())?);
-    matmul_into(a, w, z_w, out.as_slice_mut().unwrap_or_default())?;
-    Ok(out)
+    let mut out = Array3::<i64>::uninit(matmul_shape(a.dim(), w.dim())?);
+    let Some(slice) = out.as_slice_mut() else {
+        return Err(Error::Shape("matmul: the output is not contiguous".into()));
+    };
+    matmul_into(a, w, z_w, slice)?;
+    // SAFETY: matmul_into succeeded, so it wrote every element of `out`.
+    Ok(unsafe { out.assume_init() })
 }
 
 /// The output shape (batch, M, N) of `matmul`, or the shape error.
@@ -78,13 +87,36 @@ pub fn matmul_shape(a: (usize, usize, usize), w: (usize, usize, usize)) -> Resul
     Ok([batch, m, n])
 }
 
-/// `matmul` writing into `out`, a C-order buffer of the size `matmul_shape` gives.
+/// `matmul` writing into `out`, a C-order buffer of the size `matmul_shape` gives; on
+/// success every element is written.
 pub fn matmul_into(
     a: ArrayView3<'_, i64>,
     w: ArrayView3<'_, i64>,
     z_w: i64,
-    out: &mut [i64],
+    out: &mut [MaybeUninit<i64>],
 ) -> Result<()> {
+    matmul_map_into(a, w, z_w, out, |acc, dst| {
+        for (d, &v) in dst.iter_mut().zip(acc) {
+            d.write(v);
+        }
+    })
+}
+
+/// `matmul` passing each row of exact accumulators through `epilogue(acc_row, out_row)`,
+/// which must write all of `out_row` (N values of `out`, C order, the size `matmul_shape`
+/// gives; on success every element of `out` has been through `epilogue`).
+/// Rows run in parallel blocks, so `epilogue` must not depend on the order of calls.
+pub fn matmul_map_into<O, F>(
+    a: ArrayView3<'_, i64>,
+    w: ArrayView3<'_, i64>,
+    z_w: i64,
+    out: &mut [MaybeUninit<O>],
+    epilogue: F,
+) -> Result<()>
+where
+    O: Copy + Send,
+    F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
+{
     let [batch, m, n] = matmul_shape(a.dim(), w.dim())?;
     if out.len() != batch * m * n {
         return Err(Error::Shape(format!(
@@ -99,7 +131,7 @@ pub fn matmul_into(
         i128::from(wlo) - i128::from(z_w),
         i128::from(whi) - i128::from(z_w),
     );
-    let plan = plan(k, range(a.iter()), c)?;
+    let plan = plan(k, range_of(a), c)?;
     if out.is_empty() {
         return Ok(());
     }
@@ -120,9 +152,9 @@ pub fn matmul_into(
         shift: plan.shift,
     };
     match plan.strategy {
-        Strategy::F32 => job.run::<f32>(out),
-        Strategy::F64 => job.run::<f64>(out),
-        Strategy::I64 => job.run::<i64>(out),
+        Strategy::F32 => job.run::<f32, O, F>(out, &epilogue),
+        Strategy::F64 => job.run::<f64, O, F>(out, &epilogue),
+        Strategy::I64 => job.run::<i64, O, F>(out, &epilogue),
     }
     Ok(())
 }
@@ -143,8 +175,13 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    /// Write every element of `out` (batch, M, N).
-    fn run<T: Exact>(&self, out: &mut [i64]) {
+    /// Write `epilogue(acc_row, out_row)` for every output row of `out` (batch, M, N).
+    fn run<T, O, F>(&self, out: &mut [MaybeUninit<O>], epilogue: &F)
+    where
+        T: Exact,
+        O: Copy + Send,
+        F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
+    {
         let [_, bw, m, k, n] = self.dims;
         let [s, t] = self.shift;
         let ba = self.a.dim().0;
@@ -162,42 +199,96 @@ impl Job<'_> {
                 *acc = s.wrapping_mul(*acc).wrapping_add(st);
             }
         }
+        let wide = simd::wide_vectors();
         out.par_chunks_mut(m * n).enumerate().for_each(|(bi, dst)| {
             let ab: ArrayView2<'_, i64> = self
                 .a
                 .index_axis(ndarray::Axis(0), if ba == 1 { 0 } else { bi });
             let wsel = if bw == 1 { 0 } else { bi };
-            let wb = &wt[wsel * k * n..];
-            let cols = &col_terms[wsel * n..(wsel + 1) * n];
+            let block = Block {
+                a: ab,
+                w: &wt[wsel * k * n..],
+                cols: &col_terms[wsel * n..(wsel + 1) * n],
+                k,
+                shift: self.shift,
+            };
             dst.par_chunks_mut(BLOCK_ROWS * n)
                 .enumerate()
                 .for_each(|(ci, rows_out)| {
-                    let r0 = ci * BLOCK_ROWS;
-                    let rows = rows_out.len() / n;
-                    let mut lhs = Vec::with_capacity(rows * k);
-                    let mut row_terms = Vec::with_capacity(rows);
-                    for r in r0..r0 + rows {
-                        let mut sum = 0i64;
-                        lhs.extend(ab.row(r).iter().map(|&v| {
-                            let centred = v.wrapping_sub(s);
-                            sum = sum.wrapping_add(centred);
-                            T::from_i64(centred)
-                        }));
-                        row_terms.push(t.wrapping_mul(sum));
-                    }
-                    let mut tmp = vec![T::default(); rows * n];
-                    T::gemm(rows, k, n, &lhs, wb, &mut tmp);
-                    for ((d_row, t_row), rt) in rows_out
-                        .chunks_exact_mut(n)
-                        .zip(tmp.chunks_exact(n))
-                        .zip(&row_terms)
-                    {
-                        for ((d, &v), &ct) in d_row.iter_mut().zip(t_row).zip(cols) {
-                            *d = v.to_i64().wrapping_add(*rt).wrapping_add(ct);
-                        }
+                    if wide {
+                        // SAFETY: `wide_vectors` checked that the CPU has these features.
+                        #[cfg(target_arch = "x86_64")]
+                        unsafe {
+                            block.run_avx512(ci * BLOCK_ROWS, rows_out, epilogue)
+                        };
+                    } else {
+                        block.run(ci * BLOCK_ROWS, rows_out, epilogue);
                     }
                 });
         });
+    }
+}
+
+/// One batch of a `Job`: rows of A against the converted weights.
+struct Block<'a, T> {
+    a: ArrayView2<'a, i64>,
+    /// (K, N) row-major W' in T.
+    w: &'a [T],
+    /// s·colsum(W') + s·t·K per column.
+    cols: &'a [i64],
+    k: usize,
+    shift: [i64; 2],
+}
+
+impl<T: Exact> Block<'_, T> {
+    /// Rows r0.. of the output into `rows_out` (a whole number of rows of N values).
+    #[inline(always)]
+    fn run<O, F>(&self, r0: usize, rows_out: &mut [MaybeUninit<O>], epilogue: &F)
+    where
+        F: Fn(&[i64], &mut [MaybeUninit<O>]),
+    {
+        let (k, n) = (self.k, self.cols.len());
+        let [s, t] = self.shift;
+        let rows = rows_out.len() / n;
+        let mut lhs = vec![T::default(); rows * k];
+        let mut row_terms = Vec::with_capacity(rows);
+        for (r, dst) in (r0..r0 + rows).zip(lhs.chunks_exact_mut(k.max(1))) {
+            let row = self.a.row(r);
+            let mut sum = 0i64;
+            let mut put = |d: &mut T, v: i64| {
+                let centred = v.wrapping_sub(s);
+                sum = sum.wrapping_add(centred);
+                *d = T::from_i64(centred);
+            };
+            match row.as_slice() {
+                Some(src) => dst.iter_mut().zip(src).for_each(|(d, &v)| put(d, v)),
+                None => dst.iter_mut().zip(row.iter()).for_each(|(d, &v)| put(d, v)),
+            }
+            row_terms.push(t.wrapping_mul(sum));
+        }
+        let mut tmp = vec![T::default(); rows * n];
+        T::gemm(rows, k, n, &lhs, self.w, &mut tmp);
+        let mut acc = vec![0i64; n];
+        for ((d_row, t_row), &rt) in rows_out
+            .chunks_exact_mut(n)
+            .zip(tmp.chunks_exact(n))
+            .zip(&row_terms)
+        {
+            for ((a, &v), &ct) in acc.iter_mut().zip(t_row).zip(self.cols) {
+                *a = v.to_i64().wrapping_add(rt).wrapping_add(ct);
+            }
+            epilogue(&acc, d_row);
+        }
+    }
+
+    /// `run` compiled for AVX-512 (the same operations, so the same results).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,avx512f,avx512dq,avx512vl,avx512bw")]
+    unsafe fn run_avx512<O, F>(&self, r0: usize, rows_out: &mut [MaybeUninit<O>], epilogue: &F)
+    where
+        F: Fn(&[i64], &mut [MaybeUninit<O>]),
+    {
+        self.run(r0, rows_out, epilogue)
     }
 }
 

@@ -11,4 +11,5 @@ pub mod bits;
 pub mod conv;
 pub mod exact;
 pub mod gemm;
+pub mod rescale;
 pub mod rounding;
