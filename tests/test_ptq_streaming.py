@@ -144,11 +144,11 @@ def test_store_spills_and_restores_dtypes() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    n=st.integers(1, 70),
+    n=st.integers(1, 150),
     k=st.integers(1, 40),
-    m=st.integers(1, 9),
+    m=st.integers(1, 40),
     seed=st.integers(0, 2**31),
-    split=st.integers(1, 70),
+    split=st.integers(1, 150),
     dtypes=st.sampled_from(
         [(np.float32, np.float32), (np.float64, np.float32), (np.float64, np.float64)]
     ),
