@@ -56,25 +56,66 @@ impl Isa {
 
 /// The element types the kernel runs on, with their tile sizes per instruction set.
 pub trait Element: Copy + Default + Send + Sync + Mul<Output = Self> + AddAssign {
-    /// `out (n, m) = a (n, k) @ b (k, m)` (row-major slices) with the tiles of `isa`.
-    fn matmul_into(a: &[Self], b: &[Self], out: &mut [Self], k: usize, m: usize, isa: Isa);
+    /// `b (k, m)` (row-major) packed for the tiles of `isa`.
+    fn pack(b: &[Self], k: usize, m: usize, isa: Isa) -> PackedB<Self>;
+    /// `out (rows, m) = a (rows, k) @ b` (row-major slices), on the calling thread.
+    fn rows_times(a: &[Self], b: &PackedB<Self>, out: &mut [Self]);
 }
 
-impl Element for f32 {
-    fn matmul_into(a: &[f32], b: &[f32], out: &mut [f32], k: usize, m: usize, isa: Isa) {
-        match isa {
-            Isa::Avx2 => tiled::<f32, 6, 16>(a, b, out, k, m, isa),
-            Isa::Portable => tiled::<f32, 4, 8>(a, b, out, k, m, isa),
-        }
+/// The right operand of a product, packed into zero-padded panels of columns.
+pub struct PackedB<T> {
+    isa: Isa,
+    data: Vec<T>,
+    k: usize,
+    m: usize,
+}
+
+impl<T> PackedB<T> {
+    /// The inner dimension.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The number of columns.
+    pub fn m(&self) -> usize {
+        self.m
     }
 }
 
-impl Element for f64 {
-    fn matmul_into(a: &[f64], b: &[f64], out: &mut [f64], k: usize, m: usize, isa: Isa) {
-        match isa {
-            Isa::Avx2 => tiled::<f64, 6, 8>(a, b, out, k, m, isa),
-            Isa::Portable => tiled::<f64, 4, 4>(a, b, out, k, m, isa),
+macro_rules! element {
+    ($t:ty, avx2: ($mr2:literal, $nr2:literal), portable: ($mr:literal, $nr:literal)) => {
+        impl Element for $t {
+            fn pack(b: &[$t], k: usize, m: usize, isa: Isa) -> PackedB<$t> {
+                let data = match isa {
+                    Isa::Avx2 => pack_b::<$t, $nr2>(b, k, m),
+                    Isa::Portable => pack_b::<$t, $nr>(b, k, m),
+                };
+                PackedB { isa, data, k, m }
+            }
+
+            fn rows_times(a: &[$t], b: &PackedB<$t>, out: &mut [$t]) {
+                if b.k == 0 || b.m == 0 {
+                    out.fill(0.0);
+                    return;
+                }
+                match b.isa {
+                    Isa::Avx2 => task_dispatch::<$t, $mr2, $nr2>(a, b, out),
+                    Isa::Portable => task_dispatch::<$t, $mr, $nr>(a, b, out),
+                }
+            }
         }
+    };
+}
+
+element!(f32, avx2: (6, 16), portable: (4, 8));
+element!(f64, avx2: (6, 8), portable: (4, 4));
+
+/// The instruction set to run on: `isa` when the CPU runs it, else the portable code.
+pub fn supported(isa: Isa) -> Isa {
+    if Isa::available().contains(&isa) {
+        isa
+    } else {
+        Isa::Portable
     }
 }
 
@@ -108,11 +149,7 @@ pub fn matmul_sequential<T: Element>(
             "matmul: a has {k} columns but b has {kb} rows; the inner dimensions must match"
         )));
     }
-    let isa = if Isa::available().contains(&isa) {
-        isa
-    } else {
-        Isa::Portable
-    };
+    let isa = supported(isa);
     let b = b.as_standard_layout();
     let b = b
         .as_slice()
@@ -124,7 +161,10 @@ pub fn matmul_sequential<T: Element>(
     let mut out = vec![T::default(); n * m];
     // k == 0: every sum is empty, so 0
     if m > 0 && n > 0 && k > 0 {
-        T::matmul_into(a, b, &mut out, k, m, isa);
+        let packed = T::pack(b, k, m, isa);
+        out.par_chunks_mut(ROWS_PER_TASK * m)
+            .zip(a.par_chunks(ROWS_PER_TASK * k))
+            .for_each(|(out_rows, a_rows)| T::rows_times(a_rows, &packed, out_rows));
     }
     Array2::from_shape_vec((n, m), out).map_err(|e| Error::Shape(e.to_string()))
 }
@@ -132,6 +172,9 @@ pub fn matmul_sequential<T: Element>(
 /// Pack `b (k, m)` into `ceil(m / NR)` panels of `k × NR` (panel-major, then k, then the
 /// column), the columns past `m` zero.
 fn pack_b<T: Element, const NR: usize>(b: &[T], k: usize, m: usize) -> Vec<T> {
+    if k == 0 {
+        return Vec::new();
+    }
     let panels = m.div_ceil(NR);
     let mut packed = vec![T::default(); panels * k * NR];
     for (p, panel) in packed.chunks_exact_mut(k * NR).enumerate() {
@@ -144,40 +187,20 @@ fn pack_b<T: Element, const NR: usize>(b: &[T], k: usize, m: usize) -> Vec<T> {
     packed
 }
 
-/// Split the rows among rayon tasks; each task runs the tile loop on `isa`.
-fn tiled<T: Element, const MR: usize, const NR: usize>(
-    a: &[T],
-    b: &[T],
-    out: &mut [T],
-    k: usize,
-    m: usize,
-    isa: Isa,
-) {
-    let packed = pack_b::<T, NR>(b, k, m);
-    out.par_chunks_mut(ROWS_PER_TASK * m)
-        .zip(a.par_chunks(ROWS_PER_TASK * k))
-        .for_each(|(out_rows, a_rows)| {
-            task_dispatch::<T, MR, NR>(a_rows, &packed, out_rows, k, m, isa)
-        });
-}
-
 fn task_dispatch<T: Element, const MR: usize, const NR: usize>(
     a: &[T],
-    packed: &[T],
+    b: &PackedB<T>,
     out: &mut [T],
-    k: usize,
-    m: usize,
-    isa: Isa,
 ) {
+    let (packed, k, m) = (&b.data[..], b.k, b.m);
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: `matmul_sequential` only passes an instruction set the CPU supports.
-        match isa {
-            Isa::Avx2 => return unsafe { task_avx2::<T, MR, NR>(a, packed, out, k, m) },
-            Isa::Portable => {}
+        if b.isa == Isa::Avx2 {
+            // SAFETY: a PackedB is only built for an instruction set the CPU supports.
+            unsafe { task_avx2::<T, MR, NR>(a, packed, out, k, m) };
+            return;
         }
     }
-    let _ = isa;
     task::<T, MR, NR>(a, packed, out, k, m);
 }
 
