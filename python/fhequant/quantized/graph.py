@@ -149,8 +149,30 @@ def _gemm_float(
     if alpha != 1:
         y = alpha * y
     if c is not None and beta != 0:
-        y = y + (c if beta == 1 else beta * c)
+        c = c if beta == 1 else beta * c
+        if _adds_in_place(y, c):
+            return np.add(y, c, out=y)  # the same loop as y + c, without a new array
+        y = y + c
     return y
+
+
+def _adds_in_place(y: Any, c: Any) -> bool:
+    """Whether ``y + c`` may be written into the fresh array ``y``: an array ``c`` whose
+    dtype and shape do not change y's (no value-based casting of 0-d operands)."""
+    if not (
+        type(y) is np.ndarray
+        and y.flags.owndata
+        and y.flags.writeable
+        and isinstance(c, np.ndarray)
+        and c.ndim >= 1
+        and not np.may_share_memory(y, c)
+        and np.result_type(y.dtype, c.dtype) == y.dtype
+    ):
+        return False
+    try:
+        return np.broadcast_shapes(y.shape, c.shape) == y.shape
+    except ValueError:  # y + c reports it
+        return False
 
 
 def _matmul_float(a: Any, b: Any, **_: Any) -> Any:
