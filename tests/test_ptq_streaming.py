@@ -144,11 +144,11 @@ def test_store_spills_and_restores_dtypes() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    n=st.integers(1, 70),
+    n=st.integers(1, 150),
     k=st.integers(1, 40),
-    m=st.integers(1, 9),
+    m=st.integers(1, 40),
     seed=st.integers(0, 2**31),
-    split=st.integers(1, 70),
+    split=st.integers(1, 150),
     dtypes=st.sampled_from(
         [(np.float32, np.float32), (np.float64, np.float32), (np.float64, np.float64)]
     ),
@@ -234,3 +234,61 @@ def test_float_conv_of_the_walk_is_split_independent(
     # same numbers as the registry's (BLAS) Conv up to summation order
     spec = ONNX_OPS["Conv"]
     np.testing.assert_allclose(whole, spec.fn(x, w, b, **attrs), rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 9),
+    group=st.integers(1, 3),
+    cg=st.integers(1, 3),
+    og=st.integers(1, 5),
+    size=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    strides=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    dilations=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    pads=st.tuples(*[st.integers(0, 2)] * 4),
+    one_d=st.booleans(),
+    x_f32=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
+def test_native_float_conv_is_the_im2col_sequential_matmul(
+    n: int,
+    group: int,
+    cg: int,
+    og: int,
+    size: tuple[int, int],
+    kernel: tuple[int, int],
+    strides: tuple[int, int],
+    dilations: tuple[int, int],
+    pads: tuple[int, int, int, int],
+    one_d: bool,
+    x_f32: bool,
+    seed: int,
+) -> None:
+    from fhequant.quantized import graph
+
+    rng = np.random.default_rng(seed)
+    spatial = size[1:] if one_d else size
+    k = kernel[1:] if one_d else kernel
+    s = strides[1:] if one_d else strides
+    d = dilations[1:] if one_d else dilations
+    begins, ends = (pads[1:2], pads[3:4]) if one_d else (pads[:2], pads[2:])
+    if any(
+        (kk - 1) * dd + 1 > sz + lo + hi
+        for sz, kk, dd, lo, hi in zip(spatial, k, d, begins, ends, strict=True)
+    ):
+        return
+    scale = rng.choice([1e-3, 1.0, 1e3])
+    x = (rng.normal(size=(n, group * cg, *spatial)) * scale).astype(
+        np.float32 if x_f32 else np.float64
+    )
+    w = rng.normal(size=(group * og, cg, *k)).astype(np.float32)
+    assert graph._native_conv_fits(x, w, d, begins, ends, group)
+    native = graph._native_conv(x, w, s, d, begins, ends, group)
+    twin = graph._im2col_conv(x, w, s, d, begins, ends, group)
+    assert native.dtype == np.float64
+    np.testing.assert_array_equal(native, twin)
+    if n > 1:
+        np.testing.assert_array_equal(
+            graph._native_conv(x[1:2], w, s, d, begins, ends, group), native[1:2]
+        )

@@ -9,6 +9,7 @@ from numpy.typing import NDArray
 __all__ = [
     "__version__",
     "_raise_kernel_error",
+    "conv2d_f64_sequential",
     "dequantize",
     "int_bit_width",
     "int_conv2d",
@@ -57,6 +58,16 @@ def matmul_f32_sequential(
 def matmul_f64_sequential(
     a: npt.NDArray[np.float64],
     b: npt.NDArray[np.float64],
+    context: str | None = None,
+) -> npt.NDArray[np.float64]: ...
+def conv2d_f64_sequential(
+    x: npt.NDArray[np.float64],
+    w: npt.NDArray[np.float64],
+    strides: tuple[int, int],
+    dilations: tuple[int, int],
+    begins: tuple[int, int],
+    ends: tuple[int, int],
+    group: int,
     context: str | None = None,
 ) -> npt.NDArray[np.float64]: ...
 

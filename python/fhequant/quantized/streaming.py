@@ -312,11 +312,15 @@ class TensorStore:
 
 
 def _narrow(block: np.ndarray) -> np.ndarray:
-    """The block in the smallest integer dtype holding it (a copy for non-int data)."""
+    """The block in the smallest integer dtype holding it (a copy for non-int data).
+
+    Signed dtypes come first at each width: the native dequantize reads int8/16/32 blocks
+    as they are stored, unsigned ones need a widening copy.
+    """
     if block.dtype.kind not in "iu" or block.size == 0:
         return np.array(block, copy=True)
     lo, hi = int(block.min()), int(block.max())
-    for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.int32):
+    for dtype in (np.int8, np.uint8, np.int16, np.uint16, np.int32):
         info = np.iinfo(dtype)
         if info.min <= lo and hi <= info.max:
             return block.astype(dtype)

@@ -1,3 +1,4 @@
 //! Float kernels whose results do not depend on how the rows are batched.
 
+pub mod conv;
 pub mod matmul;
