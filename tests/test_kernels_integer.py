@@ -622,3 +622,109 @@ def test_gemm_rescale_errors_are_typed() -> None:
             fn(x[:, :2], w[:2], 0, 63, 0, ones, ones, None, name="fc3")
         with pytest.raises(DTypeError, match="fc4"):
             fn(x.astype(np.float64), w, 0, 0, 0, ones, ones, None, name="fc4")
+
+
+def _channel_operand(draw: Any, values: np.ndarray, rank: int) -> Any:
+    """A per-channel operand of a conv output of ``rank`` in one of the forms the op passes
+    (or a form to fall back on)."""
+    o = values.shape[0]
+    layout = (1, o) + (1,) * (rank - 2)
+    form = draw(st.sampled_from(["layout", "f32", "int", "scalar", "py", "one", "bad"]))
+    if form == "layout":
+        return values.reshape(layout)
+    if form == "f32":
+        return values.astype(np.float32).reshape(layout)
+    if form == "int":
+        return np.rint(values * 100).astype(np.int64).reshape(layout)
+    if form == "scalar":
+        return np.float64(values[0])
+    if form == "py":
+        return float(values[0])
+    if form == "one":
+        return values[:1].reshape((1,) * rank)
+    return values.reshape(o, *(1,) * (rank - 1))[:, None]  # not per channel: numpy decides
+
+
+@st.composite
+def conv_rescale_case(draw: Any) -> dict[str, Any]:
+    case = draw(conv_case())
+    w = np.asarray(case["q_w"])
+    o, rank = w.shape[0], w.ndim
+    n_w = int(np.prod(w.shape[1:]))
+    z_x, z_w = case["z_x"], case["z_w"]
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    sum_w = z_x * np.sum(w, axis=tuple(range(1, rank))).reshape(1, o, *(1,) * (rank - 2))
+    return {
+        **case,
+        "lsbs": draw(st.sampled_from([0, 0, 1, 3, 7])),
+        "offset": draw(st.sampled_from([n_w * z_x * z_w, np.int64(n_w * z_x * z_w), 0.5])),
+        "sub": sum_w,
+        "mul": _channel_operand(draw, 10.0 ** rng.uniform(-6, 1, size=o), rank),
+        "add": draw(st.sampled_from([None, "bias"]))
+        and _channel_operand(draw, rng.normal(size=o), rank),
+    }
+
+
+def _conv_rescale_or_error(fn: Any, case: dict[str, Any]) -> Any:
+    try:
+        return fn(**case)
+    except (ValueError, QuantizedOpError) as exc:  # broadcasting refused by numpy too
+        return type(exc)
+
+
+@SETTINGS
+@given(conv_rescale_case())
+def test_conv_rescale_matches_reference_bit_for_bit(case: dict[str, Any]) -> None:
+    got = _conv_rescale_or_error(ik.integer_conv_rescale, case)
+    want = _conv_rescale_or_error(ik.integer_conv_rescale_reference, case)
+    if isinstance(want, type):
+        assert got is want
+    else:
+        _bits_equal(got, want)
+
+
+@SETTINGS
+@given(conv_rescale_case())
+def test_conv_rescale_reference_is_the_unfused_op_steps(case: dict[str, Any]) -> None:
+    """The reference is integer_conv, round_bit_pattern, then four float64 ufuncs."""
+    geometry = {k: case[k] for k in ("strides", "pads", "group")}
+    acc = ik.integer_conv_reference(case["q_x"], case["q_w"], case["z_x"], case["z_w"], **geometry)
+    v = ik.round_bit_pattern(acc[0], case["lsbs"]).astype(np.float64)
+    v = np.add(v, case["offset"])
+    v = np.subtract(v, case["sub"])
+    v = np.multiply(case["mul"], v)
+    if case["add"] is not None:
+        v = np.add(v, case["add"])
+    got = _conv_rescale_or_error(ik.integer_conv_rescale_reference, case)
+    if not isinstance(got, type):
+        _bits_equal(got, v)
+
+
+def test_conv_rescale_runs_natively_for_the_op_operands(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_fallback(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the numpy reference ran")
+
+    x = np.arange(2 * 3 * 5 * 4, dtype=np.int64).reshape(2, 3, 5, 4) % 7
+    w = np.arange(4 * 3 * 2 * 2, dtype=np.int64).reshape(4, 3, 2, 2) % 5 - 2
+    sub = 2 * w.sum(axis=(1, 2, 3)).reshape(1, 4, 1, 1)
+    mul = np.linspace(0.01, 0.2, 4).reshape(1, 4, 1, 1)
+    bias = np.linspace(-1, 1, 4).reshape(1, 4, 1, 1)
+    args = (x, w, 2, 1, 3, 24, sub, mul, bias)
+    geometry = {"strides": (2, 1), "pads": (1, 0, 1, 1)}
+    want = ik.integer_conv_rescale_reference(*args, **geometry)
+    monkeypatch.setattr(ik, "integer_conv_rescale_reference", no_fallback)
+    _bits_equal(ik.integer_conv_rescale(*args, **geometry), want)
+
+
+def test_conv_rescale_errors_are_typed() -> None:
+    ones = np.ones((1, 1, 1, 1))
+    big = np.full((1, 1, 3, 3), 2**40, dtype=np.int64)
+    w = np.full((1, 1, 3, 3), -(2**25), dtype=np.int64)
+    for fn in (ik.integer_conv_rescale, ik.integer_conv_rescale_reference):
+        with pytest.raises(OverflowRiskError, match=r"conv2.*uint41.*int26"):
+            fn(big, w, 0, 0, 0, 0, ones, ones, name="conv2")
+        edge = np.full((1, 1, 1, 1), 2**63 - 4, dtype=np.int64)
+        with pytest.raises(OverflowRiskError, match=r"conv3.*leaves int64"):
+            fn(edge, np.ones((1, 1, 1, 1), dtype=np.int64), 0, 0, 4, 0, ones, ones, name="conv3")
+        with pytest.raises(QuantizationError, match="63 bits"):
+            fn(edge, np.ones((1, 1, 1, 1), dtype=np.int64), 0, 0, 63, 0, ones, ones, name="c4")

@@ -13,6 +13,7 @@ __all__ = [
     "dequantize",
     "int_bit_width",
     "int_conv2d",
+    "int_conv2d_rescale",
     "int_conv_bounds",
     "int_conv_weight_sums",
     "int_gemm_bounds",
@@ -99,6 +100,21 @@ def int_conv2d(
     pad_value: int,
     context: str | None = None,
 ) -> _I64: ...
+def int_conv2d_rescale(
+    x: _I64,
+    w: _I64,
+    z_w: int,
+    group: int,
+    strides: tuple[int, int],
+    pads: tuple[int, int, int, int],
+    pad_value: int,
+    lsbs: int,
+    offset: float,
+    sub: npt.NDArray[np.float64],
+    mul: npt.NDArray[np.float64],
+    add: npt.NDArray[np.float64] | None = None,
+    context: str | None = None,
+) -> npt.NDArray[np.float64]: ...
 def int_conv_weight_sums(w: _I64, z_x: int, context: str | None = None) -> _I64: ...
 def int_window_sum(
     x: _I64,

@@ -17,6 +17,8 @@ Stable API (used by the PTQ ops):
 * ``integer_conv(q_x, q_w, z_x=0, z_w=0, *, strides, pads, group, name) -> (acc, sum_w)``:
   NCHW (or NCL) input padded with z_x, ``acc = conv(x_pad, w) - z_w·conv(x_pad, 1)``,
   ``sum_w = z_x·Σ_{c,kh,kw} q_w`` as (1, O, 1, 1) ((1, O, 1) in 1-D).
+* ``integer_conv_rescale(q_x, q_w, z_x, z_w, lsbs, offset, sub, mul, add=None, *, ...)``:
+  the rounding and float64 rescale of a hidden Conv fused with its conv (one native pass).
 * ``window_sum(q_x, kernel_shape, strides, pads, z_x, ceil_mode=0)`` (AveragePool) and
   ``window_max(q_x, kernel_shape, strides, pads, z_x)`` (MaxPool).
 * ``unfold(q_x, kernel_shape, strides, pads, z_x)`` (Unfold, torch column order).
@@ -59,6 +61,8 @@ __all__ = [
     "gemm_bounds_reference",
     "integer_conv",
     "integer_conv_reference",
+    "integer_conv_rescale",
+    "integer_conv_rescale_reference",
     "integer_gemm",
     "integer_gemm_reference",
     "integer_gemm_rescale",
@@ -472,6 +476,127 @@ def _integer_conv_native(
     if spatial == 1:
         return acc[:, :, 0, :], sum_w[:, :, 0, :]
     return acc, sum_w
+
+
+def integer_conv_rescale_reference(
+    q_x: Any,
+    q_w: Any,
+    z_x: Any,
+    z_w: Any,
+    lsbs: int,
+    offset: Any,
+    sub: Any,
+    mul: Any,
+    add: Any = None,
+    *,
+    strides: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    group: int = 1,
+    name: str = "Conv",
+) -> Any:
+    """The clear Conv up to its output quantization (SPEC §3.2, §2.4).
+
+    ``v = ((float64(round(acc)) + offset) - sub)·mul (+ add)`` with ``acc`` the corrected
+    conv of :func:`integer_conv_reference` and ``round`` the round_bit_pattern of ``lsbs``
+    bits (none for lsbs <= 0): the numpy steps of ``QuantizedConv.q_impl``.
+
+    Args:
+        q_x: integer input (N, C, H, W) or (N, C, L).
+        q_w: integer weights (O, C/group, kh, kw) or (O, C/group, k).
+        z_x: input zero point, also the pad value.
+        z_w: weight zero point.
+        lsbs: bits removed by the rounding of the accumulator.
+        offset: added first (C/group·kh·kw·z_x·z_w).
+        sub: subtracted next (z_x·Σ q_w per channel, e.g. shape (1, O, 1, 1)).
+        mul: multiplied next (s_x·s_w).
+        add: added last (the float bias), or None.
+        strides: per spatial axis (default 1).
+        pads: ONNX order, begins then ends (default 0).
+        group: number of channel groups.
+        name: op name used in error messages.
+
+    Returns:
+        The float values (numpy's dtype and shape for these operands).
+    """
+    acc, _ = integer_conv_reference(
+        q_x, q_w, z_x, z_w, strides=strides, pads=pads, group=group, name=name
+    )
+    if _check_lsbs(lsbs, name) > 0:
+        acc = round_bit_pattern_reference(acc, lsbs, name)
+    v = acc.astype(np.float64) + offset
+    v = v - sub
+    v = mul * v
+    return v if add is None else v + add
+
+
+def _per_channel(operand: Any, o: int, ndim: int) -> npt.NDArray[np.float64] | None:
+    """``operand`` as the float64 vector (o,) a float64 (N, O, ...) array of rank ``ndim``
+    meets in a ufunc, or None unless the result stays float64 with that shape and the
+    operand varies along the channel axis only."""
+    arr = np.asarray(operand)
+    if arr.dtype.kind not in "biuf" or arr.ndim > ndim:
+        return None
+    if np.result_type(np.float64, arr) != np.float64:
+        return None
+    shape = (1,) * (ndim - arr.ndim) + arr.shape
+    if shape[1] not in (1, o) or any(d != 1 for i, d in enumerate(shape) if i != 1):
+        return None
+    wide = arr.astype(np.float64).reshape(-1)
+    return np.ascontiguousarray(np.broadcast_to(wide, (o,)))
+
+
+def _integer_conv_rescale_native(
+    q_x: Any,
+    q_w: Any,
+    z_x: Any,
+    z_w: Any,
+    lsbs: int,
+    offset: Any,
+    sub: Any,
+    mul: Any,
+    add: Any = None,
+    *,
+    strides: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    group: int = 1,
+    name: str = "Conv",
+) -> Any:
+    x, w, zx, zw, group, s, p, spatial = _conv_operands(
+        q_x, q_w, z_x, z_w, strides, pads, group, name, check=False
+    )
+    k_lsbs = _check_lsbs(lsbs, name)
+    o, ndim = w.shape[0], spatial + 2
+    first = _per_channel(offset, 1, ndim)
+    channels = [_per_channel(v, o, ndim) for v in (sub, mul)]
+    bias = None if add is None else _per_channel(add, o, ndim)
+    if (
+        x.size == 0
+        or first is None
+        or channels[0] is None
+        or channels[1] is None
+        or (add is not None and bias is None)
+    ):
+        return integer_conv_rescale_reference(
+            q_x,
+            q_w,
+            zx,
+            zw,
+            k_lsbs,
+            offset,
+            sub,
+            mul,
+            add,
+            strides=strides,
+            pads=pads,
+            group=group,
+            name=name,
+        )
+    v = _core.int_conv2d_rescale(
+        x, w, zw, group, s, p, zx, k_lsbs, float(first[0]), channels[0], channels[1], bias, name
+    )
+    if spatial == 1:
+        return v.reshape(v.shape[0], v.shape[1], v.shape[3])
+    return v
 
 
 # --- pools (SPEC §3.6) -----------------------------------------------------------------------
@@ -978,6 +1103,7 @@ def _window_sum_bounds_native(
 integer_gemm = _integer_gemm_native
 integer_gemm_rescale = _integer_gemm_rescale_native
 integer_conv = _integer_conv_native
+integer_conv_rescale = _integer_conv_rescale_native
 window_sum = _window_sum_native
 window_max = _window_max_native
 unfold = _unfold_native

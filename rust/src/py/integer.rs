@@ -147,6 +147,50 @@ fn int_conv2d<'py>(
     Ok(array)
 }
 
+/// ((f64(round(conv(x_pad, w − z_w))) + offset) − sub) · mul (+ add), per output channel,
+/// as (N, O, OH, OW) float64 (SPEC §3.2; `kernels::integer::rescale`).
+#[pyfunction]
+#[pyo3(signature = (x, w, z_w, group, strides, pads, pad_value, lsbs, offset, sub, mul, add=None, context=None))]
+#[allow(clippy::too_many_arguments)]
+fn int_conv2d_rescale<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray4<'py, i64>,
+    w: PyReadonlyArray4<'py, i64>,
+    z_w: i64,
+    group: usize,
+    strides: [usize; 2],
+    pads: [usize; 4],
+    pad_value: i64,
+    lsbs: i64,
+    offset: f64,
+    sub: PyReadonlyArray1<'py, f64>,
+    mul: PyReadonlyArray1<'py, f64>,
+    add: Option<PyReadonlyArray1<'py, f64>>,
+    context: Option<&str>,
+) -> PyResult<Bound<'py, PyArray4<f64>>> {
+    let (x, w) = (x.as_array(), w.as_array());
+    let (_, _, kh, kw) = w.dim();
+    let geom = conv::Geometry::new([kh, kw], strides, pads, [0, 0], pad_value);
+    let dims =
+        conv::conv2d_shape(x.dim(), w.dim(), group, &geom).map_err(|e| to_pyerr(py, e, context))?;
+    let (sub, mul) = (sub.as_slice()?, mul.as_slice()?);
+    let add = match &add {
+        Some(v) => Some(v.as_slice()?),
+        None => None,
+    };
+    let rescale = rescale::Rescale {
+        lsbs,
+        offset,
+        sub,
+        mul,
+        add,
+    };
+    let (array, out) = uninit_out(py, numpy::ndarray::Dim(dims));
+    py.detach(|| rescale::conv_rescale_into(x, w, z_w, group, &geom, &rescale, out))
+        .map_err(|e| to_pyerr(py, e, context))?;
+    Ok(array)
+}
+
 /// z_x·Σ_{c,kh,kw} w per output channel, as (O, 1).
 #[pyfunction]
 #[pyo3(signature = (w, z_x, context=None))]
@@ -272,6 +316,7 @@ fn int_conv_bounds<'py>(
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(int_matmul, m)?)?;
     m.add_function(wrap_pyfunction!(int_matmul_rescale, m)?)?;
+    m.add_function(wrap_pyfunction!(int_conv2d_rescale, m)?)?;
     m.add_function(wrap_pyfunction!(int_matmul_weight_sums, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv_weight_sums, m)?)?;

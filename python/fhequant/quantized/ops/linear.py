@@ -18,6 +18,7 @@ import numpy as np
 from fhequant.errors import QuantizedOpError
 from fhequant.quantization import QuantizedArray
 from fhequant.quantized.ops.base import QuantizedMixingOp
+from fhequant.quantized.ops.executors import is_tracer
 
 __all__ = ["QuantizedConv", "QuantizedGemm", "QuantizedMatMul"]
 
@@ -285,6 +286,35 @@ class QuantizedConv(QuantizedMixingOp):
             x = x.reshape(x.shape[0], x.shape[1], 1, x.shape[2])
         n_out = w.shape[0]
         ex = self.executor(x)
+        # per-channel constants in the accumulator's layout ((1, O, 1) for 1-D convs)
+        layout = (1, n_out, 1) if is_1d else (1, n_out, 1, 1)
+        qat_bias = _is_qat_bias(q_bias)
+        fuse = not (self.produces_graph_output or qat_bias or is_tracer(x))
+        if fuse and self._fusable(calibrate_rounding):
+            # the steps below in one executor call (no accumulator to track or calibrate; a
+            # traced graph keeps its separate nodes and 1-D shapes)
+            n_w = int(np.prod(w.shape[1:]))
+            sum_w = z_x * np.sum(w, axis=(1, 2, 3)).reshape(1, n_out, 1, 1)
+            m = q_x.quantizer.scale * _conv_weight_scale(q_w, (1, n_out, 1, 1))
+            bias = None if q_bias is None else np.asarray(_values(q_bias)).reshape(1, n_out, 1, 1)
+            v = ex.conv_rescale(
+                x,
+                w,
+                strides=strides,
+                pads=pads,
+                pad_value=int(z_x),
+                group=int(self.attrs.get("group", 1)),
+                z_w=int(z_w),
+                lsbs=self._rounding("matmul")[0],
+                exactness=self._rounding("matmul")[1],
+                offset=n_w * z_x * z_w,
+                sub=sum_w,
+                mul=m,
+                add=bias,
+            )
+            if is_1d:
+                v = v.reshape(v.shape[0], v.shape[1], v.shape[3])
+            return self.make_output_quant_array(v, owned=type(v) is np.ndarray)
         acc = ex.conv(
             x,
             w,
@@ -295,8 +325,6 @@ class QuantizedConv(QuantizedMixingOp):
             z_w=int(z_w),
         )
         n_w = int(np.prod(w.shape[1:]))
-        # per-channel constants in the accumulator's layout ((1, O, 1) for 1-D convs)
-        layout = (1, n_out, 1) if is_1d else (1, n_out, 1, 1)
         if is_1d:
             acc = acc.reshape(acc.shape[0], acc.shape[1], acc.shape[3])
         sum_w = z_x * np.sum(w, axis=(1, 2, 3)).reshape(layout)
@@ -311,7 +339,6 @@ class QuantizedConv(QuantizedMixingOp):
                 zp = zp - bias / m
             return self.make_raw_accumulator_array(acc, m, zp)
 
-        qat_bias = _is_qat_bias(q_bias)
         if _is_qat_bias(q_bias):
             _check_bias_scale(self, q_bias, m)
             acc = ex.add_constant(acc, np.asarray(q_bias.qvalues).reshape(layout))

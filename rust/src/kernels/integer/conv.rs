@@ -144,7 +144,7 @@ pub fn conv2d_shape(
 }
 
 /// Check that a caller's output buffer has the size of `dims`.
-fn check_out(out: &[i64], dims: &[usize]) -> Result<()> {
+fn check_out<O>(out: &[O], dims: &[usize]) -> Result<()> {
     let len: usize = dims.iter().product();
     if out.len() != len {
         return Err(Error::Shape(format!(
@@ -187,6 +187,27 @@ pub fn conv2d_into(
     geom: &Geometry,
     out: &mut [i64],
 ) -> Result<()> {
+    conv2d_map_into(x, w, z_w, group, geom, out, |_, acc, dst| {
+        dst.copy_from_slice(acc);
+    })
+}
+
+/// `conv2d` handing each finished output plane to `sink(channel, acc, dst)`, with `acc` the
+/// OH·OW accumulators of one (image, channel) and `dst` the matching part of `out` (C order,
+/// (N, O, OH, OW)); `sink` must write all of `dst`. Planes go to the sink in any order, each
+/// once, and their values do not depend on the thread count.
+pub fn conv2d_map_into<O: Send, F>(
+    x: ArrayView4<'_, i64>,
+    w: ArrayView4<'_, i64>,
+    z_w: i64,
+    group: usize,
+    geom: &Geometry,
+    out: &mut [O],
+    sink: F,
+) -> Result<()>
+where
+    F: Fn(usize, &[i64], &mut [O]) + Sync,
+{
     let [n, o, oh, ow] = conv2d_shape(x.dim(), w.dim(), group, geom)?;
     check_out(out, &[n, o, oh, ow])?;
     let (_, c, h, wd) = x.dim();
@@ -241,9 +262,9 @@ pub fn conv2d_into(
         geom,
     };
     match Strategy::for_bound(bound) {
-        Strategy::F32 => job.run::<f32>(out),
-        Strategy::F64 => job.run::<f64>(out),
-        Strategy::I64 => job.run::<i64>(out),
+        Strategy::F32 => job.run::<f32, O, F>(out, &sink),
+        Strategy::F64 => job.run::<f64, O, F>(out, &sink),
+        Strategy::I64 => job.run::<i64, O, F>(out, &sink),
     }
     Ok(())
 }
@@ -340,8 +361,11 @@ struct Job<'g> {
 }
 
 impl Job<'_> {
-    /// Write every element of `out` (N, O, OH, OW).
-    fn run<T: Exact>(&self, out: &mut [i64]) {
+    /// Hand every plane of `out` (N, O, OH, OW) to `sink` (see `conv2d_map_into`).
+    fn run<T: Exact, O: Send, F>(&self, out: &mut [O], sink: &F)
+    where
+        F: Fn(usize, &[i64], &mut [O]) + Sync,
+    {
         let [_, c, h, wd, o, cg, oh, ow] = self.dims;
         let (kh, kw) = (self.geom.kernel[0], self.geom.kernel[1]);
         let l = oh * ow;
@@ -377,6 +401,7 @@ impl Job<'_> {
                 let cols_n = count * l;
                 let mut cols = vec![T::default(); ckk * cols_n];
                 let mut tmp = vec![T::default(); og * cols_n];
+                let mut acc = vec![0i64; l];
                 for g in 0..self.group {
                     for (r, row) in cols.chunks_exact_mut(cols_n).enumerate() {
                         let (ch, tap) = (g * cg + r / (kh * kw), r % (kh * kw));
@@ -395,9 +420,10 @@ impl Job<'_> {
                             let d = (img * o + g * og + oo) * l;
                             let s = oo * cols_n + img * l;
                             let ct = corr.get(g * og + oo).copied().unwrap_or(0);
-                            for (dv, &sv) in dst[d..d + l].iter_mut().zip(&tmp[s..s + l]) {
-                                *dv = sv.to_i64().wrapping_add(ct);
+                            for (av, &sv) in acc.iter_mut().zip(&tmp[s..s + l]) {
+                                *av = sv.to_i64().wrapping_add(ct);
                             }
+                            sink(g * og + oo, &acc, &mut dst[d..d + l]);
                         }
                     }
                 }

@@ -12,9 +12,10 @@
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use ndarray::ArrayView3;
+use ndarray::{ArrayView3, ArrayView4};
 
 use crate::error::{Error, Result};
+use crate::kernels::integer::conv::{conv2d_map_into, conv2d_shape, Geometry};
 use crate::kernels::integer::gemm::{matmul_map_into, matmul_shape};
 use crate::kernels::integer::rounding::MAX_LSBS;
 
@@ -58,65 +59,187 @@ pub fn matmul_rescale_into(
              has {n} columns"
         )));
     }
-    if rescale.lsbs > MAX_LSBS {
-        return Err(Error::InvalidArgument(format!(
-            "round_bit_pattern: cannot remove {} bits from an int64 value; give at most \
-             {MAX_LSBS}",
-            rescale.lsbs
+    check_lsbs(rescale.lsbs)?;
+    let overflow = AtomicBool::new(false);
+    matmul_map_into(a, w, z_w, out, |acc, dst| {
+        let over = rescale_run(
+            acc,
+            dst,
+            rescale.lsbs,
+            rescale.offset,
+            rescale.sub,
+            rescale.mul,
+            rescale.add,
+        );
+        if over {
+            overflow.store(true, Ordering::Relaxed);
+        }
+    })?;
+    rounded_in_range(&overflow, rescale.lsbs)
+}
+
+/// The clear Conv of SPEC §3.2 in one pass: `conv2d(x, w, z_w)` (zero-point corrected,
+/// padded with `geom.pad_value`), rounded and rescaled as `matmul_rescale_into` with the
+/// operands indexed by output channel (`sub`, `mul`, `add` of length O), into `out`
+/// (C order, (N, O, OH, OW) as `conv2d_shape` gives; on success every element is written).
+///
+/// Errors: those of `conv2d` and of `matmul_rescale_into`.
+pub fn conv_rescale_into(
+    x: ArrayView4<'_, i64>,
+    w: ArrayView4<'_, i64>,
+    z_w: i64,
+    group: usize,
+    geom: &Geometry,
+    rescale: &Rescale<'_>,
+    out: &mut [MaybeUninit<f64>],
+) -> Result<()> {
+    let [_, o, _, _] = conv2d_shape(x.dim(), w.dim(), group, geom)?;
+    let lengths = [
+        rescale.sub.len(),
+        rescale.mul.len(),
+        rescale.add.map_or(o, <[f64]>::len),
+    ];
+    if lengths.iter().any(|&len| len != o) {
+        return Err(Error::Shape(format!(
+            "conv rescale: the per-channel operands have lengths {lengths:?}, the output \
+             has {o} channels"
         )));
     }
-    let (sub, mul, offset) = (rescale.sub, rescale.mul, rescale.offset);
+    check_lsbs(rescale.lsbs)?;
     let overflow = AtomicBool::new(false);
-    // Each step is one IEEE operation on float64, in the order of the numpy path.
-    let scale = |x: f64, (&sub, &mul): (&f64, &f64)| ((x + offset) - sub) * mul;
-    let lsbs = rescale.lsbs;
-    match (lsbs > 0, rescale.add) {
-        (false, None) => matmul_map_into(a, w, z_w, out, |acc, dst| {
-            for ((d, &v), sm) in dst.iter_mut().zip(acc).zip(sub.iter().zip(mul)) {
-                d.write(scale(v as f64, sm));
-            }
-        })?,
-        (false, Some(add)) => matmul_map_into(a, w, z_w, out, |acc, dst| {
-            for (((d, &v), sm), &b) in dst.iter_mut().zip(acc).zip(sub.iter().zip(mul)).zip(add) {
-                d.write(scale(v as f64, sm) + b);
-            }
-        })?,
-        (true, add) => {
-            let half = 1i64 << (lsbs - 1);
-            let mask = !((1i64 << lsbs) - 1);
-            let limit = i64::MAX - half;
-            matmul_map_into(a, w, z_w, out, |acc, dst| {
-                let mut over = false;
-                for (j, (d, &v)) in dst.iter_mut().zip(acc).enumerate() {
-                    over |= v > limit;
-                    let rounded = v.wrapping_add(half) & mask;
-                    let x = scale(rounded as f64, (&sub[j], &mul[j]));
-                    d.write(match add {
-                        Some(add) => x + add[j],
-                        None => x,
-                    });
-                }
-                if over {
-                    overflow.store(true, Ordering::Relaxed);
-                }
-            })?
+    let (sub, mul, add) = (rescale.sub, rescale.mul, rescale.add);
+    conv2d_map_into(x, w, z_w, group, geom, out, |c, acc, dst| {
+        // c < o (a channel of the output), so the lookups are in range
+        let over = rescale_run(
+            acc,
+            dst,
+            rescale.lsbs,
+            rescale.offset,
+            sub[c],
+            mul[c],
+            add.map(|a| a[c]),
+        );
+        if over {
+            overflow.store(true, Ordering::Relaxed);
         }
-    }
-    if overflow.load(Ordering::Relaxed) {
-        return Err(Error::Overflow(format!(
-            "round_bit_pattern: rounding an accumulator to a multiple of 2^{} leaves int64",
-            rescale.lsbs
+    })?;
+    rounded_in_range(&overflow, rescale.lsbs)
+}
+
+fn check_lsbs(lsbs: i64) -> Result<()> {
+    if lsbs > MAX_LSBS {
+        return Err(Error::InvalidArgument(format!(
+            "round_bit_pattern: cannot remove {lsbs} bits from an int64 value; give at most \
+             {MAX_LSBS}"
         )));
     }
     Ok(())
 }
 
+fn rounded_in_range(overflow: &AtomicBool, lsbs: i64) -> Result<()> {
+    if overflow.load(Ordering::Relaxed) {
+        return Err(Error::Overflow(format!(
+            "round_bit_pattern: rounding an accumulator to a multiple of 2^{lsbs} leaves int64"
+        )));
+    }
+    Ok(())
+}
+
+/// One float64 operand of the rescale along a run of accumulators: a value per element
+/// (`&[f64]`, a Gemm row: one per output column) or one value for the whole run (`f64`, a
+/// conv plane: one output channel).
+pub(crate) trait Operand: Copy {
+    /// The value for element `j` of the run.
+    fn at(self, j: usize) -> f64;
+    /// The operand for a run of `n` elements (slices cut to `n`, so `at` needs no check).
+    fn prefix(self, n: usize) -> Self;
+}
+
+impl Operand for &[f64] {
+    #[inline(always)]
+    fn at(self, j: usize) -> f64 {
+        self[j]
+    }
+    #[inline(always)]
+    fn prefix(self, n: usize) -> Self {
+        &self[..n]
+    }
+}
+
+impl Operand for f64 {
+    #[inline(always)]
+    fn at(self, _: usize) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn prefix(self, _: usize) -> Self {
+        self
+    }
+}
+
+/// `dst[j] = ((f64(round(acc[j])) + offset) − sub[j]) · mul[j] (+ add[j])`, each step one
+/// IEEE operation in the order of the numpy path (`round` removes `lsbs` bits, none for
+/// lsbs <= 0); true if a rounding left int64 (the written values are then to be
+/// discarded). Slice operands must hold at least `acc.len()` values.
+#[inline]
+pub(crate) fn rescale_run<S: Operand>(
+    acc: &[i64],
+    dst: &mut [MaybeUninit<f64>],
+    lsbs: i64,
+    offset: f64,
+    sub: S,
+    mul: S,
+    add: Option<S>,
+) -> bool {
+    #[inline(always)]
+    fn run<S: Operand, R: Fn(i64) -> (i64, bool)>(
+        acc: &[i64],
+        dst: &mut [MaybeUninit<f64>],
+        round: R,
+        offset: f64,
+        (sub, mul, add): (S, S, Option<S>),
+    ) -> bool {
+        let mut over = false;
+        let n = acc.len().min(dst.len());
+        let (acc, dst) = (&acc[..n], &mut dst[..n]);
+        let (sub, mul, add) = (sub.prefix(n), mul.prefix(n), add.map(|a| a.prefix(n)));
+        let scale = |j: usize, v: i64| ((v as f64 + offset) - sub.at(j)) * mul.at(j);
+        match add {
+            None => {
+                for (j, (d, &v)) in dst.iter_mut().zip(acc).enumerate() {
+                    let (r, o) = round(v);
+                    over |= o;
+                    d.write(scale(j, r));
+                }
+            }
+            Some(add) => {
+                for (j, (d, &v)) in dst.iter_mut().zip(acc).enumerate() {
+                    let (r, o) = round(v);
+                    over |= o;
+                    d.write(scale(j, r) + add.at(j));
+                }
+            }
+        }
+        over
+    }
+    if lsbs > 0 {
+        let half = 1i64 << (lsbs - 1);
+        let mask = !((1i64 << lsbs) - 1);
+        let limit = i64::MAX - half;
+        let round = |v: i64| (v.wrapping_add(half) & mask, v > limit);
+        run(acc, dst, round, offset, (sub, mul, add))
+    } else {
+        run(acc, dst, |v| (v, false), offset, (sub, mul, add))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::integer::conv::conv2d;
     use crate::kernels::integer::gemm::matmul;
     use crate::kernels::integer::rounding::round_one;
-    use ndarray::{Array, Array3};
+    use ndarray::{Array, Array3, Array4};
 
     fn data(shape: (usize, usize, usize), seed: i64, lo: i64, span: i64) -> Array3<i64> {
         let len = shape.0 * shape.1 * shape.2;
@@ -213,5 +336,90 @@ mod tests {
         assert!(matches!(run(&big, &big, 0, &r), Err(Error::Shape(_))));
         let w = Array3::<i64>::from_elem((1, 3, 2), 1 << 40);
         assert!(matches!(run(&big, &w, 0, &r), Err(Error::Overflow(_))));
+    }
+
+    fn run_conv(
+        x: &Array4<i64>,
+        w: &Array4<i64>,
+        group: usize,
+        geom: &Geometry,
+        r: &Rescale<'_>,
+    ) -> Result<Vec<f64>> {
+        let dims = conv2d_shape(x.dim(), w.dim(), group, geom)?;
+        let mut out = vec![MaybeUninit::uninit(); dims.iter().product()];
+        conv_rescale_into(x.view(), w.view(), 3, group, geom, r, &mut out)?;
+        // SAFETY: conv_rescale_into succeeded, so it wrote every element.
+        Ok(out
+            .into_iter()
+            .map(|v| unsafe { v.assume_init() })
+            .collect())
+    }
+
+    #[test]
+    fn conv_matches_the_unfused_steps_bit_for_bit() {
+        let sub = [3.0, -7.5, 0.1, 12.0];
+        let mul = [0.013, 0.5, 1e-3, 7.25];
+        let add = [0.1, -0.2, 0.3, -0.4];
+        let data4 = |shape: (usize, usize, usize, usize), seed: i64, lo: i64, span: i64| {
+            data((shape.0, shape.1, shape.2 * shape.3), seed, lo, span)
+                .into_shape_with_order(shape)
+                .unwrap()
+        };
+        for (lsbs, big, group) in [(0, 1, 1), (3, 1, 2), (0, 1 << 20, 1), (5, 1 << 20, 2)] {
+            let x = data4((3, 4, 7, 6), 1, -40, 90).mapv(|v| v * big);
+            let w = data4((4, 4 / group, 3, 2), 2, -31, 63);
+            let geom = Geometry::new([3, 2], [2, 1], [1, 0, 1, 1], [0, 0], 5);
+            let acc = conv2d(x.view(), w.view(), 3, group, &geom).unwrap();
+            for with_add in [false, true] {
+                let r = Rescale {
+                    lsbs,
+                    offset: -17.0,
+                    sub: &sub,
+                    mul: &mul,
+                    add: with_add.then_some(&add[..]),
+                };
+                let want: Vec<f64> = acc
+                    .indexed_iter()
+                    .map(|((_, c, _, _), &v)| {
+                        let mut x = round_one(v.into(), lsbs) as i64 as f64;
+                        x += r.offset;
+                        x -= sub[c];
+                        x *= mul[c];
+                        if with_add {
+                            x += add[c];
+                        }
+                        x
+                    })
+                    .collect();
+                assert_eq!(
+                    bits(&run_conv(&x, &w, group, &geom, &r).unwrap()),
+                    bits(&want)
+                );
+            }
+        }
+        // operand lengths must match the output channels
+        let x = data4((1, 2, 3, 3), 1, -4, 9);
+        let w = data4((4, 2, 2, 2), 2, -4, 9);
+        let geom = Geometry::new([2, 2], [1, 1], [0, 0, 0, 0], [0, 0], 0);
+        let r = Rescale {
+            lsbs: 0,
+            offset: 0.0,
+            sub: &sub[..3],
+            mul: &mul,
+            add: None,
+        };
+        assert!(matches!(
+            run_conv(&x, &w, 1, &geom, &r),
+            Err(Error::Shape(_))
+        ));
+        let r = Rescale {
+            sub: &sub,
+            lsbs: 63,
+            ..r
+        };
+        assert!(matches!(
+            run_conv(&x, &w, 1, &geom, &r),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 }
