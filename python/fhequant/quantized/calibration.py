@@ -526,6 +526,8 @@ class ModuleCalibrator:
                     params=q.quant_params,
                     # a widened copy is ours already; a block kept as stored is copied
                     copy_values=self.store.holds(name, b, wide),
+                    # the float values only when the op reads them (same bits, once)
+                    defer=True,
                 )
         data = self._float_block(name, b)
         if tensor.kind == "raw":
