@@ -206,17 +206,18 @@ pub(crate) fn rescale_run<S: Operand>(
         let scale = |j: usize, v: i64| ((v as f64 + offset) - sub.at(j)) * mul.at(j);
         match add {
             None => {
-                for (j, (d, &v)) in dst.iter_mut().zip(acc).enumerate() {
-                    let (r, o) = round(v);
+                // every slice has length n: indexing by j < n needs no bounds checks
+                for j in 0..n {
+                    let (r, o) = round(acc[j]);
                     over |= o;
-                    d.write(scale(j, r));
+                    dst[j].write(scale(j, r));
                 }
             }
             Some(add) => {
-                for (j, (d, &v)) in dst.iter_mut().zip(acc).enumerate() {
-                    let (r, o) = round(v);
+                for j in 0..n {
+                    let (r, o) = round(acc[j]);
                     over |= o;
-                    d.write(scale(j, r) + add.at(j));
+                    dst[j].write(scale(j, r) + add.at(j));
                 }
             }
         }
