@@ -255,25 +255,49 @@ def integer_gemm_rescale_reference(
     acc, _ = integer_gemm_reference(q_x, q_w, 0, z_w, name)
     if _check_lsbs(lsbs, name) > 0:
         acc = round_bit_pattern_reference(acc, lsbs, name)
+    return float64_rescale(acc, offset, sub, mul, add)
+
+
+def float64_rescale(acc: Any, offset: Any, sub: Any, mul: Any, add: Any = None) -> Any:
+    """``((float64(acc) + offset) - sub)·mul (+ add)``, one ufunc per step in this order: the
+    rescale of a Gemm/Conv accumulator (SPEC §3.1, §3.2) that the fused kernels reproduce.
+    ``acc`` may be an array or a concrete tracer."""
     v = acc.astype(np.float64) + offset
     v = v - sub
     v = mul * v
     return v if add is None else v + add
 
 
-def _per_column(operand: Any, n: int, ndim: int) -> npt.NDArray[np.float64] | None:
-    """``operand`` as the float64 vector (n,) a float64 (..., n) array meets in a ufunc, or
-    None unless the result stays float64 with that shape and the operand varies along the
-    last axis only."""
+def _along_axis(operand: Any, size: int, ndim: int, axis: int) -> npt.NDArray[np.float64] | None:
+    """``operand`` as the float64 vector (size,) that a float64 array of rank ``ndim`` meets
+    in a ufunc, or None unless the result stays float64 with that shape and the operand
+    varies along ``axis`` only."""
     arr = np.asarray(operand)
     if arr.dtype.kind not in "biuf" or arr.ndim > ndim:
         return None
     if np.result_type(np.float64, arr) != np.float64:
         return None
-    if arr.ndim and (arr.shape[-1] not in (1, n) or any(d != 1 for d in arr.shape[:-1])):
+    shape = (1,) * (ndim - arr.ndim) + arr.shape
+    if shape[axis] not in (1, size) or any(d != 1 for i, d in enumerate(shape) if i != axis % ndim):
         return None
     wide = arr.astype(np.float64).reshape(-1)
-    return np.ascontiguousarray(np.broadcast_to(wide, (n,)))
+    return np.ascontiguousarray(np.broadcast_to(wide, (size,)))
+
+
+def _rescale_vectors(
+    offset: Any, sub: Any, mul: Any, add: Any, size: int, ndim: int, axis: int
+) -> tuple[float, Any, Any, Any] | None:
+    """(offset, sub, mul, add) as the fused kernels take them (a float and float64 vectors
+    of length ``size`` along ``axis``), or None when numpy's broadcasting of an operand is
+    not that (the caller then runs the reference steps)."""
+    first = _along_axis(offset, 1, ndim, axis)
+    vectors = [_along_axis(v, size, ndim, axis) for v in (sub, mul)]
+    bias = None if add is None else _along_axis(add, size, ndim, axis)
+    if first is None or vectors[0] is None or vectors[1] is None:
+        return None
+    if add is not None and bias is None:
+        return None
+    return float(first[0]), vectors[0], vectors[1], bias
 
 
 def _integer_gemm_rescale_native(
@@ -291,29 +315,12 @@ def _integer_gemm_rescale_native(
     k_lsbs = _check_lsbs(lsbs, name)
     if a.size == 0 or b.size == 0 or b.ndim != 2 or a.ndim < 2:
         return integer_gemm_rescale_reference(a, b, zw, k_lsbs, offset, sub, mul, add, name)
-    n, ndim = b.shape[-1], a.ndim
-    first = _per_column(offset, 1, ndim)
-    columns = [_per_column(v, n, ndim) for v in (sub, mul)]
-    bias = None if add is None else _per_column(add, n, ndim)
-    if (
-        first is None
-        or columns[0] is None
-        or columns[1] is None
-        or (add is not None and bias is None)
-    ):
+    n = b.shape[-1]
+    vectors = _rescale_vectors(offset, sub, mul, add, n, a.ndim, -1)
+    if vectors is None:
         return integer_gemm_rescale_reference(a, b, zw, k_lsbs, offset, sub, mul, add, name)
     m, k = a.shape[-2:]
-    v = _core.int_matmul_rescale(
-        a.reshape(-1, m, k),
-        b[None],
-        zw,
-        k_lsbs,
-        float(first[0]),
-        columns[0],
-        columns[1],
-        bias,
-        name,
-    )
+    v = _core.int_matmul_rescale(a.reshape(-1, m, k), b[None], zw, k_lsbs, *vectors, name)
     return v.reshape(*a.shape[:-1], n)
 
 
@@ -523,26 +530,7 @@ def integer_conv_rescale_reference(
     )
     if _check_lsbs(lsbs, name) > 0:
         acc = round_bit_pattern_reference(acc, lsbs, name)
-    v = acc.astype(np.float64) + offset
-    v = v - sub
-    v = mul * v
-    return v if add is None else v + add
-
-
-def _per_channel(operand: Any, o: int, ndim: int) -> npt.NDArray[np.float64] | None:
-    """``operand`` as the float64 vector (o,) a float64 (N, O, ...) array of rank ``ndim``
-    meets in a ufunc, or None unless the result stays float64 with that shape and the
-    operand varies along the channel axis only."""
-    arr = np.asarray(operand)
-    if arr.dtype.kind not in "biuf" or arr.ndim > ndim:
-        return None
-    if np.result_type(np.float64, arr) != np.float64:
-        return None
-    shape = (1,) * (ndim - arr.ndim) + arr.shape
-    if shape[1] not in (1, o) or any(d != 1 for i, d in enumerate(shape) if i != 1):
-        return None
-    wide = arr.astype(np.float64).reshape(-1)
-    return np.ascontiguousarray(np.broadcast_to(wide, (o,)))
+    return float64_rescale(acc, offset, sub, mul, add)
 
 
 def _integer_conv_rescale_native(
@@ -565,35 +553,13 @@ def _integer_conv_rescale_native(
         q_x, q_w, z_x, z_w, strides, pads, group, name, check=False
     )
     k_lsbs = _check_lsbs(lsbs, name)
-    o, ndim = w.shape[0], spatial + 2
-    first = _per_channel(offset, 1, ndim)
-    channels = [_per_channel(v, o, ndim) for v in (sub, mul)]
-    bias = None if add is None else _per_channel(add, o, ndim)
-    if (
-        x.size == 0
-        or first is None
-        or channels[0] is None
-        or channels[1] is None
-        or (add is not None and bias is None)
-    ):
+    vectors = _rescale_vectors(offset, sub, mul, add, w.shape[0], spatial + 2, 1)
+    if x.size == 0 or vectors is None:
         return integer_conv_rescale_reference(
-            q_x,
-            q_w,
-            zx,
-            zw,
-            k_lsbs,
-            offset,
-            sub,
-            mul,
-            add,
-            strides=strides,
-            pads=pads,
-            group=group,
-            name=name,
-        )
-    v = _core.int_conv2d_rescale(
-        x, w, zw, group, s, p, zx, k_lsbs, float(first[0]), channels[0], channels[1], bias, name
-    )
+            q_x, q_w, zx, zw, k_lsbs, offset, sub, mul, add,
+            strides=strides, pads=pads, group=group, name=name,
+        )  # fmt: skip
+    v = _core.int_conv2d_rescale(x, w, zw, group, s, p, zx, k_lsbs, *vectors, name)
     if spatial == 1:
         return v.reshape(v.shape[0], v.shape[1], v.shape[3])
     return v

@@ -90,10 +90,7 @@ class Executor:
         """((float64(round(matmul(a, b, z_w))) + offset) - sub)·mul (+ add), where round
         removes ``lsbs`` bits: a hidden Gemm up to its output quantization (SPEC §3.1)."""
         acc = self.round_bit_pattern(self.matmul(a, b, z_w), lsbs, exactness)
-        v = acc.astype(np.float64) + offset
-        v = v - sub
-        v = mul * v
-        return v if add is None else v + add
+        return ik.float64_rescale(acc, offset, sub, mul, add)
 
     def conv(
         self,
@@ -130,10 +127,7 @@ class Executor:
         removes ``lsbs`` bits: a hidden Conv up to its output quantization (SPEC §3.2)."""
         acc = self.conv(x, w, strides=strides, pads=pads, pad_value=pad_value, group=group, z_w=z_w)
         acc = self.round_bit_pattern(acc, lsbs, exactness)
-        v = acc.astype(np.float64) + offset
-        v = v - sub
-        v = mul * v
-        return v if add is None else v + add
+        return ik.float64_rescale(acc, offset, sub, mul, add)
 
     def window_sum(
         self,
@@ -222,6 +216,16 @@ class ClearExecutor(Executor):
 
     name = "clear"
 
+    def _observes(self, primitive: str) -> bool:
+        """Whether a subclass overrides ``primitive`` or ``round_bit_pattern`` (as
+        fhe.recording does to see each step): then the fused kernels are not used and the
+        steps run one by one through the overrides."""
+        cls = type(self)
+        return any(
+            getattr(cls, name) is not getattr(ClearExecutor, name)
+            for name in (primitive, "round_bit_pattern")
+        )
+
     def matmul(self, a: Any, b: Any, z_w: Any = 0) -> Any:
         return ik.integer_gemm(a, b, 0, z_w, name="matmul")[0]
 
@@ -237,11 +241,7 @@ class ClearExecutor(Executor):
         mul: Any,
         add: Any = None,
     ) -> Any:
-        cls = type(self)
-        if cls.matmul is not ClearExecutor.matmul or (
-            cls.round_bit_pattern is not ClearExecutor.round_bit_pattern
-        ):
-            # a subclass observing the primitives (fhe.recording) sees them one by one
+        if self._observes("matmul"):
             return super().matmul_rescale(a, b, z_w, lsbs, exactness, offset, sub, mul, add)
         return ik.integer_gemm_rescale(a, b, z_w, lsbs, offset, sub, mul, add, name="matmul")
 
@@ -277,11 +277,7 @@ class ClearExecutor(Executor):
         mul: Any,
         add: Any = None,
     ) -> Any:
-        cls = type(self)
-        if cls.conv is not ClearExecutor.conv or (
-            cls.round_bit_pattern is not ClearExecutor.round_bit_pattern
-        ):
-            # a subclass observing the primitives (fhe.recording) sees them one by one
+        if self._observes("conv"):
             return super().conv_rescale(
                 x, w, strides=strides, pads=pads, pad_value=pad_value, group=group,
                 z_w=z_w, lsbs=lsbs, exactness=exactness, offset=offset, sub=sub, mul=mul,

@@ -15,6 +15,7 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
+from fhequant import integer_kernels as ik
 from fhequant.errors import QuantizedOpError
 from fhequant.quantization import QuantizedArray
 from fhequant.quantized.ops.base import QuantizedMixingOp
@@ -286,51 +287,39 @@ class QuantizedConv(QuantizedMixingOp):
             x = x.reshape(x.shape[0], x.shape[1], 1, x.shape[2])
         n_out = w.shape[0]
         ex = self.executor(x)
-        # per-channel constants in the accumulator's layout ((1, O, 1) for 1-D convs)
-        layout = (1, n_out, 1) if is_1d else (1, n_out, 1, 1)
+        conv_args: dict[str, Any] = {
+            "strides": strides,
+            "pads": pads,
+            "pad_value": int(z_x),
+            "group": int(self.attrs.get("group", 1)),
+            "z_w": int(z_w),
+        }
+        final = int(np.prod(w.shape[1:])) * z_x * z_w
         qat_bias = _is_qat_bias(q_bias)
-        fuse = not (self.produces_graph_output or qat_bias or is_tracer(x))
-        if fuse and self._fusable(calibrate_rounding):
-            # the steps below in one executor call (no accumulator to track or calibrate; a
-            # traced graph keeps its separate nodes and 1-D shapes)
-            n_w = int(np.prod(w.shape[1:]))
-            sum_w = z_x * np.sum(w, axis=(1, 2, 3)).reshape(1, n_out, 1, 1)
-            m = q_x.quantizer.scale * _conv_weight_scale(q_w, (1, n_out, 1, 1))
-            bias = None if q_bias is None else np.asarray(_values(q_bias)).reshape(1, n_out, 1, 1)
+        # one fused executor call when there is no accumulator to track or calibrate; a
+        # traced graph keeps its separate nodes and 1-D shapes
+        fused = not (self.produces_graph_output or qat_bias or is_tracer(x)) and (
+            self._fusable(calibrate_rounding)
+        )
+        # per-channel constants in the accumulator's layout: (1, O, 1) for a 1-D conv on the
+        # step-by-step path (its accumulator goes back to 1-D before rounding), else
+        # (1, O, 1, 1) (the fused output is reshaped at the end)
+        layout = (1, n_out, 1) if is_1d and not fused else (1, n_out, 1, 1)
+        sum_w = z_x * np.sum(w, axis=(1, 2, 3)).reshape(layout)
+        m = q_x.quantizer.scale * _conv_weight_scale(q_w, layout)
+        bias = None if q_bias is None else np.asarray(_values(q_bias)).reshape(layout)
+        if fused:
+            lsbs, exactness = self._rounding("matmul")
             v = ex.conv_rescale(
-                x,
-                w,
-                strides=strides,
-                pads=pads,
-                pad_value=int(z_x),
-                group=int(self.attrs.get("group", 1)),
-                z_w=int(z_w),
-                lsbs=self._rounding("matmul")[0],
-                exactness=self._rounding("matmul")[1],
-                offset=n_w * z_x * z_w,
-                sub=sum_w,
-                mul=m,
-                add=bias,
-            )
+                x, w, **conv_args, lsbs=lsbs, exactness=exactness,
+                offset=final, sub=sum_w, mul=m, add=bias,
+            )  # fmt: skip
             if is_1d:
                 v = v.reshape(v.shape[0], v.shape[1], v.shape[3])
             return self.make_output_quant_array(v, owned=type(v) is np.ndarray)
-        acc = ex.conv(
-            x,
-            w,
-            strides=strides,
-            pads=pads,
-            pad_value=int(z_x),
-            group=int(self.attrs.get("group", 1)),
-            z_w=int(z_w),
-        )
-        n_w = int(np.prod(w.shape[1:]))
+        acc = ex.conv(x, w, **conv_args)
         if is_1d:
             acc = acc.reshape(acc.shape[0], acc.shape[1], acc.shape[3])
-        sum_w = z_x * np.sum(w, axis=(1, 2, 3)).reshape(layout)
-        final = n_w * z_x * z_w
-        m = q_x.quantizer.scale * _conv_weight_scale(q_w, layout)
-        bias = None if q_bias is None else np.asarray(_values(q_bias)).reshape(layout)
 
         if self.produces_graph_output:
             self._track("accumulator", acc)
@@ -344,8 +333,5 @@ class QuantizedConv(QuantizedMixingOp):
             acc = ex.add_constant(acc, np.asarray(q_bias.qvalues).reshape(layout))
         acc = self.cnp_round(acc, calibrate_rounding, "matmul")
         self._track("accumulator", acc)
-        v = acc.astype(np.float64) + final - sum_w
-        v = m * v
-        if bias is not None and not qat_bias:
-            v = v + bias
+        v = ik.float64_rescale(acc, final, sum_w, m, None if qat_bias else bias)
         return self.make_output_quant_array(v)
