@@ -70,6 +70,37 @@ fn int_matmul<'py>(
     Ok(array)
 }
 
+/// The `Rescale` operands of the fused kernels from their numpy arrays.
+fn rescale_of<'a>(
+    lsbs: i64,
+    offset: f64,
+    sub: &'a PyReadonlyArray1<'_, f64>,
+    mul: &'a PyReadonlyArray1<'_, f64>,
+    add: Option<&'a PyReadonlyArray1<'_, f64>>,
+) -> PyResult<rescale::Rescale<'a>> {
+    Ok(rescale::Rescale {
+        lsbs,
+        offset,
+        sub: sub.as_slice()?,
+        mul: mul.as_slice()?,
+        add: add.map(|v| v.as_slice()).transpose()?,
+    })
+}
+
+/// The conv geometry (no dilation, no extra padding) and output shape of a 2-D conv.
+fn conv_geometry(
+    x: (usize, usize, usize, usize),
+    w: (usize, usize, usize, usize),
+    group: usize,
+    strides: [usize; 2],
+    pads: [usize; 4],
+    pad_value: i64,
+) -> crate::error::Result<(conv::Geometry, [usize; 4])> {
+    let geom = conv::Geometry::new([w.2, w.3], strides, pads, [0, 0], pad_value);
+    let dims = conv::conv2d_shape(x, w, group, &geom)?;
+    Ok((geom, dims))
+}
+
 /// ((f64(round(a @ (w − z_w))) + offset) − sub) · mul (+ add), per output column, as
 /// (batch, M, N) float64 (SPEC §3.1; `kernels::integer::rescale`).
 #[pyfunction]
@@ -89,18 +120,7 @@ fn int_matmul_rescale<'py>(
 ) -> PyResult<Bound<'py, PyArray3<f64>>> {
     let (a, w) = (a.as_array(), w.as_array());
     let dims = gemm::matmul_shape(a.dim(), w.dim()).map_err(|e| to_pyerr(py, e, context))?;
-    let (sub, mul) = (sub.as_slice()?, mul.as_slice()?);
-    let add = match &add {
-        Some(v) => Some(v.as_slice()?),
-        None => None,
-    };
-    let rescale = rescale::Rescale {
-        lsbs,
-        offset,
-        sub,
-        mul,
-        add,
-    };
+    let rescale = rescale_of(lsbs, offset, &sub, &mul, add.as_ref())?;
     let (array, out) = uninit_out(py, numpy::ndarray::Dim(dims));
     py.detach(|| rescale::matmul_rescale_into(a, w, z_w, &rescale, out))
         .map_err(|e| to_pyerr(py, e, context))?;
@@ -137,10 +157,8 @@ fn int_conv2d<'py>(
     context: Option<&str>,
 ) -> PyResult<Bound<'py, PyArray4<i64>>> {
     let (x, w) = (x.as_array(), w.as_array());
-    let (_, _, kh, kw) = w.dim();
-    let geom = conv::Geometry::new([kh, kw], strides, pads, [0, 0], pad_value);
-    let dims =
-        conv::conv2d_shape(x.dim(), w.dim(), group, &geom).map_err(|e| to_pyerr(py, e, context))?;
+    let (geom, dims) = conv_geometry(x.dim(), w.dim(), group, strides, pads, pad_value)
+        .map_err(|e| to_pyerr(py, e, context))?;
     let (array, out) = zeros_out(py, numpy::ndarray::Dim(dims));
     py.detach(|| conv::conv2d_into(x, w, z_w, group, &geom, out))
         .map_err(|e| to_pyerr(py, e, context))?;
@@ -169,22 +187,9 @@ fn int_conv2d_rescale<'py>(
     context: Option<&str>,
 ) -> PyResult<Bound<'py, PyArray4<f64>>> {
     let (x, w) = (x.as_array(), w.as_array());
-    let (_, _, kh, kw) = w.dim();
-    let geom = conv::Geometry::new([kh, kw], strides, pads, [0, 0], pad_value);
-    let dims =
-        conv::conv2d_shape(x.dim(), w.dim(), group, &geom).map_err(|e| to_pyerr(py, e, context))?;
-    let (sub, mul) = (sub.as_slice()?, mul.as_slice()?);
-    let add = match &add {
-        Some(v) => Some(v.as_slice()?),
-        None => None,
-    };
-    let rescale = rescale::Rescale {
-        lsbs,
-        offset,
-        sub,
-        mul,
-        add,
-    };
+    let (geom, dims) = conv_geometry(x.dim(), w.dim(), group, strides, pads, pad_value)
+        .map_err(|e| to_pyerr(py, e, context))?;
+    let rescale = rescale_of(lsbs, offset, &sub, &mul, add.as_ref())?;
     let (array, out) = uninit_out(py, numpy::ndarray::Dim(dims));
     py.detach(|| rescale::conv_rescale_into(x, w, z_w, group, &geom, &rescale, out))
         .map_err(|e| to_pyerr(py, e, context))?;

@@ -48,18 +48,7 @@ pub fn matmul_rescale_into(
     out: &mut [MaybeUninit<f64>],
 ) -> Result<()> {
     let [_, _, n] = matmul_shape(a.dim(), w.dim())?;
-    let lengths = [
-        rescale.sub.len(),
-        rescale.mul.len(),
-        rescale.add.map_or(n, <[f64]>::len),
-    ];
-    if lengths.iter().any(|&len| len != n) {
-        return Err(Error::Shape(format!(
-            "matmul rescale: the per-column operands have lengths {lengths:?}, the output \
-             has {n} columns"
-        )));
-    }
-    check_lsbs(rescale.lsbs)?;
+    rescale.check(n, "matmul rescale: the per-column", "columns")?;
     let overflow = AtomicBool::new(false);
     matmul_map_into(a, w, z_w, out, |acc, dst| {
         let over = rescale_run(
@@ -94,18 +83,7 @@ pub fn conv_rescale_into(
     out: &mut [MaybeUninit<f64>],
 ) -> Result<()> {
     let [_, o, _, _] = conv2d_shape(x.dim(), w.dim(), group, geom)?;
-    let lengths = [
-        rescale.sub.len(),
-        rescale.mul.len(),
-        rescale.add.map_or(o, <[f64]>::len),
-    ];
-    if lengths.iter().any(|&len| len != o) {
-        return Err(Error::Shape(format!(
-            "conv rescale: the per-channel operands have lengths {lengths:?}, the output \
-             has {o} channels"
-        )));
-    }
-    check_lsbs(rescale.lsbs)?;
+    rescale.check(o, "conv rescale: the per-channel", "channels")?;
     let overflow = AtomicBool::new(false);
     let (sub, mul, add) = (rescale.sub, rescale.mul, rescale.add);
     conv2d_map_into(x, w, z_w, group, geom, out, |c, acc, dst| {
@@ -124,6 +102,24 @@ pub fn conv_rescale_into(
         }
     })?;
     rounded_in_range(&overflow, rescale.lsbs)
+}
+
+impl Rescale<'_> {
+    /// `Error::Shape` unless `sub`, `mul` and `add` all have `len` values (`what` names
+    /// them, `unit` the output's axis), `Error::InvalidArgument` for lsbs above `MAX_LSBS`.
+    fn check(&self, len: usize, what: &str, unit: &str) -> Result<()> {
+        let lengths = [
+            self.sub.len(),
+            self.mul.len(),
+            self.add.map_or(len, <[f64]>::len),
+        ];
+        if lengths.iter().any(|&l| l != len) {
+            return Err(Error::Shape(format!(
+                "{what} operands have lengths {lengths:?}, the output has {len} {unit}"
+            )));
+        }
+        check_lsbs(self.lsbs)
+    }
 }
 
 fn check_lsbs(lsbs: i64) -> Result<()> {
