@@ -322,3 +322,91 @@ def test_aliasing_and_empty_layouts_match_reference(values: np.ndarray) -> None:
         kern.dequantize(q, np.float64(0.05), 3),
         kern.dequantize_reference(q, np.float64(0.05), 3),
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=float_arrays(),
+    scale=scales,
+    zero_point=zero_points,
+    n_bits=st.integers(1, 16),
+    signed=st.booleans(),
+    narrow=st.booleans(),
+)
+def test_quantize_narrow_equals_int64_quantize(
+    values: np.ndarray, scale: Any, zero_point: Any, n_bits: int, signed: bool, narrow: bool
+) -> None:
+    offset = 2 ** (n_bits - 1) if signed else 0
+    lo, hi = -offset + int(narrow), 2**n_bits - 1 - offset
+    want = quiet(kern.quantize_reference, values, scale, zero_point, lo, hi, np.int64)
+    got = quiet(kern.quantize_narrow, values, scale, zero_point, lo, hi)
+    if got is None:
+        # only when the kernel cannot give a lossless narrow result
+        fits_int16 = lo > -(2**15) and hi < 2**15
+        nan_mark = bool((np.asarray(want) == np.iinfo(np.int64).min).any())  # NaN before cast
+        assert (
+            not fits_int16
+            or nan_mark
+            or values.ndim == 0
+            or values.size == 0
+            or (kern._quant_plan(values, scale, zero_point, lo, hi, np.int64) is None)
+        )
+        return
+    ints, low, high = got
+    assert ints.dtype in kern.NARROW_INTS
+    assert np.iinfo(ints.dtype).min < lo and hi <= np.iinfo(ints.dtype).max
+    assert ints.shape == want.shape
+    np.testing.assert_array_equal(ints.astype(np.int64), want)
+    assert (low, high) == (int(want.min()), int(want.max()))
+
+
+def test_quantize_narrow_gives_none_for_nan_and_wide_bounds() -> None:
+    x = np.array([0.5, np.nan, 2.0])
+    assert kern.quantize_narrow(x, np.float64(0.5), 3, 0, 15) is None
+    assert kern.quantize_narrow(x[[0, 2]], np.float64(0.5), 3, -(2**15), 100) is None
+    got = kern.quantize_narrow(x[[0, 2]], np.float64(0.5), 3, 0, 15)
+    assert got is not None and got[0].dtype == np.int8 and got[0].tolist() == [4, 7]
+
+
+INDEX_DTYPES = [np.int8, np.int16, np.int32, np.int64]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    dtype=st.sampled_from(INDEX_DTYPES),
+    table_dtype=st.sampled_from(INDEX_DTYPES),
+    data=st.data(),
+)
+def test_int_presence_and_lookup_match_numpy(dtype: Any, table_dtype: Any, data: Any) -> None:
+    info = np.iinfo(dtype)
+    lo = data.draw(st.integers(max(int(info.min), -300), min(int(info.max), 300)))
+    size = data.draw(st.integers(1, 70))
+    hi = min(lo + size - 1, int(info.max))
+    size = hi - lo + 1
+    shape = data.draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=40))
+    q = data.draw(hnp.arrays(dtype, shape, elements=st.integers(lo, hi)))
+    tinfo = np.iinfo(table_dtype)
+    table = data.draw(
+        hnp.arrays(table_dtype, size, elements=st.integers(int(tinfo.min), int(tinfo.max)))
+    )
+    seen = _core.int_presence(q, lo, size)
+    want_seen = np.zeros(size, dtype=bool)
+    want_seen[q.reshape(-1).astype(np.int64) - lo] = True
+    np.testing.assert_array_equal(seen, want_seen)
+    out = _core.int_lookup(q, lo, table)
+    assert out.dtype == table.dtype and out.shape == q.shape
+    np.testing.assert_array_equal(out, table[q.astype(np.int64) - lo])
+
+
+def test_int_presence_and_lookup_reject_values_outside_the_table() -> None:
+    from fhequant.errors import QuantizationError
+
+    q = np.array([[1, 5], [2, 3]], dtype=np.int16)
+    with pytest.raises(QuantizationError, match="outside the table's range"):
+        _core.int_presence(q, 1, 4)
+    with pytest.raises(QuantizationError, match="outside the table's range"):
+        _core.int_lookup(q, 2, np.arange(10, dtype=np.int64))
+    with pytest.raises(QuantizationError, match="C-contiguous"):
+        _core.int_lookup(np.asfortranarray(q), 1, np.arange(10, dtype=np.int64))
+    with pytest.raises(DTypeError):
+        _core.int_presence(q.astype(np.uint8), 1, 10)

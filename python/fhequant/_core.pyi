@@ -17,9 +17,11 @@ __all__ = [
     "int_conv_bounds",
     "int_conv_weight_sums",
     "int_gemm_bounds",
+    "int_lookup",
     "int_matmul",
     "int_matmul_rescale",
     "int_matmul_weight_sums",
+    "int_presence",
     "int_round_bit_pattern",
     "int_window_max",
     "int_window_sum",
@@ -48,6 +50,8 @@ def quantize(
 def dequantize(q: NDArray[Any], scale: float, zero_point: float) -> NDArray[np.float64]: ...
 def min_max(values: NDArray[Any], name: str = "values") -> tuple[float, float, bool, bool]: ...
 def rounded_unique(values: NDArray[Any]) -> NDArray[Any] | None: ...
+def int_presence(q: NDArray[Any], lo: int, size: int) -> NDArray[np.bool_]: ...
+def int_lookup(q: NDArray[Any], lo: int, table: NDArray[Any]) -> NDArray[Any]: ...
 
 # --- end quantization kernels ---
 # --- float kernels (ptq-module) ---

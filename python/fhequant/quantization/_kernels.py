@@ -173,6 +173,41 @@ def quantize(
     return _core.quantize(values, *plan)
 
 
+#: The narrow outputs of :func:`quantize_narrow`, smallest first.
+NARROW_INTS = (np.dtype(np.int8), np.dtype(np.int16))
+
+
+def quantize_narrow(
+    values: Any, scale: Any, zero_point: Any, lo: int, hi: int
+) -> tuple[np.ndarray, int, int] | None:
+    """``quantize(values, ..., lo, hi)`` straight into int8 or int16, with its min and max.
+
+    The integers equal the int64 ones of :func:`quantize` (same plan, then a narrowing that
+    the clip bounds make lossless); the smallest of int8/int16 whose range holds
+    ``[lo, hi]`` with room below ``lo`` is used, so the kernel's out-of-range mark (the
+    dtype's minimum, given to NaN) cannot be a real value.
+
+    Returns:
+        (integers, min, max), or None when the native kernel does not apply (other dtypes,
+        array parameters, bounds too wide for int16) or some value was NaN.
+    """
+    narrow = next((d for d in NARROW_INTS if np.iinfo(d).min < lo and hi <= np.iinfo(d).max), None)
+    if narrow is None:
+        return None
+    plan = _quant_plan(values, scale, zero_point, lo, hi, np.int64)
+    if plan is None:
+        return None
+    plan = (*plan[:-1], narrow.name)
+    if values.flags.f_contiguous and not values.flags.c_contiguous:
+        out = _core.quantize(values.T, *plan).T
+    else:
+        out = _core.quantize(values, *plan)
+    low, high = int(out.min()), int(out.max())
+    if low == np.iinfo(narrow).min:
+        return None
+    return out, low, high
+
+
 def dequantize(q: Any, scale: Any, zero_point: Any) -> Any:
     """Native ``dequantize_reference`` for int8/16/32/64 arrays and scalar zero points."""
     if (

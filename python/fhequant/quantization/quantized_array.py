@@ -170,6 +170,19 @@ class QuantizedArray(Serializable):
         self._pending = None if self._pending == "qvalues" else self._pending
         self._qvalues = qvalues
 
+    def compact_qvalues(self) -> tuple[Any, int | None, int | None]:
+        """The qvalues, with their min and max, in the smallest integer dtype the quantizer
+        allows when they are still to be computed from float values (int8/int16 instead of
+        int64, same numbers); otherwise ``qvalues`` itself (min and max then None).
+
+        The array is not kept: a later read of ``qvalues`` computes the int64 integers.
+        """
+        if self._pending == "qvalues":
+            narrow = self.quantizer.quant_narrow(self._values)
+            if narrow is not None:
+                return narrow
+        return self.qvalues, None, None
+
     def __call__(self) -> Any:
         """The quantized values."""
         return self.qvalues

@@ -228,6 +228,25 @@ class UniformQuantizer(Serializable):
             return _kernels.quantize(values, self.scale, self.zero_point, lo, hi, dtype)
         return _kernels.quantize_reference(values, self.scale, self.zero_point, lo, hi, dtype)
 
+    def quant_narrow(self, values: Any) -> tuple[Any, int, int] | None:
+        """``quant(values)`` in int8/int16 when the clip bounds allow, with its min and max.
+
+        The same integers as :meth:`quant` (int64), without the int64 array: for storing
+        calibration blocks compactly.
+
+        Args:
+            values: float ndarray.
+
+        Returns:
+            (integers, min, max), or None when only :meth:`quant` applies (no clipping,
+            array parameters, other dtypes, NaN values).
+        """
+        self._check_params("quant")
+        if self.no_clipping or not isinstance(values, np.ndarray):
+            return None
+        lo, hi = self.clip_bounds()
+        return _kernels.quantize_narrow(values, self.scale, self.zero_point, lo, hi)
+
     def dequant(self, qvalues: Any) -> Any:
         """Dequantize: scale · (qvalues - float64(zero_point)), in float64.
 

@@ -40,6 +40,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from fhequant import _core
 from fhequant.errors import (
     GraphInputError,
     NonFiniteError,
@@ -113,6 +114,9 @@ class _Tensor:
     producers: set[str] = field(default_factory=set)
     consumers_left: int = 0
     stored_floats: bool = False
+    # the range of the stored integers over all blocks (kind "quant", PTQ)
+    qmin: int | None = None
+    qmax: int | None = None
 
 
 class _RoundingRecorder:
@@ -144,17 +148,18 @@ class _RoundingRecorder:
         return x
 
 
-def _requantizes_to_itself(quantizer: UniformQuantizer, q: np.ndarray) -> bool:
+def _requantizes_to_itself(quantizer: UniformQuantizer, tensor: _Tensor, q: np.ndarray) -> bool:
     """Whether quant(dequant(q)) == q for this quantizer: a finite non-zero scalar scale, a
-    scalar zp and q inside the clip range (graph-output accumulators are not)."""
+    scalar zp and the tensor's integers inside the clip range (graph-output accumulators
+    are not)."""
     scale, zp = quantizer.scale, quantizer.zero_point
     if np.ndim(scale) or np.ndim(zp) or not np.isfinite(scale) or scale == 0 or q.size == 0:
         return False
-    if quantizer.no_clipping:
+    if quantizer.no_clipping or q.dtype.kind not in "iu" or tensor.qmin is None:
         return False
     offset = quantizer.offset or 0
     lo, hi = -offset + (1 if quantizer.is_narrow else 0), 2**quantizer.n_bits - 1 - offset
-    return bool(q.dtype.kind in "iu" and lo <= q.min() and q.max() <= hi)
+    return bool(lo <= tensor.qmin and tensor.qmax is not None and tensor.qmax <= hi)
 
 
 def _union_uvalues(uniques: Any, values: Any) -> Any:
@@ -173,6 +178,48 @@ def _check_finite(lo: Any, hi: Any, tensor: str, where: str) -> None:
             f"{where}: tensor {tensor!r} contains NaN or infinite values (min {lo}, max {hi}); "
             "clean the calibration data or fix the model so every value stays finite"
         )
+
+
+#: Element-wise ONNX ops that :meth:`ModuleCalibrator._calibrate_by_table` evaluates once per
+#: distinct input integer (their numpy implementations map each element on its own).
+_TABLE_OPS = frozenset(
+    {
+        "Abs",
+        "Celu",
+        "Clip",
+        "Elu",
+        "Erf",
+        "Exp",
+        "Floor",
+        "HardSigmoid",
+        "HardSwish",
+        "LeakyRelu",
+        "Log",
+        "Neg",
+        "Relu",
+        "Round",
+        "Selu",
+        "Sigmoid",
+        "Sign",
+        "Softplus",
+        "Tanh",
+    }
+)
+_TABLE_MAX_SIZE = 1 << 16
+_TABLE_INDEX = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64))
+
+
+def _plain(value: Any) -> Any:
+    return value.values if isinstance(value, QuantizedArray) else value
+
+
+def _smallest_int(lo: int, hi: int) -> np.dtype[Any]:
+    """The smallest signed integer dtype holding [lo, hi]."""
+    for dtype in _TABLE_INDEX:
+        info = np.iinfo(dtype.type)  # type: ignore[type-var]
+        if info.min <= lo and hi <= info.max:
+            return dtype
+    return np.dtype(np.int64)
 
 
 def _bits_precision(lo: int, hi: int) -> int:
@@ -267,6 +314,7 @@ class ModuleCalibrator:
         self.block_sizes: list[int] = []
         self.input_stats: dict[str, tuple[Any, Any]] = {}
         self._input_quant_cache: dict[tuple[str, Any], UniformQuantizer] = {}
+        self._requant_tables: dict[tuple[str, int], Any] = {}
         self.store = TensorStore(memory_budget)
         self.progress: _Progress | None = None
 
@@ -512,8 +560,11 @@ class ModuleCalibrator:
         if tensor.kind == "quant" and not tensor.stored_floats:
             q = tensor.quantizer
             assert q is not None
+            requantized = self._requantized_input(name, b, op)
+            if requantized is not None:
+                return requantized
             ints = self.store.get(name, b)
-            if _requantizes_to_itself(q, ints):
+            if _requantizes_to_itself(q, tensor, ints):
                 # QA(n, dequant(q), q's params) would quantize back to exactly q: build it
                 # from the integers (values = the same float64 dequant) and skip that pass.
                 wide = np.asarray(ints, dtype=np.int64)
@@ -552,6 +603,72 @@ class ModuleCalibrator:
             params=ref.quant_params,
         )
 
+    def _requantized_input(self, name: str, b: int, op: Any) -> QuantizedArray | None:
+        """Block ``b`` of tensor ``name`` as the linear op ``op`` re-quantizes it.
+
+        A Gemm/MatMul/Conv with constant weights, or a shape op, whose input options differ
+        from the producer's re-quantizes the producer's floats with the consumer's options
+        (SPEC §2.2, "otherwise"), and reads only the integers of the result. Those integers
+        are a function of the producer's integers, so they come from a table computed once
+        per op (the same element-wise quant(dequant(q)) on each integer of the tensor's
+        range) instead of dequantizing and quantizing every block. Returns None when this
+        does not apply.
+        """
+        key = (name, id(op))
+        if key not in self._requant_tables:
+            self._requant_tables[key] = self._requant_table(name, op)
+        found = self._requant_tables[key]
+        if found is None:
+            return None
+        quantizer, table = found
+        lo = self.tensors[name].qmin
+        assert lo is not None  # checked by _requant_table
+        block = self._table_index_block(name, b)
+        ints = _core.int_lookup(block, lo, table) if block.size else block
+        return QuantizedArray(
+            quantizer.n_bits,
+            np.asarray(ints, dtype=np.int64),
+            value_is_float=False,
+            options=quantizer.quant_options,
+            stats=quantizer.quant_stats,
+            params=quantizer.quant_params,
+            copy_values=False,
+            defer=True,
+        )
+
+    def _requant_table(self, name: str, op: Any) -> tuple[UniformQuantizer, np.ndarray] | None:
+        """The consumer quantizer and the int64 table of :meth:`_requantized_input`."""
+        from fhequant.quantized.ops.linear import QuantizedConv, QuantizedGemm, QuantizedMatMul
+        from fhequant.quantized.ops.shape import _ShapeOp
+
+        tensor = self.tensors[name]
+        q = tensor.quantizer
+        opts = op.input_quant_opts
+        linear = type(op) in (QuantizedGemm, QuantizedMatMul, QuantizedConv)
+        shape = isinstance(op, _ShapeOp) and type(op).q_impl is _ShapeOp.q_impl
+        if (
+            self.strategy.flows_raw
+            or not ((linear and 1 in op.constant_inputs) or shape)
+            or q is None
+            or not _native_dequant_params(q)
+            or q.is_qat
+            or q.is_precomputed_qat
+            or opts.is_qat
+            or opts.is_equal(q.quant_options, ignore_sign_qat=True)
+            or tensor.qmin is None
+            or tensor.qmax is None
+            or tensor.qmax - tensor.qmin >= _TABLE_MAX_SIZE
+        ):
+            return None
+        values = q.dequant(np.arange(tensor.qmin, tensor.qmax + 1, dtype=np.int64))
+        template = QuantizedArray(
+            opts.n_bits, values, options=opts, stats=q.quant_stats, copy_values=False
+        )
+        table = np.asarray(template.qvalues)
+        if table.dtype != np.int64:
+            return None
+        return template.quantizer, table
+
     def _input_reference(self, name: str, opts: QuantizationOptions, dtype: Any) -> Any:
         """A quantizer with the whole-set statistics of a graph input under ``opts``."""
         key = (name, repr(opts.dump_dict()))
@@ -566,6 +683,8 @@ class ModuleCalibrator:
     # --- calibration of one op -----------------------------------------------------------
 
     def _calibrate_op(self, op: Any, variable: list[str], out: str) -> None:
+        if self._calibrate_by_table(op, variable, out):
+            return
         use_split_independent_impl(op)
         try:
             if self.n_blocks == 1:
@@ -574,6 +693,96 @@ class ModuleCalibrator:
                 self._calibrate_streamed(op, variable, out)
         finally:
             restore_impl(op)
+
+    def _calibrate_by_table(self, op: Any, variable: list[str], out: str) -> bool:
+        """Calibrate an element-wise op of one quantized tensor through its integers.
+
+        The op's float input is ``dequant(q)``, so its result depends only on each element's
+        integer: the op runs once on the distinct integers present (found in one pass), its
+        output statistics are the min/max of those results, and the output integers come
+        from a table indexed by the input integers. The numbers are those of the block walk:
+        the same element-wise evaluations on the same floats, one per distinct value.
+
+        Returns:
+            False (nothing done) when the op or its input does not qualify.
+        """
+        if not self._table_applies(op, variable):
+            return False
+        name = variable[0]
+        tensor = self.tensors[name]
+        q = tensor.quantizer
+        assert q is not None and tensor.qmin is not None and tensor.qmax is not None
+        lo, size = tensor.qmin, tensor.qmax - tensor.qmin + 1
+        seen = np.zeros(size, dtype=bool)
+        for b in self._blocks(f"{op.op_instance_name} statistics"):
+            block = self._table_index_block(name, b)
+            if block.size:
+                seen |= _core.int_presence(block, lo, size)
+        present = np.flatnonzero(seen).astype(np.int64) + lo
+        if present.size == 0:
+            return False
+        prepared = op._prepare_inputs_with_constants(
+            q.dequant(present), calibrate=True, quantize_actual_values=False
+        )
+        floats = np.asarray(op.call_impl(*prepared, **op.attrs))
+        if floats.shape != present.shape or floats.dtype.kind != "f":
+            return False
+        fmin, fmax = floats.min(), floats.max()
+        _check_finite(fmin, fmax, out, f"op {op.op_instance_name!r} ({type(op).__name__})")
+        zeros = floats[floats == 0]
+        if (fmin == 0 or fmax == 0) and np.signbit(zeros).any() and not np.signbit(zeros).all():
+            return False  # numpy's min/max of mixed-sign zeros depends on their positions
+        op._set_output_quantizer(np.array([fmin, fmax], dtype=floats.dtype))
+        quant = op.make_output_quant_array(floats, owned=True)
+        table_ints = np.asarray(quant.qvalues)
+        qlo, qhi = int(table_ints.min()), int(table_ints.max())
+        table = np.full(size, qlo, dtype=_smallest_int(qlo, qhi))
+        table[present - lo] = table_ints
+        self.tensors[out].kind = "quant"
+        self.tensors[out].quantizer = quant.quantizer
+        for b in self._blocks(f"{op.op_instance_name} outputs"):
+            block = self._table_index_block(name, b)
+            ints = _core.int_lookup(block, lo, table) if block.size else block.astype(np.int64)
+            self._store_ints(out, ints, qlo, qhi, np.int64 if ints.dtype != np.int64 else None)
+        self._finish(op, out, quant, None)
+        return True
+
+    def _table_applies(self, op: Any, variable: list[str]) -> bool:
+        """PTQ, an element-wise op of :data:`_TABLE_OPS` with its default calibration and
+        q_impl and only scalar constants, on one quantized tensor whose floats are the
+        native dequantize of integers of a known, small range."""
+        from fhequant.quantized.ops.base import QuantizedOp
+
+        cls = type(op)
+        if (
+            self.strategy.flows_raw
+            or len(variable) != 1
+            or op._impl_for_op_named not in _TABLE_OPS
+            or cls.q_impl is not QuantizedOp.q_impl
+            or not _has_default_calibration(op)
+            or _clips_percentiles(op)
+            or op.spec().raw_output
+            or any(np.ndim(_plain(v)) != 0 for v in op.constant_inputs.values())
+        ):
+            return False
+        tensor = self.tensors[variable[0]]
+        q = tensor.quantizer
+        return (
+            tensor.kind == "quant"
+            and not tensor.stored_floats
+            and q is not None
+            and _native_dequant_params(q)
+            and tensor.qmin is not None
+            and tensor.qmax is not None
+            and tensor.qmax - tensor.qmin < _TABLE_MAX_SIZE
+        )
+
+    def _table_index_block(self, name: str, b: int) -> np.ndarray:
+        """Block ``b`` of a quant tensor as contiguous signed integers (as stored if it can)."""
+        stored = self.store.get_stored(name, b)
+        if stored.dtype not in _TABLE_INDEX:
+            stored = self.store.get(name, b).astype(np.int64)
+        return np.ascontiguousarray(stored)
 
     def _calibrate_whole(self, op: Any, variable: list[str], out: str) -> None:
         """The reference walk on the whole set (one block).
@@ -629,6 +838,7 @@ class ModuleCalibrator:
         tensor = self.tensors[out]
         self.store.drop(out)
         tensor.vmin = tensor.vmax = None
+        tensor.qmin = tensor.qmax = None
 
     def _calibrate_concatenated(self, op: Any, variable: list[str], out: str) -> list[Any] | None:
         """Exact fallback for ops whose calibration is not a min/max reduction."""
@@ -704,7 +914,8 @@ class ModuleCalibrator:
     def _store_output(self, out: str, b: int, quant: Any, raw: Any) -> None:
         """Keep block ``b`` of an op's output for its consumers.
 
-        PTQ keeps the integers (dequantized on read); QAT import keeps the raw floats.
+        PTQ keeps the integers (dequantized on read), quantized straight into int8/int16
+        when the output quantizer allows; QAT import keeps the raw floats.
         """
         tensor = self.tensors[out]
         if isinstance(quant, QuantizedArray):
@@ -714,30 +925,63 @@ class ModuleCalibrator:
                 tensor.stored_floats = True
                 values = np.asarray(raw)
                 lo, hi = (values.min(), values.max()) if values.size else (None, None)
+                if tensor.consumers_left > 0:
+                    self.store.put(out, values)
+            elif tensor.consumers_left <= 0:
+                return  # a graph output only: no op reads its blocks or ranges
             else:
-                values = np.asarray(quant.qvalues)
-                lo, hi = self._value_range(quant.quantizer, values)
+                ints, qlo, qhi = quant.compact_qvalues()
+                ints = np.asarray(ints)
+                self._store_ints(out, ints, qlo, qhi, np.int64 if qlo is not None else None)
+                return
             if lo is not None:
                 tensor.vmin = lo if tensor.vmin is None else min(tensor.vmin, lo)
                 tensor.vmax = hi if tensor.vmax is None else max(tensor.vmax, hi)
-            if tensor.consumers_left > 0:
-                self.store.put(out, values)
         else:
             tensor.kind = "raw"
             if tensor.consumers_left > 0:
                 self.store.put(out, np.asarray(quant))
 
+    def _store_ints(self, out: str, ints: np.ndarray, qlo: Any, qhi: Any, wide: Any) -> None:
+        """Keep a block of integers of the quant tensor ``out`` (whose quantizer is set),
+        merging their range and the range of their float values.
+
+        Args:
+            out: the tensor.
+            ints: the block's integers (``wide`` given: a fresh array narrowed from it).
+            qlo: their min (None: computed here).
+            qhi: their max.
+            wide: the dtype the integers stand for, or None when ``ints`` has it.
+        """
+        tensor = self.tensors[out]
+        quantizer = tensor.quantizer
+        assert quantizer is not None
+        if tensor.consumers_left <= 0:
+            return  # a graph output only: no op reads its blocks or ranges
+        if ints.size:
+            if qlo is None:
+                qlo, qhi = ints.min(), ints.max()
+            if ints.dtype.kind in "iu":
+                qlo, qhi = int(qlo), int(qhi)
+                tensor.qmin = qlo if tensor.qmin is None else min(tensor.qmin, qlo)
+                tensor.qmax = qhi if tensor.qmax is None else max(tensor.qmax, qhi)
+            lo, hi = self._value_range(quantizer, ints, qlo, qhi, wide)
+            tensor.vmin = lo if tensor.vmin is None else min(tensor.vmin, lo)
+            tensor.vmax = hi if tensor.vmax is None else max(tensor.vmax, hi)
+        self.store.put(out, ints, dtype=wide)
+
     @staticmethod
-    def _value_range(quantizer: UniformQuantizer, q: np.ndarray) -> tuple[Any, Any]:
-        """min/max of quantizer.dequant(q), without dequantizing everything when monotone."""
-        if q.size == 0:
-            return (None, None)
+    def _value_range(
+        quantizer: UniformQuantizer, q: np.ndarray, qlo: Any, qhi: Any, wide: Any
+    ) -> tuple[Any, Any]:
+        """min/max of quantizer.dequant(q) for a non-empty block of min ``qlo`` and max
+        ``qhi``, without dequantizing everything when monotone."""
         scale = quantizer.scale
         zp = quantizer.zero_point
         if np.ndim(zp) == 0 and np.ndim(scale) == 0 and scale > 0:
-            ends = quantizer.dequant(np.array([q.min(), q.max()], dtype=q.dtype))
+            ends = quantizer.dequant(np.array([qlo, qhi], dtype=q.dtype if wide is None else wide))
             return ends[0], ends[1]
-        values = quantizer.dequant(q)
+        values = quantizer.dequant(q if wide is None else q.astype(wide))
         return values.min(), values.max()
 
     def _finish(self, op: Any, out: str, quant: Any, raw_blocks: Any) -> None:

@@ -239,20 +239,22 @@ class TensorStore:
         """How many blocks tensor ``name`` has."""
         return len(self._entries[name].blocks)
 
-    def put(self, name: str, block: np.ndarray, owned: bool = True) -> None:
+    def put(self, name: str, block: np.ndarray, owned: bool = True, dtype: Any = None) -> None:
         """Append the next block of tensor ``name``.
 
         Args:
             name: the tensor name.
             block: the block's values.
             owned: False for a view of caller-held data (kept as is, never charged).
+            dtype: the dtype of the values when ``block`` is a fresh integer array already
+                narrowed from it (stored as is, read back in ``dtype``).
         """
         entry = self._entries.setdefault(name, _Entry())
-        entry.dtypes.append(block.dtype)
+        entry.dtypes.append(block.dtype if dtype is None else np.dtype(dtype))
         if not owned:
             entry.blocks.append(block)
             return
-        stored = _narrow(block)
+        stored = _narrow(block) if dtype is None else block
         if self._in_memory + stored.nbytes <= self.memory_budget:
             self._in_memory += stored.nbytes
             entry.blocks.append(stored)

@@ -14,6 +14,7 @@ use crate::kernels::quant::dequantize::{dequantize_into, QInt};
 use crate::kernels::quant::float::{Cast, Real};
 use crate::kernels::quant::quantize::{quantize_into, Prec, QuantSpec};
 use crate::kernels::quant::reduce::min_max as min_max_kernel;
+use crate::kernels::quant::table::{lookup, presence, Index};
 use crate::kernels::quant::unique::rounded_unique as unique_kernel;
 use crate::py::errors::to_pyerr;
 
@@ -86,12 +87,15 @@ fn quantize_out<'py, T: Real + Element>(
     match out_dtype {
         "int64" => quantize_typed::<T, i64>(py, values, spec),
         "int32" => quantize_typed::<T, i32>(py, values, spec),
+        "int16" => quantize_typed::<T, i16>(py, values, spec),
+        "int8" => quantize_typed::<T, i8>(py, values, spec),
         "float32" => quantize_typed::<T, f32>(py, values, spec),
         "float64" => quantize_typed::<T, f64>(py, values, spec),
         other => Err(to_pyerr(
             py,
             Error::DType(format!(
-                "quantize: output dtype must be int64, int32, float32 or float64, got {other}"
+                "quantize: output dtype must be int64, int32, int16, int8, float32 or float64, \
+                 got {other}"
             )),
             None,
         )),
@@ -244,7 +248,138 @@ fn rounded_unique<'py>(
     }
 }
 
+fn contiguous<'a, I: Element>(
+    py: Python<'_>,
+    op: &str,
+    guard: &'a PyReadonlyArrayDyn<'_, I>,
+) -> PyResult<&'a [I]> {
+    let c_order = guard.as_array().is_standard_layout();
+    guard.as_slice().ok().filter(|_| c_order).ok_or_else(|| {
+        let msg = format!("{op}: the integers must be a C-contiguous array");
+        to_pyerr(py, Error::InvalidArgument(msg), None)
+    })
+}
+
+fn presence_typed<'py, I: Index + Element>(
+    py: Python<'py>,
+    q: &Bound<'py, PyArrayDyn<I>>,
+    lo: i64,
+    size: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let guard = borrow(q)?;
+    let src = contiguous(py, "int_presence", &guard)?;
+    let mut seen = vec![false; size];
+    py.detach(|| presence(src, lo, &mut seen))
+        .map_err(|e| to_pyerr(py, e, None))?;
+    Ok(numpy::PyArray1::from_vec(py, seen).into_any())
+}
+
+/// A bool array of `size` entries: entry i says whether the integer `lo + i` occurs in `q`
+/// (C-contiguous int8/16/32/64). Raises QuantizationError for a value outside that range.
+#[pyfunction]
+fn int_presence<'py>(
+    py: Python<'py>,
+    q: &Bound<'py, PyAny>,
+    lo: i64,
+    size: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    if let Ok(a) = q.cast::<PyArrayDyn<i8>>() {
+        presence_typed(py, a, lo, size)
+    } else if let Ok(a) = q.cast::<PyArrayDyn<i16>>() {
+        presence_typed(py, a, lo, size)
+    } else if let Ok(a) = q.cast::<PyArrayDyn<i32>>() {
+        presence_typed(py, a, lo, size)
+    } else if let Ok(a) = q.cast::<PyArrayDyn<i64>>() {
+        presence_typed(py, a, lo, size)
+    } else {
+        Err(wrong_dtype(
+            py,
+            "int_presence",
+            "int8, int16, int32 or int64",
+            q,
+        ))
+    }
+}
+
+fn lookup_typed<'py, I: Index + Element, O: Element + Copy + Send + Sync>(
+    py: Python<'py>,
+    q: &Bound<'py, PyArrayDyn<I>>,
+    lo: i64,
+    table: &Bound<'py, PyArrayDyn<O>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let guard = borrow(q)?;
+    let src = contiguous(py, "int_lookup", &guard)?;
+    let shape = guard.as_array().shape().to_vec();
+    let tguard = borrow(table)?;
+    let entries = tguard.as_array().iter().copied().collect::<Vec<O>>();
+    let out = output::<O>(py, &shape);
+    let mut view = uninit_view(&out);
+    let dst = view.as_slice_mut().ok_or_else(|| {
+        to_pyerr(
+            py,
+            Error::InvalidArgument("int_lookup: output layout".into()),
+            None,
+        )
+    })?;
+    py.detach(|| lookup(src, lo, &entries, dst))
+        .map_err(|e| to_pyerr(py, e, None))?;
+    Ok(out.into_any())
+}
+
+fn lookup_into<'py, O: Element + Copy + Send + Sync>(
+    py: Python<'py>,
+    q: &Bound<'py, PyAny>,
+    lo: i64,
+    table: &Bound<'py, PyArrayDyn<O>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    if let Ok(a) = q.cast::<PyArrayDyn<i8>>() {
+        lookup_typed(py, a, lo, table)
+    } else if let Ok(a) = q.cast::<PyArrayDyn<i16>>() {
+        lookup_typed(py, a, lo, table)
+    } else if let Ok(a) = q.cast::<PyArrayDyn<i32>>() {
+        lookup_typed(py, a, lo, table)
+    } else if let Ok(a) = q.cast::<PyArrayDyn<i64>>() {
+        lookup_typed(py, a, lo, table)
+    } else {
+        Err(wrong_dtype(
+            py,
+            "int_lookup",
+            "int8, int16, int32 or int64",
+            q,
+        ))
+    }
+}
+
+/// `table[q - lo]` for C-contiguous int8/16/32/64 `q` and a 1-D int8/16/32/64 table, in the
+/// table's dtype and q's shape. Raises QuantizationError for a value outside the table.
+#[pyfunction]
+fn int_lookup<'py>(
+    py: Python<'py>,
+    q: &Bound<'py, PyAny>,
+    lo: i64,
+    table: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    if let Ok(t) = table.cast::<PyArrayDyn<i8>>() {
+        lookup_into(py, q, lo, t)
+    } else if let Ok(t) = table.cast::<PyArrayDyn<i16>>() {
+        lookup_into(py, q, lo, t)
+    } else if let Ok(t) = table.cast::<PyArrayDyn<i32>>() {
+        lookup_into(py, q, lo, t)
+    } else if let Ok(t) = table.cast::<PyArrayDyn<i64>>() {
+        lookup_into(py, q, lo, t)
+    } else {
+        Err(wrong_dtype(
+            py,
+            "int_lookup",
+            "an int8, int16, int32 or int64 table",
+            table,
+        ))
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(int_presence, m)?)?;
+    m.add_function(wrap_pyfunction!(int_lookup, m)?)?;
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(min_max, m)?)?;

@@ -86,6 +86,7 @@ class _ShapeOp(QuantizedOp):
             options=options,
             stats=q.quant_stats,
             params=q.quant_params,
+            defer=True,  # the floats only when read
         )
 
     def move(self, *inputs: Any, **attrs: Any) -> Any:

@@ -193,9 +193,49 @@ impl Cast for i32 {
     }
 }
 
+/// Truncation to a narrow integer; NaN, ±inf and values whose truncation leaves the type give
+/// its MIN (like [`i32`]'s `Cast`). The narrow outputs serve quantizers whose clip bounds lie
+/// strictly above MIN, so MIN in a result marks such a value.
+macro_rules! impl_cast_narrow {
+    ($($t:ty),*) => {$(
+        impl Cast for $t {
+            #[inline(always)]
+            fn cast<R: Real>(v: R) -> Self {
+                let x = v.to_f64();
+                if x > <$t>::MIN as f64 - 1.0 && x < <$t>::MAX as f64 + 1.0 {
+                    x as $t
+                } else {
+                    <$t>::MIN
+                }
+            }
+            #[inline(always)]
+            fn cast_fast<R: Real>(v: R) -> (Self, bool) {
+                let (q, ok) = magic_i64(v.to_f64());
+                let fits = q >= <$t>::MIN as i64 && q <= <$t>::MAX as i64;
+                (if fits { q as $t } else { <$t>::MIN }, ok)
+            }
+        }
+    )*};
+}
+impl_cast_narrow!(i8, i16);
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn narrow_casts_truncate_and_mark_the_rest_with_min() {
+        for (v, want) in [(3.0, 3i8), (-127.9, -127), (127.5, 127), (128.0, i8::MIN)] {
+            assert_eq!(i8::cast(v), want, "{v}");
+        }
+        assert_eq!(i8::cast(f64::NAN), i8::MIN);
+        assert_eq!(i16::cast(-32_768.5), i16::MIN);
+        assert_eq!(i16::cast(32_767.0), i16::MAX);
+        assert_eq!(i16::cast(f64::INFINITY), i16::MIN);
+        assert_eq!(i8::cast_fast(-5.0), (-5, true));
+        assert_eq!(i8::cast_fast(300.0), (i8::MIN, true));
+        assert!(!i16::cast_fast(f64::NAN).1);
+    }
 
     #[test]
     fn rint_ties_to_even_and_keeps_sign() {

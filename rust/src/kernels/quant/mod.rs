@@ -9,6 +9,7 @@ pub mod dequantize;
 pub mod float;
 pub mod quantize;
 pub mod reduce;
+pub mod table;
 pub mod unique;
 
 /// Elements per parallel work item; arrays no longer than this run on the calling thread.
