@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use super::dequantize::QInt;
 use super::CHUNK;
 use crate::error::{Error, Result};
+use crate::kernels::simd;
 
 /// Integer element types that index a table.
 pub trait Index: QInt {
@@ -40,22 +41,46 @@ fn out_of_range(v: i64, lo: i64, size: usize) -> Error {
     ))
 }
 
+/// Check that every value of `chunk` lies in `[lo, lo + size)` (one vectorizable min/max
+/// pass), so the indexing that follows never fails.
+#[inline(always)]
+fn check_chunk<I: Index>(chunk: &[I], lo: i64, size: usize) -> Result<()> {
+    let (mut min, mut max) = (i64::MAX, i64::MIN);
+    for &v in chunk {
+        let v = v.to_i64();
+        min = min.min(v);
+        max = max.max(v);
+    }
+    if chunk.is_empty() {
+        return Ok(());
+    }
+    let hi = lo as i128 + size as i128 - 1;
+    if i128::from(min) < i128::from(lo) {
+        return Err(out_of_range(min, lo, size));
+    }
+    if i128::from(max) > hi {
+        return Err(out_of_range(max, lo, size));
+    }
+    Ok(())
+}
+
 /// Mark in `seen` (entry `v - lo`) every integer `v` of `q`.
 ///
 /// Errors: `InvalidArgument` if some value lies outside `[lo, lo + seen.len())`.
 pub fn presence<I: Index>(q: &[I], lo: i64, seen: &mut [bool]) -> Result<()> {
     let size = seen.len();
+    let wide = simd::wide_vectors();
     let parts: Vec<Result<Vec<bool>>> = q
         .par_chunks(CHUNK)
         .map(|chunk| {
             let mut mark = vec![false; size];
-            for &v in chunk {
-                let i = v.to_i64().wrapping_sub(lo) as u64;
-                match mark.get_mut(i as usize) {
-                    Some(m) if i < size as u64 => *m = true,
-                    _ => return Err(out_of_range(v.to_i64(), lo, size)),
-                }
+            #[cfg(target_arch = "x86_64")]
+            if wide {
+                // SAFETY: `wide_vectors` checked that the CPU has these features.
+                unsafe { presence_chunk_avx512(chunk, lo, &mut mark) }?;
+                return Ok(mark);
             }
+            presence_chunk(chunk, lo, &mut mark)?;
             Ok(mark)
         })
         .collect();
@@ -65,6 +90,23 @@ pub fn presence<I: Index>(q: &[I], lo: i64, seen: &mut [bool]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[inline(always)]
+fn presence_chunk<I: Index>(chunk: &[I], lo: i64, mark: &mut [bool]) -> Result<()> {
+    check_chunk(chunk, lo, mark.len())?;
+    for &v in chunk {
+        // in range: checked above
+        mark[(v.to_i64() - lo) as usize] = true;
+    }
+    Ok(())
+}
+
+/// [`presence_chunk`] compiled for AVX-512 (the same operations).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512dq,avx512vl,avx512bw")]
+unsafe fn presence_chunk_avx512<I: Index>(chunk: &[I], lo: i64, mark: &mut [bool]) -> Result<()> {
+    presence_chunk(chunk, lo, mark)
 }
 
 /// `out[i] = table[q[i] - lo]`.
@@ -84,21 +126,44 @@ pub fn lookup<I: Index, O: Copy + Send + Sync>(
             out.len()
         )));
     }
-    let size = table.len();
+    let wide = simd::wide_vectors();
     out.par_chunks_mut(CHUNK)
         .zip(q.par_chunks(CHUNK))
         .try_for_each(|(dst, src)| {
-            for (d, &v) in dst.iter_mut().zip(src) {
-                let i = v.to_i64().wrapping_sub(lo) as u64;
-                match table.get(i as usize) {
-                    Some(&t) if i < size as u64 => {
-                        d.write(t);
-                    }
-                    _ => return Err(out_of_range(v.to_i64(), lo, size)),
-                }
+            #[cfg(target_arch = "x86_64")]
+            if wide {
+                // SAFETY: `wide_vectors` checked that the CPU has these features.
+                return unsafe { lookup_chunk_avx512(src, lo, table, dst) };
             }
-            Ok(())
+            lookup_chunk(src, lo, table, dst)
         })
+}
+
+#[inline(always)]
+fn lookup_chunk<I: Index, O: Copy>(
+    src: &[I],
+    lo: i64,
+    table: &[O],
+    dst: &mut [MaybeUninit<O>],
+) -> Result<()> {
+    check_chunk(src, lo, table.len())?;
+    for (d, &v) in dst.iter_mut().zip(src) {
+        // in range: checked above
+        d.write(table[(v.to_i64() - lo) as usize]);
+    }
+    Ok(())
+}
+
+/// [`lookup_chunk`] compiled for AVX-512 (the same operations).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512dq,avx512vl,avx512bw")]
+unsafe fn lookup_chunk_avx512<I: Index, O: Copy>(
+    src: &[I],
+    lo: i64,
+    table: &[O],
+    dst: &mut [MaybeUninit<O>],
+) -> Result<()> {
+    lookup_chunk(src, lo, table, dst)
 }
 
 #[cfg(test)]
