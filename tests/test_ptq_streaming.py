@@ -292,3 +292,34 @@ def test_native_float_conv_is_the_im2col_sequential_matmul(
         np.testing.assert_array_equal(
             graph._native_conv(x[1:2], w, s, d, begins, ends, group), native[1:2]
         )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    ("a_shape", "b_shape"), [((3, 0), (0, 4)), ((0, 5), (5, 4)), ((2, 3, 0), (0, 2))]
+)
+def test_sequential_matmul_of_empty_operands_is_numpys(
+    dtype: Any, a_shape: tuple[int, ...], b_shape: tuple[int, ...]
+) -> None:
+    a, b = np.ones(a_shape, dtype), np.ones(b_shape, dtype)
+    want = a @ b
+    for got in (sequential_matmul(a, b), matmul_sequential_reference(a, b)):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "y_shape"),
+    [
+        ((0, 1, 5, 5), (2, 1, 3, 3), (0, 2, 3, 3)),
+        ((2, 0, 5, 5), (2, 0, 3, 3), (2, 2, 3, 3)),
+        ((0, 1, 2, 5, 5), (2, 1, 1, 3, 3), (0, 2, 2, 3, 3)),  # 3-D: the numpy path
+    ],
+)
+def test_float_conv_of_empty_operands(
+    x_shape: tuple[int, ...], w_shape: tuple[int, ...], y_shape: tuple[int, ...]
+) -> None:
+    from fhequant.quantized.graph import _conv_float
+
+    y = _conv_float(np.ones(x_shape, np.float32), np.ones(w_shape, np.float32))
+    assert y.shape == y_shape and y.dtype == np.float64 and not y.any()

@@ -30,6 +30,11 @@ __all__ = [
 ]
 
 
+def _rows(a: np.ndarray) -> int:
+    """The number of rows of ``a`` as a (rows, k) matrix (also when k is 0)."""
+    return int(np.prod(a.shape[:-1], dtype=np.int64))
+
+
 def matmul_sequential_reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """numpy twin: ``a @ b`` (b 2-D) summed sequentially in k order in the result dtype.
 
@@ -42,7 +47,7 @@ def matmul_sequential_reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     dtype = np.float32 if a.dtype == np.float32 and b.dtype == np.float32 else np.float64
     k, m = b.shape
-    a2 = np.asarray(a, dtype=dtype).reshape(-1, k)
+    a2 = np.asarray(a, dtype=dtype).reshape(_rows(a), k)
     b2 = np.asarray(b, dtype=dtype)
     out: Any = np.zeros((a2.shape[0], m), dtype=dtype)
     for j in range(k):
@@ -67,7 +72,7 @@ def matmul_f32_sequential(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     k, m = b.shape
     out = _core.matmul_f32_sequential(
-        np.ascontiguousarray(a.reshape(-1, k), dtype=np.float32),
+        np.ascontiguousarray(a.reshape(_rows(a), k), dtype=np.float32),
         np.ascontiguousarray(b, dtype=np.float32),
     )
     return out.reshape(*a.shape[:-1], m)
@@ -95,7 +100,7 @@ def sequential_matmul(a: Any, b: Any) -> Any:
     else:
         k, m = b.shape
         out = _core.matmul_f64_sequential(
-            np.ascontiguousarray(a2.reshape(-1, k), dtype=np.float64),
+            np.ascontiguousarray(a2.reshape(_rows(a2), k), dtype=np.float64),
             np.ascontiguousarray(b, dtype=np.float64),
         ).reshape(*a2.shape[:-1], m)
     return out[0] if vector else out

@@ -297,10 +297,11 @@ def _im2col_conv(
     order = (0, *range(2, 2 + nsp), 1, *range(2 + nsp, 2 + 2 * nsp))
     parts = []
     for g in range(group):
+        taps = cg * int(np.prod(w.shape[2:]))  # explicit: -1 is ambiguous for empty data
         cols = np.transpose(win[:, g * cg : (g + 1) * cg], order).reshape(
-            n * int(np.prod(out_sp)), -1
+            n * int(np.prod(out_sp)), taps
         )
-        kernel = w64[g * og : (g + 1) * og].reshape(og, -1).T
+        kernel = w64[g * og : (g + 1) * og].reshape(og, taps).T
         parts.append(sequential_matmul(cols, kernel).reshape(n, *out_sp, og))
     y = parts[0] if group == 1 else np.concatenate(parts, axis=-1)
     return np.moveaxis(y, -1, 1)
