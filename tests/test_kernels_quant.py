@@ -410,3 +410,19 @@ def test_int_presence_and_lookup_reject_values_outside_the_table() -> None:
         _core.int_lookup(np.asfortranarray(q), 1, np.arange(10, dtype=np.int64))
     with pytest.raises(DTypeError):
         _core.int_presence(q.astype(np.uint8), 1, 10)
+
+
+def test_int_lookup_writes_into_out() -> None:
+    q = np.array([[3, 1], [2, 3]], dtype=np.int8)
+    table = np.array([10, 20, 30], dtype=np.int64)
+    out = np.full((2, 2), -1, dtype=np.int64)
+    got = _core.int_lookup(q, 1, table, out)
+    assert got is out
+    np.testing.assert_array_equal(out, [[30, 10], [20, 30]])
+    with pytest.raises(DTypeError):
+        _core.int_lookup(q, 1, table, np.empty((2, 2), dtype=np.int32))
+    from fhequant.errors import QuantizationError
+
+    for bad in (np.empty((4,), dtype=np.int64), np.empty((2, 2), dtype=np.int64, order="F")):
+        with pytest.raises(QuantizationError, match="C-contiguous array of q's shape"):
+            _core.int_lookup(q, 1, table, bad)

@@ -315,6 +315,7 @@ class ModuleCalibrator:
         self.input_stats: dict[str, tuple[Any, Any]] = {}
         self._input_quant_cache: dict[tuple[str, Any], UniformQuantizer] = {}
         self._requant_tables: dict[tuple[str, int], Any] = {}
+        self._requant_buffers: dict[tuple[str, int], np.ndarray] = {}
         self.store = TensorStore(memory_budget)
         self.progress: _Progress | None = None
 
@@ -439,6 +440,8 @@ class ModuleCalibrator:
         for n in self.nodes[node.index + 1 :]:
             self.tensors[out].consumers_left += sum(1 for i in n.inputs if i == out)
         self._calibrate_op(op, variable, out)
+        self._requant_tables.clear()  # one op at a time: its tables and buffers are done
+        self._requant_buffers.clear()
         self.quant_layers[out] = (tuple(variable), op)
         for name in variable:
             self._release(name)
@@ -624,10 +627,18 @@ class ModuleCalibrator:
         lo = self.tensors[name].qmin
         assert lo is not None  # checked by _requant_table
         block = self._table_index_block(name, b)
-        ints = _core.int_lookup(block, lo, table) if block.size else block
+        if block.size:
+            # The op reads these integers once and keeps nothing of them (Gemm/MatMul/Conv
+            # results are new arrays, shape ops copy), so one buffer serves every block.
+            buffer = self._requant_buffers.get(key)
+            if buffer is None or buffer.shape != block.shape:
+                buffer = self._requant_buffers[key] = np.empty(block.shape, dtype=np.int64)
+            ints = _core.int_lookup(block, lo, table, buffer)
+        else:
+            ints = block.astype(np.int64)
         return QuantizedArray(
             quantizer.n_bits,
-            np.asarray(ints, dtype=np.int64),
+            ints,
             value_is_float=False,
             options=quantizer.quant_options,
             stats=quantizer.quant_stats,
@@ -741,6 +752,8 @@ class ModuleCalibrator:
         self.tensors[out].kind = "quant"
         self.tensors[out].quantizer = quant.quantizer
         for b in self._blocks(f"{op.op_instance_name} outputs"):
+            if self.tensors[out].consumers_left <= 0:
+                continue  # a graph output only: nothing to keep
             block = self._table_index_block(name, b)
             ints = _core.int_lookup(block, lo, table) if block.size else block.astype(np.int64)
             self._store_ints(out, ints, qlo, qhi, np.int64 if ints.dtype != np.int64 else None)

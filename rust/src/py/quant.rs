@@ -306,24 +306,46 @@ fn lookup_typed<'py, I: Index + Element, O: Element + Copy + Send + Sync>(
     q: &Bound<'py, PyArrayDyn<I>>,
     lo: i64,
     table: &Bound<'py, PyArrayDyn<O>>,
+    out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let guard = borrow(q)?;
     let src = contiguous(py, "int_lookup", &guard)?;
     let shape = guard.as_array().shape().to_vec();
     let tguard = borrow(table)?;
     let entries = tguard.as_array().iter().copied().collect::<Vec<O>>();
-    let out = output::<O>(py, &shape);
-    let mut view = uninit_view(&out);
-    let dst = view.as_slice_mut().ok_or_else(|| {
-        to_pyerr(
-            py,
-            Error::InvalidArgument("int_lookup: output layout".into()),
-            None,
-        )
-    })?;
+    let layout_err = |what: &str| {
+        let msg = format!("int_lookup: {what}");
+        to_pyerr(py, Error::InvalidArgument(msg), None)
+    };
+    if let Some(given) = out {
+        let arr = given
+            .cast::<PyArrayDyn<O>>()
+            .map_err(|_| wrong_dtype(py, "int_lookup out", "the table's dtype", given))?;
+        let mut rw = arr.try_readwrite().map_err(borrow_err)?;
+        let mut view = rw.as_array_mut();
+        if view.shape() != shape.as_slice() || !view.is_standard_layout() {
+            return Err(layout_err("out must be a C-contiguous array of q's shape"));
+        }
+        let dst = view
+            .as_slice_mut()
+            .ok_or_else(|| layout_err("out must be C-contiguous"))?;
+        // SAFETY: MaybeUninit<O> has the layout of O; the kernel only writes initialized
+        // values into these (already initialized) elements.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<MaybeUninit<O>>(), dst.len())
+        };
+        py.detach(|| lookup(src, lo, &entries, dst))
+            .map_err(|e| to_pyerr(py, e, None))?;
+        return Ok(given.clone());
+    }
+    let fresh = output::<O>(py, &shape);
+    let mut view = uninit_view(&fresh);
+    let dst = view
+        .as_slice_mut()
+        .ok_or_else(|| layout_err("output layout"))?;
     py.detach(|| lookup(src, lo, &entries, dst))
         .map_err(|e| to_pyerr(py, e, None))?;
-    Ok(out.into_any())
+    Ok(fresh.into_any())
 }
 
 fn lookup_into<'py, O: Element + Copy + Send + Sync>(
@@ -331,15 +353,16 @@ fn lookup_into<'py, O: Element + Copy + Send + Sync>(
     q: &Bound<'py, PyAny>,
     lo: i64,
     table: &Bound<'py, PyArrayDyn<O>>,
+    out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     if let Ok(a) = q.cast::<PyArrayDyn<i8>>() {
-        lookup_typed(py, a, lo, table)
+        lookup_typed(py, a, lo, table, out)
     } else if let Ok(a) = q.cast::<PyArrayDyn<i16>>() {
-        lookup_typed(py, a, lo, table)
+        lookup_typed(py, a, lo, table, out)
     } else if let Ok(a) = q.cast::<PyArrayDyn<i32>>() {
-        lookup_typed(py, a, lo, table)
+        lookup_typed(py, a, lo, table, out)
     } else if let Ok(a) = q.cast::<PyArrayDyn<i64>>() {
-        lookup_typed(py, a, lo, table)
+        lookup_typed(py, a, lo, table, out)
     } else {
         Err(wrong_dtype(
             py,
@@ -351,22 +374,25 @@ fn lookup_into<'py, O: Element + Copy + Send + Sync>(
 }
 
 /// `table[q - lo]` for C-contiguous int8/16/32/64 `q` and a 1-D int8/16/32/64 table, in the
-/// table's dtype and q's shape. Raises QuantizationError for a value outside the table.
+/// table's dtype and q's shape; written into `out` (C-contiguous, q's shape, the table's
+/// dtype) when given, and returned. Raises QuantizationError for a value outside the table.
 #[pyfunction]
+#[pyo3(signature = (q, lo, table, out=None))]
 fn int_lookup<'py>(
     py: Python<'py>,
     q: &Bound<'py, PyAny>,
     lo: i64,
     table: &Bound<'py, PyAny>,
+    out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     if let Ok(t) = table.cast::<PyArrayDyn<i8>>() {
-        lookup_into(py, q, lo, t)
+        lookup_into(py, q, lo, t, out)
     } else if let Ok(t) = table.cast::<PyArrayDyn<i16>>() {
-        lookup_into(py, q, lo, t)
+        lookup_into(py, q, lo, t, out)
     } else if let Ok(t) = table.cast::<PyArrayDyn<i32>>() {
-        lookup_into(py, q, lo, t)
+        lookup_into(py, q, lo, t, out)
     } else if let Ok(t) = table.cast::<PyArrayDyn<i64>>() {
-        lookup_into(py, q, lo, t)
+        lookup_into(py, q, lo, t, out)
     } else {
         Err(wrong_dtype(
             py,
