@@ -9,6 +9,7 @@ from numpy.typing import NDArray
 __all__ = [
     "__version__",
     "_raise_kernel_error",
+    "conv2d_extremes_f64",
     "conv2d_f64_sequential",
     "dequantize",
     "int_bit_width",
@@ -25,6 +26,8 @@ __all__ = [
     "int_round_bit_pattern",
     "int_window_max",
     "int_window_sum",
+    "matmul_extremes_f32",
+    "matmul_extremes_f64",
     "matmul_f32_sequential",
     "matmul_f64_sequential",
     "min_max",
@@ -77,6 +80,33 @@ def conv2d_f64_sequential(
     group: int,
     context: str | None = None,
 ) -> npt.NDArray[np.float64]: ...
+def matmul_extremes_f32(
+    a: npt.NDArray[np.float32],
+    b: npt.NDArray[np.float32],
+    bias: npt.NDArray[np.float32] | None = None,
+    context: str | None = None,
+) -> tuple[float, float, bool]: ...
+def matmul_extremes_f64(
+    a: NDArray[Any],
+    b: npt.NDArray[np.float64],
+    bias: npt.NDArray[np.float64] | None = None,
+    scale: float | None = None,
+    zero_point: float | None = None,
+    context: str | None = None,
+) -> tuple[float, float, bool]: ...
+def conv2d_extremes_f64(
+    x: NDArray[Any],
+    w: npt.NDArray[np.float64],
+    strides: tuple[int, int],
+    dilations: tuple[int, int],
+    begins: tuple[int, int],
+    ends: tuple[int, int],
+    group: int,
+    bias: npt.NDArray[np.float64] | None = None,
+    scale: float | None = None,
+    zero_point: float | None = None,
+    context: str | None = None,
+) -> tuple[float, float, bool]: ...
 
 # --- end float kernels ---
 # --- integer kernels (rust-integer): see fhequant.integer_kernels -------------------------

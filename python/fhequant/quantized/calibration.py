@@ -47,6 +47,7 @@ from fhequant.errors import (
     UnsupportedOpError,
 )
 from fhequant.quantization import QuantizationOptions, QuantizedArray, UniformQuantizer
+from fhequant.quantized.fused_stats import fused_statistics
 from fhequant.quantized.graph import (
     BREVITAS_QUANT as _BREVITAS_QUANT,
 )
@@ -881,6 +882,12 @@ class ModuleCalibrator:
         raw_output = bool(op.spec().raw_output)
         selector: TailSelector | None = None
         uniques: Any = None
+        if keep is None and not raw_output and not _clips_percentiles(op):
+            # only the min/max are used: the native kernels need not materialise the result
+            fused = fused_statistics(self, op, variable, out)
+            if fused is not None:
+                op._set_output_quantizer(fused)
+                return None
         for b in self._blocks(f"{op.op_instance_name} statistics"):
             floats = [self._float_block(n, b) for n in variable]
             prepared = op._prepare_inputs_with_constants(

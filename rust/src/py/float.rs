@@ -1,10 +1,17 @@
 //! Bindings of `kernels::float`.
 
-use numpy::{IntoPyArray, PyArray2, PyArray4, PyReadonlyArray2, PyReadonlyArray4};
+use ndarray::{ArrayView1, ArrayView2, ArrayView4};
+use numpy::{
+    Element as NpElement, IntoPyArray, PyArray2, PyArray4, PyArrayMethods, PyReadonlyArray1,
+    PyReadonlyArray2, PyReadonlyArray4,
+};
 use pyo3::prelude::*;
 
+use crate::error::Error;
 use crate::kernels::float::conv::{self, ConvGeometry};
-use crate::kernels::float::matmul;
+use crate::kernels::float::extremes::{conv2d_extremes, matmul_extremes, Extremes};
+use crate::kernels::float::matmul::{self, Isa};
+use crate::kernels::quant::dequantize::{dequantize_value, QInt};
 use crate::py::errors::to_pyerr;
 
 /// float32 a (n, k) @ b (k, m), each dot product summed sequentially in k order (no FMA).
@@ -63,9 +70,243 @@ fn conv2d_f64_sequential<'py>(
     Ok(out.map_err(|e| to_pyerr(py, e, context))?.into_pyarray(py))
 }
 
+/// `(min, max, finite)` of an extremes kernel, as Python floats.
+fn extremes_tuple<T: Into<f64>>(e: Extremes<T>) -> (f64, f64, bool) {
+    (e.min.into(), e.max.into(), e.finite)
+}
+
+/// float32 `a (n, k) @ b (k, m) + bias (m,)` reduced to `(min, max, finite)` without
+/// materialising it: the values of `matmul_f32_sequential(a, b) + bias` (see
+/// `kernels::float::extremes` for the meaning of a zero extreme and of `finite`).
+#[pyfunction]
+#[pyo3(signature = (a, b, bias=None, context=None))]
+fn matmul_extremes_f32<'py>(
+    py: Python<'py>,
+    a: PyReadonlyArray2<'py, f32>,
+    b: PyReadonlyArray2<'py, f32>,
+    bias: Option<PyReadonlyArray1<'py, f32>>,
+    context: Option<&str>,
+) -> PyResult<(f64, f64, bool)> {
+    let (a, b) = (a.as_array(), b.as_array());
+    let bias = bias.as_ref().map(|v| v.as_array());
+    let out = py.detach(|| matmul_extremes(a, |v: f32| v, b, bias, Isa::detect()));
+    Ok(extremes_tuple(out.map_err(|e| to_pyerr(py, e, context))?))
+}
+
+/// How the input of a float64 extremes kernel becomes float64.
+#[derive(Clone, Copy)]
+enum Input {
+    /// float32 or float64 values, widened exactly.
+    Float,
+    /// int8/16/32 values dequantized as `_core.dequantize(q, scale, zero_point)`.
+    Dequantize(f64, f64),
+}
+
+fn input_kind(
+    py: Python<'_>,
+    what: &str,
+    a: &Bound<'_, PyAny>,
+    scale: Option<f64>,
+    zero_point: Option<f64>,
+    context: Option<&str>,
+) -> PyResult<Input> {
+    let dtype = a
+        .getattr("dtype")
+        .and_then(|d| d.str().map(|s| s.to_string()))
+        .unwrap_or_else(|_| a.get_type().to_string());
+    let integer = matches!(dtype.as_str(), "int8" | "int16" | "int32");
+    let float = matches!(dtype.as_str(), "float32" | "float64");
+    let err = |msg: String| to_pyerr(py, Error::InvalidArgument(msg), context);
+    match (integer, float, scale, zero_point) {
+        (true, _, Some(s), Some(z)) => Ok(Input::Dequantize(s, z)),
+        (true, _, _, _) => Err(err(format!(
+            "{what}: an {dtype} input needs both scale and zero_point to be dequantized"
+        ))),
+        (_, true, None, None) => Ok(Input::Float),
+        (_, true, _, _) => Err(err(format!(
+            "{what}: scale and zero_point only apply to integer inputs, got {dtype}"
+        ))),
+        _ => Err(to_pyerr(
+            py,
+            Error::DType(format!(
+                "{what}: expected a numpy array of float32, float64, int8, int16 or int32, \
+                 got {dtype}; convert it first"
+            )),
+            context,
+        )),
+    }
+}
+
+fn borrow_err(e: numpy::BorrowError) -> PyErr {
+    pyo3::exceptions::PyRuntimeError::new_err(format!("array borrow: {e}"))
+}
+
+fn matmul_f64_typed<S: NpElement + Copy + Sync, F: Fn(S) -> f64 + Send + Sync>(
+    py: Python<'_>,
+    a: &Bound<'_, PyArray2<S>>,
+    load: F,
+    b: ArrayView2<'_, f64>,
+    bias: Option<ArrayView1<'_, f64>>,
+) -> Result<Extremes<f64>, PyErr> {
+    let guard = a.try_readonly().map_err(borrow_err)?;
+    let a = guard.as_array();
+    Ok(py.detach(|| matmul_extremes(a, load, b, bias, Isa::detect())))
+        .and_then(|r| r.map_err(|e| to_pyerr(py, e, None)))
+}
+
+/// float64 `a (n, k) @ b (k, m) + bias (m,)` reduced to `(min, max, finite)` without
+/// materialising it: the values of `matmul_f64_sequential(float64(a), b) + bias`. `a` is
+/// float32/float64, or int8/16/32 dequantized on the fly with `scale` and `zero_point` (the
+/// float64 values of `dequantize`).
+#[pyfunction]
+#[pyo3(signature = (a, b, bias=None, scale=None, zero_point=None, context=None))]
+fn matmul_extremes_f64<'py>(
+    py: Python<'py>,
+    a: &Bound<'py, PyAny>,
+    b: PyReadonlyArray2<'py, f64>,
+    bias: Option<PyReadonlyArray1<'py, f64>>,
+    scale: Option<f64>,
+    zero_point: Option<f64>,
+    context: Option<&str>,
+) -> PyResult<(f64, f64, bool)> {
+    let what = "matmul_extremes_f64";
+    let kind = input_kind(py, what, a, scale, zero_point, context)?;
+    let b = b.as_array();
+    let bias = bias.as_ref().map(|v| v.as_array());
+    let out = match kind {
+        Input::Float => {
+            if let Ok(a) = a.cast::<PyArray2<f64>>() {
+                matmul_f64_typed(py, a, |v: f64| v, b, bias)
+            } else if let Ok(a) = a.cast::<PyArray2<f32>>() {
+                matmul_f64_typed(py, a, |v: f32| f64::from(v), b, bias)
+            } else {
+                Err(not_2d(py, what, a, context))
+            }
+        }
+        Input::Dequantize(s, z) => {
+            if let Ok(a) = a.cast::<PyArray2<i8>>() {
+                matmul_f64_typed(py, a, dequantizer::<i8>(s, z), b, bias)
+            } else if let Ok(a) = a.cast::<PyArray2<i16>>() {
+                matmul_f64_typed(py, a, dequantizer::<i16>(s, z), b, bias)
+            } else if let Ok(a) = a.cast::<PyArray2<i32>>() {
+                matmul_f64_typed(py, a, dequantizer::<i32>(s, z), b, bias)
+            } else {
+                Err(not_2d(py, what, a, context))
+            }
+        }
+    };
+    Ok(extremes_tuple(
+        out.map_err(|e| with_context(py, e, context))?,
+    ))
+}
+
+fn dequantizer<I: QInt>(scale: f64, zero_point: f64) -> impl Fn(I) -> f64 + Send + Sync {
+    move |v: I| dequantize_value(v, scale, zero_point)
+}
+
+fn not_2d(py: Python<'_>, what: &str, a: &Bound<'_, PyAny>, context: Option<&str>) -> PyErr {
+    let ndim = a.getattr("ndim").map(|n| n.to_string()).unwrap_or_default();
+    to_pyerr(
+        py,
+        Error::Shape(format!(
+            "{what}: the input has {ndim} dimensions, the kernel takes 2 (or 4 for a conv)"
+        )),
+        context,
+    )
+}
+
+/// Prefix `context` to an error raised without one.
+fn with_context(py: Python<'_>, e: PyErr, context: Option<&str>) -> PyErr {
+    match context {
+        Some(ctx) if !ctx.is_empty() => {
+            let msg = format!("{ctx}: {}", e.value(py));
+            PyErr::from_type(e.get_type(py), msg)
+        }
+        _ => e,
+    }
+}
+
+fn conv_f64_typed<S: NpElement + Copy + Sync, F: Fn(S) -> f64 + Send + Sync>(
+    py: Python<'_>,
+    x: &Bound<'_, PyArray4<S>>,
+    load: F,
+    w: ArrayView4<'_, f64>,
+    bias: Option<ArrayView1<'_, f64>>,
+    geometry: &ConvGeometry,
+) -> Result<Extremes<f64>, PyErr> {
+    let guard = x.try_readonly().map_err(borrow_err)?;
+    let x = guard.as_array();
+    Ok(py.detach(|| conv2d_extremes(x, load, w, bias, geometry, Isa::detect())))
+        .and_then(|r| r.map_err(|e| to_pyerr(py, e, None)))
+}
+
+/// float64 `conv(x, w) + bias (O,)` (per output channel) reduced to `(min, max, finite)`
+/// without materialising it: the values of `conv2d_f64_sequential(float64(x), w, ...) +
+/// bias`. `x (N, C, H, W)` is float32/float64, or int8/16/32 dequantized on the fly with
+/// `scale` and `zero_point`.
+#[pyfunction]
+#[pyo3(signature = (x, w, strides, dilations, begins, ends, group, bias=None, scale=None,
+                    zero_point=None, context=None))]
+#[allow(clippy::too_many_arguments)]
+fn conv2d_extremes_f64<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    w: PyReadonlyArray4<'py, f64>,
+    strides: [usize; 2],
+    dilations: [usize; 2],
+    begins: [usize; 2],
+    ends: [usize; 2],
+    group: usize,
+    bias: Option<PyReadonlyArray1<'py, f64>>,
+    scale: Option<f64>,
+    zero_point: Option<f64>,
+    context: Option<&str>,
+) -> PyResult<(f64, f64, bool)> {
+    let what = "conv2d_extremes_f64";
+    let kind = input_kind(py, what, x, scale, zero_point, context)?;
+    let geometry = ConvGeometry {
+        strides,
+        dilations,
+        begins,
+        ends,
+        group,
+    };
+    let g = &geometry;
+    let w = w.as_array();
+    let bias = bias.as_ref().map(|v| v.as_array());
+    let out = match kind {
+        Input::Float => {
+            if let Ok(x) = x.cast::<PyArray4<f64>>() {
+                conv_f64_typed(py, x, |v: f64| v, w, bias, g)
+            } else if let Ok(x) = x.cast::<PyArray4<f32>>() {
+                conv_f64_typed(py, x, |v: f32| f64::from(v), w, bias, g)
+            } else {
+                Err(not_2d(py, what, x, context))
+            }
+        }
+        Input::Dequantize(s, z) => {
+            if let Ok(x) = x.cast::<PyArray4<i8>>() {
+                conv_f64_typed(py, x, dequantizer::<i8>(s, z), w, bias, g)
+            } else if let Ok(x) = x.cast::<PyArray4<i16>>() {
+                conv_f64_typed(py, x, dequantizer::<i16>(s, z), w, bias, g)
+            } else if let Ok(x) = x.cast::<PyArray4<i32>>() {
+                conv_f64_typed(py, x, dequantizer::<i32>(s, z), w, bias, g)
+            } else {
+                Err(not_2d(py, what, x, context))
+            }
+        }
+    };
+    Ok(extremes_tuple(
+        out.map_err(|e| with_context(py, e, context))?,
+    ))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(matmul_f32_sequential, m)?)?;
     m.add_function(wrap_pyfunction!(matmul_f64_sequential, m)?)?;
     m.add_function(wrap_pyfunction!(conv2d_f64_sequential, m)?)?;
+    m.add_function(wrap_pyfunction!(matmul_extremes_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(matmul_extremes_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(conv2d_extremes_f64, m)?)?;
     Ok(())
 }

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::kernels::float::matmul::{supported, Element, Isa, PackedB};
 
 /// Output rows (image positions) handed to one rayon task, at least one image.
-const ROWS_PER_TASK: usize = 64;
+pub(crate) const ROWS_PER_TASK: usize = 64;
 
 /// The geometry of a convolution: per spatial axis (height, width).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,103 +46,131 @@ pub fn conv2d_sequential(
     isa: Isa,
 ) -> Result<Array4<f64>> {
     let g = geometry;
-    let (n, c, h, wd) = x.dim();
-    let (o, cg, kh, kw) = w.dim();
-    if g.group == 0 || c % g.group != 0 || o % g.group != 0 || cg * g.group != c {
-        return Err(Error::Shape(format!(
-            "conv: input channels {c}, weight shape {:?} and group {} do not fit; the weights \
-             need C/group input channels and O divisible by group",
-            w.dim(),
-            g.group
-        )));
-    }
-    if g.strides.contains(&0) || g.dilations.contains(&0) {
-        return Err(Error::InvalidArgument(
-            "conv: strides and dilations must be >= 1".into(),
-        ));
-    }
-    let padded = [h + g.begins[0] + g.ends[0], wd + g.begins[1] + g.ends[1]];
-    let span = [
-        (kh.max(1) - 1) * g.dilations[0] + 1,
-        (kw.max(1) - 1) * g.dilations[1] + 1,
-    ];
-    if kh == 0 || kw == 0 || span[0] > padded[0] || span[1] > padded[1] {
-        return Err(Error::Shape(format!(
-            "conv: kernel ({kh}, {kw}) with dilations {:?} does not fit the padded input {:?}",
-            g.dilations, padded
-        )));
-    }
-    let oh = (padded[0] - span[0]) / g.strides[0] + 1;
-    let ow = (padded[1] - span[1]) / g.strides[1] + 1;
-    let og = o / g.group;
-    let kdim = cg * kh * kw;
-    let isa = supported(isa);
+    let plan = ConvPlan::new(x.dim(), w, g, isa)?;
+    let s = &plan.shape;
+    let n = x.dim().0;
     let x = x.as_standard_layout();
     let x = x
         .as_slice()
         .ok_or_else(|| Error::Shape("conv: x is not contiguous".into()))?;
-    let w = w.as_standard_layout();
-    let w = w
-        .as_slice()
-        .ok_or_else(|| Error::Shape("conv: w is not contiguous".into()))?;
-    let plane = oh * ow;
-    let mut out = vec![0.0f64; n * o * plane];
-    if out.is_empty() || kdim == 0 {
-        return Array4::from_shape_vec((n, o, oh, ow), out)
-            .map_err(|e| Error::Shape(e.to_string()));
+    let plane = s.oh * s.ow;
+    let mut out = vec![0.0f64; n * s.o * plane];
+    if !out.is_empty() && s.kdim() > 0 {
+        let (c, h, wd, o) = (s.c, s.h, s.w, s.o);
+        let images_per_task = (ROWS_PER_TASK / plane).max(1);
+        out.par_chunks_mut(images_per_task * o * plane)
+            .enumerate()
+            .for_each(|(t, out_images)| {
+                let first = t * images_per_task;
+                let count = out_images.len() / (o * plane);
+                let x_images = &x[first * c * h * wd..(first + count) * c * h * wd];
+                images(x_images, count, &plan.panels, out_images, s, g);
+            });
     }
-    // per group, the weights as a (kdim, og) matrix, packed
-    let panels: Vec<PackedB<f64>> = (0..g.group)
-        .map(|gi| {
-            let mut b = vec![0.0f64; kdim * og];
-            for oo in 0..og {
-                let filt = &w[(gi * og + oo) * kdim..(gi * og + oo + 1) * kdim];
-                for (kk, &v) in filt.iter().enumerate() {
-                    b[kk * og + oo] = v;
-                }
-            }
-            f64::pack(&b, kdim, og, isa)
-        })
-        .collect();
-    let shape = Shape {
-        c,
-        h,
-        w: wd,
-        cg,
-        kh,
-        kw,
-        oh,
-        ow,
-        o,
-        og,
-        round: g.begins.iter().chain(&g.ends).any(|&p| p > 0),
-    };
-    let images_per_task = (ROWS_PER_TASK / plane).max(1);
-    out.par_chunks_mut(images_per_task * o * plane)
-        .enumerate()
-        .for_each(|(t, out_images)| {
-            let first = t * images_per_task;
-            let count = out_images.len() / (o * plane);
-            let x_images = &x[first * c * h * wd..(first + count) * c * h * wd];
-            images(x_images, count, &panels, out_images, &shape, g);
-        });
-    Array4::from_shape_vec((n, o, oh, ow), out).map_err(|e| Error::Shape(e.to_string()))
+    Array4::from_shape_vec((n, s.o, s.oh, s.ow), out).map_err(|e| Error::Shape(e.to_string()))
+}
+
+/// A checked geometry with the weights packed per group, shared by the conv kernels.
+pub(crate) struct ConvPlan {
+    pub(crate) shape: Shape,
+    /// Per group, the weights as a (kdim, og) matrix, packed.
+    pub(crate) panels: Vec<PackedB<f64>>,
+}
+
+impl ConvPlan {
+    /// Check `x (N, C, H, W)`, `w (O, C/group, KH, KW)` and the geometry, and pack `w`.
+    pub(crate) fn new(
+        xdim: (usize, usize, usize, usize),
+        w: ArrayView4<'_, f64>,
+        g: &ConvGeometry,
+        isa: Isa,
+    ) -> Result<ConvPlan> {
+        let (_, c, h, wd) = xdim;
+        let (o, cg, kh, kw) = w.dim();
+        if g.group == 0 || c % g.group != 0 || o % g.group != 0 || cg * g.group != c {
+            return Err(Error::Shape(format!(
+                "conv: input channels {c}, weight shape {:?} and group {} do not fit; the \
+                 weights need C/group input channels and O divisible by group",
+                w.dim(),
+                g.group
+            )));
+        }
+        if g.strides.contains(&0) || g.dilations.contains(&0) {
+            return Err(Error::InvalidArgument(
+                "conv: strides and dilations must be >= 1".into(),
+            ));
+        }
+        let padded = [h + g.begins[0] + g.ends[0], wd + g.begins[1] + g.ends[1]];
+        let span = [
+            (kh.max(1) - 1) * g.dilations[0] + 1,
+            (kw.max(1) - 1) * g.dilations[1] + 1,
+        ];
+        if kh == 0 || kw == 0 || span[0] > padded[0] || span[1] > padded[1] {
+            return Err(Error::Shape(format!(
+                "conv: kernel ({kh}, {kw}) with dilations {:?} does not fit the padded input {:?}",
+                g.dilations, padded
+            )));
+        }
+        let shape = Shape {
+            c,
+            h,
+            w: wd,
+            cg,
+            kh,
+            kw,
+            oh: (padded[0] - span[0]) / g.strides[0] + 1,
+            ow: (padded[1] - span[1]) / g.strides[1] + 1,
+            o,
+            og: o / g.group,
+            round: g.begins.iter().chain(&g.ends).any(|&p| p > 0),
+        };
+        let (kdim, og) = (shape.kdim(), shape.og);
+        let isa = supported(isa);
+        let w = w.as_standard_layout();
+        let w = w
+            .as_slice()
+            .ok_or_else(|| Error::Shape("conv: w is not contiguous".into()))?;
+        let panels = if kdim == 0 {
+            Vec::new()
+        } else {
+            (0..g.group)
+                .map(|gi| {
+                    let mut b = vec![0.0f64; kdim * og];
+                    for oo in 0..og {
+                        let filt = &w[(gi * og + oo) * kdim..(gi * og + oo + 1) * kdim];
+                        for (kk, &v) in filt.iter().enumerate() {
+                            b[kk * og + oo] = v;
+                        }
+                    }
+                    f64::pack(&b, kdim, og, isa)
+                })
+                .collect()
+        };
+        Ok(ConvPlan { shape, panels })
+    }
 }
 
 /// The sizes one task needs.
-struct Shape {
-    c: usize,
-    h: usize,
-    w: usize,
-    cg: usize,
-    kh: usize,
-    kw: usize,
-    oh: usize,
-    ow: usize,
-    o: usize,
-    og: usize,
+pub(crate) struct Shape {
+    pub(crate) c: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) cg: usize,
+    pub(crate) kh: usize,
+    pub(crate) kw: usize,
+    pub(crate) oh: usize,
+    pub(crate) ow: usize,
+    pub(crate) o: usize,
+    pub(crate) og: usize,
     /// Read the input through float32 (there is padding).
-    round: bool,
+    pub(crate) round: bool,
+}
+
+impl Shape {
+    /// The length of a window (the inner dimension of the im2col product).
+    pub(crate) fn kdim(&self) -> usize {
+        self.cg * self.kh * self.kw
+    }
 }
 
 /// Convolve `count` consecutive images: per group, their im2col rows times the weights.
@@ -155,41 +183,56 @@ fn images(
     g: &ConvGeometry,
 ) {
     let plane = s.oh * s.ow;
-    let kdim = s.cg * s.kh * s.kw;
     let rows = count * plane;
-    let mut cols = vec![0.0f64; rows * kdim];
+    let mut cols = vec![0.0f64; rows * s.kdim()];
     let mut prod = vec![0.0f64; rows * s.og];
     for (gi, packed) in panels.iter().enumerate() {
-        for (row, dst) in cols.chunks_exact_mut(kdim).enumerate() {
-            let (img, pos) = (row / plane, row % plane);
-            let (y0, x0) = (pos / s.ow * g.strides[0], pos % s.ow * g.strides[1]);
-            let mut col = 0;
-            for ch in gi * s.cg..(gi + 1) * s.cg {
-                let src = &x[(img * s.c + ch) * s.h * s.w..(img * s.c + ch + 1) * s.h * s.w];
-                for i in 0..s.kh {
-                    let yy = (y0 + i * g.dilations[0]).wrapping_sub(g.begins[0]);
-                    for j in 0..s.kw {
-                        let xx = (x0 + j * g.dilations[1]).wrapping_sub(g.begins[1]);
-                        dst[col] = if yy < s.h && xx < s.w {
-                            let v = src[yy * s.w + xx];
-                            if s.round {
-                                v as f32 as f64
-                            } else {
-                                v
-                            }
-                        } else {
-                            0.0
-                        };
-                        col += 1;
-                    }
-                }
-            }
-        }
+        im2col(x, &|v| v, gi, s, g, &mut cols);
         f64::rows_times(&cols, packed, &mut prod);
         for (row, values) in prod.chunks_exact(s.og).enumerate() {
             let (img, pos) = (row / plane, row % plane);
             for (oo, &v) in values.iter().enumerate() {
                 out[(img * s.o + gi * s.og + oo) * plane + pos] = v;
+            }
+        }
+    }
+}
+
+/// The im2col rows of group `gi` of the images `x` (`cols.len() / kdim` output positions):
+/// each input value is `load(x)`, read through float32 when there is padding; padded
+/// positions are `0.0`.
+#[inline(always)]
+pub(crate) fn im2col<S: Copy, F: Fn(S) -> f64>(
+    x: &[S],
+    load: &F,
+    gi: usize,
+    s: &Shape,
+    g: &ConvGeometry,
+    cols: &mut [f64],
+) {
+    let plane = s.oh * s.ow;
+    for (row, dst) in cols.chunks_exact_mut(s.kdim()).enumerate() {
+        let (img, pos) = (row / plane, row % plane);
+        let (y0, x0) = (pos / s.ow * g.strides[0], pos % s.ow * g.strides[1]);
+        let mut col = 0;
+        for ch in gi * s.cg..(gi + 1) * s.cg {
+            let src = &x[(img * s.c + ch) * s.h * s.w..(img * s.c + ch + 1) * s.h * s.w];
+            for i in 0..s.kh {
+                let yy = (y0 + i * g.dilations[0]).wrapping_sub(g.begins[0]);
+                for j in 0..s.kw {
+                    let xx = (x0 + j * g.dilations[1]).wrapping_sub(g.begins[1]);
+                    dst[col] = if yy < s.h && xx < s.w {
+                        let v = load(src[yy * s.w + xx]);
+                        if s.round {
+                            v as f32 as f64
+                        } else {
+                            v
+                        }
+                    } else {
+                        0.0
+                    };
+                    col += 1;
+                }
             }
         }
     }

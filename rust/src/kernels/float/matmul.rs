@@ -13,12 +13,13 @@
 //! (An AVX-512 build of the same loops was not faster on the machines measured: LLVM spills
 //! the larger tiles, and Zen 4 runs 512-bit arithmetic at the 256-bit rate.)
 
-use std::ops::{AddAssign, Mul};
+use std::ops::{Add, AddAssign, Mul};
 
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::kernels::float::extremes::{self, Extremes};
 
 /// Rows handed to one rayon task.
 const ROWS_PER_TASK: usize = 64;
@@ -55,17 +56,43 @@ impl Isa {
 }
 
 /// The element types the kernel runs on, with their tile sizes per instruction set.
-pub trait Element: Copy + Default + Send + Sync + Mul<Output = Self> + AddAssign {
+pub trait Element:
+    Copy
+    + Default
+    + Send
+    + Sync
+    + PartialOrd
+    + Into<f64>
+    + Mul<Output = Self>
+    + Add<Output = Self>
+    + AddAssign
+{
+    /// `+∞`.
+    const INFINITY: Self;
+    /// `-∞`.
+    const NEG_INFINITY: Self;
+    /// `0.0`.
+    const ZERO: Self;
+    /// `-0.0`, the exact additive identity (`x + -0.0` is `x` for every `x`, `-0.0` included).
+    const NEG_ZERO: Self;
     /// `b (k, m)` (row-major) packed for the tiles of `isa`.
     fn pack(b: &[Self], k: usize, m: usize, isa: Isa) -> PackedB<Self>;
     /// `out (rows, m) = a (rows, k) @ b` (row-major slices), on the calling thread.
     fn rows_times(a: &[Self], b: &PackedB<Self>, out: &mut [Self]);
+    /// The extremes of `load(a) (rows, k) @ b + bias` (bias of length m, or empty for none)
+    /// without writing the product, on the calling thread: see [`extremes`].
+    fn rows_extremes<S: Copy, F: Fn(S) -> Self>(
+        a: &[S],
+        load: &F,
+        b: &PackedB<Self>,
+        bias: &[Self],
+    ) -> Extremes<Self>;
 }
 
 /// The right operand of a product, packed into zero-padded panels of columns.
 pub struct PackedB<T> {
-    isa: Isa,
-    data: Vec<T>,
+    pub(crate) isa: Isa,
+    pub(crate) data: Vec<T>,
     k: usize,
     m: usize,
 }
@@ -83,8 +110,13 @@ impl<T> PackedB<T> {
 }
 
 macro_rules! element {
-    ($t:ty, avx2: ($mr2:literal, $nr2:literal), portable: ($mr:literal, $nr:literal)) => {
+    ($t:ident, avx2: ($mr2:literal, $nr2:literal), portable: ($mr:literal, $nr:literal)) => {
         impl Element for $t {
+            const INFINITY: $t = $t::INFINITY;
+            const NEG_INFINITY: $t = $t::NEG_INFINITY;
+            const ZERO: $t = 0.0;
+            const NEG_ZERO: $t = -0.0;
+
             fn pack(b: &[$t], k: usize, m: usize, isa: Isa) -> PackedB<$t> {
                 let data = match isa {
                     Isa::Avx2 => pack_b::<$t, $nr2>(b, k, m),
@@ -101,6 +133,20 @@ macro_rules! element {
                 match b.isa {
                     Isa::Avx2 => task_dispatch::<$t, $mr2, $nr2>(a, b, out),
                     Isa::Portable => task_dispatch::<$t, $mr, $nr>(a, b, out),
+                }
+            }
+
+            fn rows_extremes<S: Copy, F: Fn(S) -> $t>(
+                a: &[S],
+                load: &F,
+                b: &PackedB<$t>,
+                bias: &[$t],
+            ) -> Extremes<$t> {
+                match b.isa {
+                    Isa::Avx2 => extremes::task_dispatch::<S, F, $t, $mr2, $nr2>(a, load, b, bias),
+                    Isa::Portable => {
+                        extremes::task_dispatch::<S, F, $t, $mr, $nr>(a, load, b, bias)
+                    }
                 }
             }
         }
@@ -256,7 +302,10 @@ fn task<T: Element, const MR: usize, const NR: usize>(
 
 /// One `MR × NR` tile: `acc[r][j] = Σ_kk a[kk, r] · panel[kk, j]`, summed in k order.
 #[inline(always)]
-fn tile<T: Element, const MR: usize, const NR: usize>(a: &[T], panel: &[T]) -> [[T; NR]; MR] {
+pub(crate) fn tile<T: Element, const MR: usize, const NR: usize>(
+    a: &[T],
+    panel: &[T],
+) -> [[T; NR]; MR] {
     let mut acc = [[T::default(); NR]; MR];
     for (xs, bk) in a.chunks_exact(MR).zip(panel.chunks_exact(NR)) {
         for (acc_r, &x) in acc.iter_mut().zip(xs) {

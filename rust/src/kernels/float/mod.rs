@@ -1,4 +1,5 @@
 //! Float kernels whose results do not depend on how the rows are batched.
 
 pub mod conv;
+pub mod extremes;
 pub mod matmul;

@@ -25,6 +25,13 @@ macro_rules! impl_qint {
 }
 impl_qint!(i8, i16, i32, i64);
 
+/// One dequantized value: `scale * (f64(q) - zero_point)`, the exact float64 of
+/// [`dequantize`] (shared by the fused kernels that dequantize on the fly).
+#[inline(always)]
+pub fn dequantize_value<I: QInt>(q: I, scale: f64, zero_point: f64) -> f64 {
+    scale * (q.to_f64() - zero_point)
+}
+
 /// Dequantize into a new C-order float64 array: `scale * (f64(q) - zero_point)`.
 pub fn dequantize<I: QInt>(q: ArrayViewD<'_, I>, scale: f64, zero_point: f64) -> ArrayD<f64> {
     let mut out = ArrayD::<f64>::uninit(q.raw_dim());
@@ -43,7 +50,7 @@ pub fn dequantize_into<I: QInt>(
     scale: f64,
     zero_point: f64,
 ) -> Result<()> {
-    let f = move |v: I| scale * (v.to_f64() - zero_point);
+    let f = move |v: I| dequantize_value(v, scale, zero_point);
     map_into(q, out, move |v| (f(v), true), f)
 }
 

@@ -1,0 +1,294 @@
+"""Fused statistics pass of Gemm / MatMul / Conv calibration (SPEC §4.2, decision 4).
+
+In PTQ the statistics pass of a Gemm, MatMul or Conv only keeps the min and max of the op's
+float result. :func:`fused_statistics` gets them from the native extremes kernels
+(``_core.matmul_extremes_f32/_f64``, ``_core.conv2d_extremes_f64``), which run the same
+sequential sums as the split-independent float implementations of
+:mod:`fhequant.quantized.graph`, add the bias in the result dtype as numpy's ``y + c`` does and
+reduce in registers: neither the float output nor, for stored integer blocks, the dequantized
+input is materialised. The numbers are the ones of the materialised path bit for bit:
+
+* the result dtype is numpy's (float32 only for float32 input, weights and bias);
+* a block whose result holds a NaN or an infinity, or whose min or max is a zero (numpy's pick
+  between -0.0 and +0.0 depends on positions), is evaluated by the materialised path, which
+  then reports or resolves it exactly as before;
+* anything the kernels do not cover (other layouts, dtypes, attributes, broadcasts) returns
+  None and the caller runs its usual pass.
+
+Set :data:`ENABLED` to False to always take the materialised path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fhequant import _core
+from fhequant.errors import FhequantError
+
+__all__ = ["ENABLED", "fused_statistics"]
+
+#: Use the fused kernels when they apply (tests compare both paths).
+ENABLED = True
+
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+_FLOATS = (_F32, _F64)
+_NARROW = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32))
+_OPS = ("Gemm", "MatMul", "Conv")
+
+
+class _Variable:
+    """Stands for the variable input when asking the op for its constant inputs."""
+
+
+@dataclass
+class _Plan:
+    """What the kernels need besides the input block."""
+
+    kind: str  # "matmul" or "conv"
+    weight: np.ndarray  # (k, m) in the product dtype, or (O, C/g, KH, KW) float64
+    bias: np.ndarray | None  # 1-D, in the result dtype
+    attrs: dict[str, Any]
+
+
+def fused_statistics(cal: Any, op: Any, variable: list[str], out: str) -> np.ndarray | None:
+    """The global ``[min, max]`` of the op's float result over all blocks, or None.
+
+    Only for results used by their min and max alone (the caller checks PTQ and not
+    ``raw_output``): a Gemm (alpha 1, beta 0 or 1, transA 0, bias broadcast on the last axis),
+    MatMul (2-D constant right operand) or 1-D/2-D Conv (bias per channel) whose only variable
+    input is the first one, evaluated by the split-independent float implementation.
+
+    Args:
+        cal: the ModuleCalibrator.
+        op: the quantized op (its ``call_impl`` already routed by
+            ``use_split_independent_impl``).
+        variable: the names of its variable inputs.
+        out: its output tensor name (for error messages).
+
+    Returns:
+        ``np.array([min, max], dtype)`` exactly as the materialised pass would build it, or
+        None when the fused kernels do not apply.
+
+    Raises:
+        NonFiniteError: the result holds NaN or infinite values (the materialised pass's
+            message).
+    """
+    if not ENABLED or len(variable) != 1 or "call_impl" not in vars(op):
+        return None
+    if getattr(op, "_impl_for_op_named", None) not in _OPS:
+        return None
+    plan = _plan(op)
+    if plan is None:
+        return None
+    from fhequant.quantized.calibration import _check_finite
+
+    where = f"op {op.op_instance_name!r} ({type(op).__name__})"
+    lo: Any = None
+    hi: Any = None
+    dtype: Any = None
+    name = variable[0]
+    for b in cal._blocks(f"{op.op_instance_name} statistics"):
+        found = _block_extremes(cal, plan, name, b)
+        if found is None:
+            arr = _materialised(cal, op, name, b)
+            if arr.size == 0:
+                continue
+            blo, bhi, bdtype = arr.min(), arr.max(), arr.dtype
+        else:
+            blo, bhi, bdtype = found
+        _check_finite(blo, bhi, out, where)
+        lo = blo if lo is None else np.minimum(lo, blo)
+        hi = bhi if hi is None else np.maximum(hi, bhi)
+        dtype = bdtype
+    return np.array([lo, hi], dtype=dtype)
+
+
+def _materialised(cal: Any, op: Any, name: str, b: int) -> np.ndarray:
+    """Block ``b`` of the op's float result, as the materialised statistics pass computes it."""
+    prepared = op._prepare_inputs_with_constants(
+        cal._float_block(name, b), calibrate=True, quantize_actual_values=False
+    )
+    return np.asarray(op.call_impl(*prepared, **op.attrs))
+
+
+def _block_extremes(cal: Any, plan: _Plan, name: str, b: int) -> tuple[Any, Any, Any] | None:
+    """(min, max, dtype) of block ``b`` from the kernels, or None to materialise it."""
+    x, dequant = _block_input(cal, name, b)
+    dtype = _result_dtype(plan, x, dequant)
+    if dtype is None:
+        return None
+    try:
+        if plan.kind == "conv":
+            found = _conv_extremes(plan, x, dequant)
+        else:
+            found = _matmul_extremes(plan, x, dequant)
+    except (FhequantError, ValueError, TypeError):
+        return None  # the materialised path reports what is wrong
+    if found is None:
+        return None
+    lo, hi, finite = found
+    if not finite or lo == 0 or hi == 0:
+        return None
+    return dtype.type(lo), dtype.type(hi), dtype
+
+
+def _block_input(cal: Any, name: str, b: int) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """The stored integers with their (scale, zero_point) when the materialised pass would
+    dequantize them with the native kernel, else the float block it would read."""
+    from fhequant.quantization import _kernels
+    from fhequant.quantized.calibration import _native_dequant_params
+
+    tensor = cal.tensors[name]
+    if tensor.kind == "quant" and not tensor.stored_floats and tensor.quantizer is not None:
+        q = tensor.quantizer
+        stored = cal.store.get_stored(name, b)
+        if (
+            stored.ndim
+            and stored.dtype in _NARROW
+            and _native_dequant_params(q)
+            and _kernels._native(stored, _NARROW)
+        ):
+            scale = float(np.asarray(q.scale).astype(np.float64))
+            zero_point = float(np.asarray(q.zero_point).astype(np.float64))
+            return stored, (scale, zero_point)
+    return np.asarray(cal._float_block(name, b)), None
+
+
+def _result_dtype(plan: _Plan, x: np.ndarray, dequant: Any) -> np.dtype[Any] | None:
+    """The result dtype for this input, or None when the kernels do not take it."""
+    if dequant is None and x.dtype not in _FLOATS:
+        return None
+    x_dtype = _F64 if dequant is not None else x.dtype
+    if plan.kind == "conv":
+        return _F64
+    product = _F32 if x_dtype == _F32 and plan.weight.dtype == _F32 else _F64
+    if product == _F32 and plan.bias is not None and plan.bias.dtype != _F32:
+        return None  # float32 sums widened to float64 for the bias: not a kernel of ours
+    return product
+
+
+def _plan(op: Any) -> _Plan | None:
+    """The constant operands of the op in the kernels' layout, or None."""
+    try:
+        prepared = op._prepare_inputs_with_constants(
+            _Variable(), calibrate=True, quantize_actual_values=False
+        )
+    except (FhequantError, ValueError, TypeError):
+        return None
+    if not prepared or not isinstance(prepared[0], _Variable):
+        return None
+    kind = op._impl_for_op_named
+    attrs = dict(op.attrs)
+    weight = prepared[1] if len(prepared) > 1 else None
+    bias = prepared[2] if len(prepared) > 2 else None
+    if not isinstance(weight, np.ndarray) or weight.dtype not in _FLOATS:
+        return None
+    if kind == "Gemm":
+        if attrs.get("alpha", 1) != 1 or attrs.get("transA", 0):
+            return None
+        beta = attrs.get("beta", 1)
+        if beta not in (0, 1):
+            return None
+        if weight.ndim != 2:
+            return None
+        if attrs.get("transB", 0):
+            weight = weight.T
+        return _matmul_plan(weight, bias if beta != 0 else None, attrs)
+    if kind == "MatMul":
+        if len(prepared) != 2 or weight.ndim != 2:
+            return None
+        return _matmul_plan(weight, None, attrs)
+    return _conv_plan(weight, bias, attrs)
+
+
+def _matmul_plan(weight: np.ndarray, bias: Any, attrs: dict[str, Any]) -> _Plan | None:
+    k, m = weight.shape
+    if k == 0 or m == 0:
+        return None
+    vector = None
+    if bias is not None:
+        # an array bias broadcast along the rows: shape (m,), (1,), (1, m) or (1, 1)
+        if not isinstance(bias, np.ndarray) or bias.dtype not in _FLOATS:
+            return None
+        if bias.ndim not in (1, 2) or bias.shape[-1] not in (1, m):
+            return None
+        if bias.ndim == 2 and bias.shape[0] != 1:
+            return None
+        vector = np.ascontiguousarray(np.broadcast_to(bias.reshape(-1), (m,)))
+    return _Plan("matmul", np.ascontiguousarray(weight), vector, attrs)
+
+
+def _conv_plan(weight: np.ndarray, bias: Any, attrs: dict[str, Any]) -> _Plan | None:
+    if weight.ndim not in (3, 4) or 0 in weight.shape:
+        return None
+    channels = weight.shape[0]
+    vector = None
+    if bias is not None:
+        try:
+            flat = np.asarray(bias, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            return None
+        if flat.size not in (1, channels):
+            return None
+        vector = np.ascontiguousarray(np.broadcast_to(flat, (channels,)))
+    w64 = np.ascontiguousarray(weight, dtype=np.float64)
+    return _Plan("conv", w64, vector, attrs)
+
+
+def _matmul_extremes(
+    plan: _Plan, x: np.ndarray, dequant: tuple[float, float] | None
+) -> tuple[float, float, bool] | None:
+    k, _ = plan.weight.shape
+    if x.ndim < 2 or x.shape[-1] != k or x.size == 0:
+        return None
+    a = np.ascontiguousarray(x).reshape(-1, k)
+    if dequant is None and a.dtype == _F32 and plan.weight.dtype == _F32:
+        return _core.matmul_extremes_f32(a, plan.weight, plan.bias)
+    w64 = np.asarray(plan.weight, dtype=np.float64)
+    b64 = None if plan.bias is None else np.asarray(plan.bias, dtype=np.float64)
+    if dequant is None:
+        return _core.matmul_extremes_f64(a, w64, b64)
+    return _core.matmul_extremes_f64(a, w64, b64, dequant[0], dequant[1])
+
+
+def _conv_extremes(
+    plan: _Plan, x: np.ndarray, dequant: tuple[float, float] | None
+) -> tuple[float, float, bool] | None:
+    from fhequant.onnx.ops._spatial import per_axis, resolve_pads
+    from fhequant.quantized.graph import _native_conv_fits
+
+    w = plan.weight
+    if x.ndim != w.ndim or x.size == 0:
+        return None
+    nsp = x.ndim - 2
+    attrs = plan.attrs
+    k = w.shape[2:]
+    s = per_axis(attrs.get("strides"), nsp, 1, "strides")
+    d = per_axis(attrs.get("dilations"), nsp, 1, "dilations")
+    begins, ends = resolve_pads(
+        attrs.get("auto_pad", "NOTSET"), attrs.get("pads"), x.shape[2:], k, s, d
+    )
+    group = int(attrs.get("group", 1))
+    seen = np.empty((0, *x.shape[1:]), dtype=_F64 if dequant is not None else x.dtype)
+    if not _native_conv_fits(seen, w, d, begins, ends, group):
+        return None
+    if nsp == 1:
+        x = x[:, :, None, :]
+        w = w[:, :, None, :]
+        s, d, begins, ends = (1, *s), (1, *d), (0, *begins), (0, *ends)
+    xs = np.ascontiguousarray(x)
+    args = (
+        (int(s[0]), int(s[1])),
+        (int(d[0]), int(d[1])),
+        (int(begins[0]), int(begins[1])),
+        (int(ends[0]), int(ends[1])),
+        group,
+        plan.bias,
+    )
+    if dequant is None:
+        return _core.conv2d_extremes_f64(xs, np.ascontiguousarray(w), *args)
+    return _core.conv2d_extremes_f64(xs, np.ascontiguousarray(w), *args, dequant[0], dequant[1])
