@@ -49,9 +49,17 @@ class _Plan:
     """What the kernels need besides the input block."""
 
     kind: str  # "matmul" or "conv"
-    weight: np.ndarray  # (k, m) in the product dtype, or (O, C/g, KH, KW) float64
-    bias: np.ndarray | None  # 1-D, in the result dtype
+    weight: np.ndarray  # (k, m) as given, or (O, C/g, KH, KW) float64
+    bias: np.ndarray | None  # 1-D, as given (matmul) or float64 (conv)
     attrs: dict[str, Any]
+    weight64: np.ndarray | None = None  # float64 copies for the float64 matmul kernel
+    bias64: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "matmul":
+            self.weight64 = np.ascontiguousarray(self.weight, dtype=np.float64)
+            if self.bias is not None:
+                self.bias64 = np.ascontiguousarray(self.bias, dtype=np.float64)
 
 
 def fused_statistics(cal: Any, op: Any, variable: list[str], out: str) -> np.ndarray | None:
@@ -248,8 +256,8 @@ def _matmul_extremes(
     a = np.ascontiguousarray(x).reshape(-1, k)
     if dequant is None and a.dtype == _F32 and plan.weight.dtype == _F32:
         return _core.matmul_extremes_f32(a, plan.weight, plan.bias)
-    w64 = np.asarray(plan.weight, dtype=np.float64)
-    b64 = None if plan.bias is None else np.asarray(plan.bias, dtype=np.float64)
+    w64, b64 = plan.weight64, plan.bias64
+    assert w64 is not None
     if dequant is None:
         return _core.matmul_extremes_f64(a, w64, b64)
     return _core.matmul_extremes_f64(a, w64, b64, dequant[0], dequant[1])

@@ -187,7 +187,11 @@ fn images(
     let mut cols = vec![0.0f64; rows * s.kdim()];
     let mut prod = vec![0.0f64; rows * s.og];
     for (gi, packed) in panels.iter().enumerate() {
-        im2col(x, &|v| v, gi, s, g, &mut cols);
+        if s.round {
+            im2col(x, &|v| v as f32 as f64, gi, s, g, &mut cols);
+        } else {
+            im2col(x, &|v| v, gi, s, g, &mut cols);
+        }
         f64::rows_times(&cols, packed, &mut prod);
         for (row, values) in prod.chunks_exact(s.og).enumerate() {
             let (img, pos) = (row / plane, row % plane);
@@ -199,8 +203,7 @@ fn images(
 }
 
 /// The im2col rows of group `gi` of the images `x` (`cols.len() / kdim` output positions):
-/// each input value is `load(x)`, read through float32 when there is padding; padded
-/// positions are `0.0`.
+/// each input value is `load(x)`; padded positions are `0.0`.
 #[inline(always)]
 pub(crate) fn im2col<S: Copy, F: Fn(S) -> f64>(
     x: &[S],
@@ -211,27 +214,33 @@ pub(crate) fn im2col<S: Copy, F: Fn(S) -> f64>(
     cols: &mut [f64],
 ) {
     let plane = s.oh * s.ow;
+    let (dy, dx) = (g.dilations[0], g.dilations[1]);
     for (row, dst) in cols.chunks_exact_mut(s.kdim()).enumerate() {
         let (img, pos) = (row / plane, row % plane);
         let (y0, x0) = (pos / s.ow * g.strides[0], pos % s.ow * g.strides[1]);
-        let mut col = 0;
-        for ch in gi * s.cg..(gi + 1) * s.cg {
-            let src = &x[(img * s.c + ch) * s.h * s.w..(img * s.c + ch + 1) * s.h * s.w];
-            for i in 0..s.kh {
-                let yy = (y0 + i * g.dilations[0]).wrapping_sub(g.begins[0]);
-                for j in 0..s.kw {
-                    let xx = (x0 + j * g.dilations[1]).wrapping_sub(g.begins[1]);
-                    dst[col] = if yy < s.h && xx < s.w {
-                        let v = load(src[yy * s.w + xx]);
-                        if s.round {
-                            v as f32 as f64
-                        } else {
-                            v
-                        }
-                    } else {
-                        0.0
-                    };
-                    col += 1;
+        let image = &x[img * s.c * s.h * s.w..(img + 1) * s.c * s.h * s.w];
+        let channels =
+            image[gi * s.cg * s.h * s.w..(gi + 1) * s.cg * s.h * s.w].chunks_exact(s.h * s.w);
+        for (src, dst) in channels.zip(dst.chunks_exact_mut(s.kh * s.kw)) {
+            for (i, seg) in dst.chunks_exact_mut(s.kw).enumerate() {
+                let yy = (y0 + i * dy).wrapping_sub(g.begins[0]);
+                if yy >= s.h {
+                    seg.fill(0.0);
+                    continue;
+                }
+                let line = &src[yy * s.w..(yy + 1) * s.w];
+                let first = x0.wrapping_sub(g.begins[1]);
+                let last = (x0 + (s.kw - 1) * dx).wrapping_sub(g.begins[1]);
+                if dx == 1 && first < s.w && last < s.w {
+                    // the whole kernel row is inside the image
+                    for (d, &v) in seg.iter_mut().zip(&line[first..=last]) {
+                        *d = load(v);
+                    }
+                } else {
+                    for (j, d) in seg.iter_mut().enumerate() {
+                        let xx = (x0 + j * dx).wrapping_sub(g.begins[1]);
+                        *d = if xx < s.w { load(line[xx]) } else { 0.0 };
+                    }
                 }
             }
         }

@@ -27,8 +27,11 @@ use crate::error::{Error, Result};
 use crate::kernels::float::conv::{im2col, ConvGeometry, ConvPlan};
 use crate::kernels::float::matmul::{supported, tile, Element, Isa, PackedB};
 
-/// Matmul rows (or conv output positions) handed to one rayon task.
+/// Matmul rows handed to one rayon task.
 const ROWS_PER_TASK: usize = 64;
+
+/// Conv output positions handed to one rayon task (at least one image).
+const CONV_ROWS_PER_TASK: usize = 256;
 
 /// The extremes of a float result.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -309,18 +312,29 @@ pub fn conv2d_extremes<S: Copy + Sync, F: Fn(S) -> f64 + Sync>(
         .as_slice()
         .ok_or_else(|| Error::Shape("conv extremes: x is not contiguous".into()))?;
     let image = s.c * s.h * s.w;
-    let images_per_task = (ROWS_PER_TASK / plane).max(1);
+    let images_per_task = (CONV_ROWS_PER_TASK / plane).max(1);
     let tasks = n.div_ceil(images_per_task);
+    // the task's images are loaded (and read through float32 when padded) once, into `values`
     Ok((0..tasks)
         .into_par_iter()
         .map(|t| {
             let first = t * images_per_task;
             let count = images_per_task.min(n - first);
-            let x_images = &x[first * image..(first + count) * image];
+            let values: Vec<f64> = x[first * image..(first + count) * image]
+                .iter()
+                .map(|&v| {
+                    let v = load(v);
+                    if s.round {
+                        v as f32 as f64
+                    } else {
+                        v
+                    }
+                })
+                .collect();
             let mut cols = vec![0.0f64; count * plane * s.kdim()];
             let mut out = Extremes::none();
             for (gi, packed) in plan.panels.iter().enumerate() {
-                im2col(x_images, &load, gi, s, g, &mut cols);
+                im2col(&values, &|v| v, gi, s, g, &mut cols);
                 let group_bias = if bias.is_empty() {
                     &bias[..]
                 } else {
