@@ -6,6 +6,10 @@ Prints ONE JSON object. Build the extension in release mode first: ``maturin dev
   (z_w = 0) and asymmetric (z_w = 5) weights: fhequant ``integer_gemm`` vs numpy int64
   matmul (+ the z_w correction) and vs float64 BLAS (numpy float matmul of pre-converted
   arrays, i.e. BLAS alone).
+* The MLP products (int_matmul_rescale of uint6 inputs and int8 weights, 4096x128x128 and
+  100k x 128x128 / 100k x 64x128) with the u8 x i8 AVX-512 VNNI strategy vs the same kernel
+  with that strategy switched off (``_core.int_vnni(False)``: the f32 strategy), and the
+  Gemm 512 cases likewise.
 * The CNN convs: 10k x 1x8x8 through Conv(1->8, 3, p1) and Conv(8->16, 3, s2, p1), vs a numpy
   im2col (int64 matmul) and a float64 im2col (BLAS).
 """
@@ -21,6 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from fhequant import _core
 from fhequant import integer_kernels as ik
 
 # Zero points of the conv benchmark.
@@ -79,6 +84,58 @@ def gemm_case(z_w: int, repeats: int) -> dict[str, Any]:
     }
 
 
+def switched(fn: Callable[[], Any], on: bool) -> Callable[[], Any]:
+    """``fn`` run with the VNNI strategy allowed (``on``) or not."""
+
+    def run() -> Any:
+        _core.int_vnni(on)
+        try:
+            return fn()
+        finally:
+            _core.int_vnni(True)
+
+    return run
+
+
+def vnni_case(m: int, k: int, n: int, repeats: int) -> dict[str, Any]:
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 63, (1, m, k), endpoint=True)
+    w = rng.integers(-127, 127, (1, k, n), endpoint=True)
+    sub, mul = rng.normal(size=n), rng.uniform(1e-3, 1e-2, size=n)
+
+    def fused() -> np.ndarray:
+        return _core.int_matmul_rescale(a, w, 3, 0, 0.5, sub, mul)
+
+    new, old = switched(fused, True), switched(fused, False)
+    assert np.array_equal(new().view(np.uint64), old().view(np.uint64))
+    t = race({"new": new, "old": old}, repeats)
+    return {
+        "shape": [m, k, n],
+        "strategy": _core.int_matmul_plan(a, w, 3)[0],
+        "fhequant_s": t["new"],
+        "without_vnni_s": t["old"],
+        "speedup_vs_without_vnni": t["old"] / t["new"],
+    }
+
+
+def gemm_vnni_case(z_w: int, repeats: int) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (512, 512), endpoint=True)
+    w = rng.integers(-128, 127, (512, 512), endpoint=True)
+
+    def gemm() -> np.ndarray:
+        return ik.integer_gemm(x, w, 0, z_w)[0]
+
+    t = race({"new": switched(gemm, True), "old": switched(gemm, False)}, repeats)
+    return {
+        "z_w": z_w,
+        "strategy": _core.int_matmul_plan(x[None], w[None], z_w)[0],
+        "fhequant_s": t["new"],
+        "without_vnni_s": t["old"],
+        "speedup_vs_without_vnni": t["old"] / t["new"],
+    }
+
+
 def conv_case(repeats: int) -> dict[str, Any]:
     rng = np.random.default_rng(1)
     out: dict[str, Any] = {}
@@ -124,6 +181,12 @@ def main() -> None:
         "benchmark": "integer kernels",
         "threads": os.cpu_count(),
         "gemm_512": [gemm_case(0, repeats), gemm_case(5, repeats)],
+        "gemm_512_vnni": [gemm_vnni_case(0, repeats), gemm_vnni_case(5, repeats)],
+        "mlp_vnni": [
+            vnni_case(4096, 128, 128, 3 * repeats),
+            vnni_case(100_000, 128, 128, max(1, repeats // 2)),
+            vnni_case(100_000, 64, 128, max(1, repeats // 2)),
+        ],
         "conv_cnn": conv_case(max(1, repeats // 2)),
     }
     print(json.dumps(result, indent=1))

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fhequant import _core
 from fhequant import integer_kernels as ik
 from fhequant.errors import (
     DTypeError,
@@ -498,6 +499,77 @@ def test_gemm_of_a_broadcast_input_matches_reference() -> None:
     np.testing.assert_array_equal(
         ik.integer_gemm(a, w, 1, 2)[0], ik.integer_gemm_reference(a, w, 1, 2)[0]
     )
+
+
+# --- the u8 x i8 (AVX-512 VNNI) strategy at its limits ---------------------------------------
+
+
+@st.composite
+def small_operands_case(draw: Any) -> dict[str, Any]:
+    """Operands inside or just outside the u8 x i8 strategy: A spanning 255 or 256 values
+    (shifted, possibly negative), W - z_w spanning 255 or 256 values (reaching -128/127 or
+    just past), M across the 64-row blocks and the 6-row tiles, K and N across 4 and 16."""
+    m = draw(st.sampled_from([1, 5, 6, 7, 64, 65, 131]))
+    k, n = draw(st.integers(1, 37)), draw(st.integers(1, 40))
+    a_span = draw(st.sampled_from([0, 63, 254, 255, 256]))
+    a_lo = draw(st.sampled_from([0, -128, -300, 1000, draw(st.integers(-(2**20), 2**20))]))
+    c_span = draw(st.sampled_from([0, 100, 254, 255, 256]))
+    c_lo = draw(st.sampled_from([-128, -127, -129, -5, -c_span // 2]))
+    z_w = draw(st.sampled_from([0, 3, -40]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    a = rng.integers(a_lo, a_lo + a_span, size=(m, k), endpoint=True)
+    w = rng.integers(c_lo, c_lo + c_span, size=(k, n), endpoint=True) + z_w
+    # Make the extremes present, so the ranges are exactly the drawn ones.
+    a.flat[rng.integers(a.size)], a.flat[rng.integers(a.size)] = a_lo, a_lo + a_span
+    w.flat[0], w.flat[-1] = c_lo + z_w, c_lo + c_span + z_w
+    return {"a": a, "w": w, "z_w": z_w, "spans": (int(np.ptp(a)), int(np.ptp(w)))}
+
+
+@SETTINGS
+@given(small_operands_case())
+def test_u8i8_limits_match_the_reference(case: dict[str, Any]) -> None:
+    a, w, z_w = case["a"], case["w"], case["z_w"]
+    _equal(ik.integer_gemm(a, w, 0, z_w), ik.integer_gemm_reference(a, w, 0, z_w))
+    sub, mul = np.arange(w.shape[1]) * 0.5, np.linspace(1e-3, 2.0, w.shape[1])
+    args = (a, w, z_w, 2, 1.25, sub, mul, None)
+    _bits_equal(ik.integer_gemm_rescale(*args), ik.integer_gemm_rescale_reference(*args))
+    strategy, s, t = _core.int_matmul_plan(a[None], w[None], z_w)
+    a_span, c_span = case["spans"]
+    fits = a_span <= 255 and c_span <= 255
+    assert (strategy == "u8i8") == (fits and _core.int_vnni())
+    if strategy == "u8i8":
+        assert s == a.min() and -128 <= (w - z_w - t).min() <= (w - z_w - t).max() <= 127
+
+
+def test_u8i8_is_selected_for_small_operands_and_switchable() -> None:
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 63, size=(1, 200, 128), endpoint=True)
+    w = rng.integers(-127, 127, size=(1, 128, 40), endpoint=True)
+    want = ik.integer_gemm_reference(a[0], w[0], 0, 3)[0]
+    vnni = _core.int_vnni()  # False only on CPUs without AVX-512 VNNI
+    try:
+        assert _core.int_matmul_plan(a, w, 3)[0] == ("u8i8" if vnni else "f32")
+        np.testing.assert_array_equal(_core.int_matmul(a, w, 3)[0], want)
+        assert _core.int_vnni(False) is False
+        assert _core.int_matmul_plan(a, w, 3)[0] == "f32"
+        np.testing.assert_array_equal(_core.int_matmul(a, w, 3)[0], want)
+    finally:
+        assert _core.int_vnni(True) == vnni
+    # Too wide an input, or too long a sum for i32, falls back to the float strategies.
+    assert _core.int_matmul_plan(a * 5, w, 3)[0] == "f32"
+    big = np.full((1, 2, 70_000), 255, dtype=np.int64)
+    big[0, 0, 0] = 0
+    wide = np.full((1, 70_000, 1), -128, dtype=np.int64)
+    wide[0, 0, 0] = 127
+    assert _core.int_matmul_plan(big, wide, 0)[0] == "f64"
+    assert _core.int_matmul_plan(big[:, :, :60_000], wide[:, :60_000], 0)[0] == (
+        "u8i8" if vnni else "f64"
+    )
+
+
+def test_int_matmul_of_zero_terms_is_zero() -> None:
+    out = _core.int_matmul(np.ones((2, 70, 0), np.int64), np.ones((1, 0, 3), np.int64), 1)
+    np.testing.assert_array_equal(out, np.zeros((2, 70, 3), np.int64))
 
 
 # --- the fused Gemm rescale (SPEC §3.1, §2.4) ----------------------------------------------

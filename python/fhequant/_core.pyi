@@ -20,10 +20,12 @@ __all__ = [
     "int_gemm_bounds",
     "int_lookup",
     "int_matmul",
+    "int_matmul_plan",
     "int_matmul_rescale",
     "int_matmul_weight_sums",
     "int_presence",
     "int_round_bit_pattern",
+    "int_vnni",
     "int_window_max",
     "int_window_sum",
     "matmul_extremes_f32",
@@ -125,6 +127,10 @@ def int_matmul_rescale(
     add: npt.NDArray[np.float64] | None = None,
     context: str | None = None,
 ) -> npt.NDArray[np.float64]: ...
+def int_matmul_plan(
+    a: _I64, w: _I64, z_w: int, context: str | None = None
+) -> tuple[str, int, int]: ...
+def int_vnni(enabled: bool | None = None) -> bool: ...
 def int_matmul_weight_sums(w: _I64, z_x: int, context: str | None = None) -> _I64: ...
 def int_conv2d(
     x: _I64,

@@ -20,3 +20,17 @@ pub fn wide_vectors() -> bool {
         false
     }
 }
+
+/// Whether the AVX-512 VNNI kernels (F, BW, VNNI: `vpdpbusd`) may run on this CPU.
+pub fn vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}

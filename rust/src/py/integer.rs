@@ -13,7 +13,8 @@ use numpy::{
 };
 use pyo3::prelude::*;
 
-use crate::kernels::integer::{bits, conv, gemm, rescale, rounding};
+use crate::kernels::integer::exact::Strategy;
+use crate::kernels::integer::{bits, conv, gemm, rescale, rounding, vnni};
 use crate::py::errors::to_pyerr;
 
 type Pair<'py, A> = (Bound<'py, A>, Bound<'py, A>);
@@ -68,6 +69,42 @@ fn int_matmul<'py>(
     py.detach(|| gemm::matmul_into(a, w, z_w, out))
         .map_err(|e| to_pyerr(py, e, context))?;
     Ok(array)
+}
+
+/// The strategy ("f32", "f64", "i64" or "u8i8") and the shifts (s, t) that `int_matmul`
+/// uses for these operands (after its shape and overflow checks).
+#[pyfunction]
+#[pyo3(signature = (a, w, z_w, context=None))]
+fn int_matmul_plan<'py>(
+    py: Python<'py>,
+    a: PyReadonlyArray3<'py, i64>,
+    w: PyReadonlyArray3<'py, i64>,
+    z_w: i64,
+    context: Option<&str>,
+) -> PyResult<(&'static str, i64, i64)> {
+    let (a, w) = (a.as_array(), w.as_array());
+    let plan = py
+        .detach(|| gemm::matmul_plan(a, w, z_w))
+        .map_err(|e| to_pyerr(py, e, context))?;
+    let name = match plan.strategy {
+        Strategy::F32 => "f32",
+        Strategy::F64 => "f64",
+        Strategy::I64 => "i64",
+        Strategy::U8I8 => "u8i8",
+    };
+    Ok((name, plan.shift[0], plan.shift[1]))
+}
+
+/// Allow (the default) or forbid the AVX-512 VNNI strategy when `enabled` is given (a switch
+/// for benchmarks: results are the same integers); returns whether it is in use (allowed
+/// and supported by the CPU).
+#[pyfunction]
+#[pyo3(signature = (enabled=None))]
+fn int_vnni(enabled: Option<bool>) -> bool {
+    match enabled {
+        Some(on) => vnni::set_enabled(on),
+        None => vnni::available(),
+    }
 }
 
 /// The `Rescale` operands of the fused kernels from their numpy arrays.
@@ -321,6 +358,8 @@ fn int_conv_bounds<'py>(
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(int_matmul, m)?)?;
     m.add_function(wrap_pyfunction!(int_matmul_rescale, m)?)?;
+    m.add_function(wrap_pyfunction!(int_matmul_plan, m)?)?;
+    m.add_function(wrap_pyfunction!(int_vnni, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d_rescale, m)?)?;
     m.add_function(wrap_pyfunction!(int_matmul_weight_sums, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d, m)?)?;

@@ -264,7 +264,8 @@ where
     match Strategy::for_bound(bound) {
         Strategy::F32 => job.run::<f32, O, F>(out, &sink),
         Strategy::F64 => job.run::<f64, O, F>(out, &sink),
-        Strategy::I64 => job.run::<i64, O, F>(out, &sink),
+        // `for_bound` never picks U8I8; i64 is exact for every checked bound.
+        Strategy::I64 | Strategy::U8I8 => job.run::<i64, O, F>(out, &sink),
     }
     Ok(())
 }

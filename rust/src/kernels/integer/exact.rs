@@ -17,10 +17,14 @@ pub enum Strategy {
     F64,
     /// Plain i64 multiply-accumulate.
     I64,
+    /// A − s in [0, 255] (u8), W' in [−128, 127] (i8), every dot product within i32:
+    /// AVX-512 VNNI `vpdpbusd` (see `vnni`). Only chosen by `gemm::plan`, never by
+    /// `for_bound`.
+    U8I8,
 }
 
 impl Strategy {
-    /// The fastest exact strategy for a worst-case |partial sum| of `bound`.
+    /// The fastest exact float or i64 strategy for a worst-case |partial sum| of `bound`.
     pub fn for_bound(bound: u128) -> Strategy {
         if bound <= 1 << 24 {
             Strategy::F32

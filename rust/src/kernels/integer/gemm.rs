@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::kernels::integer::exact::{
     check_bound, describe, max_abs, range, range_of, Exact, Strategy,
 };
+use crate::kernels::integer::vnni::{self, PackedB};
 use crate::kernels::simd;
 
 /// Rows of A per task: fixed, so the split never depends on the number of threads.
@@ -26,6 +27,11 @@ pub struct Plan {
 /// Check that K·max|a|·max|c| fits int64 (else `Error::Overflow`) and choose the plan, for
 /// `a` in [a.0, a.1], `c = w − z_w` in [c.0, c.1] and `k` terms per sum.
 pub fn plan(k: usize, a: (i64, i64), c: (i128, i128)) -> Result<Plan> {
+    plan_with(k, a, c, vnni::available())
+}
+
+/// `plan`, allowing the U8I8 strategy only if `vnni`.
+fn plan_with(k: usize, a: (i64, i64), c: (i128, i128), vnni: bool) -> Result<Plan> {
     check_bound(
         k,
         max_abs(a.0.into(), a.1.into()),
@@ -38,6 +44,11 @@ pub fn plan(k: usize, a: (i64, i64), c: (i128, i128)) -> Result<Plan> {
             )
         },
     )?;
+    if vnni {
+        if let Some(p) = plan_u8i8(k, a, c) {
+            return Ok(p);
+        }
+    }
     let s = midpoint(a.0.into(), a.1.into());
     let t = midpoint(c.0, c.1);
     let bound = (k as u128)
@@ -48,6 +59,25 @@ pub fn plan(k: usize, a: (i64, i64), c: (i128, i128)) -> Result<Plan> {
         // Both fit: s lies in [a.0, a.1]; t in [c.0, c.1] fits whenever it matters (a wrap
         // is harmless: all corrections are exact modulo 2^64).
         shift: [s as i64, t as i64],
+    })
+}
+
+/// The U8I8 plan if it applies: s = min A, so A − s in [0, 255] needs at most 256 values;
+/// t = c.0 + ⌈span/2⌉, so c − t in [−128, 127] needs at most 256 values; and the worst
+/// |dot product| K·max(A − s)·max|c − t| must fit i32.
+fn plan_u8i8(k: usize, a: (i64, i64), c: (i128, i128)) -> Option<Plan> {
+    let a_span = i128::from(a.1) - i128::from(a.0);
+    let c_span = c.1 - c.0;
+    if a_span > 255 || c_span > 255 {
+        return None;
+    }
+    let t = c.0 + (c_span + 1) / 2;
+    let bound = (k as u128) * (a_span as u128) * max_abs(c.0 - t, c.1 - t);
+    (bound <= i32::MAX as u128).then_some(Plan {
+        strategy: Strategy::U8I8,
+        // t may wrap in i64 only when A is all zeros (else `check_bound` bounds |c|), and
+        // the corrections are exact modulo 2^64.
+        shift: [a.0, t as i64],
     })
 }
 
@@ -117,6 +147,43 @@ where
     O: Copy + Send,
     F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
 {
+    map_into_with(a, w, z_w, out, epilogue, vnni::available())
+}
+
+/// The plan `matmul` follows for these operands (after the same shape and overflow checks).
+pub fn matmul_plan(a: ArrayView3<'_, i64>, w: ArrayView3<'_, i64>, z_w: i64) -> Result<Plan> {
+    operands_plan(a, w, z_w, vnni::available())
+}
+
+/// `plan_with` for the operands of a matmul.
+fn operands_plan(
+    a: ArrayView3<'_, i64>,
+    w: ArrayView3<'_, i64>,
+    z_w: i64,
+    vnni: bool,
+) -> Result<Plan> {
+    matmul_shape(a.dim(), w.dim())?;
+    let (wlo, whi) = range(w.iter());
+    let c = (
+        i128::from(wlo) - i128::from(z_w),
+        i128::from(whi) - i128::from(z_w),
+    );
+    plan_with(w.dim().1, range_of(a), c, vnni)
+}
+
+/// `matmul_map_into`, allowing the U8I8 strategy only if `vnni`.
+fn map_into_with<O, F>(
+    a: ArrayView3<'_, i64>,
+    w: ArrayView3<'_, i64>,
+    z_w: i64,
+    out: &mut [MaybeUninit<O>],
+    epilogue: F,
+    vnni: bool,
+) -> Result<()>
+where
+    O: Copy + Send,
+    F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
+{
     let [batch, m, n] = matmul_shape(a.dim(), w.dim())?;
     if out.len() != batch * m * n {
         return Err(Error::Shape(format!(
@@ -126,18 +193,13 @@ where
         )));
     }
     let (bw, k, _) = w.dim();
-    let (wlo, whi) = range(w.iter());
-    let c = (
-        i128::from(wlo) - i128::from(z_w),
-        i128::from(whi) - i128::from(z_w),
-    );
-    let plan = plan(k, range_of(a), c)?;
+    let plan = operands_plan(a, w, z_w, vnni)?;
     if out.is_empty() {
         return Ok(());
     }
-    // Centre both operands on the middle of their ranges: A = A' + s, W − z_w = W' + t, so
-    // A(W − z_w) = A'W' + t·rowsum(A') + s·colsum(W') + s·t·K. A'W' has the smallest
-    // bound, hence the fastest exact strategy; the rank-1 terms are exact in wrapping i64
+    // Centre both operands (on the middle of their ranges, or A on its minimum for U8I8):
+    // A = A' + s, W − z_w = W' + t, so A(W − z_w) = A'W' + t·rowsum(A') + s·colsum(W') +
+    // s·t·K. A'W' has the smallest bound, hence the fastest exact strategy; the rank-1 terms are exact in wrapping i64
     // because the final result fits int64 (checked by `plan`).
     let t = plan.shift[1];
     let wc: Vec<i64> = w
@@ -155,6 +217,7 @@ where
         Strategy::F32 => job.run::<f32, O, F>(out, &epilogue),
         Strategy::F64 => job.run::<f64, O, F>(out, &epilogue),
         Strategy::I64 => job.run::<i64, O, F>(out, &epilogue),
+        Strategy::U8I8 => job.run_u8i8(out, &epilogue),
     }
     Ok(())
 }
@@ -175,20 +238,12 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    /// Write `epilogue(acc_row, out_row)` for every output row of `out` (batch, M, N).
-    fn run<T, O, F>(&self, out: &mut [MaybeUninit<O>], epilogue: &F)
-    where
-        T: Exact,
-        O: Copy + Send,
-        F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
-    {
-        let [_, bw, m, k, n] = self.dims;
+    /// s·colsum(W') + s·t·K per weight batch and column (wrapping: exact modulo 2^64).
+    fn col_terms(&self) -> Vec<i64> {
+        let [_, bw, _, k, n] = self.dims;
         let [s, t] = self.shift;
-        let ba = self.a.dim().0;
-        let wt: Vec<T> = self.wc.iter().map(|&v| T::from_i64(v)).collect();
-        // s·colsum(W') + s·t·K per weight batch and column (wrapping: exact modulo 2^64).
         let mut col_terms = vec![0i64; bw * n];
-        for (b, sums) in col_terms.chunks_exact_mut(n).enumerate() {
+        for (b, sums) in col_terms.chunks_exact_mut(n.max(1)).enumerate() {
             for row in self.wc[b * k * n..(b + 1) * k * n].chunks_exact(n) {
                 for (acc, &v) in sums.iter_mut().zip(row) {
                     *acc = acc.wrapping_add(v);
@@ -199,12 +254,41 @@ impl Job<'_> {
                 *acc = s.wrapping_mul(*acc).wrapping_add(st);
             }
         }
-        let wide = simd::wide_vectors();
+        col_terms
+    }
+
+    /// Call `block(a_batch, w_batch, first_row, rows_out)` for every block of `BLOCK_ROWS`
+    /// output rows of `out` (batch, M, N), in parallel; the split is fixed.
+    fn for_blocks<O, G>(&self, out: &mut [MaybeUninit<O>], block: G)
+    where
+        O: Copy + Send,
+        G: Fn(ArrayView2<'_, i64>, usize, usize, &mut [MaybeUninit<O>]) + Sync,
+    {
+        let [_, bw, m, _, n] = self.dims;
+        let ba = self.a.dim().0;
         out.par_chunks_mut(m * n).enumerate().for_each(|(bi, dst)| {
             let ab: ArrayView2<'_, i64> = self
                 .a
                 .index_axis(ndarray::Axis(0), if ba == 1 { 0 } else { bi });
             let wsel = if bw == 1 { 0 } else { bi };
+            dst.par_chunks_mut(BLOCK_ROWS * n)
+                .enumerate()
+                .for_each(|(ci, rows_out)| block(ab, wsel, ci * BLOCK_ROWS, rows_out));
+        });
+    }
+
+    /// Write `epilogue(acc_row, out_row)` for every output row of `out` (batch, M, N).
+    fn run<T, O, F>(&self, out: &mut [MaybeUninit<O>], epilogue: &F)
+    where
+        T: Exact,
+        O: Copy + Send,
+        F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
+    {
+        let [_, _, _, k, n] = self.dims;
+        let wt: Vec<T> = self.wc.iter().map(|&v| T::from_i64(v)).collect();
+        let col_terms = self.col_terms();
+        let wide = simd::wide_vectors();
+        self.for_blocks(out, |ab, wsel, r0, rows_out| {
             let block = Block {
                 a: ab,
                 w: &wt[wsel * k * n..],
@@ -212,20 +296,116 @@ impl Job<'_> {
                 k,
                 shift: self.shift,
             };
-            dst.par_chunks_mut(BLOCK_ROWS * n)
-                .enumerate()
-                .for_each(|(ci, rows_out)| {
-                    if wide {
-                        // SAFETY: `wide_vectors` checked that the CPU has these features.
-                        #[cfg(target_arch = "x86_64")]
-                        unsafe {
-                            block.run_avx512(ci * BLOCK_ROWS, rows_out, epilogue)
-                        };
-                    } else {
-                        block.run(ci * BLOCK_ROWS, rows_out, epilogue);
-                    }
-                });
+            if wide {
+                // SAFETY: `wide_vectors` checked that the CPU has these features.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    block.run_avx512(r0, rows_out, epilogue)
+                };
+            } else {
+                block.run(r0, rows_out, epilogue);
+            }
         });
+    }
+
+    /// `run` for the U8I8 strategy: W' packed once per weight batch, A rows as u8.
+    fn run_u8i8<O, F>(&self, out: &mut [MaybeUninit<O>], epilogue: &F)
+    where
+        O: Copy + Send,
+        F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
+    {
+        let [_, bw, _, k, n] = self.dims;
+        // W' lies in [−128, 127] under this strategy, so the truncation is exact.
+        let packed: Vec<PackedB> = (0..bw)
+            .map(|b| PackedB::pack(&self.wc[b * k * n..(b + 1) * k * n], k, n, |v| v as i8))
+            .collect();
+        let col_terms = self.col_terms();
+        let wide = simd::wide_vectors();
+        self.for_blocks(out, |ab, wsel, r0, rows_out| {
+            let block = BlockU8 {
+                a: ab,
+                w: &packed[wsel],
+                cols: &col_terms[wsel * n..(wsel + 1) * n],
+                k,
+                shift: self.shift,
+            };
+            if wide {
+                // SAFETY: `wide_vectors` checked that the CPU has these features.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    block.run_avx512(r0, rows_out, epilogue)
+                };
+            } else {
+                block.run(r0, rows_out, epilogue);
+            }
+        });
+    }
+}
+
+/// One batch of a U8I8 `Job`: rows of A (as u8) against the packed weights.
+struct BlockU8<'a> {
+    a: ArrayView2<'a, i64>,
+    w: &'a PackedB,
+    /// s·colsum(W') + s·t·K per column.
+    cols: &'a [i64],
+    k: usize,
+    shift: [i64; 2],
+}
+
+impl BlockU8<'_> {
+    /// Rows r0.. of the output into `rows_out` (a whole number of rows of N values).
+    #[inline(always)]
+    fn run<O, F>(&self, r0: usize, rows_out: &mut [MaybeUninit<O>], epilogue: &F)
+    where
+        F: Fn(&[i64], &mut [MaybeUninit<O>]),
+    {
+        let (k, n) = (self.k, self.cols.len());
+        let [s, t] = self.shift;
+        let rows = rows_out.len() / n;
+        let (kp, np) = (vnni::padded_k(k), self.w.padded_n());
+        let padded = vnni::padded_rows(rows);
+        let mut lhs = vec![0u8; padded * kp];
+        let mut row_terms = Vec::with_capacity(rows);
+        // Indexed (not zipped with chunks of `lhs`): with K = 0 every row still gets its term.
+        for (i, r) in (r0..r0 + rows).enumerate() {
+            let dst = &mut lhs[i * kp..i * kp + k];
+            let row = self.a.row(r);
+            let mut sum = 0i64;
+            // A − s lies in [0, 255] under this strategy, so the truncation is exact.
+            let mut put = |d: &mut u8, v: i64| {
+                let centred = v.wrapping_sub(s);
+                sum = sum.wrapping_add(centred);
+                *d = centred as u8;
+            };
+            match row.as_slice() {
+                Some(src) => dst.iter_mut().zip(src).for_each(|(d, &v)| put(d, v)),
+                None => dst.iter_mut().zip(row.iter()).for_each(|(d, &v)| put(d, v)),
+            }
+            row_terms.push(t.wrapping_mul(sum));
+        }
+        let mut tmp = vec![0i32; padded * np];
+        vnni::gemm(padded, &lhs, self.w, &mut tmp);
+        let mut acc = vec![0i64; n];
+        for ((d_row, t_row), &rt) in rows_out
+            .chunks_exact_mut(n)
+            .zip(tmp.chunks_exact(np))
+            .zip(&row_terms)
+        {
+            for ((a, &v), &ct) in acc.iter_mut().zip(t_row).zip(self.cols) {
+                *a = i64::from(v).wrapping_add(rt).wrapping_add(ct);
+            }
+            epilogue(&acc, d_row);
+        }
+    }
+
+    /// `run` compiled for AVX-512 (the same operations, so the same results).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,avx512f,avx512dq,avx512vl,avx512bw")]
+    unsafe fn run_avx512<O, F>(&self, r0: usize, rows_out: &mut [MaybeUninit<O>], epilogue: &F)
+    where
+        F: Fn(&[i64], &mut [MaybeUninit<O>]),
+    {
+        self.run(r0, rows_out, epilogue)
     }
 }
 
@@ -252,7 +432,9 @@ impl<T: Exact> Block<'_, T> {
         let rows = rows_out.len() / n;
         let mut lhs = vec![T::default(); rows * k];
         let mut row_terms = Vec::with_capacity(rows);
-        for (r, dst) in (r0..r0 + rows).zip(lhs.chunks_exact_mut(k.max(1))) {
+        // Indexed (not zipped with chunks of `lhs`): with K = 0 every row still gets its term.
+        for (i, r) in (r0..r0 + rows).enumerate() {
+            let dst = &mut lhs[i * k..(i + 1) * k];
             let row = self.a.row(r);
             let mut sum = 0i64;
             let mut put = |d: &mut T, v: i64| {
@@ -329,6 +511,69 @@ mod tests {
         })
     }
 
+    /// `matmul` with the U8I8 strategy allowed or not (its scalar kernel on other CPUs).
+    fn with(a: &Array3<i64>, w: &Array3<i64>, z_w: i64, vnni: bool) -> Array3<i64> {
+        let dims = matmul_shape(a.dim(), w.dim()).unwrap();
+        // A sentinel, so that a value left unwritten shows.
+        let mut out = Array3::<i64>::from_elem(dims, 99);
+        let dst = out.as_slice_mut().unwrap();
+        // SAFETY: MaybeUninit<i64> has the layout of i64 and every value is initialised.
+        let dst: &mut [MaybeUninit<i64>] = unsafe { std::mem::transmute(dst) };
+        map_into_with(
+            a.view(),
+            w.view(),
+            z_w,
+            dst,
+            |acc, row| {
+                for (d, &v) in row.iter_mut().zip(acc) {
+                    d.write(v);
+                }
+            },
+            vnni,
+        )
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn u8i8_plan_limits() {
+        let p = |k, a, c| plan_with(k, a, c, true).unwrap();
+        assert_eq!(p(9, (0, 255), (-128, 127)).strategy, Strategy::U8I8);
+        assert_eq!(p(9, (0, 255), (-128, 127)).shift, [0, 0]);
+        assert_eq!(p(9, (-300, -45), (-5, 250)).shift, [-300, 123]);
+        assert_eq!(p(9, (7, 7), (3, 3)).shift, [7, 3]);
+        assert_ne!(p(9, (0, 256), (-128, 127)).strategy, Strategy::U8I8);
+        assert_ne!(p(9, (0, 255), (-128, 128)).strategy, Strategy::U8I8);
+        // K·255·128 <= 2^31 − 1 exactly up to K = 65793.
+        assert_eq!(p(65793, (0, 255), (0, 255)).strategy, Strategy::U8I8);
+        assert_ne!(p(65794, (0, 255), (0, 255)).strategy, Strategy::U8I8);
+        assert_ne!(
+            plan_with(9, (0, 255), (-128, 127), false).unwrap().strategy,
+            Strategy::U8I8
+        );
+    }
+
+    #[test]
+    fn u8i8_is_exact_with_shifts_and_batches() {
+        for (ashape, wshape, alo, aspan, wlo, wspan, z_w) in [
+            ((1, 130, 70), (1, 70, 9), 0, 256, -128, 256, 0),
+            ((2, 67, 33), (2, 33, 50), -300, 256, -5, 256, -7),
+            ((3, 5, 4), (1, 4, 17), 1000, 3, 40, 1, 40),
+            ((1, 64, 128), (1, 128, 128), 0, 64, -127, 255, 0),
+            ((1, 3, 0), (1, 0, 5), 0, 1, 0, 1, 0),
+        ] {
+            let a = data(ashape, 1, alo, aspan);
+            let w = data(wshape, 2, wlo, wspan);
+            let (lo, hi) = range(a.iter());
+            let (wl, wh) = range(w.iter());
+            let c = ((wl - z_w).into(), (wh - z_w).into());
+            let p = plan_with(wshape.1, (lo, hi), c, true).unwrap();
+            assert_eq!(p.strategy, Strategy::U8I8);
+            assert_eq!(with(&a, &w, z_w, true), naive(&a, &w, z_w));
+            assert_eq!(matmul(a.view(), w.view(), z_w).unwrap(), naive(&a, &w, z_w));
+        }
+    }
+
     fn data(shape: (usize, usize, usize), seed: i64, lo: i64, span: i64) -> Array3<i64> {
         let len = shape.0 * shape.1 * shape.2;
         let v: Vec<i64> = (0..len as i64)
@@ -346,16 +591,17 @@ mod tests {
             (1 << 35, Strategy::I64),
         ] {
             let a = data((2, 130, 70), 1, 0, 256).mapv(|v| v * scale);
-            let p = plan(70, range(a.iter()), (-128 - 5, 127 - 5)).unwrap();
+            let p = plan_with(70, range(a.iter()), (-128 - 5, 127 - 5), false).unwrap();
             assert_eq!(p.strategy, want);
             assert_eq!(matmul(a.view(), w.view(), 5).unwrap(), naive(&a, &w, 5));
+            assert_eq!(with(&a, &w, 5, false), naive(&a, &w, 5));
         }
     }
 
     #[test]
     fn centring_picks_f32_for_8_bit_operands() {
         // Uncentred, 512·255·133 > 2^24; centred, 512·128·128 <= 2^24.
-        let p = plan(512, (0, 255), (-133, 122)).unwrap();
+        let p = plan_with(512, (0, 255), (-133, 122), false).unwrap();
         assert_eq!(p.strategy, Strategy::F32);
         assert_eq!(p.shift, [127, -6]);
         let a = data((1, 3, 512), 6, 0, 256);
@@ -374,6 +620,18 @@ mod tests {
             matmul(av, w.view(), 0).unwrap(),
             naive(&av.to_owned(), &w, 0)
         );
+    }
+
+    #[test]
+    fn k_zero_writes_zeros_with_every_strategy() {
+        let (a, w) = (
+            Array3::<i64>::zeros((2, 70, 0)),
+            Array3::<i64>::zeros((1, 0, 3)),
+        );
+        let want = Array3::<i64>::zeros((2, 70, 3));
+        for vnni in [false, true] {
+            assert_eq!(with(&a, &w, 4, vnni), want);
+        }
     }
 
     #[test]

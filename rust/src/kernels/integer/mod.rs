@@ -13,3 +13,4 @@ pub mod exact;
 pub mod gemm;
 pub mod rescale;
 pub mod rounding;
+pub mod vnni;
