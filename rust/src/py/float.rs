@@ -180,7 +180,7 @@ fn matmul_extremes_f64<'py>(
             } else if let Ok(a) = a.cast::<PyArray2<f32>>() {
                 matmul_f64_typed(py, a, |v: f32| f64::from(v), b, bias)
             } else {
-                Err(not_2d(py, what, a, context))
+                Err(wrong_ndim(py, what, a, 2, context))
             }
         }
         Input::Dequantize(s, z) => {
@@ -191,7 +191,7 @@ fn matmul_extremes_f64<'py>(
             } else if let Ok(a) = a.cast::<PyArray2<i32>>() {
                 matmul_f64_typed(py, a, dequantizer::<i32>(s, z), b, bias)
             } else {
-                Err(not_2d(py, what, a, context))
+                Err(wrong_ndim(py, what, a, 2, context))
             }
         }
     };
@@ -204,12 +204,18 @@ fn dequantizer<I: QInt>(scale: f64, zero_point: f64) -> impl Fn(I) -> f64 + Send
     move |v: I| dequantize_value(v, scale, zero_point)
 }
 
-fn not_2d(py: Python<'_>, what: &str, a: &Bound<'_, PyAny>, context: Option<&str>) -> PyErr {
+fn wrong_ndim(
+    py: Python<'_>,
+    what: &str,
+    a: &Bound<'_, PyAny>,
+    want: usize,
+    context: Option<&str>,
+) -> PyErr {
     let ndim = a.getattr("ndim").map(|n| n.to_string()).unwrap_or_default();
     to_pyerr(
         py,
         Error::Shape(format!(
-            "{what}: the input has {ndim} dimensions, the kernel takes 2 (or 4 for a conv)"
+            "{what}: the input has {ndim} dimensions, the kernel takes {want}; reshape it first"
         )),
         context,
     )
@@ -281,7 +287,7 @@ fn conv2d_extremes_f64<'py>(
             } else if let Ok(x) = x.cast::<PyArray4<f32>>() {
                 conv_f64_typed(py, x, |v: f32| f64::from(v), w, bias, g)
             } else {
-                Err(not_2d(py, what, x, context))
+                Err(wrong_ndim(py, what, x, 4, context))
             }
         }
         Input::Dequantize(s, z) => {
@@ -292,7 +298,7 @@ fn conv2d_extremes_f64<'py>(
             } else if let Ok(x) = x.cast::<PyArray4<i32>>() {
                 conv_f64_typed(py, x, dequantizer::<i32>(s, z), w, bias, g)
             } else {
-                Err(not_2d(py, what, x, context))
+                Err(wrong_ndim(py, what, x, 4, context))
             }
         }
     };
