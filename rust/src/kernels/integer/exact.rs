@@ -18,8 +18,8 @@ pub enum Strategy {
     /// Plain i64 multiply-accumulate.
     I64,
     /// A − s in [0, 255] (u8), W' in [−128, 127] (i8), every dot product within i32:
-    /// AVX-512 VNNI `vpdpbusd` (see `vnni`). Only chosen by `gemm::plan`, never by
-    /// `for_bound`.
+    /// AVX-512 VNNI `vpdpbusd` (see `vnni`). Chosen by `gemm::plan` and the conv from the
+    /// operand ranges, never by `for_bound`.
     U8I8,
 }
 
