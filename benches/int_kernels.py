@@ -11,7 +11,7 @@ Prints ONE JSON object. Build the extension in release mode first: ``maturin dev
   with that strategy switched off (``_core.int_vnni(False)``: the f32 strategy), and the
   Gemm 512 cases likewise.
 * The CNN convs: 10k x 1x8x8 through Conv(1->8, 3, p1) and Conv(8->16, 3, s2, p1), vs a numpy
-  im2col (int64 matmul) and a float64 im2col (BLAS).
+  im2col (int64 matmul), a float64 im2col (BLAS) and fhequant without the VNNI strategy.
 """
 
 from __future__ import annotations
@@ -157,6 +157,7 @@ def conv_case(repeats: int) -> dict[str, Any]:
         t = race(
             {
                 "rust": fhe,
+                "rust_without_vnni": switched(fhe, False),
                 "int": lambda x=x, wc=wc, s=stride: im2col_conv(x, wc, s, 1, Z_X),
                 "f64": lambda xf=xf, wf=wf, s=stride: im2col_conv(xf, wf, s, 1, Z_X),
             },
@@ -167,6 +168,8 @@ def conv_case(repeats: int) -> dict[str, Any]:
             "input": list(xs),
             "weights": list(ws),
             "fhequant_s": t_rust,
+            "without_vnni_s": t["rust_without_vnni"],
+            "speedup_vs_without_vnni": t["rust_without_vnni"] / t_rust,
             "numpy_im2col_int64_s": t_int,
             "numpy_im2col_float64_s": t_f64,
             "speedup_vs_im2col_int64": t_int / t_rust,

@@ -572,6 +572,50 @@ def test_int_matmul_of_zero_terms_is_zero() -> None:
     np.testing.assert_array_equal(out, np.zeros((2, 70, 3), np.int64))
 
 
+@st.composite
+def small_conv_case(draw: Any) -> dict[str, Any]:
+    """A conv whose padded input spans 255 or 256 values (the pad value z_x inside or at the
+    edge) and whose weights minus z_w reach -128/127 or one past: inside or just outside
+    the u8 x i8 strategy; channels and positions across its tiles."""
+    group = draw(st.sampled_from([1, 2]))
+    cg, og = draw(st.integers(1, 5)), draw(st.integers(1, 9))
+    n, k = draw(st.integers(1, 70)), draw(st.integers(1, 3))
+    size = draw(st.integers(k, k + 6))
+    lo = draw(st.sampled_from([0, -128, -1000, 77]))
+    span = draw(st.sampled_from([255, 256]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.integers(lo, lo + span - 1, size=(n, cg * group, size, size), endpoint=True)
+    z_x = draw(st.sampled_from([lo + span - 1, lo, lo + 100]))
+    c_lo, c_hi = draw(st.sampled_from([(-128, 127), (-129, 100), (-100, 128), (-5, 5)]))
+    z_w = draw(st.sampled_from([0, 7]))
+    w = rng.integers(c_lo, c_hi, size=(og * group, cg, k, k), endpoint=True) + z_w
+    w.flat[0], w.flat[-1] = c_lo + z_w, c_hi + z_w
+    pad = draw(st.integers(0, 1))
+    stride = draw(st.integers(1, 2))
+    return {
+        "q_x": x,
+        "q_w": w,
+        "z_x": z_x,
+        "z_w": z_w,
+        "strides": [stride, stride],
+        "pads": [pad] * 4,
+        "group": group,
+    }
+
+
+@SETTINGS
+@given(small_conv_case())
+def test_u8i8_conv_limits_match_the_reference(case: dict[str, Any]) -> None:
+    want = ik.integer_conv_reference(**case)
+    _equal(ik.integer_conv(**case), want)
+    vnni = _core.int_vnni()
+    try:
+        assert not _core.int_vnni(False)
+        _equal(ik.integer_conv(**case), want)
+    finally:
+        assert _core.int_vnni(True) == vnni
+
+
 # --- the fused Gemm rescale (SPEC §3.1, §2.4) ----------------------------------------------
 
 

@@ -7,9 +7,13 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::kernels::integer::exact::{check_bound, describe, max_abs, range, Exact, Strategy};
+use crate::kernels::integer::vnni::{self, PackedB};
 
 /// Columns of one im2col block; a fixed number, so chunking never depends on threads.
 const BLOCK_COLS: usize = 4096;
+
+/// Output channels per microkernel tile of the U8I8 strategy.
+const CONV_ROWS: usize = 4;
 
 /// Window geometry of a conv or pool over a padded input.
 ///
@@ -208,6 +212,36 @@ pub fn conv2d_map_into<O: Send, F>(
 where
     F: Fn(usize, &[i64], &mut [O]) + Sync,
 {
+    map_into_with(x, w, z_w, group, geom, out, sink, vnni::available())
+}
+
+/// The shift s = min x_pad of the U8I8 strategy if it applies to a conv over `ckk` taps of
+/// x_pad in [x.0, x.1] and weights minus z_w in [c.0, c.1]: x_pad − s within [0, 255],
+/// c within [−128, 127] (the weights are not shifted) and every sum within i32.
+fn u8i8_shift(ckk: usize, x: (i64, i64), c: (i128, i128)) -> Option<i64> {
+    let span = i128::from(x.1) - i128::from(x.0);
+    if span > 255 || c.0 < -128 || c.1 > 127 {
+        return None;
+    }
+    let bound = (ckk as u128) * (span as u128) * max_abs(c.0, c.1);
+    (bound <= i32::MAX as u128).then_some(x.0)
+}
+
+/// `conv2d_map_into`, allowing the U8I8 strategy only if `vnni`.
+#[allow(clippy::too_many_arguments)]
+fn map_into_with<O: Send, F>(
+    x: ArrayView4<'_, i64>,
+    w: ArrayView4<'_, i64>,
+    z_w: i64,
+    group: usize,
+    geom: &Geometry,
+    out: &mut [O],
+    sink: F,
+    vnni: bool,
+) -> Result<()>
+where
+    F: Fn(usize, &[i64], &mut [O]) + Sync,
+{
     let [n, o, oh, ow] = conv2d_shape(x.dim(), w.dim(), group, geom)?;
     check_out(out, &[n, o, oh, ow])?;
     let (_, c, h, wd) = x.dim();
@@ -243,13 +277,22 @@ where
     // Centre the padded input on the middle of its range: conv(x_pad, c) =
     // conv(x_pad − s, c) + s·Σ_taps c. The centred product has the smaller bound (faster
     // exact strategy); the per-channel term is exact in wrapping i64 since the result fits.
-    let s = xlo + ((i128::from(xhi) - i128::from(xlo)) / 2) as i64;
+    let u8i8 = if vnni {
+        u8i8_shift(ckk, (xlo, xhi), (clo, chi))
+    } else {
+        None
+    };
+    let s = u8i8.unwrap_or(xlo + ((i128::from(xhi) - i128::from(xlo)) / 2) as i64);
     let bound = (ckk as u128)
         .saturating_mul(max_abs(
             i128::from(xlo) - i128::from(s),
             i128::from(xhi) - i128::from(s),
         ))
         .saturating_mul(max_abs(clo, chi));
+    let strategy = match u8i8 {
+        Some(_) => Strategy::U8I8,
+        None => Strategy::for_bound(bound),
+    };
     let job = Job {
         shift: s,
         x: x.as_standard_layout(),
@@ -261,11 +304,11 @@ where
         group,
         geom,
     };
-    match Strategy::for_bound(bound) {
+    match strategy {
         Strategy::F32 => job.run::<f32, O, F>(out, &sink),
         Strategy::F64 => job.run::<f64, O, F>(out, &sink),
-        // `for_bound` never picks U8I8; i64 is exact for every checked bound.
-        Strategy::I64 | Strategy::U8I8 => job.run::<i64, O, F>(out, &sink),
+        Strategy::I64 => job.run::<i64, O, F>(out, &sink),
+        Strategy::U8I8 => job.run_u8i8(out, &sink),
     }
     Ok(())
 }
@@ -423,6 +466,96 @@ impl Job<'_> {
                             let ct = corr.get(g * og + oo).copied().unwrap_or(0);
                             for (av, &sv) in acc.iter_mut().zip(&tmp[s..s + l]) {
                                 *av = sv.to_i64().wrapping_add(ct);
+                            }
+                            sink(g * og + oo, &acc, &mut dst[d..d + l]);
+                        }
+                    }
+                }
+            });
+    }
+
+    /// `run` for the U8I8 strategy: the weights as i8 rows (tiles of `CONV_ROWS`), the
+    /// im2col blocks as u8 packed for `vpdpbusd` (x_pad − s lies in [0, 255]).
+    fn run_u8i8<O: Send, F>(&self, out: &mut [O], sink: &F)
+    where
+        F: Fn(usize, &[i64], &mut [O]) + Sync,
+    {
+        let [_, c, h, wd, o, cg, oh, ow] = self.dims;
+        let (kh, kw) = (self.geom.kernel[0], self.geom.kernel[1]);
+        let l = oh * ow;
+        let ckk = cg * kh * kw;
+        let og = o / self.group;
+        if out.is_empty() {
+            return;
+        }
+        let (kp, rows) = (vnni::padded_k(ckk), og.div_ceil(CONV_ROWS) * CONV_ROWS);
+        // Per group, `rows` rows of K rounded up to 4 (zero-padded) of the weights' bytes
+        // (c lies in [−128, 127] under this strategy: the bytes are its two's complement).
+        let mut wbytes = vec![0u8; self.group * rows * kp];
+        for (oc, wrow) in self.w.chunks_exact(ckk.max(1)).take(o).enumerate() {
+            let (g, oo) = (oc / og.max(1), oc % og.max(1));
+            let dst = &mut wbytes[(g * rows + oo) * kp..(g * rows + oo) * kp + ckk];
+            for (d, &v) in dst.iter_mut().zip(wrow) {
+                *d = v as u8;
+            }
+        }
+        let imgs = (BLOCK_COLS / l).max(1);
+        let xs = self.x.as_slice().unwrap_or(&[]);
+        let plane = h * wd;
+        let taps = Taps::new(self.geom, [h, wd], [oh, ow]);
+        let fill = Fill {
+            pad: self.geom.pad_value.wrapping_sub(self.shift),
+            zero: self.shift.wrapping_neg(),
+            shift: self.shift,
+        };
+        let corr: Vec<i64> = self
+            .w
+            .chunks_exact(ckk.max(1))
+            .map(|row| {
+                let sum = row.iter().fold(0i64, |a, &v| a.wrapping_add(v));
+                self.shift.wrapping_mul(sum)
+            })
+            .collect();
+        out.par_chunks_mut(imgs * o * l)
+            .enumerate()
+            .for_each(|(chunk, dst)| {
+                let first = chunk * imgs;
+                let count = dst.len() / (o * l);
+                let cols_n = count * l;
+                let mut cols = PackedB::zeros(ckk, cols_n);
+                let np = cols.padded_n();
+                // The 4 im2col rows of one k group (rows past K stay 0).
+                let mut quad = vec![0i64; 4 * cols_n];
+                let mut tmp = vec![0i32; rows * np];
+                let mut acc = vec![0i64; l];
+                for g in 0..self.group {
+                    for k0 in (0..ckk).step_by(4) {
+                        let rows_k = (ckk - k0).min(4);
+                        quad[rows_k * cols_n..].fill(0);
+                        for (r, row) in (k0..k0 + rows_k).zip(quad.chunks_exact_mut(cols_n)) {
+                            let (ch, tap) = (g * cg + r / (kh * kw), r % (kh * kw));
+                            let (i, j) = (tap / kw, tap % kw);
+                            for (img, seg) in row.chunks_exact_mut(l).enumerate() {
+                                let base = ((first + img) * c + ch) * plane;
+                                let src = &xs[base..base + plane];
+                                for (y, d) in seg.chunks_exact_mut(ow).enumerate() {
+                                    taps.fill_row(src, wd, (i, j, y), &fill, d);
+                                }
+                            }
+                        }
+                        let (q01, q23) = quad.split_at(2 * cols_n);
+                        let ((q0, q1), (q2, q3)) = (q01.split_at(cols_n), q23.split_at(cols_n));
+                        cols.put_group(k0 / 4, [q0, q1, q2, q3], |v| v as u8);
+                    }
+                    let wg = &wbytes[g * rows * kp..(g + 1) * rows * kp];
+                    vnni::gemm::<CONV_ROWS, false>(rows, wg, &cols, &mut tmp);
+                    for img in 0..count {
+                        for oo in 0..og {
+                            let d = (img * o + g * og + oo) * l;
+                            let s = oo * np + img * l;
+                            let ct = corr.get(g * og + oo).copied().unwrap_or(0);
+                            for (av, &sv) in acc.iter_mut().zip(&tmp[s..s + l]) {
+                                *av = i64::from(sv).wrapping_add(ct);
                             }
                             sink(g * og + oo, &acc, &mut dst[d..d + l]);
                         }
@@ -608,6 +741,106 @@ mod tests {
         let xv = xt.view().permuted_axes([0, 1, 3, 2]);
         let got = conv2d(xv, w.view(), 0, 2, &g).unwrap();
         assert_eq!(got, naive(&xv.to_owned(), &w, 0, 2, &g));
+    }
+
+    /// `conv2d` with the U8I8 strategy allowed or not (its scalar kernel on other CPUs).
+    fn with(
+        x: &Array4<i64>,
+        w: &Array4<i64>,
+        z_w: i64,
+        group: usize,
+        g: &Geometry,
+        vnni: bool,
+    ) -> Array4<i64> {
+        let dims = conv2d_shape(x.dim(), w.dim(), group, g).unwrap();
+        let mut out = Array4::<i64>::from_elem(dims, 99);
+        let dst = out.as_slice_mut().unwrap();
+        map_into_with(
+            x.view(),
+            w.view(),
+            z_w,
+            group,
+            g,
+            dst,
+            |_, acc, d| d.copy_from_slice(acc),
+            vnni,
+        )
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn u8i8_limits() {
+        assert_eq!(u8i8_shift(9, (-3, 252), (-128, 127)), Some(-3));
+        assert_eq!(u8i8_shift(9, (-3, 253), (-128, 127)), None);
+        assert_eq!(u8i8_shift(9, (0, 255), (-129, 0)), None);
+        assert_eq!(u8i8_shift(9, (0, 255), (0, 128)), None);
+        // K·255·128 <= 2^31 − 1 exactly up to K = 65793.
+        assert_eq!(u8i8_shift(65793, (0, 255), (-128, 0)), Some(0));
+        assert_eq!(u8i8_shift(65794, (0, 255), (-128, 0)), None);
+    }
+
+    #[test]
+    fn u8i8_matches_the_definition() {
+        // Strides, groups, padding with a pad value and the ceil extension (0), so x_pad
+        // spans the input, the pad value and 0; images across im2col blocks of 4096 columns.
+        let cases = [
+            (
+                (3, 4, 7, 6),
+                (6, 2, 3, 2),
+                [2, 1],
+                [1, 0, 2, 1],
+                [0, 1],
+                60,
+                -100,
+                2,
+            ),
+            (
+                (70, 1, 8, 8),
+                (8, 1, 3, 3),
+                [1, 1],
+                [1, 1, 1, 1],
+                [0, 0],
+                17,
+                0,
+                1,
+            ),
+            (
+                (9, 8, 8, 8),
+                (16, 8, 3, 3),
+                [2, 2],
+                [1, 1, 1, 1],
+                [0, 0],
+                -300,
+                -555,
+                1,
+            ),
+            (
+                (2, 3, 5, 4),
+                (3, 1, 2, 2),
+                [1, 1],
+                [0; 4],
+                [0, 0],
+                1000,
+                1000,
+                3,
+            ),
+        ];
+        for (xs, ws, strides, pads, extra, pad_value, xlo, group) in cases {
+            let g = Geometry::new([ws.2, ws.3], strides, pads, extra, pad_value);
+            let span = if extra[1] > 0 { 255 - xlo.max(0) } else { 256 };
+            let x = data(xs, 1, xlo, span.min(256));
+            let w = data(ws, 2, -128 + 4, 256);
+            let (lo, hi) = range(x.iter());
+            let (lo, hi) = (lo.min(pad_value), hi.max(pad_value));
+            let zero = if extra[1] > 0 { 0 } else { lo };
+            let x_pad = (lo.min(zero), hi.max(zero));
+            let ckk = ws.1 * ws.2 * ws.3;
+            assert!(u8i8_shift(ckk, x_pad, (-128, 127)).is_some());
+            let want = naive(&x, &w, 4, group, &g);
+            assert_eq!(with(&x, &w, 4, group, &g, true), want);
+            assert_eq!(with(&x, &w, 4, group, &g, false), want);
+        }
     }
 
     #[test]

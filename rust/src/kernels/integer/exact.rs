@@ -3,7 +3,9 @@
 //! If every |partial sum| of a dot product is at most 2^24 (2^53), all products and partial
 //! sums are integers that f32 (f64) represents exactly, in any summation order, so the fast
 //! blocked float kernels of `matrixmultiply` give the exact integer result. Otherwise plain
-//! i64 arithmetic is used (the caller has proven that it cannot overflow).
+//! i64 arithmetic is used (the caller has proven that it cannot overflow). On CPUs with
+//! AVX-512 VNNI, operands that centre into u8 × i8 with sums within i32 use the `vnni`
+//! kernels instead (`Strategy::U8I8`, chosen by the Gemm and Conv from the operand ranges).
 
 use crate::error::{Error, Result};
 use crate::kernels::integer::bits::bit_width;
@@ -18,8 +20,8 @@ pub enum Strategy {
     /// Plain i64 multiply-accumulate.
     I64,
     /// A − s in [0, 255] (u8), W' in [−128, 127] (i8), every dot product within i32:
-    /// AVX-512 VNNI `vpdpbusd` (see `vnni`). Only chosen by `gemm::plan`, never by
-    /// `for_bound`.
+    /// AVX-512 VNNI `vpdpbusd` (see `vnni`). Chosen by `gemm::plan` and the conv from the
+    /// operand ranges, never by `for_bound`.
     U8I8,
 }
 

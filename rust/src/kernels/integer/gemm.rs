@@ -315,9 +315,9 @@ impl Job<'_> {
         F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
     {
         let [_, bw, _, k, n] = self.dims;
-        // W' lies in [−128, 127] under this strategy, so the truncation is exact.
+        // W' lies in [−128, 127] under this strategy: its bytes are its two's complement.
         let packed: Vec<PackedB> = (0..bw)
-            .map(|b| PackedB::pack(&self.wc[b * k * n..(b + 1) * k * n], k, n, |v| v as i8))
+            .map(|b| PackedB::pack(&self.wc[b * k * n..(b + 1) * k * n], k, n, |v| v as u8))
             .collect();
         let col_terms = self.col_terms();
         let wide = simd::wide_vectors();
@@ -384,7 +384,7 @@ impl BlockU8<'_> {
             row_terms.push(t.wrapping_mul(sum));
         }
         let mut tmp = vec![0i32; padded * np];
-        vnni::gemm(padded, &lhs, self.w, &mut tmp);
+        vnni::gemm::<{ vnni::MR }, true>(padded, &lhs, self.w, &mut tmp);
         let mut acc = vec![0i64; n];
         for ((d_row, t_row), &rt) in rows_out
             .chunks_exact_mut(n)

@@ -1,11 +1,12 @@
 //! Exact u8 × i8 products with AVX-512 VNNI (`vpdpbusd`: four u8·i8 products summed into
 //! each i32 lane, 64 multiply-adds per instruction).
 //!
-//! The weights are packed once into panels of 16 columns: for each group of 4 consecutive k,
-//! 16 lanes of 4 bytes (`PackedB`); K and N tails are zero-padded. A block of rows of the
-//! left operand is stored as u8 rows of K rounded up to 4, with the row count rounded up to
-//! `MR` (zero rows), so the register-tiled microkernel never needs edge cases; only the
-//! valid part of its i32 output is read back.
+//! The right operand is packed into panels of 16 columns: for each group of 4 consecutive k,
+//! 16 lanes of 4 bytes (`PackedB`); K and N tails are zero-padded. The left operand is stored
+//! as byte rows of K rounded up to 4, with the row count rounded up to the tile height
+//! (zero rows), so the register-tiled microkernel never needs edge cases; only the valid
+//! part of its i32 output is read back. One operand holds u8 and the other i8: in a Gemm
+//! the left one is u8 (the input), in a Conv the left one is i8 (the weights).
 //!
 //! The caller guarantees that every exact dot product fits i32 (K·255·128 does); i32
 //! additions wrap, so the results are exact modulo 2^32 and hence exact. The portable
@@ -13,7 +14,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Rows of one microkernel tile.
+/// Rows of one microkernel tile of a Gemm (`gemm::<MR, true>`).
 pub const MR: usize = 6;
 /// Columns of one packed panel (one 512-bit vector of i32).
 pub const PANEL: usize = 16;
@@ -45,38 +46,86 @@ pub fn padded_rows(rows: usize) -> usize {
     rows.div_ceil(MR) * MR
 }
 
-/// A (K, N) matrix of i8 values packed for `vpdpbusd`.
+/// A (K, N) matrix of bytes (u8, or i8 as their two's complement) packed for `vpdpbusd`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackedB {
     /// panels · groups · 16 lanes · 4 bytes, where byte q of lane l of group g of panel p is
     /// B[4g + q, 16p + l] (0 outside the matrix).
-    data: Vec<i8>,
+    data: Vec<u8>,
     groups: usize,
     panels: usize,
     n: usize,
 }
 
 impl PackedB {
-    /// Pack a row-major (K, N) matrix whose values are converted with `to_i8` (the caller
-    /// has checked that they fit i8; the conversion truncates).
-    pub fn pack<T: Copy>(b: &[T], k: usize, n: usize, to_i8: impl Fn(T) -> i8) -> PackedB {
+    /// A zero (K, N) matrix, to fill with `put`.
+    pub fn zeros(k: usize, n: usize) -> PackedB {
         let groups = padded_k(k) / 4;
         let panels = n.div_ceil(PANEL);
-        let mut data = vec![0i8; panels * groups * PANEL * 4];
-        if b.len() >= k * n {
-            for (kk, row) in b.chunks_exact(n.max(1)).take(k).enumerate() {
-                let (g, q) = (kk / 4, kk % 4);
-                for (j, &v) in row.iter().enumerate() {
-                    let (p, lane) = (j / PANEL, j % PANEL);
-                    data[((p * groups + g) * PANEL + lane) * 4 + q] = to_i8(v);
-                }
-            }
-        }
         PackedB {
-            data,
+            data: vec![0; panels * groups * PANEL * 4],
             groups,
             panels,
             n,
+        }
+    }
+
+    /// Pack a row-major (K, N) matrix whose values are converted with `to_byte` (the caller
+    /// has checked that they fit u8 or i8; the conversion truncates).
+    pub fn pack<T: Copy>(b: &[T], k: usize, n: usize, to_byte: impl Fn(T) -> u8) -> PackedB {
+        let mut packed = PackedB::zeros(k, n);
+        if b.len() >= k * n {
+            for (kk, row) in b.chunks_exact(n.max(1)).take(k).enumerate() {
+                packed.put_row(kk, row, &to_byte);
+            }
+        }
+        packed
+    }
+
+    /// Set row `kk` (< K) to the bytes `to_byte(v)` of the values of `row` (at most N of
+    /// them are used).
+    #[inline]
+    pub fn put_row<T: Copy>(&mut self, kk: usize, row: &[T], to_byte: impl Fn(T) -> u8) {
+        let (g, q) = (kk / 4, kk % 4);
+        if g >= self.groups {
+            return;
+        }
+        let stride = self.groups * PANEL * 4;
+        let row = &row[..row.len().min(self.n)];
+        for (p, chunk) in row.chunks(PANEL).enumerate() {
+            let base = p * stride + g * PANEL * 4 + q;
+            // Lanes 0..len of byte q: every 4th byte from `base` (chunks are never empty).
+            let dst = &mut self.data[base..base + 4 * (chunk.len() - 1) + 1];
+            for (d, &v) in dst.iter_mut().step_by(4).zip(chunk) {
+                *d = to_byte(v);
+            }
+        }
+    }
+
+    /// Set the rows 4g..4g + 4 (group g < K/4 rounded up) to the bytes `to_byte(v)` of the
+    /// values of `rows` (rows past K must be zero; at most N values of each are used): one
+    /// 4-byte lane per column.
+    #[inline]
+    pub fn put_group<T: Copy>(&mut self, g: usize, rows: [&[T]; 4], to_byte: impl Fn(T) -> u8) {
+        if g >= self.groups {
+            return;
+        }
+        let stride = self.groups * PANEL * 4;
+        let n = rows.iter().map(|r| r.len()).min().unwrap_or(0).min(self.n);
+        let [r0, r1, r2, r3] = rows.map(|r| &r[..n]);
+        for (p, start) in (0..n).step_by(PANEL).enumerate() {
+            let len = PANEL.min(n - start);
+            let base = p * stride + g * PANEL * 4;
+            let dst = &mut self.data[base..base + 4 * len];
+            for (lane, quad) in dst.chunks_exact_mut(4).enumerate() {
+                let j = start + lane;
+                quad.copy_from_slice(&[
+                    to_byte(r0[j]),
+                    to_byte(r1[j]),
+                    to_byte(r2[j]),
+                    to_byte(r3[j]),
+                ]);
+            }
         }
     }
 
@@ -85,32 +134,40 @@ impl PackedB {
         self.panels * PANEL
     }
 
-    fn panel(&self, p: usize) -> &[i8] {
+    fn panel(&self, p: usize) -> &[u8] {
         let len = self.groups * PANEL * 4;
         &self.data[p * len..(p + 1) * len]
     }
 }
 
-/// c[r, j] = Σ_k a[r, k]·b[k, j] for r < rows (a multiple of `MR`) and j < `b.padded_n()`,
-/// with `a` rows of `padded_k(K)` u8 (zero-padded) and `c` rows of `b.padded_n()` i32.
+/// c[r, j] = Σ_k a[r, k]·b[k, j] for r < rows (a multiple of `R`) and j < `b.padded_n()`,
+/// with `a` rows of `padded_k(K)` bytes (zero-padded) and `c` rows of `b.padded_n()` i32.
+/// The bytes of `a` are u8 and those of `b` i8 if `A_U8`, else the other way round.
 /// Does nothing if a slice is too short (the callers size them with the helpers above).
-pub fn gemm(rows: usize, a: &[u8], b: &PackedB, c: &mut [i32]) {
+pub fn gemm<const R: usize, const A_U8: bool>(rows: usize, a: &[u8], b: &PackedB, c: &mut [i32]) {
     let (lda, ldc) = (b.groups * 4, b.padded_n());
-    if !rows.is_multiple_of(MR) || a.len() < rows * lda || c.len() < rows * ldc {
+    if R == 0 || !rows.is_multiple_of(R) || a.len() < rows * lda || c.len() < rows * ldc {
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::simd::vnni() {
         // SAFETY: the CPU has the features (checked above); the slice sizes were checked.
-        unsafe { gemm_vnni(rows, a, b, c) };
+        unsafe { gemm_vnni::<R, A_U8>(rows, a, b, c) };
         return;
     }
-    gemm_scalar(rows, a, b, c);
+    gemm_scalar::<A_U8>(rows, a, b, c);
 }
 
 /// The portable version of `gemm` (the same sums, in i32 with wrapping adds).
-pub fn gemm_scalar(rows: usize, a: &[u8], b: &PackedB, c: &mut [i32]) {
+pub fn gemm_scalar<const A_U8: bool>(rows: usize, a: &[u8], b: &PackedB, c: &mut [i32]) {
     let (lda, ldc) = (b.groups * 4, b.padded_n());
+    let value = |v: u8, unsigned: bool| {
+        if unsigned {
+            i32::from(v)
+        } else {
+            i32::from(v as i8)
+        }
+    };
     for r in 0..rows {
         let arow = &a[r * lda..(r + 1) * lda];
         for p in 0..b.panels {
@@ -120,7 +177,7 @@ pub fn gemm_scalar(rows: usize, a: &[u8], b: &PackedB, c: &mut [i32]) {
                 for (g, quad) in arow.chunks_exact(4).enumerate() {
                     let w = &panel[(g * PANEL + lane) * 4..(g * PANEL + lane + 1) * 4];
                     for (&x, &y) in quad.iter().zip(w) {
-                        sum = sum.wrapping_add(i32::from(x) * i32::from(y));
+                        sum = sum.wrapping_add(value(x, A_U8) * value(y, !A_U8));
                     }
                 }
                 c[r * ldc + p * PANEL + lane] = sum;
@@ -131,20 +188,25 @@ pub fn gemm_scalar(rows: usize, a: &[u8], b: &PackedB, c: &mut [i32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn gemm_vnni(rows: usize, a: &[u8], b: &PackedB, c: &mut [i32]) {
+unsafe fn gemm_vnni<const R: usize, const A_U8: bool>(
+    rows: usize,
+    a: &[u8],
+    b: &PackedB,
+    c: &mut [i32],
+) {
     let ldc = b.padded_n();
     let mut p0 = 0;
     while p0 < b.panels {
         let v = (b.panels - p0).min(MAX_PANELS);
-        for r0 in (0..rows).step_by(MR) {
-            // SAFETY: rows r0..r0+MR of `a` and `c` and panels p0..p0+v exist (sizes checked
+        for r0 in (0..rows).step_by(R) {
+            // SAFETY: rows r0..r0+R of `a` and `c` and panels p0..p0+v exist (sizes checked
             // by `gemm`).
             unsafe {
                 match v {
-                    1 => tile::<1>(a, b, c, r0, p0, ldc),
-                    2 => tile::<2>(a, b, c, r0, p0, ldc),
-                    3 => tile::<3>(a, b, c, r0, p0, ldc),
-                    _ => tile::<4>(a, b, c, r0, p0, ldc),
+                    1 => tile::<R, 1, A_U8>(a, b, c, r0, p0, ldc),
+                    2 => tile::<R, 2, A_U8>(a, b, c, r0, p0, ldc),
+                    3 => tile::<R, 3, A_U8>(a, b, c, r0, p0, ldc),
+                    _ => tile::<R, 4, A_U8>(a, b, c, r0, p0, ldc),
                 }
             }
         }
@@ -152,11 +214,11 @@ unsafe fn gemm_vnni(rows: usize, a: &[u8], b: &PackedB, c: &mut [i32]) {
     }
 }
 
-/// One MR × 16·V tile: rows r0.. against panels p0.., all of K, stored into `c`.
+/// One R × 16·V tile: rows r0.. against panels p0.., all of K, stored into `c`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
-unsafe fn tile<const V: usize>(
+unsafe fn tile<const R: usize, const V: usize, const A_U8: bool>(
     a: &[u8],
     b: &PackedB,
     c: &mut [i32],
@@ -170,7 +232,7 @@ unsafe fn tile<const V: usize>(
     let pstride = groups * PANEL * 4;
     let bp = b.data.as_ptr().wrapping_add(p0 * pstride);
     let ap = a.as_ptr().wrapping_add(r0 * lda);
-    let mut acc = [[_mm512_setzero_si512(); V]; MR];
+    let mut acc = [[_mm512_setzero_si512(); V]; R];
     for g in 0..groups {
         let mut bv = [_mm512_setzero_si512(); V];
         for (v, dst) in bv.iter_mut().enumerate() {
@@ -182,7 +244,13 @@ unsafe fn tile<const V: usize>(
             let quad = unsafe { ap.add(r * lda + g * 4).cast::<i32>().read_unaligned() };
             let av = _mm512_set1_epi32(quad);
             for (sum, &w) in row.iter_mut().zip(&bv) {
-                *sum = _mm512_dpbusd_epi32(*sum, av, w);
+                // vpdpbusd multiplies the unsigned bytes of its first source by the signed
+                // bytes of its second.
+                *sum = if A_U8 {
+                    _mm512_dpbusd_epi32(*sum, av, w)
+                } else {
+                    _mm512_dpbusd_epi32(*sum, w, av)
+                };
             }
         }
     }
@@ -211,10 +279,17 @@ mod tests {
         c
     }
 
-    /// The product through the packed layouts, with `kernel`, cut back to (m, n).
-    fn via(m: usize, k: usize, n: usize, a: &[i64], b: &[i64], kernel: Kernel) -> Vec<i64> {
-        let packed = PackedB::pack(b, k, n, |v| v as i8);
-        let (kp, rows, np) = (padded_k(k), padded_rows(m), packed.padded_n());
+    /// The product through the packed layouts with `kernel` (tiles of `r` rows), cut back
+    /// to (m, n).
+    fn via(
+        (m, k, n): (usize, usize, usize),
+        a: &[i64],
+        b: &[i64],
+        kernel: Kernel,
+        r: usize,
+    ) -> Vec<i64> {
+        let packed = PackedB::pack(b, k, n, |v| v as u8);
+        let (kp, rows, np) = (padded_k(k), m.div_ceil(r) * r, packed.padded_n());
         let mut lhs = vec![0u8; rows * kp];
         for i in 0..m {
             for p in 0..k {
@@ -228,39 +303,64 @@ mod tests {
             .collect()
     }
 
-    fn operands(m: usize, k: usize, n: usize, seed: usize) -> (Vec<i64>, Vec<i64>) {
-        let a = (0..m * k).map(|i| ((i * 37 + seed) % 256) as i64).collect();
-        let b = (0..k * n)
-            .map(|i| ((i * 11 + seed * 3) % 256) as i64 - 128)
-            .collect();
-        (a, b)
+    /// u8 and i8 operands of (m, k) and (k, n), the unsigned one first if `a_u8`.
+    fn operands(m: usize, k: usize, n: usize, seed: usize, a_u8: bool) -> (Vec<i64>, Vec<i64>) {
+        let u = |i: usize| ((i * 37 + seed) % 256) as i64;
+        let s = |i: usize| ((i * 11 + seed * 3) % 256) as i64 - 128;
+        if a_u8 {
+            ((0..m * k).map(u).collect(), (0..k * n).map(s).collect())
+        } else {
+            ((0..m * k).map(s).collect(), (0..k * n).map(u).collect())
+        }
     }
 
     #[test]
     fn packing_places_groups_of_four_k_per_lane() {
         // K = 5 (one full group and a padded one), N = 17 (one full panel and a padded one).
-        let b: Vec<i64> = (0..5 * 17).map(|i| i % 100).collect();
-        let p = PackedB::pack(&b, 5, 17, |v| v as i8);
+        let b: Vec<i64> = (0..5 * 17).map(|i| i % 100 - 50).collect();
+        let p = PackedB::pack(&b, 5, 17, |v| v as u8);
         assert_eq!((p.groups, p.panels, p.padded_n()), (2, 2, 32));
         assert_eq!(p.data.len(), 2 * 2 * 16 * 4);
         let at = |panel: usize, g: usize, lane: usize, q: usize| {
             p.data[((panel * 2 + g) * 16 + lane) * 4 + q]
         };
-        assert_eq!(at(0, 0, 3, 2), b[2 * 17 + 3] as i8);
-        assert_eq!(at(0, 1, 5, 0), b[4 * 17 + 5] as i8);
-        assert_eq!(at(1, 0, 0, 1), b[17 + 16] as i8);
+        assert_eq!(at(0, 0, 3, 2), b[2 * 17 + 3] as u8);
+        assert_eq!(at(0, 1, 5, 0), b[4 * 17 + 5] as u8);
+        assert_eq!(at(1, 0, 0, 1), b[17 + 16] as u8);
         assert_eq!(at(0, 1, 5, 1), 0); // k = 5 is padding
         assert_eq!(at(1, 1, 1, 0), 0); // column 17 is padding
-        let empty = PackedB::pack(&[] as &[i64], 0, 0, |v| v as i8);
+        let empty = PackedB::pack(&[] as &[i64], 0, 0, |v| v as u8);
         assert_eq!((empty.groups, empty.panels, empty.data.len()), (0, 0, 0));
+        let mut z = PackedB::zeros(2, 3);
+        z.put_row(5, &[1u8, 2, 3], |v| v); // beyond K: ignored
+        z.put_row(1, &[1u8, 2, 3, 4], |v| v); // beyond N: cut
+        assert_eq!(z.data.iter().map(|&v| usize::from(v)).sum::<usize>(), 6);
+        // A group at once gives the same bytes as its rows one by one.
+        let rows: Vec<Vec<i64>> = (0..4)
+            .map(|r| (0..37).map(|j| r * 50 + j).collect())
+            .collect();
+        let (mut by_row, mut by_group) = (PackedB::zeros(7, 37), PackedB::zeros(7, 37));
+        for (r, row) in rows.iter().enumerate() {
+            by_row.put_row(4 + r, row, |v| v as u8);
+        }
+        by_group.put_group(1, [&rows[0], &rows[1], &rows[2], &rows[3]], |v| v as u8);
+        by_group.put_group(2, [&rows[0], &rows[1], &rows[2], &rows[3]], |v| v as u8);
+        assert_eq!(by_row, by_group);
     }
 
     #[test]
     fn kernels_are_exact_on_edge_tiles() {
-        // M < MR and not a multiple of it, K not a multiple of 4, N not a multiple of 16 or
-        // of the 64-column tile, a K = 0 product, and the extreme u8 × i8 values.
-        let kernels: [Kernel; 2] = [gemm, gemm_scalar];
-        for kernel in kernels {
+        // M below and not a multiple of the tile height, K not a multiple of 4, N not a
+        // multiple of 16 or of the 64-column tile, a K = 0 product, both signedness orders.
+        let cases: [(Kernel, usize, bool); 6] = [
+            (gemm::<MR, true>, MR, true),
+            (gemm_scalar::<true>, MR, true),
+            (gemm::<4, false>, 4, false),
+            (gemm_scalar::<false>, 4, false),
+            (gemm::<4, true>, 4, true),
+            (gemm::<MR, false>, MR, false),
+        ];
+        for (kernel, r, a_u8) in cases {
             for (m, k, n) in [
                 (1, 1, 1),
                 (5, 7, 17),
@@ -270,12 +370,17 @@ mod tests {
                 (2, 0, 5),
                 (64, 128, 128),
             ] {
-                let (a, b) = operands(m, k, n, m + k + n);
-                assert_eq!(via(m, k, n, &a, &b, kernel), naive(m, k, n, &a, &b));
+                let (a, b) = operands(m, k, n, m + k + n, a_u8);
+                assert_eq!(via((m, k, n), &a, &b, kernel, r), naive(m, k, n, &a, &b));
             }
+            // The extreme u8 × i8 products.
             let (m, k, n) = (3, 9, 20);
-            let (a, b) = (vec![255; m * k], vec![-128; k * n]);
-            assert_eq!(via(m, k, n, &a, &b, kernel), vec![-255 * 128 * 9; m * n]);
+            let (u, s) = (vec![255; 27 * 20], vec![-128; 27 * 20]);
+            let (a, b) = if a_u8 { (&u, &s) } else { (&s, &u) };
+            assert_eq!(
+                via((m, k, n), &a[..m * k], &b[..k * n], kernel, r),
+                vec![-255 * 128 * 9; m * n]
+            );
         }
     }
 
@@ -283,10 +388,11 @@ mod tests {
     fn short_slices_are_ignored_and_sizes_round_up() {
         assert_eq!((padded_k(0), padded_k(5), padded_k(8)), (0, 8, 8));
         assert_eq!((padded_rows(0), padded_rows(1), padded_rows(7)), (0, 6, 12));
-        let p = PackedB::pack(&[1i64, 2], 2, 2, |v| v as i8);
+        let p = PackedB::pack(&[1i64, 2], 2, 2, |v| v as u8);
         let mut c = vec![9i32; 6 * 16];
-        gemm(6, &[1u8; 3], &p, &mut c);
-        gemm(5, &[1u8; 40], &p, &mut c);
+        gemm::<MR, true>(6, &[1u8; 3], &p, &mut c);
+        gemm::<MR, true>(5, &[1u8; 40], &p, &mut c);
+        gemm::<0, true>(0, &[1u8; 40], &p, &mut c);
         assert!(c.iter().all(|&v| v == 9));
     }
 }
