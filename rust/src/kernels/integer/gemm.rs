@@ -342,6 +342,68 @@ impl Job<'_> {
     }
 }
 
+/// Write rows r0..r0+rows of `a` minus s into `lhs` (row i at i·stride, converted by
+/// `conv`) and return t·Σ_k (A − s) per row.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn centre_rows<T>(
+    a: ArrayView2<'_, i64>,
+    r0: usize,
+    rows: usize,
+    k: usize,
+    stride: usize,
+    [s, t]: [i64; 2],
+    lhs: &mut [T],
+    conv: impl Fn(i64) -> T,
+) -> Vec<i64> {
+    let mut row_terms = Vec::with_capacity(rows);
+    // Indexed (not zipped with chunks of `lhs`): with K = 0 every row still gets its term.
+    for (i, r) in (r0..r0 + rows).enumerate() {
+        let dst = &mut lhs[i * stride..i * stride + k];
+        let row = a.row(r);
+        let mut sum = 0i64;
+        let mut put = |d: &mut T, v: i64| {
+            let centred = v.wrapping_sub(s);
+            sum = sum.wrapping_add(centred);
+            *d = conv(centred);
+        };
+        match row.as_slice() {
+            Some(src) => dst.iter_mut().zip(src).for_each(|(d, &v)| put(d, v)),
+            None => dst.iter_mut().zip(row.iter()).for_each(|(d, &v)| put(d, v)),
+        }
+        row_terms.push(t.wrapping_mul(sum));
+    }
+    row_terms
+}
+
+/// Hand each output row to `epilogue` as i64: the product row (at i·stride in `products`,
+/// widened by `widen`) plus its row term and the per-column terms.
+#[inline(always)]
+fn correct_rows<V: Copy, O, F>(
+    rows_out: &mut [MaybeUninit<O>],
+    products: &[V],
+    stride: usize,
+    row_terms: &[i64],
+    cols: &[i64],
+    widen: impl Fn(V) -> i64,
+    epilogue: &F,
+) where
+    F: Fn(&[i64], &mut [MaybeUninit<O>]),
+{
+    let n = cols.len();
+    let mut acc = vec![0i64; n];
+    for ((d_row, t_row), &rt) in rows_out
+        .chunks_exact_mut(n)
+        .zip(products.chunks_exact(stride))
+        .zip(row_terms)
+    {
+        for ((a, &v), &ct) in acc.iter_mut().zip(t_row).zip(cols) {
+            *a = widen(v).wrapping_add(rt).wrapping_add(ct);
+        }
+        epilogue(&acc, d_row);
+    }
+}
+
 /// One batch of a U8I8 `Job`: rows of A (as u8) against the packed weights.
 struct BlockU8<'a> {
     a: ArrayView2<'a, i64>,
@@ -365,37 +427,19 @@ impl BlockU8<'_> {
         let (kp, np) = (vnni::padded_k(k), self.w.padded_n());
         let padded = vnni::padded_rows(rows);
         let mut lhs = vec![0u8; padded * kp];
-        let mut row_terms = Vec::with_capacity(rows);
-        // Indexed (not zipped with chunks of `lhs`): with K = 0 every row still gets its term.
-        for (i, r) in (r0..r0 + rows).enumerate() {
-            let dst = &mut lhs[i * kp..i * kp + k];
-            let row = self.a.row(r);
-            let mut sum = 0i64;
-            // A − s lies in [0, 255] under this strategy, so the truncation is exact.
-            let mut put = |d: &mut u8, v: i64| {
-                let centred = v.wrapping_sub(s);
-                sum = sum.wrapping_add(centred);
-                *d = centred as u8;
-            };
-            match row.as_slice() {
-                Some(src) => dst.iter_mut().zip(src).for_each(|(d, &v)| put(d, v)),
-                None => dst.iter_mut().zip(row.iter()).for_each(|(d, &v)| put(d, v)),
-            }
-            row_terms.push(t.wrapping_mul(sum));
-        }
+        // A − s lies in [0, 255] under this strategy, so the truncation is exact.
+        let row_terms = centre_rows(self.a, r0, rows, k, kp, [s, t], &mut lhs, |c| c as u8);
         let mut tmp = vec![0i32; padded * np];
         vnni::gemm::<{ vnni::MR }, true>(padded, &lhs, self.w, &mut tmp);
-        let mut acc = vec![0i64; n];
-        for ((d_row, t_row), &rt) in rows_out
-            .chunks_exact_mut(n)
-            .zip(tmp.chunks_exact(np))
-            .zip(&row_terms)
-        {
-            for ((a, &v), &ct) in acc.iter_mut().zip(t_row).zip(self.cols) {
-                *a = i64::from(v).wrapping_add(rt).wrapping_add(ct);
-            }
-            epilogue(&acc, d_row);
-        }
+        correct_rows(
+            rows_out,
+            &tmp,
+            np,
+            &row_terms,
+            self.cols,
+            i64::from,
+            epilogue,
+        );
     }
 
     /// `run` compiled for AVX-512 (the same operations, so the same results).
@@ -431,36 +475,18 @@ impl<T: Exact> Block<'_, T> {
         let [s, t] = self.shift;
         let rows = rows_out.len() / n;
         let mut lhs = vec![T::default(); rows * k];
-        let mut row_terms = Vec::with_capacity(rows);
-        // Indexed (not zipped with chunks of `lhs`): with K = 0 every row still gets its term.
-        for (i, r) in (r0..r0 + rows).enumerate() {
-            let dst = &mut lhs[i * k..(i + 1) * k];
-            let row = self.a.row(r);
-            let mut sum = 0i64;
-            let mut put = |d: &mut T, v: i64| {
-                let centred = v.wrapping_sub(s);
-                sum = sum.wrapping_add(centred);
-                *d = T::from_i64(centred);
-            };
-            match row.as_slice() {
-                Some(src) => dst.iter_mut().zip(src).for_each(|(d, &v)| put(d, v)),
-                None => dst.iter_mut().zip(row.iter()).for_each(|(d, &v)| put(d, v)),
-            }
-            row_terms.push(t.wrapping_mul(sum));
-        }
+        let row_terms = centre_rows(self.a, r0, rows, k, k, [s, t], &mut lhs, T::from_i64);
         let mut tmp = vec![T::default(); rows * n];
         T::gemm(rows, k, n, &lhs, self.w, &mut tmp);
-        let mut acc = vec![0i64; n];
-        for ((d_row, t_row), &rt) in rows_out
-            .chunks_exact_mut(n)
-            .zip(tmp.chunks_exact(n))
-            .zip(&row_terms)
-        {
-            for ((a, &v), &ct) in acc.iter_mut().zip(t_row).zip(self.cols) {
-                *a = v.to_i64().wrapping_add(rt).wrapping_add(ct);
-            }
-            epilogue(&acc, d_row);
-        }
+        correct_rows(
+            rows_out,
+            &tmp,
+            n,
+            &row_terms,
+            self.cols,
+            T::to_i64,
+            epilogue,
+        );
     }
 
     /// `run` compiled for AVX-512 (the same operations, so the same results).
