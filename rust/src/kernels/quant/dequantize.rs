@@ -11,6 +11,8 @@ use crate::error::Result;
 pub trait QInt: Copy + Send + Sync + 'static {
     /// numpy's int -> float64 conversion (round to nearest even for |q| > 2^53).
     fn to_f64(self) -> f64;
+    /// The value as i64 (exact).
+    fn to_i64(self) -> i64;
 }
 
 macro_rules! impl_qint {
@@ -19,6 +21,10 @@ macro_rules! impl_qint {
             #[inline(always)]
             fn to_f64(self) -> f64 {
                 self as f64
+            }
+            #[inline(always)]
+            fn to_i64(self) -> i64 {
+                self as i64
             }
         }
     )*};

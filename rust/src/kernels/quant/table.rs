@@ -17,22 +17,8 @@ use crate::error::{Error, Result};
 use crate::kernels::simd;
 
 /// Integer element types that index a table.
-pub trait Index: QInt {
-    /// The value as i64 (exact).
-    fn to_i64(self) -> i64;
-}
-
-macro_rules! impl_index {
-    ($($t:ty),*) => {$(
-        impl Index for $t {
-            #[inline(always)]
-            fn to_i64(self) -> i64 {
-                self as i64
-            }
-        }
-    )*};
-}
-impl_index!(i8, i16, i32, i64);
+pub trait Index: QInt {}
+impl<T: QInt> Index for T {}
 
 fn out_of_range(v: i64, lo: i64, size: usize) -> Error {
     Error::InvalidArgument(format!(
