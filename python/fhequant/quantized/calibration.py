@@ -542,21 +542,32 @@ class ModuleCalibrator:
 
     def _float_block(self, name: str, b: int) -> Any:
         """The float values of tensor ``name`` in block ``b`` (what flows downstream)."""
+        narrow = self.narrow_stored_block(name, b)
+        if narrow is not None:
+            stored, q = narrow
+            return q.dequant(stored)
         tensor = self.tensors[name]
         if tensor.kind == "quant" and not tensor.stored_floats and tensor.quantizer is not None:
-            q = tensor.quantizer
-            stored = self.store.get_stored(name, b)
-            if (
-                stored.ndim
-                and stored.size
-                and stored.dtype in _NARROW_DEQUANT
-                and _native_dequant_params(q)
-            ):
-                # the native dequantize gives the same float64 bits for int8/16/32 as for
-                # the widened int64 block: skip the widening copy
-                return q.dequant(stored)
-            return q.dequant(self.store.get(name, b))
+            return tensor.quantizer.dequant(self.store.get(name, b))
         return self.store.get(name, b)
+
+    def narrow_stored_block(self, name: str, b: int) -> tuple[np.ndarray, UniformQuantizer] | None:
+        """Block ``b`` of a quantized tensor as stored in int8/16/32, with its quantizer, when
+        the native dequantize reads it as it is: the same float64 bits as for the widened
+        int64 block, without the widening copy. None otherwise."""
+        tensor = self.tensors[name]
+        q = tensor.quantizer
+        if tensor.kind != "quant" or tensor.stored_floats or q is None:
+            return None
+        stored = self.store.get_stored(name, b)
+        if (
+            stored.ndim
+            and stored.size
+            and stored.dtype in _NARROW_DEQUANT
+            and _native_dequant_params(q)
+        ):
+            return stored, q
+        return None
 
     def _calibration_qa(self, name: str, b: int, op: Any) -> Any:
         """The calibration QuantizedArray of a variable input (SPEC §4.2 step 1)."""

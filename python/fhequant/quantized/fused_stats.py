@@ -148,18 +148,11 @@ def _block_input(cal: Any, name: str, b: int) -> tuple[np.ndarray, tuple[float, 
     """The stored integers with their (scale, zero_point) when the materialised pass would
     dequantize them with the native kernel, else the float block it would read."""
     from fhequant.quantization import _kernels
-    from fhequant.quantized.calibration import _native_dequant_params
 
-    tensor = cal.tensors[name]
-    if tensor.kind == "quant" and not tensor.stored_floats and tensor.quantizer is not None:
-        q = tensor.quantizer
-        stored = cal.store.get_stored(name, b)
-        if (
-            stored.ndim
-            and stored.dtype in _NARROW
-            and _native_dequant_params(q)
-            and _kernels._native(stored, _NARROW)
-        ):
+    narrow = cal.narrow_stored_block(name, b)
+    if narrow is not None:
+        stored, q = narrow
+        if _kernels._native(stored, _NARROW):
             scale = float(np.asarray(q.scale).astype(np.float64))
             zero_point = float(np.asarray(q.zero_point).astype(np.float64))
             return stored, (scale, zero_point)
