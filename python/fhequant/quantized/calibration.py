@@ -76,6 +76,7 @@ from fhequant.quantized.streaming import (
     TensorStore,
     iter_row_blocks,
     normalize_calibration_data,
+    smallest_int,
 )
 
 __all__ = [
@@ -212,15 +213,6 @@ _TABLE_INDEX = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64
 
 def _plain(value: Any) -> Any:
     return value.values if isinstance(value, QuantizedArray) else value
-
-
-def _smallest_int(lo: int, hi: int) -> np.dtype[Any]:
-    """The smallest signed integer dtype holding [lo, hi]."""
-    for dtype in _TABLE_INDEX:
-        info = np.iinfo(dtype.type)  # type: ignore[type-var]
-        if info.min <= lo and hi <= info.max:
-            return dtype
-    return np.dtype(np.int64)
 
 
 def _bits_precision(lo: int, hi: int) -> int:
@@ -759,7 +751,8 @@ class ModuleCalibrator:
         quant = op.make_output_quant_array(floats, owned=True)
         table_ints = np.asarray(quant.qvalues)
         qlo, qhi = int(table_ints.min()), int(table_ints.max())
-        table = np.full(size, qlo, dtype=_smallest_int(qlo, qhi))
+        dtype = smallest_int(qlo, qhi, _TABLE_INDEX) or np.dtype(np.int64)
+        table = np.full(size, qlo, dtype=dtype)
         table[present - lo] = table_ints
         self.tensors[out].kind = "quant"
         self.tensors[out].quantizer = quant.quantizer

@@ -321,9 +321,18 @@ def _narrow(block: np.ndarray) -> np.ndarray:
     """
     if block.dtype.kind not in "iu" or block.size == 0:
         return np.array(block, copy=True)
-    lo, hi = int(block.min()), int(block.max())
-    for dtype in (np.int8, np.uint8, np.int16, np.uint16, np.int32):
+    dtype = smallest_int(int(block.min()), int(block.max()), _STORED_INTS)
+    return np.array(block, copy=True) if dtype is None else block.astype(dtype)
+
+
+#: The stored dtypes of :func:`_narrow`, smallest first, signed first at each width.
+_STORED_INTS = tuple(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32))
+
+
+def smallest_int(lo: int, hi: int, dtypes: tuple[np.dtype[Any], ...]) -> np.dtype[Any] | None:
+    """The first of ``dtypes`` (integer dtypes) whose range holds [lo, hi], or None."""
+    for dtype in dtypes:
         info = np.iinfo(dtype)
         if info.min <= lo and hi <= info.max:
-            return block.astype(dtype)
-    return np.array(block, copy=True)
+            return dtype
+    return None
