@@ -211,6 +211,21 @@ _TABLE_MAX_SIZE = 1 << 16
 _TABLE_INDEX = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64))
 
 
+def _indexes_tables(tensor: _Tensor) -> bool:
+    """Whether blocks of ``tensor`` can index an integer table: stored integers of a known,
+    small range whose floats are the native dequantize of a scalar scale and zero point."""
+    q = tensor.quantizer
+    return (
+        tensor.kind == "quant"
+        and not tensor.stored_floats
+        and q is not None
+        and _native_dequant_params(q)
+        and tensor.qmin is not None
+        and tensor.qmax is not None
+        and tensor.qmax - tensor.qmin < _TABLE_MAX_SIZE
+    )
+
+
 def _plain(value: Any) -> Any:
     return value.values if isinstance(value, QuantizedArray) else value
 
@@ -664,15 +679,14 @@ class ModuleCalibrator:
         if (
             self.strategy.flows_raw
             or not ((linear and 1 in op.constant_inputs) or shape)
+            or not _indexes_tables(tensor)
             or q is None
-            or not _native_dequant_params(q)
             or q.is_qat
             or q.is_precomputed_qat
             or opts.is_qat
             or opts.is_equal(q.quant_options, ignore_sign_qat=True)
             or tensor.qmin is None
             or tensor.qmax is None
-            or tensor.qmax - tensor.qmin >= _TABLE_MAX_SIZE
         ):
             return None
         values = q.dequant(np.arange(tensor.qmin, tensor.qmax + 1, dtype=np.int64))
@@ -783,17 +797,7 @@ class ModuleCalibrator:
             or any(np.ndim(_plain(v)) != 0 for v in op.constant_inputs.values())
         ):
             return False
-        tensor = self.tensors[variable[0]]
-        q = tensor.quantizer
-        return (
-            tensor.kind == "quant"
-            and not tensor.stored_floats
-            and q is not None
-            and _native_dequant_params(q)
-            and tensor.qmin is not None
-            and tensor.qmax is not None
-            and tensor.qmax - tensor.qmin < _TABLE_MAX_SIZE
-        )
+        return _indexes_tables(self.tensors[variable[0]])
 
     def _table_index_block(self, name: str, b: int) -> np.ndarray:
         """Block ``b`` of a quant tensor as contiguous signed integers (as stored if it can)."""
