@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from fhequant.errors import NotCalibratedError, QuantizedOpError
 from fhequant.quantization import QuantizationOptions
 from fhequant.quantized import QuantizedConv, QuantizedGemm, QuantizedMatMul
-from fhequant.quantized.ops.executors import TRACING, use_executor
+from fhequant.quantized.exec import TRACING, use_executor
 from quantized_ops_helpers import qa_float, qa_int
 
 RNG = np.random.default_rng(1234)

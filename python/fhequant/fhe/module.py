@@ -14,10 +14,9 @@ import numpy as np
 from fhequant.errors import ConfigurationError, DTypeError, GraphInputError, NotCompiledError
 from fhequant.fhe.bitwidth import (
     BitWidthReport,
-    HintingExecutor,
     analyse,
     check_tlu_bit_widths,
-    op_scope,
+    hinting_executor,
 )
 from fhequant.fhe.compile import (
     argument_names,
@@ -26,6 +25,7 @@ from fhequant.fhe.compile import (
     encryption_statuses,
 )
 from fhequant.fhe.run import execute, simulate
+from fhequant.quantized.exec import use_executor
 
 __all__ = [
     "compile_inputset",
@@ -208,7 +208,7 @@ def compile_module(
         config,
         inputs_encryption_status=inputs_encryption_status,
         artifacts=artifacts,
-        scope=lambda: op_scope(_ops(module), HintingExecutor(hints)),
+        scope=lambda: use_executor(hinting_executor(hints)),
         reduce_inputset=reduce_inputset,
     )
     module.fhe_circuit = circuit

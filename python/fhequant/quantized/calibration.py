@@ -18,7 +18,8 @@ calibrated block by block with its producers' final parameters:
   quantizer is set from them (the same numbers as QA(n_bits, whole tensor));
 * rounding passes (mixing ops with rounding_threshold_bits): each rounding point (``cnp_round``
   id) is calibrated on the global [min, max] of its accumulator, one id per pass in call order,
-  earlier ids already rounding with their final ``lsbs_to_remove``;
+  earlier ids already rounding with their final ``lsbs_to_remove`` (a ``RoundingRangeObserver``
+  of the executor gathers the range: nothing is patched on the op);
 * output pass: ``q_impl`` on every block; the quantized output is kept (compactly, spilled to
   disk beyond a memory budget) for the consumers, then freed.
 
@@ -31,6 +32,7 @@ percentile clip is streamed exactly from bounded tails (:mod:`fhequant.quantized
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,6 +49,7 @@ from fhequant.errors import (
     UnsupportedOpError,
 )
 from fhequant.quantization import QuantizationOptions, QuantizedArray, UniformQuantizer
+from fhequant.quantized.exec import ClearBackend, Executor, RoundingRangeObserver, use_executor
 from fhequant.quantized.fused_stats import fused_statistics
 from fhequant.quantized.graph import (
     BREVITAS_QUANT as _BREVITAS_QUANT,
@@ -57,7 +60,6 @@ from fhequant.quantized.graph import (
     graph_input_names,
     graph_nodes,
     quantized_registry,
-    restore_impl,
     use_split_independent_impl,
 )
 from fhequant.quantized.n_bits import resolve_n_bits
@@ -119,35 +121,6 @@ class _Tensor:
     # the range of the stored integers over all blocks (kind "quant", PTQ)
     qmin: int | None = None
     qmax: int | None = None
-
-
-class _RoundingRecorder:
-    """Stands in for ``op.cnp_round`` during a streamed rounding-calibration pass."""
-
-    def __init__(self, op: Any, original: Callable[..., Any]) -> None:
-        self.op = op
-        self.original = original
-        self.pending: str | None = None
-        self.lo: int | None = None
-        self.hi: int | None = None
-
-    def __call__(
-        self,
-        x: Any,
-        calibrate_rounding: bool = False,
-        rounding_operation_id: str = "single_rounding_op",
-    ) -> Any:
-        rid = rounding_operation_id
-        if rid in self.op.lsbs_to_remove:
-            return self.original(x, False, rid)
-        if self.pending is None:
-            self.pending = rid
-        if self.pending == rid:
-            arr = np.asarray(x)
-            lo, hi = int(arr.min()), int(arr.max())
-            self.lo = lo if self.lo is None else min(self.lo, lo)
-            self.hi = hi if self.hi is None else max(self.hi, hi)
-        return x
 
 
 def _requantizes_to_itself(quantizer: UniformQuantizer, tensor: _Tensor, q: np.ndarray) -> bool:
@@ -714,14 +687,11 @@ class ModuleCalibrator:
     def _calibrate_op(self, op: Any, variable: list[str], out: str) -> None:
         if self._calibrate_by_table(op, variable, out):
             return
-        use_split_independent_impl(op)
-        try:
+        with use_split_independent_impl(op):
             if self.n_blocks == 1:
                 self._calibrate_whole(op, variable, out)
             else:
                 self._calibrate_streamed(op, variable, out)
-        finally:
-            restore_impl(op)
 
     def _calibrate_by_table(self, op: Any, variable: list[str], out: str) -> bool:
         """Calibrate an element-wise op of one quantized tensor through its integers.
@@ -832,28 +802,29 @@ class ModuleCalibrator:
         else:
             raw_blocks = self._statistics_pass(op, variable, out)
         rounding = getattr(op, "is_mixing", False) and op.rounding_threshold_bits is not None
-        original = op.cnp_round if rounding else None
-        try:
-            while True:
-                recorder = _RoundingRecorder(op, original) if original is not None else None
-                if recorder is not None:
-                    op.cnp_round = recorder
-                self._reset_output(out)
-                last: Any = None
+        while True:
+            # each pass gathers the accumulator range of the next uncalibrated rounding point
+            recorder = RoundingRangeObserver(op) if rounding else None
+            scope = (
+                use_executor(Executor(ClearBackend(), recorder))
+                if recorder is not None
+                else contextlib.nullcontext()
+            )
+            self._reset_output(out)
+            last: Any = None
+            with scope:
                 for b in self._blocks(f"{op.op_instance_name} outputs"):
                     qas = [self._calibration_qa(n, b, op) for n in variable]
                     last = op.q_impl(*qas)
                     raw = raw_blocks[b] if raw_blocks is not None else None
                     self._store_output(out, b, last, raw)
-                if recorder is None or recorder.pending is None:
-                    break
-                # One more rounding point calibrated: its accumulator range is global now.
-                assert recorder.lo is not None and recorder.hi is not None
-                target = int(op.rounding_threshold_bits["n_bits"])
-                width = _bits_precision(recorder.lo, recorder.hi)
-                op.lsbs_to_remove[recorder.pending] = max(0, width - target)
-        finally:
-            op.__dict__.pop("cnp_round", None)
+            if recorder is None or recorder.pending is None:
+                break
+            # One more rounding point calibrated: its accumulator range is global now.
+            assert recorder.lo is not None and recorder.hi is not None
+            target = int(op.rounding_threshold_bits["n_bits"])
+            width = _bits_precision(recorder.lo, recorder.hi)
+            op.lsbs_to_remove[recorder.pending] = max(0, width - target)
         self._finish(op, out, last, raw_blocks)
 
     def _reset_output(self, out: str) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 
 from fhequant import _core
 from fhequant.errors import FhequantError
+from fhequant.quantized.exec import routed_float_impl
 
 __all__ = ["ENABLED", "fused_statistics"]
 
@@ -72,8 +73,8 @@ def fused_statistics(cal: Any, op: Any, variable: list[str], out: str) -> np.nda
 
     Args:
         cal: the ModuleCalibrator.
-        op: the quantized op (its ``call_impl`` already routed by
-            ``use_split_independent_impl``).
+        op: the quantized op (its ``call_impl`` routed by ``use_split_independent_impl``
+            in this context).
         variable: the names of its variable inputs.
         out: its output tensor name (for error messages).
 
@@ -85,7 +86,7 @@ def fused_statistics(cal: Any, op: Any, variable: list[str], out: str) -> np.nda
         NonFiniteError: the result holds NaN or infinite values (the materialised pass's
             message).
     """
-    if not ENABLED or len(variable) != 1 or "call_impl" not in vars(op):
+    if not ENABLED or len(variable) != 1 or routed_float_impl(op) is None:
         return None
     if getattr(op, "_impl_for_op_named", None) not in _OPS:
         return None

@@ -1,15 +1,16 @@
 """Graph access for the calibration walk: nodes, constant folding, split-free float matmuls.
 
 ``graph_nodes`` lists an ONNX model's nodes with Python attribute values; ``fold_constant``
-evaluates a node whose inputs are all constants (SPEC §4.2); ``use_split_independent_impl``
-routes a Gemm/MatMul op's float evaluation through the sequential matmul of
-:mod:`fhequant.quantized.float_matmul`, so calibration does not depend on the batch split
-(SPEC decision 4).
+evaluates a node whose inputs are all constants (SPEC §4.2); ``with
+use_split_independent_impl(op)`` routes a Gemm/MatMul op's float evaluation through the
+sequential matmul of :mod:`fhequant.quantized.float_matmul` (as context, nothing is set on the
+op), so calibration does not depend on the batch split (SPEC decision 4).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from onnx import numpy_helper
 
 from fhequant import _core
 from fhequant.errors import UnsupportedOpError
+from fhequant.quantized.exec import route_float_impl
 from fhequant.quantized.float_matmul import sequential_matmul
 
 __all__ = [
@@ -27,7 +29,6 @@ __all__ = [
     "graph_input_names",
     "graph_nodes",
     "quantized_registry",
-    "restore_impl",
     "use_split_independent_impl",
 ]
 
@@ -314,24 +315,22 @@ _SPLIT_INDEPENDENT_IMPLS: dict[str, Callable[..., Any]] = {
 }
 
 
-def use_split_independent_impl(op: Any) -> bool:
-    """Route a Gemm/MatMul op's float evaluation through the sequential (split-free) matmul.
+@contextlib.contextmanager
+def use_split_independent_impl(op: Any) -> Iterator[bool]:
+    """Inside the ``with`` block, route a Gemm/MatMul/Conv op's float evaluation (on float
+    arrays) through the sequential (split-free) matmul; yields whether the op has one.
 
-    The override is an instance attribute, removed by :func:`restore_impl` after calibration.
+    The route is context (``route_float_impl``), not an attribute set on the op.
     """
     impl = _SPLIT_INDEPENDENT_IMPLS.get(getattr(op, "_impl_for_op_named", ""))
     if impl is None:
-        return False
-    original = op.call_impl
+        yield False
+        return
 
-    def call_impl(*inputs: Any, **attrs: Any) -> Any:
+    def routed(*inputs: Any, **attrs: Any) -> Any:
         if all(isinstance(x, np.ndarray) and x.dtype.kind == "f" for x in inputs[:2]):
             return impl(*inputs, **attrs)
-        return original(*inputs, **attrs)
+        return NotImplemented
 
-    op.call_impl = call_impl
-    return True
-
-
-def restore_impl(op: Any) -> None:
-    op.__dict__.pop("call_impl", None)
+    with route_float_impl(op, routed):
+        yield True

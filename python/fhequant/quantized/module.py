@@ -29,6 +29,7 @@ from fhequant.errors import (
 )
 from fhequant.quantization import QuantizedArray, UniformQuantizer
 from fhequant.quantization.quantizer import is_tracer
+from fhequant.quantized.exec import run_op
 
 __all__ = ["FheMode", "QuantizedModule"]
 
@@ -332,9 +333,11 @@ class QuantizedModule(serialization.Serializable):
             if tracker is not None:
                 op.debug_value_tracker = tracker
             try:
-                values[out] = op.q_impl(*(values[i] for i in inputs))
+                # the op's integer nodes are filed under its name (context, not a patch)
+                values[out] = run_op(out, op, *(values[i] for i in inputs))
             finally:
-                op.debug_value_tracker = None
+                if tracker is not None:
+                    op.debug_value_tracker = None
             # drop what no later op reads: the memory is reused by the next ops' results
             for name in inputs:
                 if last_use.get(name) == step:

@@ -54,9 +54,10 @@ Instance state
     quantized output is needed before ``calibrate``. ``attrs`` override ``self.attrs`` for
     this call only.
 
-Integer math goes through an executor (``fhequant.quantized.ops.executors``): the clear one
-outside tracing, the tracing one (concrete.fhe calls) when an input is a concrete Tracer or
-when selected with ``use_executor``.
+Integer math goes through an executor (``fhequant.quantized.exec``): the clear one outside
+tracing, the tracing one (concrete.fhe calls) when an input is a concrete Tracer, or the one
+forced with ``use_executor`` (e.g. with an observer of the integer nodes). The executor and
+the running op are context, never attributes set on the op: ops may run in several threads.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ from fhequant.quantization import (
     QuantizedArray,
     UniformQuantizationParameters,
 )
-from fhequant.quantized.ops.executors import Executor, executor_for, is_tracer
+from fhequant.quantized.exec import Executor, executor_for, is_tracer, routed_float_impl
 from fhequant.quantized.ops.float_specs import FloatOpSpec, float_spec
 from fhequant.quantized.ops.rounding import (
     ROUNDING_IDS,
@@ -259,7 +260,16 @@ class QuantizedOp(Serializable):
     # --- the float implementation ---------------------------------------------------------
 
     def call_impl(self, *inputs: Any, **attrs: Any) -> Any:
-        """Run the float implementation; it must give exactly one output."""
+        """Run the float implementation; it must give exactly one output.
+
+        A float implementation routed for this op (``route_float_impl``, e.g. the
+        split-independent matmul of the calibration walk) is tried first.
+        """
+        routed = routed_float_impl(self)
+        if routed is not None:
+            out = routed(*inputs, **attrs)
+            if out is not NotImplemented:
+                return out
         out = self.spec().impl(*inputs, **attrs)
         if isinstance(out, tuple):
             if len(out) != 1:
@@ -601,12 +611,12 @@ class QuantizedMixingOp(QuantizedOp):
 
     def _fusable(self, calibrate_rounding: bool) -> bool:
         """Whether the accumulator may stay inside a fused executor call: no debug tracking,
-        no rounding to calibrate and ``cnp_round`` not overridden (streamed calibration
-        records the accumulator ranges through it)."""
+        no rounding to calibrate and no observer of the rounding points (streamed
+        calibration gathers the accumulator ranges at ``cnp_round``)."""
         return (
             self.debug_value_tracker is None
             and not (calibrate_rounding and self.rounding_threshold_bits is not None)
-            and "cnp_round" not in self.__dict__
+            and not executor_for().observes_rounding
         )
 
     def _rounding(self, rounding_operation_id: str) -> tuple[int, Any]:
@@ -647,6 +657,8 @@ class QuantizedMixingOp(QuantizedOp):
             prev = self.lsbs_to_remove.get(rounding_operation_id, 0)
             self.lsbs_to_remove[rounding_operation_id] = max(prev, width - target)
         lsbs, method = self._rounding(rounding_operation_id)
+        ex = self.executor(x)
+        ex.rounding_point(self, rounding_operation_id, x)
         if lsbs > 0:
-            x = self.executor(x).round_bit_pattern(x, lsbs, method)
+            x = ex.round_bit_pattern(x, lsbs, method)
         return x

@@ -18,8 +18,8 @@ import numpy as np
 from fhequant import integer_kernels as ik
 from fhequant.errors import QuantizedOpError
 from fhequant.quantization import QuantizedArray
+from fhequant.quantized.exec import is_tracer
 from fhequant.quantized.ops.base import QuantizedMixingOp
-from fhequant.quantized.ops.executors import is_tracer
 
 __all__ = ["QuantizedConv", "QuantizedGemm", "QuantizedMatMul"]
 

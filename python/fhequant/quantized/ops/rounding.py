@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from fhequant.errors import InvalidOptionKeyError, QuantizedOpError, UnsupportedOptionError
-from fhequant.quantized.ops.executors import fhe_module
+from fhequant.quantized.exec import fhe_module
 
 __all__ = ["ROUNDING_IDS", "compute_bits_precision", "normalize_rounding_threshold_bits"]
 
