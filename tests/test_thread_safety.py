@@ -1,9 +1,9 @@
 """Several threads on one module give the sequential results; nothing is patched on an op.
 
-The executor, its observer and the running op are context variables
-(``fhequant.quantized.exec.context``), so ``bitwidth_report``, ``forward``, ``dumps`` and the
-calibration walk may run concurrently. The threads switch every few microseconds here
-(``sys.setswitchinterval``) so that their steps interleave inside each call.
+The executor, its observer, the running op and the debug tracker are context variables
+(``fhequant.quantized.exec.context``), so ``bitwidth_report``, ``forward`` (debug or not),
+``dumps`` and the calibration walk may run concurrently. The threads switch every few
+microseconds here (``sys.setswitchinterval``) so that their steps interleave inside each call.
 """
 
 from __future__ import annotations
@@ -131,6 +131,41 @@ def test_forward_while_others_report() -> None:
     for reports in results[1::2]:
         for got in reports:
             assert got == expected_report
+
+
+def _tracked(debug: dict[str, dict[str, Any]]) -> dict[tuple[str, str], list[np.ndarray]]:
+    """The debug dict's arrays: (op, key) -> the tracked integers or floats."""
+    out = {}
+    for op, values in debug.items():
+        for key, value in values.items():
+            items = value if isinstance(value, list) else [value]
+            out[(op, key)] = [np.asarray(getattr(v, "qvalues", v)) for v in items]
+    return out
+
+
+@pytest.mark.usefixtures("fast_switching")
+def test_debug_forward_while_others_forward() -> None:
+    module = _build(MLP, MLP_X, 10_000)
+    other = MLP_X[::-1] * np.float32(2)  # other values: a leak would show
+    expected_y, expected_debug = module.forward(MLP_X, debug=True)
+    expected = _tracked(expected_debug)
+    assert any(key == "accumulator" for _, key in expected)
+    plain_y = module.forward(other)
+    debug = _repeat(lambda: module.forward(MLP_X, debug=True), 10)
+    plain = _repeat(lambda: module.forward(other), 10)
+    results = _run_threads([debug, plain, debug, plain])
+    _no_errors(results)
+    for runs in results[0::2]:
+        for y, tracked in runs:
+            np.testing.assert_array_equal(y, expected_y)
+            got = _tracked(tracked)
+            assert got.keys() == expected.keys()
+            for key, arrays in expected.items():
+                for a, b in zip(got[key], arrays, strict=True):
+                    np.testing.assert_array_equal(a, b)
+    for runs in results[1::2]:
+        for y in runs:
+            np.testing.assert_array_equal(y, plain_y)
 
 
 @pytest.mark.usefixtures("fast_switching")

@@ -29,7 +29,7 @@ from fhequant.errors import (
 )
 from fhequant.quantization import QuantizedArray, UniformQuantizer
 from fhequant.quantization.quantizer import is_tracer
-from fhequant.quantized.exec import run_op
+from fhequant.quantized.exec import run_op, track_values
 
 __all__ = ["FheMode", "QuantizedModule"]
 
@@ -329,19 +329,14 @@ class QuantizedModule(serialization.Serializable):
                 defer=True,
             )
         last_use = _last_uses(self.quant_layers_dict, self.ordered_module_output_names)
-        for step, (out, (inputs, op)) in enumerate(self.quant_layers_dict.items()):
-            if tracker is not None:
-                op.debug_value_tracker = tracker
-            try:
-                # the op's integer nodes are filed under its name (context, not a patch)
+        # the tracker, the executor and the op names are context: nothing is set on the ops
+        with track_values(tracker):
+            for step, (out, (inputs, op)) in enumerate(self.quant_layers_dict.items()):
                 values[out] = run_op(out, op, *(values[i] for i in inputs))
-            finally:
-                if tracker is not None:
-                    op.debug_value_tracker = None
-            # drop what no later op reads: the memory is reused by the next ops' results
-            for name in inputs:
-                if last_use.get(name) == step:
-                    values.pop(name, None)
+                # drop what no later op reads: the memory is reused by the next ops' results
+                for name in inputs:
+                    if last_use.get(name) == step:
+                        values.pop(name, None)
         outputs = tuple(
             v.qvalues if isinstance(v, QuantizedArray) else v
             for v in (values[n] for n in self.ordered_module_output_names)

@@ -6,8 +6,8 @@
   :class:`TracingBackend` (``concrete.fhe``);
 * :mod:`.observers`: :class:`RecordingObserver` (bit-width report), :class:`HintingObserver`
   (worst-case compile), :class:`RoundingRangeObserver` (streamed rounding calibration);
-* :mod:`.context`: the forced executor, the running op and routed float implementations as
-  context variables (thread-safe; nothing is patched on an op).
+* :mod:`.context`: the forced executor, the running op, the debug value tracker and routed
+  float implementations as context variables (thread-safe; nothing is patched on an op).
 
 This package imports only numpy and the integer kernels; ``fhequant.fhe`` configures it.
 """
@@ -22,6 +22,8 @@ from fhequant.quantized.exec.context import (
     route_float_impl,
     routed_float_impl,
     run_op,
+    track_values,
+    tracked_values,
     use_executor,
 )
 from fhequant.quantized.exec.executor import CLEAR, PRIMITIVES, TRACING, Executor, executor_for
@@ -59,6 +61,8 @@ __all__ = [
     "route_float_impl",
     "routed_float_impl",
     "run_op",
+    "track_values",
+    "tracked_values",
     "type_range",
     "use_executor",
 ]

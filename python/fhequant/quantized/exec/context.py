@@ -6,6 +6,8 @@ Three things vary from one call of an op to the next and are read deep inside it
   streamed rounding calibration), else picked from the operands by ``executor_for``;
 * the name of the op being run: :func:`run_op` (the module's forward and the bit-width
   analysis) sets it, and every integer node an observer sees is filed under it;
+* the debug forward's value tracker: :func:`track_values` (``forward(debug=True)``); ops
+  read it through ``QuantizedOp._value_tracker``;
 * a float implementation routed for one op: :func:`route_float_impl` (the calibration walk
   uses it for split-independent matmuls, SPEC decision 4); ``QuantizedOp.call_impl`` asks
   :func:`routed_float_impl`.
@@ -29,6 +31,8 @@ __all__ = [
     "route_float_impl",
     "routed_float_impl",
     "run_op",
+    "track_values",
+    "tracked_values",
     "use_executor",
 ]
 
@@ -39,6 +43,9 @@ _FORCED: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "fhequant_forced_executor", default=None
 )
 _OP: contextvars.ContextVar[str] = contextvars.ContextVar("fhequant_current_op", default=MODULE)
+_TRACKER: contextvars.ContextVar[dict[str, dict[str, Any]] | None] = contextvars.ContextVar(
+    "fhequant_value_tracker", default=None
+)
 _FLOAT_IMPL: contextvars.ContextVar[tuple[Any, Callable[..., Any]] | None] = contextvars.ContextVar(
     "fhequant_routed_float_impl", default=None
 )
@@ -103,6 +110,22 @@ def run_op(name: str, op: Any, *args: Any, **kwargs: Any) -> Any:
     if observer is not None:
         observer.op_output(name, result)
     return result
+
+
+@contextlib.contextmanager
+def track_values(tracker: dict[str, dict[str, Any]] | None) -> Iterator[None]:
+    """Inside the ``with`` block, the ops store their prepared inputs and accumulators in
+    ``tracker`` (op instance name -> key -> value); None tracks nothing."""
+    token = _TRACKER.set(tracker)
+    try:
+        yield
+    finally:
+        _TRACKER.reset(token)
+
+
+def tracked_values() -> dict[str, dict[str, Any]] | None:
+    """The tracker set by :func:`track_values`, or None."""
+    return _TRACKER.get()
 
 
 @contextlib.contextmanager

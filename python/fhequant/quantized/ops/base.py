@@ -33,7 +33,8 @@ Instance state
     slot index (int, constants included) of each input it had to re-quantize with QAT
     options, §4.5), ``debug_value_tracker`` (None or a
     dict: when set, q_impl stores its prepared inputs and, for mixing ops, the integer
-    accumulator under ``debug_value_tracker[op_instance_name]``).
+    accumulator under ``debug_value_tracker[op_instance_name]``; the debug forward passes its
+    tracker as context instead, ``fhequant.quantized.exec.track_values``).
 
 ``can_fuse() -> bool``
     True when the op is a float TLU of a single encrypted tensor; such an op takes
@@ -78,7 +79,13 @@ from fhequant.quantization import (
     QuantizedArray,
     UniformQuantizationParameters,
 )
-from fhequant.quantized.exec import Executor, executor_for, is_tracer, routed_float_impl
+from fhequant.quantized.exec import (
+    Executor,
+    executor_for,
+    is_tracer,
+    routed_float_impl,
+    tracked_values,
+)
 from fhequant.quantized.ops.float_specs import FloatOpSpec, float_spec
 from fhequant.quantized.ops.rounding import (
     ROUNDING_IDS,
@@ -358,7 +365,7 @@ class QuantizedOp(Serializable):
             opts.is_equal(qz.quant_options, ignore_sign_qat=True) or qz.is_precomputed_qat
         ):
             # the op only reads the integers: share them unless the debug tracker keeps them
-            return quantized_values_copy(inp, copy_values=self.debug_value_tracker is not None)
+            return quantized_values_copy(inp, copy_values=self._value_tracker() is not None)
         if (
             opts.is_qat
             and self.error_tracker is not None
@@ -376,9 +383,16 @@ class QuantizedOp(Serializable):
             copy_values=False,
         )
 
+    def _value_tracker(self) -> dict[str, dict[str, Any]] | None:
+        """The debug forward's tracker (context, ``track_values``), else
+        ``debug_value_tracker``."""
+        tracker = tracked_values()
+        return tracker if tracker is not None else self.debug_value_tracker
+
     def _track(self, key: str, value: Any) -> None:
-        if self.debug_value_tracker is not None:
-            self.debug_value_tracker.setdefault(self.op_instance_name, {})[key] = value
+        tracker = self._value_tracker()
+        if tracker is not None:
+            tracker.setdefault(self.op_instance_name, {})[key] = value
 
     # --- calibration and inference --------------------------------------------------------
 
@@ -614,7 +628,7 @@ class QuantizedMixingOp(QuantizedOp):
         no rounding to calibrate and no observer of the rounding points (streamed
         calibration gathers the accumulator ranges at ``cnp_round``)."""
         return (
-            self.debug_value_tracker is None
+            self._value_tracker() is None
             and not (calibrate_rounding and self.rounding_threshold_bits is not None)
             and not executor_for().observes_rounding
         )

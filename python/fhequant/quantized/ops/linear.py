@@ -136,7 +136,7 @@ class QuantizedGemm(QuantizedMixingOp):
             out_zp = sum_w - final
             if q_bias is not None:
                 out_zp = out_zp + _values(q_bias) / (-m)
-            owned = type(acc) is np.ndarray and self.debug_value_tracker is None
+            owned = type(acc) is np.ndarray and self._value_tracker() is None
             return self.make_raw_accumulator_array(acc, m, out_zp, owned=owned)
 
         if _is_qat_bias(q_bias):
