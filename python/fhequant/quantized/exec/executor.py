@@ -114,6 +114,10 @@ class Executor:
         backend: ClearBackend or TracingBackend (the leaves).
         observer: None, or an observer of the nodes (RecordingObserver, HintingObserver,
             RoundingRangeObserver).
+
+    ``name`` is the backend's ("clear", "tracing"), or the observer's when there is one
+    ("recording", "hinting", "rounding"): ops trace a float function as an explicit
+    ``fhe.univariate`` only on the plain "tracing" executor (``QuantizedOp._float_tlu``).
     """
 
     def __init__(self, backend: Any, observer: Observer | None = None) -> None:
