@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fhequant import errors, serialization
+from fhequant._concrete import preserve_exit_status
 from fhequant._core import __version__
 from fhequant.quantization import (
     STABILITY_CONST,
@@ -34,5 +35,6 @@ __all__ = [
     "compile_torch_model",
     "errors",
     "fill_from_kwargs",
+    "preserve_exit_status",
     "serialization",
 ]

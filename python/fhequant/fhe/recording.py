@@ -24,7 +24,12 @@ from typing import Any
 import numpy as np
 
 from fhequant import integer_kernels as ik
-from fhequant.quantized.ops.executors import ClearExecutor, TracingExecutor, use_executor
+from fhequant.quantized.ops.executors import (
+    ClearExecutor,
+    TracingExecutor,
+    fhe_module,
+    use_executor,
+)
 
 __all__ = [
     "MAX_TLU_BIT_WIDTH",
@@ -371,7 +376,7 @@ class HintingExecutor(TracingExecutor):
 
     def hint(self, label: str, x: Any) -> Any:
         """Hint the node x with the worst-case range recorded for it."""
-        from concrete import fhe
+        fhe = fhe_module()
 
         k = self._count.get((self.op, label), 0)
         self._count[(self.op, label)] = k + 1
@@ -405,7 +410,7 @@ class HintingExecutor(TracingExecutor):
         group: int,
         z_w: Any = 0,
     ) -> Any:
-        from concrete import fhe
+        fhe = fhe_module()
 
         x_pad = self.pad(x, pads, pad_value)
         st = tuple(int(s) for s in strides)

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from fhequant import integer_kernels as ik
+from fhequant._concrete import fhe_module
 
 __all__ = [
     "CLEAR",
@@ -40,15 +40,6 @@ __all__ = [
     "is_tracer",
     "use_executor",
 ]
-
-
-def fhe_module() -> Any:
-    """``concrete.fhe``, imported with its pkg_resources deprecation warnings silenced."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-        from concrete import fhe
-    return fhe
 
 
 def is_tracer(x: Any) -> bool:
