@@ -27,6 +27,7 @@ import numpy as np
 
 from fhequant import _core
 from fhequant.errors import FhequantError
+from fhequant.kernels import quant as _kernels
 
 __all__ = ["ENABLED", "fused_statistics"]
 
@@ -147,8 +148,6 @@ def _block_extremes(cal: Any, plan: _Plan, name: str, b: int) -> tuple[Any, Any,
 def _block_input(cal: Any, name: str, b: int) -> tuple[np.ndarray, tuple[float, float] | None]:
     """The stored integers with their (scale, zero_point) when the materialised pass would
     dequantize them with the native kernel, else the float block it would read."""
-    from fhequant.quantization import _kernels
-
     narrow = cal.narrow_stored_block(name, b)
     if narrow is not None:
         stored, q = narrow

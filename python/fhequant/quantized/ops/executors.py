@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from fhequant import integer_kernels as ik
+from fhequant import kernels as ik
 
 __all__ = [
     "CLEAR",
