@@ -1,11 +1,16 @@
-"""Integer kernels of the quantized ops, with numpy semantics: the facade of the native core.
+"""The kernels, with numpy semantics: the facade of the native core (the lowest layer).
 
-Every kernel has one dispatch point, the name this package exports (defined in
-``kernels/{gemm,conv,pool,rounding,bounds}.py``), and a ``*_reference`` twin in plain numpy in
-:mod:`fhequant.kernels.reference`: the twin *is* the specification (SPEC.md §2.4, §3.1, §3.2,
-§3.6, §7) and the property tests check the dispatched version against it exactly. A kernel
-falls back to its twin only for the operands the core does not take (documented per module).
-Ops call the names of this package. All integer inputs are cast to int64
+* the integer kernels of the quantized ops (this package's names, defined in
+  ``kernels/{gemm,conv,pool,rounding,bounds}.py``);
+* the split-independent float matmul of calibration (``kernels/float_matmul.py``);
+* the quantization kernels of the quantizers (``kernels/quant.py``: quantize, dequantize,
+  min/max, rounded unique values).
+
+Every kernel has one dispatch point and a ``*_reference`` twin in plain numpy in
+:mod:`fhequant.kernels.reference`: the twin *is* the specification (SPEC.md §0, §1, §2.4,
+§3.1, §3.2, §3.6, §7) and the property tests check the dispatched version against it exactly.
+A kernel falls back to its twin only for the operands the core does not take (documented per
+module). Ops call the names of this package. All integer inputs are cast to int64
 (non-integer dtypes raise DTypeError); zero points must be integer scalars.
 
 Stable API (used by the PTQ ops):
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 from fhequant.kernels.bounds import conv_bounds, gemm_bounds, window_sum_bounds
 from fhequant.kernels.conv import integer_conv, integer_conv_rescale
+from fhequant.kernels.float_matmul import sequential_matmul
 from fhequant.kernels.gemm import integer_gemm, integer_gemm_rescale
 from fhequant.kernels.pool import unfold, window_max, window_sum
 from fhequant.kernels.reference._operands import ceil_mode_extension
@@ -55,6 +61,7 @@ __all__ = [
     "integer_gemm",
     "integer_gemm_rescale",
     "round_bit_pattern",
+    "sequential_matmul",
     "unfold",
     "window_max",
     "window_sum",

@@ -28,6 +28,8 @@ import numpy as np
 from fhequant import _core
 from fhequant.errors import FhequantError
 from fhequant.kernels import quant as _kernels
+from fhequant.onnx.ops._spatial import per_axis, resolve_pads
+from fhequant.quantized.graph import _native_conv_fits
 
 __all__ = ["ENABLED", "fused_statistics"]
 
@@ -258,9 +260,6 @@ def _matmul_extremes(
 def _conv_extremes(
     plan: _Plan, x: np.ndarray, dequant: tuple[float, float] | None
 ) -> tuple[float, float, bool] | None:
-    from fhequant.onnx.ops._spatial import per_axis, resolve_pads
-    from fhequant.quantized.graph import _native_conv_fits
-
     w = plan.weight
     if x.ndim != w.ndim or x.size == 0:
         return None
