@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from fhequant import integer_kernels as ik
+from fhequant import kernels as ik
 from fhequant.quantized.ops.executors import (
     ClearExecutor,
     TracingExecutor,

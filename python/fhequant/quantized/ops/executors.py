@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fhequant import integer_kernels as ik
+from fhequant import kernels as ik
 from fhequant._concrete import fhe_module
 
 __all__ = [
