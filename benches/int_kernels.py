@@ -26,7 +26,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from fhequant import _core
-from fhequant import integer_kernels as ik
+from fhequant import kernels as ik
 
 # Zero points of the conv benchmark.
 Z_X, Z_W = 17, 3

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fhequant.quantization import _kernels as kern
+from fhequant.kernels import quant as kern
 
 N_BITS = 8
 

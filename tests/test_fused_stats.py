@@ -25,8 +25,8 @@ from fhequant.errors import (
     QuantizationError,
     ShapeError,
 )
+from fhequant.kernels.reference.float_matmul import matmul_sequential_reference
 from fhequant.quantized import calibration, fused_stats, graph
-from fhequant.quantized.float_matmul import matmul_sequential_reference
 from ptq_helpers import cnn, make_model, mlp
 
 _INTS = (np.int8, np.int16, np.int32)

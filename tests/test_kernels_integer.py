@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fhequant import _core
-from fhequant import integer_kernels as ik
+from fhequant import kernels as ik
 from fhequant.errors import (
     DTypeError,
     OverflowRiskError,
@@ -18,6 +18,9 @@ from fhequant.errors import (
     QuantizedOpError,
     ShapeError,
 )
+from fhequant.kernels import conv as conv_dispatch
+from fhequant.kernels import gemm as gemm_dispatch
+from fhequant.kernels import reference as spec
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -67,13 +70,13 @@ def gemm_case(draw: Any) -> tuple[np.ndarray, np.ndarray, int, int]:
 @given(gemm_case())
 def test_gemm_matches_reference(case: tuple[np.ndarray, np.ndarray, int, int]) -> None:
     x, w, z_x, z_w = case
-    _equal(ik.integer_gemm(x, w, z_x, z_w), ik.integer_gemm_reference(x, w, z_x, z_w))
+    _equal(ik.integer_gemm(x, w, z_x, z_w), spec.integer_gemm_reference(x, w, z_x, z_w))
 
 
 def test_gemm_vector_input_and_dtypes() -> None:
     x = np.arange(5, dtype=np.uint8)
     w = np.arange(15, dtype=np.int16).reshape(5, 3) - 7
-    got, want = ik.integer_gemm(x, w, 2, 3), ik.integer_gemm_reference(x, w, 2, 3)
+    got, want = ik.integer_gemm(x, w, 2, 3), spec.integer_gemm_reference(x, w, 2, 3)
     _equal(got, want)
     assert got[0].shape == (3,) and got[1].shape == (1, 3)
     with pytest.raises(DTypeError, match="Gemm"):
@@ -102,7 +105,7 @@ def test_gemm_equals_the_float_formula(case: tuple[np.ndarray, np.ndarray, int, 
 def test_gemm_overflow_names_operands_and_bits() -> None:
     x = np.full((2, 64), 2**40, dtype=np.int64)
     w = np.full((64, 3), -(2**20), dtype=np.int64)
-    for fn in (ik.integer_gemm, ik.integer_gemm_reference):
+    for fn in (ik.integer_gemm, spec.integer_gemm_reference):
         with pytest.raises(OverflowRiskError, match=r"fc1.*uint41.*int21"):
             fn(x, w, 0, 0, name="fc1")
     # The largest accumulator that fits is computed exactly (i64 strategy).
@@ -143,7 +146,7 @@ def conv_case(draw: Any) -> dict[str, Any]:
 @SETTINGS
 @given(conv_case())
 def test_conv_matches_reference(case: dict[str, Any]) -> None:
-    _equal(ik.integer_conv(**case), ik.integer_conv_reference(**case))
+    _equal(ik.integer_conv(**case), spec.integer_conv_reference(**case))
 
 
 def _float_conv(x: np.ndarray, w: np.ndarray, strides: list[int], pads: list[int], group: int):
@@ -207,14 +210,14 @@ def pool_case(draw: Any) -> dict[str, Any]:
 def test_window_sum_matches_reference(case: dict[str, Any], ceil_mode: int) -> None:
     _equal(
         (ik.window_sum(**case, ceil_mode=ceil_mode),),
-        (ik.window_sum_reference(**case, ceil_mode=ceil_mode),),
+        (spec.window_sum_reference(**case, ceil_mode=ceil_mode),),
     )
 
 
 @SETTINGS
 @given(pool_case())
 def test_window_max_matches_reference(case: dict[str, Any]) -> None:
-    _equal((ik.window_max(**case),), (ik.window_max_reference(**case),))
+    _equal((ik.window_max(**case),), (spec.window_max_reference(**case),))
 
 
 @SETTINGS
@@ -229,7 +232,7 @@ def test_unfold_matches_reference(case: dict[str, Any]) -> None:
             "pads": [0, pb, 0, pe],
             "z_x": case["z_x"],
         }
-    _equal((ik.unfold(**case),), (ik.unfold_reference(**case),))
+    _equal((ik.unfold(**case),), (spec.unfold_reference(**case),))
 
 
 def test_unfold_uses_torch_order() -> None:
@@ -263,7 +266,7 @@ def test_conv_errors() -> None:
     with pytest.raises(QuantizedOpError, match="z_x"):
         ik.integer_conv(x, w[:, :2], np.array([1, 2]), group=2)
     big = np.full((1, 1, 3, 3), 2**40, dtype=np.int64)
-    for fn in (ik.integer_conv, ik.integer_conv_reference):
+    for fn in (ik.integer_conv, spec.integer_conv_reference):
         with pytest.raises(OverflowRiskError, match=r"conv2.*uint41.*int26"):
             fn(big, np.full((1, 1, 3, 3), -(2**25), dtype=np.int64), name="conv2")
 
@@ -279,7 +282,7 @@ def test_conv_errors() -> None:
 def test_round_bit_pattern_matches_reference(values: list[int], lsbs: int) -> None:
     x = np.array(values, dtype=np.int64).reshape(-1, 1)[::-1]
     got = ik.round_bit_pattern(x, lsbs)
-    _equal((got,), (ik.round_bit_pattern_reference(x, lsbs),))
+    _equal((got,), (spec.round_bit_pattern_reference(x, lsbs),))
     if lsbs > 0:
         step = 2**lsbs
         for v, r in zip(x.ravel().tolist(), got.ravel().tolist(), strict=True):
@@ -303,7 +306,7 @@ def test_bit_width_matches_concrete(a: int, span: int) -> None:
 
     lo, hi = a, a + span
     want = Integer.that_can_represent(np.array([lo, hi], dtype=np.int64))
-    assert ik.bit_width(lo, hi) == ik.bit_width_reference(lo, hi) == want.bit_width
+    assert ik.bit_width(lo, hi) == spec.bit_width_reference(lo, hi) == want.bit_width
     assert (lo < 0) == want.is_signed
 
 
@@ -333,7 +336,7 @@ def test_gemm_bounds_hold_and_are_attained(
     _, w, _, z_w = case
     x_lo, x_hi = rng_box
     lo, hi = ik.gemm_bounds(w, z_w, x_lo, x_hi, lsbs)
-    _equal((lo, hi), ik.gemm_bounds_reference(w, z_w, x_lo, x_hi, lsbs))
+    _equal((lo, hi), spec.gemm_bounds_reference(w, z_w, x_lo, x_hi, lsbs))
     raw_lo, raw_hi = ik.gemm_bounds(w, z_w, x_lo, x_hi)
     k, n = w.shape[-2:]
     # Random inputs in the box never leave the bounds, before or after rounding.
@@ -378,7 +381,7 @@ def test_conv_bounds_hold_and_are_attained(
     geo = {"strides": case["strides"], "pads": case["pads"]}
     w, z_w, z_x = case["q_w"], case["z_w"], case["z_x"]
     lo, hi = ik.conv_bounds(w, z_w, x_lo, x_hi, spatial, z_x, lsbs=lsbs, **geo)
-    ref = ik.conv_bounds_reference(w, z_w, x_lo, x_hi, spatial, z_x, lsbs=lsbs, **geo)
+    ref = spec.conv_bounds_reference(w, z_w, x_lo, x_hi, spatial, z_x, lsbs=lsbs, **geo)
     _equal((lo, hi), ref)
     raw_lo, raw_hi = ik.conv_bounds(w, z_w, x_lo, x_hi, spatial, z_x, **geo)
 
@@ -436,7 +439,7 @@ def test_window_sum_bounds_hold_and_are_attained(
     spatial = case["q_x"].shape[2:]
     args = (geo["kernel_shape"], spatial, case["z_x"], x_lo, x_hi, geo["strides"], geo["pads"])
     lo, hi = ik.window_sum_bounds(*args, ceil_mode=ceil_mode, lsbs=lsbs)
-    assert (lo, hi) == ik.window_sum_bounds_reference(*args, ceil_mode=ceil_mode, lsbs=lsbs)
+    assert (lo, hi) == spec.window_sum_bounds_reference(*args, ceil_mode=ceil_mode, lsbs=lsbs)
     raw = ik.window_sum_bounds(*args, ceil_mode=ceil_mode)
     shape = (1, 1, *spatial)
     sums = [
@@ -468,10 +471,10 @@ def test_ceil_mode_window_sums_match_torch_avg_pool() -> None:
 
 def test_window_sum_overflow_and_max_never_overflows() -> None:
     x = np.full((1, 1, 3, 3), 2**62 - 1, dtype=np.int64)
-    for fn in (ik.window_sum, ik.window_sum_reference):
+    for fn in (ik.window_sum, spec.window_sum_reference):
         with pytest.raises(OverflowRiskError, match=r"pool1.*uint62"):
             fn(x, (2, 2), None, None, 0, name="pool1")
-    for fn in (ik.window_max, ik.window_max_reference):
+    for fn in (ik.window_max, spec.window_max_reference):
         np.testing.assert_array_equal(
             fn(x, (2, 2), None, None, 0), np.full((1, 1, 2, 2), 2**62 - 1)
         )
@@ -486,7 +489,7 @@ def test_gemm_of_empty_operands_matches_reference(
     a = np.zeros(a_shape, dtype=np.int64)
     w = np.arange(int(np.prod(w_shape)), dtype=np.int64).reshape(w_shape)
     acc, sums = ik.integer_gemm(a, w, 2, 1)
-    want_acc, want_sums = ik.integer_gemm_reference(a, w, 2, 1)
+    want_acc, want_sums = spec.integer_gemm_reference(a, w, 2, 1)
     assert acc.shape == want_acc.shape and sums.shape == want_sums.shape
     np.testing.assert_array_equal(acc, want_acc)
     np.testing.assert_array_equal(sums, want_sums)
@@ -497,7 +500,7 @@ def test_gemm_of_a_broadcast_input_matches_reference() -> None:
     a = np.broadcast_to(np.arange(4, dtype=np.int64), (3, 4))
     w = np.arange(8, dtype=np.int64).reshape(4, 2) - 3
     np.testing.assert_array_equal(
-        ik.integer_gemm(a, w, 1, 2)[0], ik.integer_gemm_reference(a, w, 1, 2)[0]
+        ik.integer_gemm(a, w, 1, 2)[0], spec.integer_gemm_reference(a, w, 1, 2)[0]
     )
 
 
@@ -529,10 +532,10 @@ def small_operands_case(draw: Any) -> dict[str, Any]:
 @given(small_operands_case())
 def test_u8i8_limits_match_the_reference(case: dict[str, Any]) -> None:
     a, w, z_w = case["a"], case["w"], case["z_w"]
-    _equal(ik.integer_gemm(a, w, 0, z_w), ik.integer_gemm_reference(a, w, 0, z_w))
+    _equal(ik.integer_gemm(a, w, 0, z_w), spec.integer_gemm_reference(a, w, 0, z_w))
     sub, mul = np.arange(w.shape[1]) * 0.5, np.linspace(1e-3, 2.0, w.shape[1])
     args = (a, w, z_w, 2, 1.25, sub, mul, None)
-    _bits_equal(ik.integer_gemm_rescale(*args), ik.integer_gemm_rescale_reference(*args))
+    _bits_equal(ik.integer_gemm_rescale(*args), spec.integer_gemm_rescale_reference(*args))
     strategy, s, t = _core.int_matmul_plan(a[None], w[None], z_w)
     a_span, c_span = case["spans"]
     fits = a_span <= 255 and c_span <= 255
@@ -545,7 +548,7 @@ def test_u8i8_is_selected_for_small_operands_and_switchable() -> None:
     rng = np.random.default_rng(5)
     a = rng.integers(0, 63, size=(1, 200, 128), endpoint=True)
     w = rng.integers(-127, 127, size=(1, 128, 40), endpoint=True)
-    want = ik.integer_gemm_reference(a[0], w[0], 0, 3)[0]
+    want = spec.integer_gemm_reference(a[0], w[0], 0, 3)[0]
     vnni = _core.int_vnni()  # False only on CPUs without AVX-512 VNNI
     try:
         assert _core.int_matmul_plan(a, w, 3)[0] == ("u8i8" if vnni else "f32")
@@ -606,7 +609,7 @@ def small_conv_case(draw: Any) -> dict[str, Any]:
 @SETTINGS
 @given(small_conv_case())
 def test_u8i8_conv_limits_match_the_reference(case: dict[str, Any]) -> None:
-    want = ik.integer_conv_reference(**case)
+    want = spec.integer_conv_reference(**case)
     _equal(ik.integer_conv(**case), want)
     vnni = _core.int_vnni()
     try:
@@ -674,14 +677,14 @@ def rescale_case(draw: Any) -> dict[str, Any]:
 @SETTINGS
 @given(rescale_case())
 def test_gemm_rescale_matches_reference_bit_for_bit(case: dict[str, Any]) -> None:
-    _bits_equal(ik.integer_gemm_rescale(**case), ik.integer_gemm_rescale_reference(**case))
+    _bits_equal(ik.integer_gemm_rescale(**case), spec.integer_gemm_rescale_reference(**case))
 
 
 @SETTINGS
 @given(rescale_case())
 def test_gemm_rescale_reference_is_the_unfused_op_steps(case: dict[str, Any]) -> None:
     """The reference is integer_gemm, round_bit_pattern, then four float64 ufuncs."""
-    acc = ik.integer_gemm_reference(case["q_x"], case["q_w"], 0, case["z_w"])[0]
+    acc = spec.integer_gemm_reference(case["q_x"], case["q_w"], 0, case["z_w"])[0]
     acc = ik.round_bit_pattern(acc, case["lsbs"])
     v = acc.astype(np.float64)
     v = np.add(v, case["offset"])
@@ -698,8 +701,8 @@ def test_gemm_rescale_runs_natively_for_the_op_operands(monkeypatch: pytest.Monk
 
     x = np.arange(60, dtype=np.int64).reshape(2, 10, 3) % 7
     w = np.arange(12, dtype=np.int64).reshape(3, 4) - 6
-    want = ik.integer_gemm_rescale_reference(x, w, 2, 1, 6, w.sum(0, keepdims=True), 0.1, None)
-    monkeypatch.setattr(ik, "integer_gemm_rescale_reference", no_fallback)
+    want = spec.integer_gemm_rescale_reference(x, w, 2, 1, 6, w.sum(0, keepdims=True), 0.1, None)
+    monkeypatch.setattr(gemm_dispatch, "integer_gemm_rescale_reference", no_fallback)
     got = ik.integer_gemm_rescale(x, w, 2, 1, 6, w.sum(0, keepdims=True), 0.1, None)
     _bits_equal(got, want)
 
@@ -718,7 +721,7 @@ def test_gemm_rescale_falls_back_for_other_operands() -> None:
     ]
     for extra in cases:
         case = {**args, **extra}
-        got, want = ik.integer_gemm_rescale(**case), ik.integer_gemm_rescale_reference(**case)
+        got, want = ik.integer_gemm_rescale(**case), spec.integer_gemm_rescale_reference(**case)
         assert got.dtype == want.dtype and got.shape == want.shape
         np.testing.assert_array_equal(got, want)
 
@@ -727,7 +730,7 @@ def test_gemm_rescale_errors_are_typed() -> None:
     x = np.full((2, 64), 2**40, dtype=np.int64)
     w = np.full((64, 3), -(2**20), dtype=np.int64)
     ones = np.ones(3)
-    for fn in (ik.integer_gemm_rescale, ik.integer_gemm_rescale_reference):
+    for fn in (ik.integer_gemm_rescale, spec.integer_gemm_rescale_reference):
         with pytest.raises(OverflowRiskError, match=r"fc1.*uint41.*int21"):
             fn(x, w, 0, 0, 0, ones, ones, None, name="fc1")
         # rounding an accumulator next to the int64 maximum up leaves int64
@@ -792,7 +795,7 @@ def _conv_rescale_or_error(fn: Any, case: dict[str, Any]) -> Any:
 @given(conv_rescale_case())
 def test_conv_rescale_matches_reference_bit_for_bit(case: dict[str, Any]) -> None:
     got = _conv_rescale_or_error(ik.integer_conv_rescale, case)
-    want = _conv_rescale_or_error(ik.integer_conv_rescale_reference, case)
+    want = _conv_rescale_or_error(spec.integer_conv_rescale_reference, case)
     if isinstance(want, type):
         assert got is want
     else:
@@ -804,14 +807,16 @@ def test_conv_rescale_matches_reference_bit_for_bit(case: dict[str, Any]) -> Non
 def test_conv_rescale_reference_is_the_unfused_op_steps(case: dict[str, Any]) -> None:
     """The reference is integer_conv, round_bit_pattern, then four float64 ufuncs."""
     geometry = {k: case[k] for k in ("strides", "pads", "group")}
-    acc = ik.integer_conv_reference(case["q_x"], case["q_w"], case["z_x"], case["z_w"], **geometry)
+    acc = spec.integer_conv_reference(
+        case["q_x"], case["q_w"], case["z_x"], case["z_w"], **geometry
+    )
     v = ik.round_bit_pattern(acc[0], case["lsbs"]).astype(np.float64)
     v = np.add(v, case["offset"])
     v = np.subtract(v, case["sub"])
     v = np.multiply(case["mul"], v)
     if case["add"] is not None:
         v = np.add(v, case["add"])
-    got = _conv_rescale_or_error(ik.integer_conv_rescale_reference, case)
+    got = _conv_rescale_or_error(spec.integer_conv_rescale_reference, case)
     if not isinstance(got, type):
         _bits_equal(got, v)
 
@@ -827,8 +832,8 @@ def test_conv_rescale_runs_natively_for_the_op_operands(monkeypatch: pytest.Monk
     bias = np.linspace(-1, 1, 4).reshape(1, 4, 1, 1)
     args = (x, w, 2, 1, 3, 24, sub, mul, bias)
     geometry = {"strides": (2, 1), "pads": (1, 0, 1, 1)}
-    want = ik.integer_conv_rescale_reference(*args, **geometry)
-    monkeypatch.setattr(ik, "integer_conv_rescale_reference", no_fallback)
+    want = spec.integer_conv_rescale_reference(*args, **geometry)
+    monkeypatch.setattr(conv_dispatch, "integer_conv_rescale_reference", no_fallback)
     _bits_equal(ik.integer_conv_rescale(*args, **geometry), want)
 
 
@@ -836,7 +841,7 @@ def test_conv_rescale_errors_are_typed() -> None:
     ones = np.ones((1, 1, 1, 1))
     big = np.full((1, 1, 3, 3), 2**40, dtype=np.int64)
     w = np.full((1, 1, 3, 3), -(2**25), dtype=np.int64)
-    for fn in (ik.integer_conv_rescale, ik.integer_conv_rescale_reference):
+    for fn in (ik.integer_conv_rescale, spec.integer_conv_rescale_reference):
         with pytest.raises(OverflowRiskError, match=r"conv2.*uint41.*int26"):
             fn(big, w, 0, 0, 0, 0, ones, ones, name="conv2")
         edge = np.full((1, 1, 1, 1), 2**63 - 4, dtype=np.int64)

@@ -12,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 
 from fhequant import _core
 from fhequant.errors import DTypeError, EmptyTensorError, NonFiniteError
-from fhequant.quantization import _kernels as kern
+from fhequant.kernels import quant as kern
 
 FLOAT_DTYPES = [np.float32, np.float64]
 OUT_DTYPES = [np.int64, np.int32, np.float32, np.float64]

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from fhequant import build_quantized_module
 from fhequant.errors import GraphInputError, NonFiniteError
+from fhequant.kernels.float_matmul import sequential_matmul
+from fhequant.kernels.reference.float_matmul import matmul_sequential_reference
 from fhequant.quantized import calibration
-from fhequant.quantized.float_matmul import matmul_sequential_reference, sequential_matmul
 from fhequant.quantized.percentile import TailSelector, percentile_from_tails
 from fhequant.quantized.streaming import TensorStore, iter_row_blocks, normalize_calibration_data
 from ptq_helpers import assert_same_module, cnn, mlp

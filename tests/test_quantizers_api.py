@@ -17,7 +17,8 @@ from fhequant import (
     errors,
     fill_from_kwargs,
 )
-from fhequant.quantization import _kernels, quantized_array
+from fhequant.kernels import quant as _kernels
+from fhequant.quantization import quantized_array
 
 
 def _doc_values() -> np.ndarray:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from fhequant.fhe.demo import run_demo
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fhequant`` console script.
@@ -37,8 +39,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.samples < 0:
         parser.error("--samples must be >= 0")
-    from fhequant.fhe.demo import run_demo
-
     run_demo(samples=args.samples, hidden=args.hidden)
     return 0
 

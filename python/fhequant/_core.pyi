@@ -40,7 +40,7 @@ __version__: str
 
 def _raise_kernel_error(variant: str, context: str | None = None) -> None: ...
 
-# --- quantization kernels (kernels::quant); called by fhequant.quantization._kernels ---
+# --- quantization kernels (kernels::quant); called by fhequant.kernels.quant ----------
 def quantize(
     values: NDArray[Any],
     scale: float,
@@ -111,7 +111,7 @@ def conv2d_extremes_f64(
 ) -> tuple[float, float, bool]: ...
 
 # --- end float kernels ---
-# --- integer kernels (rust-integer): see fhequant.integer_kernels -------------------------
+# --- integer kernels (rust-integer): see fhequant.kernels --------------------------------
 
 _I64 = npt.NDArray[np.int64]
 

@@ -166,9 +166,9 @@ def _is_exactness(value: Any) -> bool:
 
 
 def _load_exactness(value: Any, _dtype: str | None) -> Any:
-    from concrete.fhe import Exactness
+    from fhequant._concrete import fhe_module
 
-    return Exactness(value)
+    return fhe_module().Exactness(value)
 
 
 def _load_numpy_array(value: Any, dtype: str | None) -> Any:

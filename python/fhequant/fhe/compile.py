@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from fhequant._concrete import fhe_module
 from fhequant.errors import ConfigurationError, GraphInputError
 
 __all__ = [
@@ -70,7 +71,7 @@ def build_configuration(
     Raises:
         ValueError: both p_error and global_p_error are given, or the configuration sets one.
     """
-    from concrete import fhe
+    fhe = fhe_module()
 
     if p_error is not None and global_p_error is not None:
         raise ConfigurationError(
@@ -217,7 +218,7 @@ MIN_ROWS_TO_REDUCE = 64
 def _batch_graph(proxy: Callable[..., Any], statuses: dict[str, str], q_inputs: Any) -> Any:
     """The fused graph traced on the whole inputset as ONE batch, its bounds measured
     (None if the forward cannot be traced that way)."""
-    from concrete import fhe
+    fhe = fhe_module()
 
     sample = q_inputs[0] if len(q_inputs) == 1 else tuple(q_inputs)
     try:
@@ -315,7 +316,7 @@ def compile_forward(
     Returns:
         The compiled ``concrete.fhe.Circuit``.
     """
-    from concrete import fhe
+    fhe = fhe_module()
 
     names = argument_names(input_names)
     statuses = encryption_statuses(names, inputs_encryption_status)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from fhequant.errors import MissingDependencyError
+from fhequant.quantized.build import build_quantized_module
 
 __all__ = ["accuracy", "load_digits_split", "measure", "run_demo", "train_mlp"]
 
@@ -116,8 +117,6 @@ def run_demo(
         The figures (accuracies in %, times in seconds, bit width, PBS count, agreement).
     """
     import torch
-
-    from fhequant.quantized.build import build_quantized_module
 
     x_train, x_test, y_train, y_test = load_digits_split()
     log(f"digits: {len(x_train)} train / {len(x_test)} test rows, 64 features")

@@ -1,7 +1,9 @@
 """QuantizedModule <-> concrete: compile, bit-width report and FHE forward (SPEC §6.2, §7).
 
 These functions hold the FHE logic of ``QuantizedModule.compile``, ``bitwidth_report`` and
-``quantized_forward(fhe="simulate"|"execute")``; the module methods only delegate here.
+``quantized_forward(fhe="simulate"|"execute")``; the module methods only delegate here,
+through the :class:`~fhequant.quantized.module.FheBackend` this module registers when it is
+imported (the quantized layer never imports this one).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from fhequant.fhe.compile import (
 )
 from fhequant.fhe.run import execute, simulate
 from fhequant.quantized.exec import use_executor
+from fhequant.quantized.module import FheBackend, register_fhe_backend
 
 __all__ = [
     "compile_inputset",
@@ -242,3 +245,8 @@ def run_module(module: Any, q_x: Sequence[Any], mode: str) -> Any:
     arrays = [np.asarray(q, dtype=np.int64) for q in q_x]
     out = simulate(circuit, *arrays) if mode == "simulate" else execute(circuit, *arrays)
     return out[0] if len(out) == 1 else out
+
+
+register_fhe_backend(
+    FheBackend(compile=compile_module, run=run_module, bitwidth_report=module_bitwidth_report)
+)

@@ -2,7 +2,9 @@
 
 The circuit is compiled for batch-1 inputs (SPEC §6.2), so a batch is cut into rows and the
 results are concatenated on axis 0. Execution generates the keys once (``circuit.keygen``
-does nothing when keys exist) and reuses them for every sample.
+does nothing when keys exist) and reuses them for every sample. Before a circuit runs,
+concrete's exit handler is removed so that the process keeps its real exit status
+(``fhequant._concrete.preserve_exit_status``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from fhequant._concrete import preserve_exit_status
 from fhequant.errors import GraphInputError
 from fhequant.fhe.compile import split_samples
 
@@ -63,6 +66,7 @@ def simulate(circuit: Any, *q_inputs: np.ndarray, progress: bool = True) -> tupl
         One int64 array per circuit output.
     """
     _check_batch(q_inputs)
+    preserve_exit_status()
     samples = split_samples(q_inputs)
     crt = int(getattr(circuit, "packing_key_switch_count", 0) or 0) != 0
     p_error = getattr(getattr(circuit, "configuration", None), "p_error", None)
@@ -100,6 +104,7 @@ def execute(circuit: Any, *q_inputs: np.ndarray, progress: bool = True) -> tuple
         One int64 array per circuit output.
     """
     _check_batch(q_inputs)
+    preserve_exit_status()
     ensure_keys(circuit)
     samples = split_samples(q_inputs)
     rows = []

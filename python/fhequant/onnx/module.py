@@ -11,9 +11,10 @@ import numpy as np
 import onnx
 
 from fhequant.errors import FhequantError, GraphInputError, OnnxImportError, ShapeError
-from fhequant.onnx._proto import node_attrs, node_label, op_key
+from fhequant.onnx._proto import node_attrs, node_label, op_key, to_array
 from fhequant.onnx.preprocess import load_model, preprocess
 from fhequant.onnx.registry import ONNX_OPS, OpSpec
+from fhequant.onnx.torch_export import export_to_onnx
 
 __all__ = ["GraphNode", "NumpyModule"]
 
@@ -118,8 +119,6 @@ class NumpyModule:
         Returns:
             The NumpyModule of the exported graph.
         """
-        from fhequant.torch.export import export_to_onnx
-
         return cls(export_to_onnx(model, inputset))
 
     @property
@@ -181,8 +180,6 @@ class _Runner:
     """The executable form of one graph: nodes, liveness, input checks."""
 
     def __init__(self, model: onnx.ModelProto, inits: dict[str, np.ndarray] | None) -> None:
-        from fhequant.onnx._proto import to_array
-
         graph = model.graph
         self.inits = (
             inits if inits is not None else {t.name: to_array(t) for t in graph.initializer}

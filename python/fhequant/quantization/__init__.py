@@ -2,11 +2,13 @@
 
 These classes are bit-identical to the reference (SPEC.md §1): same integers, float bits,
 dtypes, Python-vs-numpy scalar types and JSON text.
+
+This layer sits below ``fhequant.quantized`` and never imports it; that package, once
+imported (``import fhequant`` does), also publishes its ops and modules here, as the
+reference's ``concrete.ml.quantization`` exposes them.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from fhequant.quantization.kwargs import fill_from_kwargs
 from fhequant.quantization.options import STABILITY_CONST, QuantizationOptions
@@ -26,15 +28,3 @@ __all__ = [
     "UniformQuantizer",
     "fill_from_kwargs",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    """The quantized op classes and their registry, re-exported lazily from
-    ``fhequant.quantized`` (as the reference's ``concrete.ml.quantization`` does), which
-    itself imports this package.
-    """
-    import fhequant.quantized as quantized
-
-    if name in quantized.__all__:
-        return getattr(quantized, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

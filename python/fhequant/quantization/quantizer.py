@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Generic, TypeVar, overload
 import numpy as np
 
 from fhequant.errors import DTypeError, NotCalibratedError
-from fhequant.quantization import _kernels
+from fhequant.kernels import quant as _kernels
 from fhequant.quantization.options import QuantizationOptions
 from fhequant.quantization.params import UniformQuantizationParameters, values_equal
 from fhequant.quantization.stats import MinMaxQuantizationStats

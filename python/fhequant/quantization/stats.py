@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fhequant.errors import QuantizationError
-from fhequant.quantization import _kernels
+from fhequant.kernels import quant as _kernels
 from fhequant.serialization import Serializable
 
 __all__ = ["MinMaxQuantizationStats"]

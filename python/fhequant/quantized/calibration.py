@@ -48,6 +48,7 @@ from fhequant.errors import (
     NonFiniteError,
     UnsupportedOpError,
 )
+from fhequant.kernels import quant as _kernels
 from fhequant.quantization import QuantizationOptions, QuantizedArray, UniformQuantizer
 from fhequant.quantized.exec import ClearBackend, Executor, RoundingRangeObserver, use_executor
 from fhequant.quantized.fused_stats import fused_statistics
@@ -139,8 +140,6 @@ def _requantizes_to_itself(quantizer: UniformQuantizer, tensor: _Tensor, q: np.n
 
 def _union_uvalues(uniques: Any, values: Any) -> Any:
     """Sorted union of the 2-decimal unique values (MinMaxQuantizationStats.uvalues)."""
-    from fhequant.quantization import _kernels
-
     batch = _kernels.rounded_unique(np.asarray(values))
     if batch is None or uniques is None:
         return batch if uniques is None else uniques

@@ -27,7 +27,10 @@ import numpy as np
 
 from fhequant import _core
 from fhequant.errors import FhequantError
+from fhequant.kernels import quant as _kernels
+from fhequant.onnx.ops._spatial import per_axis, resolve_pads
 from fhequant.quantized.exec import routed_float_impl
+from fhequant.quantized.graph import _native_conv_fits
 
 __all__ = ["ENABLED", "fused_statistics"]
 
@@ -148,8 +151,6 @@ def _block_extremes(cal: Any, plan: _Plan, name: str, b: int) -> tuple[Any, Any,
 def _block_input(cal: Any, name: str, b: int) -> tuple[np.ndarray, tuple[float, float] | None]:
     """The stored integers with their (scale, zero_point) when the materialised pass would
     dequantize them with the native kernel, else the float block it would read."""
-    from fhequant.quantization import _kernels
-
     narrow = cal.narrow_stored_block(name, b)
     if narrow is not None:
         stored, q = narrow
@@ -260,9 +261,6 @@ def _matmul_extremes(
 def _conv_extremes(
     plan: _Plan, x: np.ndarray, dequant: tuple[float, float] | None
 ) -> tuple[float, float, bool] | None:
-    from fhequant.onnx.ops._spatial import per_axis, resolve_pads
-    from fhequant.quantized.graph import _native_conv_fits
-
     w = plan.weight
     if x.ndim != w.ndim or x.size == 0:
         return None

@@ -3,7 +3,7 @@
 ``graph_nodes`` lists an ONNX model's nodes with Python attribute values; ``fold_constant``
 evaluates a node whose inputs are all constants (SPEC §4.2); ``with
 use_split_independent_impl(op)`` routes a Gemm/MatMul op's float evaluation through the
-sequential matmul of :mod:`fhequant.quantized.float_matmul` (as context, nothing is set on the
+sequential matmul of :mod:`fhequant.kernels.float_matmul` (as context, nothing is set on the
 op), so calibration does not depend on the batch split (SPEC decision 4).
 """
 
@@ -20,8 +20,12 @@ from onnx import numpy_helper
 
 from fhequant import _core
 from fhequant.errors import UnsupportedOpError
+from fhequant.kernels.float_matmul import sequential_matmul
+from fhequant.onnx import ONNX_OPS
+from fhequant.onnx.ops._spatial import per_axis, resolve_pads, windows
+from fhequant.onnx.ops.conv import _padded_float64
 from fhequant.quantized.exec import route_float_impl
-from fhequant.quantized.float_matmul import sequential_matmul
+from fhequant.quantized.ops import ONNX_OPS_TO_QUANTIZED_IMPL
 
 __all__ = [
     "GraphNode",
@@ -95,8 +99,6 @@ def graph_input_names(model: onnx.ModelProto) -> list[str]:
 
 
 def quantized_registry() -> dict[str, Any]:
-    from fhequant.quantized.ops import ONNX_OPS_TO_QUANTIZED_IMPL
-
     return dict(ONNX_OPS_TO_QUANTIZED_IMPL)
 
 
@@ -109,12 +111,6 @@ def fold_constant(node: GraphNode, values: list[Any]) -> Any:
         attrs = {**dict(spec.attr_defaults), **node.attrs}
         out = spec.impl(*values, **attrs)
     else:
-        try:
-            from fhequant.onnx import ONNX_OPS
-        except ImportError as exc:  # pragma: no cover - depends on the onnx package
-            raise UnsupportedOpError(
-                f"node {node.name!r}: op {node.op_type!r} has no implementation to fold it"
-            ) from exc
         spec = ONNX_OPS.get(node.op_type)
         if spec is None:
             raise UnsupportedOpError(
@@ -200,8 +196,6 @@ def _conv_float(
     native conv for 1-D and 2-D float32/float64 inputs, the sequential matmul of the im2col
     matrix otherwise (the same numbers).
     """
-    from fhequant.onnx.ops._spatial import per_axis, resolve_pads
-
     del kernel_shape
     x = np.asarray(x)
     w = np.asarray(w)
@@ -285,9 +279,6 @@ def _im2col_conv(
     group: int,
 ) -> np.ndarray:
     """The conv without bias as the sequential matmul of its im2col matrix."""
-    from fhequant.onnx.ops._spatial import windows
-    from fhequant.onnx.ops.conv import _padded_float64
-
     nsp = x.ndim - 2
     k = w.shape[2:]
     win = windows(_padded_float64(x, begins, ends), k, s, d)  # (N, C, *out, *k)

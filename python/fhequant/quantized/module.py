@@ -3,8 +3,13 @@
 ``forward`` = pre-processing → :meth:`QuantizedModule.quantize_input` →
 :meth:`QuantizedModule.quantized_forward` → :meth:`QuantizedModule.dequantize_output` →
 post-processing (the identity). ``fhe="disable"`` runs the ops' integer math in the clear on
-the whole batch; ``"simulate"`` and ``"execute"`` need a compiled circuit, which this module
-does not build yet (they raise NotCompiledError).
+the whole batch; ``"simulate"`` and ``"execute"`` run the compiled circuit (NotCompiledError
+before ``compile``).
+
+The FHE work (``compile``, ``bitwidth_report``, the simulated/encrypted forward) belongs to the
+layer above, :mod:`fhequant.fhe`: this module never imports it. That layer registers an
+:class:`FheBackend` when it is imported (``import fhequant`` imports it), and the methods
+delegate to the registered backend.
 
 A module is written to JSON with ``dump``/``dumps`` (versioned envelope, never pickle) and read
 back with ``QuantizedModule.load``/``loads``; circuits are not serialized.
@@ -13,7 +18,8 @@ back with ``QuantizedModule.load``/``loads``; circuits are not serialized.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import IO, Any
 
@@ -23,15 +29,18 @@ from fhequant import serialization
 from fhequant.errors import (
     DTypeError,
     GraphInputError,
+    MissingDependencyError,
     NotCompiledError,
     QuantizationError,
     UnquantizedTensorError,
 )
+from fhequant.onnx import NumpyModule
 from fhequant.quantization import QuantizedArray, UniformQuantizer
 from fhequant.quantization.quantizer import is_tracer
 from fhequant.quantized.exec import run_op, track_values
+from fhequant.quantized.streaming import as_numpy
 
-__all__ = ["FheMode", "QuantizedModule"]
+__all__ = ["FheBackend", "FheMode", "QuantizedModule", "register_fhe_backend"]
 
 _INT_DTYPES = (np.int64, np.int32, np.int16, np.int8)
 
@@ -55,6 +64,44 @@ def _fhe_mode(fhe: Any) -> FheMode:
         raise GraphInputError(
             f"fhe={fhe!r} is not a valid mode; use one of {[m.value for m in FheMode]}"
         ) from None
+
+
+@dataclass(frozen=True)
+class FheBackend:
+    """The FHE operations of a QuantizedModule, provided by the layer above (fhequant.fhe).
+
+    Attributes:
+        compile: ``compile(module, inputs, **options) -> circuit``.
+        run: ``run(module, q_x, mode) -> integer outputs``, mode "simulate" or "execute".
+        bitwidth_report: ``bitwidth_report(module, inputs, accumulator_bounds) -> report``.
+    """
+
+    compile: Callable[..., Any]
+    run: Callable[[Any, Sequence[Any], str], Any]
+    bitwidth_report: Callable[[Any, Any, str | None], Any]
+
+
+_fhe_backend: FheBackend | None = None
+
+
+def register_fhe_backend(backend: FheBackend) -> None:
+    """Install the FHE operations that ``QuantizedModule`` delegates to (the last one wins).
+
+    ``fhequant.fhe`` calls this when it is imported; ``import fhequant`` imports it.
+
+    Args:
+        backend: the operations.
+    """
+    global _fhe_backend
+    _fhe_backend = backend
+
+
+def _fhe(what: str) -> FheBackend:
+    if _fhe_backend is None:
+        raise MissingDependencyError(
+            f"{what}: the FHE layer is not loaded; import fhequant (or fhequant.fhe) first"
+        )
+    return _fhe_backend
 
 
 def _output_quantizer(op: Any) -> UniformQuantizer:
@@ -172,12 +219,8 @@ class QuantizedModule(serialization.Serializable):
         Returns:
             The pre-processed inputs.
         """
-        from fhequant.quantized.streaming import as_numpy
-
         arrays = tuple(as_numpy(v, "module input") for v in x)
         if self._preprocess_fn is None and self.onnx_preprocessing is not None:
-            from fhequant.onnx import NumpyModule
-
             runner = NumpyModule(self.onnx_preprocessing)
 
             def run(*inputs: Any) -> tuple[Any, ...]:
@@ -283,9 +326,7 @@ class QuantizedModule(serialization.Serializable):
                     "int16 or int8 values (from quantize_input)"
                 )
         if mode is not FheMode.DISABLE:
-            from fhequant.fhe.module import run_module
-
-            return run_module(self, q_x, mode.value)
+            return _fhe("quantized_forward").run(self, q_x, mode.value)
         return self._clear_forward(q_x, tracker)
 
     def check_quantized_tensors(self) -> None:
@@ -357,7 +398,8 @@ class QuantizedModule(serialization.Serializable):
         inputs_encryption_status: Sequence[str] | None = None,
         accumulator_bounds: str = "observed",
     ) -> Any:
-        """Compile the module to an FHE circuit (``fhequant.fhe.module.compile_module``).
+        """Compile the module to an FHE circuit (the registered :class:`FheBackend`,
+        ``fhequant.fhe.module.compile_module``).
 
         Args:
             inputs: the float calibration data (one array per input), quantized into the
@@ -374,9 +416,7 @@ class QuantizedModule(serialization.Serializable):
         Returns:
             The concrete Circuit, also set as ``fhe_circuit``.
         """
-        from fhequant.fhe.module import compile_module
-
-        return compile_module(
+        return _fhe("compile").compile(
             self,
             inputs,
             configuration=configuration,
@@ -406,9 +446,7 @@ class QuantizedModule(serialization.Serializable):
         Returns:
             The BitWidthReport.
         """
-        from fhequant.fhe.module import module_bitwidth_report
-
-        return module_bitwidth_report(self, inputs, accumulator_bounds)
+        return _fhe("bitwidth_report").bitwidth_report(self, inputs, accumulator_bounds)
 
     def dequantize_output(self, *q_y: Any) -> Any:
         """scale·(q - zp) with each output quantizer (zp may be an array).

@@ -3,10 +3,10 @@ and compile_brevitas_qat_model."""
 
 from __future__ import annotations
 
+from fhequant.onnx.torch_export import export_to_onnx, input_names_of
 from fhequant.quantized import QuantizedModule, build_quantized_module
 from fhequant.torch.brevitas import compile_brevitas_qat_model
 from fhequant.torch.compile import compile_onnx_model, compile_torch_model
-from fhequant.torch.export import export_to_onnx, input_names_of
 
 __all__ = [
     "QuantizedModule",

@@ -1,7 +1,7 @@
 //! Bindings of `kernels::integer`: extract int64 arrays, release the GIL, map errors.
 //!
 //! The Python-facing API (argument checks, dtype casts, shape normalisation) lives in
-//! `fhequant.integer_kernels`; these functions expect exactly the shapes documented there.
+//! `fhequant.kernels` (and its `reference` twins); these functions expect exactly the shapes documented there.
 
 use std::mem::MaybeUninit;
 

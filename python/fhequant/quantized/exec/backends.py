@@ -4,7 +4,7 @@ A backend implements leaves only, never a primitive: the few integer operations 
 operators cannot express identically on arrays and on concrete Tracers. The executor
 (:mod:`fhequant.quantized.exec.executor`) composes them into primitives and names the nodes.
 
-* :class:`ClearBackend`: numpy and the native integer kernels of ``fhequant.integer_kernels``
+* :class:`ClearBackend`: numpy and the native integer kernels of ``fhequant.kernels``
   (exact int64). It also has *fused* leaves (a whole zp-corrected matmul/conv with its padding
   and rescale in one Rust call, window sums and maxima with built-in padding) that the
   executor uses only when no observer watches the nodes.
@@ -16,24 +16,15 @@ operators cannot express identically on arrays and on concrete Tracers. The exec
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from fhequant import integer_kernels as ik
+from fhequant import kernels as ik
+from fhequant._concrete import fhe_module
 
 __all__ = ["ClearBackend", "TracingBackend", "fhe_module", "is_tracer"]
-
-
-def fhe_module() -> Any:
-    """``concrete.fhe``, imported with its pkg_resources deprecation warnings silenced."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-        from concrete import fhe
-    return fhe
 
 
 def is_tracer(x: Any) -> bool:

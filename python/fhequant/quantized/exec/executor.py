@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from fhequant import integer_kernels as ik
+from fhequant import kernels as ik
 from fhequant.quantized.exec.backends import ClearBackend, TracingBackend, is_tracer
 from fhequant.quantized.exec.context import current_op, forced_executor
 from fhequant.quantized.exec.observers import Bounds, Observer, observed_range, type_range

@@ -8,7 +8,7 @@ rounding step of a mixing op is announced as a rounding point. An observer recei
   range over the inputset and the worst-case range from the interval rules (an op input
   ranges over its whole integer type, or over the module input quantizer's clip range), as
   :class:`ValueRecord` rows. concrete-python gives every integer node the width of the
-  smallest ``Integer`` holding its range (``fhequant.integer_kernels.bit_width``).
+  smallest ``Integer`` holding its range (``fhequant.kernels.bit_width``).
 * :class:`HintingObserver` (``accumulator_bounds="worst_case"``): while tracing, hints each
   node with the worst-case range recorded for the same (op, label, occurrence).
 * :class:`RoundingRangeObserver` (streamed rounding calibration): the accumulator range at
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fhequant import integer_kernels as ik
+from fhequant import kernels as ik
 from fhequant.quantized.exec.backends import fhe_module
 
 __all__ = [

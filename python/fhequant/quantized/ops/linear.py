@@ -15,7 +15,7 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
-from fhequant import integer_kernels as ik
+from fhequant import kernels as ik
 from fhequant.errors import QuantizedOpError
 from fhequant.quantization import QuantizedArray
 from fhequant.quantized.exec import is_tracer

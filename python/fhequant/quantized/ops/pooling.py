@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from fhequant import integer_kernels as ik
+from fhequant import kernels as ik
 from fhequant.errors import QuantizedOpError
 from fhequant.quantization import QuantizedArray
 from fhequant.quantized.ops.base import QuantizedMixingOp, QuantizedOp, quantized_values_copy
@@ -61,7 +61,7 @@ def _avgpool_norm(
     if not ceil or ik.ceil_mode_extension(hw, k, s, p) == (0, 0):
         return k[0] * k[1]
     ones = np.ones((1, 1, *hw), dtype=np.int64)
-    return ik.window_sum_reference(ones, k, s, p, 1, ceil_mode=1)
+    return ik.window_sum(ones, k, s, p, 1, ceil_mode=1)
 
 
 def _check_attr(op: QuantizedOp, name: str, allowed: tuple[Any, ...]) -> None:

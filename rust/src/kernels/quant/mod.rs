@@ -1,7 +1,7 @@
 //! Quantization kernels: quant/dequant rounding and clipping, calibration reductions.
 //!
-//! Every kernel reproduces numpy 1.26 bit for bit (see `python/fhequant/quantization/
-//! _kernels.py`, whose `*_reference` functions are the specification). Work is split into
+//! Every kernel reproduces numpy 1.26 bit for bit (see `python/fhequant/kernels/reference/
+//! quant.py`, whose `*_reference` functions are the specification). Work is split into
 //! fixed chunks of [`CHUNK`] elements; element-wise results and exact reductions never depend
 //! on how rayon schedules those chunks.
 

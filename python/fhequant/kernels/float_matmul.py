@@ -10,8 +10,9 @@ calibration must not use it.
 type (no FMA): float32 when both operands are float32, else float64 (numpy's promotion).
 Every row is computed the same way whatever the rows around it, so streamed and whole-set
 calibration agree bit for bit; this order also reproduces the reference's Gemm results on the
-golden modules. The work runs in the native core; ``matmul_sequential_reference`` is its
-numpy twin (the specification of its numbers).
+golden modules. The work runs in the native core; ``matmul_sequential_reference``
+(:mod:`fhequant.kernels.reference.float_matmul`) is its numpy twin, the specification of its
+numbers.
 """
 
 from __future__ import annotations
@@ -21,43 +22,9 @@ from typing import Any
 import numpy as np
 
 from fhequant import _core
+from fhequant.kernels.reference.float_matmul import _rows
 
-__all__ = [
-    "matmul_f32_sequential",
-    "matmul_f32_sequential_reference",
-    "matmul_sequential_reference",
-    "sequential_matmul",
-]
-
-
-def _rows(a: np.ndarray) -> int:
-    """The number of rows of ``a`` as a (rows, k) matrix (also when k is 0)."""
-    return int(np.prod(a.shape[:-1], dtype=np.int64))
-
-
-def matmul_sequential_reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """numpy twin: ``a @ b`` (b 2-D) summed sequentially in k order in the result dtype.
-
-    Args:
-        a: float array (..., n, k).
-        b: float array (k, m).
-
-    Returns:
-        (..., n, m) in float32 if both are float32, else float64.
-    """
-    dtype = np.float32 if a.dtype == np.float32 and b.dtype == np.float32 else np.float64
-    k, m = b.shape
-    a2 = np.asarray(a, dtype=dtype).reshape(_rows(a), k)
-    b2 = np.asarray(b, dtype=dtype)
-    out: Any = np.zeros((a2.shape[0], m), dtype=dtype)
-    for j in range(k):
-        out += a2[:, j : j + 1] * b2[j]
-    return out.reshape(*a.shape[:-1], m)
-
-
-def matmul_f32_sequential_reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The float32 case of :func:`matmul_sequential_reference`."""
-    return matmul_sequential_reference(a.astype(np.float32), b.astype(np.float32))
+__all__ = ["matmul_f32_sequential", "sequential_matmul"]
 
 
 def matmul_f32_sequential(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,5 +1,8 @@
 """Export a torch module to ONNX the way the reference does (SPEC §5.1).
 
+This is the ONNX import layer's torch entry (``NumpyModule.from_torch``); torch itself is
+imported lazily. The front door re-exports it as ``fhequant.torch.export_to_onnx``.
+
 Opset 14, the legacy TorchScript exporter (``dynamo=False``), input names taken from the
 ``forward`` signature, and a dummy input made of the first sample of each input with batch 1
 (``x[[0], ...]``), floating-point data as float32. Unlike the reference, axis 0 of every input
