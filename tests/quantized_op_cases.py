@@ -104,6 +104,7 @@ def _univariate_cases() -> list[OpCase]:
         "Sigmoid",
         "Sign",
         "Softplus",
+        "Softsign",
         "Tanh",
     ]
     cases = [OpCase(op, op, [X]) for op in simple]

@@ -48,6 +48,7 @@ __all__ = [
     "QuantizedSigmoid",
     "QuantizedSign",
     "QuantizedSoftplus",
+    "QuantizedSoftsign",
     "QuantizedTanh",
     "QuantizedWhere",
 ]
@@ -194,6 +195,13 @@ class QuantizedSoftplus(QuantizedOp):
     """log(eˣ + 1)."""
 
     _impl_for_op_named = "Softplus"
+    calibrate_by_table = True
+
+
+class QuantizedSoftsign(QuantizedOp):
+    """x / (1 + |x|)."""
+
+    _impl_for_op_named = "Softsign"
     calibrate_by_table = True
 
 
