@@ -13,6 +13,20 @@ from fhequant.quantized import ONNX_OPS_TO_QUANTIZED_IMPL, QuantizedOp
 
 IN_BITS = 4
 
+#: The op types of the reference implementation: the registry must keep every one of them.
+REFERENCE_OP_TYPES = frozenset(
+    {
+        *("Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Celu", "Clip", "Concat"),
+        *("ConstantOfShape", "Conv", "Div", "Elu", "Equal", "Erf", "Exp", "Expand", "Flatten"),
+        *("Floor", "Gather", "Gemm", "Greater", "GreaterOrEqual", "HardSigmoid", "HardSwish"),
+        *("Identity", "LeakyRelu", "Less", "LessOrEqual", "Log", "MatMul", "Max", "MaxPool"),
+        *("Min", "Mul", "Neg", "Not", "Or", "PRelu", "Pad", "Pow", "ReduceSum", "Relu"),
+        *("Reshape", "Round", "Selu", "Shape", "Sigmoid", "Sign", "Slice", "Softplus"),
+        *("Squeeze", "Sub", "Tanh", "Transpose", "Unfold", "Unsqueeze", "Where"),
+        "onnx.brevitas.Quant",
+    }
+)
+
 
 def _f32(*shape: int, seed: int, mean: float = 0.0) -> np.ndarray:
     return np.random.default_rng(seed).normal(mean, 1.0, size=shape).astype(np.float32)
@@ -90,6 +104,7 @@ def _univariate_cases() -> list[OpCase]:
         "Sigmoid",
         "Sign",
         "Softplus",
+        "Softsign",
         "Tanh",
     ]
     cases = [OpCase(op, op, [X]) for op in simple]

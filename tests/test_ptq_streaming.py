@@ -222,15 +222,15 @@ def test_float_conv_of_the_walk_is_split_independent(
     shape: tuple[int, ...], w_shape: tuple[int, ...], attrs: dict[str, Any]
 ) -> None:
     from fhequant.onnx import ONNX_OPS
-    from fhequant.quantized.graph import _conv_float
+    from fhequant.quantized.float_impls import conv_float
 
     rng = np.random.default_rng(11)
     x = rng.normal(size=shape)
     w = rng.normal(size=w_shape).astype(np.float32)
     b = rng.normal(size=w_shape[0]).astype(np.float32)
-    whole = _conv_float(x, w, b, **attrs)
+    whole = conv_float(x, w, b, **attrs)
     for rows in (1, 7, 64, 299):
-        parts = [_conv_float(x[i : i + rows], w, b, **attrs) for i in range(0, len(x), rows)]
+        parts = [conv_float(x[i : i + rows], w, b, **attrs) for i in range(0, len(x), rows)]
         np.testing.assert_array_equal(np.concatenate(parts), whole)
     # same numbers as the registry's (BLAS) Conv up to summation order
     spec = ONNX_OPS["Conv"]
@@ -266,7 +266,7 @@ def test_native_float_conv_is_the_im2col_sequential_matmul(
     x_f32: bool,
     seed: int,
 ) -> None:
-    from fhequant.quantized import graph
+    from fhequant.quantized import float_impls
 
     rng = np.random.default_rng(seed)
     spatial = size[1:] if one_d else size
@@ -284,14 +284,14 @@ def test_native_float_conv_is_the_im2col_sequential_matmul(
         np.float32 if x_f32 else np.float64
     )
     w = rng.normal(size=(group * og, cg, *k)).astype(np.float32)
-    assert graph._native_conv_fits(x, w, d, begins, ends, group)
-    native = graph._native_conv(x, w, s, d, begins, ends, group)
-    twin = graph._im2col_conv(x, w, s, d, begins, ends, group)
+    assert float_impls._native_conv_fits(x, w, d, begins, ends, group)
+    native = float_impls._native_conv(x, w, s, d, begins, ends, group)
+    twin = float_impls._im2col_conv(x, w, s, d, begins, ends, group)
     assert native.dtype == np.float64
     np.testing.assert_array_equal(native, twin)
     if n > 1:
         np.testing.assert_array_equal(
-            graph._native_conv(x[1:2], w, s, d, begins, ends, group), native[1:2]
+            float_impls._native_conv(x[1:2], w, s, d, begins, ends, group), native[1:2]
         )
 
 
@@ -320,7 +320,7 @@ def test_sequential_matmul_of_empty_operands_is_numpys(
 def test_float_conv_of_empty_operands(
     x_shape: tuple[int, ...], w_shape: tuple[int, ...], y_shape: tuple[int, ...]
 ) -> None:
-    from fhequant.quantized.graph import _conv_float
+    from fhequant.quantized.float_impls import conv_float
 
-    y = _conv_float(np.ones(x_shape, np.float32), np.ones(w_shape, np.float32))
+    y = conv_float(np.ones(x_shape, np.float32), np.ones(w_shape, np.float32))
     assert y.shape == y_shape and y.dtype == np.float64 and not y.any()

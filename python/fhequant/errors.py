@@ -25,6 +25,7 @@ __all__ = [
     "NotCalibratedError",
     "NotCompiledError",
     "OnnxImportError",
+    "OpRegistrationError",
     "OpsetError",
     "OverflowRiskError",
     "QuantizationError",
@@ -89,6 +90,11 @@ class GraphInputError(FhequantError, ValueError):
 
 class QuantizedOpError(FhequantError, ValueError):
     """A quantized op built with attributes, constants or inputs it cannot handle."""
+
+
+class OpRegistrationError(QuantizedOpError):
+    """A quantized op class that cannot be registered: its ONNX op type is already taken by
+    another class or has no float implementation (raised when the class is defined)."""
 
 
 class UnquantizedTensorError(FhequantError, ValueError):

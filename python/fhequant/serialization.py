@@ -20,8 +20,9 @@ and refuse an envelope of an unknown version.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
@@ -37,6 +38,7 @@ __all__ = [
     "dump",
     "dumps",
     "encode",
+    "isolated_class_registry",
     "load",
     "loads",
     "register_class",
@@ -116,6 +118,23 @@ def register_class(cls: type[T], name: str | None = None) -> type[T]:
 def registered_classes() -> dict[str, type[Any]]:
     """A copy of the class registry (type_name → class)."""
     return dict(_CLASSES)
+
+
+@contextlib.contextmanager
+def isolated_class_registry() -> Iterator[None]:
+    """A scope whose class registrations are undone when it ends (for classes defined by tests).
+
+    Classes registered inside the block (e.g. by defining a ``Serializable`` subclass) can be
+    written and read while it lasts; afterwards the registry is exactly what it was before.
+    """
+    classes, names = dict(_CLASSES), dict(_NAMES)
+    try:
+        yield
+    finally:
+        _CLASSES.clear()
+        _CLASSES.update(classes)
+        _NAMES.clear()
+        _NAMES.update(names)
 
 
 def register_codec(

@@ -154,31 +154,6 @@ def _check_finite(lo: Any, hi: Any, tensor: str, where: str) -> None:
         )
 
 
-#: Element-wise ONNX ops that :meth:`ModuleCalibrator._calibrate_by_table` evaluates once per
-#: distinct input integer (their numpy implementations map each element on its own).
-_TABLE_OPS = frozenset(
-    {
-        "Abs",
-        "Celu",
-        "Clip",
-        "Elu",
-        "Erf",
-        "Exp",
-        "Floor",
-        "HardSigmoid",
-        "HardSwish",
-        "LeakyRelu",
-        "Log",
-        "Neg",
-        "Relu",
-        "Round",
-        "Selu",
-        "Sigmoid",
-        "Sign",
-        "Softplus",
-        "Tanh",
-    }
-)
 _TABLE_MAX_SIZE = 1 << 16
 _TABLE_INDEX = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64))
 
@@ -219,8 +194,8 @@ def _has_default_calibration(op: Any) -> bool:
 
 
 def _clips_percentiles(op: Any) -> bool:
-    """BatchNormalization: stats on the raw output clipped to its 0.1/99.9 percentiles."""
-    return type(op).__name__ == "QuantizedBatchNormalization"
+    """The op's stats are on the raw output clipped to its 0.1/99.9 percentiles (BatchNorm)."""
+    return bool(type(op).clips_percentiles)
 
 
 class _Progress:
@@ -598,11 +573,12 @@ class ModuleCalibrator:
         )
 
     def _requantized_input(self, name: str, b: int, op: Any) -> QuantizedArray | None:
-        """Block ``b`` of tensor ``name`` as the linear op ``op`` re-quantizes it.
+        """Block ``b`` of tensor ``name`` as the op ``op`` re-quantizes it.
 
-        A Gemm/MatMul/Conv with constant weights, or a shape op, whose input options differ
-        from the producer's re-quantizes the producer's floats with the consumer's options
-        (SPEC §2.2, "otherwise"), and reads only the integers of the result. Those integers
+        An op whose class allows it (``requant_table_if_constant``: a Gemm/MatMul/Conv with
+        constant weights, or a shape op) and whose input options differ from the producer's
+        re-quantizes the producer's floats with the consumer's options (SPEC §2.2,
+        "otherwise"), and reads only the integers of the result. Those integers
         are a function of the producer's integers, so they come from a table computed once
         per op (the same element-wise quant(dequant(q)) on each integer of the tensor's
         range) instead of dequantizing and quantizing every block. Returns None when this
@@ -640,17 +616,14 @@ class ModuleCalibrator:
 
     def _requant_table(self, name: str, op: Any) -> tuple[UniformQuantizer, np.ndarray] | None:
         """The consumer quantizer and the int64 table of :meth:`_requantized_input`."""
-        from fhequant.quantized.ops.linear import QuantizedConv, QuantizedGemm, QuantizedMatMul
-        from fhequant.quantized.ops.shape import _ShapeOp
-
         tensor = self.tensors[name]
         q = tensor.quantizer
         opts = op.input_quant_opts
-        linear = type(op) in (QuantizedGemm, QuantizedMatMul, QuantizedConv)
-        shape = isinstance(op, _ShapeOp) and type(op).q_impl is _ShapeOp.q_impl
+        needs_constant = type(op).requant_table_if_constant
         if (
             self.strategy.flows_raw
-            or not ((linear and 1 in op.constant_inputs) or shape)
+            or needs_constant is None
+            or any(i not in op.constant_inputs for i in needs_constant)
             or not _indexes_tables(tensor)
             or q is None
             or q.is_qat
@@ -749,16 +722,16 @@ class ModuleCalibrator:
         return True
 
     def _table_applies(self, op: Any, variable: list[str]) -> bool:
-        """PTQ, an element-wise op of :data:`_TABLE_OPS` with its default calibration and
-        q_impl and only scalar constants, on one quantized tensor whose floats are the
-        native dequantize of integers of a known, small range."""
+        """PTQ, an element-wise op (``calibrate_by_table`` on its class) with its default
+        calibration and q_impl and only scalar constants, on one quantized tensor whose floats
+        are the native dequantize of integers of a known, small range."""
         from fhequant.quantized.ops.base import QuantizedOp
 
         cls = type(op)
         if (
             self.strategy.flows_raw
             or len(variable) != 1
-            or op._impl_for_op_named not in _TABLE_OPS
+            or not cls.calibrate_by_table
             or cls.q_impl is not QuantizedOp.q_impl
             or not _has_default_calibration(op)
             or _clips_percentiles(op)
@@ -1052,7 +1025,6 @@ class ModuleCalibrator:
         return quantizers
 
 
-_POW2_LINEAR = ("Gemm", "MatMul", "Conv")
 _POW2_RTOL = 0.01
 
 
@@ -1103,7 +1075,7 @@ def apply_power_of_two_scaling(module: Any, rounding_threshold_bits: Any = None)
 
     rewritten: list[str] = []
     for out, (inputs, op) in layers.items():
-        if op._impl_for_op_named not in _POW2_LINEAR or len(inputs) != 1:
+        if not type(op).pow2_accumulator_shift or len(inputs) != 1:
             continue
         producer = layers.get(inputs[0])
         if producer is None or producer[1]._impl_for_op_named != _BREVITAS_QUANT:

@@ -4,9 +4,9 @@ In PTQ the statistics pass of a Gemm, MatMul or Conv only keeps the min and max 
 float result. :func:`fused_statistics` gets them from the native extremes kernels
 (``_core.matmul_extremes_f32/_f64``, ``_core.conv2d_extremes_f64``), which run the same
 sequential sums as the split-independent float implementations of
-:mod:`fhequant.quantized.graph`, add the bias in the result dtype as numpy's ``y + c`` does and
-reduce in registers: neither the float output nor, for stored integer blocks, the dequantized
-input is materialised. The numbers are the ones of the materialised path bit for bit:
+:mod:`fhequant.quantized.float_impls`, add the bias in the result dtype as numpy's ``y + c``
+does and reduce in registers: neither the float output nor, for stored integer blocks, the
+dequantized input is materialised. The numbers are the ones of the materialised path bit for bit:
 
 * the result dtype is numpy's (float32 only for float32 input, weights and bias);
 * a block whose result holds a NaN or an infinity, or whose min or max is a zero (numpy's pick
@@ -30,7 +30,7 @@ from fhequant.errors import FhequantError
 from fhequant.kernels import quant as _kernels
 from fhequant.onnx.ops._spatial import per_axis, resolve_pads
 from fhequant.quantized.exec import routed_float_impl
-from fhequant.quantized.graph import _native_conv_fits
+from fhequant.quantized.float_impls import _native_conv_fits
 
 __all__ = ["ENABLED", "fused_statistics"]
 
@@ -41,7 +41,6 @@ _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
 _FLOATS = (_F32, _F64)
 _NARROW = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32))
-_OPS = ("Gemm", "MatMul", "Conv")
 
 
 class _Variable:
@@ -70,9 +69,10 @@ def fused_statistics(cal: Any, op: Any, variable: list[str], out: str) -> np.nda
     """The global ``[min, max]`` of the op's float result over all blocks, or None.
 
     Only for results used by their min and max alone (the caller checks PTQ and not
-    ``raw_output``): a Gemm (alpha 1, beta 0 or 1, transA 0, bias broadcast on the last axis),
-    MatMul (2-D constant right operand) or 1-D/2-D Conv (bias per channel) whose only variable
-    input is the first one, evaluated by the split-independent float implementation.
+    ``raw_output``) of an op whose class declares ``fused_extremes``, by its layout: a Gemm
+    (alpha 1, beta 0 or 1, transA 0, bias broadcast on the last axis), MatMul (2-D constant
+    right operand) or 1-D/2-D Conv (bias per channel) whose only variable input is the first
+    one, evaluated by the split-independent float implementation.
 
     Args:
         cal: the ModuleCalibrator.
@@ -91,7 +91,7 @@ def fused_statistics(cal: Any, op: Any, variable: list[str], out: str) -> np.nda
     """
     if not ENABLED or len(variable) != 1 or routed_float_impl(op) is None:
         return None
-    if getattr(op, "_impl_for_op_named", None) not in _OPS:
+    if getattr(type(op), "fused_extremes", None) is None:
         return None
     plan = _plan(op)
     if plan is None:
@@ -184,13 +184,13 @@ def _plan(op: Any) -> _Plan | None:
         return None
     if not prepared or not isinstance(prepared[0], _Variable):
         return None
-    kind = op._impl_for_op_named
+    kind = type(op).fused_extremes
     attrs = dict(op.attrs)
     weight = prepared[1] if len(prepared) > 1 else None
     bias = prepared[2] if len(prepared) > 2 else None
     if not isinstance(weight, np.ndarray) or weight.dtype not in _FLOATS:
         return None
-    if kind == "Gemm":
+    if kind == "gemm":
         if attrs.get("alpha", 1) != 1 or attrs.get("transA", 0):
             return None
         beta = attrs.get("beta", 1)
@@ -201,11 +201,13 @@ def _plan(op: Any) -> _Plan | None:
         if attrs.get("transB", 0):
             weight = weight.T
         return _matmul_plan(weight, bias if beta != 0 else None, attrs)
-    if kind == "MatMul":
+    if kind == "matmul":
         if len(prepared) != 2 or weight.ndim != 2:
             return None
         return _matmul_plan(weight, None, attrs)
-    return _conv_plan(weight, bias, attrs)
+    if kind == "conv":
+        return _conv_plan(weight, bias, attrs)
+    return None
 
 
 def _matmul_plan(weight: np.ndarray, bias: Any, attrs: dict[str, Any]) -> _Plan | None:

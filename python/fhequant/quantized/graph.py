@@ -2,15 +2,16 @@
 
 ``graph_nodes`` lists an ONNX model's nodes with Python attribute values; ``fold_constant``
 evaluates a node whose inputs are all constants (SPEC §4.2); ``with
-use_split_independent_impl(op)`` routes a Gemm/MatMul op's float evaluation through the
-sequential matmul of :mod:`fhequant.kernels.float_matmul` (as context, nothing is set on the
-op), so calibration does not depend on the batch split (SPEC decision 4).
+use_split_independent_impl(op)`` routes an op's float evaluation through the
+``split_independent_impl`` its class declares (Gemm/MatMul/Conv: the sequential matmuls of
+:mod:`fhequant.quantized.float_impls`) as context, nothing set on the op, so calibration does
+not depend on the batch split (SPEC decision 4).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,12 +19,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from fhequant import _core
 from fhequant.errors import UnsupportedOpError
-from fhequant.kernels.float_matmul import sequential_matmul
 from fhequant.onnx import ONNX_OPS
-from fhequant.onnx.ops._spatial import per_axis, resolve_pads, windows
-from fhequant.onnx.ops.conv import _padded_float64
 from fhequant.quantized.exec import route_float_impl
 from fhequant.quantized.ops import ONNX_OPS_TO_QUANTIZED_IMPL
 
@@ -126,194 +123,15 @@ def fold_constant(node: GraphNode, values: list[Any]) -> Any:
 # --- split-independent float evaluation -----------------------------------------------------
 
 
-def _gemm_float(
-    a: Any,
-    b: Any,
-    c: Any = None,
-    *,
-    alpha: Any = 1,
-    beta: Any = 1,
-    transA: Any = 0,
-    transB: Any = 0,
-    **_: Any,
-) -> Any:
-    """ONNX Gemm (SPEC §5.3) with the split-independent float32 matmul."""
-    if transA:
-        a = np.swapaxes(a, -1, -2)
-    if transB:
-        b = np.swapaxes(b, -1, -2)
-    y = sequential_matmul(a, b)
-    if alpha != 1:
-        y = alpha * y
-    if c is not None and beta != 0:
-        c = c if beta == 1 else beta * c
-        if _adds_in_place(y, c):
-            return np.add(y, c, out=y)  # the same loop as y + c, without a new array
-        y = y + c
-    return y
-
-
-def _adds_in_place(y: Any, c: Any) -> bool:
-    """Whether ``y + c`` may be written into the fresh array ``y``: an array ``c`` whose
-    dtype and shape do not change y's (no value-based casting of 0-d operands)."""
-    if not (
-        type(y) is np.ndarray
-        and y.flags.owndata
-        and y.flags.writeable
-        and isinstance(c, np.ndarray)
-        and c.ndim >= 1
-        and not np.may_share_memory(y, c)
-        and np.result_type(y.dtype, c.dtype) == y.dtype
-    ):
-        return False
-    try:
-        return np.broadcast_shapes(y.shape, c.shape) == y.shape
-    except ValueError:  # y + c reports it
-        return False
-
-
-def _matmul_float(a: Any, b: Any, **_: Any) -> Any:
-    return sequential_matmul(a, b)
-
-
-def _conv_float(
-    x: Any,
-    w: Any,
-    b: Any = None,
-    *,
-    auto_pad: str = "NOTSET",
-    dilations: Any = None,
-    group: Any = 1,
-    kernel_shape: Any = None,
-    pads: Any = None,
-    strides: Any = None,
-    **_: Any,
-) -> Any:
-    """ONNX Conv in float64 (SPEC §5.3), each output a sequential sum over (c, k...) order.
-
-    The windows are padded exactly as the registry's Conv does (float32 padding buffer, then
-    float64); the products are summed by the split-independent kernels instead of BLAS: the
-    native conv for 1-D and 2-D float32/float64 inputs, the sequential matmul of the im2col
-    matrix otherwise (the same numbers).
-    """
-    del kernel_shape
-    x = np.asarray(x)
-    w = np.asarray(w)
-    nsp = x.ndim - 2
-    k = w.shape[2:]
-    s = per_axis(strides, nsp, 1, "strides")
-    d = per_axis(dilations, nsp, 1, "dilations")
-    begins, ends = resolve_pads(auto_pad, pads, x.shape[2:], k, s, d)
-    if _native_conv_fits(x, w, d, begins, ends, int(group)):
-        y = _native_conv(x, w, s, d, begins, ends, int(group))
-    else:
-        y = _im2col_conv(x, w, s, d, begins, ends, int(group))
-    if b is not None:
-        y = y + np.asarray(b, dtype=np.float64).reshape((1, -1) + (1,) * nsp)
-    return np.ascontiguousarray(y)
-
-
-_NATIVE_CONV_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _native_conv_fits(
-    x: np.ndarray,
-    w: np.ndarray,
-    d: tuple[int, ...],
-    begins: tuple[int, ...],
-    ends: tuple[int, ...],
-    group: int,
-) -> bool:
-    """A 1-D/2-D float conv of valid geometry (anything else takes the numpy path, which
-    reports the error the registry's Conv would)."""
-    nsp = x.ndim - 2
-    if nsp not in (1, 2) or w.ndim != x.ndim:
-        return False
-    if x.dtype not in _NATIVE_CONV_DTYPES or w.dtype not in _NATIVE_CONV_DTYPES:
-        return False
-    if group < 1 or w.shape[0] % group or w.shape[1] * group != x.shape[1]:
-        return False
-    for size, k, dd, lo, hi in zip(x.shape[2:], w.shape[2:], d, begins, ends, strict=True):
-        if k < 1 or (k - 1) * dd + 1 > size + lo + hi:
-            return False
-    return True
-
-
-def _native_conv(
-    x: np.ndarray,
-    w: np.ndarray,
-    s: tuple[int, ...],
-    d: tuple[int, ...],
-    begins: tuple[int, ...],
-    ends: tuple[int, ...],
-    group: int,
-) -> np.ndarray:
-    """1-D or 2-D float64 conv without bias by the native kernel (1-D as height 1)."""
-    one_d = x.ndim == 3
-    x64 = np.ascontiguousarray(x, dtype=np.float64)
-    w64 = np.ascontiguousarray(w, dtype=np.float64)
-    if one_d:
-        x64 = x64[:, :, None, :]
-        w64 = w64[:, :, None, :]
-        s, d, begins, ends = (1, *s), (1, *d), (0, *begins), (0, *ends)
-    y = _core.conv2d_f64_sequential(
-        x64,
-        w64,
-        (int(s[0]), int(s[1])),
-        (int(d[0]), int(d[1])),
-        (int(begins[0]), int(begins[1])),
-        (int(ends[0]), int(ends[1])),
-        group,
-        "Conv",
-    )
-    return y[:, :, 0, :] if one_d else y
-
-
-def _im2col_conv(
-    x: np.ndarray,
-    w: np.ndarray,
-    s: tuple[int, ...],
-    d: tuple[int, ...],
-    begins: tuple[int, ...],
-    ends: tuple[int, ...],
-    group: int,
-) -> np.ndarray:
-    """The conv without bias as the sequential matmul of its im2col matrix."""
-    nsp = x.ndim - 2
-    k = w.shape[2:]
-    win = windows(_padded_float64(x, begins, ends), k, s, d)  # (N, C, *out, *k)
-    n, out_sp = win.shape[0], win.shape[2 : 2 + nsp]
-    group = int(group)
-    cg, og = x.shape[1] // group, w.shape[0] // group
-    w64 = np.asarray(w, dtype=np.float64)
-    order = (0, *range(2, 2 + nsp), 1, *range(2 + nsp, 2 + 2 * nsp))
-    parts = []
-    for g in range(group):
-        taps = cg * int(np.prod(w.shape[2:]))  # explicit: -1 is ambiguous for empty data
-        cols = np.transpose(win[:, g * cg : (g + 1) * cg], order).reshape(
-            n * int(np.prod(out_sp)), taps
-        )
-        kernel = w64[g * og : (g + 1) * og].reshape(og, taps).T
-        parts.append(sequential_matmul(cols, kernel).reshape(n, *out_sp, og))
-    y = parts[0] if group == 1 else np.concatenate(parts, axis=-1)
-    return np.moveaxis(y, -1, 1)
-
-
-_SPLIT_INDEPENDENT_IMPLS: dict[str, Callable[..., Any]] = {
-    "Gemm": _gemm_float,
-    "MatMul": _matmul_float,
-    "Conv": _conv_float,
-}
-
-
 @contextlib.contextmanager
 def use_split_independent_impl(op: Any) -> Iterator[bool]:
-    """Inside the ``with`` block, route a Gemm/MatMul/Conv op's float evaluation (on float
-    arrays) through the sequential (split-free) matmul; yields whether the op has one.
+    """Inside the ``with`` block, route an op's float evaluation (on float arrays) through
+    its class's ``split_independent_impl`` (the sequential, split-free matmul of
+    Gemm/MatMul/Conv); yields whether the class declares one.
 
     The route is context (``route_float_impl``), not an attribute set on the op.
     """
-    impl = _SPLIT_INDEPENDENT_IMPLS.get(getattr(op, "_impl_for_op_named", ""))
+    impl = getattr(type(op), "split_independent_impl", None)
     if impl is None:
         yield False
         return

@@ -36,6 +36,44 @@ Instance state
     accumulator under ``debug_value_tracker[op_instance_name]``; the debug forward passes its
     tracker as context instead, ``fhequant.quantized.exec.track_values``).
 
+Registration
+    Defining a subclass whose body sets ``_impl_for_op_named`` registers it as the quantized
+    class of that ONNX op type (``fhequant.quantized.ops.registry``, checked at definition:
+    one class per op type, and the op type needs a float implementation); classes whose body
+    does not set it are abstract or intermediate bases and are not registered.
+
+Capabilities (class attributes; the calibration walk reads them off the op's class)
+    Each says what the walk may do with the op beyond the generic path; the defaults on
+    ``QuantizedOp`` claim nothing. Declare one only on an op whose type satisfies it
+    (tests/test_quantized_ops_registry.py checks what can be checked).
+
+    ``calibrate_by_table: bool``
+        The float implementation maps each element on its own (output element i depends only
+        on input element i and scalar constants), with the default ``calibrate`` and
+        ``q_impl``: on a quantized input, PTQ evaluates it once per distinct input integer
+        and reads the output integers from a table.
+    ``split_independent_impl: Callable | None``
+        A float implementation with the numbers of the op's own but whose rows do not depend
+        on the rows evaluated with them. Needed by every op whose float implementation does
+        not give each row the same bits whatever the batch (BLAS matmuls pick their summation
+        order by shape): calibration evaluates the op through it, so streamed calibration is
+        batch-size invariant. None: the float implementation already is.
+    ``fused_extremes: "gemm" | "matmul" | "conv" | None``
+        The PTQ statistics pass may take the min/max of the float result from the native
+        extremes kernels of this layout (``fhequant.quantized.fused_stats``); they compute the
+        sums of ``split_independent_impl``, which the op must declare too.
+    ``requant_table_if_constant: tuple[int, ...] | None``
+        ``q_impl`` reads only the integers of its re-quantized tensor inputs, so PTQ may
+        compute that re-quantization as a table over the producer's integers, when the inputs
+        at these indices are constants (``()``: always; None: never).
+    ``pow2_accumulator_shift: bool``
+        A mixing op with a "matmul" accumulator: the QAT power-of-two pass (SPEC §4.7) may turn
+        its rescale into a shift of that accumulator.
+    ``clips_percentiles: bool``
+        ``_calibration_values`` clips the float result to its 0.1/99.9 percentiles (SPEC
+        §3.7), which the streamed statistics pass computes exactly; otherwise the op counts as
+        having the default min/max calibration.
+
 ``can_fuse() -> bool``
     True when the op is a float TLU of a single encrypted tensor; such an op takes
     ``.values`` (unquantized floats) of its inputs.
@@ -64,7 +102,8 @@ the running op are context, never attributes set on the op: ops may run in sever
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -87,6 +126,7 @@ from fhequant.quantized.exec import (
     tracked_values,
 )
 from fhequant.quantized.ops.float_specs import FloatOpSpec, float_spec
+from fhequant.quantized.ops.registry import op_type_to_register, register_op
 from fhequant.quantized.ops.rounding import (
     ROUNDING_IDS,
     compute_bits_precision,
@@ -97,6 +137,7 @@ from fhequant.serialization import Serializable
 __all__ = [
     "DEFAULT_MODEL_BITS",
     "ROUNDING_IDS",
+    "ExtremesLayout",
     "QuantizedMixingOp",
     "QuantizedOp",
     "compute_bits_precision",
@@ -104,6 +145,9 @@ __all__ = [
 ]
 
 DEFAULT_MODEL_BITS = 5
+
+#: The layouts of the native extremes kernels (``QuantizedOp.fused_extremes``).
+ExtremesLayout = Literal["gemm", "matmul", "conv"]
 
 
 def _zp_is_scalar(zero_point: Any) -> bool:
@@ -149,7 +193,9 @@ def _on_uniform_grid(quantizer: Any, opts: Any) -> bool:
 class QuantizedOp(Serializable):
     """A quantized ONNX op: float calibration plus integer inference (SPEC §2).
 
-    Every subclass is registered for JSON under its class name (``dumps``/``loads``).
+    Every subclass is registered for JSON under its class name (``dumps``/``loads``), and
+    every subclass whose body sets ``_impl_for_op_named`` as the quantized class of that ONNX
+    op type (see the module docstring, also for the capability attributes).
 
     Args:
         n_bits_output: bits of the output quantizer (PTQ passes model_outputs).
@@ -165,6 +211,23 @@ class QuantizedOp(Serializable):
     _impl_for_op_named: ClassVar[str] = ""
     quantize_inputs_with_model_outputs_precision: ClassVar[bool] = False
     is_mixing: ClassVar[bool] = False
+
+    # capabilities: what the calibration walk may do with the op (module docstring)
+    calibrate_by_table: ClassVar[bool] = False
+    split_independent_impl: ClassVar[Callable[..., Any] | None] = None
+    fused_extremes: ClassVar[ExtremesLayout | None] = None
+    requant_table_if_constant: ClassVar[tuple[int, ...] | None] = None
+    pow2_accumulator_shift: ClassVar[bool] = False
+    clips_percentiles: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Register the class for JSON and, when its body sets ``_impl_for_op_named``, as
+        the quantized class of that ONNX op type (raises OpRegistrationError first when it
+        cannot be, so a refused class is registered nowhere)."""
+        op_type = op_type_to_register(cls)
+        super().__init_subclass__(**kwargs)
+        if op_type is not None:
+            register_op(op_type, cls)
 
     def __init__(
         self,

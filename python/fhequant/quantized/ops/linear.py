@@ -11,7 +11,8 @@ optional rounding. p is the true inner dimension (after transB) [FIX a].
 
 from __future__ import annotations
 
-from typing import Any, TypeGuard
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeGuard
 
 import numpy as np
 
@@ -19,7 +20,8 @@ from fhequant import kernels as ik
 from fhequant.errors import QuantizedOpError
 from fhequant.quantization import QuantizedArray
 from fhequant.quantized.exec import is_tracer
-from fhequant.quantized.ops.base import QuantizedMixingOp
+from fhequant.quantized.float_impls import conv_float, gemm_float, matmul_float
+from fhequant.quantized.ops.base import ExtremesLayout, QuantizedMixingOp
 
 __all__ = ["QuantizedConv", "QuantizedGemm", "QuantizedMatMul"]
 
@@ -68,6 +70,11 @@ class QuantizedGemm(QuantizedMixingOp):
     """Y = op(A) @ op(B) + C with alpha == 1 and beta ∈ {0, 1} (SPEC §3.1)."""
 
     _impl_for_op_named = "Gemm"
+    # annotated as on QuantizedOp: QuantizedMatMul overrides them
+    split_independent_impl: ClassVar[Callable[..., Any] | None] = staticmethod(gemm_float)
+    fused_extremes: ClassVar[ExtremesLayout | None] = "gemm"
+    requant_table_if_constant = (1,)
+    pow2_accumulator_shift = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -211,12 +218,18 @@ class QuantizedMatMul(QuantizedGemm):
     """A @ B: a Gemm without transposes or bias."""
 
     _impl_for_op_named = "MatMul"
+    split_independent_impl = staticmethod(matmul_float)
+    fused_extremes = "matmul"
 
 
 class QuantizedConv(QuantizedMixingOp):
     """1-D or 2-D convolution, dilation 1, padded with the input zero point (SPEC §3.2)."""
 
     _impl_for_op_named = "Conv"
+    split_independent_impl = staticmethod(conv_float)
+    fused_extremes = "conv"
+    requant_table_if_constant = (1,)
+    pow2_accumulator_shift = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -48,6 +48,7 @@ class _ShapeOp(QuantizedOp):
     """Moves integers: never fusable; its tensor inputs are re-quantized first."""
 
     keep_input_options: ClassVar[bool] = True
+    requant_table_if_constant = ()
 
     def can_fuse(self) -> bool:
         """Shape ops quantize their inputs: never fusable."""

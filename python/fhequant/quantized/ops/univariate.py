@@ -48,6 +48,7 @@ __all__ = [
     "QuantizedSigmoid",
     "QuantizedSign",
     "QuantizedSoftplus",
+    "QuantizedSoftsign",
     "QuantizedTanh",
     "QuantizedWhere",
 ]
@@ -57,6 +58,7 @@ class QuantizedAbs(QuantizedOp):
     """|x|."""
 
     _impl_for_op_named = "Abs"
+    calibrate_by_table = True
 
 
 class QuantizedCast(QuantizedOp):
@@ -69,66 +71,77 @@ class QuantizedCelu(QuantizedOp):
     """max(0, x) + min(0, alpha(e^{x/alpha} - 1))."""
 
     _impl_for_op_named = "Celu"
+    calibrate_by_table = True
 
 
 class QuantizedClip(QuantizedOp):
     """clip(x, min, max); min and max are inputs."""
 
     _impl_for_op_named = "Clip"
+    calibrate_by_table = True
 
 
 class QuantizedElu(QuantizedOp):
     """x if x > 0 else alpha(eˣ - 1)."""
 
     _impl_for_op_named = "Elu"
+    calibrate_by_table = True
 
 
 class QuantizedErf(QuantizedOp):
     """erf(x)."""
 
     _impl_for_op_named = "Erf"
+    calibrate_by_table = True
 
 
 class QuantizedExp(QuantizedOp):
     """eˣ."""
 
     _impl_for_op_named = "Exp"
+    calibrate_by_table = True
 
 
 class QuantizedFloor(QuantizedOp):
     """floor(x)."""
 
     _impl_for_op_named = "Floor"
+    calibrate_by_table = True
 
 
 class QuantizedHardSigmoid(QuantizedOp):
     """max(0, min(1, alphax + β))."""
 
     _impl_for_op_named = "HardSigmoid"
+    calibrate_by_table = True
 
 
 class QuantizedHardSwish(QuantizedOp):
     """x·max(0, min(1, x/6 + 0.5))."""
 
     _impl_for_op_named = "HardSwish"
+    calibrate_by_table = True
 
 
 class QuantizedLeakyRelu(QuantizedOp):
     """x if x > 0 else alphax."""
 
     _impl_for_op_named = "LeakyRelu"
+    calibrate_by_table = True
 
 
 class QuantizedLog(QuantizedOp):
     """log(max(x, 1e-8))."""
 
     _impl_for_op_named = "Log"
+    calibrate_by_table = True
 
 
 class QuantizedNeg(QuantizedOp):
     """-x."""
 
     _impl_for_op_named = "Neg"
+    calibrate_by_table = True
 
 
 class QuantizedNot(QuantizedOp):
@@ -147,42 +160,56 @@ class QuantizedRelu(QuantizedOp):
     """max(x, 0)."""
 
     _impl_for_op_named = "Relu"
+    calibrate_by_table = True
 
 
 class QuantizedRound(QuantizedOp):
     """rint(x) (half to even)."""
 
     _impl_for_op_named = "Round"
+    calibrate_by_table = True
 
 
 class QuantizedSelu(QuantizedOp):
     """gamma·x if x > 0 else gamma·alpha(eˣ - 1)."""
 
     _impl_for_op_named = "Selu"
+    calibrate_by_table = True
 
 
 class QuantizedSigmoid(QuantizedOp):
     """exp(-logaddexp(0, -x))."""
 
     _impl_for_op_named = "Sigmoid"
+    calibrate_by_table = True
 
 
 class QuantizedSign(QuantizedOp):
     """sign(x)."""
 
     _impl_for_op_named = "Sign"
+    calibrate_by_table = True
 
 
 class QuantizedSoftplus(QuantizedOp):
     """log(eˣ + 1)."""
 
     _impl_for_op_named = "Softplus"
+    calibrate_by_table = True
+
+
+class QuantizedSoftsign(QuantizedOp):
+    """x / (1 + |x|)."""
+
+    _impl_for_op_named = "Softsign"
+    calibrate_by_table = True
 
 
 class QuantizedTanh(QuantizedOp):
     """tanh(x)."""
 
     _impl_for_op_named = "Tanh"
+    calibrate_by_table = True
 
 
 class QuantizedWhere(QuantizedOp):
@@ -217,6 +244,7 @@ class QuantizedBatchNormalization(QuantizedOp):
     """(x - mean)/sqrt(var + eps)·scale + bias on axis 1, as a float TLU (SPEC §3.7)."""
 
     _impl_for_op_named = "BatchNormalization"
+    clips_percentiles = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
