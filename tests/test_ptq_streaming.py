@@ -1,4 +1,4 @@
-"""Streamed calibration equals whole-set calibration exactly (SPEC decision 4)."""
+"""Streamed calibration equals whole-set calibration exactly (docs/contract.md decision 4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The op contract: inputs and constants, the re-quantization rule, rounding (SPEC §2)."""
+"""The op contract: inputs and constants, the re-quantization rule, rounding
+(docs/contract.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bit widths of a quantized module before compiling it (SPEC §7).
+"""Bit widths of a quantized module before compiling it (docs/contract.md §7).
 
 :func:`analyse` runs the clear forward over a module's compile inputset on
 :func:`recording_executor` (the clear backend with a
@@ -160,7 +160,7 @@ def _op_row(name: str, op_type: str, recs: Sequence[ValueRecord]) -> OpBitWidth:
 
 @dataclass
 class BitWidthReport:
-    """Per-op integer ranges and widths over a compile inputset (SPEC §7).
+    """Per-op integer ranges and widths over a compile inputset (docs/contract.md §7).
 
     Attributes:
         rows: one OpBitWidth per op that computes integers, in execution order.
@@ -326,7 +326,7 @@ def analyse(
 
 
 def check_tlu_bit_widths(report: BitWidthReport) -> None:
-    """Raise BitWidthError if a table-lookup input is wider than 16 bits (SPEC §7).
+    """Raise BitWidthError if a table-lookup input is wider than 16 bits (docs/contract.md §7).
 
     Args:
         report: the module's BitWidthReport.

@@ -1,4 +1,4 @@
-"""Loading and pre-processing of ONNX models (SPEC §5.1).
+"""Loading and pre-processing of ONNX models (docs/contract.md §5.1).
 
 Steps, in order: parse, opset check (13-21), onnx.checker, unsupported-op check, Constant nodes
 → initializers, folding of constant-only subgraphs (Brevitas Quant excluded: the QAT importer

@@ -1,4 +1,4 @@
-"""Export a torch module to ONNX the way the reference does (SPEC §5.1).
+"""Export a torch module to ONNX the way the reference does (docs/contract.md §5.1).
 
 This is the ONNX import layer's torch entry (``NumpyModule.from_torch``); torch itself is
 imported lazily. The front door re-exports it as ``fhequant.torch.export_to_onnx``.

@@ -1,4 +1,5 @@
-"""The calibration walk: from an ONNX graph and calibration data to a QuantizedModule (SPEC §4).
+"""The calibration walk: from an ONNX graph and calibration data to a QuantizedModule
+(docs/contract.md §4).
 
 :func:`quantize_module` walks the graph in ONNX order. Constants and initializers go through
 the strategy's ``process_initializer`` (§4.3), constant-only nodes are folded, and every other
@@ -10,9 +11,9 @@ Two strategies share the walk (composition, not mixins): :class:`PostTrainingAff
 (PTQ: signed-from-data asymmetric input options, dequantized values flow downstream) and
 :class:`PostTrainingQATImporter` (QAT: QAT input options, the raw float output flows).
 
-Streaming (SPEC decision 4). The data is cut into blocks of ``block_rows`` rows anchored at row
-0 (:mod:`fhequant.quantized.streaming`), whatever the batch sizes of the source, and each op is
-calibrated block by block with its producers' final parameters:
+Streaming (docs/contract.md decision 4). The data is cut into blocks of ``block_rows`` rows anchored
+at row 0 (:mod:`fhequant.quantized.streaming`), whatever the batch sizes of the source, and each op
+is calibrated block by block with its producers' final parameters:
 
 * statistics pass: the float op on every block; global min/max merged exactly, then the output
   quantizer is set from them (the same numbers as QA(n_bits, whole tensor));
@@ -284,7 +285,7 @@ class ModuleCalibrator:
 
         Returns:
             A dict with the ordered input and output names, quant_layers_dict, the per-input
-            quantizers (SPEC §4.6) and the number of calibration rows.
+            quantizers (docs/contract.md §4.6) and the number of calibration rows.
         """
         calib = normalize_calibration_data(data)
         try:
@@ -404,7 +405,8 @@ class ModuleCalibrator:
             self.store.drop(out)
 
     def _fold_brevitas_quant(self, node: GraphNode) -> QuantizedArray:
-        """A Quant on a constant (weights, bias): a precomputed-QAT QA (SPEC §3.8, §4.2)."""
+        """A Quant on a constant (weights, bias): a precomputed-QAT QA
+        (docs/contract.md §3.8, §4.2)."""
         cls = quantized_registry()[_BREVITAS_QUANT]
         values = [self.constants.get(n) if n else None for n in node.inputs]
         values = [v.values if isinstance(v, QuantizedArray) else v for v in values]
@@ -488,7 +490,8 @@ class ModuleCalibrator:
         )
         op.produces_graph_output = node.outputs[0] in self.output_names
         if self.strategy.flows_raw:
-            op.error_tracker = []  # QAT: inputs re-quantized with QAT options (SPEC §4.5)
+            op.error_tracker = []  # QAT: inputs re-quantized with QAT options
+            # (docs/contract.md §4.5)
         self.node_inputs[node.outputs[0]] = tuple(node.inputs)
         return op
 
@@ -524,7 +527,7 @@ class ModuleCalibrator:
         return None
 
     def _calibration_qa(self, name: str, b: int, op: Any) -> Any:
-        """The calibration QuantizedArray of a variable input (SPEC §4.2 step 1)."""
+        """The calibration QuantizedArray of a variable input (docs/contract.md §4.2 step 1)."""
         tensor = self.tensors[name]
         if tensor.kind == "quant" and not tensor.stored_floats:
             q = tensor.quantizer
@@ -577,7 +580,7 @@ class ModuleCalibrator:
 
         An op whose class allows it (``requant_table_if_constant``: a Gemm/MatMul/Conv with
         constant weights, or a shape op) and whose input options differ from the producer's
-        re-quantizes the producer's floats with the consumer's options (SPEC §2.2,
+        re-quantizes the producer's floats with the consumer's options (docs/contract.md §2.2,
         "otherwise"), and reads only the integers of the result. Those integers
         are a function of the producer's integers, so they come from a table computed once
         per op (the same element-wise quant(dequant(q)) on each integer of the tensor's
@@ -823,7 +826,7 @@ class ModuleCalibrator:
         """Global min/max of the float op over all blocks; sets the output quantizer.
 
         BatchNorm with per-channel parameters first clips its output to the 0.1 and 99.9
-        percentiles of the whole tensor (SPEC §3.7); they are computed exactly from the
+        percentiles of the whole tensor (docs/contract.md §3.7); they are computed exactly from the
         smallest and largest 0.1 % of the values (:mod:`fhequant.quantized.percentile`).
         """
         lo: Any = None
@@ -878,7 +881,8 @@ class ModuleCalibrator:
                 )
             op._set_output_quantizer(ends)
             if keep is not None and op.output_quant_stats is not None:
-                # QAT import: check_is_uniform_quantized needs the real uvalues (SPEC §1.2).
+                # QAT import: check_is_uniform_quantized needs the real uvalues
+                # (docs/contract.md §1.2).
                 op.output_quant_stats.uvalues = uniques
         return keep
 
@@ -956,7 +960,8 @@ class ModuleCalibrator:
         return values.min(), values.max()
 
     def _finish(self, op: Any, out: str, quant: Any, raw_blocks: Any) -> None:
-        """A graph-output op takes the params of its q_impl result (SPEC §4.2 step 4)."""
+        """A graph-output op takes the params of its q_impl result (docs/contract.md §4.2
+        step 4)."""
         if op.produces_graph_output and isinstance(quant, QuantizedArray):
             op.output_quant_stats = quant.quantizer.quant_stats
             op.output_quant_params = quant.quantizer.quant_params
@@ -987,7 +992,7 @@ class ModuleCalibrator:
                 arr.min(), arr.max(), out, f"op {op.op_instance_name!r} ({type(op).__name__})"
             )
 
-    # --- module input quantizers (SPEC §4.6) ---------------------------------------------
+    # --- module input quantizers (docs/contract.md §4.6) ------------------------------------------
 
     def _consumers(self, name: str) -> list[Any]:
         return [op for _, (inputs, op) in self.quant_layers.items() if name in inputs]
@@ -1046,7 +1051,7 @@ def _op_scale(op: Any) -> Any:
 
 
 def apply_power_of_two_scaling(module: Any, rounding_threshold_bits: Any = None) -> list[str]:
-    """The QAT power-of-two pass (SPEC §4.7).
+    """The QAT power-of-two pass (docs/contract.md §4.7).
 
     For each chain BrevitasQuant → Gemm/MatMul/Conv (one encrypted input) → Relu →
     BrevitasQuant → Gemm/Conv whose input, weight and output scales are powers of two
@@ -1121,13 +1126,13 @@ def quantize_module(
     verbose: bool = False,
     preprocess: Callable[..., tuple[np.ndarray, ...]] | None = None,
 ) -> dict[str, Any]:
-    """Run the calibration walk (SPEC §4.2) and return what QuantizedModule needs.
+    """Run the calibration walk (docs/contract.md §4.2) and return what QuantizedModule needs.
 
     Args:
         model: the ONNX model (pre-processed).
         data: calibration data: an array, a tuple of arrays, or an iterable of batches.
-        n_bits: int or dict (SPEC §4.1).
-        rounding_threshold_bits: for every mixing op (SPEC §2.4).
+        n_bits: int or dict (docs/contract.md §4.1).
+        rounding_threshold_bits: for every mixing op (docs/contract.md §2.4).
         import_qat: use the QAT importer instead of PTQ.
         block_rows: rows per evaluation block.
         memory_budget: bytes of intermediates kept in memory before spilling to disk.

@@ -1,4 +1,4 @@
-"""Fused statistics pass of Gemm / MatMul / Conv calibration (SPEC §4.2, decision 4).
+"""Fused statistics pass of Gemm / MatMul / Conv calibration (docs/contract.md §4.2, decision 4).
 
 In PTQ the statistics pass of a Gemm, MatMul or Conv only keeps the min and max of the op's
 float result. :func:`fused_statistics` gets them from the native extremes kernels

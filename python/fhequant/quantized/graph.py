@@ -1,11 +1,11 @@
 """Graph access for the calibration walk: nodes, constant folding, split-free float matmuls.
 
 ``graph_nodes`` lists an ONNX model's nodes with Python attribute values; ``fold_constant``
-evaluates a node whose inputs are all constants (SPEC §4.2); ``with
+evaluates a node whose inputs are all constants (docs/contract.md §4.2); ``with
 use_split_independent_impl(op)`` routes an op's float evaluation through the
 ``split_independent_impl`` its class declares (Gemm/MatMul/Conv: the sequential matmuls of
 :mod:`fhequant.quantized.float_impls`) as context, nothing set on the op, so calibration does
-not depend on the batch split (SPEC decision 4).
+not depend on the batch split (docs/contract.md decision 4).
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def _attr_value(attr: onnx.AttributeProto) -> Any:
     return value
 
 
-#: Domains whose ``Quant`` node is the Brevitas / QONNX fake quantization (SPEC §3.8): the
-#: reference's ``onnx.brevitas`` and the ``qonnx.custom_op.general`` of brevitas >= 0.11.
+#: Domains whose ``Quant`` node is the Brevitas / QONNX fake quantization (docs/contract.md §3.8):
+#: the reference's ``onnx.brevitas`` and the ``qonnx.custom_op.general`` of brevitas >= 0.11.
 BREVITAS_QUANT = "onnx.brevitas.Quant"
 _QUANT_DOMAINS = ("onnx.brevitas", "qonnx.custom_op.general")
 
@@ -100,7 +100,7 @@ def quantized_registry() -> dict[str, Any]:
 
 
 def fold_constant(node: GraphNode, values: list[Any]) -> Any:
-    """Evaluate a node whose inputs are all constants, in float (SPEC §4.2)."""
+    """Evaluate a node whose inputs are all constants, in float (docs/contract.md §4.2)."""
     registry = quantized_registry()
     cls = registry.get(node.op_type)
     if cls is not None:

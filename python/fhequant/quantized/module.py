@@ -1,4 +1,4 @@
-"""QuantizedModule: a calibrated integer model and its clear forward (SPEC §6.2, §6.3).
+"""QuantizedModule: a calibrated integer model and its clear forward (docs/contract.md §6.2, §6.3).
 
 ``forward`` = pre-processing → :meth:`QuantizedModule.quantize_input` →
 :meth:`QuantizedModule.quantized_forward` → :meth:`QuantizedModule.dequantize_output` →
@@ -105,7 +105,8 @@ def _fhe(what: str) -> FheBackend:
 
 
 def _output_quantizer(op: Any) -> UniformQuantizer:
-    """QA(op.n_bits, None, value_is_float=False, stats, params).quantizer (SPEC §6.2)."""
+    """QA(op.n_bits, None, value_is_float=False, stats, params).quantizer
+    (docs/contract.md §6.2)."""
     return QuantizedArray(
         op.n_bits,
         None,
@@ -330,7 +331,7 @@ class QuantizedModule(serialization.Serializable):
         return self._clear_forward(q_x, tracker)
 
     def check_quantized_tensors(self) -> None:
-        """QAT import: refuse tensors that the model left unquantized (SPEC §4.5).
+        """QAT import: refuse tensors that the model left unquantized (docs/contract.md §4.5).
 
         Raises:
             UnquantizedTensorError: (a ValueError) listing each tensor with the op consuming
@@ -465,10 +466,10 @@ class QuantizedModule(serialization.Serializable):
         out = tuple(q.dequant(v) for q, v in zip(self.output_quantizers, q_y, strict=True))
         return out[0] if len(out) == 1 else out
 
-    # --- serialization (SPEC §6.3) -------------------------------------------------------
+    # --- serialization (docs/contract.md §6.3) ----------------------------------------------------
 
     def dump_dict(self) -> dict[str, Any]:
-        """The module's fields in the order of SPEC §6.3."""
+        """The module's fields in the order of docs/contract.md §6.3."""
         return {
             "_is_compiled": self._is_compiled,
             "input_quantizers": self.input_quantizers,

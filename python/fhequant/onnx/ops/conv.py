@@ -1,4 +1,4 @@
-"""Convolutions: Conv (float64, SPEC §0), ConvTranspose and Unfold (torch.nn.Unfold)."""
+"""Convolutions: Conv (float64, docs/contract.md §0), ConvTranspose and Unfold (torch.nn.Unfold)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ _CONV_ATTRS = {
 
 
 def _padded_float64(x: np.ndarray, begins: Sequence[int], ends: Sequence[int]) -> np.ndarray:
-    """SPEC §0: pad into a float32 buffer (rounding padded data to float32), then float64."""
+    """docs/contract.md §0: pad into a float32 buffer (rounding padded data to float32), then
+    float64."""
     return pad_spatial(x, begins, ends, 0, np.float32).astype(np.float64, copy=False)
 
 

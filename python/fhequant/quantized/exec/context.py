@@ -9,8 +9,8 @@ Three things vary from one call of an op to the next and are read deep inside it
 * the debug forward's value tracker: :func:`track_values` (``forward(debug=True)``); ops
   read it through ``QuantizedOp._value_tracker``;
 * a float implementation routed for one op: :func:`route_float_impl` (the calibration walk
-  uses it for split-independent matmuls, SPEC decision 4); ``QuantizedOp.call_impl`` asks
-  :func:`routed_float_impl`.
+  uses it for split-independent matmuls, docs/contract.md decision 4); ``QuantizedOp.call_impl``
+  asks :func:`routed_float_impl`.
 
 Each is a ``contextvars.ContextVar``, so calls from several threads (or async tasks) on the
 same module see only their own settings.

@@ -204,7 +204,8 @@ class Executor:
         add: Any = None,
     ) -> Any:
         """((float64(round(matmul(a, b, z_w))) + offset) - sub)·mul (+ add), where round
-        removes ``lsbs`` bits: a hidden Gemm up to its output quantization (SPEC §3.1)."""
+        removes ``lsbs`` bits: a hidden Gemm up to its output quantization
+        (docs/contract.md §3.1)."""
         if self._direct:
             return self.backend.fused_matmul_rescale(a, b, z_w, lsbs, offset, sub, mul, add)
         acc = self.round_bit_pattern(self.matmul(a, b, z_w), lsbs, exactness)
@@ -281,7 +282,8 @@ class Executor:
         add: Any = None,
     ) -> Any:
         """((float64(round(conv(x, w, z_w))) + offset) - sub)·mul (+ add), where round
-        removes ``lsbs`` bits: a hidden Conv up to its output quantization (SPEC §3.2)."""
+        removes ``lsbs`` bits: a hidden Conv up to its output quantization
+        (docs/contract.md §3.2)."""
         geometry: dict[str, Any] = {
             "strides": strides, "pads": pads, "pad_value": pad_value, "group": group,
         }  # fmt: skip

@@ -4,8 +4,8 @@ Every primitive of :class:`~fhequant.quantized.exec.executor.Executor` names eac
 node it creates (``label``) together with its worst-case interval rule (``bounds``); the
 rounding step of a mixing op is announced as a rounding point. An observer receives them:
 
-* :class:`RecordingObserver` (the bit-width report, SPEC §7): for each node, the observed
-  range over the inputset and the worst-case range from the interval rules (an op input
+* :class:`RecordingObserver` (the bit-width report, docs/contract.md §7): for each node, the
+  observed range over the inputset and the worst-case range from the interval rules (an op input
   ranges over its whole integer type, or over the module input quantizer's clip range), as
   :class:`ValueRecord` rows. concrete-python gives every integer node the width of the
   smallest ``Integer`` holding its range (``fhequant.kernels.bit_width``).

@@ -1,4 +1,5 @@
-"""Quantized ONNX ops (SPEC §2, §3), grouped by family; see ``base`` for the op contract."""
+"""Quantized ONNX ops (docs/contract.md §2, §3), grouped by family; see ``base`` for the op
+contract."""
 
 from __future__ import annotations
 

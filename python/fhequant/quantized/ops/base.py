@@ -1,9 +1,9 @@
-"""Base classes of the quantized ops (SPEC §2) and the contract the PTQ walk relies on.
+"""Base classes of the quantized ops (docs/contract.md §2) and the contract the PTQ walk relies on.
 
 An op wraps the float implementation of one ONNX op type (``_impl_for_op_named``; its
 metadata, a :class:`~fhequant.quantized.ops.float_specs.FloatOpSpec`, says which inputs exist,
 which are raw and which attributes it takes). The PTQ walk (``fhequant.quantized.module``,
-SPEC §4) uses exactly this API:
+docs/contract.md §4) uses exactly this API:
 
 Construction
     ``QuantizedX(n_bits_output, op_instance_name, int_input_names=None, constant_inputs=None,
@@ -67,10 +67,10 @@ Capabilities (class attributes; the calibration walk reads them off the op's cla
         compute that re-quantization as a table over the producer's integers, when the inputs
         at these indices are constants (``()``: always; None: never).
     ``pow2_accumulator_shift: bool``
-        A mixing op with a "matmul" accumulator: the QAT power-of-two pass (SPEC §4.7) may turn
-        its rescale into a shift of that accumulator.
+        A mixing op with a "matmul" accumulator: the QAT power-of-two pass (docs/contract.md §4.7)
+        may turn its rescale into a shift of that accumulator.
     ``clips_percentiles: bool``
-        ``_calibration_values`` clips the float result to its 0.1/99.9 percentiles (SPEC
+        ``_calibration_values`` clips the float result to its 0.1/99.9 percentiles (docs/contract.md
         §3.7), which the streamed statistics pass computes exactly; otherwise the op counts as
         having the default min/max calibration.
 
@@ -191,7 +191,7 @@ def _on_uniform_grid(quantizer: Any, opts: Any) -> bool:
 
 
 class QuantizedOp(Serializable):
-    """A quantized ONNX op: float calibration plus integer inference (SPEC §2).
+    """A quantized ONNX op: float calibration plus integer inference (docs/contract.md §2).
 
     Every subclass is registered for JSON under its class name (``dumps``/``loads``), and
     every subclass whose body sets ``_impl_for_op_named`` as the quantized class of that ONNX
@@ -395,7 +395,7 @@ class QuantizedOp(Serializable):
         calibrate: bool,
         quantize_actual_values: bool,
     ) -> list[Any]:
-        """Build the full input list (SPEC §2.2).
+        """Build the full input list (docs/contract.md §2.2).
 
         Args:
             inputs: the variable inputs.
@@ -420,7 +420,7 @@ class QuantizedOp(Serializable):
         return out
 
     def _requantize(self, inp: QuantizedArray, index: int) -> QuantizedArray:
-        """The re-quantization rule at a non-fusable input (SPEC §2.2)."""
+        """The re-quantization rule at a non-fusable input (docs/contract.md §2.2)."""
         opts = self.input_quant_opts
         qz = inp.quantizer
         scalar_zp = _zp_is_scalar(qz.zero_point)
@@ -463,7 +463,8 @@ class QuantizedOp(Serializable):
         return self.spec().raw_output
 
     def calibrate(self, *inputs: Any) -> Any:
-        """Run the float op on calibration data and set the output quantizer (SPEC §2.3).
+        """Run the float op on calibration data and set the output quantizer
+        (docs/contract.md §2.3).
 
         Args:
             *inputs: the variable inputs (floats, QuantizedArrays or raw arrays).
@@ -551,7 +552,8 @@ class QuantizedOp(Serializable):
         )
 
     def q_impl(self, *q_inputs: Any, calibrate_rounding: bool = False, **attrs: Any) -> Any:
-        """Run the op on quantized inputs: by default a float TLU of ``.values`` (SPEC §2.3).
+        """Run the op on quantized inputs: by default a float TLU of ``.values``
+        (docs/contract.md §2.3).
 
         Args:
             *q_inputs: the variable inputs (QuantizedArrays, or raw arrays).
@@ -604,7 +606,8 @@ class QuantizedOp(Serializable):
     # --- JSON -----------------------------------------------------------------------------
 
     def dump_dict(self) -> dict[str, Any]:
-        """Every field of the op, keys sorted (SPEC §6.3); constant input keys as strings.
+        """Every field of the op, keys sorted (docs/contract.md §6.3); constant input keys as
+        strings.
 
         Returns:
             The fields to write (the serializer encodes the values).
@@ -658,7 +661,8 @@ class QuantizedOp(Serializable):
 
 
 class QuantizedMixingOp(QuantizedOp):
-    """A non-fusable op mixing encrypted values; it can round its accumulators (SPEC §2.4).
+    """A non-fusable op mixing encrypted values; it can round its accumulators
+    (docs/contract.md §2.4).
 
     Args:
         *args: as for QuantizedOp.
@@ -712,7 +716,7 @@ class QuantizedMixingOp(QuantizedOp):
         calibrate_rounding: bool,
         rounding_operation_id: str = "single_rounding_op",
     ) -> Any:
-        """Round an integer accumulator to the rounding threshold (SPEC §2.4).
+        """Round an integer accumulator to the rounding threshold (docs/contract.md §2.4).
 
         Args:
             x: the int64 accumulator (array or tracer).
