@@ -834,6 +834,8 @@ class ModuleCalibrator:
         dtype: Any = None
         keep: list[Any] | None = [] if self.strategy.flows_raw else None
         raw_output = bool(op.spec().raw_output)
+        # shape arithmetic (Shape -> Gather -> Add ...): integers from raw tensors stay raw
+        raw_inputs = all(self.tensors[n].kind == "raw" for n in variable)
         selector: TailSelector | None = None
         uniques: Any = None
         if keep is None and not raw_output and not _clips_percentiles(op):
@@ -850,6 +852,7 @@ class ModuleCalibrator:
             raw = op.call_impl(*prepared, **op.attrs)
             if keep is not None:
                 keep.append(raw)
+            raw_output = raw_output or (raw_inputs and np.asarray(raw).dtype.kind in "iub")
             if raw_output:
                 continue
             arr = np.asarray(raw)

@@ -172,6 +172,17 @@ def quantized_values_copy(
     )
 
 
+def _integers_of_raw_inputs(inputs: tuple[Any, ...], raw: Any) -> bool:
+    """Shape arithmetic: integers computed from raw integer inputs only (no quantizer)."""
+    return (
+        bool(inputs)
+        and np.asarray(raw).dtype.kind in "iub"
+        and all(
+            not isinstance(x, QuantizedArray) and np.asarray(x).dtype.kind in "iub" for x in inputs
+        )
+    )
+
+
 def _is_fresh(out: Any, inputs: list[Any]) -> bool:
     """Whether ``out`` is an ndarray owning its memory and sharing none with ``inputs`` (so a
     QuantizedArray may keep it without a copy)."""
@@ -476,7 +487,7 @@ class QuantizedOp(Serializable):
             *inputs, calibrate=True, quantize_actual_values=False
         )
         raw = self.call_impl(*prepared, **self.attrs)
-        if self._is_raw_output():
+        if self._is_raw_output() or _integers_of_raw_inputs(inputs, raw):
             return raw
         self._set_output_quantizer(self._calibration_values(raw, prepared))
         return raw
