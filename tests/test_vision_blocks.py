@@ -184,3 +184,44 @@ def test_trained_block_compiles_and_simulates_exactly(cls: type[nn.Module]) -> N
         f"{cls.__name__}: {report.predicted_max_bit_width} bits, accuracy float "
         f"{float_acc:.2f} clear {clear_acc:.2f}"
     )
+
+
+class PoolZoo(nn.Module):
+    """Every pool variant of issue 13 in one small network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.max_ceil = nn.MaxPool2d(2, stride=2, ceil_mode=True)
+        self.max_dilated = nn.MaxPool2d(2, stride=1, dilation=2)
+        self.avg_ceil = nn.AvgPool2d(
+            2, stride=2, padding=1, ceil_mode=True, count_include_pad=False
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))  # (N, 2, 6, 6)
+        a = self.max_ceil(self.max_dilated(h))  # (N, 2, 2, 2)
+        b = self.avg_ceil(h)  # (N, 2, 4, 4)
+        seq = nn.functional.max_pool1d(b.reshape(-1, 2, 16), 3, stride=2, ceil_mode=True)
+        return torch.cat(
+            [
+                torch.flatten(nn.functional.adaptive_max_pool2d(a, 1), 1),
+                torch.flatten(seq, 1),
+                h.mean(dim=(2, 3)),
+            ],
+            1,
+        )
+
+
+@pytest.mark.slow
+def test_pool_variants_compile_and_simulate_exactly() -> None:
+    x, _ = _digits()
+    model = _random_model(PoolZoo)
+    calib = x[:100]
+    module = build_quantized_module(model, calib, n_bits=4, rounding_threshold_bits=6)
+    clear = module.forward(calib[:20])
+    assert np.abs(clear - _float(model, calib[:20])).max() <= 0.25 * float(np.ptp(clear))
+    module.compile(calib)
+    report = module.bitwidth_report()
+    assert report.predicted_max_bit_width == module.fhe_circuit.graph.maximum_integer_bit_width()
+    np.testing.assert_array_equal(module.forward(calib[:20], fhe="simulate"), clear)
