@@ -7,9 +7,9 @@ node becomes a quantized op that is calibrated on the *fake-quantized* outputs o
 producers (§4.2): ``op.calibrate`` on the float data sets the output quantizer, then
 ``op.q_impl`` (rounding calibration for mixing ops) gives the values that flow downstream.
 
-Two strategies share the walk (composition, not mixins): :class:`PostTrainingAffineQuantization`
+Two strategies share the walk (composition, not mixins): :class:`PTQStrategy`
 (PTQ: signed-from-data asymmetric input options, dequantized values flow downstream) and
-:class:`PostTrainingQATImporter` (QAT: QAT input options, the raw float output flows).
+:class:`QATImportStrategy` (QAT: QAT input options, the raw float output flows).
 
 Streaming (docs/contract.md decision 4). The data is cut into blocks of ``block_rows`` rows anchored
 at row 0 (:mod:`fhequant.quantized.streaming`), whatever the batch sizes of the source, and each op
@@ -67,8 +67,8 @@ from fhequant.quantized.graph import (
 from fhequant.quantized.n_bits import resolve_n_bits
 from fhequant.quantized.percentile import TailSelector, percentile_from_tails
 from fhequant.quantized.strategies import (
-    PostTrainingAffineQuantization,
-    PostTrainingQATImporter,
+    PTQStrategy,
+    QATImportStrategy,
     QuantizationStrategy,
     process_initializer_ptq,
     process_initializer_qat,
@@ -84,8 +84,8 @@ from fhequant.quantized.streaming import (
 )
 
 __all__ = [
-    "PostTrainingAffineQuantization",
-    "PostTrainingQATImporter",
+    "PTQStrategy",
+    "QATImportStrategy",
     "QuantizationStrategy",
     "process_initializer_ptq",
     "process_initializer_qat",
@@ -1143,9 +1143,7 @@ def quantize_module(
         input_names, output_names, quant_layers_dict, input_quantizers, n_rows, spilled.
     """
     bits = resolve_n_bits(n_bits)
-    strategy: QuantizationStrategy = (
-        PostTrainingQATImporter(bits) if import_qat else PostTrainingAffineQuantization(bits)
-    )
+    strategy: QuantizationStrategy = QATImportStrategy(bits) if import_qat else PTQStrategy(bits)
     calibrator = ModuleCalibrator(
         model,
         strategy,
