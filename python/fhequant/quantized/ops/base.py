@@ -400,7 +400,12 @@ class QuantizedOp(Serializable):
         return raw
 
     def _set_output_quantizer(self, raw: Any) -> None:
-        samples = QuantizedArray(self.n_bits, np.asarray(raw))
+        values = np.asarray(raw)
+        if values.dtype.kind in "biu":
+            # integer results (shape arithmetic on raw inputs: Concat of a Shape, ...): their
+            # quantizer is that of the same values as floats; a raw result flows on as is
+            values = values.astype(np.float64)
+        samples = QuantizedArray(self.n_bits, values)
         self.output_quant_params = samples.quantizer.quant_params
         self.output_quant_stats = samples.quantizer.quant_stats
 
