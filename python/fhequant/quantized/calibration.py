@@ -468,7 +468,9 @@ class ModuleCalibrator:
         signed = False
         for name in variable:
             tensor = self.tensors[name]
-            int_input_names |= tensor.producers
+            if tensor.kind != "raw" or tensor.quantizer is not None:
+                # raw tensors (shapes, indices) are not encrypted: they produce no integers
+                int_input_names |= tensor.producers
             if tensor.vmin is not None and tensor.vmin < 0:
                 signed = True
         n_in = (

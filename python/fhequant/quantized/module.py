@@ -504,8 +504,9 @@ class QuantizedModule(serialization.Serializable):
         if self.fhe_circuit is None or report is None:
             return None
         worst = bool(report.worst_case)
+        ops = {out: op.op_instance_name for out, (_, op) in self.quant_layers_dict.items()}
         return {
-            row.name: {
+            ops.get(row.name, row.name): {
                 "range": (row.wc_lo, row.wc_hi) if worst else (row.lo, row.hi),
                 "bitwidth": row.wc_bits if worst else row.bits,
             }
@@ -570,6 +571,7 @@ class QuantizedModule(serialization.Serializable):
         )
         module.input_quantizers = list(metadata["input_quantizers"])
         module.output_quantizers = list(metadata["output_quantizers"])
+        module._post_processing_params = dict(metadata.get("_post_processing_params") or {})
         return module
 
     def dump(self, file: IO[str]) -> None:

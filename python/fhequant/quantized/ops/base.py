@@ -345,10 +345,26 @@ class QuantizedOp(Serializable):
             return quantized_values_copy(inp, copy_values=self._value_tracker() is not None)
         if (
             opts.is_qat
+            and qz.is_qat
+            and scalar_zp
+            and not qz.is_precomputed_qat
+            and not on_uniform_grid(qz, opts)
+        ):
+            # QAT import: the accumulator of a QAT op (Gemm/Conv/Add) read by another mixing
+            # op with no QuantIdentity between them (the sum of two QuantLinear outputs): the
+            # model gives it no grid, so it is re-quantized from its statistics, as PTQ does
+            ptq = copy.deepcopy(opts)
+            ptq.is_qat = False
+            return QuantizedArray(
+                opts.n_bits, inp.values, options=ptq, stats=qz.quant_stats, copy_values=False
+            )
+        if (
+            opts.is_qat
             and self.error_tracker is not None
             and not qz.is_precomputed_qat
             and not on_uniform_grid(qz, opts)
         ):
+            # a float TLU's output the model left unquantized: reported (docs/contract.md §4.5)
             self.error_tracker.append(index)
         return QuantizedArray(
             opts.n_bits,

@@ -94,9 +94,9 @@ class QuantizedCast(QuantizedOp):
     def call_impl(self, *inputs: Any, **attrs: Any) -> Any:
         """The float implementation; a float input cast to an integer type gives float64."""
         out = super().call_impl(*inputs, **attrs)
-        x = inputs[0] if inputs else None
-        floating = getattr(x, "dtype", None) is not None and x.dtype.kind == "f"
-        if floating and getattr(out, "dtype", None) is not None and out.dtype.kind in "iu":
+        in_kind = getattr(getattr(inputs[0], "dtype", None), "kind", "") if inputs else ""
+        out_kind = getattr(getattr(out, "dtype", None), "kind", "")
+        if in_kind == "f" and out_kind in ("i", "u"):
             return out.astype(np.float64)
         return out
 
@@ -298,13 +298,21 @@ class QuantizedBatchNormalization(QuantizedOp):
 
 
 class _NeedsConstant(QuantizedOp):
-    """A comparison: at most one input may be encrypted (a QuantizedArray); the others are
-    constants or raw arrays (shape arithmetic compares raw integers, which is allowed)."""
+    """A comparison: it may not compare two encrypted tensors (two integer producers, or two
+    QuantizedArray inputs); constants and raw arrays (shape arithmetic) are allowed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if len(self.constant_inputs) < 1 and len(self.int_input_names) > 1:
+            raise QuantizedOpError(
+                f"{self._label()}: comparing two encrypted tensors is not supported; one "
+                "input must be a constant"
+            )
 
     def q_impl(self, *q_inputs: Any, calibrate_rounding: bool = False, **attrs: Any) -> Any:
         """As QuantizedOp.q_impl, after checking that at most one input is encrypted."""
         encrypted = sum(isinstance(q, QuantizedArray) for q in q_inputs)
-        if encrypted > 1:
+        if encrypted > 1 and len(self.int_input_names) > 1:
             raise QuantizedOpError(
                 f"{self._label()}: comparing two encrypted tensors is not supported; one "
                 "input must be a constant"
