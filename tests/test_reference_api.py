@@ -71,6 +71,11 @@ def test_op_call_runs_q_impl_with_attribute_overrides() -> None:
     a = qa_float(RNG.normal(size=(4, 3)), 8, signed=True)
     gemm.calibrate(a.values)
     np.testing.assert_array_equal(gemm(a).qvalues, gemm.q_impl(a).qvalues)
+    assert QuantizedGemm.op_type() == "Gemm" and gemm.op_type() == "Gemm"
+    prepared = op.prepare_output(np.array([0.5, 1.5]))
+    np.testing.assert_array_equal(
+        prepared.qvalues, op.make_output_quant_array(np.array([0.5, 1.5])).qvalues
+    )
 
 
 # --- constant_inputs keys --------------------------------------------------------------------

@@ -232,6 +232,11 @@ class QuantizedOp(Serializable):
         return float_spec(cls._impl_for_op_named)
 
     @classmethod
+    def op_type(cls) -> str:
+        """The ONNX op type this class quantizes (Concrete ML's name)."""
+        return cls._impl_for_op_named
+
+    @classmethod
     def must_quantize_input(cls, input_index: int) -> bool:
         """Whether the input at this index is a tensor to quantize (False for raw inputs)."""
         return input_index not in cls.spec().raw_inputs
@@ -458,6 +463,10 @@ class QuantizedOp(Serializable):
             copy_values=not owned,
             defer=True,
         )
+
+    def prepare_output(self, values: Any) -> QuantizedArray:
+        """Concrete ML's name of :meth:`make_output_quant_array` (float ``values``)."""
+        return self.make_output_quant_array(values)
 
     def make_raw_accumulator_array(
         self, acc: Any, scale: Any, zero_point: Any, *, owned: bool = False
