@@ -222,8 +222,6 @@ class OpPasses:
         dtype: Any = None
         keep: list[Any] | None = [] if self.flows_raw else None
         raw_output = bool(op.spec().raw_output)
-        # shape arithmetic (Shape -> Gather -> Add ...): integers from raw tensors stay raw
-        raw_inputs = all(store.tensors[n].kind == "raw" for n in variable)
         selector: TailSelector | None = None
         uniques: Any = None
         if keep is None and not raw_output and not traits.clips_percentiles(op):
@@ -240,7 +238,6 @@ class OpPasses:
             raw = op.call_impl(*prepared, **op.attrs)
             if keep is not None:
                 keep.append(raw)
-            raw_output = raw_output or (raw_inputs and np.asarray(raw).dtype.kind in "iub")
             if raw_output:
                 continue
             arr = np.asarray(raw)
