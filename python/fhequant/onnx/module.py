@@ -58,7 +58,11 @@ class GraphNode:
         """
         fn = self.spec.quant_fn if quant_semantics else self.spec.fn
         try:
-            res = fn(*inputs, **self.attrs)
+            if quant_semantics:
+                res = fn(*inputs, **self.attrs)
+            else:  # graph semantics: inf/nan silently, as onnxruntime
+                with np.errstate(all="ignore"):
+                    res = fn(*inputs, **self.attrs)
         except FhequantError as exc:
             raise type(exc)(f"node {self.name!r} ({self.op_type}): {exc}") from exc
         except (ValueError, TypeError, IndexError, ArithmeticError) as exc:
