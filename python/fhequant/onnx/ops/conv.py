@@ -129,6 +129,13 @@ def conv_transpose_quant(
                 f"ConvTranspose output_shape {list(output_shape)} does not give {nsp} spatial "
                 "sizes >= 1"
             )
+        too_big = [t for t, f, st in zip(target, full, s, strict=False) if t - f >= st]
+        if too_big:  # onnxruntime: inconsistent with the input size
+            raise ShapeError(
+                f"ConvTranspose output_shape {target} is inconsistent with the input "
+                f"{list(in_sp)}: with strides {list(s)} the output is at most "
+                f"{[f + st - 1 for f, st in zip(full, s, strict=False)]}"
+            )
         totals = [max(0, f - t) for f, t in zip(full, target, strict=False)]
         if auto_pad == "SAME_UPPER":
             begins = [t // 2 for t in totals]
