@@ -405,3 +405,29 @@ def test_training_dropout_given_at_run_time_is_refused() -> None:
     np.testing.assert_array_equal(module(x, np.array(False)), x)
     with pytest.raises(FhequantError, match="training_mode"):
         module(x, np.array(True))
+
+
+def test_op_without_converter_adapter_is_relabelled() -> None:
+    """GlobalMaxPool 22 only added types: onnx's converter has no 22 -> 21 adapter for it."""
+    model = _model(
+        [helper.make_node("GlobalMaxPool", ["x"], ["y"])],
+        {"x": (TensorProto.FLOAT, ["N", 2, 3, 3])},
+        {"y": (TensorProto.FLOAT, ["N", 2, 1, 1])},
+        {},
+        22,
+        10,
+    )
+    with pytest.raises(Exception, match="GlobalMaxPool"):
+        onnx.version_converter.convert_version(model, 21)
+    x = _f32(2, 2, 3, 3)
+    np.testing.assert_array_equal(NumpyModule(model)(x), run_ort(model, {"x": x})[0])
+
+
+@pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin"])
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+def test_max_min_over_an_empty_set(op: str, dtype: Any) -> None:
+    x = np.zeros((2, 0, 4), dtype=dtype)
+    axes = {"axes": np.array([1], dtype=np.int64)}
+    got, ref = _single(op, {"x": x}, axes, opset=18, keepdims=1)
+    assert got.dtype == ref.dtype == dtype
+    np.testing.assert_array_equal(got, ref)

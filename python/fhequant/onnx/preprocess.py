@@ -119,11 +119,51 @@ def _changed_ops(model: onnx.ModelProto, source: int, target: int) -> list[str]:
     return sorted(changed)
 
 
+def _signature(schema: Any) -> tuple[Any, ...]:
+    """An op schema's inputs, outputs and attributes, without its type constraints."""
+    return (
+        tuple((i.name, i.option) for i in schema.inputs),
+        tuple((o.name, o.option) for o in schema.outputs),
+        tuple(sorted((a.name, a.type, a.required) for a in schema.attributes.values())),
+    )
+
+
+def _relabel_down(model: onnx.ModelProto, source: int, target: int) -> onnx.ModelProto | None:
+    """The model at ``target`` when every op's signature is the same at both opsets and
+    its types are allowed at ``target`` (newer opsets often only add types, and the converter
+    lacks some of those adapters, e.g. GlobalMaxPool 22 -> 21); else None."""
+    if source <= target:
+        return None
+    for node in model.graph.node:
+        if node.domain not in DEFAULT_DOMAINS:
+            continue
+        try:
+            old = onnx.defs.get_schema(node.op_type, source, "")
+            new = onnx.defs.get_schema(node.op_type, target, "")
+        except Exception:  # not defined at one of the opsets
+            return None
+        if old.since_version != new.since_version and _signature(old) != _signature(new):
+            return None
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for op in out.opset_import:
+        if op.domain in DEFAULT_DOMAINS:
+            op.version = target
+    out.ir_version = max(out.ir_version, _IR_INITIALIZERS_OPTIONAL)
+    try:  # strict shape inference checks every tensor type against the target schemas
+        onnx.checker.check_model(out, full_check=True)
+    except Exception:
+        return None
+    return out
+
+
 def convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model at an opset fhequant implements (13 to 21), converted when needed.
 
     Opsets below 13 are converted up to 13, opsets above 21 down to 21, with
-    ``onnx.version_converter``; the IR version is raised to 4 at least (IR 3 files list
+    ``onnx.version_converter`` (when it has no adapter, a model whose ops have the same
+    inputs, outputs and attributes at both opsets, with types allowed at 21, is relabelled);
+    the IR version is raised to 4 at least (IR 3 files list
     every initializer as a graph input, which the pre-processing removes).
 
     Raises:
@@ -139,6 +179,9 @@ def convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         converted = version_converter.convert_version(model, target)
     except Exception as exc:
+        relabelled = _relabel_down(model, opset, target)
+        if relabelled is not None:
+            return relabelled
         text = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
         named = re.findall(r"operator '(\w+)'|for (\w+)\s*$", text)
         ops = sorted({a or b for a, b in named}) or _changed_ops(model, opset, target)
