@@ -2,7 +2,8 @@
 
 * MLP 64-128-128-10 (ReLU) on 100k rows: float32 Gemms.
 * CNN Conv(1→8, 3, p1)-ReLU-Conv(8→16, 3, s2, p1)-ReLU-Linear(256→10) on 10k 1x8x8 images:
-  Conv in float64 with a float32 padding buffer (SPEC §0), Linear in float64 (its input is).
+  Conv in float64 with a float32 padding buffer (docs/contract.md §0), Linear in float64 (its input
+  is).
 
 Each timing is the best of ``REPEATS`` runs, the two sides alternating; ratio = NumpyModule /
 direct numpy.
@@ -43,7 +44,8 @@ def params(layer: nn.Module) -> tuple[np.ndarray, np.ndarray]:
 
 
 def direct_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, pad: int) -> np.ndarray:
-    """float32 zero-padding buffer, then a float64 im2col product (what SPEC §0 specifies)."""
+    """float32 zero-padding buffer, then a float64 im2col product (what docs/contract.md §0
+    specifies)."""
     n, c, h, wd = x.shape
     xp = np.zeros((n, c, h + 2 * pad, wd + 2 * pad), dtype=np.float32)
     xp[:, :, pad : pad + h, pad : pad + wd] = x

@@ -38,7 +38,7 @@ def best(fn: Callable[[], Any], repeat: int) -> float:
 
 
 def params(rmin: Any, rmax: Any) -> tuple[np.float64, np.int64]:
-    """Unsigned asymmetric scale and zero point (SPEC §1.3)."""
+    """Unsigned asymmetric scale and zero point (docs/contract.md §1.3)."""
     delta = rmax - rmin
     scale = np.float64(delta) / (2**N_BITS - 1)
     zp = np.int64(np.rint(-np.float64(rmin) * (2**N_BITS - 1) / np.float64(delta)))

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fhequant.quantized.ops.executors import executor_for
+from fhequant.quantized.exec import executor_for, run_op
 
 
 def _bits(lo: int, hi: int) -> int:
@@ -142,7 +142,7 @@ class StandinMLP:
 
     def quantized_forward(self, q: Any) -> Any:
         for layer in self.layers:
-            q = layer.q_impl(q)
+            q = run_op(layer.op_instance_name, layer, q)
         return q
 
     def dequantize_output(self, acc: np.ndarray) -> np.ndarray:

@@ -163,7 +163,6 @@ def test_every_section_citation_has_a_heading() -> None:
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.xfail(reason="the mechanical citation rewrite is the next commit", strict=True)
 def test_no_citation_of_the_old_specification() -> None:
     problems = [
         msg

@@ -1,4 +1,5 @@
-"""Compiling quantized models with concrete-python: simulate, execute, bit widths (SPEC §6.2, §7).
+"""Compiling quantized models with concrete-python: simulate, execute, bit widths
+(docs/contract.md §6.2, §7).
 
 Every compiled model checks that the BitWidthReport predicts
 ``circuit.graph.maximum_integer_bit_width()`` exactly. Real encryption runs once here, on a

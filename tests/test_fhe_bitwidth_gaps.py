@@ -1,9 +1,9 @@
 """The bit-width report sees the integer arithmetic outside the matmul/conv primitives.
 
-A QAT integer bias (added to the accumulator as an integer, SPEC §3.8), the encrypted x
-encrypted MatMul (quarter-square products, SPEC §3.1) and the encrypted x encrypted Mul and
-Div (SPEC §3.4, §3.5) create integer nodes of their own; ``predicted_max_bit_width`` must
-equal ``maximum_integer_bit_width()`` of the compiled circuit for both accumulator bounds,
+A QAT integer bias (added to the accumulator as an integer, docs/contract.md §3.8), the encrypted x
+encrypted MatMul (quarter-square products, docs/contract.md §3.1) and the encrypted x encrypted Mul
+and Div (docs/contract.md §3.4, §3.5) create integer nodes of their own; ``predicted_max_bit_width``
+must equal ``maximum_integer_bit_width()`` of the compiled circuit for both accumulator bounds,
 and simulate must equal the clear forward.
 """
 

@@ -1,4 +1,5 @@
-"""fhequant.fhe without compiling: configuration, argument names, statuses, errors (SPEC §6, §7)."""
+"""fhequant.fhe without compiling: configuration, argument names, statuses, errors
+(docs/contract.md §6, §7)."""
 
 from __future__ import annotations
 
@@ -135,7 +136,7 @@ def test_compile_argument_errors_before_compiling(monkeypatch: pytest.MonkeyPatc
 def test_wide_accumulator_raises_bit_width_error_before_compiling(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A 1200-input 8-bit Gemm feeding a TLU needs more than 16 bits (SPEC §7)."""
+    """A 1200-input 8-bit Gemm feeding a TLU needs more than 16 bits (docs/contract.md §7)."""
     module, x = _mlp_module(1200, 8)
 
     def no_compile(*args: object, **kwargs: object) -> None:

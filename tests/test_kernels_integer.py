@@ -90,7 +90,7 @@ def test_gemm_vector_input_and_dtypes() -> None:
 @SETTINGS
 @given(gemm_case())
 def test_gemm_equals_the_float_formula(case: tuple[np.ndarray, np.ndarray, int, int]) -> None:
-    """m·(acc + p·z_x·z_w - sum_w) = s_x·s_w·Σ(q_x - z_x)(q_w - z_w) (SPEC §3.1)."""
+    """m·(acc + p·z_x·z_w - sum_w) = s_x·s_w·Σ(q_x - z_x)(q_w - z_w) (docs/contract.md §3.1)."""
     x, w, z_x, z_w = case
     acc, sum_w = ik.integer_gemm(x, w, z_x, z_w)
     p = w.shape[-2]
@@ -174,7 +174,8 @@ def _float_conv(x: np.ndarray, w: np.ndarray, strides: list[int], pads: list[int
 @SETTINGS
 @given(conv_case())
 def test_conv_equals_the_float_formula(case: dict[str, Any]) -> None:
-    """acc + n_w·z_x·z_w - sum_w = conv(x_pad - z_x, w - z_w) with 0-padding (SPEC §3.2)."""
+    """acc + n_w·z_x·z_w - sum_w = conv(x_pad - z_x, w - z_w) with 0-padding
+    (docs/contract.md §3.2)."""
     acc, sum_w = ik.integer_conv(**case)
     x, w, z_x, z_w = case["q_x"], case["q_w"], case["z_x"], case["z_w"]
     n_w = int(np.prod(w.shape[1:]))
@@ -619,7 +620,7 @@ def test_u8i8_conv_limits_match_the_reference(case: dict[str, Any]) -> None:
         assert _core.int_vnni(True) == vnni
 
 
-# --- the fused Gemm rescale (SPEC §3.1, §2.4) ----------------------------------------------
+# --- the fused Gemm rescale (docs/contract.md §3.1, §2.4) -----------------------------------------
 
 
 def _bits_equal(got: Any, want: Any) -> None:

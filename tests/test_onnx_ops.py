@@ -1,7 +1,8 @@
 """Every registered op against onnxruntime on single-node models (attribute variants included).
 
 Tolerance: rtol 1e-5 / atol 1e-6. Conv, ConvTranspose and AveragePool run in float64 here
-(SPEC §0) while onnxruntime uses float32; the values are compared with the same tolerance.
+(docs/contract.md §0) while onnxruntime uses float32; the values are compared with the same
+tolerance.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Pre-processing (SPEC §5.1): folding, fusions, one-hot Gather, opsets, and the node walk."""
+"""Pre-processing (docs/contract.md §5.1): folding, fusions, one-hot Gather, opsets, and the node
+walk."""
 
 from __future__ import annotations
 

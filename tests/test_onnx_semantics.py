@@ -1,5 +1,5 @@
-"""The SPEC §5.3 float forms (quant_fn), SPEC §0 dtypes of Conv/AveragePool, Brevitas Quant,
-Unfold, and the registry metadata the quantized layers rely on."""
+"""The docs/contract.md §5.3 float forms (quant_fn), docs/contract.md §0 dtypes of Conv/AveragePool,
+Brevitas Quant, Unfold, and the registry metadata the quantized layers rely on."""
 
 from __future__ import annotations
 

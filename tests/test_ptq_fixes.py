@@ -1,8 +1,9 @@
-"""The deliberate fixes of SPEC "Product decisions" 2(a)-(c), checked against float math.
+"""The deliberate fixes of docs/contract.md "Product decisions" 2(a)-(c), checked against float
+math.
 
 Each test recomputes the module's output from its own quantizers with plain float64 algebra
 (dequantize every integer operand, multiply, add the float bias): the integer pipeline must
-give the same numbers up to float rounding (the graph-output bias term is float32, SPEC
+give the same numbers up to float rounding (the graph-output bias term is float32, docs/contract.md
 §3.1), where the reference's bugs are off by whole quantization steps.
 """
 

@@ -1,4 +1,5 @@
-"""n_bits (SPEC §4.1), module input quantizers (§4.6), QuantizedModule API and errors (§6.2, §8)."""
+"""n_bits (docs/contract.md §4.1), module input quantizers (§4.6), QuantizedModule API and errors
+(§6.2, §8)."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def test_n_bits_errors_are_builtin_types() -> None:
         resolve_n_bits({"op_inputs": 3})
 
 
-# --- input quantizers (SPEC §4.6) ----------------------------------------------------------
+# --- input quantizers (docs/contract.md §4.6) -----------------------------------------------------
 
 
 def test_input_quantizer_of_a_gemm_uses_its_op_inputs_options() -> None:
@@ -113,7 +114,7 @@ def test_hidden_ops_output_at_model_outputs_unsigned() -> None:
     assert relu.output_quant_params.offset == 0
 
 
-# --- forward and errors (SPEC §6.2, §8) ----------------------------------------------------
+# --- forward and errors (docs/contract.md §6.2, §8) -----------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +199,7 @@ def test_torch_module_and_its_onnx_export_give_the_same_module() -> None:
     assert np.abs(from_torch.forward(X[:20]) - ref).max() < 0.5
 
 
-# --- serialization (SPEC §6.3) -------------------------------------------------------------
+# --- serialization (docs/contract.md §6.3) --------------------------------------------------------
 
 
 def test_module_json_round_trip(module: QuantizedModule) -> None:

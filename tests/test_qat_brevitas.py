@@ -1,4 +1,5 @@
-"""compile_brevitas_qat_model on Brevitas models trained on scikit-learn's digits (SPEC §6.1)."""
+"""compile_brevitas_qat_model on Brevitas models trained on scikit-learn's digits
+(docs/contract.md §6.1)."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def test_mlp_structure_and_bit_widths(compiled_mlp: Any) -> None:
         "QuantizedBrevitasQuant",
         "QuantizedGemm",
     ]
-    # The 3-bit Brevitas input quantizer is the module's input quantizer (SPEC §4.6).
+    # The 3-bit Brevitas input quantizer is the module's input quantizer (docs/contract.md §4.6).
     q_in = compiled_mlp.input_quantizers[0]
     assert q_in.n_bits == 3 and q_in.is_precomputed_qat
     weights = [

@@ -1,4 +1,5 @@
-"""Generic QAT import: a torch model that fake-quantizes itself (SPEC §4.2 QAT, §4.5)."""
+"""Generic QAT import: a torch model that fake-quantizes itself (docs/contract.md §4.2
+QAT, §4.5)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from fhequant.errors import UnquantizedTensorError  # noqa: E402
 
 BITS = 3
 RNG = np.random.default_rng(3)
-# The module input quantizer (model_inputs = 5 bits, SPEC §4.6) moves the data by less than
-# half a step of the model's own 0.25 grid when the data sits on that grid.
+# The module input quantizer (model_inputs = 5 bits, docs/contract.md §4.6) moves the data by less
+# than half a step of the model's own 0.25 grid when the data sits on that grid.
 X = (RNG.integers(-6, 7, size=(80, 5)) * 0.25).astype(np.float32)
 
 
@@ -40,8 +41,8 @@ class FakeQuantMlp(torch.nn.Module):
 
     def forward(self, x: Any) -> Any:
         h = self.fc1(fq(x, 0.25))
-        # QAT import quantizes with zp 0 and scale (max - min)/(2^n - 1) (SPEC §1.3): the grid
-        # must be signed and reached at both ends, which the clamp ensures here.
+        # QAT import quantizes with zp 0 and scale (max - min)/(2^n - 1) (docs/contract.md §1.3):
+        # the grid must be signed and reached at both ends, which the clamp ensures here.
         h = fq(h, 0.5) if self.quantize_hidden else torch.relu(h)
         return self.fc2(h)
 

@@ -116,7 +116,7 @@ def _gemm_model(
     y = g.node("Gemm", inputs)
     if hidden:
         y = g.node("Relu", [y])
-    # SPEC §3.8: signed=0 with narrow=1 is imported as signed=1, narrow=0.
+    # docs/contract.md §3.8: signed=0 with narrow=1 is imported as signed=1, narrow=0.
     if not signed and narrow:
         signed, narrow = 1, 0
     ref_x = fake_quant(X, in_scale, 0, 4, bool(signed), bool(narrow))
@@ -136,7 +136,8 @@ def test_quant_gemm_matches_float_reference(domain: str, signed: int, narrow: in
     model, expected, (ref_x, ref_w) = _gemm_model(domain, signed, narrow, 0.2)
     module = build_quantized_module(model, X, import_qat=True, n_bits=8)
     np.testing.assert_allclose(module.forward(X), expected, rtol=1e-5, atol=1e-5)
-    # Input quantizer = the Brevitas quantizer (SPEC §4.6); unsigned+narrow means signed.
+    # Input quantizer = the Brevitas quantizer (docs/contract.md §4.6); unsigned+narrow means
+    # signed.
     q = module.quantize_input(X)
     eff_signed = signed or narrow
     lo = -8 + (1 if narrow and signed else 0) if eff_signed else 0
@@ -242,7 +243,7 @@ def test_missing_quantizer_lists_tensor_and_consumer() -> None:
 
 
 def _pow2_chain(in_scale: float, w_scale: float, out_scale: float) -> Any:
-    """Quant -> Gemm -> Relu -> Quant -> Gemm (SPEC §4.7 pattern)."""
+    """Quant -> Gemm -> Relu -> Quant -> Gemm (docs/contract.md §4.7 pattern)."""
     g = Graph(DOMAINS[0])
     qx = g.quant("x", in_scale, 0.0, 4.0)
     w1 = g.quant(g.const(RNG.normal(size=(6, 8))), w_scale, 0.0, 4.0, narrow=1)

@@ -1,4 +1,5 @@
-"""The op contract: inputs and constants, the re-quantization rule, rounding (SPEC §2)."""
+"""The op contract: inputs and constants, the re-quantization rule, rounding
+(docs/contract.md §2)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from fhequant.quantized import (
     compute_bits_precision,
     normalize_rounding_threshold_bits,
 )
-from fhequant.quantized.ops.executors import fhe_module
+from fhequant.quantized.exec import fhe_module
 from quantized_ops_helpers import qa_float, qa_int
 
 Exactness = fhe_module().Exactness

@@ -23,8 +23,8 @@ from fhequant.quantized import (
     QuantizedRelu,
     use_executor,
 )
+from fhequant.quantized.exec import fhe_module
 from fhequant.quantized.ops.base import QuantizedOp
-from fhequant.quantized.ops.executors import fhe_module
 from quantized_ops_helpers import qa_float
 
 RNG = np.random.default_rng(3)

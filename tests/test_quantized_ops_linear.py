@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from fhequant.errors import NotCalibratedError, QuantizedOpError
 from fhequant.quantization import QuantizationOptions
 from fhequant.quantized import QuantizedConv, QuantizedGemm, QuantizedMatMul
-from fhequant.quantized.ops.executors import TRACING, use_executor
+from fhequant.quantized.exec import TRACING, use_executor
 from quantized_ops_helpers import qa_float, qa_int
 
 RNG = np.random.default_rng(1234)
@@ -216,7 +216,7 @@ def test_conv_constructor_and_input_errors() -> None:
 
 def test_array_zero_point_input_is_requantized_before_conv_and_gemm() -> None:
     # A graph-output Gemm's QuantizedArray carries a (1, N) float zp; a consumer needing a
-    # scalar zp re-quantizes it from its float values (fhequant rule, SPEC §2.2).
+    # scalar zp re-quantizes it from its float values (fhequant rule, docs/contract.md §2.2).
     x = RNG.normal(size=(1, 1, 3, 3)).astype(np.float32)
     w = qa_float(np.ones((1, 1, 2, 2), np.float32), 4)
     opts = QuantizationOptions(4, is_signed=True)

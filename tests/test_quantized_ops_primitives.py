@@ -79,7 +79,7 @@ def test_matmul_primitives_agree(m: int, k: int, n: int, z_w: int, seed: int) ->
 
 
 def test_rounding_calibration_refuses_tracers() -> None:
-    from fhequant.quantized.ops.executors import fhe_module
+    from fhequant.quantized.exec import fhe_module
 
     fhe = fhe_module()
     w = QuantizedArray(4, np.eye(3, dtype=np.float32))

@@ -1,4 +1,5 @@
-"""Quantizer API: the doc examples, SPEC §1 rules, fill_from_kwargs and the §8 errors."""
+"""Quantizer API: the doc examples, docs/contract.md §1 rules, fill_from_kwargs and the §8
+errors."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def test_doc_example_3_bits_signed_symmetric() -> None:
     assert q.quantizer.zero_point == 0
 
 
-# --- SPEC §1 examples -----------------------------------------------------------------------
+# --- docs/contract.md §1 examples -----------------------------------------------------------------
 
 
 def test_spec_json_example() -> None:
@@ -366,7 +367,7 @@ def test_fill_from_kwargs_accept_missing() -> None:
         fill_from_kwargs(UniformQuantizationParameters(), UniformQuantizationParameters, False)
 
 
-# --- SPEC §8 errors: type and message -------------------------------------------------------
+# --- docs/contract.md §8 errors: type and message -------------------------------------------------
 
 
 @pytest.mark.parametrize(

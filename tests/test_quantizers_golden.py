@@ -3,7 +3,7 @@
 Each case's ``call`` is executed as written, in a namespace where its names are fhequant's
 classes. We check exact integers, float64 bit patterns (NaN-aware), Python-vs-numpy scalar
 types, dtypes and shapes, the byte-identical ``dumps()`` text, the values kept after
-construction and ``dequant()``. Error cases must raise the SPEC §8 type, as a
+construction and ``dequant()``. Error cases must raise the docs/contract.md §8 type, as a
 ``fhequant.errors`` class.
 """
 
@@ -24,7 +24,7 @@ from fhequant import errors, serialization
 GOLDEN = json.loads((Path(__file__).parent / "data" / "quantizers_public.json").read_text())
 CASES = {case["id"]: case for case in GOLDEN["cases"]}
 
-# The reference asserted in these situations; SPEC §8 gives the fhequant type.
+# The reference asserted in these situations; docs/contract.md §8 gives the fhequant type.
 ASSERTION_ERRORS: dict[str, tuple[type[Exception], type[Exception]]] = {
     "errors/symmetric_without_signed": (ValueError, errors.QuantizationError),
     "errors/qat_and_symmetric": (ValueError, errors.QuantizationError),

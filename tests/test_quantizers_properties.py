@@ -1,4 +1,5 @@
-"""Hypothesis properties of the quantizers (SPEC §1) and the numpy 1.26 float32 rules (§0)."""
+"""Hypothesis properties of the quantizers (docs/contract.md §1) and the numpy 1.26 float32 rules
+(§0)."""
 
 from __future__ import annotations
 
@@ -96,11 +97,11 @@ def test_qvalues_stay_inside_the_clip_bounds(
     assert quantizer.clip_bounds() == (lo, hi)
 
 
-# --- float32 semantics, against a direct numpy computation of the SPEC formulas --------------
+# --- float32 semantics, against a direct numpy computation of the docs/contract.md formulas -------
 
 
 def _expected_float32(x: np.ndarray, n_bits: int, signed: bool, symmetric: bool) -> Any:
-    """SPEC §0/§1.3/§1.4 for float32 data, with every dtype written out explicitly."""
+    """docs/contract.md §0/§1.3/§1.4 for float32 data, with every dtype written out explicitly."""
     rmin, rmax = x.min(), x.max()
     delta = np.subtract(rmax, rmin, dtype=np.float32)
     offset = 2 ** (n_bits - 1) if signed else 0

@@ -1,4 +1,5 @@
-"""The general JSON serializer: encodings of SPEC §1.6, the registry, the versioned envelope."""
+"""The general JSON serializer: encodings of docs/contract.md §1.6, the registry, the versioned
+envelope."""
 
 from __future__ import annotations
 
@@ -183,7 +184,7 @@ def test_unknown_type_name() -> None:
 
 
 def test_dump_writes_the_dumps_text_and_load_reads_both_forms() -> None:
-    # SPEC §1.6: dump writes the same text as dumps (byte-identical to the reference);
+    # docs/contract.md §1.6: dump writes the same text as dumps (byte-identical to the reference);
     # the versioned envelope (module-level documents) loads as well.
     q = QuantizedArray(4, np.array([0.25, -1.0, 3.0]), is_signed=True)
     buffer = io.StringIO()

@@ -1,4 +1,4 @@
-"""TorchUniformQuantizer against the numpy UniformQuantizer (SPEC §1.4)."""
+"""TorchUniformQuantizer against the numpy UniformQuantizer (docs/contract.md §1.4)."""
 
 from __future__ import annotations
 

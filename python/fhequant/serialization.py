@@ -1,4 +1,4 @@
-"""JSON serialization of fhequant objects (SPEC.md §1.6 and §6.3). Never pickle.
+"""JSON serialization of fhequant objects (docs/contract.md §1.6 and §6.3). Never pickle.
 
 An object is written as ``{"type_name": <registered name>, "serialized_value": <dict>}``, where
 the dict comes from its ``dump_dict()``. Values JSON cannot hold natively are tagged the same
@@ -403,8 +403,8 @@ def unwrap_versioned(data: Any) -> Any:
 def dump(value: Any, file: IO[str]) -> None:
     """Write the same text as ``value.dumps()`` (or :func:`dumps`) to a text file.
 
-    Quantizer objects write their plain, reference-identical text (SPEC §1.6: ``dump`` and
-    ``dumps`` agree); classes whose ``dumps`` is versioned (the QuantizedModule) write the
+    Quantizer objects write their plain, reference-identical text (docs/contract.md §1.6: ``dump``
+    and ``dumps`` agree); classes whose ``dumps`` is versioned (the QuantizedModule) write the
     versioned envelope.
 
     Args:

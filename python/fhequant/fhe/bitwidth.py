@@ -1,32 +1,42 @@
-"""Bit widths of a quantized module before compiling it (SPEC §7).
+"""Bit widths of a quantized module before compiling it (docs/contract.md §7).
 
-:func:`analyse` runs the clear forward over a module's compile inputset with the
-:class:`~fhequant.fhe.recording.RecordingExecutor` and returns a :class:`BitWidthReport`:
+:func:`analyse` runs the clear forward over a module's compile inputset on
+:func:`recording_executor` (the clear backend with a
+:class:`~fhequant.quantized.exec.RecordingObserver`) and returns a :class:`BitWidthReport`:
 per op, the observed and worst-case integer ranges and widths, whether the op feeds a table
 lookup and how wide that lookup's input is; ``predicted_max_bit_width`` equals the compiled
-circuit's ``graph.maximum_integer_bit_width()``. :func:`check_tlu_bit_widths` raises
+circuit's ``graph.maximum_integer_bit_width()``. :func:`hinting_executor` is what the
+``accumulator_bounds="worst_case"`` compile traces with. :func:`check_tlu_bit_widths` raises
 BitWidthError before compiling when a table-lookup input needs more than 16 bits.
+
+This module only configures the executor of ``fhequant.quantized.exec``; the integer nodes
+and their worst-case rules are written there, once, and the forward names the op of each
+node (``run_op``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from fhequant.errors import BitWidthError, ConfigurationError
-from fhequant.fhe.recording import (
-    _MODULE,
+from fhequant.quantized.exec import (
     MAX_TLU_BIT_WIDTH,
-    HintingExecutor,
-    RecordingExecutor,
+    MODULE,
+    ClearBackend,
+    Executor,
+    HintingObserver,
+    RecordingObserver,
+    TracingBackend,
     ValueRecord,
-    _range,
-    op_scope,
+    observed_range,
     type_range,
+    use_executor,
 )
 
 __all__ = [
@@ -34,13 +44,54 @@ __all__ = [
     "BitWidthReport",
     "HintingExecutor",
     "OpBitWidth",
-    "RecordingExecutor",
     "ValueRecord",
     "analyse",
     "check_tlu_bit_widths",
+    "hinting_executor",
     "op_scope",
+    "recording_executor",
     "type_range",
 ]
+
+
+def recording_executor() -> Executor:
+    """The clear executor recording every integer node (the bit-width analysis)."""
+    return Executor(ClearBackend(), RecordingObserver())
+
+
+def hinting_executor(records: Sequence[ValueRecord] = ()) -> Executor:
+    """The tracing executor hinting each node with its recorded worst-case range.
+
+    Args:
+        records: a BitWidthReport's records (none: it traces exactly like TRACING, but the
+            ops' float functions are traced as numpy code, as in the recording).
+
+    Returns:
+        The executor to force while tracing (``use_executor`` / ``op_scope``).
+    """
+    return Executor(TracingBackend(), HintingObserver(records))
+
+
+#: The earlier name of :func:`hinting_executor`.
+HintingExecutor = hinting_executor
+
+
+@contextlib.contextmanager
+def op_scope(ops: Sequence[tuple[str, Any]], executor: Executor) -> Iterator[None]:
+    """Force ``executor`` for a forward over ``ops``.
+
+    The forward names the op of each node itself (``run_op``, as ``QuantizedModule`` does);
+    ``ops`` is accepted for the callers of the earlier API, which patched the ops instead.
+
+    Args:
+        ops: (name, op) pairs.
+        executor: the executor to force.
+
+    Yields:
+        None.
+    """
+    with use_executor(executor):
+        yield
 
 
 @dataclass
@@ -109,7 +160,7 @@ def _op_row(name: str, op_type: str, recs: Sequence[ValueRecord]) -> OpBitWidth:
 
 @dataclass
 class BitWidthReport:
-    """Per-op integer ranges and widths over a compile inputset (SPEC §7).
+    """Per-op integer ranges and widths over a compile inputset (docs/contract.md §7).
 
     Attributes:
         rows: one OpBitWidth per op that computes integers, in execution order.
@@ -212,7 +263,9 @@ def analyse(
     """Run the clear forward over the whole inputset and record every integer node.
 
     Args:
-        forward: the integer forward (quantized inputs -> outputs), run on numpy arrays.
+        forward: the integer forward (quantized inputs -> outputs), run on numpy arrays; it
+            runs each op through ``run_op(name, op, ...)`` so that nodes and results are
+            filed under the op's name (nodes outside any op are filed under "<module>").
         ops: (name, op) pairs in execution order; each op has a ``q_impl`` method.
         q_inputs: the compile inputset, one int64 array per input (all rows).
         input_ranges: the integer range of each input (its quantizer's clip bounds), or None
@@ -227,21 +280,23 @@ def analyse(
             f"accumulator_bounds={accumulator_bounds!r} is not supported; use 'observed' or "
             "'worst_case'"
         )
-    rec = RecordingExecutor()
+    executor = recording_executor()
+    rec = executor.observer
+    assert isinstance(rec, RecordingObserver)  # for mypy: recording_executor's observer
     arrays = [np.asarray(q, dtype=np.int64) for q in q_inputs]
     for i, q in enumerate(arrays):
-        lo, hi = _range(q)
-        rec.records.append(ValueRecord(_MODULE, f"input {i}", lo, hi))
+        lo, hi = observed_range(q)
+        rec.records.append(ValueRecord(MODULE, f"input {i}", lo, hi))
         if input_ranges is not None:
             rec.set_worst(q, *input_ranges[i])
     op_types = {name: type(op).__name__ for name, op in ops}
-    outputs: dict[str, Any] = {}
-    with op_scope(ops, rec, outputs):
+    with use_executor(executor):
         results = forward(*arrays)
+    outputs = rec.outputs
     for k, out in enumerate(results if isinstance(results, tuple) else (results,)):
         q_out = _qvalues_of(out)
         if q_out is not None:  # the circuit outputs are nodes too (e.g. a lone TLU)
-            rec.records.append(ValueRecord(_MODULE, f"output {k}", *_range(q_out)))
+            rec.records.append(ValueRecord(MODULE, f"output {k}", *observed_range(q_out)))
     by_op: dict[str, list[ValueRecord]] = {}
     for r in rec.records:
         by_op.setdefault(r.op, []).append(r)
@@ -255,7 +310,7 @@ def analyse(
                 computed[-1].feeds_tlu = True
         q = _qvalues_of(outputs.get(name))
         if q is not None and feeds:
-            lo, hi = _range(q)
+            lo, hi = observed_range(q)
             rec.records.append(ValueRecord(name, "output", lo, hi, *type_range(lo, hi)))
             by_op.setdefault(name, []).append(rec.records[-1])
     rows = [_op_row(name, op_types[name], by_op[name]) for name, _ in ops if by_op.get(name)]
@@ -271,7 +326,7 @@ def analyse(
 
 
 def check_tlu_bit_widths(report: BitWidthReport) -> None:
-    """Raise BitWidthError if a table-lookup input is wider than 16 bits (SPEC §7).
+    """Raise BitWidthError if a table-lookup input is wider than 16 bits (docs/contract.md §7).
 
     Args:
         report: the module's BitWidthReport.

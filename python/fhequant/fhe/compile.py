@@ -1,4 +1,5 @@
-"""The hand-off to concrete-python: configuration, argument names, statuses, tracing (SPEC §6).
+"""The hand-off to concrete-python: configuration, argument names, statuses, tracing
+(docs/contract.md §6).
 
 ``compile_forward`` traces an integer forward (the ops' tracing executor) with
 ``concrete.fhe.Compiler`` over a batch-1 inputset and returns the compiled circuit; concrete
@@ -33,7 +34,7 @@ __all__ = [
     "split_samples",
 ]
 
-#: p_error used when neither p_error nor global_p_error is given (SPEC §6.1).
+#: p_error used when neither p_error nor global_p_error is given (docs/contract.md §6.1).
 DEFAULT_P_ERROR = 2.0**-40
 
 _STATUSES = ("encrypted", "clear")
@@ -52,7 +53,7 @@ def build_configuration(
     show_mlir: bool = False,
     verbose: bool = False,
 ) -> Any:
-    """The concrete Configuration for a module (SPEC §6.1, §6.2 step 5).
+    """The concrete Configuration for a module (docs/contract.md §6.1, §6.2 step 5).
 
     Args:
         configuration: a ``concrete.fhe.Configuration`` or None (defaults). It must not set
@@ -134,7 +135,7 @@ def argument_names(input_names: Sequence[str]) -> list[str]:
 def encryption_statuses(
     arg_names: Sequence[str], inputs_encryption_status: Sequence[str] | None
 ) -> dict[str, str]:
-    """Map each circuit argument to "encrypted" or "clear" (SPEC §6.2 step 3).
+    """Map each circuit argument to "encrypted" or "clear" (docs/contract.md §6.2 step 3).
 
     Args:
         arg_names: the circuit argument names.

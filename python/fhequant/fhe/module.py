@@ -1,4 +1,5 @@
-"""QuantizedModule <-> concrete: compile, bit-width report and FHE forward (SPEC §6.2, §7).
+"""QuantizedModule <-> concrete: compile, bit-width report and FHE forward
+(docs/contract.md §6.2, §7).
 
 These functions hold the FHE logic of ``QuantizedModule.compile``, ``bitwidth_report`` and
 ``quantized_forward(fhe="simulate"|"execute")``; the module methods only delegate here,
@@ -16,10 +17,9 @@ import numpy as np
 from fhequant.errors import ConfigurationError, DTypeError, GraphInputError, NotCompiledError
 from fhequant.fhe.bitwidth import (
     BitWidthReport,
-    HintingExecutor,
     analyse,
     check_tlu_bit_widths,
-    op_scope,
+    hinting_executor,
 )
 from fhequant.fhe.compile import (
     argument_names,
@@ -28,6 +28,7 @@ from fhequant.fhe.compile import (
     encryption_statuses,
 )
 from fhequant.fhe.run import execute, simulate
+from fhequant.quantized.exec import use_executor
 from fhequant.quantized.module import FheBackend, register_fhe_backend
 
 __all__ = [
@@ -69,7 +70,8 @@ def _has_rounding(module: Any) -> bool:
 
 
 def compile_inputset(module: Any, inputs: Any) -> tuple[np.ndarray, ...]:
-    """Quantize the calibration rows into the compile inputset (SPEC §6.2 steps 1 and 4).
+    """Quantize the calibration rows into the compile inputset (docs/contract.md §6.2 steps 1
+    and 4).
 
     Args:
         module: the QuantizedModule.
@@ -159,7 +161,7 @@ def compile_module(
     accumulator_bounds: str = "observed",
     reduce_inputset: bool = True,
 ) -> Any:
-    """Compile a QuantizedModule to an FHE circuit (SPEC §6.2 compile, §7).
+    """Compile a QuantizedModule to an FHE circuit (docs/contract.md §6.2 compile, §7).
 
     Args:
         module: the QuantizedModule.
@@ -211,7 +213,7 @@ def compile_module(
         config,
         inputs_encryption_status=inputs_encryption_status,
         artifacts=artifacts,
-        scope=lambda: op_scope(_ops(module), HintingExecutor(hints)),
+        scope=lambda: use_executor(hinting_executor(hints)),
         reduce_inputset=reduce_inputset,
     )
     module.fhe_circuit = circuit

@@ -1,7 +1,7 @@
 """Running a compiled circuit: simulation and encrypted execution, one sample at a time.
 
-The circuit is compiled for batch-1 inputs (SPEC §6.2), so a batch is cut into rows and the
-results are concatenated on axis 0. Execution generates the keys once (``circuit.keygen``
+The circuit is compiled for batch-1 inputs (docs/contract.md §6.2), so a batch is cut into rows and
+the results are concatenated on axis 0. Execution generates the keys once (``circuit.keygen``
 does nothing when keys exist) and reuses them for every sample. Before a circuit runs,
 concrete's exit handler is removed so that the process keeps its real exit status
 (``fhequant._concrete.preserve_exit_status``).
@@ -75,7 +75,7 @@ def simulate(circuit: Any, *q_inputs: np.ndarray, progress: bool = True) -> tupl
         args = sample if isinstance(sample, tuple) else (sample,)
         if crt:
             # concrete cannot simulate CRT-encoded circuits: evaluate the graph with the
-            # table-lookup error probability instead (SPEC §6.2).
+            # table-lookup error probability instead (docs/contract.md §6.2).
             rows.append(_as_tuple(circuit.graph(*args, p_error=p_error)))
         else:
             rows.append(_as_tuple(circuit.simulate(*args)))

@@ -7,7 +7,7 @@
   min/max, rounded unique values).
 
 Every kernel has one dispatch point and a ``*_reference`` twin in plain numpy in
-:mod:`fhequant.kernels.reference`: the twin *is* the specification (SPEC.md §0, §1, §2.4,
+:mod:`fhequant.kernels.reference`: the twin *is* the specification (docs/contract.md §0, §1, §2.4,
 §3.1, §3.2, §3.6, §7) and the property tests check the dispatched version against it exactly.
 A kernel falls back to its twin only for the operands the core does not take (documented per
 module). Ops call the names of this package. All integer inputs are cast to int64
@@ -17,8 +17,8 @@ Stable API (used by the PTQ ops):
 
 * ``integer_gemm(q_x, q_w, z_x=0, z_w=0, name="Gemm") -> (acc, sum_w)``. ``q_x`` is
   (..., M, K) (or (K,)), ``q_w`` is (K, N) or batched (..., K, N), already transposed
-  (SPEC §3.1: B after transB). ``acc = q_x @ q_w - z_w·Σ_k q_x[..., k]`` (int64, shape of
-  ``q_x @ q_w``); ``sum_w = z_x·Σ_k q_w[..., k, :]`` with keepdims ((1, N) for 2-D weights).
+  (docs/contract.md §3.1: B after transB). ``acc = q_x @ q_w - z_w·Σ_k q_x[..., k]`` (int64, shape
+  of ``q_x @ q_w``); ``sum_w = z_x·Σ_k q_w[..., k, :]`` with keepdims ((1, N) for 2-D weights).
   The caller adds ``p·z_x·z_w - sum_w`` (p = K) after rounding.
 * ``integer_gemm_rescale(q_x, q_w, z_w, lsbs, offset, sub, mul, add=None, name)``: the
   rounding and float64 rescale of a hidden Gemm fused with its matmul (one native pass).

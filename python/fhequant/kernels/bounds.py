@@ -1,4 +1,4 @@
-"""The exact worst-case accumulator ranges (SPEC §7), dispatched to the native core.
+"""The exact worst-case accumulator ranges (docs/contract.md §7), dispatched to the native core.
 
 The numpy twins are in :mod:`fhequant.kernels.reference.bounds`.
 """

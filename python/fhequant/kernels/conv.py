@@ -1,4 +1,4 @@
-"""Integer Conv, 1-D or 2-D (SPEC §3.2), dispatched to the native core.
+"""Integer Conv, 1-D or 2-D (docs/contract.md §3.2), dispatched to the native core.
 
 The numpy twins are in :mod:`fhequant.kernels.reference.conv`; the fused rescale falls back
 to its twin for an empty input or operands that numpy would broadcast differently.

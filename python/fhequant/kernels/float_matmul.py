@@ -1,4 +1,4 @@
-"""Float matmuls whose results do not depend on the batch split (SPEC decision 4).
+"""Float matmuls whose results do not depend on the batch split (docs/contract.md decision 4).
 
 BLAS sums each dot product in an order (and with FMA or not) that depends on the kernel it
 picks, and the kernel depends on the matrix shape: the same row can give a different last bit

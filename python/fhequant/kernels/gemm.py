@@ -1,4 +1,4 @@
-"""Integer Gemm / MatMul (SPEC §3.1), dispatched to the native core.
+"""Integer Gemm / MatMul (docs/contract.md §3.1), dispatched to the native core.
 
 The numpy twins are in :mod:`fhequant.kernels.reference.gemm`; they also serve the operands
 the native kernels do not take (empty operands, batched weights of the fused rescale, an

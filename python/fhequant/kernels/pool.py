@@ -1,4 +1,4 @@
-"""Integer pools and Unfold (SPEC §3.6), dispatched to the native core.
+"""Integer pools and Unfold (docs/contract.md §3.6), dispatched to the native core.
 
 The numpy twins are in :mod:`fhequant.kernels.reference.pool`.
 """

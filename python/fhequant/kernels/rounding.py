@@ -1,4 +1,5 @@
-"""round_bit_pattern (SPEC §2.4) and bit widths (SPEC §7), dispatched to the native core.
+"""round_bit_pattern (docs/contract.md §2.4) and bit widths (docs/contract.md §7), dispatched to the
+native core.
 
 The numpy twins are in :mod:`fhequant.kernels.reference.rounding`; ``bit_width`` falls back
 to its twin outside the core's ±2^127.

@@ -48,7 +48,7 @@ class GraphNode:
 
         Args:
             *inputs: the input values.
-            quant_semantics: use the SPEC §5.3 implementation (``spec.quant_fn``).
+            quant_semantics: use the docs/contract.md §5.3 implementation (``spec.quant_fn``).
 
         Returns:
             One value per entry of ``self.outputs``.
@@ -90,7 +90,7 @@ class NumpyModule:
 
     ``forward`` returns what onnxruntime returns (bool comparisons, ...). Calibration uses
     ``forward(..., quant_semantics=True)`` or walks ``nodes`` and calls
-    ``node.run(..., quant_semantics=True)``, which use the SPEC §5.3 forms.
+    ``node.run(..., quant_semantics=True)``, which use the docs/contract.md §5.3 forms.
     """
 
     def __init__(self, model: Any) -> None:
@@ -158,7 +158,8 @@ class NumpyModule:
         Args:
             *inputs: one array per graph input, in ``input_names`` order (batch on axis 0);
                 they may also be given by name as keyword arguments.
-            quant_semantics: run the SPEC §5.3 implementations (bools as float64 0/1, ...).
+            quant_semantics: run the docs/contract.md §5.3 implementations (bools as float64 0/1,
+                ...).
 
         Returns:
             One array for a single-output graph, else a tuple in ``output_names`` order.

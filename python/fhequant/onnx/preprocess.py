@@ -1,4 +1,4 @@
-"""Loading and pre-processing of ONNX models (SPEC §5.1).
+"""Loading and pre-processing of ONNX models (docs/contract.md §5.1).
 
 Steps, in order: parse, opset check and conversion (opsets 7 to the newest the installed onnx
 defines are read; those outside 13-21 are converted to 13 or 21 with onnx.version_converter),

@@ -7,7 +7,7 @@ How to look an op up and call it::
     spec = ONNX_OPS["Conv"]  # key: the op type ("domain.op_type" off the default domain)
     attrs = spec.resolve_attrs({"strides": (2, 2)})  # defaults filled in, unknown names rejected
     y = spec.fn(x, w, b, **attrs)  # graph semantics (what onnxruntime returns)
-    y = spec.quant_fn(x, w, b, **attrs)  # SPEC §5.3 form, used by calibration
+    y = spec.quant_fn(x, w, b, **attrs)  # docs/contract.md §5.3 form, used by calibration
 
 Inputs are passed positionally in ``spec.inputs`` order; an absent optional input is ``None``
 (trailing ``None`` may be left out) and a variadic input (the last one) takes all remaining
@@ -16,15 +16,15 @@ arguments. Every implementation returns one numpy array, except the few multi-ou
 inputs that are shapes, indices or axes (never quantized) and ``spec.raw_output`` is True when
 the output is such a value (Shape).
 
-``fn`` and ``quant_fn`` differ only where SPEC §5.3 deliberately departs from ONNX semantics:
-comparisons and Not/And/Or/Xor (bool vs float64 0/1), Where (selection vs c·t + (1 - c)·f),
-Cast to BOOL/FLOAT/DOUBLE (exact dtype vs float64), Div (IEEE and truncating integer division
-vs a / where(b != 0, b, 1) and floor division), Log (log x vs log max(x, 1e-8)) and PRelu
-(ONNX vs min(0, slope·x) + max(0, x), which differ for negative slopes), Conv/ConvTranspose/
-AveragePool (the inputs' dtype vs float64 with a float32 padding buffer) and Pow (the base's
-dtype vs numpy promotion). Everything else (Sigmoid = exp(-logaddexp(0, -x)), Softplus =
-log(exp(x) + 1), Gemm in float32, ...) uses the §5.3 form in both, which matches onnxruntime
-within float tolerance on valid inputs.
+``fn`` and ``quant_fn`` differ only where docs/contract.md §5.3 deliberately departs from ONNX
+semantics: comparisons and Not/And/Or/Xor (bool vs float64 0/1), Where (selection vs
+c·t + (1 - c)·f), Cast to BOOL/FLOAT/DOUBLE (exact dtype vs float64), Div (IEEE and truncating
+integer division vs a / where(b != 0, b, 1) and floor division), Log (log x vs log max(x, 1e-8)),
+PRelu (ONNX vs min(0, slope·x) + max(0, x), which differ for negative slopes), Conv/
+ConvTranspose/AveragePool (the inputs' dtype vs float64 with a float32 padding buffer) and Pow
+(the base's dtype vs numpy promotion). Everything else (Sigmoid = exp(-logaddexp(0, -x)),
+Softplus = log(exp(x) + 1), Gemm in float32, ...) uses the §5.3 form in both, which matches
+onnxruntime within float tolerance on valid inputs.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ class OpSpec:
     Attributes:
         name: the registry key ("Relu", "onnx.brevitas.Quant").
         fn: the float implementation with ONNX graph semantics.
-        quant_fn: the float implementation used by calibration (SPEC §5.3); often ``fn``.
+        quant_fn: the float implementation used by calibration (docs/contract.md §5.3); often
+            ``fn``.
         inputs: the input slots, in order.
         attrs: attribute name -> default (``REQUIRED`` when the node must set it).
         raw_inputs: names of inputs that are shapes, indices or axes: never quantized.
@@ -189,7 +190,7 @@ def register(
         attrs: attribute defaults (``REQUIRED`` for mandatory ones).
         raw: names of raw inputs (shapes, indices, axes).
         raw_output: whether the output is raw.
-        quant_fn: the SPEC §5.3 implementation when it differs from the decorated one.
+        quant_fn: the docs/contract.md §5.3 implementation when it differs from the decorated one.
         n_outputs: number of outputs (-1 = variable).
         aliases: other registry keys for the same op (e.g. the qonnx domain of Quant).
 

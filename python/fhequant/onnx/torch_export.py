@@ -1,4 +1,4 @@
-"""Export a torch module to ONNX (SPEC §5.1), with either of torch's exporters.
+"""Export a torch module to ONNX (docs/contract.md §5.1), with either of torch's exporters.
 
 This is the ONNX import layer's torch entry (``NumpyModule.from_torch``); torch itself is
 imported lazily. The front door re-exports it as ``fhequant.torch.export_to_onnx``.

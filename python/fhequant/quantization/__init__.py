@@ -1,6 +1,6 @@
 """Quantizers: options, statistics, parameters, the uniform quantizer and QuantizedArray.
 
-These classes are bit-identical to the reference (SPEC.md §1): same integers, float bits,
+These classes are bit-identical to the reference (docs/contract.md §1): same integers, float bits,
 dtypes, Python-vs-numpy scalar types and JSON text.
 
 This layer sits below ``fhequant.quantized`` and never imports it; that package, once

@@ -1,4 +1,4 @@
-"""QuantizationOptions: bit width, sign, symmetry and QAT flags (SPEC.md §1.1)."""
+"""QuantizationOptions: bit width, sign, symmetry and QAT flags (docs/contract.md §1.1)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from fhequant.serialization import Serializable
 
 __all__ = ["STABILITY_CONST", "QuantizationOptions", "check_option_conflicts"]
 
-#: Ranges narrower than this (and |rmax| below it) are treated as degenerate (SPEC §1.3).
+#: Ranges narrower than this (and |rmax| below it) are treated as degenerate
+#: (docs/contract.md §1.3).
 STABILITY_CONST = 1e-6
 
 

@@ -1,4 +1,4 @@
-"""UniformQuantizationParameters: scale, zero point and offset (SPEC.md §1.3)."""
+"""UniformQuantizationParameters: scale, zero point and offset (docs/contract.md §1.3)."""
 
 from __future__ import annotations
 
@@ -100,7 +100,8 @@ class UniformQuantizationParameters(Serializable):
         n_bits = options.n_bits
         self.offset = 2 ** (n_bits - 1) if options.is_signed else 0
         delta = rmax - rmin
-        # Division by zero is legal here: symmetric n_bits = 1 gives scale +inf (SPEC §1.3).
+        # Division by zero is legal here: symmetric n_bits = 1 gives scale +inf
+        # (docs/contract.md §1.3).
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             if delta < STABILITY_CONST:
                 self.offset = 0

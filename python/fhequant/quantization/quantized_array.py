@@ -1,4 +1,5 @@
-"""QuantizedArray: float values, their quantized integers and the quantizer (SPEC.md §1.5)."""
+"""QuantizedArray: float values, their quantized integers and the quantizer
+(docs/contract.md §1.5)."""
 
 from __future__ import annotations
 

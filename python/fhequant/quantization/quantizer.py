@@ -1,4 +1,4 @@
-"""UniformQuantizer: options + statistics + parameters, with quant/dequant (SPEC.md §1.4).
+"""UniformQuantizer: options + statistics + parameters, with quant/dequant (docs/contract.md §1.4).
 
 The quantizer is a composition of a QuantizationOptions, a MinMaxQuantizationStats and a
 UniformQuantizationParameters. Their fields are exposed as attributes of the quantizer

@@ -1,4 +1,4 @@
-"""MinMaxQuantizationStats: rmax, rmin and the rounded unique values (SPEC.md §1.2)."""
+"""MinMaxQuantizationStats: rmax, rmin and the rounded unique values (docs/contract.md §1.2)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ class MinMaxQuantizationStats(Serializable):
         self.uvalues = _kernels.rounded_unique(values)
 
     def update_quantization_stats(self, values: np.ndarray, name: str = "values") -> None:
-        """Fold one more batch into the statistics (streamed calibration, SPEC decision 4).
+        """Fold one more batch into the statistics (streamed calibration, docs/contract.md
+        decision 4).
 
         After the batches b_1..b_k, rmin/rmax/uvalues equal those of
         ``compute_quantization_stats(concatenate(b_1..b_k))`` for batches of one dtype:

@@ -1,4 +1,4 @@
-"""TorchUniformQuantizer: the UniformQuantizer formulas on torch tensors (SPEC.md §1.4).
+"""TorchUniformQuantizer: the UniformQuantizer formulas on torch tensors (docs/contract.md §1.4).
 
 torch is imported lazily, inside the methods, so fhequant imports without it.
 """

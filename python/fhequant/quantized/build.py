@@ -1,9 +1,9 @@
-"""``build_quantized_module``: the post-training quantization entry point (SPEC §6.1).
+"""``build_quantized_module``: the post-training quantization entry point (docs/contract.md §6.1).
 
 The model may be a torch module (exported to ONNX with the first calibration sample as the
 dummy input), an ``onnx.ModelProto`` or a ``fhequant.onnx.NumpyModule``. Calibration data is
 an array or torch tensor (one input), a tuple of them (several inputs) or any iterable of such
-batches; it is streamed in blocks of ``batch_size`` rows (SPEC decision 4).
+batches; it is streamed in blocks of ``batch_size`` rows (docs/contract.md decision 4).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def gemm_float(
     transB: Any = 0,
     **_: Any,
 ) -> Any:
-    """ONNX Gemm (SPEC §5.3) with the split-independent float32 matmul."""
+    """ONNX Gemm (docs/contract.md §5.3) with the split-independent float32 matmul."""
     if transA:
         a = np.swapaxes(a, -1, -2)
     if transB:
@@ -86,7 +86,8 @@ def conv_float(
     strides: Any = None,
     **_: Any,
 ) -> Any:
-    """ONNX Conv in float64 (SPEC §5.3), each output a sequential sum over (c, k...) order.
+    """ONNX Conv in float64 (docs/contract.md §5.3), each output a sequential sum over (c, k...)
+    order.
 
     The windows are padded exactly as the registry's Conv does (float32 padding buffer, then
     float64); the products are summed by the split-independent kernels instead of BLAS: the

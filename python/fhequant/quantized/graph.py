@@ -1,14 +1,17 @@
 """Graph access for the calibration walk: nodes, constant folding, split-free float matmuls.
 
 ``graph_nodes`` lists an ONNX model's nodes with Python attribute values; ``fold_constant``
-evaluates a node whose inputs are all constants (SPEC §4.2); ``use_split_independent_impl``
-routes an op's float evaluation through the ``split_independent_impl`` its class declares
-(Gemm/MatMul/Conv: the sequential matmuls of :mod:`fhequant.quantized.float_impls`), so
-calibration does not depend on the batch split (SPEC decision 4).
+evaluates a node whose inputs are all constants (docs/contract.md §4.2); ``with
+use_split_independent_impl(op)`` routes an op's float evaluation through the
+``split_independent_impl`` its class declares (Gemm/MatMul/Conv: the sequential matmuls of
+:mod:`fhequant.quantized.float_impls`) as context, nothing set on the op, so calibration does
+not depend on the batch split (docs/contract.md decision 4).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +21,7 @@ from onnx import numpy_helper
 
 from fhequant.errors import UnsupportedOpError
 from fhequant.onnx import ONNX_OPS
+from fhequant.quantized.exec import route_float_impl
 from fhequant.quantized.ops import ONNX_OPS_TO_QUANTIZED_IMPL
 
 __all__ = [
@@ -26,7 +30,6 @@ __all__ = [
     "graph_input_names",
     "graph_nodes",
     "quantized_registry",
-    "restore_impl",
     "use_split_independent_impl",
 ]
 
@@ -57,8 +60,8 @@ def _attr_value(attr: onnx.AttributeProto) -> Any:
     return value
 
 
-#: Domains whose ``Quant`` node is the Brevitas / QONNX fake quantization (SPEC §3.8): the
-#: reference's ``onnx.brevitas`` and the ``qonnx.custom_op.general`` of brevitas >= 0.11.
+#: Domains whose ``Quant`` node is the Brevitas / QONNX fake quantization (docs/contract.md §3.8):
+#: the reference's ``onnx.brevitas`` and the ``qonnx.custom_op.general`` of brevitas >= 0.11.
 BREVITAS_QUANT = "onnx.brevitas.Quant"
 _QUANT_DOMAINS = ("onnx.brevitas", "qonnx.custom_op.general")
 
@@ -97,7 +100,7 @@ def quantized_registry() -> dict[str, Any]:
 
 
 def fold_constant(node: GraphNode, values: list[Any]) -> Any:
-    """Evaluate a node whose inputs are all constants, in float (SPEC §4.2)."""
+    """Evaluate a node whose inputs are all constants, in float (docs/contract.md §4.2)."""
     registry = quantized_registry()
     cls = registry.get(node.op_type)
     if cls is not None:
@@ -120,25 +123,23 @@ def fold_constant(node: GraphNode, values: list[Any]) -> Any:
 # --- split-independent float evaluation -----------------------------------------------------
 
 
-def use_split_independent_impl(op: Any) -> bool:
-    """Route an op's float evaluation through its class's ``split_independent_impl`` (the
-    sequential, split-free matmul of Gemm/MatMul/Conv), when it declares one.
+@contextlib.contextmanager
+def use_split_independent_impl(op: Any) -> Iterator[bool]:
+    """Inside the ``with`` block, route an op's float evaluation (on float arrays) through
+    its class's ``split_independent_impl`` (the sequential, split-free matmul of
+    Gemm/MatMul/Conv); yields whether the class declares one.
 
-    The override is an instance attribute, removed by :func:`restore_impl` after calibration.
+    The route is context (``route_float_impl``), not an attribute set on the op.
     """
     impl = getattr(type(op), "split_independent_impl", None)
     if impl is None:
-        return False
-    original = op.call_impl
+        yield False
+        return
 
-    def call_impl(*inputs: Any, **attrs: Any) -> Any:
+    def routed(*inputs: Any, **attrs: Any) -> Any:
         if all(isinstance(x, np.ndarray) and x.dtype.kind == "f" for x in inputs[:2]):
             return impl(*inputs, **attrs)
-        return original(*inputs, **attrs)
+        return NotImplemented
 
-    op.call_impl = call_impl
-    return True
-
-
-def restore_impl(op: Any) -> None:
-    op.__dict__.pop("call_impl", None)
+    with route_float_impl(op, routed):
+        yield True

@@ -1,4 +1,4 @@
-"""QuantizedModule: a calibrated integer model and its clear forward (SPEC §6.2, §6.3).
+"""QuantizedModule: a calibrated integer model and its clear forward (docs/contract.md §6.2, §6.3).
 
 ``forward`` = pre-processing → :meth:`QuantizedModule.quantize_input` →
 :meth:`QuantizedModule.quantized_forward` → :meth:`QuantizedModule.dequantize_output` →
@@ -37,6 +37,7 @@ from fhequant.errors import (
 from fhequant.onnx import NumpyModule
 from fhequant.quantization import QuantizedArray, UniformQuantizer
 from fhequant.quantization.quantizer import is_tracer
+from fhequant.quantized.exec import run_op, track_values
 from fhequant.quantized.streaming import as_numpy
 
 __all__ = ["FheBackend", "FheMode", "QuantizedModule", "register_fhe_backend"]
@@ -104,7 +105,8 @@ def _fhe(what: str) -> FheBackend:
 
 
 def _output_quantizer(op: Any) -> UniformQuantizer:
-    """QA(op.n_bits, None, value_is_float=False, stats, params).quantizer (SPEC §6.2)."""
+    """QA(op.n_bits, None, value_is_float=False, stats, params).quantizer
+    (docs/contract.md §6.2)."""
     return QuantizedArray(
         op.n_bits,
         None,
@@ -329,7 +331,7 @@ class QuantizedModule(serialization.Serializable):
         return self._clear_forward(q_x, tracker)
 
     def check_quantized_tensors(self) -> None:
-        """QAT import: refuse tensors that the model left unquantized (SPEC §4.5).
+        """QAT import: refuse tensors that the model left unquantized (docs/contract.md §4.5).
 
         Raises:
             UnquantizedTensorError: (a ValueError) listing each tensor with the op consuming
@@ -369,17 +371,14 @@ class QuantizedModule(serialization.Serializable):
                 defer=True,
             )
         last_use = _last_uses(self.quant_layers_dict, self.ordered_module_output_names)
-        for step, (out, (inputs, op)) in enumerate(self.quant_layers_dict.items()):
-            if tracker is not None:
-                op.debug_value_tracker = tracker
-            try:
-                values[out] = op.q_impl(*(values[i] for i in inputs))
-            finally:
-                op.debug_value_tracker = None
-            # drop what no later op reads: the memory is reused by the next ops' results
-            for name in inputs:
-                if last_use.get(name) == step:
-                    values.pop(name, None)
+        # the tracker, the executor and the op names are context: nothing is set on the ops
+        with track_values(tracker):
+            for step, (out, (inputs, op)) in enumerate(self.quant_layers_dict.items()):
+                values[out] = run_op(out, op, *(values[i] for i in inputs))
+                # drop what no later op reads: the memory is reused by the next ops' results
+                for name in inputs:
+                    if last_use.get(name) == step:
+                        values.pop(name, None)
         outputs = tuple(
             v.qvalues if isinstance(v, QuantizedArray) else v
             for v in (values[n] for n in self.ordered_module_output_names)
@@ -467,10 +466,10 @@ class QuantizedModule(serialization.Serializable):
         out = tuple(q.dequant(v) for q, v in zip(self.output_quantizers, q_y, strict=True))
         return out[0] if len(out) == 1 else out
 
-    # --- serialization (SPEC §6.3) -------------------------------------------------------
+    # --- serialization (docs/contract.md §6.3) ----------------------------------------------------
 
     def dump_dict(self) -> dict[str, Any]:
-        """The module's fields in the order of SPEC §6.3."""
+        """The module's fields in the order of docs/contract.md §6.3."""
         return {
             "_is_compiled": self._is_compiled,
             "input_quantizers": self.input_quantizers,

@@ -1,4 +1,4 @@
-"""The four bit widths of post-training quantization (SPEC §4.1).
+"""The four bit widths of post-training quantization (docs/contract.md §4.1).
 
 ``n_bits`` is given as an int or as a dict; :func:`resolve_n_bits` turns it into a
 :class:`BitWidths` with the four values the walk uses:
@@ -74,7 +74,7 @@ def _as_int(value: Any, what: str) -> int:
 
 
 def resolve_n_bits(n_bits: int | Mapping[str, int] | BitWidths) -> BitWidths:
-    """Resolve an int or dict ``n_bits`` into the four widths (SPEC §4.1).
+    """Resolve an int or dict ``n_bits`` into the four widths (docs/contract.md §4.1).
 
     An int ``n`` gives model_inputs = model_outputs = max(5, n) and op_weights = op_inputs =
     n. A dict must give op_weights and op_inputs; model_inputs defaults to 5 and

@@ -1,4 +1,5 @@
-"""Exact streamed ``np.percentile`` near the ends of a tensor (BatchNorm's clip, SPEC §3.7).
+"""Exact streamed ``np.percentile`` near the ends of a tensor (BatchNorm's clip,
+docs/contract.md §3.7).
 
 BatchNorm calibration clips its float output to [percentile 0.1, percentile 99.9] of the
 *whole* tensor (numpy's linear method) before taking min/max. Streamed, no block holds the

@@ -1,4 +1,4 @@
-"""PTQ and QAT-import strategies: what differs between the two walks (SPEC §4.2, §4.3).
+"""PTQ and QAT-import strategies: what differs between the two walks (docs/contract.md §4.2, §4.3).
 
 The calibration walk (:mod:`fhequant.quantized.calibration`) is shared; a strategy object
 decides the input options of each op, how constants are quantized, and whether the raw float
@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 
-# --- initializers (SPEC §4.3) ----------------------------------------------------------------
+# --- initializers (docs/contract.md §4.3) ---------------------------------------------------------
 
 
 def process_initializer_ptq(n_bits: int, values: Any) -> Any:
@@ -100,7 +100,7 @@ class QuantizationStrategy:
 
 
 class PostTrainingAffineQuantization(QuantizationStrategy):
-    """PTQ: per-tensor min/max, asymmetric inputs signed from the data (SPEC §4.2)."""
+    """PTQ: per-tensor min/max, asymmetric inputs signed from the data (docs/contract.md §4.2)."""
 
     name = "PTQ"
 
@@ -109,14 +109,15 @@ class PostTrainingAffineQuantization(QuantizationStrategy):
         return QuantizationOptions(n_bits, is_signed=signed)
 
     def process_initializer(self, values: Any, name: str) -> Any:
-        """SPEC §4.3, PTQ."""
+        """docs/contract.md §4.3, PTQ."""
         if isinstance(values, QuantizedArray):
             return values
         return process_initializer_ptq(self.bits.op_weights, values)
 
 
 class PostTrainingQATImporter(QuantizationStrategy):
-    """QAT import: QAT input options; the raw float outputs flow downstream (SPEC §4.2 step 6)."""
+    """QAT import: QAT input options; the raw float outputs flow downstream (docs/contract.md §4.2
+    step 6)."""
 
     flows_raw = True
     name = "QAT"
@@ -126,5 +127,5 @@ class PostTrainingQATImporter(QuantizationStrategy):
         return QuantizationOptions(n_bits, is_signed=True, is_qat=True)
 
     def process_initializer(self, values: Any, name: str) -> Any:
-        """SPEC §4.3, QAT."""
+        """docs/contract.md §4.3, QAT."""
         return process_initializer_qat(self.bits.op_weights, values, name)

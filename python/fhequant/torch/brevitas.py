@@ -1,4 +1,5 @@
-"""``compile_brevitas_qat_model``: import a Brevitas QAT model and compile it (SPEC §6.1).
+"""``compile_brevitas_qat_model``: import a Brevitas QAT model and compile it
+(docs/contract.md §6.1).
 
 The model is exported to QONNX with Brevitas' own exporter (TorchScript based, opset 14); its
 ``Quant`` nodes (domain ``qonnx.custom_op.general`` or the reference's ``onnx.brevitas``) are
@@ -56,7 +57,8 @@ def brevitas_layer_names(torch_model: Any) -> list[str]:
 
 
 def _resolve_qat_n_bits(n_bits: Any) -> Any:
-    """SPEC §6.1: None → 8; int k → k; dict {model_inputs, model_outputs} → op_* = inputs."""
+    """docs/contract.md §6.1: None → 8; int k → k; dict {model_inputs, model_outputs} →
+    op_* = inputs."""
     if n_bits is None:
         return 8
     if isinstance(n_bits, dict):
@@ -153,7 +155,7 @@ def compile_brevitas_qat_model(
         artifacts: a concrete.fhe.DebugArtifacts.
         show_mlir: print the MLIR.
         rounding_threshold_bits: None, an int or {"n_bits": k, "method": ...}; None lets the
-            power-of-two pass (SPEC §4.7) round where the scales allow a shift.
+            power-of-two pass (docs/contract.md §4.7) round where the scales allow a shift.
         p_error: per-TLU error probability (neither given: 2**-40).
         global_p_error: circuit error probability.
         output_onnx_file: save the exported QONNX model there.

@@ -1,4 +1,5 @@
-"""compile_torch_model and compile_onnx_model: quantize, then compile to FHE (SPEC §6.1).
+"""compile_torch_model and compile_onnx_model: quantize, then compile to FHE
+(docs/contract.md §6.1).
 
 Both build the QuantizedModule with ``build_quantized_module`` and compile it with
 ``QuantizedModule.compile`` over the same inputset (the calibration data).

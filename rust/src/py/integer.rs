@@ -139,7 +139,7 @@ fn conv_geometry(
 }
 
 /// ((f64(round(a @ (w − z_w))) + offset) − sub) · mul (+ add), per output column, as
-/// (batch, M, N) float64 (SPEC §3.1; `kernels::integer::rescale`).
+/// (batch, M, N) float64 (docs/contract.md §3.1; `kernels::integer::rescale`).
 #[pyfunction]
 #[pyo3(signature = (a, w, z_w, lsbs, offset, sub, mul, add=None, context=None))]
 #[allow(clippy::too_many_arguments)]
@@ -203,7 +203,7 @@ fn int_conv2d<'py>(
 }
 
 /// ((f64(round(conv(x_pad, w − z_w))) + offset) − sub) · mul (+ add), per output channel,
-/// as (N, O, OH, OW) float64 (SPEC §3.2; `kernels::integer::rescale`).
+/// as (N, O, OH, OW) float64 (docs/contract.md §3.2; `kernels::integer::rescale`).
 #[pyfunction]
 #[pyo3(signature = (x, w, z_w, group, strides, pads, pad_value, lsbs, offset, sub, mul, add=None, context=None))]
 #[allow(clippy::too_many_arguments)]

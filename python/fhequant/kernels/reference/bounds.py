@@ -1,4 +1,5 @@
-"""The exact worst-case accumulator ranges (SPEC §7): the numpy twins, in Python integers."""
+"""The exact worst-case accumulator ranges (docs/contract.md §7): the numpy twins, in Python
+integers."""
 
 from __future__ import annotations
 
@@ -131,7 +132,7 @@ def window_sum_bounds_reference(
     lsbs: int = 0,
     name: str = "AveragePool",
 ) -> tuple[int, int]:
-    """Exact worst-case range of the AveragePool window sums (SPEC §3.6), then rounded.
+    """Exact worst-case range of the AveragePool window sums (docs/contract.md §3.6), then rounded.
 
     Args:
         kernel_shape: window size per spatial axis.

@@ -1,5 +1,5 @@
-"""Integer Conv, 1-D or 2-D (SPEC §3.2): the numpy twins, with the padding and window views
-that the pool twins and the bounds share."""
+"""Integer Conv, 1-D or 2-D (docs/contract.md §3.2): the numpy twins, with the padding and window
+views that the pool twins and the bounds share."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def integer_conv_reference(
     group: int = 1,
     name: str = "Conv",
 ) -> tuple[I64, I64]:
-    """Zero-point-corrected integer Conv, 1-D or 2-D, dilation 1 (SPEC §3.2).
+    """Zero-point-corrected integer Conv, 1-D or 2-D, dilation 1 (docs/contract.md §3.2).
 
     Args:
         q_x: integer input (N, C, H, W) or (N, C, L).
@@ -88,7 +88,7 @@ def integer_conv_rescale_reference(
     group: int = 1,
     name: str = "Conv",
 ) -> Any:
-    """The clear Conv up to its output quantization (SPEC §3.2, §2.4).
+    """The clear Conv up to its output quantization (docs/contract.md §3.2, §2.4).
 
     ``v = ((float64(round(acc)) + offset) - sub)·mul (+ add)`` with ``acc`` the corrected
     conv of :func:`integer_conv_reference` and ``round`` the round_bit_pattern of ``lsbs``

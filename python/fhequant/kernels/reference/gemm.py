@@ -1,4 +1,4 @@
-"""Integer Gemm / MatMul (SPEC §3.1): the numpy twins."""
+"""Integer Gemm / MatMul (docs/contract.md §3.1): the numpy twins."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fhequant.kernels.reference.rounding import round_bit_pattern_reference
 def integer_gemm_reference(
     q_x: Any, q_w: Any, z_x: Any = 0, z_w: Any = 0, name: str = "Gemm"
 ) -> tuple[I64, I64]:
-    """Zero-point-corrected integer matmul (Jacob et al. 2018, Eq. 7; SPEC §3.1).
+    """Zero-point-corrected integer matmul (Jacob et al. 2018, Eq. 7; docs/contract.md §3.1).
 
     Args:
         q_x: integer input, (..., M, K) or (K,).
@@ -44,7 +44,7 @@ def integer_gemm_rescale_reference(
     add: Any = None,
     name: str = "Gemm",
 ) -> Any:
-    """The clear Gemm up to its output quantization (SPEC §3.1, §2.4).
+    """The clear Gemm up to its output quantization (docs/contract.md §3.1, §2.4).
 
     ``v = ((float64(round(acc)) + offset) - sub)·mul (+ add)`` with ``acc`` the corrected
     matmul of :func:`integer_gemm_reference` and ``round`` the round_bit_pattern of

@@ -1,4 +1,4 @@
-"""Integer pools and Unfold (SPEC §3.6): the numpy twins."""
+"""Integer pools and Unfold (docs/contract.md §3.6): the numpy twins."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def window_sum_reference(
     ceil_mode: int = 0,
     name: str = "AveragePool",
 ) -> I64:
-    """Integer window sums of AveragePool (SPEC §3.6).
+    """Integer window sums of AveragePool (docs/contract.md §3.6).
 
     Args:
         q_x: integer input (N, C, H, W) or (N, C, L).
@@ -75,7 +75,7 @@ def unfold_reference(
     z_x: Any,
     name: str = "Unfold",
 ) -> I64:
-    """Integer Unfold (SPEC §3.6): the windows of q_x padded with z_x, as columns.
+    """Integer Unfold (docs/contract.md §3.6): the windows of q_x padded with z_x, as columns.
 
     Args:
         q_x: integer input (N, C, H, W).

@@ -1,6 +1,6 @@
 """The numpy twins of the quantization kernels (quantize, dequantize, min/max, unique).
 
-Each twin is written with plain numpy 1.26 and *is* the specification (SPEC.md §0, §1.2,
+Each twin is written with plain numpy 1.26 and *is* the specification (docs/contract.md §0, §1.2,
 §1.4); the property tests check the dispatched kernels of :mod:`fhequant.kernels.quant`
 against them bit for bit.
 

@@ -1,4 +1,5 @@
-"""round_bit_pattern (SPEC §2.4) and the bit width of an integer range (SPEC §7): the specs."""
+"""round_bit_pattern (docs/contract.md §2.4) and the bit width of an integer range
+(docs/contract.md §7): the specs."""
 
 from __future__ import annotations
 

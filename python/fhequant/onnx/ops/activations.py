@@ -23,7 +23,7 @@ def relu(x: np.ndarray) -> np.ndarray:
 @register("Sigmoid", "X")
 @quiet
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    """SPEC §5.3: exp(-logaddexp(0, -x))."""
+    """docs/contract.md §5.3: exp(-logaddexp(0, -x))."""
     return np.exp(-np.logaddexp(0, -x))
 
 
@@ -36,7 +36,7 @@ def tanh(x: np.ndarray) -> np.ndarray:
 @register("Softplus", "X")
 @quiet
 def softplus(x: np.ndarray) -> np.ndarray:
-    """SPEC §5.3: log(exp(x) + 1) (inf for x above ~88 in float32)."""
+    """docs/contract.md §5.3: log(exp(x) + 1) (inf for x above ~88 in float32)."""
     return np.log(np.exp(x) + 1)
 
 
@@ -74,7 +74,8 @@ def leaky_relu(x: np.ndarray, *, alpha: float = 0.01) -> np.ndarray:
 
 
 def prelu_quant(x: np.ndarray, slope: np.ndarray) -> np.ndarray:
-    """SPEC §5.3 PRelu: min(0, slope * x) + max(0, x) (differs from ONNX for negative slopes)."""
+    """docs/contract.md §5.3 PRelu: min(0, slope * x) + max(0, x) (differs from ONNX for negative
+    slopes)."""
     return np.minimum(0, slope * x) + np.maximum(0, x)
 
 

@@ -27,7 +27,8 @@ _CONV_ATTRS = {
 
 
 def _padded_float64(x: np.ndarray, begins: Sequence[int], ends: Sequence[int]) -> np.ndarray:
-    """SPEC §0: pad into a float32 buffer (rounding padded data to float32), then float64."""
+    """docs/contract.md §0: pad into a float32 buffer (rounding padded data to float32), then
+    float64."""
     return pad_spatial(x, begins, ends, 0, np.float32).astype(np.float64, copy=False)
 
 

@@ -37,7 +37,7 @@ def _is_int(x: Any) -> bool:
 
 @quiet
 def div_quant(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """SPEC §5.3 Div: a / where(b != 0, b, 1); integer operands floor-divide."""
+    """docs/contract.md §5.3 Div: a / where(b != 0, b, 1); integer operands floor-divide."""
     if _is_int(a) and _is_int(b):
         return np.floor_divide(a, np.where(b != 0, b, 1))
     return a / np.where(b != 0, b, 1)
@@ -104,7 +104,7 @@ _unary("Atanh", np.arctanh, "arctanh(x).")
 
 @quiet
 def log_quant(x: np.ndarray) -> np.ndarray:
-    """SPEC §5.3 Log: log(max(x, 1e-8))."""
+    """docs/contract.md §5.3 Log: log(max(x, 1e-8))."""
     return np.log(np.maximum(x, 1e-8))
 
 
@@ -191,7 +191,8 @@ _TO_FLOAT64 = {1, 9, 11}  # FLOAT, BOOL, DOUBLE
 
 
 def cast_quant(x: np.ndarray, *, to: int, saturate: int = 1) -> np.ndarray:
-    """SPEC §5.3 Cast: BOOL/FLOAT/DOUBLE give float64 (BOOL as 0/1); other types cast exactly."""
+    """docs/contract.md §5.3 Cast: BOOL/FLOAT/DOUBLE give float64 (BOOL as 0/1); other types cast
+    exactly."""
     del saturate
     x = np.asarray(x)
     if int(to) == 9:

@@ -1,4 +1,5 @@
-"""Linear algebra: MatMul, Gemm (float32, SPEC §0), BatchNormalization, LayerNormalization."""
+"""Linear algebra: MatMul, Gemm (float32, docs/contract.md §0), BatchNormalization,
+LayerNormalization."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ def batch_invariant_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     Plain float32 ``np.matmul`` can change by an ulp with the number of rows (BLAS picks its
     kernel and summation order from the shapes), so a streamed computation would differ from a
-    whole-batch one (SPEC decision 4). Here a row's result never depends on the other rows,
-    at about 1.6x the cost. Not used by the registry's Gemm/MatMul, which keep np.matmul (what
+    whole-batch one (docs/contract.md decision 4). Here a row's result never depends on the other
+    rows, at about 1.6x the cost. Not used by the registry's Gemm/MatMul, which keep np.matmul (what
     the reference runs on the whole calibration set).
     """
     a, b = np.asarray(a), np.asarray(b)
@@ -30,7 +31,7 @@ def batch_invariant_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _int_if_integral(v: float) -> float | int:
-    """SPEC §5.3: integer-valued alpha/beta become int, so they keep float32 float32."""
+    """docs/contract.md §5.3: integer-valued alpha/beta become int, so they keep float32 float32."""
     f = float(v)
     return int(f) if f.is_integer() else f
 

@@ -1,7 +1,7 @@
 """Comparisons, logical ops and Where.
 
-``fn`` returns bools (as onnxruntime); ``quant_fn`` returns float64 0/1 (SPEC §5.3), so that the
-result can be quantized and fused into a table lookup.
+``fn`` returns bools (as onnxruntime); ``quant_fn`` returns float64 0/1 (docs/contract.md §5.3), so
+that the result can be quantized and fused into a table lookup.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _binary(name: str, fn: Any, doc: str, *, logical: bool = False) -> None:
 
     impl.__name__ = quant_impl.__name__ = name.lower()
     impl.__doc__ = f"{doc} (bool)."
-    quant_impl.__doc__ = f"{doc} as float64 0/1 (SPEC §5.3)."
+    quant_impl.__doc__ = f"{doc} as float64 0/1 (docs/contract.md §5.3)."
     register(name, "A, B", quant_fn=quant_impl)(impl)
 
 
@@ -40,7 +40,7 @@ _binary("Xor", np.logical_xor, "a xor b", logical=True)
 
 
 def not_quant(x: np.ndarray) -> np.ndarray:
-    """SPEC §5.3 Not: float64 0/1."""
+    """docs/contract.md §5.3 Not: float64 0/1."""
     return as_float64_01(np.logical_not(x))
 
 
@@ -52,7 +52,7 @@ def not_(x: np.ndarray) -> np.ndarray:
 
 @quiet
 def where_quant(c: np.ndarray, t: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """SPEC §5.3 Where: c * t + (1 - c) * f (c is 0/1, bool or float)."""
+    """docs/contract.md §5.3 Where: c * t + (1 - c) * f (c is 0/1, bool or float)."""
     return c * t + (1 - c) * f
 
 

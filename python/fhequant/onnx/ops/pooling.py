@@ -87,7 +87,7 @@ def average_pool_quant(
     """Average pool in float64: window sums divided by the number of counted cells.
 
     Counted cells: the input cells, plus the explicit pads when count_include_pad = 1; the
-    ceil_mode extension is never counted. Padding uses a float32 buffer (SPEC §0).
+    ceil_mode extension is never counted. Padding uses a float32 buffer (docs/contract.md §0).
     """
     k, s, d, begins, ends = _geometry(
         x, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides

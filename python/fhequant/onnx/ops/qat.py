@@ -1,4 +1,4 @@
-"""Brevitas / QONNX fake quantization (SPEC §3.8).
+"""Brevitas / QONNX fake quantization (docs/contract.md §3.8).
 
 Registered as ``onnx.brevitas.Quant`` and, for models exported by qonnx, as
 ``qonnx.custom_op.general.Quant``.
@@ -22,7 +22,7 @@ _ROUNDING: dict[str, Any] = {
 
 
 def quant_bounds(bit_width: int, signed: int, narrow: int) -> tuple[int, int]:
-    """The integer range of a Quant node (SPEC §3.8).
+    """The integer range of a Quant node (docs/contract.md §3.8).
 
     Args:
         bit_width: number of bits b.

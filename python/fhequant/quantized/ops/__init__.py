@@ -1,7 +1,9 @@
-"""Quantized ONNX ops (SPEC §2, §3), grouped by family; see ``base`` for the op contract."""
+"""Quantized ONNX ops (docs/contract.md §2, §3), grouped by family; see ``base`` for the op
+contract."""
 
 from __future__ import annotations
 
+from fhequant.quantized.exec import CLEAR, TRACING, Executor, executor_for, use_executor
 from fhequant.quantized.ops.base import (
     DEFAULT_MODEL_BITS,
     QuantizedMixingOp,
@@ -11,15 +13,6 @@ from fhequant.quantized.ops.base import (
 )
 from fhequant.quantized.ops.elementwise import *  # noqa: F403
 from fhequant.quantized.ops.elementwise import __all__ as _elementwise_all
-from fhequant.quantized.ops.executors import (
-    CLEAR,
-    TRACING,
-    ClearExecutor,
-    Executor,
-    TracingExecutor,
-    executor_for,
-    use_executor,
-)
 from fhequant.quantized.ops.linear import *  # noqa: F403
 from fhequant.quantized.ops.linear import __all__ as _linear_all
 from fhequant.quantized.ops.pooling import *  # noqa: F403
@@ -37,11 +30,9 @@ __all__ = [
     "DEFAULT_MODEL_BITS",
     "ONNX_OPS_TO_QUANTIZED_IMPL",
     "TRACING",
-    "ClearExecutor",
     "Executor",
     "QuantizedMixingOp",
     "QuantizedOp",
-    "TracingExecutor",
     "compute_bits_precision",
     "executor_for",
     "normalize_rounding_threshold_bits",

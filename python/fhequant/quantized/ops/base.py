@@ -1,9 +1,9 @@
-"""Base classes of the quantized ops (SPEC §2) and the contract the PTQ walk relies on.
+"""Base classes of the quantized ops (docs/contract.md §2) and the contract the PTQ walk relies on.
 
 An op wraps the float implementation of one ONNX op type (``_impl_for_op_named``; its
 metadata, a :class:`~fhequant.quantized.ops.float_specs.FloatOpSpec`, says which inputs exist,
 which are raw and which attributes it takes). The PTQ walk (``fhequant.quantized.module``,
-SPEC §4) uses exactly this API:
+docs/contract.md §4) uses exactly this API:
 
 Construction
     ``QuantizedX(n_bits_output, op_instance_name, int_input_names=None, constant_inputs=None,
@@ -33,7 +33,8 @@ Instance state
     slot index (int, constants included) of each input it had to re-quantize with QAT
     options, §4.5), ``debug_value_tracker`` (None or a
     dict: when set, q_impl stores its prepared inputs and, for mixing ops, the integer
-    accumulator under ``debug_value_tracker[op_instance_name]``).
+    accumulator under ``debug_value_tracker[op_instance_name]``; the debug forward passes its
+    tracker as context instead, ``fhequant.quantized.exec.track_values``).
 
 Registration
     Defining a subclass whose body sets ``_impl_for_op_named`` registers it as the quantized
@@ -66,10 +67,10 @@ Capabilities (class attributes; the calibration walk reads them off the op's cla
         compute that re-quantization as a table over the producer's integers, when the inputs
         at these indices are constants (``()``: always; None: never).
     ``pow2_accumulator_shift: bool``
-        A mixing op with a "matmul" accumulator: the QAT power-of-two pass (SPEC §4.7) may turn
-        its rescale into a shift of that accumulator.
+        A mixing op with a "matmul" accumulator: the QAT power-of-two pass (docs/contract.md §4.7)
+        may turn its rescale into a shift of that accumulator.
     ``clips_percentiles: bool``
-        ``_calibration_values`` clips the float result to its 0.1/99.9 percentiles (SPEC
+        ``_calibration_values`` clips the float result to its 0.1/99.9 percentiles (docs/contract.md
         §3.7), which the streamed statistics pass computes exactly; otherwise the op counts as
         having the default min/max calibration.
 
@@ -92,9 +93,10 @@ Capabilities (class attributes; the calibration walk reads them off the op's cla
     quantized output is needed before ``calibrate``. ``attrs`` override ``self.attrs`` for
     this call only.
 
-Integer math goes through an executor (``fhequant.quantized.ops.executors``): the clear one
-outside tracing, the tracing one (concrete.fhe calls) when an input is a concrete Tracer or
-when selected with ``use_executor``.
+Integer math goes through an executor (``fhequant.quantized.exec``): the clear one outside
+tracing, the tracing one (concrete.fhe calls) when an input is a concrete Tracer, or the one
+forced with ``use_executor`` (e.g. with an observer of the integer nodes). The executor and
+the running op are context, never attributes set on the op: ops may run in several threads.
 """
 
 from __future__ import annotations
@@ -116,7 +118,13 @@ from fhequant.quantization import (
     QuantizedArray,
     UniformQuantizationParameters,
 )
-from fhequant.quantized.ops.executors import Executor, executor_for, is_tracer
+from fhequant.quantized.exec import (
+    Executor,
+    executor_for,
+    is_tracer,
+    routed_float_impl,
+    tracked_values,
+)
 from fhequant.quantized.ops.float_specs import FloatOpSpec, float_spec
 from fhequant.quantized.ops.registry import op_type_to_register, register_op
 from fhequant.quantized.ops.rounding import (
@@ -183,7 +191,7 @@ def _on_uniform_grid(quantizer: Any, opts: Any) -> bool:
 
 
 class QuantizedOp(Serializable):
-    """A quantized ONNX op: float calibration plus integer inference (SPEC §2).
+    """A quantized ONNX op: float calibration plus integer inference (docs/contract.md §2).
 
     Every subclass is registered for JSON under its class name (``dumps``/``loads``), and
     every subclass whose body sets ``_impl_for_op_named`` as the quantized class of that ONNX
@@ -322,7 +330,16 @@ class QuantizedOp(Serializable):
     # --- the float implementation ---------------------------------------------------------
 
     def call_impl(self, *inputs: Any, **attrs: Any) -> Any:
-        """Run the float implementation; it must give exactly one output."""
+        """Run the float implementation; it must give exactly one output.
+
+        A float implementation routed for this op (``route_float_impl``, e.g. the
+        split-independent matmul of the calibration walk) is tried first.
+        """
+        routed = routed_float_impl(self)
+        if routed is not None:
+            out = routed(*inputs, **attrs)
+            if out is not NotImplemented:
+                return out
         out = self.spec().impl(*inputs, **attrs)
         if isinstance(out, tuple):
             if len(out) != 1:
@@ -378,7 +395,7 @@ class QuantizedOp(Serializable):
         calibrate: bool,
         quantize_actual_values: bool,
     ) -> list[Any]:
-        """Build the full input list (SPEC §2.2).
+        """Build the full input list (docs/contract.md §2.2).
 
         Args:
             inputs: the variable inputs.
@@ -403,7 +420,7 @@ class QuantizedOp(Serializable):
         return out
 
     def _requantize(self, inp: QuantizedArray, index: int) -> QuantizedArray:
-        """The re-quantization rule at a non-fusable input (SPEC §2.2)."""
+        """The re-quantization rule at a non-fusable input (docs/contract.md §2.2)."""
         opts = self.input_quant_opts
         qz = inp.quantizer
         scalar_zp = _zp_is_scalar(qz.zero_point)
@@ -411,7 +428,7 @@ class QuantizedOp(Serializable):
             opts.is_equal(qz.quant_options, ignore_sign_qat=True) or qz.is_precomputed_qat
         ):
             # the op only reads the integers: share them unless the debug tracker keeps them
-            return quantized_values_copy(inp, copy_values=self.debug_value_tracker is not None)
+            return quantized_values_copy(inp, copy_values=self._value_tracker() is not None)
         if (
             opts.is_qat
             and self.error_tracker is not None
@@ -429,9 +446,16 @@ class QuantizedOp(Serializable):
             copy_values=False,
         )
 
+    def _value_tracker(self) -> dict[str, dict[str, Any]] | None:
+        """The debug forward's tracker (context, ``track_values``), else
+        ``debug_value_tracker``."""
+        tracker = tracked_values()
+        return tracker if tracker is not None else self.debug_value_tracker
+
     def _track(self, key: str, value: Any) -> None:
-        if self.debug_value_tracker is not None:
-            self.debug_value_tracker.setdefault(self.op_instance_name, {})[key] = value
+        tracker = self._value_tracker()
+        if tracker is not None:
+            tracker.setdefault(self.op_instance_name, {})[key] = value
 
     # --- calibration and inference --------------------------------------------------------
 
@@ -439,7 +463,8 @@ class QuantizedOp(Serializable):
         return self.spec().raw_output
 
     def calibrate(self, *inputs: Any) -> Any:
-        """Run the float op on calibration data and set the output quantizer (SPEC §2.3).
+        """Run the float op on calibration data and set the output quantizer
+        (docs/contract.md §2.3).
 
         Args:
             *inputs: the variable inputs (floats, QuantizedArrays or raw arrays).
@@ -527,7 +552,8 @@ class QuantizedOp(Serializable):
         )
 
     def q_impl(self, *q_inputs: Any, calibrate_rounding: bool = False, **attrs: Any) -> Any:
-        """Run the op on quantized inputs: by default a float TLU of ``.values`` (SPEC §2.3).
+        """Run the op on quantized inputs: by default a float TLU of ``.values``
+        (docs/contract.md §2.3).
 
         Args:
             *q_inputs: the variable inputs (QuantizedArrays, or raw arrays).
@@ -580,7 +606,8 @@ class QuantizedOp(Serializable):
     # --- JSON -----------------------------------------------------------------------------
 
     def dump_dict(self) -> dict[str, Any]:
-        """Every field of the op, keys sorted (SPEC §6.3); constant input keys as strings.
+        """Every field of the op, keys sorted (docs/contract.md §6.3); constant input keys as
+        strings.
 
         Returns:
             The fields to write (the serializer encodes the values).
@@ -634,7 +661,8 @@ class QuantizedOp(Serializable):
 
 
 class QuantizedMixingOp(QuantizedOp):
-    """A non-fusable op mixing encrypted values; it can round its accumulators (SPEC §2.4).
+    """A non-fusable op mixing encrypted values; it can round its accumulators
+    (docs/contract.md §2.4).
 
     Args:
         *args: as for QuantizedOp.
@@ -664,12 +692,12 @@ class QuantizedMixingOp(QuantizedOp):
 
     def _fusable(self, calibrate_rounding: bool) -> bool:
         """Whether the accumulator may stay inside a fused executor call: no debug tracking,
-        no rounding to calibrate and ``cnp_round`` not overridden (streamed calibration
-        records the accumulator ranges through it)."""
+        no rounding to calibrate and no observer of the rounding points (streamed
+        calibration gathers the accumulator ranges at ``cnp_round``)."""
         return (
-            self.debug_value_tracker is None
+            self._value_tracker() is None
             and not (calibrate_rounding and self.rounding_threshold_bits is not None)
-            and "cnp_round" not in self.__dict__
+            and not executor_for().observes_rounding
         )
 
     def _rounding(self, rounding_operation_id: str) -> tuple[int, Any]:
@@ -688,7 +716,7 @@ class QuantizedMixingOp(QuantizedOp):
         calibrate_rounding: bool,
         rounding_operation_id: str = "single_rounding_op",
     ) -> Any:
-        """Round an integer accumulator to the rounding threshold (SPEC §2.4).
+        """Round an integer accumulator to the rounding threshold (docs/contract.md §2.4).
 
         Args:
             x: the int64 accumulator (array or tracer).
@@ -710,6 +738,8 @@ class QuantizedMixingOp(QuantizedOp):
             prev = self.lsbs_to_remove.get(rounding_operation_id, 0)
             self.lsbs_to_remove[rounding_operation_id] = max(prev, width - target)
         lsbs, method = self._rounding(rounding_operation_id)
+        ex = self.executor(x)
+        ex.rounding_point(self, rounding_operation_id, x)
         if lsbs > 0:
-            x = self.executor(x).round_bit_pattern(x, lsbs, method)
+            x = ex.round_bit_pattern(x, lsbs, method)
         return x

@@ -1,4 +1,4 @@
-"""Add, Sub, Mul and Div (SPEC §3.3-§3.5).
+"""Add, Sub, Mul and Div (docs/contract.md §3.3-§3.5).
 
 Each is a float TLU when it depends on one encrypted tensor (or has a constant or raw operand)
 and integer arithmetic on two encrypted tensors otherwise.
@@ -37,7 +37,7 @@ class _BinaryMixing(QuantizedMixingOp):
 
 
 class QuantizedAdd(_BinaryMixing):
-    """a + b; two encrypted operands are rescaled to a common scale (SPEC §3.3)."""
+    """a + b; two encrypted operands are rescaled to a common scale (docs/contract.md §3.3)."""
 
     _impl_for_op_named = "Add"
     sign: ClassVar[int] = 1
@@ -89,7 +89,7 @@ class QuantizedSub(QuantizedAdd):
 
 
 class QuantizedMul(_BinaryMixing):
-    """a · b; two encrypted operands are multiplied in integers (SPEC §3.4)."""
+    """a · b; two encrypted operands are multiplied in integers (docs/contract.md §3.4)."""
 
     _impl_for_op_named = "Mul"
 
@@ -132,7 +132,7 @@ class QuantizedMul(_BinaryMixing):
 
 
 class QuantizedDiv(_BinaryMixing):
-    """a / b; two encrypted operands: a times a quantized 1/b (SPEC §3.5)."""
+    """a / b; two encrypted operands: a times a quantized 1/b (docs/contract.md §3.5)."""
 
     _impl_for_op_named = "Div"
 

@@ -3,7 +3,7 @@
 A thin view of ``fhequant.onnx.ONNX_OPS`` (the float op registry) in the form the quantized
 layer needs: positional input names, how many are required, which are raw (shapes, axes,
 indices: never quantized), the attribute defaults (``None`` where the node must set one) and
-the SPEC §5.3 implementation (``OpSpec.quant_fn``) used for calibration and float TLUs.
+the docs/contract.md §5.3 implementation (``OpSpec.quant_fn``) used for calibration and float TLUs.
 """
 
 from __future__ import annotations

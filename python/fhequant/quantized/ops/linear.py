@@ -1,4 +1,4 @@
-"""Gemm, MatMul and Conv with zero-point correction (SPEC §3.1, §3.2).
+"""Gemm, MatMul and Conv with zero-point correction (docs/contract.md §3.1, §3.2).
 
 With x = s_x(q_x - z_x) and w = s_w(q_w - z_w), Jacob et al. 2018 (Eq. 7):
 
@@ -19,9 +19,9 @@ import numpy as np
 from fhequant import kernels as ik
 from fhequant.errors import QuantizedOpError
 from fhequant.quantization import QuantizedArray
+from fhequant.quantized.exec import is_tracer
 from fhequant.quantized.float_impls import conv_float, gemm_float, matmul_float
 from fhequant.quantized.ops.base import ExtremesLayout, QuantizedMixingOp
-from fhequant.quantized.ops.executors import is_tracer
 
 __all__ = ["QuantizedConv", "QuantizedGemm", "QuantizedMatMul"]
 
@@ -67,7 +67,7 @@ def _is_qat_bias(q_bias: Any) -> TypeGuard[QuantizedArray]:
 
 
 class QuantizedGemm(QuantizedMixingOp):
-    """Y = op(A) @ op(B) + C with alpha == 1 and beta ∈ {0, 1} (SPEC §3.1)."""
+    """Y = op(A) @ op(B) + C with alpha == 1 and beta ∈ {0, 1} (docs/contract.md §3.1)."""
 
     _impl_for_op_named = "Gemm"
     # annotated as on QuantizedOp: QuantizedMatMul overrides them
@@ -97,7 +97,7 @@ class QuantizedGemm(QuantizedMixingOp):
                 )
 
     def q_impl(self, *q_inputs: Any, calibrate_rounding: bool = False, **attrs: Any) -> Any:
-        """Integer matmul with zero-point correction, then rescale (SPEC §3.1).
+        """Integer matmul with zero-point correction, then rescale (docs/contract.md §3.1).
 
         Args:
             *q_inputs: the encrypted input (and the weights when they are encrypted).
@@ -143,7 +143,7 @@ class QuantizedGemm(QuantizedMixingOp):
             out_zp = sum_w - final
             if q_bias is not None:
                 out_zp = out_zp + _values(q_bias) / (-m)
-            owned = type(acc) is np.ndarray and self.debug_value_tracker is None
+            owned = type(acc) is np.ndarray and self._value_tracker() is None
             return self.make_raw_accumulator_array(acc, m, out_zp, owned=owned)
 
         if _is_qat_bias(q_bias):
@@ -169,7 +169,7 @@ class QuantizedGemm(QuantizedMixingOp):
         q_bias: Any,
         calibrate_rounding: bool,
     ) -> QuantizedArray:
-        """Encrypted x encrypted: products as ⌊(x+y)²/4⌋ - ⌊(x-y)²/4⌋ (SPEC §3.1)."""
+        """Encrypted x encrypted: products as ⌊(x+y)²/4⌋ - ⌊(x-y)²/4⌋ (docs/contract.md §3.1)."""
         z_x = q_x.quantizer.zero_point
         z_w = q_w.quantizer.zero_point
         m = q_x.quantizer.scale * q_w.quantizer.scale
@@ -223,7 +223,8 @@ class QuantizedMatMul(QuantizedGemm):
 
 
 class QuantizedConv(QuantizedMixingOp):
-    """1-D or 2-D convolution, dilation 1, padded with the input zero point (SPEC §3.2)."""
+    """1-D or 2-D convolution, dilation 1, padded with the input zero point
+    (docs/contract.md §3.2)."""
 
     _impl_for_op_named = "Conv"
     split_independent_impl = staticmethod(conv_float)
@@ -263,7 +264,7 @@ class QuantizedConv(QuantizedMixingOp):
         return [int(s) for s in strides], [int(v) for v in pads]
 
     def q_impl(self, *q_inputs: Any, calibrate_rounding: bool = False, **attrs: Any) -> Any:
-        """Integer conv with zero-point correction, then rescale (SPEC §3.2).
+        """Integer conv with zero-point correction, then rescale (docs/contract.md §3.2).
 
         Args:
             *q_inputs: the encrypted input.

@@ -1,4 +1,4 @@
-"""AveragePool, MaxPool, Pad, Unfold and ReduceSum on integers (SPEC §3.6).
+"""AveragePool, MaxPool, Pad, Unfold and ReduceSum on integers (docs/contract.md §3.6).
 
 Spatial ops pad the integer input with its zero point, so a padded cell dequantizes to 0.
 """
@@ -82,7 +82,7 @@ def _scalar_zp(op: QuantizedOp, q: QuantizedArray) -> int:
 
 
 class QuantizedAvgPool(QuantizedMixingOp):
-    """2-D average pooling: an integer window sum times 1/norm (SPEC §3.6)."""
+    """2-D average pooling: an integer window sum times 1/norm (docs/contract.md §3.6)."""
 
     _impl_for_op_named = "AveragePool"
 
@@ -122,7 +122,7 @@ class QuantizedAvgPool(QuantizedMixingOp):
 
 
 class QuantizedMaxPool(QuantizedOp):
-    """2-D max pooling of the zp-padded integers (non-fusable, SPEC §3.6)."""
+    """2-D max pooling of the zp-padded integers (non-fusable, docs/contract.md §3.6)."""
 
     _impl_for_op_named = "MaxPool"
 
@@ -165,7 +165,8 @@ class QuantizedMaxPool(QuantizedOp):
 
 
 class QuantizedPad(QuantizedOp):
-    """Constant zero padding of H/W, done on integers with the zero point (SPEC §3.6)."""
+    """Constant zero padding of H/W, done on integers with the zero point
+    (docs/contract.md §3.6)."""
 
     _impl_for_op_named = "Pad"
 
@@ -220,7 +221,7 @@ class QuantizedPad(QuantizedOp):
 
 
 class QuantizedUnfold(QuantizedMixingOp):
-    """Sliding blocks (N, C·kh·kw, L) via a grouped identity-kernel conv (SPEC §3.6)."""
+    """Sliding blocks (N, C·kh·kw, L) via a grouped identity-kernel conv (docs/contract.md §3.6)."""
 
     _impl_for_op_named = "Unfold"
 
@@ -250,7 +251,7 @@ class QuantizedUnfold(QuantizedMixingOp):
 
 
 class QuantizedReduceSum(QuantizedMixingOp):
-    """Sum over non-batch axes: sum(q) - n·z_x, rescaled by s_x (SPEC §3.6)."""
+    """Sum over non-batch axes: sum(q) - n·z_x, rescaled by s_x (docs/contract.md §3.6)."""
 
     _impl_for_op_named = "ReduceSum"
 

@@ -1,4 +1,4 @@
-"""Brevitas / QONNX ``Quant`` nodes imported by QAT (SPEC §3.8).
+"""Brevitas / QONNX ``Quant`` nodes imported by QAT (docs/contract.md §3.8).
 
 The float op is a fake quantization, clip before rint:
 ``(rint(clip(x/scale + zp, min_int, max_int)) - zp)·scale``. Its output quantizer is the
@@ -25,7 +25,7 @@ def _value(v: Any) -> Any:
 
 
 class QuantizedBrevitasQuant(QuantizedOp):
-    """Brevitas fake quantization with its own (precomputed) quantizer (SPEC §3.8)."""
+    """Brevitas fake quantization with its own (precomputed) quantizer (docs/contract.md §3.8)."""
 
     _impl_for_op_named = "onnx.brevitas.Quant"
     quantize_inputs_with_model_outputs_precision = True

@@ -1,4 +1,4 @@
-"""``ONNX_OPS_TO_QUANTIZED_IMPL``: ONNX op type → quantized op class (SPEC §3.0).
+"""``ONNX_OPS_TO_QUANTIZED_IMPL``: ONNX op type → quantized op class (docs/contract.md §3.0).
 
 An op class registers itself when its class statement runs (``QuantizedOp.__init_subclass__``
 calls :func:`op_type_to_register` and :func:`register_op`): a subclass whose body sets

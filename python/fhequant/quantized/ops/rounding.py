@@ -1,4 +1,4 @@
-"""rounding_threshold_bits normalisation and accumulator bit widths (SPEC §2.4)."""
+"""rounding_threshold_bits normalisation and accumulator bit widths (docs/contract.md §2.4)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from fhequant.errors import InvalidOptionKeyError, QuantizedOpError, UnsupportedOptionError
-from fhequant.quantized.ops.executors import fhe_module
+from fhequant.quantized.exec import fhe_module
 
 __all__ = ["ROUNDING_IDS", "compute_bits_precision", "normalize_rounding_threshold_bits"]
 
@@ -24,7 +24,7 @@ ROUNDING_IDS = (
 
 
 def compute_bits_precision(lo: int, hi: int) -> int:
-    """Bits needed to hold every integer in [lo, hi] (SPEC §2.4).
+    """Bits needed to hold every integer in [lo, hi] (docs/contract.md §2.4).
 
     Args:
         lo: the minimum.

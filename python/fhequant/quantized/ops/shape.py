@@ -1,4 +1,4 @@
-"""Shape ops: re-quantize the input, then move its integers (SPEC §3.0).
+"""Shape ops: re-quantize the input, then move its integers (docs/contract.md §3.0).
 
 The float implementation is dtype-agnostic, so it runs directly on the qvalues. Reshape,
 Flatten, Transpose, Concat, Slice and Gather keep the input's (re-quantized) options, stats

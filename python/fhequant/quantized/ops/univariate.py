@@ -1,4 +1,4 @@
-"""Univariate ops: float table lookups of one encrypted tensor (SPEC §2.3, §3.0, §3.7).
+"""Univariate ops: float table lookups of one encrypted tensor (docs/contract.md §2.3, §3.0, §3.7).
 
 They take the ``.values`` (unquantized floats) of their inputs, run the float implementation
 and quantize the result with the calibrated output quantizer; in a traced circuit each chain
@@ -241,7 +241,7 @@ class QuantizedIdentity(QuantizedOp):
 
 
 class QuantizedBatchNormalization(QuantizedOp):
-    """(x - mean)/sqrt(var + eps)·scale + bias on axis 1, as a float TLU (SPEC §3.7)."""
+    """(x - mean)/sqrt(var + eps)·scale + bias on axis 1, as a float TLU (docs/contract.md §3.7)."""
 
     _impl_for_op_named = "BatchNormalization"
     clips_percentiles = True

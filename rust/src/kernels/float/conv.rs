@@ -1,12 +1,13 @@
-//! float64 2-D convolution with a fixed summation order (SPEC decision 4), for calibration.
+//! float64 2-D convolution with a fixed summation order (docs/contract.md decision 4), for
+//! calibration.
 //!
 //! Every output is the sequential sum `((0 + x·w) + x·w) + …` over its window in
 //! (channel, kernel row, kernel column) order, each product and each sum rounded to float64:
 //! the numbers of an im2col matrix (columns in that order) times the reshaped weights through
 //! [`matmul`](super::matmul). With any padding, the input is read through float32 (the
-//! float32 padding buffer of the float Conv, SPEC §0) and the padded positions are zeros that
-//! take part in the sums like any other value. The work is split by images, so the result
-//! does not depend on the batch or on the number of threads.
+//! float32 padding buffer of the float Conv, docs/contract.md §0) and the padded positions are
+//! zeros that take part in the sums like any other value. The work is split by images, so the
+//! result does not depend on the batch or on the number of threads.
 
 use ndarray::{Array4, ArrayView4};
 use rayon::prelude::*;

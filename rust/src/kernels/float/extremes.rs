@@ -1,8 +1,8 @@
 //! The min and max of a float matmul or conv result plus a bias, without writing the result.
 //!
-//! Calibration only needs the extremes of a Gemm/MatMul/Conv output (SPEC §4.2), so these
-//! kernels run the very tiles of [`matmul`](super::matmul) and [`conv`](super::conv) (the same
-//! sequential k-order sums, bit for bit) and fold every value into running minima and maxima
+//! Calibration only needs the extremes of a Gemm/MatMul/Conv output (docs/contract.md §4.2), so
+//! these kernels run the very tiles of [`matmul`](super::matmul) and [`conv`](super::conv) (the
+//! same sequential k-order sums, bit for bit) and fold every value into running minima and maxima
 //! kept next to the accumulators, instead of storing it. The input can be read through a
 //! `load` function, e.g. the float64 dequantization of stored integers (the exact value of
 //! `kernels::quant::dequantize`), so the float input is never materialised either.

@@ -1,4 +1,4 @@
-//! float32 / float64 matmul with a fixed summation order (SPEC decision 4).
+//! float32 / float64 matmul with a fixed summation order (docs/contract.md decision 4).
 //!
 //! Each output is `((0 + a[i,0]·b[0,j]) + a[i,1]·b[1,j]) + …` in k order, every product and
 //! every sum rounded to the element type (Rust never contracts `a * b + c` into an FMA). A row's

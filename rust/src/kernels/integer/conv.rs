@@ -1,6 +1,7 @@
 //! Integer 2-D convolution (NCHW × O·C/g·kH·kW, groups, strides, integer padding) with the
-//! zero-point correction of SPEC §3.2: conv(x_pad, w) − z_w·conv(x_pad, 1) = conv(x_pad,
-//! w − z_w). Evaluated as im2col + an exact product (see `exact`).
+//! zero-point correction of docs/contract.md §3.2: conv(x_pad,
+//! w) − z_w·conv(x_pad, 1) = conv(x_pad, w − z_w). Evaluated as im2col + an exact product (see
+//! `exact`).
 
 use ndarray::{Array2, Array4, ArrayView4, CowArray, Ix4};
 use rayon::prelude::*;
@@ -617,7 +618,7 @@ fn window_reduce(
     Ok(())
 }
 
-/// Window sums Σ x_pad over each kh×kw window, per channel (AveragePool, SPEC §3.6).
+/// Window sums Σ x_pad over each kh×kw window, per channel (AveragePool, docs/contract.md §3.6).
 ///
 /// Returns `Error::Overflow` if kh·kw·max|x_pad| exceeds int64.
 pub fn window_sum(x: ArrayView4<'_, i64>, geom: &Geometry) -> Result<Array4<i64>> {
@@ -648,7 +649,7 @@ pub fn window_sum_into(x: ArrayView4<'_, i64>, geom: &Geometry, out: &mut [i64])
     window_reduce(x, geom, 0, |a, v| a.wrapping_add(v), out)
 }
 
-/// Integer max over each kh×kw window of x_pad, per channel (MaxPool, SPEC §3.6).
+/// Integer max over each kh×kw window of x_pad, per channel (MaxPool, docs/contract.md §3.6).
 pub fn window_max(x: ArrayView4<'_, i64>, geom: &Geometry) -> Result<Array4<i64>> {
     let mut out = Array4::<i64>::zeros(window_shape(x.dim(), geom)?);
     window_max_into(x, geom, out.as_slice_mut().unwrap_or_default())?;

@@ -1,5 +1,5 @@
-//! Integer matmul with the zero-point correction of SPEC §3.1 (Jacob et al. 2018, Eq. 7):
-//! acc = A @ B − z_w·Σ_k A[…, k] = A @ (B − z_w), and sum_w = z_x·Σ_k B[k, :].
+//! Integer matmul with the zero-point correction of docs/contract.md §3.1 (Jacob et al. 2018,
+//! Eq. 7): acc = A @ B − z_w·Σ_k A[…, k] = A @ (B − z_w), and sum_w = z_x·Σ_k B[k, :].
 
 use std::mem::MaybeUninit;
 

@@ -1,5 +1,5 @@
-//! The clear Gemm of SPEC §3.1 in one pass: the zero-point-corrected integer matmul, the
-//! optional round_bit_pattern of the accumulator (§2.4), then the float64 rescale
+//! The clear Gemm of docs/contract.md §3.1 in one pass: the zero-point-corrected integer matmul,
+//! the optional round_bit_pattern of the accumulator (§2.4), then the float64 rescale
 //!
 //! ```text
 //! v = ((f64(acc) + offset) − sub[j]) · mul[j]  (+ add[j])
@@ -67,7 +67,7 @@ pub fn matmul_rescale_into(
     rounded_in_range(&overflow, rescale.lsbs)
 }
 
-/// The clear Conv of SPEC §3.2 in one pass: `conv2d(x, w, z_w)` (zero-point corrected,
+/// The clear Conv of docs/contract.md §3.2 in one pass: `conv2d(x, w, z_w)` (zero-point corrected,
 /// padded with `geom.pad_value`), rounded and rescaled as `matmul_rescale_into` with the
 /// operands indexed by output channel (`sub`, `mul`, `add` of length O), into `out`
 /// (C order, (N, O, OH, OW) as `conv2d_shape` gives; on success every element is written).

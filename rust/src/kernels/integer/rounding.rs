@@ -1,4 +1,4 @@
-//! round_bit_pattern: zero the k least significant bits, rounding half up (SPEC §2.4).
+//! round_bit_pattern: zero the k least significant bits, rounding half up (docs/contract.md §2.4).
 
 use ndarray::{ArrayD, ArrayViewD, Zip};
 

@@ -1,7 +1,7 @@
 //! `q = cast(clip(rint(x / scale + zero_point), lo, hi))` with numpy 1.26 dtypes.
 //!
-//! numpy picks the precision of each step by value-based promotion (SPEC §0): with float32
-//! data the division is float32 unless |scale| > float32 max, the add is float32 unless the
+//! numpy picks the precision of each step by value-based promotion (docs/contract.md §0): with
+//! float32 data the division is float32 unless |scale| > float32 max, the add is float32 unless the
 //! zero point needs more, and `np.clip` widens to float64 for bounds outside int16/uint16.
 //! The caller (Python, with `np.result_type`) decides those precisions and passes the scalars
 //! already converted to them; this kernel runs the steps in exactly that order.
