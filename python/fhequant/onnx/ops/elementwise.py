@@ -59,14 +59,26 @@ def power(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.power(x, y)
 
 
-def _unary(name: str, fn: Any, doc: str) -> None:
+def _unary(name: str, fn: Any, doc: str, domain: tuple[float, float] | None = None) -> None:
     @quiet
     def impl(x: np.ndarray) -> np.ndarray:
         return fn(x)
 
+    quant_impl = None
+    if domain is not None:
+        lo, hi = domain
+
+        @quiet
+        def quant_impl(x: np.ndarray) -> np.ndarray:
+            # docs/contract.md §5.3: a table lookup is evaluated on every integer of its
+            # input range, also outside the function's domain; clip into it (no NaN)
+            return fn(np.clip(x, lo, hi))
+
+        quant_impl.__name__ = name.lower()
+        quant_impl.__doc__ = f"{doc} The input clipped to [{lo}, {hi}] (docs/contract.md §5.3)."
     impl.__name__ = name.lower()
     impl.__doc__ = doc
-    register(name, "X")(impl)
+    register(name, "X", quant_fn=quant_impl)(impl)
 
 
 _unary("Neg", np.negative, "-x.")
@@ -76,19 +88,19 @@ _unary("Floor", np.floor, "floor(x).")
 _unary("Ceil", np.ceil, "ceil(x).")
 _unary("Round", np.rint, "rint(x): round half to even.")
 _unary("Exp", np.exp, "exp(x).")
-_unary("Sqrt", np.sqrt, "sqrt(x).")
+_unary("Sqrt", np.sqrt, "sqrt(x).", (0.0, np.inf))
 _unary("Erf", scipy.special.erf, "scipy.special.erf(x).")
 _unary("Sin", np.sin, "sin(x).")
 _unary("Cos", np.cos, "cos(x).")
 _unary("Tan", np.tan, "tan(x).")
-_unary("Asin", np.arcsin, "arcsin(x).")
-_unary("Acos", np.arccos, "arccos(x).")
+_unary("Asin", np.arcsin, "arcsin(x).", (-1.0, 1.0))
+_unary("Acos", np.arccos, "arccos(x).", (-1.0, 1.0))
 _unary("Atan", np.arctan, "arctan(x).")
 _unary("Sinh", np.sinh, "sinh(x).")
 _unary("Cosh", np.cosh, "cosh(x).")
 _unary("Asinh", np.arcsinh, "arcsinh(x).")
-_unary("Acosh", np.arccosh, "arccosh(x).")
-_unary("Atanh", np.arctanh, "arctanh(x).")
+_unary("Acosh", np.arccosh, "arccosh(x).", (1.0, np.inf))
+_unary("Atanh", np.arctanh, "arctanh(x).", (-1.0 + 1e-7, 1.0 - 1e-7))
 
 
 @quiet
@@ -104,7 +116,13 @@ def log(x: np.ndarray) -> np.ndarray:
     return np.log(x)
 
 
-@register("Reciprocal", "X")
+@quiet
+def reciprocal_quant(x: np.ndarray) -> np.ndarray:
+    """docs/contract.md §5.3 Reciprocal: 1 / where(x != 0, x, 1), as Div."""
+    return np.reciprocal(np.where(x != 0, x, 1).astype(np.result_type(x, np.float32)))
+
+
+@register("Reciprocal", "X", quant_fn=reciprocal_quant)
 @quiet
 def reciprocal(x: np.ndarray) -> np.ndarray:
     """1 / x."""

@@ -574,34 +574,45 @@ class QuantizedOp(Serializable):
         return self.make_output_quant_array(out, owned=_is_fresh(out, prepared))
 
     def _float_tlu(self, prepared: list[Any], q_inputs: tuple[Any, ...], attrs: Any) -> Any:
-        """The float implementation of one encrypted tensor, as a table lookup when traced.
+        """The float implementation of the op's encrypted operands: one table lookup when
+        traced (docs/contract.md §2.3).
 
-        The float implementations are written for numpy arrays; under the tracing executor
-        the op's single encrypted operand goes through ``fhe.univariate`` (which concrete
-        fuses with the surrounding float ops), so any numpy code is traceable.
+        The float implementations are numpy (and scipy) code written for arrays. Whatever
+        executor runs the op (plain tracing, the hinted compile, the recording), the call
+        goes through ``Executor.float_function``: traced, the Tracers among the prepared
+        inputs (the ``.values`` of the encrypted operands, all derived from one encrypted
+        tensor for a fusable op) enter ONE generic node, which concrete fuses with the
+        dequantization before it and the quantization after it into one table lookup. No
+        numpy function of the float implementation ever reaches concrete's tracer.
+
+        A table lookup keeps the shape of its input: a float implementation that would
+        change it (broadcasting against a larger constant) is traced as plain numpy, which
+        concrete then refuses with an error naming the op (``fhequant.fhe``).
         """
         variable = [i for i in range(len(prepared)) if i not in self.constant_inputs]
         encrypted = [
             i for i, q in zip(variable, q_inputs, strict=True) if isinstance(q, QuantizedArray)
         ]
-        ex = self.executor(*(prepared[i] for i in encrypted))
-        if ex.name != "tracing" or len(encrypted) != 1:
+        traced = [i for i, a in enumerate(prepared) if is_tracer(a)]
+        if not traced:
             return self.call_impl(*prepared, **attrs)
-        idx = encrypted[0]
-        x = prepared[idx]
+        ex = self.executor(*(prepared[i] for i in encrypted))
         args = list(prepared)
-        # fhe.univariate keeps the input shape: check the op does too (no broadcast growth)
-        probe = [np.ones(x.shape) if i == idx else a for i, a in enumerate(args)]
+        # the generic node keeps the shape of its input: check the op does too
+        shapes = {tuple(prepared[i].shape) for i in traced}
+        probe = [np.ones(a.shape) if i in traced else a for i, a in enumerate(args)]
         with np.errstate(all="ignore"):
             probe_shape = np.shape(self.call_impl(*probe, **attrs))
-        if probe_shape != tuple(x.shape):
+        if len(shapes) != 1 or probe_shape not in shapes:
             return self.call_impl(*prepared, **attrs)
 
-        def fn(v: Any) -> Any:
-            args[idx] = v
+        def fn(*values: Any) -> Any:
+            for i, v in zip(traced, values, strict=True):
+                args[i] = v
             return self.call_impl(*args, **attrs)
 
-        return ex.tlu(x, fn)
+        fn.__name__ = self._impl_for_op_named.lower() or "op"
+        return ex.float_function(fn, *(prepared[i] for i in traced))
 
     # --- JSON -----------------------------------------------------------------------------
 
