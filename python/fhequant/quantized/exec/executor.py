@@ -457,7 +457,7 @@ class Executor:
             (xlo, xhi), (ylo, yhi) = worst(x), worst(y)
             return _ends(xlo * ylo, xlo * yhi, xhi * ylo, xhi * yhi)
 
-        return self.node("multiply", x * y, bounds=product)
+        return self.node("multiply", x * y, bounds=product, product_of=(x, y))
 
     def add_constant(self, x: Any, c: Any) -> Any:
         """x + c with a clear integer constant c."""
