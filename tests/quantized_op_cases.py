@@ -139,6 +139,7 @@ def _univariate_cases() -> list[OpCase]:
         OpCase("Max", "Max", [X], constants={1: np.float32(0.1)}),
         OpCase("Min", "Min", [X], constants={1: np.float32(0.1)}),
         OpCase("Or", "Or", [X], constants={1: np.float32(0.0)}),
+        OpCase("Mod", "Mod", [X], constants={1: np.float32(0.7)}, attrs={"fmod": 1}),
         OpCase("And", "And", [X], constants={1: np.float32(1.0)}),
         OpCase("Xor", "Xor", [X], constants={1: np.float32(1.0)}),
     ]

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import scipy.special
 
+from fhequant.errors import OnnxImportError
 from fhequant.onnx.ops._util import onnx_dtype, quiet
 from fhequant.onnx.registry import REQUIRED, register
 
@@ -50,6 +51,21 @@ def div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         q = np.abs(a) // np.where(b != 0, np.abs(b), 1)
         return np.where((a < 0) ^ (b < 0), -q, q).astype(np.result_type(a, b))
     return a / b
+
+
+@register("Mod", "A, B", {"fmod": 0})
+@quiet
+def mod(a: np.ndarray, b: np.ndarray, *, fmod: int = 0) -> np.ndarray:
+    """ONNX Mod: fmod=0 takes the divisor's sign (integers only, np.mod), fmod=1 the
+    dividend's (np.fmod); a zero integer divisor gives 0 (as onnxruntime)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if int(fmod) == 0 and (not _is_int(a) or not _is_int(b)):
+        raise OnnxImportError("Mod with fmod=0 takes integer inputs; use fmod=1 for floats")
+    if _is_int(a) and _is_int(b):
+        safe = np.where(b != 0, b, 1)
+        out = np.fmod(a, safe) if int(fmod) else np.mod(a, safe)
+        return np.where(b != 0, out, 0).astype(np.result_type(a, b))
+    return np.fmod(a, b)
 
 
 @register("Pow", "X, Y")

@@ -48,6 +48,7 @@ __all__ = [
     "QuantizedLog",
     "QuantizedMax",
     "QuantizedMin",
+    "QuantizedMod",
     "QuantizedMish",
     "QuantizedNeg",
     "QuantizedNot",
@@ -489,3 +490,10 @@ class QuantizedXor(_UnivariateOfEncrypted):
     """Logical xor, as float64 0/1."""
 
     _impl_for_op_named = "Xor"
+
+
+class QuantizedMod(QuantizedOp):
+    """a mod b: on raw (shape) integers as is; on one encrypted tensor with a constant
+    divisor a float table lookup (np.fmod; ONNX requires fmod=1 for floats)."""
+
+    _impl_for_op_named = "Mod"
