@@ -45,7 +45,7 @@ Registration
 Capabilities (class attributes; the calibration walk reads them off the op's class)
     Each says what the walk may do with the op beyond the generic path; the defaults on
     ``QuantizedOp`` claim nothing. Declare one only on an op whose type satisfies it
-    (tests/test_quantized_ops_registry.py checks what can be checked).
+    (tests/quantized/ops/test_quantized_ops_registry.py checks what can be checked).
 
     ``calibrate_by_table: bool``
         The float implementation maps each element on its own (output element i depends only
