@@ -27,6 +27,7 @@ import numpy as np
 
 from fhequant import serialization
 from fhequant.errors import (
+    ConfigurationError,
     DTypeError,
     GraphInputError,
     MissingDependencyError,
@@ -38,6 +39,7 @@ from fhequant.onnx import NumpyModule
 from fhequant.quantization import QuantizedArray, UniformQuantizer
 from fhequant.quantization.quantizer import is_tracer
 from fhequant.quantized.exec import run_op, track_values
+from fhequant.quantized.layout import check_module_layout
 from fhequant.quantized.streaming import as_numpy
 
 __all__ = ["FheBackend", "FheMode", "QuantizedModule", "register_fhe_backend"]
@@ -146,6 +148,9 @@ class QuantizedModule(serialization.Serializable):
         onnx_model: Any = None,
         onnx_preprocessing: Any = None,
     ) -> None:
+        check_module_layout(
+            ordered_module_input_names, ordered_module_output_names, quant_layers_dict
+        )
         self.ordered_module_input_names = tuple(ordered_module_input_names or ())
         self.ordered_module_output_names = tuple(ordered_module_output_names or ())
         self.quant_layers_dict: dict[str, tuple[tuple[str, ...], Any]] = dict(
@@ -172,6 +177,34 @@ class QuantizedModule(serialization.Serializable):
     def is_compiled(self) -> bool:
         """True once an FHE circuit was compiled."""
         return self._is_compiled
+
+    def check_model_is_compiled(self) -> None:
+        """Raise NotCompiledError unless ``compile`` was run.
+
+        Raises:
+            NotCompiledError: the module has no FHE circuit.
+        """
+        if not self.is_compiled:
+            raise NotCompiledError(
+                "the quantized module is not compiled; call compile(inputs) before running it "
+                "with fhe='simulate' or 'execute'"
+            )
+
+    @property
+    def post_processing_params(self) -> dict[str, Any]:
+        """Parameters of the post-processing (none for a QuantizedModule; kept in its JSON)."""
+        return self._post_processing_params
+
+    @post_processing_params.setter
+    def post_processing_params(self, params: dict[str, Any]) -> None:
+        self._post_processing_params = dict(params)
+
+    def set_reduce_sum_copy(self) -> None:
+        """Make every ReduceSum copy its input through a table lookup first (a bit-width aid
+        of the FHE compilation; ``build_quantized_module(reduce_sum_copy=True)``)."""
+        for _, op in self.quant_layers_dict.values():
+            if hasattr(op, "copy_inputs"):
+                op.copy_inputs = True
 
     def _build_output_quantizers(self) -> list[UniformQuantizer]:
         quantizers = []
@@ -398,6 +431,7 @@ class QuantizedModule(serialization.Serializable):
         verbose: bool = False,
         inputs_encryption_status: Sequence[str] | None = None,
         accumulator_bounds: str = "observed",
+        device: str = "cpu",
     ) -> Any:
         """Compile the module to an FHE circuit (the registered :class:`FheBackend`,
         ``fhequant.fhe.module.compile_module``).
@@ -413,10 +447,19 @@ class QuantizedModule(serialization.Serializable):
             verbose: print concrete's compilation steps.
             inputs_encryption_status: "encrypted"/"clear" per input (None: all encrypted).
             accumulator_bounds: "observed" or "worst_case" (exact for every in-range input).
+            device: "cpu" (the only target: fhequant has no GPU path).
 
         Returns:
             The concrete Circuit, also set as ``fhe_circuit``.
+
+        Raises:
+            ConfigurationError: a device other than "cpu".
         """
+        if device != "cpu":
+            raise ConfigurationError(
+                f"QuantizedModule.compile: device={device!r} is not supported; fhequant has no "
+                "GPU path and compiles for device='cpu' only"
+            )
         return _fhe("compile").compile(
             self,
             inputs,
@@ -448,6 +491,27 @@ class QuantizedModule(serialization.Serializable):
             The BitWidthReport.
         """
         return _fhe("bitwidth_report").bitwidth_report(self, inputs, accumulator_bounds)
+
+    def bitwidth_and_range_report(self) -> dict[str, dict[str, Any]] | None:
+        """Integer range and bit width of each op that computes integers in the compiled
+        circuit, as Concrete ML reports them (None before ``compile``).
+
+        Returns:
+            op name -> {"range": (min, max), "bitwidth": bits}, from the compile's
+            BitWidthReport (worst-case bounds when compiled with them), or None.
+        """
+        report = getattr(self, "_fhe_bitwidth_report", None)
+        if self.fhe_circuit is None or report is None:
+            return None
+        worst = bool(report.worst_case)
+        ops = {out: op.op_instance_name for out, (_, op) in self.quant_layers_dict.items()}
+        return {
+            ops.get(row.name, row.name): {
+                "range": (row.wc_lo, row.wc_hi) if worst else (row.lo, row.hi),
+                "bitwidth": row.wc_bits if worst else row.bits,
+            }
+            for row in report.rows
+        }
 
     def dequantize_output(self, *q_y: Any) -> Any:
         """scale·(q - zp) with each output quantizer (zp may be an array).
@@ -507,6 +571,7 @@ class QuantizedModule(serialization.Serializable):
         )
         module.input_quantizers = list(metadata["input_quantizers"])
         module.output_quantizers = list(metadata["output_quantizers"])
+        module._post_processing_params = dict(metadata.get("_post_processing_params") or {})
         return module
 
     def dump(self, file: IO[str]) -> None:
