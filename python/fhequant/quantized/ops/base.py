@@ -116,6 +116,7 @@ from fhequant.quantization import (
 from fhequant.quantized.exec import (
     Executor,
     executor_for,
+    is_tracer,
     routed_float_impl,
     tracked_values,
 )
@@ -530,29 +531,16 @@ class QuantizedOp(Serializable):
         return self.q_impl(*q_inputs, **attrs)
 
     def _float_tlu(self, prepared: list[Any], q_inputs: tuple[Any, ...], attrs: Any) -> Any:
-        """The float implementation of the op's encrypted operands: one table lookup when
-        traced (docs/contract.md §2.3).
-
-        The float implementations are numpy (and scipy) code written for arrays. Whatever
-        executor runs the op (plain tracing, the hinted compile, the recording), the call
-        goes through ``Executor.float_function``: traced, the Tracers among the prepared
-        inputs (the ``.values`` of the encrypted operands, all derived from one encrypted
-        tensor for a fusable op) enter ONE generic node, which concrete fuses with the
-        dequantization before it and the quantization after it into one table lookup. No
-        numpy function of the float implementation ever reaches concrete's tracer.
-
-        A table lookup keeps the shape of its input: a float implementation that would
-        change it (broadcasting against a larger constant) is traced as plain numpy, which
-        concrete then refuses with an error naming the op (``fhequant.fhe``).
-        """
-        variable = [i for i in range(len(prepared)) if i not in self.constant_inputs]
-        encrypted = [
-            i for i, q in zip(variable, q_inputs, strict=True) if isinstance(q, QuantizedArray)
-        ]
+        """The float implementation (numpy/scipy code) of the op's encrypted operands; traced
+        by any executor (plain, hinted compile), the Tracers among the prepared inputs enter
+        ONE generic node (``Executor.float_function``) that concrete fuses with the
+        surrounding (de)quantization into one table lookup (docs/contract.md §2.3). An op that
+        would change its input's shape is traced as plain numpy (concrete then refuses it
+        with an error naming the op). ``q_inputs``: the variable inputs (unused)."""
         traced = [i for i, a in enumerate(prepared) if is_tracer(a)]
         if not traced:
             return self.call_impl(*prepared, **attrs)
-        ex = self.executor(*(prepared[i] for i in encrypted))
+        ex = self.executor(*(prepared[i] for i in traced))
         args = list(prepared)
         # the generic node keeps the shape of its input: check the op does too
         shapes = {tuple(prepared[i].shape) for i in traced}
