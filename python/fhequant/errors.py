@@ -14,6 +14,7 @@ from __future__ import annotations
 __all__ = [
     "ArgumentError",
     "BitWidthError",
+    "CompilationError",
     "ConfigurationError",
     "DTypeError",
     "EmptyTensorError",
@@ -21,6 +22,7 @@ __all__ = [
     "GraphInputError",
     "InvalidOptionKeyError",
     "MissingDependencyError",
+    "NoParametersError",
     "NonFiniteError",
     "NotCalibratedError",
     "NotCompiledError",
@@ -112,6 +114,29 @@ class ConfigurationError(FhequantError, ValueError):
 
 class BitWidthError(FhequantError, ValueError):
     """An integer value that does not fit the FHE bit-width limit."""
+
+
+class CompilationError(FhequantError, RuntimeError):
+    """concrete refused to trace or compile the circuit of a module; the original error is
+    the ``__cause__``.
+
+    Attributes:
+        op: the name of the op being traced when concrete raised, or the op the circuit
+            could not get parameters for; None when it cannot be known.
+    """
+
+    def __init__(self, message: str, op: str | None = None) -> None:
+        super().__init__(message)
+        self.op = op
+
+    def __reduce__(self) -> tuple[type, tuple[str, str | None]]:
+        return (type(self), (str(self), self.op))
+
+
+class NoParametersError(CompilationError, BitWidthError):
+    """concrete found no cryptographic parameters for the circuit (its
+    ``NoParametersFound``): a value, usually an encrypted product or a table lookup, is too
+    wide for the error probability asked."""
 
 
 class OverflowRiskError(BitWidthError):

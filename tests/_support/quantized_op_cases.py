@@ -106,8 +106,13 @@ def _univariate_cases() -> list[OpCase]:
         "Softplus",
         "Softsign",
         "Tanh",
+        # issue 13: every univariate function is one table lookup
+        *("Acos", "Asin", "Asinh", "Atan", "Atanh", "Ceil", "Cos", "Cosh", "Gelu", "Mish"),
+        *("Reciprocal", "Sin", "Sinh", "Tan"),
     ]
     cases = [OpCase(op, op, [X]) for op in simple]
+    cases += [OpCase(op, op, [XPOS]) for op in ("Acosh", "Sqrt")]
+    cases.append(OpCase("Gelu_tanh", "Gelu", [X], attrs={"approximate": "tanh"}))
     cases += [
         OpCase("Log", "Log", [XPOS]),
         OpCase("Cast", "Cast", [X], attrs={"to": 11}),
@@ -134,6 +139,9 @@ def _univariate_cases() -> list[OpCase]:
         OpCase("Max", "Max", [X], constants={1: np.float32(0.1)}),
         OpCase("Min", "Min", [X], constants={1: np.float32(0.1)}),
         OpCase("Or", "Or", [X], constants={1: np.float32(0.0)}),
+        OpCase("Mod", "Mod", [X], constants={1: np.float32(0.7)}, attrs={"fmod": 1}),
+        OpCase("And", "And", [X], constants={1: np.float32(1.0)}),
+        OpCase("Xor", "Xor", [X], constants={1: np.float32(1.0)}),
     ]
     for cmp in ["Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual"]:
         cases.append(OpCase(cmp, cmp, [np.round(X)], constants={1: np.float32(0.0)}))

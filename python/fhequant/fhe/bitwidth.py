@@ -40,12 +40,14 @@ from fhequant.quantized.exec import (
 )
 
 __all__ = [
+    "MAX_ENCRYPTED_PRODUCT_BITS",
     "MAX_TLU_BIT_WIDTH",
     "BitWidthReport",
     "HintingExecutor",
     "OpBitWidth",
     "ValueRecord",
     "analyse",
+    "check_encrypted_products",
     "check_tlu_bit_widths",
     "hinting_executor",
     "op_scope",
@@ -110,6 +112,12 @@ class OpBitWidth:
         feeds_tlu: whether the op's result goes through a table lookup.
         tlu_input_bits: width of that table-lookup input (after rounding), 0 if none.
         wc_tlu_input_bits: the same in the worst case.
+        product_operand_bits: for an op with an encrypted x encrypted product (Mul, Div),
+            the width concrete gives the product's operands (the widest operand + 1): the
+            input width of the two table lookups ⌊(x±y)²/4⌋ concrete computes it with; 0 if
+            the op has none. Which bounds: those of the report (observed or worst case).
+        product_bits: the width of that product, which is the output width of those table
+            lookups; 0 if none.
     """
 
     name: str
@@ -123,6 +131,8 @@ class OpBitWidth:
     feeds_tlu: bool
     tlu_input_bits: int
     wc_tlu_input_bits: int
+    product_operand_bits: int = 0
+    product_bits: int = 0
 
 
 def _tlu_bits(recs: Sequence[ValueRecord], worst_case: bool) -> int:
@@ -137,7 +147,9 @@ def _tlu_bits(recs: Sequence[ValueRecord], worst_case: bool) -> int:
     return max(r.width(worst_case) for r in recs)
 
 
-def _op_row(name: str, op_type: str, recs: Sequence[ValueRecord]) -> OpBitWidth:
+def _op_row(
+    name: str, op_type: str, recs: Sequence[ValueRecord], worst_case: bool = False
+) -> OpBitWidth:
     computed = [r for r in recs if r.label != "constant"] or list(recs)
     lo = min(r.lo for r in computed)
     hi = max(r.hi for r in computed)
@@ -155,6 +167,15 @@ def _op_row(name: str, op_type: str, recs: Sequence[ValueRecord]) -> OpBitWidth:
         feeds_tlu=any(r.feeds_tlu for r in recs),
         tlu_input_bits=_tlu_bits(recs, False),
         wc_tlu_input_bits=_tlu_bits(recs, True),
+        product_operand_bits=max(
+            (
+                r.product_operand_wc_bits if worst_case else r.product_operand_bits
+                for r in recs
+                if r.product_operand_bits
+            ),
+            default=0,
+        ),
+        product_bits=max((r.width(worst_case) for r in recs if r.product_operand_bits), default=0),
     )
 
 
@@ -237,6 +258,13 @@ class BitWidthReport:
         widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
         out = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
         out.insert(1, "  ".join("-" * w for w in widths))
+        for r in self.rows:
+            if r.product_bits:
+                out.append(
+                    f"encrypted product in {r.name!r} ({r.op_type}): concrete computes it with "
+                    f"two table lookups of {r.product_operand_bits}-bit inputs (x+y, x-y: "
+                    f"the widest operand + 1) and {r.product_bits}-bit outputs"
+                )
         out.append(
             f"predicted max bit width: {self.predicted_max_bit_width} "
             f"(observed {self.observed_max_bit_width}, worst case "
@@ -313,7 +341,8 @@ def analyse(
             lo, hi = observed_range(q)
             rec.records.append(ValueRecord(name, "output", lo, hi, *type_range(lo, hi)))
             by_op.setdefault(name, []).append(rec.records[-1])
-    rows = [_op_row(name, op_types[name], by_op[name]) for name, _ in ops if by_op.get(name)]
+    worst = accumulator_bounds == "worst_case"
+    rows = [_op_row(name, op_types[name], by_op[name], worst) for name, _ in ops if by_op.get(name)]
     settings: dict[str, tuple[int | None, int | None]] = {}
     for name, op in ops:
         opts = getattr(op, "input_quant_opts", None)
@@ -358,3 +387,78 @@ def check_tlu_bit_widths(report: BitWidthReport) -> None:
         )
     if problems:
         raise BitWidthError("the module cannot be compiled to FHE:\n  " + "\n  ".join(problems))
+
+
+#: Widest table-lookup input after an encrypted x encrypted product for which concrete
+#: finds crypto parameters at the default p_error (measured with concrete-python 2.11: a
+#: Mul with a 14-bit product before its output lookup compiles, a 15-bit one ends in
+#: NoParametersFound; see ``check_encrypted_products``).
+MAX_ENCRYPTED_PRODUCT_BITS = 14
+
+
+def check_encrypted_products(
+    report: BitWidthReport, max_product_bits: int = MAX_ENCRYPTED_PRODUCT_BITS
+) -> None:
+    """Raise BitWidthError before compiling when an encrypted x encrypted product cannot get
+    crypto parameters.
+
+    concrete computes x·y (two encrypted integers) as ⌊(x+y)²/4⌋ - ⌊(x-y)²/4⌋: both
+    operands are widened to the widest operand + 1 bits (x+y and x-y must fit) and each
+    square is a table lookup of that width (at most 16 bits: concrete refuses wider
+    operands) whose output has the product's width. A product alone compiles up to 16
+    bits, but in a module the product is quantized by a table lookup of its (rounded) value,
+    and with the product's own lookups in the same circuit concrete finds no parameters
+    beyond ``max_product_bits`` bits at p_error 2**-40.
+
+    Args:
+        report: the module's BitWidthReport.
+        max_product_bits: the widest product table-lookup input allowed.
+
+    Raises:
+        BitWidthError: naming each op at fault, its widths and a change that fits.
+    """
+    problems = []
+    for row in report.rows:
+        if not row.product_bits:
+            continue
+        tlu_in = row.wc_tlu_input_bits if report.worst_case else row.tlu_input_bits
+        over_in = row.product_operand_bits > MAX_TLU_BIT_WIDTH
+        over_out = row.feeds_tlu and tlu_in > max_product_bits
+        if not (over_in or over_out):
+            continue
+        n_bits, threshold = report.op_settings.get(row.name, (None, None))
+        target = max(min(max_product_bits // 2, MAX_TLU_BIT_WIDTH - 1), 2)
+        lower = (
+            f"lower the op input n_bits from {n_bits} to {target}"
+            if n_bits is not None and n_bits > target
+            else f"lower the n_bits of the op inputs to {target}"
+        )
+        lower += f" (a product of two {target}-bit values has at most {2 * target} bits)"
+        if over_in:
+            problem = (
+                f"its operands need {row.product_operand_bits} bits (the widest operand + 1), "
+                f"over concrete's {MAX_TLU_BIT_WIDTH}-bit limit for encrypted products"
+            )
+            fix = lower
+        else:
+            problem = (
+                f"its {tlu_in}-bit product is the input of the output table lookup, over the "
+                f"{max_product_bits} bits concrete finds crypto parameters for next to the "
+                "product's own lookups"
+            )
+            rounding = (
+                f"lower rounding_threshold_bits from {threshold} to {max_product_bits} or less"
+                if threshold is not None
+                else f"set rounding_threshold_bits <= {max_product_bits} (e.g. 8)"
+            )
+            fix = f"{rounding} to round the product before its table lookup, or {lower}"
+        problems.append(
+            f"op {row.name!r} ({row.op_type}): its encrypted x encrypted product needs "
+            f"{row.product_bits} bits, computed by concrete with table lookups of "
+            f"{row.product_operand_bits}-bit inputs; {problem}; {fix}"
+        )
+    if problems:
+        raise BitWidthError(
+            "the module cannot be compiled to FHE (concrete would find no crypto parameters):"
+            "\n  " + "\n  ".join(problems)
+        )

@@ -22,12 +22,20 @@ from typing import Any
 import numpy as np
 
 from fhequant._concrete import fhe_module
-from fhequant.errors import ConfigurationError, GraphInputError
+from fhequant.errors import (
+    CompilationError,
+    ConfigurationError,
+    FhequantError,
+    GraphInputError,
+    NoParametersError,
+)
+from fhequant.quantized.exec import failed_op
 
 __all__ = [
     "DEFAULT_P_ERROR",
     "argument_names",
     "build_configuration",
+    "compilation_error",
     "compile_forward",
     "encryption_statuses",
     "extreme_rows",
@@ -317,8 +325,6 @@ def compile_forward(
     Returns:
         The compiled ``concrete.fhe.Circuit``.
     """
-    fhe = fhe_module()
-
     names = argument_names(input_names)
     statuses = encryption_statuses(names, inputs_encryption_status)
     if len(q_inputs) != len(names):
@@ -327,6 +333,63 @@ def compile_forward(
             f"{names}; pass one int array per input"
         )
     proxy = _proxy(forward, names, scope)
+    try:
+        return _compile(proxy, statuses, q_inputs, configuration, artifacts, reduce_inputset)
+    except FhequantError:
+        raise
+    except Exception as exc:  # concrete's errors become fhequant's, the original as cause
+        raise compilation_error(exc) from exc
+
+
+def compilation_error(exc: BaseException, op: str | None = None) -> CompilationError:
+    """The typed error for an exception concrete raised while tracing or compiling.
+
+    Args:
+        exc: concrete's exception.
+        op: the op it concerns when the caller knows it (else: the op being traced when
+            it was raised, if any).
+
+    Returns:
+        A NoParametersError (concrete found no crypto parameters) or a CompilationError
+        naming the op where known; raise it ``from exc``.
+    """
+    op = op if op is not None else failed_op(exc)
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    where = f"op {op!r}: " if op is not None else ""
+    if "NoParametersFound" in text:
+        return NoParametersError(
+            f"{where}concrete found no cryptographic parameters for the circuit "
+            f"({first}); a value is too wide for the error probability: lower n_bits, set "
+            "rounding_threshold_bits, or raise p_error / global_p_error",
+            op,
+        )
+    if "is not supported" in first and first.startswith("Function"):
+        hint = (
+            "a numpy function of the op's integer code reached concrete's tracer; this is a "
+            "bug of fhequant, please report it with the model"
+        )
+    elif "cannot be fused" in text:
+        hint = (
+            "a float computation depends on several encrypted tensors or changes the shape "
+            "of its input, so it cannot become one table lookup; quantize the branches "
+            "separately (e.g. insert an Identity/Quant) or reshape outside the float chain"
+        )
+    else:
+        hint = "concrete refused the circuit"
+    return CompilationError(f"{where}{hint}: {type(exc).__name__}: {first}", op)
+
+
+def _compile(
+    proxy: Callable[..., Any],
+    statuses: dict[str, str],
+    q_inputs: Sequence[np.ndarray],
+    configuration: Any,
+    artifacts: Any,
+    reduce_inputset: bool,
+) -> Any:
+    """The traces and the compile of :func:`compile_forward` (concrete's errors raised)."""
+    fhe = fhe_module()
     rows = None
     batch = None
     if reduce_inputset and int(q_inputs[0].shape[0]) >= MIN_ROWS_TO_REDUCE:

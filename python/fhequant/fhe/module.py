@@ -14,10 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from fhequant.errors import ConfigurationError, DTypeError, GraphInputError, NotCompiledError
+from fhequant.errors import (
+    ConfigurationError,
+    DTypeError,
+    GraphInputError,
+    NoParametersError,
+    NotCompiledError,
+)
 from fhequant.fhe.bitwidth import (
+    MAX_ENCRYPTED_PRODUCT_BITS,
     BitWidthReport,
     analyse,
+    check_encrypted_products,
     check_tlu_bit_widths,
     hinting_executor,
 )
@@ -205,23 +213,53 @@ def compile_module(
         q = _with_extremes(q, ranges)
     report = analyse(_forward(module), _ops(module), q, ranges, accumulator_bounds)
     check_tlu_bit_widths(report)
+    # the product limit was measured at the default error probability; with another one,
+    # only concrete's own 16-bit operand limit is checked before compiling
+    default_p = p_error is None and global_p_error is None
+    check_encrypted_products(report, MAX_ENCRYPTED_PRODUCT_BITS if default_p else 2**31)
     hints = report.records if accumulator_bounds == "worst_case" else ()
-    circuit = compile_forward(
-        _forward(module),
-        module.ordered_module_input_names,
-        q,
-        config,
-        inputs_encryption_status=inputs_encryption_status,
-        artifacts=artifacts,
-        scope=lambda: use_executor(hinting_executor(hints)),
-        reduce_inputset=reduce_inputset,
-    )
+    try:
+        circuit = compile_forward(
+            _forward(module),
+            module.ordered_module_input_names,
+            q,
+            config,
+            inputs_encryption_status=inputs_encryption_status,
+            artifacts=artifacts,
+            scope=lambda: use_executor(hinting_executor(hints)),
+            reduce_inputset=reduce_inputset,
+        )
+    except NoParametersError as exc:
+        if exc.op is not None:
+            raise
+        raise _name_the_widest_op(exc, report) from exc.__cause__
     module.fhe_circuit = circuit
     module._is_compiled = True
     module._fhe_inputset = q
     module._fhe_accumulator_bounds = accumulator_bounds
     module._fhe_bitwidth_report = report
     return circuit
+
+
+def _name_the_widest_op(exc: NoParametersError, report: BitWidthReport) -> NoParametersError:
+    """concrete's NoParametersFound names no node: name the op whose values (an encrypted
+    product first, else a table-lookup input) are the widest in the report."""
+    worst = report.worst_case
+    products = [r for r in report.rows if r.product_bits]
+    if products:
+        row = max(products, key=lambda r: r.product_bits)
+        what = (
+            f"its encrypted x encrypted product ({row.product_bits} bits, computed by concrete "
+            f"with table lookups of {row.product_operand_bits}-bit inputs) is the likely cause"
+        )
+    else:
+        tlus = [r for r in report.rows if r.feeds_tlu]
+        if not tlus:
+            return exc
+        row = max(tlus, key=lambda r: r.wc_tlu_input_bits if worst else r.tlu_input_bits)
+        bits = row.wc_tlu_input_bits if worst else row.tlu_input_bits
+        what = f"its {bits}-bit table-lookup input is the widest of the circuit"
+    return NoParametersError(f"op {row.name!r} ({row.op_type}): {what}; {exc}", row.name)
 
 
 def run_module(module: Any, q_x: Sequence[Any], mode: str) -> Any:

@@ -163,3 +163,45 @@ def test_recorded_hinted_and_traced_nodes_agree(case: OpCase) -> None:
 def test_backends_implement_leaves_only(backend: type) -> None:
     assert set(dir(backend)).isdisjoint(PRIMITIVES)
     assert set(PRIMITIVES) <= set(dir(Executor))
+
+
+@pytest.mark.parametrize("case", TRACED_CASES, ids=[c.case_id for c in TRACED_CASES])
+def test_hinted_trace_gives_the_clear_integers(case: OpCase) -> None:
+    """The compile traces under the hinting observer: every op's float path must reach
+    concrete as a table lookup it accepts there too (Erf, Not, Cast, BatchNormalization, Or
+    and the comparisons used to run their numpy code on the Tracers and fail)."""
+    circuit = _Circuit(case)
+    with use_executor(CLEAR):
+        expected = circuit.forward(*circuit.sample)
+
+    def hinted(*ints: Any) -> Any:
+        with use_executor(Executor(TracingBackend(), HintingObserver())):
+            return circuit.forward(*ints)
+
+    graph = circuit.trace(hinted)
+    np.testing.assert_array_equal(np.asarray(graph(*circuit.sample)), np.asarray(expected))
+
+
+def test_float_function_is_one_generic_node() -> None:
+    """Executor.float_function: one Tracer -> one univariate node, several -> one node of
+    all of them; numpy (and scipy) inside the function never reach the tracer."""
+    import scipy.special
+
+    fhe = fhe_module()
+    ex = Executor(TracingBackend(), HintingObserver())
+
+    def one(x: Any) -> Any:
+        v = x * 0.25
+        return np.rint(ex.float_function(scipy.special.erf, v) * 7).astype(np.int64)
+
+    def two(x: Any) -> Any:
+        v = x * 0.25
+        w = ex.float_function(lambda a, b: np.where(a > 0.5, a, b * np.ndim(b)), v, v - 1.0)
+        return np.rint(w * 3).astype(np.int64)
+
+    sample = np.arange(-8, 8).reshape(2, 8)
+    for fn in (one, two):
+        circuit = fhe.Compiler(fn, {"x": "encrypted"}).trace([sample])
+        np.testing.assert_array_equal(np.asarray(circuit(sample)), fn(sample))
+    # clear operands: plain evaluation
+    assert ex.float_function(np.negative, 2.0) == -2.0

@@ -179,8 +179,8 @@ def test_isolation_restores_the_registries_after_an_error() -> None:
     before, json_before = dict(ONNX_OPS_TO_QUANTIZED_IMPL), registered_classes()
     with pytest.raises(RuntimeError), isolated_op_registry():
 
-        class QuantizedMish(QuantizedOp):
-            _impl_for_op_named = "Mish"
+        class QuantizedOneHot(QuantizedOp):
+            _impl_for_op_named = "OneHot"
 
         raise RuntimeError("inside the scope")
     assert before == ONNX_OPS_TO_QUANTIZED_IMPL
@@ -212,7 +212,12 @@ _OLD_LISTS: dict[str, frozenset[str]] = {
     "clips_percentiles": frozenset({"BatchNormalization"}),
 }
 #: Op types added since the lists were replaced, with the capabilities they declare.
-_ADDED_SINCE: dict[str, frozenset[str]] = {"calibrate_by_table": frozenset({"Softsign"})}
+_ADDED_SINCE: dict[str, frozenset[str]] = {
+    "calibrate_by_table": frozenset(
+        {"Softsign", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Ceil", "Cos", "Cosh"}
+        | {"Gelu", "Mish", "Reciprocal", "Sin", "Sinh", "Sqrt", "Tan"}
+    )
+}
 #: Op types that no longer declare a capability: Concat (issue 13) reads its producers' own
 #: integers when it brings differently quantized inputs onto its output quantizer.
 _REMOVED_SINCE: dict[str, frozenset[str]] = {"requant_table_if_constant": frozenset({"Concat"})}

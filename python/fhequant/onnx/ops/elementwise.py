@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import scipy.special
 
-from fhequant.errors import UnsupportedOpError
+from fhequant.errors import OnnxImportError, UnsupportedOpError
 from fhequant.onnx.ops._util import onnx_dtype, quiet
 from fhequant.onnx.registry import REQUIRED, register
 
@@ -53,6 +53,21 @@ def div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a / b
 
 
+@register("Mod", "A, B", {"fmod": 0})
+@quiet
+def mod(a: np.ndarray, b: np.ndarray, *, fmod: int = 0) -> np.ndarray:
+    """ONNX Mod: fmod=0 takes the divisor's sign (integers only, np.mod), fmod=1 the
+    dividend's (np.fmod); a zero integer divisor gives 0 (as onnxruntime)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if int(fmod) == 0 and (not _is_int(a) or not _is_int(b)):
+        raise OnnxImportError("Mod with fmod=0 takes integer inputs; use fmod=1 for floats")
+    if _is_int(a) and _is_int(b):
+        safe = np.where(b != 0, b, 1)
+        out = np.fmod(a, safe) if int(fmod) else np.mod(a, safe)
+        return np.where(b != 0, out, 0).astype(np.result_type(a, b))
+    return np.fmod(a, b)
+
+
 @quiet
 def power_quant(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """x ** y with numpy promotion (docs/contract.md §0), the form calibration uses."""
@@ -70,14 +85,26 @@ def power(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.asarray(np.power(x, y)).astype(dtype, copy=False)
 
 
-def _unary(name: str, fn: Any, doc: str) -> None:
+def _unary(name: str, fn: Any, doc: str, domain: tuple[float, float] | None = None) -> None:
     @quiet
     def impl(x: np.ndarray) -> np.ndarray:
         return fn(x)
 
+    quant_impl = None
+    if domain is not None:
+        lo, hi = domain
+
+        @quiet
+        def quant_impl(x: np.ndarray) -> np.ndarray:
+            # docs/contract.md §5.3: a table lookup is evaluated on every integer of its
+            # input range, also outside the function's domain; clip into it (no NaN)
+            return fn(np.clip(x, lo, hi))
+
+        quant_impl.__name__ = name.lower()
+        quant_impl.__doc__ = f"{doc} The input clipped to [{lo}, {hi}] (docs/contract.md §5.3)."
     impl.__name__ = name.lower()
     impl.__doc__ = doc
-    register(name, "X")(impl)
+    register(name, "X", quant_fn=quant_impl)(impl)
 
 
 _unary("Neg", np.negative, "-x.")
@@ -87,19 +114,19 @@ _unary("Floor", np.floor, "floor(x).")
 _unary("Ceil", np.ceil, "ceil(x).")
 _unary("Round", np.rint, "rint(x): round half to even.")
 _unary("Exp", np.exp, "exp(x).")
-_unary("Sqrt", np.sqrt, "sqrt(x).")
+_unary("Sqrt", np.sqrt, "sqrt(x).", (0.0, np.inf))
 _unary("Erf", scipy.special.erf, "scipy.special.erf(x).")
 _unary("Sin", np.sin, "sin(x).")
 _unary("Cos", np.cos, "cos(x).")
 _unary("Tan", np.tan, "tan(x).")
-_unary("Asin", np.arcsin, "arcsin(x).")
-_unary("Acos", np.arccos, "arccos(x).")
+_unary("Asin", np.arcsin, "arcsin(x).", (-1.0, 1.0))
+_unary("Acos", np.arccos, "arccos(x).", (-1.0, 1.0))
 _unary("Atan", np.arctan, "arctan(x).")
 _unary("Sinh", np.sinh, "sinh(x).")
 _unary("Cosh", np.cosh, "cosh(x).")
 _unary("Asinh", np.arcsinh, "arcsinh(x).")
-_unary("Acosh", np.arccosh, "arccosh(x).")
-_unary("Atanh", np.arctanh, "arctanh(x).")
+_unary("Acosh", np.arccosh, "arccosh(x).", (1.0, np.inf))
+_unary("Atanh", np.arctanh, "arctanh(x).", (-1.0 + 1e-7, 1.0 - 1e-7))
 
 
 @quiet
@@ -115,7 +142,13 @@ def log(x: np.ndarray) -> np.ndarray:
     return np.log(x)
 
 
-@register("Reciprocal", "X")
+@quiet
+def reciprocal_quant(x: np.ndarray) -> np.ndarray:
+    """docs/contract.md §5.3 Reciprocal: 1 / where(x != 0, x, 1), as Div."""
+    return np.reciprocal(np.where(x != 0, x, 1).astype(np.result_type(x, np.float32)))
+
+
+@register("Reciprocal", "X", quant_fn=reciprocal_quant)
 @quiet
 def reciprocal(x: np.ndarray) -> np.ndarray:
     """1 / x."""

@@ -18,6 +18,7 @@ from fhequant.quantized.exec.backends import ClearBackend, TracingBackend, fhe_m
 from fhequant.quantized.exec.context import (
     MODULE,
     current_op,
+    failed_op,
     op_context,
     route_float_impl,
     routed_float_impl,
@@ -54,6 +55,7 @@ __all__ = [
     "ValueRecord",
     "current_op",
     "executor_for",
+    "failed_op",
     "fhe_module",
     "is_tracer",
     "observed_range",

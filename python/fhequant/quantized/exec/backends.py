@@ -83,6 +83,10 @@ class ClearBackend:
         """``fn`` applied to every element."""
         return fn(x)
 
+    def apply_float(self, fn: Callable[..., Any], operands: Sequence[Any]) -> Any:
+        """``fn(*operands)`` evaluated with numpy."""
+        return fn(*operands)
+
     # -- fused leaves (no node is visible inside them) ---------------------------------------
 
     def fused_matmul(self, a: Any, b: Any, z_w: Any) -> Any:
@@ -202,6 +206,42 @@ class TracingBackend:
     def lookup(self, x: Any, fn: Callable[[Any], Any]) -> Any:
         fhe = fhe_module()
         return fhe.univariate(fn)(x)
+
+    def apply_float(self, fn: Callable[..., Any], operands: Sequence[Any]) -> Any:
+        """``fn`` of the Tracers among ``operands`` as ONE generic node of the traced graph.
+
+        concrete traces a generic node without looking inside ``fn`` (it evaluates ``fn`` on
+        arrays when it builds the table), so any numpy or scipy code is accepted; its float
+        result is fused with the surrounding float nodes into one table lookup. One Tracer:
+        ``fhe.univariate``; several (float values that all derive from one encrypted
+        integer): ``fhe.multivariate``, which concrete fuses into the same single table as
+        long as the node is not the last of the float chain (its result is kept float, so
+        the quantization after it is). Operands that are not Tracers are captured as
+        constants. Without any Tracer, ``fn`` is evaluated.
+        """
+        fhe = fhe_module()
+        where = [i for i, a in enumerate(operands) if is_tracer(a)]
+        if not where:
+            return fn(*operands)
+        args = list(operands)
+
+        def of_tracers(*values: Any) -> Any:
+            for i, v in zip(where, values, strict=True):
+                args[i] = v
+            return fn(*args)
+
+        def of_tracers_float(*values: Any) -> Any:
+            # a float result keeps the node inside concrete's float subgraph (fused)
+            out = of_tracers(*values)
+            return out if np.asarray(out).dtype.kind == "f" else np.asarray(out, np.float64)
+
+        # a name that is no numpy operation concrete converts natively (add, multiply, ...)
+        name = f"float_{getattr(fn, '__name__', 'function')}"
+        of_tracers.__name__ = of_tracers_float.__name__ = name
+        tracers = [operands[i] for i in where]
+        if len(tracers) == 1:
+            return fhe.univariate(of_tracers)(tracers[0])
+        return fhe.multivariate(of_tracers_float)(*tracers)
 
 
 def _dilated_window_max(

@@ -26,6 +26,7 @@ from typing import Any
 __all__ = [
     "MODULE",
     "current_op",
+    "failed_op",
     "forced_executor",
     "op_context",
     "route_float_impl",
@@ -104,12 +105,23 @@ def run_op(name: str, op: Any, *args: Any, **kwargs: Any) -> Any:
     token = _OP.set(name)
     try:
         result = op.q_impl(*args, **kwargs)
+    except Exception as exc:
+        # the innermost op an error passed through (read by fhequant.fhe: failed_op)
+        if getattr(exc, "_fhequant_op", None) is None:
+            exc._fhequant_op = name  # type: ignore[attr-defined]
+        raise
     finally:
         _OP.reset(token)
     observer = getattr(_FORCED.get(), "observer", None)
     if observer is not None:
         observer.op_output(name, result)
     return result
+
+
+def failed_op(exc: BaseException) -> str | None:
+    """The name of the op (``run_op``) an exception was raised in, or None."""
+    name = getattr(exc, "_fhequant_op", None)
+    return name if isinstance(name, str) else None
 
 
 @contextlib.contextmanager

@@ -63,6 +63,7 @@ PRIMITIVES = (
     "pad",
     "round_bit_pattern",
     "tlu",
+    "float_function",
     "copy",
     "add",
     "subtract",
@@ -116,8 +117,8 @@ class Executor:
             RoundingRangeObserver).
 
     ``name`` is the backend's ("clear", "tracing"), or the observer's when there is one
-    ("recording", "hinting", "rounding"): ops trace a float function as an explicit
-    ``fhe.univariate`` only on the plain "tracing" executor (``QuantizedOp._float_tlu``).
+    ("recording", "hinting", "rounding"). Whatever the observer, an op's float path goes
+    through :meth:`float_function` (one generic node when traced).
     """
 
     def __init__(self, backend: Any, observer: Observer | None = None) -> None:
@@ -423,6 +424,17 @@ class Executor:
             "tlu", out, bounds=lambda worst: type_range(*observed_range(out)), tlu_input=x
         )
 
+    def float_function(self, fn: Callable[..., Any], *operands: Any) -> Any:
+        """``fn(*operands)``: a float function of encrypted values (an op's float path).
+
+        Traced, the encrypted operands (Tracers) go through ONE generic node (the backend's
+        ``apply_float`` leaf), so concrete never sees the numpy functions inside ``fn``;
+        the float result is no integer node: concrete fuses it, with the dequantization
+        before it and the quantization after it, into one table lookup. ``fn`` must map
+        each element on its own and keep the shape of its encrypted operands.
+        """
+        return self.backend.apply_float(fn, operands)
+
     def copy(self, x: Any) -> Any:
         """An identity table lookup (resets the bit width of a value in the circuit)."""
         if self._direct:
@@ -456,7 +468,7 @@ class Executor:
             (xlo, xhi), (ylo, yhi) = worst(x), worst(y)
             return _ends(xlo * ylo, xlo * yhi, xhi * ylo, xhi * yhi)
 
-        return self.node("multiply", x * y, bounds=product)
+        return self.node("multiply", x * y, bounds=product, product_of=(x, y))
 
     def add_constant(self, x: Any, c: Any) -> Any:
         """x + c with a clear integer constant c."""

@@ -75,6 +75,11 @@ class ValueRecord:
         lsbs_removed: for a rounded value, the low bits the rounding removes.
         pre_round_bits: for a rounded value, the observed width of the value before rounding.
         pre_round_wc_bits: the same with the worst-case range.
+        product_operand_bits: for an encrypted x encrypted product, the width concrete gives
+            both operands: max of their observed widths + 1. concrete computes x·y as
+            ⌊(x+y)²/4⌋ - ⌊(x-y)²/4⌋: two table lookups whose input (x+y, x-y) has this width
+            and whose output has the product's width.
+        product_operand_wc_bits: the same with the worst-case ranges.
     """
 
     op: str
@@ -87,6 +92,8 @@ class ValueRecord:
     lsbs_removed: int = 0
     pre_round_bits: int = 0
     pre_round_wc_bits: int = 0
+    product_operand_bits: int = 0
+    product_operand_wc_bits: int = 0
 
     @property
     def bits(self) -> int:
@@ -127,10 +134,12 @@ class Observer:
         *,
         rounded: tuple[Any, int] | None = None,
         tlu_input: Any = None,
+        product_of: tuple[Any, Any] | None = None,
     ) -> Any:
         """One integer node: returns the value to use in its place (the same value, or a
         hinted one). ``rounded`` is (the value before rounding, lsbs removed) for a rounded
-        node; ``tlu_input`` the input of a table lookup node."""
+        node; ``tlu_input`` the input of a table lookup node; ``product_of`` the two
+        encrypted operands of an encrypted product."""
         return value
 
     def constant(self, op: str, value: Any) -> None:
@@ -174,6 +183,7 @@ class RecordingObserver(Observer):
         *,
         rounded: tuple[Any, int] | None = None,
         tlu_input: Any = None,
+        product_of: tuple[Any, Any] | None = None,
     ) -> Any:
         if tlu_input is not None:
             hit = self._record_of.get(id(tlu_input))
@@ -182,6 +192,15 @@ class RecordingObserver(Observer):
         wlo, whi = (int(v) for v in bounds(self.worst))
         lo, hi = observed_range(value)
         record = ValueRecord(op, label, lo, hi, wlo, whi)
+        if product_of is not None:
+            widths = [ik.bit_width(*observed_range(v)) for v in product_of]
+            wc_widths = [
+                ik.bit_width(min(self.worst(v)[0], lo_v), max(self.worst(v)[1], hi_v))
+                for v in product_of
+                for lo_v, hi_v in [observed_range(v)]
+            ]
+            record.product_operand_bits = max(widths) + 1
+            record.product_operand_wc_bits = max(wc_widths) + 1
         if rounded is not None:
             source, lsbs = rounded
             slo, shi = self.worst(source)
@@ -235,6 +254,7 @@ class HintingObserver(Observer):
         *,
         rounded: tuple[Any, int] | None = None,
         tlu_input: Any = None,
+        product_of: tuple[Any, Any] | None = None,
     ) -> Any:
         k = self._count.get((op, label), 0)
         self._count[(op, label)] = k + 1

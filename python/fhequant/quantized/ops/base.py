@@ -116,6 +116,7 @@ from fhequant.quantization import (
 from fhequant.quantized.exec import (
     Executor,
     executor_for,
+    is_tracer,
     routed_float_impl,
     tracked_values,
 )
@@ -530,34 +531,32 @@ class QuantizedOp(Serializable):
         return self.q_impl(*q_inputs, **attrs)
 
     def _float_tlu(self, prepared: list[Any], q_inputs: tuple[Any, ...], attrs: Any) -> Any:
-        """The float implementation of one encrypted tensor, as a table lookup when traced.
-
-        The float implementations are written for numpy arrays; under the tracing executor
-        the op's single encrypted operand goes through ``fhe.univariate`` (which concrete
-        fuses with the surrounding float ops), so any numpy code is traceable.
-        """
-        variable = [i for i in range(len(prepared)) if i not in self.constant_inputs]
-        encrypted = [
-            i for i, q in zip(variable, q_inputs, strict=True) if isinstance(q, QuantizedArray)
-        ]
-        ex = self.executor(*(prepared[i] for i in encrypted))
-        if ex.name != "tracing" or len(encrypted) != 1:
+        """The float implementation (numpy/scipy code) of the op's encrypted operands; traced
+        by any executor (plain, hinted compile), the Tracers among the prepared inputs enter
+        ONE generic node (``Executor.float_function``) that concrete fuses with the
+        surrounding (de)quantization into one table lookup (docs/contract.md §2.3). An op that
+        would change its input's shape is traced as plain numpy (concrete then refuses it
+        with an error naming the op). ``q_inputs``: the variable inputs (unused)."""
+        traced = [i for i, a in enumerate(prepared) if is_tracer(a)]
+        if not traced:
             return self.call_impl(*prepared, **attrs)
-        idx = encrypted[0]
-        x = prepared[idx]
+        ex = self.executor(*(prepared[i] for i in traced))
         args = list(prepared)
-        # fhe.univariate keeps the input shape: check the op does too (no broadcast growth)
-        probe = [np.ones(x.shape) if i == idx else a for i, a in enumerate(args)]
+        # the generic node keeps the shape of its input: check the op does too
+        shapes = {tuple(prepared[i].shape) for i in traced}
+        probe = [np.ones(a.shape) if i in traced else a for i, a in enumerate(args)]
         with np.errstate(all="ignore"):
             probe_shape = np.shape(self.call_impl(*probe, **attrs))
-        if probe_shape != tuple(x.shape):
+        if len(shapes) != 1 or probe_shape not in shapes:
             return self.call_impl(*prepared, **attrs)
 
-        def fn(v: Any) -> Any:
-            args[idx] = v
+        def fn(*values: Any) -> Any:
+            for i, v in zip(traced, values, strict=True):
+                args[i] = v
             return self.call_impl(*args, **attrs)
 
-        return ex.tlu(x, fn)
+        fn.__name__ = self._impl_for_op_named.lower() or "op"
+        return ex.float_function(fn, *(prepared[i] for i in traced))
 
     # --- JSON (fhequant.quantized.ops.op_json) ---------------------------------------------
 

@@ -120,7 +120,7 @@ class QuantizedBrevitasQuant(QuantizedOp):
         prepared = self._prepare_inputs_with_constants(
             *q_inputs, calibrate=False, quantize_actual_values=False
         )
-        f = self.call_impl(*prepared, **self._merged_attrs(attrs))
+        f = self._float_tlu(prepared, q_inputs, self._merged_attrs(attrs))
         self._check_calibrated()
         return QuantizedArray(
             self.bit_width,

@@ -14,6 +14,7 @@ import numpy as np
 
 from fhequant.errors import QuantizedOpError
 from fhequant.quantization import QuantizedArray
+from fhequant.quantized.exec import is_tracer
 from fhequant.quantized.ops.base import QuantizedOp
 
 __all__ = [
@@ -326,6 +327,8 @@ class ONNXShape(QuantizedOp):
         """
         x = q_inputs[0]
         data = x.qvalues if isinstance(x, QuantizedArray) else x
+        if is_tracer(data):  # a traced shape is static: no numpy function reaches concrete
+            data = np.broadcast_to(np.int64(0), tuple(int(d) for d in data.shape))
         return self.call_impl(data)
 
 

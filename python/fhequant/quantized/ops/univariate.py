@@ -18,15 +18,26 @@ from fhequant.quantized.ops.base import QuantizedOp, quantized_values_copy
 
 __all__ = [
     "QuantizedAbs",
+    "QuantizedAcos",
+    "QuantizedAcosh",
+    "QuantizedAnd",
+    "QuantizedAsin",
+    "QuantizedAsinh",
+    "QuantizedAtan",
+    "QuantizedAtanh",
     "QuantizedBatchNormalization",
     "QuantizedCast",
+    "QuantizedCeil",
     "QuantizedCelu",
     "QuantizedClip",
+    "QuantizedCos",
+    "QuantizedCosh",
     "QuantizedElu",
     "QuantizedEqual",
     "QuantizedErf",
     "QuantizedExp",
     "QuantizedFloor",
+    "QuantizedGelu",
     "QuantizedGreater",
     "QuantizedGreaterOrEqual",
     "QuantizedHardSigmoid",
@@ -38,20 +49,28 @@ __all__ = [
     "QuantizedLog",
     "QuantizedMax",
     "QuantizedMin",
+    "QuantizedMish",
+    "QuantizedMod",
     "QuantizedNeg",
     "QuantizedNot",
     "QuantizedOr",
     "QuantizedPRelu",
     "QuantizedPow",
+    "QuantizedReciprocal",
     "QuantizedRelu",
     "QuantizedRound",
     "QuantizedSelu",
     "QuantizedSigmoid",
     "QuantizedSign",
+    "QuantizedSin",
+    "QuantizedSinh",
     "QuantizedSoftplus",
     "QuantizedSoftsign",
+    "QuantizedSqrt",
+    "QuantizedTan",
     "QuantizedTanh",
     "QuantizedWhere",
+    "QuantizedXor",
 ]
 
 #: ONNX Cast targets QuantizedCast takes (numeric and bool TensorProto types).
@@ -389,3 +408,137 @@ class QuantizedPow(_UnivariateOfEncrypted):
     """x ** y."""
 
     _impl_for_op_named = "Pow"
+
+
+# --- more univariate functions: each one table lookup (issue 13) ---------------------------
+
+
+class QuantizedAcos(QuantizedOp):
+    """arccos(x), x clipped to [-1, 1]."""
+
+    _impl_for_op_named = "Acos"
+    calibrate_by_table = True
+
+
+class QuantizedAcosh(QuantizedOp):
+    """arccosh(x), x clipped to [1, inf)."""
+
+    _impl_for_op_named = "Acosh"
+    calibrate_by_table = True
+
+
+class QuantizedAsin(QuantizedOp):
+    """arcsin(x), x clipped to [-1, 1]."""
+
+    _impl_for_op_named = "Asin"
+    calibrate_by_table = True
+
+
+class QuantizedAsinh(QuantizedOp):
+    """arcsinh(x)."""
+
+    _impl_for_op_named = "Asinh"
+    calibrate_by_table = True
+
+
+class QuantizedAtan(QuantizedOp):
+    """arctan(x)."""
+
+    _impl_for_op_named = "Atan"
+    calibrate_by_table = True
+
+
+class QuantizedAtanh(QuantizedOp):
+    """arctanh(x), x clipped inside (-1, 1)."""
+
+    _impl_for_op_named = "Atanh"
+    calibrate_by_table = True
+
+
+class QuantizedCeil(QuantizedOp):
+    """ceil(x)."""
+
+    _impl_for_op_named = "Ceil"
+    calibrate_by_table = True
+
+
+class QuantizedCos(QuantizedOp):
+    """cos(x)."""
+
+    _impl_for_op_named = "Cos"
+    calibrate_by_table = True
+
+
+class QuantizedCosh(QuantizedOp):
+    """cosh(x)."""
+
+    _impl_for_op_named = "Cosh"
+    calibrate_by_table = True
+
+
+class QuantizedGelu(QuantizedOp):
+    """0.5·x·(1 + erf(x/√2)), or its tanh approximation."""
+
+    _impl_for_op_named = "Gelu"
+    calibrate_by_table = True
+
+
+class QuantizedMish(QuantizedOp):
+    """x·tanh(softplus(x))."""
+
+    _impl_for_op_named = "Mish"
+    calibrate_by_table = True
+
+
+class QuantizedReciprocal(QuantizedOp):
+    """1 / x (1 where x = 0, as Div)."""
+
+    _impl_for_op_named = "Reciprocal"
+    calibrate_by_table = True
+
+
+class QuantizedSin(QuantizedOp):
+    """sin(x)."""
+
+    _impl_for_op_named = "Sin"
+    calibrate_by_table = True
+
+
+class QuantizedSinh(QuantizedOp):
+    """sinh(x)."""
+
+    _impl_for_op_named = "Sinh"
+    calibrate_by_table = True
+
+
+class QuantizedSqrt(QuantizedOp):
+    """sqrt(x), x clipped to [0, inf)."""
+
+    _impl_for_op_named = "Sqrt"
+    calibrate_by_table = True
+
+
+class QuantizedTan(QuantizedOp):
+    """tan(x)."""
+
+    _impl_for_op_named = "Tan"
+    calibrate_by_table = True
+
+
+class QuantizedAnd(_UnivariateOfEncrypted):
+    """Logical and, as float64 0/1."""
+
+    _impl_for_op_named = "And"
+
+
+class QuantizedXor(_UnivariateOfEncrypted):
+    """Logical xor, as float64 0/1."""
+
+    _impl_for_op_named = "Xor"
+
+
+class QuantizedMod(QuantizedOp):
+    """a mod b: on raw (shape) integers as is; on one encrypted tensor with a constant
+    divisor a float table lookup (np.fmod; ONNX requires fmod=1 for floats)."""
+
+    _impl_for_op_named = "Mod"
