@@ -9,6 +9,12 @@ from typing import Any, cast
 import numpy as np
 
 from fhequant.errors import ArgumentError, DTypeError
+from fhequant.quantization.domain import (
+    check_explicit_params,
+    check_explicit_stats,
+    check_float_data,
+    check_n_bits,
+)
 from fhequant.quantization.kwargs import fill_from_kwargs
 from fhequant.quantization.options import QuantizationOptions, check_option_conflicts
 from fhequant.quantization.params import UniformQuantizationParameters
@@ -84,8 +90,19 @@ class QuantizedArray(Serializable):
             ArgumentError: partial statistics/parameters, unexpected kwargs, or integer values
                 without parameters (a TypeError).
             DTypeError: values of the wrong dtype for ``value_is_float`` (a TypeError).
-            QuantizationError: conflicting options, empty or non-finite float values.
+            QuantizationError: conflicting options, empty or non-finite float values, or a
+                value outside the quantizer domain of docs/contract.md §1.7 (n_bits outside
+                [1, 32], an explicit scale <= 0, rmin > rmax, a range that overflows).
         """
+        check_n_bits(n_bits, "QuantizedArray")
+        check_explicit_params(
+            kwargs.get("scale"),
+            kwargs.get("zero_point"),
+            kwargs.get("offset"),
+            int(n_bits),
+            "QuantizedArray",
+        )
+        check_explicit_stats(kwargs.get("rmin"), kwargs.get("rmax"), "QuantizedArray")
         self.n_bits = n_bits
         options = QuantizationOptions(n_bits) if options is None else deepcopy(options)
         options.n_bits = n_bits
@@ -107,6 +124,7 @@ class QuantizedArray(Serializable):
         if values is None:
             return
         if value_is_float:
+            check_float_data(values, "QuantizedArray")
             values = _copy_input(values, copy_values)
             if isinstance(values, np.ndarray) and not np.issubdtype(values.dtype, np.floating):
                 raise DTypeError(

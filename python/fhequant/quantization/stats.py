@@ -8,6 +8,7 @@ import numpy as np
 
 from fhequant.errors import QuantizationError
 from fhequant.kernels import quant as _kernels
+from fhequant.quantization.domain import check_float_data
 from fhequant.serialization import Serializable
 
 __all__ = ["MinMaxQuantizationStats"]
@@ -61,6 +62,7 @@ class MinMaxQuantizationStats(Serializable):
             EmptyTensorError: ``values`` has no element (a ValueError).
             NonFiniteError: ``values`` holds NaN or Inf (a ValueError).
         """
+        check_float_data(values, name)
         values = np.asarray(values)
         self.rmin, self.rmax = _kernels.min_max(values, name)
         self.uvalues = _kernels.rounded_unique(values)
@@ -77,6 +79,7 @@ class MinMaxQuantizationStats(Serializable):
             values: the next calibration batch.
             name: the tensor named in error messages.
         """
+        check_float_data(values, name)
         values = np.asarray(values)
         if self.rmin is None or self.rmax is None:
             self.compute_quantization_stats(values, name)

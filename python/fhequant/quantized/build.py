@@ -12,10 +12,11 @@ from typing import Any
 
 import onnx
 
-from fhequant.errors import GraphInputError
+from fhequant.errors import GraphInputError, QuantizationError
 from fhequant.onnx import NumpyModule
 from fhequant.quantized.calibration import apply_power_of_two_scaling, quantize_module
 from fhequant.quantized.module import QuantizedModule
+from fhequant.quantized.n_bits import resolve_n_bits
 from fhequant.quantized.streaming import (
     DEFAULT_BLOCK_ROWS,
     DEFAULT_MEMORY_BUDGET,
@@ -62,6 +63,20 @@ def _numpy_module(model: Any, data: Any) -> NumpyModule:
     )
 
 
+def _check_ptq_weight_bits(n_bits: Any, import_qat: bool) -> None:
+    """Post-training quantization needs op_weights >= 2: PTQ weights that straddle 0 are
+    quantized symmetrically, and a symmetric 1-bit quantizer has the infinite scale of
+    docs/contract.md §1.3, so every output would be NaN (§1.7)."""
+    bits = resolve_n_bits(n_bits)
+    if not import_qat and bits.op_weights < 2:
+        raise QuantizationError(
+            f"build_quantized_module: op_weights={bits.op_weights} bit is too narrow for "
+            "post-training quantization (symmetric 1-bit weights have an infinite scale and "
+            "every output would be NaN); use n_bits >= 2, or train a 1-bit model with "
+            "Brevitas and import it with import_qat=True"
+        )
+
+
 def build_quantized_module(
     model: Any,
     calibration_data: Any,
@@ -97,6 +112,7 @@ def build_quantized_module(
     Returns:
         The calibrated QuantizedModule (fhe="disable" ready).
     """
+    _check_ptq_weight_bits(n_bits, import_qat)
     numpy_module = _numpy_module(model, calibration_data)
     onnx_model = numpy_module.onnx_model
     preprocess = (
