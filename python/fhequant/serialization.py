@@ -38,9 +38,11 @@ __all__ = [
     "dump",
     "dumps",
     "encode",
+    "field",
     "isolated_class_registry",
     "load",
     "loads",
+    "numeric_dtype",
     "register_class",
     "register_codec",
     "registered_classes",
@@ -177,7 +179,12 @@ def _is_onnx_model(value: Any) -> bool:
 def _load_onnx_model(value: Any, _dtype: str | None) -> Any:
     import onnx
 
-    return onnx.load_model_from_string(bytes.fromhex(value))
+    if not isinstance(value, str):
+        raise SerializationError(f"an onnx_model is a hex string, got {type(value).__name__}")
+    try:
+        return onnx.load_model_from_string(bytes.fromhex(value))
+    except Exception as exc:  # protobuf's DecodeError, ValueError of fromhex
+        raise SerializationError(f"not a serialized ONNX model ({type(exc).__name__})") from exc
 
 
 def _is_exactness(value: Any) -> bool:
@@ -187,11 +194,108 @@ def _is_exactness(value: Any) -> bool:
 def _load_exactness(value: Any, _dtype: str | None) -> Any:
     from fhequant._concrete import fhe_module
 
-    return fhe_module().Exactness(value)
+    try:
+        return fhe_module().Exactness(value)
+    except (ValueError, TypeError) as exc:
+        raise SerializationError(f"{value!r} is not a concrete Exactness value") from exc
+
+
+#: numpy dtype kinds a document may hold: bool, signed and unsigned integers, floats.
+_NUMERIC_KINDS = "biuf"
+
+
+def numeric_dtype(dtype: Any) -> np.dtype[Any]:
+    """``np.dtype(dtype)`` for a plain bool/int/float dtype name, else SerializationError
+    (object, string, structured and sub-array dtypes are refused)."""
+    if not isinstance(dtype, str):
+        raise SerializationError(f"a dtype is a string such as 'float64', got {dtype!r}")
+    try:
+        parsed = np.dtype(dtype)
+    except TypeError as exc:
+        raise SerializationError(f"unknown dtype {dtype!r}") from exc
+    if parsed.kind not in _NUMERIC_KINDS or parsed.fields is not None or parsed.subdtype:
+        raise SerializationError(
+            f"dtype {dtype!r} is not allowed in a document; only bool, integer and float dtypes are"
+        )
+    return parsed
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _load_numpy_array(value: Any, dtype: str | None) -> Any:
-    return np.asarray(value).astype(dtype)
+    target = numeric_dtype(dtype) if dtype is not None else None
+    if not (_is_number(value) or isinstance(value, (bool, list))):
+        raise SerializationError(
+            f"a numpy_array holds a number or nested lists, got {type(value).__name__}"
+        )
+    try:
+        array = np.asarray(value)
+    except ValueError as exc:  # ragged nesting
+        raise SerializationError(f"a numpy_array holds ragged lists ({exc})") from exc
+    if array.dtype.kind not in _NUMERIC_KINDS:
+        raise SerializationError(
+            f"a numpy_array holds {array.dtype} items; only numbers (and bools) are allowed"
+        )
+    if target is None:
+        return array
+    with np.errstate(all="ignore"):
+        if target.kind in "iu" and array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+            raise SerializationError(f"a numpy_array of dtype {target} holds NaN or infinity")
+        if target.kind in "iu" and array.size:
+            info = np.iinfo(target)
+            if array.max() > info.max or array.min() < info.min:
+                raise SerializationError(
+                    f"a numpy_array of dtype {target} holds out-of-range values"
+                )
+        return array.astype(target)
+
+
+def _load_numpy_integer(value: Any, dtype: str | None) -> Any:
+    target = np.dtype(np.int64) if dtype is None else numeric_dtype(dtype)
+    if not isinstance(value, int) or isinstance(value, bool) or target.kind not in "iu":
+        raise SerializationError(
+            f"a numpy_integer holds an int with an integer dtype, got {value!r} ({dtype!r})"
+        )
+    info = np.iinfo(target)
+    if not info.min <= value <= info.max:
+        raise SerializationError(f"numpy_integer {value} does not fit {target}")
+    return target.type(value)
+
+
+def _load_numpy_float(value: Any, dtype: str | None) -> Any:
+    target = np.dtype(np.float64) if dtype is None else numeric_dtype(dtype)
+    if not _is_number(value) or target.kind != "f":
+        raise SerializationError(
+            f"a numpy_float holds a number with a float dtype, got {value!r} ({dtype!r})"
+        )
+    try:
+        as_float = np.float64(value)
+    except OverflowError as exc:
+        raise SerializationError(f"numpy_float {value} does not fit float64") from exc
+    with np.errstate(over="ignore"):
+        return as_float.astype(target)
+
+
+def _load_numpy_bool(value: Any, _dtype: str | None) -> Any:
+    if not isinstance(value, bool):
+        raise SerializationError(f"a numpy_bool holds true or false, got {value!r}")
+    return np.bool_(value)
+
+
+def _load_list_as(kind: type) -> Callable[[Any, str | None], Any]:
+    def load(value: Any, _dtype: str | None) -> Any:
+        if not isinstance(value, list):
+            raise SerializationError(
+                f"a {kind.__name__} is written as a list, got {type(value).__name__}"
+            )
+        try:
+            return kind(value)
+        except TypeError as exc:  # unhashable set items
+            raise SerializationError(f"cannot build a {kind.__name__}: {exc}") from exc
+
+    return load
 
 
 def _numpy_array_to_list(value: np.ndarray) -> Any:
@@ -207,7 +311,7 @@ register_codec(
     "numpy_integer",
     lambda v: isinstance(v, np.integer),
     int,
-    lambda v, dtype: np.int64(v) if dtype is None else np.dtype(dtype).type(v),
+    _load_numpy_integer,
     lambda v: v.dtype.name,
     native=True,
 )
@@ -215,7 +319,7 @@ register_codec(
     "numpy_float",
     lambda v: isinstance(v, np.floating),
     float,
-    lambda v, dtype: np.float64(v).astype(dtype),
+    _load_numpy_float,
     lambda v: v.dtype.name,
     native=True,
 )
@@ -223,7 +327,7 @@ register_codec(
     "numpy_bool",
     lambda v: isinstance(v, np.bool_),
     bool,
-    lambda v, dtype: np.bool_(v),
+    _load_numpy_bool,
     lambda v: v.dtype.name,
     native=True,
 )
@@ -235,8 +339,8 @@ register_codec(
     lambda v: v.dtype.name,
     native=True,
 )
-register_codec("tuple", lambda v: isinstance(v, tuple), list, lambda v, _d: tuple(v))
-register_codec("set", lambda v: isinstance(v, (set, frozenset)), sorted, lambda v, _d: set(v))
+register_codec("tuple", lambda v: isinstance(v, tuple), list, _load_list_as(tuple))
+register_codec("set", lambda v: isinstance(v, (set, frozenset)), sorted, _load_list_as(set))
 register_codec(
     "onnx_model",
     _is_onnx_model,
@@ -309,39 +413,124 @@ def _type_name_of(cls: type[Any]) -> str:
     )
 
 
-def decode(data: Any) -> Any:
+#: Deepest nesting of lists and objects a document may have (a QuantizedModule needs
+#: about 15); deeper documents are refused before decoding.
+MAX_DEPTH = 100
+
+
+def _check_depth(data: Any) -> None:
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise SerializationError(
+                f"the document is nested more than {MAX_DEPTH} levels deep; it was not written "
+                "by fhequant"
+            )
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+
+
+def decode(data: Any, path: str = "$") -> Any:
     """Rebuild values from the JSON tree written by :func:`encode` (bottom-up).
 
     Args:
         data: parsed JSON.
+        path: where ``data`` sits in the document (named in errors).
 
     Returns:
         The decoded value; tagged dicts become objects of registered classes or codec values.
+
+    Raises:
+        SerializationError: a value that does not decode, naming its place in the document
+            (e.g. ``$.serialized_value.quantizer.serialized_value.scale``).
     """
+    if path == "$":
+        _check_depth(data)
     if isinstance(data, list):
-        return [decode(item) for item in data]
+        return [decode(item, f"{path}[{i}]") for i, item in enumerate(data)]
     if not isinstance(data, dict):
         return data
-    decoded = {k: decode(v) for k, v in data.items()}
+    decoded = {k: decode(v, f"{path}.{k}") for k, v in data.items()}
     if _TYPE not in decoded or _VALUE not in decoded:
         return decoded
     type_name = decoded[_TYPE]
+    if not isinstance(type_name, str):
+        raise SerializationError(f"{path}.{_TYPE}: must be a string, got {type_name!r}")
+    extra = sorted(set(decoded) - {_TYPE, _VALUE, _DTYPE})
+    if extra:
+        raise SerializationError(f"{path}: unexpected key(s) {extra} next to {_TYPE!r}")
     codec = _CODECS_BY_NAME.get(type_name)
     if codec is not None:
-        return codec.decode(decoded[_VALUE], decoded.get(_DTYPE))
-    cls = _CLASSES.get(type_name)
-    if cls is None:
-        raise SerializationError(
-            f"unknown type_name {type_name!r} in JSON; known classes: {sorted(_CLASSES)}. "
-            "Import the module that defines it before loading"
-        )
+        loader: Callable[[], Any] = lambda: codec.decode(decoded[_VALUE], decoded.get(_DTYPE))  # noqa: E731
+    else:
+        cls = _CLASSES.get(type_name)
+        if cls is None:
+            raise SerializationError(
+                f"{path}: unknown type_name {type_name!r} in JSON; known classes: "
+                f"{sorted(_CLASSES)}. Import the module that defines it before loading"
+            )
+        if not isinstance(decoded[_VALUE], dict):
+            raise SerializationError(
+                f"{path}.{_VALUE}: a {type_name} is written as an object of fields, got "
+                f"{type(decoded[_VALUE]).__name__}"
+            )
+        loader = lambda: cls.load_dict(decoded[_VALUE])  # noqa: E731
     try:
-        return cls.load_dict(decoded[_VALUE])
-    except (KeyError, TypeError, AttributeError) as exc:
+        return loader()
+    except SerializationError as exc:
+        raise SerializationError(f"{path} ({type_name}): {exc}") from exc
+    except Exception as exc:  # any other failure of a loader is a bad document
         raise SerializationError(
-            f"cannot rebuild a {type_name} from JSON ({type(exc).__name__}: {exc}); the "
-            "document is incomplete or was written by an incompatible version"
+            f"{path}: cannot rebuild a {type_name} from JSON ({type(exc).__name__}: {exc}); "
+            "the document is damaged or was written by an incompatible version"
         ) from exc
+
+
+def field(
+    metadata: dict[str, Any],
+    name: str,
+    owner: str,
+    check: Callable[[Any], bool],
+    expected: str,
+    *,
+    optional: bool = False,
+    nullable: bool = False,
+) -> Any:
+    """``metadata[name]`` after checking it (for ``load_dict`` implementations).
+
+    Args:
+        metadata: the decoded fields.
+        name: the field.
+        owner: the class named in errors.
+        check: predicate the value must pass.
+        expected: what the value should be, for the message.
+        optional: the field may be missing (then None is returned) or None.
+        nullable: the field must be present but may be None.
+
+    Raises:
+        SerializationError: the field is missing or fails ``check``, naming both.
+    """
+    if name not in metadata:
+        if optional:
+            return None
+        raise SerializationError(f"{owner}: the field {name!r} is missing")
+    value = metadata[name]
+    if value is None and (optional or nullable):
+        return None
+    if not check(value):
+        raise SerializationError(
+            f"{owner}: the field {name!r} must be {expected}, got {type(value).__name__} "
+            f"{_short(value)}"
+        )
+    return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # --- text and files ------------------------------------------------------------------------
@@ -423,10 +612,23 @@ def loads(text: str | bytes) -> Any:
     Returns:
         The decoded value.
     """
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SerializationError(f"the document is not UTF-8 text: {exc}") from exc
+    if not isinstance(text, str):
+        raise SerializationError(
+            f"loads expects JSON text (str or bytes), got {type(text).__name__}"
+        )
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SerializationError(f"not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise SerializationError(
+            f"the document is nested too deeply (more than {MAX_DEPTH} levels are refused)"
+        ) from exc
     return decode(unwrap_versioned(data))
 
 

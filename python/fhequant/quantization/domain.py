@@ -149,3 +149,53 @@ def check_explicit_stats(rmin: Any, rmax: Any, where: str) -> None:
         raise QuantizationError(
             f"{where}: rmin ({rmin!r}) is greater than rmax ({rmax!r}); swap them"
         )
+
+
+# --- loading (docs/contract.md §1.6): predicates for serialization.field --------------------
+
+
+def is_int(value: Any) -> bool:
+    """An int or numpy integer, not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_flag(value: Any) -> bool:
+    """A bool or numpy bool."""
+    return isinstance(value, (bool, np.bool_))
+
+
+def is_n_bits(value: Any) -> bool:
+    """An int in [1, MAX_N_BITS]."""
+    return is_int(value) and 1 <= int(value) <= MAX_N_BITS
+
+
+def is_finite_real(value: Any) -> bool:
+    """A finite int/float scalar (Python or numpy), not a bool."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def is_scale(value: Any) -> bool:
+    """A non-NaN float scalar (inf is the pinned symmetric 1-bit scale) or a finite float
+    array."""
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind == "f" and bool(np.all(np.isfinite(value)))
+    return isinstance(value, (float, np.floating)) and not math.isnan(float(value))
+
+
+def is_zero_point(value: Any) -> bool:
+    """A finite real scalar below 2^53 in magnitude, or a finite numeric array."""
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind in "iuf" and bool(np.all(np.isfinite(value)))
+    return is_finite_real(value) and abs(float(value)) < MAX_ZERO_POINT
+
+
+def is_offset(value: Any) -> bool:
+    """An int in [0, 2^MAX_N_BITS]."""
+    return is_int(value) and 0 <= int(value) <= 2**MAX_N_BITS

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from fhequant.errors import QuantizationError
-from fhequant.quantization.domain import check_n_bits
-from fhequant.serialization import Serializable
+from fhequant.quantization.domain import MAX_N_BITS, check_n_bits, is_flag, is_n_bits
+from fhequant.serialization import Serializable, field
 
 __all__ = ["STABILITY_CONST", "QuantizationOptions", "check_option_conflicts"]
 
@@ -162,12 +162,15 @@ class QuantizationOptions(Serializable):
         Returns:
             The options.
         """
+        owner = cls.__name__
+        n_bits = field(metadata, "n_bits", owner, is_n_bits, f"an int in [1, {MAX_N_BITS}]")
+        flags = {name: field(metadata, name, owner, is_flag, "a bool") for name in cls.FIELDS[1:]}
         opts = cls(
-            metadata["n_bits"],
-            is_signed=metadata["is_signed"],
-            is_symmetric=metadata["is_symmetric"],
-            is_qat=metadata["is_qat"],
+            n_bits,
+            is_signed=flags["is_signed"],
+            is_symmetric=flags["is_symmetric"],
+            is_qat=flags["is_qat"],
         )
-        opts.is_narrow = metadata["is_narrow"]
-        opts.is_precomputed_qat = metadata["is_precomputed_qat"]
+        opts.is_narrow = flags["is_narrow"]
+        opts.is_precomputed_qat = flags["is_precomputed_qat"]
         return opts

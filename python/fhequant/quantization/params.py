@@ -6,12 +6,46 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fhequant.errors import QuantizationError
-from fhequant.quantization.domain import MAX_ZERO_POINT
+from fhequant.errors import QuantizationError, SerializationError
+from fhequant.quantization.domain import MAX_ZERO_POINT, is_offset, is_scale, is_zero_point
 from fhequant.quantization.options import STABILITY_CONST, check_option_conflicts
-from fhequant.serialization import Serializable
+from fhequant.serialization import Serializable, field
 
-__all__ = ["UniformQuantizationParameters", "values_equal"]
+__all__ = ["UniformQuantizationParameters", "load_params", "values_equal"]
+
+
+def load_params(
+    metadata: dict[str, Any], owner: str, required: bool = True
+) -> tuple[Any, Any, Any]:
+    """(scale, zero_point, offset) of a document, each None or valid (docs/contract.md §1.7):
+    a non-NaN float scale or finite float array, a finite zero point (|z| < 2^53) or numeric
+    array broadcastable with the scale, an int offset >= 0.
+
+    Raises:
+        SerializationError: naming the field.
+    """
+    scale = field(
+        metadata, "scale", owner, is_scale, "a float (not NaN) or a finite float array",
+        optional=not required, nullable=True,
+    )  # fmt: skip
+    zero_point = field(
+        metadata, "zero_point", owner, is_zero_point, "a finite number or numeric array",
+        optional=not required, nullable=True,
+    )  # fmt: skip
+    offset = field(
+        metadata, "offset", owner, is_offset, "an int >= 0", optional=not required, nullable=True
+    )
+    if required and (scale is None) != (zero_point is None):
+        raise SerializationError(f"{owner}: 'scale' and 'zero_point' must be both set or both null")
+    if isinstance(scale, np.ndarray) or isinstance(zero_point, np.ndarray):
+        try:
+            np.broadcast_shapes(np.shape(scale), np.shape(zero_point))
+        except ValueError as exc:
+            raise SerializationError(
+                f"{owner}: the shapes of 'scale' {np.shape(scale)} and 'zero_point' "
+                f"{np.shape(zero_point)} do not broadcast"
+            ) from exc
+    return scale, zero_point, offset
 
 
 def values_equal(mine: Any, other: Any) -> bool:
@@ -169,6 +203,4 @@ class UniformQuantizationParameters(Serializable):
         Returns:
             The parameters.
         """
-        return cls(
-            scale=metadata["scale"], zero_point=metadata["zero_point"], offset=metadata["offset"]
-        )
+        return cls(*load_params(metadata, cls.__name__))

@@ -6,12 +6,42 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fhequant.errors import QuantizationError
+from fhequant.errors import QuantizationError, SerializationError
 from fhequant.kernels import quant as _kernels
-from fhequant.quantization.domain import check_float_data
-from fhequant.serialization import Serializable
+from fhequant.quantization.domain import check_float_data, is_finite_real
+from fhequant.serialization import Serializable, field
 
-__all__ = ["MinMaxQuantizationStats"]
+__all__ = ["MinMaxQuantizationStats", "load_range"]
+
+
+def load_range(metadata: dict[str, Any], owner: str, required: bool = True) -> tuple[Any, Any]:
+    """(rmax, rmin) of a document: each None or a finite number, with rmin <= rmax.
+
+    Raises:
+        SerializationError: naming the field.
+    """
+    rmax = field(
+        metadata,
+        "rmax",
+        owner,
+        is_finite_real,
+        "a finite number",
+        optional=not required,
+        nullable=True,
+    )
+    rmin = field(
+        metadata,
+        "rmin",
+        owner,
+        is_finite_real,
+        "a finite number",
+        optional=not required,
+        nullable=True,
+    )
+    if rmax is not None and rmin is not None and rmin > rmax:
+        raise SerializationError(f"{owner}: the field 'rmin' ({rmin!r}) exceeds 'rmax' ({rmax!r})")
+    return rmax, rmin
+
 
 # Tolerances of the uniform-grid test of check_is_uniform_quantized.
 _UNIFORM_ATOL = 0.02
@@ -149,4 +179,4 @@ class MinMaxQuantizationStats(Serializable):
         Returns:
             The statistics.
         """
-        return cls(rmax=metadata["rmax"], rmin=metadata["rmin"])
+        return cls(*load_range(metadata, cls.__name__))

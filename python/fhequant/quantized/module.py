@@ -18,6 +18,7 @@ back with ``QuantizedModule.load``/``loads``; circuits are not serialized.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -32,6 +33,7 @@ from fhequant.errors import (
     MissingDependencyError,
     NotCompiledError,
     QuantizationError,
+    SerializationError,
     UnquantizedTensorError,
 )
 from fhequant.onnx import NumpyModule
@@ -102,6 +104,48 @@ def _fhe(what: str) -> FheBackend:
             f"{what}: the FHE layer is not loaded; import fhequant (or fhequant.fhe) first"
         )
     return _fhe_backend
+
+
+def _is_model(value: Any) -> bool:
+    return type(value).__name__ == "ModelProto"
+
+
+def _probe_inputs(module: QuantizedModule) -> list[np.ndarray] | None:
+    """One zero row per graph input, shaped from the ONNX model (None without one)."""
+    model = module.onnx_model
+    if model is None or module.onnx_preprocessing is not None:  # raw inputs differ then
+        return None
+    initializers = {t.name for t in model.graph.initializer}
+    by_name = {i.name: i for i in model.graph.input if i.name not in initializers}
+    probes = []
+    for name in module.ordered_module_input_names:
+        info = by_name.get(name)
+        if info is None:
+            return None
+        dims = info.type.tensor_type.shape.dim
+        shape = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
+        shape = [1, *shape[1:]] if shape else shape
+        if int(np.prod(shape)) > 1 << 20:
+            return None
+        probes.append(np.zeros(shape, dtype=np.float32))
+    return probes
+
+
+def _self_check(module: QuantizedModule) -> None:
+    """Run a loaded module once on a zero row, so a damaged document fails at load with a
+    SerializationError rather than on first use (docs/contract.md §6.3)."""
+    probes = _probe_inputs(module)
+    if probes is None:
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module.forward(*probes)
+    except Exception as exc:
+        raise SerializationError(
+            f"QuantizedModule: the loaded module does not run ({type(exc).__name__}: {exc}); "
+            "the document is damaged"
+        ) from exc
 
 
 def _output_quantizer(op: Any) -> UniformQuantizer:
@@ -494,19 +538,61 @@ class QuantizedModule(serialization.Serializable):
         Returns:
             The module, ready for fhe="disable".
         """
-        layers = {
-            name: (tuple(entry[0]), entry[1])
-            for name, entry in metadata["quant_layers_dict"].items()
-        }
-        module = cls(
-            metadata["ordered_module_input_names"],
-            metadata["ordered_module_output_names"],
-            layers,
-            metadata["_onnx_model"],
-            metadata["onnx_preprocessing"],
+        from fhequant.quantized.ops.base import QuantizedOp  # ops are registered later
+
+        owner = cls.__name__
+        field = serialization.field
+
+        def names(value: Any) -> bool:
+            return isinstance(value, tuple) and all(isinstance(n, str) for n in value)
+
+        def layer(entry: Any) -> bool:
+            return (
+                isinstance(entry, (tuple, list))
+                and len(entry) == 2
+                and isinstance(entry[0], (tuple, list))
+                and all(isinstance(n, str) for n in entry[0])
+                and isinstance(entry[1], QuantizedOp)
+            )
+
+        def quantizers(value: Any) -> bool:
+            return isinstance(value, list) and all(
+                q is None or isinstance(q, UniformQuantizer) for q in value
+            )
+
+        inputs = field(metadata, "ordered_module_input_names", owner, names, "a tuple of names")
+        outputs = field(metadata, "ordered_module_output_names", owner, names, "a tuple of names")
+        raw_layers = field(
+            metadata, "quant_layers_dict", owner,
+            lambda d: isinstance(d, dict) and all(layer(e) for e in d.values()),
+            "an object of name: [input names, quantized op]",
+        )  # fmt: skip
+        onnx_model = field(
+            metadata, "_onnx_model", owner, _is_model, "an ONNX model", nullable=True
         )
-        module.input_quantizers = list(metadata["input_quantizers"])
-        module.output_quantizers = list(metadata["output_quantizers"])
+        preprocessing = field(
+            metadata, "onnx_preprocessing", owner, _is_model, "an ONNX model", nullable=True
+        )
+        in_q = field(metadata, "input_quantizers", owner, quantizers, "a list of quantizers")
+        out_q = field(metadata, "output_quantizers", owner, quantizers, "a list of quantizers")
+        for key, got, want in (
+            ("input_quantizers", in_q, inputs),
+            ("output_quantizers", out_q, outputs),
+        ):
+            if len(got) != len(want):
+                raise SerializationError(
+                    f"{owner}: the field {key!r} has {len(got)} entries for {len(want)} names"
+                )
+        missing = [n for n in outputs if n not in raw_layers]
+        if missing:
+            raise SerializationError(
+                f"{owner}: output(s) {missing} are not produced by any layer of 'quant_layers_dict'"
+            )
+        layers = {name: (tuple(entry[0]), entry[1]) for name, entry in raw_layers.items()}
+        module = cls(inputs, outputs, layers, onnx_model, preprocessing)
+        module.input_quantizers = list(in_q)
+        module.output_quantizers = list(out_q)
+        _self_check(module)
         return module
 
     def dump(self, file: IO[str]) -> None:

@@ -107,6 +107,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from fhequant import serialization
 from fhequant.errors import (
     NotCalibratedError,
     QuantizationError,
@@ -114,10 +115,12 @@ from fhequant.errors import (
     SerializationError,
 )
 from fhequant.quantization import (
+    MinMaxQuantizationStats,
     QuantizationOptions,
     QuantizedArray,
     UniformQuantizationParameters,
 )
+from fhequant.quantization.domain import is_flag, is_n_bits
 from fhequant.quantized.exec import (
     Executor,
     executor_for,
@@ -152,6 +155,39 @@ ExtremesLayout = Literal["gemm", "matmul", "conv"]
 
 def _zp_is_scalar(zero_point: Any) -> bool:
     return np.ndim(zero_point) == 0
+
+
+def _check_op_fields(owner: str, metadata: dict[str, Any]) -> None:
+    """The fields every op has, type-checked on load (docs/contract.md §2.5)."""
+    field = serialization.field
+    field(metadata, "n_bits", owner, is_n_bits, "an int in [1, 32]")
+    field(metadata, "op_instance_name", owner, lambda v: isinstance(v, str), "a string")
+    field(
+        metadata, "_int_input_names", owner,
+        lambda v: isinstance(v, (set, list)) and all(isinstance(n, str) for n in v),
+        "a set of names",
+    )  # fmt: skip
+    field(
+        metadata, "constant_inputs", owner,
+        lambda v: isinstance(v, dict) and all(k.isdigit() for k in v),
+        "an object keyed by input index",
+    )  # fmt: skip
+    field(metadata, "attrs", owner, lambda v: isinstance(v, dict), "an object")
+    field(
+        metadata, "input_quant_opts", owner, lambda v: isinstance(v, QuantizationOptions),
+        "QuantizationOptions",
+    )  # fmt: skip
+    field(
+        metadata, "output_quant_params", owner,
+        lambda v: isinstance(v, UniformQuantizationParameters), "UniformQuantizationParameters",
+        nullable=True,
+    )  # fmt: skip
+    field(
+        metadata, "output_quant_stats", owner,
+        lambda v: isinstance(v, MinMaxQuantizationStats), "MinMaxQuantizationStats",
+        optional=True,
+    )  # fmt: skip
+    field(metadata, "produces_graph_output", owner, is_flag, "a bool", optional=True)
 
 
 def quantized_values_copy(
@@ -639,6 +675,7 @@ class QuantizedOp(Serializable):
                 f"{cls.__name__}: the JSON describes op type {impl!r}, but this class "
                 f"implements {cls._impl_for_op_named!r}"
             )
+        _check_op_fields(cls.__name__, metadata)
         op = cls.__new__(cls)
         for key, value in metadata.items():
             if key == "_impl_for_op_named":
