@@ -26,7 +26,8 @@ from fhequant.errors import (
     ShapeError,
 )
 from fhequant.kernels.reference.float_matmul import matmul_sequential_reference
-from fhequant.quantized import calibration, float_impls, fused_stats
+from fhequant.quantized import float_impls, fused_stats
+from fhequant.quantized.calibration import passes
 from ptq_helpers import cnn, make_model, mlp
 
 _INTS = (np.int8, np.int16, np.int32)
@@ -230,7 +231,7 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             taken.append(op.op_instance_name)
         return found
 
-    monkeypatch.setattr(calibration, "fused_statistics", spy)
+    monkeypatch.setattr(passes, "fused_statistics", spy)
     return taken
 
 

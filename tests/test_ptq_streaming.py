@@ -15,7 +15,7 @@ from fhequant import build_quantized_module
 from fhequant.errors import GraphInputError, NonFiniteError
 from fhequant.kernels.float_matmul import sequential_matmul
 from fhequant.kernels.reference.float_matmul import matmul_sequential_reference
-from fhequant.quantized import calibration
+from fhequant.quantized.calibration import traits
 from fhequant.quantized.percentile import TailSelector, percentile_from_tails
 from fhequant.quantized.streaming import TensorStore, iter_row_blocks, normalize_calibration_data
 from ptq_helpers import assert_same_module, cnn, mlp
@@ -175,7 +175,7 @@ def test_batchnorm_streamed_clip_equals_the_ops_own_whole_tensor_calibration(
     streamed = build_quantized_module(model, _irregular(X_CNN), n_bits=5, batch_size=32)
     # Without the bounded-tail selection, BatchNorm is calibrated by its own calibrate() on
     # the concatenated inputs (np.percentile over the whole tensor).
-    monkeypatch.setattr(calibration, "_clips_percentiles", lambda op: False)
+    monkeypatch.setattr(traits, "clips_percentiles", lambda op: False)
     reference = build_quantized_module(model, X_CNN, n_bits=5, batch_size=32)
     bn = reference.quant_layers_dict["bn"][1]
     assert bn.output_quant_stats.rmax < np.float64(1e30)

@@ -1,10 +1,10 @@
 """Calibration through integer tables gives the numbers of the block walk, exactly.
 
 Element-wise ops of one quantized tensor are calibrated once per distinct input integer
-(``ModuleCalibrator._calibrate_by_table``), and the re-quantization of a linear or shape op's
-input is a table over the producer's integers (``_requant_table``). Each test builds the same
-module with those paths switched off and demands identical state and outputs, and checks that
-the paths were taken.
+(``TablePaths.calibrate_by_table``), and the re-quantization of a linear or shape op's
+input is a table over the producer's integers (``TablePaths.requant_table``). Each test builds
+the same module with those paths switched off and demands identical state and outputs, and
+checks that the paths were taken.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import pytest
 from onnx import helper
 
 from fhequant import build_quantized_module
-from fhequant.quantized import ONNX_OPS_TO_QUANTIZED_IMPL, calibration
+from fhequant.quantized import ONNX_OPS_TO_QUANTIZED_IMPL
+from fhequant.quantized.calibration.tables import TablePaths
 from ptq_helpers import assert_same_module, gemm_node, make_model, mlp
 
 #: the op types whose class declares that it may be calibrated by table
@@ -36,8 +37,8 @@ _ATTRS: dict[str, dict[str, Any]] = {
 
 
 def _without_tables(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(calibration.ModuleCalibrator, "_calibrate_by_table", _never)
-    monkeypatch.setattr(calibration.ModuleCalibrator, "_requant_table", lambda *_: None)
+    monkeypatch.setattr(TablePaths, "calibrate_by_table", _never)
+    monkeypatch.setattr(TablePaths, "requant_table", lambda *_: None)
 
 
 def _never(*_: Any) -> bool:
@@ -46,8 +47,8 @@ def _never(*_: Any) -> bool:
 
 def _count_tables(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     taken: Counter[str] = Counter()
-    by_table = calibration.ModuleCalibrator._calibrate_by_table
-    requant = calibration.ModuleCalibrator._requant_table
+    by_table = TablePaths.calibrate_by_table
+    requant = TablePaths.requant_table
 
     def counting_table(self: Any, op: Any, variable: list[str], out: str) -> bool:
         done = by_table(self, op, variable, out)
@@ -59,8 +60,8 @@ def _count_tables(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
         taken["requant:" + op._impl_for_op_named] += int(found is not None)
         return found
 
-    monkeypatch.setattr(calibration.ModuleCalibrator, "_calibrate_by_table", counting_table)
-    monkeypatch.setattr(calibration.ModuleCalibrator, "_requant_table", counting_requant)
+    monkeypatch.setattr(TablePaths, "calibrate_by_table", counting_table)
+    monkeypatch.setattr(TablePaths, "requant_table", counting_requant)
     return taken
 
 
@@ -181,7 +182,7 @@ def test_table_path_reports_non_finite_results_like_the_block_walk(
     from fhequant.errors import NonFiniteError
 
     model = mlp([10, 8, 4], act="Exp", seed=1, scale=300)  # exp overflows to inf
-    applies = calibration.ModuleCalibrator._table_applies
+    applies = TablePaths.applies
     entered: list[str] = []
 
     def recording(self: Any, op: Any, variable: list[str]) -> bool:
@@ -189,7 +190,7 @@ def test_table_path_reports_non_finite_results_like_the_block_walk(
         entered.extend([op.op_instance_name] if ok else [])
         return ok
 
-    monkeypatch.setattr(calibration.ModuleCalibrator, "_table_applies", recording)
+    monkeypatch.setattr(TablePaths, "applies", recording)
     with np.errstate(all="ignore"), pytest.raises(NonFiniteError, match=r"'act0'.*'a0'"):
         build_quantized_module(model, X, n_bits=5)
     assert entered == ["act0"]  # raised by the table path

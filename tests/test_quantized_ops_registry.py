@@ -29,9 +29,9 @@ from fhequant.quantized import (
     QuantizedModule,
     QuantizedOp,
     QuantizedRelu,
-    calibration,
     quantize_module,
 )
+from fhequant.quantized.calibration.tables import TablePaths
 from fhequant.quantized.ops.registry import isolated_op_registry, quantized_op_class
 from fhequant.serialization import registered_classes
 from onnx_testing import run_ort
@@ -96,7 +96,7 @@ def test_an_op_class_defined_in_a_test_registers_itself_and_works_end_to_end(
     implementation but no quantized op), then it is calibrated by table, serialized, run."""
     assert "ThresholdedRelu" not in ONNX_OPS_TO_QUANTIZED_IMPL
     json_before = registered_classes()
-    by_table = calibration.ModuleCalibrator._calibrate_by_table
+    by_table = TablePaths.calibrate_by_table
     taken: list[bool] = []
 
     def counting(self: Any, op: Any, variable: list[str], out: str) -> bool:
@@ -104,7 +104,7 @@ def test_an_op_class_defined_in_a_test_registers_itself_and_works_end_to_end(
         taken.append(done)
         return done
 
-    monkeypatch.setattr(calibration.ModuleCalibrator, "_calibrate_by_table", counting)
+    monkeypatch.setattr(TablePaths, "calibrate_by_table", counting)
     x = np.random.default_rng(5).normal(size=(300, 10)).astype(np.float32) * 2
     model = mlp([10, 16, 4], act="ThresholdedRelu", seed=4)
     with isolated_op_registry() as registry:

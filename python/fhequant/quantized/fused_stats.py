@@ -20,8 +20,9 @@ Set :data:`ENABLED` to False to always take the materialised path.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -29,10 +30,12 @@ from fhequant import _core
 from fhequant.errors import FhequantError
 from fhequant.kernels import quant as _kernels
 from fhequant.onnx.ops._spatial import per_axis, resolve_pads
+from fhequant.quantization import UniformQuantizer
 from fhequant.quantized.exec import routed_float_impl
+from fhequant.quantized.finite import check_finite
 from fhequant.quantized.float_impls import _native_conv_fits
 
-__all__ = ["ENABLED", "fused_statistics"]
+__all__ = ["ENABLED", "BlockSource", "fused_statistics"]
 
 #: Use the fused kernels when they apply (tests compare both paths).
 ENABLED = True
@@ -41,6 +44,23 @@ _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
 _FLOATS = (_F32, _F64)
 _NARROW = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32))
+
+
+class BlockSource(Protocol):
+    """What the fused pass reads from the calibration walk (its tensor store)."""
+
+    def blocks(self, what: str) -> Iterator[int]:
+        """The block indices of one pass over all rows (``what`` names the pass)."""
+        ...
+
+    def float_block(self, name: str, b: int) -> Any:
+        """The float values of tensor ``name`` in block ``b``."""
+        ...
+
+    def narrow_stored_block(self, name: str, b: int) -> tuple[np.ndarray, UniformQuantizer] | None:
+        """Block ``b`` of a quantized tensor as stored in int8/16/32, with its quantizer, when
+        the native dequantize reads it as it is; None otherwise."""
+        ...
 
 
 class _Variable:
@@ -65,7 +85,7 @@ class _Plan:
                 self.bias64 = np.ascontiguousarray(self.bias, dtype=np.float64)
 
 
-def fused_statistics(cal: Any, op: Any, variable: list[str], out: str) -> np.ndarray | None:
+def fused_statistics(cal: BlockSource, op: Any, variable: list[str], out: str) -> np.ndarray | None:
     """The global ``[min, max]`` of the op's float result over all blocks, or None.
 
     Only for results used by their min and max alone (the caller checks PTQ and not
@@ -75,7 +95,7 @@ def fused_statistics(cal: Any, op: Any, variable: list[str], out: str) -> np.nda
     one, evaluated by the split-independent float implementation.
 
     Args:
-        cal: the ModuleCalibrator.
+        cal: the blocks of the walk (its tensor store).
         op: the quantized op (its ``call_impl`` routed by ``use_split_independent_impl``
             in this context).
         variable: the names of its variable inputs.
@@ -96,14 +116,12 @@ def fused_statistics(cal: Any, op: Any, variable: list[str], out: str) -> np.nda
     plan = _plan(op)
     if plan is None:
         return None
-    from fhequant.quantized.calibration import _check_finite
-
     where = f"op {op.op_instance_name!r} ({type(op).__name__})"
     lo: Any = None
     hi: Any = None
     dtype: Any = None
     name = variable[0]
-    for b in cal._blocks(f"{op.op_instance_name} statistics"):
+    for b in cal.blocks(f"{op.op_instance_name} statistics"):
         found = _block_extremes(cal, plan, name, b)
         if found is None:
             arr = _materialised(cal, op, name, b)
@@ -112,22 +130,24 @@ def fused_statistics(cal: Any, op: Any, variable: list[str], out: str) -> np.nda
             blo, bhi, bdtype = arr.min(), arr.max(), arr.dtype
         else:
             blo, bhi, bdtype = found
-        _check_finite(blo, bhi, out, where)
+        check_finite(blo, bhi, out, where)
         lo = blo if lo is None else np.minimum(lo, blo)
         hi = bhi if hi is None else np.maximum(hi, bhi)
         dtype = bdtype
     return np.array([lo, hi], dtype=dtype)
 
 
-def _materialised(cal: Any, op: Any, name: str, b: int) -> np.ndarray:
+def _materialised(cal: BlockSource, op: Any, name: str, b: int) -> np.ndarray:
     """Block ``b`` of the op's float result, as the materialised statistics pass computes it."""
     prepared = op._prepare_inputs_with_constants(
-        cal._float_block(name, b), calibrate=True, quantize_actual_values=False
+        cal.float_block(name, b), calibrate=True, quantize_actual_values=False
     )
     return np.asarray(op.call_impl(*prepared, **op.attrs))
 
 
-def _block_extremes(cal: Any, plan: _Plan, name: str, b: int) -> tuple[Any, Any, Any] | None:
+def _block_extremes(
+    cal: BlockSource, plan: _Plan, name: str, b: int
+) -> tuple[Any, Any, Any] | None:
     """(min, max, dtype) of block ``b`` from the kernels, or None to materialise it."""
     x, dequant = _block_input(cal, name, b)
     dtype = _result_dtype(plan, x, dequant)
@@ -148,7 +168,9 @@ def _block_extremes(cal: Any, plan: _Plan, name: str, b: int) -> tuple[Any, Any,
     return dtype.type(lo), dtype.type(hi), dtype
 
 
-def _block_input(cal: Any, name: str, b: int) -> tuple[np.ndarray, tuple[float, float] | None]:
+def _block_input(
+    cal: BlockSource, name: str, b: int
+) -> tuple[np.ndarray, tuple[float, float] | None]:
     """The stored integers with their (scale, zero_point) when the materialised pass would
     dequantize them with the native kernel, else the float block it would read."""
     narrow = cal.narrow_stored_block(name, b)
@@ -158,7 +180,7 @@ def _block_input(cal: Any, name: str, b: int) -> tuple[np.ndarray, tuple[float, 
             scale = float(np.asarray(q.scale).astype(np.float64))
             zero_point = float(np.asarray(q.zero_point).astype(np.float64))
             return stored, (scale, zero_point)
-    return np.asarray(cal._float_block(name, b)), None
+    return np.asarray(cal.float_block(name, b)), None
 
 
 def _result_dtype(plan: _Plan, x: np.ndarray, dequant: Any) -> np.dtype[Any] | None:

@@ -1,0 +1,305 @@
+"""The passes that calibrate one op over the row blocks (docs/contract.md §4.2, decision 4).
+
+:meth:`OpPasses.calibrate` picks the path of an op:
+
+* the table path when it applies (:class:`~fhequant.quantized.calibration.tables.TablePaths`);
+* one block: the reference walk on the whole set (:meth:`OpPasses.whole`);
+* several blocks (:meth:`OpPasses.streamed`): a statistics pass (global min/max of the float op,
+  fused in native kernels when only they are needed), or, for ops whose calibration is not a
+  min/max reduction, ``op.calibrate`` on the concatenated inputs; then one output pass per
+  rounding point (its accumulator range gathered by a ``RoundingRangeObserver``) and a last one
+  that keeps the quantized output for the consumers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+
+from fhequant.errors import NonFiniteError
+from fhequant.kernels import quant as _kernels
+from fhequant.quantization import QuantizationOptions, QuantizedArray
+from fhequant.quantized.calibration import traits
+from fhequant.quantized.calibration.store import WalkStore, requantizes_to_itself
+from fhequant.quantized.calibration.tables import TablePaths
+from fhequant.quantized.exec import ClearBackend, Executor, RoundingRangeObserver, use_executor
+from fhequant.quantized.finite import check_finite
+from fhequant.quantized.fused_stats import fused_statistics
+from fhequant.quantized.graph import use_split_independent_impl
+from fhequant.quantized.ops.base import compute_bits_precision
+from fhequant.quantized.percentile import TailSelector, percentile_from_tails
+
+__all__ = ["OpPasses", "union_uvalues"]
+
+
+def union_uvalues(uniques: Any, values: Any) -> Any:
+    """Sorted union of the 2-decimal unique values (MinMaxQuantizationStats.uvalues)."""
+    batch = _kernels.rounded_unique(np.asarray(values))
+    if batch is None or uniques is None:
+        return batch if uniques is None else uniques
+    return np.union1d(uniques, batch)
+
+
+class OpPasses:
+    """Calibrates the ops of one walk on the blocks of its store.
+
+    Args:
+        store: the walk's tensors and blocks.
+        tables: the walk's table paths.
+        flows_raw: QAT import: the raw float output flows downstream.
+        input_stats: the whole-set (min, max) of every graph input.
+    """
+
+    def __init__(
+        self,
+        store: WalkStore,
+        tables: TablePaths,
+        flows_raw: bool,
+        input_stats: dict[str, tuple[Any, Any]],
+    ) -> None:
+        self.store = store
+        self.tables = tables
+        self.flows_raw = flows_raw
+        self.input_stats = input_stats
+        self._input_quant_cache: dict[tuple[str, Any], Any] = {}
+
+    def calibrate(self, op: Any, variable: list[str], out: str) -> None:
+        """Calibrate ``op`` (variable inputs ``variable``) and store its output ``out``."""
+        if self.tables.calibrate_by_table(op, variable, out):
+            return
+        with use_split_independent_impl(op):
+            if self.store.n_blocks == 1:
+                self.whole(op, variable, out)
+            else:
+                self.streamed(op, variable, out)
+
+    # --- the calibration inputs of an op -----------------------------------------------
+
+    def calibration_qa(self, name: str, b: int, op: Any) -> Any:
+        """The calibration QuantizedArray of a variable input (docs/contract.md §4.2 step 1)."""
+        store = self.store
+        tensor = store.tensors[name]
+        if tensor.kind == "quant" and not tensor.stored_floats:
+            q = tensor.quantizer
+            assert q is not None
+            requantized = self.tables.requantized_input(name, b, op)
+            if requantized is not None:
+                return requantized
+            ints = store.data.get(name, b)
+            if requantizes_to_itself(q, tensor, ints):
+                # QA(n, dequant(q), q's params) would quantize back to exactly q: build it
+                # from the integers (values = the same float64 dequant) and skip that pass.
+                wide = np.asarray(ints, dtype=np.int64)
+                return QuantizedArray(
+                    q.n_bits,
+                    wide,
+                    value_is_float=False,
+                    options=q.quant_options,
+                    stats=q.quant_stats,
+                    params=q.quant_params,
+                    # a widened copy is ours already; a block kept as stored is copied
+                    copy_values=store.data.holds(name, b, wide),
+                    # the float values only when the op reads them (same bits, once)
+                    defer=True,
+                )
+        data = store.float_block(name, b)
+        if tensor.kind == "raw":
+            return data
+        if tensor.kind == "quant":
+            q = tensor.quantizer
+            assert q is not None
+            return QuantizedArray(
+                q.n_bits,
+                data,
+                options=q.quant_options,
+                stats=q.quant_stats,
+                params=q.quant_params,
+            )
+        opts = op.input_quant_opts
+        ref = self.input_reference(name, opts, data.dtype)
+        return QuantizedArray(
+            opts.n_bits,
+            data,
+            options=opts,
+            stats=ref.quant_stats,
+            params=ref.quant_params,
+        )
+
+    def input_reference(self, name: str, opts: QuantizationOptions, dtype: Any) -> Any:
+        """A quantizer with the whole-set statistics of a graph input under ``opts``."""
+        key = (name, repr(opts.dump_dict()))
+        cached = self._input_quant_cache.get(key)
+        if cached is None:
+            lo, hi = self.input_stats[name]
+            ends = np.array([lo, hi], dtype=dtype)
+            cached = QuantizedArray(opts.n_bits, ends, options=opts).quantizer
+            self._input_quant_cache[key] = cached
+        return cached
+
+    # --- the passes ---------------------------------------------------------------------
+
+    def whole(self, op: Any, variable: list[str], out: str) -> None:
+        """The reference walk on the whole set (one block).
+
+        Ops with the default calibration get their output quantizer from the min/max of the
+        float result (the numbers of QA(n_bits, raw), without its unused uvalues sort).
+        """
+        raw_blocks: list[Any] | None
+        if traits.has_default_calibration(op):
+            raw_blocks = self.statistics(op, variable, out)
+        else:
+            floats = [self.store.float_block(n, 0) for n in variable]
+            self._check_inputs_finite(op, variable, floats)
+            raw = self._op_calibrate(op, out, floats)
+            raw_blocks = [raw] if self.flows_raw else None
+        qas = [self.calibration_qa(n, 0, op) for n in variable]
+        quant = op.q_impl(*qas, calibrate_rounding=bool(getattr(op, "is_mixing", False)))
+        self.store.store_output(out, 0, quant, raw_blocks[0] if raw_blocks is not None else None)
+        traits.finish(op, quant)
+
+    def streamed(self, op: Any, variable: list[str], out: str) -> None:
+        """Statistics (or concatenated) pass, then output passes until every rounding point
+        is calibrated."""
+        store = self.store
+        raw_blocks: list[Any] | None = None
+        if not traits.has_default_calibration(op):
+            raw_blocks = self.concatenated(op, variable, out)
+        else:
+            raw_blocks = self.statistics(op, variable, out)
+        rounding = getattr(op, "is_mixing", False) and op.rounding_threshold_bits is not None
+        while True:
+            # each pass gathers the accumulator range of the next uncalibrated rounding point
+            recorder = RoundingRangeObserver(op) if rounding else None
+            scope = (
+                use_executor(Executor(ClearBackend(), recorder))
+                if recorder is not None
+                else contextlib.nullcontext()
+            )
+            store.reset_output(out)
+            last: Any = None
+            with scope:
+                for b in store.blocks(f"{op.op_instance_name} outputs"):
+                    qas = [self.calibration_qa(n, b, op) for n in variable]
+                    last = op.q_impl(*qas)
+                    raw = raw_blocks[b] if raw_blocks is not None else None
+                    store.store_output(out, b, last, raw)
+            if recorder is None or recorder.pending is None:
+                break
+            # One more rounding point calibrated: its accumulator range is global now.
+            assert recorder.lo is not None and recorder.hi is not None
+            target = int(op.rounding_threshold_bits["n_bits"])
+            width = int(compute_bits_precision(recorder.lo, recorder.hi))
+            op.lsbs_to_remove[recorder.pending] = max(0, width - target)
+        traits.finish(op, last)
+
+    def concatenated(self, op: Any, variable: list[str], out: str) -> list[Any] | None:
+        """Exact fallback for ops whose calibration is not a min/max reduction."""
+        store = self.store
+        parts: list[list[Any]] = [[] for _ in variable]
+        for b in store.blocks(f"{op.op_instance_name} (gathering inputs)"):
+            for i, name in enumerate(variable):
+                parts[i].append(store.float_block(name, b))
+        floats = [np.concatenate(p, axis=0) for p in parts]
+        self._check_inputs_finite(op, variable, floats)
+        raw = self._op_calibrate(op, out, floats)
+        if not self.flows_raw:
+            return None
+        starts = np.cumsum([0, *store.block_sizes])
+        return [raw[starts[i] : starts[i + 1]] for i in range(store.n_blocks)]
+
+    def statistics(self, op: Any, variable: list[str], out: str) -> list[Any] | None:
+        """Global min/max of the float op over all blocks; sets the output quantizer.
+
+        BatchNorm with per-channel parameters first clips its output to the 0.1 and 99.9
+        percentiles of the whole tensor (docs/contract.md §3.7); they are computed exactly from
+        the smallest and largest 0.1 % of the values (:mod:`fhequant.quantized.percentile`).
+        """
+        store = self.store
+        lo: Any = None
+        hi: Any = None
+        dtype: Any = None
+        keep: list[Any] | None = [] if self.flows_raw else None
+        raw_output = bool(op.spec().raw_output)
+        selector: TailSelector | None = None
+        uniques: Any = None
+        if keep is None and not raw_output and not traits.clips_percentiles(op):
+            # only the min/max are used: the native kernels need not materialise the result
+            fused = fused_statistics(store, op, variable, out)
+            if fused is not None:
+                op._set_output_quantizer(fused)
+                return None
+        for b in store.blocks(f"{op.op_instance_name} statistics"):
+            floats = [store.float_block(n, b) for n in variable]
+            prepared = op._prepare_inputs_with_constants(
+                *floats, calibrate=True, quantize_actual_values=False
+            )
+            raw = op.call_impl(*prepared, **op.attrs)
+            if keep is not None:
+                keep.append(raw)
+            if raw_output:
+                continue
+            arr = np.asarray(raw)
+            if (
+                b == 0
+                and traits.clips_percentiles(op)
+                and (np.size(prepared[1]) > 1 or np.size(prepared[2]) > 1)
+            ):
+                per_row = arr.size // max(arr.shape[0], 1) if arr.ndim else 1
+                selector = TailSelector(per_row * sum(store.block_sizes))
+            if arr.size == 0:
+                continue
+            blo, bhi = arr.min(), arr.max()
+            check_finite(blo, bhi, out, f"op {op.op_instance_name!r} ({type(op).__name__})")
+            lo = blo if lo is None else np.minimum(lo, blo)
+            hi = bhi if hi is None else np.maximum(hi, bhi)
+            dtype = arr.dtype
+            if selector is not None:
+                selector.update(arr)
+            if keep is not None:
+                uniques = union_uvalues(uniques, arr)
+        if not raw_output:
+            ends = np.array([lo, hi], dtype=dtype)
+            if selector is not None:
+                ends = np.clip(
+                    ends,
+                    percentile_from_tails(selector, 0.1),
+                    percentile_from_tails(selector, 99.9),
+                )
+            op._set_output_quantizer(ends)
+            if keep is not None and op.output_quant_stats is not None:
+                # QAT import: check_is_uniform_quantized needs the real uvalues
+                # (docs/contract.md §1.2).
+                op.output_quant_stats.uvalues = uniques
+        return keep
+
+    # --- finiteness ---------------------------------------------------------------------
+
+    def _op_calibrate(self, op: Any, out: str, floats: list[Any]) -> Any:
+        """op.calibrate on whole tensors, with non-finite outputs reported by tensor and op."""
+        try:
+            raw = op.calibrate(*floats)
+        except NonFiniteError as exc:
+            raise NonFiniteError(
+                f"op {op.op_instance_name!r} ({type(op).__name__}): tensor {out!r} contains NaN "
+                "or infinite values; clean the calibration data or fix the model so every "
+                f"value stays finite ({exc})"
+            ) from exc
+        self._check_output_finite(op, out, raw)
+        return raw
+
+    @staticmethod
+    def _check_inputs_finite(op: Any, names: list[str], floats: list[Any]) -> None:
+        for name, values in zip(names, floats, strict=True):
+            arr = np.asarray(values)
+            if arr.size and np.issubdtype(arr.dtype, np.floating):
+                check_finite(arr.min(), arr.max(), name, f"input of op {op.op_instance_name!r}")
+
+    @staticmethod
+    def _check_output_finite(op: Any, out: str, raw: Any) -> None:
+        arr = np.asarray(raw)
+        if arr.size and np.issubdtype(arr.dtype, np.floating):
+            check_finite(
+                arr.min(), arr.max(), out, f"op {op.op_instance_name!r} ({type(op).__name__})"
+            )

@@ -1,0 +1,281 @@
+"""The tensors of the calibration walk and their blocks (docs/contract.md decision 4).
+
+:class:`WalkStore` knows, for every variable tensor of the walk (graph input or op output),
+what it holds (:class:`WalkTensor`: raw floats, quantized integers, their ranges, how many
+consumers still read it) and keeps its per-block values in a
+:class:`~fhequant.quantized.streaming.TensorStore` (in memory up to a budget, then spilled).
+It is the :class:`~fhequant.quantized.fused_stats.BlockSource` the passes read from: the row
+blocks (with the progress bar), the float values that flow downstream and, for quantized
+tensors, the stored integers.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fhequant.quantization import QuantizedArray, UniformQuantizer
+from fhequant.quantized.streaming import TensorStore
+
+__all__ = [
+    "TABLE_INDEX",
+    "Progress",
+    "WalkStore",
+    "WalkTensor",
+    "indexes_tables",
+    "native_dequant_params",
+    "requantizes_to_itself",
+]
+
+_NARROW_DEQUANT = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32))
+
+#: Integer tables are built for ranges of fewer integers than this.
+TABLE_MAX_SIZE = 1 << 16
+#: Stored integer dtypes a table lookup reads as they are.
+TABLE_INDEX = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64))
+
+
+def native_dequant_params(q: UniformQuantizer) -> bool:
+    """Scalar real zero point and float64 scale: the native dequantize kernel applies."""
+    scale, zp = q.scale, q.zero_point
+    return (
+        isinstance(scale, (float, np.float64))
+        and isinstance(zp, (int, float, np.integer, np.floating))
+        and not isinstance(zp, (bool, np.float16, np.longdouble))
+    )
+
+
+@dataclass
+class WalkTensor:
+    """A variable tensor of the walk: a graph input or an op output."""
+
+    kind: str  # "input", "quant" or "raw"
+    quantizer: UniformQuantizer | None = None
+    vmin: Any = None
+    vmax: Any = None
+    producers: set[str] = field(default_factory=set)
+    consumers_left: int = 0
+    stored_floats: bool = False
+    # the range of the stored integers over all blocks (kind "quant", PTQ)
+    qmin: int | None = None
+    qmax: int | None = None
+
+
+def requantizes_to_itself(quantizer: UniformQuantizer, tensor: WalkTensor, q: np.ndarray) -> bool:
+    """Whether quant(dequant(q)) == q for this quantizer: a finite non-zero scalar scale, a
+    scalar zp and the tensor's integers inside the clip range (graph-output accumulators
+    are not)."""
+    scale, zp = quantizer.scale, quantizer.zero_point
+    if np.ndim(scale) or np.ndim(zp) or not np.isfinite(scale) or scale == 0 or q.size == 0:
+        return False
+    if quantizer.no_clipping or q.dtype.kind not in "iu" or tensor.qmin is None:
+        return False
+    offset = quantizer.offset or 0
+    lo, hi = -offset + (1 if quantizer.is_narrow else 0), 2**quantizer.n_bits - 1 - offset
+    return bool(lo <= tensor.qmin and tensor.qmax is not None and tensor.qmax <= hi)
+
+
+def indexes_tables(tensor: WalkTensor) -> bool:
+    """Whether blocks of ``tensor`` can index an integer table: stored integers of a known,
+    small range whose floats are the native dequantize of a scalar scale and zero point."""
+    q = tensor.quantizer
+    return (
+        tensor.kind == "quant"
+        and not tensor.stored_floats
+        and q is not None
+        and native_dequant_params(q)
+        and tensor.qmin is not None
+        and tensor.qmax is not None
+        and tensor.qmax - tensor.qmin < TABLE_MAX_SIZE
+    )
+
+
+class Progress:
+    """A tqdm bar over rows, one pass at a time (only when asked or on a terminal)."""
+
+    def __init__(self, total_rows: int, verbose: bool) -> None:
+        self.bar: Any = None
+        if verbose or sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_rows, unit="row", leave=False, file=sys.stderr)
+        self.passes = 0
+
+    def start(self, what: str, total_rows: int) -> None:
+        self.passes += 1
+        if self.bar is not None:
+            self.bar.reset(total=total_rows)
+            self.bar.set_description(f"calibration pass {self.passes}: {what}")
+
+    def advance(self, rows: int) -> None:
+        if self.bar is not None:
+            self.bar.update(rows)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class WalkStore:
+    """The variable tensors of one calibration walk and their blocks.
+
+    Args:
+        memory_budget: bytes of blocks kept in memory before spilling to disk.
+        flows_raw: QAT import: op outputs are kept as their raw floats (PTQ keeps integers).
+    """
+
+    def __init__(self, memory_budget: int, flows_raw: bool) -> None:
+        self.flows_raw = flows_raw
+        self.tensors: dict[str, WalkTensor] = {}
+        self.data = TensorStore(memory_budget)
+        self.block_sizes: list[int] = []
+        self.progress: Progress | None = None
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.block_sizes)
+
+    def blocks(self, what: str) -> Iterator[int]:
+        """The block indices of one pass over all rows, advancing the progress bar."""
+        assert self.progress is not None
+        self.progress.start(what, sum(self.block_sizes))
+        for b, rows in enumerate(self.block_sizes):
+            yield b
+            self.progress.advance(rows)
+
+    def close(self) -> None:
+        """Close the progress bar and free every block (spill files included)."""
+        if self.progress is not None:
+            self.progress.close()
+        self.data.close()
+
+    # --- reading blocks -------------------------------------------------------------------
+
+    def float_block(self, name: str, b: int) -> Any:
+        """The float values of tensor ``name`` in block ``b`` (what flows downstream)."""
+        narrow = self.narrow_stored_block(name, b)
+        if narrow is not None:
+            stored, q = narrow
+            return q.dequant(stored)
+        tensor = self.tensors[name]
+        if tensor.kind == "quant" and not tensor.stored_floats and tensor.quantizer is not None:
+            return tensor.quantizer.dequant(self.data.get(name, b))
+        return self.data.get(name, b)
+
+    def narrow_stored_block(self, name: str, b: int) -> tuple[np.ndarray, UniformQuantizer] | None:
+        """Block ``b`` of a quantized tensor as stored in int8/16/32, with its quantizer, when
+        the native dequantize reads it as it is: the same float64 bits as for the widened
+        int64 block, without the widening copy. None otherwise."""
+        tensor = self.tensors[name]
+        q = tensor.quantizer
+        if tensor.kind != "quant" or tensor.stored_floats or q is None:
+            return None
+        stored = self.data.get_stored(name, b)
+        if (
+            stored.ndim
+            and stored.size
+            and stored.dtype in _NARROW_DEQUANT
+            and native_dequant_params(q)
+        ):
+            return stored, q
+        return None
+
+    def table_index_block(self, name: str, b: int) -> np.ndarray:
+        """Block ``b`` of a quant tensor as contiguous signed integers (as stored if it can)."""
+        stored = self.data.get_stored(name, b)
+        if stored.dtype not in TABLE_INDEX:
+            stored = self.data.get(name, b).astype(np.int64)
+        return np.ascontiguousarray(stored)
+
+    # --- writing blocks -------------------------------------------------------------------
+
+    def store_output(self, out: str, b: int, quant: Any, raw: Any) -> None:
+        """Keep block ``b`` of an op's output for its consumers.
+
+        PTQ keeps the integers (dequantized on read), quantized straight into int8/int16
+        when the output quantizer allows; QAT import keeps the raw floats.
+        """
+        tensor = self.tensors[out]
+        if isinstance(quant, QuantizedArray):
+            tensor.kind = "quant"
+            tensor.quantizer = quant.quantizer
+            if self.flows_raw:
+                tensor.stored_floats = True
+                values = np.asarray(raw)
+                lo, hi = (values.min(), values.max()) if values.size else (None, None)
+                if tensor.consumers_left > 0:
+                    self.data.put(out, values)
+            elif tensor.consumers_left <= 0:
+                return  # a graph output only: no op reads its blocks or ranges
+            else:
+                ints, qlo, qhi = quant.compact_qvalues()
+                ints = np.asarray(ints)
+                self.store_ints(out, ints, qlo, qhi, np.int64 if qlo is not None else None)
+                return
+            if lo is not None:
+                tensor.vmin = lo if tensor.vmin is None else min(tensor.vmin, lo)
+                tensor.vmax = hi if tensor.vmax is None else max(tensor.vmax, hi)
+        else:
+            tensor.kind = "raw"
+            if tensor.consumers_left > 0:
+                self.data.put(out, np.asarray(quant))
+
+    def store_ints(self, out: str, ints: np.ndarray, qlo: Any, qhi: Any, wide: Any) -> None:
+        """Keep a block of integers of the quant tensor ``out`` (whose quantizer is set),
+        merging their range and the range of their float values.
+
+        Args:
+            out: the tensor.
+            ints: the block's integers (``wide`` given: a fresh array narrowed from it).
+            qlo: their min (None: computed here).
+            qhi: their max.
+            wide: the dtype the integers stand for, or None when ``ints`` has it.
+        """
+        tensor = self.tensors[out]
+        quantizer = tensor.quantizer
+        assert quantizer is not None
+        if tensor.consumers_left <= 0:
+            return  # a graph output only: no op reads its blocks or ranges
+        if ints.size:
+            if qlo is None:
+                qlo, qhi = ints.min(), ints.max()
+            if ints.dtype.kind in "iu":
+                qlo, qhi = int(qlo), int(qhi)
+                tensor.qmin = qlo if tensor.qmin is None else min(tensor.qmin, qlo)
+                tensor.qmax = qhi if tensor.qmax is None else max(tensor.qmax, qhi)
+            lo, hi = self.value_range(quantizer, ints, qlo, qhi, wide)
+            tensor.vmin = lo if tensor.vmin is None else min(tensor.vmin, lo)
+            tensor.vmax = hi if tensor.vmax is None else max(tensor.vmax, hi)
+        self.data.put(out, ints, dtype=wide)
+
+    @staticmethod
+    def value_range(
+        quantizer: UniformQuantizer, q: np.ndarray, qlo: Any, qhi: Any, wide: Any
+    ) -> tuple[Any, Any]:
+        """min/max of quantizer.dequant(q) for a non-empty block of min ``qlo`` and max
+        ``qhi``, without dequantizing everything when monotone."""
+        scale = quantizer.scale
+        zp = quantizer.zero_point
+        if np.ndim(zp) == 0 and np.ndim(scale) == 0 and scale > 0:
+            ends = quantizer.dequant(np.array([qlo, qhi], dtype=q.dtype if wide is None else wide))
+            return ends[0], ends[1]
+        values = quantizer.dequant(q if wide is None else q.astype(wide))
+        return values.min(), values.max()
+
+    def reset_output(self, out: str) -> None:
+        """Forget the blocks and ranges of ``out`` (before another output pass)."""
+        tensor = self.tensors[out]
+        self.data.drop(out)
+        tensor.vmin = tensor.vmax = None
+        tensor.qmin = tensor.qmax = None
+
+    def release(self, name: str) -> None:
+        """One consumer of ``name`` is calibrated: free its blocks after the last one."""
+        tensor = self.tensors[name]
+        tensor.consumers_left -= 1
+        if tensor.consumers_left <= 0:
+            self.data.drop(name)

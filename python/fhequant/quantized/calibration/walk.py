@@ -1,0 +1,375 @@
+"""The calibration walk: from an ONNX graph and calibration data to the parts of a
+QuantizedModule (docs/contract.md §4.2).
+
+:class:`ModuleCalibrator` loads the graph inputs into its :class:`WalkStore`, then visits the
+nodes in ONNX order: constants are folded, every other node becomes a quantized op that
+:class:`OpPasses` calibrates on the blocks of its producers; a tensor's blocks are freed after
+its last consumer. :func:`quantize_module` is the entry point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from fhequant.errors import GraphInputError, UnsupportedOpError
+from fhequant.quantization import QuantizedArray, UniformQuantizer
+from fhequant.quantized.calibration.passes import OpPasses
+from fhequant.quantized.calibration.store import Progress, WalkStore, WalkTensor
+from fhequant.quantized.calibration.tables import TablePaths
+from fhequant.quantized.finite import check_finite
+from fhequant.quantized.graph import BREVITAS_QUANT as _BREVITAS_QUANT
+from fhequant.quantized.graph import (
+    GraphNode,
+    fold_constant,
+    graph_input_names,
+    graph_nodes,
+    quantized_registry,
+)
+from fhequant.quantized.n_bits import resolve_n_bits
+from fhequant.quantized.strategies import (
+    PostTrainingAffineQuantization,
+    PostTrainingQATImporter,
+    QuantizationStrategy,
+)
+from fhequant.quantized.streaming import (
+    DEFAULT_BLOCK_ROWS,
+    DEFAULT_MEMORY_BUDGET,
+    CalibrationData,
+    iter_row_blocks,
+    normalize_calibration_data,
+)
+
+__all__ = ["ModuleCalibrator", "quantize_module"]
+
+
+class ModuleCalibrator:
+    """Runs the calibration walk of one ONNX model with one strategy.
+
+    Args:
+        model: the (pre-processed) ONNX model.
+        strategy: PTQ or QAT import.
+        rounding_threshold_bits: passed to every mixing op.
+        block_rows: rows per evaluation block.
+        memory_budget: bytes of intermediate blocks kept in memory before spilling to disk.
+        verbose: show a progress bar even when stderr is not a terminal.
+        preprocess: optional function applied to each block of inputs (ONNX pre-processing).
+    """
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        strategy: QuantizationStrategy,
+        rounding_threshold_bits: Any = None,
+        block_rows: int = DEFAULT_BLOCK_ROWS,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        verbose: bool = False,
+        preprocess: Callable[..., tuple[np.ndarray, ...]] | None = None,
+    ) -> None:
+        if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:
+            raise GraphInputError(f"batch_size must be a positive int, got {block_rows!r}")
+        self.model = model
+        self.strategy = strategy
+        self.bits = strategy.bits
+        self.rounding_threshold_bits = rounding_threshold_bits
+        self.block_rows = block_rows
+        self.memory_budget = memory_budget
+        self.verbose = verbose
+        self.preprocess = preprocess
+        self.input_names = graph_input_names(model)
+        self.output_names = [o.name for o in model.graph.output]
+        self.nodes = graph_nodes(model)
+        self.constants: dict[str, Any] = {
+            init.name: numpy_helper.to_array(init) for init in model.graph.initializer
+        }
+        self.quant_layers: dict[str, tuple[tuple[str, ...], Any]] = {}
+        self.node_inputs: dict[str, tuple[str, ...]] = {}
+        self.input_stats: dict[str, tuple[Any, Any]] = {}
+        self.store = WalkStore(memory_budget, strategy.flows_raw)
+        self.tensors = self.store.tensors
+        self.tables = TablePaths(self.store, strategy.flows_raw)
+        self.passes = OpPasses(self.store, self.tables, strategy.flows_raw, self.input_stats)
+
+    # --- entry ---------------------------------------------------------------------------
+
+    def run(self, data: Any) -> dict[str, Any]:
+        """Calibrate every op.
+
+        Args:
+            data: calibration data (see :func:`normalize_calibration_data`).
+
+        Returns:
+            A dict with the ordered input and output names, quant_layers_dict, the per-input
+            quantizers (docs/contract.md §4.6) and the number of calibration rows.
+        """
+        calib = normalize_calibration_data(data)
+        try:
+            self._load_inputs(calib)
+            self._count_consumers()
+            for node in self.nodes:
+                self._visit(node)
+            input_quantizers = self._input_quantizers()
+        finally:
+            self.store.close()
+        return {
+            "input_names": tuple(self.input_names),
+            "output_names": tuple(self.output_names),
+            "quant_layers_dict": self.quant_layers,
+            "input_quantizers": input_quantizers,
+            "node_inputs": self.node_inputs,
+            "n_rows": sum(self.store.block_sizes),
+            "spilled": self.store.data.spilled,
+        }
+
+    # --- graph inputs --------------------------------------------------------------------
+
+    def _load_inputs(self, calib: CalibrationData) -> None:
+        n_inputs = len(self.input_names)
+        in_memory = calib.arrays is not None
+        if in_memory:
+            assert calib.arrays is not None
+            if len(calib.arrays) != n_inputs:
+                raise GraphInputError(
+                    f"the model takes {n_inputs} input(s) {self.input_names} but the "
+                    f"calibration data holds {len(calib.arrays)}; give a tuple with one array "
+                    "per input"
+                )
+            total = calib.arrays[0].shape[0] if calib.arrays[0].ndim else 0
+        else:
+            total = 0
+        progress = self.store.progress = Progress(total, self.verbose)
+        progress.start("inputs", total)
+        lows: list[Any] = [None] * n_inputs
+        highs: list[Any] = [None] * n_inputs
+        for block in iter_row_blocks(calib, n_inputs, self.block_rows):
+            if self.preprocess is not None:
+                block = self.preprocess(*block)
+                owned = True
+            else:
+                owned = not in_memory
+            rows = block[0].shape[0]
+            self.store.block_sizes.append(rows)
+            for i, (name, arr) in enumerate(zip(self.input_names, block, strict=True)):
+                if arr.size:
+                    lo, hi = arr.min(), arr.max()
+                    check_finite(lo, hi, name, "calibration data")
+                    lows[i] = lo if lows[i] is None else np.minimum(lows[i], lo)
+                    highs[i] = hi if highs[i] is None else np.maximum(highs[i], hi)
+                self.store.data.put(name, arr, owned=owned)
+            progress.advance(rows)
+        if not self.store.block_sizes:
+            raise GraphInputError("the calibration data is empty; give at least one row per input")
+        for i, name in enumerate(self.input_names):
+            self.input_stats[name] = (lows[i], highs[i])
+            self.tensors[name] = WalkTensor("input", vmin=lows[i], vmax=highs[i], producers={name})
+
+    def _count_consumers(self) -> None:
+        for node in self.nodes:
+            for name in node.inputs:
+                if name in self.tensors:
+                    self.tensors[name].consumers_left += 1
+
+    # --- nodes ---------------------------------------------------------------------------
+
+    def _visit(self, node: GraphNode) -> None:
+        if node.op_type == "Constant":
+            self.constants[node.outputs[0]] = self._constant_node_value(node)
+            return
+        variable = [n for n in node.inputs if n in self.tensors]
+        if not variable and node.op_type == _BREVITAS_QUANT:
+            self.constants[node.outputs[0]] = self._fold_brevitas_quant(node)
+            return
+        if not variable:
+            values = [self.constants.get(n) if n else None for n in node.inputs]
+            values = [v.values if isinstance(v, QuantizedArray) else v for v in values]
+            self.constants[node.outputs[0]] = fold_constant(node, values)
+            return
+        if len(node.outputs) != 1:
+            raise UnsupportedOpError(
+                f"node {node.name!r} ({node.op_type}) has {len(node.outputs)} outputs; "
+                "quantized ops must have exactly one"
+            )
+        op = self._build_op(node, variable)
+        out = node.outputs[0]
+        producers: set[str] = set()
+        for name in variable:
+            producers |= self.tensors[name].producers
+        self.tensors[out] = WalkTensor("raw", producers=producers if op.can_fuse() else {out})
+        for n in self.nodes[node.index + 1 :]:
+            self.tensors[out].consumers_left += sum(1 for i in n.inputs if i == out)
+        self.passes.calibrate(op, variable, out)
+        self.tables.clear()  # one op at a time: its tables and buffers are done
+        self.quant_layers[out] = (tuple(variable), op)
+        for name in variable:
+            self.store.release(name)
+        if self.tensors[out].consumers_left == 0:
+            self.store.data.drop(out)
+
+    def _fold_brevitas_quant(self, node: GraphNode) -> QuantizedArray:
+        """A Quant on a constant (weights, bias): a precomputed-QAT QA
+        (docs/contract.md §3.8, §4.2)."""
+        cls = quantized_registry()[_BREVITAS_QUANT]
+        values = [self.constants.get(n) if n else None for n in node.inputs]
+        values = [v.values if isinstance(v, QuantizedArray) else v for v in values]
+        if values[0] is None:
+            raise GraphInputError(
+                f"Quant node {node.name!r}: its input {node.inputs[0]!r} is empty"
+            )
+        op = cls(
+            self.bits.model_outputs,
+            node.name,
+            constant_inputs={i: v for i, v in enumerate(values) if i > 0 and v is not None},
+            input_quant_opts=self.strategy.input_quant_opts(self.bits.op_weights, True),
+            **node.attrs,
+        )
+        op.calibrate(values[0])
+        folded = op.q_impl(values[0])
+        assert isinstance(folded, QuantizedArray)
+        return folded
+
+    def _constant_node_value(self, node: GraphNode) -> Any:
+        for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+            if key in node.attrs:
+                value = node.attrs[key]
+                if key == "value_float":
+                    return np.array(value, dtype=np.float32)
+                if key == "value_floats":
+                    return np.array(value, dtype=np.float32)
+                if key in ("value_int", "value_ints"):
+                    return np.array(value, dtype=np.int64)
+                return value
+        raise UnsupportedOpError(
+            f"Constant node {node.name!r} has none of the supported value attributes"
+        )
+
+    def _build_op(self, node: GraphNode, variable: list[str]) -> Any:
+        registry = quantized_registry()
+        cls = registry.get(node.op_type)
+        if cls is None:
+            raise UnsupportedOpError(
+                f"node {node.name!r}: op {node.op_type!r} has no quantized implementation; "
+                f"quantizable ops are {sorted(registry)}"
+            )
+        constants: dict[int, Any] = {}
+        for idx, name in enumerate(node.inputs):
+            if not name or name in self.tensors or name not in self.constants:
+                continue
+            value = self.constants[name]
+            if cls.must_quantize_input(idx):
+                constants[idx] = self.strategy.process_initializer(value, name)
+            else:
+                constants[idx] = value.values if isinstance(value, QuantizedArray) else value
+        int_input_names: set[str] = set()
+        signed = False
+        for name in variable:
+            tensor = self.tensors[name]
+            int_input_names |= tensor.producers
+            if tensor.vmin is not None and tensor.vmin < 0:
+                signed = True
+        n_in = (
+            self.bits.model_outputs
+            if cls.quantize_inputs_with_model_outputs_precision
+            else self.bits.op_inputs
+        )
+        kwargs: dict[str, Any] = {}
+        if cls.is_mixing:
+            kwargs["rounding_threshold_bits"] = self.rounding_threshold_bits
+        op = cls(
+            self.bits.model_outputs,
+            node.name,
+            int_input_names=int_input_names,
+            constant_inputs=constants,
+            input_quant_opts=self.strategy.input_quant_opts(n_in, signed),
+            **kwargs,
+            **node.attrs,
+        )
+        op.produces_graph_output = node.outputs[0] in self.output_names
+        if self.strategy.flows_raw:
+            op.error_tracker = []  # QAT: inputs re-quantized with QAT options
+            # (docs/contract.md §4.5)
+        self.node_inputs[node.outputs[0]] = tuple(node.inputs)
+        return op
+
+    # --- module input quantizers (docs/contract.md §4.6) ------------------------------------------
+
+    def _consumers(self, name: str) -> list[Any]:
+        return [op for _, (inputs, op) in self.quant_layers.items() if name in inputs]
+
+    def _input_quantizers(self) -> list[UniformQuantizer | None]:
+        quantizers: list[UniformQuantizer | None] = []
+        for name in self.input_names:
+            lo, hi = self.input_stats[name]
+            direct = self._consumers(name)
+            if not direct:
+                quantizers.append(None)
+                continue
+            brevitas = [op for op in direct if type(op).__name__ == "QuantizedBrevitasQuant"]
+            fusable = [op for op in direct if op.can_fuse() and op not in brevitas]
+            dtype = np.asarray(lo).dtype
+            ends = np.array([lo, hi], dtype=dtype)
+            if fusable or len(brevitas) > 1:
+                qa = QuantizedArray(self.bits.model_inputs, ends, is_signed=True)
+                quantizers.append(qa.quantizer)
+            elif len(brevitas) == 1:
+                op = brevitas[0]
+                qa = QuantizedArray(
+                    op.output_quant_opts.n_bits,  # the Brevitas bit width, not model_outputs
+                    None,
+                    value_is_float=False,
+                    options=op.output_quant_opts,
+                    stats=op.output_quant_stats,
+                    params=op.output_quant_params,
+                )
+                quantizers.append(qa.quantizer)
+            else:
+                opts = direct[0].input_quant_opts
+                qa = QuantizedArray(opts.n_bits, ends, options=opts)
+                quantizers.append(qa.quantizer)
+        return quantizers
+
+
+def quantize_module(
+    model: onnx.ModelProto,
+    data: Any,
+    n_bits: Any = 8,
+    rounding_threshold_bits: Any = None,
+    import_qat: bool = False,
+    block_rows: int = DEFAULT_BLOCK_ROWS,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    verbose: bool = False,
+    preprocess: Callable[..., tuple[np.ndarray, ...]] | None = None,
+) -> dict[str, Any]:
+    """Run the calibration walk (docs/contract.md §4.2) and return what QuantizedModule needs.
+
+    Args:
+        model: the ONNX model (pre-processed).
+        data: calibration data: an array, a tuple of arrays, or an iterable of batches.
+        n_bits: int or dict (docs/contract.md §4.1).
+        rounding_threshold_bits: for every mixing op (docs/contract.md §2.4).
+        import_qat: use the QAT importer instead of PTQ.
+        block_rows: rows per evaluation block.
+        memory_budget: bytes of intermediates kept in memory before spilling to disk.
+        verbose: show a progress bar.
+        preprocess: a function applied to each input block (ONNX pre-processing).
+
+    Returns:
+        input_names, output_names, quant_layers_dict, input_quantizers, n_rows, spilled.
+    """
+    bits = resolve_n_bits(n_bits)
+    strategy: QuantizationStrategy = (
+        PostTrainingQATImporter(bits) if import_qat else PostTrainingAffineQuantization(bits)
+    )
+    calibrator = ModuleCalibrator(
+        model,
+        strategy,
+        rounding_threshold_bits=rounding_threshold_bits,
+        block_rows=block_rows,
+        memory_budget=memory_budget,
+        verbose=verbose,
+        preprocess=preprocess,
+    )
+    return calibrator.run(data)
