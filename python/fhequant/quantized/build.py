@@ -8,13 +8,15 @@ batches; it is streamed in blocks of ``batch_size`` rows (docs/contract.md decis
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import onnx
 
-from fhequant.errors import GraphInputError, QuantizationError
+from fhequant.errors import CalibrationWarning, GraphInputError, QuantizationError
 from fhequant.onnx import NumpyModule
 from fhequant.quantized.calibration import apply_power_of_two_scaling, quantize_module
+from fhequant.quantized.inputs import input_checker
 from fhequant.quantized.module import QuantizedModule
 from fhequant.quantized.n_bits import resolve_n_bits
 from fhequant.quantized.streaming import (
@@ -24,7 +26,7 @@ from fhequant.quantized.streaming import (
     normalize_calibration_data,
 )
 
-__all__ = ["build_quantized_module"]
+__all__ = ["MIN_CALIBRATION_ROWS", "build_quantized_module"]
 
 
 def _first_sample(data: Any) -> Any:
@@ -61,6 +63,34 @@ def _numpy_module(model: Any, data: Any) -> NumpyModule:
         f"build_quantized_module: cannot build from a {type(model).__name__}; give a torch "
         "module, an onnx.ModelProto or a fhequant.onnx.NumpyModule"
     )
+
+
+#: Fewer calibration rows than this give a CalibrationWarning: min/max statistics from so few
+#: samples rarely cover the inputs seen at inference.
+MIN_CALIBRATION_ROWS = 10
+
+
+def _warn_about_calibration(result: dict[str, Any]) -> None:
+    """CalibrationWarning for too few rows and for a constant model input."""
+    rows = int(result.get("n_rows", 0))
+    if rows < MIN_CALIBRATION_ROWS:
+        warnings.warn(
+            f"build_quantized_module: only {rows} calibration row(s); the input and activation "
+            f"ranges come from their min/max, use at least {MIN_CALIBRATION_ROWS} (ideally a few "
+            "hundred) representative samples",
+            CalibrationWarning,
+            stacklevel=3,
+        )
+    for name, quantizer in zip(result["input_names"], result["input_quantizers"], strict=False):
+        rmin, rmax = getattr(quantizer, "rmin", None), getattr(quantizer, "rmax", None)
+        if rmin is not None and rmax is not None and rmax - rmin == 0:
+            warnings.warn(
+                f"build_quantized_module: model input {name!r} is constant ({rmin!r}) in the "
+                "calibration data, so its quantizer has a zero range and every other value is "
+                "clipped at inference; calibrate with representative data",
+                CalibrationWarning,
+                stacklevel=3,
+            )
 
 
 def _check_ptq_weight_bits(n_bits: Any, import_qat: bool) -> None:
@@ -118,9 +148,12 @@ def build_quantized_module(
     preprocess = (
         numpy_module.preprocess_inputs if numpy_module.onnx_preprocessing is not None else None
     )
+    calib = normalize_calibration_data(calibration_data)
+    if preprocess is None:
+        calib.check = input_checker(onnx_model)
     result = quantize_module(
         onnx_model,
-        calibration_data,
+        calib,
         n_bits=n_bits,
         rounding_threshold_bits=rounding_threshold_bits,
         import_qat=import_qat,
@@ -129,6 +162,7 @@ def build_quantized_module(
         verbose=verbose,
         preprocess=preprocess,
     )
+    _warn_about_calibration(result)
     module = QuantizedModule(
         result["input_names"],
         result["output_names"],

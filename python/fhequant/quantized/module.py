@@ -34,12 +34,14 @@ from fhequant.errors import (
     NotCompiledError,
     QuantizationError,
     SerializationError,
+    ShapeError,
     UnquantizedTensorError,
 )
 from fhequant.onnx import NumpyModule
 from fhequant.quantization import QuantizedArray, UniformQuantizer
 from fhequant.quantization.quantizer import is_tracer
 from fhequant.quantized.exec import run_op, track_values
+from fhequant.quantized.inputs import InputSpec, check_forward_inputs, input_specs
 from fhequant.quantized.streaming import as_numpy
 
 __all__ = ["FheBackend", "FheMode", "QuantizedModule", "register_fhe_backend"]
@@ -288,6 +290,16 @@ class QuantizedModule(serialization.Serializable):
         """
         return values
 
+    def _input_specs(self) -> list[InputSpec] | None:
+        """The graph inputs' shapes (None without an ONNX model, or with pre-processing,
+        whose raw inputs differ from the graph's)."""
+        if self._onnx_model is None or self.onnx_preprocessing is not None:
+            return None
+        cached = getattr(self, "_input_specs_cache", None)
+        if cached is None:
+            cached = self._input_specs_cache = (input_specs(self._onnx_model),)
+        return cached[0]
+
     def forward(self, *x: Any, fhe: Any = "disable", debug: bool = False) -> Any:
         """Quantize, run the integer model, dequantize.
 
@@ -311,6 +323,9 @@ class QuantizedModule(serialization.Serializable):
                     f"forward: input {name!r} has dtype {arr.dtype}; give float32 or float64 "
                     "values (they are quantized by the module)"
                 )
+        check_forward_inputs(
+            arrays, self.ordered_module_input_names, self._input_specs(), self.input_quantizers
+        )
         q_x = self.quantize_input(*arrays)
         q_x = q_x if isinstance(q_x, tuple) else (q_x,)
         tracker: dict[str, dict[str, Any]] | None = {} if debug else None
@@ -507,6 +522,20 @@ class QuantizedModule(serialization.Serializable):
                 f"dequantize_output: got {len(q_y)} array(s) for "
                 f"{len(self.output_quantizers)} module output(s)"
             )
+        for index, (q, v) in enumerate(zip(self.output_quantizers, q_y, strict=True)):
+            for part in ("scale", "zero_point"):
+                param = getattr(q, part, None)
+                if isinstance(param, np.ndarray) and param.ndim and not is_tracer(v):
+                    try:
+                        np.broadcast_shapes(np.shape(v), param.shape)
+                    except ValueError:
+                        raise ShapeError(
+                            f"dequantize_output: output {index} "
+                            f"({self.ordered_module_output_names[index]!r}) has shape "
+                            f"{np.shape(v)}, which does not fit its quantizer's {part} of "
+                            f"shape {param.shape}; pass the integers quantized_forward "
+                            "returned"
+                        ) from None
         out = tuple(q.dequant(v) for q, v in zip(self.output_quantizers, q_y, strict=True))
         return out[0] if len(out) == 1 else out
 
