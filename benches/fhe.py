@@ -65,7 +65,7 @@ def _fhe_figures(module: Any, x_test: np.ndarray, y_test: np.ndarray, samples: i
 
 def brevitas_qat_mlp(samples: int) -> dict[str, object]:
     """A 3-bit Brevitas MLP 64-64-10 trained on digits, through compile_brevitas_qat_model."""
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "_support"))
     from fhequant import compile_brevitas_qat_model
     from qat_models import brevitas_mlp, digits_split, torch_predict, train
 

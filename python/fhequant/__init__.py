@@ -1,7 +1,7 @@
 """fhequant: quantize floating-point models into integer-only models and run them under FHE.
 
 The package is layered; a module imports only from its own layer or the layers below it,
-at top level and inside functions alike (``tests/test_layers.py`` checks both the imports
+at top level and inside functions alike (``tests/api/test_layers.py`` checks both the imports
 written in the code and what importing each layer loads):
 
 0. shared base: ``errors``, ``serialization``, the native core ``_core`` and ``_concrete``

@@ -325,7 +325,7 @@ def compile_forward(
     to concrete. Every node then gets the bounds of the full inputset, so the circuit (bit
     widths, table contents, PBS count) is the one the full inputset gives: the node bounds
     are checked against the batch graph's, and the full inputset is compiled if any differ
-    (tests/test_fhe_inputset.py compares both circuits' MLIR).
+    (tests/fhe/test_fhe_inputset.py compares both circuits' MLIR).
 
     Args:
         forward: integer forward (quantized inputs -> quantized outputs); runs on Tracers.

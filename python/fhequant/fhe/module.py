@@ -29,7 +29,7 @@ from fhequant.fhe.compile import (
 )
 from fhequant.fhe.run import execute, simulate
 from fhequant.quantized.exec import use_executor
-from fhequant.quantized.inputs import check_inputs
+from fhequant.quantized.inputs import check_inputs, module_input_specs
 from fhequant.quantized.module import FheBackend, register_fhe_backend
 
 __all__ = [
@@ -105,7 +105,7 @@ def compile_inputset(module: Any, inputs: Any) -> tuple[np.ndarray, ...]:
             "compile / bitwidth_report: the inputset is empty; give at least one sample per "
             "input (rows on axis 0), e.g. the calibration data"
         )
-    specs = module._input_specs()
+    specs = module_input_specs(module)
     if specs is not None and len(specs) == len(arrays):
         check_inputs(tuple(arrays), specs, "compile / bitwidth_report inputset")
     q = module.quantize_input(*arrays)

@@ -9,7 +9,9 @@ concrete's exit handler is removed so that the process keeps its real exit statu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -71,15 +73,44 @@ def simulate(circuit: Any, *q_inputs: np.ndarray, progress: bool = True) -> tupl
     crt = int(getattr(circuit, "packing_key_switch_count", 0) or 0) != 0
     p_error = getattr(getattr(circuit, "configuration", None), "p_error", None)
     rows = []
-    for sample in _progress(samples, progress, "FHE simulation"):
-        args = sample if isinstance(sample, tuple) else (sample,)
-        if crt:
-            # concrete cannot simulate CRT-encoded circuits: evaluate the graph with the
-            # table-lookup error probability instead (docs/contract.md §6.2).
-            rows.append(_as_tuple(circuit.graph(*args, p_error=p_error)))
-        else:
-            rows.append(_as_tuple(circuit.simulate(*args)))
+    with _private_numpy_rng() if crt and p_error else contextlib.nullcontext():
+        for sample in _progress(samples, progress, "FHE simulation"):
+            args = sample if isinstance(sample, tuple) else (sample,)
+            if crt:
+                # concrete cannot simulate CRT-encoded circuits: evaluate the graph with the
+                # table-lookup error probability instead (docs/contract.md §6.2).
+                rows.append(_as_tuple(circuit.graph(*args, p_error=p_error)))
+            else:
+                rows.append(_as_tuple(circuit.simulate(*args)))
     return _concat(rows)
+
+
+#: Seed of the table-lookup errors drawn by a graph-evaluated (CRT) simulation.
+SIMULATION_ERROR_SEED = 0
+
+_GLOBAL_RNG_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _private_numpy_rng() -> Iterator[None]:
+    """Run the block on numpy's global generator seeded with SIMULATION_ERROR_SEED, then give
+    the caller's state back.
+
+    concrete's graph evaluation draws its table-lookup errors (``p_error``) from numpy's
+    global generator, so the errors of a simulation depended on everything that had used that
+    generator earlier in the process (another module's calibration or simulation): the same
+    module simulated the same inputs differently after another one had run. Seeded here, a
+    simulation gives the same result whatever ran before, and leaves the caller's random
+    stream untouched. The lock keeps concurrent simulations from interleaving on the global
+    generator.
+    """
+    with _GLOBAL_RNG_LOCK:
+        state = np.random.get_state()
+        np.random.seed(SIMULATION_ERROR_SEED)
+        try:
+            yield
+        finally:
+            np.random.set_state(state)
 
 
 def ensure_keys(circuit: Any, seed: int | None = None) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -75,7 +78,15 @@ class NumpyModule:
     """Run a (pre-processed) ONNX graph with numpy, batch on axis 0.
 
     Args:
-        model: an ``onnx.ModelProto``, serialized bytes or a path to a .onnx file.
+        model: an ``onnx.ModelProto``, serialized bytes, a path to a .onnx file, or a
+            ``torch.nn.Module`` (exported with ``fhequant.onnx.torch_export.export_to_onnx``;
+            as Concrete ML's ``NumpyModule(model, dummy_input)``).
+        dummy_input: the sample input(s) of a torch module (one array/tensor, or a tuple for
+            several inputs; only the first row of each is used). Required for torch modules,
+            refused for ONNX models.
+        debug_onnx_output_dir: a directory to write the exported ONNX of a torch module to
+            (``<dir>/<ModuleClass>.onnx``), for debugging.
+        debug_onnx_output_file_path: the same, as a file path (Concrete ML's keyword).
 
     Attributes:
         onnx_model: the pre-processed graph.
@@ -89,7 +100,30 @@ class NumpyModule:
     ``node.run(..., quant_semantics=True)``, which use the docs/contract.md §5.3 forms.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(
+        self,
+        model: Any,
+        dummy_input: Any = None,
+        debug_onnx_output_dir: str | os.PathLike[str] | None = None,
+        *,
+        debug_onnx_output_file_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if _is_torch_module(model):
+            if dummy_input is None:
+                raise GraphInputError(
+                    f"NumpyModule: a torch module ({type(model).__name__}) needs dummy_input, "
+                    "sample inputs for its ONNX export"
+                )
+            exported = export_to_onnx(model, dummy_input)
+            _write_debug_onnx(
+                exported, type(model).__name__, debug_onnx_output_dir, debug_onnx_output_file_path
+            )
+            model = exported
+        elif dummy_input is not None:
+            raise GraphInputError(
+                "NumpyModule: dummy_input is only for torch modules; an ONNX model carries its "
+                "input shapes"
+            )
         proto = load_model(model)
         result = preprocess(proto)
         self.onnx_model: onnx.ModelProto = result.model
@@ -119,7 +153,7 @@ class NumpyModule:
         Returns:
             The NumpyModule of the exported graph.
         """
-        return cls(export_to_onnx(model, inputset))
+        return cls(model, inputset)
 
     @property
     def graph_input_names(self) -> tuple[str, ...]:
@@ -163,11 +197,36 @@ class NumpyModule:
 
     __call__ = forward
 
+    def pre_processing(self, *inputs: Any) -> tuple[np.ndarray, ...]:
+        """Concrete ML's name of :meth:`preprocess_inputs`."""
+        return self.preprocess_inputs(*inputs)
+
     def __repr__(self) -> str:
         return (
             f"NumpyModule(inputs={list(self.input_names)}, outputs={list(self.output_names)}, "
             f"nodes={len(self.nodes)})"
         )
+
+
+def _is_torch_module(model: Any) -> bool:
+    """Whether ``model`` is a torch module (without importing torch when it is not loaded)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
+
+
+def _write_debug_onnx(
+    model: onnx.ModelProto,
+    class_name: str,
+    directory: str | os.PathLike[str] | None,
+    file_path: str | os.PathLike[str] | None,
+) -> None:
+    """Save the exported ONNX of a torch module where the caller asked (debugging aid)."""
+    targets = [] if file_path is None else [Path(file_path)]
+    if directory is not None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        targets.append(Path(directory) / f"{class_name}.onnx")
+    for target in targets:
+        onnx.save(model, str(target))
 
 
 def _declared_dims(v: onnx.ValueInfoProto) -> list[int | None] | None:

@@ -35,8 +35,6 @@ def load_params(
     offset = field(
         metadata, "offset", owner, is_offset, "an int >= 0", optional=not required, nullable=True
     )
-    if required and (scale is None) != (zero_point is None):
-        raise SerializationError(f"{owner}: 'scale' and 'zero_point' must be both set or both null")
     if isinstance(scale, np.ndarray) or isinstance(zero_point, np.ndarray):
         try:
             np.broadcast_shapes(np.shape(scale), np.shape(zero_point))

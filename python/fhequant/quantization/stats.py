@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fhequant.errors import QuantizationError, SerializationError
+from fhequant.errors import QuantizationError
 from fhequant.kernels import quant as _kernels
 from fhequant.quantization.domain import check_float_data, is_finite_real
 from fhequant.serialization import Serializable, field
@@ -15,7 +15,7 @@ __all__ = ["MinMaxQuantizationStats", "load_range"]
 
 
 def load_range(metadata: dict[str, Any], owner: str, required: bool = True) -> tuple[Any, Any]:
-    """(rmax, rmin) of a document: each None or a finite number, with rmin <= rmax.
+    """(rmax, rmin) of a document: each None or a finite number.
 
     Raises:
         SerializationError: naming the field.
@@ -38,8 +38,6 @@ def load_range(metadata: dict[str, Any], owner: str, required: bool = True) -> t
         optional=not required,
         nullable=True,
     )
-    if rmax is not None and rmin is not None and rmin > rmax:
-        raise SerializationError(f"{owner}: the field 'rmin' ({rmin!r}) exceeds 'rmax' ({rmax!r})")
     return rmax, rmin
 
 

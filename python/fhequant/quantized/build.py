@@ -176,7 +176,5 @@ def build_quantized_module(
         apply_power_of_two_scaling(module, rounding_threshold_bits)
     module.set_inputs_quantization_parameters(*result["input_quantizers"])
     if reduce_sum_copy:
-        for _, op in module.quant_layers_dict.values():
-            if hasattr(op, "copy_inputs"):
-                op.copy_inputs = True
+        module.set_reduce_sum_copy()
     return module

@@ -18,8 +18,10 @@ __all__ = [
     "InputSpec",
     "check_forward_inputs",
     "check_inputs",
+    "check_output_shapes",
     "input_checker",
     "input_specs",
+    "module_input_specs",
 ]
 
 
@@ -105,13 +107,44 @@ def input_checker(onnx_model: Any) -> Callable[[tuple[np.ndarray, ...], str], No
 
 
 #: Warn at inference when more than this fraction of an input's values is clipped.
-CLIP_WARNING_FRACTION = 0.05
+CLIP_WARNING_FRACTION = 0.2
+
+
+def module_input_specs(module: Any) -> list[InputSpec] | None:
+    """The graph inputs' shapes of a QuantizedModule, cached on it (None without an ONNX
+    model, or with pre-processing, whose raw inputs differ from the graph's)."""
+    if module.onnx_model is None or module.onnx_preprocessing is not None:
+        return None
+    cached = getattr(module, "_input_specs_cache", None)
+    if cached is None or cached[0] is not module.onnx_model:
+        cached = (module.onnx_model, input_specs(module.onnx_model))
+        module._input_specs_cache = cached
+    specs: list[InputSpec] | None = cached[1]
+    return specs
+
+
+def check_output_shapes(q_y: tuple[Any, ...], quantizers: list[Any], names: Any) -> None:
+    """Raise ShapeError when integers given to ``dequantize_output`` do not broadcast with
+    their output quantizer's array scale or zero point."""
+    for index, (q, v) in enumerate(zip(quantizers, q_y, strict=False)):
+        for part in ("scale", "zero_point"):
+            param = getattr(q, part, None)
+            if not (isinstance(param, np.ndarray) and param.ndim and hasattr(v, "shape")):
+                continue
+            try:
+                np.broadcast_shapes(np.shape(v), param.shape)
+            except ValueError:
+                raise ShapeError(
+                    f"dequantize_output: output {index} ({names[index]!r}) has shape "
+                    f"{np.shape(v)}, which does not fit its quantizer's {part} of shape "
+                    f"{param.shape}; pass the integers quantized_forward returned"
+                ) from None
 
 
 def check_forward_inputs(
     arrays: tuple[np.ndarray, ...],
     names: tuple[str, ...],
-    specs: list[InputSpec] | None,
+    module: Any,
     quantizers: list[Any],
 ) -> None:
     """Checks of ``forward`` inputs before they are quantized.
@@ -122,9 +155,10 @@ def check_forward_inputs(
         NonFiniteError: NaN values (they have no integer).
 
     Warns:
-        InputClippingWarning: infinite values, or more than 5 % of an input's values
+        InputClippingWarning: infinite values, or more than 20 % of an input's values
             outside its calibrated range (clipped to the extreme integers).
     """
+    specs = module_input_specs(module)
     if specs is not None and len(specs) == len(arrays):
         for arr, spec in zip(arrays, specs, strict=True):
             if arr.ndim == len(spec.shape) - 1 and arr.ndim >= 1:

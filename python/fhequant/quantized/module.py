@@ -18,7 +18,6 @@ back with ``QuantizedModule.load``/``loads``; circuits are not serialized.
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -28,20 +27,22 @@ import numpy as np
 
 from fhequant import serialization
 from fhequant.errors import (
+    ConfigurationError,
     DTypeError,
     GraphInputError,
     MissingDependencyError,
     NotCompiledError,
     QuantizationError,
     SerializationError,
-    ShapeError,
     UnquantizedTensorError,
 )
 from fhequant.onnx import NumpyModule
 from fhequant.quantization import QuantizedArray, UniformQuantizer
 from fhequant.quantization.quantizer import is_tracer
 from fhequant.quantized.exec import run_op, track_values
-from fhequant.quantized.inputs import InputSpec, check_forward_inputs, input_specs
+from fhequant.quantized.inputs import check_forward_inputs, check_output_shapes
+from fhequant.quantized.layout import check_module_layout
+from fhequant.quantized.module_json import check_loaded_module, checked_module_fields
 from fhequant.quantized.streaming import as_numpy
 
 __all__ = ["FheBackend", "FheMode", "QuantizedModule", "register_fhe_backend"]
@@ -108,48 +109,6 @@ def _fhe(what: str) -> FheBackend:
     return _fhe_backend
 
 
-def _is_model(value: Any) -> bool:
-    return type(value).__name__ == "ModelProto"
-
-
-def _probe_inputs(module: QuantizedModule) -> list[np.ndarray] | None:
-    """One zero row per graph input, shaped from the ONNX model (None without one)."""
-    model = module.onnx_model
-    if model is None or module.onnx_preprocessing is not None:  # raw inputs differ then
-        return None
-    initializers = {t.name for t in model.graph.initializer}
-    by_name = {i.name: i for i in model.graph.input if i.name not in initializers}
-    probes = []
-    for name in module.ordered_module_input_names:
-        info = by_name.get(name)
-        if info is None:
-            return None
-        dims = info.type.tensor_type.shape.dim
-        shape = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
-        shape = [1, *shape[1:]] if shape else shape
-        if int(np.prod(shape)) > 1 << 20:
-            return None
-        probes.append(np.zeros(shape, dtype=np.float32))
-    return probes
-
-
-def _self_check(module: QuantizedModule) -> None:
-    """Run a loaded module once on a zero row, so a damaged document fails at load with a
-    SerializationError rather than on first use (docs/contract.md §6.3)."""
-    probes = _probe_inputs(module)
-    if probes is None:
-        return
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module.forward(*probes)
-    except Exception as exc:
-        raise SerializationError(
-            f"QuantizedModule: the loaded module does not run ({type(exc).__name__}: {exc}); "
-            "the document is damaged"
-        ) from exc
-
-
 def _output_quantizer(op: Any) -> UniformQuantizer:
     """QA(op.n_bits, None, value_is_float=False, stats, params).quantizer
     (docs/contract.md §6.2)."""
@@ -192,6 +151,9 @@ class QuantizedModule(serialization.Serializable):
         onnx_model: Any = None,
         onnx_preprocessing: Any = None,
     ) -> None:
+        check_module_layout(
+            ordered_module_input_names, ordered_module_output_names, quant_layers_dict
+        )
         self.ordered_module_input_names = tuple(ordered_module_input_names or ())
         self.ordered_module_output_names = tuple(ordered_module_output_names or ())
         self.quant_layers_dict: dict[str, tuple[tuple[str, ...], Any]] = dict(
@@ -218,6 +180,34 @@ class QuantizedModule(serialization.Serializable):
     def is_compiled(self) -> bool:
         """True once an FHE circuit was compiled."""
         return self._is_compiled
+
+    def check_model_is_compiled(self) -> None:
+        """Raise NotCompiledError unless ``compile`` was run.
+
+        Raises:
+            NotCompiledError: the module has no FHE circuit.
+        """
+        if not self.is_compiled:
+            raise NotCompiledError(
+                "the quantized module is not compiled; call compile(inputs) before running it "
+                "with fhe='simulate' or 'execute'"
+            )
+
+    @property
+    def post_processing_params(self) -> dict[str, Any]:
+        """Parameters of the post-processing (none for a QuantizedModule; kept in its JSON)."""
+        return self._post_processing_params
+
+    @post_processing_params.setter
+    def post_processing_params(self, params: dict[str, Any]) -> None:
+        self._post_processing_params = dict(params)
+
+    def set_reduce_sum_copy(self) -> None:
+        """Make every ReduceSum copy its input through a table lookup first (a bit-width aid
+        of the FHE compilation; ``build_quantized_module(reduce_sum_copy=True)``)."""
+        for _, op in self.quant_layers_dict.values():
+            if hasattr(op, "copy_inputs"):
+                op.copy_inputs = True
 
     def _build_output_quantizers(self) -> list[UniformQuantizer]:
         quantizers = []
@@ -290,16 +280,6 @@ class QuantizedModule(serialization.Serializable):
         """
         return values
 
-    def _input_specs(self) -> list[InputSpec] | None:
-        """The graph inputs' shapes (None without an ONNX model, or with pre-processing,
-        whose raw inputs differ from the graph's)."""
-        if self._onnx_model is None or self.onnx_preprocessing is not None:
-            return None
-        cached = getattr(self, "_input_specs_cache", None)
-        if cached is None:
-            cached = self._input_specs_cache = (input_specs(self._onnx_model),)
-        return cached[0]
-
     def forward(self, *x: Any, fhe: Any = "disable", debug: bool = False) -> Any:
         """Quantize, run the integer model, dequantize.
 
@@ -323,9 +303,7 @@ class QuantizedModule(serialization.Serializable):
                     f"forward: input {name!r} has dtype {arr.dtype}; give float32 or float64 "
                     "values (they are quantized by the module)"
                 )
-        check_forward_inputs(
-            arrays, self.ordered_module_input_names, self._input_specs(), self.input_quantizers
-        )
+        check_forward_inputs(arrays, self.ordered_module_input_names, self, self.input_quantizers)
         q_x = self.quantize_input(*arrays)
         q_x = q_x if isinstance(q_x, tuple) else (q_x,)
         tracker: dict[str, dict[str, Any]] | None = {} if debug else None
@@ -457,6 +435,7 @@ class QuantizedModule(serialization.Serializable):
         verbose: bool = False,
         inputs_encryption_status: Sequence[str] | None = None,
         accumulator_bounds: str = "observed",
+        device: str = "cpu",
     ) -> Any:
         """Compile the module to an FHE circuit (the registered :class:`FheBackend`,
         ``fhequant.fhe.module.compile_module``).
@@ -472,10 +451,19 @@ class QuantizedModule(serialization.Serializable):
             verbose: print concrete's compilation steps.
             inputs_encryption_status: "encrypted"/"clear" per input (None: all encrypted).
             accumulator_bounds: "observed" or "worst_case" (exact for every in-range input).
+            device: "cpu" (the only target: fhequant has no GPU path).
 
         Returns:
             The concrete Circuit, also set as ``fhe_circuit``.
+
+        Raises:
+            ConfigurationError: a device other than "cpu".
         """
+        if device != "cpu":
+            raise ConfigurationError(
+                f"QuantizedModule.compile: device={device!r} is not supported; fhequant has no "
+                "GPU path and compiles for device='cpu' only"
+            )
         return _fhe("compile").compile(
             self,
             inputs,
@@ -508,6 +496,27 @@ class QuantizedModule(serialization.Serializable):
         """
         return _fhe("bitwidth_report").bitwidth_report(self, inputs, accumulator_bounds)
 
+    def bitwidth_and_range_report(self) -> dict[str, dict[str, Any]] | None:
+        """Integer range and bit width of each op that computes integers in the compiled
+        circuit, as Concrete ML reports them (None before ``compile``).
+
+        Returns:
+            op name -> {"range": (min, max), "bitwidth": bits}, from the compile's
+            BitWidthReport (worst-case bounds when compiled with them), or None.
+        """
+        report = getattr(self, "_fhe_bitwidth_report", None)
+        if self.fhe_circuit is None or report is None:
+            return None
+        worst = bool(report.worst_case)
+        ops = {out: op.op_instance_name for out, (_, op) in self.quant_layers_dict.items()}
+        return {
+            ops.get(row.name, row.name): {
+                "range": (row.wc_lo, row.wc_hi) if worst else (row.lo, row.hi),
+                "bitwidth": row.wc_bits if worst else row.bits,
+            }
+            for row in report.rows
+        }
+
     def dequantize_output(self, *q_y: Any) -> Any:
         """scale·(q - zp) with each output quantizer (zp may be an array).
 
@@ -522,20 +531,7 @@ class QuantizedModule(serialization.Serializable):
                 f"dequantize_output: got {len(q_y)} array(s) for "
                 f"{len(self.output_quantizers)} module output(s)"
             )
-        for index, (q, v) in enumerate(zip(self.output_quantizers, q_y, strict=True)):
-            for part in ("scale", "zero_point"):
-                param = getattr(q, part, None)
-                if isinstance(param, np.ndarray) and param.ndim and not is_tracer(v):
-                    try:
-                        np.broadcast_shapes(np.shape(v), param.shape)
-                    except ValueError:
-                        raise ShapeError(
-                            f"dequantize_output: output {index} "
-                            f"({self.ordered_module_output_names[index]!r}) has shape "
-                            f"{np.shape(v)}, which does not fit its quantizer's {part} of "
-                            f"shape {param.shape}; pass the integers quantized_forward "
-                            "returned"
-                        ) from None
+        check_output_shapes(q_y, self.output_quantizers, self.ordered_module_output_names)
         out = tuple(q.dequant(v) for q, v in zip(self.output_quantizers, q_y, strict=True))
         return out[0] if len(out) == 1 else out
 
@@ -567,61 +563,21 @@ class QuantizedModule(serialization.Serializable):
         Returns:
             The module, ready for fhe="disable".
         """
-        from fhequant.quantized.ops.base import QuantizedOp  # ops are registered later
-
-        owner = cls.__name__
-        field = serialization.field
-
-        def names(value: Any) -> bool:
-            return isinstance(value, tuple) and all(isinstance(n, str) for n in value)
-
-        def layer(entry: Any) -> bool:
-            return (
-                isinstance(entry, (tuple, list))
-                and len(entry) == 2
-                and isinstance(entry[0], (tuple, list))
-                and all(isinstance(n, str) for n in entry[0])
-                and isinstance(entry[1], QuantizedOp)
+        fields = checked_module_fields(cls.__name__, metadata)
+        try:
+            module = cls(
+                fields["input_names"],
+                fields["output_names"],
+                fields["layers"],
+                fields["onnx_model"],
+                fields["onnx_preprocessing"],
             )
-
-        def quantizers(value: Any) -> bool:
-            return isinstance(value, list) and all(
-                q is None or isinstance(q, UniformQuantizer) for q in value
-            )
-
-        inputs = field(metadata, "ordered_module_input_names", owner, names, "a tuple of names")
-        outputs = field(metadata, "ordered_module_output_names", owner, names, "a tuple of names")
-        raw_layers = field(
-            metadata, "quant_layers_dict", owner,
-            lambda d: isinstance(d, dict) and all(layer(e) for e in d.values()),
-            "an object of name: [input names, quantized op]",
-        )  # fmt: skip
-        onnx_model = field(
-            metadata, "_onnx_model", owner, _is_model, "an ONNX model", nullable=True
-        )
-        preprocessing = field(
-            metadata, "onnx_preprocessing", owner, _is_model, "an ONNX model", nullable=True
-        )
-        in_q = field(metadata, "input_quantizers", owner, quantizers, "a list of quantizers")
-        out_q = field(metadata, "output_quantizers", owner, quantizers, "a list of quantizers")
-        for key, got, want in (
-            ("input_quantizers", in_q, inputs),
-            ("output_quantizers", out_q, outputs),
-        ):
-            if len(got) != len(want):
-                raise SerializationError(
-                    f"{owner}: the field {key!r} has {len(got)} entries for {len(want)} names"
-                )
-        missing = [n for n in outputs if n not in raw_layers]
-        if missing:
-            raise SerializationError(
-                f"{owner}: output(s) {missing} are not produced by any layer of 'quant_layers_dict'"
-            )
-        layers = {name: (tuple(entry[0]), entry[1]) for name, entry in raw_layers.items()}
-        module = cls(inputs, outputs, layers, onnx_model, preprocessing)
-        module.input_quantizers = list(in_q)
-        module.output_quantizers = list(out_q)
-        _self_check(module)
+        except GraphInputError as exc:
+            raise SerializationError(f"{cls.__name__}: {exc}") from exc
+        module.input_quantizers = list(fields["input_quantizers"])
+        module.output_quantizers = list(fields["output_quantizers"])
+        module._post_processing_params = dict(fields["post_processing_params"] or {})
+        check_loaded_module(module)
         return module
 
     def dump(self, file: IO[str]) -> None:

@@ -16,8 +16,8 @@ from fhequant.quantization import QuantizationOptions, QuantizedArray
 from fhequant.quantized.n_bits import BitWidths
 
 __all__ = [
-    "PostTrainingAffineQuantization",
-    "PostTrainingQATImporter",
+    "PTQStrategy",
+    "QATImportStrategy",
     "QuantizationStrategy",
     "process_initializer_ptq",
     "process_initializer_qat",
@@ -99,7 +99,7 @@ class QuantizationStrategy:
         raise NotImplementedError
 
 
-class PostTrainingAffineQuantization(QuantizationStrategy):
+class PTQStrategy(QuantizationStrategy):
     """PTQ: per-tensor min/max, asymmetric inputs signed from the data (docs/contract.md §4.2)."""
 
     name = "PTQ"
@@ -115,7 +115,7 @@ class PostTrainingAffineQuantization(QuantizationStrategy):
         return process_initializer_ptq(self.bits.op_weights, values)
 
 
-class PostTrainingQATImporter(QuantizationStrategy):
+class QATImportStrategy(QuantizationStrategy):
     """QAT import: QAT input options; the raw float outputs flow downstream (docs/contract.md §4.2
     step 6)."""
 

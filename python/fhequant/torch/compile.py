@@ -208,3 +208,13 @@ def compile_onnx_model(
         reduce_sum_copy,
         accumulator_bounds,
     )
+
+
+def __getattr__(name: str) -> Any:
+    """``compile_brevitas_qat_model`` lives in :mod:`fhequant.torch.brevitas` (which imports
+    this module); it is importable from here too, where Concrete ML has it."""
+    if name == "compile_brevitas_qat_model":
+        from fhequant.torch.brevitas import compile_brevitas_qat_model
+
+        return compile_brevitas_qat_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

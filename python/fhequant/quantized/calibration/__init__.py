@@ -7,9 +7,9 @@ node becomes a quantized op that is calibrated on the *fake-quantized* outputs o
 producers (§4.2): ``op.calibrate`` on the float data sets the output quantizer, then
 ``op.q_impl`` (rounding calibration for mixing ops) gives the values that flow downstream.
 
-Two strategies share the walk (composition, not mixins): :class:`PostTrainingAffineQuantization`
+Two strategies share the walk (composition, not mixins): :class:`PTQStrategy`
 (PTQ: signed-from-data asymmetric input options, dequantized values flow downstream) and
-:class:`PostTrainingQATImporter` (QAT: QAT input options, the raw float output flows).
+:class:`QATImportStrategy` (QAT: QAT input options, the raw float output flows).
 
 Streaming (docs/contract.md decision 4). The data is cut into blocks of ``block_rows`` rows anchored
 at row 0 (:mod:`fhequant.quantized.streaming`), whatever the batch sizes of the source, and each op
@@ -45,8 +45,8 @@ from __future__ import annotations
 from fhequant.quantized.calibration.pow2 import apply_power_of_two_scaling
 from fhequant.quantized.calibration.walk import ModuleCalibrator, quantize_module
 from fhequant.quantized.strategies import (
-    PostTrainingAffineQuantization,
-    PostTrainingQATImporter,
+    PTQStrategy,
+    QATImportStrategy,
     QuantizationStrategy,
     process_initializer_ptq,
     process_initializer_qat,
@@ -54,8 +54,8 @@ from fhequant.quantized.strategies import (
 
 __all__ = [
     "ModuleCalibrator",
-    "PostTrainingAffineQuantization",
-    "PostTrainingQATImporter",
+    "PTQStrategy",
+    "QATImportStrategy",
     "QuantizationStrategy",
     "apply_power_of_two_scaling",
     "process_initializer_ptq",

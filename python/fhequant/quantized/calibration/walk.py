@@ -32,8 +32,8 @@ from fhequant.quantized.graph import (
 )
 from fhequant.quantized.n_bits import resolve_n_bits
 from fhequant.quantized.strategies import (
-    PostTrainingAffineQuantization,
-    PostTrainingQATImporter,
+    PTQStrategy,
+    QATImportStrategy,
     QuantizationStrategy,
 )
 from fhequant.quantized.streaming import (
@@ -267,7 +267,9 @@ class ModuleCalibrator:
         signed = False
         for name in variable:
             tensor = self.tensors[name]
-            int_input_names |= tensor.producers
+            if tensor.kind != "raw" or tensor.quantizer is not None:
+                # raw tensors (shapes, indices) are not encrypted: they produce no integers
+                int_input_names |= tensor.producers
             if tensor.vmin is not None and tensor.vmin < 0:
                 signed = True
         n_in = (
@@ -360,9 +362,7 @@ def quantize_module(
         input_names, output_names, quant_layers_dict, input_quantizers, n_rows, spilled.
     """
     bits = resolve_n_bits(n_bits)
-    strategy: QuantizationStrategy = (
-        PostTrainingQATImporter(bits) if import_qat else PostTrainingAffineQuantization(bits)
-    )
+    strategy: QuantizationStrategy = QATImportStrategy(bits) if import_qat else PTQStrategy(bits)
     calibrator = ModuleCalibrator(
         model,
         strategy,

@@ -33,7 +33,7 @@ How to add an executor primitive
     primitive's name: tests check the backends against :data:`PRIMITIVES`); if clear speed
     needs it, add a ``fused_*`` leaf to ClearBackend and call it under ``self._direct``.
     Nothing changes in ``fhequant.fhe``: recording and hinting follow the nodes. Then add
-    an ``OpCase`` (tests/quantized_op_cases.py) for the op using it: the executor tests
+    an ``OpCase`` (tests/_support/quantized_op_cases.py) for the op using it: the executor tests
     check clear == tracing and the node sequences per op.
 """
 

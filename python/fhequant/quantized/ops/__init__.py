@@ -6,7 +6,6 @@ from __future__ import annotations
 from fhequant.quantized.exec import CLEAR, TRACING, Executor, executor_for, use_executor
 from fhequant.quantized.ops.base import (
     DEFAULT_MODEL_BITS,
-    QuantizedMixingOp,
     QuantizedOp,
     compute_bits_precision,
     normalize_rounding_threshold_bits,
@@ -15,6 +14,7 @@ from fhequant.quantized.ops.elementwise import *  # noqa: F403
 from fhequant.quantized.ops.elementwise import __all__ as _elementwise_all
 from fhequant.quantized.ops.linear import *  # noqa: F403
 from fhequant.quantized.ops.linear import __all__ as _linear_all
+from fhequant.quantized.ops.mixing import QuantizedMixingOp
 from fhequant.quantized.ops.pooling import *  # noqa: F403
 from fhequant.quantized.ops.pooling import __all__ as _pooling_all
 from fhequant.quantized.ops.qat import *  # noqa: F403

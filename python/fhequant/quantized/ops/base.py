@@ -45,7 +45,7 @@ Registration
 Capabilities (class attributes; the calibration walk reads them off the op's class)
     Each says what the walk may do with the op beyond the generic path; the defaults on
     ``QuantizedOp`` claim nothing. Declare one only on an op whose type satisfies it
-    (tests/test_quantized_ops_registry.py checks what can be checked).
+    (tests/quantized/ops/test_quantized_ops_registry.py checks what can be checked).
 
     ``calibrate_by_table: bool``
         The float implementation maps each element on its own (output element i depends only
@@ -107,28 +107,29 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from fhequant import serialization
-from fhequant.errors import (
-    NotCalibratedError,
-    QuantizationError,
-    QuantizedOpError,
-    SerializationError,
-)
+from fhequant.errors import NotCalibratedError, QuantizedOpError
 from fhequant.quantization import (
-    MinMaxQuantizationStats,
     QuantizationOptions,
     QuantizedArray,
     UniformQuantizationParameters,
 )
-from fhequant.quantization.domain import is_flag, is_n_bits
 from fhequant.quantized.exec import (
     Executor,
     executor_for,
-    is_tracer,
     routed_float_impl,
     tracked_values,
 )
+from fhequant.quantized.ops.attributes import check_attributes
 from fhequant.quantized.ops.float_specs import FloatOpSpec, float_spec
+from fhequant.quantized.ops.inputs import (
+    index_constants,
+    is_fresh,
+    on_uniform_grid,
+    quantized_values_copy,
+    slot_inputs,
+    zp_is_scalar,
+)
+from fhequant.quantized.ops.op_json import dump_op_fields, load_op_fields
 from fhequant.quantized.ops.registry import op_type_to_register, register_op
 from fhequant.quantized.ops.rounding import (
     ROUNDING_IDS,
@@ -145,85 +146,13 @@ __all__ = [
     "QuantizedOp",
     "compute_bits_precision",
     "normalize_rounding_threshold_bits",
+    "quantized_values_copy",
 ]
 
 DEFAULT_MODEL_BITS = 5
 
 #: The layouts of the native extremes kernels (``QuantizedOp.fused_extremes``).
 ExtremesLayout = Literal["gemm", "matmul", "conv"]
-
-
-def _zp_is_scalar(zero_point: Any) -> bool:
-    return np.ndim(zero_point) == 0
-
-
-def _check_op_fields(owner: str, metadata: dict[str, Any]) -> None:
-    """The fields every op has, type-checked on load (docs/contract.md §2.5)."""
-    field = serialization.field
-    field(metadata, "n_bits", owner, is_n_bits, "an int in [1, 32]")
-    field(metadata, "op_instance_name", owner, lambda v: isinstance(v, str), "a string")
-    field(
-        metadata, "_int_input_names", owner,
-        lambda v: isinstance(v, (set, list)) and all(isinstance(n, str) for n in v),
-        "a set of names",
-    )  # fmt: skip
-    field(
-        metadata, "constant_inputs", owner,
-        lambda v: isinstance(v, dict) and all(k.isdigit() for k in v),
-        "an object keyed by input index",
-    )  # fmt: skip
-    field(metadata, "attrs", owner, lambda v: isinstance(v, dict), "an object")
-    field(
-        metadata, "input_quant_opts", owner, lambda v: isinstance(v, QuantizationOptions),
-        "QuantizationOptions",
-    )  # fmt: skip
-    field(
-        metadata, "output_quant_params", owner,
-        lambda v: isinstance(v, UniformQuantizationParameters), "UniformQuantizationParameters",
-        nullable=True,
-    )  # fmt: skip
-    field(
-        metadata, "output_quant_stats", owner,
-        lambda v: isinstance(v, MinMaxQuantizationStats), "MinMaxQuantizationStats",
-        optional=True,
-    )  # fmt: skip
-    field(metadata, "produces_graph_output", owner, is_flag, "a bool", optional=True)
-
-
-def quantized_values_copy(
-    qa: QuantizedArray, qvalues: Any = None, *, copy_values: bool = True
-) -> QuantizedArray:
-    """A new QuantizedArray holding qvalues (default: qa's) with qa's options, stats, params
-    (``copy_values=False`` shares the integers instead of copying them)."""
-    q = qa.quantizer
-    return QuantizedArray(
-        q.n_bits,
-        qa.qvalues if qvalues is None else qvalues,
-        value_is_float=False,
-        options=q.quant_options,
-        stats=q.quant_stats,
-        params=q.quant_params,
-        copy_values=copy_values,
-        defer=True,
-    )
-
-
-def _is_fresh(out: Any, inputs: list[Any]) -> bool:
-    """Whether ``out`` is an ndarray owning its memory and sharing none with ``inputs`` (so a
-    QuantizedArray may keep it without a copy)."""
-    return (
-        type(out) is np.ndarray
-        and out.flags.owndata
-        and not any(isinstance(i, np.ndarray) and np.may_share_memory(out, i) for i in inputs)
-    )
-
-
-def _on_uniform_grid(quantizer: Any, opts: Any) -> bool:
-    """QAT import: whether a producer's calibration values already sit on an n-bit grid."""
-    try:
-        return bool(quantizer.check_is_uniform_quantized(opts))
-    except QuantizationError:  # no uvalues (loaded or explicit statistics): not provable
-        return False
 
 
 class QuantizedOp(Serializable):
@@ -284,13 +213,8 @@ class QuantizedOp(Serializable):
             if input_quant_opts is not None
             else QuantizationOptions(n_bits_output, is_signed=True)
         )
-        unknown = sorted(set(attrs) - set(spec.attr_defaults))
-        if unknown:
-            raise QuantizedOpError(
-                f"{self._label()}: unknown attribute(s) {unknown}; valid attributes are "
-                f"{sorted(spec.attr_defaults)}"
-            )
         self.attrs: dict[str, Any] = {**copy.deepcopy(dict(spec.attr_defaults)), **attrs}
+        check_attributes(self._label(), spec, attrs, self.attrs, self._spatial_rank())
         self.output_quant_params: UniformQuantizationParameters | None = None
         self.output_quant_stats: Any = None
         self.produces_graph_output = False
@@ -306,6 +230,11 @@ class QuantizedOp(Serializable):
     def spec(cls) -> FloatOpSpec:
         """The float implementation's metadata (inputs, attribute defaults, raw inputs)."""
         return float_spec(cls._impl_for_op_named)
+
+    @classmethod
+    def op_type(cls) -> str:
+        """The ONNX op type this class quantizes (Concrete ML's name)."""
+        return cls._impl_for_op_named
 
     @classmethod
     def must_quantize_input(cls, input_index: int) -> bool:
@@ -327,28 +256,12 @@ class QuantizedOp(Serializable):
     def _index_constants(
         self, constant_inputs: dict[str, Any] | dict[int, Any] | None, spec: FloatOpSpec
     ) -> dict[int, Any]:
-        if not constant_inputs:
-            return {}
-        names = spec.input_names
-        out: dict[int, Any] = {}
-        for key, value in constant_inputs.items():
-            is_index = isinstance(key, (int, np.integer)) and not isinstance(key, bool)
-            if is_index or (isinstance(key, str) and key.isdigit()):
-                idx = int(key)
-            elif isinstance(key, str) and key in names:
-                idx = names.index(key)
-            else:
-                raise QuantizedOpError(
-                    f"{self._label()}: unknown constant input {key!r}; valid inputs are "
-                    f"{list(names)} or their indices"
-                )
-            if not spec.variadic and idx >= len(names):
-                raise QuantizedOpError(
-                    f"{self._label()}: constant input index {idx} is out of range; the op "
-                    f"takes the inputs {list(names)}"
-                )
-            out[idx] = value
-        return out
+        return index_constants(self._label(), constant_inputs, spec)
+
+    def _spatial_rank(self) -> int | None:
+        """The number of spatial axes of a window op when its constants tell (None: the
+        window attributes decide); checked against strides/pads/dilations at construction."""
+        return None
 
     def can_fuse(self) -> bool:
         """True if the op is a float TLU of one encrypted tensor (fusable)."""
@@ -393,37 +306,7 @@ class QuantizedOp(Serializable):
 
     def _slot_inputs(self, inputs: tuple[Any, ...]) -> list[Any]:
         """Constants fill their slots first; variable inputs fill the rest, in order."""
-        spec = self.spec()
-        total = len(inputs) + len(self.constant_inputs)
-        if total < spec.n_required or (not spec.variadic and total > len(spec.input_names)):
-            expected = (
-                f"at least {spec.n_required}"
-                if spec.variadic
-                else (
-                    f"{spec.n_required}"
-                    if spec.n_required == len(spec.input_names)
-                    else f"{spec.n_required} to {len(spec.input_names)}"
-                )
-            )
-            raise QuantizedOpError(
-                f"{self._label()}: got {len(inputs)} variable input(s) and "
-                f"{len(self.constant_inputs)} constant(s), {total} in all; the op expects "
-                f"{expected} inputs ({list(spec.input_names)})"
-            )
-        slots: list[Any] = [None] * total
-        filled = [False] * total
-        for idx, value in self.constant_inputs.items():
-            if idx >= total:
-                raise QuantizedOpError(
-                    f"{self._label()}: constant input {idx} is past the {total} inputs given"
-                )
-            slots[idx] = value
-            filled[idx] = True
-        it = iter(inputs)
-        for i in range(total):
-            if not filled[i]:
-                slots[i] = next(it)
-        return slots
+        return slot_inputs(self._label(), self.spec(), inputs, self.constant_inputs)
 
     def _prepare_inputs_with_constants(
         self,
@@ -459,7 +342,7 @@ class QuantizedOp(Serializable):
         """The re-quantization rule at a non-fusable input (docs/contract.md §2.2)."""
         opts = self.input_quant_opts
         qz = inp.quantizer
-        scalar_zp = _zp_is_scalar(qz.zero_point)
+        scalar_zp = zp_is_scalar(qz.zero_point)
         if scalar_zp and (
             opts.is_equal(qz.quant_options, ignore_sign_qat=True) or qz.is_precomputed_qat
         ):
@@ -467,10 +350,26 @@ class QuantizedOp(Serializable):
             return quantized_values_copy(inp, copy_values=self._value_tracker() is not None)
         if (
             opts.is_qat
+            and qz.is_qat
+            and scalar_zp
+            and not qz.is_precomputed_qat
+            and not on_uniform_grid(qz, opts)
+        ):
+            # QAT import: the accumulator of a QAT op (Gemm/Conv/Add) read by another mixing
+            # op with no QuantIdentity between them (the sum of two QuantLinear outputs): the
+            # model gives it no grid, so it is re-quantized from its statistics, as PTQ does
+            ptq = copy.deepcopy(opts)
+            ptq.is_qat = False
+            return QuantizedArray(
+                opts.n_bits, inp.values, options=ptq, stats=qz.quant_stats, copy_values=False
+            )
+        if (
+            opts.is_qat
             and self.error_tracker is not None
             and not qz.is_precomputed_qat
-            and not _on_uniform_grid(qz, opts)
+            and not on_uniform_grid(qz, opts)
         ):
+            # a float TLU's output the model left unquantized: reported (docs/contract.md §4.5)
             self.error_tracker.append(index)
         return QuantizedArray(
             opts.n_bits,
@@ -522,7 +421,12 @@ class QuantizedOp(Serializable):
         return raw
 
     def _set_output_quantizer(self, raw: Any) -> None:
-        samples = QuantizedArray(self.n_bits, np.asarray(raw))
+        values = np.asarray(raw)
+        if values.dtype.kind in "biu":
+            # integer results (shape arithmetic on raw inputs: Concat of a Shape, ...): their
+            # quantizer is that of the same values as floats; a raw result flows on as is
+            values = values.astype(np.float64)
+        samples = QuantizedArray(self.n_bits, values)
         self.output_quant_params = samples.quantizer.quant_params
         self.output_quant_stats = samples.quantizer.quant_stats
 
@@ -559,6 +463,10 @@ class QuantizedOp(Serializable):
             copy_values=not owned,
             defer=True,
         )
+
+    def prepare_output(self, values: Any) -> QuantizedArray:
+        """Concrete ML's name of :meth:`make_output_quant_array` (float ``values``)."""
+        return self.make_output_quant_array(values)
 
     def make_raw_accumulator_array(
         self, acc: Any, scale: Any, zero_point: Any, *, owned: bool = False
@@ -607,7 +515,19 @@ class QuantizedOp(Serializable):
         if self._is_raw_output() or not any(isinstance(q, QuantizedArray) for q in q_inputs):
             return self.call_impl(*prepared, **merged)
         out = self._float_tlu(prepared, q_inputs, merged)
-        return self.make_output_quant_array(out, owned=_is_fresh(out, prepared))
+        return self.make_output_quant_array(out, owned=is_fresh(out, prepared))
+
+    def __call__(self, *q_inputs: Any, **attrs: Any) -> Any:
+        """``op(*q_inputs)`` runs ``q_impl(*q_inputs, **attrs)`` (as the reference's ops do).
+
+        Args:
+            *q_inputs: the variable inputs (QuantizedArrays, or raw arrays).
+            **attrs: attribute overrides for this call (and ``calibrate_rounding``).
+
+        Returns:
+            What ``q_impl`` returns.
+        """
+        return self.q_impl(*q_inputs, **attrs)
 
     def _float_tlu(self, prepared: list[Any], q_inputs: tuple[Any, ...], attrs: Any) -> Any:
         """The float implementation of one encrypted tensor, as a table lookup when traced.
@@ -639,7 +559,7 @@ class QuantizedOp(Serializable):
 
         return ex.tlu(x, fn)
 
-    # --- JSON -----------------------------------------------------------------------------
+    # --- JSON (fhequant.quantized.ops.op_json) ---------------------------------------------
 
     def dump_dict(self) -> dict[str, Any]:
         """Every field of the op, keys sorted (docs/contract.md §6.3); constant input keys as
@@ -648,13 +568,7 @@ class QuantizedOp(Serializable):
         Returns:
             The fields to write (the serializer encodes the values).
         """
-        fields: dict[str, Any] = dict(vars(self))
-        fields["_impl_for_op_named"] = self._impl_for_op_named
-        fields["constant_inputs"] = {str(k): v for k, v in self.constant_inputs.items()}
-        fields["debug_value_tracker"] = None  # transient (debug forward only)
-        if "_rounding_threshold_bits" in fields:
-            fields["rounding_threshold_bits"] = fields.pop("_rounding_threshold_bits")
-        return dict(sorted(fields.items()))
+        return dump_op_fields(self)
 
     @classmethod
     def load_dict(cls, metadata: dict[str, Any]) -> QuantizedOp:
@@ -669,23 +583,7 @@ class QuantizedOp(Serializable):
         Raises:
             SerializationError: the op type does not match the class.
         """
-        impl = metadata.get("_impl_for_op_named")
-        if impl != cls._impl_for_op_named:
-            raise SerializationError(
-                f"{cls.__name__}: the JSON describes op type {impl!r}, but this class "
-                f"implements {cls._impl_for_op_named!r}"
-            )
-        _check_op_fields(cls.__name__, metadata)
-        op = cls.__new__(cls)
-        for key, value in metadata.items():
-            if key == "_impl_for_op_named":
-                continue
-            if key == "constant_inputs":
-                value = {int(k): v for k, v in value.items()}
-            elif key == "_int_input_names":
-                value = set(value)
-            setattr(op, key, value)
-        return op
+        return load_op_fields(cls, metadata)
 
     # --- misc -----------------------------------------------------------------------------
 
@@ -697,86 +595,5 @@ class QuantizedOp(Serializable):
         return f"{type(self).__name__}(n_bits={self.n_bits}, name={self.op_instance_name!r})"
 
 
-class QuantizedMixingOp(QuantizedOp):
-    """A non-fusable op mixing encrypted values; it can round its accumulators
-    (docs/contract.md §2.4).
-
-    Args:
-        *args: as for QuantizedOp.
-        rounding_threshold_bits: None, an int or {"n_bits": k, "method": ...}.
-        **kwargs: as for QuantizedOp.
-    """
-
-    is_mixing: ClassVar[bool] = True
-
-    def __init__(self, *args: Any, rounding_threshold_bits: Any = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.rounding_threshold_bits = rounding_threshold_bits
-        self.lsbs_to_remove: dict[str, int] = {}
-
-    @property
-    def rounding_threshold_bits(self) -> Any:
-        """None or {"n_bits": k, "method": Exactness}; assigning normalises (§2.4)."""
-        return self._rounding_threshold_bits
-
-    @rounding_threshold_bits.setter
-    def rounding_threshold_bits(self, value: Any) -> None:
-        self._rounding_threshold_bits = normalize_rounding_threshold_bits(value, self._label())
-
-    def can_fuse(self) -> bool:
-        """Mixing ops never fuse."""
-        return False
-
-    def _fusable(self, calibrate_rounding: bool) -> bool:
-        """Whether the accumulator may stay inside a fused executor call: no debug tracking,
-        no rounding to calibrate and no observer of the rounding points (streamed
-        calibration gathers the accumulator ranges at ``cnp_round``)."""
-        return (
-            self._value_tracker() is None
-            and not (calibrate_rounding and self.rounding_threshold_bits is not None)
-            and not executor_for().observes_rounding
-        )
-
-    def _rounding(self, rounding_operation_id: str) -> tuple[int, Any]:
-        """(lsbs_to_remove, exactness) that ``cnp_round`` applies to this accumulator."""
-        lsbs = self.lsbs_to_remove.get(rounding_operation_id, 0)
-        method = (
-            self.rounding_threshold_bits["method"]
-            if self.rounding_threshold_bits is not None
-            else None
-        )
-        return lsbs, method
-
-    def cnp_round(
-        self,
-        x: Any,
-        calibrate_rounding: bool,
-        rounding_operation_id: str = "single_rounding_op",
-    ) -> Any:
-        """Round an integer accumulator to the rounding threshold (docs/contract.md §2.4).
-
-        Args:
-            x: the int64 accumulator (array or tracer).
-            calibrate_rounding: update lsbs_to_remove from the range of x first.
-            rounding_operation_id: which accumulator of the op this is.
-
-        Returns:
-            x with its lsbs_to_remove low bits rounded (ties up), or x unchanged.
-        """
-        if calibrate_rounding and self.rounding_threshold_bits is not None:
-            if is_tracer(x):
-                raise QuantizedOpError(
-                    f"{self._label()}: rounding cannot be calibrated while tracing; calibrate "
-                    "on clear data first"
-                )
-            arr = np.asarray(x)
-            width = compute_bits_precision(int(arr.min()), int(arr.max()))
-            target = int(self.rounding_threshold_bits["n_bits"])
-            prev = self.lsbs_to_remove.get(rounding_operation_id, 0)
-            self.lsbs_to_remove[rounding_operation_id] = max(prev, width - target)
-        lsbs, method = self._rounding(rounding_operation_id)
-        ex = self.executor(x)
-        ex.rounding_point(self, rounding_operation_id, x)
-        if lsbs > 0:
-            x = ex.round_bit_pattern(x, lsbs, method)
-        return x
+# The mixing base lives in its own module (it subclasses QuantizedOp); importable from here too.
+from fhequant.quantized.ops.mixing import QuantizedMixingOp  # noqa: E402

@@ -12,7 +12,8 @@ import numpy as np
 
 from fhequant.errors import QuantizedOpError
 from fhequant.quantization import QuantizedArray
-from fhequant.quantized.ops.base import QuantizedMixingOp, QuantizedOp
+from fhequant.quantized.ops.base import QuantizedOp
+from fhequant.quantized.ops.mixing import QuantizedMixingOp
 
 __all__ = ["QuantizedAdd", "QuantizedDiv", "QuantizedMul", "QuantizedSub"]
 

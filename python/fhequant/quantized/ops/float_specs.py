@@ -15,13 +15,15 @@ from typing import Any
 
 from fhequant.errors import UnsupportedOpError
 from fhequant.onnx import ONNX_OPS, REQUIRED
+from fhequant.onnx.ops_impl import REFERENCE_INPUT_NAMES
 
 __all__ = ["FloatOpSpec", "float_spec"]
 
 
 @dataclass(frozen=True)
 class FloatOpSpec:
-    """Metadata and float implementation of one ONNX op type."""
+    """Metadata and float implementation of one ONNX op type (``reference_input_names``: the
+    names Concrete ML gives the same inputs, ``fhequant.onnx.ops_impl``)."""
 
     op_type: str
     impl: Callable[..., Any]
@@ -31,6 +33,7 @@ class FloatOpSpec:
     raw_inputs: frozenset[int] = frozenset()
     variadic: bool = False
     raw_output: bool = False
+    reference_input_names: tuple[str, ...] = ()
 
 
 @cache
@@ -61,4 +64,5 @@ def float_spec(op_type: str) -> FloatOpSpec:
         raw_inputs=frozenset(spec.raw_input_indices(len(names))),
         variadic=spec.is_variadic,
         raw_output=spec.raw_output,
+        reference_input_names=REFERENCE_INPUT_NAMES.get(op_type, ()),
     )

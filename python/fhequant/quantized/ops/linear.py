@@ -21,7 +21,8 @@ from fhequant.errors import QuantizedOpError
 from fhequant.quantization import QuantizedArray
 from fhequant.quantized.exec import is_tracer
 from fhequant.quantized.float_impls import conv_float, gemm_float, matmul_float
-from fhequant.quantized.ops.base import ExtremesLayout, QuantizedMixingOp
+from fhequant.quantized.ops.base import ExtremesLayout
+from fhequant.quantized.ops.mixing import QuantizedMixingOp
 
 __all__ = ["QuantizedConv", "QuantizedGemm", "QuantizedMatMul"]
 
@@ -267,6 +268,11 @@ class QuantizedConv(QuantizedMixingOp):
                 f"{self._label()}: the weights must be a constant input; encrypted weights are "
                 "not supported"
             )
+
+    def _spatial_rank(self) -> int | None:
+        """The weights' spatial axes (their rank minus 2), when they are known."""
+        weights = self.constant_inputs.get(1)
+        return None if weights is None else max(int(np.ndim(_values(weights))) - 2, 1)
 
     def _geometry(self, ndim_kernel: int) -> tuple[list[int], list[int]]:
         strides = self.attrs.get("strides") or [1] * ndim_kernel

@@ -12,7 +12,8 @@ import numpy as np
 from fhequant import kernels as ik
 from fhequant.errors import QuantizedOpError
 from fhequant.quantization import QuantizedArray
-from fhequant.quantized.ops.base import QuantizedMixingOp, QuantizedOp, quantized_values_copy
+from fhequant.quantized.ops.base import QuantizedOp, quantized_values_copy
+from fhequant.quantized.ops.mixing import QuantizedMixingOp
 
 __all__ = [
     "QuantizedAvgPool",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import onnx
 
 from fhequant.errors import QuantizedOpError
 from fhequant.quantization import QuantizedArray
@@ -53,6 +54,17 @@ __all__ = [
     "QuantizedWhere",
 ]
 
+#: ONNX Cast targets QuantizedCast takes (numeric and bool TensorProto types).
+_CAST_TARGETS = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13})
+
+
+def _onnx_type_name(to: Any) -> str:
+    """The TensorProto name of an ONNX type number ("INT64"), for messages."""
+    try:
+        return str(onnx.TensorProto.DataType.Name(int(to)))
+    except (TypeError, ValueError):
+        return repr(to)
+
 
 class QuantizedAbs(QuantizedOp):
     """|x|."""
@@ -62,9 +74,31 @@ class QuantizedAbs(QuantizedOp):
 
 
 class QuantizedCast(QuantizedOp):
-    """Cast of encrypted values to BOOL/FLOAT/DOUBLE (as float64)."""
+    """Cast of encrypted values: to BOOL/FLOAT/DOUBLE as float64 (docs/contract.md §5.3); to
+    an integer type as the float64 of the cast integers (truncated toward zero, wrapped as
+    ONNX casts wrap), so that the result can be quantized. Raw integer inputs (shapes, indices)
+    are cast exactly."""
 
     _impl_for_op_named = "Cast"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        to = self.attrs.get("to")
+        if to is None or int(to) not in _CAST_TARGETS:
+            name = _onnx_type_name(to)
+            raise QuantizedOpError(
+                f"{self._label()}: Cast to {name} is not supported; the target type must be "
+                f"one of {sorted(_onnx_type_name(t) for t in _CAST_TARGETS)}"
+            )
+
+    def call_impl(self, *inputs: Any, **attrs: Any) -> Any:
+        """The float implementation; a float input cast to an integer type gives float64."""
+        out = super().call_impl(*inputs, **attrs)
+        in_kind = getattr(getattr(inputs[0], "dtype", None), "kind", "") if inputs else ""
+        out_kind = getattr(getattr(out, "dtype", None), "kind", "")
+        if in_kind == "f" and out_kind in ("i", "u"):
+            return out.astype(np.float64)
+        return out
 
 
 class QuantizedCelu(QuantizedOp):
@@ -264,15 +298,26 @@ class QuantizedBatchNormalization(QuantizedOp):
 
 
 class _NeedsConstant(QuantizedOp):
-    """A comparison: at least one input must be a constant."""
+    """A comparison: it may not compare two encrypted tensors (two integer producers, or two
+    QuantizedArray inputs); constants and raw arrays (shape arithmetic) are allowed."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if len(self.constant_inputs) < 1:
+        if len(self.constant_inputs) < 1 and len(self.int_input_names) > 1:
             raise QuantizedOpError(
                 f"{self._label()}: comparing two encrypted tensors is not supported; one "
                 "input must be a constant"
             )
+
+    def q_impl(self, *q_inputs: Any, calibrate_rounding: bool = False, **attrs: Any) -> Any:
+        """As QuantizedOp.q_impl, after checking that at most one input is encrypted."""
+        encrypted = sum(isinstance(q, QuantizedArray) for q in q_inputs)
+        if encrypted > 1 and len(self.int_input_names) > 1:
+            raise QuantizedOpError(
+                f"{self._label()}: comparing two encrypted tensors is not supported; one "
+                "input must be a constant"
+            )
+        return super().q_impl(*q_inputs, calibrate_rounding=calibrate_rounding, **attrs)
 
 
 class QuantizedEqual(_NeedsConstant):

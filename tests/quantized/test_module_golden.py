@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,8 +17,9 @@ import onnx
 import pytest
 
 from fhequant import QuantizedModule, build_quantized_module
+from repo_paths import DATA as GOLDEN_DATA
 
-DATA = json.loads((Path(__file__).parent / "data" / "modules_public.json").read_text())
+DATA = json.loads((GOLDEN_DATA / "modules_public.json").read_text())
 CASES = DATA["cases"]
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from fhequant import build_quantized_module
-from test_qat_qonnx import DOMAINS, Graph
+from qonnx_graph import DOMAINS, Graph
 
 RNG = np.random.default_rng(11)
 X = RNG.uniform(-2.5, 2.5, size=(48, 6)).astype(np.float32)

@@ -214,3 +214,27 @@ def test_execute_generates_keys_once_per_call_and_runs_per_sample() -> None:
     assert circuit.log == ["keygen force=False", "encrypt", "encrypt", "encrypt"]
     with pytest.raises(GraphInputError, match="batch sizes"):
         execute(circuit, q, q[:2], progress=False)
+
+
+class _NoisyCrtCircuit(_FakeCircuit):
+    """A CRT circuit whose graph evaluation draws its errors from numpy's global generator,
+    as concrete's does when given a p_error."""
+
+    def graph(self, x: np.ndarray, p_error: float | None = None) -> np.ndarray:
+        assert p_error is not None
+        return x * 2 + (np.random.rand(*x.shape) < p_error)
+
+
+def test_crt_simulation_does_not_depend_on_what_ran_before() -> None:
+    q = np.arange(40).reshape(20, 2)
+    np.random.seed(123)
+    (first,) = simulate(_NoisyCrtCircuit(3), q, progress=False)
+    caller_next = np.random.rand()
+    np.random.seed(999)  # another module's calibration or simulation used the generator
+    np.random.rand(1000)
+    (second,) = simulate(_NoisyCrtCircuit(3), q, progress=False)
+    np.testing.assert_array_equal(first, second)
+    assert np.any(first != q * 2)  # errors were drawn (p_error 0.25)
+    np.random.seed(123)
+    (_,) = simulate(_NoisyCrtCircuit(3), q, progress=False)
+    assert np.random.rand() == caller_next  # the caller's random stream is left as it was

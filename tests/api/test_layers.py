@@ -32,7 +32,16 @@ PACKAGE_DIR = Path(fhequant.__file__).resolve().parent
 
 #: Layers from the bottom; a module belongs to the layer of its longest matching prefix.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("fhequant.errors", "fhequant.serialization", "fhequant._core", "fhequant._concrete")),
+    (
+        "base",
+        (
+            "fhequant.errors",
+            "fhequant.serialization",
+            "fhequant._json_checks",
+            "fhequant._core",
+            "fhequant._concrete",
+        ),
+    ),
     ("kernels", ("fhequant.kernels",)),
     ("quantization", ("fhequant.quantization",)),
     ("onnx", ("fhequant.onnx",)),
@@ -224,3 +233,18 @@ def test_without_the_fhe_layer_compile_raises_a_typed_error() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "typed: compile: the FHE layer is not loaded" in done.stdout
+
+
+#: The most lines a module of the package may have (issue 12: files small enough to read in
+#: one sitting).
+MAX_MODULE_LINES = 600
+
+
+def test_no_package_module_is_over_the_size_limit() -> None:
+    sizes = {
+        str(path.relative_to(PACKAGE_DIR)): len(path.read_text().splitlines())
+        for path in PACKAGE_DIR.rglob("*.py")
+    }
+    assert sizes, "no module found"
+    over = {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES}
+    assert not over, f"split these modules (over {MAX_MODULE_LINES} lines): {over}"

@@ -12,7 +12,6 @@ import ast
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 
 from fhequant import build_quantized_module
 from fhequant.torch import export_to_onnx
+from repo_paths import ROOT
 
 N_THREADS = 4
 CALLS = 25
@@ -197,7 +197,7 @@ def test_streamed_calibration_of_two_modules_concurrently() -> None:
 # --- no instance patching -----------------------------------------------------------------
 
 PATCHED = {"q_impl", "cnp_round", "call_impl"}
-PACKAGE = Path(__file__).resolve().parents[1] / "python" / "fhequant"
+PACKAGE = ROOT / "python" / "fhequant"
 
 
 def _patches(tree: ast.AST) -> Iterator[tuple[int, str]]:

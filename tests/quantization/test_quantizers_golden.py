@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import struct
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,8 +19,9 @@ import pytest
 
 import fhequant
 from fhequant import errors, serialization
+from repo_paths import DATA as GOLDEN_DATA
 
-GOLDEN = json.loads((Path(__file__).parent / "data" / "quantizers_public.json").read_text())
+GOLDEN = json.loads((GOLDEN_DATA / "quantizers_public.json").read_text())
 CASES = {case["id"]: case for case in GOLDEN["cases"]}
 
 # The reference asserted in these situations; docs/contract.md §8 gives the fhequant type.

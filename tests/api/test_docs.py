@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+import repo_paths
+
+ROOT = repo_paths.ROOT
 DOCS = ROOT / "docs"
 SCANNED = ("python", "tests", "benches", "rust", "README.md")
 SKIP_DIRS = {"__pycache__", "target", ".hypothesis", ".pytest_cache", ".mypy_cache"}
