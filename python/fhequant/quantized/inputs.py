@@ -79,7 +79,10 @@ def check_inputs(arrays: tuple[np.ndarray, ...], specs: list[InputSpec], where: 
                 f"{where}: model input {spec.name!r} has dtype {arr.dtype}; give numbers "
                 f"(float32 or float64) of shape {spec.describe()}"
             )
-        if arr.ndim != len(spec.shape):
+        rank = len(spec.shape)
+        if rank == 1 and arr.ndim == 2 and arr.shape[1] == 1:
+            continue  # a (N, 1) column for an (N) input: broadcast by the graph as before
+        if arr.ndim != rank:
             raise ShapeError(
                 f"{where}: model input {spec.name!r} has shape {arr.shape} (rank {arr.ndim}) "
                 f"but the model expects {spec.describe()} (rank {len(spec.shape)}, rows on "
@@ -196,6 +199,8 @@ def _warn_if_clipped(name: str, arr: np.ndarray, quantizer: Any) -> None:
         or quantizer is None
         or quantizer.no_clipping
         or not isinstance(scale, (float, np.floating))
+        or quantizer.is_qat  # QAT input ranges are the trained model's own clipping
+        or quantizer.is_precomputed_qat
     ):
         return
     if not np.isfinite(scale) or scale <= 0 or np.ndim(zp) != 0:
