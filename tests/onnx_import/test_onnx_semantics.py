@@ -263,9 +263,13 @@ def test_conv_is_float64_with_a_float32_padding_buffer(pad: int) -> None:
 
 
 def test_average_pool_is_float64() -> None:
+    """The calibration form is float64 (contract §0); the graph form has the input's dtype."""
     x = RNG.normal(size=(1, 1, 4, 4)).astype(np.float32)
-    y = ONNX_OPS["AveragePool"].fn(x, kernel_shape=[2, 2], strides=[2, 2])
+    y = ONNX_OPS["AveragePool"].quant_fn(x, kernel_shape=[2, 2], strides=[2, 2])
     assert y.dtype == np.float64
+    graph = ONNX_OPS["AveragePool"].fn(x, kernel_shape=[2, 2], strides=[2, 2])
+    assert graph.dtype == np.float32
+    np.testing.assert_array_equal(graph, y.astype(np.float32))
     expected = x.astype(np.float64).reshape(1, 1, 2, 2, 2, 2).sum(axis=(3, 5)) / 4
     np.testing.assert_allclose(y, expected, rtol=0, atol=1e-15)
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import fhequant.onnx.ops  # noqa: F401  (importing the families fills the registry)
 from fhequant.onnx.module import GraphNode, NumpyModule
+from fhequant.onnx.opsets import MAX_OPSET, MIN_OPSET
 from fhequant.onnx.preprocess import (
-    MAX_OPSET,
-    MIN_OPSET,
     QUANT_OPS,
     Preprocessed,
     load_model,

@@ -17,7 +17,7 @@ from fhequant.errors import FhequantError, GraphInputError, OnnxImportError, Sha
 from fhequant.onnx._proto import node_attrs, node_label, op_key, to_array
 from fhequant.onnx.preprocess import load_model, preprocess
 from fhequant.onnx.registry import ONNX_OPS, OpSpec
-from fhequant.onnx.torch_export import export_to_onnx
+from fhequant.onnx.torch_export import Exporter, export_to_onnx
 
 __all__ = ["GraphNode", "NumpyModule"]
 
@@ -61,7 +61,11 @@ class GraphNode:
         """
         fn = self.spec.quant_fn if quant_semantics else self.spec.fn
         try:
-            res = fn(*inputs, **self.attrs)
+            if quant_semantics:
+                res = fn(*inputs, **self.attrs)
+            else:  # graph semantics: inf/nan silently, as onnxruntime
+                with np.errstate(all="ignore"):
+                    res = fn(*inputs, **self.attrs)
         except FhequantError as exc:
             raise type(exc)(f"node {self.name!r} ({self.op_type}): {exc}") from exc
         except (ValueError, TypeError, IndexError, ArithmeticError) as exc:
@@ -143,17 +147,20 @@ class NumpyModule:
         )
 
     @classmethod
-    def from_torch(cls, model: Any, inputset: Any) -> NumpyModule:
+    def from_torch(cls, model: Any, inputset: Any, exporter: Exporter = "legacy") -> NumpyModule:
         """Export a torch module to ONNX (``fhequant.torch.export_to_onnx``) and import it.
 
         Args:
             model: a ``torch.nn.Module``.
             inputset: one array/tensor, or a tuple of them for several inputs.
+            exporter: "legacy" (TorchScript exporter at opset 14, the reference's graphs; the
+                default) or "dynamo" (torch's default exporter; needs onnxscript). Either way
+                axis 0 is a dynamic batch axis.
 
         Returns:
             The NumpyModule of the exported graph.
         """
-        return cls(model, inputset)
+        return cls(export_to_onnx(model, inputset, exporter=exporter))
 
     @property
     def graph_input_names(self) -> tuple[str, ...]:

@@ -1,11 +1,12 @@
 """Loading and pre-processing of ONNX models (docs/contract.md §5.1).
 
-Steps, in order: parse, opset check (13-21), onnx.checker, unsupported-op check, Constant nodes
-→ initializers, folding of constant-only subgraphs (Brevitas Quant excluded: the QAT importer
-needs those nodes), folding of shape arithmetic on a dynamic batch axis (``x.view(x.size(0),
--1)`` → Reshape to ``[0, -1]``), no-op Pad removal, Pad fused into Conv, MatMul +
-Add(initializer) → Gemm, unused initializer removal, Gather on a graph input → one-hot MatMul,
-and a final check.
+Steps, in order: parse, opset check and conversion (``fhequant.onnx.opsets``: opsets 7 to the
+newest the installed onnx defines are read; those outside 13-21 are converted to 13 or 21),
+onnx.checker, unsupported-op check, Constant nodes → initializers, folding of constant-only
+subgraphs (Brevitas Quant excluded: the QAT importer needs those nodes), folding of shape
+arithmetic on a dynamic batch axis (``x.view(x.size(0), -1)`` → Reshape to ``[0, -1]``), no-op
+Pad removal, Pad fused into Conv, MatMul + Add(initializer) → Gemm, unused initializer
+removal, Gather on a graph input → one-hot MatMul, and a final check.
 """
 
 from __future__ import annotations
@@ -20,20 +21,20 @@ import onnx
 from onnx import helper
 
 import fhequant.onnx.ops  # noqa: F401  (importing the families fills the registry)
-from fhequant.errors import FhequantError, OnnxImportError, OpsetError, UnsupportedOpError
+from fhequant.errors import FhequantError, OnnxImportError, UnsupportedOpError
 from fhequant.onnx._proto import (
     DEFAULT_DOMAINS,
-    default_opset,
     from_array,
     node_attrs,
     node_label,
     op_key,
     to_array,
 )
+from fhequant.onnx.opsets import (
+    convert_opset,
+)
 from fhequant.onnx.registry import ONNX_OPS
 
-MIN_OPSET = 13
-MAX_OPSET = 21
 PREPROCESSING_OPSET = 14
 QUANT_OPS = frozenset({"onnx.brevitas.Quant", "qonnx.custom_op.general.Quant"})
 
@@ -70,23 +71,6 @@ def load_model(model: Any) -> onnx.ModelProto:
         f"cannot read an ONNX model from a {type(model).__name__}: pass an onnx.ModelProto, "
         "serialized bytes or a file path"
     )
-
-
-def check_opset(model: onnx.ModelProto) -> int:
-    """The default-domain opset, which must be in [13, 21].
-
-    Raises:
-        OpsetError: no default opset, or one outside the supported range.
-    """
-    opset = default_opset(model)
-    if opset is None:
-        raise OpsetError("the model imports no default ONNX opset (domain ''): cannot run it")
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise OpsetError(
-            f"ONNX opset {opset} is not supported: fhequant reads opsets {MIN_OPSET} to "
-            f"{MAX_OPSET}; convert the model (onnx.version_converter) or re-export it"
-        )
-    return opset
 
 
 def check_model(model: onnx.ModelProto, when: str) -> None:
@@ -168,7 +152,7 @@ def preprocess(model: onnx.ModelProto) -> Preprocessed:
         OpsetError, UnsupportedOpError, OnnxImportError: see the individual steps.
     """
     try:
-        check_opset(model)
+        model = convert_opset(model)
         _import_custom_domains(model)
         check_model(model, "as given")
         check_supported(model)

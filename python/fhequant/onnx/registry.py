@@ -19,10 +19,11 @@ the output is such a value (Shape).
 ``fn`` and ``quant_fn`` differ only where docs/contract.md §5.3 deliberately departs from ONNX
 semantics: comparisons and Not/And/Or/Xor (bool vs float64 0/1), Where (selection vs
 c·t + (1 - c)·f), Cast to BOOL/FLOAT/DOUBLE (exact dtype vs float64), Div (IEEE and truncating
-integer division vs a / where(b != 0, b, 1) and floor division), Log (log x vs log max(x, 1e-8)) and
-PRelu (ONNX vs min(0, slope·x) + max(0, x), which differ for negative slopes). Everything else
-(Sigmoid = exp(-logaddexp(0, -x)), Softplus = log(exp(x) + 1), Conv/AveragePool in float64
-with a float32 padding buffer, Gemm in float32, ...) uses the §5.3 form in both, which matches
+integer division vs a / where(b != 0, b, 1) and floor division), Log (log x vs log max(x, 1e-8)),
+PRelu (ONNX vs min(0, slope·x) + max(0, x), which differ for negative slopes), Conv/
+ConvTranspose/AveragePool (the inputs' dtype vs float64 with a float32 padding buffer) and Pow
+(the base's dtype vs numpy promotion). Everything else (Sigmoid = exp(-logaddexp(0, -x)),
+Softplus = log(exp(x) + 1), Gemm in float32, ...) uses the §5.3 form in both, which matches
 onnxruntime within float tolerance on valid inputs.
 """
 

@@ -1,31 +1,47 @@
-"""Export a torch module to ONNX the way the reference does (docs/contract.md §5.1).
+"""Export a torch module to ONNX (docs/contract.md §5.1), with either of torch's exporters.
 
 This is the ONNX import layer's torch entry (``NumpyModule.from_torch``); torch itself is
 imported lazily. The front door re-exports it as ``fhequant.torch.export_to_onnx``.
 
-Opset 14, the legacy TorchScript exporter (``dynamo=False``), input names taken from the
-``forward`` signature, and a dummy input made of the first sample of each input with batch 1
-(``x[[0], ...]``), floating-point data as float32. Unlike the reference, axis 0 of every input
-is exported as a dynamic ``batch`` axis, so ``x.view(x.size(0), -1)`` keeps working for
-batches of any size (the pre-processing folds that shape arithmetic into ``Reshape(x, [0,
--1])``).
+``exporter="legacy"`` (the default) is the reference's export: opset 14, the TorchScript
+exporter (``dynamo=False``; its DeprecationWarning on torch >= 2.9 is silenced), and a dummy
+input made of the first sample of each input with batch 1 (``x[[0], ...]``). It needs nothing
+beyond torch and gives the graphs the golden numbers were calibrated on.
+
+``exporter="dynamo"`` is torch's default exporter (``torch.export`` + onnxscript, which must be
+installed: ``pip install fhequant[torch]``), at its own default opset (fhequant converts opsets
+7 to the newest onnx defines). torch.export specialises a dimension of size 1, so its dummy
+input has batch 2 (the first two samples, or the first one twice).
+
+Both take input names from the ``forward`` signature, floating-point data as float32, and
+export axis 0 of every input as a dynamic ``batch`` axis, so ``x.view(x.size(0), -1)`` keeps
+working for batches of any size (the pre-processing folds the legacy exporter's shape
+arithmetic into ``Reshape(x, [0, -1])``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import io
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
 
-from fhequant.errors import GraphInputError, MissingDependencyError, OnnxImportError
+from fhequant.errors import (
+    ConfigurationError,
+    GraphInputError,
+    MissingDependencyError,
+    OnnxImportError,
+)
 
 EXPORT_OPSET = 14
+EXPORTERS = ("legacy", "dynamo")
+Exporter = Literal["legacy", "dynamo"]
 
-__all__ = ["EXPORT_OPSET", "export_to_onnx", "input_names_of"]
+__all__ = ["EXPORTERS", "EXPORT_OPSET", "export_to_onnx", "input_names_of"]
 
 
 def _torch() -> Any:
@@ -43,8 +59,9 @@ def _as_inputs(inputset: Any) -> tuple[Any, ...]:
     return tuple(inputset) if isinstance(inputset, (tuple, list)) else (inputset,)
 
 
-def _first_sample(x: Any) -> Any:
-    """x[[0], ...] as a CPU torch tensor; floating point data as float32."""
+def _first_sample(x: Any, n: int = 1) -> Any:
+    """x[[0], ...] (n = 1) or x[[0, 1], ...] (n = 2; x[[0, 0], ...] for a single sample) as a
+    CPU torch tensor; floating point data as float32."""
     torch = _torch()
     arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if arr.ndim == 0 or arr.shape[0] == 0:
@@ -52,7 +69,7 @@ def _first_sample(x: Any) -> Any:
             f"an input of the inputset has shape {arr.shape}: it needs a batch axis with at "
             "least one sample"
         )
-    sample = arr[[0], ...]
+    sample = arr[[0], ...] if n == 1 else arr[[0, min(1, arr.shape[0] - 1)], ...]
     if sample.dtype.kind == "f":
         sample = sample.astype(np.float32)
     return torch.from_numpy(np.ascontiguousarray(sample))
@@ -77,13 +94,61 @@ def input_names_of(model: Any, n_inputs: int) -> list[str]:
     return params[:n_inputs]
 
 
-def export_to_onnx(model: Any, inputset: Any) -> onnx.ModelProto:
-    """Export ``model`` to an opset-14 ONNX model with the reference's conventions.
+def _onnxscript_check() -> None:
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "exporter='dynamo' (torch's default ONNX exporter) needs onnxscript: "
+            "pip install 'fhequant[torch]' (or onnxscript), or use exporter='legacy'"
+        ) from exc
+
+
+def _export_legacy(model: Any, dummy: tuple[Any, ...], names: list[str]) -> onnx.ModelProto:
+    torch = _torch()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            dummy,
+            buffer,
+            opset_version=EXPORT_OPSET,
+            dynamo=False,
+            input_names=names,
+            dynamic_axes={name: {0: "batch"} for name in names},
+        )
+    return onnx.load_model_from_string(buffer.getvalue())
+
+
+def _export_dynamo(model: Any, dummy: tuple[Any, ...], names: list[str]) -> onnx.ModelProto:
+    torch = _torch()
+    batch = torch.export.Dim("batch")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            dummy,
+            dynamo=True,
+            verbose=False,
+            input_names=names,
+            dynamic_shapes=tuple({0: batch} for _ in dummy),
+        )
+    if program is None:  # pragma: no cover - torch returns the program when no file is given
+        raise OnnxImportError("torch.onnx.export(dynamo=True) returned no ONNX program")
+    proto: onnx.ModelProto = program.model_proto
+    return proto
+
+
+def export_to_onnx(model: Any, inputset: Any, exporter: Exporter = "legacy") -> onnx.ModelProto:
+    """Export ``model`` to ONNX with a dynamic batch axis (see the module docstring).
 
     Args:
         model: a ``torch.nn.Module``.
         inputset: one array/tensor (batch on axis 0), or a tuple/list of them for a model
-            with several inputs. Only the first sample of each is used.
+            with several inputs. Only the first sample (dynamo: two samples) of each is used.
+        exporter: "legacy" (TorchScript, opset 14, the reference's graphs; the default) or
+            "dynamo" (torch's default exporter; needs onnxscript).
 
     Returns:
         The exported ``onnx.ModelProto``.
@@ -92,27 +157,27 @@ def export_to_onnx(model: Any, inputset: Any) -> onnx.ModelProto:
         GraphInputError: an input of ``forward`` missing from the exported graph, or an
             inputset that does not fit the signature.
         OnnxImportError: the exporter failed.
+        MissingDependencyError: exporter="dynamo" without onnxscript installed.
+        ConfigurationError: an unknown exporter.
     """
-    torch = _torch()
+    if exporter not in EXPORTERS:
+        raise ConfigurationError(
+            f"exporter={exporter!r} is not one of {list(EXPORTERS)}: 'legacy' (TorchScript, "
+            "opset 14) or 'dynamo' (torch's default exporter, needs onnxscript)"
+        )
+    _torch()
+    if exporter == "dynamo":
+        _onnxscript_check()
     inputs = _as_inputs(inputset)
-    dummy = tuple(_first_sample(x) for x in inputs)
+    dummy = tuple(_first_sample(x, 2 if exporter == "dynamo" else 1) for x in inputs)
     names = input_names_of(model, len(dummy))
-    buffer = io.BytesIO()
+    export = _export_dynamo if exporter == "dynamo" else _export_legacy
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                dummy,
-                buffer,
-                opset_version=EXPORT_OPSET,
-                dynamo=False,
-                input_names=names,
-                dynamic_axes={name: {0: "batch"} for name in names},
-            )
+        proto = export(model, dummy, names)
     except Exception as exc:
-        raise OnnxImportError(f"torch.onnx.export failed on {type(model).__name__}: {exc}") from exc
-    proto = onnx.load_model_from_string(buffer.getvalue())
+        raise OnnxImportError(
+            f"torch.onnx.export ({exporter} exporter) failed on {type(model).__name__}: {exc}"
+        ) from exc
     exported = {v.name for v in proto.graph.input}
     missing = [n for n in names if n not in exported]
     if missing:

@@ -8,6 +8,7 @@ batches; it is streamed in blocks of ``batch_size`` rows (docs/contract.md decis
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any
 
@@ -55,13 +56,14 @@ def _numpy_module(model: Any, data: Any) -> NumpyModule:
     """The NumpyModule (pre-processed ONNX graph) of a torch, ONNX or NumpyModule model."""
     if isinstance(model, NumpyModule):
         return model
-    if isinstance(model, onnx.ModelProto):
-        return NumpyModule(model)
+    if isinstance(model, (onnx.ModelProto, str, os.PathLike, bytes, bytearray, memoryview)):
+        return NumpyModule(model)  # a proto, serialized bytes or a .onnx file path
     if type(model).__module__.startswith("torch") or hasattr(model, "state_dict"):
         return NumpyModule.from_torch(model, _first_sample(data))
     raise GraphInputError(
         f"build_quantized_module: cannot build from a {type(model).__name__}; give a torch "
-        "module, an onnx.ModelProto or a fhequant.onnx.NumpyModule"
+        "module, an onnx.ModelProto (or its bytes, or a .onnx file path) or a "
+        "fhequant.onnx.NumpyModule"
     )
 
 
@@ -122,7 +124,9 @@ def build_quantized_module(
     """Calibrate a float model and return its QuantizedModule.
 
     Args:
-        model: a torch module, an onnx.ModelProto or a fhequant.onnx.NumpyModule.
+        model: a torch module, an onnx.ModelProto (any opset from 7 to the newest the
+            installed onnx defines; serialized bytes or a .onnx file path also do) or a
+            fhequant.onnx.NumpyModule.
         calibration_data: an array/tensor, a tuple of them (one per input) or an iterable of
             such batches.
         import_qat: import a QAT (Brevitas) model instead of post-training quantization.

@@ -7,19 +7,20 @@ Both build the QuantizedModule with ``build_quantized_module`` and compile it wi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import onnx
 
-from fhequant.errors import ConfigurationError, OpsetError
+from fhequant.errors import ConfigurationError
+from fhequant.onnx import NumpyModule
 from fhequant.quantized.build import build_quantized_module
 from fhequant.quantized.module import QuantizedModule
 from fhequant.quantized.streaming import as_numpy
 
 __all__ = ["compile_onnx_model", "compile_torch_model"]
-
-_OPSET = 14
 
 
 def _float_inputs(inputset: Any) -> tuple[np.ndarray, ...]:
@@ -160,10 +161,13 @@ def compile_onnx_model(
     device: str = "cpu",
     accumulator_bounds: str = "observed",
 ) -> QuantizedModule:
-    """Quantize an ONNX model (opset 14) and compile it to an FHE circuit.
+    """Quantize an ONNX model and compile it to an FHE circuit.
 
     Args:
-        onnx_model: the onnx.ModelProto.
+        onnx_model: an onnx.ModelProto, its serialized bytes, a path (str or os.PathLike) to
+            a .onnx file, or a fhequant.onnx.NumpyModule: what ``build_quantized_module``
+            accepts (any default-domain opset from 7 to the newest the installed onnx
+            defines; those outside 13-21 are converted).
         torch_inputset: calibration data: an array/tensor or a tuple of them.
         import_qat: import a QAT model instead of post-training quantization.
         configuration: a concrete.fhe.Configuration (without p_error/global_p_error).
@@ -183,15 +187,21 @@ def compile_onnx_model(
         The compiled QuantizedModule.
 
     Raises:
-        OpsetError: the model's default-domain opset is not 14 (a ValueError).
+        OnnxImportError: a missing or unreadable file (named), bytes that are not a model.
+        OpsetError: an opset that cannot be read or converted (names the op and opset).
+        ConfigurationError: a torch module (use compile_torch_model), an unknown device.
     """
     _check_device(device)
-    opsets = [o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx")]
-    if opsets != [_OPSET]:
-        raise OpsetError(
-            f"the ONNX model uses opset {opsets[0] if opsets else 'none'}; fhequant needs "
-            f"opset {_OPSET}: convert it with onnx.version_converter.convert_version(model, 14)"
+    if not isinstance(
+        onnx_model, (onnx.ModelProto, NumpyModule, str, os.PathLike, bytes, bytearray, memoryview)
+    ):
+        raise ConfigurationError(
+            f"compile_onnx_model takes an ONNX model (onnx.ModelProto, bytes, a .onnx file path "
+            f"or a NumpyModule), not a {type(onnx_model).__name__}; compile torch modules with "
+            "compile_torch_model"
         )
+    if not isinstance(onnx_model, NumpyModule):
+        onnx_model = NumpyModule(onnx_model)
     return _compile(
         onnx_model,
         torch_inputset,

@@ -134,14 +134,18 @@ def test_reduce_sum_graph_output_and_hidden() -> None:
 
 
 def test_pool_and_reduce_errors() -> None:
+    # issue 13 made count_include_pad 0, MaxPool ceil_mode 1 and dilations valid: the
+    # refusals left are the values ONNX does not define
     with pytest.raises(QuantizedOpError, match="count_include_pad"):
-        QuantizedAvgPool(5, "a", kernel_shape=[2, 2])
+        QuantizedAvgPool(5, "a", kernel_shape=[2, 2], count_include_pad=2)
+    with pytest.raises(QuantizedOpError, match="dilations"):
+        QuantizedAvgPool(5, "a", kernel_shape=[2, 2], dilations=[2, 2])
     with pytest.raises(QuantizedOpError, match="auto_pad"):
         QuantizedAvgPool(5, "a", kernel_shape=[2, 2], count_include_pad=1, auto_pad="SAME_UPPER")
     with pytest.raises(QuantizedOpError, match="ceil_mode"):
-        QuantizedMaxPool(5, "m", kernel_shape=[2, 2], ceil_mode=1)
+        QuantizedMaxPool(5, "m", kernel_shape=[2, 2], ceil_mode=2)
     with pytest.raises(QuantizedOpError, match="dilations"):
-        QuantizedMaxPool(5, "m", kernel_shape=[2, 2], dilations=[2, 2])
+        QuantizedMaxPool(5, "m", kernel_shape=[2, 2], dilations=[2, 0])
     with pytest.raises(QuantizedOpError, match="kernel_shape"):
         QuantizedMaxPool(5, "m", kernel_shape=[2, 2, 2])
     with pytest.raises(QuantizedOpError, match=r"'s'.*axis 0"):

@@ -213,6 +213,9 @@ _OLD_LISTS: dict[str, frozenset[str]] = {
 }
 #: Op types added since the lists were replaced, with the capabilities they declare.
 _ADDED_SINCE: dict[str, frozenset[str]] = {"calibrate_by_table": frozenset({"Softsign"})}
+#: Op types that no longer declare a capability: Concat (issue 13) reads its producers' own
+#: integers when it brings differently quantized inputs onto its output quantizer.
+_REMOVED_SINCE: dict[str, frozenset[str]] = {"requant_table_if_constant": frozenset({"Concat"})}
 
 
 def _declaring(capability: str) -> set[str]:
@@ -227,6 +230,7 @@ def _declaring(capability: str) -> set[str]:
 @pytest.mark.parametrize("capability", sorted(_OLD_LISTS))
 def test_capabilities_agree_with_the_lists_they_replaced(capability: str) -> None:
     expected = _OLD_LISTS[capability] | _ADDED_SINCE.get(capability, frozenset())
+    expected -= _REMOVED_SINCE.get(capability, frozenset())
     assert _declaring(capability) == expected
 
 

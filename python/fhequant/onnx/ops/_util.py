@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import numpy as np
 from onnx import helper
 
-from fhequant.errors import OnnxImportError
+from fhequant.errors import OnnxImportError, UnsupportedOpError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,8 +25,26 @@ def quiet(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# FLOAT, UINT8, INT8, UINT16, INT16, INT32, INT64, BOOL, FLOAT16, DOUBLE, UINT32, UINT64
+NUMPY_ONNX_TYPES = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13})
+
+
 def onnx_dtype(to: int) -> np.dtype[Any]:
-    """The numpy dtype of an ONNX TensorProto data type."""
+    """The numpy dtype of an ONNX TensorProto data type numpy computes with natively.
+
+    Raises:
+        UnsupportedOpError: bfloat16, float8/float4, int4/int2, strings, complex, ... (numpy
+            has no native arithmetic for them, so casts to them would be silently wrong).
+    """
+    if int(to) not in NUMPY_ONNX_TYPES:
+        try:
+            name = helper.tensor_dtype_to_string(int(to))
+        except Exception:  # an unknown number
+            name = str(to)
+        raise UnsupportedOpError(
+            f"ONNX data type {name} is not supported: fhequant computes with bool, (u)int8-64 "
+            "and float16/32/64 tensors"
+        )
     try:
         return np.dtype(helper.tensor_dtype_to_np_dtype(int(to)))
     except (KeyError, TypeError, ValueError) as exc:

@@ -1,8 +1,14 @@
-"""Convolutions: Conv (float64, docs/contract.md §0), ConvTranspose and Unfold (torch.nn.Unfold)."""
+"""Convolutions: Conv, ConvTranspose and Unfold (torch.nn.Unfold).
+
+Conv and ConvTranspose compute in float64 (docs/contract.md §0: calibration uses these float64
+results, ``quant_fn``); the graph forms (``fn``) return onnxruntime's dtype, that of the
+inputs (float32 for float32 data).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,8 +32,12 @@ def _padded_float64(x: np.ndarray, begins: Sequence[int], ends: Sequence[int]) -
     return pad_spatial(x, begins, ends, 0, np.float32).astype(np.float64, copy=False)
 
 
-@register("Conv", "X, W, B?", _CONV_ATTRS)
-def conv(
+def _graph_dtype(*xs: np.ndarray | None) -> np.dtype:
+    """onnxruntime's output dtype of a float op: the common dtype of its float inputs."""
+    return np.result_type(*[np.asarray(x).dtype for x in xs if x is not None])
+
+
+def conv_quant(
     x: np.ndarray,
     w: np.ndarray,
     b: np.ndarray | None = None,
@@ -74,12 +84,13 @@ def conv(
     return np.ascontiguousarray(y)
 
 
-@register(
-    "ConvTranspose",
-    "X, W, B?",
-    {**_CONV_ATTRS, "output_padding": None, "output_shape": None},
-)
-def conv_transpose(
+@register("Conv", "X, W, B?", _CONV_ATTRS, quant_fn=conv_quant)
+def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, **attrs: Any) -> np.ndarray:
+    """ONNX Conv: ``conv_quant`` (float64) in the inputs' dtype, as onnxruntime returns it."""
+    return conv_quant(x, w, b, **attrs).astype(_graph_dtype(x, w, b), copy=False)
+
+
+def conv_transpose_quant(
     x: np.ndarray,
     w: np.ndarray,
     b: np.ndarray | None = None,
@@ -109,9 +120,24 @@ def conv_transpose(
         (i - 1) * st + (kk - 1) * dd + 1 + o
         for i, st, kk, dd, o in zip(in_sp, s, k, d, op, strict=False)
     ]
+    target: list[int] | None = None
     if output_shape is not None and len(output_shape) > 0:
-        target = list(output_shape)[-nsp:]
-        totals = [f - t for f, t in zip(full, target, strict=False)]
+        # onnxruntime: the pads crop what exceeds output_shape (more at the tail for
+        # SAME_UPPER, at the head otherwise); a larger output_shape extends the tail
+        target = [int(t) for t in list(output_shape)[-nsp:]]
+        if len(target) != nsp or any(t < 1 for t in target):
+            raise ShapeError(
+                f"ConvTranspose output_shape {list(output_shape)} does not give {nsp} spatial "
+                "sizes >= 1"
+            )
+        too_big = [t for t, f, st in zip(target, full, s, strict=False) if t - f >= st]
+        if too_big:  # onnxruntime: inconsistent with the input size
+            raise ShapeError(
+                f"ConvTranspose output_shape {target} is inconsistent with the input "
+                f"{list(in_sp)}: with strides {list(s)} the output is at most "
+                f"{[f + st - 1 for f, st in zip(full, s, strict=False)]}"
+            )
+        totals = [max(0, f - t) for f, t in zip(full, target, strict=False)]
         if auto_pad == "SAME_UPPER":
             begins = [t // 2 for t in totals]
         else:
@@ -153,9 +179,27 @@ def conv_transpose(
         *tuple(slice(bb, f - e) for bb, f, e in zip(begins, full, ends, strict=False)),
     )
     y = out[crop]
+    if target is not None and list(y.shape[2:]) != target:
+        grown = np.zeros((*y.shape[:2], *target), dtype=np.float64)
+        inner = (slice(None), slice(None), *tuple(slice(0, n) for n in y.shape[2:]))
+        grown[inner] = y
+        y = grown
     if b is not None:
         y = y + np.asarray(b, dtype=np.float64).reshape((1, -1) + (1,) * nsp)
     return np.ascontiguousarray(y)
+
+
+@register(
+    "ConvTranspose",
+    "X, W, B?",
+    {**_CONV_ATTRS, "output_padding": None, "output_shape": None},
+    quant_fn=conv_transpose_quant,
+)
+def conv_transpose(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, **attrs: Any
+) -> np.ndarray:
+    """ONNX ConvTranspose: ``conv_transpose_quant`` (float64) in the inputs' dtype."""
+    return conv_transpose_quant(x, w, b, **attrs).astype(_graph_dtype(x, w, b), copy=False)
 
 
 @register(

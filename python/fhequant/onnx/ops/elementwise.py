@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import scipy.special
 
+from fhequant.errors import UnsupportedOpError
 from fhequant.onnx.ops._util import onnx_dtype, quiet
 from fhequant.onnx.registry import REQUIRED, register
 
@@ -52,11 +53,21 @@ def div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a / b
 
 
-@register("Pow", "X, Y")
+@quiet
+def power_quant(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """x ** y with numpy promotion (docs/contract.md §0), the form calibration uses."""
+    return np.power(x, y)
+
+
+@register("Pow", "X, Y", quant_fn=power_quant)
 @quiet
 def power(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """x ** y."""
-    return np.power(x, y)
+    """ONNX Pow: x ** y in the dtype of x (onnxruntime's output type is the base's)."""
+    dtype = np.asarray(x).dtype
+    if dtype.kind in "iu" and np.asarray(y).dtype.kind == "f":
+        # onnxruntime computes an integer base to a float power in double, then truncates
+        return np.trunc(np.power(np.asarray(x, np.float64), y)).astype(dtype)
+    return np.asarray(np.power(x, y)).astype(dtype, copy=False)
 
 
 def _unary(name: str, fn: Any, doc: str) -> None:
@@ -131,8 +142,20 @@ def dropout(
     *,
     seed: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Inference Dropout: (data, all-True mask). training_mode is ignored (no randomness)."""
-    del ratio, training_mode, seed
+    """Inference Dropout: (data, all-True mask).
+
+    Raises:
+        UnsupportedOpError: training_mode is true with a non-zero ratio (random dropout).
+    """
+    del seed
+    training = training_mode is not None and bool(np.asarray(training_mode).reshape(-1)[0])
+    rate = 0.5 if ratio is None else float(np.asarray(ratio).reshape(-1)[0])
+    if training and rate != 0.0:
+        raise UnsupportedOpError(
+            f"Dropout with training_mode=True (ratio {rate}) drops random values: fhequant "
+            "runs inference only; export the model in eval mode (model.eval()) or set "
+            "training_mode to False"
+        )
     return data, np.ones(np.shape(data), dtype=bool)
 
 

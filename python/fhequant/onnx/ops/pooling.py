@@ -1,8 +1,13 @@
-"""Pools: AveragePool (float64, docs/contract.md §0), MaxPool, GlobalAveragePool, GlobalMaxPool."""
+"""Pools: AveragePool, MaxPool, GlobalAveragePool, GlobalMaxPool.
+
+AveragePool computes in float64 (docs/contract.md §0, ``quant_fn``, what calibration uses); its
+graph form (``fn``) returns the input's dtype, as onnxruntime does.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -68,8 +73,7 @@ def _row_major_window_sum(
     return total
 
 
-@register("AveragePool", "X", {**_POOL_ATTRS, "count_include_pad": 0})
-def average_pool(
+def average_pool_quant(
     x: np.ndarray,
     *,
     auto_pad: str = "NOTSET",
@@ -104,6 +108,12 @@ def average_pool(
     mask[mask_index] = 1.0
     counts = windows(mask, k, s, d).sum(axis=red)
     return total / counts
+
+
+@register("AveragePool", "X", {**_POOL_ATTRS, "count_include_pad": 0}, quant_fn=average_pool_quant)
+def average_pool(x: np.ndarray, **attrs: Any) -> np.ndarray:
+    """ONNX AveragePool: ``average_pool_quant`` (float64) in the input's dtype."""
+    return average_pool_quant(x, **attrs).astype(np.asarray(x).dtype, copy=False)
 
 
 @register("MaxPool", "X", {**_POOL_ATTRS, "storage_order": 0})

@@ -17,6 +17,22 @@ from fhequant.onnx.registry import register
 _ATTRS = {"axes": None, "keepdims": 1, "noop_with_empty_axes": 0}
 
 
+def _lowest(dtype: np.dtype[Any]) -> Any:
+    if dtype.kind == "f":
+        return -np.inf
+    return False if dtype.kind == "b" else np.iinfo(dtype).min
+
+
+def _highest(dtype: np.dtype[Any]) -> Any:
+    if dtype.kind == "f":
+        return np.inf
+    return True if dtype.kind == "b" else np.iinfo(dtype).max
+
+
+# the value a max/min over an empty set takes (numpy raises instead)
+_IDENTITY: dict[Any, Any] = {np.max: _lowest, np.min: _highest}
+
+
 def _reducer(name: str, np_fn: Any) -> None:
     def impl(
         x: np.ndarray,
@@ -33,6 +49,10 @@ def _reducer(name: str, np_fn: Any) -> None:
             red: tuple[int, ...] | None = None
         else:
             red = tuple(norm_axes(ax, np.ndim(x)))
+        if np.size(x) == 0 and np_fn in _IDENTITY:  # onnxruntime: the identity element
+            return np.asarray(
+                np_fn(x, axis=red, keepdims=bool(keepdims), initial=_IDENTITY[np_fn](x.dtype))
+            )
         return np.asarray(np_fn(x, axis=red, keepdims=bool(keepdims)))
 
     impl.__name__ = name.lower()

@@ -59,9 +59,17 @@ class ClearBackend:
         """Per-channel window sums of an already padded tensor."""
         return ik.window_sum(x_pad, kernel_shape, strides, _NO_PADS, 0, 0)
 
-    def max_windows(self, x_pad: Any, kernel_shape: Sequence[int], strides: Sequence[int]) -> Any:
-        """Per-channel window maxima of an already padded tensor."""
-        return ik.window_max(x_pad, kernel_shape, strides, _NO_PADS, 0)
+    def max_windows(
+        self,
+        x_pad: Any,
+        kernel_shape: Sequence[int],
+        strides: Sequence[int],
+        dilations: Sequence[int] = (1, 1),
+    ) -> Any:
+        """Per-channel window maxima of an already padded tensor (dilated windows: numpy)."""
+        if tuple(int(d) for d in dilations) == (1, 1):
+            return ik.window_max(x_pad, kernel_shape, strides, _NO_PADS, 0)
+        return _dilated_window_max(np.asarray(x_pad), kernel_shape, strides, dilations)
 
     def frame(self, like: Any, shape: tuple[int, ...], value: int) -> Any:
         """A tensor of ``shape`` filled with ``value`` (the border of a padding)."""
@@ -167,12 +175,19 @@ class TracingBackend:
         kernel = identity_kernel(int(x_pad.shape[1]), kernel_shape)
         return fhe.conv(x_pad, kernel, strides=tuple(int(s) for s in strides))
 
-    def max_windows(self, x_pad: Any, kernel_shape: Sequence[int], strides: Sequence[int]) -> Any:
+    def max_windows(
+        self,
+        x_pad: Any,
+        kernel_shape: Sequence[int],
+        strides: Sequence[int],
+        dilations: Sequence[int] = (1, 1),
+    ) -> Any:
         fhe = fhe_module()
         return fhe.maxpool(
             x_pad,
             kernel_shape=tuple(int(k) for k in kernel_shape),
             strides=tuple(int(s) for s in strides),
+            dilations=tuple(int(d) for d in dilations),
         )
 
     def frame(self, like: Any, shape: tuple[int, ...], value: int) -> Any:
@@ -187,6 +202,28 @@ class TracingBackend:
     def lookup(self, x: Any, fn: Callable[[Any], Any]) -> Any:
         fhe = fhe_module()
         return fhe.univariate(fn)(x)
+
+
+def _dilated_window_max(
+    x: Any, kernel_shape: Sequence[int], strides: Sequence[int], dilations: Sequence[int]
+) -> Any:
+    """Window maxima of an NCHW integer tensor with dilated windows (no padding)."""
+    (kh, kw), (sh, sw), (dh, dw) = (
+        tuple(int(v) for v in t) for t in (kernel_shape, strides, dilations)
+    )
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    oh = (h - (kh - 1) * dh - 1) // sh + 1
+    ow = (w - (kw - 1) * dw - 1) // sw + 1
+    out: Any = None
+    for i in range(kh):
+        for j in range(kw):
+            tap = x[
+                ...,
+                i * dh : i * dh + (oh - 1) * sh + 1 : sh,
+                j * dw : j * dw + (ow - 1) * sw + 1 : sw,
+            ]
+            out = tap.copy() if out is None else np.maximum(out, tap)
+    return out
 
 
 def identity_kernel(n_channels: int, kernel_shape: Sequence[int]) -> Any:

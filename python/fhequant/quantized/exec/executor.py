@@ -356,13 +356,24 @@ class Executor:
         strides: Sequence[int],
         pads: Sequence[int],
         pad_value: int,
+        *,
+        dilations: Sequence[int] = (1, 1),
+        ceil_extension: Sequence[int] = (0, 0),
+        extension_value: int = 0,
     ) -> Any:
-        """Per-channel window maxima."""
-        if self._direct:
+        """Per-channel window maxima (windows dilated by ``dilations``); ``ceil_extension``
+        (rows, columns) more cells filled with ``extension_value`` end the padded input (the
+        ceil_mode extension, filled with a value that never wins)."""
+        dil = tuple(int(v) for v in dilations)
+        eh, ew = (int(e) for e in ceil_extension)
+        if self._direct and dil == (1, 1) and eh == ew == 0:
             return self.backend.fused_maxpool(x, kernel_shape, strides, pads, pad_value)
         x_pad = self.pad(x, pads, pad_value)
         fills = [int(pad_value)] if any(int(p) for p in pads) else []
-        out = self.backend.max_windows(x_pad, kernel_shape, strides)
+        if eh or ew:
+            x_pad = self.pad(x_pad, (0, 0, eh, ew), int(extension_value))
+            fills.append(int(extension_value))
+        out = self.backend.max_windows(x_pad, kernel_shape, strides, dil)
         return self.node("maxpool", out, bounds=lambda worst: _ends(*worst(x), *fills))
 
     def unfold(
@@ -467,14 +478,16 @@ class Executor:
 
         return self.node("multiply_constant", c * x, bounds=scaled)
 
-    def sum(self, x: Any, axis: int, keepdims: bool = False) -> Any:
-        """Σ over one axis."""
+    def sum(self, x: Any, axis: int | Sequence[int], keepdims: bool = False) -> Any:
+        """Σ over one axis, or over several (a tuple of axes)."""
+        axes = (int(axis),) if isinstance(axis, (int, np.integer)) else tuple(int(a) for a in axis)
 
         def sums(worst: Callable[[Any], tuple[int, int]]) -> tuple[int, int]:
-            n = int(np.shape(x)[axis])
+            n = int(np.prod([int(np.shape(x)[a]) for a in axes]))
             return n * worst(x)[0], n * worst(x)[1]
 
-        return self.node("sum", np.sum(x, axis=axis, keepdims=keepdims), bounds=sums)
+        summed = np.sum(x, axis=axes[0] if len(axes) == 1 else axes, keepdims=keepdims)
+        return self.node("sum", summed, bounds=sums)
 
 
 CLEAR = Executor(ClearBackend())

@@ -48,7 +48,7 @@ class _ShapeOp(QuantizedOp):
     """Moves integers: never fusable; its tensor inputs are re-quantized first."""
 
     keep_input_options: ClassVar[bool] = True
-    requant_table_if_constant = ()
+    requant_table_if_constant: ClassVar[tuple[int, ...] | None] = ()
 
     def can_fuse(self) -> bool:
         """Shape ops quantize their inputs: never fusable."""
@@ -69,6 +69,10 @@ class _ShapeOp(QuantizedOp):
         prepared = self._prepare_inputs_with_constants(
             *q_inputs, calibrate=False, quantize_actual_values=True
         )
+        return self._move_prepared(prepared, attrs)
+
+    def _move_prepared(self, prepared: list[Any], attrs: dict[str, Any]) -> Any:
+        """q_impl after the inputs are prepared (re-quantized)."""
         self._track("prepared_inputs", prepared)
         tensors = [p for p in prepared if isinstance(p, QuantizedArray)]
         if not tensors:
@@ -138,24 +142,83 @@ class QuantizedTranspose(_ShapeOp):
 
 
 class QuantizedConcat(_ShapeOp):
-    """Concatenation; every input must have the same scale and zero point."""
+    """Concatenation of tensors on one quantizer (docs/contract.md §3.0).
+
+    When the re-quantized inputs share one scale and zero point, their integers are moved as
+    they are and keep that quantizer. Otherwise (branches calibrated apart, e.g. DenseNet or
+    ShuffleNet) every input is brought onto the op's output quantizer, calibrated on the
+    union of the inputs: an input already on it passes through, any other is quantized from
+    its dequantized values (one table lookup per such input once traced); the integers are
+    then concatenated.
+    """
 
     _impl_for_op_named = "Concat"
     quantize_inputs_with_model_outputs_precision = True
+    # q_impl may read the producers' own integers (to re-quantize each input once)
+    requant_table_if_constant = None
+
+    def q_impl(self, *q_inputs: Any, calibrate_rounding: bool = False, **attrs: Any) -> Any:
+        """Move the integers of inputs sharing one quantizer, else bring every input onto
+        the output quantizer first.
+
+        Args:
+            *q_inputs: the variable inputs (QuantizedArrays or raw arrays).
+            calibrate_rounding: unused.
+            **attrs: attribute overrides.
+
+        Returns:
+            A QuantizedArray of the concatenated integers.
+        """
+        prepared = self._prepare_inputs_with_constants(
+            *q_inputs, calibrate=False, quantize_actual_values=True
+        )
+        tensors = [p for p in prepared if isinstance(p, QuantizedArray)]
+        if not tensors or self._share_quantizer(tensors):
+            return self._move_prepared(prepared, attrs)
+        return self._onto_output_quantizer(self._slot_inputs(q_inputs), attrs)
 
     def _check_same_quantizer(self, tensors: list[QuantizedArray]) -> None:
+        """Checked by q_impl (``_share_quantizer``) before the integers are moved."""
+
+    @staticmethod
+    def _share_quantizer(tensors: list[QuantizedArray]) -> bool:
         first = tensors[0].quantizer
-        for i, t in enumerate(tensors[1:], start=1):
-            q = t.quantizer
-            if not (
-                np.array_equal(q.scale, first.scale)
-                and np.array_equal(q.zero_point, first.zero_point)
-            ):
-                raise QuantizedOpError(
-                    f"{self._label()}: input {i} has scale {q.scale!r} and zero point "
-                    f"{q.zero_point!r} but input 0 has {first.scale!r} and "
-                    f"{first.zero_point!r}; all inputs must share one quantizer"
-                )
+        return all(
+            np.array_equal(t.quantizer.scale, first.scale)
+            and np.array_equal(t.quantizer.zero_point, first.zero_point)
+            for t in tensors[1:]
+        )
+
+    def _on_output_quantizer(self, q: QuantizedArray) -> bool:
+        params = self._calibrated_params()
+        z = q.quantizer
+        return (
+            z.n_bits == self.n_bits
+            and np.array_equal(z.scale, params.scale)
+            and np.array_equal(z.zero_point, params.zero_point)
+            and z.quant_options.is_equal(self._get_output_quant_opts(), ignore_sign_qat=True)
+        )
+
+    def _onto_output_quantizer(self, slots: list[Any], attrs: dict[str, Any]) -> QuantizedArray:
+        self._check_calibrated()
+        ints = []
+        for value in slots:
+            if isinstance(value, QuantizedArray) and self._on_output_quantizer(value):
+                ints.append(value.qvalues)
+            else:
+                floats = value.values if isinstance(value, QuantizedArray) else value
+                ints.append(self.make_output_quant_array(floats).qvalues)
+        self._track("prepared_inputs", ints)
+        moved = self.move(*ints, **self._merged_attrs(attrs))
+        return QuantizedArray(
+            self.n_bits,
+            moved,
+            value_is_float=False,
+            options=self._get_output_quant_opts(),
+            stats=self.output_quant_stats,
+            params=self.output_quant_params,
+            defer=True,
+        )
 
 
 class ONNXSlice(_ShapeOp):
