@@ -1,10 +1,12 @@
-"""Command line: ``fhequant demo [--samples N]`` (also ``python -m fhequant demo``)."""
+"""Command line: ``fhequant demo [--samples N]``, ``fhequant --version`` (also
+``python -m fhequant ...``)."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
 
+from fhequant._core import __version__
 from fhequant.fhe.demo import run_demo
 
 
@@ -18,6 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status.
     """
     parser = argparse.ArgumentParser(prog="fhequant", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fhequant {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo",
@@ -27,7 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--samples",
         type=int,
         default=1,
-        help="test rows to run under real encryption (default 1; about a second or more each)",
+        help=(
+            "test rows to run under real encryption (default 1; about 15 s each on a laptop "
+            "CPU, after about 30 s of compilation and key generation)"
+        ),
     )
     demo.add_argument(
         "--hidden",

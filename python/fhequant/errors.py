@@ -172,3 +172,32 @@ class SerializationError(FhequantError, ValueError):
 
 class MissingDependencyError(FhequantError, ImportError):
     """An optional dependency that the requested feature needs is not installed."""
+
+
+# --- warnings -------------------------------------------------------------------------------
+#
+# Silent accuracy loss is reported with these categories, so users can filter them as a group
+# (``warnings.filterwarnings("ignore", category=fhequant.errors.FhequantWarning)``) or one by
+# one. They are listed in WARNINGS, not in __all__ (which lists the exception classes).
+
+
+class FhequantWarning(UserWarning):
+    """Base class of every warning fhequant emits on purpose."""
+
+
+class CalibrationWarning(FhequantWarning):
+    """Calibration data that will cost accuracy: a constant input, too few rows."""
+
+
+class InputClippingWarning(FhequantWarning):
+    """Inference inputs outside the calibrated range (clipped by the input quantizer) or
+    infinite."""
+
+
+class BrevitasImportWarning(FhequantWarning):
+    """A Brevitas model quantized by fhequant where Brevitas did not quantize it (a layer
+    without a QuantIdentity in front)."""
+
+
+#: The warning categories of fhequant (FhequantWarning and its subclasses).
+WARNINGS = (FhequantWarning, CalibrationWarning, InputClippingWarning, BrevitasImportWarning)

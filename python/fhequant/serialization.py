@@ -28,6 +28,17 @@ from typing import IO, Any, TypeVar
 
 import numpy as np
 
+from fhequant._json_checks import (
+    MAX_DEPTH,
+    check_depth,
+    field,
+    load_list_as,
+    load_numpy_array,
+    load_numpy_bool,
+    load_numpy_float,
+    load_numpy_integer,
+    numeric_dtype,
+)
 from fhequant.errors import SerializationError
 
 __all__ = [
@@ -38,9 +49,11 @@ __all__ = [
     "dump",
     "dumps",
     "encode",
+    "field",
     "isolated_class_registry",
     "load",
     "loads",
+    "numeric_dtype",
     "register_class",
     "register_codec",
     "registered_classes",
@@ -177,7 +190,12 @@ def _is_onnx_model(value: Any) -> bool:
 def _load_onnx_model(value: Any, _dtype: str | None) -> Any:
     import onnx
 
-    return onnx.load_model_from_string(bytes.fromhex(value))
+    if not isinstance(value, str):
+        raise SerializationError(f"an onnx_model is a hex string, got {type(value).__name__}")
+    try:
+        return onnx.load_model_from_string(bytes.fromhex(value))
+    except Exception as exc:  # protobuf's DecodeError, ValueError of fromhex
+        raise SerializationError(f"not a serialized ONNX model ({type(exc).__name__})") from exc
 
 
 def _is_exactness(value: Any) -> bool:
@@ -187,11 +205,10 @@ def _is_exactness(value: Any) -> bool:
 def _load_exactness(value: Any, _dtype: str | None) -> Any:
     from fhequant._concrete import fhe_module
 
-    return fhe_module().Exactness(value)
-
-
-def _load_numpy_array(value: Any, dtype: str | None) -> Any:
-    return np.asarray(value).astype(dtype)
+    try:
+        return fhe_module().Exactness(value)
+    except (ValueError, TypeError) as exc:
+        raise SerializationError(f"{value!r} is not a concrete Exactness value") from exc
 
 
 def _numpy_array_to_list(value: np.ndarray) -> Any:
@@ -207,7 +224,7 @@ register_codec(
     "numpy_integer",
     lambda v: isinstance(v, np.integer),
     int,
-    lambda v, dtype: np.int64(v) if dtype is None else np.dtype(dtype).type(v),
+    load_numpy_integer,
     lambda v: v.dtype.name,
     native=True,
 )
@@ -215,7 +232,7 @@ register_codec(
     "numpy_float",
     lambda v: isinstance(v, np.floating),
     float,
-    lambda v, dtype: np.float64(v).astype(dtype),
+    load_numpy_float,
     lambda v: v.dtype.name,
     native=True,
 )
@@ -223,7 +240,7 @@ register_codec(
     "numpy_bool",
     lambda v: isinstance(v, np.bool_),
     bool,
-    lambda v, dtype: np.bool_(v),
+    load_numpy_bool,
     lambda v: v.dtype.name,
     native=True,
 )
@@ -231,12 +248,12 @@ register_codec(
     "numpy_array",
     lambda v: isinstance(v, np.ndarray),
     _numpy_array_to_list,
-    _load_numpy_array,
+    load_numpy_array,
     lambda v: v.dtype.name,
     native=True,
 )
-register_codec("tuple", lambda v: isinstance(v, tuple), list, lambda v, _d: tuple(v))
-register_codec("set", lambda v: isinstance(v, (set, frozenset)), sorted, lambda v, _d: set(v))
+register_codec("tuple", lambda v: isinstance(v, tuple), list, load_list_as(tuple))
+register_codec("set", lambda v: isinstance(v, (set, frozenset)), sorted, load_list_as(set))
 register_codec(
     "onnx_model",
     _is_onnx_model,
@@ -309,38 +326,59 @@ def _type_name_of(cls: type[Any]) -> str:
     )
 
 
-def decode(data: Any) -> Any:
+def decode(data: Any, path: str = "$") -> Any:
     """Rebuild values from the JSON tree written by :func:`encode` (bottom-up).
 
     Args:
         data: parsed JSON.
+        path: where ``data`` sits in the document (named in errors).
 
     Returns:
         The decoded value; tagged dicts become objects of registered classes or codec values.
+
+    Raises:
+        SerializationError: a value that does not decode, naming its place in the document
+            (e.g. ``$.serialized_value.quantizer.serialized_value.scale``).
     """
+    if path == "$":
+        check_depth(data)
     if isinstance(data, list):
-        return [decode(item) for item in data]
+        return [decode(item, f"{path}[{i}]") for i, item in enumerate(data)]
     if not isinstance(data, dict):
         return data
-    decoded = {k: decode(v) for k, v in data.items()}
+    decoded = {k: decode(v, f"{path}.{k}") for k, v in data.items()}
     if _TYPE not in decoded or _VALUE not in decoded:
         return decoded
     type_name = decoded[_TYPE]
+    if not isinstance(type_name, str):
+        raise SerializationError(f"{path}.{_TYPE}: must be a string, got {type_name!r}")
+    extra = sorted(set(decoded) - {_TYPE, _VALUE, _DTYPE})
+    if extra:
+        raise SerializationError(f"{path}: unexpected key(s) {extra} next to {_TYPE!r}")
     codec = _CODECS_BY_NAME.get(type_name)
     if codec is not None:
-        return codec.decode(decoded[_VALUE], decoded.get(_DTYPE))
-    cls = _CLASSES.get(type_name)
-    if cls is None:
-        raise SerializationError(
-            f"unknown type_name {type_name!r} in JSON; known classes: {sorted(_CLASSES)}. "
-            "Import the module that defines it before loading"
-        )
+        loader: Callable[[], Any] = lambda: codec.decode(decoded[_VALUE], decoded.get(_DTYPE))  # noqa: E731
+    else:
+        cls = _CLASSES.get(type_name)
+        if cls is None:
+            raise SerializationError(
+                f"{path}: unknown type_name {type_name!r} in JSON; known classes: "
+                f"{sorted(_CLASSES)}. Import the module that defines it before loading"
+            )
+        if not isinstance(decoded[_VALUE], dict):
+            raise SerializationError(
+                f"{path}.{_VALUE}: a {type_name} is written as an object of fields, got "
+                f"{type(decoded[_VALUE]).__name__}"
+            )
+        loader = lambda: cls.load_dict(decoded[_VALUE])  # noqa: E731
     try:
-        return cls.load_dict(decoded[_VALUE])
-    except (KeyError, TypeError, AttributeError) as exc:
+        return loader()
+    except SerializationError as exc:
+        raise SerializationError(f"{path} ({type_name}): {exc}") from exc
+    except Exception as exc:  # any other failure of a loader is a bad document
         raise SerializationError(
-            f"cannot rebuild a {type_name} from JSON ({type(exc).__name__}: {exc}); the "
-            "document is incomplete or was written by an incompatible version"
+            f"{path}: cannot rebuild a {type_name} from JSON ({type(exc).__name__}: {exc}); "
+            "the document is damaged or was written by an incompatible version"
         ) from exc
 
 
@@ -423,10 +461,23 @@ def loads(text: str | bytes) -> Any:
     Returns:
         The decoded value.
     """
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SerializationError(f"the document is not UTF-8 text: {exc}") from exc
+    if not isinstance(text, str):
+        raise SerializationError(
+            f"loads expects JSON text (str or bytes), got {type(text).__name__}"
+        )
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SerializationError(f"not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise SerializationError(
+            f"the document is nested too deeply (more than {MAX_DEPTH} levels are refused)"
+        ) from exc
     return decode(unwrap_versioned(data))
 
 

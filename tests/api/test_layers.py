@@ -32,7 +32,16 @@ PACKAGE_DIR = Path(fhequant.__file__).resolve().parent
 
 #: Layers from the bottom; a module belongs to the layer of its longest matching prefix.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("fhequant.errors", "fhequant.serialization", "fhequant._core", "fhequant._concrete")),
+    (
+        "base",
+        (
+            "fhequant.errors",
+            "fhequant.serialization",
+            "fhequant._json_checks",
+            "fhequant._core",
+            "fhequant._concrete",
+        ),
+    ),
     ("kernels", ("fhequant.kernels",)),
     ("quantization", ("fhequant.quantization",)),
     ("onnx", ("fhequant.onnx",)),

@@ -42,6 +42,17 @@ __all__ = [
     "split_samples",
 ]
 
+
+def _is_float_text(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
 #: p_error used when neither p_error nor global_p_error is given (docs/contract.md §6.1).
 DEFAULT_P_ERROR = 2.0**-40
 
@@ -87,6 +98,19 @@ def build_configuration(
             "p_error and global_p_error were both given; set only one of them (or neither, "
             "for p_error = 2**-40)"
         )
+    for name, value in (("p_error", p_error), ("global_p_error", global_p_error)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ConfigurationError(
+                f"{name} must be a number in (0, 1), got {type(value).__name__} {value!r}"
+                + (f"; write {name}={float(value)}" if _is_float_text(value) else "")
+            )
+        if not 0 < float(value) < 1:
+            raise ConfigurationError(
+                f"{name} must lie strictly between 0 and 1 (a probability of error), got "
+                f"{value!r}; the default is p_error = 2**-40"
+            )
     base = fhe.Configuration() if configuration is None else configuration
     for name in ("p_error", "global_p_error"):
         if getattr(base, name, None) is not None:

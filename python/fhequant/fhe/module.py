@@ -37,6 +37,7 @@ from fhequant.fhe.compile import (
 )
 from fhequant.fhe.run import execute, simulate
 from fhequant.quantized.exec import use_executor
+from fhequant.quantized.inputs import check_inputs, module_input_specs
 from fhequant.quantized.module import FheBackend, register_fhe_backend
 
 __all__ = [
@@ -101,12 +102,20 @@ def compile_inputset(module: Any, inputs: Any) -> tuple[np.ndarray, ...]:
                 f"compile: input {name!r} has dtype {arr.dtype}; give the float calibration "
                 "data (it is quantized by the module)"
             )
-    rows = {int(a.shape[0]) for a in arrays}
+    rows = {int(a.shape[0]) if a.ndim else 0 for a in arrays}
     if len(rows) != 1:
         raise GraphInputError(
             f"compile: the inputs have different numbers of rows {sorted(rows)}; give the "
             "same number of samples for every input"
         )
+    if rows == {0} or any(a.ndim == 0 for a in arrays):
+        raise GraphInputError(
+            "compile / bitwidth_report: the inputset is empty; give at least one sample per "
+            "input (rows on axis 0), e.g. the calibration data"
+        )
+    specs = module_input_specs(module)
+    if specs is not None and len(specs) == len(arrays):
+        check_inputs(tuple(arrays), specs, "compile / bitwidth_report inputset")
     q = module.quantize_input(*arrays)
     q = q if isinstance(q, tuple) else (q,)
     return tuple(np.asarray(v, dtype=np.int64) for v in q)

@@ -11,6 +11,7 @@ removal, Gather on a graph input → one-hot MatMul, and a final check.
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +81,25 @@ def check_model(model: onnx.ModelProto, when: str) -> None:
         raise OnnxImportError(f"the ONNX model {when} fails onnx.checker: {exc}") from exc
 
 
+#: Rewrites of unsupported ops in terms of supported ones (shown in UnsupportedOpError).
+WORKAROUNDS = {
+    "ReduceL2": "write it as Sqrt(ReduceSum(Mul(x, x))), e.g. torch.sqrt((x * x).sum(dim))",
+    "ReduceL1": "write it as ReduceSum(Abs(x))",
+    "ReduceSumSquare": "write it as ReduceSum(Mul(x, x))",
+    "ReduceLogSumExp": "write it as Log(ReduceSum(Exp(x)))",
+    "LpNormalization": "divide x by Sqrt(ReduceSum(Mul(x, x))) over the axis",
+    "Dropout": "export the model in eval mode (model.eval()) so Dropout disappears",
+}
+
+
+def _workaround(op_type: str) -> str:
+    hint = WORKAROUNDS.get(op_type.split(".")[-1])
+    if hint is not None:
+        return f" [workaround: {hint}]"
+    close = difflib.get_close_matches(op_type, list(ONNX_OPS), n=3, cutoff=0.75)
+    return f" [did you mean {', '.join(close)}?]" if close else ""
+
+
 def check_supported(model: onnx.ModelProto) -> None:
     """Raise UnsupportedOpError listing every unsupported op type with its nodes."""
     bad: dict[str, list[str]] = {}
@@ -89,10 +109,11 @@ def check_supported(model: onnx.ModelProto) -> None:
             bad.setdefault(key, []).append(node_label(node, i))
     if bad:
         listing = "; ".join(
-            f"{k} (nodes {', '.join(map(repr, v))})" for k, v in sorted(bad.items())
+            f"{k} (nodes {', '.join(map(repr, v))}){_workaround(k)}" for k, v in sorted(bad.items())
         )
         raise UnsupportedOpError(
-            f"unsupported ONNX op types: {listing}. Supported op types: {sorted(ONNX_OPS)}"
+            f"unsupported ONNX op types: {listing}. The {len(ONNX_OPS)} supported op types "
+            "are listed in fhequant.onnx.SUPPORTED_OPS"
         )
 
 

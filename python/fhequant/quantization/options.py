@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from fhequant.errors import QuantizationError
-from fhequant.serialization import Serializable
+from fhequant.quantization.domain import MAX_N_BITS, check_n_bits, is_flag, is_n_bits
+from fhequant.serialization import Serializable, field
 
 __all__ = ["STABILITY_CONST", "QuantizationOptions", "check_option_conflicts"]
 
@@ -39,8 +40,9 @@ def check_option_conflicts(options: Any, where: str = "QuantizationOptions") -> 
 class QuantizationOptions(Serializable):
     """How values are quantized: n_bits, signedness, symmetry, QAT and narrow range.
 
-    ``n_bits`` is not range-checked. ``is_narrow`` and ``is_precomputed_qat`` are attributes
-    only (not constructor arguments), as in the reference.
+    ``n_bits`` must be an int in [1, 32] (docs/contract.md §1.7). ``is_narrow`` and
+    ``is_precomputed_qat`` are attributes only (not constructor arguments), as in the
+    reference.
     """
 
     FIELDS: ClassVar[tuple[str, ...]] = (
@@ -75,8 +77,11 @@ class QuantizationOptions(Serializable):
             is_qat: values are already quantized (zero point 0 in the asymmetric case).
 
         Raises:
-            QuantizationError: conflicting flags (see :func:`check_option_conflicts`).
+            ArgumentError: n_bits is not an int (a TypeError).
+            QuantizationError: n_bits outside [1, 32] (docs/contract.md §1.7), or
+                conflicting flags (see :func:`check_option_conflicts`).
         """
+        check_n_bits(n_bits, "QuantizationOptions")
         self.n_bits = n_bits
         self.is_signed = is_signed
         self.is_symmetric = is_symmetric
@@ -157,12 +162,15 @@ class QuantizationOptions(Serializable):
         Returns:
             The options.
         """
+        owner = cls.__name__
+        n_bits = field(metadata, "n_bits", owner, is_n_bits, f"an int in [1, {MAX_N_BITS}]")
+        flags = {name: field(metadata, name, owner, is_flag, "a bool") for name in cls.FIELDS[1:]}
         opts = cls(
-            metadata["n_bits"],
-            is_signed=metadata["is_signed"],
-            is_symmetric=metadata["is_symmetric"],
-            is_qat=metadata["is_qat"],
+            n_bits,
+            is_signed=flags["is_signed"],
+            is_symmetric=flags["is_symmetric"],
+            is_qat=flags["is_qat"],
         )
-        opts.is_narrow = metadata["is_narrow"]
-        opts.is_precomputed_qat = metadata["is_precomputed_qat"]
+        opts.is_narrow = flags["is_narrow"]
+        opts.is_precomputed_qat = flags["is_precomputed_qat"]
         return opts

@@ -6,11 +6,44 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fhequant.errors import QuantizationError
+from fhequant.errors import QuantizationError, SerializationError
+from fhequant.quantization.domain import MAX_ZERO_POINT, is_offset, is_scale, is_zero_point
 from fhequant.quantization.options import STABILITY_CONST, check_option_conflicts
-from fhequant.serialization import Serializable
+from fhequant.serialization import Serializable, field
 
-__all__ = ["UniformQuantizationParameters", "values_equal"]
+__all__ = ["UniformQuantizationParameters", "load_params", "values_equal"]
+
+
+def load_params(
+    metadata: dict[str, Any], owner: str, required: bool = True
+) -> tuple[Any, Any, Any]:
+    """(scale, zero_point, offset) of a document, each None or valid (docs/contract.md §1.7):
+    a non-NaN float scale or finite float array, a finite zero point (|z| < 2^53) or numeric
+    array broadcastable with the scale, an int offset >= 0.
+
+    Raises:
+        SerializationError: naming the field.
+    """
+    scale = field(
+        metadata, "scale", owner, is_scale, "a float (not NaN) or a finite float array",
+        optional=not required, nullable=True,
+    )  # fmt: skip
+    zero_point = field(
+        metadata, "zero_point", owner, is_zero_point, "a finite number or numeric array",
+        optional=not required, nullable=True,
+    )  # fmt: skip
+    offset = field(
+        metadata, "offset", owner, is_offset, "an int >= 0", optional=not required, nullable=True
+    )
+    if isinstance(scale, np.ndarray) or isinstance(zero_point, np.ndarray):
+        try:
+            np.broadcast_shapes(np.shape(scale), np.shape(zero_point))
+        except ValueError as exc:
+            raise SerializationError(
+                f"{owner}: the shapes of 'scale' {np.shape(scale)} and 'zero_point' "
+                f"{np.shape(zero_point)} do not broadcast"
+            ) from exc
+    return scale, zero_point, offset
 
 
 def values_equal(mine: Any, other: Any) -> bool:
@@ -18,6 +51,26 @@ def values_equal(mine: Any, other: Any) -> bool:
     if isinstance(mine, np.ndarray) or isinstance(other, np.ndarray):
         return bool(np.array_equal(mine, other))
     return bool(mine == other)
+
+
+def _finite_range(delta: Any, rmin: Any, rmax: Any) -> Any:
+    if not np.isfinite(delta):
+        raise QuantizationError(
+            f"compute_quantization_parameters: the range [{rmin!r}, {rmax!r}] is wider than "
+            "float64 can hold (rmax - rmin overflows); rescale the data (docs/contract.md §1.7)"
+        )
+    return delta
+
+
+def _checked_zero_point(zero_point: Any, rmin: Any, rmax: Any) -> Any:
+    """The rint-ed zero point as np.int64, unless it does not fit (docs/contract.md §1.7)."""
+    if not np.isfinite(zero_point) or abs(zero_point) >= MAX_ZERO_POINT:
+        raise QuantizationError(
+            f"compute_quantization_parameters: the range [{rmin!r}, {rmax!r}] gives a zero "
+            f"point of {zero_point!r}, beyond ±2^53: the range is too narrow for its distance "
+            "from 0; subtract an offset from the data first (docs/contract.md §1.7)"
+        )
+    return zero_point.astype(np.int64)
 
 
 class UniformQuantizationParameters(Serializable):
@@ -87,7 +140,8 @@ class UniformQuantizationParameters(Serializable):
             stats: MinMaxQuantizationStats with rmax and rmin set.
 
         Raises:
-            QuantizationError: conflicting options, or statistics without rmax/rmin.
+            QuantizationError: conflicting options, statistics without rmax/rmin, a range
+                that overflows float64 or a zero point beyond ±2^53 (docs/contract.md §1.7).
         """
         check_option_conflicts(options, "compute_quantization_parameters")
         rmax, rmin = stats.rmax, stats.rmin
@@ -99,10 +153,10 @@ class UniformQuantizationParameters(Serializable):
             )
         n_bits = options.n_bits
         self.offset = 2 ** (n_bits - 1) if options.is_signed else 0
-        delta = rmax - rmin
         # Division by zero is legal here: symmetric n_bits = 1 gives scale +inf
         # (docs/contract.md §1.3).
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            delta = rmax - rmin
             if delta < STABILITY_CONST:
                 self.offset = 0
                 if np.abs(rmax) < STABILITY_CONST:
@@ -116,13 +170,22 @@ class UniformQuantizationParameters(Serializable):
                 largest = np.maximum(np.abs(rmax), np.abs(rmin))
                 self.scale = np.float64(np.float64(largest) / (2**n_bits - 1 - self.offset))
             else:
+                if not np.isfinite(delta):
+                    # float32 data spanning about ±3.4e38: its range overflows float32 but
+                    # not float64 (docs/contract.md §1.7); these values were inf before.
+                    rmax, rmin = np.float64(rmax), np.float64(rmin)
+                    delta = _finite_range(rmax - rmin, rmin, rmax)
                 if self.scale is None:
                     self.scale = np.float64(np.float64(delta) / (2**n_bits - 1))
                 if options.is_qat:
                     self.zero_point = 0
                 else:
                     numerator = -rmax * self.offset - rmin * (2**n_bits - 1 - self.offset)
-                    self.zero_point = np.rint(numerator / delta).astype(np.int64)
+                    if not np.isfinite(numerator):
+                        numerator = -np.float64(rmax) * self.offset - np.float64(rmin) * (
+                            2**n_bits - 1 - self.offset
+                        )
+                    self.zero_point = _checked_zero_point(np.rint(numerator / delta), rmin, rmax)
 
     def dump_dict(self) -> dict[str, Any]:
         """scale, zero_point and offset, in order."""
@@ -138,6 +201,4 @@ class UniformQuantizationParameters(Serializable):
         Returns:
             The parameters.
         """
-        return cls(
-            scale=metadata["scale"], zero_point=metadata["zero_point"], offset=metadata["offset"]
-        )
+        return cls(*load_params(metadata, cls.__name__))

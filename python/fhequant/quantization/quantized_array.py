@@ -8,13 +8,20 @@ from typing import Any, cast
 
 import numpy as np
 
-from fhequant.errors import ArgumentError, DTypeError
+from fhequant.errors import ArgumentError, DTypeError, SerializationError
+from fhequant.quantization.domain import (
+    check_explicit_params,
+    check_explicit_stats,
+    check_float_data,
+    check_n_bits,
+    is_n_bits,
+)
 from fhequant.quantization.kwargs import fill_from_kwargs
 from fhequant.quantization.options import QuantizationOptions, check_option_conflicts
 from fhequant.quantization.params import UniformQuantizationParameters
 from fhequant.quantization.quantizer import UniformQuantizer, _is_float_scale, is_tracer
 from fhequant.quantization.stats import MinMaxQuantizationStats
-from fhequant.serialization import Serializable
+from fhequant.serialization import Serializable, field
 
 __all__ = ["QuantizedArray"]
 
@@ -27,6 +34,16 @@ def _copy_input(values: Any, copy: bool = True) -> Any:
     if is_tracer(values):
         return values
     return np.array(values)
+
+
+def _is_float_data(values: Any) -> bool:
+    return isinstance(values, np.ndarray) and values.dtype in (np.float32, np.float64)
+
+
+def _is_int_data(qvalues: Any) -> bool:
+    if isinstance(qvalues, np.integer):
+        return True
+    return isinstance(qvalues, np.ndarray) and qvalues.dtype.kind in "iu"
 
 
 def _ready(quantizer: UniformQuantizer, dequant: bool) -> bool:
@@ -84,8 +101,19 @@ class QuantizedArray(Serializable):
             ArgumentError: partial statistics/parameters, unexpected kwargs, or integer values
                 without parameters (a TypeError).
             DTypeError: values of the wrong dtype for ``value_is_float`` (a TypeError).
-            QuantizationError: conflicting options, empty or non-finite float values.
+            QuantizationError: conflicting options, empty or non-finite float values, or a
+                value outside the quantizer domain of docs/contract.md §1.7 (n_bits outside
+                [1, 32], an explicit scale <= 0, rmin > rmax, a range that overflows).
         """
+        check_n_bits(n_bits, "QuantizedArray")
+        check_explicit_params(
+            kwargs.get("scale"),
+            kwargs.get("zero_point"),
+            kwargs.get("offset"),
+            int(n_bits),
+            "QuantizedArray",
+        )
+        check_explicit_stats(kwargs.get("rmin"), kwargs.get("rmax"), "QuantizedArray")
         self.n_bits = n_bits
         options = QuantizationOptions(n_bits) if options is None else deepcopy(options)
         options.n_bits = n_bits
@@ -107,6 +135,7 @@ class QuantizedArray(Serializable):
         if values is None:
             return
         if value_is_float:
+            check_float_data(values, "QuantizedArray")
             values = _copy_input(values, copy_values)
             if isinstance(values, np.ndarray) and not np.issubdtype(values.dtype, np.floating):
                 raise DTypeError(
@@ -256,8 +285,38 @@ class QuantizedArray(Serializable):
         Returns:
             The array, with the loaded quantizer, values and qvalues.
         """
-        array = cls(metadata["n_bits"], None)
-        array.quantizer = metadata["quantizer"]
-        array._values = metadata["values"]
-        array._qvalues = metadata["qvalues"]
+        owner = cls.__name__
+        n_bits = field(metadata, "n_bits", owner, is_n_bits, "an int in [1, 32]")
+        quantizer = field(
+            metadata, "quantizer", owner, lambda q: isinstance(q, UniformQuantizer),
+            "a UniformQuantizer",
+        )  # fmt: skip
+        values = field(
+            metadata, "values", owner, _is_float_data, "a float32/float64 array", nullable=True
+        )
+        qvalues = field(metadata, "qvalues", owner, _is_int_data, "an integer array", nullable=True)
+        if values is not None and qvalues is not None and np.shape(values) != np.shape(qvalues):
+            raise SerializationError(
+                f"{owner}: 'values' has shape {np.shape(values)} but 'qvalues' has shape "
+                f"{np.shape(qvalues)}"
+            )
+        if getattr(quantizer, "n_bits", n_bits) != n_bits:
+            raise SerializationError(
+                f"{owner}: 'n_bits' ({n_bits}) differs from the quantizer's ({quantizer.n_bits})"
+            )
+        data = values if values is not None else qvalues
+        for name in ("scale", "zero_point"):
+            param = getattr(quantizer, name)
+            if data is not None and isinstance(param, np.ndarray):
+                try:
+                    np.broadcast_shapes(np.shape(data), param.shape)
+                except ValueError as exc:
+                    raise SerializationError(
+                        f"{owner}: the quantizer's {name!r} of shape {param.shape} does not "
+                        f"broadcast with the data of shape {np.shape(data)}"
+                    ) from exc
+        array = cls(n_bits, None)
+        array.quantizer = quantizer
+        array._values = values
+        array._qvalues = qvalues
         return array

@@ -13,12 +13,13 @@ from typing import Any, ClassVar, Generic, TypeVar, overload
 
 import numpy as np
 
-from fhequant.errors import DTypeError, NotCalibratedError
+from fhequant.errors import DTypeError, NotCalibratedError, SerializationError
 from fhequant.kernels import quant as _kernels
+from fhequant.quantization.domain import is_flag, is_n_bits
 from fhequant.quantization.options import QuantizationOptions
-from fhequant.quantization.params import UniformQuantizationParameters, values_equal
-from fhequant.quantization.stats import MinMaxQuantizationStats
-from fhequant.serialization import Serializable
+from fhequant.quantization.params import UniformQuantizationParameters, load_params, values_equal
+from fhequant.quantization.stats import MinMaxQuantizationStats, load_range
+from fhequant.serialization import Serializable, field
 
 __all__ = ["ALLOWED_QUANT_DTYPES", "UniformQuantizer", "is_tracer"]
 
@@ -310,8 +311,31 @@ class UniformQuantizer(Serializable):
         Returns:
             The quantizer.
         """
-        quantizer = cls(no_clipping=metadata.get("no_clipping", False))
-        for name in cls.DUMP_FIELDS:
+        owner = cls.__name__
+        unknown = sorted(set(metadata) - {*cls.DUMP_FIELDS, "no_clipping"})
+        if unknown:
+            raise SerializationError(f"{owner}: unknown field(s) {unknown}")
+        no_clipping = field(metadata, "no_clipping", owner, is_flag, "a bool", optional=True)
+        quantizer = cls(no_clipping=bool(no_clipping))
+        loaded: dict[str, Any] = {}
+        if "n_bits" in metadata:
+            loaded["n_bits"] = field(metadata, "n_bits", owner, is_n_bits, "an int in [1, 32]")
+        for name in QuantizationOptions.FIELDS[1:]:
             if name in metadata:
-                setattr(quantizer, name, metadata[name])
+                loaded[name] = field(metadata, name, owner, is_flag, "a bool")
+        present = set(metadata)
+        rmax, rmin = load_range(metadata, owner, required=False)
+        scale, zero_point, offset = load_params(metadata, owner, required=False)
+        loaded.update(rmax=rmax, rmin=rmin, scale=scale, zero_point=zero_point, offset=offset)
+        given = [n for n in ("scale", "zero_point", "offset") if loaded[n] is not None]
+        if given and len(given) < 3:
+            raise SerializationError(
+                f"{owner}: the fields 'scale', 'zero_point' and 'offset' go together; only "
+                f"{given} are set"
+            )
+        if offset is not None and "n_bits" not in loaded:
+            raise SerializationError(f"{owner}: the field 'offset' is set but 'n_bits' is missing")
+        for name in cls.DUMP_FIELDS:
+            if name in present:
+                setattr(quantizer, name, loaded[name])
         return quantizer

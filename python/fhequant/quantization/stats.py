@@ -8,9 +8,38 @@ import numpy as np
 
 from fhequant.errors import QuantizationError
 from fhequant.kernels import quant as _kernels
-from fhequant.serialization import Serializable
+from fhequant.quantization.domain import check_float_data, is_finite_real
+from fhequant.serialization import Serializable, field
 
-__all__ = ["MinMaxQuantizationStats"]
+__all__ = ["MinMaxQuantizationStats", "load_range"]
+
+
+def load_range(metadata: dict[str, Any], owner: str, required: bool = True) -> tuple[Any, Any]:
+    """(rmax, rmin) of a document: each None or a finite number.
+
+    Raises:
+        SerializationError: naming the field.
+    """
+    rmax = field(
+        metadata,
+        "rmax",
+        owner,
+        is_finite_real,
+        "a finite number",
+        optional=not required,
+        nullable=True,
+    )
+    rmin = field(
+        metadata,
+        "rmin",
+        owner,
+        is_finite_real,
+        "a finite number",
+        optional=not required,
+        nullable=True,
+    )
+    return rmax, rmin
+
 
 # Tolerances of the uniform-grid test of check_is_uniform_quantized.
 _UNIFORM_ATOL = 0.02
@@ -61,6 +90,7 @@ class MinMaxQuantizationStats(Serializable):
             EmptyTensorError: ``values`` has no element (a ValueError).
             NonFiniteError: ``values`` holds NaN or Inf (a ValueError).
         """
+        check_float_data(values, name)
         values = np.asarray(values)
         self.rmin, self.rmax = _kernels.min_max(values, name)
         self.uvalues = _kernels.rounded_unique(values)
@@ -77,6 +107,7 @@ class MinMaxQuantizationStats(Serializable):
             values: the next calibration batch.
             name: the tensor named in error messages.
         """
+        check_float_data(values, name)
         values = np.asarray(values)
         if self.rmin is None or self.rmax is None:
             self.compute_quantization_stats(values, name)
@@ -146,4 +177,4 @@ class MinMaxQuantizationStats(Serializable):
         Returns:
             The statistics.
         """
-        return cls(rmax=metadata["rmax"], rmin=metadata["rmin"])
+        return cls(*load_range(metadata, cls.__name__))

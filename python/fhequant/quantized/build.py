@@ -9,14 +9,17 @@ batches; it is streamed in blocks of ``batch_size`` rows (docs/contract.md decis
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import onnx
 
-from fhequant.errors import GraphInputError
+from fhequant.errors import CalibrationWarning, GraphInputError, QuantizationError
 from fhequant.onnx import NumpyModule
 from fhequant.quantized.calibration import apply_power_of_two_scaling, quantize_module
+from fhequant.quantized.inputs import input_checker
 from fhequant.quantized.module import QuantizedModule
+from fhequant.quantized.n_bits import resolve_n_bits
 from fhequant.quantized.streaming import (
     DEFAULT_BLOCK_ROWS,
     DEFAULT_MEMORY_BUDGET,
@@ -24,7 +27,7 @@ from fhequant.quantized.streaming import (
     normalize_calibration_data,
 )
 
-__all__ = ["build_quantized_module"]
+__all__ = ["MIN_CALIBRATION_ROWS", "build_quantized_module"]
 
 
 def _first_sample(data: Any) -> Any:
@@ -64,6 +67,48 @@ def _numpy_module(model: Any, data: Any) -> NumpyModule:
     )
 
 
+#: Fewer calibration rows than this give a CalibrationWarning: min/max statistics from so few
+#: samples rarely cover the inputs seen at inference.
+MIN_CALIBRATION_ROWS = 10
+
+
+def _warn_about_calibration(result: dict[str, Any]) -> None:
+    """CalibrationWarning for too few rows and for a constant model input."""
+    rows = int(result.get("n_rows", 0))
+    if rows < MIN_CALIBRATION_ROWS:
+        warnings.warn(
+            f"build_quantized_module: only {rows} calibration row(s); the input and activation "
+            f"ranges come from their min/max, use at least {MIN_CALIBRATION_ROWS} (ideally a few "
+            "hundred) representative samples",
+            CalibrationWarning,
+            stacklevel=3,
+        )
+    for name, quantizer in zip(result["input_names"], result["input_quantizers"], strict=False):
+        rmin, rmax = getattr(quantizer, "rmin", None), getattr(quantizer, "rmax", None)
+        if rmin is not None and rmax is not None and rmax - rmin == 0:
+            warnings.warn(
+                f"build_quantized_module: model input {name!r} is constant ({rmin!r}) in the "
+                "calibration data, so its quantizer has a zero range and every other value is "
+                "clipped at inference; calibrate with representative data",
+                CalibrationWarning,
+                stacklevel=3,
+            )
+
+
+def _check_ptq_weight_bits(n_bits: Any, import_qat: bool) -> None:
+    """Post-training quantization needs op_weights >= 2: PTQ weights that straddle 0 are
+    quantized symmetrically, and a symmetric 1-bit quantizer has the infinite scale of
+    docs/contract.md §1.3, so every output would be NaN (§1.7)."""
+    bits = resolve_n_bits(n_bits)
+    if not import_qat and bits.op_weights < 2:
+        raise QuantizationError(
+            f"build_quantized_module: op_weights={bits.op_weights} bit is too narrow for "
+            "post-training quantization (symmetric 1-bit weights have an infinite scale and "
+            "every output would be NaN); use n_bits >= 2, or train a 1-bit model with "
+            "Brevitas and import it with import_qat=True"
+        )
+
+
 def build_quantized_module(
     model: Any,
     calibration_data: Any,
@@ -101,14 +146,18 @@ def build_quantized_module(
     Returns:
         The calibrated QuantizedModule (fhe="disable" ready).
     """
+    _check_ptq_weight_bits(n_bits, import_qat)
     numpy_module = _numpy_module(model, calibration_data)
     onnx_model = numpy_module.onnx_model
     preprocess = (
         numpy_module.preprocess_inputs if numpy_module.onnx_preprocessing is not None else None
     )
+    calib = normalize_calibration_data(calibration_data)
+    if preprocess is None:
+        calib.check = input_checker(onnx_model)
     result = quantize_module(
         onnx_model,
-        calibration_data,
+        calib,
         n_bits=n_bits,
         rounding_threshold_bits=rounding_threshold_bits,
         import_qat=import_qat,
@@ -117,6 +166,7 @@ def build_quantized_module(
         verbose=verbose,
         preprocess=preprocess,
     )
+    _warn_about_calibration(result)
     module = QuantizedModule(
         result["input_names"],
         result["output_names"],

@@ -33,13 +33,16 @@ from fhequant.errors import (
     MissingDependencyError,
     NotCompiledError,
     QuantizationError,
+    SerializationError,
     UnquantizedTensorError,
 )
 from fhequant.onnx import NumpyModule
 from fhequant.quantization import QuantizedArray, UniformQuantizer
 from fhequant.quantization.quantizer import is_tracer
 from fhequant.quantized.exec import run_op, track_values
+from fhequant.quantized.inputs import check_forward_inputs, check_output_shapes
 from fhequant.quantized.layout import check_module_layout
+from fhequant.quantized.module_json import check_loaded_module, checked_module_fields
 from fhequant.quantized.streaming import as_numpy
 
 __all__ = ["FheBackend", "FheMode", "QuantizedModule", "register_fhe_backend"]
@@ -300,6 +303,7 @@ class QuantizedModule(serialization.Serializable):
                     f"forward: input {name!r} has dtype {arr.dtype}; give float32 or float64 "
                     "values (they are quantized by the module)"
                 )
+        check_forward_inputs(arrays, self.ordered_module_input_names, self, self.input_quantizers)
         q_x = self.quantize_input(*arrays)
         q_x = q_x if isinstance(q_x, tuple) else (q_x,)
         tracker: dict[str, dict[str, Any]] | None = {} if debug else None
@@ -527,6 +531,7 @@ class QuantizedModule(serialization.Serializable):
                 f"dequantize_output: got {len(q_y)} array(s) for "
                 f"{len(self.output_quantizers)} module output(s)"
             )
+        check_output_shapes(q_y, self.output_quantizers, self.ordered_module_output_names)
         out = tuple(q.dequant(v) for q, v in zip(self.output_quantizers, q_y, strict=True))
         return out[0] if len(out) == 1 else out
 
@@ -558,20 +563,21 @@ class QuantizedModule(serialization.Serializable):
         Returns:
             The module, ready for fhe="disable".
         """
-        layers = {
-            name: (tuple(entry[0]), entry[1])
-            for name, entry in metadata["quant_layers_dict"].items()
-        }
-        module = cls(
-            metadata["ordered_module_input_names"],
-            metadata["ordered_module_output_names"],
-            layers,
-            metadata["_onnx_model"],
-            metadata["onnx_preprocessing"],
-        )
-        module.input_quantizers = list(metadata["input_quantizers"])
-        module.output_quantizers = list(metadata["output_quantizers"])
-        module._post_processing_params = dict(metadata.get("_post_processing_params") or {})
+        fields = checked_module_fields(cls.__name__, metadata)
+        try:
+            module = cls(
+                fields["input_names"],
+                fields["output_names"],
+                fields["layers"],
+                fields["onnx_model"],
+                fields["onnx_preprocessing"],
+            )
+        except GraphInputError as exc:
+            raise SerializationError(f"{cls.__name__}: {exc}") from exc
+        module.input_quantizers = list(fields["input_quantizers"])
+        module.output_quantizers = list(fields["output_quantizers"])
+        module._post_processing_params = dict(fields["post_processing_params"] or {})
+        check_loaded_module(module)
         return module
 
     def dump(self, file: IO[str]) -> None:

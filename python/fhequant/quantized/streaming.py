@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +51,7 @@ def as_numpy(value: Any, what: str = "calibration data") -> np.ndarray:
     """
     if isinstance(value, np.ndarray):
         return value
-    if type(value).__module__.startswith("torch"):
+    if _is_tensor(value):
         detach = getattr(value, "detach", None)
         if detach is not None:
             return np.asarray(detach().cpu().numpy())
@@ -64,8 +64,21 @@ def as_numpy(value: Any, what: str = "calibration data") -> np.ndarray:
         ) from exc
 
 
+def _is_tensor(value: Any) -> bool:
+    """A torch tensor (not any torch object: a DataLoader is an iterable of batches)."""
+    return type(value).__module__.startswith("torch") and hasattr(value, "detach")
+
+
 def _is_array_like(value: Any) -> bool:
-    return isinstance(value, np.ndarray) or type(value).__module__.startswith("torch")
+    return isinstance(value, np.ndarray) or _is_tensor(value)
+
+
+def _is_nested_rows(data: Any) -> bool:
+    """Lists of lists of numbers (one input given as nested Python lists)."""
+    if not isinstance(data, list) or not data or not isinstance(data[0], list):
+        return False
+    first = data[0]
+    return bool(first) and isinstance(first[0], (int, float, list)) and not _is_array_like(first[0])
 
 
 @dataclass
@@ -79,6 +92,8 @@ class CalibrationData:
 
     arrays: tuple[np.ndarray, ...] | None = None
     batches: Iterable[Any] | None = None
+    #: validates each batch (tuple of arrays, what to name) against the model's inputs
+    check: Callable[[tuple[np.ndarray, ...], str], None] | None = None
 
 
 def _batch_as_tuple(batch: Any) -> tuple[np.ndarray, ...]:
@@ -93,7 +108,9 @@ def normalize_calibration_data(data: Any) -> CalibrationData:
     * an ndarray or torch tensor: one input, the whole set;
     * a tuple of arrays/tensors: several inputs, the whole set;
     * any other iterable (list, generator, DataLoader-like): batches, each an array (one input)
-      or a tuple/list of arrays (several inputs).
+      or a tuple/list of arrays (several inputs); a DataLoader's (x, y) batches are
+      taken as x when the model has one input fewer than the batch has items;
+    * lists of lists of numbers: one input, the whole set.
 
     Args:
         data: the calibration data.
@@ -101,7 +118,11 @@ def normalize_calibration_data(data: Any) -> CalibrationData:
     Returns:
         The classified data.
     """
+    if isinstance(data, CalibrationData):
+        return data
     if _is_array_like(data):
+        return CalibrationData(arrays=(as_numpy(data),))
+    if _is_nested_rows(data):
         return CalibrationData(arrays=(as_numpy(data),))
     if isinstance(data, tuple) and data and all(_is_array_like(d) for d in data):
         return CalibrationData(arrays=tuple(as_numpy(d) for d in data))
@@ -142,6 +163,8 @@ def iter_row_blocks(
         One tuple of arrays (one per input) per block; in-memory data gives views.
     """
     if data.arrays is not None:
+        if data.check is not None:
+            data.check(data.arrays, "calibration data")
         total = _check_batch(data.arrays, n_inputs, 0)
         for start in range(0, total, block_rows):
             yield tuple(a[start : start + block_rows] for a in data.arrays)
@@ -151,6 +174,10 @@ def iter_row_blocks(
     pending_rows = 0
     for index, raw_batch in enumerate(data.batches):
         batch = _batch_as_tuple(raw_batch)
+        if len(batch) == n_inputs + 1 and isinstance(raw_batch, (tuple, list)):
+            batch = batch[:n_inputs]  # (x, y) batches of a DataLoader: the labels are dropped
+        if data.check is not None:
+            data.check(batch, f"calibration batch {index}")
         rows = _check_batch(batch, n_inputs, index)
         if rows == 0:
             continue
@@ -185,7 +212,15 @@ def _take_rows(
     if len(taken) == 1:
         block = taken[0]
     else:
-        block = tuple(np.concatenate([t[i] for t in taken], axis=0) for i in range(len(taken[0])))
+        try:
+            block = tuple(
+                np.concatenate([t[i] for t in taken], axis=0) for i in range(len(taken[0]))
+            )
+        except ValueError as exc:
+            raise ShapeError(
+                "calibration batches must agree on every axis but the first (rows); got "
+                f"shapes {[t[0].shape for t in taken]}"
+            ) from exc
     left = sum(t[0].shape[0] for t in rest)
     return block, rest, left
 

@@ -20,6 +20,7 @@ import onnx
 from fhequant.errors import ConfigurationError, MissingDependencyError
 from fhequant.quantized.module import QuantizedModule
 from fhequant.torch.compile import _float_inputs, compile_onnx_model
+from fhequant.torch.qat_checks import warn_unquantized_entries
 
 __all__ = ["brevitas_layer_names", "compile_brevitas_qat_model", "export_brevitas_qonnx"]
 
@@ -121,6 +122,7 @@ def export_brevitas_qonnx(
             torch_model.train(was_training)
         model = onnx.load(path)
     _strip_initializer_inputs(model)
+    warn_unquantized_entries(model)
     if output_onnx_file is not None:
         onnx.save(model, output_onnx_file)
     return model

@@ -33,7 +33,8 @@ def batch_invariant_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _int_if_integral(v: float) -> float | int:
     """docs/contract.md §5.3: integer-valued alpha/beta become int, so they keep float32 float32."""
     f = float(v)
-    return int(f) if f.is_integer() else f
+    # beyond int64, a Python int would turn the product into an object array: keep the float
+    return int(f) if f.is_integer() and abs(f) < 2**63 else f
 
 
 def _swap_last(x: np.ndarray) -> np.ndarray:

@@ -31,6 +31,18 @@ def _values(v: Any) -> Any:
     return v.values if isinstance(v, QuantizedArray) else v
 
 
+def _bias_shift(bias: Any, divisor: Any) -> Any:
+    """``bias / divisor`` (the bias part of a graph output's zero point) with numpy's dtypes;
+    a float32 bias that overflows there (a bias near 3e38 over a small scale) is divided in
+    float64 instead, so the output stays finite where the float model is (docs/contract.md
+    §1.7)."""
+    with np.errstate(over="ignore"):
+        shift = bias / divisor
+    if not np.all(np.isfinite(shift)) and np.all(np.isfinite(bias)):
+        shift = np.asarray(bias, dtype=np.float64) / divisor
+    return shift
+
+
 def _qvalues(v: Any) -> Any:
     return v.qvalues if isinstance(v, QuantizedArray) else v
 
@@ -143,7 +155,7 @@ class QuantizedGemm(QuantizedMixingOp):
             self._track("accumulator", acc)
             out_zp = sum_w - final
             if q_bias is not None:
-                out_zp = out_zp + _values(q_bias) / (-m)
+                out_zp = out_zp + _bias_shift(_values(q_bias), -m)
             owned = type(acc) is np.ndarray and self._value_tracker() is None
             return self.make_raw_accumulator_array(acc, m, out_zp, owned=owned)
 
@@ -345,7 +357,7 @@ class QuantizedConv(QuantizedMixingOp):
             self._track("accumulator", acc)
             zp = sum_w - final
             if bias is not None:
-                zp = zp - bias / m
+                zp = zp + _bias_shift(bias, -m)
             return self.make_raw_accumulator_array(acc, m, zp)
 
         if _is_qat_bias(q_bias):

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from fhequant import serialization
 from fhequant.errors import SerializationError
+from fhequant.quantization import (
+    MinMaxQuantizationStats,
+    QuantizationOptions,
+    UniformQuantizationParameters,
+)
+from fhequant.quantization.domain import is_flag, is_n_bits
 
 if TYPE_CHECKING:
     from fhequant.quantized.ops.base import QuantizedOp
@@ -33,6 +40,39 @@ def dump_op_fields(op: QuantizedOp) -> dict[str, Any]:
     return dict(sorted(fields.items()))
 
 
+def _check_op_fields(owner: str, metadata: dict[str, Any]) -> None:
+    """The fields every op has, type-checked on load (docs/contract.md §1.6)."""
+    check = serialization.field
+    check(metadata, "n_bits", owner, is_n_bits, "an int in [1, 32]")
+    check(metadata, "op_instance_name", owner, lambda v: isinstance(v, str), "a string")
+    check(
+        metadata, "_int_input_names", owner,
+        lambda v: isinstance(v, (set, list)) and all(isinstance(n, str) for n in v),
+        "a set of names",
+    )  # fmt: skip
+    check(
+        metadata, "constant_inputs", owner,
+        lambda v: isinstance(v, dict) and all(k.isdigit() for k in v),
+        "an object keyed by input index",
+    )  # fmt: skip
+    check(metadata, "attrs", owner, lambda v: isinstance(v, dict), "an object")
+    check(
+        metadata, "input_quant_opts", owner, lambda v: isinstance(v, QuantizationOptions),
+        "QuantizationOptions",
+    )  # fmt: skip
+    check(
+        metadata, "output_quant_params", owner,
+        lambda v: isinstance(v, UniformQuantizationParameters), "UniformQuantizationParameters",
+        nullable=True,
+    )  # fmt: skip
+    check(
+        metadata, "output_quant_stats", owner,
+        lambda v: isinstance(v, MinMaxQuantizationStats), "MinMaxQuantizationStats",
+        optional=True,
+    )  # fmt: skip
+    check(metadata, "produces_graph_output", owner, is_flag, "a bool", optional=True)
+
+
 def load_op_fields(cls: type[_Op], metadata: dict[str, Any]) -> _Op:
     """Rebuild an op of class ``cls`` from the fields written by :func:`dump_op_fields`.
 
@@ -52,6 +92,7 @@ def load_op_fields(cls: type[_Op], metadata: dict[str, Any]) -> _Op:
             f"{cls.__name__}: the JSON describes op type {impl!r}, but this class "
             f"implements {cls._impl_for_op_named!r}"
         )
+    _check_op_fields(cls.__name__, metadata)
     op = cls.__new__(cls)
     for key, value in metadata.items():
         if key == "_impl_for_op_named":
