@@ -174,8 +174,11 @@ def check_forward_inputs(
     for name, arr, quantizer in zip(names, arrays, quantizers, strict=False):
         if arr.dtype.kind != "f" or not arr.size:
             continue
-        finite = np.isfinite(arr)
-        if not finite.all():
+        # Two reductions find NaN/inf (min/max propagate them) and the range; the per-element
+        # passes below run only when the extremes say they can find something.
+        extremes = (float(np.min(arr)), float(np.max(arr)))
+        if not (np.isfinite(extremes[0]) and np.isfinite(extremes[1])):
+            finite = np.isfinite(arr)
             if np.isnan(arr).any():
                 raise NonFiniteError(
                     f"forward: model input {name!r} contains NaN at {int(np.isnan(arr).sum())} "
@@ -188,10 +191,12 @@ def check_forward_inputs(
                 InputClippingWarning,
                 stacklevel=3,
             )
-        _warn_if_clipped(name, arr, quantizer)
+        _warn_if_clipped(name, arr, quantizer, extremes)
 
 
-def _warn_if_clipped(name: str, arr: np.ndarray, quantizer: Any) -> None:
+def _warn_if_clipped(
+    name: str, arr: np.ndarray, quantizer: Any, extremes: tuple[float, float]
+) -> None:
     scale: Any = getattr(quantizer, "scale", None)
     zp: Any = getattr(quantizer, "zero_point", None)
     if (
@@ -208,6 +213,8 @@ def _warn_if_clipped(name: str, arr: np.ndarray, quantizer: Any) -> None:
     lo, hi = quantizer.clip_bounds()
     low = float(scale) * (lo - float(zp) - 0.5)
     high = float(scale) * (hi - float(zp) + 0.5)
+    if extremes[0] >= low and extremes[1] <= high:
+        return  # nothing lies outside the range: no value is clipped
     clipped = np.count_nonzero((arr < low) | (arr > high))
     fraction = clipped / arr.size
     if fraction > CLIP_WARNING_FRACTION:
