@@ -14,6 +14,7 @@ from fhequant.quantization.domain import (
     check_explicit_stats,
     check_float_data,
     check_n_bits,
+    check_scale_for_data,
     is_n_bits,
 )
 from fhequant.quantization.kwargs import fill_from_kwargs
@@ -155,6 +156,7 @@ class QuantizedArray(Serializable):
                 )
             if params is None:
                 self.quantizer.compute_quantization_parameters(options, self.quantizer.quant_stats)
+            check_scale_for_data(self.quantizer.scale, values, "QuantizedArray")
             if (
                 (defer or owned)
                 and isinstance(values, np.ndarray)

@@ -22,6 +22,12 @@ def reshape(x: np.ndarray, shape: np.ndarray, *, allowzero: int = 0) -> np.ndarr
     return np.reshape(x, dims)
 
 
+def _rank(x: Any) -> int:
+    """The rank of an array or of a concrete tracer (which has .shape but no np.ndim)."""
+    shape = getattr(x, "shape", None)
+    return len(shape) if shape is not None else int(np.ndim(x))
+
+
 def _axis(axis: Any, rank: int, op: str) -> int:
     """An axis attribute in [-rank, rank), as a non-negative index."""
     value = int(axis)
@@ -66,7 +72,7 @@ def unsqueeze(x: np.ndarray, axes: np.ndarray) -> np.ndarray:
 @register("Concat", "inputs*", {"axis": REQUIRED})
 def concat(*xs: np.ndarray, axis: int) -> np.ndarray:
     """Concatenate along ``axis``."""
-    return np.concatenate(xs, axis=_axis(axis, np.ndim(xs[0]) if xs else 0, "Concat"))
+    return np.concatenate(xs, axis=_axis(axis, _rank(xs[0]) if xs else 0, "Concat"))
 
 
 @register("Expand", "input, shape", raw=("shape",))
@@ -177,7 +183,7 @@ def split(
     """Split along ``axis`` by the given sizes, or into ``num_outputs`` parts (the last one
     smaller when the axis does not divide evenly; the module sets num_outputs to the node's
     output count when neither is given)."""
-    dim = np.shape(x)[_axis(axis, np.ndim(x), "Split")]
+    dim = np.shape(x)[_axis(axis, _rank(x), "Split")]
     if sizes is not None and np.size(sizes):
         parts = int_list(sizes)
         if sum(parts) != dim or any(p < 0 for p in parts):
