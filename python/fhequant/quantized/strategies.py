@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from fhequant.errors import DTypeError
-from fhequant.quantization import QuantizationOptions, QuantizedArray
+from fhequant.quantization import QuantizationOptions, QuantizedArray, StatisticSpec
 from fhequant.quantized.n_bits import BitWidths
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "QuantizationStrategy",
     "process_initializer_ptq",
     "process_initializer_qat",
+    "process_weights_ptq",
 ]
 
 
@@ -51,6 +52,33 @@ def process_initializer_ptq(n_bits: int, values: Any) -> Any:
     same_sign = (v3 > 0 and v97 > 0) or (v3 < 0 and v97 < 0)
     symmetric = not (same_sign or ratio < 1 / 3 or ratio > 3)
     return QuantizedArray(n_bits, values, is_signed=symmetric, is_symmetric=symmetric)
+
+
+def process_weights_ptq(n_bits: int, values: Any, method: StatisticSpec) -> Any:
+    """Quantize PTQ weights with the range a calibration statistic chooses.
+
+    The sign and symmetry are those of :func:`process_initializer_ptq`; ``method`` sees all
+    the weights at once and its ``finalize`` gets the weight quantizer's options.
+
+    Args:
+        n_bits: op_weights.
+        values: the weights (floats; anything else goes to process_initializer_ptq).
+        method: the statistic.
+
+    Returns:
+        The QuantizedArray (values outside the range are clipped by the quantizer).
+    """
+    plain = process_initializer_ptq(n_bits, values)
+    if not isinstance(plain, QuantizedArray) or plain.values is None:
+        return plain
+    weights = np.asarray(values)
+    if weights.dtype == np.bool_ or weights.size == 0:
+        return plain
+    options = plain.quantizer.quant_options
+    stat = method.make(weights.size)
+    stat.update(weights)
+    lo, hi = stat.finalize(options)
+    return QuantizedArray(n_bits, weights, options=options, rmin=lo, rmax=hi)
 
 
 def process_initializer_qat(n_bits: int, values: Any, name: str = "initializer") -> Any:
@@ -98,6 +126,10 @@ class QuantizationStrategy:
         """Quantize (or keep raw) a constant input that the op quantizes."""
         raise NotImplementedError
 
+    def process_weights(self, values: Any, name: str, method: StatisticSpec) -> Any:
+        """Quantize the weights of a Gemm/MatMul/Conv with the range ``method`` chooses."""
+        raise NotImplementedError
+
 
 class PTQStrategy(QuantizationStrategy):
     """PTQ: per-tensor min/max, asymmetric inputs signed from the data (docs/contract.md §4.2)."""
@@ -113,6 +145,12 @@ class PTQStrategy(QuantizationStrategy):
         if isinstance(values, QuantizedArray):
             return values
         return process_initializer_ptq(self.bits.op_weights, values)
+
+    def process_weights(self, values: Any, name: str, method: StatisticSpec) -> Any:
+        """process_initializer with the weight range of ``method``."""
+        if isinstance(values, QuantizedArray):
+            return values
+        return process_weights_ptq(self.bits.op_weights, values, method)
 
 
 class QATImportStrategy(QuantizationStrategy):

@@ -1,0 +1,237 @@
+"""Histogram calibration statistics: MSE-optimal clipping and the KL/entropy threshold.
+
+Both keep an exact histogram whose bins do not depend on the data: a value's bin is its
+float32 bit pattern without the low ``23 - MANTISSA_BITS`` mantissa bits (a sign, the
+exponent and the top mantissa bits: bins of relative width 2^-7 on a log scale). The counts
+are integers, so the histogram of a tensor is the same for any split into blocks and the sum
+of the histograms of disjoint parts (an exact :meth:`merge`), in a bounded memory (at most
+2^16 bins, stored sparsely in JSON). The exact min and max are kept as well, and
+``finalize`` searches its range on the bins' centres (clipped to that range):
+
+* :class:`MSEStatistic` (``"mse"``): the range ``[c + a(lo - c), c + a(hi - c)]`` (``c`` the
+  point of [lo, hi] nearest 0, so a ReLU output keeps lo = 0) whose quantizer (the very
+  options given to ``finalize``: n_bits, sign, symmetry) has the least squared error over the
+  histogram, for ``a`` among ``grid`` linear steps in (0, 1] and ``grid`` geometric steps
+  from 1 down to 1/1000;
+* :class:`EntropyStatistic` (``"entropy"``, activations only): TensorRT's threshold ``t`` on
+  ``|x|`` minimising the KL divergence between the clipped histogram (``bins`` uniform bins)
+  and its quantization to 2^n (non-negative data) or 2^(n-1) levels; the range is
+  ``[max(lo, -t), min(hi, t)]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fhequant.errors import QuantizationError
+from fhequant.quantization.options import QuantizationOptions
+from fhequant.quantization.quantizer import UniformQuantizer
+from fhequant.quantization.stats import MinMaxQuantizationStats
+from fhequant.quantization.tensor_stats import (
+    MinMaxStatistic,
+    TensorStatistic,
+    register_statistic,
+)
+
+__all__ = ["MANTISSA_BITS", "EntropyStatistic", "HistogramStatistic", "MSEStatistic"]
+
+#: Mantissa bits kept in a bin key (bins of relative width 2^-MANTISSA_BITS).
+MANTISSA_BITS = 7
+_SHIFT = 23 - MANTISSA_BITS
+_N_KEYS = 1 << (32 - _SHIFT)
+
+
+def _int_param(value: Any, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise QuantizationError(f"{what} must be an int, got {value!r}")
+    if not low <= int(value) <= high:
+        raise QuantizationError(f"{what} must be in [{low}, {high}], got {value}")
+    return int(value)
+
+
+def _quantizer(options: QuantizationOptions, ends: np.ndarray) -> UniformQuantizer:
+    """The quantizer ``QuantizedArray(n_bits, ends, options=options)`` builds (its stats are
+    the min and max of ``ends``), without quantizing ``ends``."""
+    stats = MinMaxQuantizationStats(ends.max(), ends.min())
+    quantizer = UniformQuantizer(options, stats)
+    quantizer.compute_quantization_parameters(options, stats)
+    return quantizer
+
+
+class HistogramStatistic(TensorStatistic):
+    """An exact log-scale histogram with the exact min/max (base of MSE and entropy)."""
+
+    def __init__(self, n_total: int | None = None) -> None:
+        super().__init__(n_total)
+        self.counts: np.ndarray | None = None  # int64 counts of the 2^16 bin keys
+        self.extremes = MinMaxStatistic()
+
+    def update(self, block: Any) -> None:
+        arr = self._block(block)
+        if not arr.size:
+            return
+        self.extremes.update(arr)
+        bits = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1).view(np.uint32)
+        counts = np.bincount(bits >> np.uint32(_SHIFT), minlength=_N_KEYS)
+        self.counts = counts if self.counts is None else self.counts + counts
+
+    def merge(self, other: TensorStatistic) -> TensorStatistic:
+        self._check_mergeable(other)
+        assert isinstance(other, HistogramStatistic)
+        self._merge_dtype(other)
+        self.extremes.merge(other.extremes)
+        if other.counts is not None:
+            self.counts = other.counts.copy() if self.counts is None else self.counts + other.counts
+        return self
+
+    def bins(self) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+        """(centres as float64, counts, lo, hi) of the non-empty bins; centres in [lo, hi]."""
+        if self.counts is None:
+            self._ends(None, None)  # raises: nothing seen
+        assert self.counts is not None
+        keys = np.flatnonzero(self.counts).astype(np.uint32)
+        first = (keys << np.uint32(_SHIFT)).view(np.float32).astype(np.float64)
+        last_bits = (keys << np.uint32(_SHIFT)) | np.uint32((1 << _SHIFT) - 1)
+        last = last_bits.view(np.float32).astype(np.float64)
+        lo, hi = self.extremes.lo, self.extremes.hi
+        centres = np.clip((first + last) / 2, float(lo), float(hi))
+        return centres, self.counts[keys], lo, hi
+
+    def dump_state(self) -> dict[str, Any]:
+        counts = np.zeros(0, dtype=np.int64) if self.counts is None else self.counts
+        keys = np.flatnonzero(counts)
+        return {
+            "extremes": self.extremes.dump_state(),
+            "keys": [int(k) for k in keys],
+            "counts": [int(counts[k]) for k in keys],
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.extremes.dtype = self.dtype
+        self.extremes.load_state(state["extremes"])
+        keys = np.asarray(state["keys"], dtype=np.int64)
+        if keys.size == 0:
+            self.counts = None
+            return
+        counts = np.zeros(_N_KEYS, dtype=np.int64)
+        counts[keys] = np.asarray(state["counts"], dtype=np.int64)
+        self.counts = counts
+
+
+@register_statistic
+class MSEStatistic(HistogramStatistic):
+    """The clipping range of least squared quantization error.
+
+    Args:
+        n_total: unused.
+        grid: the number of linear (and of geometric) shrink factors tried (default 100).
+    """
+
+    name = "mse"
+
+    def __init__(self, n_total: int | None = None, grid: int = 100) -> None:
+        super().__init__(n_total)
+        self.grid = _int_param(grid, "mse grid", 2, 10_000)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"grid": self.grid}
+
+    def finalize(self, options: QuantizationOptions | None = None) -> np.ndarray:
+        if options is None or options.n_bits is None:
+            raise QuantizationError("the mse statistic needs the quantizer options (n_bits)")
+        centres, counts, lo, hi = self.bins()
+        lo64, hi64 = float(lo), float(hi)
+        if lo64 == hi64:
+            return self._ends(lo, hi)
+        centre = min(max(0.0, lo64), hi64)
+        weights = counts.astype(np.float64)
+        best: tuple[float, np.ndarray] | None = None
+        # linear steps near the full range, geometric ones down to 1/1000 (heavy tails)
+        factors = np.union1d(
+            np.linspace(1.0, 1.0 / self.grid, self.grid), np.geomspace(1.0, 1e-3, self.grid)
+        )[::-1]
+        for a in factors:
+            ends = self._ends(centre + a * (lo64 - centre), centre + a * (hi64 - centre))
+            if ends[0] == ends[1]:
+                continue
+            quantizer = _quantizer(options, ends)
+            error = quantizer.dequant(quantizer.quant(centres)) - centres
+            mse = float(np.dot(weights, error * error))
+            if best is None or mse < best[0]:
+                best = (mse, ends)
+        return best[1] if best is not None else self._ends(lo, hi)
+
+
+@register_statistic
+class EntropyStatistic(HistogramStatistic):
+    """The KL-divergence (entropy) threshold of TensorRT, for activations.
+
+    Args:
+        n_total: unused.
+        bins: uniform bins of ``|x|`` over [0, max|x|] (default 2048).
+        candidates: at most this many thresholds are tried (default 128).
+    """
+
+    name = "entropy"
+    for_weights = False
+
+    def __init__(self, n_total: int | None = None, bins: int = 2048, candidates: int = 128) -> None:
+        super().__init__(n_total)
+        self.n_bins = _int_param(bins, "entropy bins", 16, 1 << 16)
+        self.candidates = _int_param(candidates, "entropy candidates", 1, 1 << 16)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"bins": self.n_bins, "candidates": self.candidates}
+
+    def finalize(self, options: QuantizationOptions | None = None) -> np.ndarray:
+        if options is None or options.n_bits is None:
+            raise QuantizationError("the entropy statistic needs the quantizer options (n_bits)")
+        centres, counts, lo, hi = self.bins()
+        amax = max(abs(float(lo)), abs(float(hi)))
+        if amax == 0.0:
+            return self._ends(lo, hi)
+        n_bits = int(options.n_bits)
+        levels = 2**n_bits if float(lo) >= 0 else 2 ** max(n_bits - 1, 1)
+        hist, _ = np.histogram(np.abs(centres), bins=self.n_bins, range=(0.0, amax), weights=counts)
+        if levels >= self.n_bins:
+            return self._ends(lo, hi)
+        step = max(1, (self.n_bins - levels) // self.candidates)
+        best: tuple[float, int] | None = None
+        for i in range(levels, self.n_bins + 1, step):
+            kl = _kl_of_threshold(hist, i, levels)
+            if best is None or kl < best[0]:
+                best = (kl, i)
+        assert best is not None
+        threshold = best[1] * amax / self.n_bins
+        return self._ends(max(float(lo), -threshold), min(float(hi), threshold))
+
+
+def _kl_of_threshold(hist: np.ndarray, i: int, levels: int) -> float:
+    """KL(P || Q): P the first i bins with the outliers added to the last one, Q the
+    ``levels``-level quantization of the first i bins (without the outliers) spread back over
+    their non-empty bins (TensorRT's construction)."""
+    sliced = hist[:i].astype(np.float64)
+    p = sliced.copy()
+    p[-1] += hist[i:].sum()
+    nonzero = sliced > 0
+    edges = np.linspace(0, i, levels + 1).astype(np.int64)
+    starts = edges[:-1]
+    keep = np.diff(edges) > 0
+    starts = starts[keep]
+    totals = np.add.reduceat(sliced, starts)
+    filled = np.add.reduceat(nonzero.astype(np.float64), starts)
+    per_bin = np.divide(totals, filled, out=np.zeros_like(totals), where=filled > 0)
+    lengths = np.diff(np.append(starts, i))
+    q = np.repeat(per_bin, lengths) * nonzero
+    p_sum, q_sum = p.sum(), q.sum()
+    if p_sum == 0 or q_sum == 0:
+        return float("inf")
+    if np.any((p > 0) & (q == 0)):
+        return float("inf")
+    support = p > 0
+    pn, qn = p[support] / p_sum, q[support] / q_sum
+    return float(np.sum(pn * np.log(pn / qn)))
