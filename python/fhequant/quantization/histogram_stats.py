@@ -15,8 +15,8 @@ of the histograms of disjoint parts (an exact :meth:`merge`), in a bounded memor
   from 1 down to 1/1000;
 * :class:`EntropyStatistic` (``"entropy"``, activations only): TensorRT's threshold ``t`` on
   ``|x|`` minimising the KL divergence between the clipped histogram (``bins`` uniform bins)
-  and its quantization to 2^n (non-negative data) or 2^(n-1) levels; the range is
-  ``[max(lo, -t), min(hi, t)]``.
+  and its quantization to 2^n (non-negative data) or 2^(n-1) levels, zeros left out (they are
+  exact at any threshold); the range is ``[max(lo, -t), min(hi, t)]``.
 """
 
 from __future__ import annotations
@@ -26,9 +26,7 @@ from typing import Any
 import numpy as np
 
 from fhequant.errors import QuantizationError
-from fhequant.quantization.options import QuantizationOptions
-from fhequant.quantization.quantizer import UniformQuantizer
-from fhequant.quantization.stats import MinMaxQuantizationStats
+from fhequant.quantization.options import STABILITY_CONST, QuantizationOptions
 from fhequant.quantization.tensor_stats import (
     MinMaxStatistic,
     TensorStatistic,
@@ -51,13 +49,40 @@ def _int_param(value: Any, what: str, low: int, high: int) -> int:
     return int(value)
 
 
-def _quantizer(options: QuantizationOptions, ends: np.ndarray) -> UniformQuantizer:
-    """The quantizer ``QuantizedArray(n_bits, ends, options=options)`` builds (its stats are
-    the min and max of ``ends``), without quantizing ``ends``."""
-    stats = MinMaxQuantizationStats(ends.max(), ends.min())
-    quantizer = UniformQuantizer(options, stats)
-    quantizer.compute_quantization_parameters(options, stats)
-    return quantizer
+def _squared_errors(
+    values: np.ndarray,
+    weights: np.ndarray,
+    los: np.ndarray,
+    his: np.ndarray,
+    options: QuantizationOptions,
+) -> np.ndarray:
+    """Σ weights·(dequant(quant(values)) - values)² for the quantizer of each range
+    [los[i], his[i]], vectorised over the candidates (in float64, with the scale, zero point
+    and clip bounds of docs/contract.md §1.3; ranges narrower than STABILITY_CONST: inf)."""
+    n = int(options.n_bits)
+    offset = 2 ** (n - 1) if options.is_signed else 0
+    qlo, qhi = -offset + (1 if options.is_narrow else 0), 2**n - 1 - offset
+    delta = his - los
+    wide = delta >= STABILITY_CONST
+    safe = np.where(wide, delta, 1.0)
+    if options.is_symmetric:
+        scale = np.maximum(np.abs(los), np.abs(his)) / (2**n - 1 - offset)
+        zp = np.zeros_like(scale)
+    else:
+        scale = safe / (2**n - 1)
+        zp = (
+            np.zeros_like(scale)
+            if options.is_qat
+            else np.rint((-his * offset - los * (2**n - 1 - offset)) / safe)
+        )
+    scale = np.where(wide & (scale > 0), scale, 1.0)
+    out = np.empty(len(los))
+    for start in range(0, len(los), 16):  # bounded temporaries
+        s, z = scale[start : start + 16, None], zp[start : start + 16, None]
+        q = np.clip(np.rint(values / s) + z, qlo, qhi)
+        err = (q - z) * s - values
+        out[start : start + 16] = (err * err) @ weights
+    return np.where(wide, out, np.inf)
 
 
 class HistogramStatistic(TensorStatistic):
@@ -147,22 +172,17 @@ class MSEStatistic(HistogramStatistic):
         if lo64 == hi64:
             return self._ends(lo, hi)
         centre = min(max(0.0, lo64), hi64)
-        weights = counts.astype(np.float64)
-        best: tuple[float, np.ndarray] | None = None
         # linear steps near the full range, geometric ones down to 1/1000 (heavy tails)
         factors = np.union1d(
             np.linspace(1.0, 1.0 / self.grid, self.grid), np.geomspace(1.0, 1e-3, self.grid)
         )[::-1]
-        for a in factors:
-            ends = self._ends(centre + a * (lo64 - centre), centre + a * (hi64 - centre))
-            if ends[0] == ends[1]:
-                continue
-            quantizer = _quantizer(options, ends)
-            error = quantizer.dequant(quantizer.quant(centres)) - centres
-            mse = float(np.dot(weights, error * error))
-            if best is None or mse < best[0]:
-                best = (mse, ends)
-        return best[1] if best is not None else self._ends(lo, hi)
+        los = centre + factors * (lo64 - centre)
+        his = centre + factors * (hi64 - centre)
+        errors = _squared_errors(centres, counts.astype(np.float64), los, his, options)
+        best = int(np.argmin(errors))  # the first (widest) of equal errors
+        if not np.isfinite(errors[best]):
+            return self._ends(lo, hi)
+        return self._ends(los[best], his[best])
 
 
 @register_statistic
@@ -196,7 +216,12 @@ class EntropyStatistic(HistogramStatistic):
             return self._ends(lo, hi)
         n_bits = int(options.n_bits)
         levels = 2**n_bits if float(lo) >= 0 else 2 ** max(n_bits - 1, 1)
-        hist, _ = np.histogram(np.abs(centres), bins=self.n_bins, range=(0.0, amax), weights=counts)
+        # zeros (a ReLU's many) are exact at any threshold: they are left out of P and Q
+        magnitudes = np.abs(centres)
+        keep = magnitudes > np.finfo(np.float32).tiny
+        hist, _ = np.histogram(
+            magnitudes[keep], bins=self.n_bins, range=(0.0, amax), weights=counts[keep]
+        )
         if levels >= self.n_bins:
             return self._ends(lo, hi)
         step = max(1, (self.n_bins - levels) // self.candidates)

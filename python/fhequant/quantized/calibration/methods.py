@@ -12,8 +12,9 @@ Forms (``None`` or ``"minmax"`` is the default and leaves every integer as it wa
 
 A bare method applies to the activations (op outputs) and, when the statistic may choose
 weight ranges (``for_weights``: minmax, percentile, mse; not entropy), to the weights of
-Gemm / MatMul / Conv. Graph inputs and ops whose calibration is not a reduction of their float
-output (Div's divider, Brevitas Quant, ...) keep min/max.
+Gemm / MatMul / Conv. Graph inputs, shape ops (Reshape, Flatten, Concat, ...: they move
+values already on their producers' grids) and ops whose calibration is not a reduction of their
+float output (Div's divider, Brevitas Quant, ...) keep min/max.
 
 :func:`resolve_per_op` is the small, separate per-op-name resolver (op names checked against the
 graph, unknown ones a typed error naming them).

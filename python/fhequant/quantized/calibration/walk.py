@@ -206,7 +206,9 @@ class ModuleCalibrator:
         op = self._build_op(node, variable)
         out = node.outputs[0]
         method = self.plan.for_op(node.name).activations
-        if method is not None:
+        if method is not None and not type(op).quantize_inputs_with_model_outputs_precision:
+            # shape ops (Reshape, Flatten, Concat, ...) move their producers' values, already
+            # on the producers' grids: they keep min/max
             self.passes.methods[out] = method
         producers: set[str] = set()
         for name in variable:
