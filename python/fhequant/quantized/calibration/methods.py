@@ -6,9 +6,17 @@ Forms (``None`` or ``"minmax"`` is the default and leaves every integer as it wa
   statistic, :mod:`fhequant.quantization.tensor_stats`);
 * a method with parameters: ``{"method": "percentile", "percentile": 99.9}`` or a
   :class:`~fhequant.quantization.StatisticSpec`;
-* per kind and per op: ``{"activations": M, "weights": M, "ops": {"node name": M or
-  {"activations": M, "weights": M}}}``; an op's entry overrides the model's for the kinds it
-  names.
+* per kind and per op: ``{"activations": M, "weights": M, "per_channel": bool,
+  "bias_correction": bool, "ops": {"node name": M or {"activations": M, ...}}}``; an op's
+  entry overrides the model's for the keys it names.
+
+``per_channel``: Gemm / MatMul / Conv weights quantized symmetrically per output channel
+(the weight statistic, min/max by default, chooses each channel's range); the linear ops
+already rescale by a per-channel weight scale (as for Brevitas per-channel weights), so the
+rescale folds into the output table lookup and the PBS count does not change.
+``bias_correction``: the bias of a Gemm / MatMul / Conv absorbs the mean output shift that
+weight quantization causes, ``(W - dequant(Wq)) · E[x]`` with ``E[x]`` the mean of the op's
+quantized calibration input (exact integer sums: the same for any batch split).
 
 A bare method applies to the activations (op outputs) and, when the statistic may choose
 weight ranges (``for_weights``: minmax, percentile, mse; not entropy), to the weights of
@@ -41,16 +49,20 @@ __all__ = [
 #: Op types whose input 1 (the weights) a weight statistic calibrates.
 WEIGHT_OPS = frozenset({"Gemm", "MatMul", "Conv"})
 _KINDS = ("activations", "weights")
+_FLAGS = ("per_channel", "bias_correction")
 
 _T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
 class OpCalibration:
-    """The statistics of one op: of its output and of its weights (None: min/max)."""
+    """The statistics of one op: of its output and of its weights (None: min/max), whether
+    its weights are quantized per output channel and whether its bias is corrected."""
 
     activations: StatisticSpec | None = None
     weights: StatisticSpec | None = None
+    per_channel: bool = False
+    bias_correction: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,10 +79,7 @@ class CalibrationPlan:
     @property
     def is_minmax(self) -> bool:
         """Every range is min/max (the default path)."""
-        return all(
-            c.activations is None and c.weights is None
-            for c in (self.default, *self.per_op.values())
-        )
+        return all(c == OpCalibration() for c in (self.default, *self.per_op.values()))
 
 
 def parse_method(spec: Any, where: str) -> StatisticSpec | None:
@@ -107,12 +116,18 @@ def parse_method(spec: Any, where: str) -> StatisticSpec | None:
 def _parse_op(spec: Any, base: OpCalibration, where: str) -> OpCalibration:
     """One op's (or the model's) statistics; kinds it does not name come from ``base``."""
     if isinstance(spec, Mapping) and "method" not in spec:
-        unknown = sorted(str(k) for k in spec if k not in _KINDS)
+        unknown = sorted(str(k) for k in spec if k not in (*_KINDS, *_FLAGS))
         if unknown:
             raise CalibrationConfigError(
-                f"{where}: unknown key(s) {unknown}; use 'activations' and/or 'weights' (or "
-                "'method' with its parameters)"
+                f"{where}: unknown key(s) {unknown}; use 'activations', 'weights', "
+                "'per_channel', 'bias_correction' (or 'method' with its parameters)"
             )
+        flags = {}
+        for flag in _FLAGS:
+            value = spec.get(flag, getattr(base, flag))
+            if not isinstance(value, bool):
+                raise CalibrationConfigError(f"{where}['{flag}'] must be a bool, got {value!r}")
+            flags[flag] = value
         activations = (
             parse_method(spec["activations"], f"{where}['activations']")
             if "activations" in spec
@@ -125,10 +140,10 @@ def _parse_op(spec: Any, base: OpCalibration, where: str) -> OpCalibration:
                 raise CalibrationConfigError(
                     f"{where}['weights']: the {weights.name} statistic is for activations only"
                 )
-        return OpCalibration(activations, weights)
+        return OpCalibration(activations, weights, **flags)
     method = parse_method(spec, where)
     weights = method if method is None or method.for_weights else None
-    return OpCalibration(method, weights)
+    return OpCalibration(method, weights, base.per_channel, base.bias_correction)
 
 
 def resolve_per_op(
@@ -170,13 +185,13 @@ def resolve_calibration(calibration: Any, op_names: Iterable[str]) -> Calibratio
     if calibration is None:
         return CalibrationPlan()
     if isinstance(calibration, Mapping) and "method" not in calibration:
-        unknown = sorted(str(k) for k in calibration if k not in (*_KINDS, "ops"))
+        unknown = sorted(str(k) for k in calibration if k not in (*_KINDS, *_FLAGS, "ops"))
         if unknown:
             raise CalibrationConfigError(
-                f"calibration: unknown key(s) {unknown}; use 'activations', 'weights' and "
-                "'ops' (or 'method' with its parameters)"
+                f"calibration: unknown key(s) {unknown}; use 'activations', 'weights', "
+                "'per_channel', 'bias_correction' and 'ops' (or 'method' with its parameters)"
             )
-        kinds = {k: v for k, v in calibration.items() if k in _KINDS}
+        kinds = {k: v for k, v in calibration.items() if k != "ops"}
         default = _parse_op(kinds, OpCalibration(), "calibration")
         per_op = resolve_per_op(
             calibration.get("ops"),

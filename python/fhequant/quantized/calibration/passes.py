@@ -23,6 +23,7 @@ from fhequant.kernels import quant as _kernels
 from fhequant.quantization import QuantizationOptions, QuantizedArray, StatisticSpec
 from fhequant.quantized import fused_stats
 from fhequant.quantized.calibration import traits
+from fhequant.quantized.calibration.bias import correct_bias
 from fhequant.quantized.calibration.store import WalkStore, requantizes_to_itself
 from fhequant.quantized.calibration.tables import TablePaths
 from fhequant.quantized.exec import ClearBackend, Executor, RoundingRangeObserver, use_executor
@@ -67,9 +68,15 @@ class OpPasses:
         self._input_quant_cache: dict[tuple[str, Any], Any] = {}
         #: The statistic of each op output that is not min/max (by output tensor name).
         self.methods: dict[str, StatisticSpec] = {}
+        #: The outputs of the Gemm/MatMul/Conv whose bias is corrected, and how the walk's
+        #: strategy quantizes a constant (the corrected bias).
+        self.bias_corrected: set[str] = set()
+        self.process_initializer: Any = None
 
     def calibrate(self, op: Any, variable: list[str], out: str) -> None:
         """Calibrate ``op`` (variable inputs ``variable``) and store its output ``out``."""
+        if out in self.bias_corrected:
+            correct_bias(self, op, variable)
         method = self.methods.get(out)
         served = method is None or method.name in self.tables.SERVES_STATISTICS
         if served and self.tables.calibrate_by_table(op, variable, out):

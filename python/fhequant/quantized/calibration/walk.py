@@ -17,7 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from fhequant.errors import CalibrationConfigError, GraphInputError, UnsupportedOpError
-from fhequant.quantization import QuantizedArray, UniformQuantizer
+from fhequant.quantization import QuantizedArray, StatisticSpec, UniformQuantizer
 from fhequant.quantized.calibration.methods import WEIGHT_OPS, resolve_calibration
 from fhequant.quantized.calibration.passes import OpPasses
 from fhequant.quantized.calibration.store import Progress, WalkStore, WalkTensor
@@ -103,6 +103,7 @@ class ModuleCalibrator:
         self.tensors = self.store.tensors
         self.tables = TablePaths(self.store, strategy.flows_raw)
         self.passes = OpPasses(self.store, self.tables, strategy.flows_raw, self.input_stats)
+        self.passes.process_initializer = strategy.process_initializer
 
     # --- entry ---------------------------------------------------------------------------
 
@@ -205,6 +206,8 @@ class ModuleCalibrator:
             )
         op = self._build_op(node, variable)
         out = node.outputs[0]
+        if self.plan.for_op(node.name).bias_correction and node.op_type in WEIGHT_OPS:
+            self.passes.bias_corrected.add(out)
         method = self.plan.for_op(node.name).activations
         if method is not None and not type(op).quantize_inputs_with_model_outputs_precision:
             # shape ops (Reshape, Flatten, Concat, ...) move their producers' values, already
@@ -274,13 +277,11 @@ class ModuleCalibrator:
             if not name or name in self.tensors or name not in self.constants:
                 continue
             value = self.constants[name]
-            weights = self.plan.for_op(node.name).weights
-            if cls.must_quantize_input(idx) and weights is not None and idx == 1:
-                weights = weights if node.op_type in WEIGHT_OPS else None
-            else:
-                weights = None
+            weights = self._weight_method(node, idx) if cls.must_quantize_input(idx) else None
             if weights is not None:
-                constants[idx] = self.strategy.process_weights(value, name, weights)
+                constants[idx] = self.strategy.process_weights(
+                    value, name, weights, self._channel_axis(node, np.ndim(value))
+                )
             elif cls.must_quantize_input(idx):
                 constants[idx] = self.strategy.process_initializer(value, name)
             else:
@@ -317,6 +318,25 @@ class ModuleCalibrator:
             # (docs/contract.md §4.5)
         self.node_inputs[node.outputs[0]] = tuple(node.inputs)
         return op
+
+    def _weight_method(self, node: GraphNode, idx: int) -> Any:
+        """The statistic of the weights (input 1) of a Gemm/MatMul/Conv, None for min/max."""
+        calib = self.plan.for_op(node.name)
+        if idx != 1 or node.op_type not in WEIGHT_OPS:
+            return None
+        if calib.weights is None and calib.per_channel:
+            return StatisticSpec("minmax")
+        return calib.weights
+
+    def _channel_axis(self, node: GraphNode, rank: int) -> int | None:
+        """The output-channel axis of per-channel weights (None: per tensor)."""
+        if not self.plan.for_op(node.name).per_channel or rank < 2:
+            return None
+        if node.op_type == "Conv":
+            return 0
+        if node.op_type == "Gemm":
+            return 0 if node.attrs.get("transB", 0) else rank - 1
+        return rank - 1  # MatMul: (..., k, O)
 
     # --- module input quantizers (docs/contract.md §4.6) ------------------------------------------
 
