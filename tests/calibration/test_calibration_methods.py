@@ -19,6 +19,7 @@ from fhequant.quantization import (
 )
 from fhequant.quantization.tensor_stats import STATISTICS
 from fhequant.quantized.calibration.methods import resolve_calibration
+from fhequant.serialization import loads
 from ptq_helpers import assert_same_module, cnn, mlp, module_state
 
 RNG = np.random.default_rng(19)
@@ -231,3 +232,13 @@ def test_bias_correction_moves_the_output_mean_towards_float() -> None:
         )
         shift[flag] = float(np.abs((module.forward(X_MLP) - exact).mean(axis=0)).sum())
     assert shift[True] < shift[False]
+
+
+def test_per_channel_modules_round_trip_through_json() -> None:
+    calibration = {"per_channel": True, "weights": "mse", "bias_correction": True}
+    for model, x in ((mlp([12, 8, 3], seed=1), X_MLP), (cnn(seed=1), X_CNN)):
+        module = build_quantized_module(model, x, n_bits=3, calibration=calibration)
+        back = loads(module.dumps())
+        np.testing.assert_array_equal(back.forward(x[:40]), module.forward(x[:40]))
+        q = module.quantize_input(x[:40])
+        np.testing.assert_array_equal(back.quantized_forward(q), module.quantized_forward(q))
