@@ -5,7 +5,7 @@ float32 bit pattern without the low ``23 - MANTISSA_BITS`` mantissa bits (a sign
 exponent and the top mantissa bits: bins of relative width 2^-7 on a log scale). The counts
 are integers, so the histogram of a tensor is the same for any split into blocks and the sum
 of the histograms of disjoint parts (an exact :meth:`merge`), in a bounded memory (at most
-2^16 bins, stored sparsely in JSON). The exact min and max are kept as well, and
+2^16 bins, kept sparse). The exact min and max are kept as well, and
 ``finalize`` searches its range on the bins' centres (clipped to that range):
 
 * :class:`MSEStatistic` (``"mse"``): the range ``[c + a(lo - c), c + a(hi - c)]`` (``c`` the
@@ -21,6 +21,7 @@ of the histograms of disjoint parts (an exact :meth:`merge`), in a bounded memor
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,16 @@ def _int_param(value: Any, what: str, low: int, high: int) -> int:
     if not low <= int(value) <= high:
         raise QuantizationError(f"{what} must be in [{low}, {high}], got {value}")
     return int(value)
+
+
+@functools.lru_cache(maxsize=8)
+def _shrink_factors(grid: int) -> np.ndarray:
+    """Linear steps near the full range, geometric ones down to 1/1000 (heavy tails),
+    from the widest."""
+    factors = np.union1d(np.linspace(1.0, 1.0 / grid, grid), np.geomspace(1.0, 1e-3, grid))
+    factors = factors[::-1].copy()
+    factors.setflags(write=False)
+    return factors
 
 
 def _squared_errors(
@@ -77,20 +88,37 @@ def _squared_errors(
         )
     scale = np.where(wide & (scale > 0), scale, 1.0)
     out = np.empty(len(los))
-    for start in range(0, len(los), 16):  # bounded temporaries
-        s, z = scale[start : start + 16, None], zp[start : start + 16, None]
+    step = max(1, (1 << 18) // max(values.size, 1))  # temporaries of at most 2^18 floats
+    for start in range(0, len(los), step):
+        s, z = scale[start : start + step, None], zp[start : start + step, None]
         q = np.clip(np.rint(values / s) + z, qlo, qhi)
         err = (q - z) * s - values
-        out[start : start + 16] = (err * err) @ weights
+        out[start : start + step] = (err * err) @ weights
     return np.where(wide, out, np.inf)
 
 
+def _sparse_add(
+    keys: np.ndarray, counts: np.ndarray, more_keys: np.ndarray, more_counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The sum of two sparse histograms (sorted unique int64 keys, int64 counts)."""
+    if keys.size == 0:
+        return more_keys, more_counts
+    merged, inverse = np.unique(np.concatenate([keys, more_keys]), return_inverse=True)
+    total = np.zeros(merged.size, dtype=np.int64)
+    np.add.at(total, inverse, np.concatenate([counts, more_counts]))
+    return merged, total
+
+
 class HistogramStatistic(TensorStatistic):
-    """An exact log-scale histogram with the exact min/max (base of MSE and entropy)."""
+    """An exact log-scale histogram with the exact min/max (base of MSE and entropy).
+
+    The histogram is kept sparse: the sorted keys of the non-empty bins and their counts.
+    """
 
     def __init__(self, n_total: int | None = None) -> None:
         super().__init__(n_total)
-        self.counts: np.ndarray | None = None  # int64 counts of the 2^16 bin keys
+        self.keys = np.zeros(0, dtype=np.int64)
+        self.counts = np.zeros(0, dtype=np.int64)
         self.extremes = MinMaxStatistic()
 
     def update(self, block: Any) -> None:
@@ -99,50 +127,52 @@ class HistogramStatistic(TensorStatistic):
             return
         self.extremes.update(arr)
         bits = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1).view(np.uint32)
-        counts = np.bincount(bits >> np.uint32(_SHIFT), minlength=_N_KEYS)
-        self.counts = counts if self.counts is None else self.counts + counts
+        raw = (bits >> np.uint32(_SHIFT)).astype(np.int64)
+        if raw.size > 4096:  # large blocks: a dense count, then its non-empty bins
+            dense = np.bincount(raw, minlength=_N_KEYS)
+            keys = np.flatnonzero(dense)
+            counts = dense[keys].astype(np.int64)
+        else:
+            keys, counts = np.unique(raw, return_counts=True)
+            counts = counts.astype(np.int64)
+        self.keys, self.counts = _sparse_add(self.keys, self.counts, keys, counts)
 
     def merge(self, other: TensorStatistic) -> TensorStatistic:
         self._check_mergeable(other)
         assert isinstance(other, HistogramStatistic)
         self._merge_dtype(other)
         self.extremes.merge(other.extremes)
-        if other.counts is not None:
-            self.counts = other.counts.copy() if self.counts is None else self.counts + other.counts
+        self.keys, self.counts = _sparse_add(self.keys, self.counts, other.keys, other.counts)
         return self
 
     def bins(self) -> tuple[np.ndarray, np.ndarray, Any, Any]:
         """(centres as float64, counts, lo, hi) of the non-empty bins; centres in [lo, hi]."""
-        if self.counts is None:
+        if self.keys.size == 0:
             self._ends(None, None)  # raises: nothing seen
-        assert self.counts is not None
-        keys = np.flatnonzero(self.counts).astype(np.uint32)
+        keys = self.keys.astype(np.uint32)
         first = (keys << np.uint32(_SHIFT)).view(np.float32).astype(np.float64)
         last_bits = (keys << np.uint32(_SHIFT)) | np.uint32((1 << _SHIFT) - 1)
         last = last_bits.view(np.float32).astype(np.float64)
         lo, hi = self.extremes.lo, self.extremes.hi
         centres = np.clip((first + last) / 2, float(lo), float(hi))
-        return centres, self.counts[keys], lo, hi
+        return centres, self.counts, lo, hi
 
     def dump_state(self) -> dict[str, Any]:
-        counts = np.zeros(0, dtype=np.int64) if self.counts is None else self.counts
-        keys = np.flatnonzero(counts)
         return {
             "extremes": self.extremes.dump_state(),
-            "keys": [int(k) for k in keys],
-            "counts": [int(counts[k]) for k in keys],
+            "keys": [int(k) for k in self.keys],
+            "counts": [int(c) for c in self.counts],
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.extremes.dtype = self.dtype
         self.extremes.load_state(state["extremes"])
         keys = np.asarray(state["keys"], dtype=np.int64)
-        if keys.size == 0:
-            self.counts = None
-            return
-        counts = np.zeros(_N_KEYS, dtype=np.int64)
-        counts[keys] = np.asarray(state["counts"], dtype=np.int64)
-        self.counts = counts
+        counts = np.asarray(state["counts"], dtype=np.int64)
+        if keys.shape != counts.shape or keys.ndim != 1:
+            raise ValueError("keys and counts differ in length")
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.counts = keys[order], counts[order]
 
 
 @register_statistic
@@ -172,10 +202,7 @@ class MSEStatistic(HistogramStatistic):
         if lo64 == hi64:
             return self._ends(lo, hi)
         centre = min(max(0.0, lo64), hi64)
-        # linear steps near the full range, geometric ones down to 1/1000 (heavy tails)
-        factors = np.union1d(
-            np.linspace(1.0, 1.0 / self.grid, self.grid), np.geomspace(1.0, 1e-3, self.grid)
-        )[::-1]
+        factors = _shrink_factors(self.grid)
         los = centre + factors * (lo64 - centre)
         his = centre + factors * (hi64 - centre)
         errors = _squared_errors(centres, counts.astype(np.float64), los, his, options)
