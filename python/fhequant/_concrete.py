@@ -28,6 +28,10 @@ from typing import Any
 
 __all__ = ["fhe_module", "preserve_exit_status"]
 
+# The warnings importing concrete gives through pkg_resources (regexes matched at the start).
+_PKG_RESOURCES_DEPRECATED = r"pkg_resources is deprecated as an API"
+_DECLARE_NAMESPACE = r"Deprecated call to `pkg_resources\.declare_namespace\('concrete"
+
 # The handler concrete registers, by its name in ``concrete.compiler`` (2.10 and 2.11).
 _HANDLER_NAME = "_terminate_df_parallelization"
 
@@ -60,8 +64,10 @@ def fhe_module() -> Any:
     soon as concrete is loaded (:func:`preserve_exit_status`).
     """
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+        # concrete's namespace package calls pkg_resources.declare_namespace, which warns
+        # twice (setuptools >= 67): these two messages only, any other warning still shows
+        warnings.filterwarnings("ignore", _PKG_RESOURCES_DEPRECATED, UserWarning)
+        warnings.filterwarnings("ignore", _DECLARE_NAMESPACE, DeprecationWarning)
         from concrete import fhe
     preserve_exit_status()
     return fhe

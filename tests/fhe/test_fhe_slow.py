@@ -35,3 +35,6 @@ def test_demo_command(capsys: pytest.CaptureFixture[str]) -> None:
     for key in ("float accuracy", "FHE-simulated accuracy", "PBS count", "keygen time"):
         assert key in out
     assert "same integers as clear    100.0 %" in out
+    # issue 15: the long steps are announced before they run (the demo was silent for ~45 s)
+    for step in ("compiling the FHE circuit", "generating the FHE keys", "under encryption"):
+        assert step in out

@@ -118,6 +118,8 @@ class OpBitWidth:
             the op has none. Which bounds: those of the report (observed or worst case).
         product_bits: the width of that product, which is the output width of those table
             lookups; 0 if none.
+        node: the ONNX node name of the op ("" if unknown); ``name`` is the op's output
+            tensor, a bare number for some exported graph outputs (e.g. "7").
     """
 
     name: str
@@ -133,6 +135,14 @@ class OpBitWidth:
     wc_tlu_input_bits: int
     product_operand_bits: int = 0
     product_bits: int = 0
+    node: str = ""
+
+    @property
+    def label(self) -> str:
+        """The node name, with the output tensor when it differs (for reports and errors)."""
+        if self.node and self.node != self.name:
+            return f"{self.node} ({self.name})"
+        return self.name
 
 
 def _tlu_bits(recs: Sequence[ValueRecord], worst_case: bool) -> int:
@@ -148,7 +158,11 @@ def _tlu_bits(recs: Sequence[ValueRecord], worst_case: bool) -> int:
 
 
 def _op_row(
-    name: str, op_type: str, recs: Sequence[ValueRecord], worst_case: bool = False
+    name: str,
+    op_type: str,
+    recs: Sequence[ValueRecord],
+    worst_case: bool = False,
+    node: str = "",
 ) -> OpBitWidth:
     computed = [r for r in recs if r.label != "constant"] or list(recs)
     lo = min(r.lo for r in computed)
@@ -176,6 +190,7 @@ def _op_row(
             default=0,
         ),
         product_bits=max((r.width(worst_case) for r in recs if r.product_operand_bits), default=0),
+        node=node,
     )
 
 
@@ -219,7 +234,8 @@ class BitWidthReport:
         """The row of one op.
 
         Args:
-            name: op instance name.
+            name: the op's output tensor name (the key of ``quant_layers_dict``) or its ONNX
+                node name.
 
         Returns:
             Its OpBitWidth.
@@ -227,7 +243,10 @@ class BitWidthReport:
         for r in self.rows:
             if r.name == name:
                 return r
-        raise KeyError(f"no op named {name!r} in the report; ops: {[r.name for r in self.rows]}")
+        for r in self.rows:
+            if r.node and r.node == name:
+                return r
+        raise KeyError(f"no op named {name!r} in the report; ops: {[r.label for r in self.rows]}")
 
     def __str__(self) -> str:
         head = (
@@ -246,7 +265,7 @@ class BitWidthReport:
                 tlu = str(r.wc_tlu_input_bits if self.worst_case else r.tlu_input_bits)
             lines.append(
                 (
-                    r.name,
+                    r.label,
                     r.op_type,
                     f"[{r.lo}, {r.hi}]",
                     str(r.bits),
@@ -261,7 +280,7 @@ class BitWidthReport:
         for r in self.rows:
             if r.product_bits:
                 out.append(
-                    f"encrypted product in {r.name!r} ({r.op_type}): concrete computes it with "
+                    f"encrypted product in {r.label!r} ({r.op_type}): concrete computes it with "
                     f"two table lookups of {r.product_operand_bits}-bit inputs (x+y, x-y: "
                     f"the widest operand + 1) and {r.product_bits}-bit outputs"
                 )
@@ -342,7 +361,11 @@ def analyse(
             rec.records.append(ValueRecord(name, "output", lo, hi, *type_range(lo, hi)))
             by_op.setdefault(name, []).append(rec.records[-1])
     worst = accumulator_bounds == "worst_case"
-    rows = [_op_row(name, op_types[name], by_op[name], worst) for name, _ in ops if by_op.get(name)]
+    rows = [
+        _op_row(name, op_types[name], by_op[name], worst, str(getattr(op, "op_instance_name", "")))
+        for name, op in ops
+        if by_op.get(name)
+    ]
     settings: dict[str, tuple[int | None, int | None]] = {}
     for name, op in ops:
         opts = getattr(op, "input_quant_opts", None)
@@ -382,7 +405,7 @@ def check_tlu_bit_widths(report: BitWidthReport) -> None:
         else:
             fix += f", or lower the op input and weight n_bits by {step}"
         problems.append(
-            f"op {row.name!r} ({row.op_type}): its table-lookup input needs {bits} bits "
+            f"op {row.label!r} ({row.op_type}): its table-lookup input needs {bits} bits "
             f"(range [{row.lo}, {row.hi}]), over the {MAX_TLU_BIT_WIDTH}-bit limit; {fix}"
         )
     if problems:
@@ -453,7 +476,7 @@ def check_encrypted_products(
             )
             fix = f"{rounding} to round the product before its table lookup, or {lower}"
         problems.append(
-            f"op {row.name!r} ({row.op_type}): its encrypted x encrypted product needs "
+            f"op {row.label!r} ({row.op_type}): its encrypted x encrypted product needs "
             f"{row.product_bits} bits, computed by concrete with table lookups of "
             f"{row.product_operand_bits}-bit inputs; {problem}; {fix}"
         )

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from fhequant.errors import MissingDependencyError
+from fhequant.fhe.run import ensure_keys
 from fhequant.quantized.build import build_quantized_module
 
 __all__ = ["accuracy", "load_digits_split", "measure", "run_demo", "train_mlp"]
@@ -126,10 +127,13 @@ def run_demo(
     module, t_quant = measure(
         lambda: build_quantized_module(net, x_train, n_bits=6, rounding_threshold_bits=6)
     )
+    log(f"compiling the FHE circuit over {len(x_train)} calibration rows (a few seconds) ...")
     circuit, t_compile = measure(lambda: module.compile(x_train))
     clear_logits = module.forward(x_test, fhe="disable")
+    log(f"simulating FHE on the {len(x_test)} test rows ...")
     sim_logits, t_sim = measure(lambda: module.forward(x_test, fhe="simulate"))
-    _, t_keygen = measure(circuit.keygen)
+    log("generating the FHE keys (tens of seconds) ...")
+    _, t_keygen = measure(lambda: ensure_keys(circuit))
     figures: dict[str, Any] = {
         "float_accuracy": accuracy(float_logits, y_test),
         "clear_accuracy": accuracy(clear_logits, y_test),
@@ -163,6 +167,7 @@ def run_demo(
     if n:
         q = module.quantize_input(x_test[:n])
         clear_q = module.quantized_forward(q)
+        log(f"running {n} test row{'s' if n > 1 else ''} under encryption (seconds each) ...")
         enc_q, t_exec = measure(lambda: module.quantized_forward(q, fhe="execute"))
         figures["execute_s_per_sample"] = t_exec / n
         figures["execute_samples"] = n

@@ -35,6 +35,7 @@ from fhequant.fhe.compile import (
     compile_forward,
     encryption_statuses,
 )
+from fhequant.fhe.progress import progress_enabled, step
 from fhequant.fhe.run import execute, simulate
 from fhequant.quantized.exec import use_executor
 from fhequant.quantized.inputs import check_inputs, module_input_specs
@@ -188,7 +189,8 @@ def compile_module(
         show_mlir: print the MLIR.
         p_error: per-TLU error probability (neither given: 2**-40).
         global_p_error: circuit error probability.
-        verbose: print concrete's compilation steps.
+        verbose: print concrete's compilation steps, and fhequant's progress lines (shown
+            anyway on a terminal, see ``fhequant.fhe.progress``).
         inputs_encryption_status: "encrypted"/"clear" per input, or None (all encrypted).
         accumulator_bounds: "observed" (widths from the inputset) or "worst_case" (widths
             that hold for every input in the input quantizers' range).
@@ -214,7 +216,7 @@ def compile_module(
         global_p_error=global_p_error,
         has_rounding=_has_rounding(module),
         show_mlir=show_mlir,
-        verbose=verbose,
+        verbose=bool(verbose),
     )
     encryption_statuses(argument_names(module.ordered_module_input_names), inputs_encryption_status)
     ranges = _input_ranges(module)
@@ -227,17 +229,22 @@ def compile_module(
     default_p = p_error is None and global_p_error is None
     check_encrypted_products(report, MAX_ENCRYPTED_PRODUCT_BITS if default_p else 2**31)
     hints = report.records if accumulator_bounds == "worst_case" else ()
+    what = (
+        f"compiling the FHE circuit (max bit width {report.predicted_max_bit_width}, "
+        f"{len(q[0])} inputset rows)"
+    )
     try:
-        circuit = compile_forward(
-            _forward(module),
-            module.ordered_module_input_names,
-            q,
-            config,
-            inputs_encryption_status=inputs_encryption_status,
-            artifacts=artifacts,
-            scope=lambda: use_executor(hinting_executor(hints)),
-            reduce_inputset=reduce_inputset,
-        )
+        with step(what, progress_enabled(verbose)):
+            circuit = compile_forward(
+                _forward(module),
+                module.ordered_module_input_names,
+                q,
+                config,
+                inputs_encryption_status=inputs_encryption_status,
+                artifacts=artifacts,
+                scope=lambda: use_executor(hinting_executor(hints)),
+                reduce_inputset=reduce_inputset,
+            )
     except NoParametersError as exc:
         if exc.op is not None:
             raise
@@ -268,7 +275,7 @@ def _name_the_widest_op(exc: NoParametersError, report: BitWidthReport) -> NoPar
         row = max(tlus, key=lambda r: r.wc_tlu_input_bits if worst else r.tlu_input_bits)
         bits = row.wc_tlu_input_bits if worst else row.tlu_input_bits
         what = f"its {bits}-bit table-lookup input is the widest of the circuit"
-    return NoParametersError(f"op {row.name!r} ({row.op_type}): {what}; {exc}", row.name)
+    return NoParametersError(f"op {row.label!r} ({row.op_type}): {what}; {exc}", row.name)
 
 
 def run_module(module: Any, q_x: Sequence[Any], mode: str) -> Any:

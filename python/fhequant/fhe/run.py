@@ -19,6 +19,7 @@ import numpy as np
 from fhequant._concrete import preserve_exit_status
 from fhequant.errors import GraphInputError
 from fhequant.fhe.compile import split_samples
+from fhequant.fhe.progress import progress_enabled, samples, step
 
 __all__ = ["ensure_keys", "execute", "simulate"]
 
@@ -35,14 +36,6 @@ def _concat(rows: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
         np.concatenate([np.asarray(r[k], dtype=np.int64) for r in rows], axis=0)
         for k in range(n_out)
     )
-
-
-def _progress(items: list[Any], enabled: bool, desc: str) -> Any:
-    if not enabled or len(items) <= 1:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, unit="sample", disable=None)
 
 
 def _check_batch(q_inputs: Sequence[np.ndarray]) -> None:
@@ -62,19 +55,20 @@ def simulate(circuit: Any, *q_inputs: np.ndarray, progress: bool = True) -> tupl
     Args:
         circuit: a compiled ``concrete.fhe.Circuit``.
         *q_inputs: one integer array per input, batch on axis 0.
-        progress: show a tqdm bar for batches.
+        progress: report the progress (see ``fhequant.fhe.progress``: on a terminal, or
+            when ``show_progress(True)``); False never does.
 
     Returns:
         One int64 array per circuit output.
     """
     _check_batch(q_inputs)
     preserve_exit_status()
-    samples = split_samples(q_inputs)
+    rows_in = split_samples(q_inputs)
     crt = int(getattr(circuit, "packing_key_switch_count", 0) or 0) != 0
     p_error = getattr(getattr(circuit, "configuration", None), "p_error", None)
     rows = []
     with _private_numpy_rng() if crt and p_error else contextlib.nullcontext():
-        for sample in _progress(samples, progress, "FHE simulation"):
+        for sample in samples(rows_in, progress and progress_enabled(), "FHE simulation"):
             args = sample if isinstance(sample, tuple) else (sample,)
             if crt:
                 # concrete cannot simulate CRT-encoded circuits: evaluate the graph with the
@@ -113,14 +107,28 @@ def _private_numpy_rng() -> Iterator[None]:
             np.random.set_state(state)
 
 
-def ensure_keys(circuit: Any, seed: int | None = None) -> None:
+def _has_keys(circuit: Any) -> bool:
+    keys = getattr(circuit, "keys", None)
+    return bool(getattr(keys, "are_generated", False))
+
+
+def ensure_keys(circuit: Any, seed: int | None = None, verbose: bool | None = None) -> None:
     """Generate the circuit's keys unless it has them already.
+
+    Key generation takes tens of seconds for a small MLP: it is reported (see
+    ``fhequant.fhe.progress``) on a terminal or with ``verbose=True``.
 
     Args:
         circuit: a compiled ``concrete.fhe.Circuit``.
         seed: optional seed for the secret keys (tests).
+        verbose: report the key generation even without a terminal (False: only on one).
     """
-    circuit.keygen(force=False, seed=seed)
+    _keygen(circuit, seed, progress_enabled(verbose))
+
+
+def _keygen(circuit: Any, seed: int | None, report: bool) -> None:
+    with step("generating the FHE keys (once per circuit)", report and not _has_keys(circuit)):
+        circuit.keygen(force=False, seed=seed)
 
 
 def execute(circuit: Any, *q_inputs: np.ndarray, progress: bool = True) -> tuple[np.ndarray, ...]:
@@ -129,17 +137,19 @@ def execute(circuit: Any, *q_inputs: np.ndarray, progress: bool = True) -> tuple
     Args:
         circuit: a compiled ``concrete.fhe.Circuit``.
         *q_inputs: one integer array per input, batch on axis 0.
-        progress: show a tqdm bar for batches.
+        progress: report key generation and the samples (see ``fhequant.fhe.progress``:
+            on a terminal, or when ``show_progress(True)``); False never does.
 
     Returns:
         One int64 array per circuit output.
     """
     _check_batch(q_inputs)
     preserve_exit_status()
-    ensure_keys(circuit)
-    samples = split_samples(q_inputs)
+    report = progress and progress_enabled()
+    _keygen(circuit, None, report)
+    rows_in = split_samples(q_inputs)
     rows = []
-    for sample in _progress(samples, progress, "FHE execution"):
+    for sample in samples(rows_in, report, "FHE execution"):
         args = sample if isinstance(sample, tuple) else (sample,)
         encrypted = circuit.encrypt(*args)
         encrypted = encrypted if isinstance(encrypted, tuple) else (encrypted,)

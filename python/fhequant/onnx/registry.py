@@ -139,6 +139,7 @@ class OpSpec:
                 f"node {node!r} ({self.name}): unknown attribute(s) {unknown}; "
                 f"{self.name} accepts {sorted(self.attrs)}"
             )
+        _check_given(self.name, given, node)
         out = dict(self.attrs)
         out.update(given)
         if self.n_outputs == -1 and "num_outputs" in out and out["num_outputs"] is None:
@@ -149,6 +150,45 @@ class OpSpec:
                 f"node {node!r} ({self.name}): required attribute(s) {missing} not set"
             )
         return out
+
+
+#: Attributes that are flags: ONNX gives them as ints, 0 or 1 (onnxruntime reads other
+#: values inconsistently: keepdims=2 as 0, ceil_mode=-2 as 0, fmod=5 refused).
+_FLAGS = frozenset(
+    {
+        "allowzero",
+        "ceil_mode",
+        "count_include_pad",
+        "fmod",
+        "keepdims",
+        "noop_with_empty_axes",
+        "saturate",
+        "storage_order",
+        "training_mode",
+        "transA",
+        "transB",
+    }
+)
+
+#: Window geometry: when set, one value per spatial axis (pads: two), never an empty list.
+_GEOMETRY = frozenset({"dilations", "kernel_shape", "output_padding", "pads", "strides"})
+
+
+def _check_given(op: str, given: Mapping[str, Any], node: str) -> None:
+    """Reject flag values other than 0/1 and empty window-geometry lists (issue 15, found by
+    the attribute fuzz of tests/onnx_import/test_hardening_attribute_fuzz.py)."""
+    for name, value in given.items():
+        if name in _FLAGS and (
+            isinstance(value, float | str | bytes | list | tuple) or value not in (0, 1)
+        ):
+            raise OnnxImportError(
+                f"node {node!r} ({op}): attribute {name!r} is a flag, 0 or 1, got {value!r}"
+            )
+        if name in _GEOMETRY and isinstance(value, list | tuple) and len(value) == 0:
+            raise OnnxImportError(
+                f"node {node!r} ({op}): attribute {name!r} is an empty list; give one value per "
+                "spatial axis (two per axis for pads) or leave it out"
+            )
 
 
 _OPS: dict[str, OpSpec] = {}

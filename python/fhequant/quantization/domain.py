@@ -135,6 +135,27 @@ def check_explicit_params(
             raise QuantizationError(f"{where}: offset must be 0 or 2^(n_bits-1), got {int(offset)}")
 
 
+def check_scale_for_data(scale: Any, values: Any, where: str) -> None:
+    """Raise QuantizationError when float32 data cannot be divided by the scale.
+
+    float32 data is divided in float32 (numpy 1.26 dtypes, docs/contract.md §1.4): a scale
+    below float32's range becomes 0 there (every integer NaN, cast to -2**63) and one above
+    it becomes inf.
+    """
+    if not isinstance(values, np.ndarray) or values.dtype != np.float32:
+        return
+    if not isinstance(scale, float | np.floating):
+        return
+    with np.errstate(over="ignore", under="ignore"):
+        narrowed = np.float32(scale)
+    if math.isfinite(float(scale)) and (narrowed == 0 or not np.isfinite(narrowed)):
+        raise QuantizationError(
+            f"{where}: the scale {float(scale)!r} is outside float32's range, and float32 "
+            "data is divided in float32; give float64 data (values.astype(numpy.float64)) or "
+            "a scale within float32's range"
+        )
+
+
 def check_explicit_stats(rmin: Any, rmax: Any, where: str) -> None:
     """Check rmin / rmax given as keywords: finite numbers with rmin <= rmax.
 

@@ -186,6 +186,26 @@ class UniformQuantizationParameters(Serializable):
                             2**n_bits - 1 - self.offset
                         )
                     self.zero_point = _checked_zero_point(np.rint(numerator / delta), rmin, rmax)
+        self._check_dequantized_range(n_bits)
+
+    def _check_dequantized_range(self, n_bits: int) -> None:
+        """QuantizationError when scale·(q - zp) overflows float64 for an integer of the clip
+        range (data near float64's maximum); an infinite scale is the pinned symmetric
+        1-bit case (docs/contract.md §1.3) and passes."""
+        scale, zp = self.scale, self.zero_point
+        if not isinstance(scale, float | np.floating) or not np.isfinite(scale):
+            return
+        if not isinstance(zp, int | float | np.integer | np.floating):
+            return
+        offset = int(self.offset or 0)
+        lo, hi = -offset, 2**n_bits - 1 - offset
+        widest = max(abs(lo - float(zp)), abs(hi - float(zp)))
+        with np.errstate(over="ignore"):
+            if not np.isfinite(np.float64(scale) * np.float64(widest)):
+                raise QuantizationError(
+                    f"the scale {float(scale)!r} times the widest integer {widest:g} overflows "
+                    "float64 when dequantized (data near float64's maximum); rescale the data"
+                )
 
     def dump_dict(self) -> dict[str, Any]:
         """scale, zero_point and offset, in order."""

@@ -14,6 +14,7 @@ from fhequant.quantization.domain import (
     check_explicit_stats,
     check_float_data,
     check_n_bits,
+    check_scale_for_data,
     is_n_bits,
 )
 from fhequant.quantization.kwargs import fill_from_kwargs
@@ -132,10 +133,15 @@ class QuantizedArray(Serializable):
         self._values: Any = None
         self._qvalues: Any = None
         self._pending: str | None = None  # "values" or "qvalues": computed on first read
+        # the values are this array's own copy, with their qvalues and the quantizer's unique
+        # values still to compute: both are computed before the copy is handed out
+        self._owned_lazy = False
+        self._quant_by: UniformQuantizer | None = None  # the parameters of deferred qvalues
         if values is None:
             return
         if value_is_float:
             check_float_data(values, "QuantizedArray")
+            owned = copy_values and isinstance(values, np.ndarray)
             values = _copy_input(values, copy_values)
             if isinstance(values, np.ndarray) and not np.issubdtype(values.dtype, np.floating):
                 raise DTypeError(
@@ -143,15 +149,25 @@ class QuantizedArray(Serializable):
                     "value_is_float=True; pass float data, or integers with value_is_float=False "
                     "and scale/zero_point/offset"
                 )
-            self.values = values
+            self._values = values
             if stats is None:
-                self.quantizer.compute_quantization_stats(values, "QuantizedArray values")
+                self.quantizer.compute_quantization_stats(
+                    values, "QuantizedArray values", lazy_unique=owned
+                )
             if params is None:
                 self.quantizer.compute_quantization_parameters(options, self.quantizer.quant_stats)
-            if defer and isinstance(values, np.ndarray) and _ready(self.quantizer, False):
+            check_scale_for_data(self.quantizer.scale, values, "QuantizedArray")
+            if (
+                (defer or owned)
+                and isinstance(values, np.ndarray)
+                and _ready(self.quantizer, False)
+            ):
                 self._pending = "qvalues"
+                self._owned_lazy = owned
+                self._quant_by = self.quantizer.snapshot() if owned else None
             else:
-                self.quant()
+                self.quantizer.resolve_uvalues()
+                self._qvalues = self.quantizer.quant(values)
         else:
             if params is None:
                 raise ArgumentError(
@@ -170,9 +186,24 @@ class QuantizedArray(Serializable):
             else:
                 self.dequant()
 
+    def _deferred_quantizer(self) -> UniformQuantizer:
+        return self.quantizer if self._quant_by is None else self._quant_by
+
+    def _resolve_owned(self) -> None:
+        """Compute what waits on the array's own copy of the values before it is handed out
+        (it may then be modified in place): the qvalues and the quantizer's unique values."""
+        if self._owned_lazy:
+            self._owned_lazy = False
+            self.quantizer.resolve_uvalues()
+            if self._pending == "qvalues":
+                self._pending = None
+                self._qvalues = self._deferred_quantizer().quant(self._values)
+                self._quant_by = None
+
     @property
     def values(self) -> Any:
         """The float values (None for an output quantizer built without values)."""
+        self._resolve_owned()
         if self._pending == "values":
             self._pending = None
             self._values = self.quantizer.dequant(self._qvalues)
@@ -180,8 +211,9 @@ class QuantizedArray(Serializable):
 
     @values.setter
     def values(self, values: Any) -> None:
+        self._resolve_owned()
         if self._pending == "qvalues":  # the integers of the values being replaced
-            self.qvalues = self.quantizer.quant(self._values)
+            self.qvalues = self._deferred_quantizer().quant(self._values)
         self._pending = None if self._pending == "values" else self._pending
         self._values = values
 
@@ -190,11 +222,13 @@ class QuantizedArray(Serializable):
         """The quantized integers (None for an output quantizer built without values)."""
         if self._pending == "qvalues":
             self._pending = None
-            self._qvalues = self.quantizer.quant(self._values)
+            self._qvalues = self._deferred_quantizer().quant(self._values)
+            self._quant_by = None
         return self._qvalues
 
     @qvalues.setter
     def qvalues(self, qvalues: Any) -> None:
+        self._resolve_owned()
         if self._pending == "values":  # the floats of the integers being replaced
             self.values = self.quantizer.dequant(self._qvalues)
         self._pending = None if self._pending == "qvalues" else self._pending
@@ -208,7 +242,7 @@ class QuantizedArray(Serializable):
         The array is not kept: a later read of ``qvalues`` computes the int64 integers.
         """
         if self._pending == "qvalues":
-            narrow = self.quantizer.quant_narrow(self._values)
+            narrow = self._deferred_quantizer().quant_narrow(self._values)
             if narrow is not None:
                 return narrow
         return self.qvalues, None, None
@@ -224,6 +258,7 @@ class QuantizedArray(Serializable):
 
     def dequant(self) -> Any:
         """Dequantize ``qvalues`` into ``values`` (overwriting them) and return them."""
+        self._resolve_owned()  # the values are replaced: what depends on them first
         self.values = self.quantizer.dequant(self.qvalues)
         return self.values
 

@@ -173,9 +173,24 @@ class UniformQuantizer(Serializable):
         """Compare the options (is_qat, is_symmetric, n_bits, is_signed) with ``opts``."""
         return self._options.is_equal(opts, ignore_sign_qat)
 
-    def compute_quantization_stats(self, values: np.ndarray, name: str = "values") -> None:
-        """Compute rmin, rmax and uvalues from calibration ``values``."""
-        self._stats.compute_quantization_stats(values, name)
+    def compute_quantization_stats(
+        self, values: np.ndarray, name: str = "values", lazy_unique: bool = False
+    ) -> None:
+        """Compute rmin, rmax and uvalues from calibration ``values`` (uvalues on first read
+        with ``lazy_unique``, see MinMaxQuantizationStats.compute_quantization_stats)."""
+        self._stats.compute_quantization_stats(values, name, lazy_unique)
+
+    def snapshot(self) -> UniformQuantizer:
+        """A quantizer with these options and parameters (the same objects, no statistics):
+        what ``quant`` uses, kept for a deferred quantization."""
+        out = UniformQuantizer(no_clipping=self.no_clipping)
+        out._options.copy_opts(self._options)
+        out._params.copy_params(self._params)
+        return out
+
+    def resolve_uvalues(self) -> None:
+        """Compute pending unique values now."""
+        self._stats.resolve_uvalues()
 
     def check_is_uniform_quantized(self, options: QuantizationOptions) -> bool:
         """Whether the calibration values already sit on a uniform n_bits grid."""

@@ -46,6 +46,30 @@ _UNIFORM_ATOL = 0.02
 _UNIFORM_RTOL = 1e-5
 
 
+class _LazyUnique:
+    """The rounded unique values of an array nobody else can modify, computed on first read.
+
+    A QuantizedArray owns the copy of its float values, so the sort of
+    ``rounded_unique`` (the most expensive pass of its construction) can wait until someone
+    reads ``uvalues``; the QuantizedArray computes it before handing its values out
+    (``QuantizedArray.values``), so the result is always that of the values at construction.
+    Copies of the statistics share the cell, hence the one result.
+    """
+
+    __slots__ = ("_result", "_source")
+
+    def __init__(self, source: np.ndarray) -> None:
+        self._source: np.ndarray | None = source
+        self._result: Any = None
+
+    def get(self) -> Any:
+        source = self._source
+        if source is not None:
+            self._result = _kernels.rounded_unique(source)
+            self._source = None  # after the result: a concurrent reader sees one or the other
+        return self._result
+
+
 class MinMaxQuantizationStats(Serializable):
     """Calibration statistics of a tensor: global min/max and the 2-decimal unique values.
 
@@ -67,7 +91,23 @@ class MinMaxQuantizationStats(Serializable):
         """
         self.rmax = rmax
         self.rmin = rmin
-        self.uvalues = uvalues
+        self._uvalues: Any = uvalues
+
+    @property
+    def uvalues(self) -> Any:
+        """Sorted unique values rounded to 2 decimals (None if unknown)."""
+        if isinstance(self._uvalues, _LazyUnique):
+            return self._uvalues.get()
+        return self._uvalues
+
+    @uvalues.setter
+    def uvalues(self, uvalues: Any) -> None:
+        self._uvalues = uvalues
+
+    def resolve_uvalues(self) -> None:
+        """Compute pending unique values now (before their source array is handed out)."""
+        if isinstance(self._uvalues, _LazyUnique):
+            self._uvalues.get()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MinMaxQuantizationStats):
@@ -79,12 +119,16 @@ class MinMaxQuantizationStats(Serializable):
     def __repr__(self) -> str:
         return f"MinMaxQuantizationStats(rmax={self.rmax!r}, rmin={self.rmin!r})"
 
-    def compute_quantization_stats(self, values: np.ndarray, name: str = "values") -> None:
+    def compute_quantization_stats(
+        self, values: np.ndarray, name: str = "values", lazy_unique: bool = False
+    ) -> None:
         """Set rmin/rmax (numpy scalars of the data dtype) and uvalues from ``values``.
 
         Args:
             values: the calibration data (any shape, at least one element).
             name: the tensor named in error messages.
+            lazy_unique: compute uvalues on their first read instead of now; only for an
+                ndarray that nothing modifies before that read (a QuantizedArray's own copy).
 
         Raises:
             EmptyTensorError: ``values`` has no element (a ValueError).
@@ -93,7 +137,10 @@ class MinMaxQuantizationStats(Serializable):
         check_float_data(values, name)
         values = np.asarray(values)
         self.rmin, self.rmax = _kernels.min_max(values, name)
-        self.uvalues = _kernels.rounded_unique(values)
+        if lazy_unique:
+            self._uvalues = _LazyUnique(values)
+        else:
+            self._uvalues = _kernels.rounded_unique(values)
 
     def update_quantization_stats(self, values: np.ndarray, name: str = "values") -> None:
         """Fold one more batch into the statistics (streamed calibration, docs/contract.md
@@ -128,12 +175,12 @@ class MinMaxQuantizationStats(Serializable):
         """
         self.rmax = stats.rmax
         self.rmin = stats.rmin
-        self.uvalues = stats.uvalues
+        self._uvalues = stats._uvalues  # a pending computation is shared, not run
 
     @property
     def quant_stats(self) -> MinMaxQuantizationStats:
         """A copy of these statistics."""
-        return MinMaxQuantizationStats(self.rmax, self.rmin, self.uvalues)
+        return MinMaxQuantizationStats(self.rmax, self.rmin, self._uvalues)
 
     def check_is_uniform_quantized(self, options: Any) -> bool:
         """Whether the calibration values already sit on a uniform grid of ``options.n_bits``.

@@ -10,12 +10,14 @@ sequential conv, or the sequential matmul of its im2col matrix (the same numbers
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from fhequant import _core
 from fhequant.kernels.float_matmul import sequential_matmul
+from fhequant.kernels.limits import MAX_SAMPLE_ELEMENTS, check_window_geometry
 from fhequant.onnx.ops._spatial import per_axis, resolve_pads, windows
 from fhequant.onnx.ops.conv import _padded_float64
 
@@ -102,6 +104,8 @@ def conv_float(
     s = per_axis(strides, nsp, 1, "strides")
     d = per_axis(dilations, nsp, 1, "dilations")
     begins, ends = resolve_pads(auto_pad, pads, x.shape[2:], k, s, d)
+    if x.ndim >= 3:
+        check_window_geometry(x.shape[1], x.shape[2:], k, s, d, begins, ends, "Conv")
     if _native_conv_fits(x, w, d, begins, ends, int(group)):
         y = _native_conv(x, w, s, d, begins, ends, int(group))
     else:
@@ -134,7 +138,9 @@ def _native_conv_fits(
     for size, k, dd, lo, hi in zip(x.shape[2:], w.shape[2:], d, begins, ends, strict=True):
         if k < 1 or (k - 1) * dd + 1 > size + lo + hi:
             return False
-    return True
+    padded = math.prod(n + lo + hi for n, lo, hi in zip(x.shape[2:], begins, ends, strict=True))
+    # over the size limit: the numpy path raises the ShapeError (fhequant.kernels.limits)
+    return int(x.shape[1]) * padded <= MAX_SAMPLE_ELEMENTS
 
 
 def _native_conv(

@@ -29,6 +29,7 @@ import numpy as np
 from fhequant import _core
 from fhequant.errors import FhequantError
 from fhequant.kernels import quant as _kernels
+from fhequant.kernels.limits import check_window_geometry
 from fhequant.onnx.ops._spatial import per_axis, resolve_pads
 from fhequant.quantization import UniformQuantizer
 from fhequant.quantized.exec import routed_float_impl
@@ -298,6 +299,7 @@ def _conv_extremes(
     begins, ends = resolve_pads(
         attrs.get("auto_pad", "NOTSET"), attrs.get("pads"), x.shape[2:], k, s, d
     )
+    check_window_geometry(x.shape[1], x.shape[2:], k, s, d, begins, ends, "Conv")
     group = int(attrs.get("group", 1))
     seen = np.empty((0, *x.shape[1:]), dtype=_F64 if dequant is not None else x.dtype)
     if not _native_conv_fits(seen, w, d, begins, ends, group):

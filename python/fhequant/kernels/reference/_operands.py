@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from fhequant.errors import OverflowRiskError, QuantizationError, QuantizedOpError, ShapeError
+from fhequant.kernels.limits import check_sample_elements, check_window_geometry
 from fhequant.kernels.reference._checks import (
     _I64_MAX,
     I64,
@@ -71,6 +72,19 @@ def _geometry_2d(
     if spatial == 1:
         return (1, k[0]), (1, s[0]), (0, p[0], 0, p[1])
     return (k[0], k[1]), (s[0], s[1]), (p[0], p[1], p[2], p[3])
+
+
+def _check_sizes(
+    x4: I64,
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    pads: Sequence[int],
+    extra: Sequence[int],
+    name: str,
+) -> None:
+    """The padded input and gathered windows of a 2-D-form window op, per sample (limits)."""
+    ends = (pads[2] + extra[0], pads[3] + extra[1])
+    check_window_geometry(x4.shape[1], x4.shape[2:], kernel, strides, (1, 1), pads[:2], ends, name)
 
 
 def _as_4d(x: I64, spatial: int) -> I64:
@@ -162,6 +176,7 @@ def _conv_operands(
     for axis in (0, 1):
         if x4.shape[2 + axis] + p[axis] + p[axis + 2] < w4.shape[2 + axis]:
             raise ShapeError(f"{name}: the padded input {x.shape} is smaller than the kernel")
+    _check_sizes(x4, w4.shape[2:], s, p, (0, 0), name)
     if check:  # the native kernels run the same check themselves
         xlo, xhi = _range(x4)
         if any(p):
@@ -197,6 +212,7 @@ def _pool_operands(
     for axis in (0, 1):
         if x4.shape[2 + axis] + p[axis] + p[axis + 2] + extra[axis] < k[axis]:
             raise ShapeError(f"{name}: the padded input {x.shape} is smaller than the kernel {k}")
+    _check_sizes(x4, k, s, p, extra, name)
     if check_sum:  # the native window sum runs the same check itself
         xlo, xhi = _range(x4)
         if any(p):
@@ -223,6 +239,7 @@ def _unfold_operands(
     for axis in (0, 1):
         if x.shape[2 + axis] + p[axis] + p[axis + 2] < k[axis]:
             raise ShapeError(f"{name}: the padded input {x.shape} is smaller than the kernel {k}")
+    _check_sizes(x, k, s, p, (0, 0), name)
     return x, k, s, p, zx
 
 
@@ -258,6 +275,8 @@ def _conv_bounds_operands(
             raise ShapeError(
                 f"{name}: the padded input {tuple(input_shape)} is smaller than the kernel"
             )
+    out = [(in_hw[a] + p[a] + p[a + 2] + extra[a] - ksz[a]) // s[a] + 1 for a in (0, 1)]
+    check_sample_elements(int(w.shape[0]) * out[0] * out[1], f"the output {out}", name)
     return _as_4d(w, spatial), zw, xl, xh, in_hw, s, p, extra, zx, k
 
 

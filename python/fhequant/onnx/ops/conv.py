@@ -7,12 +7,14 @@ inputs (float32 for float32 data).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from fhequant.errors import ShapeError
+from fhequant.kernels.limits import check_sample_elements, check_window_geometry
 from fhequant.onnx.ops._spatial import pad_spatial, per_axis, resolve_pads, windows
 from fhequant.onnx.registry import REQUIRED, register
 
@@ -62,6 +64,7 @@ def conv_quant(
     s = per_axis(strides, nsp, 1, "strides")
     d = per_axis(dilations, nsp, 1, "dilations")
     begins, ends = resolve_pads(auto_pad, pads, x.shape[2:], k, s, d)
+    check_window_geometry(x.shape[1], x.shape[2:], k, s, d, begins, ends, "Conv")
     win = windows(_padded_float64(x, begins, ends), k, s, d)
     n_out, c_in = w.shape[0], x.shape[1]
     group = int(group)
@@ -115,6 +118,11 @@ def conv_transpose_quant(
     s = per_axis(strides, nsp, 1, "strides")
     d = per_axis(dilations, nsp, 1, "dilations")
     op = per_axis(output_padding, nsp, 0, "output_padding")
+    if any(o >= max(st, dd) for o, st, dd in zip(op, s, d, strict=False)):
+        raise ShapeError(
+            f"ConvTranspose output_padding {list(op)} must be smaller than the strides "
+            f"{list(s)} or the dilations {list(d)}"
+        )
     in_sp = x.shape[2:]
     full = [
         (i - 1) * st + (kk - 1) * dd + 1 + o
@@ -150,8 +158,18 @@ def conv_transpose_quant(
     else:
         p = per_axis(pads, 2 * nsp, 0, "pads") if auto_pad != "VALID" else (0,) * (2 * nsp)
         begins, ends = list(p[:nsp]), list(p[nsp:])
+    if target is None and any(f - bb - e < 1 for f, bb, e in zip(full, begins, ends, strict=False)):
+        raise ShapeError(
+            f"ConvTranspose pads {list(begins) + list(ends)} leave no output of the full size "
+            f"{full}"
+        )
     group = int(group)
     c_in, og = x.shape[1], w.shape[1]
+    check_sample_elements(og * group * math.prod(full), "the output" + f" {full}", "ConvTranspose")
+    if target is not None:
+        check_sample_elements(
+            og * group * math.prod(target), f"the output {target}", "ConvTranspose"
+        )
     if c_in % group or w.shape[0] != c_in:
         raise ShapeError(f"ConvTranspose group={group}: input {x.shape} and weight {w.shape}")
     cg = c_in // group
@@ -221,6 +239,7 @@ def unfold(
     s = per_axis(strides, nsp, 1, "strides")
     d = per_axis(dilations, nsp, 1, "dilations")
     p = per_axis(pads, 2 * nsp, 0, "pads")
+    check_window_geometry(x.shape[1], x.shape[2:], k, s, d, p[:nsp], p[nsp:], "Unfold")
     win = windows(_padded_float64(x, p[:nsp], p[nsp:]), k, s, d)  # (N, C, *out, *k)
     perm = (0, 1, *range(2 + nsp, 2 + 2 * nsp), *range(2, 2 + nsp))
     cols = win.transpose(perm)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fhequant.errors import ShapeError
 from fhequant.onnx.registry import register
 
 
@@ -117,6 +118,8 @@ def layer_normalization(
     """
     del stash_type
     rank = np.ndim(x)
+    if not -rank <= int(axis) < rank:
+        raise ShapeError(f"LayerNormalization axis {int(axis)} is out of range for rank {rank}")
     first = int(axis) + rank if int(axis) < 0 else int(axis)
     axes = tuple(range(first, rank))
     xs = np.asarray(x, dtype=np.float32) if np.asarray(x).dtype == np.float16 else np.asarray(x)

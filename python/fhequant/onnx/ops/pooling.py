@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from fhequant.errors import OnnxImportError
+from fhequant.kernels.limits import check_window_geometry
 from fhequant.onnx.ops._spatial import pad_spatial, per_axis, pool_output, resolve_pads, windows
 from fhequant.onnx.registry import REQUIRED, register
 
@@ -44,7 +45,9 @@ def _geometry(
         pool_output(size, kk, st, dd, b, e, ceil_mode)[1]
         for size, kk, st, dd, b, e in zip(x.shape[2:], k, s, d, begins, ends, strict=False)
     ]
-    return k, s, d, list(begins), [e + x_ for e, x_ in zip(ends, ext, strict=False)]
+    ends_ext = [e + x_ for e, x_ in zip(ends, ext, strict=False)]
+    check_window_geometry(x.shape[1], x.shape[2:], k, s, d, begins, ends_ext, "pool")
+    return k, s, d, list(begins), ends_ext
 
 
 def _row_major_window_sum(

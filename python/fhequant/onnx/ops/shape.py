@@ -22,11 +22,28 @@ def reshape(x: np.ndarray, shape: np.ndarray, *, allowzero: int = 0) -> np.ndarr
     return np.reshape(x, dims)
 
 
+def _rank(x: Any) -> int:
+    """The rank of an array or of a concrete tracer (which has .shape but no np.ndim)."""
+    shape = getattr(x, "shape", None)
+    return len(shape) if shape is not None else int(np.ndim(x))
+
+
+def _axis(axis: Any, rank: int, op: str) -> int:
+    """An axis attribute in [-rank, rank), as a non-negative index."""
+    value = int(axis)
+    if not -rank <= value < rank:
+        raise ShapeError(f"{op} axis {value} is out of range for rank {rank}")
+    return value + rank if value < 0 else value
+
+
 @register("Flatten", "input", {"axis": 1})
 def flatten(x: np.ndarray, *, axis: int = 1) -> np.ndarray:
     """2-D: the axes before ``axis`` into rows, the rest into columns."""
     shp = np.shape(x)
-    axis = int(axis) + len(shp) if int(axis) < 0 else int(axis)
+    axis = int(axis)
+    if not -len(shp) <= axis <= len(shp):
+        raise ShapeError(f"Flatten axis {axis} is out of range for rank {len(shp)}")
+    axis = axis + len(shp) if axis < 0 else axis
     rows = int(np.prod(shp[:axis], dtype=np.int64))
     return np.reshape(x, (rows, int(np.prod(shp[axis:], dtype=np.int64))))
 
@@ -55,7 +72,7 @@ def unsqueeze(x: np.ndarray, axes: np.ndarray) -> np.ndarray:
 @register("Concat", "inputs*", {"axis": REQUIRED})
 def concat(*xs: np.ndarray, axis: int) -> np.ndarray:
     """Concatenate along ``axis``."""
-    return np.concatenate(xs, axis=int(axis))
+    return np.concatenate(xs, axis=_axis(axis, _rank(xs[0]) if xs else 0, "Concat"))
 
 
 @register("Expand", "input, shape", raw=("shape",))
@@ -166,9 +183,14 @@ def split(
     """Split along ``axis`` by the given sizes, or into ``num_outputs`` parts (the last one
     smaller when the axis does not divide evenly; the module sets num_outputs to the node's
     output count when neither is given)."""
-    dim = np.shape(x)[int(axis)]
+    dim = np.shape(x)[_axis(axis, _rank(x), "Split")]
     if sizes is not None and np.size(sizes):
-        bounds = np.cumsum(int_list(sizes))[:-1]
+        parts = int_list(sizes)
+        if sum(parts) != dim or any(p < 0 for p in parts):
+            raise ShapeError(
+                f"Split sizes {parts} do not add up to the {dim} entries of axis {axis}"
+            )
+        bounds = np.cumsum(parts)[:-1]
     else:
         if not num_outputs:
             raise OnnxImportError("Split needs a split input or num_outputs")

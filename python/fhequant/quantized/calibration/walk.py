@@ -16,9 +16,15 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from fhequant.errors import CalibrationConfigError, GraphInputError, UnsupportedOpError
+from fhequant.errors import (
+    CalibrationConfigError,
+    FhequantError,
+    GraphInputError,
+    UnsupportedOpError,
+)
 from fhequant.quantization import QuantizedArray, StatisticSpec, UniformQuantizer
 from fhequant.quantized.calibration.methods import WEIGHT_OPS, resolve_calibration
+from fhequant.quantized.calibration.node_errors import node_failure
 from fhequant.quantized.calibration.passes import OpPasses
 from fhequant.quantized.calibration.store import Progress, WalkStore, WalkTensor
 from fhequant.quantized.calibration.tables import TablePaths
@@ -122,7 +128,13 @@ class ModuleCalibrator:
             self._load_inputs(calib)
             self._count_consumers()
             for node in self.nodes:
-                self._visit(node)
+                try:
+                    self._visit(node)
+                except FhequantError:
+                    raise
+                except Exception as exc:  # numpy's errors of a float op, named (issue 15)
+                    rows = self.store.block_sizes[0] if self.store.block_sizes else None
+                    raise node_failure(node, exc, self.constants, rows) from exc
             input_quantizers = self._input_quantizers()
         finally:
             self.store.close()
