@@ -147,6 +147,13 @@ class WalkStore:
             yield b
             self.progress.advance(rows)
 
+    def last_block(self, what: str) -> Iterator[int]:
+        """The index of the last block only (a pass whose result needs one block)."""
+        assert self.progress is not None
+        self.progress.start(what, self.block_sizes[-1])
+        yield self.n_blocks - 1
+        self.progress.advance(self.block_sizes[-1])
+
     def close(self) -> None:
         """Close the progress bar and free every block (spill files included)."""
         if self.progress is not None:
