@@ -3,7 +3,9 @@
 Each shortcut is switched off through its hook and the modules are compared bit for bit:
 
 * the output pass of a graph-output Gemm/MatMul/Conv that no op reads runs on one block
-  (``OpPasses.output_unread``), unless its integers could overflow or it calibrates rounding.
+  (``OpPasses.output_unread``), unless its integers could overflow or it calibrates rounding;
+* the integers an element-wise op calibrated by table finds in its input are marked while its
+  producer stores them (``WalkTensor.presence``), instead of in a pass of their own.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fhequant import build_quantized_module
 from fhequant.quantized.calibration.passes import OpPasses
+from fhequant.quantized.calibration.store import WalkTensor, mark_presence
 from fhequant.quantized.ops.linear import QuantizedConv, QuantizedGemm
 from ptq_helpers import assert_same_module, cnn, mlp
 
@@ -83,3 +88,52 @@ def test_rounding_or_a_possible_overflow_keeps_every_block(monkeypatch: pytest.M
         batch_size=100,
     )
     assert calls["gemm1"] == 7
+
+
+def test_presence_marked_while_storing_is_the_presence_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = mlp([12, 24, 16, 5], act="Relu", seed=7)
+    seen: list[Any] = []
+    original = WalkTensor.presence
+
+    def spy(self: WalkTensor) -> Any:
+        found = original(self)
+        seen.append(found)
+        return found
+
+    monkeypatch.setattr(WalkTensor, "presence", spy)
+    fast = build_quantized_module(model, X_MLP, n_bits=5, batch_size=50)
+    assert len(seen) == 2 and all(s is not None for s in seen)  # both Relus: no pass
+    with monkeypatch.context() as m:
+        m.setattr(WalkTensor, "presence", lambda self: None)
+        full = build_quantized_module(model, X_MLP, n_bits=5, batch_size=50)
+    assert_same_module(full, fast, X_MLP[:80] * 1.4)
+
+
+@given(
+    blocks=st.lists(
+        st.lists(st.integers(-300, 300), min_size=1, max_size=40), min_size=1, max_size=6
+    ),
+    dtype=st.sampled_from([np.int8, np.int16, np.int32, np.int64]),
+)
+@settings(max_examples=60, deadline=None)
+def test_mark_presence_is_the_union_of_the_blocks(blocks: list[list[int]], dtype: Any) -> None:
+    tensor = WalkTensor("quant", track_presence=True)
+    info = np.iinfo(dtype)
+    arrays = [np.clip(np.array(b), info.min, info.max).astype(dtype) for b in blocks]
+    for arr in arrays:
+        mark_presence(tensor, arr, arr.min(), arr.max())
+    values = np.unique(np.concatenate(arrays).astype(np.int64))
+    assert tensor.present is not None and tensor.present_lo is not None
+    marked = np.flatnonzero(tensor.present) + tensor.present_lo
+    np.testing.assert_array_equal(marked, values)
+    assert tensor.present_lo == values.min()
+    assert tensor.present.size == values.max() - values.min() + 1
+
+
+def test_mark_presence_stops_for_blocks_that_cannot_index_a_table() -> None:
+    tensor = WalkTensor("quant", track_presence=True)
+    mark_presence(tensor, np.array([1, 2], dtype=np.int8), 1, 2)
+    mark_presence(tensor, np.array([3, 250], dtype=np.uint8), 3, 250)
+    assert not tensor.track_presence and tensor.present is None

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from fhequant import _core
 from fhequant.quantization import QuantizedArray, UniformQuantizer
 from fhequant.quantized.streaming import TensorStore
 
@@ -27,6 +28,7 @@ __all__ = [
     "WalkStore",
     "WalkTensor",
     "indexes_tables",
+    "mark_presence",
     "native_dequant_params",
     "requantizes_to_itself",
 ]
@@ -63,6 +65,19 @@ class WalkTensor:
     # the range of the stored integers over all blocks (kind "quant", PTQ)
     qmin: int | None = None
     qmax: int | None = None
+    # a consumer may be calibrated by table: mark the integers present while storing them
+    # (``present[i]``: the integer ``present_lo + i`` occurs), which saves it a pass
+    track_presence: bool = False
+    present_lo: int | None = None
+    present: np.ndarray | None = None
+
+    def presence(self) -> np.ndarray | None:
+        """Which integers of [qmin, qmax] the stored blocks hold, when marked on the way in."""
+        if not self.track_presence or self.present is None or self.qmin is None:
+            return None
+        if self.present_lo != self.qmin or self.qmax is None:
+            return None
+        return self.present if self.present.size == self.qmax - self.qmin + 1 else None
 
 
 def requantizes_to_itself(quantizer: UniformQuantizer, tensor: WalkTensor, q: np.ndarray) -> bool:
@@ -92,6 +107,42 @@ def indexes_tables(tensor: WalkTensor) -> bool:
         and tensor.qmax is not None
         and tensor.qmax - tensor.qmin < TABLE_MAX_SIZE
     )
+
+
+def mark_presence(tensor: WalkTensor, ints: np.ndarray, qlo: Any, qhi: Any) -> None:
+    """Add the integers of one stored block (of min ``qlo`` and max ``qhi``) to the tensor's
+    presence marks; stop marking when the block cannot index a table."""
+    lo, hi = int(qlo), int(qhi)
+    if (
+        ints.dtype not in TABLE_INDEX
+        or not ints.flags.c_contiguous
+        or hi - lo >= TABLE_MAX_SIZE
+        or ints.dtype.kind not in "iu"
+    ):
+        tensor.track_presence = False
+        tensor.present_lo = tensor.present = None
+        return
+    seen = _core.int_presence(ints, lo, hi - lo + 1)
+    if tensor.present is None or tensor.present_lo is None:
+        tensor.present_lo, tensor.present = lo, seen
+        return
+    start = min(lo, tensor.present_lo)
+    end = max(hi + 1, tensor.present_lo + tensor.present.size)
+    if hi - lo + 1 >= end - start and start == lo:
+        seen[tensor.present_lo - lo : tensor.present_lo - lo + tensor.present.size] |= (
+            tensor.present
+        )
+        tensor.present_lo, tensor.present = lo, seen
+        return
+    merged = np.zeros(end - start, dtype=bool)
+    old_lo = tensor.present_lo - start
+    merged[old_lo : old_lo + tensor.present.size] |= tensor.present
+    merged[lo - start : hi + 1 - start] |= seen
+    if merged.size > TABLE_MAX_SIZE:
+        tensor.track_presence = False
+        tensor.present_lo = tensor.present = None
+        return
+    tensor.present_lo, tensor.present = start, merged
 
 
 class Progress:
@@ -257,6 +308,8 @@ class WalkStore:
             lo, hi = self.value_range(quantizer, ints, qlo, qhi, wide)
             tensor.vmin = lo if tensor.vmin is None else min(tensor.vmin, lo)
             tensor.vmax = hi if tensor.vmax is None else max(tensor.vmax, hi)
+            if tensor.track_presence:
+                mark_presence(tensor, ints, qlo, qhi)
         self.data.put(out, ints, dtype=wide)
 
     @staticmethod
@@ -279,6 +332,7 @@ class WalkStore:
         self.data.drop(out)
         tensor.vmin = tensor.vmax = None
         tensor.qmin = tensor.qmax = None
+        tensor.present_lo = tensor.present = None
 
     def release(self, name: str) -> None:
         """One consumer of ``name`` is calibrated: free its blocks after the last one."""
