@@ -12,6 +12,7 @@ tensors, the stored integers.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,25 +147,42 @@ def mark_presence(tensor: WalkTensor, ints: np.ndarray, qlo: Any, qhi: Any) -> N
 
 
 class Progress:
-    """A tqdm bar over rows, one pass at a time (only when asked or on a terminal)."""
+    """A tqdm bar over rows, one pass at a time (only when asked or on a terminal).
+
+    The bar counts the rows of the current pass (tqdm's rate is that pass's rows/s); its
+    postfix gives the calibration's overall throughput, the rows of the set over the time
+    since the walk started, and how many passes over the rows it has made.
+    """
 
     def __init__(self, total_rows: int, verbose: bool) -> None:
         self.bar: Any = None
         if verbose or sys.stderr.isatty():
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total_rows, unit="row", leave=False, file=sys.stderr)
+            self.bar = tqdm(
+                total=total_rows, unit="row", unit_scale=True, leave=False, file=sys.stderr
+            )
         self.passes = 0
+        self.rows = 0
+        self.began = time.perf_counter()
 
     def start(self, what: str, total_rows: int) -> None:
         self.passes += 1
         if self.bar is not None:
             self.bar.reset(total=total_rows)
             self.bar.set_description(f"calibration pass {self.passes}: {what}")
+            self.bar.set_postfix_str(self._overall(), refresh=False)
 
     def advance(self, rows: int) -> None:
+        if self.passes == 1:
+            self.rows += rows  # the first pass reads the whole set
         if self.bar is not None:
             self.bar.update(rows)
+
+    def _overall(self) -> str:
+        elapsed = time.perf_counter() - self.began
+        rate = self.rows / elapsed if elapsed > 0 else 0.0
+        return f"{self.rows} rows, {rate:,.0f} rows/s overall, {self.passes} passes"
 
     def close(self) -> None:
         if self.bar is not None:
