@@ -17,6 +17,9 @@ Rows:
   a re-iterable of 10k-row batches, each batch regenerated from its seed on every read (so a
   pass over the source costs what generating it costs: ``source_pass_s``).
 
+``summation_order`` measures what the reference's sequential float sums cost in the statistics
+pass (the native extremes kernels against numpy's BLAS product and min/max on the same blocks).
+
 ``source_reads`` counts how many times each calibrator iterated the re-iterable. The targets
 are ``fhequant / ort <= 1.0`` on every row and ``fhequant / torch_float <= 1.5`` in memory.
 
@@ -238,6 +241,67 @@ def measure(
     return row
 
 
+def summation_order_cost(x: np.ndarray, repeat: int) -> dict[str, Any]:
+    """What the reference's sequential summation order costs in the statistics pass of the
+    MLP: the native extremes kernels (sequential k-order sums, no FMA, the split-independent
+    numbers) against numpy's BLAS product plus bias and min/max (any order, FMA, both
+    cores), on the same 4096-row blocks. Layer 0 reads the float32 input (float32 sums);
+    layers 1 and 2 read 6-bit integers dequantized to float64 (float64 sums)."""
+    from fhequant import _core
+
+    inits = {i.name: numpy_helper.to_array(i) for i in mlp_model().graph.initializer}
+    block = 4096
+    blocks = [x[i : i + block] for i in range(0, x.shape[0], block)]
+    rng = np.random.default_rng(5)
+    ints = [rng.integers(0, 64, size=(b.shape[0], 128)).astype(np.int8) for b in blocks]
+    scale, zero_point = 0.05, 0.0
+    result: dict[str, Any] = {}
+    for layer in range(3):
+        w = np.ascontiguousarray(inits[f"w{layer}"].T)
+        bias = inits[f"b{layer}"]
+        if layer == 0:
+
+            def native(w: np.ndarray = w, bias: np.ndarray = bias) -> None:
+                for b in blocks:
+                    _core.matmul_extremes_f32(b, w, bias)
+
+            def blas(w: np.ndarray = w, bias: np.ndarray = bias) -> None:
+                for b in blocks:
+                    y = b @ w + bias
+                    y.min(), y.max()
+
+        else:
+            w64 = w.astype(np.float64)
+            b64 = bias.astype(np.float64)
+
+            def native(w64: np.ndarray = w64, b64: np.ndarray = b64) -> None:
+                for q in ints:
+                    _core.matmul_extremes_f64(q, w64, b64, scale, zero_point)
+
+            def blas(w64: np.ndarray = w64, b64: np.ndarray = b64) -> None:
+                for q in ints:
+                    y = ((q - zero_point) * scale) @ w64 + b64
+                    y.min(), y.max()
+
+        def blas32(w: np.ndarray = w, bias: np.ndarray = bias, layer: int = layer) -> None:
+            # float32 BLAS (what ONNX Runtime's calibrator runs), the input cast to float32
+            for b, q in zip(blocks, ints, strict=True):
+                inp = b if layer == 0 else (q * np.float32(scale)).astype(np.float32)
+                y = inp @ w + bias
+                y.min(), y.max()
+
+        t_native, t_blas = best_of(native, repeat), best_of(blas, repeat)
+        t_blas32 = best_of(blas32, repeat)
+        result[f"layer{layer}"] = {
+            "sequential_kernel_s": round(t_native, 4),
+            "blas_same_dtype_s": round(t_blas, 4),
+            "blas_float32_s": round(t_blas32, 4),
+            "sequential_over_blas_same_dtype": round(t_native / t_blas, 2),
+            "sequential_over_blas_float32": round(t_native / t_blas32, 2),
+        }
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10x fewer rows")
@@ -269,6 +333,7 @@ def main() -> None:
             "mlp_10m_streamed", mlp_model(), Batches(n(10_000_000), (64,)), 6, 1, d
         ),
     }
+    cases["summation_order"] = lambda d: summation_order_cost(x_mlp, args.repeat + 2)
     if args.skip_10m:
         cases.pop("mlp_10m_streamed")
     if args.only:
