@@ -191,8 +191,13 @@ class OpPasses:
             )
             store.reset_output(out)
             last: Any = None
+            blocks = (
+                store.last_block(f"{op.op_instance_name} output parameters")
+                if recorder is None and self.output_unread(op, variable, out)
+                else store.blocks(f"{op.op_instance_name} outputs")
+            )
             with scope:
-                for b in store.blocks(f"{op.op_instance_name} outputs"):
+                for b in blocks:
                     qas = [self.calibration_qa(n, b, op) for n in variable]
                     last = op.q_impl(*qas)
                     raw = raw_blocks[b] if raw_blocks is not None else None
@@ -205,6 +210,47 @@ class OpPasses:
             width = int(compute_bits_precision(recorder.lo, recorder.hi))
             op.lsbs_to_remove[recorder.pending] = max(0, width - target)
         traits.finish(op, last)
+
+    def output_unread(self, op: Any, variable: list[str], out: str) -> bool:
+        """Whether the output pass of ``op`` may run on one block instead of all of them.
+
+        A Gemm/MatMul/Conv with constant weights whose output is a graph output that no op
+        reads, without rounding to calibrate, keeps nothing from its output pass but the
+        parameters of its raw accumulator (``traits.finish``), which do not depend on the
+        rows. Its blocks could only raise the integer overflow check, so the shortcut is
+        taken only when no input can overflow: K·max|a|·max|w - z_w| <= 2^62 with |a| bounded
+        by the clip range of every quantizer its integers come from.
+        """
+        store = self.store
+        if (
+            self.flows_raw
+            or store.n_blocks < 2
+            or not op.produces_graph_output
+            or store.tensors[out].consumers_left > 0
+            or type(op).fused_extremes is None
+            or len(variable) != 1
+            or getattr(op, "rounding_threshold_bits", None) is not None
+        ):
+            return False
+        weights = op.constant_inputs.get(1)
+        if not isinstance(weights, QuantizedArray):
+            return False
+        w = np.asarray(weights.qvalues)
+        z_w = weights.quantizer.zero_point
+        if w.dtype.kind not in "iu" or w.size == 0 or np.ndim(z_w) != 0:
+            return False
+        if float(z_w) != int(z_w):
+            return False
+        quantizers = [op.input_quant_opts]
+        producer = store.tensors[variable[0]].quantizer
+        if producer is not None:
+            if producer.no_clipping:
+                return False
+            quantizers.append(producer)
+        bits = max(int(q.n_bits) for q in quantizers)
+        c = max(abs(int(w.max()) - int(z_w)), abs(int(w.min()) - int(z_w)))
+        # w.size bounds K (the terms of one output) for every layout
+        return int(w.size) * (1 << (bits + 1)) * c <= 1 << 62
 
     def concatenated(self, op: Any, variable: list[str], out: str) -> list[Any] | None:
         """Exact fallback for ops whose calibration is not a min/max reduction."""

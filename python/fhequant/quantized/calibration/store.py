@@ -12,12 +12,14 @@ tensors, the stored integers.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from fhequant import _core
 from fhequant.quantization import QuantizedArray, UniformQuantizer
 from fhequant.quantized.streaming import TensorStore
 
@@ -27,6 +29,7 @@ __all__ = [
     "WalkStore",
     "WalkTensor",
     "indexes_tables",
+    "mark_presence",
     "native_dequant_params",
     "requantizes_to_itself",
 ]
@@ -63,6 +66,19 @@ class WalkTensor:
     # the range of the stored integers over all blocks (kind "quant", PTQ)
     qmin: int | None = None
     qmax: int | None = None
+    # a consumer may be calibrated by table: mark the integers present while storing them
+    # (``present[i]``: the integer ``present_lo + i`` occurs), which saves it a pass
+    track_presence: bool = False
+    present_lo: int | None = None
+    present: np.ndarray | None = None
+
+    def presence(self) -> np.ndarray | None:
+        """Which integers of [qmin, qmax] the stored blocks hold, when marked on the way in."""
+        if not self.track_presence or self.present is None or self.qmin is None:
+            return None
+        if self.present_lo != self.qmin or self.qmax is None:
+            return None
+        return self.present if self.present.size == self.qmax - self.qmin + 1 else None
 
 
 def requantizes_to_itself(quantizer: UniformQuantizer, tensor: WalkTensor, q: np.ndarray) -> bool:
@@ -94,26 +110,79 @@ def indexes_tables(tensor: WalkTensor) -> bool:
     )
 
 
+def mark_presence(tensor: WalkTensor, ints: np.ndarray, qlo: Any, qhi: Any) -> None:
+    """Add the integers of one stored block (of min ``qlo`` and max ``qhi``) to the tensor's
+    presence marks; stop marking when the block cannot index a table."""
+    lo, hi = int(qlo), int(qhi)
+    if (
+        ints.dtype not in TABLE_INDEX
+        or not ints.flags.c_contiguous
+        or hi - lo >= TABLE_MAX_SIZE
+        or ints.dtype.kind not in "iu"
+    ):
+        tensor.track_presence = False
+        tensor.present_lo = tensor.present = None
+        return
+    seen = _core.int_presence(ints, lo, hi - lo + 1)
+    if tensor.present is None or tensor.present_lo is None:
+        tensor.present_lo, tensor.present = lo, seen
+        return
+    start = min(lo, tensor.present_lo)
+    end = max(hi + 1, tensor.present_lo + tensor.present.size)
+    if hi - lo + 1 >= end - start and start == lo:
+        seen[tensor.present_lo - lo : tensor.present_lo - lo + tensor.present.size] |= (
+            tensor.present
+        )
+        tensor.present_lo, tensor.present = lo, seen
+        return
+    merged = np.zeros(end - start, dtype=bool)
+    old_lo = tensor.present_lo - start
+    merged[old_lo : old_lo + tensor.present.size] |= tensor.present
+    merged[lo - start : hi + 1 - start] |= seen
+    if merged.size > TABLE_MAX_SIZE:
+        tensor.track_presence = False
+        tensor.present_lo = tensor.present = None
+        return
+    tensor.present_lo, tensor.present = start, merged
+
+
 class Progress:
-    """A tqdm bar over rows, one pass at a time (only when asked or on a terminal)."""
+    """A tqdm bar over rows, one pass at a time (only when asked or on a terminal).
+
+    The bar counts the rows of the current pass (tqdm's rate is that pass's rows/s); its
+    postfix gives the calibration's overall throughput, the rows of the set over the time
+    since the walk started, and how many passes over the rows it has made.
+    """
 
     def __init__(self, total_rows: int, verbose: bool) -> None:
         self.bar: Any = None
         if verbose or sys.stderr.isatty():
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total_rows, unit="row", leave=False, file=sys.stderr)
+            self.bar = tqdm(
+                total=total_rows, unit="row", unit_scale=True, leave=False, file=sys.stderr
+            )
         self.passes = 0
+        self.rows = 0
+        self.began = time.perf_counter()
 
     def start(self, what: str, total_rows: int) -> None:
         self.passes += 1
         if self.bar is not None:
             self.bar.reset(total=total_rows)
             self.bar.set_description(f"calibration pass {self.passes}: {what}")
+            self.bar.set_postfix_str(self._overall(), refresh=False)
 
     def advance(self, rows: int) -> None:
+        if self.passes == 1:
+            self.rows += rows  # the first pass reads the whole set
         if self.bar is not None:
             self.bar.update(rows)
+
+    def _overall(self) -> str:
+        elapsed = time.perf_counter() - self.began
+        rate = self.rows / elapsed if elapsed > 0 else 0.0
+        return f"{self.rows} rows, {rate:,.0f} rows/s overall, {self.passes} passes"
 
     def close(self) -> None:
         if self.bar is not None:
@@ -146,6 +215,13 @@ class WalkStore:
         for b, rows in enumerate(self.block_sizes):
             yield b
             self.progress.advance(rows)
+
+    def last_block(self, what: str) -> Iterator[int]:
+        """The index of the last block only (a pass whose result needs one block)."""
+        assert self.progress is not None
+        self.progress.start(what, self.block_sizes[-1])
+        yield self.n_blocks - 1
+        self.progress.advance(self.block_sizes[-1])
 
     def close(self) -> None:
         """Close the progress bar and free every block (spill files included)."""
@@ -250,6 +326,8 @@ class WalkStore:
             lo, hi = self.value_range(quantizer, ints, qlo, qhi, wide)
             tensor.vmin = lo if tensor.vmin is None else min(tensor.vmin, lo)
             tensor.vmax = hi if tensor.vmax is None else max(tensor.vmax, hi)
+            if tensor.track_presence:
+                mark_presence(tensor, ints, qlo, qhi)
         self.data.put(out, ints, dtype=wide)
 
     @staticmethod
@@ -272,6 +350,7 @@ class WalkStore:
         self.data.drop(out)
         tensor.vmin = tensor.vmax = None
         tensor.qmin = tensor.qmax = None
+        tensor.present_lo = tensor.present = None
 
     def release(self, name: str) -> None:
         """One consumer of ``name`` is calibrated: free its blocks after the last one."""

@@ -76,11 +76,13 @@ class TablePaths:
         q = tensor.quantizer
         assert q is not None and tensor.qmin is not None and tensor.qmax is not None
         lo, size = tensor.qmin, tensor.qmax - tensor.qmin + 1
-        seen = np.zeros(size, dtype=bool)
-        for b in store.blocks(f"{op.op_instance_name} statistics"):
-            block = store.table_index_block(name, b)
-            if block.size:
-                seen |= _core.int_presence(block, lo, size)
+        seen = tensor.presence()
+        if seen is None:  # not marked while the producer stored them: one pass
+            seen = np.zeros(size, dtype=bool)
+            for b in store.blocks(f"{op.op_instance_name} statistics"):
+                block = store.table_index_block(name, b)
+                if block.size:
+                    seen |= _core.int_presence(block, lo, size)
         present = np.flatnonzero(seen).astype(np.int64) + lo
         if present.size == 0:
             return False

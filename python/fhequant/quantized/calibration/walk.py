@@ -229,8 +229,13 @@ class ModuleCalibrator:
         for name in variable:
             producers |= self.tensors[name].producers
         self.tensors[out] = WalkTensor("raw", producers=producers if op.can_fuse() else {out})
+        registry = quantized_registry()
         for n in self.nodes[node.index + 1 :]:
-            self.tensors[out].consumers_left += sum(1 for i in n.inputs if i == out)
+            uses = sum(1 for i in n.inputs if i == out)
+            self.tensors[out].consumers_left += uses
+            if uses and getattr(registry.get(n.op_type), "calibrate_by_table", False):
+                # its table path reads which integers occur: mark them as they are stored
+                self.tensors[out].track_presence = not self.strategy.flows_raw
         self.passes.calibrate(op, variable, out)
         self.tables.clear()  # one op at a time: its tables and buffers are done
         self.quant_layers[out] = (tuple(variable), op)

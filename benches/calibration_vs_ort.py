@@ -1,0 +1,363 @@
+"""Calibration throughput against ONNX Runtime's calibrator and torch's float forward
+(prints ONE JSON object; issue 16).
+
+Every row is measured in the same run, on the same model and the same rows, min of N runs:
+
+* ``fhequant``: ``build_quantized_module`` (default settings, the reference's integers);
+* ``ort``: ``onnxruntime.quantization.quantize_static`` (MinMax, QDQ, int8) with a
+  ``CalibrationDataReader`` over the same batches (model and output in a temporary directory);
+* ``torch_float``: torch's float forward of the same network (``torch.inference_mode``) over
+  the same rows, in memory as one tensor or batch by batch for the streamed rows.
+
+Rows:
+
+* ``mlp_100k_in_memory``: MLP 64-128-128-10, 100k rows as one array, 6 bits;
+* ``cnn_10k_in_memory``: the CNN of ``benches/ptq.py`` (1x8x8), 10k rows, 5 bits;
+* ``mlp_1m_streamed`` / ``mlp_10m_streamed``: the MLP at 6 bits on 1M / 10M rows streamed from
+  a re-iterable of 10k-row batches, each batch regenerated from its seed on every read (so a
+  pass over the source costs what generating it costs: ``source_pass_s``).
+
+``summation_order`` measures what the reference's sequential float sums cost in the statistics
+pass (the native extremes kernels against numpy's BLAS product and min/max on the same blocks).
+
+``source_reads`` counts how many times each calibrator iterated the re-iterable. The targets
+are ``fhequant / ort <= 1.0`` on every row and ``fhequant / torch_float <= 1.5`` in memory.
+
+Usage: ``python benches/calibration_vs_ort.py [--quick] [--rows-scale F] [--repeat N]
+[--skip-10m] [--only ROWS] [--streamed-contenders fhequant,ort]`` (``--quick`` divides every
+row count by 10; ``--rows-scale`` multiplies the row counts; the torch float forward may be left
+out of the streamed rows, where the targets compare with ONNX Runtime only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from fhequant import build_quantized_module
+from ptq import cnn_model, mlp_model
+
+BATCH_ROWS = 10_000
+
+
+class Batches:
+    """A re-iterable of ``rows`` rows of shape ``row_shape`` in batches of ``batch`` rows; every
+    batch is regenerated from its seed on each iteration (nothing is kept in memory)."""
+
+    def __init__(self, rows: int, row_shape: tuple[int, ...], batch: int = BATCH_ROWS) -> None:
+        self.rows = rows
+        self.row_shape = row_shape
+        self.batch = batch
+        self.reads = 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        self.reads += 1
+        for index, start in enumerate(range(0, self.rows, self.batch)):
+            n = min(self.batch, self.rows - start)
+            rng = np.random.default_rng(1_000_003 + index)
+            yield rng.standard_normal(size=(n, *self.row_shape), dtype=np.float32)
+
+
+class InMemoryBatches:
+    """The batches of an in-memory array (views), for the readers that take batches."""
+
+    def __init__(self, x: np.ndarray, batch: int = BATCH_ROWS) -> None:
+        self.x = x
+        self.batch = batch
+        self.reads = 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        self.reads += 1
+        for start in range(0, self.x.shape[0], self.batch):
+            yield self.x[start : start + self.batch]
+
+
+def best_of(fn: Callable[[], Any], repeat: int) -> float:
+    """The best wall time of ``repeat`` runs (seconds)."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+# --- torch float forward --------------------------------------------------------------------
+
+
+def torch_network(model: onnx.ModelProto) -> Any:
+    """The torch float network of the MLP or the CNN, with the ONNX model's weights."""
+    import torch
+
+    inits = {
+        i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer
+    }
+    layers: list[Any] = []
+    for node in model.graph.node:
+        if node.op_type == "Gemm":
+            w, b = inits[node.input[1]], inits[node.input[2]]
+            lin = torch.nn.Linear(w.shape[1], w.shape[0])
+            lin.weight.data, lin.bias.data = w, b
+            layers.append(lin)
+        elif node.op_type == "Conv":
+            w, b = inits[node.input[1]], inits[node.input[2]]
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            conv = torch.nn.Conv2d(
+                w.shape[1],
+                w.shape[0],
+                tuple(attrs["kernel_shape"]),
+                stride=tuple(attrs.get("strides", [1, 1])),
+                padding=tuple(attrs.get("pads", [0, 0, 0, 0])[:2]),
+            )
+            conv.weight.data, conv.bias.data = w, b
+            layers.append(conv)
+        elif node.op_type == "Relu":
+            layers.append(torch.nn.ReLU())
+        elif node.op_type == "Flatten":
+            layers.append(torch.nn.Flatten())
+        else:
+            raise ValueError(f"no torch layer for {node.op_type}")
+    return torch.nn.Sequential(*layers).eval()
+
+
+def torch_forward(net: Any, data: Any) -> None:
+    import torch
+
+    with torch.inference_mode():
+        if isinstance(data, np.ndarray):
+            net(torch.from_numpy(data))
+        else:
+            for batch in data:
+                net(torch.from_numpy(batch))
+
+
+def model_row_shape(model: onnx.ModelProto) -> tuple[int, ...]:
+    """The shape of one row of the model's input."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim[1:]
+    return tuple(int(d.dim_value) for d in dims)
+
+
+# --- ONNX Runtime ---------------------------------------------------------------------------
+
+
+def ort_quantize(model: onnx.ModelProto, batches: Any, workdir: str) -> None:
+    """quantize_static, MinMax, QDQ, on the batches of ``batches`` (one read); the model is
+    given as a file (quantize_static rewrites a ModelProto it is handed)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.it, None)
+            return None if batch is None else {"x": batch}
+
+    source = os.path.join(workdir, "float.onnx")
+    if not os.path.exists(source):
+        onnx.save(model, source)
+    quantize_static(
+        source,
+        os.path.join(workdir, "q.onnx"),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+
+
+# --- rows -----------------------------------------------------------------------------------
+
+
+def measure(
+    name: str,
+    model: onnx.ModelProto,
+    data: Any,
+    n_bits: int,
+    repeat: int,
+    workdir: str,
+    contenders: tuple[str, ...] = ("fhequant", "ort", "torch_float"),
+) -> dict[str, Any]:
+    """One row: fhequant, ORT and torch float on ``data`` (an array or a re-iterable)."""
+    net = torch_network(model)
+    torch_forward(net, np.zeros((2, *model_row_shape(model)), dtype=np.float32))  # warm-up
+    in_memory = isinstance(data, np.ndarray)
+    ort_source = InMemoryBatches(data) if in_memory else data
+    rows = data.shape[0] if in_memory else data.rows
+    times: dict[str, list[float]] = {who: [] for who in contenders}
+    reads: dict[str, int] = {}
+    source_pass = None
+    if not in_memory:
+        source_pass = best_of(lambda: sum(1 for _ in data), 1)
+    # alternate the contenders run by run (the machine is shared: take minima)
+    for _ in range(repeat):
+        for who in times:
+            before = getattr(data, "reads", 0) if not in_memory else 0
+            before_ort = ort_source.reads
+            start = time.perf_counter()
+            if who == "fhequant":
+                build_quantized_module(model, data, n_bits=n_bits)
+            elif who == "ort":
+                ort_quantize(model, ort_source, workdir)
+            else:
+                torch_forward(net, data)
+            times[who].append(time.perf_counter() - start)
+            if not in_memory:
+                reads[who] = data.reads - before
+            elif who == "ort":
+                reads[who] = ort_source.reads - before_ort
+    best = {who: min(t) for who, t in times.items()}
+    row: dict[str, Any] = {"rows": int(rows), "n_bits": n_bits, "in_memory": in_memory}
+    for who in ("fhequant", "ort", "torch_float"):
+        row[f"{who}_s"] = round(best[who], 4) if who in best else None
+    for who in ("ort", "torch_float"):
+        ratio = best["fhequant"] / best[who] if who in best and "fhequant" in best else None
+        row[f"fhequant_over_{who}"] = None if ratio is None else round(ratio, 2)
+    row["fhequant_rows_per_s"] = round(rows / best["fhequant"]) if "fhequant" in best else None
+    row["runs"] = repeat
+    if source_pass is not None:
+        row["source_pass_s"] = round(source_pass, 4)
+        row["source_reads"] = reads
+    print(f"# {name}: {row}", file=sys.stderr, flush=True)
+    return row
+
+
+def summation_order_cost(x: np.ndarray, repeat: int) -> dict[str, Any]:
+    """What the reference's sequential summation order costs in the statistics pass of the
+    MLP: the native extremes kernels (sequential k-order sums, no FMA, the split-independent
+    numbers) against numpy's BLAS product plus bias and min/max (any order, FMA, both
+    cores), on the same 4096-row blocks. Layer 0 reads the float32 input (float32 sums);
+    layers 1 and 2 read 6-bit integers dequantized to float64 (float64 sums)."""
+    from fhequant import _core
+
+    inits = {i.name: numpy_helper.to_array(i) for i in mlp_model().graph.initializer}
+    block = 4096
+    blocks = [x[i : i + block] for i in range(0, x.shape[0], block)]
+    rng = np.random.default_rng(5)
+    ints = [rng.integers(0, 64, size=(b.shape[0], 128)).astype(np.int8) for b in blocks]
+    scale, zero_point = 0.05, 0.0
+    result: dict[str, Any] = {}
+    for layer in range(3):
+        w = np.ascontiguousarray(inits[f"w{layer}"].T)
+        bias = inits[f"b{layer}"]
+        if layer == 0:
+
+            def native(w: np.ndarray = w, bias: np.ndarray = bias) -> None:
+                for b in blocks:
+                    _core.matmul_extremes_f32(b, w, bias)
+
+            def blas(w: np.ndarray = w, bias: np.ndarray = bias) -> None:
+                for b in blocks:
+                    y = b @ w + bias
+                    y.min(), y.max()
+
+        else:
+            w64 = w.astype(np.float64)
+            b64 = bias.astype(np.float64)
+
+            def native(w64: np.ndarray = w64, b64: np.ndarray = b64) -> None:
+                for q in ints:
+                    _core.matmul_extremes_f64(q, w64, b64, scale, zero_point)
+
+            def blas(w64: np.ndarray = w64, b64: np.ndarray = b64) -> None:
+                for q in ints:
+                    y = ((q - zero_point) * scale) @ w64 + b64
+                    y.min(), y.max()
+
+        def blas32(w: np.ndarray = w, bias: np.ndarray = bias, layer: int = layer) -> None:
+            # float32 BLAS (what ONNX Runtime's calibrator runs), the input cast to float32
+            for b, q in zip(blocks, ints, strict=True):
+                inp = b if layer == 0 else (q * np.float32(scale)).astype(np.float32)
+                y = inp @ w + bias
+                y.min(), y.max()
+
+        t_native, t_blas = best_of(native, repeat), best_of(blas, repeat)
+        t_blas32 = best_of(blas32, repeat)
+        result[f"layer{layer}"] = {
+            "sequential_kernel_s": round(t_native, 4),
+            "blas_same_dtype_s": round(t_blas, 4),
+            "blas_float32_s": round(t_blas32, 4),
+            "sequential_over_blas_same_dtype": round(t_native / t_blas, 2),
+            "sequential_over_blas_float32": round(t_native / t_blas32, 2),
+        }
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10x fewer rows")
+    parser.add_argument("--rows-scale", type=float, default=1.0, help="multiply row counts")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per contender (min taken)")
+    parser.add_argument("--skip-10m", action="store_true", help="leave out the 10M-row run")
+    parser.add_argument("--only", default=None, help="comma-separated row names to run")
+    parser.add_argument(
+        "--streamed-contenders",
+        default="fhequant,ort,torch_float",
+        help="who runs on the streamed rows (the torch float forward is optional there)",
+    )
+    args = parser.parse_args()
+    streamed = tuple(args.streamed_contenders.split(","))
+    logging.getLogger().setLevel(logging.ERROR)  # ORT's advice to pre-process the model
+    scale = args.rows_scale / (10 if args.quick else 1)
+
+    def n(rows: int) -> int:
+        return max(1, int(rows * scale))
+
+    rng = np.random.default_rng(3)
+    x_mlp = rng.normal(size=(n(100_000), 64)).astype(np.float32)
+    x_cnn = rng.normal(size=(n(10_000), 1, 8, 8)).astype(np.float32)
+    cases: dict[str, Callable[[str], dict[str, Any]]] = {
+        "mlp_100k_in_memory": lambda d: measure(
+            "mlp_100k_in_memory", mlp_model(), x_mlp, 6, args.repeat, d
+        ),
+        "cnn_10k_in_memory": lambda d: measure(
+            "cnn_10k_in_memory", cnn_model(), x_cnn, 5, args.repeat + 2, d
+        ),
+        "mlp_1m_streamed": lambda d: measure(
+            "mlp_1m_streamed",
+            mlp_model(),
+            Batches(n(1_000_000), (64,)),
+            6,
+            args.repeat,
+            d,
+            streamed,
+        ),
+        "mlp_10m_streamed": lambda d: measure(
+            "mlp_10m_streamed", mlp_model(), Batches(n(10_000_000), (64,)), 6, 1, d, streamed
+        ),
+    }
+    cases["summation_order"] = lambda d: summation_order_cost(x_mlp, args.repeat + 2)
+    if args.skip_10m:
+        cases.pop("mlp_10m_streamed")
+    if args.only:
+        keep = set(args.only.split(","))
+        cases = {k: v for k, v in cases.items() if k in keep}
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="fhequant-bench-") as workdir:
+        for name, case in cases.items():
+            sub = os.path.join(workdir, name)
+            os.makedirs(sub)
+            result[name] = case(sub)
+    result["targets"] = {"fhequant_over_ort": 1.0, "fhequant_over_torch_float_in_memory": 1.5}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
