@@ -301,13 +301,20 @@ def _shape_cases() -> list[OpCase]:
 def _normalization_cases() -> list[OpCase]:
     return [
         OpCase("Softmax", "Softmax", [X]),
-        OpCase("Softmax_axis1", "Softmax", [IMG], attrs={"axis": 1}),
+        OpCase("Softmax_axis1", "Softmax", [IMG], attrs={"axis": 1}, rounding=5),
         OpCase("Softmax_out", "Softmax", [SEQ], attrs={"axis": -1}, graph_output=True),
         OpCase(
             "LayerNorm",
             "LayerNormalization",
             [SEQ],
             {1: np.linspace(0.5, 1.5, 9, dtype=np.float32), 2: np.full(9, 0.25, np.float32)},
+        ),
+        OpCase(
+            "LayerNorm_round",
+            "LayerNormalization",
+            [SEQ],
+            {1: np.linspace(0.5, 1.5, 9, dtype=np.float32)},
+            rounding=4,
         ),
         OpCase(
             "LayerNorm_2axes",

@@ -15,7 +15,7 @@ import numpy as np
 
 from fhequant.errors import QuantizedOpError
 from fhequant.quantization import QuantizationOptions, QuantizedArray
-from fhequant.quantized.ops.base import QuantizedOp
+from fhequant.quantized.ops.base import QuantizedMixingOp
 
 __all__ = ["QuantizedLayerNormalization", "QuantizedSoftmax"]
 
@@ -33,15 +33,18 @@ def _unit_over(unit: int, sums: Any) -> Any:
     return unit / np.maximum(np.asarray(sums, dtype=np.float64), 1.0)
 
 
-class QuantizedSoftmax(QuantizedOp):
+class QuantizedSoftmax(QuantizedMixingOp):
     """Softmax over one non-batch axis, from the integers of its input (docs/contract.md §3.9).
 
     softmax(x)_i = 1 / Σ_j exp(x_j - x_i). With q the input integers and s_x its scale, the
     differences d_ij = q_j - q_i are exact integers (the zero point cancels); one table maps
     each to e_ij = round(K · min(exp(s_x · d_ij), C)); their integer sum S_i = Σ_j e_ij is at
     least K (the j = i term); the output is K / S_i, quantized by the output quantizer in one
-    table lookup. K = C = 2^n_bits (the output's bits): a term above C means an output below
-    2^-n_bits, which quantizes to the bottom of the range anyway.
+    table lookup. K = C = 2^k with k = n_bits (the output's bits): a term above C means an
+    output below 2^-n_bits, which quantizes to the bottom of the range anyway. S then needs
+    about 2k + log2(n) bits; with ``rounding_threshold_bits`` T, k is lowered to
+    max(1, (T - ceil(log2 n)) // 2) so that S fits in T bits (coarser terms instead of a
+    rounded sum, whose low bits carry the largest outputs).
     """
 
     _impl_for_op_named = "Softmax"
@@ -60,16 +63,19 @@ class QuantizedSoftmax(QuantizedOp):
         """Softmax mixes the elements of an axis: never fusable."""
         return False
 
-    def _unit_and_cap(self) -> tuple[int, int]:
-        unit = 2 ** int(self.n_bits)
-        return unit, unit
+    def _unit_and_cap(self, n: int) -> tuple[int, int]:
+        k = int(self.n_bits)
+        if self.rounding_threshold_bits is not None:
+            budget = int(self.rounding_threshold_bits["n_bits"])
+            k = min(k, max(1, (budget - int(np.ceil(np.log2(max(n, 2))))) // 2))
+        return 2**k, 2**k
 
     def q_impl(self, *q_inputs: Any, calibrate_rounding: bool = False, **attrs: Any) -> Any:
         """Integer differences along the axis, an exp table, a sum, then K / S.
 
         Args:
             *q_inputs: the encrypted input.
-            calibrate_rounding: unused.
+            calibrate_rounding: unused (Softmax does not round: see the class).
             **attrs: unused.
 
         Returns:
@@ -100,7 +106,7 @@ class QuantizedSoftmax(QuantizedOp):
         ex = self.executor(x)
         # d[..., i, j] = q_j - q_i
         diff = ex.subtract(moved.reshape((*shape[:-1], 1, n)), moved.reshape((*shape, 1)))
-        unit, cap = self._unit_and_cap()
+        unit, cap = self._unit_and_cap(n)
         table = partial(_exp_table, float(scale.reshape(())), unit, cap)
 
         def softmax_exp(d: Any) -> Any:
@@ -126,7 +132,7 @@ def _centered_ints(zero_point: int, fields: tuple[Any, Any, Any], c_int: Any) ->
     return np.asarray(qa.qvalues, dtype=np.int64) - zero_point
 
 
-class QuantizedLayerNormalization(QuantizedOp):
+class QuantizedLayerNormalization(QuantizedMixingOp):
     """LayerNormalization (opset 17) over the axes from ``axis`` to the last, from the
     integers of its input (docs/contract.md §3.9).
 
@@ -137,7 +143,8 @@ class QuantizedLayerNormalization(QuantizedOp):
     units of s_c²/n; one table quantizes 1/sqrt(V·s_c²/n + eps) with the calibrated inverse
     standard deviation quantizer (minus its zero point: k_r); the product k_c·k_r (encrypted x
     encrypted) times s_c·s_r·scale + bias is quantized by the output quantizer in one table.
-    Only the first output (Y) is supported.
+    With ``rounding_threshold_bits``, c_int (``centered``) and V (``variance``) are rounded
+    before their tables. Only the first output (Y) is supported.
     """
 
     _impl_for_op_named = "LayerNormalization"
@@ -209,7 +216,7 @@ class QuantizedLayerNormalization(QuantizedOp):
 
         Args:
             *q_inputs: the encrypted input.
-            calibrate_rounding: unused.
+            calibrate_rounding: update lsbs_to_remove from this batch.
             **attrs: unused.
 
         Returns:
@@ -236,6 +243,7 @@ class QuantizedLayerNormalization(QuantizedOp):
         ex = self.executor(x)
         total = ex.sum(x, axes, keepdims=True)
         c_int = ex.subtract(ex.multiply_constant(np.int64(n), x), total)
+        c_int = self.cnp_round(c_int, calibrate_rounding, "centered")
         copts, ropts = self._internal_opts(True), self._internal_opts(False)
         c_params, r_params = self.centered_quant_params, self.inv_std_quant_params
         z_c, z_r = int(np.asarray(c_params.zero_point)), int(np.asarray(r_params.zero_point))
@@ -251,6 +259,7 @@ class QuantizedLayerNormalization(QuantizedOp):
 
         k_c = ex.tlu(c_int, layernorm_centered)
         variance = ex.sum(ex.tlu(c_int, layernorm_squared), axes, keepdims=True)
+        variance = self.cnp_round(variance, calibrate_rounding, "variance")
         self._track("accumulator", variance)
         eps = float(self.attrs.get("epsilon", 1e-5))
         r_stats = self.inv_std_quant_stats
