@@ -298,6 +298,35 @@ def _shape_cases() -> list[OpCase]:
     ]
 
 
+def _normalization_cases() -> list[OpCase]:
+    return [
+        OpCase("Softmax", "Softmax", [X]),
+        OpCase("Softmax_axis1", "Softmax", [IMG], attrs={"axis": 1}, rounding=5),
+        OpCase("Softmax_out", "Softmax", [SEQ], attrs={"axis": -1}, graph_output=True),
+        OpCase(
+            "LayerNorm",
+            "LayerNormalization",
+            [SEQ],
+            {1: np.linspace(0.5, 1.5, 9, dtype=np.float32), 2: np.full(9, 0.25, np.float32)},
+        ),
+        OpCase(
+            "LayerNorm_round",
+            "LayerNormalization",
+            [SEQ],
+            {1: np.linspace(0.5, 1.5, 9, dtype=np.float32)},
+            rounding=4,
+        ),
+        OpCase(
+            "LayerNorm_2axes",
+            "LayerNormalization",
+            [IMG],
+            {1: np.ones((6, 6), np.float32)},
+            {"axis": -2},
+            graph_output=True,
+        ),
+    ]
+
+
 def _qat_cases() -> list[OpCase]:
     consts = {1: np.float32(0.125), 2: np.float32(2.0), 3: np.float32(4.0)}
     return [
@@ -318,6 +347,7 @@ CASE_BUILDERS: list[Callable[[], list[OpCase]]] = [
     _elementwise_cases,
     _pooling_cases,
     _shape_cases,
+    _normalization_cases,
     _qat_cases,
 ]
 CASES: list[OpCase] = [c for build in CASE_BUILDERS for c in build()]

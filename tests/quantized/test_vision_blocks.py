@@ -1,7 +1,8 @@
 """Blocks of stock vision architectures, quantized and compiled (issue 13).
 
 Fast: a residual + global-pool block, a dense/concat block (branches of different scales,
-ceil-mode pooling) and a LayerNorm MLP quantize, and their clear outputs follow the float
+ceil-mode pooling), a LayerNorm MLP and an attention block (one TransformerEncoderLayer over
+a few tokens, through both torch exporters) quantize, and their clear outputs follow the float
 model. Slow: the same block families, trained for a few seconds on sklearn's digits, compile
 to FHE with ``rounding_threshold_bits``; simulation equals the clear path and the predicted
 bit width equals the circuit's.
@@ -95,6 +96,27 @@ class LayerNormMLP(nn.Module):
         return self.net(x)
 
 
+class AttentionBlock(nn.Module):
+    """An image cut into a few tokens, a linear embedding, one TransformerEncoderLayer
+    (multi-head self-attention, LayerNorm, ReLU feed-forward), a mean over the tokens and a
+    linear head (a ViT in miniature)."""
+
+    def __init__(
+        self, c_in: int = 1, tokens: int = 4, d_model: int = 8, classes: int = 10, side: int = 8
+    ) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.embed = nn.Linear(c_in * side * side // tokens, d_model)
+        self.encoder = nn.TransformerEncoderLayer(
+            d_model, 2, dim_feedforward=16, dropout=0.0, batch_first=True
+        )
+        self.head = nn.Linear(d_model, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x.reshape(x.shape[0], self.tokens, -1))
+        return self.head(self.encoder(h).mean(1))
+
+
 def _float(model: nn.Module, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return model(torch.from_numpy(x)).numpy()
@@ -127,6 +149,27 @@ def test_block_quantizes_and_follows_the_float_model(cls: type[nn.Module], x: np
     expected = _float(model, x)
     module = build_quantized_module(model, x, n_bits=8)
     clear = module.forward(x)
+    assert clear.shape == expected.shape
+    spread = float(expected.max() - expected.min())
+    assert np.abs(clear - expected).max() <= 0.1 * spread
+    assert np.mean(clear.argmax(axis=1) == expected.argmax(axis=1)) >= 0.85
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_attention_block_quantizes_through_both_exporters(exporter: str) -> None:
+    """Softmax and (dynamo) LayerNormalization as quantized ops; the legacy export's shape
+    arithmetic (Shape, Slice, Cast, Sqrt of the head size) stays raw."""
+    from fhequant.onnx import NumpyModule
+
+    model = _random_model(AttentionBlock, c_in=3)
+    expected = _float(model, IMAGES)
+    numpy_module = NumpyModule.from_torch(model, IMAGES, exporter=exporter)  # type: ignore[arg-type]
+    op_types = {n.op_type for n in numpy_module.onnx_model.graph.node}
+    assert "Softmax" in op_types
+    assert ("LayerNormalization" in op_types) == (exporter == "dynamo")
+    module = build_quantized_module(numpy_module, IMAGES, n_bits=8)
+    clear = module.forward(IMAGES)
     assert clear.shape == expected.shape
     spread = float(expected.max() - expected.min())
     assert np.abs(clear - expected).max() <= 0.1 * spread
@@ -179,6 +222,39 @@ def test_trained_block_compiles_and_simulates_exactly(cls: type[nn.Module]) -> N
     clear_acc = float(np.mean(clear.argmax(1) == y[1200:1240]))
     print(
         f"{cls.__name__}: {report.predicted_max_bit_width} bits, accuracy float "
+        f"{float_acc:.2f} clear {clear_acc:.2f}"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exporter", ["dynamo"])
+def test_trained_attention_block_compiles_and_simulates_exactly(exporter: str) -> None:
+    """One encoder layer over 4 tokens: Softmax (table unit lowered to the rounding budget),
+    LayerNormalization (one node) and encrypted x encrypted MatMuls.
+
+    Only torch's default exporter here: the legacy one exports LayerNorm as
+    ReduceMean/Pow/Sqrt/Div, whose 4-bit Sqrt output quantizes some rows to 0 and the
+    encrypted Div then refuses the calibration data (a typed QuantizedOpError)."""
+    from fhequant.onnx import NumpyModule
+
+    x, y = _digits()
+    torch.manual_seed(0)
+    model = _train(AttentionBlock(), x[:1200], y[:1200], epochs=10)
+    calib, test = x[:200], x[1200:1240]
+    numpy_module = NumpyModule.from_torch(model, calib, exporter=exporter)  # type: ignore[arg-type]
+    module = build_quantized_module(numpy_module, calib, n_bits=4, rounding_threshold_bits=6)
+    module.compile(calib)
+    report = module.bitwidth_report()
+    assert report.predicted_max_bit_width == module.fhe_circuit.graph.maximum_integer_bit_width()
+    # rows of the compile inputset: the circuit's widths are the observed ones, which held-out
+    # rows may exceed (the softmax and variance sums); a dozen rows keep the simulation short
+    sample = calib[:12]
+    np.testing.assert_array_equal(module.forward(sample, fhe="simulate"), module.forward(sample))
+    clear = module.forward(test)
+    float_acc = float(np.mean(_float(model, test).argmax(1) == y[1200:1240]))
+    clear_acc = float(np.mean(clear.argmax(1) == y[1200:1240]))
+    print(
+        f"attention ({exporter}): {report.predicted_max_bit_width} bits, accuracy float "
         f"{float_acc:.2f} clear {clear_acc:.2f}"
     )
 

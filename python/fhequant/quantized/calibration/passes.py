@@ -320,7 +320,11 @@ class OpPasses:
                 selector.update(arr)
             if keep is not None:
                 uniques = union_uvalues(uniques, arr)
-        if not raw_output:
+        if not raw_output and lo is None:
+            # every block's result is empty (a Slice of a shape that selects nothing): no
+            # value to quantize; the quantizer of [0, 0] stands in
+            op._set_output_quantizer(np.zeros(2))
+        elif not raw_output:
             ends = np.array([lo, hi], dtype=dtype)
             if selector is not None:
                 ends = np.clip(

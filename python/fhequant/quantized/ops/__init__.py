@@ -15,6 +15,8 @@ from fhequant.quantized.ops.elementwise import __all__ as _elementwise_all
 from fhequant.quantized.ops.linear import *  # noqa: F403
 from fhequant.quantized.ops.linear import __all__ as _linear_all
 from fhequant.quantized.ops.mixing import QuantizedMixingOp
+from fhequant.quantized.ops.normalization import *  # noqa: F403
+from fhequant.quantized.ops.normalization import __all__ as _normalization_all
 from fhequant.quantized.ops.pooling import *  # noqa: F403
 from fhequant.quantized.ops.pooling import __all__ as _pooling_all
 from fhequant.quantized.ops.qat import *  # noqa: F403
@@ -44,4 +46,5 @@ __all__ = [
     *_pooling_all,
     *_elementwise_all,
     *_univariate_all,
+    *_normalization_all,
 ]
