@@ -16,13 +16,17 @@ ciphertexts travel in the checked byte format of :mod:`fhequant.deployment.wire`
 
 from __future__ import annotations
 
+from fhequant.deployment.app import create_app
 from fhequant.deployment.client import FHEModelClient
 from fhequant.deployment.dev import FHEModelDev
+from fhequant.deployment.remote import RemoteClient
 from fhequant.deployment.server import FHEModelServer, load_evaluation_keys
 
 __all__ = [
     "FHEModelClient",
     "FHEModelDev",
     "FHEModelServer",
+    "RemoteClient",
+    "create_app",
     "load_evaluation_keys",
 ]
