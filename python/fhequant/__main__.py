@@ -94,7 +94,13 @@ def _add_serve(sub: Any) -> None:
         "--max-loaded-keys",
         type=int,
         default=limits["max_loaded_keys"],
-        help="evaluation keys kept loaded, one worker process each (default %(default)d)",
+        help="evaluation keys each worker process keeps loaded (default %(default)d)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=limits["workers"],
+        help="worker processes running circuits, in parallel (default %(default)d)",
     )
     serve.add_argument("--log-level", default="info", help="uvicorn's log level")
 
@@ -112,6 +118,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_key_bytes=int(args.max_key_mb * MB),
         max_request_bytes=int(args.max_request_mb * MB),
         max_loaded_keys=args.max_loaded_keys,
+        workers=args.workers,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

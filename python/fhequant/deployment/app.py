@@ -50,7 +50,12 @@ __all__ = ["DEFAULT_LIMITS", "create_app"]
 
 MB = 1024 * 1024
 #: Defaults of the server's limits.
-DEFAULT_LIMITS = {"max_key_bytes": 4096 * MB, "max_request_bytes": 256 * MB, "max_loaded_keys": 4}
+DEFAULT_LIMITS = {
+    "max_key_bytes": 4096 * MB,
+    "max_request_bytes": 256 * MB,
+    "max_loaded_keys": 4,
+    "workers": 2,
+}
 
 #: Error class -> (HTTP status, error code); the first match wins.
 _STATUS: tuple[tuple[type[Exception], int, str], ...] = (
@@ -78,6 +83,7 @@ def create_app(
     max_key_bytes: int = DEFAULT_LIMITS["max_key_bytes"],
     max_request_bytes: int = DEFAULT_LIMITS["max_request_bytes"],
     max_loaded_keys: int = DEFAULT_LIMITS["max_loaded_keys"],
+    workers: int = DEFAULT_LIMITS["workers"],
 ) -> Any:
     """The ASGI app serving a model saved by ``FHEModelDev``.
 
@@ -87,7 +93,8 @@ def create_app(
             they persist across restarts.
         max_key_bytes: the largest evaluation-key upload accepted.
         max_request_bytes: the largest predict request accepted.
-        max_loaded_keys: how many keys stay loaded (one worker process each).
+        max_loaded_keys: how many keys each worker process keeps loaded.
+        workers: the worker processes running circuits (requests run in parallel up to it).
 
     Returns:
         A FastAPI app (run it with uvicorn).
@@ -111,15 +118,17 @@ def create_app(
     store = KeyStore(
         Path(keys_dir) if keys_dir is not None else artifact_dir / "keys", str(doc["fingerprint"])
     )
-    pool = WorkerPool(artifact_dir, max_loaded_keys)
+    pool = WorkerPool(artifact_dir, workers=workers, max_loaded=max_loaded_keys)
     limits = {
         "max_key_bytes": int(max_key_bytes),
         "max_request_bytes": int(max_request_bytes),
         "max_loaded_keys": pool.max_loaded,
+        "workers": pool.size,
     }
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
+        pool.start()
         yield
         await asyncio.to_thread(pool.close)
 
@@ -186,9 +195,8 @@ def create_app(
             part.unlink(missing_ok=True)
             raise
         try:  # load them now: unreadable keys are refused here, and the worker is warm
-            await asyncio.to_thread(pool.get(key_id, store.key_file(key_id)).start)
+            await asyncio.to_thread(pool.load, key_id, store.key_file(key_id))
         except DeploymentError:
-            pool.drop(key_id)
             store.remove(key_id)
             raise
         return {"key_id": key_id, "size": written}
@@ -196,7 +204,6 @@ def create_app(
     @app.delete("/keys/{key_id}")
     async def delete_keys(key_id: str) -> Any:
         store.key_file(key_id)
-        pool.drop(key_id)
         store.remove(key_id)
         return Response(status_code=204)
 

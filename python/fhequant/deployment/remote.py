@@ -54,6 +54,13 @@ class RemoteClient:
         self.url = url.rstrip("/")
         self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=10.0))
         self._tmp: Any = None
+        try:
+            self._connect(path_dir, key_dir)
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self, path_dir: str | Path | None, key_dir: str | Path | None) -> None:
         if path_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="fhequant-client-")
             path_dir = Path(self._tmp.name)

@@ -1,18 +1,20 @@
-"""One process per loaded evaluation key: where the inference server runs circuits.
+"""The worker processes where the inference server runs circuits.
 
 concrete aborts the whole process (a C++ assertion, not a Python exception) when a circuit
 runs with evaluation keys that deserialize fine but were made for another circuit. So the
-server never runs a circuit in its own process: each loaded key gets a worker process
-(:func:`main`, started with ``python -c``) that loads the compiled circuit
-and that key once, then runs requests one at a time. A worker that dies takes only its own
-client's request with it; the server answers that client with an error and keeps serving
-the others. :class:`WorkerPool` keeps at most ``max_loaded`` workers (the bounded cache of
-loaded keys), evicting the least recently used.
+server never runs a circuit in its own process: a fixed set of worker processes (started
+with the server, :func:`main`) each load the compiled circuit once, then run requests one at
+a time, each with the evaluation keys it names. A worker keeps the keys it has loaded, at
+most ``max_loaded`` of them, evicting the least recently used (the bounded cache of loaded
+keys); the pool sends a request to an idle worker that has its key loaded when there is one.
+A worker that dies takes only the request it was running with it: the server answers that
+client with an error, starts a new worker and keeps serving the others.
 
-The pipe protocol (no pickle): a request is an 8-byte big-endian length and the message of
-:mod:`fhequant.deployment.wire`; a reply is a status byte (0 ok, 1 error), an 8-byte length
-and either the result message or a JSON error ``{"error": class name, "message": text}``.
-The worker sends one reply when it has loaded the circuit and the key (empty, or the error).
+The pipe protocol (no pickle): a request is a 4-byte big-endian length and the UTF-8 path of
+the key file, then an 8-byte length and the message of :mod:`fhequant.deployment.wire` (an
+empty message only loads the key); a reply is a status byte (0 ok, 1 error), an 8-byte
+length and either the result message or a JSON error ``{"error": class name, "message":
+text}``. A worker sends one reply when it has loaded the circuit (empty, or the error).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from fhequant.errors import DeploymentError, EvaluationKeyError
 __all__ = ["WorkerDiedError", "WorkerPool", "WorkerProcess", "main"]
 
 _LENGTH = struct.Struct(">Q")
+_PATH_LENGTH = struct.Struct(">I")
 _ENTRY = "import sys; from fhequant.deployment.worker import main; sys.exit(main(sys.argv[1:]))"
 _OK, _ERROR = 0, 1
 #: Errors a worker may report, re-raised by the parent as the same class.
@@ -49,10 +52,6 @@ _REPORTED = (
 
 class WorkerDiedError(EvaluationKeyError):
     """A worker process ended while loading keys or running a circuit (concrete aborted)."""
-
-
-class _ClosedError(Exception):
-    """The worker was evicted between the pool's lookup and the request (the pool retries)."""
 
 
 def _read_exactly(stream: IO[bytes], n: int) -> bytes | None:
@@ -90,10 +89,24 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
+def _read_request(stream: IO[bytes]) -> tuple[str, bytes] | None:
+    head = _read_exactly(stream, _PATH_LENGTH.size)
+    path = None if head is None else _read_exactly(stream, _PATH_LENGTH.unpack(head)[0])
+    size = None if path is None else _read_exactly(stream, _LENGTH.size)
+    message = None if size is None else _read_exactly(stream, _LENGTH.unpack(size)[0])
+    if path is None or message is None:
+        return None
+    return path.decode("utf-8"), message
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The worker process: load the circuit and the key, then serve requests until EOF."""
+    """A worker process: load the circuit, then serve requests until its input closes.
+
+    Args:
+        argv: ``[SERVER_DIR, MAX_LOADED]``.
+    """
     args = sys.argv[1:] if argv is None else argv
-    server_dir, key_file = Path(args[0]), Path(args[1])
+    server_dir, max_loaded = Path(args[0]), max(1, int(args[1]))
     # the protocol owns the real stdout; anything printed (by concrete too) goes to stderr
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
@@ -102,21 +115,26 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         server = FHEModelServer(server_dir).load()
-        with _native_stderr_silenced():
-            keys = load_evaluation_keys(key_file)
     except Exception as exc:
         _write_reply(out, _ERROR, _error_payload(exc))
         return 1
     _write_reply(out, _OK, b"")
+    loaded: OrderedDict[str, Any] = OrderedDict()
     while True:
-        head = _read_exactly(requests, _LENGTH.size)
-        if head is None:
+        request = _read_request(requests)
+        if request is None:
             return 0
-        message = _read_exactly(requests, _LENGTH.unpack(head)[0])
-        if message is None:
-            return 0
+        key_file, message = request
         try:
-            result = server.run(message, keys)
+            keys = loaded.get(key_file)
+            if keys is None:
+                with _native_stderr_silenced():
+                    keys = load_evaluation_keys(Path(key_file))
+                loaded[key_file] = keys
+                while len(loaded) > max_loaded:
+                    loaded.popitem(last=False)
+            loaded.move_to_end(key_file)
+            result = server.run(message, keys) if message else b""
         except Exception as exc:
             _write_reply(out, _ERROR, _error_payload(exc))
         else:
@@ -134,18 +152,30 @@ def _raise_reported(payload: bytes) -> None:
 
 
 class WorkerProcess:
-    """A worker process serving one evaluation key (requests one at a time).
+    """A worker process: runs requests one at a time, keeping up to ``max_loaded`` keys.
 
     Args:
         server_dir: the directory holding ``server.zip``.
-        key_file: the evaluation keys on disk.
+        max_loaded: the keys it keeps loaded.
     """
 
-    def __init__(self, server_dir: Path, key_file: Path) -> None:
-        self.server_dir, self.key_file = server_dir, key_file
-        self.lock = threading.Lock()
-        self.closed = False
+    def __init__(self, server_dir: Path, max_loaded: int) -> None:
+        self.server_dir, self.max_loaded = server_dir, max_loaded
+        #: the key ids it has loaded, least recently used first (mirrors the worker's cache)
+        self.loaded: OrderedDict[str, None] = OrderedDict()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._ready = False
+
+    def spawn(self) -> None:
+        """Start the process (it loads the circuit in the background)."""
+        if self._proc is None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", _ENTRY, str(self.server_dir), str(self.max_loaded)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            self._ready = False
+            self.loaded.clear()
 
     def _reply(self) -> bytes:
         proc = self._proc
@@ -156,6 +186,7 @@ class WorkerProcess:
         if head is None or payload is None:
             code = proc.wait()
             self._proc = None
+            self.loaded.clear()
             raise WorkerDiedError(
                 f"the computation aborted with these evaluation keys (worker exit status "
                 f"{code}): they do not fit this model; upload the evaluation keys of a client "
@@ -165,49 +196,33 @@ class WorkerProcess:
             _raise_reported(payload)
         return payload
 
-    def _start(self) -> None:
-        if self._proc is not None:
-            return
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", _ENTRY, str(self.server_dir), str(self.key_file)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        try:
+    def run(self, key_id: str, key_file: Path, message: bytes) -> bytes:
+        """Run a batch message with a key (an empty message only loads the key)."""
+        self.spawn()
+        if not self._ready:
             self._reply()
-        except DeploymentError:
-            self._stop()
-            raise
+            self._ready = True
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            raise DeploymentError("the worker process is not running")
+        path = str(key_file).encode("utf-8")
+        try:
+            proc.stdin.write(_PATH_LENGTH.pack(len(path)) + path + _LENGTH.pack(len(message)))
+            proc.stdin.write(message)
+            proc.stdin.flush()
+        except OSError:
+            pass  # the reply read below reports the dead worker
+        result = self._reply()
+        self.loaded[key_id] = None
+        self.loaded.move_to_end(key_id)
+        while len(self.loaded) > self.max_loaded:
+            self.loaded.popitem(last=False)
+        return result
 
-    def start(self) -> None:
-        """Start the process and wait until it has loaded the circuit and the key.
-
-        Raises:
-            EvaluationKeyError: keys that cannot be read (or that crash the worker).
-            ArtifactError: the circuit cannot be loaded.
-        """
-        with self.lock:
-            if not self.closed:
-                self._start()
-
-    def run(self, message: bytes) -> bytes:
-        """Run a batch message (see :mod:`fhequant.deployment.wire`) and return the result."""
-        with self.lock:
-            if self.closed:
-                raise _ClosedError
-            self._start()
-            proc = self._proc
-            if proc is None or proc.stdin is None:
-                raise DeploymentError("the worker process is not running")
-            try:
-                proc.stdin.write(_LENGTH.pack(len(message)) + message)
-                proc.stdin.flush()
-            except (BrokenPipeError, OSError):
-                pass  # the reply read below reports the dead worker
-            return self._reply()
-
-    def _stop(self) -> None:
+    def close(self) -> None:
+        """End the process."""
         proc, self._proc = self._proc, None
+        self.loaded.clear()
         if proc is None:
             return
         try:
@@ -220,78 +235,90 @@ class WorkerProcess:
         if proc.stdout is not None:
             proc.stdout.close()
 
-    def close(self) -> None:
-        """End the process (after the request it is running, if any)."""
-        with self.lock:
-            self.closed = True
-            self._stop()
-
-    @property
-    def pid(self) -> int | None:
-        """The process id while running."""
-        return None if self._proc is None else self._proc.pid
-
 
 class WorkerPool:
-    """At most ``max_loaded`` worker processes, one per key id, least recently used evicted.
+    """A fixed set of worker processes; each request takes an idle one.
 
     Args:
         server_dir: the directory holding ``server.zip``.
-        max_loaded: the number of keys kept loaded.
+        workers: the number of worker processes (requests run in parallel up to it).
+        max_loaded: the keys each worker keeps loaded.
     """
 
-    def __init__(self, server_dir: Path, max_loaded: int) -> None:
-        self.server_dir = server_dir
+    def __init__(self, server_dir: Path, workers: int = 2, max_loaded: int = 4) -> None:
         self.max_loaded = max(1, int(max_loaded))
-        self._workers: OrderedDict[str, WorkerProcess] = OrderedDict()
-        self._lock = threading.Lock()
+        self._workers = [WorkerProcess(server_dir, self.max_loaded) for _ in range(max(1, workers))]
+        self._idle = list(self._workers)
+        self._ready = threading.Condition()
+        self._closed = False
 
-    def get(self, key_id: str, key_file: Path) -> WorkerProcess:
-        """The worker of a key (created if needed; may evict the least recently used)."""
-        evicted = []
-        with self._lock:
-            worker = self._workers.get(key_id)
-            if worker is None:
-                worker = WorkerProcess(self.server_dir, key_file)
-                self._workers[key_id] = worker
-            self._workers.move_to_end(key_id)
-            while len(self._workers) > self.max_loaded:
-                evicted.append(self._workers.popitem(last=False)[1])
-        for old in evicted:  # closing waits for a running request: not on this thread
-            threading.Thread(target=old.close, daemon=True).start()
-        return worker
+    @property
+    def size(self) -> int:
+        """The number of worker processes."""
+        return len(self._workers)
+
+    def start(self) -> None:
+        """Start every worker process (they load the circuit in the background)."""
+        for worker in self._workers:
+            worker.spawn()
 
     def loaded(self) -> list[str]:
-        """The key ids with a worker, least recently used first."""
-        with self._lock:
-            return list(self._workers)
+        """The key ids loaded in some worker."""
+        with self._ready:
+            return sorted({k for w in self._workers for k in list(w.loaded)})
 
-    def drop(self, key_id: str) -> None:
-        """End and forget the worker of a key."""
-        with self._lock:
-            worker = self._workers.pop(key_id, None)
-        if worker is not None:
-            threading.Thread(target=worker.close, daemon=True).start()
+    def _take(self, key_id: str) -> WorkerProcess:
+        with self._ready:
+            while not self._idle:
+                if self._closed:
+                    raise DeploymentError("the server is shutting down")
+                self._ready.wait()
+            if self._closed:
+                raise DeploymentError("the server is shutting down")
+            chosen = next((w for w in self._idle if key_id in w.loaded), None)
+            if chosen is None:  # the idle worker with the fewest keys loaded
+                chosen = min(self._idle, key=lambda w: len(w.loaded))
+            self._idle.remove(chosen)
+            return chosen
+
+    def _give_back(self, worker: WorkerProcess) -> None:
+        with self._ready:
+            self._idle.append(worker)
+            self._ready.notify()
+
+    def run(self, key_id: str, key_file: Path, message: bytes) -> bytes:
+        """Run a batch with a key on an idle worker (blocking: call it off the event loop).
+
+        Raises:
+            WorkerDiedError: the worker died (keys that do not fit the model); it is
+                replaced by a new one.
+            CiphertextError, EvaluationKeyError: what the worker reported.
+        """
+        worker = self._take(key_id)
+        try:
+            return worker.run(key_id, key_file, message)
+        except WorkerDiedError:
+            worker.close()
+            worker.spawn()
+            raise
+        finally:
+            self._give_back(worker)
+
+    def load(self, key_id: str, key_file: Path) -> None:
+        """Load a key in a worker (checks that concrete can read it)."""
+        self.run(key_id, key_file, b"")
 
     def close(self) -> None:
-        """End every worker."""
-        with self._lock:
-            workers = list(self._workers.values())
-            self._workers.clear()
-        for worker in workers:
+        """End every worker (after the requests they are running)."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+            while len(self._idle) < len(self._workers):
+                self._ready.wait(timeout=60)
+                if len(self._idle) < len(self._workers):
+                    break
+        for worker in self._workers:
             worker.close()
-
-    def run(self, key_id: str, key_file: Path, message: bytes) -> Any:
-        """Run a batch with a key's worker (blocking: call it off the event loop)."""
-        while True:
-            worker = self.get(key_id, key_file)
-            try:
-                return worker.run(message)
-            except _ClosedError:
-                continue  # evicted meanwhile: a new worker is made
-            except WorkerDiedError:
-                self.drop(key_id)
-                raise
 
 
 if __name__ == "__main__":
