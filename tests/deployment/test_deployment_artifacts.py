@@ -245,3 +245,21 @@ def test_no_pickle_in_the_deployment_code() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module:
                 imported.add(node.module.split(".")[0])
     assert not imported & {"pickle", "jsonpickle", "dill", "cloudpickle", "marshal", "shelve"}
+
+
+def test_a_compiled_module_loads_back_without_recompiling(module: Any, tmp_path: Path) -> None:
+    from fhequant.deployment import load_compiled_module, save_compiled_module
+
+    save_compiled_module(module, tmp_path / "saved")
+    loaded = load_compiled_module(tmp_path / "saved")
+    assert loaded.is_compiled
+    x = ROWS[:4]
+    np.testing.assert_array_equal(loaded.forward(x, fhe="execute"), module.forward(x))
+    np.testing.assert_array_equal(loaded.forward(x), module.forward(x))
+    with pytest.raises(errors.NotCompiledError, match="execute"):
+        loaded.forward(x, fhe="simulate")
+    doc = json.loads((tmp_path / "saved" / "module.json").read_text())
+    doc["format_version"] = 0
+    (tmp_path / "saved" / "module.json").write_text(json.dumps(doc))
+    with pytest.raises(errors.ArtifactVersionError):
+        load_compiled_module(tmp_path / "saved")
