@@ -186,6 +186,7 @@ def create_app(
         written = 0
         try:
             with part.open("wb") as handle:
+                part.chmod(0o600)
                 async for chunk in request.stream():
                     written = store.write_stream(handle, chunk, written, limits["max_key_bytes"])
             if written == 0:
