@@ -163,6 +163,7 @@ class WorkerProcess:
         self.server_dir, self.max_loaded = server_dir, max_loaded
         #: the key ids it has loaded, least recently used first (mirrors the worker's cache)
         self.loaded: OrderedDict[str, None] = OrderedDict()
+        self._loaded_lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._ready = False
 
@@ -175,7 +176,7 @@ class WorkerProcess:
                 stdout=subprocess.PIPE,
             )
             self._ready = False
-            self.loaded.clear()
+            self._forget_keys()
 
     def _reply(self) -> bytes:
         proc = self._proc
@@ -186,7 +187,7 @@ class WorkerProcess:
         if head is None or payload is None:
             code = proc.wait()
             self._proc = None
-            self.loaded.clear()
+            self._forget_keys()
             raise WorkerDiedError(
                 f"the computation aborted with these evaluation keys (worker exit status "
                 f"{code}): they do not fit this model; upload the evaluation keys of a client "
@@ -213,16 +214,26 @@ class WorkerProcess:
         except OSError:
             pass  # the reply read below reports the dead worker
         result = self._reply()
-        self.loaded[key_id] = None
-        self.loaded.move_to_end(key_id)
-        while len(self.loaded) > self.max_loaded:
-            self.loaded.popitem(last=False)
+        with self._loaded_lock:
+            self.loaded[key_id] = None
+            self.loaded.move_to_end(key_id)
+            while len(self.loaded) > self.max_loaded:
+                self.loaded.popitem(last=False)
         return result
+
+    def _forget_keys(self) -> None:
+        with self._loaded_lock:
+            self.loaded.clear()
+
+    def loaded_ids(self) -> list[str]:
+        """The key ids it has loaded, least recently used first."""
+        with self._loaded_lock:
+            return list(self.loaded)
 
     def close(self) -> None:
         """End the process."""
         proc, self._proc = self._proc, None
-        self.loaded.clear()
+        self._forget_keys()
         if proc is None:
             return
         try:
@@ -265,7 +276,7 @@ class WorkerPool:
     def loaded(self) -> list[str]:
         """The key ids loaded in some worker."""
         with self._ready:
-            return sorted({k for w in self._workers for k in list(w.loaded)})
+            return sorted({k for w in self._workers for k in w.loaded_ids()})
 
     def _take(self, key_id: str) -> WorkerProcess:
         with self._ready:
