@@ -48,6 +48,7 @@ def _compile(
     inputs_encryption_status: Sequence[str] | None,
     reduce_sum_copy: bool,
     accumulator_bounds: str,
+    calibration: Any = None,
 ) -> QuantizedModule:
     module = build_quantized_module(
         model,
@@ -56,6 +57,7 @@ def _compile(
         n_bits=n_bits,
         rounding_threshold_bits=rounding_threshold_bits,
         reduce_sum_copy=reduce_sum_copy,
+        calibration=calibration,
     )
     module.compile(
         _float_inputs(torch_inputset),
@@ -87,6 +89,7 @@ def compile_torch_model(
     reduce_sum_copy: bool = False,
     device: str = "cpu",
     accumulator_bounds: str = "observed",
+    calibration: Any = None,
 ) -> QuantizedModule:
     """Quantize a torch model and compile it to an FHE circuit.
 
@@ -106,6 +109,8 @@ def compile_torch_model(
         reduce_sum_copy: make ReduceSum copy its input first.
         device: "cpu".
         accumulator_bounds: "observed" or "worst_case".
+        calibration: the statistics choosing the ranges: None/"minmax" (default),
+            "percentile", "mse", "entropy", with parameters, per op (docs/calibration.md).
 
     Returns:
         The compiled QuantizedModule.
@@ -141,6 +146,7 @@ def compile_torch_model(
         inputs_encryption_status,
         reduce_sum_copy,
         accumulator_bounds,
+        calibration,
     )
 
 
@@ -160,6 +166,7 @@ def compile_onnx_model(
     reduce_sum_copy: bool = False,
     device: str = "cpu",
     accumulator_bounds: str = "observed",
+    calibration: Any = None,
 ) -> QuantizedModule:
     """Quantize an ONNX model and compile it to an FHE circuit.
 
@@ -182,6 +189,8 @@ def compile_onnx_model(
         reduce_sum_copy: make ReduceSum copy its input first.
         device: "cpu".
         accumulator_bounds: "observed" or "worst_case".
+        calibration: the statistics choosing the ranges: None/"minmax" (default),
+            "percentile", "mse", "entropy", with parameters, per op (docs/calibration.md).
 
     Returns:
         The compiled QuantizedModule.
@@ -217,6 +226,7 @@ def compile_onnx_model(
         inputs_encryption_status,
         reduce_sum_copy,
         accumulator_bounds,
+        calibration,
     )
 
 
