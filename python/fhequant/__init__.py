@@ -14,7 +14,8 @@ written in the code and what importing each layer loads):
    ``build_quantized_module``;
 5. ``fhe``: compilation, bit widths, simulation and execution with concrete-python;
 6. front doors: ``torch`` (``compile_torch_model``, ``compile_onnx_model``,
-   ``compile_brevitas_qat_model``), this package's namespace, and the command line
+   ``compile_brevitas_qat_model``), ``deployment`` (the client / server split and the
+   inference server), this package's namespace, and the command line
    (``__main__``, ``fhe.demo``) and the pytest plugin (``pytest_plugin``).
 
 Where a lower layer needs behaviour from a higher one, the higher layer registers it when it
@@ -27,7 +28,7 @@ place whatever ``fhequant`` module a user imports first. Optional third-party pa
 
 from __future__ import annotations
 
-from fhequant import errors, fhe, serialization
+from fhequant import deployment, errors, fhe, serialization
 from fhequant._concrete import preserve_exit_status
 from fhequant._core import __version__
 from fhequant.quantization import (
@@ -58,6 +59,7 @@ __all__ = [
     "compile_brevitas_qat_model",
     "compile_onnx_model",
     "compile_torch_model",
+    "deployment",
     "errors",
     "fhe",
     "fill_from_kwargs",

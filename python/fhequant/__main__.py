@@ -1,12 +1,21 @@
-"""Command line: ``fhequant demo [--samples N]``, ``fhequant --version`` (also
-``python -m fhequant ...``)."""
+"""Command line (also ``python -m fhequant ...``):
+
+* ``fhequant demo [--samples N]``: the digits MLP under FHE;
+* ``fhequant serve ARTIFACT_DIR [--host H] [--port P]``: the encrypted-inference server;
+* ``fhequant remote-predict URL INPUT.npy [--output OUT.npy]``: run a .npy file through it;
+* ``fhequant --version``.
+"""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import Any
 
 from fhequant._core import __version__
+from fhequant.deployment import RemoteClient, create_app
+from fhequant.deployment.app import DEFAULT_LIMITS, MB
+from fhequant.errors import MissingDependencyError
 from fhequant.fhe.demo import run_demo
 
 
@@ -42,10 +51,108 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[32],
         help="hidden layer sizes of the MLP (default 32)",
     )
+    _add_serve(sub)
+    _add_remote_predict(sub)
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "remote-predict":
+        return _remote_predict(args)
     if args.samples < 0:
         parser.error("--samples must be >= 0")
     run_demo(samples=args.samples, hidden=args.hidden)
+    return 0
+
+
+def _add_serve(sub: Any) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model saved by FHEModelDev for encrypted inference (needs fhequant[serve])",
+    )
+    serve.add_argument("artifact_dir", help="the directory holding server.zip (and client.zip)")
+    serve.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument(
+        "--keys-dir",
+        default=None,
+        help="where uploaded evaluation keys are kept (ARTIFACT_DIR/keys)",
+    )
+    limits = DEFAULT_LIMITS
+    serve.add_argument(
+        "--max-key-mb",
+        type=float,
+        default=limits["max_key_bytes"] / MB,
+        help="largest evaluation-key upload in MiB (default %(default)g)",
+    )
+    serve.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=limits["max_request_bytes"] / MB,
+        help="largest predict request in MiB (default %(default)g)",
+    )
+    serve.add_argument(
+        "--max-loaded-keys",
+        type=int,
+        default=limits["max_loaded_keys"],
+        help="evaluation keys each worker process keeps loaded (default %(default)d)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=limits["workers"],
+        help="worker processes running circuits, in parallel (default %(default)d)",
+    )
+    serve.add_argument("--log-level", default="info", help="uvicorn's log level")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "fhequant serve needs uvicorn and FastAPI: pip install fhequant[serve]"
+        ) from exc
+    app = create_app(
+        args.artifact_dir,
+        keys_dir=args.keys_dir,
+        max_key_bytes=int(args.max_key_mb * MB),
+        max_request_bytes=int(args.max_request_mb * MB),
+        max_loaded_keys=args.max_loaded_keys,
+        workers=args.workers,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _add_remote_predict(sub: Any) -> None:
+    remote = sub.add_parser(
+        "remote-predict",
+        help="encrypt the rows of a .npy file, run them on an fhequant server, decrypt",
+    )
+    remote.add_argument("url", help="the server, e.g. http://127.0.0.1:8000")
+    remote.add_argument("input", help="a .npy file of float rows (rows on axis 0)")
+    remote.add_argument("--output", default=None, help="write the outputs to this .npy file")
+    remote.add_argument(
+        "--client-dir", default=None, help="directory of client.zip (default: download it)"
+    )
+    remote.add_argument("--key-dir", default=None, help="where to keep the client's keys")
+    remote.add_argument(
+        "--integers", action="store_true", help="output the decrypted integers (no dequantize)"
+    )
+
+
+def _remote_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    x = np.load(args.input, allow_pickle=False)
+    with RemoteClient(args.url, path_dir=args.client_dir, key_dir=args.key_dir) as client:
+        y = client.predict(x, dequantize=not args.integers)
+    outputs = y if isinstance(y, tuple) else (y,)
+    if args.output is not None:
+        np.save(args.output, outputs[0], allow_pickle=False)
+    else:
+        for out in outputs:
+            print(np.array2string(np.asarray(out), threshold=1000))
     return 0
 
 

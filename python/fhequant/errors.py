@@ -13,12 +13,17 @@ from __future__ import annotations
 
 __all__ = [
     "ArgumentError",
+    "ArtifactError",
+    "ArtifactVersionError",
     "BitWidthError",
     "CalibrationConfigError",
+    "CiphertextError",
     "CompilationError",
     "ConfigurationError",
     "DTypeError",
+    "DeploymentError",
     "EmptyTensorError",
+    "EvaluationKeyError",
     "FhequantError",
     "GraphInputError",
     "InvalidOptionKeyError",
@@ -33,8 +38,11 @@ __all__ = [
     "OverflowRiskError",
     "QuantizationError",
     "QuantizedOpError",
+    "RemoteError",
+    "RequestTooLargeError",
     "SerializationError",
     "ShapeError",
+    "UnknownKeyError",
     "UnquantizedTensorError",
     "UnsupportedOpError",
     "UnsupportedOptionError",
@@ -178,6 +186,57 @@ class SerializationError(FhequantError, ValueError):
 
 class MissingDependencyError(FhequantError, ImportError):
     """An optional dependency that the requested feature needs is not installed."""
+
+
+# --- deployment (fhequant.deployment) ---------------------------------------------------------
+
+
+class DeploymentError(FhequantError):
+    """Base class of the errors of the client / server split (``fhequant.deployment``)."""
+
+
+class ArtifactError(DeploymentError, SerializationError):
+    """A deployment artifact (``client.zip``, ``server.zip``, a saved compiled module) that is
+    missing, corrupted or not fhequant's."""
+
+
+class ArtifactVersionError(ArtifactError):
+    """A deployment artifact written by an incompatible format version or concrete-python
+    version."""
+
+
+class CiphertextError(DeploymentError, ValueError):
+    """Serialized ciphertexts that are malformed, truncated, of the wrong count or shape, or
+    made for another model."""
+
+
+class EvaluationKeyError(DeploymentError, ValueError):
+    """Serialized evaluation keys that are malformed, truncated or do not fit the model."""
+
+
+class UnknownKeyError(DeploymentError, LookupError):
+    """An evaluation-key id the server does not know."""
+
+
+class RequestTooLargeError(DeploymentError, ValueError):
+    """An upload or request larger than the server's configured limit."""
+
+
+class RemoteError(DeploymentError, RuntimeError):
+    """The inference server answered with an error.
+
+    Attributes:
+        status: the HTTP status code.
+        code: the server's error code (e.g. ``"unknown_key"``), or None.
+    """
+
+    def __init__(self, message: str, status: int = 0, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+    def __reduce__(self) -> tuple[type, tuple[str, int, str | None]]:
+        return (type(self), (str(self), self.status, self.code))
 
 
 # --- warnings -------------------------------------------------------------------------------

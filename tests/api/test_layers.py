@@ -54,6 +54,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "fhequant.torch",
             "fhequant.__main__",
             "fhequant.fhe.demo",
+            "fhequant.deployment",
             "fhequant.pytest_plugin",
         ),
     ),
