@@ -27,7 +27,7 @@ place whatever ``fhequant`` module a user imports first. Optional third-party pa
 
 from __future__ import annotations
 
-from fhequant import errors, fhe, serialization
+from fhequant import distributed, errors, fhe, serialization
 from fhequant._concrete import preserve_exit_status
 from fhequant._core import __version__
 from fhequant.quantization import (
@@ -58,6 +58,7 @@ __all__ = [
     "compile_brevitas_qat_model",
     "compile_onnx_model",
     "compile_torch_model",
+    "distributed",
     "errors",
     "fhe",
     "fill_from_kwargs",

@@ -17,6 +17,7 @@ __all__ = [
     "CompilationError",
     "ConfigurationError",
     "DTypeError",
+    "DistributedError",
     "EmptyTensorError",
     "FhequantError",
     "GraphInputError",
@@ -172,6 +173,19 @@ class SerializationError(FhequantError, ValueError):
 
 class MissingDependencyError(FhequantError, ImportError):
     """An optional dependency that the requested feature needs is not installed."""
+
+
+class DistributedError(FhequantError, RuntimeError):
+    """A row block of a distributed (Dask) calibration or inference failed; ``block`` is its
+    index (None when the failure is not one block's) and the original error is the cause."""
+
+    def __init__(self, message: str, block: int | None = None) -> None:
+        super().__init__(message)
+        self.block = block
+
+    def __reduce__(self) -> tuple[type[DistributedError], tuple[str, int | None]]:
+        # raised on a Dask worker and pickled back to the client: keep the block
+        return (type(self), (str(self.args[0]), self.block))
 
 
 # --- warnings -------------------------------------------------------------------------------
