@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from fhequant.distributed._dask import DaskData
 from fhequant.distributed.calibration import DaskCalibrationEngine
+from fhequant.distributed.inference import ShippingReport, forward
 from fhequant.quantized.build import register_calibration_engine
 
-__all__ = ["DaskData"]
+__all__ = ["DaskData", "ShippingReport", "forward"]
 
 register_calibration_engine(DaskCalibrationEngine())
