@@ -74,7 +74,10 @@ class _PeakRss:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            found = self.client.run(self._rss) if self.client is not None else {"local": self._rss()}
+            if self.client is not None:
+                found = self.client.run(self._rss)
+            else:
+                found = {"local": self._rss()}
             for key, value in found.items():
                 self.peak[key] = max(self.peak.get(key, 0), value)
             self._stop.wait(0.2)
@@ -112,7 +115,8 @@ def bench_calibration(rows: int, onnx_module: Any) -> dict[str, Any]:
     x = _lazy_rows(rows)
     cluster, client = _cluster(2)
     try:
-        client.run(lambda: __import__("fhequant"))  # imports outside the timing
+        # imports (fhequant, and concrete for the rounding points) outside the timing
+        client.run(lambda: __import__("concrete.fhe") and __import__("fhequant"))
         with _PeakRss(client) as workers:
             start = time.perf_counter()
             dist = build_quantized_module(onnx_module, x, **kwargs)
