@@ -134,3 +134,17 @@ def test_merges_are_the_local_folds() -> None:
         assert merged is not None
         for q in (0.1, 99.9):
             assert percentile_from_tails(merged, q) == np.percentile(values, q)
+
+
+@pytest.mark.slow
+def test_compile_onnx_model_takes_dask_data(client: Any) -> None:
+    from fhequant import compile_onnx_model
+
+    model = mlp([12, 6, 3], seed=2)
+    x = X_MLP[:300]
+    local = compile_onnx_model(model, x, n_bits=4)
+    dist = compile_onnx_model(model, DaskData(_uneven(x, (100, 200)), client=client), n_bits=4)
+    assert dist.dumps() == local.dumps()
+    np.testing.assert_array_equal(
+        dist.forward(x[:5], fhe="simulate"), local.forward(x[:5], fhe="simulate")
+    )
