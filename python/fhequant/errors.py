@@ -14,6 +14,7 @@ from __future__ import annotations
 __all__ = [
     "ArgumentError",
     "BitWidthError",
+    "CalibrationConfigError",
     "CompilationError",
     "ConfigurationError",
     "DTypeError",
@@ -111,6 +112,11 @@ class ConfigurationError(FhequantError, ValueError):
     """Conflicting or unsupported options of a compile / run call (p_error and
     global_p_error together, bad encryption statuses, an unknown device or bound mode, a
     model given to the wrong entry point)."""
+
+
+class CalibrationConfigError(ConfigurationError):
+    """A bad ``calibration=`` argument: an unknown method or parameter, or per-op settings
+    naming ops the model does not have."""
 
 
 class BitWidthError(FhequantError, ValueError):

@@ -322,6 +322,11 @@ class DaskCalibrationEngine:
                 "QAT import (import_qat=True) does not calibrate on Dask data yet; give the "
                 "calibration data as arrays"
             )
+        if kwargs.get("calibration") is not None:
+            raise ConfigurationError(
+                "calibration methods other than min/max (calibration=...) do not run on Dask "
+                "data yet; give the calibration data as arrays"
+            )
         raw, client = self._unwrap(data)
         block_rows = kwargs["block_rows"]
         if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:

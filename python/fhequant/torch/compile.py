@@ -53,6 +53,7 @@ def _compile(
     inputs_encryption_status: Sequence[str] | None,
     reduce_sum_copy: bool,
     accumulator_bounds: str,
+    calibration: Any = None,
 ) -> QuantizedModule:
     module = build_quantized_module(
         model,
@@ -61,6 +62,7 @@ def _compile(
         n_bits=n_bits,
         rounding_threshold_bits=rounding_threshold_bits,
         reduce_sum_copy=reduce_sum_copy,
+        calibration=calibration,
     )
     module.compile(
         _float_inputs(torch_inputset),
@@ -92,6 +94,7 @@ def compile_torch_model(
     reduce_sum_copy: bool = False,
     device: str = "cpu",
     accumulator_bounds: str = "observed",
+    calibration: Any = None,
 ) -> QuantizedModule:
     """Quantize a torch model and compile it to an FHE circuit.
 
@@ -111,6 +114,8 @@ def compile_torch_model(
         reduce_sum_copy: make ReduceSum copy its input first.
         device: "cpu".
         accumulator_bounds: "observed" or "worst_case".
+        calibration: the statistics choosing the ranges: None/"minmax" (default),
+            "percentile", "mse", "entropy", with parameters, per op (docs/calibration.md).
 
     Returns:
         The compiled QuantizedModule.
@@ -146,6 +151,7 @@ def compile_torch_model(
         inputs_encryption_status,
         reduce_sum_copy,
         accumulator_bounds,
+        calibration,
     )
 
 
@@ -165,6 +171,7 @@ def compile_onnx_model(
     reduce_sum_copy: bool = False,
     device: str = "cpu",
     accumulator_bounds: str = "observed",
+    calibration: Any = None,
 ) -> QuantizedModule:
     """Quantize an ONNX model and compile it to an FHE circuit.
 
@@ -187,6 +194,8 @@ def compile_onnx_model(
         reduce_sum_copy: make ReduceSum copy its input first.
         device: "cpu".
         accumulator_bounds: "observed" or "worst_case".
+        calibration: the statistics choosing the ranges: None/"minmax" (default),
+            "percentile", "mse", "entropy", with parameters, per op (docs/calibration.md).
 
     Returns:
         The compiled QuantizedModule.
@@ -222,6 +231,7 @@ def compile_onnx_model(
         inputs_encryption_status,
         reduce_sum_copy,
         accumulator_bounds,
+        calibration,
     )
 
 
