@@ -28,7 +28,7 @@ place whatever ``fhequant`` module a user imports first. Optional third-party pa
 
 from __future__ import annotations
 
-from fhequant import deployment, errors, fhe, serialization
+from fhequant import deployment, distributed, errors, fhe, serialization
 from fhequant._concrete import preserve_exit_status
 from fhequant._core import __version__
 from fhequant.quantization import (
@@ -60,6 +60,7 @@ __all__ = [
     "compile_onnx_model",
     "compile_torch_model",
     "deployment",
+    "distributed",
     "errors",
     "fhe",
     "fill_from_kwargs",

@@ -22,6 +22,7 @@ __all__ = [
     "ConfigurationError",
     "DTypeError",
     "DeploymentError",
+    "DistributedError",
     "EmptyTensorError",
     "EvaluationKeyError",
     "FhequantError",
@@ -237,6 +238,17 @@ class RemoteError(DeploymentError, RuntimeError):
 
     def __reduce__(self) -> tuple[type, tuple[str, int, str | None]]:
         return (type(self), (str(self), self.status, self.code))
+class DistributedError(FhequantError, RuntimeError):
+    """A row block of a distributed (Dask) calibration or inference failed; ``block`` is its
+    index (None when the failure is not one block's) and the original error is the cause."""
+
+    def __init__(self, message: str, block: int | None = None) -> None:
+        super().__init__(message)
+        self.block = block
+
+    def __reduce__(self) -> tuple[type[DistributedError], tuple[str, int | None]]:
+        # raised on a Dask worker and pickled back to the client: keep the block
+        return (type(self), (str(self.args[0]), self.block))
 
 
 # --- warnings -------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "front doors",
         (
             "fhequant",
+            "fhequant.distributed",
             "fhequant.torch",
             "fhequant.__main__",
             "fhequant.fhe.demo",

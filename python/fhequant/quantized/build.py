@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
+from typing import Any, Protocol
 
 import onnx
 
@@ -27,7 +27,40 @@ from fhequant.quantized.streaming import (
     normalize_calibration_data,
 )
 
-__all__ = ["MIN_CALIBRATION_ROWS", "build_quantized_module"]
+__all__ = [
+    "MIN_CALIBRATION_ROWS",
+    "CalibrationEngine",
+    "build_quantized_module",
+    "register_calibration_engine",
+]
+
+
+class CalibrationEngine(Protocol):
+    """Calibrates data of its own kind (e.g. Dask collections, registered by the front-door
+    layer ``fhequant.distributed``) with the numbers of :func:`quantize_module`."""
+
+    def claims(self, data: Any) -> bool:
+        """Whether this engine calibrates ``data``."""
+
+    def first_sample(self, data: Any) -> Any:
+        """A few leading rows as arrays (the dummy input of a torch export)."""
+
+    def quantize_module(self, onnx_model: onnx.ModelProto, data: Any, **kwargs: Any) -> Any:
+        """What :func:`quantize_module` returns, for the same keyword arguments plus
+        ``check_inputs`` (validate the raw inputs against the model)."""
+
+
+_ENGINES: list[CalibrationEngine] = []
+
+
+def register_calibration_engine(engine: CalibrationEngine) -> None:
+    """Let ``build_quantized_module`` hand the data ``engine`` claims to it (later
+    registrations are asked first)."""
+    _ENGINES.insert(0, engine)
+
+
+def _engine_for(data: Any) -> CalibrationEngine | None:
+    return next((engine for engine in _ENGINES if engine.claims(data)), None)
 
 
 def _first_sample(data: Any) -> Any:
@@ -152,26 +185,32 @@ def build_quantized_module(
         The calibrated QuantizedModule (fhe="disable" ready).
     """
     _check_ptq_weight_bits(n_bits, import_qat)
-    numpy_module = _numpy_module(model, calibration_data)
+    engine = _engine_for(calibration_data)
+    sample = calibration_data if engine is None else engine.first_sample(calibration_data)
+    numpy_module = _numpy_module(model, sample)
     onnx_model = numpy_module.onnx_model
     preprocess = (
         numpy_module.preprocess_inputs if numpy_module.onnx_preprocessing is not None else None
     )
-    calib = normalize_calibration_data(calibration_data)
-    if preprocess is None:
-        calib.check = input_checker(onnx_model)
-    result = quantize_module(
-        onnx_model,
-        calib,
-        n_bits=n_bits,
-        rounding_threshold_bits=rounding_threshold_bits,
-        import_qat=import_qat,
-        block_rows=batch_size,
-        memory_budget=memory_budget,
-        verbose=verbose,
-        preprocess=preprocess,
-        calibration=calibration,
-    )
+    options: dict[str, Any] = {
+        "n_bits": n_bits,
+        "rounding_threshold_bits": rounding_threshold_bits,
+        "import_qat": import_qat,
+        "block_rows": batch_size,
+        "memory_budget": memory_budget,
+        "verbose": verbose,
+        "preprocess": preprocess,
+        "calibration": calibration,
+    }
+    if engine is not None:
+        result = engine.quantize_module(
+            onnx_model, calibration_data, check_inputs=preprocess is None, **options
+        )
+    else:
+        calib = normalize_calibration_data(calibration_data)
+        if preprocess is None:
+            calib.check = input_checker(onnx_model)
+        result = quantize_module(onnx_model, calib, **options)
     _warn_about_calibration(result)
     module = QuantizedModule(
         result["input_names"],

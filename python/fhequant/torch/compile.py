@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from fhequant.distributed._dask import DaskData, is_dask
 from fhequant.errors import ConfigurationError
 from fhequant.onnx import NumpyModule
 from fhequant.quantized.build import build_quantized_module
@@ -24,7 +25,11 @@ __all__ = ["compile_onnx_model", "compile_torch_model"]
 
 
 def _float_inputs(inputset: Any) -> tuple[np.ndarray, ...]:
+    if isinstance(inputset, DaskData):
+        inputset = inputset.data
     items = tuple(inputset) if isinstance(inputset, tuple | list) else (inputset,)
+    # Dask data (calibrated on the cluster) is computed here: the compiler measures its bounds
+    items = tuple(v.compute() if is_dask(v) else v for v in items)
     return tuple(as_numpy(v, "torch_inputset") for v in items)
 
 
