@@ -238,6 +238,8 @@ class RemoteError(DeploymentError, RuntimeError):
 
     def __reduce__(self) -> tuple[type, tuple[str, int, str | None]]:
         return (type(self), (str(self), self.status, self.code))
+
+
 class DistributedError(FhequantError, RuntimeError):
     """A row block of a distributed (Dask) calibration or inference failed; ``block`` is its
     index (None when the failure is not one block's) and the original error is the cause."""

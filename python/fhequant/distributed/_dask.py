@@ -16,6 +16,7 @@ def require_dask() -> tuple[Any, Any]:
     """``(dask.array, distributed)``, or a MissingDependencyError naming the extra."""
     try:
         import dask.array as da
+
         import distributed
     except ImportError as exc:  # pragma: no cover - the dask extra is in the test extra
         raise MissingDependencyError(
