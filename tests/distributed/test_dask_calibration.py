@@ -65,7 +65,7 @@ def test_cnn_batchnorm_percentiles_equal_local(client: Any) -> None:
 
 
 def test_dataframe_of_feature_columns(client: Any) -> None:
-    # the test extra pins a pyarrow that runs on numpy < 2 (pyarrow >= 21 needs numpy 2)
+    # the test extra pins a pyarrow that runs on numpy < 2 (recent releases need numpy 2)
     import dask.dataframe as dd
     import pandas as pd
 
