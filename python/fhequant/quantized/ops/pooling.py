@@ -331,18 +331,7 @@ class QuantizedReduceSum(QuantizedMixingOp):
             )
 
     def _axes(self, ndim: int, axes: Any) -> tuple[int, ...]:
-        if axes is None or np.size(axes) == 0:
-            if self.attrs.get("noop_with_empty_axes", 0):
-                return ()
-            result = tuple(range(ndim))
-        else:
-            result = tuple(sorted(int(a) % ndim for a in np.ravel(_raw(axes))))
-        if 0 in result:
-            raise QuantizedOpError(
-                f"{self._label()}: summing over axis 0 (the batch axis) is not supported; "
-                f"axes resolve to {list(result)}"
-            )
-        return result
+        return _reduction_axes(self, ndim, axes, "summing")
 
     def calibrate(self, *inputs: Any) -> Any:
         """Float calibration; rejects a sum over the batch axis.
@@ -389,6 +378,23 @@ class QuantizedReduceSum(QuantizedMixingOp):
         centred = self.cnp_round(total - n * z_x, calibrate_rounding, "single_rounding_op")
         self._track("accumulator", centred)
         return self.make_output_quant_array(centred * q_x.quantizer.scale)
+
+
+def _reduction_axes(op: QuantizedOp, ndim: int, axes: Any, verb: str) -> tuple[int, ...]:
+    """The sorted non-negative axes a Reduce* op reduces over (ONNX defaults: all axes, or none
+    with ``noop_with_empty_axes``); the batch axis 0 is refused naming the op."""
+    if axes is None or np.size(_raw(axes)) == 0:
+        if op.attrs.get("noop_with_empty_axes", 0):
+            return ()
+        result = tuple(range(ndim))
+    else:
+        result = tuple(sorted(int(a) % ndim for a in np.ravel(_raw(axes))))
+    if 0 in result:
+        raise QuantizedOpError(
+            f"{op._label()}: {verb} over axis 0 (the batch axis) is not supported; "
+            f"axes resolve to {list(result)}"
+        )
+    return result
 
 
 class _MeanOverAxes(QuantizedMixingOp):
@@ -468,18 +474,7 @@ class QuantizedReduceMean(_MeanOverAxes):
     def _reduced_axes(self, ndim: int, axes: Any) -> tuple[int, ...]:
         if axes is None and self.attrs.get("axes"):
             axes = self.attrs["axes"]
-        if axes is None or np.size(_raw(axes)) == 0:
-            if self.attrs.get("noop_with_empty_axes", 0):
-                return ()
-            result = tuple(range(ndim))
-        else:
-            result = tuple(sorted(int(a) % ndim for a in np.ravel(_raw(axes))))
-        if 0 in result:
-            raise QuantizedOpError(
-                f"{self._label()}: averaging over axis 0 (the batch axis) is not supported; "
-                f"axes resolve to {list(result)}"
-            )
-        return result
+        return _reduction_axes(self, ndim, axes, "averaging")
 
     def calibrate(self, *inputs: Any) -> Any:
         """Float calibration; rejects a mean over the batch axis.
