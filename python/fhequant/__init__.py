@@ -30,6 +30,7 @@ from __future__ import annotations
 from fhequant import errors, fhe, serialization
 from fhequant._concrete import preserve_exit_status
 from fhequant._core import __version__
+from fhequant.fhe.tune import TuneResult, tune
 from fhequant.quantization import (
     STABILITY_CONST,
     MinMaxQuantizationStats,
@@ -51,6 +52,7 @@ __all__ = [
     "QuantizedArray",
     "QuantizedModule",
     "TorchUniformQuantizer",
+    "TuneResult",
     "UniformQuantizationParameters",
     "UniformQuantizer",
     "__version__",
@@ -63,4 +65,5 @@ __all__ = [
     "fill_from_kwargs",
     "preserve_exit_status",
     "serialization",
+    "tune",
 ]
