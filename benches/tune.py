@@ -80,14 +80,16 @@ def _figures(module: Any, x_test: np.ndarray, y_test: np.ndarray, execute: bool)
 
 def bench(name: str, execute: bool) -> dict[str, Any]:
     x_train, x_test, y_train, y_test = load_digits_split()
+    # the last 300 training rows are held out of training: the search's validation set
+    x_fit, y_fit = x_train[:-300], y_train[:-300]
     if name == "mlp":
-        net = train_mlp(x_train, y_train, hidden=(128, 128), epochs=40)
+        net = train_mlp(x_fit, y_fit, hidden=(128, 128), epochs=40)
         shape = (-1, 64)
     else:
         shape = (-1, 1, 8, 8)
-        net = _cnn(x_train.reshape(shape), y_train)
+        net = _cnn(x_fit.reshape(shape), y_fit)
     x_train, x_test = x_train.reshape(shape), x_test.reshape(shape)
-    x_cal, x_val, y_val = x_train, x_train[-400:], y_train[-400:]
+    x_cal, x_val, y_val = x_train, x_train[-300:], y_train[-300:]
     n, r = HAND[name]
     hand = build_quantized_module(net, x_cal, n_bits=n, rounding_threshold_bits=r)
     hand.compile(x_cal)

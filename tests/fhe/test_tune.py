@@ -14,6 +14,7 @@ import onnx
 import pytest
 
 import fhequant
+from fhequant._concrete import fhe_module
 from fhequant.errors import ArgumentError, TuningError
 from fhequant.fhe.tune import top1_agreement
 from ptq_helpers import mlp
@@ -41,12 +42,14 @@ def test_auto_is_refused_where_nothing_searches() -> None:
 
 @pytest.mark.slow
 def test_tune_respects_the_budgets(tmp_path: Path) -> None:
+    fhe_module()  # concrete's first import is no part of the search
     budget = 25.0
     lines: list[str] = []
     start = time.monotonic()
     result = fhequant.tune(mlp([6, 8, 3]), X, time_budget=budget, progress=lines.append)
     elapsed = time.monotonic() - start
-    assert elapsed <= budget * 1.3 + 5  # the final compile may run past the clock a little
+    # the search stops on time; the compile of the chosen setting may follow it
+    assert elapsed - result.extra["final_compile_s"] <= budget * 1.2, "\n".join(lines)
     assert lines and result.candidates
     assert result.metric >= result.reference_metric - 0.01  # simulated, within 1 point
     assert result.cost.fits and result.module.fhe_circuit is not None

@@ -114,6 +114,8 @@ class TuneResult:
         candidates: every evaluated setting.
         cost: the chosen module's CostReport.
         elapsed_s: the search time.
+        extra: "floor" (the metric floor) and "final_compile_s" (the compile and simulation
+            of the chosen setting after the search, when its p_error was not compiled yet).
     """
 
     module: Any
@@ -429,9 +431,11 @@ def tune(
     module = s.build(best.n_bits, best.rounding)
     compiled: Any = _NOT_COMPILED
     sim = float("nan")
+    compile_s = 0.0
     for p in P_ERRORS if p_phase else ():
-        if s.left() <= 0:
+        if s.left() <= compile_s:
             break
+        compile_start = time.monotonic()
         module.compile(calib, p_error=p, accumulator_bounds=accumulator_bounds)
         compiled, sim = p, _simulated_metric(s, module)
         report = cost_report(module, p_error=p, cost_model=s.cost_model)
@@ -441,18 +445,22 @@ def tune(
                 report.max_tlu_bits, "p_error", simulated=True,
             )
         )  # fmt: skip
+        compile_s = time.monotonic() - compile_start
         say(f"[p_error {p:g}] simulated metric {100 * sim:.2f}%")
         if sim >= floor:
             chosen_p = p
             break
+    final_s = 0.0
     if compiled is _NOT_COMPILED or compiled != chosen_p:
+        final_start = time.monotonic()
         module.compile(calib, p_error=chosen_p, accumulator_bounds=accumulator_bounds)
         sim = _simulated_metric(s, module)
+        final_s = time.monotonic() - final_start
     report = cost_report(module, p_error=chosen_p, cost_model=s.cost_model)
     say(f"chosen: simulated metric {100 * sim:.2f}%, est. {report.latency_s:.3g} s/sample")
     return TuneResult(
         module, n_map, r_map, chosen_p, sim, reference, s.candidates, report,
-        time.monotonic() - start, {"floor": floor},
+        time.monotonic() - start, {"floor": floor, "final_compile_s": final_s},
     )  # fmt: skip
 
 
