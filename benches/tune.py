@@ -3,10 +3,10 @@
 On scikit-learn's digits: the MLP 64-128-128-10 (hand: n_bits 6, rounding_threshold_bits 6)
 and the CNN of benches/ptq.py, Conv(1→8,3,p1)-ReLU-Conv(8→16,3,s2,p1)-ReLU-Linear(256→10)
 (hand: n_bits 5, rounding 6). For each: ``fhequant.tune`` (time_budget 60 s, accuracy budget
-0.5 point of validation accuracy against the float model), then both modules compiled; the
-same-run baseline is the hand configuration. Prints ONE JSON object with, per model: the
-circuits' ``complexity`` and PBS counts (predicted and compiled), the ratio auto / hand, the
-FHE-simulated test accuracies, the search time, and the cost model's prediction errors
+1 point of validation accuracy against the float model, the default), then both modules
+compiled; the same-run baseline is the hand configuration. Prints ONE JSON object with, per
+model: the circuits' ``complexity`` and PBS counts (predicted and compiled), the ratio
+auto / hand, the FHE-simulated test accuracies, the search time, and the cost model's prediction errors
 (complexity and, with ``--execute``, the latency of one real encrypted sample after keygen).
 
 ``python benches/tune.py [--execute] [mlp|cnn]``.
@@ -96,7 +96,7 @@ def bench(name: str, execute: bool) -> dict[str, Any]:
     hand_fig = _figures(hand, x_test, y_test, execute)
     start = time.perf_counter()
     result = tune(
-        net, x_cal, x_val, y_val, accuracy_budget=0.5, time_budget=60,
+        net, x_cal, x_val, y_val, accuracy_budget=1.0, time_budget=60,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )  # fmt: skip
     search_s = time.perf_counter() - start

@@ -89,3 +89,15 @@ def test_tune_command_line(tmp_path: Path) -> None:
         capture_output=True, text=True, env=env, timeout=600, check=False,
     )  # fmt: skip
     assert bad.returncode == 2 and "best metric" in bad.stderr
+
+
+@pytest.mark.slow
+def test_compile_torch_model_auto_rounding() -> None:
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    module = fhequant.compile_torch_model(net, X, n_bits=5, rounding_threshold_bits="auto")
+    assert module.fhe_circuit is not None
+    ops = [op for _, (_, op) in module.quant_layers_dict.items() if op.is_mixing]
+    assert all(op.input_quant_opts.n_bits == 5 for op in ops)  # n_bits kept as given
+    assert module.cost_report().fits

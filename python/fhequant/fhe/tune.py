@@ -15,10 +15,10 @@ computes exactly what the circuit computes except for table-lookup errors:
 2. per-op refinement from the best uniform setting: one op's rounding or n_bits one bit
    lower at a time, the moves tried in order of the cost they save, the first that keeps
    the metric in budget taken;
-3. p_error, which the clear path cannot see: the module is compiled at each p_error class,
-   largest first, and the metric measured with ``fhe="simulate"`` (table-lookup errors drawn
-   as concrete would make them); the largest class in budget wins, and the final module's
-   simulated metric is the confirmation.
+3. p_error, which the clear path cannot see: the module is compiled at 1e-2 and the metric
+   measured with ``fhe="simulate"`` (table-lookup errors drawn as concrete would make them);
+   in budget, 5e-2 is tried next, else 1e-3; the largest class in budget wins (none: the
+   default 2**-40), and the final module's simulated metric is the confirmation.
 
 Everything runs within ``time_budget`` seconds (the phases share it; the search stops where
 it is when time runs out and keeps the best feasible setting found). The result holds the
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from fhequant.errors import BitWidthError, TuningError
+from fhequant.errors import BitWidthError, CompilationError, TuningError
 from fhequant.fhe.cost import CostReport, _pyplot, cost_report
 from fhequant.fhe.cost_model import CostModel, load_cost_model
 from fhequant.quantized.build import _numpy_module, build_quantized_module
@@ -432,11 +432,16 @@ def tune(
     compiled: Any = _NOT_COMPILED
     sim = float("nan")
     compile_s = 0.0
-    for p in P_ERRORS if p_phase else ():
+    order = list(P_ERRORS[1:2]) if p_phase else []  # 1e-2 first, then 5e-2 or 1e-3
+    while order:
+        p = order.pop(0)
         if s.left() <= compile_s:
             break
         compile_start = time.monotonic()
-        module.compile(calib, p_error=p, accumulator_bounds=accumulator_bounds)
+        try:
+            module.compile(calib, p_error=p, accumulator_bounds=accumulator_bounds)
+        except CompilationError:
+            continue
         compiled, sim = p, _simulated_metric(s, module)
         report = cost_report(module, p_error=p, cost_model=s.cost_model)
         s.candidates.append(
@@ -449,7 +454,11 @@ def tune(
         say(f"[p_error {p:g}] simulated metric {100 * sim:.2f}%")
         if sim >= floor:
             chosen_p = p
-            break
+            bigger = [q for q in P_ERRORS if q > p]
+            order = bigger[-1:] if bigger else []
+        elif chosen_p is None:
+            smaller = [q for q in P_ERRORS if q < p]
+            order = smaller[:1]
     final_s = 0.0
     if compiled is _NOT_COMPILED or compiled != chosen_p:
         final_start = time.monotonic()
