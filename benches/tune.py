@@ -6,8 +6,9 @@ and the CNN of benches/ptq.py, Conv(1→8,3,p1)-ReLU-Conv(8→16,3,s2,p1)-ReLU-L
 1 point of validation accuracy against the float model, the default), then both modules
 compiled; the same-run baseline is the hand configuration. Prints ONE JSON object with, per
 model: the circuits' ``complexity`` and PBS counts (predicted and compiled), the ratio
-auto / hand, the FHE-simulated test accuracies, the search time, and the cost model's prediction errors
-(complexity and, with ``--execute``, the latency of one real encrypted sample after keygen).
+auto / hand, the FHE-simulated test accuracies, the search time, and the cost model's
+prediction errors (complexity and, with ``--execute``, the latency of one real encrypted
+sample after keygen).
 
 ``python benches/tune.py [--execute] [mlp|cnn]``.
 """
