@@ -114,8 +114,9 @@ class TuneResult:
         candidates: every evaluated setting.
         cost: the chosen module's CostReport.
         elapsed_s: the search time.
-        extra: "floor" (the metric floor) and "final_compile_s" (the compile and simulation
-            of the chosen setting after the search, when its p_error was not compiled yet).
+        extra: "floor" (the metric floor), "final_compile_s" (the compile and simulation of
+            the chosen setting after the search, when its p_error was not compiled yet) and
+            "step_s" (the longest p_error step: a step started in time runs to its end).
     """
 
     module: Any
@@ -431,11 +432,11 @@ def tune(
     module = s.build(best.n_bits, best.rounding)
     compiled: Any = _NOT_COMPILED
     sim = float("nan")
-    compile_s = 0.0
+    compile_s = step_s = 0.0
     order = list(P_ERRORS[1:2]) if p_phase else []  # 1e-2 first, then 5e-2 or 1e-3
     while order:
         p = order.pop(0)
-        if s.left() <= compile_s:
+        if s.left() <= max(compile_s, 0.2 * time_budget):  # a compile must fit
             break
         compile_start = time.monotonic()
         try:
@@ -451,6 +452,7 @@ def tune(
             )
         )  # fmt: skip
         compile_s = time.monotonic() - compile_start
+        step_s = max(step_s, compile_s)
         say(f"[p_error {p:g}] simulated metric {100 * sim:.2f}%")
         if sim >= floor:
             chosen_p = p
@@ -469,7 +471,7 @@ def tune(
     say(f"chosen: simulated metric {100 * sim:.2f}%, est. {report.latency_s:.3g} s/sample")
     return TuneResult(
         module, n_map, r_map, chosen_p, sim, reference, s.candidates, report,
-        time.monotonic() - start, {"floor": floor, "final_compile_s": final_s},
+        time.monotonic() - start, {"floor": floor, "final_compile_s": final_s, "step_s": step_s},
     )  # fmt: skip
 
 
