@@ -14,6 +14,7 @@ from __future__ import annotations
 __all__ = [
     "ArgumentError",
     "BitWidthError",
+    "CalibrationConfigError",
     "CompilationError",
     "ConfigurationError",
     "DTypeError",
@@ -136,6 +137,11 @@ class TuningError(FhequantError, ValueError):
     def __init__(self, message: str, best_metric: float = float("nan")) -> None:
         super().__init__(message)
         self.best_metric = best_metric
+
+
+class CalibrationConfigError(ConfigurationError):
+    """A bad ``calibration=`` argument: an unknown method or parameter, or per-op settings
+    naming ops the model does not have."""
 
 
 class BitWidthError(FhequantError, ValueError):

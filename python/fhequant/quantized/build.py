@@ -122,6 +122,7 @@ def build_quantized_module(
     batch_size: int = DEFAULT_BLOCK_ROWS,
     verbose: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    calibration: Any = None,
 ) -> QuantizedModule:
     """Calibrate a float model and return its QuantizedModule.
 
@@ -145,6 +146,10 @@ def build_quantized_module(
         verbose: show a tqdm progress bar of the calibration passes (also shown when stderr is
             a terminal).
         memory_budget: bytes of intermediate blocks kept in memory before spilling to disk.
+        calibration: the statistics choosing the activation and weight ranges: None or
+            "minmax" (the default, global min/max), "percentile", "mse", "entropy", a dict
+            ``{"method": name, **params}``, or ``{"activations": .., "weights": .., "ops":
+            {node name: ..}}`` (docs/calibration.md). Post-training only.
 
     Returns:
         The calibrated QuantizedModule (fhe="disable" ready).
@@ -168,6 +173,7 @@ def build_quantized_module(
         memory_budget=memory_budget,
         verbose=verbose,
         preprocess=preprocess,
+        calibration=calibration,
     )
     _warn_about_calibration(result)
     module = QuantizedModule(

@@ -35,10 +35,12 @@ from fhequant.quantized.exec import routed_float_impl
 from fhequant.quantized.finite import check_finite
 from fhequant.quantized.float_impls import _native_conv_fits
 
-__all__ = ["ENABLED", "BlockSource", "fused_statistics"]
+__all__ = ["ENABLED", "SERVES_STATISTICS", "BlockSource", "fused_statistics"]
 
 #: Use the fused kernels when they apply (tests compare both paths).
 ENABLED = True
+#: The calibration statistics this pass computes (the extremes kernels reduce to min/max).
+SERVES_STATISTICS: tuple[str, ...] = ("minmax",)
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)

@@ -12,15 +12,22 @@ from typing import Any
 import numpy as np
 
 from fhequant.errors import DTypeError
-from fhequant.quantization import QuantizationOptions, QuantizedArray
+from fhequant.quantization import (
+    QuantizationOptions,
+    QuantizedArray,
+    StatisticSpec,
+    UniformQuantizationParameters,
+)
 from fhequant.quantized.n_bits import BitWidths
 
 __all__ = [
     "PTQStrategy",
     "QATImportStrategy",
     "QuantizationStrategy",
+    "per_channel_weights",
     "process_initializer_ptq",
     "process_initializer_qat",
+    "process_weights_ptq",
 ]
 
 
@@ -51,6 +58,72 @@ def process_initializer_ptq(n_bits: int, values: Any) -> Any:
     same_sign = (v3 > 0 and v97 > 0) or (v3 < 0 and v97 < 0)
     symmetric = not (same_sign or ratio < 1 / 3 or ratio > 3)
     return QuantizedArray(n_bits, values, is_signed=symmetric, is_symmetric=symmetric)
+
+
+def per_channel_weights(
+    n_bits: int, weights: np.ndarray, method: StatisticSpec, axis: int
+) -> QuantizedArray:
+    """Symmetric per-output-channel weights: channel ``o`` (along ``axis``) has the scale
+    ``max(|lo_o|, |hi_o|) / (2^(n-1) - 1)`` of the range ``method`` chooses for its values
+    (zero point 0, signed); the scale has the weights' rank with size 1 off ``axis``, the
+    layout the linear ops rescale with (docs/contract.md §3.1, §3.2)."""
+    options = QuantizationOptions(n_bits, is_signed=True, is_symmetric=True)
+    moved = np.moveaxis(weights, axis, 0).reshape(weights.shape[axis], -1)
+    amax = np.empty(moved.shape[0], dtype=np.float64)
+    for o, row in enumerate(moved):
+        stat = method.make(row.size)
+        stat.update(row)
+        lo, hi = stat.finalize(options)
+        amax[o] = max(abs(float(lo)), abs(float(hi)))
+    levels = 2 ** (n_bits - 1) - 1
+    scale = np.where(amax > 0, amax / levels, 1.0)
+    shape = [1] * weights.ndim
+    shape[axis] = weights.shape[axis]
+    params = UniformQuantizationParameters(
+        scale=scale.reshape(shape), zero_point=0, offset=2 ** (n_bits - 1)
+    )
+    return QuantizedArray(
+        n_bits,
+        weights,
+        options=options,
+        params=params,
+        rmin=float(weights.min()),
+        rmax=float(weights.max()),
+    )
+
+
+def process_weights_ptq(
+    n_bits: int, values: Any, method: StatisticSpec, channel_axis: int | None = None
+) -> Any:
+    """Quantize PTQ weights with the range a calibration statistic chooses.
+
+    Per tensor (``channel_axis`` None), the sign and symmetry are those of
+    :func:`process_initializer_ptq`; ``method`` sees all the weights at once and its
+    ``finalize`` gets the weight quantizer's options. Per channel, see
+    :func:`per_channel_weights`.
+
+    Args:
+        n_bits: op_weights.
+        values: the weights (floats; anything else goes to process_initializer_ptq).
+        method: the statistic.
+        channel_axis: the output-channel axis for per-channel weights.
+
+    Returns:
+        The QuantizedArray (values outside the range are clipped by the quantizer).
+    """
+    plain = process_initializer_ptq(n_bits, values)
+    if not isinstance(plain, QuantizedArray) or plain.values is None:
+        return plain
+    weights = np.asarray(values)
+    if weights.dtype == np.bool_ or weights.size == 0:
+        return plain
+    if channel_axis is not None and n_bits >= 2:
+        return per_channel_weights(n_bits, weights, method, channel_axis)
+    options = plain.quantizer.quant_options
+    stat = method.make(weights.size)
+    stat.update(weights)
+    lo, hi = stat.finalize(options)
+    return QuantizedArray(n_bits, weights, options=options, rmin=lo, rmax=hi)
 
 
 def process_initializer_qat(n_bits: int, values: Any, name: str = "initializer") -> Any:
@@ -98,6 +171,13 @@ class QuantizationStrategy:
         """Quantize (or keep raw) a constant input that the op quantizes."""
         raise NotImplementedError
 
+    def process_weights(
+        self, values: Any, name: str, method: StatisticSpec, channel_axis: int | None = None
+    ) -> Any:
+        """Quantize the weights of a Gemm/MatMul/Conv with the range ``method`` chooses
+        (per output channel along ``channel_axis`` when given)."""
+        raise NotImplementedError
+
 
 class PTQStrategy(QuantizationStrategy):
     """PTQ: per-tensor min/max, asymmetric inputs signed from the data (docs/contract.md §4.2)."""
@@ -113,6 +193,14 @@ class PTQStrategy(QuantizationStrategy):
         if isinstance(values, QuantizedArray):
             return values
         return process_initializer_ptq(self.bits.op_weights, values)
+
+    def process_weights(
+        self, values: Any, name: str, method: StatisticSpec, channel_axis: int | None = None
+    ) -> Any:
+        """process_initializer with the weight range of ``method``."""
+        if isinstance(values, QuantizedArray):
+            return values
+        return process_weights_ptq(self.bits.op_weights, values, method, channel_axis)
 
 
 class QATImportStrategy(QuantizationStrategy):

@@ -48,6 +48,7 @@ def _compile(
     inputs_encryption_status: Sequence[str] | None,
     reduce_sum_copy: bool,
     accumulator_bounds: str,
+    calibration: Any = None,
 ) -> QuantizedModule:
     if "auto" in (n_bits, rounding_threshold_bits, p_error) and not import_qat:
         from fhequant.fhe.tune import tune
@@ -69,6 +70,7 @@ def _compile(
         n_bits=n_bits,
         rounding_threshold_bits=rounding_threshold_bits,
         reduce_sum_copy=reduce_sum_copy,
+        calibration=calibration,
     )
     module.compile(
         _float_inputs(torch_inputset),
@@ -100,6 +102,7 @@ def compile_torch_model(
     reduce_sum_copy: bool = False,
     device: str = "cpu",
     accumulator_bounds: str = "observed",
+    calibration: Any = None,
 ) -> QuantizedModule:
     """Quantize a torch model and compile it to an FHE circuit.
 
@@ -122,6 +125,8 @@ def compile_torch_model(
         reduce_sum_copy: make ReduceSum copy its input first.
         device: "cpu".
         accumulator_bounds: "observed" or "worst_case".
+        calibration: the statistics choosing the ranges: None/"minmax" (default),
+            "percentile", "mse", "entropy", with parameters, per op (docs/calibration.md).
 
     Returns:
         The compiled QuantizedModule.
@@ -157,6 +162,7 @@ def compile_torch_model(
         inputs_encryption_status,
         reduce_sum_copy,
         accumulator_bounds,
+        calibration,
     )
 
 
@@ -176,6 +182,7 @@ def compile_onnx_model(
     reduce_sum_copy: bool = False,
     device: str = "cpu",
     accumulator_bounds: str = "observed",
+    calibration: Any = None,
 ) -> QuantizedModule:
     """Quantize an ONNX model and compile it to an FHE circuit.
 
@@ -201,6 +208,8 @@ def compile_onnx_model(
         reduce_sum_copy: make ReduceSum copy its input first.
         device: "cpu".
         accumulator_bounds: "observed" or "worst_case".
+        calibration: the statistics choosing the ranges: None/"minmax" (default),
+            "percentile", "mse", "entropy", with parameters, per op (docs/calibration.md).
 
     Returns:
         The compiled QuantizedModule.
@@ -236,6 +245,7 @@ def compile_onnx_model(
         inputs_encryption_status,
         reduce_sum_copy,
         accumulator_bounds,
+        calibration,
     )
 
 

@@ -20,8 +20,10 @@ import numpy as np
 
 from fhequant.errors import NonFiniteError
 from fhequant.kernels import quant as _kernels
-from fhequant.quantization import QuantizationOptions, QuantizedArray
+from fhequant.quantization import QuantizationOptions, QuantizedArray, StatisticSpec
+from fhequant.quantized import fused_stats
 from fhequant.quantized.calibration import traits
+from fhequant.quantized.calibration.bias import correct_bias
 from fhequant.quantized.calibration.store import WalkStore, requantizes_to_itself
 from fhequant.quantized.calibration.tables import TablePaths
 from fhequant.quantized.exec import ClearBackend, Executor, RoundingRangeObserver, use_executor
@@ -64,10 +66,20 @@ class OpPasses:
         self.flows_raw = flows_raw
         self.input_stats = input_stats
         self._input_quant_cache: dict[tuple[str, Any], Any] = {}
+        #: The statistic of each op output that is not min/max (by output tensor name).
+        self.methods: dict[str, StatisticSpec] = {}
+        #: The outputs of the Gemm/MatMul/Conv whose bias is corrected, and how the walk's
+        #: strategy quantizes a constant (the corrected bias).
+        self.bias_corrected: set[str] = set()
+        self.process_initializer: Any = None
 
     def calibrate(self, op: Any, variable: list[str], out: str) -> None:
         """Calibrate ``op`` (variable inputs ``variable``) and store its output ``out``."""
-        if self.tables.calibrate_by_table(op, variable, out):
+        if out in self.bias_corrected:
+            correct_bias(self, op, variable)
+        method = self.methods.get(out)
+        served = method is None or method.name in self.tables.SERVES_STATISTICS
+        if served and self.tables.calibrate_by_table(op, variable, out):
             return
         with use_split_independent_impl(op):
             if self.store.n_blocks == 1:
@@ -216,6 +228,9 @@ class OpPasses:
         percentiles of the whole tensor (docs/contract.md §3.7); they are computed exactly from
         the smallest and largest 0.1 % of the values (:mod:`fhequant.quantized.percentile`).
         """
+        method = self.methods.get(out)
+        if method is not None:
+            return self.method_statistics(op, variable, out, method)
         store = self.store
         lo: Any = None
         hi: Any = None
@@ -273,6 +288,42 @@ class OpPasses:
                 # (docs/contract.md §1.2).
                 op.output_quant_stats.uvalues = uniques
         return keep
+
+    def method_statistics(
+        self, op: Any, variable: list[str], out: str, method: StatisticSpec
+    ) -> list[Any] | None:
+        """The statistics pass with a calibration statistic other than min/max (PTQ).
+
+        The float op runs on every block (the fused kernels serve only
+        ``fused_stats.SERVES_STATISTICS``), each block updates the tensor's statistic, and
+        its ``finalize`` range sets the output quantizer. BatchNorm's percentile clip is
+        replaced by the statistic.
+        """
+        store = self.store
+        if op.spec().raw_output or method.name in fused_stats.SERVES_STATISTICS:
+            del self.methods[out]
+            return self.statistics(op, variable, out)
+        stat: Any = None
+        for b in store.blocks(f"{op.op_instance_name} statistics ({method.name})"):
+            floats = [store.float_block(n, b) for n in variable]
+            prepared = op._prepare_inputs_with_constants(
+                *floats, calibrate=True, quantize_actual_values=False
+            )
+            arr = np.asarray(op.call_impl(*prepared, **op.attrs))
+            if arr.size == 0:
+                continue
+            check_finite(
+                arr.min(), arr.max(), out, f"op {op.op_instance_name!r} ({type(op).__name__})"
+            )
+            if stat is None:
+                per_row = arr.size // max(arr.shape[0], 1) if arr.ndim else 1
+                stat = method.make(per_row * sum(store.block_sizes))
+            stat.update(arr)
+        if stat is None:  # no value at all: the min/max pass reports it as before
+            del self.methods[out]
+            return self.statistics(op, variable, out)
+        op._set_output_quantizer(stat.finalize(QuantizationOptions(op.n_bits)))
+        return None
 
     # --- finiteness ---------------------------------------------------------------------
 

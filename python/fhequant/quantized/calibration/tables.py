@@ -39,6 +39,10 @@ class TablePaths:
         flows_raw: QAT import (no table path applies).
     """
 
+    #: The calibration statistics the element-wise table path computes (it records which
+    #: integers are present, not how often): other statistics take the statistics pass.
+    SERVES_STATISTICS: tuple[str, ...] = ("minmax",)
+
     def __init__(self, store: WalkStore, flows_raw: bool) -> None:
         self.store = store
         self.flows_raw = flows_raw

@@ -17,8 +17,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from fhequant.errors import GraphInputError, UnsupportedOpError
-from fhequant.quantization import QuantizedArray, UniformQuantizer
+from fhequant.errors import CalibrationConfigError, GraphInputError, UnsupportedOpError
+from fhequant.quantization import QuantizedArray, StatisticSpec, UniformQuantizer
+from fhequant.quantized.calibration.methods import WEIGHT_OPS, resolve_calibration
 from fhequant.quantized.calibration.passes import OpPasses
 from fhequant.quantized.calibration.store import Progress, WalkStore, WalkTensor
 from fhequant.quantized.calibration.tables import TablePaths
@@ -63,6 +64,8 @@ class ModuleCalibrator:
         verbose: show a progress bar even when stderr is not a terminal.
         preprocess: optional function applied to each block of inputs (ONNX pre-processing).
         n_bits_per_op: the per-op n_bits (a PerOp of BitWidths) or None (the strategy's).
+        calibration: the statistics choosing the ranges (None: min/max everywhere;
+            :mod:`fhequant.quantized.calibration.methods`).
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class ModuleCalibrator:
         verbose: bool = False,
         preprocess: Callable[..., tuple[np.ndarray, ...]] | None = None,
         n_bits_per_op: PerOp | None = None,
+        calibration: Any = None,
     ) -> None:
         if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:
             raise GraphInputError(f"batch_size must be a positive int, got {block_rows!r}")
@@ -91,6 +95,12 @@ class ModuleCalibrator:
         self.input_names = graph_input_names(model)
         self.output_names = [o.name for o in model.graph.output]
         self.nodes = graph_nodes(model)
+        self.plan = resolve_calibration(calibration, [n.name for n in self.nodes])
+        if strategy.flows_raw and not self.plan.is_minmax:
+            raise CalibrationConfigError(
+                "calibration: QAT import takes its ranges from the trained quantizers; "
+                "calibration methods apply to post-training quantization (import_qat=False)"
+            )
         self.constants: dict[str, Any] = {
             init.name: numpy_helper.to_array(init) for init in model.graph.initializer
         }
@@ -101,6 +111,7 @@ class ModuleCalibrator:
         self.tensors = self.store.tensors
         self.tables = TablePaths(self.store, strategy.flows_raw)
         self.passes = OpPasses(self.store, self.tables, strategy.flows_raw, self.input_stats)
+        self.passes.process_initializer = strategy.process_initializer
 
     # --- entry ---------------------------------------------------------------------------
 
@@ -207,6 +218,13 @@ class ModuleCalibrator:
             )
         op = self._build_op(node, variable)
         out = node.outputs[0]
+        if self.plan.for_op(node.name).bias_correction and node.op_type in WEIGHT_OPS:
+            self.passes.bias_corrected.add(out)
+        method = self.plan.for_op(node.name).activations
+        if method is not None and not type(op).quantize_inputs_with_model_outputs_precision:
+            # shape ops (Reshape, Flatten, Concat, ...) move their producers' values, already
+            # on the producers' grids: they keep min/max
+            self.passes.methods[out] = method
         producers: set[str] = set()
         for name in variable:
             producers |= self.tensors[name].producers
@@ -287,7 +305,12 @@ class ModuleCalibrator:
             if not name or name in self.tensors or name not in self.constants:
                 continue
             value = self.constants[name]
-            if cls.must_quantize_input(idx):
+            weights = self._weight_method(node, idx) if cls.must_quantize_input(idx) else None
+            if weights is not None:
+                constants[idx] = strategy.process_weights(
+                    value, name, weights, self._channel_axis(node, np.ndim(value))
+                )
+            elif cls.must_quantize_input(idx):
                 constants[idx] = strategy.process_initializer(value, name)
             else:
                 constants[idx] = value.values if isinstance(value, QuantizedArray) else value
@@ -323,6 +346,25 @@ class ModuleCalibrator:
             # (docs/contract.md §4.5)
         self.node_inputs[node.outputs[0]] = tuple(node.inputs)
         return op
+
+    def _weight_method(self, node: GraphNode, idx: int) -> Any:
+        """The statistic of the weights (input 1) of a Gemm/MatMul/Conv, None for min/max."""
+        calib = self.plan.for_op(node.name)
+        if idx != 1 or node.op_type not in WEIGHT_OPS:
+            return None
+        if calib.weights is None and calib.per_channel:
+            return StatisticSpec("minmax")
+        return calib.weights
+
+    def _channel_axis(self, node: GraphNode, rank: int) -> int | None:
+        """The output-channel axis of per-channel weights (None: per tensor)."""
+        if not self.plan.for_op(node.name).per_channel or rank < 2:
+            return None
+        if node.op_type == "Conv":
+            return 0
+        if node.op_type == "Gemm":
+            return 0 if node.attrs.get("transB", 0) else rank - 1
+        return rank - 1  # MatMul: (..., k, O)
 
     # --- module input quantizers (docs/contract.md §4.6) ------------------------------------------
 
@@ -372,6 +414,7 @@ def quantize_module(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     verbose: bool = False,
     preprocess: Callable[..., tuple[np.ndarray, ...]] | None = None,
+    calibration: Any = None,
 ) -> dict[str, Any]:
     """Run the calibration walk (docs/contract.md §4.2) and return what QuantizedModule needs.
 
@@ -385,6 +428,7 @@ def quantize_module(
         memory_budget: bytes of intermediates kept in memory before spilling to disk.
         verbose: show a progress bar.
         preprocess: a function applied to each input block (ONNX pre-processing).
+        calibration: the statistics choosing the ranges (docs/calibration.md).
 
     Returns:
         input_names, output_names, quant_layers_dict, input_quantizers, n_rows, spilled.
@@ -400,5 +444,6 @@ def quantize_module(
         verbose=verbose,
         preprocess=preprocess,
         n_bits_per_op=n_bits_per_op(n_bits),
+        calibration=calibration,
     )
     return calibrator.run(data)

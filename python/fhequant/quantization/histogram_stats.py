@@ -1,0 +1,289 @@
+"""Histogram calibration statistics: MSE-optimal clipping and the KL/entropy threshold.
+
+Both keep an exact histogram whose bins do not depend on the data: a value's bin is its
+float32 bit pattern without the low ``23 - MANTISSA_BITS`` mantissa bits (a sign, the
+exponent and the top mantissa bits: bins of relative width 2^-7 on a log scale). The counts
+are integers, so the histogram of a tensor is the same for any split into blocks and the sum
+of the histograms of disjoint parts (an exact :meth:`merge`), in a bounded memory (at most
+2^16 bins, kept sparse). The exact min and max are kept as well, and
+``finalize`` searches its range on the bins' centres (clipped to that range):
+
+* :class:`MSEStatistic` (``"mse"``): the range ``[c + a(lo - c), c + a(hi - c)]`` (``c`` the
+  point of [lo, hi] nearest 0, so a ReLU output keeps lo = 0) whose quantizer (the very
+  options given to ``finalize``: n_bits, sign, symmetry) has the least squared error over the
+  histogram, for ``a`` among ``grid`` linear steps in (0, 1] and ``grid`` geometric steps
+  from 1 down to 1/1000;
+* :class:`EntropyStatistic` (``"entropy"``, activations only): TensorRT's threshold ``t`` on
+  ``|x|`` minimising the KL divergence between the clipped histogram (``bins`` uniform bins)
+  and its quantization to 2^n (non-negative data) or 2^(n-1) levels, zeros left out (they are
+  exact at any threshold); the range is ``[max(lo, -t), min(hi, t)]``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+from fhequant.errors import QuantizationError
+from fhequant.quantization.options import STABILITY_CONST, QuantizationOptions
+from fhequant.quantization.tensor_stats import (
+    MinMaxStatistic,
+    TensorStatistic,
+    register_statistic,
+)
+
+__all__ = ["MANTISSA_BITS", "EntropyStatistic", "HistogramStatistic", "MSEStatistic"]
+
+#: Mantissa bits kept in a bin key (bins of relative width 2^-MANTISSA_BITS).
+MANTISSA_BITS = 7
+_SHIFT = 23 - MANTISSA_BITS
+_N_KEYS = 1 << (32 - _SHIFT)
+
+
+def _int_param(value: Any, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise QuantizationError(f"{what} must be an int, got {value!r}")
+    if not low <= int(value) <= high:
+        raise QuantizationError(f"{what} must be in [{low}, {high}], got {value}")
+    return int(value)
+
+
+@functools.lru_cache(maxsize=8)
+def _shrink_factors(grid: int) -> np.ndarray:
+    """Linear steps near the full range, geometric ones down to 1/1000 (heavy tails),
+    from the widest."""
+    factors = np.union1d(np.linspace(1.0, 1.0 / grid, grid), np.geomspace(1.0, 1e-3, grid))
+    factors = factors[::-1].copy()
+    factors.setflags(write=False)
+    return factors
+
+
+def _squared_errors(
+    values: np.ndarray,
+    weights: np.ndarray,
+    los: np.ndarray,
+    his: np.ndarray,
+    options: QuantizationOptions,
+) -> np.ndarray:
+    """Σ weights·(dequant(quant(values)) - values)² for the quantizer of each range
+    [los[i], his[i]], vectorised over the candidates (in float64, with the scale, zero point
+    and clip bounds of docs/contract.md §1.3; ranges narrower than STABILITY_CONST: inf)."""
+    n = int(options.n_bits)
+    offset = 2 ** (n - 1) if options.is_signed else 0
+    qlo, qhi = -offset + (1 if options.is_narrow else 0), 2**n - 1 - offset
+    delta = his - los
+    wide = delta >= STABILITY_CONST
+    safe = np.where(wide, delta, 1.0)
+    if options.is_symmetric:
+        scale = np.maximum(np.abs(los), np.abs(his)) / (2**n - 1 - offset)
+        zp = np.zeros_like(scale)
+    else:
+        scale = safe / (2**n - 1)
+        zp = (
+            np.zeros_like(scale)
+            if options.is_qat
+            else np.rint((-his * offset - los * (2**n - 1 - offset)) / safe)
+        )
+    scale = np.where(wide & (scale > 0), scale, 1.0)
+    out = np.empty(len(los))
+    step = max(1, (1 << 18) // max(values.size, 1))  # temporaries of at most 2^18 floats
+    for start in range(0, len(los), step):
+        s, z = scale[start : start + step, None], zp[start : start + step, None]
+        q = np.clip(np.rint(values / s) + z, qlo, qhi)
+        err = (q - z) * s - values
+        out[start : start + step] = (err * err) @ weights
+    return np.where(wide, out, np.inf)
+
+
+def _sparse_add(
+    keys: np.ndarray, counts: np.ndarray, more_keys: np.ndarray, more_counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The sum of two sparse histograms (sorted unique int64 keys, int64 counts)."""
+    if keys.size == 0:
+        return more_keys, more_counts
+    merged, inverse = np.unique(np.concatenate([keys, more_keys]), return_inverse=True)
+    total = np.zeros(merged.size, dtype=np.int64)
+    np.add.at(total, inverse, np.concatenate([counts, more_counts]))
+    return merged, total
+
+
+class HistogramStatistic(TensorStatistic):
+    """An exact log-scale histogram with the exact min/max (base of MSE and entropy).
+
+    The histogram is kept sparse: the sorted keys of the non-empty bins and their counts.
+    """
+
+    def __init__(self, n_total: int | None = None) -> None:
+        super().__init__(n_total)
+        self.keys = np.zeros(0, dtype=np.int64)
+        self.counts = np.zeros(0, dtype=np.int64)
+        self.extremes = MinMaxStatistic()
+
+    def update(self, block: Any) -> None:
+        arr = self._block(block)
+        if not arr.size:
+            return
+        self.extremes.update(arr)
+        bits = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1).view(np.uint32)
+        raw = (bits >> np.uint32(_SHIFT)).astype(np.int64)
+        if raw.size > 4096:  # large blocks: a dense count, then its non-empty bins
+            dense = np.bincount(raw, minlength=_N_KEYS)
+            keys = np.flatnonzero(dense)
+            counts = dense[keys].astype(np.int64)
+        else:
+            keys, counts = np.unique(raw, return_counts=True)
+            counts = counts.astype(np.int64)
+        self.keys, self.counts = _sparse_add(self.keys, self.counts, keys, counts)
+
+    def merge(self, other: TensorStatistic) -> TensorStatistic:
+        self._check_mergeable(other)
+        assert isinstance(other, HistogramStatistic)
+        self._merge_dtype(other)
+        self.extremes.merge(other.extremes)
+        self.keys, self.counts = _sparse_add(self.keys, self.counts, other.keys, other.counts)
+        return self
+
+    def bins(self) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+        """(centres as float64, counts, lo, hi) of the non-empty bins; centres in [lo, hi]."""
+        if self.keys.size == 0:
+            self._ends(None, None)  # raises: nothing seen
+        keys = self.keys.astype(np.uint32)
+        first = (keys << np.uint32(_SHIFT)).view(np.float32).astype(np.float64)
+        last_bits = (keys << np.uint32(_SHIFT)) | np.uint32((1 << _SHIFT) - 1)
+        last = last_bits.view(np.float32).astype(np.float64)
+        lo, hi = self.extremes.lo, self.extremes.hi
+        centres = np.clip((first + last) / 2, float(lo), float(hi))
+        return centres, self.counts, lo, hi
+
+    def dump_state(self) -> dict[str, Any]:
+        return {
+            "extremes": self.extremes.dump_state(),
+            "keys": [int(k) for k in self.keys],
+            "counts": [int(c) for c in self.counts],
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.extremes.dtype = self.dtype
+        self.extremes.load_state(state["extremes"])
+        keys = np.asarray(state["keys"], dtype=np.int64)
+        counts = np.asarray(state["counts"], dtype=np.int64)
+        if keys.shape != counts.shape or keys.ndim != 1:
+            raise ValueError("keys and counts differ in length")
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.counts = keys[order], counts[order]
+
+
+@register_statistic
+class MSEStatistic(HistogramStatistic):
+    """The clipping range of least squared quantization error.
+
+    Args:
+        n_total: unused.
+        grid: the number of linear (and of geometric) shrink factors tried (default 100).
+    """
+
+    name = "mse"
+
+    def __init__(self, n_total: int | None = None, grid: int = 100) -> None:
+        super().__init__(n_total)
+        self.grid = _int_param(grid, "mse grid", 2, 10_000)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"grid": self.grid}
+
+    def finalize(self, options: QuantizationOptions | None = None) -> np.ndarray:
+        if options is None or options.n_bits is None:
+            raise QuantizationError("the mse statistic needs the quantizer options (n_bits)")
+        centres, counts, lo, hi = self.bins()
+        lo64, hi64 = float(lo), float(hi)
+        if lo64 == hi64:
+            return self._ends(lo, hi)
+        centre = min(max(0.0, lo64), hi64)
+        factors = _shrink_factors(self.grid)
+        los = centre + factors * (lo64 - centre)
+        his = centre + factors * (hi64 - centre)
+        errors = _squared_errors(centres, counts.astype(np.float64), los, his, options)
+        best = int(np.argmin(errors))  # the first (widest) of equal errors
+        if not np.isfinite(errors[best]):
+            return self._ends(lo, hi)
+        return self._ends(los[best], his[best])
+
+
+@register_statistic
+class EntropyStatistic(HistogramStatistic):
+    """The KL-divergence (entropy) threshold of TensorRT, for activations.
+
+    Args:
+        n_total: unused.
+        bins: uniform bins of ``|x|`` over [0, max|x|] (default 2048).
+        candidates: at most this many thresholds are tried (default 128).
+    """
+
+    name = "entropy"
+    for_weights = False
+
+    def __init__(self, n_total: int | None = None, bins: int = 2048, candidates: int = 128) -> None:
+        super().__init__(n_total)
+        self.n_bins = _int_param(bins, "entropy bins", 16, 1 << 16)
+        self.candidates = _int_param(candidates, "entropy candidates", 1, 1 << 16)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"bins": self.n_bins, "candidates": self.candidates}
+
+    def finalize(self, options: QuantizationOptions | None = None) -> np.ndarray:
+        if options is None or options.n_bits is None:
+            raise QuantizationError("the entropy statistic needs the quantizer options (n_bits)")
+        centres, counts, lo, hi = self.bins()
+        amax = max(abs(float(lo)), abs(float(hi)))
+        if amax == 0.0:
+            return self._ends(lo, hi)
+        n_bits = int(options.n_bits)
+        levels = 2**n_bits if float(lo) >= 0 else 2 ** max(n_bits - 1, 1)
+        # zeros (a ReLU's many) are exact at any threshold: they are left out of P and Q
+        magnitudes = np.abs(centres)
+        keep = magnitudes > np.finfo(np.float32).tiny
+        hist, _ = np.histogram(
+            magnitudes[keep], bins=self.n_bins, range=(0.0, amax), weights=counts[keep]
+        )
+        if levels >= self.n_bins:
+            return self._ends(lo, hi)
+        step = max(1, (self.n_bins - levels) // self.candidates)
+        best: tuple[float, int] | None = None
+        for i in range(levels, self.n_bins + 1, step):
+            kl = _kl_of_threshold(hist, i, levels)
+            if best is None or kl < best[0]:
+                best = (kl, i)
+        assert best is not None
+        threshold = best[1] * amax / self.n_bins
+        return self._ends(max(float(lo), -threshold), min(float(hi), threshold))
+
+
+def _kl_of_threshold(hist: np.ndarray, i: int, levels: int) -> float:
+    """KL(P || Q): P the first i bins with the outliers added to the last one, Q the
+    ``levels``-level quantization of the first i bins (without the outliers) spread back over
+    their non-empty bins (TensorRT's construction)."""
+    sliced = hist[:i].astype(np.float64)
+    p = sliced.copy()
+    p[-1] += hist[i:].sum()
+    nonzero = sliced > 0
+    edges = np.linspace(0, i, levels + 1).astype(np.int64)
+    starts = edges[:-1]
+    keep = np.diff(edges) > 0
+    starts = starts[keep]
+    totals = np.add.reduceat(sliced, starts)
+    filled = np.add.reduceat(nonzero.astype(np.float64), starts)
+    per_bin = np.divide(totals, filled, out=np.zeros_like(totals), where=filled > 0)
+    lengths = np.diff(np.append(starts, i))
+    q = np.repeat(per_bin, lengths) * nonzero
+    p_sum, q_sum = p.sum(), q.sum()
+    if p_sum == 0 or q_sum == 0:
+        return float("inf")
+    if np.any((p > 0) & (q == 0)):
+        return float("inf")
+    support = p > 0
+    pn, qn = p[support] / p_sum, q[support] / q_sum
+    return float(np.sum(pn * np.log(pn / qn)))

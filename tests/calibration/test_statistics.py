@@ -1,0 +1,193 @@
+"""Calibration statistics as a protocol (fhequant.quantization.tensor_stats): streamed ==
+whole-set for any split, merge of partials == one pass, JSON round trip, exact values."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fhequant.errors import QuantizationError, SerializationError
+from fhequant.quantization import (
+    QuantizationOptions,
+    QuantizedArray,
+    TensorStatistic,
+    make_statistic,
+    statistic_from_json,
+)
+from fhequant.quantization.tensor_stats import STATISTICS
+
+METHODS: list[tuple[str, dict[str, Any]]] = [
+    ("minmax", {}),
+    ("percentile", {}),
+    ("percentile", {"percentile": 97.5}),
+    ("mse", {"grid": 40}),
+    ("entropy", {"bins": 256, "candidates": 32}),
+]
+OPTIONS = [
+    QuantizationOptions(3),
+    QuantizationOptions(4, is_signed=True, is_symmetric=True),
+    QuantizationOptions(6, is_signed=True),
+]
+
+
+def _data(seed: int, n: int, dtype: Any, heavy: bool) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_t(2, size=n) if heavy else rng.normal(size=n)
+    return x.astype(dtype)
+
+
+def _state(stat: TensorStatistic) -> str:
+    return json.dumps(stat.to_json(), sort_keys=True)
+
+
+def _cuts(n: int, fractions: list[float]) -> list[int]:
+    return sorted({int(f * n) for f in fractions} | {0, n})
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(("name", "params"), METHODS)
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 3000),
+    fractions=st.lists(st.floats(0, 1), max_size=6),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    heavy=st.booleans(),
+)
+def test_streamed_and_merged_equal_one_pass(
+    name: str,
+    params: dict[str, Any],
+    seed: int,
+    n: int,
+    fractions: list[float],
+    dtype: Any,
+    heavy: bool,
+) -> None:
+    x = _data(seed, n, dtype, heavy)
+    one = make_statistic(name, n, **params)
+    one.update(x)
+    cuts = _cuts(n, fractions)
+    streamed = make_statistic(name, n, **params)
+    parts = []
+    for lo, hi in itertools.pairwise(cuts):
+        streamed.update(x[lo:hi])
+        part = make_statistic(name, n, **params)
+        part.update(x[lo:hi])
+        # a partial statistic travels as JSON (another process or machine)
+        parts.append(statistic_from_json(json.loads(json.dumps(part.to_json()))))
+    merged = parts[-1]
+    for part in reversed(parts[:-1]):
+        merged = part.merge(merged)  # any order, any grouping
+    assert _state(streamed) == _state(one) == _state(merged)
+    for options in OPTIONS:
+        _same(streamed.finalize(options), one.finalize(options))
+        _same(merged.finalize(options), one.finalize(options))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_minmax_and_percentile_values(dtype: Any) -> None:
+    x = _data(3, 5000, dtype, True).reshape(50, 100)
+    minmax = make_statistic("minmax")
+    minmax.update(x)
+    _same(minmax.finalize(), np.array([x.min(), x.max()], dtype=dtype))
+    for p in (90.0, 99.0, 99.9, 99.99, 100.0):
+        stat = make_statistic("percentile", x.size, percentile=p)
+        for block in np.array_split(x, 7):
+            stat.update(block)
+        expected = np.array([np.percentile(x, 100 - p), np.percentile(x, p)], dtype=dtype)
+        _same(stat.finalize(), expected)
+
+
+def _mse(x: np.ndarray, ends: np.ndarray, options: QuantizationOptions) -> float:
+    q = QuantizedArray(int(options.n_bits), ends, options=options).quantizer
+    return float(np.mean((q.dequant(q.quant(x)) - x) ** 2))
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+def test_mse_beats_minmax_on_heavy_tails(options: QuantizationOptions) -> None:
+    x = _data(5, 20_000, np.float32, True)
+    mse = make_statistic("mse")
+    mse.update(x)
+    minmax = make_statistic("minmax")
+    minmax.update(x)
+    chosen = mse.finalize(options)
+    assert chosen[0] >= x.min() and chosen[1] <= x.max()
+    best = _mse(x, chosen, options)
+    assert best < 0.8 * _mse(x, minmax.finalize(), options)
+    # no shrink factor of a coarse check grid does better (up to the histogram's bin width)
+    for a in np.geomspace(1.0, 1e-3, 37):
+        ends = (a * minmax.finalize().astype(np.float64)).astype(np.float32)
+        assert best <= 1.01 * _mse(x, ends, options)
+
+
+def test_mse_keeps_a_non_negative_range_at_its_low_end() -> None:
+    x = np.abs(_data(6, 5000, np.float32, True))
+    stat = make_statistic("mse")
+    stat.update(x)
+    lo, hi = stat.finalize(QuantizationOptions(3))
+    assert lo == x.min() and hi < x.max()
+
+
+def test_entropy_clips_outliers_of_activations() -> None:
+    x = np.maximum(_data(7, 50_000, np.float32, True), 0)
+    stat = make_statistic("entropy")
+    stat.update(x)
+    lo, hi = stat.finalize(QuantizationOptions(5))
+    assert lo == 0 and 0 < hi < x.max()
+    assert not STATISTICS["entropy"].for_weights
+
+
+def test_merge_refuses_other_streams() -> None:
+    a = make_statistic("percentile", 100)
+    with pytest.raises(QuantizationError, match="merge"):
+        a.merge(make_statistic("percentile", 200))
+    with pytest.raises(QuantizationError, match="merge"):
+        a.merge(make_statistic("percentile", 100, percentile=99.0))
+    with pytest.raises(QuantizationError, match="merge"):
+        make_statistic("mse").merge(make_statistic("minmax"))
+    f32, f64 = make_statistic("minmax"), make_statistic("minmax")
+    f32.update(np.ones(3, np.float32))
+    f64.update(np.ones(3, np.float64))
+    with pytest.raises(QuantizationError, match="float64"):
+        f32.merge(f64)
+
+
+def test_bad_statistics_are_typed_errors() -> None:
+    with pytest.raises(QuantizationError, match="unknown calibration statistic"):
+        make_statistic("median")
+    with pytest.raises(QuantizationError, match="n_total"):
+        make_statistic("percentile")
+    with pytest.raises(QuantizationError, match=r"\[90, 100\]"):
+        make_statistic("percentile", 10, percentile=50)
+    with pytest.raises(QuantizationError, match="bad parameters"):
+        make_statistic("mse", bins=3)
+    with pytest.raises(QuantizationError, match="no value"):
+        make_statistic("minmax").finalize()
+    with pytest.raises(QuantizationError, match="needs the quantizer options"):
+        stat = make_statistic("mse")
+        stat.update(np.ones(4))
+        stat.finalize()
+    with pytest.raises(SerializationError, match="not registered"):
+        statistic_from_json({"statistic": "median", "params": {}, "n_total": 1})
+    with pytest.raises(SerializationError, match="lacks"):
+        statistic_from_json({"statistic": "minmax"})
+
+
+def test_empty_statistics_round_trip() -> None:
+    for name, params in METHODS:
+        stat = make_statistic(name, 10, **params)
+        back = statistic_from_json(json.loads(json.dumps(stat.to_json())))
+        assert _state(back) == _state(stat)
+        back.update(np.arange(10.0))
+        stat.update(np.arange(10.0))
+        assert _state(back) == _state(stat)
