@@ -31,6 +31,7 @@ from __future__ import annotations
 from fhequant import deployment, distributed, errors, fhe, serialization
 from fhequant._concrete import preserve_exit_status
 from fhequant._core import __version__
+from fhequant.fhe.tune import TuneResult, tune
 from fhequant.quantization import (
     STABILITY_CONST,
     MinMaxQuantizationStats,
@@ -52,6 +53,7 @@ __all__ = [
     "QuantizedArray",
     "QuantizedModule",
     "TorchUniformQuantizer",
+    "TuneResult",
     "UniformQuantizationParameters",
     "UniformQuantizer",
     "__version__",
@@ -66,4 +68,5 @@ __all__ = [
     "fill_from_kwargs",
     "preserve_exit_status",
     "serialization",
+    "tune",
 ]

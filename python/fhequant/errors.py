@@ -43,7 +43,9 @@ __all__ = [
     "RequestTooLargeError",
     "SerializationError",
     "ShapeError",
+    "TuningError",
     "UnknownKeyError",
+    "UnknownOpError",
     "UnquantizedTensorError",
     "UnsupportedOpError",
     "UnsupportedOptionError",
@@ -120,6 +122,30 @@ class ConfigurationError(FhequantError, ValueError):
     """Conflicting or unsupported options of a compile / run call (p_error and
     global_p_error together, bad encryption statuses, an unknown device or bound mode, a
     model given to the wrong entry point)."""
+
+
+class UnknownOpError(ConfigurationError):
+    """A per-op setting names ops the model does not have.
+
+    Attributes:
+        names: the unknown op names.
+    """
+
+    def __init__(self, message: str, names: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.names = list(names or [])
+
+
+class TuningError(FhequantError, ValueError):
+    """``tune`` / ``n_bits="auto"`` found no setting within the budgets.
+
+    Attributes:
+        best_metric: the best metric any evaluated setting reached (fraction).
+    """
+
+    def __init__(self, message: str, best_metric: float = float("nan")) -> None:
+        super().__init__(message)
+        self.best_metric = best_metric
 
 
 class CalibrationConfigError(ConfigurationError):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from cost_checks import assert_pbs_predicted
 from fhe_standin import make_standin
 from fhequant import build_quantized_module, compile_onnx_model, compile_torch_model
 from fhequant.errors import OpsetError
@@ -26,6 +27,7 @@ def _predicted_equals_circuit(module: Any) -> int:
     report = module.bitwidth_report()
     got = module.fhe_circuit.graph.maximum_integer_bit_width()
     assert report.predicted_max_bit_width == got, str(report)
+    assert_pbs_predicted(module)
     return int(got)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from cost_checks import assert_pbs_predicted
 from fhequant import build_quantized_module
 from qonnx_graph import DOMAINS, Graph
 
@@ -65,6 +66,7 @@ def _compile_and_check(module: Any, x: np.ndarray, bounds: str) -> Any:
     report = module.bitwidth_report()
     got = module.fhe_circuit.graph.maximum_integer_bit_width()
     assert report.predicted_max_bit_width == got, str(report)
+    assert_pbs_predicted(module)
     lo, hi = module.input_quantizers[0].clip_bounds()
     q = module.quantize_input(x)
     if bounds == "worst_case":

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from cost_checks import assert_pbs_predicted
 from fhequant import build_quantized_module
 from fhequant.__main__ import main
 from fhequant.fhe.demo import load_digits_split, train_mlp
@@ -20,6 +21,7 @@ def test_execute_digits_mlp_matches_clear() -> None:
     assert module.bitwidth_report().predicted_max_bit_width == (
         module.fhe_circuit.graph.maximum_integer_bit_width()
     )
+    assert_pbs_predicted(module)
     q = module.quantize_input(x_test[:2])
     np.testing.assert_array_equal(
         module.quantized_forward(q, fhe="execute"), module.quantized_forward(q)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from cost_checks import assert_pbs_predicted
 from fhequant import compile_torch_model
 from fhequant.errors import BitWidthError, CompilationError, FhequantError, NoParametersError
 from fhequant.fhe import build_configuration, compile_forward
@@ -93,6 +94,7 @@ def test_univariate_model_compiles_and_simulates(name: str) -> None:
     module = compile_torch_model(model, X, n_bits=4, rounding_threshold_bits=5)
     report = module.bitwidth_report()
     assert report.predicted_max_bit_width == module.fhe_circuit.graph.maximum_integer_bit_width()
+    assert_pbs_predicted(module)
     q = module.quantize_input(X)
     np.testing.assert_array_equal(
         module.quantized_forward(q, fhe="simulate"), module.quantized_forward(q)
@@ -167,6 +169,7 @@ def test_the_report_says_what_concrete_needs_for_an_encrypted_product() -> None:
     assert f"{row.product_operand_bits}-bit inputs" in str(report)
     module.compile(X)
     assert report.predicted_max_bit_width == module.fhe_circuit.graph.maximum_integer_bit_width()
+    assert_pbs_predicted(module)
     # a limit below the product's lookup input fails before compiling, naming the op and
     # the fixes (rounding the product, fewer input bits)
     assert row.feeds_tlu and row.tlu_input_bits == product.bits

@@ -203,12 +203,14 @@ class BitWidthReport:
         records: every recorded node.
         accumulator_bounds: "observed" or "worst_case": which widths the circuit gets.
         op_settings: op name -> (n_bits of the op inputs, rounding threshold) when known.
+        n_samples: rows of the inputset the records were taken over.
     """
 
     rows: list[OpBitWidth]
     records: list[ValueRecord]
     accumulator_bounds: str = "observed"
     op_settings: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
+    n_samples: int = 0
 
     @property
     def worst_case(self) -> bool:
@@ -333,7 +335,7 @@ def analyse(
     arrays = [np.asarray(q, dtype=np.int64) for q in q_inputs]
     for i, q in enumerate(arrays):
         lo, hi = observed_range(q)
-        rec.records.append(ValueRecord(MODULE, f"input {i}", lo, hi))
+        rec.records.append(ValueRecord(MODULE, f"input {i}", lo, hi, elements=int(q.size)))
         if input_ranges is not None:
             rec.set_worst(q, *input_ranges[i])
     op_types = {name: type(op).__name__ for name, op in ops}
@@ -343,7 +345,9 @@ def analyse(
     for k, out in enumerate(results if isinstance(results, tuple) else (results,)):
         q_out = _qvalues_of(out)
         if q_out is not None:  # the circuit outputs are nodes too (e.g. a lone TLU)
-            rec.records.append(ValueRecord(MODULE, f"output {k}", *observed_range(q_out)))
+            rec.records.append(
+                ValueRecord(MODULE, f"output {k}", *observed_range(q_out), elements=q_out.size)
+            )
     by_op: dict[str, list[ValueRecord]] = {}
     for r in rec.records:
         by_op.setdefault(r.op, []).append(r)
@@ -358,7 +362,9 @@ def analyse(
         q = _qvalues_of(outputs.get(name))
         if q is not None and feeds:
             lo, hi = observed_range(q)
-            rec.records.append(ValueRecord(name, "output", lo, hi, *type_range(lo, hi)))
+            rec.records.append(
+                ValueRecord(name, "output", lo, hi, *type_range(lo, hi), elements=q.size)
+            )
             by_op.setdefault(name, []).append(rec.records[-1])
     worst = accumulator_bounds == "worst_case"
     rows = [
@@ -374,7 +380,8 @@ def analyse(
             getattr(opts, "n_bits", None),
             int(rtb["n_bits"]) if isinstance(rtb, dict) else None,
         )
-    return BitWidthReport(rows, rec.records, accumulator_bounds, settings)
+    n_samples = int(arrays[0].shape[0]) if arrays and arrays[0].ndim else 1
+    return BitWidthReport(rows, rec.records, accumulator_bounds, settings, n_samples)
 
 
 def check_tlu_bit_widths(report: BitWidthReport) -> None:

@@ -35,6 +35,7 @@ from fhequant.fhe.compile import (
     compile_forward,
     encryption_statuses,
 )
+from fhequant.fhe.cost import cost_report
 from fhequant.fhe.progress import progress_enabled, step
 from fhequant.fhe.run import execute, simulate
 from fhequant.quantized.exec import use_executor
@@ -253,6 +254,7 @@ def compile_module(
     module._is_compiled = True
     module._fhe_inputset = q
     module._fhe_accumulator_bounds = accumulator_bounds
+    module._fhe_inputs_encryption_status = inputs_encryption_status
     module._fhe_bitwidth_report = report
     return circuit
 
@@ -304,5 +306,10 @@ def run_module(module: Any, q_x: Sequence[Any], mode: str) -> Any:
 
 
 register_fhe_backend(
-    FheBackend(compile=compile_module, run=run_module, bitwidth_report=module_bitwidth_report)
+    FheBackend(
+        compile=compile_module,
+        run=run_module,
+        bitwidth_report=module_bitwidth_report,
+        cost_report=cost_report,
+    )
 )

@@ -19,7 +19,7 @@ from fhequant.onnx import NumpyModule
 from fhequant.quantized.calibration import apply_power_of_two_scaling, quantize_module
 from fhequant.quantized.inputs import input_checker
 from fhequant.quantized.module import QuantizedModule
-from fhequant.quantized.n_bits import resolve_n_bits
+from fhequant.quantized.n_bits import n_bits_per_op, resolve_n_bits
 from fhequant.quantized.streaming import (
     DEFAULT_BLOCK_ROWS,
     DEFAULT_MEMORY_BUDGET,
@@ -132,7 +132,9 @@ def _check_ptq_weight_bits(n_bits: Any, import_qat: bool) -> None:
     """Post-training quantization needs op_weights >= 2: PTQ weights that straddle 0 are
     quantized symmetrically, and a symmetric 1-bit quantizer has the infinite scale of
     docs/contract.md §1.3, so every output would be NaN (§1.7)."""
-    bits = resolve_n_bits(n_bits)
+    spec = n_bits_per_op(n_bits)
+    every = [spec.default, *spec.values.values()] if spec is not None else [resolve_n_bits(n_bits)]
+    bits = min(every, key=lambda b: b.op_weights)
     if not import_qat and bits.op_weights < 2:
         raise QuantizationError(
             f"build_quantized_module: op_weights={bits.op_weights} bit is too narrow for "
@@ -164,9 +166,10 @@ def build_quantized_module(
         calibration_data: an array/tensor, a tuple of them (one per input) or an iterable of
             such batches.
         import_qat: import a QAT (Brevitas) model instead of post-training quantization.
-        n_bits: an int or a dict with model_inputs / op_weights / op_inputs / model_outputs.
+        n_bits: an int or a dict with model_inputs / op_weights / op_inputs / model_outputs,
+            or a per-op mapping {"default": 6, "<op name>": 4, ...} (docs/cost.md).
         rounding_threshold_bits: None, an int, or {"n_bits": k, "method": ...} for every
-            mixing op.
+            mixing op, or a per-op mapping of those.
         reduce_sum_copy: make ReduceSum copy its input first (FHE bit-width helper).
         keep_onnx: keep the ONNX model on the module.
         batch_size: rows per calibration block (the data is re-chunked to blocks of exactly

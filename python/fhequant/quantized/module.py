@@ -79,11 +79,13 @@ class FheBackend:
         compile: ``compile(module, inputs, **options) -> circuit``.
         run: ``run(module, q_x, mode) -> integer outputs``, mode "simulate" or "execute".
         bitwidth_report: ``bitwidth_report(module, inputs, accumulator_bounds) -> report``.
+        cost_report: ``cost_report(module, inputs, **options) -> report`` (or None).
     """
 
     compile: Callable[..., Any]
     run: Callable[[Any, Sequence[Any], str], Any]
     bitwidth_report: Callable[[Any, Any, str | None], Any]
+    cost_report: Callable[..., Any] | None = None
 
 
 _fhe_backend: FheBackend | None = None
@@ -495,6 +497,10 @@ class QuantizedModule(serialization.Serializable):
             The BitWidthReport.
         """
         return _fhe("bitwidth_report").bitwidth_report(self, inputs, accumulator_bounds)
+
+    def cost_report(self, inputs: Any = None, **options: Any) -> Any:
+        """PBS per op and latency/key estimates before compiling (``fhequant.fhe.cost``)."""
+        return _fhe("cost_report").cost_report(self, inputs, **options)  # type: ignore[misc]
 
     def bitwidth_and_range_report(self) -> dict[str, dict[str, Any]] | None:
         """Integer range and bit width of each op that computes integers in the compiled

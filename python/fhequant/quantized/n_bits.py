@@ -1,7 +1,8 @@
 """The four bit widths of post-training quantization (docs/contract.md §4.1).
 
 ``n_bits`` is given as an int or as a dict; :func:`resolve_n_bits` turns it into a
-:class:`BitWidths` with the four values the walk uses:
+:class:`BitWidths` with the four values the walk uses (a per-op mapping
+``{"default": 6, "/fc1/Gemm": 4, ...}`` gives each op its own, :func:`n_bits_per_op`):
 
 ========================  ===============================================================
 field                     used for
@@ -23,12 +24,14 @@ from typing import Any
 import numpy as np
 
 from fhequant.errors import ArgumentError, QuantizationError
+from fhequant.quantized.per_op import PerOp, per_op
 
 __all__ = [
     "DEFAULT_MODEL_INPUTS_BITS",
     "MIN_MODEL_BITS",
     "N_BITS_KEYS",
     "BitWidths",
+    "n_bits_per_op",
     "resolve_n_bits",
 ]
 
@@ -95,6 +98,15 @@ def resolve_n_bits(n_bits: int | Mapping[str, int] | BitWidths) -> BitWidths:
     """
     if isinstance(n_bits, BitWidths):
         return n_bits
+    spec = n_bits_per_op(n_bits)
+    if spec is not None:
+        return spec.default
+    return _resolve_global(n_bits)
+
+
+def _resolve_global(n_bits: Any) -> BitWidths:
+    if isinstance(n_bits, BitWidths):
+        return n_bits
     if isinstance(n_bits, Mapping):
         unknown = sorted(str(k) for k in n_bits if k not in N_BITS_KEYS)
         if unknown:
@@ -129,3 +141,35 @@ def resolve_n_bits(n_bits: int | Mapping[str, int] | BitWidths) -> BitWidths:
     n = _as_int(n_bits, "n_bits")
     wide = max(MIN_MODEL_BITS, n)
     return BitWidths(model_inputs=wide, op_weights=n, op_inputs=n, model_outputs=wide)
+
+
+#: n_bits of the ops a per-op mapping does not name when it has no "default" entry.
+DEFAULT_N_BITS = 8
+
+
+def _is_global(mapping: Mapping[str, Any]) -> bool:
+    return any(k in N_BITS_KEYS for k in mapping)
+
+
+def n_bits_per_op(n_bits: Any) -> PerOp | None:
+    """The per-op form of ``n_bits`` with every value resolved, or None for an int or a
+    global dict.
+
+    A mapping whose keys are op names (and optionally "default", else 8) gives each op
+    named its own widths: the op's weights (op_weights), the inputs it re-quantizes
+    (op_inputs) and its output (model_outputs) use that op's value; the module input
+    quantizers (model_inputs) use the default's. Each value is an int or a global dict.
+
+    Args:
+        n_bits: the user's n_bits.
+
+    Returns:
+        A PerOp of BitWidths, or None.
+
+    Raises:
+        ArgumentError, QuantizationError: a value is not a valid n_bits (as resolve_n_bits).
+    """
+    spec = per_op(n_bits, "n_bits", _is_global, DEFAULT_N_BITS)
+    if spec is None:
+        return None
+    return spec.map(_resolve_global)

@@ -23,7 +23,7 @@ from fhequant.onnx import NumpyModule
 from fhequant.quantized.build import build_quantized_module
 from fhequant.quantized.module import QuantizedModule
 from fhequant.quantized.n_bits import resolve_n_bits
-from fhequant.quantized.ops.rounding import normalize_rounding_threshold_bits
+from fhequant.quantized.ops.rounding import normalize_rounding_threshold_bits, rounding_per_op
 
 __all__ = ["ONNXConverter", "PostTrainingAffineQuantization", "PostTrainingQATImporter"]
 
@@ -57,7 +57,8 @@ class ONNXConverter:
         self.n_bits: dict[str, int] = resolve_n_bits(n_bits).as_dict()
         self.numpy_model = numpy_model
         # validated now (a typed error names the value), kept as given for the walk
-        normalize_rounding_threshold_bits(rounding_threshold_bits, type(self).__name__)
+        if rounding_per_op(rounding_threshold_bits) is None:
+            normalize_rounding_threshold_bits(rounding_threshold_bits, type(self).__name__)
         self.rounding_threshold_bits = rounding_threshold_bits
 
     @property

@@ -55,6 +55,19 @@ def _compile(
     accumulator_bounds: str,
     calibration: Any = None,
 ) -> QuantizedModule:
+    if "auto" in (n_bits, rounding_threshold_bits, p_error) and not import_qat:
+        from fhequant.fhe.tune import tune
+
+        result = tune(
+            model,
+            _float_inputs(torch_inputset),
+            n_bits=n_bits,
+            rounding_threshold_bits=rounding_threshold_bits,
+            p_error=p_error,
+            accumulator_bounds=accumulator_bounds,
+            progress=verbose,
+        )
+        return result.module
     module = build_quantized_module(
         model,
         torch_inputset,
@@ -105,9 +118,12 @@ def compile_torch_model(
         configuration: a concrete.fhe.Configuration (without p_error/global_p_error).
         artifacts: a concrete.fhe.DebugArtifacts.
         show_mlir: print the MLIR.
-        n_bits: an int or a dict of model_inputs / op_weights / op_inputs / model_outputs.
-        rounding_threshold_bits: None, an int or {"n_bits": k, "method": ...}.
-        p_error: per-TLU error probability (neither given: 2**-40).
+        n_bits: an int or a dict of model_inputs / op_weights / op_inputs / model_outputs,
+            a per-op mapping of those, or "auto" (``fhequant.tune`` searches it on the
+            inputset, top-1 agreement with the float model within 1 point; docs/cost.md).
+        rounding_threshold_bits: None, an int or {"n_bits": k, "method": ...}, a per-op
+            mapping, or "auto".
+        p_error: per-TLU error probability (neither given: 2**-40), or "auto" (searched).
         global_p_error: circuit error probability.
         verbose: print concrete's compilation steps.
         inputs_encryption_status: "encrypted"/"clear" per input (None: all encrypted).
@@ -185,9 +201,12 @@ def compile_onnx_model(
         configuration: a concrete.fhe.Configuration (without p_error/global_p_error).
         artifacts: a concrete.fhe.DebugArtifacts.
         show_mlir: print the MLIR.
-        n_bits: an int or a dict of model_inputs / op_weights / op_inputs / model_outputs.
-        rounding_threshold_bits: None, an int or {"n_bits": k, "method": ...}.
-        p_error: per-TLU error probability (neither given: 2**-40).
+        n_bits: an int or a dict of model_inputs / op_weights / op_inputs / model_outputs,
+            a per-op mapping of those, or "auto" (``fhequant.tune`` searches it on the
+            inputset, top-1 agreement with the float model within 1 point; docs/cost.md).
+        rounding_threshold_bits: None, an int or {"n_bits": k, "method": ...}, a per-op
+            mapping, or "auto".
+        p_error: per-TLU error probability (neither given: 2**-40), or "auto" (searched).
         global_p_error: circuit error probability.
         verbose: print concrete's compilation steps.
         inputs_encryption_status: "encrypted"/"clear" per input (None: all encrypted).

@@ -9,6 +9,7 @@ its last consumer. :func:`quantize_module` is the entry point.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +38,9 @@ from fhequant.quantized.graph import (
     graph_nodes,
     quantized_registry,
 )
-from fhequant.quantized.n_bits import resolve_n_bits
+from fhequant.quantized.n_bits import n_bits_per_op, resolve_n_bits
+from fhequant.quantized.ops.rounding import rounding_per_op
+from fhequant.quantized.per_op import PerOp
 from fhequant.quantized.strategies import (
     PTQStrategy,
     QATImportStrategy,
@@ -60,11 +63,13 @@ class ModuleCalibrator:
     Args:
         model: the (pre-processed) ONNX model.
         strategy: PTQ or QAT import.
-        rounding_threshold_bits: passed to every mixing op.
+        rounding_threshold_bits: passed to every mixing op (or per op: a mapping of op names,
+            fhequant.quantized.per_op).
         block_rows: rows per evaluation block.
         memory_budget: bytes of intermediate blocks kept in memory before spilling to disk.
         verbose: show a progress bar even when stderr is not a terminal.
         preprocess: optional function applied to each block of inputs (ONNX pre-processing).
+        n_bits_per_op: the per-op n_bits (a PerOp of BitWidths) or None (the strategy's).
         calibration: the statistics choosing the ranges (None: min/max everywhere;
             :mod:`fhequant.quantized.calibration.methods`).
     """
@@ -78,6 +83,7 @@ class ModuleCalibrator:
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         verbose: bool = False,
         preprocess: Callable[..., tuple[np.ndarray, ...]] | None = None,
+        n_bits_per_op: PerOp | None = None,
         calibration: Any = None,
     ) -> None:
         if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:
@@ -86,6 +92,8 @@ class ModuleCalibrator:
         self.strategy = strategy
         self.bits = strategy.bits
         self.rounding_threshold_bits = rounding_threshold_bits
+        self.rounding_per_op = rounding_per_op(rounding_threshold_bits)
+        self.n_bits_per_op = n_bits_per_op
         self.block_rows = block_rows
         self.memory_budget = memory_budget
         self.verbose = verbose
@@ -123,6 +131,10 @@ class ModuleCalibrator:
             A dict with the ordered input and output names, quant_layers_dict, the per-input
             quantizers (docs/contract.md §4.6) and the number of calibration rows.
         """
+        op_names = [(node.name, *node.outputs[:1]) for node in self.nodes]
+        for spec in (self.n_bits_per_op, self.rounding_per_op):
+            if spec is not None:
+                spec.check(op_names)
         calib = normalize_calibration_data(data)
         try:
             self._load_inputs(calib)
@@ -281,7 +293,23 @@ class ModuleCalibrator:
             f"Constant node {node.name!r} has none of the supported value attributes"
         )
 
+    def _op_strategy(self, node: GraphNode) -> tuple[QuantizationStrategy, Any]:
+        """The strategy (with the op's n_bits) and rounding threshold of one op."""
+        names = (node.name, *node.outputs[:1])
+        rounding = self.rounding_threshold_bits
+        if self.rounding_per_op is not None:
+            rounding = self.rounding_per_op.value_for(names)
+        if self.n_bits_per_op is None:
+            return self.strategy, rounding
+        bits = self.n_bits_per_op.value_for(names)
+        if bits == self.bits:
+            return self.strategy, rounding
+        strategy = copy.copy(self.strategy)
+        strategy.bits = bits
+        return strategy, rounding
+
     def _build_op(self, node: GraphNode, variable: list[str]) -> Any:
+        strategy, rounding = self._op_strategy(node)
         registry = quantized_registry()
         cls = registry.get(node.op_type)
         if cls is None:
@@ -296,11 +324,11 @@ class ModuleCalibrator:
             value = self.constants[name]
             weights = self._weight_method(node, idx) if cls.must_quantize_input(idx) else None
             if weights is not None:
-                constants[idx] = self.strategy.process_weights(
+                constants[idx] = strategy.process_weights(
                     value, name, weights, self._channel_axis(node, np.ndim(value))
                 )
             elif cls.must_quantize_input(idx):
-                constants[idx] = self.strategy.process_initializer(value, name)
+                constants[idx] = strategy.process_initializer(value, name)
             else:
                 constants[idx] = value.values if isinstance(value, QuantizedArray) else value
         int_input_names: set[str] = set()
@@ -313,19 +341,19 @@ class ModuleCalibrator:
             if tensor.vmin is not None and tensor.vmin < 0:
                 signed = True
         n_in = (
-            self.bits.model_outputs
+            strategy.bits.model_outputs
             if cls.quantize_inputs_with_model_outputs_precision
-            else self.bits.op_inputs
+            else strategy.bits.op_inputs
         )
         kwargs: dict[str, Any] = {}
         if cls.is_mixing:
-            kwargs["rounding_threshold_bits"] = self.rounding_threshold_bits
+            kwargs["rounding_threshold_bits"] = rounding
         op = cls(
-            self.bits.model_outputs,
+            strategy.bits.model_outputs,
             node.name,
             int_input_names=int_input_names,
             constant_inputs=constants,
-            input_quant_opts=self.strategy.input_quant_opts(n_in, signed),
+            input_quant_opts=strategy.input_quant_opts(n_in, signed),
             **kwargs,
             **node.attrs,
         )
@@ -410,8 +438,8 @@ def quantize_module(
     Args:
         model: the ONNX model (pre-processed).
         data: calibration data: an array, a tuple of arrays, or an iterable of batches.
-        n_bits: int or dict (docs/contract.md §4.1).
-        rounding_threshold_bits: for every mixing op (docs/contract.md §2.4).
+        n_bits: int or dict (docs/contract.md §4.1), or a per-op mapping (docs/cost.md).
+        rounding_threshold_bits: for every mixing op (docs/contract.md §2.4), or per op.
         import_qat: use the QAT importer instead of PTQ.
         block_rows: rows per evaluation block.
         memory_budget: bytes of intermediates kept in memory before spilling to disk.
@@ -432,6 +460,7 @@ def quantize_module(
         memory_budget=memory_budget,
         verbose=verbose,
         preprocess=preprocess,
+        n_bits_per_op=n_bits_per_op(n_bits),
         calibration=calibration,
     )
     return calibrator.run(data)

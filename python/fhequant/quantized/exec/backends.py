@@ -170,6 +170,11 @@ class TracingBackend:
     def operand(self, x: Any) -> Any:
         return x
 
+    def op_scope(self, name: str) -> Any:
+        """Tag the nodes traced inside the ``with`` block with the op's name (concrete's
+        ``fhe.tag``: the circuit's statistics per tag are per op)."""
+        return fhe_module().tag(name)
+
     def conv_padded(self, x_pad: Any, w: Any, strides: Sequence[int], group: int) -> Any:
         fhe = fhe_module()
         return fhe.conv(x_pad, w, strides=tuple(int(s) for s in strides), group=int(group))

@@ -103,8 +103,11 @@ def run_op(name: str, op: Any, *args: Any, **kwargs: Any) -> Any:
         The op's result.
     """
     token = _OP.set(name)
+    # a tracing backend tags the op's nodes with its name (concrete's per-tag statistics)
+    tag = getattr(getattr(_FORCED.get(), "backend", None), "op_scope", None)
     try:
-        result = op.q_impl(*args, **kwargs)
+        with tag(name) if tag is not None else contextlib.nullcontext():
+            result = op.q_impl(*args, **kwargs)
     except Exception as exc:
         # the innermost op an error passed through (read by fhequant.fhe: failed_op)
         if getattr(exc, "_fhequant_op", None) is None:

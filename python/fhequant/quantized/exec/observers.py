@@ -80,6 +80,8 @@ class ValueRecord:
             ⌊(x+y)²/4⌋ - ⌊(x-y)²/4⌋: two table lookups whose input (x+y, x-y) has this width
             and whose output has the product's width.
         product_operand_wc_bits: the same with the worst-case ranges.
+        elements: how many integers the node holds over the whole inputset (all rows; the
+            cost report divides by the row count to get the table lookups of one sample).
     """
 
     op: str
@@ -94,6 +96,7 @@ class ValueRecord:
     pre_round_wc_bits: int = 0
     product_operand_bits: int = 0
     product_operand_wc_bits: int = 0
+    elements: int = 0
 
     @property
     def bits(self) -> int:
@@ -191,7 +194,7 @@ class RecordingObserver(Observer):
                 hit[1].feeds_tlu = True
         wlo, whi = (int(v) for v in bounds(self.worst))
         lo, hi = observed_range(value)
-        record = ValueRecord(op, label, lo, hi, wlo, whi)
+        record = ValueRecord(op, label, lo, hi, wlo, whi, elements=int(np.size(value)))
         if product_of is not None:
             widths = [ik.bit_width(*observed_range(v)) for v in product_of]
             wc_widths = [

@@ -8,8 +8,14 @@ import numpy as np
 
 from fhequant.errors import InvalidOptionKeyError, QuantizedOpError, UnsupportedOptionError
 from fhequant.quantized.exec import fhe_module
+from fhequant.quantized.per_op import PerOp, per_op
 
-__all__ = ["ROUNDING_IDS", "compute_bits_precision", "normalize_rounding_threshold_bits"]
+__all__ = [
+    "ROUNDING_IDS",
+    "compute_bits_precision",
+    "normalize_rounding_threshold_bits",
+    "rounding_per_op",
+]
 
 #: The accumulator ids of ``lsbs_to_remove`` (one per rounding point of an op).
 ROUNDING_IDS = (
@@ -108,3 +114,30 @@ def normalize_rounding_threshold_bits(value: Any, op_label: str = "rounding_thre
             f"{op_label}: rounding_threshold_bits n_bits must be in [2, 8], got {int(n_bits)}"
         )
     return {"n_bits": int(n_bits), "method": exactness}
+
+
+def _is_global_rounding(mapping: Any) -> bool:
+    return any(k in ("n_bits", "method") for k in mapping)
+
+
+def rounding_per_op(value: Any) -> PerOp | None:
+    """The per-op form of a module's ``rounding_threshold_bits`` (every value normalised),
+    or None for a global value (None, an int, {"n_bits": k, "method": ...}).
+
+    A mapping of op names (and optionally "default", else None: no rounding) gives each
+    mixing op named its own threshold; each value is a global form.
+
+    Args:
+        value: the user's rounding_threshold_bits.
+
+    Returns:
+        A PerOp of normalised values, or None.
+
+    Raises:
+        QuantizedOpError, InvalidOptionKeyError: a value is invalid (as
+            normalize_rounding_threshold_bits).
+    """
+    spec = per_op(value, "rounding_threshold_bits", _is_global_rounding, None)
+    if spec is None:
+        return None
+    return spec.map(lambda v: normalize_rounding_threshold_bits(v, "rounding_threshold_bits"))

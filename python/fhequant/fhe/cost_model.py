@@ -1,0 +1,280 @@
+"""The cost model: what one PBS costs, per kind, input width and error-probability class.
+
+concrete chooses crypto parameters per partition of the circuit from the widths of its table
+lookups and the error probability (p_error); a PBS then costs what its parameters cost. The
+model stores, measured once with concrete on one machine (:func:`measure_cost_model`,
+``fhequant calibrate-cost``), for each p_error class and each lookup input width from 1 to 16
+bits: the optimizer's ``complexity`` of one PBS and the key sizes (bootstrap + key-switch
+keys) of a circuit at that width; and one factor, the measured seconds of execution per unit
+of complexity on that machine. A prediction sums the complexity of the module's PBS
+(:mod:`fhequant.fhe.lookups`) and converts it to seconds.
+
+The packaged model (``cost_model.json``, format version :data:`FORMAT_VERSION`) is used
+unless ``FHEQUANT_COST_MODEL`` names another file or ``~/.cache/fhequant/cost_model.json``
+(what ``fhequant calibrate-cost`` writes) exists.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fhequant.errors import ConfigurationError, SerializationError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "P_ERROR_CLASSES",
+    "CostModel",
+    "load_cost_model",
+    "measure_cost_model",
+    "user_cost_model_path",
+]
+
+#: Version of the JSON layout of a cost model.
+FORMAT_VERSION = 1
+#: The p_error values the model is measured at; a p_error uses the nearest class at or
+#: below it (the conservative side).
+P_ERROR_CLASSES = (2.0**-40, 1e-5, 1e-3, 1e-2, 5e-2)
+_MAX_BITS = 16
+
+
+def user_cost_model_path() -> Path:
+    """Where ``fhequant calibrate-cost`` writes the model of this machine."""
+    return Path.home() / ".cache" / "fhequant" / "cost_model.json"
+
+
+@dataclass
+class CostModel:
+    """Per-PBS complexity and key sizes by p_error class and width, and seconds/complexity.
+
+    Attributes:
+        seconds_per_complexity: measured execution seconds per unit of concrete complexity.
+        classes: p_error class -> kind ("tlu", "round") -> width -> {"complexity": per PBS,
+            "key_bytes": bootstrap + key-switch key bytes of a circuit at that width}; a
+            width concrete finds no parameters for is absent.
+        meta: where and with what the model was measured.
+    """
+
+    seconds_per_complexity: float
+    classes: dict[float, dict[str, dict[int, dict[str, float]]]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def p_error_class(self, p_error: float | None) -> float:
+        """The measured class for a p_error (the largest class <= p_error; 2**-40 for None)."""
+        keys = sorted(self.classes)
+        if p_error is None:
+            return keys[0]
+        below = [k for k in keys if k <= float(p_error) * (1 + 1e-9)]
+        return below[-1] if below else keys[0]
+
+    def entry(self, kind: str, bits: int, p_error: float | None) -> dict[str, float]:
+        """The measured entry of one PBS kind and width (the nearest measured width above,
+        else the widest; products and max-pool steps are costed as table lookups)."""
+        table = self.classes[self.p_error_class(p_error)]
+        per_kind = table.get("round" if kind == "round" else "tlu") or table["tlu"]
+        widths = sorted(per_kind)
+        bits = max(int(bits), 1)
+        above = [w for w in widths if w >= bits]
+        best = per_kind[above[0] if above else widths[-1]]
+        if not above and widths and bits > widths[-1]:  # extrapolate: x2 per bit
+            scale = 2.0 ** (bits - widths[-1])
+            return {k: v * scale for k, v in best.items()}
+        return best
+
+    def complexity(self, kind: str, bits: int, p_error: float | None) -> float:
+        """concrete complexity of one PBS."""
+        return float(self.entry(kind, bits, p_error)["complexity"])
+
+    def key_bytes(self, widths: Sequence[int], p_error: float | None) -> float:
+        """Estimated evaluation-key bytes of a circuit with lookups of these widths: the keys
+        of each distinct width (concrete gives each partition its own keys)."""
+        return float(sum(self.entry("tlu", b, p_error)["key_bytes"] for b in set(widths)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (format version :data:`FORMAT_VERSION`)."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "meta": self.meta,
+            "seconds_per_complexity": self.seconds_per_complexity,
+            "classes": {
+                repr(p): {kind: {str(b): e for b, e in t.items()} for kind, t in kinds.items()}
+                for p, kinds in self.classes.items()
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CostModel:
+        """Read the JSON form.
+
+        Raises:
+            SerializationError: another format version or missing fields.
+        """
+        if data.get("format_version") != FORMAT_VERSION:
+            raise SerializationError(
+                f"cost model format_version {data.get('format_version')!r} is not "
+                f"{FORMAT_VERSION}; re-measure it with `fhequant calibrate-cost`"
+            )
+        try:
+            classes = {
+                float(p): {
+                    kind: {int(b): {k: float(v) for k, v in e.items()} for b, e in t.items()}
+                    for kind, t in kinds.items()
+                }
+                for p, kinds in data["classes"].items()
+            }
+            return cls(float(data["seconds_per_complexity"]), classes, dict(data.get("meta", {})))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SerializationError(f"cost model: malformed data ({exc})") from exc
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the JSON form to ``path`` (parents created)."""
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
+        return out
+
+
+def load_cost_model(path: str | os.PathLike[str] | None = None) -> CostModel:
+    """The cost model: ``path``, else ``$FHEQUANT_COST_MODEL``, else this machine's
+    (``fhequant calibrate-cost``), else the packaged one."""
+    candidates = [path, os.environ.get("FHEQUANT_COST_MODEL"), user_cost_model_path()]
+    for c in candidates:
+        if c and Path(c).is_file():
+            return CostModel.from_dict(json.loads(Path(c).read_text()))
+        if c is path and path is not None:
+            raise ConfigurationError(f"cost model file {str(path)!r} does not exist")
+    text = resources.files("fhequant.fhe").joinpath("cost_model.json").read_text()
+    return CostModel.from_dict(json.loads(text))
+
+
+# -- measuring ---------------------------------------------------------------------------------
+
+
+def _compile_lookup(bits: int, p_error: float, lsbs: int, elements: int) -> Any:
+    """A circuit of ``elements`` lookups of ``bits``-bit inputs (after rounding ``lsbs``)."""
+    from fhequant._concrete import fhe_module
+
+    fhe = fhe_module()
+    width = bits + lsbs
+
+    def circuit(x: Any) -> Any:
+        y = fhe.round_bit_pattern(x, lsbs) if lsbs else x
+        return fhe.univariate(lambda v: (v >> lsbs) % 4)(y)
+
+    hi = 2**width - 1
+    inputset = [np.full(elements, v, dtype=np.int64) for v in (0, hi, hi // 2)]
+    config = fhe.Configuration(p_error=p_error, single_precision=False)
+    return fhe.Compiler(circuit, {"x": "encrypted"}).compile(inputset, configuration=config)
+
+
+#: Width the rounding circuits round to (their lookup is cheap: the rounding steps dominate).
+_ROUND_TO = 3
+
+
+def _measure_rounding(
+    p: float,
+    tlu: dict[int, dict[str, float]],
+    max_bits: int,
+    n: int,
+    say: Callable[[str], None],
+) -> dict[int, dict[str, float]]:
+    """Per rounding step, by the width before rounding: circuits rounding w-bit values to
+    3 bits then looking them up; the cost of the 3-bit lookups is taken off and the rest
+    divided among the w - 3 steps of each element."""
+    out: dict[int, dict[str, float]] = {}
+    base = tlu.get(_ROUND_TO, {}).get("complexity", 0.0)
+    for width in range(_ROUND_TO + 1, max_bits + 1):
+        try:
+            cx, keys, _ = _stats(_compile_lookup(_ROUND_TO, p, width - _ROUND_TO, n))
+        except RuntimeError:
+            continue
+        per = max((cx / n - base) / (width - _ROUND_TO), 0.0)
+        out[width] = {"complexity": per, "key_bytes": keys}
+        say(f"p_error {p:.3g}, rounding {width} bits: {per:.3g} per step")
+    return out
+
+
+def _stats(circuit: Any) -> tuple[float, float, int]:
+    keys = float(circuit.size_of_bootstrap_keys + circuit.size_of_keyswitch_keys)
+    return float(circuit.complexity), keys, int(circuit.programmable_bootstrap_count)
+
+
+def measure_cost_model(
+    max_bits: int = _MAX_BITS,
+    p_errors: Sequence[float] = P_ERROR_CLASSES,
+    timing_bits: Sequence[int] = (3, 5, 7),
+    repeats: int = 3,
+    progress: Callable[[str], None] | None = None,
+) -> CostModel:
+    """Measure the cost model on this machine with concrete.
+
+    For each p_error class and width, compiles a circuit of table lookups (and one of
+    rounding steps before 3-bit lookups, up to ``max_bits`` + 2 bits: accumulators are
+    rounded from wider than 16 bits) and reads concrete's complexity and key sizes; then
+    generates keys and times real executions at ``timing_bits`` (p_error 1e-2, small keys)
+    to get the seconds per unit of complexity (the minimum of ``repeats`` runs).
+
+    Args:
+        max_bits: widest lookup input measured.
+        p_errors: the p_error classes.
+        timing_bits: widths of the timed circuits.
+        repeats: timed runs per circuit (the fastest counts: the machine may be shared).
+        progress: called with a line of text per step.
+
+    Returns:
+        The CostModel (``save`` it, or let ``fhequant calibrate-cost`` do it).
+    """
+    say = progress or (lambda _: None)
+    n = 8
+    classes: dict[float, dict[str, dict[int, dict[str, float]]]] = {}
+    for p in p_errors:
+        kinds: dict[str, dict[int, dict[str, float]]] = {"tlu": {}, "round": {}}
+        for bits in range(1, max_bits + 1):
+            try:
+                cx, keys, _ = _stats(_compile_lookup(bits, p, 0, n))
+            except RuntimeError:  # NoParametersFound: this width has no entry
+                continue
+            kinds["tlu"][bits] = {"complexity": cx / n, "key_bytes": keys}
+            say(f"p_error {p:.3g}, {bits} bits: {cx / n:.3g} per PBS, {keys / 1e6:.1f} MB keys")
+        kinds["round"] = _measure_rounding(p, kinds["tlu"], max_bits + 2, n, say)
+        classes[p] = kinds
+    ratios = []
+    for bits in timing_bits:
+        circuit = _compile_lookup(int(bits), 1e-2, 0, n)
+        circuit.keygen()
+        x = np.full(n, 1, dtype=np.int64)
+        best = math.inf
+        for _ in range(repeats):
+            args = circuit.encrypt(x)
+            start = time.perf_counter()
+            circuit.run(args)
+            best = min(best, time.perf_counter() - start)
+        ratios.append(best / float(circuit.complexity))
+        say(f"timed {bits} bits: {best:.3f} s for {n} PBS")
+    meta = {
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "concrete_python": _concrete_version(),
+    }
+    return CostModel(float(np.median(ratios)), classes, meta)
+
+
+def _concrete_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("concrete-python")
+    except Exception:  # pragma: no cover - metadata missing
+        return "unknown"

@@ -1,0 +1,499 @@
+"""Let fhequant choose the bits: ``fhequant.tune`` (``n_bits="auto"``, ``fhequant tune``).
+
+The search minimises the estimated FHE latency (the cost model of :mod:`fhequant.fhe.cost`)
+over per-op ``n_bits``, per-op ``rounding_threshold_bits`` and ``p_error`` subject to
+
+* every table-lookup input fitting concrete's 16 bits (observed, or worst case with
+  ``accumulator_bounds="worst_case"``), and
+* the metric on the validation data (default: top-1 agreement with the float model; accuracy
+  when labels are given) staying within ``accuracy_budget`` points of the float model's.
+
+Calibration and the clear forward are cheap, so the bits are searched on the clear path, which
+computes exactly what the circuit computes except for table-lookup errors:
+
+1. uniform settings (every mixing op at n bits, rounded to r bits), from wide to narrow;
+2. per-op refinement from the best uniform setting: one op's rounding or n_bits one bit
+   lower at a time, the moves tried in order of the cost they save, the first that keeps
+   the metric in budget taken;
+3. p_error, which the clear path cannot see: the module is compiled at 1e-2 and the metric
+   measured with ``fhe="simulate"`` (table-lookup errors drawn as concrete would make them);
+   in budget, 5e-2 is tried next, else 1e-3; the largest class in budget wins (none: the
+   default 2**-40), and the final module's simulated metric is the confirmation.
+
+Everything runs within ``time_budget`` seconds (the phases share it; the search stops where
+it is when time runs out and keeps the best feasible setting found). The result holds the
+module (compiled), its settings and the trade-off table (the Pareto front of estimated cost
+against the metric), which ``TuneResult.plot`` draws as a PNG.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fhequant.errors import BitWidthError, CompilationError, TuningError
+from fhequant.fhe.cost import CostReport, _pyplot, cost_report
+from fhequant.fhe.cost_model import CostModel, load_cost_model
+from fhequant.quantized.build import _numpy_module, build_quantized_module
+from fhequant.quantized.streaming import as_numpy
+
+__all__ = ["Candidate", "TuneResult", "top1_agreement", "tune"]
+
+#: p_error classes tried for the simulated phase, largest (cheapest) first.
+P_ERRORS = (0.05, 0.01, 1e-3)
+_NOT_COMPILED = object()
+_UNIFORM = ((8, 8), (7, 7), (6, 6), (6, 5), (5, 5), (5, 4), (4, 4), (4, 3), (3, 3), (2, 2))
+
+
+def top1_agreement(outputs: np.ndarray, target: np.ndarray) -> float:
+    """Fraction of rows whose arg-max output equals the target (labels or arg-max indices).
+
+    Args:
+        outputs: (rows, classes) scores.
+        target: labels (rows,) or reference scores (rows, classes).
+
+    Returns:
+        The agreement in [0, 1].
+    """
+    pred = np.asarray(outputs).reshape(len(outputs), -1).argmax(axis=1)
+    ref = np.asarray(target)
+    if ref.ndim > 1:
+        ref = ref.reshape(len(ref), -1).argmax(axis=1)
+    return float(np.mean(pred == ref.astype(np.int64)))
+
+
+@dataclass
+class Candidate:
+    """One evaluated setting.
+
+    Attributes:
+        n_bits: op name -> n_bits (the mixing ops; the others use ``default``).
+        rounding: op name -> rounding threshold (None: not rounded).
+        p_error: the p_error (None: 2**-40).
+        metric: the metric on the validation data, clear path (simulated for p_error).
+        complexity: estimated concrete complexity (inf when it does not fit 16 bits).
+        latency_s: estimated seconds per sample.
+        max_bits: widest table-lookup input.
+        phase: "uniform", "per-op" or "p_error".
+        simulated: whether ``metric`` was measured with fhe="simulate".
+    """
+
+    n_bits: dict[str, int]
+    rounding: dict[str, int | None]
+    p_error: float | None
+    metric: float
+    complexity: float
+    latency_s: float
+    max_bits: int
+    phase: str
+    simulated: bool = False
+
+    def settings(self, default_bits: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The per-op n_bits and rounding_threshold_bits mappings of this setting."""
+        return (
+            {"default": default_bits, **self.n_bits},
+            {"default": None, **self.rounding},
+        )
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune` found.
+
+    Attributes:
+        module: the chosen QuantizedModule, compiled with ``p_error``.
+        n_bits: its per-op n_bits mapping (give it to build_quantized_module / compile_*).
+        rounding_threshold_bits: its per-op rounding mapping.
+        p_error: its p_error (None: 2**-40).
+        metric: its simulated metric on the validation data (fraction in [0, 1]).
+        reference_metric: the float model's metric.
+        candidates: every evaluated setting.
+        cost: the chosen module's CostReport.
+        elapsed_s: the search time.
+        extra: "floor" (the metric floor), "final_compile_s" (the compile and simulation of
+            the chosen setting after the search, when its p_error was not compiled yet) and
+            "step_s" (the longest p_error step: a step started in time runs to its end).
+    """
+
+    module: Any
+    n_bits: dict[str, Any]
+    rounding_threshold_bits: dict[str, Any]
+    p_error: float | None
+    metric: float
+    reference_metric: float
+    candidates: list[Candidate]
+    cost: CostReport
+    elapsed_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pareto(self) -> list[Candidate]:
+        """The settings no other beats on both estimated cost and metric, cheapest first."""
+        ok = sorted(
+            (c for c in self.candidates if np.isfinite(c.complexity)),
+            key=lambda c: (c.complexity, -c.metric),
+        )
+        front: list[Candidate] = []
+        for c in ok:
+            if not front or c.metric > front[-1].metric:
+                front.append(c)
+        return front
+
+    def table(self) -> str:
+        """The Pareto front as a text table."""
+        lines = ["est. complexity  est. s/sample  metric  sim  p_error   n_bits / rounding"]
+        for c in self.pareto:
+            bits = ", ".join(f"{k}:{v}/{c.rounding.get(k)}" for k, v in c.n_bits.items())
+            lines.append(
+                f"{c.complexity:15.3g}  {c.latency_s:13.3g}  {100 * c.metric:6.2f}  "
+                f"{'yes' if c.simulated else 'no ':3}  {c.p_error or 2**-40:<8.2g}  {bits}"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (settings, metric, cost, Pareto front)."""
+        return {
+            "n_bits": self.n_bits,
+            "rounding_threshold_bits": self.rounding_threshold_bits,
+            "p_error": self.p_error,
+            "metric": self.metric,
+            "reference_metric": self.reference_metric,
+            "elapsed_s": self.elapsed_s,
+            "cost": self.cost.to_dict(),
+            "pareto": [c.__dict__ for c in self.pareto],
+            "evaluated": len(self.candidates),
+        }
+
+    def plot(self, path: Any) -> Any:
+        """Estimated cost against metric for every setting, the Pareto front joined (PNG)."""
+        from pathlib import Path
+
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ok = [c for c in self.candidates if np.isfinite(c.complexity)]
+        ax.scatter([c.complexity for c in ok], [100 * c.metric for c in ok], s=12, c="0.6")
+        front = self.pareto
+        ax.plot([c.complexity for c in front], [100 * c.metric for c in front], "o-", c="tab:blue")
+        ax.scatter([self.cost.complexity], [100 * self.metric], marker="*", s=150, c="tab:red")
+        ax.set_xscale("log")
+        ax.set_xlabel("estimated complexity")
+        ax.set_ylabel("metric (%)")
+        ax.axhline(100 * self.extra.get("floor", 0.0), ls="--", c="0.4", lw=0.8)
+        fig.tight_layout()
+        out = Path(path)
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+        return out
+
+
+class _Search:
+    """The state of one tune run (candidates, clock, data)."""
+
+    def __init__(self, model: Any, calib: Any, x_val: Any, target: Any, **opts: Any) -> None:
+        self.model = model
+        self.calib = calib
+        self.x_val = x_val
+        self.target = target
+        self.metric_fn: Callable[[np.ndarray, np.ndarray], float] = opts["metric"]
+        self.floor: float = opts["floor"]
+        self.default_bits: int = opts["default_bits"]
+        self.bounds: str = opts["accumulator_bounds"]
+        self.cost_model: CostModel = opts["cost_model"]
+        self.deadline: float = opts["deadline"]
+        self.say: Callable[[str], None] = opts["progress"]
+        self.fixed_bits: int | None = opts["fixed_bits"]
+        self.fixed_rounding: Any = opts["fixed_rounding"]
+        self.candidates: list[Candidate] = []
+        self.reports: dict[int, CostReport] = {}
+        self.ops: list[str] = []
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def build(self, nb: dict[str, int], rb: dict[str, int | None]) -> Any:
+        n_bits: Any = self.fixed_bits if self.fixed_bits is not None else nb
+        rounding: Any = self.fixed_rounding if self.fixed_rounding != "auto" else rb
+        if isinstance(n_bits, dict):
+            n_bits = {"default": self.default_bits, **n_bits}
+        if isinstance(rounding, dict):
+            rounding = {"default": None, **rounding}
+        return build_quantized_module(
+            self.model, self.calib, n_bits=n_bits, rounding_threshold_bits=rounding
+        )
+
+    def evaluate(
+        self, nb: dict[str, int], rb: dict[str, int | None], phase: str, cost: bool = True
+    ) -> Candidate:
+        """Build the module of a setting, measure its metric (clear path) and, when the
+        metric is in budget and ``cost``, its estimated cost (cost_report)."""
+        module = self.build(nb, rb)
+        metric = self.metric_fn(np.asarray(module.forward(*self.x_val)), self.target)
+        cand = Candidate(dict(nb), dict(rb), None, metric, float("inf"), float("inf"), 0, phase)
+        self.candidates.append(cand)
+        if cost and metric >= self.floor:
+            self.price(cand, module)
+        self.say(
+            f"[{phase}] metric {100 * metric:.2f}% (floor {100 * self.floor:.2f}%), "
+            f"est. {cand.latency_s:.3g} s/sample, widest lookup {cand.max_bits} bits"
+        )
+        return cand
+
+    def price(self, cand: Candidate, module: Any = None) -> None:
+        """Fill a candidate's estimated cost (inf when it does not fit 16 bits)."""
+        module = module if module is not None else self.build(cand.n_bits, cand.rounding)
+        try:
+            report = cost_report(
+                module, self.calib, accumulator_bounds=self.bounds, cost_model=self.cost_model
+            )
+        except BitWidthError:
+            return
+        cand.max_bits = report.max_tlu_bits
+        self.reports[id(cand)] = report
+        if report.fits:
+            cand.complexity, cand.latency_s = report.complexity, report.latency_s
+
+
+def _mixing_ops(module: Any) -> list[str]:
+    return [name for name, (_, op) in module.quant_layers_dict.items() if op.is_mixing]
+
+
+def _feasible(c: Candidate, floor: float) -> bool:
+    return c.metric >= floor and bool(np.isfinite(c.complexity))
+
+
+def _uniform_phase(s: _Search) -> Candidate | None:
+    """Uniform settings from wide to narrow (metric only), then the cost of the narrowest
+    two in budget; a setting that does not fit 16 bits is passed over."""
+    passing: list[Candidate] = []
+    seen: set[str] = set()
+    for n, r in _UNIFORM:
+        if s.left() <= 0:
+            break
+        n = s.fixed_bits if isinstance(s.fixed_bits, int) else n
+        if s.fixed_rounding != "auto":
+            r = s.fixed_rounding if isinstance(s.fixed_rounding, int) else r
+        nb = {op: n for op in s.ops}
+        rb: dict[str, int | None] = {op: r for op in s.ops}
+        key = repr((nb, rb))
+        if key in seen:
+            continue
+        seen.add(key)
+        c = s.evaluate(nb, rb, "uniform", cost=False)
+        if c.metric >= s.floor:
+            passing.append(c)
+        elif passing:
+            break  # narrower uniform settings only lose more
+    best: Candidate | None = None
+    for c in reversed(passing):
+        if s.left() <= 0 and best is not None:
+            break
+        s.price(c)
+        s.say(f"[uniform] est. {c.latency_s:.3g} s/sample, widest lookup {c.max_bits} bits")
+        if np.isfinite(c.complexity) and (best is None or c.complexity < best.complexity):
+            best = c
+        if best is not None and c is not passing[-1]:
+            break
+    return best
+
+
+def _moves(s: _Search, c: Candidate) -> list[tuple[dict[str, int], dict[str, int | None]]]:
+    """One-bit-narrower moves of one op, the largest estimated saving first."""
+    report = s.reports.get(id(c))
+    model = s.cost_model
+    scored = []
+    for op in s.ops:
+        lookups = report.row(op).by_kind.get("tlu", 0) if report and _has(report, op) else 1
+        r = c.rounding.get(op)
+        n = c.n_bits[op]
+        step = model.complexity("round", 12, None)
+        if s.fixed_rounding == "auto" and r is not None and r > 2:
+            gain = lookups * (
+                model.complexity("tlu", r, None) - model.complexity("tlu", r - 1, None)
+            )
+            scored.append((gain - lookups * step, dict(c.n_bits), {**c.rounding, op: r - 1}))
+        if s.fixed_bits is None and n > 2:
+            scored.append((2 * lookups * step, {**c.n_bits, op: n - 1}, dict(c.rounding)))
+    scored.sort(key=lambda t: -t[0])
+    return [(nb, rb) for _, nb, rb in scored]
+
+
+def _has(report: CostReport, op: str) -> bool:
+    return any(r.name == op for r in report.rows)
+
+
+def _per_op_phase(s: _Search, start: Candidate, min_left: float) -> Candidate:
+    """Take the first one-bit move (largest estimated saving first) that keeps the metric in
+    budget and lowers the estimated cost; repeat until none does or time runs out."""
+    best = start
+    tried: set[str] = set()
+    improved = True
+    while improved and s.left() > min_left:
+        improved = False
+        for nb, rb in _moves(s, best):
+            key = repr((sorted(nb.items()), sorted(rb.items())))
+            if key in tried or s.left() <= min_left:
+                continue
+            tried.add(key)
+            c = s.evaluate(nb, rb, "per-op")
+            if _feasible(c, s.floor) and c.complexity < best.complexity:
+                best, improved = c, True
+                break
+    return best
+
+
+def _simulated_metric(s: _Search, module: Any) -> float:
+    return s.metric_fn(np.asarray(module.forward(*s.x_val, fhe="simulate")), s.target)
+
+
+def tune(
+    model: Any,
+    calibration_data: Any,
+    validation_data: Any = None,
+    labels: Any = None,
+    *,
+    metric: Callable[[np.ndarray, np.ndarray], float] | None = None,
+    accuracy_budget: float = 1.0,
+    time_budget: float = 60.0,
+    n_bits: Any = "auto",
+    rounding_threshold_bits: Any = "auto",
+    p_error: Any = "auto",
+    accumulator_bounds: str = "observed",
+    default_bits: int = 8,
+    cost_model: CostModel | None = None,
+    progress: Callable[[str], None] | bool = True,
+) -> TuneResult:
+    """Search per-op n_bits, per-op rounding and p_error for the cheapest FHE circuit within
+    an accuracy budget (the module docstring gives the method).
+
+    Args:
+        model: a torch module, an ONNX model (proto, bytes or path) or a NumpyModule.
+        calibration_data: the calibration (and compile) inputs, one array per input.
+        validation_data: the inputs the metric is measured on (default: the calibration
+            data).
+        labels: validation labels; with them the default metric is accuracy, else top-1
+            agreement with the float model.
+        metric: ``metric(outputs, target) -> float`` in [0, 1], target the labels or the
+            float model's outputs (default :func:`top1_agreement`).
+        accuracy_budget: points (percent) of metric the module may lose against the float
+            model.
+        time_budget: seconds for the whole search (compiles included).
+        n_bits: "auto" to search, or a fixed n_bits (int or dict) to search the rest.
+        rounding_threshold_bits: "auto" to search, or a fixed value (None: no rounding).
+        p_error: "auto" to search the classes of :data:`P_ERRORS`, or a fixed value.
+        accumulator_bounds: "observed" or "worst_case" (the 16-bit constraint and compile).
+        default_bits: n_bits of the ops that are not mixing ops (activations, shapes).
+        cost_model: the cost model (default: :func:`load_cost_model`).
+        progress: print one line per evaluated setting (True), a callable, or False.
+
+    Returns:
+        The TuneResult (the module compiled with the chosen setting).
+
+    Raises:
+        TuningError: no setting fits 16 bits within the budget; says how close the best came.
+    """
+    start = time.monotonic()
+    say = progress if callable(progress) else (print if progress else (lambda _: None))
+    calib = _as_tuple(calibration_data)
+    x_val = _as_tuple(validation_data) if validation_data is not None else calib
+    numpy_model = _numpy_module(model, calib[0] if len(calib) == 1 else calib)
+    float_out = np.asarray(numpy_model.forward(*x_val))
+    metric_fn = metric or top1_agreement
+    target = np.asarray(as_numpy(labels)) if labels is not None else float_out
+    reference = metric_fn(float_out, target)
+    floor = reference - accuracy_budget / 100.0
+    s = _Search(
+        numpy_model, calib if len(calib) > 1 else calib[0], x_val, target,
+        metric=metric_fn, floor=floor, default_bits=default_bits,
+        accumulator_bounds=accumulator_bounds, cost_model=cost_model or load_cost_model(),
+        deadline=start + float(time_budget), progress=say,
+        fixed_bits=None if n_bits == "auto" else n_bits,
+        fixed_rounding=rounding_threshold_bits,
+    )  # fmt: skip
+    say(f"float model metric {100 * reference:.2f}%; budget {accuracy_budget} points")
+    s.ops = _mixing_ops(build_quantized_module(s.model, s.calib, n_bits=default_bits))
+    best = _uniform_phase(s)
+    if best is None:
+        _no_setting(s)
+    assert best is not None
+    p_phase = p_error == "auto"
+    best = _per_op_phase(s, best, 0.35 * time_budget if p_phase else 0.1 * time_budget)
+    chosen_p = None if p_phase else p_error
+    n_map: Any
+    r_map: Any
+    n_map, r_map = best.settings(default_bits)
+    if s.fixed_bits is not None:
+        n_map = s.fixed_bits
+    if rounding_threshold_bits != "auto":
+        r_map = rounding_threshold_bits
+    module = s.build(best.n_bits, best.rounding)
+    compiled: Any = _NOT_COMPILED
+    sim = float("nan")
+    compile_s = step_s = 0.0
+    order = list(P_ERRORS[1:2]) if p_phase else []  # 1e-2 first, then 5e-2 or 1e-3
+    while order:
+        p = order.pop(0)
+        if s.left() <= max(compile_s, 0.2 * time_budget):  # a compile must fit
+            break
+        compile_start = time.monotonic()
+        try:
+            module.compile(calib, p_error=p, accumulator_bounds=accumulator_bounds)
+        except CompilationError:
+            continue
+        compiled, sim = p, _simulated_metric(s, module)
+        report = cost_report(module, p_error=p, cost_model=s.cost_model)
+        s.candidates.append(
+            Candidate(
+                best.n_bits, best.rounding, p, sim, report.complexity, report.latency_s,
+                report.max_tlu_bits, "p_error", simulated=True,
+            )
+        )  # fmt: skip
+        compile_s = time.monotonic() - compile_start
+        step_s = max(step_s, compile_s)
+        say(f"[p_error {p:g}] simulated metric {100 * sim:.2f}%")
+        if sim >= floor:
+            chosen_p = p
+            bigger = [q for q in P_ERRORS if q > p]
+            order = bigger[-1:] if bigger else []
+        elif chosen_p is None:
+            smaller = [q for q in P_ERRORS if q < p]
+            order = smaller[:1]
+    final_s = 0.0
+    if compiled is _NOT_COMPILED or compiled != chosen_p:
+        final_start = time.monotonic()
+        module.compile(calib, p_error=chosen_p, accumulator_bounds=accumulator_bounds)
+        sim = _simulated_metric(s, module)
+        final_s = time.monotonic() - final_start
+    report = cost_report(module, p_error=chosen_p, cost_model=s.cost_model)
+    say(f"chosen: simulated metric {100 * sim:.2f}%, est. {report.latency_s:.3g} s/sample")
+    return TuneResult(
+        module, n_map, r_map, chosen_p, sim, reference, s.candidates, report,
+        time.monotonic() - start, {"floor": floor, "final_compile_s": final_s, "step_s": step_s},
+    )  # fmt: skip
+
+
+def _as_tuple(data: Any) -> tuple[np.ndarray, ...]:
+    if isinstance(data, (tuple, list)):
+        return tuple(np.asarray(as_numpy(d)) for d in data)
+    return (np.asarray(as_numpy(data)),)
+
+
+def _no_setting(s: _Search) -> None:
+    fits = [c for c in s.candidates if np.isfinite(c.complexity)]
+    in_budget = [c for c in s.candidates if c.metric >= s.floor]
+    best_metric = max((c.metric for c in s.candidates), default=float("nan"))
+    narrowest = min((c.max_bits for c in in_budget if c.max_bits), default=None)
+    parts = [f"best metric {100 * best_metric:.2f}% against the floor {100 * s.floor:.2f}%"]
+    if in_budget and not fits and narrowest is not None:
+        parts.append(f"the settings in budget need {narrowest}-bit table lookups (limit 16)")
+    if s.left() <= 0:
+        parts.append("the time budget ran out")
+    raise TuningError(
+        "tune: no setting fits 16 bits within the accuracy budget: "
+        + "; ".join(parts)
+        + "; raise accuracy_budget or time_budget, or give a larger n_bits range",
+        best_metric=best_metric,
+    )
