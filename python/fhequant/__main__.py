@@ -31,7 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status.
     """
-    parser = argparse.ArgumentParser(prog="fhequant", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="fhequant",
+        description="Quantize ML models for FHE; compile, run, serve and tune them.",
+    )
     parser.add_argument("--version", action="version", version=f"fhequant {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
