@@ -99,8 +99,9 @@ def test_compile_torch_model_auto_rounding() -> None:
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     x = np.random.default_rng(1).normal(size=(400, 6)).astype(np.float32)  # 1 point = 4 rows
-    module = fhequant.compile_torch_model(net, x, n_bits=6, rounding_threshold_bits="auto")
+    # n_bits 6 alone already costs 1.25 points of agreement here (over the 1-point budget)
+    module = fhequant.compile_torch_model(net, x, n_bits=8, rounding_threshold_bits="auto")
     assert module.fhe_circuit is not None
     ops = [op for _, (_, op) in module.quant_layers_dict.items() if op.is_mixing]
-    assert all(op.input_quant_opts.n_bits == 6 for op in ops)  # n_bits kept as given
+    assert all(op.input_quant_opts.n_bits == 8 for op in ops)  # n_bits kept as given
     assert module.cost_report().fits

@@ -266,11 +266,12 @@ def _feasible(c: Candidate, floor: float) -> bool:
 
 
 def _uniform_phase(s: _Search) -> Candidate | None:
-    """Uniform settings from wide to narrow (metric only), then the cost of the narrowest
-    two in budget; a setting that does not fit 16 bits is passed over."""
+    """Uniform settings from wide to narrow (metric only; unrounded first), then the cost of
+    the narrowest two in budget; a setting that does not fit 16 bits is passed over."""
     passing: list[Candidate] = []
     seen: set[str] = set()
-    for n, r in _UNIFORM:
+    # no rounding at all comes first: when the accumulators already fit, it costs no accuracy
+    for n, r in ((_UNIFORM[0][0], None), *_UNIFORM):
         if s.left() <= 0:
             break
         n = s.fixed_bits if isinstance(s.fixed_bits, int) else n
