@@ -46,15 +46,14 @@ from fhequant.distributed.partitions import OpPayload
 from fhequant.errors import ConfigurationError, GraphInputError
 from fhequant.quantized.calibration import ModuleCalibrator, traits
 from fhequant.quantized.calibration.passes import OpPasses
-from fhequant.quantized.calibration.store import TABLE_INDEX, Progress, WalkTensor
-from fhequant.quantized.calibration.tables import TablePaths
-from fhequant.quantized.finite import check_finite
+from fhequant.quantized.calibration.store import Progress, WalkTensor
+from fhequant.quantized.calibration.tables import TablePaths, element_table
 from fhequant.quantized.inputs import input_checker
 from fhequant.quantized.n_bits import resolve_n_bits
 from fhequant.quantized.ops.base import compute_bits_precision
 from fhequant.quantized.percentile import percentile_from_tails
 from fhequant.quantized.strategies import PTQStrategy
-from fhequant.quantized.streaming import CalibrationData, smallest_int
+from fhequant.quantized.streaming import CalibrationData
 
 __all__ = ["DaskCalibrationEngine", "DaskCalibrator"]
 
@@ -263,27 +262,10 @@ class _DaskPasses:
         lo, size = tensor.qmin, tensor.qmax - tensor.qmin + 1
         payload = cal.payload(op, variable, out)
         seen = _fold(merge_presence, cal.gather(cal.map_parts(parts_mod.table_presence, payload)))
-        present = np.flatnonzero(seen).astype(np.int64) + lo
-        if present.size == 0:
+        built = element_table(op, q, seen, lo, size, out)
+        if built is None:
             return False
-        prepared = op._prepare_inputs_with_constants(
-            q.dequant(present), calibrate=True, quantize_actual_values=False
-        )
-        floats = np.asarray(op.call_impl(*prepared, **op.attrs))
-        if floats.shape != present.shape or floats.dtype.kind != "f":
-            return False
-        fmin, fmax = floats.min(), floats.max()
-        check_finite(fmin, fmax, out, f"op {op.op_instance_name!r} ({type(op).__name__})")
-        zeros = floats[floats == 0]
-        if (fmin == 0 or fmax == 0) and np.signbit(zeros).any() and not np.signbit(zeros).all():
-            return False  # numpy's min/max of mixed-sign zeros depends on their positions
-        op._set_output_quantizer(np.array([fmin, fmax], dtype=floats.dtype))
-        quant = op.make_output_quant_array(floats, owned=True)
-        table_ints = np.asarray(quant.qvalues)
-        qlo, qhi = int(table_ints.min()), int(table_ints.max())
-        dtype = smallest_int(qlo, qhi, TABLE_INDEX) or np.dtype(np.int64)
-        table = np.full(size, qlo, dtype=dtype)
-        table[present - lo] = table_ints
+        quant, table, qlo, qhi = built
         out_tensor = cal.tensors[out]
         out_tensor.kind, out_tensor.quantizer = "quant", quant.quantizer
         payload = cal.payload(op, variable, out, drops=drops, table=(lo, table, qlo, qhi))

@@ -24,11 +24,55 @@ from fhequant.quantized.finite import check_finite
 from fhequant.quantized.ops.base import QuantizedOp
 from fhequant.quantized.streaming import smallest_int
 
-__all__ = ["TablePaths"]
+__all__ = ["TablePaths", "element_table"]
 
 
 def _plain(value: Any) -> Any:
     return value.values if isinstance(value, QuantizedArray) else value
+
+
+def element_table(
+    op: Any, q: Any, seen: np.ndarray, lo: int, size: int, out: str
+) -> tuple[QuantizedArray, np.ndarray, int, int] | None:
+    """Run an element-wise op on the integers marked present and quantize its results.
+
+    Sets the op's output quantizer from the min/max of the results (the block walk's
+    numbers: one evaluation per distinct value).
+
+    Args:
+        op: the element-wise op (``TablePaths.applies`` holds).
+        q: the input tensor's quantizer.
+        seen: presence mask of the input integers from ``lo`` on.
+        lo: the smallest integer of the mask.
+        size: the table length (the input's integer range).
+        out: the op's output tensor name (for error messages).
+
+    Returns:
+        ``(output array, table indexed by q - lo, table min, table max)``, or None when the
+        shortcut does not apply (nothing present, a non-float result, mixed-sign zeros).
+    """
+    present = np.flatnonzero(seen).astype(np.int64) + lo
+    if present.size == 0:
+        return None
+    prepared = op._prepare_inputs_with_constants(
+        q.dequant(present), calibrate=True, quantize_actual_values=False
+    )
+    floats = np.asarray(op.call_impl(*prepared, **op.attrs))
+    if floats.shape != present.shape or floats.dtype.kind != "f":
+        return None
+    fmin, fmax = floats.min(), floats.max()
+    check_finite(fmin, fmax, out, f"op {op.op_instance_name!r} ({type(op).__name__})")
+    zeros = floats[floats == 0]
+    if (fmin == 0 or fmax == 0) and np.signbit(zeros).any() and not np.signbit(zeros).all():
+        return None  # numpy's min/max of mixed-sign zeros depends on their positions
+    op._set_output_quantizer(np.array([fmin, fmax], dtype=floats.dtype))
+    quant = op.make_output_quant_array(floats, owned=True)
+    table_ints = np.asarray(quant.qvalues)
+    qlo, qhi = int(table_ints.min()), int(table_ints.max())
+    dtype = smallest_int(qlo, qhi, TABLE_INDEX) or np.dtype(np.int64)
+    table = np.full(size, qlo, dtype=dtype)
+    table[present - lo] = table_ints
+    return quant, table, qlo, qhi
 
 
 class TablePaths:
@@ -83,27 +127,10 @@ class TablePaths:
                 block = store.table_index_block(name, b)
                 if block.size:
                     seen |= _core.int_presence(block, lo, size)
-        present = np.flatnonzero(seen).astype(np.int64) + lo
-        if present.size == 0:
+        built = element_table(op, q, seen, lo, size, out)
+        if built is None:
             return False
-        prepared = op._prepare_inputs_with_constants(
-            q.dequant(present), calibrate=True, quantize_actual_values=False
-        )
-        floats = np.asarray(op.call_impl(*prepared, **op.attrs))
-        if floats.shape != present.shape or floats.dtype.kind != "f":
-            return False
-        fmin, fmax = floats.min(), floats.max()
-        check_finite(fmin, fmax, out, f"op {op.op_instance_name!r} ({type(op).__name__})")
-        zeros = floats[floats == 0]
-        if (fmin == 0 or fmax == 0) and np.signbit(zeros).any() and not np.signbit(zeros).all():
-            return False  # numpy's min/max of mixed-sign zeros depends on their positions
-        op._set_output_quantizer(np.array([fmin, fmax], dtype=floats.dtype))
-        quant = op.make_output_quant_array(floats, owned=True)
-        table_ints = np.asarray(quant.qvalues)
-        qlo, qhi = int(table_ints.min()), int(table_ints.max())
-        dtype = smallest_int(qlo, qhi, TABLE_INDEX) or np.dtype(np.int64)
-        table = np.full(size, qlo, dtype=dtype)
-        table[present - lo] = table_ints
+        quant, table, qlo, qhi = built
         store.tensors[out].kind = "quant"
         store.tensors[out].quantizer = quant.quantizer
         for b in store.blocks(f"{op.op_instance_name} outputs"):
