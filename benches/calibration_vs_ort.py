@@ -48,7 +48,7 @@ from onnx import numpy_helper
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fhequant import build_quantized_module
-from ptq import cnn_model, mlp_model
+from ptq import best_of, cnn_model, mlp_model
 
 BATCH_ROWS = 10_000
 
@@ -83,16 +83,6 @@ class InMemoryBatches:
         self.reads += 1
         for start in range(0, self.x.shape[0], self.batch):
             yield self.x[start : start + self.batch]
-
-
-def best_of(fn: Callable[[], Any], repeat: int) -> float:
-    """The best wall time of ``repeat`` runs (seconds)."""
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 # --- torch float forward --------------------------------------------------------------------
