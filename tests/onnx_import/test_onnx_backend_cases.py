@@ -9,7 +9,7 @@ onnx.version_converter, and failing that the outputs onnx generated with the cas
 
 Two figures are printed: over every kept case, and over the kept cases whose tensors all have
 dtypes numpy computes with natively (bool, (u)int8-64, float16/32/64; not bfloat16, float8,
-float4, int4, int2...). The second must reach 95 %; every case that does not match, in either
+float4, int4, int2...). Both must reach 95 %; every case that does not match, in either
 set, must fail with a typed fhequant error, never with another exception or a wrong answer.
 """
 
@@ -69,7 +69,17 @@ def _array(v: Any) -> np.ndarray:
 
 def _ort(model: onnx.ModelProto, inputs: list[np.ndarray]) -> list[np.ndarray]:
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return list(sess.run(None, dict(zip([i.name for i in sess.get_inputs()], inputs, strict=True))))
+    out = sess.run(None, dict(zip([i.name for i in sess.get_inputs()], inputs, strict=True)))
+    return [_declared(v, o) for v, o in zip(out, model.graph.output, strict=True)]
+
+
+def _declared(value: np.ndarray, output: onnx.ValueInfoProto) -> np.ndarray:
+    """onnxruntime's Python binding hands some storage types (float8e4m3fn) back as their raw
+    uint8 bits: read them as the type the graph declares."""
+    declared = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(output.type.tensor_type.elem_type))
+    if declared != value.dtype and declared.itemsize == value.dtype.itemsize == 1:
+        return value.view(declared)
+    return value
 
 
 def _reference(case: Any, inputs: list[np.ndarray], outcome: Outcome) -> list[np.ndarray]:
@@ -98,7 +108,10 @@ def _compare(got: tuple[Any, ...], ref: list[np.ndarray]) -> str | None:
             return f"shape {g.shape}, expected {r.shape}"
         if g.dtype != r.dtype:
             return f"dtype {g.dtype}, expected {r.dtype}"
-        if r.dtype.kind == "f":
+        if r.dtype.type.__module__ == "ml_dtypes":  # storage types: the same bits
+            if not np.array_equal(g.view(f"u{g.itemsize}"), r.view(f"u{r.itemsize}")):
+                return "values differ"
+        elif r.dtype.kind == "f":
             tol = _TOL.get(r.dtype.name, 1e-5)
             if not np.allclose(g, r, rtol=tol, atol=tol, equal_nan=True):
                 return "values differ"
@@ -171,7 +184,11 @@ def test_backend_node_cases_match_onnxruntime(cases: list[Any]) -> None:
         typed={k: v for k, v in everything.typed.items() if k in in_native},
         wrong={k: v for k, v in everything.wrong.items() if k in in_native},
     )
-    _report("every case of a supported op type", everything)
+    rate_all = _report("every case of a supported op type", everything)
     rate = _report("cases with numpy-native dtypes", native_outcome)
     assert not everything.wrong, everything.wrong
+    # measured with onnx 1.23.2 / onnxruntime 1.32: 778/790 (98.5 %) and 669/681 (98.2 %); the
+    # rest are typed errors: training-mode Dropout (random), MaxPool's Indices output, float Mod
+    # with fmod=0 (opset 28's form; fhequant implements opset 13's, as onnxruntime)
+    assert rate_all >= 0.95
     assert rate >= 0.95

@@ -1,4 +1,4 @@
-"""Issue 13, ONNX layer: opsets 7 to the newest are read (converted to 13-21), IR-3 files,
+"""Issue 13, ONNX layer: opsets 1 to the newest are read (converted to 13-21), IR-3 files,
 compile_onnx_model's inputs, onnxruntime's output dtypes, ConvTranspose output_shape and
 training-mode Dropout; each checked against onnxruntime."""
 
@@ -80,7 +80,7 @@ def _cnn(opset: int, ir_version: int, inits_as_inputs: bool = False) -> onnx.Mod
 
 
 def test_opset_range() -> None:
-    assert MIN_OPSET == 7
+    assert MIN_OPSET == 1
     assert onnx.defs.onnx_opset_version() == MAX_OPSET
 
 
@@ -131,16 +131,18 @@ def test_old_ops_whose_signature_changed_are_converted() -> None:
 
 
 def test_unconvertible_model_names_op_and_opset() -> None:
-    """A type that only exists after opset 21 (Cast to FLOAT4E2M1) cannot be converted."""
-    model = _model(
-        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT4E2M1)],
-        {"x": (TensorProto.FLOAT, [2])},
-        {"y": (TensorProto.FLOAT4E2M1, [2])},
-        {},
-        opset=MAX_OPSET,
-        ir_version=helper.find_min_ir_version_for([helper.make_opsetid("", MAX_OPSET)]),
+    """Opset-1 Pad (``paddings`` attribute): onnx's converter has no adapter for it."""
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Pad", ["x"], ["y"], paddings=[0, 1, 0, 1])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])],
+        ),
+        opset_imports=[helper.make_opsetid("", 1)],
     )
-    with pytest.raises(OpsetError, match=rf"opset {MAX_OPSET}.*Cast.*re-export"):
+    model.ir_version = 3
+    with pytest.raises(OpsetError, match=r"opset 1 .*Pad.*re-export"):
         NumpyModule(model)
 
 

@@ -198,17 +198,27 @@ def test_accepted_opsets(opset: int) -> None:
     assert_close(module(x), ref)
 
 
-@pytest.mark.parametrize("opset", [1, 6, MAX_OPSET + 1])
-def test_rejected_opsets(opset: int) -> None:
+def _relu(opset: int) -> onnx.ModelProto:
     model = make_model(
         [helper.make_node("Relu", ["x"], ["y"])],
         {"x": f32(2)},
         ["y"],
         out_types={"y": (TensorProto.FLOAT, [2])},
     )
-    model.opset_import[0].version = opset  # opsets 7 to MAX_OPSET are read (converted)
+    model.opset_import[0].version = opset  # opsets 1 to MAX_OPSET are read (converted)
+    return model
+
+
+@pytest.mark.parametrize("opset", [0, MAX_OPSET + 1])
+def test_rejected_opsets(opset: int) -> None:
     with pytest.raises(OpsetError, match=f"opset {opset} is not supported"):
-        NumpyModule(model)
+        NumpyModule(_relu(opset))
+
+
+@pytest.mark.parametrize("opset", [1, 6])
+def test_opsets_below_7_are_converted(opset: int) -> None:
+    x = np.array([-1.5, 2.0], dtype=np.float32)
+    np.testing.assert_array_equal(NumpyModule(_relu(opset))(x), np.maximum(x, 0))
 
 
 def test_missing_default_opset() -> None:

@@ -1,4 +1,4 @@
-"""Reading every ONNX opset from 7 to the newest the installed onnx defines (issue 13).
+"""Reading every ONNX opset from 1 to the newest the installed onnx defines (issue 13).
 
 fhequant implements the default-domain ops of opsets 13 to 21. A model outside that range is
 converted with ``onnx.version_converter`` (older ones up to 13, newer ones down to 21); when
@@ -27,7 +27,7 @@ __all__ = [
     "convert_opset",
 ]
 
-MIN_OPSET = 7
+MIN_OPSET = 1
 MAX_OPSET = int(onnx.defs.onnx_opset_version())
 NATIVE_MIN_OPSET = 13
 NATIVE_MAX_OPSET = 21
@@ -36,7 +36,7 @@ _IR_INITIALIZERS_OPTIONAL = 4
 
 
 def check_opset(model: onnx.ModelProto) -> int:
-    """The default-domain opset, which must be in [MIN_OPSET, MAX_OPSET] (7 to the newest).
+    """The default-domain opset, which must be in [MIN_OPSET, MAX_OPSET] (1 to the newest).
 
     Raises:
         OpsetError: no default opset, or one outside the readable range.
@@ -76,19 +76,38 @@ def _changed_ops(model: onnx.ModelProto, source: int, target: int) -> list[str]:
     return sorted(changed)
 
 
-def _signature(schema: Any) -> tuple[Any, ...]:
-    """An op schema's inputs, outputs and attributes, without its type constraints."""
+def _signature(schema: Any, implemented: frozenset[str]) -> tuple[Any, ...]:
+    """An op schema's inputs, outputs and attributes, without its type constraints and
+    without the attributes fhequant's implementation of the op reads whatever the opset
+    (Cast's round_mode, Range's stash_type)."""
     return (
         tuple((i.name, i.option) for i in schema.inputs),
         tuple((o.name, o.option) for o in schema.outputs),
-        tuple(sorted((a.name, a.type, a.required) for a in schema.attributes.values())),
+        tuple(
+            sorted(
+                (a.name, a.type, a.required)
+                for a in schema.attributes.values()
+                if a.name not in implemented
+            )
+        ),
     )
 
 
+def _implemented_attrs(op_type: str) -> frozenset[str]:
+    from fhequant.onnx.registry import ONNX_OPS  # the op families register on import
+
+    spec = ONNX_OPS.get(op_type)
+    return frozenset(spec.attrs) if spec is not None else frozenset()
+
+
 def _relabel_down(model: onnx.ModelProto, source: int, target: int) -> onnx.ModelProto | None:
-    """The model at ``target`` when every op's signature is the same at both opsets and
-    its types are allowed at ``target`` (newer opsets often only add types, and the converter
-    lacks some of those adapters, e.g. GlobalMaxPool 22 -> 21); else None."""
+    """The model at ``target`` (or at its own opset when it sets an attribute newer than
+    ``target``) when every op's signature is the same at both opsets, apart
+    from attributes fhequant implements (newer opsets often only add types, and the converter
+    lacks some of those adapters, e.g. GlobalMaxPool 22 -> 21), else None.
+
+    Types a newer opset added (float16 Celu, int2 Cast) are kept: fhequant's ops compute in the
+    input's numpy type, and refuse with a typed error the types numpy has no arithmetic for."""
     if source <= target:
         return None
     for node in model.graph.node:
@@ -99,18 +118,26 @@ def _relabel_down(model: onnx.ModelProto, source: int, target: int) -> onnx.Mode
             new = onnx.defs.get_schema(node.op_type, target, "")
         except Exception:  # not defined at one of the opsets
             return None
-        if old.since_version != new.since_version and _signature(old) != _signature(new):
+        implemented = _implemented_attrs(node.op_type)
+        if old.since_version != new.since_version and _signature(old, implemented) != _signature(
+            new, implemented
+        ):
             return None
+    try:  # a valid file at its own opset (attributes such as round_mode are not valid at 21)
+        onnx.checker.check_model(model)
+    except Exception:
+        return None
     out = onnx.ModelProto()
     out.CopyFrom(model)
     for op in out.opset_import:
         if op.domain in DEFAULT_DOMAINS:
             op.version = target
     out.ir_version = max(out.ir_version, _IR_INITIALIZERS_OPTIONAL)
-    try:  # strict shape inference checks every tensor type against the target schemas
-        onnx.checker.check_model(out, full_check=True)
-    except Exception:
-        return None
+    try:
+        onnx.checker.check_model(out)
+    except Exception:  # a newer attribute in use (Cast round_mode): keep the model's own opset
+        model.ir_version = out.ir_version
+        return model
     return out
 
 

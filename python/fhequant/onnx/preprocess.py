@@ -1,6 +1,6 @@
 """Loading and pre-processing of ONNX models (docs/contract.md §5.1).
 
-Steps, in order: parse, opset check and conversion (``fhequant.onnx.opsets``: opsets 7 to the
+Steps, in order: parse, opset check and conversion (``fhequant.onnx.opsets``: opsets 1 to the
 newest the installed onnx defines are read; those outside 13-21 are converted to 13 or 21),
 onnx.checker, unsupported-op check, Constant nodes → initializers, folding of constant-only
 subgraphs (Brevitas Quant excluded: the QAT importer needs those nodes), folding of shape

@@ -10,7 +10,7 @@ beyond torch and gives the graphs the golden numbers were calibrated on.
 
 ``exporter="dynamo"`` is torch's default exporter (``torch.export`` + onnxscript, which must be
 installed: ``pip install fhequant[torch]``), at its own default opset (fhequant converts opsets
-7 to the newest onnx defines). torch.export specialises a dimension of size 1, so its dummy
+1 to the newest onnx defines). torch.export specialises a dimension of size 1, so its dummy
 input has batch 2 (the first two samples, or the first one twice).
 
 Both take input names from the ``forward`` signature, floating-point data as float32, and

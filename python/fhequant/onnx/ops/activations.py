@@ -63,8 +63,11 @@ def selu(x: np.ndarray, *, alpha: float = SELU_ALPHA, gamma: float = SELU_GAMMA)
 @register("Celu", "X", {"alpha": 1.0})
 @quiet
 def celu(x: np.ndarray, *, alpha: float = 1.0) -> np.ndarray:
-    """max(0, x) + min(0, alpha * (exp(x / alpha) - 1))."""
-    return np.maximum(0, x) + np.minimum(0, alpha * (np.exp(x / alpha) - 1))
+    """max(0, x) + min(0, alpha * (exp(x / alpha) - 1)), in the dtype of x (bfloat16 too)."""
+    x = np.asarray(x)
+    out = np.maximum(0, x) + np.minimum(0, alpha * (np.exp(x / alpha) - 1))
+    floating = x.dtype.kind == "f" or x.dtype.type.__module__ == "ml_dtypes"  # bfloat16
+    return out.astype(x.dtype) if floating else out
 
 
 @register("LeakyRelu", "X", {"alpha": 0.01})

@@ -9,7 +9,7 @@ import numpy as np
 import scipy.special
 
 from fhequant.errors import OnnxImportError, UnsupportedOpError
-from fhequant.onnx.ops._util import onnx_dtype, quiet
+from fhequant.onnx.ops._util import NUMPY_ONNX_TYPES, onnx_dtype, quiet, storage_cast
 from fhequant.onnx.registry import REQUIRED, register
 
 
@@ -56,11 +56,14 @@ def div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @register("Mod", "A, B", {"fmod": 0})
 @quiet
 def mod(a: np.ndarray, b: np.ndarray, *, fmod: int = 0) -> np.ndarray:
-    """ONNX Mod: fmod=0 takes the divisor's sign (integers only, np.mod), fmod=1 the
+    """ONNX Mod (opset 13): fmod=0 takes the divisor's sign (integers only, np.mod), fmod=1 the
     dividend's (np.fmod); a zero integer divisor gives 0 (as onnxruntime)."""
     a, b = np.asarray(a), np.asarray(b)
     if int(fmod) == 0 and (not _is_int(a) or not _is_int(b)):
-        raise OnnxImportError("Mod with fmod=0 takes integer inputs; use fmod=1 for floats")
+        raise OnnxImportError(
+            "Mod with fmod=0 takes integer inputs (opset 13's Mod, as onnxruntime; opset 28's "
+            "float form is not implemented); use fmod=1 for floats"
+        )
     if _is_int(a) and _is_int(b):
         safe = np.where(b != 0, b, 1)
         out = np.fmod(a, safe) if int(fmod) else np.mod(a, safe)
@@ -223,10 +226,10 @@ def mean(*xs: np.ndarray) -> np.ndarray:
 _TO_FLOAT64 = {1, 9, 11}  # FLOAT, BOOL, DOUBLE
 
 
-def cast_quant(x: np.ndarray, *, to: int, saturate: int = 1) -> np.ndarray:
+def cast_quant(x: np.ndarray, *, to: int, saturate: int = 1, round_mode: str = "up") -> np.ndarray:
     """docs/contract.md §5.3 Cast: BOOL/FLOAT/DOUBLE give float64 (BOOL as 0/1); other types cast
-    exactly."""
-    del saturate
+    exactly (storage types such as float8 are refused: calibration computes in numpy types)."""
+    del saturate, round_mode
     x = np.asarray(x)
     if int(to) == 9:
         return (x != 0).astype(np.float64)
@@ -235,8 +238,10 @@ def cast_quant(x: np.ndarray, *, to: int, saturate: int = 1) -> np.ndarray:
     return x.astype(onnx_dtype(to))
 
 
-@register("Cast", "input", {"to": REQUIRED, "saturate": 1}, quant_fn=cast_quant)
-def cast(x: np.ndarray, *, to: int, saturate: int = 1) -> np.ndarray:
-    """ONNX Cast to the numpy dtype of ``to``."""
-    del saturate
-    return np.asarray(x).astype(onnx_dtype(to))
+@register("Cast", "input", {"to": REQUIRED, "saturate": 1, "round_mode": "up"}, quant_fn=cast_quant)
+def cast(x: np.ndarray, *, to: int, saturate: int = 1, round_mode: str = "up") -> np.ndarray:
+    """ONNX Cast to the numpy dtype of ``to``; to a storage type (bfloat16, float8, float4,
+    int4, int2: ml_dtypes arrays) with ONNX's saturation and rounding rules."""
+    if int(to) in NUMPY_ONNX_TYPES:
+        return np.asarray(x).astype(onnx_dtype(to))
+    return storage_cast(np.asarray(x), int(to), saturate=bool(saturate), round_mode=round_mode)

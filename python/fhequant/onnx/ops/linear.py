@@ -71,6 +71,7 @@ def gemm(
     "BatchNormalization",
     "X, scale, B, input_mean, input_var",
     {"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0},
+    n_outputs=3,
 )
 def batch_normalization(
     x: np.ndarray,
@@ -82,17 +83,28 @@ def batch_normalization(
     epsilon: float = 1e-5,
     momentum: float = 0.9,
     training_mode: int = 0,
-) -> np.ndarray:
-    """Inference BatchNorm on axis 1: (x - mean)/sqrt(var + eps)·scale + bias.
+) -> tuple[np.ndarray, ...]:
+    """BatchNorm on axis 1: (x - mean)/sqrt(var + eps)·scale + bias.
 
-    training_mode is ignored here (the running statistics are used); the quantized layer
-    rejects training_mode = 1.
+    Inference (training_mode 0) uses the running statistics and returns (Y,). Training mode
+    (opset 14) uses the batch's mean and population variance over every axis but 1 and also
+    returns the updated running statistics, running·momentum + batch·(1 - momentum), as
+    onnxruntime; the quantized layer rejects training_mode = 1.
     """
-    del momentum, training_mode
     shape = (1, -1) + (1,) * (np.ndim(x) - 2)
+    if int(training_mode):
+        axes = tuple(i for i in range(np.ndim(x)) if i != 1)
+        batch_mean = np.mean(x, axis=axes)
+        batch_var = np.var(x, axis=axes)
+        y = (x - batch_mean.reshape(shape)) / np.sqrt(batch_var.reshape(shape) + epsilon)
+        y = y * np.reshape(scale, shape) + np.reshape(bias, shape)
+        running_mean = np.asarray(mean) * momentum + batch_mean * (1 - momentum)
+        running_var = np.asarray(var) * momentum + batch_var * (1 - momentum)
+        dtype = np.asarray(x).dtype
+        return y.astype(dtype), running_mean.astype(dtype), running_var.astype(dtype)
     m, v = np.reshape(mean, shape), np.reshape(var, shape)
     s, b = np.reshape(scale, shape), np.reshape(bias, shape)
-    return (x - m) / np.sqrt(v + epsilon) * s + b
+    return ((x - m) / np.sqrt(v + epsilon) * s + b,)
 
 
 @register(

@@ -205,15 +205,20 @@ def tile(x: np.ndarray, repeats: np.ndarray) -> np.ndarray:
     return np.tile(x, int_list(repeats))
 
 
-@register("Range", "start, limit, delta", raw=("start", "limit", "delta"))
-def range_(start: np.ndarray, limit: np.ndarray, delta: np.ndarray) -> np.ndarray:
-    """start, start + delta, ... up to (excluding) limit, in the dtype of start."""
+@register("Range", "start, limit, delta", {"stash_type": 1}, raw=("start", "limit", "delta"))
+def range_(
+    start: np.ndarray, limit: np.ndarray, delta: np.ndarray, *, stash_type: int = 1
+) -> np.ndarray:
+    """start, start + delta, ... up to (excluding) limit, in the dtype of start; float16 and
+    bfloat16 computed in float32 when ``stash_type`` is 1 (opset 27's default), cast back."""
     dtype = np.asarray(start).dtype
     s0, s1, d = (np.asarray(v).reshape(-1)[0] for v in (start, limit, delta))
+    if int(stash_type) == 1 and dtype.name in ("float16", "bfloat16"):
+        s0, s1, d = (np.float32(v) for v in (s0, s1, d))
     if d == 0:
         raise OnnxImportError("Range delta must not be 0")
     n = max(int(np.ceil((s1 - s0) / d)), 0)
-    return (s0 + np.arange(n, dtype=dtype) * d).astype(dtype)
+    return (s0 + np.arange(n, dtype=np.asarray(s0).dtype) * d).astype(dtype)
 
 
 @register("Shape", "data", {"start": 0, "end": None}, raw_output=True)
