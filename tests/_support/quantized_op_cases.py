@@ -290,6 +290,9 @@ def _shape_cases() -> list[OpCase]:
             {1: np.array([1, 0]), 2: np.array([5, 6]), 3: np.array([2, 3]), 4: np.array([2, 3])},
         ),
         OpCase("Gather", "Gather", [IMG], {1: np.array([2, 0])}, {"axis": 1}),
+        # torch's default exporter writes AdaptiveAvgPool2d to a larger map as GatherND on a
+        # (H, W, N, C) transpose; here the index tuples address (row, channel)
+        OpCase("GatherND", "GatherND", [IMG], {1: np.array([[[1, 2], [0, 0], [1, 1]]])}),
         OpCase("Squeeze", "Squeeze", [IMG[:, :1]], {1: np.array([1])}),
         OpCase("Unsqueeze", "Unsqueeze", [X], {1: np.array([1])}),
         OpCase("Expand", "Expand", [IMG[:, :1]], {1: np.array([2, 3, 6, 6])}),

@@ -216,7 +216,9 @@ _ADDED_SINCE: dict[str, frozenset[str]] = {
     "calibrate_by_table": frozenset(
         {"Softsign", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Ceil", "Cos", "Cosh"}
         | {"Gelu", "Mish", "Reciprocal", "Sin", "Sinh", "Sqrt", "Tan"}
-    )
+    ),
+    # a shape op like Gather (issue 13: torch's default export of AdaptiveAvgPool2d)
+    "requant_table_if_constant": frozenset({"GatherND"}),
 }
 #: Op types that no longer declare a capability: Concat (issue 13) reads its producers' own
 #: integers when it brings differently quantized inputs onto its output quantizer.
@@ -332,7 +334,12 @@ _ROWS = 41
 _BATCH_SIZES = (_ROWS, 1, 6, 16)
 #: Cases a one-node model cannot stream: a raw graph input, or a second operand whose first
 #: axis is not a batch axis (the calibration data is split along axis 0 of every input).
-_NOT_STREAMABLE = {"ConstantOfShape": "raw graph input", "MatMul_enc": "b has no batch axis"}
+_NOT_STREAMABLE = {
+    "ConstantOfShape": "raw graph input",
+    "MatMul_enc": "b has no batch axis",
+    # (torch's export transposes the batch away from the indexed axes first; vgg11 streams)
+    "GatherND": "its index tuples address axis 0, the batch axis of a one-node model",
+}
 
 
 #: Constants of a case that fix the batch size, replaced by ones that broadcast over it.

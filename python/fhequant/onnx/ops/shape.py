@@ -127,6 +127,38 @@ def gather(x: np.ndarray, indices: np.ndarray, *, axis: int = 0) -> np.ndarray:
     return np.take(x, idx, axis=int(axis))
 
 
+@register("GatherND", "data, indices", {"batch_dims": 0}, raw=("indices",))
+def gather_nd(x: np.ndarray, indices: np.ndarray, *, batch_dims: int = 0) -> np.ndarray:
+    """ONNX GatherND: the last axis of ``indices`` (length k) addresses the first k axes of
+    ``x`` after its ``batch_dims`` leading (shared) axes; negative indices count from the end.
+    The output shape is indices.shape[:-1] + x.shape[batch_dims + k:]."""
+    x, idx = np.asarray(x), np.asarray(indices).astype(np.int64, copy=False)
+    b = int(batch_dims)
+    if idx.ndim < 1 or not 0 <= b < min(x.ndim, idx.ndim):
+        raise ShapeError(
+            f"GatherND batch_dims {b} must be below the ranks of data ({x.ndim}) and indices "
+            f"({idx.ndim})"
+        )
+    if x.shape[:b] != idx.shape[:b]:
+        raise ShapeError(
+            f"GatherND: the {b} batch axes differ: data {x.shape[:b]}, indices {idx.shape[:b]}"
+        )
+    k = idx.shape[-1]
+    if k > x.ndim - b:
+        raise ShapeError(f"GatherND: index tuples of {k} for {x.ndim - b} non-batch axes")
+    dims = np.array(x.shape[b : b + k], dtype=np.int64)
+    if idx.size and (np.any(idx >= dims) or np.any(idx < -dims)):
+        raise ShapeError(f"GatherND indices out of range for axes of sizes {dims.tolist()}")
+    idx = np.where(idx < 0, idx + dims, idx)
+    batch = int(np.prod(x.shape[:b], dtype=np.int64))
+    flat_x = x.reshape((batch, *x.shape[b:]))
+    flat_i = idx.reshape((batch, *idx.shape[b:]))
+    parts = [flat_x[n][tuple(np.moveaxis(flat_i[n], -1, 0))] for n in range(batch)]
+    empty = np.empty((0, *idx.shape[b:-1], *x.shape[b + k :]), x.dtype)
+    out = np.stack(parts) if parts else empty
+    return out.reshape(idx.shape[:-1] + x.shape[b + k :])
+
+
 _PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "edge", "wrap": "wrap"}
 
 

@@ -1,8 +1,8 @@
 """Shape ops: re-quantize the input, then move its integers (docs/contract.md §3.0).
 
 The float implementation is dtype-agnostic, so it runs directly on the qvalues. Reshape,
-Flatten, Transpose, Concat, Slice and Gather keep the input's (re-quantized) options, stats
-and params; Unsqueeze, Squeeze and Expand use the op's output options with the input's stats
+Flatten, Transpose, Concat, Slice, Gather and GatherND keep the input's (re-quantized) options,
+stats and params; Unsqueeze, Squeeze and Expand use the op's output options with the input's stats
 and params. Shape and ConstantOfShape have raw outputs.
 """
 
@@ -20,6 +20,7 @@ from fhequant.quantized.ops.base import QuantizedOp
 __all__ = [
     "ONNXConstantOfShape",
     "ONNXGather",
+    "ONNXGatherND",
     "ONNXShape",
     "ONNXSlice",
     "QuantizedConcat",
@@ -255,6 +256,26 @@ class ONNXGather(_ShapeOp):
         index: list[Any] = [slice(None)] * ndim
         index[axis] = int(idx) if idx.ndim == 0 else idx
         return data[tuple(index)]
+
+
+class ONNXGatherND(_ShapeOp):
+    """GatherND with constant indices and batch_dims 0 (torch's default exporter writes
+    AdaptiveAvgPool2d to a larger output this way)."""
+
+    _impl_for_op_named = "GatherND"
+
+    def move(self, data: Any, indices: Any, **attrs: Any) -> Any:
+        """Gather integer sub-tensors addressed by the last axis of constant indices."""
+        if int(attrs.get("batch_dims", 0)):
+            raise QuantizedOpError(
+                f"{self._label()}: GatherND with batch_dims {attrs['batch_dims']} is not "
+                "supported in a quantized model (batch_dims 0 is)"
+            )
+        idx = np.asarray(indices, dtype=np.int64)
+        k = idx.shape[-1]
+        dims = np.array([int(d) for d in data.shape[:k]], dtype=np.int64)
+        idx = np.where(idx < 0, idx + dims, idx)
+        return data[tuple(np.moveaxis(idx, -1, 0))]
 
 
 class QuantizedSqueeze(_ShapeOp):
