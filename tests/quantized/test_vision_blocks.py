@@ -226,15 +226,29 @@ def test_trained_block_compiles_and_simulates_exactly(cls: type[nn.Module]) -> N
     )
 
 
+def test_legacy_layernorm_chain_quantizes_at_4_bits() -> None:
+    """The legacy export's LayerNorm (ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div): at 4 bits
+    some rows' sqrt(var + eps) quantize to 0; the encrypted Div divides them by the smallest
+    non-zero divisor instead of refusing the calibration data."""
+    from fhequant.onnx import NumpyModule
+
+    model = _random_model(LayerNormMLP)
+    x = np.random.default_rng(1).normal(size=(200, 10)).astype(np.float32)
+    numpy_module = NumpyModule.from_torch(model, x, exporter="legacy")
+    assert "Sqrt" in {n.op_type for n in numpy_module.onnx_model.graph.node}
+    module = build_quantized_module(numpy_module, x, n_bits=4, rounding_threshold_bits=6)
+    clear = module.forward(x)
+    expected = _float(model, x)
+    assert np.all(np.isfinite(clear))
+    assert np.mean(clear.argmax(axis=1) == expected.argmax(axis=1)) >= 0.8
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("exporter", ["dynamo"])
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
 def test_trained_attention_block_compiles_and_simulates_exactly(exporter: str) -> None:
     """One encoder layer over 4 tokens: Softmax (table unit lowered to the rounding budget),
-    LayerNormalization (one node) and encrypted x encrypted MatMuls.
-
-    Only torch's default exporter here: the legacy one exports LayerNorm as
-    ReduceMean/Pow/Sqrt/Div, whose 4-bit Sqrt output quantizes some rows to 0 and the
-    encrypted Div then refuses the calibration data (a typed QuantizedOpError)."""
+    LayerNormalization (one node with torch's default exporter; ReduceMean/Pow/Sqrt/Div with
+    the legacy one) and encrypted x encrypted MatMuls."""
     from fhequant.onnx import NumpyModule
 
     x, y = _digits()

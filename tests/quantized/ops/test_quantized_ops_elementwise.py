@@ -112,10 +112,27 @@ def test_div_encrypted_uses_the_quantized_inverse() -> None:
     )
 
 
-def test_div_by_zero_in_calibration_is_an_error() -> None:
+def test_div_by_zero_everywhere_in_calibration_is_an_error() -> None:
     op = QuantizedDiv(5, "div", int_input_names={"a", "b"}, input_quant_opts=OPTS)
-    with pytest.raises(QuantizedOpError, match=r"'div'.*divisor is 0"):
-        op.calibrate(np.ones(3, np.float32), np.array([1.0, 0.0, 2.0], np.float32))
+    with pytest.raises(QuantizedOpError, match=r"'div'.*divisor is 0 in all"):
+        op.calibrate(np.ones(3, np.float32), np.zeros(3, np.float32))
+
+
+def test_div_by_a_divisor_quantized_to_zero_uses_the_smallest_non_zero_one() -> None:
+    """A zero divisor in the calibration data (a positive sqrt(var + eps) that quantized to 0)
+    is replaced by the smallest non-zero one, in calibration as at inference."""
+    op = QuantizedDiv(5, "div", int_input_names={"a", "b"}, input_quant_opts=OPTS)
+    a = np.array([1.0, 2.0, -1.0, 0.5], np.float32)
+    b = np.array([1.0, 0.0, 2.0, 0.25], np.float32)
+    op.calibrate(a, b)
+    assert op.min_non_zero_value == np.float32(0.25)
+    assert np.isfinite(op.divider_quantizer.scale)
+    assert op.divider_quantizer.quant_stats.rmax == pytest.approx(4.0, rel=1e-6)
+    op.produces_graph_output = True
+    out = op.q_impl(qa_float(a, 4), qa_float(b, 4)).dequant()
+    assert np.all(np.isfinite(out))
+    # the row divided by a zero divisor: as if divided by 0.25
+    assert out[1] == pytest.approx(2.0 / 0.25, rel=0.1)
 
 
 def test_fusable_and_constant_paths_are_float_tlus() -> None:

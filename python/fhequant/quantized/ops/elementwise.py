@@ -157,14 +157,18 @@ class QuantizedDiv(_BinaryMixing):
                 *inputs, calibrate=True, quantize_actual_values=False
             )
             divider = np.asarray(prepared[1])
-            smallest = divider.flat[int(np.argmin(np.abs(divider)))]
-            if smallest == 0:
+            non_zero = divider[divider != 0]
+            if not non_zero.size:
                 raise QuantizedOpError(
-                    f"{self._label()}: the divisor is 0 in the calibration data; encrypted "
-                    "division needs a divisor that is never 0"
+                    f"{self._label()}: the divisor is 0 in all the calibration data; encrypted "
+                    "division needs a divisor that is not always 0"
                 )
+            # a divisor quantized to 0 (e.g. the sqrt(var + eps) of a decomposed LayerNorm at
+            # 4 bits, positive in float) divides by the smallest non-zero value, as in q_impl
+            smallest = non_zero.flat[int(np.argmin(np.abs(non_zero)))]
             self.min_non_zero_value = smallest
-            self.divider_quantizer = QuantizedArray(self.n_bits, 1 / divider).quantizer
+            safe = np.where(divider == 0, smallest, divider)
+            self.divider_quantizer = QuantizedArray(self.n_bits, 1 / safe).quantizer
         return raw
 
     def q_impl(self, *q_inputs: Any, calibrate_rounding: bool = False, **attrs: Any) -> Any:
