@@ -359,7 +359,10 @@ def analyse(
             computed = [r for r in recs if r.label != "constant"]
             if computed:
                 computed[-1].feeds_tlu = True
-        q = _qvalues_of(outputs.get(name))
+        out = outputs.get(name)
+        # a raw result (shape arithmetic of the legacy attention export, batch * heads) is
+        # computed in the clear, not by the circuit: not an integer node
+        q = _qvalues_of(out) if hasattr(out, "qvalues") else None
         if q is not None and feeds:
             lo, hi = observed_range(q)
             rec.records.append(
