@@ -362,11 +362,11 @@ def analyse(
         out = outputs.get(name)
         # a raw result (shape arithmetic of the legacy attention export, batch * heads) is
         # computed in the clear, not by the circuit: not an integer node
-        q = _qvalues_of(out) if hasattr(out, "qvalues") else None
-        if q is not None and feeds:
-            lo, hi = observed_range(q)
+        q_op = _qvalues_of(out) if hasattr(out, "qvalues") else None
+        if q_op is not None and feeds:
+            lo, hi = observed_range(q_op)
             rec.records.append(
-                ValueRecord(name, "output", lo, hi, *type_range(lo, hi), elements=q.size)
+                ValueRecord(name, "output", lo, hi, *type_range(lo, hi), elements=q_op.size)
             )
             by_op.setdefault(name, []).append(rec.records[-1])
     worst = accumulator_bounds == "worst_case"
