@@ -187,7 +187,7 @@ def test_backend_node_cases_match_onnxruntime(cases: list[Any]) -> None:
     rate_all = _report("every case of a supported op type", everything)
     rate = _report("cases with numpy-native dtypes", native_outcome)
     assert not everything.wrong, everything.wrong
-    # measured with onnx 1.23.2 / onnxruntime 1.32: 778/790 (98.5 %) and 669/681 (98.2 %); the
+    # measured with onnx 1.23.2 / onnxruntime 1.32: 781/793 (98.5 %) and 672/684 (98.2 %); the
     # rest are typed errors: training-mode Dropout (random), MaxPool's Indices output, float Mod
     # with fmod=0 (opset 28's form; fhequant implements opset 13's, as onnxruntime)
     assert rate_all >= 0.95
