@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from fhequant.errors import BitWidthError, CompilationError, TuningError
+from fhequant.errors import BitWidthError, CompilationError, ConfigurationError, TuningError
 from fhequant.fhe.cost import CostReport, _pyplot, cost_report
 from fhequant.fhe.cost_model import CostModel, load_cost_model
 from fhequant.quantized.build import _numpy_module, build_quantized_module
@@ -207,6 +207,9 @@ class _Search:
         self.say: Callable[[str], None] = opts["progress"]
         self.fixed_bits: int | None = opts["fixed_bits"]
         self.fixed_rounding: Any = opts["fixed_rounding"]
+        self.build_opts: dict[str, Any] = opts["build_opts"]
+        self.compile_opts: dict[str, Any] = opts["compile_opts"]
+        self.calib_tuple: tuple[np.ndarray, ...] = opts["calib_tuple"]
         self.candidates: list[Candidate] = []
         self.reports: dict[int, CostReport] = {}
         self.ops: list[str] = []
@@ -222,8 +225,13 @@ class _Search:
         if isinstance(rounding, dict):
             rounding = {"default": None, **rounding}
         return build_quantized_module(
-            self.model, self.calib, n_bits=n_bits, rounding_threshold_bits=rounding
-        )
+            self.model, self.calib, n_bits=n_bits, rounding_threshold_bits=rounding,
+            **self.build_opts,
+        )  # fmt: skip
+
+    def compile(self, module: Any, p_error: float | None) -> None:
+        """Compile with the caller's compile options (configuration, artifacts, ...)."""
+        module.compile(self.calib_tuple, p_error=p_error, **self.compile_opts)
 
     def evaluate(
         self, nb: dict[str, int], rb: dict[str, int | None], phase: str, cost: bool = True
@@ -247,8 +255,9 @@ class _Search:
         module = module if module is not None else self.build(cand.n_bits, cand.rounding)
         try:
             report = cost_report(
-                module, self.calib, accumulator_bounds=self.bounds, cost_model=self.cost_model
-            )
+                module, self.calib, accumulator_bounds=self.bounds, cost_model=self.cost_model,
+                inputs_encryption_status=self.compile_opts["inputs_encryption_status"],
+            )  # fmt: skip
         except BitWidthError:
             return
         cand.max_bits = report.max_tlu_bits
@@ -366,6 +375,14 @@ def tune(
     default_bits: int = 8,
     cost_model: CostModel | None = None,
     progress: Callable[[str], None] | bool = True,
+    calibration: Any = None,
+    reduce_sum_copy: bool = False,
+    configuration: Any = None,
+    artifacts: Any = None,
+    show_mlir: bool = False,
+    global_p_error: float | None = None,
+    inputs_encryption_status: Any = None,
+    verbose: bool = False,
 ) -> TuneResult:
     """Search per-op n_bits, per-op rounding and p_error for the cheapest FHE circuit within
     an accuracy budget (the module docstring gives the method).
@@ -389,13 +406,30 @@ def tune(
         default_bits: n_bits of the ops that are not mixing ops (activations, shapes).
         cost_model: the cost model (default: :func:`load_cost_model`).
         progress: print one line per evaluated setting (True), a callable, or False.
+        calibration: the range statistics of every candidate (as build_quantized_module).
+        reduce_sum_copy: as build_quantized_module, for every candidate.
+        configuration: a concrete Configuration for every compile of the search.
+        artifacts: a concrete DebugArtifacts; it ends up holding the chosen module's compile
+            (every compile of the search writes it, the chosen one last).
+        show_mlir: print the MLIR of every compile of the search (the chosen one last).
+        global_p_error: the circuit's error probability instead of a per-lookup p_error
+            (with ``p_error`` None; it cannot be combined with ``p_error="auto"``).
+        inputs_encryption_status: as compile; the cost estimates count only what it encrypts.
+        verbose: concrete's compilation details for every compile.
 
     Returns:
         The TuneResult (the module compiled with the chosen setting).
 
     Raises:
         TuningError: no setting fits 16 bits within the budget; says how close the best came.
+        ConfigurationError: ``global_p_error`` with ``p_error="auto"``.
     """
+    if global_p_error is not None and p_error is not None:
+        raise ConfigurationError(
+            f"tune: global_p_error={global_p_error!r} cannot be combined with "
+            f"p_error={p_error!r} (the search would set a per-lookup p_error); give "
+            "p_error=None to compile with the global error probability, or drop global_p_error"
+        )
     start = time.monotonic()
     say = progress if callable(progress) else (print if progress else (lambda _: None))
     calib = _as_tuple(calibration_data)
@@ -413,9 +447,17 @@ def tune(
         deadline=start + float(time_budget), progress=say,
         fixed_bits=None if n_bits == "auto" else n_bits,
         fixed_rounding=rounding_threshold_bits,
+        build_opts={"calibration": calibration, "reduce_sum_copy": reduce_sum_copy},
+        compile_opts={
+            "configuration": configuration, "artifacts": artifacts, "show_mlir": show_mlir,
+            "global_p_error": global_p_error, "verbose": verbose,
+            "inputs_encryption_status": inputs_encryption_status,
+            "accumulator_bounds": accumulator_bounds,
+        },
+        calib_tuple=calib,
     )  # fmt: skip
     say(f"float model metric {100 * reference:.2f}%; budget {accuracy_budget} points")
-    s.ops = _mixing_ops(build_quantized_module(s.model, s.calib, n_bits=default_bits))
+    s.ops = _mixing_ops(s.build({}, {}))
     best = _uniform_phase(s)
     if best is None:
         _no_setting(s)
@@ -434,6 +476,7 @@ def tune(
     compiled: Any = _NOT_COMPILED
     sim = float("nan")
     compile_s = step_s = 0.0
+    measured: dict[float | None, float] = {}
     order = list(P_ERRORS[1:2]) if p_phase else []  # 1e-2 first, then 5e-2 or 1e-3
     while order:
         p = order.pop(0)
@@ -441,11 +484,12 @@ def tune(
             break
         compile_start = time.monotonic()
         try:
-            module.compile(calib, p_error=p, accumulator_bounds=accumulator_bounds)
+            s.compile(module, p)
         except CompilationError:
             continue
         compiled, sim = p, _simulated_metric(s, module)
         report = cost_report(module, p_error=p, cost_model=s.cost_model)
+        measured[p] = sim
         s.candidates.append(
             Candidate(
                 best.n_bits, best.rounding, p, sim, report.complexity, report.latency_s,
@@ -465,8 +509,11 @@ def tune(
     final_s = 0.0
     if compiled is _NOT_COMPILED or compiled != chosen_p:
         final_start = time.monotonic()
-        module.compile(calib, p_error=chosen_p, accumulator_bounds=accumulator_bounds)
-        sim = _simulated_metric(s, module)
+        s.compile(module, chosen_p)
+        # the compile is deterministic: the circuit is the one simulated in the p_error phase,
+        # and its metric there is the one the choice was made on (a new random simulation
+        # could land on the other side of the floor)
+        sim = measured[chosen_p] if chosen_p in measured else _simulated_metric(s, module)
         final_s = time.monotonic() - final_start
     report = cost_report(module, p_error=chosen_p, cost_model=s.cost_model)
     say(f"chosen: simulated metric {100 * sim:.2f}%, est. {report.latency_s:.3g} s/sample")
