@@ -11,14 +11,15 @@ over per-op ``n_bits``, per-op ``rounding_threshold_bits`` and ``p_error`` subje
 Calibration and the clear forward are cheap, so the bits are searched on the clear path, which
 computes exactly what the circuit computes except for table-lookup errors:
 
-1. uniform settings (every mixing op at n bits, rounded to r bits), from wide to narrow;
+1. uniform settings (every op at n bits, at most ``default_bits``; the mixing ops rounded
+   to r bits), from wide to narrow;
 2. per-op refinement from the best uniform setting: one op's rounding or n_bits one bit
    lower at a time, the moves tried in order of the cost they save, the first that keeps
    the metric in budget taken;
-3. p_error, which the clear path cannot see: the module is compiled at 1e-2 and the metric
-   measured with ``fhe="simulate"`` (table-lookup errors drawn as concrete would make them);
-   in budget, 5e-2 is tried next, else 1e-3; the largest class in budget wins (none: the
-   default 2**-40), and the final module's simulated metric is the confirmation.
+3. what the clear path cannot see, measured with ``fhe="simulate"`` (table-lookup errors
+   drawn as concrete would make them; :class:`_SimulatedPhase`): the approximate rounding
+   method, then p_error: 1e-2 first, in budget 5e-2 next, else 1e-3; the largest class in
+   budget wins (none: the default 2**-40), and its simulated metric is the confirmation.
 
 Everything runs within ``time_budget`` seconds (the phases share it; the search stops where
 it is when time runs out and keeps the best feasible setting found). The result holds the
@@ -30,14 +31,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from fhequant.errors import BitWidthError, CompilationError, ConfigurationError, TuningError
-from fhequant.fhe.cost import CostReport, _pyplot, cost_report
+from fhequant.fhe.cost import CostReport, cost_report
 from fhequant.fhe.cost_model import CostModel, load_cost_model
+from fhequant.fhe.tune_result import Candidate, TuneResult, top1_agreement
 from fhequant.quantized.build import _numpy_module, build_quantized_module
 from fhequant.quantized.streaming import as_numpy
 
@@ -45,149 +46,7 @@ __all__ = ["Candidate", "TuneResult", "top1_agreement", "tune"]
 
 #: p_error classes tried for the simulated phase, largest (cheapest) first.
 P_ERRORS = (0.05, 0.01, 1e-3)
-_NOT_COMPILED = object()
 _UNIFORM = ((8, 8), (7, 7), (6, 6), (6, 5), (5, 5), (5, 4), (4, 4), (4, 3), (3, 3), (2, 2))
-
-
-def top1_agreement(outputs: np.ndarray, target: np.ndarray) -> float:
-    """Fraction of rows whose arg-max output equals the target (labels or arg-max indices).
-
-    Args:
-        outputs: (rows, classes) scores.
-        target: labels (rows,) or reference scores (rows, classes).
-
-    Returns:
-        The agreement in [0, 1].
-    """
-    pred = np.asarray(outputs).reshape(len(outputs), -1).argmax(axis=1)
-    ref = np.asarray(target)
-    if ref.ndim > 1:
-        ref = ref.reshape(len(ref), -1).argmax(axis=1)
-    return float(np.mean(pred == ref.astype(np.int64)))
-
-
-@dataclass
-class Candidate:
-    """One evaluated setting.
-
-    Attributes:
-        n_bits: op name -> n_bits (the mixing ops; the others use ``default``).
-        rounding: op name -> rounding threshold (None: not rounded).
-        p_error: the p_error (None: 2**-40).
-        metric: the metric on the validation data, clear path (simulated for p_error).
-        complexity: estimated concrete complexity (inf when it does not fit 16 bits).
-        latency_s: estimated seconds per sample.
-        max_bits: widest table-lookup input.
-        phase: "uniform", "per-op" or "p_error".
-        simulated: whether ``metric`` was measured with fhe="simulate".
-    """
-
-    n_bits: dict[str, int]
-    rounding: dict[str, int | None]
-    p_error: float | None
-    metric: float
-    complexity: float
-    latency_s: float
-    max_bits: int
-    phase: str
-    simulated: bool = False
-
-    def settings(self, default_bits: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The per-op n_bits and rounding_threshold_bits mappings of this setting."""
-        return (
-            {"default": default_bits, **self.n_bits},
-            {"default": None, **self.rounding},
-        )
-
-
-@dataclass
-class TuneResult:
-    """What :func:`tune` found.
-
-    Attributes:
-        module: the chosen QuantizedModule, compiled with ``p_error``.
-        n_bits: its per-op n_bits mapping (give it to build_quantized_module / compile_*).
-        rounding_threshold_bits: its per-op rounding mapping.
-        p_error: its p_error (None: 2**-40).
-        metric: its simulated metric on the validation data (fraction in [0, 1]).
-        reference_metric: the float model's metric.
-        candidates: every evaluated setting.
-        cost: the chosen module's CostReport.
-        elapsed_s: the search time.
-        extra: "floor" (the metric floor), "final_compile_s" (the compile and simulation of
-            the chosen setting after the search, when its p_error was not compiled yet) and
-            "step_s" (the longest p_error step: a step started in time runs to its end).
-    """
-
-    module: Any
-    n_bits: dict[str, Any]
-    rounding_threshold_bits: dict[str, Any]
-    p_error: float | None
-    metric: float
-    reference_metric: float
-    candidates: list[Candidate]
-    cost: CostReport
-    elapsed_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def pareto(self) -> list[Candidate]:
-        """The settings no other beats on both estimated cost and metric, cheapest first."""
-        ok = sorted(
-            (c for c in self.candidates if np.isfinite(c.complexity)),
-            key=lambda c: (c.complexity, -c.metric),
-        )
-        front: list[Candidate] = []
-        for c in ok:
-            if not front or c.metric > front[-1].metric:
-                front.append(c)
-        return front
-
-    def table(self) -> str:
-        """The Pareto front as a text table."""
-        lines = ["est. complexity  est. s/sample  metric  sim  p_error   n_bits / rounding"]
-        for c in self.pareto:
-            bits = ", ".join(f"{k}:{v}/{c.rounding.get(k)}" for k, v in c.n_bits.items())
-            lines.append(
-                f"{c.complexity:15.3g}  {c.latency_s:13.3g}  {100 * c.metric:6.2f}  "
-                f"{'yes' if c.simulated else 'no ':3}  {c.p_error or 2**-40:<8.2g}  {bits}"
-            )
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (settings, metric, cost, Pareto front)."""
-        return {
-            "n_bits": self.n_bits,
-            "rounding_threshold_bits": self.rounding_threshold_bits,
-            "p_error": self.p_error,
-            "metric": self.metric,
-            "reference_metric": self.reference_metric,
-            "elapsed_s": self.elapsed_s,
-            "cost": self.cost.to_dict(),
-            "pareto": [c.__dict__ for c in self.pareto],
-            "evaluated": len(self.candidates),
-        }
-
-    def plot(self, path: Any) -> Any:
-        """Estimated cost against metric for every setting, the Pareto front joined (PNG)."""
-        from pathlib import Path
-
-        plt = _pyplot()
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ok = [c for c in self.candidates if np.isfinite(c.complexity)]
-        ax.scatter([c.complexity for c in ok], [100 * c.metric for c in ok], s=12, c="0.6")
-        front = self.pareto
-        ax.plot([c.complexity for c in front], [100 * c.metric for c in front], "o-", c="tab:blue")
-        ax.scatter([self.cost.complexity], [100 * self.metric], marker="*", s=150, c="tab:red")
-        ax.set_xscale("log")
-        ax.set_xlabel("estimated complexity")
-        ax.set_ylabel("metric (%)")
-        ax.axhline(100 * self.extra.get("floor", 0.0), ls="--", c="0.4", lw=0.8)
-        fig.tight_layout()
-        out = Path(path)
-        fig.savefig(out, dpi=100)
-        plt.close(fig)
-        return out
 
 
 class _Search:
@@ -286,7 +145,7 @@ def _uniform_phase(s: _Search) -> Candidate | None:
         n = s.fixed_bits if isinstance(s.fixed_bits, int) else n
         if s.fixed_rounding != "auto":
             r = s.fixed_rounding if isinstance(s.fixed_rounding, int) else r
-        nb = {op: n for op in s.ops}
+        nb = {"default": min(n, s.default_bits), **{op: n for op in s.ops}}
         rb: dict[str, int | None] = {op: r for op in s.ops}
         key = repr((nb, rb))
         if key in seen:
@@ -403,7 +262,8 @@ def tune(
         rounding_threshold_bits: "auto" to search, or a fixed value (None: no rounding).
         p_error: "auto" to search the classes of :data:`P_ERRORS`, or a fixed value.
         accumulator_bounds: "observed" or "worst_case" (the 16-bit constraint and compile).
-        default_bits: n_bits of the ops that are not mixing ops (activations, shapes).
+        default_bits: the widest n_bits of the ops that are not mixing ops (activations,
+            shapes); a uniform setting of n bits gives them min(n, default_bits).
         cost_model: the cost model (default: :func:`load_cost_model`).
         progress: print one line per evaluated setting (True), a callable, or False.
         calibration: the range statistics of every candidate (as build_quantized_module).
@@ -464,7 +324,6 @@ def tune(
     assert best is not None
     p_phase = p_error == "auto"
     best = _per_op_phase(s, best, 0.35 * time_budget if p_phase else 0.1 * time_budget)
-    chosen_p = None if p_phase else p_error
     n_map: Any
     r_map: Any
     n_map, r_map = best.settings(default_bits)
@@ -472,55 +331,118 @@ def tune(
         n_map = s.fixed_bits
     if rounding_threshold_bits != "auto":
         r_map = rounding_threshold_bits
-    module = s.build(best.n_bits, best.rounding)
-    compiled: Any = _NOT_COMPILED
-    sim = float("nan")
-    compile_s = step_s = 0.0
-    measured: dict[float | None, float] = {}
-    order = list(P_ERRORS[1:2]) if p_phase else []  # 1e-2 first, then 5e-2 or 1e-3
-    while order:
-        p = order.pop(0)
-        if s.left() <= max(compile_s, 0.2 * time_budget):  # a compile must fit
-            break
-        compile_start = time.monotonic()
-        try:
-            s.compile(module, p)
-        except CompilationError:
-            continue
-        compiled, sim = p, _simulated_metric(s, module)
-        report = cost_report(module, p_error=p, cost_model=s.cost_model)
-        measured[p] = sim
-        s.candidates.append(
-            Candidate(
-                best.n_bits, best.rounding, p, sim, report.complexity, report.latency_s,
-                report.max_tlu_bits, "p_error", simulated=True,
-            )
-        )  # fmt: skip
-        compile_s = time.monotonic() - compile_start
-        step_s = max(step_s, compile_s)
-        say(f"[p_error {p:g}] simulated metric {100 * sim:.2f}%")
-        if sim >= floor:
-            chosen_p = p
-            bigger = [q for q in P_ERRORS if q > p]
-            order = bigger[-1:] if bigger else []
-        elif chosen_p is None:
-            smaller = [q for q in P_ERRORS if q < p]
-            order = smaller[:1]
-    final_s = 0.0
-    if compiled is _NOT_COMPILED or compiled != chosen_p:
-        final_start = time.monotonic()
-        s.compile(module, chosen_p)
-        # the compile is deterministic: the circuit is the one simulated in the p_error phase,
-        # and its metric there is the one the choice was made on (a new random simulation
-        # could land on the other side of the floor)
-        sim = measured[chosen_p] if chosen_p in measured else _simulated_metric(s, module)
-        final_s = time.monotonic() - final_start
+    rounded = rounding_threshold_bits == "auto" and any(
+        r is not None for r in best.rounding.values()
+    )
+    sim_phase = _SimulatedPhase(s, best, time_budget)
+    method, chosen_p, module, sim = sim_phase.run(p_phase, p_error, rounded)
+    if method == _APPROX:
+        r_map = _approximate(r_map)
+    final_s, step_s = sim_phase.final_s, sim_phase.step_s
     report = cost_report(module, p_error=chosen_p, cost_model=s.cost_model)
     say(f"chosen: simulated metric {100 * sim:.2f}%, est. {report.latency_s:.3g} s/sample")
     return TuneResult(
         module, n_map, r_map, chosen_p, sim, reference, s.candidates, report,
-        time.monotonic() - start, {"floor": floor, "final_compile_s": final_s, "step_s": step_s},
+        time.monotonic() - start,
+        {"floor": floor, "final_compile_s": final_s, "step_s": step_s, "rounding_method": method},
     )  # fmt: skip
+
+
+_APPROX = "APPROXIMATE"
+
+
+def _approximate(rounding: dict[str, Any]) -> dict[str, Any]:
+    """A per-op rounding mapping with the approximate method."""
+    return {k: v if v is None else {"n_bits": v, "method": _APPROX} for k, v in rounding.items()}
+
+
+class _SimulatedPhase:
+    """What the clear path cannot see, measured with ``fhe="simulate"``: p_error, and the
+    approximate rounding method (free: the next lookup's modulus switch does it, but it may
+    round the other way near a tie).
+
+    Steps are (method, p_error) pairs: approximate rounding at 1e-2 first when the setting
+    rounds (falling back to exact rounding when it loses the budget), then a larger p_error
+    while in budget, else a smaller one until one is. The chosen pair's simulated metric is
+    the confirmation: when another pair was compiled last, the chosen one is compiled again
+    (a deterministic compile: the circuit already simulated) and its measured metric kept.
+    """
+
+    def __init__(self, s: _Search, best: Candidate, time_budget: float) -> None:
+        self.s, self.best, self.budget = s, best, time_budget
+        self.modules: dict[str, Any] = {}
+        self.measured: dict[tuple[str, float | None], float] = {}
+        self.final_s = self.step_s = 0.0
+
+    def module(self, method: str) -> Any:
+        if method not in self.modules:
+            rb: dict[str, Any] = dict(self.best.rounding)
+            self.modules[method] = self.s.build(
+                self.best.n_bits, _approximate(rb) if method == _APPROX else rb
+            )
+        return self.modules[method]
+
+    def step(self, method: str, p: float | None) -> float | None:
+        """Compile and simulate one pair; None when it does not compile."""
+        s, best = self.s, self.best
+        start = time.monotonic()
+        module = self.module(method)
+        try:
+            s.compile(module, p)
+        except CompilationError:
+            return None
+        sim = _simulated_metric(s, module)
+        self.measured[(method, p)] = sim
+        report = cost_report(module, p_error=p, cost_model=s.cost_model)
+        s.candidates.append(
+            Candidate(
+                best.n_bits, best.rounding, p, sim, report.complexity, report.latency_s,
+                report.max_tlu_bits, "p_error" if method != _APPROX else "approximate",
+                simulated=True,
+            )
+        )  # fmt: skip
+        self.step_s = max(self.step_s, time.monotonic() - start)
+        s.say(f"[{method.lower()} rounding, p_error {p}] simulated metric {100 * sim:.2f}%")
+        return sim
+
+    def run(
+        self, p_phase: bool, p_fixed: Any, rounded: bool
+    ) -> tuple[str, float | None, Any, float]:
+        s = self.s
+        chosen: tuple[str, float | None] | None = None
+        last: tuple[str, float | None] | None = None
+        first_p = P_ERRORS[1] if p_phase else p_fixed
+        order: list[tuple[str, Any]] = []
+        if rounded:
+            order.append((_APPROX, first_p))
+        if p_phase or not rounded:
+            order.append(("EXACT", first_p))
+        while order:
+            method, p = order.pop(0)
+            if s.left() <= max(self.step_s, 0.2 * self.budget):  # a compile must fit
+                break
+            sim = self.step(method, p)
+            if sim is None:
+                continue
+            last = (method, p)
+            if sim >= s.floor:
+                chosen = (method, p)
+                order = [(method, float(q)) for q in P_ERRORS if p_phase and q > (p or 0)][-1:]
+            elif chosen is None and method == _APPROX and p_phase:
+                order = [("EXACT", p)]
+            elif chosen is None and p_phase:
+                order = [(method, q) for q in P_ERRORS if q < (p or 0)][:1]
+        if chosen is None:  # nothing in budget was measured: exact rounding, the fixed p
+            chosen = ("EXACT", None if p_phase else p_fixed)
+        module = self.module(chosen[0])
+        sim = self.measured.get(chosen, float("nan"))
+        if last != chosen:
+            start = time.monotonic()
+            s.compile(module, chosen[1])
+            if chosen not in self.measured:
+                sim = _simulated_metric(s, module)
+            self.final_s = time.monotonic() - start
+        return chosen[0], chosen[1], module, sim
 
 
 def _as_tuple(data: Any) -> tuple[np.ndarray, ...]:
