@@ -149,7 +149,8 @@ class CostModel:
         order = sorted(self.classes, key=lambda c: abs(math.log10(c) - math.log10(cls)))
         for c in order:
             table = self.classes[c].get("tlu", {})
-            widths = sorted((w for w, e in table.items() if e.get("by_norm")), key=lambda w: (abs(w - bits), -w))
+            measured = [w for w, e in table.items() if e.get("by_norm")]
+            widths = sorted(measured, key=lambda w: (abs(w - bits), -w))
             if widths:
                 return dict(table[widths[0]]["by_norm"])
         return None
