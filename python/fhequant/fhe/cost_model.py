@@ -37,6 +37,7 @@ __all__ = [
     "CostModel",
     "load_cost_model",
     "measure_cost_model",
+    "seconds_per_complexity",
     "user_cost_model_path",
 ]
 
@@ -323,6 +324,32 @@ def _stats(circuit: Any) -> tuple[float, float, int]:
     return float(circuit.complexity), keys, int(circuit.programmable_bootstrap_count)
 
 
+def seconds_per_complexity(
+    timing_bits: Sequence[int] = (3, 5, 7),
+    repeats: int = 3,
+    progress: Callable[[str], None] | None = None,
+    elements: int = 8,
+) -> float:
+    """Seconds of execution per unit of concrete complexity on this machine, now: circuits
+    of ``elements`` lookups at ``timing_bits`` (p_error 1e-2) are keyed and run ``repeats``
+    times; the median over widths of the fastest run / complexity."""
+    say = progress or (lambda _: None)
+    ratios = []
+    for bits in timing_bits:
+        circuit = _compile_lookup(int(bits), 1e-2, 0, elements)
+        circuit.keygen()
+        x = np.full(elements, 1, dtype=np.int64)
+        best = math.inf
+        for _ in range(repeats):
+            args = circuit.encrypt(x)
+            start = time.perf_counter()
+            circuit.run(args)
+            best = min(best, time.perf_counter() - start)
+        ratios.append(best / float(circuit.complexity))
+        say(f"timed {bits} bits: {best:.3f} s for {elements} PBS")
+    return float(np.median(ratios))
+
+
 def measure_cost_model(
     max_bits: int = _MAX_BITS,
     p_errors: Sequence[float] = P_ERROR_CLASSES,
@@ -367,19 +394,7 @@ def measure_cost_model(
             say(f"p_error {p:.3g}, {bits} bits: {cx / n:.3g} per PBS, {keys / 1e6:.1f} MB keys")
         kinds["round"] = _measure_rounding(p, kinds["tlu"], max_bits + 2, n, say)
         classes[p] = kinds
-    ratios = []
-    for bits in timing_bits:
-        circuit = _compile_lookup(int(bits), 1e-2, 0, n)
-        circuit.keygen()
-        x = np.full(n, 1, dtype=np.int64)
-        best = math.inf
-        for _ in range(repeats):
-            args = circuit.encrypt(x)
-            start = time.perf_counter()
-            circuit.run(args)
-            best = min(best, time.perf_counter() - start)
-        ratios.append(best / float(circuit.complexity))
-        say(f"timed {bits} bits: {best:.3f} s for {n} PBS")
+    factor = seconds_per_complexity(timing_bits, repeats, say)
     meta = {
         "machine": platform.machine(),
         "processor": platform.processor(),
@@ -387,7 +402,7 @@ def measure_cost_model(
         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "concrete_python": _concrete_version(),
     }
-    return CostModel(float(np.median(ratios)), classes, meta)
+    return CostModel(factor, classes, meta)
 
 
 def _concrete_version() -> str:

@@ -318,12 +318,20 @@ def tune(
     )  # fmt: skip
     say(f"float model metric {100 * reference:.2f}%; budget {accuracy_budget} points")
     s.ops = _mixing_ops(s.build({}, {}))
-    best = _uniform_phase(s)
-    if best is None:
+    uniform = _uniform_phase(s)
+    if uniform is None:
         _no_setting(s)
-    assert best is not None
+    assert uniform is not None
     p_phase = p_error == "auto"
-    best = _per_op_phase(s, best, 0.35 * time_budget if p_phase else 0.1 * time_budget)
+    best = _per_op_phase(s, uniform, 0.35 * time_budget if p_phase else 0.1 * time_budget)
+    # the per-op phase spends the clear metric down to the floor; the uniform setting keeps
+    # a margin that approximate rounding may need
+    settings = [best] + ([uniform] if uniform is not best else [])
+    rounded = rounding_threshold_bits == "auto" and any(
+        r is not None for r in best.rounding.values()
+    )
+    sim_phase = _SimulatedPhase(s, settings, time_budget)
+    method, chosen_p, module, sim, best = sim_phase.run(p_phase, p_error, rounded)
     n_map: Any
     r_map: Any
     n_map, r_map = best.settings(default_bits)
@@ -331,12 +339,7 @@ def tune(
         n_map = s.fixed_bits
     if rounding_threshold_bits != "auto":
         r_map = rounding_threshold_bits
-    rounded = rounding_threshold_bits == "auto" and any(
-        r is not None for r in best.rounding.values()
-    )
-    sim_phase = _SimulatedPhase(s, best, time_budget)
-    method, chosen_p, module, sim = sim_phase.run(p_phase, p_error, rounded)
-    if method == _APPROX:
+    elif method == _APPROX:
         r_map = _approximate(r_map)
     final_s, step_s = sim_phase.final_s, sim_phase.step_s
     report = cost_report(module, p_error=chosen_p, cost_model=s.cost_model)
@@ -361,80 +364,87 @@ class _SimulatedPhase:
     approximate rounding method (free: the next lookup's modulus switch does it, but it may
     round the other way near a tie).
 
-    Steps are (method, p_error) pairs: approximate rounding at 1e-2 first when the setting
-    rounds (falling back to exact rounding when it loses the budget), then a larger p_error
-    while in budget, else a smaller one until one is. The chosen pair's simulated metric is
-    the confirmation: when another pair was compiled last, the chosen one is compiled again
-    (a deterministic compile: the circuit already simulated) and its measured metric kept.
+    Steps are (method, p_error, setting) triples: when the setting rounds, approximate
+    rounding at 1e-2 first, on the per-op setting then on the uniform one (which kept a
+    margin), then exact rounding; from the first in budget a larger p_error while in budget,
+    else a smaller one until one is. The chosen step's simulated metric is the confirmation:
+    when another step was compiled last, the chosen one is compiled again (a deterministic
+    compile: the circuit already simulated) and its measured metric kept.
     """
 
-    def __init__(self, s: _Search, best: Candidate, time_budget: float) -> None:
-        self.s, self.best, self.budget = s, best, time_budget
-        self.modules: dict[str, Any] = {}
-        self.measured: dict[tuple[str, float | None], float] = {}
+    def __init__(self, s: _Search, settings: list[Candidate], time_budget: float) -> None:
+        self.s, self.settings, self.budget = s, settings, time_budget
+        self.modules: dict[tuple[str, int], Any] = {}
+        self.measured: dict[tuple[str, Any, int], float] = {}
         self.final_s = self.step_s = 0.0
 
-    def module(self, method: str) -> Any:
-        if method not in self.modules:
-            rb: dict[str, Any] = dict(self.best.rounding)
-            self.modules[method] = self.s.build(
-                self.best.n_bits, _approximate(rb) if method == _APPROX else rb
+    def module(self, method: str, i: int) -> Any:
+        if (method, i) not in self.modules:
+            c = self.settings[i]
+            rb: dict[str, Any] = dict(c.rounding)
+            self.modules[(method, i)] = self.s.build(
+                c.n_bits, _approximate(rb) if method == _APPROX else rb
             )
-        return self.modules[method]
+        return self.modules[(method, i)]
 
-    def step(self, method: str, p: float | None) -> float | None:
-        """Compile and simulate one pair; None when it does not compile."""
-        s, best = self.s, self.best
+    def step(self, method: str, p: float | None, i: int) -> float | None:
+        """Compile and simulate one step; None when it does not compile."""
+        s, c = self.s, self.settings[i]
         start = time.monotonic()
-        module = self.module(method)
+        module = self.module(method, i)
         try:
             s.compile(module, p)
         except CompilationError:
             return None
         sim = _simulated_metric(s, module)
-        self.measured[(method, p)] = sim
+        self.measured[(method, p, i)] = sim
         report = cost_report(module, p_error=p, cost_model=s.cost_model)
         s.candidates.append(
             Candidate(
-                best.n_bits, best.rounding, p, sim, report.complexity, report.latency_s,
+                c.n_bits, c.rounding, p, sim, report.complexity, report.latency_s,
                 report.max_tlu_bits, "p_error" if method != _APPROX else "approximate",
                 simulated=True,
             )
         )  # fmt: skip
         self.step_s = max(self.step_s, time.monotonic() - start)
-        s.say(f"[{method.lower()} rounding, p_error {p}] simulated metric {100 * sim:.2f}%")
+        s.say(
+            f"[{method.lower()} rounding, p_error {p}, {c.phase} setting] simulated metric "
+            f"{100 * sim:.2f}%"
+        )
         return sim
 
     def run(
         self, p_phase: bool, p_fixed: Any, rounded: bool
-    ) -> tuple[str, float | None, Any, float]:
+    ) -> tuple[str, float | None, Any, float, Candidate]:
         s = self.s
-        chosen: tuple[str, float | None] | None = None
-        last: tuple[str, float | None] | None = None
+        chosen: tuple[str, Any, int] | None = None
+        last: tuple[str, Any, int] | None = None
         first_p = P_ERRORS[1] if p_phase else p_fixed
-        order: list[tuple[str, Any]] = []
+        order: list[tuple[str, Any, int]] = []
         if rounded:
-            order.append((_APPROX, first_p))
+            order += [
+                (_APPROX, first_p, i)
+                for i, c in enumerate(self.settings)
+                if any(r is not None for r in c.rounding.values())
+            ]
         if p_phase or not rounded:
-            order.append(("EXACT", first_p))
+            order.append(("EXACT", first_p, 0))
         while order:
-            method, p = order.pop(0)
+            method, p, i = order.pop(0)
             if s.left() <= max(self.step_s, 0.2 * self.budget):  # a compile must fit
                 break
-            sim = self.step(method, p)
+            sim = self.step(method, p, i)
             if sim is None:
                 continue
-            last = (method, p)
+            last = (method, p, i)
             if sim >= s.floor:
-                chosen = (method, p)
-                order = [(method, float(q)) for q in P_ERRORS if p_phase and q > (p or 0)][-1:]
-            elif chosen is None and method == _APPROX and p_phase:
-                order = [("EXACT", p)]
-            elif chosen is None and p_phase:
-                order = [(method, q) for q in P_ERRORS if q < (p or 0)][:1]
+                chosen = last
+                order = [(method, float(q), i) for q in P_ERRORS if p_phase and q > (p or 0)][-1:]
+            elif chosen is None and method == "EXACT" and p_phase:
+                order = [(method, float(q), i) for q in P_ERRORS if q < (p or 0)][:1]
         if chosen is None:  # nothing in budget was measured: exact rounding, the fixed p
-            chosen = ("EXACT", None if p_phase else p_fixed)
-        module = self.module(chosen[0])
+            chosen = ("EXACT", None if p_phase else p_fixed, 0)
+        module = self.module(chosen[0], chosen[2])
         sim = self.measured.get(chosen, float("nan"))
         if last != chosen:
             start = time.monotonic()
@@ -442,7 +452,7 @@ class _SimulatedPhase:
             if chosen not in self.measured:
                 sim = _simulated_metric(s, module)
             self.final_s = time.monotonic() - start
-        return chosen[0], chosen[1], module, sim
+        return chosen[0], chosen[1], module, sim, self.settings[chosen[2]]
 
 
 def _as_tuple(data: Any) -> tuple[np.ndarray, ...]:
