@@ -323,10 +323,10 @@ def tune(
         _no_setting(s)
     assert uniform is not None
     p_phase = p_error == "auto"
-    best = _per_op_phase(s, uniform, 0.35 * time_budget if p_phase else 0.1 * time_budget)
+    best = _per_op_phase(s, uniform, 0.5 * time_budget if p_phase else 0.1 * time_budget)
     # the per-op phase spends the clear metric down to the floor; the uniform setting keeps
-    # a margin that approximate rounding may need
-    settings = [best] + ([uniform] if uniform is not best else [])
+    # a margin that approximate rounding may need, so it is simulated first
+    settings = ([uniform] if uniform is not best else []) + [best]
     rounded = rounding_threshold_bits == "auto" and any(
         r is not None for r in best.rounding.values()
     )
@@ -365,9 +365,10 @@ class _SimulatedPhase:
     round the other way near a tie).
 
     Steps are (method, p_error, setting) triples: when the setting rounds, approximate
-    rounding at 1e-2 first, on the per-op setting then on the uniform one (which kept a
-    margin), then exact rounding; from the first in budget a larger p_error while in budget,
-    else a smaller one until one is. The chosen step's simulated metric is the confirmation:
+    rounding at 1e-2 first, on the uniform setting (which kept a margin) then on the per-op
+    one, then exact rounding on the per-op setting; from the first in budget a larger p_error
+    while in budget, else a smaller one until one is. The chosen step's simulated metric is
+    the confirmation:
     when another step was compiled last, the chosen one is compiled again (a deterministic
     compile: the circuit already simulated) and its measured metric kept.
     """
@@ -428,7 +429,7 @@ class _SimulatedPhase:
                 if any(r is not None for r in c.rounding.values())
             ]
         if p_phase or not rounded:
-            order.append(("EXACT", first_p, 0))
+            order.append(("EXACT", first_p, len(self.settings) - 1))
         while order:
             method, p, i = order.pop(0)
             if s.left() <= max(self.step_s, 0.2 * self.budget):  # a compile must fit
@@ -443,7 +444,7 @@ class _SimulatedPhase:
             elif chosen is None and method == "EXACT" and p_phase:
                 order = [(method, float(q), i) for q in P_ERRORS if q < (p or 0)][:1]
         if chosen is None:  # nothing in budget was measured: exact rounding, the fixed p
-            chosen = ("EXACT", None if p_phase else p_fixed, 0)
+            chosen = ("EXACT", None if p_phase else p_fixed, len(self.settings) - 1)
         module = self.module(chosen[0], chosen[2])
         sim = self.measured.get(chosen, float("nan"))
         if last != chosen:
