@@ -93,8 +93,8 @@ def test_cost_model_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_lookup_noise_norms() -> None:
-    """The noise variance factor of each lookup input: fresh inputs carry none, a PBS output
-    counts 1, and linear nodes multiply it by their squared weights (the max over outputs)."""
+    """The noise variance factor of each lookup input: an input or a PBS output counts 1,
+    and linear nodes multiply it by their squared weights (the max over outputs)."""
     from fhequant._concrete import fhe_module
     from fhequant.fhe.lookups import count_lookups
 
@@ -110,5 +110,5 @@ def test_lookup_noise_norms() -> None:
     inputset = [np.array([a, b, c]) for a, b, c in ((0, 1, 2), (3, 2, 1), (2, 2, 2))]
     graph = fhe.Compiler(f, {"x": "encrypted"}).trace(inputset)
     norms = sorted(lk.log_norm for lk in count_lookups(graph, 1) if lk.kind == "tlu")
-    # x -> h: -1 (fresh); z -> two lookups: log2 21; s + h[0]: 18 + 1 = 19
-    assert norms == pytest.approx([-1.0, np.log2(19), np.log2(21), np.log2(21)])
+    # x -> h: 0 (an input counts as a PBS output); z -> two lookups: log2 21; s + h[0]: 19
+    assert norms == pytest.approx([0.0, np.log2(19), np.log2(21), np.log2(21)])

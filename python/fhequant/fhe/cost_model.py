@@ -43,9 +43,8 @@ __all__ = [
 
 #: Version of the JSON layout of a cost model (2: table lookups priced by noise norm too).
 FORMAT_VERSION = 2
-#: log2 of the noise variance factor of a lookup input (the sum of the squared weights that
-#: carry earlier lookups' outputs into it) at which table lookups are measured; -1 stands for
-#: an input that carries no lookup output (fresh encryptions only).
+#: Grid labels L of the table-lookup measurements: the lookups read ``x + 2**(L/2) * h``,
+#: noise variance factor 1 + 2**L (:func:`_grid_x`); -1 stands for x alone (factor 1).
 NORM_GRID = (-1, 0, 8, 16, 24)
 #: The p_error values the model is measured at; a p_error uses the nearest class at or
 #: below it (the conservative side).
@@ -97,7 +96,7 @@ class CostModel:
         return best
 
     def complexity(
-        self, kind: str, bits: int, p_error: float | None, log_norm: float = -1.0
+        self, kind: str, bits: int, p_error: float | None, log_norm: float = 0.0
     ) -> float:
         """concrete complexity of one PBS (``log_norm``: see :meth:`normed`)."""
         return float(self.normed(kind, bits, p_error, log_norm)["complexity"])
@@ -128,7 +127,7 @@ class CostModel:
                 n: {k: raw[k] * pt[k] / max(fresh[k], 1.0) for k in ("complexity", "key_bytes")}
                 for n, pt in borrowed.items()
             }
-        points = sorted((float(k), v) for k, v in grid.items())
+        points = sorted((_grid_x(float(k)), v) for k, v in grid.items())
         x = float(log_norm)
         lo = [pt for pt in points if pt[0] <= x]
         hi = [pt for pt in points if pt[0] >= x]
@@ -209,6 +208,12 @@ class CostModel:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
         return out
+
+
+def _grid_x(label: float) -> float:
+    """log2 of the variance factor a grid point measures: the circuit's lookups read
+    ``x + a * h`` with variance factor 1 (x) + a**2 = 1 + 2**label (label -1: x alone)."""
+    return 0.0 if label < 0 else math.log2(1.0 + 2.0**label)
 
 
 def _entry(e: dict[str, Any]) -> dict[str, Any]:

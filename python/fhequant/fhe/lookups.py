@@ -46,7 +46,7 @@ class Lookup:
         bits: input width of the PBS (the width concrete gives the looked-up value).
         count: PBS per sample.
         log_norm: log2 of the noise variance factor of the PBS input: the sum of the squared
-            weights carrying earlier PBS outputs into it (-1: fresh encryptions only). concrete
+            weights carrying earlier PBS outputs and the inputs into it (0: one of them). concrete
             sizes a partition's crypto parameters for its noisiest input.
     """
 
@@ -54,7 +54,7 @@ class Lookup:
     kind: str
     bits: int
     count: int
-    log_norm: float = -1.0
+    log_norm: float = 0.0
 
 
 def _bits(value: Any) -> int:
@@ -119,7 +119,8 @@ def _makes_pbs(node: Any, name: Any, enc_preds: list[Any]) -> bool:
 
 def _variances(graph: Any, nodes: list[Any]) -> dict[int, float]:
     """Per node, the noise variance factor of its output (the max over elements): 1 after a
-    PBS, 0 for a fresh encryption, sums of squared weights through linear nodes."""
+    PBS or for a fresh encryption (concrete gives inputs a PBS output's noise), sums of
+    squared weights through linear nodes."""
     out: dict[int, float] = {}
     for node in nodes:
         name = node.properties.get("name")
@@ -127,7 +128,7 @@ def _variances(graph: Any, nodes: list[Any]) -> dict[int, float]:
         enc_preds = [p for p in preds if p.output.is_encrypted]
         if not node.output.is_encrypted:
             out[id(node)] = 0.0
-        elif _makes_pbs(node, name, enc_preds):
+        elif _makes_pbs(node, name, enc_preds) or node.operation.name == "Input":
             out[id(node)] = 1.0
         elif name == "round_bit_pattern":
             lsbs = int(node.properties.get("kwargs", {}).get("lsbs_to_remove", 0))
