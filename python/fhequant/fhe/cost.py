@@ -71,6 +71,7 @@ class CostReport:
         bitwidth: the module's BitWidthReport over the same inputset.
         partitions: lookup width -> log2 noise variance factor of the noisiest lookup input of
             that width: concrete chooses one parameter set per width, sized for it.
+        round_widths: the widths exact rounding steps read (their own keys).
     """
 
     rows: list[OpCost]
@@ -78,6 +79,7 @@ class CostReport:
     cost_model: CostModel
     bitwidth: BitWidthReport
     partitions: dict[int, float] = field(default_factory=dict)
+    round_widths: list[int] = field(default_factory=list)
 
     @property
     def total_pbs(self) -> int:
@@ -119,12 +121,16 @@ class CostReport:
         if not self.partitions:
             widths = {b for r in self.rows for b in r.widths if b <= r.lookup_bits}
             return self.cost_model.key_bytes(sorted(widths), self.p_error)
-        return float(
-            sum(
-                self.cost_model.normed("tlu", b, self.p_error, n)["key_bytes"]
-                for b, n in self.partitions.items()
-            )
+        lookups = sum(
+            self.cost_model.normed("tlu", b, self.p_error, n)["key_bytes"]
+            for b, n in self.partitions.items()
         )
+        # the rounding steps' keys: those of the widest rounding measured (a circuit of them)
+        entry = self.cost_model.entry
+        rounding = max(
+            (entry("round", w, self.p_error)["key_bytes"] for w in self.round_widths), default=0.0
+        )
+        return float(lookups + rounding)
 
     def row(self, name: str) -> OpCost:
         """The row of one op (KeyError naming the ops with PBS if none)."""
@@ -303,7 +309,8 @@ def cost_report(
         row.latency_s += cx * model.seconds_per_complexity
     order = {name: i for i, name in enumerate(types)}
     ordered = sorted(rows.values(), key=lambda r: order.get(r.name, -1))
-    return CostReport(ordered, p_error, model, report, partitions)
+    rounds = sorted({lk.bits for lk in lookups if lk.kind == "round"})
+    return CostReport(ordered, p_error, model, report, partitions, rounds)
 
 
 def _inputset(module: Any, inputs: Any, report: BitWidthReport) -> tuple[Any, ...]:
