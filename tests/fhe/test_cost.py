@@ -112,3 +112,19 @@ def test_lookup_noise_norms() -> None:
     norms = sorted(lk.log_norm for lk in count_lookups(graph, 1) if lk.kind == "tlu")
     # x -> h: 0 (an input counts as a PBS output); z -> two lookups: log2 21; s + h[0]: 19
     assert norms == pytest.approx([0.0, np.log2(19), np.log2(21), np.log2(21)])
+
+
+@pytest.mark.slow
+def test_measure_cost_model_small_grid(tmp_path: Path) -> None:
+    from fhequant.fhe.cost_model import measure_cost_model
+
+    model = measure_cost_model(
+        max_bits=3, p_errors=(1e-2,), timing_bits=(2,), repeats=1, norm_grid=(-1, 0, 16)
+    )
+    entry = model.classes[1e-2]["tlu"][3]
+    assert set(entry["by_norm"]) == {"-1.0", "0.0", "16.0"}
+    # the noisier grid point needs parameters at least as large
+    assert entry["by_norm"]["16.0"]["complexity"] >= entry["by_norm"]["-1.0"]["complexity"]
+    assert model.seconds_per_complexity > 0
+    back = CostModel.from_dict(json.loads(model.save(tmp_path / "m.json").read_text()))
+    assert back.complexity("tlu", 3, 1e-2, 10.0) == model.complexity("tlu", 3, 1e-2, 10.0)
