@@ -45,7 +45,7 @@ MODELS: dict[str, tuple[str, Any, Any, float | None]] = {
     "cnn_pool_n4_r5": ("cnn_pool", 4, 5, 1e-3),
 }
 #: The models whose latency is measured with --execute (small, medium, large).
-TIMED = ("mlp32_n4_p1e-2", "cnn_n4_r4_p1e-2", "mlp128x2_n5_r5_p1e-2")
+TIMED = ("mlp16x3_n6_r5_p1e-3", "mlp128x2_n4_r4_p1e-2", "cnn_n4_r4_p1e-2")
 
 
 def _net(kind: str) -> nn.Module:
