@@ -76,6 +76,12 @@ def test_cost_model_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert data["format_version"] == FORMAT_VERSION
     back = CostModel.from_dict(json.loads(json.dumps(data)))
     assert back.complexity("tlu", 6, None) == model.complexity("tlu", 6, None)
+    assert back.complexity("tlu", 6, None, 13.0) == model.complexity("tlu", 6, None, 13.0)
+    # a noisier lookup input needs larger parameters: never cheaper than a fresh input
+    for bits in (3, 6, 9):
+        fresh = model.complexity("tlu", bits, 1e-2)
+        assert model.complexity("tlu", bits, 1e-2, 20.0) >= fresh
+    assert model.complexity("tlu", 6, 1e-2, 20.0) > model.complexity("tlu", 6, 1e-2)
     # each wider lookup costs more; a looser p_error class costs less
     assert model.complexity("tlu", 8, None) > model.complexity("tlu", 4, None)
     assert model.complexity("tlu", 8, 0.05) < model.complexity("tlu", 8, None)
@@ -84,3 +90,41 @@ def test_cost_model_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert load_cost_model().to_dict() == data
     with pytest.raises(SerializationError, match="format_version"):
         CostModel.from_dict({**data, "format_version": 999})
+
+
+def test_lookup_noise_norms() -> None:
+    """The noise variance factor of each lookup input: an input or a PBS output counts 1,
+    and linear nodes multiply it by their squared weights (the max over outputs)."""
+    from fhequant._concrete import fhe_module
+    from fhequant.fhe.lookups import count_lookups
+
+    fhe = fhe_module()
+    w = np.array([[1, 2], [3, -4], [0, 1]])  # columns: 1+9+0 = 10, 4+16+1 = 21
+
+    def f(x: object) -> object:
+        h = fhe.univariate(lambda v: v % 3)(x)  # reads x: fresh, no lookup noise
+        z = h @ w  # 21 * 1
+        s = np.sum(fhe.univariate(lambda v: v % 2)(z)) * 3  # 2 elements, then 3**2: 18
+        return fhe.univariate(lambda v: v % 5)(z), fhe.univariate(lambda v: v % 7)(s + h[0])
+
+    inputset = [np.array([a, b, c]) for a, b, c in ((0, 1, 2), (3, 2, 1), (2, 2, 2))]
+    graph = fhe.Compiler(f, {"x": "encrypted"}).trace(inputset)
+    norms = sorted(lk.log_norm for lk in count_lookups(graph, 1) if lk.kind == "tlu")
+    # x -> h: 0 (an input counts as a PBS output); z -> two lookups: log2 21; s + h[0]: 19
+    assert norms == pytest.approx([0.0, np.log2(19), np.log2(21), np.log2(21)])
+
+
+@pytest.mark.slow
+def test_measure_cost_model_small_grid(tmp_path: Path) -> None:
+    from fhequant.fhe.cost_model import measure_cost_model
+
+    model = measure_cost_model(
+        max_bits=3, p_errors=(1e-2,), timing_bits=(2,), repeats=1, norm_grid=(-1, 0, 16)
+    )
+    entry = model.classes[1e-2]["tlu"][3]
+    assert set(entry["by_norm"]) == {"-1.0", "0.0", "16.0"}
+    # the noisier grid point needs parameters at least as large
+    assert entry["by_norm"]["16.0"]["complexity"] >= entry["by_norm"]["-1.0"]["complexity"]
+    assert model.seconds_per_complexity > 0
+    back = CostModel.from_dict(json.loads(model.save(tmp_path / "m.json").read_text()))
+    assert back.complexity("tlu", 3, 1e-2, 10.0) == model.complexity("tlu", 3, 1e-2, 10.0)

@@ -105,3 +105,10 @@ def test_compile_torch_model_auto_rounding() -> None:
     ops = [op for _, (_, op) in module.quant_layers_dict.items() if op.is_mixing]
     assert all(op.input_quant_opts.n_bits == 8 for op in ops)  # n_bits kept as given
     assert module.cost_report().fits
+    # the rounding method is searched with simulation: approximate (free) when in budget
+    methods = {
+        op.rounding_threshold_bits["method"].name
+        for op in ops
+        if getattr(op, "rounding_threshold_bits", None)
+    }
+    assert methods <= {"EXACT", "APPROXIMATE"} and methods

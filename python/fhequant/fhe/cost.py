@@ -69,12 +69,17 @@ class CostReport:
         p_error: the p_error the estimates are for (None: the default 2**-40).
         cost_model: the model that priced them.
         bitwidth: the module's BitWidthReport over the same inputset.
+        partitions: lookup width -> log2 noise variance factor of the noisiest lookup input of
+            that width: concrete chooses one parameter set per width, sized for it.
+        round_widths: the widths exact rounding steps read (their own keys).
     """
 
     rows: list[OpCost]
     p_error: float | None
     cost_model: CostModel
     bitwidth: BitWidthReport
+    partitions: dict[int, float] = field(default_factory=dict)
+    round_widths: list[int] = field(default_factory=list)
 
     @property
     def total_pbs(self) -> int:
@@ -113,8 +118,19 @@ class CostReport:
     @property
     def key_bytes(self) -> float:
         """Estimated bytes of the evaluation keys (bootstrap and key-switch keys)."""
-        widths = {b for r in self.rows for b in r.widths if b <= r.lookup_bits}
-        return self.cost_model.key_bytes(sorted(widths), self.p_error)
+        if not self.partitions:
+            widths = {b for r in self.rows for b in r.widths if b <= r.lookup_bits}
+            return self.cost_model.key_bytes(sorted(widths), self.p_error)
+        lookups = sum(
+            self.cost_model.normed("tlu", b, self.p_error, n)["key_bytes"]
+            for b, n in self.partitions.items()
+        )
+        # the rounding steps' keys: those of the widest rounding measured (a circuit of them)
+        entry = self.cost_model.entry
+        rounding = max(
+            (entry("round", w, self.p_error)["key_bytes"] for w in self.round_widths), default=0.0
+        )
+        return float(lookups + rounding)
 
     def row(self, name: str) -> OpCost:
         """The row of one op (KeyError naming the ops with PBS if none)."""
@@ -133,6 +149,7 @@ class CostReport:
             "latency_s": self.latency_s,
             "key_bytes": self.key_bytes,
             "p_error": self.p_error,
+            "partitions": {str(b): n for b, n in sorted(self.partitions.items())},
             "cost_model": dict(self.cost_model.meta),
             "ops": [
                 {
@@ -243,6 +260,7 @@ def cost_report(
     accumulator_bounds: str | None = None,
     cost_model: CostModel | str | os.PathLike[str] | None = None,
     inputs_encryption_status: Sequence[str] | None = None,
+    global_p_error: float | None = None,
 ) -> CostReport:
     """The PBS of every op and the latency and key-size estimates, before compiling.
 
@@ -254,6 +272,8 @@ def cost_report(
         accumulator_bounds: "observed" or "worst_case" (None: the compile's, else observed).
         cost_model: a CostModel, a path to one, or None (:func:`load_cost_model`).
         inputs_encryption_status: as for compile.
+        global_p_error: the circuit's error probability, when compiled with it instead of
+            p_error (priced as p_error = global_p_error / number of PBS).
 
     Returns:
         The CostReport.
@@ -267,6 +287,14 @@ def cost_report(
         inputs_encryption_status = getattr(module, "_fhe_inputs_encryption_status", None)
     lookups = trace_lookups(module, q, report, inputs_encryption_status)
     types = {name: type(op).__name__ for name, (_, op) in module.quant_layers_dict.items()}
+    if global_p_error is not None and p_error is None:  # spread over the circuit's PBS
+        p_error = float(global_p_error) / max(sum(lk.count for lk in lookups), 1)
+    # concrete picks one parameter set per lookup width (partition), sized for the noisiest
+    # input of that width: every PBS of the partition pays for it
+    partitions: dict[int, float] = {}
+    for lk in lookups:
+        if lk.kind != "round":
+            partitions[lk.bits] = max(partitions.get(lk.bits, -1.0), lk.log_norm)
     rows: dict[str, OpCost] = {}
     for lk in lookups:
         row = rows.setdefault(lk.op, OpCost(lk.op, types.get(lk.op, "-")))
@@ -275,12 +303,14 @@ def cost_report(
         row.widths[lk.bits] = row.widths.get(lk.bits, 0) + lk.count
         if lk.kind != "round":
             row.lookup_bits = max(row.lookup_bits, lk.bits)
-        cx = model.complexity(lk.kind, lk.bits, p_error) * lk.count
+        norm = partitions.get(lk.bits, lk.log_norm) if lk.kind != "round" else lk.log_norm
+        cx = model.complexity(lk.kind, lk.bits, p_error, norm) * lk.count
         row.complexity += cx
         row.latency_s += cx * model.seconds_per_complexity
     order = {name: i for i, name in enumerate(types)}
     ordered = sorted(rows.values(), key=lambda r: order.get(r.name, -1))
-    return CostReport(ordered, p_error, model, report)
+    rounds = sorted({lk.bits for lk in lookups if lk.kind == "round"})
+    return CostReport(ordered, p_error, model, report, partitions, rounds)
 
 
 def _inputset(module: Any, inputs: Any, report: BitWidthReport) -> tuple[Any, ...]:

@@ -37,11 +37,15 @@ __all__ = [
     "CostModel",
     "load_cost_model",
     "measure_cost_model",
+    "seconds_per_complexity",
     "user_cost_model_path",
 ]
 
-#: Version of the JSON layout of a cost model.
-FORMAT_VERSION = 1
+#: Version of the JSON layout of a cost model (2: table lookups priced by noise norm too).
+FORMAT_VERSION = 2
+#: Grid labels L of the table-lookup measurements: the lookups read ``x + 2**(L/2) * h``,
+#: noise variance factor 1 + 2**L (:func:`_grid_x`); -1 stands for x alone (factor 1).
+NORM_GRID = (-1, 0, 8, 16, 24)
 #: The p_error values the model is measured at; a p_error uses the nearest class at or
 #: below it (the conservative side).
 P_ERROR_CLASSES = (2.0**-40, 1e-5, 1e-3, 1e-2, 5e-2)
@@ -66,7 +70,7 @@ class CostModel:
     """
 
     seconds_per_complexity: float
-    classes: dict[float, dict[str, dict[int, dict[str, float]]]]
+    classes: dict[float, dict[str, dict[int, dict[str, Any]]]]
     meta: dict[str, Any] = field(default_factory=dict)
 
     def p_error_class(self, p_error: float | None) -> float:
@@ -88,12 +92,75 @@ class CostModel:
         best = per_kind[above[0] if above else widths[-1]]
         if not above and widths and bits > widths[-1]:  # extrapolate: x2 per bit
             scale = 2.0 ** (bits - widths[-1])
-            return {k: v * scale for k, v in best.items()}
+            return {k: v * scale for k, v in best.items() if k != "by_norm"}
         return best
 
-    def complexity(self, kind: str, bits: int, p_error: float | None) -> float:
-        """concrete complexity of one PBS."""
-        return float(self.entry(kind, bits, p_error)["complexity"])
+    def complexity(
+        self, kind: str, bits: int, p_error: float | None, log_norm: float = 0.0
+    ) -> float:
+        """concrete complexity of one PBS (``log_norm``: see :meth:`normed`)."""
+        return float(self.normed(kind, bits, p_error, log_norm)["complexity"])
+
+    def normed(
+        self, kind: str, bits: int, p_error: float | None, log_norm: float
+    ) -> dict[str, float]:
+        """The entry of a PBS whose input carries noise of variance factor 2**log_norm.
+
+        concrete sizes the crypto parameters of a partition (the lookups of one width) for
+        its noisiest input: a lookup fed by a dot product of earlier lookups' outputs with
+        large weights needs larger parameters. Table lookups are measured on a grid of
+        norms (:data:`NORM_GRID`, in ``by_norm``); between grid points the complexity and
+        key size are interpolated geometrically, beyond the last the last is used.
+        """
+        base = self.entry(kind, bits, p_error)
+        if kind == "round":
+            return base
+        raw = self._raw(kind, bits, p_error)
+        scale = base["complexity"] / max(raw["complexity"], 1e-300)
+        grid = raw.get("by_norm")
+        if not isinstance(grid, dict) or not grid:  # not measured: the nearest curve's ratios
+            borrowed = self._nearest_curve(bits, p_error)
+            if borrowed is None:
+                return base
+            fresh = borrowed.get(str(float(-1)), borrowed[min(borrowed, key=float)])
+            grid = {
+                n: {k: raw[k] * pt[k] / max(fresh[k], 1.0) for k in ("complexity", "key_bytes")}
+                for n, pt in borrowed.items()
+            }
+        points = sorted((_grid_x(float(k)), v) for k, v in grid.items())
+        x = float(log_norm)
+        lo = [pt for pt in points if pt[0] <= x]
+        hi = [pt for pt in points if pt[0] >= x]
+        if not lo:
+            return {k: v * scale for k, v in points[0][1].items()}
+        if not hi:
+            return {k: v * scale for k, v in points[-1][1].items()}
+        (x0, e0), (x1, e1) = lo[-1], hi[0]
+        t = 0.0 if x1 == x0 else (x - x0) / (x1 - x0)
+        return {
+            k: scale * math.exp((1 - t) * math.log(max(e0[k], 1.0)) + t * math.log(max(e1[k], 1.0)))
+            for k in ("complexity", "key_bytes")
+        }
+
+    def _nearest_curve(self, bits: int, p_error: float | None) -> dict[str, Any] | None:
+        """The by-norm curve of the nearest measured width of this class, else of the nearest
+        class (for models measured on a partial grid)."""
+        cls = self.p_error_class(p_error)
+        order = sorted(self.classes, key=lambda c: abs(math.log10(c) - math.log10(cls)))
+        for c in order:
+            table = self.classes[c].get("tlu", {})
+            measured = [w for w, e in table.items() if e.get("by_norm")]
+            widths = sorted(measured, key=lambda w: (abs(w - bits), -w))
+            if widths:
+                return dict(table[widths[0]]["by_norm"])
+        return None
+
+    def _raw(self, kind: str, bits: int, p_error: float | None) -> dict[str, Any]:
+        table = self.classes[self.p_error_class(p_error)]
+        per_kind = table.get("round" if kind == "round" else "tlu") or table["tlu"]
+        widths = sorted(per_kind)
+        above = [w for w in widths if w >= max(int(bits), 1)]
+        return per_kind[above[0] if above else widths[-1]]
 
     def key_bytes(self, widths: Sequence[int], p_error: float | None) -> float:
         """Estimated evaluation-key bytes of a circuit with lookups of these widths: the keys
@@ -127,8 +194,7 @@ class CostModel:
         try:
             classes = {
                 float(p): {
-                    kind: {int(b): {k: float(v) for k, v in e.items()} for b, e in t.items()}
-                    for kind, t in kinds.items()
+                    kind: {int(b): _entry(e) for b, e in t.items()} for kind, t in kinds.items()
                 }
                 for p, kinds in data["classes"].items()
             }
@@ -142,6 +208,21 @@ class CostModel:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
         return out
+
+
+def _grid_x(label: float) -> float:
+    """log2 of the variance factor a grid point measures: the circuit's lookups read
+    ``x + a * h`` with variance factor 1 (x) + a**2 = 1 + 2**label (label -1: x alone)."""
+    return 0.0 if label < 0 else math.log2(1.0 + 2.0**label)
+
+
+def _entry(e: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: float(v) for k, v in e.items() if k != "by_norm"}
+    if "by_norm" in e:
+        out["by_norm"] = {
+            str(float(n)): {k: float(v) for k, v in pt.items()} for n, pt in e["by_norm"].items()
+        }
+    return out
 
 
 def load_cost_model(path: str | os.PathLike[str] | None = None) -> CostModel:
@@ -177,6 +258,45 @@ def _compile_lookup(bits: int, p_error: float, lsbs: int, elements: int) -> Any:
     return fhe.Compiler(circuit, {"x": "encrypted"}).compile(inputset, configuration=config)
 
 
+def _compile_normed(bits: int, p_error: float, log_norm: int, elements: int) -> Any:
+    """A circuit whose ``bits``-bit lookups read ``x + a * h(x)``, h an (all-zero) lookup of
+    x and a = 2**(log_norm / 2): the value keeps x's width, its noise variance factor is
+    a**2 = 2**log_norm (the fresh input's noise counts as nothing)."""
+    from fhequant._concrete import fhe_module
+
+    fhe = fhe_module()
+    a = round(2.0 ** (log_norm / 2))
+
+    def circuit(x: Any) -> Any:
+        # two lookups with equal values: their difference is zero (x's width is kept) but is
+        # a PBS output concrete cannot fold away (one lookup of a constant table would be)
+        h = fhe.univariate(lambda v: v % 3)(x) - fhe.univariate(lambda v: (v + 3) % 3)(x)
+        return fhe.univariate(lambda v: v % 4)(x + h * a)
+
+    hi = 2**bits - 1
+    inputset = [np.full(elements, v, dtype=np.int64) for v in (0, hi, hi // 2)]
+    config = fhe.Configuration(p_error=p_error, single_precision=False)
+    return fhe.Compiler(circuit, {"x": "encrypted"}).compile(inputset, configuration=config)
+
+
+def _measure_norms(
+    p: float, bits: int, n: int, grid: Sequence[int], say: Callable[[str], None]
+) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for log_norm in grid:
+        if log_norm < 0:
+            continue
+        try:
+            cx, keys, pbs = _stats(_compile_normed(bits, p, log_norm, n))
+        except RuntimeError:
+            continue
+        out[str(float(log_norm))] = {"complexity": cx / max(pbs, 1), "key_bytes": keys}
+    say(f"p_error {p:.3g}, {bits} bits by norm: " + ", ".join(
+        f"2^{float(k):g}: {v['complexity']:.3g}" for k, v in out.items()
+    ))  # fmt: skip
+    return out
+
+
 #: Width the rounding circuits round to (their lookup is cheap: the rounding steps dominate).
 _ROUND_TO = 3
 
@@ -209,12 +329,39 @@ def _stats(circuit: Any) -> tuple[float, float, int]:
     return float(circuit.complexity), keys, int(circuit.programmable_bootstrap_count)
 
 
+def seconds_per_complexity(
+    timing_bits: Sequence[int] = (3, 5, 7),
+    repeats: int = 3,
+    progress: Callable[[str], None] | None = None,
+    elements: int = 8,
+) -> float:
+    """Seconds of execution per unit of concrete complexity on this machine, now: circuits
+    of ``elements`` lookups at ``timing_bits`` (p_error 1e-2) are keyed and run ``repeats``
+    times; the median over widths of the fastest run / complexity."""
+    say = progress or (lambda _: None)
+    ratios = []
+    for bits in timing_bits:
+        circuit = _compile_lookup(int(bits), 1e-2, 0, elements)
+        circuit.keygen()
+        x = np.full(elements, 1, dtype=np.int64)
+        best = math.inf
+        for _ in range(repeats):
+            args = circuit.encrypt(x)
+            start = time.perf_counter()
+            circuit.run(args)
+            best = min(best, time.perf_counter() - start)
+        ratios.append(best / float(circuit.complexity))
+        say(f"timed {bits} bits: {best:.3f} s for {elements} PBS")
+    return float(np.median(ratios))
+
+
 def measure_cost_model(
     max_bits: int = _MAX_BITS,
     p_errors: Sequence[float] = P_ERROR_CLASSES,
     timing_bits: Sequence[int] = (3, 5, 7),
     repeats: int = 3,
     progress: Callable[[str], None] | None = None,
+    norm_grid: Sequence[int] = NORM_GRID,
 ) -> CostModel:
     """Measure the cost model on this machine with concrete.
 
@@ -230,37 +377,29 @@ def measure_cost_model(
         timing_bits: widths of the timed circuits.
         repeats: timed runs per circuit (the fastest counts: the machine may be shared).
         progress: called with a line of text per step.
+        norm_grid: log2 noise variance factors the table lookups are measured at.
 
     Returns:
         The CostModel (``save`` it, or let ``fhequant calibrate-cost`` do it).
     """
     say = progress or (lambda _: None)
     n = 8
-    classes: dict[float, dict[str, dict[int, dict[str, float]]]] = {}
+    classes: dict[float, dict[str, dict[int, dict[str, Any]]]] = {}
     for p in p_errors:
-        kinds: dict[str, dict[int, dict[str, float]]] = {"tlu": {}, "round": {}}
+        kinds: dict[str, dict[int, dict[str, Any]]] = {"tlu": {}, "round": {}}
         for bits in range(1, max_bits + 1):
             try:
                 cx, keys, _ = _stats(_compile_lookup(bits, p, 0, n))
             except RuntimeError:  # NoParametersFound: this width has no entry
                 continue
             kinds["tlu"][bits] = {"complexity": cx / n, "key_bytes": keys}
+            by_norm = _measure_norms(p, bits, n, norm_grid, say)
+            by_norm["-1.0"] = {"complexity": cx / n, "key_bytes": keys}
+            kinds["tlu"][bits]["by_norm"] = by_norm
             say(f"p_error {p:.3g}, {bits} bits: {cx / n:.3g} per PBS, {keys / 1e6:.1f} MB keys")
         kinds["round"] = _measure_rounding(p, kinds["tlu"], max_bits + 2, n, say)
         classes[p] = kinds
-    ratios = []
-    for bits in timing_bits:
-        circuit = _compile_lookup(int(bits), 1e-2, 0, n)
-        circuit.keygen()
-        x = np.full(n, 1, dtype=np.int64)
-        best = math.inf
-        for _ in range(repeats):
-            args = circuit.encrypt(x)
-            start = time.perf_counter()
-            circuit.run(args)
-            best = min(best, time.perf_counter() - start)
-        ratios.append(best / float(circuit.complexity))
-        say(f"timed {bits} bits: {best:.3f} s for {n} PBS")
+    factor = seconds_per_complexity(timing_bits, repeats, say)
     meta = {
         "machine": platform.machine(),
         "processor": platform.processor(),
@@ -268,7 +407,7 @@ def measure_cost_model(
         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "concrete_python": _concrete_version(),
     }
-    return CostModel(float(np.median(ratios)), classes, meta)
+    return CostModel(factor, classes, meta)
 
 
 def _concrete_version() -> str:

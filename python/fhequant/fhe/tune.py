@@ -11,14 +11,15 @@ over per-op ``n_bits``, per-op ``rounding_threshold_bits`` and ``p_error`` subje
 Calibration and the clear forward are cheap, so the bits are searched on the clear path, which
 computes exactly what the circuit computes except for table-lookup errors:
 
-1. uniform settings (every mixing op at n bits, rounded to r bits), from wide to narrow;
+1. uniform settings (every op at n bits, at most ``default_bits``; the mixing ops rounded
+   to r bits), from wide to narrow;
 2. per-op refinement from the best uniform setting: one op's rounding or n_bits one bit
    lower at a time, the moves tried in order of the cost they save, the first that keeps
    the metric in budget taken;
-3. p_error, which the clear path cannot see: the module is compiled at 1e-2 and the metric
-   measured with ``fhe="simulate"`` (table-lookup errors drawn as concrete would make them);
-   in budget, 5e-2 is tried next, else 1e-3; the largest class in budget wins (none: the
-   default 2**-40), and the final module's simulated metric is the confirmation.
+3. what the clear path cannot see, measured with ``fhe="simulate"`` (table-lookup errors
+   drawn as concrete would make them; :class:`_SimulatedPhase`): the approximate rounding
+   method, then p_error: 1e-2 first, in budget 5e-2 next, else 1e-3; the largest class in
+   budget wins (none: the default 2**-40), and its simulated metric is the confirmation.
 
 Everything runs within ``time_budget`` seconds (the phases share it; the search stops where
 it is when time runs out and keeps the best feasible setting found). The result holds the
@@ -30,14 +31,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from fhequant.errors import BitWidthError, CompilationError, TuningError
-from fhequant.fhe.cost import CostReport, _pyplot, cost_report
+from fhequant.errors import BitWidthError, CompilationError, ConfigurationError, TuningError
+from fhequant.fhe.cost import CostReport, cost_report
 from fhequant.fhe.cost_model import CostModel, load_cost_model
+from fhequant.fhe.tune_result import Candidate, TuneResult, top1_agreement
 from fhequant.quantized.build import _numpy_module, build_quantized_module
 from fhequant.quantized.streaming import as_numpy
 
@@ -45,149 +46,7 @@ __all__ = ["Candidate", "TuneResult", "top1_agreement", "tune"]
 
 #: p_error classes tried for the simulated phase, largest (cheapest) first.
 P_ERRORS = (0.05, 0.01, 1e-3)
-_NOT_COMPILED = object()
 _UNIFORM = ((8, 8), (7, 7), (6, 6), (6, 5), (5, 5), (5, 4), (4, 4), (4, 3), (3, 3), (2, 2))
-
-
-def top1_agreement(outputs: np.ndarray, target: np.ndarray) -> float:
-    """Fraction of rows whose arg-max output equals the target (labels or arg-max indices).
-
-    Args:
-        outputs: (rows, classes) scores.
-        target: labels (rows,) or reference scores (rows, classes).
-
-    Returns:
-        The agreement in [0, 1].
-    """
-    pred = np.asarray(outputs).reshape(len(outputs), -1).argmax(axis=1)
-    ref = np.asarray(target)
-    if ref.ndim > 1:
-        ref = ref.reshape(len(ref), -1).argmax(axis=1)
-    return float(np.mean(pred == ref.astype(np.int64)))
-
-
-@dataclass
-class Candidate:
-    """One evaluated setting.
-
-    Attributes:
-        n_bits: op name -> n_bits (the mixing ops; the others use ``default``).
-        rounding: op name -> rounding threshold (None: not rounded).
-        p_error: the p_error (None: 2**-40).
-        metric: the metric on the validation data, clear path (simulated for p_error).
-        complexity: estimated concrete complexity (inf when it does not fit 16 bits).
-        latency_s: estimated seconds per sample.
-        max_bits: widest table-lookup input.
-        phase: "uniform", "per-op" or "p_error".
-        simulated: whether ``metric`` was measured with fhe="simulate".
-    """
-
-    n_bits: dict[str, int]
-    rounding: dict[str, int | None]
-    p_error: float | None
-    metric: float
-    complexity: float
-    latency_s: float
-    max_bits: int
-    phase: str
-    simulated: bool = False
-
-    def settings(self, default_bits: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The per-op n_bits and rounding_threshold_bits mappings of this setting."""
-        return (
-            {"default": default_bits, **self.n_bits},
-            {"default": None, **self.rounding},
-        )
-
-
-@dataclass
-class TuneResult:
-    """What :func:`tune` found.
-
-    Attributes:
-        module: the chosen QuantizedModule, compiled with ``p_error``.
-        n_bits: its per-op n_bits mapping (give it to build_quantized_module / compile_*).
-        rounding_threshold_bits: its per-op rounding mapping.
-        p_error: its p_error (None: 2**-40).
-        metric: its simulated metric on the validation data (fraction in [0, 1]).
-        reference_metric: the float model's metric.
-        candidates: every evaluated setting.
-        cost: the chosen module's CostReport.
-        elapsed_s: the search time.
-        extra: "floor" (the metric floor), "final_compile_s" (the compile and simulation of
-            the chosen setting after the search, when its p_error was not compiled yet) and
-            "step_s" (the longest p_error step: a step started in time runs to its end).
-    """
-
-    module: Any
-    n_bits: dict[str, Any]
-    rounding_threshold_bits: dict[str, Any]
-    p_error: float | None
-    metric: float
-    reference_metric: float
-    candidates: list[Candidate]
-    cost: CostReport
-    elapsed_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def pareto(self) -> list[Candidate]:
-        """The settings no other beats on both estimated cost and metric, cheapest first."""
-        ok = sorted(
-            (c for c in self.candidates if np.isfinite(c.complexity)),
-            key=lambda c: (c.complexity, -c.metric),
-        )
-        front: list[Candidate] = []
-        for c in ok:
-            if not front or c.metric > front[-1].metric:
-                front.append(c)
-        return front
-
-    def table(self) -> str:
-        """The Pareto front as a text table."""
-        lines = ["est. complexity  est. s/sample  metric  sim  p_error   n_bits / rounding"]
-        for c in self.pareto:
-            bits = ", ".join(f"{k}:{v}/{c.rounding.get(k)}" for k, v in c.n_bits.items())
-            lines.append(
-                f"{c.complexity:15.3g}  {c.latency_s:13.3g}  {100 * c.metric:6.2f}  "
-                f"{'yes' if c.simulated else 'no ':3}  {c.p_error or 2**-40:<8.2g}  {bits}"
-            )
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (settings, metric, cost, Pareto front)."""
-        return {
-            "n_bits": self.n_bits,
-            "rounding_threshold_bits": self.rounding_threshold_bits,
-            "p_error": self.p_error,
-            "metric": self.metric,
-            "reference_metric": self.reference_metric,
-            "elapsed_s": self.elapsed_s,
-            "cost": self.cost.to_dict(),
-            "pareto": [c.__dict__ for c in self.pareto],
-            "evaluated": len(self.candidates),
-        }
-
-    def plot(self, path: Any) -> Any:
-        """Estimated cost against metric for every setting, the Pareto front joined (PNG)."""
-        from pathlib import Path
-
-        plt = _pyplot()
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ok = [c for c in self.candidates if np.isfinite(c.complexity)]
-        ax.scatter([c.complexity for c in ok], [100 * c.metric for c in ok], s=12, c="0.6")
-        front = self.pareto
-        ax.plot([c.complexity for c in front], [100 * c.metric for c in front], "o-", c="tab:blue")
-        ax.scatter([self.cost.complexity], [100 * self.metric], marker="*", s=150, c="tab:red")
-        ax.set_xscale("log")
-        ax.set_xlabel("estimated complexity")
-        ax.set_ylabel("metric (%)")
-        ax.axhline(100 * self.extra.get("floor", 0.0), ls="--", c="0.4", lw=0.8)
-        fig.tight_layout()
-        out = Path(path)
-        fig.savefig(out, dpi=100)
-        plt.close(fig)
-        return out
 
 
 class _Search:
@@ -207,6 +66,9 @@ class _Search:
         self.say: Callable[[str], None] = opts["progress"]
         self.fixed_bits: int | None = opts["fixed_bits"]
         self.fixed_rounding: Any = opts["fixed_rounding"]
+        self.build_opts: dict[str, Any] = opts["build_opts"]
+        self.compile_opts: dict[str, Any] = opts["compile_opts"]
+        self.calib_tuple: tuple[np.ndarray, ...] = opts["calib_tuple"]
         self.candidates: list[Candidate] = []
         self.reports: dict[int, CostReport] = {}
         self.ops: list[str] = []
@@ -222,8 +84,13 @@ class _Search:
         if isinstance(rounding, dict):
             rounding = {"default": None, **rounding}
         return build_quantized_module(
-            self.model, self.calib, n_bits=n_bits, rounding_threshold_bits=rounding
-        )
+            self.model, self.calib, n_bits=n_bits, rounding_threshold_bits=rounding,
+            **self.build_opts,
+        )  # fmt: skip
+
+    def compile(self, module: Any, p_error: float | None) -> None:
+        """Compile with the caller's compile options (configuration, artifacts, ...)."""
+        module.compile(self.calib_tuple, p_error=p_error, **self.compile_opts)
 
     def evaluate(
         self, nb: dict[str, int], rb: dict[str, int | None], phase: str, cost: bool = True
@@ -247,8 +114,9 @@ class _Search:
         module = module if module is not None else self.build(cand.n_bits, cand.rounding)
         try:
             report = cost_report(
-                module, self.calib, accumulator_bounds=self.bounds, cost_model=self.cost_model
-            )
+                module, self.calib, accumulator_bounds=self.bounds, cost_model=self.cost_model,
+                inputs_encryption_status=self.compile_opts["inputs_encryption_status"],
+            )  # fmt: skip
         except BitWidthError:
             return
         cand.max_bits = report.max_tlu_bits
@@ -277,7 +145,7 @@ def _uniform_phase(s: _Search) -> Candidate | None:
         n = s.fixed_bits if isinstance(s.fixed_bits, int) else n
         if s.fixed_rounding != "auto":
             r = s.fixed_rounding if isinstance(s.fixed_rounding, int) else r
-        nb = {op: n for op in s.ops}
+        nb = {"default": min(n, s.default_bits), **{op: n for op in s.ops}}
         rb: dict[str, int | None] = {op: r for op in s.ops}
         key = repr((nb, rb))
         if key in seen:
@@ -366,6 +234,14 @@ def tune(
     default_bits: int = 8,
     cost_model: CostModel | None = None,
     progress: Callable[[str], None] | bool = True,
+    calibration: Any = None,
+    reduce_sum_copy: bool = False,
+    configuration: Any = None,
+    artifacts: Any = None,
+    show_mlir: bool = False,
+    global_p_error: float | None = None,
+    inputs_encryption_status: Any = None,
+    verbose: bool = False,
 ) -> TuneResult:
     """Search per-op n_bits, per-op rounding and p_error for the cheapest FHE circuit within
     an accuracy budget (the module docstring gives the method).
@@ -386,16 +262,34 @@ def tune(
         rounding_threshold_bits: "auto" to search, or a fixed value (None: no rounding).
         p_error: "auto" to search the classes of :data:`P_ERRORS`, or a fixed value.
         accumulator_bounds: "observed" or "worst_case" (the 16-bit constraint and compile).
-        default_bits: n_bits of the ops that are not mixing ops (activations, shapes).
+        default_bits: the widest n_bits of the ops that are not mixing ops (activations,
+            shapes); a uniform setting of n bits gives them min(n, default_bits).
         cost_model: the cost model (default: :func:`load_cost_model`).
         progress: print one line per evaluated setting (True), a callable, or False.
+        calibration: the range statistics of every candidate (as build_quantized_module).
+        reduce_sum_copy: as build_quantized_module, for every candidate.
+        configuration: a concrete Configuration for every compile of the search.
+        artifacts: a concrete DebugArtifacts; it ends up holding the chosen module's compile
+            (every compile of the search writes it, the chosen one last).
+        show_mlir: print the MLIR of every compile of the search (the chosen one last).
+        global_p_error: the circuit's error probability instead of a per-lookup p_error
+            (with ``p_error`` None; it cannot be combined with ``p_error="auto"``).
+        inputs_encryption_status: as compile; the cost estimates count only what it encrypts.
+        verbose: concrete's compilation details for every compile.
 
     Returns:
         The TuneResult (the module compiled with the chosen setting).
 
     Raises:
         TuningError: no setting fits 16 bits within the budget; says how close the best came.
+        ConfigurationError: ``global_p_error`` with ``p_error="auto"``.
     """
+    if global_p_error is not None and p_error is not None:
+        raise ConfigurationError(
+            f"tune: global_p_error={global_p_error!r} cannot be combined with "
+            f"p_error={p_error!r} (the search would set a per-lookup p_error); give "
+            "p_error=None to compile with the global error probability, or drop global_p_error"
+        )
     start = time.monotonic()
     say = progress if callable(progress) else (print if progress else (lambda _: None))
     calib = _as_tuple(calibration_data)
@@ -413,16 +307,31 @@ def tune(
         deadline=start + float(time_budget), progress=say,
         fixed_bits=None if n_bits == "auto" else n_bits,
         fixed_rounding=rounding_threshold_bits,
+        build_opts={"calibration": calibration, "reduce_sum_copy": reduce_sum_copy},
+        compile_opts={
+            "configuration": configuration, "artifacts": artifacts, "show_mlir": show_mlir,
+            "global_p_error": global_p_error, "verbose": verbose,
+            "inputs_encryption_status": inputs_encryption_status,
+            "accumulator_bounds": accumulator_bounds,
+        },
+        calib_tuple=calib,
     )  # fmt: skip
     say(f"float model metric {100 * reference:.2f}%; budget {accuracy_budget} points")
-    s.ops = _mixing_ops(build_quantized_module(s.model, s.calib, n_bits=default_bits))
-    best = _uniform_phase(s)
-    if best is None:
+    s.ops = _mixing_ops(s.build({}, {}))
+    uniform = _uniform_phase(s)
+    if uniform is None:
         _no_setting(s)
-    assert best is not None
+    assert uniform is not None
     p_phase = p_error == "auto"
-    best = _per_op_phase(s, best, 0.35 * time_budget if p_phase else 0.1 * time_budget)
-    chosen_p = None if p_phase else p_error
+    best = _per_op_phase(s, uniform, 0.5 * time_budget if p_phase else 0.1 * time_budget)
+    # the per-op phase spends the clear metric down to the floor; the uniform setting keeps
+    # a margin that approximate rounding may need, so it is simulated first
+    settings = ([uniform] if uniform is not best else []) + [best]
+    rounded = rounding_threshold_bits == "auto" and any(
+        r is not None for r in best.rounding.values()
+    )
+    sim_phase = _SimulatedPhase(s, settings, time_budget)
+    method, chosen_p, module, sim, best = sim_phase.run(p_phase, p_error, rounded)
     n_map: Any
     r_map: Any
     n_map, r_map = best.settings(default_bits)
@@ -430,50 +339,121 @@ def tune(
         n_map = s.fixed_bits
     if rounding_threshold_bits != "auto":
         r_map = rounding_threshold_bits
-    module = s.build(best.n_bits, best.rounding)
-    compiled: Any = _NOT_COMPILED
-    sim = float("nan")
-    compile_s = step_s = 0.0
-    order = list(P_ERRORS[1:2]) if p_phase else []  # 1e-2 first, then 5e-2 or 1e-3
-    while order:
-        p = order.pop(0)
-        if s.left() <= max(compile_s, 0.2 * time_budget):  # a compile must fit
-            break
-        compile_start = time.monotonic()
-        try:
-            module.compile(calib, p_error=p, accumulator_bounds=accumulator_bounds)
-        except CompilationError:
-            continue
-        compiled, sim = p, _simulated_metric(s, module)
-        report = cost_report(module, p_error=p, cost_model=s.cost_model)
-        s.candidates.append(
-            Candidate(
-                best.n_bits, best.rounding, p, sim, report.complexity, report.latency_s,
-                report.max_tlu_bits, "p_error", simulated=True,
-            )
-        )  # fmt: skip
-        compile_s = time.monotonic() - compile_start
-        step_s = max(step_s, compile_s)
-        say(f"[p_error {p:g}] simulated metric {100 * sim:.2f}%")
-        if sim >= floor:
-            chosen_p = p
-            bigger = [q for q in P_ERRORS if q > p]
-            order = bigger[-1:] if bigger else []
-        elif chosen_p is None:
-            smaller = [q for q in P_ERRORS if q < p]
-            order = smaller[:1]
-    final_s = 0.0
-    if compiled is _NOT_COMPILED or compiled != chosen_p:
-        final_start = time.monotonic()
-        module.compile(calib, p_error=chosen_p, accumulator_bounds=accumulator_bounds)
-        sim = _simulated_metric(s, module)
-        final_s = time.monotonic() - final_start
+    elif method == _APPROX:
+        r_map = _approximate(r_map)
+    final_s, step_s = sim_phase.final_s, sim_phase.step_s
     report = cost_report(module, p_error=chosen_p, cost_model=s.cost_model)
     say(f"chosen: simulated metric {100 * sim:.2f}%, est. {report.latency_s:.3g} s/sample")
     return TuneResult(
         module, n_map, r_map, chosen_p, sim, reference, s.candidates, report,
-        time.monotonic() - start, {"floor": floor, "final_compile_s": final_s, "step_s": step_s},
+        time.monotonic() - start,
+        {"floor": floor, "final_compile_s": final_s, "step_s": step_s, "rounding_method": method},
     )  # fmt: skip
+
+
+_APPROX = "APPROXIMATE"
+
+
+def _approximate(rounding: dict[str, Any]) -> dict[str, Any]:
+    """A per-op rounding mapping with the approximate method."""
+    return {k: v if v is None else {"n_bits": v, "method": _APPROX} for k, v in rounding.items()}
+
+
+class _SimulatedPhase:
+    """What the clear path cannot see, measured with ``fhe="simulate"``: p_error, and the
+    approximate rounding method (free: the next lookup's modulus switch does it, but it may
+    round the other way near a tie).
+
+    Steps are (method, p_error, setting) triples: when the setting rounds, approximate
+    rounding at 1e-2 first, on the uniform setting (which kept a margin) then on the per-op
+    one, then exact rounding on the per-op setting; from the first in budget a larger p_error
+    while in budget, else a smaller one until one is. The chosen step's simulated metric is
+    the confirmation:
+    when another step was compiled last, the chosen one is compiled again (a deterministic
+    compile: the circuit already simulated) and its measured metric kept.
+    """
+
+    def __init__(self, s: _Search, settings: list[Candidate], time_budget: float) -> None:
+        self.s, self.settings, self.budget = s, settings, time_budget
+        self.modules: dict[tuple[str, int], Any] = {}
+        self.measured: dict[tuple[str, Any, int], float] = {}
+        self.final_s = self.step_s = 0.0
+
+    def module(self, method: str, i: int) -> Any:
+        if (method, i) not in self.modules:
+            c = self.settings[i]
+            rb: dict[str, Any] = dict(c.rounding)
+            self.modules[(method, i)] = self.s.build(
+                c.n_bits, _approximate(rb) if method == _APPROX else rb
+            )
+        return self.modules[(method, i)]
+
+    def step(self, method: str, p: float | None, i: int) -> float | None:
+        """Compile and simulate one step; None when it does not compile."""
+        s, c = self.s, self.settings[i]
+        start = time.monotonic()
+        module = self.module(method, i)
+        try:
+            s.compile(module, p)
+        except CompilationError:
+            return None
+        sim = _simulated_metric(s, module)
+        self.measured[(method, p, i)] = sim
+        report = cost_report(module, p_error=p, cost_model=s.cost_model)
+        s.candidates.append(
+            Candidate(
+                c.n_bits, c.rounding, p, sim, report.complexity, report.latency_s,
+                report.max_tlu_bits, "p_error" if method != _APPROX else "approximate",
+                simulated=True,
+            )
+        )  # fmt: skip
+        self.step_s = max(self.step_s, time.monotonic() - start)
+        s.say(
+            f"[{method.lower()} rounding, p_error {p}, {c.phase} setting] simulated metric "
+            f"{100 * sim:.2f}%"
+        )
+        return sim
+
+    def run(
+        self, p_phase: bool, p_fixed: Any, rounded: bool
+    ) -> tuple[str, float | None, Any, float, Candidate]:
+        s = self.s
+        chosen: tuple[str, Any, int] | None = None
+        last: tuple[str, Any, int] | None = None
+        first_p = P_ERRORS[1] if p_phase else p_fixed
+        order: list[tuple[str, Any, int]] = []
+        if rounded:
+            order += [
+                (_APPROX, first_p, i)
+                for i, c in enumerate(self.settings)
+                if any(r is not None for r in c.rounding.values())
+            ]
+        if p_phase or not rounded:
+            order.append(("EXACT", first_p, len(self.settings) - 1))
+        while order:
+            method, p, i = order.pop(0)
+            if s.left() <= max(self.step_s, 0.2 * self.budget):  # a compile must fit
+                break
+            sim = self.step(method, p, i)
+            if sim is None:
+                continue
+            last = (method, p, i)
+            if sim >= s.floor:
+                chosen = last
+                order = [(method, float(q), i) for q in P_ERRORS if p_phase and q > (p or 0)][-1:]
+            elif chosen is None and method == "EXACT" and p_phase:
+                order = [(method, float(q), i) for q in P_ERRORS if q < (p or 0)][:1]
+        if chosen is None:  # nothing in budget was measured: exact rounding, the fixed p
+            chosen = ("EXACT", None if p_phase else p_fixed, len(self.settings) - 1)
+        module = self.module(chosen[0], chosen[2])
+        sim = self.measured.get(chosen, float("nan"))
+        if last != chosen:
+            start = time.monotonic()
+            s.compile(module, chosen[1])
+            if chosen not in self.measured:
+                sim = _simulated_metric(s, module)
+            self.final_s = time.monotonic() - start
+        return chosen[0], chosen[1], module, sim, self.settings[chosen[2]]
 
 
 def _as_tuple(data: Any) -> tuple[np.ndarray, ...]:

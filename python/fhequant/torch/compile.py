@@ -55,9 +55,24 @@ def _compile(
     accumulator_bounds: str,
     calibration: Any = None,
 ) -> QuantizedModule:
-    if "auto" in (n_bits, rounding_threshold_bits, p_error) and not import_qat:
+    auto = [
+        name
+        for name, value in (
+            ("n_bits", n_bits),
+            ("rounding_threshold_bits", rounding_threshold_bits),
+            ("p_error", p_error),
+        )
+        if isinstance(value, str) and value == "auto"
+    ]
+    if auto:
+        if import_qat:
+            raise ConfigurationError(
+                f"{', '.join(auto)}='auto' cannot be searched with import_qat=True: a QAT "
+                "model brings its own bit widths; drop 'auto' or import_qat"
+            )
         from fhequant.fhe.tune import tune
 
+        # every option reaches the search (its builds) and its compiles
         result = tune(
             model,
             _float_inputs(torch_inputset),
@@ -66,6 +81,14 @@ def _compile(
             p_error=p_error,
             accumulator_bounds=accumulator_bounds,
             progress=verbose,
+            calibration=calibration,
+            reduce_sum_copy=reduce_sum_copy,
+            configuration=configuration,
+            artifacts=artifacts,
+            show_mlir=show_mlir,
+            global_p_error=global_p_error,
+            inputs_encryption_status=inputs_encryption_status,
+            verbose=verbose,
         )
         return result.module
     module = build_quantized_module(
