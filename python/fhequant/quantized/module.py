@@ -267,8 +267,8 @@ class QuantizedModule(serialization.Serializable):
 
         Args:
             *x: one float32/float64 array per input; or Dask arrays (with
-                ``fhequant.distributed`` imported: row blocks run on the Dask workers and the
-                result is the same numpy array, in row order; docs/distributed.md).
+                ``fhequant.distributed`` imported, as ``import fhequant`` does: row blocks run
+                on the Dask workers, the result is the same numpy array in row order).
             fhe: "disable" (clear integers), "simulate" or "execute" (need ``compile``).
             debug: with fhe="disable", also return each op's prepared inputs and the mixing
                 ops' accumulators (op name → dict).
