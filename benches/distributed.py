@@ -1,6 +1,8 @@
 """Distributed benchmark (Dask LocalCluster on 127.0.0.1): calibration and batch simulation.
 
-``python benches/distributed.py [--rows N] [--sim-rows M] [--skip-sim]``
+``python benches/distributed.py [--rows N] [--chunk-rows C] [--sim-rows M] [--skip-sim]``
+
+The phases are logged on stderr with their elapsed time (a 10M-row calibration takes minutes).
 
 Prints ONE JSON object:
 
@@ -41,6 +43,11 @@ from fhequant.onnx import NumpyModule  # noqa: E402
 
 FEATURES = 64
 CHUNK_ROWS = 250_000
+_START = time.perf_counter()
+
+
+def _log(what: str) -> None:
+    print(f"[{time.perf_counter() - _START:8.1f} s] {what}", file=sys.stderr, flush=True)
 
 
 def _cluster(n_workers: int) -> Any:
@@ -97,12 +104,13 @@ def _digits_mlp() -> tuple[Any, np.ndarray, np.ndarray]:
     return net, x_train.astype(np.float32), x_test.astype(np.float32)
 
 
-def _lazy_rows(rows: int) -> Any:
+def _lazy_rows(rows: int, chunk_rows: int) -> Any:
     import dask.array as da
 
     rng = da.random.default_rng(2026)
-    # digits pixels are in [0, 1]: uniform features keep the activations in the same range
-    return rng.random((rows, FEATURES), chunks=(CHUNK_ROWS, FEATURES), dtype=np.float32)
+    # digits pixels are in [0, 1]: uniform features keep the activations in the same range;
+    # nothing is generated until a worker (or the local baseline) computes a chunk
+    return rng.random((rows, FEATURES), chunks=(chunk_rows, FEATURES), dtype=np.float32)
 
 
 def _local_chunks(x: Any) -> Any:
@@ -110,27 +118,30 @@ def _local_chunks(x: Any) -> Any:
         yield np.asarray(x.blocks[i].compute(scheduler="synchronous"))
 
 
-def bench_calibration(rows: int, onnx_module: Any) -> dict[str, Any]:
+def bench_calibration(rows: int, onnx_module: Any, chunk_rows: int) -> dict[str, Any]:
     kwargs = {"n_bits": 6, "rounding_threshold_bits": 6}
-    x = _lazy_rows(rows)
+    x = _lazy_rows(rows, chunk_rows)
     cluster, client = _cluster(2)
     try:
         # imports (fhequant, and concrete for the rounding points) outside the timing
         client.run(lambda: __import__("concrete.fhe") and __import__("fhequant"))
+        _log(f"distributed calibration of {rows} rows on 2 workers")
         with _PeakRss(client) as workers:
             start = time.perf_counter()
             dist = build_quantized_module(onnx_module, x, **kwargs)
             dist_s = time.perf_counter() - start
+        _log(f"distributed: {dist_s:.1f} s; local streamed baseline of the same rows")
         with _PeakRss() as local:
             start = time.perf_counter()
             ref = build_quantized_module(onnx_module, _local_chunks(x), **kwargs)
             local_s = time.perf_counter() - start
+        _log(f"local: {local_s:.1f} s")
     finally:
         client.close()
         cluster.close()
     return {
         "rows": rows,
-        "chunk_rows": CHUNK_ROWS,
+        "chunk_rows": chunk_rows,
         "data_gb": rows * FEATURES * 4 / 1e9,
         "workers": 2,
         "distributed_s": dist_s,
@@ -193,6 +204,7 @@ def bench_shipping(module: Any) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS)
     parser.add_argument("--sim-rows", type=int, default=2_000)
     parser.add_argument("--skip-sim", action="store_true")
     args = parser.parse_args()
@@ -200,7 +212,7 @@ def main() -> None:
     net, x_train, x_test = _digits_mlp()
     onnx_module = NumpyModule.from_torch(net, x_train[:100])
     report: dict[str, Any] = {"load_avg_start": os.getloadavg()[0], "cpus": os.cpu_count()}
-    report["calibration"] = bench_calibration(args.rows, onnx_module)
+    report["calibration"] = bench_calibration(args.rows, onnx_module, args.chunk_rows)
     if not args.skip_sim:
         module = build_quantized_module(net, x_train, n_bits=6, rounding_threshold_bits=6)
         module.compile(x_train)

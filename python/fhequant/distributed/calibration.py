@@ -38,22 +38,17 @@ from fhequant.distributed.merge import (
     merge_extremes,
     merge_presence,
     merge_rounding_ranges,
-    merge_tails,
     merge_tensor_ranges,
-    merge_uniques,
 )
 from fhequant.distributed.partitions import OpPayload
 from fhequant.errors import ConfigurationError, GraphInputError
 from fhequant.quantized.calibration import ModuleCalibrator, traits
 from fhequant.quantized.calibration.passes import OpPasses
-from fhequant.quantized.calibration.store import Progress, WalkTensor
-from fhequant.quantized.calibration.tables import TablePaths, element_table
+from fhequant.quantized.calibration.store import WalkTensor
+from fhequant.quantized.calibration.tables import element_table
 from fhequant.quantized.inputs import input_checker
 from fhequant.quantized.n_bits import resolve_n_bits
-from fhequant.quantized.ops.base import compute_bits_precision
-from fhequant.quantized.percentile import percentile_from_tails
 from fhequant.quantized.strategies import PTQStrategy
-from fhequant.quantized.streaming import CalibrationData
 
 __all__ = ["DaskCalibrationEngine", "DaskCalibrator"]
 
@@ -62,8 +57,13 @@ def _fold(merge: Callable[[Any, Any], Any], items: list[Any]) -> Any:
     return functools.reduce(merge, items)
 
 
-class DaskCalibrator(ModuleCalibrator):
+class DaskCalibrator:
     """The calibration walk on Dask partitions (PTQ).
+
+    It runs a local :class:`~fhequant.quantized.calibration.ModuleCalibrator` (same graph
+    walk, op construction, strategies, consumer counts and module input quantizers) through
+    its public engine interface (:mod:`fhequant.quantized.calibration.engine`): ``walk`` with
+    this driver's input loading and op calibration.
 
     Args:
         model: the (pre-processed) ONNX model.
@@ -85,7 +85,7 @@ class DaskCalibrator(ModuleCalibrator):
         check: Any = None,
         preprocess: Any = None,
     ) -> None:
-        super().__init__(
+        self.walker = ModuleCalibrator(
             model,
             PTQStrategy(resolve_n_bits(n_bits)),
             rounding_threshold_bits=rounding_threshold_bits,
@@ -96,12 +96,16 @@ class DaskCalibrator(ModuleCalibrator):
         self.client = client
         self.check = check
         self.parts: list[Any] = []  # futures of the partitions, in row order
-        self.passes = _DaskPasses(self)  # type: ignore[assignment]
+        self.passes = _DaskPasses(self)
 
-    def run(self, data: Any = None) -> dict[str, Any]:
+    @property
+    def tensors(self) -> dict[str, WalkTensor]:
+        return self.walker.tensors
+
+    def run(self) -> dict[str, Any]:
         """Calibrate every op; returns what ``quantize_module`` returns."""
         try:
-            return super().run(CalibrationData(batches=()))
+            return self.walker.walk(self._load_inputs, self.passes.calibrate)
         finally:
             self.parts = []  # releases the partitions on the workers
 
@@ -126,23 +130,22 @@ class DaskCalibrator(ModuleCalibrator):
             list(variable),
             out,
             meta,
-            dict(self.input_stats),
-            self.strategy.flows_raw,
-            total_rows=sum(self.store.block_sizes),
+            dict(self.walker.input_stats),
+            self.walker.strategy.flows_raw,
+            total_rows=sum(self.walker.store.block_sizes),
             **extra,
         ).dumps()
 
     # --- graph inputs --------------------------------------------------------------------
 
-    def _load_inputs(self, calib: CalibrationData) -> None:
-        da, _ = require_dask()
-        n_inputs = len(self.input_names)
-        if len(self.arrays) != n_inputs:
+    def _load_inputs(self) -> None:
+        names = self.walker.input_names
+        if len(self.arrays) != len(names):
             raise GraphInputError(
-                f"the model takes {n_inputs} input(s) {self.input_names} but the "
-                f"calibration data holds {len(self.arrays)}; give a tuple with one array "
-                "per input"
+                f"the model takes {len(names)} input(s) {names} but the calibration data "
+                f"holds {len(self.arrays)}; give a tuple with one array per input"
             )
+        require_dask()
         import dask
 
         chunks = [a.to_delayed().ravel() for a in self.arrays]
@@ -151,58 +154,48 @@ class DaskCalibrator(ModuleCalibrator):
             load(
                 i,
                 tuple(c[i] for c in chunks),
-                tuple(self.input_names),
-                self.block_rows,
+                tuple(names),
+                self.walker.block_rows,
                 self.check,
-                self.preprocess,
+                self.walker.preprocess,
             )
             for i in range(len(chunks[0]))
         ]
         self.parts = list(self.client.compute(tasks))
         loaded = self.partials(self.parts)
-        self.store.progress = Progress(0, False)
-        self.store.block_sizes = [s for p in loaded for s in p.block_sizes]
-        if not sum(self.store.block_sizes):
-            raise GraphInputError("the calibration data is empty; give at least one row per input")
-        for i, name in enumerate(self.input_names):
+        ranges = []
+        for i in range(len(names)):
             ext = _fold(merge_extremes, [p.extremes[i] for p in loaded])
-            self.input_stats[name] = (ext.lo, ext.hi)
-            self.tensors[name] = WalkTensor("input", vmin=ext.lo, vmax=ext.hi, producers={name})
-        del da
+            ranges.append((ext.lo, ext.hi))
+        self.walker.accept_inputs([s for p in loaded for s in p.block_sizes], ranges)
 
 
 class _DaskPasses:
-    """``OpPasses.calibrate`` as passes over the partitions."""
+    """``OpPasses.calibrate`` as passes over the partitions, on the plan of ``OpPasses.plan``."""
 
     def __init__(self, cal: DaskCalibrator) -> None:
         self.cal = cal
 
     def calibrate(self, op: Any, variable: list[str], out: str) -> None:
         cal = self.cal
-        drops = tuple(
-            n
-            for n in dict.fromkeys(variable)
-            if cal.tensors[n].consumers_left - variable.count(n) <= 0
-        )
-        if self._by_table(op, variable, out, drops):
+        plan = cal.walker.passes.plan(op, variable, out)
+        drops = plan.releases
+        if plan.table and self._by_table(op, variable, out, drops):
             return
-        if traits.has_default_calibration(op):
+        if plan.statistics:
             self._statistics(op, variable, out)
         else:
             self._concatenated(op, variable, out)
-        rounding = bool(getattr(op, "is_mixing", False)) and op.rounding_threshold_bits is not None
         while True:
-            payload = cal.payload(op, variable, out, drops=drops, rounding=rounding)
+            payload = cal.payload(op, variable, out, drops=drops, rounding=plan.rounding)
             new_parts = cal.map_parts(parts_mod.output_pass, payload)
             partials = cal.partials(new_parts)
             seen = _fold(merge_rounding_ranges, [p.rounding for p in partials])
-            if not rounding or seen.pending is None:
+            if not plan.rounding or seen.pending is None:
                 break
             # one more rounding point calibrated on the global range of its accumulator
             assert seen.lo is not None and seen.hi is not None
-            target = int(op.rounding_threshold_bits["n_bits"])
-            width = int(compute_bits_precision(seen.lo, seen.hi))
-            op.lsbs_to_remove[seen.pending] = max(0, width - target)
+            OpPasses.calibrate_rounding_point(op, seen.pending, seen.lo, seen.hi)
         cal.parts = new_parts
         self._take_output(out, partials)
         last = partials[-1].last_quantizer
@@ -220,22 +213,14 @@ class _DaskPasses:
         tensor.qmin, tensor.qmax = ranges.qmin, ranges.qmax
 
     def _statistics(self, op: Any, variable: list[str], out: str) -> None:
-        """``OpPasses.statistics``: global min/max (BatchNorm: clipped to its percentiles)."""
+        """``OpPasses.statistics``: the partitions' output ranges merged in row order, then
+        finalized (global min/max; BatchNorm: clipped to its percentiles)."""
         cal = self.cal
         if op.spec().raw_output:
             return
         payload = cal.payload(op, variable, out)
         partials = cal.gather(cal.map_parts(parts_mod.statistics_pass, payload))
-        ext = _fold(merge_extremes, [p.extremes for p in partials])
-        tails = _fold(merge_tails, [p.tails for p in partials])
-        ends = np.array([ext.lo, ext.hi], dtype=ext.dtype)
-        if tails is not None:
-            ends = np.clip(
-                ends, percentile_from_tails(tails, 0.1), percentile_from_tails(tails, 99.9)
-            )
-        op._set_output_quantizer(ends)
-        if cal.strategy.flows_raw and op.output_quant_stats is not None:
-            op.output_quant_stats.uvalues = _fold(merge_uniques, [p.uniques for p in partials])
+        _fold(lambda a, b: a.merge(b), partials).finalize(op)
 
     def _concatenated(self, op: Any, variable: list[str], out: str) -> None:
         """``op.calibrate`` on the whole float inputs (gathered, in row order)."""
@@ -246,15 +231,11 @@ class _DaskPasses:
             np.concatenate([block for part in per_part for block in part[i]], axis=0)
             for i in range(len(variable))
         ]
-        local = OpPasses(cal.store, cal.tables, cal.strategy.flows_raw, cal.input_stats)
-        local._check_inputs_finite(op, variable, floats)
-        local._op_calibrate(op, out, floats)
+        cal.walker.passes.calibrate_whole(op, variable, out, floats)
 
     def _by_table(self, op: Any, variable: list[str], out: str, drops: tuple[str, ...]) -> bool:
         """``TablePaths.calibrate_by_table`` with the presence mask merged over partitions."""
         cal = self.cal
-        if not TablePaths(cal.store, cal.strategy.flows_raw).applies(op, variable):
-            return False
         name = variable[0]
         tensor = cal.tensors[name]
         q = tensor.quantizer

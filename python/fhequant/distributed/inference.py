@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from fhequant.distributed._dask import is_dask, require_dask, resolve_client
+from fhequant.distributed._dask import DaskData, is_dask, require_dask, resolve_client
 from fhequant.errors import ConfigurationError, DistributedError, GraphInputError, NotCompiledError
 
-__all__ = ["ShippingReport", "forward", "install"]
+__all__ = ["DaskInferenceEngine", "ShippingReport", "forward", "install"]
 
 _MODES = ("disable", "simulate", "execute")
 
@@ -258,3 +258,30 @@ def _execute(module: Any, client: Any, token: str, blocks: list[Any]) -> Any:
     q_y = concat_rows(q_rows)
     y = module.dequantize_output(*q_y)
     return module.post_processing(y)
+
+
+class DaskInferenceEngine:
+    """``QuantizedModule.forward(x, fhe=...)`` on Dask arrays: :func:`forward` on the active
+    client (or the one of a :class:`~fhequant.distributed.DaskData` input). Registered when
+    ``fhequant.distributed`` is imported; the result is the computed numpy output, in row
+    order, as :func:`forward` returns it."""
+
+    def claims(self, x: tuple[Any, ...]) -> bool:
+        return any(isinstance(a, DaskData) or is_dask(a) for a in x)
+
+    def forward(self, module: Any, *x: Any, fhe: Any) -> Any:
+        arrays: list[Any] = []
+        clients = []
+        for a in x:
+            if isinstance(a, DaskData):
+                arrays.extend(a.data if isinstance(a.data, tuple) else (a.data,))
+                clients.append(a.client)
+            else:
+                arrays.append(a)
+        given = {id(c): c for c in clients if c is not None}
+        if len(given) > 1:
+            raise ConfigurationError(
+                "forward: the DaskData inputs name different clients; give them one client"
+            )
+        mode = getattr(fhe, "value", fhe)
+        return forward(module, *arrays, fhe=mode, client=next(iter(given.values()), None))

@@ -28,17 +28,16 @@ import numpy as np
 from fhequant import _core
 from fhequant.distributed.merge import Extremes, RoundingRange, TensorRanges
 from fhequant.quantization import QuantizedArray
-from fhequant.quantized.calibration import traits
-from fhequant.quantized.calibration.passes import OpPasses, union_uvalues
+from fhequant.quantized.calibration.engine import OutputRange
+from fhequant.quantized.calibration.passes import OpPasses
 from fhequant.quantized.calibration.store import Progress, WalkStore, WalkTensor
 from fhequant.quantized.calibration.tables import TablePaths
 from fhequant.quantized.exec import ClearBackend, Executor, RoundingRangeObserver, use_executor
 from fhequant.quantized.finite import check_finite
 from fhequant.quantized.fused_stats import fused_statistics
 from fhequant.quantized.graph import use_split_independent_impl
-from fhequant.quantized.percentile import TailSelector
 
-__all__ = ["OutputPartial", "Partition", "StatsPartial"]
+__all__ = ["OutputPartial", "Partition"]
 
 
 @dataclass(frozen=True)
@@ -76,18 +75,8 @@ def _walk_store(part: Partition, meta: dict[str, WalkTensor], flows_raw: bool) -
     store.block_sizes = list(part.block_sizes)
     store.progress = Progress(0, False)
     for name, blocks in part.blocks.items():
-        for block, dtype in zip(blocks, part.dtypes[name], strict=True):
-            store.data.put(name, block, owned=False, dtype=dtype)
+        store.adopt_blocks(name, blocks, part.dtypes[name])
     return store
-
-
-def _stored(store: WalkStore, name: str) -> tuple[list[np.ndarray], list[np.dtype[Any]]]:
-    """The stored blocks of ``name`` and the dtypes they stand for."""
-    n = store.data.n_blocks(name)
-    blocks = [store.data.get_stored(name, b) for b in range(n)]
-    # the dtype each block is read back in (TensorStore.get widens to it)
-    dtypes = list(store.data._entries[name].dtypes)
-    return blocks, dtypes
 
 
 # --- loading ------------------------------------------------------------------------------
@@ -174,52 +163,22 @@ def _payload(data: bytes) -> OpPayload:
 # --- statistics ---------------------------------------------------------------------------
 
 
-@dataclass
-class StatsPartial:
-    """The statistics pass of one partition (see ``OpPasses.statistics``)."""
-
-    extremes: Extremes
-    tails: TailSelector | None = None
-    uniques: Any = None
-
-
-def statistics_pass(part: Partition, payload: bytes) -> StatsPartial:
-    """min/max of the float op (fused native kernels when they apply), BatchNorm's tails."""
+def statistics_pass(part: Partition, payload: bytes) -> OutputRange:
+    """The op's output range over the partition's blocks (``OpPasses.statistics``: the fused
+    native kernels when they apply)."""
     p = _payload(payload)
     op = p.op
     store = _walk_store(part, p.meta, p.flows_raw)
+    stat = OutputRange(op, p.out, p.total_rows, p.flows_raw)
     with use_split_independent_impl(op):
-        clips = traits.clips_percentiles(op)
-        if not p.flows_raw and not clips:
+        if not p.flows_raw and not stat.clips:
             fused = fused_statistics(store, op, p.variable, p.out)
             if fused is not None:
-                return StatsPartial(Extremes(fused[0], fused[1], fused.dtype))
-        extremes = Extremes()
-        tails: TailSelector | None = None
-        uniques: Any = None
+                stat.fold_extremes(fused[0], fused[1], fused.dtype)
+                return stat
         for b in range(store.n_blocks):
-            floats = [store.float_block(n, b) for n in p.variable]
-            prepared = op._prepare_inputs_with_constants(
-                *floats, calibrate=True, quantize_actual_values=False
-            )
-            arr = np.asarray(op.call_impl(*prepared, **op.attrs))
-            if b == 0 and clips and (np.size(prepared[1]) > 1 or np.size(prepared[2]) > 1):
-                per_row = arr.size // max(arr.shape[0], 1) if arr.ndim else 1
-                tails = TailSelector(per_row * p.total_rows)
-            if arr.size == 0:
-                continue
-            blo, bhi = arr.min(), arr.max()
-            check_finite(blo, bhi, p.out, f"op {op.op_instance_name!r} ({type(op).__name__})")
-            extremes = Extremes(
-                blo if extremes.lo is None else np.minimum(extremes.lo, blo),
-                bhi if extremes.hi is None else np.maximum(extremes.hi, bhi),
-                arr.dtype,
-            )
-            if tails is not None:
-                tails.update(arr)
-            if p.flows_raw:
-                uniques = union_uvalues(uniques, arr)
-    return StatsPartial(extremes, tails, uniques)
+            stat.update(op, [store.float_block(n, b) for n in p.variable])
+    return stat
 
 
 def gather_floats(part: Partition, payload: bytes) -> list[list[Any]]:
@@ -249,7 +208,7 @@ def _next_partition(part: Partition, store: WalkStore, p: OpPayload, partial: An
     blocks = {n: v for n, v in part.blocks.items() if n not in p.drops}
     dtypes = {n: v for n, v in part.dtypes.items() if n not in p.drops}
     if p.out in store.data:
-        blocks[p.out], dtypes[p.out] = _stored(store, p.out)
+        blocks[p.out], dtypes[p.out] = store.stored_blocks(p.out)
     return replace(part, blocks=blocks, dtypes=dtypes, partial=partial)
 
 

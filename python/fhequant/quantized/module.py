@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from typing import IO, Any
 
 import numpy as np
@@ -39,6 +38,8 @@ from fhequant.errors import (
 from fhequant.onnx import NumpyModule
 from fhequant.quantization import QuantizedArray, UniformQuantizer
 from fhequant.quantization.quantizer import is_tracer
+from fhequant.quantized.engines import FheMode, inference_engine_for
+from fhequant.quantized.engines import fhe_mode as _fhe_mode
 from fhequant.quantized.exec import run_op, track_values
 from fhequant.quantized.inputs import check_forward_inputs, check_output_shapes
 from fhequant.quantized.layout import check_module_layout
@@ -48,27 +49,6 @@ from fhequant.quantized.streaming import as_numpy
 __all__ = ["FheBackend", "FheMode", "QuantizedModule", "register_fhe_backend"]
 
 _INT_DTYPES = (np.int64, np.int32, np.int16, np.int8)
-
-
-class FheMode(str, Enum):
-    """How the integer forward runs."""
-
-    DISABLE = "disable"
-    SIMULATE = "simulate"
-    EXECUTE = "execute"
-
-
-def _fhe_mode(fhe: Any) -> FheMode:
-    if isinstance(fhe, FheMode):
-        return fhe
-    if isinstance(fhe, Enum):
-        fhe = fhe.value
-    try:
-        return FheMode(fhe)
-    except ValueError:
-        raise GraphInputError(
-            f"fhe={fhe!r} is not a valid mode; use one of {[m.value for m in FheMode]}"
-        ) from None
 
 
 @dataclass(frozen=True)
@@ -286,7 +266,9 @@ class QuantizedModule(serialization.Serializable):
         """Quantize, run the integer model, dequantize.
 
         Args:
-            *x: one float32/float64 array per input.
+            *x: one float32/float64 array per input; or Dask arrays (with
+                ``fhequant.distributed`` imported, as ``import fhequant`` does: row blocks run
+                on the Dask workers, the result is the same numpy array in row order).
             fhe: "disable" (clear integers), "simulate" or "execute" (need ``compile``).
             debug: with fhe="disable", also return each op's prepared inputs and the mixing
                 ops' accumulators (op name → dict).
@@ -295,8 +277,11 @@ class QuantizedModule(serialization.Serializable):
             The float64 output (a tuple if several), plus the debug dict when debug=True.
         """
         mode = _fhe_mode(fhe)
-        if debug and mode is not FheMode.DISABLE:
-            raise GraphInputError("debug=True works only with fhe='disable'")
+        engine = inference_engine_for(x)
+        if debug and (mode is not FheMode.DISABLE or engine is not None):
+            raise GraphInputError("debug=True works only with fhe='disable' on local arrays")
+        if engine is not None:
+            return engine.forward(self, *x, fhe=mode)
         arrays = self.pre_processing(*x)
         self._check_count(len(arrays), "forward")
         for name, arr in zip(self.ordered_module_input_names, arrays, strict=True):

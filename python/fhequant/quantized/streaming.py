@@ -307,6 +307,10 @@ class TensorStore:
         dtype = self._entries[name].dtypes[index]
         return block if block.dtype == dtype else block.astype(dtype)
 
+    def dtypes(self, name: str) -> list[np.dtype[Any]]:
+        """The dtype each block of tensor ``name`` stands for (what :meth:`get` returns)."""
+        return list(self._entries[name].dtypes)
+
     def holds(self, name: str, index: int, array: Any) -> bool:
         """Whether ``array`` is the in-memory block ``index`` of tensor ``name`` itself.
 

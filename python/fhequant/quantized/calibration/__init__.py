@@ -37,6 +37,8 @@ The modules, by responsibility:
 * :mod:`.passes`: the passes that calibrate one op (statistics, streamed, whole, concatenated);
 * :mod:`.tables`: the integer-table shortcuts (element-wise ops, re-quantized inputs);
 * :mod:`.traits`: what the walk asks of an op's class;
+* :mod:`.engine`: the public interface other calibration engines (``fhequant.distributed``)
+  run the walk through (pass plan, mergeable output ranges, block hand-off);
 * :mod:`.pow2`: the QAT power-of-two pass on a finished module (§4.7).
 """
 

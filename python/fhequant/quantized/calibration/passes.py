@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from fhequant.errors import NonFiniteError
-from fhequant.kernels import quant as _kernels
 from fhequant.quantization import QuantizationOptions, QuantizedArray, StatisticSpec
 from fhequant.quantized import fused_stats
 from fhequant.quantized.calibration import traits
 from fhequant.quantized.calibration.bias import correct_bias
+from fhequant.quantized.calibration.engine import OutputRange, PassPlan, union_uvalues
 from fhequant.quantized.calibration.store import WalkStore, requantizes_to_itself
 from fhequant.quantized.calibration.tables import TablePaths
 from fhequant.quantized.exec import ClearBackend, Executor, RoundingRangeObserver, use_executor
@@ -31,17 +31,8 @@ from fhequant.quantized.finite import check_finite
 from fhequant.quantized.fused_stats import fused_statistics
 from fhequant.quantized.graph import use_split_independent_impl
 from fhequant.quantized.ops.base import compute_bits_precision
-from fhequant.quantized.percentile import TailSelector, percentile_from_tails
 
 __all__ = ["OpPasses", "union_uvalues"]
-
-
-def union_uvalues(uniques: Any, values: Any) -> Any:
-    """Sorted union of the 2-decimal unique values (MinMaxQuantizationStats.uvalues)."""
-    batch = _kernels.rounded_unique(np.asarray(values))
-    if batch is None or uniques is None:
-        return batch if uniques is None else uniques
-    return np.union1d(uniques, batch)
 
 
 class OpPasses:
@@ -77,15 +68,48 @@ class OpPasses:
         """Calibrate ``op`` (variable inputs ``variable``) and store its output ``out``."""
         if out in self.bias_corrected:
             correct_bias(self, op, variable)
-        method = self.methods.get(out)
-        served = method is None or method.name in self.tables.SERVES_STATISTICS
-        if served and self.tables.calibrate_by_table(op, variable, out):
+        if self.table_served(out) and self.tables.calibrate_by_table(op, variable, out):
             return
         with use_split_independent_impl(op):
             if self.store.n_blocks == 1:
                 self.whole(op, variable, out)
             else:
                 self.streamed(op, variable, out)
+
+    def plan(self, op: Any, variable: list[str], out: str) -> PassPlan:
+        """Which passes calibrate ``op`` (this walk's and other engines', docs of
+        :mod:`fhequant.quantized.calibration.engine`)."""
+        tensors = self.store.tensors
+        return PassPlan(
+            table=self.table_served(out) and self.tables.applies(op, variable),
+            statistics=traits.has_default_calibration(op),
+            rounding=bool(getattr(op, "is_mixing", False))
+            and op.rounding_threshold_bits is not None,
+            releases=tuple(
+                n
+                for n in dict.fromkeys(variable)
+                if tensors[n].consumers_left - variable.count(n) <= 0
+            ),
+        )
+
+    def table_served(self, out: str) -> bool:
+        """Whether the statistic of ``out`` lets the table path calibrate its op."""
+        method = self.methods.get(out)
+        return method is None or method.name in self.tables.SERVES_STATISTICS
+
+    @staticmethod
+    def calibrate_rounding_point(op: Any, pending: str, lo: int, hi: int) -> None:
+        """Set the ``lsbs_to_remove`` of rounding point ``pending`` from the global range
+        ``[lo, hi]`` of its accumulator (over all rows)."""
+        target = int(op.rounding_threshold_bits["n_bits"])
+        width = int(compute_bits_precision(lo, hi))
+        op.lsbs_to_remove[pending] = max(0, width - target)
+
+    def calibrate_whole(self, op: Any, variable: list[str], out: str, floats: list[Any]) -> Any:
+        """``op.calibrate`` on the whole float inputs (all rows), finiteness checked; returns
+        the raw result."""
+        self._check_inputs_finite(op, variable, floats)
+        return self._op_calibrate(op, out, floats)
 
     # --- the calibration inputs of an op -----------------------------------------------
 
@@ -163,8 +187,7 @@ class OpPasses:
             raw_blocks = self.statistics(op, variable, out)
         else:
             floats = [self.store.float_block(n, 0) for n in variable]
-            self._check_inputs_finite(op, variable, floats)
-            raw = self._op_calibrate(op, out, floats)
+            raw = self.calibrate_whole(op, variable, out, floats)
             raw_blocks = [raw] if self.flows_raw else None
         qas = [self.calibration_qa(n, 0, op) for n in variable]
         quant = op.q_impl(*qas, calibrate_rounding=bool(getattr(op, "is_mixing", False)))
@@ -175,12 +198,13 @@ class OpPasses:
         """Statistics (or concatenated) pass, then output passes until every rounding point
         is calibrated."""
         store = self.store
+        plan = self.plan(op, variable, out)
         raw_blocks: list[Any] | None = None
-        if not traits.has_default_calibration(op):
+        if not plan.statistics:
             raw_blocks = self.concatenated(op, variable, out)
         else:
             raw_blocks = self.statistics(op, variable, out)
-        rounding = getattr(op, "is_mixing", False) and op.rounding_threshold_bits is not None
+        rounding = plan.rounding
         while True:
             # each pass gathers the accumulator range of the next uncalibrated rounding point
             recorder = RoundingRangeObserver(op) if rounding else None
@@ -206,9 +230,7 @@ class OpPasses:
                 break
             # One more rounding point calibrated: its accumulator range is global now.
             assert recorder.lo is not None and recorder.hi is not None
-            target = int(op.rounding_threshold_bits["n_bits"])
-            width = int(compute_bits_precision(recorder.lo, recorder.hi))
-            op.lsbs_to_remove[recorder.pending] = max(0, width - target)
+            self.calibrate_rounding_point(op, recorder.pending, recorder.lo, recorder.hi)
         traits.finish(op, last)
 
     def output_unread(self, op: Any, variable: list[str], out: str) -> bool:
@@ -260,8 +282,7 @@ class OpPasses:
             for i, name in enumerate(variable):
                 parts[i].append(store.float_block(name, b))
         floats = [np.concatenate(p, axis=0) for p in parts]
-        self._check_inputs_finite(op, variable, floats)
-        raw = self._op_calibrate(op, out, floats)
+        raw = self.calibrate_whole(op, variable, out, floats)
         if not self.flows_raw:
             return None
         starts = np.cumsum([0, *store.block_sizes])
@@ -278,65 +299,19 @@ class OpPasses:
         if method is not None:
             return self.method_statistics(op, variable, out, method)
         store = self.store
-        lo: Any = None
-        hi: Any = None
-        dtype: Any = None
         keep: list[Any] | None = [] if self.flows_raw else None
-        raw_output = bool(op.spec().raw_output)
-        selector: TailSelector | None = None
-        uniques: Any = None
-        if keep is None and not raw_output and not traits.clips_percentiles(op):
+        if keep is None and not op.spec().raw_output and not traits.clips_percentiles(op):
             # only the min/max are used: the native kernels need not materialise the result
             fused = fused_statistics(store, op, variable, out)
             if fused is not None:
                 op._set_output_quantizer(fused)
                 return None
+        stat = OutputRange(op, out, sum(store.block_sizes), keep is not None)
         for b in store.blocks(f"{op.op_instance_name} statistics"):
-            floats = [store.float_block(n, b) for n in variable]
-            prepared = op._prepare_inputs_with_constants(
-                *floats, calibrate=True, quantize_actual_values=False
-            )
-            raw = op.call_impl(*prepared, **op.attrs)
+            raw = stat.update(op, [store.float_block(n, b) for n in variable])
             if keep is not None:
                 keep.append(raw)
-            if raw_output:
-                continue
-            arr = np.asarray(raw)
-            if (
-                b == 0
-                and traits.clips_percentiles(op)
-                and (np.size(prepared[1]) > 1 or np.size(prepared[2]) > 1)
-            ):
-                per_row = arr.size // max(arr.shape[0], 1) if arr.ndim else 1
-                selector = TailSelector(per_row * sum(store.block_sizes))
-            if arr.size == 0:
-                continue
-            blo, bhi = arr.min(), arr.max()
-            check_finite(blo, bhi, out, f"op {op.op_instance_name!r} ({type(op).__name__})")
-            lo = blo if lo is None else np.minimum(lo, blo)
-            hi = bhi if hi is None else np.maximum(hi, bhi)
-            dtype = arr.dtype
-            if selector is not None:
-                selector.update(arr)
-            if keep is not None:
-                uniques = union_uvalues(uniques, arr)
-        if not raw_output and lo is None:
-            # every block's result is empty (a Slice of a shape that selects nothing): no
-            # value to quantize; the quantizer of [0, 0] stands in
-            op._set_output_quantizer(np.zeros(2))
-        elif not raw_output:
-            ends = np.array([lo, hi], dtype=dtype)
-            if selector is not None:
-                ends = np.clip(
-                    ends,
-                    percentile_from_tails(selector, 0.1),
-                    percentile_from_tails(selector, 99.9),
-                )
-            op._set_output_quantizer(ends)
-            if keep is not None and op.output_quant_stats is not None:
-                # QAT import: check_is_uniform_quantized needs the real uvalues
-                # (docs/contract.md §1.2).
-                op.output_quant_stats.uvalues = uniques
+        stat.finalize(op)
         return keep
 
     def method_statistics(

@@ -229,6 +229,21 @@ class WalkStore:
             self.progress.close()
         self.data.close()
 
+    # --- handing blocks over (to or from another store) ------------------------------------
+
+    def stored_blocks(self, name: str) -> tuple[list[np.ndarray], list[np.dtype[Any]]]:
+        """Every block of ``name`` as stored (integers possibly narrowed) and the dtype each
+        stands for: what :meth:`adopt_blocks` takes."""
+        n = self.data.n_blocks(name)
+        return [self.data.get_stored(name, b) for b in range(n)], self.data.dtypes(name)
+
+    def adopt_blocks(
+        self, name: str, blocks: list[np.ndarray], dtypes: list[np.dtype[Any]]
+    ) -> None:
+        """Hold the given blocks of ``name`` (not copied: the caller must not modify them)."""
+        for block, dtype in zip(blocks, dtypes, strict=True):
+            self.data.put(name, block, owned=False, dtype=dtype)
+
     # --- reading blocks -------------------------------------------------------------------
 
     def float_block(self, name: str, b: int) -> Any:

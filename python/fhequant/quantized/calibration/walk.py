@@ -118,6 +118,7 @@ class ModuleCalibrator:
         self.tables = TablePaths(self.store, strategy.flows_raw)
         self.passes = OpPasses(self.store, self.tables, strategy.flows_raw, self.input_stats)
         self.passes.process_initializer = strategy.process_initializer
+        self._calibrate_op: Callable[[Any, list[str], str], None] = self.passes.calibrate
 
     # --- entry ---------------------------------------------------------------------------
 
@@ -136,8 +137,24 @@ class ModuleCalibrator:
             if spec is not None:
                 spec.check(op_names)
         calib = normalize_calibration_data(data)
+        return self.walk(lambda: self._load_inputs(calib), self.passes.calibrate)
+
+    def walk(
+        self,
+        load_inputs: Callable[[], None],
+        calibrate_op: Callable[[Any, list[str], str], None],
+    ) -> dict[str, Any]:
+        """Visit the graph: ``load_inputs()`` hands the graph inputs over (it ends with
+        :meth:`accept_inputs`), then every node is folded or built into an op that
+        ``calibrate_op(op, variable_inputs, output)`` calibrates (the local walk:
+        ``self.passes.calibrate``; fhequant.distributed: passes over partitions).
+
+        Returns:
+            What :meth:`run` returns (the store is closed).
+        """
+        self._calibrate_op = calibrate_op
         try:
-            self._load_inputs(calib)
+            load_inputs()
             self._count_consumers()
             for node in self.nodes:
                 try:
@@ -196,11 +213,24 @@ class ModuleCalibrator:
                     highs[i] = hi if highs[i] is None else np.maximum(highs[i], hi)
                 self.store.data.put(name, arr, owned=owned)
             progress.advance(rows)
+        self.accept_inputs(self.store.block_sizes, list(zip(lows, highs, strict=True)))
+
+    def accept_inputs(self, block_sizes: list[int], ranges: list[tuple[Any, Any]]) -> None:
+        """Take the graph inputs: the rows of every block (in row order) and each input's
+        whole-set ``(min, max)`` over them (None, None when it holds no value).
+
+        Raises:
+            GraphInputError: no rows at all.
+        """
+        if self.store.block_sizes is not block_sizes:
+            self.store.block_sizes[:] = block_sizes
+        if self.store.progress is None:
+            self.store.progress = Progress(0, False)
         if not self.store.block_sizes:
             raise GraphInputError("the calibration data is empty; give at least one row per input")
-        for i, name in enumerate(self.input_names):
-            self.input_stats[name] = (lows[i], highs[i])
-            self.tensors[name] = WalkTensor("input", vmin=lows[i], vmax=highs[i], producers={name})
+        for name, (lo, hi) in zip(self.input_names, ranges, strict=True):
+            self.input_stats[name] = (lo, hi)
+            self.tensors[name] = WalkTensor("input", vmin=lo, vmax=hi, producers={name})
 
     def _count_consumers(self) -> None:
         for node in self.nodes:
@@ -248,7 +278,7 @@ class ModuleCalibrator:
             if uses and getattr(registry.get(n.op_type), "calibrate_by_table", False):
                 # its table path reads which integers occur: mark them as they are stored
                 self.tensors[out].track_presence = not self.strategy.flows_raw
-        self.passes.calibrate(op, variable, out)
+        self._calibrate_op(op, variable, out)
         self.tables.clear()  # one op at a time: its tables and buffers are done
         self.quant_layers[out] = (tuple(variable), op)
         for name in variable:
