@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cost_checks import assert_pbs_predicted
 from fhequant import build_quantized_module
 from ptq_helpers import cnn, mlp
 
@@ -19,6 +20,7 @@ CALIBRATIONS: list[Any] = [
     {"per_channel": True},
     {"weights": "mse", "activations": "mse", "per_channel": True},
     {"activations": "percentile", "weights": "mse", "bias_correction": True},
+    {"weights": "mse", "activations": "mse", "per_channel": "asymmetric", "bias_correction": True},
 ]
 
 
@@ -30,6 +32,7 @@ def _compiled(model: Any, x: np.ndarray, calibration: Any, rounding: Any) -> Any
     report = module.bitwidth_report()
     circuit = module.fhe_circuit
     assert report.predicted_max_bit_width == circuit.graph.maximum_integer_bit_width()
+    assert_pbs_predicted(module)
     q = module.quantize_input(x[:20])
     np.testing.assert_array_equal(
         module.quantized_forward(q, fhe="simulate"), module.quantized_forward(q)
@@ -55,11 +58,14 @@ def test_mlp_methods_compile(calibration: Any, rounding: Any) -> None:
     if calibration.get("per_channel"):
         _, gemm = module.quant_layers_dict["g0"]
         assert np.shape(gemm.constant_inputs[1].quantizer.scale) == (10, 1)
+        zp_shape = (10, 1) if calibration["per_channel"] == "asymmetric" else ()
+        assert np.shape(gemm.constant_inputs[1].quantizer.zero_point) == zp_shape
 
 
 @pytest.mark.slow
-def test_cnn_per_channel_compiles() -> None:
-    module = _compiled(cnn(seed=1), X_CNN, {"per_channel": True, "weights": "mse"}, None)
+@pytest.mark.parametrize("mode", [True, "asymmetric"])
+def test_cnn_per_channel_compiles(mode: Any) -> None:
+    module = _compiled(cnn(seed=1), X_CNN, {"per_channel": mode, "weights": "mse"}, None)
     minmax = _compiled(cnn(seed=1), X_CNN, None, None)
     pbs = module.fhe_circuit.programmable_bootstrap_count
     assert pbs == minmax.fhe_circuit.programmable_bootstrap_count
