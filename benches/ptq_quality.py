@@ -51,6 +51,19 @@ CALIBRATIONS: dict[str, Any] = {
         "weights": "mse",
         "bias_correction": True,
     },
+    "asym_per_channel": {"per_channel": "asymmetric"},
+    "asym_per_channel+mse_weights": {"per_channel": "asymmetric", "weights": "mse"},
+    "asym_per_channel+mse_weights+bias_correction": {
+        "per_channel": "asymmetric",
+        "weights": "mse",
+        "bias_correction": True,
+    },
+    "asym_per_channel+mse+bias_correction": {
+        "per_channel": "asymmetric",
+        "weights": "mse",
+        "activations": "mse",
+        "bias_correction": True,
+    },
 }
 
 

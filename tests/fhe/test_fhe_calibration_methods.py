@@ -71,3 +71,23 @@ def test_cnn_per_channel_compiles(mode: Any) -> None:
     assert pbs == minmax.fhe_circuit.programmable_bootstrap_count
     _, conv = module.quant_layers_dict["c1"]
     assert np.shape(conv.constant_inputs[1].quantizer.scale) == (4, 1, 1, 1)
+
+
+@pytest.mark.slow
+def test_asymmetric_per_channel_worst_case_bounds() -> None:
+    """Worst-case accumulator bounds of per-channel zero points (taken on the centred
+    weights) hold for any input integers: compiled with them, random inputs simulate ==
+    clear, and the worst case is at least the observed width."""
+    model = mlp([12, 10, 4], seed=2)
+    calibration = {"per_channel": "asymmetric", "weights": "mse"}
+    module = build_quantized_module(model, X_MLP, n_bits=3, calibration=calibration)
+    observed = module.bitwidth_report(X_MLP, accumulator_bounds="observed")
+    module.compile(X_MLP, accumulator_bounds="worst_case")
+    bits = module.bitwidth_report().predicted_max_bit_width
+    assert bits == module.fhe_circuit.graph.maximum_integer_bit_width()
+    assert bits == observed.worst_case_max_bit_width >= observed.observed_max_bit_width
+    lo, hi = module.input_quantizers[0].clip_bounds()
+    rand = np.random.default_rng(2).integers(lo, hi + 1, size=(30, 12))
+    np.testing.assert_array_equal(
+        module.quantized_forward(rand, fhe="simulate"), module.quantized_forward(rand)
+    )
