@@ -62,6 +62,7 @@ def mse_clip_errors(
     zero_point: NDArray[np.float64],
     qlo: float,
     qhi: float,
+    prune: bool = False,
 ) -> NDArray[np.float64]: ...
 def int_presence(q: NDArray[Any], lo: int, size: int) -> NDArray[np.bool_]: ...
 def int_lookup(

@@ -238,3 +238,32 @@ def test_mse_row_search_is_independent_of_its_batch() -> None:
     whole = STATISTICS["mse"].row_ranges(data, options)
     for i in range(len(data)):
         _same(STATISTICS["mse"].row_ranges(data[i : i + 1], options)[0], whole[i])
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), width=st.sampled_from([1, 7, 64, 301]), heavy=st.booleans())
+def test_pruned_mse_search_keeps_the_first_least_error(
+    options: QuantizationOptions, seed: int, width: int, heavy: bool
+) -> None:
+    """The search stops summing candidates that already exceed the best error: each row's
+    first least error (what the search keeps) is unchanged, bit for bit."""
+    from fhequant.quantization import histogram_stats as hs
+
+    rng = np.random.default_rng(seed)
+    values = _data(seed, 4 * width, np.float64, heavy).reshape(4, width)
+    weights = rng.integers(1, 5, size=values.shape).astype(np.float64)
+    lo, hi = values.min(axis=1, keepdims=True), values.max(axis=1, keepdims=True)
+    factors = hs._shrink_factors(30)
+    centre = np.minimum(np.maximum(0.0, lo), hi)
+    los, his = centre + factors * (lo - centre), centre + factors * (hi - centre)
+    full = hs._rows_squared_errors(values, weights, los, his, options)
+    pruned = hs._rows_squared_errors(values, weights, los, his, options, prune=True)
+    best = np.argmin(full, axis=1)
+    np.testing.assert_array_equal(np.argmin(pruned, axis=1), best)
+    at = np.arange(len(best))
+    np.testing.assert_array_equal(pruned[at, best], full[at, best])
+    kept = np.isfinite(pruned)
+    np.testing.assert_array_equal(pruned[kept], full[kept])
+    dropped = ~kept & np.isfinite(full)
+    assert np.all((full > full[at, best][:, None]) | ~dropped)

@@ -94,12 +94,13 @@ def _squared_errors(
     los: np.ndarray,
     his: np.ndarray,
     options: QuantizationOptions,
+    prune: bool = False,
 ) -> np.ndarray:
     """Σ weights·(dequant(quant(values)) - values)² for the quantizer of each range
     [los[i], his[i]] (ranges narrower than STABILITY_CONST: inf); one row of
     :func:`_rows_squared_errors`."""
     return _rows_squared_errors(
-        values[None, :], weights[None, :], los[None, :], his[None, :], options
+        values[None, :], weights[None, :], los[None, :], his[None, :], options, prune
     )[0]
 
 
@@ -109,19 +110,22 @@ def _rows_squared_errors(
     los: np.ndarray,
     his: np.ndarray,
     options: QuantizationOptions,
+    prune: bool = False,
 ) -> np.ndarray:
     """The squared errors of many rows at once: ``values`` and ``weights`` (rows, K),
     ``los`` and ``his`` (rows, candidates) give (rows, candidates). The native kernel does
     numpy's element-wise steps in float64 and adds each row's terms in a fixed order, so a
-    row's errors do not depend on the rows searched with it."""
+    row's errors do not depend on the rows searched with it. With ``prune`` only each row's
+    first least error is kept exact: candidates that cannot reach it may be +inf."""
     scale, zp, wide, qlo, qhi = _candidate_params(los, his, options)
     out = _core.mse_clip_errors(
         np.ascontiguousarray(values, dtype=np.float64),
         np.ascontiguousarray(weights, dtype=np.float64),
-        np.ascontiguousarray(scale, dtype=np.float64),
+        np.ascontiguousarray(np.where(wide, scale, np.nan), dtype=np.float64),
         np.ascontiguousarray(zp, dtype=np.float64),
         float(qlo),
         float(qhi),
+        prune,
     )
     return np.where(wide, out, np.inf)
 
@@ -245,7 +249,7 @@ class MSEStatistic(HistogramStatistic):
         factors = _shrink_factors(self.grid)
         los = centre + factors * (lo64 - centre)
         his = centre + factors * (hi64 - centre)
-        errors = _squared_errors(centres, counts.astype(np.float64), los, his, options)
+        errors = _squared_errors(centres, counts.astype(np.float64), los, his, options, True)
         best = int(np.argmin(errors))  # the first (widest) of equal errors
         if not np.isfinite(errors[best]):
             return self._ends(lo, hi)
@@ -284,7 +288,7 @@ class MSEStatistic(HistogramStatistic):
             centre = np.minimum(np.maximum(0.0, l64), h64)
             los = centre + factors * (l64 - centre)
             his = centre + factors * (h64 - centre)
-            errors = _rows_squared_errors(centres, counts, los, his, options)
+            errors = _rows_squared_errors(centres, counts, los, his, options, prune=True)
             best = np.argmin(errors, axis=1)  # the first (widest) of equal errors
             at = np.arange(len(idx))
             found = np.isfinite(errors[at, best])

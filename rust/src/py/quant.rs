@@ -405,9 +405,11 @@ fn int_lookup<'py>(
 }
 
 /// The weighted squared error (rows, candidates) of quantizing each row of `values` with
-/// each candidate scale and zero point of its row (float64, 2-D; see
+/// each candidate scale and zero point of its row (float64, 2-D; with `prune`, candidates
+/// that cannot be a row's first least error may be +inf; see
 /// `kernels::quant::mse::clip_errors`).
 #[pyfunction]
+#[pyo3(signature = (values, weights, scale, zero_point, qlo, qhi, prune=false))]
 #[allow(clippy::too_many_arguments)]
 fn mse_clip_errors<'py>(
     py: Python<'py>,
@@ -417,11 +419,12 @@ fn mse_clip_errors<'py>(
     zero_point: numpy::PyReadonlyArray2<'py, f64>,
     qlo: f64,
     qhi: f64,
+    prune: bool,
 ) -> PyResult<Bound<'py, numpy::PyArray2<f64>>> {
     let (v, w) = (values.as_array(), weights.as_array());
     let (s, z) = (scale.as_array(), zero_point.as_array());
     let mut out = ndarray::Array2::<f64>::zeros(s.dim());
-    py.detach(|| mse_clip_errors_kernel(v, w, s, z, qlo, qhi, out.view_mut()))
+    py.detach(|| mse_clip_errors_kernel(v, w, s, z, qlo, qhi, prune, out.view_mut()))
         .map_err(|e| to_pyerr(py, e, None))?;
     Ok(numpy::IntoPyArray::into_pyarray(out, py))
 }

@@ -6,13 +6,16 @@ use ndarray::{ArrayView2, ArrayViewMut2, Axis, Zip};
 use super::float::Real;
 use crate::error::{Error, Result};
 
-/// The squared error of one row's values under one candidate quantizer.
+/// The squared error of one row's values under one candidate quantizer, or `None` once a
+/// lower bound of it exceeds `bound`.
 ///
 /// Each term is numpy's element-wise `((clip(rint(v / s) + z, qlo, qhi) - z) * s - v)^2 * w`
 /// (IEEE division, round half to even, no fused multiply-add); the terms are added in four
-/// partial sums by `k mod 4`, then `(p0 + p1) + (p2 + p3)`: a fixed order.
+/// partial sums by `k mod 4`, then `(p0 + p1) + (p2 + p3)`: a fixed order. The terms are
+/// never negative and rounding is monotone, so that combination taken part way is a lower
+/// bound of the final sum.
 #[inline]
-fn row_error(v: &[f64], w: &[f64], s: f64, z: f64, qlo: f64, qhi: f64) -> f64 {
+fn row_error(v: &[f64], w: &[f64], s: f64, z: f64, qlo: f64, qhi: f64, bound: f64) -> Option<f64> {
     let term = |k: usize| {
         let q = (Real::rint(v[k] / s) + z).max(qlo).min(qhi);
         let e = (q - z) * s - v[k];
@@ -24,18 +27,29 @@ fn row_error(v: &[f64], w: &[f64], s: f64, z: f64, qlo: f64, qhi: f64) -> f64 {
         for (j, acc) in p.iter_mut().enumerate() {
             *acc += term(base + j);
         }
+        if base % 32 == 28 && (p[0] + p[1]) + (p[2] + p[3]) > bound {
+            return None;
+        }
     }
     for k in full..v.len() {
         p[k % 4] += term(k);
     }
-    (p[0] + p[1]) + (p[2] + p[3])
+    Some((p[0] + p[1]) + (p[2] + p[3]))
 }
 
 /// `out[r, c]` = Σ_k `weights[r, k]` · `((clip(rint(values[r, k] / scale[r, c]) + zp[r, c],
 /// qlo, qhi) - zp[r, c]) · scale[r, c] - values[r, k])²`: the weighted squared error of
-/// quantizing row `r` of `values` with candidate `c`'s scale and zero point. Rows run in
-/// parallel; each sum has the fixed order of [`row_error`], so the result does not depend on
-/// the threads.
+/// quantizing row `r` of `values` with candidate `c`'s scale and zero point (`weights` must
+/// not be negative). A candidate whose scale is not a positive finite number gets +inf.
+///
+/// With `prune`, the search only needs each row's first least error: a candidate whose
+/// partial sum already exceeds the least complete error of an earlier candidate of its row
+/// is not finished and gets +inf (it can be neither the least nor equal to it); the other
+/// entries, hence the first minimum, are the same as without.
+///
+/// Rows run in parallel; each sum has the fixed order of [`row_error`], so the result does
+/// not depend on the threads.
+#[allow(clippy::too_many_arguments)]
 pub fn clip_errors(
     values: ArrayView2<f64>,
     weights: ArrayView2<f64>,
@@ -43,6 +57,7 @@ pub fn clip_errors(
     zp: ArrayView2<f64>,
     qlo: f64,
     qhi: f64,
+    prune: bool,
     mut out: ArrayViewMut2<f64>,
 ) -> Result<()> {
     if weights.dim() != values.dim() {
@@ -71,8 +86,17 @@ pub fn clip_errors(
         .and(zp.axis_iter(Axis(0)))
         .par_for_each(|mut o, v, w, s, z| {
             let (v, w) = (v.as_slice().unwrap_or(&[]), w.as_slice().unwrap_or(&[]));
+            let mut best = f64::INFINITY;
             for ((dst, &sc), &zc) in o.iter_mut().zip(s.iter()).zip(z.iter()) {
-                *dst = row_error(v, w, sc, zc, qlo, qhi);
+                *dst = f64::INFINITY;
+                if !(sc > 0.0 && sc.is_finite()) {
+                    continue;
+                }
+                let bound = if prune { best } else { f64::INFINITY };
+                if let Some(err) = row_error(v, w, sc, zc, qlo, qhi, bound) {
+                    *dst = err;
+                    best = best.min(err);
+                }
             }
         });
     Ok(())
@@ -97,6 +121,7 @@ mod tests {
             zp.view(),
             -1.0,
             1.0,
+            false,
             out.view_mut(),
         )
         .unwrap();
@@ -121,8 +146,63 @@ mod tests {
             scale.view(),
             0.0,
             1.0,
+            false,
             out.view_mut(),
         );
         assert!(matches!(got, Err(Error::Shape(_))));
+    }
+
+    #[test]
+    fn pruning_keeps_the_first_least_error() {
+        let n = 301;
+        let values = Array2::from_shape_fn((3, n), |(r, k)| {
+            let x = (k as f64 * 0.37 + r as f64).sin() * (1.0 + (k % 17) as f64);
+            x * x * x
+        });
+        let weights = Array2::from_shape_fn((3, n), |(_, k)| (1 + k % 3) as f64);
+        let scale = Array2::from_shape_fn((3, 40), |(r, c)| {
+            if c == 5 {
+                f64::NAN
+            } else {
+                (r as f64 + 1.0) * 8.0 / (c as f64 + 1.0)
+            }
+        });
+        let zp = Array2::<f64>::zeros((3, 40));
+        let run = |prune: bool| {
+            let mut out = Array2::<f64>::zeros((3, 40));
+            clip_errors(
+                values.view(),
+                weights.view(),
+                scale.view(),
+                zp.view(),
+                -7.0,
+                7.0,
+                prune,
+                out.view_mut(),
+            )
+            .unwrap();
+            out
+        };
+        let (full, pruned) = (run(false), run(true));
+        let mut some_pruned = false;
+        for r in 0..3 {
+            assert!(full[[r, 5]].is_infinite() && pruned[[r, 5]].is_infinite());
+            let first_min = |row: ndarray::ArrayView1<f64>| {
+                let least = row.iter().cloned().fold(f64::INFINITY, f64::min);
+                row.iter().position(|&e| e == least).unwrap()
+            };
+            let i = first_min(full.row(r));
+            assert_eq!(i, first_min(pruned.row(r)));
+            assert_eq!(full[[r, i]].to_bits(), pruned[[r, i]].to_bits());
+            for c in 0..40 {
+                if pruned[[r, c]].is_finite() {
+                    assert_eq!(full[[r, c]].to_bits(), pruned[[r, c]].to_bits());
+                } else if c != 5 {
+                    some_pruned = true;
+                    assert!(full[[r, c]] > full[[r, i]]);
+                }
+            }
+        }
+        assert!(some_pruned);
     }
 }
