@@ -6,6 +6,9 @@ use ndarray::{ArrayView2, ArrayViewMut2, Axis, Zip};
 use super::float::Real;
 use crate::error::{Error, Result};
 
+/// With pruning, every `COARSE`-th candidate is summed first (to find a tight bound early).
+const COARSE: usize = 8;
+
 /// The squared error of one row's values under one candidate quantizer, or `None` once a
 /// lower bound of it exceeds `bound`.
 ///
@@ -27,7 +30,7 @@ fn row_error(v: &[f64], w: &[f64], s: f64, z: f64, qlo: f64, qhi: f64, bound: f6
         for (j, acc) in p.iter_mut().enumerate() {
             *acc += term(base + j);
         }
-        if base % 32 == 28 && (p[0] + p[1]) + (p[2] + p[3]) > bound {
+        if base % 8 == 4 && (p[0] + p[1]) + (p[2] + p[3]) > bound {
             return None;
         }
     }
@@ -42,10 +45,11 @@ fn row_error(v: &[f64], w: &[f64], s: f64, z: f64, qlo: f64, qhi: f64, bound: f6
 /// quantizing row `r` of `values` with candidate `c`'s scale and zero point (`weights` must
 /// not be negative). A candidate whose scale is not a positive finite number gets +inf.
 ///
-/// With `prune`, the search only needs each row's first least error: a candidate whose
-/// partial sum already exceeds the least complete error of an earlier candidate of its row
-/// is not finished and gets +inf (it can be neither the least nor equal to it); the other
-/// entries, hence the first minimum, are the same as without.
+/// With `prune`, the search only needs each row's first least error: every `COARSE`-th
+/// candidate is summed first, then the others, and a candidate whose partial sum already
+/// exceeds the least complete error found so far in its row is not finished and gets +inf
+/// (it can be neither the least nor equal to it); the other entries, hence the first
+/// minimum, are the same as without.
 ///
 /// Rows run in parallel; each sum has the fixed order of [`row_error`], so the result does
 /// not depend on the threads.
@@ -87,14 +91,22 @@ pub fn clip_errors(
         .par_for_each(|mut o, v, w, s, z| {
             let (v, w) = (v.as_slice().unwrap_or(&[]), w.as_slice().unwrap_or(&[]));
             let mut best = f64::INFINITY;
-            for ((dst, &sc), &zc) in o.iter_mut().zip(s.iter()).zip(z.iter()) {
-                *dst = f64::INFINITY;
+            o.fill(f64::INFINITY);
+            // pruning: every COARSE-th candidate first, so that the bound is tight early; the
+            // order changes which candidates are cut short, never the first least error
+            let stride = if prune { COARSE } else { 1 };
+            let n = o.len();
+            let order = (0..n)
+                .step_by(stride)
+                .chain((0..n).filter(|c| c % stride != 0));
+            for c in order {
+                let (sc, zc) = (s[c], z[c]);
                 if !(sc > 0.0 && sc.is_finite()) {
                     continue;
                 }
                 let bound = if prune { best } else { f64::INFINITY };
                 if let Some(err) = row_error(v, w, sc, zc, qlo, qhi, bound) {
-                    *dst = err;
+                    o[c] = err;
                     best = best.min(err);
                 }
             }
