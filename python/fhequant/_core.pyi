@@ -33,6 +33,7 @@ __all__ = [
     "matmul_f32_sequential",
     "matmul_f64_sequential",
     "min_max",
+    "mse_clip_errors",
     "quantize",
     "rounded_unique",
 ]
