@@ -12,7 +12,8 @@ Conv(8→16,3,s2,p1)-ReLU-Flatten-Linear(256→10)). For n_bits 2, 3 and 4 and e
   baseline, alternated with the candidate);
 * ``gap_closed``: (acc - acc_minmax) / (float - acc_minmax), in percent.
 
-Usage: ``python benches/ptq_quality.py [--simulate] [--sim-rows N] [--repeat R]``.
+Usage: ``python benches/ptq_quality.py [--simulate] [--sim-rows N] [--repeat R]``. On a loaded
+machine the timings are noisy: use ``--repeat 5`` or more (the minimum of each side is kept).
 """
 
 from __future__ import annotations
@@ -49,6 +50,19 @@ CALIBRATIONS: dict[str, Any] = {
     "per_channel+mse_weights+bias_correction": {
         "per_channel": True,
         "weights": "mse",
+        "bias_correction": True,
+    },
+    "asym_per_channel": {"per_channel": "asymmetric"},
+    "asym_per_channel+mse_weights": {"per_channel": "asymmetric", "weights": "mse"},
+    "asym_per_channel+mse_weights+bias_correction": {
+        "per_channel": "asymmetric",
+        "weights": "mse",
+        "bias_correction": True,
+    },
+    "asym_per_channel+mse+bias_correction": {
+        "per_channel": "asymmetric",
+        "weights": "mse",
+        "activations": "mse",
         "bias_correction": True,
     },
 }

@@ -33,6 +33,7 @@ __all__ = [
     "matmul_f32_sequential",
     "matmul_f64_sequential",
     "min_max",
+    "mse_clip_errors",
     "quantize",
     "rounded_unique",
 ]
@@ -55,6 +56,15 @@ def quantize(
 def dequantize(q: NDArray[Any], scale: float, zero_point: float) -> NDArray[np.float64]: ...
 def min_max(values: NDArray[Any], name: str = "values") -> tuple[float, float, bool, bool]: ...
 def rounded_unique(values: NDArray[Any]) -> NDArray[Any] | None: ...
+def mse_clip_errors(
+    values: NDArray[np.float64],
+    weights: NDArray[np.float64],
+    scale: NDArray[np.float64],
+    zero_point: NDArray[np.float64],
+    qlo: float,
+    qhi: float,
+    prune: bool = False,
+) -> NDArray[np.float64]: ...
 def int_presence(q: NDArray[Any], lo: int, size: int) -> NDArray[np.bool_]: ...
 def int_lookup(
     q: NDArray[Any], lo: int, table: NDArray[Any], out: NDArray[Any] | None = None

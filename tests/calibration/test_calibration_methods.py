@@ -35,6 +35,7 @@ METHODS: list[Any] = [
     {"activations": "mse", "ops": {"gemm1": "percentile", "act0": {"activations": "minmax"}}},
     {"per_channel": True},
     {"weights": "mse", "per_channel": True, "bias_correction": True},
+    {"weights": "mse", "per_channel": "asymmetric", "bias_correction": True},
     {"bias_correction": True, "ops": {"gemm1": {"bias_correction": False}}},
 ]
 
@@ -129,7 +130,9 @@ def test_mse_closes_the_low_bit_gap_on_heavy_tailed_data() -> None:
         ({"ops": ["gemm0"]}, "must be a dict"),
         ({"activation": "mse"}, r"unknown key\(s\) \['activation'\]"),
         ({"ops": {"gemm0": {"weight": "mse"}}}, r"unknown key\(s\) \['weight'\]"),
-        ({"per_channel": 1}, "must be a bool"),
+        ({"per_channel": 1}, "must be a bool, 'symmetric' or 'asymmetric'"),
+        ({"per_channel": "per-tensor"}, r"\['per_channel'\] must be a bool"),
+        ({"ops": {"gemm0": {"per_channel": "asym"}}}, r"gemm0.\]\[.per_channel.\] must be"),
         (3, "expected a method name"),
     ],
 )
@@ -234,11 +237,75 @@ def test_bias_correction_moves_the_output_mean_towards_float() -> None:
     assert shift[True] < shift[False]
 
 
-def test_per_channel_modules_round_trip_through_json() -> None:
-    calibration = {"per_channel": True, "weights": "mse", "bias_correction": True}
+@pytest.mark.parametrize("mode", [True, "asymmetric"])
+def test_per_channel_modules_round_trip_through_json(mode: Any) -> None:
+    calibration = {"per_channel": mode, "weights": "mse", "bias_correction": True}
     for model, x in ((mlp([12, 8, 3], seed=1), X_MLP), (cnn(seed=1), X_CNN)):
         module = build_quantized_module(model, x, n_bits=3, calibration=calibration)
         back = loads(module.dumps())
         np.testing.assert_array_equal(back.forward(x[:40]), module.forward(x[:40]))
         q = module.quantize_input(x[:40])
         np.testing.assert_array_equal(back.quantized_forward(q), module.quantized_forward(q))
+
+
+def test_per_channel_modes_resolve() -> None:
+    plan = resolve_calibration(
+        {"per_channel": True, "ops": {"a": {"per_channel": "asymmetric"}}}, ["a", "b"]
+    )
+    assert plan.for_op("b").per_channel == "symmetric"
+    assert plan.for_op("a").per_channel == "asymmetric"
+    assert resolve_calibration({"per_channel": False}, []).is_minmax
+
+
+@pytest.mark.parametrize("weights", [None, "mse"])
+def test_asymmetric_per_channel_weights(weights: Any) -> None:
+    """One scale and one integer zero point per output channel; each channel's integers
+    span the unsigned range (min/max) and dequantize within half a step."""
+    model = mlp([12, 16, 3], seed=1)
+    calibration = {"per_channel": "asymmetric", "weights": weights}
+    module = build_quantized_module(model, X_MLP, n_bits=3, calibration=calibration)
+    w = module.quant_layers_dict["g0"][1].constant_inputs[1]
+    raw = np.asarray(w.values, dtype=np.float64)
+    scale, zp = np.asarray(w.quantizer.scale), np.asarray(w.quantizer.zero_point)
+    assert scale.shape == zp.shape == (16, 1)
+    assert zp.dtype == np.int64 and zp.min() >= 0 and zp.max() <= 7
+    q = np.asarray(w.qvalues)
+    assert q.min() >= 0 and q.max() <= 7
+    if weights is None:  # min/max: every channel uses both ends of its range
+        np.testing.assert_allclose(scale[:, 0], (raw.max(axis=1) - raw.min(axis=1)) / 7)
+        assert q.min(axis=1).tolist() == [0] * 16 and q.max(axis=1).tolist() == [7] * 16
+        error = np.abs(w.quantizer.dequant(q) - raw)
+        assert np.all(error <= scale / 2 * (1 + 1e-9))
+
+
+def test_asymmetric_per_channel_gemm_is_exact() -> None:
+    """A one-Gemm model: the output equals x_deq @ dequant(W)ᵀ + b in float64 (the
+    per-channel zero points are subtracted exactly in the integer matmul), and is closer to
+    the float model than per-tensor or symmetric per-channel weights at 2 bits."""
+    model = mlp([12, 5], seed=3)
+    exact = build_quantized_module(model, X_MLP, n_bits=12).forward(X_MLP)
+    err = {}
+    for mode in (False, True, "asymmetric"):
+        module = build_quantized_module(model, X_MLP, n_bits=2, calibration={"per_channel": mode})
+        err[mode] = float(np.abs(module.forward(X_MLP) - exact).mean())
+    gemm = module.quant_layers_dict["y"][1]
+    w, bias = gemm.constant_inputs[1], gemm.constant_inputs[2]
+    q = module.quantize_input(X_MLP)
+    x = module.input_quantizers[0].dequant(q)
+    want = x @ np.asarray(w.quantizer.dequant(w.qvalues)).T + np.asarray(bias.values)
+    got = module.dequantize_output(module.quantized_forward(q))
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    assert err["asymmetric"] < err[False]
+    assert err["asymmetric"] < err[True]
+
+
+def test_asymmetric_per_channel_conv_streamed_equals_whole() -> None:
+    calibration = {"per_channel": "asymmetric", "weights": "mse"}
+    whole = build_quantized_module(cnn(seed=1), X_CNN, n_bits=3, calibration=calibration)
+    streamed = build_quantized_module(
+        cnn(seed=1), _irregular(X_CNN, (7, 50, 1, 62)), n_bits=3, calibration=calibration
+    )
+    assert whole.dumps() == streamed.dumps()
+    np.testing.assert_array_equal(whole.forward(X_CNN[:40]), streamed.forward(X_CNN[:40]))
+    conv = whole.quant_layers_dict["c1"][1].constant_inputs[1]
+    assert np.shape(conv.quantizer.zero_point) == (4, 1, 1, 1)

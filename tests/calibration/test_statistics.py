@@ -191,3 +191,79 @@ def test_empty_statistics_round_trip() -> None:
         back.update(np.arange(10.0))
         stat.update(np.arange(10.0))
         assert _state(back) == _state(stat)
+
+
+@pytest.mark.parametrize(("name", "params"), [m for m in METHODS if m[0] != "entropy"])
+@pytest.mark.parametrize("options", OPTIONS)
+@settings(max_examples=12, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    rows=st.integers(1, 9),
+    width=st.sampled_from([1, 2, 5, 8, 33, 130]),
+    heavy=st.booleans(),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    constant_row=st.booleans(),
+)
+def test_row_ranges_equal_one_statistic_per_row(
+    name: str,
+    params: dict[str, Any],
+    options: QuantizationOptions,
+    seed: int,
+    rows: int,
+    width: int,
+    heavy: bool,
+    dtype: Any,
+    constant_row: bool,
+) -> None:
+    """The vectorised search over all rows (per-channel weights) gives each row the range of
+    its own statistic, bit for bit (rows of equal and of different bin counts, a constant
+    row, both dtypes)."""
+    data = _data(seed, rows * width, dtype, heavy).reshape(rows, width)
+    if constant_row:
+        data[0] = dtype(0.75)
+    got = STATISTICS[name].row_ranges(data, options, **params)
+    assert got.shape == (rows, 2)
+    for row, ends in zip(data, got, strict=True):
+        stat = make_statistic(name, row.size, **params)
+        stat.update(row)
+        _same(stat.finalize(options), ends)
+
+
+def test_mse_row_search_is_independent_of_its_batch() -> None:
+    """A row's range does not depend on the rows searched with it (the error sums have a
+    fixed order)."""
+    rng = np.random.default_rng(3)
+    data = rng.standard_t(3, size=(5, 3000)).astype(np.float32)
+    options = QuantizationOptions(3, is_signed=True, is_symmetric=True)
+    whole = STATISTICS["mse"].row_ranges(data, options)
+    for i in range(len(data)):
+        _same(STATISTICS["mse"].row_ranges(data[i : i + 1], options)[0], whole[i])
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), width=st.sampled_from([1, 7, 64, 301]), heavy=st.booleans())
+def test_pruned_mse_search_keeps_the_first_least_error(
+    options: QuantizationOptions, seed: int, width: int, heavy: bool
+) -> None:
+    """The search stops summing candidates that already exceed the best error: each row's
+    first least error (what the search keeps) is unchanged, bit for bit."""
+    from fhequant.quantization import histogram_stats as hs
+
+    rng = np.random.default_rng(seed)
+    values = _data(seed, 4 * width, np.float64, heavy).reshape(4, width)
+    weights = rng.integers(1, 5, size=values.shape).astype(np.float64)
+    lo, hi = values.min(axis=1, keepdims=True), values.max(axis=1, keepdims=True)
+    factors = hs._shrink_factors(30)
+    centre = np.minimum(np.maximum(0.0, lo), hi)
+    los, his = centre + factors * (lo - centre), centre + factors * (hi - centre)
+    full = hs._rows_squared_errors(values, weights, los, his, options)
+    pruned = hs._rows_squared_errors(values, weights, los, his, options, prune=True)
+    best = np.argmin(full, axis=1)
+    np.testing.assert_array_equal(np.argmin(pruned, axis=1), best)
+    at = np.arange(len(best))
+    np.testing.assert_array_equal(pruned[at, best], full[at, best])
+    kept = np.isfinite(pruned)
+    np.testing.assert_array_equal(pruned[kept], full[kept])
+    dropped = ~kept & np.isfinite(full)
+    assert np.all((full > full[at, best][:, None]) | ~dropped)

@@ -22,10 +22,12 @@ of the histograms of disjoint parts (an exact :meth:`merge`), in a bounded memor
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any
 
 import numpy as np
 
+from fhequant import _core
 from fhequant.errors import QuantizationError
 from fhequant.quantization.options import STABILITY_CONST, QuantizationOptions
 from fhequant.quantization.tensor_stats import (
@@ -60,16 +62,12 @@ def _shrink_factors(grid: int) -> np.ndarray:
     return factors
 
 
-def _squared_errors(
-    values: np.ndarray,
-    weights: np.ndarray,
-    los: np.ndarray,
-    his: np.ndarray,
-    options: QuantizationOptions,
-) -> np.ndarray:
-    """Σ weights·(dequant(quant(values)) - values)² for the quantizer of each range
-    [los[i], his[i]], vectorised over the candidates (in float64, with the scale, zero point
-    and clip bounds of docs/contract.md §1.3; ranges narrower than STABILITY_CONST: inf)."""
+def _candidate_params(
+    los: np.ndarray, his: np.ndarray, options: QuantizationOptions
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """(scale, zero point, wide, qlo, qhi) of the quantizer of each range [los, his]
+    (element-wise, any shape; docs/contract.md §1.3): ``wide`` marks the ranges at least
+    STABILITY_CONST wide (the others have scale 1 and are discarded by the caller)."""
     n = int(options.n_bits)
     offset = 2 ** (n - 1) if options.is_signed else 0
     qlo, qhi = -offset + (1 if options.is_narrow else 0), 2**n - 1 - offset
@@ -87,14 +85,66 @@ def _squared_errors(
             else np.rint((-his * offset - los * (2**n - 1 - offset)) / safe)
         )
     scale = np.where(wide & (scale > 0), scale, 1.0)
-    out = np.empty(len(los))
-    step = max(1, (1 << 18) // max(values.size, 1))  # temporaries of at most 2^18 floats
-    for start in range(0, len(los), step):
-        s, z = scale[start : start + step, None], zp[start : start + step, None]
-        q = np.clip(np.rint(values / s) + z, qlo, qhi)
-        err = (q - z) * s - values
-        out[start : start + step] = (err * err) @ weights
+    return scale, zp, wide, qlo, qhi
+
+
+def _squared_errors(
+    values: np.ndarray,
+    weights: np.ndarray,
+    los: np.ndarray,
+    his: np.ndarray,
+    options: QuantizationOptions,
+    prune: bool = False,
+) -> np.ndarray:
+    """Σ weights·(dequant(quant(values)) - values)² for the quantizer of each range
+    [los[i], his[i]] (ranges narrower than STABILITY_CONST: inf); one row of
+    :func:`_rows_squared_errors`."""
+    return _rows_squared_errors(
+        values[None, :], weights[None, :], los[None, :], his[None, :], options, prune
+    )[0]
+
+
+def _rows_squared_errors(
+    values: np.ndarray,
+    weights: np.ndarray,
+    los: np.ndarray,
+    his: np.ndarray,
+    options: QuantizationOptions,
+    prune: bool = False,
+) -> np.ndarray:
+    """The squared errors of many rows at once: ``values`` and ``weights`` (rows, K),
+    ``los`` and ``his`` (rows, candidates) give (rows, candidates). The native kernel does
+    numpy's element-wise steps in float64 and adds each row's terms in a fixed order, so a
+    row's errors do not depend on the rows searched with it. With ``prune`` only each row's
+    first least error is kept exact: candidates that cannot reach it may be +inf."""
+    scale, zp, wide, qlo, qhi = _candidate_params(los, his, options)
+    out = _core.mse_clip_errors(
+        np.ascontiguousarray(values, dtype=np.float64),
+        np.ascontiguousarray(weights, dtype=np.float64),
+        np.ascontiguousarray(np.where(wide, scale, np.nan), dtype=np.float64),
+        np.ascontiguousarray(zp, dtype=np.float64),
+        float(qlo),
+        float(qhi),
+        prune,
+    )
     return np.where(wide, out, np.inf)
+
+
+def _key_centres(keys: np.ndarray, lo: Any, hi: Any) -> np.ndarray:
+    """The centres (float64) of the bins of ``keys`` (any shape), clipped to [lo, hi]."""
+    keys = keys.astype(np.uint32)
+    first = (keys << np.uint32(_SHIFT)).view(np.float32).astype(np.float64)
+    last_bits = (keys << np.uint32(_SHIFT)) | np.uint32((1 << _SHIFT) - 1)
+    last = last_bits.view(np.float32).astype(np.float64)
+    return np.clip((first + last) / 2, lo, hi)
+
+
+def _keys_of(arr: np.ndarray) -> np.ndarray:
+    """The bin key (an unsigned integer below 2^16) of each value, in the array's shape."""
+    f32 = np.ascontiguousarray(arr, dtype=np.float32)
+    if _SHIFT == 16 and sys.byteorder == "little" and f32.ndim:
+        return f32.view(np.uint16)[..., 1::2]  # the high half of each value's bits: no pass
+    return f32.view(np.uint32) >> np.uint32(_SHIFT)
 
 
 def _sparse_add(
@@ -126,15 +176,14 @@ class HistogramStatistic(TensorStatistic):
         if not arr.size:
             return
         self.extremes.update(arr)
-        bits = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1).view(np.uint32)
-        raw = (bits >> np.uint32(_SHIFT)).astype(np.int64)
+        raw = _keys_of(arr.reshape(-1))
         if raw.size > 4096:  # large blocks: a dense count, then its non-empty bins
             dense = np.bincount(raw, minlength=_N_KEYS)
             keys = np.flatnonzero(dense)
             counts = dense[keys].astype(np.int64)
         else:
             keys, counts = np.unique(raw, return_counts=True)
-            counts = counts.astype(np.int64)
+            keys, counts = keys.astype(np.int64), counts.astype(np.int64)
         self.keys, self.counts = _sparse_add(self.keys, self.counts, keys, counts)
 
     def merge(self, other: TensorStatistic) -> TensorStatistic:
@@ -149,13 +198,8 @@ class HistogramStatistic(TensorStatistic):
         """(centres as float64, counts, lo, hi) of the non-empty bins; centres in [lo, hi]."""
         if self.keys.size == 0:
             self._ends(None, None)  # raises: nothing seen
-        keys = self.keys.astype(np.uint32)
-        first = (keys << np.uint32(_SHIFT)).view(np.float32).astype(np.float64)
-        last_bits = (keys << np.uint32(_SHIFT)) | np.uint32((1 << _SHIFT) - 1)
-        last = last_bits.view(np.float32).astype(np.float64)
         lo, hi = self.extremes.lo, self.extremes.hi
-        centres = np.clip((first + last) / 2, float(lo), float(hi))
-        return centres, self.counts, lo, hi
+        return _key_centres(self.keys, float(lo), float(hi)), self.counts, lo, hi
 
     def dump_state(self) -> dict[str, Any]:
         return {
@@ -205,11 +249,53 @@ class MSEStatistic(HistogramStatistic):
         factors = _shrink_factors(self.grid)
         los = centre + factors * (lo64 - centre)
         his = centre + factors * (hi64 - centre)
-        errors = _squared_errors(centres, counts.astype(np.float64), los, his, options)
+        errors = _squared_errors(centres, counts.astype(np.float64), los, his, options, True)
         best = int(np.argmin(errors))  # the first (widest) of equal errors
         if not np.isfinite(errors[best]):
             return self._ends(lo, hi)
         return self._ends(los[best], his[best])
+
+    @classmethod
+    def row_ranges(
+        cls, rows: np.ndarray, options: QuantizationOptions | None = None, **params: Any
+    ) -> np.ndarray:
+        """The search of :meth:`finalize` for every row at once (the same ranges, bit for
+        bit): each row's histogram is its sorted unique keys, and the rows with as many
+        bins are searched together by :func:`_rows_squared_errors`."""
+        grid = cls(**params).grid
+        if options is None or options.n_bits is None:
+            raise QuantizationError("the mse statistic needs the quantizer options (n_bits)")
+        rows = np.asarray(rows)
+        if rows.ndim != 2 or rows.shape[1] == 0:
+            raise QuantizationError("the mse statistic has seen no value in a row")
+        lo, hi = rows.min(axis=1), rows.max(axis=1)
+        out = np.stack([lo, hi], axis=1)
+        lo64, hi64 = lo.astype(np.float64), hi.astype(np.float64)
+        keys = np.sort(_keys_of(rows), axis=1)
+        new = np.ones(keys.shape, dtype=bool)
+        new[:, 1:] = keys[:, 1:] != keys[:, :-1]
+        n_bins = new.sum(axis=1)
+        factors = _shrink_factors(grid)
+        searched = lo64 != hi64
+        for k in np.unique(n_bins[searched]):
+            idx = np.flatnonzero(searched & (n_bins == k))
+            cols = np.nonzero(new[idx])[1].reshape(len(idx), int(k))
+            ukeys = np.take_along_axis(keys[idx], cols, axis=1)
+            ends = np.concatenate([cols[:, 1:], np.full((len(idx), 1), rows.shape[1])], axis=1)
+            counts = (ends - cols).astype(np.float64)
+            l64, h64 = lo64[idx, None], hi64[idx, None]
+            centres = _key_centres(ukeys, l64, h64)
+            centre = np.minimum(np.maximum(0.0, l64), h64)
+            los = centre + factors * (l64 - centre)
+            his = centre + factors * (h64 - centre)
+            errors = _rows_squared_errors(centres, counts, los, his, options, prune=True)
+            best = np.argmin(errors, axis=1)  # the first (widest) of equal errors
+            at = np.arange(len(idx))
+            found = np.isfinite(errors[at, best])
+            pick = idx[found]
+            out[pick, 0] = los[at, best][found]
+            out[pick, 1] = his[at, best][found]
+        return out
 
 
 @register_statistic

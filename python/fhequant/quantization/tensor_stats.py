@@ -132,6 +132,21 @@ class TensorStatistic:
         """The accumulated state as JSON-ready numbers."""
         raise NotImplementedError
 
+    @classmethod
+    def row_ranges(
+        cls, rows: np.ndarray, options: QuantizationOptions | None = None, **params: Any
+    ) -> np.ndarray:
+        """The range of each row of a 2-D array, as if one statistic (with ``params``) were
+        made per row, updated with the row and finalized with ``options``: shape (rows, 2),
+        in the rows' dtype. Per-channel weights use it; a statistic may override it with a
+        vectorised search giving the same ranges (this default loops over the rows)."""
+        out = np.empty((rows.shape[0], 2), dtype=rows.dtype)
+        for i, row in enumerate(rows):
+            stat = cls(n_total=row.size, **params)
+            stat.update(row)
+            out[i] = stat.finalize(options)
+        return out
+
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`dump_state` wrote."""
         raise NotImplementedError
@@ -233,6 +248,12 @@ class StatisticSpec:
         """Whether the statistic may choose weight ranges."""
         return STATISTICS[self.name].for_weights
 
+    def row_ranges(
+        self, rows: np.ndarray, options: QuantizationOptions | None = None
+    ) -> np.ndarray:
+        """The range of each row of ``rows`` (see :meth:`TensorStatistic.row_ranges`)."""
+        return STATISTICS[self.name].row_ranges(rows, options, **self.params)
+
 
 def make_statistic(name: str, n_total: int | None = None, **params: Any) -> TensorStatistic:
     """A new statistic of the registered ``name``.
@@ -294,6 +315,14 @@ class MinMaxStatistic(TensorStatistic):
 
     def finalize(self, options: QuantizationOptions | None = None) -> np.ndarray:
         return self._ends(self.lo, self.hi)
+
+    @classmethod
+    def row_ranges(
+        cls, rows: np.ndarray, options: QuantizationOptions | None = None, **params: Any
+    ) -> np.ndarray:
+        if rows.shape[1] == 0:
+            raise QuantizationError("the minmax statistic has seen no value in a row")
+        return np.stack([rows.min(axis=1), rows.max(axis=1)], axis=1)
 
     def dump_state(self) -> dict[str, Any]:
         return {

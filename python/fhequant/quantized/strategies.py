@@ -13,6 +13,7 @@ import numpy as np
 
 from fhequant.errors import DTypeError
 from fhequant.quantization import (
+    STABILITY_CONST,
     QuantizationOptions,
     QuantizedArray,
     StatisticSpec,
@@ -61,27 +62,46 @@ def process_initializer_ptq(n_bits: int, values: Any) -> Any:
 
 
 def per_channel_weights(
-    n_bits: int, weights: np.ndarray, method: StatisticSpec, axis: int
+    n_bits: int,
+    weights: np.ndarray,
+    method: StatisticSpec,
+    axis: int,
+    asymmetric: bool = False,
 ) -> QuantizedArray:
-    """Symmetric per-output-channel weights: channel ``o`` (along ``axis``) has the scale
-    ``max(|lo_o|, |hi_o|) / (2^(n-1) - 1)`` of the range ``method`` chooses for its values
-    (zero point 0, signed); the scale has the weights' rank with size 1 off ``axis``, the
-    layout the linear ops rescale with (docs/contract.md §3.1, §3.2)."""
-    options = QuantizationOptions(n_bits, is_signed=True, is_symmetric=True)
+    """Per-output-channel weights (along ``axis``), from the range ``[lo_o, hi_o]``
+    ``method`` chooses for channel ``o``'s values:
+
+    * symmetric: scale ``max(|lo_o|, |hi_o|) / (2^(n-1) - 1)``, zero point 0, signed;
+    * asymmetric: unsigned, the range widened to hold 0, scale ``(hi_o - lo_o) / (2^n - 1)``
+      and zero point ``rint(-lo_o / scale)`` (in [0, 2^n - 1]; a channel of zeros: scale 1,
+      zero point 0).
+
+    The scale (and zero point) have the weights' rank with size 1 off ``axis``, the layout
+    the linear ops rescale with (docs/contract.md §3.1, §3.2)."""
+    options = QuantizationOptions(n_bits, is_signed=not asymmetric, is_symmetric=not asymmetric)
     moved = np.moveaxis(weights, axis, 0).reshape(weights.shape[axis], -1)
-    amax = np.empty(moved.shape[0], dtype=np.float64)
-    for o, row in enumerate(moved):
-        stat = method.make(row.size)
-        stat.update(row)
-        lo, hi = stat.finalize(options)
-        amax[o] = max(abs(float(lo)), abs(float(hi)))
-    levels = 2 ** (n_bits - 1) - 1
-    scale = np.where(amax > 0, amax / levels, 1.0)
+    ranges = method.row_ranges(moved, options).astype(np.float64)  # one search, all channels
     shape = [1] * weights.ndim
     shape[axis] = weights.shape[axis]
-    params = UniformQuantizationParameters(
-        scale=scale.reshape(shape), zero_point=0, offset=2 ** (n_bits - 1)
-    )
+    if asymmetric:
+        lo, hi = np.minimum(ranges[:, 0], 0.0), np.maximum(ranges[:, 1], 0.0)
+        delta = hi - lo
+        wide = delta >= STABILITY_CONST
+        scale = np.where(wide, delta / (2**n_bits - 1), 1.0)
+        numerator = -lo * (2**n_bits - 1)
+        zero_point = np.where(wide, np.rint(numerator / np.where(wide, delta, 1.0)), 0.0)
+        params = UniformQuantizationParameters(
+            scale=scale.reshape(shape),
+            zero_point=zero_point.astype(np.int64).reshape(shape),
+            offset=0,
+        )
+    else:
+        amax = np.maximum(np.abs(ranges[:, 0]), np.abs(ranges[:, 1]))
+        levels = 2 ** (n_bits - 1) - 1
+        scale = np.where(amax > 0, amax / levels, 1.0)
+        params = UniformQuantizationParameters(
+            scale=scale.reshape(shape), zero_point=0, offset=2 ** (n_bits - 1)
+        )
     return QuantizedArray(
         n_bits,
         weights,
@@ -93,7 +113,11 @@ def per_channel_weights(
 
 
 def process_weights_ptq(
-    n_bits: int, values: Any, method: StatisticSpec, channel_axis: int | None = None
+    n_bits: int,
+    values: Any,
+    method: StatisticSpec,
+    channel_axis: int | None = None,
+    asymmetric: bool = False,
 ) -> Any:
     """Quantize PTQ weights with the range a calibration statistic chooses.
 
@@ -107,6 +131,7 @@ def process_weights_ptq(
         values: the weights (floats; anything else goes to process_initializer_ptq).
         method: the statistic.
         channel_axis: the output-channel axis for per-channel weights.
+        asymmetric: per-channel zero points as well as scales.
 
     Returns:
         The QuantizedArray (values outside the range are clipped by the quantizer).
@@ -118,7 +143,7 @@ def process_weights_ptq(
     if weights.dtype == np.bool_ or weights.size == 0:
         return plain
     if channel_axis is not None and n_bits >= 2:
-        return per_channel_weights(n_bits, weights, method, channel_axis)
+        return per_channel_weights(n_bits, weights, method, channel_axis, asymmetric)
     options = plain.quantizer.quant_options
     stat = method.make(weights.size)
     stat.update(weights)
@@ -172,10 +197,16 @@ class QuantizationStrategy:
         raise NotImplementedError
 
     def process_weights(
-        self, values: Any, name: str, method: StatisticSpec, channel_axis: int | None = None
+        self,
+        values: Any,
+        name: str,
+        method: StatisticSpec,
+        channel_axis: int | None = None,
+        asymmetric: bool = False,
     ) -> Any:
         """Quantize the weights of a Gemm/MatMul/Conv with the range ``method`` chooses
-        (per output channel along ``channel_axis`` when given)."""
+        (per output channel along ``channel_axis`` when given, with per-channel zero points
+        when ``asymmetric``)."""
         raise NotImplementedError
 
 
@@ -195,12 +226,17 @@ class PTQStrategy(QuantizationStrategy):
         return process_initializer_ptq(self.bits.op_weights, values)
 
     def process_weights(
-        self, values: Any, name: str, method: StatisticSpec, channel_axis: int | None = None
+        self,
+        values: Any,
+        name: str,
+        method: StatisticSpec,
+        channel_axis: int | None = None,
+        asymmetric: bool = False,
     ) -> Any:
         """process_initializer with the weight range of ``method``."""
         if isinstance(values, QuantizedArray):
             return values
-        return process_weights_ptq(self.bits.op_weights, values, method, channel_axis)
+        return process_weights_ptq(self.bits.op_weights, values, method, channel_axis, asymmetric)
 
 
 class QATImportStrategy(QuantizationStrategy):

@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use crate::error::Error;
 use crate::kernels::quant::dequantize::{dequantize_into, QInt};
 use crate::kernels::quant::float::{Cast, Real};
+use crate::kernels::quant::mse::clip_errors as mse_clip_errors_kernel;
 use crate::kernels::quant::quantize::{quantize_into, Prec, QuantSpec};
 use crate::kernels::quant::reduce::min_max as min_max_kernel;
 use crate::kernels::quant::table::{lookup, presence, Index};
@@ -403,7 +404,33 @@ fn int_lookup<'py>(
     }
 }
 
+/// The weighted squared error (rows, candidates) of quantizing each row of `values` with
+/// each candidate scale and zero point of its row (float64, 2-D; with `prune`, candidates
+/// that cannot be a row's first least error may be +inf; see
+/// `kernels::quant::mse::clip_errors`).
+#[pyfunction]
+#[pyo3(signature = (values, weights, scale, zero_point, qlo, qhi, prune=false))]
+#[allow(clippy::too_many_arguments)]
+fn mse_clip_errors<'py>(
+    py: Python<'py>,
+    values: numpy::PyReadonlyArray2<'py, f64>,
+    weights: numpy::PyReadonlyArray2<'py, f64>,
+    scale: numpy::PyReadonlyArray2<'py, f64>,
+    zero_point: numpy::PyReadonlyArray2<'py, f64>,
+    qlo: f64,
+    qhi: f64,
+    prune: bool,
+) -> PyResult<Bound<'py, numpy::PyArray2<f64>>> {
+    let (v, w) = (values.as_array(), weights.as_array());
+    let (s, z) = (scale.as_array(), zero_point.as_array());
+    let mut out = ndarray::Array2::<f64>::zeros(s.dim());
+    py.detach(|| mse_clip_errors_kernel(v, w, s, z, qlo, qhi, prune, out.view_mut()))
+        .map_err(|e| to_pyerr(py, e, None))?;
+    Ok(numpy::IntoPyArray::into_pyarray(out, py))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(mse_clip_errors, m)?)?;
     m.add_function(wrap_pyfunction!(int_presence, m)?)?;
     m.add_function(wrap_pyfunction!(int_lookup, m)?)?;
     m.add_function(wrap_pyfunction!(quantize, m)?)?;

@@ -6,14 +6,16 @@ Forms (``None`` or ``"minmax"`` is the default and leaves every integer as it wa
   statistic, :mod:`fhequant.quantization.tensor_stats`);
 * a method with parameters: ``{"method": "percentile", "percentile": 99.9}`` or a
   :class:`~fhequant.quantization.StatisticSpec`;
-* per kind and per op: ``{"activations": M, "weights": M, "per_channel": bool,
+* per kind and per op: ``{"activations": M, "weights": M, "per_channel": bool or mode,
   "bias_correction": bool, "ops": {"node name": M or {"activations": M, ...}}}``; an op's
   entry overrides the model's for the keys it names.
 
-``per_channel``: Gemm / MatMul / Conv weights quantized symmetrically per output channel
-(the weight statistic, min/max by default, chooses each channel's range); the linear ops
-already rescale by a per-channel weight scale (as for Brevitas per-channel weights), so the
-rescale folds into the output table lookup and the PBS count does not change.
+``per_channel``: Gemm / MatMul / Conv weights quantized per output channel (the weight
+statistic, min/max by default, chooses each channel's range): ``True`` or ``"symmetric"``,
+one scale per channel (zero point 0); ``"asymmetric"``, one scale and one zero point per
+channel. The linear ops already rescale by a per-channel weight scale (as for Brevitas
+per-channel weights) and subtract per-channel zero points from the constant weight integers,
+so the rescale folds into the output table lookup and the PBS count does not change.
 ``bias_correction``: the bias of a Gemm / MatMul / Conv absorbs the mean output shift that
 weight quantization causes, ``(W - dequant(Wq)) · E[x]`` with ``E[x]`` the mean of the op's
 quantized calibration input (exact integer sums: the same for any batch split).
@@ -38,6 +40,7 @@ from fhequant.errors import CalibrationConfigError, FhequantError
 from fhequant.quantization.tensor_stats import STATISTICS, StatisticSpec, make_statistic
 
 __all__ = [
+    "PER_CHANNEL_MODES",
     "WEIGHT_OPS",
     "CalibrationPlan",
     "OpCalibration",
@@ -57,11 +60,12 @@ _T = TypeVar("_T")
 @dataclass(frozen=True)
 class OpCalibration:
     """The statistics of one op: of its output and of its weights (None: min/max), whether
-    its weights are quantized per output channel and whether its bias is corrected."""
+    its weights are quantized per output channel (False, "symmetric" or "asymmetric") and
+    whether its bias is corrected."""
 
     activations: StatisticSpec | None = None
     weights: StatisticSpec | None = None
-    per_channel: bool = False
+    per_channel: bool | str = False
     bias_correction: bool = False
 
 
@@ -113,6 +117,24 @@ def parse_method(spec: Any, where: str) -> StatisticSpec | None:
     return None if method.name == "minmax" and not method.params else method
 
 
+#: The values ``per_channel`` takes, and what each resolves to.
+PER_CHANNEL_MODES: dict[Any, Any] = {
+    False: False,
+    True: "symmetric",
+    "symmetric": "symmetric",
+    "asymmetric": "asymmetric",
+}
+
+
+def _per_channel(value: Any, where: str) -> Any:
+    """False, "symmetric" or "asymmetric" (True is "symmetric")."""
+    if isinstance(value, bool) or (isinstance(value, str) and value in PER_CHANNEL_MODES):
+        return PER_CHANNEL_MODES[value]
+    raise CalibrationConfigError(
+        f"{where} must be a bool, 'symmetric' or 'asymmetric' (True is 'symmetric'), got {value!r}"
+    )
+
+
 def _parse_op(spec: Any, base: OpCalibration, where: str) -> OpCalibration:
     """One op's (or the model's) statistics; kinds it does not name come from ``base``."""
     if isinstance(spec, Mapping) and "method" not in spec:
@@ -122,12 +144,15 @@ def _parse_op(spec: Any, base: OpCalibration, where: str) -> OpCalibration:
                 f"{where}: unknown key(s) {unknown}; use 'activations', 'weights', "
                 "'per_channel', 'bias_correction' (or 'method' with its parameters)"
             )
-        flags = {}
+        flags: dict[str, Any] = {}
         for flag in _FLAGS:
             value = spec.get(flag, getattr(base, flag))
-            if not isinstance(value, bool):
+            if flag == "per_channel":
+                flags[flag] = _per_channel(value, f"{where}['per_channel']")
+            elif not isinstance(value, bool):
                 raise CalibrationConfigError(f"{where}['{flag}'] must be a bool, got {value!r}")
-            flags[flag] = value
+            else:
+                flags[flag] = value
         activations = (
             parse_method(spec["activations"], f"{where}['activations']")
             if "activations" in spec

@@ -355,7 +355,11 @@ class ModuleCalibrator:
             weights = self._weight_method(node, idx) if cls.must_quantize_input(idx) else None
             if weights is not None:
                 constants[idx] = strategy.process_weights(
-                    value, name, weights, self._channel_axis(node, np.ndim(value))
+                    value,
+                    name,
+                    weights,
+                    self._channel_axis(node, np.ndim(value)),
+                    asymmetric=self.plan.for_op(node.name).per_channel == "asymmetric",
                 )
             elif cls.must_quantize_input(idx):
                 constants[idx] = strategy.process_initializer(value, name)

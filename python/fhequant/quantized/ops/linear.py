@@ -56,14 +56,35 @@ def _check_bias_scale(op: QuantizedMixingOp, q_bias: QuantizedArray, m: Any) -> 
         )
 
 
+def _gemm_weight_layout(value: Any, rank: int, trans_b: Any) -> Any:
+    """A weight scale or zero point laid out like the (transposed) weights: a
+    per-output-channel value of torch's (O, 1) Linear layout becomes (1, O) under transB (a
+    scalar stays a scalar)."""
+    if np.ndim(value) == 0:
+        return value
+    value = np.asarray(value).reshape((1,) * (rank - np.ndim(value)) + np.shape(value))
+    return np.swapaxes(value, -1, -2) if trans_b else value
+
+
 def _gemm_weight_scale(q_w: QuantizedArray, rank: int, trans_b: Any) -> Any:
-    """The weight scale laid out like the (transposed) weights: a per-output-channel scale
-    of torch's (O, 1) Linear layout becomes (1, O) under transB (a scalar stays a scalar)."""
-    s_w = q_w.quantizer.scale
-    if np.ndim(s_w) == 0:
-        return s_w
-    s_w = np.asarray(s_w).reshape((1,) * (rank - np.ndim(s_w)) + np.shape(s_w))
-    return np.swapaxes(s_w, -1, -2) if trans_b else s_w
+    """The weight scale laid out like the (transposed) weights."""
+    return _gemm_weight_layout(q_w.quantizer.scale, rank, trans_b)
+
+
+def _centred_weights(op: QuantizedMixingOp, q: Any, z_w: Any) -> tuple[Any, Any]:
+    """(weight integers, zero point) for the integer matmul / conv: a scalar zero point is
+    kept (the kernels subtract it); per-channel zero points (asymmetric per-channel
+    weights, already in ``q``'s layout) are subtracted from the constant integers here, so
+    the accumulator is Σ q_x (q_w - z_w) with z_w = 0: the same integers, and worst-case
+    bounds taken on the centred weights."""
+    if np.ndim(z_w) == 0:
+        return q, z_w
+    z = np.asarray(z_w)
+    if not np.all(np.asarray(z, dtype=np.float64) == np.rint(np.asarray(z, dtype=np.float64))):
+        raise QuantizedOpError(
+            f"{op._label()}: per-channel weight zero points must be integers, got {z!r}"
+        )
+    return np.asarray(q, dtype=np.int64) - z.astype(np.int64), 0
 
 
 def _conv_weight_scale(q_w: QuantizedArray, layout: tuple[int, ...]) -> Any:
@@ -138,7 +159,8 @@ class QuantizedGemm(QuantizedMixingOp):
             return self._encrypted_gemm(a, b, q_x, q_w, q_bias, calibrate_rounding)
 
         z_x = q_x.quantizer.zero_point
-        z_w = q_w.quantizer.zero_point
+        z_w = _gemm_weight_layout(q_w.quantizer.zero_point, b.ndim, attrs.get("transB", 0))
+        b, z_w = _centred_weights(self, b, z_w)
         m = q_x.quantizer.scale * _gemm_weight_scale(q_w, b.ndim, attrs.get("transB", 0))
         p = b.shape[-2]
         ex = self.executor(a)
@@ -306,11 +328,13 @@ class QuantizedConv(QuantizedMixingOp):
                 f"{self._label()}: the input zero point must be a scalar, got an array of "
                 f"shape {np.shape(z_x)}; re-quantize the input"
             )
-        if np.ndim(z_w) != 0 or float(z_w) != int(z_w):
+        w = np.asarray(q_w.qvalues)
+        if np.ndim(z_w) != 0:  # per output channel: (O, 1, ...) like the scale
+            w, z_w = _centred_weights(self, w, np.reshape(z_w, (w.shape[0],) + (1,) * (w.ndim - 1)))
+        elif float(z_w) != int(z_w):
             raise QuantizedOpError(
                 f"{self._label()}: the weight zero point must be an integer, got {z_w!r}"
             )
-        w = np.asarray(q_w.qvalues)
         x = q_x.qvalues
         is_1d = w.ndim == 3
         strides, pads = self._geometry(w.ndim - 2)

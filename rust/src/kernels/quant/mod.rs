@@ -7,6 +7,7 @@
 
 pub mod dequantize;
 pub mod float;
+pub mod mse;
 pub mod quantize;
 pub mod reduce;
 pub mod table;
