@@ -346,9 +346,10 @@ fn copy_scan<T: Real>(src: &[T], dst: &mut [MaybeUninit<T>]) -> Acc<T> {
     src.chunks(BLOCK)
         .zip(dst.chunks_mut(BLOCK))
         .fold(Acc::new(), |acc, (s, d)| {
-            for (slot, &v) in d.iter_mut().zip(s) {
-                *slot = MaybeUninit::new(v);
-            }
+            let n = s.len().min(d.len());
+            // SAFETY: `s` and `d` hold at least `n` elements each, MaybeUninit<T> has the
+            // layout of T, and a fresh output never overlaps its source.
+            unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), d.as_mut_ptr().cast::<T>(), n) };
             acc.merge(Acc::scan(s))
         })
 }
