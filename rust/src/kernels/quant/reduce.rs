@@ -142,6 +142,8 @@ mod avx2 {
     use std::any::TypeId;
     use std::arch::x86_64::*;
 
+    use std::mem::MaybeUninit;
+
     use super::{Acc, Real};
 
     /// What the vector lanes found; `done` elements were scanned (a multiple of the unroll).
@@ -160,28 +162,73 @@ mod avx2 {
         if !std::is_x86_feature_detected!("avx2") {
             return None;
         }
-        let lanes = if TypeId::of::<T>() == TypeId::of::<f64>() {
+        // SAFETY: the CPU supports AVX2 (checked above); no copy, so no destination.
+        let lanes = unsafe { lanes::<T, false>(xs, std::ptr::null_mut()) }?;
+        Some(xs[lanes.done..].iter().fold(lanes.acc, |a, &v| a.push(v)))
+    }
+
+    /// [`scan`] while copying `xs` into `dst` (same length) with non-temporal stores, in
+    /// one loop: the scan hides under the memory traffic of the copy, and the copy neither
+    /// reads the destination first nor evicts the cache. None as for [`scan`].
+    pub(super) fn copy_scan<T: Real>(xs: &[T], dst: &mut [MaybeUninit<T>]) -> Option<Acc<T>> {
+        if !std::is_x86_feature_detected!("avx2") || xs.len() != dst.len() {
+            return None;
+        }
+        // Scalar head until the destination is 32-byte aligned (the streaming stores need it).
+        let head = dst.as_ptr().align_offset(32).min(xs.len());
+        let mut acc = Acc::new();
+        for (slot, &v) in dst[..head].iter_mut().zip(&xs[..head]) {
+            *slot = MaybeUninit::new(v);
+            acc = acc.push(v);
+        }
+        let (body, out) = (&xs[head..], &mut dst[head..]);
+        // SAFETY: AVX2 is present (checked above); `out` holds body.len() elements and starts
+        // 32-byte aligned, as `lanes` requires of a destination.
+        let lanes = unsafe { lanes::<T, true>(body, out.as_mut_ptr().cast::<T>()) }?;
+        for (slot, &v) in out[lanes.done..].iter_mut().zip(&body[lanes.done..]) {
+            *slot = MaybeUninit::new(v);
+        }
+        let tail = body[lanes.done..].iter().fold(lanes.acc, |a, &v| a.push(v));
+        Some(acc.merge(tail))
+    }
+
+    /// What the vector loop found, and how many leading elements it covered.
+    struct Scanned<T> {
+        acc: Acc<T>,
+        done: usize,
+    }
+
+    /// The AVX2 loop for `T` = f32 or f64 (None for any other `T`); with `COPY`, the first
+    /// `done` elements are also streamed to `dst`.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2; with `COPY`, `dst` is 32-byte aligned and valid for writes of
+    /// `xs.len()` elements of `T`.
+    unsafe fn lanes<T: Real, const COPY: bool>(xs: &[T], dst: *mut T) -> Option<Scanned<T>> {
+        let found = if TypeId::of::<T>() == TypeId::of::<f64>() {
             // SAFETY: T is f64 (checked just above): the same memory read as f64.
             let xs = unsafe { std::slice::from_raw_parts(xs.as_ptr().cast::<f64>(), xs.len()) };
-            // SAFETY: the CPU supports AVX2 (checked above).
-            unsafe { lanes_f64(xs) }
+            // SAFETY: forwarded from the caller.
+            unsafe { lanes_f64::<COPY>(xs, dst.cast::<f64>()) }
         } else if TypeId::of::<T>() == TypeId::of::<f32>() {
             // SAFETY: T is f32 (checked just above).
             let xs = unsafe { std::slice::from_raw_parts(xs.as_ptr().cast::<f32>(), xs.len()) };
-            // SAFETY: the CPU supports AVX2 (checked above).
-            unsafe { lanes_f32(xs) }
+            // SAFETY: forwarded from the caller.
+            unsafe { lanes_f32::<COPY>(xs, dst.cast::<f32>()) }
         } else {
             return None;
         };
         // The lane extrema are values of `xs` (or ±inf), so narrowing them back is exact.
-        let acc = Acc {
-            min: T::from_f64(lanes.min),
-            max: T::from_f64(lanes.max),
-            bad: lanes.bad,
-            pos_zero: lanes.pos_zero,
-            neg_zero: lanes.neg_zero,
-        };
-        Some(xs[lanes.done..].iter().fold(acc, |a, &v| a.push(v)))
+        Some(Scanned {
+            acc: Acc {
+                min: T::from_f64(found.min),
+                max: T::from_f64(found.max),
+                bad: found.bad,
+                pos_zero: found.pos_zero,
+                neg_zero: found.neg_zero,
+            },
+            done: found.done,
+        })
     }
 
     /// Scalar merge of the lanes of a min and a max vector (stored as f64).
@@ -198,8 +245,10 @@ mod avx2 {
     /// Four independent vectors per step, so no dependency chain limits the loop.
     const U: usize = 4;
 
+    /// # Safety
+    /// As for [`lanes`].
     #[target_feature(enable = "avx2")]
-    unsafe fn lanes_f64(xs: &[f64]) -> Lanes {
+    unsafe fn lanes_f64<const COPY: bool>(xs: &[f64], dst: *mut f64) -> Lanes {
         const V: usize = 4;
         let done = xs.len() / (V * U) * (V * U);
         let mut mn = [_mm256_set1_pd(f64::INFINITY); U];
@@ -213,6 +262,12 @@ mod avx2 {
             for k in 0..U {
                 // SAFETY: `step` holds V * U elements, so k * V + 3 is in bounds.
                 let v = unsafe { _mm256_loadu_pd(step.as_ptr().add(k * V)) };
+                if COPY {
+                    let at = step.as_ptr().offset_from(xs.as_ptr()) as usize + k * V;
+                    // SAFETY: `at` + V <= done <= xs.len(), and `dst` + at is 32-byte aligned
+                    // (`dst` is, and `at` is a multiple of V elements, 32 bytes).
+                    unsafe { _mm256_stream_pd(dst.add(at), v) };
+                }
                 mn[k] = _mm256_min_pd(v, mn[k]);
                 mx[k] = _mm256_max_pd(v, mx[k]);
                 nf[k] = _mm256_add_pd(nf[k], _mm256_sub_pd(v, v));
@@ -220,6 +275,9 @@ mod avx2 {
                 pz[k] = _mm256_or_si256(pz[k], _mm256_cmpeq_epi64(bits, zero));
                 nz[k] = _mm256_or_si256(nz[k], _mm256_cmpeq_epi64(bits, sign));
             }
+        }
+        if COPY {
+            _mm_sfence(); // order the streaming stores before the caller's next writes
         }
         let mut mins = [0.0f64; V * U];
         let mut maxs = [0.0f64; V * U];
@@ -246,8 +304,10 @@ mod avx2 {
         }
     }
 
+    /// # Safety
+    /// As for [`lanes`].
     #[target_feature(enable = "avx2")]
-    unsafe fn lanes_f32(xs: &[f32]) -> Lanes {
+    unsafe fn lanes_f32<const COPY: bool>(xs: &[f32], dst: *mut f32) -> Lanes {
         const V: usize = 8;
         let done = xs.len() / (V * U) * (V * U);
         let mut mn = [_mm256_set1_ps(f32::INFINITY); U];
@@ -261,6 +321,12 @@ mod avx2 {
             for k in 0..U {
                 // SAFETY: `step` holds V * U elements, so k * V + 7 is in bounds.
                 let v = unsafe { _mm256_loadu_ps(step.as_ptr().add(k * V)) };
+                if COPY {
+                    let at = step.as_ptr().offset_from(xs.as_ptr()) as usize + k * V;
+                    // SAFETY: `at` + V <= done <= xs.len(), and `dst` + at is 32-byte aligned
+                    // (`dst` is, and `at` is a multiple of V elements, 32 bytes).
+                    unsafe { _mm256_stream_ps(dst.add(at), v) };
+                }
                 mn[k] = _mm256_min_ps(v, mn[k]);
                 mx[k] = _mm256_max_ps(v, mx[k]);
                 nf[k] = _mm256_add_ps(nf[k], _mm256_sub_ps(v, v));
@@ -268,6 +334,9 @@ mod avx2 {
                 pz[k] = _mm256_or_si256(pz[k], _mm256_cmpeq_epi32(bits, zero));
                 nz[k] = _mm256_or_si256(nz[k], _mm256_cmpeq_epi32(bits, sign));
             }
+        }
+        if COPY {
+            _mm_sfence(); // order the streaming stores before the caller's next writes
         }
         let mut mins = [0.0f32; V * U];
         let mut maxs = [0.0f32; V * U];
@@ -343,6 +412,10 @@ const BLOCK: usize = 2048;
 
 /// Copy `src` into `dst` (same length) and scan it, block by block.
 fn copy_scan<T: Real>(src: &[T], dst: &mut [MaybeUninit<T>]) -> Acc<T> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(acc) = avx2::copy_scan(src, dst) {
+        return acc;
+    }
     src.chunks(BLOCK)
         .zip(dst.chunks_mut(BLOCK))
         .fold(Acc::new(), |acc, (s, d)| {
@@ -509,5 +582,26 @@ mod tests {
             copy_min_max(a.view().into_dyn(), &mut out),
             Err(Error::InvalidArgument(_))
         ));
+    }
+
+    #[test]
+    fn copy_min_max_any_destination_alignment() {
+        // The streaming copy starts at a 32-byte boundary: every misalignment of the
+        // destination must still give an exact copy and the same extrema.
+        for n in [5usize, 31, 32, 33, 100, 1000] {
+            let v: Vec<f32> = (0..n).map(|i| ((i * 37) % 101) as f32 - 50.25).collect();
+            let a = arr1(&v).into_dyn();
+            for shift in 0..8 {
+                let mut buf = vec![MaybeUninit::new(0.0f32); n + 8];
+                let got = copy_min_max(a.view(), &mut buf[shift..shift + n]).unwrap();
+                // SAFETY: every slot was initialized when `buf` was built.
+                let out: Vec<f32> = buf[shift..shift + n]
+                    .iter()
+                    .map(|x| unsafe { x.assume_init() })
+                    .collect();
+                assert_eq!(out, v, "n={n} shift={shift}");
+                assert_eq!(got, min_max(a.view()).unwrap(), "n={n} shift={shift}");
+            }
+        }
     }
 }
