@@ -10,6 +10,9 @@ Prints ONE JSON object. For 10M float64 and 10M float32 values it times, in the 
   quantizer classes are present (construction alternated with the copy); the qvalues and the
   unique values are computed on first read, so ``qa_construction_and_qvalues`` also times
   the first ``.qvalues``;
+* ``kernels_copy_min_max``: the copy and the min/max scan in one read of the data, the
+  first pass of ``QuantizedArray(8, x)`` (alternated with the copy), and
+  ``kernels_copy_and_min_max`` the two done one after the other;
 * ``numpy_dequant`` / ``kernels_dequant``: the dequant formula alone.
 Times are the best of ``--repeat`` runs, in seconds. Run after ``maturin develop -r``.
 """
@@ -92,11 +95,15 @@ def bench(x: np.ndarray, repeat: int) -> dict[str, Any]:
         "numpy_construction": best(lambda: numpy_construction(x), max(2, repeat // 2)),
         "kernels_construction": best(lambda: kernels_construction(x), repeat),
         "kernels_min_max": best(lambda: kern.min_max(x), repeat),
+        "kernels_copy_and_min_max": best(lambda: (x.copy(), kern.min_max(x)), repeat),
         "kernels_rounded_unique": best(lambda: kern.rounded_unique(x), repeat),
         "kernels_quantize": best(lambda: kern.quantize(x, scale, zp, 0, 255), repeat),
         "numpy_dequant": best(lambda: kern.dequantize_reference(q_k, scale, zp), repeat),
         "kernels_dequant": best(lambda: kern.dequantize(q_k, scale, zp), repeat),
     }
+    copy_t, fused_t = alternating([x.copy, lambda: kern.copy_min_max(x)], repeat)
+    out["copy"] = min(out["copy"], copy_t)
+    out["kernels_copy_min_max"] = fused_t
     qa_cls = quantized_array_class()
     if qa_cls is not None:
         qa = qa_cls(N_BITS, x)
@@ -113,6 +120,8 @@ def bench(x: np.ndarray, repeat: int) -> dict[str, Any]:
         "numpy_over_kernels_construction": out["numpy_construction"] / out["kernels_construction"],
         "kernels_construction_over_copy": out["kernels_construction"] / copy,
         "kernels_dequant_over_copy": out["kernels_dequant"] / copy,
+        "kernels_copy_min_max_over_copy": out["kernels_copy_min_max"] / copy,
+        "kernels_copy_and_min_max_over_copy": out["kernels_copy_and_min_max"] / copy,
         "numpy_dequant_over_kernels_dequant": out["numpy_dequant"] / out["kernels_dequant"],
     }
     if qa_cls is not None:

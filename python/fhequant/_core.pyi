@@ -11,6 +11,7 @@ __all__ = [
     "_raise_kernel_error",
     "conv2d_extremes_f64",
     "conv2d_f64_sequential",
+    "copy_min_max",
     "dequantize",
     "int_bit_width",
     "int_conv2d",
@@ -55,6 +56,9 @@ def quantize(
 ) -> NDArray[Any]: ...
 def dequantize(q: NDArray[Any], scale: float, zero_point: float) -> NDArray[np.float64]: ...
 def min_max(values: NDArray[Any], name: str = "values") -> tuple[float, float, bool, bool]: ...
+def copy_min_max(
+    values: NDArray[Any], name: str = "values"
+) -> tuple[NDArray[Any], float, float, bool, bool] | None: ...
 def rounded_unique(values: NDArray[Any]) -> NDArray[Any] | None: ...
 def mse_clip_errors(
     values: NDArray[np.float64],

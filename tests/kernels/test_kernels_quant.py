@@ -426,3 +426,71 @@ def test_int_lookup_writes_into_out() -> None:
     for bad in (np.empty((4,), dtype=np.int64), np.empty((2, 2), dtype=np.int64, order="F")):
         with pytest.raises(QuantizationError, match="C-contiguous array of q's shape"):
             _core.int_lookup(q, 1, table, bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=float_arrays())
+def test_copy_min_max_is_a_deep_copy_and_min_max(values: np.ndarray) -> None:
+    """One read (copy + scan) gives numpy's deep copy and min_max, or min_max's error."""
+    fused_applies = values.size > 0 and (values.flags.c_contiguous or values.flags.f_contiguous)
+    try:
+        want = kern.min_max_reference(values, "x")
+    except (EmptyTensorError, NonFiniteError) as err:
+        if not fused_applies:
+            assert kern.copy_min_max(values, "x") is None
+            return
+        with pytest.raises(type(err)) as got:
+            kern.copy_min_max(values, "x")
+        assert str(got.value).startswith("x: ")
+        index = str(err).split("flat index ")[1].split(";")[0]
+        assert f"at flat index {index};" in str(got.value)
+        return
+    fused = kern.copy_min_max(values, "x")
+    if not fused_applies:
+        assert fused is None
+        return
+    assert fused is not None
+    copy, lo, hi = fused
+    deep = values.copy(order="K")
+    assert_same(copy, deep)
+    assert copy.flags.c_contiguous == deep.flags.c_contiguous
+    assert copy.flags.f_contiguous == deep.flags.f_contiguous
+    assert copy.flags.writeable and copy.flags.owndata
+    assert not np.shares_memory(copy, values)
+    assert_same(lo, want[0])
+    assert_same(hi, want[1])
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_copy_min_max_large_arrays_and_layouts(dtype: Any) -> None:
+    rng = np.random.default_rng(15)
+    x = rng.normal(size=(700, 300)).astype(dtype)  # several parallel chunks
+    x[123, 45] = dtype(-7.5)
+    for arr in (x, np.asfortranarray(x), x.reshape(-1)):
+        copy, lo, hi = kern.copy_min_max(arr, "big")
+        assert_same(copy, arr.copy(order="K"))
+        assert copy.flags.f_contiguous == arr.flags.f_contiguous
+        assert_same(lo, arr.min()) and assert_same(hi, arr.max())
+    x[699, 299] = np.nan
+    with pytest.raises(NonFiniteError, match=r"^big: .*flat index 209999"):
+        kern.copy_min_max(np.asfortranarray(x), "big")
+    zeros = np.zeros(50_000, dtype)
+    zeros[rng.random(50_000) < 0.5] = -0.0
+    copy, lo, hi = kern.copy_min_max(zeros)
+    assert_same(lo, zeros.min()) and assert_same(hi, zeros.max())
+    assert copy.tobytes() == zeros.tobytes()
+
+
+def test_copy_min_max_declines_what_it_cannot_copy() -> None:
+    assert kern.copy_min_max(np.arange(10.0)[::2]) is None  # strided
+    assert kern.copy_min_max(np.arange(6, dtype=">f8")) is None  # byte-swapped
+    assert kern.copy_min_max(np.arange(6)) is None  # integers
+    assert kern.copy_min_max(np.zeros((3, 0))) is None  # empty: min_max raises
+    assert kern.copy_min_max([1.0, 2.0]) is None  # not an ndarray
+    # The binding itself: strided views give None, other dtypes a typed error, never a panic.
+    assert _core.copy_min_max(np.zeros((4, 6))[:, ::2]) is None
+    assert _core.copy_min_max(np.broadcast_to(np.float64(1.0), (3, 4))) is None
+    with pytest.raises(DTypeError, match=r"copy_min_max: .*float32 or float64"):
+        _core.copy_min_max(np.zeros(3, np.int32))
+    with pytest.raises(EmptyTensorError, match=r"^w: "):
+        _core.copy_min_max(np.zeros(0), "w")

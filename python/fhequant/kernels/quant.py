@@ -23,6 +23,7 @@ from fhequant.kernels.reference.quant import (
 )
 
 __all__ = [
+    "copy_min_max",
     "dequantize",
     "dequantize_reference",
     "min_max",
@@ -184,17 +185,38 @@ def dequantize(q: Any, scale: Any, zero_point: Any) -> Any:
     return dequantize_reference(q, scale, zero_point)
 
 
-def min_max(values: npt.NDArray[Any], name: str = "values") -> tuple[Any, Any]:
-    """Native ``min_max_reference`` (one pass) for float32/float64 arrays."""
-    if not _native(values, _FLOATS):
-        return min_max_reference(values, name)
-    lo, hi, lo_tie, hi_tie = _core.min_max(values, name)
+def _extremes(values: np.ndarray, found: tuple[float, float, bool, bool]) -> tuple[Any, Any]:
+    """(min, max) as numpy scalars of the data dtype from a native scan of ``values``."""
+    lo, hi, lo_tie, hi_tie = found
     # With both signs of zero present numpy's pick depends on positions: ask numpy.
     kind = values.dtype.type
     return (
         values.min() if lo_tie else kind(lo),
         values.max() if hi_tie else kind(hi),
     )
+
+
+def min_max(values: npt.NDArray[Any], name: str = "values") -> tuple[Any, Any]:
+    """Native ``min_max_reference`` (one pass) for float32/float64 arrays."""
+    if not _native(values, _FLOATS):
+        return min_max_reference(values, name)
+    return _extremes(values, _core.min_max(values, name))
+
+
+def copy_min_max(values: Any, name: str = "values") -> tuple[np.ndarray, Any, Any] | None:
+    """``(copy.deepcopy(values), *min_max(values, name))`` in one read of the data.
+
+    For float32/float64 arrays contiguous in C or Fortran order: the copy has the dtype,
+    shape and memory order numpy's deep copy gives, the extrema and errors are those of
+    :func:`min_max`. Returns None for any other input (copy and scan it separately).
+    """
+    if not _native(values, _FLOATS) or not (values.flags.c_contiguous or values.flags.f_contiguous):
+        return None
+    fused = _core.copy_min_max(values, name)
+    if fused is None:
+        return None
+    copy, lo, hi, lo_tie, hi_tie = fused
+    return (copy, *_extremes(values, (lo, hi, lo_tie, hi_tie)))
 
 
 def rounded_unique(values: npt.NDArray[Any]) -> npt.NDArray[Any]:

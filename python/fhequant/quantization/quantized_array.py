@@ -9,6 +9,7 @@ from typing import Any, cast
 import numpy as np
 
 from fhequant.errors import ArgumentError, DTypeError, SerializationError
+from fhequant.kernels import quant as _kernels
 from fhequant.quantization.domain import (
     check_explicit_params,
     check_explicit_stats,
@@ -142,7 +143,14 @@ class QuantizedArray(Serializable):
         if value_is_float:
             check_float_data(values, "QuantizedArray")
             owned = copy_values and isinstance(values, np.ndarray)
-            values = _copy_input(values, copy_values)
+            # the copy and the min/max scan in one read of the data when the kernel takes it
+            fused = (
+                _kernels.copy_min_max(values, "QuantizedArray values")
+                if owned and stats is None
+                else None
+            )
+            extremes = None if fused is None else fused[1:]
+            values = _copy_input(values, copy_values) if fused is None else fused[0]
             if isinstance(values, np.ndarray) and not np.issubdtype(values.dtype, np.floating):
                 raise DTypeError(
                     f"QuantizedArray: values of dtype {values.dtype} given with "
@@ -152,7 +160,7 @@ class QuantizedArray(Serializable):
             self._values = values
             if stats is None:
                 self.quantizer.compute_quantization_stats(
-                    values, "QuantizedArray values", lazy_unique=owned
+                    values, "QuantizedArray values", lazy_unique=owned, extremes=extremes
                 )
             if params is None:
                 self.quantizer.compute_quantization_parameters(options, self.quantizer.quant_stats)

@@ -174,11 +174,16 @@ class UniformQuantizer(Serializable):
         return self._options.is_equal(opts, ignore_sign_qat)
 
     def compute_quantization_stats(
-        self, values: np.ndarray, name: str = "values", lazy_unique: bool = False
+        self,
+        values: np.ndarray,
+        name: str = "values",
+        lazy_unique: bool = False,
+        extremes: tuple[Any, Any] | None = None,
     ) -> None:
         """Compute rmin, rmax and uvalues from calibration ``values`` (uvalues on first read
-        with ``lazy_unique``, see MinMaxQuantizationStats.compute_quantization_stats)."""
-        self._stats.compute_quantization_stats(values, name, lazy_unique)
+        with ``lazy_unique``, rmin/rmax given as ``extremes`` when already known, see
+        MinMaxQuantizationStats.compute_quantization_stats)."""
+        self._stats.compute_quantization_stats(values, name, lazy_unique, extremes)
 
     def snapshot(self) -> UniformQuantizer:
         """A quantizer with these options and parameters (the same objects, no statistics):

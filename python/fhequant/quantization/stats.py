@@ -120,7 +120,11 @@ class MinMaxQuantizationStats(Serializable):
         return f"MinMaxQuantizationStats(rmax={self.rmax!r}, rmin={self.rmin!r})"
 
     def compute_quantization_stats(
-        self, values: np.ndarray, name: str = "values", lazy_unique: bool = False
+        self,
+        values: np.ndarray,
+        name: str = "values",
+        lazy_unique: bool = False,
+        extremes: tuple[Any, Any] | None = None,
     ) -> None:
         """Set rmin/rmax (numpy scalars of the data dtype) and uvalues from ``values``.
 
@@ -129,6 +133,8 @@ class MinMaxQuantizationStats(Serializable):
             name: the tensor named in error messages.
             lazy_unique: compute uvalues on their first read instead of now; only for an
                 ndarray that nothing modifies before that read (a QuantizedArray's own copy).
+            extremes: ``kernels.quant.min_max(values, name)`` when the caller already has it
+                (a QuantizedArray scans its input while copying it).
 
         Raises:
             EmptyTensorError: ``values`` has no element (a ValueError).
@@ -136,7 +142,7 @@ class MinMaxQuantizationStats(Serializable):
         """
         check_float_data(values, name)
         values = np.asarray(values)
-        self.rmin, self.rmax = _kernels.min_max(values, name)
+        self.rmin, self.rmax = _kernels.min_max(values, name) if extremes is None else extremes
         if lazy_unique:
             self._uvalues = _LazyUnique(values)
         else:

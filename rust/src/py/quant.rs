@@ -14,7 +14,9 @@ use crate::kernels::quant::dequantize::{dequantize_into, QInt};
 use crate::kernels::quant::float::{Cast, Real};
 use crate::kernels::quant::mse::clip_errors as mse_clip_errors_kernel;
 use crate::kernels::quant::quantize::{quantize_into, Prec, QuantSpec};
-use crate::kernels::quant::reduce::min_max as min_max_kernel;
+use crate::kernels::quant::reduce::{
+    copy_min_max as copy_min_max_kernel, min_max as min_max_kernel,
+};
 use crate::kernels::quant::table::{lookup, presence, Index};
 use crate::kernels::quant::unique::rounded_unique as unique_kernel;
 use crate::py::errors::to_pyerr;
@@ -215,6 +217,65 @@ fn min_max(
         min_max_typed(py, a, name)
     } else {
         Err(wrong_dtype(py, "min_max", "float32 or float64", values))
+    }
+}
+
+type CopyMinMax<'py> = (Bound<'py, PyAny>, f64, f64, bool, bool);
+
+fn copy_min_max_typed<'py, T: Real + Element>(
+    py: Python<'py>,
+    values: &Bound<'py, PyArrayDyn<T>>,
+    name: &str,
+) -> PyResult<Option<CopyMinMax<'py>>> {
+    let guard = borrow(values)?;
+    let view = guard.as_array();
+    let fortran = if view.is_standard_layout() {
+        false
+    } else if view.t().is_standard_layout() {
+        true
+    } else {
+        return Ok(None); // not contiguous: the caller copies with numpy
+    };
+    // SAFETY: the array is only reached through the view below until the kernel has written
+    // every element; on a kernel error it is dropped without being read.
+    let copy = unsafe { PyArrayDyn::<T>::new(py, view.shape(), fortran) };
+    let mut dst = uninit_view(&copy);
+    let Some(slots) = dst.as_slice_memory_order_mut() else {
+        return Ok(None);
+    };
+    let mm = py
+        .detach(|| copy_min_max_kernel(view, slots))
+        .map_err(|e| to_pyerr(py, e, Some(name)))?;
+    Ok(Some((
+        copy.into_any(),
+        mm.min.to_f64(),
+        mm.max.to_f64(),
+        mm.min_zero_tie,
+        mm.max_zero_tie,
+    )))
+}
+
+/// `(copy, min, max, min_zero_tie, max_zero_tie)`: a copy of a contiguous float32/float64
+/// array in its own memory order (C or Fortran) with the result of `min_max`, in one read
+/// of the data; None when the array is not contiguous. Raises like `min_max`.
+#[pyfunction]
+#[pyo3(signature = (values, name="values"))]
+fn copy_min_max<'py>(
+    py: Python<'py>,
+    values: &Bound<'py, PyAny>,
+    name: &str,
+) -> PyResult<Option<CopyMinMax<'py>>> {
+    if let Ok(a) = values.cast::<PyArrayDyn<f32>>() {
+        copy_min_max_typed(py, a, name)
+    } else if let Ok(a) = values.cast::<PyArrayDyn<f64>>() {
+        copy_min_max_typed(py, a, name)
+    } else {
+        Err(wrong_dtype(
+            py,
+            "copy_min_max",
+            "float32 or float64",
+            values,
+        ))
     }
 }
 
@@ -436,6 +497,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(min_max, m)?)?;
+    m.add_function(wrap_pyfunction!(copy_min_max, m)?)?;
     m.add_function(wrap_pyfunction!(rounded_unique, m)?)?;
     Ok(())
 }

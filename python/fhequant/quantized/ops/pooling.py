@@ -113,6 +113,23 @@ def _scalar_zp(op: QuantizedOp, q: QuantizedArray) -> int:
     return int(z)
 
 
+def _max_pool_input(op: QuantizedOp, q_inputs: tuple[Any, ...]) -> QuantizedArray:
+    """The opening of the max pools' q_impl: the one encrypted input, quantized with the
+    op's input quantizer and tracked as the prepared input."""
+    (q_x,) = op._prepare_inputs_with_constants(
+        *q_inputs, calibrate=False, quantize_actual_values=True
+    )
+    op._track("prepared_inputs", [q_x])
+    return q_x
+
+
+def _max_pool_output(op: QuantizedOp, pooled: Any, q_x: QuantizedArray, z_x: int) -> Any:
+    """The closing of the max pools' q_impl: the window maxima (integers of ``q_x``'s
+    quantizer) dequantized into the op's calibrated output."""
+    v = (pooled.astype(np.float64) - z_x) * q_x.quantizer.scale
+    return op.make_output_quant_array(v)
+
+
 class QuantizedAvgPool(QuantizedMixingOp):
     """1-D or 2-D average pooling: an integer window sum times 1/norm (docs/contract.md §3.6).
 
@@ -209,10 +226,7 @@ class QuantizedMaxPool(QuantizedOp):
         Returns:
             The calibrated QuantizedArray of the maxima.
         """
-        (q_x,) = self._prepare_inputs_with_constants(
-            *q_inputs, calibrate=False, quantize_actual_values=True
-        )
-        self._track("prepared_inputs", [q_x])
+        q_x = _max_pool_input(self, q_inputs)
         k, s, p = _window_attrs(self)
         d = self._dilations()
         z_x = _scalar_zp(self, q_x)
@@ -226,8 +240,7 @@ class QuantizedMaxPool(QuantizedOp):
         pooled = self.executor(x).maxpool(
             x, k, s, p, z_x, dilations=d, ceil_extension=ext, extension_value=low
         )
-        v = (_from_2d(pooled, one_d).astype(np.float64) - z_x) * q_x.quantizer.scale
-        return self.make_output_quant_array(v)
+        return _max_pool_output(self, _from_2d(pooled, one_d), q_x, z_x)
 
 
 class QuantizedPad(QuantizedOp):
@@ -513,10 +526,7 @@ class QuantizedGlobalMaxPool(QuantizedOp):
         Returns:
             The calibrated QuantizedArray of the maxima.
         """
-        (q_x,) = self._prepare_inputs_with_constants(
-            *q_inputs, calibrate=False, quantize_actual_values=True
-        )
-        self._track("prepared_inputs", [q_x])
+        q_x = _max_pool_input(self, q_inputs)
         shape = tuple(int(d) for d in q_x.qvalues.shape)
         if len(shape) < 3:
             raise QuantizedOpError(
@@ -527,5 +537,4 @@ class QuantizedGlobalMaxPool(QuantizedOp):
         flat = q_x.qvalues.reshape((shape[0], shape[1], 1, cells))
         pooled = self.executor(flat).maxpool(flat, (1, cells), (1, 1), (0, 0, 0, 0), z_x)
         pooled = pooled.reshape(shape[:2] + (1,) * (len(shape) - 2))
-        v = (pooled.astype(np.float64) - z_x) * q_x.quantizer.scale
-        return self.make_output_quant_array(v)
+        return _max_pool_output(self, pooled, q_x, z_x)

@@ -1,4 +1,6 @@
-//! One-pass (min, max) with the NaN/Inf check of calibration.
+//! One-pass (min, max) with the NaN/Inf check of calibration, alone or fused with a copy.
+
+use std::mem::MaybeUninit;
 
 use ndarray::{ArrayViewD, Zip};
 use rayon::prelude::*;
@@ -64,6 +66,10 @@ impl<T: Real> Acc<T> {
     /// [`Acc::scan_generic`] with the widest instruction set the CPU has (exact either way).
     fn scan(xs: &[T]) -> Self {
         #[cfg(target_arch = "x86_64")]
+        if let Some(acc) = avx2::scan(xs) {
+            return acc;
+        }
+        #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above).
             return unsafe { scan_avx2(xs) };
@@ -123,6 +129,242 @@ unsafe fn scan_avx2<T: Real>(xs: &[T]) -> Acc<T> {
     Acc::scan_generic(xs)
 }
 
+/// Explicit AVX2 scans of float32 and float64 slices: LLVM does not vectorize the lane
+/// accumulators of [`Acc::scan_generic`] fully, and the scan is then compute-bound (about
+/// 1 ns per element) instead of memory-bound.
+///
+/// Each lane keeps `min_pd(v, min)` / `max_pd(v, max)` (a NaN `v` leaves the extremum as
+/// it is; NaN is caught by the sum of `v - v`, as in [`Acc::scan_generic`]) and bit tests
+/// for +0.0 and -0.0; the lanes are merged at the end. Comparisons are exact, so the result
+/// equals the generic scan's (the sign of a zero extremum is left to the tie flags).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::any::TypeId;
+    use std::arch::x86_64::*;
+
+    use std::mem::MaybeUninit;
+
+    use super::{Acc, Real};
+
+    /// What the vector lanes found; `done` elements were scanned (a multiple of the unroll).
+    struct Lanes {
+        min: f64,
+        max: f64,
+        bad: bool,
+        pos_zero: bool,
+        neg_zero: bool,
+        done: usize,
+    }
+
+    /// The scan of `xs` with AVX2, or None when the CPU lacks it (or `T` is neither f32
+    /// nor f64).
+    pub(super) fn scan<T: Real>(xs: &[T]) -> Option<Acc<T>> {
+        if !std::is_x86_feature_detected!("avx2") {
+            return None;
+        }
+        // SAFETY: the CPU supports AVX2 (checked above); no copy, so no destination.
+        let lanes = unsafe { lanes::<T, false>(xs, std::ptr::null_mut()) }?;
+        Some(xs[lanes.done..].iter().fold(lanes.acc, |a, &v| a.push(v)))
+    }
+
+    /// [`scan`] while copying `xs` into `dst` (same length) with non-temporal stores, in
+    /// one loop: the scan hides under the memory traffic of the copy, and the copy neither
+    /// reads the destination first nor evicts the cache. None as for [`scan`].
+    pub(super) fn copy_scan<T: Real>(xs: &[T], dst: &mut [MaybeUninit<T>]) -> Option<Acc<T>> {
+        if !std::is_x86_feature_detected!("avx2") || xs.len() != dst.len() {
+            return None;
+        }
+        // Scalar head until the destination is 32-byte aligned (the streaming stores need it).
+        let head = dst.as_ptr().align_offset(32).min(xs.len());
+        let mut acc = Acc::new();
+        for (slot, &v) in dst[..head].iter_mut().zip(&xs[..head]) {
+            *slot = MaybeUninit::new(v);
+            acc = acc.push(v);
+        }
+        let (body, out) = (&xs[head..], &mut dst[head..]);
+        // SAFETY: AVX2 is present (checked above); `out` holds body.len() elements and starts
+        // 32-byte aligned, as `lanes` requires of a destination.
+        let lanes = unsafe { lanes::<T, true>(body, out.as_mut_ptr().cast::<T>()) }?;
+        for (slot, &v) in out[lanes.done..].iter_mut().zip(&body[lanes.done..]) {
+            *slot = MaybeUninit::new(v);
+        }
+        let tail = body[lanes.done..].iter().fold(lanes.acc, |a, &v| a.push(v));
+        Some(acc.merge(tail))
+    }
+
+    /// What the vector loop found, and how many leading elements it covered.
+    struct Scanned<T> {
+        acc: Acc<T>,
+        done: usize,
+    }
+
+    /// The AVX2 loop for `T` = f32 or f64 (None for any other `T`); with `COPY`, the first
+    /// `done` elements are also streamed to `dst`.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2; with `COPY`, `dst` is 32-byte aligned and valid for writes of
+    /// `xs.len()` elements of `T`.
+    unsafe fn lanes<T: Real, const COPY: bool>(xs: &[T], dst: *mut T) -> Option<Scanned<T>> {
+        let found = if TypeId::of::<T>() == TypeId::of::<f64>() {
+            // SAFETY: T is f64 (checked just above): the same memory read as f64.
+            let xs = unsafe { std::slice::from_raw_parts(xs.as_ptr().cast::<f64>(), xs.len()) };
+            // SAFETY: forwarded from the caller.
+            unsafe { lanes_f64::<COPY>(xs, dst.cast::<f64>()) }
+        } else if TypeId::of::<T>() == TypeId::of::<f32>() {
+            // SAFETY: T is f32 (checked just above).
+            let xs = unsafe { std::slice::from_raw_parts(xs.as_ptr().cast::<f32>(), xs.len()) };
+            // SAFETY: forwarded from the caller.
+            unsafe { lanes_f32::<COPY>(xs, dst.cast::<f32>()) }
+        } else {
+            return None;
+        };
+        // The lane extrema are values of `xs` (or ±inf), so narrowing them back is exact.
+        Some(Scanned {
+            acc: Acc {
+                min: T::from_f64(found.min),
+                max: T::from_f64(found.max),
+                bad: found.bad,
+                pos_zero: found.pos_zero,
+                neg_zero: found.neg_zero,
+            },
+            done: found.done,
+        })
+    }
+
+    /// Scalar merge of the lanes of a min and a max vector (stored as f64).
+    fn fold_lanes(mins: &[f64], maxs: &[f64]) -> (f64, f64) {
+        let min = mins
+            .iter()
+            .fold(f64::INFINITY, |m, &v| if v < m { v } else { m });
+        let max = maxs
+            .iter()
+            .fold(f64::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        (min, max)
+    }
+
+    /// Four independent vectors per step, so no dependency chain limits the loop.
+    const U: usize = 4;
+
+    /// # Safety
+    /// As for [`lanes`].
+    #[target_feature(enable = "avx2")]
+    unsafe fn lanes_f64<const COPY: bool>(xs: &[f64], dst: *mut f64) -> Lanes {
+        const V: usize = 4;
+        let done = xs.len() / (V * U) * (V * U);
+        let mut mn = [_mm256_set1_pd(f64::INFINITY); U];
+        let mut mx = [_mm256_set1_pd(f64::NEG_INFINITY); U];
+        let mut nf = [_mm256_setzero_pd(); U];
+        let mut pz = [_mm256_setzero_si256(); U];
+        let mut nz = [_mm256_setzero_si256(); U];
+        let zero = _mm256_setzero_si256();
+        let sign = _mm256_set1_epi64x(i64::MIN);
+        for step in xs[..done].chunks_exact(V * U) {
+            for k in 0..U {
+                // SAFETY: `step` holds V * U elements, so k * V + 3 is in bounds.
+                let v = unsafe { _mm256_loadu_pd(step.as_ptr().add(k * V)) };
+                if COPY {
+                    let at = step.as_ptr().offset_from(xs.as_ptr()) as usize + k * V;
+                    // SAFETY: `at` + V <= done <= xs.len(), and `dst` + at is 32-byte aligned
+                    // (`dst` is, and `at` is a multiple of V elements, 32 bytes).
+                    unsafe { _mm256_stream_pd(dst.add(at), v) };
+                }
+                mn[k] = _mm256_min_pd(v, mn[k]);
+                mx[k] = _mm256_max_pd(v, mx[k]);
+                nf[k] = _mm256_add_pd(nf[k], _mm256_sub_pd(v, v));
+                let bits = _mm256_castpd_si256(v);
+                pz[k] = _mm256_or_si256(pz[k], _mm256_cmpeq_epi64(bits, zero));
+                nz[k] = _mm256_or_si256(nz[k], _mm256_cmpeq_epi64(bits, sign));
+            }
+        }
+        if COPY {
+            _mm_sfence(); // order the streaming stores before the caller's next writes
+        }
+        let mut mins = [0.0f64; V * U];
+        let mut maxs = [0.0f64; V * U];
+        let (mut bad, mut pos_zero, mut neg_zero) = (false, false, false);
+        for k in 0..U {
+            // SAFETY: each store writes V elements at k * V of a V * U array.
+            unsafe {
+                _mm256_storeu_pd(mins.as_mut_ptr().add(k * V), mn[k]);
+                _mm256_storeu_pd(maxs.as_mut_ptr().add(k * V), mx[k]);
+            }
+            let nonzero = _mm256_cmp_pd::<_CMP_NEQ_UQ>(nf[k], _mm256_setzero_pd());
+            bad |= _mm256_movemask_pd(nonzero) != 0;
+            pos_zero |= _mm256_testz_si256(pz[k], pz[k]) == 0;
+            neg_zero |= _mm256_testz_si256(nz[k], nz[k]) == 0;
+        }
+        let (min, max) = fold_lanes(&mins, &maxs);
+        Lanes {
+            min,
+            max,
+            bad,
+            pos_zero,
+            neg_zero,
+            done,
+        }
+    }
+
+    /// # Safety
+    /// As for [`lanes`].
+    #[target_feature(enable = "avx2")]
+    unsafe fn lanes_f32<const COPY: bool>(xs: &[f32], dst: *mut f32) -> Lanes {
+        const V: usize = 8;
+        let done = xs.len() / (V * U) * (V * U);
+        let mut mn = [_mm256_set1_ps(f32::INFINITY); U];
+        let mut mx = [_mm256_set1_ps(f32::NEG_INFINITY); U];
+        let mut nf = [_mm256_setzero_ps(); U];
+        let mut pz = [_mm256_setzero_si256(); U];
+        let mut nz = [_mm256_setzero_si256(); U];
+        let zero = _mm256_setzero_si256();
+        let sign = _mm256_set1_epi32(i32::MIN);
+        for step in xs[..done].chunks_exact(V * U) {
+            for k in 0..U {
+                // SAFETY: `step` holds V * U elements, so k * V + 7 is in bounds.
+                let v = unsafe { _mm256_loadu_ps(step.as_ptr().add(k * V)) };
+                if COPY {
+                    let at = step.as_ptr().offset_from(xs.as_ptr()) as usize + k * V;
+                    // SAFETY: `at` + V <= done <= xs.len(), and `dst` + at is 32-byte aligned
+                    // (`dst` is, and `at` is a multiple of V elements, 32 bytes).
+                    unsafe { _mm256_stream_ps(dst.add(at), v) };
+                }
+                mn[k] = _mm256_min_ps(v, mn[k]);
+                mx[k] = _mm256_max_ps(v, mx[k]);
+                nf[k] = _mm256_add_ps(nf[k], _mm256_sub_ps(v, v));
+                let bits = _mm256_castps_si256(v);
+                pz[k] = _mm256_or_si256(pz[k], _mm256_cmpeq_epi32(bits, zero));
+                nz[k] = _mm256_or_si256(nz[k], _mm256_cmpeq_epi32(bits, sign));
+            }
+        }
+        if COPY {
+            _mm_sfence(); // order the streaming stores before the caller's next writes
+        }
+        let mut mins = [0.0f32; V * U];
+        let mut maxs = [0.0f32; V * U];
+        let (mut bad, mut pos_zero, mut neg_zero) = (false, false, false);
+        for k in 0..U {
+            // SAFETY: each store writes V elements at k * V of a V * U array.
+            unsafe {
+                _mm256_storeu_ps(mins.as_mut_ptr().add(k * V), mn[k]);
+                _mm256_storeu_ps(maxs.as_mut_ptr().add(k * V), mx[k]);
+            }
+            let nonzero = _mm256_cmp_ps::<_CMP_NEQ_UQ>(nf[k], _mm256_setzero_ps());
+            bad |= _mm256_movemask_ps(nonzero) != 0;
+            pos_zero |= _mm256_testz_si256(pz[k], pz[k]) == 0;
+            neg_zero |= _mm256_testz_si256(nz[k], nz[k]) == 0;
+        }
+        let widen = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        let (min, max) = fold_lanes(&widen(&mins), &widen(&maxs));
+        Lanes {
+            min,
+            max,
+            bad,
+            pos_zero,
+            neg_zero,
+            done,
+        }
+    }
+}
+
 /// (min, max) over all elements of a float tensor.
 ///
 /// Errors: `Empty` for no elements; `NonFinite` with the C-order flat index of the first NaN
@@ -139,6 +381,12 @@ pub fn min_max<T: Real>(x: ArrayViewD<'_, T>) -> Result<MinMax<T>> {
             .reduce(Acc::new, Acc::merge),
         None => Zip::from(&x).par_fold(Acc::new, |a, &v| a.push(v), Acc::merge),
     };
+    finish(acc, &x)
+}
+
+/// The result of a scan of `x`: the error of its first non-finite element in C order, or
+/// its extrema with their signed-zero ties.
+fn finish<T: Real>(acc: Acc<T>, x: &ArrayViewD<'_, T>) -> Result<MinMax<T>> {
     if acc.bad {
         // Rare path: find the first offender in C (logical) order.
         let (flat_index, value) = x
@@ -156,6 +404,65 @@ pub fn min_max<T: Real>(x: ArrayViewD<'_, T>) -> Result<MinMax<T>> {
         min_zero_tie: tie && acc.min == T::ZERO,
         max_zero_tie: tie && acc.max == T::ZERO,
     })
+}
+
+/// Elements copied and then scanned at a time by [`copy_min_max`]: 16 KiB of float64, so the
+/// scan reads the block back from the L1 cache instead of memory.
+const BLOCK: usize = 2048;
+
+/// Copy `src` into `dst` (same length) and scan it, block by block.
+fn copy_scan<T: Real>(src: &[T], dst: &mut [MaybeUninit<T>]) -> Acc<T> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(acc) = avx2::copy_scan(src, dst) {
+        return acc;
+    }
+    src.chunks(BLOCK)
+        .zip(dst.chunks_mut(BLOCK))
+        .fold(Acc::new(), |acc, (s, d)| {
+            let n = s.len().min(d.len());
+            // SAFETY: `s` and `d` hold at least `n` elements each, MaybeUninit<T> has the
+            // layout of T, and a fresh output never overlaps its source.
+            unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), d.as_mut_ptr().cast::<T>(), n) };
+            acc.merge(Acc::scan(s))
+        })
+}
+
+/// [`min_max`] of `x` while copying its elements into `out`, in one read of the data.
+///
+/// `x` must be contiguous in memory (C or Fortran order); `out` receives its elements in that
+/// memory order, so an output array of the same shape and order is an exact copy. On an
+/// error the caller must discard `out`: it may be partly written.
+///
+/// Errors: those of [`min_max`], and `InvalidArgument` when `x` is not contiguous or `out`
+/// has another length.
+pub fn copy_min_max<T: Real>(
+    x: ArrayViewD<'_, T>,
+    out: &mut [MaybeUninit<T>],
+) -> Result<MinMax<T>> {
+    let Some(xs) = x.as_slice_memory_order() else {
+        return Err(Error::InvalidArgument(
+            "copy_min_max: the values must be contiguous in memory (C or Fortran order)".into(),
+        ));
+    };
+    if xs.len() != out.len() {
+        return Err(Error::InvalidArgument(format!(
+            "copy_min_max: the output has {} elements, the values {}",
+            out.len(),
+            xs.len()
+        )));
+    }
+    if xs.is_empty() {
+        return Err(Error::Empty);
+    }
+    let acc = if xs.len() <= CHUNK {
+        copy_scan(xs, out)
+    } else {
+        xs.par_chunks(CHUNK)
+            .zip(out.par_chunks_mut(CHUNK))
+            .map(|(s, d)| copy_scan(s, d))
+            .reduce(Acc::new, Acc::merge)
+    };
+    finish(acc, &x)
 }
 
 #[cfg(test)]
@@ -220,5 +527,81 @@ mod tests {
         assert!(!mm.min_zero_tie && mm.min.is_neg_zero());
         let mm = min_max(arr1(&[-0.0f32, 0.0]).into_dyn().view()).unwrap();
         assert!(mm.min_zero_tie && mm.max_zero_tie);
+    }
+
+    fn copied<T: Real>(x: ArrayViewD<'_, T>) -> (Vec<T>, Result<MinMax<T>>) {
+        let mut out = vec![MaybeUninit::new(T::ZERO); x.len()];
+        let got = copy_min_max(x, &mut out);
+        // SAFETY: every slot was initialized above.
+        let out = out
+            .into_iter()
+            .map(|v| unsafe { v.assume_init() })
+            .collect();
+        (out, got)
+    }
+
+    #[test]
+    fn copy_min_max_copies_and_matches_min_max() {
+        for n in [1, 7, BLOCK - 1, BLOCK + 3, CHUNK, CHUNK + 1, 3 * CHUNK + 5] {
+            let v: Vec<f64> = (0..n).map(|i| ((i * 7919) % 1000) as f64 - 333.5).collect();
+            let a = arr1(&v).into_dyn();
+            let (out, got) = copied(a.view());
+            assert_eq!(out, v, "n={n}");
+            assert_eq!(got.unwrap(), min_max(a.view()).unwrap(), "n={n}");
+        }
+        // Fortran order: the copy is in memory order, the error index in C order.
+        let mut a = Array2::<f32>::zeros((CHUNK / 4, 8));
+        a[[100, 3]] = f32::INFINITY;
+        a[[5, 7]] = f32::NAN;
+        let f = a.t().as_standard_layout().into_owned();
+        assert!(!f.t().is_standard_layout());
+        let (out, got) = copied(f.t().into_dyn());
+        assert_eq!(out.len(), a.len());
+        assert_eq!(out[3 * (CHUNK / 4) + 100], f32::INFINITY);
+        match got.unwrap_err() {
+            Error::NonFinite { flat_index, .. } => assert_eq!(flat_index, 5 * 8 + 7),
+            other => panic!("unexpected {other:?}"),
+        }
+        let (_, got) = copied(arr1(&[-0.0f64, 0.0, 2.0]).into_dyn().view());
+        let mm = got.unwrap();
+        assert!(mm.min_zero_tie && !mm.max_zero_tie);
+    }
+
+    #[test]
+    fn copy_min_max_refuses_what_it_cannot_copy() {
+        let e = ArrayD::<f64>::zeros(IxDyn(&[0, 4]));
+        assert_eq!(copy_min_max(e.view(), &mut []).unwrap_err(), Error::Empty);
+        let a = Array2::<f64>::zeros((6, 5));
+        let mut out = vec![MaybeUninit::new(0.0); 15];
+        let strided = a.slice(ndarray::s![..;2, ..]).into_dyn();
+        assert!(matches!(
+            copy_min_max(strided, &mut out),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            copy_min_max(a.view().into_dyn(), &mut out),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn copy_min_max_any_destination_alignment() {
+        // The streaming copy starts at a 32-byte boundary: every misalignment of the
+        // destination must still give an exact copy and the same extrema.
+        for n in [5usize, 31, 32, 33, 100, 1000] {
+            let v: Vec<f32> = (0..n).map(|i| ((i * 37) % 101) as f32 - 50.25).collect();
+            let a = arr1(&v).into_dyn();
+            for shift in 0..8 {
+                let mut buf = vec![MaybeUninit::new(0.0f32); n + 8];
+                let got = copy_min_max(a.view(), &mut buf[shift..shift + n]).unwrap();
+                // SAFETY: every slot was initialized when `buf` was built.
+                let out: Vec<f32> = buf[shift..shift + n]
+                    .iter()
+                    .map(|x| unsafe { x.assume_init() })
+                    .collect();
+                assert_eq!(out, v, "n={n} shift={shift}");
+                assert_eq!(got, min_max(a.view()).unwrap(), "n={n} shift={shift}");
+            }
+        }
     }
 }
