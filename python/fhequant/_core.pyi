@@ -16,6 +16,7 @@ __all__ = [
     "int_bit_width",
     "int_conv2d",
     "int_conv2d_rescale",
+    "int_conv2d_rescale_quant",
     "int_conv_bounds",
     "int_conv_weight_sums",
     "int_gemm_bounds",
@@ -23,6 +24,7 @@ __all__ = [
     "int_matmul",
     "int_matmul_plan",
     "int_matmul_rescale",
+    "int_matmul_rescale_quant",
     "int_matmul_weight_sums",
     "int_presence",
     "int_round_bit_pattern",
@@ -141,6 +143,42 @@ def int_matmul_rescale(
     add: npt.NDArray[np.float64] | None = None,
     context: str | None = None,
 ) -> npt.NDArray[np.float64]: ...
+def int_matmul_rescale_quant(
+    a: _I64,
+    w: _I64,
+    z_w: int,
+    lsbs: int,
+    offset: float,
+    sub: npt.NDArray[np.float64],
+    mul: npt.NDArray[np.float64],
+    add: npt.NDArray[np.float64] | None,
+    scale: float,
+    zero_point: float,
+    lo: float,
+    hi: float,
+    dtype: str,
+    context: str | None = None,
+) -> tuple[NDArray[Any], int, int, bool]: ...
+def int_conv2d_rescale_quant(
+    x: _I64,
+    w: _I64,
+    z_w: int,
+    group: int,
+    strides: tuple[int, int],
+    pads: tuple[int, int, int, int],
+    pad_value: int,
+    lsbs: int,
+    offset: float,
+    sub: npt.NDArray[np.float64],
+    mul: npt.NDArray[np.float64],
+    add: npt.NDArray[np.float64] | None,
+    scale: float,
+    zero_point: float,
+    lo: float,
+    hi: float,
+    dtype: str,
+    context: str | None = None,
+) -> tuple[NDArray[Any], int, int, bool]: ...
 def int_matmul_plan(
     a: _I64, w: _I64, z_w: int, context: str | None = None
 ) -> tuple[str, int, int]: ...

@@ -137,3 +137,55 @@ def test_mark_presence_stops_for_blocks_that_cannot_index_a_table() -> None:
     mark_presence(tensor, np.array([1, 2], dtype=np.int8), 1, 2)
     mark_presence(tensor, np.array([3, 250], dtype=np.uint8), 3, 250)
     assert not tensor.track_presence and tensor.present is None
+
+
+def _count_kernel(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    from fhequant import _core
+
+    calls = [0]
+    original = getattr(_core, name)
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_core, name, counting)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("which", "n_bits", "rounding", "batch"),
+    [
+        ("mlp", 6, None, 64),
+        ("mlp", 3, None, 700),  # one block: the whole-set walk
+        ("mlp", 12, None, 100),  # int16 integers
+        ("mlp", 5, 4, 100),  # rounding points calibrated
+        ("cnn", 5, None, 16),
+        ("cnn", 8, 6, 30),
+    ],
+)
+def test_output_quantized_in_kernel_is_the_written_float_path(
+    monkeypatch: pytest.MonkeyPatch, which: str, n_bits: int, rounding: Any, batch: int
+) -> None:
+    import fhequant.quantized.calibration.passes as passes
+
+    model, x = (
+        (mlp([12, 24, 16, 5], act="Relu", seed=9), X_MLP)
+        if which == "mlp"
+        else (
+            cnn(seed=4),
+            X_CNN,
+        )
+    )
+    kernel = "int_matmul_rescale_quant" if which == "mlp" else "int_conv2d_rescale_quant"
+    calls = _count_kernel(monkeypatch, kernel)
+    opts = {"n_bits": n_bits, "rounding_threshold_bits": rounding, "batch_size": batch}
+    fast = build_quantized_module(model, x, **opts)
+    # with rounding to calibrate every output pass watches the accumulators: no fused kernel
+    assert (calls[0] > 0) == (rounding is None)
+    with monkeypatch.context() as m:
+        m.setattr(passes, "QUANTIZE_IN_KERNEL", False)
+        calls[0] = 0
+        full = build_quantized_module(model, x, **opts)
+        assert calls[0] == 0
+    assert_same_module(full, fast, x[:80] * 1.3)

@@ -27,6 +27,10 @@ Stable API (used by the PTQ ops):
   ``sum_w = z_x·Σ_{c,kh,kw} q_w`` as (1, O, 1, 1) ((1, O, 1) in 1-D).
 * ``integer_conv_rescale(q_x, q_w, z_x, z_w, lsbs, offset, sub, mul, add=None, *, ...)``:
   the rounding and float64 rescale of a hidden Conv fused with its conv (one native pass).
+* ``integer_gemm_rescale_quant(..., quant, name)`` / ``integer_conv_rescale_quant(..., quant,
+  *, ...)``: the same, quantized by the output quantizer ``quant`` = (scale, zero_point, lo,
+  hi) in the kernel: (int8/int16 integers, min, max), or None when it does not apply
+  (``kernels/requant.py``; the calibration walk's output passes).
 * ``window_sum(q_x, kernel_shape, strides, pads, z_x, ceil_mode=0)`` (AveragePool) and
   ``window_max(q_x, kernel_shape, strides, pads, z_x)`` (MaxPool).
 * ``unfold(q_x, kernel_shape, strides, pads, z_x)`` (Unfold, torch column order).
@@ -48,6 +52,7 @@ from fhequant.kernels.gemm import integer_gemm, integer_gemm_rescale
 from fhequant.kernels.pool import unfold, window_max, window_sum
 from fhequant.kernels.reference._operands import ceil_mode_extension
 from fhequant.kernels.reference.rescale import float64_rescale
+from fhequant.kernels.requant import integer_conv_rescale_quant, integer_gemm_rescale_quant
 from fhequant.kernels.rounding import bit_width, round_bit_pattern
 
 __all__ = [
@@ -58,8 +63,10 @@ __all__ = [
     "gemm_bounds",
     "integer_conv",
     "integer_conv_rescale",
+    "integer_conv_rescale_quant",
     "integer_gemm",
     "integer_gemm_rescale",
+    "integer_gemm_rescale_quant",
     "round_bit_pattern",
     "sequential_matmul",
     "unfold",

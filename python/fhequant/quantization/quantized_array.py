@@ -138,6 +138,9 @@ class QuantizedArray(Serializable):
         # values still to compute: both are computed before the copy is handed out
         self._owned_lazy = False
         self._quant_by: UniformQuantizer | None = None  # the parameters of deferred qvalues
+        # integers given narrow (int8/int16) with their min and max (:meth:`from_narrow`):
+        # ``compact_qvalues`` hands them out as they are, ``qvalues`` widens them
+        self._narrow: tuple[Any, int, int] | None = None
         if values is None:
             return
         if value_is_float:
@@ -214,7 +217,7 @@ class QuantizedArray(Serializable):
         self._resolve_owned()
         if self._pending == "values":
             self._pending = None
-            self._values = self.quantizer.dequant(self._qvalues)
+            self._values = self.quantizer.dequant(self.qvalues)
         return self._values
 
     @values.setter
@@ -232,11 +235,17 @@ class QuantizedArray(Serializable):
             self._pending = None
             self._qvalues = self._deferred_quantizer().quant(self._values)
             self._quant_by = None
+        if self._narrow is not None:
+            self._qvalues = self._narrow[0].astype(np.int64)
+            self._narrow = None
         return self._qvalues
 
     @qvalues.setter
     def qvalues(self, qvalues: Any) -> None:
         self._resolve_owned()
+        if self._narrow is not None:
+            self._qvalues = self._narrow[0].astype(np.int64)
+            self._narrow = None
         if self._pending == "values":  # the floats of the integers being replaced
             self.values = self.quantizer.dequant(self._qvalues)
         self._pending = None if self._pending == "qvalues" else self._pending
@@ -249,11 +258,50 @@ class QuantizedArray(Serializable):
 
         The array is not kept: a later read of ``qvalues`` computes the int64 integers.
         """
+        if self._narrow is not None:
+            return self._narrow
         if self._pending == "qvalues":
             narrow = self._deferred_quantizer().quant_narrow(self._values)
             if narrow is not None:
                 return narrow
         return self.qvalues, None, None
+
+    @classmethod
+    def from_narrow(
+        cls,
+        n_bits: int,
+        ints: Any,
+        low: int,
+        high: int,
+        *,
+        options: QuantizationOptions,
+        stats: MinMaxQuantizationStats,
+        params: UniformQuantizationParameters,
+    ) -> QuantizedArray:
+        """An op output whose integers were quantized by a fused native kernel.
+
+        The integers come narrow (int8/int16, with their min ``low`` and max ``high``, as
+        :meth:`UniformQuantizer.quant_narrow` gives them): :meth:`compact_qvalues` returns
+        them as they are, ``qvalues`` widens them to int64 on first read and ``values`` are
+        their dequantized floats (the float results they were quantized from are never
+        written).
+
+        Args:
+            n_bits: the bit width.
+            ints: the integers (a fresh array nothing else references).
+            low: their min.
+            high: their max.
+            options: the output quantizer's options.
+            stats: its statistics.
+            params: its parameters.
+
+        Returns:
+            The QuantizedArray.
+        """
+        array = cls(n_bits, None, options=options, stats=stats, params=params)
+        array._narrow = (ints, int(low), int(high))
+        array._pending = "values"
+        return array
 
     def __call__(self) -> Any:
         """The quantized values."""

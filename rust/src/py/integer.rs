@@ -14,6 +14,7 @@ use numpy::{
 use pyo3::prelude::*;
 
 use crate::kernels::integer::exact::Strategy;
+use crate::kernels::integer::requant::{self, Narrow, Quantized, Requant};
 use crate::kernels::integer::{bits, conv, gemm, rescale, rounding, vnni};
 use crate::py::errors::to_pyerr;
 
@@ -162,6 +163,170 @@ fn int_matmul_rescale<'py>(
     py.detach(|| rescale::matmul_rescale_into(a, w, z_w, &rescale, out))
         .map_err(|e| to_pyerr(py, e, context))?;
     Ok(array)
+}
+
+/// The output quantizer of the `*_rescale_quant` kernels.
+fn requant_of(scale: f64, zero_point: f64, lo: f64, hi: f64) -> Requant {
+    Requant {
+        scale,
+        zero_point,
+        lo,
+        hi,
+    }
+}
+
+/// The result of a `*_rescale_quant` kernel as (integers, min, max, nan).
+type QuantOut<'py> = (Bound<'py, PyAny>, i64, i64, bool);
+
+/// Run `kernel` into a fresh int8 or int16 array of `dims` (`dtype` names it).
+fn narrow_out<'py, D: Dimension>(
+    py: Python<'py>,
+    dims: D,
+    dtype: &str,
+    context: Option<&str>,
+    kernel: impl Fn(&mut dyn NarrowSlots) -> crate::error::Result<Quantized> + Send + Sync,
+) -> PyResult<QuantOut<'py>> {
+    let done = |array: Bound<'py, PyAny>, q: crate::error::Result<Quantized>| {
+        let q = q.map_err(|e| to_pyerr(py, e, context))?;
+        Ok((array, q.min, q.max, q.nan))
+    };
+    match dtype {
+        "int8" => {
+            let (array, out) = uninit_out::<i8, D>(py, dims);
+            let q = py.detach(|| kernel(&mut Slots(out)));
+            done(array.into_any(), q)
+        }
+        "int16" => {
+            let (array, out) = uninit_out::<i16, D>(py, dims);
+            let q = py.detach(|| kernel(&mut Slots(out)));
+            done(array.into_any(), q)
+        }
+        other => Err(to_pyerr(
+            py,
+            crate::error::Error::DType(format!(
+                "requantize: the output dtype must be 'int8' or 'int16', got {other:?}"
+            )),
+            context,
+        )),
+    }
+}
+
+/// An output buffer of one narrow integer type, for the kernels generic over it.
+trait NarrowSlots: Send {
+    fn matmul(
+        &mut self,
+        a: numpy::ndarray::ArrayView3<'_, i64>,
+        w: numpy::ndarray::ArrayView3<'_, i64>,
+        z_w: i64,
+        rescale: &rescale::Rescale<'_>,
+        requant: &Requant,
+    ) -> crate::error::Result<Quantized>;
+    #[allow(clippy::too_many_arguments)]
+    fn conv(
+        &mut self,
+        x: numpy::ndarray::ArrayView4<'_, i64>,
+        w: numpy::ndarray::ArrayView4<'_, i64>,
+        z_w: i64,
+        group: usize,
+        geom: &conv::Geometry,
+        rescale: &rescale::Rescale<'_>,
+        requant: &Requant,
+    ) -> crate::error::Result<Quantized>;
+}
+
+struct Slots<'a, O>(&'a mut [MaybeUninit<O>]);
+
+impl<O: Narrow> NarrowSlots for Slots<'_, O> {
+    fn matmul(
+        &mut self,
+        a: numpy::ndarray::ArrayView3<'_, i64>,
+        w: numpy::ndarray::ArrayView3<'_, i64>,
+        z_w: i64,
+        rescale: &rescale::Rescale<'_>,
+        requant: &Requant,
+    ) -> crate::error::Result<Quantized> {
+        requant::matmul_rescale_quant_into(a, w, z_w, rescale, requant, self.0)
+    }
+    fn conv(
+        &mut self,
+        x: numpy::ndarray::ArrayView4<'_, i64>,
+        w: numpy::ndarray::ArrayView4<'_, i64>,
+        z_w: i64,
+        group: usize,
+        geom: &conv::Geometry,
+        rescale: &rescale::Rescale<'_>,
+        requant: &Requant,
+    ) -> crate::error::Result<Quantized> {
+        requant::conv_rescale_quant_into(x, w, z_w, group, geom, rescale, requant, self.0)
+    }
+}
+
+/// `int_matmul_rescale` quantized by the output quantizer clip(rint(v / scale + zero_point),
+/// lo, hi) in float64, as `dtype` ("int8" or "int16"); returns (integers, min, max, nan)
+/// (`kernels::integer::requant`).
+#[pyfunction]
+#[pyo3(signature = (a, w, z_w, lsbs, offset, sub, mul, add, scale, zero_point, lo, hi, dtype, context=None))]
+#[allow(clippy::too_many_arguments)]
+fn int_matmul_rescale_quant<'py>(
+    py: Python<'py>,
+    a: PyReadonlyArray3<'py, i64>,
+    w: PyReadonlyArray3<'py, i64>,
+    z_w: i64,
+    lsbs: i64,
+    offset: f64,
+    sub: PyReadonlyArray1<'py, f64>,
+    mul: PyReadonlyArray1<'py, f64>,
+    add: Option<PyReadonlyArray1<'py, f64>>,
+    scale: f64,
+    zero_point: f64,
+    lo: f64,
+    hi: f64,
+    dtype: &str,
+    context: Option<&str>,
+) -> PyResult<QuantOut<'py>> {
+    let (a, w) = (a.as_array(), w.as_array());
+    let dims = gemm::matmul_shape(a.dim(), w.dim()).map_err(|e| to_pyerr(py, e, context))?;
+    let rescale = rescale_of(lsbs, offset, &sub, &mul, add.as_ref())?;
+    let requant = requant_of(scale, zero_point, lo, hi);
+    narrow_out(py, numpy::ndarray::Dim(dims), dtype, context, |out| {
+        out.matmul(a, w, z_w, &rescale, &requant)
+    })
+}
+
+/// `int_conv2d_rescale` quantized as `int_matmul_rescale_quant` does; returns (integers,
+/// min, max, nan).
+#[pyfunction]
+#[pyo3(signature = (x, w, z_w, group, strides, pads, pad_value, lsbs, offset, sub, mul, add, scale, zero_point, lo, hi, dtype, context=None))]
+#[allow(clippy::too_many_arguments)]
+fn int_conv2d_rescale_quant<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray4<'py, i64>,
+    w: PyReadonlyArray4<'py, i64>,
+    z_w: i64,
+    group: usize,
+    strides: [usize; 2],
+    pads: [usize; 4],
+    pad_value: i64,
+    lsbs: i64,
+    offset: f64,
+    sub: PyReadonlyArray1<'py, f64>,
+    mul: PyReadonlyArray1<'py, f64>,
+    add: Option<PyReadonlyArray1<'py, f64>>,
+    scale: f64,
+    zero_point: f64,
+    lo: f64,
+    hi: f64,
+    dtype: &str,
+    context: Option<&str>,
+) -> PyResult<QuantOut<'py>> {
+    let (x, w) = (x.as_array(), w.as_array());
+    let (geom, dims) = conv_geometry(x.dim(), w.dim(), group, strides, pads, pad_value)
+        .map_err(|e| to_pyerr(py, e, context))?;
+    let rescale = rescale_of(lsbs, offset, &sub, &mul, add.as_ref())?;
+    let requant = requant_of(scale, zero_point, lo, hi);
+    narrow_out(py, numpy::ndarray::Dim(dims), dtype, context, |out| {
+        out.conv(x, w, z_w, group, &geom, &rescale, &requant)
+    })
 }
 
 /// z_x·Σ_k w[b, k, :] for w (B, K, N), as (B, N).
@@ -361,6 +526,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(int_matmul_plan, m)?)?;
     m.add_function(wrap_pyfunction!(int_vnni, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d_rescale, m)?)?;
+    m.add_function(wrap_pyfunction!(int_matmul_rescale_quant, m)?)?;
+    m.add_function(wrap_pyfunction!(int_conv2d_rescale_quant, m)?)?;
     m.add_function(wrap_pyfunction!(int_matmul_weight_sums, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv_weight_sums, m)?)?;

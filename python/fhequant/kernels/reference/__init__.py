@@ -21,6 +21,10 @@ from fhequant.kernels.reference.pool import (
     window_max_reference,
     window_sum_reference,
 )
+from fhequant.kernels.reference.requant import (
+    integer_conv_rescale_quant_reference,
+    integer_gemm_rescale_quant_reference,
+)
 from fhequant.kernels.reference.rescale import float64_rescale
 from fhequant.kernels.reference.rounding import bit_width_reference, round_bit_pattern_reference
 
@@ -31,8 +35,10 @@ __all__ = [
     "float64_rescale",
     "gemm_bounds_reference",
     "integer_conv_reference",
+    "integer_conv_rescale_quant_reference",
     "integer_conv_rescale_reference",
     "integer_gemm_reference",
+    "integer_gemm_rescale_quant_reference",
     "integer_gemm_rescale_reference",
     "round_bit_pattern_reference",
     "unfold_reference",

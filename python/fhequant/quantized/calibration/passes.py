@@ -32,7 +32,19 @@ from fhequant.quantized.fused_stats import fused_statistics
 from fhequant.quantized.graph import use_split_independent_impl
 from fhequant.quantized.ops.base import compute_bits_precision
 
-__all__ = ["OpPasses", "union_uvalues"]
+__all__ = ["QUANTIZE_IN_KERNEL", "OpPasses", "union_uvalues"]
+
+#: The output passes let a hidden Gemm/MatMul/Conv quantize its output inside its fused
+#: native kernel (the float64 result is never written; same integers). Set to False to
+#: quantize the written float64 result instead.
+QUANTIZE_IN_KERNEL = True
+
+
+def _output_scope() -> Any:
+    """The executor of an output pass whose ops' outputs are only read as integers."""
+    if not QUANTIZE_IN_KERNEL:
+        return contextlib.nullcontext()
+    return use_executor(Executor(ClearBackend(), quantize_outputs=True))
 
 
 class OpPasses:
@@ -190,7 +202,8 @@ class OpPasses:
             raw = self.calibrate_whole(op, variable, out, floats)
             raw_blocks = [raw] if self.flows_raw else None
         qas = [self.calibration_qa(n, 0, op) for n in variable]
-        quant = op.q_impl(*qas, calibrate_rounding=bool(getattr(op, "is_mixing", False)))
+        with _output_scope():
+            quant = op.q_impl(*qas, calibrate_rounding=bool(getattr(op, "is_mixing", False)))
         self.store.store_output(out, 0, quant, raw_blocks[0] if raw_blocks is not None else None)
         traits.finish(op, quant)
 
@@ -211,7 +224,7 @@ class OpPasses:
             scope = (
                 use_executor(Executor(ClearBackend(), recorder))
                 if recorder is not None
-                else contextlib.nullcontext()
+                else _output_scope()
             )
             store.reset_output(out)
             last: Any = None

@@ -115,6 +115,27 @@ class ClearBackend:
             strides=conv["strides"], pads=conv["pads"], group=conv["group"], name="conv",
         )  # fmt: skip
 
+    def fused_matmul_rescale_quant(
+        self, a: Any, b: Any, z_w: Any, lsbs: int, rescale: tuple[Any, ...], quant: Any
+    ) -> Any:
+        """The fused matmul rescale quantized by ``quant`` (scale, zero_point, lo, hi):
+        (int8/int16 integers, min, max), or None when the fused kernel does not apply."""
+        offset, sub, mul, add = rescale
+        return ik.integer_gemm_rescale_quant(
+            a, b, z_w, lsbs, offset, sub, mul, add, quant, name="matmul"
+        )
+
+    def fused_conv_rescale_quant(
+        self, x: Any, w: Any, conv: dict[str, Any], lsbs: int, rescale: tuple[Any, ...], quant: Any
+    ) -> Any:
+        """The fused conv rescale quantized by ``quant``, as
+        :meth:`fused_matmul_rescale_quant`."""
+        offset, sub, mul, add = rescale
+        return ik.integer_conv_rescale_quant(
+            x, w, conv["pad_value"], conv["z_w"], lsbs, offset, sub, mul, add, quant,
+            strides=conv["strides"], pads=conv["pads"], group=conv["group"], name="conv",
+        )  # fmt: skip
+
     def fused_window_sum(
         self,
         x: Any,

@@ -121,13 +121,18 @@ class Executor:
     through :meth:`float_function` (one generic node when traced).
     """
 
-    def __init__(self, backend: Any, observer: Observer | None = None) -> None:
+    def __init__(
+        self, backend: Any, observer: Observer | None = None, *, quantize_outputs: bool = False
+    ) -> None:
         self.backend = backend
         self.observer = observer
         self.name: str = backend.name if observer is None else observer.name
         self._nodes = observer if observer is not None and observer.nodes else None
         # the clear backend with nothing watching the nodes: fused kernels, free copies
         self._direct = bool(backend.fused) and self._nodes is None
+        #: a hidden Gemm/Conv may quantize its output in its fused kernel (only the integers
+        #: are read: the calibration walk's output passes)
+        self.quantizes_outputs = quantize_outputs and self._direct
 
     def __repr__(self) -> str:
         return f"Executor({type(self.backend).__name__}, {type(self.observer).__name__})"
@@ -212,6 +217,16 @@ class Executor:
         acc = self.round_bit_pattern(self.matmul(a, b, z_w), lsbs, exactness)
         return ik.float64_rescale(acc, offset, sub, mul, add)
 
+    def matmul_rescale_quant(
+        self, a: Any, b: Any, z_w: Any, lsbs: int, rescale: tuple[Any, ...], quant: Any
+    ) -> Any:
+        """:meth:`matmul_rescale` quantized by the output quantizer ``quant`` (scale,
+        zero_point, lo, hi) in one fused kernel: (int8/int16 integers, min, max), or None
+        when this executor does not quantize outputs or the fused kernel does not apply."""
+        if not self.quantizes_outputs:
+            return None
+        return self.backend.fused_matmul_rescale_quant(a, b, z_w, lsbs, rescale, quant)
+
     def conv(
         self,
         x: Any,
@@ -295,6 +310,21 @@ class Executor:
         acc = self.conv(x, w, **geometry, z_w=z_w)
         acc = self.round_bit_pattern(acc, lsbs, exactness)
         return ik.float64_rescale(acc, offset, sub, mul, add)
+
+    def conv_rescale_quant(
+        self,
+        x: Any,
+        w: Any,
+        conv: dict[str, Any],
+        lsbs: int,
+        rescale: tuple[Any, ...],
+        quant: Any,
+    ) -> Any:
+        """:meth:`conv_rescale` quantized by ``quant`` (``conv``: the geometry keywords and
+        ``z_w``), as :meth:`matmul_rescale_quant`."""
+        if not self.quantizes_outputs:
+            return None
+        return self.backend.fused_conv_rescale_quant(x, w, conv, lsbs, rescale, quant)
 
     # -- spatial ----------------------------------------------------------------------------
 

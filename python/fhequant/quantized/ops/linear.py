@@ -27,6 +27,25 @@ from fhequant.quantized.ops.mixing import QuantizedMixingOp
 __all__ = ["QuantizedConv", "QuantizedGemm", "QuantizedMatMul"]
 
 
+def _quantized_in_kernel(
+    op: Any, ex: Any, kernel: Callable[[tuple[Any, ...]], Any]
+) -> QuantizedArray | None:
+    """The op's output quantized inside its fused kernel (``kernel(quant)`` with the output
+    quantizer's (scale, zero_point, lo, hi)), or None when the executor ``ex`` does not
+    quantize outputs, the quantizer does not clip, or the kernel does not apply."""
+    if not ex.quantizes_outputs:
+        return None
+    op._check_calibrated()
+    opts, stats, params = op._get_output_quant_opts(), op.output_quant_stats, op.output_quant_params
+    quantizer = QuantizedArray(op.n_bits, None, options=opts, stats=stats, params=params).quantizer
+    if quantizer.no_clipping:
+        return None
+    found = kernel((quantizer.scale, quantizer.zero_point, *quantizer.clip_bounds()))
+    if found is None:
+        return None
+    return QuantizedArray.from_narrow(op.n_bits, *found, options=opts, stats=stats, params=params)
+
+
 def _values(v: Any) -> Any:
     return v.values if isinstance(v, QuantizedArray) else v
 
@@ -170,7 +189,15 @@ class QuantizedGemm(QuantizedMixingOp):
         if not self.produces_graph_output and not qat_bias and self._fusable(calibrate_rounding):
             # the steps below in one executor call (no accumulator to track or calibrate)
             bias = None if q_bias is None else _values(q_bias)
-            v = ex.matmul_rescale(a, b, z_w, *self._rounding("matmul"), final, sum_w, m, bias)
+            lsbs, exactness = self._rounding("matmul")
+            quant = _quantized_in_kernel(
+                self,
+                ex,
+                lambda q: ex.matmul_rescale_quant(a, b, z_w, lsbs, (final, sum_w, m, bias), q),
+            )
+            if quant is not None:
+                return quant
+            v = ex.matmul_rescale(a, b, z_w, lsbs, exactness, final, sum_w, m, bias)
             return self.make_output_quant_array(v, owned=type(v) is np.ndarray)
         acc = ex.matmul(a, b, z_w)
         if self.produces_graph_output:
@@ -366,6 +393,17 @@ class QuantizedConv(QuantizedMixingOp):
         bias = None if q_bias is None else np.asarray(_values(q_bias)).reshape(layout)
         if fused:
             lsbs, exactness = self._rounding("matmul")
+            quant = None
+            if not is_1d:
+                quant = _quantized_in_kernel(
+                    self,
+                    ex,
+                    lambda q: ex.conv_rescale_quant(
+                        x, w, conv_args, lsbs, (final, sum_w, m, bias), q
+                    ),
+                )
+            if quant is not None:
+                return quant
             v = ex.conv_rescale(
                 x, w, **conv_args, lsbs=lsbs, exactness=exactness,
                 offset=final, sub=sum_w, mul=m, add=bias,

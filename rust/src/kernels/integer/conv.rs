@@ -7,7 +7,9 @@ use ndarray::{Array2, Array4, ArrayView4, CowArray, Ix4};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::kernels::integer::exact::{check_bound, describe, max_abs, range, Exact, Strategy};
+use crate::kernels::integer::exact::{
+    check_bound, describe, max_abs, range, range_of, Exact, Strategy,
+};
 use crate::kernels::integer::vnni::{self, PackedB};
 
 /// Columns of one im2col block; a fixed number, so chunking never depends on threads.
@@ -247,7 +249,7 @@ where
     check_out(out, &[n, o, oh, ow])?;
     let (_, c, h, wd) = x.dim();
     let (_, cg, kh, kw) = w.dim();
-    let (mut xlo, mut xhi) = range(x.iter());
+    let (mut xlo, mut xhi) = range_of(x);
     let (padded, extended) = geom.pads_with();
     if padded {
         xlo = xlo.min(geom.pad_value);
@@ -350,6 +352,30 @@ impl Taps {
         }
     }
 
+    /// Per tap (i, j) (row-major over the kernel), the OH·OW cells it reads, in output order:
+    /// the index of the input element in its plane, or `PAD` / `ZERO` (as `fill_row`).
+    fn gather(&self, kernel: [usize; 2], wd: usize) -> Vec<isize> {
+        let [oh, ow] = self.out;
+        let mut table = Vec::with_capacity(kernel[0] * kernel[1] * oh * ow);
+        for i in 0..kernel[0] {
+            for j in 0..kernel[1] {
+                for y in 0..oh {
+                    let r = self.rows[i * oh + y];
+                    for &c in &self.cols[j * ow..(j + 1) * ow] {
+                        table.push(if r == ZERO || c == ZERO {
+                            ZERO
+                        } else if r == PAD || c == PAD {
+                            PAD
+                        } else {
+                            r * wd as isize + c
+                        });
+                    }
+                }
+            }
+        }
+        table
+    }
+
     /// Write the OW values that tap (i, j) reads for output row y of one input plane.
     #[inline]
     fn fill_row<T: Exact>(
@@ -438,6 +464,7 @@ impl Job<'_> {
                 self.shift.wrapping_mul(sum)
             })
             .collect();
+        let gather = taps.gather([kh, kw], wd);
         out.par_chunks_mut(imgs * o * l)
             .enumerate()
             .for_each(|(chunk, dst)| {
@@ -450,12 +477,18 @@ impl Job<'_> {
                 for g in 0..self.group {
                     for (r, row) in cols.chunks_exact_mut(cols_n).enumerate() {
                         let (ch, tap) = (g * cg + r / (kh * kw), r % (kh * kw));
-                        let (i, j) = (tap / kw, tap % kw);
+                        let cells = &gather[tap * l..(tap + 1) * l];
                         for (img, seg) in row.chunks_exact_mut(l).enumerate() {
                             let base = ((first + img) * c + ch) * plane;
                             let src = &xs[base..base + plane];
-                            for (y, d) in seg.chunks_exact_mut(ow).enumerate() {
-                                taps.fill_row(src, wd, (i, j, y), &fill, d);
+                            for (d, &cell) in seg.iter_mut().zip(cells) {
+                                *d = if cell >= 0 {
+                                    T::from_i64(src[cell as usize].wrapping_sub(fill.shift))
+                                } else if cell == PAD {
+                                    fill.pad
+                                } else {
+                                    fill.zero
+                                };
                             }
                         }
                     }
@@ -629,7 +662,7 @@ pub fn window_sum(x: ArrayView4<'_, i64>, geom: &Geometry) -> Result<Array4<i64>
 
 /// `window_sum` writing into `out` (C order, the size `window_shape` gives).
 pub fn window_sum_into(x: ArrayView4<'_, i64>, geom: &Geometry, out: &mut [i64]) -> Result<()> {
-    let (mut lo, mut hi) = range(x.iter());
+    let (mut lo, mut hi) = range_of(x);
     let (padded, extended) = geom.pads_with();
     if padded {
         lo = lo.min(geom.pad_value);

@@ -107,7 +107,7 @@ pub fn conv_rescale_into(
 impl Rescale<'_> {
     /// `Error::Shape` unless `sub`, `mul` and `add` all have `len` values (`what` names
     /// them, `unit` the output's axis), `Error::InvalidArgument` for lsbs above `MAX_LSBS`.
-    fn check(&self, len: usize, what: &str, unit: &str) -> Result<()> {
+    pub(crate) fn check(&self, len: usize, what: &str, unit: &str) -> Result<()> {
         let lengths = [
             self.sub.len(),
             self.mul.len(),
@@ -149,6 +149,8 @@ pub(crate) trait Operand: Copy {
     fn at(self, j: usize) -> f64;
     /// The operand for a run of `n` elements (slices cut to `n`, so `at` needs no check).
     fn prefix(self, n: usize) -> Self;
+    /// The operand of the run that starts at element `j` (slices lose their first `j`).
+    fn skip(self, j: usize) -> Self;
 }
 
 impl Operand for &[f64] {
@@ -159,6 +161,10 @@ impl Operand for &[f64] {
     #[inline(always)]
     fn prefix(self, n: usize) -> Self {
         &self[..n]
+    }
+    #[inline(always)]
+    fn skip(self, j: usize) -> Self {
+        &self[j..]
     }
 }
 
@@ -171,13 +177,17 @@ impl Operand for f64 {
     fn prefix(self, _: usize) -> Self {
         self
     }
+    #[inline(always)]
+    fn skip(self, _: usize) -> Self {
+        self
+    }
 }
 
 /// `dst[j] = ((f64(round(acc[j])) + offset) − sub[j]) · mul[j] (+ add[j])`, each step one
 /// IEEE operation in the order of the numpy path (`round` removes `lsbs` bits, none for
 /// lsbs <= 0); true if a rounding left int64 (the written values are then to be
 /// discarded). Slice operands must hold at least `acc.len()` values.
-#[inline]
+#[inline(always)]
 pub(crate) fn rescale_run<S: Operand>(
     acc: &[i64],
     dst: &mut [MaybeUninit<f64>],
