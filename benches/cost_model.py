@@ -20,13 +20,13 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from fhequant import build_quantized_module
 from fhequant.fhe.cost_model import load_cost_model, seconds_per_complexity
 from fhequant.fhe.demo import load_digits_split
+from tune import train
 
 #: name -> (layers, n_bits, rounding_threshold_bits, p_error)
 MODELS: dict[str, tuple[str, Any, Any, float | None]] = {
@@ -71,25 +71,12 @@ def _net(kind: str) -> nn.Module:
     )  # fmt: skip
 
 
-def _train(net: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 8) -> nn.Module:
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    xt, yt = torch.tensor(x), torch.tensor(y, dtype=torch.long)
-    for _ in range(epochs):
-        perm = torch.randperm(len(xt))
-        for i in range(0, len(xt), 64):
-            idx = perm[i : i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
-            opt.step()
-    return net.eval()
-
-
 def measure(name: str, execute: bool, factor: float = 0.0) -> dict[str, Any]:
     kind, n_bits, rounding, p_error = MODELS[name]
     x_train, x_test, y_train, _ = load_digits_split()
     shape = (-1, 64) if kind.startswith("mlp") else (-1, 1, 8, 8)
     x_train, x_test = x_train.reshape(shape), x_test.reshape(shape)
-    net = _train(_net(kind), x_train, y_train)
+    net = train(_net(kind), x_train, y_train, epochs=8)
     module = build_quantized_module(net, x_train, n_bits=n_bits, rounding_threshold_bits=rounding)
     start = time.perf_counter()
     predicted = module.cost_report(x_train, p_error=p_error)

@@ -38,6 +38,11 @@ def _cnn(x: np.ndarray, y: np.ndarray, epochs: int = 30) -> nn.Module:
         nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
         nn.Flatten(), nn.Linear(256, 10),
     )  # fmt: skip
+    return train(net, x, y, epochs)
+
+
+def train(net: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int) -> nn.Module:
+    """Adam, batches of 64, cross-entropy; also used by ``cost_model.py``."""
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     xt, yt = torch.tensor(x), torch.tensor(y, dtype=torch.long)
     for _ in range(epochs):
