@@ -227,8 +227,7 @@ def install(module: Any, fhe: str, client: Any) -> tuple[str, ShippingReport]:
 def _execute(module: Any, client: Any, token: str, blocks: list[Any]) -> Any:
     """Encrypt on the client, run on the workers, decrypt on the client."""
     from fhequant.fhe.compile import split_samples
-    from fhequant.fhe.run import _as_tuple
-    from fhequant.fhe.run import _concat as concat_rows
+    from fhequant.fhe.run import concat_rows, result_tuple
     from fhequant.quantized.inputs import check_forward_inputs
 
     circuit = module.fhe_circuit
@@ -254,7 +253,7 @@ def _execute(module: Any, client: Any, token: str, blocks: list[Any]) -> Any:
     for block in client.gather(futures):
         for row in block:
             values = [fhe.Value.deserialize(b) for b in row]
-            q_rows.append(_as_tuple(circuit.decrypt(*values)))
+            q_rows.append(result_tuple(circuit.decrypt(*values)))
     q_y = concat_rows(q_rows)
     y = module.dequantize_output(*q_y)
     return module.post_processing(y)

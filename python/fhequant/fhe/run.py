@@ -21,16 +21,18 @@ from fhequant.errors import GraphInputError
 from fhequant.fhe.compile import split_samples
 from fhequant.fhe.progress import progress_enabled, samples, step
 
-__all__ = ["ensure_keys", "execute", "simulate"]
+__all__ = ["concat_rows", "ensure_keys", "execute", "result_tuple", "simulate"]
 
 
-def _as_tuple(result: Any) -> tuple[np.ndarray, ...]:
+def result_tuple(result: Any) -> tuple[np.ndarray, ...]:
+    """A circuit's result (one array or a tuple of them) as a tuple of arrays."""
     if isinstance(result, tuple):
         return tuple(np.asarray(r) for r in result)
     return (np.asarray(result),)
 
 
-def _concat(rows: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+def concat_rows(rows: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """The per-sample results of a circuit joined on axis 0, one int64 array per output."""
     n_out = len(rows[0])
     return tuple(
         np.concatenate([np.asarray(r[k], dtype=np.int64) for r in rows], axis=0)
@@ -73,10 +75,10 @@ def simulate(circuit: Any, *q_inputs: np.ndarray, progress: bool = True) -> tupl
             if crt:
                 # concrete cannot simulate CRT-encoded circuits: evaluate the graph with the
                 # table-lookup error probability instead (docs/contract.md §6.2).
-                rows.append(_as_tuple(circuit.graph(*args, p_error=p_error)))
+                rows.append(result_tuple(circuit.graph(*args, p_error=p_error)))
             else:
-                rows.append(_as_tuple(circuit.simulate(*args)))
-    return _concat(rows)
+                rows.append(result_tuple(circuit.simulate(*args)))
+    return concat_rows(rows)
 
 
 #: Seed of the table-lookup errors drawn by a graph-evaluated (CRT) simulation.
@@ -155,5 +157,5 @@ def execute(circuit: Any, *q_inputs: np.ndarray, progress: bool = True) -> tuple
         encrypted = encrypted if isinstance(encrypted, tuple) else (encrypted,)
         result = circuit.run(*encrypted)
         result = result if isinstance(result, tuple) else (result,)
-        rows.append(_as_tuple(circuit.decrypt(*result)))
-    return _concat(rows)
+        rows.append(result_tuple(circuit.decrypt(*result)))
+    return concat_rows(rows)
