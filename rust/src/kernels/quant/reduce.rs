@@ -245,124 +245,117 @@ mod avx2 {
     /// Four independent vectors per step, so no dependency chain limits the loop.
     const U: usize = 4;
 
-    /// # Safety
-    /// As for [`lanes`].
-    #[target_feature(enable = "avx2")]
-    unsafe fn lanes_f64<const COPY: bool>(xs: &[f64], dst: *mut f64) -> Lanes {
-        const V: usize = 4;
-        let done = xs.len() / (V * U) * (V * U);
-        let mut mn = [_mm256_set1_pd(f64::INFINITY); U];
-        let mut mx = [_mm256_set1_pd(f64::NEG_INFINITY); U];
-        let mut nf = [_mm256_setzero_pd(); U];
-        let mut pz = [_mm256_setzero_si256(); U];
-        let mut nz = [_mm256_setzero_si256(); U];
-        let zero = _mm256_setzero_si256();
-        let sign = _mm256_set1_epi64x(i64::MIN);
-        for step in xs[..done].chunks_exact(V * U) {
-            for k in 0..U {
-                // SAFETY: `step` holds V * U elements, so k * V + 3 is in bounds.
-                let v = unsafe { _mm256_loadu_pd(step.as_ptr().add(k * V)) };
-                if COPY {
-                    let at = step.as_ptr().offset_from(xs.as_ptr()) as usize + k * V;
-                    // SAFETY: `at` + V <= done <= xs.len(), and `dst` + at is 32-byte aligned
-                    // (`dst` is, and `at` is a multiple of V elements, 32 bytes).
-                    unsafe { _mm256_stream_pd(dst.add(at), v) };
+    /// One AVX2 scan loop per float type: `$t` with `$v` lanes per vector and the matching
+    /// intrinsics (`$ps` / `$pd` families), the integer compare of its width and the bit
+    /// pattern of `-0.0` as that integer.
+    macro_rules! avx2_lanes {
+        (
+            $name:ident, $t:ty, $v:expr, $set1:ident, $zero:ident, $load:ident, $stream:ident,
+            $min:ident, $max:ident, $add:ident, $sub:ident, $cast:ident, $cmpeq:ident,
+            $set1_int:ident, $sign:expr, $store:ident, $cmp:ident, $movemask:ident
+        ) => {
+            /// # Safety
+            /// As for [`lanes`].
+            #[target_feature(enable = "avx2")]
+            unsafe fn $name<const COPY: bool>(xs: &[$t], dst: *mut $t) -> Lanes {
+                const V: usize = $v;
+                let done = xs.len() / (V * U) * (V * U);
+                let mut mn = [$set1(<$t>::INFINITY); U];
+                let mut mx = [$set1(<$t>::NEG_INFINITY); U];
+                let mut nf = [$zero(); U];
+                let mut pz = [_mm256_setzero_si256(); U];
+                let mut nz = [_mm256_setzero_si256(); U];
+                let zero = _mm256_setzero_si256();
+                let sign = $set1_int($sign);
+                for step in xs[..done].chunks_exact(V * U) {
+                    for k in 0..U {
+                        // SAFETY: `step` holds V * U elements, so k * V + V - 1 is in bounds.
+                        let v = unsafe { $load(step.as_ptr().add(k * V)) };
+                        if COPY {
+                            let at = step.as_ptr().offset_from(xs.as_ptr()) as usize + k * V;
+                            // SAFETY: `at` + V <= done <= xs.len(), and `dst` + at is 32-byte
+                            // aligned (`dst` is, and `at` is a multiple of V elements, 32 bytes).
+                            unsafe { $stream(dst.add(at), v) };
+                        }
+                        mn[k] = $min(v, mn[k]);
+                        mx[k] = $max(v, mx[k]);
+                        nf[k] = $add(nf[k], $sub(v, v));
+                        let bits = $cast(v);
+                        pz[k] = _mm256_or_si256(pz[k], $cmpeq(bits, zero));
+                        nz[k] = _mm256_or_si256(nz[k], $cmpeq(bits, sign));
+                    }
                 }
-                mn[k] = _mm256_min_pd(v, mn[k]);
-                mx[k] = _mm256_max_pd(v, mx[k]);
-                nf[k] = _mm256_add_pd(nf[k], _mm256_sub_pd(v, v));
-                let bits = _mm256_castpd_si256(v);
-                pz[k] = _mm256_or_si256(pz[k], _mm256_cmpeq_epi64(bits, zero));
-                nz[k] = _mm256_or_si256(nz[k], _mm256_cmpeq_epi64(bits, sign));
+                if COPY {
+                    _mm_sfence(); // order the streaming stores before the caller's next writes
+                }
+                let mut mins = [<$t>::INFINITY; V * U];
+                let mut maxs = [<$t>::NEG_INFINITY; V * U];
+                let (mut bad, mut pos_zero, mut neg_zero) = (false, false, false);
+                for k in 0..U {
+                    // SAFETY: each store writes V elements at k * V of a V * U array.
+                    unsafe {
+                        $store(mins.as_mut_ptr().add(k * V), mn[k]);
+                        $store(maxs.as_mut_ptr().add(k * V), mx[k]);
+                    }
+                    let nonzero = $cmp::<_CMP_NEQ_UQ>(nf[k], $zero());
+                    bad |= $movemask(nonzero) != 0;
+                    pos_zero |= _mm256_testz_si256(pz[k], pz[k]) == 0;
+                    neg_zero |= _mm256_testz_si256(nz[k], nz[k]) == 0;
+                }
+                let widen = |v: &[$t]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+                let (min, max) = fold_lanes(&widen(&mins), &widen(&maxs));
+                Lanes {
+                    min,
+                    max,
+                    bad,
+                    pos_zero,
+                    neg_zero,
+                    done,
+                }
             }
-        }
-        if COPY {
-            _mm_sfence(); // order the streaming stores before the caller's next writes
-        }
-        let mut mins = [0.0f64; V * U];
-        let mut maxs = [0.0f64; V * U];
-        let (mut bad, mut pos_zero, mut neg_zero) = (false, false, false);
-        for k in 0..U {
-            // SAFETY: each store writes V elements at k * V of a V * U array.
-            unsafe {
-                _mm256_storeu_pd(mins.as_mut_ptr().add(k * V), mn[k]);
-                _mm256_storeu_pd(maxs.as_mut_ptr().add(k * V), mx[k]);
-            }
-            let nonzero = _mm256_cmp_pd::<_CMP_NEQ_UQ>(nf[k], _mm256_setzero_pd());
-            bad |= _mm256_movemask_pd(nonzero) != 0;
-            pos_zero |= _mm256_testz_si256(pz[k], pz[k]) == 0;
-            neg_zero |= _mm256_testz_si256(nz[k], nz[k]) == 0;
-        }
-        let (min, max) = fold_lanes(&mins, &maxs);
-        Lanes {
-            min,
-            max,
-            bad,
-            pos_zero,
-            neg_zero,
-            done,
-        }
+        };
     }
 
-    /// # Safety
-    /// As for [`lanes`].
-    #[target_feature(enable = "avx2")]
-    unsafe fn lanes_f32<const COPY: bool>(xs: &[f32], dst: *mut f32) -> Lanes {
-        const V: usize = 8;
-        let done = xs.len() / (V * U) * (V * U);
-        let mut mn = [_mm256_set1_ps(f32::INFINITY); U];
-        let mut mx = [_mm256_set1_ps(f32::NEG_INFINITY); U];
-        let mut nf = [_mm256_setzero_ps(); U];
-        let mut pz = [_mm256_setzero_si256(); U];
-        let mut nz = [_mm256_setzero_si256(); U];
-        let zero = _mm256_setzero_si256();
-        let sign = _mm256_set1_epi32(i32::MIN);
-        for step in xs[..done].chunks_exact(V * U) {
-            for k in 0..U {
-                // SAFETY: `step` holds V * U elements, so k * V + 7 is in bounds.
-                let v = unsafe { _mm256_loadu_ps(step.as_ptr().add(k * V)) };
-                if COPY {
-                    let at = step.as_ptr().offset_from(xs.as_ptr()) as usize + k * V;
-                    // SAFETY: `at` + V <= done <= xs.len(), and `dst` + at is 32-byte aligned
-                    // (`dst` is, and `at` is a multiple of V elements, 32 bytes).
-                    unsafe { _mm256_stream_ps(dst.add(at), v) };
-                }
-                mn[k] = _mm256_min_ps(v, mn[k]);
-                mx[k] = _mm256_max_ps(v, mx[k]);
-                nf[k] = _mm256_add_ps(nf[k], _mm256_sub_ps(v, v));
-                let bits = _mm256_castps_si256(v);
-                pz[k] = _mm256_or_si256(pz[k], _mm256_cmpeq_epi32(bits, zero));
-                nz[k] = _mm256_or_si256(nz[k], _mm256_cmpeq_epi32(bits, sign));
-            }
-        }
-        if COPY {
-            _mm_sfence(); // order the streaming stores before the caller's next writes
-        }
-        let mut mins = [0.0f32; V * U];
-        let mut maxs = [0.0f32; V * U];
-        let (mut bad, mut pos_zero, mut neg_zero) = (false, false, false);
-        for k in 0..U {
-            // SAFETY: each store writes V elements at k * V of a V * U array.
-            unsafe {
-                _mm256_storeu_ps(mins.as_mut_ptr().add(k * V), mn[k]);
-                _mm256_storeu_ps(maxs.as_mut_ptr().add(k * V), mx[k]);
-            }
-            let nonzero = _mm256_cmp_ps::<_CMP_NEQ_UQ>(nf[k], _mm256_setzero_ps());
-            bad |= _mm256_movemask_ps(nonzero) != 0;
-            pos_zero |= _mm256_testz_si256(pz[k], pz[k]) == 0;
-            neg_zero |= _mm256_testz_si256(nz[k], nz[k]) == 0;
-        }
-        let widen = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
-        let (min, max) = fold_lanes(&widen(&mins), &widen(&maxs));
-        Lanes {
-            min,
-            max,
-            bad,
-            pos_zero,
-            neg_zero,
-            done,
-        }
-    }
+    avx2_lanes!(
+        lanes_f64,
+        f64,
+        4,
+        _mm256_set1_pd,
+        _mm256_setzero_pd,
+        _mm256_loadu_pd,
+        _mm256_stream_pd,
+        _mm256_min_pd,
+        _mm256_max_pd,
+        _mm256_add_pd,
+        _mm256_sub_pd,
+        _mm256_castpd_si256,
+        _mm256_cmpeq_epi64,
+        _mm256_set1_epi64x,
+        i64::MIN,
+        _mm256_storeu_pd,
+        _mm256_cmp_pd,
+        _mm256_movemask_pd
+    );
+    avx2_lanes!(
+        lanes_f32,
+        f32,
+        8,
+        _mm256_set1_ps,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_stream_ps,
+        _mm256_min_ps,
+        _mm256_max_ps,
+        _mm256_add_ps,
+        _mm256_sub_ps,
+        _mm256_castps_si256,
+        _mm256_cmpeq_epi32,
+        _mm256_set1_epi32,
+        i32::MIN,
+        _mm256_storeu_ps,
+        _mm256_cmp_ps,
+        _mm256_movemask_ps
+    );
 }
 
 /// (min, max) over all elements of a float tensor.
