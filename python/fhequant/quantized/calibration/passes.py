@@ -167,12 +167,15 @@ class OpPasses:
             )
         opts = op.input_quant_opts
         ref = self.input_reference(name, opts, data.dtype)
+        # the block is only read while the op runs: no copy, integers computed on first read
         return QuantizedArray(
             opts.n_bits,
             data,
             options=opts,
             stats=ref.quant_stats,
             params=ref.quant_params,
+            copy_values=False,
+            defer=True,
         )
 
     def input_reference(self, name: str, opts: QuantizationOptions, dtype: Any) -> Any:
