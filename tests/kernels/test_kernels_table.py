@@ -104,3 +104,19 @@ def test_lookup_of_every_int8_through_a_full_byte_table() -> None:
             _core.int_lookup(q, -128, table), table[q.astype(np.int64) + 128]
         )
     assert _core.int_presence(q, -128, 256).all()
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16])
+@pytest.mark.parametrize("rare", [1, 5, 9])
+def test_presence_finds_rare_tail_values_in_a_bell_shaped_block(dtype: Any, rare: int) -> None:
+    # a layer's output: dense in the middle, a few values of the span occur once or never,
+    # in the middle of the data and at the end of a chunk (the compare passes' edges)
+    rng = np.random.default_rng(rare)
+    q = np.clip(np.rint(rng.normal(size=3 * CHUNK + 11) * 4), -20, 20).astype(dtype)
+    q[q == -15] = 0
+    q[q == 14] = 0
+    spots = rng.choice(q.size, size=rare, replace=False)
+    q[spots] = rng.choice([-15, 14, -20, 20], size=rare)
+    q[CHUNK - 1] = 13 if dtype == np.int8 else q[CHUNK - 1]
+    q[-1] = -20
+    np.testing.assert_array_equal(_core.int_presence(q, -20, 41), _want_presence(q, -20, 41))

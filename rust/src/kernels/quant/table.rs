@@ -12,10 +12,12 @@
 //! own dtype (one vector pass that also checks the table's range), then:
 //!
 //! * `presence` marks the chunk's integers in a table over the chunk's span `[min, max]`
-//!   only, and stops as soon as every integer of that span is marked (the usual case for
-//!   the 6-8 bit outputs of a layer: a few hundred elements in), because the marks can no
-//!   longer change. The marks of the chunks are OR-ed, so the result does not depend on the
-//!   split.
+//!   only. Once at most 8 integers of the span are unmarked (usually a few thousand elements
+//!   in: the min and max are present by definition, the rare values are tails), it stops
+//!   marking and looks for those integers only, with one vectorized compare pass each,
+//!   dropping each one found; it stops when none is left. The marks are the same as
+//!   marking every element. The marks of the chunks are OR-ed, so the result does not
+//!   depend on the split.
 //! * `lookup` of int8 integers through a table whose entries fit int8 uses the AVX2
 //!   byte-shuffle (`vpshufb`, 16 entries per shuffle, up to 16 shuffles for 256 entries) on
 //!   32 elements at a time, then widens to the table's dtype; other cases index a table
@@ -33,6 +35,8 @@ use crate::error::{Error, Result};
 pub trait Index: QInt + Ord {
     /// The values as int8 when the type is int8 (the byte-indexed paths).
     fn as_i8(values: &[Self]) -> Option<&[i8]>;
+    /// The value `v` of the type's range in the type.
+    fn from_i64(v: i64) -> Self;
     /// The smallest and largest value of a non-empty slice (a vector pass in the type).
     #[inline(always)]
     fn min_max(values: &[Self]) -> (Self, Self) {
@@ -48,6 +52,10 @@ impl Index for i8 {
     fn as_i8(values: &[Self]) -> Option<&[i8]> {
         Some(values)
     }
+    #[inline(always)]
+    fn from_i64(v: i64) -> Self {
+        v as i8
+    }
 }
 
 macro_rules! impl_index {
@@ -56,6 +64,10 @@ macro_rules! impl_index {
             #[inline(always)]
             fn as_i8(_: &[Self]) -> Option<&[i8]> {
                 None
+            }
+            #[inline(always)]
+            fn from_i64(v: i64) -> Self {
+                v as $t
             }
         }
     )*};
@@ -160,8 +172,11 @@ fn presence_chunk<I: Index>(chunk: &[I], lo: i64, size: usize) -> Result<ChunkMa
     let (min, max) = checked_span(chunk, lo, size)?;
     let span = (max - min + 1) as usize;
     let mut marks = vec![false; span];
-    // Check for a full span every `step` elements: at most one extra read per element.
+    // Mark element by element, checking the span every `step` elements (at most one extra
+    // read per element), until at most FEW integers of the span are still missing.
     let step = span.max(1024);
+    let mut done = 0;
+    let mut missing: Vec<usize> = Vec::new();
     if let Some(bytes) = I::as_i8(chunk) {
         let mut byte_marks = [false; 256];
         let base = min as u8;
@@ -169,7 +184,8 @@ fn presence_chunk<I: Index>(chunk: &[I], lo: i64, size: usize) -> Result<ChunkMa
             for &v in part {
                 byte_marks[(v as u8).wrapping_sub(base) as usize] = true;
             }
-            if byte_marks[..span].iter().filter(|&&m| m).count() == span {
+            done += part.len();
+            if few_missing(&byte_marks[..span], &mut missing) {
                 break;
             }
         }
@@ -181,12 +197,47 @@ fn presence_chunk<I: Index>(chunk: &[I], lo: i64, size: usize) -> Result<ChunkMa
                 // SAFETY: min <= v <= max (checked_span), so i < span = marks.len().
                 unsafe { *marks.get_unchecked_mut(i) = true };
             }
-            if marks.iter().filter(|&&m| m).count() == span {
+            done += part.len();
+            if few_missing(&marks, &mut missing) {
                 break;
             }
         }
     }
+    // Then look for the few missing integers only: one compare-and-OR pass per integer
+    // over each 4096 elements (vectorized), dropping the integers found.
+    for part in chunk[done..].chunks(4096) {
+        if missing.is_empty() {
+            break;
+        }
+        missing.retain(|&i| {
+            let want = I::from_i64(min + i as i64);
+            let found = part.iter().fold(false, |any, &v| any | (v == want));
+            marks[i] |= found;
+            !found
+        });
+    }
     Ok(Some((min, marks)))
+}
+
+/// How many missing integers the marking hands over to the compare passes.
+const FEW: usize = 8;
+
+/// Whether at most [`FEW`] entries of `marks` are false; then `missing` lists them.
+#[inline(always)]
+fn few_missing(marks: &[bool], missing: &mut Vec<usize>) -> bool {
+    let absent = marks.iter().filter(|&&m| !m).count();
+    if absent > FEW {
+        return false;
+    }
+    missing.clear();
+    missing.extend(
+        marks
+            .iter()
+            .enumerate()
+            .filter(|(_, &m)| !m)
+            .map(|(i, _)| i),
+    );
+    true
 }
 
 /// [`presence_chunk`] compiled for AVX2 (the same operations).
