@@ -391,7 +391,7 @@ def main() -> None:
         ),
     }
     cases["summation_order"] = lambda d: summation_order_cost(x_mlp, args.repeat + 2)
-    cases["spill_cost"] = lambda d: spill_cost(n(1_000_000), args.repeat)
+    cases["spill_cost"] = lambda d: spill_cost(n(1_000_000), 1)
     if args.skip_10m:
         cases.pop("mlp_10m_streamed")
     if args.only:

@@ -300,13 +300,7 @@ class TensorStore:
         """How many blocks tensor ``name`` has."""
         return len(self._entries[name].blocks)
 
-    def put(
-        self,
-        name: str,
-        block: np.ndarray,
-        owned: bool = True,
-        dtype: Any = None,
-    ) -> None:
+    def put(self, name: str, block: np.ndarray, owned: bool = True, dtype: Any = None) -> None:
         """Append the next block of tensor ``name``.
 
         Args:
