@@ -20,6 +20,10 @@ Rows:
 ``summation_order`` measures what the reference's sequential float sums cost in the statistics
 pass (the native extremes kernels against numpy's BLAS product and min/max on the same blocks).
 
+``spill_cost`` calibrates the 1M streamed rows in child processes with the default
+``memory_budget`` (32 MiB: blocks spilled to disk) and with a budget that holds every block
+(nothing spilled), and reports each one's time, peak RSS and the bytes spilled.
+
 ``source_reads`` counts how many times each calibrator iterated the re-iterable. The targets
 are ``fhequant / ort <= 1.0`` on every row and ``fhequant / torch_float <= 1.5`` in memory.
 
@@ -290,6 +294,59 @@ def summation_order_cost(x: np.ndarray, repeat: int) -> dict[str, Any]:
     return result
 
 
+_SPILL_CHILD = """
+import resource, sys, time
+sys.path.insert(0, {benches!r})
+from calibration_vs_ort import Batches
+from ptq import mlp_model
+from fhequant.quantized.calibration.walk import quantize_module
+from fhequant.quantized.streaming import normalize_calibration_data
+data = Batches({rows}, (64,))
+best = float("inf")
+for _ in range({repeat}):
+    start = time.perf_counter()
+    result = quantize_module(
+        mlp_model(), normalize_calibration_data(data), n_bits=6, memory_budget={budget}
+    )
+    best = min(best, time.perf_counter() - start)
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(best, rss, result.get("spilled_bytes"), data.reads // {repeat})
+"""
+
+
+def spill_cost(rows: int, repeat: int) -> dict[str, Any]:
+    """The calibration walk (``quantize_module``) of the streamed MLP with the default memory
+    budget and with one that holds everything, each in a fresh child process (peak RSS),
+    alternating."""
+    import subprocess
+
+    from fhequant.quantized.streaming import DEFAULT_MEMORY_BUDGET
+
+    budgets = {"default_32mib": DEFAULT_MEMORY_BUDGET, "unbounded": 1 << 40}
+    found: dict[str, list[tuple[float, int, Any, int]]] = {k: [] for k in budgets}
+    benches = os.path.dirname(os.path.abspath(__file__))
+    for _ in range(2):
+        for key, budget in budgets.items():
+            code = _SPILL_CHILD.format(benches=benches, rows=rows, repeat=repeat, budget=budget)
+            out = subprocess.run(
+                [sys.executable, "-c", code], check=True, capture_output=True, text=True
+            ).stdout.split()
+            spilled = None if out[2] == "None" else int(out[2])
+            found[key].append((float(out[0]), int(out[1]), spilled, int(out[3])))
+    result: dict[str, Any] = {"rows": rows}
+    for key, runs in found.items():
+        result[key] = {
+            "fhequant_s": round(min(r[0] for r in runs), 4),
+            "peak_rss_mib": round(max(r[1] for r in runs) / 2**20, 1),
+            "spilled_mib": None if runs[0][2] is None else round(runs[0][2] / 2**20, 1),
+            "source_reads_per_calibration": runs[0][3],
+        }
+    result["spill_over_unbounded"] = round(
+        result["default_32mib"]["fhequant_s"] / result["unbounded"]["fhequant_s"], 3
+    )
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10x fewer rows")
@@ -334,6 +391,7 @@ def main() -> None:
         ),
     }
     cases["summation_order"] = lambda d: summation_order_cost(x_mlp, args.repeat + 2)
+    cases["spill_cost"] = lambda d: spill_cost(n(1_000_000), 1)
     if args.skip_10m:
         cases.pop("mlp_10m_streamed")
     if args.only:

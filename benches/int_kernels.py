@@ -12,12 +12,21 @@ Prints ONE JSON object. Build the extension in release mode first: ``maturin dev
   Gemm 512 cases likewise.
 * The CNN convs: 10k x 1x8x8 through Conv(1->8, 3, p1) and Conv(8->16, 3, s2, p1), vs a numpy
   im2col (int64 matmul), a float64 im2col (BLAS) and fhequant without the VNNI strategy.
+* The calibration's table kernels on a 4096x128 block (a Relu between MLP layers): int8 or
+  int16 integers of a 64-value range, bell-shaped, ``int_presence`` and ``int_lookup``
+  into int8, int16 and int64 tables, vs numpy (``np.take`` of the shifted indices, a
+  ``bincount``) and, when ``FHEQUANT_BASELINE_CORE`` names another build of ``_core*.so``
+  (the code before a change), vs that build in the same run (``--only tables`` runs just
+  these).
 """
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -178,8 +187,65 @@ def conv_case(repeats: int) -> dict[str, Any]:
     return out
 
 
+def baseline_core() -> Any:
+    """The ``_core`` build named by ``FHEQUANT_BASELINE_CORE`` (loaded under another package
+    name, next to the current one), or None."""
+    path = os.environ.get("FHEQUANT_BASELINE_CORE")
+    if not path:
+        return None
+    loader = importlib.machinery.ExtensionFileLoader("fhequant_baseline._core", path)
+    spec = importlib.util.spec_from_file_location("fhequant_baseline._core", path, loader=loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def table_case(dtype: Any, table_dtype: Any, repeats: int, old: Any) -> dict[str, Any]:
+    """int_presence / int_lookup on one 4096x128 block of a 64-value range."""
+    rng = np.random.default_rng(11)
+    lo = -32
+    # bell-shaped like a layer's output: the tail values of the range are rare
+    q = np.clip(np.rint(rng.normal(size=(4096, 128)) * 10), lo, lo + 63).astype(dtype)
+    table = rng.integers(-100, 100, size=64).astype(table_dtype)
+    out = np.empty(q.shape, dtype=table_dtype)
+    fns: dict[str, Callable[[], Any]] = {
+        "lookup": lambda: _core.int_lookup(q, lo, table, out),
+        "lookup_numpy": lambda: np.take(table, q.astype(np.intp) - lo, out=out),
+        "presence": lambda: _core.int_presence(q, lo, 64),
+        "presence_numpy": lambda: np.bincount(q.reshape(-1).astype(np.intp) - lo, minlength=64) > 0,
+    }
+    if old is not None:
+        fns["lookup_old"] = lambda: old.int_lookup(q, lo, table, out)
+        fns["presence_old"] = lambda: old.int_presence(q, lo, 64)
+    t = race(fns, repeats)
+    np.testing.assert_array_equal(_core.int_lookup(q, lo, table), table[q.astype(np.int64) - lo])
+    row: dict[str, Any] = {
+        "q": np.dtype(dtype).name,
+        "table": np.dtype(table_dtype).name,
+        "elements": q.size,
+    }
+    for kernel in ("lookup", "presence"):
+        row[f"{kernel}_s"] = t[kernel]
+        row[f"{kernel}_ns_per_element"] = round(t[kernel] / q.size * 1e9, 3)
+        row[f"{kernel}_numpy_over_new"] = round(t[f"{kernel}_numpy"] / t[kernel], 2)
+        if old is not None:
+            row[f"{kernel}_old_s"] = t[f"{kernel}_old"]
+            row[f"{kernel}_new_over_old"] = round(t[kernel] / t[f"{kernel}_old"], 3)
+    return row
+
+
+def tables(repeats: int) -> list[dict[str, Any]]:
+    old = baseline_core()
+    cases = [(np.int8, np.int8), (np.int8, np.int64), (np.int16, np.int16), (np.int16, np.int64)]
+    return [table_case(d, t, repeats, old) for d, t in cases]
+
+
 def main() -> None:
     repeats = int(os.environ.get("FHEQUANT_BENCH_REPEATS", "10"))
+    if sys.argv[1:] == ["--only", "tables"]:
+        print(json.dumps({"benchmark": "table kernels", "tables": tables(5 * repeats)}, indent=1))
+        return
     result = {
         "benchmark": "integer kernels",
         "threads": os.cpu_count(),
@@ -191,6 +257,7 @@ def main() -> None:
             vnni_case(100_000, 64, 128, max(1, repeats // 2)),
         ],
         "conv_cnn": conv_case(max(1, repeats // 2)),
+        "tables": tables(5 * repeats),
     }
     print(json.dumps(result, indent=1))
 

@@ -8,8 +8,8 @@ which can depend on the shape of a matmul, are therefore independent of how the 
 
 :class:`TensorStore` keeps the per-block values of the tensors the walk still needs (graph
 inputs and the quantized outputs of calibrated ops). It holds them in memory up to a byte
-budget and spills further blocks to ``.npy`` files in a private temporary directory, so the
-peak memory of a calibration does not grow with the number of rows.
+budget and spills further blocks to raw files (one per tensor) in a private temporary
+directory, so the peak memory of a calibration does not grow with the number of rows.
 """
 
 from __future__ import annotations
@@ -225,17 +225,34 @@ def _take_rows(
     return block, rest, left
 
 
+@dataclass(frozen=True)
+class _Spilled:
+    """Where a spilled block lies in its tensor's spill file."""
+
+    offset: int
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+
+
 @dataclass
 class _Entry:
     blocks: list[Any] = field(default_factory=list)
     dtypes: list[np.dtype[Any]] = field(default_factory=list)
+    #: the tensor's spill file (opened on its first spilled block), its path and length
+    file: Any = None
+    path: str | None = None
+    end: int = 0
+    #: bytes of this tensor's blocks charged to the memory budget
+    charged: int = 0
 
 
 class TensorStore:
     """Per-block values of tensors, in memory up to a budget, on disk beyond it.
 
     Integer blocks are narrowed to the smallest integer dtype that holds them and widened
-    back on read, so stored quantized tensors take 1 or 2 bytes per value.
+    back on read, so stored quantized tensors take 1 or 2 bytes per value. Spilled blocks of
+    one tensor are appended as raw bytes to one file (opened once, read back with one
+    ``readinto`` per block straight into the returned array, no header to parse).
 
     Args:
         memory_budget: bytes of (owned) block data kept in memory; more goes to disk.
@@ -247,6 +264,7 @@ class TensorStore:
         self._entries: dict[str, _Entry] = {}
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._files = 0
+        self._spilled_bytes = 0
 
     def __enter__(self) -> TensorStore:
         return self
@@ -256,6 +274,9 @@ class TensorStore:
 
     def close(self) -> None:
         """Forget every tensor and delete the spill directory."""
+        for entry in self._entries.values():
+            if entry.file is not None:
+                entry.file.close()
         self._entries.clear()
         self._in_memory = 0
         if self._tmp is not None:
@@ -266,6 +287,11 @@ class TensorStore:
     def spilled(self) -> bool:
         """True once some block went to disk."""
         return self._files > 0
+
+    @property
+    def spilled_bytes(self) -> int:
+        """Bytes written to the spill files so far (each spilled block once)."""
+        return self._spilled_bytes
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
@@ -289,17 +315,39 @@ class TensorStore:
         if not owned:
             entry.blocks.append(block)
             return
-        stored = _narrow(block) if dtype is None else block
-        if self._in_memory + stored.nbytes <= self.memory_budget:
-            self._in_memory += stored.nbytes
-            entry.blocks.append(stored)
+        if dtype is not None:
+            stored = block
+        elif block.dtype.kind in "iu" and block.size:
+            stored = _narrow(block)
+        else:
+            stored = None  # copied below when kept in memory
+        nbytes = block.nbytes if stored is None else stored.nbytes
+        if self._in_memory + nbytes <= self.memory_budget:
+            self._in_memory += nbytes
+            entry.charged += nbytes
+            entry.blocks.append(np.array(block, copy=True) if stored is None else stored)
             return
-        if self._tmp is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="fhequant-calib-")
-        path = os.path.join(self._tmp.name, f"{self._files}.npy")
-        self._files += 1
-        np.save(path, stored, allow_pickle=False)
-        entry.blocks.append(path)
+        # to disk: the write is the copy (a float block is never copied in memory first)
+        entry.blocks.append(self._spill(entry, block if stored is None else stored))
+
+    def _spill(self, entry: _Entry, block: np.ndarray) -> _Spilled:
+        if entry.file is None:
+            if self._tmp is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="fhequant-calib-")
+            entry.path = os.path.join(self._tmp.name, f"{self._files}.bin")
+            self._files += 1
+            entry.file = open(entry.path, "w+b", buffering=0)  # noqa: SIM115 (closed on drop)
+            entry.end = 0
+        data = np.ascontiguousarray(block)
+        where = _Spilled(entry.end, data.shape, data.dtype)
+        view = data.data.cast("B") if data.size else memoryview(b"")
+        entry.file.seek(entry.end)
+        written = 0
+        while written < view.nbytes:
+            written += entry.file.write(view[written:])
+        entry.end += view.nbytes
+        self._spilled_bytes += view.nbytes
+        return where
 
     def get(self, name: str, index: int) -> np.ndarray:
         """Block ``index`` of tensor ``name``, with its original dtype."""
@@ -334,9 +382,19 @@ class TensorStore:
         Returns:
             The stored values: the same numbers as :meth:`get`, maybe in a smaller dtype.
         """
-        block = self._entries[name].blocks[index]
-        if isinstance(block, str):
-            block = np.load(block, allow_pickle=False)
+        entry = self._entries[name]
+        block = entry.blocks[index]
+        if isinstance(block, _Spilled):
+            out = np.empty(block.shape, dtype=block.dtype)
+            view = out.data.cast("B") if out.size else memoryview(b"")
+            entry.file.seek(block.offset)
+            got = 0
+            while got < view.nbytes:
+                n = entry.file.readinto(view[got:])
+                if not n:
+                    raise OSError(f"calibration spill file {entry.path}: short read")
+                got += n
+            return out
         return block
 
     def drop(self, name: str) -> None:
@@ -344,12 +402,11 @@ class TensorStore:
         entry = self._entries.pop(name, None)
         if entry is None:
             return
-        for block in entry.blocks:
-            if isinstance(block, str):
-                os.remove(block)
-            elif isinstance(block, np.ndarray) and block.base is None:
-                self._in_memory -= block.nbytes
-        self._in_memory = max(self._in_memory, 0)
+        if entry.file is not None:
+            entry.file.close()
+            if entry.path is not None:
+                os.remove(entry.path)
+        self._in_memory = max(self._in_memory - entry.charged, 0)
 
 
 def _narrow(block: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ use crate::kernels::quant::quantize::{quantize_into, Prec, QuantSpec};
 use crate::kernels::quant::reduce::{
     copy_min_max as copy_min_max_kernel, min_max as min_max_kernel,
 };
-use crate::kernels::quant::table::{lookup, presence, Index};
+use crate::kernels::quant::table::{lookup, presence, Entry, Index};
 use crate::kernels::quant::unique::rounded_unique as unique_kernel;
 use crate::py::errors::to_pyerr;
 
@@ -363,7 +363,7 @@ fn int_presence<'py>(
     }
 }
 
-fn lookup_typed<'py, I: Index + Element, O: Element + Copy + Send + Sync>(
+fn lookup_typed<'py, I: Index + Element, O: Element + Entry>(
     py: Python<'py>,
     q: &Bound<'py, PyArrayDyn<I>>,
     lo: i64,
@@ -410,7 +410,7 @@ fn lookup_typed<'py, I: Index + Element, O: Element + Copy + Send + Sync>(
     Ok(fresh.into_any())
 }
 
-fn lookup_into<'py, O: Element + Copy + Send + Sync>(
+fn lookup_into<'py, O: Element + Entry>(
     py: Python<'py>,
     q: &Bound<'py, PyAny>,
     lo: i64,

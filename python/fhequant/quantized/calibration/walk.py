@@ -175,6 +175,7 @@ class ModuleCalibrator:
             "node_inputs": self.node_inputs,
             "n_rows": sum(self.store.block_sizes),
             "spilled": self.store.data.spilled,
+            "spilled_bytes": self.store.data.spilled_bytes,
         }
 
     # --- graph inputs --------------------------------------------------------------------
@@ -482,7 +483,8 @@ def quantize_module(
         calibration: the statistics choosing the ranges (docs/calibration.md).
 
     Returns:
-        input_names, output_names, quant_layers_dict, input_quantizers, n_rows, spilled.
+        input_names, output_names, quant_layers_dict, input_quantizers, n_rows, spilled,
+        spilled_bytes.
     """
     bits = resolve_n_bits(n_bits)
     strategy: QuantizationStrategy = QATImportStrategy(bits) if import_qat else PTQStrategy(bits)
