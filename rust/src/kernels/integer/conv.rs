@@ -17,6 +17,10 @@ use crate::kernels::integer::vnni::{self, PackedB};
 /// Columns of one im2col block; a fixed number, so chunking never depends on threads.
 const BLOCK_COLS: usize = 4096;
 
+/// Columns of one im2col block of the I16 strategy: its packed block (2 bytes per value)
+/// stays in the L2 cache while it is built and multiplied.
+const I16_BLOCK_COLS: usize = 1024;
+
 /// Output channels per microkernel tile of the U8I8 strategy.
 const CONV_ROWS: usize = 4;
 
@@ -609,9 +613,8 @@ impl Job<'_> {
 }
 
 impl Job<'_> {
-    /// `run` for the I16 strategy: the weights as i16 rows (tiles of `madd::MR`), the
-    /// im2col blocks gathered straight into the packed i16 layout (no im2col matrix), one
-    /// panel of 8 columns at a time so that the writes stay within a few cache lines.
+    /// `run` for the I16 strategy: the weights as i16 rows (tiles of `madd::CONV_MR`), the
+    /// im2col blocks gathered straight into the packed i16 layout (no im2col matrix).
     fn run_i16<O: Send, F>(&self, out: &mut [O], sink: &F)
     where
         F: Fn(usize, &[i64], &mut [O]) + Sync,
@@ -624,7 +627,10 @@ impl Job<'_> {
         if out.is_empty() {
             return;
         }
-        let (kp, rows) = (madd::padded_k(ckk), madd::padded_rows(og));
+        let (kp, rows) = (
+            madd::padded_k(ckk),
+            og.div_ceil(madd::CONV_MR) * madd::CONV_MR,
+        );
         // Per group, `rows` rows of K rounded up to 2 (zero-padded) of the weights minus z_w
         // (within i16 under this strategy, so the truncation is exact).
         let mut wrows = vec![0i16; self.group * rows * kp];
@@ -635,7 +641,7 @@ impl Job<'_> {
                 *d = v as i16;
             }
         }
-        let imgs = (BLOCK_COLS / l).max(1);
+        let imgs = (I16_BLOCK_COLS / l).max(1);
         let xs = self.x.as_slice().unwrap_or(&[]);
         let plane = h * wd;
         let taps = Taps::new(self.geom, [h, wd], [oh, ow]);
@@ -670,32 +676,31 @@ impl Job<'_> {
                 let panel_len = kp * madd::PANEL;
                 for g in 0..self.group {
                     let data = cols.data_mut();
-                    for (p, panel) in data.chunks_exact_mut(panel_len.max(1)).enumerate() {
-                        // The image (its group's first channel) and cell of each column.
-                        let mut src = [0usize; madd::PANEL];
-                        let mut cell = [0usize; madd::PANEL];
-                        let lanes = (cols_n - p * madd::PANEL).min(madd::PANEL);
-                        for lane in 0..lanes {
-                            let j = p * madd::PANEL + lane;
-                            src[lane] = ((first + j / l) * c + g * cg) * plane;
-                            cell[lane] = j % l;
-                        }
-                        for (r, &(ch_off, tap_off)) in k_rows.iter().enumerate() {
-                            let base = (r / 2) * 2 * madd::PANEL + r % 2;
-                            for lane in 0..lanes {
-                                let at = gather[tap_off + cell[lane]];
-                                panel[base + 2 * lane] = if at >= 0 {
-                                    xs[src[lane] + ch_off + at as usize].wrapping_sub(shift) as i16
+                    for (r, &(ch_off, tap_off)) in k_rows.iter().enumerate() {
+                        // Column j of k row r sits at panel j/8, pair r/2, lane j%8, slot r%2.
+                        let base = (r / 2) * 2 * madd::PANEL + r % 2;
+                        let cells = &gather[tap_off..tap_off + l];
+                        let mut j = 0;
+                        for img in 0..count {
+                            let start = ((first + img) * c + g * cg) * plane + ch_off;
+                            let src = &xs[start..start + plane];
+                            for &at in cells {
+                                let v = if at >= 0 {
+                                    src[at as usize].wrapping_sub(shift) as i16
                                 } else if at == PAD {
                                     pad
                                 } else {
                                     zero
                                 };
+                                let slot =
+                                    (j / madd::PANEL) * panel_len + base + 2 * (j % madd::PANEL);
+                                data[slot] = v;
+                                j += 1;
                             }
                         }
                     }
                     let wg = &wrows[g * rows * kp..(g + 1) * rows * kp];
-                    madd::gemm::<{ madd::MR }>(rows, wg, &cols, &mut tmp);
+                    madd::gemm::<{ madd::CONV_MR }>(rows, wg, &cols, &mut tmp);
                     for img in 0..count {
                         for oo in 0..og {
                             let d = (img * o + g * og + oo) * l;

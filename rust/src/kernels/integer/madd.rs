@@ -16,12 +16,18 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Rows of one microkernel tile.
-pub const MR: usize = 4;
+pub const MR: usize = 6;
 /// Columns of one packed panel (one 256-bit vector of i32).
 pub const PANEL: usize = 8;
-/// Panels a microkernel tile covers at most (MR·3 accumulators + 3 panel registers + the
-/// broadcast fit the 16 AVX2 registers).
-const MAX_PANELS: usize = 3;
+/// Panels a microkernel tile of `r` rows covers at most: r·v accumulators, v panel registers
+/// and the broadcast fit the 16 AVX2 registers (6 × 2 or 4 × 3).
+const fn max_panels(r: usize) -> usize {
+    if r <= 4 {
+        3
+    } else {
+        2
+    }
+}
 
 /// Whether the i16 kernels may be used (a switch for benchmarks against the other
 /// strategies; results are the same integers either way).
@@ -47,6 +53,10 @@ pub fn padded_k(k: usize) -> usize {
 pub fn padded_rows(rows: usize) -> usize {
     rows.div_ceil(MR) * MR
 }
+
+/// Rows of one microkernel tile of a Conv (its row count, the output channels of a group,
+/// is usually a multiple of 4 such as 8 or 16).
+pub const CONV_MR: usize = 4;
 
 /// Whether every value of [lo, hi] fits i16.
 pub fn fits_i16(lo: i128, hi: i128) -> bool {
@@ -172,7 +182,7 @@ unsafe fn gemm_avx2<const R: usize>(rows: usize, a: &[i16], b: &PackedB16, c: &m
     let ldc = b.padded_n();
     let mut p0 = 0;
     while p0 < b.panels {
-        let v = (b.panels - p0).min(MAX_PANELS);
+        let v = (b.panels - p0).min(max_panels(R));
         for r0 in (0..rows).step_by(R) {
             // SAFETY: rows r0..r0+R of `a` and `c` and panels p0..p0+v exist (sizes checked
             // by `gemm`).
@@ -250,8 +260,8 @@ mod tests {
     /// The product through the packed layouts with `kernel`, cut back to (m, n).
     fn via((m, k, n): (usize, usize, usize), a: &[i64], b: &[i64], kernel: Kernel) -> Vec<i64> {
         let packed = PackedB16::pack(b, k, n, |v| v as i16);
-        // Rows rounded up to 8: a whole number of tiles of 4 and of 8.
-        let (kp, rows, np) = (padded_k(k), m.div_ceil(8) * 8, packed.padded_n());
+        // Rows rounded up to 24: a whole number of tiles of 4, 6 and 8.
+        let (kp, rows, np) = (padded_k(k), m.div_ceil(24) * 24, packed.padded_n());
         let mut lhs = vec![0i16; rows * kp];
         for i in 0..m {
             for p in 0..k {
@@ -299,7 +309,7 @@ mod tests {
 
     #[test]
     fn simd_and_scalar_kernels_are_exact_on_edge_tiles() {
-        let kernels: [Kernel; 3] = [gemm::<MR>, gemm::<8>, gemm_scalar];
+        let kernels: [Kernel; 4] = [gemm::<MR>, gemm::<4>, gemm::<8>, gemm_scalar];
         for kernel in kernels {
             for (m, k, n) in [
                 (1, 1, 1),
@@ -346,14 +356,14 @@ mod tests {
     #[test]
     fn short_slices_are_ignored_and_sizes_round_up() {
         assert_eq!((padded_k(0), padded_k(5), padded_k(8)), (0, 6, 8));
-        assert_eq!((padded_rows(0), padded_rows(1), padded_rows(7)), (0, 4, 8));
+        assert_eq!((padded_rows(0), padded_rows(1), padded_rows(7)), (0, 6, 12));
         assert!(fits_i16(-32768, 32767) && !fits_i16(-32769, 0) && !fits_i16(0, 32768));
         let p = PackedB16::pack(&[1i64, 2], 2, 2, |v| v as i16);
-        let mut c = vec![9i32; 4 * 8];
-        gemm::<MR>(4, &[1i16; 3], &p, &mut c);
-        gemm::<MR>(3, &[1i16; 40], &p, &mut c);
+        let mut c = vec![9i32; 6 * 8];
+        gemm::<MR>(6, &[1i16; 3], &p, &mut c);
+        gemm::<MR>(5, &[1i16; 40], &p, &mut c);
         gemm::<0>(0, &[1i16; 40], &p, &mut c);
-        gemm_scalar(4, &[1i16; 3], &p, &mut c);
+        gemm_scalar(6, &[1i16; 3], &p, &mut c);
         assert!(c.iter().all(|&v| v == 9));
     }
 }
