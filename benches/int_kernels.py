@@ -15,7 +15,8 @@ Prints ONE JSON object. Build the extension in release mode first: ``maturin dev
 * The AVX2 i16 (``vpmaddwd``) strategy against the f32-sgemm strategy in the same run
   (``_core.int_i16(False)``; VNNI switched off for both): the fused calibration kernels
   ``int_matmul_rescale_quant`` on the MLP 64-128-128-10 at 100k rows with 6-bit inputs and
-  weights, and 8-bit ones, and ``int_conv2d_rescale_quant`` on the two CNN convs (5 bits).
+  weights, and 8-bit ones, and ``int_conv2d_rescale_quant`` on the two CNN convs (5 bits; the
+  Conv's i16 strategy is off by default and switched on here with ``_core.int_i16_conv``).
 """
 
 from __future__ import annotations
@@ -183,17 +184,20 @@ def conv_case(repeats: int) -> dict[str, Any]:
 
 
 def strategies(fn: Callable[[], Any], i16: bool) -> Callable[[], Any]:
-    """``fn`` with VNNI off and the i16 strategy allowed (``i16``) or not (f32 sgemm)."""
+    """``fn`` with VNNI off and the i16 strategy allowed (``i16``) or not (f32 sgemm), in the
+    Gemm and in the Conv (where it is off by default)."""
 
     def run() -> Any:
-        vnni, on = _core.int_vnni(), _core.int_i16()
+        vnni, on, conv = _core.int_vnni(), _core.int_i16(), _core.int_i16_conv()
         _core.int_vnni(False)
         _core.int_i16(i16)
+        _core.int_i16_conv(i16)
         try:
             return fn()
         finally:
             _core.int_vnni(vnni)
             _core.int_i16(on)
+            _core.int_i16_conv(conv)
 
     return run
 

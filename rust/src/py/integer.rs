@@ -121,6 +121,18 @@ fn int_i16(enabled: Option<bool>) -> bool {
     }
 }
 
+/// Allow or forbid (the default) the AVX2 i16 strategy in the integer Conv when `enabled` is
+/// given (it measured slower than the f32 strategy on small-channel convs; results are the
+/// same integers); returns whether the Conv uses it (allowed and supported by the CPU).
+#[pyfunction]
+#[pyo3(signature = (enabled=None))]
+fn int_i16_conv(enabled: Option<bool>) -> bool {
+    match enabled {
+        Some(on) => madd::set_conv_enabled(on),
+        None => madd::conv_available(),
+    }
+}
+
 /// The `Rescale` operands of the fused kernels from their numpy arrays.
 fn rescale_of<'a>(
     lsbs: i64,
@@ -539,6 +551,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(int_matmul_plan, m)?)?;
     m.add_function(wrap_pyfunction!(int_vnni, m)?)?;
     m.add_function(wrap_pyfunction!(int_i16, m)?)?;
+    m.add_function(wrap_pyfunction!(int_i16_conv, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d_rescale, m)?)?;
     m.add_function(wrap_pyfunction!(int_matmul_rescale_quant, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d_rescale_quant, m)?)?;

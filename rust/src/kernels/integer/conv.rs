@@ -221,7 +221,11 @@ pub fn conv2d_map_into<O: Send, F>(
 where
     F: Fn(usize, &[i64], &mut [O]) + Sync,
 {
-    map_into_with(x, w, z_w, group, geom, out, sink, Allowed::available())
+    let allowed = Allowed {
+        vnni: vnni::available(),
+        i16: madd::conv_available(),
+    };
+    map_into_with(x, w, z_w, group, geom, out, sink, allowed)
 }
 
 /// The shift s = min x_pad of the U8I8 strategy if it applies to a conv over `ckk` taps of

@@ -44,6 +44,22 @@ pub fn available() -> bool {
     ENABLED.load(Ordering::Relaxed) && crate::kernels::simd::avx2()
 }
 
+/// Whether the Conv may use the i16 strategy: off by default, because on the benchmark CNN
+/// (1→8 and 8→16 channels, 3×3) it measured slower than the f32 strategy (the Conv is bound
+/// by gathering and writing, not by the product); a switch for benchmarks and tests.
+static CONV_ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Allow or forbid the I16 strategy in the Conv; returns whether it is now in use.
+pub fn set_conv_enabled(on: bool) -> bool {
+    CONV_ENABLED.store(on, Ordering::Relaxed);
+    conv_available()
+}
+
+/// Whether the Conv uses the I16 strategy (its switch is on and the CPU has AVX2).
+pub fn conv_available() -> bool {
+    CONV_ENABLED.load(Ordering::Relaxed) && crate::kernels::simd::avx2()
+}
+
 /// K rounded up to a multiple of 2 (the i16 per i32 lane).
 pub fn padded_k(k: usize) -> usize {
     k.div_ceil(2) * 2
