@@ -28,9 +28,12 @@ pass (the native extremes kernels against numpy's BLAS product and min/max on th
 are ``fhequant / ort <= 1.0`` on every row and ``fhequant / torch_float <= 1.5`` in memory.
 
 Usage: ``python benches/calibration_vs_ort.py [--quick] [--rows-scale F] [--repeat N]
-[--skip-10m] [--only ROWS] [--streamed-contenders fhequant,ort]`` (``--quick`` divides every
-row count by 10; ``--rows-scale`` multiplies the row counts; the torch float forward may be left
-out of the streamed rows, where the targets compare with ONNX Runtime only).
+[--skip-10m] [--only ROWS] [--streamed-contenders fhequant,ort] [--i16-baseline]``
+(``--quick`` divides every row count by 10; ``--rows-scale`` multiplies the row counts; the
+torch float forward may be left out of the streamed rows, where the targets compare with ONNX
+Runtime only; ``--i16-baseline`` adds ``fhequant_without_i16`` to the in-memory rows: the same
+build with the AVX2 i16 integer-product strategy switched off, and ``i16_speedup`` = its time
+over fhequant's).
 """
 
 from __future__ import annotations
@@ -208,6 +211,8 @@ def measure(
             start = time.perf_counter()
             if who == "fhequant":
                 build_quantized_module(model, data, n_bits=n_bits)
+            elif who == "fhequant_without_i16":
+                without_i16(lambda: build_quantized_module(model, data, n_bits=n_bits))
             elif who == "ort":
                 ort_quantize(model, ort_source, workdir)
             else:
@@ -221,6 +226,9 @@ def measure(
     row: dict[str, Any] = {"rows": int(rows), "n_bits": n_bits, "in_memory": in_memory}
     for who in ("fhequant", "ort", "torch_float"):
         row[f"{who}_s"] = round(best[who], 4) if who in best else None
+    if "fhequant_without_i16" in best:
+        row["fhequant_without_i16_s"] = round(best["fhequant_without_i16"], 4)
+        row["i16_speedup"] = round(best["fhequant_without_i16"] / best["fhequant"], 3)
     for who in ("ort", "torch_float"):
         ratio = best["fhequant"] / best[who] if who in best and "fhequant" in best else None
         row[f"fhequant_over_{who}"] = None if ratio is None else round(ratio, 2)
@@ -231,6 +239,18 @@ def measure(
         row["source_reads"] = reads
     print(f"# {name}: {row}", file=sys.stderr, flush=True)
     return row
+
+
+def without_i16(fn: Callable[[], Any]) -> Any:
+    """``fn()`` with the AVX2 i16 integer-product strategy switched off (the f32 strategy)."""
+    from fhequant import _core
+
+    on = _core.int_i16()
+    _core.int_i16(False)
+    try:
+        return fn()
+    finally:
+        _core.int_i16(on)
 
 
 def summation_order_cost(x: np.ndarray, repeat: int) -> dict[str, Any]:
@@ -359,8 +379,16 @@ def main() -> None:
         default="fhequant,ort,torch_float",
         help="who runs on the streamed rows (the torch float forward is optional there)",
     )
+    parser.add_argument(
+        "--i16-baseline",
+        action="store_true",
+        help="also time fhequant with the AVX2 i16 product strategy off (in memory rows)",
+    )
     args = parser.parse_args()
     streamed = tuple(args.streamed_contenders.split(","))
+    in_memory = ("fhequant", "ort", "torch_float")
+    if args.i16_baseline:
+        in_memory = ("fhequant", "fhequant_without_i16", "ort", "torch_float")
     logging.getLogger().setLevel(logging.ERROR)  # ORT's advice to pre-process the model
     scale = args.rows_scale / (10 if args.quick else 1)
 
@@ -372,10 +400,10 @@ def main() -> None:
     x_cnn = rng.normal(size=(n(10_000), 1, 8, 8)).astype(np.float32)
     cases: dict[str, Callable[[str], dict[str, Any]]] = {
         "mlp_100k_in_memory": lambda d: measure(
-            "mlp_100k_in_memory", mlp_model(), x_mlp, 6, args.repeat, d
+            "mlp_100k_in_memory", mlp_model(), x_mlp, 6, args.repeat, d, in_memory
         ),
         "cnn_10k_in_memory": lambda d: measure(
-            "cnn_10k_in_memory", cnn_model(), x_cnn, 5, args.repeat + 2, d
+            "cnn_10k_in_memory", cnn_model(), x_cnn, 5, args.repeat + 2, d, in_memory
         ),
         "mlp_1m_streamed": lambda d: measure(
             "mlp_1m_streamed",

@@ -18,6 +18,11 @@ Prints ONE JSON object. Build the extension in release mode first: ``maturin dev
   ``bincount``) and, when ``FHEQUANT_BASELINE_CORE`` names another build of ``_core*.so``
   (the code before a change), vs that build in the same run (``--only tables`` runs just
   these).
+* The AVX2 i16 (``vpmaddwd``) strategy against the f32-sgemm strategy in the same run
+  (``_core.int_i16(False)``; VNNI switched off for both): the fused calibration kernels
+  ``int_matmul_rescale_quant`` on the MLP 64-128-128-10 at 100k rows with 6-bit inputs and
+  weights, and 8-bit ones, and ``int_conv2d_rescale_quant`` on the two CNN convs (5 bits; the
+  Conv's i16 strategy is off by default and switched on here with ``_core.int_i16_conv``).
 """
 
 from __future__ import annotations
@@ -241,6 +246,79 @@ def tables(repeats: int) -> list[dict[str, Any]]:
     return [table_case(d, t, repeats, old) for d, t in cases]
 
 
+def strategies(fn: Callable[[], Any], i16: bool) -> Callable[[], Any]:
+    """``fn`` with VNNI off and the i16 strategy allowed (``i16``) or not (f32 sgemm), in the
+    Gemm and in the Conv (where it is off by default)."""
+
+    def run() -> Any:
+        vnni, on, conv = _core.int_vnni(), _core.int_i16(), _core.int_i16_conv()
+        _core.int_vnni(False)
+        _core.int_i16(i16)
+        _core.int_i16_conv(i16)
+        try:
+            return fn()
+        finally:
+            _core.int_vnni(vnni)
+            _core.int_i16(on)
+            _core.int_i16_conv(conv)
+
+    return run
+
+
+def i16_race(fn: Callable[[], Any], plan: Callable[[], str] | None, repeats: int) -> dict[str, Any]:
+    new, old = strategies(fn, True), strategies(fn, False)
+    assert np.array_equal(new(), old())  # int8 results: the same integers
+    t = race({"i16": new, "f32": old}, repeats)
+    names = {} if plan is None else {"strategy": strategies(plan, True)()}
+    if plan is not None:
+        names["baseline_strategy"] = strategies(plan, False)()
+    return {
+        **names,
+        "i16_s": t["i16"],
+        "f32_sgemm_s": t["f32"],
+        "speedup_vs_f32_sgemm": t["f32"] / t["i16"],
+    }
+
+
+def i16_cases(repeats: int) -> dict[str, Any]:
+    """The fused calibration kernels with the i16 strategy vs the f32 one."""
+    rng = np.random.default_rng(4)
+    out: dict[str, Any] = {"available": _core.int_i16()}
+    for bits in (6, 8):
+        for m, k, n in [(100_000, 64, 128), (100_000, 128, 128), (100_000, 128, 10)]:
+            half = 2 ** (bits - 1)
+            a = rng.integers(0, 2 * half - 1, (1, m, k), endpoint=True)
+            w = rng.integers(-half + 1, half - 1, (1, k, n), endpoint=True)
+            sub, mul = rng.normal(size=n), rng.uniform(1e-3, 1e-2, size=n)
+
+            def fused(a: np.ndarray = a, w: np.ndarray = w, sub: Any = sub, mul: Any = mul) -> Any:
+                args = (a, w, 0, 0, 0.5, sub, mul, None, 0.05, 3.0, 0.0, 63.0, "int8")
+                return _core.int_matmul_rescale_quant(*args)[0]
+
+            def plan(a: np.ndarray = a, w: np.ndarray = w) -> str:
+                return str(_core.int_matmul_plan(a, w, 0)[0])
+
+            out[f"matmul_{m}x{k}x{n}_{bits}bit"] = i16_race(fused, plan, repeats)
+    layers = [
+        ("conv1", (10_000, 1, 8, 8), (8, 1, 3, 3), 1),
+        ("conv2", (10_000, 8, 8, 8), (16, 8, 3, 3), 2),
+    ]
+    for name, xs, ws, stride in layers:
+        x = rng.integers(0, 31, xs, endpoint=True)
+        w = rng.integers(-15, 15, ws, endpoint=True)
+        o = ws[0]
+        vec = (rng.normal(size=o), rng.uniform(1e-3, 1e-2, size=o))
+
+        def conv(x: np.ndarray = x, w: np.ndarray = w, s: int = stride, v: Any = vec) -> Any:
+            return _core.int_conv2d_rescale_quant(
+                x, w, 0, 1, (s, s), (1, 1, 1, 1), 7, 0, 0.5,
+                v[0], v[1], None, 0.05, 3.0, 0.0, 31.0, "int8",
+            )[0]  # fmt: skip
+
+        out[name] = i16_race(conv, None, repeats)
+    return out
+
+
 def main() -> None:
     repeats = int(os.environ.get("FHEQUANT_BENCH_REPEATS", "10"))
     if sys.argv[1:] == ["--only", "tables"]:
@@ -258,6 +336,7 @@ def main() -> None:
         ],
         "conv_cnn": conv_case(max(1, repeats // 2)),
         "tables": tables(5 * repeats),
+        "i16_vs_f32_sgemm": i16_cases(max(1, repeats // 2)),
     }
     print(json.dumps(result, indent=1))
 

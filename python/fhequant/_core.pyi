@@ -20,6 +20,8 @@ __all__ = [
     "int_conv_bounds",
     "int_conv_weight_sums",
     "int_gemm_bounds",
+    "int_i16",
+    "int_i16_conv",
     "int_lookup",
     "int_matmul",
     "int_matmul_plan",
@@ -183,6 +185,8 @@ def int_matmul_plan(
     a: _I64, w: _I64, z_w: int, context: str | None = None
 ) -> tuple[str, int, int]: ...
 def int_vnni(enabled: bool | None = None) -> bool: ...
+def int_i16(enabled: bool | None = None) -> bool: ...
+def int_i16_conv(enabled: bool | None = None) -> bool: ...
 def int_matmul_weight_sums(w: _I64, z_x: int, context: str | None = None) -> _I64: ...
 def int_conv2d(
     x: _I64,

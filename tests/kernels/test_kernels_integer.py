@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -545,6 +546,18 @@ def test_u8i8_limits_match_the_reference(case: dict[str, Any]) -> None:
         assert s == a.min() and -128 <= (w - z_w - t).min() <= (w - z_w - t).max() <= 127
 
 
+@pytest.fixture
+def without_i16() -> Iterator[None]:
+    """The AVX2 i16 strategy switched off, so that the float strategies are the fallback."""
+    on = _core.int_i16()
+    _core.int_i16(False)
+    try:
+        yield
+    finally:
+        assert _core.int_i16(on) == on
+
+
+@pytest.mark.usefixtures("without_i16")
 def test_u8i8_is_selected_for_small_operands_and_switchable() -> None:
     rng = np.random.default_rng(5)
     a = rng.integers(0, 63, size=(1, 200, 128), endpoint=True)

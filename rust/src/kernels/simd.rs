@@ -21,6 +21,18 @@ pub fn wide_vectors() -> bool {
     }
 }
 
+/// Whether the AVX2 integer kernels (`vpmaddwd`) may run on this CPU.
+pub fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether the AVX-512 VNNI kernels (F, BW, VNNI: `vpdpbusd`) may run on this CPU.
 pub fn vnni() -> bool {
     #[cfg(target_arch = "x86_64")]

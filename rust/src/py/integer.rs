@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 
 use crate::kernels::integer::exact::Strategy;
 use crate::kernels::integer::requant::{self, Narrow, Quantized, Requant};
-use crate::kernels::integer::{bits, conv, gemm, rescale, rounding, vnni};
+use crate::kernels::integer::{bits, conv, gemm, madd, rescale, rounding, vnni};
 use crate::py::errors::to_pyerr;
 
 type Pair<'py, A> = (Bound<'py, A>, Bound<'py, A>);
@@ -72,7 +72,7 @@ fn int_matmul<'py>(
     Ok(array)
 }
 
-/// The strategy ("f32", "f64", "i64" or "u8i8") and the shifts (s, t) that `int_matmul`
+/// The strategy ("f32", "f64", "i64", "u8i8" or "i16") and the shifts (s, t) that `int_matmul`
 /// uses for these operands (after its shape and overflow checks).
 #[pyfunction]
 #[pyo3(signature = (a, w, z_w, context=None))]
@@ -92,6 +92,7 @@ fn int_matmul_plan<'py>(
         Strategy::F64 => "f64",
         Strategy::I64 => "i64",
         Strategy::U8I8 => "u8i8",
+        Strategy::I16 => "i16",
     };
     Ok((name, plan.shift[0], plan.shift[1]))
 }
@@ -105,6 +106,30 @@ fn int_vnni(enabled: Option<bool>) -> bool {
     match enabled {
         Some(on) => vnni::set_enabled(on),
         None => vnni::available(),
+    }
+}
+
+/// Allow (the default) or forbid the AVX2 i16 strategy (`vpmaddwd`) when `enabled` is given
+/// (a switch for benchmarks: results are the same integers); returns whether it is in use
+/// (allowed and supported by the CPU).
+#[pyfunction]
+#[pyo3(signature = (enabled=None))]
+fn int_i16(enabled: Option<bool>) -> bool {
+    match enabled {
+        Some(on) => madd::set_enabled(on),
+        None => madd::available(),
+    }
+}
+
+/// Allow or forbid (the default) the AVX2 i16 strategy in the integer Conv when `enabled` is
+/// given (it measured slower than the f32 strategy on small-channel convs; results are the
+/// same integers); returns whether the Conv uses it (allowed and supported by the CPU).
+#[pyfunction]
+#[pyo3(signature = (enabled=None))]
+fn int_i16_conv(enabled: Option<bool>) -> bool {
+    match enabled {
+        Some(on) => madd::set_conv_enabled(on),
+        None => madd::conv_available(),
     }
 }
 
@@ -525,6 +550,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(int_matmul_rescale, m)?)?;
     m.add_function(wrap_pyfunction!(int_matmul_plan, m)?)?;
     m.add_function(wrap_pyfunction!(int_vnni, m)?)?;
+    m.add_function(wrap_pyfunction!(int_i16, m)?)?;
+    m.add_function(wrap_pyfunction!(int_i16_conv, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d_rescale, m)?)?;
     m.add_function(wrap_pyfunction!(int_matmul_rescale_quant, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d_rescale_quant, m)?)?;

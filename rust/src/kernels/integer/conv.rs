@@ -10,10 +10,16 @@ use crate::error::{Error, Result};
 use crate::kernels::integer::exact::{
     check_bound, describe, max_abs, range, range_of, Exact, Strategy,
 };
+use crate::kernels::integer::gemm::Allowed;
+use crate::kernels::integer::madd::{self, PackedB16};
 use crate::kernels::integer::vnni::{self, PackedB};
 
 /// Columns of one im2col block; a fixed number, so chunking never depends on threads.
 const BLOCK_COLS: usize = 4096;
+
+/// Columns of one im2col block of the I16 strategy: its packed block (2 bytes per value)
+/// stays in the L2 cache while it is built and multiplied.
+const I16_BLOCK_COLS: usize = 1024;
 
 /// Output channels per microkernel tile of the U8I8 strategy.
 const CONV_ROWS: usize = 4;
@@ -215,7 +221,11 @@ pub fn conv2d_map_into<O: Send, F>(
 where
     F: Fn(usize, &[i64], &mut [O]) + Sync,
 {
-    map_into_with(x, w, z_w, group, geom, out, sink, vnni::available())
+    let allowed = Allowed {
+        vnni: vnni::available(),
+        i16: madd::conv_available(),
+    };
+    map_into_with(x, w, z_w, group, geom, out, sink, allowed)
 }
 
 /// The shift s = min x_pad of the U8I8 strategy if it applies to a conv over `ckk` taps of
@@ -230,7 +240,7 @@ fn u8i8_shift(ckk: usize, x: (i64, i64), c: (i128, i128)) -> Option<i64> {
     (bound <= i32::MAX as u128).then_some(x.0)
 }
 
-/// `conv2d_map_into`, allowing the U8I8 strategy only if `vnni`.
+/// `conv2d_map_into`, allowing only the SIMD integer strategies of `allowed`.
 #[allow(clippy::too_many_arguments)]
 fn map_into_with<O: Send, F>(
     x: ArrayView4<'_, i64>,
@@ -240,7 +250,7 @@ fn map_into_with<O: Send, F>(
     geom: &Geometry,
     out: &mut [O],
     sink: F,
-    vnni: bool,
+    allowed: Allowed,
 ) -> Result<()>
 where
     F: Fn(usize, &[i64], &mut [O]) + Sync,
@@ -280,7 +290,7 @@ where
     // Centre the padded input on the middle of its range: conv(x_pad, c) =
     // conv(x_pad − s, c) + s·Σ_taps c. The centred product has the smaller bound (faster
     // exact strategy); the per-channel term is exact in wrapping i64 since the result fits.
-    let u8i8 = if vnni {
+    let u8i8 = if allowed.vnni {
         u8i8_shift(ckk, (xlo, xhi), (clo, chi))
     } else {
         None
@@ -292,8 +302,14 @@ where
             i128::from(xhi) - i128::from(s),
         ))
         .saturating_mul(max_abs(clo, chi));
+    // The I16 strategy: x_pad − s and the weights minus z_w within i16, every sum within i32.
+    let i16_fits = madd::fits_i16(
+        i128::from(xlo) - i128::from(s),
+        i128::from(xhi) - i128::from(s),
+    ) && madd::fits_i16(clo, chi);
     let strategy = match u8i8 {
         Some(_) => Strategy::U8I8,
+        None if allowed.i16 && i16_fits && bound <= i32::MAX as u128 => Strategy::I16,
         None => Strategy::for_bound(bound),
     };
     let job = Job {
@@ -312,6 +328,7 @@ where
         Strategy::F64 => job.run::<f64, O, F>(out, &sink),
         Strategy::I64 => job.run::<i64, O, F>(out, &sink),
         Strategy::U8I8 => job.run_u8i8(out, &sink),
+        Strategy::I16 => job.run_i16(out, &sink),
     }
     Ok(())
 }
@@ -599,6 +616,111 @@ impl Job<'_> {
     }
 }
 
+impl Job<'_> {
+    /// `run` for the I16 strategy: the weights as i16 rows (tiles of `madd::CONV_MR`), the
+    /// im2col blocks gathered straight into the packed i16 layout (no im2col matrix).
+    fn run_i16<O: Send, F>(&self, out: &mut [O], sink: &F)
+    where
+        F: Fn(usize, &[i64], &mut [O]) + Sync,
+    {
+        let [_, c, h, wd, o, cg, oh, ow] = self.dims;
+        let (kh, kw) = (self.geom.kernel[0], self.geom.kernel[1]);
+        let l = oh * ow;
+        let ckk = cg * kh * kw;
+        let og = o / self.group;
+        if out.is_empty() {
+            return;
+        }
+        let (kp, rows) = (
+            madd::padded_k(ckk),
+            og.div_ceil(madd::CONV_MR) * madd::CONV_MR,
+        );
+        // Per group, `rows` rows of K rounded up to 2 (zero-padded) of the weights minus z_w
+        // (within i16 under this strategy, so the truncation is exact).
+        let mut wrows = vec![0i16; self.group * rows * kp];
+        for (oc, wrow) in self.w.chunks_exact(ckk.max(1)).take(o).enumerate() {
+            let (g, oo) = (oc / og.max(1), oc % og.max(1));
+            let dst = &mut wrows[(g * rows + oo) * kp..(g * rows + oo) * kp + ckk];
+            for (d, &v) in dst.iter_mut().zip(wrow) {
+                *d = v as i16;
+            }
+        }
+        let imgs = (I16_BLOCK_COLS / l).max(1);
+        let xs = self.x.as_slice().unwrap_or(&[]);
+        let plane = h * wd;
+        let taps = Taps::new(self.geom, [h, wd], [oh, ow]);
+        let gather = taps.gather([kh, kw], wd);
+        // x_pad − s lies in i16 under this strategy: pad and ceil cells shifted likewise.
+        let pad = self.geom.pad_value.wrapping_sub(self.shift) as i16;
+        let zero = self.shift.wrapping_neg() as i16;
+        let shift = self.shift;
+        let corr: Vec<i64> = self
+            .w
+            .chunks_exact(ckk.max(1))
+            .map(|row| {
+                let sum = row.iter().fold(0i64, |a, &v| a.wrapping_add(v));
+                shift.wrapping_mul(sum)
+            })
+            .collect();
+        // Per k row: the offset of its channel within a group's image and of its tap in
+        // `gather`.
+        let k_rows: Vec<(usize, usize)> = (0..ckk)
+            .map(|r| ((r / (kh * kw)) * plane, (r % (kh * kw)) * l))
+            .collect();
+        out.par_chunks_mut(imgs * o * l)
+            .enumerate()
+            .for_each(|(chunk, dst)| {
+                let first = chunk * imgs;
+                let count = dst.len() / (o * l);
+                let cols_n = count * l;
+                let mut cols = PackedB16::zeros(ckk, cols_n);
+                let np = cols.padded_n();
+                let mut tmp = vec![0i32; rows * np];
+                let mut acc = vec![0i64; l];
+                let panel_len = kp * madd::PANEL;
+                for g in 0..self.group {
+                    let data = cols.data_mut();
+                    for (r, &(ch_off, tap_off)) in k_rows.iter().enumerate() {
+                        // Column j of k row r sits at panel j/8, pair r/2, lane j%8, slot r%2.
+                        let base = (r / 2) * 2 * madd::PANEL + r % 2;
+                        let cells = &gather[tap_off..tap_off + l];
+                        let mut j = 0;
+                        for img in 0..count {
+                            let start = ((first + img) * c + g * cg) * plane + ch_off;
+                            let src = &xs[start..start + plane];
+                            for &at in cells {
+                                let v = if at >= 0 {
+                                    src[at as usize].wrapping_sub(shift) as i16
+                                } else if at == PAD {
+                                    pad
+                                } else {
+                                    zero
+                                };
+                                let slot =
+                                    (j / madd::PANEL) * panel_len + base + 2 * (j % madd::PANEL);
+                                data[slot] = v;
+                                j += 1;
+                            }
+                        }
+                    }
+                    let wg = &wrows[g * rows * kp..(g + 1) * rows * kp];
+                    madd::gemm::<{ madd::CONV_MR }>(rows, wg, &cols, &mut tmp);
+                    for img in 0..count {
+                        for oo in 0..og {
+                            let d = (img * o + g * og + oo) * l;
+                            let s = oo * np + img * l;
+                            let ct = corr.get(g * og + oo).copied().unwrap_or(0);
+                            for (av, &sv) in acc.iter_mut().zip(&tmp[s..s + l]) {
+                                *av = i64::from(sv).wrapping_add(ct);
+                            }
+                            sink(g * og + oo, &acc, &mut dst[d..d + l]);
+                        }
+                    }
+                }
+            });
+    }
+}
+
 /// The output shape (N, C, OH, OW) of the window kernels.
 pub fn window_shape(x: (usize, usize, usize, usize), geom: &Geometry) -> Result<[usize; 4]> {
     let (n, c, h, wd) = x;
@@ -784,7 +906,7 @@ mod tests {
         z_w: i64,
         group: usize,
         g: &Geometry,
-        vnni: bool,
+        allowed: Allowed,
     ) -> Array4<i64> {
         let dims = conv2d_shape(x.dim(), w.dim(), group, g).unwrap();
         let mut out = Array4::<i64>::from_elem(dims, 99);
@@ -797,10 +919,86 @@ mod tests {
             g,
             dst,
             |_, acc, d| d.copy_from_slice(acc),
-            vnni,
+            allowed,
         )
         .unwrap();
         out
+    }
+
+    const VNNI: Allowed = Allowed {
+        vnni: true,
+        i16: false,
+    };
+    const I16: Allowed = Allowed {
+        vnni: false,
+        i16: true,
+    };
+
+    #[test]
+    fn i16_matches_the_definition_with_wide_operands() {
+        // Operands too wide for u8 × i8 but within i16 after centring; odd K, groups, pads
+        // with a pad value and the ceil extension, strides, batches across im2col blocks.
+        let cases = [
+            (
+                (3, 4, 7, 6),
+                (6, 2, 3, 2),
+                [2, 1],
+                [1, 0, 2, 1],
+                [0, 1],
+                60,
+                -2000,
+                2,
+            ),
+            (
+                (70, 1, 8, 8),
+                (8, 1, 3, 3),
+                [1, 1],
+                [1, 1, 1, 1],
+                [0, 0],
+                17,
+                0,
+                1,
+            ),
+            (
+                (9, 8, 8, 8),
+                (16, 8, 3, 3),
+                [2, 2],
+                [1, 1, 1, 1],
+                [0, 0],
+                -300,
+                -555,
+                1,
+            ),
+            (
+                (2, 3, 5, 4),
+                (3, 1, 2, 2),
+                [1, 1],
+                [0; 4],
+                [0, 0],
+                1000,
+                1000,
+                3,
+            ),
+            (
+                (1, 5, 9, 9),
+                (7, 5, 1, 3),
+                [3, 2],
+                [0, 2, 1, 0],
+                [1, 0],
+                5,
+                30_000,
+                1,
+            ),
+        ];
+        for (xs, ws, strides, pads, extra, pad_value, xlo, group) in cases {
+            let g = Geometry::new([ws.2, ws.3], strides, pads, extra, pad_value);
+            let x = data(xs, 1, xlo, 3000);
+            let w = data(ws, 2, -600, 1200);
+            let want = naive(&x, &w, 4, group, &g);
+            for allowed in [I16, Allowed::NONE] {
+                assert_eq!(with(&x, &w, 4, group, &g, allowed), want, "{xs:?} {ws:?}");
+            }
+        }
     }
 
     #[test]
@@ -872,8 +1070,9 @@ mod tests {
             let ckk = ws.1 * ws.2 * ws.3;
             assert!(u8i8_shift(ckk, x_pad, (-128, 127)).is_some());
             let want = naive(&x, &w, 4, group, &g);
-            assert_eq!(with(&x, &w, 4, group, &g, true), want);
-            assert_eq!(with(&x, &w, 4, group, &g, false), want);
+            for allowed in [VNNI, I16, Allowed::NONE] {
+                assert_eq!(with(&x, &w, 4, group, &g, allowed), want);
+            }
         }
     }
 

@@ -5,7 +5,9 @@
 //! blocked float kernels of `matrixmultiply` give the exact integer result. Otherwise plain
 //! i64 arithmetic is used (the caller has proven that it cannot overflow). On CPUs with
 //! AVX-512 VNNI, operands that centre into u8 × i8 with sums within i32 use the `vnni`
-//! kernels instead (`Strategy::U8I8`, chosen by the Gemm and Conv from the operand ranges).
+//! kernels instead (`Strategy::U8I8`, chosen by the Gemm and Conv from the operand ranges);
+//! on CPUs with AVX2, operands that centre into i16 with sums within i32 use the `madd`
+//! kernels (`Strategy::I16`).
 
 use crate::error::{Error, Result};
 use crate::kernels::integer::bits::bit_width;
@@ -23,6 +25,10 @@ pub enum Strategy {
     /// AVX-512 VNNI `vpdpbusd` (see `vnni`). Chosen by `gemm::plan` and the conv from the
     /// operand ranges, never by `for_bound`.
     U8I8,
+    /// A − s and W' within i16, every dot product within i32: AVX2 `vpmaddwd` (see `madd`).
+    /// Chosen by `gemm::plan` and the conv from the operand ranges when VNNI is not in use,
+    /// never by `for_bound`.
+    I16,
 }
 
 impl Strategy {

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::kernels::integer::exact::{
     check_bound, describe, max_abs, range, range_of, Exact, Strategy,
 };
+use crate::kernels::integer::madd::{self, PackedB16};
 use crate::kernels::integer::vnni::{self, PackedB};
 use crate::kernels::simd;
 
@@ -24,14 +25,39 @@ pub struct Plan {
     pub shift: [i64; 2],
 }
 
+/// Which SIMD integer strategies a product may use (besides the float and i64 ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowed {
+    /// `Strategy::U8I8` (AVX-512 VNNI).
+    pub vnni: bool,
+    /// `Strategy::I16` (AVX2 `vpmaddwd`, or its scalar twin).
+    pub i16: bool,
+}
+
+impl Allowed {
+    /// The strategies enabled and supported by this CPU.
+    pub fn available() -> Allowed {
+        Allowed {
+            vnni: vnni::available(),
+            i16: madd::available(),
+        }
+    }
+
+    /// Only the float and i64 strategies.
+    pub const NONE: Allowed = Allowed {
+        vnni: false,
+        i16: false,
+    };
+}
+
 /// Check that K·max|a|·max|c| fits int64 (else `Error::Overflow`) and choose the plan, for
 /// `a` in [a.0, a.1], `c = w − z_w` in [c.0, c.1] and `k` terms per sum.
 pub fn plan(k: usize, a: (i64, i64), c: (i128, i128)) -> Result<Plan> {
-    plan_with(k, a, c, vnni::available())
+    plan_with(k, a, c, Allowed::available())
 }
 
-/// `plan`, allowing the U8I8 strategy only if `vnni`.
-fn plan_with(k: usize, a: (i64, i64), c: (i128, i128), vnni: bool) -> Result<Plan> {
+/// `plan`, allowing only the SIMD integer strategies of `allowed`.
+fn plan_with(k: usize, a: (i64, i64), c: (i128, i128), allowed: Allowed) -> Result<Plan> {
     check_bound(
         k,
         max_abs(a.0.into(), a.1.into()),
@@ -44,7 +70,7 @@ fn plan_with(k: usize, a: (i64, i64), c: (i128, i128), vnni: bool) -> Result<Pla
             )
         },
     )?;
-    if vnni {
+    if allowed.vnni {
         if let Some(p) = plan_u8i8(k, a, c) {
             return Ok(p);
         }
@@ -54,8 +80,17 @@ fn plan_with(k: usize, a: (i64, i64), c: (i128, i128), vnni: bool) -> Result<Pla
     let bound = (k as u128)
         .saturating_mul(max_abs(i128::from(a.0) - s, i128::from(a.1) - s))
         .saturating_mul(max_abs(c.0 - t, c.1 - t));
+    // The I16 strategy: both centred operands within i16 and every sum within i32.
+    let lo_a = i128::from(a.0) - s;
+    let hi_a = i128::from(a.1) - s;
+    let i16_fits = madd::fits_i16(lo_a, hi_a) && madd::fits_i16(c.0 - t, c.1 - t);
+    let strategy = if allowed.i16 && i16_fits && bound <= i32::MAX as u128 {
+        Strategy::I16
+    } else {
+        Strategy::for_bound(bound)
+    };
     Ok(Plan {
-        strategy: Strategy::for_bound(bound),
+        strategy,
         // Both fit: s lies in [a.0, a.1]; t in [c.0, c.1] fits whenever it matters (a wrap
         // is harmless: all corrections are exact modulo 2^64).
         shift: [s as i64, t as i64],
@@ -147,12 +182,12 @@ where
     O: Copy + Send,
     F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
 {
-    map_into_with(a, w, z_w, out, epilogue, vnni::available())
+    map_into_with(a, w, z_w, out, epilogue, Allowed::available())
 }
 
 /// The plan `matmul` follows for these operands (after the same shape and overflow checks).
 pub fn matmul_plan(a: ArrayView3<'_, i64>, w: ArrayView3<'_, i64>, z_w: i64) -> Result<Plan> {
-    operands_plan(a, w, z_w, vnni::available())
+    operands_plan(a, w, z_w, Allowed::available())
 }
 
 /// `plan_with` for the operands of a matmul.
@@ -160,7 +195,7 @@ fn operands_plan(
     a: ArrayView3<'_, i64>,
     w: ArrayView3<'_, i64>,
     z_w: i64,
-    vnni: bool,
+    allowed: Allowed,
 ) -> Result<Plan> {
     matmul_shape(a.dim(), w.dim())?;
     let (wlo, whi) = range(w.iter());
@@ -168,17 +203,17 @@ fn operands_plan(
         i128::from(wlo) - i128::from(z_w),
         i128::from(whi) - i128::from(z_w),
     );
-    plan_with(w.dim().1, range_of(a), c, vnni)
+    plan_with(w.dim().1, range_of(a), c, allowed)
 }
 
-/// `matmul_map_into`, allowing the U8I8 strategy only if `vnni`.
+/// `matmul_map_into`, allowing only the SIMD integer strategies of `allowed`.
 fn map_into_with<O, F>(
     a: ArrayView3<'_, i64>,
     w: ArrayView3<'_, i64>,
     z_w: i64,
     out: &mut [MaybeUninit<O>],
     epilogue: F,
-    vnni: bool,
+    allowed: Allowed,
 ) -> Result<()>
 where
     O: Copy + Send,
@@ -193,7 +228,7 @@ where
         )));
     }
     let (bw, k, _) = w.dim();
-    let plan = operands_plan(a, w, z_w, vnni)?;
+    let plan = operands_plan(a, w, z_w, allowed)?;
     if out.is_empty() {
         return Ok(());
     }
@@ -218,6 +253,7 @@ where
         Strategy::F64 => job.run::<f64, O, F>(out, &epilogue),
         Strategy::I64 => job.run::<i64, O, F>(out, &epilogue),
         Strategy::U8I8 => job.run_u8i8(out, &epilogue),
+        Strategy::I16 => job.run_i16(out, &epilogue),
     }
     Ok(())
 }
@@ -338,6 +374,36 @@ impl Job<'_> {
             } else {
                 block.run(r0, rows_out, epilogue);
             }
+        });
+    }
+}
+
+impl Job<'_> {
+    /// `run` for the I16 strategy: W' packed once per weight batch, A − s rows as i16.
+    fn run_i16<O, F>(&self, out: &mut [MaybeUninit<O>], epilogue: &F)
+    where
+        O: Copy + Send,
+        F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
+    {
+        let [_, bw, _, k, n] = self.dims;
+        // W' lies in i16 under this strategy, so the truncation is exact.
+        let packed: Vec<PackedB16> = (0..bw)
+            .map(|b| PackedB16::pack(&self.wc[b * k * n..(b + 1) * k * n], k, n, |v| v as i16))
+            .collect();
+        let col_terms = self.col_terms();
+        self.for_blocks(out, |ab, wsel, r0, rows_out| {
+            let (s, t) = (self.shift[0], self.shift[1]);
+            let w = &packed[wsel];
+            let rows = rows_out.len() / n;
+            let (kp, np) = (madd::padded_k(k), w.padded_n());
+            let padded = madd::padded_rows(rows);
+            let mut lhs = vec![0i16; padded * kp];
+            // A − s lies in i16 under this strategy, so the truncation is exact.
+            let row_terms = centre_rows(ab, r0, rows, k, kp, [s, t], &mut lhs, |c| c as i16);
+            let mut tmp = vec![0i32; padded * np];
+            madd::gemm::<{ madd::MR }>(padded, &lhs, w, &mut tmp);
+            let cols = &col_terms[wsel * n..(wsel + 1) * n];
+            correct_rows(rows_out, &tmp, np, &row_terms, cols, i64::from, epilogue);
         });
     }
 }
@@ -538,7 +604,7 @@ mod tests {
     }
 
     /// `matmul` with the U8I8 strategy allowed or not (its scalar kernel on other CPUs).
-    fn with(a: &Array3<i64>, w: &Array3<i64>, z_w: i64, vnni: bool) -> Array3<i64> {
+    fn with(a: &Array3<i64>, w: &Array3<i64>, z_w: i64, allowed: Allowed) -> Array3<i64> {
         let dims = matmul_shape(a.dim(), w.dim()).unwrap();
         // A sentinel, so that a value left unwritten shows.
         let mut out = Array3::<i64>::from_elem(dims, 99);
@@ -555,15 +621,24 @@ mod tests {
                     d.write(v);
                 }
             },
-            vnni,
+            allowed,
         )
         .unwrap();
         out
     }
 
+    const VNNI: Allowed = Allowed {
+        vnni: true,
+        i16: false,
+    };
+    const I16: Allowed = Allowed {
+        vnni: false,
+        i16: true,
+    };
+
     #[test]
     fn u8i8_plan_limits() {
-        let p = |k, a, c| plan_with(k, a, c, true).unwrap();
+        let p = |k, a, c| plan_with(k, a, c, VNNI).unwrap();
         assert_eq!(p(9, (0, 255), (-128, 127)).strategy, Strategy::U8I8);
         assert_eq!(p(9, (0, 255), (-128, 127)).shift, [0, 0]);
         assert_eq!(p(9, (-300, -45), (-5, 250)).shift, [-300, 123]);
@@ -574,7 +649,9 @@ mod tests {
         assert_eq!(p(65793, (0, 255), (0, 255)).strategy, Strategy::U8I8);
         assert_ne!(p(65794, (0, 255), (0, 255)).strategy, Strategy::U8I8);
         assert_ne!(
-            plan_with(9, (0, 255), (-128, 127), false).unwrap().strategy,
+            plan_with(9, (0, 255), (-128, 127), Allowed::NONE)
+                .unwrap()
+                .strategy,
             Strategy::U8I8
         );
     }
@@ -593,9 +670,9 @@ mod tests {
             let (lo, hi) = range(a.iter());
             let (wl, wh) = range(w.iter());
             let c = ((wl - z_w).into(), (wh - z_w).into());
-            let p = plan_with(wshape.1, (lo, hi), c, true).unwrap();
+            let p = plan_with(wshape.1, (lo, hi), c, VNNI).unwrap();
             assert_eq!(p.strategy, Strategy::U8I8);
-            assert_eq!(with(&a, &w, z_w, true), naive(&a, &w, z_w));
+            assert_eq!(with(&a, &w, z_w, VNNI), naive(&a, &w, z_w));
             assert_eq!(matmul(a.view(), w.view(), z_w).unwrap(), naive(&a, &w, z_w));
         }
     }
@@ -609,6 +686,52 @@ mod tests {
     }
 
     #[test]
+    fn i16_plan_limits() {
+        let p = |k, a, c| plan_with(k, a, c, I16).unwrap();
+        assert_eq!(p(9, (0, 255), (-128, 127)).strategy, Strategy::I16);
+        assert_eq!(p(9, (0, 255), (-128, 127)).shift, [127, -1]);
+        // A − s within i16: a span of 65535 centres into [−32767, 32768]: too wide by one.
+        assert_eq!(p(1, (0, 65534), (-1, 1)).strategy, Strategy::I16);
+        assert_ne!(p(1, (0, 65535), (-1, 1)).strategy, Strategy::I16);
+        assert_eq!(p(1, (-1, 1), (0, 65534)).strategy, Strategy::I16);
+        assert_ne!(p(1, (-1, 1), (0, 65535)).strategy, Strategy::I16);
+        // K·128·128 <= 2^31 − 1 exactly up to K = 131071.
+        assert_eq!(p(131_071, (0, 256), (0, 256)).strategy, Strategy::I16);
+        assert_ne!(p(131_072, (0, 256), (0, 256)).strategy, Strategy::I16);
+        // VNNI first when both are allowed.
+        let both = Allowed {
+            vnni: true,
+            i16: true,
+        };
+        let plan = plan_with(9, (0, 255), (-128, 127), both).unwrap();
+        assert_eq!(plan.strategy, Strategy::U8I8);
+        let plan = plan_with(9, (0, 256), (-128, 127), both).unwrap();
+        assert_eq!(plan.strategy, Strategy::I16);
+    }
+
+    #[test]
+    fn i16_is_exact_with_shifts_batches_and_tails() {
+        for (ashape, wshape, alo, aspan, wlo, wspan, z_w) in [
+            ((1, 130, 70), (1, 70, 9), 0, 256, -128, 256, 0),
+            ((2, 67, 33), (2, 33, 50), -300, 4000, -5, 3000, -7),
+            ((3, 5, 4), (1, 4, 17), 1000, 3, 40, 1, 40),
+            ((1, 64, 128), (1, 128, 128), 0, 64, -127, 255, 0),
+            ((1, 9, 3), (1, 3, 10), -40000, 65535, 7, 2, 0),
+            ((1, 3, 0), (1, 0, 5), 0, 1, 0, 1, 0),
+        ] {
+            let a = data(ashape, 1, alo, aspan);
+            let w = data(wshape, 2, wlo, wspan);
+            let (lo, hi) = range(a.iter());
+            let (wl, wh) = range(w.iter());
+            let c = ((wl - z_w).into(), (wh - z_w).into());
+            let p = plan_with(wshape.1, (lo, hi), c, I16).unwrap();
+            assert_eq!(p.strategy, Strategy::I16, "{ashape:?} {wshape:?}");
+            assert_eq!(with(&a, &w, z_w, I16), naive(&a, &w, z_w));
+            assert_eq!(with(&a, &w, z_w, Allowed::NONE), naive(&a, &w, z_w));
+        }
+    }
+
+    #[test]
     fn every_strategy_matches_the_definition() {
         let w = data((1, 70, 9), 2, -128, 256);
         for (scale, want) in [
@@ -617,17 +740,18 @@ mod tests {
             (1 << 35, Strategy::I64),
         ] {
             let a = data((2, 130, 70), 1, 0, 256).mapv(|v| v * scale);
-            let p = plan_with(70, range(a.iter()), (-128 - 5, 127 - 5), false).unwrap();
+            let p = plan_with(70, range(a.iter()), (-128 - 5, 127 - 5), Allowed::NONE).unwrap();
             assert_eq!(p.strategy, want);
             assert_eq!(matmul(a.view(), w.view(), 5).unwrap(), naive(&a, &w, 5));
-            assert_eq!(with(&a, &w, 5, false), naive(&a, &w, 5));
+            assert_eq!(with(&a, &w, 5, Allowed::NONE), naive(&a, &w, 5));
+            assert_eq!(with(&a, &w, 5, I16), naive(&a, &w, 5));
         }
     }
 
     #[test]
     fn centring_picks_f32_for_8_bit_operands() {
         // Uncentred, 512·255·133 > 2^24; centred, 512·128·128 <= 2^24.
-        let p = plan_with(512, (0, 255), (-133, 122), false).unwrap();
+        let p = plan_with(512, (0, 255), (-133, 122), Allowed::NONE).unwrap();
         assert_eq!(p.strategy, Strategy::F32);
         assert_eq!(p.shift, [127, -6]);
         let a = data((1, 3, 512), 6, 0, 256);
@@ -655,8 +779,8 @@ mod tests {
             Array3::<i64>::zeros((1, 0, 3)),
         );
         let want = Array3::<i64>::zeros((2, 70, 3));
-        for vnni in [false, true] {
-            assert_eq!(with(&a, &w, 4, vnni), want);
+        for allowed in [Allowed::NONE, VNNI, I16] {
+            assert_eq!(with(&a, &w, 4, allowed), want);
         }
     }
 

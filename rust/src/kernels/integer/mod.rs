@@ -11,6 +11,7 @@ pub mod bits;
 pub mod conv;
 pub mod exact;
 pub mod gemm;
+pub mod madd;
 pub mod requant;
 pub mod rescale;
 pub mod rounding;
