@@ -434,6 +434,8 @@ class _SimulatedPhase:
             order.append(("EXACT", first_p, len(self.settings) - 1))
         while order:
             method, p, i = order.pop(0)
+            if (method, p, i) in self.measured:  # measured already: no second random draw
+                continue
             if s.left() <= max(self.step_s, 0.2 * self.budget):  # a compile must fit
                 break
             sim = self.step(method, p, i)
