@@ -8,7 +8,9 @@ compiled; the same-run baseline is the hand configuration. Prints ONE JSON objec
 model: the circuits' ``complexity`` and PBS counts (predicted and compiled), the ratio
 auto / hand, the FHE-simulated test accuracies, the search time, and the cost model's
 prediction errors (complexity and, with ``--execute``, the latency of one real encrypted
-sample after keygen).
+sample after keygen). With ``--execute``, ``encrypted_sample`` sets the measured latency
+ratio auto / hand beside the complexity ratio and the cost model's predicted latency ratio;
+the search's progress lines carry the elapsed seconds (where the search spends its time).
 
 ``python benches/tune.py [--execute] [--time-budget S] [mlp|cnn]``.
 """
