@@ -206,3 +206,26 @@ def test_latency_fit_arithmetic() -> None:
     assert report.latency_with(fit) == pytest.approx(
         fit.seconds(report.complexity, report.total_pbs)
     )
+
+
+def test_calibrate_cost_quick_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fhequant calibrate-cost --quick`` measures two p_error classes and times the short
+    circuit set; without it, every class and the full set (the measuring itself is slow and
+    covered by test_measure_cost_model_small_grid)."""
+    import fhequant.fhe.cost_model as cm
+    from fhequant.__main__ import main
+
+    seen: list[dict[str, object]] = []
+
+    def fake_measure(**kwargs: object) -> CostModel:
+        seen.append(kwargs)
+        return load_cost_model()
+
+    monkeypatch.setattr(cm, "measure_cost_model", fake_measure)
+    out = tmp_path / "m.json"
+    assert main(["calibrate-cost", "--quick", "--output", str(out)]) == 0
+    assert seen[-1]["p_errors"] == (2.0**-40, 1e-2)
+    assert seen[-1]["timing"] == cm.QUICK_TIMING_CIRCUITS
+    assert CostModel.from_dict(json.loads(out.read_text())).latency == load_cost_model().latency
+    assert main(["calibrate-cost", "--output", str(out)]) == 0
+    assert seen[-1]["p_errors"] == cm.P_ERROR_CLASSES and seen[-1]["timing"] == cm.TIMING_CIRCUITS
