@@ -1,8 +1,10 @@
 """How well the cost model predicts concrete: complexity and key sizes on a dozen models
 (compile only), and, with ``--execute``, the latency of one encrypted sample on three models
-of different sizes (keygen + one run each; slow). The latency prediction uses the seconds per
-unit of complexity timed in the same run (small lookup circuits, as ``calibrate-cost``
-times them): the machine's load moves both alike; the stored factor's error is also given.
+of different sizes (keygen + one run each; slow). The latency prediction uses the latency fit
+(seconds per run, per unit of complexity and per PBS) timed in the same run, as
+``calibrate-cost`` times it: the machine's load moves both alike; the stored fit's error is
+also given. The timing is repeated after the executions, and the prediction with the mean of
+both fits is reported too (the load may change during the run).
 
 The models are trained for a few epochs on scikit-learn's digits (MLPs and CNNs of several
 shapes, activations, n_bits, rounding and p_error). For each: the compiled circuit's
@@ -16,6 +18,7 @@ with the per-model errors and their summary (largest absolute error, share withi
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -24,7 +27,7 @@ import torch
 from torch import nn
 
 from fhequant import build_quantized_module
-from fhequant.fhe.cost_model import load_cost_model, seconds_per_complexity
+from fhequant.fhe.cost_model import LatencyFit, load_cost_model, time_latency
 from fhequant.fhe.demo import load_digits_split
 from tune import train
 
@@ -71,7 +74,7 @@ def _net(kind: str) -> nn.Module:
     )  # fmt: skip
 
 
-def measure(name: str, execute: bool, factor: float = 0.0) -> dict[str, Any]:
+def measure(name: str, execute: bool, fit: LatencyFit | None = None) -> dict[str, Any]:
     kind, n_bits, rounding, p_error = MODELS[name]
     x_train, x_test, y_train, _ = load_digits_split()
     shape = (-1, 64) if kind.startswith("mlp") else (-1, 1, 8, 8)
@@ -98,6 +101,7 @@ def measure(name: str, execute: bool, factor: float = 0.0) -> dict[str, Any]:
         "cost_report_s": report_s,
         "compile_s": compile_s,
         "partitions": predicted.partitions,
+        "_report": predicted,
     }
     if execute and name in TIMED:
         start = time.perf_counter()
@@ -108,10 +112,12 @@ def measure(name: str, execute: bool, factor: float = 0.0) -> dict[str, Any]:
         module.quantized_forward(q, fhe="execute")
         out["execute_s"] = time.perf_counter() - start
         out["predicted_latency_s"] = predicted.latency_s
-        out["latency_error_stored_factor"] = predicted.latency_s / out["execute_s"] - 1
-        # the same-run factor: the machine's load now, as for the executions
-        out["predicted_latency_same_run_s"] = predicted.complexity * factor
-        out["latency_error"] = predicted.complexity * factor / out["execute_s"] - 1
+        out["latency_error_stored_fit"] = predicted.latency_s / out["execute_s"] - 1
+        # the same-run fit: the machine's load now, as for the executions
+        assert fit is not None
+        out["predicted_latency_same_run_s"] = predicted.latency_with(fit)
+        out["latency_error"] = predicted.latency_with(fit) / out["execute_s"] - 1
+        out["load_average"] = os.getloadavg()[0]
     print(name, json.dumps({k: v for k, v in out.items() if "error" in k}), file=sys.stderr)
     return out
 
@@ -120,10 +126,24 @@ def main() -> None:
     execute = "--execute" in sys.argv
     only = [a for a in sys.argv[1:] if a in MODELS]
     names = only or list(MODELS)
-    factor = 0.0
-    if execute:  # seconds per complexity unit measured now (the load changes it)
-        factor = seconds_per_complexity(progress=lambda line: print(line, file=sys.stderr))
-    results = {name: measure(name, execute, factor) for name in names}
+    fit = None
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    if execute:  # the latency fit measured now (the load changes it)
+        fit = time_latency(progress=say)
+    results = {name: measure(name, execute, fit) for name in names}
+    if execute and fit is not None:  # timed again after: the load may have moved
+        after = time_latency(progress=say)
+        mean = LatencyFit(
+            (fit.per_complexity + after.per_complexity) / 2,
+            (fit.per_pbs + after.per_pbs) / 2,
+            (fit.per_run + after.per_run) / 2,
+        )
+        for r in results.values():
+            if "execute_s" in r:
+                r["latency_error_fit_after"] = r["_report"].latency_with(after) / r["execute_s"] - 1
+                r["latency_error_mean_fit"] = r["_report"].latency_with(mean) / r["execute_s"] - 1
+    for r in results.values():
+        r.pop("_report")
     errors = [r["complexity_error"] for r in results.values()]
     summary: dict[str, Any] = {
         "cost_model": load_cost_model().meta,
@@ -137,7 +157,10 @@ def main() -> None:
     lat = [r["latency_error"] for r in results.values() if "latency_error" in r]
     if lat:
         summary["max_abs_latency_error"] = max(abs(e) for e in lat)
-        summary["same_run_seconds_per_complexity"] = factor
+        summary["same_run_latency_fit"] = fit.to_dict() if fit else None
+        summary["max_abs_latency_error_mean_fit"] = max(
+            abs(r["latency_error_mean_fit"]) for r in results.values() if "latency_error" in r
+        )
     print(json.dumps({"models": results, "summary": summary}, indent=1, default=str))
 
 

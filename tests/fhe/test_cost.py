@@ -17,7 +17,13 @@ import torch
 from cost_checks import assert_pbs_predicted
 from fhequant import build_quantized_module
 from fhequant.errors import SerializationError
-from fhequant.fhe.cost_model import FORMAT_VERSION, CostModel, load_cost_model
+from fhequant.fhe.cost_model import (
+    FORMAT_VERSION,
+    CostModel,
+    LatencyFit,
+    fit_latency,
+    load_cost_model,
+)
 from ptq_helpers import mlp
 
 X = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
@@ -119,12 +125,107 @@ def test_measure_cost_model_small_grid(tmp_path: Path) -> None:
     from fhequant.fhe.cost_model import measure_cost_model
 
     model = measure_cost_model(
-        max_bits=3, p_errors=(1e-2,), timing_bits=(2,), repeats=1, norm_grid=(-1, 0, 16)
+        max_bits=3,
+        p_errors=(1e-2,),
+        timing=(("tlu", 2, 8), ("tlu", 3, 32), ("layer", 4, 8)),
+        repeats=1,
+        norm_grid=(-1, 0, 16),
     )
     entry = model.classes[1e-2]["tlu"][3]
     assert set(entry["by_norm"]) == {"-1.0", "0.0", "16.0"}
     # the noisier grid point needs parameters at least as large
     assert entry["by_norm"]["16.0"]["complexity"] >= entry["by_norm"]["-1.0"]["complexity"]
-    assert model.seconds_per_complexity > 0
+    assert len(model.latency.points) == 3
+    assert model.latency.per_complexity > 0 or model.latency.per_pbs > 0
     back = CostModel.from_dict(json.loads(model.save(tmp_path / "m.json").read_text()))
     assert back.complexity("tlu", 3, 1e-2, 10.0) == model.complexity("tlu", 3, 1e-2, 10.0)
+
+
+def test_cost_model_format_v3_validation() -> None:
+    """Version 3 holds a latency fit; older versions and malformed fits are refused with a
+    SerializationError that says what to do."""
+    data = load_cost_model().to_dict()
+    assert data["format_version"] == FORMAT_VERSION == 3
+    assert set(data["latency"]) >= {"per_complexity", "per_pbs", "per_run"}
+    old = {k: v for k, v in data.items() if k != "latency"}
+    with pytest.raises(SerializationError, match="calibrate-cost"):
+        CostModel.from_dict({**old, "format_version": 2, "seconds_per_complexity": 1e-9})
+    with pytest.raises(SerializationError, match="no 'latency'"):
+        CostModel.from_dict(old)
+    bad_fits = [
+        ([], "mapping"),
+        ({**data["latency"], "per_pbs": "fast"}, "latency.per_pbs must be a number"),
+        ({**data["latency"], "per_run": -1.0}, "latency.per_run must be finite"),
+        ({**data["latency"], "per_complexity": float("nan")}, "per_complexity must be finite"),
+        ({**data["latency"], "per_complexity": True}, "per_complexity must be a number"),
+        ({**data["latency"], "per_complexity": 0.0, "per_pbs": 0.0}, "both 0"),
+        ({**data["latency"], "points": [1, 2]}, "latency.points"),
+    ]
+    for fit, message in bad_fits:
+        with pytest.raises(SerializationError, match=message):
+            CostModel.from_dict({**data, "latency": fit})
+    with pytest.raises(SerializationError, match="JSON object"):
+        CostModel.from_dict([data])  # type: ignore[arg-type]
+
+
+def test_latency_fit_arithmetic() -> None:
+    """seconds = per_run + per_complexity * complexity + per_pbs * PBS; the fit recovers
+    coefficients from exact points, never goes negative, and the report uses it."""
+    fit = LatencyFit(2e-10, 5e-3, 0.25)
+    assert fit.seconds(1e10, 100) == pytest.approx(0.25 + 2.0 + 0.5)
+    assert fit.seconds_of_pbs(1e10, 100) == pytest.approx(2.5)
+    points = [
+        {"complexity": c, "pbs": float(n), "seconds": fit.seconds(c, n)}
+        for c, n in ((2e9, 64), (1.2e10, 24), (9e9, 256), (2e10, 512))
+    ]
+    got = fit_latency(points)
+    assert got.per_complexity == pytest.approx(2e-10, rel=1e-6)
+    assert got.per_pbs == pytest.approx(5e-3, rel=1e-6)
+    assert got.per_run == pytest.approx(0.25, rel=1e-6)
+    assert got.points[0]["seconds"] == points[0]["seconds"]
+    # time that does not grow with the PBS: the per-PBS term is dropped, not made negative
+    flat = [{"complexity": c, "pbs": float(n), "seconds": 1e-10 * c} for c, n in
+            ((1e9, 500), (4e9, 20), (8e9, 200))]  # fmt: skip
+    got = fit_latency(flat)
+    assert min(got.per_complexity, got.per_pbs, got.per_run) >= 0
+    assert got.seconds(4e9, 20) == pytest.approx(0.4, rel=0.05)
+    with pytest.raises(ValueError, match="seconds > 0"):
+        fit_latency([{"complexity": 1.0, "pbs": 1.0, "seconds": 0.0}])
+    with pytest.raises(ValueError, match="no timed"):
+        fit_latency([])
+    # the report: per-op seconds are the PBS terms, the total adds the per-run cost
+    model = load_cost_model()
+    model = CostModel(LatencyFit(1e-10, 1e-2, 0.5), model.classes, model.meta)
+    module = build_quantized_module(mlp([6, 8, 3]), X, n_bits=5, rounding_threshold_bits=4)
+    report = module.cost_report(X, cost_model=model)
+    for r in report.rows:
+        assert r.latency_s == pytest.approx(1e-10 * r.complexity + 1e-2 * r.pbs)
+    assert report.latency_s == pytest.approx(
+        0.5 + 1e-10 * report.complexity + 1e-2 * report.total_pbs
+    )
+    assert report.latency_with(fit) == pytest.approx(
+        fit.seconds(report.complexity, report.total_pbs)
+    )
+
+
+def test_calibrate_cost_quick_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fhequant calibrate-cost --quick`` measures two p_error classes and times the short
+    circuit set; without it, every class and the full set (the measuring itself is slow and
+    covered by test_measure_cost_model_small_grid)."""
+    import fhequant.fhe.cost_model as cm
+    from fhequant.__main__ import main
+
+    seen: list[dict[str, object]] = []
+
+    def fake_measure(**kwargs: object) -> CostModel:
+        seen.append(kwargs)
+        return load_cost_model()
+
+    monkeypatch.setattr(cm, "measure_cost_model", fake_measure)
+    out = tmp_path / "m.json"
+    assert main(["calibrate-cost", "--quick", "--output", str(out)]) == 0
+    assert seen[-1]["p_errors"] == (2.0**-40, 1e-2)
+    assert seen[-1]["timing"] == cm.QUICK_TIMING_CIRCUITS
+    assert CostModel.from_dict(json.loads(out.read_text())).latency == load_cost_model().latency
+    assert main(["calibrate-cost", "--output", str(out)]) == 0
+    assert seen[-1]["p_errors"] == cm.P_ERROR_CLASSES and seen[-1]["timing"] == cm.TIMING_CIRCUITS

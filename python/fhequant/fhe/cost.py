@@ -22,7 +22,7 @@ from fhequant._concrete import fhe_module
 from fhequant.errors import MissingDependencyError
 from fhequant.fhe.bitwidth import MAX_TLU_BIT_WIDTH, BitWidthReport, hinting_executor
 from fhequant.fhe.compile import _batch_graph, _proxy, argument_names, split_samples
-from fhequant.fhe.cost_model import CostModel, load_cost_model
+from fhequant.fhe.cost_model import CostModel, LatencyFit, load_cost_model
 from fhequant.fhe.lookups import KINDS, Lookup, count_lookups
 from fhequant.quantized.exec import use_executor
 
@@ -112,8 +112,14 @@ class CostReport:
 
     @property
     def latency_s(self) -> float:
-        """Estimated execution seconds of one encrypted sample."""
-        return sum(r.latency_s for r in self.rows)
+        """Estimated execution seconds of one encrypted sample (the ops' PBS and the
+        per-run cost of the cost model's latency fit)."""
+        return self.cost_model.latency.per_run + sum(r.latency_s for r in self.rows)
+
+    def latency_with(self, fit: LatencyFit) -> float:
+        """The estimated seconds of one sample with another latency fit (e.g. one timed
+        now, in the same run as a measurement)."""
+        return fit.seconds(self.complexity, self.total_pbs)
 
     @property
     def key_bytes(self) -> float:
@@ -306,7 +312,7 @@ def cost_report(
         norm = partitions.get(lk.bits, lk.log_norm) if lk.kind != "round" else lk.log_norm
         cx = model.complexity(lk.kind, lk.bits, p_error, norm) * lk.count
         row.complexity += cx
-        row.latency_s += cx * model.seconds_per_complexity
+        row.latency_s += model.latency.seconds_of_pbs(cx, lk.count)
     order = {name: i for i, name in enumerate(types)}
     ordered = sorted(rows.values(), key=lambda r: order.get(r.name, -1))
     rounds = sorted({lk.bits for lk in lookups if lk.kind == "round"})

@@ -5,9 +5,10 @@ lookups and the error probability (p_error); a PBS then costs what its parameter
 model stores, measured once with concrete on one machine (:func:`measure_cost_model`,
 ``fhequant calibrate-cost``), for each p_error class and each lookup input width from 1 to 16
 bits: the optimizer's ``complexity`` of one PBS and the key sizes (bootstrap + key-switch
-keys) of a circuit at that width; and one factor, the measured seconds of execution per unit
-of complexity on that machine. A prediction sums the complexity of the module's PBS
-(:mod:`fhequant.fhe.lookups`) and converts it to seconds.
+keys) of a circuit at that width; and the latency fit of that machine (:class:`LatencyFit`):
+seconds per unit of complexity, seconds per PBS and seconds per run. A prediction sums the
+complexity of the module's PBS (:mod:`fhequant.fhe.lookups`) and converts it, with the PBS
+count, to seconds.
 
 The packaged model (``cost_model.json``, format version :data:`FORMAT_VERSION`) is used
 unless ``FHEQUANT_COST_MODEL`` names another file or ``~/.cache/fhequant/cost_model.json``
@@ -30,19 +31,23 @@ from typing import Any
 import numpy as np
 
 from fhequant.errors import ConfigurationError, SerializationError
+from fhequant.fhe.latency_fit import LatencyFit, fit_latency
 
 __all__ = [
     "FORMAT_VERSION",
     "P_ERROR_CLASSES",
     "CostModel",
+    "LatencyFit",
+    "fit_latency",
     "load_cost_model",
     "measure_cost_model",
-    "seconds_per_complexity",
+    "time_latency",
     "user_cost_model_path",
 ]
 
-#: Version of the JSON layout of a cost model (2: table lookups priced by noise norm too).
-FORMAT_VERSION = 2
+#: Version of the JSON layout of a cost model (2: table lookups priced by noise norm too;
+#: 3: latency = seconds per complexity, per PBS and per run, :class:`LatencyFit`).
+FORMAT_VERSION = 3
 #: Grid labels L of the table-lookup measurements: the lookups read ``x + 2**(L/2) * h``,
 #: noise variance factor 1 + 2**L (:func:`_grid_x`); -1 stands for x alone (factor 1).
 NORM_GRID = (-1, 0, 8, 16, 24)
@@ -59,19 +64,24 @@ def user_cost_model_path() -> Path:
 
 @dataclass
 class CostModel:
-    """Per-PBS complexity and key sizes by p_error class and width, and seconds/complexity.
+    """Per-PBS complexity and key sizes by p_error class and width, and the latency fit.
 
     Attributes:
-        seconds_per_complexity: measured execution seconds per unit of concrete complexity.
+        latency: the machine's seconds per complexity, per PBS and per run.
         classes: p_error class -> kind ("tlu", "round") -> width -> {"complexity": per PBS,
             "key_bytes": bootstrap + key-switch key bytes of a circuit at that width}; a
             width concrete finds no parameters for is absent.
         meta: where and with what the model was measured.
     """
 
-    seconds_per_complexity: float
+    latency: LatencyFit
     classes: dict[float, dict[str, dict[int, dict[str, Any]]]]
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seconds_per_complexity(self) -> float:
+        """Seconds per unit of concrete complexity (the latency fit's)."""
+        return self.latency.per_complexity
 
     def p_error_class(self, p_error: float | None) -> float:
         """The measured class for a p_error (the largest class <= p_error; 2**-40 for None)."""
@@ -172,7 +182,7 @@ class CostModel:
         return {
             "format_version": FORMAT_VERSION,
             "meta": self.meta,
-            "seconds_per_complexity": self.seconds_per_complexity,
+            "latency": self.latency.to_dict(),
             "classes": {
                 repr(p): {kind: {str(b): e for b, e in t.items()} for kind, t in kinds.items()}
                 for p, kinds in self.classes.items()
@@ -184,13 +194,23 @@ class CostModel:
         """Read the JSON form.
 
         Raises:
-            SerializationError: another format version or missing fields.
+            SerializationError: not a mapping, another format version (older models priced
+                latency by complexity alone), missing fields or a malformed latency fit.
         """
+        if not isinstance(data, dict):
+            raise SerializationError(
+                f"cost model: expected a JSON object, got {type(data).__name__}"
+            )
         if data.get("format_version") != FORMAT_VERSION:
             raise SerializationError(
                 f"cost model format_version {data.get('format_version')!r} is not "
                 f"{FORMAT_VERSION}; re-measure it with `fhequant calibrate-cost`"
             )
+        if "latency" not in data:
+            raise SerializationError(
+                "cost model: no 'latency' fit; re-measure it with `fhequant calibrate-cost`"
+            )
+        latency = LatencyFit.from_dict(data["latency"])
         try:
             classes = {
                 float(p): {
@@ -198,7 +218,7 @@ class CostModel:
                 }
                 for p, kinds in data["classes"].items()
             }
-            return cls(float(data["seconds_per_complexity"]), classes, dict(data.get("meta", {})))
+            return cls(latency, classes, dict(data.get("meta", {})))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SerializationError(f"cost model: malformed data ({exc})") from exc
 
@@ -329,37 +349,89 @@ def _stats(circuit: Any) -> tuple[float, float, int]:
     return float(circuit.complexity), keys, int(circuit.programmable_bootstrap_count)
 
 
-def seconds_per_complexity(
-    timing_bits: Sequence[int] = (3, 5, 7),
-    repeats: int = 3,
+#: The timed circuits of :func:`time_latency`: (kind, lookup width, elements). Small widths
+#: (cheap parameters, where the per-PBS floor dominates), a wider one (where the complexity
+#: does) and layer-shaped ones (:func:`_compile_layer`: a dot product of 64 inputs feeding
+#: 32 or 64 exactly rounded lookups, hundreds of PBS, as real circuits have).
+TIMING_CIRCUITS: tuple[tuple[str, int, int], ...] = (
+    ("tlu", 3, 64),
+    ("tlu", 7, 24),
+    ("layer", 4, 32),
+    ("layer", 5, 64),
+)
+#: A shorter set for ``calibrate-cost --quick`` (no 7-bit keys, one layer).
+QUICK_TIMING_CIRCUITS: tuple[tuple[str, int, int], ...] = (
+    ("tlu", 3, 64),
+    ("layer", 4, 32),
+)
+
+
+def _compile_layer(bits: int, p_error: float, outputs: int, inputs: int = 64) -> Any:
+    """A layer-shaped circuit, as fhequant compiles a Gemm: 4-bit inputs times a 3-bit
+    weight matrix (``inputs`` x ``outputs``), the sums rounded exactly to ``bits`` bits
+    (PBS per removed bit), looked up (a ReLU), then a second dot product to 10 outputs."""
+    from fhequant._concrete import fhe_module
+
+    fhe = fhe_module()
+    w1 = (np.arange(inputs * outputs).reshape(inputs, outputs) * 7919) % 7 - 3
+    w2 = (np.arange(outputs * 10).reshape(outputs, 10) * 104729) % 7 - 3
+    top = int(np.abs(w1).sum(axis=0).max()) * 15
+    lsbs = max(int(np.ceil(np.log2(top + 1))) + 1 - bits, 0)
+
+    def circuit(x: Any) -> Any:
+        y = fhe.round_bit_pattern(x @ w1, lsbs)
+        return fhe.univariate(lambda v: np.maximum(v >> lsbs, 0) % 16)(y) @ w2
+
+    inputset = [np.full(inputs, v, dtype=np.int64) for v in (0, 15, 7)]
+    inputset += [(np.arange(inputs) * (k + 3)) % 16 for k in range(8)]
+    config = fhe.Configuration(p_error=p_error, single_precision=False)
+    return fhe.Compiler(circuit, {"x": "encrypted"}).compile(inputset, configuration=config)
+
+
+def time_latency(
+    circuits: Sequence[tuple[str, int, int]] = TIMING_CIRCUITS,
+    repeats: int = 2,
     progress: Callable[[str], None] | None = None,
-    elements: int = 8,
-) -> float:
-    """Seconds of execution per unit of concrete complexity on this machine, now: circuits
-    of ``elements`` lookups at ``timing_bits`` (p_error 1e-2) are keyed and run ``repeats``
-    times; the median over widths of the fastest run / complexity."""
+) -> LatencyFit:
+    """Time real executions on this machine, now, and fit the latency model.
+
+    Each circuit (p_error 1e-2) is compiled, keyed and run ``repeats`` times (the fastest
+    run counts: the machine may be shared); :func:`fit_latency` fits seconds per run, per
+    unit of complexity and per PBS to them. Small circuits alone mislead: a PBS with small
+    parameters costs more than its complexity says, so the circuits span widths and sizes.
+    """
     say = progress or (lambda _: None)
-    ratios = []
-    for bits in timing_bits:
-        circuit = _compile_lookup(int(bits), 1e-2, 0, elements)
+    points = []
+    for kind, bits, n in circuits:
+        if kind == "layer":
+            circuit = _compile_layer(int(bits), 1e-2, int(n))
+            x = np.full(64, 1, dtype=np.int64)
+        else:
+            circuit = _compile_lookup(int(bits), 1e-2, 0, int(n))
+            x = np.full(int(n), 1, dtype=np.int64)
         circuit.keygen()
-        x = np.full(elements, 1, dtype=np.int64)
         best = math.inf
         for _ in range(repeats):
             args = circuit.encrypt(x)
             start = time.perf_counter()
             circuit.run(args)
             best = min(best, time.perf_counter() - start)
-        ratios.append(best / float(circuit.complexity))
-        say(f"timed {bits} bits: {best:.3f} s for {elements} PBS")
-    return float(np.median(ratios))
+        cx, _, pbs = _stats(circuit)
+        points.append({"complexity": cx, "pbs": float(pbs), "seconds": best})
+        say(f"timed {kind} {bits} bits x {n}: {best:.3f} s for {pbs} PBS, complexity {cx:.3g}")
+    fit = fit_latency(points)
+    say(
+        f"latency fit: {fit.per_complexity:.3g} s/complexity, {fit.per_pbs:.3g} s/PBS, "
+        f"{fit.per_run:.3g} s/run"
+    )
+    return fit
 
 
 def measure_cost_model(
     max_bits: int = _MAX_BITS,
     p_errors: Sequence[float] = P_ERROR_CLASSES,
-    timing_bits: Sequence[int] = (3, 5, 7),
-    repeats: int = 3,
+    timing: Sequence[tuple[str, int, int]] = TIMING_CIRCUITS,
+    repeats: int = 2,
     progress: Callable[[str], None] | None = None,
     norm_grid: Sequence[int] = NORM_GRID,
 ) -> CostModel:
@@ -368,13 +440,13 @@ def measure_cost_model(
     For each p_error class and width, compiles a circuit of table lookups (and one of
     rounding steps before 3-bit lookups, up to ``max_bits`` + 2 bits: accumulators are
     rounded from wider than 16 bits) and reads concrete's complexity and key sizes; then
-    generates keys and times real executions at ``timing_bits`` (p_error 1e-2, small keys)
-    to get the seconds per unit of complexity (the minimum of ``repeats`` runs).
+    generates keys and times real executions of the ``timing`` circuits (p_error 1e-2) to fit
+    seconds per run, per unit of complexity and per PBS (:func:`time_latency`).
 
     Args:
         max_bits: widest lookup input measured.
         p_errors: the p_error classes.
-        timing_bits: widths of the timed circuits.
+        timing: the timed circuits, (kind "tlu" or "layer", width, elements).
         repeats: timed runs per circuit (the fastest counts: the machine may be shared).
         progress: called with a line of text per step.
         norm_grid: log2 noise variance factors the table lookups are measured at.
@@ -399,7 +471,7 @@ def measure_cost_model(
             say(f"p_error {p:.3g}, {bits} bits: {cx / n:.3g} per PBS, {keys / 1e6:.1f} MB keys")
         kinds["round"] = _measure_rounding(p, kinds["tlu"], max_bits + 2, n, say)
         classes[p] = kinds
-    factor = seconds_per_complexity(timing_bits, repeats, say)
+    latency = time_latency(timing, repeats, say)
     meta = {
         "machine": platform.machine(),
         "processor": platform.processor(),
@@ -407,7 +479,7 @@ def measure_cost_model(
         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "concrete_python": _concrete_version(),
     }
-    return CostModel(factor, classes, meta)
+    return CostModel(latency, classes, meta)
 
 
 def _concrete_version() -> str:

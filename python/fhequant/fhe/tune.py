@@ -368,31 +368,33 @@ class _SimulatedPhase:
     rounding at 1e-2 first, on the uniform setting (which kept a margin) then on the per-op
     one, then exact rounding on the per-op setting; from the first in budget a larger p_error
     while in budget, else a smaller one until one is. The chosen step's simulated metric is
-    the confirmation:
-    when another step was compiled last, the chosen one is compiled again (a deterministic
-    compile: the circuit already simulated) and its measured metric kept.
+    the confirmation: each step has its own module, so the chosen one keeps the circuit that
+    was simulated (it is compiled again, deterministically, only for the caller's
+    ``artifacts`` when another step was compiled last).
     """
 
     def __init__(self, s: _Search, settings: list[Candidate], time_budget: float) -> None:
         self.s, self.settings, self.budget = s, settings, time_budget
-        self.modules: dict[tuple[str, int], Any] = {}
+        self.modules: dict[tuple[str, int, Any], Any] = {}
         self.measured: dict[tuple[str, Any, int], float] = {}
         self.final_s = self.step_s = 0.0
 
-    def module(self, method: str, i: int) -> Any:
-        if (method, i) not in self.modules:
+    def module(self, method: str, i: int, p: Any) -> Any:
+        """The module of one step: one per (method, setting, p_error), so the chosen step's
+        module keeps its compiled circuit (building is cheap, compiling is not)."""
+        if (method, i, p) not in self.modules:
             c = self.settings[i]
             rb: dict[str, Any] = dict(c.rounding)
-            self.modules[(method, i)] = self.s.build(
+            self.modules[(method, i, p)] = self.s.build(
                 c.n_bits, _approximate(rb) if method == _APPROX else rb
             )
-        return self.modules[(method, i)]
+        return self.modules[(method, i, p)]
 
     def step(self, method: str, p: float | None, i: int) -> float | None:
         """Compile and simulate one step; None when it does not compile."""
         s, c = self.s, self.settings[i]
         start = time.monotonic()
-        module = self.module(method, i)
+        module = self.module(method, i, p)
         try:
             s.compile(module, p)
         except CompilationError:
@@ -432,6 +434,8 @@ class _SimulatedPhase:
             order.append(("EXACT", first_p, len(self.settings) - 1))
         while order:
             method, p, i = order.pop(0)
+            if (method, p, i) in self.measured:  # measured already: no second random draw
+                continue
             if s.left() <= max(self.step_s, 0.2 * self.budget):  # a compile must fit
                 break
             sim = self.step(method, p, i)
@@ -445,9 +449,12 @@ class _SimulatedPhase:
                 order = [(method, float(q), i) for q in P_ERRORS if q < (p or 0)][:1]
         if chosen is None:  # nothing in budget was measured: exact rounding, the fixed p
             chosen = ("EXACT", None if p_phase else p_fixed, len(self.settings) - 1)
-        module = self.module(chosen[0], chosen[2])
+        module = self.module(chosen[0], chosen[2], chosen[1])
         sim = self.measured.get(chosen, float("nan"))
-        if last != chosen:
+        # the chosen step's module kept its circuit; it is compiled again only when nothing
+        # was measured in budget, or when the caller's artifacts must end with its compile
+        again = last != chosen and s.compile_opts["artifacts"] is not None
+        if chosen not in self.measured or again:
             start = time.monotonic()
             s.compile(module, chosen[1])
             if chosen not in self.measured:
