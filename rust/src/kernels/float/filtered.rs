@@ -307,15 +307,19 @@ fn column_extremes<const MR: usize, const NR: usize, const FMA: bool>(
     }
 }
 
-/// [`column_extremes`] with AVX2 intrinsics: `MR` rows × `NV` vectors of 8 columns.
+/// [`column_extremes`] with AVX2 intrinsics: `MR` rows × `NV` vectors of 8 columns. Without
+/// `gather`, `a` is row-major (`k` columns); with `gather = (roff, koff)`, element `(r, kk)` is
+/// `a[roff[r] + koff[kk]]` (an implicit im2col over a padded image).
 ///
 /// # Safety
-/// The CPU must support AVX2, and FMA when `FMA`; `a` holds `rows` rows padded to a multiple
-/// of `MR`, and `ap.nr == 8 * NV`.
+/// The CPU must support AVX2, and FMA when `FMA`; `ap.nr == 8 * NV`; every element read
+/// (rows up to `rows` rounded up to a multiple of `MR`) lies in `a`, and `roff` has that many
+/// entries, `koff` `k`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn column_extremes_x86<const MR: usize, const NV: usize, const FMA: bool>(
     a: &[f32],
+    gather: Option<(&[usize], &[usize])>,
     rows: usize,
     ap: &Approx,
     hi: &mut [f32],
@@ -324,13 +328,27 @@ unsafe fn column_extremes_x86<const MR: usize, const NV: usize, const FMA: bool>
     use std::arch::x86_64::*;
     let k = ap.k;
     let nr = 8 * NV;
-    debug_assert!(ap.nr == nr && a.len() >= rows.div_ceil(MR) * MR * k);
+    match gather {
+        None => debug_assert!(a.len() >= rows.div_ceil(MR) * MR * k),
+        Some((roff, koff)) => debug_assert!(
+            roff.len() >= rows.div_ceil(MR) * MR
+                && koff.len() == k
+                && roff[..rows.div_ceil(MR) * MR].iter().max().unwrap_or(&0)
+                    + koff.iter().max().unwrap_or(&0)
+                    < a.len()
+        ),
+    }
+    debug_assert!(ap.nr == nr);
     for (p, panel) in ap.data.chunks_exact(k * nr).enumerate() {
         let mut h = [_mm256_set1_ps(f32::NEG_INFINITY); NV];
         let mut l = [_mm256_set1_ps(f32::INFINITY); NV];
         for row in (0..rows).step_by(MR) {
             let mut acc = [[_mm256_setzero_ps(); NV]; MR];
-            let base = a.as_ptr().add(row * k);
+            let base = if gather.is_none() {
+                a.as_ptr().add(row * k)
+            } else {
+                a.as_ptr()
+            };
             let pb = panel.as_ptr();
             for kk in 0..k {
                 let mut bv = [_mm256_setzero_ps(); NV];
@@ -338,7 +356,13 @@ unsafe fn column_extremes_x86<const MR: usize, const NV: usize, const FMA: bool>
                     *b = _mm256_loadu_ps(pb.add(kk * nr + 8 * v));
                 }
                 for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let x = _mm256_set1_ps(*base.add(r * k + kk));
+                    let x = match gather {
+                        None => *base.add(r * k + kk),
+                        Some((roff, koff)) => *a
+                            .as_ptr()
+                            .add(*roff.get_unchecked(row + r) + *koff.get_unchecked(kk)),
+                    };
+                    let x = _mm256_set1_ps(x);
                     for v in 0..NV {
                         acc_r[v] = if FMA {
                             _mm256_fmadd_ps(x, bv[v], acc_r[v])
@@ -374,11 +398,18 @@ unsafe fn column_extremes_x86<const MR: usize, const NV: usize, const FMA: bool>
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn column_extremes_fma(a: &[f32], rows: usize, ap: &Approx, hi: &mut [f32], lo: &mut [f32]) {
+unsafe fn column_extremes_fma(
+    a: &[f32],
+    gather: Option<(&[usize], &[usize])>,
+    rows: usize,
+    ap: &Approx,
+    hi: &mut [f32],
+    lo: &mut [f32],
+) {
     if ap.nr == 8 {
-        column_extremes_x86::<12, 1, true>(a, rows, ap, hi, lo)
+        column_extremes_x86::<12, 1, true>(a, gather, rows, ap, hi, lo)
     } else {
-        column_extremes_x86::<6, 2, true>(a, rows, ap, hi, lo)
+        column_extremes_x86::<6, 2, true>(a, gather, rows, ap, hi, lo)
     }
 }
 
@@ -390,30 +421,41 @@ unsafe fn column_extremes_fma(a: &[f32], rows: usize, ap: &Approx, hi: &mut [f32
 #[target_feature(enable = "avx2")]
 unsafe fn column_extremes_avx2(
     a: &[f32],
+    gather: Option<(&[usize], &[usize])>,
     rows: usize,
     ap: &Approx,
     hi: &mut [f32],
     lo: &mut [f32],
 ) {
     if ap.nr == 8 {
-        column_extremes_x86::<12, 1, false>(a, rows, ap, hi, lo)
+        column_extremes_x86::<12, 1, false>(a, gather, rows, ap, hi, lo)
     } else {
-        column_extremes_x86::<6, 2, false>(a, rows, ap, hi, lo)
+        column_extremes_x86::<6, 2, false>(a, gather, rows, ap, hi, lo)
     }
 }
 
-/// The column extremes of the float32 block `a` on the mode of `ap`.
-fn block_columns(a: &[f32], rows: usize, ap: &Approx) -> (Vec<f32>, Vec<f32>) {
+/// The column extremes of the float32 block `a` on the mode of `ap` (`gather` only on AVX2
+/// modes: see [`column_extremes_x86`], whose bounds the caller guarantees).
+fn block_columns(
+    a: &[f32],
+    gather: Option<(&[usize], &[usize])>,
+    rows: usize,
+    ap: &Approx,
+) -> (Vec<f32>, Vec<f32>) {
     let mut hi = vec![f32::NEG_INFINITY; ap.m];
     let mut lo = vec![f32::INFINITY; ap.m];
     match ap.mode {
-        // SAFETY: the mode was picked from what the CPU supports (Mode::new).
+        // SAFETY: the mode was picked from what the CPU supports (Mode::new); the layouts are
+        // those the callers build (row-major padded to ROW_PAD, or in-bounds offsets).
         #[cfg(target_arch = "x86_64")]
-        Mode::Fma => unsafe { column_extremes_fma(a, rows, ap, &mut hi, &mut lo) },
+        Mode::Fma => unsafe { column_extremes_fma(a, gather, rows, ap, &mut hi, &mut lo) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Mode::Avx2 => unsafe { column_extremes_avx2(a, rows, ap, &mut hi, &mut lo) },
-        _ => column_extremes::<4, 8, false>(a, rows, ap, &mut hi, &mut lo),
+        Mode::Avx2 => unsafe { column_extremes_avx2(a, gather, rows, ap, &mut hi, &mut lo) },
+        _ => {
+            debug_assert!(gather.is_none());
+            column_extremes::<4, 8, false>(a, rows, ap, &mut hi, &mut lo)
+        }
     }
     (hi, lo)
 }
@@ -458,7 +500,7 @@ fn matmul_bounds<S: Copy, T: Rounding, F: Fn(S) -> T>(
     let Some(amax) = to_f32(rows_a, &|v| load(v).into(), &mut a32) else {
         return Bounds::unclean();
     };
-    let (hi, lo) = block_columns(&a32, rows, ap);
+    let (hi, lo) = block_columns(&a32, None, rows, ap);
     column_bounds::<T>(&hi, &lo, ap, bias, amax)
 }
 
@@ -535,6 +577,90 @@ pub fn matmul_extremes_filtered<S: Copy + Sync, T: Rounding, F: Fn(S) -> T + Syn
     }
 }
 
+/// The filter's bounds of one conv task (`per_task` images from `first` on).
+#[allow(clippy::too_many_arguments)]
+fn conv_bounds<S: Copy, F: Fn(S) -> f64>(
+    x: &[S],
+    load: &F,
+    plan: &ConvPlan,
+    g: &ConvGeometry,
+    approx: &[Approx],
+    bias: &[f64],
+    first: usize,
+    per_task: usize,
+) -> Bounds {
+    let s = &plan.shape;
+    let (plane, kdim, image) = (s.oh * s.ow, s.kdim(), s.c * s.h * s.w);
+    let count = per_task.min(x.len() / image - first);
+    let rows = count * plane;
+    let mut scratch = vec![0.0f32; count * image];
+    // the values of the exact task, read through float32 when padded
+    let src = &x[first * image..(first + count) * image];
+    let found = if s.round {
+        to_f32(src, &|v| f64::from(load(v) as f32), &mut scratch)
+    } else {
+        to_f32(src, load, &mut scratch)
+    };
+    let Some(amax) = found else {
+        return Bounds::unclean();
+    };
+    let direct = approx.first().is_some_and(|ap| ap.mode != Mode::Portable);
+    // direct: the images zero-padded, each output row an offset into them, each window
+    // element an offset from it (an im2col the kernel reads in place)
+    let (hp, wp) = (s.h + g.begins[0] + g.ends[0], s.w + g.begins[1] + g.ends[1]);
+    let mut padded = Vec::new();
+    let mut roff = Vec::new();
+    let mut cols = Vec::new();
+    if direct {
+        padded = vec![0.0f32; count * s.c * hp * wp];
+        for (plane_in, plane_out) in scratch
+            .chunks_exact(s.h * s.w)
+            .zip(padded.chunks_exact_mut(hp * wp))
+        {
+            for (y, line) in plane_in.chunks_exact(s.w).enumerate() {
+                let at = (y + g.begins[0]) * wp + g.begins[1];
+                plane_out[at..at + s.w].copy_from_slice(line);
+            }
+        }
+        roff = vec![0usize; rows.div_ceil(ROW_PAD) * ROW_PAD];
+        for (p, r) in roff.iter_mut().take(rows).enumerate() {
+            let (img, pos) = (p / plane, p % plane);
+            let (oy, ox) = (pos / s.ow, pos % s.ow);
+            *r = img * s.c * hp * wp + oy * g.strides[0] * wp + ox * g.strides[1];
+        }
+    } else {
+        cols = vec![0.0f32; rows.div_ceil(ROW_PAD) * ROW_PAD * kdim];
+    }
+    let mut out = Bounds::none();
+    for (gi, ap) in approx.iter().enumerate() {
+        let (hi, lo) = if direct {
+            let mut koff = Vec::with_capacity(kdim);
+            for c in 0..s.cg {
+                for ky in 0..s.kh {
+                    for kx in 0..s.kw {
+                        koff.push(
+                            (gi * s.cg + c) * hp * wp
+                                + ky * g.dilations[0] * wp
+                                + kx * g.dilations[1],
+                        );
+                    }
+                }
+            }
+            block_columns(&padded, Some((&roff, &koff)), rows, ap)
+        } else {
+            im2col(&scratch, &|v| v, gi, s, g, &mut cols[..rows * kdim]);
+            block_columns(&cols, None, rows, ap)
+        };
+        let group_bias = if bias.is_empty() {
+            bias
+        } else {
+            &bias[gi * s.og..(gi + 1) * s.og]
+        };
+        out = out.merge(column_bounds::<f64>(&hi, &lo, ap, group_bias, amax));
+    }
+    out
+}
+
 /// [`conv2d_extremes`] by filter-then-verify (see the module docs): the same result, bit for
 /// bit, with the same errors.
 pub fn conv2d_extremes_filtered<S: Copy + Sync, F: Fn(S) -> f64 + Sync>(
@@ -587,34 +713,16 @@ pub fn conv2d_extremes_filtered<S: Copy + Sync, F: Fn(S) -> f64 + Sync>(
     let bounds: Vec<Bounds> = (0..tasks)
         .into_par_iter()
         .map(|t| {
-            let first = t * per_task;
-            let image = s.c * s.h * s.w;
-            let count = per_task.min(n - first);
-            let rows = count * plane;
-            let mut cols = vec![0.0f32; rows.div_ceil(ROW_PAD) * ROW_PAD * kdim];
-            let mut scratch = vec![0.0f32; count * image];
-            // the values of `conv_task_values`, read through float32 when padded
-            let src = &x_flat[first * image..(first + count) * image];
-            let found = if s.round {
-                to_f32(src, &|v| f64::from(load(v) as f32), &mut scratch)
-            } else {
-                to_f32(src, &load, &mut scratch)
-            };
-            let Some(amax) = found else {
-                return Bounds::unclean();
-            };
-            let mut out = Bounds::none();
-            for (gi, ap) in approx.iter().enumerate() {
-                im2col(&scratch, &|v| v, gi, s, g, &mut cols[..rows * kdim]);
-                let (hi, lo) = block_columns(&cols, rows, ap);
-                let group_bias = if bias_v.is_empty() {
-                    &bias_v[..]
-                } else {
-                    &bias_v[gi * s.og..(gi + 1) * s.og]
-                };
-                out = out.merge(column_bounds::<f64>(&hi, &lo, ap, group_bias, amax));
-            }
-            out
+            conv_bounds(
+                x_flat,
+                &load,
+                &plan,
+                g,
+                &approx,
+                &bias_v,
+                t * per_task,
+                per_task,
+            )
         })
         .collect();
     let Some(candidates) = candidates(&bounds) else {
