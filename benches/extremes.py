@@ -18,7 +18,11 @@ Each case reports the best wall time of both (``new_s``, ``old_s``), their ratio
 ``speedup = old_s / new_s``, and the same from process CPU time (``cpu_speedup``), which is
 less disturbed when other processes share the cores.
 
-Usage: ``python benches/extremes.py [--quick] [--repeat N]``.
+With ``--end-to-end``, ``build_quantized_module`` on the MLP (100k rows, 6 bits) and the CNN
+(10k rows, 5 bits) of ``benches/calibration_vs_ort.py`` is timed the same way, with
+``fused_stats.EXACT_EXTREMES`` off (new) and on (old) in alternate runs.
+
+Usage: ``python benches/extremes.py [--quick] [--repeat N] [--end-to-end]``.
 """
 
 from __future__ import annotations
@@ -26,13 +30,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from fhequant import _core
+from fhequant import _core, build_quantized_module
+from fhequant.quantized import fused_stats
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 Times = dict[str, float]
 
@@ -67,10 +75,42 @@ def case(fn: Callable[..., Any], args: tuple[Any, ...], repeats: int) -> dict[st
     }
 
 
+def end_to_end(rows: int, images: int, repeats: int) -> dict[str, Any]:
+    """Calibration of the MLP and the CNN with the filter (new) and without it (old)."""
+    from ptq import cnn_model, mlp_model
+
+    rng = np.random.default_rng(3)
+    models = {
+        "mlp": (mlp_model(), rng.normal(size=(rows, 64)).astype(np.float32), 6),
+        "cnn": (cnn_model(), rng.normal(size=(images, 1, 8, 8)).astype(np.float32), 5),
+    }
+    result: dict[str, Any] = {}
+    for name, (model, x, n_bits) in models.items():
+
+        def run(exact: bool, model: Any = model, x: np.ndarray = x, n_bits: int = n_bits) -> None:
+            fused_stats.EXACT_EXTREMES = exact
+            try:
+                build_quantized_module(model, x, n_bits=n_bits)
+            finally:
+                fused_stats.EXACT_EXTREMES = False
+
+        wall, cpu = race({"new": lambda: run(False), "old": lambda: run(True)}, repeats)
+        result[name] = {
+            "new_s": round(wall["new"], 4),
+            "old_s": round(wall["old"], 4),
+            "speedup": round(wall["old"] / wall["new"], 3),
+            "new_cpu_s": round(cpu["new"], 4),
+            "old_cpu_s": round(cpu["old"], 4),
+            "cpu_speedup": round(cpu["old"] / cpu["new"], 3),
+        }
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10x fewer rows")
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--end-to-end", action="store_true", help="also time calibrations")
     args = parser.parse_args()
     rows = 10_000 if args.quick else 100_000
     images = 1_000 if args.quick else 10_000
@@ -97,6 +137,8 @@ def main() -> None:
     g2 = ((2, 2), (1, 1), (1, 1), (1, 1), 1, rng.standard_normal(16) * 0.1)
     cases["conv2_f64"] = case(_core.conv2d_extremes_f64, (x2, w2, *g2), args.repeat)
     out["all_same_bits"] = all(c["same_bits"] for c in cases.values())
+    if args.end_to_end:
+        out["end_to_end"] = end_to_end(rows, images, args.repeat)
     print(json.dumps(out, indent=1))
 
 
