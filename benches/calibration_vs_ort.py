@@ -28,12 +28,13 @@ pass (the native extremes kernels against numpy's BLAS product and min/max on th
 are ``fhequant / ort <= 1.0`` on every row and ``fhequant / torch_float <= 1.5`` in memory.
 
 Usage: ``python benches/calibration_vs_ort.py [--quick] [--rows-scale F] [--repeat N]
-[--skip-10m] [--only ROWS] [--streamed-contenders fhequant,ort] [--i16-baseline]``
-(``--quick`` divides every row count by 10; ``--rows-scale`` multiplies the row counts; the
-torch float forward may be left out of the streamed rows, where the targets compare with ONNX
-Runtime only; ``--i16-baseline`` adds ``fhequant_without_i16`` to the in-memory rows: the same
-build with the AVX2 i16 integer-product strategy switched off, and ``i16_speedup`` = its time
-over fhequant's).
+[--skip-10m] [--only ROWS] [--streamed-contenders fhequant,ort] [--i16-baseline]
+[--exact-extremes]`` (``--quick`` divides every row count by 10; ``--rows-scale`` multiplies the
+row counts; the torch float forward may be left out of the streamed rows, where the targets
+compare with ONNX Runtime only; ``--i16-baseline`` adds ``fhequant_without_i16`` to the in-memory
+rows: the same build with the AVX2 i16 integer-product strategy switched off, and
+``i16_speedup`` = its time over fhequant's; ``--exact-extremes`` runs the statistics kernels
+without their filter).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from onnx import numpy_helper
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fhequant import build_quantized_module
+from fhequant.quantized import fused_stats
 from ptq import best_of, cnn_model, mlp_model
 
 BATCH_ROWS = 10_000
@@ -375,6 +377,11 @@ def main() -> None:
     parser.add_argument("--skip-10m", action="store_true", help="leave out the 10M-row run")
     parser.add_argument("--only", default=None, help="comma-separated row names to run")
     parser.add_argument(
+        "--exact-extremes",
+        action="store_true",
+        help="statistics kernels without their filter (fused_stats.EXACT_EXTREMES), to compare",
+    )
+    parser.add_argument(
         "--streamed-contenders",
         default="fhequant,ort,torch_float",
         help="who runs on the streamed rows (the torch float forward is optional there)",
@@ -385,6 +392,7 @@ def main() -> None:
         help="also time fhequant with the AVX2 i16 product strategy off (in memory rows)",
     )
     args = parser.parse_args()
+    fused_stats.EXACT_EXTREMES = args.exact_extremes
     streamed = tuple(args.streamed_contenders.split(","))
     in_memory = ("fhequant", "ort", "torch_float")
     if args.i16_baseline:

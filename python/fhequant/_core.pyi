@@ -105,6 +105,7 @@ def matmul_extremes_f32(
     b: npt.NDArray[np.float32],
     bias: npt.NDArray[np.float32] | None = None,
     context: str | None = None,
+    exact: bool = False,
 ) -> tuple[float, float, bool]: ...
 def matmul_extremes_f64(
     a: NDArray[Any],
@@ -113,6 +114,7 @@ def matmul_extremes_f64(
     scale: float | None = None,
     zero_point: float | None = None,
     context: str | None = None,
+    exact: bool = False,
 ) -> tuple[float, float, bool]: ...
 def conv2d_extremes_f64(
     x: NDArray[Any],
@@ -126,6 +128,7 @@ def conv2d_extremes_f64(
     scale: float | None = None,
     zero_point: float | None = None,
     context: str | None = None,
+    exact: bool = False,
 ) -> tuple[float, float, bool]: ...
 
 # --- end float kernels ---

@@ -15,7 +15,10 @@ dequantized input is materialised. The numbers are the ones of the materialised 
 * anything the kernels do not cover (other layouts, dtypes, attributes, broadcasts) returns
   None and the caller runs its usual pass.
 
-Set :data:`ENABLED` to False to always take the materialised path.
+The kernels filter first (a float32 approximation with a rigorous error bound) and run the
+exact sums only where an extreme can be, with the same results (docs/calibration-throughput.md);
+set :data:`EXACT_EXTREMES` to True to run the exact sums everywhere (tests and benches compare
+both), and :data:`ENABLED` to False to always take the materialised path.
 """
 
 from __future__ import annotations
@@ -36,10 +39,12 @@ from fhequant.quantized.exec import routed_float_impl
 from fhequant.quantized.finite import check_finite
 from fhequant.quantized.float_impls import _native_conv_fits
 
-__all__ = ["ENABLED", "SERVES_STATISTICS", "BlockSource", "fused_statistics"]
+__all__ = ["ENABLED", "EXACT_EXTREMES", "SERVES_STATISTICS", "BlockSource", "fused_statistics"]
 
 #: Use the fused kernels when they apply (tests compare both paths).
 ENABLED = True
+#: Skip the kernels' filter and run every exact sum (same results; for tests and benches).
+EXACT_EXTREMES = False
 #: The calibration statistics this pass computes (the extremes kernels reduce to min/max).
 SERVES_STATISTICS: tuple[str, ...] = ("minmax",)
 
@@ -277,12 +282,12 @@ def _matmul_extremes(
         return None
     a = np.ascontiguousarray(x).reshape(-1, k)
     if dequant is None and a.dtype == _F32 and plan.weight.dtype == _F32:
-        return _core.matmul_extremes_f32(a, plan.weight, plan.bias)
+        return _core.matmul_extremes_f32(a, plan.weight, plan.bias, exact=EXACT_EXTREMES)
     w64, b64 = plan.weight64, plan.bias64
     assert w64 is not None
     if dequant is None:
-        return _core.matmul_extremes_f64(a, w64, b64)
-    return _core.matmul_extremes_f64(a, w64, b64, dequant[0], dequant[1])
+        return _core.matmul_extremes_f64(a, w64, b64, exact=EXACT_EXTREMES)
+    return _core.matmul_extremes_f64(a, w64, b64, dequant[0], dequant[1], exact=EXACT_EXTREMES)
 
 
 def _conv_extremes(
@@ -318,5 +323,7 @@ def _conv_extremes(
         plan.bias,
     )
     if dequant is None:
-        return _core.conv2d_extremes_f64(xs, np.ascontiguousarray(w), *args)
-    return _core.conv2d_extremes_f64(xs, np.ascontiguousarray(w), *args, dequant[0], dequant[1])
+        return _core.conv2d_extremes_f64(xs, np.ascontiguousarray(w), *args, exact=EXACT_EXTREMES)
+    return _core.conv2d_extremes_f64(
+        xs, np.ascontiguousarray(w), *args, dequant[0], dequant[1], exact=EXACT_EXTREMES
+    )

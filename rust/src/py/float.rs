@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use crate::error::Error;
 use crate::kernels::float::conv::{self, ConvGeometry};
 use crate::kernels::float::extremes::{conv2d_extremes, matmul_extremes, Extremes};
+use crate::kernels::float::filtered::{conv2d_extremes_filtered, matmul_extremes_filtered};
 use crate::kernels::float::matmul::{self, Isa};
 use crate::kernels::quant::dequantize::{dequantize_value, QInt};
 use crate::py::errors::to_pyerr;
@@ -79,17 +80,25 @@ fn extremes_tuple<T: Into<f64>>(e: Extremes<T>) -> (f64, f64, bool) {
 /// materialising it: the values of `matmul_f32_sequential(a, b) + bias` (see
 /// `kernels::float::extremes` for the meaning of a zero extreme and of `finite`).
 #[pyfunction]
-#[pyo3(signature = (a, b, bias=None, context=None))]
+#[pyo3(signature = (a, b, bias=None, context=None, exact=false))]
 fn matmul_extremes_f32<'py>(
     py: Python<'py>,
     a: PyReadonlyArray2<'py, f32>,
     b: PyReadonlyArray2<'py, f32>,
     bias: Option<PyReadonlyArray1<'py, f32>>,
     context: Option<&str>,
+    exact: bool,
 ) -> PyResult<(f64, f64, bool)> {
     let (a, b) = (a.as_array(), b.as_array());
     let bias = bias.as_ref().map(|v| v.as_array());
-    let out = py.detach(|| matmul_extremes(a, |v: f32| v, b, bias, Isa::detect()));
+    let isa = Isa::detect();
+    let out = py.detach(|| {
+        if exact {
+            matmul_extremes(a, |v: f32| v, b, bias, isa)
+        } else {
+            matmul_extremes_filtered(a, |v: f32| v, b, bias, isa)
+        }
+    });
     Ok(extremes_tuple(out.map_err(|e| to_pyerr(py, e, context))?))
 }
 
@@ -147,11 +156,19 @@ fn matmul_f64_typed<S: NpElement + Copy + Sync, F: Fn(S) -> f64 + Send + Sync>(
     load: F,
     b: ArrayView2<'_, f64>,
     bias: Option<ArrayView1<'_, f64>>,
+    exact: bool,
 ) -> Result<Extremes<f64>, PyErr> {
     let guard = a.try_readonly().map_err(borrow_err)?;
     let a = guard.as_array();
-    Ok(py.detach(|| matmul_extremes(a, load, b, bias, Isa::detect())))
-        .and_then(|r| r.map_err(|e| to_pyerr(py, e, None)))
+    let isa = Isa::detect();
+    Ok(py.detach(|| {
+        if exact {
+            matmul_extremes(a, load, b, bias, isa)
+        } else {
+            matmul_extremes_filtered(a, load, b, bias, isa)
+        }
+    }))
+    .and_then(|r| r.map_err(|e| to_pyerr(py, e, None)))
 }
 
 /// float64 `a (n, k) @ b (k, m) + bias (m,)` reduced to `(min, max, finite)` without
@@ -159,7 +176,8 @@ fn matmul_f64_typed<S: NpElement + Copy + Sync, F: Fn(S) -> f64 + Send + Sync>(
 /// float32/float64, or int8/16/32 dequantized on the fly with `scale` and `zero_point` (the
 /// float64 values of `dequantize`).
 #[pyfunction]
-#[pyo3(signature = (a, b, bias=None, scale=None, zero_point=None, context=None))]
+#[pyo3(signature = (a, b, bias=None, scale=None, zero_point=None, context=None, exact=false))]
+#[allow(clippy::too_many_arguments)]
 fn matmul_extremes_f64<'py>(
     py: Python<'py>,
     a: &Bound<'py, PyAny>,
@@ -168,6 +186,7 @@ fn matmul_extremes_f64<'py>(
     scale: Option<f64>,
     zero_point: Option<f64>,
     context: Option<&str>,
+    exact: bool,
 ) -> PyResult<(f64, f64, bool)> {
     let what = "matmul_extremes_f64";
     let kind = input_kind(py, what, a, scale, zero_point, context)?;
@@ -176,20 +195,20 @@ fn matmul_extremes_f64<'py>(
     let out = match kind {
         Input::Float => {
             if let Ok(a) = a.cast::<PyArray2<f64>>() {
-                matmul_f64_typed(py, a, |v: f64| v, b, bias)
+                matmul_f64_typed(py, a, |v: f64| v, b, bias, exact)
             } else if let Ok(a) = a.cast::<PyArray2<f32>>() {
-                matmul_f64_typed(py, a, |v: f32| f64::from(v), b, bias)
+                matmul_f64_typed(py, a, |v: f32| f64::from(v), b, bias, exact)
             } else {
                 Err(wrong_ndim(py, what, a, 2, context))
             }
         }
         Input::Dequantize(s, z) => {
             if let Ok(a) = a.cast::<PyArray2<i8>>() {
-                matmul_f64_typed(py, a, dequantizer::<i8>(s, z), b, bias)
+                matmul_f64_typed(py, a, dequantizer::<i8>(s, z), b, bias, exact)
             } else if let Ok(a) = a.cast::<PyArray2<i16>>() {
-                matmul_f64_typed(py, a, dequantizer::<i16>(s, z), b, bias)
+                matmul_f64_typed(py, a, dequantizer::<i16>(s, z), b, bias, exact)
             } else if let Ok(a) = a.cast::<PyArray2<i32>>() {
-                matmul_f64_typed(py, a, dequantizer::<i32>(s, z), b, bias)
+                matmul_f64_typed(py, a, dequantizer::<i32>(s, z), b, bias, exact)
             } else {
                 Err(wrong_ndim(py, what, a, 2, context))
             }
@@ -239,11 +258,19 @@ fn conv_f64_typed<S: NpElement + Copy + Sync, F: Fn(S) -> f64 + Send + Sync>(
     w: ArrayView4<'_, f64>,
     bias: Option<ArrayView1<'_, f64>>,
     geometry: &ConvGeometry,
+    exact: bool,
 ) -> Result<Extremes<f64>, PyErr> {
     let guard = x.try_readonly().map_err(borrow_err)?;
     let x = guard.as_array();
-    Ok(py.detach(|| conv2d_extremes(x, load, w, bias, geometry, Isa::detect())))
-        .and_then(|r| r.map_err(|e| to_pyerr(py, e, None)))
+    let isa = Isa::detect();
+    Ok(py.detach(|| {
+        if exact {
+            conv2d_extremes(x, load, w, bias, geometry, isa)
+        } else {
+            conv2d_extremes_filtered(x, load, w, bias, geometry, isa)
+        }
+    }))
+    .and_then(|r| r.map_err(|e| to_pyerr(py, e, None)))
 }
 
 /// float64 `conv(x, w) + bias (O,)` (per output channel) reduced to `(min, max, finite)`
@@ -252,7 +279,7 @@ fn conv_f64_typed<S: NpElement + Copy + Sync, F: Fn(S) -> f64 + Send + Sync>(
 /// `scale` and `zero_point`.
 #[pyfunction]
 #[pyo3(signature = (x, w, strides, dilations, begins, ends, group, bias=None, scale=None,
-                    zero_point=None, context=None))]
+                    zero_point=None, context=None, exact=false))]
 #[allow(clippy::too_many_arguments)]
 fn conv2d_extremes_f64<'py>(
     py: Python<'py>,
@@ -267,6 +294,7 @@ fn conv2d_extremes_f64<'py>(
     scale: Option<f64>,
     zero_point: Option<f64>,
     context: Option<&str>,
+    exact: bool,
 ) -> PyResult<(f64, f64, bool)> {
     let what = "conv2d_extremes_f64";
     let kind = input_kind(py, what, x, scale, zero_point, context)?;
@@ -283,20 +311,20 @@ fn conv2d_extremes_f64<'py>(
     let out = match kind {
         Input::Float => {
             if let Ok(x) = x.cast::<PyArray4<f64>>() {
-                conv_f64_typed(py, x, |v: f64| v, w, bias, g)
+                conv_f64_typed(py, x, |v: f64| v, w, bias, g, exact)
             } else if let Ok(x) = x.cast::<PyArray4<f32>>() {
-                conv_f64_typed(py, x, |v: f32| f64::from(v), w, bias, g)
+                conv_f64_typed(py, x, |v: f32| f64::from(v), w, bias, g, exact)
             } else {
                 Err(wrong_ndim(py, what, x, 4, context))
             }
         }
         Input::Dequantize(s, z) => {
             if let Ok(x) = x.cast::<PyArray4<i8>>() {
-                conv_f64_typed(py, x, dequantizer::<i8>(s, z), w, bias, g)
+                conv_f64_typed(py, x, dequantizer::<i8>(s, z), w, bias, g, exact)
             } else if let Ok(x) = x.cast::<PyArray4<i16>>() {
-                conv_f64_typed(py, x, dequantizer::<i16>(s, z), w, bias, g)
+                conv_f64_typed(py, x, dequantizer::<i16>(s, z), w, bias, g, exact)
             } else if let Ok(x) = x.cast::<PyArray4<i32>>() {
-                conv_f64_typed(py, x, dequantizer::<i32>(s, z), w, bias, g)
+                conv_f64_typed(py, x, dequantizer::<i32>(s, z), w, bias, g, exact)
             } else {
                 Err(wrong_ndim(py, what, x, 4, context))
             }

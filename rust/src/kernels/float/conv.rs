@@ -204,15 +204,15 @@ fn images(
 }
 
 /// The im2col rows of group `gi` of the images `x` (`cols.len() / kdim` output positions):
-/// each input value is `load(x)`; padded positions are `0.0`.
+/// each input value is `load(x)`; padded positions are `D::default()` (`+0.0`).
 #[inline(always)]
-pub(crate) fn im2col<S: Copy, F: Fn(S) -> f64>(
+pub(crate) fn im2col<S: Copy, D: Copy + Default, F: Fn(S) -> D>(
     x: &[S],
     load: &F,
     gi: usize,
     s: &Shape,
     g: &ConvGeometry,
-    cols: &mut [f64],
+    cols: &mut [D],
 ) {
     let plane = s.oh * s.ow;
     let (dy, dx) = (g.dilations[0], g.dilations[1]);
@@ -226,7 +226,7 @@ pub(crate) fn im2col<S: Copy, F: Fn(S) -> f64>(
             for (i, seg) in dst.chunks_exact_mut(s.kw).enumerate() {
                 let yy = (y0 + i * dy).wrapping_sub(g.begins[0]);
                 if yy >= s.h {
-                    seg.fill(0.0);
+                    seg.fill(D::default());
                     continue;
                 }
                 let line = &src[yy * s.w..(yy + 1) * s.w];
@@ -240,7 +240,11 @@ pub(crate) fn im2col<S: Copy, F: Fn(S) -> f64>(
                 } else {
                     for (j, d) in seg.iter_mut().enumerate() {
                         let xx = (x0 + j * dx).wrapping_sub(g.begins[1]);
-                        *d = if xx < s.w { load(line[xx]) } else { 0.0 };
+                        *d = if xx < s.w {
+                            load(line[xx])
+                        } else {
+                            D::default()
+                        };
                     }
                 }
             }

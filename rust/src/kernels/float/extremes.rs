@@ -28,7 +28,7 @@ use crate::kernels::float::conv::{im2col, ConvGeometry, ConvPlan};
 use crate::kernels::float::matmul::{supported, tile, Element, Isa, PackedB};
 
 /// Matmul rows handed to one rayon task.
-const ROWS_PER_TASK: usize = 64;
+pub(crate) const ROWS_PER_TASK: usize = 64;
 
 /// Conv output positions handed to one rayon task (at least one image).
 const CONV_ROWS_PER_TASK: usize = 256;
@@ -148,7 +148,7 @@ pub(crate) fn task_dispatch<
 
 /// The extremes of `0 + bias[j]` over the `m` columns (`+0.0` without a bias): the result
 /// of a product whose inner dimension is empty (numpy's matmul gives `+0.0`).
-fn empty_sum_extremes<T: Element>(m: usize, bias: &[T]) -> Extremes<T> {
+pub(crate) fn empty_sum_extremes<T: Element>(m: usize, bias: &[T]) -> Extremes<T> {
     (0..m).fold(Extremes::none(), |out, j| {
         out.push(T::ZERO + bias.get(j).copied().unwrap_or(T::NEG_ZERO))
     })
@@ -264,7 +264,7 @@ pub fn matmul_extremes<S: Copy + Sync, T: Element, F: Fn(S) -> T + Sync>(
 }
 
 /// The bias as a vector of `len` values (empty for none).
-fn bias_vec<T: Copy>(
+pub(crate) fn bias_vec<T: Copy>(
     bias: Option<ArrayView1<'_, T>>,
     len: usize,
     what: &str,
@@ -311,40 +311,80 @@ pub fn conv2d_extremes<S: Copy + Sync, F: Fn(S) -> f64 + Sync>(
     let x = x
         .as_slice()
         .ok_or_else(|| Error::Shape("conv extremes: x is not contiguous".into()))?;
-    let image = s.c * s.h * s.w;
-    let images_per_task = (CONV_ROWS_PER_TASK / plane).max(1);
+    let images_per_task = conv_images_per_task(plane);
     let tasks = n.div_ceil(images_per_task);
-    // the task's images are loaded (and read through float32 when padded) once, into `values`
     Ok((0..tasks)
         .into_par_iter()
         .map(|t| {
-            let first = t * images_per_task;
-            let count = images_per_task.min(n - first);
-            let values: Vec<f64> = x[first * image..(first + count) * image]
-                .iter()
-                .map(|&v| {
-                    let v = load(v);
-                    if s.round {
-                        v as f32 as f64
-                    } else {
-                        v
-                    }
-                })
-                .collect();
-            let mut cols = vec![0.0f64; count * plane * s.kdim()];
-            let mut out = Extremes::none();
-            for (gi, packed) in plan.panels.iter().enumerate() {
-                im2col(&values, &|v| v, gi, s, g, &mut cols);
-                let group_bias = if bias.is_empty() {
-                    &bias[..]
-                } else {
-                    &bias[gi * s.og..(gi + 1) * s.og]
-                };
-                out = out.merge(f64::rows_extremes(&cols, &|v| v, packed, group_bias));
-            }
-            out
+            conv_task(
+                x,
+                &load,
+                &plan,
+                &bias,
+                g,
+                t * images_per_task,
+                images_per_task,
+            )
         })
         .reduce(Extremes::none, Extremes::merge))
+}
+
+/// The images of one conv task (at least one image).
+pub(crate) fn conv_images_per_task(plane: usize) -> usize {
+    (CONV_ROWS_PER_TASK / plane).max(1)
+}
+
+/// The input values of up to `per_task` images from `first` on, as the conv sums read them:
+/// `load(x)`, through float32 when the conv is padded.
+fn conv_task_values<S: Copy, F: Fn(S) -> f64>(
+    x: &[S],
+    load: &F,
+    plan: &ConvPlan,
+    first: usize,
+    per_task: usize,
+) -> (Vec<f64>, usize) {
+    let s = &plan.shape;
+    let image = s.c * s.h * s.w;
+    let count = per_task.min(x.len() / image - first);
+    let values = x[first * image..(first + count) * image]
+        .iter()
+        .map(|&v| {
+            let v = load(v);
+            if s.round {
+                v as f32 as f64
+            } else {
+                v
+            }
+        })
+        .collect();
+    (values, count)
+}
+
+/// The exact extremes of the images of one conv task (see [`conv2d_extremes`]).
+pub(crate) fn conv_task<S: Copy, F: Fn(S) -> f64>(
+    x: &[S],
+    load: &F,
+    plan: &ConvPlan,
+    bias: &[f64],
+    g: &ConvGeometry,
+    first: usize,
+    per_task: usize,
+) -> Extremes<f64> {
+    let s = &plan.shape;
+    // the task's images are loaded (and read through float32 when padded) once, into `values`
+    let (values, count) = conv_task_values(x, load, plan, first, per_task);
+    let mut cols = vec![0.0f64; count * s.oh * s.ow * s.kdim()];
+    let mut out = Extremes::none();
+    for (gi, packed) in plan.panels.iter().enumerate() {
+        im2col(&values, &|v| v, gi, s, g, &mut cols);
+        let group_bias = if bias.is_empty() {
+            bias
+        } else {
+            &bias[gi * s.og..(gi + 1) * s.og]
+        };
+        out = out.merge(f64::rows_extremes(&cols, &|v| v, packed, group_bias));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -2,4 +2,5 @@
 
 pub mod conv;
 pub mod extremes;
+pub mod filtered;
 pub mod matmul;

@@ -1,0 +1,964 @@
+//! Filter-then-verify extremes: the results of [`extremes`](super::extremes), bit for bit,
+//! with most of the exact sums skipped.
+//!
+//! The exact kernels run every sequential float64 (or float32) dot product of the result,
+//! without FMA, because those are the reference bits. But only two values of the result are
+//! wanted, and almost every value is far from both. So:
+//!
+//! 1. **Filter.** Every value is approximated by `G`, a float32 product (FMA when the CPU has
+//!    it, any order) of the float32 roundings of the loaded inputs and of the weights, plus the
+//!    bias in float64. Each task (the row chunk of the exact kernel) keeps only the per-column
+//!    max and min of the float32 sums, so the pass costs a float32 GEMM and two compares per
+//!    value. With a rigorous bound `δ_j` (below) on `|G_ij − y_ij|`, where `y_ij` is the exact
+//!    kernel's value, a task gets `max(G − δ)` (a lower bound of its max), `max(G + δ)` (an
+//!    upper bound), and the same for the min (`fl(g + b)` is monotone in `g`, so the column
+//!    extremes of `g` give those of `G`).
+//! 2. **Verify.** With `L = max over tasks of max(G − δ)` ≤ the true max, a task whose upper
+//!    bound is below `L` cannot hold the max. The other tasks (usually one or two) run the
+//!    exact kernel, and the max of their exact values is the true max: it is not above it, and
+//!    the task holding the true max is among them. The min alike; the two task sets are run
+//!    together.
+//! 3. **Fall back** to the whole exact kernel when the guarantee is not clean: a non-finite
+//!    input, weight or bias, magnitudes that could overflow float32 (|x| or a column L1 norm
+//!    above 2^100, or `max|x| · max‖w_j‖₁ + max|b|` above 2^100), `K` above 2^17 (so that
+//!    `K·u₃₂ ≤ 1/128`), or an exact extreme equal to zero (its sign follows positions, which
+//!    only the full pass reproduces). So `finite`, and the sign of zero, are those of the exact
+//!    pass; and the finite extremes are equal values, so equal bits.
+//!
+//! ## The bound
+//!
+//! Notation: `a_k` the loaded inputs of one output (type `T`), `w_k` its weights, `b` its bias,
+//! `s = Σ a_k w_k` (real), `P = Σ |a_k||w_k|`; `u_T` the unit roundoff of `T` (2^-53 or 2^-24),
+//! `η_T` half its smallest subnormal (the absolute error of a product that underflows; sums
+//! of subnormals are exact); `u = 2^-24`, `η = 2^-150` for float32; `γ_n(u) = nu/(1 − nu)`.
+//!
+//! * Exact kernel, `t` the sequential sum, `y = fl(t + b)` (no bias: `+ -0.0`, exact):
+//!   `|t − s| ≤ γ_K(u_T) P + 2Kη_T` and `|y − (t + b)| ≤ u_T (|t| + |b|)`.
+//! * Approximation: `a'_k = fl₃₂(a_k)`, `w'_k = fl₃₂(w_k)` with `|a' − a| ≤ u|a| + η`;
+//!   `s' = Σ a'w'` gives `|s' − s| ≤ (2u + u²) P + 1.01 η (Σ|a| + Σ|w|) + Kη²`. The float32 sum
+//!   `g` (FMA or not, any order) has `|g − s'| ≤ γ_K(u) P' + 2Kη` with `P' ≤ 1.01 P + …`, and
+//!   `G = fl₆₄(g + b)` adds `u₆₄ (|g| + |b|)`.
+//!
+//! With `K u ≤ 1/128`, `γ_K ≤ 1.01 K u`, and `P ≤ A ‖w_j‖₁` (`A` the largest `|a|` of the task,
+//! `‖w_j‖₁` the column's L1 norm, `Σ|a| ≤ K A`), all of it is at most
+//!
+//! `δ_j = R (A ‖w_j‖₁ + |b_j|) + 4K(η_T + η) + 2η (‖w_j‖₁ + K A)`,
+//! `R = 1.25 ((K + 2) u_T + (K + 4) u)`.
+//!
+//! The 25 % slack in `R` (≥ 0.5 u relative to the largest possible value) also covers the
+//! float64 roundings in computing `δ_j`, `‖w_j‖₁` and `G ± δ_j` (each below a few `u₆₄`
+//! relative, 2^29 times smaller).
+
+use ndarray::{ArrayView1, ArrayView2, ArrayView4};
+use rayon::prelude::*;
+
+use crate::error::Result;
+use crate::kernels::float::conv::{im2col, ConvGeometry, ConvPlan};
+use crate::kernels::float::extremes::{
+    bias_vec, conv2d_extremes, conv_images_per_task, conv_task, matmul_extremes, Extremes,
+    ROWS_PER_TASK,
+};
+use crate::kernels::float::matmul::{supported, Element, Isa};
+
+/// float32 unit roundoff.
+const U32: f64 = 1.0 / 16_777_216.0;
+/// Half the smallest float32 subnormal, 2^-150.
+const ETA32: f64 = 7.006_492_321_624_085e-46;
+/// The largest magnitude (inputs, column L1 norms, value bound) the filter takes, 2^100.
+const LIMIT: f64 = 1.267_650_600_228_229_4e30;
+/// The largest inner dimension the filter takes (`K u ≤ 1/128`).
+const MAX_K: usize = 1 << 17;
+/// Row padding of the float32 blocks (a multiple of every tile height).
+const ROW_PAD: usize = 12;
+
+/// `|v| ≤ LIMIT` (false for NaN).
+#[inline(always)]
+fn within(v: f64) -> bool {
+    v.abs() <= LIMIT
+}
+
+/// The rounding constants of an element type.
+pub trait Rounding: Element {
+    /// Unit roundoff.
+    const U: f64;
+    /// Half the smallest subnormal.
+    const ETA: f64;
+}
+
+impl Rounding for f32 {
+    const U: f64 = U32;
+    const ETA: f64 = ETA32;
+}
+
+impl Rounding for f64 {
+    const U: f64 = 1.110_223_024_625_156_5e-16;
+    // 2^-1075 rounds to 0 in f64; 2^-1074 (the smallest subnormal) is a valid upper bound.
+    const ETA: f64 = f64::from_bits(1);
+}
+
+/// How the float32 filter product runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// AVX2 with FMA.
+    Fma,
+    /// AVX2, separate multiply and add.
+    Avx2,
+    /// Portable code.
+    Portable,
+}
+
+impl Mode {
+    fn new(isa: Isa) -> Mode {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if supported(isa) == Isa::Avx2 {
+                if std::arch::is_x86_feature_detected!("fma") {
+                    return Mode::Fma;
+                }
+                return Mode::Avx2;
+            }
+        }
+        let _ = isa;
+        Mode::Portable
+    }
+
+    /// The panel width for `m` columns.
+    fn nr(self, m: usize) -> usize {
+        match self {
+            Mode::Portable => 8,
+            _ if m <= 8 => 8,
+            _ => 16,
+        }
+    }
+}
+
+/// One weight matrix `(k, m)` for the filter: float32 panels and float64 column L1 norms.
+pub(crate) struct Approx {
+    data: Vec<f32>,
+    k: usize,
+    m: usize,
+    nr: usize,
+    mode: Mode,
+    l1: Vec<f64>,
+    /// Every weight finite and every L1 norm within [`LIMIT`].
+    fits: bool,
+}
+
+impl Approx {
+    /// `w(kk, j)` gives the weights of the `(k, m)` matrix.
+    fn new(k: usize, m: usize, mode: Mode, w: impl Fn(usize, usize) -> f64) -> Approx {
+        let nr = mode.nr(m);
+        let panels = m.div_ceil(nr);
+        let mut data = vec![0.0f32; panels * k * nr];
+        let mut l1 = vec![0.0f64; m];
+        let mut fits = true;
+        for kk in 0..k {
+            for (j, norm) in l1.iter_mut().enumerate() {
+                let v = w(kk, j);
+                fits &= v.is_finite();
+                *norm += v.abs();
+                data[(j / nr) * k * nr + kk * nr + j % nr] = v as f32;
+            }
+        }
+        fits &= l1.iter().all(|&v| v <= LIMIT);
+        Approx {
+            data,
+            k,
+            m,
+            nr,
+            mode,
+            l1,
+            fits,
+        }
+    }
+}
+
+/// What the filter knows of the values of one task.
+#[derive(Clone, Copy, Debug)]
+struct Bounds {
+    /// The bound holds (finite inputs within range).
+    clean: bool,
+    /// `max(G − δ)`: the max is at least this.
+    hi_lower: f64,
+    /// `max(G + δ)`: no value is above this.
+    hi_upper: f64,
+    /// `min(G + δ)`: the min is at most this.
+    lo_upper: f64,
+    /// `min(G − δ)`: no value is below this.
+    lo_lower: f64,
+}
+
+impl Bounds {
+    fn none() -> Bounds {
+        Bounds {
+            clean: true,
+            hi_lower: f64::NEG_INFINITY,
+            hi_upper: f64::NEG_INFINITY,
+            lo_upper: f64::INFINITY,
+            lo_lower: f64::INFINITY,
+        }
+    }
+
+    fn unclean() -> Bounds {
+        Bounds {
+            clean: false,
+            ..Bounds::none()
+        }
+    }
+
+    fn merge(self, o: Bounds) -> Bounds {
+        Bounds {
+            clean: self.clean && o.clean,
+            hi_lower: self.hi_lower.max(o.hi_lower),
+            hi_upper: self.hi_upper.max(o.hi_upper),
+            lo_upper: self.lo_upper.min(o.lo_upper),
+            lo_lower: self.lo_lower.min(o.lo_lower),
+        }
+    }
+
+    /// Whether this task may hold the max above `hi` or the min below `lo`.
+    fn candidate(&self, hi: f64, lo: f64) -> bool {
+        self.hi_upper >= hi || self.lo_lower <= lo
+    }
+}
+
+/// The bounds of a task from the column extremes of its float32 sums `g` (`amax` the largest
+/// `|a|` of the task, `bias` as float64, empty for none).
+fn column_bounds<T: Rounding>(
+    hi: &[f32],
+    lo: &[f32],
+    ap: &Approx,
+    bias: &[f64],
+    amax: f64,
+) -> Bounds {
+    let k = ap.k as f64;
+    let r = 1.25 * ((k + 2.0) * T::U + (k + 4.0) * U32);
+    let e = 4.0 * k * (T::ETA + ETA32);
+    let mut out = Bounds::none();
+    for j in 0..ap.m {
+        let b = bias.get(j).copied().unwrap_or(0.0);
+        let l1 = ap.l1[j];
+        let scale = amax * l1 + b.abs();
+        if !within(scale) {
+            return Bounds::unclean();
+        }
+        let delta = r * scale + e + 2.0 * ETA32 * (l1 + k * amax);
+        let (ghi, glo) = (f64::from(hi[j]) + b, f64::from(lo[j]) + b);
+        out.hi_lower = out.hi_lower.max(ghi - delta);
+        out.hi_upper = out.hi_upper.max(ghi + delta);
+        out.lo_upper = out.lo_upper.min(glo + delta);
+        out.lo_lower = out.lo_lower.min(glo - delta);
+    }
+    out
+}
+
+/// One `MR × NR` float32 tile of `a` (row-major, `k` columns, rows from `row`) times a panel.
+#[inline(always)]
+fn approx_tile<const MR: usize, const NR: usize, const FMA: bool>(
+    a: &[f32],
+    row: usize,
+    k: usize,
+    panel: &[f32],
+) -> [[f32; NR]; MR] {
+    let mut acc = [[0.0f32; NR]; MR];
+    let rows: [&[f32]; MR] = std::array::from_fn(|r| &a[(row + r) * k..(row + r + 1) * k]);
+    for (kk, bk) in panel.chunks_exact(NR).enumerate() {
+        for r in 0..MR {
+            let x = rows[r][kk];
+            for j in 0..NR {
+                acc[r][j] = if FMA {
+                    x.mul_add(bk[j], acc[r][j])
+                } else {
+                    acc[r][j] + x * bk[j]
+                };
+            }
+        }
+    }
+    acc
+}
+
+/// The per-column max and min of `a (rows, k) @ w` in float32 (`a` padded to [`ROW_PAD`]).
+#[inline(always)]
+fn column_extremes<const MR: usize, const NR: usize, const FMA: bool>(
+    a: &[f32],
+    rows: usize,
+    ap: &Approx,
+    hi: &mut [f32],
+    lo: &mut [f32],
+) {
+    let k = ap.k;
+    for (p, panel) in ap.data.chunks_exact(k * NR).enumerate() {
+        let mut h = [f32::NEG_INFINITY; NR];
+        let mut l = [f32::INFINITY; NR];
+        for row in (0..rows).step_by(MR) {
+            let acc = approx_tile::<MR, NR, FMA>(a, row, k, panel);
+            let valid = MR.min(rows - row);
+            for acc_r in acc.iter().take(valid) {
+                for j in 0..NR {
+                    h[j] = if acc_r[j] > h[j] { acc_r[j] } else { h[j] };
+                    l[j] = if acc_r[j] < l[j] { acc_r[j] } else { l[j] };
+                }
+            }
+        }
+        let c0 = p * NR;
+        let width = NR.min(ap.m - c0);
+        hi[c0..c0 + width].copy_from_slice(&h[..width]);
+        lo[c0..c0 + width].copy_from_slice(&l[..width]);
+    }
+}
+
+/// [`column_extremes`] with AVX2 intrinsics: `MR` rows × `NV` vectors of 8 columns. Without
+/// `gather`, `a` is row-major (`k` columns); with `gather = (roff, koff)`, element `(r, kk)` is
+/// `a[roff[r] + koff[kk]]` (an implicit im2col over a padded image).
+///
+/// # Safety
+/// The CPU must support AVX2, and FMA when `FMA`; `ap.nr == 8 * NV`; every element read
+/// (rows up to `rows` rounded up to a multiple of `MR`) lies in `a`, and `roff` has that many
+/// entries, `koff` `k`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn column_extremes_x86<const MR: usize, const NV: usize, const FMA: bool>(
+    a: &[f32],
+    gather: Option<(&[usize], &[usize])>,
+    rows: usize,
+    ap: &Approx,
+    hi: &mut [f32],
+    lo: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let k = ap.k;
+    let nr = 8 * NV;
+    match gather {
+        None => debug_assert!(a.len() >= rows.div_ceil(MR) * MR * k),
+        Some((roff, koff)) => debug_assert!(
+            roff.len() >= rows.div_ceil(MR) * MR
+                && koff.len() == k
+                && roff[..rows.div_ceil(MR) * MR].iter().max().unwrap_or(&0)
+                    + koff.iter().max().unwrap_or(&0)
+                    < a.len()
+        ),
+    }
+    debug_assert!(ap.nr == nr);
+    for (p, panel) in ap.data.chunks_exact(k * nr).enumerate() {
+        let mut h = [_mm256_set1_ps(f32::NEG_INFINITY); NV];
+        let mut l = [_mm256_set1_ps(f32::INFINITY); NV];
+        for row in (0..rows).step_by(MR) {
+            let mut acc = [[_mm256_setzero_ps(); NV]; MR];
+            let base = if gather.is_none() {
+                a.as_ptr().add(row * k)
+            } else {
+                a.as_ptr()
+            };
+            let pb = panel.as_ptr();
+            for kk in 0..k {
+                let mut bv = [_mm256_setzero_ps(); NV];
+                for (v, b) in bv.iter_mut().enumerate() {
+                    *b = _mm256_loadu_ps(pb.add(kk * nr + 8 * v));
+                }
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let x = match gather {
+                        None => *base.add(r * k + kk),
+                        Some((roff, koff)) => *a
+                            .as_ptr()
+                            .add(*roff.get_unchecked(row + r) + *koff.get_unchecked(kk)),
+                    };
+                    let x = _mm256_set1_ps(x);
+                    for v in 0..NV {
+                        acc_r[v] = if FMA {
+                            _mm256_fmadd_ps(x, bv[v], acc_r[v])
+                        } else {
+                            _mm256_add_ps(acc_r[v], _mm256_mul_ps(x, bv[v]))
+                        };
+                    }
+                }
+            }
+            let valid = MR.min(rows - row);
+            for acc_r in acc.iter().take(valid) {
+                for v in 0..NV {
+                    h[v] = _mm256_max_ps(h[v], acc_r[v]);
+                    l[v] = _mm256_min_ps(l[v], acc_r[v]);
+                }
+            }
+        }
+        let c0 = p * nr;
+        let width = nr.min(ap.m - c0);
+        let (mut hs, mut ls) = ([0.0f32; 16], [0.0f32; 16]);
+        for v in 0..NV {
+            _mm256_storeu_ps(hs.as_mut_ptr().add(8 * v), h[v]);
+            _mm256_storeu_ps(ls.as_mut_ptr().add(8 * v), l[v]);
+        }
+        hi[c0..c0 + width].copy_from_slice(&hs[..width]);
+        lo[c0..c0 + width].copy_from_slice(&ls[..width]);
+    }
+}
+
+/// [`column_extremes_x86`] compiled with AVX2 and FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn column_extremes_fma(
+    a: &[f32],
+    gather: Option<(&[usize], &[usize])>,
+    rows: usize,
+    ap: &Approx,
+    hi: &mut [f32],
+    lo: &mut [f32],
+) {
+    if ap.nr == 8 {
+        column_extremes_x86::<12, 1, true>(a, gather, rows, ap, hi, lo)
+    } else {
+        column_extremes_x86::<6, 2, true>(a, gather, rows, ap, hi, lo)
+    }
+}
+
+/// [`column_extremes_x86`] compiled with AVX2.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn column_extremes_avx2(
+    a: &[f32],
+    gather: Option<(&[usize], &[usize])>,
+    rows: usize,
+    ap: &Approx,
+    hi: &mut [f32],
+    lo: &mut [f32],
+) {
+    if ap.nr == 8 {
+        column_extremes_x86::<12, 1, false>(a, gather, rows, ap, hi, lo)
+    } else {
+        column_extremes_x86::<6, 2, false>(a, gather, rows, ap, hi, lo)
+    }
+}
+
+/// The column extremes of the float32 block `a` on the mode of `ap` (`gather` only on AVX2
+/// modes: see [`column_extremes_x86`], whose bounds the caller guarantees).
+fn block_columns(
+    a: &[f32],
+    gather: Option<(&[usize], &[usize])>,
+    rows: usize,
+    ap: &Approx,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut hi = vec![f32::NEG_INFINITY; ap.m];
+    let mut lo = vec![f32::INFINITY; ap.m];
+    match ap.mode {
+        // SAFETY: the mode was picked from what the CPU supports (Mode::new); the layouts are
+        // those the callers build (row-major padded to ROW_PAD, or in-bounds offsets).
+        #[cfg(target_arch = "x86_64")]
+        Mode::Fma => unsafe { column_extremes_fma(a, gather, rows, ap, &mut hi, &mut lo) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Mode::Avx2 => unsafe { column_extremes_avx2(a, gather, rows, ap, &mut hi, &mut lo) },
+        _ => {
+            debug_assert!(gather.is_none());
+            column_extremes::<4, 8, false>(a, rows, ap, &mut hi, &mut lo)
+        }
+    }
+    (hi, lo)
+}
+
+/// `out[i] = load(src[i])` rounded to float32, with the largest `|load(src[i])|`, or None when
+/// one is not finite or above [`LIMIT`]. Eight independent lanes, so that it vectorises.
+#[inline(always)]
+fn to_f32<S: Copy, F: Fn(S) -> f64>(src: &[S], load: &F, out: &mut [f32]) -> Option<f64> {
+    const L: usize = 8;
+    let mut amax = [0.0f64; L];
+    let mut bad = [false; L];
+    let mut lane = |i: usize, v: f64, d: &mut f32| {
+        let m = v.abs();
+        amax[i] = if m > amax[i] { m } else { amax[i] };
+        // NaN fails every comparison, ±∞ is above LIMIT
+        bad[i] |= !within(m);
+        *d = v as f32;
+    };
+    let (head, tail) = src.split_at(src.len() / L * L);
+    for (xs, ds) in head.chunks_exact(L).zip(out.chunks_exact_mut(L)) {
+        for i in 0..L {
+            lane(i, load(xs[i]), &mut ds[i]);
+        }
+    }
+    for (&x, d) in tail.iter().zip(&mut out[head.len()..]) {
+        lane(0, load(x), d);
+    }
+    let amax = amax.iter().fold(0.0f64, |a, &b| if b > a { b } else { a });
+    (!bad.iter().any(|&b| b)).then_some(amax)
+}
+
+/// The filter's bounds of one matmul task.
+fn matmul_bounds<S: Copy, T: Rounding, F: Fn(S) -> T>(
+    rows_a: &[S],
+    load: &F,
+    ap: &Approx,
+    bias: &[f64],
+) -> Bounds {
+    let k = ap.k;
+    let rows = rows_a.len() / k;
+    let mut a32 = vec![0.0f32; rows.div_ceil(ROW_PAD) * ROW_PAD * k];
+    let Some(amax) = to_f32(rows_a, &|v| load(v).into(), &mut a32) else {
+        return Bounds::unclean();
+    };
+    let (hi, lo) = block_columns(&a32, None, rows, ap);
+    column_bounds::<T>(&hi, &lo, ap, bias, amax)
+}
+
+/// The tasks that may hold an extreme, from the bounds of every task, or None when the
+/// filter does not apply.
+fn candidates(bounds: &[Bounds]) -> Option<Vec<usize>> {
+    let all = bounds.iter().fold(Bounds::none(), |a, &b| a.merge(b));
+    if !all.clean {
+        return None;
+    }
+    Some(
+        (0..bounds.len())
+            .filter(|&t| bounds[t].candidate(all.hi_lower, all.lo_upper))
+            .collect(),
+    )
+}
+
+/// The filtered result, or None when the full exact pass must decide (non-finite values or a
+/// zero extreme).
+fn verified<T: Element>(found: Extremes<T>) -> Option<Extremes<T>> {
+    let clean = found.finite && found.min <= found.max;
+    (clean && found.min != T::ZERO && found.max != T::ZERO).then_some(found)
+}
+
+/// [`matmul_extremes`] by filter-then-verify (see the module docs): the same result, bit for
+/// bit, with the same errors.
+pub fn matmul_extremes_filtered<S: Copy + Sync, T: Rounding, F: Fn(S) -> T + Sync>(
+    a: ArrayView2<'_, S>,
+    load: F,
+    b: ArrayView2<'_, T>,
+    bias: Option<ArrayView1<'_, T>>,
+    isa: Isa,
+) -> Result<Extremes<T>> {
+    let (n, k) = a.dim();
+    let (kb, m) = b.dim();
+    let exact = |load: &F| matmul_extremes(a, load, b, bias, isa);
+    if k != kb || n == 0 || m == 0 || k == 0 || k > MAX_K {
+        return exact(&load);
+    }
+    let Ok(bias_t) = bias_vec(bias, m, "", "") else {
+        return exact(&load);
+    };
+    let bias64: Vec<f64> = bias_t.iter().map(|&v| v.into()).collect();
+    if bias64.iter().any(|&v| !within(v)) {
+        return exact(&load);
+    }
+    let mode = Mode::new(isa);
+    let ap = Approx::new(k, m, mode, |kk, j| b[[kk, j]].into());
+    if !ap.fits {
+        return exact(&load);
+    }
+    let (a_std, b_std) = (a.as_standard_layout(), b.as_standard_layout());
+    let (Some(a_rows), Some(b_std)) = (a_std.as_slice(), b_std.as_slice()) else {
+        return exact(&load);
+    };
+    let bounds: Vec<Bounds> = a_rows
+        .par_chunks(ROWS_PER_TASK * k)
+        .map(|rows| matmul_bounds::<S, T, F>(rows, &load, &ap, &bias64))
+        .collect();
+    let Some(tasks) = candidates(&bounds) else {
+        return exact(&load);
+    };
+    let packed = T::pack(b_std, k, m, supported(isa));
+    let found = tasks
+        .par_iter()
+        .map(|&t| {
+            let rows = &a_rows[t * ROWS_PER_TASK * k..((t + 1) * ROWS_PER_TASK * k).min(n * k)];
+            T::rows_extremes(rows, &load, &packed, &bias_t)
+        })
+        .reduce(Extremes::none, Extremes::merge);
+    match verified(found) {
+        Some(found) => Ok(found),
+        None => exact(&load),
+    }
+}
+
+/// The filter's bounds of one conv task (`per_task` images from `first` on).
+#[allow(clippy::too_many_arguments)]
+fn conv_bounds<S: Copy, F: Fn(S) -> f64>(
+    x: &[S],
+    load: &F,
+    plan: &ConvPlan,
+    g: &ConvGeometry,
+    approx: &[Approx],
+    bias: &[f64],
+    first: usize,
+    per_task: usize,
+) -> Bounds {
+    let s = &plan.shape;
+    let (plane, kdim, image) = (s.oh * s.ow, s.kdim(), s.c * s.h * s.w);
+    let count = per_task.min(x.len() / image - first);
+    let rows = count * plane;
+    let mut scratch = vec![0.0f32; count * image];
+    // the values of the exact task, read through float32 when padded
+    let src = &x[first * image..(first + count) * image];
+    let found = if s.round {
+        to_f32(src, &|v| f64::from(load(v) as f32), &mut scratch)
+    } else {
+        to_f32(src, load, &mut scratch)
+    };
+    let Some(amax) = found else {
+        return Bounds::unclean();
+    };
+    let direct = approx.first().is_some_and(|ap| ap.mode != Mode::Portable);
+    // direct: the images zero-padded, each output row an offset into them, each window
+    // element an offset from it (an im2col the kernel reads in place)
+    let (hp, wp) = (s.h + g.begins[0] + g.ends[0], s.w + g.begins[1] + g.ends[1]);
+    let mut padded = Vec::new();
+    let mut roff = Vec::new();
+    let mut cols = Vec::new();
+    if direct {
+        padded = vec![0.0f32; count * s.c * hp * wp];
+        for (plane_in, plane_out) in scratch
+            .chunks_exact(s.h * s.w)
+            .zip(padded.chunks_exact_mut(hp * wp))
+        {
+            for (y, line) in plane_in.chunks_exact(s.w).enumerate() {
+                let at = (y + g.begins[0]) * wp + g.begins[1];
+                plane_out[at..at + s.w].copy_from_slice(line);
+            }
+        }
+        roff = vec![0usize; rows.div_ceil(ROW_PAD) * ROW_PAD];
+        for (p, r) in roff.iter_mut().take(rows).enumerate() {
+            let (img, pos) = (p / plane, p % plane);
+            let (oy, ox) = (pos / s.ow, pos % s.ow);
+            *r = img * s.c * hp * wp + oy * g.strides[0] * wp + ox * g.strides[1];
+        }
+    } else {
+        cols = vec![0.0f32; rows.div_ceil(ROW_PAD) * ROW_PAD * kdim];
+    }
+    let mut out = Bounds::none();
+    for (gi, ap) in approx.iter().enumerate() {
+        let (hi, lo) = if direct {
+            let mut koff = Vec::with_capacity(kdim);
+            for c in 0..s.cg {
+                for ky in 0..s.kh {
+                    for kx in 0..s.kw {
+                        koff.push(
+                            (gi * s.cg + c) * hp * wp
+                                + ky * g.dilations[0] * wp
+                                + kx * g.dilations[1],
+                        );
+                    }
+                }
+            }
+            block_columns(&padded, Some((&roff, &koff)), rows, ap)
+        } else {
+            im2col(&scratch, &|v| v, gi, s, g, &mut cols[..rows * kdim]);
+            block_columns(&cols, None, rows, ap)
+        };
+        let group_bias = if bias.is_empty() {
+            bias
+        } else {
+            &bias[gi * s.og..(gi + 1) * s.og]
+        };
+        out = out.merge(column_bounds::<f64>(&hi, &lo, ap, group_bias, amax));
+    }
+    out
+}
+
+/// [`conv2d_extremes`] by filter-then-verify (see the module docs): the same result, bit for
+/// bit, with the same errors.
+pub fn conv2d_extremes_filtered<S: Copy + Sync, F: Fn(S) -> f64 + Sync>(
+    x: ArrayView4<'_, S>,
+    load: F,
+    w: ArrayView4<'_, f64>,
+    bias: Option<ArrayView1<'_, f64>>,
+    geometry: &ConvGeometry,
+    isa: Isa,
+) -> Result<Extremes<f64>> {
+    let g = geometry;
+    let exact = |load: &F| conv2d_extremes(x, load, w, bias, g, isa);
+    let Ok(plan) = ConvPlan::new(x.dim(), w, g, isa) else {
+        return exact(&load);
+    };
+    let s = &plan.shape;
+    let n = x.dim().0;
+    let plane = s.oh * s.ow;
+    let kdim = s.kdim();
+    if n == 0 || s.o == 0 || plane == 0 || kdim == 0 || kdim > MAX_K {
+        return exact(&load);
+    }
+    let Ok(bias_v) = bias_vec(bias, s.o, "", "") else {
+        return exact(&load);
+    };
+    if bias_v.iter().any(|&v| !within(v)) {
+        return exact(&load);
+    }
+    let mode = Mode::new(isa);
+    let w_std = w.as_standard_layout();
+    let Some(w_flat) = w_std.as_slice() else {
+        return exact(&load);
+    };
+    let approx: Vec<Approx> = (0..g.group)
+        .map(|gi| {
+            Approx::new(kdim, s.og, mode, |kk, oo| {
+                w_flat[(gi * s.og + oo) * kdim + kk]
+            })
+        })
+        .collect();
+    if approx.iter().any(|ap| !ap.fits) {
+        return exact(&load);
+    }
+    let x_std = x.as_standard_layout();
+    let Some(x_flat) = x_std.as_slice() else {
+        return exact(&load);
+    };
+    let per_task = conv_images_per_task(plane);
+    let tasks = n.div_ceil(per_task);
+    let bounds: Vec<Bounds> = (0..tasks)
+        .into_par_iter()
+        .map(|t| {
+            conv_bounds(
+                x_flat,
+                &load,
+                &plan,
+                g,
+                &approx,
+                &bias_v,
+                t * per_task,
+                per_task,
+            )
+        })
+        .collect();
+    let Some(candidates) = candidates(&bounds) else {
+        return exact(&load);
+    };
+    let found = candidates
+        .par_iter()
+        .map(|&t| conv_task(x_flat, &load, &plan, &bias_v, g, t * per_task, per_task))
+        .reduce(Extremes::none, Extremes::merge);
+    match verified(found) {
+        Some(found) => Ok(found),
+        None => exact(&load),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::quant::dequantize::dequantize_value;
+    use ndarray::{Array1, Array2, Array4};
+
+    /// A reproducible stream of values of very different magnitudes and both signs.
+    fn awkward(i: usize, salt: usize, mags: &[f64]) -> f64 {
+        let h = (i.wrapping_mul(2_654_435_761) ^ salt.wrapping_mul(40_503)) % 1_000_003;
+        (h as f64 / 1_000_003.0 - 0.45) * mags[h % mags.len()]
+    }
+
+    fn same<T: Element + std::fmt::Debug>(a: Extremes<T>, b: Extremes<T>) {
+        let bits = |v: T| -> u64 { Into::<f64>::into(v).to_bits() };
+        assert_eq!(a.finite, b.finite, "{a:?} {b:?}");
+        if a.finite {
+            assert_eq!(
+                (bits(a.min), bits(a.max)),
+                (bits(b.min), bits(b.max)),
+                "{a:?} {b:?}"
+            );
+        }
+    }
+
+    fn check_matmul(a: &Array2<f64>, b: &Array2<f64>, bias: Option<&Array1<f64>>) {
+        for isa in Isa::available() {
+            let bv = bias.map(|v| v.view());
+            let want = matmul_extremes(a.view(), |v| v, b.view(), bv, isa).unwrap();
+            let got = matmul_extremes_filtered(a.view(), |v| v, b.view(), bv, isa).unwrap();
+            same(want, got);
+            let (a32, b32) = (a.mapv(|v| v as f32), b.mapv(|v| v as f32));
+            let bias32 = bias.map(|v| v.mapv(|x| x as f32));
+            let bv = bias32.as_ref().map(|v| v.view());
+            let want = matmul_extremes(a32.view(), |v| v, b32.view(), bv, isa).unwrap();
+            let got = matmul_extremes_filtered(a32.view(), |v| v, b32.view(), bv, isa).unwrap();
+            same(want, got);
+        }
+    }
+
+    #[test]
+    fn filtered_matmul_is_the_exact_one() {
+        let mags: &[&[f64]] = &[&[1.0], &[1e-7, 1.0, 3.3e3, 1e8], &[1e-30, 1e20], &[1e-300]];
+        for (salt, &(n, k, m)) in [
+            (1usize, 1usize, 1usize),
+            (5, 3, 7),
+            (70, 17, 9),
+            (300, 40, 16),
+            (1000, 64, 10),
+            (777, 128, 33),
+        ]
+        .iter()
+        .enumerate()
+        {
+            for ms in mags {
+                let a = Array2::from_shape_fn((n, k), |(i, j)| awkward(i * k + j, salt, ms));
+                let b = Array2::from_shape_fn((k, m), |(i, j)| awkward(i * m + j, salt + 9, ms));
+                let bias = Array1::from_shape_fn(m, |j| awkward(j, salt + 3, ms));
+                check_matmul(&a, &b, None);
+                check_matmul(&a, &b, Some(&bias));
+            }
+        }
+    }
+
+    #[test]
+    fn ties_and_near_ties_between_rows() {
+        // many equal maxima, and rows one ulp apart, in different tasks
+        let (n, k, m) = (2000, 8, 5);
+        let mut a = Array2::from_shape_fn((n, k), |(i, j)| awkward(i * k + j, 4, &[1.0]));
+        for i in (0..n).step_by(97) {
+            a.row_mut(i).fill(3.0);
+        }
+        a[[1500, 0]] = f64::from_bits(3.0f64.to_bits() + 1);
+        a[[300, 1]] = f64::from_bits(3.0f64.to_bits() - 1);
+        let b = Array2::from_shape_fn((k, m), |(i, j)| if (i + j) % 3 == 0 { 1.0 } else { 0.5 });
+        check_matmul(&a, &b, None);
+        check_matmul(&a, &b, Some(&Array1::from_elem(m, 1e-9)));
+        // negative values only, and zeros
+        check_matmul(&(-a.mapv(f64::abs)), &b, None);
+        check_matmul(&Array2::zeros((n, k)), &b, None);
+        let mut z = Array2::zeros((n, k));
+        z[[5, 2]] = -0.0;
+        z[[1999, 1]] = 1e-310;
+        check_matmul(&z, &b, Some(&Array1::from_elem(m, -0.0)));
+    }
+
+    #[test]
+    fn non_finite_and_huge_values_take_the_exact_path() {
+        let (n, k, m) = (300, 6, 4);
+        let b = Array2::from_shape_fn((k, m), |(i, j)| awkward(i * m + j, 7, &[1.0]));
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e300, f64::MAX] {
+            let mut a = Array2::from_shape_fn((n, k), |(i, j)| awkward(i * k + j, 8, &[1.0]));
+            a[[n - 1, 2]] = bad;
+            check_matmul(&a, &b, None);
+            let a = Array2::from_shape_fn((n, k), |(i, j)| awkward(i * k + j, 8, &[1.0]));
+            let mut bias = Array1::zeros(m);
+            bias[1] = bad;
+            check_matmul(&a, &b, Some(&bias));
+            let mut b2 = b.clone();
+            b2[[0, 3]] = bad;
+            check_matmul(&a, &b2, None);
+        }
+    }
+
+    #[test]
+    fn dequantized_inputs_with_extreme_scales() {
+        let q = Array2::from_shape_fn((500, 19), |(i, j)| ((i * 7 + j * 13) % 255) as i16 - 127);
+        let b = Array2::from_shape_fn((19, 12), |(i, j)| awkward(i * 12 + j, 4, &[1.0, 1e-3]));
+        for (scale, zp) in [
+            (0.037_123, 3.0),
+            (1e-30, -128.0),
+            (1e25, 0.5),
+            (1e-310, 7.0),
+        ] {
+            let load = |v: i16| dequantize_value(v, scale, zp);
+            for isa in Isa::available() {
+                let want = matmul_extremes(q.view(), load, b.view(), None, isa).unwrap();
+                let got = matmul_extremes_filtered(q.view(), load, b.view(), None, isa).unwrap();
+                same(want, got);
+            }
+        }
+    }
+
+    #[test]
+    fn filtered_conv_is_the_exact_one() {
+        let cases = [
+            (
+                (9, 1, 8, 8),
+                (8, 1, 3, 3),
+                [1, 1],
+                [1, 1],
+                [1, 1],
+                [1, 1],
+                1,
+            ),
+            (
+                (5, 8, 8, 8),
+                (16, 8, 3, 3),
+                [2, 2],
+                [1, 1],
+                [1, 1],
+                [1, 1],
+                1,
+            ),
+            (
+                (6, 4, 7, 5),
+                (6, 2, 2, 3),
+                [1, 2],
+                [2, 1],
+                [0, 2],
+                [1, 0],
+                2,
+            ),
+            (
+                (40, 3, 1, 9),
+                (4, 3, 1, 4),
+                [1, 3],
+                [1, 1],
+                [0, 0],
+                [0, 0],
+                1,
+            ),
+            (
+                (3, 6, 6, 6),
+                (6, 1, 3, 3),
+                [1, 1],
+                [2, 2],
+                [2, 2],
+                [2, 2],
+                6,
+            ),
+        ];
+        for (salt, (xs, ws, strides, dilations, begins, ends, group)) in
+            cases.into_iter().enumerate()
+        {
+            let g = ConvGeometry {
+                strides,
+                dilations,
+                begins,
+                ends,
+                group,
+            };
+            let mut i = 0;
+            let x = Array4::from_shape_simple_fn(xs, || {
+                i += 1;
+                awkward(i, salt, &[1.0, 1e-3, 50.0])
+            });
+            let w = Array4::from_shape_simple_fn(ws, || {
+                i += 1;
+                awkward(i, salt + 1, &[1.0, 0.1])
+            });
+            let bias = Array1::from_shape_fn(ws.0, |j| awkward(j, salt + 2, &[1.0]));
+            let q = x.mapv(|v| (v * 100.0).round().clamp(-128.0, 127.0) as i8);
+            for isa in Isa::available() {
+                for b in [None, Some(bias.view())] {
+                    let want = conv2d_extremes(x.view(), |v| v, w.view(), b, &g, isa).unwrap();
+                    let got =
+                        conv2d_extremes_filtered(x.view(), |v| v, w.view(), b, &g, isa).unwrap();
+                    same(want, got);
+                    let load = |v: i8| dequantize_value(v, 0.0123, -3.0);
+                    let want = conv2d_extremes(q.view(), load, w.view(), b, &g, isa).unwrap();
+                    let got = conv2d_extremes_filtered(q.view(), load, w.view(), b, &g, isa);
+                    same(want, got.unwrap());
+                }
+            }
+            let mut bad = x.clone();
+            bad[[0, 0, 0, 0]] = f64::NAN;
+            let want = conv2d_extremes(bad.view(), |v| v, w.view(), None, &g, Isa::detect());
+            let got =
+                conv2d_extremes_filtered(bad.view(), |v| v, w.view(), None, &g, Isa::detect());
+            same(want.unwrap(), got.unwrap());
+        }
+    }
+
+    #[test]
+    fn errors_are_those_of_the_exact_kernels() {
+        let a = Array2::<f64>::zeros((4, 2));
+        let b = Array2::<f64>::zeros((3, 3));
+        let r = matmul_extremes_filtered(a.view(), |v| v, b.view(), None, Isa::detect());
+        assert!(matches!(r, Err(crate::error::Error::Shape(_))));
+        let a = Array2::<f64>::zeros((0, 3));
+        let r = matmul_extremes_filtered(a.view(), |v| v, b.view(), None, Isa::detect());
+        assert!(matches!(r, Err(crate::error::Error::Empty)));
+    }
+}
