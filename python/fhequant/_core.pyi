@@ -13,6 +13,7 @@ __all__ = [
     "conv2d_f64_sequential",
     "copy_min_max",
     "dequantize",
+    "extremes_filter_counts",
     "int_bit_width",
     "int_conv2d",
     "int_conv2d_rescale",
@@ -130,6 +131,7 @@ def conv2d_extremes_f64(
     context: str | None = None,
     exact: bool = False,
 ) -> tuple[float, float, bool]: ...
+def extremes_filter_counts(reset: bool = False) -> tuple[int, int, int]: ...
 
 # --- end float kernels ---
 # --- integer kernels (rust-integer): see fhequant.kernels --------------------------------

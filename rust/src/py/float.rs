@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use crate::error::Error;
 use crate::kernels::float::conv::{self, ConvGeometry};
 use crate::kernels::float::extremes::{conv2d_extremes, matmul_extremes, Extremes};
-use crate::kernels::float::filtered::{conv2d_extremes_filtered, matmul_extremes_filtered};
+use crate::kernels::float::filtered::{self, conv2d_extremes_filtered, matmul_extremes_filtered};
 use crate::kernels::float::matmul::{self, Isa};
 use crate::kernels::quant::dequantize::{dequantize_value, QInt};
 use crate::py::errors::to_pyerr;
@@ -100,6 +100,16 @@ fn matmul_extremes_f32<'py>(
         }
     });
     Ok(extremes_tuple(out.map_err(|e| to_pyerr(py, e, context))?))
+}
+
+/// What the filter of the extremes kernels (`exact=False`) did in this process:
+/// `(tasks bounded, tasks run exactly, calls answered by the whole exact kernel)`, set back
+/// to zero when `reset` (see `kernels::float::filtered`).
+#[pyfunction]
+#[pyo3(signature = (reset=false))]
+fn extremes_filter_counts(reset: bool) -> (u64, u64, u64) {
+    let c = filtered::counts(reset);
+    (c.tasks, c.verified, c.fallbacks)
 }
 
 /// How the input of a float64 extremes kernel becomes float64.
@@ -342,5 +352,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(matmul_extremes_f32, m)?)?;
     m.add_function(wrap_pyfunction!(matmul_extremes_f64, m)?)?;
     m.add_function(wrap_pyfunction!(conv2d_extremes_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(extremes_filter_counts, m)?)?;
     Ok(())
 }

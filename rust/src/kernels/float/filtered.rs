@@ -48,6 +48,16 @@
 //! The 25 % slack in `R` (≥ 0.5 u relative to the largest possible value) also covers the
 //! float64 roundings in computing `δ_j`, `‖w_j‖₁` and `G ± δ_j` (each below a few `u₆₄`
 //! relative, 2^29 times smaller).
+//!
+//! ## Counters
+//!
+//! A fallback is invisible in the result, only in the time, so every call adds to three
+//! process-wide counters ([`counts`], `_core.extremes_filter_counts` in Python): the tasks the
+//! filter bounded, the tasks it then ran exactly, and the calls answered by the whole exact
+//! kernel (including the calls whose arguments the exact kernel rejects). Tests read them to
+//! check that the filter does its work on typical data.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ndarray::{ArrayView1, ArrayView2, ArrayView4};
 use rayon::prelude::*;
@@ -70,6 +80,44 @@ const LIMIT: f64 = 1.267_650_600_228_229_4e30;
 const MAX_K: usize = 1 << 17;
 /// Row padding of the float32 blocks (a multiple of every tile height).
 const ROW_PAD: usize = 12;
+
+/// What the filter did: tasks bounded, tasks run exactly, whole exact passes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterCounts {
+    /// Tasks (row chunks of the exact kernel) the filter bounded.
+    pub tasks: u64,
+    /// Tasks run by the exact kernel after the filter.
+    pub verified: u64,
+    /// Calls answered by the whole exact kernel.
+    pub fallbacks: u64,
+}
+
+static TASKS: AtomicU64 = AtomicU64::new(0);
+static VERIFIED: AtomicU64 = AtomicU64::new(0);
+static FALLBACKS: AtomicU64 = AtomicU64::new(0);
+
+fn record(c: FilterCounts) {
+    TASKS.fetch_add(c.tasks, Ordering::Relaxed);
+    VERIFIED.fetch_add(c.verified, Ordering::Relaxed);
+    FALLBACKS.fetch_add(c.fallbacks, Ordering::Relaxed);
+}
+
+/// The process-wide [`FilterCounts`] of every call so far (since the last reset), set back to
+/// zero when `reset`. Each counter is read (and reset) atomically, not the three together.
+pub fn counts(reset: bool) -> FilterCounts {
+    let read = |c: &AtomicU64| {
+        if reset {
+            c.swap(0, Ordering::Relaxed)
+        } else {
+            c.load(Ordering::Relaxed)
+        }
+    };
+    FilterCounts {
+        tasks: read(&TASKS),
+        verified: read(&VERIFIED),
+        fallbacks: read(&FALLBACKS),
+    }
+}
 
 /// `|v| ≤ LIMIT` (false for NaN).
 #[inline(always)]
@@ -534,47 +582,71 @@ pub fn matmul_extremes_filtered<S: Copy + Sync, T: Rounding, F: Fn(S) -> T + Syn
     bias: Option<ArrayView1<'_, T>>,
     isa: Isa,
 ) -> Result<Extremes<T>> {
+    let (out, c) = matmul_extremes_counted(a, load, b, bias, isa);
+    record(c);
+    out
+}
+
+/// [`matmul_extremes_filtered`] with what this call did.
+fn matmul_extremes_counted<S: Copy + Sync, T: Rounding, F: Fn(S) -> T + Sync>(
+    a: ArrayView2<'_, S>,
+    load: F,
+    b: ArrayView2<'_, T>,
+    bias: Option<ArrayView1<'_, T>>,
+    isa: Isa,
+) -> (Result<Extremes<T>>, FilterCounts) {
+    let mut c = FilterCounts::default();
+    match matmul_filter(a, &load, b, bias, isa, &mut c) {
+        Some(found) => (Ok(found), c),
+        None => {
+            c.fallbacks += 1;
+            (matmul_extremes(a, &load, b, bias, isa), c)
+        }
+    }
+}
+
+/// The filtered matmul extremes, or None when the whole exact pass must run.
+fn matmul_filter<S: Copy + Sync, T: Rounding, F: Fn(S) -> T + Sync>(
+    a: ArrayView2<'_, S>,
+    load: &F,
+    b: ArrayView2<'_, T>,
+    bias: Option<ArrayView1<'_, T>>,
+    isa: Isa,
+    c: &mut FilterCounts,
+) -> Option<Extremes<T>> {
     let (n, k) = a.dim();
     let (kb, m) = b.dim();
-    let exact = |load: &F| matmul_extremes(a, load, b, bias, isa);
     if k != kb || n == 0 || m == 0 || k == 0 || k > MAX_K {
-        return exact(&load);
+        return None;
     }
-    let Ok(bias_t) = bias_vec(bias, m, "", "") else {
-        return exact(&load);
-    };
+    let bias_t = bias_vec(bias, m, "", "").ok()?;
     let bias64: Vec<f64> = bias_t.iter().map(|&v| v.into()).collect();
     if bias64.iter().any(|&v| !within(v)) {
-        return exact(&load);
+        return None;
     }
     let mode = Mode::new(isa);
     let ap = Approx::new(k, m, mode, |kk, j| b[[kk, j]].into());
     if !ap.fits {
-        return exact(&load);
+        return None;
     }
     let (a_std, b_std) = (a.as_standard_layout(), b.as_standard_layout());
-    let (Some(a_rows), Some(b_std)) = (a_std.as_slice(), b_std.as_slice()) else {
-        return exact(&load);
-    };
+    let (a_rows, b_std) = (a_std.as_slice()?, b_std.as_slice()?);
     let bounds: Vec<Bounds> = a_rows
         .par_chunks(ROWS_PER_TASK * k)
-        .map(|rows| matmul_bounds::<S, T, F>(rows, &load, &ap, &bias64))
+        .map(|rows| matmul_bounds::<S, T, F>(rows, load, &ap, &bias64))
         .collect();
-    let Some(tasks) = candidates(&bounds) else {
-        return exact(&load);
-    };
+    c.tasks += bounds.len() as u64;
+    let tasks = candidates(&bounds)?;
+    c.verified += tasks.len() as u64;
     let packed = T::pack(b_std, k, m, supported(isa));
     let found = tasks
         .par_iter()
         .map(|&t| {
             let rows = &a_rows[t * ROWS_PER_TASK * k..((t + 1) * ROWS_PER_TASK * k).min(n * k)];
-            T::rows_extremes(rows, &load, &packed, &bias_t)
+            T::rows_extremes(rows, load, &packed, &bias_t)
         })
         .reduce(Extremes::none, Extremes::merge);
-    match verified(found) {
-        Some(found) => Ok(found),
-        None => exact(&load),
-    }
+    verified(found)
 }
 
 /// The filter's bounds of one conv task (`per_task` images from `first` on).
@@ -671,29 +743,55 @@ pub fn conv2d_extremes_filtered<S: Copy + Sync, F: Fn(S) -> f64 + Sync>(
     geometry: &ConvGeometry,
     isa: Isa,
 ) -> Result<Extremes<f64>> {
-    let g = geometry;
-    let exact = |load: &F| conv2d_extremes(x, load, w, bias, g, isa);
-    let Ok(plan) = ConvPlan::new(x.dim(), w, g, isa) else {
-        return exact(&load);
-    };
+    let (out, c) = conv2d_extremes_counted(x, load, w, bias, geometry, isa);
+    record(c);
+    out
+}
+
+/// [`conv2d_extremes_filtered`] with what this call did.
+fn conv2d_extremes_counted<S: Copy + Sync, F: Fn(S) -> f64 + Sync>(
+    x: ArrayView4<'_, S>,
+    load: F,
+    w: ArrayView4<'_, f64>,
+    bias: Option<ArrayView1<'_, f64>>,
+    geometry: &ConvGeometry,
+    isa: Isa,
+) -> (Result<Extremes<f64>>, FilterCounts) {
+    let mut c = FilterCounts::default();
+    match conv2d_filter(x, &load, w, bias, geometry, isa, &mut c) {
+        Some(found) => (Ok(found), c),
+        None => {
+            c.fallbacks += 1;
+            (conv2d_extremes(x, &load, w, bias, geometry, isa), c)
+        }
+    }
+}
+
+/// The filtered conv extremes, or None when the whole exact pass must run.
+fn conv2d_filter<S: Copy + Sync, F: Fn(S) -> f64 + Sync>(
+    x: ArrayView4<'_, S>,
+    load: &F,
+    w: ArrayView4<'_, f64>,
+    bias: Option<ArrayView1<'_, f64>>,
+    g: &ConvGeometry,
+    isa: Isa,
+    c: &mut FilterCounts,
+) -> Option<Extremes<f64>> {
+    let plan = ConvPlan::new(x.dim(), w, g, isa).ok()?;
     let s = &plan.shape;
     let n = x.dim().0;
     let plane = s.oh * s.ow;
     let kdim = s.kdim();
     if n == 0 || s.o == 0 || plane == 0 || kdim == 0 || kdim > MAX_K {
-        return exact(&load);
+        return None;
     }
-    let Ok(bias_v) = bias_vec(bias, s.o, "", "") else {
-        return exact(&load);
-    };
+    let bias_v = bias_vec(bias, s.o, "", "").ok()?;
     if bias_v.iter().any(|&v| !within(v)) {
-        return exact(&load);
+        return None;
     }
     let mode = Mode::new(isa);
     let w_std = w.as_standard_layout();
-    let Some(w_flat) = w_std.as_slice() else {
-        return exact(&load);
-    };
+    let w_flat = w_std.as_slice()?;
     let approx: Vec<Approx> = (0..g.group)
         .map(|gi| {
             Approx::new(kdim, s.og, mode, |kk, oo| {
@@ -702,12 +800,10 @@ pub fn conv2d_extremes_filtered<S: Copy + Sync, F: Fn(S) -> f64 + Sync>(
         })
         .collect();
     if approx.iter().any(|ap| !ap.fits) {
-        return exact(&load);
+        return None;
     }
     let x_std = x.as_standard_layout();
-    let Some(x_flat) = x_std.as_slice() else {
-        return exact(&load);
-    };
+    let x_flat = x_std.as_slice()?;
     let per_task = conv_images_per_task(plane);
     let tasks = n.div_ceil(per_task);
     let bounds: Vec<Bounds> = (0..tasks)
@@ -715,7 +811,7 @@ pub fn conv2d_extremes_filtered<S: Copy + Sync, F: Fn(S) -> f64 + Sync>(
         .map(|t| {
             conv_bounds(
                 x_flat,
-                &load,
+                load,
                 &plan,
                 g,
                 &approx,
@@ -725,17 +821,14 @@ pub fn conv2d_extremes_filtered<S: Copy + Sync, F: Fn(S) -> f64 + Sync>(
             )
         })
         .collect();
-    let Some(candidates) = candidates(&bounds) else {
-        return exact(&load);
-    };
+    c.tasks += bounds.len() as u64;
+    let candidates = candidates(&bounds)?;
+    c.verified += candidates.len() as u64;
     let found = candidates
         .par_iter()
-        .map(|&t| conv_task(x_flat, &load, &plan, &bias_v, g, t * per_task, per_task))
+        .map(|&t| conv_task(x_flat, load, &plan, &bias_v, g, t * per_task, per_task))
         .reduce(Extremes::none, Extremes::merge);
-    match verified(found) {
-        Some(found) => Ok(found),
-        None => exact(&load),
-    }
+    verified(found)
 }
 
 #[cfg(test)]
@@ -949,6 +1042,88 @@ mod tests {
                 conv2d_extremes_filtered(bad.view(), |v| v, w.view(), None, &g, Isa::detect());
             same(want.unwrap(), got.unwrap());
         }
+    }
+
+    #[test]
+    fn typical_data_is_filtered_without_fallback() {
+        // an MLP-like layer: most tasks are ruled out, none falls back
+        let (n, k, m) = (4096, 64, 128);
+        let a = Array2::from_shape_fn((n, k), |(i, j)| awkward(i * k + j, 21, &[1.0]));
+        let b = Array2::from_shape_fn((k, m), |(i, j)| awkward(i * m + j, 22, &[0.1]));
+        let bias = Array1::from_shape_fn(m, |j| awkward(j, 23, &[0.1]));
+        let tasks = n.div_ceil(ROWS_PER_TASK) as u64;
+        assert!(tasks >= 8, "{tasks}");
+        for isa in Isa::available() {
+            let (got, c) = matmul_extremes_counted(a.view(), |v| v, b.view(), None, isa);
+            same(
+                matmul_extremes(a.view(), |v| v, b.view(), None, isa).unwrap(),
+                got.unwrap(),
+            );
+            assert_eq!((c.tasks, c.fallbacks), (tasks, 0), "{c:?}");
+            assert!(c.verified >= 1 && c.verified * 4 <= tasks, "{c:?}");
+            let (a32, b32) = (a.mapv(|v| v as f32), b.mapv(|v| v as f32));
+            let bias32 = bias.mapv(|v| v as f32);
+            let (_, c) =
+                matmul_extremes_counted(a32.view(), |v| v, b32.view(), Some(bias32.view()), isa);
+            assert_eq!((c.tasks, c.fallbacks), (tasks, 0), "{c:?}");
+            assert!(c.verified >= 1 && c.verified * 4 <= tasks, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn unclean_data_falls_back_and_is_counted() {
+        let (n, k, m) = (600, 8, 6);
+        let b = Array2::from_shape_fn((k, m), |(i, j)| awkward(i * m + j, 24, &[1.0]));
+        let mut a = Array2::from_shape_fn((n, k), |(i, j)| awkward(i * k + j, 25, &[1.0]));
+        a[[n / 2, 3]] = f64::NAN;
+        let (_, c) = matmul_extremes_counted(a.view(), |v| v, b.view(), None, Isa::detect());
+        assert_eq!(c.fallbacks, 1, "{c:?}");
+        // an extreme exactly zero: non-negative inputs and weights, one row of zeros
+        let b = b.mapv(f64::abs);
+        let mut a = a.mapv(|v| if v.is_nan() { 1.0 } else { v.abs() + 0.5 });
+        a.row_mut(7).fill(0.0);
+        let (got, c) = matmul_extremes_counted(a.view(), |v| v, b.view(), None, Isa::detect());
+        assert_eq!(got.unwrap().min, 0.0);
+        assert_eq!(c.fallbacks, 1, "{c:?}");
+        // the public entry adds to the process-wide counters (other tests run alongside,
+        // so only a lower bound holds)
+        let before = counts(false);
+        matmul_extremes_filtered(a.view(), |v| v, b.view(), None, Isa::detect()).unwrap();
+        let after = counts(false);
+        assert!(after.fallbacks > before.fallbacks, "{before:?} {after:?}");
+        assert!(after.tasks > before.tasks, "{before:?} {after:?}");
+    }
+
+    #[test]
+    fn typical_conv_is_filtered_without_fallback() {
+        let g = ConvGeometry {
+            strides: [1, 1],
+            dilations: [1, 1],
+            begins: [1, 1],
+            ends: [1, 1],
+            group: 1,
+        };
+        let mut i = 0;
+        let x = Array4::from_shape_simple_fn((64, 3, 16, 16), || {
+            i += 1;
+            awkward(i, 31, &[1.0])
+        });
+        let w = Array4::from_shape_simple_fn((8, 3, 3, 3), || {
+            i += 1;
+            awkward(i, 32, &[0.3])
+        });
+        let (got, c) = conv2d_extremes_counted(x.view(), |v| v, w.view(), None, &g, Isa::detect());
+        let want = conv2d_extremes(x.view(), |v| v, w.view(), None, &g, Isa::detect());
+        same(want.unwrap(), got.unwrap());
+        assert_eq!(c.fallbacks, 0, "{c:?}");
+        assert!(
+            c.tasks >= 4 && c.verified >= 1 && c.verified * 2 <= c.tasks,
+            "{c:?}"
+        );
+        let mut bad = x.clone();
+        bad[[3, 1, 2, 2]] = f64::INFINITY;
+        let (_, c) = conv2d_extremes_counted(bad.view(), |v| v, w.view(), None, &g, Isa::detect());
+        assert_eq!(c.fallbacks, 1, "{c:?}");
     }
 
     #[test]
