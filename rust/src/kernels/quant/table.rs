@@ -467,7 +467,7 @@ mod tests {
             .map(|i| (i * 37 % 256) as u8 as i8)
             .collect();
         let narrow: Vec<i8> = (0..256).map(|i| (255 - i) as u8 as i8).collect();
-        let wide: Vec<i16> = (0..256).map(|i| i as i16 * 300 - 7).collect();
+        let wide: Vec<i16> = (0..256).map(|i: i32| (i * 120 - 7) as i16).collect();
         let mut out8 = vec![MaybeUninit::<i8>::uninit(); q.len()];
         let mut out16 = vec![MaybeUninit::<i16>::uninit(); q.len()];
         lookup(&q, -128, &narrow, &mut out8).unwrap();
