@@ -132,6 +132,19 @@ def conv2d_extremes_f64(
     exact: bool = False,
 ) -> tuple[float, float, bool]: ...
 def extremes_filter_counts(reset: bool = False) -> tuple[int, int, int]: ...
+def int_matmul_acc_extremes(
+    a: NDArray[Any],
+    wq: npt.NDArray[np.int64],
+    z_w: int,
+    w: npt.NDArray[np.float64],
+    bias: npt.NDArray[np.float64] | None,
+    scale: float,
+    zero_point: float,
+    keep: bool,
+    exact: bool = False,
+    context: str | None = None,
+) -> tuple[npt.NDArray[np.int32] | None, float, float, bool]: ...
+def acc_extremes_filter_counts(reset: bool = False) -> tuple[int, int, int, int]: ...
 
 # --- end float kernels ---
 # --- integer kernels (rust-integer): see fhequant.kernels --------------------------------
@@ -154,6 +167,20 @@ def int_matmul_rescale_quant(
     a: _I64,
     w: _I64,
     z_w: int,
+    lsbs: int,
+    offset: float,
+    sub: npt.NDArray[np.float64],
+    mul: npt.NDArray[np.float64],
+    add: npt.NDArray[np.float64] | None,
+    scale: float,
+    zero_point: float,
+    lo: float,
+    hi: float,
+    dtype: str,
+    context: str | None = None,
+) -> tuple[NDArray[Any], int, int, bool]: ...
+def int_acc_rescale_quant(
+    acc: npt.NDArray[np.int32],
     lsbs: int,
     offset: float,
     sub: npt.NDArray[np.float64],

@@ -8,6 +8,7 @@ use numpy::{
 use pyo3::prelude::*;
 
 use crate::error::Error;
+use crate::kernels::float::accfilter::{self, acc_extremes_counted, AccInput};
 use crate::kernels::float::conv::{self, ConvGeometry};
 use crate::kernels::float::extremes::{conv2d_extremes, matmul_extremes, Extremes};
 use crate::kernels::float::filtered::{self, conv2d_extremes_filtered, matmul_extremes_filtered};
@@ -345,7 +346,114 @@ fn conv2d_extremes_f64<'py>(
     ))
 }
 
+/// The kept accumulators of `int_matmul_acc_extremes`.
+type MaybeAcc<'py> = Option<Bound<'py, PyArray2<i32>>>;
+
+/// One typed call of [`int_matmul_acc_extremes`].
+#[allow(clippy::too_many_arguments)]
+fn acc_typed<'py, S: NpElement + AccInput>(
+    py: Python<'py>,
+    a: &Bound<'py, PyArray2<S>>,
+    wq: ArrayView2<'_, i64>,
+    z_w: i64,
+    w: ArrayView2<'_, f64>,
+    bias: Option<ArrayView1<'_, f64>>,
+    quant: (f64, f64),
+    keep: bool,
+    exact: bool,
+) -> PyResult<(MaybeAcc<'py>, Extremes<f64>)> {
+    let guard = a.try_readonly().map_err(borrow_err)?;
+    let a = guard.as_array();
+    let (n, m) = (a.dim().0, wq.dim().1);
+    let out = py.detach(|| {
+        // calloc'd: the pages are only touched by the kernel's writes
+        let mut acc = vec![0i32; n * m];
+        // SAFETY: MaybeUninit<i32> has the layout of i32, and only i32 values are written.
+        let slots = unsafe {
+            std::slice::from_raw_parts_mut(
+                acc.as_mut_ptr().cast::<std::mem::MaybeUninit<i32>>(),
+                acc.len(),
+            )
+        };
+        let found = acc_extremes_counted(a, wq, z_w, w, bias, quant, exact, Isa::detect(), slots);
+        found.map(|e| (acc, e))
+    });
+    let (acc, e) = out.map_err(|e| to_pyerr(py, e, None))?;
+    let acc = if keep {
+        let arr = numpy::ndarray::Array2::from_shape_vec((n, m), acc)
+            .map_err(|e| to_pyerr(py, Error::Shape(e.to_string()), None))?;
+        Some(arr.into_pyarray(py))
+    } else {
+        None
+    };
+    Ok((acc, e))
+}
+
+/// The exact int32 accumulators `a @ (wq − z_w)` (those of `int_matmul`, kept when `keep`)
+/// and the `(min, max, finite)` of `dequantize(a, scale, zero_point) @ w + bias`, bit for bit
+/// those of `matmul_extremes_f64(a, w, bias, scale, zero_point, exact=True)`, with the
+/// accumulators as the filter (see `kernels::float::accfilter`).
+#[pyfunction]
+#[pyo3(signature = (a, wq, z_w, w, bias, scale, zero_point, keep, exact=false, context=None))]
+#[allow(clippy::too_many_arguments)]
+fn int_matmul_acc_extremes<'py>(
+    py: Python<'py>,
+    a: &Bound<'py, PyAny>,
+    wq: PyReadonlyArray2<'py, i64>,
+    z_w: i64,
+    w: PyReadonlyArray2<'py, f64>,
+    bias: Option<PyReadonlyArray1<'py, f64>>,
+    scale: f64,
+    zero_point: f64,
+    keep: bool,
+    exact: bool,
+    context: Option<&str>,
+) -> PyResult<(MaybeAcc<'py>, f64, f64, bool)> {
+    let what = "int_matmul_acc_extremes";
+    let (wq, w) = (wq.as_array(), w.as_array());
+    let bias = bias.as_ref().map(|v| v.as_array());
+    let q = (scale, zero_point);
+    let out = if let Ok(a) = a.cast::<PyArray2<i8>>() {
+        acc_typed(py, a, wq, z_w, w, bias, q, keep, exact)
+    } else if let Ok(a) = a.cast::<PyArray2<i16>>() {
+        acc_typed(py, a, wq, z_w, w, bias, q, keep, exact)
+    } else if let Ok(a) = a.cast::<PyArray2<i32>>() {
+        acc_typed(py, a, wq, z_w, w, bias, q, keep, exact)
+    } else {
+        let dtype = a
+            .getattr("dtype")
+            .and_then(|d| d.str().map(|s| s.to_string()))
+            .unwrap_or_else(|_| a.get_type().to_string());
+        if matches!(dtype.as_str(), "int8" | "int16" | "int32") {
+            Err(wrong_ndim(py, what, a, 2, context))
+        } else {
+            Err(to_pyerr(
+                py,
+                Error::DType(format!(
+                    "{what}: expected a numpy array of int8, int16 or int32, got {dtype}; \
+                     quantize it first"
+                )),
+                context,
+            ))
+        }
+    };
+    let (acc, e) = out.map_err(|e| with_context(py, e, context))?;
+    Ok((acc, e.min, e.max, e.finite))
+}
+
+/// What the filter of `int_matmul_acc_extremes` did in this process: `(tasks bounded, tasks
+/// run exactly, calls answered by the whole exact kernel, values refined)`, set back to zero
+/// when `reset` (see `kernels::float::accfilter`).
+#[pyfunction]
+#[pyo3(signature = (reset=false))]
+fn acc_extremes_filter_counts(reset: bool) -> (u64, u64, u64, u64) {
+    let c = accfilter::counts(reset);
+    (c.tasks, c.verified, c.fallbacks, c.refined)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(int_matmul_acc_extremes, m)?)?;
+    m.add_function(wrap_pyfunction!(acc_extremes_filter_counts, m)?)?;
     m.add_function(wrap_pyfunction!(matmul_f32_sequential, m)?)?;
     m.add_function(wrap_pyfunction!(matmul_f64_sequential, m)?)?;
     m.add_function(wrap_pyfunction!(conv2d_f64_sequential, m)?)?;

@@ -8,7 +8,7 @@ use std::mem::MaybeUninit;
 use numpy::ndarray::Dimension;
 use numpy::{
     IntoPyArray, PyArray, PyArray1, PyArray2, PyArray3, PyArray4, PyArrayDyn, PyArrayMethods,
-    PyReadonlyArray1, PyReadonlyArray3, PyReadonlyArray4, PyReadonlyArrayDyn,
+    PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyReadonlyArray4, PyReadonlyArrayDyn,
     PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
@@ -246,6 +246,12 @@ trait NarrowSlots: Send {
         rescale: &rescale::Rescale<'_>,
         requant: &Requant,
     ) -> crate::error::Result<Quantized>;
+    fn acc(
+        &mut self,
+        acc: numpy::ndarray::ArrayView2<'_, i32>,
+        rescale: &rescale::Rescale<'_>,
+        requant: &Requant,
+    ) -> crate::error::Result<Quantized>;
     #[allow(clippy::too_many_arguments)]
     fn conv(
         &mut self,
@@ -271,6 +277,14 @@ impl<O: Narrow> NarrowSlots for Slots<'_, O> {
         requant: &Requant,
     ) -> crate::error::Result<Quantized> {
         requant::matmul_rescale_quant_into(a, w, z_w, rescale, requant, self.0)
+    }
+    fn acc(
+        &mut self,
+        acc: numpy::ndarray::ArrayView2<'_, i32>,
+        rescale: &rescale::Rescale<'_>,
+        requant: &Requant,
+    ) -> crate::error::Result<Quantized> {
+        requant::acc_rescale_quant_into(acc, rescale, requant, self.0)
     }
     fn conv(
         &mut self,
@@ -315,6 +329,36 @@ fn int_matmul_rescale_quant<'py>(
     let requant = requant_of(scale, zero_point, lo, hi);
     narrow_out(py, numpy::ndarray::Dim(dims), dtype, context, |out| {
         out.matmul(a, w, z_w, &rescale, &requant)
+    })
+}
+
+/// The epilogue of `int_matmul_rescale_quant` on accumulators computed earlier: `acc`
+/// (M, N) int32 holds `a @ (w − z_w)` (e.g. from `int_matmul_acc_extremes`); returns
+/// (integers (M, N) of `dtype`, min, max, nan), the values `int_matmul_rescale_quant(a[None],
+/// w[None], z_w, ...)` gives (there of shape (1, M, N)).
+#[pyfunction]
+#[pyo3(signature = (acc, lsbs, offset, sub, mul, add, scale, zero_point, lo, hi, dtype, context=None))]
+#[allow(clippy::too_many_arguments)]
+fn int_acc_rescale_quant<'py>(
+    py: Python<'py>,
+    acc: PyReadonlyArray2<'py, i32>,
+    lsbs: i64,
+    offset: f64,
+    sub: PyReadonlyArray1<'py, f64>,
+    mul: PyReadonlyArray1<'py, f64>,
+    add: Option<PyReadonlyArray1<'py, f64>>,
+    scale: f64,
+    zero_point: f64,
+    lo: f64,
+    hi: f64,
+    dtype: &str,
+    context: Option<&str>,
+) -> PyResult<QuantOut<'py>> {
+    let acc = acc.as_array();
+    let rescale = rescale_of(lsbs, offset, &sub, &mul, add.as_ref())?;
+    let requant = requant_of(scale, zero_point, lo, hi);
+    narrow_out(py, numpy::ndarray::Dim(acc.dim()), dtype, context, |out| {
+        out.acc(acc, &rescale, &requant)
     })
 }
 
@@ -555,6 +599,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(int_conv2d_rescale, m)?)?;
     m.add_function(wrap_pyfunction!(int_matmul_rescale_quant, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d_rescale_quant, m)?)?;
+    m.add_function(wrap_pyfunction!(int_acc_rescale_quant, m)?)?;
     m.add_function(wrap_pyfunction!(int_matmul_weight_sums, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv_weight_sums, m)?)?;

@@ -15,7 +15,42 @@ use crate::kernels::integer::vnni::{self, PackedB};
 use crate::kernels::simd;
 
 /// Rows of A per task: fixed, so the split never depends on the number of threads.
-const BLOCK_ROWS: usize = 64;
+pub(crate) const BLOCK_ROWS: usize = 64;
+
+/// The integer element types of A the matmul reads as stored (each value widened to i64 as
+/// it is read, never as a copy of A).
+pub trait Lhs: Copy + Send + Sync + Into<i64> + 'static {
+    /// (min, max) of the values as i64, (0, 0) when there are none.
+    fn range_of<D: ndarray::Dimension>(a: ndarray::ArrayView<'_, Self, D>) -> (i64, i64) {
+        fn fold<'b, T: Lhs>(values: impl Iterator<Item = &'b T>) -> (i64, i64) {
+            values.fold((i64::MAX, i64::MIN), |(lo, hi), &v| {
+                let v: i64 = v.into();
+                (lo.min(v), hi.max(v))
+            })
+        }
+        let (lo, hi) = match a.as_slice() {
+            Some(slice) => slice
+                .par_chunks(1 << 15)
+                .map(|c| fold(c.iter()))
+                .reduce(|| (i64::MAX, i64::MIN), |x, y| (x.0.min(y.0), x.1.max(y.1))),
+            None => fold(a.iter()),
+        };
+        if lo > hi {
+            (0, 0)
+        } else {
+            (lo, hi)
+        }
+    }
+}
+
+impl Lhs for i8 {}
+impl Lhs for i16 {}
+impl Lhs for i32 {}
+impl Lhs for i64 {
+    fn range_of<D: ndarray::Dimension>(a: ndarray::ArrayView<'_, i64, D>) -> (i64, i64) {
+        range_of(a)
+    }
+}
 
 /// How `matmul` evaluates a product: the strategy and the shifts s (of A) and t (of
 /// W − z_w) that centre the operands (see `matmul`).
@@ -185,14 +220,30 @@ where
     map_into_with(a, w, z_w, out, epilogue, Allowed::available())
 }
 
+/// [`matmul_map_into`] for an A of any [`Lhs`] type (int8/16/32 read as stored).
+pub fn matmul_map_into_as<A, O, F>(
+    a: ArrayView3<'_, A>,
+    w: ArrayView3<'_, i64>,
+    z_w: i64,
+    out: &mut [MaybeUninit<O>],
+    epilogue: F,
+) -> Result<()>
+where
+    A: Lhs,
+    O: Copy + Send,
+    F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
+{
+    map_into_with(a, w, z_w, out, epilogue, Allowed::available())
+}
+
 /// The plan `matmul` follows for these operands (after the same shape and overflow checks).
 pub fn matmul_plan(a: ArrayView3<'_, i64>, w: ArrayView3<'_, i64>, z_w: i64) -> Result<Plan> {
     operands_plan(a, w, z_w, Allowed::available())
 }
 
 /// `plan_with` for the operands of a matmul.
-fn operands_plan(
-    a: ArrayView3<'_, i64>,
+fn operands_plan<A: Lhs>(
+    a: ArrayView3<'_, A>,
     w: ArrayView3<'_, i64>,
     z_w: i64,
     allowed: Allowed,
@@ -203,12 +254,12 @@ fn operands_plan(
         i128::from(wlo) - i128::from(z_w),
         i128::from(whi) - i128::from(z_w),
     );
-    plan_with(w.dim().1, range_of(a), c, allowed)
+    plan_with(w.dim().1, A::range_of(a), c, allowed)
 }
 
 /// `matmul_map_into`, allowing only the SIMD integer strategies of `allowed`.
-fn map_into_with<O, F>(
-    a: ArrayView3<'_, i64>,
+fn map_into_with<A: Lhs, O, F>(
+    a: ArrayView3<'_, A>,
     w: ArrayView3<'_, i64>,
     z_w: i64,
     out: &mut [MaybeUninit<O>],
@@ -263,8 +314,8 @@ fn midpoint(lo: i128, hi: i128) -> i128 {
     lo + (hi - lo) / 2
 }
 
-struct Job<'a> {
-    a: ArrayView3<'a, i64>,
+struct Job<'a, A> {
+    a: ArrayView3<'a, A>,
     /// (Bw, K, N) row-major weights minus z_w minus t.
     wc: &'a [i64],
     /// batch, Bw, M, K, N
@@ -273,7 +324,7 @@ struct Job<'a> {
     shift: [i64; 2],
 }
 
-impl Job<'_> {
+impl<A: Lhs> Job<'_, A> {
     /// s·colsum(W') + s·t·K per weight batch and column (wrapping: exact modulo 2^64).
     fn col_terms(&self) -> Vec<i64> {
         let [_, bw, _, k, n] = self.dims;
@@ -298,12 +349,12 @@ impl Job<'_> {
     fn for_blocks<O, G>(&self, out: &mut [MaybeUninit<O>], block: G)
     where
         O: Copy + Send,
-        G: Fn(ArrayView2<'_, i64>, usize, usize, &mut [MaybeUninit<O>]) + Sync,
+        G: Fn(ArrayView2<'_, A>, usize, usize, &mut [MaybeUninit<O>]) + Sync,
     {
         let [_, bw, m, _, n] = self.dims;
         let ba = self.a.dim().0;
         out.par_chunks_mut(m * n).enumerate().for_each(|(bi, dst)| {
-            let ab: ArrayView2<'_, i64> = self
+            let ab: ArrayView2<'_, A> = self
                 .a
                 .index_axis(ndarray::Axis(0), if ba == 1 { 0 } else { bi });
             let wsel = if bw == 1 { 0 } else { bi };
@@ -378,7 +429,7 @@ impl Job<'_> {
     }
 }
 
-impl Job<'_> {
+impl<A: Lhs> Job<'_, A> {
     /// `run` for the I16 strategy: W' packed once per weight batch, A − s rows as i16.
     fn run_i16<O, F>(&self, out: &mut [MaybeUninit<O>], epilogue: &F)
     where
@@ -412,8 +463,8 @@ impl Job<'_> {
 /// `conv`) and return t·Σ_k (A − s) per row.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn centre_rows<T>(
-    a: ArrayView2<'_, i64>,
+fn centre_rows<A: Lhs, T>(
+    a: ArrayView2<'_, A>,
     r0: usize,
     rows: usize,
     k: usize,
@@ -434,8 +485,11 @@ fn centre_rows<T>(
             *d = conv(centred);
         };
         match row.as_slice() {
-            Some(src) => dst.iter_mut().zip(src).for_each(|(d, &v)| put(d, v)),
-            None => dst.iter_mut().zip(row.iter()).for_each(|(d, &v)| put(d, v)),
+            Some(src) => dst.iter_mut().zip(src).for_each(|(d, &v)| put(d, v.into())),
+            None => dst
+                .iter_mut()
+                .zip(row.iter())
+                .for_each(|(d, &v)| put(d, v.into())),
         }
         row_terms.push(t.wrapping_mul(sum));
     }
@@ -471,8 +525,8 @@ fn correct_rows<V: Copy, O, F>(
 }
 
 /// One batch of a U8I8 `Job`: rows of A (as u8) against the packed weights.
-struct BlockU8<'a> {
-    a: ArrayView2<'a, i64>,
+struct BlockU8<'a, A> {
+    a: ArrayView2<'a, A>,
     w: &'a PackedB,
     /// s·colsum(W') + s·t·K per column.
     cols: &'a [i64],
@@ -480,7 +534,7 @@ struct BlockU8<'a> {
     shift: [i64; 2],
 }
 
-impl BlockU8<'_> {
+impl<A: Lhs> BlockU8<'_, A> {
     /// Rows r0.. of the output into `rows_out` (a whole number of rows of N values).
     #[inline(always)]
     fn run<O, F>(&self, r0: usize, rows_out: &mut [MaybeUninit<O>], epilogue: &F)
@@ -520,8 +574,8 @@ impl BlockU8<'_> {
 }
 
 /// One batch of a `Job`: rows of A against the converted weights.
-struct Block<'a, T> {
-    a: ArrayView2<'a, i64>,
+struct Block<'a, A, T> {
+    a: ArrayView2<'a, A>,
     /// (K, N) row-major W' in T.
     w: &'a [T],
     /// s·colsum(W') + s·t·K per column.
@@ -530,7 +584,7 @@ struct Block<'a, T> {
     shift: [i64; 2],
 }
 
-impl<T: Exact> Block<'_, T> {
+impl<A: Lhs, T: Exact> Block<'_, A, T> {
     /// Rows r0.. of the output into `rows_out` (a whole number of rows of N values).
     #[inline(always)]
     fn run<O, F>(&self, r0: usize, rows_out: &mut [MaybeUninit<O>], epilogue: &F)

@@ -14,11 +14,12 @@
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
-use ndarray::{ArrayView3, ArrayView4};
+use ndarray::{ArrayView2, ArrayView3, ArrayView4};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::kernels::integer::conv::{conv2d_map_into, conv2d_shape, Geometry};
-use crate::kernels::integer::gemm::{matmul_map_into, matmul_shape};
+use crate::kernels::integer::gemm::{matmul_map_into, matmul_shape, BLOCK_ROWS};
 use crate::kernels::integer::rescale::{rescale_run, Operand, Rescale};
 use crate::kernels::quant::float::{clip, Real};
 
@@ -284,6 +285,57 @@ pub fn matmul_rescale_quant_into<O: Narrow>(
             requant,
         );
     })?;
+    sink.finish(rescale.lsbs)
+}
+
+/// The epilogue of [`matmul_rescale_quant_into`] applied to accumulators computed earlier:
+/// `acc` (M, N) holds the exact values of `a @ (w − z_w)` (as int32, e.g. kept by
+/// `kernels::float::accfilter`), and `out` (C order, (M, N)) receives the very integers the
+/// fused kernel writes for that product, with the same min, max and NaN flag (the same
+/// [`Sink`] code runs on the same i64 rows).
+///
+/// Errors: `Shape` when `out` or the per-column operands do not fit, and those of the fused
+/// kernel's epilogue (clip bounds, round_bit_pattern overflow).
+pub fn acc_rescale_quant_into<O: Narrow>(
+    acc: ArrayView2<'_, i32>,
+    rescale: &Rescale<'_>,
+    requant: &Requant,
+    out: &mut [MaybeUninit<O>],
+) -> Result<Quantized> {
+    let (m, n) = acc.dim();
+    if out.len() != m * n {
+        return Err(Error::Shape(format!(
+            "acc rescale: the output buffer holds {} values, the result needs {}",
+            out.len(),
+            m * n
+        )));
+    }
+    rescale.check(n, "acc rescale: the per-column", "columns")?;
+    requant.check::<O>()?;
+    let sink = Sink::new();
+    if n > 0 {
+        let acc = acc.as_standard_layout();
+        let Some(flat) = acc.as_slice() else {
+            return Err(Error::Shape("acc rescale: acc is not contiguous".into()));
+        };
+        out.par_chunks_mut(BLOCK_ROWS * n)
+            .zip(flat.par_chunks(BLOCK_ROWS * n))
+            .for_each(|(dst, src)| {
+                let mut wide = vec![0i64; n];
+                for (d_row, s_row) in dst.chunks_exact_mut(n).zip(src.chunks_exact(n)) {
+                    for (w, &v) in wide.iter_mut().zip(s_row) {
+                        *w = i64::from(v);
+                    }
+                    sink.run(
+                        &wide,
+                        d_row,
+                        rescale,
+                        (rescale.sub, rescale.mul, rescale.add),
+                        requant,
+                    );
+                }
+            });
+    }
     sink.finish(rescale.lsbs)
 }
 

@@ -1,0 +1,590 @@
+//! One matmul for both calibration passes of a quantized-input Gemm: the exact integer
+//! accumulators `acc = a @ (wq − z_w)` (kept for the output pass), and the float extremes
+//! of `y = dequantize(a) @ w + b`, bit for bit those of [`matmul_extremes`], with the
+//! integer accumulators as the filter instead of the float32 GEMM of
+//! [`filtered`](super::filtered).
+//!
+//! 1. **Accumulators.** The integer GEMM of `kernels::integer::gemm` (any of its strategies)
+//!    reads `a` as stored (int8/16/32) and writes `acc` as int32 (`Overflow` when
+//!    `K·max|a|·max|wq − z_w|` does not fit).
+//! 2. **Estimate.** Per column `j`, `t_j` is the least-squares fit of `w_{·j}` by
+//!    `c_{·j} = wq_{·j} − z_w`, and `e_kj = w_kj − t_j c_kj` its residual. With
+//!    `d_k = a_k − z` and `S_j = Σ_k c_kj`, `Σ_k d_k c_kj = acc_rj − z S_j =: m_rj` exactly, so
+//!    `G_rj = fl(fl(fl(s t_j) m_rj) + b_j)` estimates `y_rj` within `δ_rj` (below), whose main
+//!    term is `|s| ‖d_r‖₂ ‖e_j‖₂` (Cauchy–Schwarz on the residual).
+//! 3. **Refine.** With `L₁ = max(G − δ)` (≤ the true max) and `U₁ = min(G + δ)`, only the
+//!    values with `G + δ ≥ L₁` or `G − δ ≤ U₁` (the survivors; any value that is an extreme
+//!    is one) matter. Each survivor's float64 dot product `F` is summed (k order, no FMA) with
+//!    a rigorous bound `δ²` (below) on `|F − y|`; a task (row chunk of the exact kernel) with
+//!    too many survivors keeps its stage-2 bounds instead.
+//! 4. **Verify** as `filtered` does: tasks whose bounds can reach the global bounds run the
+//!    exact task code of [`extremes`](super::extremes); the rest are ruled out.
+//! 5. **Fall back** to the whole exact kernel when the guarantee is not clean: a non-finite
+//!    scale, weight or bias, a non-integral zero point or one above 2^31, magnitudes above
+//!    2^100, `K` above 2^17, `|z S_j|` above 2^50, or an exact extreme that is zero or not
+//!    finite (so `finite` and the sign of a zero are the exact pass's).
+//!
+//! ## The bound of the estimate
+//!
+//! `u = 2^-53`, `η = 2^-1074` (a bound on the absolute error of an underflowing product),
+//! `γ_K = Ku/(1 − Ku)`. The exact kernel loads `x̂_k = fl(s · fl(a_k − z))`; `a_k − z` is an
+//! integer below 2^53 (integral `|z| ≤ 2^31`), so `x̂_k = s d_k (1 + θ_k) + η_k`, `|θ_k| ≤ u`,
+//! `|η_k| ≤ η`. It sums `T = Σ fl(x̂_k w_k)` in order and returns `y = fl(T + b)`:
+//!
+//! * `|T − Σ x̂_k w_k| ≤ γ_K P + 2Kη` with `P = Σ |x̂_k w_k| ≤ (1+u)|s| D W + η W₁`
+//!   (`D = ‖d‖₂`, `W = ‖w_j‖₂`, `W₁ = ‖w_j‖₁`), and `|y − (T + b)| ≤ u(|T| + |b|)`;
+//! * `Σ x̂_k w_k = s Σ d_k w_k + ε`, `|ε| ≤ u|s| D W + η W₁`;
+//! * `s Σ d_k w_k = s t m + s Σ d_k e_k`, and `|s Σ d_k e_k| ≤ |s| D E` (`E = ‖e_j‖₂`);
+//! * `G` is `s t m + b` with three roundings: `|G − (s t m + b)| ≤ 3.01u |s| D C + 2u|b| +
+//!   2η`, where `C = ‖t_j c_j‖₂ ≥ |t m| / D`.
+//!
+//! Summing (`Ku ≤ 2^-36`, so every product of two small factors fits in the 25 % slack):
+//!
+//! `δ = |s| D (E + R W + 4u C) + 3u|b| + ε_abs`, `R = 1.25 (K + 3) u`,
+//! `ε_abs = 2^-960 (W₁ + 1)(K + 8)` (above every `η` term).
+//!
+//! The norms are computed in float64 (each a sum of at most 2^17 rounded squares, then a
+//! square root: relative error below 2^-35) and used inflated by `(1 + 2^-30)`, plus 2^-490
+//! for the squares that underflow; `e_kj` is computed as `fl(w − fl(t c))` and its norm
+//! bound adds `2u (‖t c‖ + ‖ê‖)` (the rounding of `t c`, and of `c` to float64 when it
+//! exceeds 2^53) and the same absolute term. The value of `δ` itself is
+//! evaluated in float64 and inflated by `(1 + 2^-40)`, and `5u|G|` is added so that the
+//! rounded `G ± δ` are still outer bounds.
+//!
+//! ## The bound of a refined value
+//!
+//! `F` sums the same products `fl(x̂_k w_k)` in the same order (it is usually `T` itself),
+//! but the bound does not assume it: two sums of the same terms differ by at most
+//! `2γ_K P + 4Kη`, so with `P̂` the float64 sum of `|x̂_k w_k|` (`P ≤ (1 + γ_K) P̂ + Kη`),
+//! `|fl(F + b) − y| ≤ δ² = 1.25 (2K + 4) u (P̂ + |b|) + ε_abs`, again plus `5u|F|`.
+//!
+//! ## Counters
+//!
+//! [`counts`] (`_core.acc_extremes_filter_counts`) adds up, over the process, the tasks
+//! bounded, the tasks run exactly, the whole exact passes, and the survivors refined.
+
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ndarray::{ArrayView1, ArrayView2, Axis};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::kernels::float::extremes::{bias_vec, matmul_extremes, Extremes, ROWS_PER_TASK};
+use crate::kernels::float::matmul::{supported, Element, Isa};
+use crate::kernels::integer::exact::{describe, max_abs, range};
+use crate::kernels::integer::gemm::{matmul_map_into_as, Lhs};
+use crate::kernels::quant::dequantize::{dequantize_value, QInt};
+
+/// float64 unit roundoff.
+const U: f64 = 1.110_223_024_625_156_5e-16;
+/// The largest magnitude the filter takes (scale·norms, biases), 2^100.
+const LIMIT: f64 = 1.267_650_600_228_229_4e30;
+/// The largest inner dimension the filter takes.
+const MAX_K: usize = 1 << 17;
+/// Relative inflation of a computed norm.
+const NORM_REL: f64 = 1.0 + 1.0 / 1_073_741_824.0;
+/// Absolute inflation of a computed norm (the underflowing squares), 2^-490.
+const NORM_ABS: f64 = 3.273_390_607_896_142e-148;
+/// Relative inflation of a computed bound, 1 + 2^-40.
+const BOUND_REL: f64 = 1.0 + 1.0 / 1_099_511_627_776.0;
+/// 2^-960, the unit of the absolute term.
+const ABS_UNIT: f64 = 1.024_329_847_022_646_7e-289;
+
+/// What the filter did: tasks bounded, tasks run exactly, whole exact passes, survivors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AccCounts {
+    pub tasks: u64,
+    pub verified: u64,
+    pub fallbacks: u64,
+    pub refined: u64,
+}
+
+static TASKS: AtomicU64 = AtomicU64::new(0);
+static VERIFIED: AtomicU64 = AtomicU64::new(0);
+static FALLBACKS: AtomicU64 = AtomicU64::new(0);
+static REFINED: AtomicU64 = AtomicU64::new(0);
+
+fn record(c: AccCounts) {
+    TASKS.fetch_add(c.tasks, Ordering::Relaxed);
+    VERIFIED.fetch_add(c.verified, Ordering::Relaxed);
+    FALLBACKS.fetch_add(c.fallbacks, Ordering::Relaxed);
+    REFINED.fetch_add(c.refined, Ordering::Relaxed);
+}
+
+/// The process-wide [`AccCounts`] so far, set back to zero when `reset` (each counter
+/// atomically, not the four together).
+pub fn counts(reset: bool) -> AccCounts {
+    let read = |c: &AtomicU64| {
+        if reset {
+            c.swap(0, Ordering::Relaxed)
+        } else {
+            c.load(Ordering::Relaxed)
+        }
+    };
+    AccCounts {
+        tasks: read(&TASKS),
+        verified: read(&VERIFIED),
+        fallbacks: read(&FALLBACKS),
+        refined: read(&REFINED),
+    }
+}
+
+/// The integer input of the kernel: stored integers, dequantized as the exact kernel does.
+pub trait AccInput: Lhs + QInt {}
+impl<T: Lhs + QInt> AccInput for T {}
+
+/// `acc = a @ (wq − z_w)` as int32 into `acc` ((n, m) C order), and the extremes of
+/// `dequantize(a, scale, zero_point) @ w + bias`, those of [`matmul_extremes`] bit for bit
+/// (by the filter of the module docs unless `exact`), with what the filter did.
+///
+/// Errors: `Shape` when `a` (n, k), `wq` (k, m), `w` (k, m), the bias (m) or `acc` do not
+/// fit; `Overflow` when an accumulator may not fit int32; then those of [`matmul_extremes`].
+#[allow(clippy::too_many_arguments)]
+pub fn acc_extremes<A: AccInput>(
+    a: ArrayView2<'_, A>,
+    wq: ArrayView2<'_, i64>,
+    z_w: i64,
+    w: ArrayView2<'_, f64>,
+    bias: Option<ArrayView1<'_, f64>>,
+    (scale, zero_point): (f64, f64),
+    exact: bool,
+    isa: Isa,
+    acc: &mut [MaybeUninit<i32>],
+) -> (Result<Extremes<f64>>, AccCounts) {
+    let mut c = AccCounts::default();
+    if let Err(e) = int_acc(a, wq, z_w, w.dim(), acc) {
+        return (Err(e), c);
+    }
+    // SAFETY: int_acc succeeded, so it wrote every element of `acc`.
+    let acc: &[i32] = unsafe { &*(acc as *const [MaybeUninit<i32>] as *const [i32]) };
+    let load = move |v: A| dequantize_value(v, scale, zero_point);
+    if !exact {
+        let found = filter(a, acc, wq, z_w, w, bias, (scale, zero_point), isa, &mut c);
+        if let Some(found) = found {
+            return (Ok(found), c);
+        }
+        c.fallbacks += 1;
+    }
+    (matmul_extremes(a, load, w, bias, isa), c)
+}
+
+/// [`acc_extremes`] adding what it did to the process-wide [`counts`].
+#[allow(clippy::too_many_arguments)]
+pub fn acc_extremes_counted<A: AccInput>(
+    a: ArrayView2<'_, A>,
+    wq: ArrayView2<'_, i64>,
+    z_w: i64,
+    w: ArrayView2<'_, f64>,
+    bias: Option<ArrayView1<'_, f64>>,
+    quant: (f64, f64),
+    exact: bool,
+    isa: Isa,
+    acc: &mut [MaybeUninit<i32>],
+) -> Result<Extremes<f64>> {
+    let (out, c) = acc_extremes(a, wq, z_w, w, bias, quant, exact, isa, acc);
+    record(c);
+    out
+}
+
+/// The int32 accumulators into `acc`, after the shape and overflow checks.
+fn int_acc<A: AccInput>(
+    a: ArrayView2<'_, A>,
+    wq: ArrayView2<'_, i64>,
+    z_w: i64,
+    wdim: (usize, usize),
+    acc: &mut [MaybeUninit<i32>],
+) -> Result<()> {
+    let ((n, k), (kq, m)) = (a.dim(), wq.dim());
+    if kq != k || wdim != (k, m) || acc.len() != n * m {
+        return Err(Error::Shape(format!(
+            "int_matmul_acc_extremes: a {:?}, wq {:?}, w {:?} and the accumulators ({} values) \
+             do not fit; give a (n, k), wq and w (k, m)",
+            a.dim(),
+            wq.dim(),
+            wdim,
+            acc.len()
+        )));
+    }
+    let (alo, ahi) = A::range_of(a);
+    let (wlo, whi) = range(wq.iter());
+    let (clo, chi) = (
+        i128::from(wlo) - i128::from(z_w),
+        i128::from(whi) - i128::from(z_w),
+    );
+    let (amax, cmax) = (max_abs(alo.into(), ahi.into()), max_abs(clo, chi));
+    let bound = (k as u128)
+        .checked_mul(amax)
+        .and_then(|v| v.checked_mul(cmax));
+    if k > 0 && !matches!(bound, Some(b) if b <= i32::MAX as u128) {
+        return Err(Error::Overflow(format!(
+            "the int32 accumulator could overflow: a matmul of the input {} with the weights \
+             minus z_w {} over K={k} terms; use the int64 kernel (int_matmul) instead",
+            describe(alo.into(), ahi.into()),
+            describe(clo, chi)
+        )));
+    }
+    matmul_map_into_as(
+        a.insert_axis(Axis(0)),
+        wq.insert_axis(Axis(0)),
+        z_w,
+        acc,
+        |row, dst| {
+            for (d, &v) in dst.iter_mut().zip(row) {
+                // the bound above keeps every accumulator within i32
+                d.write(v as i32);
+            }
+        },
+    )
+}
+
+/// Per-column constants of the estimate.
+struct Columns {
+    /// `fl(s t_j)`.
+    alpha: Vec<f64>,
+    /// `z S_j` (exact).
+    zs: Vec<i64>,
+    /// Bounds of `E + R W + 4u C` and of the absolute term, per column.
+    spread: Vec<f64>,
+    abs: Vec<f64>,
+    /// The bias (0 for none) and `w` transposed (m, k) for the refinement.
+    bias: Vec<f64>,
+    wt: Vec<f64>,
+}
+
+/// A norm bound from a computed sum of squares.
+fn norm(sum_sq: f64) -> f64 {
+    sum_sq.sqrt() * NORM_REL + NORM_ABS
+}
+
+fn columns(
+    wq: ArrayView2<'_, i64>,
+    z_w: i64,
+    w: ArrayView2<'_, f64>,
+    bias: &[f64],
+    (s, z): (f64, i64),
+) -> Option<Columns> {
+    let (k, m) = w.dim();
+    let kf = k as f64;
+    let r = 1.25 * (kf + 3.0) * U;
+    let mut cols = Columns {
+        alpha: vec![0.0; m],
+        zs: vec![0; m],
+        spread: vec![0.0; m],
+        abs: vec![0.0; m],
+        bias: vec![0.0; m],
+        wt: vec![0.0; m * k],
+    };
+    // both matrices transposed to (m, k), read in their row-major order
+    let mut cq = vec![0.0f64; m * k];
+    let mut sums = vec![0i128; m];
+    for (kk, (wrow, qrow)) in w.outer_iter().zip(wq.outer_iter()).enumerate() {
+        for (j, (&v, &q)) in wrow.iter().zip(qrow.iter()).enumerate() {
+            let c = i128::from(q) - i128::from(z_w);
+            cols.wt[j * k + kk] = v;
+            cq[j * k + kk] = c as f64;
+            sums[j] += c;
+        }
+    }
+    if !cols.wt.iter().all(|v| v.is_finite()) {
+        return None;
+    }
+    for j in 0..m {
+        let (wj, cj, sum) = (
+            &cols.wt[j * k..(j + 1) * k],
+            &cq[j * k..(j + 1) * k],
+            sums[j],
+        );
+        let (mut wc, mut cc, mut ww, mut w1) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+        for (&v, &cf) in wj.iter().zip(cj) {
+            wc += v * cf;
+            cc += cf * cf;
+            ww += v * v;
+            w1 += v.abs();
+        }
+        let t = if cc > 0.0 { wc / cc } else { 0.0 };
+        let (mut ee, mut tc) = (0.0f64, 0.0f64);
+        for (&v, &cf) in wj.iter().zip(cj) {
+            let p = t * cf;
+            let e = v - p;
+            ee += e * e;
+            tc += p * p;
+        }
+        let (e2, c2, w2) = (norm(ee), norm(tc), norm(ww));
+        let e2 = e2 + 2.0 * U * (c2 + e2) + NORM_ABS;
+        let b = bias.get(j).copied().unwrap_or(0.0);
+        cols.alpha[j] = s * t;
+        let zs = i128::from(z).checked_mul(sum)?;
+        cols.zs[j] = i64::try_from(zs)
+            .ok()
+            .filter(|v| v.unsigned_abs() <= 1 << 50)?;
+        cols.spread[j] = e2 + r * w2 + 4.0 * U * c2;
+        cols.abs[j] = 3.0 * U * b.abs() + ABS_UNIT * (w1 + 1.0) * (kf + 8.0);
+        cols.bias[j] = b;
+        let scale = s.abs() * (w2 + c2 + e2) + b.abs();
+        if scale.is_nan() || scale > LIMIT || !b.is_finite() || !w1.is_finite() {
+            return None;
+        }
+    }
+    Some(cols)
+}
+
+/// What is known of the values of one task.
+#[derive(Clone, Copy, Debug)]
+struct Bounds {
+    hi_lower: f64,
+    hi_upper: f64,
+    lo_upper: f64,
+    lo_lower: f64,
+}
+
+impl Bounds {
+    const NONE: Bounds = Bounds {
+        hi_lower: f64::NEG_INFINITY,
+        hi_upper: f64::NEG_INFINITY,
+        lo_upper: f64::INFINITY,
+        lo_lower: f64::INFINITY,
+    };
+
+    fn merge(self, o: Bounds) -> Bounds {
+        Bounds {
+            hi_lower: self.hi_lower.max(o.hi_lower),
+            hi_upper: self.hi_upper.max(o.hi_upper),
+            lo_upper: self.lo_upper.min(o.lo_upper),
+            lo_lower: self.lo_lower.min(o.lo_lower),
+        }
+    }
+
+    /// A value `v` within `d` of the true one.
+    #[inline(always)]
+    fn push(&mut self, v: f64, d: f64) {
+        let d = d * BOUND_REL + 5.0 * U * v.abs();
+        self.hi_lower = self.hi_lower.max(v - d);
+        self.hi_upper = self.hi_upper.max(v + d);
+        self.lo_upper = self.lo_upper.min(v + d);
+        self.lo_lower = self.lo_lower.min(v - d);
+    }
+
+    fn candidate(&self, hi: f64, lo: f64) -> bool {
+        self.hi_upper >= hi || self.lo_lower <= lo
+    }
+}
+
+/// Survivors per task above which the task is verified whole rather than refined (a
+/// refinement costs about 2K operations, the task 64·m·K).
+fn refine_cap(m: usize) -> usize {
+    ROWS_PER_TASK * m / 8
+}
+
+/// `first(h, lo, hi, x, guess)` for a nondecreasing `h` on `[lo, hi]`: an `A` in
+/// `[lo, hi + 1]` with `h(v) < x` for every `v` in `[lo, A)` (found by evaluating `h`, so no
+/// rounding analysis is needed; `guess` only saves steps).
+fn first_at_least(h: impl Fn(i64) -> f64, lo: i64, hi: i64, x: f64, guess: f64) -> i64 {
+    let mut at = if guess.is_finite() {
+        (guess.ceil().clamp(lo as f64, hi as f64) as i64).saturating_add(1)
+    } else {
+        lo
+    };
+    let mut step = 1i64;
+    // every v below `at` must have h(v) < x: by monotonicity, checking at − 1 is enough
+    while at > lo && h(at - 1).partial_cmp(&x) != Some(std::cmp::Ordering::Less) {
+        at = at.saturating_sub(step).max(lo);
+        step = step.saturating_mul(2);
+    }
+    at
+}
+
+/// The cuts `(ge, le)` of a column: within `range`, an accumulator `v` with
+/// `g(v) >= hi_cut` or `g(v) <= lo_cut` has `v >= ge` or `v <= le`. `g` is the estimate of
+/// the column, nondecreasing in `v`, or nonincreasing when `decreasing`.
+fn survivor_cuts(
+    g: &impl Fn(i64) -> f64,
+    decreasing: bool,
+    (lo, hi): (i64, i64),
+    hi_cut: f64,
+    lo_cut: f64,
+) -> (i64, i64) {
+    let guess = |x: f64, h: &dyn Fn(i64) -> f64, a: i64, b: i64| {
+        let (ha, hb) = (h(a), h(b));
+        a as f64 + (x - ha) / (hb - ha) * (b - a) as f64
+    };
+    if decreasing {
+        // in u = −v, g(−u) is nondecreasing: g >= hi_cut from u >= A, i.e. v <= −A
+        let h = |u: i64| g(-u);
+        let a = first_at_least(h, -hi, -lo, hi_cut, guess(hi_cut, &h, -hi, -lo));
+        // −g(v) is nondecreasing in v: g <= lo_cut from v >= B
+        let h2 = |v: i64| -g(v);
+        let b = first_at_least(h2, lo, hi, -lo_cut, guess(-lo_cut, &h2, lo, hi));
+        (b, -a)
+    } else {
+        let a = first_at_least(g, lo, hi, hi_cut, guess(hi_cut, g, lo, hi));
+        // −g(−u) is nondecreasing in u = −v: g <= lo_cut from u >= B, i.e. v <= −B
+        let h2 = |u: i64| -g(-u);
+        let b = first_at_least(h2, -hi, -lo, -lo_cut, guess(-lo_cut, &h2, -hi, -lo));
+        (a, -b)
+    }
+}
+
+/// The filtered extremes, or None when the whole exact pass must run.
+#[allow(clippy::too_many_arguments)]
+fn filter<A: AccInput>(
+    a: ArrayView2<'_, A>,
+    acc: &[i32],
+    wq: ArrayView2<'_, i64>,
+    z_w: i64,
+    w: ArrayView2<'_, f64>,
+    bias: Option<ArrayView1<'_, f64>>,
+    (s, zf): (f64, f64),
+    isa: Isa,
+    c: &mut AccCounts,
+) -> Option<Extremes<f64>> {
+    let ((n, k), m) = (a.dim(), w.dim().1);
+    if n == 0 || m == 0 || k == 0 || k > MAX_K || !s.is_finite() {
+        return None;
+    }
+    if zf.fract() != 0.0 || zf.abs() > 2_147_483_648.0 {
+        return None;
+    }
+    let z = zf as i64;
+    let bias_v = bias_vec(bias, m, "", "").ok()?;
+    let cols = columns(wq, z_w, w, &bias_v, (s, z))?;
+    let a_std = a.as_standard_layout();
+    let a_rows = a_std.as_slice()?;
+    // ‖a_r − z‖₂ per row, bounded, times |s|
+    let dn: Vec<f64> = a_rows
+        .par_chunks(k)
+        .map(|row| {
+            let sq = row.iter().fold(0.0f64, |acc, &v| {
+                let d = (v.to_i64() - z) as f64;
+                acc + d * d
+            });
+            s.abs() * norm(sq) * NORM_REL
+        })
+        .collect();
+    if dn.iter().any(|&d| d.is_nan() || d > LIMIT) {
+        return None;
+    }
+    let zsf: Vec<f64> = cols.zs.iter().map(|&v| v as f64).collect();
+    let tasks = n.div_ceil(ROWS_PER_TASK);
+    let rows_of = |t: usize| t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n);
+    // stage 1: per task, the column extremes of the accumulators (G is monotone in them) and
+    // the largest row norm bound `dn` of the task
+    let stage1: Vec<(Bounds, Vec<(i32, i32)>)> = (0..tasks)
+        .into_par_iter()
+        .map(|t| {
+            let (mut hi, mut lo) = (vec![i32::MIN; m], vec![i32::MAX; m]);
+            for row in acc[rows_of(t).start * m..rows_of(t).end * m].chunks_exact(m) {
+                for ((h, l), &v) in hi.iter_mut().zip(lo.iter_mut()).zip(row) {
+                    *h = (*h).max(v);
+                    *l = (*l).min(v);
+                }
+            }
+            let dmax = dn[rows_of(t)].iter().fold(0.0f64, |x, &y| x.max(y));
+            let mut b = Bounds::NONE;
+            for j in 0..m {
+                let d = dmax * cols.spread[j] + cols.abs[j];
+                for v in [hi[j], lo[j]] {
+                    b.push(cols.alpha[j] * (f64::from(v) - zsf[j]) + cols.bias[j], d);
+                }
+            }
+            (b, lo.into_iter().zip(hi).collect())
+        })
+        .collect();
+    c.tasks += tasks as u64;
+    let all = stage1.iter().fold(Bounds::NONE, |x, y| x.merge(y.0));
+    if !(all.hi_lower.is_finite() && all.lo_upper.is_finite()) {
+        return None;
+    }
+    let (l1, u1) = (all.hi_lower, all.lo_upper);
+    let cap = refine_cap(m);
+    // stage 2: the refined bounds of each task that may hold an extreme (None: ruled out)
+    let stage2: Vec<Option<(Bounds, u64)>> = (0..tasks)
+        .into_par_iter()
+        .map(|t| {
+            let (bounds, ranges) = &stage1[t];
+            if !bounds.candidate(l1, u1) {
+                return None;
+            }
+            let dmax = dn[rows_of(t)].iter().fold(0.0f64, |x, &y| x.max(y));
+            // per column, survivors are the accumulators >= ge or <= le (a superset of
+            // the values with G + δ >= l1 or G − δ <= u1, see `survivor_cuts`)
+            let (mut ge, mut le) = (vec![0i64; m], vec![0i64; m]);
+            for j in 0..m {
+                let g = |v: i64| cols.alpha[j] * (v as f64 - zsf[j]) + cols.bias[j];
+                let (lo, hi) = (i64::from(ranges[j].0), i64::from(ranges[j].1));
+                let gmax = g(lo).abs().max(g(hi).abs());
+                let d = (dmax * cols.spread[j] + cols.abs[j]) * BOUND_REL + 5.0 * U * gmax;
+                (ge[j], le[j]) = survivor_cuts(&g, cols.alpha[j] < 0.0, (lo, hi), l1 - d, u1 + d);
+            }
+            let mut survivors = Vec::new();
+            for r in rows_of(t) {
+                let row = &acc[r * m..(r + 1) * m];
+                let any = row
+                    .iter()
+                    .zip(ge.iter().zip(&le))
+                    .fold(false, |any, (&v, (&g, &l))| {
+                        let v = i64::from(v);
+                        any | (v >= g) | (v <= l)
+                    });
+                if any {
+                    survivors.extend(
+                        (0..m)
+                            .filter(|&j| {
+                                let v = i64::from(row[j]);
+                                v >= ge[j] || v <= le[j]
+                            })
+                            .map(|j| (r, j)),
+                    );
+                    if survivors.len() > cap {
+                        return Some((*bounds, 0));
+                    }
+                }
+            }
+            let mut b = Bounds::NONE;
+            let mut x = vec![0.0f64; k];
+            let mut row = usize::MAX;
+            for &(r, j) in &survivors {
+                if r != row {
+                    row = r;
+                    for (xv, &q) in x.iter_mut().zip(&a_rows[r * k..(r + 1) * k]) {
+                        *xv = dequantize_value(q, s, zf);
+                    }
+                }
+                let wj = &cols.wt[j * k..(j + 1) * k];
+                let (mut f, mut p) = (0.0f64, 0.0f64);
+                for (&xv, &wv) in x.iter().zip(wj) {
+                    let prod = xv * wv;
+                    f += prod;
+                    p += prod.abs();
+                }
+                let bj = cols.bias[j];
+                let d = 1.25 * (2.0 * k as f64 + 4.0) * U * (p + bj.abs()) + cols.abs[j];
+                b.push(f + bj, d);
+            }
+            Some((b, survivors.len() as u64))
+        })
+        .collect();
+    let refined = stage2
+        .iter()
+        .flatten()
+        .fold(Bounds::NONE, |x, &(y, _)| x.merge(y));
+    c.refined += stage2.iter().flatten().map(|&(_, n)| n).sum::<u64>();
+    let (l2, u2) = (l1.max(refined.hi_lower), u1.min(refined.lo_upper));
+    let chosen: Vec<usize> = (0..tasks)
+        .filter(|&t| stage2[t].is_some_and(|(b, _)| b.candidate(l2, u2)))
+        .collect();
+    c.verified += chosen.len() as u64;
+    let w_std = w.as_standard_layout();
+    let packed = f64::pack(w_std.as_slice()?, k, m, supported(isa));
+    let load = |v: A| dequantize_value(v, s, zf);
+    let bias_t = bias_vec(bias, m, "", "").ok()?;
+    let found = chosen
+        .par_iter()
+        .map(|&t| {
+            let rows = &a_rows[t * ROWS_PER_TASK * k..((t + 1) * ROWS_PER_TASK * k).min(n * k)];
+            f64::rows_extremes(rows, &load, &packed, &bias_t)
+        })
+        .reduce(Extremes::none, Extremes::merge);
+    let clean = found.finite && found.min <= found.max;
+    (clean && found.min != 0.0 && found.max != 0.0).then_some(found)
+}
