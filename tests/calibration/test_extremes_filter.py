@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -176,3 +177,85 @@ def test_filtered_kernels_find_the_single_largest_value_in_a_large_block() -> No
     a[777] = np.nextafter(a[12_345], 0.0)  # one ulp smaller in every input
     _both(_core.matmul_extremes_f64, a, w, None)
     _both(_core.matmul_extremes_f32, a.astype(np.float32), w.astype(np.float32), None)
+
+
+def _quantized_weights(
+    w: np.ndarray, style: str, bits: int, rng: np.random.Generator
+) -> tuple[np.ndarray, int]:
+    """Weight integers for ``w`` and their zero point: a min/max quantization of ``bits``
+    bits, one clipped to a third of the range (large residuals), or unrelated integers."""
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    if style == "random" or not np.isfinite(w).all():
+        return rng.integers(lo, hi, w.shape, endpoint=True), int(rng.integers(-3, 4))
+    span = float(w.max() - w.min()) or 1.0
+    step = span / (hi - lo) / (3.0 if style == "clipped" else 1.0)
+    z_w = int(np.clip(np.round(-w.min() / step) + lo, lo, hi)) if style != "clipped" else 0
+    return np.clip(np.round(w / step) + z_w, lo, hi).astype(np.int64), z_w
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n=st.sampled_from([1, 7, 64, 65, 300, 1000]),
+    k=st.sampled_from([1, 3, 17, 64, 130]),
+    m=st.integers(1, 40),
+    dtype=st.sampled_from(["int8", "int16", "int32"]),
+    wstyle=st.sampled_from(["quant", "quant", "clipped", "random"]),
+    zero_point=st.sampled_from([0, 0, 3, -7]),
+    scale=st.sampled_from([0.05, 1.7, 1e-30, 1e25]),
+    bias=st.sampled_from([None, "normal", "zero-extreme"]),
+    poison=st.sampled_from(["none"] * 8 + ["nan", "inf", "bias-nan", "bias-inf"]),
+    seed=st.integers(0, 2**31),
+)
+def test_acc_extremes_are_the_exact_ones(
+    n: int,
+    k: int,
+    m: int,
+    dtype: str,
+    wstyle: str,
+    zero_point: int,
+    scale: float,
+    bias: str | None,
+    poison: str,
+    seed: int,
+) -> None:
+    """``int_matmul_acc_extremes``: the accumulators of ``int_matmul`` and the extremes of
+    ``matmul_extremes_f64(exact=True)``, bit for bit, whatever the weight integers."""
+    rng = np.random.default_rng(seed)
+    bits = {"int8": 6, "int16": 9, "int32": 11}[dtype]
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    a = rng.integers(lo, hi, (n, k), endpoint=True).astype(dtype)
+    w = rng.standard_normal((k, m)) / np.sqrt(k)
+    b = None if bias is None else rng.standard_normal(m) * 0.1
+    if bias == "zero-extreme":  # non-negative terms, some rows exactly zero: min is 0
+        a = np.abs(a.astype(np.int64) - zero_point).astype(dtype) + np.asarray(zero_point, dtype)
+        a[rng.random(n) < 0.3] = zero_point
+        w, b = np.abs(w), None
+    if poison in ("nan", "inf"):
+        w[rng.integers(k), rng.integers(m)] = np.nan if poison == "nan" else np.inf
+    wq, z_w = _quantized_weights(w, wstyle, 6, rng)
+    if poison.startswith("bias"):
+        b = np.zeros(m) if b is None else b
+        b[rng.integers(m)] = np.nan if poison == "bias-nan" else -np.inf
+    args = (a, wq, z_w, w, b, scale, float(zero_point))
+    acc, *got = _core.int_matmul_acc_extremes(*args, True)
+    want = _core.matmul_extremes_f64(a, w, b, scale, float(zero_point), exact=True)
+    assert _bits(tuple(got)) == _bits(want)  # type: ignore[arg-type]
+    reference = _core.int_matmul(a.astype(np.int64)[None], wq[None], z_w)[0]
+    assert acc is not None and acc.dtype == np.int32
+    np.testing.assert_array_equal(acc, reference)
+    none, *again = _core.int_matmul_acc_extremes(*args, False, exact=True)
+    assert none is None and _bits(tuple(again)) == _bits(want)  # type: ignore[arg-type]
+
+
+def test_acc_extremes_errors() -> None:
+    from fhequant.errors import DTypeError, OverflowRiskError, ShapeError
+
+    a = np.full((3, 4), 2**20, dtype=np.int32)
+    wq = np.full((4, 2), 2**11, dtype=np.int64)
+    w = np.ones((4, 2))
+    with pytest.raises(OverflowRiskError, match="int32 accumulator"):
+        _core.int_matmul_acc_extremes(a, wq, 0, w, None, 1.0, 0.0, True)
+    with pytest.raises(ShapeError, match="layer"):
+        _core.int_matmul_acc_extremes(a, wq[:3], 0, w, None, 1.0, 0.0, True, context="layer")
+    with pytest.raises(DTypeError, match="int64"):
+        _core.int_matmul_acc_extremes(a.astype(np.int64), wq, 0, w, None, 1.0, 0.0, True)

@@ -125,3 +125,51 @@ def test_native_errors_are_typed() -> None:
         _core.int_matmul_rescale_quant(a, w, 0, 0, 0.0, v, v, None, 1.0, 0.0, 0.0, 5.0, "int32")
     with pytest.raises(FhequantError, match="clip bounds"):
         _core.int_matmul_rescale_quant(a, w, 0, 0, 0.0, v, v, None, 1.0, 0.0, -200.0, 5.0, "int8")
+
+
+@SETTINGS
+@given(st.data(), quantizer())
+def test_acc_rescale_quant_is_the_fused_epilogue(data: Any, quant: tuple[Any, ...]) -> None:
+    """``int_acc_rescale_quant`` on the accumulators of ``int_matmul_acc_extremes`` gives
+    what ``int_matmul_rescale_quant`` gives for the same product (integers, min, max, nan)."""
+    from fhequant import _core
+
+    m, k, n = (data.draw(st.integers(1, 80)) for _ in range(3))
+    dtype = data.draw(st.sampled_from(["int8", "int16", "int32"]))
+    x = _ints(data.draw, (m, k), -64, 63).astype(dtype)
+    w = _ints(data.draw, (k, n), -31, 31)
+    z_w = data.draw(st.integers(-20, 20))
+    lsbs = data.draw(st.sampled_from([0, 0, 2, 5]))
+    offset, sub, mul, add = data.draw(rescale(n))
+    if data.draw(st.booleans()):
+        mul[data.draw(st.integers(0, n - 1))] = np.nan
+    scale, zp, lo, hi = quant
+    out = data.draw(st.sampled_from(["int8", "int16"]))
+    if out == "int8" and (lo < -128 or hi > 127):
+        out = "int16"
+    if lo < -(2**15) or hi > 2**15 - 1:
+        return
+    tail = (float(scale), float(zp), float(lo), float(hi), out)
+    acc, *_ = _core.int_matmul_acc_extremes(x, w, z_w, w * 0.01, None, 1.0, 0.0, True)
+    assert acc is not None
+    got = _core.int_acc_rescale_quant(acc, lsbs, float(offset), sub, mul, add, *tail)
+    x64 = x.astype(np.int64)[None]
+    want = _core.int_matmul_rescale_quant(
+        x64, w[None], z_w, lsbs, float(offset), sub, mul, add, *tail
+    )
+    assert got[0].shape == (m, n) and got[0].dtype == want[0].dtype
+    assert got[3] == want[3]
+    if not want[3]:  # with a NaN the integers are to be discarded
+        np.testing.assert_array_equal(got[0], want[0][0])
+        assert (got[1], got[2]) == (want[1], want[2])
+
+
+def test_acc_rescale_quant_errors() -> None:
+    from fhequant import _core
+
+    acc = np.zeros((3, 2), dtype=np.int32)
+    v = np.ones(2)
+    with pytest.raises(FhequantError, match="int8"):
+        _core.int_acc_rescale_quant(acc, 0, 0.0, v, v, None, 1.0, 0.0, 0.0, 5.0, "int32")
+    with pytest.raises(FhequantError, match="columns"):
+        _core.int_acc_rescale_quant(acc, 0, 0.0, v[:1], v, None, 1.0, 0.0, 0.0, 5.0, "int8")
