@@ -6,8 +6,9 @@
 //! i64 arithmetic is used (the caller has proven that it cannot overflow). On CPUs with
 //! AVX-512 VNNI, operands that centre into u8 × i8 with sums within i32 use the `vnni`
 //! kernels instead (`Strategy::U8I8`, chosen by the Gemm and Conv from the operand ranges);
-//! on CPUs with AVX2, operands that centre into i16 with sums within i32 use the `madd`
-//! kernels (`Strategy::I16`).
+//! on CPUs with AVX2, operands that centre into u8 × i8 with pair sums within i16 use the
+//! `maddubs` kernels (`Strategy::U8I8Avx2`), and operands that centre into i16 with sums
+//! within i32 the `madd` kernels (`Strategy::I16`).
 
 use crate::error::{Error, Result};
 use crate::kernels::integer::bits::bit_width;
@@ -25,6 +26,11 @@ pub enum Strategy {
     /// AVX-512 VNNI `vpdpbusd` (see `vnni`). Chosen by `gemm::plan` and the conv from the
     /// operand ranges, never by `for_bound`.
     U8I8,
+    /// A − s in [0, 255] (u8), W' in [−128, 127] (i8), no pair of products leaving i16
+    /// (2·max(A − s)·max|W'| <= 32767) and every dot product within i32: AVX2 `vpmaddubsw`,
+    /// `steps` groups of 4 k added in i16 per widening to i32 (see `maddubs`). Chosen by
+    /// `gemm::plan` from the operand ranges when VNNI is not in use, never by `for_bound`.
+    U8I8Avx2 { steps: usize },
     /// A − s and W' within i16, every dot product within i32: AVX2 `vpmaddwd` (see `madd`).
     /// Chosen by `gemm::plan` and the conv from the operand ranges when VNNI is not in use,
     /// never by `for_bound`.

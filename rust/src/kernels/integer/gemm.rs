@@ -11,6 +11,7 @@ use crate::kernels::integer::exact::{
     check_bound, describe, max_abs, range, range_of, Exact, Strategy,
 };
 use crate::kernels::integer::madd::{self, PackedB16};
+use crate::kernels::integer::maddubs::{self, PackedB8};
 use crate::kernels::integer::vnni::{self, PackedB};
 use crate::kernels::simd;
 
@@ -30,6 +31,8 @@ pub struct Plan {
 pub struct Allowed {
     /// `Strategy::U8I8` (AVX-512 VNNI).
     pub vnni: bool,
+    /// `Strategy::U8I8Avx2` (AVX2 `vpmaddubsw`, or its scalar twin).
+    pub maddubs: bool,
     /// `Strategy::I16` (AVX2 `vpmaddwd`, or its scalar twin).
     pub i16: bool,
 }
@@ -39,6 +42,7 @@ impl Allowed {
     pub fn available() -> Allowed {
         Allowed {
             vnni: vnni::available(),
+            maddubs: maddubs::available(),
             i16: madd::available(),
         }
     }
@@ -46,6 +50,7 @@ impl Allowed {
     /// Only the float and i64 strategies.
     pub const NONE: Allowed = Allowed {
         vnni: false,
+        maddubs: false,
         i16: false,
     };
 }
@@ -75,6 +80,11 @@ fn plan_with(k: usize, a: (i64, i64), c: (i128, i128), allowed: Allowed) -> Resu
             return Ok(p);
         }
     }
+    if allowed.maddubs {
+        if let Some(p) = plan_maddubs(k, a, c) {
+            return Ok(p);
+        }
+    }
     let s = midpoint(a.0.into(), a.1.into());
     let t = midpoint(c.0, c.1);
     let bound = (k as u128)
@@ -97,22 +107,41 @@ fn plan_with(k: usize, a: (i64, i64), c: (i128, i128), allowed: Allowed) -> Resu
     })
 }
 
-/// The U8I8 plan if it applies: s = min A, so A − s in [0, 255] needs at most 256 values;
-/// t = c.0 + ⌈span/2⌉, so c − t in [−128, 127] needs at most 256 values; and the worst
-/// |dot product| K·max(A − s)·max|c − t| must fit i32.
-fn plan_u8i8(k: usize, a: (i64, i64), c: (i128, i128)) -> Option<Plan> {
+/// The u8 × i8 centring, if both operands fit: s = min A, so A − s in [0, 255] needs at
+/// most 256 values; t = c.0 + ⌈span/2⌉, so c − t in [−128, 127] needs at most 256 values.
+/// Returns the shifts, max(A − s) and max|c − t|.
+fn centre_u8i8(a: (i64, i64), c: (i128, i128)) -> Option<([i64; 2], u128, u128)> {
     let a_span = i128::from(a.1) - i128::from(a.0);
     let c_span = c.1 - c.0;
     if a_span > 255 || c_span > 255 {
         return None;
     }
     let t = c.0 + (c_span + 1) / 2;
-    let bound = (k as u128) * (a_span as u128) * max_abs(c.0 - t, c.1 - t);
+    // t may wrap in i64 only when A is all zeros (else `check_bound` bounds |c|), and the
+    // corrections are exact modulo 2^64.
+    Some(([a.0, t as i64], a_span as u128, max_abs(c.0 - t, c.1 - t)))
+}
+
+/// The U8I8 plan if it applies: the operands centre into u8 × i8 (`centre_u8i8`) and the
+/// worst |dot product| K·max(A − s)·max|c − t| fits i32.
+fn plan_u8i8(k: usize, a: (i64, i64), c: (i128, i128)) -> Option<Plan> {
+    let (shift, a_max, c_max) = centre_u8i8(a, c)?;
+    let bound = (k as u128) * a_max * c_max;
     (bound <= i32::MAX as u128).then_some(Plan {
         strategy: Strategy::U8I8,
-        // t may wrap in i64 only when A is all zeros (else `check_bound` bounds |c|), and
-        // the corrections are exact modulo 2^64.
-        shift: [a.0, t as i64],
+        shift,
+    })
+}
+
+/// The U8I8Avx2 plan if it applies: as `plan_u8i8`, and no pair sum of `vpmaddubsw` can
+/// leave i16 (2·max(A − s)·max|c − t| <= 32767, which also sets the i16 steps).
+fn plan_maddubs(k: usize, a: (i64, i64), c: (i128, i128)) -> Option<Plan> {
+    let (shift, a_max, c_max) = centre_u8i8(a, c)?;
+    let steps = maddubs::steps(a_max, c_max)?;
+    let bound = (k as u128) * a_max * c_max;
+    (bound <= i32::MAX as u128).then_some(Plan {
+        strategy: Strategy::U8I8Avx2 { steps },
+        shift,
     })
 }
 
@@ -253,6 +282,7 @@ where
         Strategy::F64 => job.run::<f64, O, F>(out, &epilogue),
         Strategy::I64 => job.run::<i64, O, F>(out, &epilogue),
         Strategy::U8I8 => job.run_u8i8(out, &epilogue),
+        Strategy::U8I8Avx2 { steps } => job.run_maddubs(out, &epilogue, steps),
         Strategy::I16 => job.run_i16(out, &epilogue),
     }
     Ok(())
@@ -402,6 +432,36 @@ impl Job<'_> {
             let row_terms = centre_rows(ab, r0, rows, k, kp, [s, t], &mut lhs, |c| c as i16);
             let mut tmp = vec![0i32; padded * np];
             madd::gemm::<{ madd::MR }>(padded, &lhs, w, &mut tmp);
+            let cols = &col_terms[wsel * n..(wsel + 1) * n];
+            correct_rows(rows_out, &tmp, np, &row_terms, cols, i64::from, epilogue);
+        });
+    }
+}
+
+impl Job<'_> {
+    /// `run` for the U8I8Avx2 strategy: W' packed once per weight batch as i8, A − s rows
+    /// as u8, `steps` groups of 4 k added in i16 per widening.
+    fn run_maddubs<O, F>(&self, out: &mut [MaybeUninit<O>], epilogue: &F, steps: usize)
+    where
+        O: Copy + Send,
+        F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
+    {
+        let [_, bw, _, k, n] = self.dims;
+        // W' lies in [−128, 127] under this strategy: its bytes are its two's complement.
+        let packed: Vec<PackedB8> = (0..bw)
+            .map(|b| PackedB8::pack(&self.wc[b * k * n..(b + 1) * k * n], k, n, |v| v as u8))
+            .collect();
+        let col_terms = self.col_terms();
+        self.for_blocks(out, |ab, wsel, r0, rows_out| {
+            let w = &packed[wsel];
+            let rows = rows_out.len() / n;
+            let (kp, np) = (w.padded_k(), w.padded_n());
+            let padded = maddubs::padded_rows(rows);
+            let mut lhs = vec![0u8; padded * kp];
+            // A − s lies in [0, 255] under this strategy, so the truncation is exact.
+            let row_terms = centre_rows(ab, r0, rows, k, kp, self.shift, &mut lhs, |c| c as u8);
+            let mut tmp = vec![0i32; padded * np];
+            maddubs::gemm::<{ maddubs::MR }>(padded, &lhs, w, steps, &mut tmp);
             let cols = &col_terms[wsel * n..(wsel + 1) * n];
             correct_rows(rows_out, &tmp, np, &row_terms, cols, i64::from, epilogue);
         });
@@ -629,10 +689,12 @@ mod tests {
 
     const VNNI: Allowed = Allowed {
         vnni: true,
+        maddubs: false,
         i16: false,
     };
     const I16: Allowed = Allowed {
         vnni: false,
+        maddubs: false,
         i16: true,
     };
 
@@ -701,6 +763,7 @@ mod tests {
         // VNNI first when both are allowed.
         let both = Allowed {
             vnni: true,
+            maddubs: false,
             i16: true,
         };
         let plan = plan_with(9, (0, 255), (-128, 127), both).unwrap();
