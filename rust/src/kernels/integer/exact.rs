@@ -66,6 +66,7 @@ const RANGE_CHUNK: usize = 1 << 15;
 pub fn range_slice(values: &[i64]) -> (i64, i64) {
     use rayon::prelude::*;
     let wide = crate::kernels::simd::wide_vectors();
+    let avx2 = crate::kernels::simd::avx2();
     values
         .par_chunks(RANGE_CHUNK)
         .map(|chunk| {
@@ -73,6 +74,9 @@ pub fn range_slice(values: &[i64]) -> (i64, i64) {
             if wide {
                 // SAFETY: `wide_vectors` checked that the CPU has these features.
                 return unsafe { chunk_range_avx512(chunk) };
+            } else if avx2 {
+                // SAFETY: `avx2` checked that the CPU has the feature.
+                return unsafe { chunk_range_avx2(chunk) };
             }
             chunk_range(chunk)
         })
@@ -102,6 +106,13 @@ fn chunk_range(chunk: &[i64]) -> (i64, i64) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f,avx512dq,avx512vl,avx512bw")]
 unsafe fn chunk_range_avx512(chunk: &[i64]) -> (i64, i64) {
+    chunk_range(chunk)
+}
+
+/// `chunk_range` compiled for AVX2 (which compares i64 lanes; SSE2 does not).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn chunk_range_avx2(chunk: &[i64]) -> (i64, i64) {
     chunk_range(chunk)
 }
 

@@ -452,19 +452,77 @@ impl Job<'_> {
             .map(|b| PackedB8::pack(&self.wc[b * k * n..(b + 1) * k * n], k, n, |v| v as u8))
             .collect();
         let col_terms = self.col_terms();
+        let avx2 = simd::avx2();
         self.for_blocks(out, |ab, wsel, r0, rows_out| {
-            let w = &packed[wsel];
-            let rows = rows_out.len() / n;
-            let (kp, np) = (w.padded_k(), w.padded_n());
-            let padded = maddubs::padded_rows(rows);
-            let mut lhs = vec![0u8; padded * kp];
-            // A − s lies in [0, 255] under this strategy, so the truncation is exact.
-            let row_terms = centre_rows(ab, r0, rows, k, kp, self.shift, &mut lhs, |c| c as u8);
-            let mut tmp = vec![0i32; padded * np];
-            maddubs::gemm::<{ maddubs::MR }>(padded, &lhs, w, steps, &mut tmp);
-            let cols = &col_terms[wsel * n..(wsel + 1) * n];
-            correct_rows(rows_out, &tmp, np, &row_terms, cols, i64::from, epilogue);
+            let block = BlockMaddubs {
+                a: ab,
+                w: &packed[wsel],
+                cols: &col_terms[wsel * n..(wsel + 1) * n],
+                k,
+                shift: self.shift,
+                steps,
+            };
+            if avx2 {
+                // SAFETY: `avx2` checked that the CPU has the feature.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    block.run_avx2(r0, rows_out, epilogue)
+                };
+            } else {
+                block.run(r0, rows_out, epilogue);
+            }
         });
+    }
+}
+
+/// One batch of a U8I8Avx2 `Job`: rows of A (as u8) against the packed weights.
+struct BlockMaddubs<'a> {
+    a: ArrayView2<'a, i64>,
+    w: &'a PackedB8,
+    /// s·colsum(W') + s·t·K per column.
+    cols: &'a [i64],
+    k: usize,
+    shift: [i64; 2],
+    /// Groups of 4 k added in i16 per widening.
+    steps: usize,
+}
+
+impl BlockMaddubs<'_> {
+    /// Rows r0.. of the output into `rows_out` (a whole number of rows of N values).
+    #[inline(always)]
+    fn run<O, F>(&self, r0: usize, rows_out: &mut [MaybeUninit<O>], epilogue: &F)
+    where
+        F: Fn(&[i64], &mut [MaybeUninit<O>]),
+    {
+        let (k, n, w) = (self.k, self.cols.len(), self.w);
+        let rows = rows_out.len() / n;
+        let (kp, np) = (w.padded_k(), w.padded_n());
+        let padded = maddubs::padded_rows(rows);
+        let mut lhs = vec![0u8; padded * kp];
+        // A − s lies in [0, 255] under this strategy, so the truncation is exact.
+        let row_terms = centre_rows(self.a, r0, rows, k, kp, self.shift, &mut lhs, |c| c as u8);
+        let mut tmp = vec![0i32; padded * np];
+        maddubs::gemm::<{ maddubs::MR }>(padded, &lhs, w, self.steps, &mut tmp);
+        correct_rows(
+            rows_out,
+            &tmp,
+            np,
+            &row_terms,
+            self.cols,
+            i64::from,
+            epilogue,
+        );
+    }
+
+    /// `run` compiled for AVX2 (the centring and corrections vectorise; the same
+    /// operations, so the same results).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_avx2<O, F>(&self, r0: usize, rows_out: &mut [MaybeUninit<O>], epilogue: &F)
+    where
+        F: Fn(&[i64], &mut [MaybeUninit<O>]),
+    {
+        self.run(r0, rows_out, epilogue)
     }
 }
 
@@ -647,228 +705,5 @@ pub fn weight_sums(w: ArrayView3<'_, i64>, z_x: i64) -> Result<Array2<i64>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use ndarray::Array;
-
-    fn naive(a: &Array3<i64>, w: &Array3<i64>, z_w: i64) -> Array3<i64> {
-        let (ba, m, k) = a.dim();
-        let (bw, _, n) = w.dim();
-        let batch = ba.max(bw);
-        Array3::from_shape_fn((batch, m, n), |(b, i, j)| {
-            let (x, y) = (if ba == 1 { 0 } else { b }, if bw == 1 { 0 } else { b });
-            let prod: i64 = (0..k).map(|p| a[[x, i, p]] * w[[y, p, j]]).sum();
-            let corr: i64 = (0..k).map(|p| a[[x, i, p]]).sum();
-            prod - z_w * corr
-        })
-    }
-
-    /// `matmul` with the U8I8 strategy allowed or not (its scalar kernel on other CPUs).
-    fn with(a: &Array3<i64>, w: &Array3<i64>, z_w: i64, allowed: Allowed) -> Array3<i64> {
-        let dims = matmul_shape(a.dim(), w.dim()).unwrap();
-        // A sentinel, so that a value left unwritten shows.
-        let mut out = Array3::<i64>::from_elem(dims, 99);
-        let dst = out.as_slice_mut().unwrap();
-        // SAFETY: MaybeUninit<i64> has the layout of i64 and every value is initialised.
-        let dst: &mut [MaybeUninit<i64>] = unsafe { std::mem::transmute(dst) };
-        map_into_with(
-            a.view(),
-            w.view(),
-            z_w,
-            dst,
-            |acc, row| {
-                for (d, &v) in row.iter_mut().zip(acc) {
-                    d.write(v);
-                }
-            },
-            allowed,
-        )
-        .unwrap();
-        out
-    }
-
-    const VNNI: Allowed = Allowed {
-        vnni: true,
-        maddubs: false,
-        i16: false,
-    };
-    const I16: Allowed = Allowed {
-        vnni: false,
-        maddubs: false,
-        i16: true,
-    };
-
-    #[test]
-    fn u8i8_plan_limits() {
-        let p = |k, a, c| plan_with(k, a, c, VNNI).unwrap();
-        assert_eq!(p(9, (0, 255), (-128, 127)).strategy, Strategy::U8I8);
-        assert_eq!(p(9, (0, 255), (-128, 127)).shift, [0, 0]);
-        assert_eq!(p(9, (-300, -45), (-5, 250)).shift, [-300, 123]);
-        assert_eq!(p(9, (7, 7), (3, 3)).shift, [7, 3]);
-        assert_ne!(p(9, (0, 256), (-128, 127)).strategy, Strategy::U8I8);
-        assert_ne!(p(9, (0, 255), (-128, 128)).strategy, Strategy::U8I8);
-        // K·255·128 <= 2^31 − 1 exactly up to K = 65793.
-        assert_eq!(p(65793, (0, 255), (0, 255)).strategy, Strategy::U8I8);
-        assert_ne!(p(65794, (0, 255), (0, 255)).strategy, Strategy::U8I8);
-        assert_ne!(
-            plan_with(9, (0, 255), (-128, 127), Allowed::NONE)
-                .unwrap()
-                .strategy,
-            Strategy::U8I8
-        );
-    }
-
-    #[test]
-    fn u8i8_is_exact_with_shifts_and_batches() {
-        for (ashape, wshape, alo, aspan, wlo, wspan, z_w) in [
-            ((1, 130, 70), (1, 70, 9), 0, 256, -128, 256, 0),
-            ((2, 67, 33), (2, 33, 50), -300, 256, -5, 256, -7),
-            ((3, 5, 4), (1, 4, 17), 1000, 3, 40, 1, 40),
-            ((1, 64, 128), (1, 128, 128), 0, 64, -127, 255, 0),
-            ((1, 3, 0), (1, 0, 5), 0, 1, 0, 1, 0),
-        ] {
-            let a = data(ashape, 1, alo, aspan);
-            let w = data(wshape, 2, wlo, wspan);
-            let (lo, hi) = range(a.iter());
-            let (wl, wh) = range(w.iter());
-            let c = ((wl - z_w).into(), (wh - z_w).into());
-            let p = plan_with(wshape.1, (lo, hi), c, VNNI).unwrap();
-            assert_eq!(p.strategy, Strategy::U8I8);
-            assert_eq!(with(&a, &w, z_w, VNNI), naive(&a, &w, z_w));
-            assert_eq!(matmul(a.view(), w.view(), z_w).unwrap(), naive(&a, &w, z_w));
-        }
-    }
-
-    fn data(shape: (usize, usize, usize), seed: i64, lo: i64, span: i64) -> Array3<i64> {
-        let len = shape.0 * shape.1 * shape.2;
-        let v: Vec<i64> = (0..len as i64)
-            .map(|i| lo + (i * 7919 + seed * 104729).rem_euclid(span))
-            .collect();
-        Array::from_shape_vec(shape, v).unwrap()
-    }
-
-    #[test]
-    fn i16_plan_limits() {
-        let p = |k, a, c| plan_with(k, a, c, I16).unwrap();
-        assert_eq!(p(9, (0, 255), (-128, 127)).strategy, Strategy::I16);
-        assert_eq!(p(9, (0, 255), (-128, 127)).shift, [127, -1]);
-        // A − s within i16: a span of 65535 centres into [−32767, 32768]: too wide by one.
-        assert_eq!(p(1, (0, 65534), (-1, 1)).strategy, Strategy::I16);
-        assert_ne!(p(1, (0, 65535), (-1, 1)).strategy, Strategy::I16);
-        assert_eq!(p(1, (-1, 1), (0, 65534)).strategy, Strategy::I16);
-        assert_ne!(p(1, (-1, 1), (0, 65535)).strategy, Strategy::I16);
-        // K·128·128 <= 2^31 − 1 exactly up to K = 131071.
-        assert_eq!(p(131_071, (0, 256), (0, 256)).strategy, Strategy::I16);
-        assert_ne!(p(131_072, (0, 256), (0, 256)).strategy, Strategy::I16);
-        // VNNI first when both are allowed.
-        let both = Allowed {
-            vnni: true,
-            maddubs: false,
-            i16: true,
-        };
-        let plan = plan_with(9, (0, 255), (-128, 127), both).unwrap();
-        assert_eq!(plan.strategy, Strategy::U8I8);
-        let plan = plan_with(9, (0, 256), (-128, 127), both).unwrap();
-        assert_eq!(plan.strategy, Strategy::I16);
-    }
-
-    #[test]
-    fn i16_is_exact_with_shifts_batches_and_tails() {
-        for (ashape, wshape, alo, aspan, wlo, wspan, z_w) in [
-            ((1, 130, 70), (1, 70, 9), 0, 256, -128, 256, 0),
-            ((2, 67, 33), (2, 33, 50), -300, 4000, -5, 3000, -7),
-            ((3, 5, 4), (1, 4, 17), 1000, 3, 40, 1, 40),
-            ((1, 64, 128), (1, 128, 128), 0, 64, -127, 255, 0),
-            ((1, 9, 3), (1, 3, 10), -40000, 65535, 7, 2, 0),
-            ((1, 3, 0), (1, 0, 5), 0, 1, 0, 1, 0),
-        ] {
-            let a = data(ashape, 1, alo, aspan);
-            let w = data(wshape, 2, wlo, wspan);
-            let (lo, hi) = range(a.iter());
-            let (wl, wh) = range(w.iter());
-            let c = ((wl - z_w).into(), (wh - z_w).into());
-            let p = plan_with(wshape.1, (lo, hi), c, I16).unwrap();
-            assert_eq!(p.strategy, Strategy::I16, "{ashape:?} {wshape:?}");
-            assert_eq!(with(&a, &w, z_w, I16), naive(&a, &w, z_w));
-            assert_eq!(with(&a, &w, z_w, Allowed::NONE), naive(&a, &w, z_w));
-        }
-    }
-
-    #[test]
-    fn every_strategy_matches_the_definition() {
-        let w = data((1, 70, 9), 2, -128, 256);
-        for (scale, want) in [
-            (1, Strategy::F32),
-            (1 << 12, Strategy::F64),
-            (1 << 35, Strategy::I64),
-        ] {
-            let a = data((2, 130, 70), 1, 0, 256).mapv(|v| v * scale);
-            let p = plan_with(70, range(a.iter()), (-128 - 5, 127 - 5), Allowed::NONE).unwrap();
-            assert_eq!(p.strategy, want);
-            assert_eq!(matmul(a.view(), w.view(), 5).unwrap(), naive(&a, &w, 5));
-            assert_eq!(with(&a, &w, 5, Allowed::NONE), naive(&a, &w, 5));
-            assert_eq!(with(&a, &w, 5, I16), naive(&a, &w, 5));
-        }
-    }
-
-    #[test]
-    fn centring_picks_f32_for_8_bit_operands() {
-        // Uncentred, 512·255·133 > 2^24; centred, 512·128·128 <= 2^24.
-        let p = plan_with(512, (0, 255), (-133, 122), Allowed::NONE).unwrap();
-        assert_eq!(p.strategy, Strategy::F32);
-        assert_eq!(p.shift, [127, -6]);
-        let a = data((1, 3, 512), 6, 0, 256);
-        let w = data((1, 512, 4), 7, -128, 256);
-        assert_eq!(matmul(a.view(), w.view(), 5).unwrap(), naive(&a, &w, 5));
-    }
-
-    #[test]
-    fn batches_broadcast_and_views_work() {
-        let a = data((1, 5, 4), 3, -9, 19);
-        let w = data((3, 4, 6), 4, -9, 19);
-        assert_eq!(matmul(a.view(), w.view(), -2).unwrap(), naive(&a, &w, -2));
-        let at = data((3, 4, 5), 5, -9, 19);
-        let av = at.view().permuted_axes([0, 2, 1]);
-        assert_eq!(
-            matmul(av, w.view(), 0).unwrap(),
-            naive(&av.to_owned(), &w, 0)
-        );
-    }
-
-    #[test]
-    fn k_zero_writes_zeros_with_every_strategy() {
-        let (a, w) = (
-            Array3::<i64>::zeros((2, 70, 0)),
-            Array3::<i64>::zeros((1, 0, 3)),
-        );
-        let want = Array3::<i64>::zeros((2, 70, 3));
-        for allowed in [Allowed::NONE, VNNI, I16] {
-            assert_eq!(with(&a, &w, 4, allowed), want);
-        }
-    }
-
-    #[test]
-    fn errors() {
-        let a = Array3::<i64>::from_elem((1, 2, 3), 1 << 40);
-        let w = Array3::<i64>::from_elem((1, 3, 2), 1 << 30);
-        let err = matmul(a.view(), w.view(), 0).unwrap_err();
-        assert!(
-            matches!(&err, Error::Overflow(msg) if msg.contains("uint41") && msg.contains("uint31"))
-        );
-        let w2 = Array3::<i64>::zeros((1, 4, 2));
-        assert!(matches!(
-            matmul(a.view(), w2.view(), 0),
-            Err(Error::Shape(_))
-        ));
-        let w3 = Array3::<i64>::zeros((2, 3, 2));
-        let a3 = Array3::<i64>::zeros((3, 2, 3));
-        assert!(matches!(
-            matmul(a3.view(), w3.view(), 0),
-            Err(Error::Shape(_))
-        ));
-        assert_eq!(
-            weight_sums(w.view(), -3).unwrap()[[0, 1]],
-            -3 * 3 * (1 << 30)
-        );
-    }
-}
+#[path = "gemm_tests.rs"]
+mod tests;
