@@ -10,8 +10,8 @@ use crate::error::{Error, Result};
 use crate::kernels::integer::exact::{
     check_bound, describe, max_abs, range, range_of, Exact, Strategy,
 };
-use crate::kernels::integer::madd::{self, PackedB16};
-use crate::kernels::integer::maddubs::{self, PackedB8};
+use crate::kernels::integer::madd;
+use crate::kernels::integer::maddubs;
 use crate::kernels::integer::vnni::{self, PackedB};
 use crate::kernels::simd;
 
@@ -408,124 +408,6 @@ impl Job<'_> {
     }
 }
 
-impl Job<'_> {
-    /// `run` for the I16 strategy: W' packed once per weight batch, A − s rows as i16.
-    fn run_i16<O, F>(&self, out: &mut [MaybeUninit<O>], epilogue: &F)
-    where
-        O: Copy + Send,
-        F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
-    {
-        let [_, bw, _, k, n] = self.dims;
-        // W' lies in i16 under this strategy, so the truncation is exact.
-        let packed: Vec<PackedB16> = (0..bw)
-            .map(|b| PackedB16::pack(&self.wc[b * k * n..(b + 1) * k * n], k, n, |v| v as i16))
-            .collect();
-        let col_terms = self.col_terms();
-        self.for_blocks(out, |ab, wsel, r0, rows_out| {
-            let (s, t) = (self.shift[0], self.shift[1]);
-            let w = &packed[wsel];
-            let rows = rows_out.len() / n;
-            let (kp, np) = (madd::padded_k(k), w.padded_n());
-            let padded = madd::padded_rows(rows);
-            let mut lhs = vec![0i16; padded * kp];
-            // A − s lies in i16 under this strategy, so the truncation is exact.
-            let row_terms = centre_rows(ab, r0, rows, k, kp, [s, t], &mut lhs, |c| c as i16);
-            let mut tmp = vec![0i32; padded * np];
-            madd::gemm::<{ madd::MR }>(padded, &lhs, w, &mut tmp);
-            let cols = &col_terms[wsel * n..(wsel + 1) * n];
-            correct_rows(rows_out, &tmp, np, &row_terms, cols, i64::from, epilogue);
-        });
-    }
-}
-
-impl Job<'_> {
-    /// `run` for the U8I8Avx2 strategy: W' packed once per weight batch as i8, A − s rows
-    /// as u8, `steps` groups of 4 k added in i16 per widening.
-    fn run_maddubs<O, F>(&self, out: &mut [MaybeUninit<O>], epilogue: &F, steps: usize)
-    where
-        O: Copy + Send,
-        F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
-    {
-        let [_, bw, _, k, n] = self.dims;
-        // W' lies in [−128, 127] under this strategy: its bytes are its two's complement.
-        let packed: Vec<PackedB8> = (0..bw)
-            .map(|b| PackedB8::pack(&self.wc[b * k * n..(b + 1) * k * n], k, n, |v| v as u8))
-            .collect();
-        let col_terms = self.col_terms();
-        let avx2 = simd::avx2();
-        self.for_blocks(out, |ab, wsel, r0, rows_out| {
-            let block = BlockMaddubs {
-                a: ab,
-                w: &packed[wsel],
-                cols: &col_terms[wsel * n..(wsel + 1) * n],
-                k,
-                shift: self.shift,
-                steps,
-            };
-            if avx2 {
-                // SAFETY: `avx2` checked that the CPU has the feature.
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    block.run_avx2(r0, rows_out, epilogue)
-                };
-            } else {
-                block.run(r0, rows_out, epilogue);
-            }
-        });
-    }
-}
-
-/// One batch of a U8I8Avx2 `Job`: rows of A (as u8) against the packed weights.
-struct BlockMaddubs<'a> {
-    a: ArrayView2<'a, i64>,
-    w: &'a PackedB8,
-    /// s·colsum(W') + s·t·K per column.
-    cols: &'a [i64],
-    k: usize,
-    shift: [i64; 2],
-    /// Groups of 4 k added in i16 per widening.
-    steps: usize,
-}
-
-impl BlockMaddubs<'_> {
-    /// Rows r0.. of the output into `rows_out` (a whole number of rows of N values).
-    #[inline(always)]
-    fn run<O, F>(&self, r0: usize, rows_out: &mut [MaybeUninit<O>], epilogue: &F)
-    where
-        F: Fn(&[i64], &mut [MaybeUninit<O>]),
-    {
-        let (k, n, w) = (self.k, self.cols.len(), self.w);
-        let rows = rows_out.len() / n;
-        let (kp, np) = (w.padded_k(), w.padded_n());
-        let padded = maddubs::padded_rows(rows);
-        let mut lhs = vec![0u8; padded * kp];
-        // A − s lies in [0, 255] under this strategy, so the truncation is exact.
-        let row_terms = centre_rows(self.a, r0, rows, k, kp, self.shift, &mut lhs, |c| c as u8);
-        let mut tmp = vec![0i32; padded * np];
-        maddubs::gemm::<{ maddubs::MR }>(padded, &lhs, w, self.steps, &mut tmp);
-        correct_rows(
-            rows_out,
-            &tmp,
-            np,
-            &row_terms,
-            self.cols,
-            i64::from,
-            epilogue,
-        );
-    }
-
-    /// `run` compiled for AVX2 (the centring and corrections vectorise; the same
-    /// operations, so the same results).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn run_avx2<O, F>(&self, r0: usize, rows_out: &mut [MaybeUninit<O>], epilogue: &F)
-    where
-        F: Fn(&[i64], &mut [MaybeUninit<O>]),
-    {
-        self.run(r0, rows_out, epilogue)
-    }
-}
-
 /// Write rows r0..r0+rows of `a` minus s into `lhs` (row i at i·stride, converted by
 /// `conv`) and return t·Σ_k (A − s) per row.
 #[inline(always)]
@@ -703,6 +585,10 @@ pub fn weight_sums(w: ArrayView3<'_, i64>, z_x: i64) -> Result<Array2<i64>> {
         z_x * w.slice(ndarray::s![bi, .., j]).sum()
     }))
 }
+
+/// The AVX2 strategies' runners (I16, U8I8Avx2), in their own file to keep this one short.
+#[path = "gemm_avx2.rs"]
+mod avx2;
 
 #[cfg(test)]
 #[path = "gemm_tests.rs"]
