@@ -23,6 +23,10 @@ Prints ONE JSON object. Build the extension in release mode first: ``maturin dev
   ``int_matmul_rescale_quant`` on the MLP 64-128-128-10 at 100k rows with 6-bit inputs and
   weights, and 8-bit ones, and ``int_conv2d_rescale_quant`` on the two CNN convs (5 bits; the
   Conv's i16 strategy is off by default and switched on here with ``_core.int_i16_conv``).
+* The AVX2 u8 x i8 (``vpmaddubsw``) strategy against the i16 one in the same run
+  (``_core.int_u8i8_avx2(False)``; VNNI off for both): GMAC/s of ``int_matmul`` and of the
+  fused ``int_matmul_rescale_quant`` on 4096-row blocks of the MLP's products (64x128,
+  128x128, 128x10) with 6-bit and 5-bit operands (``--only u8i8`` runs just these).
 """
 
 from __future__ import annotations
@@ -319,10 +323,63 @@ def i16_cases(repeats: int) -> dict[str, Any]:
     return out
 
 
+def narrow(fn: Callable[[], Any], on: bool) -> Callable[[], Any]:
+    """``fn`` with VNNI off and the u8 x i8 AVX2 strategy allowed (``on``) or not (i16)."""
+
+    def run() -> Any:
+        vnni, was = _core.int_vnni(), _core.int_u8i8_avx2()
+        _core.int_vnni(False)
+        _core.int_u8i8_avx2(on)
+        try:
+            return fn()
+        finally:
+            _core.int_vnni(vnni)
+            _core.int_u8i8_avx2(was)
+
+    return run
+
+
+def u8i8_cases(repeats: int) -> dict[str, Any]:
+    """The u8 x i8 AVX2 strategy vs the i16 one on 4096-row blocks (GMAC/s = M·K·N / time)."""
+    rng = np.random.default_rng(6)
+    out: dict[str, Any] = {"available": _core.int_u8i8_avx2()}
+    for bits in (6, 5):
+        for m, k, n in [(4096, 64, 128), (4096, 128, 128), (4096, 128, 10)]:
+            half = 2 ** (bits - 1)
+            a = rng.integers(0, 2 * half - 1, (1, m, k), endpoint=True)
+            w = rng.integers(-half + 1, half - 1, (1, k, n), endpoint=True)
+            sub, mul = rng.normal(size=n), rng.uniform(1e-3, 1e-2, size=n)
+            args = (a, w, 0, 0, 0.5, sub, mul, None, 0.05, 3.0, 0.0, 2.0 * half - 1, "int8")
+            fns = {
+                "matmul": lambda a=a, w=w: _core.int_matmul(a, w, 0),
+                "fused": lambda args=args: _core.int_matmul_rescale_quant(*args)[0],
+            }
+            row: dict[str, Any] = {
+                "strategy": narrow(lambda a=a, w=w: _core.int_matmul_plan(a, w, 0)[0], True)(),
+                "baseline_strategy": narrow(
+                    lambda a=a, w=w: _core.int_matmul_plan(a, w, 0)[0], False
+                )(),
+            }
+            for name, fn in fns.items():
+                new, old = narrow(fn, True), narrow(fn, False)
+                assert np.array_equal(new(), old())
+                t = race({"u8i8": new, "i16": old}, repeats)
+                macs = m * k * n
+                row[f"{name}_u8i8_avx2_gmacs"] = round(macs / t["u8i8"] / 1e9, 2)
+                row[f"{name}_i16_gmacs"] = round(macs / t["i16"] / 1e9, 2)
+                row[f"{name}_speedup_vs_i16"] = round(t["i16"] / t["u8i8"], 3)
+            out[f"{m}x{k}x{n}_{bits}bit"] = row
+    return out
+
+
 def main() -> None:
     repeats = int(os.environ.get("FHEQUANT_BENCH_REPEATS", "10"))
     if sys.argv[1:] == ["--only", "tables"]:
         print(json.dumps({"benchmark": "table kernels", "tables": tables(5 * repeats)}, indent=1))
+        return
+    if sys.argv[1:] == ["--only", "u8i8"]:
+        result = {"benchmark": "u8 x i8 AVX2 gemm", "u8i8_avx2_vs_i16": u8i8_cases(5 * repeats)}
+        print(json.dumps(result, indent=1))
         return
     result = {
         "benchmark": "integer kernels",
@@ -337,6 +394,7 @@ def main() -> None:
         "conv_cnn": conv_case(max(1, repeats // 2)),
         "tables": tables(5 * repeats),
         "i16_vs_f32_sgemm": i16_cases(max(1, repeats // 2)),
+        "u8i8_avx2_vs_i16": u8i8_cases(5 * repeats),
     }
     print(json.dumps(result, indent=1))
 

@@ -548,13 +548,16 @@ def test_u8i8_limits_match_the_reference(case: dict[str, Any]) -> None:
 
 @pytest.fixture
 def without_i16() -> Iterator[None]:
-    """The AVX2 i16 strategy switched off, so that the float strategies are the fallback."""
-    on = _core.int_i16()
+    """The AVX2 strategies (i16 and u8 x i8) switched off, so that the float strategies are
+    the fallback."""
+    on, narrow = _core.int_i16(), _core.int_u8i8_avx2()
     _core.int_i16(False)
+    _core.int_u8i8_avx2(False)
     try:
         yield
     finally:
         assert _core.int_i16(on) == on
+        assert _core.int_u8i8_avx2(narrow) == narrow
 
 
 @pytest.mark.usefixtures("without_i16")

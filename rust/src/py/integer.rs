@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 
 use crate::kernels::integer::exact::Strategy;
 use crate::kernels::integer::requant::{self, Narrow, Quantized, Requant};
-use crate::kernels::integer::{bits, conv, gemm, madd, rescale, rounding, vnni};
+use crate::kernels::integer::{bits, conv, gemm, madd, maddubs, rescale, rounding, vnni};
 use crate::py::errors::to_pyerr;
 
 type Pair<'py, A> = (Bound<'py, A>, Bound<'py, A>);
@@ -72,7 +72,7 @@ fn int_matmul<'py>(
     Ok(array)
 }
 
-/// The strategy ("f32", "f64", "i64", "u8i8" or "i16") and the shifts (s, t) that `int_matmul`
+/// The strategy ("f32", "f64", "i64", "u8i8", "u8i8_avx2" or "i16") and the shifts (s, t) that `int_matmul`
 /// uses for these operands (after its shape and overflow checks).
 #[pyfunction]
 #[pyo3(signature = (a, w, z_w, context=None))]
@@ -92,6 +92,7 @@ fn int_matmul_plan<'py>(
         Strategy::F64 => "f64",
         Strategy::I64 => "i64",
         Strategy::U8I8 => "u8i8",
+        Strategy::U8I8Avx2 { .. } => "u8i8_avx2",
         Strategy::I16 => "i16",
     };
     Ok((name, plan.shift[0], plan.shift[1]))
@@ -118,6 +119,18 @@ fn int_i16(enabled: Option<bool>) -> bool {
     match enabled {
         Some(on) => madd::set_enabled(on),
         None => madd::available(),
+    }
+}
+
+/// Allow (the default) or forbid the AVX2 u8 × i8 strategy (`vpmaddubsw`, for operands
+/// whose pair sums fit i16) when `enabled` is given (a switch for benchmarks: results are
+/// the same integers); returns whether it is in use (allowed and supported by the CPU).
+#[pyfunction]
+#[pyo3(signature = (enabled=None))]
+fn int_u8i8_avx2(enabled: Option<bool>) -> bool {
+    match enabled {
+        Some(on) => maddubs::set_enabled(on),
+        None => maddubs::available(),
     }
 }
 
@@ -595,6 +608,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(int_matmul_plan, m)?)?;
     m.add_function(wrap_pyfunction!(int_vnni, m)?)?;
     m.add_function(wrap_pyfunction!(int_i16, m)?)?;
+    m.add_function(wrap_pyfunction!(int_u8i8_avx2, m)?)?;
     m.add_function(wrap_pyfunction!(int_i16_conv, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d_rescale, m)?)?;
     m.add_function(wrap_pyfunction!(int_matmul_rescale_quant, m)?)?;

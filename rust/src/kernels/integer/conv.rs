@@ -223,6 +223,8 @@ where
 {
     let allowed = Allowed {
         vnni: vnni::available(),
+        // Not planned by the conv (see `map_into_with`).
+        maddubs: false,
         i16: madd::conv_available(),
     };
     map_into_with(x, w, z_w, group, geom, out, sink, allowed)
@@ -328,7 +330,8 @@ where
         Strategy::F64 => job.run::<f64, O, F>(out, &sink),
         Strategy::I64 => job.run::<i64, O, F>(out, &sink),
         Strategy::U8I8 => job.run_u8i8(out, &sink),
-        Strategy::I16 => job.run_i16(out, &sink),
+        // The conv never plans U8I8Avx2 (its operands would fit the I16 strategy too).
+        Strategy::I16 | Strategy::U8I8Avx2 { .. } => job.run_i16(out, &sink),
     }
     Ok(())
 }
@@ -927,10 +930,12 @@ mod tests {
 
     const VNNI: Allowed = Allowed {
         vnni: true,
+        maddubs: false,
         i16: false,
     };
     const I16: Allowed = Allowed {
         vnni: false,
+        maddubs: false,
         i16: true,
     };
 

@@ -6,8 +6,9 @@
 //! i64 arithmetic is used (the caller has proven that it cannot overflow). On CPUs with
 //! AVX-512 VNNI, operands that centre into u8 × i8 with sums within i32 use the `vnni`
 //! kernels instead (`Strategy::U8I8`, chosen by the Gemm and Conv from the operand ranges);
-//! on CPUs with AVX2, operands that centre into i16 with sums within i32 use the `madd`
-//! kernels (`Strategy::I16`).
+//! on CPUs with AVX2, operands that centre into u8 × i8 with pair sums within i16 use the
+//! `maddubs` kernels (`Strategy::U8I8Avx2`), and operands that centre into i16 with sums
+//! within i32 the `madd` kernels (`Strategy::I16`).
 
 use crate::error::{Error, Result};
 use crate::kernels::integer::bits::bit_width;
@@ -25,6 +26,11 @@ pub enum Strategy {
     /// AVX-512 VNNI `vpdpbusd` (see `vnni`). Chosen by `gemm::plan` and the conv from the
     /// operand ranges, never by `for_bound`.
     U8I8,
+    /// A − s in [0, 255] (u8), W' in [−128, 127] (i8), no pair of products leaving i16
+    /// (2·max(A − s)·max|W'| <= 32767) and every dot product within i32: AVX2 `vpmaddubsw`,
+    /// `steps` groups of 4 k added in i16 per widening to i32 (see `maddubs`). Chosen by
+    /// `gemm::plan` from the operand ranges when VNNI is not in use, never by `for_bound`.
+    U8I8Avx2 { steps: usize },
     /// A − s and W' within i16, every dot product within i32: AVX2 `vpmaddwd` (see `madd`).
     /// Chosen by `gemm::plan` and the conv from the operand ranges when VNNI is not in use,
     /// never by `for_bound`.
@@ -60,6 +66,7 @@ const RANGE_CHUNK: usize = 1 << 15;
 pub fn range_slice(values: &[i64]) -> (i64, i64) {
     use rayon::prelude::*;
     let wide = crate::kernels::simd::wide_vectors();
+    let avx2 = crate::kernels::simd::avx2();
     values
         .par_chunks(RANGE_CHUNK)
         .map(|chunk| {
@@ -67,6 +74,9 @@ pub fn range_slice(values: &[i64]) -> (i64, i64) {
             if wide {
                 // SAFETY: `wide_vectors` checked that the CPU has these features.
                 return unsafe { chunk_range_avx512(chunk) };
+            } else if avx2 {
+                // SAFETY: `avx2` checked that the CPU has the feature.
+                return unsafe { chunk_range_avx2(chunk) };
             }
             chunk_range(chunk)
         })
@@ -96,6 +106,13 @@ fn chunk_range(chunk: &[i64]) -> (i64, i64) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f,avx512dq,avx512vl,avx512bw")]
 unsafe fn chunk_range_avx512(chunk: &[i64]) -> (i64, i64) {
+    chunk_range(chunk)
+}
+
+/// `chunk_range` compiled for AVX2 (which compares i64 lanes; SSE2 does not).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn chunk_range_avx2(chunk: &[i64]) -> (i64, i64) {
     chunk_range(chunk)
 }
 

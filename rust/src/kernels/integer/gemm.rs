@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 use crate::kernels::integer::exact::{
     check_bound, describe, max_abs, range, range_of, Exact, Strategy,
 };
-use crate::kernels::integer::madd::{self, PackedB16};
+use crate::kernels::integer::madd;
+use crate::kernels::integer::maddubs;
 use crate::kernels::integer::vnni::{self, PackedB};
 use crate::kernels::simd;
 
@@ -65,6 +66,8 @@ pub struct Plan {
 pub struct Allowed {
     /// `Strategy::U8I8` (AVX-512 VNNI).
     pub vnni: bool,
+    /// `Strategy::U8I8Avx2` (AVX2 `vpmaddubsw`, or its scalar twin).
+    pub maddubs: bool,
     /// `Strategy::I16` (AVX2 `vpmaddwd`, or its scalar twin).
     pub i16: bool,
 }
@@ -74,6 +77,7 @@ impl Allowed {
     pub fn available() -> Allowed {
         Allowed {
             vnni: vnni::available(),
+            maddubs: maddubs::available(),
             i16: madd::available(),
         }
     }
@@ -81,6 +85,7 @@ impl Allowed {
     /// Only the float and i64 strategies.
     pub const NONE: Allowed = Allowed {
         vnni: false,
+        maddubs: false,
         i16: false,
     };
 }
@@ -110,6 +115,11 @@ fn plan_with(k: usize, a: (i64, i64), c: (i128, i128), allowed: Allowed) -> Resu
             return Ok(p);
         }
     }
+    if allowed.maddubs {
+        if let Some(p) = plan_maddubs(k, a, c) {
+            return Ok(p);
+        }
+    }
     let s = midpoint(a.0.into(), a.1.into());
     let t = midpoint(c.0, c.1);
     let bound = (k as u128)
@@ -132,22 +142,41 @@ fn plan_with(k: usize, a: (i64, i64), c: (i128, i128), allowed: Allowed) -> Resu
     })
 }
 
-/// The U8I8 plan if it applies: s = min A, so A − s in [0, 255] needs at most 256 values;
-/// t = c.0 + ⌈span/2⌉, so c − t in [−128, 127] needs at most 256 values; and the worst
-/// |dot product| K·max(A − s)·max|c − t| must fit i32.
-fn plan_u8i8(k: usize, a: (i64, i64), c: (i128, i128)) -> Option<Plan> {
+/// The u8 × i8 centring, if both operands fit: s = min A, so A − s in [0, 255] needs at
+/// most 256 values; t = c.0 + ⌈span/2⌉, so c − t in [−128, 127] needs at most 256 values.
+/// Returns the shifts, max(A − s) and max|c − t|.
+fn centre_u8i8(a: (i64, i64), c: (i128, i128)) -> Option<([i64; 2], u128, u128)> {
     let a_span = i128::from(a.1) - i128::from(a.0);
     let c_span = c.1 - c.0;
     if a_span > 255 || c_span > 255 {
         return None;
     }
     let t = c.0 + (c_span + 1) / 2;
-    let bound = (k as u128) * (a_span as u128) * max_abs(c.0 - t, c.1 - t);
+    // t may wrap in i64 only when A is all zeros (else `check_bound` bounds |c|), and the
+    // corrections are exact modulo 2^64.
+    Some(([a.0, t as i64], a_span as u128, max_abs(c.0 - t, c.1 - t)))
+}
+
+/// The U8I8 plan if it applies: the operands centre into u8 × i8 (`centre_u8i8`) and the
+/// worst |dot product| K·max(A − s)·max|c − t| fits i32.
+fn plan_u8i8(k: usize, a: (i64, i64), c: (i128, i128)) -> Option<Plan> {
+    let (shift, a_max, c_max) = centre_u8i8(a, c)?;
+    let bound = (k as u128) * a_max * c_max;
     (bound <= i32::MAX as u128).then_some(Plan {
         strategy: Strategy::U8I8,
-        // t may wrap in i64 only when A is all zeros (else `check_bound` bounds |c|), and
-        // the corrections are exact modulo 2^64.
-        shift: [a.0, t as i64],
+        shift,
+    })
+}
+
+/// The U8I8Avx2 plan if it applies: as `plan_u8i8`, and no pair sum of `vpmaddubsw` can
+/// leave i16 (2·max(A − s)·max|c − t| <= 32767, which also sets the i16 steps).
+fn plan_maddubs(k: usize, a: (i64, i64), c: (i128, i128)) -> Option<Plan> {
+    let (shift, a_max, c_max) = centre_u8i8(a, c)?;
+    let steps = maddubs::steps(a_max, c_max)?;
+    let bound = (k as u128) * a_max * c_max;
+    (bound <= i32::MAX as u128).then_some(Plan {
+        strategy: Strategy::U8I8Avx2 { steps },
+        shift,
     })
 }
 
@@ -304,6 +333,7 @@ where
         Strategy::F64 => job.run::<f64, O, F>(out, &epilogue),
         Strategy::I64 => job.run::<i64, O, F>(out, &epilogue),
         Strategy::U8I8 => job.run_u8i8(out, &epilogue),
+        Strategy::U8I8Avx2 { steps } => job.run_maddubs(out, &epilogue, steps),
         Strategy::I16 => job.run_i16(out, &epilogue),
     }
     Ok(())
@@ -425,36 +455,6 @@ impl<A: Lhs> Job<'_, A> {
             } else {
                 block.run(r0, rows_out, epilogue);
             }
-        });
-    }
-}
-
-impl<A: Lhs> Job<'_, A> {
-    /// `run` for the I16 strategy: W' packed once per weight batch, A − s rows as i16.
-    fn run_i16<O, F>(&self, out: &mut [MaybeUninit<O>], epilogue: &F)
-    where
-        O: Copy + Send,
-        F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
-    {
-        let [_, bw, _, k, n] = self.dims;
-        // W' lies in i16 under this strategy, so the truncation is exact.
-        let packed: Vec<PackedB16> = (0..bw)
-            .map(|b| PackedB16::pack(&self.wc[b * k * n..(b + 1) * k * n], k, n, |v| v as i16))
-            .collect();
-        let col_terms = self.col_terms();
-        self.for_blocks(out, |ab, wsel, r0, rows_out| {
-            let (s, t) = (self.shift[0], self.shift[1]);
-            let w = &packed[wsel];
-            let rows = rows_out.len() / n;
-            let (kp, np) = (madd::padded_k(k), w.padded_n());
-            let padded = madd::padded_rows(rows);
-            let mut lhs = vec![0i16; padded * kp];
-            // A − s lies in i16 under this strategy, so the truncation is exact.
-            let row_terms = centre_rows(ab, r0, rows, k, kp, [s, t], &mut lhs, |c| c as i16);
-            let mut tmp = vec![0i32; padded * np];
-            madd::gemm::<{ madd::MR }>(padded, &lhs, w, &mut tmp);
-            let cols = &col_terms[wsel * n..(wsel + 1) * n];
-            correct_rows(rows_out, &tmp, np, &row_terms, cols, i64::from, epilogue);
         });
     }
 }
@@ -640,226 +640,10 @@ pub fn weight_sums(w: ArrayView3<'_, i64>, z_x: i64) -> Result<Array2<i64>> {
     }))
 }
 
+/// The AVX2 strategies' runners (I16, U8I8Avx2), in their own file to keep this one short.
+#[path = "gemm_avx2.rs"]
+mod avx2;
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use ndarray::Array;
-
-    fn naive(a: &Array3<i64>, w: &Array3<i64>, z_w: i64) -> Array3<i64> {
-        let (ba, m, k) = a.dim();
-        let (bw, _, n) = w.dim();
-        let batch = ba.max(bw);
-        Array3::from_shape_fn((batch, m, n), |(b, i, j)| {
-            let (x, y) = (if ba == 1 { 0 } else { b }, if bw == 1 { 0 } else { b });
-            let prod: i64 = (0..k).map(|p| a[[x, i, p]] * w[[y, p, j]]).sum();
-            let corr: i64 = (0..k).map(|p| a[[x, i, p]]).sum();
-            prod - z_w * corr
-        })
-    }
-
-    /// `matmul` with the U8I8 strategy allowed or not (its scalar kernel on other CPUs).
-    fn with(a: &Array3<i64>, w: &Array3<i64>, z_w: i64, allowed: Allowed) -> Array3<i64> {
-        let dims = matmul_shape(a.dim(), w.dim()).unwrap();
-        // A sentinel, so that a value left unwritten shows.
-        let mut out = Array3::<i64>::from_elem(dims, 99);
-        let dst = out.as_slice_mut().unwrap();
-        // SAFETY: MaybeUninit<i64> has the layout of i64 and every value is initialised.
-        let dst: &mut [MaybeUninit<i64>] = unsafe { std::mem::transmute(dst) };
-        map_into_with(
-            a.view(),
-            w.view(),
-            z_w,
-            dst,
-            |acc, row| {
-                for (d, &v) in row.iter_mut().zip(acc) {
-                    d.write(v);
-                }
-            },
-            allowed,
-        )
-        .unwrap();
-        out
-    }
-
-    const VNNI: Allowed = Allowed {
-        vnni: true,
-        i16: false,
-    };
-    const I16: Allowed = Allowed {
-        vnni: false,
-        i16: true,
-    };
-
-    #[test]
-    fn u8i8_plan_limits() {
-        let p = |k, a, c| plan_with(k, a, c, VNNI).unwrap();
-        assert_eq!(p(9, (0, 255), (-128, 127)).strategy, Strategy::U8I8);
-        assert_eq!(p(9, (0, 255), (-128, 127)).shift, [0, 0]);
-        assert_eq!(p(9, (-300, -45), (-5, 250)).shift, [-300, 123]);
-        assert_eq!(p(9, (7, 7), (3, 3)).shift, [7, 3]);
-        assert_ne!(p(9, (0, 256), (-128, 127)).strategy, Strategy::U8I8);
-        assert_ne!(p(9, (0, 255), (-128, 128)).strategy, Strategy::U8I8);
-        // K·255·128 <= 2^31 − 1 exactly up to K = 65793.
-        assert_eq!(p(65793, (0, 255), (0, 255)).strategy, Strategy::U8I8);
-        assert_ne!(p(65794, (0, 255), (0, 255)).strategy, Strategy::U8I8);
-        assert_ne!(
-            plan_with(9, (0, 255), (-128, 127), Allowed::NONE)
-                .unwrap()
-                .strategy,
-            Strategy::U8I8
-        );
-    }
-
-    #[test]
-    fn u8i8_is_exact_with_shifts_and_batches() {
-        for (ashape, wshape, alo, aspan, wlo, wspan, z_w) in [
-            ((1, 130, 70), (1, 70, 9), 0, 256, -128, 256, 0),
-            ((2, 67, 33), (2, 33, 50), -300, 256, -5, 256, -7),
-            ((3, 5, 4), (1, 4, 17), 1000, 3, 40, 1, 40),
-            ((1, 64, 128), (1, 128, 128), 0, 64, -127, 255, 0),
-            ((1, 3, 0), (1, 0, 5), 0, 1, 0, 1, 0),
-        ] {
-            let a = data(ashape, 1, alo, aspan);
-            let w = data(wshape, 2, wlo, wspan);
-            let (lo, hi) = range(a.iter());
-            let (wl, wh) = range(w.iter());
-            let c = ((wl - z_w).into(), (wh - z_w).into());
-            let p = plan_with(wshape.1, (lo, hi), c, VNNI).unwrap();
-            assert_eq!(p.strategy, Strategy::U8I8);
-            assert_eq!(with(&a, &w, z_w, VNNI), naive(&a, &w, z_w));
-            assert_eq!(matmul(a.view(), w.view(), z_w).unwrap(), naive(&a, &w, z_w));
-        }
-    }
-
-    fn data(shape: (usize, usize, usize), seed: i64, lo: i64, span: i64) -> Array3<i64> {
-        let len = shape.0 * shape.1 * shape.2;
-        let v: Vec<i64> = (0..len as i64)
-            .map(|i| lo + (i * 7919 + seed * 104729).rem_euclid(span))
-            .collect();
-        Array::from_shape_vec(shape, v).unwrap()
-    }
-
-    #[test]
-    fn i16_plan_limits() {
-        let p = |k, a, c| plan_with(k, a, c, I16).unwrap();
-        assert_eq!(p(9, (0, 255), (-128, 127)).strategy, Strategy::I16);
-        assert_eq!(p(9, (0, 255), (-128, 127)).shift, [127, -1]);
-        // A − s within i16: a span of 65535 centres into [−32767, 32768]: too wide by one.
-        assert_eq!(p(1, (0, 65534), (-1, 1)).strategy, Strategy::I16);
-        assert_ne!(p(1, (0, 65535), (-1, 1)).strategy, Strategy::I16);
-        assert_eq!(p(1, (-1, 1), (0, 65534)).strategy, Strategy::I16);
-        assert_ne!(p(1, (-1, 1), (0, 65535)).strategy, Strategy::I16);
-        // K·128·128 <= 2^31 − 1 exactly up to K = 131071.
-        assert_eq!(p(131_071, (0, 256), (0, 256)).strategy, Strategy::I16);
-        assert_ne!(p(131_072, (0, 256), (0, 256)).strategy, Strategy::I16);
-        // VNNI first when both are allowed.
-        let both = Allowed {
-            vnni: true,
-            i16: true,
-        };
-        let plan = plan_with(9, (0, 255), (-128, 127), both).unwrap();
-        assert_eq!(plan.strategy, Strategy::U8I8);
-        let plan = plan_with(9, (0, 256), (-128, 127), both).unwrap();
-        assert_eq!(plan.strategy, Strategy::I16);
-    }
-
-    #[test]
-    fn i16_is_exact_with_shifts_batches_and_tails() {
-        for (ashape, wshape, alo, aspan, wlo, wspan, z_w) in [
-            ((1, 130, 70), (1, 70, 9), 0, 256, -128, 256, 0),
-            ((2, 67, 33), (2, 33, 50), -300, 4000, -5, 3000, -7),
-            ((3, 5, 4), (1, 4, 17), 1000, 3, 40, 1, 40),
-            ((1, 64, 128), (1, 128, 128), 0, 64, -127, 255, 0),
-            ((1, 9, 3), (1, 3, 10), -40000, 65535, 7, 2, 0),
-            ((1, 3, 0), (1, 0, 5), 0, 1, 0, 1, 0),
-        ] {
-            let a = data(ashape, 1, alo, aspan);
-            let w = data(wshape, 2, wlo, wspan);
-            let (lo, hi) = range(a.iter());
-            let (wl, wh) = range(w.iter());
-            let c = ((wl - z_w).into(), (wh - z_w).into());
-            let p = plan_with(wshape.1, (lo, hi), c, I16).unwrap();
-            assert_eq!(p.strategy, Strategy::I16, "{ashape:?} {wshape:?}");
-            assert_eq!(with(&a, &w, z_w, I16), naive(&a, &w, z_w));
-            assert_eq!(with(&a, &w, z_w, Allowed::NONE), naive(&a, &w, z_w));
-        }
-    }
-
-    #[test]
-    fn every_strategy_matches_the_definition() {
-        let w = data((1, 70, 9), 2, -128, 256);
-        for (scale, want) in [
-            (1, Strategy::F32),
-            (1 << 12, Strategy::F64),
-            (1 << 35, Strategy::I64),
-        ] {
-            let a = data((2, 130, 70), 1, 0, 256).mapv(|v| v * scale);
-            let p = plan_with(70, range(a.iter()), (-128 - 5, 127 - 5), Allowed::NONE).unwrap();
-            assert_eq!(p.strategy, want);
-            assert_eq!(matmul(a.view(), w.view(), 5).unwrap(), naive(&a, &w, 5));
-            assert_eq!(with(&a, &w, 5, Allowed::NONE), naive(&a, &w, 5));
-            assert_eq!(with(&a, &w, 5, I16), naive(&a, &w, 5));
-        }
-    }
-
-    #[test]
-    fn centring_picks_f32_for_8_bit_operands() {
-        // Uncentred, 512·255·133 > 2^24; centred, 512·128·128 <= 2^24.
-        let p = plan_with(512, (0, 255), (-133, 122), Allowed::NONE).unwrap();
-        assert_eq!(p.strategy, Strategy::F32);
-        assert_eq!(p.shift, [127, -6]);
-        let a = data((1, 3, 512), 6, 0, 256);
-        let w = data((1, 512, 4), 7, -128, 256);
-        assert_eq!(matmul(a.view(), w.view(), 5).unwrap(), naive(&a, &w, 5));
-    }
-
-    #[test]
-    fn batches_broadcast_and_views_work() {
-        let a = data((1, 5, 4), 3, -9, 19);
-        let w = data((3, 4, 6), 4, -9, 19);
-        assert_eq!(matmul(a.view(), w.view(), -2).unwrap(), naive(&a, &w, -2));
-        let at = data((3, 4, 5), 5, -9, 19);
-        let av = at.view().permuted_axes([0, 2, 1]);
-        assert_eq!(
-            matmul(av, w.view(), 0).unwrap(),
-            naive(&av.to_owned(), &w, 0)
-        );
-    }
-
-    #[test]
-    fn k_zero_writes_zeros_with_every_strategy() {
-        let (a, w) = (
-            Array3::<i64>::zeros((2, 70, 0)),
-            Array3::<i64>::zeros((1, 0, 3)),
-        );
-        let want = Array3::<i64>::zeros((2, 70, 3));
-        for allowed in [Allowed::NONE, VNNI, I16] {
-            assert_eq!(with(&a, &w, 4, allowed), want);
-        }
-    }
-
-    #[test]
-    fn errors() {
-        let a = Array3::<i64>::from_elem((1, 2, 3), 1 << 40);
-        let w = Array3::<i64>::from_elem((1, 3, 2), 1 << 30);
-        let err = matmul(a.view(), w.view(), 0).unwrap_err();
-        assert!(
-            matches!(&err, Error::Overflow(msg) if msg.contains("uint41") && msg.contains("uint31"))
-        );
-        let w2 = Array3::<i64>::zeros((1, 4, 2));
-        assert!(matches!(
-            matmul(a.view(), w2.view(), 0),
-            Err(Error::Shape(_))
-        ));
-        let w3 = Array3::<i64>::zeros((2, 3, 2));
-        let a3 = Array3::<i64>::zeros((3, 2, 3));
-        assert!(matches!(
-            matmul(a3.view(), w3.view(), 0),
-            Err(Error::Shape(_))
-        ));
-        assert_eq!(
-            weight_sums(w.view(), -3).unwrap()[[0, 1]],
-            -3 * 3 * (1 << 30)
-        );
-    }
-}
+#[path = "gemm_tests.rs"]
+mod tests;

@@ -15,6 +15,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::kernels::integer::panels::Panels;
+
 /// Rows of one microkernel tile.
 pub const MR: usize = 6;
 /// Columns of one packed panel (one 256-bit vector of i32).
@@ -79,82 +81,14 @@ pub fn fits_i16(lo: i128, hi: i128) -> bool {
     lo >= i128::from(i16::MIN) && hi <= i128::from(i16::MAX)
 }
 
-/// A (K, N) matrix of i16 packed for `vpmaddwd`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PackedB16 {
-    /// panels · pairs · 8 lanes · 2 values, where value q of lane l of pair g of panel p is
-    /// B[2g + q, 8p + l] (0 outside the matrix).
-    data: Vec<i16>,
-    pairs: usize,
-    panels: usize,
-    n: usize,
-}
-
-impl PackedB16 {
-    /// A zero (K, N) matrix, to fill with `put_row` or `column_slot`.
-    pub fn zeros(k: usize, n: usize) -> PackedB16 {
-        let pairs = padded_k(k) / 2;
-        let panels = n.div_ceil(PANEL);
-        PackedB16 {
-            data: vec![0; panels * pairs * PANEL * 2],
-            pairs,
-            panels,
-            n,
-        }
-    }
-
-    /// Pack a row-major (K, N) matrix whose values are converted with `to_i16` (the caller
-    /// has checked that they fit i16; the conversion truncates).
-    pub fn pack<T: Copy>(b: &[T], k: usize, n: usize, to_i16: impl Fn(T) -> i16) -> PackedB16 {
-        let mut packed = PackedB16::zeros(k, n);
-        if b.len() >= k * n {
-            for (kk, row) in b.chunks_exact(n.max(1)).take(k).enumerate() {
-                packed.put_row(kk, row, &to_i16);
-            }
-        }
-        packed
-    }
-
-    /// Set row `kk` (< K) to `to_i16(v)` of the values of `row` (at most N are used).
-    #[inline]
-    pub fn put_row<T: Copy>(&mut self, kk: usize, row: &[T], to_i16: impl Fn(T) -> i16) {
-        if kk / 2 >= self.pairs {
-            return;
-        }
-        for (j, &v) in row.iter().take(self.n).enumerate() {
-            let slot = self.slot(kk, j);
-            self.data[slot] = to_i16(v);
-        }
-    }
-
-    /// The index in `data()` of B[kk, j] (kk < K rounded up to 2, j < N rounded up to 8).
-    #[inline(always)]
-    pub fn slot(&self, kk: usize, j: usize) -> usize {
-        ((j / PANEL * self.pairs + kk / 2) * PANEL + j % PANEL) * 2 + kk % 2
-    }
-
-    /// The packed values, to be written at `slot` indices (builders such as the conv's
-    /// im2col write straight into the layout).
-    pub fn data_mut(&mut self) -> &mut [i16] {
-        &mut self.data
-    }
-
-    /// Columns covered by the panels (N rounded up to 8).
-    pub fn padded_n(&self) -> usize {
-        self.panels * PANEL
-    }
-
-    fn panel(&self, p: usize) -> &[i16] {
-        let len = self.pairs * PANEL * 2;
-        &self.data[p * len..(p + 1) * len]
-    }
-}
+/// A (K, N) matrix of i16 packed for `vpmaddwd`: panels of 8 columns, pairs of k per lane.
+pub type PackedB16 = Panels<i16, PANEL, 2>;
 
 /// c[r, j] = Σ_k a[r, k]·b[k, j] for r < rows (a multiple of `R`) and j < `b.padded_n()`,
 /// with `a` rows of `padded_k(K)` i16 (zero-padded) and `c` rows of `b.padded_n()` i32.
 /// Does nothing if a slice is too short (the callers size them with the helpers above).
 pub fn gemm<const R: usize>(rows: usize, a: &[i16], b: &PackedB16, c: &mut [i32]) {
-    let (lda, ldc) = (b.pairs * 2, b.padded_n());
+    let (lda, ldc) = (b.padded_k(), b.padded_n());
     if R == 0 || !rows.is_multiple_of(R) || a.len() < rows * lda || c.len() < rows * ldc {
         return;
     }
@@ -169,13 +103,13 @@ pub fn gemm<const R: usize>(rows: usize, a: &[i16], b: &PackedB16, c: &mut [i32]
 
 /// The portable version of `gemm` (the same sums, in i32 with wrapping arithmetic).
 pub fn gemm_scalar(rows: usize, a: &[i16], b: &PackedB16, c: &mut [i32]) {
-    let (lda, ldc) = (b.pairs * 2, b.padded_n());
+    let (lda, ldc) = (b.padded_k(), b.padded_n());
     if a.len() < rows * lda || c.len() < rows * ldc {
         return;
     }
     for r in 0..rows {
         let arow = &a[r * lda..(r + 1) * lda];
-        for p in 0..b.panels {
+        for p in 0..b.panels() {
             let panel = b.panel(p);
             for lane in 0..PANEL {
                 let mut sum = 0i32;
@@ -197,8 +131,8 @@ pub fn gemm_scalar(rows: usize, a: &[i16], b: &PackedB16, c: &mut [i32]) {
 unsafe fn gemm_avx2<const R: usize>(rows: usize, a: &[i16], b: &PackedB16, c: &mut [i32]) {
     let ldc = b.padded_n();
     let mut p0 = 0;
-    while p0 < b.panels {
-        let v = (b.panels - p0).min(max_panels(R));
+    while p0 < b.panels() {
+        let v = (b.panels() - p0).min(max_panels(R));
         for r0 in (0..rows).step_by(R) {
             // SAFETY: rows r0..r0+R of `a` and `c` and panels p0..p0+v exist (sizes checked
             // by `gemm`).
@@ -227,10 +161,10 @@ unsafe fn tile<const R: usize, const V: usize>(
     ldc: usize,
 ) {
     use std::arch::x86_64::*;
-    let pairs = b.pairs;
+    let pairs = b.groups();
     let lda = pairs * 2;
     let pstride = pairs * PANEL * 2;
-    let bp = b.data.as_ptr().wrapping_add(p0 * pstride);
+    let bp = b.data().as_ptr().wrapping_add(p0 * pstride);
     let ap = a.as_ptr().wrapping_add(r0 * lda);
     let mut acc = [[_mm256_setzero_si256(); V]; R];
     for g in 0..pairs {
@@ -304,23 +238,26 @@ mod tests {
         // K = 3 (one full pair and a padded one), N = 9 (one full panel and a padded one).
         let b: Vec<i64> = (0..3 * 9).map(|i| i * 100 - 1000).collect();
         let p = PackedB16::pack(&b, 3, 9, |v| v as i16);
-        assert_eq!((p.pairs, p.panels, p.padded_n()), (2, 2, 16));
-        assert_eq!(p.data.len(), 2 * 2 * 8 * 2);
+        assert_eq!((p.groups(), p.panels(), p.padded_n()), (2, 2, 16));
+        assert_eq!(p.data().len(), 2 * 2 * 8 * 2);
         let at = |panel: usize, g: usize, lane: usize, q: usize| {
-            p.data[((panel * 2 + g) * 8 + lane) * 2 + q]
+            p.data()[((panel * 2 + g) * 8 + lane) * 2 + q]
         };
         assert_eq!(at(0, 0, 3, 1), b[9 + 3] as i16);
         assert_eq!(at(0, 1, 5, 0), b[2 * 9 + 5] as i16);
         assert_eq!(at(1, 0, 0, 1), b[9 + 8] as i16);
         assert_eq!(at(0, 1, 5, 1), 0); // k = 3 is padding
         assert_eq!(at(1, 1, 1, 0), 0); // column 9 is padding
-        assert_eq!(p.data[p.slot(2, 8)], b[2 * 9 + 8] as i16);
+        assert_eq!(p.data()[p.slot(2, 8)], b[2 * 9 + 8] as i16);
         let empty = PackedB16::pack(&[] as &[i64], 0, 0, |v| v as i16);
-        assert_eq!((empty.pairs, empty.panels, empty.data.len()), (0, 0, 0));
+        assert_eq!(
+            (empty.groups(), empty.panels(), empty.data().len()),
+            (0, 0, 0)
+        );
         let mut z = PackedB16::zeros(2, 3);
         z.put_row(5, &[1i16, 2, 3], |v| v); // beyond K: ignored
         z.put_row(1, &[1i16, 2, 3, 4], |v| v); // beyond N: cut
-        assert_eq!(z.data.iter().map(|&v| i64::from(v)).sum::<i64>(), 6);
+        assert_eq!(z.data().iter().map(|&v| i64::from(v)).sum::<i64>(), 6);
     }
 
     #[test]

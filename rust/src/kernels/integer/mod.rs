@@ -12,6 +12,8 @@ pub mod conv;
 pub mod exact;
 pub mod gemm;
 pub mod madd;
+pub mod maddubs;
+pub mod panels;
 pub mod requant;
 pub mod rescale;
 pub mod rounding;

@@ -14,6 +14,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::kernels::integer::panels::Panels;
+
 /// Rows of one microkernel tile of a Gemm (`gemm::<MR, true>`).
 pub const MR: usize = 6;
 /// Columns of one packed panel (one 512-bit vector of i32).
@@ -46,106 +48,16 @@ pub fn padded_rows(rows: usize) -> usize {
     rows.div_ceil(MR) * MR
 }
 
-/// A (K, N) matrix of bytes (u8, or i8 as their two's complement) packed for `vpdpbusd`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PackedB {
-    /// panels · groups · 16 lanes · 4 bytes, where byte q of lane l of group g of panel p is
-    /// B[4g + q, 16p + l] (0 outside the matrix).
-    data: Vec<u8>,
-    groups: usize,
-    panels: usize,
-    n: usize,
-}
-
-impl PackedB {
-    /// A zero (K, N) matrix, to fill with `put`.
-    pub fn zeros(k: usize, n: usize) -> PackedB {
-        let groups = padded_k(k) / 4;
-        let panels = n.div_ceil(PANEL);
-        PackedB {
-            data: vec![0; panels * groups * PANEL * 4],
-            groups,
-            panels,
-            n,
-        }
-    }
-
-    /// Pack a row-major (K, N) matrix whose values are converted with `to_byte` (the caller
-    /// has checked that they fit u8 or i8; the conversion truncates).
-    pub fn pack<T: Copy>(b: &[T], k: usize, n: usize, to_byte: impl Fn(T) -> u8) -> PackedB {
-        let mut packed = PackedB::zeros(k, n);
-        if b.len() >= k * n {
-            for (kk, row) in b.chunks_exact(n.max(1)).take(k).enumerate() {
-                packed.put_row(kk, row, &to_byte);
-            }
-        }
-        packed
-    }
-
-    /// Set row `kk` (< K) to the bytes `to_byte(v)` of the values of `row` (at most N of
-    /// them are used).
-    #[inline]
-    pub fn put_row<T: Copy>(&mut self, kk: usize, row: &[T], to_byte: impl Fn(T) -> u8) {
-        let (g, q) = (kk / 4, kk % 4);
-        if g >= self.groups {
-            return;
-        }
-        let stride = self.groups * PANEL * 4;
-        let row = &row[..row.len().min(self.n)];
-        for (p, chunk) in row.chunks(PANEL).enumerate() {
-            let base = p * stride + g * PANEL * 4 + q;
-            // Lanes 0..len of byte q: every 4th byte from `base` (chunks are never empty).
-            let dst = &mut self.data[base..base + 4 * (chunk.len() - 1) + 1];
-            for (d, &v) in dst.iter_mut().step_by(4).zip(chunk) {
-                *d = to_byte(v);
-            }
-        }
-    }
-
-    /// Set the rows 4g..4g + 4 (group g < K/4 rounded up) to the bytes `to_byte(v)` of the
-    /// values of `rows` (rows past K must be zero; at most N values of each are used): one
-    /// 4-byte lane per column.
-    #[inline]
-    pub fn put_group<T: Copy>(&mut self, g: usize, rows: [&[T]; 4], to_byte: impl Fn(T) -> u8) {
-        if g >= self.groups {
-            return;
-        }
-        let stride = self.groups * PANEL * 4;
-        let n = rows.iter().map(|r| r.len()).min().unwrap_or(0).min(self.n);
-        let [r0, r1, r2, r3] = rows.map(|r| &r[..n]);
-        for (p, start) in (0..n).step_by(PANEL).enumerate() {
-            let len = PANEL.min(n - start);
-            let base = p * stride + g * PANEL * 4;
-            let dst = &mut self.data[base..base + 4 * len];
-            for (lane, quad) in dst.chunks_exact_mut(4).enumerate() {
-                let j = start + lane;
-                quad.copy_from_slice(&[
-                    to_byte(r0[j]),
-                    to_byte(r1[j]),
-                    to_byte(r2[j]),
-                    to_byte(r3[j]),
-                ]);
-            }
-        }
-    }
-
-    /// Columns covered by the panels (N rounded up to 16).
-    pub fn padded_n(&self) -> usize {
-        self.panels * PANEL
-    }
-
-    fn panel(&self, p: usize) -> &[u8] {
-        let len = self.groups * PANEL * 4;
-        &self.data[p * len..(p + 1) * len]
-    }
-}
+/// A (K, N) matrix of bytes (u8, or i8 as their two's complement) packed for `vpdpbusd`:
+/// panels of 16 columns, groups of 4 k per lane.
+pub type PackedB = Panels<u8, PANEL, 4>;
 
 /// c[r, j] = Σ_k a[r, k]·b[k, j] for r < rows (a multiple of `R`) and j < `b.padded_n()`,
 /// with `a` rows of `padded_k(K)` bytes (zero-padded) and `c` rows of `b.padded_n()` i32.
 /// The bytes of `a` are u8 and those of `b` i8 if `A_U8`, else the other way round.
 /// Does nothing if a slice is too short (the callers size them with the helpers above).
 pub fn gemm<const R: usize, const A_U8: bool>(rows: usize, a: &[u8], b: &PackedB, c: &mut [i32]) {
-    let (lda, ldc) = (b.groups * 4, b.padded_n());
+    let (lda, ldc) = (b.padded_k(), b.padded_n());
     if R == 0 || !rows.is_multiple_of(R) || a.len() < rows * lda || c.len() < rows * ldc {
         return;
     }
@@ -160,7 +72,7 @@ pub fn gemm<const R: usize, const A_U8: bool>(rows: usize, a: &[u8], b: &PackedB
 
 /// The portable version of `gemm` (the same sums, in i32 with wrapping adds).
 pub fn gemm_scalar<const A_U8: bool>(rows: usize, a: &[u8], b: &PackedB, c: &mut [i32]) {
-    let (lda, ldc) = (b.groups * 4, b.padded_n());
+    let (lda, ldc) = (b.padded_k(), b.padded_n());
     let value = |v: u8, unsigned: bool| {
         if unsigned {
             i32::from(v)
@@ -170,7 +82,7 @@ pub fn gemm_scalar<const A_U8: bool>(rows: usize, a: &[u8], b: &PackedB, c: &mut
     };
     for r in 0..rows {
         let arow = &a[r * lda..(r + 1) * lda];
-        for p in 0..b.panels {
+        for p in 0..b.panels() {
             let panel = b.panel(p);
             for lane in 0..PANEL {
                 let mut sum = 0i32;
@@ -196,8 +108,8 @@ unsafe fn gemm_vnni<const R: usize, const A_U8: bool>(
 ) {
     let ldc = b.padded_n();
     let mut p0 = 0;
-    while p0 < b.panels {
-        let v = (b.panels - p0).min(MAX_PANELS);
+    while p0 < b.panels() {
+        let v = (b.panels() - p0).min(MAX_PANELS);
         for r0 in (0..rows).step_by(R) {
             // SAFETY: rows r0..r0+R of `a` and `c` and panels p0..p0+v exist (sizes checked
             // by `gemm`).
@@ -227,10 +139,10 @@ unsafe fn tile<const R: usize, const V: usize, const A_U8: bool>(
     ldc: usize,
 ) {
     use std::arch::x86_64::*;
-    let groups = b.groups;
+    let groups = b.groups();
     let lda = groups * 4;
     let pstride = groups * PANEL * 4;
-    let bp = b.data.as_ptr().wrapping_add(p0 * pstride);
+    let bp = b.data().as_ptr().wrapping_add(p0 * pstride);
     let ap = a.as_ptr().wrapping_add(r0 * lda);
     let mut acc = [[_mm512_setzero_si512(); V]; R];
     for g in 0..groups {
@@ -319,10 +231,10 @@ mod tests {
         // K = 5 (one full group and a padded one), N = 17 (one full panel and a padded one).
         let b: Vec<i64> = (0..5 * 17).map(|i| i % 100 - 50).collect();
         let p = PackedB::pack(&b, 5, 17, |v| v as u8);
-        assert_eq!((p.groups, p.panels, p.padded_n()), (2, 2, 32));
-        assert_eq!(p.data.len(), 2 * 2 * 16 * 4);
+        assert_eq!((p.groups(), p.panels(), p.padded_n()), (2, 2, 32));
+        assert_eq!(p.data().len(), 2 * 2 * 16 * 4);
         let at = |panel: usize, g: usize, lane: usize, q: usize| {
-            p.data[((panel * 2 + g) * 16 + lane) * 4 + q]
+            p.data()[((panel * 2 + g) * 16 + lane) * 4 + q]
         };
         assert_eq!(at(0, 0, 3, 2), b[2 * 17 + 3] as u8);
         assert_eq!(at(0, 1, 5, 0), b[4 * 17 + 5] as u8);
@@ -330,11 +242,14 @@ mod tests {
         assert_eq!(at(0, 1, 5, 1), 0); // k = 5 is padding
         assert_eq!(at(1, 1, 1, 0), 0); // column 17 is padding
         let empty = PackedB::pack(&[] as &[i64], 0, 0, |v| v as u8);
-        assert_eq!((empty.groups, empty.panels, empty.data.len()), (0, 0, 0));
+        assert_eq!(
+            (empty.groups(), empty.panels(), empty.data().len()),
+            (0, 0, 0)
+        );
         let mut z = PackedB::zeros(2, 3);
         z.put_row(5, &[1u8, 2, 3], |v| v); // beyond K: ignored
         z.put_row(1, &[1u8, 2, 3, 4], |v| v); // beyond N: cut
-        assert_eq!(z.data.iter().map(|&v| usize::from(v)).sum::<usize>(), 6);
+        assert_eq!(z.data().iter().map(|&v| usize::from(v)).sum::<usize>(), 6);
         // A group at once gives the same bytes as its rows one by one.
         let rows: Vec<Vec<i64>> = (0..4)
             .map(|r| (0..37).map(|j| r * 50 + j).collect())
