@@ -31,6 +31,7 @@ from fhequant.quantized.finite import check_finite
 from fhequant.quantized.fused_stats import fused_statistics
 from fhequant.quantized.graph import use_split_independent_impl
 from fhequant.quantized.ops.base import compute_bits_precision
+from fhequant.quantized.ops.inputs import reads_as_quantized
 
 __all__ = ["KEEP_PRODUCTS", "QUANTIZE_IN_KERNEL", "OpPasses", "union_uvalues"]
 
@@ -290,7 +291,7 @@ class OpPasses:
         if self.tables.requantizes(name, op):
             if not self.tables.requantizes_to_same(name, op):
                 return None
-        elif not op.reads_integers_of(q):
+        elif not reads_as_quantized(op.input_quant_opts, q):
             return None
         if not requantizes_to_itself(q, tensor, np.zeros(1, dtype=np.int64)):
             return None

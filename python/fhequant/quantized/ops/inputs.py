@@ -22,6 +22,7 @@ __all__ = [
     "is_fresh",
     "on_uniform_grid",
     "quantized_values_copy",
+    "reads_as_quantized",
     "slot_inputs",
     "zp_is_scalar",
 ]
@@ -30,6 +31,16 @@ __all__ = [
 def zp_is_scalar(zero_point: Any) -> bool:
     """Whether a zero point is one number (not per channel)."""
     return np.ndim(zero_point) == 0
+
+
+def reads_as_quantized(opts: Any, quantizer: Any) -> bool:
+    """Whether an op with input options ``opts`` reads the integers of a variable input
+    quantized by ``quantizer`` as they are (the first case of the re-quantization rule,
+    docs/contract.md §2.2)."""
+    return zp_is_scalar(quantizer.zero_point) and (
+        opts.is_equal(quantizer.quant_options, ignore_sign_qat=True)
+        or bool(quantizer.is_precomputed_qat)
+    )
 
 
 def quantized_values_copy(
