@@ -20,6 +20,7 @@ __all__ = [
     "int_conv2d_rescale_quant",
     "int_conv_bounds",
     "int_conv_weight_sums",
+    "int_direct_conv",
     "int_gemm_bounds",
     "int_i16",
     "int_i16_conv",
@@ -167,7 +168,7 @@ def int_matmul_rescale_quant(
     context: str | None = None,
 ) -> tuple[NDArray[Any], int, int, bool]: ...
 def int_conv2d_rescale_quant(
-    x: _I64,
+    x: NDArray[Any],
     w: _I64,
     z_w: int,
     group: int,
@@ -192,6 +193,7 @@ def int_matmul_plan(
 def int_vnni(enabled: bool | None = None) -> bool: ...
 def int_i16(enabled: bool | None = None) -> bool: ...
 def int_i16_conv(enabled: bool | None = None) -> bool: ...
+def int_direct_conv(enabled: bool | None = None) -> bool: ...
 def int_matmul_weight_sums(w: _I64, z_x: int, context: str | None = None) -> _I64: ...
 def int_conv2d(
     x: _I64,

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use ndarray::{ArrayView3, ArrayView4};
 
 use crate::error::{Error, Result};
-use crate::kernels::integer::conv::{conv2d_map_into, conv2d_shape, Geometry};
+use crate::kernels::integer::conv::{conv2d_map_into, conv2d_shape, ConvInput, Geometry};
 use crate::kernels::integer::gemm::{matmul_map_into, matmul_shape};
 use crate::kernels::integer::rescale::{rescale_run, Operand, Rescale};
 use crate::kernels::quant::float::{clip, Real};
@@ -287,13 +287,14 @@ pub fn matmul_rescale_quant_into<O: Narrow>(
     sink.finish(rescale.lsbs)
 }
 
-/// `conv_rescale_into` then the output quantizer, into `out` (C order, (N, O, OH, OW)).
+/// `conv_rescale_into` then the output quantizer, into `out` (C order, (N, O, OH, OW)); the
+/// input may be any integer type of `ConvInput` (the same integers as its int64 copy).
 ///
 /// Errors: those of `conv_rescale_into`, and `InvalidArgument` for clip bounds that are not
 /// integers within `O`.
 #[allow(clippy::too_many_arguments)]
-pub fn conv_rescale_quant_into<O: Narrow>(
-    x: ArrayView4<'_, i64>,
+pub fn conv_rescale_quant_into<X: ConvInput, O: Narrow>(
+    x: ArrayView4<'_, X>,
     w: ArrayView4<'_, i64>,
     z_w: i64,
     group: usize,
@@ -423,8 +424,9 @@ mod tests {
         let mut floats = vec![MaybeUninit::uninit(); len];
         conv_rescale_into(x.view(), w.view(), 1, 1, &geom, &r, &mut floats).unwrap();
         let mut out = vec![MaybeUninit::<i16>::uninit(); len];
-        let got = conv_rescale_quant_into::<i16>(x.view(), w.view(), 1, 1, &geom, &r, &q, &mut out)
-            .unwrap();
+        let got =
+            conv_rescale_quant_into::<i64, i16>(x.view(), w.view(), 1, 1, &geom, &r, &q, &mut out)
+                .unwrap();
         // SAFETY: both kernels succeeded, so they wrote every element.
         let want: Vec<i64> = floats
             .iter()
