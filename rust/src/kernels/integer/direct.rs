@@ -190,7 +190,7 @@ impl<X: ConvInput> Direct<'_, X> {
                     planes.extend_from_slice(&plan.template);
                 }
                 let lp = plan.posoff.len();
-                let mut acc = vec![0f32; lp * plan.opad];
+                let mut acc = vec![0i32; lp * plan.opad];
                 let mut ints = vec![0i64; l];
                 for img in 0..count {
                     for g in 0..self.group {
@@ -200,7 +200,9 @@ impl<X: ConvInput> Direct<'_, X> {
                             for (r, row) in src.chunks_exact(wd.max(1)).enumerate() {
                                 let at = (top + r) * plan.wp + left;
                                 for (d, &v) in pl[at..at + wd].iter_mut().zip(row) {
-                                    *d = v.to_i64().wrapping_sub(self.shift) as f32;
+                                    // |x − s| <= 2^24 under the F32 strategy: exact in i32
+                                    // and f32 (the i32 step vectorises)
+                                    *d = v.to_i64().wrapping_sub(self.shift) as i32 as f32;
                                 }
                             }
                         }
@@ -208,9 +210,10 @@ impl<X: ConvInput> Direct<'_, X> {
                         product(&planes, wg, &plan, &mut acc, simd);
                         for oo in 0..og {
                             let ct = plan.corr[g * og + oo];
-                            for (p, v) in ints.iter_mut().enumerate() {
-                                // an integer of at most 2^24 in magnitude: exact
-                                *v = (acc[p * plan.opad + oo] as i64).wrapping_add(ct);
+                            for (v, &a) in
+                                ints.iter_mut().zip(acc.iter().skip(oo).step_by(plan.opad))
+                            {
+                                *v = i64::from(a).wrapping_add(ct);
                             }
                             let d = (img * o + g * og + oo) * l;
                             sink(g * og + oo, &ints, &mut dst[d..d + l]);
@@ -222,8 +225,9 @@ impl<X: ConvInput> Direct<'_, X> {
 }
 
 /// acc[p, ch] = Σ_k planes[posoff[p] + koff[k]] · w[k, ch] for every padded position and
-/// every channel of `opad`.
-fn product(planes: &[f32], w: &[f32], plan: &Plan, acc: &mut [f32], simd: bool) {
+/// every channel of `opad` (integers of at most 2^24 in magnitude, computed exactly in f32
+/// and stored as i32).
+fn product(planes: &[f32], w: &[f32], plan: &Plan, acc: &mut [i32], simd: bool) {
     let opad = plan.opad;
     let ckk = plan.koff.len();
     // Every cell read lies inside `planes`: the windows of valid positions do (the output
@@ -231,7 +235,7 @@ fn product(planes: &[f32], w: &[f32], plan: &Plan, acc: &mut [f32], simd: bool) 
     let max_cell =
         plan.posoff.iter().max().copied().unwrap_or(0) + plan.koff.last().copied().unwrap_or(0);
     if ckk == 0 || max_cell >= planes.len() || w.len() < ckk * opad {
-        acc.fill(0.0);
+        acc.fill(0);
         return;
     }
     #[cfg(target_arch = "x86_64")]
@@ -258,14 +262,17 @@ fn product(planes: &[f32], w: &[f32], plan: &Plan, acc: &mut [f32], simd: bool) 
         return;
     }
     let _ = simd;
+    let mut row = vec![0f32; opad];
     for (p, &po) in plan.posoff.iter().enumerate() {
-        let row = &mut acc[p * opad..(p + 1) * opad];
         row.fill(0.0);
         for (k, &ko) in plan.koff.iter().enumerate() {
             let x = planes[po + ko];
             for (a, &wv) in row.iter_mut().zip(&w[k * opad..(k + 1) * opad]) {
                 *a += x * wv;
             }
+        }
+        for (d, &a) in acc[p * opad..(p + 1) * opad].iter_mut().zip(&row) {
+            *d = a as i32;
         }
     }
 }
@@ -277,7 +284,7 @@ unsafe fn block_fma<const P: usize, const V: usize>(
     planes: &[f32],
     w: &[f32],
     plan: &Plan,
-    acc: &mut [f32],
+    acc: &mut [i32],
     p0: usize,
     ch: usize,
 ) {
@@ -307,8 +314,10 @@ unsafe fn block_fma<const P: usize, const V: usize>(
     let ap = acc.as_mut_ptr();
     for (p, row) in sums.iter().enumerate() {
         for (v, &s) in row.iter().enumerate() {
+            // exact: an integer of at most 2^24 in magnitude
+            let ints = _mm256_cvttps_epi32(s);
             // SAFETY: position p0 + p < posoff.len(), channels < opad: inside `acc`.
-            unsafe { _mm256_storeu_ps(ap.add((p0 + p) * opad + ch + v * LANES), s) };
+            unsafe { _mm256_storeu_si256(ap.add((p0 + p) * opad + ch + v * LANES).cast(), ints) };
         }
     }
 }
