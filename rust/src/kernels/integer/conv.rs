@@ -194,7 +194,7 @@ impl Geometry {
     }
 
     /// Whether any cell can be padding (pad value) or extension (0).
-    fn pads_with(&self) -> (bool, bool) {
+    pub(crate) fn pads_with(&self) -> (bool, bool) {
         (
             self.pads.iter().any(|&p| p > 0),
             self.extra.iter().any(|&p| p > 0),
