@@ -22,6 +22,7 @@ __all__ = [
     "int_conv2d_rescale_quant",
     "int_conv_bounds",
     "int_conv_weight_sums",
+    "int_direct_conv",
     "int_gemm_bounds",
     "int_i16",
     "int_i16_conv",
@@ -198,7 +199,7 @@ def int_acc_rescale_quant(
     context: str | None = None,
 ) -> tuple[NDArray[Any], int, int, bool]: ...
 def int_conv2d_rescale_quant(
-    x: _I64,
+    x: NDArray[Any],
     w: _I64,
     z_w: int,
     group: int,
@@ -224,6 +225,7 @@ def int_vnni(enabled: bool | None = None) -> bool: ...
 def int_i16(enabled: bool | None = None) -> bool: ...
 def int_i16_conv(enabled: bool | None = None) -> bool: ...
 def int_u8i8_avx2(enabled: bool | None = None) -> bool: ...
+def int_direct_conv(enabled: bool | None = None) -> bool: ...
 def int_matmul_weight_sums(w: _I64, z_x: int, context: str | None = None) -> _I64: ...
 def int_conv2d(
     x: _I64,

@@ -141,12 +141,13 @@ def integer_conv_rescale_quant(
     name: str = "Conv",
 ) -> tuple[Any, int, int] | None:
     """``integer_conv_rescale`` quantized by ``quant`` in one native pass: (int8/int16
-    integers, min, max), or None (see the module docs)."""
+    integers, min, max), or None (see the module docs). An int8/int16/int32 ``q_x`` is
+    read as it is (no int64 copy)."""
     operands = requant_operands(quant)
     if operands is None:
         return None
     x, w, zx, zw, group, s, p, spatial = _conv_operands(
-        q_x, q_w, z_x, z_w, strides, pads, group, name, check=False
+        q_x, q_w, z_x, z_w, strides, pads, group, name, check=False, narrow=True
     )
     k_lsbs = _check_lsbs(lsbs, name)
     vectors = rescale_vectors(offset, sub, mul, add, w.shape[0], spatial + 2, 1)

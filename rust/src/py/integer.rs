@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 
 use crate::kernels::integer::exact::Strategy;
 use crate::kernels::integer::requant::{self, Narrow, Quantized, Requant};
-use crate::kernels::integer::{bits, conv, gemm, madd, maddubs, rescale, rounding, vnni};
+use crate::kernels::integer::{bits, conv, direct, gemm, madd, maddubs, rescale, rounding, vnni};
 use crate::py::errors::to_pyerr;
 
 type Pair<'py, A> = (Bound<'py, A>, Bound<'py, A>);
@@ -146,6 +146,18 @@ fn int_i16_conv(enabled: Option<bool>) -> bool {
     }
 }
 
+/// Allow or forbid the direct conv (`kernels::integer::direct`, on by default; the F32
+/// strategy without an im2col matrix) if `enabled` is given; returns whether it is on.
+/// Results are the same integers either way.
+#[pyfunction]
+#[pyo3(signature = (enabled=None))]
+fn int_direct_conv(enabled: Option<bool>) -> bool {
+    match enabled {
+        Some(on) => direct::set_enabled(on),
+        None => direct::enabled(),
+    }
+}
+
 /// The `Rescale` operands of the fused kernels from their numpy arrays.
 fn rescale_of<'a>(
     lsbs: i64,
@@ -268,7 +280,7 @@ trait NarrowSlots: Send {
     #[allow(clippy::too_many_arguments)]
     fn conv(
         &mut self,
-        x: numpy::ndarray::ArrayView4<'_, i64>,
+        x: &ConvX<'_>,
         w: numpy::ndarray::ArrayView4<'_, i64>,
         z_w: i64,
         group: usize,
@@ -276,6 +288,63 @@ trait NarrowSlots: Send {
         rescale: &rescale::Rescale<'_>,
         requant: &Requant,
     ) -> crate::error::Result<Quantized>;
+}
+
+/// A conv input of any integer type the kernel reads without widening.
+enum ConvX<'a> {
+    I8(numpy::ndarray::ArrayView4<'a, i8>),
+    I16(numpy::ndarray::ArrayView4<'a, i16>),
+    I32(numpy::ndarray::ArrayView4<'a, i32>),
+    I64(numpy::ndarray::ArrayView4<'a, i64>),
+}
+
+/// The readonly numpy array behind a `ConvX` (held while the view is used).
+enum ConvXArray<'py> {
+    I8(PyReadonlyArray4<'py, i8>),
+    I16(PyReadonlyArray4<'py, i16>),
+    I32(PyReadonlyArray4<'py, i32>),
+    I64(PyReadonlyArray4<'py, i64>),
+}
+
+impl<'py> ConvXArray<'py> {
+    /// An int8, int16, int32 or int64 4-D array, else a TypeError naming the dtype.
+    fn extract(x: &Bound<'py, PyAny>) -> PyResult<ConvXArray<'py>> {
+        if let Ok(a) = x.extract::<PyReadonlyArray4<'py, i64>>() {
+            return Ok(ConvXArray::I64(a));
+        }
+        if let Ok(a) = x.extract::<PyReadonlyArray4<'py, i8>>() {
+            return Ok(ConvXArray::I8(a));
+        }
+        if let Ok(a) = x.extract::<PyReadonlyArray4<'py, i16>>() {
+            return Ok(ConvXArray::I16(a));
+        }
+        if let Ok(a) = x.extract::<PyReadonlyArray4<'py, i32>>() {
+            return Ok(ConvXArray::I32(a));
+        }
+        Err(pyo3::exceptions::PyTypeError::new_err(
+            "the conv input must be a 4-D numpy array of int8, int16, int32 or int64",
+        ))
+    }
+
+    fn view(&self) -> ConvX<'_> {
+        match self {
+            ConvXArray::I8(a) => ConvX::I8(a.as_array()),
+            ConvXArray::I16(a) => ConvX::I16(a.as_array()),
+            ConvXArray::I32(a) => ConvX::I32(a.as_array()),
+            ConvXArray::I64(a) => ConvX::I64(a.as_array()),
+        }
+    }
+}
+
+impl ConvX<'_> {
+    fn dim(&self) -> (usize, usize, usize, usize) {
+        match self {
+            ConvX::I8(a) => a.dim(),
+            ConvX::I16(a) => a.dim(),
+            ConvX::I32(a) => a.dim(),
+            ConvX::I64(a) => a.dim(),
+        }
+    }
 }
 
 struct Slots<'a, O>(&'a mut [MaybeUninit<O>]);
@@ -301,7 +370,7 @@ impl<O: Narrow> NarrowSlots for Slots<'_, O> {
     }
     fn conv(
         &mut self,
-        x: numpy::ndarray::ArrayView4<'_, i64>,
+        x: &ConvX<'_>,
         w: numpy::ndarray::ArrayView4<'_, i64>,
         z_w: i64,
         group: usize,
@@ -309,7 +378,21 @@ impl<O: Narrow> NarrowSlots for Slots<'_, O> {
         rescale: &rescale::Rescale<'_>,
         requant: &Requant,
     ) -> crate::error::Result<Quantized> {
-        requant::conv_rescale_quant_into(x, w, z_w, group, geom, rescale, requant, self.0)
+        let out = &mut *self.0;
+        match x {
+            ConvX::I8(x) => {
+                requant::conv_rescale_quant_into(*x, w, z_w, group, geom, rescale, requant, out)
+            }
+            ConvX::I16(x) => {
+                requant::conv_rescale_quant_into(*x, w, z_w, group, geom, rescale, requant, out)
+            }
+            ConvX::I32(x) => {
+                requant::conv_rescale_quant_into(*x, w, z_w, group, geom, rescale, requant, out)
+            }
+            ConvX::I64(x) => {
+                requant::conv_rescale_quant_into(*x, w, z_w, group, geom, rescale, requant, out)
+            }
+        }
     }
 }
 
@@ -376,13 +459,14 @@ fn int_acc_rescale_quant<'py>(
 }
 
 /// `int_conv2d_rescale` quantized as `int_matmul_rescale_quant` does; returns (integers,
-/// min, max, nan).
+/// min, max, nan). The input may be int8, int16, int32 or int64 (read as it is, never
+/// widened to a copy).
 #[pyfunction]
 #[pyo3(signature = (x, w, z_w, group, strides, pads, pad_value, lsbs, offset, sub, mul, add, scale, zero_point, lo, hi, dtype, context=None))]
 #[allow(clippy::too_many_arguments)]
 fn int_conv2d_rescale_quant<'py>(
     py: Python<'py>,
-    x: PyReadonlyArray4<'py, i64>,
+    x: Bound<'py, PyAny>,
     w: PyReadonlyArray4<'py, i64>,
     z_w: i64,
     group: usize,
@@ -401,13 +485,14 @@ fn int_conv2d_rescale_quant<'py>(
     dtype: &str,
     context: Option<&str>,
 ) -> PyResult<QuantOut<'py>> {
-    let (x, w) = (x.as_array(), w.as_array());
+    let xa = ConvXArray::extract(&x)?;
+    let (x, w) = (xa.view(), w.as_array());
     let (geom, dims) = conv_geometry(x.dim(), w.dim(), group, strides, pads, pad_value)
         .map_err(|e| to_pyerr(py, e, context))?;
     let rescale = rescale_of(lsbs, offset, &sub, &mul, add.as_ref())?;
     let requant = requant_of(scale, zero_point, lo, hi);
     narrow_out(py, numpy::ndarray::Dim(dims), dtype, context, |out| {
-        out.conv(x, w, z_w, group, &geom, &rescale, &requant)
+        out.conv(&x, w, z_w, group, &geom, &rescale, &requant)
     })
 }
 
@@ -610,6 +695,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(int_i16, m)?)?;
     m.add_function(wrap_pyfunction!(int_u8i8_avx2, m)?)?;
     m.add_function(wrap_pyfunction!(int_i16_conv, m)?)?;
+    m.add_function(wrap_pyfunction!(int_direct_conv, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d_rescale, m)?)?;
     m.add_function(wrap_pyfunction!(int_matmul_rescale_quant, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d_rescale_quant, m)?)?;

@@ -153,8 +153,11 @@ def _conv_operands(
     group: int,
     name: str,
     check: bool,
+    narrow: bool = False,
 ) -> tuple[I64, I64, int, int, int, Any, Any, int]:
-    x = _int64(q_x, "the input q_x", name)
+    """The checked conv operands in their 2-D form; with ``narrow`` an int8/int16/int32
+    input is kept in its own dtype (for the native kernels that read it unwidened)."""
+    x = _narrow_input(q_x, name) if narrow else _int64(q_x, "the input q_x", name)
     w = _int64(q_w, "the weights q_w", name)
     zx = _integer(z_x, "the input zero point z_x", name)
     zw = _integer(z_w, "the weight zero point z_w", name)
@@ -187,6 +190,17 @@ def _conv_operands(
         _check_bound(terms, (xlo, xhi), (wlo - zw, whi - zw), what, name)
         _check_bound(terms, (zx, zx), (wlo, whi), "z_x times the weight sums", name)
     return x4, w4, zx, zw, group, s, p, spatial
+
+
+_NARROW_INPUTS = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32))
+
+
+def _narrow_input(q_x: Any, name: str) -> Any:
+    """``q_x`` as it is if it holds int8, int16 or int32, else as int64."""
+    arr = np.asarray(q_x)
+    if arr.dtype in _NARROW_INPUTS:
+        return arr
+    return _int64(arr, "the input q_x", name)
 
 
 def _pool_operands(

@@ -7,6 +7,7 @@ use ndarray::{Array2, Array4, ArrayView4, CowArray, Ix4};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::kernels::integer::direct::{self, Direct};
 use crate::kernels::integer::exact::{
     check_bound, describe, max_abs, range, range_of, Exact, Strategy,
 };
@@ -23,6 +24,71 @@ const I16_BLOCK_COLS: usize = 1024;
 
 /// Output channels per microkernel tile of the U8I8 strategy.
 const CONV_ROWS: usize = 4;
+
+/// An integer element type the conv reads its input in: int8 to int64, never widened by the
+/// direct conv (the other paths widen a narrow input to int64 first).
+pub trait ConvInput: Copy + Send + Sync + 'static {
+    /// The value as i64 (exact).
+    fn to_i64(self) -> i64;
+
+    /// (min, max) of the values, (0, 0) when there are none.
+    fn range(x: ArrayView4<'_, Self>) -> (i64, i64) {
+        let fold = |(lo, hi): (i64, i64), &v: &Self| {
+            let v = v.to_i64();
+            (lo.min(v), hi.max(v))
+        };
+        let found = match x.as_slice() {
+            Some(s) => s.iter().fold((i64::MAX, i64::MIN), fold),
+            None => x.iter().fold((i64::MAX, i64::MIN), fold),
+        };
+        if x.is_empty() {
+            (0, 0)
+        } else {
+            found
+        }
+    }
+
+    /// The values as int64 (borrowed when they already are).
+    fn widen(x: ArrayView4<'_, Self>) -> CowArray<'_, i64, Ix4> {
+        CowArray::from(x.mapv(Self::to_i64))
+    }
+}
+
+macro_rules! narrow_input {
+    ($($t:ty),*) => {$(
+        impl ConvInput for $t {
+            #[inline(always)]
+            fn to_i64(self) -> i64 {
+                i64::from(self)
+            }
+        }
+    )*};
+}
+narrow_input!(i8, i16, i32);
+
+impl ConvInput for i64 {
+    #[inline(always)]
+    fn to_i64(self) -> i64 {
+        self
+    }
+    fn range(x: ArrayView4<'_, i64>) -> (i64, i64) {
+        range_of(x)
+    }
+    fn widen(x: ArrayView4<'_, i64>) -> CowArray<'_, i64, Ix4> {
+        CowArray::from(x)
+    }
+}
+
+/// Whether the direct conv (`direct`) may replace the im2col F32 path, and how it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DirectUse {
+    Off,
+    /// With the SIMD microkernel where the CPU has it.
+    On,
+    /// With the portable loop only (tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Portable,
+}
 
 /// Window geometry of a conv or pool over a padded input.
 ///
@@ -128,7 +194,7 @@ impl Geometry {
     }
 
     /// Whether any cell can be padding (pad value) or extension (0).
-    fn pads_with(&self) -> (bool, bool) {
+    pub(crate) fn pads_with(&self) -> (bool, bool) {
         (
             self.pads.iter().any(|&p| p > 0),
             self.extra.iter().any(|&p| p > 0),
@@ -209,8 +275,8 @@ pub fn conv2d_into(
 /// OH·OW accumulators of one (image, channel) and `dst` the matching part of `out` (C order,
 /// (N, O, OH, OW)); `sink` must write all of `dst`. Planes go to the sink in any order, each
 /// once, and their values do not depend on the thread count.
-pub fn conv2d_map_into<O: Send, F>(
-    x: ArrayView4<'_, i64>,
+pub fn conv2d_map_into<X: ConvInput, O: Send, F>(
+    x: ArrayView4<'_, X>,
     w: ArrayView4<'_, i64>,
     z_w: i64,
     group: usize,
@@ -227,7 +293,12 @@ where
         maddubs: false,
         i16: madd::conv_available(),
     };
-    map_into_with(x, w, z_w, group, geom, out, sink, allowed)
+    let direct = if direct::enabled() {
+        DirectUse::On
+    } else {
+        DirectUse::Off
+    };
+    map_into_with(x, w, z_w, group, geom, out, sink, allowed, direct)
 }
 
 /// The shift s = min x_pad of the U8I8 strategy if it applies to a conv over `ckk` taps of
@@ -242,10 +313,11 @@ fn u8i8_shift(ckk: usize, x: (i64, i64), c: (i128, i128)) -> Option<i64> {
     (bound <= i32::MAX as u128).then_some(x.0)
 }
 
-/// `conv2d_map_into`, allowing only the SIMD integer strategies of `allowed`.
+/// `conv2d_map_into`, allowing only the SIMD integer strategies of `allowed` and the direct
+/// conv as `direct` says.
 #[allow(clippy::too_many_arguments)]
-fn map_into_with<O: Send, F>(
-    x: ArrayView4<'_, i64>,
+fn map_into_with<X: ConvInput, O: Send, F>(
+    x: ArrayView4<'_, X>,
     w: ArrayView4<'_, i64>,
     z_w: i64,
     group: usize,
@@ -253,6 +325,7 @@ fn map_into_with<O: Send, F>(
     out: &mut [O],
     sink: F,
     allowed: Allowed,
+    direct: DirectUse,
 ) -> Result<()>
 where
     F: Fn(usize, &[i64], &mut [O]) + Sync,
@@ -261,7 +334,7 @@ where
     check_out(out, &[n, o, oh, ow])?;
     let (_, c, h, wd) = x.dim();
     let (_, cg, kh, kw) = w.dim();
-    let (mut xlo, mut xhi) = range_of(x);
+    let (mut xlo, mut xhi) = X::range(x);
     let (padded, extended) = geom.pads_with();
     if padded {
         xlo = xlo.min(geom.pad_value);
@@ -314,14 +387,33 @@ where
         None if allowed.i16 && i16_fits && bound <= i32::MAX as u128 => Strategy::I16,
         None => Strategy::for_bound(bound),
     };
+    let wc: Vec<i64> = w
+        .as_standard_layout()
+        .iter()
+        .map(|&v| v.wrapping_sub(z_w))
+        .collect();
+    let dims = [n, c, h, wd, o, cg, oh, ow];
+    if strategy == Strategy::F32 && direct != DirectUse::Off {
+        let xs = x.as_standard_layout();
+        let job = Direct {
+            x: xs.as_slice().unwrap_or(&[]),
+            w: &wc,
+            shift: s,
+            dims,
+            group,
+            geom,
+            portable: direct == DirectUse::Portable,
+        };
+        job.run(out, &sink);
+        return Ok(());
+    }
+    let wide = X::widen(x);
+    let view = wide.view();
     let job = Job {
         shift: s,
-        x: x.as_standard_layout(),
-        w: w.as_standard_layout()
-            .iter()
-            .map(|&v| v.wrapping_sub(z_w))
-            .collect(),
-        dims: [n, c, h, wd, o, cg, oh, ow],
+        x: view.as_standard_layout(),
+        w: wc,
+        dims,
         group,
         geom,
     };
@@ -923,6 +1015,38 @@ mod tests {
             dst,
             |_, acc, d| d.copy_from_slice(acc),
             allowed,
+            DirectUse::Off,
+        )
+        .unwrap();
+        out
+    }
+
+    /// `conv2d` through the direct conv (`use_`), from the input narrowed to `X`.
+    fn direct_with<X: ConvInput + TryFrom<i64>>(
+        x: &Array4<i64>,
+        w: &Array4<i64>,
+        z_w: i64,
+        group: usize,
+        g: &Geometry,
+        use_: DirectUse,
+    ) -> Array4<i64>
+    where
+        <X as TryFrom<i64>>::Error: std::fmt::Debug,
+    {
+        let xn = x.mapv(|v| X::try_from(v).unwrap());
+        let dims = conv2d_shape(x.dim(), w.dim(), group, g).unwrap();
+        let mut out = Array4::<i64>::from_elem(dims, 99);
+        let dst = out.as_slice_mut().unwrap();
+        map_into_with(
+            xn.view(),
+            w.view(),
+            z_w,
+            group,
+            g,
+            dst,
+            |_, acc, d| d.copy_from_slice(acc),
+            Allowed::NONE,
+            use_,
         )
         .unwrap();
         out
@@ -1004,6 +1128,104 @@ mod tests {
                 assert_eq!(with(&x, &w, 4, group, &g, allowed), want, "{xs:?} {ws:?}");
             }
         }
+    }
+
+    #[test]
+    fn direct_matches_the_definition_for_every_input_type() {
+        // (x shape, w shape, strides, pads, extra, pad value, group): one input channel,
+        // groups, depthwise, strides, pads with a pad value and the ceil extension, more than
+        // 16 output channels (two channel blocks), a 1x1 kernel, odd sizes.
+        let cases = [
+            (
+                (3, 1, 8, 8),
+                (8, 1, 3, 3),
+                [1, 1],
+                [1, 1, 1, 1],
+                [0, 0],
+                -1,
+                1,
+            ),
+            (
+                (5, 8, 8, 8),
+                (16, 8, 3, 3),
+                [2, 2],
+                [1, 1, 1, 1],
+                [0, 0],
+                0,
+                1,
+            ),
+            (
+                (3, 4, 7, 6),
+                (6, 2, 3, 2),
+                [2, 1],
+                [1, 0, 2, 1],
+                [0, 1],
+                60,
+                2,
+            ),
+            ((2, 3, 5, 4), (3, 1, 2, 2), [1, 1], [0; 4], [0, 0], 100, 3),
+            (
+                (1, 5, 9, 9),
+                (7, 5, 1, 3),
+                [3, 2],
+                [0, 2, 1, 0],
+                [1, 0],
+                5,
+                1,
+            ),
+            (
+                (2, 2, 6, 5),
+                (37, 2, 3, 3),
+                [1, 2],
+                [2, 1, 0, 2],
+                [1, 1],
+                -7,
+                1,
+            ),
+            ((4, 6, 3, 3), (12, 2, 1, 1), [1, 1], [0; 4], [0, 0], 0, 3),
+            ((1, 1, 1, 1), (1, 1, 1, 1), [1, 1], [0; 4], [0, 0], 0, 1),
+        ];
+        for (xs, ws, strides, pads, extra, pad_value, group) in cases {
+            let g = Geometry::new([ws.2, ws.3], strides, pads, extra, pad_value);
+            for (xlo, span) in [(-16, 32), (0, 30), (-128, 256)] {
+                let x = data(xs, 1, xlo, span);
+                let w = data(ws, 2, -20, 37);
+                let want = naive(&x, &w, 3, group, &g);
+                for use_ in [DirectUse::On, DirectUse::Portable] {
+                    let what = format!("{xs:?} {ws:?} {use_:?} {xlo}");
+                    assert_eq!(
+                        direct_with::<i8>(&x, &w, 3, group, &g, use_),
+                        want,
+                        "{what}"
+                    );
+                    assert_eq!(
+                        direct_with::<i16>(&x, &w, 3, group, &g, use_),
+                        want,
+                        "{what}"
+                    );
+                    assert_eq!(
+                        direct_with::<i32>(&x, &w, 3, group, &g, use_),
+                        want,
+                        "{what}"
+                    );
+                    assert_eq!(
+                        direct_with::<i64>(&x, &w, 3, group, &g, use_),
+                        want,
+                        "{what}"
+                    );
+                }
+                assert_eq!(
+                    direct_with::<i8>(&x, &w, 3, group, &g, DirectUse::Off),
+                    want
+                );
+            }
+        }
+        // Past the F32 bound the direct conv does not apply: the other paths give the same.
+        let g = Geometry::new([3, 3], [1, 1], [1; 4], [0, 0], 0);
+        let x = data((2, 3, 5, 5), 1, -30_000, 60_000);
+        let w = data((4, 3, 3, 3), 2, -3000, 6000);
+        let want = naive(&x, &w, 0, 1, &g);
+        assert_eq!(direct_with::<i32>(&x, &w, 0, 1, &g, DirectUse::On), want);
     }
 
     #[test]

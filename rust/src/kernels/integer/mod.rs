@@ -9,6 +9,7 @@
 
 pub mod bits;
 pub mod conv;
+pub mod direct;
 pub mod exact;
 pub mod gemm;
 pub mod madd;

@@ -18,7 +18,7 @@ use ndarray::{ArrayView2, ArrayView3, ArrayView4};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::kernels::integer::conv::{conv2d_map_into, conv2d_shape, Geometry};
+use crate::kernels::integer::conv::{conv2d_map_into, conv2d_shape, ConvInput, Geometry};
 use crate::kernels::integer::gemm::{matmul_map_into, matmul_shape, BLOCK_ROWS};
 use crate::kernels::integer::rescale::{rescale_run, Operand, Rescale};
 use crate::kernels::quant::float::{clip, Real};
@@ -42,6 +42,8 @@ pub trait Narrow: Copy + Send + Sync + 'static {
     fn from_f64(v: f64) -> Self;
     /// An i32 within [MIN, MAX] (exact).
     fn from_i32(v: i32) -> Self;
+    /// The value as i32 (exact).
+    fn to_i32(self) -> i32;
 }
 
 impl Narrow for i8 {
@@ -55,6 +57,10 @@ impl Narrow for i8 {
     fn from_i32(v: i32) -> Self {
         v as i8
     }
+    #[inline(always)]
+    fn to_i32(self) -> i32 {
+        i32::from(self)
+    }
 }
 
 impl Narrow for i16 {
@@ -67,6 +73,10 @@ impl Narrow for i16 {
     #[inline(always)]
     fn from_i32(v: i32) -> Self {
         v as i16
+    }
+    #[inline(always)]
+    fn to_i32(self) -> i32 {
+        i32::from(self)
     }
 }
 
@@ -202,6 +212,12 @@ impl Sink {
         if over {
             self.overflow.store(true, Ordering::Relaxed);
         }
+        self.merge(lo, hi);
+    }
+
+    /// Take the extremes `lo`, `hi` of some written integers into the shared ones.
+    #[inline]
+    fn merge(&self, lo: i64, hi: i64) {
         // read first: once the extremes are found the shared line is only read, never
         // written, so the threads do not take it from each other
         if lo <= hi && lo < self.min.load(Ordering::Relaxed) {
@@ -339,13 +355,14 @@ pub fn acc_rescale_quant_into<O: Narrow>(
     sink.finish(rescale.lsbs)
 }
 
-/// `conv_rescale_into` then the output quantizer, into `out` (C order, (N, O, OH, OW)).
+/// `conv_rescale_into` then the output quantizer, into `out` (C order, (N, O, OH, OW)); the
+/// input may be any integer type of `ConvInput` (the same integers as its int64 copy).
 ///
 /// Errors: those of `conv_rescale_into`, and `InvalidArgument` for clip bounds that are not
 /// integers within `O`.
 #[allow(clippy::too_many_arguments)]
-pub fn conv_rescale_quant_into<O: Narrow>(
-    x: ArrayView4<'_, i64>,
+pub fn conv_rescale_quant_into<X: ConvInput, O: Narrow>(
+    x: ArrayView4<'_, X>,
     w: ArrayView4<'_, i64>,
     z_w: i64,
     group: usize,
@@ -359,6 +376,20 @@ pub fn conv_rescale_quant_into<O: Narrow>(
     requant.check::<O>()?;
     let sink = Sink::new();
     let (sub, mul, add) = (rescale.sub, rescale.mul, rescale.add);
+    if let Some(tables) = ChannelTables::<O>::build(x, w, z_w, geom, rescale, requant, out.len()) {
+        conv2d_map_into(x, w, z_w, group, geom, out, |c, acc, dst| {
+            if !tables.write(c, acc, dst, &sink) {
+                sink.run(
+                    acc,
+                    dst,
+                    rescale,
+                    (sub[c], mul[c], add.map(|a| a[c])),
+                    requant,
+                );
+            }
+        })?;
+        return sink.finish(rescale.lsbs);
+    }
     conv2d_map_into(x, w, z_w, group, geom, out, |c, acc, dst| {
         // c < o (a channel of the output), so the lookups are in range
         sink.run(
@@ -370,6 +401,127 @@ pub fn conv_rescale_quant_into<O: Narrow>(
         );
     })?;
     sink.finish(rescale.lsbs)
+}
+
+/// Total table entries at most (memory), and at most this fraction of the outputs (the
+/// tables must cost less than the outputs they replace).
+const TABLE_ENTRIES: i128 = 1 << 22;
+const TABLE_SHARE: i128 = 8;
+
+/// Per output channel, the quantized integer of every accumulator the conv can give: the
+/// rescale + quantizer is a function of the integer accumulator alone (per channel), so
+/// when the accumulators' range is much smaller than the output, a lookup replaces the
+/// float64 steps of each output. Built with the same `Sink::run` on the range, so every
+/// entry is the integer the direct evaluation writes.
+struct ChannelTables<O> {
+    /// Per channel: the smallest accumulator and the offset of its table in `values`.
+    starts: Vec<(i64, usize, usize)>,
+    values: Vec<O>,
+}
+
+impl<O: Narrow> ChannelTables<O> {
+    /// The tables, or None when they would not pay (or some entry is NaN or its rounding
+    /// leaves int64: the direct evaluation then reports it as before).
+    #[allow(clippy::too_many_arguments)]
+    fn build<X: ConvInput>(
+        x: ArrayView4<'_, X>,
+        w: ArrayView4<'_, i64>,
+        z_w: i64,
+        geom: &Geometry,
+        rescale: &Rescale<'_>,
+        requant: &Requant,
+        outputs: usize,
+    ) -> Option<ChannelTables<O>> {
+        let o = w.dim().0;
+        if o == 0 || outputs == 0 {
+            return None;
+        }
+        // the accumulators' range per channel from the padded input's range: a quick
+        // estimate first (bounded by the whole weight range), then the exact per-channel one
+        let (mut xlo, mut xhi) = X::range(x);
+        let (padded, extended) = geom.pads_with();
+        if padded {
+            xlo = xlo.min(geom.pad_value);
+            xhi = xhi.max(geom.pad_value);
+        }
+        if extended {
+            xlo = xlo.min(0);
+            xhi = xhi.max(0);
+        }
+        let (xlo, xhi) = (i128::from(xlo), i128::from(xhi));
+        let mut ranges = Vec::with_capacity(o);
+        let mut total: i128 = 0;
+        let w = w.as_standard_layout();
+        let per = w.len() / o;
+        for row in w.as_slice()?.chunks_exact(per.max(1)) {
+            let (mut lo, mut hi) = (0i128, 0i128);
+            for &v in row {
+                let c = i128::from(v) - i128::from(z_w);
+                lo += (xlo * c).min(xhi * c);
+                hi += (xlo * c).max(xhi * c);
+            }
+            total += hi - lo + 1;
+            if total > TABLE_ENTRIES || total * TABLE_SHARE > outputs as i128 {
+                return None;
+            }
+            // within int64: the conv's own bound check passed (or the conv fails anyway)
+            ranges.push((i64::try_from(lo).ok()?, i64::try_from(hi).ok()?));
+        }
+        let tsink = Sink::new();
+        let mut values = Vec::with_capacity(total as usize);
+        let mut starts = Vec::with_capacity(o);
+        let mut ramp = Vec::new();
+        let mut slots = Vec::new();
+        for (c, &(lo, hi)) in ranges.iter().enumerate() {
+            ramp.clear();
+            ramp.extend(lo..=hi);
+            slots.clear();
+            slots.resize(ramp.len(), MaybeUninit::<O>::uninit());
+            let (sub, mul, add) = (rescale.sub, rescale.mul, rescale.add);
+            tsink.run(
+                &ramp,
+                &mut slots,
+                rescale,
+                (*sub.get(c)?, *mul.get(c)?, add.map(|a| a[c])),
+                requant,
+            );
+            starts.push((lo, values.len(), ramp.len()));
+            // SAFETY: `Sink::run` wrote every slot of the ramp.
+            values.extend(slots.iter().map(|s| unsafe { s.assume_init() }));
+        }
+        let built = tsink.finish(rescale.lsbs).ok()?;
+        if built.nan {
+            return None;
+        }
+        Some(ChannelTables { starts, values })
+    }
+
+    /// Write the integers of channel `c`'s accumulators `acc` into `dst` and take their
+    /// extremes into `sink`; false (nothing written) if an accumulator lies outside the
+    /// table (never, by the bound; the caller then evaluates directly).
+    #[inline]
+    fn write(&self, c: usize, acc: &[i64], dst: &mut [MaybeUninit<O>], sink: &Sink) -> bool {
+        let Some(&(lo, at, len)) = self.starts.get(c) else {
+            return false;
+        };
+        let table = &self.values[at..at + len];
+        if acc
+            .iter()
+            .any(|&v| (v.wrapping_sub(lo) as u64) >= len as u64)
+        {
+            return false;
+        }
+        let (mut min, mut max) = (i32::MAX, i32::MIN);
+        for (d, &v) in dst.iter_mut().zip(acc) {
+            let q = table[v.wrapping_sub(lo) as usize];
+            let i = q.to_i32();
+            min = min.min(i);
+            max = max.max(i);
+            d.write(q);
+        }
+        sink.merge(i64::from(min), i64::from(max));
+        true
+    }
 }
 
 #[cfg(test)]
@@ -475,8 +627,9 @@ mod tests {
         let mut floats = vec![MaybeUninit::uninit(); len];
         conv_rescale_into(x.view(), w.view(), 1, 1, &geom, &r, &mut floats).unwrap();
         let mut out = vec![MaybeUninit::<i16>::uninit(); len];
-        let got = conv_rescale_quant_into::<i16>(x.view(), w.view(), 1, 1, &geom, &r, &q, &mut out)
-            .unwrap();
+        let got =
+            conv_rescale_quant_into::<i64, i16>(x.view(), w.view(), 1, 1, &geom, &r, &q, &mut out)
+                .unwrap();
         // SAFETY: both kernels succeeded, so they wrote every element.
         let want: Vec<i64> = floats
             .iter()
@@ -489,6 +642,77 @@ mod tests {
         assert_eq!(ints, want);
         assert_eq!(got.min, *want.iter().min().unwrap());
         assert_eq!(got.max, *want.iter().max().unwrap());
+    }
+
+    #[test]
+    fn conv_channel_tables_match_rescale_then_quantize() {
+        // Many outputs from a narrow accumulator range: the per-channel tables apply.
+        let x = Array4::from_shape_vec(
+            (64, 2, 8, 8),
+            (0..64 * 2 * 64).map(|i| (i * 31 % 7) - 3).collect(),
+        )
+        .unwrap();
+        let w = Array4::from_shape_vec((3, 2, 3, 3), (0..54).map(|i| (i * 17 % 5) - 1).collect())
+            .unwrap();
+        let geom = Geometry::new([3, 3], [1, 1], [1, 1, 1, 1], [0, 0], 2);
+        let dims = conv2d_shape(x.dim(), w.dim(), 1, &geom).unwrap();
+        let len: usize = dims.iter().product();
+        let (sub, mul, add) = ([1.0, -2.0, 0.5], [0.31, 0.2, 0.07], [0.3, -1.0, 0.0]);
+        let q = Requant {
+            scale: 0.5,
+            zero_point: 3.0,
+            lo: -8.0,
+            hi: 9.0,
+        };
+        for lsbs in [0, 2] {
+            let r = Rescale {
+                lsbs,
+                offset: 5.0,
+                sub: &sub,
+                mul: &mul,
+                add: Some(&add),
+            };
+            let tables = ChannelTables::<i8>::build(x.view(), w.view(), 1, &geom, &r, &q, len);
+            assert!(tables.is_some());
+            let mut floats = vec![MaybeUninit::uninit(); len];
+            conv_rescale_into(x.view(), w.view(), 1, 1, &geom, &r, &mut floats).unwrap();
+            let mut out = vec![MaybeUninit::<i8>::uninit(); len];
+            let got = conv_rescale_quant_into::<i64, i8>(
+                x.view(),
+                w.view(),
+                1,
+                1,
+                &geom,
+                &r,
+                &q,
+                &mut out,
+            )
+            .unwrap();
+            // SAFETY: both kernels succeeded, so they wrote every element.
+            let want: Vec<i64> = floats
+                .iter()
+                .map(|v| quantize_ref(unsafe { v.assume_init() }, &q))
+                .collect();
+            let ints: Vec<i64> = out
+                .iter()
+                .map(|v| i64::from(unsafe { v.assume_init() }))
+                .collect();
+            assert_eq!(ints, want);
+            assert_eq!(got.min, *want.iter().min().unwrap());
+            assert_eq!(got.max, *want.iter().max().unwrap());
+            assert!(!got.nan);
+        }
+        // A NaN entry (inf·0 at the accumulator 0) turns the tables off.
+        let inf = [f64::INFINITY, 1.0, 1.0];
+        let zeros = [0.0; 3];
+        let r = Rescale {
+            lsbs: 0,
+            offset: 0.0,
+            sub: &zeros,
+            mul: &inf,
+            add: None,
+        };
+        assert!(ChannelTables::<i8>::build(x.view(), w.view(), 1, &geom, &r, &q, len).is_none());
     }
 
     #[test]

@@ -1,0 +1,323 @@
+//! A direct integer convolution for the F32 strategy (every partial sum within 2^24, so f32
+//! products and sums are exact integers in any order): no im2col matrix.
+//!
+//! Each image's channels are copied once, shifted, into padded f32 planes whose borders
+//! hold the pad value and the ceil-extension 0 (both shifted likewise). The output of one
+//! image is then a small product evaluated straight from those planes: vectors of 8 output
+//! channels times the broadcast input cell of each tap, for a block of output positions at
+//! once (AVX2 + FMA; a portable loop with the same sums elsewhere). The accumulators of one
+//! image stay in the cache, are turned into the exact integers (plus the shift's per-channel
+//! correction) and handed plane by plane to the caller's sink, as the im2col paths do.
+//!
+//! The input is read in its own integer type (int8 .. int64), so narrow inputs are never
+//! widened.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rayon::prelude::*;
+
+use crate::kernels::integer::conv::{ConvInput, Geometry};
+
+/// Whether the direct conv may be used (a switch for benchmarks and differential tests;
+/// results are the same integers either way).
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Allow or forbid the direct conv; returns whether it is now in use.
+pub fn set_enabled(on: bool) -> bool {
+    ENABLED.store(on, Ordering::Relaxed);
+    on
+}
+
+/// Whether the direct conv is enabled.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Output channels per vector.
+const LANES: usize = 8;
+/// Positions per microkernel block for one vector of channels, and for two.
+const POS_1: usize = 8;
+const POS_2: usize = 4;
+/// Images per parallel task: a fixed number of output columns, as the im2col paths.
+const TASK_COLS: usize = 4096;
+
+/// Whether the CPU runs the AVX2 + FMA microkernel.
+fn fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The operands of one direct conv (see the module docs).
+pub(crate) struct Direct<'a, X> {
+    /// The input in C order, (N, C, H, W).
+    pub x: &'a [X],
+    /// (O, C/g·kh·kw) row-major weights minus z_w.
+    pub w: &'a [i64],
+    /// Subtracted from every cell of the padded input.
+    pub shift: i64,
+    /// n, c, h, w, o, cg, oh, ow
+    pub dims: [usize; 8],
+    pub group: usize,
+    pub geom: &'a Geometry,
+    /// Use the portable loop even where the SIMD kernel runs (tests).
+    pub portable: bool,
+}
+
+/// The per-call tables shared by every task.
+struct Plan {
+    /// Padded plane height and width.
+    hp: usize,
+    wp: usize,
+    /// A padded plane with the shifted pad / extension cells and 0 inside.
+    template: Vec<f32>,
+    /// Per k (c_local, i, j): the offset of its cell in a group's planes.
+    koff: Vec<usize>,
+    /// Per output position (padded to a multiple of `POS_1` with position 0): the offset of
+    /// its window's top-left cell in a plane.
+    posoff: Vec<usize>,
+    /// Per group: k-major weights, `opad` channels per k (zero past og).
+    weights: Vec<f32>,
+    opad: usize,
+    /// s·Σ_k c per output channel (wrapping; exact since the result fits int64).
+    corr: Vec<i64>,
+}
+
+impl<X: ConvInput> Direct<'_, X> {
+    fn plan(&self) -> Plan {
+        let [_, _, h, wd, o, cg, oh, ow] = self.dims;
+        let g = self.geom;
+        let (kh, kw) = (g.kernel[0], g.kernel[1]);
+        let hp = h + g.pads[0] + g.pads[2] + g.extra[0];
+        let wp = wd + g.pads[1] + g.pads[3] + g.extra[1];
+        // Zone of a padded coordinate along an axis: 0 input, 1 pad, 2 extension.
+        let zone = |axis: usize, idx: usize, size: usize| -> u8 {
+            let begin = g.pads[axis];
+            if idx < begin {
+                1
+            } else if idx - begin < size {
+                0
+            } else if idx - begin < size + g.pads[axis + 2] {
+                1
+            } else {
+                2
+            }
+        };
+        let pad = g.pad_value.wrapping_sub(self.shift) as f32;
+        let zero = self.shift.wrapping_neg() as f32;
+        let mut template = vec![0f32; hp * wp];
+        for r in 0..hp {
+            for col in 0..wp {
+                template[r * wp + col] = match zone(0, r, h).max(zone(1, col, wd)) {
+                    0 => 0.0,
+                    1 => pad,
+                    _ => zero,
+                };
+            }
+        }
+        let koff = (0..cg * kh * kw)
+            .map(|k| {
+                let (c, tap) = (k / (kh * kw), k % (kh * kw));
+                c * hp * wp + (tap / kw) * wp + tap % kw
+            })
+            .collect();
+        let l = oh * ow;
+        let mut posoff: Vec<usize> = (0..l)
+            .map(|p| (p / ow) * g.strides[0] * wp + (p % ow) * g.strides[1])
+            .collect();
+        posoff.resize(l.div_ceil(POS_1) * POS_1, 0);
+        let og = o / self.group;
+        let ckk = cg * kh * kw;
+        let opad = og.div_ceil(LANES) * LANES;
+        let mut weights = vec![0f32; self.group * ckk * opad];
+        for (oc, row) in self.w.chunks_exact(ckk.max(1)).take(o).enumerate() {
+            let (grp, oo) = (oc / og, oc % og);
+            for (k, &v) in row.iter().enumerate() {
+                // exact: |v| <= the bound of the F32 strategy
+                weights[(grp * ckk + k) * opad + oo] = v as f32;
+            }
+        }
+        let corr = self
+            .w
+            .chunks_exact(ckk.max(1))
+            .map(|row| {
+                let sum = row.iter().fold(0i64, |a, &v| a.wrapping_add(v));
+                self.shift.wrapping_mul(sum)
+            })
+            .collect();
+        Plan {
+            hp,
+            wp,
+            template,
+            koff,
+            posoff,
+            weights,
+            opad,
+            corr,
+        }
+    }
+
+    /// Hand every plane of `out` (N, O, OH, OW) to `sink(channel, acc, dst)`.
+    pub fn run<O: Send, F>(&self, out: &mut [O], sink: &F)
+    where
+        F: Fn(usize, &[i64], &mut [O]) + Sync,
+    {
+        let [_, c, h, wd, o, cg, oh, ow] = self.dims;
+        let l = oh * ow;
+        if out.is_empty() || l == 0 || o == 0 {
+            return;
+        }
+        let plan = self.plan();
+        let og = o / self.group;
+        let ckk = plan.koff.len();
+        let plane = plan.hp * plan.wp;
+        let (top, left) = (self.geom.pads[0], self.geom.pads[1]);
+        let simd = fma() && !self.portable;
+        let imgs = (TASK_COLS / l).max(1);
+        out.par_chunks_mut(imgs * o * l)
+            .enumerate()
+            .for_each(|(chunk, dst)| {
+                let first = chunk * imgs;
+                let count = dst.len() / (o * l);
+                // cg padded planes, their borders set once
+                let mut planes: Vec<f32> = Vec::with_capacity(cg * plane);
+                for _ in 0..cg {
+                    planes.extend_from_slice(&plan.template);
+                }
+                let lp = plan.posoff.len();
+                let mut acc = vec![0i32; lp * plan.opad];
+                let mut ints = vec![0i64; l];
+                for img in 0..count {
+                    for g in 0..self.group {
+                        for (cl, pl) in planes.chunks_exact_mut(plane).enumerate() {
+                            let src = ((first + img) * c + g * cg + cl) * h * wd;
+                            let src = &self.x[src..src + h * wd];
+                            for (r, row) in src.chunks_exact(wd.max(1)).enumerate() {
+                                let at = (top + r) * plan.wp + left;
+                                for (d, &v) in pl[at..at + wd].iter_mut().zip(row) {
+                                    // |x − s| <= 2^24 under the F32 strategy: exact in i32
+                                    // and f32 (the i32 step vectorises)
+                                    *d = v.to_i64().wrapping_sub(self.shift) as i32 as f32;
+                                }
+                            }
+                        }
+                        let wg = &plan.weights[g * ckk * plan.opad..(g + 1) * ckk * plan.opad];
+                        product(&planes, wg, &plan, &mut acc, simd);
+                        for oo in 0..og {
+                            let ct = plan.corr[g * og + oo];
+                            for (v, &a) in
+                                ints.iter_mut().zip(acc.iter().skip(oo).step_by(plan.opad))
+                            {
+                                *v = i64::from(a).wrapping_add(ct);
+                            }
+                            let d = (img * o + g * og + oo) * l;
+                            sink(g * og + oo, &ints, &mut dst[d..d + l]);
+                        }
+                    }
+                }
+            });
+    }
+}
+
+/// acc[p, ch] = Σ_k planes[posoff[p] + koff[k]] · w[k, ch] for every padded position and
+/// every channel of `opad` (integers of at most 2^24 in magnitude, computed exactly in f32
+/// and stored as i32).
+fn product(planes: &[f32], w: &[f32], plan: &Plan, acc: &mut [i32], simd: bool) {
+    let opad = plan.opad;
+    let ckk = plan.koff.len();
+    // Every cell read lies inside `planes`: the windows of valid positions do (the output
+    // size was derived from the padded size), and padding positions repeat position 0.
+    let max_cell =
+        plan.posoff.iter().max().copied().unwrap_or(0) + plan.koff.last().copied().unwrap_or(0);
+    if ckk == 0 || max_cell >= planes.len() || w.len() < ckk * opad {
+        acc.fill(0);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        let mut ch = 0;
+        while ch < opad {
+            let v = ((opad - ch) / LANES).min(2);
+            // SAFETY: the CPU has AVX2 and FMA (`fma()`); every cell read is inside
+            // `planes` (checked above), weights k < ckk, channels ch..ch + 8v < opad are
+            // inside `w`, and positions < posoff.len() times opad inside `acc`.
+            unsafe {
+                if v == 2 {
+                    for p0 in (0..plan.posoff.len()).step_by(POS_2) {
+                        block_fma::<POS_2, 2>(planes, w, plan, acc, p0, ch);
+                    }
+                } else {
+                    for p0 in (0..plan.posoff.len()).step_by(POS_1) {
+                        block_fma::<POS_1, 1>(planes, w, plan, acc, p0, ch);
+                    }
+                }
+            }
+            ch += v * LANES;
+        }
+        return;
+    }
+    let _ = simd;
+    let mut row = vec![0f32; opad];
+    for (p, &po) in plan.posoff.iter().enumerate() {
+        row.fill(0.0);
+        for (k, &ko) in plan.koff.iter().enumerate() {
+            let x = planes[po + ko];
+            for (a, &wv) in row.iter_mut().zip(&w[k * opad..(k + 1) * opad]) {
+                *a += x * wv;
+            }
+        }
+        for (d, &a) in acc[p * opad..(p + 1) * opad].iter_mut().zip(&row) {
+            *d = a as i32;
+        }
+    }
+}
+
+/// One block: positions p0..p0+P against channels ch..ch+8V.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_fma<const P: usize, const V: usize>(
+    planes: &[f32],
+    w: &[f32],
+    plan: &Plan,
+    acc: &mut [i32],
+    p0: usize,
+    ch: usize,
+) {
+    use std::arch::x86_64::*;
+    let opad = plan.opad;
+    let base = planes.as_ptr();
+    let mut cells = [base; P];
+    for (p, cell) in cells.iter_mut().enumerate() {
+        *cell = base.wrapping_add(plan.posoff[p0 + p]);
+    }
+    let wp = w.as_ptr().wrapping_add(ch);
+    let mut sums = [[_mm256_setzero_ps(); V]; P];
+    for (k, &ko) in plan.koff.iter().enumerate() {
+        let mut wv = [_mm256_setzero_ps(); V];
+        for (v, dst) in wv.iter_mut().enumerate() {
+            // SAFETY: channels ch + 8v .. + 8 of weight row k lie inside `w` (the caller).
+            *dst = unsafe { _mm256_loadu_ps(wp.add(k * opad + v * LANES)) };
+        }
+        for (p, row) in sums.iter_mut().enumerate() {
+            // SAFETY: posoff + koff is inside `planes` (the caller checked the largest).
+            let x = unsafe { _mm256_broadcast_ss(&*cells[p].add(ko)) };
+            for (s, &wvv) in row.iter_mut().zip(&wv) {
+                *s = _mm256_fmadd_ps(x, wvv, *s);
+            }
+        }
+    }
+    let ap = acc.as_mut_ptr();
+    for (p, row) in sums.iter().enumerate() {
+        for (v, &s) in row.iter().enumerate() {
+            // exact: an integer of at most 2^24 in magnitude
+            let ints = _mm256_cvttps_epi32(s);
+            // SAFETY: position p0 + p < posoff.len(), channels < opad: inside `acc`.
+            unsafe { _mm256_storeu_si256(ap.add((p0 + p) * opad + ch + v * LANES).cast(), ints) };
+        }
+    }
+}
