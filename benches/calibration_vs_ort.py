@@ -33,8 +33,10 @@ Usage: ``python benches/calibration_vs_ort.py [--quick] [--rows-scale F] [--repe
 row counts; the torch float forward may be left out of the streamed rows, where the targets
 compare with ONNX Runtime only; ``--i16-baseline`` adds ``fhequant_without_i16`` to the in-memory
 rows: the same build with the AVX2 i16 integer-product strategy switched off, and
-``i16_speedup`` = its time over fhequant's; ``--exact-extremes`` runs the statistics kernels
-without their filter).
+``i16_speedup`` = its time over fhequant's; ``--baselines NAME,...`` does the same for any
+switch of :data:`SWITCHES` (``i16``, ``products``: the products kept by the statistics pass,
+``filter``: the statistics kernels' filter), on every row; ``--exact-extremes`` runs the
+statistics kernels without their filter).
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ from onnx import numpy_helper
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from fhequant import build_quantized_module
+from fhequant import _core, build_quantized_module
 from fhequant.quantized import fused_stats
+from fhequant.quantized.calibration import passes
 from ptq import best_of, cnn_model, mlp_model
 
 BATCH_ROWS = 10_000
@@ -213,8 +216,9 @@ def measure(
             start = time.perf_counter()
             if who == "fhequant":
                 build_quantized_module(model, data, n_bits=n_bits)
-            elif who == "fhequant_without_i16":
-                without_i16(lambda: build_quantized_module(model, data, n_bits=n_bits))
+            elif who.startswith("fhequant_without_"):
+                switch = who.removeprefix("fhequant_without_")
+                without(switch, lambda: build_quantized_module(model, data, n_bits=n_bits))
             elif who == "ort":
                 ort_quantize(model, ort_source, workdir)
             else:
@@ -228,9 +232,11 @@ def measure(
     row: dict[str, Any] = {"rows": int(rows), "n_bits": n_bits, "in_memory": in_memory}
     for who in ("fhequant", "ort", "torch_float"):
         row[f"{who}_s"] = round(best[who], 4) if who in best else None
-    if "fhequant_without_i16" in best:
-        row["fhequant_without_i16_s"] = round(best["fhequant_without_i16"], 4)
-        row["i16_speedup"] = round(best["fhequant_without_i16"] / best["fhequant"], 3)
+    for who in best:
+        if who.startswith("fhequant_without_"):
+            switch = who.removeprefix("fhequant_without_")
+            row[f"{who}_s"] = round(best[who], 4)
+            row[f"{switch}_speedup"] = round(best[who] / best["fhequant"], 3)
     for who in ("ort", "torch_float"):
         ratio = best["fhequant"] / best[who] if who in best and "fhequant" in best else None
         row[f"fhequant_over_{who}"] = None if ratio is None else round(ratio, 2)
@@ -243,16 +249,39 @@ def measure(
     return row
 
 
-def without_i16(fn: Callable[[], Any]) -> Any:
-    """``fn()`` with the AVX2 i16 integer-product strategy switched off (the f32 strategy)."""
-    from fhequant import _core
+def _module_switch(module: Any, name: str, off: Any) -> Callable[[Any], Any]:
+    """A switch of a module-level flag: ``set(None)`` reads it, ``set(v)`` sets it; the value
+    ``off`` is what switching it off means."""
 
-    on = _core.int_i16()
-    _core.int_i16(False)
+    def flip(value: Any) -> Any:
+        if value is None:
+            return getattr(module, name) != off
+        setattr(module, name, off if not value else not off)
+        return value
+
+    return flip
+
+
+#: What ``--baselines`` can switch off: a function taking None (read: on?) or a bool (set).
+SWITCHES: dict[str, Callable[[Any], Any]] = {
+    # the AVX2 i16 integer-product strategy (the f32 strategy then)
+    "i16": lambda value: _core.int_i16() if value is None else _core.int_i16(value),
+    # the integer products kept by the statistics pass of hidden Gemm/MatMul
+    "products": _module_switch(passes, "KEEP_PRODUCTS", False),
+    # the statistics kernels' filter (exact sums everywhere)
+    "filter": _module_switch(fused_stats, "EXACT_EXTREMES", True),
+}
+
+
+def without(switch: str, fn: Callable[[], Any]) -> Any:
+    """``fn()`` with the optimisation ``switch`` (a key of :data:`SWITCHES`) off."""
+    flip = SWITCHES[switch]
+    on = flip(None)
+    flip(False)
     try:
         return fn()
     finally:
-        _core.int_i16(on)
+        flip(on)
 
 
 def summation_order_cost(x: np.ndarray, repeat: int) -> dict[str, Any]:
@@ -391,12 +420,25 @@ def main() -> None:
         action="store_true",
         help="also time fhequant with the AVX2 i16 product strategy off (in memory rows)",
     )
+    parser.add_argument(
+        "--baselines",
+        default="",
+        help=f"comma-separated switches to also time off, on every row: {', '.join(SWITCHES)}",
+    )
     args = parser.parse_args()
     fused_stats.EXACT_EXTREMES = args.exact_extremes
-    streamed = tuple(args.streamed_contenders.split(","))
-    in_memory = ("fhequant", "ort", "torch_float")
-    if args.i16_baseline:
-        in_memory = ("fhequant", "fhequant_without_i16", "ort", "torch_float")
+    baselines = tuple(f"fhequant_without_{b}" for b in args.baselines.split(",") if b)
+    for b in baselines:
+        if b.removeprefix("fhequant_without_") not in SWITCHES:
+            parser.error(f"--baselines: unknown switch {b!r}; choose from {', '.join(SWITCHES)}")
+    streamed = tuple(
+        who
+        for name in args.streamed_contenders.split(",")
+        for who in ((name, *baselines) if name == "fhequant" else (name,))
+    )
+    in_memory = ("fhequant", *baselines, "ort", "torch_float")
+    if args.i16_baseline and "fhequant_without_i16" not in baselines:
+        in_memory = ("fhequant", "fhequant_without_i16", *baselines, "ort", "torch_float")
     logging.getLogger().setLevel(logging.ERROR)  # ORT's advice to pre-process the model
     scale = args.rows_scale / (10 if args.quick else 1)
 

@@ -225,8 +225,8 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     taken: list[str] = []
     original = fused_stats.fused_statistics
 
-    def spy(cal: Any, op: Any, variable: list[str], out: str) -> Any:
-        found = original(cal, op, variable, out)
+    def spy(cal: Any, op: Any, variable: list[str], out: str, products: Any = None) -> Any:
+        found = original(cal, op, variable, out, products)
         if found is not None:
             taken.append(op.op_instance_name)
         return found

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,7 +18,15 @@ from fhequant.kernels.float_matmul import sequential_matmul
 from fhequant.kernels.reference.float_matmul import matmul_sequential_reference
 from fhequant.quantized.calibration import traits
 from fhequant.quantized.percentile import TailSelector, percentile_from_tails
-from fhequant.quantized.streaming import TensorStore, iter_row_blocks, normalize_calibration_data
+from fhequant.quantized.streaming import (
+    AUTO_BLOCK_ROWS_RANGE,
+    AUTO_BLOCK_VALUES,
+    DEFAULT_BLOCK_ROWS,
+    TensorStore,
+    auto_block_rows,
+    iter_row_blocks,
+    normalize_calibration_data,
+)
 from ptq_helpers import assert_same_module, cnn, mlp
 
 RNG = np.random.default_rng(1234)
@@ -325,3 +334,37 @@ def test_float_conv_of_empty_operands(
 
     y = conv_float(np.ones(x_shape, np.float32), np.ones(w_shape, np.float32))
     assert y.shape == y_shape and y.dtype == np.float64 and not y.any()
+
+
+def test_auto_block_rows_follows_the_widest_tensor() -> None:
+    # the MLP's widest tensor holds 24 values per row, the CNN's widest is a conv output:
+    # blocks of 2^21 values of it, clipped to the range
+    low, high = AUTO_BLOCK_ROWS_RANGE
+    assert auto_block_rows(mlp([12, 24, 16, 5], act="Relu", seed=3)) == min(
+        high, AUTO_BLOCK_VALUES // 24
+    )
+    widest = max(
+        int(np.prod([d.dim_value for d in v.type.tensor_type.shape.dim[1:]]))
+        for v in onnx.shape_inference.infer_shapes(cnn(seed=2)).graph.value_info
+    )
+    assert auto_block_rows(cnn(seed=2)) == max(low, min(high, AUTO_BLOCK_VALUES // widest))
+    # a row so wide that the floor applies, and a model without known shapes
+    wide = mlp([4, 16384, 2], act="Relu", seed=0)
+    assert auto_block_rows(wide) == low
+    # (a Gemm's output width is known from its weights even for an input of unknown shape)
+    unknown = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Relu", ["x"], ["y"])],
+            "g",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        )
+    )
+    assert auto_block_rows(unknown) == DEFAULT_BLOCK_ROWS
+
+
+def test_default_block_size_gives_the_module_of_any_other() -> None:
+    model = mlp([12, 24, 16, 5], act="Relu", seed=3)
+    chosen = build_quantized_module(model, X_MLP, n_bits=4)
+    fixed = build_quantized_module(model, _irregular(X_MLP), n_bits=4, batch_size=64)
+    assert_same_module(chosen, fixed, X_MLP[:50])

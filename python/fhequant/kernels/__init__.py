@@ -31,6 +31,8 @@ Stable API (used by the PTQ ops):
   *, ...)``: the same, quantized by the output quantizer ``quant`` = (scale, zero_point, lo,
   hi) in the kernel: (int8/int16 integers, min, max), or None when it does not apply
   (``kernels/requant.py``; the calibration walk's output passes).
+* ``integer_accumulator_rescale_quant(acc, lsbs, offset, sub, mul, add, quant, name)``: the
+  same from an int32 product already computed (kept by the statistics pass).
 * ``window_sum(q_x, kernel_shape, strides, pads, z_x, ceil_mode=0)`` (AveragePool) and
   ``window_max(q_x, kernel_shape, strides, pads, z_x)`` (MaxPool).
 * ``unfold(q_x, kernel_shape, strides, pads, z_x)`` (Unfold, torch column order).
@@ -52,7 +54,11 @@ from fhequant.kernels.gemm import integer_gemm, integer_gemm_rescale
 from fhequant.kernels.pool import unfold, window_max, window_sum
 from fhequant.kernels.reference._operands import ceil_mode_extension
 from fhequant.kernels.reference.rescale import float64_rescale
-from fhequant.kernels.requant import integer_conv_rescale_quant, integer_gemm_rescale_quant
+from fhequant.kernels.requant import (
+    integer_accumulator_rescale_quant,
+    integer_conv_rescale_quant,
+    integer_gemm_rescale_quant,
+)
 from fhequant.kernels.rounding import bit_width, round_bit_pattern
 
 __all__ = [
@@ -61,6 +67,7 @@ __all__ = [
     "conv_bounds",
     "float64_rescale",
     "gemm_bounds",
+    "integer_accumulator_rescale_quant",
     "integer_conv",
     "integer_conv_rescale",
     "integer_conv_rescale_quant",

@@ -23,7 +23,12 @@ from fhequant.kernels.reference._checks import _check_lsbs
 from fhequant.kernels.reference._operands import _conv_operands, _gemm_operands
 from fhequant.kernels.reference.requant import narrow_dtype
 
-__all__ = ["integer_conv_rescale_quant", "integer_gemm_rescale_quant", "requant_operands"]
+__all__ = [
+    "integer_accumulator_rescale_quant",
+    "integer_conv_rescale_quant",
+    "integer_gemm_rescale_quant",
+    "requant_operands",
+]
 
 _PROBE = np.zeros(1)
 
@@ -83,6 +88,39 @@ def integer_gemm_rescale_quant(
     if found is None:
         return None
     return found[0].reshape(*a.shape[:-1], n), found[1], found[2]
+
+
+def integer_accumulator_rescale_quant(
+    acc: Any,
+    lsbs: int,
+    offset: Any,
+    sub: Any,
+    mul: Any,
+    add: Any,
+    quant: Sequence[Any],
+    name: str = "Gemm",
+) -> tuple[Any, int, int] | None:
+    """:func:`integer_gemm_rescale_quant` of a product already computed: ``acc`` is the int32
+    accumulator ``a @ (b - z_w)`` of shape (..., N) (``_core.int_matmul_acc_extremes``
+    keeps it); the same integers, min and max, or None (see the module docs)."""
+    operands = requant_operands(quant)
+    if operands is None:
+        return None
+    k_lsbs = _check_lsbs(lsbs, name)
+    if acc.dtype != np.int32 or acc.ndim < 2 or acc.size == 0:
+        return None
+    n = acc.shape[-1]
+    vectors = rescale_vectors(offset, sub, mul, add, n, acc.ndim, -1)
+    if vectors is None:
+        return None
+    scale, zp, lo, hi, dtype = operands
+    flat = np.ascontiguousarray(acc).reshape(-1, n)
+    found = _result(
+        _core.int_acc_rescale_quant(flat, k_lsbs, *vectors, scale, zp, lo, hi, dtype, name)
+    )
+    if found is None:
+        return None
+    return found[0].reshape(acc.shape), found[1], found[2]
 
 
 def integer_conv_rescale_quant(

@@ -21,9 +21,9 @@ from fhequant.quantized.inputs import input_checker
 from fhequant.quantized.module import QuantizedModule
 from fhequant.quantized.n_bits import n_bits_per_op, resolve_n_bits
 from fhequant.quantized.streaming import (
-    DEFAULT_BLOCK_ROWS,
     DEFAULT_MEMORY_BUDGET,
     as_numpy,
+    auto_block_rows,
     normalize_calibration_data,
 )
 
@@ -152,7 +152,7 @@ def build_quantized_module(
     rounding_threshold_bits: Any = None,
     reduce_sum_copy: bool = False,
     keep_onnx: bool = True,
-    batch_size: int = DEFAULT_BLOCK_ROWS,
+    batch_size: int | None = None,
     verbose: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     calibration: Any = None,
@@ -173,9 +173,11 @@ def build_quantized_module(
         reduce_sum_copy: make ReduceSum copy its input first (FHE bit-width helper).
         keep_onnx: keep the ONNX model on the module.
         batch_size: rows per calibration block (the data is re-chunked to blocks of exactly
-            this size, anchored at row 0). It bounds memory, not the results: Gemm, MatMul and
-            Conv are evaluated with split-independent float kernels, so every batch_size and
-            every split of an iterable give the same module.
+            this size, anchored at row 0); None (the default) chooses it from the model's
+            widest tensor (``streaming.auto_block_rows``: 256 to 16384 rows, 4096 when the
+            shapes are unknown). It bounds memory, not the results: Gemm, MatMul and Conv are
+            evaluated with split-independent float kernels, so every batch_size and every
+            split of an iterable give the same module.
         verbose: show a tqdm progress bar of the calibration passes (also shown when stderr is
             a terminal).
         memory_budget: bytes of intermediate blocks kept in memory before spilling to disk.
@@ -199,7 +201,7 @@ def build_quantized_module(
         "n_bits": n_bits,
         "rounding_threshold_bits": rounding_threshold_bits,
         "import_qat": import_qat,
-        "block_rows": batch_size,
+        "block_rows": auto_block_rows(onnx_model) if batch_size is None else batch_size,
         "memory_budget": memory_budget,
         "verbose": verbose,
         "preprocess": preprocess,

@@ -19,12 +19,19 @@ The kernels filter first (a float32 approximation with a rigorous error bound) a
 exact sums only where an extreme can be, with the same results (docs/calibration-throughput.md);
 set :data:`EXACT_EXTREMES` to True to run the exact sums everywhere (tests and benches compare
 both), and :data:`ENABLED` to False to always take the materialised path.
+
+**Kept products.** The output pass of a hidden Gemm/MatMul computes the exact integer product
+``a @ (b - z_w)`` of the same stored integers. When the caller passes :class:`Products`, a block
+of stored integers goes to ``_core.int_matmul_acc_extremes`` instead, which computes that
+product once, filters the float extremes with it (in place of the float32 product) and returns
+it; the pass keeps it (int32) for the output pass, within the products' byte budget. The
+extremes are the same bits either way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,12 +41,19 @@ from fhequant.errors import FhequantError
 from fhequant.kernels import quant as _kernels
 from fhequant.kernels.limits import check_window_geometry
 from fhequant.onnx.ops._spatial import per_axis, resolve_pads
-from fhequant.quantization import UniformQuantizer
+from fhequant.quantization import QuantizedArray, UniformQuantizer
 from fhequant.quantized.exec import routed_float_impl
 from fhequant.quantized.finite import check_finite
 from fhequant.quantized.float_impls import _native_conv_fits
 
-__all__ = ["ENABLED", "EXACT_EXTREMES", "SERVES_STATISTICS", "BlockSource", "fused_statistics"]
+__all__ = [
+    "ENABLED",
+    "EXACT_EXTREMES",
+    "SERVES_STATISTICS",
+    "BlockSource",
+    "Products",
+    "fused_statistics",
+]
 
 #: Use the fused kernels when they apply (tests compare both paths).
 ENABLED = True
@@ -71,6 +85,32 @@ class BlockSource(Protocol):
         ...
 
 
+@dataclass
+class Products:
+    """The int32 products ``a @ (b - z_w)`` of one op's blocks, kept by its statistics pass
+    for its output pass (by block index), at most ``budget`` bytes of them."""
+
+    budget: int
+    blocks: dict[int, np.ndarray] = field(default_factory=dict)
+    used: int = 0
+
+    def fits(self, nbytes: int) -> bool:
+        """Whether a product of ``nbytes`` bytes may be kept."""
+        return self.used + nbytes <= self.budget
+
+    def keep(self, b: int, acc: np.ndarray) -> None:
+        """Keep the product of block ``b``."""
+        self.blocks[b] = acc
+        self.used += acc.nbytes
+
+    def take(self, b: int) -> np.ndarray | None:
+        """The product of block ``b`` (forgotten here), or None when it was not kept."""
+        acc = self.blocks.pop(b, None)
+        if acc is not None:
+            self.used -= acc.nbytes
+        return acc
+
+
 class _Variable:
     """Stands for the variable input when asking the op for its constant inputs."""
 
@@ -85,6 +125,7 @@ class _Plan:
     attrs: dict[str, Any]
     weight64: np.ndarray | None = None  # float64 copies for the float64 matmul kernel
     bias64: np.ndarray | None = None
+    integers: tuple[np.ndarray, int] | None = None  # (K, N) int64 weights and z_w (matmul)
 
     def __post_init__(self) -> None:
         if self.kind == "matmul":
@@ -93,7 +134,13 @@ class _Plan:
                 self.bias64 = np.ascontiguousarray(self.bias, dtype=np.float64)
 
 
-def fused_statistics(cal: BlockSource, op: Any, variable: list[str], out: str) -> np.ndarray | None:
+def fused_statistics(
+    cal: BlockSource,
+    op: Any,
+    variable: list[str],
+    out: str,
+    products: Products | None = None,
+) -> np.ndarray | None:
     """The global ``[min, max]`` of the op's float result over all blocks, or None.
 
     Only for results used by their min and max alone (the caller checks PTQ and not
@@ -108,6 +155,9 @@ def fused_statistics(cal: BlockSource, op: Any, variable: list[str], out: str) -
             in this context).
         variable: the names of its variable inputs.
         out: its output tensor name (for error messages).
+        products: where to keep the integer products of a Gemm/MatMul whose constant weights
+            are quantized (the caller guarantees that its output pass reads the stored
+            integers of the input as they are); None keeps nothing.
 
     Returns:
         ``np.array([min, max], dtype)`` exactly as the materialised pass would build it, or
@@ -121,7 +171,7 @@ def fused_statistics(cal: BlockSource, op: Any, variable: list[str], out: str) -
         return None
     if getattr(type(op), "fused_extremes", None) is None:
         return None
-    plan = _plan(op)
+    plan = _plan(op, products is not None)
     if plan is None:
         return None
     where = f"op {op.op_instance_name!r} ({type(op).__name__})"
@@ -130,7 +180,7 @@ def fused_statistics(cal: BlockSource, op: Any, variable: list[str], out: str) -
     dtype: Any = None
     name = variable[0]
     for b in cal.blocks(f"{op.op_instance_name} statistics"):
-        found = _block_extremes(cal, plan, name, b)
+        found = _block_extremes(cal, plan, name, b, products)
         if found is None:
             arr = _materialised(cal, op, name, b)
             if arr.size == 0:
@@ -154,7 +204,7 @@ def _materialised(cal: BlockSource, op: Any, name: str, b: int) -> np.ndarray:
 
 
 def _block_extremes(
-    cal: BlockSource, plan: _Plan, name: str, b: int
+    cal: BlockSource, plan: _Plan, name: str, b: int, products: Products | None
 ) -> tuple[Any, Any, Any] | None:
     """(min, max, dtype) of block ``b`` from the kernels, or None to materialise it."""
     x, dequant = _block_input(cal, name, b)
@@ -164,6 +214,9 @@ def _block_extremes(
     try:
         if plan.kind == "conv":
             found = _conv_extremes(plan, x, dequant)
+        elif _keeps_product(plan, x, dequant, products):
+            assert products is not None and dequant is not None
+            found = _matmul_products(plan, x, dequant, products, b)
         else:
             found = _matmul_extremes(plan, x, dequant)
     except (FhequantError, ValueError, TypeError):
@@ -204,8 +257,9 @@ def _result_dtype(plan: _Plan, x: np.ndarray, dequant: Any) -> np.dtype[Any] | N
     return product
 
 
-def _plan(op: Any) -> _Plan | None:
-    """The constant operands of the op in the kernels' layout, or None."""
+def _plan(op: Any, with_integers: bool = False) -> _Plan | None:
+    """The constant operands of the op in the kernels' layout (with the integer weights of
+    its product when ``with_integers`` and they apply), or None."""
     try:
         prepared = op._prepare_inputs_with_constants(
             _Variable(), calibrate=True, quantize_actual_values=False
@@ -220,6 +274,8 @@ def _plan(op: Any) -> _Plan | None:
     bias = prepared[2] if len(prepared) > 2 else None
     if not isinstance(weight, np.ndarray) or weight.dtype not in _FLOATS:
         return None
+    if kind == "conv":
+        return _conv_plan(weight, bias, attrs)
     if kind == "gemm":
         if attrs.get("alpha", 1) != 1 or attrs.get("transA", 0):
             return None
@@ -230,14 +286,37 @@ def _plan(op: Any) -> _Plan | None:
             return None
         if attrs.get("transB", 0):
             weight = weight.T
-        return _matmul_plan(weight, bias if beta != 0 else None, attrs)
-    if kind == "matmul":
+        plan = _matmul_plan(weight, bias if beta != 0 else None, attrs)
+    elif kind == "matmul":
         if len(prepared) != 2 or weight.ndim != 2:
             return None
-        return _matmul_plan(weight, None, attrs)
-    if kind == "conv":
-        return _conv_plan(weight, bias, attrs)
-    return None
+        plan = _matmul_plan(weight, None, attrs)
+    else:
+        plan = None
+    if plan is not None and with_integers:
+        plan.integers = _integer_weights(op, attrs, weight.shape)
+    return plan
+
+
+def _integer_weights(
+    op: Any, attrs: dict[str, Any], shape: tuple[int, ...]
+) -> tuple[np.ndarray, int] | None:
+    """The op's (K, N) int64 weight integers and scalar zero point as its product reads them
+    (``op.integer_weights``), or None when its weights are not quantized constants."""
+    q_w = op.constant_inputs.get(1)
+    reader = getattr(op, "integer_weights", None)
+    if reader is None or not isinstance(q_w, QuantizedArray):
+        return None
+    try:
+        ints, z_w = reader(q_w, attrs)
+    except (FhequantError, ValueError, TypeError):
+        return None
+    ints = np.asarray(ints)
+    if ints.shape != shape or ints.dtype.kind not in "iu" or np.ndim(z_w) != 0:
+        return None
+    if float(z_w) != int(z_w):
+        return None
+    return np.ascontiguousarray(ints, dtype=np.int64), int(z_w)
 
 
 def _matmul_plan(weight: np.ndarray, bias: Any, attrs: dict[str, Any]) -> _Plan | None:
@@ -288,6 +367,42 @@ def _matmul_extremes(
     if dequant is None:
         return _core.matmul_extremes_f64(a, w64, b64, exact=EXACT_EXTREMES)
     return _core.matmul_extremes_f64(a, w64, b64, dequant[0], dequant[1], exact=EXACT_EXTREMES)
+
+
+def _keeps_product(
+    plan: _Plan, x: np.ndarray, dequant: tuple[float, float] | None, products: Products | None
+) -> bool:
+    """Whether block ``x`` (stored integers) goes to the product kernel: its product is
+    wanted and fits the budget (else the float32 filter serves it)."""
+    if products is None or dequant is None or plan.integers is None:
+        return False
+    k, n = plan.integers[0].shape
+    if x.ndim < 2 or x.shape[-1] != k or x.size == 0:
+        return False
+    return products.fits((x.size // k) * n * 4)
+
+
+def _matmul_products(
+    plan: _Plan, x: np.ndarray, dequant: tuple[float, float], products: Products, b: int
+) -> tuple[float, float, bool] | None:
+    """The extremes of a block of stored integers from its integer product, which is kept in
+    ``products``."""
+    assert plan.integers is not None and plan.weight64 is not None
+    wq, z_w = plan.integers
+    k, n = wq.shape
+    a = np.ascontiguousarray(x).reshape(-1, k)
+    try:
+        acc, lo, hi, finite = _core.int_matmul_acc_extremes(
+            a, wq, z_w, plan.weight64, plan.bias64, *dequant, True, exact=EXACT_EXTREMES
+        )
+    except FhequantError:
+        # the product does not fit int32 (or the kernel refuses the operands): the float
+        # filter serves this op, and its output pass computes the product as usual
+        plan.integers = None
+        return _matmul_extremes(plan, x, dequant)
+    if acc is not None:
+        products.keep(b, acc.reshape(*x.shape[:-1], n))
+    return lo, hi, finite
 
 
 def _conv_extremes(

@@ -21,22 +21,72 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import onnx
 
 from fhequant.errors import GraphInputError, ShapeError
 
 __all__ = [
+    "AUTO_BLOCK_ROWS_RANGE",
+    "AUTO_BLOCK_VALUES",
     "DEFAULT_BLOCK_ROWS",
     "DEFAULT_MEMORY_BUDGET",
     "TensorStore",
     "as_numpy",
+    "auto_block_rows",
     "iter_row_blocks",
     "normalize_calibration_data",
 ]
 
-#: Rows per evaluation block when the caller does not choose.
+#: Rows per evaluation block when the caller does not choose and the model's tensor shapes
+#: are unknown.
 DEFAULT_BLOCK_ROWS = 4096
+#: Values per row block of the widest tensor when the block size is chosen from the model
+#: (:func:`auto_block_rows`): 2^21, 8 MiB of float32.
+AUTO_BLOCK_VALUES = 1 << 21
+#: The range of the block sizes :func:`auto_block_rows` chooses.
+AUTO_BLOCK_ROWS_RANGE = (256, 16384)
 #: Bytes of block data the store keeps in memory before spilling to disk.
 DEFAULT_MEMORY_BUDGET = 32 * 1024 * 1024
+
+
+def auto_block_rows(model: Any) -> int:
+    """Rows per calibration block for ``model`` (an onnx.ModelProto): as many as keep one
+    block of its widest tensor at :data:`AUTO_BLOCK_VALUES` values, within
+    :data:`AUTO_BLOCK_ROWS_RANGE`; :data:`DEFAULT_BLOCK_ROWS` when ONNX shape inference gives
+    no tensor a fully known row shape.
+
+    Fewer, larger blocks cost less per row (each block is one round of Python dispatch per
+    op and one native call per kernel), up to the point where a block no longer stays in
+    the cache between the ops that read it. The block size never changes the results
+    (calibration is split-independent), only the speed and the memory held per block.
+    """
+    widest = _widest_row(model)
+    if widest is None:
+        return DEFAULT_BLOCK_ROWS
+    low, high = AUTO_BLOCK_ROWS_RANGE
+    return max(low, min(high, AUTO_BLOCK_VALUES // widest))
+
+
+def _widest_row(model: Any) -> int | None:
+    """The largest number of values per row (all axes but the first) of a graph input,
+    output or intermediate tensor whose shape ONNX shape inference knows, or None."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except (onnx.shape_inference.InferenceError, ValueError, TypeError, RuntimeError):
+        return None  # the shapes are unknown: the caller keeps the default
+    graph = inferred.graph
+    widest: int | None = None
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        if not info.type.HasField("tensor_type"):
+            continue
+        tensor = info.type.tensor_type
+        if not tensor.HasField("shape") or len(tensor.shape.dim) < 2:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tensor.shape.dim[1:]]
+        if all(d > 0 for d in dims):
+            width = int(np.prod(dims, dtype=np.int64))
+            widest = width if widest is None else max(widest, width)
+    return widest
 
 
 def as_numpy(value: Any, what: str = "calibration data") -> np.ndarray:

@@ -32,12 +32,17 @@ from fhequant.quantized.fused_stats import fused_statistics
 from fhequant.quantized.graph import use_split_independent_impl
 from fhequant.quantized.ops.base import compute_bits_precision
 
-__all__ = ["QUANTIZE_IN_KERNEL", "OpPasses", "union_uvalues"]
+__all__ = ["KEEP_PRODUCTS", "QUANTIZE_IN_KERNEL", "OpPasses", "union_uvalues"]
 
 #: The output passes let a hidden Gemm/MatMul/Conv quantize its output inside its fused
 #: native kernel (the float64 result is never written; same integers). Set to False to
 #: quantize the written float64 result instead.
 QUANTIZE_IN_KERNEL = True
+#: The statistics pass of a hidden Gemm/MatMul computes its integer product, filters the float
+#: extremes with it and keeps it for the output pass, which then only rescales and quantizes
+#: it (``fused_stats.Products``; same integers). Set to False to compute the product in the
+#: output pass and filter with the float32 product.
+KEEP_PRODUCTS = True
 
 
 def _output_scope() -> Any:
@@ -198,15 +203,21 @@ class OpPasses:
         float result (the numbers of QA(n_bits, raw), without its unused uvalues sort).
         """
         raw_blocks: list[Any] | None
+        products = self.products_for(op, variable, out, self.plan(op, variable, out))
         if traits.has_default_calibration(op):
-            raw_blocks = self.statistics(op, variable, out)
+            raw_blocks = self.statistics(op, variable, out, products)
         else:
             floats = [self.store.float_block(n, 0) for n in variable]
             raw = self.calibrate_whole(op, variable, out, floats)
             raw_blocks = [raw] if self.flows_raw else None
         qas = [self.calibration_qa(n, 0, op) for n in variable]
+        mixing = bool(getattr(op, "is_mixing", False))
+        acc = None if products is None else products.take(0)
         with _output_scope():
-            quant = op.q_impl(*qas, calibrate_rounding=bool(getattr(op, "is_mixing", False)))
+            if acc is None:
+                quant = op.q_impl(*qas, calibrate_rounding=mixing)
+            else:
+                quant = op.q_impl(*qas, calibrate_rounding=mixing, accumulator=acc)
         self.store.store_output(out, 0, quant, raw_blocks[0] if raw_blocks is not None else None)
         traits.finish(op, quant)
 
@@ -216,10 +227,11 @@ class OpPasses:
         store = self.store
         plan = self.plan(op, variable, out)
         raw_blocks: list[Any] | None = None
+        products = self.products_for(op, variable, out, plan)
         if not plan.statistics:
             raw_blocks = self.concatenated(op, variable, out)
         else:
-            raw_blocks = self.statistics(op, variable, out)
+            raw_blocks = self.statistics(op, variable, out, products)
         rounding = plan.rounding
         while True:
             # each pass gathers the accumulator range of the next uncalibrated rounding point
@@ -239,7 +251,8 @@ class OpPasses:
             with scope:
                 for b in blocks:
                     qas = [self.calibration_qa(n, b, op) for n in variable]
-                    last = op.q_impl(*qas)
+                    acc = None if products is None else products.take(b)
+                    last = op.q_impl(*qas) if acc is None else op.q_impl(*qas, accumulator=acc)
                     raw = raw_blocks[b] if raw_blocks is not None else None
                     store.store_output(out, b, last, raw)
             if recorder is None or recorder.pending is None:
@@ -248,6 +261,40 @@ class OpPasses:
             assert recorder.lo is not None and recorder.hi is not None
             self.calibrate_rounding_point(op, recorder.pending, recorder.lo, recorder.hi)
         traits.finish(op, last)
+
+    def products_for(
+        self, op: Any, variable: list[str], out: str, plan: PassPlan
+    ) -> fused_stats.Products | None:
+        """Where the statistics pass keeps the integer products of a hidden Gemm/MatMul for
+        its output pass (:data:`KEEP_PRODUCTS`), or None.
+
+        Only when the output pass reads exactly the stored integers of the input, with the
+        producer's scale and zero point (no re-quantization table, integers inside the
+        producer's clip range, the op's input options those of the producer), quantizes in
+        the fused kernel and calibrates no rounding; and only the products that fit the
+        walk's memory budget are kept (the other blocks compute theirs again).
+        """
+        if not (KEEP_PRODUCTS and QUANTIZE_IN_KERNEL and fused_stats.ENABLED):
+            return None
+        if plan.rounding or not plan.statistics or self.flows_raw or len(variable) != 1:
+            return None
+        if not hasattr(op, "integer_weights") or op.produces_graph_output:
+            return None
+        if out in self.methods or op.spec().raw_output or traits.clips_percentiles(op):
+            return None
+        name = variable[0]
+        tensor = self.store.tensors[name]
+        q = tensor.quantizer
+        if tensor.kind != "quant" or tensor.stored_floats or q is None:
+            return None
+        if self.tables.requantizes(name, op):
+            if not self.tables.requantizes_to_same(name, op):
+                return None
+        elif not op.reads_integers_of(q):
+            return None
+        if not requantizes_to_itself(q, tensor, np.zeros(1, dtype=np.int64)):
+            return None
+        return fused_stats.Products(self.store.data.memory_budget)
 
     def output_unread(self, op: Any, variable: list[str], out: str) -> bool:
         """Whether the output pass of ``op`` may run on one block instead of all of them.
@@ -304,7 +351,13 @@ class OpPasses:
         starts = np.cumsum([0, *store.block_sizes])
         return [raw[starts[i] : starts[i + 1]] for i in range(store.n_blocks)]
 
-    def statistics(self, op: Any, variable: list[str], out: str) -> list[Any] | None:
+    def statistics(
+        self,
+        op: Any,
+        variable: list[str],
+        out: str,
+        products: fused_stats.Products | None = None,
+    ) -> list[Any] | None:
         """Global min/max of the float op over all blocks; sets the output quantizer.
 
         BatchNorm with per-channel parameters first clips its output to the 0.1 and 99.9
@@ -318,7 +371,7 @@ class OpPasses:
         keep: list[Any] | None = [] if self.flows_raw else None
         if keep is None and not op.spec().raw_output and not traits.clips_percentiles(op):
             # only the min/max are used: the native kernels need not materialise the result
-            fused = fused_statistics(store, op, variable, out)
+            fused = fused_statistics(store, op, variable, out, products)
             if fused is not None:
                 op._set_output_quantizer(fused)
                 return None

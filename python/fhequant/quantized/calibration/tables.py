@@ -174,12 +174,10 @@ class TablePaths:
         range) instead of dequantizing and quantizing every block. Returns None when this
         does not apply.
         """
-        key = (name, id(op))
-        if key not in self._requant_tables:
-            self._requant_tables[key] = self.requant_table(name, op)
-        found = self._requant_tables[key]
-        if found is None:
+        if not self.requantizes(name, op):
             return None
+        key = (name, id(op))
+        found = self._requant_tables[key]
         quantizer, table = found
         lo = self.store.tensors[name].qmin
         assert lo is not None  # checked by requant_table
@@ -202,6 +200,35 @@ class TablePaths:
             params=quantizer.quant_params,
             copy_values=False,
             defer=True,
+        )
+
+    def requantizes(self, name: str, op: Any) -> bool:
+        """Whether :meth:`requantized_input` serves the blocks of ``name`` read by ``op`` (a
+        table built once per op)."""
+        key = (name, id(op))
+        if key not in self._requant_tables:
+            self._requant_tables[key] = self.requant_table(name, op)
+        return self._requant_tables[key] is not None
+
+    def requantizes_to_same(self, name: str, op: Any) -> bool:
+        """Whether the table of ``op`` reading ``name`` maps every integer to itself with
+        the producer's scale and zero point (options that differ only where the integers
+        do not move, such as a signed quantizer of a range that holds no negative value), so
+        the op reads the stored integers as they are."""
+        if not self.requantizes(name, op):
+            return False
+        quantizer, table = self._requant_tables[(name, id(op))]
+        tensor = self.store.tensors[name]
+        q = tensor.quantizer
+        if q is None or tensor.qmin is None:
+            return False
+        same = np.array_equal(table, np.arange(tensor.qmin, tensor.qmin + table.size))
+        return bool(
+            same
+            and np.ndim(quantizer.scale) == 0
+            and np.ndim(quantizer.zero_point) == 0
+            and quantizer.scale == q.scale
+            and quantizer.zero_point == q.zero_point
         )
 
     def requant_table(self, name: str, op: Any) -> tuple[UniformQuantizer, np.ndarray] | None:

@@ -125,6 +125,15 @@ class ClearBackend:
             a, b, z_w, lsbs, offset, sub, mul, add, quant, name="matmul"
         )
 
+    def fused_accumulator_rescale_quant(
+        self, acc: Any, lsbs: int, rescale: tuple[Any, ...], quant: Any
+    ) -> Any:
+        """:meth:`fused_matmul_rescale_quant` of a product already computed (``acc``)."""
+        offset, sub, mul, add = rescale
+        return ik.integer_accumulator_rescale_quant(
+            acc, lsbs, offset, sub, mul, add, quant, name="matmul"
+        )
+
     def fused_conv_rescale_quant(
         self, x: Any, w: Any, conv: dict[str, Any], lsbs: int, rescale: tuple[Any, ...], quant: Any
     ) -> Any:

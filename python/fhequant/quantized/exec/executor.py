@@ -227,6 +227,15 @@ class Executor:
             return None
         return self.backend.fused_matmul_rescale_quant(a, b, z_w, lsbs, rescale, quant)
 
+    def accumulator_rescale_quant(
+        self, acc: Any, lsbs: int, rescale: tuple[Any, ...], quant: Any
+    ) -> Any:
+        """:meth:`matmul_rescale_quant` of a product already computed: ``acc`` is the int32
+        ``a @ (b - z_w)`` of the integers the op reads (same result, or None likewise)."""
+        if not self.quantizes_outputs:
+            return None
+        return self.backend.fused_accumulator_rescale_quant(acc, lsbs, rescale, quant)
+
     def conv(
         self,
         x: Any,

@@ -339,14 +339,20 @@ class QuantizedOp(Serializable):
                 out.append(self._requantize(value, i))
         return out
 
+    def reads_integers_of(self, quantizer: Any) -> bool:
+        """Whether the integer path reads a variable input quantized by ``quantizer`` as it
+        is (the first case of the re-quantization rule, docs/contract.md §2.2)."""
+        return zp_is_scalar(quantizer.zero_point) and (
+            self.input_quant_opts.is_equal(quantizer.quant_options, ignore_sign_qat=True)
+            or bool(quantizer.is_precomputed_qat)
+        )
+
     def _requantize(self, inp: QuantizedArray, index: int) -> QuantizedArray:
         """The re-quantization rule at a non-fusable input (docs/contract.md §2.2)."""
         opts = self.input_quant_opts
         qz = inp.quantizer
         scalar_zp = zp_is_scalar(qz.zero_point)
-        if scalar_zp and (
-            opts.is_equal(qz.quant_options, ignore_sign_qat=True) or qz.is_precomputed_qat
-        ):
+        if self.reads_integers_of(qz):
             # the op only reads the integers: share them unless the debug tracker keeps them
             return quantized_values_copy(inp, copy_values=self._value_tracker() is not None)
         if (

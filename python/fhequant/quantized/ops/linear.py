@@ -149,12 +149,22 @@ class QuantizedGemm(QuantizedMixingOp):
                     f"{self._label()}: weights of rank {rank} are not supported; use rank 2 or 3"
                 )
 
-    def q_impl(self, *q_inputs: Any, calibrate_rounding: bool = False, **attrs: Any) -> Any:
+    def q_impl(
+        self,
+        *q_inputs: Any,
+        calibrate_rounding: bool = False,
+        accumulator: Any = None,
+        **attrs: Any,
+    ) -> Any:
         """Integer matmul with zero-point correction, then rescale (docs/contract.md §3.1).
 
         Args:
             *q_inputs: the encrypted input (and the weights when they are encrypted).
             calibrate_rounding: update lsbs_to_remove from this batch.
+            accumulator: the product ``a @ (b - z_w)`` of exactly the integers this call
+                reads (:meth:`integer_weights`), already computed (calibration keeps it from
+                the statistics pass); only the fused output quantization uses it, every other
+                path computes the product.
             **attrs: attribute overrides.
 
         Returns:
@@ -178,8 +188,7 @@ class QuantizedGemm(QuantizedMixingOp):
             return self._encrypted_gemm(a, b, q_x, q_w, q_bias, calibrate_rounding)
 
         z_x = q_x.quantizer.zero_point
-        z_w = _gemm_weight_layout(q_w.quantizer.zero_point, b.ndim, attrs.get("transB", 0))
-        b, z_w = _centred_weights(self, b, z_w)
+        b, z_w = self.integer_weights(q_w, attrs)
         m = q_x.quantizer.scale * _gemm_weight_scale(q_w, b.ndim, attrs.get("transB", 0))
         p = b.shape[-2]
         ex = self.executor(a)
@@ -190,10 +199,15 @@ class QuantizedGemm(QuantizedMixingOp):
             # the steps below in one executor call (no accumulator to track or calibrate)
             bias = None if q_bias is None else _values(q_bias)
             lsbs, exactness = self._rounding("matmul")
+            vectors = (final, sum_w, m, bias)
             quant = _quantized_in_kernel(
                 self,
                 ex,
-                lambda q: ex.matmul_rescale_quant(a, b, z_w, lsbs, (final, sum_w, m, bias), q),
+                lambda q: (
+                    ex.matmul_rescale_quant(a, b, z_w, lsbs, vectors, q)
+                    if accumulator is None
+                    else ex.accumulator_rescale_quant(accumulator, lsbs, vectors, q)
+                ),
             )
             if quant is not None:
                 return quant
@@ -221,6 +235,17 @@ class QuantizedGemm(QuantizedMixingOp):
         if q_bias is not None and not qat_bias:
             v = _apply(np.add, v, _values(q_bias), v, owned)
         return self.make_output_quant_array(v, owned=owned)
+
+    def integer_weights(self, q_w: QuantizedArray, attrs: dict[str, Any]) -> tuple[Any, Any]:
+        """(weight integers, zero point) of the integer product with constant weights
+        ``q_w``, laid out (K, N) as the product reads them (transB applied, per-channel zero
+        points folded in: :func:`_centred_weights`)."""
+        trans_b = attrs.get("transB", 0)
+        b = q_w.qvalues
+        if trans_b:
+            b = np.swapaxes(b, -1, -2)
+        z_w = _gemm_weight_layout(q_w.quantizer.zero_point, b.ndim, trans_b)
+        return _centred_weights(self, b, z_w)
 
     def _encrypted_gemm(
         self,
