@@ -261,6 +261,31 @@ fn scaled_norm<A: AccInput>(row: &[A], s: f64, z: i64) -> f64 {
     s.abs() * norm(sq) * NORM_REL
 }
 
+/// [`scaled_norm`] when every `a − z` and `a` fit int32 (`z` given as int32): the same
+/// values summed in the same order, with conversions from int32 that vectorise.
+#[inline(always)]
+fn scaled_norm_narrow<A: AccInput>(row: &[A], s: f64, z: i32) -> f64 {
+    let d = |v: A| {
+        let v: i64 = v.into();
+        // exact: the caller checked that `v` and `v − z` fit int32
+        f64::from((v as i32).wrapping_sub(z))
+    };
+    let mut lanes = [0.0f64; 8];
+    let chunks = row.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            let d = d(v);
+            *l += d * d;
+        }
+    }
+    let sq = tail.iter().fold(lanes.iter().sum::<f64>(), |acc, &v| {
+        let d = d(v);
+        acc + d * d
+    });
+    s.abs() * norm(sq) * NORM_REL
+}
+
 /// Runs `body` compiled for AVX2 when the CPU has it (integer work only, so both builds
 /// give the same results).
 #[inline(always)]
@@ -482,6 +507,10 @@ fn base(wq: ArrayView2<'_, i64>, z_w: i64, w: ArrayView2<'_, f64>, bias: &[f64])
     Some(cols)
 }
 
+/// Stage 1 of a task: its bounds, the (min, max) accumulator per column, the largest row
+/// norm bound.
+type TaskRange = (Bounds, Vec<(i32, i32)>, f64);
+
 /// What is known of the values of one task.
 #[derive(Clone, Copy, Debug)]
 struct Bounds {
@@ -603,26 +632,36 @@ fn filter<A: AccInput>(
     let cols = columns(wq, z_w, w, &bias_v, (s, z))?;
     let a_std = a.as_standard_layout();
     let a_rows = a_std.as_slice()?;
-    // ‖a_r − z‖₂ per row, bounded, times |s|
-    let dn: Vec<f64> = a_rows
-        .par_chunks(k)
-        .map(|row| scaled_norm(row, s, z))
-        .collect();
-    if dn.iter().any(|&d| d.is_nan() || d > LIMIT) {
-        return None;
-    }
+    // ‖a_r − z‖₂ per row, bounded, times |s| (from int32 when the values allow)
+    let (alo, ahi) = A::range_of(a);
+    let fits = |v: i64| i32::try_from(v).is_ok();
+    let narrow = i32::try_from(z).ok().filter(|_| {
+        [alo, ahi]
+            .iter()
+            .all(|&v| fits(v) && v.checked_sub(z).is_some_and(fits))
+    });
+    let norm_of = |row: &[A]| match narrow {
+        Some(z32) => with_avx2(|| scaled_norm_narrow(row, s, z32)),
+        None => scaled_norm(row, s, z),
+    };
     let zsf: Vec<f64> = cols.zs.iter().map(|&v| v as f64).collect();
     let tasks = n.div_ceil(ROWS_PER_TASK);
     let rows_of = |t: usize| t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n);
     // stage 1: per task, the column extremes of the accumulators (G is monotone in them) and
-    // the largest row norm bound `dn` of the task
-    let stage1: Vec<(Bounds, Vec<(i32, i32)>)> = (0..tasks)
+    // the largest row norm bound of the task
+    let stage1: Vec<TaskRange> = (0..tasks)
         .into_par_iter()
         .map(|t| {
+            let rows = &a_rows[rows_of(t).start * k..rows_of(t).end * k];
+            // a NaN or too large row norm marks the task NaN (then the whole exact pass)
+            let (dmax, bad) = rows.chunks_exact(k).fold((0.0f64, false), |(x, bad), row| {
+                let d = norm_of(row);
+                (x.max(d), bad | d.is_nan() | (d > LIMIT))
+            });
+            let dmax = if bad { f64::NAN } else { dmax };
             let (mut hi, mut lo) = (vec![i32::MIN; m], vec![i32::MAX; m]);
             let block = &acc[rows_of(t).start * m..rows_of(t).end * m];
             with_avx2(|| column_range(block, &mut hi, &mut lo));
-            let dmax = dn[rows_of(t)].iter().fold(0.0f64, |x, &y| x.max(y));
             let mut b = Bounds::NONE;
             for j in 0..m {
                 let d = dmax * cols.spread[j] + cols.abs[j];
@@ -630,9 +669,12 @@ fn filter<A: AccInput>(
                     b.push(cols.alpha[j] * (f64::from(v) - zsf[j]) + cols.bias[j], d);
                 }
             }
-            (b, lo.into_iter().zip(hi).collect())
+            (b, lo.into_iter().zip(hi).collect(), dmax)
         })
         .collect();
+    if stage1.iter().any(|&(_, _, d)| d.is_nan()) {
+        return None;
+    }
     c.tasks += tasks as u64;
     let all = stage1.iter().fold(Bounds::NONE, |x, y| x.merge(y.0));
     if !(all.hi_lower.is_finite() && all.lo_upper.is_finite()) {
@@ -644,11 +686,11 @@ fn filter<A: AccInput>(
     let stage2: Vec<Option<(Bounds, u64)>> = (0..tasks)
         .into_par_iter()
         .map(|t| {
-            let (bounds, ranges) = &stage1[t];
+            let (bounds, ranges, dmax) = &stage1[t];
+            let dmax = *dmax;
             if !bounds.candidate(l1, u1) {
                 return None;
             }
-            let dmax = dn[rows_of(t)].iter().fold(0.0f64, |x, &y| x.max(y));
             // per column, survivors are the accumulators >= ge or <= le (a superset of
             // the values with G + δ >= l1 or G − δ <= u1, see `survivor_cuts`)
             let (mut ge, mut le) = (vec![0i64; m], vec![0i64; m]);
@@ -833,6 +875,14 @@ mod tests {
         for r in 0..n {
             let row: Vec<i64> = a.row(r).to_vec();
             let dn = scaled_norm(&row, s, z);
+            if let Ok(z32) = i32::try_from(z) {
+                if row
+                    .iter()
+                    .all(|&v| i32::try_from(v).is_ok_and(|v| v.checked_sub(z32).is_some()))
+                {
+                    assert_eq!(scaled_norm_narrow(&row, s, z32).to_bits(), dn.to_bits());
+                }
+            }
             for j in 0..m {
                 let exact = y[[r, j]] + b.get(j).copied().unwrap_or(-0.0);
                 let g = cols.alpha[j] * ((acc[[0, r, j]] - cols.zs[j]) as f64) + cols.bias[j];
