@@ -371,6 +371,23 @@ struct Key {
 }
 
 impl Key {
+    /// Whether this is the layer of these values (compared in place).
+    fn matches(
+        &self,
+        wq: ArrayView2<'_, i64>,
+        z_w: i64,
+        w: ArrayView2<'_, f64>,
+        b: &[f64],
+    ) -> bool {
+        (self.k, self.m) == w.dim()
+            && wq.dim() == w.dim()
+            && self.z_w == z_w
+            && self.bias.len() == b.len()
+            && self.bias.iter().zip(b).all(|(&x, y)| x == y.to_bits())
+            && self.wq.iter().zip(wq.iter()).all(|(x, y)| x == y)
+            && self.w.iter().zip(w.iter()).all(|(&x, y)| x == y.to_bits())
+    }
+
     fn of(wq: ArrayView2<'_, i64>, z_w: i64, w: ArrayView2<'_, f64>, bias: &[f64]) -> Key {
         let (k, m) = w.dim();
         Key {
@@ -403,10 +420,11 @@ fn cached_base(
     if k * m > CACHED_SIZE {
         return base(wq, z_w, w, bias).map(Arc::new);
     }
-    let key = Key::of(wq, z_w, w, bias);
     let hit = {
         let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-        let at = cache.iter().position(|(kk, _)| **kk == key);
+        let at = cache
+            .iter()
+            .position(|(kk, _)| kk.matches(wq, z_w, w, bias));
         at.map(|i| {
             let entry = cache.remove(i);
             let found = entry.1.clone();
@@ -418,6 +436,7 @@ fn cached_base(
         return found;
     }
     let found = base(wq, z_w, w, bias).map(Arc::new);
+    let key = Key::of(wq, z_w, w, bias);
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     cache.insert(0, (Arc::new(key), found.clone()));
     cache.truncate(CACHED_LAYERS);
