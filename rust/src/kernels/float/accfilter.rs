@@ -11,7 +11,9 @@
 //!    `c_{·j} = wq_{·j} − z_w`, and `e_kj = w_kj − t_j c_kj` its residual. With
 //!    `d_k = a_k − z` and `S_j = Σ_k c_kj`, `Σ_k d_k c_kj = acc_rj − z S_j =: m_rj` exactly, so
 //!    `G_rj = fl(fl(fl(s t_j) m_rj) + b_j)` estimates `y_rj` within `δ_rj` (below), whose main
-//!    term is `|s| ‖d_r‖₂ ‖e_j‖₂` (Cauchy–Schwarz on the residual).
+//!    term is `|s| ‖d_r‖₂ ‖e_j‖₂` (Cauchy–Schwarz on the residual). The constants of a
+//!    layer that do not depend on `s` and `z` are kept for the next call on the same weights
+//!    (every weight, integer and bias compared, floats by bits; a few layers, small ones).
 //! 3. **Refine.** With `L₁ = max(G − δ)` (≤ the true max) and `U₁ = min(G + δ)`, only the
 //!    values with `G + δ ≥ L₁` or `G − δ ≤ U₁` (the survivors; any value that is an extreme
 //!    is one) matter. Each survivor's float64 dot product `F` is summed (k order, no FMA) with
@@ -65,6 +67,7 @@
 
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use ndarray::{ArrayView1, ArrayView2, Axis};
 use rayon::prelude::*;
@@ -239,12 +242,100 @@ fn int_acc<A: AccInput>(
 }
 
 /// `|s| ‖a − z‖₂` of one row, bounded above.
+/// The squares are summed in 8 lanes then the lanes in turn: a sum of non-negative rounded
+/// terms in another order, so the bound of the module docs holds as it does for any order.
 fn scaled_norm<A: AccInput>(row: &[A], s: f64, z: i64) -> f64 {
-    let sq = row.iter().fold(0.0f64, |acc, &v| {
+    let mut lanes = [0.0f64; 8];
+    let chunks = row.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            let d = (v.to_i64() - z) as f64;
+            *l += d * d;
+        }
+    }
+    let sq = tail.iter().fold(lanes.iter().sum::<f64>(), |acc, &v| {
         let d = (v.to_i64() - z) as f64;
         acc + d * d
     });
     s.abs() * norm(sq) * NORM_REL
+}
+
+/// [`scaled_norm`] when every `a − z` and `a` fit int32 (`z` given as int32): the same
+/// values summed in the same order, with conversions from int32 that vectorise.
+#[inline(always)]
+fn scaled_norm_narrow<A: AccInput>(row: &[A], s: f64, z: i32) -> f64 {
+    let d = |v: A| {
+        let v: i64 = v.into();
+        // exact: the caller checked that `v` and `v − z` fit int32
+        f64::from((v as i32).wrapping_sub(z))
+    };
+    let mut lanes = [0.0f64; 8];
+    let chunks = row.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            let d = d(v);
+            *l += d * d;
+        }
+    }
+    let sq = tail.iter().fold(lanes.iter().sum::<f64>(), |acc, &v| {
+        let d = d(v);
+        acc + d * d
+    });
+    s.abs() * norm(sq) * NORM_REL
+}
+
+/// Runs `body` compiled for AVX2 when the CPU has it (integer work only, so both builds
+/// give the same results).
+#[inline(always)]
+fn with_avx2<R>(body: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn run<R>(body: impl FnOnce() -> R) -> R {
+            body()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { run(body) };
+        }
+    }
+    body()
+}
+
+/// The per-column maximum and minimum of the rows (length `hi.len()`) of `acc`.
+#[inline(always)]
+fn column_range(acc: &[i32], hi: &mut [i32], lo: &mut [i32]) {
+    for row in acc.chunks_exact(hi.len()) {
+        for ((h, l), &v) in hi.iter_mut().zip(lo.iter_mut()).zip(row) {
+            *h = (*h).max(v);
+            *l = (*l).min(v);
+        }
+    }
+}
+
+/// Whether a value of `row` is `>= ge` or `<= le` (per column).
+#[inline(always)]
+fn row_survives(row: &[i32], ge: &[i32], le: &[i32]) -> bool {
+    row.iter()
+        .zip(ge.iter().zip(le))
+        .fold(false, |any, (&v, (&g, &l))| any | (v >= g) | (v <= l))
+}
+
+/// Per-column constants of the estimate that do not depend on the input's quantization.
+struct Base {
+    /// `t_j` and `S_j` (exact).
+    t: Vec<f64>,
+    sums: Vec<i128>,
+    /// Bounds of `E + R W + 4u C` and of the absolute term, per column.
+    spread: Vec<f64>,
+    abs: Vec<f64>,
+    /// `W + C + E` (bounds), the magnitude checked against [`LIMIT`] with the scale.
+    mag: Vec<f64>,
+    /// The bias (0 for none) and `w` transposed (m, k) for the refinement.
+    bias: Vec<f64>,
+    wt: Vec<f64>,
 }
 
 /// Per-column constants of the estimate.
@@ -253,17 +344,103 @@ struct Columns {
     alpha: Vec<f64>,
     /// `z S_j` (exact).
     zs: Vec<i64>,
-    /// Bounds of `E + R W + 4u C` and of the absolute term, per column.
-    spread: Vec<f64>,
-    abs: Vec<f64>,
-    /// The bias (0 for none) and `w` transposed (m, k) for the refinement.
-    bias: Vec<f64>,
-    wt: Vec<f64>,
+    base: Arc<Base>,
+}
+
+impl std::ops::Deref for Columns {
+    type Target = Base;
+    fn deref(&self) -> &Base {
+        &self.base
+    }
 }
 
 /// A norm bound from a computed sum of squares.
 fn norm(sum_sq: f64) -> f64 {
     sum_sq.sqrt() * NORM_REL + NORM_ABS
+}
+
+/// The layer a [`Base`] was computed from: every value, compared exactly (floats by bits).
+#[derive(PartialEq, Eq)]
+struct Key {
+    k: usize,
+    m: usize,
+    z_w: i64,
+    wq: Vec<i64>,
+    w: Vec<u64>,
+    bias: Vec<u64>,
+}
+
+impl Key {
+    /// Whether this is the layer of these values (compared in place).
+    fn matches(
+        &self,
+        wq: ArrayView2<'_, i64>,
+        z_w: i64,
+        w: ArrayView2<'_, f64>,
+        b: &[f64],
+    ) -> bool {
+        (self.k, self.m) == w.dim()
+            && wq.dim() == w.dim()
+            && self.z_w == z_w
+            && self.bias.len() == b.len()
+            && self.bias.iter().zip(b).all(|(&x, y)| x == y.to_bits())
+            && self.wq.iter().zip(wq.iter()).all(|(x, y)| x == y)
+            && self.w.iter().zip(w.iter()).all(|(&x, y)| x == y.to_bits())
+    }
+
+    fn of(wq: ArrayView2<'_, i64>, z_w: i64, w: ArrayView2<'_, f64>, bias: &[f64]) -> Key {
+        let (k, m) = w.dim();
+        Key {
+            k,
+            m,
+            z_w,
+            wq: wq.iter().copied().collect(),
+            w: w.iter().map(|v| v.to_bits()).collect(),
+            bias: bias.iter().map(|v| v.to_bits()).collect(),
+        }
+    }
+}
+
+/// Layers whose constants are kept (a calibration calls once per block with the same
+/// weights), most recent first, and the largest `k·m` kept.
+const CACHED_LAYERS: usize = 8;
+const CACHED_SIZE: usize = 1 << 20;
+
+type Cache = Mutex<Vec<(Arc<Key>, Option<Arc<Base>>)>>;
+static CACHE: Cache = Mutex::new(Vec::new());
+
+/// [`base`] of this layer, from the cache when the same values were seen before.
+fn cached_base(
+    wq: ArrayView2<'_, i64>,
+    z_w: i64,
+    w: ArrayView2<'_, f64>,
+    bias: &[f64],
+) -> Option<Arc<Base>> {
+    let (k, m) = w.dim();
+    if k * m > CACHED_SIZE {
+        return base(wq, z_w, w, bias).map(Arc::new);
+    }
+    let hit = {
+        let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        let at = cache
+            .iter()
+            .position(|(kk, _)| kk.matches(wq, z_w, w, bias));
+        at.map(|i| {
+            let entry = cache.remove(i);
+            let found = entry.1.clone();
+            cache.insert(0, entry);
+            found
+        })
+    };
+    if let Some(found) = hit {
+        return found;
+    }
+    let found = base(wq, z_w, w, bias).map(Arc::new);
+    let key = Key::of(wq, z_w, w, bias);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    cache.insert(0, (Arc::new(key), found.clone()));
+    cache.truncate(CACHED_LAYERS);
+    found
 }
 
 fn columns(
@@ -273,37 +450,52 @@ fn columns(
     bias: &[f64],
     (s, z): (f64, i64),
 ) -> Option<Columns> {
+    let base = cached_base(wq, z_w, w, bias)?;
+    let m = base.t.len();
+    let (mut alpha, mut zs) = (vec![0.0; m], vec![0; m]);
+    for j in 0..m {
+        alpha[j] = s * base.t[j];
+        let v = i128::from(z).checked_mul(base.sums[j])?;
+        zs[j] = i64::try_from(v)
+            .ok()
+            .filter(|v| v.unsigned_abs() <= 1 << 50)?;
+        let scale = s.abs() * base.mag[j] + base.bias[j].abs();
+        if scale.is_nan() || scale > LIMIT {
+            return None;
+        }
+    }
+    Some(Columns { alpha, zs, base })
+}
+
+/// The constants of [`Base`], or None when a weight, a bias or a norm is not finite.
+fn base(wq: ArrayView2<'_, i64>, z_w: i64, w: ArrayView2<'_, f64>, bias: &[f64]) -> Option<Base> {
     let (k, m) = w.dim();
     let kf = k as f64;
     let r = 1.25 * (kf + 3.0) * U;
-    let mut cols = Columns {
-        alpha: vec![0.0; m],
-        zs: vec![0; m],
+    let mut cols = Base {
+        t: vec![0.0; m],
+        sums: vec![0; m],
         spread: vec![0.0; m],
         abs: vec![0.0; m],
+        mag: vec![0.0; m],
         bias: vec![0.0; m],
         wt: vec![0.0; m * k],
     };
     // both matrices transposed to (m, k), read in their row-major order
     let mut cq = vec![0.0f64; m * k];
-    let mut sums = vec![0i128; m];
     for (kk, (wrow, qrow)) in w.outer_iter().zip(wq.outer_iter()).enumerate() {
         for (j, (&v, &q)) in wrow.iter().zip(qrow.iter()).enumerate() {
             let c = i128::from(q) - i128::from(z_w);
             cols.wt[j * k + kk] = v;
             cq[j * k + kk] = c as f64;
-            sums[j] += c;
+            cols.sums[j] += c;
         }
     }
     if !cols.wt.iter().all(|v| v.is_finite()) {
         return None;
     }
     for j in 0..m {
-        let (wj, cj, sum) = (
-            &cols.wt[j * k..(j + 1) * k],
-            &cq[j * k..(j + 1) * k],
-            sums[j],
-        );
+        let (wj, cj) = (&cols.wt[j * k..(j + 1) * k], &cq[j * k..(j + 1) * k]);
         let (mut wc, mut cc, mut ww, mut w1) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
         for (&v, &cf) in wj.iter().zip(cj) {
             wc += v * cf;
@@ -322,21 +514,21 @@ fn columns(
         let (e2, c2, w2) = (norm(ee), norm(tc), norm(ww));
         let e2 = e2 + 2.0 * U * (c2 + e2) + NORM_ABS;
         let b = bias.get(j).copied().unwrap_or(0.0);
-        cols.alpha[j] = s * t;
-        let zs = i128::from(z).checked_mul(sum)?;
-        cols.zs[j] = i64::try_from(zs)
-            .ok()
-            .filter(|v| v.unsigned_abs() <= 1 << 50)?;
-        cols.spread[j] = e2 + r * w2 + 4.0 * U * c2;
-        cols.abs[j] = 3.0 * U * b.abs() + ABS_UNIT * (w1 + 1.0) * (kf + 8.0);
-        cols.bias[j] = b;
-        let scale = s.abs() * (w2 + c2 + e2) + b.abs();
-        if scale.is_nan() || scale > LIMIT || !b.is_finite() || !w1.is_finite() {
+        if !b.is_finite() || !w1.is_finite() {
             return None;
         }
+        cols.t[j] = t;
+        cols.spread[j] = e2 + r * w2 + 4.0 * U * c2;
+        cols.abs[j] = 3.0 * U * b.abs() + ABS_UNIT * (w1 + 1.0) * (kf + 8.0);
+        cols.mag[j] = w2 + c2 + e2;
+        cols.bias[j] = b;
     }
     Some(cols)
 }
+
+/// Stage 1 of a task: its bounds, the (min, max) accumulator per column, the largest row
+/// norm bound.
+type TaskRange = (Bounds, Vec<(i32, i32)>, f64);
 
 /// What is known of the values of one task.
 #[derive(Clone, Copy, Debug)]
@@ -459,30 +651,36 @@ fn filter<A: AccInput>(
     let cols = columns(wq, z_w, w, &bias_v, (s, z))?;
     let a_std = a.as_standard_layout();
     let a_rows = a_std.as_slice()?;
-    // ‖a_r − z‖₂ per row, bounded, times |s|
-    let dn: Vec<f64> = a_rows
-        .par_chunks(k)
-        .map(|row| scaled_norm(row, s, z))
-        .collect();
-    if dn.iter().any(|&d| d.is_nan() || d > LIMIT) {
-        return None;
-    }
+    // ‖a_r − z‖₂ per row, bounded, times |s| (from int32 when the values allow)
+    let (alo, ahi) = A::range_of(a);
+    let fits = |v: i64| i32::try_from(v).is_ok();
+    let narrow = i32::try_from(z).ok().filter(|_| {
+        [alo, ahi]
+            .iter()
+            .all(|&v| fits(v) && v.checked_sub(z).is_some_and(fits))
+    });
+    let norm_of = |row: &[A]| match narrow {
+        Some(z32) => with_avx2(|| scaled_norm_narrow(row, s, z32)),
+        None => scaled_norm(row, s, z),
+    };
     let zsf: Vec<f64> = cols.zs.iter().map(|&v| v as f64).collect();
     let tasks = n.div_ceil(ROWS_PER_TASK);
     let rows_of = |t: usize| t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n);
     // stage 1: per task, the column extremes of the accumulators (G is monotone in them) and
-    // the largest row norm bound `dn` of the task
-    let stage1: Vec<(Bounds, Vec<(i32, i32)>)> = (0..tasks)
+    // the largest row norm bound of the task
+    let stage1: Vec<TaskRange> = (0..tasks)
         .into_par_iter()
         .map(|t| {
+            let rows = &a_rows[rows_of(t).start * k..rows_of(t).end * k];
+            // a NaN or too large row norm marks the task NaN (then the whole exact pass)
+            let (dmax, bad) = rows.chunks_exact(k).fold((0.0f64, false), |(x, bad), row| {
+                let d = norm_of(row);
+                (x.max(d), bad | d.is_nan() | (d > LIMIT))
+            });
+            let dmax = if bad { f64::NAN } else { dmax };
             let (mut hi, mut lo) = (vec![i32::MIN; m], vec![i32::MAX; m]);
-            for row in acc[rows_of(t).start * m..rows_of(t).end * m].chunks_exact(m) {
-                for ((h, l), &v) in hi.iter_mut().zip(lo.iter_mut()).zip(row) {
-                    *h = (*h).max(v);
-                    *l = (*l).min(v);
-                }
-            }
-            let dmax = dn[rows_of(t)].iter().fold(0.0f64, |x, &y| x.max(y));
+            let block = &acc[rows_of(t).start * m..rows_of(t).end * m];
+            with_avx2(|| column_range(block, &mut hi, &mut lo));
             let mut b = Bounds::NONE;
             for j in 0..m {
                 let d = dmax * cols.spread[j] + cols.abs[j];
@@ -490,9 +688,12 @@ fn filter<A: AccInput>(
                     b.push(cols.alpha[j] * (f64::from(v) - zsf[j]) + cols.bias[j], d);
                 }
             }
-            (b, lo.into_iter().zip(hi).collect())
+            (b, lo.into_iter().zip(hi).collect(), dmax)
         })
         .collect();
+    if stage1.iter().any(|&(_, _, d)| d.is_nan()) {
+        return None;
+    }
     c.tasks += tasks as u64;
     let all = stage1.iter().fold(Bounds::NONE, |x, y| x.merge(y.0));
     if !(all.hi_lower.is_finite() && all.lo_upper.is_finite()) {
@@ -504,11 +705,11 @@ fn filter<A: AccInput>(
     let stage2: Vec<Option<(Bounds, u64)>> = (0..tasks)
         .into_par_iter()
         .map(|t| {
-            let (bounds, ranges) = &stage1[t];
+            let (bounds, ranges, dmax) = &stage1[t];
+            let dmax = *dmax;
             if !bounds.candidate(l1, u1) {
                 return None;
             }
-            let dmax = dn[rows_of(t)].iter().fold(0.0f64, |x, &y| x.max(y));
             // per column, survivors are the accumulators >= ge or <= le (a superset of
             // the values with G + δ >= l1 or G − δ <= u1, see `survivor_cuts`)
             let (mut ge, mut le) = (vec![0i64; m], vec![0i64; m]);
@@ -519,23 +720,24 @@ fn filter<A: AccInput>(
                 let d = (dmax * cols.spread[j] + cols.abs[j]) * BOUND_REL + 5.0 * U * gmax;
                 (ge[j], le[j]) = survivor_cuts(&g, cols.alpha[j] < 0.0, (lo, hi), l1 - d, u1 + d);
             }
+            // the cuts clamped to int32: a cut moved toward the values only adds survivors
+            let clamp = |v: &i64| (*v).clamp(i32::MIN.into(), i32::MAX.into()) as i32;
+            let ge32: Vec<i32> = ge.iter().map(clamp).collect();
+            let le32: Vec<i32> = le.iter().map(clamp).collect();
+            let block = &acc[rows_of(t).start * m..rows_of(t).end * m];
+            let hits: Vec<bool> = with_avx2(|| {
+                block
+                    .chunks_exact(m)
+                    .map(|row| row_survives(row, &ge32, &le32))
+                    .collect()
+            });
             let mut survivors = Vec::new();
-            for r in rows_of(t) {
+            for (r, hit) in rows_of(t).zip(hits) {
                 let row = &acc[r * m..(r + 1) * m];
-                let any = row
-                    .iter()
-                    .zip(ge.iter().zip(&le))
-                    .fold(false, |any, (&v, (&g, &l))| {
-                        let v = i64::from(v);
-                        any | (v >= g) | (v <= l)
-                    });
-                if any {
+                if hit {
                     survivors.extend(
                         (0..m)
-                            .filter(|&j| {
-                                let v = i64::from(row[j]);
-                                v >= ge[j] || v <= le[j]
-                            })
+                            .filter(|&j| row[j] >= ge32[j] || row[j] <= le32[j])
                             .map(|j| (r, j)),
                     );
                     if survivors.len() > cap {
@@ -692,6 +894,14 @@ mod tests {
         for r in 0..n {
             let row: Vec<i64> = a.row(r).to_vec();
             let dn = scaled_norm(&row, s, z);
+            if let Ok(z32) = i32::try_from(z) {
+                if row
+                    .iter()
+                    .all(|&v| i32::try_from(v).is_ok_and(|v| v.checked_sub(z32).is_some()))
+                {
+                    assert_eq!(scaled_norm_narrow(&row, s, z32).to_bits(), dn.to_bits());
+                }
+            }
             for j in 0..m {
                 let exact = y[[r, j]] + b.get(j).copied().unwrap_or(-0.0);
                 let g = cols.alpha[j] * ((acc[[0, r, j]] - cols.zs[j]) as f64) + cols.bias[j];
@@ -721,6 +931,38 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_constants_follow_the_weights() {
+        let (w, wq) = weights(9, 4, 3, 0);
+        let first = columns(wq.view(), 0, w.view(), &[], (0.5, 1)).unwrap();
+        // (a hit is not asserted: tests running alongside may evict the layer)
+        let again = columns(wq.view(), 0, w.view(), &[], (0.5, 1)).unwrap();
+        assert_eq!((&again.t, &again.spread), (&first.t, &first.spread));
+        // one weight, one integer, the zero point or the bias changed: new constants
+        let mut w2 = w.clone();
+        w2[[2, 1]] = f64::from_bits(w2[[2, 1]].to_bits() + 1);
+        let mut wq2 = wq.clone();
+        wq2[[0, 3]] += 1;
+        for (wq_, z_w, w_, b) in [
+            (&wq, 0, &w2, &[][..]),
+            (&wq2, 0, &w, &[][..]),
+            (&wq, 1, &w, &[][..]),
+            (&wq, 0, &w, &[0.0, 0.0, 0.0, -0.0][..]),
+        ] {
+            let other = columns(wq_.view(), z_w, w_.view(), b, (0.5, 1)).unwrap();
+            assert!(!Arc::ptr_eq(&first.base, &other.base));
+            let fresh = base(wq_.view(), z_w, w_.view(), b).unwrap();
+            assert_eq!(other.t, fresh.t);
+            assert_eq!(other.sums, fresh.sums);
+        }
+        // the scale and zero point are applied per call
+        let twice = columns(wq.view(), 0, w.view(), &[], (1.0, 2)).unwrap();
+        for j in 0..4 {
+            assert_eq!(twice.alpha[j], 2.0 * first.alpha[j]);
+            assert_eq!(twice.zs[j], 2 * first.zs[j]);
         }
     }
 
