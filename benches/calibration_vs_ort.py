@@ -35,8 +35,8 @@ compare with ONNX Runtime only; ``--i16-baseline`` adds ``fhequant_without_i16``
 rows: the same build with the AVX2 i16 integer-product strategy switched off, and
 ``i16_speedup`` = its time over fhequant's; ``--baselines NAME,...`` does the same for any
 switch of :data:`SWITCHES` (``i16``, ``products``: the products kept by the statistics pass,
-``filter``: the statistics kernels' filter), on every row; ``--exact-extremes`` runs the
-statistics kernels without their filter).
+which ``--products`` turns on, ``filter``: the statistics kernels' filter), on every row;
+``--exact-extremes`` runs the statistics kernels without their filter).
 """
 
 from __future__ import annotations
@@ -266,7 +266,8 @@ def _module_switch(module: Any, name: str, off: Any) -> Callable[[Any], Any]:
 SWITCHES: dict[str, Callable[[Any], Any]] = {
     # the AVX2 i16 integer-product strategy (the f32 strategy then)
     "i16": lambda value: _core.int_i16() if value is None else _core.int_i16(value),
-    # the integer products kept by the statistics pass of hidden Gemm/MatMul
+    # the integer products kept by the statistics pass of hidden Gemm/MatMul (off by
+    # default: turn them on with --products to compare)
     "products": _module_switch(passes, "KEEP_PRODUCTS", False),
     # the statistics kernels' filter (exact sums everywhere)
     "filter": _module_switch(fused_stats, "EXACT_EXTREMES", True),
@@ -421,12 +422,19 @@ def main() -> None:
         help="also time fhequant with the AVX2 i16 product strategy off (in memory rows)",
     )
     parser.add_argument(
+        "--products",
+        action="store_true",
+        help="keep the integer products of hidden Gemm/MatMul (passes.KEEP_PRODUCTS, off by "
+        "default); with --baselines products the same run times them off too",
+    )
+    parser.add_argument(
         "--baselines",
         default="",
         help=f"comma-separated switches to also time off, on every row: {', '.join(SWITCHES)}",
     )
     args = parser.parse_args()
     fused_stats.EXACT_EXTREMES = args.exact_extremes
+    passes.KEEP_PRODUCTS = args.products
     baselines = tuple(f"fhequant_without_{b}" for b in args.baselines.split(",") if b)
     for b in baselines:
         if b.removeprefix("fhequant_without_") not in SWITCHES:

@@ -41,9 +41,10 @@ __all__ = ["KEEP_PRODUCTS", "QUANTIZE_IN_KERNEL", "OpPasses", "union_uvalues"]
 QUANTIZE_IN_KERNEL = True
 #: The statistics pass of a hidden Gemm/MatMul computes its integer product, filters the float
 #: extremes with it and keeps it for the output pass, which then only rescales and quantizes
-#: it (``fused_stats.Products``; same integers). Set to False to compute the product in the
-#: output pass and filter with the float32 product.
-KEEP_PRODUCTS = True
+#: it (``fused_stats.Products``; same integers). Off by default: on the benchmarks it measured
+#: within noise of the float32 filter plus a second product (docs/calibration-throughput.md),
+#: and it holds up to ``memory_budget`` more bytes.
+KEEP_PRODUCTS = False
 
 
 def _output_scope() -> Any:
