@@ -400,8 +400,8 @@ def _matmul_products(
         # filter serves this op, and its output pass computes the product as usual
         plan.integers = None
         return _matmul_extremes(plan, x, dequant)
-    if acc is not None:
-        products.keep(b, acc.reshape(*x.shape[:-1], n))
+    assert acc is not None  # asked with keep=True
+    products.keep(b, acc.reshape(*x.shape[:-1], n))
     return lo, hi, finite
 
 

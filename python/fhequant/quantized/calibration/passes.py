@@ -205,7 +205,7 @@ class OpPasses:
         float result (the numbers of QA(n_bits, raw), without its unused uvalues sort).
         """
         raw_blocks: list[Any] | None
-        products = self.products_for(op, variable, out, self.plan(op, variable, out))
+        products = self.products_for(op, variable, out)
         if traits.has_default_calibration(op):
             raw_blocks = self.statistics(op, variable, out, products)
         else:
@@ -265,22 +265,25 @@ class OpPasses:
         traits.finish(op, last)
 
     def products_for(
-        self, op: Any, variable: list[str], out: str, plan: PassPlan
+        self, op: Any, variable: list[str], out: str, plan: PassPlan | None = None
     ) -> fused_stats.Products | None:
         """Where the statistics pass keeps the integer products of a hidden Gemm/MatMul for
-        its output pass (:data:`KEEP_PRODUCTS`), or None.
+        its output pass (:data:`KEEP_PRODUCTS`), or None (``plan``: the op's pass plan when
+        the caller has it, else computed here once the cheap checks pass).
 
         Only when the output pass reads exactly the stored integers of the input, with the
-        producer's scale and zero point (no re-quantization table, integers inside the
-        producer's clip range, the op's input options those of the producer), quantizes in
+        producer's scale and zero point (no re-quantization table, or one that maps every
+        integer to itself; integers inside the producer's clip range; the op's input options
+        those of the producer), quantizes in
         the fused kernel and calibrates no rounding; and only the products that fit the
         walk's memory budget are kept (the other blocks compute theirs again).
         """
         if not (KEEP_PRODUCTS and QUANTIZE_IN_KERNEL and fused_stats.ENABLED):
             return None
-        if plan.rounding or not plan.statistics or self.flows_raw or len(variable) != 1:
+        if self.flows_raw or len(variable) != 1 or not hasattr(op, "integer_weights"):
             return None
-        if not hasattr(op, "integer_weights") or op.produces_graph_output:
+        plan = self.plan(op, variable, out) if plan is None else plan
+        if plan.rounding or not plan.statistics or op.produces_graph_output:
             return None
         if out in self.methods or op.spec().raw_output or traits.clips_percentiles(op):
             return None
