@@ -1,0 +1,329 @@
+//! The epilogue of the fused Gemm/Conv (`requant::run_body`: round_bit_pattern, the float64
+//! rescale, the output quantizer, the narrow store) written with AVX2 intrinsics, eight
+//! outputs per step. Every step is the same single IEEE operation as in the scalar code, in
+//! the same order (no FMA), so the integers, their extremes and the flags are the same bits:
+//!
+//! * i64 → f64 exactly by the magic number 1.5·2^52 (integer add of its bits, float
+//!   subtract), valid for −2^51 ≤ v < 2^51: a group of eight with any value outside that
+//!   range is handed to the scalar code (int32 accumulators without rounding are converted
+//!   directly, `vcvtdq2pd`, always exact);
+//! * round_bit_pattern as `(v + half) & mask` (a value for which this leaves int64 wraps
+//!   out of the magic number's range, so the scalar code reports the overflow);
+//! * `((f + offset) − sub) · mul (+ add)`, `/ scale + zero_point`;
+//! * `vroundpd` to nearest even (the same as `Real::rint`: ties to even, sign of zero kept),
+//!   then `clip` as two compare + blend steps (NaN passes both, the bound wins on ties);
+//! * NaN → 0 (and the NaN flag), `vcvtpd2dq` (exact: the values are integers), running i32
+//!   extremes, saturating packs (exact: the values lie within the output type).
+//!
+//! Lengths that are not a multiple of eight finish with the scalar code.
+
+use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::kernels::integer::requant::{run_body, Narrow, Requant, Stats};
+use crate::kernels::integer::rescale::{Operand, Rescale};
+
+/// Whether the vector epilogue may be used (a switch for benchmarks and differential tests;
+/// the results are the same integers either way).
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Allow or forbid the vector epilogue; returns whether it is now in use (`available`).
+pub fn set_enabled(on: bool) -> bool {
+    ENABLED.store(on, Ordering::Relaxed);
+    available()
+}
+
+/// Whether the CPU has AVX2 and the vector epilogue is enabled.
+#[inline]
+pub fn available() -> bool {
+    ENABLED.load(Ordering::Relaxed) && crate::kernels::simd::avx2()
+}
+
+/// The integer accumulators the epilogue reads.
+pub trait Accumulator: Copy + Send + Sync + 'static {
+    /// Every value converts exactly with `vcvtdq2pd` (no range check needed).
+    const SMALL: bool;
+    /// The value as i64 (exact).
+    fn widen(self) -> i64;
+    /// Four values from `p` on as i64.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and `p` points at four readable values.
+    unsafe fn load_i64(p: *const Self) -> __m256i;
+    /// Four values from `p` on as f64 (exactly, for `SMALL` types).
+    ///
+    /// # Safety
+    /// As [`Accumulator::load_i64`].
+    unsafe fn load_f64(p: *const Self) -> __m256d;
+}
+
+impl Accumulator for i64 {
+    const SMALL: bool = false;
+    #[inline(always)]
+    fn widen(self) -> i64 {
+        self
+    }
+    #[inline(always)]
+    unsafe fn load_i64(p: *const Self) -> __m256i {
+        // SAFETY: the caller guarantees AVX2 and four readable values.
+        unsafe { _mm256_loadu_si256(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn load_f64(p: *const Self) -> __m256d {
+        // SAFETY: as `load_i64` (not used on the fast path: i64 is not SMALL).
+        unsafe {
+            _mm256_set_pd(
+                *p.add(3) as f64,
+                *p.add(2) as f64,
+                *p.add(1) as f64,
+                *p as f64,
+            )
+        }
+    }
+}
+
+impl Accumulator for i32 {
+    const SMALL: bool = true;
+    #[inline(always)]
+    fn widen(self) -> i64 {
+        i64::from(self)
+    }
+    #[inline(always)]
+    unsafe fn load_i64(p: *const Self) -> __m256i {
+        // SAFETY: the caller guarantees AVX2 and four readable values.
+        unsafe { _mm256_cvtepi32_epi64(_mm_loadu_si128(p.cast())) }
+    }
+    #[inline(always)]
+    unsafe fn load_f64(p: *const Self) -> __m256d {
+        // SAFETY: the caller guarantees AVX2 and four readable values.
+        unsafe { _mm256_cvtepi32_pd(_mm_loadu_si128(p.cast())) }
+    }
+}
+
+/// 1.5·2^52: its bits plus an integer in [−2^51, 2^51) are that integer plus 1.5·2^52.
+const MAGIC: f64 = 6_755_399_441_055_744.0;
+
+/// The broadcast operands of one call.
+struct Consts {
+    offset: __m256d,
+    scale: __m256d,
+    zero_point: __m256d,
+    lo: __m256d,
+    hi: __m256d,
+    magic: __m256d,
+    magic_bits: __m256i,
+    /// 2^51: v + 2^51 lies in [0, 2^52) exactly for the values the magic number converts.
+    bias: __m256i,
+    half: __m256i,
+    mask: __m256i,
+}
+
+/// The epilogue of `requant::run_body` on `acc` into `dst` (`min(acc.len(), dst.len())`
+/// values), eight at a time; the same integers, extremes and flags.
+///
+/// # Safety
+/// The CPU has AVX2. `rescale.lsbs` is at most `MAX_LSBS` (as `Rescale::check` ensures).
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn run<I: Accumulator, S: Operand, O: Narrow>(
+    acc: &[I],
+    dst: &mut [MaybeUninit<O>],
+    rescale: &Rescale<'_>,
+    (sub, mul, add): (S, S, Option<S>),
+    requant: &Requant,
+) -> Stats {
+    let n = acc.len().min(dst.len());
+    // slices cut to n (this panics if one is shorter), so `load4` below stays inside them
+    let (sub, mul, add) = (sub.prefix(n), mul.prefix(n), add.map(|a| a.prefix(n)));
+    let round = rescale.lsbs > 0;
+    let (half, mask) = if round {
+        (1i64 << (rescale.lsbs - 1), !((1i64 << rescale.lsbs) - 1))
+    } else {
+        (0, -1)
+    };
+    let k = Consts {
+        offset: _mm256_set1_pd(rescale.offset),
+        scale: _mm256_set1_pd(requant.scale),
+        zero_point: _mm256_set1_pd(requant.zero_point),
+        lo: _mm256_set1_pd(requant.lo),
+        hi: _mm256_set1_pd(requant.hi),
+        magic: _mm256_set1_pd(MAGIC),
+        magic_bits: _mm256_set1_epi64x(MAGIC.to_bits() as i64),
+        bias: _mm256_set1_epi64x(1 << 51),
+        half: _mm256_set1_epi64x(half),
+        mask: _mm256_set1_epi64x(mask),
+    };
+    let mut stats = Stats::EMPTY;
+    let mut vmin = _mm256_set1_epi32(i32::MAX);
+    let mut vmax = _mm256_set1_epi32(i32::MIN);
+    let mut nan = _mm256_setzero_pd();
+    let mut vector = false;
+    let mut j = 0;
+    while j + 8 <= n {
+        // SAFETY: j + 8 <= n <= acc.len().
+        let p = unsafe { acc.as_ptr().add(j) };
+        let floats = if I::SMALL && !round {
+            // SAFETY: AVX2 (this function's feature), eight readable values at p.
+            Some(unsafe { (I::load_f64(p), I::load_f64(p.add(4))) })
+        } else {
+            // SAFETY: as above.
+            let (mut v0, mut v1) = unsafe { (I::load_i64(p), I::load_i64(p.add(4))) };
+            if round {
+                // v > i64::MAX − half wraps to below i64::MIN + half <= −2^63 + 2^61: out
+                // of the magic number's range, so the scalar code takes the group and
+                // reports the overflow
+                v0 = _mm256_and_si256(_mm256_add_epi64(v0, k.half), k.mask);
+                v1 = _mm256_and_si256(_mm256_add_epi64(v1, k.half), k.mask);
+            }
+            let t0 = _mm256_srli_epi64::<52>(_mm256_add_epi64(v0, k.bias));
+            let t1 = _mm256_srli_epi64::<52>(_mm256_add_epi64(v1, k.bias));
+            let t = _mm256_or_si256(t0, t1);
+            (_mm256_testz_si256(t, t) == 1).then(|| (exact_f64(v0, &k), exact_f64(v1, &k)))
+        };
+        let Some((f0, f1)) = floats else {
+            // a value out of the magic number's range: this group the scalar way
+            let part = scalar(
+                &acc[j..j + 8],
+                &mut dst[j..j + 8],
+                rescale,
+                (sub.skip(j), mul.skip(j), add.map(|a| a.skip(j))),
+                requant,
+            );
+            stats = stats.join(part);
+            j += 8;
+            continue;
+        };
+        // SAFETY: AVX2; the slices hold n >= j + 8 values.
+        let (i0, bad0) = unsafe { quantize4(f0, j, (sub, mul, add), &k) };
+        // SAFETY: as above.
+        let (i1, bad1) = unsafe { quantize4(f1, j + 4, (sub, mul, add), &k) };
+        nan = _mm256_or_pd(nan, _mm256_or_pd(bad0, bad1));
+        let both = _mm256_set_m128i(i1, i0);
+        vmin = _mm256_min_epi32(vmin, both);
+        vmax = _mm256_max_epi32(vmax, both);
+        store8(&mut dst[j..j + 8], i0, i1);
+        vector = true;
+        j += 8;
+    }
+    if j < n {
+        let part = scalar(
+            &acc[j..n],
+            &mut dst[j..n],
+            rescale,
+            (sub.skip(j), mul.skip(j), add.map(|a| a.skip(j))),
+            requant,
+        );
+        stats = stats.join(part);
+    }
+    if vector {
+        let (mut lows, mut highs) = ([0i32; 8], [0i32; 8]);
+        // SAFETY: each array holds eight i32 (32 bytes).
+        unsafe {
+            _mm256_storeu_si256(lows.as_mut_ptr().cast(), vmin);
+            _mm256_storeu_si256(highs.as_mut_ptr().cast(), vmax);
+        }
+        let lo = lows.iter().copied().min().unwrap_or(i32::MAX);
+        let hi = highs.iter().copied().max().unwrap_or(i32::MIN);
+        stats = stats.join(Stats {
+            lo: i64::from(lo),
+            hi: i64::from(hi),
+            nan: _mm256_movemask_pd(nan) != 0,
+            over: false,
+        });
+    }
+    stats
+}
+
+/// `v as f64` for four values in [−2^51, 2^51) (exact).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn exact_f64(v: __m256i, k: &Consts) -> __m256d {
+    _mm256_sub_pd(
+        _mm256_castsi256_pd(_mm256_add_epi64(v, k.magic_bits)),
+        k.magic,
+    )
+}
+
+/// The rescale and the quantizer of four values `f` (elements `j..j + 4` of the run): the
+/// integers (NaN as 0) and the mask of the NaN lanes.
+///
+/// # Safety
+/// The CPU has AVX2; slice operands hold at least `j + 4` values.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize4<S: Operand>(
+    f: __m256d,
+    j: usize,
+    (sub, mul, add): (S, S, Option<S>),
+    k: &Consts,
+) -> (__m128i, __m256d) {
+    // SAFETY: the caller's guarantees are those of `load4`.
+    let (s, m) = unsafe { (sub.load4(j), mul.load4(j)) };
+    let mut x = _mm256_mul_pd(_mm256_sub_pd(_mm256_add_pd(f, k.offset), s), m);
+    if let Some(add) = add {
+        // SAFETY: as above.
+        x = _mm256_add_pd(x, unsafe { add.load4(j) });
+    }
+    let x = _mm256_add_pd(_mm256_div_pd(x, k.scale), k.zero_point);
+    let c = round_clip(x, k);
+    let bad = _mm256_cmp_pd::<_CMP_UNORD_Q>(c, c);
+    // c is 0 (NaN) or an integer within the output type: the conversion is exact
+    (_mm256_cvtpd_epi32(_mm256_andnot_pd(bad, c)), bad)
+}
+
+/// `clip(rint(x), lo, hi)` (`Real::rint`, `quant::float::clip`) of four values.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn round_clip(x: __m256d, k: &Consts) -> __m256d {
+    // to nearest, ties to even, the sign of zero kept, NaN and ±inf as they are
+    let r = _mm256_round_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
+    // `lo` when r <= lo (false for NaN), then `hi` when y >= hi (false for NaN)
+    let y = _mm256_blendv_pd(r, k.lo, _mm256_cmp_pd::<_CMP_LE_OQ>(r, k.lo));
+    _mm256_blendv_pd(y, k.hi, _mm256_cmp_pd::<_CMP_GE_OQ>(y, k.hi))
+}
+
+/// Write the eight i32 of `i0`, `i1` (within `O`) into `dst` as `O`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn store8<O: Narrow>(dst: &mut [MaybeUninit<O>], i0: __m128i, i1: __m128i) {
+    let dst = &mut dst[..8];
+    let words = _mm_packs_epi32(i0, i1);
+    if size_of::<O>() == 1 && O::MIN == i64::from(i8::MIN) {
+        // SAFETY: dst holds eight one-byte values (8 bytes).
+        unsafe { _mm_storel_epi64(dst.as_mut_ptr().cast(), _mm_packs_epi16(words, words)) };
+    } else if size_of::<O>() == 2 && O::MIN == i64::from(i16::MIN) {
+        // SAFETY: dst holds eight two-byte values (16 bytes).
+        unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), words) };
+    } else {
+        let mut ints = [0i32; 8];
+        // SAFETY: ints holds eight i32 (16 bytes each half).
+        unsafe {
+            _mm_storeu_si128(ints.as_mut_ptr().cast(), i0);
+            _mm_storeu_si128(ints.as_mut_ptr().add(4).cast(), i1);
+        }
+        for (d, &i) in dst.iter_mut().zip(&ints) {
+            d.write(O::from_i32(i));
+        }
+    }
+}
+
+/// `run_body` on at most eight accumulators (widened to i64 on the stack).
+#[inline]
+fn scalar<I: Accumulator, S: Operand, O: Narrow>(
+    acc: &[I],
+    dst: &mut [MaybeUninit<O>],
+    rescale: &Rescale<'_>,
+    operands: (S, S, Option<S>),
+    requant: &Requant,
+) -> Stats {
+    let mut wide = [0i64; 8];
+    let wide = &mut wide[..acc.len().min(8)];
+    for (w, &v) in wide.iter_mut().zip(acc) {
+        *w = v.widen();
+    }
+    run_body(wide, dst, rescale, operands, requant)
+}
+
+#[cfg(test)]
+#[path = "epilogue_tests.rs"]
+mod tests;
