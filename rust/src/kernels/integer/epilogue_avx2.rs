@@ -154,17 +154,68 @@ pub(crate) unsafe fn run<I: Accumulator, S: Operand, O: Narrow>(
         mask: _mm256_set1_epi64x(mask),
     };
     let mut stats = Stats::EMPTY;
+    let mut j = 0;
+    loop {
+        // the groups of eight the vector code takes, up to the first it cannot convert
+        // SAFETY: AVX2 (this function's feature); slice operands hold n values.
+        let (stop, part) = unsafe { groups(acc, dst, j, n, round, (sub, mul, add), &k) };
+        stats = stats.join(part);
+        j = stop;
+        if j + 8 > n {
+            break;
+        }
+        // a value out of the magic number's range at j: this group the scalar way
+        let part = scalar(
+            &acc[j..j + 8],
+            &mut dst[j..j + 8],
+            rescale,
+            (sub.skip(j), mul.skip(j), add.map(|a| a.skip(j))),
+            requant,
+        );
+        stats = stats.join(part);
+        j += 8;
+    }
+    if j < n {
+        let part = scalar(
+            &acc[j..n],
+            &mut dst[j..n],
+            rescale,
+            (sub.skip(j), mul.skip(j), add.map(|a| a.skip(j))),
+            requant,
+        );
+        stats = stats.join(part);
+    }
+    stats
+}
+
+/// The groups of eight values from `j` on, while a whole group lies in `0..n` and converts
+/// exactly; returns where it stopped and the stats of what it wrote (no calls in the loop,
+/// so the running extremes and constants stay in registers).
+///
+/// # Safety
+/// The CPU has AVX2; `n <= acc.len(), dst.len()` and slice operands hold `n` values.
+#[inline]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn groups<I: Accumulator, S: Operand, O: Narrow>(
+    acc: &[I],
+    dst: &mut [MaybeUninit<O>],
+    mut j: usize,
+    n: usize,
+    round: bool,
+    operands: (S, S, Option<S>),
+    k: &Consts,
+) -> (usize, Stats) {
     let mut vmin = _mm256_set1_epi32(i32::MAX);
     let mut vmax = _mm256_set1_epi32(i32::MIN);
     let mut nan = _mm256_setzero_pd();
-    let mut vector = false;
-    let mut j = 0;
+    let start = j;
     while j + 8 <= n {
         // SAFETY: j + 8 <= n <= acc.len().
         let p = unsafe { acc.as_ptr().add(j) };
-        let floats = if I::SMALL && !round {
-            // SAFETY: AVX2 (this function's feature), eight readable values at p.
-            Some(unsafe { (I::load_f64(p), I::load_f64(p.add(4))) })
+        let (f0, f1) = if I::SMALL && !round {
+            // SAFETY: AVX2, eight readable values at p.
+            unsafe { (I::load_f64(p), I::load_f64(p.add(4))) }
         } else {
             // SAFETY: as above.
             let (mut v0, mut v1) = unsafe { (I::load_i64(p), I::load_i64(p.add(4))) };
@@ -178,60 +229,46 @@ pub(crate) unsafe fn run<I: Accumulator, S: Operand, O: Narrow>(
             let t0 = _mm256_srli_epi64::<52>(_mm256_add_epi64(v0, k.bias));
             let t1 = _mm256_srli_epi64::<52>(_mm256_add_epi64(v1, k.bias));
             let t = _mm256_or_si256(t0, t1);
-            (_mm256_testz_si256(t, t) == 1).then(|| (exact_f64(v0, &k), exact_f64(v1, &k)))
-        };
-        let Some((f0, f1)) = floats else {
-            // a value out of the magic number's range: this group the scalar way
-            let part = scalar(
-                &acc[j..j + 8],
-                &mut dst[j..j + 8],
-                rescale,
-                (sub.skip(j), mul.skip(j), add.map(|a| a.skip(j))),
-                requant,
-            );
-            stats = stats.join(part);
-            j += 8;
-            continue;
+            if _mm256_testz_si256(t, t) == 0 {
+                break;
+            }
+            (exact_f64(v0, k), exact_f64(v1, k))
         };
         // SAFETY: AVX2; the slices hold n >= j + 8 values.
-        let (i0, bad0) = unsafe { quantize4(f0, j, (sub, mul, add), &k) };
+        let (i0, bad0) = unsafe { quantize4(f0, j, operands, k) };
         // SAFETY: as above.
-        let (i1, bad1) = unsafe { quantize4(f1, j + 4, (sub, mul, add), &k) };
+        let (i1, bad1) = unsafe { quantize4(f1, j + 4, operands, k) };
         nan = _mm256_or_pd(nan, _mm256_or_pd(bad0, bad1));
         let both = _mm256_set_m128i(i1, i0);
         vmin = _mm256_min_epi32(vmin, both);
         vmax = _mm256_max_epi32(vmax, both);
-        store8(&mut dst[j..j + 8], i0, i1);
-        vector = true;
+        // SAFETY: j + 8 <= n <= dst.len().
+        unsafe { store8(dst.as_mut_ptr().add(j), i0, i1) };
         j += 8;
     }
-    if j < n {
-        let part = scalar(
-            &acc[j..n],
-            &mut dst[j..n],
-            rescale,
-            (sub.skip(j), mul.skip(j), add.map(|a| a.skip(j))),
-            requant,
-        );
-        stats = stats.join(part);
+    if j == start {
+        return (j, Stats::EMPTY);
     }
-    if vector {
-        let (mut lows, mut highs) = ([0i32; 8], [0i32; 8]);
-        // SAFETY: each array holds eight i32 (32 bytes).
-        unsafe {
-            _mm256_storeu_si256(lows.as_mut_ptr().cast(), vmin);
-            _mm256_storeu_si256(highs.as_mut_ptr().cast(), vmax);
-        }
-        let lo = lows.iter().copied().min().unwrap_or(i32::MAX);
-        let hi = highs.iter().copied().max().unwrap_or(i32::MIN);
-        stats = stats.join(Stats {
-            lo: i64::from(lo),
-            hi: i64::from(hi),
-            nan: _mm256_movemask_pd(nan) != 0,
-            over: false,
-        });
-    }
-    stats
+    // the extremes across the lanes
+    let lo = _mm_min_epi32(
+        _mm256_castsi256_si128(vmin),
+        _mm256_extracti128_si256::<1>(vmin),
+    );
+    let lo = _mm_min_epi32(lo, _mm_shuffle_epi32::<0b01_00_11_10>(lo));
+    let lo = _mm_min_epi32(lo, _mm_shuffle_epi32::<0b10_11_00_01>(lo));
+    let hi = _mm_max_epi32(
+        _mm256_castsi256_si128(vmax),
+        _mm256_extracti128_si256::<1>(vmax),
+    );
+    let hi = _mm_max_epi32(hi, _mm_shuffle_epi32::<0b01_00_11_10>(hi));
+    let hi = _mm_max_epi32(hi, _mm_shuffle_epi32::<0b10_11_00_01>(hi));
+    let stats = Stats {
+        lo: i64::from(_mm_cvtsi128_si32(lo)),
+        hi: i64::from(_mm_cvtsi128_si32(hi)),
+        nan: _mm256_movemask_pd(nan) != 0,
+        over: false,
+    };
+    (j, stats)
 }
 
 /// `v as f64` for four values in [−2^51, 2^51) (exact).
@@ -282,33 +319,36 @@ fn round_clip(x: __m256d, k: &Consts) -> __m256d {
     _mm256_blendv_pd(y, k.hi, _mm256_cmp_pd::<_CMP_GE_OQ>(y, k.hi))
 }
 
-/// Write the eight i32 of `i0`, `i1` (within `O`) into `dst` as `O`.
+/// Write the eight i32 of `i0`, `i1` (within `O`) at `dst` as `O`.
+///
+/// # Safety
+/// The CPU has AVX2; `dst` points at eight writable values.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn store8<O: Narrow>(dst: &mut [MaybeUninit<O>], i0: __m128i, i1: __m128i) {
-    let dst = &mut dst[..8];
+unsafe fn store8<O: Narrow>(dst: *mut MaybeUninit<O>, i0: __m128i, i1: __m128i) {
     let words = _mm_packs_epi32(i0, i1);
     if size_of::<O>() == 1 && O::MIN == i64::from(i8::MIN) {
-        // SAFETY: dst holds eight one-byte values (8 bytes).
-        unsafe { _mm_storel_epi64(dst.as_mut_ptr().cast(), _mm_packs_epi16(words, words)) };
+        // SAFETY: eight one-byte values at dst (8 bytes).
+        unsafe { _mm_storel_epi64(dst.cast(), _mm_packs_epi16(words, words)) };
     } else if size_of::<O>() == 2 && O::MIN == i64::from(i16::MIN) {
-        // SAFETY: dst holds eight two-byte values (16 bytes).
-        unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), words) };
+        // SAFETY: eight two-byte values at dst (16 bytes).
+        unsafe { _mm_storeu_si128(dst.cast(), words) };
     } else {
         let mut ints = [0i32; 8];
-        // SAFETY: ints holds eight i32 (16 bytes each half).
+        // SAFETY: ints holds eight i32 (16 bytes each half); eight values at dst.
         unsafe {
             _mm_storeu_si128(ints.as_mut_ptr().cast(), i0);
             _mm_storeu_si128(ints.as_mut_ptr().add(4).cast(), i1);
-        }
-        for (d, &i) in dst.iter_mut().zip(&ints) {
-            d.write(O::from_i32(i));
+            for (at, &i) in ints.iter().enumerate() {
+                (*dst.add(at)).write(O::from_i32(i));
+            }
         }
     }
 }
 
-/// `run_body` on at most eight accumulators (widened to i64 on the stack).
-#[inline]
+/// `run_body` on at most eight accumulators (widened to i64 on the stack; out of line:
+/// the tail of a run, or a group the vector code cannot convert).
+#[inline(never)]
 fn scalar<I: Accumulator, S: Operand, O: Narrow>(
     acc: &[I],
     dst: &mut [MaybeUninit<O>],
