@@ -12,8 +12,9 @@
 //! * `((f + offset) − sub) · mul (+ add)`, `/ scale + zero_point`;
 //! * `vroundpd` to nearest even (the same as `Real::rint`: ties to even, sign of zero kept),
 //!   then `clip` as two compare + blend steps (NaN passes both, the bound wins on ties);
-//! * NaN → 0 (and the NaN flag), `vcvtpd2dq` (exact: the values are integers), running i32
-//!   extremes, saturating packs (exact: the values lie within the output type).
+//! * `vcvtpd2dq` (exact: the values are integers; NaN gives i32::MIN, which becomes 0 and
+//!   sets the NaN flag), running i32 extremes, saturating packs (exact: the values lie
+//!   within the output type).
 //!
 //! Lengths that are not a multiple of eight finish with the scalar code.
 
@@ -208,7 +209,8 @@ unsafe fn groups<I: Accumulator, S: Operand, O: Narrow>(
 ) -> (usize, Stats) {
     let mut vmin = _mm256_set1_epi32(i32::MAX);
     let mut vmax = _mm256_set1_epi32(i32::MIN);
-    let mut nan = _mm256_setzero_pd();
+    let mut nan = _mm256_setzero_si256();
+    let indefinite = _mm256_set1_epi32(i32::MIN);
     let start = j;
     while j + 8 <= n {
         // SAFETY: j + 8 <= n <= acc.len().
@@ -235,13 +237,20 @@ unsafe fn groups<I: Accumulator, S: Operand, O: Narrow>(
             (exact_f64(v0, k), exact_f64(v1, k))
         };
         // SAFETY: AVX2; the slices hold n >= j + 8 values.
-        let (i0, bad0) = unsafe { quantize4(f0, j, operands, k) };
+        let i0 = unsafe { quantize4(f0, j, operands, k) };
         // SAFETY: as above.
-        let (i1, bad1) = unsafe { quantize4(f1, j + 4, operands, k) };
-        nan = _mm256_or_pd(nan, _mm256_or_pd(bad0, bad1));
-        let both = _mm256_set_m128i(i1, i0);
+        let i1 = unsafe { quantize4(f1, j + 4, operands, k) };
+        // NaN lanes (i32::MIN) become 0, as in the scalar code
+        let raw = _mm256_set_m128i(i1, i0);
+        let bad = _mm256_cmpeq_epi32(raw, indefinite);
+        nan = _mm256_or_si256(nan, bad);
+        let both = _mm256_andnot_si256(bad, raw);
         vmin = _mm256_min_epi32(vmin, both);
         vmax = _mm256_max_epi32(vmax, both);
+        let (i0, i1) = (
+            _mm256_castsi256_si128(both),
+            _mm256_extracti128_si256::<1>(both),
+        );
         // SAFETY: j + 8 <= n <= dst.len().
         unsafe { store8(dst.as_mut_ptr().add(j), i0, i1) };
         j += 8;
@@ -265,7 +274,7 @@ unsafe fn groups<I: Accumulator, S: Operand, O: Narrow>(
     let stats = Stats {
         lo: i64::from(_mm_cvtsi128_si32(lo)),
         hi: i64::from(_mm_cvtsi128_si32(hi)),
-        nan: _mm256_movemask_pd(nan) != 0,
+        nan: _mm256_testz_si256(nan, nan) == 0,
         over: false,
     };
     (j, stats)
@@ -282,7 +291,8 @@ fn exact_f64(v: __m256i, k: &Consts) -> __m256d {
 }
 
 /// The rescale and the quantizer of four values `f` (elements `j..j + 4` of the run): the
-/// integers (NaN as 0) and the mask of the NaN lanes.
+/// integers, with `i32::MIN` (`vcvtpd2dq`'s "integer indefinite") for NaN, a value no
+/// integer within the output type takes.
 ///
 /// # Safety
 /// The CPU has AVX2; slice operands hold at least `j + 4` values.
@@ -293,7 +303,7 @@ unsafe fn quantize4<S: Operand>(
     j: usize,
     (sub, mul, add): (S, S, Option<S>),
     k: &Consts,
-) -> (__m128i, __m256d) {
+) -> __m128i {
     // SAFETY: the caller's guarantees are those of `load4`.
     let (s, m) = unsafe { (sub.load4(j), mul.load4(j)) };
     let mut x = _mm256_mul_pd(_mm256_sub_pd(_mm256_add_pd(f, k.offset), s), m);
@@ -302,10 +312,8 @@ unsafe fn quantize4<S: Operand>(
         x = _mm256_add_pd(x, unsafe { add.load4(j) });
     }
     let x = _mm256_add_pd(_mm256_div_pd(x, k.scale), k.zero_point);
-    let c = round_clip(x, k);
-    let bad = _mm256_cmp_pd::<_CMP_UNORD_Q>(c, c);
-    // c is 0 (NaN) or an integer within the output type: the conversion is exact
-    (_mm256_cvtpd_epi32(_mm256_andnot_pd(bad, c)), bad)
+    // NaN or an integer within the output type: the conversion is exact
+    _mm256_cvtpd_epi32(round_clip(x, k))
 }
 
 /// `clip(rint(x), lo, hi)` (`Real::rint`, `quant::float::clip`) of four values.
