@@ -447,7 +447,7 @@ def epilogue_cases(repeats: int) -> dict[str, Any]:
         def build(model: Any = model, x: np.ndarray = x, bits: int = bits) -> Any:
             return build_quantized_module(model, x, n_bits=bits)
 
-        out[f"build_{name}"] = epilogue_race(build, max(2, repeats // 10))
+        out[f"build_{name}"] = epilogue_race(build, max(5, repeats // 4))
     return out
 
 
