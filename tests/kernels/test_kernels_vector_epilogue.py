@@ -122,6 +122,22 @@ def test_fallback_overflow_and_nan_edges() -> None:
     tail = (0.01, 0.0, -30000.0, 30000.0, "int16")
     got = _same(lambda: _core.int_matmul_rescale_quant(a, w, 0, 0, 0.0, v * 0, v, None, *tail))
     assert got[1] < 0 < got[2]
+    # accumulators across +-2^51 (in range, at the edge, beyond), each column's `sub` its
+    # own float64 value less a small integer: every integer shows a wrong conversion
+    w16 = np.arange(-8, 8, dtype=np.int64).reshape(1, 1, 16)
+    for row in (2**48 + 1, 2**49 + 3, -(2**50 + 7), 2**51 // 7):
+        acc64 = row * w16[0, 0]
+        small = np.arange(16) % 5 - 2.0
+        sub = acc64.astype(np.float64) - small
+        a1 = np.array([[[row]]], dtype=np.int64)
+        ones = np.ones(16)
+        got = _same(
+            lambda a1=a1, sub=sub, ones=ones: _core.int_matmul_rescale_quant(
+                a1, w16, 0, 0, 0.0, sub, ones, None, 1.0, 0.0, -100.0, 100.0, "int8"
+            )
+        )
+        want = np.clip(np.rint((acc64.astype(np.float64) - sub) * ones / 1.0 + 0.0), -100, 100)
+        np.testing.assert_array_equal(got[0][0, 0], want)
     big = np.full((1, 9, 1), 2**63 - 2, dtype=np.int64)
     err = _same(lambda: _core.int_matmul_rescale_quant(big, w, 0, 4, 0.0, v, v, None, *tail))
     assert isinstance(err, FhequantError)
