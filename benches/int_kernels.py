@@ -27,6 +27,12 @@ Prints ONE JSON object. Build the extension in release mode first: ``maturin dev
   (``_core.int_u8i8_avx2(False)``; VNNI off for both): GMAC/s of ``int_matmul`` and of the
   fused ``int_matmul_rescale_quant`` on 4096-row blocks of the MLP's products (64x128,
   128x128, 128x10) with 6-bit and 5-bit operands (``--only u8i8`` runs just these).
+* The AVX2 epilogue of the fused kernels against the scalar one in the same run
+  (``_core.int_vector_epilogue(False)``), alternating: the MLP's fused calls
+  (16384x64->128 and 16384x128->128, 6-bit values, the MLP's operands) and
+  ``int_acc_rescale_quant`` on a 16384x128 int32 accumulator, then
+  ``build_quantized_module`` of the MLP (100k rows, 6 bits) and of the CNN (10k rows, 5 bits)
+  (``--only epilogue`` runs just these; ``FHEQUANT_EPILOGUE_ROWS`` scales the two builds).
 """
 
 from __future__ import annotations
@@ -372,6 +378,79 @@ def u8i8_cases(repeats: int) -> dict[str, Any]:
     return out
 
 
+def vector_epilogue(fn: Callable[[], Any], on: bool) -> Callable[[], Any]:
+    """``fn`` with the AVX2 epilogue of the fused kernels allowed (``on``) or not."""
+
+    def run() -> Any:
+        was = _core.int_vector_epilogue()
+        _core.int_vector_epilogue(on)
+        try:
+            return fn()
+        finally:
+            _core.int_vector_epilogue(was)
+
+    return run
+
+
+def epilogue_race(fn: Callable[[], Any], repeats: int, scale: float = 1e3) -> dict[str, Any]:
+    """Best of `repeats` with the vector epilogue on and off, alternating (ms by default)."""
+    t = race({"vector": vector_epilogue(fn, True), "scalar": vector_epilogue(fn, False)}, repeats)
+    return {
+        "vector": round(t["vector"] * scale, 3),
+        "scalar": round(t["scalar"] * scale, 3),
+        "speedup": round(t["scalar"] / t["vector"], 3),
+    }
+
+
+def epilogue_cases(repeats: int) -> dict[str, Any]:
+    """The vector epilogue vs the scalar one: the MLP's fused calls, the epilogue alone, and
+    whole calibrations (times in ms; `ns_per_output` is wall time per output)."""
+    rng = np.random.default_rng(7)
+    out: dict[str, Any] = {"available": _core.int_vector_epilogue(), "unit": "ms"}
+    m = 16384
+    # the MLP's operands at 6 bits: signed inputs of the first layer, ReLU outputs after
+    for k, (a_lo, a_hi), spread in [(64, (-32, 31), 75.0), (128, (0, 63), 0.0)]:
+        a = rng.integers(a_lo, a_hi, (1, m, k), endpoint=True)
+        w = rng.integers(-31, 27, (1, k, 128), endpoint=True)
+        sub = np.round(rng.normal(0, spread, 128)) if spread else np.zeros(128)
+        mul = np.full(128, 0.17 / k**1.5)
+        add = rng.normal(0, 0.1, 128)
+        tail = (sub, mul, add, 0.15, 32.0, 0.0, 63.0, "int8")
+
+        def fused(a: np.ndarray = a, w: np.ndarray = w, tail: Any = tail) -> Any:
+            return _core.int_matmul_rescale_quant(a, w, 0, 0, 0.0, *tail)
+
+        acc = np.einsum("mk,kn->mn", a[0], w[0]).astype(np.int32)
+
+        def epi(acc: np.ndarray = acc, tail: Any = tail) -> Any:
+            return _core.int_acc_rescale_quant(acc, 0, 0.0, *tail)
+
+        for name, fn in (("fused", fused), ("acc_rescale_quant", epi)):
+            new, old = vector_epilogue(fn, True)(), vector_epilogue(fn, False)()
+            assert np.array_equal(new[0], old[0]) and new[1:] == old[1:]
+            row = epilogue_race(fn, repeats)
+            row["ns_per_output"] = round(row["vector"] * 1e6 / (m * 128), 3)
+            row["baseline_ns_per_output"] = round(row["scalar"] * 1e6 / (m * 128), 3)
+            out[f"{name}_{m}x{k}x128"] = row
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from fhequant import build_quantized_module
+    from ptq import cnn_model, mlp_model
+
+    share = float(os.environ.get("FHEQUANT_EPILOGUE_ROWS", "1"))
+    builds = [
+        ("mlp_100k_6bit", mlp_model(), (int(100_000 * share), 64), 6),
+        ("cnn_10k_5bit", cnn_model(), (int(10_000 * share), 1, 8, 8), 5),
+    ]
+    for name, model, shape, bits in builds:
+        x = np.random.default_rng(3).normal(size=shape).astype(np.float32)
+
+        def build(model: Any = model, x: np.ndarray = x, bits: int = bits) -> Any:
+            return build_quantized_module(model, x, n_bits=bits)
+
+        out[f"build_{name}"] = epilogue_race(build, max(5, repeats // 4))
+    return out
+
+
 def main() -> None:
     repeats = int(os.environ.get("FHEQUANT_BENCH_REPEATS", "10"))
     if sys.argv[1:] == ["--only", "tables"]:
@@ -379,6 +458,14 @@ def main() -> None:
         return
     if sys.argv[1:] == ["--only", "u8i8"]:
         result = {"benchmark": "u8 x i8 AVX2 gemm", "u8i8_avx2_vs_i16": u8i8_cases(5 * repeats)}
+        print(json.dumps(result, indent=1))
+        return
+    if sys.argv[1:] == ["--only", "epilogue"]:
+        result = {
+            "benchmark": "AVX2 epilogue of the fused kernels",
+            "load_average": os.getloadavg(),
+            "vector_vs_scalar_epilogue": epilogue_cases(max(20, 2 * repeats)),
+        }
         print(json.dumps(result, indent=1))
         return
     result = {
@@ -395,6 +482,7 @@ def main() -> None:
         "tables": tables(5 * repeats),
         "i16_vs_f32_sgemm": i16_cases(max(1, repeats // 2)),
         "u8i8_avx2_vs_i16": u8i8_cases(5 * repeats),
+        "vector_vs_scalar_epilogue": epilogue_cases(max(20, 2 * repeats)),
     }
     print(json.dumps(result, indent=1))
 

@@ -158,6 +158,28 @@ fn int_direct_conv(enabled: Option<bool>) -> bool {
     }
 }
 
+/// Allow (the default) or forbid the AVX2 epilogue of the fused rescale + quantize kernels
+/// (`int_matmul_rescale_quant`, `int_conv2d_rescale_quant`, `int_acc_rescale_quant`) when
+/// `enabled` is given (a switch for benchmarks and differential tests: results are the same
+/// integers); returns whether it is in use (allowed and supported by the CPU).
+#[pyfunction]
+#[pyo3(signature = (enabled=None))]
+fn int_vector_epilogue(enabled: Option<bool>) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::kernels::integer::epilogue_avx2;
+        match enabled {
+            Some(on) => epilogue_avx2::set_enabled(on),
+            None => epilogue_avx2::available(),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = enabled;
+        false
+    }
+}
+
 /// The `Rescale` operands of the fused kernels from their numpy arrays.
 fn rescale_of<'a>(
     lsbs: i64,
@@ -696,6 +718,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(int_u8i8_avx2, m)?)?;
     m.add_function(wrap_pyfunction!(int_i16_conv, m)?)?;
     m.add_function(wrap_pyfunction!(int_direct_conv, m)?)?;
+    m.add_function(wrap_pyfunction!(int_vector_epilogue, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d_rescale, m)?)?;
     m.add_function(wrap_pyfunction!(int_matmul_rescale_quant, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d_rescale_quant, m)?)?;

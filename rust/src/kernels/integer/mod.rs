@@ -10,6 +10,8 @@
 pub mod bits;
 pub mod conv;
 pub mod direct;
+#[cfg(target_arch = "x86_64")]
+pub mod epilogue_avx2;
 pub mod exact;
 pub mod gemm;
 pub mod madd;

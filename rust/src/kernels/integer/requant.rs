@@ -19,6 +19,8 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::kernels::integer::conv::{conv2d_map_into, conv2d_shape, ConvInput, Geometry};
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::integer::epilogue_avx2;
 use crate::kernels::integer::gemm::{matmul_map_into, matmul_shape, BLOCK_ROWS};
 use crate::kernels::integer::rescale::{rescale_run, Operand, Rescale};
 use crate::kernels::quant::float::{clip, Real};
@@ -149,70 +151,53 @@ impl Sink {
         requant: &Requant,
     ) {
         #[cfg(target_arch = "x86_64")]
+        if epilogue_avx2::available() {
+            // SAFETY: the CPU supports AVX2 (`available` checks it).
+            let stats = unsafe { epilogue_avx2::run(acc, dst, rescale, operands, requant) };
+            return self.record(stats);
+        }
+        #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { self.run_avx2(acc, dst, rescale, operands, requant) };
+            let stats = unsafe { run_avx2(acc, dst, rescale, operands, requant) };
+            return self.record(stats);
         }
-        self.run_body(acc, dst, rescale, operands, requant)
+        self.record(run_body(acc, dst, rescale, operands, requant))
     }
 
-    /// [`Sink::run_body`] compiled for AVX2.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn run_avx2<S: Operand, O: Narrow>(
+    /// [`Sink::run`] on int32 accumulators: the vector epilogue reads them as they are,
+    /// the scalar one widens them into `wide` first (the same integers either way).
+    #[inline]
+    fn run_i32<S: Operand, O: Narrow>(
         &self,
-        acc: &[i64],
+        acc: &[i32],
+        wide: &mut Vec<i64>,
         dst: &mut [MaybeUninit<O>],
         rescale: &Rescale<'_>,
         operands: (S, S, Option<S>),
         requant: &Requant,
     ) {
-        self.run_body(acc, dst, rescale, operands, requant)
+        #[cfg(target_arch = "x86_64")]
+        if epilogue_avx2::available() {
+            // SAFETY: the CPU supports AVX2 (`available` checks it).
+            let stats = unsafe { epilogue_avx2::run(acc, dst, rescale, operands, requant) };
+            return self.record(stats);
+        }
+        wide.clear();
+        wide.extend(acc.iter().map(|&v| i64::from(v)));
+        self.run(wide, dst, rescale, operands, requant);
     }
 
-    #[inline(always)]
-    fn run_body<S: Operand, O: Narrow>(
-        &self,
-        acc: &[i64],
-        dst: &mut [MaybeUninit<O>],
-        rescale: &Rescale<'_>,
-        (sub, mul, add): (S, S, Option<S>),
-        requant: &Requant,
-    ) {
-        let mut buffer = [MaybeUninit::<f64>::uninit(); RUN];
-        let mut values = [0.0f64; RUN];
-        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
-        let (mut nan, mut over) = (false, false);
-        let n = acc.len().min(dst.len());
-        for start in (0..n).step_by(RUN) {
-            let len = RUN.min(n - start);
-            let part = &mut buffer[..len];
-            over |= rescale_run(
-                &acc[start..start + len],
-                part,
-                rescale.lsbs,
-                rescale.offset,
-                sub.skip(start),
-                mul.skip(start),
-                add.map(|a| a.skip(start)),
-            );
-            for (v, p) in values.iter_mut().zip(part.iter()) {
-                // SAFETY: rescale_run wrote the `len` values of `part`.
-                *v = unsafe { p.assume_init() };
-            }
-            let (l, h, bad) =
-                quantize_run(&mut values[..len], &mut dst[start..start + len], requant);
-            lo = lo.min(l);
-            hi = hi.max(h);
-            nan |= bad;
-        }
-        if nan {
+    /// Take the stats of one run into the shared ones.
+    #[inline]
+    fn record(&self, stats: Stats) {
+        if stats.nan {
             self.nan.store(true, Ordering::Relaxed);
         }
-        if over {
+        if stats.over {
             self.overflow.store(true, Ordering::Relaxed);
         }
-        self.merge(lo, hi);
+        self.merge(stats.lo, stats.hi);
     }
 
     /// Take the extremes `lo`, `hi` of some written integers into the shared ones.
@@ -241,6 +226,88 @@ impl Sink {
             nan: self.nan.into_inner(),
         })
     }
+}
+
+/// What one run of the epilogue found: the extremes of the integers it wrote
+/// (`i64::MAX`, `i64::MIN` when none), whether some value was NaN and whether some
+/// round_bit_pattern left int64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stats {
+    pub lo: i64,
+    pub hi: i64,
+    pub nan: bool,
+    pub over: bool,
+}
+
+impl Stats {
+    pub(crate) const EMPTY: Stats = Stats {
+        lo: i64::MAX,
+        hi: i64::MIN,
+        nan: false,
+        over: false,
+    };
+
+    /// The stats of two runs together.
+    #[inline]
+    pub(crate) fn join(self, o: Stats) -> Stats {
+        Stats {
+            lo: self.lo.min(o.lo),
+            hi: self.hi.max(o.hi),
+            nan: self.nan | o.nan,
+            over: self.over | o.over,
+        }
+    }
+}
+
+/// [`run_body`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn run_avx2<S: Operand, O: Narrow>(
+    acc: &[i64],
+    dst: &mut [MaybeUninit<O>],
+    rescale: &Rescale<'_>,
+    operands: (S, S, Option<S>),
+    requant: &Requant,
+) -> Stats {
+    run_body(acc, dst, rescale, operands, requant)
+}
+
+/// The portable epilogue: `rescale_run` then [`quantize_run`] per run of [`RUN`] values
+/// (the definition the vector epilogue is tested against, and its fallback).
+#[inline(always)]
+pub(crate) fn run_body<S: Operand, O: Narrow>(
+    acc: &[i64],
+    dst: &mut [MaybeUninit<O>],
+    rescale: &Rescale<'_>,
+    (sub, mul, add): (S, S, Option<S>),
+    requant: &Requant,
+) -> Stats {
+    let mut buffer = [MaybeUninit::<f64>::uninit(); RUN];
+    let mut values = [0.0f64; RUN];
+    let mut stats = Stats::EMPTY;
+    let n = acc.len().min(dst.len());
+    for start in (0..n).step_by(RUN) {
+        let len = RUN.min(n - start);
+        let part = &mut buffer[..len];
+        stats.over |= rescale_run(
+            &acc[start..start + len],
+            part,
+            rescale.lsbs,
+            rescale.offset,
+            sub.skip(start),
+            mul.skip(start),
+            add.map(|a| a.skip(start)),
+        );
+        for (v, p) in values.iter_mut().zip(part.iter()) {
+            // SAFETY: rescale_run wrote the `len` values of `part`.
+            *v = unsafe { p.assume_init() };
+        }
+        let (l, h, bad) = quantize_run(&mut values[..len], &mut dst[start..start + len], requant);
+        stats.lo = stats.lo.min(l);
+        stats.hi = stats.hi.max(h);
+        stats.nan |= bad;
+    }
+    stats
 }
 
 /// Quantize `values` into `dst` (see [`Requant::one`]); returns the min and max of the
@@ -308,7 +375,8 @@ pub fn matmul_rescale_quant_into<O: Narrow>(
 /// `acc` (M, N) holds the exact values of `a @ (w − z_w)` (as int32, e.g. kept by
 /// `kernels::float::accfilter`), and `out` (C order, (M, N)) receives the very integers the
 /// fused kernel writes for that product, with the same min, max and NaN flag (the same
-/// [`Sink`] code runs on the same i64 rows).
+/// [`Sink`] epilogue runs on the same integers; the vector one reads the int32 rows as they
+/// are, the scalar one widens each row first).
 ///
 /// Errors: `Shape` when `out` or the per-column operands do not fit, and those of the fused
 /// kernel's epilogue (clip bounds, round_bit_pattern overflow).
@@ -337,13 +405,11 @@ pub fn acc_rescale_quant_into<O: Narrow>(
         out.par_chunks_mut(BLOCK_ROWS * n)
             .zip(flat.par_chunks(BLOCK_ROWS * n))
             .for_each(|(dst, src)| {
-                let mut wide = vec![0i64; n];
+                let mut wide = Vec::new();
                 for (d_row, s_row) in dst.chunks_exact_mut(n).zip(src.chunks_exact(n)) {
-                    for (w, &v) in wide.iter_mut().zip(s_row) {
-                        *w = i64::from(v);
-                    }
-                    sink.run(
-                        &wide,
+                    sink.run_i32(
+                        s_row,
+                        &mut wide,
                         d_row,
                         rescale,
                         (rescale.sub, rescale.mul, rescale.add),

@@ -151,6 +151,12 @@ pub(crate) trait Operand: Copy {
     fn prefix(self, n: usize) -> Self;
     /// The operand of the run that starts at element `j` (slices lose their first `j`).
     fn skip(self, j: usize) -> Self;
+    /// The values for elements `j..j + 4` in one vector.
+    ///
+    /// # Safety
+    /// The CPU has AVX, and a slice holds at least `j + 4` values.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load4(self, j: usize) -> std::arch::x86_64::__m256d;
 }
 
 impl Operand for &[f64] {
@@ -166,6 +172,12 @@ impl Operand for &[f64] {
     fn skip(self, j: usize) -> Self {
         &self[j..]
     }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load4(self, j: usize) -> std::arch::x86_64::__m256d {
+        // SAFETY: the caller guarantees AVX and `j + 4 <= self.len()`.
+        unsafe { std::arch::x86_64::_mm256_loadu_pd(self.as_ptr().add(j)) }
+    }
 }
 
 impl Operand for f64 {
@@ -180,6 +192,12 @@ impl Operand for f64 {
     #[inline(always)]
     fn skip(self, _: usize) -> Self {
         self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load4(self, _: usize) -> std::arch::x86_64::__m256d {
+        // SAFETY: the caller guarantees AVX.
+        unsafe { std::arch::x86_64::_mm256_set1_pd(self) }
     }
 }
 

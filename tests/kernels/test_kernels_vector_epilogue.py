@@ -1,0 +1,161 @@
+"""The AVX2 epilogue of the fused rescale + quantize kernels (issue 16) against the scalar
+one: with ``_core.int_vector_epilogue`` on and off, ``int_matmul_rescale_quant``,
+``int_acc_rescale_quant`` and ``int_conv2d_rescale_quant`` give the same integers, min, max
+and NaN flag (and the same errors), on exact .5 ties, NaN operands, values beyond the clip
+bounds, accumulators past 2^51 (the vector code's fallback) and rounded accumulators.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fhequant import _core
+from fhequant.errors import FhequantError
+
+SETTINGS = settings(max_examples=60, deadline=None)
+
+
+def _both(call: Callable[[], Any]) -> tuple[Any, Any]:
+    """``call()`` with the vector epilogue on, then off (a result or the error raised)."""
+    before = _core.int_vector_epilogue()
+    results = []
+    try:
+        for on in (True, False):
+            _core.int_vector_epilogue(on)
+            try:
+                results.append(call())
+            except FhequantError as e:
+                results.append(e)
+    finally:
+        _core.int_vector_epilogue(before)
+    return results[0], results[1]
+
+
+def _same(call: Callable[[], Any]) -> Any:
+    vec, scalar = _both(call)
+    if isinstance(scalar, Exception):
+        assert type(vec) is type(scalar) and str(vec) == str(scalar)
+        return scalar
+    assert not isinstance(vec, Exception), vec
+    assert vec[0].dtype == scalar[0].dtype and vec[0].shape == scalar[0].shape
+    np.testing.assert_array_equal(vec[0], scalar[0])
+    assert vec[1:] == scalar[1:]
+    return scalar
+
+
+@st.composite
+def epilogue(draw: Any, size: int) -> tuple[Any, ...]:
+    """(lsbs, offset, sub, mul, add, scale, zero_point, lo, hi, dtype) for `size` columns:
+    plain or exact-tie operands, sometimes a NaN or inf operand."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    lsbs = draw(st.sampled_from([0, 0, 0, 1, 3, 12]))
+    if draw(st.booleans()):  # every value k + 0.5 (or an integer): ties both signs
+        offset, sub, mul = 0.0, np.zeros(size), np.full(size, 0.5)
+    else:
+        offset = float(draw(st.integers(-1000, 1000)))
+        sub = rng.uniform(-500, 500, size)
+        mul = rng.uniform(-0.05, 0.05, size) * draw(st.sampled_from([1.0, 1e-3, 1e-9]))
+    add = None if draw(st.booleans()) else rng.uniform(-5, 5, size)
+    special = draw(st.sampled_from([None, None, None, np.nan, np.inf, -0.0]))
+    if special is not None:
+        mul[draw(st.integers(0, size - 1))] = special
+    dtype = draw(st.sampled_from(["int8", "int16"]))
+    top = 127 if dtype == "int8" else 32767
+    hi = float(draw(st.integers(0, top)))
+    lo = float(draw(st.integers(-top - 1, int(hi))))
+    scale = draw(st.floats(1e-3, 20.0))
+    zero_point = float(draw(st.integers(-10, 10)))
+    return lsbs, offset, sub, mul, add, scale, zero_point, lo, hi, dtype
+
+
+@SETTINGS
+@given(st.data())
+def test_gemm_and_acc_epilogues_match_the_scalar_one(data: Any) -> None:
+    m = data.draw(st.integers(1, 40))
+    k = data.draw(st.integers(1, 20))
+    n = data.draw(st.integers(1, 37))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    # up to 2^48 per product times k <= 20: past 2^51 (the scalar fallback) for large spans
+    span = data.draw(st.sampled_from([40, 2**10, 2**24, 2**44]))
+    a = rng.integers(-span, span, size=(1, m, k), endpoint=True)
+    w = rng.integers(-16, 16, size=(1, k, n), endpoint=True)
+    z_w = data.draw(st.integers(-3, 3))
+    args = data.draw(epilogue(n))
+    _same(lambda: _core.int_matmul_rescale_quant(a, w, z_w, *args))
+    if span <= 2**10:  # the accumulators fit int32
+        acc = np.einsum("mk,kn->mn", a[0], w[0] - z_w).astype(np.int32)
+        _same(lambda: _core.int_acc_rescale_quant(acc, *args))
+
+
+@SETTINGS
+@given(st.data())
+def test_conv_epilogue_matches_the_scalar_one(data: Any) -> None:
+    """Small images (direct evaluation) and many outputs from a narrow accumulator range
+    (the per-channel tables, built with the same epilogue)."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    n = data.draw(st.sampled_from([1, 2, 40]))
+    c = data.draw(st.integers(1, 3))
+    o = data.draw(st.integers(1, 9))
+    size = data.draw(st.integers(3, 13))
+    bits = data.draw(st.sampled_from([2, 4, 8, 20]))
+    x = rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), size=(n, c, size, size))
+    w = rng.integers(-7, 7, size=(o, c, 3, 3), endpoint=True)
+    strides = (data.draw(st.integers(1, 2)), 1)
+    pads = (1, 0, data.draw(st.integers(0, 2)), 1)
+    pad_value = data.draw(st.integers(-2, 2))
+    args = data.draw(epilogue(o))
+    _same(lambda: _core.int_conv2d_rescale_quant(x, w, 1, 1, strides, pads, pad_value, *args))
+
+
+def test_fallback_overflow_and_nan_edges() -> None:
+    """Accumulators at +-2^51 and beyond, a rounding that leaves int64, a NaN scale."""
+    e = 2**51
+    a = np.array([[[e - 1], [e], [-e], [-e - 1], [2**60], [3], [-5], [7], [9]]], dtype=np.int64)
+    w = np.ones((1, 1, 11), dtype=np.int64)
+    v = np.full(11, 1.0 / e)
+    tail = (0.01, 0.0, -30000.0, 30000.0, "int16")
+    got = _same(lambda: _core.int_matmul_rescale_quant(a, w, 0, 0, 0.0, v * 0, v, None, *tail))
+    assert got[1] < 0 < got[2]
+    # accumulators across +-2^51 (in range, at the edge, beyond), each column's `sub` its
+    # own float64 value less a small integer: every integer shows a wrong conversion
+    w16 = np.arange(-8, 8, dtype=np.int64).reshape(1, 1, 16)
+    for row in (2**48 + 1, 2**49 + 3, -(2**50 + 7), 2**51 // 7):
+        acc64 = row * w16[0, 0]
+        small = np.arange(16) % 5 - 2.0
+        sub = acc64.astype(np.float64) - small
+        a1 = np.array([[[row]]], dtype=np.int64)
+        ones = np.ones(16)
+        got = _same(
+            lambda a1=a1, sub=sub, ones=ones: _core.int_matmul_rescale_quant(
+                a1, w16, 0, 0, 0.0, sub, ones, None, 1.0, 0.0, -100.0, 100.0, "int8"
+            )
+        )
+        want = np.clip(np.rint((acc64.astype(np.float64) - sub) * ones / 1.0 + 0.0), -100, 100)
+        np.testing.assert_array_equal(got[0][0, 0], want)
+    big = np.full((1, 9, 1), 2**63 - 2, dtype=np.int64)
+    err = _same(lambda: _core.int_matmul_rescale_quant(big, w, 0, 4, 0.0, v, v, None, *tail))
+    assert isinstance(err, FhequantError)
+    acc = np.arange(-40, 48, dtype=np.int32).reshape(8, 11)
+    nan = _same(
+        lambda: _core.int_acc_rescale_quant(acc, 0, 0.0, v, v, None, np.nan, 0.0, -1.0, 1.0, "int8")
+    )
+    assert nan[3] and (nan[1], nan[2]) == (0, 0)
+
+
+def test_switch_reports_and_restores() -> None:
+    before = _core.int_vector_epilogue()
+    try:
+        assert _core.int_vector_epilogue(False) is False
+        assert _core.int_vector_epilogue() is False
+        on = _core.int_vector_epilogue(True)
+        assert on == _core.int_vector_epilogue()
+    finally:
+        _core.int_vector_epilogue(before)
+    with pytest.raises(TypeError):
+        _core.int_vector_epilogue("yes")  # type: ignore[arg-type]
