@@ -439,7 +439,7 @@ fn int_matmul_acc_extremes<'py>(
     Ok((acc, e.min, e.max, e.finite))
 }
 
-/// What the filter of `int_matmul_acc_extremes` did in this process: `(tasks bounded, tasks
+/// What the filter of `int_matmul_acc_extremes` did in this process: `(rows bounded, rows
 /// run exactly, calls answered by the whole exact kernel, values refined)`, set back to zero
 /// when `reset` (see `kernels::float::accfilter`).
 #[pyfunction]

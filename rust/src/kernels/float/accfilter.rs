@@ -14,13 +14,17 @@
 //!    term is `|s| ‖d_r‖₂ ‖e_j‖₂` (Cauchy–Schwarz on the residual). The constants of a
 //!    layer that do not depend on `s` and `z` are kept for the next call on the same weights
 //!    (every weight, integer and bias compared, floats by bits; a few layers, small ones).
-//! 3. **Refine.** With `L₁ = max(G − δ)` (≤ the true max) and `U₁ = min(G + δ)`, only the
-//!    values with `G + δ ≥ L₁` or `G − δ ≤ U₁` (the survivors; any value that is an extreme
-//!    is one) matter. Each survivor's float64 dot product `F` is summed (k order, no FMA) with
-//!    a rigorous bound `δ²` (below) on `|F − y|`; a task (row chunk of the exact kernel) with
-//!    too many survivors keeps its stage-2 bounds instead.
-//! 4. **Verify** as `filtered` does: tasks whose bounds can reach the global bounds run the
-//!    exact task code of [`extremes`](super::extremes); the rest are ruled out.
+//!    The estimates are computed in the product's epilogue, one row at a time while its
+//!    accumulators are cache-hot: per row only `max_j G`, `min_j G` and `|s| ‖d_r‖₂` are kept.
+//! 3. **Refine.** One `δ` per row (the largest column spread and absolute term: float
+//!    rounding is monotone, so it bounds every value's) gives `L₁ = max(G − δ)` (≤ the true
+//!    max) and `U₁ = min(G + δ)`. Only the rows whose interval reaches `L₁` or `U₁` are
+//!    scanned value by value, with each column's own `δ`: the values with `G + δ ≥ L₁` or
+//!    `G − δ ≤ U₁` (the survivors; any value that is an extreme is one) matter. Each
+//!    survivor's float64 dot product `F` is summed (k order, no FMA) with a rigorous bound
+//!    `δ²` (below) on `|F − y|`; a row with too many survivors keeps its stage-1 bounds.
+//! 4. **Verify** as `filtered` does: the rows whose bounds can reach the global bounds run
+//!    the exact row code of [`extremes`](super::extremes); the rest are ruled out.
 //! 5. **Fall back** to the whole exact kernel when the guarantee is not clean: a non-finite
 //!    scale, weight or bias, a non-integral zero point or one above 2^31, magnitudes above
 //!    2^100, `K` above 2^17, `|z S_j|` above 2^50, or an exact extreme that is zero or not
@@ -62,8 +66,8 @@
 //!
 //! ## Counters
 //!
-//! [`counts`] (`_core.acc_extremes_filter_counts`) adds up, over the process, the tasks
-//! bounded, the tasks run exactly, the whole exact passes, and the survivors refined.
+//! [`counts`] (`_core.acc_extremes_filter_counts`) adds up, over the process, the rows
+//! bounded, the rows run exactly, the whole exact passes, and the survivors refined.
 
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,7 +98,8 @@ const BOUND_REL: f64 = 1.0 + 1.0 / 1_099_511_627_776.0;
 /// 2^-960, the unit of the absolute term.
 const ABS_UNIT: f64 = 1.024_329_847_022_646_7e-289;
 
-/// What the filter did: tasks bounded, tasks run exactly, whole exact passes, survivors.
+/// What the filter did: rows bounded, rows run exactly, whole exact passes, survivors (the
+/// first two fields keep their historical names).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AccCounts {
     pub tasks: u64,
