@@ -35,7 +35,8 @@ compare with ONNX Runtime only; ``--i16-baseline`` adds ``fhequant_without_i16``
 rows: the same build with the AVX2 i16 integer-product strategy switched off, and
 ``i16_speedup`` = its time over fhequant's; ``--baselines NAME,...`` does the same for any
 switch of :data:`SWITCHES` (``i16``, ``products``: the products kept by the statistics pass,
-which ``--products`` turns on, ``filter``: the statistics kernels' filter), on every row;
+on by default, ``--no-products`` turns them off, ``filter``: the statistics kernels' filter),
+on every row;
 ``--exact-extremes`` runs the statistics kernels without their filter).
 """
 
@@ -266,8 +267,8 @@ def _module_switch(module: Any, name: str, off: Any) -> Callable[[Any], Any]:
 SWITCHES: dict[str, Callable[[Any], Any]] = {
     # the AVX2 i16 integer-product strategy (the f32 strategy then)
     "i16": lambda value: _core.int_i16() if value is None else _core.int_i16(value),
-    # the integer products kept by the statistics pass of hidden Gemm/MatMul (off by
-    # default: turn them on with --products to compare)
+    # the integer products kept by the statistics pass of hidden Gemm/MatMul (on by
+    # default)
     "products": _module_switch(passes, "KEEP_PRODUCTS", False),
     # the statistics kernels' filter (exact sums everywhere)
     "filter": _module_switch(fused_stats, "EXACT_EXTREMES", True),
@@ -423,9 +424,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--products",
-        action="store_true",
-        help="keep the integer products of hidden Gemm/MatMul (passes.KEEP_PRODUCTS, off by "
-        "default); with --baselines products the same run times them off too",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the integer products of hidden Gemm/MatMul (passes.KEEP_PRODUCTS, on by "
+        "default; --no-products turns them off); with --baselines products the same run times "
+        "them off too",
     )
     parser.add_argument(
         "--baselines",
@@ -434,7 +437,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     fused_stats.EXACT_EXTREMES = args.exact_extremes
-    passes.KEEP_PRODUCTS = args.products
+    if args.products is not None:
+        passes.KEEP_PRODUCTS = args.products
     baselines = tuple(f"fhequant_without_{b}" for b in args.baselines.split(",") if b)
     for b in baselines:
         if b.removeprefix("fhequant_without_") not in SWITCHES:

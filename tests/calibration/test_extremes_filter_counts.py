@@ -113,7 +113,7 @@ def test_nan_conv_input_falls_back_to_the_exact_pass() -> None:
 
 def test_acc_filter_is_used_on_a_quantized_layer() -> None:
     """``int_matmul_acc_extremes`` on a 4096-row block of 6-bit activations and 128 x 128
-    weights quantized to 6 bits: every task bounded by the integer estimate, a few run
+    weights quantized to 6 bits: every row bounded by the integer estimate, a few run
     exactly, no whole exact pass (and the result is still the exact one)."""
     rng = np.random.default_rng(16)
     for k in (64, 128):
@@ -127,12 +127,13 @@ def test_acc_filter_is_used_on_a_quantized_layer() -> None:
         _, *got = _core.int_matmul_acc_extremes(a, wq, z_w, w, b, 0.05, 0.0, False)
         tasks, verified, fallbacks, refined = _core.acc_extremes_filter_counts()
         assert tuple(got) == _core.matmul_extremes_f64(a, w, b, 0.05, 0.0, exact=True)
-        assert (tasks, fallbacks) == (4096 // _ROWS_PER_TASK, 0)
-        assert 1 <= verified <= tasks // 8, (verified, tasks)
+        assert (tasks, fallbacks) == (4096, 0)
+        assert 1 <= verified <= tasks // 64, (verified, tasks)
         assert refined <= 4096 * 128 // 100, refined
         # unrelated weight integers: still exact, but the filter rules nothing out
         wr = rng.integers(-32, 32, wq.shape)
         _core.acc_extremes_filter_counts(reset=True)
         _, *got = _core.int_matmul_acc_extremes(a, wr, 0, w, b, 0.05, 0.0, False)
         assert tuple(got) == _core.matmul_extremes_f64(a, w, b, 0.05, 0.0, exact=True)
-        assert _core.acc_extremes_filter_counts()[1] > tasks // 2
+        _, verified, fallbacks, _ = _core.acc_extremes_filter_counts()
+        assert fallbacks == 1 or verified > tasks // 2

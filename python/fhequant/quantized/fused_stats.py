@@ -24,8 +24,9 @@ both), and :data:`ENABLED` to False to always take the materialised path.
 ``a @ (b - z_w)`` of the same stored integers. When the caller passes :class:`Products`, a block
 of stored integers goes to ``_core.int_matmul_acc_extremes`` instead, which computes that
 product once, filters the float extremes with it (in place of the float32 product) and returns
-it; the pass keeps it (int32) for the output pass, within the products' byte budget. The
-extremes are the same bits either way.
+it; the pass keeps it (int32) for the output pass, within the products' byte budget (past
+it, the product still serves as the filter and is dropped). The extremes are the same bits
+either way.
 """
 
 from __future__ import annotations
@@ -373,35 +374,36 @@ def _keeps_product(
     plan: _Plan, x: np.ndarray, dequant: tuple[float, float] | None, products: Products | None
 ) -> bool:
     """Whether block ``x`` (stored integers) goes to the product kernel: its product is
-    wanted and fits the budget (else the float32 filter serves it)."""
+    wanted (kept when it fits the budget; past the budget the integer product still filters
+    the extremes, which is cheaper than the float32 filter, and is then dropped)."""
     if products is None or dequant is None or plan.integers is None:
         return False
-    k, n = plan.integers[0].shape
-    if x.ndim < 2 or x.shape[-1] != k or x.size == 0:
-        return False
-    return products.fits((x.size // k) * n * 4)
+    k = plan.integers[0].shape[0]
+    return x.ndim >= 2 and x.shape[-1] == k and x.size > 0
 
 
 def _matmul_products(
     plan: _Plan, x: np.ndarray, dequant: tuple[float, float], products: Products, b: int
 ) -> tuple[float, float, bool] | None:
     """The extremes of a block of stored integers from its integer product, which is kept in
-    ``products``."""
+    ``products`` when it fits the budget."""
     assert plan.integers is not None and plan.weight64 is not None
     wq, z_w = plan.integers
     k, n = wq.shape
     a = np.ascontiguousarray(x).reshape(-1, k)
+    keep = products.fits(a.shape[0] * n * 4)
     try:
         acc, lo, hi, finite = _core.int_matmul_acc_extremes(
-            a, wq, z_w, plan.weight64, plan.bias64, *dequant, True, exact=EXACT_EXTREMES
+            a, wq, z_w, plan.weight64, plan.bias64, *dequant, keep, exact=EXACT_EXTREMES
         )
     except FhequantError:
         # the product does not fit int32 (or the kernel refuses the operands): the float
         # filter serves this op, and its output pass computes the product as usual
         plan.integers = None
         return _matmul_extremes(plan, x, dequant)
-    assert acc is not None  # asked with keep=True
-    products.keep(b, acc.reshape(*x.shape[:-1], n))
+    if keep:
+        assert acc is not None  # asked with keep=True
+        products.keep(b, acc.reshape(*x.shape[:-1], n))
     return lo, hi, finite
 
 

@@ -366,17 +366,15 @@ fn acc_typed<'py, S: NpElement + AccInput>(
     let a = guard.as_array();
     let (n, m) = (a.dim().0, wq.dim().1);
     let out = py.detach(|| {
-        // calloc'd: the pages are only touched by the kernel's writes
-        let mut acc = vec![0i32; n * m];
-        // SAFETY: MaybeUninit<i32> has the layout of i32, and only i32 values are written.
-        let slots = unsafe {
-            std::slice::from_raw_parts_mut(
-                acc.as_mut_ptr().cast::<std::mem::MaybeUninit<i32>>(),
-                acc.len(),
-            )
-        };
+        // not zeroed: the kernel writes every accumulator when it succeeds
+        let mut acc: Vec<i32> = Vec::with_capacity(n * m);
+        let slots = &mut acc.spare_capacity_mut()[..n * m];
         let found = acc_extremes_counted(a, wq, z_w, w, bias, quant, exact, Isa::detect(), slots);
-        found.map(|e| (acc, e))
+        found.map(|e| {
+            // SAFETY: acc_extremes succeeded, so it wrote all n·m accumulators.
+            unsafe { acc.set_len(n * m) };
+            (acc, e)
+        })
     });
     let (acc, e) = out.map_err(|e| to_pyerr(py, e, None))?;
     let acc = if keep {
@@ -441,7 +439,7 @@ fn int_matmul_acc_extremes<'py>(
     Ok((acc, e.min, e.max, e.finite))
 }
 
-/// What the filter of `int_matmul_acc_extremes` did in this process: `(tasks bounded, tasks
+/// What the filter of `int_matmul_acc_extremes` did in this process: `(rows bounded, rows
 /// run exactly, calls answered by the whole exact kernel, values refined)`, set back to zero
 /// when `reset` (see `kernels::float::accfilter`).
 #[pyfunction]

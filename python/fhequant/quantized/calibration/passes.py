@@ -41,10 +41,11 @@ __all__ = ["KEEP_PRODUCTS", "QUANTIZE_IN_KERNEL", "OpPasses", "union_uvalues"]
 QUANTIZE_IN_KERNEL = True
 #: The statistics pass of a hidden Gemm/MatMul computes its integer product, filters the float
 #: extremes with it and keeps it for the output pass, which then only rescales and quantizes
-#: it (``fused_stats.Products``; same integers). Off by default: on the benchmarks it measured
-#: within noise of the float32 filter plus a second product (docs/calibration-throughput.md),
-#: and it holds up to ``memory_budget`` more bytes.
-KEEP_PRODUCTS = False
+#: it (``fused_stats.Products``; same integers); past the products' share of
+#: ``memory_budget`` the product still filters and is dropped. On by default: the integer
+#: filter is cheaper than the float32 one (docs/calibration-throughput.md); set to False for
+#: the float32 filter and a second product in the output pass.
+KEEP_PRODUCTS = True
 
 
 def _output_scope() -> Any:

@@ -14,13 +14,17 @@
 //!    term is `|s| ‖d_r‖₂ ‖e_j‖₂` (Cauchy–Schwarz on the residual). The constants of a
 //!    layer that do not depend on `s` and `z` are kept for the next call on the same weights
 //!    (every weight, integer and bias compared, floats by bits; a few layers, small ones).
-//! 3. **Refine.** With `L₁ = max(G − δ)` (≤ the true max) and `U₁ = min(G + δ)`, only the
-//!    values with `G + δ ≥ L₁` or `G − δ ≤ U₁` (the survivors; any value that is an extreme
-//!    is one) matter. Each survivor's float64 dot product `F` is summed (k order, no FMA) with
-//!    a rigorous bound `δ²` (below) on `|F − y|`; a task (row chunk of the exact kernel) with
-//!    too many survivors keeps its stage-2 bounds instead.
-//! 4. **Verify** as `filtered` does: tasks whose bounds can reach the global bounds run the
-//!    exact task code of [`extremes`](super::extremes); the rest are ruled out.
+//!    The estimates are computed in the product's epilogue, one row at a time while its
+//!    accumulators are cache-hot: per row only `max_j G`, `min_j G` and `|s| ‖d_r‖₂` are kept.
+//! 3. **Refine.** One `δ` per row (the largest column spread and absolute term: float
+//!    rounding is monotone, so it bounds every value's) gives `L₁ = max(G − δ)` (≤ the true
+//!    max) and `U₁ = min(G + δ)`. Only the rows whose interval reaches `L₁` or `U₁` are
+//!    scanned value by value, with each column's own `δ`: the values with `G + δ ≥ L₁` or
+//!    `G − δ ≤ U₁` (the survivors; any value that is an extreme is one) matter. Each
+//!    survivor's float64 dot product `F` is summed (k order, no FMA) with a rigorous bound
+//!    `δ²` (below) on `|F − y|`; a row with too many survivors keeps its stage-1 bounds.
+//! 4. **Verify** as `filtered` does: the rows whose bounds can reach the global bounds run
+//!    the exact row code of [`extremes`](super::extremes); the rest are ruled out.
 //! 5. **Fall back** to the whole exact kernel when the guarantee is not clean: a non-finite
 //!    scale, weight or bias, a non-integral zero point or one above 2^31, magnitudes above
 //!    2^100, `K` above 2^17, `|z S_j|` above 2^50, or an exact extreme that is zero or not
@@ -62,8 +66,8 @@
 //!
 //! ## Counters
 //!
-//! [`counts`] (`_core.acc_extremes_filter_counts`) adds up, over the process, the tasks
-//! bounded, the tasks run exactly, the whole exact passes, and the survivors refined.
+//! [`counts`] (`_core.acc_extremes_filter_counts`) adds up, over the process, the rows
+//! bounded, the rows run exactly, the whole exact passes, and the survivors refined.
 
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,7 +98,8 @@ const BOUND_REL: f64 = 1.0 + 1.0 / 1_099_511_627_776.0;
 /// 2^-960, the unit of the absolute term.
 const ABS_UNIT: f64 = 1.024_329_847_022_646_7e-289;
 
-/// What the filter did: tasks bounded, tasks run exactly, whole exact passes, survivors.
+/// What the filter did: rows bounded, rows run exactly, whole exact passes, survivors (the
+/// first two fields keep their historical names).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AccCounts {
     pub tasks: u64,
@@ -134,8 +139,18 @@ pub fn counts(reset: bool) -> AccCounts {
 }
 
 /// The integer input of the kernel: stored integers, dequantized as the exact kernel does.
-pub trait AccInput: Lhs + QInt {}
-impl<T: Lhs + QInt> AccInput for T {}
+pub trait AccInput: Lhs + QInt {
+    /// Every value the type holds lies in this `(min, max)`.
+    const RANGE: (i64, i64);
+}
+macro_rules! acc_input {
+    ($($t:ty),*) => {$(
+        impl AccInput for $t {
+            const RANGE: (i64, i64) = (<$t>::MIN as i64, <$t>::MAX as i64);
+        }
+    )*};
+}
+acc_input!(i8, i16, i32, i64);
 
 /// `acc = a @ (wq − z_w)` as int32 into `acc` ((n, m) C order), and the extremes of
 /// `dequantize(a, scale, zero_point) @ w + bias`, those of [`matmul_extremes`] bit for bit
@@ -156,14 +171,21 @@ pub fn acc_extremes<A: AccInput>(
     acc: &mut [MaybeUninit<i32>],
 ) -> (Result<Extremes<f64>>, AccCounts) {
     let mut c = AccCounts::default();
-    if let Err(e) = int_acc(a, wq, z_w, w.dim(), acc) {
-        return (Err(e), c);
-    }
+    let a_std = a.as_standard_layout();
+    let prep = if exact {
+        None
+    } else {
+        prepare(a_std.view(), wq, z_w, w, bias, (scale, zero_point))
+    };
+    let stats = match int_acc(a_std.view(), wq, z_w, w.dim(), acc, prep.as_ref()) {
+        Ok(stats) => stats,
+        Err(e) => return (Err(e), c),
+    };
     // SAFETY: int_acc succeeded, so it wrote every element of `acc`.
     let acc: &[i32] = unsafe { &*(acc as *const [MaybeUninit<i32>] as *const [i32]) };
     let load = move |v: A| dequantize_value(v, scale, zero_point);
     if !exact {
-        let found = filter(a, acc, wq, z_w, w, bias, (scale, zero_point), isa, &mut c);
+        let found = prep.and_then(|p| filter(a_std.view(), acc, &stats, &p, w, bias, isa, &mut c));
         if let Some(found) = found {
             return (Ok(found), c);
         }
@@ -190,14 +212,26 @@ pub fn acc_extremes_counted<A: AccInput>(
     out
 }
 
-/// The int32 accumulators into `acc`, after the shape and overflow checks.
+/// Whether `K·max|a|·max|wq − z_w|` fits int32 for an input within `(alo, ahi)`, with
+/// the weights' `(clo, chi)`.
+fn acc_fits(k: usize, (alo, ahi): (i64, i64), (clo, chi): (i128, i128)) -> bool {
+    let (amax, cmax) = (max_abs(alo.into(), ahi.into()), max_abs(clo, chi));
+    let bound = (k as u128)
+        .checked_mul(amax)
+        .and_then(|v| v.checked_mul(cmax));
+    k == 0 || matches!(bound, Some(b) if b <= i32::MAX as u128)
+}
+
+/// The int32 accumulators into `acc`, after the shape and overflow checks, and with `prep`
+/// the per-row estimates of [`RowStats`] computed while each row is cache-hot.
 fn int_acc<A: AccInput>(
     a: ArrayView2<'_, A>,
     wq: ArrayView2<'_, i64>,
     z_w: i64,
     wdim: (usize, usize),
     acc: &mut [MaybeUninit<i32>],
-) -> Result<()> {
+    prep: Option<&Prep>,
+) -> Result<RowStats> {
     let ((n, k), (kq, m)) = (a.dim(), wq.dim());
     if kq != k || wdim != (k, m) || acc.len() != n * m {
         return Err(Error::Shape(format!(
@@ -209,36 +243,48 @@ fn int_acc<A: AccInput>(
             acc.len()
         )));
     }
-    let (alo, ahi) = A::range_of(a);
     let (wlo, whi) = range(wq.iter());
-    let (clo, chi) = (
+    let c = (
         i128::from(wlo) - i128::from(z_w),
         i128::from(whi) - i128::from(z_w),
     );
-    let (amax, cmax) = (max_abs(alo.into(), ahi.into()), max_abs(clo, chi));
-    let bound = (k as u128)
-        .checked_mul(amax)
-        .and_then(|v| v.checked_mul(cmax));
-    if k > 0 && !matches!(bound, Some(b) if b <= i32::MAX as u128) {
-        return Err(Error::Overflow(format!(
-            "the int32 accumulator could overflow: a matmul of the input {} with the weights \
-             minus z_w {} over K={k} terms; use the int64 kernel (int_matmul) instead",
-            describe(alo.into(), ahi.into()),
-            describe(clo, chi)
-        )));
+    // the type's range first: it spares a pass over the input when it is enough
+    if !acc_fits(k, A::RANGE, c) {
+        let (alo, ahi) = A::range_of(a);
+        if !acc_fits(k, (alo, ahi), c) {
+            return Err(Error::Overflow(format!(
+                "the int32 accumulator could overflow: a matmul of the input {} with the \
+                 weights minus z_w {} over K={k} terms; use the int64 kernel (int_matmul) \
+                 instead",
+                describe(alo.into(), ahi.into()),
+                describe(c.0, c.1)
+            )));
+        }
     }
+    let stats = RowStats::new(if prep.is_some() { n } else { 0 });
+    let base = acc.as_ptr() as usize;
+    let a_rows = a.as_slice();
+    let avx2 = has_avx2();
     matmul_map_into_as(
         a.insert_axis(Axis(0)),
         wq.insert_axis(Axis(0)),
         z_w,
         acc,
-        |row, dst| {
-            for (d, &v) in dst.iter_mut().zip(row) {
-                // the bound above keeps every accumulator within i32
-                d.write(v as i32);
+        |row, dst| match (prep, a_rows) {
+            (Some(p), Some(a_rows)) if m > 0 => {
+                let r = (dst.as_ptr() as usize - base) / (m * std::mem::size_of::<i32>());
+                let a_row = &a_rows[r * k..(r + 1) * k];
+                stats.set(r, row_work(p, row, dst, a_row, avx2));
+            }
+            _ => {
+                for (d, &v) in dst.iter_mut().zip(row) {
+                    // the bound above keeps every accumulator within i32
+                    d.write(v as i32);
+                }
             }
         },
-    )
+    )?;
+    Ok(stats)
 }
 
 /// `|s| ‖a − z‖₂` of one row, bounded above.
@@ -284,43 +330,6 @@ fn scaled_norm_narrow<A: AccInput>(row: &[A], s: f64, z: i32) -> f64 {
         acc + d * d
     });
     s.abs() * norm(sq) * NORM_REL
-}
-
-/// Runs `body` compiled for AVX2 when the CPU has it (integer work only, so both builds
-/// give the same results).
-#[inline(always)]
-fn with_avx2<R>(body: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        unsafe fn run<R>(body: impl FnOnce() -> R) -> R {
-            body()
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
-            return unsafe { run(body) };
-        }
-    }
-    body()
-}
-
-/// The per-column maximum and minimum of the rows (length `hi.len()`) of `acc`.
-#[inline(always)]
-fn column_range(acc: &[i32], hi: &mut [i32], lo: &mut [i32]) {
-    for row in acc.chunks_exact(hi.len()) {
-        for ((h, l), &v) in hi.iter_mut().zip(lo.iter_mut()).zip(row) {
-            *h = (*h).max(v);
-            *l = (*l).min(v);
-        }
-    }
-}
-
-/// Whether a value of `row` is `>= ge` or `<= le` (per column).
-#[inline(always)]
-fn row_survives(row: &[i32], ge: &[i32], le: &[i32]) -> bool {
-    row.iter()
-        .zip(ge.iter().zip(le))
-        .fold(false, |any, (&v, (&g, &l))| any | (v >= g) | (v <= l))
 }
 
 /// Per-column constants of the estimate that do not depend on the input's quantization.
@@ -526,11 +535,339 @@ fn base(wq: ArrayView2<'_, i64>, z_w: i64, w: ArrayView2<'_, f64>, bias: &[f64])
     Some(cols)
 }
 
-/// Stage 1 of a task: its bounds, the (min, max) accumulator per column, the largest row
-/// norm bound.
-type TaskRange = (Bounds, Vec<(i32, i32)>, f64);
+/// `Σ (a − z)²` of an int8 row, exact, when `len·(128 + |z|)² < 2^31` (AVX2 when `avx2`).
+#[inline(always)]
+fn sum_sq_i8(row: &[i8], z: i16, avx2: bool) -> i64 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: the caller checked that the CPU has AVX2.
+        return unsafe { sum_sq_i8_avx2(row, z) };
+    }
+    let _ = avx2;
+    row.iter()
+        .map(|&v| {
+            let d = i64::from(v) - i64::from(z);
+            d * d
+        })
+        .sum()
+}
 
-/// What is known of the values of one task.
+/// [`sum_sq_i8`] in AVX2 (pairs of squares in int32 lanes: the caller's bound keeps every
+/// lane within int32).
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sum_sq_i8_avx2(row: &[i8], z: i16) -> i64 {
+    use std::arch::x86_64::*;
+    let main = row.len() / 16 * 16;
+    let zv = _mm256_set1_epi16(z);
+    let mut acc = _mm256_setzero_si256();
+    let mut j = 0;
+    while j < main {
+        // SAFETY: j + 16 <= main <= row.len().
+        let v = unsafe { _mm_loadu_si128(row.as_ptr().add(j).cast()) };
+        let d = _mm256_sub_epi16(_mm256_cvtepi8_epi16(v), zv);
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(d, d));
+        j += 16;
+    }
+    let mut lanes = [0i32; 8];
+    // SAFETY: 8 i32.
+    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), acc) };
+    let tail: i64 = row[main..]
+        .iter()
+        .map(|&v| {
+            let d = i64::from(v) - i64::from(z);
+            d * d
+        })
+        .sum();
+    lanes.iter().map(|&v| i64::from(v)).sum::<i64>() + tail
+}
+
+/// What the filter needs before the product: the per-column constants and the input's
+/// quantization.
+struct Prep {
+    cols: Columns,
+    /// `z S_j` as float64 (exact).
+    zsf: Vec<f64>,
+    s: f64,
+    z: i64,
+    zf: f64,
+    /// The zero point as int32 when every `a` and `a − z` fit int32.
+    narrow: Option<i32>,
+    /// The zero point as int16 when the input is int8 and every row's `Σ (a − z)²` fits
+    /// int32 (then summed exactly in integers).
+    int8_z: Option<i16>,
+    /// `max_j` of the spread and of the absolute term: one `δ` per row bounds each of its
+    /// values' (floating-point rounding is monotone, so every step keeps the order).
+    spread: f64,
+    abs: f64,
+}
+
+impl Prep {
+    /// [`scaled_norm`] of one row.
+    #[inline(always)]
+    fn norm_of<A: AccInput>(&self, row: &[A], avx2: bool) -> f64 {
+        if let Some(z) = self.int8_z {
+            // SAFETY: `int8_z` is only set for an int8 input (A is i8).
+            let row = unsafe { std::slice::from_raw_parts(row.as_ptr().cast::<i8>(), row.len()) };
+            let sq = sum_sq_i8(row, z, avx2);
+            // the exact sum: within the bound of a rounded one
+            return self.s.abs() * norm(sq as f64) * NORM_REL;
+        }
+        match self.narrow {
+            Some(z32) => scaled_norm_narrow(row, self.s, z32),
+            None => scaled_norm(row, self.s, self.z),
+        }
+    }
+
+    /// The bound `δ` (inflated, with the `5u|G|` term) of the estimate `g` of column `j` in
+    /// a row whose scaled norm bound is `d`.
+    #[inline(always)]
+    fn delta(&self, j: usize, d: f64, g: f64) -> f64 {
+        (d * self.cols.spread[j] + self.cols.abs[j]) * BOUND_REL + 5.0 * U * g.abs()
+    }
+}
+
+/// The filter's constants, or None when the filter cannot run (then the exact pass does).
+fn prepare<A: AccInput>(
+    a: ArrayView2<'_, A>,
+    wq: ArrayView2<'_, i64>,
+    z_w: i64,
+    w: ArrayView2<'_, f64>,
+    bias: Option<ArrayView1<'_, f64>>,
+    (s, zf): (f64, f64),
+) -> Option<Prep> {
+    let ((n, k), m) = (a.dim(), w.dim().1);
+    if n == 0 || m == 0 || k == 0 || k > MAX_K || !s.is_finite() || wq.dim() != (k, m) {
+        return None;
+    }
+    if zf.fract() != 0.0 || zf.abs() > 2_147_483_648.0 {
+        return None;
+    }
+    let z = zf as i64;
+    let bias_v = bias_vec(bias, m, "", "").ok()?;
+    let cols = columns(wq, z_w, w, &bias_v, (s, z))?;
+    let fits = |v: i64| i32::try_from(v).is_ok();
+    let narrow_in = |(lo, hi): (i64, i64)| {
+        [lo, hi]
+            .iter()
+            .all(|&v| fits(v) && v.checked_sub(z).is_some_and(fits))
+    };
+    // the type's range first (no pass over the input), else the values'
+    let narrow = i32::try_from(z)
+        .ok()
+        .filter(|_| narrow_in(A::RANGE) || narrow_in(A::range_of(a)));
+    let zsf = cols.zs.iter().map(|&v| v as f64).collect();
+    let dmax = 128 + z.unsigned_abs();
+    let int8_z = i16::try_from(z).ok().filter(|_| {
+        A::RANGE == (-128, 127)
+            && std::mem::size_of::<A>() == 1
+            && dmax < 1 << 15
+            && (k as u128) * u128::from(dmax * dmax) < 1 << 31
+    });
+    let spread = cols.spread.iter().fold(0.0f64, |x, &y| x.max(y));
+    let abs = cols.abs.iter().fold(0.0f64, |x, &y| x.max(y));
+    Some(Prep {
+        cols,
+        zsf,
+        s,
+        z,
+        zf,
+        narrow,
+        int8_z,
+        spread,
+        abs,
+    })
+}
+
+/// Per row, the largest and smallest estimate and the scaled norm bound `|s| ‖a_r − z‖₂`,
+/// written (as float64 bits) by the product's epilogue, one row per call from any thread.
+struct RowStats {
+    v: Vec<AtomicU64>,
+}
+
+impl RowStats {
+    fn new(n: usize) -> RowStats {
+        RowStats {
+            v: (0..3 * n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn set(&self, r: usize, (hi, lo, d): (f64, f64, f64)) {
+        self.v[3 * r].store(hi.to_bits(), Ordering::Relaxed);
+        self.v[3 * r + 1].store(lo.to_bits(), Ordering::Relaxed);
+        self.v[3 * r + 2].store(d.to_bits(), Ordering::Relaxed);
+    }
+
+    fn get(&self, r: usize) -> (f64, f64, f64) {
+        let at = |i: usize| f64::from_bits(self.v[i].load(Ordering::Relaxed));
+        (at(3 * r), at(3 * r + 1), at(3 * r + 2))
+    }
+}
+
+/// Whether the CPU runs AVX2.
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The epilogue's work on one row: the accumulators written as int32, the row's largest
+/// and smallest estimate and its scaled norm bound (compiled for AVX2 when `avx2`: the
+/// same operations in the same order, so the same results).
+#[inline(always)]
+fn row_work<A: AccInput>(
+    p: &Prep,
+    row: &[i64],
+    dst: &mut [MaybeUninit<i32>],
+    a_row: &[A],
+    avx2: bool,
+) -> (f64, f64, f64) {
+    #[inline(always)]
+    fn body<A: AccInput>(
+        p: &Prep,
+        row: &[i64],
+        dst: &mut [MaybeUninit<i32>],
+        a_row: &[A],
+    ) -> (f64, f64, f64) {
+        let (hi, lo) = row_estimates(row, dst, &p.cols.alpha, &p.zsf, &p.cols.bias);
+        (hi, lo, p.norm_of(a_row, false))
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn body_avx2<A: AccInput>(
+            p: &Prep,
+            row: &[i64],
+            dst: &mut [MaybeUninit<i32>],
+            a_row: &[A],
+        ) -> (f64, f64, f64) {
+            let (hi, lo) = row_estimates_avx2(row, dst, &p.cols.alpha, &p.zsf, &p.cols.bias);
+            (hi, lo, p.norm_of(a_row, true))
+        }
+        if avx2 {
+            // SAFETY: the caller checked that the CPU has AVX2.
+            return unsafe { body_avx2(p, row, dst, a_row) };
+        }
+    }
+    let _ = avx2;
+    body(p, row, dst, a_row)
+}
+
+/// Writes one row of accumulators as int32 into `dst` and returns the largest and smallest
+/// estimate `G_j = fl(fl(α_j · fl(acc_j − zS_j)) + b_j)` of the row (4 lanes, so that it
+/// vectorises; the maximum and minimum do not depend on the order).
+#[inline(always)]
+fn row_estimates(
+    row: &[i64],
+    dst: &mut [MaybeUninit<i32>],
+    alpha: &[f64],
+    zsf: &[f64],
+    bias: &[f64],
+) -> (f64, f64) {
+    const L: usize = 4;
+    let mut hi = [f64::NEG_INFINITY; L];
+    let mut lo = [f64::INFINITY; L];
+    let main = row.len() / L * L;
+    let lanes = row[..main]
+        .chunks_exact(L)
+        .zip(dst[..main].chunks_exact_mut(L))
+        .zip(alpha.chunks_exact(L).zip(zsf.chunks_exact(L)))
+        .zip(bias.chunks_exact(L));
+    for (((v, d), (al, zs)), b) in lanes {
+        for l in 0..L {
+            // the overflow check keeps every accumulator within i32
+            let x = v[l] as i32;
+            d[l].write(x);
+            let g = al[l] * (f64::from(x) - zs[l]) + b[l];
+            hi[l] = if g > hi[l] { g } else { hi[l] };
+            lo[l] = if g < lo[l] { g } else { lo[l] };
+        }
+    }
+    for j in main..row.len() {
+        let x = row[j] as i32;
+        dst[j].write(x);
+        let g = alpha[j] * (f64::from(x) - zsf[j]) + bias[j];
+        hi[0] = hi[0].max(g);
+        lo[0] = lo[0].min(g);
+    }
+    let hi = hi.iter().fold(f64::NEG_INFINITY, |x, &y| x.max(y));
+    let lo = lo.iter().fold(f64::INFINITY, |x, &y| x.min(y));
+    (hi, lo)
+}
+
+/// [`row_estimates`] in AVX2 intrinsics (the same values: each `G_j` by the same three
+/// operations; the maximum and minimum of values that are never NaN).
+///
+/// # Safety
+/// The CPU must have AVX2; `dst`, `alpha`, `zsf` and `bias` as long as `row`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn row_estimates_avx2(
+    row: &[i64],
+    dst: &mut [MaybeUninit<i32>],
+    alpha: &[f64],
+    zsf: &[f64],
+    bias: &[f64],
+) -> (f64, f64) {
+    use std::arch::x86_64::*;
+    let m = row.len();
+    assert!(dst.len() == m && alpha.len() == m && zsf.len() == m && bias.len() == m);
+    let main = m / 8 * 8;
+    // the low 32 bits of each i64 lane (the accumulators fit int32) into the low half
+    let idx = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    let mut hi = [_mm256_set1_pd(f64::NEG_INFINITY); 2];
+    let mut lo = [_mm256_set1_pd(f64::INFINITY); 2];
+    let (rp, dp) = (row.as_ptr(), dst.as_mut_ptr());
+    let (ap, zp, bp) = (alpha.as_ptr(), zsf.as_ptr(), bias.as_ptr());
+    let mut j = 0;
+    while j < main {
+        for h in 0..2 {
+            let at = j + 4 * h;
+            // SAFETY: at + 4 <= main <= m, the length of every slice.
+            unsafe {
+                let v = _mm256_loadu_si256(rp.add(at).cast());
+                let x = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(v, idx));
+                _mm_storeu_si128(dp.add(at).cast(), x);
+                let d = _mm256_sub_pd(_mm256_cvtepi32_pd(x), _mm256_loadu_pd(zp.add(at)));
+                let g = _mm256_add_pd(
+                    _mm256_mul_pd(_mm256_loadu_pd(ap.add(at)), d),
+                    _mm256_loadu_pd(bp.add(at)),
+                );
+                hi[h] = _mm256_max_pd(hi[h], g);
+                lo[h] = _mm256_min_pd(lo[h], g);
+            }
+        }
+        j += 8;
+    }
+    let (mut hs, mut ls) = ([0.0f64; 4], [0.0f64; 4]);
+    // SAFETY: 4 f64 each.
+    unsafe {
+        _mm256_storeu_pd(hs.as_mut_ptr(), _mm256_max_pd(hi[0], hi[1]));
+        _mm256_storeu_pd(ls.as_mut_ptr(), _mm256_min_pd(lo[0], lo[1]));
+    }
+    let (mut hv, mut lv) = (
+        hs.iter().fold(f64::NEG_INFINITY, |x, &y| x.max(y)),
+        ls.iter().fold(f64::INFINITY, |x, &y| x.min(y)),
+    );
+    for j in main..m {
+        let x = row[j] as i32;
+        dst[j].write(x);
+        let g = alpha[j] * (f64::from(x) - zsf[j]) + bias[j];
+        hv = hv.max(g);
+        lv = lv.min(g);
+    }
+    (hv, lv)
+}
+
+/// What is known of the values of one row.
 #[derive(Clone, Copy, Debug)]
 struct Bounds {
     hi_lower: f64,
@@ -566,229 +903,126 @@ impl Bounds {
         self.lo_lower = self.lo_lower.min(v - d);
     }
 
+    /// The bounds of a row from its largest and smallest estimate and `dd`, a `δ` (as
+    /// [`Prep::delta`] gives) at least that of each of its values.
+    fn of_row(hi: f64, lo: f64, dd: f64) -> Bounds {
+        Bounds {
+            hi_lower: hi - dd,
+            hi_upper: hi + dd,
+            lo_upper: lo + dd,
+            lo_lower: lo - dd,
+        }
+    }
+
     fn candidate(&self, hi: f64, lo: f64) -> bool {
         self.hi_upper >= hi || self.lo_lower <= lo
     }
 }
 
-/// Survivors per task above which the task is verified whole rather than refined (a
-/// refinement costs about 2K operations, the task 64·m·K).
+/// Survivors per row above which the row is run exactly rather than refined (a
+/// refinement costs about 2K operations, the row m·K).
 fn refine_cap(m: usize) -> usize {
-    ROWS_PER_TASK * m / 8
+    m.div_ceil(4)
 }
 
-/// `first(h, lo, hi, x, guess)` for a nondecreasing `h` on `[lo, hi]`: an `A` in
-/// `[lo, hi + 1]` with `h(v) < x` for every `v` in `[lo, A)` (found by evaluating `h`, so no
-/// rounding analysis is needed; `guess` only saves steps).
-fn first_at_least(h: impl Fn(i64) -> f64, lo: i64, hi: i64, x: f64, guess: f64) -> i64 {
-    let mut at = if guess.is_finite() {
-        (guess.ceil().clamp(lo as f64, hi as f64) as i64).saturating_add(1)
-    } else {
-        lo
-    };
-    let mut step = 1i64;
-    // every v below `at` must have h(v) < x: by monotonicity, checking at − 1 is enough
-    while at > lo && h(at - 1).partial_cmp(&x) != Some(std::cmp::Ordering::Less) {
-        at = at.saturating_sub(step).max(lo);
-        step = step.saturating_mul(2);
-    }
-    at
-}
-
-/// The cuts `(ge, le)` of a column: within `range`, an accumulator `v` with
-/// `g(v) >= hi_cut` or `g(v) <= lo_cut` has `v >= ge` or `v <= le`. `g` is the estimate of
-/// the column, nondecreasing in `v`, or nonincreasing when `decreasing`.
-fn survivor_cuts(
-    g: &impl Fn(i64) -> f64,
-    decreasing: bool,
-    (lo, hi): (i64, i64),
-    hi_cut: f64,
-    lo_cut: f64,
-) -> (i64, i64) {
-    let guess = |x: f64, h: &dyn Fn(i64) -> f64, a: i64, b: i64| {
-        let (ha, hb) = (h(a), h(b));
-        a as f64 + (x - ha) / (hb - ha) * (b - a) as f64
-    };
-    if decreasing {
-        // in u = −v, g(−u) is nondecreasing: g >= hi_cut from u >= A, i.e. v <= −A
-        let h = |u: i64| g(-u);
-        let a = first_at_least(h, -hi, -lo, hi_cut, guess(hi_cut, &h, -hi, -lo));
-        // −g(v) is nondecreasing in v: g <= lo_cut from v >= B
-        let h2 = |v: i64| -g(v);
-        let b = first_at_least(h2, lo, hi, -lo_cut, guess(-lo_cut, &h2, lo, hi));
-        (b, -a)
-    } else {
-        let a = first_at_least(g, lo, hi, hi_cut, guess(hi_cut, g, lo, hi));
-        // −g(−u) is nondecreasing in u = −v: g <= lo_cut from u >= B, i.e. v <= −B
-        let h2 = |u: i64| -g(-u);
-        let b = first_at_least(h2, -hi, -lo, -lo_cut, guess(-lo_cut, &h2, -hi, -lo));
-        (a, -b)
-    }
-}
-
-/// The filtered extremes, or None when the whole exact pass must run.
+/// The filtered extremes from the rows' estimates, or None when the whole exact pass must
+/// run.
 #[allow(clippy::too_many_arguments)]
 fn filter<A: AccInput>(
     a: ArrayView2<'_, A>,
     acc: &[i32],
-    wq: ArrayView2<'_, i64>,
-    z_w: i64,
+    stats: &RowStats,
+    p: &Prep,
     w: ArrayView2<'_, f64>,
     bias: Option<ArrayView1<'_, f64>>,
-    (s, zf): (f64, f64),
     isa: Isa,
     c: &mut AccCounts,
 ) -> Option<Extremes<f64>> {
     let ((n, k), m) = (a.dim(), w.dim().1);
-    if n == 0 || m == 0 || k == 0 || k > MAX_K || !s.is_finite() {
-        return None;
+    let a_rows = a.as_slice()?;
+    let cols = &p.cols;
+    // stage 1: per row, bounds from its largest and smallest estimate and one δ
+    let mut row_bounds = Vec::with_capacity(n);
+    let mut all = Bounds::NONE;
+    for r in 0..n {
+        let (hi, lo, d) = stats.get(r);
+        // a NaN or too large norm, or an estimate out of range: the whole exact pass
+        if !(hi.is_finite() && lo.is_finite() && d <= LIMIT) {
+            return None;
+        }
+        let dd = (d * p.spread + p.abs) * BOUND_REL + 5.0 * U * hi.abs().max(lo.abs());
+        let b = Bounds::of_row(hi, lo, dd);
+        all = all.merge(b);
+        row_bounds.push(b);
     }
-    if zf.fract() != 0.0 || zf.abs() > 2_147_483_648.0 {
-        return None;
-    }
-    let z = zf as i64;
-    let bias_v = bias_vec(bias, m, "", "").ok()?;
-    let cols = columns(wq, z_w, w, &bias_v, (s, z))?;
-    let a_std = a.as_standard_layout();
-    let a_rows = a_std.as_slice()?;
-    // ‖a_r − z‖₂ per row, bounded, times |s| (from int32 when the values allow)
-    let (alo, ahi) = A::range_of(a);
-    let fits = |v: i64| i32::try_from(v).is_ok();
-    let narrow = i32::try_from(z).ok().filter(|_| {
-        [alo, ahi]
-            .iter()
-            .all(|&v| fits(v) && v.checked_sub(z).is_some_and(fits))
-    });
-    let norm_of = |row: &[A]| match narrow {
-        Some(z32) => with_avx2(|| scaled_norm_narrow(row, s, z32)),
-        None => scaled_norm(row, s, z),
-    };
-    let zsf: Vec<f64> = cols.zs.iter().map(|&v| v as f64).collect();
-    let tasks = n.div_ceil(ROWS_PER_TASK);
-    let rows_of = |t: usize| t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n);
-    // stage 1: per task, the column extremes of the accumulators (G is monotone in them) and
-    // the largest row norm bound of the task
-    let stage1: Vec<TaskRange> = (0..tasks)
-        .into_par_iter()
-        .map(|t| {
-            let rows = &a_rows[rows_of(t).start * k..rows_of(t).end * k];
-            // a NaN or too large row norm marks the task NaN (then the whole exact pass)
-            let (dmax, bad) = rows.chunks_exact(k).fold((0.0f64, false), |(x, bad), row| {
-                let d = norm_of(row);
-                (x.max(d), bad | d.is_nan() | (d > LIMIT))
-            });
-            let dmax = if bad { f64::NAN } else { dmax };
-            let (mut hi, mut lo) = (vec![i32::MIN; m], vec![i32::MAX; m]);
-            let block = &acc[rows_of(t).start * m..rows_of(t).end * m];
-            with_avx2(|| column_range(block, &mut hi, &mut lo));
-            let mut b = Bounds::NONE;
-            for j in 0..m {
-                let d = dmax * cols.spread[j] + cols.abs[j];
-                for v in [hi[j], lo[j]] {
-                    b.push(cols.alpha[j] * (f64::from(v) - zsf[j]) + cols.bias[j], d);
-                }
-            }
-            (b, lo.into_iter().zip(hi).collect(), dmax)
-        })
-        .collect();
-    if stage1.iter().any(|&(_, _, d)| d.is_nan()) {
-        return None;
-    }
-    c.tasks += tasks as u64;
-    let all = stage1.iter().fold(Bounds::NONE, |x, y| x.merge(y.0));
     if !(all.hi_lower.is_finite() && all.lo_upper.is_finite()) {
         return None;
     }
     let (l1, u1) = (all.hi_lower, all.lo_upper);
+    let candidates: Vec<usize> = (0..n)
+        .filter(|&r| row_bounds[r].candidate(l1, u1))
+        .collect();
+    // the estimate rules (almost) nothing out: the exact pass is cheaper
+    if n > ROWS_PER_TASK && 2 * candidates.len() > n {
+        return None;
+    }
+    c.tasks += n as u64;
     let cap = refine_cap(m);
-    // stage 2: the refined bounds of each task that may hold an extreme (None: ruled out)
-    let stage2: Vec<Option<(Bounds, u64)>> = (0..tasks)
-        .into_par_iter()
-        .map(|t| {
-            let (bounds, ranges, dmax) = &stage1[t];
-            let dmax = *dmax;
-            if !bounds.candidate(l1, u1) {
-                return None;
+    // stage 2: per candidate row, its survivors (values with G + δ >= l1 or G − δ <= u1:
+    // any extreme is one) refined, or the row's bounds when they are too many
+    let stage2: Vec<(usize, Bounds, u64)> = candidates
+        .par_iter()
+        .map(|&r| {
+            let d = stats.get(r).2;
+            let row = &acc[r * m..(r + 1) * m];
+            let survivors: Vec<usize> = (0..m)
+                .filter(|&j| {
+                    let g = cols.alpha[j] * (f64::from(row[j]) - p.zsf[j]) + cols.bias[j];
+                    let dj = p.delta(j, d, g);
+                    g + dj >= l1 || g - dj <= u1
+                })
+                .take(cap + 1)
+                .collect();
+            if survivors.len() > cap {
+                return (r, row_bounds[r], 0);
             }
-            // per column, survivors are the accumulators >= ge or <= le (a superset of
-            // the values with G + δ >= l1 or G − δ <= u1, see `survivor_cuts`)
-            let (mut ge, mut le) = (vec![0i64; m], vec![0i64; m]);
-            for j in 0..m {
-                let g = |v: i64| cols.alpha[j] * (v as f64 - zsf[j]) + cols.bias[j];
-                let (lo, hi) = (i64::from(ranges[j].0), i64::from(ranges[j].1));
-                let gmax = g(lo).abs().max(g(hi).abs());
-                let d = (dmax * cols.spread[j] + cols.abs[j]) * BOUND_REL + 5.0 * U * gmax;
-                (ge[j], le[j]) = survivor_cuts(&g, cols.alpha[j] < 0.0, (lo, hi), l1 - d, u1 + d);
-            }
-            // the cuts clamped to int32: a cut moved toward the values only adds survivors
-            let clamp = |v: &i64| (*v).clamp(i32::MIN.into(), i32::MAX.into()) as i32;
-            let ge32: Vec<i32> = ge.iter().map(clamp).collect();
-            let le32: Vec<i32> = le.iter().map(clamp).collect();
-            let block = &acc[rows_of(t).start * m..rows_of(t).end * m];
-            let hits: Vec<bool> = with_avx2(|| {
-                block
-                    .chunks_exact(m)
-                    .map(|row| row_survives(row, &ge32, &le32))
-                    .collect()
-            });
-            let mut survivors = Vec::new();
-            for (r, hit) in rows_of(t).zip(hits) {
-                let row = &acc[r * m..(r + 1) * m];
-                if hit {
-                    survivors.extend(
-                        (0..m)
-                            .filter(|&j| row[j] >= ge32[j] || row[j] <= le32[j])
-                            .map(|j| (r, j)),
-                    );
-                    if survivors.len() > cap {
-                        return Some((*bounds, 0));
-                    }
-                }
-            }
+            let x: Vec<f64> = a_rows[r * k..(r + 1) * k]
+                .iter()
+                .map(|&q| dequantize_value(q, p.s, p.zf))
+                .collect();
             let mut b = Bounds::NONE;
-            let mut x = vec![0.0f64; k];
-            let mut row = usize::MAX;
-            for &(r, j) in &survivors {
-                if r != row {
-                    row = r;
-                    for (xv, &q) in x.iter_mut().zip(&a_rows[r * k..(r + 1) * k]) {
-                        *xv = dequantize_value(q, s, zf);
-                    }
-                }
+            for &j in &survivors {
                 let wj = &cols.wt[j * k..(j + 1) * k];
-                let (mut f, mut p) = (0.0f64, 0.0f64);
+                let (mut f, mut pa) = (0.0f64, 0.0f64);
                 for (&xv, &wv) in x.iter().zip(wj) {
                     let prod = xv * wv;
                     f += prod;
-                    p += prod.abs();
+                    pa += prod.abs();
                 }
                 let bj = cols.bias[j];
-                let d = 1.25 * (2.0 * k as f64 + 4.0) * U * (p + bj.abs()) + cols.abs[j];
-                b.push(f + bj, d);
+                let d2 = 1.25 * (2.0 * k as f64 + 4.0) * U * (pa + bj.abs()) + cols.abs[j];
+                b.push(f + bj, d2);
             }
-            Some((b, survivors.len() as u64))
+            (r, b, survivors.len() as u64)
         })
         .collect();
-    let refined = stage2
-        .iter()
-        .flatten()
-        .fold(Bounds::NONE, |x, &(y, _)| x.merge(y));
-    c.refined += stage2.iter().flatten().map(|&(_, n)| n).sum::<u64>();
+    c.refined += stage2.iter().map(|&(_, _, n)| n).sum::<u64>();
+    let refined = stage2.iter().fold(Bounds::NONE, |x, &(_, y, _)| x.merge(y));
     let (l2, u2) = (l1.max(refined.hi_lower), u1.min(refined.lo_upper));
-    let chosen: Vec<usize> = (0..tasks)
-        .filter(|&t| stage2[t].is_some_and(|(b, _)| b.candidate(l2, u2)))
+    // stage 3: the rows that may still hold an extreme, run exactly
+    let chosen: Vec<usize> = stage2
+        .iter()
+        .filter(|(_, b, _)| b.candidate(l2, u2))
+        .map(|&(r, _, _)| r)
         .collect();
     c.verified += chosen.len() as u64;
     let w_std = w.as_standard_layout();
     let packed = f64::pack(w_std.as_slice()?, k, m, supported(isa));
-    let load = |v: A| dequantize_value(v, s, zf);
+    let load = |v: A| dequantize_value(v, p.s, p.zf);
     let bias_t = bias_vec(bias, m, "", "").ok()?;
     let found = chosen
         .par_iter()
-        .map(|&t| {
-            let rows = &a_rows[t * ROWS_PER_TASK * k..((t + 1) * ROWS_PER_TASK * k).min(n * k)];
-            f64::rows_extremes(rows, &load, &packed, &bias_t)
-        })
+        .map(|&r| f64::rows_extremes(&a_rows[r * k..(r + 1) * k], &load, &packed, &bias_t))
         .reduce(Extremes::none, Extremes::merge);
     let clean = found.finite && found.min <= found.max;
     (clean && found.min != 0.0 && found.max != 0.0).then_some(found)
@@ -967,30 +1201,6 @@ mod tests {
     }
 
     #[test]
-    fn survivor_cuts_keep_every_survivor() {
-        let gs: [&dyn Fn(i64) -> f64; 4] = [
-            &|v| 0.37 * v as f64 + 1.5,
-            &|v| -2.5e-3 * v as f64,
-            &|_| 4.0,
-            &|v| if v > 3 { f64::NAN } else { v as f64 },
-        ];
-        for (i, g) in gs.iter().enumerate() {
-            let decreasing = i == 1;
-            for (lo, hi) in [(-50i64, 50i64), (7, 7), (-3, 100)] {
-                for (hc, lc) in [(3.0, -3.0), (100.0, -100.0), (-1e9, 1e9), (4.0, 4.0)] {
-                    let (ge, le) = survivor_cuts(g, decreasing, (lo, hi), hc, lc);
-                    for v in lo..=hi {
-                        let gv = g(v);
-                        if gv >= hc || gv <= lc || gv.is_nan() {
-                            assert!(v >= ge || v <= le, "{i} {v} {ge} {le}");
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
     fn filtered_extremes_are_the_exact_ones() {
         for (salt, &(n, k, m)) in [
             (1, 1, 1),
@@ -1039,8 +1249,53 @@ mod tests {
         let (w, wq) = weights(64, 128, 8, 0);
         let a = ints((4096, 64), 9, 0, 63);
         let (_, c) = run(&a, &wq, 0, &w, None, (0.05, 0.0));
-        assert_eq!((c.tasks, c.fallbacks), (64, 0), "{c:?}");
-        assert!(c.verified >= 1 && c.verified <= 8, "{c:?}");
+        assert_eq!((c.tasks, c.fallbacks), (4096, 0), "{c:?}");
+        assert!(c.verified >= 1 && c.verified <= 64, "{c:?}");
+    }
+
+    #[test]
+    fn row_estimates_agree() {
+        if !has_avx2() {
+            return;
+        }
+        for m in [1usize, 3, 8, 13, 128, 131] {
+            let row: Vec<i64> = (0..m)
+                .map(|j| (unit(j, m) * 4e6) as i64 - 2_000_000)
+                .collect();
+            let alpha: Vec<f64> = (0..m).map(|j| unit(j, 7) - 0.5).collect();
+            let zsf: Vec<f64> = (0..m).map(|j| (unit(j, 8) * 1e3).round()).collect();
+            let bias: Vec<f64> = (0..m).map(|j| unit(j, 9) * 3.0).collect();
+            let (mut d1, mut d2) = (
+                vec![MaybeUninit::uninit(); m],
+                vec![MaybeUninit::uninit(); m],
+            );
+            let want = row_estimates(&row, &mut d1, &alpha, &zsf, &bias);
+            // SAFETY: the CPU has AVX2 and the slices have the same length.
+            let got = unsafe { row_estimates_avx2(&row, &mut d2, &alpha, &zsf, &bias) };
+            assert_eq!(got, want);
+            for ((a, b), &v) in d1.iter().zip(&d2).zip(&row) {
+                // SAFETY: both wrote every value.
+                let (a, b) = unsafe { (a.assume_init(), b.assume_init()) };
+                assert_eq!((a, b), (v as i32, v as i32));
+            }
+        }
+    }
+
+    #[test]
+    fn int8_sums_of_squares_are_exact() {
+        for len in [0usize, 1, 15, 16, 17, 128, 1000] {
+            let row: Vec<i8> = (0..len)
+                .map(|j| ((unit(j, len) * 256.0) as i64 - 128) as i8)
+                .collect();
+            for z in [0i16, -128, 127, 300, -3000] {
+                let want: i64 = row
+                    .iter()
+                    .map(|&v| (i64::from(v) - i64::from(z)).pow(2))
+                    .sum();
+                assert_eq!(sum_sq_i8(&row, z, false), want);
+                assert_eq!(sum_sq_i8(&row, z, has_avx2()), want);
+            }
+        }
     }
 
     #[test]
