@@ -69,6 +69,9 @@ Capabilities (class attributes; the calibration walk reads them off the op's cla
     ``pow2_accumulator_shift: bool``
         A mixing op with a "matmul" accumulator: the QAT power-of-two pass (docs/contract.md §4.7)
         may turn its rescale into a shift of that accumulator.
+    ``narrow_inputs: bool``
+        ``q_impl`` reads its input integers with ``QuantizedArray.narrow_qvalues`` (int8/int16
+        as they are held), so a re-quantization table may write them narrow.
     ``clips_percentiles: bool``
         ``_calibration_values`` clips the float result to its 0.1/99.9 percentiles (docs/contract.md
         §3.7), which the streamed statistics pass computes exactly; otherwise the op counts as
@@ -185,6 +188,7 @@ class QuantizedOp(Serializable):
     fused_extremes: ClassVar[ExtremesLayout | None] = None
     requant_table_if_constant: ClassVar[tuple[int, ...] | None] = None
     pow2_accumulator_shift: ClassVar[bool] = False
+    narrow_inputs: ClassVar[bool] = False
     clips_percentiles: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -47,8 +47,19 @@ def quantized_values_copy(
     qa: QuantizedArray, qvalues: Any = None, *, copy_values: bool = True
 ) -> QuantizedArray:
     """A new QuantizedArray holding qvalues (default: qa's) with qa's options, stats, params
-    (``copy_values=False`` shares the integers instead of copying them)."""
+    (``copy_values=False`` shares the integers instead of copying them; integers that qa
+    holds narrow, or would quantize into int8/int16, then stay narrow: see
+    :meth:`QuantizedArray.narrow_qvalues`)."""
     q = qa.quantizer
+    narrow = qa.narrow_parts() if qvalues is None and not copy_values else None
+    if narrow is not None:
+        return QuantizedArray.from_narrow(
+            q.n_bits,
+            *narrow,
+            options=q.quant_options,
+            stats=q.quant_stats,
+            params=q.quant_params,
+        )
     return QuantizedArray(
         q.n_bits,
         qa.qvalues if qvalues is None else qvalues,
