@@ -509,9 +509,36 @@ fn block_columns(
 }
 
 /// `out[i] = load(src[i])` rounded to float32, with the largest `|load(src[i])|`, or None when
-/// one is not finite or above [`LIMIT`]. Eight independent lanes, so that it vectorises.
-#[inline(always)]
+/// one is not finite or above [`LIMIT`]: [`to_f32_lanes`] compiled with AVX2 when the CPU has
+/// it (the same IEEE operations either way; the callers run on rayon threads, outside any
+/// AVX2-compiled function, so the generic code alone would stay on SSE2).
+#[inline]
 fn to_f32<S: Copy, F: Fn(S) -> f64>(src: &[S], load: &F, out: &mut [f32]) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { to_f32_avx2(src, load, out) };
+    }
+    to_f32_lanes(src, load, out)
+}
+
+/// [`to_f32_lanes`] compiled with AVX2.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn to_f32_avx2<S: Copy, F: Fn(S) -> f64>(
+    src: &[S],
+    load: &F,
+    out: &mut [f32],
+) -> Option<f64> {
+    to_f32_lanes(src, load, out)
+}
+
+/// The body of [`to_f32`]: eight independent lanes, so that it vectorises.
+#[inline(always)]
+fn to_f32_lanes<S: Copy, F: Fn(S) -> f64>(src: &[S], load: &F, out: &mut [f32]) -> Option<f64> {
     const L: usize = 8;
     let mut amax = [0.0f64; L];
     let mut bad = [false; L];
