@@ -70,8 +70,7 @@ Capabilities (class attributes; the calibration walk reads them off the op's cla
         A mixing op with a "matmul" accumulator: the QAT power-of-two pass (docs/contract.md §4.7)
         may turn its rescale into a shift of that accumulator.
     ``narrow_inputs: bool``
-        ``q_impl`` reads its input integers with ``QuantizedArray.narrow_qvalues`` (int8/int16
-        as they are held), so a re-quantization table may write them narrow.
+        ``q_impl`` reads ``narrow_qvalues`` of its inputs: tables may write them int8/int16.
     ``clips_percentiles: bool``
         ``_calibration_values`` clips the float result to its 0.1/99.9 percentiles (docs/contract.md
         §3.7), which the streamed statistics pass computes exactly; otherwise the op counts as
