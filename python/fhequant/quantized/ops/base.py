@@ -349,8 +349,8 @@ class QuantizedOp(Serializable):
         qz = inp.quantizer
         scalar_zp = zp_is_scalar(qz.zero_point)
         if reads_as_quantized(opts, qz):
-            # the op only reads the integers: share them unless the debug tracker keeps them
-            return quantized_values_copy(inp, copy_values=self._value_tracker() is not None)
+            tracked = self._value_tracker() is not None  # integers shared unless tracked
+            return quantized_values_copy(inp, copy_values=tracked, narrow=self.narrow_inputs)
         if (
             opts.is_qat
             and qz.is_qat
