@@ -157,9 +157,9 @@ def acc_extremes_filter_counts(reset: bool = False) -> tuple[int, int, int, int]
 
 _I64 = npt.NDArray[np.int64]
 
-def int_matmul(a: _I64, w: _I64, z_w: int, context: str | None = None) -> _I64: ...
+def int_matmul(a: NDArray[Any], w: _I64, z_w: int, context: str | None = None) -> _I64: ...
 def int_matmul_rescale(
-    a: _I64,
+    a: NDArray[Any],
     w: _I64,
     z_w: int,
     lsbs: int,
@@ -170,7 +170,7 @@ def int_matmul_rescale(
     context: str | None = None,
 ) -> npt.NDArray[np.float64]: ...
 def int_matmul_rescale_quant(
-    a: _I64,
+    a: NDArray[Any],
     w: _I64,
     z_w: int,
     lsbs: int,
@@ -220,7 +220,7 @@ def int_conv2d_rescale_quant(
     context: str | None = None,
 ) -> tuple[NDArray[Any], int, int, bool]: ...
 def int_matmul_plan(
-    a: _I64, w: _I64, z_w: int, context: str | None = None
+    a: NDArray[Any], w: _I64, z_w: int, context: str | None = None
 ) -> tuple[str, int, int]: ...
 def int_vnni(enabled: bool | None = None) -> bool: ...
 def int_i16(enabled: bool | None = None) -> bool: ...

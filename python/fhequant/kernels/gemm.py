@@ -24,7 +24,7 @@ from fhequant.kernels.reference.gemm import (
 def integer_gemm(
     q_x: Any, q_w: Any, z_x: Any = 0, z_w: Any = 0, name: str = "Gemm"
 ) -> tuple[I64, I64]:
-    a, b, zx, zw = _gemm_operands(q_x, q_w, z_x, z_w, name, check=False)
+    a, b, zx, zw = _gemm_operands(q_x, q_w, z_x, z_w, name, check=False, narrow=True)
     if a.size == 0 or b.size == 0:
         # Nothing to accumulate (an empty batch): numpy gives the right empty shapes.
         return integer_gemm_reference(a, b, zx, zw, name)
@@ -53,7 +53,7 @@ def integer_gemm_rescale(
     add: Any = None,
     name: str = "Gemm",
 ) -> Any:
-    a, b, _, zw = _gemm_operands(q_x, q_w, 0, z_w, name, check=False)
+    a, b, _, zw = _gemm_operands(q_x, q_w, 0, z_w, name, check=False, narrow=True)
     k_lsbs = _check_lsbs(lsbs, name)
     if a.size == 0 or b.size == 0 or b.ndim != 2 or a.ndim < 2:
         return integer_gemm_rescale_reference(a, b, zw, k_lsbs, offset, sub, mul, add, name)

@@ -67,11 +67,12 @@ def integer_gemm_rescale_quant(
     name: str = "Gemm",
 ) -> tuple[Any, int, int] | None:
     """``integer_gemm_rescale`` quantized by ``quant`` = (scale, zero_point, lo, hi) in one
-    native pass: (int8/int16 integers, min, max), or None (see the module docs)."""
+    native pass: (int8/int16 integers, min, max), or None (see the module docs). An
+    int8/int16/int32 ``q_x`` is read as it is (no int64 copy)."""
     operands = requant_operands(quant)
     if operands is None:
         return None
-    a, b, _, zw = _gemm_operands(q_x, q_w, 0, z_w, name, check=False)
+    a, b, _, zw = _gemm_operands(q_x, q_w, 0, z_w, name, check=False, narrow=True)
     k_lsbs = _check_lsbs(lsbs, name)
     if a.size == 0 or b.size == 0 or b.ndim != 2 or a.ndim < 2:
         return None

@@ -138,9 +138,10 @@ class QuantizedArray(Serializable):
         # values still to compute: both are computed before the copy is handed out
         self._owned_lazy = False
         self._quant_by: UniformQuantizer | None = None  # the parameters of deferred qvalues
-        # integers given narrow (int8/int16) with their min and max (:meth:`from_narrow`):
-        # ``compact_qvalues`` hands them out as they are, ``qvalues`` widens them
-        self._narrow: tuple[Any, int, int] | None = None
+        # integers given narrow (int8/int16) with their min and max, None until computed
+        # (:meth:`from_narrow`): ``compact_qvalues`` and ``narrow_qvalues`` hand them out
+        # as they are, ``qvalues`` widens them
+        self._narrow: tuple[Any, int | None, int | None] | None = None
         if values is None:
             return
         if value_is_float:
@@ -258,21 +259,42 @@ class QuantizedArray(Serializable):
 
         The array is not kept: a later read of ``qvalues`` computes the int64 integers.
         """
+        narrow = self.narrow_parts()
+        if narrow is None:
+            return self.qvalues, None, None
+        ints, low, high = narrow
+        if low is None or high is None:
+            low, high = (int(ints.min()), int(ints.max())) if ints.size else (0, 0)
+            if self._narrow is not None:
+                self._narrow = (ints, low, high)
+        return ints, low, high
+
+    def narrow_parts(self) -> tuple[Any, int | None, int | None] | None:
+        """The integers in int8/int16 with their min and max (None where not known yet),
+        when the array holds them so (:meth:`from_narrow`) or they are still to be
+        quantized from float values and the quantizer allows it; else None (``qvalues``
+        then holds them). Computed integers are not kept, as in :meth:`compact_qvalues`."""
         if self._narrow is not None:
             return self._narrow
         if self._pending == "qvalues":
-            narrow = self._deferred_quantizer().quant_narrow(self._values)
-            if narrow is not None:
-                return narrow
-        return self.qvalues, None, None
+            return self._deferred_quantizer().quant_narrow(self._values)
+        return None
+
+    def narrow_qvalues(self) -> Any:
+        """The integers as a kernel that reads int8/int16/int32 takes them: the narrow
+        array of :meth:`from_narrow` as it is (not widened, nothing computed), else
+        ``qvalues``. The same numbers either way; the narrow array is only to be read."""
+        if self._narrow is not None:
+            return self._narrow[0]
+        return self.qvalues
 
     @classmethod
     def from_narrow(
         cls,
         n_bits: int,
         ints: Any,
-        low: int,
-        high: int,
+        low: int | None,
+        high: int | None,
         *,
         options: QuantizationOptions,
         stats: MinMaxQuantizationStats,
@@ -281,16 +303,17 @@ class QuantizedArray(Serializable):
         """An op output whose integers were quantized by a fused native kernel.
 
         The integers come narrow (int8/int16, with their min ``low`` and max ``high``, as
-        :meth:`UniformQuantizer.quant_narrow` gives them): :meth:`compact_qvalues` returns
-        them as they are, ``qvalues`` widens them to int64 on first read and ``values`` are
-        their dequantized floats (the float results they were quantized from are never
-        written).
+        :meth:`UniformQuantizer.quant_narrow` gives them): :meth:`compact_qvalues` and
+        :meth:`narrow_qvalues` return them as they are, ``qvalues`` widens them to int64 on
+        first read and ``values`` are their dequantized floats (the float results they were
+        quantized from are never written). Also an op input re-quantized narrow (a lookup
+        into a table of the op's integers).
 
         Args:
             n_bits: the bit width.
-            ints: the integers (a fresh array nothing else references).
-            low: their min.
-            high: their max.
+            ints: the integers (an array nothing modifies while this one holds it).
+            low: their min (None: computed by :meth:`compact_qvalues` if it is asked for).
+            high: their max (likewise).
             options: the output quantizer's options.
             stats: its statistics.
             params: its parameters.
@@ -299,7 +322,11 @@ class QuantizedArray(Serializable):
             The QuantizedArray.
         """
         array = cls(n_bits, None, options=options, stats=stats, params=params)
-        array._narrow = (ints, int(low), int(high))
+        array._narrow = (
+            ints,
+            None if low is None else int(low),
+            None if high is None else int(high),
+        )
         array._pending = "values"
         return array
 

@@ -8,8 +8,8 @@ use std::mem::MaybeUninit;
 use numpy::ndarray::Dimension;
 use numpy::{
     IntoPyArray, PyArray, PyArray1, PyArray2, PyArray3, PyArray4, PyArrayDyn, PyArrayMethods,
-    PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyReadonlyArray4, PyReadonlyArrayDyn,
-    PyUntypedArrayMethods,
+    PyReadonlyArray, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyReadonlyArray4,
+    PyReadonlyArrayDyn, PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
 
@@ -54,20 +54,90 @@ fn uninit_out<'py, T: numpy::Element, D: Dimension>(
     (array, slice)
 }
 
+/// A kernel input of any integer type the kernels read as stored (without widening).
+enum IntView<'a, D: Dimension> {
+    I8(numpy::ndarray::ArrayView<'a, i8, D>),
+    I16(numpy::ndarray::ArrayView<'a, i16, D>),
+    I32(numpy::ndarray::ArrayView<'a, i32, D>),
+    I64(numpy::ndarray::ArrayView<'a, i64, D>),
+}
+
+/// A conv input (N, C, H, W).
+type ConvX<'a> = IntView<'a, numpy::ndarray::Ix4>;
+
+/// The readonly numpy array behind an `IntView` (held while the view is used).
+enum IntArray<'py, D: Dimension> {
+    I8(PyReadonlyArray<'py, i8, D>),
+    I16(PyReadonlyArray<'py, i16, D>),
+    I32(PyReadonlyArray<'py, i32, D>),
+    I64(PyReadonlyArray<'py, i64, D>),
+}
+
+impl<'py, D: Dimension> IntArray<'py, D> {
+    /// An int8, int16, int32 or int64 array of D's rank, else a TypeError naming `what`.
+    fn extract(x: &Bound<'py, PyAny>, what: &str) -> PyResult<IntArray<'py, D>> {
+        if let Ok(a) = x.extract::<PyReadonlyArray<'py, i64, D>>() {
+            return Ok(IntArray::I64(a));
+        }
+        if let Ok(a) = x.extract::<PyReadonlyArray<'py, i8, D>>() {
+            return Ok(IntArray::I8(a));
+        }
+        if let Ok(a) = x.extract::<PyReadonlyArray<'py, i16, D>>() {
+            return Ok(IntArray::I16(a));
+        }
+        if let Ok(a) = x.extract::<PyReadonlyArray<'py, i32, D>>() {
+            return Ok(IntArray::I32(a));
+        }
+        Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "{what} must be a {}-D numpy array of int8, int16, int32 or int64",
+            D::NDIM.unwrap_or(0)
+        )))
+    }
+
+    fn view(&self) -> IntView<'_, D> {
+        match self {
+            IntArray::I8(a) => IntView::I8(a.as_array()),
+            IntArray::I16(a) => IntView::I16(a.as_array()),
+            IntArray::I32(a) => IntView::I32(a.as_array()),
+            IntArray::I64(a) => IntView::I64(a.as_array()),
+        }
+    }
+}
+
+/// `$body` with `$a` bound to the typed view of the `IntView` `$view` (one instance per
+/// integer type).
+macro_rules! with_int_view {
+    ($view:expr, $a:ident => $body:expr) => {
+        match $view {
+            IntView::I8($a) => $body,
+            IntView::I16($a) => $body,
+            IntView::I32($a) => $body,
+            IntView::I64($a) => $body,
+        }
+    };
+}
+
+impl<D: Dimension> IntView<'_, D> {
+    fn dim(&self) -> D::Pattern {
+        with_int_view!(self, a => a.dim())
+    }
+}
+
 /// acc = a @ (w − z_w) for a (Ba, M, K), w (Bw, K, N) (a batch of 1 broadcasts).
 #[pyfunction]
 #[pyo3(signature = (a, w, z_w, context=None))]
 fn int_matmul<'py>(
     py: Python<'py>,
-    a: PyReadonlyArray3<'py, i64>,
+    a: &Bound<'py, PyAny>,
     w: PyReadonlyArray3<'py, i64>,
     z_w: i64,
     context: Option<&str>,
 ) -> PyResult<Bound<'py, PyArray3<i64>>> {
-    let (a, w) = (a.as_array(), w.as_array());
+    let aa = IntArray::<numpy::ndarray::Ix3>::extract(a, "the matmul input a")?;
+    let (a, w) = (aa.view(), w.as_array());
     let dims = gemm::matmul_shape(a.dim(), w.dim()).map_err(|e| to_pyerr(py, e, context))?;
     let (array, out) = uninit_out(py, numpy::ndarray::Dim(dims));
-    py.detach(|| gemm::matmul_into(a, w, z_w, out))
+    py.detach(|| with_int_view!(&a, a => gemm::matmul_into(*a, w, z_w, out)))
         .map_err(|e| to_pyerr(py, e, context))?;
     Ok(array)
 }
@@ -78,14 +148,15 @@ fn int_matmul<'py>(
 #[pyo3(signature = (a, w, z_w, context=None))]
 fn int_matmul_plan<'py>(
     py: Python<'py>,
-    a: PyReadonlyArray3<'py, i64>,
+    a: &Bound<'py, PyAny>,
     w: PyReadonlyArray3<'py, i64>,
     z_w: i64,
     context: Option<&str>,
 ) -> PyResult<(&'static str, i64, i64)> {
-    let (a, w) = (a.as_array(), w.as_array());
+    let aa = IntArray::<numpy::ndarray::Ix3>::extract(a, "the matmul input a")?;
+    let (a, w) = (aa.view(), w.as_array());
     let plan = py
-        .detach(|| gemm::matmul_plan(a, w, z_w))
+        .detach(|| with_int_view!(&a, a => gemm::matmul_plan(*a, w, z_w)))
         .map_err(|e| to_pyerr(py, e, context))?;
     let name = match plan.strategy {
         Strategy::F32 => "f32",
@@ -218,7 +289,7 @@ fn conv_geometry(
 #[allow(clippy::too_many_arguments)]
 fn int_matmul_rescale<'py>(
     py: Python<'py>,
-    a: PyReadonlyArray3<'py, i64>,
+    a: &Bound<'py, PyAny>,
     w: PyReadonlyArray3<'py, i64>,
     z_w: i64,
     lsbs: i64,
@@ -228,11 +299,12 @@ fn int_matmul_rescale<'py>(
     add: Option<PyReadonlyArray1<'py, f64>>,
     context: Option<&str>,
 ) -> PyResult<Bound<'py, PyArray3<f64>>> {
-    let (a, w) = (a.as_array(), w.as_array());
+    let aa = IntArray::<numpy::ndarray::Ix3>::extract(a, "the matmul input a")?;
+    let (a, w) = (aa.view(), w.as_array());
     let dims = gemm::matmul_shape(a.dim(), w.dim()).map_err(|e| to_pyerr(py, e, context))?;
     let rescale = rescale_of(lsbs, offset, &sub, &mul, add.as_ref())?;
     let (array, out) = uninit_out(py, numpy::ndarray::Dim(dims));
-    py.detach(|| rescale::matmul_rescale_into(a, w, z_w, &rescale, out))
+    py.detach(|| with_int_view!(&a, a => rescale::matmul_rescale_into(*a, w, z_w, &rescale, out)))
         .map_err(|e| to_pyerr(py, e, context))?;
     Ok(array)
 }
@@ -287,7 +359,7 @@ fn narrow_out<'py, D: Dimension>(
 trait NarrowSlots: Send {
     fn matmul(
         &mut self,
-        a: numpy::ndarray::ArrayView3<'_, i64>,
+        a: &IntView<'_, numpy::ndarray::Ix3>,
         w: numpy::ndarray::ArrayView3<'_, i64>,
         z_w: i64,
         rescale: &rescale::Rescale<'_>,
@@ -312,75 +384,19 @@ trait NarrowSlots: Send {
     ) -> crate::error::Result<Quantized>;
 }
 
-/// A conv input of any integer type the kernel reads without widening.
-enum ConvX<'a> {
-    I8(numpy::ndarray::ArrayView4<'a, i8>),
-    I16(numpy::ndarray::ArrayView4<'a, i16>),
-    I32(numpy::ndarray::ArrayView4<'a, i32>),
-    I64(numpy::ndarray::ArrayView4<'a, i64>),
-}
-
-/// The readonly numpy array behind a `ConvX` (held while the view is used).
-enum ConvXArray<'py> {
-    I8(PyReadonlyArray4<'py, i8>),
-    I16(PyReadonlyArray4<'py, i16>),
-    I32(PyReadonlyArray4<'py, i32>),
-    I64(PyReadonlyArray4<'py, i64>),
-}
-
-impl<'py> ConvXArray<'py> {
-    /// An int8, int16, int32 or int64 4-D array, else a TypeError naming the dtype.
-    fn extract(x: &Bound<'py, PyAny>) -> PyResult<ConvXArray<'py>> {
-        if let Ok(a) = x.extract::<PyReadonlyArray4<'py, i64>>() {
-            return Ok(ConvXArray::I64(a));
-        }
-        if let Ok(a) = x.extract::<PyReadonlyArray4<'py, i8>>() {
-            return Ok(ConvXArray::I8(a));
-        }
-        if let Ok(a) = x.extract::<PyReadonlyArray4<'py, i16>>() {
-            return Ok(ConvXArray::I16(a));
-        }
-        if let Ok(a) = x.extract::<PyReadonlyArray4<'py, i32>>() {
-            return Ok(ConvXArray::I32(a));
-        }
-        Err(pyo3::exceptions::PyTypeError::new_err(
-            "the conv input must be a 4-D numpy array of int8, int16, int32 or int64",
-        ))
-    }
-
-    fn view(&self) -> ConvX<'_> {
-        match self {
-            ConvXArray::I8(a) => ConvX::I8(a.as_array()),
-            ConvXArray::I16(a) => ConvX::I16(a.as_array()),
-            ConvXArray::I32(a) => ConvX::I32(a.as_array()),
-            ConvXArray::I64(a) => ConvX::I64(a.as_array()),
-        }
-    }
-}
-
-impl ConvX<'_> {
-    fn dim(&self) -> (usize, usize, usize, usize) {
-        match self {
-            ConvX::I8(a) => a.dim(),
-            ConvX::I16(a) => a.dim(),
-            ConvX::I32(a) => a.dim(),
-            ConvX::I64(a) => a.dim(),
-        }
-    }
-}
-
 struct Slots<'a, O>(&'a mut [MaybeUninit<O>]);
 
 impl<O: Narrow> NarrowSlots for Slots<'_, O> {
     fn matmul(
         &mut self,
-        a: numpy::ndarray::ArrayView3<'_, i64>,
+        a: &IntView<'_, numpy::ndarray::Ix3>,
         w: numpy::ndarray::ArrayView3<'_, i64>,
         z_w: i64,
         rescale: &rescale::Rescale<'_>,
         requant: &Requant,
     ) -> crate::error::Result<Quantized> {
-        requant::matmul_rescale_quant_into(a, w, z_w, rescale, requant, self.0)
+        let out = &mut *self.0;
+        with_int_view!(a, a => requant::matmul_rescale_quant_into(*a, w, z_w, rescale, requant, out))
     }
     fn acc(
         &mut self,
@@ -426,7 +442,7 @@ impl<O: Narrow> NarrowSlots for Slots<'_, O> {
 #[allow(clippy::too_many_arguments)]
 fn int_matmul_rescale_quant<'py>(
     py: Python<'py>,
-    a: PyReadonlyArray3<'py, i64>,
+    a: &Bound<'py, PyAny>,
     w: PyReadonlyArray3<'py, i64>,
     z_w: i64,
     lsbs: i64,
@@ -441,12 +457,13 @@ fn int_matmul_rescale_quant<'py>(
     dtype: &str,
     context: Option<&str>,
 ) -> PyResult<QuantOut<'py>> {
-    let (a, w) = (a.as_array(), w.as_array());
+    let aa = IntArray::<numpy::ndarray::Ix3>::extract(a, "the matmul input a")?;
+    let (a, w) = (aa.view(), w.as_array());
     let dims = gemm::matmul_shape(a.dim(), w.dim()).map_err(|e| to_pyerr(py, e, context))?;
     let rescale = rescale_of(lsbs, offset, &sub, &mul, add.as_ref())?;
     let requant = requant_of(scale, zero_point, lo, hi);
     narrow_out(py, numpy::ndarray::Dim(dims), dtype, context, |out| {
-        out.matmul(a, w, z_w, &rescale, &requant)
+        out.matmul(&a, w, z_w, &rescale, &requant)
     })
 }
 
@@ -507,7 +524,7 @@ fn int_conv2d_rescale_quant<'py>(
     dtype: &str,
     context: Option<&str>,
 ) -> PyResult<QuantOut<'py>> {
-    let xa = ConvXArray::extract(&x)?;
+    let xa = IntArray::<numpy::ndarray::Ix4>::extract(&x, "the conv input")?;
     let (x, w) = (xa.view(), w.as_array());
     let (geom, dims) = conv_geometry(x.dim(), w.dim(), group, strides, pads, pad_value)
         .map_err(|e| to_pyerr(py, e, context))?;

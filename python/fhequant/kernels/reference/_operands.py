@@ -112,9 +112,11 @@ def ceil_mode_extension(
 
 
 def _gemm_operands(
-    q_x: Any, q_w: Any, z_x: Any, z_w: Any, name: str, check: bool
-) -> tuple[I64, I64, int, int]:
-    a = _int64(q_x, "the input q_x", name)
+    q_x: Any, q_w: Any, z_x: Any, z_w: Any, name: str, check: bool, narrow: bool = False
+) -> tuple[Any, I64, int, int]:
+    """The checked Gemm operands; with ``narrow`` an int8/int16/int32 input is kept in its
+    own dtype (for the native kernels that read it unwidened)."""
+    a = _narrow_input(q_x, name) if narrow else _int64(q_x, "the input q_x", name)
     b = _int64(q_w, "the weights q_w", name)
     zx = _integer(z_x, "the input zero point z_x", name)
     zw = _integer(z_w, "the weight zero point z_w", name)

@@ -92,11 +92,13 @@ class TablePaths:
         self.flows_raw = flows_raw
         self._requant_tables: dict[tuple[str, int], Any] = {}
         self._requant_buffers: dict[tuple[str, int], np.ndarray] = {}
+        self._narrow_tables: dict[tuple[str, int], np.ndarray | None] = {}
 
     def clear(self) -> None:
         """Forget the re-quantization tables and buffers (one op at a time: they are done)."""
         self._requant_tables.clear()
         self._requant_buffers.clear()
+        self._narrow_tables.clear()
 
     # --- element-wise ops by table ------------------------------------------------------
 
@@ -182,15 +184,29 @@ class TablePaths:
         lo = self.store.tensors[name].qmin
         assert lo is not None  # checked by requant_table
         block = self.store.table_index_block(name, b)
+        narrow = self._narrow_table(key, table) if getattr(op, "narrow_inputs", False) else None
         if block.size:
             # The op reads these integers once and keeps nothing of them (Gemm/MatMul/Conv
             # results are new arrays, shape ops copy), so one buffer serves every block.
+            values = table if narrow is None else narrow
             buffer = self._requant_buffers.get(key)
-            if buffer is None or buffer.shape != block.shape:
-                buffer = self._requant_buffers[key] = np.empty(block.shape, dtype=np.int64)
-            ints = _core.int_lookup(block, lo, table, buffer)
+            if buffer is None or buffer.shape != block.shape or buffer.dtype != values.dtype:
+                buffer = self._requant_buffers[key] = np.empty(block.shape, dtype=values.dtype)
+            ints = _core.int_lookup(block, lo, values, buffer)
         else:
             ints = block.astype(np.int64)
+        if ints.dtype != np.int64:
+            # the op reads them narrow (``narrow_inputs``); ``qvalues`` widens them, and their
+            # min and max are only computed if something asks for them
+            return QuantizedArray.from_narrow(
+                quantizer.n_bits,
+                ints,
+                None,
+                None,
+                options=quantizer.quant_options,
+                stats=quantizer.quant_stats,
+                params=quantizer.quant_params,
+            )
         return QuantizedArray(
             quantizer.n_bits,
             ints,
@@ -201,6 +217,21 @@ class TablePaths:
             copy_values=False,
             defer=True,
         )
+
+    def _narrow_table(self, key: tuple[str, int], table: np.ndarray) -> np.ndarray | None:
+        """The int64 ``table`` as int8 or int16 when its values fit (the same numbers), else
+        None; converted once per op."""
+        if key not in self._narrow_tables:
+            narrow = None
+            if table.size:
+                lo, hi = int(table.min()), int(table.max())
+                for dtype in (np.int8, np.int16):
+                    info = np.iinfo(dtype)
+                    if info.min <= lo and hi <= info.max:
+                        narrow = table.astype(dtype)
+                        break
+            self._narrow_tables[key] = narrow
+        return self._narrow_tables[key]
 
     def requantizes(self, name: str, op: Any) -> bool:
         """Whether :meth:`requantized_input` serves the blocks of ``name`` read by ``op`` (a

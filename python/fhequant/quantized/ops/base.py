@@ -69,6 +69,8 @@ Capabilities (class attributes; the calibration walk reads them off the op's cla
     ``pow2_accumulator_shift: bool``
         A mixing op with a "matmul" accumulator: the QAT power-of-two pass (docs/contract.md §4.7)
         may turn its rescale into a shift of that accumulator.
+    ``narrow_inputs: bool``
+        ``q_impl`` reads ``narrow_qvalues`` of its inputs: tables may write them int8/int16.
     ``clips_percentiles: bool``
         ``_calibration_values`` clips the float result to its 0.1/99.9 percentiles (docs/contract.md
         §3.7), which the streamed statistics pass computes exactly; otherwise the op counts as
@@ -185,6 +187,7 @@ class QuantizedOp(Serializable):
     fused_extremes: ClassVar[ExtremesLayout | None] = None
     requant_table_if_constant: ClassVar[tuple[int, ...] | None] = None
     pow2_accumulator_shift: ClassVar[bool] = False
+    narrow_inputs: ClassVar[bool] = False
     clips_percentiles: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -346,8 +349,8 @@ class QuantizedOp(Serializable):
         qz = inp.quantizer
         scalar_zp = zp_is_scalar(qz.zero_point)
         if reads_as_quantized(opts, qz):
-            # the op only reads the integers: share them unless the debug tracker keeps them
-            return quantized_values_copy(inp, copy_values=self._value_tracker() is not None)
+            tracked = self._value_tracker() is not None  # integers shared unless tracked
+            return quantized_values_copy(inp, copy_values=tracked, narrow=self.narrow_inputs)
         if (
             opts.is_qat
             and qz.is_qat

@@ -44,11 +44,22 @@ def reads_as_quantized(opts: Any, quantizer: Any) -> bool:
 
 
 def quantized_values_copy(
-    qa: QuantizedArray, qvalues: Any = None, *, copy_values: bool = True
+    qa: QuantizedArray, qvalues: Any = None, *, copy_values: bool = True, narrow: bool = False
 ) -> QuantizedArray:
     """A new QuantizedArray holding qvalues (default: qa's) with qa's options, stats, params
-    (``copy_values=False`` shares the integers instead of copying them)."""
+    (``copy_values=False`` shares the integers instead of copying them; with ``narrow`` too,
+    integers that qa holds narrow, or would quantize into int8/int16, stay narrow: see
+    :meth:`QuantizedArray.narrow_qvalues`)."""
     q = qa.quantizer
+    parts = qa.narrow_parts() if narrow and qvalues is None and not copy_values else None
+    if parts is not None:
+        return QuantizedArray.from_narrow(
+            q.n_bits,
+            *parts,
+            options=q.quant_options,
+            stats=q.quant_stats,
+            params=q.quant_params,
+        )
     return QuantizedArray(
         q.n_bits,
         qa.qvalues if qvalues is None else qvalues,

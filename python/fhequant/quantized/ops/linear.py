@@ -46,6 +46,26 @@ def _quantized_in_kernel(
     return QuantizedArray.from_narrow(op.n_bits, *found, options=opts, stats=stats, params=params)
 
 
+def _narrow_input(q_x: QuantizedArray, trans_a: Any) -> Any:
+    """The input integers as the fused kernels read them: int8/int16 when ``q_x`` holds
+    them narrow (:meth:`QuantizedArray.narrow_qvalues`, the same numbers as ``qvalues``),
+    transposed by ``transA``."""
+    a = q_x.narrow_qvalues()
+    return np.swapaxes(a, -1, -2) if trans_a else a
+
+
+def _wide_input(q_x: QuantizedArray, trans_a: Any) -> Any:
+    """The input integers (``qvalues``, int64), transposed by ``transA``."""
+    a = q_x.qvalues
+    return np.swapaxes(a, -1, -2) if trans_a else a
+
+
+def _wide_conv_input(q_x: QuantizedArray, is_1d: bool) -> Any:
+    """The conv input integers (``qvalues``, int64), in the 2-D form of a 1-D conv."""
+    x = q_x.qvalues
+    return x.reshape(x.shape[0], x.shape[1], 1, x.shape[2]) if is_1d else x
+
+
 def _values(v: Any) -> Any:
     return v.values if isinstance(v, QuantizedArray) else v
 
@@ -127,6 +147,7 @@ class QuantizedGemm(QuantizedMixingOp):
     split_independent_impl: ClassVar[Callable[..., Any] | None] = staticmethod(gemm_float)
     fused_extremes: ClassVar[ExtremesLayout | None] = "gemm"
     requant_table_if_constant = (1,)
+    narrow_inputs = True
     pow2_accumulator_shift = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -178,19 +199,21 @@ class QuantizedGemm(QuantizedMixingOp):
         self._track("prepared_inputs", prepared)
         q_x, q_w = prepared[0], prepared[1]
         q_bias = prepared[2] if len(prepared) > 2 and attrs.get("beta", 1) != 0 else None
-        a = q_x.qvalues
+        trans_a = attrs.get("transA", 0)
         b = q_w.qvalues
-        if attrs.get("transA", 0):
-            a = np.swapaxes(a, -1, -2)
         if attrs.get("transB", 0):
             b = np.swapaxes(b, -1, -2)
         if 1 not in self.constant_inputs:
+            a = _wide_input(q_x, trans_a)
             return self._encrypted_gemm(a, b, q_x, q_w, q_bias, calibrate_rounding)
 
         z_x = q_x.quantizer.zero_point
         b, z_w = self.integer_weights(q_w, attrs)
         m = q_x.quantizer.scale * _gemm_weight_scale(q_w, b.ndim, attrs.get("transB", 0))
         p = b.shape[-2]
+        # int8/int16 when q_x holds them narrow: the native kernels read them as they are, an
+        # executor that computes in numpy widens its operands (``backend.operand``)
+        a = _narrow_input(q_x, trans_a)
         ex = self.executor(a)
         sum_w = z_x * np.sum(b, axis=-2, keepdims=True)
         final = p * z_x * z_w
@@ -387,7 +410,8 @@ class QuantizedConv(QuantizedMixingOp):
             raise QuantizedOpError(
                 f"{self._label()}: the weight zero point must be an integer, got {z_w!r}"
             )
-        x = q_x.qvalues
+        # int8/int16 when q_x holds them narrow: only the fused kernel reads them so
+        x = q_x.narrow_qvalues()
         is_1d = w.ndim == 3
         strides, pads = self._geometry(w.ndim - 2)
         if is_1d:
@@ -429,6 +453,7 @@ class QuantizedConv(QuantizedMixingOp):
                 )
             if quant is not None:
                 return quant
+            x = _wide_conv_input(q_x, is_1d)
             v = ex.conv_rescale(
                 x, w, **conv_args, lsbs=lsbs, exactness=exactness,
                 offset=final, sub=sum_w, mul=m, add=bias,
@@ -436,7 +461,7 @@ class QuantizedConv(QuantizedMixingOp):
             if is_1d:
                 v = v.reshape(v.shape[0], v.shape[1], v.shape[3])
             return self.make_output_quant_array(v, owned=type(v) is np.ndarray)
-        acc = ex.conv(x, w, **conv_args)
+        acc = ex.conv(_wide_conv_input(q_x, is_1d), w, **conv_args)
         if is_1d:
             acc = acc.reshape(acc.shape[0], acc.shape[1], acc.shape[3])
 

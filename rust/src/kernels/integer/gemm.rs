@@ -218,13 +218,13 @@ pub fn matmul_shape(a: (usize, usize, usize), w: (usize, usize, usize)) -> Resul
 
 /// `matmul` writing into `out`, a C-order buffer of the size `matmul_shape` gives; on
 /// success every element is written.
-pub fn matmul_into(
-    a: ArrayView3<'_, i64>,
+pub fn matmul_into<A: Lhs>(
+    a: ArrayView3<'_, A>,
     w: ArrayView3<'_, i64>,
     z_w: i64,
     out: &mut [MaybeUninit<i64>],
 ) -> Result<()> {
-    matmul_map_into(a, w, z_w, out, |acc, dst| {
+    matmul_map_into_as(a, w, z_w, out, |acc, dst| {
         for (d, &v) in dst.iter_mut().zip(acc) {
             d.write(v);
         }
@@ -266,7 +266,7 @@ where
 }
 
 /// The plan `matmul` follows for these operands (after the same shape and overflow checks).
-pub fn matmul_plan(a: ArrayView3<'_, i64>, w: ArrayView3<'_, i64>, z_w: i64) -> Result<Plan> {
+pub fn matmul_plan<A: Lhs>(a: ArrayView3<'_, A>, w: ArrayView3<'_, i64>, z_w: i64) -> Result<Plan> {
     operands_plan(a, w, z_w, Allowed::available())
 }
 

@@ -364,3 +364,157 @@ fn maddubs_matches_the_definition_on_random_shapes() {
     }
     assert!(planned >= 20, "{planned}");
 }
+
+/// `with` for an A of any `Lhs` type.
+fn with_as<A: Lhs>(
+    a: ArrayView3<'_, A>,
+    w: &Array3<i64>,
+    z_w: i64,
+    allowed: Allowed,
+) -> Array3<i64> {
+    let dims = matmul_shape(a.dim(), w.dim()).unwrap();
+    let mut out = Array3::<i64>::from_elem(dims, 99);
+    let dst = out.as_slice_mut().unwrap();
+    // SAFETY: MaybeUninit<i64> has the layout of i64 and every value is initialised.
+    let dst: &mut [MaybeUninit<i64>] = unsafe { std::mem::transmute(dst) };
+    map_into_with(
+        a,
+        w.view(),
+        z_w,
+        dst,
+        |acc, row| {
+            for (d, &v) in row.iter_mut().zip(acc) {
+                d.write(v);
+            }
+        },
+        allowed,
+    )
+    .unwrap();
+    out
+}
+
+/// `a` converted to the narrow type T (every value fits).
+fn narrowed<T: Lhs + TryFrom<i64>>(a: &Array3<i64>) -> Array3<T> {
+    a.mapv(|v| T::try_from(v).ok().unwrap())
+}
+
+#[test]
+fn narrow_inputs_give_the_int64_results_with_every_strategy() {
+    // Ranges that plan each strategy (U8I8, U8I8Avx2, I16, F32, F64) for some `allowed`,
+    // the input read as int8, int16 and int32 (where it fits) and as int64: the same
+    // integers, the same plan.
+    let w = data((1, 70, 9), 2, -31, 63);
+    let everyone = [Allowed::NONE, VNNI, I16, MADDUBS];
+    for (lo, span) in [
+        (-32, 64),
+        (0, 64),
+        (-128, 256),
+        (-3000, 6000),
+        (-30000, 60000),
+    ] {
+        let a = data((2, 130, 70), 1, lo, span);
+        let want = naive(&a, &w, 5);
+        for allowed in everyone {
+            let plan = operands_plan(a.view(), w.view(), 5, allowed).unwrap();
+            assert_eq!(with_as(a.view(), &w, 5, allowed), want, "{lo} {span}");
+            if lo >= -128 && lo + span <= 128 {
+                let a8 = narrowed::<i8>(&a);
+                assert_eq!(
+                    operands_plan(a8.view(), w.view(), 5, allowed).unwrap(),
+                    plan
+                );
+                assert_eq!(with_as(a8.view(), &w, 5, allowed), want, "i8 {lo} {span}");
+                // A non-contiguous view reads the same values.
+                let at = a8.permuted_axes([0, 2, 1]).as_standard_layout().to_owned();
+                let view = at.view().permuted_axes([0, 2, 1]);
+                assert_eq!(with_as(view, &w, 5, allowed), want, "i8 view {lo} {span}");
+            }
+            let a16 = narrowed::<i16>(&a);
+            assert_eq!(
+                operands_plan(a16.view(), w.view(), 5, allowed).unwrap(),
+                plan
+            );
+            assert_eq!(with_as(a16.view(), &w, 5, allowed), want, "i16 {lo} {span}");
+            let a32 = narrowed::<i32>(&a);
+            assert_eq!(with_as(a32.view(), &w, 5, allowed), want, "i32 {lo} {span}");
+        }
+    }
+    // The public entry points take narrow inputs too.
+    let a = data((1, 40, 70), 3, -32, 64);
+    let a8 = narrowed::<i8>(&a);
+    assert_eq!(
+        matmul_plan(a8.view(), w.view(), 5).unwrap(),
+        matmul_plan(a.view(), w.view(), 5).unwrap()
+    );
+    let mut out = vec![MaybeUninit::<i64>::uninit(); 40 * 9];
+    matmul_into(a8.view(), w.view(), 5, &mut out).unwrap();
+    // SAFETY: matmul_into succeeded, so it wrote every element.
+    let got: Vec<i64> = out.iter().map(|v| unsafe { v.assume_init() }).collect();
+    assert_eq!(got, naive(&a, &w, 5).into_raw_vec_and_offset().0);
+}
+
+#[test]
+fn narrow_inputs_give_the_int64_fused_results() {
+    use crate::kernels::integer::requant::{matmul_rescale_quant_into, Requant};
+    use crate::kernels::integer::rescale::{matmul_rescale_into, Rescale};
+    let sub = [3.0, -7.5, 0.1, 12.0, -0.3];
+    let mul = [0.013, 0.5, 1e-3, 7.25, 0.333];
+    let r = Rescale {
+        lsbs: 2,
+        offset: -17.0,
+        sub: &sub,
+        mul: &mul,
+        add: None,
+    };
+    let q = Requant {
+        scale: 0.37,
+        zero_point: -3.0,
+        lo: -31.0,
+        hi: 31.0,
+    };
+    let a = data((2, 150, 37), 1, -32, 64);
+    let w = data((1, 37, 5), 2, -31, 63);
+    let len = 2 * 150 * 5;
+    let fused = |a: &dyn Fn(
+        &mut [MaybeUninit<i8>],
+    ) -> crate::error::Result<
+        crate::kernels::integer::requant::Quantized,
+    >| {
+        let mut out = vec![MaybeUninit::<i8>::uninit(); len];
+        let got = a(&mut out).unwrap();
+        // SAFETY: the kernel succeeded, so it wrote every element.
+        let ints: Vec<i8> = out.iter().map(|v| unsafe { v.assume_init() }).collect();
+        (ints, got.min, got.max, got.nan)
+    };
+    let floats = |a: &dyn Fn(&mut [MaybeUninit<f64>]) -> crate::error::Result<()>| {
+        let mut out = vec![MaybeUninit::<f64>::uninit(); len];
+        a(&mut out).unwrap();
+        // SAFETY: the kernel succeeded, so it wrote every element.
+        out.iter()
+            .map(|v| unsafe { v.assume_init() }.to_bits())
+            .collect::<Vec<u64>>()
+    };
+    let (a8, a16, a32) = (narrowed::<i8>(&a), narrowed::<i16>(&a), narrowed::<i32>(&a));
+    let want = fused(&|o| matmul_rescale_quant_into(a.view(), w.view(), 4, &r, &q, o));
+    assert_eq!(
+        fused(&|o| matmul_rescale_quant_into(a8.view(), w.view(), 4, &r, &q, o)),
+        want
+    );
+    assert_eq!(
+        fused(&|o| matmul_rescale_quant_into(a16.view(), w.view(), 4, &r, &q, o)),
+        want
+    );
+    assert_eq!(
+        fused(&|o| matmul_rescale_quant_into(a32.view(), w.view(), 4, &r, &q, o)),
+        want
+    );
+    let want = floats(&|o| matmul_rescale_into(a.view(), w.view(), 4, &r, o));
+    assert_eq!(
+        floats(&|o| matmul_rescale_into(a8.view(), w.view(), 4, &r, o)),
+        want
+    );
+    assert_eq!(
+        floats(&|o| matmul_rescale_into(a16.view(), w.view(), 4, &r, o)),
+        want
+    );
+}

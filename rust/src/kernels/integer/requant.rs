@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::kernels::integer::conv::{conv2d_map_into, conv2d_shape, ConvInput, Geometry};
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::integer::epilogue_avx2;
-use crate::kernels::integer::gemm::{matmul_map_into, matmul_shape, BLOCK_ROWS};
+use crate::kernels::integer::gemm::{matmul_map_into_as, matmul_shape, Lhs, BLOCK_ROWS};
 use crate::kernels::integer::rescale::{rescale_run, Operand, Rescale};
 use crate::kernels::quant::float::{clip, Real};
 
@@ -347,8 +347,8 @@ fn quantize_run<O: Narrow>(
 ///
 /// Errors: those of `matmul_rescale_into`, and `InvalidArgument` for clip bounds that are not
 /// integers within `O`.
-pub fn matmul_rescale_quant_into<O: Narrow>(
-    a: ArrayView3<'_, i64>,
+pub fn matmul_rescale_quant_into<A: Lhs, O: Narrow>(
+    a: ArrayView3<'_, A>,
     w: ArrayView3<'_, i64>,
     z_w: i64,
     rescale: &Rescale<'_>,
@@ -359,7 +359,7 @@ pub fn matmul_rescale_quant_into<O: Narrow>(
     rescale.check(n, "matmul rescale: the per-column", "columns")?;
     requant.check::<O>()?;
     let sink = Sink::new();
-    matmul_map_into(a, w, z_w, out, |acc, dst| {
+    matmul_map_into_as(a, w, z_w, out, |acc, dst| {
         sink.run(
             acc,
             dst,

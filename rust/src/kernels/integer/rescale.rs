@@ -16,7 +16,7 @@ use ndarray::{ArrayView3, ArrayView4};
 
 use crate::error::{Error, Result};
 use crate::kernels::integer::conv::{conv2d_map_into, conv2d_shape, Geometry};
-use crate::kernels::integer::gemm::{matmul_map_into, matmul_shape};
+use crate::kernels::integer::gemm::{matmul_map_into_as, matmul_shape, Lhs};
 use crate::kernels::integer::rounding::MAX_LSBS;
 
 /// The per-column float64 operands of the rescale (each of length N, the output columns).
@@ -40,8 +40,8 @@ pub struct Rescale<'a> {
 /// Errors: `Error::Shape` for mismatched operands or operand lengths, `Error::Overflow` if
 /// the accumulator could overflow int64 (as `matmul`) or if rounding leaves int64 (as
 /// `round_bit_pattern`), `Error::InvalidArgument` for lsbs above `MAX_LSBS`.
-pub fn matmul_rescale_into(
-    a: ArrayView3<'_, i64>,
+pub fn matmul_rescale_into<A: Lhs>(
+    a: ArrayView3<'_, A>,
     w: ArrayView3<'_, i64>,
     z_w: i64,
     rescale: &Rescale<'_>,
@@ -50,7 +50,7 @@ pub fn matmul_rescale_into(
     let [_, _, n] = matmul_shape(a.dim(), w.dim())?;
     rescale.check(n, "matmul rescale: the per-column", "columns")?;
     let overflow = AtomicBool::new(false);
-    matmul_map_into(a, w, z_w, out, |acc, dst| {
+    matmul_map_into_as(a, w, z_w, out, |acc, dst| {
         let over = rescale_run(
             acc,
             dst,
