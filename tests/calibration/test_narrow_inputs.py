@@ -18,6 +18,8 @@ from fhequant.quantized.ops.linear import QuantizedConv, QuantizedGemm
 from ptq_helpers import assert_same_module, gemm_node, make_model, mlp
 
 _KERNELS = ("int_matmul_rescale_quant", "int_conv2d_rescale_quant", "int_matmul")
+# the kept product of a hidden Gemm reads the producer's stored integers, narrow either way
+_KEPT = "int_matmul_acc_extremes"
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, tuple[int, ...]]]:
@@ -33,7 +35,7 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, tuple[int, ...
 
         return call
 
-    for name in _KERNELS:
+    for name in (*_KERNELS, _KEPT):
         monkeypatch.setattr(_core, name, spy(name))
     return seen
 
@@ -69,14 +71,20 @@ def test_mlp_gemms_read_narrow_integers_and_build_the_same_module(
         monkeypatch, model, x, n_bits=6, batch_size=256, rounding_threshold_bits=rounding
     )
     assert_same_module(narrow, wide, x[:50])
-    fused = {(dtype, shape[-1]) for name, dtype, shape in calls if "rescale_quant" in name}
+    fused = {
+        (dtype, shape[-1])
+        for name, dtype, shape in calls
+        if "rescale_quant" in name or name == _KEPT
+    }
     if rounding is None:
-        # the first Gemm reads the graph input, the second the Relu's table, both as int8;
-        # the last (a graph output) takes the plain product, also of int8 integers
+        # the first Gemm reads the graph input, the second the Relu's integers (its table
+        # or, when its product is kept, the stored ones), both as int8; the last (a graph
+        # output) takes the plain product, also of int8 integers
         assert fused == {("int8", 12), ("int8", 20)}
         assert {(d, s[-1]) for n, d, s in calls if n == "int_matmul"} == {("int8", 16)}
     assert calls and all(dtype != "int64" for _, dtype, _ in calls)
-    assert wide_calls and all(dtype == "int64" for _, dtype, _ in wide_calls)
+    wide_fused = [dtype for name, dtype, _ in wide_calls if name != _KEPT]
+    assert wide_fused and all(dtype == "int64" for dtype in wide_fused)
 
 
 def test_conv_flatten_gemm_reads_narrow_integers_and_builds_the_same_module(
@@ -106,14 +114,13 @@ def test_conv_flatten_gemm_reads_narrow_integers_and_builds_the_same_module(
     assert_same_module(narrow, wide, x[:20])
     kinds = {(name, dtype) for name, dtype, _ in calls}
     # the Convs read int64 (QuantizedConv does not declare narrow_inputs: no gain measured);
-    # fc reads the Flatten's output (a shape op's int64 integers); fc2, a graph output, the
-    # Relu's table as int8
-    assert kinds == {
-        ("int_conv2d_rescale_quant", "int64"),
-        ("int_matmul_rescale_quant", "int64"),
-        ("int_matmul", "int8"),
-    }
-    assert all(dtype == "int64" for _, dtype, _ in wide_calls)
+    # fc reads the Flatten's output: a shape op's int64 integers in the fused kernel, or
+    # the stored (int8) ones when its product is kept; fc2, a graph output, the Relu's
+    # table as int8
+    fc = {("int_matmul_rescale_quant", "int64"), (_KEPT, "int8")}
+    assert kinds & fc
+    assert kinds - fc == {("int_conv2d_rescale_quant", "int64"), ("int_matmul", "int8")}
+    assert all(dtype == "int64" for name, dtype, _ in wide_calls if name != _KEPT)
 
 
 def test_narrow_qvalues_widen_to_the_same_integers() -> None:
