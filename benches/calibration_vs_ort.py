@@ -35,7 +35,8 @@ compare with ONNX Runtime only; ``--i16-baseline`` adds ``fhequant_without_i16``
 rows: the same build with the AVX2 i16 integer-product strategy switched off, and
 ``i16_speedup`` = its time over fhequant's; ``--baselines NAME,...`` does the same for any
 switch of :data:`SWITCHES` (``i16``, ``products``: the products kept by the statistics pass,
-on by default, ``--no-products`` turns them off, ``filter``: the statistics kernels' filter),
+off by default, so time them with ``--products --baselines products``, ``filter``: the
+statistics kernels' filter),
 on every row;
 ``--exact-extremes`` runs the statistics kernels without their filter).
 """
@@ -267,8 +268,8 @@ def _module_switch(module: Any, name: str, off: Any) -> Callable[[Any], Any]:
 SWITCHES: dict[str, Callable[[Any], Any]] = {
     # the AVX2 i16 integer-product strategy (the f32 strategy then)
     "i16": lambda value: _core.int_i16() if value is None else _core.int_i16(value),
-    # the integer products kept by the statistics pass of hidden Gemm/MatMul (on by
-    # default)
+    # the integer products kept by the statistics pass of hidden Gemm/MatMul (off by
+    # default: pass --products to time them against this baseline)
     "products": _module_switch(passes, "KEEP_PRODUCTS", False),
     # the statistics kernels' filter (exact sums everywhere)
     "filter": _module_switch(fused_stats, "EXACT_EXTREMES", True),
@@ -426,8 +427,8 @@ def main() -> None:
         "--products",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="keep the integer products of hidden Gemm/MatMul (passes.KEEP_PRODUCTS, on by "
-        "default; --no-products turns them off); with --baselines products the same run times "
+        help="keep the integer products of hidden Gemm/MatMul (passes.KEEP_PRODUCTS, off by "
+        "default; --products turns them on); with --baselines products the same run times "
         "them off too",
     )
     parser.add_argument(

@@ -42,10 +42,10 @@ QUANTIZE_IN_KERNEL = True
 #: The statistics pass of a hidden Gemm/MatMul computes its integer product, filters the float
 #: extremes with it and keeps it for the output pass, which then only rescales and quantizes
 #: it (``fused_stats.Products``; same integers); past the products' share of
-#: ``memory_budget`` the product still filters and is dropped. On by default: the integer
-#: filter is cheaper than the float32 one (docs/calibration-throughput.md); set to False for
-#: the float32 filter and a second product in the output pass.
-KEEP_PRODUCTS = True
+#: ``memory_budget`` the product still filters and is dropped. Off by default: once the
+#: float32 filter ran on AVX2 and the epilogue was vectorised, the benchmark no longer
+#: measured a gain (docs/calibration-throughput.md, sixth round); set to True to use it.
+KEEP_PRODUCTS = False
 
 
 def _output_scope() -> Any:
