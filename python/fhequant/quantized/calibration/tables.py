@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from fhequant import _core
+from fhequant.kernels.quant import NARROW_INTS
 from fhequant.quantization import QuantizedArray, UniformQuantizer
 from fhequant.quantized.calibration import traits
 from fhequant.quantized.calibration.store import TABLE_INDEX, WalkStore, indexes_tables
@@ -184,7 +185,7 @@ class TablePaths:
         lo = self.store.tensors[name].qmin
         assert lo is not None  # checked by requant_table
         block = self.store.table_index_block(name, b)
-        narrow = self._narrow_table(key, table) if getattr(op, "narrow_inputs", False) else None
+        narrow = self._narrow_table(key, table) if op.narrow_inputs else None
         if block.size:
             # The op reads these integers once and keeps nothing of them (Gemm/MatMul/Conv
             # results are new arrays, shape ops copy), so one buffer serves every block.
@@ -222,15 +223,10 @@ class TablePaths:
         """The int64 ``table`` as int8 or int16 when its values fit (the same numbers), else
         None; converted once per op."""
         if key not in self._narrow_tables:
-            narrow = None
+            dtype = None
             if table.size:
-                lo, hi = int(table.min()), int(table.max())
-                for dtype in (np.int8, np.int16):
-                    info = np.iinfo(dtype)
-                    if info.min <= lo and hi <= info.max:
-                        narrow = table.astype(dtype)
-                        break
-            self._narrow_tables[key] = narrow
+                dtype = smallest_int(int(table.min()), int(table.max()), NARROW_INTS)
+            self._narrow_tables[key] = None if dtype is None else table.astype(dtype)
         return self._narrow_tables[key]
 
     def requantizes(self, name: str, op: Any) -> bool:

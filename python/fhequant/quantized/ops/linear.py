@@ -46,23 +46,18 @@ def _quantized_in_kernel(
     return QuantizedArray.from_narrow(op.n_bits, *found, options=opts, stats=stats, params=params)
 
 
-def _narrow_input(q_x: QuantizedArray, trans_a: Any) -> Any:
-    """The input integers as the fused kernels read them: int8/int16 when ``q_x`` holds
-    them narrow (:meth:`QuantizedArray.narrow_qvalues`, the same numbers as ``qvalues``),
-    transposed by ``transA``."""
-    a = q_x.narrow_qvalues()
+def _gemm_input(q_x: QuantizedArray, trans_a: Any, *, narrow: bool) -> Any:
+    """The input integers, transposed by ``transA``: with ``narrow``, int8/int16 when ``q_x``
+    holds them so (:meth:`QuantizedArray.narrow_qvalues`, the same numbers), else ``qvalues``
+    (int64)."""
+    a = q_x.narrow_qvalues() if narrow else q_x.qvalues
     return np.swapaxes(a, -1, -2) if trans_a else a
 
 
-def _wide_input(q_x: QuantizedArray, trans_a: Any) -> Any:
-    """The input integers (``qvalues``, int64), transposed by ``transA``."""
-    a = q_x.qvalues
-    return np.swapaxes(a, -1, -2) if trans_a else a
-
-
-def _wide_conv_input(q_x: QuantizedArray, is_1d: bool) -> Any:
-    """The conv input integers (``qvalues``, int64), in the 2-D form of a 1-D conv."""
-    x = q_x.qvalues
+def _conv_input(q_x: QuantizedArray, is_1d: bool, *, narrow: bool) -> Any:
+    """The conv input integers (narrow as in :func:`_gemm_input`), in the 2-D form of a 1-D
+    conv."""
+    x = q_x.narrow_qvalues() if narrow else q_x.qvalues
     return x.reshape(x.shape[0], x.shape[1], 1, x.shape[2]) if is_1d else x
 
 
@@ -204,7 +199,7 @@ class QuantizedGemm(QuantizedMixingOp):
         if attrs.get("transB", 0):
             b = np.swapaxes(b, -1, -2)
         if 1 not in self.constant_inputs:
-            a = _wide_input(q_x, trans_a)
+            a = _gemm_input(q_x, trans_a, narrow=False)
             return self._encrypted_gemm(a, b, q_x, q_w, q_bias, calibrate_rounding)
 
         z_x = q_x.quantizer.zero_point
@@ -213,7 +208,7 @@ class QuantizedGemm(QuantizedMixingOp):
         p = b.shape[-2]
         # int8/int16 when q_x holds them narrow: the native kernels read them as they are, an
         # executor that computes in numpy widens its operands (``backend.operand``)
-        a = _narrow_input(q_x, trans_a)
+        a = _gemm_input(q_x, trans_a, narrow=True)
         ex = self.executor(a)
         sum_w = z_x * np.sum(b, axis=-2, keepdims=True)
         final = p * z_x * z_w
@@ -410,13 +405,12 @@ class QuantizedConv(QuantizedMixingOp):
             raise QuantizedOpError(
                 f"{self._label()}: the weight zero point must be an integer, got {z_w!r}"
             )
-        # int8/int16 when q_x holds them narrow: only the fused kernel reads them so
-        x = q_x.narrow_qvalues()
         is_1d = w.ndim == 3
+        # int8/int16 when q_x holds them narrow: only the fused kernel reads them so
+        x = _conv_input(q_x, is_1d, narrow=True)
         strides, pads = self._geometry(w.ndim - 2)
         if is_1d:
             w = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
-            x = x.reshape(x.shape[0], x.shape[1], 1, x.shape[2])
         n_out = w.shape[0]
         ex = self.executor(x)
         conv_args: dict[str, Any] = {
@@ -453,7 +447,7 @@ class QuantizedConv(QuantizedMixingOp):
                 )
             if quant is not None:
                 return quant
-            x = _wide_conv_input(q_x, is_1d)
+            x = _conv_input(q_x, is_1d, narrow=False)
             v = ex.conv_rescale(
                 x, w, **conv_args, lsbs=lsbs, exactness=exactness,
                 offset=final, sub=sum_w, mul=m, add=bias,
@@ -461,7 +455,7 @@ class QuantizedConv(QuantizedMixingOp):
             if is_1d:
                 v = v.reshape(v.shape[0], v.shape[1], v.shape[3])
             return self.make_output_quant_array(v, owned=type(v) is np.ndarray)
-        acc = ex.conv(_wide_conv_input(q_x, is_1d), w, **conv_args)
+        acc = ex.conv(_conv_input(q_x, is_1d, narrow=False), w, **conv_args)
         if is_1d:
             acc = acc.reshape(acc.shape[0], acc.shape[1], acc.shape[3])
 

@@ -17,26 +17,7 @@ fn naive(a: &Array3<i64>, w: &Array3<i64>, z_w: i64) -> Array3<i64> {
 
 /// `matmul` with the U8I8 strategy allowed or not (its scalar kernel on other CPUs).
 fn with(a: &Array3<i64>, w: &Array3<i64>, z_w: i64, allowed: Allowed) -> Array3<i64> {
-    let dims = matmul_shape(a.dim(), w.dim()).unwrap();
-    // A sentinel, so that a value left unwritten shows.
-    let mut out = Array3::<i64>::from_elem(dims, 99);
-    let dst = out.as_slice_mut().unwrap();
-    // SAFETY: MaybeUninit<i64> has the layout of i64 and every value is initialised.
-    let dst: &mut [MaybeUninit<i64>] = unsafe { std::mem::transmute(dst) };
-    map_into_with(
-        a.view(),
-        w.view(),
-        z_w,
-        dst,
-        |acc, row| {
-            for (d, &v) in row.iter_mut().zip(acc) {
-                d.write(v);
-            }
-        },
-        allowed,
-    )
-    .unwrap();
-    out
+    with_as(a.view(), w, z_w, allowed)
 }
 
 const VNNI: Allowed = Allowed {
@@ -373,6 +354,7 @@ fn with_as<A: Lhs>(
     allowed: Allowed,
 ) -> Array3<i64> {
     let dims = matmul_shape(a.dim(), w.dim()).unwrap();
+    // A sentinel, so that a value left unwritten shows.
     let mut out = Array3::<i64>::from_elem(dims, 99);
     let dst = out.as_slice_mut().unwrap();
     // SAFETY: MaybeUninit<i64> has the layout of i64 and every value is initialised.
