@@ -36,7 +36,8 @@ rows: the same build with the AVX2 i16 integer-product strategy switched off, an
 ``i16_speedup`` = its time over fhequant's; ``--baselines NAME,...`` does the same for any
 switch of :data:`SWITCHES` (``i16``, ``products``: the products kept by the statistics pass,
 off by default, so time them with ``--products --baselines products``, ``filter``: the
-statistics kernels' filter),
+statistics kernels' filter, ``intfilter``: the integer-product filter of the Gemms that read
+stored integers, the float filter then),
 on every row;
 ``--exact-extremes`` runs the statistics kernels without their filter).
 """
@@ -273,6 +274,9 @@ SWITCHES: dict[str, Callable[[Any], Any]] = {
     "products": _module_switch(passes, "KEEP_PRODUCTS", False),
     # the statistics kernels' filter (exact sums everywhere)
     "filter": _module_switch(fused_stats, "EXACT_EXTREMES", True),
+    # the integer-product filter of Gemm/MatMul reading stored integers (the float filter
+    # then)
+    "intfilter": _module_switch(fused_stats, "INTEGER_FILTER", False),
 }
 
 

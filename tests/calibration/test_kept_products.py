@@ -1,7 +1,12 @@
-"""Kept products (``passes.KEEP_PRODUCTS``): the statistics pass of a hidden Gemm/MatMul
-computes its integer product, filters the float extremes with it and keeps it for the output
-pass, within the memory budget. The module must be the one computed without them, and the
-kernels must really be used where they apply."""
+"""Integer products in the statistics pass of a Gemm/MatMul reading stored integers.
+
+* ``fused_stats.INTEGER_FILTER`` (on by default): the exact integer product filters the float
+  extremes instead of the float GEMM filter, and is dropped;
+* ``passes.KEEP_PRODUCTS`` (off by default): a hidden Gemm/MatMul also keeps it for its output
+  pass, within the memory budget.
+
+The module must be the one computed with the float filter, and the kernels must really be
+used where they apply."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import pytest
 from onnx import helper
 
 from fhequant import _core, build_quantized_module
+from fhequant.quantized import fused_stats
 from fhequant.quantized.calibration import passes
 from ptq_helpers import make_model, mlp
 
@@ -55,6 +61,8 @@ def assert_same_module(a: Any, b: Any, x: np.ndarray) -> None:
 def _both(
     monkeypatch: pytest.MonkeyPatch, model: Any, data: Callable[[], Any], **kwargs: Any
 ) -> tuple[Any, Any]:
+    # only the kept products use the integer filter here: the counts are theirs
+    monkeypatch.setattr(fused_stats, "INTEGER_FILTER", False)
     monkeypatch.setattr(passes, "KEEP_PRODUCTS", False)
     without = build_quantized_module(model, data(), **kwargs)
     monkeypatch.setattr(passes, "KEEP_PRODUCTS", True)
@@ -151,3 +159,77 @@ def test_matmul_of_a_3d_input(monkeypatch: pytest.MonkeyPatch, calls: Counter[st
     without, with_products = _both(monkeypatch, _matmul_model(), lambda: X3, n_bits=5)
     assert_same_module(without, with_products, X3[:20])
     assert calls["int_acc_rescale_quant"] == 1
+
+
+# --- the integer filter alone (the default) -------------------------------------------------
+
+
+def _filtered(
+    monkeypatch: pytest.MonkeyPatch,
+    calls: Counter[str],
+    model: Any,
+    data: Callable[[], Any],
+    **kwargs: Any,
+) -> tuple[Any, Any]:
+    """The module with the float filter, then with the default integer filter (counted)."""
+    assert fused_stats.INTEGER_FILTER and not passes.KEEP_PRODUCTS  # the defaults
+    monkeypatch.setattr(fused_stats, "INTEGER_FILTER", False)
+    float_filtered = build_quantized_module(model, data(), **kwargs)
+    assert not calls
+    monkeypatch.setattr(fused_stats, "INTEGER_FILTER", True)
+    return float_filtered, build_quantized_module(model, data(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("act", "n_bits", "batch_size", "calibration", "rounding"),
+    [
+        ("Relu", 6, None, None, None),
+        ("Relu", 4, 64, None, None),
+        ("Relu", 8, 300, None, None),
+        ("Sigmoid", 5, 128, None, None),
+        ("Relu", 5, 256, {"per_channel": True}, None),
+        ("Relu", 5, 256, {"weights": "mse", "per_channel": "asymmetric"}, None),
+        ("Relu", 6, 200, None, 5),
+    ],
+)
+def test_integer_filter_gives_the_same_module(
+    monkeypatch: pytest.MonkeyPatch,
+    calls: Counter[str],
+    act: str,
+    n_bits: int,
+    batch_size: int | None,
+    calibration: Any,
+    rounding: int | None,
+) -> None:
+    model = mlp([12, 40, 24, 16, 3], act=act, seed=n_bits + 10)
+    float_filtered, integer_filtered = _filtered(
+        monkeypatch,
+        calls,
+        model,
+        lambda: X,
+        n_bits=n_bits,
+        batch_size=batch_size,
+        calibration=calibration,
+        rounding_threshold_bits=rounding,
+    )
+    assert_same_module(float_filtered, integer_filtered, X[:60] * 1.3)
+    # every block of the three Gemms that read stored integers (the graph-output Gemm, a
+    # Gemm that re-quantizes its input and one that calibrates rounding included: the
+    # statistics read the producer's integers); nothing is kept
+    blocks = 1 if batch_size is None else -(-len(X) // batch_size)
+    assert calls["int_matmul_acc_extremes"] == 3 * blocks
+    assert calls["int_acc_rescale_quant"] == 0
+
+
+def test_integer_filter_streamed_and_3d(
+    monkeypatch: pytest.MonkeyPatch, calls: Counter[str]
+) -> None:
+    model = mlp([12, 40, 24, 3], act="Relu", seed=21)
+    kwargs = {"n_bits": 6, "batch_size": 100, "memory_budget": 20_000}
+    a, b = _filtered(monkeypatch, calls, model, lambda: _irregular(X), **kwargs)
+    assert_same_module(a, b, X[:50])
+    assert calls["int_matmul_acc_extremes"] == 2 * -(-len(X) // 100)
+    calls.clear()
+    a, b = _filtered(monkeypatch, calls, _matmul_model(), lambda: X3, n_bits=5)
+    assert_same_module(a, b, X3[:20])
+    assert calls["int_matmul_acc_extremes"] == 1

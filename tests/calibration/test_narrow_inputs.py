@@ -18,7 +18,8 @@ from fhequant.quantized.ops.linear import QuantizedConv, QuantizedGemm
 from ptq_helpers import assert_same_module, gemm_node, make_model, mlp
 
 _KERNELS = ("int_matmul_rescale_quant", "int_conv2d_rescale_quant", "int_matmul")
-# the kept product of a hidden Gemm reads the producer's stored integers, narrow either way
+# the integer filter (and kept product) of a Gemm's statistics reads the producer's stored
+# integers, narrow either way
 _KEPT = "int_matmul_acc_extremes"
 
 
@@ -71,17 +72,16 @@ def test_mlp_gemms_read_narrow_integers_and_build_the_same_module(
         monkeypatch, model, x, n_bits=6, batch_size=256, rounding_threshold_bits=rounding
     )
     assert_same_module(narrow, wide, x[:50])
-    fused = {
-        (dtype, shape[-1])
-        for name, dtype, shape in calls
-        if "rescale_quant" in name or name == _KEPT
-    }
+    fused = {(dtype, shape[-1]) for name, dtype, shape in calls if "rescale_quant" in name}
     if rounding is None:
-        # the first Gemm reads the graph input, the second the Relu's integers (its table
-        # or, when its product is kept, the stored ones), both as int8; the last (a graph
-        # output) takes the plain product, also of int8 integers
+        # the first Gemm reads the graph input, the second the Relu's integers (its table),
+        # both as int8; the last (a graph output) takes the plain product, also of int8
+        # integers
         assert fused == {("int8", 12), ("int8", 20)}
         assert {(d, s[-1]) for n, d, s in calls if n == "int_matmul"} == {("int8", 16)}
+    # the statistics of the second and last Gemms filter with the integer product of the
+    # Relus' stored integers, int8 as stored
+    assert {(d, s[-1]) for n, d, s in calls if n == _KEPT} == {("int8", 20), ("int8", 16)}
     assert calls and all(dtype != "int64" for _, dtype, _ in calls)
     wide_fused = [dtype for name, dtype, _ in wide_calls if name != _KEPT]
     assert wide_fused and all(dtype == "int64" for dtype in wide_fused)

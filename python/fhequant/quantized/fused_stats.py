@@ -50,6 +50,7 @@ from fhequant.quantized.float_impls import _native_conv_fits
 __all__ = [
     "ENABLED",
     "EXACT_EXTREMES",
+    "INTEGER_FILTER",
     "SERVES_STATISTICS",
     "BlockSource",
     "Products",
@@ -60,6 +61,12 @@ __all__ = [
 ENABLED = True
 #: Skip the kernels' filter and run every exact sum (same results; for tests and benches).
 EXACT_EXTREMES = False
+#: A Gemm/MatMul that reads stored integers (int8/16/32 with a scalar scale and zero point)
+#: through quantized constant weights filters its float extremes with its exact integer
+#: product (``_core.int_matmul_acc_extremes``) instead of the float GEMM filter; the product
+#: is dropped unless ``products`` keeps it. Same extremes, bit for bit; set to False to use
+#: the float filter (the seventh round of docs/calibration-throughput.md compares them).
+INTEGER_FILTER = True
 #: The calibration statistics this pass computes (the extremes kernels reduce to min/max).
 SERVES_STATISTICS: tuple[str, ...] = ("minmax",)
 
@@ -172,7 +179,7 @@ def fused_statistics(
         return None
     if getattr(type(op), "fused_extremes", None) is None:
         return None
-    plan = _plan(op, products is not None)
+    plan = _plan(op, products is not None or INTEGER_FILTER)
     if plan is None:
         return None
     where = f"op {op.op_instance_name!r} ({type(op).__name__})"
@@ -215,8 +222,8 @@ def _block_extremes(
     try:
         if plan.kind == "conv":
             found = _conv_extremes(plan, x, dequant)
-        elif _keeps_product(plan, x, dequant, products):
-            assert products is not None and dequant is not None
+        elif _integer_filtered(plan, x, dequant):
+            assert dequant is not None
             found = _matmul_products(plan, x, dequant, products, b)
         else:
             found = _matmul_extremes(plan, x, dequant)
@@ -370,28 +377,26 @@ def _matmul_extremes(
     return _core.matmul_extremes_f64(a, w64, b64, dequant[0], dequant[1], exact=EXACT_EXTREMES)
 
 
-def _keeps_product(
-    plan: _Plan, x: np.ndarray, dequant: tuple[float, float] | None, products: Products | None
-) -> bool:
-    """Whether block ``x`` (stored integers) goes to the product kernel: its product is
-    wanted (kept when it fits the budget; past the budget the integer product still filters
-    the extremes, which is cheaper than the float32 filter, and is then dropped)."""
-    if products is None or dequant is None or plan.integers is None:
+def _integer_filtered(plan: _Plan, x: np.ndarray, dequant: tuple[float, float] | None) -> bool:
+    """Whether block ``x`` (stored integers) goes to the product kernel: the integer product
+    filters the extremes (cheaper than the float filter) and is kept when ``products`` has
+    room for it, else dropped."""
+    if dequant is None or plan.integers is None:
         return False
     k = plan.integers[0].shape[0]
     return x.ndim >= 2 and x.shape[-1] == k and x.size > 0
 
 
 def _matmul_products(
-    plan: _Plan, x: np.ndarray, dequant: tuple[float, float], products: Products, b: int
+    plan: _Plan, x: np.ndarray, dequant: tuple[float, float], products: Products | None, b: int
 ) -> tuple[float, float, bool] | None:
     """The extremes of a block of stored integers from its integer product, which is kept in
-    ``products`` when it fits the budget."""
+    ``products`` (when given) if it fits the budget."""
     assert plan.integers is not None and plan.weight64 is not None
     wq, z_w = plan.integers
     k, n = wq.shape
     a = np.ascontiguousarray(x).reshape(-1, k)
-    keep = products.fits(a.shape[0] * n * 4)
+    keep = products is not None and products.fits(a.shape[0] * n * 4)
     try:
         acc, lo, hi, finite = _core.int_matmul_acc_extremes(
             a, wq, z_w, plan.weight64, plan.bias64, *dequant, keep, exact=EXACT_EXTREMES
@@ -402,7 +407,7 @@ def _matmul_products(
         plan.integers = None
         return _matmul_extremes(plan, x, dequant)
     if keep:
-        assert acc is not None  # asked with keep=True
+        assert acc is not None and products is not None  # asked with keep=True
         products.keep(b, acc.reshape(*x.shape[:-1], n))
     return lo, hi, finite
 
