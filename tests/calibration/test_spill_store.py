@@ -58,7 +58,7 @@ def test_spilled_blocks_read_back_as_put(
                 np.testing.assert_array_equal(store.get(name, len(blocks) - 1), blocks[-1])
 
 
-def test_drop_and_close_remove_the_spill_files() -> None:
+def test_dropped_files_are_reused_and_close_removes_them() -> None:
     store = TensorStore(memory_budget=0)
     store.put("x", np.arange(10, dtype=np.float64))
     store.put("y", np.arange(10, dtype=np.float32))
@@ -68,7 +68,21 @@ def test_drop_and_close_remove_the_spill_files() -> None:
     directory = store._tmp.name
     assert len(os.listdir(directory)) == 2  # one file per tensor
     store.drop("x")
-    assert len(os.listdir(directory)) == 1
     np.testing.assert_array_equal(store.get("y", 0), np.arange(10, dtype=np.float32))
+    # the next tensor that spills overwrites x's file (longer than what it writes): it reads
+    # back its own bytes only, and no file is added
+    store.put("z", np.full(3, 7, dtype=np.int16))
+    store.put("z", np.full(2, -1, dtype=np.int16))
+    assert len(os.listdir(directory)) == 2
+    np.testing.assert_array_equal(store.get("z", 0), np.full(3, 7))
+    np.testing.assert_array_equal(store.get("z", 1), np.full(2, -1))
+    store.drop("y")
+    store.drop("z")
+    # two free files: two new tensors spill into them, a third opens a new file
+    for name in ("a", "b", "c"):
+        store.put(name, np.arange(4, dtype=np.float64) + ord(name))
+    assert len(os.listdir(directory)) == 3
+    for name in ("a", "b", "c"):
+        np.testing.assert_array_equal(store.get(name, 0), np.arange(4) + ord(name))
     store.close()
     assert not os.path.exists(directory)

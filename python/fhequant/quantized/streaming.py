@@ -302,7 +302,10 @@ class TensorStore:
     Integer blocks are narrowed to the smallest integer dtype that holds them and widened
     back on read, so stored quantized tensors take 1 or 2 bytes per value. Spilled blocks of
     one tensor are appended as raw bytes to one file (opened once, read back with one
-    ``readinto`` per block straight into the returned array, no header to parse).
+    ``readinto`` per block straight into the returned array, no header to parse). The file
+    of a dropped tensor is kept open and overwritten by the next tensor that spills: writing
+    over pages the system already caches costs a fraction of allocating new ones, and the
+    files are deleted once, with the store.
 
     Args:
         memory_budget: bytes of (owned) block data kept in memory; more goes to disk.
@@ -315,6 +318,8 @@ class TensorStore:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._files = 0
         self._spilled_bytes = 0
+        #: (file, path) of dropped tensors, for the next tensor that spills
+        self._free: list[tuple[Any, str]] = []
 
     def __enter__(self) -> TensorStore:
         return self
@@ -327,6 +332,9 @@ class TensorStore:
         for entry in self._entries.values():
             if entry.file is not None:
                 entry.file.close()
+        for file, _ in self._free:
+            file.close()
+        self._free.clear()
         self._entries.clear()
         self._in_memory = 0
         if self._tmp is not None:
@@ -382,11 +390,15 @@ class TensorStore:
 
     def _spill(self, entry: _Entry, block: np.ndarray) -> _Spilled:
         if entry.file is None:
-            if self._tmp is None:
-                self._tmp = tempfile.TemporaryDirectory(prefix="fhequant-calib-")
-            entry.path = os.path.join(self._tmp.name, f"{self._files}.bin")
-            self._files += 1
-            entry.file = open(entry.path, "w+b", buffering=0)  # noqa: SIM115 (closed on drop)
+            if self._free:
+                entry.file, entry.path = self._free.pop()
+            else:
+                if self._tmp is None:
+                    self._tmp = tempfile.TemporaryDirectory(prefix="fhequant-calib-")
+                entry.path = os.path.join(self._tmp.name, f"{self._files}.bin")
+                self._files += 1
+                # closed by close()
+                entry.file = open(entry.path, "w+b", buffering=0)  # noqa: SIM115
             entry.end = 0
         data = np.ascontiguousarray(block)
         where = _Spilled(entry.end, data.shape, data.dtype)
@@ -452,10 +464,8 @@ class TensorStore:
         entry = self._entries.pop(name, None)
         if entry is None:
             return
-        if entry.file is not None:
-            entry.file.close()
-            if entry.path is not None:
-                os.remove(entry.path)
+        if entry.file is not None and entry.path is not None:
+            self._free.append((entry.file, entry.path))  # overwritten by the next spill
         self._in_memory = max(self._in_memory - entry.charged, 0)
 
 
