@@ -171,8 +171,10 @@ def _filtered(
     data: Callable[[], Any],
     **kwargs: Any,
 ) -> tuple[Any, Any]:
-    """The module with the float filter, then with the default integer filter (counted)."""
+    """The module with the float filter, then with the default integer filter (counted; on
+    every block: the filter's counters read zero, so no block hands the next ones over)."""
     assert fused_stats.INTEGER_FILTER and not passes.KEEP_PRODUCTS  # the defaults
+    monkeypatch.setattr(_core, "acc_extremes_filter_counts", lambda reset=False: (0, 0, 0, 0))
     monkeypatch.setattr(fused_stats, "INTEGER_FILTER", False)
     float_filtered = build_quantized_module(model, data(), **kwargs)
     assert not calls
@@ -233,3 +235,30 @@ def test_integer_filter_streamed_and_3d(
     a, b = _filtered(monkeypatch, calls, _matmul_model(), lambda: X3, n_bits=5)
     assert_same_module(a, b, X3[:20])
     assert calls["int_matmul_acc_extremes"] == 1
+
+
+def test_a_loose_estimate_hands_the_next_blocks_to_the_float_filter(
+    monkeypatch: pytest.MonkeyPatch, calls: Counter[str]
+) -> None:
+    model = mlp([12, 40, 24, 3], act="Relu", seed=22)
+    kwargs = {"n_bits": 6, "batch_size": 100}
+    floats: Counter[int] = Counter()
+    kernel = _core.matmul_extremes_f64
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        floats[args[1].shape[-1]] += 1
+        return kernel(*args, **kw)
+
+    monkeypatch.setattr(_core, "matmul_extremes_f64", counted)
+    monkeypatch.setattr(fused_stats, "INTEGER_FILTER", False)
+    a = build_quantized_module(model, X, **kwargs)
+    monkeypatch.setattr(fused_stats, "INTEGER_FILTER", True)
+    # every block counts as loose: each Gemm's first block takes the integer filter, the
+    # others the float one
+    monkeypatch.setattr(fused_stats, "LOOSE_SURVIVORS", -1.0)
+    b = build_quantized_module(model, X, **kwargs)
+    assert_same_module(a, b, X[:50])
+    blocks = -(-len(X) // 100)
+    assert calls["int_matmul_acc_extremes"] == 2
+    # (the float-filtered build ran every block of both Gemms in float64 first)
+    assert floats == {24: 2 * blocks - 1, 3: 2 * blocks - 1}

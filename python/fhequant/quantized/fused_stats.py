@@ -67,6 +67,12 @@ EXACT_EXTREMES = False
 #: is dropped unless ``products`` keeps it. Same extremes, bit for bit; set to False to use
 #: the float filter (the seventh round of docs/calibration-throughput.md compares them).
 INTEGER_FILTER = True
+#: Survivors per row (values the integer estimate could not rule out, each summed again in
+#: float64) above which a block tells the integer filter to leave the op's next blocks to
+#: the float filter: coarse weights make the estimate loose (on the benchmark CNN's last
+#: Gemm, 5-bit weights, 0.6 per row and 1.7x the float filter's time; on the MLP's Gemms,
+#: 6-bit weights, 0.01-0.1 per row and 0.8-0.9x).
+LOOSE_SURVIVORS = 0.25
 #: The calibration statistics this pass computes (the extremes kernels reduce to min/max).
 SERVES_STATISTICS: tuple[str, ...] = ("minmax",)
 
@@ -397,6 +403,7 @@ def _matmul_products(
     k, n = wq.shape
     a = np.ascontiguousarray(x).reshape(-1, k)
     keep = products is not None and products.fits(a.shape[0] * n * 4)
+    before = _core.acc_extremes_filter_counts()
     try:
         acc, lo, hi, finite = _core.int_matmul_acc_extremes(
             a, wq, z_w, plan.weight64, plan.bias64, *dequant, keep, exact=EXACT_EXTREMES
@@ -406,6 +413,13 @@ def _matmul_products(
         # filter serves this op, and its output pass computes the product as usual
         plan.integers = None
         return _matmul_extremes(plan, x, dequant)
+    after = _core.acc_extremes_filter_counts()
+    loose = after[2] > before[2] or after[3] - before[3] > a.shape[0] * LOOSE_SURVIVORS
+    if loose and products is None:
+        # the estimate was too loose on this block (coarse weights): the float filter
+        # serves the next blocks of this op (same extremes either way; kept products
+        # stay, their output pass saves the product)
+        plan.integers = None
     if keep:
         assert acc is not None and products is not None  # asked with keep=True
         products.keep(b, acc.reshape(*x.shape[:-1], n))
