@@ -211,9 +211,11 @@ def measure(
     source_pass = None
     if not in_memory:
         source_pass = best_of(lambda: sum(1 for _ in data), 1)
-    # alternate the contenders run by run (the machine is shared: take minima)
-    for _ in range(repeat):
-        for who in times:
+    # alternate the contenders run by run (the machine is shared: take minima), each round
+    # in a rotated order so that no contender always follows the same one
+    order = list(times)
+    for r in range(repeat):
+        for who in order[r % len(order) :] + order[: r % len(order)]:
             before = getattr(data, "reads", 0) if not in_memory else 0
             before_ort = ort_source.reads
             start = time.perf_counter()
