@@ -4,6 +4,52 @@
 //! and single IEEE float operations (Rust never fuses a·b + c) are compiled a second time
 //! with `#[target_feature]` and picked here at run time. Both versions perform the same
 //! operations, so they give the same bits.
+//!
+//! A [`Switch`] lets benchmarks and differential tests turn one such path off at run time
+//! (the results are the same either way).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The run-time switch of one code path and the CPU support it needs.
+pub struct Switch {
+    on: AtomicBool,
+    cpu: fn() -> bool,
+}
+
+impl Switch {
+    /// A switch, on or off to begin with, for a path that runs where `cpu()` holds.
+    pub const fn new(on: bool, cpu: fn() -> bool) -> Self {
+        Switch {
+            on: AtomicBool::new(on),
+            cpu,
+        }
+    }
+
+    /// Whether the path is allowed and the CPU runs it.
+    pub fn available(&self) -> bool {
+        self.on.load(Ordering::Relaxed) && (self.cpu)()
+    }
+
+    /// Allow or forbid the path; returns whether it is now in use.
+    pub fn set(&self, on: bool) -> bool {
+        self.on.store(on, Ordering::Relaxed);
+        self.available()
+    }
+
+    /// `set(on)` when `enabled` is `Some(on)`, else `available()` (the contract of the
+    /// Python switches, `_core.int_i16(enabled=None)` and the like).
+    pub fn toggle(&self, enabled: Option<bool>) -> bool {
+        match enabled {
+            Some(on) => self.set(on),
+            None => self.available(),
+        }
+    }
+}
+
+/// Any CPU (for a switch of portable code).
+pub fn any_cpu() -> bool {
+    true
+}
 
 /// Whether the AVX-512 (F, DQ, VL, BW) versions of the hot loops may run on this CPU.
 pub fn wide_vectors() -> bool {

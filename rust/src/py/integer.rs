@@ -175,10 +175,7 @@ fn int_matmul_plan<'py>(
 #[pyfunction]
 #[pyo3(signature = (enabled=None))]
 fn int_vnni(enabled: Option<bool>) -> bool {
-    match enabled {
-        Some(on) => vnni::set_enabled(on),
-        None => vnni::available(),
-    }
+    vnni::SWITCH.toggle(enabled)
 }
 
 /// Allow (the default) or forbid the AVX2 i16 strategy (`vpmaddwd`) when `enabled` is given
@@ -187,10 +184,7 @@ fn int_vnni(enabled: Option<bool>) -> bool {
 #[pyfunction]
 #[pyo3(signature = (enabled=None))]
 fn int_i16(enabled: Option<bool>) -> bool {
-    match enabled {
-        Some(on) => madd::set_enabled(on),
-        None => madd::available(),
-    }
+    madd::SWITCH.toggle(enabled)
 }
 
 /// Allow (the default) or forbid the AVX2 u8 × i8 strategy (`vpmaddubsw`, for operands
@@ -199,10 +193,7 @@ fn int_i16(enabled: Option<bool>) -> bool {
 #[pyfunction]
 #[pyo3(signature = (enabled=None))]
 fn int_u8i8_avx2(enabled: Option<bool>) -> bool {
-    match enabled {
-        Some(on) => maddubs::set_enabled(on),
-        None => maddubs::available(),
-    }
+    maddubs::SWITCH.toggle(enabled)
 }
 
 /// Allow or forbid (the default) the AVX2 i16 strategy in the integer Conv when `enabled` is
@@ -211,10 +202,7 @@ fn int_u8i8_avx2(enabled: Option<bool>) -> bool {
 #[pyfunction]
 #[pyo3(signature = (enabled=None))]
 fn int_i16_conv(enabled: Option<bool>) -> bool {
-    match enabled {
-        Some(on) => madd::set_conv_enabled(on),
-        None => madd::conv_available(),
-    }
+    madd::CONV_SWITCH.toggle(enabled)
 }
 
 /// Allow or forbid the direct conv (`kernels::integer::direct`, on by default; the F32
@@ -223,10 +211,7 @@ fn int_i16_conv(enabled: Option<bool>) -> bool {
 #[pyfunction]
 #[pyo3(signature = (enabled=None))]
 fn int_direct_conv(enabled: Option<bool>) -> bool {
-    match enabled {
-        Some(on) => direct::set_enabled(on),
-        None => direct::enabled(),
-    }
+    direct::SWITCH.toggle(enabled)
 }
 
 /// Allow (the default) or forbid the AVX2 epilogue of the fused rescale + quantize kernels
@@ -239,10 +224,7 @@ fn int_vector_epilogue(enabled: Option<bool>) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::kernels::integer::epilogue_avx2;
-        match enabled {
-            Some(on) => epilogue_avx2::set_enabled(on),
-            None => epilogue_avx2::available(),
-        }
+        epilogue_avx2::SWITCH.toggle(enabled)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

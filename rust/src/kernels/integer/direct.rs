@@ -12,25 +12,19 @@
 //! The input is read in its own integer type (int8 .. int64), so narrow inputs are never
 //! widened.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::kernels::simd::{self, Switch};
 
 use rayon::prelude::*;
 
 use crate::kernels::integer::conv::{ConvInput, Geometry};
 
 /// Whether the direct conv may be used (a switch for benchmarks and differential tests;
-/// results are the same integers either way).
-static ENABLED: AtomicBool = AtomicBool::new(true);
-
-/// Allow or forbid the direct conv; returns whether it is now in use.
-pub fn set_enabled(on: bool) -> bool {
-    ENABLED.store(on, Ordering::Relaxed);
-    on
-}
+/// results are the same integers either way; portable code, with an AVX2 path inside).
+pub static SWITCH: Switch = Switch::new(true, simd::any_cpu);
 
 /// Whether the direct conv is enabled.
 pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
+    SWITCH.available()
 }
 
 /// Output channels per vector.

@@ -18,27 +18,21 @@
 //!
 //! Lengths that are not a multiple of eight finish with the scalar code.
 
+use crate::kernels::simd::{self, Switch};
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::kernels::integer::requant::{run_body, Narrow, Requant, Stats};
 use crate::kernels::integer::rescale::{Operand, Rescale};
 
 /// Whether the vector epilogue may be used (a switch for benchmarks and differential tests;
-/// the results are the same integers either way).
-static ENABLED: AtomicBool = AtomicBool::new(true);
-
-/// Allow or forbid the vector epilogue; returns whether it is now in use (`available`).
-pub fn set_enabled(on: bool) -> bool {
-    ENABLED.store(on, Ordering::Relaxed);
-    available()
-}
+/// the results are the same integers either way); it needs AVX2.
+pub static SWITCH: Switch = Switch::new(true, simd::avx2);
 
 /// Whether the CPU has AVX2 and the vector epilogue is enabled.
 #[inline]
 pub fn available() -> bool {
-    ENABLED.load(Ordering::Relaxed) && crate::kernels::simd::avx2()
+    SWITCH.available()
 }
 
 /// The integer accumulators the epilogue reads.

@@ -13,7 +13,7 @@
 //! integers. The portable scalar kernel on the same layouts gives the same integers on any
 //! CPU.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::kernels::simd::{self, Switch};
 
 use crate::kernels::integer::panels::Panels;
 
@@ -32,34 +32,22 @@ const fn max_panels(r: usize) -> usize {
 }
 
 /// Whether the i16 kernels may be used (a switch for benchmarks against the other
-/// strategies; results are the same integers either way).
-static ENABLED: AtomicBool = AtomicBool::new(true);
-
-/// Allow or forbid the I16 strategy; returns whether it is now in use (`available`).
-pub fn set_enabled(on: bool) -> bool {
-    ENABLED.store(on, Ordering::Relaxed);
-    available()
-}
-
-/// Whether the CPU has AVX2 and the strategy is enabled.
-pub fn available() -> bool {
-    ENABLED.load(Ordering::Relaxed) && crate::kernels::simd::avx2()
-}
+/// strategies; results are the same integers either way); they need AVX2.
+pub static SWITCH: Switch = Switch::new(true, simd::avx2);
 
 /// Whether the Conv may use the i16 strategy: off by default, because on the benchmark CNN
 /// (1→8 and 8→16 channels, 3×3) it measured slower than the f32 strategy (the Conv is bound
 /// by gathering and writing, not by the product); a switch for benchmarks and tests.
-static CONV_ENABLED: AtomicBool = AtomicBool::new(false);
+pub static CONV_SWITCH: Switch = Switch::new(false, simd::avx2);
 
-/// Allow or forbid the I16 strategy in the Conv; returns whether it is now in use.
-pub fn set_conv_enabled(on: bool) -> bool {
-    CONV_ENABLED.store(on, Ordering::Relaxed);
-    conv_available()
+/// Whether the CPU has AVX2 and the strategy is enabled.
+pub fn available() -> bool {
+    SWITCH.available()
 }
 
 /// Whether the Conv uses the I16 strategy (its switch is on and the CPU has AVX2).
 pub fn conv_available() -> bool {
-    CONV_ENABLED.load(Ordering::Relaxed) && crate::kernels::simd::avx2()
+    CONV_SWITCH.available()
 }
 
 /// K rounded up to a multiple of 2 (the i16 per i32 lane).

@@ -16,7 +16,7 @@
 //! the results are the exact integers. The portable scalar kernel emulates the instructions
 //! (saturation and wrapping included) on the same layouts.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::kernels::simd::{self, Switch};
 
 use crate::kernels::integer::panels::Panels;
 
@@ -36,18 +36,12 @@ pub const MAX_STEPS: usize = 64;
 pub type PackedB8 = Panels<u8, PANEL, 4>;
 
 /// Whether the kernels may be used (a switch for benchmarks against the other strategies;
-/// results are the same integers either way).
-static ENABLED: AtomicBool = AtomicBool::new(true);
-
-/// Allow or forbid the strategy; returns whether it is now in use (`available`).
-pub fn set_enabled(on: bool) -> bool {
-    ENABLED.store(on, Ordering::Relaxed);
-    available()
-}
+/// results are the same integers either way); they need AVX2.
+pub static SWITCH: Switch = Switch::new(true, simd::avx2);
 
 /// Whether the CPU has AVX2 and the strategy is enabled.
 pub fn available() -> bool {
-    ENABLED.load(Ordering::Relaxed) && crate::kernels::simd::avx2()
+    SWITCH.available()
 }
 
 /// K rounded up to a multiple of 4 (the bytes per i32 lane).

@@ -12,7 +12,7 @@
 //! additions wrap, so the results are exact modulo 2^32 and hence exact. The portable
 //! scalar kernel on the same layouts gives the same integers on any CPU.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::kernels::simd::{self, Switch};
 
 use crate::kernels::integer::panels::Panels;
 
@@ -24,18 +24,12 @@ pub const PANEL: usize = 16;
 const MAX_PANELS: usize = 4;
 
 /// Whether the VNNI kernels may be used (a switch for benchmarks against the other
-/// strategies; results are the same integers either way).
-static ENABLED: AtomicBool = AtomicBool::new(true);
-
-/// Allow or forbid the VNNI strategy; returns whether it is now in use (`available`).
-pub fn set_enabled(on: bool) -> bool {
-    ENABLED.store(on, Ordering::Relaxed);
-    available()
-}
+/// strategies; results are the same integers either way); they need AVX-512 F/BW/VNNI.
+pub static SWITCH: Switch = Switch::new(true, simd::vnni);
 
 /// Whether the CPU has AVX-512 F/BW/VNNI and the strategy is enabled.
 pub fn available() -> bool {
-    ENABLED.load(Ordering::Relaxed) && crate::kernels::simd::vnni()
+    SWITCH.available()
 }
 
 /// K rounded up to a multiple of 4 (the bytes per i32 lane).
