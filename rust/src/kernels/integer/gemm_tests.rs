@@ -500,3 +500,41 @@ fn narrow_inputs_give_the_int64_fused_results() {
         want
     );
 }
+
+#[test]
+fn narrow_ranges_are_the_widened_ones() {
+    fn check<T: Lhs + TryFrom<i64>>(values: &[i64]) {
+        let typed: Vec<T> = values
+            .iter()
+            .map(|&v| T::try_from(v).ok().expect("fits"))
+            .collect();
+        let want = values
+            .iter()
+            .fold((i64::MAX, i64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let view = ndarray::ArrayView1::from(&typed[..]);
+        let got = T::range_of(view);
+        assert_eq!(got, if values.is_empty() { (0, 0) } else { want });
+        assert_eq!(chunk_range(&typed), want);
+    }
+    // lengths around the vector widths and the parallel chunk, the extremes of each type
+    // at the start, the middle and the end
+    for n in [0usize, 1, 7, 31, 32, 33, 100, (1 << 15) + 5, 70_000] {
+        for (lo, hi) in [(-128i64, 127i64), (-32768, 32767), (i64::from(i32::MIN), 0)] {
+            let mut v: Vec<i64> = (0..n as i64).map(|i| (i * 37 + 11) % 50 - 20).collect();
+            if n > 2 {
+                v[n / 2] = lo;
+                v[n - 1] = hi;
+            } else if n > 0 {
+                v[0] = hi;
+            }
+            if hi <= 127 && lo >= -128 {
+                check::<i8>(&v);
+            }
+            if hi <= 32767 && lo >= -32768 {
+                check::<i16>(&v);
+            }
+            check::<i32>(&v);
+            check::<i64>(&v);
+        }
+    }
+}
