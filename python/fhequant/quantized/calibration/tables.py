@@ -94,12 +94,14 @@ class TablePaths:
         self._requant_tables: dict[tuple[str, int], Any] = {}
         self._requant_buffers: dict[tuple[str, int], np.ndarray] = {}
         self._narrow_tables: dict[tuple[str, int], np.ndarray | None] = {}
+        self._lookups: dict[tuple[str, int], tuple[str, int, Any]] = {}
 
     def clear(self) -> None:
         """Forget the re-quantization tables and buffers (one op at a time: they are done)."""
         self._requant_tables.clear()
         self._requant_buffers.clear()
         self._narrow_tables.clear()
+        self._lookups.clear()
 
     # --- element-wise ops by table ------------------------------------------------------
 
@@ -136,6 +138,9 @@ class TablePaths:
         quant, table, qlo, qhi = built
         store.tensors[out].kind = "quant"
         store.tensors[out].quantizer = quant.quantizer
+        if store.keep_view(out, name, lo, table, seen):
+            traits.finish(op, quant)  # the output is a view of the input: nothing to store
+            return True
         for b in store.blocks(f"{op.op_instance_name} outputs"):
             if store.tensors[out].consumers_left <= 0:
                 continue  # a graph output only: nothing to keep
@@ -180,16 +185,12 @@ class TablePaths:
         if not self.requantizes(name, op):
             return None
         key = (name, id(op))
-        found = self._requant_tables[key]
-        quantizer, table = found
-        lo = self.store.tensors[name].qmin
-        assert lo is not None  # checked by requant_table
-        block = self.store.table_index_block(name, b)
-        narrow = self._narrow_table(key, table) if op.narrow_inputs else None
+        quantizer, _ = self._requant_tables[key]
+        source, lo, values = self._lookup(key, name, op.narrow_inputs)
+        block = self.store.table_index_block(source, b)
         if block.size:
             # The op reads these integers once and keeps nothing of them (Gemm/MatMul/Conv
             # results are new arrays, shape ops copy), so one buffer serves every block.
-            values = table if narrow is None else narrow
             buffer = self._requant_buffers.get(key)
             if buffer is None or buffer.shape != block.shape or buffer.dtype != values.dtype:
                 buffer = self._requant_buffers[key] = np.empty(block.shape, dtype=values.dtype)
@@ -218,6 +219,26 @@ class TablePaths:
             copy_values=False,
             defer=True,
         )
+
+    def _lookup(self, key: tuple[str, int], name: str, narrow: bool) -> tuple[str, int, Any]:
+        """Where the re-quantized integers of ``name`` come from, once per op: the stored
+        tensor, its smallest integer and the table indexed from it (int64, or the op's
+        ``narrow`` dtype). A view's table is composed with the consumer's, so each block is
+        one lookup from the view's base."""
+        found = self._lookups.get(key)
+        if found is None:
+            _, table = self._requant_tables[key]
+            small = self._narrow_table(key, table) if narrow else None
+            values = table if small is None else small
+            lo = self.store.tensors[name].qmin
+            assert lo is not None  # checked by requant_table
+            view = self.store.views.get(name)
+            if view is None:
+                found = (name, lo, values)
+            else:
+                found = (view.base, view.lo, view.compose(lo, values))
+            self._lookups[key] = found
+        return found
 
     def _narrow_table(self, key: tuple[str, int], table: np.ndarray) -> np.ndarray | None:
         """The int64 ``table`` as int8 or int16 when its values fit (the same numbers), else
