@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import helper
 
 from fhequant import _core, build_quantized_module
@@ -275,3 +277,28 @@ def test_views_are_not_spilled(monkeypatch: pytest.MonkeyPatch) -> None:
     # x is caller-held (never spilled); each Gemm output is one int8 per value
     assert spilled[True] == rows * sum(hidden)
     assert spilled[False] == 2 * rows * sum(hidden)  # and so was each Relu output
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lo=st.integers(-100, 100),
+    size=st.integers(1, 40),
+    rows=st.integers(0, 30),
+    seed=st.integers(0, 2**32 - 1),
+    dtype=st.sampled_from([np.int8, np.int16, np.int32]),
+)
+def test_composed_tables_are_two_lookups(
+    lo: int, size: int, rows: int, seed: int, dtype: Any
+) -> None:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(lo, lo + size, size=(rows, 3)).astype(np.int16)
+    inner = rng.integers(-20, 20, size=size).astype(np.int8)
+    lo2 = int(inner.min())
+    outer = rng.integers(-1000, 1000, size=int(inner.max()) - lo2 + 1).astype(dtype)
+    view = TableView("g", lo, inner)
+    twice = view.ints(base)
+    if twice.size:
+        twice = _core.int_lookup(twice, lo2, outer)
+    once = view.then(lo2, outer).ints(base)
+    assert once.dtype == (twice.dtype if rows else np.int64)
+    np.testing.assert_array_equal(once, twice)
