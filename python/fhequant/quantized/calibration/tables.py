@@ -4,7 +4,8 @@ Two shortcuts give the numbers of the block walk without evaluating the op on ev
 
 * :meth:`TablePaths.calibrate_by_table`: an element-wise op of one quantized tensor runs once
   on the distinct integers present; its output integers come from a table indexed by the input
-  integers;
+  integers, and the output is kept as a view of the input through that table
+  (:class:`~fhequant.quantized.calibration.views.TableView`), not stored;
 * :meth:`TablePaths.requantized_input`: a Gemm/MatMul/Conv (constant weights) or shape op that
   re-quantizes its input with options of its own reads the re-quantized integers from a table
   of ``quant(dequant(q))`` over the producer's integer range.
@@ -112,7 +113,10 @@ class TablePaths:
         integer: the op runs once on the distinct integers present (found in one pass), its
         output statistics are the min/max of those results, and the output integers come
         from a table indexed by the input integers. The numbers are those of the block walk:
-        the same element-wise evaluations on the same floats, one per distinct value.
+        the same element-wise evaluations on the same floats, one per distinct value. The
+        output is a view of the input through the table (``WalkStore.keep_view``): its blocks
+        are looked up when read; they are stored only when its ranges cannot be derived from
+        the table.
 
         Returns:
             False (nothing done) when the op or its input does not qualify.
