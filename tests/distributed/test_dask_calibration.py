@@ -146,3 +146,30 @@ def test_compile_onnx_model_takes_dask_data(client: Any) -> None:
     np.testing.assert_array_equal(
         dist.forward(x[:5], fhe="simulate"), local.forward(x[:5], fhe="simulate")
     )
+
+
+def test_chained_table_ops_equal_local(client: Any) -> None:
+    # locally, Relu and Sigmoid are views of g0 (their blocks are not stored), read by a Gemm
+    # that re-quantizes them and by an Add that does not; the workers store them
+    from onnx import helper
+
+    from ptq_helpers import gemm_node, make_model
+
+    rng = np.random.default_rng(8)
+    inits = {
+        "w0": (rng.normal(size=(8, 12)) / 3).astype(np.float32),
+        "w1": (rng.normal(size=(8, 8)) / 3).astype(np.float32),
+        "w2": (rng.normal(size=(3, 8)) / 3).astype(np.float32),
+    }
+    nodes = [
+        gemm_node("x", "w0", None, "g0", "gemm0"),
+        helper.make_node("Relu", ["g0"], ["r"], name="relu"),
+        helper.make_node("Sigmoid", ["r"], ["s"], name="sig"),
+        gemm_node("r", "w1", None, "t", "gemm1"),
+        helper.make_node("Add", ["s", "t"], ["a"], name="add"),
+        gemm_node("a", "w2", None, "y", "gemm2"),
+    ]
+    model = make_model(nodes, [("x", [None, 12])], [("y", [None, 3])], inits)
+    local = build_quantized_module(model, X_MLP, n_bits=6, batch_size=128)
+    dist = build_quantized_module(model, _uneven(X_MLP, (300, 800)), n_bits=6, batch_size=128)
+    _same(local, dist, X_MLP[:40])

@@ -207,7 +207,7 @@ class OutputPartial:
 def _next_partition(part: Partition, store: WalkStore, p: OpPayload, partial: Any) -> Partition:
     blocks = {n: v for n, v in part.blocks.items() if n not in p.drops}
     dtypes = {n: v for n, v in part.dtypes.items() if n not in p.drops}
-    if p.out in store.data:
+    if store.has_blocks(p.out):
         blocks[p.out], dtypes[p.out] = store.stored_blocks(p.out)
     return replace(part, blocks=blocks, dtypes=dtypes, partial=partial)
 

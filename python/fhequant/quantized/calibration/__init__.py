@@ -34,6 +34,8 @@ The modules, by responsibility:
 
 * :mod:`.walk`: the graph walk and its entry (:func:`quantize_module`, :class:`ModuleCalibrator`);
 * :mod:`.store`: the walk's tensors and their stored blocks (:class:`~.store.WalkStore`);
+* :mod:`.views`: tensors read through a table from another one's stored integers
+  (:class:`~.views.TableView`);
 * :mod:`.passes`: the passes that calibrate one op (statistics, streamed, whole, concatenated);
 * :mod:`.tables`: the integer-table shortcuts (element-wise ops, re-quantized inputs);
 * :mod:`.traits`: what the walk asks of an op's class;

@@ -143,7 +143,7 @@ class OpPasses:
             requantized = self.tables.requantized_input(name, b, op)
             if requantized is not None:
                 return requantized
-            ints = store.data.get(name, b)
+            ints = store.int_block(name, b)
             if requantizes_to_itself(q, tensor, ints):
                 # QA(n, dequant(q), q's params) would quantize back to exactly q: build it
                 # from the integers (values = the same float64 dequant) and skip that pass.
@@ -156,7 +156,7 @@ class OpPasses:
                     stats=q.quant_stats,
                     params=q.quant_params,
                     # a widened copy is ours already; a block kept as stored is copied
-                    copy_values=store.data.holds(name, b, wide),
+                    copy_values=store.holds(name, b, wide),
                     # the float values only when the op reads them (same bits, once)
                     defer=True,
                 )

@@ -6,7 +6,9 @@ consumers still read it) and keeps its per-block values in a
 :class:`~fhequant.quantized.streaming.TensorStore` (in memory up to a budget, then spilled).
 It is the :class:`~fhequant.quantized.fused_stats.BlockSource` the passes read from: the row
 blocks (with the progress bar), the float values that flow downstream and, for quantized
-tensors, the stored integers.
+tensors, the stored integers. The output of an element-wise op calibrated by table is not
+stored: it is a :class:`~fhequant.quantized.calibration.views.TableView` of its input, whose
+blocks are computed when read (the same arrays the stored blocks would be).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 
 from fhequant import _core
 from fhequant.quantization import QuantizedArray, UniformQuantizer
+from fhequant.quantized.calibration.views import TableView
 from fhequant.quantized.streaming import TensorStore
 
 __all__ = [
@@ -201,6 +204,8 @@ class WalkStore:
         self.flows_raw = flows_raw
         self.tensors: dict[str, WalkTensor] = {}
         self.data = TensorStore(memory_budget)
+        #: the tensors read through a table from another one's stored integers
+        self.views: dict[str, TableView] = {}
         self.block_sizes: list[int] = []
         self.progress: Progress | None = None
 
@@ -228,12 +233,17 @@ class WalkStore:
         if self.progress is not None:
             self.progress.close()
         self.data.close()
+        self.views.clear()
 
     # --- handing blocks over (to or from another store) ------------------------------------
 
     def stored_blocks(self, name: str) -> tuple[list[np.ndarray], list[np.dtype[Any]]]:
         """Every block of ``name`` as stored (integers possibly narrowed) and the dtype each
         stands for: what :meth:`adopt_blocks` takes."""
+        if name in self.views:  # materialised: the other store holds no view of it
+            return [self.stored_block(name, b) for b in range(self.n_blocks)], [
+                np.dtype(np.int64)
+            ] * self.n_blocks
         n = self.data.n_blocks(name)
         return [self.data.get_stored(name, b) for b in range(n)], self.data.dtypes(name)
 
@@ -246,6 +256,30 @@ class WalkStore:
 
     # --- reading blocks -------------------------------------------------------------------
 
+    def has_blocks(self, name: str) -> bool:
+        """Whether tensor ``name`` has blocks to read (stored, or a view of stored ones)."""
+        return name in self.data or name in self.views
+
+    def stored_block(self, name: str, b: int) -> np.ndarray:
+        """Block ``b`` of tensor ``name`` as stored (integers possibly narrowed); a view's
+        block as the store would hold it."""
+        view = self.views.get(name)
+        if view is None:
+            return self.data.get_stored(name, b)
+        return view.stored(self.table_index_block(view.base, b))
+
+    def int_block(self, name: str, b: int) -> np.ndarray:
+        """Block ``b`` of tensor ``name`` in the dtype it stands for (a view's: int64)."""
+        if name not in self.views:
+            return self.data.get(name, b)
+        stored = self.stored_block(name, b)
+        return stored if stored.dtype == np.int64 else stored.astype(np.int64)
+
+    def holds(self, name: str, b: int, array: Any) -> bool:
+        """Whether ``array`` is the store's own block ``b`` of ``name`` (never for a view:
+        its blocks are computed on each read)."""
+        return name not in self.views and self.data.holds(name, b, array)
+
     def float_block(self, name: str, b: int) -> Any:
         """The float values of tensor ``name`` in block ``b`` (what flows downstream)."""
         narrow = self.narrow_stored_block(name, b)
@@ -254,8 +288,8 @@ class WalkStore:
             return q.dequant(stored)
         tensor = self.tensors[name]
         if tensor.kind == "quant" and not tensor.stored_floats and tensor.quantizer is not None:
-            return tensor.quantizer.dequant(self.data.get(name, b))
-        return self.data.get(name, b)
+            return tensor.quantizer.dequant(self.int_block(name, b))
+        return self.int_block(name, b)
 
     def narrow_stored_block(self, name: str, b: int) -> tuple[np.ndarray, UniformQuantizer] | None:
         """Block ``b`` of a quantized tensor as stored in int8/16/32, with its quantizer, when
@@ -265,7 +299,7 @@ class WalkStore:
         q = tensor.quantizer
         if tensor.kind != "quant" or tensor.stored_floats or q is None:
             return None
-        stored = self.data.get_stored(name, b)
+        stored = self.stored_block(name, b)
         if (
             stored.ndim
             and stored.size
@@ -277,9 +311,9 @@ class WalkStore:
 
     def table_index_block(self, name: str, b: int) -> np.ndarray:
         """Block ``b`` of a quant tensor as contiguous signed integers (as stored if it can)."""
-        stored = self.data.get_stored(name, b)
+        stored = self.stored_block(name, b)
         if stored.dtype not in TABLE_INDEX:
-            stored = self.data.get(name, b).astype(np.int64)
+            stored = self.int_block(name, b).astype(np.int64)
         return np.ascontiguousarray(stored)
 
     # --- writing blocks -------------------------------------------------------------------
@@ -345,6 +379,44 @@ class WalkStore:
                 mark_presence(tensor, ints, qlo, qhi)
         self.data.put(out, ints, dtype=wide)
 
+    def keep_view(self, out: str, base: str, lo: int, table: np.ndarray, seen: np.ndarray) -> bool:
+        """Make quant tensor ``out`` (its quantizer set) the view ``table[q - lo]`` of the
+        stored integers ``q`` of ``base``, with the ranges and presence marks its stored blocks
+        would have had.
+
+        Args:
+            out: the element-wise op's output.
+            base: its input (a view of a view is made a view of the first one's base).
+            lo: the smallest integer of ``base`` (``table[0]`` is its output).
+            table: the output integers over ``base``'s integer range, in the dtype of the
+                blocks (one of ``TABLE_INDEX``).
+            seen: which integers of ``base``'s range occur in its blocks.
+
+        Returns:
+            False (nothing done) when the ranges cannot be derived from the table (not a
+            scalar, positive scale): the caller stores the blocks.
+        """
+        tensor = self.tensors[out]
+        quantizer = tensor.quantizer
+        assert quantizer is not None
+        scale, zp = quantizer.scale, quantizer.zero_point
+        if tensor.consumers_left <= 0:
+            return True  # a graph output only: no op reads its blocks or ranges
+        if np.ndim(scale) or np.ndim(zp) or not scale > 0 or not seen.any():
+            return False
+        values = np.ascontiguousarray(table[seen])  # the integers the blocks hold
+        qlo, qhi = int(values.min()), int(values.max())
+        # store_ints on every non-empty block: the same table ends, merged
+        tensor.qmin, tensor.qmax = qlo, qhi
+        ends = quantizer.dequant(np.array([qlo, qhi], dtype=np.int64))
+        tensor.vmin, tensor.vmax = ends[0], ends[1]
+        if tensor.track_presence:
+            mark_presence(tensor, values, qlo, qhi)
+        inner = self.views.get(base)
+        view = TableView(base, lo, table) if inner is None else inner.then(lo, table)
+        self.views[out] = view
+        return True
+
     @staticmethod
     def value_range(
         quantizer: UniformQuantizer, q: np.ndarray, qlo: Any, qhi: Any, wide: Any
@@ -362,7 +434,7 @@ class WalkStore:
     def reset_output(self, out: str) -> None:
         """Forget the blocks and ranges of ``out`` (before another output pass)."""
         tensor = self.tensors[out]
-        self.data.drop(out)
+        self._free(out)
         tensor.vmin = tensor.vmax = None
         tensor.qmin = tensor.qmax = None
         tensor.present_lo = tensor.present = None
@@ -372,4 +444,16 @@ class WalkStore:
         tensor = self.tensors[name]
         tensor.consumers_left -= 1
         if tensor.consumers_left <= 0:
+            self._free(name)
+
+    def _free(self, name: str) -> None:
+        """Free the blocks of ``name`` (a view: its table, then its base's blocks when no
+        consumer or other view reads them); a tensor that views read is kept for them."""
+        view = self.views.pop(name, None)
+        if view is not None:
+            base = self.tensors.get(view.base)
+            if base is None or base.consumers_left <= 0:
+                self._free(view.base)
+            return
+        if not any(v.base == name for v in self.views.values()):
             self.data.drop(name)

@@ -4,7 +4,8 @@ Two shortcuts give the numbers of the block walk without evaluating the op on ev
 
 * :meth:`TablePaths.calibrate_by_table`: an element-wise op of one quantized tensor runs once
   on the distinct integers present; its output integers come from a table indexed by the input
-  integers;
+  integers, and the output is kept as a view of the input through that table
+  (:class:`~fhequant.quantized.calibration.views.TableView`), not stored;
 * :meth:`TablePaths.requantized_input`: a Gemm/MatMul/Conv (constant weights) or shape op that
   re-quantizes its input with options of its own reads the re-quantized integers from a table
   of ``quant(dequant(q))`` over the producer's integer range.
@@ -94,12 +95,14 @@ class TablePaths:
         self._requant_tables: dict[tuple[str, int], Any] = {}
         self._requant_buffers: dict[tuple[str, int], np.ndarray] = {}
         self._narrow_tables: dict[tuple[str, int], np.ndarray | None] = {}
+        self._lookups: dict[tuple[str, int], tuple[str, int, Any]] = {}
 
     def clear(self) -> None:
         """Forget the re-quantization tables and buffers (one op at a time: they are done)."""
         self._requant_tables.clear()
         self._requant_buffers.clear()
         self._narrow_tables.clear()
+        self._lookups.clear()
 
     # --- element-wise ops by table ------------------------------------------------------
 
@@ -110,7 +113,10 @@ class TablePaths:
         integer: the op runs once on the distinct integers present (found in one pass), its
         output statistics are the min/max of those results, and the output integers come
         from a table indexed by the input integers. The numbers are those of the block walk:
-        the same element-wise evaluations on the same floats, one per distinct value.
+        the same element-wise evaluations on the same floats, one per distinct value. The
+        output is a view of the input through the table (``WalkStore.keep_view``): its blocks
+        are looked up when read; they are stored only when its ranges cannot be derived from
+        the table.
 
         Returns:
             False (nothing done) when the op or its input does not qualify.
@@ -136,6 +142,9 @@ class TablePaths:
         quant, table, qlo, qhi = built
         store.tensors[out].kind = "quant"
         store.tensors[out].quantizer = quant.quantizer
+        if store.keep_view(out, name, lo, table, seen):
+            traits.finish(op, quant)  # the output is a view of the input: nothing to store
+            return True
         for b in store.blocks(f"{op.op_instance_name} outputs"):
             if store.tensors[out].consumers_left <= 0:
                 continue  # a graph output only: nothing to keep
@@ -180,16 +189,12 @@ class TablePaths:
         if not self.requantizes(name, op):
             return None
         key = (name, id(op))
-        found = self._requant_tables[key]
-        quantizer, table = found
-        lo = self.store.tensors[name].qmin
-        assert lo is not None  # checked by requant_table
-        block = self.store.table_index_block(name, b)
-        narrow = self._narrow_table(key, table) if op.narrow_inputs else None
+        quantizer, _ = self._requant_tables[key]
+        source, lo, values = self._lookup(key, name, op.narrow_inputs)
+        block = self.store.table_index_block(source, b)
         if block.size:
             # The op reads these integers once and keeps nothing of them (Gemm/MatMul/Conv
             # results are new arrays, shape ops copy), so one buffer serves every block.
-            values = table if narrow is None else narrow
             buffer = self._requant_buffers.get(key)
             if buffer is None or buffer.shape != block.shape or buffer.dtype != values.dtype:
                 buffer = self._requant_buffers[key] = np.empty(block.shape, dtype=values.dtype)
@@ -218,6 +223,26 @@ class TablePaths:
             copy_values=False,
             defer=True,
         )
+
+    def _lookup(self, key: tuple[str, int], name: str, narrow: bool) -> tuple[str, int, Any]:
+        """Where the re-quantized integers of ``name`` come from, once per op: the stored
+        tensor, its smallest integer and the table indexed from it (int64, or the op's
+        ``narrow`` dtype). A view's table is composed with the consumer's, so each block is
+        one lookup from the view's base."""
+        found = self._lookups.get(key)
+        if found is None:
+            _, table = self._requant_tables[key]
+            small = self._narrow_table(key, table) if narrow else None
+            values = table if small is None else small
+            lo = self.store.tensors[name].qmin
+            assert lo is not None  # checked by requant_table
+            view = self.store.views.get(name)
+            if view is None:
+                found = (name, lo, values)
+            else:
+                found = (view.base, view.lo, view.compose(lo, values))
+            self._lookups[key] = found
+        return found
 
     def _narrow_table(self, key: tuple[str, int], table: np.ndarray) -> np.ndarray | None:
         """The int64 ``table`` as int8 or int16 when its values fit (the same numbers), else
