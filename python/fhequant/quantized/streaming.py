@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,11 +31,13 @@ __all__ = [
     "AUTO_BLOCK_VALUES",
     "DEFAULT_BLOCK_ROWS",
     "DEFAULT_MEMORY_BUDGET",
+    "READ_AHEAD",
     "TensorStore",
     "as_numpy",
     "auto_block_rows",
     "iter_row_blocks",
     "normalize_calibration_data",
+    "read_ahead",
 ]
 
 #: Rows per evaluation block when the caller does not choose and the model's tensor shapes
@@ -199,6 +202,35 @@ def _check_batch(batch: tuple[np.ndarray, ...], n_inputs: int, index: int) -> in
     return rows.pop()
 
 
+#: Read the next calibration batch from the source in a helper thread while the current one is
+#: processed (:func:`read_ahead`); False reads them one after the other.
+READ_AHEAD = True
+
+
+def read_ahead(batches: Iterable[Any]) -> Iterator[Any]:
+    """The items of ``batches``, in order, each read by one helper thread while the caller
+    works on the one before.
+
+    A source that generates or loads its batches (numpy's random generators, file reads,
+    a DataLoader's queue) mostly runs without the GIL, as do the numpy and native work the
+    calibration does on a batch, so the two overlap on a second core. The source is iterated
+    from ``iter()`` on the caller's thread, then advanced by the helper thread alone, one
+    ``next()`` at a time; at most one batch is read ahead. An exception of the source is raised
+    in the caller when it asks for that item; closing this generator early waits for the
+    read in flight, then stops.
+    """
+    iterator = iter(batches)
+    end = object()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fhequant-read-ahead") as pool:
+        pending = pool.submit(next, iterator, end)
+        while True:
+            item = pending.result()
+            if item is end:
+                return
+            pending = pool.submit(next, iterator, end)
+            yield item
+
+
 def iter_row_blocks(
     data: CalibrationData, n_inputs: int, block_rows: int
 ) -> Iterator[tuple[np.ndarray, ...]]:
@@ -222,7 +254,8 @@ def iter_row_blocks(
     assert data.batches is not None
     pending: list[tuple[np.ndarray, ...]] = []
     pending_rows = 0
-    for index, raw_batch in enumerate(data.batches):
+    batches = read_ahead(data.batches) if READ_AHEAD else data.batches
+    for index, raw_batch in enumerate(batches):
         batch = _batch_as_tuple(raw_batch)
         if len(batch) == n_inputs + 1 and isinstance(raw_batch, (tuple, list)):
             batch = batch[:n_inputs]  # (x, y) batches of a DataLoader: the labels are dropped
