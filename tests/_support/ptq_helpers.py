@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fhequant import QuantizedModule
+from fhequant import QuantizedModule, build_quantized_module
+
+_T = TypeVar("_T")
 
 
 def make_model(
@@ -135,3 +138,26 @@ def assert_same_module(a: QuantizedModule, b: QuantizedModule, x: np.ndarray) ->
         a.quantized_forward(a.quantize_input(x)), b.quantized_forward(b.quantize_input(x))
     )
     np.testing.assert_array_equal(a.forward(x), b.forward(x))
+
+
+def build_with_and_without(
+    monkeypatch: pytest.MonkeyPatch,
+    model: Any,
+    data: Any,
+    spy: Callable[[pytest.MonkeyPatch], _T],
+    switch_off: Callable[[pytest.MonkeyPatch], None],
+    **kwargs: Any,
+) -> tuple[QuantizedModule, QuantizedModule, _T]:
+    """Build ``model`` twice: with ``spy`` installed (its result says what the path under test
+    did), then with ``switch_off`` patching that path out; each patch lasts one build.
+
+    Returns:
+        (the module with the path, the module without it, what ``spy`` returned)
+    """
+    with monkeypatch.context() as m:
+        seen = spy(m)
+        with_path = build_quantized_module(model, data, **kwargs)
+    with monkeypatch.context() as m:
+        switch_off(m)
+        without = build_quantized_module(model, data, **kwargs)
+    return with_path, without, seen

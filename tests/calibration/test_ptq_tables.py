@@ -19,7 +19,7 @@ from onnx import helper
 from fhequant import build_quantized_module
 from fhequant.quantized import ONNX_OPS_TO_QUANTIZED_IMPL
 from fhequant.quantized.calibration.tables import TablePaths
-from ptq_helpers import assert_same_module, gemm_node, make_model, mlp
+from ptq_helpers import assert_same_module, build_with_and_without, gemm_node, make_model, mlp
 
 #: the op types whose class declares that it may be calibrated by table
 _TABLE_OPS = {op for op, cls in ONNX_OPS_TO_QUANTIZED_IMPL.items() if cls.calibrate_by_table}
@@ -68,13 +68,8 @@ def _count_tables(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 def _both(
     monkeypatch: pytest.MonkeyPatch, model: Any, x: np.ndarray, **kwargs: Any
 ) -> tuple[Any, Any, Counter[str]]:
-    with monkeypatch.context() as m:
-        taken = _count_tables(m)
-        fast = build_quantized_module(model, x, **kwargs)
-    with monkeypatch.context() as m:
-        _without_tables(m)
-        slow = build_quantized_module(model, x, **kwargs)
-    return fast, slow, taken
+    """(with the table paths, without them, the paths taken)."""
+    return build_with_and_without(monkeypatch, model, x, _count_tables, _without_tables, **kwargs)
 
 
 # exponential growth: smaller weights and inputs keep two chained layers finite

@@ -17,13 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
-from fhequant import _core, build_quantized_module
+from fhequant import _core
 from fhequant.quantization import QuantizedArray
 from fhequant.quantized.calibration.store import WalkStore, WalkTensor
 from fhequant.quantized.calibration.views import STORED_INTS, TableView
 from fhequant.quantized.calibration.walk import quantize_module
 from fhequant.quantized.streaming import _STORED_INTS
-from ptq_helpers import gemm_node, make_model, mlp, module_state
+from ptq_helpers import build_with_and_without, gemm_node, make_model, mlp, module_state
 
 RNG = np.random.default_rng(16)
 X = RNG.normal(size=(600, 10)).astype(np.float32)
@@ -206,13 +206,8 @@ def _count_views(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 def _both(
     monkeypatch: pytest.MonkeyPatch, model: Any, x: np.ndarray, **kwargs: Any
 ) -> tuple[Any, Any, Counter[str]]:
-    with monkeypatch.context() as m:
-        made = _count_views(m)
-        lazy = build_quantized_module(model, x, **kwargs)
-    with monkeypatch.context() as m:
-        _never_view(m)
-        stored = build_quantized_module(model, x, **kwargs)
-    return lazy, stored, made
+    """(with views, with stored outputs, the views made)."""
+    return build_with_and_without(monkeypatch, model, x, _count_views, _never_view, **kwargs)
 
 
 def _diamond() -> Any:
