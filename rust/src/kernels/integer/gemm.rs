@@ -21,72 +21,18 @@ pub(crate) const BLOCK_ROWS: usize = 64;
 /// The integer element types of A the matmul reads as stored (each value widened to i64 as
 /// it is read, never as a copy of A).
 pub trait Lhs: Copy + Ord + Send + Sync + Into<i64> + 'static {
-    /// (min, max) of the values as i64, (0, 0) when there are none.
+    /// (min, max) of the values as i64, (0, 0) when there are none (`exact::range_of`: a
+    /// scan in the input's own type; widening each value to i64 first cost about a tenth of
+    /// an int8 product call).
     fn range_of<D: ndarray::Dimension>(a: ndarray::ArrayView<'_, Self, D>) -> (i64, i64) {
-        fn fold<'b, T: Lhs>(values: impl Iterator<Item = &'b T>) -> (i64, i64) {
-            values.fold((i64::MAX, i64::MIN), |(lo, hi), &v| {
-                let v: i64 = v.into();
-                (lo.min(v), hi.max(v))
-            })
-        }
-        let (lo, hi) = match a.as_slice() {
-            Some(slice) => slice
-                .par_chunks(1 << 15)
-                .map(chunk_range)
-                .reduce(|| (i64::MAX, i64::MIN), |x, y| (x.0.min(y.0), x.1.max(y.1))),
-            None => fold(a.iter()),
-        };
-        if lo > hi {
-            (0, 0)
-        } else {
-            (lo, hi)
-        }
+        range_of(a)
     }
-}
-
-/// (min, max) of a contiguous chunk as i64 ((i64::MAX, i64::MIN) when empty): a min/max pass
-/// in the chunk's own type, which the compiler vectorises (AVX2 where the CPU has it: the
-/// i8 and i16 scans of a narrow input cost about a tenth of a product call when they widened
-/// each value to i64 on baseline x86-64).
-fn chunk_range<T: Lhs>(chunk: &[T]) -> (i64, i64) {
-    let Some(&first) = chunk.first() else {
-        return (i64::MAX, i64::MIN);
-    };
-    #[cfg(target_arch = "x86_64")]
-    if simd::avx2() {
-        // SAFETY: the CPU has AVX2.
-        let (lo, hi) = unsafe { min_max_avx2(chunk, first) };
-        return (lo.into(), hi.into());
-    }
-    let (lo, hi) = min_max(chunk, first);
-    (lo.into(), hi.into())
-}
-
-#[inline(always)]
-fn min_max<T: Lhs>(chunk: &[T], first: T) -> (T, T) {
-    chunk
-        .iter()
-        .fold((first, first), |(lo, hi), &v| (lo.min(v), hi.max(v)))
-}
-
-/// [`min_max`] compiled for AVX2 (the same comparisons: the same result).
-///
-/// # Safety
-/// The CPU has AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn min_max_avx2<T: Lhs>(chunk: &[T], first: T) -> (T, T) {
-    min_max(chunk, first)
 }
 
 impl Lhs for i8 {}
 impl Lhs for i16 {}
 impl Lhs for i32 {}
-impl Lhs for i64 {
-    fn range_of<D: ndarray::Dimension>(a: ndarray::ArrayView<'_, i64, D>) -> (i64, i64) {
-        range_of(a)
-    }
-}
+impl Lhs for i64 {}
 
 /// How `matmul` evaluates a product: the strategy and the shifts s (of A) and t (of
 /// W − z_w) that centre the operands (see `matmul`).

@@ -513,8 +513,9 @@ fn narrow_ranges_are_the_widened_ones() {
             .fold((i64::MAX, i64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         let view = ndarray::ArrayView1::from(&typed[..]);
         let got = T::range_of(view);
-        assert_eq!(got, if values.is_empty() { (0, 0) } else { want });
-        assert_eq!(chunk_range(&typed), want);
+        let want = if values.is_empty() { (0, 0) } else { want };
+        assert_eq!(got, want);
+        assert_eq!(crate::kernels::integer::exact::range_slice(&typed), want);
     }
     // lengths around the vector widths and the parallel chunk, the extremes of each type
     // at the start, the middle and the end
