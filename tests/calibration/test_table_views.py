@@ -20,9 +20,8 @@ from onnx import helper
 from fhequant import _core
 from fhequant.quantization import QuantizedArray
 from fhequant.quantized.calibration.store import WalkStore, WalkTensor
-from fhequant.quantized.calibration.views import STORED_INTS, TableView
+from fhequant.quantized.calibration.views import TableView
 from fhequant.quantized.calibration.walk import quantize_module
-from fhequant.quantized.streaming import _STORED_INTS
 from ptq_helpers import build_with_and_without, gemm_node, make_model, mlp, module_state
 
 RNG = np.random.default_rng(16)
@@ -159,7 +158,6 @@ def test_a_view_with_no_reader_keeps_nothing_and_a_non_monotone_quantizer_stores
 
 
 def test_view_stored_ints_are_the_store_narrowing() -> None:
-    assert STORED_INTS == _STORED_INTS
     wide = TableView("g", 0, np.array([-(1 << 40), 5, 70_000], dtype=np.int64))
     base = np.array([[1, 1], [1, 1]], dtype=np.int8)
     assert wide.stored(base).dtype == np.int8  # as TensorStore.put narrows an int64 block

@@ -32,10 +32,12 @@ __all__ = [
     "DEFAULT_BLOCK_ROWS",
     "DEFAULT_MEMORY_BUDGET",
     "READ_AHEAD",
+    "STORED_INTS",
     "TensorStore",
     "as_numpy",
     "auto_block_rows",
     "iter_row_blocks",
+    "narrowest",
     "normalize_calibration_data",
     "read_ahead",
 ]
@@ -502,20 +504,27 @@ class TensorStore:
         self._in_memory = max(self._in_memory - entry.charged, 0)
 
 
-def _narrow(block: np.ndarray) -> np.ndarray:
-    """The block in the smallest integer dtype holding it (a copy for non-int data).
+def narrowest(block: np.ndarray) -> np.ndarray:
+    """Integers in the smallest of :data:`STORED_INTS` that holds them (a new array), or
+    ``block`` itself when it is empty, not integers, or no narrower dtype holds it.
 
     Signed dtypes come first at each width: the native dequantize reads int8/16/32 blocks
     as they are stored, unsigned ones need a widening copy.
     """
     if block.dtype.kind not in "iu" or block.size == 0:
-        return np.array(block, copy=True)
-    dtype = smallest_int(int(block.min()), int(block.max()), _STORED_INTS)
-    return np.array(block, copy=True) if dtype is None else block.astype(dtype)
+        return block
+    dtype = smallest_int(int(block.min()), int(block.max()), STORED_INTS)
+    return block if dtype is None else block.astype(dtype)
 
 
-#: The stored dtypes of :func:`_narrow`, smallest first, signed first at each width.
-_STORED_INTS = tuple(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32))
+def _narrow(block: np.ndarray) -> np.ndarray:
+    """:func:`narrowest`, always a copy (what the store keeps of a caller's block)."""
+    narrowed = narrowest(block)
+    return np.array(block, copy=True) if narrowed is block else narrowed
+
+
+#: The stored dtypes of :func:`narrowest`, smallest first, signed first at each width.
+STORED_INTS = tuple(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32))
 
 
 def smallest_int(lo: int, hi: int, dtypes: tuple[np.dtype[Any], ...]) -> np.dtype[Any] | None:

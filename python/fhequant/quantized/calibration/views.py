@@ -16,13 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from fhequant import _core
-from fhequant.quantized.streaming import smallest_int
+from fhequant.quantized.streaming import narrowest
 
-__all__ = ["STORED_INTS", "TableView"]
-
-#: The dtypes ``TensorStore.put`` narrows an owned int64 block to (smallest first): a view
-#: gives the block those would have stored.
-STORED_INTS = tuple(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32))
+__all__ = ["TableView"]
 
 
 @dataclass(frozen=True)
@@ -48,13 +44,10 @@ class TableView:
         return _core.int_lookup(base_block, self.lo, self.table)
 
     def stored(self, base_block: np.ndarray) -> np.ndarray:
-        """The block as the store would hold :meth:`ints` (an int64 block narrowed)."""
+        """The block as the store would hold :meth:`ints` (an int64 block narrowed as
+        ``TensorStore.put`` narrows it)."""
         ints = self.ints(base_block)
-        if ints.dtype == np.int64 and ints.size:
-            dtype = smallest_int(int(ints.min()), int(ints.max()), STORED_INTS)
-            if dtype is not None:
-                return ints.astype(dtype)
-        return ints
+        return narrowest(ints) if ints.dtype == np.int64 else ints
 
     def compose(self, lo: int, table: np.ndarray) -> np.ndarray:
         """``table`` (indexed by this view's integers minus ``lo``) as a table indexed by the
