@@ -27,10 +27,17 @@ from fhequant.errors import (
 )
 from fhequant.kernels.reference.float_matmul import matmul_sequential_reference
 from fhequant.quantized import float_impls, fused_stats
-from fhequant.quantized.calibration import passes
+from fhequant.quantized.calibration import early, passes
 from ptq_helpers import cnn, make_model, mlp
 
 _INTS = (np.int8, np.int16, np.int32)
+
+
+@pytest.fixture(autouse=True)
+def _statistics_pass_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the statistics pass: the ops reading a graph input run theirs
+    too instead of being served while loading (test_early_statistics.py covers that)."""
+    monkeypatch.setattr(early, "ENABLED", False)
 
 
 def _check(arr: np.ndarray, got: tuple[float, float, bool]) -> None:

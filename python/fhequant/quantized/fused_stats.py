@@ -31,8 +31,9 @@ either way.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -53,6 +54,7 @@ __all__ = [
     "INTEGER_FILTER",
     "SERVES_STATISTICS",
     "BlockSource",
+    "Extremes",
     "Products",
     "fused_statistics",
 ]
@@ -181,47 +183,97 @@ def fused_statistics(
         NonFiniteError: the result holds NaN or infinite values (the materialised pass's
             message).
     """
-    if not ENABLED or len(variable) != 1 or routed_float_impl(op) is None:
+    extremes = Extremes.of(op, variable, out, products)
+    if extremes is None:
         return None
-    if getattr(type(op), "fused_extremes", None) is None:
-        return None
-    plan = _plan(op, products is not None or INTEGER_FILTER)
-    if plan is None:
-        return None
-    where = f"op {op.op_instance_name!r} ({type(op).__name__})"
-    lo: Any = None
-    hi: Any = None
-    dtype: Any = None
     name = variable[0]
     for b in cal.blocks(f"{op.op_instance_name} statistics"):
-        found = _block_extremes(cal, plan, name, b, products)
+        x, dequant = _block_input(cal, name, b)
+        extremes.add(x, dequant, b, partial(cal.float_block, name, b))
+    return extremes.result()
+
+
+class Extremes:
+    """The running ``[min, max]`` of one op's float result, one block at a time (what
+    :func:`fused_statistics` reduces; the walk also feeds it the graph inputs as they load).
+
+    Build it with :meth:`of`; every :meth:`add` must run where :meth:`of` did, in the
+    ``use_split_independent_impl(op)`` context.
+    """
+
+    def __init__(self, op: Any, out: str, plan: _Plan, products: Products | None) -> None:
+        self.op = op
+        self.out = out
+        self.plan = plan
+        self.products = products
+        self.where = f"op {op.op_instance_name!r} ({type(op).__name__})"
+        self.lo: Any = None
+        self.hi: Any = None
+        self.dtype: Any = None
+
+    @classmethod
+    def of(
+        cls, op: Any, variable: list[str], out: str, products: Products | None = None
+    ) -> Extremes | None:
+        """The accumulator of ``op`` (arguments as :func:`fused_statistics`), or None when
+        the fused kernels do not apply."""
+        if not ENABLED or len(variable) != 1 or routed_float_impl(op) is None:
+            return None
+        if getattr(type(op), "fused_extremes", None) is None:
+            return None
+        plan = _plan(op, products is not None or INTEGER_FILTER)
+        if plan is None:
+            return None
+        return cls(op, out, plan, products)
+
+    def add(
+        self,
+        x: np.ndarray,
+        dequant: tuple[float, float] | None,
+        b: int,
+        float_block: Callable[[], np.ndarray],
+    ) -> None:
+        """Take block ``b``: ``x`` as :func:`_block_input` reads it, ``float_block()`` its
+        float values (read only when the block is materialised).
+
+        Raises:
+            NonFiniteError: the block's result holds NaN or infinite values.
+        """
+        found = _block_extremes(self.plan, x, dequant, b, self.products)
         if found is None:
-            arr = _materialised(cal, op, name, b)
+            arr = _materialised(self.op, float_block())
             if arr.size == 0:
-                continue
+                return
             blo, bhi, bdtype = arr.min(), arr.max(), arr.dtype
         else:
             blo, bhi, bdtype = found
-        check_finite(blo, bhi, out, where)
-        lo = blo if lo is None else np.minimum(lo, blo)
-        hi = bhi if hi is None else np.maximum(hi, bhi)
-        dtype = bdtype
-    return np.array([lo, hi], dtype=dtype)
+        check_finite(blo, bhi, self.out, self.where)
+        self.lo = blo if self.lo is None else np.minimum(self.lo, blo)
+        self.hi = bhi if self.hi is None else np.maximum(self.hi, bhi)
+        self.dtype = bdtype
+
+    def result(self) -> np.ndarray:
+        """``np.array([min, max], dtype)`` over the blocks taken so far."""
+        return np.array([self.lo, self.hi], dtype=self.dtype)
 
 
-def _materialised(cal: BlockSource, op: Any, name: str, b: int) -> np.ndarray:
-    """Block ``b`` of the op's float result, as the materialised statistics pass computes it."""
+def _materialised(op: Any, block: np.ndarray) -> np.ndarray:
+    """The op's float result on ``block``, as the materialised statistics pass computes it."""
     prepared = op._prepare_inputs_with_constants(
-        cal.float_block(name, b), calibrate=True, quantize_actual_values=False
+        block, calibrate=True, quantize_actual_values=False
     )
     return np.asarray(op.call_impl(*prepared, **op.attrs))
 
 
 def _block_extremes(
-    cal: BlockSource, plan: _Plan, name: str, b: int, products: Products | None
+    plan: _Plan,
+    x: np.ndarray,
+    dequant: tuple[float, float] | None,
+    b: int,
+    products: Products | None,
 ) -> tuple[Any, Any, Any] | None:
-    """(min, max, dtype) of block ``b`` from the kernels, or None to materialise it."""
-    x, dequant = _block_input(cal, name, b)
+    """(min, max, dtype) of block ``b`` (``x`` as :func:`_block_input` reads it) from the
+    kernels, or None to materialise it."""
     dtype = _result_dtype(plan, x, dequant)
     if dtype is None:
         return None

@@ -23,6 +23,7 @@ from fhequant.quantization import QuantizationOptions, QuantizedArray, Statistic
 from fhequant.quantized import fused_stats
 from fhequant.quantized.calibration import traits
 from fhequant.quantized.calibration.bias import correct_bias
+from fhequant.quantized.calibration.early import EarlyStatistics
 from fhequant.quantized.calibration.engine import OutputRange, PassPlan, union_uvalues
 from fhequant.quantized.calibration.store import WalkStore, requantizes_to_itself
 from fhequant.quantized.calibration.tables import TablePaths
@@ -83,6 +84,8 @@ class OpPasses:
         #: strategy quantizes a constant (the corrected bias).
         self.bias_corrected: set[str] = set()
         self.process_initializer: Any = None
+        #: The statistics the walk gathered while loading the graph inputs.
+        self.early = EarlyStatistics()
 
     def calibrate(self, op: Any, variable: list[str], out: str) -> None:
         """Calibrate ``op`` (variable inputs ``variable``) and store its output ``out``."""
@@ -377,7 +380,9 @@ class OpPasses:
         keep: list[Any] | None = [] if self.flows_raw else None
         if keep is None and not op.spec().raw_output and not traits.clips_percentiles(op):
             # only the min/max are used: the native kernels need not materialise the result
-            fused = fused_statistics(store, op, variable, out, products)
+            fused = self.early.take(out)
+            if fused is None:
+                fused = fused_statistics(store, op, variable, out, products)
             if fused is not None:
                 op._set_output_quantizer(fused)
                 return None

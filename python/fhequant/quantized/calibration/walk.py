@@ -24,6 +24,8 @@ from fhequant.errors import (
     UnsupportedOpError,
 )
 from fhequant.quantization import QuantizedArray, StatisticSpec, UniformQuantizer
+from fhequant.quantized import fused_stats
+from fhequant.quantized.calibration import early
 from fhequant.quantized.calibration.methods import WEIGHT_OPS, resolve_calibration
 from fhequant.quantized.calibration.node_errors import node_failure
 from fhequant.quantized.calibration.passes import OpPasses
@@ -194,6 +196,7 @@ class ModuleCalibrator:
             total = calib.arrays[0].shape[0] if calib.arrays[0].ndim else 0
         else:
             total = 0
+        watching = self._early_statistics()
         progress = self.store.progress = Progress(total, self.verbose)
         progress.start("inputs", total)
         lows: list[Any] = [None] * n_inputs
@@ -213,8 +216,45 @@ class ModuleCalibrator:
                     lows[i] = lo if lows[i] is None else np.minimum(lows[i], lo)
                     highs[i] = hi if highs[i] is None else np.maximum(highs[i], hi)
                 self.store.data.put(name, arr, owned=owned)
+                watching.add(name, arr, len(self.store.block_sizes) - 1)
             progress.advance(rows)
+        watching.finish()
+        self.passes.early = watching
         self.accept_inputs(self.store.block_sizes, list(zip(lows, highs, strict=True)))
+
+    def _early_statistics(self) -> early.EarlyStatistics:
+        """The ops whose statistics the loading pass gathers (:mod:`.early`): a single
+        variable input that is a graph input, every other input an initializer, the min/max
+        statistic, no bias correction, PTQ."""
+        watching = early.EarlyStatistics()
+        if not early.ENABLED or self.strategy.flows_raw:
+            return watching
+        inputs = set(self.input_names)
+        registry = quantized_registry()
+        for node in self.nodes:
+            cls = registry.get(node.op_type)
+            if cls is None or getattr(cls, "fused_extremes", None) is None:
+                continue
+            variable = [n for n in node.inputs if n in inputs]
+            others = [n for n in node.inputs if n and n not in inputs]
+            if len(variable) != 1 or len(node.outputs) != 1:
+                continue
+            if any(n not in self.constants for n in others):
+                continue  # a weight computed by the graph: known only when its node is folded
+            calib = self.plan.for_op(node.name)
+            method = calib.activations
+            if calib.bias_correction or (
+                method is not None and method.name not in fused_stats.SERVES_STATISTICS
+            ):
+                continue
+            name = variable[0]
+            self.tensors.setdefault(name, WalkTensor("input", producers={name}))
+            try:
+                op = self._build_op(node, variable)
+            except Exception:  # the node's visit builds it again and reports what is wrong
+                continue
+            watching.watch(op, name, node.outputs[0])
+        return watching
 
     def accept_inputs(self, block_sizes: list[int], ranges: list[tuple[Any, Any]]) -> None:
         """Take the graph inputs: the rows of every block (in row order) and each input's
