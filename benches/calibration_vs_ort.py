@@ -37,7 +37,8 @@ rows: the same build with the AVX2 i16 integer-product strategy switched off, an
 switch of :data:`SWITCHES` (``i16``, ``products``: the products kept by the statistics pass,
 off by default, so time them with ``--products --baselines products``, ``filter``: the
 statistics kernels' filter, ``intfilter``: the integer-product filter of the Gemms that read
-stored integers, the float filter then),
+stored integers, the float filter then, ``early``: the statistics gathered while the inputs
+load, the first ops' own statistics pass then),
 on every row;
 ``--exact-extremes`` runs the statistics kernels without their filter).
 """
@@ -62,7 +63,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fhequant import _core, build_quantized_module
 from fhequant.quantized import fused_stats
-from fhequant.quantized.calibration import passes
+from fhequant.quantized.calibration import early, passes
 from ptq import best_of, cnn_model, mlp_model
 
 BATCH_ROWS = 10_000
@@ -279,6 +280,9 @@ SWITCHES: dict[str, Callable[[Any], Any]] = {
     # the integer-product filter of Gemm/MatMul reading stored integers (the float filter
     # then)
     "intfilter": _module_switch(fused_stats, "INTEGER_FILTER", False),
+    # the statistics of the ops reading a graph input gathered while the inputs load (their
+    # own statistics pass then)
+    "early": _module_switch(early, "ENABLED", False),
 }
 
 

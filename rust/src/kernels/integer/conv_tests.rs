@@ -95,6 +95,22 @@ fn direct_with<X: ConvInput + TryFrom<i64>>(
 where
     <X as TryFrom<i64>>::Error: std::fmt::Debug,
 {
+    direct_allowing::<X>(x, w, z_w, group, g, use_, Allowed::NONE)
+}
+
+/// `direct_with` with the SIMD integer strategies of `allowed` also allowed.
+fn direct_allowing<X: ConvInput + TryFrom<i64>>(
+    x: &Array4<i64>,
+    w: &Array4<i64>,
+    z_w: i64,
+    group: usize,
+    g: &Geometry,
+    use_: DirectUse,
+    allowed: Allowed,
+) -> Array4<i64>
+where
+    <X as TryFrom<i64>>::Error: std::fmt::Debug,
+{
     let xn = x.mapv(|v| X::try_from(v).unwrap());
     let dims = conv2d_shape(x.dim(), w.dim(), group, g).unwrap();
     let mut out = Array4::<i64>::from_elem(dims, 99);
@@ -107,7 +123,7 @@ where
         g,
         dst,
         |_, acc, d| d.copy_from_slice(acc),
-        Allowed::NONE,
+        allowed,
         use_,
     )
     .unwrap();
@@ -288,6 +304,25 @@ fn direct_matches_the_definition_for_every_input_type() {
     let w = data((4, 3, 3, 3), 2, -3000, 6000);
     let want = naive(&x, &w, 0, 1, &g);
     assert_eq!(direct_with::<i32>(&x, &w, 0, 1, &g, DirectUse::On), want);
+}
+
+#[test]
+fn direct_or_u8i8_by_channels_matches_the_definition() {
+    // With U8I8 allowed too, the direct conv takes up to DIRECT_BEFORE_U8I8_CHANNELS output
+    // channels per group and U8I8 the wider ones: both give the definition.
+    let g = Geometry::new([3, 3], [1, 1], [1; 4], [0, 0], 5);
+    for (o, group) in [(8, 1), (32, 1), (33, 1), (48, 1), (64, 2), (66, 2)] {
+        let x = data((3, 4, 6, 5), 1, 0, 31);
+        let w = data((o, 4 / group, 3, 3), 2, -15, 31);
+        let want = naive(&x, &w, 2, group, &g);
+        for use_ in [DirectUse::On, DirectUse::Off] {
+            assert_eq!(
+                direct_allowing::<i8>(&x, &w, 2, group, &g, use_, VNNI),
+                want,
+                "{o} channels, group {group}, {use_:?}"
+            );
+        }
+    }
 }
 
 #[test]
