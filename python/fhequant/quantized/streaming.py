@@ -393,7 +393,14 @@ class TensorStore:
         """How many blocks tensor ``name`` has."""
         return len(self._entries[name].blocks)
 
-    def put(self, name: str, block: np.ndarray, owned: bool = True, dtype: Any = None) -> None:
+    def put(
+        self,
+        name: str,
+        block: np.ndarray,
+        owned: bool = True,
+        dtype: Any = None,
+        bounds: tuple[int, int] | None = None,
+    ) -> None:
         """Append the next block of tensor ``name``.
 
         Args:
@@ -402,6 +409,8 @@ class TensorStore:
             owned: False for a view of caller-held data (kept as is, never charged).
             dtype: the dtype of the values when ``block`` is a fresh integer array already
                 narrowed from it (stored as is, read back in ``dtype``).
+            bounds: the min and max of an integer ``block`` when the caller has them (they
+                choose its stored dtype; computed here otherwise).
         """
         entry = self._entries.setdefault(name, _Entry())
         entry.dtypes.append(block.dtype if dtype is None else np.dtype(dtype))
@@ -411,7 +420,7 @@ class TensorStore:
         if dtype is not None:
             stored = block
         elif block.dtype.kind in "iu" and block.size:
-            stored = _narrow(block)
+            stored = _narrow(block, bounds)
         else:
             stored = None  # copied below when kept in memory
         nbytes = block.nbytes if stored is None else stored.nbytes
@@ -504,22 +513,24 @@ class TensorStore:
         self._in_memory = max(self._in_memory - entry.charged, 0)
 
 
-def narrowest(block: np.ndarray) -> np.ndarray:
+def narrowest(block: np.ndarray, bounds: tuple[int, int] | None = None) -> np.ndarray:
     """Integers in the smallest of :data:`STORED_INTS` that holds them (a new array), or
-    ``block`` itself when it is empty, not integers, or no narrower dtype holds it.
+    ``block`` itself when it is empty, not integers, or no narrower dtype holds it
+    (``bounds``: the block's min and max when the caller has them).
 
     Signed dtypes come first at each width: the native dequantize reads int8/16/32 blocks
     as they are stored, unsigned ones need a widening copy.
     """
     if block.dtype.kind not in "iu" or block.size == 0:
         return block
-    dtype = smallest_int(int(block.min()), int(block.max()), STORED_INTS)
+    lo, hi = (int(block.min()), int(block.max())) if bounds is None else bounds
+    dtype = smallest_int(lo, hi, STORED_INTS)
     return block if dtype is None else block.astype(dtype)
 
 
-def _narrow(block: np.ndarray) -> np.ndarray:
+def _narrow(block: np.ndarray, bounds: tuple[int, int] | None = None) -> np.ndarray:
     """:func:`narrowest`, always a copy (what the store keeps of a caller's block)."""
-    narrowed = narrowest(block)
+    narrowed = narrowest(block, bounds)
     return np.array(block, copy=True) if narrowed is block else narrowed
 
 

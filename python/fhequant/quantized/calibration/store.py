@@ -365,10 +365,12 @@ class WalkStore:
         assert quantizer is not None
         if tensor.consumers_left <= 0:
             return  # a graph output only: no op reads its blocks or ranges
+        bounds = None
         if ints.size:
             if qlo is None:
                 qlo, qhi = ints.min(), ints.max()
             if ints.dtype.kind in "iu":
+                bounds = (int(qlo), int(qhi))
                 qlo, qhi = int(qlo), int(qhi)
                 tensor.qmin = qlo if tensor.qmin is None else min(tensor.qmin, qlo)
                 tensor.qmax = qhi if tensor.qmax is None else max(tensor.qmax, qhi)
@@ -377,7 +379,7 @@ class WalkStore:
             tensor.vmax = hi if tensor.vmax is None else max(tensor.vmax, hi)
             if tensor.track_presence:
                 mark_presence(tensor, ints, qlo, qhi)
-        self.data.put(out, ints, dtype=wide)
+        self.data.put(out, ints, dtype=wide, bounds=bounds)
 
     def keep_view(self, out: str, base: str, lo: int, table: np.ndarray, seen: np.ndarray) -> bool:
         """Make quant tensor ``out`` (its quantizer set) the view ``table[q - lo]`` of the
