@@ -25,7 +25,11 @@ from fhequant.quantized.calibration import traits
 from fhequant.quantized.calibration.bias import correct_bias
 from fhequant.quantized.calibration.early import EarlyStatistics
 from fhequant.quantized.calibration.engine import OutputRange, PassPlan, union_uvalues
-from fhequant.quantized.calibration.store import WalkStore, requantizes_to_itself
+from fhequant.quantized.calibration.store import (
+    WalkStore,
+    native_dequant_params,
+    requantizes_to_itself,
+)
 from fhequant.quantized.calibration.tables import TablePaths
 from fhequant.quantized.exec import ClearBackend, Executor, RoundingRangeObserver, use_executor
 from fhequant.quantized.finite import check_finite
@@ -382,6 +386,8 @@ class OpPasses:
             # only the min/max are used: the native kernels need not materialise the result
             fused = self.early.take(out)
             if fused is None:
+                fused = self.moved_extremes(op, variable)
+            if fused is None:
                 fused = fused_statistics(store, op, variable, out, products)
             if fused is not None:
                 op._set_output_quantizer(fused)
@@ -393,6 +399,24 @@ class OpPasses:
                 keep.append(raw)
         stat.finalize(op)
         return keep
+
+    def moved_extremes(self, op: Any, variable: list[str]) -> np.ndarray | None:
+        """The ``[min, max]`` of the float result of a shape op that moves every value of its
+        one variable input exactly once (``moves_every_value``: Reshape, Flatten, Transpose,
+        Squeeze, Unsqueeze), when the input's stored integers give them: their float values
+        are the dequantized integers, monotone in them (scalar float64 scale > 0), so the
+        extremes are the dequantized ends of the integer range the store already merged
+        (the numbers the materialised pass takes). None otherwise."""
+        if not getattr(type(op), "moves_every_value", False) or len(variable) != 1:
+            return None
+        tensor = self.store.tensors[variable[0]]
+        q = tensor.quantizer
+        if tensor.kind != "quant" or tensor.stored_floats or q is None or tensor.qmin is None:
+            return None
+        if not native_dequant_params(q) or not q.scale > 0 or tensor.vmin is None:
+            return None
+        ends = np.array([tensor.vmin, tensor.vmax])
+        return ends if ends.dtype == np.float64 else None
 
     def method_statistics(
         self, op: Any, variable: list[str], out: str, method: StatisticSpec

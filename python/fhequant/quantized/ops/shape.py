@@ -51,6 +51,9 @@ class _ShapeOp(QuantizedOp):
 
     keep_input_options: ClassVar[bool] = True
     requant_table_if_constant: ClassVar[tuple[int, ...] | None] = ()
+    #: The float result holds every value of the one tensor input exactly once (a
+    #: rearrangement): its min and max are the input's (the calibration walk's shortcut).
+    moves_every_value: ClassVar[bool] = False
 
     def can_fuse(self) -> bool:
         """Shape ops quantize their inputs: never fusable."""
@@ -112,6 +115,7 @@ class QuantizedReshape(_ShapeOp):
 
     _impl_for_op_named = "Reshape"
     quantize_inputs_with_model_outputs_precision = True
+    moves_every_value = True
 
     def move(self, data: Any, shape: Any, **attrs: Any) -> Any:
         """Reshape the integers (a 0 copies the input dim unless allowzero)."""
@@ -126,6 +130,7 @@ class QuantizedFlatten(_ShapeOp):
 
     _impl_for_op_named = "Flatten"
     quantize_inputs_with_model_outputs_precision = True
+    moves_every_value = True
 
     def move(self, data: Any, **attrs: Any) -> Any:
         """Flatten the integers to 2-D at ``axis``."""
@@ -141,6 +146,7 @@ class QuantizedTranspose(_ShapeOp):
 
     _impl_for_op_named = "Transpose"
     quantize_inputs_with_model_outputs_precision = True
+    moves_every_value = True
 
 
 class QuantizedConcat(_ShapeOp):
@@ -283,6 +289,7 @@ class QuantizedSqueeze(_ShapeOp):
 
     _impl_for_op_named = "Squeeze"
     quantize_inputs_with_model_outputs_precision = True
+    moves_every_value = True
     keep_input_options = False
 
     def move(self, data: Any, axes: Any = None, **_: Any) -> Any:
@@ -301,6 +308,7 @@ class QuantizedUnsqueeze(_ShapeOp):
 
     _impl_for_op_named = "Unsqueeze"
     quantize_inputs_with_model_outputs_precision = True
+    moves_every_value = True
     keep_input_options = False
 
     def move(self, data: Any, axes: Any, **_: Any) -> Any:
