@@ -24,11 +24,18 @@ pass (the native extremes kernels against numpy's BLAS product and min/max on th
 ``memory_budget`` (32 MiB: blocks spilled to disk) and with a budget that holds every block
 (nothing spilled), and reports each one's time, peak RSS and the bytes spilled.
 
+With ``--isolate`` every timed run of every contender happens in a fresh child process (the
+same seeded rows), after one warm-up run in that process (none for the 10M row): a contender
+then never runs next to another library's heap or thread pools. In one shared process
+fhequant's streamed runs measured 1.5-2x slower than in their own (1M rows: 3.2-4.5 s against
+2.15 s), ONNX Runtime's did not (1.8-2.1 s against 1.8 s); the cause was not pinned down.
+The rounds still alternate the contenders.
+
 ``source_reads`` counts how many times each calibrator iterated the re-iterable. The targets
 are ``fhequant / ort <= 1.0`` on every row and ``fhequant / torch_float <= 1.5`` in memory.
 
 Usage: ``python benches/calibration_vs_ort.py [--quick] [--rows-scale F] [--repeat N]
-[--skip-10m] [--only ROWS] [--streamed-contenders fhequant,ort] [--i16-baseline]
+[--isolate] [--skip-10m] [--only ROWS] [--streamed-contenders fhequant,ort] [--i16-baseline]
 [--exact-extremes]`` (``--quick`` divides every row count by 10; ``--rows-scale`` multiplies the
 row counts; the torch float forward may be left out of the streamed rows, where the targets
 compare with ONNX Runtime only; ``--i16-baseline`` adds ``fhequant_without_i16`` to the in-memory
@@ -49,6 +56,7 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -200,11 +208,19 @@ def measure(
     repeat: int,
     workdir: str,
     contenders: tuple[str, ...] = ("fhequant", "ort", "torch_float"),
+    isolate: Callable[[str], tuple[float, int]] | None = None,
 ) -> dict[str, Any]:
-    """One row: fhequant, ORT and torch float on ``data`` (an array or a re-iterable)."""
-    net = torch_network(model)
-    torch_forward(net, np.zeros((2, *model_row_shape(model)), dtype=np.float32))  # warm-up
+    """One row: fhequant, ORT and torch float on ``data`` (an array or a re-iterable).
+
+    ``isolate(who)``, when given, times one run of ``who`` in a fresh child process (after a
+    warm-up run there) and returns (seconds, source reads of the timed run): no contender
+    shares a process, a heap or thread pools with another.
+    """
     in_memory = isinstance(data, np.ndarray)
+    net = None
+    if isolate is None:
+        net = torch_network(model)
+        torch_forward(net, np.zeros((2, *model_row_shape(model)), dtype=np.float32))
     ort_source = InMemoryBatches(data) if in_memory else data
     rows = data.shape[0] if in_memory else data.rows
     times: dict[str, list[float]] = {who: [] for who in contenders}
@@ -217,18 +233,16 @@ def measure(
     order = list(times)
     for r in range(repeat):
         for who in order[r % len(order) :] + order[: r % len(order)]:
+            if isolate is not None:
+                seconds, child_reads = isolate(who)
+                times[who].append(seconds)
+                if not in_memory or who == "ort":
+                    reads[who] = child_reads
+                continue
             before = getattr(data, "reads", 0) if not in_memory else 0
             before_ort = ort_source.reads
             start = time.perf_counter()
-            if who == "fhequant":
-                build_quantized_module(model, data, n_bits=n_bits)
-            elif who.startswith("fhequant_without_"):
-                switch = who.removeprefix("fhequant_without_")
-                without(switch, lambda: build_quantized_module(model, data, n_bits=n_bits))
-            elif who == "ort":
-                ort_quantize(model, ort_source, workdir)
-            else:
-                torch_forward(net, data)
+            run_contender(who, model, data, ort_source, n_bits, workdir, net)
             times[who].append(time.perf_counter() - start)
             if not in_memory:
                 reads[who] = data.reads - before
@@ -253,6 +267,60 @@ def measure(
         row["source_reads"] = reads
     print(f"# {name}: {row}", file=sys.stderr, flush=True)
     return row
+
+
+def run_contender(
+    who: str,
+    model: onnx.ModelProto,
+    data: Any,
+    ort_source: Any,
+    n_bits: int,
+    workdir: str,
+    net: Any,
+) -> None:
+    """One run of ``who`` (a contender of :func:`measure`) on ``data``."""
+    if who == "fhequant":
+        build_quantized_module(model, data, n_bits=n_bits)
+    elif who.startswith("fhequant_without_"):
+        switch = who.removeprefix("fhequant_without_")
+        without(switch, lambda: build_quantized_module(model, data, n_bits=n_bits))
+    elif who == "ort":
+        ort_quantize(model, ort_source, workdir)
+    else:
+        torch_forward(torch_network(model) if net is None else net, data)
+
+
+def child_run(row: str, who: str, scale: float, warm: bool) -> None:
+    """``--child``: one timed run of ``who`` on ``row`` in this fresh process, after a warm-up
+    run when ``warm``; prints ``seconds reads`` (the source reads of the timed run)."""
+    model, data, n_bits = row_data(row, scale)
+    in_memory = isinstance(data, np.ndarray)
+    ort_source = InMemoryBatches(data) if in_memory else data
+    net = torch_network(model) if who == "torch_float" else None
+    with tempfile.TemporaryDirectory(prefix="fhequant-bench-child-") as workdir:
+        if warm:
+            run_contender(who, model, data, ort_source, n_bits, workdir, net)
+        before = ort_source.reads
+        start = time.perf_counter()
+        run_contender(who, model, data, ort_source, n_bits, workdir, net)
+        seconds = time.perf_counter() - start
+    print(seconds, ort_source.reads - before)
+
+
+def row_data(row: str, scale: float) -> tuple[onnx.ModelProto, Any, int]:
+    """The model, data and n_bits of one row (the same rows in every process: seeded)."""
+
+    def n(rows: int) -> int:
+        return max(1, int(rows * scale))
+
+    rng = np.random.default_rng(3)
+    x_mlp = rng.normal(size=(n(100_000), 64)).astype(np.float32)
+    if row == "mlp_100k_in_memory":
+        return mlp_model(), x_mlp, 6
+    if row == "cnn_10k_in_memory":
+        return cnn_model(), rng.normal(size=(n(10_000), 1, 8, 8)).astype(np.float32), 5
+    rows = {"mlp_1m_streamed": 1_000_000, "mlp_10m_streamed": 10_000_000}[row]
+    return mlp_model(), Batches(n(rows), (64,)), 6
 
 
 def _module_switch(module: Any, name: str, off: Any) -> Callable[[Any], Any]:
@@ -388,8 +456,6 @@ def spill_cost(rows: int, repeat: int) -> dict[str, Any]:
     """The calibration walk (``quantize_module``) of the streamed MLP with the default memory
     budget and with one that holds everything, each in a fresh child process (peak RSS),
     alternating."""
-    import subprocess
-
     from fhequant.quantized.streaming import DEFAULT_MEMORY_BUDGET
 
     budgets = {"default_32mib": DEFAULT_MEMORY_BUDGET, "unbounded": 1 << 40}
@@ -452,10 +518,23 @@ def main() -> None:
         default="",
         help=f"comma-separated switches to also time off, on every row: {', '.join(SWITCHES)}",
     )
+    parser.add_argument(
+        "--isolate",
+        action="store_true",
+        help="time every run of every contender in a fresh child process (after a warm-up "
+        "run there; none for the 10M row), so that no contender shares a process, heap or "
+        "thread pool with another",
+    )
+    parser.add_argument("--child", nargs=2, metavar=("ROW", "WHO"), help=argparse.SUPPRESS)
+    parser.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     fused_stats.EXACT_EXTREMES = args.exact_extremes
     if args.products is not None:
         passes.KEEP_PRODUCTS = args.products
+    if args.child:
+        logging.getLogger().setLevel(logging.ERROR)
+        child_run(args.child[0], args.child[1], args.rows_scale, args.warm)
+        return
     baselines = tuple(f"fhequant_without_{b}" for b in args.baselines.split(",") if b)
     for b in baselines:
         if b.removeprefix("fhequant_without_") not in SWITCHES:
@@ -471,34 +550,36 @@ def main() -> None:
     logging.getLogger().setLevel(logging.ERROR)  # ORT's advice to pre-process the model
     scale = args.rows_scale / (10 if args.quick else 1)
 
-    def n(rows: int) -> int:
-        return max(1, int(rows * scale))
+    def isolated(name: str) -> Callable[[str], tuple[float, int]] | None:
+        if not args.isolate:
+            return None
+        warm = name != "mlp_10m_streamed"  # a warm-up of 10M rows would double the run
 
-    rng = np.random.default_rng(3)
-    x_mlp = rng.normal(size=(n(100_000), 64)).astype(np.float32)
-    x_cnn = rng.normal(size=(n(10_000), 1, 8, 8)).astype(np.float32)
+        def run(who: str) -> tuple[float, int]:
+            command = [sys.executable, os.path.abspath(__file__), "--child", name, who]
+            command += ["--rows-scale", repr(scale)] + (["--warm"] if warm else [])
+            command += ["--exact-extremes"] if args.exact_extremes else []
+            if args.products is not None:
+                command.append("--products" if args.products else "--no-products")
+            out = subprocess.run(command, check=True, capture_output=True, text=True)
+            seconds, reads = out.stdout.split()[-2:]
+            return float(seconds), int(reads)
+
+        return run
+
+    def row(name: str, repeat: int, contenders: tuple[str, ...]) -> Callable[[str], Any]:
+        model, data, n_bits = row_data(name, scale)
+        return lambda d: measure(name, model, data, n_bits, repeat, d, contenders, isolated(name))
+
     cases: dict[str, Callable[[str], dict[str, Any]]] = {
-        "mlp_100k_in_memory": lambda d: measure(
-            "mlp_100k_in_memory", mlp_model(), x_mlp, 6, args.repeat, d, in_memory
-        ),
-        "cnn_10k_in_memory": lambda d: measure(
-            "cnn_10k_in_memory", cnn_model(), x_cnn, 5, args.repeat + 2, d, in_memory
-        ),
-        "mlp_1m_streamed": lambda d: measure(
-            "mlp_1m_streamed",
-            mlp_model(),
-            Batches(n(1_000_000), (64,)),
-            6,
-            args.repeat,
-            d,
-            streamed,
-        ),
-        "mlp_10m_streamed": lambda d: measure(
-            "mlp_10m_streamed", mlp_model(), Batches(n(10_000_000), (64,)), 6, 1, d, streamed
-        ),
+        "mlp_100k_in_memory": row("mlp_100k_in_memory", args.repeat, in_memory),
+        "cnn_10k_in_memory": row("cnn_10k_in_memory", args.repeat + 2, in_memory),
+        "mlp_1m_streamed": row("mlp_1m_streamed", args.repeat, streamed),
+        "mlp_10m_streamed": row("mlp_10m_streamed", 1, streamed),
     }
+    x_mlp = row_data("mlp_100k_in_memory", scale)[1]
     cases["summation_order"] = lambda d: summation_order_cost(x_mlp, args.repeat + 2)
-    cases["spill_cost"] = lambda d: spill_cost(n(1_000_000), 1)
+    cases["spill_cost"] = lambda d: spill_cost(max(1, int(1_000_000 * scale)), 1)
     if args.skip_10m:
         cases.pop("mlp_10m_streamed")
     if args.only:
