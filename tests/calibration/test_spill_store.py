@@ -1,5 +1,6 @@
-"""The calibration's TensorStore spill files (one raw file per tensor): blocks of several
-tensors, dtypes and shapes interleaved, read back in any order, equal to what was put."""
+"""The calibration's TensorStore spill files (raw bytes, freed regions overwritten first):
+blocks of several tensors, dtypes and shapes interleaved, recycled and dropped, read back in
+any order, equal to what was put."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import os
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fhequant.errors import FhequantError
 from fhequant.quantized.streaming import TensorStore
 
 DTYPES = [np.float32, np.float64, np.int64, np.int16, np.bool_]
@@ -58,31 +61,93 @@ def test_spilled_blocks_read_back_as_put(
                 np.testing.assert_array_equal(store.get(name, len(blocks) - 1), blocks[-1])
 
 
-def test_dropped_files_are_reused_and_close_removes_them() -> None:
+def test_freed_regions_are_overwritten_before_the_file_grows() -> None:
     store = TensorStore(memory_budget=0)
-    store.put("x", np.arange(10, dtype=np.float64))
-    store.put("y", np.arange(10, dtype=np.float32))
-    store.put("x", np.arange(5, dtype=np.float64))
-    assert store.spilled_bytes == 80 + 40 + 40
-    assert store._tmp is not None  # the test looks at the files
+    store.put("x", np.arange(10, dtype=np.float64))  # 80 bytes at 0
+    store.put("y", np.arange(10, dtype=np.float32))  # 40 at 80
+    store.put("x", np.arange(5, dtype=np.float64))  # 40 at 120
+    assert store.spilled_bytes == 160
+    assert store._tmp is not None  # the test looks at the file
     directory = store._tmp.name
-    assert len(os.listdir(directory)) == 2  # one file per tensor
+    (name,) = os.listdir(directory)  # one growing file
+    path = os.path.join(directory, name)
+    assert os.path.getsize(path) == 160
     store.drop("x")
     np.testing.assert_array_equal(store.get("y", 0), np.arange(10, dtype=np.float32))
-    # the next tensor that spills overwrites x's file (longer than what it writes): it reads
-    # back its own bytes only, and no file is added
-    store.put("z", np.full(3, 7, dtype=np.int16))
-    store.put("z", np.full(2, -1, dtype=np.int16))
-    assert len(os.listdir(directory)) == 2
+    # x's regions (80 at 0, 40 at 120) take the next blocks: z's 6 + 4 bytes, then 64 bytes
+    store.put("z", np.full(3, 7, dtype=np.float16))
+    store.put("z", np.full(2, -1, dtype=np.float16))
+    store.put("a", np.arange(8, dtype=np.float64) + 0.5)
+    store.put("b", np.arange(5, dtype=np.float64) - 0.5)
+    assert os.path.getsize(path) == 160
+    # 6 bytes are left at 74: an 8-byte block grows the file
+    store.put("c", np.array([3.25]))
+    assert os.path.getsize(path) == 168
+    # a recycled block's region is free too, and the block cannot be read any more
+    store.recycle("y", 0)
+    with pytest.raises(FhequantError, match="recycled"):
+        store.get("y", 0)
+    store.put("d", np.arange(5, dtype=np.float64) * 3)
+    assert os.path.getsize(path) == 168
     np.testing.assert_array_equal(store.get("z", 0), np.full(3, 7))
     np.testing.assert_array_equal(store.get("z", 1), np.full(2, -1))
-    store.drop("y")
-    store.drop("z")
-    # two free files: two new tensors spill into them, a third opens a new file
-    for name in ("a", "b", "c"):
-        store.put(name, np.arange(4, dtype=np.float64) + ord(name))
-    assert len(os.listdir(directory)) == 3
-    for name in ("a", "b", "c"):
-        np.testing.assert_array_equal(store.get(name, 0), np.arange(4) + ord(name))
+    np.testing.assert_array_equal(store.get("a", 0), np.arange(8) + 0.5)
+    np.testing.assert_array_equal(store.get("b", 0), np.arange(5) - 0.5)
+    np.testing.assert_array_equal(store.get("c", 0), [3.25])
+    np.testing.assert_array_equal(store.get("d", 0), np.arange(5) * 3.0)
     store.close()
     assert not os.path.exists(directory)
+
+
+def test_a_recycled_block_in_memory_frees_its_budget() -> None:
+    store = TensorStore(memory_budget=100)
+    store.put("x", np.arange(10, dtype=np.float64))  # 80 bytes, in memory
+    store.put("x", np.arange(10, dtype=np.float64))  # does not fit: spilled
+    assert store.spilled_bytes == 80
+    store.recycle("x", 0)
+    store.put("y", np.arange(10, dtype=np.float64))  # fits in memory now
+    assert store.spilled_bytes == 80
+    np.testing.assert_array_equal(store.get("x", 1), np.arange(10))
+    np.testing.assert_array_equal(store.get("y", 0), np.arange(10))
+    store.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["put", "put", "put", "recycle", "drop"]),
+            st.sampled_from(["a", "b", "c"]),
+            st.sampled_from(DTYPES),
+            st.integers(0, 40),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    budget=st.sampled_from([0, 100, 1 << 20]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_blocks_read_back_as_put_whatever_is_recycled_or_dropped(
+    steps: list[tuple[str, str, Any, int]], budget: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    model: dict[str, list[np.ndarray | None]] = {}
+    with TensorStore(memory_budget=budget) as store:
+        for action, name, dtype, size in steps:
+            if action == "put":
+                block = (rng.normal(size=size) * 50).astype(dtype)
+                store.put(name, block)
+                model.setdefault(name, []).append(block.copy())
+            elif action == "recycle" and model.get(name):
+                b = int(rng.integers(len(model[name])))
+                store.recycle(name, b)
+                model[name][b] = None
+            elif action == "drop" and name in model:
+                store.drop(name)
+                del model[name]
+            for key, blocks in model.items():
+                for b, want in enumerate(blocks):
+                    if want is not None:
+                        got = store.get(key, b)
+                        assert got.dtype == want.dtype
+                        np.testing.assert_array_equal(got, want)

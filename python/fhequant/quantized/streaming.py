@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from fhequant.errors import GraphInputError, ShapeError
+from fhequant.errors import FhequantError, GraphInputError, ShapeError
 
 __all__ = [
     "AUTO_BLOCK_ROWS_RANGE",
@@ -312,35 +312,48 @@ def _take_rows(
 
 @dataclass(frozen=True)
 class _Spilled:
-    """Where a spilled block lies in its tensor's spill file."""
+    """Where a spilled block lies: a file of the store and an offset in it."""
 
+    file: Any
     offset: int
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+@dataclass
+class _Region:
+    """Free bytes of a spill file (of a dropped tensor or a recycled block)."""
+
+    file: Any
+    offset: int
+    nbytes: int
 
 
 @dataclass
 class _Entry:
     blocks: list[Any] = field(default_factory=list)
     dtypes: list[np.dtype[Any]] = field(default_factory=list)
-    #: the tensor's spill file (opened on its first spilled block), its path and length
-    file: Any = None
-    path: str | None = None
-    end: int = 0
     #: bytes of this tensor's blocks charged to the memory budget
     charged: int = 0
+    #: per block, whether it was charged (an owned block kept in memory)
+    owned: list[bool] = field(default_factory=list)
 
 
 class TensorStore:
     """Per-block values of tensors, in memory up to a budget, on disk beyond it.
 
     Integer blocks are narrowed to the smallest integer dtype that holds them and widened
-    back on read, so stored quantized tensors take 1 or 2 bytes per value. Spilled blocks of
-    one tensor are appended as raw bytes to one file (opened once, read back with one
-    ``readinto`` per block straight into the returned array, no header to parse). The file
-    of a dropped tensor is kept open and overwritten by the next tensor that spills: writing
-    over pages the system already caches costs a fraction of allocating new ones, and the
-    files are deleted once, with the store.
+    back on read, so stored quantized tensors take 1 or 2 bytes per value. Spilled blocks are
+    written as raw bytes into spill files (opened once, read back with one ``readinto`` per
+    block straight into the returned array, no header to parse). The bytes of a dropped
+    tensor, and of a block its last reader recycled (:meth:`recycle`), are free regions that
+    the next spilled blocks overwrite before any file grows: writing over pages the system
+    already caches costs a fraction of allocating new ones. The files are deleted once,
+    with the store.
 
     Args:
         memory_budget: bytes of (owned) block data kept in memory; more goes to disk.
@@ -353,8 +366,12 @@ class TensorStore:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._files = 0
         self._spilled_bytes = 0
-        #: (file, path) of dropped tensors, for the next tensor that spills
-        self._free: list[tuple[Any, str]] = []
+        #: the spill file that grows (opened on the first spilled block) and its length
+        self._file: Any = None
+        self._end = 0
+        self._opened: list[Any] = []
+        #: free regions of the files, overwritten first
+        self._free: list[_Region] = []
 
     def __enter__(self) -> TensorStore:
         return self
@@ -364,11 +381,10 @@ class TensorStore:
 
     def close(self) -> None:
         """Forget every tensor and delete the spill directory."""
-        for entry in self._entries.values():
-            if entry.file is not None:
-                entry.file.close()
-        for file, _ in self._free:
+        for file in self._opened:
             file.close()
+        self._opened.clear()
+        self._file = None
         self._free.clear()
         self._entries.clear()
         self._in_memory = 0
@@ -414,6 +430,7 @@ class TensorStore:
         """
         entry = self._entries.setdefault(name, _Entry())
         entry.dtypes.append(block.dtype if dtype is None else np.dtype(dtype))
+        entry.owned.append(False)
         if not owned:
             entry.blocks.append(block)
             return
@@ -427,33 +444,58 @@ class TensorStore:
         if self._in_memory + nbytes <= self.memory_budget:
             self._in_memory += nbytes
             entry.charged += nbytes
+            entry.owned[-1] = True
             entry.blocks.append(np.array(block, copy=True) if stored is None else stored)
             return
         # to disk: the write is the copy (a float block is never copied in memory first)
-        entry.blocks.append(self._spill(entry, block if stored is None else stored))
+        entry.blocks.append(self._spill(block if stored is None else stored))
 
-    def _spill(self, entry: _Entry, block: np.ndarray) -> _Spilled:
-        if entry.file is None:
-            if self._free:
-                entry.file, entry.path = self._free.pop()
-            else:
-                if self._tmp is None:
-                    self._tmp = tempfile.TemporaryDirectory(prefix="fhequant-calib-")
-                entry.path = os.path.join(self._tmp.name, f"{self._files}.bin")
-                self._files += 1
-                # closed by close()
-                entry.file = open(entry.path, "w+b", buffering=0)  # noqa: SIM115
-            entry.end = 0
+    def _spill(self, block: np.ndarray) -> _Spilled:
         data = np.ascontiguousarray(block)
-        where = _Spilled(entry.end, data.shape, data.dtype)
         view = data.data.cast("B") if data.size else memoryview(b"")
-        entry.file.seek(entry.end)
+        file, offset = self._place(view.nbytes)
+        file.seek(offset)
         written = 0
         while written < view.nbytes:
-            written += entry.file.write(view[written:])
-        entry.end += view.nbytes
+            written += file.write(view[written:])
         self._spilled_bytes += view.nbytes
-        return where
+        return _Spilled(file, offset, data.shape, data.dtype)
+
+    def _place(self, nbytes: int) -> tuple[Any, int]:
+        """Where ``nbytes`` go: the first free region that holds them (its rest stays free),
+        else the end of the growing file."""
+        for i, region in enumerate(self._free):
+            if region.nbytes >= nbytes:
+                region.offset += nbytes
+                region.nbytes -= nbytes
+                if region.nbytes == 0:
+                    del self._free[i]
+                return region.file, region.offset - nbytes
+        if self._file is None:
+            if self._tmp is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="fhequant-calib-")
+            path = os.path.join(self._tmp.name, f"{self._files}.bin")
+            self._files += 1
+            self._file = open(path, "w+b", buffering=0)  # noqa: SIM115 - closed by close()
+            self._opened.append(self._file)
+            self._end = 0
+        self._end += nbytes
+        return self._file, self._end - nbytes
+
+    def recycle(self, name: str, index: int) -> None:
+        """Block ``index`` of tensor ``name`` will not be read again: free its bytes (its
+        memory charge, or its region of a spill file for the next spilled blocks). Reading
+        it afterwards raises."""
+        entry = self._entries[name]
+        block = entry.blocks[index]
+        if isinstance(block, _Spilled):
+            if block.nbytes:
+                self._free.append(_Region(block.file, block.offset, block.nbytes))
+        elif entry.owned[index] and block is not None:
+            entry.charged -= block.nbytes
+            self._in_memory = max(self._in_memory - block.nbytes, 0)
+            entry.owned[index] = False
+        entry.blocks[index] = None
 
     def get(self, name: str, index: int) -> np.ndarray:
         """Block ``index`` of tensor ``name``, with its original dtype."""
@@ -493,14 +535,18 @@ class TensorStore:
         if isinstance(block, _Spilled):
             out = np.empty(block.shape, dtype=block.dtype)
             view = out.data.cast("B") if out.size else memoryview(b"")
-            entry.file.seek(block.offset)
+            block.file.seek(block.offset)
             got = 0
             while got < view.nbytes:
-                n = entry.file.readinto(view[got:])
+                n = block.file.readinto(view[got:])
                 if not n:
-                    raise OSError(f"calibration spill file {entry.path}: short read")
+                    raise OSError(f"calibration spill file {block.file.name}: short read")
                 got += n
             return out
+        if block is None:
+            raise FhequantError(
+                f"internal: block {index} of tensor {name!r} was recycled and then read"
+            )
         return block
 
     def drop(self, name: str) -> None:
@@ -508,8 +554,10 @@ class TensorStore:
         entry = self._entries.pop(name, None)
         if entry is None:
             return
-        if entry.file is not None and entry.path is not None:
-            self._free.append((entry.file, entry.path))  # overwritten by the next spill
+        for block in entry.blocks:
+            if isinstance(block, _Spilled) and block.nbytes:
+                # overwritten by the next spills
+                self._free.append(_Region(block.file, block.offset, block.nbytes))
         self._in_memory = max(self._in_memory - entry.charged, 0)
 
 

@@ -258,12 +258,17 @@ class OpPasses:
                 if recorder is None and self.output_unread(op, variable, out)
                 else store.blocks(f"{op.op_instance_name} outputs")
             )
+            # the only output pass (no rounding point to calibrate): the inputs whose last
+            # consumer this op is are read here for the last time, block by block
+            finished = plan.releases if recorder is None and not self.flows_raw else ()
             with scope:
                 for b in blocks:
                     qas = [self.calibration_qa(n, b, op) for n in variable]
                     acc = None if products is None else products.take(b)
                     last = op.q_impl(*qas) if acc is None else op.q_impl(*qas, accumulator=acc)
                     raw = raw_blocks[b] if raw_blocks is not None else None
+                    for name in finished:
+                        store.recycle(name, b)
                     store.store_output(out, b, last, raw)
             if recorder is None or recorder.pending is None:
                 break

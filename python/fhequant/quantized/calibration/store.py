@@ -27,6 +27,7 @@ from fhequant.quantized.calibration.views import TableView
 from fhequant.quantized.streaming import TensorStore
 
 __all__ = [
+    "RECYCLE",
     "TABLE_INDEX",
     "Progress",
     "WalkStore",
@@ -39,6 +40,9 @@ __all__ = [
 
 _NARROW_DEQUANT = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32))
 
+#: The output pass of a tensor's last consumer frees each of its blocks once read
+#: (:meth:`WalkStore.recycle`); False keeps them until the consumer is done (same results).
+RECYCLE = True
 #: Integer tables are built for ranges of fewer integers than this.
 TABLE_MAX_SIZE = 1 << 16
 #: Stored integer dtypes a table lookup reads as they are.
@@ -447,6 +451,28 @@ class WalkStore:
         tensor.consumers_left -= 1
         if tensor.consumers_left <= 0:
             self._free(name)
+
+    def recycle(self, name: str, b: int) -> bool:
+        """Block ``b`` of ``name`` was read for the last time (the output pass of its last
+        consumer): free the stored block it reads now, so the output blocks of that pass can
+        take its memory or spill region. A stored tensor is freed when no view reads it; a
+        view frees its base's block when the base has no consumer left and no other view.
+        Returns whether a block was freed."""
+        if not RECYCLE:
+            return False
+        view = self.views.get(name)
+        stored = name if view is None else view.base
+        if stored not in self.data or stored in self.views:
+            return False
+        readers = sum(1 for v in self.views.values() if v.base == stored)
+        if view is None and readers:
+            return False
+        if view is not None:
+            base = self.tensors.get(stored)
+            if readers != 1 or base is None or base.consumers_left > 0:
+                return False
+        self.data.recycle(stored, b)
+        return True
 
     def _free(self, name: str) -> None:
         """Free the blocks of ``name`` (a view: its table, then its base's blocks when no
