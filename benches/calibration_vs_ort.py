@@ -45,7 +45,8 @@ switch of :data:`SWITCHES` (``i16``, ``products``: the products kept by the stat
 off by default, so time them with ``--products --baselines products``, ``filter``: the
 statistics kernels' filter, ``intfilter``: the integer-product filter of the Gemms that read
 stored integers, the float filter then, ``early``: the statistics gathered while the inputs
-load, the first ops' own statistics pass then),
+load, the first ops' own statistics pass then, ``recycle``: the input blocks freed by the
+output pass of their last consumer),
 on every row;
 ``--exact-extremes`` runs the statistics kernels without their filter).
 """
@@ -72,6 +73,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fhequant import _core, build_quantized_module
 from fhequant.quantized import fused_stats
 from fhequant.quantized.calibration import early, passes
+from fhequant.quantized.calibration import store as walk_store
 from ptq import best_of, cnn_model, mlp_model
 
 BATCH_ROWS = 10_000
@@ -351,6 +353,9 @@ SWITCHES: dict[str, Callable[[Any], Any]] = {
     # the statistics of the ops reading a graph input gathered while the inputs load (their
     # own statistics pass then)
     "early": _module_switch(early, "ENABLED", False),
+    # the input blocks freed by the output pass of their last consumer (kept until the
+    # consumer is done then)
+    "recycle": _module_switch(walk_store, "RECYCLE", False),
 }
 
 
