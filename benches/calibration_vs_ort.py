@@ -28,7 +28,8 @@ With ``--isolate`` every timed run of every contender happens in a fresh child p
 same seeded rows), after one warm-up run in that process (none for the 10M row): a contender
 then never runs next to another library's heap or thread pools. In one shared process
 fhequant's streamed runs measured 1.5-2x slower than in their own (1M rows: 3.2-4.5 s against
-2.15 s), ONNX Runtime's did not (1.8-2.1 s against 1.8 s); the cause was not pinned down.
+2.15 s), ONNX Runtime's did not (1.8-2.1 s against 1.8 s); the cause was not pinned down
+(docs/calibration-throughput.md, eighth round).
 The rounds still alternate the contenders.
 
 ``source_reads`` counts how many times each calibrator iterated the re-iterable. The targets
