@@ -310,20 +310,23 @@ def child_run(row: str, who: str, scale: float, warm: bool) -> None:
     print(seconds, ort_source.reads - before)
 
 
+def scaled_rows(rows: int, scale: float) -> int:
+    """``rows`` times ``scale`` (``--quick``, ``--rows-scale``), at least one."""
+    return max(1, int(rows * scale))
+
+
 def row_data(row: str, scale: float) -> tuple[onnx.ModelProto, Any, int]:
     """The model, data and n_bits of one row (the same rows in every process: seeded)."""
-
-    def n(rows: int) -> int:
-        return max(1, int(rows * scale))
-
+    streamed = {"mlp_1m_streamed": 1_000_000, "mlp_10m_streamed": 10_000_000}
+    if row in streamed:
+        return mlp_model(), Batches(scaled_rows(streamed[row], scale), (64,)), 6
     rng = np.random.default_rng(3)
-    x_mlp = rng.normal(size=(n(100_000), 64)).astype(np.float32)
+    # the CNN's rows are drawn after the MLP's from the same generator
+    x_mlp = rng.normal(size=(scaled_rows(100_000, scale), 64)).astype(np.float32)
     if row == "mlp_100k_in_memory":
         return mlp_model(), x_mlp, 6
-    if row == "cnn_10k_in_memory":
-        return cnn_model(), rng.normal(size=(n(10_000), 1, 8, 8)).astype(np.float32), 5
-    rows = {"mlp_1m_streamed": 1_000_000, "mlp_10m_streamed": 10_000_000}[row]
-    return mlp_model(), Batches(n(rows), (64,)), 6
+    x_cnn = rng.normal(size=(scaled_rows(10_000, scale), 1, 8, 8)).astype(np.float32)
+    return cnn_model(), x_cnn, 5
 
 
 def _module_switch(module: Any, name: str, off: Any) -> Callable[[Any], Any]:
@@ -573,8 +576,11 @@ def main() -> None:
 
         return run
 
+    names = ("mlp_100k_in_memory", "cnn_10k_in_memory", "mlp_1m_streamed", "mlp_10m_streamed")
+    rows = {name: row_data(name, scale) for name in names}
+
     def row(name: str, repeat: int, contenders: tuple[str, ...]) -> Callable[[str], Any]:
-        model, data, n_bits = row_data(name, scale)
+        model, data, n_bits = rows[name]
         return lambda d: measure(name, model, data, n_bits, repeat, d, contenders, isolated(name))
 
     cases: dict[str, Callable[[str], dict[str, Any]]] = {
@@ -583,9 +589,9 @@ def main() -> None:
         "mlp_1m_streamed": row("mlp_1m_streamed", args.repeat, streamed),
         "mlp_10m_streamed": row("mlp_10m_streamed", 1, streamed),
     }
-    x_mlp = row_data("mlp_100k_in_memory", scale)[1]
+    x_mlp = rows["mlp_100k_in_memory"][1]
     cases["summation_order"] = lambda d: summation_order_cost(x_mlp, args.repeat + 2)
-    cases["spill_cost"] = lambda d: spill_cost(max(1, int(1_000_000 * scale)), 1)
+    cases["spill_cost"] = lambda d: spill_cost(scaled_rows(1_000_000, scale), 1)
     if args.skip_10m:
         cases.pop("mlp_10m_streamed")
     if args.only:

@@ -1,4 +1,4 @@
-"""Blocks freed by their last reader (WalkStore.recycle): the output pass of a tensor's last
+"""Blocks freed by their last reader (WalkStore.recyclable): the output pass of a tensor's last
 consumer frees each input block once read, so the output blocks of that pass take its memory
 or spill region. The modules must be the ones without it, and the spill files must grow less."""
 

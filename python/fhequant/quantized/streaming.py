@@ -366,10 +366,9 @@ class TensorStore:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._files = 0
         self._spilled_bytes = 0
-        #: the spill file that grows (opened on the first spilled block) and its length
+        #: the spill file (opened on the first spilled block) and its length
         self._file: Any = None
         self._end = 0
-        self._opened: list[Any] = []
         #: free regions of the files, overwritten first
         self._free: list[_Region] = []
 
@@ -381,9 +380,8 @@ class TensorStore:
 
     def close(self) -> None:
         """Forget every tensor and delete the spill directory."""
-        for file in self._opened:
-            file.close()
-        self._opened.clear()
+        if self._file is not None:
+            self._file.close()
         self._file = None
         self._free.clear()
         self._entries.clear()
@@ -477,7 +475,6 @@ class TensorStore:
             path = os.path.join(self._tmp.name, f"{self._files}.bin")
             self._files += 1
             self._file = open(path, "w+b", buffering=0)  # noqa: SIM115 - closed by close()
-            self._opened.append(self._file)
             self._end = 0
         self._end += nbytes
         return self._file, self._end - nbytes
@@ -489,8 +486,7 @@ class TensorStore:
         entry = self._entries[name]
         block = entry.blocks[index]
         if isinstance(block, _Spilled):
-            if block.nbytes:
-                self._free.append(_Region(block.file, block.offset, block.nbytes))
+            self._release(block)
         elif entry.owned[index] and block is not None:
             entry.charged -= block.nbytes
             self._in_memory = max(self._in_memory - block.nbytes, 0)
@@ -555,10 +551,14 @@ class TensorStore:
         if entry is None:
             return
         for block in entry.blocks:
-            if isinstance(block, _Spilled) and block.nbytes:
-                # overwritten by the next spills
-                self._free.append(_Region(block.file, block.offset, block.nbytes))
+            if isinstance(block, _Spilled):
+                self._release(block)
         self._in_memory = max(self._in_memory - entry.charged, 0)
+
+    def _release(self, block: _Spilled) -> None:
+        """The bytes of a spilled block are free: the next spills overwrite them."""
+        if block.nbytes:
+            self._free.append(_Region(block.file, block.offset, block.nbytes))
 
 
 def narrowest(block: np.ndarray, bounds: tuple[int, int] | None = None) -> np.ndarray:

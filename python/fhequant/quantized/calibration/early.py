@@ -19,7 +19,6 @@ early pass: its own pass then runs as before and reports it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,17 +33,11 @@ __all__ = ["ENABLED", "EarlyStatistics"]
 ENABLED = True
 
 
-@dataclass
-class _Watched:
-    op: Any
-    extremes: Extremes
-
-
 class EarlyStatistics:
     """The statistics gathered during loading, by op output name."""
 
     def __init__(self) -> None:
-        self._by_input: dict[str, list[tuple[str, _Watched]]] = {}
+        self._by_input: dict[str, list[Extremes]] = {}
         self._done: dict[str, np.ndarray] = {}
 
     def watch(self, op: Any, name: str, out: str) -> bool:
@@ -54,13 +47,8 @@ class EarlyStatistics:
             extremes = Extremes.of(op, [name], out)
         if extremes is None:
             return False
-        self._by_input.setdefault(name, []).append((out, _Watched(op, extremes)))
+        self._by_input.setdefault(name, []).append(extremes)
         return True
-
-    @property
-    def watched(self) -> list[str]:
-        """The outputs whose statistics are still being gathered."""
-        return [out for ops in self._by_input.values() for out, _ in ops]
 
     def add(self, name: str, block: np.ndarray, b: int) -> None:
         """Feed block ``b`` of graph input ``name`` (as stored) to the ops that read it."""
@@ -70,22 +58,22 @@ class EarlyStatistics:
         if block.dtype.kind != "f":
             self._by_input[name] = []  # its ops' own passes read it as they always did
             return
-        kept: list[tuple[str, _Watched]] = []
-        for out, w in ops:
+        kept: list[Extremes] = []
+        for extremes in ops:
             try:
-                with use_split_independent_impl(w.op):
-                    w.extremes.add(block, None, b, lambda: block)
+                with use_split_independent_impl(extremes.op):
+                    extremes.add(block, None, b, lambda: block)
             except Exception:  # the op's own pass runs again and reports it
                 continue
-            kept.append((out, w))
+            kept.append(extremes)
         self._by_input[name] = kept
 
     def finish(self) -> None:
         """Every block was fed: the results are ready for :meth:`take`."""
         for ops in self._by_input.values():
-            for out, w in ops:
-                if w.extremes.dtype is not None:  # at least one value
-                    self._done[out] = w.extremes.result()
+            for extremes in ops:
+                if extremes.dtype is not None:  # at least one value
+                    self._done[extremes.out] = extremes.result()
         self._by_input.clear()
 
     def take(self, out: str) -> np.ndarray | None:

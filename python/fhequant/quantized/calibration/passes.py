@@ -260,15 +260,19 @@ class OpPasses:
             )
             # the only output pass (no rounding point to calibrate): the inputs whose last
             # consumer this op is are read here for the last time, block by block
-            finished = plan.releases if recorder is None and not self.flows_raw else ()
+            finished = [
+                stored
+                for name in (plan.releases if recorder is None and not self.flows_raw else ())
+                if (stored := store.recyclable(name)) is not None
+            ]
             with scope:
                 for b in blocks:
                     qas = [self.calibration_qa(n, b, op) for n in variable]
                     acc = None if products is None else products.take(b)
                     last = op.q_impl(*qas) if acc is None else op.q_impl(*qas, accumulator=acc)
                     raw = raw_blocks[b] if raw_blocks is not None else None
-                    for name in finished:
-                        store.recycle(name, b)
+                    for stored in finished:
+                        store.data.recycle(stored, b)
                     store.store_output(out, b, last, raw)
             if recorder is None or recorder.pending is None:
                 break

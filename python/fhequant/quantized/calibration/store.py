@@ -41,7 +41,7 @@ __all__ = [
 _NARROW_DEQUANT = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32))
 
 #: The output pass of a tensor's last consumer frees each of its blocks once read
-#: (:meth:`WalkStore.recycle`); False keeps them until the consumer is done (same results).
+#: (:meth:`WalkStore.recyclable`); False keeps them until the consumer is done (same results).
 RECYCLE = True
 #: Integer tables are built for ranges of fewer integers than this.
 TABLE_MAX_SIZE = 1 << 16
@@ -374,8 +374,8 @@ class WalkStore:
             if qlo is None:
                 qlo, qhi = ints.min(), ints.max()
             if ints.dtype.kind in "iu":
-                bounds = (int(qlo), int(qhi))
                 qlo, qhi = int(qlo), int(qhi)
+                bounds = (qlo, qhi)
                 tensor.qmin = qlo if tensor.qmin is None else min(tensor.qmin, qlo)
                 tensor.qmax = qhi if tensor.qmax is None else max(tensor.qmax, qhi)
             lo, hi = self.value_range(quantizer, ints, qlo, qhi, wide)
@@ -452,27 +452,26 @@ class WalkStore:
         if tensor.consumers_left <= 0:
             self._free(name)
 
-    def recycle(self, name: str, b: int) -> bool:
-        """Block ``b`` of ``name`` was read for the last time (the output pass of its last
-        consumer): free the stored block it reads now, so the output blocks of that pass can
-        take its memory or spill region. A stored tensor is freed when no view reads it; a
-        view frees its base's block when the base has no consumer left and no other view.
-        Returns whether a block was freed."""
+    def recyclable(self, name: str) -> str | None:
+        """The stored tensor whose blocks the output pass of the last consumer of ``name``
+        may free as it reads them (``self.data.recycle``), so that the pass's output blocks
+        take their memory or spill region; None when they must stay. A stored tensor
+        qualifies when no view reads it; a view gives its base when the base has no consumer
+        left and no other view."""
         if not RECYCLE:
-            return False
+            return None
         view = self.views.get(name)
         stored = name if view is None else view.base
         if stored not in self.data or stored in self.views:
-            return False
+            return None
         readers = sum(1 for v in self.views.values() if v.base == stored)
         if view is None and readers:
-            return False
+            return None
         if view is not None:
             base = self.tensors.get(stored)
             if readers != 1 or base is None or base.consumers_left > 0:
-                return False
-        self.data.recycle(stored, b)
-        return True
+                return None
+        return stored
 
     def _free(self, name: str) -> None:
         """Free the blocks of ``name`` (a view: its table, then its base's blocks when no
