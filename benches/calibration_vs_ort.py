@@ -20,9 +20,10 @@ Rows:
 ``summation_order`` measures what the reference's sequential float sums cost in the statistics
 pass (the native extremes kernels against numpy's BLAS product and min/max on the same blocks).
 
-``spill_cost`` calibrates the 1M streamed rows in child processes with the default
-``memory_budget`` (32 MiB: blocks spilled to disk) and with a budget that holds every block
-(nothing spilled), and reports each one's time, peak RSS and the bytes spilled.
+``spill_cost`` calibrates the 1M streamed rows in child processes with the 32 MiB floor of
+``memory_budget`` (blocks spilled to disk), with the default one chosen from the machine's
+memory (``streaming.auto_memory_budget``) and with a budget that holds every block (nothing
+spilled), and reports each one's time, peak RSS and the bytes spilled.
 
 With ``--isolate`` every timed run of every contender happens in a fresh child process (the
 same seeded rows), after one warm-up run in that process (none for the 10M row): a contender
@@ -47,7 +48,8 @@ off by default, so time them with ``--products --baselines products``, ``filter`
 statistics kernels' filter, ``intfilter``: the integer-product filter of the Gemms that read
 stored integers, the float filter then, ``early``: the statistics gathered while the inputs
 load, the first ops' own statistics pass then, ``recycle``: the input blocks freed by the
-output pass of their last consumer),
+output pass of their last consumer, ``budget``: the memory budget chosen from the machine's
+memory, the 32 MiB floor then),
 on every row;
 ``--exact-extremes`` runs the statistics kernels without their filter).
 """
@@ -72,12 +74,13 @@ from onnx import numpy_helper
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fhequant import _core, build_quantized_module
-from fhequant.quantized import fused_stats
+from fhequant.quantized import fused_stats, streaming
 from fhequant.quantized.calibration import early, passes
 from fhequant.quantized.calibration import store as walk_store
 from ptq import best_of, cnn_model, mlp_model
 
 BATCH_ROWS = 10_000
+_AUTO_MAX = streaming.AUTO_MEMORY_BUDGET_MAX
 
 
 class Batches:
@@ -342,6 +345,16 @@ def _module_switch(module: Any, name: str, off: Any) -> Callable[[Any], Any]:
     return flip
 
 
+def _budget_switch(value: Any) -> Any:
+    """The ``budget`` switch: on, ``streaming.auto_memory_budget`` takes its share of the
+    machine's memory; off, its ceiling is the 32 MiB floor (the budget before the ninth
+    round)."""
+    if value is None:
+        return streaming.AUTO_MEMORY_BUDGET_MAX != streaming.DEFAULT_MEMORY_BUDGET
+    streaming.AUTO_MEMORY_BUDGET_MAX = _AUTO_MAX if value else streaming.DEFAULT_MEMORY_BUDGET
+    return value
+
+
 #: What ``--baselines`` can switch off: a function taking None (read: on?) or a bool (set).
 SWITCHES: dict[str, Callable[[Any], Any]] = {
     # the AVX2 i16 integer-product strategy (the f32 strategy then)
@@ -360,6 +373,8 @@ SWITCHES: dict[str, Callable[[Any], Any]] = {
     # the input blocks freed by the output pass of their last consumer (kept until the
     # consumer is done then)
     "recycle": _module_switch(walk_store, "RECYCLE", False),
+    # the memory budget chosen from the machine's memory (the 32 MiB floor then)
+    "budget": _budget_switch,
 }
 
 
@@ -465,9 +480,11 @@ def spill_cost(rows: int, repeat: int) -> dict[str, Any]:
     """The calibration walk (``quantize_module``) of the streamed MLP with the default memory
     budget and with one that holds everything, each in a fresh child process (peak RSS),
     alternating."""
-    from fhequant.quantized.streaming import DEFAULT_MEMORY_BUDGET
-
-    budgets = {"default_32mib": DEFAULT_MEMORY_BUDGET, "unbounded": 1 << 40}
+    budgets = {
+        "floor_32mib": streaming.DEFAULT_MEMORY_BUDGET,
+        "auto": streaming.auto_memory_budget(),
+        "unbounded": 1 << 40,
+    }
     found: dict[str, list[tuple[float, int, Any, int]]] = {k: [] for k in budgets}
     benches = os.path.dirname(os.path.abspath(__file__))
     for _ in range(2):
@@ -486,9 +503,11 @@ def spill_cost(rows: int, repeat: int) -> dict[str, Any]:
             "spilled_mib": None if runs[0][2] is None else round(runs[0][2] / 2**20, 1),
             "source_reads_per_calibration": runs[0][3],
         }
-    result["spill_over_unbounded"] = round(
-        result["default_32mib"]["fhequant_s"] / result["unbounded"]["fhequant_s"], 3
-    )
+    for key in ("floor_32mib", "auto"):
+        result[f"{key}_over_unbounded"] = round(
+            result[key]["fhequant_s"] / result["unbounded"]["fhequant_s"], 3
+        )
+    result["auto_budget_mib"] = round(budgets["auto"] / 2**20, 1)
     return result
 
 

@@ -21,7 +21,6 @@ from fhequant.quantized.inputs import input_checker
 from fhequant.quantized.module import QuantizedModule
 from fhequant.quantized.n_bits import n_bits_per_op, resolve_n_bits
 from fhequant.quantized.streaming import (
-    DEFAULT_MEMORY_BUDGET,
     as_numpy,
     auto_block_rows,
     normalize_calibration_data,
@@ -154,7 +153,7 @@ def build_quantized_module(
     keep_onnx: bool = True,
     batch_size: int | None = None,
     verbose: bool = False,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    memory_budget: int | None = None,
     calibration: Any = None,
 ) -> QuantizedModule:
     """Calibrate a float model and return its QuantizedModule.
@@ -180,7 +179,9 @@ def build_quantized_module(
             split of an iterable give the same module.
         verbose: show a tqdm progress bar of the calibration passes (also shown when stderr is
             a terminal).
-        memory_budget: bytes of intermediate blocks kept in memory before spilling to disk.
+        memory_budget: bytes of intermediate blocks kept in memory before spilling to disk;
+            None (the default) takes 1/16 of the memory the process may use, between 32 MiB
+            and 1 GiB (``streaming.auto_memory_budget``). It bounds memory, not the results.
         calibration: the statistics choosing the activation and weight ranges: None or
             "minmax" (the default, global min/max), "percentile", "mse", "entropy", a dict
             ``{"method": name, **params}``, or ``{"activations": .., "weights": .., "ops":

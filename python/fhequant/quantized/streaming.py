@@ -24,11 +24,19 @@ from typing import Any
 import numpy as np
 import onnx
 
-from fhequant.errors import FhequantError, GraphInputError, ShapeError
+from fhequant.errors import (
+    ArgumentError,
+    ConfigurationError,
+    FhequantError,
+    GraphInputError,
+    ShapeError,
+)
 
 __all__ = [
     "AUTO_BLOCK_ROWS_RANGE",
     "AUTO_BLOCK_VALUES",
+    "AUTO_MEMORY_BUDGET_MAX",
+    "AUTO_MEMORY_SHARE",
     "DEFAULT_BLOCK_ROWS",
     "DEFAULT_MEMORY_BUDGET",
     "READ_AHEAD",
@@ -36,10 +44,13 @@ __all__ = [
     "TensorStore",
     "as_numpy",
     "auto_block_rows",
+    "auto_memory_budget",
     "iter_row_blocks",
     "narrowest",
     "normalize_calibration_data",
     "read_ahead",
+    "resolve_memory_budget",
+    "usable_memory",
 ]
 
 #: Rows per evaluation block when the caller does not choose and the model's tensor shapes
@@ -50,8 +61,15 @@ DEFAULT_BLOCK_ROWS = 4096
 AUTO_BLOCK_VALUES = 1 << 21
 #: The range of the block sizes :func:`auto_block_rows` chooses.
 AUTO_BLOCK_ROWS_RANGE = (256, 16384)
-#: Bytes of block data the store keeps in memory before spilling to disk.
+#: Bytes of block data the store keeps in memory before spilling to disk when the memory this
+#: process may use is unknown, and the least :func:`auto_memory_budget` chooses.
 DEFAULT_MEMORY_BUDGET = 32 * 1024 * 1024
+#: The most :func:`auto_memory_budget` chooses: 1 GiB.
+AUTO_MEMORY_BUDGET_MAX = 1 << 30
+#: :func:`auto_memory_budget` keeps at most this share of the memory the process may use.
+AUTO_MEMORY_SHARE = 1 / 16
+#: The memory limit files of cgroup v2 and v1 (a container's limit, when lower than the RAM).
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
 
 def auto_block_rows(model: Any) -> int:
@@ -70,6 +88,67 @@ def auto_block_rows(model: Any) -> int:
         return DEFAULT_BLOCK_ROWS
     low, high = AUTO_BLOCK_ROWS_RANGE
     return max(low, min(high, AUTO_BLOCK_VALUES // widest))
+
+
+def auto_memory_budget() -> int:
+    """Bytes of calibration blocks kept in memory before spilling to disk when the caller does
+    not choose (``memory_budget=None``): :data:`AUTO_MEMORY_SHARE` of the memory this process
+    may use (the RAM, or the container's cgroup limit when lower), within
+    [:data:`DEFAULT_MEMORY_BUDGET`, :data:`AUTO_MEMORY_BUDGET_MAX`];
+    :data:`DEFAULT_MEMORY_BUDGET` when that memory is unknown.
+
+    The budget never changes the results, only where the blocks wait between passes: writing
+    them to a spill file and reading them back cost about a fifth of a streamed calibration
+    (docs/calibration-throughput.md, ninth round), so a machine with memory to spare keeps
+    them; the peak memory still does not grow with the rows beyond the budget.
+    """
+    usable = usable_memory()
+    if usable is None:
+        return DEFAULT_MEMORY_BUDGET
+    share = int(usable * AUTO_MEMORY_SHARE)
+    return max(DEFAULT_MEMORY_BUDGET, min(AUTO_MEMORY_BUDGET_MAX, share))
+
+
+def usable_memory() -> int | None:
+    """The bytes of memory this process may use: the physical RAM, or the cgroup's limit
+    when one is set and lower; None when the system does not say."""
+    try:
+        usable: int | None = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        usable = None
+    if usable is not None and usable <= 0:
+        usable = None
+    for path in _CGROUP_LIMITS:
+        try:
+            with open(path, encoding="ascii") as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) > 0:
+            usable = int(text) if usable is None else min(usable, int(text))
+    return usable
+
+
+def resolve_memory_budget(memory_budget: Any) -> int:
+    """``memory_budget`` as given (bytes, an int >= 0), or :func:`auto_memory_budget` for
+    None.
+
+    Raises:
+        ArgumentError: not an int (nor None).
+        ConfigurationError: a negative int.
+    """
+    if memory_budget is None:
+        return auto_memory_budget()
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int | np.integer):
+        raise ArgumentError(
+            f"memory_budget must be an int (bytes) or None (chosen from the machine's "
+            f"memory), got {type(memory_budget).__name__}"
+        )
+    if memory_budget < 0:
+        raise ConfigurationError(
+            f"memory_budget must be >= 0 bytes (0 spills every block to disk), got {memory_budget}"
+        )
+    return int(memory_budget)
 
 
 def _widest_row(model: Any) -> int | None:

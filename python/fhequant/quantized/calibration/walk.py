@@ -50,10 +50,10 @@ from fhequant.quantized.strategies import (
 )
 from fhequant.quantized.streaming import (
     DEFAULT_BLOCK_ROWS,
-    DEFAULT_MEMORY_BUDGET,
     CalibrationData,
     iter_row_blocks,
     normalize_calibration_data,
+    resolve_memory_budget,
 )
 
 __all__ = ["ModuleCalibrator", "quantize_module"]
@@ -68,7 +68,8 @@ class ModuleCalibrator:
         rounding_threshold_bits: passed to every mixing op (or per op: a mapping of op names,
             fhequant.quantized.per_op).
         block_rows: rows per evaluation block.
-        memory_budget: bytes of intermediate blocks kept in memory before spilling to disk.
+        memory_budget: bytes of intermediate blocks kept in memory before spilling to disk
+            (None: ``streaming.auto_memory_budget``, from the machine's memory).
         verbose: show a progress bar even when stderr is not a terminal.
         preprocess: optional function applied to each block of inputs (ONNX pre-processing).
         n_bits_per_op: the per-op n_bits (a PerOp of BitWidths) or None (the strategy's).
@@ -82,7 +83,7 @@ class ModuleCalibrator:
         strategy: QuantizationStrategy,
         rounding_threshold_bits: Any = None,
         block_rows: int = DEFAULT_BLOCK_ROWS,
-        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        memory_budget: int | None = None,
         verbose: bool = False,
         preprocess: Callable[..., tuple[np.ndarray, ...]] | None = None,
         n_bits_per_op: PerOp | None = None,
@@ -97,7 +98,7 @@ class ModuleCalibrator:
         self.rounding_per_op = rounding_per_op(rounding_threshold_bits)
         self.n_bits_per_op = n_bits_per_op
         self.block_rows = block_rows
-        self.memory_budget = memory_budget
+        self.memory_budget = resolve_memory_budget(memory_budget)
         self.verbose = verbose
         self.preprocess = preprocess
         self.input_names = graph_input_names(model)
@@ -115,7 +116,7 @@ class ModuleCalibrator:
         self.quant_layers: dict[str, tuple[tuple[str, ...], Any]] = {}
         self.node_inputs: dict[str, tuple[str, ...]] = {}
         self.input_stats: dict[str, tuple[Any, Any]] = {}
-        self.store = WalkStore(memory_budget, strategy.flows_raw)
+        self.store = WalkStore(self.memory_budget, strategy.flows_raw)
         self.tensors = self.store.tensors
         self.tables = TablePaths(self.store, strategy.flows_raw)
         self.passes = OpPasses(self.store, self.tables, strategy.flows_raw, self.input_stats)
@@ -503,7 +504,7 @@ def quantize_module(
     rounding_threshold_bits: Any = None,
     import_qat: bool = False,
     block_rows: int = DEFAULT_BLOCK_ROWS,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    memory_budget: int | None = None,
     verbose: bool = False,
     preprocess: Callable[..., tuple[np.ndarray, ...]] | None = None,
     calibration: Any = None,
@@ -517,7 +518,8 @@ def quantize_module(
         rounding_threshold_bits: for every mixing op (docs/contract.md §2.4), or per op.
         import_qat: use the QAT importer instead of PTQ.
         block_rows: rows per evaluation block.
-        memory_budget: bytes of intermediates kept in memory before spilling to disk.
+        memory_budget: bytes of intermediates kept in memory before spilling to disk (None:
+            ``streaming.auto_memory_budget``).
         verbose: show a progress bar.
         preprocess: a function applied to each input block (ONNX pre-processing).
         calibration: the statistics choosing the ranges (docs/calibration.md).
