@@ -4,7 +4,9 @@ any order, equal to what was put."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -13,9 +15,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fhequant.errors import FhequantError
+from fhequant.quantized import spill
 from fhequant.quantized.streaming import TensorStore
 
 DTYPES = [np.float32, np.float64, np.int64, np.int16, np.bool_]
+
+
+@contextlib.contextmanager
+def _writing(behind: bool) -> Iterator[None]:
+    """Spill writes by the helper thread (``behind``) or at once, for the block."""
+    before = spill.WRITE_BEHIND
+    spill.WRITE_BEHIND = behind
+    try:
+        yield
+    finally:
+        spill.WRITE_BEHIND = before
 
 
 @settings(max_examples=60, deadline=None)
@@ -31,13 +45,14 @@ DTYPES = [np.float32, np.float64, np.int64, np.int16, np.bool_]
     ),
     budget=st.sampled_from([0, 64, 1 << 20]),
     seed=st.integers(0, 2**32 - 1),
+    behind=st.booleans(),
 )
 def test_spilled_blocks_read_back_as_put(
-    puts: list[tuple[str, Any, list[int]]], budget: int, seed: int
+    puts: list[tuple[str, Any, list[int]]], budget: int, seed: int, behind: bool
 ) -> None:
     rng = np.random.default_rng(seed)
     kept: dict[str, list[np.ndarray]] = {}
-    with TensorStore(memory_budget=budget) as store:
+    with _writing(behind), TensorStore(memory_budget=budget) as store:
         for name, dtype, shape in puts:
             block = np.asarray(rng.normal(size=shape) * 1000).astype(dtype)
             if block.ndim >= 2 and rng.integers(2):
@@ -61,11 +76,19 @@ def test_spilled_blocks_read_back_as_put(
                 np.testing.assert_array_equal(store.get(name, len(blocks) - 1), blocks[-1])
 
 
-def test_freed_regions_are_overwritten_before_the_file_grows() -> None:
+@pytest.fixture(params=[True, False], ids=["write-behind", "write-now"])
+def write_behind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both ways of writing the spill file: by the helper thread, and at once."""
+    monkeypatch.setattr(spill, "WRITE_BEHIND", request.param)
+    return bool(request.param)
+
+
+def test_freed_regions_are_overwritten_before_the_file_grows(write_behind: bool) -> None:
     store = TensorStore(memory_budget=0)
     store.put("x", np.arange(10, dtype=np.float64))  # 80 bytes at 0
     store.put("y", np.arange(10, dtype=np.float32))  # 40 at 80
     store.put("x", np.arange(5, dtype=np.float64))  # 40 at 120
+    store.flush()
     assert store.spilled_bytes == 160
     assert store._tmp is not None  # the test looks at the file
     directory = store._tmp.name
@@ -79,15 +102,18 @@ def test_freed_regions_are_overwritten_before_the_file_grows() -> None:
     store.put("z", np.full(2, -1, dtype=np.float16))
     store.put("a", np.arange(8, dtype=np.float64) + 0.5)
     store.put("b", np.arange(5, dtype=np.float64) - 0.5)
+    store.flush()
     assert os.path.getsize(path) == 160
     # 6 bytes are left at 74: an 8-byte block grows the file
     store.put("c", np.array([3.25]))
+    store.flush()
     assert os.path.getsize(path) == 168
     # a recycled block's region is free too, and the block cannot be read any more
     store.recycle("y", 0)
     with pytest.raises(FhequantError, match="recycled"):
         store.get("y", 0)
     store.put("d", np.arange(5, dtype=np.float64) * 3)
+    store.flush()
     assert os.path.getsize(path) == 168
     np.testing.assert_array_equal(store.get("z", 0), np.full(3, 7))
     np.testing.assert_array_equal(store.get("z", 1), np.full(2, -1))
@@ -126,13 +152,14 @@ def test_a_recycled_block_in_memory_frees_its_budget() -> None:
     ),
     budget=st.sampled_from([0, 100, 1 << 20]),
     seed=st.integers(0, 2**32 - 1),
+    behind=st.booleans(),
 )
 def test_blocks_read_back_as_put_whatever_is_recycled_or_dropped(
-    steps: list[tuple[str, str, Any, int]], budget: int, seed: int
+    steps: list[tuple[str, str, Any, int]], budget: int, seed: int, behind: bool
 ) -> None:
     rng = np.random.default_rng(seed)
     model: dict[str, list[np.ndarray | None]] = {}
-    with TensorStore(memory_budget=budget) as store:
+    with _writing(behind), TensorStore(memory_budget=budget) as store:
         for action, name, dtype, size in steps:
             if action == "put":
                 block = (rng.normal(size=size) * 50).astype(dtype)
@@ -151,3 +178,33 @@ def test_blocks_read_back_as_put_whatever_is_recycled_or_dropped(
                         got = store.get(key, b)
                         assert got.dtype == want.dtype
                         np.testing.assert_array_equal(got, want)
+
+
+def test_blocks_wait_for_the_helper_within_the_pending_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(spill, "PENDING_BYTES", 1000)
+    rng = np.random.default_rng(3)
+    blocks = [rng.normal(size=int(n)).astype(np.float32) for n in rng.integers(1, 600, 40)]
+    with _writing(True), TensorStore(memory_budget=0) as store:
+        for block in blocks:
+            store.put("x", block)
+            assert store._file is not None
+            # what waits is at most the bound, or the one block just handed over
+            assert store._file._pending_bytes <= max(1000, block.nbytes)
+            block[...] = -1  # the caller's buffer, filled again: the store wrote a copy
+        assert store._file._pool is not None  # the helper thread made the writes
+        for b in reversed(range(len(blocks))):
+            assert np.all(store.get("x", b) != -1)
+    assert store._file is None
+
+
+def test_a_failed_write_is_reported_by_the_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(fd: int, data: Any, offset: int) -> int:
+        raise OSError(28, "No space left on device")
+
+    with _writing(True), TensorStore(memory_budget=0) as store:
+        monkeypatch.setattr(spill.os, "pwrite", full)
+        store.put("x", np.arange(4, dtype=np.float64))
+        with pytest.raises(OSError, match="No space left"):
+            store.get("x", 0)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from fhequant.errors import (
     GraphInputError,
     ShapeError,
 )
+from fhequant.quantized.spill import SpillFile
 
 __all__ = [
     "AUTO_BLOCK_ROWS_RANGE",
@@ -45,6 +46,7 @@ __all__ = [
     "as_numpy",
     "auto_block_rows",
     "auto_memory_budget",
+    "iter_fresh_row_blocks",
     "iter_row_blocks",
     "narrowest",
     "normalize_calibration_data",
@@ -325,12 +327,23 @@ def iter_row_blocks(
     Yields:
         One tuple of arrays (one per input) per block; in-memory data gives views.
     """
+    for block, _ in iter_fresh_row_blocks(data, n_inputs, block_rows):
+        yield block
+
+
+def iter_fresh_row_blocks(
+    data: CalibrationData, n_inputs: int, block_rows: int
+) -> Iterator[tuple[tuple[np.ndarray, ...], bool]]:
+    """:func:`iter_row_blocks`, each block with whether its arrays are fresh: made here by
+    joining rows of several batches, so no one else holds them (the store may keep them as
+    they are instead of copying them; a batch of the source may be a buffer its producer
+    fills again)."""
     if data.arrays is not None:
         if data.check is not None:
             data.check(data.arrays, "calibration data")
         total = _check_batch(data.arrays, n_inputs, 0)
         for start in range(0, total, block_rows):
-            yield tuple(a[start : start + block_rows] for a in data.arrays)
+            yield tuple(a[start : start + block_rows] for a in data.arrays), False
         return
     assert data.batches is not None
     pending: list[tuple[np.ndarray, ...]] = []
@@ -348,17 +361,18 @@ def iter_row_blocks(
         pending.append(batch)
         pending_rows += rows
         while pending_rows >= block_rows:
-            block, pending, pending_rows = _take_rows(pending, block_rows)
-            yield block
+            block, pending, pending_rows, fresh = _take_rows(pending, block_rows)
+            yield block, fresh
     if pending_rows:
-        block, _, _ = _take_rows(pending, pending_rows)
-        yield block
+        block, _, _, fresh = _take_rows(pending, pending_rows)
+        yield block, fresh
 
 
 def _take_rows(
     pending: list[tuple[np.ndarray, ...]], rows: int
-) -> tuple[tuple[np.ndarray, ...], list[tuple[np.ndarray, ...]], int]:
-    """Split ``rows`` rows off the front of the pending batches."""
+) -> tuple[tuple[np.ndarray, ...], list[tuple[np.ndarray, ...]], int, bool]:
+    """Split ``rows`` rows off the front of the pending batches: the block, the batches
+    left, their rows, and whether the block's arrays were joined here (fresh)."""
     taken: list[tuple[np.ndarray, ...]] = []
     need = rows
     rest = list(pending)
@@ -386,17 +400,19 @@ def _take_rows(
                 f"shapes {[t[0].shape for t in taken]}"
             ) from exc
     left = sum(t[0].shape[0] for t in rest)
-    return block, rest, left
+    return block, rest, left, len(taken) > 1
 
 
 @dataclass(frozen=True)
 class _Spilled:
-    """Where a spilled block lies: a file of the store and an offset in it."""
+    """Where a spilled block lies: a file of the store and an offset in it (and the write
+    that puts it there, while the helper thread may still be making it)."""
 
-    file: Any
+    file: SpillFile
     offset: int
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
+    written: Future[None] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -407,7 +423,7 @@ class _Spilled:
 class _Region:
     """Free bytes of a spill file (of a dropped tensor or a recycled block)."""
 
-    file: Any
+    file: SpillFile
     offset: int
     nbytes: int
 
@@ -446,7 +462,7 @@ class TensorStore:
         self._files = 0
         self._spilled_bytes = 0
         #: the spill file (opened on the first spilled block) and its length
-        self._file: Any = None
+        self._file: SpillFile | None = None
         self._end = 0
         #: free regions of the files, overwritten first
         self._free: list[_Region] = []
@@ -468,6 +484,12 @@ class TensorStore:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+    def flush(self) -> None:
+        """Wait until every spilled block is written to its file (the writes are made by a
+        helper thread, :mod:`fhequant.quantized.spill`; reads wait for their own block)."""
+        if self._file is not None:
+            self._file.flush()
 
     @property
     def spilled(self) -> bool:
@@ -493,6 +515,7 @@ class TensorStore:
         owned: bool = True,
         dtype: Any = None,
         bounds: tuple[int, int] | None = None,
+        fresh: bool = False,
     ) -> None:
         """Append the next block of tensor ``name``.
 
@@ -504,6 +527,8 @@ class TensorStore:
                 narrowed from it (stored as is, read back in ``dtype``).
             bounds: the min and max of an integer ``block`` when the caller has them (they
                 choose its stored dtype; computed here otherwise).
+            fresh: ``block`` is a contiguous array no one else holds (kept as it is when it
+                stays in memory, where an owned block is copied).
         """
         entry = self._entries.setdefault(name, _Entry())
         entry.dtypes.append(block.dtype if dtype is None else np.dtype(dtype))
@@ -515,6 +540,8 @@ class TensorStore:
             stored = block
         elif block.dtype.kind in "iu" and block.size:
             stored = _narrow(block, bounds)
+        elif fresh and block.flags.c_contiguous:
+            stored = block  # no one else holds it: kept as it is
         else:
             stored = None  # copied below when kept in memory
         nbytes = block.nbytes if stored is None else stored.nbytes
@@ -524,21 +551,22 @@ class TensorStore:
             entry.owned[-1] = True
             entry.blocks.append(np.array(block, copy=True) if stored is None else stored)
             return
-        # to disk: the write is the copy (a float block is never copied in memory first)
-        entry.blocks.append(self._spill(block if stored is None else stored))
+        # to disk: the write is the copy (a float block of the caller's is copied only when
+        # its write is left to the helper thread, :mod:`fhequant.quantized.spill`)
+        if stored is None:
+            entry.blocks.append(self._spill(block, owned=False))
+        else:
+            entry.blocks.append(self._spill(stored, owned=True))
 
-    def _spill(self, block: np.ndarray) -> _Spilled:
+    def _spill(self, block: np.ndarray, owned: bool) -> _Spilled:
         data = np.ascontiguousarray(block)
-        view = data.data.cast("B") if data.size else memoryview(b"")
-        file, offset = self._place(view.nbytes)
-        file.seek(offset)
-        written = 0
-        while written < view.nbytes:
-            written += file.write(view[written:])
-        self._spilled_bytes += view.nbytes
-        return _Spilled(file, offset, data.shape, data.dtype)
+        owned = owned or not np.may_share_memory(data, block)  # a contiguous copy made here
+        file, offset = self._place(data.nbytes)
+        written = file.write(data, offset, owned)
+        self._spilled_bytes += data.nbytes
+        return _Spilled(file, offset, data.shape, data.dtype, written)
 
-    def _place(self, nbytes: int) -> tuple[Any, int]:
+    def _place(self, nbytes: int) -> tuple[SpillFile, int]:
         """Where ``nbytes`` go: the first free region that holds them (its rest stays free),
         else the end of the growing file."""
         for i, region in enumerate(self._free):
@@ -553,7 +581,7 @@ class TensorStore:
                 self._tmp = tempfile.TemporaryDirectory(prefix="fhequant-calib-")
             path = os.path.join(self._tmp.name, f"{self._files}.bin")
             self._files += 1
-            self._file = open(path, "w+b", buffering=0)  # noqa: SIM115 - closed by close()
+            self._file = SpillFile(path)
             self._end = 0
         self._end += nbytes
         return self._file, self._end - nbytes
@@ -609,14 +637,7 @@ class TensorStore:
         block = entry.blocks[index]
         if isinstance(block, _Spilled):
             out = np.empty(block.shape, dtype=block.dtype)
-            view = out.data.cast("B") if out.size else memoryview(b"")
-            block.file.seek(block.offset)
-            got = 0
-            while got < view.nbytes:
-                n = block.file.readinto(view[got:])
-                if not n:
-                    raise OSError(f"calibration spill file {block.file.name}: short read")
-                got += n
+            block.file.read(out, block.offset, block.written)
             return out
         if block is None:
             raise FhequantError(

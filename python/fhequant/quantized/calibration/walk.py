@@ -51,7 +51,7 @@ from fhequant.quantized.strategies import (
 from fhequant.quantized.streaming import (
     DEFAULT_BLOCK_ROWS,
     CalibrationData,
-    iter_row_blocks,
+    iter_fresh_row_blocks,
     normalize_calibration_data,
     resolve_memory_budget,
 )
@@ -202,10 +202,10 @@ class ModuleCalibrator:
         progress.start("inputs", total)
         lows: list[Any] = [None] * n_inputs
         highs: list[Any] = [None] * n_inputs
-        for block in iter_row_blocks(calib, n_inputs, self.block_rows):
+        for block, fresh in iter_fresh_row_blocks(calib, n_inputs, self.block_rows):
             if self.preprocess is not None:
                 block = self.preprocess(*block)
-                owned = True
+                owned, fresh = True, False  # it may hand its inputs back
             else:
                 owned = not in_memory
             rows = block[0].shape[0]
@@ -216,7 +216,7 @@ class ModuleCalibrator:
                     check_finite(lo, hi, name, "calibration data")
                     lows[i] = lo if lows[i] is None else np.minimum(lows[i], lo)
                     highs[i] = hi if highs[i] is None else np.maximum(highs[i], hi)
-                self.store.data.put(name, arr, owned=owned)
+                self.store.data.put(name, arr, owned=owned, fresh=fresh)
                 watching.add(name, arr, len(self.store.block_sizes) - 1)
             progress.advance(rows)
         watching.finish()
