@@ -49,7 +49,8 @@ statistics kernels' filter, ``intfilter``: the integer-product filter of the Gem
 stored integers, the float filter then, ``early``: the statistics gathered while the inputs
 load, the first ops' own statistics pass then, ``recycle``: the input blocks freed by the
 output pass of their last consumer, ``budget``: the memory budget chosen from the machine's
-memory, the 32 MiB floor then),
+memory, the 32 MiB floor then, ``plain``: the U8I8 products of unshifted u8 x i8 operands
+handed to the fused epilogues as int32, the centring shift then),
 on every row;
 ``--exact-extremes`` runs the statistics kernels without their filter).
 """
@@ -373,6 +374,9 @@ SWITCHES: dict[str, Callable[[Any], Any]] = {
     # the input blocks freed by the output pass of their last consumer (kept until the
     # consumer is done then)
     "recycle": _module_switch(walk_store, "RECYCLE", False),
+    # the unshifted U8I8 plan: int32 products handed to the fused epilogues as they are
+    # (the centring shift and its row and column terms then)
+    "plain": lambda value: _core.int_u8i8_plain() if value is None else _core.int_u8i8_plain(value),
     # the memory budget chosen from the machine's memory (the 32 MiB floor then)
     "budget": _budget_switch,
 }

@@ -196,6 +196,16 @@ fn int_u8i8_avx2(enabled: Option<bool>) -> bool {
     maddubs::SWITCH.toggle(enabled)
 }
 
+/// Allow (the default) or forbid the unshifted U8I8 plan when `enabled` is given: operands
+/// that already are u8 × i8 keep no centring shift, so the int32 products go to the fused
+/// epilogues as they are (`gemm::PLAIN_U8I8`; a switch for benchmarks and tests: results
+/// are the same integers); returns whether it is on.
+#[pyfunction]
+#[pyo3(signature = (enabled=None))]
+fn int_u8i8_plain(enabled: Option<bool>) -> bool {
+    crate::kernels::integer::gemm::PLAIN_U8I8.toggle(enabled)
+}
+
 /// Allow or forbid (the default) the AVX2 i16 strategy in the integer Conv when `enabled` is
 /// given (it measured slower than the f32 strategy on small-channel convs; results are the
 /// same integers); returns whether the Conv uses it (allowed and supported by the CPU).
@@ -715,6 +725,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(int_vnni, m)?)?;
     m.add_function(wrap_pyfunction!(int_i16, m)?)?;
     m.add_function(wrap_pyfunction!(int_u8i8_avx2, m)?)?;
+    m.add_function(wrap_pyfunction!(int_u8i8_plain, m)?)?;
     m.add_function(wrap_pyfunction!(int_i16_conv, m)?)?;
     m.add_function(wrap_pyfunction!(int_direct_conv, m)?)?;
     m.add_function(wrap_pyfunction!(int_vector_epilogue, m)?)?;

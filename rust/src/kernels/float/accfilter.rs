@@ -80,7 +80,7 @@ use crate::error::{Error, Result};
 use crate::kernels::float::extremes::{bias_vec, matmul_extremes, Extremes, ROWS_PER_TASK};
 use crate::kernels::float::matmul::{supported, Element, Isa};
 use crate::kernels::integer::exact::{describe, max_abs, range};
-use crate::kernels::integer::gemm::{matmul_map_into_as, Lhs};
+use crate::kernels::integer::gemm::{matmul_map_rows_into, Lhs, RowEpilogue};
 use crate::kernels::quant::dequantize::{dequantize_value, QInt};
 
 /// float64 unit roundoff.
@@ -262,29 +262,115 @@ fn int_acc<A: AccInput>(
         }
     }
     let stats = RowStats::new(if prep.is_some() { n } else { 0 });
-    let base = acc.as_ptr() as usize;
-    let a_rows = a.as_slice();
-    let avx2 = has_avx2();
-    matmul_map_into_as(
+    let rows = AccRows {
+        prep,
+        a_rows: a.as_slice(),
+        base: acc.as_ptr() as usize,
+        k,
+        m,
+        stats: &stats,
+        avx2: has_avx2(),
+    };
+    matmul_map_rows_into(
         a.insert_axis(Axis(0)),
         wq.insert_axis(Axis(0)),
         z_w,
         acc,
-        |row, dst| match (prep, a_rows) {
-            (Some(p), Some(a_rows)) if m > 0 => {
-                let r = (dst.as_ptr() as usize - base) / (m * std::mem::size_of::<i32>());
-                let a_row = &a_rows[r * k..(r + 1) * k];
-                stats.set(r, row_work(p, row, dst, a_row, avx2));
+        rows,
+    )?;
+    Ok(stats)
+}
+
+/// The epilogue of [`int_acc`] per row: the accumulators written as int32 (from int64 rows,
+/// or from the int32 products as they are, `RowEpilogue::row_i32`), with the row's
+/// estimates when there is a `prep`.
+struct AccRows<'a, A> {
+    prep: Option<&'a Prep>,
+    a_rows: Option<&'a [A]>,
+    /// the address of the first accumulator (a row's index from its own address)
+    base: usize,
+    k: usize,
+    m: usize,
+    stats: &'a RowStats,
+    avx2: bool,
+}
+
+impl<A: AccInput> AccRows<'_, A> {
+    #[inline(always)]
+    fn write<R: AccRow>(&self, row: &[R], dst: &mut [MaybeUninit<i32>]) {
+        match (self.prep, self.a_rows) {
+            (Some(p), Some(a_rows)) if self.m > 0 => {
+                let r = (dst.as_ptr() as usize - self.base) / (self.m * size_of::<i32>());
+                let a_row = &a_rows[r * self.k..(r + 1) * self.k];
+                self.stats.set(r, row_work(p, row, dst, a_row, self.avx2));
             }
             _ => {
                 for (d, &v) in dst.iter_mut().zip(row) {
-                    // the bound above keeps every accumulator within i32
-                    d.write(v as i32);
+                    // the bound checked by `int_acc` keeps every accumulator within i32
+                    d.write(v.low_i32());
                 }
             }
-        },
-    )?;
-    Ok(stats)
+        }
+    }
+}
+
+impl<A: AccInput> RowEpilogue<i32> for AccRows<'_, A> {
+    fn row(&self, acc: &[i64], dst: &mut [MaybeUninit<i32>]) {
+        self.write(acc, dst);
+    }
+
+    fn reads_i32(&self) -> bool {
+        true
+    }
+
+    fn row_i32(&self, acc: &[i32], dst: &mut [MaybeUninit<i32>]) {
+        self.write(acc, dst);
+    }
+}
+
+/// The accumulator rows the estimates read: int64 (within int32, as `int_acc` checks) or
+/// int32.
+trait AccRow: Copy {
+    /// The value as int32 (exact for the accumulators `int_acc` gives).
+    fn low_i32(self) -> i32;
+    /// Four values from `p` on as int32.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and `p` points at four readable values.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load4(p: *const Self) -> std::arch::x86_64::__m128i;
+}
+
+impl AccRow for i64 {
+    #[inline(always)]
+    fn low_i32(self) -> i32 {
+        self as i32
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load4(p: *const Self) -> std::arch::x86_64::__m128i {
+        use std::arch::x86_64::*;
+        // the low 32 bits of each i64 lane into the low half
+        // SAFETY: the caller guarantees AVX2 and four readable values.
+        unsafe {
+            let idx = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+            let v = _mm256_loadu_si256(p.cast());
+            _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(v, idx))
+        }
+    }
+}
+
+impl AccRow for i32 {
+    #[inline(always)]
+    fn low_i32(self) -> i32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load4(p: *const Self) -> std::arch::x86_64::__m128i {
+        // SAFETY: the caller guarantees AVX2 and four readable values.
+        unsafe { std::arch::x86_64::_mm_loadu_si128(p.cast()) }
+    }
 }
 
 /// `|s| ‖a − z‖₂` of one row, bounded above.
@@ -723,17 +809,17 @@ fn has_avx2() -> bool {
 /// and smallest estimate and its scaled norm bound (compiled for AVX2 when `avx2`: the
 /// same operations in the same order, so the same results).
 #[inline(always)]
-fn row_work<A: AccInput>(
+fn row_work<A: AccInput, R: AccRow>(
     p: &Prep,
-    row: &[i64],
+    row: &[R],
     dst: &mut [MaybeUninit<i32>],
     a_row: &[A],
     avx2: bool,
 ) -> (f64, f64, f64) {
     #[inline(always)]
-    fn body<A: AccInput>(
+    fn body<A: AccInput, R: AccRow>(
         p: &Prep,
-        row: &[i64],
+        row: &[R],
         dst: &mut [MaybeUninit<i32>],
         a_row: &[A],
     ) -> (f64, f64, f64) {
@@ -743,9 +829,9 @@ fn row_work<A: AccInput>(
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2")]
-        unsafe fn body_avx2<A: AccInput>(
+        unsafe fn body_avx2<A: AccInput, R: AccRow>(
             p: &Prep,
-            row: &[i64],
+            row: &[R],
             dst: &mut [MaybeUninit<i32>],
             a_row: &[A],
         ) -> (f64, f64, f64) {
@@ -765,8 +851,8 @@ fn row_work<A: AccInput>(
 /// estimate `G_j = fl(fl(α_j · fl(acc_j − zS_j)) + b_j)` of the row (4 lanes, so that it
 /// vectorises; the maximum and minimum do not depend on the order).
 #[inline(always)]
-fn row_estimates(
-    row: &[i64],
+fn row_estimates<R: AccRow>(
+    row: &[R],
     dst: &mut [MaybeUninit<i32>],
     alpha: &[f64],
     zsf: &[f64],
@@ -784,7 +870,7 @@ fn row_estimates(
     for (((v, d), (al, zs)), b) in lanes {
         for l in 0..L {
             // the overflow check keeps every accumulator within i32
-            let x = v[l] as i32;
+            let x = v[l].low_i32();
             d[l].write(x);
             let g = al[l] * (f64::from(x) - zs[l]) + b[l];
             hi[l] = if g > hi[l] { g } else { hi[l] };
@@ -792,7 +878,7 @@ fn row_estimates(
         }
     }
     for j in main..row.len() {
-        let x = row[j] as i32;
+        let x = row[j].low_i32();
         dst[j].write(x);
         let g = alpha[j] * (f64::from(x) - zsf[j]) + bias[j];
         hi[0] = hi[0].max(g);
@@ -810,8 +896,8 @@ fn row_estimates(
 /// The CPU must have AVX2; `dst`, `alpha`, `zsf` and `bias` as long as `row`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn row_estimates_avx2(
-    row: &[i64],
+unsafe fn row_estimates_avx2<R: AccRow>(
+    row: &[R],
     dst: &mut [MaybeUninit<i32>],
     alpha: &[f64],
     zsf: &[f64],
@@ -821,8 +907,6 @@ unsafe fn row_estimates_avx2(
     let m = row.len();
     assert!(dst.len() == m && alpha.len() == m && zsf.len() == m && bias.len() == m);
     let main = m / 8 * 8;
-    // the low 32 bits of each i64 lane (the accumulators fit int32) into the low half
-    let idx = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
     let mut hi = [_mm256_set1_pd(f64::NEG_INFINITY); 2];
     let mut lo = [_mm256_set1_pd(f64::INFINITY); 2];
     let (rp, dp) = (row.as_ptr(), dst.as_mut_ptr());
@@ -833,8 +917,8 @@ unsafe fn row_estimates_avx2(
             let at = j + 4 * h;
             // SAFETY: at + 4 <= main <= m, the length of every slice.
             unsafe {
-                let v = _mm256_loadu_si256(rp.add(at).cast());
-                let x = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(v, idx));
+                // the accumulators fit int32
+                let x = R::load4(rp.add(at));
                 _mm_storeu_si128(dp.add(at).cast(), x);
                 let d = _mm256_sub_pd(_mm256_cvtepi32_pd(x), _mm256_loadu_pd(zp.add(at)));
                 let g = _mm256_add_pd(
@@ -858,7 +942,7 @@ unsafe fn row_estimates_avx2(
         ls.iter().fold(f64::INFINITY, |x, &y| x.min(y)),
     );
     for j in main..m {
-        let x = row[j] as i32;
+        let x = row[j].low_i32();
         dst[j].write(x);
         let g = alpha[j] * (f64::from(x) - zsf[j]) + bias[j];
         hv = hv.max(g);

@@ -244,6 +244,17 @@ fn row_estimates_agree() {
         // SAFETY: the CPU has AVX2 and the slices have the same length.
         let got = unsafe { row_estimates_avx2(&row, &mut d2, &alpha, &zsf, &bias) };
         assert_eq!(got, want);
+        // the same row as int32 (the products the U8I8 strategy hands over as they are)
+        let row32: Vec<i32> = row.iter().map(|&v| v as i32).collect();
+        let mut d3 = vec![MaybeUninit::uninit(); m];
+        assert_eq!(row_estimates(&row32, &mut d3, &alpha, &zsf, &bias), want);
+        // SAFETY: as above.
+        let got32 = unsafe { row_estimates_avx2(&row32, &mut d3, &alpha, &zsf, &bias) };
+        assert_eq!(got32, want);
+        for (a, &v) in d3.iter().zip(&row) {
+            // SAFETY: written just above.
+            assert_eq!(unsafe { a.assume_init() }, v as i32);
+        }
         for ((a, b), &v) in d1.iter().zip(&d2).zip(&row) {
             // SAFETY: both wrote every value.
             let (a, b) = unsafe { (a.assume_init(), b.assume_init()) };

@@ -138,12 +138,27 @@ fn centre_u8i8(a: (i64, i64), c: (i128, i128)) -> Option<([i64; 2], u128, u128)>
     Some(([a.0, t as i64], a_span as u128, max_abs(c.0 - t, c.1 - t)))
 }
 
+/// Whether the U8I8 plan keeps operands that already are u8 × i8 unshifted (`plan_u8i8`; a
+/// switch for benchmarks and tests: the accumulators are the same either way).
+pub static PLAIN_U8I8: simd::Switch = simd::Switch::new(true, simd::any_cpu);
+
 /// The U8I8 plan if it applies: the operands centre into u8 × i8 (`centre_u8i8`) and the
-/// worst |dot product| K·max(A − s)·max|c − t| fits i32.
+/// worst |dot product| K·max(A − s)·max|c − t| fits i32. Operands that already are u8 × i8
+/// keep s = t = 0 when their worst product fits too: the int32 products are then the
+/// accumulators (no row or column term, `BlockU8::run`).
 fn plan_u8i8(k: usize, a: (i64, i64), c: (i128, i128)) -> Option<Plan> {
     let (shift, a_max, c_max) = centre_u8i8(a, c)?;
-    let bound = (k as u128) * a_max * c_max;
-    (bound <= i32::MAX as u128).then_some(Plan {
+    let fits = |bound: u128| bound <= i32::MAX as u128;
+    if !fits((k as u128) * a_max * c_max) {
+        return None;
+    }
+    let plain = PLAIN_U8I8.available() && a.0 >= 0 && a.1 <= 255 && c.0 >= -128 && c.1 <= 127;
+    let shift = if plain && fits((k as u128) * (a.1 as u128) * max_abs(c.0, c.1)) {
+        [0, 0]
+    } else {
+        shift
+    };
+    Some(Plan {
         strategy: Strategy::U8I8,
         shift,
     })
@@ -212,6 +227,34 @@ pub fn matmul_into<A: Lhs>(
     })
 }
 
+/// What a fused kernel does with each row of exact accumulators (the output row it writes).
+/// Any `Fn(&[i64], &mut [MaybeUninit<O>])` is one; an epilogue that reads int32 rows as they
+/// are says so with [`RowEpilogue::reads_i32`], and the U8I8 strategy then hands it its int32
+/// products directly when they are the accumulators (no centring shift: `s = t = 0`).
+pub trait RowEpilogue<O>: Sync {
+    /// Write one output row from its accumulators.
+    fn row(&self, acc: &[i64], dst: &mut [MaybeUninit<O>]);
+
+    /// Whether [`RowEpilogue::row_i32`] may be called (false: rows always come as i64).
+    fn reads_i32(&self) -> bool {
+        false
+    }
+
+    /// Write one output row from its accumulators as int32 (only when `reads_i32`; the
+    /// default widens them for [`RowEpilogue::row`]).
+    fn row_i32(&self, acc: &[i32], dst: &mut [MaybeUninit<O>]) {
+        let wide: Vec<i64> = acc.iter().map(|&v| i64::from(v)).collect();
+        self.row(&wide, dst);
+    }
+}
+
+impl<O, F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync> RowEpilogue<O> for F {
+    #[inline(always)]
+    fn row(&self, acc: &[i64], dst: &mut [MaybeUninit<O>]) {
+        self(acc, dst)
+    }
+}
+
 /// `matmul` passing each row of exact accumulators through `epilogue(acc_row, out_row)`,
 /// which must write all of `out_row` (N values of `out`, C order, the size `matmul_shape`
 /// gives; on success every element of `out` has been through `epilogue`).
@@ -242,6 +285,22 @@ where
     A: Lhs,
     O: Copy + Send,
     F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
+{
+    map_into_with(a, w, z_w, out, epilogue, Allowed::available())
+}
+
+/// [`matmul_map_into_as`] with a [`RowEpilogue`] (which may read int32 rows).
+pub fn matmul_map_rows_into<A, O, E>(
+    a: ArrayView3<'_, A>,
+    w: ArrayView3<'_, i64>,
+    z_w: i64,
+    out: &mut [MaybeUninit<O>],
+    epilogue: E,
+) -> Result<()>
+where
+    A: Lhs,
+    O: Copy + Send,
+    E: RowEpilogue<O>,
 {
     map_into_with(a, w, z_w, out, epilogue, Allowed::available())
 }
@@ -278,7 +337,7 @@ fn map_into_with<A: Lhs, O, F>(
 ) -> Result<()>
 where
     O: Copy + Send,
-    F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
+    F: RowEpilogue<O>,
 {
     let [batch, m, n] = matmul_shape(a.dim(), w.dim())?;
     if out.len() != batch * m * n {
@@ -380,7 +439,7 @@ impl<A: Lhs> Job<'_, A> {
     where
         T: Exact,
         O: Copy + Send,
-        F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
+        F: RowEpilogue<O>,
     {
         let [_, _, _, k, n] = self.dims;
         let wt: Vec<T> = self.wc.iter().map(|&v| T::from_i64(v)).collect();
@@ -410,7 +469,7 @@ impl<A: Lhs> Job<'_, A> {
     fn run_u8i8<O, F>(&self, out: &mut [MaybeUninit<O>], epilogue: &F)
     where
         O: Copy + Send,
-        F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
+        F: RowEpilogue<O>,
     {
         let [_, bw, _, k, n] = self.dims;
         // W' lies in [−128, 127] under this strategy: its bytes are its two's complement.
@@ -489,7 +548,7 @@ fn correct_rows<V: Copy, O, F>(
     widen: impl Fn(V) -> i64,
     epilogue: &F,
 ) where
-    F: Fn(&[i64], &mut [MaybeUninit<O>]),
+    F: RowEpilogue<O>,
 {
     let n = cols.len();
     let mut acc = vec![0i64; n];
@@ -501,7 +560,7 @@ fn correct_rows<V: Copy, O, F>(
         for ((a, &v), &ct) in acc.iter_mut().zip(t_row).zip(cols) {
             *a = widen(v).wrapping_add(rt).wrapping_add(ct);
         }
-        epilogue(&acc, d_row);
+        epilogue.row(&acc, d_row);
     }
 }
 
@@ -520,7 +579,7 @@ impl<A: Lhs> BlockU8<'_, A> {
     #[inline(always)]
     fn run<O, F>(&self, r0: usize, rows_out: &mut [MaybeUninit<O>], epilogue: &F)
     where
-        F: Fn(&[i64], &mut [MaybeUninit<O>]),
+        F: RowEpilogue<O>,
     {
         let (k, n) = (self.k, self.cols.len());
         let [s, t] = self.shift;
@@ -532,6 +591,13 @@ impl<A: Lhs> BlockU8<'_, A> {
         let row_terms = centre_rows(self.a, r0, rows, k, kp, [s, t], &mut lhs, |c| c as u8);
         let mut tmp = vec![0i32; padded * np];
         vnni::gemm::<{ vnni::MR }, true>(padded, &lhs, self.w, &mut tmp);
+        if s == 0 && t == 0 && epilogue.reads_i32() {
+            // no row or column term: the int32 products are the accumulators
+            for (d_row, p_row) in rows_out.chunks_exact_mut(n).zip(tmp.chunks_exact(np)) {
+                epilogue.row_i32(&p_row[..n], d_row);
+            }
+            return;
+        }
         correct_rows(
             rows_out,
             &tmp,
@@ -548,7 +614,7 @@ impl<A: Lhs> BlockU8<'_, A> {
     #[target_feature(enable = "avx2,avx512f,avx512dq,avx512vl,avx512bw")]
     unsafe fn run_avx512<O, F>(&self, r0: usize, rows_out: &mut [MaybeUninit<O>], epilogue: &F)
     where
-        F: Fn(&[i64], &mut [MaybeUninit<O>]),
+        F: RowEpilogue<O>,
     {
         self.run(r0, rows_out, epilogue)
     }
@@ -570,7 +636,7 @@ impl<A: Lhs, T: Exact> Block<'_, A, T> {
     #[inline(always)]
     fn run<O, F>(&self, r0: usize, rows_out: &mut [MaybeUninit<O>], epilogue: &F)
     where
-        F: Fn(&[i64], &mut [MaybeUninit<O>]),
+        F: RowEpilogue<O>,
     {
         let (k, n) = (self.k, self.cols.len());
         let [s, t] = self.shift;
@@ -595,7 +661,7 @@ impl<A: Lhs, T: Exact> Block<'_, A, T> {
     #[target_feature(enable = "avx2,avx512f,avx512dq,avx512vl,avx512bw")]
     unsafe fn run_avx512<O, F>(&self, r0: usize, rows_out: &mut [MaybeUninit<O>], epilogue: &F)
     where
-        F: Fn(&[i64], &mut [MaybeUninit<O>]),
+        F: RowEpilogue<O>,
     {
         self.run(r0, rows_out, epilogue)
     }

@@ -6,7 +6,7 @@ use std::mem::MaybeUninit;
 
 use ndarray::ArrayView2;
 
-use super::{centre_rows, correct_rows, Job, Lhs};
+use super::{centre_rows, correct_rows, Job, Lhs, RowEpilogue};
 use crate::kernels::integer::madd::{self, PackedB16};
 use crate::kernels::integer::maddubs::{self, PackedB8};
 use crate::kernels::simd;
@@ -16,7 +16,7 @@ impl<A: Lhs> Job<'_, A> {
     pub(super) fn run_i16<O, F>(&self, out: &mut [MaybeUninit<O>], epilogue: &F)
     where
         O: Copy + Send,
-        F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
+        F: RowEpilogue<O>,
     {
         let [_, bw, _, k, n] = self.dims;
         // W' lies in i16 under this strategy, so the truncation is exact.
@@ -42,7 +42,7 @@ impl<A: Lhs> Job<'_, A> {
     pub(super) fn run_maddubs<O, F>(&self, out: &mut [MaybeUninit<O>], epilogue: &F, steps: usize)
     where
         O: Copy + Send,
-        F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
+        F: RowEpilogue<O>,
     {
         let [_, bw, _, k, n] = self.dims;
         // W' lies in [−128, 127] under this strategy: its bytes are its two's complement.
@@ -80,7 +80,7 @@ impl<A: Lhs> Job<'_, A> {
         gemm: G,
     ) where
         O: Copy + Send,
-        F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
+        F: RowEpilogue<O>,
         L: Copy + Default,
         C: Fn(i64) -> L + Copy + Sync,
         G: Fn(usize, usize, &[L], &mut [i32]) + Sync,
@@ -142,7 +142,7 @@ where
     #[inline(always)]
     fn run<O, F>(&self, r0: usize, rows_out: &mut [MaybeUninit<O>], epilogue: &F)
     where
-        F: Fn(&[i64], &mut [MaybeUninit<O>]),
+        F: RowEpilogue<O>,
     {
         let (k, n) = (self.k, self.cols.len());
         let rows = rows_out.len() / n;
@@ -168,7 +168,7 @@ where
     #[target_feature(enable = "avx2")]
     unsafe fn run_avx2<O, F>(&self, r0: usize, rows_out: &mut [MaybeUninit<O>], epilogue: &F)
     where
-        F: Fn(&[i64], &mut [MaybeUninit<O>]),
+        F: RowEpilogue<O>,
     {
         self.run(r0, rows_out, epilogue)
     }

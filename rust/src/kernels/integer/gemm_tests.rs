@@ -37,7 +37,13 @@ fn u8i8_plan_limits() {
     assert_eq!(p(9, (0, 255), (-128, 127)).strategy, Strategy::U8I8);
     assert_eq!(p(9, (0, 255), (-128, 127)).shift, [0, 0]);
     assert_eq!(p(9, (-300, -45), (-5, 250)).shift, [-300, 123]);
-    assert_eq!(p(9, (7, 7), (3, 3)).shift, [7, 3]);
+    // operands that are u8 × i8 as they are keep no shift (int32 products = accumulators)
+    assert_eq!(p(9, (7, 7), (3, 3)).shift, [0, 0]);
+    assert_eq!(p(64, (0, 63), (-31, 29)).shift, [0, 0]);
+    assert_eq!(p(64, (3, 60), (-31, 31)).shift, [0, 0]);
+    // ... unless only the centred product fits int32: 255·100·100000 > 2^31 − 1
+    assert_eq!(p(100_000, (200, 255), (-100, 100)).shift, [200, 0]);
+    assert_eq!(p(9, (-3, 60), (-31, 31)).shift, [-3, 0]);
     assert_ne!(p(9, (0, 256), (-128, 127)).strategy, Strategy::U8I8);
     assert_ne!(p(9, (0, 255), (-128, 128)).strategy, Strategy::U8I8);
     // K·255·128 <= 2^31 − 1 exactly up to K = 65793.
@@ -364,7 +370,7 @@ fn with_as<A: Lhs>(
         w.view(),
         z_w,
         dst,
-        |acc, row| {
+        |acc: &[i64], row: &mut [MaybeUninit<i64>]| {
             for (d, &v) in row.iter_mut().zip(acc) {
                 d.write(v);
             }
@@ -536,6 +542,66 @@ fn narrow_ranges_are_the_widened_ones() {
             }
             check::<i32>(&v);
             check::<i64>(&v);
+        }
+    }
+}
+
+/// Records which rows came as int32 and writes the accumulators as they are.
+struct Recorder<'a> {
+    reads: bool,
+    i32_rows: &'a std::sync::atomic::AtomicUsize,
+}
+
+impl RowEpilogue<i64> for Recorder<'_> {
+    fn row(&self, acc: &[i64], dst: &mut [MaybeUninit<i64>]) {
+        for (d, &v) in dst.iter_mut().zip(acc) {
+            d.write(v);
+        }
+    }
+    fn reads_i32(&self) -> bool {
+        self.reads
+    }
+    fn row_i32(&self, acc: &[i32], dst: &mut [MaybeUninit<i64>]) {
+        self.i32_rows
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for (d, &v) in dst.iter_mut().zip(acc) {
+            d.write(i64::from(v));
+        }
+    }
+}
+
+#[test]
+fn int32_rows_are_the_accumulators_without_shift() {
+    // (A, W, z_w, whether the plan keeps s = t = 0)
+    for (ashape, wshape, alo, aspan, wlo, wspan, z_w, plain) in [
+        ((1, 130, 64), (1, 64, 128), 0, 64, -31, 63, 0, true),
+        ((2, 67, 33), (2, 33, 10), 5, 50, -100, 200, -7, true),
+        ((1, 70, 9), (1, 9, 17), -3, 40, -31, 63, 0, false),
+        ((1, 64, 20), (1, 20, 5), 0, 256, 0, 255, 0, false),
+    ] {
+        let a = data(ashape, 3, alo, aspan);
+        let w = data(wshape, 4, wlo, wspan);
+        for reads in [true, false] {
+            let i32_rows = std::sync::atomic::AtomicUsize::new(0);
+            let rec = Recorder {
+                reads,
+                i32_rows: &i32_rows,
+            };
+            let dims = matmul_shape(a.dim(), w.dim()).unwrap();
+            let mut out = Array3::<i64>::from_elem(dims, 99);
+            let dst = out.as_slice_mut().unwrap();
+            // SAFETY: MaybeUninit<i64> has the layout of i64 and every value is initialised.
+            let dst: &mut [MaybeUninit<i64>] = unsafe { std::mem::transmute(dst) };
+            map_into_with(a.view(), w.view(), z_w, dst, rec, VNNI).unwrap();
+            assert_eq!(out, naive(&a, &w, z_w));
+            let rows = i32_rows.into_inner();
+            let vnni_runs = vnni::available();
+            let want = if reads && plain && vnni_runs {
+                dims[0] * dims[1]
+            } else {
+                0
+            };
+            assert_eq!(rows, want, "{ashape:?} {wshape:?} reads={reads}");
         }
     }
 }

@@ -21,7 +21,9 @@ use crate::error::{Error, Result};
 use crate::kernels::integer::conv::{conv2d_map_into, conv2d_shape, ConvInput, Geometry};
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::integer::epilogue_avx2;
-use crate::kernels::integer::gemm::{matmul_map_into_as, matmul_shape, Lhs, BLOCK_ROWS};
+use crate::kernels::integer::gemm::{
+    matmul_map_rows_into, matmul_shape, Lhs, RowEpilogue, BLOCK_ROWS,
+};
 use crate::kernels::integer::rescale::{rescale_run, Operand, Rescale};
 use crate::kernels::quant::float::{clip, Real};
 
@@ -359,16 +361,49 @@ pub fn matmul_rescale_quant_into<A: Lhs, O: Narrow>(
     rescale.check(n, "matmul rescale: the per-column", "columns")?;
     requant.check::<O>()?;
     let sink = Sink::new();
-    matmul_map_into_as(a, w, z_w, out, |acc, dst| {
-        sink.run(
-            acc,
-            dst,
-            rescale,
-            (rescale.sub, rescale.mul, rescale.add),
-            requant,
-        );
-    })?;
+    let rows = Rows {
+        sink: &sink,
+        rescale,
+        requant,
+    };
+    matmul_map_rows_into(a, w, z_w, out, rows)?;
     sink.finish(rescale.lsbs)
+}
+
+/// The epilogue of [`matmul_rescale_quant_into`] per output row: int64 accumulators, or
+/// the int32 ones as they are when the vector epilogue reads them.
+struct Rows<'a> {
+    sink: &'a Sink,
+    rescale: &'a Rescale<'a>,
+    requant: &'a Requant,
+}
+
+impl<O: Narrow> RowEpilogue<O> for Rows<'_> {
+    #[inline]
+    fn row(&self, acc: &[i64], dst: &mut [MaybeUninit<O>]) {
+        let r = self.rescale;
+        self.sink
+            .run(acc, dst, r, (r.sub, r.mul, r.add), self.requant);
+    }
+
+    fn reads_i32(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            epilogue_avx2::available()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    #[inline]
+    fn row_i32(&self, acc: &[i32], dst: &mut [MaybeUninit<O>]) {
+        let r = self.rescale;
+        let mut wide = Vec::new(); // used only without the vector epilogue
+        self.sink
+            .run_i32(acc, &mut wide, dst, r, (r.sub, r.mul, r.add), self.requant);
+    }
 }
 
 /// The epilogue of [`matmul_rescale_quant_into`] applied to accumulators computed earlier:

@@ -24,9 +24,14 @@ fn matmul_matches_rescale_then_quantize() {
     let sub = [3.0, -7.5, 0.1, 12.0, -0.3];
     let mul = [0.013, 0.5, 1e-3, 7.25, 0.333];
     let add = [0.1, -0.2, 0.3, -0.4, 0.05];
-    let a = data3((2, 150, 37), 1, -40, 90);
     let w = data3((1, 37, 5), 2, -31, 63);
-    for lsbs in [0, 3] {
+    // A with negative values (a centring shift), and u8 values against i8 weights minus z_w
+    // (no shift: the int32 products go to the epilogue as they are, `RowEpilogue::row_i32`)
+    for ((alo, aspan, z_w), lsbs) in [(-40, 90, 4), (0, 64, 0), (3, 60, -2)]
+        .into_iter()
+        .flat_map(|c| [(c, 0), (c, 3)])
+    {
+        let a = data3((2, 150, 37), 1, alo, aspan);
         let r = Rescale {
             lsbs,
             offset: -17.0,
@@ -35,7 +40,7 @@ fn matmul_matches_rescale_then_quantize() {
             add: Some(&add),
         };
         let mut floats = vec![MaybeUninit::uninit(); 2 * 150 * 5];
-        matmul_rescale_into(a.view(), w.view(), 4, &r, &mut floats).unwrap();
+        matmul_rescale_into(a.view(), w.view(), z_w, &r, &mut floats).unwrap();
         for q in [
             Requant {
                 scale: 0.37,
@@ -51,7 +56,7 @@ fn matmul_matches_rescale_then_quantize() {
             },
         ] {
             let mut out = vec![MaybeUninit::<i8>::uninit(); floats.len()];
-            let got = matmul_rescale_quant_into(a.view(), w.view(), 4, &r, &q, &mut out).unwrap();
+            let got = matmul_rescale_quant_into(a.view(), w.view(), z_w, &r, &q, &mut out).unwrap();
             // SAFETY: both kernels succeeded, so they wrote every element.
             let want: Vec<i64> = floats
                 .iter()
