@@ -17,6 +17,7 @@ from fhequant.errors import GraphInputError, NonFiniteError
 from fhequant.kernels.float_matmul import sequential_matmul
 from fhequant.kernels.reference.float_matmul import matmul_sequential_reference
 from fhequant.quantized.calibration import traits
+from fhequant.quantized.calibration.walk import _block_range
 from fhequant.quantized.percentile import TailSelector, percentile_from_tails
 from fhequant.quantized.streaming import (
     AUTO_BLOCK_ROWS_RANGE,
@@ -368,3 +369,22 @@ def test_default_block_size_gives_the_module_of_any_other() -> None:
     chosen = build_quantized_module(model, X_MLP, n_bits=4)
     fixed = build_quantized_module(model, _irregular(X_MLP), n_bits=4, batch_size=64)
     assert_same_module(chosen, fixed, X_MLP[:50])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_input_block_range_is_numpys(dtype: Any) -> None:
+    rng = np.random.default_rng(4)
+    blocks = [
+        rng.normal(size=(50, 3)),
+        np.array([[0.0, -0.0], [-0.0, 0.0]]),
+        np.array([[1.0, -np.inf], [2.0, 3.0]]),
+        np.array([[1.0, np.nan], [2.0, 3.0]]),
+        rng.normal(size=(6, 4))[:, ::2],  # not contiguous
+    ]
+    for block in blocks:
+        block = block.astype(dtype)
+        lo, hi = _block_range(block, "x")
+        want = (block.min(), block.max())
+        for got, w in zip((lo, hi), want, strict=True):
+            assert type(got) is type(w)
+            assert got.tobytes() == w.tobytes() or (np.isnan(got) and np.isnan(w))

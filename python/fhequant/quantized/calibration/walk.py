@@ -21,8 +21,10 @@ from fhequant.errors import (
     CalibrationConfigError,
     FhequantError,
     GraphInputError,
+    NonFiniteError,
     UnsupportedOpError,
 )
+from fhequant.kernels import quant as quant_kernels
 from fhequant.quantization import QuantizedArray, StatisticSpec, UniformQuantizer
 from fhequant.quantized import fused_stats
 from fhequant.quantized.calibration import early
@@ -212,7 +214,7 @@ class ModuleCalibrator:
             self.store.block_sizes.append(rows)
             for i, (name, arr) in enumerate(zip(self.input_names, block, strict=True)):
                 if arr.size:
-                    lo, hi = arr.min(), arr.max()
+                    lo, hi = _block_range(arr, name)
                     check_finite(lo, hi, name, "calibration data")
                     lows[i] = lo if lows[i] is None else np.minimum(lows[i], lo)
                     highs[i] = hi if highs[i] is None else np.maximum(highs[i], hi)
@@ -495,6 +497,18 @@ class ModuleCalibrator:
                 qa = QuantizedArray(opts.n_bits, ends, options=opts)
                 quantizers.append(qa.quantizer)
         return quantizers
+
+
+def _block_range(arr: np.ndarray, name: str) -> tuple[Any, Any]:
+    """The min and max of one block of graph input ``name``: numpy's (its scalars, its pick
+    between signed zeros), read once by the native scan for float32/float64 blocks; a
+    non-finite block gives numpy's min and max, which ``check_finite`` names as before."""
+    if arr.dtype in (np.float32, np.float64):
+        try:
+            return quant_kernels.min_max(arr, name)
+        except NonFiniteError:
+            pass
+    return arr.min(), arr.max()
 
 
 def quantize_module(
