@@ -50,7 +50,9 @@ stored integers, the float filter then, ``early``: the statistics gathered while
 load, the first ops' own statistics pass then, ``recycle``: the input blocks freed by the
 output pass of their last consumer, ``budget``: the memory budget chosen from the machine's
 memory, the 32 MiB floor then, ``plain``: the U8I8 products of unshifted u8 x i8 operands
-handed to the fused epilogues as int32, the centring shift then),
+handed to the fused epilogues as int32, the centring shift then, ``writebehind``: the spill
+writes made by a helper thread, on the walk's thread then, ``monotone``: Relu's table
+evaluated on its input's whole integer range, the presence marks then),
 on every row;
 ``--exact-extremes`` runs the statistics kernels without their filter).
 """
@@ -75,9 +77,10 @@ from onnx import numpy_helper
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fhequant import _core, build_quantized_module
-from fhequant.quantized import fused_stats, streaming
+from fhequant.quantized import fused_stats, spill, streaming
 from fhequant.quantized.calibration import early, passes
 from fhequant.quantized.calibration import store as walk_store
+from fhequant.quantized.ops.univariate import QuantizedRelu
 from ptq import best_of, cnn_model, mlp_model
 
 BATCH_ROWS = 10_000
@@ -377,6 +380,10 @@ SWITCHES: dict[str, Callable[[Any], Any]] = {
     # the unshifted U8I8 plan: int32 products handed to the fused epilogues as they are
     # (the centring shift and its row and column terms then)
     "plain": lambda value: _core.int_u8i8_plain() if value is None else _core.int_u8i8_plain(value),
+    # the spill writes made by a helper thread (on the walk's thread, at once, then)
+    "writebehind": _module_switch(spill, "WRITE_BEHIND", False),
+    # Relu's table over its input's whole range (the presence marks of the integers then)
+    "monotone": _module_switch(QuantizedRelu, "monotone_table", False),
     # the memory budget chosen from the machine's memory (the 32 MiB floor then)
     "budget": _budget_switch,
 }

@@ -93,7 +93,9 @@ def test_rounding_or_a_possible_overflow_keeps_every_block(monkeypatch: pytest.M
 def test_presence_marked_while_storing_is_the_presence_pass(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    model = mlp([12, 24, 16, 5], act="Relu", seed=7)
+    # Sigmoid: a table op that reads the marks (Relu, monotone, needs none:
+    # test_monotone_tables.py)
+    model = mlp([12, 24, 16, 5], act="Sigmoid", seed=7)
     seen: list[Any] = []
     original = WalkTensor.presence
 
@@ -104,7 +106,7 @@ def test_presence_marked_while_storing_is_the_presence_pass(
 
     monkeypatch.setattr(WalkTensor, "presence", spy)
     fast = build_quantized_module(model, X_MLP, n_bits=5, batch_size=50)
-    assert len(seen) == 2 and all(s is not None for s in seen)  # both Relus: no pass
+    assert len(seen) == 2 and all(s is not None for s in seen)  # both Sigmoids: no pass
     with monkeypatch.context() as m:
         m.setattr(WalkTensor, "presence", lambda self: None)
         full = build_quantized_module(model, X_MLP, n_bits=5, batch_size=50)

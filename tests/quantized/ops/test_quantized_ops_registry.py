@@ -241,6 +241,12 @@ def test_capabilities_agree_with_the_lists_they_replaced(capability: str) -> Non
     assert _declaring(capability) == expected
 
 
+def test_only_relu_claims_a_monotone_table() -> None:
+    # a new claim needs its float implementation to be exactly non-decreasing
+    # (tests/calibration/test_monotone_tables.py checks Relu's)
+    assert _declaring("monotone_table") == {"Relu"}
+
+
 def test_capability_values_match_what_the_old_code_did() -> None:
     impls = ONNX_OPS_TO_QUANTIZED_IMPL
     assert {t: impls[t].fused_extremes for t in ("Gemm", "MatMul", "Conv")} == {
@@ -271,6 +277,9 @@ def test_capabilities_are_declared_only_where_the_op_can_use_them(op_type: str) 
         assert cls._calibration_values is QuantizedOp._calibration_values
         assert not cls.clips_percentiles and not spec.raw_output and not cls.is_mixing
         _assert_element_wise(cases[0])
+    if cls.monotone_table:
+        # the table path evaluates it on the whole integer range (no presence marks)
+        assert cls.calibrate_by_table
     if cls.clips_percentiles:
         assert cls._calibration_values is not QuantizedOp._calibration_values
         assert cls.calibrate is QuantizedOp.calibrate

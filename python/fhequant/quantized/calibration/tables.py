@@ -130,6 +130,10 @@ class TablePaths:
         assert q is not None and tensor.qmin is not None and tensor.qmax is not None
         lo, size = tensor.qmin, tensor.qmax - tensor.qmin + 1
         seen = tensor.presence()
+        if seen is None and type(op).monotone_table and not store.tensors[out].track_presence:
+            # non-decreasing: its extremes over the integers present are those at the ends of
+            # the range, which occur; the table's other entries are never looked up
+            seen = np.ones(size, dtype=bool)
         if seen is None:  # not marked while the producer stored them: one pass
             seen = np.zeros(size, dtype=bool)
             for b in store.blocks(f"{op.op_instance_name} statistics"):

@@ -315,11 +315,10 @@ class ModuleCalibrator:
         for name in variable:
             producers |= self.tensors[name].producers
         self.tensors[out] = WalkTensor("raw", producers=producers if op.can_fuse() else {out})
-        registry = quantized_registry()
         for n in self.nodes[node.index + 1 :]:
             uses = sum(1 for i in n.inputs if i == out)
             self.tensors[out].consumers_left += uses
-            if uses and getattr(registry.get(n.op_type), "calibrate_by_table", False):
+            if uses and self._reads_presence(n):
                 # its table path reads which integers occur: mark them as they are stored
                 self.tensors[out].track_presence = not self.strategy.flows_raw
         self._calibrate_op(op, variable, out)
@@ -329,6 +328,22 @@ class ModuleCalibrator:
             self.store.release(name)
         if self.tensors[out].consumers_left == 0:
             self.store.data.drop(out)
+
+    def _reads_presence(self, node: GraphNode) -> bool:
+        """Whether the table path of ``node`` reads which integers of its input occur: any
+        op calibrated by table, but a monotone one (``monotone_table``) whose own output no
+        such op reads (its extremes are at the ends of the input's range, and the view it
+        leaves carries no marks on)."""
+        registry = quantized_registry()
+        cls = registry.get(node.op_type)
+        if not getattr(cls, "calibrate_by_table", False):
+            return False
+        if not getattr(cls, "monotone_table", False):
+            return True
+        out = node.outputs[0] if node.outputs else None
+        return any(
+            out in n.inputs and self._reads_presence(n) for n in self.nodes[node.index + 1 :]
+        )
 
     def _fold_brevitas_quant(self, node: GraphNode) -> QuantizedArray:
         """A Quant on a constant (weights, bias): a precomputed-QAT QA

@@ -52,6 +52,12 @@ Capabilities (class attributes; the calibration walk reads them off the op's cla
         on input element i and scalar constants), with the default ``calibrate`` and
         ``q_impl``: on a quantized input, PTQ evaluates it once per distinct input integer
         and reads the output integers from a table.
+    ``monotone_table: bool``
+        With ``calibrate_by_table``: the float implementation is non-decreasing in its
+        input, exactly (``x <= y`` gives ``f(x) <= f(y)`` in float arithmetic, no NaN), so its
+        min and max over the integers present are those at the smallest and largest of them,
+        which the producer's stored range holds. The walk then evaluates it on the whole
+        integer range and needs no marks of which integers occur.
     ``split_independent_impl: Callable | None``
         A float implementation with the numbers of the op's own but whose rows do not depend
         on the rows evaluated with them. Needed by every op whose float implementation does
@@ -183,6 +189,7 @@ class QuantizedOp(Serializable):
 
     # capabilities: what the calibration walk may do with the op (module docstring)
     calibrate_by_table: ClassVar[bool] = False
+    monotone_table: ClassVar[bool] = False
     split_independent_impl: ClassVar[Callable[..., Any] | None] = None
     fused_extremes: ClassVar[ExtremesLayout | None] = None
     requant_table_if_constant: ClassVar[tuple[int, ...] | None] = None

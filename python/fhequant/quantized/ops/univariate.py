@@ -214,6 +214,7 @@ class QuantizedRelu(QuantizedOp):
 
     _impl_for_op_named = "Relu"
     calibrate_by_table = True
+    monotone_table = True  # np.maximum(x, 0)
 
 
 class QuantizedRound(QuantizedOp):
