@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import helper
 
 import fhequant.torch as fhe_torch
@@ -21,6 +23,7 @@ from fhequant.errors import (
     UnquantizedTensorError,
 )
 from fhequant.quantized import BitWidths, resolve_n_bits
+from fhequant.quantized.strategies import process_initializer_ptq
 from ptq_helpers import gemm_node, make_model, mlp
 
 RNG = np.random.default_rng(5)
@@ -283,3 +286,29 @@ def test_clear_forward_neither_mutates_nor_returns_its_input(module: QuantizedMo
         for prepared in entry["prepared_inputs"]:
             if hasattr(prepared, "qvalues"):
                 assert not np.shares_memory(prepared.qvalues, q)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(
+            st.floats(-1e6, 1e6, allow_nan=False, width=32),
+            st.sampled_from([0.0, -0.0, 1e-4, -1e-4]),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    n_bits=st.integers(2, 8),
+)
+def test_ptq_constants_take_the_symmetry_of_the_two_percentiles(
+    values: list[float], n_bits: int
+) -> None:
+    """The 3rd and 97th percentiles from one call decide the symmetry as two calls do."""
+    arr = np.array(values, dtype=np.float32)
+    v3, v97 = np.percentile(arr, 3), np.percentile(arr, 97)
+    ratio = 0 if np.abs(v97) < 0.001 else np.abs(v3 / v97)
+    same_sign = (v3 > 0 and v97 > 0) or (v3 < 0 and v97 < 0)
+    symmetric = not (same_sign or ratio < 1 / 3 or ratio > 3)
+    q = process_initializer_ptq(n_bits, arr)
+    assert q.quantizer.is_symmetric == symmetric
+    assert q.quantizer.is_signed == symmetric
