@@ -33,6 +33,11 @@ pub trait Real:
     fn is_neg_zero(self) -> bool;
     /// An integer whose order is the IEEE total order, with -0.0 merged into +0.0.
     fn order_key(self) -> i64;
+    /// The value as i32 by the magic-number conversion (integer add of its bits): exact, and
+    /// the flag true, for an integer-valued value of magnitude below 2^22 (f32) or 2^51 (f64,
+    /// the i32 result then [`i32::MIN`] outside i32); the flag is false otherwise (NaN
+    /// included). It stays in the value's own lane width, so it vectorizes.
+    fn magic_i32(self) -> (i32, bool);
 }
 
 macro_rules! impl_real {
@@ -98,6 +103,10 @@ macro_rules! impl_real {
                 let mask = ((b >> (<$bits>::BITS - 1)) as $bits >> 1) as $sbits;
                 (b ^ mask) as i64
             }
+            #[inline(always)]
+            fn magic_i32(self) -> (i32, bool) {
+                <$t as MagicI32>::magic(self)
+            }
         }
     };
 }
@@ -128,6 +137,30 @@ pub trait Cast: Copy + Send + Sync + 'static {
     #[inline(always)]
     fn cast_fast<R: Real>(v: R) -> (Self, bool) {
         (Self::cast(v), true)
+    }
+}
+
+/// [`Real::magic_i32`] per type.
+trait MagicI32 {
+    fn magic(self) -> (i32, bool);
+}
+
+impl MagicI32 for f32 {
+    #[inline(always)]
+    fn magic(self) -> (i32, bool) {
+        // 1.5 * 2^23: an integer of magnitude < 2^22 lands in the low mantissa bits
+        const M: f32 = 12_582_912.0;
+        let q = ((self + M).to_bits() as i32).wrapping_sub(M.to_bits() as i32);
+        (q, self.abs() < 4_194_304.0)
+    }
+}
+
+impl MagicI32 for f64 {
+    #[inline(always)]
+    fn magic(self) -> (i32, bool) {
+        let (q, ok) = magic_i64(self);
+        let fits = q >= i32::MIN as i64 && q <= i32::MAX as i64;
+        (if fits { q as i32 } else { i32::MIN }, ok)
     }
 }
 
@@ -210,8 +243,9 @@ macro_rules! impl_cast_narrow {
             }
             #[inline(always)]
             fn cast_fast<R: Real>(v: R) -> (Self, bool) {
-                let (q, ok) = magic_i64(v.to_f64());
-                let fits = q >= <$t>::MIN as i64 && q <= <$t>::MAX as i64;
+                // in the input's own width (f32 stays in 32-bit lanes)
+                let (q, ok) = v.magic_i32();
+                let fits = q >= <$t>::MIN as i32 && q <= <$t>::MAX as i32;
                 (if fits { q as $t } else { <$t>::MIN }, ok)
             }
         }
@@ -235,6 +269,36 @@ mod tests {
         assert_eq!(i8::cast_fast(-5.0), (-5, true));
         assert_eq!(i8::cast_fast(300.0), (i8::MIN, true));
         assert!(!i16::cast_fast(f64::NAN).1);
+    }
+
+    #[test]
+    fn magic_i32_is_exact_where_it_says_so() {
+        let limit = 4_194_304i32; // 2^22
+        for v in
+            (-limit + 1..limit)
+                .step_by(997)
+                .chain([0, 1, -1, limit - 1, -limit + 1, 127, -128])
+        {
+            assert_eq!((v as f32).magic_i32(), (v, true), "{v}");
+            assert_eq!((v as f64).magic_i32(), (v, true), "{v}");
+            assert_eq!(i8::cast_fast(v as f32), i8::cast_fast(v as f64), "{v}");
+            assert_eq!(i16::cast_fast(v as f32), i16::cast_fast(v as f64), "{v}");
+        }
+        assert_eq!((-0.0f32).magic_i32(), (0, true));
+        for bad in [
+            4_194_304.0f32,
+            -4_194_304.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ] {
+            assert!(!bad.magic_i32().1, "{bad}");
+        }
+        assert_eq!(3e9f64.magic_i32(), (i32::MIN, true));
+        assert!(!f64::NAN.magic_i32().1);
+        // a narrow cast marks what leaves its type with MIN, from either width
+        assert_eq!(i8::cast_fast(200.0f32), (i8::MIN, true));
+        assert_eq!(i16::cast_fast(-40_000.0f32), (i16::MIN, true));
     }
 
     #[test]
