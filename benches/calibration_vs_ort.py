@@ -52,7 +52,8 @@ output pass of their last consumer, ``budget``: the memory budget chosen from th
 memory, the 32 MiB floor then, ``plain``: the U8I8 products of unshifted u8 x i8 operands
 handed to the fused epilogues as int32, the centring shift then, ``writebehind``: the spill
 writes made by a helper thread, on the walk's thread then, ``monotone``: Relu's table
-evaluated on its input's whole integer range, the presence marks then),
+evaluated on its input's whole integer range, the presence marks then, ``wide``: the AVX-512
+products of the float32 statistics filter, AVX2 FMA then),
 on every row;
 ``--exact-extremes`` runs the statistics kernels without their filter).
 """
@@ -382,6 +383,10 @@ SWITCHES: dict[str, Callable[[Any], Any]] = {
     "plain": lambda value: _core.int_u8i8_plain() if value is None else _core.int_u8i8_plain(value),
     # the spill writes made by a helper thread (on the walk's thread, at once, then)
     "writebehind": _module_switch(spill, "WRITE_BEHIND", False),
+    # the AVX-512 products of the float32 statistics filter (AVX2 FMA then)
+    "wide": lambda value: (
+        _core.extremes_filter_wide() if value is None else _core.extremes_filter_wide(value)
+    ),
     # Relu's table over its input's whole range (the presence marks of the integers then)
     "monotone": _module_switch(QuantizedRelu, "monotone_table", False),
     # the memory budget chosen from the machine's memory (the 32 MiB floor then)

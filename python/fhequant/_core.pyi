@@ -15,6 +15,7 @@ __all__ = [
     "copy_min_max",
     "dequantize",
     "extremes_filter_counts",
+    "extremes_filter_wide",
     "int_acc_rescale_quant",
     "int_bit_width",
     "int_conv2d",
@@ -139,6 +140,7 @@ def conv2d_extremes_f64(
     exact: bool = False,
 ) -> tuple[float, float, bool]: ...
 def extremes_filter_counts(reset: bool = False) -> tuple[int, int, int]: ...
+def extremes_filter_wide(enabled: bool | None = None) -> bool: ...
 def int_matmul_acc_extremes(
     a: NDArray[Any],
     wq: npt.NDArray[np.int64],

@@ -103,6 +103,15 @@ fn matmul_extremes_f32<'py>(
     Ok(extremes_tuple(out.map_err(|e| to_pyerr(py, e, context))?))
 }
 
+/// Allow (the default) or forbid the AVX-512 products of the extremes kernels' float32
+/// filter when `enabled` is given (`filtered::WIDE`; a switch for benchmarks: the same
+/// extremes either way); returns whether it is in use (allowed and supported by the CPU).
+#[pyfunction]
+#[pyo3(signature = (enabled=None))]
+fn extremes_filter_wide(enabled: Option<bool>) -> bool {
+    crate::kernels::float::filtered::WIDE.toggle(enabled)
+}
+
 /// What the filter of the extremes kernels (`exact=False`) did in this process:
 /// `(tasks bounded, tasks run exactly, calls answered by the whole exact kernel)`, set back
 /// to zero when `reset` (see `kernels::float::filtered`).
@@ -459,5 +468,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(matmul_extremes_f64, m)?)?;
     m.add_function(wrap_pyfunction!(conv2d_extremes_f64, m)?)?;
     m.add_function(wrap_pyfunction!(extremes_filter_counts, m)?)?;
+    m.add_function(wrap_pyfunction!(extremes_filter_wide, m)?)?;
     Ok(())
 }

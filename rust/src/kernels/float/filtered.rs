@@ -69,6 +69,7 @@ use crate::kernels::float::extremes::{
     ROWS_PER_TASK,
 };
 use crate::kernels::float::matmul::{supported, Element, Isa};
+use crate::kernels::simd::{self, Switch};
 
 /// float32 unit roundoff.
 const U32: f64 = 1.0 / 16_777_216.0;
@@ -147,6 +148,8 @@ impl Rounding for f64 {
 /// How the float32 filter product runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
+    /// AVX-512 with FMA (16-lane panels; 8 columns or fewer as `Fma`).
+    Avx512,
     /// AVX2 with FMA.
     Fma,
     /// AVX2, separate multiply and add.
@@ -161,6 +164,9 @@ impl Mode {
         {
             if supported(isa) == Isa::Avx2 {
                 if std::arch::is_x86_feature_detected!("fma") {
+                    if WIDE.available() {
+                        return Mode::Avx512;
+                    }
                     return Mode::Fma;
                 }
                 return Mode::Avx2;
@@ -175,10 +181,16 @@ impl Mode {
         match self {
             Mode::Portable => 8,
             _ if m <= 8 => 8,
+            Mode::Avx512 if m > 16 => 32,
             _ => 16,
         }
     }
 }
+
+/// Whether the filter's float32 products may use AVX-512 (`Mode::Avx512`, on by default where
+/// the CPU has it; a switch for benchmarks and tests: the same products in the same order, so
+/// the same extremes either way).
+pub static WIDE: Switch = Switch::new(true, simd::wide_vectors);
 
 /// One weight matrix `(k, m)` for the filter: float32 panels and float64 column L1 norms.
 pub(crate) struct Approx {
@@ -461,6 +473,107 @@ unsafe fn column_extremes_fma(
     }
 }
 
+/// [`column_extremes_x86`] on 16-lane vectors: `MR` rows × `NV` vectors of 16 columns, each
+/// lane the same fused multiply-adds in the same order as the AVX2 kernel's (so the same
+/// float32 values).
+///
+/// # Safety
+/// As [`column_extremes_x86`] with `ap.nr == 16 * NV`, and the CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn column_extremes_x86_512<const MR: usize, const NV: usize>(
+    a: &[f32],
+    gather: Option<(&[usize], &[usize])>,
+    rows: usize,
+    ap: &Approx,
+    hi: &mut [f32],
+    lo: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let k = ap.k;
+    let nr = 16 * NV;
+    match gather {
+        None => debug_assert!(a.len() >= rows.div_ceil(MR) * MR * k),
+        Some((roff, koff)) => debug_assert!(
+            roff.len() >= rows.div_ceil(MR) * MR
+                && koff.len() == k
+                && roff[..rows.div_ceil(MR) * MR].iter().max().unwrap_or(&0)
+                    + koff.iter().max().unwrap_or(&0)
+                    < a.len()
+        ),
+    }
+    debug_assert!(ap.nr == nr);
+    for (p, panel) in ap.data.chunks_exact(k * nr).enumerate() {
+        let mut h = [_mm512_set1_ps(f32::NEG_INFINITY); NV];
+        let mut l = [_mm512_set1_ps(f32::INFINITY); NV];
+        for row in (0..rows).step_by(MR) {
+            let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+            let base = if gather.is_none() {
+                a.as_ptr().add(row * k)
+            } else {
+                a.as_ptr()
+            };
+            let pb = panel.as_ptr();
+            for kk in 0..k {
+                let mut bv = [_mm512_setzero_ps(); NV];
+                for (v, b) in bv.iter_mut().enumerate() {
+                    *b = _mm512_loadu_ps(pb.add(kk * nr + 16 * v));
+                }
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let x = match gather {
+                        None => *base.add(r * k + kk),
+                        Some((roff, koff)) => *a
+                            .as_ptr()
+                            .add(*roff.get_unchecked(row + r) + *koff.get_unchecked(kk)),
+                    };
+                    let x = _mm512_set1_ps(x);
+                    for v in 0..NV {
+                        acc_r[v] = _mm512_fmadd_ps(x, bv[v], acc_r[v]);
+                    }
+                }
+            }
+            let valid = MR.min(rows - row);
+            for acc_r in acc.iter().take(valid) {
+                for v in 0..NV {
+                    h[v] = _mm512_max_ps(h[v], acc_r[v]);
+                    l[v] = _mm512_min_ps(l[v], acc_r[v]);
+                }
+            }
+        }
+        let c0 = p * nr;
+        let width = nr.min(ap.m - c0);
+        let (mut hs, mut ls) = ([0.0f32; 32], [0.0f32; 32]);
+        for v in 0..NV {
+            _mm512_storeu_ps(hs.as_mut_ptr().add(16 * v), h[v]);
+            _mm512_storeu_ps(ls.as_mut_ptr().add(16 * v), l[v]);
+        }
+        hi[c0..c0 + width].copy_from_slice(&hs[..width]);
+        lo[c0..c0 + width].copy_from_slice(&ls[..width]);
+    }
+}
+
+/// The column extremes on AVX-512 (`Mode::Avx512`): 8-column panels by the AVX2 kernel.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and AVX-512 (F, DQ, VL, BW); layouts as for
+/// [`column_extremes_x86`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512dq,avx512vl,avx512bw")]
+unsafe fn column_extremes_avx512(
+    a: &[f32],
+    gather: Option<(&[usize], &[usize])>,
+    rows: usize,
+    ap: &Approx,
+    hi: &mut [f32],
+    lo: &mut [f32],
+) {
+    match ap.nr {
+        8 => column_extremes_x86::<12, 1, true>(a, gather, rows, ap, hi, lo),
+        16 => column_extremes_x86_512::<12, 1>(a, gather, rows, ap, hi, lo),
+        _ => column_extremes_x86_512::<12, 2>(a, gather, rows, ap, hi, lo),
+    }
+}
+
 /// [`column_extremes_x86`] compiled with AVX2.
 ///
 /// # Safety
@@ -495,6 +608,9 @@ fn block_columns(
     match ap.mode {
         // SAFETY: the mode was picked from what the CPU supports (Mode::new); the layouts are
         // those the callers build (row-major padded to ROW_PAD, or in-bounds offsets).
+        #[cfg(target_arch = "x86_64")]
+        Mode::Avx512 => unsafe { column_extremes_avx512(a, gather, rows, ap, &mut hi, &mut lo) },
+        // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Mode::Fma => unsafe { column_extremes_fma(a, gather, rows, ap, &mut hi, &mut lo) },
         // SAFETY: as above.

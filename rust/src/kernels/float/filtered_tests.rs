@@ -300,3 +300,43 @@ fn errors_are_those_of_the_exact_kernels() {
     let r = matmul_extremes_filtered(a.view(), |v| v, b.view(), None, Isa::detect());
     assert!(matches!(r, Err(crate::error::Error::Empty)));
 }
+
+/// The AVX-512 panels (16 and 32 columns) give the float32 column extremes of the AVX2 FMA
+/// panels bit for bit (the same fused multiply-adds in the same order per lane), with and
+/// without the in-place im2col offsets.
+#[test]
+fn wide_panels_are_the_avx2_ones() {
+    if !simd::wide_vectors() || !std::arch::is_x86_feature_detected!("fma") {
+        return;
+    }
+    for (salt, &(rows, k, m)) in [
+        (12usize, 5usize, 9usize),
+        (36, 17, 16),
+        (48, 64, 33),
+        (24, 3, 70),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let w = |kk: usize, j: usize| awkward(kk * m + j, salt + 1, &[1e-3, 1.0, 40.0]);
+        let a: Vec<f32> = (0..rows * k)
+            .map(|i| awkward(i, salt + 2, &[0.5, 3.0]) as f32)
+            .collect();
+        let wide = Approx::new(k, m, Mode::Avx512, w);
+        let narrow = Approx::new(k, m, Mode::Fma, w);
+        assert!(wide.nr >= narrow.nr);
+        let (hw, lw) = block_columns(&a, None, rows - 5, &wide);
+        let (hn, ln) = block_columns(&a, None, rows - 5, &narrow);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            (bits(&hw), bits(&lw)),
+            (bits(&hn), bits(&ln)),
+            "{rows} {k} {m}"
+        );
+        // the same rows read through offsets (row r at r·k, element kk at kk)
+        let roff: Vec<usize> = (0..rows).map(|r| r * k).collect();
+        let koff: Vec<usize> = (0..k).collect();
+        let (hg, lg) = block_columns(&a, Some((&roff, &koff)), rows - 5, &wide);
+        assert_eq!((bits(&hg), bits(&lg)), (bits(&hn), bits(&ln)));
+    }
+}
