@@ -367,17 +367,103 @@ fn column_extremes<const MR: usize, const NR: usize, const FMA: bool>(
     }
 }
 
-/// [`column_extremes`] with AVX2 intrinsics: `MR` rows × `NV` vectors of 8 columns. Without
-/// `gather`, `a` is row-major (`k` columns); with `gather = (roff, koff)`, element `(r, kk)` is
-/// `a[roff[r] + koff[kk]]` (an implicit im2col over a padded image).
+/// The float32 vectors [`column_extremes_x86`] runs on (AVX2's 8 lanes, AVX-512's 16): the
+/// same operations per lane, so the same values whatever the width.
+#[cfg(target_arch = "x86_64")]
+trait Lanes {
+    type V: Copy;
+    const N: usize;
+    /// # Safety
+    /// The CPU supports the vectors' instructions (for every method).
+    unsafe fn splat(x: f32) -> Self::V;
+    /// # Safety
+    /// As `splat`; `N` values readable at `p`.
+    unsafe fn load(p: *const f32) -> Self::V;
+    /// # Safety
+    /// As `splat`; `N` values writable at `p`.
+    unsafe fn store(p: *mut f32, v: Self::V);
+    /// `acc + x·b`, fused when `FMA` (the CPU then supports FMA), else multiply then add.
+    ///
+    /// # Safety
+    /// As `splat`.
+    unsafe fn mul_add<const FMA: bool>(x: Self::V, b: Self::V, acc: Self::V) -> Self::V;
+    /// # Safety
+    /// As `splat`.
+    unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
+    /// # Safety
+    /// As `splat`.
+    unsafe fn min(a: Self::V, b: Self::V) -> Self::V;
+}
+
+/// A [`Lanes`] type from its vector type, width and intrinsics.
+#[cfg(target_arch = "x86_64")]
+macro_rules! lanes {
+    ($(#[$doc:meta])* $name:ident, $v:ident, $n:expr,
+     $set1:ident, $loadu:ident, $storeu:ident, $fmadd:ident, $add:ident, $mul:ident,
+     $max:ident, $min:ident) => {
+        $(#[$doc])*
+        struct $name;
+
+        impl Lanes for $name {
+            type V = std::arch::x86_64::$v;
+            const N: usize = $n;
+            #[inline(always)]
+            unsafe fn splat(x: f32) -> Self::V {
+                std::arch::x86_64::$set1(x)
+            }
+            #[inline(always)]
+            unsafe fn load(p: *const f32) -> Self::V {
+                std::arch::x86_64::$loadu(p)
+            }
+            #[inline(always)]
+            unsafe fn store(p: *mut f32, v: Self::V) {
+                std::arch::x86_64::$storeu(p, v)
+            }
+            #[inline(always)]
+            unsafe fn mul_add<const FMA: bool>(x: Self::V, b: Self::V, acc: Self::V) -> Self::V {
+                use std::arch::x86_64::*;
+                if FMA {
+                    $fmadd(x, b, acc)
+                } else {
+                    $add(acc, $mul(x, b))
+                }
+            }
+            #[inline(always)]
+            unsafe fn max(a: Self::V, b: Self::V) -> Self::V {
+                std::arch::x86_64::$max(a, b)
+            }
+            #[inline(always)]
+            unsafe fn min(a: Self::V, b: Self::V) -> Self::V {
+                std::arch::x86_64::$min(a, b)
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+lanes!(
+    /// AVX2: 8 lanes.
+    Ymm, __m256, 8, _mm256_set1_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_fmadd_ps,
+    _mm256_add_ps, _mm256_mul_ps, _mm256_max_ps, _mm256_min_ps
+);
+#[cfg(target_arch = "x86_64")]
+lanes!(
+    /// AVX-512: 16 lanes.
+    Zmm, __m512, 16, _mm512_set1_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_fmadd_ps,
+    _mm512_add_ps, _mm512_mul_ps, _mm512_max_ps, _mm512_min_ps
+);
+
+/// [`column_extremes`] with vector intrinsics: `MR` rows × `NV` vectors of `L::N` columns.
+/// Without `gather`, `a` is row-major (`k` columns); with `gather = (roff, koff)`, element
+/// `(r, kk)` is `a[roff[r] + koff[kk]]` (an implicit im2col over a padded image).
 ///
 /// # Safety
-/// The CPU must support AVX2, and FMA when `FMA`; `ap.nr == 8 * NV`; every element read
-/// (rows up to `rows` rounded up to a multiple of `MR`) lies in `a`, and `roff` has that many
-/// entries, `koff` `k`.
+/// The CPU must support `L`'s vectors, and FMA when `FMA`; `ap.nr == L::N * NV <= 32`; every
+/// element read (rows up to `rows` rounded up to a multiple of `MR`) lies in `a`, and `roff`
+/// has that many entries, `koff` `k`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn column_extremes_x86<const MR: usize, const NV: usize, const FMA: bool>(
+unsafe fn column_extremes_x86<L: Lanes, const MR: usize, const NV: usize, const FMA: bool>(
     a: &[f32],
     gather: Option<(&[usize], &[usize])>,
     rows: usize,
@@ -385,9 +471,8 @@ unsafe fn column_extremes_x86<const MR: usize, const NV: usize, const FMA: bool>
     hi: &mut [f32],
     lo: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
     let k = ap.k;
-    let nr = 8 * NV;
+    let nr = L::N * NV;
     match gather {
         None => debug_assert!(a.len() >= rows.div_ceil(MR) * MR * k),
         Some((roff, koff)) => debug_assert!(
@@ -398,12 +483,12 @@ unsafe fn column_extremes_x86<const MR: usize, const NV: usize, const FMA: bool>
                     < a.len()
         ),
     }
-    debug_assert!(ap.nr == nr);
+    debug_assert!(ap.nr == nr && nr <= 32);
     for (p, panel) in ap.data.chunks_exact(k * nr).enumerate() {
-        let mut h = [_mm256_set1_ps(f32::NEG_INFINITY); NV];
-        let mut l = [_mm256_set1_ps(f32::INFINITY); NV];
+        let mut h = [L::splat(f32::NEG_INFINITY); NV];
+        let mut l = [L::splat(f32::INFINITY); NV];
         for row in (0..rows).step_by(MR) {
-            let mut acc = [[_mm256_setzero_ps(); NV]; MR];
+            let mut acc = [[L::splat(0.0); NV]; MR];
             let base = if gather.is_none() {
                 a.as_ptr().add(row * k)
             } else {
@@ -411,9 +496,9 @@ unsafe fn column_extremes_x86<const MR: usize, const NV: usize, const FMA: bool>
             };
             let pb = panel.as_ptr();
             for kk in 0..k {
-                let mut bv = [_mm256_setzero_ps(); NV];
+                let mut bv = [L::splat(0.0); NV];
                 for (v, b) in bv.iter_mut().enumerate() {
-                    *b = _mm256_loadu_ps(pb.add(kk * nr + 8 * v));
+                    *b = L::load(pb.add(kk * nr + L::N * v));
                 }
                 for (r, acc_r) in acc.iter_mut().enumerate() {
                     let x = match gather {
@@ -422,30 +507,26 @@ unsafe fn column_extremes_x86<const MR: usize, const NV: usize, const FMA: bool>
                             .as_ptr()
                             .add(*roff.get_unchecked(row + r) + *koff.get_unchecked(kk)),
                     };
-                    let x = _mm256_set1_ps(x);
+                    let x = L::splat(x);
                     for v in 0..NV {
-                        acc_r[v] = if FMA {
-                            _mm256_fmadd_ps(x, bv[v], acc_r[v])
-                        } else {
-                            _mm256_add_ps(acc_r[v], _mm256_mul_ps(x, bv[v]))
-                        };
+                        acc_r[v] = L::mul_add::<FMA>(x, bv[v], acc_r[v]);
                     }
                 }
             }
             let valid = MR.min(rows - row);
             for acc_r in acc.iter().take(valid) {
                 for v in 0..NV {
-                    h[v] = _mm256_max_ps(h[v], acc_r[v]);
-                    l[v] = _mm256_min_ps(l[v], acc_r[v]);
+                    h[v] = L::max(h[v], acc_r[v]);
+                    l[v] = L::min(l[v], acc_r[v]);
                 }
             }
         }
         let c0 = p * nr;
         let width = nr.min(ap.m - c0);
-        let (mut hs, mut ls) = ([0.0f32; 16], [0.0f32; 16]);
+        let (mut hs, mut ls) = ([0.0f32; 32], [0.0f32; 32]);
         for v in 0..NV {
-            _mm256_storeu_ps(hs.as_mut_ptr().add(8 * v), h[v]);
-            _mm256_storeu_ps(ls.as_mut_ptr().add(8 * v), l[v]);
+            L::store(hs.as_mut_ptr().add(L::N * v), h[v]);
+            L::store(ls.as_mut_ptr().add(L::N * v), l[v]);
         }
         hi[c0..c0 + width].copy_from_slice(&hs[..width]);
         lo[c0..c0 + width].copy_from_slice(&ls[..width]);
@@ -467,88 +548,9 @@ unsafe fn column_extremes_fma(
     lo: &mut [f32],
 ) {
     if ap.nr == 8 {
-        column_extremes_x86::<12, 1, true>(a, gather, rows, ap, hi, lo)
+        column_extremes_x86::<Ymm, 12, 1, true>(a, gather, rows, ap, hi, lo)
     } else {
-        column_extremes_x86::<6, 2, true>(a, gather, rows, ap, hi, lo)
-    }
-}
-
-/// [`column_extremes_x86`] on 16-lane vectors: `MR` rows × `NV` vectors of 16 columns, each
-/// lane the same fused multiply-adds in the same order as the AVX2 kernel's (so the same
-/// float32 values).
-///
-/// # Safety
-/// As [`column_extremes_x86`] with `ap.nr == 16 * NV`, and the CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn column_extremes_x86_512<const MR: usize, const NV: usize>(
-    a: &[f32],
-    gather: Option<(&[usize], &[usize])>,
-    rows: usize,
-    ap: &Approx,
-    hi: &mut [f32],
-    lo: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let k = ap.k;
-    let nr = 16 * NV;
-    match gather {
-        None => debug_assert!(a.len() >= rows.div_ceil(MR) * MR * k),
-        Some((roff, koff)) => debug_assert!(
-            roff.len() >= rows.div_ceil(MR) * MR
-                && koff.len() == k
-                && roff[..rows.div_ceil(MR) * MR].iter().max().unwrap_or(&0)
-                    + koff.iter().max().unwrap_or(&0)
-                    < a.len()
-        ),
-    }
-    debug_assert!(ap.nr == nr);
-    for (p, panel) in ap.data.chunks_exact(k * nr).enumerate() {
-        let mut h = [_mm512_set1_ps(f32::NEG_INFINITY); NV];
-        let mut l = [_mm512_set1_ps(f32::INFINITY); NV];
-        for row in (0..rows).step_by(MR) {
-            let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-            let base = if gather.is_none() {
-                a.as_ptr().add(row * k)
-            } else {
-                a.as_ptr()
-            };
-            let pb = panel.as_ptr();
-            for kk in 0..k {
-                let mut bv = [_mm512_setzero_ps(); NV];
-                for (v, b) in bv.iter_mut().enumerate() {
-                    *b = _mm512_loadu_ps(pb.add(kk * nr + 16 * v));
-                }
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let x = match gather {
-                        None => *base.add(r * k + kk),
-                        Some((roff, koff)) => *a
-                            .as_ptr()
-                            .add(*roff.get_unchecked(row + r) + *koff.get_unchecked(kk)),
-                    };
-                    let x = _mm512_set1_ps(x);
-                    for v in 0..NV {
-                        acc_r[v] = _mm512_fmadd_ps(x, bv[v], acc_r[v]);
-                    }
-                }
-            }
-            let valid = MR.min(rows - row);
-            for acc_r in acc.iter().take(valid) {
-                for v in 0..NV {
-                    h[v] = _mm512_max_ps(h[v], acc_r[v]);
-                    l[v] = _mm512_min_ps(l[v], acc_r[v]);
-                }
-            }
-        }
-        let c0 = p * nr;
-        let width = nr.min(ap.m - c0);
-        let (mut hs, mut ls) = ([0.0f32; 32], [0.0f32; 32]);
-        for v in 0..NV {
-            _mm512_storeu_ps(hs.as_mut_ptr().add(16 * v), h[v]);
-            _mm512_storeu_ps(ls.as_mut_ptr().add(16 * v), l[v]);
-        }
-        hi[c0..c0 + width].copy_from_slice(&hs[..width]);
-        lo[c0..c0 + width].copy_from_slice(&ls[..width]);
+        column_extremes_x86::<Ymm, 6, 2, true>(a, gather, rows, ap, hi, lo)
     }
 }
 
@@ -568,9 +570,9 @@ unsafe fn column_extremes_avx512(
     lo: &mut [f32],
 ) {
     match ap.nr {
-        8 => column_extremes_x86::<12, 1, true>(a, gather, rows, ap, hi, lo),
-        16 => column_extremes_x86_512::<12, 1>(a, gather, rows, ap, hi, lo),
-        _ => column_extremes_x86_512::<12, 2>(a, gather, rows, ap, hi, lo),
+        8 => column_extremes_x86::<Ymm, 12, 1, true>(a, gather, rows, ap, hi, lo),
+        16 => column_extremes_x86::<Zmm, 12, 1, true>(a, gather, rows, ap, hi, lo),
+        _ => column_extremes_x86::<Zmm, 12, 2, true>(a, gather, rows, ap, hi, lo),
     }
 }
 
@@ -589,9 +591,9 @@ unsafe fn column_extremes_avx2(
     lo: &mut [f32],
 ) {
     if ap.nr == 8 {
-        column_extremes_x86::<12, 1, false>(a, gather, rows, ap, hi, lo)
+        column_extremes_x86::<Ymm, 12, 1, false>(a, gather, rows, ap, hi, lo)
     } else {
-        column_extremes_x86::<6, 2, false>(a, gather, rows, ap, hi, lo)
+        column_extremes_x86::<Ymm, 6, 2, false>(a, gather, rows, ap, hi, lo)
     }
 }
 
