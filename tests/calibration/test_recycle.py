@@ -12,7 +12,7 @@ import pytest
 
 from fhequant import QuantizedModule, build_quantized_module
 from fhequant.quantized.calibration import store as walk_store
-from fhequant.quantized.streaming import TensorStore
+from fhequant.quantized.tensor_store import TensorStore
 from ptq_helpers import assert_same_module, cnn, mlp
 
 RNG = np.random.default_rng(21)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from fhequant.errors import FhequantError
 from fhequant.quantized import spill
-from fhequant.quantized.streaming import TensorStore
+from fhequant.quantized.tensor_store import TensorStore
 
 DTYPES = [np.float32, np.float64, np.int64, np.int16, np.bool_]
 

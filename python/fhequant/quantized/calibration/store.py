@@ -3,7 +3,7 @@
 :class:`WalkStore` knows, for every variable tensor of the walk (graph input or op output),
 what it holds (:class:`WalkTensor`: raw floats, quantized integers, their ranges, how many
 consumers still read it) and keeps its per-block values in a
-:class:`~fhequant.quantized.streaming.TensorStore` (in memory up to a budget, then spilled).
+:class:`~fhequant.quantized.tensor_store.TensorStore` (in memory up to a budget, then spilled).
 It is the :class:`~fhequant.quantized.fused_stats.BlockSource` the passes read from: the row
 blocks (with the progress bar), the float values that flow downstream and, for quantized
 tensors, the stored integers. The output of an element-wise op calibrated by table is not
@@ -24,7 +24,7 @@ import numpy as np
 from fhequant import _core
 from fhequant.quantization import QuantizedArray, UniformQuantizer
 from fhequant.quantized.calibration.views import TableView
-from fhequant.quantized.streaming import TensorStore
+from fhequant.quantized.tensor_store import TensorStore
 
 __all__ = [
     "RECYCLE",

@@ -24,7 +24,7 @@ from fhequant.quantized.calibration import traits
 from fhequant.quantized.calibration.store import TABLE_INDEX, WalkStore, indexes_tables
 from fhequant.quantized.finite import check_finite
 from fhequant.quantized.ops.base import QuantizedOp
-from fhequant.quantized.streaming import smallest_int
+from fhequant.quantized.tensor_store import smallest_int
 
 __all__ = ["TablePaths", "element_table"]
 

@@ -2,7 +2,7 @@
 
 An element-wise op calibrated by table (``TablePaths.calibrate_by_table``) has output
 integers ``table[q - lo]`` where ``q`` are its input's integers. Instead of writing those
-blocks to the :class:`~fhequant.quantized.streaming.TensorStore` (and spilling them), the walk
+blocks to the :class:`~fhequant.quantized.tensor_store.TensorStore` (and spilling them), the walk
 records the output as a :class:`TableView` of its input and computes a block when something
 reads it. A view of a view is a view of the first stored tensor with the two tables composed,
 and a consumer that re-quantizes a view through a table of its own composes that table too,
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fhequant import _core
-from fhequant.quantized.streaming import narrowest
+from fhequant.quantized.tensor_store import narrowest
 
 __all__ = ["TableView"]
 

@@ -31,10 +31,10 @@ Instance state
     ``rounding_threshold_bits`` (None or {"n_bits": k, "method": Exactness}) on mixing ops,
     ``error_tracker`` (None or a list: QAT import sets a list and the op appends the input
     slot index (int, constants included) of each input it had to re-quantize with QAT
-    options, §4.5), ``debug_value_tracker`` (None or a
-    dict: when set, q_impl stores its prepared inputs and, for mixing ops, the integer
-    accumulator under ``debug_value_tracker[op_instance_name]``; the debug forward passes its
-    tracker as context instead, ``fhequant.quantized.exec.track_values``).
+    options, §4.5), ``debug_value_tracker`` (None or a dict: when set, q_impl stores its
+    prepared inputs and, for mixing ops, the integer accumulator under
+    ``debug_value_tracker[op_instance_name]``; the debug forward passes its tracker as context
+    instead, ``fhequant.quantized.exec.track_values``).
 
 Registration
     Defining a subclass whose body sets ``_impl_for_op_named`` registers it as the quantized
@@ -43,9 +43,8 @@ Registration
     does not set it are abstract or intermediate bases and are not registered.
 
 Capabilities (class attributes; the calibration walk reads them off the op's class)
-    Each says what the walk may do with the op beyond the generic path; the defaults on
-    ``QuantizedOp`` claim nothing. Declare one only on an op whose type satisfies it
-    (tests/quantized/ops/test_quantized_ops_registry.py checks what can be checked).
+    Each says what the walk may do with the op beyond the generic path (the defaults claim
+    nothing); declare one only on an op whose type satisfies it (the registry tests check).
 
     ``calibrate_by_table: bool``
         The float implementation maps each element on its own (output element i depends only
@@ -53,17 +52,12 @@ Capabilities (class attributes; the calibration walk reads them off the op's cla
         ``q_impl``: on a quantized input, PTQ evaluates it once per distinct input integer
         and reads the output integers from a table.
     ``monotone_table: bool``
-        With ``calibrate_by_table``: the float implementation is non-decreasing in its
-        input, exactly (``x <= y`` gives ``f(x) <= f(y)`` in float arithmetic, no NaN), so its
-        min and max over the integers present are those at the smallest and largest of them,
-        which the producer's stored range holds. The walk then evaluates it on the whole
-        integer range and needs no marks of which integers occur.
+        With ``calibrate_by_table``: the float implementation is exactly non-decreasing, so
+        the walk evaluates it on the input's whole integer range (no presence marks).
     ``split_independent_impl: Callable | None``
-        A float implementation with the numbers of the op's own but whose rows do not depend
-        on the rows evaluated with them. Needed by every op whose float implementation does
-        not give each row the same bits whatever the batch (BLAS matmuls pick their summation
-        order by shape): calibration evaluates the op through it, so streamed calibration is
-        batch-size invariant. None: the float implementation already is.
+        The op's numbers with rows independent of the rows evaluated with them, for ops whose
+        float implementation is not (BLAS matmuls sum in an order chosen by shape): the walk
+        evaluates them through it, so calibration is batch-size invariant.
     ``fused_extremes: "gemm" | "matmul" | "conv" | None``
         The PTQ statistics pass may take the min/max of the float result from the native
         extremes kernels of this layout (``fhequant.quantized.fused_stats``); they compute the
@@ -78,9 +72,8 @@ Capabilities (class attributes; the calibration walk reads them off the op's cla
     ``narrow_inputs: bool``
         ``q_impl`` reads ``narrow_qvalues`` of its inputs: tables may write them int8/int16.
     ``clips_percentiles: bool``
-        ``_calibration_values`` clips the float result to its 0.1/99.9 percentiles (docs/contract.md
-        §3.7), which the streamed statistics pass computes exactly; otherwise the op counts as
-        having the default min/max calibration.
+        ``_calibration_values`` clips the float result to its 0.1/99.9 percentiles (§3.7), which
+        the streamed statistics pass computes exactly (else: the default min/max calibration).
 
 ``can_fuse() -> bool``
     True when the op is a float TLU of a single encrypted tensor; such an op takes
