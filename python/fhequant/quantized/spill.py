@@ -62,17 +62,18 @@ class SpillFile:
         """
         if not (WRITE_BEHIND and _POSITIONAL) or not data.nbytes:
             self._drain()  # a region written at once after every earlier write
-            self._write_now(data, offset)
+            self._transfer(data, offset, "write")
             return None
         if not owned:
             data = np.array(data, copy=True)
-        while self._pending and self._pending[0][0].done():
-            self._wait_oldest()
-        while self._pending and self._pending_bytes + data.nbytes > PENDING_BYTES:
+        # settle the writes already made, then wait while too many bytes are pending
+        while self._pending and (
+            self._pending[0][0].done() or self._pending_bytes + data.nbytes > PENDING_BYTES
+        ):
             self._wait_oldest()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fhequant-spill")
-        future = self._pool.submit(self._write_now, data, offset)
+        future = self._pool.submit(self._transfer, data, offset, "write")
         self._pending.append((future, data.nbytes))
         self._pending_bytes += data.nbytes
         return future
@@ -85,17 +86,7 @@ class SpillFile:
         """
         if written is not None:
             written.result()
-        view = out.data.cast("B") if out.size else memoryview(b"")
-        got = 0
-        while got < view.nbytes:
-            if _POSITIONAL:
-                n = os.preadv(self._file.fileno(), [view[got:]], offset + got)
-            else:
-                self._file.seek(offset + got)
-                n = self._file.readinto(view[got:])
-            if not n:
-                raise OSError(f"calibration spill file {self.name}: short read")
-            got += n
+        self._transfer(out, offset, "read")
 
     def flush(self) -> None:
         """Wait until every write made so far is in the file.
@@ -118,18 +109,22 @@ class SpillFile:
             self._pending_bytes = 0
             self._file.close()
 
-    def _write_now(self, data: np.ndarray, offset: int) -> None:
-        view = data.data.cast("B") if data.size else memoryview(b"")
-        written = 0
-        while written < view.nbytes:
+    def _transfer(self, array: np.ndarray, offset: int, way: str) -> None:
+        """Read the file into ``array`` (``way`` "read") or write ``array`` into it ("write")
+        from ``offset``, in as many calls as the system needs."""
+        view = array.data.cast("B") if array.size else memoryview(b"")
+        fd = self._file.fileno()
+        done = 0
+        while done < view.nbytes:
+            rest, at = view[done:], offset + done
             if _POSITIONAL:
-                n = os.pwrite(self._file.fileno(), view[written:], offset + written)
+                n = os.preadv(fd, [rest], at) if way == "read" else os.pwrite(fd, rest, at)
             else:
-                self._file.seek(offset + written)
-                n = self._file.write(view[written:])
+                self._file.seek(at)
+                n = self._file.readinto(rest) if way == "read" else self._file.write(rest)
             if not n:
-                raise OSError(f"calibration spill file {self.name}: short write")
-            written += n
+                raise OSError(f"calibration spill file {self.name}: short {way}")
+            done += n
 
     def _wait_oldest(self) -> None:
         future, nbytes = self._pending.popleft()

@@ -179,10 +179,9 @@ class TensorStore:
             return
         # to disk: the write is the copy (a float block of the caller's is copied only when
         # its write is left to the helper thread, :mod:`fhequant.quantized.spill`)
-        if stored is None:
-            entry.blocks.append(self._spill(block, owned=False))
-        else:
-            entry.blocks.append(self._spill(stored, owned=True))
+        entry.blocks.append(
+            self._spill(block, owned=False) if stored is None else self._spill(stored, owned=True)
+        )
 
     def _spill(self, block: np.ndarray, owned: bool) -> _Spilled:
         data = np.ascontiguousarray(block)

@@ -56,8 +56,8 @@ Capabilities (class attributes; the calibration walk reads them off the op's cla
         the walk evaluates it on the input's whole integer range (no presence marks).
     ``split_independent_impl: Callable | None``
         The op's numbers with rows independent of the rows evaluated with them, for ops whose
-        float implementation is not (BLAS matmuls sum in an order chosen by shape): the walk
-        evaluates them through it, so calibration is batch-size invariant.
+        float implementation is not (BLAS matmuls sum in an order chosen by shape; None: it
+        is): the walk evaluates them through it, so calibration is batch-size invariant.
     ``fused_extremes: "gemm" | "matmul" | "conv" | None``
         The PTQ statistics pass may take the min/max of the float result from the native
         extremes kernels of this layout (``fhequant.quantized.fused_stats``); they compute the

@@ -80,7 +80,7 @@ use crate::error::{Error, Result};
 use crate::kernels::float::extremes::{bias_vec, matmul_extremes, Extremes, ROWS_PER_TASK};
 use crate::kernels::float::matmul::{supported, Element, Isa};
 use crate::kernels::integer::exact::{describe, max_abs, range};
-use crate::kernels::integer::gemm::{matmul_map_rows_into, Lhs, RowEpilogue};
+use crate::kernels::integer::gemm::{matmul_map_into_as, Lhs, RowEpilogue};
 use crate::kernels::quant::dequantize::{dequantize_value, QInt};
 
 /// float64 unit roundoff.
@@ -271,7 +271,7 @@ fn int_acc<A: AccInput>(
         stats: &stats,
         avx2: has_avx2(),
     };
-    matmul_map_rows_into(
+    matmul_map_into_as(
         a.insert_axis(Axis(0)),
         wq.insert_axis(Axis(0)),
         z_w,

@@ -220,11 +220,17 @@ pub fn matmul_into<A: Lhs>(
     z_w: i64,
     out: &mut [MaybeUninit<i64>],
 ) -> Result<()> {
-    matmul_map_into_as(a, w, z_w, out, |acc, dst| {
-        for (d, &v) in dst.iter_mut().zip(acc) {
-            d.write(v);
-        }
-    })
+    matmul_map_into_as(
+        a,
+        w,
+        z_w,
+        out,
+        |acc: &[i64], dst: &mut [MaybeUninit<i64>]| {
+            for (d, &v) in dst.iter_mut().zip(acc) {
+                d.write(v);
+            }
+        },
+    )
 }
 
 /// What a fused kernel does with each row of exact accumulators (the output row it writes).
@@ -273,7 +279,9 @@ where
     map_into_with(a, w, z_w, out, epilogue, Allowed::available())
 }
 
-/// [`matmul_map_into`] for an A of any [`Lhs`] type (int8/16/32 read as stored).
+/// [`matmul_map_into`] for an A of any [`Lhs`] type (int8/16/32 read as stored), with any
+/// [`RowEpilogue`] (a closure, whose parameter types the caller then writes out, or an
+/// epilogue that may read int32 rows).
 pub fn matmul_map_into_as<A, O, F>(
     a: ArrayView3<'_, A>,
     w: ArrayView3<'_, i64>,
@@ -284,23 +292,7 @@ pub fn matmul_map_into_as<A, O, F>(
 where
     A: Lhs,
     O: Copy + Send,
-    F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
-{
-    map_into_with(a, w, z_w, out, epilogue, Allowed::available())
-}
-
-/// [`matmul_map_into_as`] with a [`RowEpilogue`] (which may read int32 rows).
-pub fn matmul_map_rows_into<A, O, E>(
-    a: ArrayView3<'_, A>,
-    w: ArrayView3<'_, i64>,
-    z_w: i64,
-    out: &mut [MaybeUninit<O>],
-    epilogue: E,
-) -> Result<()>
-where
-    A: Lhs,
-    O: Copy + Send,
-    E: RowEpilogue<O>,
+    F: RowEpilogue<O>,
 {
     map_into_with(a, w, z_w, out, epilogue, Allowed::available())
 }

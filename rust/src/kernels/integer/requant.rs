@@ -22,7 +22,7 @@ use crate::kernels::integer::conv::{conv2d_map_into, conv2d_shape, ConvInput, Ge
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::integer::epilogue_avx2;
 use crate::kernels::integer::gemm::{
-    matmul_map_rows_into, matmul_shape, Lhs, RowEpilogue, BLOCK_ROWS,
+    matmul_map_into_as, matmul_shape, Lhs, RowEpilogue, BLOCK_ROWS,
 };
 use crate::kernels::integer::rescale::{rescale_run, Operand, Rescale};
 use crate::kernels::quant::float::{clip, Real};
@@ -366,7 +366,7 @@ pub fn matmul_rescale_quant_into<A: Lhs, O: Narrow>(
         rescale,
         requant,
     };
-    matmul_map_rows_into(a, w, z_w, out, rows)?;
+    matmul_map_into_as(a, w, z_w, out, rows)?;
     sink.finish(rescale.lsbs)
 }
 

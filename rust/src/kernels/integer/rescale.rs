@@ -50,20 +50,26 @@ pub fn matmul_rescale_into<A: Lhs>(
     let [_, _, n] = matmul_shape(a.dim(), w.dim())?;
     rescale.check(n, "matmul rescale: the per-column", "columns")?;
     let overflow = AtomicBool::new(false);
-    matmul_map_into_as(a, w, z_w, out, |acc, dst| {
-        let over = rescale_run(
-            acc,
-            dst,
-            rescale.lsbs,
-            rescale.offset,
-            rescale.sub,
-            rescale.mul,
-            rescale.add,
-        );
-        if over {
-            overflow.store(true, Ordering::Relaxed);
-        }
-    })?;
+    matmul_map_into_as(
+        a,
+        w,
+        z_w,
+        out,
+        |acc: &[i64], dst: &mut [MaybeUninit<f64>]| {
+            let over = rescale_run(
+                acc,
+                dst,
+                rescale.lsbs,
+                rescale.offset,
+                rescale.sub,
+                rescale.mul,
+                rescale.add,
+            );
+            if over {
+                overflow.store(true, Ordering::Relaxed);
+            }
+        },
+    )?;
     rounded_in_range(&overflow, rescale.lsbs)
 }
 
