@@ -261,27 +261,12 @@ impl<O, F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync> RowEpilogue<O> for F {
     }
 }
 
-/// `matmul` passing each row of exact accumulators through `epilogue(acc_row, out_row)`,
-/// which must write all of `out_row` (N values of `out`, C order, the size `matmul_shape`
-/// gives; on success every element of `out` has been through `epilogue`).
-/// Rows run in parallel blocks, so `epilogue` must not depend on the order of calls.
-pub fn matmul_map_into<O, F>(
-    a: ArrayView3<'_, i64>,
-    w: ArrayView3<'_, i64>,
-    z_w: i64,
-    out: &mut [MaybeUninit<O>],
-    epilogue: F,
-) -> Result<()>
-where
-    O: Copy + Send,
-    F: Fn(&[i64], &mut [MaybeUninit<O>]) + Sync,
-{
-    map_into_with(a, w, z_w, out, epilogue, Allowed::available())
-}
-
-/// [`matmul_map_into`] for an A of any [`Lhs`] type (int8/16/32 read as stored), with any
-/// [`RowEpilogue`] (a closure, whose parameter types the caller then writes out, or an
-/// epilogue that may read int32 rows).
+/// `matmul` passing each row of exact accumulators through `epilogue` (a [`RowEpilogue`]:
+/// a closure `(acc_row, out_row)`, whose parameter types the caller writes out, or an
+/// epilogue that may read int32 rows), which must write all of `out_row` (N values of
+/// `out`, C order, the size `matmul_shape` gives; on success every element of `out` has been
+/// through `epilogue`). A is any [`Lhs`] type (int8/16/32/64, read as stored). Rows run in
+/// parallel blocks, so `epilogue` must not depend on the order of calls.
 pub fn matmul_map_into_as<A, O, F>(
     a: ArrayView3<'_, A>,
     w: ArrayView3<'_, i64>,
@@ -318,7 +303,7 @@ fn operands_plan<A: Lhs>(
     plan_with(w.dim().1, A::range_of(a), c, allowed)
 }
 
-/// `matmul_map_into`, allowing only the SIMD integer strategies of `allowed`.
+/// [`matmul_map_into_as`], allowing only the SIMD integer strategies of `allowed`.
 fn map_into_with<A: Lhs, O, F>(
     a: ArrayView3<'_, A>,
     w: ArrayView3<'_, i64>,
