@@ -53,8 +53,9 @@ memory, the 32 MiB floor then, ``plain``: the U8I8 products of unshifted u8 x i8
 handed to the fused epilogues as int32, the centring shift then, ``writebehind``: the spill
 writes made by a helper thread, on the walk's thread then, ``monotone``: Relu's table
 evaluated on its input's whole integer range, the presence marks then, ``wide``: the AVX-512
-products of the float32 statistics filter, AVX2 FMA then),
-on every row;
+products of the float32 statistics filter, AVX2 FMA then, ``epilogue512``: the AVX-512
+epilogue of the fused Gemm/Conv with its division made of fused multiply-adds, the AVX2
+epilogue then), on every row;
 ``--exact-extremes`` runs the statistics kernels without their filter).
 """
 
@@ -386,6 +387,11 @@ SWITCHES: dict[str, Callable[[Any], Any]] = {
     # the AVX-512 products of the float32 statistics filter (AVX2 FMA then)
     "wide": lambda value: (
         _core.extremes_filter_wide() if value is None else _core.extremes_filter_wide(value)
+    ),
+    # the AVX-512 epilogue of the fused Gemm/Conv, its division made of fused multiply-adds
+    # (the AVX2 epilogue then)
+    "epilogue512": lambda value: (
+        _core.int_wide_epilogue() if value is None else _core.int_wide_epilogue(value)
     ),
     # Relu's table over its input's whole range (the presence marks of the integers then)
     "monotone": _module_switch(QuantizedRelu, "monotone_table", False),

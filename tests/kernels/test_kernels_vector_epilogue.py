@@ -1,8 +1,10 @@
-"""The AVX2 epilogue of the fused rescale + quantize kernels (issue 16) against the scalar
-one: with ``_core.int_vector_epilogue`` on and off, ``int_matmul_rescale_quant``,
+"""The vector epilogues of the fused rescale + quantize kernels (issue 16) against the scalar
+one: with ``_core.int_vector_epilogue`` (AVX2) and ``_core.int_wide_epilogue`` (AVX-512, its
+division made of fused multiply-adds) on and off, ``int_matmul_rescale_quant``,
 ``int_acc_rescale_quant`` and ``int_conv2d_rescale_quant`` give the same integers, min, max
 and NaN flag (and the same errors), on exact .5 ties, NaN operands, values beyond the clip
-bounds, accumulators past 2^51 (the vector code's fallback) and rounded accumulators.
+bounds, accumulators past 2^51 (the vector code's fallback), rounded accumulators, and
+scales, zero points and values outside what the fused division covers (its fallback).
 """
 
 from __future__ import annotations
@@ -21,38 +23,47 @@ from fhequant.errors import FhequantError
 SETTINGS = settings(max_examples=60, deadline=None)
 
 
-def _both(call: Callable[[], Any]) -> tuple[Any, Any]:
-    """``call()`` with the vector epilogue on, then off (a result or the error raised)."""
-    before = _core.int_vector_epilogue()
+# (AVX2 epilogue, AVX-512 epilogue): the wide one, the AVX2 one, the scalar one
+STATES = ((True, True), (True, False), (False, False))
+
+
+def _each(call: Callable[[], Any]) -> list[Any]:
+    """``call()`` under each of ``STATES`` (a result or the error raised)."""
+    before = (_core.int_vector_epilogue(), _core.int_wide_epilogue())
     results = []
     try:
-        for on in (True, False):
-            _core.int_vector_epilogue(on)
+        for vector, wide in STATES:
+            _core.int_vector_epilogue(vector)
+            _core.int_wide_epilogue(wide)
             try:
                 results.append(call())
             except FhequantError as e:
                 results.append(e)
     finally:
-        _core.int_vector_epilogue(before)
-    return results[0], results[1]
+        _core.int_vector_epilogue(before[0])
+        _core.int_wide_epilogue(before[1])
+    return results
 
 
 def _same(call: Callable[[], Any]) -> Any:
-    vec, scalar = _both(call)
-    if isinstance(scalar, Exception):
-        assert type(vec) is type(scalar) and str(vec) == str(scalar)
-        return scalar
-    assert not isinstance(vec, Exception), vec
-    assert vec[0].dtype == scalar[0].dtype and vec[0].shape == scalar[0].shape
-    np.testing.assert_array_equal(vec[0], scalar[0])
-    assert vec[1:] == scalar[1:]
+    *vectors, scalar = _each(call)
+    for vec in vectors:
+        if isinstance(scalar, Exception):
+            assert type(vec) is type(scalar) and str(vec) == str(scalar)
+            continue
+        assert not isinstance(vec, Exception), vec
+        assert vec[0].dtype == scalar[0].dtype and vec[0].shape == scalar[0].shape
+        np.testing.assert_array_equal(vec[0], scalar[0])
+        assert vec[1:] == scalar[1:]
     return scalar
 
 
 @st.composite
 def epilogue(draw: Any, size: int) -> tuple[Any, ...]:
     """(lsbs, offset, sub, mul, add, scale, zero_point, lo, hi, dtype) for `size` columns:
-    plain or exact-tie operands, sometimes a NaN or inf operand."""
+    plain or exact-tie operands, sometimes a NaN or inf operand, sometimes values, a scale
+    or a zero point the AVX-512 division does not cover (|x| >= 2^500, |scale| outside
+    [2^-400, 2^400], a fractional zero point)."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     lsbs = draw(st.sampled_from([0, 0, 0, 1, 3, 12]))
     if draw(st.booleans()):  # every value k + 0.5 (or an integer): ties both signs
@@ -60,7 +71,7 @@ def epilogue(draw: Any, size: int) -> tuple[Any, ...]:
     else:
         offset = float(draw(st.integers(-1000, 1000)))
         sub = rng.uniform(-500, 500, size)
-        mul = rng.uniform(-0.05, 0.05, size) * draw(st.sampled_from([1.0, 1e-3, 1e-9]))
+        mul = rng.uniform(-0.05, 0.05, size) * draw(st.sampled_from([1.0, 1e-3, 1e-9, 1e160]))
     add = None if draw(st.booleans()) else rng.uniform(-5, 5, size)
     special = draw(st.sampled_from([None, None, None, np.nan, np.inf, -0.0]))
     if special is not None:
@@ -69,8 +80,8 @@ def epilogue(draw: Any, size: int) -> tuple[Any, ...]:
     top = 127 if dtype == "int8" else 32767
     hi = float(draw(st.integers(0, top)))
     lo = float(draw(st.integers(-top - 1, int(hi))))
-    scale = draw(st.floats(1e-3, 20.0))
-    zero_point = float(draw(st.integers(-10, 10)))
+    scale = draw(st.floats(1e-3, 20.0)) * draw(st.sampled_from([1.0, 1.0, 1e-125, 1e125]))
+    zero_point = float(draw(st.integers(-10, 10))) + draw(st.sampled_from([0.0, 0.0, 0.0, 0.5]))
     return lsbs, offset, sub, mul, add, scale, zero_point, lo, hi, dtype
 
 
@@ -148,14 +159,35 @@ def test_fallback_overflow_and_nan_edges() -> None:
     assert nan[3] and (nan[1], nan[2]) == (0, 0)
 
 
-def test_switch_reports_and_restores() -> None:
-    before = _core.int_vector_epilogue()
+@pytest.mark.parametrize("switch", [_core.int_vector_epilogue, _core.int_wide_epilogue])
+def test_switches_report_and_restore(switch: Callable[..., bool]) -> None:
+    before = switch()
     try:
-        assert _core.int_vector_epilogue(False) is False
-        assert _core.int_vector_epilogue() is False
-        on = _core.int_vector_epilogue(True)
-        assert on == _core.int_vector_epilogue()
+        assert switch(False) is False
+        assert switch() is False
+        on = switch(True)
+        assert on == switch()
     finally:
-        _core.int_vector_epilogue(before)
+        switch(before)
     with pytest.raises(TypeError):
-        _core.int_vector_epilogue("yes")  # type: ignore[arg-type]
+        switch("yes")
+
+
+def test_wide_division_edges_match_the_scalar_one() -> None:
+    """Quotients next to .5 ties for scales from 2^-400 to 2^400 (and just outside), the
+    values around 2^500 where the wide path hands a group to the AVX2 one, and tiny values."""
+    rng = np.random.default_rng(5)
+    acc = rng.integers(-(2**20), 2**20, size=(64, 16), dtype=np.int32)
+    for e in (-401, -400, -399, -3, 0, 7, 399, 400, 401):
+        scale = float(rng.uniform(1, 2)) * 2.0**e
+        # values that are (k + 1/2) * scale up to a few ulps: the division decides the tie
+        ulps = rng.integers(-3, 4, size=16).astype(np.float64)
+        mul = np.full(16, scale / 2.0) * (1 + ulps * 2.0**-52)
+        args = (0, 0.0, np.zeros(16), mul, None, scale, 0.0, -(2.0**15), 2.0**15 - 1, "int16")
+        _same(lambda args=args: _core.int_acc_rescale_quant(acc, *args))
+    for big in (2.0**499, 2.0**500, 2.0**501, 2.0**-600, 0.0):
+        mul = np.full(16, big)
+        mul[3] = 1.0
+        args = (0, 0.0, np.zeros(16), mul, None, 2.0**-3, 2.0, -128.0, 127.0, "int8")
+        got = _same(lambda args=args: _core.int_acc_rescale_quant(acc, *args))
+        assert not got[3]

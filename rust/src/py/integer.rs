@@ -243,6 +243,25 @@ fn int_vector_epilogue(enabled: Option<bool>) -> bool {
     }
 }
 
+/// Allow (the default) or forbid the AVX-512 epilogue of the fused rescale + quantize kernels
+/// (its division made of fused multiply-adds; it runs only with the AVX2 epilogue allowed)
+/// when `enabled` is given (a switch for benchmarks and differential tests: results are the
+/// same integers); returns whether it is allowed and supported by the CPU.
+#[pyfunction]
+#[pyo3(signature = (enabled=None))]
+fn int_wide_epilogue(enabled: Option<bool>) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::kernels::integer::epilogue_avx512;
+        epilogue_avx512::SWITCH.toggle(enabled)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = enabled;
+        false
+    }
+}
+
 /// The `Rescale` operands of the fused kernels from their numpy arrays.
 fn rescale_of<'a>(
     lsbs: i64,
@@ -729,6 +748,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(int_i16_conv, m)?)?;
     m.add_function(wrap_pyfunction!(int_direct_conv, m)?)?;
     m.add_function(wrap_pyfunction!(int_vector_epilogue, m)?)?;
+    m.add_function(wrap_pyfunction!(int_wide_epilogue, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d_rescale, m)?)?;
     m.add_function(wrap_pyfunction!(int_matmul_rescale_quant, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d_rescale_quant, m)?)?;

@@ -51,6 +51,17 @@ pub trait Accumulator: Copy + Send + Sync + 'static {
     /// # Safety
     /// As [`Accumulator::load_i64`].
     unsafe fn load_f64(p: *const Self) -> __m256d;
+    /// Eight values from `p` on as i64.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and `p` points at eight readable values.
+    unsafe fn load8_i64(p: *const Self) -> __m512i;
+    /// Eight values from `p` on as f64, each rounded to nearest as `v as f64` is (exact for
+    /// `SMALL` types).
+    ///
+    /// # Safety
+    /// As [`Accumulator::load8_i64`].
+    unsafe fn load8_f64(p: *const Self) -> __m512d;
 }
 
 impl Accumulator for i64 {
@@ -76,6 +87,16 @@ impl Accumulator for i64 {
             )
         }
     }
+    #[inline(always)]
+    unsafe fn load8_i64(p: *const Self) -> __m512i {
+        // SAFETY: the caller guarantees AVX-512F and eight readable values.
+        unsafe { _mm512_loadu_si512(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn load8_f64(p: *const Self) -> __m512d {
+        // SAFETY: as `load8_i64`; `vcvtqq2pd` rounds as `as f64` does.
+        unsafe { _mm512_cvtepi64_pd(_mm512_loadu_si512(p.cast())) }
+    }
 }
 
 impl Accumulator for i32 {
@@ -93,6 +114,16 @@ impl Accumulator for i32 {
     unsafe fn load_f64(p: *const Self) -> __m256d {
         // SAFETY: the caller guarantees AVX2 and four readable values.
         unsafe { _mm256_cvtepi32_pd(_mm_loadu_si128(p.cast())) }
+    }
+    #[inline(always)]
+    unsafe fn load8_i64(p: *const Self) -> __m512i {
+        // SAFETY: the caller guarantees AVX-512F and eight readable values.
+        unsafe { _mm512_cvtepi32_epi64(_mm256_loadu_si256(p.cast())) }
+    }
+    #[inline(always)]
+    unsafe fn load8_f64(p: *const Self) -> __m512d {
+        // SAFETY: as `load8_i64`.
+        unsafe { _mm512_cvtepi32_pd(_mm256_loadu_si256(p.cast())) }
     }
 }
 

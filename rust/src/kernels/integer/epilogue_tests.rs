@@ -1,7 +1,9 @@
-//! The vector epilogue against the scalar `run_body` (the definition): the same integers,
-//! extremes, NaN and overflow flags, on random runs and on the edge cases of every step.
+//! The vector epilogues (AVX2, and AVX-512 where the CPU has it and the quantizer is
+//! covered) against the scalar `run_body` (the definition): the same integers, extremes, NaN
+//! and overflow flags, on random runs and on the edge cases of every step.
 
 use super::*;
+use crate::kernels::integer::epilogue_avx512;
 use crate::kernels::quant::float::{clip, Real};
 
 fn avx2() -> bool {
@@ -49,6 +51,17 @@ fn same<I: Accumulator, S: Operand, O: Narrow>(
     };
     assert_eq!(ints(&got), ints(&want), "{wide:?} {rescale:?} {q:?}");
     assert_eq!(got_stats, want_stats, "{wide:?} {rescale:?} {q:?}");
+    if crate::kernels::simd::wide_vectors() && epilogue_avx512::covers(q) {
+        let mut got = vec![MaybeUninit::<O>::uninit(); acc.len()];
+        // SAFETY: AVX-512 checked just above, and the epilogue covers `q`.
+        let got_stats = unsafe { epilogue_avx512::run(acc, &mut got, rescale, operands, q) };
+        assert_eq!(
+            ints(&got),
+            ints(&want),
+            "AVX-512 {wide:?} {rescale:?} {q:?}"
+        );
+        assert_eq!(got_stats, want_stats, "AVX-512 {wide:?} {rescale:?} {q:?}");
+    }
     want_stats
 }
 

@@ -12,6 +12,8 @@ pub mod conv;
 pub mod direct;
 #[cfg(target_arch = "x86_64")]
 pub mod epilogue_avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod epilogue_avx512;
 pub mod exact;
 pub mod gemm;
 pub mod madd;

@@ -19,12 +19,12 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::kernels::integer::conv::{conv2d_map_into, conv2d_shape, ConvInput, Geometry};
-#[cfg(target_arch = "x86_64")]
-use crate::kernels::integer::epilogue_avx2;
 use crate::kernels::integer::gemm::{
     matmul_map_into_as, matmul_shape, Lhs, RowEpilogue, BLOCK_ROWS,
 };
 use crate::kernels::integer::rescale::{rescale_run, Operand, Rescale};
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::integer::{epilogue_avx2, epilogue_avx512};
 use crate::kernels::quant::float::{clip, Real};
 
 /// The output quantizer's float64 operands (clip bounds included).
@@ -123,17 +123,31 @@ impl Requant {
     }
 }
 
-/// The shared state of one kernel call: the extremes and flags of every run.
+/// The shared state of one kernel call: the extremes and flags of every run (all its runs
+/// take the output quantizer given to [`Sink::new`]).
 struct Sink {
     min: AtomicI64,
     max: AtomicI64,
     nan: AtomicBool,
     overflow: AtomicBool,
+    /// The AVX-512 epilogue runs: the CPU has it, it is enabled, and it covers the call's
+    /// output quantizer.
+    wide: bool,
 }
 
 impl Sink {
-    fn new() -> Sink {
+    fn new(requant: &Requant) -> Sink {
+        #[cfg(target_arch = "x86_64")]
+        let wide = epilogue_avx2::available()
+            && epilogue_avx512::available()
+            && epilogue_avx512::covers(requant);
+        #[cfg(not(target_arch = "x86_64"))]
+        let wide = {
+            let _ = requant;
+            false
+        };
         Sink {
+            wide,
             min: AtomicI64::new(i64::MAX),
             max: AtomicI64::new(i64::MIN),
             nan: AtomicBool::new(false),
@@ -152,6 +166,13 @@ impl Sink {
         operands: (S, S, Option<S>),
         requant: &Requant,
     ) {
+        #[cfg(target_arch = "x86_64")]
+        if self.wide {
+            // SAFETY: `wide` holds only where the CPU has AVX-512 and the epilogue covers
+            // the call's quantizer.
+            let stats = unsafe { epilogue_avx512::run(acc, dst, rescale, operands, requant) };
+            return self.record(stats);
+        }
         #[cfg(target_arch = "x86_64")]
         if epilogue_avx2::available() {
             // SAFETY: the CPU supports AVX2 (`available` checks it).
@@ -179,6 +200,13 @@ impl Sink {
         operands: (S, S, Option<S>),
         requant: &Requant,
     ) {
+        #[cfg(target_arch = "x86_64")]
+        if self.wide {
+            // SAFETY: `wide` holds only where the CPU has AVX-512 and the epilogue covers
+            // the call's quantizer.
+            let stats = unsafe { epilogue_avx512::run(acc, dst, rescale, operands, requant) };
+            return self.record(stats);
+        }
         #[cfg(target_arch = "x86_64")]
         if epilogue_avx2::available() {
             // SAFETY: the CPU supports AVX2 (`available` checks it).
@@ -360,7 +388,7 @@ pub fn matmul_rescale_quant_into<A: Lhs, O: Narrow>(
     let [_, _, n] = matmul_shape(a.dim(), w.dim())?;
     rescale.check(n, "matmul rescale: the per-column", "columns")?;
     requant.check::<O>()?;
-    let sink = Sink::new();
+    let sink = Sink::new(requant);
     let rows = Rows {
         sink: &sink,
         rescale,
@@ -431,7 +459,7 @@ pub fn acc_rescale_quant_into<O: Narrow>(
     }
     rescale.check(n, "acc rescale: the per-column", "columns")?;
     requant.check::<O>()?;
-    let sink = Sink::new();
+    let sink = Sink::new(requant);
     if n > 0 {
         let acc = acc.as_standard_layout();
         let Some(flat) = acc.as_slice() else {
@@ -475,7 +503,7 @@ pub fn conv_rescale_quant_into<X: ConvInput, O: Narrow>(
     let [_, o, _, _] = conv2d_shape(x.dim(), w.dim(), group, geom)?;
     rescale.check(o, "conv rescale: the per-channel", "channels")?;
     requant.check::<O>()?;
-    let sink = Sink::new();
+    let sink = Sink::new(requant);
     let (sub, mul, add) = (rescale.sub, rescale.mul, rescale.add);
     if let Some(tables) = ChannelTables::<O>::build(x, w, z_w, geom, rescale, requant, out.len()) {
         conv2d_map_into(x, w, z_w, group, geom, out, |c, acc, dst| {
@@ -568,7 +596,7 @@ impl<O: Narrow> ChannelTables<O> {
             // within int64: the conv's own bound check passed (or the conv fails anyway)
             ranges.push((i64::try_from(lo).ok()?, i64::try_from(hi).ok()?));
         }
-        let tsink = Sink::new();
+        let tsink = Sink::new(requant);
         let mut values = Vec::with_capacity(total as usize);
         let mut starts = Vec::with_capacity(o);
         let mut ramp = Vec::new();

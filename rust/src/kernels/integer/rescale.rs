@@ -163,6 +163,12 @@ pub(crate) trait Operand: Copy {
     /// The CPU has AVX, and a slice holds at least `j + 4` values.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load4(self, j: usize) -> std::arch::x86_64::__m256d;
+    /// The values for elements `j..j + 8` in one vector.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, and a slice holds at least `j + 8` values.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(self, j: usize) -> std::arch::x86_64::__m512d;
 }
 
 impl Operand for &[f64] {
@@ -184,6 +190,12 @@ impl Operand for &[f64] {
         // SAFETY: the caller guarantees AVX and `j + 4 <= self.len()`.
         unsafe { std::arch::x86_64::_mm256_loadu_pd(self.as_ptr().add(j)) }
     }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(self, j: usize) -> std::arch::x86_64::__m512d {
+        // SAFETY: the caller guarantees AVX-512F and `j + 8 <= self.len()`.
+        unsafe { std::arch::x86_64::_mm512_loadu_pd(self.as_ptr().add(j)) }
+    }
 }
 
 impl Operand for f64 {
@@ -204,6 +216,12 @@ impl Operand for f64 {
     unsafe fn load4(self, _: usize) -> std::arch::x86_64::__m256d {
         // SAFETY: the caller guarantees AVX.
         unsafe { std::arch::x86_64::_mm256_set1_pd(self) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(self, _: usize) -> std::arch::x86_64::__m512d {
+        // SAFETY: the caller guarantees AVX-512F.
+        unsafe { std::arch::x86_64::_mm512_set1_pd(self) }
     }
 }
 

@@ -1,0 +1,203 @@
+//! The fused division against IEEE division, and the groups the AVX-512 epilogue hands to
+//! the AVX2 one. (Its integers against the scalar epilogue's: `epilogue_tests`, whose
+//! every comparison also runs this epilogue where it applies.)
+
+use super::*;
+use crate::kernels::integer::requant::run_body;
+
+fn wide() -> bool {
+    simd::wide_vectors()
+}
+
+/// xorshift64*: reproducible test data without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// A float with a random significand and sign and an exponent in [lo, hi].
+    fn float(&mut self, lo: i64, hi: i64) -> f64 {
+        let e = lo + (self.next() % (hi - lo + 1) as u64) as i64;
+        let bits = self.next();
+        let significand = bits & ((1 << 52) - 1);
+        let sign = bits & (1 << 63);
+        f64::from_bits(sign | (((1023 + e) as u64) << 52) | significand)
+    }
+}
+
+fn consts(scale: f64) -> Consts {
+    // SAFETY: the callers check AVX-512.
+    unsafe {
+        Consts {
+            offset: None,
+            scale: _mm512_set1_pd(scale),
+            recip: _mm512_set1_pd(1.0 / scale),
+            zero_point: _mm512_setzero_pd(),
+            lo: _mm512_set1_pd(-128.0),
+            hi: _mm512_set1_pd(127.0),
+            x_max: _mm512_set1_pd(X_MAX),
+            half: _mm512_setzero_si512(),
+            mask: _mm512_set1_epi64(-1),
+            limit: _mm512_set1_epi64(i64::MAX),
+        }
+    }
+}
+
+/// `divide` on eight numerators against `x / scale`, bit for bit.
+fn check_division(xs: &[f64; 8], scale: f64) {
+    let mut got = [0.0f64; 8];
+    // SAFETY: the callers check AVX-512; eight f64 in and out.
+    unsafe {
+        let q = divide(_mm512_loadu_pd(xs.as_ptr()), &consts(scale));
+        _mm512_storeu_pd(got.as_mut_ptr(), q);
+    }
+    for (&x, &q) in xs.iter().zip(&got) {
+        assert_eq!(q.to_bits(), (x / scale).to_bits(), "{x:e} / {scale:e}");
+    }
+}
+
+#[test]
+fn fused_division_is_the_division() {
+    if !wide() {
+        return;
+    }
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    // random numerators over the covered range, random scales over theirs and over the
+    // scales quantizers have
+    for round in 0..40_000 {
+        let scale = if round % 2 == 0 {
+            rng.float(-400, 399)
+        } else {
+            rng.float(-20, 6)
+        };
+        let mut xs = [0.0; 8];
+        for x in xs.iter_mut() {
+            *x = rng.float(-500, 499);
+        }
+        check_division(&xs, scale);
+        for x in xs.iter_mut() {
+            *x = rng.float(-40, 40);
+        }
+        check_division(&xs, scale);
+    }
+    // the hard divisors (significands of all ones, one above a power of two, powers of two)
+    // and exact quotients, quotients next to a halfway point, integers
+    let ones = f64::from_bits((1023u64 << 52) | ((1 << 52) - 1));
+    let above = f64::from_bits((1023u64 << 52) | 1);
+    for scale in [
+        ones,
+        -ones,
+        above,
+        1.0,
+        0.5,
+        3.0,
+        0.1,
+        1.0 / 3.0,
+        1e-5,
+        12345.678,
+    ] {
+        for base in 0..2000 {
+            let k = base as f64 - 1000.0;
+            let xs = [
+                k * scale,
+                (k + 0.5) * scale,
+                (k + 0.5) * scale * (1.0 + f64::EPSILON),
+                (k - 0.5) * scale * (1.0 - f64::EPSILON),
+                k,
+                k + 0.5,
+                k * ones,
+                k * 1e-3,
+            ];
+            check_division(&xs, scale);
+        }
+    }
+}
+
+/// Both epilogues (and the scalar one) on one run.
+fn same<I: Accumulator>(acc: &[I], r: &Rescale<'_>, q: &Requant) -> Stats {
+    let wide: Vec<i64> = acc.iter().map(|v| v.widen()).collect();
+    let mut want = vec![MaybeUninit::<i16>::uninit(); acc.len()];
+    let want_stats = run_body(&wide, &mut want, r, (r.sub, r.mul, r.add), q);
+    let mut got = vec![MaybeUninit::<i16>::uninit(); acc.len()];
+    // SAFETY: the callers check AVX-512 and `covers(q)`.
+    let got_stats = unsafe { run(acc, &mut got, r, (r.sub, r.mul, r.add), q) };
+    // SAFETY: both epilogues write every element.
+    let ints = |v: &[MaybeUninit<i16>]| -> Vec<i16> {
+        v.iter().map(|x| unsafe { x.assume_init() }).collect()
+    };
+    assert_eq!(ints(&got), ints(&want), "{wide:?} {r:?} {q:?}");
+    assert_eq!(got_stats, want_stats, "{wide:?} {r:?} {q:?}");
+    got_stats
+}
+
+fn requant(scale: f64, zero_point: f64) -> Requant {
+    Requant {
+        scale,
+        zero_point,
+        lo: -30000.0,
+        hi: 30000.0,
+    }
+}
+
+#[test]
+fn what_is_covered() {
+    assert!(covers(&requant(0.05, 3.0)));
+    assert!(covers(&requant(-7.0, -0.0)));
+    assert!(covers(&requant(SCALE_MIN, 0.0)) && covers(&requant(SCALE_MAX, 0.0)));
+    assert!(!covers(&requant(SCALE_MIN / 2.0, 0.0)));
+    assert!(!covers(&requant(SCALE_MAX * 2.0, 0.0)));
+    assert!(!covers(&requant(0.05, 0.5)));
+    for bad in [f64::NAN, f64::INFINITY, 0.0] {
+        assert!(!covers(&requant(bad, 0.0)), "{bad}");
+    }
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        assert!(!covers(&requant(0.05, bad)), "{bad}");
+    }
+}
+
+#[test]
+fn uncovered_groups_go_to_the_avx2_epilogue() {
+    if !wide() {
+        return;
+    }
+    // a value of 2^500 or more, an infinite and a NaN one in the second group of three;
+    // tiny values (below 2^-500) everywhere in the first
+    let acc: Vec<i32> = (0..53).map(|i| i * 37 - 900).collect();
+    let zeros = vec![0.0; acc.len()];
+    for (at, big) in [(20, pow2(520)), (31, f64::INFINITY), (16, f64::NAN)] {
+        let mut mul = vec![0.01; acc.len()];
+        mul[at] = big;
+        for m in mul.iter_mut().take(16) {
+            *m = pow2(-520);
+        }
+        let r = Rescale {
+            lsbs: 0,
+            offset: 0.5,
+            sub: &zeros,
+            mul: &mul,
+            add: None,
+        };
+        for zero_point in [0.0, 5.0, -3.0] {
+            let stats = same(&acc, &r, &requant(0.01, zero_point));
+            assert_eq!(stats.nan, big.is_nan());
+        }
+    }
+    // rounded int64 accumulators, one of which leaves int64 when rounded
+    let mut acc: Vec<i64> = (0..40).map(|i| (i - 20) << 40).collect();
+    acc[22] = i64::MAX - 3;
+    let ones = vec![pow2(-40); acc.len()];
+    let r = Rescale {
+        lsbs: 4,
+        offset: 0.0,
+        sub: &zeros[..40],
+        mul: &ones,
+        add: Some(&ones),
+    };
+    assert!(same(&acc, &r, &requant(0.5, 1.0)).over);
+    acc[22] = 0;
+    assert!(!same(&acc, &r, &requant(0.5, 1.0)).over);
+}
