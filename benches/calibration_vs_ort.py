@@ -55,7 +55,8 @@ writes made by a helper thread, on the walk's thread then, ``monotone``: Relu's 
 evaluated on its input's whole integer range, the presence marks then, ``wide``: the AVX-512
 products of the float32 statistics filter, AVX2 FMA then, ``epilogue512``: the AVX-512
 epilogue of the fused Gemm/Conv with its division made of fused multiply-adds, the AVX2
-epilogue then), on every row;
+epilogue then, ``blockcache``: the walk's numpy buffers of 1 MiB and more kept for reuse,
+none kept then), on every row;
 ``--exact-extremes`` runs the statistics kernels without their filter).
 """
 
@@ -79,6 +80,7 @@ from onnx import numpy_helper
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fhequant import _core, build_quantized_module
+from fhequant.kernels import memory
 from fhequant.quantized import fused_stats, spill, streaming
 from fhequant.quantized.calibration import early, passes
 from fhequant.quantized.calibration import store as walk_store
@@ -351,6 +353,18 @@ def _module_switch(module: Any, name: str, off: Any) -> Callable[[Any], Any]:
     return flip
 
 
+_BLOCK_CACHE_LIMIT = memory.block_cache_limit()
+
+
+def _block_cache_switch(value: Any) -> Any:
+    """The ``blockcache`` switch: on, the block cache keeps freed buffers up to its default
+    limit; off, it keeps none (every buffer comes from numpy's default allocator)."""
+    if value is None:
+        return memory.block_cache_limit() > 0
+    memory.block_cache_limit(_BLOCK_CACHE_LIMIT if value else 0)
+    return value
+
+
 def _budget_switch(value: Any) -> Any:
     """The ``budget`` switch: on, ``streaming.auto_memory_budget`` takes its share of the
     machine's memory; off, its ceiling is the 32 MiB floor (the budget before the ninth
@@ -397,6 +411,8 @@ SWITCHES: dict[str, Callable[[Any], Any]] = {
     "monotone": _module_switch(QuantizedRelu, "monotone_table", False),
     # the memory budget chosen from the machine's memory (the 32 MiB floor then)
     "budget": _budget_switch,
+    # block-sized numpy buffers kept for the next block, pass and call (none kept then)
+    "blockcache": _block_cache_switch,
 }
 
 

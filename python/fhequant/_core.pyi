@@ -10,6 +10,11 @@ __all__ = [
     "__version__",
     "_raise_kernel_error",
     "acc_extremes_filter_counts",
+    "block_cache_clear",
+    "block_cache_enter",
+    "block_cache_exit",
+    "block_cache_limit",
+    "block_cache_stats",
     "conv2d_extremes_f64",
     "conv2d_f64_sequential",
     "copy_min_max",
@@ -298,3 +303,10 @@ def int_conv_bounds(
 ) -> tuple[_I64, _I64]: ...
 
 # --- end integer kernels -------------------------------------------------------------------
+
+# --- block cache (rust/src/py/block_cache.rs): see fhequant.kernels.memory ---------------
+def block_cache_enter() -> object: ...
+def block_cache_exit(previous: object) -> None: ...
+def block_cache_clear() -> int: ...
+def block_cache_limit(limit: int | None = None) -> int: ...
+def block_cache_stats() -> tuple[int, int, int, int]: ...

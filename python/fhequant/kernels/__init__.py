@@ -4,7 +4,9 @@
   ``kernels/{gemm,conv,pool,rounding,bounds}.py``);
 * the split-independent float matmul of calibration (``kernels/float_matmul.py``);
 * the quantization kernels of the quantizers (``kernels/quant.py``: quantize, dequantize,
-  min/max, rounded unique values).
+  min/max, rounded unique values);
+* the block cache, the numpy allocator that keeps block-sized buffers for reuse during and
+  between calibrations (``kernels/memory.py``).
 
 Every kernel has one dispatch point and a ``*_reference`` twin in plain numpy in
 :mod:`fhequant.kernels.reference`: the twin *is* the specification (docs/contract.md §0, §1, §2.4,

@@ -1,5 +1,6 @@
 //! Python bindings: thin wrappers only.
 
+mod block_cache;
 pub mod errors;
 mod float;
 mod integer;
@@ -10,6 +11,7 @@ use pyo3::prelude::*;
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(errors::_raise_kernel_error, m)?)?;
     quant::register(m)?;
+    block_cache::register(m)?;
     integer::register(m)?;
     float::register(m)?;
     Ok(())

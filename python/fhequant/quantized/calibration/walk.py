@@ -25,6 +25,7 @@ from fhequant.errors import (
     UnsupportedOpError,
 )
 from fhequant.kernels import quant as quant_kernels
+from fhequant.kernels.memory import block_cache
 from fhequant.quantization import QuantizedArray, StatisticSpec, UniformQuantizer
 from fhequant.quantized import fused_stats
 from fhequant.quantized.calibration import early
@@ -159,17 +160,19 @@ class ModuleCalibrator:
         """
         self._calibrate_op = calibrate_op
         try:
-            load_inputs()
-            self._count_consumers()
-            for node in self.nodes:
-                try:
-                    self._visit(node)
-                except FhequantError:
-                    raise
-                except Exception as exc:  # numpy's errors of a float op, named (issue 15)
-                    rows = self.store.block_sizes[0] if self.store.block_sizes else None
-                    raise node_failure(node, exc, self.constants, rows) from exc
-            input_quantizers = self._input_quantizers()
+            # block-sized buffers come back for the next block, pass and call
+            with block_cache():
+                load_inputs()
+                self._count_consumers()
+                for node in self.nodes:
+                    try:
+                        self._visit(node)
+                    except FhequantError:
+                        raise
+                    except Exception as exc:  # numpy's errors of a float op, named (issue 15)
+                        rows = self.store.block_sizes[0] if self.store.block_sizes else None
+                        raise node_failure(node, exc, self.constants, rows) from exc
+                input_quantizers = self._input_quantizers()
         finally:
             self.store.close()
         return {
