@@ -24,6 +24,7 @@ use std::mem::MaybeUninit;
 
 use crate::kernels::integer::requant::{run_body, Narrow, Requant, Stats};
 use crate::kernels::integer::rescale::{Operand, Rescale};
+use crate::kernels::integer::rounding::half_and_mask;
 
 /// Whether the vector epilogue may be used (a switch for benchmarks and differential tests;
 /// the results are the same integers either way); it needs AVX2.
@@ -162,11 +163,7 @@ pub(crate) unsafe fn run<I: Accumulator, S: Operand, O: Narrow>(
     // slices cut to n (this panics if one is shorter), so `load4` below stays inside them
     let (sub, mul, add) = (sub.prefix(n), mul.prefix(n), add.map(|a| a.prefix(n)));
     let round = rescale.lsbs > 0;
-    let (half, mask) = if round {
-        (1i64 << (rescale.lsbs - 1), !((1i64 << rescale.lsbs) - 1))
-    } else {
-        (0, -1)
-    };
+    let (half, mask) = half_and_mask(rescale.lsbs);
     let k = Consts {
         offset: _mm256_set1_pd(rescale.offset),
         scale: _mm256_set1_pd(requant.scale),

@@ -40,6 +40,7 @@ use std::mem::MaybeUninit;
 use crate::kernels::integer::epilogue_avx2::{self, Accumulator};
 use crate::kernels::integer::requant::{Narrow, Requant, Stats};
 use crate::kernels::integer::rescale::{Operand, Rescale};
+use crate::kernels::integer::rounding::half_and_mask;
 use crate::kernels::simd::{self, Switch};
 
 /// Whether the AVX-512 epilogue may be used (a switch for benchmarks and differential tests;
@@ -104,11 +105,7 @@ pub(crate) unsafe fn run<I: Accumulator, S: Operand, O: Narrow>(
     // slices cut to n (this panics if one is shorter), so `load8` below stays inside them
     let (sub, mul, add) = (sub.prefix(n), mul.prefix(n), add.map(|a| a.prefix(n)));
     let round = rescale.lsbs > 0;
-    let (half, mask) = if round {
-        (1i64 << (rescale.lsbs - 1), !((1i64 << rescale.lsbs) - 1))
-    } else {
-        (0, -1)
-    };
+    let (half, mask) = half_and_mask(rescale.lsbs);
     let k = Consts {
         // f + 0.0 is f: the converted accumulators are never −0
         offset: (rescale.offset != 0.0).then(|| _mm512_set1_pd(rescale.offset)),

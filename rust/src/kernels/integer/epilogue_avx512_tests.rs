@@ -1,9 +1,9 @@
-//! The fused division against IEEE division, and the groups the AVX-512 epilogue hands to
-//! the AVX2 one. (Its integers against the scalar epilogue's: `epilogue_tests`, whose
-//! every comparison also runs this epilogue where it applies.)
+//! The fused division against IEEE division, and which calls the AVX-512 epilogue covers.
+//! (Its integers against the scalar epilogue's, the groups it hands to the AVX2 one
+//! included: `epilogue_tests`, whose every comparison also runs this epilogue where it
+//! applies.)
 
 use super::*;
-use crate::kernels::integer::requant::run_body;
 
 fn wide() -> bool {
     simd::wide_vectors()
@@ -117,23 +117,6 @@ fn fused_division_is_the_division() {
     }
 }
 
-/// Both epilogues (and the scalar one) on one run.
-fn same<I: Accumulator>(acc: &[I], r: &Rescale<'_>, q: &Requant) -> Stats {
-    let wide: Vec<i64> = acc.iter().map(|v| v.widen()).collect();
-    let mut want = vec![MaybeUninit::<i16>::uninit(); acc.len()];
-    let want_stats = run_body(&wide, &mut want, r, (r.sub, r.mul, r.add), q);
-    let mut got = vec![MaybeUninit::<i16>::uninit(); acc.len()];
-    // SAFETY: the callers check AVX-512 and `covers(q)`.
-    let got_stats = unsafe { run(acc, &mut got, r, (r.sub, r.mul, r.add), q) };
-    // SAFETY: both epilogues write every element.
-    let ints = |v: &[MaybeUninit<i16>]| -> Vec<i16> {
-        v.iter().map(|x| unsafe { x.assume_init() }).collect()
-    };
-    assert_eq!(ints(&got), ints(&want), "{wide:?} {r:?} {q:?}");
-    assert_eq!(got_stats, want_stats, "{wide:?} {r:?} {q:?}");
-    got_stats
-}
-
 fn requant(scale: f64, zero_point: f64) -> Requant {
     Requant {
         scale,
@@ -157,47 +140,4 @@ fn what_is_covered() {
     for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
         assert!(!covers(&requant(0.05, bad)), "{bad}");
     }
-}
-
-#[test]
-fn uncovered_groups_go_to_the_avx2_epilogue() {
-    if !wide() {
-        return;
-    }
-    // a value of 2^500 or more, an infinite and a NaN one in the second group of three;
-    // tiny values (below 2^-500) everywhere in the first
-    let acc: Vec<i32> = (0..53).map(|i| i * 37 - 900).collect();
-    let zeros = vec![0.0; acc.len()];
-    for (at, big) in [(20, pow2(520)), (31, f64::INFINITY), (16, f64::NAN)] {
-        let mut mul = vec![0.01; acc.len()];
-        mul[at] = big;
-        for m in mul.iter_mut().take(16) {
-            *m = pow2(-520);
-        }
-        let r = Rescale {
-            lsbs: 0,
-            offset: 0.5,
-            sub: &zeros,
-            mul: &mul,
-            add: None,
-        };
-        for zero_point in [0.0, 5.0, -3.0] {
-            let stats = same(&acc, &r, &requant(0.01, zero_point));
-            assert_eq!(stats.nan, big.is_nan());
-        }
-    }
-    // rounded int64 accumulators, one of which leaves int64 when rounded
-    let mut acc: Vec<i64> = (0..40).map(|i| (i - 20) << 40).collect();
-    acc[22] = i64::MAX - 3;
-    let ones = vec![pow2(-40); acc.len()];
-    let r = Rescale {
-        lsbs: 4,
-        offset: 0.0,
-        sub: &zeros[..40],
-        mul: &ones,
-        add: Some(&ones),
-    };
-    assert!(same(&acc, &r, &requant(0.5, 1.0)).over);
-    acc[22] = 0;
-    assert!(!same(&acc, &r, &requant(0.5, 1.0)).over);
 }

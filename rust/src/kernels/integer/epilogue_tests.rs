@@ -367,6 +367,52 @@ fn vector_round_is_rint_and_vector_clip_is_clip() {
     }
 }
 
+#[test]
+fn groups_the_avx512_epilogue_does_not_cover_go_to_the_avx2_one() {
+    if !(avx2() && crate::kernels::simd::wide_vectors()) {
+        return;
+    }
+    // a value of 2^500 or more, an infinite and a NaN one in the second group of three;
+    // tiny values (below 2^-500) everywhere in the first
+    let acc: Vec<i32> = (0..53).map(|i| i * 37 - 900).collect();
+    let zeros = vec![0.0; acc.len()];
+    for (at, big) in [(20, 2f64.powi(520)), (31, f64::INFINITY), (16, f64::NAN)] {
+        let mut mul = vec![0.01; acc.len()];
+        mul[at] = big;
+        for m in mul.iter_mut().take(16) {
+            *m = 2f64.powi(-520);
+        }
+        let r = Rescale {
+            lsbs: 0,
+            offset: 0.5,
+            sub: &zeros,
+            mul: &mul,
+            add: None,
+        };
+        for zero_point in [0.0, 5.0, -3.0] {
+            let q = requant(0.01, zero_point, -30000.0, 30000.0);
+            assert!(epilogue_avx512::covers(&q));
+            let stats = same::<i32, &[f64], i16>(&acc, &r, (r.sub, r.mul, r.add), &q);
+            assert_eq!(stats.nan, big.is_nan());
+        }
+    }
+    // rounded int64 accumulators, one of which leaves int64 when rounded
+    let mut acc: Vec<i64> = (0..40).map(|i| (i - 20) << 40).collect();
+    acc[22] = i64::MAX - 3;
+    let ones = vec![2f64.powi(-40); acc.len()];
+    let r = Rescale {
+        lsbs: 4,
+        offset: 0.0,
+        sub: &zeros[..40],
+        mul: &ones,
+        add: Some(&ones),
+    };
+    let q = requant(0.5, 1.0, -30000.0, 30000.0);
+    assert!(same::<i64, &[f64], i16>(&acc, &r, (r.sub, r.mul, r.add), &q).over);
+    acc[22] = 0;
+    assert!(!same::<i64, &[f64], i16>(&acc, &r, (r.sub, r.mul, r.add), &q).over);
+}
+
 fn consts_for_tests() -> Consts {
     // SAFETY: the callers check AVX2.
     unsafe {

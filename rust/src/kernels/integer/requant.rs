@@ -167,17 +167,8 @@ impl Sink {
         requant: &Requant,
     ) {
         #[cfg(target_arch = "x86_64")]
-        if self.wide {
-            // SAFETY: `wide` holds only where the CPU has AVX-512 and the epilogue covers
-            // the call's quantizer.
-            let stats = unsafe { epilogue_avx512::run(acc, dst, rescale, operands, requant) };
-            return self.record(stats);
-        }
-        #[cfg(target_arch = "x86_64")]
-        if epilogue_avx2::available() {
-            // SAFETY: the CPU supports AVX2 (`available` checks it).
-            let stats = unsafe { epilogue_avx2::run(acc, dst, rescale, operands, requant) };
-            return self.record(stats);
+        if self.run_vector(acc, dst, rescale, operands, requant) {
+            return;
         }
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
@@ -186,6 +177,32 @@ impl Sink {
             return self.record(stats);
         }
         self.record(run_body(acc, dst, rescale, operands, requant))
+    }
+
+    /// Run the widest vector epilogue the CPU has and the call allows (AVX-512 where
+    /// `wide`, else AVX2); false when there is none and the caller runs a scalar one.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    fn run_vector<I: epilogue_avx2::Accumulator, S: Operand, O: Narrow>(
+        &self,
+        acc: &[I],
+        dst: &mut [MaybeUninit<O>],
+        rescale: &Rescale<'_>,
+        operands: (S, S, Option<S>),
+        requant: &Requant,
+    ) -> bool {
+        let stats = if self.wide {
+            // SAFETY: `wide` holds only where the CPU has AVX-512 and the epilogue covers
+            // the call's quantizer.
+            unsafe { epilogue_avx512::run(acc, dst, rescale, operands, requant) }
+        } else if epilogue_avx2::available() {
+            // SAFETY: the CPU supports AVX2 (`available` checks it).
+            unsafe { epilogue_avx2::run(acc, dst, rescale, operands, requant) }
+        } else {
+            return false;
+        };
+        self.record(stats);
+        true
     }
 
     /// [`Sink::run`] on int32 accumulators: the vector epilogue reads them as they are,
@@ -201,17 +218,8 @@ impl Sink {
         requant: &Requant,
     ) {
         #[cfg(target_arch = "x86_64")]
-        if self.wide {
-            // SAFETY: `wide` holds only where the CPU has AVX-512 and the epilogue covers
-            // the call's quantizer.
-            let stats = unsafe { epilogue_avx512::run(acc, dst, rescale, operands, requant) };
-            return self.record(stats);
-        }
-        #[cfg(target_arch = "x86_64")]
-        if epilogue_avx2::available() {
-            // SAFETY: the CPU supports AVX2 (`available` checks it).
-            let stats = unsafe { epilogue_avx2::run(acc, dst, rescale, operands, requant) };
-            return self.record(stats);
+        if self.run_vector(acc, dst, rescale, operands, requant) {
+            return;
         }
         wide.clear();
         wide.extend(acc.iter().map(|&v| i64::from(v)));

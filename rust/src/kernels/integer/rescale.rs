@@ -17,7 +17,7 @@ use ndarray::{ArrayView3, ArrayView4};
 use crate::error::{Error, Result};
 use crate::kernels::integer::conv::{conv2d_map_into, conv2d_shape, Geometry};
 use crate::kernels::integer::gemm::{matmul_map_into_as, matmul_shape, Lhs};
-use crate::kernels::integer::rounding::MAX_LSBS;
+use crate::kernels::integer::rounding::{half_and_mask, MAX_LSBS};
 
 /// The per-column float64 operands of the rescale (each of length N, the output columns).
 #[derive(Debug, Clone, Copy)]
@@ -272,8 +272,7 @@ pub(crate) fn rescale_run<S: Operand>(
         over
     }
     if lsbs > 0 {
-        let half = 1i64 << (lsbs - 1);
-        let mask = !((1i64 << lsbs) - 1);
+        let (half, mask) = half_and_mask(lsbs);
         let limit = i64::MAX - half;
         let round = |v: i64| (v.wrapping_add(half) & mask, v > limit);
         run(acc, dst, round, offset, (sub, mul, add))

@@ -16,6 +16,16 @@ pub fn round_one(x: i128, lsbs: i64) -> i128 {
     (x + half) & !((1i128 << lsbs) - 1)
 }
 
+/// `(half, mask)` of rounding an int64 to a multiple of 2^lsbs (lsbs in 1..=MAX_LSBS):
+/// `(v + half) & mask`, exact for `v <= i64::MAX - half`; `(0, -1)` (no change) for
+/// lsbs <= 0.
+pub fn half_and_mask(lsbs: i64) -> (i64, i64) {
+    if lsbs <= 0 {
+        return (0, -1);
+    }
+    (1i64 << (lsbs - 1), !((1i64 << lsbs) - 1))
+}
+
 fn check_lsbs(lsbs: i64) -> Result<()> {
     if lsbs > MAX_LSBS {
         return Err(Error::InvalidArgument(format!(
@@ -35,14 +45,13 @@ pub fn round_bit_pattern(x: ArrayViewD<'_, i64>, lsbs: i64) -> Result<ArrayD<i64
     if lsbs <= 0 {
         return Ok(x.to_owned());
     }
-    let half = 1i64 << (lsbs - 1);
+    let (half, mask) = half_and_mask(lsbs);
     let max = x.iter().copied().max().unwrap_or(0);
     if max.checked_add(half).is_none() {
         return Err(Error::Overflow(format!(
             "round_bit_pattern: rounding {max} to a multiple of 2^{lsbs} leaves int64"
         )));
     }
-    let mask = !((1i64 << lsbs) - 1);
     let mut out = ArrayD::<i64>::zeros(x.raw_dim());
     Zip::from(&mut out)
         .and(&x)
