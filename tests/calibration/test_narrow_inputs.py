@@ -1,7 +1,7 @@
-"""The calibration walk hands the Gemm kernels int8/int16 input integers (the
-graph input quantized narrow, re-quantization tables written narrow) instead of int64
-copies: each test builds the module with and without narrow inputs, demands identical state
-and outputs, and checks the dtypes the kernels received."""
+"""The calibration walk hands the Gemm and Conv kernels int8/int16 input integers (the
+graph input quantized narrow, re-quantization tables written narrow, shape ops moving them
+narrow) instead of int64 copies: each test builds the module with and without narrow
+inputs, demands identical state and outputs, and checks the dtypes the kernels received."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from onnx import helper
 
 from fhequant import _core, build_quantized_module
 from fhequant.quantization import QuantizedArray
+from fhequant.quantized.ops import shape
 from fhequant.quantized.ops.linear import QuantizedConv, QuantizedGemm
 from ptq_helpers import assert_same_module, gemm_node, make_model, mlp
 
@@ -46,6 +47,9 @@ def _wide_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(QuantizedArray, "narrow_qvalues", lambda self: self.qvalues)
     monkeypatch.setattr(QuantizedGemm, "narrow_inputs", False)
     monkeypatch.setattr(QuantizedConv, "narrow_inputs", False)
+    for op in vars(shape).values():
+        if isinstance(op, type) and issubclass(op, shape._ShapeOp) and op.narrow_inputs:
+            monkeypatch.setattr(op, "narrow_inputs", False)
 
 
 def _both(
@@ -113,14 +117,18 @@ def test_conv_flatten_gemm_reads_narrow_integers_and_builds_the_same_module(
     narrow, wide, calls, wide_calls = _both(monkeypatch, model, x, n_bits=5, batch_size=64)
     assert_same_module(narrow, wide, x[:20])
     kinds = {(name, dtype) for name, dtype, _ in calls}
-    # the Convs read int64 (QuantizedConv does not declare narrow_inputs: no gain measured);
-    # fc reads the Flatten's output: a shape op's int64 integers in the fused kernel, or
-    # the stored (int8) ones when its product is kept; fc2, a graph output, the Relu's
-    # table as int8
-    fc = {("int_matmul_rescale_quant", "int64"), (_KEPT, "int8")}
-    assert kinds & fc
-    assert kinds - fc == {("int_conv2d_rescale_quant", "int64"), ("int_matmul", "int8")}
+    # the Convs read int8 (the graph input quantized narrow, then relu1's table); fc reads
+    # the Flatten's output, which moved relu2's int8 integers without widening them; fc2, a
+    # graph output, the Relu's table as int8
+    assert kinds == {
+        ("int_conv2d_rescale_quant", "int8"),
+        ("int_matmul_rescale_quant", "int8"),
+        ("int_matmul", "int8"),
+        (_KEPT, "int8"),
+    }
     assert all(dtype == "int64" for name, dtype, _ in wide_calls if name != _KEPT)
+    wide_kinds = {(name, dtype) for name, dtype, _ in wide_calls}
+    assert ("int_conv2d_rescale_quant", "int64") in wide_kinds
 
 
 def test_narrow_qvalues_widen_to_the_same_integers() -> None:

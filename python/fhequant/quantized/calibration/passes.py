@@ -44,6 +44,8 @@ __all__ = ["KEEP_PRODUCTS", "QUANTIZE_IN_KERNEL", "OpPasses", "union_uvalues"]
 #: native kernel (the float64 result is never written; same integers). Set to False to
 #: quantize the written float64 result instead.
 QUANTIZE_IN_KERNEL = True
+#: The stored integer dtypes an op with ``narrow_inputs`` reads as they are.
+_NARROW_INPUTS = (np.dtype(np.int8), np.dtype(np.int16))
 #: The statistics pass of a hidden Gemm/MatMul computes its integer product, filters the float
 #: extremes with it and keeps it for the output pass, which then only rescales and quantizes
 #: it (``fused_stats.Products``; same integers); past the products' share of
@@ -140,6 +142,30 @@ class OpPasses:
 
     # --- the calibration inputs of an op -----------------------------------------------
 
+    def _narrow_stored_input(self, name: str, b: int, op: Any) -> QuantizedArray | None:
+        """Block ``b`` of quant tensor ``name`` as stored in int8/int16, for an op that reads
+        its inputs narrow (``narrow_inputs``) when it would re-quantize them to themselves:
+        the store's own array, not widened to int64 (the op only reads it; a shape op copies
+        what it moves). None otherwise."""
+        if not op.narrow_inputs:
+            return None
+        store = self.store
+        tensor = store.tensors[name]
+        q = tensor.quantizer
+        assert q is not None
+        stored = store.stored_block(name, b)
+        if stored.dtype not in _NARROW_INPUTS or not requantizes_to_itself(q, tensor, stored):
+            return None
+        return QuantizedArray.from_narrow(
+            q.n_bits,
+            stored,
+            None,
+            None,
+            options=q.quant_options,
+            stats=q.quant_stats,
+            params=q.quant_params,
+        )
+
     def calibration_qa(self, name: str, b: int, op: Any) -> Any:
         """The calibration QuantizedArray of a variable input (docs/contract.md §4.2 step 1)."""
         store = self.store
@@ -150,6 +176,9 @@ class OpPasses:
             requantized = self.tables.requantized_input(name, b, op)
             if requantized is not None:
                 return requantized
+            narrow = self._narrow_stored_input(name, b, op)
+            if narrow is not None:
+                return narrow
             ints = store.int_block(name, b)
             if requantizes_to_itself(q, tensor, ints):
                 # QA(n, dequant(q), q's params) would quantize back to exactly q: build it

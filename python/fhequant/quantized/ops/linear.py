@@ -335,6 +335,7 @@ class QuantizedConv(QuantizedMixingOp):
     split_independent_impl = staticmethod(conv_float)
     fused_extremes = "conv"
     requant_table_if_constant = (1,)
+    narrow_inputs = True
     pow2_accumulator_shift = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

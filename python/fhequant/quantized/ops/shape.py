@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fhequant.errors import QuantizedOpError
-from fhequant.quantization import QuantizedArray
+from fhequant.quantization import QuantizationOptions, QuantizedArray
 from fhequant.quantized.exec import is_tracer
 from fhequant.quantized.ops.base import QuantizedOp
 
@@ -83,12 +83,15 @@ class _ShapeOp(QuantizedOp):
         if not tensors:
             return self.call_impl(*prepared, **self._merged_attrs(attrs))
         self._check_same_quantizer(tensors)
+        q = tensors[0].quantizer
+        options = q.quant_options if self.keep_input_options else self._get_output_quant_opts()
+        narrow = self._move_narrow(prepared, tensors[0], attrs, options)
+        if narrow is not None:
+            return narrow
         moved = self.move(
             *(p.qvalues if isinstance(p, QuantizedArray) else p for p in prepared),
             **self._merged_attrs(attrs),
         )
-        q = tensors[0].quantizer
-        options = q.quant_options if self.keep_input_options else self._get_output_quant_opts()
         return QuantizedArray(
             q.n_bits,
             moved,
@@ -97,6 +100,40 @@ class _ShapeOp(QuantizedOp):
             stats=q.quant_stats,
             params=q.quant_params,
             defer=True,  # the floats only when read
+        )
+
+    def _move_narrow(
+        self,
+        prepared: list[Any],
+        tensor: QuantizedArray,
+        attrs: dict[str, Any],
+        options: QuantizationOptions,
+    ) -> QuantizedArray | None:
+        """The result kept narrow, or None: when the op moves every value exactly once
+        (``moves_every_value``) and its tensor input holds its integers in int8/int16
+        (:meth:`QuantizedArray.narrow_qvalues`, as the calibration's tables and fused kernels
+        write them), the moved integers stay in that dtype with the input's min and max,
+        instead of being widened to int64 and copied at eight times the size."""
+        if not self.moves_every_value:
+            return None
+        ints = tensor.narrow_qvalues()
+        if not isinstance(ints, np.ndarray) or ints.dtype == np.int64:
+            return None
+        parts = tensor.narrow_parts()  # held with the array: nothing computed
+        if parts is None:
+            return None
+        moved = self.move(
+            *(ints if p is tensor else p for p in prepared), **self._merged_attrs(attrs)
+        )
+        q = tensor.quantizer
+        return QuantizedArray.from_narrow(
+            q.n_bits,
+            np.array(moved, copy=True),  # its own: the input may be a buffer reused per block
+            parts[1],
+            parts[2],
+            options=options,
+            stats=q.quant_stats,
+            params=q.quant_params,
         )
 
     def move(self, *inputs: Any, **attrs: Any) -> Any:
@@ -116,6 +153,7 @@ class QuantizedReshape(_ShapeOp):
     _impl_for_op_named = "Reshape"
     quantize_inputs_with_model_outputs_precision = True
     moves_every_value = True
+    narrow_inputs = True
 
     def move(self, data: Any, shape: Any, **attrs: Any) -> Any:
         """Reshape the integers (a 0 copies the input dim unless allowzero)."""
@@ -131,6 +169,7 @@ class QuantizedFlatten(_ShapeOp):
     _impl_for_op_named = "Flatten"
     quantize_inputs_with_model_outputs_precision = True
     moves_every_value = True
+    narrow_inputs = True
 
     def move(self, data: Any, **attrs: Any) -> Any:
         """Flatten the integers to 2-D at ``axis``."""
@@ -147,6 +186,7 @@ class QuantizedTranspose(_ShapeOp):
     _impl_for_op_named = "Transpose"
     quantize_inputs_with_model_outputs_precision = True
     moves_every_value = True
+    narrow_inputs = True
 
 
 class QuantizedConcat(_ShapeOp):
@@ -290,6 +330,7 @@ class QuantizedSqueeze(_ShapeOp):
     _impl_for_op_named = "Squeeze"
     quantize_inputs_with_model_outputs_precision = True
     moves_every_value = True
+    narrow_inputs = True
     keep_input_options = False
 
     def move(self, data: Any, axes: Any = None, **_: Any) -> Any:
@@ -309,6 +350,7 @@ class QuantizedUnsqueeze(_ShapeOp):
     _impl_for_op_named = "Unsqueeze"
     quantize_inputs_with_model_outputs_precision = True
     moves_every_value = True
+    narrow_inputs = True
     keep_input_options = False
 
     def move(self, data: Any, axes: Any, **_: Any) -> Any:

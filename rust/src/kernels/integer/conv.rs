@@ -35,22 +35,8 @@ pub trait ConvInput: Copy + Send + Sync + 'static {
     /// The value as i64 (exact).
     fn to_i64(self) -> i64;
 
-    /// (min, max) of the values, (0, 0) when there are none.
-    fn range(x: ArrayView4<'_, Self>) -> (i64, i64) {
-        let fold = |(lo, hi): (i64, i64), &v: &Self| {
-            let v = v.to_i64();
-            (lo.min(v), hi.max(v))
-        };
-        let found = match x.as_slice() {
-            Some(s) => s.iter().fold((i64::MAX, i64::MIN), fold),
-            None => x.iter().fold((i64::MAX, i64::MIN), fold),
-        };
-        if x.is_empty() {
-            (0, 0)
-        } else {
-            found
-        }
-    }
+    /// (min, max) of the values, (0, 0) when there are none (vectorised, on every core).
+    fn range(x: ArrayView4<'_, Self>) -> (i64, i64);
 
     /// The values as int64 (borrowed when they already are).
     fn widen(x: ArrayView4<'_, Self>) -> CowArray<'_, i64, Ix4> {
@@ -64,6 +50,9 @@ macro_rules! narrow_input {
             #[inline(always)]
             fn to_i64(self) -> i64 {
                 i64::from(self)
+            }
+            fn range(x: ArrayView4<'_, $t>) -> (i64, i64) {
+                range_of(x)
             }
         }
     )*};
