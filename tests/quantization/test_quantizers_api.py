@@ -549,3 +549,29 @@ def test_defer_needs_parameters_and_keeps_construction_errors() -> None:
     _, lazy = _qa_pair(np.linspace(0.0, 1.0, 5), True)
     copied = copy.deepcopy(lazy)
     np.testing.assert_array_equal(copied.qvalues, lazy.qvalues)
+
+
+def test_deep_copied_options_are_equal_and_independent() -> None:
+    opts = QuantizationOptions(5, is_signed=True)
+    opts.is_narrow = True
+    copied = copy.deepcopy(opts)
+    assert copied == opts and copied is not opts
+    assert type(copied) is QuantizationOptions
+    copied.n_bits = 7
+    copied.is_signed = False
+    assert (opts.n_bits, opts.is_signed, opts.is_narrow) == (5, True, True)
+    bare = copy.deepcopy(QuantizationOptions._without_n_bits())
+    assert not hasattr(bare, "n_bits") and bare.is_signed is False
+
+
+def test_deep_copied_options_copy_mutable_attributes_of_subclasses() -> None:
+    class Tagged(QuantizationOptions):
+        pass
+
+    opts = Tagged(4)
+    opts.tags = ["a"]  # type: ignore[attr-defined]
+    pair = copy.deepcopy([opts, opts])
+    assert pair[0] is pair[1], "the memo keeps one copy of an object seen twice"
+    assert type(pair[0]) is Tagged and pair[0] == opts
+    pair[0].tags.append("b")  # type: ignore[attr-defined]
+    assert opts.tags == ["a"]  # type: ignore[attr-defined]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar
 
 from fhequant.errors import QuantizationError
@@ -13,6 +14,9 @@ __all__ = ["STABILITY_CONST", "QuantizationOptions", "check_option_conflicts"]
 #: Ranges narrower than this (and |rmax| below it) are treated as degenerate
 #: (docs/contract.md §1.3).
 STABILITY_CONST = 1e-6
+
+#: Immutable types whose attributes a deep copy of the options shares.
+_ATOMIC = (bool, int, float, str)
 
 
 def check_option_conflicts(options: Any, where: str = "QuantizationOptions") -> None:
@@ -107,6 +111,18 @@ class QuantizationOptions(Serializable):
         return all(getattr(self, name, None) == getattr(other, name, None) for name in self.FIELDS)
 
     __hash__ = None  # type: ignore[assignment]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> QuantizationOptions:
+        """A deep copy without ``copy.deepcopy``'s generic reconstruction (each quantized
+        array copies its options, dozens of times per calibrated block): attributes holding
+        immutable scalars (the six fields, of any subclass too) are shared, anything else
+        is deep-copied."""
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for name, value in vars(self).items():
+            atomic = value is None or type(value) in _ATOMIC
+            setattr(new, name, value if atomic else copy.deepcopy(value, memo))
+        return new
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name, '<unset>')!r}" for name in self.FIELDS)
