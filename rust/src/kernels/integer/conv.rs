@@ -264,10 +264,11 @@ pub fn conv2d_into(
     })
 }
 
-/// `conv2d` handing each finished output plane to `sink(channel, acc, dst)`, with `acc` the
-/// OH·OW accumulators of one (image, channel) and `dst` the matching part of `out` (C order,
-/// (N, O, OH, OW)); `sink` must write all of `dst`. Planes go to the sink in any order, each
-/// once, and their values do not depend on the thread count.
+/// `conv2d` handing the finished output planes to `sink(channel, acc, dst)`, with `acc` the
+/// accumulators of one or more whole OH·OW planes of one image, of consecutive channels from
+/// `channel` on, and `dst` the matching part of `out` (C order, (N, O, OH, OW)); `sink` must
+/// write all of `dst`. Planes go to the sink in any order, each once, and their values do
+/// not depend on the thread count.
 pub fn conv2d_map_into<X: ConvInput, O: Send, F>(
     x: ArrayView4<'_, X>,
     w: ArrayView4<'_, i64>,

@@ -156,7 +156,8 @@ impl<X: ConvInput> Direct<'_, X> {
         }
     }
 
-    /// Hand every plane of `out` (N, O, OH, OW) to `sink(channel, acc, dst)`.
+    /// Hand the planes of `out` (N, O, OH, OW) to `sink(channel, acc, dst)`, those of one
+    /// image and group in one call (see `conv2d_map_into`).
     pub fn run<O: Send, F>(&self, out: &mut [O], sink: &F)
     where
         F: Fn(usize, &[i64], &mut [O]) + Sync,
@@ -215,10 +216,9 @@ impl<X: ConvInput> Direct<'_, X> {
                                 ints[oo * l + p] = i64::from(a).wrapping_add(ct);
                             }
                         }
-                        for (oo, plane) in ints.chunks_exact(l).enumerate() {
-                            let d = (img * o + g * og + oo) * l;
-                            sink(g * og + oo, plane, &mut dst[d..d + l]);
-                        }
+                        // the group's og planes are consecutive in the output: one call
+                        let d = (img * o + g * og) * l;
+                        sink(g * og, &ints, &mut dst[d..d + og * l]);
                     }
                 }
             });

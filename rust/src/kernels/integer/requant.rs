@@ -508,36 +508,90 @@ pub fn conv_rescale_quant_into<X: ConvInput, O: Narrow>(
     requant: &Requant,
     out: &mut [MaybeUninit<O>],
 ) -> Result<Quantized> {
-    let [_, o, _, _] = conv2d_shape(x.dim(), w.dim(), group, geom)?;
+    let [_, o, oh, ow] = conv2d_shape(x.dim(), w.dim(), group, geom)?;
     rescale.check(o, "conv rescale: the per-channel", "channels")?;
     requant.check::<O>()?;
     let sink = Sink::new(requant);
-    let (sub, mul, add) = (rescale.sub, rescale.mul, rescale.add);
-    if let Some(tables) = ChannelTables::<O>::build(x, w, z_w, geom, rescale, requant, out.len()) {
-        conv2d_map_into(x, w, z_w, group, geom, out, |c, acc, dst| {
-            if !tables.write(c, acc, dst, &sink) {
+    let plane = (oh * ow).max(1);
+    // `c` is the first channel of the run of whole planes (c + i < o), so the per-channel
+    // lookups are in range
+    let per_plane =
+        |c: usize, acc: &[i64], dst: &mut [MaybeUninit<O>], tables: Option<&ChannelTables<O>>| {
+            for (i, (a, d)) in acc.chunks(plane).zip(dst.chunks_mut(plane)).enumerate() {
+                let ch = c + i;
+                if tables.is_some_and(|t| t.write(ch, a, d, &sink)) {
+                    continue;
+                }
+                let (sub, mul, add) = (rescale.sub, rescale.mul, rescale.add);
                 sink.run(
-                    acc,
-                    dst,
+                    a,
+                    d,
                     rescale,
-                    (sub[c], mul[c], add.map(|a| a[c])),
+                    (sub[ch], mul[ch], add.map(|v| v[ch])),
                     requant,
                 );
             }
+        };
+    // The tables pay against the AVX2 and scalar epilogues; the AVX-512 one, called once per
+    // run of planes, took 0.75-0.80x their time on the benchmark CNN's first Conv.
+    let tables = if sink.wide {
+        None
+    } else {
+        ChannelTables::<O>::build(x, w, z_w, geom, rescale, requant, out.len())
+    };
+    if let Some(tables) = tables {
+        conv2d_map_into(x, w, z_w, group, geom, out, |c, acc, dst| {
+            per_plane(c, acc, dst, Some(&tables));
         })?;
         return sink.finish(rescale.lsbs);
     }
-    conv2d_map_into(x, w, z_w, group, geom, out, |c, acc, dst| {
-        // c < o (a channel of the output), so the lookups are in range
-        sink.run(
-            acc,
-            dst,
-            rescale,
-            (sub[c], mul[c], add.map(|a| a[c])),
-            requant,
-        );
-    })?;
+    match Spread::new(rescale, o, plane) {
+        // a run of several planes is one epilogue call with per-element operands
+        Some(spread) => conv2d_map_into(x, w, z_w, group, geom, out, |c, acc, dst| {
+            let r = c * plane..c * plane + acc.len();
+            let add = spread.add.as_deref().map(|a| &a[r.clone()]);
+            let operands = (&spread.sub[r.clone()], &spread.mul[r], add);
+            sink.run(acc, dst, rescale, operands, requant);
+        })?,
+        None => conv2d_map_into(x, w, z_w, group, geom, out, |c, acc, dst| {
+            per_plane(c, acc, dst, None);
+        })?,
+    }
     sink.finish(rescale.lsbs)
+}
+
+/// Per-channel operands at most this many elements long once spread over their planes.
+const SPREAD_ELEMENTS: usize = 1 << 16;
+
+/// The conv's per-channel rescale operands, each value repeated over its channel's plane, so
+/// that the accumulators of whole planes of consecutive channels (what the direct conv hands
+/// over for one image) take one epilogue call instead of one per plane: small planes (16 or
+/// 64 outputs on the benchmark CNN) made the per-call work of the epilogue and its shared
+/// extremes a large part of the time. The same value reaches every element either way.
+struct Spread {
+    sub: Vec<f64>,
+    mul: Vec<f64>,
+    add: Option<Vec<f64>>,
+}
+
+impl Spread {
+    /// None when the spread operands would be longer than [`SPREAD_ELEMENTS`].
+    fn new(rescale: &Rescale<'_>, channels: usize, plane: usize) -> Option<Spread> {
+        if channels.checked_mul(plane)? > SPREAD_ELEMENTS {
+            return None;
+        }
+        let spread = |v: &[f64]| -> Vec<f64> {
+            v[..channels]
+                .iter()
+                .flat_map(|&x| std::iter::repeat_n(x, plane))
+                .collect()
+        };
+        Some(Spread {
+            sub: spread(rescale.sub),
+            mul: spread(rescale.mul),
+            add: rescale.add.map(spread),
+        })
+    }
 }
 
 /// Total table entries at most (memory), and at most this fraction of the outputs (the

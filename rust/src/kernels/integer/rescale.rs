@@ -88,23 +88,27 @@ pub fn conv_rescale_into(
     rescale: &Rescale<'_>,
     out: &mut [MaybeUninit<f64>],
 ) -> Result<()> {
-    let [_, o, _, _] = conv2d_shape(x.dim(), w.dim(), group, geom)?;
+    let [_, o, oh, ow] = conv2d_shape(x.dim(), w.dim(), group, geom)?;
     rescale.check(o, "conv rescale: the per-channel", "channels")?;
     let overflow = AtomicBool::new(false);
     let (sub, mul, add) = (rescale.sub, rescale.mul, rescale.add);
+    let plane = (oh * ow).max(1);
     conv2d_map_into(x, w, z_w, group, geom, out, |c, acc, dst| {
-        // c < o (a channel of the output), so the lookups are in range
-        let over = rescale_run(
-            acc,
-            dst,
-            rescale.lsbs,
-            rescale.offset,
-            sub[c],
-            mul[c],
-            add.map(|a| a[c]),
-        );
-        if over {
-            overflow.store(true, Ordering::Relaxed);
+        // whole planes of channels c, c + 1, ... (each < o), so the lookups are in range
+        for (i, (a, d)) in acc.chunks(plane).zip(dst.chunks_mut(plane)).enumerate() {
+            let ch = c + i;
+            let over = rescale_run(
+                a,
+                d,
+                rescale.lsbs,
+                rescale.offset,
+                sub[ch],
+                mul[ch],
+                add.map(|v| v[ch]),
+            );
+            if over {
+                overflow.store(true, Ordering::Relaxed);
+            }
         }
     })?;
     rounded_in_range(&overflow, rescale.lsbs)
