@@ -330,6 +330,26 @@ class QuantizedArray(Serializable):
         array._pending = "values"
         return array
 
+    @classmethod
+    def from_narrow_quantizer(
+        cls,
+        quantizer: UniformQuantizer,
+        ints: Any,
+        low: int | None = None,
+        high: int | None = None,
+    ) -> QuantizedArray:
+        """:meth:`from_narrow` with the options, statistics and parameters of ``quantizer``
+        (integers that ``quantizer`` gave or would give)."""
+        return cls.from_narrow(
+            quantizer.n_bits,
+            ints,
+            low,
+            high,
+            options=quantizer.quant_options,
+            stats=quantizer.quant_stats,
+            params=quantizer.quant_params,
+        )
+
     def __call__(self) -> Any:
         """The quantized values."""
         return self.qvalues

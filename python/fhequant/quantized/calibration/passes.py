@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 
 from fhequant.errors import NonFiniteError
-from fhequant.quantization import QuantizationOptions, QuantizedArray, StatisticSpec
+from fhequant.kernels.quant import NARROW_INTS
+from fhequant.quantization import (
+    QuantizationOptions,
+    QuantizedArray,
+    StatisticSpec,
+    UniformQuantizer,
+)
 from fhequant.quantized import fused_stats
 from fhequant.quantized.calibration import traits
 from fhequant.quantized.calibration.bias import correct_bias
@@ -27,6 +33,7 @@ from fhequant.quantized.calibration.early import EarlyStatistics
 from fhequant.quantized.calibration.engine import OutputRange, PassPlan, union_uvalues
 from fhequant.quantized.calibration.store import (
     WalkStore,
+    WalkTensor,
     native_dequant_params,
     requantizes_to_itself,
 )
@@ -44,8 +51,6 @@ __all__ = ["KEEP_PRODUCTS", "QUANTIZE_IN_KERNEL", "OpPasses", "union_uvalues"]
 #: native kernel (the float64 result is never written; same integers). Set to False to
 #: quantize the written float64 result instead.
 QUANTIZE_IN_KERNEL = True
-#: The stored integer dtypes an op with ``narrow_inputs`` reads as they are.
-_NARROW_INPUTS = (np.dtype(np.int8), np.dtype(np.int16))
 #: The statistics pass of a hidden Gemm/MatMul computes its integer product, filters the float
 #: extremes with it and keeps it for the output pass, which then only rescales and quantizes
 #: it (``fused_stats.Products``; same integers); past the products' share of
@@ -142,29 +147,19 @@ class OpPasses:
 
     # --- the calibration inputs of an op -----------------------------------------------
 
-    def _narrow_stored_input(self, name: str, b: int, op: Any) -> QuantizedArray | None:
-        """Block ``b`` of quant tensor ``name`` as stored in int8/int16, for an op that reads
-        its inputs narrow (``narrow_inputs``) when it would re-quantize them to themselves:
-        the store's own array, not widened to int64 (the op only reads it; a shape op copies
-        what it moves). None otherwise."""
+    def _narrow_stored_input(
+        self, name: str, b: int, op: Any, tensor: WalkTensor, q: UniformQuantizer
+    ) -> QuantizedArray | None:
+        """Block ``b`` of quant tensor ``name`` (``tensor``, of quantizer ``q``) as stored in
+        int8/int16, for an op that reads its inputs narrow (``narrow_inputs``) when it would
+        re-quantize them to themselves: the store's own array, not widened to int64 (the op
+        only reads it; a shape op copies what it moves). None otherwise."""
         if not op.narrow_inputs:
             return None
-        store = self.store
-        tensor = store.tensors[name]
-        q = tensor.quantizer
-        assert q is not None
-        stored = store.stored_block(name, b)
-        if stored.dtype not in _NARROW_INPUTS or not requantizes_to_itself(q, tensor, stored):
+        stored = self.store.stored_block(name, b)
+        if stored.dtype not in NARROW_INTS or not requantizes_to_itself(q, tensor, stored):
             return None
-        return QuantizedArray.from_narrow(
-            q.n_bits,
-            stored,
-            None,
-            None,
-            options=q.quant_options,
-            stats=q.quant_stats,
-            params=q.quant_params,
-        )
+        return QuantizedArray.from_narrow_quantizer(q, stored)
 
     def calibration_qa(self, name: str, b: int, op: Any) -> Any:
         """The calibration QuantizedArray of a variable input (docs/contract.md §4.2 step 1)."""
@@ -176,7 +171,7 @@ class OpPasses:
             requantized = self.tables.requantized_input(name, b, op)
             if requantized is not None:
                 return requantized
-            narrow = self._narrow_stored_input(name, b, op)
+            narrow = self._narrow_stored_input(name, b, op, tensor, q)
             if narrow is not None:
                 return narrow
             ints = store.int_block(name, b)

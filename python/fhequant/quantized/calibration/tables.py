@@ -208,15 +208,7 @@ class TablePaths:
         if ints.dtype != np.int64:
             # the op reads them narrow (``narrow_inputs``); ``qvalues`` widens them, and their
             # min and max are only computed if something asks for them
-            return QuantizedArray.from_narrow(
-                quantizer.n_bits,
-                ints,
-                None,
-                None,
-                options=quantizer.quant_options,
-                stats=quantizer.quant_stats,
-                params=quantizer.quant_params,
-            )
+            return QuantizedArray.from_narrow_quantizer(quantizer, ints)
         return QuantizedArray(
             quantizer.n_bits,
             ints,

@@ -53,13 +53,7 @@ def quantized_values_copy(
     q = qa.quantizer
     parts = qa.narrow_parts() if narrow and qvalues is None and not copy_values else None
     if parts is not None:
-        return QuantizedArray.from_narrow(
-            q.n_bits,
-            *parts,
-            options=q.quant_options,
-            stats=q.quant_stats,
-            params=q.quant_params,
-        )
+        return QuantizedArray.from_narrow_quantizer(q, *parts)
     return QuantizedArray(
         q.n_bits,
         qa.qvalues if qvalues is None else qvalues,

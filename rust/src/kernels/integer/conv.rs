@@ -31,12 +31,17 @@ const DIRECT_BEFORE_U8I8_CHANNELS: usize = 32;
 
 /// An integer element type the conv reads its input in: int8 to int64, never widened by the
 /// direct conv (the other paths widen a narrow input to int64 first).
-pub trait ConvInput: Copy + Send + Sync + 'static {
+pub trait ConvInput: Copy + Ord + Send + Sync + Into<i64> + 'static {
     /// The value as i64 (exact).
-    fn to_i64(self) -> i64;
+    #[inline(always)]
+    fn to_i64(self) -> i64 {
+        self.into()
+    }
 
     /// (min, max) of the values, (0, 0) when there are none (vectorised, on every core).
-    fn range(x: ArrayView4<'_, Self>) -> (i64, i64);
+    fn range(x: ArrayView4<'_, Self>) -> (i64, i64) {
+        range_of(x)
+    }
 
     /// The values as int64 (borrowed when they already are).
     fn widen(x: ArrayView4<'_, Self>) -> CowArray<'_, i64, Ix4> {
@@ -44,29 +49,11 @@ pub trait ConvInput: Copy + Send + Sync + 'static {
     }
 }
 
-macro_rules! narrow_input {
-    ($($t:ty),*) => {$(
-        impl ConvInput for $t {
-            #[inline(always)]
-            fn to_i64(self) -> i64 {
-                i64::from(self)
-            }
-            fn range(x: ArrayView4<'_, $t>) -> (i64, i64) {
-                range_of(x)
-            }
-        }
-    )*};
-}
-narrow_input!(i8, i16, i32);
+impl ConvInput for i8 {}
+impl ConvInput for i16 {}
+impl ConvInput for i32 {}
 
 impl ConvInput for i64 {
-    #[inline(always)]
-    fn to_i64(self) -> i64 {
-        self
-    }
-    fn range(x: ArrayView4<'_, i64>) -> (i64, i64) {
-        range_of(x)
-    }
     fn widen(x: ArrayView4<'_, i64>) -> CowArray<'_, i64, Ix4> {
         CowArray::from(x)
     }

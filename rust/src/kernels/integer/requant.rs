@@ -513,25 +513,6 @@ pub fn conv_rescale_quant_into<X: ConvInput, O: Narrow>(
     requant.check::<O>()?;
     let sink = Sink::new(requant);
     let plane = (oh * ow).max(1);
-    // `c` is the first channel of the run of whole planes (c + i < o), so the per-channel
-    // lookups are in range
-    let per_plane =
-        |c: usize, acc: &[i64], dst: &mut [MaybeUninit<O>], tables: Option<&ChannelTables<O>>| {
-            for (i, (a, d)) in acc.chunks(plane).zip(dst.chunks_mut(plane)).enumerate() {
-                let ch = c + i;
-                if tables.is_some_and(|t| t.write(ch, a, d, &sink)) {
-                    continue;
-                }
-                let (sub, mul, add) = (rescale.sub, rescale.mul, rescale.add);
-                sink.run(
-                    a,
-                    d,
-                    rescale,
-                    (sub[ch], mul[ch], add.map(|v| v[ch])),
-                    requant,
-                );
-            }
-        };
     // The tables pay against the AVX2 and scalar epilogues; the AVX-512 one, called once per
     // run of planes, took 0.75-0.80x their time on the benchmark CNN's first Conv.
     let tables = if sink.wide {
@@ -539,24 +520,30 @@ pub fn conv_rescale_quant_into<X: ConvInput, O: Narrow>(
     } else {
         ChannelTables::<O>::build(x, w, z_w, geom, rescale, requant, out.len())
     };
-    if let Some(tables) = tables {
-        conv2d_map_into(x, w, z_w, group, geom, out, |c, acc, dst| {
-            per_plane(c, acc, dst, Some(&tables));
-        })?;
-        return sink.finish(rescale.lsbs);
-    }
-    match Spread::new(rescale, o, plane) {
-        // a run of several planes is one epilogue call with per-element operands
-        Some(spread) => conv2d_map_into(x, w, z_w, group, geom, out, |c, acc, dst| {
+    let spread = if tables.is_none() {
+        Spread::new(rescale, o, plane)
+    } else {
+        None
+    };
+    let (sub, mul, add) = (rescale.sub, rescale.mul, rescale.add);
+    conv2d_map_into(x, w, z_w, group, geom, out, |c, acc, dst| {
+        if let Some(spread) = &spread {
+            // a run of several planes is one epilogue call with per-element operands
             let r = c * plane..c * plane + acc.len();
             let add = spread.add.as_deref().map(|a| &a[r.clone()]);
             let operands = (&spread.sub[r.clone()], &spread.mul[r], add);
-            sink.run(acc, dst, rescale, operands, requant);
-        })?,
-        None => conv2d_map_into(x, w, z_w, group, geom, out, |c, acc, dst| {
-            per_plane(c, acc, dst, None);
-        })?,
-    }
+            return sink.run(acc, dst, rescale, operands, requant);
+        }
+        // `c` is the first channel of the run of whole planes (c + i < o), so the
+        // per-channel lookups are in range
+        for (i, (a, d)) in acc.chunks(plane).zip(dst.chunks_mut(plane)).enumerate() {
+            let ch = c + i;
+            if !tables.as_ref().is_some_and(|t| t.write(ch, a, d, &sink)) {
+                let operands = (sub[ch], mul[ch], add.map(|v| v[ch]));
+                sink.run(a, d, rescale, operands, requant);
+            }
+        }
+    })?;
     sink.finish(rescale.lsbs)
 }
 
