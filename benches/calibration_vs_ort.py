@@ -51,7 +51,9 @@ load, the first ops' own statistics pass then, ``recycle``: the input blocks fre
 output pass of their last consumer, ``budget``: the memory budget chosen from the machine's
 memory, the 32 MiB floor then, ``plain``: the U8I8 products of unshifted u8 x i8 operands
 handed to the fused epilogues as int32, the centring shift then, ``writebehind``: the spill
-writes made by a helper thread, on the walk's thread then, ``monotone``: Relu's table
+writes made by a helper thread, on the walk's thread then, ``direct``: spill files opened for
+direct I/O, cached files then, ``readahead``: the next spilled block of a tensor read while a
+pass works on one, at once then, ``monotone``: Relu's table
 evaluated on its input's whole integer range, the presence marks then, ``wide``: the AVX-512
 products of the float32 statistics filter, AVX2 FMA then, ``epilogue512``: the AVX-512
 epilogue of the fused Gemm/Conv with its division made of fused multiply-adds, the AVX2
@@ -81,7 +83,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fhequant import _core, build_quantized_module
 from fhequant.kernels import memory
-from fhequant.quantized import fused_stats, spill, streaming
+from fhequant.quantized import fused_stats, spill, streaming, tensor_store
 from fhequant.quantized.calibration import early, passes
 from fhequant.quantized.calibration import store as walk_store
 from fhequant.quantized.ops.univariate import QuantizedRelu
@@ -398,6 +400,10 @@ SWITCHES: dict[str, Callable[[Any], Any]] = {
     "plain": lambda value: _core.int_u8i8_plain() if value is None else _core.int_u8i8_plain(value),
     # the spill writes made by a helper thread (on the walk's thread, at once, then)
     "writebehind": _module_switch(spill, "WRITE_BEHIND", False),
+    # spill files opened for direct I/O where the file system takes it (cached files then)
+    "direct": _module_switch(spill, "DIRECT", False),
+    # the next spilled block of a tensor read while the pass works on one (at once then)
+    "readahead": _module_switch(tensor_store, "READ_SPILL_AHEAD", False),
     # the AVX-512 products of the float32 statistics filter (AVX2 FMA then)
     "wide": lambda value: (
         _core.extremes_filter_wide() if value is None else _core.extremes_filter_wide(value)

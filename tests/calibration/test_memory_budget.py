@@ -33,8 +33,9 @@ X = np.random.default_rng(5).normal(size=(900, 12)).astype(np.float32)
     [
         (None, DEFAULT_MEMORY_BUDGET),
         (256 << 20, DEFAULT_MEMORY_BUDGET),  # 16 MiB is below the floor
+        (2 * GIB, 128 << 20),
         (4 * GIB, 256 << 20),
-        (8 * GIB, 512 << 20),
+        (8 * GIB, AUTO_MEMORY_BUDGET_MAX),
         (24 * GIB, AUTO_MEMORY_BUDGET_MAX),
         (1 << 50, AUTO_MEMORY_BUDGET_MAX),
     ],

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fhequant import QuantizedModule, build_quantized_module
+from fhequant.quantized import spill
 from fhequant.quantized.calibration import store as walk_store
 from fhequant.quantized.tensor_store import TensorStore
 from ptq_helpers import assert_same_module, cnn, mlp
@@ -54,6 +55,7 @@ def _build(
 def test_recycling_gives_the_same_module_and_smaller_spill_files(
     monkeypatch: pytest.MonkeyPatch, budget: int, streamed: bool
 ) -> None:
+    monkeypatch.setattr(spill, "DIRECT", False)  # cached spill files: blocks take their bytes
     model = mlp([12, 32, 32, 5], seed=5)
     kwargs = {"n_bits": 6, "batch_size": 64, "memory_budget": budget}
     modules, seen = [], []

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fhequant.errors import FhequantError
-from fhequant.quantized import spill
+from fhequant.quantized import spill, tensor_store
 from fhequant.quantized.tensor_store import TensorStore
 
 DTYPES = [np.float32, np.float64, np.int64, np.int16, np.bool_]
@@ -83,7 +83,10 @@ def write_behind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     return bool(request.param)
 
 
-def test_freed_regions_are_overwritten_before_the_file_grows(write_behind: bool) -> None:
+def test_freed_regions_are_overwritten_before_the_file_grows(
+    write_behind: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spill, "DIRECT", False)  # a cached file: blocks take their own bytes
     store = TensorStore(memory_budget=0)
     store.put("x", np.arange(10, dtype=np.float64))  # 80 bytes at 0
     store.put("y", np.arange(10, dtype=np.float32))  # 40 at 80
@@ -208,3 +211,101 @@ def test_a_failed_write_is_reported_by_the_read(monkeypatch: pytest.MonkeyPatch)
         store.put("x", np.arange(4, dtype=np.float64))
         with pytest.raises(OSError, match="No space left"):
             store.get("x", 0)
+
+
+def test_direct_io_blocks_take_aligned_spans(write_behind: bool) -> None:
+    """With direct I/O (where the file system takes it) every block starts at a multiple of
+    the file's alignment and takes its bytes rounded up to it; a freed span is reused."""
+    with TensorStore(memory_budget=0) as store:
+        store.put("x", np.arange(10, dtype=np.float64))
+        assert store._file is not None
+        file = store._file
+        align = file.align
+        assert align in (1, spill.ALIGN)
+        assert file.direct == (align > 1)
+        blocks = [np.arange(n, dtype=np.float32) - 3 for n in (1, 1024, 1025, 3000)]
+        for block in blocks:
+            store.put("y", block)
+        store.flush()
+        spans = [file.span(80)] + [file.span(b.nbytes) for b in blocks]
+        assert all(span % align == 0 and span >= 4 for span in spans)
+        assert os.path.getsize(file.name) == sum(spans)
+        offsets = [b.offset for b in store._entries["y"].blocks]
+        assert all(offset % align == 0 for offset in offsets)
+        store.drop("x")
+        store.put("z", np.arange(20, dtype=np.float32))  # into x's freed span
+        store.flush()
+        assert os.path.getsize(file.name) == sum(spans)
+        np.testing.assert_array_equal(store.get("z", 0), np.arange(20, dtype=np.float32))
+        for b, block in enumerate(blocks):
+            np.testing.assert_array_equal(store.get("y", b), block)
+
+
+def test_a_file_system_without_direct_io_gets_a_cached_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    real_open = os.open
+
+    def refuse_direct(path: str, flags: int, mode: int = 0o777) -> int:
+        if flags & getattr(os, "O_DIRECT", 0):
+            raise OSError(22, "Invalid argument")  # what tmpfs answers
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(spill.os, "open", refuse_direct)
+    file = spill.SpillFile(str(tmp_path / "s.bin"))
+    try:
+        assert not file.direct and file.span(5) == 5
+        block = np.arange(5, dtype=np.int8)
+        file.write(block, 0, owned=False)
+        file.flush()
+        np.testing.assert_array_equal(file.read((5,), np.dtype(np.int8), 0, None), block)
+    finally:
+        file.close()
+
+
+def test_direct_writes_reuse_their_staging_buffers(tmp_path: Any) -> None:
+    file = spill.SpillFile(str(tmp_path / "s.bin"))
+    try:
+        blocks = [np.full(50_000, i, dtype=np.float32) for i in range(40)]
+        for i, block in enumerate(blocks):
+            file.write(block, i * file.span(block.nbytes), owned=True)
+        file.flush()
+        if file.direct:  # staging buffers come back after their writes and are reused
+            assert 0 < len(file._buffers) <= 16
+            assert all(b.ctypes.data % file.align == 0 for b in file._buffers)
+        for i, block in enumerate(blocks):
+            got = file.read(block.shape, block.dtype, i * file.span(block.nbytes), None)
+            np.testing.assert_array_equal(got, block)
+    finally:
+        file.close()
+
+
+def test_reading_a_spilled_block_reads_the_next_one_ahead(write_behind: bool) -> None:
+    rng = np.random.default_rng(11)
+    blocks = [rng.normal(size=(n, 3)).astype(np.float32) for n in (5, 7, 2, 9)]
+    with TensorStore(memory_budget=0) as store:
+        for block in blocks:
+            store.put("x", block)
+        np.testing.assert_array_equal(store.get("x", 0), blocks[0])
+        assert set(store._ahead) == {("x", 1)}  # block 1 on its way
+        np.testing.assert_array_equal(store.get("x", 1), blocks[1])
+        assert set(store._ahead) == {("x", 2)}
+        # block 2 is recycled while read ahead and its span taken by another tensor: the
+        # read-ahead result is dropped, nothing else changes
+        store.recycle("x", 2)
+        assert not store._ahead
+        store.put("y", np.full((2, 3), 9.0, dtype=np.float32))
+        np.testing.assert_array_equal(store.get("x", 3), blocks[3])
+        np.testing.assert_array_equal(store.get("y", 0), np.full((2, 3), 9.0))
+        np.testing.assert_array_equal(store.get("x", 0), blocks[0])
+        store.drop("x")
+        assert not any(key[0] == "x" for key in store._ahead)
+
+
+def test_without_read_ahead_nothing_is_read_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tensor_store, "READ_SPILL_AHEAD", False)
+    with TensorStore(memory_budget=0) as store:
+        for n in (3, 4):
+            store.put("x", np.arange(n, dtype=np.int64) * 1000)
+        np.testing.assert_array_equal(store.get("x", 0), np.arange(3) * 1000)
+        assert not store._ahead

@@ -66,8 +66,9 @@ DEFAULT_BLOCK_ROWS = 4096
 AUTO_BLOCK_VALUES = 1 << 21
 #: The range of the block sizes :func:`auto_block_rows` chooses.
 AUTO_BLOCK_ROWS_RANGE = (256, 16384)
-#: The most :func:`auto_memory_budget` chooses: 1 GiB.
-AUTO_MEMORY_BUDGET_MAX = 1 << 30
+#: The most :func:`auto_memory_budget` chooses: 256 MiB (the 1M-row benchmark's input fits;
+#: past it, direct-I/O spill files read ahead cost less than new memory, twelfth round).
+AUTO_MEMORY_BUDGET_MAX = 256 * 1024 * 1024
 #: :func:`auto_memory_budget` keeps at most this share of the memory the process may use.
 AUTO_MEMORY_SHARE = 1 / 16
 #: The memory limit files of cgroup v2 and v1 (a container's limit, when lower than the RAM).
@@ -99,10 +100,13 @@ def auto_memory_budget() -> int:
     [:data:`DEFAULT_MEMORY_BUDGET`, :data:`AUTO_MEMORY_BUDGET_MAX`];
     :data:`DEFAULT_MEMORY_BUDGET` when that memory is unknown.
 
-    The budget never changes the results, only where the blocks wait between passes: writing
-    them to a spill file and reading them back cost about a fifth of a streamed calibration
+    The budget never changes the results, only where the blocks wait between passes. Blocks
+    spilled through the file cache cost about a fifth of a streamed calibration
     (docs/calibration-throughput.md, ninth round), so a machine with memory to spare keeps
-    them; the peak memory still does not grow with the rows beyond the budget.
+    some; spill files opened for direct I/O and read ahead of the passes cost less than the
+    new memory a larger budget touches (twelfth round: 1 GiB took 24 s at 10M rows where
+    256 MiB and 32 MiB took 19-20 s), hence the ceiling. The peak memory does not grow with
+    the rows beyond the budget.
     """
     usable = usable_memory()
     if usable is None:

@@ -16,8 +16,12 @@ import numpy as np
 from fhequant.errors import FhequantError
 from fhequant.quantized.spill import SpillFile
 
+#: Read the next spilled block of a tensor ahead of the pass that reads them in order.
+READ_SPILL_AHEAD = True
+
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "READ_SPILL_AHEAD",
     "STORED_INTS",
     "TensorStore",
     "narrowest",
@@ -41,8 +45,10 @@ class _Spilled:
     written: Future[None] | None = None
 
     @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+    def span(self) -> int:
+        """The bytes of the file the block takes (its own, rounded up to the file's
+        alignment)."""
+        return self.file.span(int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize)
 
 
 @dataclass
@@ -92,6 +98,8 @@ class TensorStore:
         self._end = 0
         #: free regions of the files, overwritten first
         self._free: list[_Region] = []
+        #: spilled blocks being read ahead, by (tensor, block index)
+        self._ahead: dict[tuple[str, int], Future[np.ndarray]] = {}
 
     def __enter__(self) -> TensorStore:
         return self
@@ -101,6 +109,7 @@ class TensorStore:
 
     def close(self) -> None:
         """Forget every tensor and delete the spill directory."""
+        self._ahead.clear()
         if self._file is not None:
             self._file.close()
         self._file = None
@@ -192,15 +201,8 @@ class TensorStore:
         return _Spilled(file, offset, data.shape, data.dtype, written)
 
     def _place(self, nbytes: int) -> tuple[SpillFile, int]:
-        """Where ``nbytes`` go: the first free region that holds them (its rest stays free),
-        else the end of the growing file."""
-        for i, region in enumerate(self._free):
-            if region.nbytes >= nbytes:
-                region.offset += nbytes
-                region.nbytes -= nbytes
-                if region.nbytes == 0:
-                    del self._free[i]
-                return region.file, region.offset - nbytes
+        """Where a block of ``nbytes`` goes: the first free region that holds its span (the
+        region's rest stays free), else the end of the growing file."""
         if self._file is None:
             if self._tmp is None:
                 self._tmp = tempfile.TemporaryDirectory(prefix="fhequant-calib-")
@@ -208,8 +210,16 @@ class TensorStore:
             self._files += 1
             self._file = SpillFile(path)
             self._end = 0
-        self._end += nbytes
-        return self._file, self._end - nbytes
+        span = self._file.span(nbytes)
+        for i, region in enumerate(self._free):
+            if region.nbytes >= span:
+                region.offset += span
+                region.nbytes -= span
+                if region.nbytes == 0:
+                    del self._free[i]
+                return region.file, region.offset - span
+        self._end += span
+        return self._file, self._end - span
 
     def recycle(self, name: str, index: int) -> None:
         """Block ``index`` of tensor ``name`` will not be read again: free its bytes (its
@@ -217,6 +227,7 @@ class TensorStore:
         it afterwards raises."""
         entry = self._entries[name]
         block = entry.blocks[index]
+        self._ahead.pop((name, index), None)  # its region may be overwritten: not used
         if isinstance(block, _Spilled):
             self._release(block)
         elif entry.owned[index] and block is not None:
@@ -261,20 +272,33 @@ class TensorStore:
         entry = self._entries[name]
         block = entry.blocks[index]
         if isinstance(block, _Spilled):
-            out = np.empty(block.shape, dtype=block.dtype)
-            block.file.read(out, block.offset, block.written)
-            return out
+            ahead = self._ahead.pop((name, index), None)
+            if READ_SPILL_AHEAD and index + 1 < len(entry.blocks):
+                self._read_ahead(name, index + 1, entry.blocks[index + 1])
+            if ahead is not None:
+                return ahead.result()
+            return block.file.read(block.shape, block.dtype, block.offset, block.written)
         if block is None:
             raise FhequantError(
                 f"internal: block {index} of tensor {name!r} was recycled and then read"
             )
         return block
 
+    def _read_ahead(self, name: str, index: int, block: Any) -> None:
+        """Start reading spilled block ``index`` of ``name`` (the next one a pass reads) on
+        the spill file's reading thread, unless it is in memory or already on its way."""
+        if isinstance(block, _Spilled) and (name, index) not in self._ahead:
+            self._ahead[(name, index)] = block.file.read_later(
+                block.shape, block.dtype, block.offset, block.written
+            )
+
     def drop(self, name: str) -> None:
         """Forget tensor ``name`` and free its blocks."""
         entry = self._entries.pop(name, None)
         if entry is None:
             return
+        for key in [key for key in self._ahead if key[0] == name]:
+            del self._ahead[key]  # its region may be overwritten: the read is not used
         for block in entry.blocks:
             if isinstance(block, _Spilled):
                 self._release(block)
@@ -282,8 +306,8 @@ class TensorStore:
 
     def _release(self, block: _Spilled) -> None:
         """The bytes of a spilled block are free: the next spills overwrite them."""
-        if block.nbytes:
-            self._free.append(_Region(block.file, block.offset, block.nbytes))
+        if block.span:
+            self._free.append(_Region(block.file, block.offset, block.span))
 
 
 def narrowest(block: np.ndarray, bounds: tuple[int, int] | None = None) -> np.ndarray:
