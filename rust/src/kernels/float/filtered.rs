@@ -794,6 +794,26 @@ fn matmul_filter<S: Copy + Sync, T: Rounding, F: Fn(S) -> T + Sync>(
     verified(found)
 }
 
+/// The most float32 values a thread keeps in its [`ConvScratch`] between tasks (8 MiB).
+const KEPT_CONV_VALUES: usize = 1 << 21;
+
+/// The buffers of one thread's conv tasks, kept between tasks and calls: the float32 images
+/// (zero-padded for the direct path, whose zero border stays valid while the layout does),
+/// the output rows' offsets into them, or the im2col rows.
+#[derive(Default)]
+struct ConvScratch {
+    images: Vec<f32>,
+    /// `(count, c, h, w, hp, wp, top, left)` of the padded images whose border is zero
+    layout: Option<[usize; 8]>,
+    roff: Vec<usize>,
+    cols: Vec<f32>,
+}
+
+thread_local! {
+    static CONV_SCRATCH: std::cell::RefCell<ConvScratch> =
+        std::cell::RefCell::new(ConvScratch::default());
+}
+
 /// The filter's bounds of one conv task (`per_task` images from `first` on).
 #[allow(clippy::too_many_arguments)]
 fn conv_bounds<S: Copy, F: Fn(S) -> f64>(
@@ -806,48 +826,109 @@ fn conv_bounds<S: Copy, F: Fn(S) -> f64>(
     first: usize,
     per_task: usize,
 ) -> Bounds {
+    CONV_SCRATCH.with(|kept| match kept.try_borrow_mut() {
+        Ok(mut buffers) => conv_bounds_in(
+            x,
+            load,
+            plan,
+            g,
+            approx,
+            bias,
+            first,
+            per_task,
+            &mut buffers,
+        ),
+        // a task nested in another on this thread: buffers of its own
+        Err(_) => conv_bounds_in(
+            x,
+            load,
+            plan,
+            g,
+            approx,
+            bias,
+            first,
+            per_task,
+            &mut ConvScratch::default(),
+        ),
+    })
+}
+
+/// [`conv_bounds`] with the thread's buffers.
+#[allow(clippy::too_many_arguments)]
+fn conv_bounds_in<S: Copy, F: Fn(S) -> f64>(
+    x: &[S],
+    load: &F,
+    plan: &ConvPlan,
+    g: &ConvGeometry,
+    approx: &[Approx],
+    bias: &[f64],
+    first: usize,
+    per_task: usize,
+    buffers: &mut ConvScratch,
+) -> Bounds {
     let s = &plan.shape;
     let (plane, kdim, image) = (s.oh * s.ow, s.kdim(), s.c * s.h * s.w);
     let count = per_task.min(x.len() / image - first);
     let rows = count * plane;
-    let mut scratch = vec![0.0f32; count * image];
     // the values of the exact task, read through float32 when padded
     let src = &x[first * image..(first + count) * image];
-    let found = if s.round {
-        to_f32(src, &|v| f64::from(load(v) as f32), &mut scratch)
-    } else {
-        to_f32(src, load, &mut scratch)
-    };
-    let Some(amax) = found else {
-        return Bounds::unclean();
+    let convert = |from: &[S], to: &mut [f32]| {
+        if s.round {
+            to_f32(from, &|v| f64::from(load(v) as f32), to)
+        } else {
+            to_f32(from, load, to)
+        }
     };
     let direct = approx.first().is_some_and(|ap| ap.mode != Mode::Portable);
-    // direct: the images zero-padded, each output row an offset into them, each window
-    // element an offset from it (an im2col the kernel reads in place)
-    let (hp, wp) = (s.h + g.begins[0] + g.ends[0], s.w + g.begins[1] + g.ends[1]);
-    let mut padded = Vec::new();
-    let mut roff = Vec::new();
-    let mut cols = Vec::new();
-    if direct {
-        padded = vec![0.0f32; count * s.c * hp * wp];
-        for (plane_in, plane_out) in scratch
+    let (top, left) = (g.begins[0], g.begins[1]);
+    let (hp, wp) = (s.h + top + g.ends[0], s.w + left + g.ends[1]);
+    let amax = if direct {
+        // the images zero-padded, each output row an offset into them, each window element
+        // an offset from it (an im2col the kernel reads in place)
+        let layout = [count, s.c, s.h, s.w, hp, wp, top, left];
+        if buffers.layout != Some(layout) {
+            buffers.images.clear();
+            buffers.images.resize(count * s.c * hp * wp, 0.0);
+            buffers.layout = Some(layout);
+        }
+        // converted in one run (into the im2col buffer, unused here), then copied line by
+        // line into the padded images
+        let values = count * image;
+        if buffers.cols.len() < values {
+            buffers.cols.resize(values, 0.0);
+        }
+        let converted = &mut buffers.cols[..values];
+        let found = convert(src, converted);
+        for (plane_in, plane_out) in converted
             .chunks_exact(s.h * s.w)
-            .zip(padded.chunks_exact_mut(hp * wp))
+            .zip(buffers.images.chunks_exact_mut(hp * wp))
         {
             for (y, line) in plane_in.chunks_exact(s.w).enumerate() {
-                let at = (y + g.begins[0]) * wp + g.begins[1];
+                let at = (y + top) * wp + left;
                 plane_out[at..at + s.w].copy_from_slice(line);
             }
         }
-        roff = vec![0usize; rows.div_ceil(ROW_PAD) * ROW_PAD];
-        for (p, r) in roff.iter_mut().take(rows).enumerate() {
+        buffers.roff.clear();
+        buffers.roff.resize(rows.div_ceil(ROW_PAD) * ROW_PAD, 0);
+        for (p, r) in buffers.roff.iter_mut().take(rows).enumerate() {
             let (img, pos) = (p / plane, p % plane);
             let (oy, ox) = (pos / s.ow, pos % s.ow);
             *r = img * s.c * hp * wp + oy * g.strides[0] * wp + ox * g.strides[1];
         }
+        found
     } else {
-        cols = vec![0.0f32; rows.div_ceil(ROW_PAD) * ROW_PAD * kdim];
-    }
+        buffers.layout = None;
+        buffers.images.clear();
+        buffers.images.resize(count * image, 0.0);
+        buffers.cols.clear();
+        buffers
+            .cols
+            .resize(rows.div_ceil(ROW_PAD) * ROW_PAD * kdim, 0.0);
+        convert(src, &mut buffers.images)
+    };
+    let Some(amax) = amax else {
+        return Bounds::unclean();
+    };
     let mut out = Bounds::none();
     for (gi, ap) in approx.iter().enumerate() {
         let (hi, lo) = if direct {
@@ -863,10 +944,17 @@ fn conv_bounds<S: Copy, F: Fn(S) -> f64>(
                     }
                 }
             }
-            block_columns(&padded, Some((&roff, &koff)), rows, ap)
+            block_columns(&buffers.images, Some((&buffers.roff, &koff)), rows, ap)
         } else {
-            im2col(&scratch, &|v| v, gi, s, g, &mut cols[..rows * kdim]);
-            block_columns(&cols, None, rows, ap)
+            im2col(
+                &buffers.images,
+                &|v| v,
+                gi,
+                s,
+                g,
+                &mut buffers.cols[..rows * kdim],
+            );
+            block_columns(&buffers.cols, None, rows, ap)
         };
         let group_bias = if bias.is_empty() {
             bias
@@ -874,6 +962,9 @@ fn conv_bounds<S: Copy, F: Fn(S) -> f64>(
             &bias[gi * s.og..(gi + 1) * s.og]
         };
         out = out.merge(column_bounds::<f64>(&hi, &lo, ap, group_bias, amax));
+    }
+    if buffers.images.capacity() + buffers.cols.capacity() > KEPT_CONV_VALUES {
+        *buffers = ConvScratch::default(); // a large conv's buffers are not kept
     }
     out
 }
