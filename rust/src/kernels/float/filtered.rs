@@ -627,17 +627,55 @@ fn block_columns(
 }
 
 /// `out[i] = load(src[i])` rounded to float32, with the largest `|load(src[i])|`, or None when
-/// one is not finite or above [`LIMIT`]: [`to_f32_lanes`] compiled with AVX2 when the CPU has
-/// it (the same IEEE operations either way; the callers run on rayon threads, outside any
-/// AVX2-compiled function, so the generic code alone would stay on SSE2).
+/// one is not finite or above [`LIMIT`]: [`to_f32_lines`] with one line.
 #[inline]
 fn to_f32<S: Copy, F: Fn(S) -> f64>(src: &[S], load: &F, out: &mut [f32]) -> Option<f64> {
+    let n = src.len();
+    to_f32_lines(src, load, out, Lines::flat(n))
+}
+
+/// Where [`to_f32_lines`] writes the lines of `src`: line `i` of `len` values goes to
+/// `out[at + (i / lines_per_plane)·plane_step + (i % lines_per_plane)·step ..][..len]`.
+#[derive(Clone, Copy)]
+struct Lines {
+    len: usize,
+    step: usize,
+    lines_per_plane: usize,
+    plane_step: usize,
+    at: usize,
+}
+
+impl Lines {
+    /// `n` values as one line at the start of `out`.
+    fn flat(n: usize) -> Self {
+        Lines {
+            len: n,
+            step: n,
+            lines_per_plane: 1,
+            plane_step: n,
+            at: 0,
+        }
+    }
+}
+
+/// `load(src)` rounded to float32 into the lines of `out` (`lines`), with the largest
+/// `|load(v)|`, or None when one is not finite or above [`LIMIT`]: [`to_f32_lanes`] compiled
+/// with AVX2 when the CPU has it (the same IEEE operations either way; the callers run on
+/// rayon threads, outside any AVX2-compiled function, so the generic code alone would stay on
+/// SSE2).
+#[inline]
+fn to_f32_lines<S: Copy, F: Fn(S) -> f64>(
+    src: &[S],
+    load: &F,
+    out: &mut [f32],
+    lines: Lines,
+) -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).
-        return unsafe { to_f32_avx2(src, load, out) };
+        return unsafe { to_f32_avx2(src, load, out, lines) };
     }
-    to_f32_lanes(src, load, out)
+    to_f32_lanes(src, load, out, lines)
 }
 
 /// [`to_f32_lanes`] compiled with AVX2.
@@ -650,13 +688,19 @@ unsafe fn to_f32_avx2<S: Copy, F: Fn(S) -> f64>(
     src: &[S],
     load: &F,
     out: &mut [f32],
+    lines: Lines,
 ) -> Option<f64> {
-    to_f32_lanes(src, load, out)
+    to_f32_lanes(src, load, out, lines)
 }
 
-/// The body of [`to_f32`]: eight independent lanes, so that it vectorises.
+/// The body of [`to_f32_lines`]: eight independent lanes, so that it vectorises.
 #[inline(always)]
-fn to_f32_lanes<S: Copy, F: Fn(S) -> f64>(src: &[S], load: &F, out: &mut [f32]) -> Option<f64> {
+fn to_f32_lanes<S: Copy, F: Fn(S) -> f64>(
+    src: &[S],
+    load: &F,
+    out: &mut [f32],
+    lines: Lines,
+) -> Option<f64> {
     const L: usize = 8;
     let mut amax = [0.0f64; L];
     let mut bad = [false; L];
@@ -667,14 +711,24 @@ fn to_f32_lanes<S: Copy, F: Fn(S) -> f64>(src: &[S], load: &F, out: &mut [f32]) 
         bad[i] |= !within(m);
         *d = v as f32;
     };
-    let (head, tail) = src.split_at(src.len() / L * L);
-    for (xs, ds) in head.chunks_exact(L).zip(out.chunks_exact_mut(L)) {
-        for i in 0..L {
-            lane(i, load(xs[i]), &mut ds[i]);
+    let per_plane = lines.len * lines.lines_per_plane;
+    if per_plane > 0 {
+        for (p, plane) in src.chunks_exact(per_plane).enumerate() {
+            let first = lines.at + p * lines.plane_step;
+            for (r, line) in plane.chunks_exact(lines.len).enumerate() {
+                let at = first + r * lines.step;
+                let dst = &mut out[at..at + lines.len];
+                let (head, tail) = line.split_at(line.len() / L * L);
+                for (xs, ds) in head.chunks_exact(L).zip(dst.chunks_exact_mut(L)) {
+                    for i in 0..L {
+                        lane(i, load(xs[i]), &mut ds[i]);
+                    }
+                }
+                for (&x, d) in tail.iter().zip(&mut dst[head.len()..]) {
+                    lane(0, load(x), d);
+                }
+            }
         }
-    }
-    for (&x, d) in tail.iter().zip(&mut out[head.len()..]) {
-        lane(0, load(x), d);
     }
     let amax = amax.iter().fold(0.0f64, |a, &b| if b > a { b } else { a });
     (!bad.iter().any(|&b| b)).then_some(amax)
@@ -872,11 +926,11 @@ fn conv_bounds_in<S: Copy, F: Fn(S) -> f64>(
     let rows = count * plane;
     // the values of the exact task, read through float32 when padded
     let src = &x[first * image..(first + count) * image];
-    let convert = |from: &[S], to: &mut [f32]| {
+    let convert = |from: &[S], to: &mut [f32], lines: Lines| {
         if s.round {
-            to_f32(from, &|v| f64::from(load(v) as f32), to)
+            to_f32_lines(from, &|v| f64::from(load(v) as f32), to, lines)
         } else {
-            to_f32(from, load, to)
+            to_f32_lines(from, load, to, lines)
         }
     };
     let direct = approx.first().is_some_and(|ap| ap.mode != Mode::Portable);
@@ -891,23 +945,15 @@ fn conv_bounds_in<S: Copy, F: Fn(S) -> f64>(
             buffers.images.resize(count * s.c * hp * wp, 0.0);
             buffers.layout = Some(layout);
         }
-        // converted in one run (into the im2col buffer, unused here), then copied line by
-        // line into the padded images
-        let values = count * image;
-        if buffers.cols.len() < values {
-            buffers.cols.resize(values, 0.0);
-        }
-        let converted = &mut buffers.cols[..values];
-        let found = convert(src, converted);
-        for (plane_in, plane_out) in converted
-            .chunks_exact(s.h * s.w)
-            .zip(buffers.images.chunks_exact_mut(hp * wp))
-        {
-            for (y, line) in plane_in.chunks_exact(s.w).enumerate() {
-                let at = (y + top) * wp + left;
-                plane_out[at..at + s.w].copy_from_slice(line);
-            }
-        }
+        // every line converted straight into its place in the padded images
+        let lines = Lines {
+            len: s.w,
+            step: wp,
+            lines_per_plane: s.h,
+            plane_step: hp * wp,
+            at: top * wp + left,
+        };
+        let found = convert(src, &mut buffers.images, lines);
         buffers.roff.clear();
         buffers.roff.resize(rows.div_ceil(ROW_PAD) * ROW_PAD, 0);
         for (p, r) in buffers.roff.iter_mut().take(rows).enumerate() {
@@ -924,7 +970,8 @@ fn conv_bounds_in<S: Copy, F: Fn(S) -> f64>(
         buffers
             .cols
             .resize(rows.div_ceil(ROW_PAD) * ROW_PAD * kdim, 0.0);
-        convert(src, &mut buffers.images)
+        let n = src.len();
+        convert(src, &mut buffers.images, Lines::flat(n))
     };
     let Some(amax) = amax else {
         return Bounds::unclean();
