@@ -181,7 +181,7 @@ def build_quantized_module(
             a terminal).
         memory_budget: bytes of intermediate blocks kept in memory before spilling to disk;
             None (the default) takes 1/16 of the memory the process may use, between 32 MiB
-            and 1 GiB (``streaming.auto_memory_budget``). It bounds memory, not the results.
+            and 256 MiB (``streaming.auto_memory_budget``). It bounds memory, not the results.
         calibration: the statistics choosing the activation and weight ranges: None or
             "minmax" (the default, global min/max), "percentile", "mse", "entropy", a dict
             ``{"method": name, **params}``, or ``{"activations": .., "weights": .., "ops":
