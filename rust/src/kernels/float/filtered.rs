@@ -880,30 +880,15 @@ fn conv_bounds<S: Copy, F: Fn(S) -> f64>(
     first: usize,
     per_task: usize,
 ) -> Bounds {
-    CONV_SCRATCH.with(|kept| match kept.try_borrow_mut() {
-        Ok(mut buffers) => conv_bounds_in(
-            x,
-            load,
-            plan,
-            g,
-            approx,
-            bias,
-            first,
-            per_task,
-            &mut buffers,
-        ),
-        // a task nested in another on this thread: buffers of its own
-        Err(_) => conv_bounds_in(
-            x,
-            load,
-            plan,
-            g,
-            approx,
-            bias,
-            first,
-            per_task,
-            &mut ConvScratch::default(),
-        ),
+    CONV_SCRATCH.with(|kept| {
+        let mut borrowed = kept.try_borrow_mut();
+        let mut own = ConvScratch::default();
+        // a task nested in another on this thread gets buffers of its own
+        let buffers = match borrowed {
+            Ok(ref mut kept) => &mut **kept,
+            Err(_) => &mut own,
+        };
+        conv_bounds_in(x, load, plan, g, approx, bias, first, per_task, buffers)
     })
 }
 
