@@ -161,3 +161,19 @@ def build_with_and_without(
         switch_off(m)
         without = build_quantized_module(model, data, **kwargs)
     return with_path, without, seen
+
+
+def spy_fused_statistics(m: pytest.MonkeyPatch, served: list[str]) -> None:
+    """Record in ``served`` the outputs whose min/max the fused statistics pass of the walk
+    (``passes.fused_statistics``) gave, for as long as ``m`` lasts."""
+    from fhequant.quantized.calibration import passes
+
+    fused = passes.fused_statistics
+
+    def spy(cal: Any, op: Any, variable: list[str], out: str, products: Any = None) -> Any:
+        found = fused(cal, op, variable, out, products)
+        if found is not None:
+            served.append(out)
+        return found
+
+    m.setattr(passes, "fused_statistics", spy)

@@ -16,9 +16,16 @@ from onnx import helper
 
 from fhequant import build_quantized_module
 from fhequant.errors import NonFiniteError
-from fhequant.quantized.calibration import early, passes
+from fhequant.quantized.calibration import early
 from fhequant.quantized.calibration.walk import quantize_module
-from ptq_helpers import assert_same_module, build_with_and_without, cnn, make_model, mlp
+from ptq_helpers import (
+    assert_same_module,
+    build_with_and_without,
+    cnn,
+    make_model,
+    mlp,
+    spy_fused_statistics,
+)
 
 RNG = np.random.default_rng(7)
 X_MLP = RNG.normal(size=(900, 12)).astype(np.float32)
@@ -45,7 +52,6 @@ def _spy(m: pytest.MonkeyPatch) -> dict[str, list[str]]:
     ("pass") gave."""
     seen: dict[str, list[str]] = {"early": [], "pass": []}
     take = early.EarlyStatistics.take
-    fused = passes.fused_statistics
 
     def spy_take(self: early.EarlyStatistics, out: str) -> Any:
         found = take(self, out)
@@ -53,14 +59,8 @@ def _spy(m: pytest.MonkeyPatch) -> dict[str, list[str]]:
             seen["early"].append(out)
         return found
 
-    def spy_fused(cal: Any, op: Any, variable: list[str], out: str, products: Any = None) -> Any:
-        found = fused(cal, op, variable, out, products)
-        if found is not None:
-            seen["pass"].append(out)
-        return found
-
     m.setattr(early.EarlyStatistics, "take", spy_take)
-    m.setattr(passes, "fused_statistics", spy_fused)
+    spy_fused_statistics(m, seen["pass"])
     return seen
 
 

@@ -38,6 +38,8 @@ The modules, by responsibility:
   (:class:`~.views.TableView`);
 * :mod:`.passes`: the passes that calibrate one op (statistics, streamed, whole, concatenated);
 * :mod:`.tables`: the integer-table shortcuts (element-wise ops, re-quantized inputs);
+* :mod:`.early` and :mod:`.ahead`: statistics gathered in another op's pass (while the
+  inputs load; during the producer's output pass, on a guess checked before use);
 * :mod:`.traits`: what the walk asks of an op's class;
 * :mod:`.engine`: the public interface other calibration engines (``fhequant.distributed``)
   run the walk through (pass plan, mergeable output ranges, block hand-off);

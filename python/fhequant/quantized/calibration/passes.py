@@ -28,6 +28,7 @@ from fhequant.quantization import (
 )
 from fhequant.quantized import fused_stats
 from fhequant.quantized.calibration import traits
+from fhequant.quantized.calibration.ahead import StatisticsAhead
 from fhequant.quantized.calibration.bias import correct_bias
 from fhequant.quantized.calibration.early import EarlyStatistics
 from fhequant.quantized.calibration.engine import OutputRange, PassPlan, union_uvalues
@@ -97,6 +98,8 @@ class OpPasses:
         self.process_initializer: Any = None
         #: The statistics the walk gathered while loading the graph inputs.
         self.early = EarlyStatistics()
+        #: The statistics gathered during a producer's output pass (:mod:`.ahead`).
+        self.ahead = StatisticsAhead()
 
     def calibrate(self, op: Any, variable: list[str], out: str) -> None:
         """Calibrate ``op`` (variable inputs ``variable``) and store its output ``out``."""
@@ -289,6 +292,9 @@ class OpPasses:
                 for name in (plan.releases if recorder is None and not self.flows_raw else ())
                 if (stored := store.recyclable(name)) is not None
             ]
+            # the last output pass (no rounding point): a consumer's statistics may be
+            # gathered on its blocks as they are stored (:mod:`.ahead`)
+            ahead = self.ahead if recorder is None else None
             with scope:
                 for b in blocks:
                     qas = [self.calibration_qa(n, b, op) for n in variable]
@@ -297,7 +303,9 @@ class OpPasses:
                     raw = raw_blocks[b] if raw_blocks is not None else None
                     for stored in finished:
                         store.data.recycle(stored, b)
-                    store.store_output(out, b, last, raw)
+                    ints = store.store_output(out, b, last, raw)
+                    if ahead is not None and ints is not None:
+                        ahead.feed(out, b, ints)
             if recorder is None or recorder.pending is None:
                 break
             # One more rounding point calibrated: its accumulator range is global now.
@@ -418,6 +426,8 @@ class OpPasses:
         if keep is None and not op.spec().raw_output and not traits.clips_percentiles(op):
             # only the min/max are used: the native kernels need not materialise the result
             fused = self.early.take(out)
+            if fused is None and products is None:
+                fused = self.ahead.take(out, op, variable, store)
             if fused is None:
                 fused = self.moved_extremes(op, variable)
             if fused is None:

@@ -322,11 +322,14 @@ class WalkStore:
 
     # --- writing blocks -------------------------------------------------------------------
 
-    def store_output(self, out: str, b: int, quant: Any, raw: Any) -> None:
+    def store_output(self, out: str, b: int, quant: Any, raw: Any) -> np.ndarray | None:
         """Keep block ``b`` of an op's output for its consumers.
 
         PTQ keeps the integers (dequantized on read), quantized straight into int8/int16
         when the output quantizer allows; QAT import keeps the raw floats.
+
+        Returns:
+            The integers handed to the store (PTQ, a tensor some op reads), else None.
         """
         tensor = self.tensors[out]
         if isinstance(quant, QuantizedArray):
@@ -339,12 +342,12 @@ class WalkStore:
                 if tensor.consumers_left > 0:
                     self.data.put(out, values)
             elif tensor.consumers_left <= 0:
-                return  # a graph output only: no op reads its blocks or ranges
+                return None  # a graph output only: no op reads its blocks or ranges
             else:
                 ints, qlo, qhi = quant.compact_qvalues()
                 ints = np.asarray(ints)
                 self.store_ints(out, ints, qlo, qhi, np.int64 if qlo is not None else None)
-                return
+                return ints
             if lo is not None:
                 tensor.vmin = lo if tensor.vmin is None else min(tensor.vmin, lo)
                 tensor.vmax = hi if tensor.vmax is None else max(tensor.vmax, hi)
@@ -352,6 +355,7 @@ class WalkStore:
             tensor.kind = "raw"
             if tensor.consumers_left > 0:
                 self.data.put(out, np.asarray(quant))
+        return None
 
     def store_ints(self, out: str, ints: np.ndarray, qlo: Any, qhi: Any, wide: Any) -> None:
         """Keep a block of integers of the quant tensor ``out`` (whose quantizer is set),

@@ -28,7 +28,7 @@ from fhequant.kernels import quant as quant_kernels
 from fhequant.kernels.memory import block_cache
 from fhequant.quantization import QuantizedArray, StatisticSpec, UniformQuantizer
 from fhequant.quantized import fused_stats
-from fhequant.quantized.calibration import early
+from fhequant.quantized.calibration import ahead, early
 from fhequant.quantized.calibration.methods import WEIGHT_OPS, resolve_calibration
 from fhequant.quantized.calibration.node_errors import node_failure
 from fhequant.quantized.calibration.passes import OpPasses
@@ -324,7 +324,11 @@ class ModuleCalibrator:
             if uses and self._reads_presence(n):
                 # its table path reads which integers occur: mark them as they are stored
                 self.tensors[out].track_presence = not self.strategy.flows_raw
+        guess = ahead.guess_for(self, node)
+        if guess is not None:
+            self.passes.ahead.arm(out, guess)
         self._calibrate_op(op, variable, out)
+        self.passes.ahead.finish(out)
         self.tables.clear()  # one op at a time: its tables and buffers are done
         self.quant_layers[out] = (tuple(variable), op)
         for name in variable:
