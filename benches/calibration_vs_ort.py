@@ -47,7 +47,8 @@ switch of :data:`SWITCHES` (``i16``, ``products``: the products kept by the stat
 off by default, so time them with ``--products --baselines products``, ``filter``: the
 statistics kernels' filter, ``intfilter``: the integer-product filter of the Gemms that read
 stored integers, the float filter then, ``early``: the statistics gathered while the inputs
-load, the first ops' own statistics pass then, ``recycle``: the input blocks freed by the
+load, the first ops' own statistics pass then, ``ahead``: a consumer's statistics gathered
+during its producer's output pass, its own pass then, ``recycle``: the input blocks freed by the
 output pass of their last consumer, ``budget``: the memory budget chosen from the machine's
 memory, the 32 MiB floor then, ``plain``: the U8I8 products of unshifted u8 x i8 operands
 handed to the fused epilogues as int32, the centring shift then, ``writebehind``: the spill
@@ -84,7 +85,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fhequant import _core, build_quantized_module
 from fhequant.kernels import memory
 from fhequant.quantized import fused_stats, spill, streaming, tensor_store
-from fhequant.quantized.calibration import early, passes
+from fhequant.quantized.calibration import ahead, early, passes
 from fhequant.quantized.calibration import store as walk_store
 from fhequant.quantized.ops.univariate import QuantizedRelu
 from ptq import best_of, cnn_model, mlp_model
@@ -392,6 +393,9 @@ SWITCHES: dict[str, Callable[[Any], Any]] = {
     # the statistics of the ops reading a graph input gathered while the inputs load (their
     # own statistics pass then)
     "early": _module_switch(early, "ENABLED", False),
+    # a consumer's statistics gathered during its producer's output pass (its own
+    # statistics pass then)
+    "ahead": _module_switch(ahead, "ENABLED", False),
     # the input blocks freed by the output pass of their last consumer (kept until the
     # consumer is done then)
     "recycle": _module_switch(walk_store, "RECYCLE", False),
