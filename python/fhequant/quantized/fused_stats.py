@@ -56,7 +56,9 @@ __all__ = [
     "BlockSource",
     "Extremes",
     "Products",
+    "dequant_pair",
     "fused_statistics",
+    "reads_stored",
 ]
 
 #: Use the fused kernels when they apply (tests compare both paths).
@@ -303,11 +305,24 @@ def _block_input(
     narrow = cal.narrow_stored_block(name, b)
     if narrow is not None:
         stored, q = narrow
-        if _kernels._native(stored, _NARROW):
-            scale = float(np.asarray(q.scale).astype(np.float64))
-            zero_point = float(np.asarray(q.zero_point).astype(np.float64))
-            return stored, (scale, zero_point)
+        if reads_stored(stored):
+            return stored, dequant_pair(q)
     return np.asarray(cal.float_block(name, b)), None
+
+
+def reads_stored(stored: np.ndarray) -> bool:
+    """Whether the kernels read a block of stored integers as it is (int8/16/32, native,
+    non-empty): they then dequantize it themselves with :func:`dequant_pair`."""
+    return _kernels._native(stored, _NARROW)
+
+
+def dequant_pair(q: Any) -> tuple[float, float]:
+    """The float64 (scale, zero point) the kernels dequantize the stored integers of
+    quantizer ``q`` with."""
+    return (
+        float(np.asarray(q.scale).astype(np.float64)),
+        float(np.asarray(q.zero_point).astype(np.float64)),
+    )
 
 
 def _result_dtype(plan: _Plan, x: np.ndarray, dequant: Any) -> np.dtype[Any] | None:

@@ -31,8 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from fhequant import _core
-from fhequant.kernels import quant as _kernels
 from fhequant.quantized import fused_stats
 from fhequant.quantized.calibration.store import (
     TABLE_INDEX,
@@ -42,6 +40,7 @@ from fhequant.quantized.calibration.store import (
     native_dequant_params,
 )
 from fhequant.quantized.calibration.tables import element_table
+from fhequant.quantized.calibration.views import TableView
 from fhequant.quantized.graph import quantized_registry, use_split_independent_impl
 from fhequant.quantized.tensor_store import narrowest
 
@@ -51,7 +50,6 @@ __all__ = [
     "Guess",
     "StatisticsAhead",
     "build_guess",
-    "dequant_pair",
     "guess_for",
 ]
 
@@ -65,8 +63,6 @@ ENABLED = True
 #: 10k- and 100k-row in-memory rows, 1.04x faster at 1M rows, 1.10x at 10M).
 MIN_ROWS = 1 << 18
 
-_NARROW = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32))
-
 
 class _RefusedError(Exception):
     """A block the guess cannot take as the consumer's own pass would (it stops guessing)."""
@@ -74,14 +70,6 @@ class _RefusedError(Exception):
 
 def _refuse() -> np.ndarray:
     raise _RefusedError("the block needs the materialised path")
-
-
-def dequant_pair(q: Any) -> tuple[float, float]:
-    """The float64 (scale, zero point) the extremes kernels dequantize stored integers with."""
-    return (
-        float(np.asarray(q.scale).astype(np.float64)),
-        float(np.asarray(q.zero_point).astype(np.float64)),
-    )
 
 
 @dataclass
@@ -121,14 +109,14 @@ class Guess:
         self.fed += 1
         if not ints.size:
             return  # the consumer's pass finds no value in it either
+        # the block as the consumer's pass reads it: the stored integers (narrowed as the
+        # store narrows them), or the view of them through the table
         if self.table is None:
-            x = ints if ints.dtype in _NARROW else narrowest(ints)
+            x = ints if fused_stats.reads_stored(ints) else narrowest(ints)
         else:
             index = ints if ints.dtype in TABLE_INDEX else ints.astype(np.int64)
-            x = _core.int_lookup(np.ascontiguousarray(index), self.lo, self.table)
-            if x.dtype == np.int64:
-                x = narrowest(x)
-        if x.dtype not in _NARROW or not x.ndim or not _kernels._native(x, _NARROW):
+            x = TableView(self.source, self.lo, self.table).stored(np.ascontiguousarray(index))
+        if not x.ndim or not fused_stats.reads_stored(x):
             raise _RefusedError("the block is not read as stored integers")
         with use_split_independent_impl(self.extremes.op):
             self.extremes.add(x, self.dequant, b, _refuse)
@@ -145,7 +133,7 @@ class Guess:
         q = tensor.quantizer
         if tensor.kind != "quant" or tensor.stored_floats or q is None:
             return False
-        if not native_dequant_params(q) or dequant_pair(q) != self.dequant:
+        if not native_dequant_params(q) or fused_stats.dequant_pair(q) != self.dequant:
             return False
         view = store.views.get(self.read)
         if self.table is None:
@@ -357,7 +345,7 @@ def build_guess(walk: Any, source: str, table_node: Any, reader: Any) -> Guess |
         out=reader.outputs[0],
         lo=lo,
         table=table,
-        dequant=dequant_pair(read_q),
+        dequant=fused_stats.dequant_pair(read_q),
         extremes=extremes,
         plan=plan_key(extremes.plan),
     )
