@@ -417,6 +417,10 @@ SWITCHES: dict[str, Callable[[Any], Any]] = {
     "epilogue512": lambda value: (
         _core.int_wide_epilogue() if value is None else _core.int_wide_epilogue(value)
     ),
+    # the float32 screen of the Gemm's epilogue (the float64 epilogue for every group then)
+    "screen": lambda value: (
+        _core.int_screen_epilogue() if value is None else _core.int_screen_epilogue(value)
+    ),
     # Relu's table over its input's whole range (the presence marks of the integers then)
     "monotone": _module_switch(QuantizedRelu, "monotone_table", False),
     # the memory budget chosen from the machine's memory (the 32 MiB floor then)

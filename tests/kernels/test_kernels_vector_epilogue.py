@@ -1,6 +1,7 @@
 """The vector epilogues of the fused rescale + quantize kernels (issue 16) against the scalar
-one: with ``_core.int_vector_epilogue`` (AVX2) and ``_core.int_wide_epilogue`` (AVX-512, its
-division made of fused multiply-adds) on and off, ``int_matmul_rescale_quant``,
+one: with ``_core.int_vector_epilogue`` (AVX2), ``_core.int_wide_epilogue`` (AVX-512, its
+division made of fused multiply-adds) and ``_core.int_screen_epilogue`` (the Gemm's float32
+screen, float64 where it cannot vouch for float32) on and off, ``int_matmul_rescale_quant``,
 ``int_acc_rescale_quant`` and ``int_conv2d_rescale_quant`` give the same integers, min, max
 and NaN flag (and the same errors), on exact .5 ties, NaN operands, values beyond the clip
 bounds, accumulators past 2^51 (the vector code's fallback), rounded accumulators, and
@@ -23,25 +24,27 @@ from fhequant.errors import FhequantError
 SETTINGS = settings(max_examples=60, deadline=None)
 
 
-# (AVX2 epilogue, AVX-512 epilogue): the wide one, the AVX2 one, the scalar one
-STATES = ((True, True), (True, False), (False, False))
+# the switches of the epilogues, each state a value per switch: the float32 screen, the
+# wide one, the AVX2 one, the scalar one (last, the reference)
+SWITCHES = (_core.int_vector_epilogue, _core.int_wide_epilogue, _core.int_screen_epilogue)
+STATES = ((True, True, True), (True, True, False), (True, False, False), (False, False, False))
 
 
 def _each(call: Callable[[], Any]) -> list[Any]:
     """``call()`` under each of ``STATES`` (a result or the error raised)."""
-    before = (_core.int_vector_epilogue(), _core.int_wide_epilogue())
+    before = [switch() for switch in SWITCHES]
     results = []
     try:
-        for vector, wide in STATES:
-            _core.int_vector_epilogue(vector)
-            _core.int_wide_epilogue(wide)
+        for state in STATES:
+            for switch, on in zip(SWITCHES, state, strict=True):
+                switch(on)
             try:
                 results.append(call())
             except FhequantError as e:
                 results.append(e)
     finally:
-        _core.int_vector_epilogue(before[0])
-        _core.int_wide_epilogue(before[1])
+        for switch, on in zip(SWITCHES, before, strict=True):
+            switch(on)
     return results
 
 
@@ -159,7 +162,7 @@ def test_fallback_overflow_and_nan_edges() -> None:
     assert nan[3] and (nan[1], nan[2]) == (0, 0)
 
 
-@pytest.mark.parametrize("switch", [_core.int_vector_epilogue, _core.int_wide_epilogue])
+@pytest.mark.parametrize("switch", SWITCHES)
 def test_switches_report_and_restore(switch: Callable[..., bool]) -> None:
     before = switch()
     try:

@@ -262,6 +262,26 @@ fn int_wide_epilogue(enabled: Option<bool>) -> bool {
     }
 }
 
+/// Allow (the default) or forbid the float32 screen of the fused Gemm kernels'
+/// epilogue (`int_matmul_rescale_quant`, `int_acc_rescale_quant` on int32 accumulators: each
+/// integer found in float32 where that provably gives the float64 one, the float64 epilogue
+/// elsewhere) when `enabled` is given (a switch for benchmarks and differential tests:
+/// results are the same integers); returns whether it is allowed and supported by the CPU.
+#[pyfunction]
+#[pyo3(signature = (enabled=None))]
+fn int_screen_epilogue(enabled: Option<bool>) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::kernels::integer::epilogue_screen;
+        epilogue_screen::SWITCH.toggle(enabled)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = enabled;
+        false
+    }
+}
+
 /// The `Rescale` operands of the fused kernels from their numpy arrays.
 fn rescale_of<'a>(
     lsbs: i64,
@@ -749,6 +769,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(int_direct_conv, m)?)?;
     m.add_function(wrap_pyfunction!(int_vector_epilogue, m)?)?;
     m.add_function(wrap_pyfunction!(int_wide_epilogue, m)?)?;
+    m.add_function(wrap_pyfunction!(int_screen_epilogue, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d_rescale, m)?)?;
     m.add_function(wrap_pyfunction!(int_matmul_rescale_quant, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d_rescale_quant, m)?)?;

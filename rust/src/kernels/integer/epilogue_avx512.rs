@@ -285,7 +285,7 @@ fn divide(x: __m512d, k: &Consts) -> __m512d {
 /// The CPU has AVX-512 F/BW; `dst` points at sixteen writable values.
 #[inline]
 #[target_feature(enable = "avx2,avx512f,avx512dq,avx512vl,avx512bw")]
-unsafe fn store16<O: Narrow>(dst: *mut MaybeUninit<O>, v: __m512i) {
+pub(crate) unsafe fn store16<O: Narrow>(dst: *mut MaybeUninit<O>, v: __m512i) {
     if size_of::<O>() == 1 && O::MIN == i64::from(i8::MIN) {
         // SAFETY: sixteen one-byte values at dst; the saturation never acts (within O).
         unsafe { _mm_storeu_si128(dst.cast(), _mm512_cvtsepi32_epi8(v)) };

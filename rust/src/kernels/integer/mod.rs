@@ -14,6 +14,8 @@ pub mod direct;
 pub mod epilogue_avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod epilogue_avx512;
+#[cfg(target_arch = "x86_64")]
+pub mod epilogue_screen;
 pub mod exact;
 pub mod gemm;
 pub mod madd;

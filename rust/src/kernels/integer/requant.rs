@@ -19,6 +19,8 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::kernels::integer::conv::{conv2d_map_into, conv2d_shape, ConvInput, Geometry};
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::integer::epilogue_screen::{Screen, Sixteen};
 use crate::kernels::integer::gemm::{
     matmul_map_into_as, matmul_shape, Lhs, RowEpilogue, BLOCK_ROWS,
 };
@@ -26,6 +28,26 @@ use crate::kernels::integer::rescale::{rescale_run, Operand, Rescale};
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::integer::{epilogue_avx2, epilogue_avx512};
 use crate::kernels::quant::float::{clip, Real};
+
+/// No float32 screen off x86-64 (`epilogue_screen`): every row takes the float64 epilogue.
+#[cfg(not(target_arch = "x86_64"))]
+struct Screen;
+
+/// The accumulator types of a screened row (any, off x86-64).
+#[cfg(not(target_arch = "x86_64"))]
+trait Sixteen {}
+#[cfg(not(target_arch = "x86_64"))]
+impl<T> Sixteen for T {}
+
+/// The per-column operands of one run of the epilogue.
+type Operands<'a> = (&'a [f64], &'a [f64], Option<&'a [f64]>);
+
+#[cfg(not(target_arch = "x86_64"))]
+impl Screen {
+    fn new(_: &Rescale<'_>, _: &Requant, _: usize) -> Option<Screen> {
+        None
+    }
+}
 
 /// The output quantizer's float64 operands (clip bounds included).
 #[derive(Debug, Clone, Copy)]
@@ -226,6 +248,35 @@ impl Sink {
         self.run(wide, dst, rescale, operands, requant);
     }
 
+    /// One whole output row (the call's operands as they are) through the float32 screen
+    /// where the call has one, the columns it leaves (or the whole row, without one) going
+    /// to `each(acc, dst, operands)`, the float64 epilogue: the same integers either way.
+    #[inline]
+    fn screened<I: Sixteen, O: Narrow>(
+        &self,
+        screen: Option<&Screen>,
+        acc: &[I],
+        dst: &mut [MaybeUninit<O>],
+        rescale: &Rescale<'_>,
+        mut each: impl FnMut(&[I], &mut [MaybeUninit<O>], Operands<'_>),
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(screen) = screen {
+            let (lo, hi) = screen.row(acc, dst, |from, to, dst| {
+                let operands = (
+                    &rescale.sub[from..],
+                    &rescale.mul[from..],
+                    rescale.add.map(|a| &a[from..]),
+                );
+                each(&acc[from..to], &mut dst[from..to], operands);
+            });
+            return self.merge(i64::from(lo), i64::from(hi));
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = screen;
+        each(acc, dst, (rescale.sub, rescale.mul, rescale.add));
+    }
+
     /// Take the stats of one run into the shared ones.
     #[inline]
     fn record(&self, stats: Stats) {
@@ -401,6 +452,7 @@ pub fn matmul_rescale_quant_into<A: Lhs, O: Narrow>(
         sink: &sink,
         rescale,
         requant,
+        screen: Screen::new(rescale, requant, n),
     };
     matmul_map_into_as(a, w, z_w, out, rows)?;
     sink.finish(rescale.lsbs)
@@ -412,14 +464,16 @@ struct Rows<'a> {
     sink: &'a Sink,
     rescale: &'a Rescale<'a>,
     requant: &'a Requant,
+    screen: Option<Screen>,
 }
 
 impl<O: Narrow> RowEpilogue<O> for Rows<'_> {
     #[inline]
     fn row(&self, acc: &[i64], dst: &mut [MaybeUninit<O>]) {
-        let r = self.rescale;
-        self.sink
-            .run(acc, dst, r, (r.sub, r.mul, r.add), self.requant);
+        let (sink, rescale, requant) = (self.sink, self.rescale, self.requant);
+        sink.screened(self.screen.as_ref(), acc, dst, rescale, |a, d, operands| {
+            sink.run(a, d, rescale, operands, requant)
+        });
     }
 
     fn reads_i32(&self) -> bool {
@@ -435,10 +489,11 @@ impl<O: Narrow> RowEpilogue<O> for Rows<'_> {
 
     #[inline]
     fn row_i32(&self, acc: &[i32], dst: &mut [MaybeUninit<O>]) {
-        let r = self.rescale;
         let mut wide = Vec::new(); // used only without the vector epilogue
-        self.sink
-            .run_i32(acc, &mut wide, dst, r, (r.sub, r.mul, r.add), self.requant);
+        let (sink, rescale, requant) = (self.sink, self.rescale, self.requant);
+        sink.screened(self.screen.as_ref(), acc, dst, rescale, |a, d, operands| {
+            sink.run_i32(a, &mut wide, d, rescale, operands, requant)
+        });
     }
 }
 
@@ -468,6 +523,7 @@ pub fn acc_rescale_quant_into<O: Narrow>(
     rescale.check(n, "acc rescale: the per-column", "columns")?;
     requant.check::<O>()?;
     let sink = Sink::new(requant);
+    let screen = Screen::new(rescale, requant, n);
     if n > 0 {
         let acc = acc.as_standard_layout();
         let Some(flat) = acc.as_slice() else {
@@ -478,14 +534,9 @@ pub fn acc_rescale_quant_into<O: Narrow>(
             .for_each(|(dst, src)| {
                 let mut wide = Vec::new();
                 for (d_row, s_row) in dst.chunks_exact_mut(n).zip(src.chunks_exact(n)) {
-                    sink.run_i32(
-                        s_row,
-                        &mut wide,
-                        d_row,
-                        rescale,
-                        (rescale.sub, rescale.mul, rescale.add),
-                        requant,
-                    );
+                    sink.screened(screen.as_ref(), s_row, d_row, rescale, |a, d, operands| {
+                        sink.run_i32(a, &mut wide, d, rescale, operands, requant)
+                    });
                 }
             });
     }
