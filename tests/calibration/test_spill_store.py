@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -125,7 +126,47 @@ def test_freed_regions_are_overwritten_before_the_file_grows(
     np.testing.assert_array_equal(store.get("c", 0), [3.25])
     np.testing.assert_array_equal(store.get("d", 0), np.arange(5) * 3.0)
     store.close()
+    spill.wait_deletions()
     assert not os.path.exists(directory)
+
+
+@pytest.mark.parametrize("behind", [True, False])
+def test_the_spill_directory_is_deleted_after_close(
+    behind: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleted by a helper thread (the caller does not wait for the file system to free a
+    large file) or at once; either way it is gone once :func:`spill.wait_deletions`
+    returns, and with the switch off it is gone when ``close`` returns."""
+    monkeypatch.setattr(spill, "DELETE_BEHIND", behind)
+    started: list[str] = []
+    real = spill._delete
+
+    def delete(directory: Any) -> None:
+        started.append(threading.current_thread().name)
+        real(directory)
+
+    monkeypatch.setattr(spill, "_delete", delete)
+    store = TensorStore(memory_budget=0)
+    store.put("x", np.arange(1000, dtype=np.float64))
+    assert store._tmp is not None
+    directory = store._tmp.name
+    store.close()
+    if not behind:
+        assert not os.path.exists(directory)
+    spill.wait_deletions()
+    assert not os.path.exists(directory)
+    assert started == (["fhequant-spill-delete"] if behind else [threading.current_thread().name])
+
+
+def test_a_directory_that_cannot_be_deleted_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Stuck:
+        name = "/nowhere/fhequant-calib-x"
+
+        def cleanup(self) -> None:
+            raise PermissionError("read-only file system")
+
+    with pytest.warns(RuntimeWarning, match="fhequant-calib-x.*read-only"):
+        spill._delete(Stuck())  # type: ignore[arg-type]
 
 
 def test_a_recycled_block_in_memory_frees_its_budget() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from fhequant.errors import FhequantError
-from fhequant.quantized.spill import SpillFile
+from fhequant.quantized.spill import SpillFile, delete_directory
 
 #: Read the next spilled block of a tensor ahead of the pass that reads them in order.
 READ_SPILL_AHEAD = True
@@ -117,7 +117,7 @@ class TensorStore:
         self._entries.clear()
         self._in_memory = 0
         if self._tmp is not None:
-            self._tmp.cleanup()
+            delete_directory(self._tmp)
             self._tmp = None
 
     def flush(self) -> None:
