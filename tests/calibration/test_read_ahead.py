@@ -1,6 +1,8 @@
-"""Reading the calibration source one batch ahead (``streaming.read_ahead``): the same items in
-the same order, the source advanced by one helper thread at a time, its errors raised where the
-item is asked for, an early stop that reads at most one batch more, and the same module."""
+"""Reading the calibration source ahead (``streaming.read_ahead``): the same items in the same
+order, the source advanced by one helper thread at a time, its errors raised where the item is
+asked for, an early stop that reads at most the batches on their way (up to
+``READ_AHEAD_BATCHES``, fewer when they would pass ``READ_AHEAD_BYTES``, one for batches of
+unknown size), and the same module."""
 
 from __future__ import annotations
 
@@ -66,13 +68,47 @@ def test_a_source_error_is_raised_at_its_item() -> None:
     assert len(seen) == 2
 
 
-def test_an_early_stop_reads_at_most_one_batch_more() -> None:
+def test_an_early_stop_reads_at_most_the_batches_on_their_way() -> None:
     source = Source([3] * 10)
     items = read_ahead(source)
     for _ in range(3):
         next(items)
-    items.close()  # waits for the read in flight
+    items.close()  # waits for the reads in flight
+    assert streaming.READ_AHEAD_BATCHES > 1
+    assert source.reads == 3 + streaming.READ_AHEAD_BATCHES
+
+
+def test_large_batches_are_read_one_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(streaming, "READ_AHEAD_BYTES", 2 * 3 * 6 * 4 - 1)  # under two batches
+    source = Source([3] * 10)
+    items = read_ahead(source)
+    for _ in range(3):
+        next(items)
+    items.close()
     assert source.reads == 4
+
+
+def test_batches_of_unknown_size_are_read_one_ahead() -> None:
+    reads = []
+
+    def rows() -> Iterator[list[float]]:
+        for i in range(10):
+            reads.append(i)
+            yield [float(i)] * 4
+
+    items = read_ahead(rows())
+    assert [next(items) for _ in range(3)] == [[0.0] * 4, [1.0] * 4, [2.0] * 4]
+    items.close()
+    assert len(reads) == 4
+
+
+def test_batch_sizes() -> None:
+    a, b = np.zeros((4, 3), np.float32), np.zeros(5, np.int64)
+    assert streaming._nbytes(a) == 48
+    assert streaming._nbytes((a, b)) == 88
+    assert streaming._nbytes({"x": a, "y": [b, b]}) == 128
+    assert streaming._nbytes((a, "label")) is None
+    assert streaming._nbytes(3.0) is None
 
 
 @pytest.mark.parametrize("sizes", [[100] * 12, [37, 250, 1, 90, 310, 12]])

@@ -15,6 +15,7 @@ peak memory of a calibration does not grow with the number of rows.
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -292,30 +293,54 @@ def _check_batch(batch: tuple[np.ndarray, ...], n_inputs: int, index: int) -> in
 #: Read the next calibration batch from the source in a helper thread while the current one is
 #: processed (:func:`read_ahead`); False reads them one after the other.
 READ_AHEAD = True
+#: Batches :func:`read_ahead` keeps on their way at most ...
+READ_AHEAD_BATCHES = 3
+#: ... while their bytes stay within this (one batch always; batches of unknown size: one).
+READ_AHEAD_BYTES = 64 * 1024 * 1024
 
 
 def read_ahead(batches: Iterable[Any]) -> Iterator[Any]:
-    """The items of ``batches``, in order, each read by one helper thread while the caller
-    works on the one before.
+    """The items of ``batches``, in order, read by one helper thread while the caller works
+    on the ones before.
 
     A source that generates or loads its batches (numpy's random generators, file reads,
     a DataLoader's queue) mostly runs without the GIL, as do the numpy and native work the
     calibration does on a batch, so the two overlap on a second core. The source is iterated
     from ``iter()`` on the caller's thread, then advanced by the helper thread alone, one
-    ``next()`` at a time; at most one batch is read ahead. An exception of the source is raised
+    ``next()`` at a time, up to :data:`READ_AHEAD_BATCHES` batches ahead as long as that many
+    batches of the last one's size fit in :data:`READ_AHEAD_BYTES` (one batch ahead
+    otherwise): with one batch ahead the source waited whenever the caller's work on a block
+    ran long, and the caller then waited for the source. An exception of the source is raised
     in the caller when it asks for that item; closing this generator early waits for the
-    read in flight, then stops.
+    reads in flight, then stops.
     """
     iterator = iter(batches)
     end = object()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fhequant-read-ahead") as pool:
-        pending = pool.submit(next, iterator, end)
+        pending = deque([pool.submit(next, iterator, end)])
         while True:
-            item = pending.result()
+            item = pending.popleft().result()
             if item is end:
                 return
-            pending = pool.submit(next, iterator, end)
+            size = _nbytes(item)
+            fit = 1 if size is None else READ_AHEAD_BYTES // max(size, 1)
+            # past the end, next() gives `end` again at once
+            while len(pending) < max(1, min(READ_AHEAD_BATCHES, fit)):
+                pending.append(pool.submit(next, iterator, end))
             yield item
+
+
+def _nbytes(item: Any) -> int | None:
+    """The bytes of the arrays of a batch (an array, a tensor, or a tuple, list or dict of
+    them), or None when some part has no known size."""
+    if isinstance(item, (tuple, list)):
+        parts = [_nbytes(part) for part in item]
+    elif isinstance(item, dict):
+        parts = [_nbytes(part) for part in item.values()]
+    else:
+        size = getattr(item, "nbytes", None)
+        return size if isinstance(size, int) else None
+    return None if any(p is None for p in parts) else sum(p for p in parts if p is not None)
 
 
 def iter_row_blocks(
