@@ -421,6 +421,10 @@ SWITCHES: dict[str, Callable[[Any], Any]] = {
     "screen": lambda value: (
         _core.int_screen_epilogue() if value is None else _core.int_screen_epilogue(value)
     ),
+    # the byte-permute int8 table lookups (AVX-512 VBMI; the AVX2 byte shuffles then)
+    "permute": lambda value: (
+        _core.int_lookup_permute() if value is None else _core.int_lookup_permute(value)
+    ),
     # Relu's table over its input's whole range (the presence marks of the integers then)
     "monotone": _module_switch(QuantizedRelu, "monotone_table", False),
     # the memory budget chosen from the machine's memory (the 32 MiB floor then)

@@ -1,6 +1,7 @@
 """The table kernels ``_core.int_presence`` and ``_core.int_lookup`` on the narrow dtypes the
-calibration stores, against numpy: several parallel chunks, the int8 byte-shuffle lookup (whole
-byte range, entries that fit int8 or not), and the presence marks' early stop (a value that
+calibration stores, against numpy: several parallel chunks, the int8 byte-shuffle and
+byte-permute lookups (whole byte range, entries that fit int8 or not; ``_core.int_lookup_permute``
+switches the permutes off), and the presence marks' early stop (a value that
 occurs once, late, or a value outside the table after the span is complete)."""
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ def test_presence_and_lookup_match_numpy_on_large_narrow_blocks(
     out = _core.int_lookup(q, lo, table)
     assert out.dtype == table.dtype
     np.testing.assert_array_equal(out, table[q.astype(np.int64) - lo])
+    # the AVX2 byte shuffles where the byte permutes (AVX-512 VBMI) ran: the same values
+    before = _core.int_lookup_permute()
+    try:
+        _core.int_lookup_permute(False)
+        np.testing.assert_array_equal(_core.int_lookup(q, lo, table), out)
+    finally:
+        _core.int_lookup_permute(before)
     into = np.empty(q.shape, dtype=table.dtype)
     assert _core.int_lookup(q, lo, table, into) is into
     np.testing.assert_array_equal(into, out)

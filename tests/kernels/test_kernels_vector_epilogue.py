@@ -162,7 +162,7 @@ def test_fallback_overflow_and_nan_edges() -> None:
     assert nan[3] and (nan[1], nan[2]) == (0, 0)
 
 
-@pytest.mark.parametrize("switch", SWITCHES)
+@pytest.mark.parametrize("switch", [*SWITCHES, _core.int_lookup_permute])
 def test_switches_report_and_restore(switch: Callable[..., bool]) -> None:
     before = switch()
     try:

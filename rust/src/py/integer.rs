@@ -282,6 +282,16 @@ fn int_screen_epilogue(enabled: Option<bool>) -> bool {
     }
 }
 
+/// Allow (the default) or forbid the byte-permute path of `int_lookup` on int8 values
+/// (AVX-512 VBMI: 64 values a step, the AVX2 byte shuffles then) when `enabled` is given (a
+/// switch for benchmarks and differential tests: the same values either way); returns
+/// whether it is allowed and supported by the CPU.
+#[pyfunction]
+#[pyo3(signature = (enabled=None))]
+fn int_lookup_permute(enabled: Option<bool>) -> bool {
+    crate::kernels::quant::table::VBMI.toggle(enabled)
+}
+
 /// The `Rescale` operands of the fused kernels from their numpy arrays.
 fn rescale_of<'a>(
     lsbs: i64,
@@ -770,6 +780,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(int_vector_epilogue, m)?)?;
     m.add_function(wrap_pyfunction!(int_wide_epilogue, m)?)?;
     m.add_function(wrap_pyfunction!(int_screen_epilogue, m)?)?;
+    m.add_function(wrap_pyfunction!(int_lookup_permute, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d_rescale, m)?)?;
     m.add_function(wrap_pyfunction!(int_matmul_rescale_quant, m)?)?;
     m.add_function(wrap_pyfunction!(int_conv2d_rescale_quant, m)?)?;

@@ -30,6 +30,7 @@ use rayon::prelude::*;
 use super::dequantize::QInt;
 use super::CHUNK;
 use crate::error::{Error, Result};
+use crate::kernels::simd::Switch;
 
 /// Integer element types that index a table.
 pub trait Index: QInt + Ord {
@@ -344,8 +345,90 @@ unsafe fn lookup_chunk_avx2<I: Index, O: Entry>(
         }
         *s = v as i8;
     }
-    shuffle_lookup(bytes, min as i8, &small, span.div_ceil(16), dst);
+    if VBMI.available() {
+        // SAFETY: the switch's CPU check found AVX-512 F/BW/VBMI.
+        unsafe { permute_lookup(bytes, min as i8, &small, span, dst) };
+    } else {
+        shuffle_lookup(bytes, min as i8, &small, span.div_ceil(16), dst);
+    }
     Ok(())
+}
+
+/// Whether the int8 lookups may use `vpermb`/`vpermi2b` (AVX-512 VBMI; a switch for
+/// benchmarks and differential tests: the same values either way).
+pub static VBMI: Switch = Switch::new(true, vbmi);
+
+fn vbmi() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vbmi")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`shuffle_lookup`] with byte permutes, 64 values a step: one `vpermb` for up to 64
+/// entries, one `vpermi2b` for up to 128, two and a blend on the index's top bit for up to
+/// 256 (`small` holds the entries from index 0, `span` of them).
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VBMI; the values lie in `[base, base + span)`, `span <= 256`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn permute_lookup<O: Entry>(
+    bytes: &[i8],
+    base: i8,
+    small: &[i8; 256],
+    span: usize,
+    dst: &mut [MaybeUninit<O>],
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: four 64-byte quarters of `small`.
+    let t: [__m512i; 4] =
+        std::array::from_fn(|q| unsafe { _mm512_loadu_si512(small.as_ptr().add(64 * q).cast()) });
+    let base_v = _mm512_set1_epi8(base);
+    let whole = bytes.len() / 64 * 64;
+    let steps = bytes[..whole]
+        .chunks_exact(64)
+        .zip(dst.chunks_exact_mut(64));
+    let map = |vals: &[i8]| {
+        // SAFETY: `vals` holds 64 bytes; AVX-512 (this function's features).
+        let v = unsafe { _mm512_loadu_si512(vals.as_ptr().cast()) };
+        let index = _mm512_sub_epi8(v, base_v);
+        if span <= 64 {
+            _mm512_permutexvar_epi8(index, t[0])
+        } else if span <= 128 {
+            _mm512_permutex2var_epi8(t[0], index, t[1])
+        } else {
+            let low = _mm512_permutex2var_epi8(t[0], index, t[1]);
+            let high = _mm512_permutex2var_epi8(t[2], index, t[3]);
+            _mm512_mask_blend_epi8(_mm512_movepi8_mask(index), low, high)
+        }
+    };
+    if size_of::<O>() == 1 {
+        for (vals, d) in steps {
+            // SAFETY: 64 one-byte entries at `d` (an int8 entry: `from_i8` is the identity).
+            unsafe { _mm512_storeu_si512(d.as_mut_ptr().cast(), map(vals)) };
+        }
+    } else {
+        let mut out = [0i8; 64];
+        for (vals, d) in steps {
+            // SAFETY: `out` holds 64 bytes.
+            unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), map(vals)) };
+            for (o, &e) in d.iter_mut().zip(&out) {
+                o.write(O::from_i8(e));
+            }
+        }
+    }
+    for (o, &v) in dst[whole..].iter_mut().zip(&bytes[whole..]) {
+        o.write(O::from_i8(
+            small[(v as u8).wrapping_sub(base as u8) as usize],
+        ));
+    }
 }
 
 /// `dst[i] = small[(v - base) as u8]` for int8 values of `[base, base + 16 * groups)`, 32 at a
@@ -459,6 +542,63 @@ mod tests {
             lookup(&q, -2, &table, &mut short),
             Err(Error::Shape(_))
         ));
+    }
+
+    /// The permute path against the shuffle path and the scalar one, for every span from 1
+    /// to 256 entries, bases across the int8 range, lengths with and without a tail, int8
+    /// and int16 entries.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn permute_lookup_matches_shuffle_and_scalar() {
+        if !VBMI.available() || !avx2() {
+            return;
+        }
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut small = [0i8; 256];
+        for e in small.iter_mut() {
+            *e = next() as i8;
+        }
+        for span in 1..=256usize {
+            let base = (next() % (257 - span as u64)) as i64 - 128;
+            let len = [5, 64, 200, 1000][span % 4];
+            let bytes: Vec<i8> = (0..len)
+                .map(|_| (base + (next() % span as u64) as i64) as i8)
+                .collect();
+            let want: Vec<i16> = bytes
+                .iter()
+                .map(|&v| i16::from(small[(i64::from(v) - base) as usize]))
+                .collect();
+            let mut p8 = vec![MaybeUninit::<i8>::uninit(); len];
+            let mut p16 = vec![MaybeUninit::<i16>::uninit(); len];
+            let mut s8 = vec![MaybeUninit::<i8>::uninit(); len];
+            // SAFETY: AVX-512 VBMI and AVX2 checked above; the values lie in the span.
+            unsafe {
+                permute_lookup(&bytes, base as i8, &small, span, &mut p8);
+                permute_lookup(&bytes, base as i8, &small, span, &mut p16);
+                shuffle_lookup(&bytes, base as i8, &small, span.div_ceil(16), &mut s8);
+            }
+            for i in 0..len {
+                // SAFETY: every lookup writes all `len` outputs.
+                let (a, b, c) = unsafe {
+                    (
+                        p8[i].assume_init(),
+                        p16[i].assume_init(),
+                        s8[i].assume_init(),
+                    )
+                };
+                assert_eq!(
+                    (i16::from(a), b, i16::from(c)),
+                    (want[i], want[i], want[i]),
+                    "span {span} at {i}"
+                );
+            }
+        }
     }
 
     #[test]
