@@ -270,6 +270,7 @@ fn int_acc<A: AccInput>(
         m,
         stats: &stats,
         avx2: has_avx2(),
+        wide: has_avx2() && crate::kernels::simd::wide_vectors(),
     };
     matmul_map_into_as(
         a.insert_axis(Axis(0)),
@@ -293,6 +294,8 @@ struct AccRows<'a, A> {
     m: usize,
     stats: &'a RowStats,
     avx2: bool,
+    /// AVX-512 for the row estimates (`row_estimates_avx512`)
+    wide: bool,
 }
 
 impl<A: AccInput> AccRows<'_, A> {
@@ -302,7 +305,8 @@ impl<A: AccInput> AccRows<'_, A> {
             (Some(p), Some(a_rows)) if self.m > 0 => {
                 let r = (dst.as_ptr() as usize - self.base) / (self.m * size_of::<i32>());
                 let a_row = &a_rows[r * self.k..(r + 1) * self.k];
-                self.stats.set(r, row_work(p, row, dst, a_row, self.avx2));
+                let isa = (self.avx2, self.wide);
+                self.stats.set(r, row_work(p, row, dst, a_row, isa));
             }
             _ => {
                 for (d, &v) in dst.iter_mut().zip(row) {
@@ -814,7 +818,7 @@ fn row_work<A: AccInput, R: AccRow>(
     row: &[R],
     dst: &mut [MaybeUninit<i32>],
     a_row: &[A],
-    avx2: bool,
+    (avx2, wide): (bool, bool),
 ) -> (f64, f64, f64) {
     #[inline(always)]
     fn body<A: AccInput, R: AccRow>(
@@ -838,12 +842,28 @@ fn row_work<A: AccInput, R: AccRow>(
             let (hi, lo) = row_estimates_avx2(row, dst, &p.cols.alpha, &p.zsf, &p.cols.bias);
             (hi, lo, p.norm_of(a_row, true))
         }
+        #[target_feature(enable = "avx2,avx512f,avx512dq,avx512vl,avx512bw")]
+        unsafe fn body_avx512<A: AccInput, R: AccRow>(
+            p: &Prep,
+            row: &[R],
+            dst: &mut [MaybeUninit<i32>],
+            a_row: &[A],
+        ) -> (f64, f64, f64) {
+            // SAFETY: AVX-512 (this function's features); the slices as `row_estimates_avx2`.
+            let (hi, lo) =
+                unsafe { row_estimates_avx512(row, dst, &p.cols.alpha, &p.zsf, &p.cols.bias) };
+            (hi, lo, p.norm_of(a_row, true))
+        }
+        if wide {
+            // SAFETY: the caller checked that the CPU has AVX2 and AVX-512 F/DQ/VL/BW.
+            return unsafe { body_avx512(p, row, dst, a_row) };
+        }
         if avx2 {
             // SAFETY: the caller checked that the CPU has AVX2.
             return unsafe { body_avx2(p, row, dst, a_row) };
         }
     }
-    let _ = avx2;
+    let _ = (avx2, wide);
     body(p, row, dst, a_row)
 }
 
@@ -941,6 +961,60 @@ unsafe fn row_estimates_avx2<R: AccRow>(
         hs.iter().fold(f64::NEG_INFINITY, |x, &y| x.max(y)),
         ls.iter().fold(f64::INFINITY, |x, &y| x.min(y)),
     );
+    for j in main..m {
+        let x = row[j].low_i32();
+        dst[j].write(x);
+        let g = alpha[j] * (f64::from(x) - zsf[j]) + bias[j];
+        hv = hv.max(g);
+        lv = lv.min(g);
+    }
+    (hv, lv)
+}
+
+/// [`row_estimates_avx2`] eight lanes wide (AVX-512): the same three operations per `G_j`,
+/// the same maximum and minimum.
+///
+/// # Safety
+/// The CPU must have AVX2 and AVX-512 F/DQ/VL/BW; `dst`, `alpha`, `zsf` and `bias` as long as
+/// `row`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512dq,avx512vl,avx512bw")]
+unsafe fn row_estimates_avx512<R: AccRow>(
+    row: &[R],
+    dst: &mut [MaybeUninit<i32>],
+    alpha: &[f64],
+    zsf: &[f64],
+    bias: &[f64],
+) -> (f64, f64) {
+    use std::arch::x86_64::*;
+    let m = row.len();
+    assert!(dst.len() == m && alpha.len() == m && zsf.len() == m && bias.len() == m);
+    let main = m / 8 * 8;
+    let mut hi = _mm512_set1_pd(f64::NEG_INFINITY);
+    let mut lo = _mm512_set1_pd(f64::INFINITY);
+    let (rp, dp) = (row.as_ptr(), dst.as_mut_ptr());
+    let (ap, zp, bp) = (alpha.as_ptr(), zsf.as_ptr(), bias.as_ptr());
+    let mut j = 0;
+    while j < main {
+        // SAFETY: j + 8 <= main <= m, the length of every slice.
+        unsafe {
+            // the accumulators fit int32
+            let x = _mm256_inserti128_si256::<1>(
+                _mm256_castsi128_si256(R::load4(rp.add(j))),
+                R::load4(rp.add(j + 4)),
+            );
+            _mm256_storeu_si256(dp.add(j).cast(), x);
+            let d = _mm512_sub_pd(_mm512_cvtepi32_pd(x), _mm512_loadu_pd(zp.add(j)));
+            let g = _mm512_add_pd(
+                _mm512_mul_pd(_mm512_loadu_pd(ap.add(j)), d),
+                _mm512_loadu_pd(bp.add(j)),
+            );
+            hi = _mm512_max_pd(hi, g);
+            lo = _mm512_min_pd(lo, g);
+        }
+        j += 8;
+    }
+    let (mut hv, mut lv) = (_mm512_reduce_max_pd(hi), _mm512_reduce_min_pd(lo));
     for j in main..m {
         let x = row[j].low_i32();
         dst[j].write(x);

@@ -260,6 +260,22 @@ fn row_estimates_agree() {
             let (a, b) = unsafe { (a.assume_init(), b.assume_init()) };
             assert_eq!((a, b), (v as i32, v as i32));
         }
+        if crate::kernels::simd::wide_vectors() {
+            // the AVX-512 estimates, on int64 and int32 rows
+            let mut d4 = vec![MaybeUninit::uninit(); m];
+            // SAFETY: the CPU has AVX-512 and the slices have the same length.
+            let got = unsafe { row_estimates_avx512(&row, &mut d4, &alpha, &zsf, &bias) };
+            assert_eq!(got, want);
+            let mut d5 = vec![MaybeUninit::uninit(); m];
+            // SAFETY: as above.
+            let got = unsafe { row_estimates_avx512(&row32, &mut d5, &alpha, &zsf, &bias) };
+            assert_eq!(got, want);
+            for ((a, b), &v) in d4.iter().zip(&d5).zip(&row) {
+                // SAFETY: both wrote every value.
+                let (a, b) = unsafe { (a.assume_init(), b.assume_init()) };
+                assert_eq!((a, b), (v as i32, v as i32));
+            }
+        }
     }
 }
 
