@@ -231,8 +231,8 @@ fn the_tolerance_rejects_what_float32_rounds_wrong() {
     if !SWITCH.available() {
         return;
     }
-    // a large bias against a large product (|v| + |B| near 20000): float32 alone rounds a few
-    // hundred of these 400k values the other way; the screen must send every one of them on
+    // a large bias against a large product (|v| + |B| near 20000): float32 alone rounds over a
+    // hundred (157) of these 400k values the other way; the screen must send every one of them on
     let n = 16;
     let mut rng = Rng(0x0123_4567_89ab_cdef);
     let mul: Vec<f64> = (0..n).map(|_| rng.float(0.01, 0.02)).collect();
