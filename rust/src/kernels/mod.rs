@@ -4,3 +4,5 @@ pub mod float;
 pub mod integer;
 pub mod quant;
 pub mod simd;
+#[cfg(test)]
+pub(crate) mod test_rng;

@@ -4,29 +4,10 @@
 //! applies.)
 
 use super::*;
+use crate::kernels::test_rng::Rng;
 
 fn wide() -> bool {
     simd::wide_vectors()
-}
-
-/// xorshift64*: reproducible test data without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// A float with a random significand and sign and an exponent in [lo, hi].
-    fn float(&mut self, lo: i64, hi: i64) -> f64 {
-        let e = lo + (self.next() % (hi - lo + 1) as u64) as i64;
-        let bits = self.next();
-        let significand = bits & ((1 << 52) - 1);
-        let sign = bits & (1 << 63);
-        f64::from_bits(sign | (((1023 + e) as u64) << 52) | significand)
-    }
 }
 
 fn consts(scale: f64) -> Consts {
@@ -70,17 +51,17 @@ fn fused_division_is_the_division() {
     // scales quantizers have
     for round in 0..40_000 {
         let scale = if round % 2 == 0 {
-            rng.float(-400, 399)
+            rng.float_exp(-400, 399)
         } else {
-            rng.float(-20, 6)
+            rng.float_exp(-20, 6)
         };
         let mut xs = [0.0; 8];
         for x in xs.iter_mut() {
-            *x = rng.float(-500, 499);
+            *x = rng.float_exp(-500, 499);
         }
         check_division(&xs, scale);
         for x in xs.iter_mut() {
-            *x = rng.float(-40, 40);
+            *x = rng.float_exp(-40, 40);
         }
         check_division(&xs, scale);
     }

@@ -4,25 +4,8 @@
 
 use super::*;
 use crate::kernels::integer::requant::{acc_rescale_quant_into, run_body, Stats};
+use crate::kernels::test_rng::Rng;
 use ndarray::Array2;
-
-/// xorshift64*: reproducible test data without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn float(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn int(&mut self, span: i64) -> i32 {
-        ((self.next() % (2 * span as u64 + 1)) as i64 - span) as i32
-    }
-}
 
 fn requant(scale: f64, zero_point: f64, lo: f64, hi: f64) -> Requant {
     Requant {
@@ -30,6 +13,17 @@ fn requant(scale: f64, zero_point: f64, lo: f64, hi: f64) -> Requant {
         zero_point,
         lo,
         hi,
+    }
+}
+
+/// A rescale without rounding or offset.
+fn plain<'a>(sub: &'a [f64], mul: &'a [f64], add: Option<&'a [f64]>) -> Rescale<'a> {
+    Rescale {
+        lsbs: 0,
+        offset: 0.0,
+        sub,
+        mul,
+        add,
     }
 }
 
@@ -89,7 +83,7 @@ fn random_rows_match_the_scalar_epilogue() {
     let mut screened = 0;
     for n in [16, 17, 31, 32, 48, 70, 128] {
         for span in [60, 4000, 1 << 20, (1 << 24) + 50] {
-            let acc: Vec<i32> = (0..n * 40).map(|_| rng.int(span)).collect();
+            let acc: Vec<i32> = (0..n * 40).map(|_| rng.int(span) as i32).collect();
             let sub: Vec<f64> = (0..n).map(|_| rng.float(-500.0, 500.0).round()).collect();
             let mul: Vec<f64> = (0..n)
                 .map(|_| rng.float(-3.0, 3.0) * 60.0 / span as f64)
@@ -126,13 +120,7 @@ fn exact_and_near_ties_fall_back() {
     let zero = vec![0.0; n];
     for nudge in [0.0, 1e-15, -1e-15, 3e-9, -3e-9] {
         let mul = vec![0.5 + nudge; n];
-        let r = Rescale {
-            lsbs: 0,
-            offset: 0.0,
-            sub: &zero,
-            mul: &mul,
-            add: None,
-        };
+        let r = plain(&zero, &mul, None);
         same(&acc, n, &r, &requant(1.0, 0.0, -100.0, 100.0));
         same(&acc, n, &r, &requant(1.0, 0.0, -128.0, 127.0));
         same(&acc, n, &r, &requant(0.5, 7.0, -128.0, 127.0));
@@ -149,13 +137,7 @@ fn accumulators_beyond_float32_fall_back() {
     acc.extend((0..n * 8 - acc.len()).map(|i| (i as i32 - 60) * ((1 << 24) / 64 + 3)));
     let sub = vec![0.0; n];
     let mul = vec![100.0 / f64::from(1 << 24); n];
-    let r = Rescale {
-        lsbs: 0,
-        offset: 0.0,
-        sub: &sub,
-        mul: &mul,
-        add: None,
-    };
+    let r = plain(&sub, &mul, None);
     let q = requant(1.0, 0.0, -128.0, 127.0);
     same(&acc, n, &r, &q);
     // the odd accumulators are beyond float32's integers: their group is not screened
@@ -178,43 +160,29 @@ fn calls_outside_its_range_are_refused() {
     let n = 16;
     let ones = vec![1.0; n];
     let zero = vec![0.0; n];
-    let plain = Rescale {
-        lsbs: 0,
-        offset: 0.0,
-        sub: &zero,
-        mul: &ones,
-        add: None,
-    };
+    let base = plain(&zero, &ones, None);
     let q = requant(1.0, 0.0, -128.0, 127.0);
-    assert_eq!(Screen::new(&plain, &q, n).is_some(), SWITCH.available());
+    assert_eq!(Screen::new(&base, &q, n).is_some(), SWITCH.available());
     // rounding, a short row, a non-finite or huge operand, a tiny scale
-    let rounded = Rescale { lsbs: 2, ..plain };
+    let rounded = Rescale { lsbs: 2, ..base };
     assert!(Screen::new(&rounded, &q, n).is_none());
-    assert!(Screen::new(&plain, &q, 15).is_none());
+    assert!(Screen::new(&base, &q, 15).is_none());
     let nan = vec![f64::NAN; n];
-    assert!(Screen::new(&Rescale { mul: &nan, ..plain }, &q, n).is_none());
+    assert!(Screen::new(&Rescale { mul: &nan, ..base }, &q, n).is_none());
     let huge = vec![1e30; n];
-    assert!(Screen::new(
-        &Rescale {
-            sub: &huge,
-            ..plain
-        },
-        &q,
-        n
-    )
-    .is_none());
-    assert!(Screen::new(&plain, &requant(1e-30, 0.0, -128.0, 127.0), n).is_none());
+    assert!(Screen::new(&Rescale { sub: &huge, ..base }, &q, n).is_none());
+    assert!(Screen::new(&base, &requant(1e-30, 0.0, -128.0, 127.0), n).is_none());
     assert!(Screen::new(
         &Rescale {
             offset: f64::INFINITY,
-            ..plain
+            ..base
         },
         &q,
         n
     )
     .is_none());
     // operands shorter than the row
-    assert!(Screen::new(&plain, &q, n + 1).is_none());
+    assert!(Screen::new(&base, &q, n + 1).is_none());
 }
 
 #[test]
@@ -238,13 +206,7 @@ fn the_tolerance_rejects_what_float32_rounds_wrong() {
     let mul: Vec<f64> = (0..n).map(|_| rng.float(0.01, 0.02)).collect();
     let add: Vec<f64> = (0..n).map(|_| rng.float(19000.0, 21000.0)).collect();
     let zero = vec![0.0; n];
-    let r = Rescale {
-        lsbs: 0,
-        offset: 0.0,
-        sub: &zero,
-        mul: &mul,
-        add: Some(&add),
-    };
+    let r = plain(&zero, &mul, Some(&add));
     let q = requant(1.0, 0.0, -128.0, 127.0);
     let starts: Vec<i32> = (0..n)
         .map(|j| ((-129.0 - add[j]) / mul[j]) as i32)

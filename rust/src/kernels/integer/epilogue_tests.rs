@@ -5,29 +5,10 @@
 use super::*;
 use crate::kernels::integer::epilogue_avx512;
 use crate::kernels::quant::float::{clip, Real};
+use crate::kernels::test_rng::Rng;
 
 fn avx2() -> bool {
     std::is_x86_feature_detected!("avx2")
-}
-
-/// xorshift64*: reproducible test data without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// Uniform in [-span, span] (span < 2^62).
-    fn int(&mut self, span: i64) -> i64 {
-        (self.next() % (2 * span as u64 + 1)) as i64 - span
-    }
-    /// Uniform in [lo, hi).
-    fn float(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next() >> 11) as f64 / (1u64 << 53) as f64)
-    }
 }
 
 /// Run both epilogues on `acc` and compare everything they give.

@@ -553,13 +553,8 @@ mod tests {
         if !VBMI.available() || !avx2() {
             return;
         }
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = crate::kernels::test_rng::Rng(0x9e37_79b9_7f4a_7c15);
+        let mut next = move || rng.next();
         let mut small = [0i8; 256];
         for e in small.iter_mut() {
             *e = next() as i8;
