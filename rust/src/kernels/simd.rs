@@ -67,6 +67,21 @@ pub fn wide_vectors() -> bool {
     }
 }
 
+/// Whether the byte permutes of the int8 table lookups (`vpermb`, `vpermi2b`: AVX-512 F/BW
+/// and VBMI) may run on this CPU.
+pub fn byte_permutes() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vbmi")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether the AVX2 integer kernels (`vpmaddwd`) may run on this CPU.
 pub fn avx2() -> bool {
     #[cfg(target_arch = "x86_64")]

@@ -270,7 +270,7 @@ fn int_acc<A: AccInput>(
         m,
         stats: &stats,
         avx2: has_avx2(),
-        wide: has_avx2() && crate::kernels::simd::wide_vectors(),
+        wide: crate::kernels::simd::wide_vectors(),
     };
     matmul_map_into_as(
         a.insert_axis(Axis(0)),
@@ -897,15 +897,30 @@ fn row_estimates<R: AccRow>(
             lo[l] = if g < lo[l] { g } else { lo[l] };
         }
     }
-    for j in main..row.len() {
+    let hi = hi.iter().fold(f64::NEG_INFINITY, |x, &y| x.max(y));
+    let lo = lo.iter().fold(f64::INFINITY, |x, &y| x.min(y));
+    estimates_from(main, row, dst, alpha, zsf, bias, (hi, lo))
+}
+
+/// The columns `from..` of [`row_estimates`] one by one (the tail the vector loops leave),
+/// taken into the extremes `(hi, lo)` found so far.
+#[inline(always)]
+fn estimates_from<R: AccRow>(
+    from: usize,
+    row: &[R],
+    dst: &mut [MaybeUninit<i32>],
+    alpha: &[f64],
+    zsf: &[f64],
+    bias: &[f64],
+    (mut hi, mut lo): (f64, f64),
+) -> (f64, f64) {
+    for j in from..row.len() {
         let x = row[j].low_i32();
         dst[j].write(x);
         let g = alpha[j] * (f64::from(x) - zsf[j]) + bias[j];
-        hi[0] = hi[0].max(g);
-        lo[0] = lo[0].min(g);
+        hi = hi.max(g);
+        lo = lo.min(g);
     }
-    let hi = hi.iter().fold(f64::NEG_INFINITY, |x, &y| x.max(y));
-    let lo = lo.iter().fold(f64::INFINITY, |x, &y| x.min(y));
     (hi, lo)
 }
 
@@ -957,18 +972,11 @@ unsafe fn row_estimates_avx2<R: AccRow>(
         _mm256_storeu_pd(hs.as_mut_ptr(), _mm256_max_pd(hi[0], hi[1]));
         _mm256_storeu_pd(ls.as_mut_ptr(), _mm256_min_pd(lo[0], lo[1]));
     }
-    let (mut hv, mut lv) = (
+    let found = (
         hs.iter().fold(f64::NEG_INFINITY, |x, &y| x.max(y)),
         ls.iter().fold(f64::INFINITY, |x, &y| x.min(y)),
     );
-    for j in main..m {
-        let x = row[j].low_i32();
-        dst[j].write(x);
-        let g = alpha[j] * (f64::from(x) - zsf[j]) + bias[j];
-        hv = hv.max(g);
-        lv = lv.min(g);
-    }
-    (hv, lv)
+    estimates_from(main, row, dst, alpha, zsf, bias, found)
 }
 
 /// [`row_estimates_avx2`] eight lanes wide (AVX-512): the same three operations per `G_j`,
@@ -1014,15 +1022,8 @@ unsafe fn row_estimates_avx512<R: AccRow>(
         }
         j += 8;
     }
-    let (mut hv, mut lv) = (_mm512_reduce_max_pd(hi), _mm512_reduce_min_pd(lo));
-    for j in main..m {
-        let x = row[j].low_i32();
-        dst[j].write(x);
-        let g = alpha[j] * (f64::from(x) - zsf[j]) + bias[j];
-        hv = hv.max(g);
-        lv = lv.min(g);
-    }
-    (hv, lv)
+    let found = (_mm512_reduce_max_pd(hi), _mm512_reduce_min_pd(lo));
+    estimates_from(main, row, dst, alpha, zsf, bias, found)
 }
 
 /// What is known of the values of one row.

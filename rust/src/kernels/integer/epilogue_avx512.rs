@@ -54,7 +54,7 @@ pub fn available() -> bool {
 }
 
 /// 2^e for an exponent of the normal range.
-const fn pow2(e: i64) -> f64 {
+pub(crate) const fn pow2(e: i64) -> f64 {
     f64::from_bits(((1023 + e) as u64) << 52)
 }
 

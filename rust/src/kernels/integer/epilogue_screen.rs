@@ -35,7 +35,7 @@
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
-use crate::kernels::integer::epilogue_avx512::store16;
+use crate::kernels::integer::epilogue_avx512::{pow2, store16};
 use crate::kernels::integer::requant::{Narrow, Requant};
 use crate::kernels::integer::rescale::Rescale;
 use crate::kernels::simd::{self, Switch};
@@ -43,11 +43,6 @@ use crate::kernels::simd::{self, Switch};
 /// Whether the screen may be used (a switch for benchmarks and differential tests; the
 /// integers are the same either way); it needs AVX-512 F/DQ/VL/BW.
 pub static SWITCH: Switch = Switch::new(true, simd::wide_vectors);
-
-/// 2^e for an exponent of the normal range.
-const fn pow2(e: i64) -> f64 {
-    f64::from_bits(((1023 + e) as u64) << 52)
-}
 
 /// Largest magnitude of an operand (and smallest of a nonzero scale is its inverse).
 const OPERAND_MAX: f64 = pow2(60);

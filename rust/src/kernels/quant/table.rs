@@ -30,7 +30,7 @@ use rayon::prelude::*;
 use super::dequantize::QInt;
 use super::CHUNK;
 use crate::error::{Error, Result};
-use crate::kernels::simd::Switch;
+use crate::kernels::simd::{self, Switch};
 
 /// Integer element types that index a table.
 pub trait Index: QInt + Ord {
@@ -356,20 +356,7 @@ unsafe fn lookup_chunk_avx2<I: Index, O: Entry>(
 
 /// Whether the int8 lookups may use `vpermb`/`vpermi2b` (AVX-512 VBMI; a switch for
 /// benchmarks and differential tests: the same values either way).
-pub static VBMI: Switch = Switch::new(true, vbmi);
-
-fn vbmi() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512vbmi")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+pub static VBMI: Switch = Switch::new(true, simd::byte_permutes);
 
 /// [`shuffle_lookup`] with byte permutes, 64 values a step: one `vpermb` for up to 64
 /// entries, one `vpermi2b` for up to 128, two and a blend on the index's top bit for up to
@@ -419,15 +406,27 @@ unsafe fn permute_lookup<O: Entry>(
         for (vals, d) in steps {
             // SAFETY: `out` holds 64 bytes.
             unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), map(vals)) };
-            for (o, &e) in d.iter_mut().zip(&out) {
-                o.write(O::from_i8(e));
-            }
+            widen_into(d, &out);
         }
     }
-    for (o, &v) in dst[whole..].iter_mut().zip(&bytes[whole..]) {
+    lookup_bytes(&bytes[whole..], base, small, &mut dst[whole..]);
+}
+
+/// `dst[i] = small[(v - base) as u8]` one value at a time (the tail of the vector lookups).
+#[inline(always)]
+fn lookup_bytes<O: Entry>(bytes: &[i8], base: i8, small: &[i8; 256], dst: &mut [MaybeUninit<O>]) {
+    for (o, &v) in dst.iter_mut().zip(bytes) {
         o.write(O::from_i8(
             small[(v as u8).wrapping_sub(base as u8) as usize],
         ));
+    }
+}
+
+/// Write int8 entries `out` into `dst` as `O`.
+#[inline(always)]
+fn widen_into<O: Entry>(dst: &mut [MaybeUninit<O>], out: &[i8]) {
+    for (o, &e) in dst.iter_mut().zip(out) {
+        o.write(O::from_i8(e));
     }
 }
 
@@ -470,15 +469,9 @@ unsafe fn shuffle_lookup<O: Entry>(
         }
         // SAFETY: `out` holds 32 bytes.
         unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), r) };
-        for (o, &e) in d.iter_mut().zip(&out) {
-            o.write(O::from_i8(e));
-        }
+        widen_into(d, &out);
     }
-    for (o, &v) in dst[whole..].iter_mut().zip(&bytes[whole..]) {
-        o.write(O::from_i8(
-            small[(v as u8).wrapping_sub(base as u8) as usize],
-        ));
-    }
+    lookup_bytes(&bytes[whole..], base, small, &mut dst[whole..]);
 }
 
 #[cfg(test)]
