@@ -541,6 +541,36 @@ fn correct_rows<V: Copy, O, F>(
     }
 }
 
+/// A thread's buffers for the U8I8 blocks, kept from one block to the next so that a task
+/// neither allocates nor clears them: the rows of A as u8 and the int32 products.
+#[derive(Default)]
+struct Scratch {
+    rows: Vec<u8>,
+    products: Vec<i32>,
+}
+
+impl Scratch {
+    /// `padded` rows of `kp` bytes whose bytes past the first `k` of the first `rows` rows
+    /// (what `centre_rows` does not write) are zero.
+    fn lhs(&mut self, rows: usize, padded: usize, k: usize, kp: usize) -> &mut [u8] {
+        if self.rows.len() < padded * kp {
+            self.rows.resize(padded * kp, 0);
+        }
+        let lhs = &mut self.rows[..padded * kp];
+        if kp > k {
+            for row in lhs[..rows * kp].chunks_exact_mut(kp) {
+                row[k..].fill(0);
+            }
+        }
+        lhs[rows * kp..].fill(0);
+        lhs
+    }
+}
+
+thread_local! {
+    static U8_SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
+}
+
 /// One batch of a U8I8 `Job`: rows of A (as u8) against the packed weights.
 struct BlockU8<'a, A> {
     a: ArrayView2<'a, A>,
@@ -558,16 +588,39 @@ impl<A: Lhs> BlockU8<'_, A> {
     where
         F: RowEpilogue<O>,
     {
+        // taken out of the thread's slot (a nested block on this thread finds it empty) and
+        // put back; the work stays in this function, compiled with the caller's features
+        let mut scratch = U8_SCRATCH.take();
+        self.run_in(r0, rows_out, epilogue, &mut scratch);
+        U8_SCRATCH.set(scratch);
+    }
+
+    /// `run` with the thread's scratch buffers.
+    #[inline(always)]
+    fn run_in<O, F>(
+        &self,
+        r0: usize,
+        rows_out: &mut [MaybeUninit<O>],
+        epilogue: &F,
+        scratch: &mut Scratch,
+    ) where
+        F: RowEpilogue<O>,
+    {
         let (k, n) = (self.k, self.cols.len());
         let [s, t] = self.shift;
         let rows = rows_out.len() / n;
         let (kp, np) = (vnni::padded_k(k), self.w.padded_n());
         let padded = vnni::padded_rows(rows);
-        let mut lhs = vec![0u8; padded * kp];
+        let lhs = scratch.lhs(rows, padded, k, kp);
         // A − s lies in [0, 255] under this strategy, so the truncation is exact.
-        let row_terms = centre_rows(self.a, r0, rows, k, kp, [s, t], &mut lhs, |c| c as u8);
-        let mut tmp = vec![0i32; padded * np];
-        vnni::gemm::<{ vnni::MR }, true>(padded, &lhs, self.w, &mut tmp);
+        let row_terms = centre_rows(self.a, r0, rows, k, kp, [s, t], lhs, |c| c as u8);
+        // every product of the padded rows is written by the kernel
+        if scratch.products.len() < padded * np {
+            scratch.products.resize(padded * np, 0);
+        }
+        let tmp = &mut scratch.products[..padded * np];
+        vnni::gemm::<{ vnni::MR }, true>(padded, &scratch.rows[..padded * kp], self.w, tmp);
+        let tmp = &scratch.products[..padded * np];
         if s == 0 && t == 0 && epilogue.reads_i32() {
             // no row or column term: the int32 products are the accumulators
             for (d_row, p_row) in rows_out.chunks_exact_mut(n).zip(tmp.chunks_exact(np)) {
@@ -577,7 +630,7 @@ impl<A: Lhs> BlockU8<'_, A> {
         }
         correct_rows(
             rows_out,
-            &tmp,
+            tmp,
             np,
             &row_terms,
             self.cols,

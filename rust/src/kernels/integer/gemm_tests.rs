@@ -78,6 +78,25 @@ fn u8i8_is_exact_with_shifts_and_batches() {
     }
 }
 
+#[test]
+fn u8i8_blocks_reuse_their_scratch_across_shapes() {
+    // each thread keeps its buffers from one block to the next: a call after a wider, taller
+    // one must not read what the earlier one left (padding columns and rows)
+    for round in 0..4 {
+        for (m, k, n) in [
+            (300, 8, 20),
+            (131, 7, 20),
+            (70, 130, 33),
+            (5, 1, 3),
+            (200, 61, 16),
+        ] {
+            let a = data((1, m, k), round, 0, 256);
+            let w = data((1, k, n), round + 1, -128, 256);
+            assert_eq!(with(&a, &w, 3, VNNI), naive(&a, &w, 3), "{m}x{k}x{n}");
+        }
+    }
+}
+
 fn data(shape: (usize, usize, usize), seed: i64, lo: i64, span: i64) -> Array3<i64> {
     let len = shape.0 * shape.1 * shape.2;
     let v: Vec<i64> = (0..len as i64)
