@@ -1,12 +1,13 @@
 """Type stubs of the compiled module ``fhequant._core`` (checked by mypy.stubtest)."""
 
-from typing import Any
+from typing import Any, final
 
 import numpy as np
 import numpy.typing as npt
 from numpy.typing import NDArray
 
 __all__ = [
+    "AccExtremesStream",
     "__version__",
     "_raise_kernel_error",
     "acc_extremes_filter_counts",
@@ -162,6 +163,30 @@ def int_matmul_acc_extremes(
     context: str | None = None,
 ) -> tuple[npt.NDArray[np.int32] | None, float, float, bool]: ...
 def acc_extremes_filter_counts(reset: bool = False) -> tuple[int, int, int, int]: ...
+
+@final
+class AccExtremesStream:
+    """The float extremes of a Gemm/MatMul over stored-integer blocks, reduced on a native
+    thread (kernels::float::acc_stream)."""
+
+    def __new__(
+        cls,
+        table: NDArray[Any] | None,
+        lo: int,
+        wq: npt.NDArray[np.int64],
+        z_w: int,
+        w: npt.NDArray[np.float64],
+        bias: npt.NDArray[np.float64] | None,
+        scale: float,
+        zero_point: float,
+        exact: bool,
+        loose_survivors: float,
+        pending: int,
+    ) -> AccExtremesStream: ...
+    def push(self, block: NDArray[Any]) -> None: ...
+    def finish(
+        self,
+    ) -> tuple[tuple[float, float] | None, str | None, tuple[int, int, int, int]]: ...
 
 # --- end float kernels ---
 # --- integer kernels (rust-integer): see fhequant.kernels --------------------------------

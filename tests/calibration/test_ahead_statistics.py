@@ -241,3 +241,67 @@ def test_small_sets_keep_their_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = _spy(monkeypatch)
     build_quantized_module(mlp([12, 24, 16, 5], seed=3), X_MLP, n_bits=6, batch_size=128)
     assert seen == {"ahead": [], "pass": ["g1", "y"], "rejected": []}
+
+
+@pytest.mark.parametrize("batches", [False, True], ids=["array", "batches"])
+def test_the_native_thread_reduces_what_the_walk_would(
+    monkeypatch: pytest.MonkeyPatch, batches: bool
+) -> None:
+    """With ahead.CONCURRENT the guesses' blocks go to _core.AccExtremesStream (both hidden
+    Gemms here); the module is the one of the guesses reduced on the walk's thread and the
+    one without guesses."""
+    from fhequant import _core
+
+    streams: list[int] = []
+    real = _core.AccExtremesStream
+
+    def counting(*args: Any) -> Any:
+        streams.append(1)
+        return real(*args)
+
+    model = mlp([12, 24, 16, 5], seed=3)
+    data = (lambda: _batches(X_MLP)) if batches else (lambda: X_MLP)
+    modules = []
+    for concurrent in (True, False):
+        with monkeypatch.context() as m:
+            m.setattr(ahead, "CONCURRENT", concurrent)
+            m.setattr(_core, "AccExtremesStream", counting)
+            seen = _spy(m)
+            modules.append(build_quantized_module(model, data(), n_bits=6, batch_size=128))
+        assert sorted(seen["ahead"] + seen["rejected"]) == ["g1", "y"]
+        assert len(streams) == (2 if concurrent else 0)
+        streams.clear()
+    with monkeypatch.context() as m:
+        _off(m)
+        without = build_quantized_module(model, data(), n_bits=6, batch_size=128)
+    assert_same_module(modules[0], modules[1], X_MLP[:50])
+    assert_same_module(modules[0], without, X_MLP[:50])
+
+
+def _native_threads(prefix: str) -> list[str]:
+    """The names of this process's threads (Linux: /proc) that start with ``prefix``."""
+    import pathlib
+
+    names = [p.read_text().strip() for p in pathlib.Path("/proc/self/task").glob("*/comm")]
+    return [n for n in names if n.startswith(prefix)]
+
+
+def test_an_error_in_the_walk_stops_the_native_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass that fails while a stream runs: the walk's end collects it (no thread left)."""
+    model = mlp([12, 24, 16, 5], seed=3)
+    feed = ahead.StatisticsAhead.feed
+    running: list[list[str]] = []
+    kept: list[ahead.StatisticsAhead] = []  # alive after the walk: only close() stops it
+
+    def failing_feed(self: ahead.StatisticsAhead, source: str, b: int, ints: np.ndarray) -> None:
+        feed(self, source, b, ints)
+        if b == 2:
+            kept.append(self)
+            running.append(_native_threads("fhequant-ahead"))
+            raise RuntimeError("the pass fails")
+
+    monkeypatch.setattr(ahead.StatisticsAhead, "feed", failing_feed)
+    with pytest.raises(Exception, match="the pass fails"):
+        build_quantized_module(model, X_MLP, n_bits=6, batch_size=128)
+    assert running == [["fhequant-ahead"]]  # the stream's thread ran when the pass failed
+    assert _native_threads("fhequant-ahead") == []

@@ -250,9 +250,13 @@ class Extremes:
         else:
             blo, bhi, bdtype = found
         check_finite(blo, bhi, self.out, self.where)
-        self.lo = blo if self.lo is None else np.minimum(self.lo, blo)
-        self.hi = bhi if self.hi is None else np.maximum(self.hi, bhi)
-        self.dtype = bdtype
+        self.merge(blo, bhi, bdtype)
+
+    def merge(self, lo: Any, hi: Any, dtype: Any) -> None:
+        """Take the finite extremes ``lo``, ``hi`` (of ``dtype``) of more blocks."""
+        self.lo = lo if self.lo is None else np.minimum(self.lo, lo)
+        self.hi = hi if self.hi is None else np.maximum(self.hi, hi)
+        self.dtype = dtype
 
     def result(self) -> np.ndarray:
         """``np.array([min, max], dtype)`` over the blocks taken so far."""

@@ -1,5 +1,6 @@
 //! Python bindings: thin wrappers only.
 
+mod acc_stream;
 mod block_cache;
 pub mod errors;
 mod float;
@@ -14,5 +15,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     block_cache::register(m)?;
     integer::register(m)?;
     float::register(m)?;
+    acc_stream::register(m)?;
     Ok(())
 }

@@ -21,6 +21,11 @@ the kernel read exactly what the consumer's own pass would read: the same stored
 (every block, in order), the same table on every integer the blocks can hold, the same scale
 and zero point, the same weights, bias and attributes. Otherwise the consumer's own pass runs
 as before. Either way the numbers are the pass's, bit for bit.
+
+With :data:`CONCURRENT`, a guess on a Gemm/MatMul served by the integer filter hands its
+blocks to ``_core.AccExtremesStream``, which reduces them (table lookup included) on a
+native thread that never takes the GIL, in order, while the walk computes the producer's
+next block; the guess collects the result when the producer's pass is over.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from fhequant import _core
 from fhequant.quantized import fused_stats
 from fhequant.quantized.calibration.store import (
     TABLE_INDEX,
@@ -45,8 +51,10 @@ from fhequant.quantized.graph import quantized_registry, use_split_independent_i
 from fhequant.quantized.tensor_store import narrowest
 
 __all__ = [
+    "CONCURRENT",
     "ENABLED",
     "MIN_ROWS",
+    "PENDING_BLOCKS",
     "Guess",
     "StatisticsAhead",
     "build_guess",
@@ -62,6 +70,17 @@ ENABLED = True
 #: once its pass over the rows is dearer (thirteenth round: 0.9x the time on the benchmark's
 #: 10k- and 100k-row in-memory rows, 1.04x faster at 1M rows, 1.10x at 10M).
 MIN_ROWS = 1 << 18
+#: Reduce a guess's blocks on a native thread of its own (``_core.AccExtremesStream``)
+#: while the walk computes the producer's next block, when the consumer is a Gemm/MatMul
+#: served by the integer filter; the blocks are taken in order, so the numbers are the
+#: same. Set to False to reduce them on the walk's thread (docs/calibration-throughput.md,
+#: fifteenth round).
+CONCURRENT = True
+#: Blocks handed to that thread and not yet reduced, at most (each keeps the producer's
+#: integers alive until it is reduced).
+PENDING_BLOCKS = 2
+#: The stored integer dtypes the native thread reads (blocks and tables).
+_STREAMED = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32))
 
 
 class _RefusedError(Exception):
@@ -86,6 +105,8 @@ class Guess:
         dequant: the float64 (scale, zero point) of ``read``.
         extremes: the consumer's running min/max.
         plan: the consumer's constant operands as its kernels read them (compared at take).
+        stream: the native reduction of the blocks (:data:`CONCURRENT`), once the first
+            block with values chose it; None otherwise.
     """
 
     source: str
@@ -97,6 +118,8 @@ class Guess:
     extremes: fused_stats.Extremes
     plan: tuple[Any, ...]
     fed: int = 0
+    stream: Any = None
+    streaming: bool | None = None
 
     def add(self, b: int, ints: np.ndarray) -> None:
         """Feed block ``b`` of ``source`` (its integers as handed to the store).
@@ -109,6 +132,13 @@ class Guess:
         self.fed += 1
         if not ints.size:
             return  # the consumer's pass finds no value in it either
+        if self.streaming is None:
+            self.streaming = self._start_stream(ints)
+        if self.streaming:
+            if not self._streams(ints):
+                raise _RefusedError("the block is not read as stored integers")
+            self.stream.push(ints.reshape(-1, ints.shape[-1]))
+            return
         # the block as the consumer's pass reads it: the stored integers (narrowed as the
         # store narrows them), or the view of them through the table
         if self.table is None:
@@ -120,6 +150,57 @@ class Guess:
             raise _RefusedError("the block is not read as stored integers")
         with use_split_independent_impl(self.extremes.op):
             self.extremes.add(x, self.dequant, b, _refuse)
+
+    def _streams(self, ints: np.ndarray) -> bool:
+        """Whether the native thread reads block ``ints`` as the consumer's pass would."""
+        integers = self.extremes.plan.integers
+        return (
+            integers is not None
+            and ints.dtype in _STREAMED
+            and ints.ndim >= 2
+            and ints.shape[-1] == integers[0].shape[0]
+            and ints.flags.c_contiguous
+        )
+
+    def _start_stream(self, ints: np.ndarray) -> bool:
+        """Start the native reduction when the consumer is served by the integer filter
+        (its weights as integers), the table and the first block are stored integers it
+        reads, and :data:`CONCURRENT`; returns whether it started."""
+        plan = self.extremes.plan
+        if not CONCURRENT or plan.kind != "matmul" or plan.weight64 is None:
+            return False
+        if self.extremes.products is not None or not self._streams(ints):
+            return False
+        if self.table is not None and self.table.dtype not in _STREAMED:
+            return False
+        assert plan.integers is not None  # _streams checked it
+        wq, z_w = plan.integers
+        self.stream = _core.AccExtremesStream(
+            None if self.table is None else np.ascontiguousarray(self.table),
+            self.lo,
+            wq,
+            z_w,
+            plan.weight64,
+            plan.bias64,
+            *self.dequant,
+            fused_stats.EXACT_EXTREMES,
+            fused_stats.LOOSE_SURVIVORS,
+            max(PENDING_BLOCKS, 1),
+        )
+        return True
+
+    def collect(self) -> bool:
+        """Wait for the native reduction (if any) and keep its result; False when it
+        stopped on a block the consumer's own pass must take."""
+        stream, self.stream = self.stream, None
+        if stream is None:
+            return True
+        found, refused, _ = stream.finish()
+        if refused is not None:
+            return False
+        if found is not None:
+            self.extremes.merge(np.float64(found[0]), np.float64(found[1]), np.dtype(np.float64))
+        return True
 
     def matches(self, op: Any, variable: list[str], store: WalkStore) -> bool:
         """Whether the consumer ``op`` (variable inputs ``variable``) reads in its own pass
@@ -219,14 +300,23 @@ class StatisticsAhead:
             guess.add(b, ints)
         except Exception:  # the consumer's own pass runs and reports it
             self._active[source] = None
+            guess.collect()
 
     def finish(self, source: str) -> None:
         """The visit of ``source``'s producer is over: keep a complete guess for its
         consumer."""
         self._armed.pop(source, None)
         guess = self._active.pop(source, None)
-        if guess is not None and guess.extremes.dtype is not None:
+        if guess is not None and guess.collect() and guess.extremes.dtype is not None:
             self._done[guess.out] = guess
+
+    def close(self) -> None:
+        """The walk is over (whatever happened): stop the native reductions still running."""
+        self._armed.clear()
+        for guess in self._active.values():
+            if guess is not None:
+                guess.collect()
+        self._active.clear()
 
     def take(self, out: str, op: Any, variable: list[str], store: WalkStore) -> np.ndarray | None:
         """The ``[min, max]`` of consumer output ``out`` when a guess gathered exactly its

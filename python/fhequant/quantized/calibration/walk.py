@@ -174,6 +174,7 @@ class ModuleCalibrator:
                         raise node_failure(node, exc, self.constants, rows) from exc
                 input_quantizers = self._input_quantizers()
         finally:
+            self.passes.ahead.close()
             self.store.close()
         return {
             "input_names": tuple(self.input_names),
