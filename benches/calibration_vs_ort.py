@@ -48,18 +48,20 @@ off by default, so time them with ``--products --baselines products``, ``filter`
 statistics kernels' filter, ``intfilter``: the integer-product filter of the Gemms that read
 stored integers, the float filter then, ``early``: the statistics gathered while the inputs
 load, the first ops' own statistics pass then, ``ahead``: a consumer's statistics gathered
-during its producer's output pass, its own pass then, ``recycle``: the input blocks freed by the
-output pass of their last consumer, ``budget``: the memory budget chosen from the machine's
-memory, the 32 MiB floor then, ``plain``: the U8I8 products of unshifted u8 x i8 operands
-handed to the fused epilogues as int32, the centring shift then, ``writebehind``: the spill
-writes made by a helper thread, on the walk's thread then, ``direct``: spill files opened for
-direct I/O, cached files then, ``readahead``: the next spilled block of a tensor read while a
-pass works on one, at once then, ``monotone``: Relu's table
-evaluated on its input's whole integer range, the presence marks then, ``wide``: the AVX-512
-products of the float32 statistics filter, AVX2 FMA then, ``epilogue512``: the AVX-512
-epilogue of the fused Gemm/Conv with its division made of fused multiply-adds, the AVX2
-epilogue then, ``blockcache``: the walk's numpy buffers of 1 MiB and more kept for reuse,
-none kept then), on every row;
+during its producer's output pass, its own pass then, ``concurrent``: those statistics reduced
+on a native thread beside the walk, on the walk's thread then, ``recycle``: the input blocks
+freed by the output pass of their last consumer, ``budget``: the memory budget chosen from the
+machine's memory, the 32 MiB floor then, ``plain``: the U8I8 products of unshifted u8 x i8
+operands handed to the fused epilogues as int32, the centring shift then, ``writebehind``: the
+spill writes made by a helper thread, on the walk's thread then, ``direct``: spill files opened
+for direct I/O, cached files then, ``readahead``: the next spilled block of a tensor read while
+a pass works on one, at once then, ``monotone``: Relu's table evaluated on its input's whole
+integer range, the presence marks then, ``wide``: the AVX-512 products of the float32
+statistics filter, AVX2 FMA then, ``epilogue512``: the AVX-512 epilogue of the fused Gemm/Conv
+with its division made of fused multiply-adds, the AVX2 epilogue then, ``blockcache``: the
+walk's numpy buffers of 1 MiB and more kept for reuse, none kept then, ``screen``: the float32
+screen of the Gemm epilogue, the float64 epilogue then, ``permute``: the byte-permute int8
+lookups, the AVX2 byte shuffles then), on every row;
 ``--exact-extremes`` runs the statistics kernels without their filter).
 """
 
@@ -396,6 +398,9 @@ SWITCHES: dict[str, Callable[[Any], Any]] = {
     # a consumer's statistics gathered during its producer's output pass (its own
     # statistics pass then)
     "ahead": _module_switch(ahead, "ENABLED", False),
+    # those statistics reduced on a native thread beside the walk (on the walk's thread
+    # then)
+    "concurrent": _module_switch(ahead, "CONCURRENT", False),
     # the input blocks freed by the output pass of their last consumer (kept until the
     # consumer is done then)
     "recycle": _module_switch(walk_store, "RECYCLE", False),
