@@ -4,6 +4,7 @@ looked-up block merged as numpy merges them; and its refusals and errors."""
 
 from __future__ import annotations
 
+import pathlib
 from typing import Any
 
 import numpy as np
@@ -147,3 +148,5 @@ def test_a_stream_dropped_unfinished_stops_its_thread() -> None:
         for _ in range(3):
             stream.push(rng.integers(-5, 6, size=(500, 64)).astype(np.int8))
         del stream  # joins the thread before the arrays it reads are released
+    tasks = pathlib.Path("/proc/self/task").glob("*/comm")
+    assert not [p for p in tasks if p.read_text().startswith("fhequant-ahead")]

@@ -60,29 +60,29 @@ impl Raw {
     ///
     /// # Safety
     /// The array must still be alive and unwritten.
-    unsafe fn block(&self) -> Block<'_> {
+    unsafe fn block(&self) -> Option<Block<'_>> {
         let n = self.rows * self.cols;
         let dim = (self.rows, self.cols);
         // SAFETY: `ptr` addresses n C-ordered values of the kind's type (checked in `of`),
         // alive and unwritten by the caller's contract.
         unsafe {
-            match self.kind {
-                0 => Block::I8(view(self.ptr as *const i8, n, dim)),
-                1 => Block::I16(view(self.ptr as *const i16, n, dim)),
-                _ => Block::I32(view(self.ptr as *const i32, n, dim)),
-            }
+            Some(match self.kind {
+                0 => Block::I8(view(self.ptr as *const i8, n, dim)?),
+                1 => Block::I16(view(self.ptr as *const i16, n, dim)?),
+                _ => Block::I32(view(self.ptr as *const i32, n, dim)?),
+            })
         }
     }
 }
 
-unsafe fn view<'a, T>(ptr: *const T, n: usize, dim: (usize, usize)) -> ArrayView2<'a, T> {
+unsafe fn view<'a, T>(ptr: *const T, n: usize, dim: (usize, usize)) -> Option<ArrayView2<'a, T>> {
     // SAFETY: the caller guarantees n valid values at ptr (or n == 0).
     let values = if n == 0 {
         &[]
     } else {
         unsafe { std::slice::from_raw_parts(ptr, n) }
     };
-    ArrayView2::from_shape(dim, values).expect("n = rows·cols")
+    ArrayView2::from_shape(dim, values).ok()
 }
 
 /// The float extremes of a Gemm/MatMul over stored-integer blocks pushed one by one, read
@@ -169,6 +169,9 @@ impl AccExtremesStream {
                 None,
             ));
         }
+        // rayon's workers are spawned by the thread that first uses the pool and inherit its
+        // name: start them here, not from the stream's thread
+        let _ = rayon::current_num_threads();
         let (sender, receiver) = sync_channel::<Raw>(pending.max(1));
         let done = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&done);
@@ -178,8 +181,13 @@ impl AccExtremesStream {
                 let mut reduction = Reduction::default();
                 for raw in receiver {
                     // SAFETY: the stream keeps the array alive until `done` counts it.
-                    let block = unsafe { raw.block() };
-                    reduction.add(&ops, table.as_ref().map(|t| (lo, t)), block);
+                    match unsafe { raw.block() } {
+                        Some(block) => reduction.add(&ops, table.as_ref().map(|t| (lo, t)), block),
+                        None => {
+                            let why = "a block's shape does not fit its values".to_string();
+                            reduction.refused.get_or_insert(why);
+                        }
+                    }
                     counter.fetch_add(1, Ordering::Release);
                 }
                 reduction
@@ -239,7 +247,10 @@ impl AccExtremesStream {
         py: Python<'_>,
     ) -> PyResult<(Option<(f64, f64)>, Option<String>, (u64, u64, u64, u64))> {
         self.stop(py)?;
-        let r = self.result.as_ref().expect("stop keeps the result");
+        let r = self
+            .result
+            .as_ref()
+            .ok_or_else(|| PyRuntimeError::new_err("AccExtremesStream: no result"))?;
         let extremes = match (&r.refused, r.extremes) {
             (None, Some(e)) => Some((e.min, e.max)),
             _ => None,
