@@ -21,22 +21,28 @@ use pyo3::prelude::*;
 
 use crate::error::Error;
 use crate::kernels::float::acc_stream::{Block, Operands, Reduction, Table};
-use crate::py::errors::to_pyerr;
+use crate::py::errors::{borrow_err, to_pyerr};
+
+/// The integer type of a pushed block.
+#[derive(Clone, Copy)]
+enum Kind {
+    I8,
+    I16,
+    I32,
+}
 
 /// A block's integers, by address: the array stays alive in `AccExtremesStream::held`
 /// until the thread has taken it.
 struct Raw {
-    kind: u8,
+    kind: Kind,
     ptr: usize,
     rows: usize,
     cols: usize,
 }
 
 impl Raw {
-    fn of<T: NpElement>(a: &Bound<'_, PyArray2<T>>, kind: u8) -> PyResult<Self> {
-        let guard = a
-            .try_readonly()
-            .map_err(|e| PyRuntimeError::new_err(format!("array borrow: {e}")))?;
+    fn of<T: NpElement>(a: &Bound<'_, PyArray2<T>>, kind: Kind) -> PyResult<Self> {
+        let guard = a.try_readonly().map_err(borrow_err)?;
         let view = guard.as_array();
         let (rows, cols) = view.dim();
         if !view.is_standard_layout() {
@@ -67,9 +73,9 @@ impl Raw {
         // alive and unwritten by the caller's contract.
         unsafe {
             Some(match self.kind {
-                0 => Block::I8(view(self.ptr as *const i8, n, dim)?),
-                1 => Block::I16(view(self.ptr as *const i16, n, dim)?),
-                _ => Block::I32(view(self.ptr as *const i32, n, dim)?),
+                Kind::I8 => Block::I8(view(self.ptr as *const i8, n, dim)?),
+                Kind::I16 => Block::I16(view(self.ptr as *const i16, n, dim)?),
+                Kind::I32 => Block::I32(view(self.ptr as *const i32, n, dim)?),
             })
         }
     }
@@ -100,9 +106,7 @@ pub struct AccExtremesStream {
 
 fn table_of(table: &Bound<'_, PyAny>) -> PyResult<Table> {
     fn entries<T: NpElement + Copy>(t: &Bound<'_, PyArray1<T>>) -> PyResult<Vec<T>> {
-        let guard = t
-            .try_readonly()
-            .map_err(|e| PyRuntimeError::new_err(format!("array borrow: {e}")))?;
+        let guard = t.try_readonly().map_err(borrow_err)?;
         Ok(guard.as_array().iter().copied().collect())
     }
     if let Ok(t) = table.cast::<PyArray1<i8>>() {
@@ -183,10 +187,7 @@ impl AccExtremesStream {
                     // SAFETY: the stream keeps the array alive until `done` counts it.
                     match unsafe { raw.block() } {
                         Some(block) => reduction.add(&ops, table.as_ref().map(|t| (lo, t)), block),
-                        None => {
-                            let why = "a block's shape does not fit its values".to_string();
-                            reduction.refused.get_or_insert(why);
-                        }
+                        None => reduction.refuse("a block's shape does not fit its values".into()),
                     }
                     counter.fetch_add(1, Ordering::Release);
                 }
@@ -207,11 +208,11 @@ impl AccExtremesStream {
     /// until `finish`.
     fn push(&mut self, py: Python<'_>, block: &Bound<'_, PyAny>) -> PyResult<()> {
         let raw = if let Ok(a) = block.cast::<PyArray2<i8>>() {
-            Raw::of(a, 0)?
+            Raw::of(a, Kind::I8)?
         } else if let Ok(a) = block.cast::<PyArray2<i16>>() {
-            Raw::of(a, 1)?
+            Raw::of(a, Kind::I16)?
         } else if let Ok(a) = block.cast::<PyArray2<i32>>() {
-            Raw::of(a, 2)?
+            Raw::of(a, Kind::I32)?
         } else {
             return Err(to_pyerr(
                 py,
@@ -246,11 +247,7 @@ impl AccExtremesStream {
         &mut self,
         py: Python<'_>,
     ) -> PyResult<(Option<(f64, f64)>, Option<String>, (u64, u64, u64, u64))> {
-        self.stop(py)?;
-        let r = self
-            .result
-            .as_ref()
-            .ok_or_else(|| PyRuntimeError::new_err("AccExtremesStream: no result"))?;
+        let r = self.stop(py);
         let extremes = match (&r.refused, r.extremes) {
             (None, Some(e)) => Some((e.min, e.max)),
             _ => None,
@@ -266,21 +263,19 @@ impl AccExtremesStream {
 
 impl AccExtremesStream {
     /// Close the queue, join the thread and keep its reduction (once).
-    fn stop(&mut self, py: Python<'_>) -> PyResult<()> {
+    fn stop(&mut self, py: Python<'_>) -> &Reduction {
         self.sender = None;
         if let Some(worker) = self.worker.take() {
             let joined = py.detach(|| worker.join());
             self.held.clear();
-            match joined {
-                Ok(r) => self.result = Some(r),
-                Err(_) => {
-                    let mut r = Reduction::default();
-                    r.refused = Some("the reduction's thread failed".into());
-                    self.result = Some(r);
-                }
-            }
+            self.result = Some(joined.unwrap_or_else(|_| {
+                let mut failed = Reduction::default();
+                failed.refuse("the reduction's thread failed".into());
+                failed
+            }));
         }
-        Ok(())
+        // the worker is taken only here, so the result is set
+        self.result.get_or_insert_with(Reduction::default)
     }
 }
 

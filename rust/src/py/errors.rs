@@ -42,6 +42,11 @@ pub fn to_pyerr(py: Python<'_>, err: Error, context: Option<&str>) -> PyErr {
     }
 }
 
+/// The error of an array that Rust holds mutably while a kernel asks to read it.
+pub fn borrow_err(e: numpy::BorrowError) -> PyErr {
+    pyo3::exceptions::PyRuntimeError::new_err(format!("array borrow: {e}"))
+}
+
 /// Raise the Python exception a kernel error of `variant` maps to. Exists so the test
 /// suite can check the mapping without provoking every error through a kernel.
 #[pyfunction]

@@ -10,11 +10,11 @@ use pyo3::prelude::*;
 use crate::error::Error;
 use crate::kernels::float::accfilter::{self, acc_extremes_counted, AccInput};
 use crate::kernels::float::conv::{self, ConvGeometry};
-use crate::kernels::float::extremes::{conv2d_extremes, matmul_extremes, Extremes};
-use crate::kernels::float::filtered::{self, conv2d_extremes_filtered, matmul_extremes_filtered};
+use crate::kernels::float::extremes::{conv2d_extremes, Extremes};
+use crate::kernels::float::filtered::{self, conv2d_extremes_filtered, matmul_extremes_by};
 use crate::kernels::float::matmul::{self, Isa};
 use crate::kernels::quant::dequantize::{dequantize_value, QInt};
-use crate::py::errors::to_pyerr;
+use crate::py::errors::{borrow_err, to_pyerr};
 
 /// float32 a (n, k) @ b (k, m), each dot product summed sequentially in k order (no FMA).
 #[pyfunction]
@@ -93,13 +93,7 @@ fn matmul_extremes_f32<'py>(
     let (a, b) = (a.as_array(), b.as_array());
     let bias = bias.as_ref().map(|v| v.as_array());
     let isa = Isa::detect();
-    let out = py.detach(|| {
-        if exact {
-            matmul_extremes(a, |v: f32| v, b, bias, isa)
-        } else {
-            matmul_extremes_filtered(a, |v: f32| v, b, bias, isa)
-        }
-    });
+    let out = py.detach(|| matmul_extremes_by(exact, a, |v: f32| v, b, bias, isa));
     Ok(extremes_tuple(out.map_err(|e| to_pyerr(py, e, context))?))
 }
 
@@ -166,10 +160,6 @@ fn input_kind(
     }
 }
 
-fn borrow_err(e: numpy::BorrowError) -> PyErr {
-    pyo3::exceptions::PyRuntimeError::new_err(format!("array borrow: {e}"))
-}
-
 fn matmul_f64_typed<S: NpElement + Copy + Sync, F: Fn(S) -> f64 + Send + Sync>(
     py: Python<'_>,
     a: &Bound<'_, PyArray2<S>>,
@@ -181,14 +171,8 @@ fn matmul_f64_typed<S: NpElement + Copy + Sync, F: Fn(S) -> f64 + Send + Sync>(
     let guard = a.try_readonly().map_err(borrow_err)?;
     let a = guard.as_array();
     let isa = Isa::detect();
-    Ok(py.detach(|| {
-        if exact {
-            matmul_extremes(a, load, b, bias, isa)
-        } else {
-            matmul_extremes_filtered(a, load, b, bias, isa)
-        }
-    }))
-    .and_then(|r| r.map_err(|e| to_pyerr(py, e, None)))
+    Ok(py.detach(|| matmul_extremes_by(exact, a, load, b, bias, isa)))
+        .and_then(|r| r.map_err(|e| to_pyerr(py, e, None)))
 }
 
 /// float64 `a (n, k) @ b (k, m) + bias (m,)` reduced to `(min, max, finite)` without

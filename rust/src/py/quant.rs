@@ -19,7 +19,7 @@ use crate::kernels::quant::reduce::{
 };
 use crate::kernels::quant::table::{lookup, presence, Entry, Index};
 use crate::kernels::quant::unique::rounded_unique as unique_kernel;
-use crate::py::errors::to_pyerr;
+use crate::py::errors::{borrow_err, to_pyerr};
 
 fn dtype_name(a: &Bound<'_, PyAny>) -> String {
     a.getattr("dtype")
@@ -38,10 +38,6 @@ fn wrong_dtype(py: Python<'_>, op: &str, want: &str, a: &Bound<'_, PyAny>) -> Py
 /// Borrow an array for reading; fails (instead of panicking) if Rust holds it mutably.
 fn borrow<'py, T: Element>(a: &Bound<'py, PyArrayDyn<T>>) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
     a.try_readonly().map_err(borrow_err)
-}
-
-fn borrow_err(e: numpy::BorrowError) -> PyErr {
-    pyo3::exceptions::PyRuntimeError::new_err(format!("array borrow: {e}"))
 }
 
 /// A new, uninitialized C-order numpy array for a kernel to fill. numpy allocates it (with

@@ -6,7 +6,7 @@
 //! A block is what the consumer's own statistics pass would hand to
 //! `int_matmul_acc_extremes`: the stored integers of its input, or `table[q − lo]` of the
 //! producer's integers `q` (the lookup of [`lookup`]). Its extremes come from
-//! [`acc_extremes`], or from the float filter of [`matmul_extremes_filtered`] once the
+//! [`acc_extremes`], or from the float filter of [`matmul_extremes_by`] once the
 //! integer estimate proved loose or the int32 product could overflow, as the Python pass
 //! decides per op; both give the exact kernel's numbers bit for bit, so the choice only
 //! changes the time. The blocks' extremes are merged as numpy's `minimum` and `maximum`
@@ -22,8 +22,8 @@ use ndarray::{Array1, Array2, ArrayView2};
 
 use crate::error::Error;
 use crate::kernels::float::accfilter::{acc_extremes, AccCounts, AccInput};
-use crate::kernels::float::extremes::{matmul_extremes, Extremes};
-use crate::kernels::float::filtered::matmul_extremes_filtered;
+use crate::kernels::float::extremes::Extremes;
+use crate::kernels::float::filtered::matmul_extremes_by;
 use crate::kernels::float::matmul::Isa;
 use crate::kernels::quant::dequantize::dequantize_value;
 use crate::kernels::quant::table::{lookup, Entry, Index};
@@ -86,8 +86,13 @@ impl Reduction {
             return;
         }
         if let Err(why) = self.take(ops, table, block) {
-            self.refused = Some(why);
+            self.refuse(why);
         }
+    }
+
+    /// Stop the reduction for `why` (the first reason is kept).
+    pub fn refuse(&mut self, why: String) {
+        self.refused.get_or_insert(why);
     }
 
     fn take(
@@ -104,25 +109,26 @@ impl Reduction {
             };
         };
         match table {
-            Table::I8(t) => {
-                let mut buf = std::mem::take(&mut self.looked8);
-                let out = looked_up(block, lo, t, &mut buf).and_then(|a| self.reduce(ops, a));
-                self.looked8 = buf;
-                out
-            }
-            Table::I16(t) => {
-                let mut buf = std::mem::take(&mut self.looked16);
-                let out = looked_up(block, lo, t, &mut buf).and_then(|a| self.reduce(ops, a));
-                self.looked16 = buf;
-                out
-            }
-            Table::I32(t) => {
-                let mut buf = std::mem::take(&mut self.looked32);
-                let out = looked_up(block, lo, t, &mut buf).and_then(|a| self.reduce(ops, a));
-                self.looked32 = buf;
-                out
-            }
+            Table::I8(t) => self.through(ops, block, lo, t, |r| &mut r.looked8),
+            Table::I16(t) => self.through(ops, block, lo, t, |r| &mut r.looked16),
+            Table::I32(t) => self.through(ops, block, lo, t, |r| &mut r.looked32),
         }
+    }
+
+    /// [`Self::reduce`] of the block read through `table`, looked up into the buffer
+    /// `buffer` picks (kept for the next block).
+    fn through<O: AccInput + Entry>(
+        &mut self,
+        ops: &Operands,
+        block: Block<'_>,
+        lo: i64,
+        table: &[O],
+        buffer: fn(&mut Self) -> &mut Vec<O>,
+    ) -> Result<(), String> {
+        let mut buf = std::mem::take(buffer(self));
+        let out = looked_up(block, lo, table, &mut buf).and_then(|a| self.reduce(ops, a));
+        *buffer(self) = buf;
+        out
     }
 
     /// The extremes of one block of the consumer's input, merged into the running ones.
@@ -190,11 +196,7 @@ impl Reduction {
         let (scale, zero_point) = ops.quant;
         let load = move |v: A| dequantize_value(v, scale, zero_point);
         let bias = ops.bias.as_ref().map(|b| b.view());
-        if ops.exact {
-            matmul_extremes(a, load, ops.w.view(), bias, isa)
-        } else {
-            matmul_extremes_filtered(a, load, ops.w.view(), bias, isa)
-        }
+        matmul_extremes_by(ops.exact, a, load, ops.w.view(), bias, isa)
     }
 }
 

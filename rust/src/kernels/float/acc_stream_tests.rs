@@ -2,6 +2,7 @@
 //! block, and its refusals.
 
 use super::*;
+use crate::kernels::float::extremes::matmul_extremes;
 use crate::kernels::test_rng::Rng;
 
 fn operands(rng: &mut Rng, k: usize, m: usize, bias: bool, loose: f64) -> Operands {
@@ -18,21 +19,31 @@ fn operands(rng: &mut Rng, k: usize, m: usize, bias: bool, loose: f64) -> Operan
     }
 }
 
-/// The exact extremes of the blocks (each read through `table`), merged in order.
-fn exact(ops: &Operands, table: Option<(i64, &[i8])>, blocks: &[Array2<i8>]) -> Extremes<f64> {
+/// The exact extremes of the blocks, merged in order (empty blocks skipped).
+fn merged<A: AccInput>(ops: &Operands, blocks: &[Array2<A>]) -> Extremes<f64> {
     let (s, z) = ops.quant;
-    let mut all: Option<Extremes<f64>> = None;
-    for q in blocks.iter().filter(|q| q.nrows() > 0) {
-        let a = match table {
-            Some((lo, t)) => q.mapv(|v| t[(i64::from(v) - lo) as usize]),
-            None => q.clone(),
-        };
-        let load = |v: i8| dequantize_value(v, s, z);
-        let bias = ops.bias.as_ref().map(|b| b.view());
-        let e = matmul_extremes(a.view(), load, ops.w.view(), bias, Isa::detect()).unwrap();
-        all = Some(all.map_or(e, |seen| seen.merge(e)));
+    let bias = ops.bias.as_ref().map(|b| b.view());
+    let load = |v: A| dequantize_value(v, s, z);
+    blocks
+        .iter()
+        .filter(|q| q.nrows() > 0)
+        .map(|a| matmul_extremes(a.view(), load, ops.w.view(), bias, Isa::detect()).unwrap())
+        .reduce(Extremes::merge)
+        .unwrap()
+}
+
+/// [`merged`] of the blocks read through `table` (entry 0 maps `lo`) when given.
+fn exact(ops: &Operands, table: Option<(i64, &[i8])>, blocks: &[Array2<i8>]) -> Extremes<f64> {
+    match table {
+        Some((lo, t)) => {
+            let read: Vec<Array2<i8>> = blocks
+                .iter()
+                .map(|q| q.mapv(|v| t[(i64::from(v) - lo) as usize]))
+                .collect();
+            merged(ops, &read)
+        }
+        None => merged(ops, blocks),
     }
-    all.unwrap()
 }
 
 fn blocks(rng: &mut Rng, sizes: &[usize], k: usize, lo: i64, hi: i64) -> Vec<Array2<i8>> {
@@ -147,15 +158,8 @@ fn an_overflowing_product_takes_the_float_filter() {
         r.add(&ops, None, Block::I32(q.view()));
     }
     assert_eq!(r.refused, None);
-    let (s, z) = ops.quant;
-    let mut want: Option<Extremes<f64>> = None;
-    for q in &data {
-        let load = |v: i32| dequantize_value(v, s, z);
-        let bias = ops.bias.as_ref().map(|b| b.view());
-        let e = matmul_extremes(q.view(), load, ops.w.view(), bias, Isa::detect()).unwrap();
-        want = Some(want.map_or(e, |seen| seen.merge(e)));
-    }
-    let (got, want) = (r.extremes.unwrap(), want.unwrap());
+    let want = merged(&ops, &data);
+    let got = r.extremes.unwrap();
     assert_eq!(
         (got.min.to_bits(), got.max.to_bits()),
         (want.min.to_bits(), want.max.to_bits())

@@ -786,6 +786,22 @@ pub fn matmul_extremes_filtered<S: Copy + Sync, T: Rounding, F: Fn(S) -> T + Syn
     out
 }
 
+/// [`matmul_extremes`] when `exact`, else [`matmul_extremes_filtered`] (the same result).
+pub fn matmul_extremes_by<S: Copy + Sync, T: Rounding, F: Fn(S) -> T + Sync>(
+    exact: bool,
+    a: ArrayView2<'_, S>,
+    load: F,
+    b: ArrayView2<'_, T>,
+    bias: Option<ArrayView1<'_, T>>,
+    isa: Isa,
+) -> Result<Extremes<T>> {
+    if exact {
+        matmul_extremes(a, load, b, bias, isa)
+    } else {
+        matmul_extremes_filtered(a, load, b, bias, isa)
+    }
+}
+
 /// [`matmul_extremes_filtered`] with what this call did.
 fn matmul_extremes_counted<S: Copy + Sync, T: Rounding, F: Fn(S) -> T + Sync>(
     a: ArrayView2<'_, S>,
